@@ -1,0 +1,227 @@
+//! What the `aigronova` binary does: `up` runs the gateway and every implemented service in one
+//! process with embedded storage; `serve <service>` runs one of them, as each Kubernetes pod
+//! does. Calls between them are real gRPC in both modes.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use aigronova_gateway::Gateway;
+use aigronova_healthquantum::HealthQuantumService;
+use aigronova_platform::{
+    Shutdown,
+    auth::{InternalAuthConfig, TokenSigner, TokenVerifier},
+    config::{ConfigError, InferenceConfig, TelemetryConfig, Validate},
+};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// The environment variable holding the administrator key to install.
+pub const ADMIN_KEY_ENV: &str = "AIGRONOVA_ADMIN_KEY";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aigronova",
+    version,
+    about = "AigroNova AI platform: the HTTP gateway and the domain services in one binary",
+    long_about = "AigroNova AI platform: the HTTP gateway and the domain services in one binary.\n\n\
+        `aigronova up` runs everything in one process with embedded storage (SQLite files under the data \
+        directory): the way to run it on a laptop.\n\
+        `aigronova serve <service>` runs one service, configured by a TOML file and AIGRONOVA__SECTION__KEY \
+        environment variables: the way each Kubernetes pod runs it."
+)]
+pub struct Cli {
+    /// TOML configuration file (defaults < file < AIGRONOVA__SECTION__KEY variables).
+    #[arg(long, global = true, env = "AIGRONOVA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway and every implemented service in one process, with embedded storage.
+    ///
+    /// Prints the URL and, on the first start, the administrator key (unless AIGRONOVA_ADMIN_KEY
+    /// gives one). Stop with Ctrl-C; in-flight calls are drained.
+    Up {
+        /// Address of the HTTP API.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http_addr: SocketAddr,
+        /// Folder of the embedded databases; created when missing.
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Run one service (the gateway or a domain service), as a Kubernetes pod does.
+    ///
+    /// The gateway needs internal_auth.signing_key and its gateway.upstreams; a domain service
+    /// needs internal_auth.verifying_key. `aigronova keygen` makes a key pair.
+    Serve {
+        /// The service to run.
+        service: Service,
+    },
+    /// Print a new key pair for the internal token, as configuration variables.
+    Keygen,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Service {
+    Gateway,
+    Healthquantum,
+}
+
+/// The whole configuration of a process.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    pub telemetry: TelemetryConfig,
+    pub inference: InferenceConfig,
+    pub internal_auth: InternalAuthConfig,
+    pub gateway: aigronova_gateway::Config,
+    pub healthquantum: aigronova_healthquantum::Config,
+}
+
+impl Validate for AppConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.telemetry.validate()?;
+        self.inference.validate()?;
+        self.internal_auth.validate()?;
+        self.gateway.validate()?;
+        self.healthquantum.validate()
+    }
+}
+
+impl AppConfig {
+    /// Embedded storage under `data_dir` and loopback ports chosen by the system, as `up` runs.
+    pub fn embedded(mut self, http_addr: SocketAddr, data_dir: &Path) -> Self {
+        self.gateway.http_addr = http_addr;
+        self.gateway.database_url = format!("sqlite://{}", data_dir.join("gateway.db").display());
+        self.healthquantum.database_url = format!("sqlite://{}", data_dir.join("healthquantum.db").display());
+        self.healthquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        self
+    }
+}
+
+/// The platform running in this process.
+pub struct Platform {
+    pub http_addr: SocketAddr,
+    /// The administrator key made on this first start, if one was.
+    pub generated_admin_key: Option<String>,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl Platform {
+    /// Starts every implemented service, then the gateway wired to their actual ports.
+    pub async fn start(config: &AppConfig, admin_key: Option<&str>, shutdown: Shutdown) -> anyhow::Result<Self> {
+        let signer = match &config.internal_auth.signing_key {
+            Some(key) => TokenSigner::from_base64(key)?,
+            None => TokenSigner::generate(),
+        };
+        let health =
+            HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier()).await?;
+        let mut gateway_config = config.gateway.clone();
+        gateway_config
+            .upstreams
+            .insert(aigronova_healthquantum::SERVICE_NAME.to_owned(), format!("http://{}", health.local_addr()));
+        let gateway = Gateway::build(&gateway_config, signer, admin_key).await?;
+        let http_addr = gateway.local_addr();
+        let generated_admin_key = gateway.generated_admin_key().map(str::to_owned);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(health.run_until_stopped(shutdown.clone()));
+        tasks.spawn(gateway.run_until_stopped(shutdown));
+        Ok(Self { http_addr, generated_admin_key, tasks })
+    }
+
+    /// Waits until every server has stopped; the first failure stops the wait.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        while let Some(result) = self.tasks.join_next().await {
+            result??;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the command; the binary's whole `main`.
+pub fn main(cli: Cli) -> ExitCode {
+    if matches!(cli.command, Command::Keygen) {
+        let signer = TokenSigner::generate();
+        println!("AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY={}", signer.to_base64());
+        println!("AIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY={}", signer.verifier().to_base64());
+        return ExitCode::SUCCESS;
+    }
+    let config = match aigronova_platform::config::load::<AppConfig>(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("aigronova: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("aigronova: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "aigronova stopped on an error");
+            eprintln!("aigronova: {error:#}");
+            if error.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+        }
+    }
+}
+
+async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
+    let service_name = match &command {
+        Command::Up { .. } => "aigronova",
+        Command::Serve { service: Service::Gateway } => "gateway",
+        Command::Serve { service: Service::Healthquantum } => aigronova_healthquantum::SERVICE_NAME,
+        Command::Keygen => unreachable!("handled before the runtime starts"),
+    };
+    let _telemetry = aigronova_platform::telemetry::init(&config.telemetry, service_name)?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let admin_key = std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.trim().is_empty());
+    match command {
+        Command::Up { http_addr, data_dir } => {
+            let config = config.embedded(http_addr, &data_dir);
+            let platform = Platform::start(&config, admin_key.as_deref(), shutdown).await?;
+            println!("AigroNova is up at http://{}", platform.http_addr);
+            println!("Data directory: {}", data_dir.display());
+            if let Some(key) = &platform.generated_admin_key {
+                println!("Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}");
+            }
+            platform.wait().await
+        }
+        Command::Serve { service: Service::Gateway } => {
+            let key = config.internal_auth.signing_key.as_deref().ok_or_else(|| {
+                ConfigError("internal_auth.signing_key is required to serve the gateway (see `aigronova keygen`)".into())
+            })?;
+            let gateway = Gateway::build(&config.gateway, TokenSigner::from_base64(key)?, admin_key.as_deref()).await?;
+            if let Some(key) = gateway.generated_admin_key() {
+                println!("Administrator key (shown once; keep it): {key}");
+            }
+            gateway.run_until_stopped(shutdown).await
+        }
+        Command::Serve { service: Service::Healthquantum } => {
+            let key = config.internal_auth.verifying_key.as_deref().ok_or_else(|| {
+                ConfigError("internal_auth.verifying_key is required to serve a service (see `aigronova keygen`)".into())
+            })?;
+            let service =
+                HealthQuantumService::build(&config.healthquantum, &config.inference, TokenVerifier::from_base64(key)?)
+                    .await?;
+            service.run_until_stopped(shutdown).await
+        }
+        Command::Keygen => Ok(()),
+    }
+}

@@ -1,0 +1,45 @@
+//! API keys on the way in (`Authorization: Bearer <key>`), the internal token on the way out.
+
+use axum::http::{HeaderMap, header};
+
+use crate::{
+    problem::Problem,
+    store::{Principal, Store},
+};
+
+/// The principal of the request's API key; 401 when the key is missing, malformed or unknown.
+pub(crate) async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Principal, Problem> {
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
+    let principal = store.principal(key).await.map_err(|error| {
+        tracing::error!(%error, "API key lookup failed");
+        Problem::internal()
+    })?;
+    principal.ok_or_else(|| Problem::unauthorized("the API key is not valid"))
+}
+
+/// Refuses a principal that lacks `scope`.
+pub(crate) fn require_scope(principal: &Principal, scope: &str) -> Result<(), Problem> {
+    if principal.has_scope(scope) {
+        Ok(())
+    } else {
+        Err(Problem::forbidden(format!("this API key lacks the scope {scope:?}")))
+    }
+}
+
+/// The tenant a tenant API needs; administrator keys and suspended tenants are refused.
+pub(crate) fn require_tenant(principal: &Principal) -> Result<&str, Problem> {
+    let tenant_id = principal
+        .tenant_id
+        .as_deref()
+        .ok_or_else(|| Problem::forbidden("administrator keys cannot call tenant APIs; use a key of the tenant"))?;
+    match principal.tenant_status.as_deref() {
+        Some("active") => Ok(tenant_id),
+        _ => Err(Problem::forbidden("the tenant is suspended")),
+    }
+}

@@ -1,0 +1,162 @@
+//! The AigroNova HTTP edge. It authenticates API keys, owns tenants and keys, and turns JSON
+//! calls into gRPC calls to the service that owns each route, with routes, scopes and owners
+//! read from the descriptor set at start-up.
+
+#![forbid(unsafe_code)]
+
+mod admin;
+mod auth;
+mod problem;
+mod proxy;
+mod request_id;
+pub mod routes;
+pub mod store;
+mod transcode;
+mod upstream;
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use aigronova_platform::{
+    Shutdown,
+    auth::TokenSigner,
+    config::{ConfigError, Validate},
+    storage::Database,
+};
+use axum::{Router, middleware, routing::get, routing::post};
+use prost_reflect::DescriptorPool;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+
+pub use problem::Problem;
+
+use crate::{routes::RouteTable, store::Store, upstream::Upstreams};
+
+/// Gateway settings (`[gateway]` in the config file, `AIGRONOVA__GATEWAY__…` variables).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP API listens.
+    pub http_addr: SocketAddr,
+    /// The gateway's own database (tenants and API keys): `sqlite:` or `postgres:` URL.
+    pub database_url: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Deadline of one call to an upstream service, in seconds.
+    pub upstream_timeout_secs: u64,
+    /// gRPC URL of each service, by the owner name its protos declare (e.g. `healthquantum`).
+    pub upstreams: BTreeMap<String, String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://data/gateway.db".into(),
+            max_body_bytes: 1024 * 1024,
+            upstream_timeout_secs: 10,
+            upstreams: BTreeMap::new(),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database_url
+            .parse::<aigronova_platform::storage::Backend>()
+            .map_err(|error| ConfigError(format!("gateway.database_url: {error}")))?;
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError("gateway.max_body_bytes must be positive".into()));
+        }
+        if self.upstream_timeout_secs == 0 {
+            return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
+        }
+        for (owner, url) in &self.upstreams {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!("gateway.upstreams.{owner} must be an http(s):// URL, got {url:?}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    store: Store,
+    routes: Arc<RouteTable>,
+    upstreams: Upstreams,
+    signer: TokenSigner,
+    max_body_bytes: usize,
+}
+
+/// A gateway bound to its port, ready to serve.
+pub struct Gateway {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    router: Router,
+    generated_admin_key: Option<String>,
+}
+
+impl Gateway {
+    /// Opens the database, builds the routes from the descriptor set and binds the listener.
+    /// `admin_key` (from `AIGRONOVA_ADMIN_KEY`) is recorded as an administrator key; without it,
+    /// a first start generates one, available once through [`Gateway::generated_admin_key`].
+    pub async fn build(config: &Config, signer: TokenSigner, admin_key: Option<&str>) -> anyhow::Result<Self> {
+        let db = Database::connect(&config.database_url, &store::MIGRATOR).await?;
+        let store = Store::new(db);
+        let generated_admin_key = match admin_key {
+            Some(key) => {
+                store.ensure_admin_key(key).await?;
+                None
+            }
+            None if !store.has_admin_key().await? => {
+                let issued = store.issue_key(None, "admin (first start)", &[store::ADMIN_SCOPE.to_owned()]).await?;
+                Some(issued.key)
+            }
+            None => None,
+        };
+        let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
+        let routes = RouteTable::from_descriptors(&pool)?;
+        let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
+        let state = AppState {
+            store,
+            routes: Arc::new(routes),
+            upstreams,
+            signer,
+            max_body_bytes: config.max_body_bytes,
+        };
+        let listener = TcpListener::bind(config.http_addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self { listener, local_addr, router: app(state), generated_admin_key })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The administrator key made on this first start, if one was.
+    pub fn generated_admin_key(&self) -> Option<&str> {
+        self.generated_admin_key.as_deref()
+    }
+
+    /// Serves until `shutdown`, then finishes the requests in flight.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr, "gateway listening");
+        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.wait()).await?;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(proxy::healthz))
+        .route("/readyz", get(proxy::readyz))
+        .route("/v1/admin/tenants", post(admin::create_tenant))
+        .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key))
+        .fallback(proxy::transcode)
+        .method_not_allowed_fallback(proxy::method_not_allowed)
+        .with_state(state)
+        .layer(middleware::from_fn(proxy::access_log))
+        .layer(middleware::from_fn(request_id::middleware))
+}

@@ -1,0 +1,105 @@
+//! RFC 9457 problem documents (`application/problem+json`): every error the gateway returns.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+const TYPE_BASE: &str = "https://docs.aigronova.com.br/problems/";
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The request field the problem is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error").to_owned();
+        let slug = title.to_ascii_lowercase().replace(' ', "-");
+        Self {
+            kind: format!("{TYPE_BASE}{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            instance: None,
+            request_id: None,
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    pub fn invalid_field(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { field: Some(field.into()), ..Self::bad_request(detail) }
+    }
+
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, detail)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; quote the request id when reporting it")
+    }
+
+    /// The problem for a gRPC status from an upstream service, through the one code table.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let http = StatusCode::from_u16(aigronova_platform::error::http_status_of(status.code()))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let field = status
+            .metadata()
+            .get(aigronova_platform::error::FIELD_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let mut problem = Self::new(http, status.message());
+        problem.field = field;
+        if status.code() == tonic::Code::Unavailable {
+            problem.retry_after = Some(1);
+        }
+        problem
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(mut self) -> Response {
+        if let Ok(request) = crate::request_id::CURRENT.try_with(Clone::clone) {
+            self.request_id.get_or_insert(request.id);
+            self.instance.get_or_insert(request.path);
+        }
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.retry_after;
+        let mut response = (status, Json(self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

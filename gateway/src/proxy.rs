@@ -1,0 +1,119 @@
+//! The transcoding handler every annotated route goes through, the probes, and the access log.
+
+use std::time::Instant;
+
+use aigronova_platform::{auth::Caller, trace_context};
+use axum::{
+    Json,
+    body::{Body, Bytes},
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tracing::Instrument;
+
+use crate::{
+    AppState, auth,
+    problem::Problem,
+    request_id,
+    routes::Lookup,
+    transcode,
+};
+
+/// Liveness: the process answers.
+pub(crate) async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the gateway's database and every upstream answer.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let database = state.store.database().ping().await.is_ok();
+    let mut upstreams = serde_json::Map::new();
+    for owner in state.upstreams.owners() {
+        upstreams.insert(owner.clone(), state.upstreams.is_serving(owner).await.into());
+    }
+    let ready = database && upstreams.values().all(|serving| serving == &serde_json::Value::Bool(true));
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({"ready": ready, "database": database, "upstreams": upstreams});
+    (status, Json(body)).into_response()
+}
+
+pub(crate) async fn method_not_allowed() -> Problem {
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this path does not accept this HTTP method")
+}
+
+/// Every route from the descriptor set: authenticate, check the scope, transcode, call, answer.
+pub(crate) async fn transcode(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
+    let (parts, body) = request.into_parts();
+    let matched = match state.routes.lookup(&parts.method, parts.uri.path()) {
+        Lookup::Found(matched) => matched,
+        Lookup::MethodNotAllowed(_) => return Err(method_not_allowed().await),
+        Lookup::NotFound => return Err(Problem::not_found(format!("no route for {}", parts.uri.path()))),
+    };
+    let route = matched.route;
+    let principal = auth::authenticate(&state.store, &parts.headers).await?;
+    let tenant_id = auth::require_tenant(&principal)?;
+    auth::require_scope(&principal, &route.scope)?;
+    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let message = transcode::request_message(&matched, parts.uri.query(), &body)?;
+
+    let caller =
+        Caller { tenant_id: tenant_id.to_owned(), subject: principal.key_id.clone(), scopes: principal.scopes.clone() };
+    let mut metadata = MetadataMap::new();
+    aigronova_platform::auth::attach_token(&mut metadata, &state.signer.mint(&caller));
+    if let Some(id) = request_id::current().and_then(|id| MetadataValue::try_from(id).ok()) {
+        metadata.insert("x-request-id", id);
+    }
+    trace_context::inject_current(&mut metadata);
+
+    let path = route.grpc_path();
+    let span = tracing::info_span!("grpc.client", otel.name = %path, otel.kind = "client", rpc.system = "grpc");
+    let encoded = state
+        .upstreams
+        .unary(&route.owner, &path, transcode::encode(&message), metadata)
+        .instrument(span)
+        .await
+        .map_err(|status| Problem::from_status(&status))?;
+    transcode::response(&route.method.output(), encoded)
+}
+
+/// The request body, refused with 413 past `limit` bytes.
+pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+    let too_large = || Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+}
+
+/// One JSON log line a request, and a span that continues the caller's W3C trace.
+pub(crate) async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {path}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+    );
+    trace_context::adopt_remote_parent(&span, request.headers());
+    let response = next.run(request).instrument(span).await;
+    tracing::info!(
+        target: "access",
+        request_id = request_id::current().unwrap_or_default(),
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,206 @@
+//! The public routes, built at start-up from the descriptor set: each RPC's `google.api.http`
+//! annotation gives its method and path template, `aigronova.common.v1.required_scope` the
+//! scope it needs, and the service's `aigronova.common.v1.owner` the upstream that serves it.
+
+use std::collections::BTreeSet;
+
+use axum::http::Method;
+use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+
+/// One segment of a path template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `{field}`: one path segment bound to a request field.
+    Field(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub http_method: Method,
+    pub template: String,
+    segments: Vec<Segment>,
+    /// `*` (the whole request), a field name, or empty (no body).
+    pub body: String,
+    pub method: MethodDescriptor,
+    pub scope: String,
+    pub owner: String,
+}
+
+impl Route {
+    /// The gRPC path, e.g. `/aigronova.health.v1.HealthQuantum/GetPatient`.
+    pub fn grpc_path(&self) -> String {
+        format!("/{}/{}", self.method.parent_service().full_name(), self.method.name())
+    }
+}
+
+/// A matched route and the path variables it bound.
+#[derive(Debug)]
+pub struct Matched<'a> {
+    pub route: &'a Route,
+    pub variables: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Lookup<'a> {
+    Found(Matched<'a>),
+    MethodNotAllowed(Vec<Method>),
+    NotFound,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Every annotated RPC of `pool`. An annotated RPC without a scope or whose service has no
+    /// owner is a mistake in the protos, and refuses the start.
+    pub fn from_descriptors(pool: &DescriptorPool) -> anyhow::Result<Self> {
+        let http = pool
+            .get_extension_by_name("google.api.http")
+            .ok_or_else(|| anyhow::anyhow!("descriptor set lacks google.api.http"))?;
+        let scope = pool
+            .get_extension_by_name("aigronova.common.v1.required_scope")
+            .ok_or_else(|| anyhow::anyhow!("descriptor set lacks aigronova.common.v1.required_scope"))?;
+        let owner = pool
+            .get_extension_by_name("aigronova.common.v1.owner")
+            .ok_or_else(|| anyhow::anyhow!("descriptor set lacks aigronova.common.v1.owner"))?;
+        let mut routes = Vec::new();
+        for service in pool.services() {
+            let service_options = service.options();
+            let owner_name = string_option(&service_options, &owner);
+            for method in service.methods() {
+                let options = method.options();
+                if !options.has_extension(&http) {
+                    continue;
+                }
+                let Value::Message(rule) = options.get_extension(&http).into_owned() else { continue };
+                let (http_method, template) = http_rule(&rule)
+                    .ok_or_else(|| anyhow::anyhow!("{}: google.api.http has no pattern", method.full_name()))?;
+                let scope = string_option(&options, &scope)
+                    .ok_or_else(|| anyhow::anyhow!("{}: required_scope is missing", method.full_name()))?;
+                let owner = owner_name
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("{}: the service has no owner option", service.full_name()))?;
+                let body = rule.get_field_by_name("body").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let segments = parse_template(&template)
+                    .ok_or_else(|| anyhow::anyhow!("{}: cannot parse path {template:?}", method.full_name()))?;
+                routes.push(Route { http_method, template, segments, body, method: method.clone(), scope, owner });
+            }
+        }
+        Ok(Self { routes })
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Every scope some route requires.
+    pub fn scopes(&self) -> BTreeSet<String> {
+        self.routes.iter().map(|route| route.scope.clone()).collect()
+    }
+
+    pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let mut allowed = Vec::new();
+        for route in &self.routes {
+            let Some(variables) = match_segments(&route.segments, &parts) else { continue };
+            if route.http_method == *method {
+                return Lookup::Found(Matched { route, variables });
+            }
+            allowed.push(route.http_method.clone());
+        }
+        if allowed.is_empty() { Lookup::NotFound } else { Lookup::MethodNotAllowed(allowed) }
+    }
+}
+
+fn string_option(options: &DynamicMessage, extension: &prost_reflect::ExtensionDescriptor) -> Option<String> {
+    if !options.has_extension(extension) {
+        return None;
+    }
+    options.get_extension(extension).as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn http_rule(rule: &DynamicMessage) -> Option<(Method, String)> {
+    for (field, method) in
+        [("get", Method::GET), ("post", Method::POST), ("put", Method::PUT), ("delete", Method::DELETE), ("patch", Method::PATCH)]
+    {
+        if rule.has_field_by_name(field) {
+            let template = rule.get_field_by_name(field)?.as_str()?.to_owned();
+            return Some((method, template));
+        }
+    }
+    None
+}
+
+fn parse_template(template: &str) -> Option<Vec<Segment>> {
+    template
+        .strip_prefix('/')?
+        .split('/')
+        .map(|part| match part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            Some(field) if !field.is_empty() && !field.contains(['=', '*']) => Some(Segment::Field(field.to_owned())),
+            Some(_) => None,
+            None if part.is_empty() || part.contains(['{', '}', '*']) => None,
+            None => Some(Segment::Literal(part.to_owned())),
+        })
+        .collect()
+}
+
+fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<Vec<(String, String)>> {
+    if segments.len() != parts.len() {
+        return None;
+    }
+    let mut variables = Vec::new();
+    for (segment, part) in segments.iter().zip(parts) {
+        match segment {
+            Segment::Literal(literal) if literal == part => {}
+            Segment::Literal(_) => return None,
+            Segment::Field(_) if part.is_empty() => return None,
+            Segment::Field(field) => {
+                let value = percent_encoding::percent_decode_str(part).decode_utf8().ok()?;
+                variables.push((field.clone(), value.into_owned()));
+            }
+        }
+    }
+    Some(variables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET).unwrap();
+        RouteTable::from_descriptors(&pool).unwrap()
+    }
+
+    #[test]
+    fn routes_come_from_the_http_annotations() {
+        let table = table();
+        let Lookup::Found(matched) = table.lookup(&Method::GET, "/v1/health/patients/p-1") else { panic!() };
+        assert_eq!(matched.route.grpc_path(), "/aigronova.health.v1.HealthQuantum/GetPatient");
+        assert_eq!(matched.route.scope, "health:read");
+        assert_eq!(matched.route.owner, "healthquantum");
+        assert_eq!(matched.variables, vec![("id".to_owned(), "p-1".to_owned())]);
+    }
+
+    #[test]
+    fn a_known_path_with_another_method_is_not_allowed() {
+        assert!(matches!(table().lookup(&Method::DELETE, "/v1/health/patients"), Lookup::MethodNotAllowed(_)));
+    }
+
+    #[test]
+    fn unknown_paths_and_empty_variables_do_not_match() {
+        let table = table();
+        for path in ["/v1/health/nothing", "/v1/health/patients/", "/v1/health/patients//assessments", "/"] {
+            assert!(matches!(table.lookup(&Method::GET, path), Lookup::NotFound), "{path}");
+        }
+    }
+
+    #[test]
+    fn templates_with_wildcards_are_refused() {
+        assert_eq!(parse_template("/v1/{name=*}"), None);
+        assert_eq!(parse_template("v1/x"), None);
+    }
+}

@@ -1,0 +1,161 @@
+//! JSON ⇄ protobuf for one route, with the proto3 JSON mapping: the request message is built
+//! from the path variables, the query string and the JSON body; the response message becomes
+//! JSON (lowerCamelCase names, fields with default values included) or, for
+//! `google.api.HttpBody`, the raw body with its content type.
+
+use axum::{
+    body::Body,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine;
+use bytes::Bytes;
+use prost::Message;
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions, Value,
+};
+
+use crate::{problem::Problem, routes::Matched};
+
+/// Builds the request message of `matched` from the HTTP request's parts.
+pub(crate) fn request_message(matched: &Matched<'_>, query: Option<&str>, body: &[u8]) -> Result<DynamicMessage, Problem> {
+    let route = matched.route;
+    let input = route.method.input();
+    let mut message = match route.body.as_str() {
+        "*" => parse_body(&input, body)?,
+        "" => {
+            if !body.is_empty() {
+                return Err(Problem::bad_request(format!("{} {} takes no request body", route.http_method, route.template)));
+            }
+            DynamicMessage::new(input.clone())
+        }
+        field_name => {
+            let mut message = DynamicMessage::new(input.clone());
+            let field = input
+                .get_field_by_name(field_name)
+                .ok_or_else(|| Problem::internal())?;
+            if let Kind::Message(kind) = field.kind() {
+                message.set_field(&field, Value::Message(parse_body(&kind, body)?));
+            }
+            message
+        }
+    };
+    for (name, value) in &matched.variables {
+        let field = input.get_field_by_name(name).ok_or_else(Problem::internal)?;
+        let value = scalar(&field, value).map_err(|reason| Problem::invalid_field(name, reason))?;
+        message.set_field(&field, value);
+    }
+    if route.body != "*"
+        && let Some(query) = query
+    {
+        apply_query(&mut message, query)?;
+    }
+    Ok(message)
+}
+
+fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DynamicMessage::new(descriptor.clone()));
+    }
+    let json: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;
+    DynamicMessage::deserialize_with_options(descriptor.clone(), json, &DeserializeOptions::new())
+        .map_err(|error| Problem::bad_request(format!("the request body does not match {}: {error}", descriptor.name())))
+}
+
+fn apply_query(message: &mut DynamicMessage, query: &str) -> Result<(), Problem> {
+    let descriptor = message.descriptor();
+    for (name, value) in form_pairs(query) {
+        let field = descriptor
+            .get_field_by_name(&name)
+            .or_else(|| descriptor.get_field_by_json_name(&name))
+            .ok_or_else(|| Problem::invalid_field(&name, format!("unknown query parameter {name:?}")))?;
+        let parsed = scalar(&field, &value).map_err(|reason| Problem::invalid_field(&name, reason))?;
+        if field.is_list() {
+            if let Value::List(items) = message.get_field_mut(&field) {
+                items.push(parsed);
+            }
+        } else {
+            message.set_field(&field, parsed);
+        }
+    }
+    Ok(())
+}
+
+fn form_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode_component(name), decode_component(value))
+        })
+        .collect()
+}
+
+fn decode_component(text: &str) -> String {
+    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
+}
+
+/// A path or query value as the field's type.
+fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
+    let number = |kind: &str| format!("{text:?} is not a valid {kind}");
+    Ok(match field.kind() {
+        Kind::String => Value::String(text.to_owned()),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(text.parse().map_err(|_| number("int32"))?),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(text.parse().map_err(|_| number("int64"))?),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(text.parse().map_err(|_| number("uint32"))?),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(text.parse().map_err(|_| number("uint64"))?),
+        Kind::Float => Value::F32(text.parse().map_err(|_| number("float"))?),
+        Kind::Double => Value::F64(text.parse().map_err(|_| number("double"))?),
+        Kind::Bool => Value::Bool(text.parse().map_err(|_| number("boolean"))?),
+        Kind::Bytes => Value::Bytes(
+            base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| format!("{text:?} is not base64"))?.into(),
+        ),
+        Kind::Enum(kind) => {
+            let value = kind
+                .get_value_by_name(text)
+                .or_else(|| text.parse().ok().and_then(|number| kind.get_value(number)))
+                .ok_or_else(|| format!("{text:?} is not one of {}", kind.name()))?;
+            Value::EnumNumber(value.number())
+        }
+        Kind::Message(_) => return Err("cannot be set from the URL".into()),
+    })
+}
+
+/// The HTTP response for the encoded response message of an RPC.
+pub(crate) fn response(output: &MessageDescriptor, encoded: Bytes) -> Result<Response, Problem> {
+    let message = DynamicMessage::decode(output.clone(), encoded).map_err(|error| {
+        tracing::error!(%error, message = %output.full_name(), "upstream response does not decode");
+        Problem::internal()
+    })?;
+    if output.full_name() == "google.api.HttpBody" {
+        return Ok(http_body(&message));
+    }
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let mut json = Vec::new();
+    let mut serializer = serde_json::Serializer::new(&mut json);
+    message.serialize_with_options(&mut serializer, &options).map_err(|error| {
+        tracing::error!(%error, "response does not serialize");
+        Problem::internal()
+    })?;
+    let mut response = (StatusCode::OK, json).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+fn http_body(message: &DynamicMessage) -> Response {
+    let content_type = message
+        .get_field_by_name("content_type")
+        .and_then(|value| value.as_str().and_then(|s| HeaderValue::from_str(s).ok()))
+        .unwrap_or_else(|| HeaderValue::from_static("application/octet-stream"));
+    let data = message.get_field_by_name("data").and_then(|value| value.as_bytes().cloned()).unwrap_or_default();
+    let mut response = Response::new(Body::from(data));
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    response
+}
+
+/// Encodes a request message for the wire.
+pub(crate) fn encode(message: &DynamicMessage) -> Bytes {
+    message.encode_to_vec().into()
+}

@@ -1,0 +1,100 @@
+//! A generic gRPC client: the gateway sends already-encoded request messages to the service that
+//! owns the route and gets the encoded response back, without generated stubs.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use bytes::{Buf, BufMut, Bytes};
+use tonic::{
+    Status,
+    client::Grpc,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    metadata::MetadataMap,
+    transport::{Channel, Endpoint},
+};
+
+/// Passes message bytes through untouched.
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// One lazily connected channel per upstream service.
+#[derive(Clone, Debug)]
+pub(crate) struct Upstreams {
+    channels: BTreeMap<String, Channel>,
+    timeout: Duration,
+}
+
+impl Upstreams {
+    /// `addresses` maps an owner name (`healthquantum`) to its URL (`http://127.0.0.1:50061`).
+    pub(crate) fn new(addresses: &BTreeMap<String, String>, timeout: Duration) -> anyhow::Result<Self> {
+        let mut channels = BTreeMap::new();
+        for (owner, url) in addresses {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|error| anyhow::anyhow!("gateway.upstreams.{owner}: {error}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(timeout);
+            channels.insert(owner.clone(), endpoint.connect_lazy());
+        }
+        Ok(Self { channels, timeout })
+    }
+
+    pub(crate) fn owners(&self) -> impl Iterator<Item = &String> {
+        self.channels.keys()
+    }
+
+    /// Calls `path` on `owner` with `message`, honouring the upstream timeout.
+    pub(crate) async fn unary(&self, owner: &str, path: &str, message: Bytes, metadata: MetadataMap) -> Result<Bytes, Status> {
+        let channel = self
+            .channels
+            .get(owner)
+            .ok_or_else(|| Status::unavailable(format!("no upstream configured for {owner}")))?;
+        let mut grpc = Grpc::new(channel.clone());
+        grpc.ready().await.map_err(|error| Status::unavailable(format!("{owner} is unavailable: {error}")))?;
+        let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
+        request.set_timeout(self.timeout);
+        let path = path.parse().map_err(|_| Status::internal("bad gRPC path"))?;
+        grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
+    }
+
+    /// Whether `owner` reports SERVING on `grpc.health.v1`.
+    pub(crate) async fn is_serving(&self, owner: &str) -> bool {
+        // An empty HealthCheckRequest asks about the whole server; SERVING encodes as field 1 = 1.
+        match self.unary(owner, "/grpc.health.v1.Health/Check", Bytes::new(), MetadataMap::new()).await {
+            Ok(response) => response.as_ref() == [0x08, 0x01],
+            Err(_) => false,
+        }
+    }
+}

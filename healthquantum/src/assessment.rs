@@ -1,0 +1,108 @@
+//! Risk assessments: a patient's features scored by a clinical model, with the model's name and
+//! version so that every decision can be traced to what made it.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use aigronova_platform::{
+    Error,
+    inference::{InferenceError, Model},
+};
+use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
+
+use crate::patient::PatientId;
+
+/// A request to assess a patient, with the model named but not yet looked up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AssessmentRequest {
+    pub patient_id: PatientId,
+    pub model: String,
+    pub features: HashMap<String, f64>,
+}
+
+impl AssessmentRequest {
+    pub fn parse(patient_id: &str, model: &str, features: HashMap<String, f64>) -> Result<Self, Error> {
+        let patient_id = PatientId::parse("patient_id", patient_id)?;
+        if model.trim().is_empty() {
+            return Err(Error::invalid("model", "is required"));
+        }
+        Ok(Self { patient_id, model: model.trim().to_owned(), features })
+    }
+}
+
+/// Features that `model` accepts: every one present, none extra, each finite and in range.
+#[derive(Clone, Debug)]
+pub struct ModelInput {
+    model: Arc<Model>,
+    named: BTreeMap<String, f64>,
+    row: Vec<f32>,
+}
+
+impl ModelInput {
+    /// Checks `features` against `model`; errors name the field as `features.<feature name>`.
+    pub fn validate(model: Arc<Model>, features: HashMap<String, f64>) -> Result<Self, Error> {
+        let row = model.feature_vector(&features, "features")?;
+        Ok(Self { model, named: features.into_iter().collect(), row })
+    }
+}
+
+/// One scored assessment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assessment {
+    pub id: String,
+    pub patient_id: PatientId,
+    pub model: String,
+    pub model_version: String,
+    /// The input, by feature name, as it was scored.
+    pub features: BTreeMap<String, f64>,
+    /// The probability of the model's positive class, in [0, 1].
+    pub probability: f64,
+    pub risk_band: String,
+    /// When the assessment was made, to the microsecond (what storage keeps).
+    pub created_at: DateTime<Utc>,
+}
+
+/// Scores `input` for `patient_id`. Inference runs on the blocking pool: a session is a
+/// synchronous, locked resource that must not stall the async workers.
+pub async fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Error> {
+    let ModelInput { model, named, row } = input;
+    let scoring = Arc::clone(&model);
+    let probability = tokio::task::spawn_blocking(move || scoring.predict_probability(&row))
+        .await
+        .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
+    Ok(Assessment {
+        id: Uuid::now_v7().to_string(),
+        patient_id,
+        model: model.name().to_owned(),
+        model_version: model.version().to_owned(),
+        features: named,
+        probability,
+        risk_band: model.risk_band(probability).to_owned(),
+        created_at: Utc::now().trunc_subsecs(6),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_assessment_request_needs_a_patient_and_a_model() {
+        let id = "0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b";
+        let cases = [
+            ("", "breast-cancer", "patient_id"),
+            ("nope", "breast-cancer", "patient_id"),
+            (id, "", "model"),
+            (id, "  ", "model"),
+        ];
+        for (patient_id, model, expected) in cases {
+            match AssessmentRequest::parse(patient_id, model, HashMap::new()) {
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, expected, "{patient_id:?} {model:?}"),
+                other => panic!("expected an invalid {expected}, got {other:?}"),
+            }
+        }
+    }
+}

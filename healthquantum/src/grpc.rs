@@ -1,0 +1,122 @@
+//! The `aigronova.health.v1.HealthQuantum` gRPC service: the edge where protobuf messages become
+//! domain values and back. Each call is authenticated by the `Authenticate` interceptor before
+//! it gets here, and acts only on the caller's tenant.
+
+use aigronova_platform::{auth, inference::ModelRegistry};
+use aigronova_proto::aigronova::health::v1 as proto;
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    assessment::{self, Assessment, AssessmentRequest, ModelInput},
+    patient::{NewPatient, Patient, PatientId},
+    store::Store,
+};
+
+/// The state every call shares.
+#[derive(Clone, Debug)]
+pub(crate) struct HealthQuantumApi {
+    store: Store,
+    models: ModelRegistry,
+}
+
+impl HealthQuantumApi {
+    pub(crate) fn new(store: Store, models: ModelRegistry) -> Self {
+        Self { store, models }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
+    async fn create_patient(
+        &self,
+        request: Request<proto::CreatePatientRequest>,
+    ) -> Result<Response<proto::Patient>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let new = NewPatient::try_from(request.into_inner())?;
+        let patient = Patient::register(new);
+        self.store.create_patient(&caller.tenant_id, &patient).await?;
+        tracing::info!(tenant = %caller.tenant_id, patient = %patient.id, "patient registered");
+        Ok(Response::new(patient.into()))
+    }
+
+    async fn get_patient(
+        &self,
+        request: Request<proto::GetPatientRequest>,
+    ) -> Result<Response<proto::Patient>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let id = PatientId::parse("id", &request.get_ref().id)?;
+        let patient = self.store.get_patient(&caller.tenant_id, &id).await?;
+        Ok(Response::new(patient.into()))
+    }
+
+    async fn assess_risk(
+        &self,
+        request: Request<proto::AssessRiskRequest>,
+    ) -> Result<Response<proto::Assessment>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let request = AssessmentRequest::try_from(request.into_inner())?;
+        let model = self.models.get(&request.model)?;
+        let input = ModelInput::validate(model, request.features)?;
+        self.store.get_patient(&caller.tenant_id, &request.patient_id).await?;
+        let assessment = assessment::assess(request.patient_id, input).await?;
+        self.store.insert_assessment(&caller.tenant_id, &assessment).await?;
+        tracing::info!(
+            tenant = %caller.tenant_id,
+            assessment = %assessment.id,
+            model = %assessment.model,
+            version = %assessment.model_version,
+            "risk assessed"
+        );
+        Ok(Response::new(assessment.into()))
+    }
+}
+
+impl TryFrom<proto::CreatePatientRequest> for NewPatient {
+    type Error = aigronova_platform::Error;
+
+    fn try_from(request: proto::CreatePatientRequest) -> Result<Self, Self::Error> {
+        Self::parse(&request.name, &request.cpf, &request.birth_date)
+    }
+}
+
+impl TryFrom<proto::AssessRiskRequest> for AssessmentRequest {
+    type Error = aigronova_platform::Error;
+
+    fn try_from(request: proto::AssessRiskRequest) -> Result<Self, Self::Error> {
+        Self::parse(&request.patient_id, &request.model, request.features)
+    }
+}
+
+impl From<Patient> for proto::Patient {
+    fn from(patient: Patient) -> Self {
+        Self {
+            id: patient.id.to_string(),
+            name: patient.name.as_str().to_owned(),
+            cpf: patient.cpf.as_str().to_owned(),
+            birth_date: patient.birth_date.to_string(),
+            create_time: Some(timestamp(patient.created_at)),
+        }
+    }
+}
+
+impl From<Assessment> for proto::Assessment {
+    fn from(assessment: Assessment) -> Self {
+        Self {
+            id: assessment.id,
+            patient_id: assessment.patient_id.to_string(),
+            model: assessment.model,
+            model_version: assessment.model_version,
+            probability: assessment.probability,
+            risk_band: assessment.risk_band,
+            create_time: Some(timestamp(assessment.created_at)),
+        }
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("sub-second nanoseconds fit in an i32"),
+    }
+}

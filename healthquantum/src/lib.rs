@@ -1,0 +1,149 @@
+//! HealthQuantum: patient records and clinical risk assessments, served over gRPC
+//! (`aigronova.health.v1.HealthQuantum`).
+//!
+//! [`HealthQuantumService::build`] connects the database and runs the migrations, loads the
+//! models and binds the listener; [`HealthQuantumService::run_until_stopped`] serves until the
+//! shutdown signal. Every call must carry the gateway's internal token, and reads or writes only
+//! the caller's tenant.
+
+#![forbid(unsafe_code)]
+
+pub mod assessment;
+mod grpc;
+pub mod patient;
+mod store;
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use aigronova_platform::{
+    Shutdown,
+    auth::{Authenticate, TokenVerifier},
+    config::{ConfigError, InferenceConfig, Validate},
+    grpc::GrpcListener,
+    inference::ModelRegistry,
+    storage::{Backend, Database},
+};
+use aigronova_proto::aigronova::health::v1::health_quantum_server::{self, HealthQuantumServer};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
+
+use crate::{grpc::HealthQuantumApi, store::Store};
+
+/// The name of this service in configuration, logs and `aigronova serve`.
+pub const SERVICE_NAME: &str = "healthquantum";
+
+/// The models this service serves.
+pub const MODELS: &[&str] = &["breast-cancer"];
+
+/// The schema of this service's database, embedded from `healthquantum/migrations`.
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// The `healthquantum` configuration section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address, default 127.0.0.1:50061.
+    pub grpc_addr: SocketAddr,
+    /// `sqlite://<path>` (embedded) or `postgres://…`, default `sqlite://data/healthquantum.db`.
+    pub database_url: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 50061)),
+            database_url: "sqlite://data/healthquantum.db".into(),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database_url.parse::<Backend>().map_err(|_| {
+            ConfigError("healthquantum.database_url must start with sqlite:, postgres: or postgresql:".into())
+        })?;
+        Ok(())
+    }
+}
+
+/// A built service: database connected, models loaded, listener bound.
+#[derive(Debug)]
+pub struct HealthQuantumService {
+    listener: GrpcListener,
+    database: Database,
+    api: HealthQuantumApi,
+    verifier: TokenVerifier,
+}
+
+impl HealthQuantumService {
+    /// Connects the database (running the migrations), loads [`MODELS`] and binds
+    /// `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
+    pub async fn build(config: &Config, inference: &InferenceConfig, verifier: TokenVerifier) -> anyhow::Result<Self> {
+        config.validate()?;
+        let database = Database::connect(&config.database_url, &MIGRATOR)
+            .await
+            .context("cannot open the healthquantum database")?;
+        let models = ModelRegistry::load(inference, MODELS).context("cannot load the healthquantum models")?;
+        let listener = GrpcListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
+        let api = HealthQuantumApi::new(Store::new(database.clone()), models);
+        Ok(Self { listener, database, api, verifier })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The service's database, for tests that inspect what was stored.
+    #[doc(hidden)]
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Serves HealthQuantum, health and reflection until `shutdown`, then drains in-flight calls
+    /// and closes the database.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let service = HealthQuantumServer::with_interceptor(self.api, Authenticate::new(self.verifier));
+        let served = self.listener.serve(Routes::new(service), &[health_quantum_server::SERVICE_NAME], shutdown).await;
+        self.database.close().await;
+        served
+    }
+}
+
+/// Builds the service and serves it until `shutdown`.
+pub async fn run(
+    config: &Config,
+    inference: &InferenceConfig,
+    verifier: TokenVerifier,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    HealthQuantumService::build(config, inference, verifier).await?.run_until_stopped(shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid_and_listens_on_loopback() {
+        let config = Config::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:50061");
+    }
+
+    #[test]
+    fn database_urls_of_other_engines_are_refused() {
+        for url in ["mysql://localhost/db", "", "data/healthquantum.db"] {
+            let config = Config { database_url: url.into(), ..Config::default() };
+            assert!(config.validate().is_err(), "{url:?}");
+        }
+        for url in ["sqlite::memory:", "postgres://localhost/hq", "postgresql://localhost/hq"] {
+            let config = Config { database_url: url.into(), ..Config::default() };
+            assert!(config.validate().is_ok(), "{url:?}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The internal token: minted by the gateway for each call it forwards, verified by every
+//! service on every call (health checks aside). Services never trust a bare tenant header.
+//!
+//! Format: `v1.<claims>.<signature>`, base64url without padding; the claims are JSON and the
+//! Ed25519 signature covers `v1.<claims>`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Status, metadata::MetadataMap};
+
+use crate::config::{ConfigError, Validate};
+
+/// How long a minted token is valid. Tokens are minted per call, so this only has to cover one
+/// call and its retries.
+pub const TOKEN_TTL: Duration = Duration::from_secs(60);
+/// Clock skew tolerated between the gateway and a service.
+const LEEWAY_SECS: u64 = 5;
+const VERSION: &str = "v1";
+
+/// Keys of the internal token, base64 (standard alphabet) 32-byte Ed25519 keys.
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InternalAuthConfig {
+    /// The gateway's private signing key (a secret). `aigronova up` makes one per run when unset.
+    pub signing_key: Option<String>,
+    /// The public key services verify with. `aigronova up` derives it from the signing key.
+    pub verifying_key: Option<String>,
+}
+
+impl std::fmt::Debug for InternalAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InternalAuthConfig")
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "[redacted]"))
+            .field("verifying_key", &self.verifying_key)
+            .finish()
+    }
+}
+
+impl Validate for InternalAuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.signing_key {
+            TokenSigner::from_base64(key)?;
+        }
+        if let Some(key) = &self.verifying_key {
+            TokenVerifier::from_base64(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// Who is calling a service, as the verified internal token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caller {
+    #[serde(rename = "ten")]
+    pub tenant_id: String,
+    #[serde(rename = "sub")]
+    pub subject: String,
+    #[serde(rename = "scp")]
+    pub scopes: Vec<String>,
+}
+
+impl Caller {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|held| held == scope)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    #[serde(flatten)]
+    caller: Caller,
+    iat: u64,
+    exp: u64,
+}
+
+/// Why a token was refused. Never echoes the token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("missing internal token")]
+    Missing,
+    #[error("malformed internal token")]
+    Malformed,
+    #[error("internal token signature does not verify")]
+    BadSignature,
+    #[error("internal token has expired")]
+    Expired,
+}
+
+impl From<TokenError> for Status {
+    fn from(error: TokenError) -> Self {
+        Status::unauthenticated(error.to_string())
+    }
+}
+
+/// Mints internal tokens (the gateway).
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: Arc<SigningKey>,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenSigner([redacted])")
+    }
+}
+
+impl TokenSigner {
+    /// A fresh random key, for a process that runs the gateway and the services together.
+    pub fn generate() -> Self {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).expect("the operating system's random source is available");
+        Self { key: Arc::new(SigningKey::from_bytes(&seed)) }
+    }
+
+    pub fn from_base64(encoded: &str) -> Result<Self, ConfigError> {
+        let seed = decode_key(encoded, "internal_auth.signing_key")?;
+        Ok(Self { key: Arc::new(SigningKey::from_bytes(&seed)) })
+    }
+
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.key.to_bytes())
+    }
+
+    pub fn verifier(&self) -> TokenVerifier {
+        TokenVerifier { key: self.key.verifying_key() }
+    }
+
+    pub fn mint(&self, caller: &Caller) -> String {
+        self.mint_at(caller, unix_now())
+    }
+
+    fn mint_at(&self, caller: &Caller, now: u64) -> String {
+        let claims = Claims { caller: caller.clone(), iat: now, exp: now + TOKEN_TTL.as_secs() };
+        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("claims serialize"));
+        let signed = format!("{VERSION}.{payload}");
+        let signature = self.key.sign(signed.as_bytes());
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()))
+    }
+}
+
+/// Verifies internal tokens (every service).
+#[derive(Clone, Debug)]
+pub struct TokenVerifier {
+    key: VerifyingKey,
+}
+
+impl TokenVerifier {
+    pub fn from_base64(encoded: &str) -> Result<Self, ConfigError> {
+        let bytes = decode_key(encoded, "internal_auth.verifying_key")?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| ConfigError("internal_auth.verifying_key is not an Ed25519 public key".into()))?;
+        Ok(Self { key })
+    }
+
+    pub fn to_base64(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.key.to_bytes())
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        self.verify_at(token, unix_now())
+    }
+
+    fn verify_at(&self, token: &str, now: u64) -> Result<Caller, TokenError> {
+        let (signed, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let (version, payload) = signed.split_once('.').ok_or(TokenError::Malformed)?;
+        if version != VERSION {
+            return Err(TokenError::Malformed);
+        }
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| TokenError::Malformed)?;
+        let signature = Signature::from_slice(&signature).map_err(|_| TokenError::Malformed)?;
+        self.key.verify(signed.as_bytes(), &signature).map_err(|_| TokenError::BadSignature)?;
+        let claims = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let claims: Claims = serde_json::from_slice(&claims).map_err(|_| TokenError::Malformed)?;
+        if claims.exp + LEEWAY_SECS < now || claims.iat > now + LEEWAY_SECS {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims.caller)
+    }
+}
+
+/// The metadata key that carries the internal token.
+pub const TOKEN_METADATA_KEY: &str = "authorization";
+
+/// Puts `token` on an outgoing gRPC call.
+pub fn attach_token(metadata: &mut MetadataMap, token: &str) {
+    let value = format!("Bearer {token}").parse().expect("a token is ASCII");
+    metadata.insert(TOKEN_METADATA_KEY, value);
+}
+
+/// A tonic interceptor that verifies the internal token and stores the [`Caller`] in the
+/// request's extensions; calls without a valid token end with `unauthenticated`.
+#[derive(Clone, Debug)]
+pub struct Authenticate {
+    verifier: TokenVerifier,
+}
+
+impl Authenticate {
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Self { verifier }
+    }
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let token = request
+            .metadata()
+            .get(TOKEN_METADATA_KEY)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or(TokenError::Missing)?;
+        let caller = self.verifier.verify(token)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The verified caller of a request that went through [`Authenticate`].
+pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .ok_or_else(|| Status::unauthenticated(TokenError::Missing.to_string()))
+}
+
+fn decode_key(encoded: &str, field: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .map_err(|_| ConfigError(format!("{field} is not base64")))?;
+    bytes.try_into().map_err(|_| ConfigError(format!("{field} must be 32 bytes")))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller() -> Caller {
+        Caller { tenant_id: "t1".into(), subject: "key-1".into(), scopes: vec!["health:read".into()] }
+    }
+
+    #[test]
+    fn a_minted_token_verifies_and_carries_the_caller() {
+        let signer = TokenSigner::generate();
+        let token = signer.mint(&caller());
+        assert_eq!(signer.verifier().verify(&token), Ok(caller()));
+    }
+
+    #[test]
+    fn a_token_from_another_key_is_refused() {
+        let token = TokenSigner::generate().mint(&caller());
+        assert_eq!(TokenSigner::generate().verifier().verify(&token), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn an_edited_claim_breaks_the_signature() {
+        let signer = TokenSigner::generate();
+        let token = signer.mint(&caller());
+        let (_, payload, signature) = {
+            let mut parts = token.split('.');
+            (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
+        };
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        claims["ten"] = "t2".into();
+        let forged = format!(
+            "v1.{}.{signature}",
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        assert_eq!(signer.verifier().verify(&forged), Err(TokenError::BadSignature));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let signer = TokenSigner::generate();
+        let token = signer.mint_at(&caller(), 1_000);
+        assert_eq!(signer.verifier().verify_at(&token, 1_000 + 61 + LEEWAY_SECS), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let verifier = TokenSigner::generate().verifier();
+        for token in ["", "v1", "v1.abc", "v2.a.b", "v1.!!.??"] {
+            assert_eq!(verifier.verify(token), Err(TokenError::Malformed), "{token:?}");
+        }
+    }
+
+    #[test]
+    fn keys_round_trip_through_base64() {
+        let signer = TokenSigner::generate();
+        let restored = TokenSigner::from_base64(&signer.to_base64()).unwrap();
+        let verifier = TokenVerifier::from_base64(&signer.verifier().to_base64()).unwrap();
+        assert_eq!(verifier.verify(&restored.mint(&caller())), Ok(caller()));
+    }
+}

@@ -1,0 +1,116 @@
+//! Layered configuration: defaults, then a TOML file, then `AIGRONOVA__SECTION__KEY`
+//! environment variables. Every process loads its typed config through [`load`] and validates
+//! it before it starts anything.
+
+use std::path::{Path, PathBuf};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// The prefix of configuration environment variables; `__` separates nesting levels, e.g.
+/// `AIGRONOVA__GATEWAY__HTTP_ADDR=0.0.0.0:8080`.
+pub const ENV_PREFIX: &str = "AIGRONOVA__";
+
+/// A configuration that is wrong; the process refuses to start (exit code 64).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        Self(error.to_string())
+    }
+}
+
+/// A configuration section that can check itself.
+pub trait Validate {
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Loads `T` from its defaults, the optional TOML `file`, then the environment, and validates it.
+pub fn load<T>(file: Option<&Path>) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned + Default + Validate,
+{
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        if !file.exists() {
+            return Err(ConfigError(format!("config file {} does not exist", file.display())));
+        }
+        figment = figment.merge(Toml::file(file));
+    }
+    let config: T = figment.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Where a service finds its models and the ONNX Runtime library.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Folder holding `<name>/<version>/{model.onnx,manifest.json}`.
+    pub models_dir: PathBuf,
+    /// Path of `libonnxruntime.so` (1.31 or newer). Empty: the `ORT_DYLIB_PATH` variable.
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Threads ONNX Runtime uses inside one inference call.
+    pub intra_threads: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        Self { models_dir: PathBuf::from("models"), ort_dylib_path: None, intra_threads: 1 }
+    }
+}
+
+impl Validate for InferenceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.intra_threads == 0 {
+            return Err(ConfigError("inference.intra_threads must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Logs and traces.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// A `tracing` filter, e.g. `info` or `aigronova_gateway=debug,info`.
+    pub log_filter: String,
+    /// `json` (one JSON object a line) or `pretty`.
+    pub log_format: LogFormat,
+    /// OTLP gRPC endpoint of the trace collector (e.g. Jaeger's `http://jaeger:4317`); unset: no export.
+    pub otlp_endpoint: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Pretty,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { log_filter: "info".into(), log_format: LogFormat::Json, otlp_endpoint: None }
+    }
+}
+
+impl Validate for TelemetryConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError(format!(
+                "telemetry.otlp_endpoint must be an http:// or https:// URL, got {endpoint:?}"
+            )));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_filter)
+            .map_err(|error| ConfigError(format!("telemetry.log_filter: {error}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,107 @@
+//! The errors a service returns, and their one mapping to `tonic::Status`; plus the one table
+//! pairing gRPC codes with HTTP statuses that the gateway uses.
+//!
+//! Internal details are logged once, here, where the error becomes a `Status`; the caller gets
+//! an opaque message.
+
+use tonic::{Code, Status};
+
+use crate::{inference::InferenceError, storage::StoreError};
+
+/// The metadata key naming the request field an `invalid_argument` is about.
+pub const FIELD_METADATA_KEY: &str = "aigronova-field";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidArgument { field, reason } => invalid_argument(&field, &reason),
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::AlreadyExists(what) => Status::already_exists(what),
+            Error::PermissionDenied(what) => Status::permission_denied(what),
+            Error::Store(error) => error.into(),
+            Error::Inference(error) => error.into(),
+        }
+    }
+}
+
+/// `invalid_argument` naming `field`, in the message and in [`FIELD_METADATA_KEY`].
+pub fn invalid_argument(field: &str, reason: &str) -> Status {
+    let mut status = Status::invalid_argument(format!("{field}: {reason}"));
+    if let Ok(value) = field.parse() {
+        status.metadata_mut().insert(FIELD_METADATA_KEY, value);
+    }
+    status
+}
+
+/// An internal failure: logged with its cause, reported to the caller without it.
+pub fn internal(cause: &dyn std::fmt::Display) -> Status {
+    tracing::error!(error = %cause, "internal error");
+    Status::internal("internal error")
+}
+
+/// The HTTP status of a gRPC code: the one table the gateway uses in both directions.
+pub fn http_status_of(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::Unknown => 500,
+        Code::InvalidArgument => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists => 409,
+        Code::PermissionDenied => 403,
+        Code::ResourceExhausted => 429,
+        Code::FailedPrecondition => 400,
+        Code::Aborted => 409,
+        Code::OutOfRange => 400,
+        Code::Unimplemented => 501,
+        Code::Internal => 500,
+        Code::Unavailable => 503,
+        Code::DataLoss => 500,
+        Code::Unauthenticated => 401,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field_in_message_and_metadata() {
+        let status: Status = Error::invalid("features.mean radius", "must be finite").into();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "features.mean radius: must be finite");
+        assert_eq!(status.metadata().get(FIELD_METADATA_KEY).unwrap(), "features.mean radius");
+    }
+
+    #[test]
+    fn the_table_pairs_the_codes_clients_branch_on() {
+        assert_eq!(http_status_of(Code::Unauthenticated), 401);
+        assert_eq!(http_status_of(Code::PermissionDenied), 403);
+        assert_eq!(http_status_of(Code::ResourceExhausted), 429);
+        assert_eq!(http_status_of(Code::DeadlineExceeded), 504);
+        assert_eq!(http_status_of(Code::Unavailable), 503);
+    }
+}

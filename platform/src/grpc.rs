@@ -1,0 +1,72 @@
+//! gRPC server scaffolding shared by every service: `grpc.health.v1`, reflection from the
+//! descriptor set, a span per call whose parent is the caller's W3C trace context, and a
+//! graceful shutdown that reports NOT_SERVING and then drains in-flight calls.
+
+use std::{io, net::SocketAddr};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::Routes, transport::Server};
+use tonic_health::ServingStatus;
+
+use crate::shutdown::Shutdown;
+
+/// A bound gRPC listener; binding first lets `127.0.0.1:0` callers learn the port.
+#[derive(Debug)]
+pub struct GrpcListener {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl GrpcListener {
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self { listener, local_addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves `routes` plus health and reflection until `shutdown`. `services` are the full
+    /// names of the gRPC services in `routes`, reported SERVING while the server runs.
+    pub async fn serve(self, routes: Routes, services: &[&str], shutdown: Shutdown) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for service in services.iter().copied().chain([""]) {
+            health.set_service_status(service, ServingStatus::Serving).await;
+        }
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aigronova_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let routes = routes.add_service(health_service).add_service(reflection);
+
+        let names: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+        let drain = async move {
+            shutdown.wait().await;
+            for service in names.iter().map(String::as_str).chain([""]) {
+                health.set_service_status(service, ServingStatus::NotServing).await;
+            }
+        };
+        tracing::info!(addr = %self.local_addr, "gRPC server listening");
+        Server::builder()
+            .trace_fn(call_span)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), drain)
+            .await?;
+        tracing::info!(addr = %self.local_addr, "gRPC server stopped");
+        Ok(())
+    }
+}
+
+/// One span per call, child of the caller's span when the call carries `traceparent`.
+fn call_span(request: &http::Request<()>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %request.uri().path(),
+        otel.kind = "server",
+        rpc.system = "grpc",
+    );
+    crate::trace_context::adopt_remote_parent(&span, request.headers());
+    span
+}

@@ -1,0 +1,329 @@
+//! Model inference with ONNX Runtime (`ort`, loaded dynamically from `libonnxruntime.so`).
+//!
+//! A model lives in `<models_dir>/<name>/<version>/` as `model.onnx` and `manifest.json`. Loading
+//! checks the file's sha256 against the manifest, opens one session per model, and warms it up
+//! with the training means. Every call is timed into a Prometheus histogram.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    time::Instant,
+};
+
+use ort::{
+    environment::Environment,
+    session::{Session, builder::GraphOptimizationLevel},
+    value::Tensor,
+};
+use prometheus::{HistogramOpts, HistogramVec};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::Status;
+
+use crate::config::InferenceConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    #[error("ONNX Runtime library not found: set inference.ort_dylib_path or ORT_DYLIB_PATH (`make onnxruntime` fetches it)")]
+    RuntimeMissing,
+    #[error("cannot load ONNX Runtime from {path}: {reason}")]
+    RuntimeLoad { path: PathBuf, reason: String },
+    #[error("model {name}: no version found under {dir}")]
+    NoVersion { name: String, dir: PathBuf },
+    #[error("model {path}: {reason}")]
+    BadManifest { path: PathBuf, reason: String },
+    #[error("model {path}: sha256 is {actual} but the manifest says {expected}; refusing to load it")]
+    ChecksumMismatch { path: PathBuf, expected: String, actual: String },
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    #[error("{field}: {reason}")]
+    InvalidFeature { field: String, reason: String },
+    #[error("inference failed: {0}")]
+    Runtime(String),
+}
+
+impl From<InferenceError> for Status {
+    fn from(error: InferenceError) -> Self {
+        match &error {
+            InferenceError::UnknownModel(name) => {
+                crate::error::invalid_argument("model", &format!("unknown model {name:?}"))
+            }
+            InferenceError::InvalidFeature { field, reason } => crate::error::invalid_argument(field, reason),
+            InferenceError::RuntimeMissing
+            | InferenceError::RuntimeLoad { .. }
+            | InferenceError::NoVersion { .. }
+            | InferenceError::BadManifest { .. }
+            | InferenceError::ChecksumMismatch { .. }
+            | InferenceError::Runtime(_) => crate::error::internal(&error),
+        }
+    }
+}
+
+/// `manifest.json`: the model card and everything the platform needs to feed the model.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    pub task: String,
+    pub description: String,
+    pub file: String,
+    pub sha256: String,
+    pub input: TensorSpec,
+    pub outputs: BTreeMap<String, String>,
+    pub positive_class: String,
+    pub features: Vec<Feature>,
+    pub risk_bands: Vec<RiskBand>,
+    pub metrics: BTreeMap<String, f64>,
+    pub training_data: serde_json::Value,
+    pub intended_use: String,
+    pub limitations: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+}
+
+/// One input feature, in model order, with its accepted range and drift baseline.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Feature {
+    pub name: String,
+    pub min: f64,
+    pub max: f64,
+    pub training_mean: f64,
+    pub bin_edges: Vec<f64>,
+}
+
+/// A probability below `upper` (and at or above the previous band's) falls in this band.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RiskBand {
+    pub name: String,
+    pub upper: f64,
+}
+
+/// A loaded model with its one session.
+pub struct Model {
+    manifest: Manifest,
+    session: Mutex<Session>,
+    probabilities_output: String,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("name", &self.manifest.name).field("version", &self.manifest.version).finish()
+    }
+}
+
+impl Model {
+    pub fn name(&self) -> &str {
+        &self.manifest.name
+    }
+
+    pub fn version(&self) -> &str {
+        &self.manifest.version
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Orders named features as the model expects them, refusing missing, extra, non-finite and
+    /// out-of-range values; errors name the field as `<prefix>.<feature>`.
+    pub fn feature_vector(&self, features: &HashMap<String, f64>, prefix: &str) -> Result<Vec<f32>, InferenceError> {
+        let invalid = |name: &str, reason: String| InferenceError::InvalidFeature {
+            field: format!("{prefix}.{name}"),
+            reason,
+        };
+        let mut unknown: Vec<&String> =
+            features.keys().filter(|name| !self.manifest.features.iter().any(|f| &f.name == *name)).collect();
+        unknown.sort();
+        if let Some(name) = unknown.first() {
+            return Err(invalid(name, format!("is not a feature of model {}", self.manifest.name)));
+        }
+        self.manifest
+            .features
+            .iter()
+            .map(|feature| {
+                let value = *features.get(&feature.name).ok_or_else(|| invalid(&feature.name, "is required".into()))?;
+                if !value.is_finite() {
+                    return Err(invalid(&feature.name, "must be a finite number".into()));
+                }
+                if value < feature.min || value > feature.max {
+                    return Err(invalid(
+                        &feature.name,
+                        format!("{value} is outside the accepted range [{}, {}]", feature.min, feature.max),
+                    ));
+                }
+                Ok(value as f32)
+            })
+            .collect()
+    }
+
+    /// The probability of the positive class for one row.
+    pub fn predict_probability(&self, row: &[f32]) -> Result<f64, InferenceError> {
+        let started = Instant::now();
+        let result = self.run(row);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        latency_histogram()
+            .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn run(&self, row: &[f32]) -> Result<f64, InferenceError> {
+        let runtime = |error: ort::Error| InferenceError::Runtime(error.to_string());
+        let input = Tensor::from_array(([1usize, row.len()], row.to_vec())).map_err(runtime)?;
+        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let outputs = session.run(ort::inputs![self.manifest.input.name.as_str() => input]).map_err(runtime)?;
+        let probabilities = outputs
+            .get(&self.probabilities_output)
+            .ok_or_else(|| InferenceError::Runtime(format!("output {} missing", self.probabilities_output)))?;
+        let (_, values) = probabilities.try_extract_tensor::<f32>().map_err(runtime)?;
+        // Binary classifiers output [P(negative), P(positive)].
+        values.get(1).map(|p| f64::from(*p)).ok_or_else(|| InferenceError::Runtime("empty output".into()))
+    }
+
+    /// The manifest's band for `probability`.
+    pub fn risk_band(&self, probability: f64) -> &str {
+        self.manifest
+            .risk_bands
+            .iter()
+            .find(|band| probability < band.upper)
+            .or(self.manifest.risk_bands.last())
+            .map_or("unknown", |band| band.name.as_str())
+    }
+}
+
+/// The models one service serves, by name.
+#[derive(Clone, Debug, Default)]
+pub struct ModelRegistry {
+    models: HashMap<String, Arc<Model>>,
+}
+
+impl ModelRegistry {
+    /// Loads the newest version of each named model.
+    pub fn load(config: &InferenceConfig, names: &[&str]) -> Result<Self, InferenceError> {
+        let environment = environment(config)?;
+        let mut models = HashMap::new();
+        for name in names {
+            let dir = newest_version(&config.models_dir.join(name))?;
+            let model = load_model(environment, &dir, config.intra_threads)?;
+            tracing::info!(model = %model.name(), version = %model.version(), "model loaded");
+            models.insert((*name).to_owned(), Arc::new(model));
+        }
+        Ok(Self { models })
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Model>, InferenceError> {
+        self.models.get(name).cloned().ok_or_else(|| InferenceError::UnknownModel(name.to_owned()))
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
+        self.models.values()
+    }
+}
+
+/// Reads and checks a model folder without opening a session: the manifest must parse and the
+/// file's sha256 must match it.
+pub fn read_manifest(dir: &Path) -> Result<Manifest, InferenceError> {
+    let manifest_path = dir.join("manifest.json");
+    let bad = |reason: String| InferenceError::BadManifest { path: manifest_path.clone(), reason };
+    let text = std::fs::read_to_string(&manifest_path).map_err(|error| bad(error.to_string()))?;
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|error| bad(error.to_string()))?;
+    if manifest.features.is_empty() || manifest.risk_bands.is_empty() {
+        return Err(bad("features and risk_bands must not be empty".into()));
+    }
+    let model_path = dir.join(&manifest.file);
+    let bytes = std::fs::read(&model_path)
+        .map_err(|error| InferenceError::BadManifest { path: model_path.clone(), reason: error.to_string() })?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+        return Err(InferenceError::ChecksumMismatch { path: model_path, expected: manifest.sha256, actual });
+    }
+    Ok(manifest)
+}
+
+fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Result<Model, InferenceError> {
+    let manifest = read_manifest(dir)?;
+    let bad = |reason: String| InferenceError::BadManifest { path: dir.to_path_buf(), reason };
+    let probabilities_output =
+        manifest.outputs.get("probabilities").cloned().ok_or_else(|| bad("outputs.probabilities is missing".into()))?;
+    let session = Session::builder(environment)
+        .and_then(|builder| {
+            builder
+                .with_optimization_level(GraphOptimizationLevel::Level3)
+                .and_then(|builder| builder.with_intra_threads(intra_threads))
+                .map_err(ort::Error::from)
+        })
+        .and_then(|mut builder| builder.commit_from_file(dir.join(&manifest.file)))
+        .map_err(|error| bad(format!("ONNX Runtime cannot open the model: {error}")))?;
+    let model = Model { manifest, session: Mutex::new(session), probabilities_output };
+    let warm_up: Vec<f32> = model.manifest.features.iter().map(|f| f.training_mean as f32).collect();
+    model.run(&warm_up)?;
+    Ok(model)
+}
+
+/// The highest version folder under `model_dir` (numeric versions compare as numbers).
+fn newest_version(model_dir: &Path) -> Result<PathBuf, InferenceError> {
+    let no_version = || InferenceError::NoVersion {
+        name: model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        dir: model_dir.to_path_buf(),
+    };
+    let entries = std::fs::read_dir(model_dir).map_err(|_| no_version())?;
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().join("manifest.json").is_file())
+        .map(|entry| entry.path())
+        .max_by_key(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            (name.parse::<u64>().unwrap_or(0), name)
+        })
+        .ok_or_else(no_version)
+}
+
+/// ONNX Runtime allows one environment per process; every service of `aigronova up` shares it.
+fn environment(config: &InferenceConfig) -> Result<&'static Environment, InferenceError> {
+    static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+    static INIT: Mutex<()> = Mutex::new(());
+    if let Some(environment) = ENVIRONMENT.get() {
+        return Ok(environment);
+    }
+    let _guard = INIT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(environment) = ENVIRONMENT.get() {
+        return Ok(environment);
+    }
+    let path = config
+        .ort_dylib_path
+        .clone()
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+        .ok_or(InferenceError::RuntimeMissing)?;
+    if !path.is_file() {
+        return Err(InferenceError::RuntimeLoad { path, reason: "no such file".into() });
+    }
+    let load_error = |reason: String| InferenceError::RuntimeLoad { path: path.clone(), reason };
+    let environment = ort::init_from(&path)
+        .map_err(|error| load_error(error.to_string()))?
+        .with_name("aigronova")
+        .build()
+        .map_err(|error| load_error(error.to_string()))?;
+    Ok(ENVIRONMENT.get_or_init(|| environment))
+}
+
+/// Inference latency per model, version and outcome.
+pub fn latency_histogram() -> &'static HistogramVec {
+    static HISTOGRAM: OnceLock<HistogramVec> = OnceLock::new();
+    HISTOGRAM.get_or_init(|| {
+        let histogram = HistogramVec::new(
+            HistogramOpts::new("aigronova_inference_duration_seconds", "Model inference latency")
+                .buckets(vec![0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5]),
+            &["model", "version", "outcome"],
+        )
+        .expect("valid histogram options");
+        if let Err(error) = prometheus::register(Box::new(histogram.clone())) {
+            tracing::warn!(%error, "inference histogram not registered");
+        }
+        histogram
+    })
+}

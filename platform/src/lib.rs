@@ -1,0 +1,18 @@
+//! The shared runtime of every AigroNova service: configuration, telemetry, internal
+//! authentication, W3C trace context, errors and their gRPC mapping, storage, inference and
+//! the gRPC server scaffolding.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod inference;
+pub mod shutdown;
+pub mod storage;
+pub mod telemetry;
+pub mod trace_context;
+
+pub use error::Error;
+pub use shutdown::Shutdown;

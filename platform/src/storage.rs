@@ -1,0 +1,159 @@
+//! Relational storage: one `sqlx` pool behind one interface for SQLite (embedded) and
+//! PostgreSQL (production), with the service's migrations run at start-up.
+//!
+//! Queries are written once, with `$1` placeholders and SQL both engines accept, and run
+//! through `sqlx::Any`.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    AnyPool,
+    any::{AnyPoolOptions, install_default_drivers},
+    migrate::Migrator,
+};
+use tonic::Status;
+
+/// Which engine a [`Database`] talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl FromStr for Backend {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::UnsupportedUrl)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL must start with sqlite: or postgres:")]
+    UnsupportedUrl,
+    #[error("cannot create the database folder: {0}")]
+    Folder(#[from] std::io::Error),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the error is a unique-constraint violation (a duplicate insert).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, Self::Database(sqlx::Error::Database(error)) if error.is_unique_violation())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(error: StoreError) -> Self {
+        match &error {
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                tracing::error!(%error, "database unavailable");
+                Status::unavailable("storage is unavailable, retry later")
+            }
+            StoreError::UnsupportedUrl
+            | StoreError::Folder(_)
+            | StoreError::Database(_)
+            | StoreError::Migration(_)
+            | StoreError::Corrupt(_) => crate::error::internal(&error),
+        }
+    }
+}
+
+/// A connection pool to one service's database.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Database {
+    /// Connects (creating an SQLite file and its folder when missing) and runs `migrator`.
+    pub async fn connect(url: &str, migrator: &Migrator) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let backend: Backend = url.parse()?;
+        let url = match backend {
+            Backend::Sqlite => sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let max_connections = match backend {
+            Backend::Sqlite => 4,
+            Backend::Postgres => 10,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
+        }
+        migrator.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks that the database answers (readiness probes).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `sqlite:<path>` with the file created on first use.
+fn sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path != ":memory:"
+        && let Some(folder) = Path::new(path).parent().filter(|folder| !folder.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(folder)?;
+    }
+    let mut options: Vec<&str> = query.split('&').filter(|option| !option.is_empty()).collect();
+    if !options.iter().any(|option| option.starts_with("mode=")) {
+        options.push("mode=rwc");
+    }
+    Ok(format!("sqlite://{path}?{}", options.join("&")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_create_the_file_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/db.sqlite");
+        let url = sqlite_url(&format!("sqlite://{}", path.display())).unwrap();
+        assert_eq!(url, format!("sqlite://{}?mode=rwc", path.display()));
+        assert!(path.parent().unwrap().is_dir());
+    }
+
+    #[test]
+    fn other_schemes_are_refused() {
+        assert!(matches!("mysql://x".parse::<Backend>(), Err(StoreError::UnsupportedUrl)));
+    }
+}

@@ -1,0 +1,55 @@
+//! W3C trace context (`traceparent`, `tracestate`) across HTTP headers and gRPC metadata.
+
+use opentelemetry::{
+    Context,
+    propagation::{Extractor, Injector, TextMapPropagator},
+};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+
+/// Writes the context into outgoing gRPC metadata.
+pub struct MetadataInjector<'a>(pub &'a mut MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (MetadataKey::from_bytes(key.as_bytes()), MetadataValue::try_from(value)) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Reads the context from HTTP headers (and so from gRPC metadata, which travels as headers).
+pub struct HeaderExtractor<'a>(pub &'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+/// The remote parent carried by `headers`, or an empty context.
+pub fn extract(headers: &http::HeaderMap) -> Context {
+    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+}
+
+/// Writes `context` as `traceparent`/`tracestate` into `metadata`.
+pub fn inject(context: &Context, metadata: &mut MetadataMap) {
+    TraceContextPropagator::new().inject_context(context, &mut MetadataInjector(metadata));
+}
+
+/// Writes the current span's context into `metadata`, so that the callee's span is its child.
+pub fn inject_current(metadata: &mut MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    inject(&tracing::Span::current().context(), metadata);
+}
+
+/// Makes `span` a child of the remote span that `headers` carry, if any.
+pub fn adopt_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    // Fails only when no OpenTelemetry layer is installed; the span then simply has no parent.
+    let _ = span.set_parent(extract(headers));
+}

@@ -1,0 +1,191 @@
+//! Bad input through the gateway: each is a problem document with the right status, and
+//! nothing is written.
+
+use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app};
+use serde_json::{Value, json};
+
+fn reference_features() -> serde_json::Map<String, Value> {
+    let path = models_dir().join("breast-cancer/1/reference.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    reference["rows"][0]["features"].as_object().unwrap().clone()
+}
+
+async fn app_with_patient(backend: Backend) -> (TestApp, String, String) {
+    let app = spawn_app(backend).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    (app, key, patient)
+}
+
+#[tokio::test]
+async fn unknown_routes_are_404_and_wrong_methods_405() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    assert_problem(app.get("/v1/health/nothing-here", &key).await, 404).await;
+    assert_problem(app.get("/v2/anything", &key).await, 404).await;
+    let response = app.client.delete(app.url("/v1/health/patients")).bearer_auth(&key).send().await.unwrap();
+    assert_problem(response, 405).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_key_is_401() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"});
+    let response = app.client.post(app.url("/v1/health/patients")).json(&body).send().await.unwrap();
+    assert_problem(response, 401).await;
+    assert_problem(app.post("/v1/health/patients", "agk_not_a_key", &body).await, 401).await;
+    let response = app
+        .client
+        .post(app.url("/v1/health/patients"))
+        .header("authorization", "Basic dXNlcjpwYXNz")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 401).await;
+    assert_problem(app.post("/v1/admin/tenants", "agk_not_a_key", &json!({"name": "A", "plan": "starter"})).await, 401)
+        .await;
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_without_the_scope_is_403() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Read only").await;
+    let read_only = app.create_key(&tenant, &["health:read"]).await;
+    let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"});
+    let problem = assert_problem(app.post("/v1/health/patients", &read_only, &body).await, 403).await;
+    assert!(problem["detail"].as_str().unwrap().contains("health:write"), "{problem}");
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let raw_cases: [(&str, &str); 4] = [
+        ("{\"name\": \"Maria\",", "truncated JSON"),
+        ("not json at all", "not JSON"),
+        ("[1, 2, 3]", "an array"),
+        ("{\"name\": 5, \"cpf\": \"52998224725\", \"birthDate\": \"1980-02-29\"}", "a number for a string"),
+    ];
+    for (body, case) in raw_cases {
+        let response = app.post_raw("/v1/health/patients", &key, body).await;
+        let problem = assert_problem(response, 400).await;
+        assert!(!problem["detail"].as_str().unwrap().is_empty(), "{case}");
+    }
+    let field_cases = [
+        (json!({"cpf": "52998224725", "birthDate": "1980-02-29"}), "name"),
+        (json!({"name": "Maria", "birthDate": "1980-02-29"}), "cpf"),
+        (json!({"name": "Maria", "cpf": "52998224725"}), "birth_date"),
+        (json!({"name": "Maria", "cpf": "52998224726", "birthDate": "1980-02-29"}), "cpf"),
+        (json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1981-02-29"}), "birth_date"),
+    ];
+    for (body, field) in field_cases {
+        let problem = assert_problem(app.post("/v1/health/patients", &key, &body).await, 400).await;
+        assert_eq!(problem["field"], field, "{body} -> {problem}");
+    }
+    let unknown = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29", "shoeSize": 42});
+    assert_problem(app.post("/v1/health/patients", &key, &unknown).await, 400).await;
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_feature_vectors_are_refused_naming_the_field_and_nothing_is_written() {
+    let (app, key, patient) = app_with_patient(Backend::Sqlite).await;
+    let path = format!("/v1/health/patients/{patient}/assessments");
+    let features = reference_features();
+
+    let mut missing = features.clone();
+    missing.remove("mean radius");
+    let mut extra = features.clone();
+    extra.insert("shoe size".into(), json!(42));
+    let mut nan = features.clone();
+    nan.insert("mean texture".into(), json!("NaN"));
+    let mut infinite = features.clone();
+    infinite.insert("worst area".into(), json!("Infinity"));
+    let mut out_of_range = features.clone();
+    out_of_range.insert("mean radius".into(), json!(-3.0));
+    let mut wrong_type = features.clone();
+    wrong_type.insert("mean radius".into(), json!("large"));
+
+    let cases = [
+        (json!({"model": "breast-cancer", "features": missing}), Some("features.mean radius")),
+        (json!({"model": "breast-cancer", "features": extra}), Some("features.shoe size")),
+        (json!({"model": "breast-cancer", "features": nan}), Some("features.mean texture")),
+        (json!({"model": "breast-cancer", "features": infinite}), Some("features.worst area")),
+        (json!({"model": "breast-cancer", "features": out_of_range}), Some("features.mean radius")),
+        (json!({"model": "no-such-model", "features": features}), Some("model")),
+        (json!({"features": features}), Some("model")),
+        (json!({"model": "breast-cancer", "features": wrong_type}), None),
+    ];
+    for (body, field) in cases {
+        let problem = assert_problem(app.post(&path, &key, &body).await, 400).await;
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field, "{problem}");
+        }
+    }
+    // A bare NaN is not JSON at all.
+    let mut bare_nan = features.clone();
+    bare_nan.insert("mean radius".into(), json!("__bare_nan__"));
+    let raw = serde_json::to_string(&json!({"model": "breast-cancer", "features": bare_nan}))
+        .unwrap()
+        .replace("\"__bare_nan__\"", "NaN");
+    assert!(raw.contains(":NaN"));
+    assert_problem(app.post_raw(&path, &key, raw).await, 400).await;
+    assert_eq!(app.count_health_rows("assessments").await, 0);
+
+    let unknown_patient = app
+        .post("/v1/health/patients/00000000-0000-0000-0000-000000000000/assessments", &key, &json!({"model": "breast-cancer", "features": features}))
+        .await;
+    assert_problem(unknown_patient, 404).await;
+    assert_eq!(app.count_health_rows("assessments").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_and_nothing_is_written() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let padding = "a".repeat(2 * 1024 * 1024);
+    let body = format!("{{\"name\": \"{padding}\", \"cpf\": \"52998224725\", \"birthDate\": \"1980-02-29\"}}");
+    assert_problem(app.post_raw("/v1/health/patients", &key, body.clone()).await, 413).await;
+    // Without a Content-Length the limit still holds while the body streams in.
+    let stream = futures_body(body);
+    let response = app
+        .client
+        .post(app.url("/v1/health/patients"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(stream)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 413).await;
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+fn futures_body(body: String) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        body.into_bytes().chunks(64 * 1024).map(|chunk| Ok(chunk.to_vec())).collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_on_postgres_too() {
+    let (app, key, patient) = app_with_patient(Backend::Postgres).await;
+    let mut features = reference_features();
+    features.insert("mean radius".into(), json!("NaN"));
+    let path = format!("/v1/health/patients/{patient}/assessments");
+    let problem = assert_problem(app.post(&path, &key, &json!({"model": "breast-cancer", "features": features})).await, 400).await;
+    assert_eq!(problem["field"], "features.mean radius");
+    assert_problem(app.post_raw("/v1/health/patients", &key, "{").await, 400).await;
+    assert_eq!(app.count_health_rows("assessments").await, 0);
+    assert_eq!(app.count_health_rows("patients").await, 1);
+    app.stop().await;
+}

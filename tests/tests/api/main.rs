@@ -1,0 +1,5 @@
+//! End-to-end tests: the platform in-process, driven through the gateway like a client.
+
+mod bad_input;
+mod scoring;
+mod tenancy;

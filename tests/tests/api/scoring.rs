@@ -1,0 +1,90 @@
+//! The walking skeleton's path: tenant, key, patient, risk assessment, checked against the
+//! Python reference on held-out rows.
+
+use aigronova_e2e::{Backend, models_dir, spawn_app};
+use serde_json::{Value, json};
+
+fn reference_rows() -> Vec<Value> {
+    let path = models_dir().join("breast-cancer/1/reference.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("reference.json")).unwrap();
+    reference["rows"].as_array().expect("rows").clone()
+}
+
+async fn scores_match_the_python_reference(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+
+    let response = app.get(&format!("/v1/health/patients/{patient}"), &key).await;
+    assert_eq!(response.status(), 200);
+    let fetched: Value = response.json().await.unwrap();
+    assert_eq!(fetched["id"], patient);
+    assert_eq!(fetched["name"], "Maria Silva");
+    assert_eq!(fetched["birthDate"], "1980-02-29");
+
+    let rows = reference_rows();
+    assert_eq!(rows.len(), 3);
+    for row in rows {
+        let body = json!({"model": "breast-cancer", "features": row["features"]});
+        let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
+        assert_eq!(response.status(), 200);
+        let assessment: Value = response.json().await.unwrap();
+        let expected = row["probability"].as_f64().unwrap();
+        let actual = assessment["probability"].as_f64().expect("probability");
+        assert!((actual - expected).abs() < 1e-5, "probability {actual} differs from the reference {expected}");
+        assert_eq!(assessment["model"], "breast-cancer");
+        assert_eq!(assessment["modelVersion"], "1");
+        assert_eq!(assessment["patientId"], patient);
+        let band = if expected < 0.2 { "low" } else if expected < 0.5 { "moderate" } else { "high" };
+        assert_eq!(assessment["riskBand"], band);
+        assert!(assessment["id"].as_str().is_some_and(|id| !id.is_empty()));
+    }
+    assert_eq!(app.count_health_rows("assessments").await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn scores_match_the_python_reference_on_sqlite() {
+    scores_match_the_python_reference(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn scores_match_the_python_reference_on_postgres() {
+    scores_match_the_python_reference(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn snake_case_field_names_are_accepted_too() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let response = app
+        .post("/v1/health/patients", &key, &json!({"name": "João", "cpf": "52998224725", "birth_date": "1975-12-01"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let patient: Value = response.json().await.unwrap();
+    assert_eq!(patient["birthDate"], "1975-12-01");
+    assert_eq!(patient["cpf"], "52998224725");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn probes_answer_without_a_key() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["upstreams"]["healthquantum"], true);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_request_id_is_returned_and_reused_when_sane() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let response = app.client.get(app.url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(response.headers()["x-request-id"], "abc-123");
+    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
+    app.stop().await;
+}
