@@ -125,8 +125,7 @@ impl Platform {
             Some(key) => TokenSigner::from_base64(key)?,
             None => TokenSigner::generate(),
         };
-        let health =
-            HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier()).await?;
+        let health = HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier()).await?;
         let mut gateway_config = config.gateway.clone();
         gateway_config
             .upstreams
@@ -205,7 +204,9 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
         }
         Command::Serve { service: Service::Gateway } => {
             let key = config.internal_auth.signing_key.as_deref().ok_or_else(|| {
-                ConfigError("internal_auth.signing_key is required to serve the gateway (see `aigronova keygen`)".into())
+                ConfigError(
+                    "internal_auth.signing_key is required to serve the gateway (see `aigronova keygen`)".into(),
+                )
             })?;
             let gateway = Gateway::build(&config.gateway, TokenSigner::from_base64(key)?, admin_key.as_deref()).await?;
             if let Some(key) = gateway.generated_admin_key() {
@@ -215,7 +216,9 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
         }
         Command::Serve { service: Service::Healthquantum } => {
             let key = config.internal_auth.verifying_key.as_deref().ok_or_else(|| {
-                ConfigError("internal_auth.verifying_key is required to serve a service (see `aigronova keygen`)".into())
+                ConfigError(
+                    "internal_auth.verifying_key is required to serve a service (see `aigronova keygen`)".into(),
+                )
             })?;
             let service =
                 HealthQuantumService::build(&config.healthquantum, &config.inference, TokenVerifier::from_base64(key)?)

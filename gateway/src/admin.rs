@@ -38,7 +38,10 @@ pub(crate) async fn create_tenant(State(state): State<AppState>, request: Reques
     let input: CreateTenant = admin_body(&state, request).await?;
     let name = valid_name(&input.name)?;
     let plan = Plan::parse(&input.plan).ok_or_else(|| {
-        Problem::invalid_field("plan", format!("unknown plan {:?}; use starter, professional or enterprise", input.plan))
+        Problem::invalid_field(
+            "plan",
+            format!("unknown plan {:?}; use starter, professional or enterprise", input.plan),
+        )
     })?;
     let tenant = state.store.create_tenant(name, plan).await.map_err(store_failure)?;
     tracing::info!(tenant_id = %tenant.id, plan = plan.as_str(), "tenant created");
@@ -79,7 +82,10 @@ fn valid_name(name: &str) -> Result<&str, Problem> {
         return Err(Problem::invalid_field("name", "name must not be empty"));
     }
     if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(Problem::invalid_field("name", format!("name must be at most {MAX_NAME_CHARS} printable characters")));
+        return Err(Problem::invalid_field(
+            "name",
+            format!("name must be at most {MAX_NAME_CHARS} printable characters"),
+        ));
     }
     Ok(name)
 }

@@ -118,13 +118,8 @@ impl Gateway {
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
-        let state = AppState {
-            store,
-            routes: Arc::new(routes),
-            upstreams,
-            signer,
-            max_body_bytes: config.max_body_bytes,
-        };
+        let state =
+            AppState { store, routes: Arc::new(routes), upstreams, signer, max_body_bytes: config.max_body_bytes };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self { listener, local_addr, router: app(state), generated_admin_key })

@@ -9,30 +9,34 @@ use serde::Serialize;
 
 const TYPE_BASE: &str = "https://docs.aigronova.com.br/problems/";
 
+/// A problem document, boxed so that `Result<_, Problem>` stays small.
+#[derive(Clone, Debug)]
+pub struct Problem(Box<ProblemDocument>);
+
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Problem {
+pub(crate) struct ProblemDocument {
     #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    pub detail: String,
+    pub(crate) kind: String,
+    pub(crate) title: String,
+    pub(crate) status: u16,
+    pub(crate) detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
+    pub(crate) instance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
+    pub(crate) request_id: Option<String>,
     /// The request field the problem is about.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
+    pub(crate) field: Option<String>,
     #[serde(skip)]
-    pub retry_after: Option<u64>,
+    pub(crate) retry_after: Option<u64>,
 }
 
 impl Problem {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         let title = status.canonical_reason().unwrap_or("Error").to_owned();
         let slug = title.to_ascii_lowercase().replace(' ', "-");
-        Self {
+        Self(Box::new(ProblemDocument {
             kind: format!("{TYPE_BASE}{slug}"),
             title,
             status: status.as_u16(),
@@ -41,7 +45,7 @@ impl Problem {
             request_id: None,
             field: None,
             retry_after: None,
-        }
+        }))
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -49,7 +53,9 @@ impl Problem {
     }
 
     pub fn invalid_field(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { field: Some(field.into()), ..Self::bad_request(detail) }
+        let mut problem = Self::bad_request(detail);
+        problem.0.field = Some(field.into());
+        problem
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
@@ -78,23 +84,24 @@ impl Problem {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
         let mut problem = Self::new(http, status.message());
-        problem.field = field;
+        problem.0.field = field;
         if status.code() == tonic::Code::Unavailable {
-            problem.retry_after = Some(1);
+            problem.0.retry_after = Some(1);
         }
         problem
     }
 }
 
 impl IntoResponse for Problem {
-    fn into_response(mut self) -> Response {
+    fn into_response(self) -> Response {
+        let mut document = *self.0;
         if let Ok(request) = crate::request_id::CURRENT.try_with(Clone::clone) {
-            self.request_id.get_or_insert(request.id);
-            self.instance.get_or_insert(request.path);
+            document.request_id.get_or_insert(request.id);
+            document.instance.get_or_insert(request.path);
         }
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let retry_after = self.retry_after;
-        let mut response = (status, Json(self)).into_response();
+        let status = StatusCode::from_u16(document.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = document.retry_after;
+        let mut response = (status, Json(document)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = retry_after {

@@ -14,13 +14,7 @@ use axum::{
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
 
-use crate::{
-    AppState, auth,
-    problem::Problem,
-    request_id,
-    routes::Lookup,
-    transcode,
-};
+use crate::{AppState, auth, problem::Problem, request_id, routes::Lookup, transcode};
 
 /// Liveness: the process answers.
 pub(crate) async fn healthz() -> Json<serde_json::Value> {

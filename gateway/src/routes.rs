@@ -83,7 +83,8 @@ impl RouteTable {
                 let owner = owner_name
                     .clone()
                     .ok_or_else(|| anyhow::anyhow!("{}: the service has no owner option", service.full_name()))?;
-                let body = rule.get_field_by_name("body").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                let body =
+                    rule.get_field_by_name("body").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
                 let segments = parse_template(&template)
                     .ok_or_else(|| anyhow::anyhow!("{}: cannot parse path {template:?}", method.full_name()))?;
                 routes.push(Route { http_method, template, segments, body, method: method.clone(), scope, owner });
@@ -123,9 +124,13 @@ fn string_option(options: &DynamicMessage, extension: &prost_reflect::ExtensionD
 }
 
 fn http_rule(rule: &DynamicMessage) -> Option<(Method, String)> {
-    for (field, method) in
-        [("get", Method::GET), ("post", Method::POST), ("put", Method::PUT), ("delete", Method::DELETE), ("patch", Method::PATCH)]
-    {
+    for (field, method) in [
+        ("get", Method::GET),
+        ("post", Method::POST),
+        ("put", Method::PUT),
+        ("delete", Method::DELETE),
+        ("patch", Method::PATCH),
+    ] {
         if rule.has_field_by_name(field) {
             let template = rule.get_field_by_name(field)?.as_str()?.to_owned();
             return Some((method, template));

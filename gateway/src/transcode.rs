@@ -12,28 +12,34 @@ use base64::Engine;
 use bytes::Bytes;
 use prost::Message;
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions, Value,
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions,
+    Value,
 };
 
 use crate::{problem::Problem, routes::Matched};
 
 /// Builds the request message of `matched` from the HTTP request's parts.
-pub(crate) fn request_message(matched: &Matched<'_>, query: Option<&str>, body: &[u8]) -> Result<DynamicMessage, Problem> {
+pub(crate) fn request_message(
+    matched: &Matched<'_>,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<DynamicMessage, Problem> {
     let route = matched.route;
     let input = route.method.input();
     let mut message = match route.body.as_str() {
         "*" => parse_body(&input, body)?,
         "" => {
             if !body.is_empty() {
-                return Err(Problem::bad_request(format!("{} {} takes no request body", route.http_method, route.template)));
+                return Err(Problem::bad_request(format!(
+                    "{} {} takes no request body",
+                    route.http_method, route.template
+                )));
             }
             DynamicMessage::new(input.clone())
         }
         field_name => {
             let mut message = DynamicMessage::new(input.clone());
-            let field = input
-                .get_field_by_name(field_name)
-                .ok_or_else(|| Problem::internal())?;
+            let field = input.get_field_by_name(field_name).ok_or_else(Problem::internal)?;
             if let Kind::Message(kind) = field.kind() {
                 message.set_field(&field, Value::Message(parse_body(&kind, body)?));
             }
@@ -59,8 +65,9 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
     }
     let json: serde_json::Value = serde_json::from_slice(body)
         .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;
-    DynamicMessage::deserialize_with_options(descriptor.clone(), json, &DeserializeOptions::new())
-        .map_err(|error| Problem::bad_request(format!("the request body does not match {}: {error}", descriptor.name())))
+    DynamicMessage::deserialize_with_options(descriptor.clone(), json, &DeserializeOptions::new()).map_err(|error| {
+        Problem::bad_request(format!("the request body does not match {}: {error}", descriptor.name()))
+    })
 }
 
 fn apply_query(message: &mut DynamicMessage, query: &str) -> Result<(), Problem> {
@@ -110,7 +117,10 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
         Kind::Double => Value::F64(text.parse().map_err(|_| number("double"))?),
         Kind::Bool => Value::Bool(text.parse().map_err(|_| number("boolean"))?),
         Kind::Bytes => Value::Bytes(
-            base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| format!("{text:?} is not base64"))?.into(),
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| format!("{text:?} is not base64"))?
+                .into(),
         ),
         Kind::Enum(kind) => {
             let value = kind

@@ -76,7 +76,13 @@ impl Upstreams {
     }
 
     /// Calls `path` on `owner` with `message`, honouring the upstream timeout.
-    pub(crate) async fn unary(&self, owner: &str, path: &str, message: Bytes, metadata: MetadataMap) -> Result<Bytes, Status> {
+    pub(crate) async fn unary(
+        &self,
+        owner: &str,
+        path: &str,
+        message: Bytes,
+        metadata: MetadataMap,
+    ) -> Result<Bytes, Status> {
         let channel = self
             .channels
             .get(owner)

@@ -222,10 +222,7 @@ impl tonic::service::Interceptor for Authenticate {
 
 /// The verified caller of a request that went through [`Authenticate`].
 pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
-    request
-        .extensions()
-        .get::<Caller>()
-        .ok_or_else(|| Status::unauthenticated(TokenError::Missing.to_string()))
+    request.extensions().get::<Caller>().ok_or_else(|| Status::unauthenticated(TokenError::Missing.to_string()))
 }
 
 fn decode_key(encoded: &str, field: &str) -> Result<[u8; 32], ConfigError> {
@@ -268,13 +265,9 @@ mod tests {
             let mut parts = token.split('.');
             (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap())
         };
-        let mut claims: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        let mut claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         claims["ten"] = "t2".into();
-        let forged = format!(
-            "v1.{}.{signature}",
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap())
-        );
+        let forged = format!("v1.{}.{signature}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).unwrap()));
         assert_eq!(signer.verifier().verify(&forged), Err(TokenError::BadSignature));
     }
 

@@ -25,7 +25,9 @@ use crate::config::InferenceConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
-    #[error("ONNX Runtime library not found: set inference.ort_dylib_path or ORT_DYLIB_PATH (`make onnxruntime` fetches it)")]
+    #[error(
+        "ONNX Runtime library not found: set inference.ort_dylib_path or ORT_DYLIB_PATH (`make onnxruntime` fetches it)"
+    )]
     RuntimeMissing,
     #[error("cannot load ONNX Runtime from {path}: {reason}")]
     RuntimeLoad { path: PathBuf, reason: String },
@@ -132,10 +134,8 @@ impl Model {
     /// Orders named features as the model expects them, refusing missing, extra, non-finite and
     /// out-of-range values; errors name the field as `<prefix>.<feature>`.
     pub fn feature_vector(&self, features: &HashMap<String, f64>, prefix: &str) -> Result<Vec<f32>, InferenceError> {
-        let invalid = |name: &str, reason: String| InferenceError::InvalidFeature {
-            field: format!("{prefix}.{name}"),
-            reason,
-        };
+        let invalid =
+            |name: &str, reason: String| InferenceError::InvalidFeature { field: format!("{prefix}.{name}"), reason };
         let mut unknown: Vec<&String> =
             features.keys().filter(|name| !self.manifest.features.iter().any(|f| &f.name == *name)).collect();
         unknown.sort();
@@ -250,19 +250,19 @@ fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Re
     let bad = |reason: String| InferenceError::BadManifest { path: dir.to_path_buf(), reason };
     let probabilities_output =
         manifest.outputs.get("probabilities").cloned().ok_or_else(|| bad("outputs.probabilities is missing".into()))?;
-    let session = Session::builder(environment)
-        .and_then(|builder| {
-            builder
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .and_then(|builder| builder.with_intra_threads(intra_threads))
-                .map_err(ort::Error::from)
-        })
-        .and_then(|mut builder| builder.commit_from_file(dir.join(&manifest.file)))
+    let session = open_session(environment, &dir.join(&manifest.file), intra_threads)
         .map_err(|error| bad(format!("ONNX Runtime cannot open the model: {error}")))?;
     let model = Model { manifest, session: Mutex::new(session), probabilities_output };
     let warm_up: Vec<f32> = model.manifest.features.iter().map(|f| f.training_mean as f32).collect();
     model.run(&warm_up)?;
     Ok(model)
+}
+
+fn open_session(environment: &Environment, file: &Path, intra_threads: usize) -> Result<Session, ort::Error> {
+    let mut builder = Session::builder(environment)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(intra_threads)?;
+    builder.commit_from_file(file)
 }
 
 /// The highest version folder under `model_dir` (numeric versions compare as numbers).

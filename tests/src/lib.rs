@@ -12,7 +12,8 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 /// Where the tests find PostgreSQL; trust authentication as on the CI machine.
 pub fn postgres_admin_url() -> String {
-    std::env::var("AIGRONOVA_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("AIGRONOVA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// The repository's `models/` folder.
@@ -151,7 +152,11 @@ impl TestApp {
     /// Creates a patient and returns its id.
     pub async fn create_patient(&self, key: &str) -> String {
         let response = self
-            .post("/v1/health/patients", key, &json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"}))
+            .post(
+                "/v1/health/patients",
+                key,
+                &json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"}),
+            )
             .await;
         assert_eq!(response.status(), 200, "patient creation");
         response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()

@@ -140,7 +140,11 @@ async fn bad_feature_vectors_are_refused_naming_the_field_and_nothing_is_written
     assert_eq!(app.count_health_rows("assessments").await, 0);
 
     let unknown_patient = app
-        .post("/v1/health/patients/00000000-0000-0000-0000-000000000000/assessments", &key, &json!({"model": "breast-cancer", "features": features}))
+        .post(
+            "/v1/health/patients/00000000-0000-0000-0000-000000000000/assessments",
+            &key,
+            &json!({"model": "breast-cancer", "features": features}),
+        )
         .await;
     assert_problem(unknown_patient, 404).await;
     assert_eq!(app.count_health_rows("assessments").await, 0);
@@ -182,7 +186,9 @@ async fn bad_input_is_refused_on_postgres_too() {
     let mut features = reference_features();
     features.insert("mean radius".into(), json!("NaN"));
     let path = format!("/v1/health/patients/{patient}/assessments");
-    let problem = assert_problem(app.post(&path, &key, &json!({"model": "breast-cancer", "features": features})).await, 400).await;
+    let problem =
+        assert_problem(app.post(&path, &key, &json!({"model": "breast-cancer", "features": features})).await, 400)
+            .await;
     assert_eq!(problem["field"], "features.mean radius");
     assert_problem(app.post_raw("/v1/health/patients", &key, "{").await, 400).await;
     assert_eq!(app.count_health_rows("assessments").await, 0);

@@ -35,7 +35,13 @@ async fn scores_match_the_python_reference(backend: Backend) {
         assert_eq!(assessment["model"], "breast-cancer");
         assert_eq!(assessment["modelVersion"], "1");
         assert_eq!(assessment["patientId"], patient);
-        let band = if expected < 0.2 { "low" } else if expected < 0.5 { "moderate" } else { "high" };
+        let band = if expected < 0.2 {
+            "low"
+        } else if expected < 0.5 {
+            "moderate"
+        } else {
+            "high"
+        };
         assert_eq!(assessment["riskBand"], band);
         assert!(assessment["id"].as_str().is_some_and(|id| !id.is_empty()));
     }

@@ -61,8 +61,9 @@ async fn tenant_and_key_creation_refuse_bad_input() {
     for (body, status) in cases {
         assert_problem(app.post(&path, &admin, &body).await, status).await;
     }
-    let response =
-        app.post("/v1/admin/tenants/no-such-tenant/api-keys", &admin, &json!({"name": "ci", "scopes": ["health:read"]})).await;
+    let response = app
+        .post("/v1/admin/tenants/no-such-tenant/api-keys", &admin, &json!({"name": "ci", "scopes": ["health:read"]}))
+        .await;
     assert_problem(response, 404).await;
     app.stop().await;
 }
@@ -70,7 +71,8 @@ async fn tenant_and_key_creation_refuse_bad_input() {
 #[tokio::test]
 async fn a_created_tenant_and_key_follow_the_contract() {
     let app = spawn_app(Backend::Sqlite).await;
-    let response = app.post("/v1/admin/tenants", &app.admin_key, &json!({"name": "Acme", "plan": "professional"})).await;
+    let response =
+        app.post("/v1/admin/tenants", &app.admin_key, &json!({"name": "Acme", "plan": "professional"})).await;
     assert_eq!(response.status(), 201);
     let tenant: serde_json::Value = response.json().await.unwrap();
     assert_eq!(tenant["name"], "Acme");

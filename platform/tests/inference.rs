@@ -1,0 +1,67 @@
+//! The model loader against the committed breast-cancer model, with ONNX Runtime for real.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use aigronova_platform::{
+    config::InferenceConfig,
+    inference::{InferenceError, ModelRegistry, read_manifest},
+};
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
+}
+
+fn config(models_dir: PathBuf) -> InferenceConfig {
+    assert!(std::env::var_os("ORT_DYLIB_PATH").is_some(), "ORT_DYLIB_PATH is not set: run the tests with `make test`");
+    InferenceConfig { models_dir, ..InferenceConfig::default() }
+}
+
+/// A copy of the breast-cancer model folder whose `model.onnx` has one byte changed.
+fn tampered_copy() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let target = root.path().join("breast-cancer/1");
+    std::fs::create_dir_all(&target).unwrap();
+    let source = models_dir().join("breast-cancer/1");
+    std::fs::copy(source.join("manifest.json"), target.join("manifest.json")).unwrap();
+    let mut model = std::fs::read(source.join("model.onnx")).unwrap();
+    let last = model.len() - 1;
+    model[last] ^= 0xff;
+    std::fs::write(target.join("model.onnx"), model).unwrap();
+    root
+}
+
+#[test]
+fn the_loader_refuses_a_model_whose_sha256_does_not_match_its_manifest() {
+    let root = tampered_copy();
+    let error = ModelRegistry::load(&config(root.path().to_path_buf()), &["breast-cancer"]).unwrap_err();
+    assert!(matches!(error, InferenceError::ChecksumMismatch { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("sha256") && message.contains("refusing to load"), "{message}");
+    assert!(matches!(read_manifest(&root.path().join("breast-cancer/1")), Err(InferenceError::ChecksumMismatch { .. })));
+}
+
+#[test]
+fn the_committed_model_loads_and_reproduces_the_python_reference() {
+    let registry = ModelRegistry::load(&config(models_dir()), &["breast-cancer"]).unwrap();
+    let model = registry.get("breast-cancer").unwrap();
+    assert_eq!(model.version(), "1");
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).unwrap(),
+    )
+    .unwrap();
+    for row in reference["rows"].as_array().unwrap() {
+        let features: HashMap<String, f64> = serde_json::from_value(row["features"].clone()).unwrap();
+        let vector = model.feature_vector(&features, "features").unwrap();
+        let probability = model.predict_probability(&vector).unwrap();
+        let expected = row["probability"].as_f64().unwrap();
+        assert!((probability - expected).abs() < 1e-5, "{probability} vs {expected}");
+    }
+}
+
+#[test]
+fn an_unknown_model_name_is_reported() {
+    let registry = ModelRegistry::load(&config(models_dir()), &["breast-cancer"]).unwrap();
+    assert!(matches!(registry.get("nope"), Err(InferenceError::UnknownModel(name)) if name == "nope"));
+    let missing = ModelRegistry::load(&config(models_dir()), &["no-such-model"]).unwrap_err();
+    assert!(matches!(missing, InferenceError::NoVersion { .. }), "{missing:?}");
+}
