@@ -37,7 +37,10 @@ fn the_loader_refuses_a_model_whose_sha256_does_not_match_its_manifest() {
     assert!(matches!(error, InferenceError::ChecksumMismatch { .. }), "{error:?}");
     let message = error.to_string();
     assert!(message.contains("sha256") && message.contains("refusing to load"), "{message}");
-    assert!(matches!(read_manifest(&root.path().join("breast-cancer/1")), Err(InferenceError::ChecksumMismatch { .. })));
+    assert!(matches!(
+        read_manifest(&root.path().join("breast-cancer/1")),
+        Err(InferenceError::ChecksumMismatch { .. })
+    ));
 }
 
 #[test]
@@ -45,10 +48,9 @@ fn the_committed_model_loads_and_reproduces_the_python_reference() {
     let registry = ModelRegistry::load(&config(models_dir()), &["breast-cancer"]).unwrap();
     let model = registry.get("breast-cancer").unwrap();
     assert_eq!(model.version(), "1");
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).unwrap(),
-    )
-    .unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).unwrap())
+            .unwrap();
     for row in reference["rows"].as_array().unwrap() {
         let features: HashMap<String, f64> = serde_json::from_value(row["features"].clone()).unwrap();
         let vector = model.feature_vector(&features, "features").unwrap();
