@@ -95,7 +95,8 @@ fn valid_scopes(state: &AppState, scopes: &[String]) -> Result<Vec<String>, Prob
     if scopes.is_empty() {
         return Err(Problem::invalid_field("scopes", "at least one scope is required"));
     }
-    let known = state.routes.scopes();
+    let mut known = state.routes.scopes();
+    known.extend(crate::store::GATEWAY_SCOPES.iter().map(|scope| (*scope).to_owned()));
     let mut unique = BTreeSet::new();
     for scope in scopes {
         if !known.contains(scope) {

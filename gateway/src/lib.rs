@@ -6,6 +6,8 @@
 
 mod admin;
 mod auth;
+mod metrics;
+pub mod plans;
 mod problem;
 mod proxy;
 mod request_id;
@@ -39,12 +41,17 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// The gateway's own database (tenants and API keys): `sqlite:` or `postgres:` URL.
     pub database_url: String,
-    /// Largest request body accepted, in bytes.
+    /// Largest request body of the admin API, in bytes; tenant calls are limited by their plan.
     pub max_body_bytes: usize,
     /// Deadline of one call to an upstream service, in seconds.
     pub upstream_timeout_secs: u64,
     /// gRPC URL of each service, by the owner name its protos declare (e.g. `healthquantum`).
     pub upstreams: BTreeMap<String, String>,
+    /// Redis (`redis://host:6379`) shared by every replica for rate limits and key revocation;
+    /// unset: in-process state, right for a single instance.
+    pub redis_url: Option<String>,
+    /// Limits of each plan.
+    pub plans: plans::Plans,
 }
 
 impl Default for Config {
@@ -55,6 +62,8 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             upstream_timeout_secs: 10,
             upstreams: BTreeMap::new(),
+            redis_url: None,
+            plans: plans::Plans::default(),
         }
     }
 }
@@ -69,6 +78,12 @@ impl Validate for Config {
         }
         if self.upstream_timeout_secs == 0 {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
+        }
+        self.plans.validate()?;
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError(format!("gateway.redis_url must be a redis:// URL, got {url:?}")));
         }
         for (owner, url) in &self.upstreams {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -87,6 +102,7 @@ pub(crate) struct AppState {
     upstreams: Upstreams,
     signer: TokenSigner,
     max_body_bytes: usize,
+    plans: Arc<plans::Plans>,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -118,8 +134,14 @@ impl Gateway {
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
-        let state =
-            AppState { store, routes: Arc::new(routes), upstreams, signer, max_body_bytes: config.max_body_bytes };
+        let state = AppState {
+            store,
+            routes: Arc::new(routes),
+            upstreams,
+            signer,
+            max_body_bytes: config.max_body_bytes,
+            plans: Arc::new(config.plans.clone()),
+        };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
         Ok(Self { listener, local_addr, router: app(state), generated_admin_key })
@@ -147,6 +169,7 @@ fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(proxy::healthz))
         .route("/readyz", get(proxy::readyz))
+        .route("/metrics", get(proxy::metrics))
         .route("/v1/admin/tenants", post(admin::create_tenant))
         .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key))
         .fallback(proxy::transcode)

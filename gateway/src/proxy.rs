@@ -14,7 +14,14 @@ use axum::{
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
 
-use crate::{AppState, auth, problem::Problem, request_id, routes::Lookup, transcode};
+use crate::{
+    AppState, auth,
+    problem::Problem,
+    request_id,
+    routes::Lookup,
+    store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
+    transcode,
+};
 
 /// Liveness: the process answers.
 pub(crate) async fn healthz() -> Json<serde_json::Value> {
@@ -38,8 +45,34 @@ pub(crate) async fn method_not_allowed() -> Problem {
     Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this path does not accept this HTTP method")
 }
 
+/// What the access log and the metrics learn about a request once it is routed.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RequestFacts {
+    pub(crate) route: Option<String>,
+    pub(crate) tenant_id: Option<String>,
+}
+
+/// `GET /metrics`: for keys with the `metrics:read` or `admin` scope.
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
+    let principal = auth::authenticate(&state.store, &headers).await?;
+    if !principal.has_scope(ADMIN_SCOPE) {
+        auth::require_scope(&principal, METRICS_SCOPE)?;
+    }
+    Ok(crate::metrics::render().await)
+}
+
 /// Every route from the descriptor set: authenticate, check the scope, transcode, call, answer.
-pub(crate) async fn transcode(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
+pub(crate) async fn transcode(State(state): State<AppState>, request: Request) -> Response {
+    let mut facts = RequestFacts::default();
+    let mut response = match call_route(&state, request, &mut facts).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    };
+    response.extensions_mut().insert(facts);
+    response
+}
+
+async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts) -> Result<Response, Problem> {
     let (parts, body) = request.into_parts();
     let matched = match state.routes.lookup(&parts.method, parts.uri.path()) {
         Lookup::Found(matched) => matched,
@@ -47,10 +80,13 @@ pub(crate) async fn transcode(State(state): State<AppState>, request: Request) -
         Lookup::NotFound => return Err(Problem::not_found(format!("no route for {}", parts.uri.path()))),
     };
     let route = matched.route;
+    facts.route = Some(route.template.clone());
     let principal = auth::authenticate(&state.store, &parts.headers).await?;
     let tenant_id = auth::require_tenant(&principal)?;
+    facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
-    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let plan = principal.tenant_plan.unwrap_or(Plan::Starter);
+    let body = read_body(body, &parts.headers, state.plans.limits(plan).max_body_bytes).await?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body)?;
 
     let caller =
@@ -64,12 +100,17 @@ pub(crate) async fn transcode(State(state): State<AppState>, request: Request) -
 
     let path = route.grpc_path();
     let span = tracing::info_span!("grpc.client", otel.name = %path, otel.kind = "client", rpc.system = "grpc");
-    let encoded = state
-        .upstreams
-        .unary(&route.owner, &path, transcode::encode(&message), metadata)
-        .instrument(span)
-        .await
-        .map_err(|status| Problem::from_status(&status))?;
+    let started = Instant::now();
+    let result =
+        state.upstreams.unary(&route.owner, &path, transcode::encode(&message), metadata).instrument(span).await;
+    let code = match &result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    let metrics = crate::metrics::metrics();
+    metrics.upstream_calls.with_label_values(&[route.owner.as_str(), &format!("{code:?}")]).inc();
+    metrics.upstream_duration.with_label_values(&[route.owner.as_str()]).observe(started.elapsed().as_secs_f64());
+    let encoded = result.map_err(|status| Problem::from_status(&status))?;
     transcode::response(&route.method.output(), encoded)
 }
 
@@ -100,13 +141,26 @@ pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     );
     trace_context::adopt_remote_parent(&span, request.headers());
     let response = next.run(request).instrument(span).await;
+    let latency = started.elapsed();
+    let facts = response.extensions().get::<RequestFacts>().cloned().unwrap_or_default();
+    let route = facts.route.as_deref().unwrap_or(match path.as_str() {
+        "/healthz" | "/readyz" | "/metrics" => path.as_str(),
+        admin if admin.starts_with("/v1/admin/") => "/v1/admin",
+        _ => "unmatched",
+    });
+    let status = response.status().as_u16();
+    let metrics = crate::metrics::metrics();
+    metrics.requests.with_label_values(&[route, method.as_str(), &status.to_string()]).inc();
+    metrics.request_duration.with_label_values(&[route, method.as_str()]).observe(latency.as_secs_f64());
     tracing::info!(
         target: "access",
         request_id = request_id::current().unwrap_or_default(),
+        tenant_id = facts.tenant_id.as_deref().unwrap_or(""),
         method = %method,
+        route,
         path = %path,
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        status,
+        latency_ms = latency.as_secs_f64() * 1000.0,
         "request"
     );
     response

@@ -11,6 +11,10 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// The scope that allows the admin API.
 pub const ADMIN_SCOPE: &str = "admin";
+/// The scope that allows reading `/metrics`.
+pub const METRICS_SCOPE: &str = "metrics:read";
+/// Scopes the gateway itself checks, beside those the routes require.
+pub const GATEWAY_SCOPES: &[&str] = &[METRICS_SCOPE];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,6 +60,7 @@ pub struct Principal {
     /// `None` for administrator keys.
     pub tenant_id: Option<String>,
     pub tenant_status: Option<String>,
+    pub tenant_plan: Option<Plan>,
     pub scopes: Vec<String>,
 }
 
@@ -186,7 +191,7 @@ impl Store {
     /// The principal of a presented key, if the key is known and not revoked.
     pub async fn principal(&self, key: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
-            "SELECT k.id, k.tenant_id, k.scopes, t.status FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id \
+            "SELECT k.id, k.tenant_id, k.scopes, t.status, t.plan FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash_key(key))
@@ -194,10 +199,12 @@ impl Store {
         .await?;
         row.map(|row| {
             let scopes: String = row.try_get("scopes")?;
+            let plan: Option<String> = row.try_get("plan")?;
             Ok(Principal {
                 key_id: row.try_get("id")?,
                 tenant_id: row.try_get("tenant_id")?,
                 tenant_status: row.try_get("status")?,
+                tenant_plan: plan.as_deref().and_then(Plan::parse),
                 scopes: scopes.split_whitespace().map(str::to_owned).collect(),
             })
         })

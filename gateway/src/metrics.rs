@@ -1,0 +1,97 @@
+//! The gateway's Prometheus metrics, served on `/metrics` with the process's other metrics
+//! (inference latency among them).
+
+use std::sync::OnceLock;
+
+use axum::{
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+
+/// Every metric the gateway records.
+pub(crate) struct Metrics {
+    /// Requests by matched route template (or `unmatched`), method and status.
+    pub(crate) requests: IntCounterVec,
+    /// Request latency by route and method.
+    pub(crate) request_duration: HistogramVec,
+    /// Upstream gRPC calls by owner and gRPC code.
+    pub(crate) upstream_calls: IntCounterVec,
+    /// Upstream call latency by owner.
+    pub(crate) upstream_duration: HistogramVec,
+    /// Requests refused by rate limits or quotas, by reason.
+    pub(crate) rate_limited: IntCounterVec,
+    /// Circuit state by upstream: 0 closed, 1 half-open, 2 open.
+    pub(crate) circuit_state: IntGaugeVec,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+pub(crate) fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let metrics = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new("aigronova_gateway_requests_total", "HTTP requests by route, method and status"),
+                &["route", "method", "status"],
+            )
+            .expect("valid metric"),
+            request_duration: HistogramVec::new(
+                HistogramOpts::new("aigronova_gateway_request_duration_seconds", "HTTP request latency")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route", "method"],
+            )
+            .expect("valid metric"),
+            upstream_calls: IntCounterVec::new(
+                Opts::new("aigronova_gateway_upstream_calls_total", "gRPC calls to services by upstream and code"),
+                &["upstream", "code"],
+            )
+            .expect("valid metric"),
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new("aigronova_gateway_upstream_duration_seconds", "gRPC call latency by upstream")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+            rate_limited: IntCounterVec::new(
+                Opts::new("aigronova_gateway_rate_limited_total", "Requests refused by rate limits and quotas"),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            circuit_state: IntGaugeVec::new(
+                Opts::new(
+                    "aigronova_gateway_circuit_state",
+                    "Circuit state by upstream: 0 closed, 1 half-open, 2 open",
+                ),
+                &["upstream"],
+            )
+            .expect("valid metric"),
+        };
+        let registry = prometheus::default_registry();
+        for collector in [
+            Box::new(metrics.requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.upstream_calls.clone()),
+            Box::new(metrics.upstream_duration.clone()),
+            Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.circuit_state.clone()),
+        ] {
+            if let Err(error) = registry.register(collector) {
+                tracing::warn!(%error, "gateway metric not registered");
+            }
+        }
+        metrics
+    })
+}
+
+/// `GET /metrics` in the Prometheus text format.
+pub(crate) async fn render() -> Response {
+    metrics();
+    let mut body = Vec::new();
+    if let Err(error) = TextEncoder::new().encode(&prometheus::gather(), &mut body) {
+        tracing::error!(%error, "metrics do not encode");
+    }
+    let mut response = body.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response
+}

@@ -1,0 +1,106 @@
+//! Plan limits: what a tenant on Starter, Professional or Enterprise may do. The numbers live in
+//! configuration (`[gateway.plans.<plan>]`), so an operator changes them without a release.
+
+use aigronova_platform::config::ConfigError;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Plan;
+
+/// The limits of one plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlanLimits {
+    /// Sustained requests per second of a tenant.
+    pub requests_per_second: f64,
+    /// Requests a tenant may send at once above the sustained rate.
+    pub burst: u32,
+    /// Also limit each API key on its own, at the same rate.
+    pub per_key: bool,
+    /// Inference calls per calendar month (UTC) of a tenant.
+    pub monthly_inference_quota: u64,
+    /// Largest request body, in bytes, after decompression.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        Self::starter()
+    }
+}
+
+impl PlanLimits {
+    fn starter() -> Self {
+        Self {
+            requests_per_second: 10.0,
+            burst: 20,
+            per_key: false,
+            monthly_inference_quota: 10_000,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+
+    fn professional() -> Self {
+        Self {
+            requests_per_second: 50.0,
+            burst: 100,
+            per_key: true,
+            monthly_inference_quota: 250_000,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+
+    fn enterprise() -> Self {
+        Self {
+            requests_per_second: 200.0,
+            burst: 400,
+            per_key: true,
+            monthly_inference_quota: 5_000_000,
+            max_body_bytes: 50 * 1024 * 1024,
+        }
+    }
+
+    fn validate(&self, plan: &str) -> Result<(), ConfigError> {
+        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
+            return Err(ConfigError(format!("gateway.plans.{plan}.requests_per_second must be positive")));
+        }
+        if self.burst == 0 || self.max_body_bytes == 0 {
+            return Err(ConfigError(format!("gateway.plans.{plan}.burst and max_body_bytes must be positive")));
+        }
+        Ok(())
+    }
+}
+
+/// The limits of every plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Plans {
+    pub starter: PlanLimits,
+    pub professional: PlanLimits,
+    pub enterprise: PlanLimits,
+}
+
+impl Default for Plans {
+    fn default() -> Self {
+        Self {
+            starter: PlanLimits::starter(),
+            professional: PlanLimits::professional(),
+            enterprise: PlanLimits::enterprise(),
+        }
+    }
+}
+
+impl Plans {
+    pub fn limits(&self, plan: Plan) -> &PlanLimits {
+        match plan {
+            Plan::Starter => &self.starter,
+            Plan::Professional => &self.professional,
+            Plan::Enterprise => &self.enterprise,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        self.starter.validate("starter")?;
+        self.professional.validate("professional")?;
+        self.enterprise.validate("enterprise")
+    }
+}
