@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod keys;
 mod metrics;
 pub mod plans;
 mod problem;
@@ -24,7 +25,10 @@ use aigronova_platform::{
     config::{ConfigError, Validate},
     storage::Database,
 };
-use axum::{Router, middleware, routing::get, routing::post};
+use axum::{
+    Router, middleware,
+    routing::{delete, get, post},
+};
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -52,6 +56,9 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Limits of each plan.
     pub plans: plans::Plans,
+    /// How long an API key lookup is cached, in seconds. Revocations and suspensions evict at
+    /// once; this only bounds staleness when a replica misses an eviction.
+    pub key_cache_secs: u64,
 }
 
 impl Default for Config {
@@ -64,6 +71,7 @@ impl Default for Config {
             upstreams: BTreeMap::new(),
             redis_url: None,
             plans: plans::Plans::default(),
+            key_cache_secs: 30,
         }
     }
 }
@@ -103,6 +111,8 @@ pub(crate) struct AppState {
     signer: TokenSigner,
     max_body_bytes: usize,
     plans: Arc<plans::Plans>,
+    keys: keys::KeyCache,
+    invalidation: keys::Invalidation,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -126,13 +136,15 @@ impl Gateway {
                 None
             }
             None if !store.has_admin_key().await? => {
-                let issued = store.issue_key(None, "admin (first start)", &[store::ADMIN_SCOPE.to_owned()]).await?;
+                let issued =
+                    store.issue_key(None, "admin (first start)", &[store::ADMIN_SCOPE.to_owned()], None).await?;
                 Some(issued.key)
             }
             None => None,
         };
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
+        let keys = keys::KeyCache::new(store.clone(), Duration::from_secs(config.key_cache_secs));
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let state = AppState {
             store,
@@ -141,6 +153,8 @@ impl Gateway {
             signer,
             max_body_bytes: config.max_body_bytes,
             plans: Arc::new(config.plans.clone()),
+            keys: keys.clone(),
+            invalidation: keys::Invalidation::new(keys),
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
@@ -170,8 +184,10 @@ fn app(state: AppState) -> Router {
         .route("/healthz", get(proxy::healthz))
         .route("/readyz", get(proxy::readyz))
         .route("/metrics", get(proxy::metrics))
-        .route("/v1/admin/tenants", post(admin::create_tenant))
-        .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key))
+        .route("/v1/admin/tenants", post(admin::create_tenant).get(admin::list_tenants))
+        .route("/v1/admin/tenants/{tenant_id}", get(admin::get_tenant).patch(admin::update_tenant))
+        .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))
+        .route("/v1/admin/tenants/{tenant_id}/api-keys/{key_id}", delete(admin::revoke_api_key))
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state)

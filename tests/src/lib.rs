@@ -110,6 +110,14 @@ impl TestApp {
         self.client.post(self.url(path)).bearer_auth(key).json(body).send().await.expect("request sent")
     }
 
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client.patch(self.url(path)).bearer_auth(key).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).bearer_auth(key).send().await.expect("request sent")
+    }
+
     /// Posts raw bytes as JSON, for malformed bodies.
     pub async fn post_raw(&self, path: &str, key: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
         self.client
