@@ -96,10 +96,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     if let Some(id) = request_id::current().and_then(|id| MetadataValue::try_from(id).ok()) {
         metadata.insert("x-request-id", id);
     }
-    trace_context::inject_current(&mut metadata);
-
     let path = route.grpc_path();
     let span = tracing::info_span!("grpc.client", otel.name = %path, otel.kind = "client", rpc.system = "grpc");
+    trace_context::inject_span(&span, &mut metadata);
     let started = Instant::now();
     let result =
         state.upstreams.unary(&route.owner, &path, transcode::encode(&message), metadata).instrument(span).await;
