@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+pub mod cors;
 mod keys;
 mod metrics;
 pub mod plans;
@@ -59,6 +60,8 @@ pub struct Config {
     /// How long an API key lookup is cached, in seconds. Revocations and suspensions evict at
     /// once; this only bounds staleness when a replica misses an eviction.
     pub key_cache_secs: u64,
+    /// Browser cross-origin access.
+    pub cors: cors::CorsConfig,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             redis_url: None,
             plans: plans::Plans::default(),
             key_cache_secs: 30,
+            cors: cors::CorsConfig::default(),
         }
     }
 }
@@ -88,6 +92,7 @@ impl Validate for Config {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
         }
         self.plans.validate()?;
+        self.cors.validate()?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -158,7 +163,11 @@ impl Gateway {
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
-        Ok(Self { listener, local_addr, router: app(state), generated_admin_key })
+        let mut router = app(state);
+        if let Some(cors) = config.cors.layer() {
+            router = router.layer(cors);
+        }
+        Ok(Self { listener, local_addr, router, generated_admin_key })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

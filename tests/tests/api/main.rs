@@ -2,6 +2,7 @@
 
 mod admin;
 mod bad_input;
+mod edge;
 mod scoring;
 mod tenancy;
 mod traces;
