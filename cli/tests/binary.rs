@@ -19,6 +19,8 @@ struct Running {
 }
 
 /// Starts `aigronova up` on a free port and waits for its URL line.
+// The child is handed to the caller, and `stop` waits for it.
+#[allow(clippy::zombie_processes)]
 fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
     let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`");
     let mut command = Command::new(env!("CARGO_BIN_EXE_aigronova"));
@@ -39,7 +41,11 @@ fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "aigronova up exited before printing its URL");
+        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("aigronova up exited before printing its URL: {status:?}");
+        }
         if let Some(url) = line.trim().strip_prefix("AigroNova is up at ") {
             return Running { child, url: url.to_owned(), stdout };
         }

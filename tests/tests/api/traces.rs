@@ -81,7 +81,7 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
     telemetry.flush().unwrap();
 
     let spans_all = collector.spans.lock().unwrap().clone();
-    let in_trace: Vec<Span> = spans_all.iter().cloned().filter(|span| hex(&span.trace_id) == trace_id).collect();
+    let in_trace: Vec<Span> = spans_all.iter().filter(|span| hex(&span.trace_id) == trace_id).cloned().collect();
     let gateway = find(&in_trace, &format!("GET /v1/health/patients/{patient}"));
     let rpc = "/aigronova.health.v1.HealthQuantum/GetPatient";
     let of_kind = |kind: SpanKind| {
