@@ -14,7 +14,7 @@ export ORT_DYLIB_PATH ?= $(ORT_LIB)
 HTTP_ADDR ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 
-.PHONY: help run build test lint fmt models onnxruntime clean
+.PHONY: help run build test lint fmt bench models onnxruntime clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: onnxruntime ## Run every test (needs PostgreSQL on 127.0.0.1:5432)
 lint: ## rustfmt check and clippy with warnings denied
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+bench: onnxruntime ## Benchmarks in release mode, side by side with their reference (see BENCHMARKS.md)
+	cargo bench -p aigronova-e2e --bench gateway
 
 fmt: ## Format the code
 	cargo fmt --all

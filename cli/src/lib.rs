@@ -115,6 +115,8 @@ pub struct Platform {
     pub http_addr: SocketAddr,
     /// The administrator key made on this first start, if one was.
     pub generated_admin_key: Option<String>,
+    /// The gRPC address of each service, by name.
+    pub services: std::collections::BTreeMap<&'static str, SocketAddr>,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -130,13 +132,14 @@ impl Platform {
         gateway_config
             .upstreams
             .insert(aigronova_healthquantum::SERVICE_NAME.to_owned(), format!("http://{}", health.local_addr()));
+        let services = [(aigronova_healthquantum::SERVICE_NAME, health.local_addr())].into();
         let gateway = Gateway::build(&gateway_config, signer, admin_key).await?;
         let http_addr = gateway.local_addr();
         let generated_admin_key = gateway.generated_admin_key().map(str::to_owned);
         let mut tasks = JoinSet::new();
         tasks.spawn(health.run_until_stopped(shutdown.clone()));
         tasks.spawn(gateway.run_until_stopped(shutdown));
-        Ok(Self { http_addr, generated_admin_key, tasks })
+        Ok(Self { http_addr, generated_admin_key, services, tasks })
     }
 
     /// Waits until every server has stopped; the first failure stops the wait.

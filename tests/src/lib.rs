@@ -34,6 +34,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub client: reqwest::Client,
     pub health_database_url: String,
+    health_grpc_addr: std::net::SocketAddr,
     shutdown: Shutdown,
     platform: Option<Platform>,
     postgres_databases: Vec<String>,
@@ -70,12 +71,14 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppCon
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
     let platform = Platform::start(&config, Some(&admin_key), shutdown.clone()).await.expect("the platform starts");
+    let health_grpc_addr = platform.services[aigronova_healthquantum::SERVICE_NAME];
     TestApp {
         address: format!("http://{}", platform.http_addr),
         admin_key,
         backend,
         client: reqwest::Client::new(),
         health_database_url,
+        health_grpc_addr,
         shutdown,
         platform: Some(platform),
         postgres_databases,
@@ -104,6 +107,11 @@ async fn create_postgres_database(name: &str) {
 }
 
 impl TestApp {
+    /// Where healthquantum serves gRPC, for calls that bypass the gateway.
+    pub fn health_grpc_addr(&self) -> std::net::SocketAddr {
+        self.health_grpc_addr
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

@@ -1,0 +1,164 @@
+//! The gateway's own cost: the same trivial RPC (`ListModels`, answered from memory) called
+//! through the gateway (HTTP, API key, scope check, rate limit, JSON transcoding) and directly
+//! over gRPC with an internal token, side by side in one run. Prints a Markdown table.
+//!
+//! `make bench` runs it in release mode. Settings: `BENCH_SECONDS` (default 5) per side,
+//! `BENCH_CONCURRENCY` (default 8) requests in flight.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aigronova_e2e::{Backend, spawn_app_with};
+use aigronova_platform::auth::{Caller, TokenSigner, attach_token};
+use aigronova_proto::aigronova::health::v1::{ListModelsRequest, health_quantum_client::HealthQuantumClient};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+struct Run {
+    label: &'static str,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: usize,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.latencies.clone();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+        sorted.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// Runs `call` from `concurrency` tasks for `duration`, after a short warm-up.
+async fn drive<F, Fut>(label: &'static str, concurrency: usize, duration: Duration, call: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let warm_up = Instant::now() + Duration::from_millis(500);
+    let mut warm = JoinSet::new();
+    for _ in 0..concurrency {
+        let call = call.clone();
+        warm.spawn(async move {
+            while Instant::now() < warm_up {
+                call().await;
+            }
+        });
+    }
+    while warm.join_next().await.is_some() {}
+
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let call = call.clone();
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0;
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                if call().await {
+                    latencies.push(sent.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    let mut run = Run { label, latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0 };
+    while let Some(result) = tasks.join_next().await {
+        let (latencies, errors) = result.expect("bench task");
+        run.latencies.extend(latencies);
+        run.errors += errors;
+    }
+    run.elapsed = started.elapsed();
+    run
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let seconds = env_number("BENCH_SECONDS", 5);
+    let concurrency = env_number("BENCH_CONCURRENCY", 8) as usize;
+    let signing_key = TokenSigner::generate().to_base64();
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.internal_auth.signing_key = Some(signing_key.clone());
+        config.internal_auth.verifying_key = None;
+        // The limiter runs on every call but never refuses one here.
+        config.gateway.plans.enterprise.requests_per_second = 1_000_000.0;
+        config.gateway.plans.enterprise.burst = 1_000_000;
+    })
+    .await;
+    let tenant = app.create_tenant("Bench").await;
+    let response =
+        app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"plan": "enterprise"})).await;
+    assert_eq!(response.status(), 200);
+    let key = app.create_key(&tenant, &["health:read"]).await;
+
+    let client = app.client.clone();
+    let url = app.url("/v1/health/models");
+    let key = Arc::new(key);
+    let through_gateway = drive("gateway (HTTP/JSON)", concurrency, Duration::from_secs(seconds), move || {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        async move {
+            match client.get(&url).bearer_auth(key.as_str()).send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+
+    let signer = TokenSigner::from_base64(&signing_key).unwrap();
+    let caller = Caller { tenant_id: tenant.clone(), subject: "bench".into(), scopes: vec!["health:read".into()] };
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.health_grpc_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let grpc = HealthQuantumClient::new(channel);
+    let direct = drive("direct gRPC", concurrency, Duration::from_secs(seconds), move || {
+        let mut grpc = grpc.clone();
+        let token = signer.mint(&caller);
+        async move {
+            let mut request = tonic::Request::new(ListModelsRequest {});
+            attach_token(request.metadata_mut(), &token);
+            grpc.list_models(request).await.is_ok()
+        }
+    })
+    .await;
+
+    println!("| path | requests/s | p50 | p99 | errors |");
+    println!("|---|---:|---:|---:|---:|");
+    for run in [&direct, &through_gateway] {
+        println!(
+            "| {} | {:.0} | {:.3} ms | {:.3} ms | {} |",
+            run.label,
+            run.rps(),
+            run.percentile(0.50).as_secs_f64() * 1000.0,
+            run.percentile(0.99).as_secs_f64() * 1000.0,
+            run.errors
+        );
+    }
+    let added = through_gateway.percentile(0.50).as_secs_f64() - direct.percentile(0.50).as_secs_f64();
+    println!();
+    println!(
+        "gateway adds {:.3} ms at p50 and keeps {:.0}% of the direct throughput ({} in flight, {} s a side)",
+        added * 1000.0,
+        100.0 * through_gateway.rps() / direct.rps(),
+        concurrency,
+        seconds
+    );
+    app.stop().await;
+}
