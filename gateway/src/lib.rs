@@ -10,6 +10,7 @@ mod metrics;
 pub mod plans;
 mod problem;
 mod proxy;
+pub mod ratelimit;
 mod request_id;
 pub mod routes;
 pub mod store;
@@ -52,6 +53,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Limits of each plan.
     pub plans: plans::Plans,
+    /// How rate limits and quotas behave (Redis failures, key prefix).
+    pub rate_limit: ratelimit::RateLimitConfig,
 }
 
 impl Default for Config {
@@ -64,6 +67,7 @@ impl Default for Config {
             upstreams: BTreeMap::new(),
             redis_url: None,
             plans: plans::Plans::default(),
+            rate_limit: ratelimit::RateLimitConfig::default(),
         }
     }
 }
@@ -80,6 +84,7 @@ impl Validate for Config {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
         }
         self.plans.validate()?;
+        self.rate_limit.validate()?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -103,6 +108,7 @@ pub(crate) struct AppState {
     signer: TokenSigner,
     max_body_bytes: usize,
     plans: Arc<plans::Plans>,
+    limiter: ratelimit::RateLimiter,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -133,6 +139,7 @@ impl Gateway {
         };
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
+        let limiter = ratelimit::RateLimiter::connect(config.redis_url.as_deref(), &config.rate_limit).await?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let state = AppState {
             store,
@@ -141,6 +148,7 @@ impl Gateway {
             signer,
             max_body_bytes: config.max_body_bytes,
             plans: Arc::new(config.plans.clone()),
+            limiter,
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
