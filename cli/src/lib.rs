@@ -115,6 +115,8 @@ pub struct Platform {
     pub http_addr: SocketAddr,
     /// The administrator key made on this first start, if one was.
     pub generated_admin_key: Option<String>,
+    /// The gateway's configuration as started, the services' actual addresses included.
+    pub gateway_config: aigronova_gateway::Config,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -136,7 +138,7 @@ impl Platform {
         let mut tasks = JoinSet::new();
         tasks.spawn(health.run_until_stopped(shutdown.clone()));
         tasks.spawn(gateway.run_until_stopped(shutdown));
-        Ok(Self { http_addr, generated_admin_key, tasks })
+        Ok(Self { http_addr, generated_admin_key, gateway_config, tasks })
     }
 
     /// Waits until every server has stopped; the first failure stops the wait.

@@ -29,7 +29,11 @@ use serde::{Deserialize, Serialize};
 
 pub(crate) use gcra::{MAX_BURST, MAX_INTERVAL_MICROS};
 
-use self::{gcra::Gcra, local::LocalBackend, redis_store::RedisBackend};
+use self::{
+    gcra::{Gcra, Outcome},
+    local::LocalBackend,
+    redis_store::RedisBackend,
+};
 use crate::{plans::PlanLimits, problem::Problem};
 
 /// `gateway.rate_limit`: how the limits behave, beyond the numbers of each plan.
@@ -155,48 +159,35 @@ impl RateLimiter {
         headers: &mut HeaderMap,
     ) -> Result<(), Problem> {
         let gcra = Gcra::new(limits.requests_per_second, limits.burst);
-        let mut subjects = vec![("tenant", "tenant".to_owned())];
+        let mut subjects = vec![Subject { policy: "tenant", id: "tenant".to_owned() }];
         if limits.per_key {
-            subjects.push(("key", format!("key:{key_id}")));
+            subjects.push(Subject { policy: "key", id: format!("key:{key_id}") });
         }
-        let gcras = vec![gcra; subjects.len()];
-        let outcome = match &self.inner.backend {
-            Backend::Local(local) => {
-                let keys: Vec<String> = subjects.iter().map(|(_, subject)| format!("{tenant_id}:{subject}")).collect();
-                local.acquire(&keys, &gcras, self.inner.clock.now_micros())
-            }
-            Backend::Redis(redis) => {
-                let keys: Vec<String> =
-                    subjects.iter().map(|(_, subject)| redis.rate_key(tenant_id, subject)).collect();
-                match redis.acquire(&keys, &gcras).await {
-                    Ok(outcome) => outcome,
-                    Err(error) => return self.backend_failed(&error),
-                }
-            }
+        let outcome = match self.acquire(tenant_id, &subjects, gcra).await {
+            Ok(outcome) => outcome,
+            Err(error) => return self.backend_failed(&error),
         };
-        let names: Vec<&str> = subjects.iter().map(|(name, _)| *name).collect();
+        let policies = subjects.iter().map(|subject| subject.policy);
         append(
             headers,
             POLICY,
-            names.iter().map(|name| format!("\"{name}\";q={};w={}", gcra.burst(), gcra.window_secs())),
+            policies.clone().map(|policy| format!("\"{policy}\";q={};w={}", gcra.burst(), gcra.window_secs())),
         );
         append(
             headers,
             RATELIMIT,
-            names.iter().zip(&outcome.backlogs).map(|(name, backlog)| {
-                format!("\"{name}\";r={};t={}", gcra.remaining(*backlog), gcra.until_next_cell(*backlog) / MICROS)
+            policies.clone().zip(&outcome.backlogs).map(|(policy, backlog)| {
+                format!("\"{policy}\";r={};t={}", gcra.remaining(*backlog), gcra.until_next_cell(*backlog) / MICROS)
             }),
         );
         if outcome.allowed {
             return Ok(());
         }
         crate::metrics::metrics().rate_limited.with_label_values(&["rate"]).inc();
-        let wait = outcome.backlogs.iter().map(|backlog| gcra.wait(*backlog)).max().unwrap_or(0);
-        let refused_by: Vec<&str> = names
-            .iter()
+        let refused_by: Vec<&str> = policies
             .zip(&outcome.backlogs)
             .filter(|(_, backlog)| !gcra.fits(**backlog))
-            .map(|(name, _)| if *name == "key" { "this API key" } else { "the tenant" })
+            .map(|(policy, _)| if policy == "key" { "this API key" } else { "the tenant" })
             .collect();
         let detail = format!(
             "{} sent more than the plan's {} requests per second (burst {}); retry later",
@@ -204,7 +195,23 @@ impl RateLimiter {
             limits.requests_per_second,
             limits.burst
         );
+        let wait = outcome.backlogs.iter().map(|backlog| gcra.wait(*backlog)).max().unwrap_or(0);
         Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).with_retry_after(wait.div_ceil(MICROS).max(1)))
+    }
+
+    /// One GCRA step over every subject of the tenant, in the backend.
+    async fn acquire(&self, tenant_id: &str, subjects: &[Subject], gcra: Gcra) -> Result<Outcome, redis::RedisError> {
+        let limits = vec![gcra; subjects.len()];
+        match &self.inner.backend {
+            Backend::Local(local) => {
+                let keys: Vec<String> = subjects.iter().map(|subject| format!("{tenant_id}:{}", subject.id)).collect();
+                Ok(local.acquire(&keys, &limits, self.inner.clock.now_micros()))
+            }
+            Backend::Redis(redis) => {
+                let keys: Vec<String> = subjects.iter().map(|subject| redis.rate_key(tenant_id, &subject.id)).collect();
+                redis.acquire(&keys, &limits).await
+            }
+        }
     }
 
     /// Counts one inference call of the tenant this month, when `inference`; refuses it with 429
@@ -275,6 +282,14 @@ impl RateLimiter {
             .with_retry_after(1)),
         }
     }
+}
+
+/// What one rate limit applies to, within a tenant.
+struct Subject {
+    /// The policy's name in the `RateLimit` fields.
+    policy: &'static str,
+    /// The subject's key within the tenant.
+    id: String,
 }
 
 fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<Item = String>) {
