@@ -291,3 +291,13 @@ async fn an_unreachable_redis_refuses_calls_with_503_when_failing_closed() {
     let quota = limiter.reserve_inference(true, "t1", &plan(1.0, 1, false, 1), &mut HeaderMap::new()).await;
     assert_eq!(refusal(quota.err().unwrap()).await.0, 503);
 }
+
+#[test]
+fn plans_the_limiter_cannot_represent_are_refused() {
+    let cases = [plan(1.0 / 7200.0, 5, false, 1), plan(2e6, 5, false, 1), plan(1.0, 2_000_000, false, 1)];
+    for starter in cases {
+        let plans = crate::plans::Plans { starter: starter.clone(), ..Default::default() };
+        assert!(plans.validate().is_err(), "{starter:?}");
+    }
+    assert!(crate::plans::Plans::default().validate().is_ok());
+}
