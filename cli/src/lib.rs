@@ -117,6 +117,8 @@ pub struct Platform {
     pub generated_admin_key: Option<String>,
     /// The gRPC address of each service, by name.
     pub services: std::collections::BTreeMap<&'static str, SocketAddr>,
+    /// The gateway's configuration as started, the services' actual addresses included.
+    pub gateway_config: aigronova_gateway::Config,
     tasks: JoinSet<anyhow::Result<()>>,
 }
 
@@ -139,7 +141,7 @@ impl Platform {
         let mut tasks = JoinSet::new();
         tasks.spawn(health.run_until_stopped(shutdown.clone()));
         tasks.spawn(gateway.run_until_stopped(shutdown));
-        Ok(Self { http_addr, generated_admin_key, services, tasks })
+        Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks })
     }
 
     /// Waits until every server has stopped; the first failure stops the wait.

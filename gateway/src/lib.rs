@@ -12,6 +12,7 @@ mod metrics;
 pub mod plans;
 mod problem;
 mod proxy;
+pub mod ratelimit;
 mod request_id;
 pub mod routes;
 pub mod store;
@@ -62,6 +63,8 @@ pub struct Config {
     pub key_cache_secs: u64,
     /// Browser cross-origin access.
     pub cors: cors::CorsConfig,
+    /// How rate limits and quotas behave (Redis failures, key prefix).
+    pub rate_limit: ratelimit::RateLimitConfig,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             plans: plans::Plans::default(),
             key_cache_secs: 30,
             cors: cors::CorsConfig::default(),
+            rate_limit: ratelimit::RateLimitConfig::default(),
         }
     }
 }
@@ -93,6 +97,7 @@ impl Validate for Config {
         }
         self.plans.validate()?;
         self.cors.validate()?;
+        self.rate_limit.validate()?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -118,6 +123,7 @@ pub(crate) struct AppState {
     plans: Arc<plans::Plans>,
     keys: keys::KeyCache,
     invalidation: keys::Invalidation,
+    limiter: ratelimit::RateLimiter,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -150,6 +156,7 @@ impl Gateway {
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
         let keys = keys::KeyCache::new(store.clone(), Duration::from_secs(config.key_cache_secs));
+        let limiter = ratelimit::RateLimiter::connect(config.redis_url.as_deref(), &config.rate_limit).await?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let state = AppState {
             store,
@@ -160,6 +167,7 @@ impl Gateway {
             plans: Arc::new(config.plans.clone()),
             keys: keys.clone(),
             invalidation: keys::Invalidation::new(keys),
+            limiter,
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;

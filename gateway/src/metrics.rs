@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
 
 /// Every metric the gateway records.
 pub(crate) struct Metrics {
@@ -21,6 +21,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_duration: HistogramVec,
     /// Requests refused by rate limits or quotas, by reason.
     pub(crate) rate_limited: IntCounterVec,
+    /// Rate-limit and quota checks that Redis failed to answer.
+    pub(crate) rate_limit_backend_errors: IntCounter,
     /// Circuit state by upstream: 0 closed, 1 half-open, 2 open.
     pub(crate) circuit_state: IntGaugeVec,
 }
@@ -58,6 +60,11 @@ pub(crate) fn metrics() -> &'static Metrics {
                 &["reason"],
             )
             .expect("valid metric"),
+            rate_limit_backend_errors: IntCounter::new(
+                "aigronova_gateway_rate_limit_backend_errors_total",
+                "Rate-limit and quota checks that Redis failed to answer",
+            )
+            .expect("valid metric"),
             circuit_state: IntGaugeVec::new(
                 Opts::new(
                     "aigronova_gateway_circuit_state",
@@ -74,6 +81,7 @@ pub(crate) fn metrics() -> &'static Metrics {
             Box::new(metrics.upstream_calls.clone()),
             Box::new(metrics.upstream_duration.clone()),
             Box::new(metrics.rate_limited.clone()),
+            Box::new(metrics.rate_limit_backend_errors.clone()),
             Box::new(metrics.circuit_state.clone()),
         ] {
             if let Err(error) = registry.register(collector) {

@@ -66,6 +66,18 @@ impl PlanLimits {
         if self.burst == 0 || self.max_body_bytes == 0 {
             return Err(ConfigError(format!("gateway.plans.{plan}.burst and max_body_bytes must be positive")));
         }
+        let slowest = 1_000_000.0 / crate::ratelimit::MAX_INTERVAL_MICROS as f64;
+        if self.requests_per_second < slowest || self.requests_per_second > 1_000_000.0 {
+            return Err(ConfigError(format!(
+                "gateway.plans.{plan}.requests_per_second must be between one an hour ({slowest:.6}) and 1000000"
+            )));
+        }
+        if u64::from(self.burst) > crate::ratelimit::MAX_BURST {
+            return Err(ConfigError(format!(
+                "gateway.plans.{plan}.burst must be at most {}",
+                crate::ratelimit::MAX_BURST
+            )));
+        }
         Ok(())
     }
 }

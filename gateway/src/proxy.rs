@@ -50,6 +50,8 @@ pub(crate) async fn method_not_allowed() -> Problem {
 pub(crate) struct RequestFacts {
     pub(crate) route: Option<String>,
     pub(crate) tenant_id: Option<String>,
+    /// `RateLimit-Policy` and `RateLimit` fields, sent with the answer whatever it is.
+    pub(crate) rate_limit: HeaderMap,
 }
 
 /// `GET /metrics`: for keys with the `metrics:read` or `admin` scope.
@@ -68,6 +70,7 @@ pub(crate) async fn transcode(State(state): State<AppState>, request: Request) -
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     };
+    response.headers_mut().extend(std::mem::take(&mut facts.rate_limit));
     response.extensions_mut().insert(facts);
     response
 }
@@ -85,8 +88,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let tenant_id = auth::require_tenant(&principal)?;
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
-    let plan = principal.tenant_plan.unwrap_or(Plan::Starter);
-    let body = read_body(body, &parts.headers, state.plans.limits(plan).max_body_bytes).await?;
+    let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
+    state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
+    let body = read_body(body, &parts.headers, limits.max_body_bytes).await?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body)?;
 
     let caller =
@@ -99,9 +103,12 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let path = route.grpc_path();
     let span = tracing::info_span!("grpc.client", otel.name = %path, otel.kind = "client", rpc.system = "grpc");
     trace_context::inject_span(&span, &mut metadata);
+    // The quota is reserved last, so that a request refused for its body spends none of it.
+    let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
     let started = Instant::now();
     let result =
         state.upstreams.unary(&route.owner, &path, transcode::encode(&message), metadata).instrument(span).await;
+    quota.settle(result.is_ok()).await;
     let code = match &result {
         Ok(_) => tonic::Code::Ok,
         Err(status) => status.code(),

@@ -1,6 +1,7 @@
 //! The public routes, built at start-up from the descriptor set: each RPC's `google.api.http`
 //! annotation gives its method and path template, `aigronova.common.v1.required_scope` the
-//! scope it needs, and the service's `aigronova.common.v1.owner` the upstream that serves it.
+//! scope it needs, `aigronova.common.v1.inference` whether it counts against the monthly
+//! inference quota, and the service's `aigronova.common.v1.owner` the upstream that serves it.
 
 use std::collections::BTreeSet;
 
@@ -25,6 +26,8 @@ pub struct Route {
     pub method: MethodDescriptor,
     pub scope: String,
     pub owner: String,
+    /// The method runs a model, so a call counts against the tenant's monthly inference quota.
+    pub inference: bool,
 }
 
 impl Route {
@@ -66,6 +69,9 @@ impl RouteTable {
         let owner = pool
             .get_extension_by_name("aigronova.common.v1.owner")
             .ok_or_else(|| anyhow::anyhow!("descriptor set lacks aigronova.common.v1.owner"))?;
+        let inference = pool
+            .get_extension_by_name("aigronova.common.v1.inference")
+            .ok_or_else(|| anyhow::anyhow!("descriptor set lacks aigronova.common.v1.inference"))?;
         let mut routes = Vec::new();
         for service in pool.services() {
             let service_options = service.options();
@@ -87,7 +93,17 @@ impl RouteTable {
                     rule.get_field_by_name("body").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
                 let segments = parse_template(&template)
                     .ok_or_else(|| anyhow::anyhow!("{}: cannot parse path {template:?}", method.full_name()))?;
-                routes.push(Route { http_method, template, segments, body, method: method.clone(), scope, owner });
+                let inference = options.get_extension(&inference).as_bool().unwrap_or(false);
+                routes.push(Route {
+                    http_method,
+                    template,
+                    segments,
+                    body,
+                    method: method.clone(),
+                    scope,
+                    owner,
+                    inference,
+                });
             }
         }
         Ok(Self { routes })
@@ -188,6 +204,17 @@ mod tests {
         assert_eq!(matched.route.scope, "health:read");
         assert_eq!(matched.route.owner, "healthquantum");
         assert_eq!(matched.variables, vec![("id".to_owned(), "p-1".to_owned())]);
+    }
+
+    #[test]
+    fn only_methods_marked_inference_count_against_the_quota() {
+        let table = table();
+        let Lookup::Found(assess) = table.lookup(&Method::POST, "/v1/health/patients/p-1/assessments") else {
+            panic!("the assessment route exists")
+        };
+        assert!(assess.route.inference);
+        let Lookup::Found(get) = table.lookup(&Method::GET, "/v1/health/patients/p-1") else { panic!() };
+        assert!(!get.route.inference);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::{net::TcpStream, path::PathBuf, time::Duration};
 
 use aigronova_cli::{AppConfig, Platform};
-use aigronova_platform::{Shutdown, config::InferenceConfig};
+use aigronova_gateway::Gateway;
+use aigronova_platform::{Shutdown, auth::TokenSigner, config::InferenceConfig};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -14,6 +15,22 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 pub fn postgres_admin_url() -> String {
     std::env::var("AIGRONOVA_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Where the tests find Redis (`AIGRONOVA_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`);
+/// fails the test, saying how to start it, when nothing listens there.
+pub fn redis_url() -> String {
+    let url = std::env::var("AIGRONOVA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let address = url.trim_start_matches("redis://").trim_end_matches('/');
+    let reachable =
+        address.parse().is_ok_and(|address| TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok());
+    assert!(reachable, "Redis is not reachable at {url}; start it with `redis-server --daemonize yes`");
+    url
+}
+
+/// A Redis key prefix of one test, so that tests sharing the Redis do not meet.
+pub fn unique_redis_prefix() -> String {
+    format!("e2e:{}:", uuid::Uuid::new_v4().simple())
 }
 
 /// The repository's `models/` folder.
@@ -37,6 +54,9 @@ pub struct TestApp {
     health_grpc_addr: std::net::SocketAddr,
     shutdown: Shutdown,
     platform: Option<Platform>,
+    gateway_config: aigronova_gateway::Config,
+    signing_key: String,
+    replicas: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     postgres_databases: Vec<String>,
     _data_dir: tempfile::TempDir,
 }
@@ -46,11 +66,13 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
     spawn_app_with(backend, |_| {}).await
 }
 
-/// [`spawn_app`] with a configuration tweak applied before the start.
-pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppConfig)) -> TestApp {
+/// Starts the platform as [`spawn_app`] does, with `tweak` applied to its configuration last.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temporary folder");
     let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
     config.inference = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
+    // Chosen here rather than by the platform, so that gateway replicas sign like the first.
+    config.internal_auth.signing_key = Some(TokenSigner::generate().to_base64());
     assert!(
         std::env::var_os("ORT_DYLIB_PATH").is_some(),
         "ORT_DYLIB_PATH is not set: run the tests with `make test`, which fetches ONNX Runtime"
@@ -66,7 +88,8 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppCon
         config.healthquantum.database_url = postgres_url(&health_db);
         postgres_databases = vec![gateway_db, health_db];
     }
-    configure(&mut config);
+    tweak(&mut config);
+    let signing_key = config.internal_auth.signing_key.clone().expect("a signing key");
     let health_database_url = config.healthquantum.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
@@ -74,6 +97,9 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppCon
     let health_grpc_addr = platform.services[aigronova_healthquantum::SERVICE_NAME];
     TestApp {
         address: format!("http://{}", platform.http_addr),
+        gateway_config: platform.gateway_config.clone(),
+        signing_key,
+        replicas: Vec::new(),
         admin_key,
         backend,
         client: reqwest::Client::new(),
@@ -117,7 +143,23 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).bearer_auth(key).send().await.expect("request sent")
+        self.get_from(&self.address, path, key).await
+    }
+
+    /// A GET through the gateway at `address` (the first one, or a replica).
+    pub async fn get_from(&self, address: &str, path: &str, key: &str) -> reqwest::Response {
+        self.client.get(format!("{address}{path}")).bearer_auth(key).send().await.expect("request sent")
+    }
+
+    /// Starts one more gateway on a free port, on the same database, services and settings as
+    /// the first (as another replica of a deployment), and returns its address.
+    pub async fn start_gateway_replica(&mut self) -> String {
+        let signer = TokenSigner::from_base64(&self.signing_key).expect("the test's signing key");
+        let gateway =
+            Gateway::build(&self.gateway_config, signer, Some(&self.admin_key)).await.expect("the replica starts");
+        let address = format!("http://{}", gateway.local_addr());
+        self.replicas.push(tokio::spawn(gateway.run_until_stopped(self.shutdown.clone())));
+        address
     }
 
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
@@ -200,6 +242,9 @@ impl TestApp {
         self.shutdown.trigger();
         if let Some(platform) = self.platform.take() {
             platform.wait().await.expect("the platform stops cleanly");
+        }
+        for replica in self.replicas.drain(..) {
+            replica.await.expect("the replica task").expect("the replica stops cleanly");
         }
         if !self.postgres_databases.is_empty() {
             let mut connection = PgConnection::connect(&postgres_admin_url()).await.expect("PostgreSQL reachable");

@@ -3,6 +3,7 @@
 mod admin;
 mod bad_input;
 mod edge;
+mod ratelimit;
 mod scoring;
 mod tenancy;
 mod traces;

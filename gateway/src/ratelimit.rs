@@ -1,0 +1,362 @@
+//! Rate limits and quotas of tenant calls: GCRA per tenant, and per API key when the plan says
+//! so, and the monthly inference quota of each tenant. With `gateway.redis_url` the state lives
+//! in Redis and every replica shares it; without, it lives in this process.
+//!
+//! Every rate-limited response carries the `RateLimit-Policy` and `RateLimit` fields of
+//! draft-ietf-httpapi-ratelimit-headers (draft 11), for example
+//! `RateLimit-Policy: "tenant";q=20;w=2` and `RateLimit: "tenant";r=19;t=0`: `q` is the burst,
+//! `w` the seconds in which the whole burst comes back (so `q/w` is the sustained rate), `r` the
+//! requests that would pass now and `t` the whole seconds until `r` grows. Inference routes add
+//! `"inference";q=<monthly quota>;w=<seconds in this month>` and
+//! `"inference";r=<calls left>;t=<seconds until the month ends>`.
+
+mod gcra;
+mod local;
+mod redis_store;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aigronova_platform::config::ConfigError;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+pub(crate) use gcra::{MAX_BURST, MAX_INTERVAL_MICROS};
+
+use self::{
+    gcra::{Gcra, Outcome},
+    local::LocalBackend,
+    redis_store::RedisBackend,
+};
+use crate::{plans::PlanLimits, problem::Problem};
+
+/// `gateway.rate_limit`: how the limits behave, beyond the numbers of each plan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// What a tenant call meets when Redis does not answer: `open` lets it through, logs a
+    /// warning and counts `aigronova_gateway_rate_limit_backend_errors_total`; `closed` refuses
+    /// it with 503 and `Retry-After`.
+    pub redis_failure: RedisFailure,
+    /// How long one Redis connection attempt or command may take, in milliseconds, before it
+    /// counts as a failure.
+    pub redis_timeout_ms: u64,
+    /// Prefix of every Redis key the limits use, so that deployments can share one Redis.
+    pub redis_key_prefix: String,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { redis_failure: RedisFailure::Open, redis_timeout_ms: 250, redis_key_prefix: "aigronova:".into() }
+    }
+}
+
+impl RateLimitConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10_000).contains(&self.redis_timeout_ms) {
+            return Err(ConfigError("gateway.rate_limit.redis_timeout_ms must be between 1 and 10000".into()));
+        }
+        let prefix = &self.redis_key_prefix;
+        if prefix.is_empty() || prefix.len() > 64 || prefix.contains(|c: char| c.is_whitespace() || "{}".contains(c)) {
+            return Err(ConfigError(format!(
+                "gateway.rate_limit.redis_key_prefix must be 1 to 64 characters without spaces or braces, got {prefix:?}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What to do with a call whose limits cannot be checked because Redis is down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFailure {
+    /// Let the call through, unlimited.
+    #[default]
+    Open,
+    /// Refuse the call with 503.
+    Closed,
+}
+
+/// Microseconds since the UNIX epoch; injectable so that tests of the in-process limiter do not
+/// sleep.
+pub(crate) trait Clock: Send + Sync {
+    fn now_micros(&self) -> u64;
+}
+
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_micros(&self) -> u64 {
+        u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0)
+    }
+}
+
+/// How often, at most, a Redis failure is logged.
+const WARNING_INTERVAL_MICROS: u64 = 10 * MICROS;
+const MICROS: u64 = 1_000_000;
+const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// The limits of every tenant, shared by the handlers.
+#[derive(Clone)]
+pub(crate) struct RateLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    on_failure: RedisFailure,
+    clock: Box<dyn Clock>,
+    last_warning: AtomicU64,
+}
+
+enum Backend {
+    Local(LocalBackend),
+    Redis(RedisBackend),
+}
+
+impl RateLimiter {
+    /// In Redis when `redis_url` is set, in-process otherwise. Redis is pinged once: when it
+    /// does not answer, the gateway starts anyway, warns, and applies `redis_failure` until a
+    /// later call reconnects.
+    pub(crate) async fn connect(redis_url: Option<&str>, config: &RateLimitConfig) -> anyhow::Result<Self> {
+        let Some(url) = redis_url else {
+            return Ok(Self::new(Backend::Local(LocalBackend::new()), config, SystemClock));
+        };
+        let timeout = Duration::from_millis(config.redis_timeout_ms);
+        let backend = RedisBackend::new(url, &config.redis_key_prefix, timeout)
+            .map_err(|error| anyhow::anyhow!("gateway.redis_url is not usable: {error}"))?;
+        if let Err(error) = backend.ping().await {
+            tracing::warn!(%error, on_failure = ?config.redis_failure, "Redis does not answer; rate limits follow gateway.rate_limit.redis_failure until it does");
+        }
+        Ok(Self::new(Backend::Redis(backend), config, SystemClock))
+    }
+
+    fn new(backend: Backend, config: &RateLimitConfig, clock: impl Clock + 'static) -> Self {
+        let inner = Inner {
+            backend,
+            on_failure: config.redis_failure,
+            clock: Box::new(clock),
+            last_warning: AtomicU64::new(0),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Spends one request of the tenant's rate, and of the key's when the plan limits keys; a
+    /// refused request spends nothing. Writes the `RateLimit-Policy` and `RateLimit` fields
+    /// into `headers` whether the request passes or not.
+    pub(crate) async fn admit(
+        &self,
+        tenant_id: &str,
+        key_id: &str,
+        limits: &PlanLimits,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Problem> {
+        let gcra = Gcra::new(limits.requests_per_second, limits.burst);
+        let mut subjects = vec![Subject { policy: "tenant", id: "tenant".to_owned() }];
+        if limits.per_key {
+            subjects.push(Subject { policy: "key", id: format!("key:{key_id}") });
+        }
+        let outcome = match self.acquire(tenant_id, &subjects, gcra).await {
+            Ok(outcome) => outcome,
+            Err(error) => return self.backend_failed(&error),
+        };
+        let policies = subjects.iter().map(|subject| subject.policy);
+        append(
+            headers,
+            POLICY,
+            policies.clone().map(|policy| format!("\"{policy}\";q={};w={}", gcra.burst(), gcra.window_secs())),
+        );
+        append(
+            headers,
+            RATELIMIT,
+            policies.clone().zip(&outcome.backlogs).map(|(policy, backlog)| {
+                format!("\"{policy}\";r={};t={}", gcra.remaining(*backlog), gcra.until_next_cell(*backlog) / MICROS)
+            }),
+        );
+        if outcome.allowed {
+            return Ok(());
+        }
+        crate::metrics::metrics().rate_limited.with_label_values(&["rate"]).inc();
+        let refused_by: Vec<&str> = policies
+            .zip(&outcome.backlogs)
+            .filter(|(_, backlog)| !gcra.fits(**backlog))
+            .map(|(policy, _)| if policy == "key" { "this API key" } else { "the tenant" })
+            .collect();
+        let detail = format!(
+            "{} sent more than the plan's {} requests per second (burst {}); retry later",
+            refused_by.join(" and "),
+            limits.requests_per_second,
+            limits.burst
+        );
+        let wait = outcome.backlogs.iter().map(|backlog| gcra.wait(*backlog)).max().unwrap_or(0);
+        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).with_retry_after(wait.div_ceil(MICROS).max(1)))
+    }
+
+    /// One GCRA step over every subject of the tenant, in the backend.
+    async fn acquire(&self, tenant_id: &str, subjects: &[Subject], gcra: Gcra) -> Result<Outcome, redis::RedisError> {
+        let limits = vec![gcra; subjects.len()];
+        match &self.inner.backend {
+            Backend::Local(local) => {
+                let keys: Vec<String> = subjects.iter().map(|subject| format!("{tenant_id}:{}", subject.id)).collect();
+                Ok(local.acquire(&keys, &limits, self.inner.clock.now_micros()))
+            }
+            Backend::Redis(redis) => {
+                let keys: Vec<String> = subjects.iter().map(|subject| redis.rate_key(tenant_id, &subject.id)).collect();
+                redis.acquire(&keys, &limits).await
+            }
+        }
+    }
+
+    /// Counts one inference call of the tenant this month, when `inference`; refuses it with 429
+    /// when the quota is used up. Settle the reservation with the call's outcome: a call that
+    /// fails gives its unit back, and so does a request refused before reaching the service,
+    /// because the reservation is taken right before the upstream call.
+    pub(crate) async fn reserve_inference(
+        &self,
+        inference: bool,
+        tenant_id: &str,
+        limits: &PlanLimits,
+        headers: &mut HeaderMap,
+    ) -> Result<Reservation, Problem> {
+        if !inference {
+            return Ok(Reservation { held: None });
+        }
+        let month = Month::at(self.inner.clock.now_micros());
+        let quota = limits.monthly_inference_quota;
+        let outcome = match &self.inner.backend {
+            Backend::Local(local) => local.reserve_inference(tenant_id, &month.label, quota),
+            Backend::Redis(redis) => match redis.reserve_inference(tenant_id, &month.label, month.end, quota).await {
+                Ok(outcome) => outcome,
+                Err(error) => return self.backend_failed(&error).map(|()| Reservation { held: None }),
+            },
+        };
+        let until_end = month.end.saturating_sub(self.inner.clock.now_micros() / MICROS);
+        append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
+        append(headers, RATELIMIT, [format!("\"inference\";r={};t={until_end}", quota.saturating_sub(outcome.used))]);
+        if outcome.granted {
+            return Ok(Reservation { held: Some((self.clone(), tenant_id.to_owned(), month.label)) });
+        }
+        crate::metrics::metrics().rate_limited.with_label_values(&["quota"]).inc();
+        let detail = format!(
+            "the monthly inference quota of this tenant ({quota} calls) is used up; it renews on {}",
+            month.end_rfc3339()
+        );
+        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).with_retry_after(until_end.max(1)))
+    }
+
+    async fn refund_inference(&self, tenant_id: &str, month: &str) {
+        match &self.inner.backend {
+            Backend::Local(local) => local.refund_inference(tenant_id, month),
+            Backend::Redis(redis) => {
+                if let Err(error) = redis.refund_inference(tenant_id, month).await {
+                    // The call failed anyway; the unit stays spent, whatever the failure policy.
+                    let _ = self.backend_failed(&error);
+                }
+            }
+        }
+    }
+
+    /// Applies `redis_failure`: `Ok` lets the call through.
+    fn backend_failed(&self, error: &redis::RedisError) -> Result<(), Problem> {
+        crate::metrics::metrics().rate_limit_backend_errors.inc();
+        let now = self.inner.clock.now_micros();
+        let last = self.inner.last_warning.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= WARNING_INTERVAL_MICROS
+            && self.inner.last_warning.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(%error, on_failure = ?self.inner.on_failure, "rate-limit backend failed; further failures in the next 10 s are counted, not logged");
+        }
+        match self.inner.on_failure {
+            RedisFailure::Open => Ok(()),
+            RedisFailure::Closed => Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate limits cannot be checked right now; retry shortly",
+            )
+            .with_retry_after(1)),
+        }
+    }
+}
+
+/// What one rate limit applies to, within a tenant.
+struct Subject {
+    /// The policy's name in the `RateLimit` fields.
+    policy: &'static str,
+    /// The subject's key within the tenant.
+    id: String,
+}
+
+fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<Item = String>) {
+    let value = items.into_iter().collect::<Vec<_>>().join(", ");
+    // Policy names and integers only: always a valid header value.
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.append(name, value);
+    }
+}
+
+/// One inference call counted against the tenant's monthly quota, until settled.
+#[must_use = "settle the reservation with the outcome of the call"]
+pub(crate) struct Reservation {
+    held: Option<(RateLimiter, String, String)>,
+}
+
+impl Reservation {
+    /// Keeps the unit when the call succeeded, gives it back otherwise. A reservation dropped
+    /// without settling (the client went away during the call) keeps its unit: the service may
+    /// have run the model.
+    pub(crate) async fn settle(self, succeeded: bool) {
+        if let (false, Some((limiter, tenant_id, month))) = (succeeded, self.held) {
+            limiter.refund_inference(&tenant_id, &month).await;
+        }
+    }
+}
+
+/// A calendar month in UTC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Month {
+    /// `YYYY-MM`.
+    label: String,
+    /// First second of the month, UNIX time.
+    start: u64,
+    /// First second of the next month, UNIX time.
+    end: u64,
+}
+
+impl Month {
+    fn at(now_micros: u64) -> Self {
+        let now =
+            DateTime::<Utc>::from_timestamp_micros(i64::try_from(now_micros).unwrap_or(i64::MAX)).unwrap_or_default();
+        let (year, month) = (now.year(), now.month());
+        let (next_year, next_month) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+        let first_second = |year, month| {
+            NaiveDate::from_ymd_opt(year, month, 1)
+                .and_then(|day| day.and_hms_opt(0, 0, 0))
+                .map_or(0, |time| u64::try_from(time.and_utc().timestamp()).unwrap_or(0))
+        };
+        Self {
+            label: format!("{year:04}-{month:02}"),
+            start: first_second(year, month),
+            end: first_second(next_year, next_month),
+        }
+    }
+
+    fn length_secs(&self) -> u64 {
+        self.end - self.start
+    }
+
+    fn end_rfc3339(&self) -> String {
+        DateTime::<Utc>::from_timestamp(i64::try_from(self.end).unwrap_or(0), 0)
+            .unwrap_or_default()
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! The limiter through its crate API: in-process with a clock the tests move, and against the
+//! real Redis at 127.0.0.1:6379 (each test under its own key prefix).
+
+use std::sync::{Arc, atomic::AtomicU64};
+
+use axum::response::IntoResponse;
+
+use super::*;
+
+impl Clock for Arc<AtomicU64> {
+    fn now_micros(&self) -> u64 {
+        self.load(Ordering::SeqCst)
+    }
+}
+
+/// 2025-01-31T23:59:00Z, a minute before a month ends.
+const JAN_31_23_59: u64 = 1_738_367_940 * MICROS;
+
+fn plan(requests_per_second: f64, burst: u32, per_key: bool, quota: u64) -> PlanLimits {
+    PlanLimits { requests_per_second, burst, per_key, monthly_inference_quota: quota, ..PlanLimits::default() }
+}
+
+fn in_process(start: u64) -> (RateLimiter, Arc<AtomicU64>) {
+    let clock = Arc::new(AtomicU64::new(start));
+    (RateLimiter::new(Backend::Local(LocalBackend::new()), &RateLimitConfig::default(), clock.clone()), clock)
+}
+
+fn header(headers: &HeaderMap, name: &HeaderName) -> Vec<String> {
+    headers.get_all(name).iter().map(|value| value.to_str().unwrap().to_owned()).collect()
+}
+
+/// Status, `Retry-After` and the problem document of a refusal.
+async fn refusal(problem: Problem) -> (u16, Option<String>, serde_json::Value) {
+    let response = problem.into_response();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|value| value.to_str().unwrap().to_owned());
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (status, retry_after, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn the_burst_passes_the_next_request_is_refused_and_one_passes_after_the_emission_interval() {
+    let (limiter, clock) = in_process(JAN_31_23_59);
+    let limits = plan(2.0, 3, false, 10);
+    for remaining in [2, 1, 0] {
+        let mut headers = HeaderMap::new();
+        limiter.admit("t1", "k1", &limits, &mut headers).await.expect("within the burst");
+        assert_eq!(header(&headers, &POLICY), [r#""tenant";q=3;w=2"#]);
+        assert_eq!(header(&headers, &RATELIMIT), [format!(r#""tenant";r={remaining};t=0"#)]);
+    }
+    let mut headers = HeaderMap::new();
+    let problem = limiter.admit("t1", "k1", &limits, &mut headers).await.expect_err("past the burst");
+    assert_eq!(header(&headers, &RATELIMIT), [r#""tenant";r=0;t=0"#], "headers go with the refusal too");
+    let (status, retry_after, document) = refusal(problem).await;
+    assert_eq!(status, 429);
+    assert_eq!(retry_after.as_deref(), Some("1"), "half a second, rounded up");
+    assert!(document["detail"].as_str().unwrap().contains("the tenant"), "{document}");
+
+    clock.fetch_add(499_999, Ordering::SeqCst);
+    assert!(limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_err(), "a microsecond early");
+    clock.fetch_add(1, Ordering::SeqCst);
+    assert!(limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_ok(), "one emission interval later");
+    assert!(limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_err(), "and only one");
+}
+
+#[tokio::test]
+async fn tenants_are_limited_apart_and_keys_of_one_tenant_together() {
+    let (limiter, _) = in_process(JAN_31_23_59);
+    let limits = plan(1.0, 2, false, 10);
+    for key in ["a", "b"] {
+        limiter.admit("t1", key, &limits, &mut HeaderMap::new()).await.unwrap();
+    }
+    assert!(limiter.admit("t1", "c", &limits, &mut HeaderMap::new()).await.is_err(), "the tenant's burst is spent");
+    assert!(limiter.admit("t2", "a", &limits, &mut HeaderMap::new()).await.is_ok(), "another tenant has its own");
+}
+
+#[tokio::test]
+async fn a_plan_with_per_key_limits_advertises_and_checks_both_policies() {
+    let (limiter, clock) = in_process(JAN_31_23_59);
+    let limits = plan(1.0, 2, true, 10);
+    let mut headers = HeaderMap::new();
+    limiter.admit("t1", "k1", &limits, &mut headers).await.unwrap();
+    assert_eq!(header(&headers, &POLICY), [r#""tenant";q=2;w=2, "key";q=2;w=2"#]);
+    assert_eq!(header(&headers, &RATELIMIT), [r#""tenant";r=1;t=1, "key";r=1;t=1"#]);
+    limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.unwrap();
+    let (status, _, document) = refusal(limiter.admit("t1", "k1", &limits, &mut headers).await.unwrap_err()).await;
+    assert_eq!(status, 429);
+    assert!(document["detail"].as_str().unwrap().starts_with("the tenant and this API key"), "{document}");
+    clock.fetch_add(MICROS, Ordering::SeqCst);
+    assert!(limiter.admit("t1", "k2", &limits, &mut HeaderMap::new()).await.is_ok());
+}
+
+#[tokio::test]
+async fn the_inference_quota_runs_out_until_the_month_ends() {
+    let (limiter, clock) = in_process(JAN_31_23_59);
+    let limits = plan(100.0, 100, false, 2);
+    for left in [1, 0] {
+        let mut headers = HeaderMap::new();
+        let reservation = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.unwrap();
+        reservation.settle(true).await;
+        assert_eq!(header(&headers, &POLICY), [format!(r#""inference";q=2;w={}"#, 31 * 24 * 3600)]);
+        assert_eq!(header(&headers, &RATELIMIT), [format!(r#""inference";r={left};t=60"#)]);
+    }
+    let problem = limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.err().unwrap();
+    let (status, retry_after, document) = refusal(problem).await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("60")), "until 2025-02-01T00:00:00Z");
+    let detail = document["detail"].as_str().unwrap();
+    assert!(detail.contains("monthly inference quota") && detail.contains("2025-02-01T00:00:00Z"), "{detail}");
+    let other = limiter.reserve_inference(true, "t2", &limits, &mut HeaderMap::new()).await;
+    assert!(other.is_ok(), "another tenant has its own quota");
+    other.unwrap().settle(true).await;
+
+    clock.fetch_add(60 * MICROS, Ordering::SeqCst);
+    let reservation = limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await;
+    assert!(reservation.is_ok(), "February has a fresh quota");
+    reservation.unwrap().settle(true).await;
+}
+
+#[tokio::test]
+async fn a_failed_inference_call_gives_its_unit_back_and_other_calls_spend_none() {
+    let (limiter, _) = in_process(JAN_31_23_59);
+    let limits = plan(100.0, 100, false, 1);
+    let mut headers = HeaderMap::new();
+    limiter.reserve_inference(false, "t1", &limits, &mut headers).await.unwrap().settle(true).await;
+    assert!(headers.is_empty(), "a call that is not inference says nothing of the quota");
+    limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(false).await;
+    limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(true).await;
+    assert!(limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.is_err());
+}
+
+#[test]
+fn months_end_at_the_first_second_of_the_next_one() {
+    let cases = [
+        (JAN_31_23_59, "2025-01", 31, "2025-02-01T00:00:00Z"),
+        (1_709_164_800 * MICROS, "2024-02", 29, "2024-03-01T00:00:00Z"),
+        (1_735_603_200 * MICROS, "2024-12", 31, "2025-01-01T00:00:00Z"),
+    ];
+    for (now, label, days, end) in cases {
+        let month = Month::at(now);
+        assert_eq!(month.label, label);
+        assert_eq!(month.length_secs(), days * 24 * 3600, "{label}");
+        assert_eq!(month.end_rfc3339(), end);
+    }
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    let cases = [
+        RateLimitConfig { redis_timeout_ms: 0, ..RateLimitConfig::default() },
+        RateLimitConfig { redis_timeout_ms: 60_000, ..RateLimitConfig::default() },
+        RateLimitConfig { redis_key_prefix: String::new(), ..RateLimitConfig::default() },
+        RateLimitConfig { redis_key_prefix: "a b".into(), ..RateLimitConfig::default() },
+        RateLimitConfig { redis_key_prefix: "{tag}".into(), ..RateLimitConfig::default() },
+    ];
+    for config in cases {
+        assert!(config.validate().is_err(), "{config:?}");
+    }
+    assert!(RateLimitConfig::default().validate().is_ok());
+}
+
+/// Where the tests find Redis.
+fn redis_url() -> String {
+    std::env::var("AIGRONOVA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A limiter on the test Redis, under a key prefix of its own.
+async fn on_redis(prefix: &str, on_failure: RedisFailure) -> RateLimiter {
+    let url = redis_url();
+    let config =
+        RateLimitConfig { redis_failure: on_failure, redis_key_prefix: prefix.to_owned(), ..Default::default() };
+    let backend = RedisBackend::new(&url, prefix, Duration::from_millis(config.redis_timeout_ms)).unwrap();
+    if let Err(error) = backend.ping().await {
+        panic!("Redis is not reachable at {url} ({error}); start it with `redis-server --daemonize yes`");
+    }
+    RateLimiter::new(Backend::Redis(backend), &config, SystemClock)
+}
+
+fn unique_prefix() -> String {
+    format!("test:{}:", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test]
+async fn two_limiters_on_one_redis_share_the_tenants_burst() {
+    let prefix = unique_prefix();
+    let (first, second) =
+        (on_redis(&prefix, RedisFailure::Closed).await, on_redis(&prefix, RedisFailure::Closed).await);
+    let limits = plan(0.01, 4, false, 10);
+    let mut passed = 0;
+    for round in 0..8 {
+        let replica = if round % 2 == 0 { &first } else { &second };
+        let mut headers = HeaderMap::new();
+        match replica.admit("t1", "k1", &limits, &mut headers).await {
+            Ok(()) => passed += 1,
+            Err(problem) => {
+                let (status, retry_after, _) = refusal(problem).await;
+                assert_eq!(status, 429);
+                let retry_after: u64 = retry_after.unwrap().parse().unwrap();
+                assert!((1..=100).contains(&retry_after), "one emission interval at most: {retry_after}");
+            }
+        }
+        let expected = format!(r#""tenant";r={};t="#, 3u32.saturating_sub(round).min(3));
+        assert!(header(&headers, &RATELIMIT)[0].starts_with(&expected), "round {round}: {headers:?}");
+    }
+    assert_eq!(passed, 4, "the burst once, not once per replica");
+}
+
+#[tokio::test]
+async fn the_redis_limiter_refuses_past_the_burst_with_per_key_limits_too() {
+    let limiter = on_redis(&unique_prefix(), RedisFailure::Closed).await;
+    let limits = plan(0.01, 2, true, 10);
+    for _ in 0..2 {
+        limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.unwrap();
+    }
+    let mut headers = HeaderMap::new();
+    let problem = limiter.admit("t1", "k2", &limits, &mut headers).await.unwrap_err();
+    assert_eq!(refusal(problem).await.0, 429);
+    assert_eq!(header(&headers, &POLICY), [r#""tenant";q=2;w=200, "key";q=2;w=200"#]);
+    assert!(header(&headers, &RATELIMIT)[0].starts_with(r#""tenant";r=0;t="#), "{headers:?}");
+    assert!(header(&headers, &RATELIMIT)[0].contains(r#""key";r=2;t=0"#), "k2 has spent nothing: {headers:?}");
+}
+
+#[tokio::test]
+async fn the_rate_script_is_loaded_again_after_redis_forgets_it() {
+    let prefix = unique_prefix();
+    let limiter = on_redis(&prefix, RedisFailure::Closed).await;
+    let Backend::Redis(redis) = &limiter.inner.backend else { unreachable!() };
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut redis.connection()).await.unwrap();
+    let errors_before = crate::metrics::metrics().rate_limit_backend_errors.get();
+    limiter.admit("t1", "k1", &plan(1.0, 5, false, 10), &mut HeaderMap::new()).await.expect("NOSCRIPT is handled");
+    limiter
+        .reserve_inference(true, "t1", &plan(1.0, 5, false, 10), &mut HeaderMap::new())
+        .await
+        .unwrap()
+        .settle(false)
+        .await;
+    assert_eq!(crate::metrics::metrics().rate_limit_backend_errors.get(), errors_before);
+}
+
+#[tokio::test]
+async fn the_redis_quota_counts_refunds_and_expires_with_the_month() {
+    let prefix = unique_prefix();
+    let limiter = on_redis(&prefix, RedisFailure::Closed).await;
+    let limits = plan(100.0, 100, false, 2);
+    limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(false).await;
+    for _ in 0..2 {
+        limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(true).await;
+    }
+    let mut headers = HeaderMap::new();
+    let problem = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.err().unwrap();
+    assert!(header(&headers, &RATELIMIT)[0].starts_with(r#""inference";r=0;t="#));
+    let (status, retry_after, _) = refusal(problem).await;
+    let month = Month::at(SystemClock.now_micros());
+    let until_end: u64 = retry_after.unwrap().parse().unwrap();
+    assert_eq!(status, 429);
+    assert!(until_end <= month.length_secs());
+
+    let Backend::Redis(redis) = &limiter.inner.backend else { unreachable!() };
+    let key = format!("{prefix}inference:{{t1}}:{}", month.label);
+    let mut connection = redis.connection();
+    let used: u64 = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
+    let expires_at: u64 = redis::cmd("EXPIRETIME").arg(&key).query_async(&mut connection).await.unwrap();
+    assert_eq!(used, 2, "the refused and the refunded calls are not counted");
+    assert!(expires_at > month.end, "the counter outlives its month");
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_lets_calls_through_when_failing_open() {
+    let config = RateLimitConfig { redis_failure: RedisFailure::Open, ..Default::default() };
+    let limiter = RateLimiter::connect(Some("redis://127.0.0.1:1"), &config).await.expect("starts without Redis");
+    let errors_before = crate::metrics::metrics().rate_limit_backend_errors.get();
+    let mut headers = HeaderMap::new();
+    limiter.admit("t1", "k1", &plan(1.0, 1, false, 1), &mut headers).await.expect("open");
+    limiter.admit("t1", "k1", &plan(1.0, 1, false, 1), &mut headers).await.expect("open, past the burst too");
+    limiter
+        .reserve_inference(true, "t1", &plan(1.0, 1, false, 0), &mut headers)
+        .await
+        .expect("open")
+        .settle(true)
+        .await;
+    assert!(headers.is_empty(), "no limits are advertised when none were checked");
+    assert!(crate::metrics::metrics().rate_limit_backend_errors.get() >= errors_before + 3);
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_refuses_calls_with_503_when_failing_closed() {
+    let config = RateLimitConfig { redis_failure: RedisFailure::Closed, ..Default::default() };
+    let limiter = RateLimiter::connect(Some("redis://127.0.0.1:1"), &config).await.expect("starts without Redis");
+    let problem = limiter.admit("t1", "k1", &plan(1.0, 1, false, 1), &mut HeaderMap::new()).await.unwrap_err();
+    let (status, retry_after, _) = refusal(problem).await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("1")));
+    let quota = limiter.reserve_inference(true, "t1", &plan(1.0, 1, false, 1), &mut HeaderMap::new()).await;
+    assert_eq!(refusal(quota.err().unwrap()).await.0, 503);
+}
+
+#[test]
+fn plans_the_limiter_cannot_represent_are_refused() {
+    let cases = [plan(1.0 / 7200.0, 5, false, 1), plan(2e6, 5, false, 1), plan(1.0, 2_000_000, false, 1)];
+    for starter in cases {
+        let plans = crate::plans::Plans { starter: starter.clone(), ..Default::default() };
+        assert!(plans.validate().is_err(), "{starter:?}");
+    }
+    assert!(crate::plans::Plans::default().validate().is_ok());
+}

@@ -1,0 +1,165 @@
+//! Rate limits and the monthly inference quota at the gateway, in-process and in Redis, and what
+//! a tenant call meets when Redis is down.
+
+use aigronova_cli::AppConfig;
+use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, redis_url, spawn_app_with, unique_redis_prefix};
+use aigronova_gateway::{plans::PlanLimits, ratelimit::RedisFailure};
+use serde_json::{Value, json};
+
+/// A patient that does not exist: the service answers 404.
+const NOBODY: &str = "/v1/health/patients/0190a5d1-0000-7000-8000-000000000000";
+
+/// Where the limits live in a test.
+#[derive(Clone, Copy, Debug)]
+enum Limiter {
+    InProcess,
+    Redis,
+}
+
+/// Starter limits for tests: `burst` requests at once, then one every 100 s (far longer than
+/// a test), and `quota` inference calls a month.
+fn small_starter_plan(config: &mut AppConfig, limiter: Limiter, burst: u32, quota: u64) {
+    config.gateway.plans.starter =
+        PlanLimits { requests_per_second: 0.01, burst, monthly_inference_quota: quota, ..PlanLimits::default() };
+    if let Limiter::Redis = limiter {
+        config.gateway.redis_url = Some(redis_url());
+        config.gateway.rate_limit.redis_key_prefix = unique_redis_prefix();
+        config.gateway.rate_limit.redis_failure = RedisFailure::Closed;
+    }
+}
+
+/// Every value of a header, joined as one structured-field list.
+fn header(response: &reqwest::Response, name: &str) -> String {
+    let values: Vec<&str> = response.headers().get_all(name).iter().map(|v| v.to_str().unwrap()).collect();
+    values.join(", ")
+}
+
+fn assessment_body() -> Value {
+    let path = models_dir().join("breast-cancer/1/reference.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json")).unwrap();
+    json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]})
+}
+
+async fn rate_limited_gateway_refuses_past_the_burst(limiter: Limiter) {
+    let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 5, 100)).await;
+    let (_, key) = app.tenant_with_key().await;
+    for remaining in (0..5).rev() {
+        let response = app.get(NOBODY, &key).await;
+        assert_eq!(response.status(), 404, "{limiter:?}: within the burst the call reaches the service");
+        assert_eq!(header(&response, "ratelimit-policy"), r#""tenant";q=5;w=500"#);
+        assert!(header(&response, "ratelimit").starts_with(&format!(r#""tenant";r={remaining};t="#)));
+    }
+    let response = app.get(NOBODY, &key).await;
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=100).contains(&retry_after), "{limiter:?}: at most one emission interval, got {retry_after}");
+    assert_eq!(header(&response, "ratelimit-policy"), r#""tenant";q=5;w=500"#);
+    assert!(header(&response, "ratelimit").starts_with(r#""tenant";r=0;t="#));
+    let problem = assert_problem(response, 429).await;
+    assert!(problem["detail"].as_str().unwrap().contains("requests per second"), "{problem}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_starter_tenant_past_its_burst_gets_429_with_retry_after_and_ratelimit_headers_in_process() {
+    rate_limited_gateway_refuses_past_the_burst(Limiter::InProcess).await;
+}
+
+#[tokio::test]
+async fn a_starter_tenant_past_its_burst_gets_429_with_retry_after_and_ratelimit_headers_in_redis() {
+    rate_limited_gateway_refuses_past_the_burst(Limiter::Redis).await;
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_one_redis_limit_a_tenant_together() {
+    let mut app = spawn_app_with(Backend::Postgres, |config| small_starter_plan(config, Limiter::Redis, 5, 100)).await;
+    let replica = app.start_gateway_replica().await;
+    let (_, key) = app.tenant_with_key().await;
+    let mut statuses = Vec::new();
+    for round in 0..10 {
+        let gateway = if round % 2 == 0 { app.address.clone() } else { replica.clone() };
+        statuses.push(app.get_from(&gateway, NOBODY, &key).await.status().as_u16());
+    }
+    assert_eq!(statuses, [404, 404, 404, 404, 404, 429, 429, 429, 429, 429], "one burst for both gateways");
+    app.stop().await;
+}
+
+async fn inference_quota_runs_out(limiter: Limiter) {
+    let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 100, 3)).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let path = format!("/v1/health/patients/{patient}/assessments");
+    let bad = app.post(&path, &key, &json!({"model": "breast-cancer", "features": {}})).await;
+    assert_problem(bad, 400).await;
+    for left in (0..3).rev() {
+        let response = app.post(&path, &key, &assessment_body()).await;
+        assert_eq!(response.status(), 200, "{limiter:?}: a refused call spent no quota");
+        let policy = header(&response, "ratelimit-policy");
+        let window: u64 = policy.split(r#""inference";q=3;w="#).nth(1).expect(&policy).parse().unwrap();
+        assert!(window.is_multiple_of(86_400) && (28..=31).contains(&(window / 86_400)), "a calendar month: {policy}");
+        assert!(header(&response, "ratelimit").contains(&format!(r#""inference";r={left};t="#)), "{limiter:?}");
+    }
+    let response = app.post(&path, &key, &assessment_body()).await;
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=31 * 24 * 3600).contains(&retry_after), "until the month ends: {retry_after}");
+    let problem = assert_problem(response, 429).await;
+    assert!(problem["detail"].as_str().unwrap().contains("monthly inference quota"), "{problem}");
+    let response = app.get(&format!("/v1/health/patients/{patient}"), &key).await;
+    assert_eq!(response.status(), 200, "{limiter:?}: calls that are not inference still pass");
+    assert!(!header(&response, "ratelimit").contains("inference"));
+    assert_eq!(app.count_health_rows("assessments").await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_with_a_quota_of_3_gets_429_on_the_4th_assessment_in_process() {
+    inference_quota_runs_out(Limiter::InProcess).await;
+}
+
+#[tokio::test]
+async fn a_tenant_with_a_quota_of_3_gets_429_on_the_4th_assessment_in_redis() {
+    inference_quota_runs_out(Limiter::Redis).await;
+}
+
+/// A platform whose Redis is a port where nothing listens.
+async fn spawn_with_redis_down(on_failure: RedisFailure) -> TestApp {
+    spawn_app_with(Backend::Sqlite, |config| {
+        small_starter_plan(config, Limiter::InProcess, 1, 1);
+        config.gateway.redis_url = Some("redis://127.0.0.1:1".into());
+        config.gateway.rate_limit.redis_failure = on_failure;
+    })
+    .await
+}
+
+async fn backend_errors(app: &TestApp) -> u64 {
+    let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("aigronova_gateway_rate_limit_backend_errors_total "))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn with_redis_down_and_failing_open_calls_pass_unlimited_and_the_errors_are_counted() {
+    let app = spawn_with_redis_down(RedisFailure::Open).await;
+    let (_, key) = app.tenant_with_key().await;
+    let before = backend_errors(&app).await;
+    for _ in 0..3 {
+        let response = app.get(NOBODY, &key).await;
+        assert_eq!(response.status(), 404, "past the burst of 1, yet not limited");
+        assert!(response.headers().get("ratelimit").is_none(), "no limit was checked, none is advertised");
+    }
+    assert!(backend_errors(&app).await >= before + 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_redis_down_and_failing_closed_calls_get_503_with_retry_after() {
+    let app = spawn_with_redis_down(RedisFailure::Closed).await;
+    let (_, key) = app.tenant_with_key().await;
+    let response = app.get(NOBODY, &key).await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, 503).await;
+    let response = app.get("/healthz", &key).await;
+    assert_eq!(response.status(), 200, "only tenant calls depend on Redis");
+    app.stop().await;
+}
