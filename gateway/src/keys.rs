@@ -9,6 +9,7 @@ use std::{
 };
 
 use aigronova_platform::storage::StoreError;
+use futures_util::StreamExt;
 
 use crate::store::{Principal, Store, hash_key};
 
@@ -60,6 +61,11 @@ impl KeyCache {
         Ok(principal)
     }
 
+    /// Forgets everything.
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+
     /// Forgets one key (revoked).
     pub(crate) fn evict_key_hash(&self, hash: &str) {
         self.lock().remove(hash);
@@ -96,22 +102,88 @@ impl KeyCache {
     }
 }
 
-/// Spreads "this key was revoked" and "this tenant changed" to every replica's [`KeyCache`].
+/// Spreads "this key was revoked" and "this tenant changed" to every replica's [`KeyCache`]:
+/// locally at once, and through a Redis channel to the other replicas when Redis is configured.
 #[derive(Clone)]
 pub(crate) struct Invalidation {
     keys: KeyCache,
+    redis: Option<RedisBus>,
+}
+
+#[derive(Clone)]
+struct RedisBus {
+    client: redis::Client,
+    publisher: redis::aio::ConnectionManager,
+    channel: String,
 }
 
 impl Invalidation {
-    pub(crate) fn new(keys: KeyCache) -> Self {
-        Self { keys }
+    /// `redis_url` set: evictions are published on `<prefix>key-invalidation` and heard by every
+    /// replica once [`Invalidation::listen`] runs.
+    pub(crate) fn new(keys: KeyCache, redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
+        let redis = redis_url
+            .map(|url| -> anyhow::Result<RedisBus> {
+                let client = redis::Client::open(url)?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(1)));
+                let publisher = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+                Ok(RedisBus { client, publisher, channel: format!("{prefix}key-invalidation") })
+            })
+            .transpose()?;
+        Ok(Self { keys, redis })
     }
 
     pub(crate) async fn key_revoked(&self, key_hash: &str) {
         self.keys.evict_key_hash(key_hash);
+        self.publish(&format!("key:{key_hash}")).await;
     }
 
     pub(crate) async fn tenant_changed(&self, tenant_id: &str) {
         self.keys.evict_tenant(tenant_id);
+        self.publish(&format!("tenant:{tenant_id}")).await;
+    }
+
+    async fn publish(&self, message: &str) {
+        let Some(bus) = &self.redis else { return };
+        let published: redis::RedisResult<i64> =
+            redis::cmd("PUBLISH").arg(&bus.channel).arg(message).query_async(&mut bus.publisher.clone()).await;
+        if let Err(error) = published {
+            tracing::warn!(%error, "key invalidation not published; other replicas catch up when their cache expires");
+        }
+    }
+
+    /// Applies other replicas' evictions until `shutdown`. After each (re)subscription the whole
+    /// cache is dropped, since messages sent while disconnected are lost.
+    pub(crate) async fn listen(self, shutdown: aigronova_platform::Shutdown) {
+        let Some(bus) = self.redis.clone() else { return };
+        let listening = async {
+            loop {
+                if let Err(error) = self.listen_once(&bus).await {
+                    tracing::warn!(%error, "key invalidation channel lost; reconnecting");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            () = listening => {}
+            () = shutdown.wait() => {}
+        }
+    }
+
+    async fn listen_once(&self, bus: &RedisBus) -> redis::RedisResult<()> {
+        let mut pubsub = bus.client.get_async_pubsub().await?;
+        pubsub.subscribe(&bus.channel).await?;
+        self.keys.clear();
+        let mut messages = pubsub.on_message();
+        while let Some(message) = messages.next().await {
+            let payload: String = message.get_payload()?;
+            match payload.split_once(':') {
+                Some(("key", hash)) => self.keys.evict_key_hash(hash),
+                Some(("tenant", tenant_id)) => self.keys.evict_tenant(tenant_id),
+                _ => tracing::warn!("unknown key invalidation message ignored"),
+            }
+        }
+        Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription ended")))
     }
 }

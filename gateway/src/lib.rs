@@ -132,6 +132,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     router: Router,
     generated_admin_key: Option<String>,
+    invalidation: keys::Invalidation,
 }
 
 impl Gateway {
@@ -157,6 +158,8 @@ impl Gateway {
         let routes = RouteTable::from_descriptors(&pool)?;
         let keys = keys::KeyCache::new(store.clone(), Duration::from_secs(config.key_cache_secs));
         let limiter = ratelimit::RateLimiter::connect(config.redis_url.as_deref(), &config.rate_limit).await?;
+        let invalidation =
+            keys::Invalidation::new(keys.clone(), config.redis_url.as_deref(), &config.rate_limit.redis_key_prefix)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let state = AppState {
             store,
@@ -166,7 +169,7 @@ impl Gateway {
             max_body_bytes: config.max_body_bytes,
             plans: Arc::new(config.plans.clone()),
             keys: keys.clone(),
-            invalidation: keys::Invalidation::new(keys),
+            invalidation: invalidation.clone(),
             limiter,
         };
         let listener = TcpListener::bind(config.http_addr).await?;
@@ -175,7 +178,7 @@ impl Gateway {
         if let Some(cors) = config.cors.layer() {
             router = router.layer(cors);
         }
-        Ok(Self { listener, local_addr, router, generated_admin_key })
+        Ok(Self { listener, local_addr, router, generated_admin_key, invalidation })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -190,6 +193,7 @@ impl Gateway {
     /// Serves until `shutdown`, then finishes the requests in flight.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr, "gateway listening");
+        tokio::spawn(self.invalidation.listen(shutdown.clone()));
         axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.wait()).await?;
         tracing::info!("gateway stopped");
         Ok(())

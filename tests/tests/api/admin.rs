@@ -134,3 +134,58 @@ async fn a_key_stops_working_when_it_expires() {
     assert_eq!(problem["field"], "expireTime");
     app.stop().await;
 }
+
+/// Polls `check` every 20 ms for at most one second; true as soon as it holds.
+async fn within_one_second<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_revoked_key_and_a_suspended_tenant_are_refused_by_every_replica_within_one_second() {
+    let mut app = aigronova_e2e::spawn_app_with(Backend::Postgres, |config| {
+        config.gateway.redis_url = Some(aigronova_e2e::redis_url());
+        config.gateway.rate_limit.redis_key_prefix = aigronova_e2e::unique_redis_prefix();
+        // Long enough that only the invalidation message can explain a refusal.
+        config.gateway.key_cache_secs = 3600;
+    })
+    .await;
+    let replica = app.start_gateway_replica().await;
+    let (tenant, key) = app.tenant_with_key().await;
+    let second_key = app.create_key(&tenant, &["health:read"]).await;
+    let patient = app.create_patient(&key).await;
+    let path = format!("/v1/health/patients/{patient}");
+    for key in [&key, &second_key] {
+        assert_eq!(app.get(&path, key).await.status(), 200);
+        assert_eq!(app.get_from(&replica, &path, key).await.status(), 200, "the replica has the key cached");
+    }
+
+    let keys: Value =
+        app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
+    let key_id = keys["apiKeys"][0]["id"].as_str().unwrap().to_owned();
+    let revoked = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/{key_id}"), &app.admin_key).await;
+    assert_eq!(revoked.status(), 204);
+    assert_eq!(app.get(&path, &key).await.status(), 401);
+    assert!(
+        within_one_second(|| async { app.get_from(&replica, &path, &key).await.status() == 401 }).await,
+        "the replica still accepts the revoked key after one second"
+    );
+    assert_eq!(app.get_from(&replica, &path, &second_key).await.status(), 200, "other keys keep working");
+
+    app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"status": "suspended"})).await;
+    assert!(
+        within_one_second(|| async { app.get_from(&replica, &path, &second_key).await.status() == 403 }).await,
+        "the replica still serves the suspended tenant after one second"
+    );
+    app.stop().await;
+}
