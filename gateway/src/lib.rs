@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod decompress;
 mod metrics;
 pub mod plans;
 mod problem;

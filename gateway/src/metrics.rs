@@ -23,6 +23,9 @@ pub(crate) struct Metrics {
     pub(crate) rate_limited: IntCounterVec,
     /// Circuit state by upstream: 0 closed, 1 half-open, 2 open.
     pub(crate) circuit_state: IntGaugeVec,
+    /// Bytes produced by decoding compressed request bodies, by outcome (`accepted`, `too_large`,
+    /// `refused`).
+    pub(crate) inflated_body_bytes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -66,6 +69,14 @@ pub(crate) fn metrics() -> &'static Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            inflated_body_bytes: IntCounterVec::new(
+                Opts::new(
+                    "aigronova_gateway_request_body_inflated_bytes_total",
+                    "Bytes produced by decoding compressed request bodies, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
         };
         let registry = prometheus::default_registry();
         for collector in [
@@ -75,6 +86,7 @@ pub(crate) fn metrics() -> &'static Metrics {
             Box::new(metrics.upstream_duration.clone()),
             Box::new(metrics.rate_limited.clone()),
             Box::new(metrics.circuit_state.clone()),
+            Box::new(metrics.inflated_body_bytes.clone()),
         ] {
             if let Err(error) = registry.register(collector) {
                 tracing::warn!(%error, "gateway metric not registered");

@@ -15,7 +15,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
 
 use crate::{
-    AppState, auth,
+    AppState, auth, decompress,
     problem::Problem,
     request_id,
     routes::Lookup,
@@ -114,17 +114,17 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     transcode::response(&route.method.output(), encoded)
 }
 
-/// The request body, refused with 413 past `limit` bytes.
+/// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`
+/// bytes before or after decoding.
 pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
-    let too_large = || Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
+        return Err(decompress::too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    decompress::read(body, headers, limit).await
 }
 
 /// One JSON log line a request, and a span that continues the caller's W3C trace.
