@@ -7,7 +7,7 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
 
 /// Every metric the gateway records.
 pub(crate) struct Metrics {
@@ -23,6 +23,11 @@ pub(crate) struct Metrics {
     pub(crate) rate_limited: IntCounterVec,
     /// Circuit state by upstream: 0 closed, 1 half-open, 2 open.
     pub(crate) circuit_state: IntGaugeVec,
+    /// Retries of idempotent calls by upstream and outcome (`sent`, or `over_budget` when the
+    /// retry budget refused one).
+    pub(crate) upstream_retries: IntCounterVec,
+    /// Requests refused because `max_concurrent_requests` were in flight.
+    pub(crate) load_shed: IntCounter,
     /// Bytes produced by decoding compressed request bodies, by outcome (`accepted`, `too_large`,
     /// `refused`).
     pub(crate) inflated_body_bytes: IntCounterVec,
@@ -69,6 +74,16 @@ pub(crate) fn metrics() -> &'static Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            upstream_retries: IntCounterVec::new(
+                Opts::new("aigronova_gateway_upstream_retries_total", "Retries of idempotent calls by upstream"),
+                &["upstream", "outcome"],
+            )
+            .expect("valid metric"),
+            load_shed: IntCounter::new(
+                "aigronova_gateway_load_shed_total",
+                "Requests refused because the gateway had too many in flight",
+            )
+            .expect("valid metric"),
             inflated_body_bytes: IntCounterVec::new(
                 Opts::new(
                     "aigronova_gateway_request_body_inflated_bytes_total",
@@ -86,6 +101,8 @@ pub(crate) fn metrics() -> &'static Metrics {
             Box::new(metrics.upstream_duration.clone()),
             Box::new(metrics.rate_limited.clone()),
             Box::new(metrics.circuit_state.clone()),
+            Box::new(metrics.upstream_retries.clone()),
+            Box::new(metrics.load_shed.clone()),
             Box::new(metrics.inflated_body_bytes.clone()),
         ] {
             if let Err(error) = registry.register(collector) {

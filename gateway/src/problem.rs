@@ -74,6 +74,12 @@ impl Problem {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; quote the request id when reporting it")
     }
 
+    /// The same problem, telling the client to retry after `seconds` (`Retry-After`).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.0.retry_after = Some(seconds);
+        self
+    }
+
     /// The problem for a gRPC status from an upstream service, through the one code table.
     pub fn from_status(status: &tonic::Status) -> Self {
         let http = StatusCode::from_u16(aigronova_platform::error::http_status_of(status.code()))

@@ -18,6 +18,7 @@ use crate::{
     AppState, auth, decompress,
     problem::Problem,
     request_id,
+    resilience::CallPolicy,
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
     transcode,
@@ -85,6 +86,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let tenant_id = auth::require_tenant(&principal)?;
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
+    let policy = CallPolicy::of(route, &parts.headers)?;
     let plan = principal.tenant_plan.unwrap_or(Plan::Starter);
     let body = read_body(body, &parts.headers, state.plans.limits(plan).max_body_bytes).await?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body)?;
@@ -100,17 +102,14 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
 
     let path = route.grpc_path();
     let span = tracing::info_span!("grpc.client", otel.name = %path, otel.kind = "client", rpc.system = "grpc");
-    let started = Instant::now();
-    let result =
-        state.upstreams.unary(&route.owner, &path, transcode::encode(&message), metadata).instrument(span).await;
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
-    let metrics = crate::metrics::metrics();
-    metrics.upstream_calls.with_label_values(&[route.owner.as_str(), &format!("{code:?}")]).inc();
-    metrics.upstream_duration.with_label_values(&[route.owner.as_str()]).observe(started.elapsed().as_secs_f64());
-    let encoded = result.map_err(|status| Problem::from_status(&status))?;
+    let request_message = transcode::encode(&message);
+    let encoded = state
+        .resilience
+        .call(&route.owner, policy, |timeout| {
+            state.upstreams.unary(&route.owner, &path, request_message.clone(), metadata.clone(), timeout)
+        })
+        .instrument(span)
+        .await?;
     transcode::response(&route.method.output(), encoded)
 }
 
