@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use aigronova_cli::{AppConfig, Platform};
-use aigronova_platform::{Shutdown, config::InferenceConfig};
+use aigronova_gateway::Gateway;
+use aigronova_platform::{Shutdown, auth::TokenSigner, config::InferenceConfig};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
@@ -35,13 +36,24 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub health_database_url: String,
     shutdown: Shutdown,
-    platform: Option<Platform>,
+    running: Option<Running>,
     postgres_databases: Vec<String>,
     _data_dir: tempfile::TempDir,
 }
 
+/// What a [`TestApp`] runs: the whole platform, or the gateway alone.
+enum Running {
+    Platform(Platform),
+    Gateway(tokio::task::JoinHandle<anyhow::Result<()>>),
+}
+
 /// Starts the gateway and every service in this process, on `backend`.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the platform as [`spawn_app`] does, with `customize` applied to its configuration.
+pub async fn spawn_app_with(backend: Backend, customize: impl FnOnce(&mut AppConfig)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temporary folder");
     let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
     config.inference = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
@@ -60,6 +72,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         config.healthquantum.database_url = postgres_url(&health_db);
         postgres_databases = vec![gateway_db, health_db];
     }
+    customize(&mut config);
     let health_database_url = config.healthquantum.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
@@ -71,8 +84,34 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         client: reqwest::Client::new(),
         health_database_url,
         shutdown,
-        platform: Some(platform),
+        running: Some(Running::Platform(platform)),
         postgres_databases,
+        _data_dir: data_dir,
+    }
+}
+
+/// Starts the gateway alone, on SQLite, with its `healthquantum` upstream at `upstream_url` (a
+/// test server) and `customize` applied to its configuration. There is no healthquantum database.
+pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppConfig)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temporary folder");
+    let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
+    config.gateway.upstreams.insert("healthquantum".into(), upstream_url.to_owned());
+    customize(&mut config);
+    let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
+    let gateway =
+        Gateway::build(&config.gateway, TokenSigner::generate(), Some(&admin_key)).await.expect("the gateway starts");
+    let address = format!("http://{}", gateway.local_addr());
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+    TestApp {
+        address,
+        admin_key,
+        backend: Backend::Sqlite,
+        client: reqwest::Client::new(),
+        health_database_url: String::new(),
+        shutdown,
+        running: Some(Running::Gateway(task)),
+        postgres_databases: Vec::new(),
         _data_dir: data_dir,
     }
 }
@@ -176,8 +215,10 @@ impl TestApp {
     /// Stops the platform and drops its PostgreSQL databases.
     pub async fn stop(mut self) {
         self.shutdown.trigger();
-        if let Some(platform) = self.platform.take() {
-            platform.wait().await.expect("the platform stops cleanly");
+        match self.running.take() {
+            Some(Running::Platform(platform)) => platform.wait().await.expect("the platform stops cleanly"),
+            Some(Running::Gateway(task)) => task.await.expect("the gateway task").expect("the gateway stops cleanly"),
+            None => {}
         }
         if !self.postgres_databases.is_empty() {
             let mut connection = PgConnection::connect(&postgres_admin_url()).await.expect("PostgreSQL reachable");
