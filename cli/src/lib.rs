@@ -200,11 +200,15 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
         Command::Up { http_addr, data_dir } => {
             let config = config.embedded(http_addr, &data_dir);
             let platform = Platform::start(&config, admin_key.as_deref(), shutdown).await?;
-            println!("AigroNova is up at http://{}", platform.http_addr);
-            println!("Data directory: {}", data_dir.display());
+            // One write, so that log lines from the servers cannot fall in between.
+            let mut banner =
+                format!("AigroNova is up at http://{}\nData directory: {}\n", platform.http_addr, data_dir.display());
             if let Some(key) = &platform.generated_admin_key {
-                println!("Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}");
+                banner.push_str(&format!(
+                    "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}\n"
+                ));
             }
+            print!("{banner}");
             platform.wait().await
         }
         Command::Serve { service: Service::Gateway } => {

@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 pub mod cors;
+mod decompress;
 mod keys;
 mod metrics;
 pub mod plans;
@@ -14,6 +15,7 @@ mod problem;
 mod proxy;
 pub mod ratelimit;
 mod request_id;
+mod resilience;
 pub mod routes;
 pub mod store;
 mod transcode;
@@ -36,8 +38,9 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 pub use problem::Problem;
+pub use resilience::{CircuitBreakerConfig, RetryConfig};
 
-use crate::{routes::RouteTable, store::Store, upstream::Upstreams};
+use crate::{resilience::Resilience, routes::RouteTable, store::Store, upstream::Upstreams};
 
 /// Gateway settings (`[gateway]` in the config file, `AIGRONOVA__GATEWAY__…` variables).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,8 +52,19 @@ pub struct Config {
     pub database_url: String,
     /// Largest request body of the admin API, in bytes; tenant calls are limited by their plan.
     pub max_body_bytes: usize,
-    /// Deadline of one call to an upstream service, in seconds.
+    /// Deadline of one call to an upstream service, in seconds. A client's `grpc-timeout` header
+    /// shortens it.
     pub upstream_timeout_secs: u64,
+    /// Deadlines of particular upstreams, in seconds (fractions allowed), by owner name; they
+    /// replace `upstream_timeout_secs` for those upstreams.
+    pub upstream_timeouts: BTreeMap<String, f64>,
+    /// Requests in flight at once; beyond, a request is refused at once with 503 and
+    /// `Retry-After: 1` rather than queued. `/healthz`, `/readyz` and `/metrics` are exempt.
+    pub max_concurrent_requests: usize,
+    /// Circuit breaking per upstream.
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// Retries of idempotent calls (`GET` routes) within a retry budget.
+    pub retry: RetryConfig,
     /// gRPC URL of each service, by the owner name its protos declare (e.g. `healthquantum`).
     pub upstreams: BTreeMap<String, String>,
     /// Redis (`redis://host:6379`) shared by every replica for rate limits and key revocation;
@@ -74,6 +88,10 @@ impl Default for Config {
             database_url: "sqlite://data/gateway.db".into(),
             max_body_bytes: 1024 * 1024,
             upstream_timeout_secs: 10,
+            upstream_timeouts: BTreeMap::new(),
+            max_concurrent_requests: 512,
+            circuit_breaker: CircuitBreakerConfig::default(),
+            retry: RetryConfig::default(),
             upstreams: BTreeMap::new(),
             redis_url: None,
             plans: plans::Plans::default(),
@@ -98,6 +116,7 @@ impl Validate for Config {
         self.plans.validate()?;
         self.cors.validate()?;
         self.rate_limit.validate()?;
+        resilience::validate(self)?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -118,6 +137,7 @@ pub(crate) struct AppState {
     store: Store,
     routes: Arc<RouteTable>,
     upstreams: Upstreams,
+    resilience: Arc<Resilience>,
     signer: TokenSigner,
     max_body_bytes: usize,
     plans: Arc<plans::Plans>,
@@ -165,6 +185,7 @@ impl Gateway {
             store,
             routes: Arc::new(routes),
             upstreams,
+            resilience: Arc::new(Resilience::new(config, Arc::new(resilience::TokioClock))),
             signer,
             max_body_bytes: config.max_body_bytes,
             plans: Arc::new(config.plans.clone()),
@@ -201,6 +222,7 @@ impl Gateway {
 }
 
 fn app(state: AppState) -> Router {
+    let resilience = state.resilience.clone();
     Router::new()
         .route("/healthz", get(proxy::healthz))
         .route("/readyz", get(proxy::readyz))
@@ -212,6 +234,7 @@ fn app(state: AppState) -> Router {
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state)
+        .layer(middleware::from_fn_with_state(resilience, resilience::shed_load))
         .layer(middleware::from_fn(proxy::access_log))
         .layer(middleware::from_fn(request_id::middleware))
 }

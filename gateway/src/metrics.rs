@@ -25,6 +25,14 @@ pub(crate) struct Metrics {
     pub(crate) rate_limit_backend_errors: IntCounter,
     /// Circuit state by upstream: 0 closed, 1 half-open, 2 open.
     pub(crate) circuit_state: IntGaugeVec,
+    /// Retries of idempotent calls by upstream and outcome (`sent`, or `over_budget` when the
+    /// retry budget refused one).
+    pub(crate) upstream_retries: IntCounterVec,
+    /// Requests refused because `max_concurrent_requests` were in flight.
+    pub(crate) load_shed: IntCounter,
+    /// Bytes produced by decoding compressed request bodies, by outcome (`accepted`, `too_large`,
+    /// `refused`).
+    pub(crate) inflated_body_bytes: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -73,6 +81,24 @@ pub(crate) fn metrics() -> &'static Metrics {
                 &["upstream"],
             )
             .expect("valid metric"),
+            upstream_retries: IntCounterVec::new(
+                Opts::new("aigronova_gateway_upstream_retries_total", "Retries of idempotent calls by upstream"),
+                &["upstream", "outcome"],
+            )
+            .expect("valid metric"),
+            load_shed: IntCounter::new(
+                "aigronova_gateway_load_shed_total",
+                "Requests refused because the gateway had too many in flight",
+            )
+            .expect("valid metric"),
+            inflated_body_bytes: IntCounterVec::new(
+                Opts::new(
+                    "aigronova_gateway_request_body_inflated_bytes_total",
+                    "Bytes produced by decoding compressed request bodies, by outcome",
+                ),
+                &["outcome"],
+            )
+            .expect("valid metric"),
         };
         let registry = prometheus::default_registry();
         for collector in [
@@ -83,6 +109,9 @@ pub(crate) fn metrics() -> &'static Metrics {
             Box::new(metrics.rate_limited.clone()),
             Box::new(metrics.rate_limit_backend_errors.clone()),
             Box::new(metrics.circuit_state.clone()),
+            Box::new(metrics.upstream_retries.clone()),
+            Box::new(metrics.load_shed.clone()),
+            Box::new(metrics.inflated_body_bytes.clone()),
         ] {
             if let Err(error) = registry.register(collector) {
                 tracing::warn!(%error, "gateway metric not registered");

@@ -15,9 +15,10 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
 
 use crate::{
-    AppState, auth,
+    AppState, auth, decompress,
     problem::Problem,
     request_id,
+    resilience::CallPolicy,
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
     transcode,
@@ -88,6 +89,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let tenant_id = auth::require_tenant(&principal)?;
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
+    let policy = CallPolicy::of(route, &parts.headers)?;
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes).await?;
@@ -105,32 +107,30 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     trace_context::inject_span(&span, &mut metadata);
     // The quota is reserved last, so that a request refused for its body spends none of it.
     let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
-    let started = Instant::now();
-    let result =
-        state.upstreams.unary(&route.owner, &path, transcode::encode(&message), metadata).instrument(span).await;
+    let request_message = transcode::encode(&message);
+    let result = state
+        .resilience
+        .call(&route.owner, policy, |timeout| {
+            state.upstreams.unary(&route.owner, &path, request_message.clone(), metadata.clone(), timeout)
+        })
+        .instrument(span)
+        .await;
     quota.settle(result.is_ok()).await;
-    let code = match &result {
-        Ok(_) => tonic::Code::Ok,
-        Err(status) => status.code(),
-    };
-    let metrics = crate::metrics::metrics();
-    metrics.upstream_calls.with_label_values(&[route.owner.as_str(), &format!("{code:?}")]).inc();
-    metrics.upstream_duration.with_label_values(&[route.owner.as_str()]).observe(started.elapsed().as_secs_f64());
-    let encoded = result.map_err(|status| Problem::from_status(&status))?;
+    let encoded = result?;
     transcode::response(&route.method.output(), encoded)
 }
 
-/// The request body, refused with 413 past `limit` bytes.
+/// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`
+/// bytes before or after decoding.
 pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
-    let too_large = || Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
+        return Err(decompress::too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|_| too_large())
+    decompress::read(body, headers, limit).await
 }
 
 /// One JSON log line a request, and a span that continues the caller's W3C trace.

@@ -54,6 +54,7 @@ impl Decoder for RawCodec {
 #[derive(Clone, Debug)]
 pub(crate) struct Upstreams {
     channels: BTreeMap<String, Channel>,
+    /// Deadline of a health check.
     timeout: Duration,
 }
 
@@ -64,8 +65,7 @@ impl Upstreams {
         for (owner, url) in addresses {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|error| anyhow::anyhow!("gateway.upstreams.{owner}: {error}"))?
-                .connect_timeout(Duration::from_secs(2))
-                .timeout(timeout);
+                .connect_timeout(Duration::from_secs(2));
             channels.insert(owner.clone(), endpoint.connect_lazy());
         }
         Ok(Self { channels, timeout })
@@ -75,13 +75,14 @@ impl Upstreams {
         self.channels.keys()
     }
 
-    /// Calls `path` on `owner` with `message`, honouring the upstream timeout.
+    /// Calls `path` on `owner` with `message`, telling the upstream it has `timeout` to answer.
     pub(crate) async fn unary(
         &self,
         owner: &str,
         path: &str,
         message: Bytes,
         metadata: MetadataMap,
+        timeout: Duration,
     ) -> Result<Bytes, Status> {
         let channel = self
             .channels
@@ -90,7 +91,7 @@ impl Upstreams {
         let mut grpc = Grpc::new(channel.clone());
         grpc.ready().await.map_err(|error| Status::unavailable(format!("{owner} is unavailable: {error}")))?;
         let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
-        request.set_timeout(self.timeout);
+        request.set_timeout(timeout);
         let path = path.parse().map_err(|_| Status::internal("bad gRPC path"))?;
         grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
     }
@@ -98,7 +99,7 @@ impl Upstreams {
     /// Whether `owner` reports SERVING on `grpc.health.v1`.
     pub(crate) async fn is_serving(&self, owner: &str) -> bool {
         // An empty HealthCheckRequest asks about the whole server; SERVING encodes as field 1 = 1.
-        match self.unary(owner, "/grpc.health.v1.Health/Check", Bytes::new(), MetadataMap::new()).await {
+        match self.unary(owner, "/grpc.health.v1.Health/Check", Bytes::new(), MetadataMap::new(), self.timeout).await {
             Ok(response) => response.as_ref() == [0x08, 0x01],
             Err(_) => false,
         }

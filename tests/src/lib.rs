@@ -53,12 +53,18 @@ pub struct TestApp {
     pub health_database_url: String,
     health_grpc_addr: std::net::SocketAddr,
     shutdown: Shutdown,
-    platform: Option<Platform>,
     gateway_config: aigronova_gateway::Config,
     signing_key: String,
     replicas: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    running: Option<Running>,
     postgres_databases: Vec<String>,
     _data_dir: tempfile::TempDir,
+}
+
+/// What a [`TestApp`] runs: the whole platform, or the gateway alone.
+enum Running {
+    Platform(Box<Platform>),
+    Gateway(tokio::task::JoinHandle<anyhow::Result<()>>),
 }
 
 /// Starts the gateway and every service in this process, on `backend`.
@@ -106,8 +112,39 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         health_database_url,
         health_grpc_addr,
         shutdown,
-        platform: Some(platform),
+        running: Some(Running::Platform(Box::new(platform))),
         postgres_databases,
+        _data_dir: data_dir,
+    }
+}
+
+/// Starts the gateway alone, on SQLite, with its `healthquantum` upstream at `upstream_url` (a
+/// test server) and `customize` applied to its configuration. There is no healthquantum database.
+pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppConfig)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temporary folder");
+    let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
+    config.gateway.upstreams.insert("healthquantum".into(), upstream_url.to_owned());
+    customize(&mut config);
+    let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
+    let signer = TokenSigner::generate();
+    let signing_key = signer.to_base64();
+    let gateway = Gateway::build(&config.gateway, signer, Some(&admin_key)).await.expect("the gateway starts");
+    let address = format!("http://{}", gateway.local_addr());
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+    TestApp {
+        address,
+        admin_key,
+        backend: Backend::Sqlite,
+        client: reqwest::Client::new(),
+        health_database_url: String::new(),
+        health_grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        gateway_config: config.gateway.clone(),
+        signing_key,
+        replicas: Vec::new(),
+        shutdown,
+        running: Some(Running::Gateway(task)),
+        postgres_databases: Vec::new(),
         _data_dir: data_dir,
     }
 }
@@ -240,8 +277,10 @@ impl TestApp {
     /// Stops the platform and drops its PostgreSQL databases.
     pub async fn stop(mut self) {
         self.shutdown.trigger();
-        if let Some(platform) = self.platform.take() {
-            platform.wait().await.expect("the platform stops cleanly");
+        match self.running.take() {
+            Some(Running::Platform(platform)) => platform.wait().await.expect("the platform stops cleanly"),
+            Some(Running::Gateway(task)) => task.await.expect("the gateway task").expect("the gateway stops cleanly"),
+            None => {}
         }
         for replica in self.replicas.drain(..) {
             replica.await.expect("the replica task").expect("the replica stops cleanly");

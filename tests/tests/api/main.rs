@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod edge;
 mod ratelimit;
+mod resilience;
 mod scoring;
 mod tenancy;
 mod traces;

@@ -1,0 +1,308 @@
+//! Request bodies with a `Content-Encoding` (gzip, deflate, br): decoded as they stream in, with
+//! the size limit applied to the decoded bytes, so that a compressed bomb stops at the limit
+//! instead of being inflated in full.
+
+use std::io::{self, Write};
+
+use axum::{
+    body::{Body, Bytes},
+    http::{HeaderMap, StatusCode, header},
+};
+use http_body_util::BodyExt;
+
+use crate::{metrics::metrics, problem::Problem};
+
+/// Decoded bytes a decoder hands on at a time: the most a refused body inflates past the limit.
+pub(crate) const DECODER_BUFFER_BYTES: usize = 32 * 1024;
+
+/// Content codings stacked on one body, at most.
+const MAX_CODINGS: usize = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    /// The zlib format (RFC 1950), as HTTP's `deflate` means.
+    Deflate,
+    Brotli,
+}
+
+/// The 413 problem for a body over `limit` bytes.
+pub(crate) fn too_large(limit: usize) -> Problem {
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"))
+}
+
+/// The body, decoded as its `Content-Encoding` says; 413 when it passes `limit` bytes before or
+/// after decoding, 415 for a coding other than gzip, deflate, br or identity, 400 when the bytes
+/// do not decode.
+pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+    let codings = codings(headers)?;
+    if codings.is_empty() {
+        return axum::body::to_bytes(body, limit).await.map_err(|_| too_large(limit));
+    }
+    let mut decoded = Decoded { bytes: Vec::new(), limit, inflated: 0, exceeded: false };
+    let result = decode(body, &codings, &mut decoded, limit).await;
+    let (label, outcome) = match result {
+        _ if decoded.exceeded => ("too_large", Err(too_large(limit))),
+        Err(Failure::TooLarge) => ("too_large", Err(too_large(limit))),
+        Ok(()) => ("accepted", Ok(Bytes::from(decoded.bytes))),
+        Err(Failure::Unreadable) => ("refused", Err(Problem::bad_request("the request body could not be read"))),
+        Err(Failure::Undecodable) => {
+            let names: Vec<&str> = codings.iter().map(|coding| coding.name()).collect();
+            let detail = format!("the request body is not valid {} data", names.join(", "));
+            ("refused", Err(Problem::bad_request(detail)))
+        }
+    };
+    metrics().inflated_body_bytes.with_label_values(&[label]).inc_by(decoded.inflated);
+    outcome
+}
+
+impl Coding {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Gzip => "gzip",
+            Self::Deflate => "deflate",
+            Self::Brotli => "br",
+        }
+    }
+}
+
+/// The codings of the `Content-Encoding` headers, in the order they were applied.
+fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Problem> {
+    let unsupported = |what: &str| {
+        Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {what} is not supported; use gzip, deflate or br"),
+        )
+    };
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let value = value.to_str().map_err(|_| unsupported("with non-ASCII bytes"))?;
+        for token in value.split(',').map(str::trim).filter(|token| !token.is_empty()) {
+            match token.to_ascii_lowercase().as_str() {
+                "identity" => {}
+                "gzip" | "x-gzip" => codings.push(Coding::Gzip),
+                "deflate" => codings.push(Coding::Deflate),
+                "br" => codings.push(Coding::Brotli),
+                _ => return Err(unsupported(&format!("{token:?}"))),
+            }
+        }
+    }
+    if codings.len() > MAX_CODINGS {
+        return Err(unsupported(&format!("with more than {MAX_CODINGS} codings")));
+    }
+    Ok(codings)
+}
+
+enum Failure {
+    TooLarge,
+    Unreadable,
+    Undecodable,
+}
+
+/// Streams `body` through the decoders into `decoded`. Each frame is decoded as it arrives and
+/// then dropped, so that memory holds the decoded body (at most `limit`) and the decoders' buffers.
+async fn decode(mut body: Body, codings: &[Coding], decoded: &mut Decoded, limit: usize) -> Result<(), Failure> {
+    let mut chain: Box<dyn Stage + '_> = Box::new(decoded);
+    for coding in codings {
+        chain = match coding {
+            Coding::Gzip => Box::new(Gzip(flate2::write::GzDecoder::new(chain))),
+            Coding::Deflate => Box::new(Zlib(flate2::write::ZlibDecoder::new(chain))),
+            Coding::Brotli => {
+                Box::new(Brotli(brotli_decompressor::DecompressorWriter::new(chain, DECODER_BUFFER_BYTES)))
+            }
+        };
+    }
+    let mut received = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| Failure::Unreadable)?.into_data() else { continue };
+        received += data.len();
+        if received > limit {
+            return Err(Failure::TooLarge);
+        }
+        chain.write_all(&data).map_err(|_| Failure::Undecodable)?;
+    }
+    chain.finish().map_err(|_| Failure::Undecodable)
+}
+
+/// One step of decoding: encoded bytes in, decoded bytes out to the next step.
+trait Stage: Write + Send {
+    /// Ends the input: flushes what is left and checks that the stream was complete.
+    fn finish(&mut self) -> io::Result<()>;
+}
+
+/// The last step: keeps the decoded body and refuses any write that would take it past the limit.
+struct Decoded {
+    bytes: Vec<u8>,
+    limit: usize,
+    /// Every byte the decoders produced, kept or refused.
+    inflated: u64,
+    exceeded: bool,
+}
+
+impl Write for Decoded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.exceeded {
+            return Err(io::Error::other("the decoded body is over the limit"));
+        }
+        self.inflated += buf.len() as u64;
+        if self.bytes.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(io::Error::other("the decoded body is over the limit"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Stage for &mut Decoded {
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Gzip<'a>(flate2::write::GzDecoder<Box<dyn Stage + 'a>>);
+struct Zlib<'a>(flate2::write::ZlibDecoder<Box<dyn Stage + 'a>>);
+struct Brotli<'a>(brotli_decompressor::DecompressorWriter<Box<dyn Stage + 'a>>);
+
+/// The three decoders write the same way and finish each in its own words.
+macro_rules! stage {
+    ($name:ident, $finish:ident) => {
+        impl Write for $name<'_> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.write(buf)
+            }
+
+            fn flush(&mut self) -> io::Result<()> {
+                self.0.flush()
+            }
+        }
+
+        impl Stage for $name<'_> {
+            fn finish(&mut self) -> io::Result<()> {
+                self.0.$finish()?;
+                self.0.get_mut().finish()
+            }
+        }
+    };
+}
+
+stage!(Gzip, try_finish);
+stage!(Zlib, try_finish);
+stage!(Brotli, close);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn zlib(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let params = brotli::enc::BrotliEncoderParams { quality: 5, ..Default::default() };
+        brotli::BrotliCompress(&mut &data[..], &mut out, &params).unwrap();
+        out
+    }
+
+    fn encoded_as(coding: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_str(coding).unwrap());
+        headers
+    }
+
+    /// The body in chunks of 1 KiB, as a client streaming it would send it.
+    fn streamed(bytes: Vec<u8>) -> Body {
+        let chunks: Vec<Result<Bytes, io::Error>> =
+            bytes.chunks(1024).map(|chunk| Ok(Bytes::copy_from_slice(chunk))).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    async fn status_of(body: Vec<u8>, coding: &str, limit: usize) -> Result<Bytes, StatusCode> {
+        read(streamed(body), &encoded_as(coding), limit).await.map_err(|problem| {
+            use axum::response::IntoResponse;
+            problem.into_response().status()
+        })
+    }
+
+    #[tokio::test]
+    async fn each_coding_decodes_to_the_original_body() {
+        let original = br#"{"name": "Maria Silva", "cpf": "529.982.247-25"}"#.repeat(100);
+        let cases = [
+            ("gzip", gzip(&original)),
+            ("x-gzip", gzip(&original)),
+            ("deflate", zlib(&original)),
+            ("br", brotli(&original)),
+            ("BR", brotli(&original)),
+            ("identity", original.clone()),
+            ("gzip, br", brotli(&gzip(&original))),
+            ("deflate, identity, gzip", gzip(&zlib(&original))),
+        ];
+        for (coding, body) in cases {
+            let decoded = status_of(body, coding, original.len()).await.unwrap_or_else(|s| panic!("{coding}: {s}"));
+            assert_eq!(decoded.as_ref(), original.as_slice(), "{coding}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bomb_is_refused_after_inflating_at_most_one_buffer_past_the_limit() {
+        let zeros = vec![0_u8; 10 * 1024 * 1024];
+        let limit = 1024 * 1024;
+        for (coding, bomb) in [("gzip", gzip(&zeros)), ("deflate", zlib(&zeros)), ("br", brotli(&zeros))] {
+            assert!(bomb.len() < limit / 10, "{coding}: the bomb is small");
+            let mut decoded = Decoded { bytes: Vec::new(), limit, inflated: 0, exceeded: false };
+            let codings = codings(&encoded_as(coding)).unwrap();
+            let result = decode(streamed(bomb), &codings, &mut decoded, limit).await;
+            assert!(result.is_err() && decoded.exceeded, "{coding}");
+            assert!(decoded.bytes.len() <= limit, "{coding}");
+            let most = (limit + DECODER_BUFFER_BYTES) as u64;
+            assert!(decoded.inflated <= most, "{coding}: inflated {} bytes", decoded.inflated);
+        }
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_before_or_after_decoding_are_413() {
+        let limit = 1000;
+        let noise: Vec<u8> = (0..4000_u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        assert_eq!(status_of(gzip(&[b'a'; 1001]), "gzip", limit).await.err(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+        assert_eq!(status_of(gzip(&noise), "gzip", limit).await.err(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+        assert!(status_of(gzip(&[b'a'; 1000]), "gzip", limit).await.is_ok(), "exactly the limit");
+        assert_eq!(status_of(vec![b'a'; 1001], "identity", limit).await.err(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+
+    #[tokio::test]
+    async fn unknown_codings_are_415_and_undecodable_bodies_400() {
+        let body = br#"{"name": "Maria"}"#;
+        let mut truncated = gzip(body);
+        truncated.truncate(truncated.len() - 4);
+        let mut trailing = gzip(body);
+        trailing.extend_from_slice(b"junk");
+        let cases: [(&str, Vec<u8>, StatusCode); 9] = [
+            ("compress", body.to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ("zstd", body.to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ("gzip, zstd", body.to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ("gzip, gzip, gzip", gzip(&gzip(&gzip(body))), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ("gzip", body.to_vec(), StatusCode::BAD_REQUEST),
+            ("gzip", truncated, StatusCode::BAD_REQUEST),
+            ("gzip", trailing, StatusCode::BAD_REQUEST),
+            ("deflate", gzip(body), StatusCode::BAD_REQUEST),
+            ("br", body.to_vec(), StatusCode::BAD_REQUEST),
+        ];
+        for (coding, body, expected) in cases {
+            assert_eq!(status_of(body, coding, 1 << 20).await.err(), Some(expected), "{coding}");
+        }
+    }
+}

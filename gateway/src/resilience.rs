@@ -1,0 +1,813 @@
+//! Resilience at the edge: a deadline on every upstream call (the upstream's timeout, shortened
+//! by the client's `grpc-timeout`), retries of idempotent calls within a retry budget, a circuit
+//! breaker per upstream, and load shedding when the gateway has too many requests in flight.
+//!
+//! The breaker and the budget read the time from a [`Clock`], so that unit tests move it by hand.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use aigronova_platform::config::ConfigError;
+use axum::{
+    extract::{Request, State},
+    http::{HeaderMap, Method, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde::{Deserialize, Serialize};
+use tokio::{sync::Semaphore, time::Instant};
+use tonic::{Code, Status};
+
+use crate::{metrics::metrics, problem::Problem, routes::Route};
+
+/// The header in which a gRPC client states how long it will wait.
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// The retry budget counts the requests and retries of this many past seconds.
+const BUDGET_WINDOW_SECS: usize = 10;
+
+/// `Retry-After` while a half-open circuit waits for its probe.
+const PROBE_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Paths served whatever the load: the probes, so that an orchestrator does not restart a gateway
+/// for being busy, and `/metrics`, so that an overload can be watched.
+const UNSHED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Circuit breaking per upstream (`[gateway.circuit_breaker]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Consecutive failed calls that open an upstream's circuit. A failure is `Unavailable`, a
+    /// connection error, or the upstream's own timeout passing; a deadline the client chose
+    /// through `grpc-timeout` does not count.
+    pub failure_threshold: u32,
+    /// How long an open circuit fails fast before it lets one probe call through, in milliseconds.
+    pub cool_down_ms: u64,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self { failure_threshold: 5, cool_down_ms: 10_000 }
+    }
+}
+
+/// Retries of idempotent calls (`[gateway.retry]`): calls of `GET` routes that fail with
+/// `Unavailable` or a connection error. Other routes are never retried.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts of one call, the first included; 1 turns retries off.
+    pub max_attempts: u32,
+    /// Retries allowed per upstream, as a share of its requests over the last 10 seconds.
+    pub budget_ratio: f64,
+    /// Retries per second allowed on top of `budget_ratio` (over the same 10 seconds), so that an
+    /// upstream with little traffic can still be retried.
+    pub min_retries_per_second: u32,
+    /// Backoff before the first retry, in milliseconds; it doubles with each retry, and each
+    /// sleep is a random time between half and all of it.
+    pub backoff_base_ms: u64,
+    /// Longest backoff, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            budget_ratio: 0.2,
+            min_retries_per_second: 10,
+            backoff_base_ms: 25,
+            backoff_max_ms: 250,
+        }
+    }
+}
+
+/// Checks the resilience settings of the gateway's configuration.
+pub(crate) fn validate(config: &crate::Config) -> Result<(), ConfigError> {
+    for (owner, seconds) in &config.upstream_timeouts {
+        if !(seconds.is_finite() && *seconds > 0.0 && *seconds <= 3600.0) {
+            return Err(ConfigError(format!(
+                "gateway.upstream_timeouts.{owner} must be a number of seconds above 0 and at most 3600"
+            )));
+        }
+    }
+    if config.max_concurrent_requests == 0 {
+        return Err(ConfigError("gateway.max_concurrent_requests must be positive".into()));
+    }
+    let breaker = &config.circuit_breaker;
+    if breaker.failure_threshold == 0 || breaker.cool_down_ms == 0 {
+        return Err(ConfigError("gateway.circuit_breaker.failure_threshold and cool_down_ms must be positive".into()));
+    }
+    let retry = &config.retry;
+    if !(1..=10).contains(&retry.max_attempts) {
+        return Err(ConfigError("gateway.retry.max_attempts must be between 1 and 10".into()));
+    }
+    if !(retry.budget_ratio.is_finite() && (0.0..=1.0).contains(&retry.budget_ratio)) {
+        return Err(ConfigError("gateway.retry.budget_ratio must be between 0 and 1".into()));
+    }
+    if retry.backoff_base_ms == 0 || retry.backoff_max_ms < retry.backoff_base_ms {
+        return Err(ConfigError("gateway.retry.backoff_base_ms must be positive and at most backoff_max_ms".into()));
+    }
+    Ok(())
+}
+
+/// Where the breaker and the retry budget read the time.
+pub(crate) trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Instant;
+}
+
+/// Tokio's clock: the wall clock, or a paused one in tests.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TokioClock;
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// What a finished call says about the health of its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The upstream answered, whatever it answered.
+    Healthy,
+    /// `Unavailable`, a connection error, or the upstream's own timeout passed.
+    Failed,
+    /// Nothing learnt: a deadline the client chose passed, or the call was abandoned.
+    Unknown,
+}
+
+impl Outcome {
+    fn of(code: Code, client_chose_deadline: bool) -> Self {
+        match code {
+            Code::Unavailable => Self::Failed,
+            Code::DeadlineExceeded if client_chose_deadline => Self::Unknown,
+            Code::DeadlineExceeded => Self::Failed,
+            _ => Self::Healthy,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CircuitState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+impl CircuitState {
+    /// The value of the `circuit_state` gauge.
+    fn gauge(self) -> i64 {
+        match self {
+            Self::Closed { .. } => 0,
+            Self::HalfOpen { .. } => 1,
+            Self::Open { .. } => 2,
+        }
+    }
+}
+
+/// A consecutive-failures circuit breaker for one upstream. Closed, it lets every call through;
+/// after `failure_threshold` failures in a row it opens and refuses calls for the cool-down; then,
+/// half-open, it lets one probe through: success closes it, failure opens it again.
+pub(crate) struct CircuitBreaker {
+    upstream: String,
+    failure_threshold: u32,
+    cool_down: Duration,
+    clock: Arc<dyn Clock>,
+    state: Mutex<CircuitState>,
+}
+
+/// Leave to call the upstream. Report how the call went with [`Admission::record`]; an admission
+/// dropped unreported (the client went away) counts as [`Outcome::Unknown`], so that an abandoned
+/// probe does not hold the half-open circuit forever.
+pub(crate) struct Admission<'a> {
+    breaker: &'a CircuitBreaker,
+    probe: bool,
+    recorded: bool,
+}
+
+impl Admission<'_> {
+    pub(crate) fn record(mut self, outcome: Outcome) {
+        self.recorded = true;
+        self.breaker.record(self.probe, outcome);
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.breaker.record(self.probe, Outcome::Unknown);
+        }
+    }
+}
+
+impl CircuitBreaker {
+    pub(crate) fn new(upstream: &str, config: &CircuitBreakerConfig, clock: Arc<dyn Clock>) -> Self {
+        // Creates the series at 0 without resetting one another gateway in this process set.
+        metrics().circuit_state.with_label_values(&[upstream]);
+        Self {
+            upstream: upstream.to_owned(),
+            failure_threshold: config.failure_threshold,
+            cool_down: Duration::from_millis(config.cool_down_ms),
+            clock,
+            state: Mutex::new(CircuitState::Closed { failures: 0 }),
+        }
+    }
+
+    /// Lets a call through, or says how long until the circuit may let one through.
+    pub(crate) fn admit(&self) -> Result<Admission<'_>, Duration> {
+        let now = self.clock.now();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let probe = match *state {
+            CircuitState::Closed { .. } => false,
+            CircuitState::Open { until } if now < until => return Err(until - now),
+            CircuitState::HalfOpen { probing: true } => return Err(PROBE_RETRY_AFTER),
+            CircuitState::Open { .. } | CircuitState::HalfOpen { probing: false } => {
+                self.transition(&mut state, CircuitState::HalfOpen { probing: true });
+                true
+            }
+        };
+        Ok(Admission { breaker: self, probe, recorded: false })
+    }
+
+    fn record(&self, probe: bool, outcome: Outcome) {
+        let now = self.clock.now();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = match (*state, outcome) {
+            (CircuitState::HalfOpen { .. }, Outcome::Healthy) if probe => CircuitState::Closed { failures: 0 },
+            (CircuitState::HalfOpen { .. }, Outcome::Failed) if probe => {
+                CircuitState::Open { until: now + self.cool_down }
+            }
+            (CircuitState::HalfOpen { .. }, Outcome::Unknown) if probe => CircuitState::HalfOpen { probing: false },
+            (CircuitState::Closed { .. }, Outcome::Healthy) => CircuitState::Closed { failures: 0 },
+            (CircuitState::Closed { failures }, Outcome::Failed) if failures + 1 >= self.failure_threshold => {
+                CircuitState::Open { until: now + self.cool_down }
+            }
+            (CircuitState::Closed { failures }, Outcome::Failed) => CircuitState::Closed { failures: failures + 1 },
+            // A call let through before the circuit opened says nothing the probe will not.
+            (current, _) => current,
+        };
+        self.transition(&mut state, next);
+    }
+
+    fn transition(&self, state: &mut CircuitState, next: CircuitState) {
+        if state.gauge() != next.gauge() {
+            metrics().circuit_state.with_label_values(&[self.upstream.as_str()]).set(next.gauge());
+            match next {
+                CircuitState::Open { .. } => tracing::warn!(upstream = %self.upstream, "circuit opened"),
+                CircuitState::HalfOpen { .. } => tracing::info!(upstream = %self.upstream, "circuit half-open"),
+                CircuitState::Closed { .. } => tracing::info!(upstream = %self.upstream, "circuit closed"),
+            }
+        }
+        *state = next;
+    }
+}
+
+/// Requests and retries counted in one second of the budget's window.
+#[derive(Clone, Copy, Debug, Default)]
+struct Second {
+    index: u64,
+    requests: u64,
+    retries: u64,
+}
+
+/// A retry budget in the manner of Finagle's and linkerd's: over the last 10 seconds, retries may
+/// add `budget_ratio` of the requests, plus `min_retries_per_second` for each second, so that
+/// retries cannot multiply the load of an upstream that is already failing.
+pub(crate) struct RetryBudget {
+    ratio: f64,
+    reserve: f64,
+    clock: Arc<dyn Clock>,
+    origin: Instant,
+    seconds: Mutex<[Second; BUDGET_WINDOW_SECS]>,
+}
+
+impl RetryBudget {
+    pub(crate) fn new(config: &RetryConfig, clock: Arc<dyn Clock>) -> Self {
+        let origin = clock.now();
+        Self {
+            ratio: config.budget_ratio,
+            reserve: f64::from(config.min_retries_per_second) * BUDGET_WINDOW_SECS as f64,
+            clock,
+            origin,
+            seconds: Mutex::new([Second::default(); BUDGET_WINDOW_SECS]),
+        }
+    }
+
+    /// Counts a request (not a retry).
+    pub(crate) fn deposit(&self) {
+        let now = self.second_index();
+        let mut seconds = self.seconds.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::current(&mut seconds, now).requests += 1;
+    }
+
+    /// Takes one retry from the budget, if the budget allows one.
+    pub(crate) fn try_withdraw(&self) -> bool {
+        let now = self.second_index();
+        let mut seconds = self.seconds.lock().unwrap_or_else(PoisonError::into_inner);
+        let recent = seconds.iter().filter(|second| now - second.index < BUDGET_WINDOW_SECS as u64);
+        let (requests, retries) = recent.fold((0, 0), |(q, r), second| (q + second.requests, r + second.retries));
+        if (retries + 1) as f64 > self.ratio * requests as f64 + self.reserve {
+            return false;
+        }
+        Self::current(&mut seconds, now).retries += 1;
+        true
+    }
+
+    fn second_index(&self) -> u64 {
+        self.clock.now().saturating_duration_since(self.origin).as_secs()
+    }
+
+    fn current(seconds: &mut [Second; BUDGET_WINDOW_SECS], index: u64) -> &mut Second {
+        let slot = &mut seconds[(index % BUDGET_WINDOW_SECS as u64) as usize];
+        if slot.index != index {
+            *slot = Second { index, ..Second::default() };
+        }
+        slot
+    }
+}
+
+/// Parses a gRPC timeout: 1 to 8 digits and a unit, `H`, `M`, `S`, `m` (ms), `u` (µs) or `n` (ns).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let unit = value.chars().last()?;
+    let digits = &value[..value.len() - unit.len_utf8()];
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(amount * 3600),
+        'M' => Duration::from_secs(amount * 60),
+        'S' => Duration::from_secs(amount),
+        'm' => Duration::from_millis(amount),
+        'u' => Duration::from_micros(amount),
+        'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// How a call to a route may be made.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CallPolicy {
+    /// Whether the call may be repeated: only calls of `GET` routes, which read.
+    pub(crate) idempotent: bool,
+    /// When the client stops waiting, from its `grpc-timeout` header.
+    pub(crate) client_deadline: Option<Instant>,
+}
+
+impl CallPolicy {
+    /// The policy of a call to `route`; a malformed `grpc-timeout` is a 400.
+    pub(crate) fn of(route: &Route, headers: &HeaderMap) -> Result<Self, Problem> {
+        let client_deadline = match headers.get(GRPC_TIMEOUT) {
+            None => None,
+            Some(value) => {
+                let timeout = value.to_str().ok().and_then(parse_grpc_timeout).ok_or_else(|| {
+                    Problem::bad_request(
+                        "the grpc-timeout header must be 1 to 8 digits and a unit (H, M, S, m, u or n), e.g. 250m",
+                    )
+                })?;
+                Some(Instant::now() + timeout)
+            }
+        };
+        Ok(Self { idempotent: route.http_method == Method::GET, client_deadline })
+    }
+}
+
+/// The guards of one upstream.
+struct Guarded {
+    timeout: Duration,
+    breaker: CircuitBreaker,
+    budget: RetryBudget,
+}
+
+/// The resilience policy of every upstream, and the gateway's concurrency limit.
+pub(crate) struct Resilience {
+    upstreams: BTreeMap<String, Guarded>,
+    retry: RetryConfig,
+    in_flight: Semaphore,
+}
+
+impl Resilience {
+    pub(crate) fn new(config: &crate::Config, clock: Arc<dyn Clock>) -> Self {
+        let default_timeout = Duration::from_secs(config.upstream_timeout_secs);
+        for owner in config.upstream_timeouts.keys().filter(|owner| !config.upstreams.contains_key(*owner)) {
+            tracing::warn!(owner, "gateway.upstream_timeouts names an upstream that is not configured");
+        }
+        let upstreams = config
+            .upstreams
+            .keys()
+            .map(|owner| {
+                let timeout =
+                    config.upstream_timeouts.get(owner).map_or(default_timeout, |secs| Duration::from_secs_f64(*secs));
+                let guarded = Guarded {
+                    timeout,
+                    breaker: CircuitBreaker::new(owner, &config.circuit_breaker, clock.clone()),
+                    budget: RetryBudget::new(&config.retry, clock.clone()),
+                };
+                (owner.clone(), guarded)
+            })
+            .collect();
+        Self { upstreams, retry: config.retry.clone(), in_flight: Semaphore::new(config.max_concurrent_requests) }
+    }
+
+    /// Calls `owner` through its breaker, within the deadline, retrying as `policy` allows.
+    /// `attempt` makes one call given the time left; its failures become problem documents.
+    pub(crate) async fn call<T, F, Fut>(&self, owner: &str, policy: CallPolicy, mut attempt: F) -> Result<T, Problem>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let Some(guarded) = self.upstreams.get(owner) else {
+            return Err(Problem::from_status(&Status::unavailable(format!("no upstream configured for {owner}"))));
+        };
+        let own_deadline = Instant::now() + guarded.timeout;
+        let (deadline, client_chose_deadline) = match policy.client_deadline {
+            Some(client) if client < own_deadline => (client, true),
+            _ => (own_deadline, false),
+        };
+        guarded.budget.deposit();
+        let metrics = metrics();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let started = Instant::now();
+            if started >= deadline {
+                return Err(Problem::from_status(&deadline_exceeded(owner)));
+            }
+            let admission = guarded.breaker.admit().map_err(|wait| circuit_open(owner, wait))?;
+            let result = match tokio::time::timeout_at(deadline, attempt(deadline - started)).await {
+                // tonic reports its own timeout, and a server's, as `Cancelled`; the gateway
+                // cancels nothing else.
+                Ok(Err(status)) if matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded) => {
+                    Err(deadline_exceeded(owner))
+                }
+                Ok(result) => result,
+                Err(_elapsed) => Err(deadline_exceeded(owner)),
+            };
+            let code = result.as_ref().err().map_or(Code::Ok, Status::code);
+            metrics.upstream_calls.with_label_values(&[owner, &format!("{code:?}")]).inc();
+            metrics.upstream_duration.with_label_values(&[owner]).observe(started.elapsed().as_secs_f64());
+            admission.record(Outcome::of(code, client_chose_deadline));
+            let status = match result {
+                Ok(response) => return Ok(response),
+                Err(status) => status,
+            };
+            if !(policy.idempotent && code == Code::Unavailable && attempts < self.retry.max_attempts) {
+                return Err(Problem::from_status(&status));
+            }
+            let pause = self.backoff(attempts);
+            if Instant::now() + pause >= deadline {
+                return Err(Problem::from_status(&status));
+            }
+            if !guarded.budget.try_withdraw() {
+                metrics.upstream_retries.with_label_values(&[owner, "over_budget"]).inc();
+                return Err(Problem::from_status(&status));
+            }
+            metrics.upstream_retries.with_label_values(&[owner, "sent"]).inc();
+            tracing::debug!(upstream = owner, attempt = attempts + 1, "retrying an unavailable upstream");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The pause before retry number `retry` (1 for the first): exponential, capped, jittered
+    /// between half and all of it so that clients retrying together spread out.
+    fn backoff(&self, retry: u32) -> Duration {
+        let doubled = self.retry.backoff_base_ms.saturating_mul(1 << retry.saturating_sub(1).min(20));
+        let cap = Duration::from_millis(doubled.min(self.retry.backoff_max_ms));
+        cap / 2 + (cap / 2).mul_f64(random_fraction())
+    }
+}
+
+/// A uniform random number in [0, 1).
+fn random_fraction() -> f64 {
+    // 53 random bits fill an f64's mantissa exactly.
+    getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 / (1_u64 << 53) as f64)
+}
+
+fn deadline_exceeded(owner: &str) -> Status {
+    Status::deadline_exceeded(format!("{owner} did not answer before the deadline"))
+}
+
+fn circuit_open(owner: &str, wait: Duration) -> Problem {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, format!("{owner} is failing; calls to it are paused"))
+        .with_retry_after(seconds.max(1))
+}
+
+/// Refuses a request with 503 and `Retry-After: 1` when `max_concurrent_requests` are in flight,
+/// rather than queueing it; the probes and `/metrics` are exempt.
+pub(crate) async fn shed_load(State(resilience): State<Arc<Resilience>>, request: Request, next: Next) -> Response {
+    if UNSHED_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Ok(_permit) = resilience.in_flight.try_acquire() else {
+        metrics().load_shed.inc();
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is at capacity; retry shortly")
+            .with_retry_after(1)
+            .into_response();
+    };
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clock that moves only when told to.
+    struct ManualClock(Mutex<Instant>);
+
+    impl ManualClock {
+        fn new() -> Arc<Self> {
+            Arc::new(Self(Mutex::new(Instant::now())))
+        }
+
+        fn advance(&self, by: Duration) {
+            *self.0.lock().unwrap() += by;
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    fn breaker(clock: &Arc<ManualClock>) -> CircuitBreaker {
+        let config = CircuitBreakerConfig { failure_threshold: 3, cool_down_ms: 1_000 };
+        CircuitBreaker::new(&format!("test-{}", uuid::Uuid::new_v4()), &config, clock.clone())
+    }
+
+    fn fail(breaker: &CircuitBreaker, times: usize) {
+        for _ in 0..times {
+            breaker.admit().expect("admitted").record(Outcome::Failed);
+        }
+    }
+
+    fn gauge(breaker: &CircuitBreaker) -> i64 {
+        metrics().circuit_state.with_label_values(&[breaker.upstream.as_str()]).get()
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        let cases = [
+            ("1H", Duration::from_secs(3600)),
+            ("2M", Duration::from_secs(120)),
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("1500u", Duration::from_micros(1500)),
+            ("99999999n", Duration::from_nanos(99_999_999)),
+            ("0m", Duration::ZERO),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(parse_grpc_timeout(value), Some(expected), "{value}");
+        }
+    }
+
+    #[test]
+    fn malformed_grpc_timeouts_are_refused() {
+        let cases = ["", "m", "250", "250ms", "123456789S", "-5S", "+5S", "5s", "5 S", " 5S", "1.5S", "5é", "٣S"];
+        for value in cases {
+            assert_eq!(parse_grpc_timeout(value), None, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_circuit_opens_after_the_threshold_of_consecutive_failures() {
+        let clock = ManualClock::new();
+        let breaker = breaker(&clock);
+        fail(&breaker, 2);
+        breaker.admit().unwrap().record(Outcome::Healthy);
+        fail(&breaker, 2);
+        assert_eq!(gauge(&breaker), 0, "a success reset the count");
+        fail(&breaker, 1);
+        assert_eq!(gauge(&breaker), 2);
+        assert_eq!(breaker.admit().err(), Some(Duration::from_millis(1_000)));
+        clock.advance(Duration::from_millis(400));
+        assert_eq!(breaker.admit().err(), Some(Duration::from_millis(600)));
+    }
+
+    #[test]
+    fn after_the_cool_down_one_probe_goes_through_and_its_success_closes_the_circuit() {
+        let clock = ManualClock::new();
+        let breaker = breaker(&clock);
+        fail(&breaker, 3);
+        clock.advance(Duration::from_millis(1_000));
+        let probe = breaker.admit().expect("the probe");
+        assert_eq!(gauge(&breaker), 1);
+        assert_eq!(breaker.admit().err(), Some(PROBE_RETRY_AFTER), "one probe at a time");
+        probe.record(Outcome::Healthy);
+        assert_eq!(gauge(&breaker), 0);
+        for _ in 0..5 {
+            breaker.admit().expect("closed").record(Outcome::Healthy);
+        }
+    }
+
+    #[test]
+    fn a_failed_probe_opens_the_circuit_for_another_cool_down() {
+        let clock = ManualClock::new();
+        let breaker = breaker(&clock);
+        fail(&breaker, 3);
+        clock.advance(Duration::from_millis(1_500));
+        breaker.admit().expect("the probe").record(Outcome::Failed);
+        assert_eq!(gauge(&breaker), 2);
+        assert_eq!(breaker.admit().err(), Some(Duration::from_millis(1_000)));
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_the_next_call_probe() {
+        let clock = ManualClock::new();
+        let breaker = breaker(&clock);
+        fail(&breaker, 3);
+        clock.advance(Duration::from_millis(1_000));
+        drop(breaker.admit().expect("the probe"));
+        assert_eq!(gauge(&breaker), 1);
+        breaker.admit().expect("a new probe").record(Outcome::Healthy);
+        assert_eq!(gauge(&breaker), 0);
+    }
+
+    #[test]
+    fn calls_admitted_before_the_circuit_opened_do_not_close_it() {
+        let clock = ManualClock::new();
+        let breaker = breaker(&clock);
+        let late = breaker.admit().unwrap();
+        fail(&breaker, 3);
+        late.record(Outcome::Healthy);
+        assert_eq!(gauge(&breaker), 2);
+    }
+
+    #[test]
+    fn deadlines_the_client_chose_do_not_count_against_the_upstream() {
+        assert_eq!(Outcome::of(Code::DeadlineExceeded, true), Outcome::Unknown);
+        assert_eq!(Outcome::of(Code::DeadlineExceeded, false), Outcome::Failed);
+        assert_eq!(Outcome::of(Code::Unavailable, true), Outcome::Failed);
+        for code in [Code::Ok, Code::NotFound, Code::InvalidArgument, Code::Internal, Code::PermissionDenied] {
+            assert_eq!(Outcome::of(code, false), Outcome::Healthy, "{code:?}");
+        }
+    }
+
+    fn budget(clock: &Arc<ManualClock>, ratio: f64, min_per_second: u32) -> RetryBudget {
+        let config =
+            RetryConfig { budget_ratio: ratio, min_retries_per_second: min_per_second, ..RetryConfig::default() };
+        RetryBudget::new(&config, clock.clone())
+    }
+
+    fn withdrawals(budget: &RetryBudget) -> usize {
+        (0..10_000).take_while(|_| budget.try_withdraw()).count()
+    }
+
+    #[test]
+    fn the_retry_budget_allows_a_share_of_recent_requests() {
+        let clock = ManualClock::new();
+        let budget = budget(&clock, 0.2, 0);
+        assert_eq!(withdrawals(&budget), 0, "no requests, no reserve: no retries");
+        for _ in 0..100 {
+            budget.deposit();
+        }
+        assert_eq!(withdrawals(&budget), 20);
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!(withdrawals(&budget), 2);
+    }
+
+    #[test]
+    fn the_retry_budget_keeps_a_reserve_per_second_for_quiet_upstreams() {
+        let clock = ManualClock::new();
+        let budget = budget(&clock, 0.2, 3);
+        assert_eq!(withdrawals(&budget), 30, "3 a second over the 10-second window");
+        for _ in 0..50 {
+            budget.deposit();
+        }
+        assert_eq!(withdrawals(&budget), 10);
+    }
+
+    #[test]
+    fn requests_and_retries_leave_the_budget_after_ten_seconds() {
+        let clock = ManualClock::new();
+        let budget = budget(&clock, 0.5, 0);
+        for _ in 0..20 {
+            budget.deposit();
+        }
+        assert_eq!(withdrawals(&budget), 10);
+        clock.advance(Duration::from_secs(5));
+        for _ in 0..4 {
+            budget.deposit();
+        }
+        assert_eq!(withdrawals(&budget), 2, "the first retries still count");
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(withdrawals(&budget), 0, "the first second left the window, its requests with it");
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(withdrawals(&budget), 0, "everything left the window");
+        for _ in 0..4 {
+            budget.deposit();
+        }
+        assert_eq!(withdrawals(&budget), 2);
+    }
+
+    fn resilience(configure: impl FnOnce(&mut crate::Config)) -> Resilience {
+        let mut config = crate::Config::default();
+        config.upstreams.insert("svc".into(), "http://127.0.0.1:1".into());
+        config.retry.backoff_base_ms = 10;
+        config.retry.backoff_max_ms = 40;
+        configure(&mut config);
+        Resilience::new(&config, Arc::new(TokioClock))
+    }
+
+    fn policy(idempotent: bool) -> CallPolicy {
+        CallPolicy { idempotent, client_deadline: None }
+    }
+
+    /// Calls `svc` with an upstream that answers with `codes` in turn, and counts the calls.
+    async fn call_with(resilience: &Resilience, policy: CallPolicy, codes: &[Code]) -> (Result<(), Problem>, usize) {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let result = resilience
+            .call("svc", policy, |_| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let code = codes[n.min(codes.len() - 1)];
+                async move { if code == Code::Ok { Ok(()) } else { Err(Status::new(code, "scripted")) } }
+            })
+            .await;
+        (result, calls.into_inner())
+    }
+
+    fn status_of(result: &Result<(), Problem>) -> Option<StatusCode> {
+        result.as_ref().err().map(|problem| problem.clone().into_response().status())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotent_calls_are_retried_on_unavailable_and_others_are_not() {
+        let resilience = resilience(|_| {});
+        let (result, calls) = call_with(&resilience, policy(true), &[Code::Unavailable, Code::Ok]).await;
+        assert!(result.is_ok());
+        assert_eq!(calls, 2);
+        let (result, calls) = call_with(&resilience, policy(false), &[Code::Unavailable, Code::Ok]).await;
+        assert_eq!(status_of(&result), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(calls, 1, "a write is never retried");
+        let (result, calls) = call_with(&resilience, policy(true), &[Code::Internal, Code::Ok]).await;
+        assert_eq!(status_of(&result), Some(StatusCode::INTERNAL_SERVER_ERROR));
+        assert_eq!(calls, 1, "only Unavailable is retried");
+        let (_, calls) = call_with(&resilience, policy(true), &[Code::Unavailable]).await;
+        assert_eq!(calls, 3, "max_attempts counts the first call");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_when_the_budget_is_spent() {
+        let resilience = resilience(|config| {
+            config.retry.min_retries_per_second = 0;
+            config.retry.budget_ratio = 0.5;
+            config.retry.max_attempts = 2;
+            config.circuit_breaker.failure_threshold = 1000;
+        });
+        let mut total = 0;
+        for _ in 0..10 {
+            total += call_with(&resilience, policy(true), &[Code::Unavailable]).await.1;
+        }
+        assert_eq!(total, 10 + 5, "ten calls, and retries worth half of them");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_never_sleep_past_the_deadline() {
+        let resilience = resilience(|config| config.retry.max_attempts = 10);
+        let deadline = Instant::now() + Duration::from_millis(30);
+        let policy = CallPolicy { idempotent: true, client_deadline: Some(deadline) };
+        let (result, calls) = call_with(&resilience, policy, &[Code::Unavailable]).await;
+        assert_eq!(status_of(&result), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert!(Instant::now() < deadline, "gave up before the deadline rather than sleep past it");
+        assert!((2..10).contains(&calls), "{calls} calls");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_past_its_deadline_is_a_504_and_trips_the_breaker_only_on_the_upstreams_own_timeout() {
+        let resilience = resilience(|config| {
+            config.upstream_timeouts.insert("svc".into(), 0.05);
+            config.circuit_breaker.failure_threshold = 1;
+        });
+        let hang = |_| std::future::pending::<Result<(), Status>>();
+        let client_deadline = Some(Instant::now() + Duration::from_millis(10));
+        let result = resilience.call("svc", CallPolicy { idempotent: true, client_deadline }, hang).await;
+        assert_eq!(status_of(&result), Some(StatusCode::GATEWAY_TIMEOUT));
+        let breaker = &resilience.upstreams["svc"].breaker;
+        assert!(breaker.admit().is_ok(), "the client's short deadline did not open the circuit");
+        let result = resilience.call("svc", policy(true), hang).await;
+        assert_eq!(status_of(&result), Some(StatusCode::GATEWAY_TIMEOUT));
+        assert!(breaker.admit().is_err(), "the upstream's own timeout did");
+        let result = call_with(&resilience, policy(true), &[Code::Ok]).await.0;
+        assert_eq!(status_of(&result), Some(StatusCode::SERVICE_UNAVAILABLE), "fails fast while open");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_stays_between_half_and_all_of_it() {
+        let resilience = resilience(|_| {});
+        for (retry, cap_ms) in [(1, 10), (2, 20), (3, 40), (4, 40), (30, 40)] {
+            for _ in 0..50 {
+                let pause = resilience.backoff(retry);
+                let cap = Duration::from_millis(cap_ms);
+                assert!(pause >= cap / 2 && pause <= cap, "retry {retry}: {pause:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Resilience at the gateway: compressed bodies and bombs, deadlines, retries, the circuit
+//! breaker and load shedding. Upstream failures come from a stand-in healthquantum that speaks
+//! its real gRPC API and does what each test scripts.
+
+use std::{
+    io::Write,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use aigronova_e2e::{Backend, TestApp, assert_problem, spawn_app_with, spawn_gateway};
+use aigronova_proto::aigronova::health::v1::{
+    self as proto,
+    health_quantum_server::{HealthQuantum, HealthQuantumServer},
+};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+
+const MIB: usize = 1024 * 1024;
+
+/// What the stand-in does with each call.
+#[derive(Clone, Copy, Debug)]
+enum Behaviour {
+    Answer,
+    /// Fails this many calls with `Unavailable`, then answers.
+    UnavailableFor(usize),
+    /// Never answers.
+    Hang,
+    /// Says it has the call, then answers once the test releases it.
+    AnswerWhenReleased,
+}
+
+struct Script {
+    behaviour: Mutex<Behaviour>,
+    calls: AtomicUsize,
+    /// The `grpc-timeout` of each call, as the gateway sent it.
+    timeouts: Mutex<Vec<Option<String>>>,
+    arrived: Notify,
+    release: Notify,
+}
+
+/// A stand-in for healthquantum whose answers the test scripts.
+#[derive(Clone)]
+struct StandIn(Arc<Script>);
+
+impl StandIn {
+    /// Serves on a free port; returns the stand-in and its URL.
+    async fn start(behaviour: Behaviour) -> (Self, String) {
+        let stand_in = Self(Arc::new(Script {
+            behaviour: Mutex::new(behaviour),
+            calls: AtomicUsize::new(0),
+            timeouts: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            release: Notify::new(),
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tonic::transport::Server::builder()
+            .add_service(HealthQuantumServer::new(stand_in.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        tokio::spawn(server);
+        (stand_in, url)
+    }
+
+    fn calls(&self) -> usize {
+        self.0.calls.load(Ordering::SeqCst)
+    }
+
+    fn behave(&self, behaviour: Behaviour) {
+        *self.0.behaviour.lock().unwrap() = behaviour;
+    }
+
+    fn timeouts(&self) -> Vec<Option<String>> {
+        self.0.timeouts.lock().unwrap().clone()
+    }
+
+    async fn respond<T>(&self, request: &Request<T>) -> Result<Response<proto::Patient>, Status> {
+        self.0.calls.fetch_add(1, Ordering::SeqCst);
+        let timeout = request.metadata().get("grpc-timeout").and_then(|value| value.to_str().ok()).map(str::to_owned);
+        self.0.timeouts.lock().unwrap().push(timeout);
+        let behaviour = {
+            let mut behaviour = self.0.behaviour.lock().unwrap();
+            let now = *behaviour;
+            if let Behaviour::UnavailableFor(n) = now {
+                *behaviour = if n > 1 { Behaviour::UnavailableFor(n - 1) } else { Behaviour::Answer };
+            }
+            now
+        };
+        match behaviour {
+            Behaviour::Answer => {}
+            Behaviour::UnavailableFor(_) => return Err(Status::unavailable("the stand-in is down")),
+            Behaviour::Hang => std::future::pending::<()>().await,
+            Behaviour::AnswerWhenReleased => {
+                self.0.arrived.notify_one();
+                self.0.release.notified().await;
+            }
+        }
+        Ok(Response::new(proto::Patient {
+            id: "p-1".into(),
+            name: "Maria Silva".into(),
+            cpf: "52998224725".into(),
+            birth_date: "1980-02-29".into(),
+            create_time: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl HealthQuantum for StandIn {
+    async fn create_patient(
+        &self,
+        request: Request<proto::CreatePatientRequest>,
+    ) -> Result<Response<proto::Patient>, Status> {
+        self.respond(&request).await
+    }
+
+    async fn get_patient(
+        &self,
+        request: Request<proto::GetPatientRequest>,
+    ) -> Result<Response<proto::Patient>, Status> {
+        self.respond(&request).await
+    }
+
+    async fn assess_risk(
+        &self,
+        _request: Request<proto::AssessRiskRequest>,
+    ) -> Result<Response<proto::Assessment>, Status> {
+        Err(Status::unimplemented("the stand-in does not score"))
+    }
+
+    async fn list_models(
+        &self,
+        _request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        Err(Status::unimplemented("the stand-in has no models"))
+    }
+}
+
+fn patient_json(name: &str) -> Vec<u8> {
+    json!({"name": name, "cpf": "529.982.247-25", "birthDate": "1980-02-29"}).to_string().into_bytes()
+}
+
+fn encode(coding: &str, data: &[u8]) -> Vec<u8> {
+    match coding {
+        "gzip" => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(data).unwrap();
+            encoder.finish().unwrap()
+        }
+        "deflate" => {
+            let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(data).unwrap();
+            encoder.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            let params = brotli::enc::BrotliEncoderParams { quality: 5, ..Default::default() };
+            brotli::BrotliCompress(&mut &data[..], &mut out, &params).unwrap();
+            out
+        }
+        other => panic!("no encoder for {other}"),
+    }
+}
+
+async fn post_encoded(app: &TestApp, path: &str, key: &str, coding: &str, body: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(app.url(path))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .header("content-encoding", coding)
+        .body(body)
+        .send()
+        .await
+        .expect("request sent")
+}
+
+/// A counter or gauge from `/metrics`; 0 when the series is absent.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    let text = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+const INFLATED_TOO_LARGE: &str = r#"aigronova_gateway_request_body_inflated_bytes_total{outcome="too_large"}"#;
+
+#[tokio::test]
+async fn a_10_mb_compressed_bomb_under_a_1_mb_limit_is_refused_with_413_after_inflating_at_most_the_limit() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.gateway.plans.starter.max_body_bytes = MIB;
+        config.gateway.max_body_bytes = MIB;
+    })
+    .await;
+    let (tenant, key) = app.tenant_with_key().await;
+    // Valid JSON that inflates to 10 MiB: a patient whose name is ten million zeros.
+    let inflated = patient_json(&"0".repeat(10 * MIB));
+    for coding in ["gzip", "deflate", "br"] {
+        let bomb = encode(coding, &inflated);
+        assert!(bomb.len() < 64 * 1024, "{coding}: the bomb is {} bytes", bomb.len());
+        for path in ["/v1/health/patients".to_owned(), format!("/v1/admin/tenants/{tenant}/api-keys")] {
+            let key = if path.starts_with("/v1/admin") { app.admin_key.clone() } else { key.clone() };
+            let before = metric(&app, INFLATED_TOO_LARGE).await;
+            let response = post_encoded(&app, &path, &key, coding, bomb.clone()).await;
+            let problem = assert_problem(response, 413).await;
+            assert!(problem["detail"].as_str().unwrap().contains("1048576"), "{problem}");
+            let decoded = metric(&app, INFLATED_TOO_LARGE).await - before;
+            // The decoders hand on 32 KiB at a time: the limit plus one buffer, not 10 MiB.
+            assert!(
+                (MIB as f64..=(MIB + 64 * 1024) as f64).contains(&decoded),
+                "{coding} {path}: inflated {decoded} bytes"
+            );
+        }
+    }
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn gzip_deflate_and_brotli_bodies_under_the_limit_create_patients() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    for coding in ["gzip", "deflate", "br", "gzip, br", "identity"] {
+        let (_, key) = app.tenant_with_key().await;
+        let body = match coding {
+            "gzip, br" => encode("br", &encode("gzip", &patient_json("Maria Stacked"))),
+            "identity" => patient_json("Maria Stacked"),
+            single => encode(single, &patient_json("Maria Stacked")),
+        };
+        let response = post_encoded(&app, "/v1/health/patients", &key, coding, body).await;
+        assert_eq!(response.status(), 200, "{coding}");
+        let id = response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        let patient: Value = app.get(&format!("/v1/health/patients/{id}"), &key).await.json().await.unwrap();
+        assert_eq!(patient["name"], "Maria Stacked", "{coding}");
+    }
+    assert_eq!(app.count_health_rows("patients").await, 5);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_codings_are_415_and_bodies_that_do_not_decode_400() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let mut truncated = encode("gzip", &patient_json("Maria"));
+    truncated.truncate(truncated.len() / 2);
+    let cases = [
+        ("compress", patient_json("Maria"), 415),
+        ("zstd", patient_json("Maria"), 415),
+        ("gzip, gzip, gzip", patient_json("Maria"), 415),
+        ("gzip", patient_json("Maria"), 400),
+        ("gzip", truncated, 400),
+        ("br", encode("gzip", &patient_json("Maria")), 400),
+    ];
+    for (coding, body, status) in cases {
+        let response = post_encoded(&app, "/v1/health/patients", &key, coding, body.clone()).await;
+        assert_problem(response, status).await;
+        let response = post_encoded(&app, "/v1/admin/tenants", &app.admin_key, coding, body).await;
+        assert_problem(response, status).await;
+    }
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+/// A gRPC timeout as the gateway sent it, in milliseconds.
+fn millis(timeout: &str) -> f64 {
+    let (digits, unit) = timeout.split_at(timeout.len() - 1);
+    let amount: f64 = digits.parse().unwrap();
+    amount
+        * match unit {
+            "S" => 1e3,
+            "m" => 1.0,
+            "u" => 1e-3,
+            "n" => 1e-6,
+            other => panic!("unexpected unit {other}"),
+        }
+}
+
+#[tokio::test]
+async fn a_grpc_timeout_shorter_than_a_slow_upstreams_reply_is_a_504_and_reaches_the_upstream() {
+    let (stand_in, url) = StandIn::start(Behaviour::Hang).await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let response = app
+        .client
+        .get(app.url("/v1/health/patients/p-1"))
+        .bearer_auth(&key)
+        .header("grpc-timeout", "200m")
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(response, 504).await;
+    assert!(problem["detail"].as_str().unwrap().contains("deadline"), "{problem}");
+    assert_eq!(stand_in.calls(), 1, "a deadline is not retried");
+    let sent = stand_in.timeouts()[0].clone().expect("the gateway passed the deadline on");
+    assert!(millis(&sent) <= 200.0, "the upstream was given {sent}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstreams_own_timeout_bounds_its_calls_whatever_the_client_asks() {
+    let (stand_in, url) = StandIn::start(Behaviour::Hang).await;
+    let app = spawn_gateway(&url, |config| {
+        config.gateway.upstream_timeouts.insert("healthquantum".into(), 0.3);
+    })
+    .await;
+    let (_, key) = app.tenant_with_key().await;
+    assert_problem(app.get("/v1/health/patients/p-1", &key).await, 504).await;
+    let response = app
+        .client
+        .get(app.url("/v1/health/patients/p-1"))
+        .bearer_auth(&key)
+        .header("grpc-timeout", "10S")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 504).await;
+    for sent in stand_in.timeouts() {
+        let sent = sent.expect("the gateway passed the deadline on");
+        assert!(millis(&sent) <= 300.0, "the upstream was given {sent}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_grpc_timeouts_are_400_and_never_reach_the_upstream() {
+    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    for value in ["soon", "250", "250ms", "123456789S", "-1S", "1.5S", "5s"] {
+        let response = app
+            .client
+            .get(app.url("/v1/health/patients/p-1"))
+            .bearer_auth(&key)
+            .header("grpc-timeout", value)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400).await;
+        assert!(problem["detail"].as_str().unwrap().contains("grpc-timeout"), "{value}: {problem}");
+    }
+    assert_eq!(stand_in.calls(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reads_are_retried_when_the_upstream_is_unavailable_and_writes_are_not() {
+    let (stand_in, url) = StandIn::start(Behaviour::UnavailableFor(1)).await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let response = app.get("/v1/health/patients/p-1", &key).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(stand_in.calls(), 2, "one failure, one retry");
+
+    stand_in.behave(Behaviour::UnavailableFor(1));
+    let response = app.client.post(app.url("/v1/health/patients")).bearer_auth(&key).body(patient_json("Maria"));
+    let response = response.header("content-type", "application/json").send().await.unwrap();
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    assert_problem(response, 503).await;
+    assert_eq!(stand_in.calls(), 3, "the write was sent once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_circuit_opens_after_consecutive_failures_fails_fast_and_closes_after_a_good_probe() {
+    let (stand_in, url) = StandIn::start(Behaviour::UnavailableFor(usize::MAX)).await;
+    let app = spawn_gateway(&url, |config| {
+        config.gateway.circuit_breaker.failure_threshold = 3;
+        config.gateway.circuit_breaker.cool_down_ms = 1_000;
+    })
+    .await;
+    let (_, key) = app.tenant_with_key().await;
+    let state = r#"aigronova_gateway_circuit_state{upstream="healthquantum"}"#;
+    // Writes, so that retries do not add calls.
+    let create = || async {
+        app.client
+            .post(app.url("/v1/health/patients"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(patient_json("Maria"))
+            .send()
+            .await
+            .unwrap()
+    };
+    for _ in 0..3 {
+        assert_problem(create().await, 503).await;
+    }
+    assert_eq!(stand_in.calls(), 3);
+    assert_eq!(metric(&app, state).await, 2.0, "open");
+
+    let response = create().await;
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    let problem = assert_problem(response, 503).await;
+    assert!(problem["detail"].as_str().unwrap().contains("paused"), "{problem}");
+    assert_eq!(stand_in.calls(), 3, "failed fast, without calling the upstream");
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_problem(create().await, 503).await;
+    assert_eq!(stand_in.calls(), 4, "the probe reached the upstream");
+    assert_problem(create().await, 503).await;
+    assert_eq!(stand_in.calls(), 4, "the failed probe opened the circuit again");
+
+    stand_in.behave(Behaviour::Answer);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(create().await.status(), 200, "the probe");
+    assert_eq!(metric(&app, state).await, 0.0, "closed");
+    assert_eq!(create().await.status(), 200);
+    assert_eq!(stand_in.calls(), 6);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_retry_after() {
+    let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
+    let app = spawn_gateway(&url, |config| config.gateway.max_concurrent_requests = 1).await;
+    let (_, key) = app.tenant_with_key().await;
+    let first = tokio::spawn({
+        let request = app.client.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key);
+        async move { request.send().await.unwrap().status() }
+    });
+    stand_in.0.arrived.notified().await;
+
+    let response = app.get("/v1/health/patients/p-1", &key).await;
+    assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+    assert_problem(response, 503).await;
+    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), 200, "the probes are never shed");
+    assert_eq!(stand_in.calls(), 1);
+
+    stand_in.behave(Behaviour::Answer);
+    stand_in.0.release.notify_one();
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200, "capacity is back");
+    app.stop().await;
+}
