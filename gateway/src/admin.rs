@@ -68,7 +68,7 @@ pub(crate) async fn create_api_key(
 /// Authenticates an administrator and parses the JSON body.
 async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, Problem> {
     let (parts, body) = request.into_parts();
-    let principal = auth::authenticate(&state.store, &parts.headers).await?;
+    let principal = auth::authenticate(state, &parts.headers).await?;
     auth::require_scope(&principal, ADMIN_SCOPE)?;
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
     let json: serde_json::Value = serde_json::from_slice(&body)

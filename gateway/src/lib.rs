@@ -1,11 +1,13 @@
-//! The AigroNova HTTP edge. It authenticates API keys, owns tenants and keys, and turns JSON
-//! calls into gRPC calls to the service that owns each route, with routes, scopes and owners
-//! read from the descriptor set at start-up.
+//! The AigroNova HTTP edge. It authenticates API keys and OIDC JWTs, owns tenants and keys, and
+//! turns JSON calls into gRPC calls to the service that owns each route, with routes, scopes and
+//! owners read from the descriptor set at start-up.
 
 #![forbid(unsafe_code)]
 
 mod admin;
 mod auth;
+mod jwks;
+pub mod jwt;
 mod metrics;
 pub mod plans;
 mod problem;
@@ -29,6 +31,7 @@ use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub use jwks::install_crypto_provider;
 pub use problem::Problem;
 
 use crate::{routes::RouteTable, store::Store, upstream::Upstreams};
@@ -52,6 +55,8 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Limits of each plan.
     pub plans: plans::Plans,
+    /// An OIDC provider whose JWTs are accepted beside API keys; unset: API keys only.
+    pub oidc: Option<jwt::OidcConfig>,
 }
 
 impl Default for Config {
@@ -64,6 +69,7 @@ impl Default for Config {
             upstreams: BTreeMap::new(),
             redis_url: None,
             plans: plans::Plans::default(),
+            oidc: None,
         }
     }
 }
@@ -80,6 +86,9 @@ impl Validate for Config {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
         }
         self.plans.validate()?;
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -103,6 +112,7 @@ pub(crate) struct AppState {
     signer: TokenSigner,
     max_body_bytes: usize,
     plans: Arc<plans::Plans>,
+    jwt: Option<Arc<jwt::JwtAuthenticator>>,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -118,6 +128,7 @@ impl Gateway {
     /// `admin_key` (from `AIGRONOVA_ADMIN_KEY`) is recorded as an administrator key; without it,
     /// a first start generates one, available once through [`Gateway::generated_admin_key`].
     pub async fn build(config: &Config, signer: TokenSigner, admin_key: Option<&str>) -> anyhow::Result<Self> {
+        install_crypto_provider();
         let db = Database::connect(&config.database_url, &store::MIGRATOR).await?;
         let store = Store::new(db);
         let generated_admin_key = match admin_key {
@@ -134,6 +145,10 @@ impl Gateway {
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
+        let jwt = match &config.oidc {
+            Some(oidc) => Some(Arc::new(jwt::JwtAuthenticator::start(oidc).await?)),
+            None => None,
+        };
         let state = AppState {
             store,
             routes: Arc::new(routes),
@@ -141,6 +156,7 @@ impl Gateway {
             signer,
             max_body_bytes: config.max_body_bytes,
             plans: Arc::new(config.plans.clone()),
+            jwt,
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
