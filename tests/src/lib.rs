@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod oidc;
+
 use std::path::PathBuf;
 
 use aigronova_cli::{AppConfig, Platform};
@@ -34,6 +36,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub client: reqwest::Client,
     pub health_database_url: String,
+    pub gateway_database_url: String,
     shutdown: Shutdown,
     platform: Option<Platform>,
     postgres_databases: Vec<String>,
@@ -42,6 +45,12 @@ pub struct TestApp {
 
 /// Starts the gateway and every service in this process, on `backend`.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Like [`spawn_app`], with `configure` changing the configuration before the platform starts.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppConfig)) -> TestApp {
+    aigronova_gateway::install_crypto_provider();
     let data_dir = tempfile::tempdir().expect("temporary folder");
     let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
     config.inference = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
@@ -60,7 +69,9 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         config.healthquantum.database_url = postgres_url(&health_db);
         postgres_databases = vec![gateway_db, health_db];
     }
+    configure(&mut config);
     let health_database_url = config.healthquantum.database_url.clone();
+    let gateway_database_url = config.gateway.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
     let platform = Platform::start(&config, Some(&admin_key), shutdown.clone()).await.expect("the platform starts");
@@ -70,6 +81,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         backend,
         client: reqwest::Client::new(),
         health_database_url,
+        gateway_database_url,
         shutdown,
         platform: Some(platform),
         postgres_databases,
@@ -160,6 +172,18 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 200, "patient creation");
         response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Suspends a tenant in the gateway's database, directly.
+    pub async fn suspend_tenant(&self, tenant_id: &str) {
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.gateway_database_url).await.expect("database opens");
+        let result = sqlx::query("UPDATE tenants SET status = 'suspended' WHERE id = $1")
+            .bind(tenant_id)
+            .execute(&mut connection)
+            .await
+            .expect("tenant suspended");
+        assert_eq!(result.rows_affected(), 1, "tenant {tenant_id} exists");
     }
 
     /// Rows in a table of healthquantum's database, read directly.
