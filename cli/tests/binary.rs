@@ -104,6 +104,7 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
 /// Creates a tenant, a key, a patient and an assessment; returns the tenant key and a fragment of
 /// the patient's CPF-bearing request that must not be logged.
 async fn exercise(url: &str, admin: &str) -> (String, String) {
+    aigronova_gateway::install_crypto_provider();
     let client = reqwest::Client::new();
     let tenant: Value = client
         .post(format!("{url}/v1/admin/tenants"))

@@ -196,7 +196,7 @@ pub(crate) async fn revoke_api_key(
 }
 
 async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
-    let principal = auth::authenticate(&state.keys, headers).await?;
+    let principal = auth::authenticate(state, headers).await?;
     auth::require_scope(&principal, ADMIN_SCOPE)
 }
 

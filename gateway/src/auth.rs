@@ -1,12 +1,13 @@
-//! API keys on the way in (`Authorization: Bearer <key>`), the internal token on the way out.
+//! API keys and OIDC JWTs on the way in (`Authorization: Bearer <credential>`), the internal token
+//! on the way out.
 
 use axum::http::{HeaderMap, header};
 
-use crate::{keys::KeyCache, problem::Problem, store::Principal};
+use crate::{AppState, jwt, problem::Problem, store::Principal};
 
-/// The principal of the request's API key; 401 when the key is missing, malformed, unknown,
-/// revoked or expired.
-pub(crate) async fn authenticate(keys: &KeyCache, headers: &HeaderMap) -> Result<Principal, Problem> {
+/// The principal of the request's API key, or of its JWT when OIDC is configured; 401 when the
+/// credential is missing, malformed, unknown or (for a JWT) not valid.
+pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, Problem> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -14,7 +15,12 @@ pub(crate) async fn authenticate(keys: &KeyCache, headers: &HeaderMap) -> Result
         .map(str::trim)
         .filter(|key| !key.is_empty())
         .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
-    let principal = keys.principal(key).await.map_err(|error| {
+    if let Some(authenticator) = &state.jwt
+        && jwt::looks_like_jwt(key)
+    {
+        return authenticator.principal(&state.store, key).await;
+    }
+    let principal = state.keys.principal(key).await.map_err(|error| {
         tracing::error!(%error, "API key lookup failed");
         Problem::internal()
     })?;

@@ -1,6 +1,6 @@
-//! The AigroNova HTTP edge. It authenticates API keys, owns tenants and keys, and turns JSON
-//! calls into gRPC calls to the service that owns each route, with routes, scopes and owners
-//! read from the descriptor set at start-up.
+//! The AigroNova HTTP edge. It authenticates API keys and OIDC JWTs, owns tenants and keys, and
+//! turns JSON calls into gRPC calls to the service that owns each route, with routes, scopes and
+//! owners read from the descriptor set at start-up.
 
 #![forbid(unsafe_code)]
 
@@ -8,6 +8,8 @@ mod admin;
 mod auth;
 pub mod cors;
 mod decompress;
+mod jwks;
+pub mod jwt;
 mod keys;
 mod metrics;
 pub mod plans;
@@ -37,6 +39,7 @@ use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub use jwks::install_crypto_provider;
 pub use problem::Problem;
 pub use resilience::{CircuitBreakerConfig, RetryConfig};
 
@@ -79,6 +82,8 @@ pub struct Config {
     pub cors: cors::CorsConfig,
     /// How rate limits and quotas behave (Redis failures, key prefix).
     pub rate_limit: ratelimit::RateLimitConfig,
+    /// An OIDC provider whose JWTs are accepted beside API keys; unset: API keys only.
+    pub oidc: Option<jwt::OidcConfig>,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             key_cache_secs: 30,
             cors: cors::CorsConfig::default(),
             rate_limit: ratelimit::RateLimitConfig::default(),
+            oidc: None,
         }
     }
 }
@@ -117,6 +123,9 @@ impl Validate for Config {
         self.cors.validate()?;
         self.rate_limit.validate()?;
         resilience::validate(self)?;
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
+        }
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -144,6 +153,7 @@ pub(crate) struct AppState {
     keys: keys::KeyCache,
     invalidation: keys::Invalidation,
     limiter: ratelimit::RateLimiter,
+    jwt: Option<Arc<jwt::JwtAuthenticator>>,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -160,6 +170,7 @@ impl Gateway {
     /// `admin_key` (from `AIGRONOVA_ADMIN_KEY`) is recorded as an administrator key; without it,
     /// a first start generates one, available once through [`Gateway::generated_admin_key`].
     pub async fn build(config: &Config, signer: TokenSigner, admin_key: Option<&str>) -> anyhow::Result<Self> {
+        install_crypto_provider();
         let db = Database::connect(&config.database_url, &store::MIGRATOR).await?;
         let store = Store::new(db);
         let generated_admin_key = match admin_key {
@@ -181,6 +192,10 @@ impl Gateway {
         let invalidation =
             keys::Invalidation::new(keys.clone(), config.redis_url.as_deref(), &config.rate_limit.redis_key_prefix)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
+        let jwt = match &config.oidc {
+            Some(oidc) => Some(Arc::new(jwt::JwtAuthenticator::start(oidc).await?)),
+            None => None,
+        };
         let state = AppState {
             store,
             routes: Arc::new(routes),
@@ -192,6 +207,7 @@ impl Gateway {
             keys: keys.clone(),
             invalidation: invalidation.clone(),
             limiter,
+            jwt,
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;

@@ -30,6 +30,9 @@ pub(crate) struct ProblemDocument {
     pub(crate) field: Option<String>,
     #[serde(skip)]
     pub(crate) retry_after: Option<u64>,
+    /// The `WWW-Authenticate` challenge of a 401.
+    #[serde(skip)]
+    pub(crate) www_authenticate: Option<&'static str>,
 }
 
 impl Problem {
@@ -45,6 +48,7 @@ impl Problem {
             request_id: None,
             field: None,
             retry_after: None,
+            www_authenticate: None,
         }))
     }
 
@@ -60,6 +64,13 @@ impl Problem {
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, detail)
+    }
+
+    /// A 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).
+    pub fn invalid_token(detail: impl Into<String>) -> Self {
+        let mut problem = Self::unauthorized(detail);
+        problem.0.www_authenticate = Some(r#"Bearer error="invalid_token""#);
+        problem
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -107,11 +118,15 @@ impl IntoResponse for Problem {
         }
         let status = StatusCode::from_u16(document.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = document.retry_after;
+        let www_authenticate = document.www_authenticate;
         let mut response = (status, Json(document)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(challenge) = www_authenticate {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         response
     }

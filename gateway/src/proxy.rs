@@ -57,7 +57,7 @@ pub(crate) struct RequestFacts {
 
 /// `GET /metrics`: for keys with the `metrics:read` or `admin` scope.
 pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let principal = auth::authenticate(&state.keys, &headers).await?;
+    let principal = auth::authenticate(&state, &headers).await?;
     if !principal.has_scope(ADMIN_SCOPE) {
         auth::require_scope(&principal, METRICS_SCOPE)?;
     }
@@ -85,7 +85,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     };
     let route = matched.route;
     facts.route = Some(route.template.clone());
-    let principal = auth::authenticate(&state.keys, &parts.headers).await?;
+    let principal = auth::authenticate(state, &parts.headers).await?;
     let tenant_id = auth::require_tenant(&principal)?;
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;

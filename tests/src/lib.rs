@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod oidc;
+
 use std::{net::TcpStream, path::PathBuf, time::Duration};
 
 use aigronova_cli::{AppConfig, Platform};
@@ -52,6 +54,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub health_database_url: String,
     health_grpc_addr: std::net::SocketAddr,
+    pub gateway_database_url: String,
     shutdown: Shutdown,
     gateway_config: aigronova_gateway::Config,
     signing_key: String,
@@ -74,6 +77,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// Starts the platform as [`spawn_app`] does, with `tweak` applied to its configuration last.
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)) -> TestApp {
+    aigronova_gateway::install_crypto_provider();
     let data_dir = tempfile::tempdir().expect("temporary folder");
     let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
     config.inference = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
@@ -97,6 +101,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
     tweak(&mut config);
     let signing_key = config.internal_auth.signing_key.clone().expect("a signing key");
     let health_database_url = config.healthquantum.database_url.clone();
+    let gateway_database_url = config.gateway.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
     let platform = Platform::start(&config, Some(&admin_key), shutdown.clone()).await.expect("the platform starts");
@@ -111,6 +116,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         client: reqwest::Client::new(),
         health_database_url,
         health_grpc_addr,
+        gateway_database_url,
         shutdown,
         running: Some(Running::Platform(Box::new(platform))),
         postgres_databases,
@@ -139,6 +145,7 @@ pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppCo
         client: reqwest::Client::new(),
         health_database_url: String::new(),
         health_grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        gateway_database_url: config.gateway.database_url.clone(),
         gateway_config: config.gateway.clone(),
         signing_key,
         replicas: Vec::new(),
@@ -261,6 +268,14 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 200, "patient creation");
         response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Suspends a tenant through the admin API.
+    pub async fn suspend_tenant(&self, tenant_id: &str) {
+        let response = self
+            .patch(&format!("/v1/admin/tenants/{tenant_id}"), &self.admin_key, &json!({"status": "suspended"}))
+            .await;
+        assert_eq!(response.status(), 200, "tenant {tenant_id} suspended");
     }
 
     /// Rows in a table of healthquantum's database, read directly.

@@ -3,6 +3,7 @@
 mod admin;
 mod bad_input;
 mod edge;
+mod jwt;
 mod ratelimit;
 mod resilience;
 mod scoring;

@@ -1,0 +1,438 @@
+//! JWTs from an OIDC provider as bearer credentials, beside API keys: signature checked against the
+//! provider's JWKS (RS256, ES256 or EdDSA, the algorithm bound to the key's type), `exp`, `nbf`,
+//! `iss` and `aud` checked with a small leeway, and the tenant and scopes read from configured claims.
+//! Every failure is a 401 with `WWW-Authenticate: Bearer error="invalid_token"`; tokens are never logged.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use aigronova_platform::config::{ConfigError, Validate};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{
+    jwks::Jwks,
+    problem::Problem,
+    store::{ADMIN_SCOPE, Principal, Store},
+};
+
+/// Longest bearer token worth decoding.
+const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Longest `sub` kept in the principal (it becomes the subject of the internal token).
+const MAX_SUBJECT_CHARS: usize = 255;
+/// A leeway larger than this would let expired tokens in for minutes.
+const MAX_LEEWAY_SECS: u64 = 300;
+
+/// The signature algorithms the gateway can accept. HS* (a shared secret) and `none` are not
+/// among them on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+impl SigningAlgorithm {
+    fn of(algorithm: Algorithm) -> Option<Self> {
+        match algorithm {
+            Algorithm::RS256 => Some(Self::RS256),
+            Algorithm::ES256 => Some(Self::ES256),
+            Algorithm::EdDSA => Some(Self::EdDSA),
+            _ => None,
+        }
+    }
+}
+
+/// An OpenID Connect provider whose access tokens the gateway accepts (`[gateway.oidc]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The `iss` every token must carry, exactly as the provider writes it
+    /// (e.g. `https://login.example.com/realms/aigronova`).
+    pub issuer: String,
+    /// The `aud` every token must contain: this API's identifier at the provider.
+    pub audience: String,
+    /// Where the provider publishes its signing keys: an `https://` URL (`http://` only on a
+    /// loopback host).
+    pub jwks_url: String,
+    /// The claim naming the tenant (a tenant id of this gateway).
+    pub tenant_claim: String,
+    /// The claim holding the scopes: a space-separated string or an array of strings.
+    pub scopes_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 300).
+    pub leeway_secs: u64,
+    /// How long fetched keys are used before they are fetched again, in seconds.
+    pub jwks_refresh_secs: u64,
+    /// Least time between two fetches of the JWKS, in seconds, however many unknown `kid`s arrive.
+    pub jwks_min_refresh_interval_secs: u64,
+    /// Algorithms accepted, among `RS256`, `ES256` and `EdDSA`.
+    pub allowed_algorithms: Vec<SigningAlgorithm>,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            audience: String::new(),
+            jwks_url: String::new(),
+            tenant_claim: "tenant_id".into(),
+            scopes_claim: "scope".into(),
+            leeway_secs: 30,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_interval_secs: 10,
+            allowed_algorithms: vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256, SigningAlgorithm::EdDSA],
+        }
+    }
+}
+
+impl Validate for OidcConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let required = [
+            ("issuer", &self.issuer),
+            ("audience", &self.audience),
+            ("jwks_url", &self.jwks_url),
+            ("tenant_claim", &self.tenant_claim),
+            ("scopes_claim", &self.scopes_claim),
+        ];
+        for (name, value) in required {
+            if value.trim().is_empty() {
+                return Err(ConfigError(format!("gateway.oidc.{name} must be set")));
+            }
+        }
+        check_jwks_url(&self.jwks_url)?;
+        if self.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(ConfigError(format!("gateway.oidc.leeway_secs must be at most {MAX_LEEWAY_SECS}")));
+        }
+        if self.jwks_refresh_secs == 0 {
+            return Err(ConfigError("gateway.oidc.jwks_refresh_secs must be positive".into()));
+        }
+        if self.allowed_algorithms.is_empty() {
+            return Err(ConfigError("gateway.oidc.allowed_algorithms must name at least one algorithm".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Keys travel in clear over `http://`, so only a provider on this machine may use it.
+fn check_jwks_url(url: &str) -> Result<(), ConfigError> {
+    let invalid = |why: &str| ConfigError(format!("gateway.oidc.jwks_url {why}, got {url:?}"));
+    let parsed = reqwest::Url::parse(url).map_err(|_| invalid("must be a URL"))?;
+    let host = parsed.host_str().ok_or_else(|| invalid("must name a host"))?;
+    let loopback = host == "localhost"
+        || host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => Err(invalid("must be https:// (http:// only on a loopback host)")),
+    }
+}
+
+/// Whether a bearer credential is a JWS compact token: three base64url segments whose first
+/// decodes to a JSON object with an `alg`. API keys (`agk_…`) never are.
+pub(crate) fn looks_like_jwt(credential: &str) -> bool {
+    let mut segments = credential.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (segments.next(), segments.next(), segments.next(), segments.next())
+    else {
+        return false;
+    };
+    let base64url = |segment: &str| segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if header.is_empty() || payload.is_empty() || ![header, payload, signature].into_iter().all(base64url) {
+        return false;
+    }
+    URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Map<String, Value>>(&json).ok())
+        .is_some_and(|header| header.get("alg").is_some_and(Value::is_string))
+}
+
+/// Why a token was refused; the message is the problem's detail, and says nothing of the token.
+#[derive(Debug, thiserror::Error)]
+enum TokenError {
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm is not accepted; use one of {0}")]
+    AlgorithmNotAccepted(String),
+    #[error("the token has no `kid` header naming its signing key")]
+    MissingKeyId,
+    #[error("the token's signing key is not published by the identity provider")]
+    UnknownKey,
+    #[error("the token's algorithm does not match its signing key")]
+    KeyMismatch,
+    #[error("the token's signature is not valid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's issuer is not accepted")]
+    Issuer,
+    #[error("the token is not meant for this API (audience)")]
+    Audience,
+    #[error("the token lacks the {0:?} claim")]
+    MissingClaim(String),
+    #[error("the token's {0:?} claim is malformed")]
+    MalformedClaim(String),
+    #[error("the token's tenant is not known to this gateway")]
+    UnknownTenant,
+}
+
+/// What a valid token says.
+struct VerifiedClaims {
+    subject: String,
+    tenant_id: String,
+    scopes: Vec<String>,
+}
+
+/// Verifies JWTs of one OIDC provider and turns them into principals.
+pub(crate) struct JwtAuthenticator {
+    jwks: Arc<Jwks>,
+    issuer: String,
+    audience: String,
+    tenant_claim: String,
+    scopes_claim: String,
+    leeway_secs: u64,
+    allowed: Vec<SigningAlgorithm>,
+}
+
+impl JwtAuthenticator {
+    /// Prepares the verifier and fetches the JWKS once; a provider that is down only logs a
+    /// warning, and the keys are fetched again when the first token arrives.
+    pub(crate) async fn start(config: &OidcConfig) -> anyhow::Result<Self> {
+        let jwks = Jwks::new(
+            &config.jwks_url,
+            Duration::from_secs(config.jwks_refresh_secs),
+            Duration::from_secs(config.jwks_min_refresh_interval_secs),
+        )?;
+        jwks.refresh().await;
+        Ok(Self {
+            jwks,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            tenant_claim: config.tenant_claim.clone(),
+            scopes_claim: config.scopes_claim.clone(),
+            leeway_secs: config.leeway_secs,
+            allowed: config.allowed_algorithms.clone(),
+        })
+    }
+
+    /// The principal of a valid token whose tenant exists in the gateway's store; 401 otherwise.
+    /// The `admin` scope is never granted by a token: administration stays with API keys.
+    pub(crate) async fn principal(&self, store: &Store, token: &str) -> Result<Principal, Problem> {
+        let claims = self.verify(token).await.map_err(refused)?;
+        let tenant = store.tenant(&claims.tenant_id).await.map_err(|error| {
+            tracing::error!(%error, "tenant lookup failed");
+            Problem::internal()
+        })?;
+        let tenant = tenant.ok_or(TokenError::UnknownTenant).map_err(refused)?;
+        Ok(Principal {
+            key_id: format!("jwt:{}", claims.subject),
+            tenant_id: Some(tenant.id),
+            tenant_status: Some(tenant.status),
+            tenant_plan: Some(tenant.plan),
+            scopes: claims.scopes,
+            // `exp` was checked just now, and a JWT principal is never cached.
+            expire_time: None,
+        })
+    }
+
+    async fn verify(&self, token: &str) -> Result<VerifiedClaims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let header = token_header(token)?;
+        let algorithm = header
+            .alg
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|algorithm| SigningAlgorithm::of(*algorithm).is_some_and(|alg| self.allowed.contains(&alg)))
+            .ok_or_else(|| TokenError::AlgorithmNotAccepted(self.allowed_names()))?;
+        let kid = header.kid.filter(|kid| !kid.is_empty()).ok_or(TokenError::MissingKeyId)?;
+        let key = self.jwks.key(&kid).await.ok_or(TokenError::UnknownKey)?;
+        if key.kind.algorithm() != algorithm {
+            return Err(TokenError::KeyMismatch);
+        }
+        let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding_key, &self.validation(algorithm))
+            .map_err(|error| token_error(error.into_kind()))?
+            .claims;
+        self.claims(claims)
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = self.leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation
+    }
+
+    fn claims(&self, mut claims: Map<String, Value>) -> Result<VerifiedClaims, TokenError> {
+        let subject = match claims.remove("sub") {
+            Some(Value::String(sub)) if !sub.is_empty() && sub.chars().count() <= MAX_SUBJECT_CHARS => sub,
+            _ => return Err(TokenError::MalformedClaim("sub".into())),
+        };
+        let tenant_id = match claims.remove(&self.tenant_claim) {
+            Some(Value::String(tenant)) if !tenant.is_empty() => tenant,
+            Some(_) => return Err(TokenError::MalformedClaim(self.tenant_claim.clone())),
+            None => return Err(TokenError::MissingClaim(self.tenant_claim.clone())),
+        };
+        let scopes: Vec<String> = match claims.remove(&self.scopes_claim) {
+            None => Vec::new(),
+            Some(Value::String(scopes)) => scopes.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(scopes)) => scopes
+                .into_iter()
+                .map(|scope| match scope {
+                    Value::String(scope) => Ok(scope),
+                    _ => Err(TokenError::MalformedClaim(self.scopes_claim.clone())),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(TokenError::MalformedClaim(self.scopes_claim.clone())),
+        };
+        let scopes = scopes.into_iter().filter(|scope| scope != ADMIN_SCOPE).collect();
+        Ok(VerifiedClaims { subject, tenant_id, scopes })
+    }
+
+    fn allowed_names(&self) -> String {
+        let names: Vec<&str> = self
+            .allowed
+            .iter()
+            .map(|alg| match alg {
+                SigningAlgorithm::RS256 => "RS256",
+                SigningAlgorithm::ES256 => "ES256",
+                SigningAlgorithm::EdDSA => "EdDSA",
+            })
+            .collect();
+        names.join(", ")
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenHeader {
+    alg: String,
+    kid: Option<String>,
+}
+
+/// The JOSE header, read before the signature is checked only to pick the key.
+fn token_header(token: &str) -> Result<TokenHeader, TokenError> {
+    let header = token.split('.').next().ok_or(TokenError::Malformed)?;
+    let json = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
+}
+
+fn token_error(kind: ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::Signature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenError::Issuer,
+        ErrorKind::InvalidAudience => TokenError::Audience,
+        ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim),
+        ErrorKind::InvalidClaimFormat(claim) => TokenError::MalformedClaim(claim),
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_) => TokenError::KeyMismatch,
+        _ => TokenError::Malformed,
+    }
+}
+
+fn refused(error: TokenError) -> Problem {
+    tracing::debug!(reason = %error, "bearer token refused");
+    Problem::invalid_token(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_jws_compact_tokens_with_an_alg_look_like_jwts() {
+        let header = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        let rs256 = header(r#"{"alg":"RS256","kid":"k"}"#);
+        let none = header(r#"{"alg":"none"}"#);
+        let no_alg = header(r#"{"typ":"JWT"}"#);
+        let cases = [
+            (format!("{rs256}.e30.c2ln"), true),
+            (format!("{none}.e30."), true),
+            ("agk_0123456789abcdef".to_owned(), false),
+            (format!("{no_alg}.e30.c2ln"), false),
+            (format!("{rs256}.e30"), false),
+            (format!("{rs256}.e30.c2ln.c2ln"), false),
+            (format!("{rs256}..c2ln"), false),
+            (format!("{rs256}.e30.c2l+"), false),
+            ("a.b.c".to_owned(), false),
+        ];
+        for (credential, expected) in cases {
+            assert_eq!(looks_like_jwt(&credential), expected, "{credential}");
+        }
+    }
+
+    #[test]
+    fn bad_oidc_settings_are_refused() {
+        let valid = OidcConfig {
+            issuer: "https://login.example.com".into(),
+            audience: "aigronova".into(),
+            jwks_url: "https://login.example.com/jwks".into(),
+            ..OidcConfig::default()
+        };
+        assert!(valid.validate().is_ok());
+        type Change = fn(&mut OidcConfig);
+        let cases: [(&str, Change); 8] = [
+            ("no issuer", |c| c.issuer.clear()),
+            ("no audience", |c| c.audience.clear()),
+            ("plain http to another host", |c| c.jwks_url = "http://login.example.com/jwks".into()),
+            ("not a URL", |c| c.jwks_url = "login.example.com/jwks".into()),
+            ("no tenant claim", |c| c.tenant_claim = " ".into()),
+            ("a leeway of an hour", |c| c.leeway_secs = 3600),
+            ("a cache that never lives", |c| c.jwks_refresh_secs = 0),
+            ("no algorithm", |c| c.allowed_algorithms.clear()),
+        ];
+        for (case, change) in cases {
+            let mut config = valid.clone();
+            change(&mut config);
+            assert!(config.validate().is_err(), "{case} was accepted");
+        }
+        for url in ["http://127.0.0.1:8081/jwks", "http://localhost/jwks", "http://[::1]:9000/jwks"] {
+            let config = OidcConfig { jwks_url: url.into(), ..valid.clone() };
+            assert!(config.validate().is_ok(), "{url} was refused");
+        }
+    }
+
+    #[test]
+    fn an_oidc_section_with_only_the_provider_takes_the_defaults() {
+        let section = serde_json::json!({
+            "issuer": "https://login.example.com",
+            "audience": "aigronova",
+            "jwks_url": "https://login.example.com/jwks",
+        });
+        let config: OidcConfig = serde_json::from_value(section).unwrap();
+        assert_eq!((config.tenant_claim.as_str(), config.scopes_claim.as_str()), ("tenant_id", "scope"));
+        assert_eq!(
+            (config.leeway_secs, config.jwks_refresh_secs, config.jwks_min_refresh_interval_secs),
+            (30, 300, 10)
+        );
+        assert_eq!(
+            config.allowed_algorithms,
+            [SigningAlgorithm::RS256, SigningAlgorithm::ES256, SigningAlgorithm::EdDSA]
+        );
+        assert!(config.validate().is_ok());
+        let typo =
+            serde_json::json!({"issuer": "https://login.example.com", "jwks_uri": "https://login.example.com/jwks"});
+        assert!(serde_json::from_value::<OidcConfig>(typo).is_err(), "an unknown field is refused");
+    }
+
+    #[test]
+    fn hs256_and_none_cannot_be_configured() {
+        for name in ["HS256", "none", "PS256"] {
+            let parsed = serde_json::from_value::<SigningAlgorithm>(Value::String(name.into()));
+            assert!(parsed.is_err(), "{name} was accepted");
+        }
+    }
+}

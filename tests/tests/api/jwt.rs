@@ -1,0 +1,260 @@
+//! JWTs from an OIDC provider at the gateway: a fake provider serves a JWKS on a loopback port and
+//! signs tokens with test-only RS256, ES256 and EdDSA keys.
+
+use std::time::Duration;
+
+use aigronova_e2e::{
+    Backend, TestApp, assert_problem,
+    oidc::{FakeOidcProvider, TestKey, unix_now},
+    spawn_app, spawn_app_with,
+};
+use aigronova_gateway::jwt::OidcConfig;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Map, Value, json};
+
+const READ_WRITE: &str = "health:read health:write";
+
+async fn app_trusting(provider: &FakeOidcProvider, backend: Backend, change: impl FnOnce(&mut OidcConfig)) -> TestApp {
+    let mut oidc = provider.config();
+    change(&mut oidc);
+    spawn_app_with(backend, |config| config.gateway.oidc = Some(oidc)).await
+}
+
+/// Checks a 401 problem with the RFC 6750 challenge, and returns the problem.
+async fn assert_invalid_token(response: reqwest::Response) -> Value {
+    let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let problem = assert_problem(response, 401).await;
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer error="invalid_token""#), "challenge of {problem}");
+    problem
+}
+
+fn patient() -> Value {
+    json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"})
+}
+
+#[tokio::test]
+async fn tokens_signed_with_rs256_es256_and_eddsa_keys_reach_the_health_api() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let keys = [TestKey::rsa("rsa-1"), TestKey::p256("p256-1"), TestKey::ed25519("ed25519-1")];
+        let provider = FakeOidcProvider::start(&keys.iter().collect::<Vec<_>>()).await;
+        let app = app_trusting(&provider, backend, |_| {}).await;
+        let tenant = app.create_tenant("Clínica JWT").await;
+        for key in &keys {
+            let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+            let id = app.create_patient(&token).await;
+            let response = app.get(&format!("/v1/health/patients/{id}"), &token).await;
+            assert_eq!(response.status(), 200, "{:?} on {backend:?}", key.algorithm);
+        }
+        // Scopes as an array, and a token that expired within the leeway, are accepted too.
+        let mut claims = provider.claims(&tenant, "");
+        claims.insert("scope".into(), json!(["health:read", "health:write"]));
+        claims.insert("exp".into(), json!(unix_now() - 10));
+        let response = app.post("/v1/health/patients", &keys[0].sign(&claims), &patient()).await;
+        assert_eq!(response.status(), 200, "array scopes, expired 10 s ago, on {backend:?}");
+        // API keys keep working beside JWTs.
+        let api_key = app.create_key(&tenant, &["health:read", "health:write"]).await;
+        app.create_patient(&api_key).await;
+        assert_eq!(app.count_health_rows("patients").await, 5, "{backend:?}");
+        app.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_token_without_the_scope_of_the_route_gets_403() {
+    let key = TestKey::ed25519("ed25519-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let read_only = key.sign(&provider.claims(&tenant, "health:read"));
+    assert_problem(app.post("/v1/health/patients", &read_only, &patient()).await, 403).await;
+    // A token never carries the admin scope, whatever the provider says.
+    let admin = key.sign(&provider.claims(&tenant, "admin health:write"));
+    let response = app.post("/v1/admin/tenants", &admin, &json!({"name": "X", "plan": "starter"})).await;
+    assert_problem(response, 403).await;
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_of_a_suspended_tenant_gets_403() {
+    let key = TestKey::rsa("rsa-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+    app.create_patient(&token).await;
+    app.suspend_tenant(&tenant).await;
+    assert_problem(app.post("/v1/health/patients", &token, &patient()).await, 403).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
+    let rsa = TestKey::rsa("rsa-1");
+    let p256 = TestKey::p256("p256-1");
+    let provider = FakeOidcProvider::start(&[&rsa, &p256]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let now = unix_now();
+    let claims = provider.claims(&tenant, READ_WRITE);
+    let with = |changes: Value| {
+        let mut claims = claims.clone();
+        for (name, value) in changes.as_object().unwrap() {
+            if value.is_null() {
+                claims.remove(name);
+            } else {
+                claims.insert(name.clone(), value.clone());
+            }
+        }
+        claims
+    };
+    let b64 = |json: &Value| URL_SAFE_NO_PAD.encode(json.to_string());
+    let hs256_with_public_key = {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("rsa-1".into());
+        let secret = aigronova_e2e::oidc::fixture("rsa-1.pub.pem");
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret.as_bytes()).unwrap()).unwrap()
+    };
+    let tampered = {
+        let token = rsa.sign(&claims);
+        let parts: Vec<&str> = token.split('.').collect();
+        let escalated = with(json!({"scope": "health:read health:write governance:admin"}));
+        format!("{}.{}.{}", parts[0], b64(&Value::Object(escalated)), parts[2])
+    };
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "alg none",
+            format!("{}.{}.", b64(&json!({"alg": "none", "kid": "rsa-1"})), b64(&Value::Object(claims.clone()))),
+        ),
+        ("HS256 keyed with the RSA public key", hs256_with_public_key),
+        ("signed by a key the provider does not publish", TestKey::rsa_rotated("x").sign_as("rsa-1", &claims)),
+        ("ES256 naming the RSA key", p256.sign_as("rsa-1", &claims)),
+        ("unknown kid", rsa.sign_as("no-such-kid", &claims)),
+        ("tampered payload", tampered),
+        ("wrong issuer", rsa.sign(&with(json!({"iss": "https://evil.example.com"})))),
+        ("wrong audience", rsa.sign(&with(json!({"aud": "another-api"})))),
+        ("expired", rsa.sign(&with(json!({"exp": now - 120})))),
+        ("not valid before the future", rsa.sign(&with(json!({"nbf": now + 120})))),
+        ("no exp", rsa.sign(&with(json!({"exp": null})))),
+        ("no sub", rsa.sign(&with(json!({"sub": null})))),
+        ("no tenant claim", rsa.sign(&with(json!({"tenant_id": null})))),
+        ("unknown tenant", rsa.sign(&with(json!({"tenant_id": "no-such-tenant"})))),
+        ("scopes neither a string nor an array", rsa.sign(&with(json!({"scope": 7})))),
+    ];
+    for (case, token) in cases {
+        let response = app.post("/v1/health/patients", &token, &patient()).await;
+        let problem = assert_invalid_token(response).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(!detail.contains(&token), "{case}: the detail repeats the token");
+        eprintln!("{case}: {detail}");
+    }
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_jwt_is_an_unknown_api_key_when_no_oidc_provider_is_configured() {
+    let key = TestKey::rsa("rsa-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+    assert_problem(app.post("/v1/health/patients", &token, &patient()).await, 401).await;
+    assert_eq!(provider.fetches(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_follows_a_key_rotation_with_one_fetch_for_concurrent_requests() {
+    let old = TestKey::rsa("2026-01");
+    let provider = FakeOidcProvider::start(&[&old]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    assert_eq!(provider.fetches(), 1, "the JWKS is fetched at start-up");
+    let tenant = app.create_tenant("Clínica").await;
+    let claims = provider.claims(&tenant, READ_WRITE);
+    app.create_patient(&old.sign(&claims)).await;
+    assert_eq!(provider.fetches(), 1, "a known kid needs no fetch");
+
+    let new = TestKey::rsa_rotated("2026-02");
+    provider.publish(&[&new]);
+    app.create_patient(&new.sign(&claims)).await;
+    assert_eq!(provider.fetches(), 2, "the unknown kid made the gateway fetch the JWKS once");
+    let response = app.post("/v1/health/patients", &old.sign(&claims), &patient()).await;
+    assert_invalid_token(response).await;
+    assert_eq!(provider.fetches(), 3, "the retired kid is unknown again");
+
+    // Eight requests with the next key arrive while the provider is slow to answer: one fetch.
+    let next = TestKey::rsa("2026-03");
+    provider.publish(&[&new, &next]);
+    provider.delay_answers(Duration::from_millis(300));
+    let token = next.sign(&claims);
+    let path = format!("/v1/health/patients/{}", uuid::Uuid::new_v4());
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let request = app.client.get(app.url(&path)).bearer_auth(&token);
+        requests.spawn(async move { request.send().await.expect("request sent").status().as_u16() });
+    }
+    while let Some(status) = requests.join_next().await {
+        assert_eq!(status.unwrap(), 404, "the token is accepted and the patient does not exist");
+    }
+    assert_eq!(provider.fetches(), 4, "concurrent requests with one unknown kid share one fetch");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn known_keys_keep_working_while_the_jwks_endpoint_fails() {
+    let key = TestKey::p256("p256-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+    app.create_patient(&token).await;
+    assert_eq!(provider.fetches(), 1);
+
+    provider.fail(true);
+    let unknown = key.sign_as("p256-2", &provider.claims(&tenant, READ_WRITE));
+    assert_invalid_token(app.post("/v1/health/patients", &unknown, &patient()).await).await;
+    assert_eq!(provider.fetches(), 2, "the unknown kid made the gateway try a fetch");
+    app.create_patient(&token).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_expired_jwks_cache_is_refreshed_in_the_background_and_kept_when_that_fails() {
+    let key = TestKey::rsa("rsa-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |oidc| oidc.jwks_refresh_secs = 1).await;
+    assert_eq!(provider.fetches(), 1);
+    let tenant = app.create_tenant("Clínica").await;
+    let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    provider.fail(true);
+    app.create_patient(&token).await;
+    for _ in 0..100 {
+        if provider.fetches() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(provider.fetches(), 2, "the request that found the cache expired started one refresh");
+    app.create_patient(&token).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_kids_do_not_make_the_gateway_fetch_more_often_than_the_minimum_interval() {
+    let key = TestKey::ed25519("ed25519-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |oidc| oidc.jwks_min_refresh_interval_secs = 600).await;
+    assert_eq!(provider.fetches(), 1);
+    let tenant = app.create_tenant("Clínica").await;
+    let claims: Map<String, Value> = provider.claims(&tenant, READ_WRITE);
+    for attempt in 0..5 {
+        let token = key.sign_as(&format!("made-up-{attempt}"), &claims);
+        assert_invalid_token(app.post("/v1/health/patients", &token, &patient()).await).await;
+    }
+    assert_eq!(provider.fetches(), 1, "made-up kids within the interval cause no fetch");
+    app.create_patient(&key.sign(&claims)).await;
+    app.stop().await;
+}
