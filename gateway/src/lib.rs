@@ -7,6 +7,7 @@
 mod admin;
 mod auth;
 mod metrics;
+pub mod openapi;
 pub mod plans;
 mod problem;
 mod proxy;
@@ -103,6 +104,7 @@ pub(crate) struct AppState {
     signer: TokenSigner,
     max_body_bytes: usize,
     plans: Arc<plans::Plans>,
+    api_docs: Arc<openapi::ApiDocs>,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -133,6 +135,7 @@ impl Gateway {
         };
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
+        let api_docs = openapi::ApiDocs::new(&routes, &pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let state = AppState {
             store,
@@ -141,6 +144,7 @@ impl Gateway {
             signer,
             max_body_bytes: config.max_body_bytes,
             plans: Arc::new(config.plans.clone()),
+            api_docs: Arc::new(api_docs),
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
@@ -170,6 +174,8 @@ fn app(state: AppState) -> Router {
         .route("/healthz", get(proxy::healthz))
         .route("/readyz", get(proxy::readyz))
         .route("/metrics", get(proxy::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs_page))
         .route("/v1/admin/tenants", post(admin::create_tenant))
         .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key))
         .fallback(proxy::transcode)
