@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "aigronova/common/v1/options.proto",
     "aigronova/common/v1/common.proto",
     "aigronova/common/v1/data_subject.proto",
+    "aigronova/common/v1/models.proto",
     "aigronova/health/v1/health.proto",
 ];
 

@@ -4,17 +4,18 @@ use std::collections::BTreeSet;
 
 use axum::{
     Json,
-    extract::{Path, Request, State},
-    http::StatusCode,
+    extract::{Path, Query, Request, State, rejection::QueryRejection},
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{
     AppState, auth,
     problem::Problem,
     proxy::read_body,
-    store::{ADMIN_SCOPE, Plan},
+    store::{ADMIN_SCOPE, Plan, TenantStatus},
 };
 
 const MAX_NAME_CHARS: usize = 200;
@@ -27,11 +28,35 @@ struct CreateTenant {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateApiKey {
     name: String,
     scopes: Vec<String>,
+    /// RFC 3339; the key stops working then.
+    #[serde(default, alias = "expire_time")]
+    expire_time: Option<String>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateTenant {
+    #[serde(default)]
+    plan: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(crate) struct ListQuery {
+    #[serde(default, alias = "page_size")]
+    page_size: Option<i64>,
+    #[serde(default, alias = "page_token")]
+    page_token: Option<String>,
+}
+
+const DEFAULT_PAGE_SIZE: i64 = 50;
+const MAX_PAGE_SIZE: i64 = 500;
 
 /// `POST /v1/admin/tenants` `{"name", "plan"}` → 201 with the tenant.
 pub(crate) async fn create_tenant(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
@@ -57,19 +82,147 @@ pub(crate) async fn create_api_key(
     let input: CreateApiKey = admin_body(&state, request).await?;
     let name = valid_name(&input.name)?;
     let scopes = valid_scopes(&state, &input.scopes)?;
-    if state.store.tenant(&tenant_id).await.map_err(store_failure)?.is_none() {
-        return Err(Problem::not_found(format!("tenant {tenant_id:?} not found")));
-    }
-    let issued = state.store.issue_key(Some(&tenant_id), name, &scopes).await.map_err(store_failure)?;
+    let expire_time = input.expire_time.as_deref().map(valid_expiry).transpose()?;
+    existing_tenant(&state, &tenant_id).await?;
+    let issued = state.store.issue_key(Some(&tenant_id), name, &scopes, expire_time).await.map_err(store_failure)?;
     tracing::info!(tenant_id = %tenant_id, key_id = %issued.id, "API key issued");
     Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+/// `GET /v1/admin/tenants?pageSize=&pageToken=` → `{"tenants": [...], "nextPageToken"}`.
+pub(crate) async fn list_tenants(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers).await?;
+    let Query(query) = query.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+        return Err(Problem::invalid_field("pageSize", format!("pageSize must be between 1 and {MAX_PAGE_SIZE}")));
+    }
+    let after = query.page_token.filter(|token| !token.is_empty());
+    let tenants = state.store.list_tenants(after.as_deref(), page_size).await.map_err(store_failure)?;
+    let next_page_token = match tenants.last() {
+        Some(last) if tenants.len() as i64 == page_size => last.id.clone(),
+        _ => String::new(),
+    };
+    Ok(Json(serde_json::json!({"tenants": tenants, "nextPageToken": next_page_token})).into_response())
+}
+
+/// `GET /v1/admin/tenants/{tenant_id}`.
+pub(crate) async fn get_tenant(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers).await?;
+    Ok(Json(existing_tenant(&state, &tenant_id).await?).into_response())
+}
+
+/// `PATCH /v1/admin/tenants/{tenant_id}` `{"plan"?, "status"?: "active" | "suspended"}`.
+/// Takes effect at once: the tenant's cached keys are evicted on every replica.
+pub(crate) async fn update_tenant(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    request: Request,
+) -> Result<Response, Problem> {
+    let input: UpdateTenant = admin_body(&state, request).await?;
+    let plan = input
+        .plan
+        .as_deref()
+        .map(|plan| {
+            Plan::parse(plan).ok_or_else(|| {
+                Problem::invalid_field(
+                    "plan",
+                    format!("unknown plan {plan:?}; use starter, professional or enterprise"),
+                )
+            })
+        })
+        .transpose()?;
+    let status = input
+        .status
+        .as_deref()
+        .map(|status| {
+            TenantStatus::parse(status).ok_or_else(|| {
+                Problem::invalid_field("status", format!("unknown status {status:?}; use active or suspended"))
+            })
+        })
+        .transpose()?;
+    if plan.is_none() && status.is_none() {
+        return Err(Problem::bad_request("give plan, status or both"));
+    }
+    existing_tenant(&state, &tenant_id).await?;
+    let tenant = state
+        .store
+        .update_tenant(&tenant_id, plan, status)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| Problem::not_found(format!("tenant {tenant_id:?} not found")))?;
+    state.invalidation.tenant_changed(&tenant_id).await;
+    tracing::info!(tenant_id = %tenant_id, plan = tenant.plan.as_str(), status = %tenant.status, "tenant updated");
+    Ok(Json(tenant).into_response())
+}
+
+/// `GET /v1/admin/tenants/{tenant_id}/api-keys` → `{"apiKeys": [...]}`, without the secrets.
+pub(crate) async fn list_api_keys(
+    State(state): State<AppState>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers).await?;
+    existing_tenant(&state, &tenant_id).await?;
+    let keys = state.store.list_keys(&tenant_id).await.map_err(store_failure)?;
+    Ok(Json(serde_json::json!({"apiKeys": keys})).into_response())
+}
+
+/// `DELETE /v1/admin/tenants/{tenant_id}/api-keys/{key_id}` → 204. The key stops working at
+/// once on every replica.
+pub(crate) async fn revoke_api_key(
+    State(state): State<AppState>,
+    Path((tenant_id, key_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    require_admin(&state, &headers).await?;
+    let hash = state
+        .store
+        .revoke_key(&tenant_id, &key_id)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| Problem::not_found(format!("API key {key_id:?} of tenant {tenant_id:?} not found")))?;
+    state.invalidation.key_revoked(&hash).await;
+    tracing::info!(tenant_id = %tenant_id, key_id = %key_id, "API key revoked");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let principal = auth::authenticate(&state.keys, headers).await?;
+    auth::require_scope(&principal, ADMIN_SCOPE)
+}
+
+async fn existing_tenant(state: &AppState, tenant_id: &str) -> Result<crate::store::Tenant, Problem> {
+    state
+        .store
+        .tenant(tenant_id)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| Problem::not_found(format!("tenant {tenant_id:?} not found")))
+}
+
+fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
+    let time = DateTime::parse_from_rfc3339(text)
+        .map_err(|_| Problem::invalid_field("expireTime", "expireTime must be an RFC 3339 timestamp"))?
+        .with_timezone(&Utc);
+    if time <= Utc::now() {
+        return Err(Problem::invalid_field("expireTime", "expireTime must be in the future"));
+    }
+    Ok(time)
 }
 
 /// Authenticates an administrator and parses the JSON body.
 async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, Problem> {
     let (parts, body) = request.into_parts();
-    let principal = auth::authenticate(&state.store, &parts.headers).await?;
-    auth::require_scope(&principal, ADMIN_SCOPE)?;
+    require_admin(state, &parts.headers).await?;
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;

@@ -2,13 +2,11 @@
 
 use axum::http::{HeaderMap, header};
 
-use crate::{
-    problem::Problem,
-    store::{Principal, Store},
-};
+use crate::{keys::KeyCache, problem::Problem, store::Principal};
 
-/// The principal of the request's API key; 401 when the key is missing, malformed or unknown.
-pub(crate) async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<Principal, Problem> {
+/// The principal of the request's API key; 401 when the key is missing, malformed, unknown,
+/// revoked or expired.
+pub(crate) async fn authenticate(keys: &KeyCache, headers: &HeaderMap) -> Result<Principal, Problem> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -16,7 +14,7 @@ pub(crate) async fn authenticate(store: &Store, headers: &HeaderMap) -> Result<P
         .map(str::trim)
         .filter(|key| !key.is_empty())
         .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
-    let principal = store.principal(key).await.map_err(|error| {
+    let principal = keys.principal(key).await.map_err(|error| {
         tracing::error!(%error, "API key lookup failed");
         Problem::internal()
     })?;

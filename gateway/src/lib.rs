@@ -6,6 +6,8 @@
 
 mod admin;
 mod auth;
+pub mod cors;
+mod keys;
 mod metrics;
 pub mod openapi;
 pub mod plans;
@@ -25,7 +27,10 @@ use aigronova_platform::{
     config::{ConfigError, Validate},
     storage::Database,
 };
-use axum::{Router, middleware, routing::get, routing::post};
+use axum::{
+    Router, middleware,
+    routing::{delete, get, post},
+};
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -53,6 +58,11 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Limits of each plan.
     pub plans: plans::Plans,
+    /// How long an API key lookup is cached, in seconds. Revocations and suspensions evict at
+    /// once; this only bounds staleness when a replica misses an eviction.
+    pub key_cache_secs: u64,
+    /// Browser cross-origin access.
+    pub cors: cors::CorsConfig,
 }
 
 impl Default for Config {
@@ -65,6 +75,8 @@ impl Default for Config {
             upstreams: BTreeMap::new(),
             redis_url: None,
             plans: plans::Plans::default(),
+            key_cache_secs: 30,
+            cors: cors::CorsConfig::default(),
         }
     }
 }
@@ -81,6 +93,7 @@ impl Validate for Config {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
         }
         self.plans.validate()?;
+        self.cors.validate()?;
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
@@ -104,6 +117,8 @@ pub(crate) struct AppState {
     signer: TokenSigner,
     max_body_bytes: usize,
     plans: Arc<plans::Plans>,
+    keys: keys::KeyCache,
+    invalidation: keys::Invalidation,
     api_docs: Arc<openapi::ApiDocs>,
 }
 
@@ -128,13 +143,15 @@ impl Gateway {
                 None
             }
             None if !store.has_admin_key().await? => {
-                let issued = store.issue_key(None, "admin (first start)", &[store::ADMIN_SCOPE.to_owned()]).await?;
+                let issued =
+                    store.issue_key(None, "admin (first start)", &[store::ADMIN_SCOPE.to_owned()], None).await?;
                 Some(issued.key)
             }
             None => None,
         };
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
+        let keys = keys::KeyCache::new(store.clone(), Duration::from_secs(config.key_cache_secs));
         let api_docs = openapi::ApiDocs::new(&routes, &pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let state = AppState {
@@ -144,11 +161,17 @@ impl Gateway {
             signer,
             max_body_bytes: config.max_body_bytes,
             plans: Arc::new(config.plans.clone()),
+            keys: keys.clone(),
+            invalidation: keys::Invalidation::new(keys),
             api_docs: Arc::new(api_docs),
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
-        Ok(Self { listener, local_addr, router: app(state), generated_admin_key })
+        let mut router = app(state);
+        if let Some(cors) = config.cors.layer() {
+            router = router.layer(cors);
+        }
+        Ok(Self { listener, local_addr, router, generated_admin_key })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -176,8 +199,10 @@ fn app(state: AppState) -> Router {
         .route("/metrics", get(proxy::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/docs", get(openapi::docs_page))
-        .route("/v1/admin/tenants", post(admin::create_tenant))
-        .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key))
+        .route("/v1/admin/tenants", post(admin::create_tenant).get(admin::list_tenants))
+        .route("/v1/admin/tenants/{tenant_id}", get(admin::get_tenant).patch(admin::update_tenant))
+        .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))
+        .route("/v1/admin/tenants/{tenant_id}/api-keys/{key_id}", delete(admin::revoke_api_key))
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state)

@@ -54,7 +54,7 @@ pub(crate) struct RequestFacts {
 
 /// `GET /metrics`: for keys with the `metrics:read` or `admin` scope.
 pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let principal = auth::authenticate(&state.store, &headers).await?;
+    let principal = auth::authenticate(&state.keys, &headers).await?;
     if !principal.has_scope(ADMIN_SCOPE) {
         auth::require_scope(&principal, METRICS_SCOPE)?;
     }
@@ -81,7 +81,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     };
     let route = matched.route;
     facts.route = Some(route.template.clone());
-    let principal = auth::authenticate(&state.store, &parts.headers).await?;
+    let principal = auth::authenticate(&state.keys, &parts.headers).await?;
     let tenant_id = auth::require_tenant(&principal)?;
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
@@ -96,10 +96,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     if let Some(id) = request_id::current().and_then(|id| MetadataValue::try_from(id).ok()) {
         metadata.insert("x-request-id", id);
     }
-    trace_context::inject_current(&mut metadata);
-
     let path = route.grpc_path();
     let span = tracing::info_span!("grpc.client", otel.name = %path, otel.kind = "client", rpc.system = "grpc");
+    trace_context::inject_span(&span, &mut metadata);
     let started = Instant::now();
     let result =
         state.upstreams.unary(&route.owner, &path, transcode::encode(&message), metadata).instrument(span).await;

@@ -2,7 +2,7 @@
 //! is shown once, when it is created.
 
 use aigronova_platform::storage::{Database, StoreError};
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use uuid::Uuid;
@@ -43,6 +43,30 @@ impl Plan {
     }
 }
 
+/// Whether a tenant's keys work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+impl TenantStatus {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(Self::Active),
+            "suspended" => Some(Self::Suspended),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+        }
+    }
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Tenant {
@@ -62,9 +86,16 @@ pub struct Principal {
     pub tenant_status: Option<String>,
     pub tenant_plan: Option<Plan>,
     pub scopes: Vec<String>,
+    /// When the key stops working (RFC 3339 UTC).
+    pub expire_time: Option<String>,
 }
 
 impl Principal {
+    /// Whether the key's expiry has passed (a cached principal can outlive it).
+    pub fn is_expired(&self) -> bool {
+        self.expire_time.as_deref().is_some_and(|expiry| expiry <= now().as_str())
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|held| held == scope)
     }
@@ -80,6 +111,22 @@ pub struct IssuedKey {
     pub tenant_id: Option<String>,
     pub scopes: Vec<String>,
     pub create_time: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expire_time: Option<String>,
+}
+
+/// A key as listed: everything but the secret.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyInfo {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub create_time: String,
+    pub expire_time: Option<String>,
+    pub last_used_time: Option<String>,
+    pub revoke_time: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -120,17 +167,87 @@ impl Store {
             .bind(id)
             .fetch_optional(self.db.pool())
             .await?;
-        row.map(|row| {
-            let plan: String = row.try_get("plan")?;
-            Ok(Tenant {
-                id: row.try_get("id")?,
-                name: row.try_get("name")?,
-                plan: Plan::parse(&plan).ok_or_else(|| StoreError::Corrupt(format!("unknown plan {plan:?}")))?,
-                status: row.try_get("status")?,
-                create_time: row.try_get("created_at")?,
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    /// Tenants in id order (ids are time-ordered), `limit` at most, after `after` when given.
+    pub async fn list_tenants(&self, after: Option<&str>, limit: i64) -> Result<Vec<Tenant>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, name, plan, status, created_at FROM tenants WHERE id > $1 ORDER BY id LIMIT $2")
+                .bind(after.unwrap_or(""))
+                .bind(limit)
+                .fetch_all(self.db.pool())
+                .await?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    /// Changes a tenant's plan and/or status; `None` when the tenant does not exist.
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        plan: Option<Plan>,
+        status: Option<TenantStatus>,
+    ) -> Result<Option<Tenant>, StoreError> {
+        sqlx::query("UPDATE tenants SET plan = COALESCE($1, plan), status = COALESCE($2, status) WHERE id = $3")
+            .bind(plan.map(Plan::as_str))
+            .bind(status.map(TenantStatus::as_str))
+            .bind(id)
+            .execute(self.db.pool())
+            .await?;
+        self.tenant(id).await
+    }
+
+    /// The keys of a tenant, without their secrets.
+    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, name, scopes, created_at, expires_at, last_used_at, revoked_at \
+             FROM api_keys WHERE tenant_id = $1 ORDER BY id",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let scopes: String = row.try_get("scopes")?;
+                Ok(KeyInfo {
+                    id: row.try_get("id")?,
+                    tenant_id: row.try_get("tenant_id")?,
+                    name: row.try_get("name")?,
+                    scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                    create_time: row.try_get("created_at")?,
+                    expire_time: row.try_get("expires_at")?,
+                    last_used_time: row.try_get("last_used_at")?,
+                    revoke_time: row.try_get("revoked_at")?,
+                })
             })
-        })
-        .transpose()
+            .collect()
+    }
+
+    /// Revokes a key of `tenant_id`; returns its hash (for cache invalidation), or `None` when
+    /// there is no such key.
+    pub async fn revoke_key(&self, tenant_id: &str, key_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT key_hash FROM api_keys WHERE id = $1 AND tenant_id = $2")
+            .bind(key_id)
+            .bind(tenant_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+            .bind(now())
+            .bind(key_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(Some(row.try_get("key_hash")?))
+    }
+
+    /// Records that a key was used now.
+    pub async fn touch_key(&self, key_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+            .bind(now())
+            .bind(key_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
     }
 
     /// Issues a new key; the clear key is in the result and nowhere else.
@@ -139,15 +256,17 @@ impl Store {
         tenant_id: Option<&str>,
         name: &str,
         scopes: &[String],
+        expire_time: Option<DateTime<Utc>>,
     ) -> Result<IssuedKey, StoreError> {
         let key = format!("agk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        self.store_key(tenant_id, name, scopes, key).await
+        self.store_key(tenant_id, name, scopes, key, expire_time).await
     }
 
     /// Records `key` (chosen by the operator) as an administrator key, unless it is known already.
     pub async fn ensure_admin_key(&self, key: &str) -> Result<(), StoreError> {
         if self.principal(key).await?.is_none() {
-            self.store_key(None, "admin (from AIGRONOVA_ADMIN_KEY)", &[ADMIN_SCOPE.to_owned()], key.to_owned()).await?;
+            let scopes = [ADMIN_SCOPE.to_owned()];
+            self.store_key(None, "admin (from AIGRONOVA_ADMIN_KEY)", &scopes, key.to_owned(), None).await?;
         }
         Ok(())
     }
@@ -165,6 +284,7 @@ impl Store {
         name: &str,
         scopes: &[String],
         key: String,
+        expire_time: Option<DateTime<Utc>>,
     ) -> Result<IssuedKey, StoreError> {
         let issued = IssuedKey {
             id: Uuid::now_v7().to_string(),
@@ -173,9 +293,11 @@ impl Store {
             tenant_id: tenant_id.map(str::to_owned),
             scopes: scopes.to_vec(),
             create_time: now(),
+            expire_time: expire_time.map(timestamp),
         };
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, name, key_hash, scopes, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys (id, tenant_id, name, key_hash, scopes, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&issued.id)
         .bind(tenant_id)
@@ -183,18 +305,24 @@ impl Store {
         .bind(hash_key(&issued.key))
         .bind(issued.scopes.join(" "))
         .bind(&issued.create_time)
+        .bind(&issued.expire_time)
         .execute(self.db.pool())
         .await?;
         Ok(issued)
     }
 
-    /// The principal of a presented key, if the key is known and not revoked.
+    /// The principal of a presented key, if the key is known, not revoked and not expired.
     pub async fn principal(&self, key: &str) -> Result<Option<Principal>, StoreError> {
+        self.principal_by_hash(&hash_key(key)).await
+    }
+
+    pub async fn principal_by_hash(&self, hash: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
-            "SELECT k.id, k.tenant_id, k.scopes, t.status, t.plan FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id \
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+            "SELECT k.id, k.tenant_id, k.scopes, k.expires_at, t.status, t.plan FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
         )
-        .bind(hash_key(key))
+        .bind(hash)
+        .bind(now())
         .fetch_optional(self.db.pool())
         .await?;
         row.map(|row| {
@@ -206,6 +334,7 @@ impl Store {
                 tenant_status: row.try_get("status")?,
                 tenant_plan: plan.as_deref().and_then(Plan::parse),
                 scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+                expire_time: row.try_get("expires_at")?,
             })
         })
         .transpose()
@@ -218,10 +347,27 @@ impl Store {
     }
 }
 
-fn hash_key(key: &str) -> String {
+fn tenant_from_row(row: &sqlx::any::AnyRow) -> Result<Tenant, StoreError> {
+    let plan: String = row.try_get("plan")?;
+    Ok(Tenant {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        plan: Plan::parse(&plan).ok_or_else(|| StoreError::Corrupt(format!("unknown plan {plan:?}")))?,
+        status: row.try_get("status")?,
+        create_time: row.try_get("created_at")?,
+    })
+}
+
+/// The stored form of a presented key.
+pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    timestamp(Utc::now())
+}
+
+/// RFC 3339 UTC with milliseconds: the one timestamp format stored, so text order is time order.
+fn timestamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }

@@ -70,6 +70,16 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         );
         Ok(Response::new(assessment.into()))
     }
+
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        auth::caller(&request)?;
+        let mut models: Vec<_> = self.models.models().map(|model| model.card()).collect();
+        models.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(Response::new(proto::ListModelsResponse { models }))
+    }
 }
 
 impl TryFrom<proto::CreatePatientRequest> for NewPatient {

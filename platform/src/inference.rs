@@ -21,6 +21,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tonic::Status;
 
+use aigronova_proto::aigronova::common::v1::{self as proto, ModelCard, ModelFeature};
+
 use crate::config::InferenceConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +79,19 @@ pub struct Manifest {
     pub features: Vec<Feature>,
     pub risk_bands: Vec<RiskBand>,
     pub metrics: BTreeMap<String, f64>,
-    pub training_data: serde_json::Value,
+    pub training_data: TrainingData,
     pub intended_use: String,
     pub limitations: String,
+}
+
+/// Where the training data came from, and under which licence.
+#[derive(Clone, Debug, Deserialize)]
+pub struct TrainingData {
+    pub source: String,
+    pub licence: String,
+    pub rows: i64,
+    pub split: String,
+    pub synthetic: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -129,6 +141,39 @@ impl Model {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The model card, as every service publishes it.
+    pub fn card(&self) -> ModelCard {
+        let manifest = &self.manifest;
+        ModelCard {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            task: manifest.task.clone(),
+            description: manifest.description.clone(),
+            positive_class: manifest.positive_class.clone(),
+            features: manifest
+                .features
+                .iter()
+                .map(|feature| ModelFeature { name: feature.name.clone(), min: feature.min, max: feature.max })
+                .collect(),
+            metrics: manifest.metrics.iter().map(|(name, value)| (name.clone(), *value)).collect(),
+            training_data: Some(proto::TrainingData {
+                source: manifest.training_data.source.clone(),
+                licence: manifest.training_data.licence.clone(),
+                rows: manifest.training_data.rows,
+                split: manifest.training_data.split.clone(),
+                synthetic: manifest.training_data.synthetic,
+            }),
+            intended_use: manifest.intended_use.clone(),
+            limitations: manifest.limitations.clone(),
+            sha256: manifest.sha256.clone(),
+            risk_bands: manifest
+                .risk_bands
+                .iter()
+                .map(|band| proto::RiskBand { name: band.name.clone(), upper: band.upper })
+                .collect(),
+        }
     }
 
     /// Orders named features as the model expects them, refusing missing, extra, non-finite and

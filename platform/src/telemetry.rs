@@ -14,6 +14,14 @@ pub struct TelemetryGuard {
     provider: SdkTracerProvider,
 }
 
+impl TelemetryGuard {
+    /// Exports the spans ended so far, waiting for the collector to take them.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        self.provider.force_flush()?;
+        Ok(())
+    }
+}
+
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Err(error) = self.provider.shutdown() {

@@ -41,10 +41,10 @@ pub fn inject(context: &Context, metadata: &mut MetadataMap) {
     TraceContextPropagator::new().inject_context(context, &mut MetadataInjector(metadata));
 }
 
-/// Writes the current span's context into `metadata`, so that the callee's span is its child.
-pub fn inject_current(metadata: &mut MetadataMap) {
+/// Writes `span`'s context into `metadata`, so that the callee's span is its child.
+pub fn inject_span(span: &tracing::Span, metadata: &mut MetadataMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    inject(&tracing::Span::current().context(), metadata);
+    inject(&span.context(), metadata);
 }
 
 /// Makes `span` a child of the remote span that `headers` carry, if any.

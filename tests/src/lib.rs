@@ -42,6 +42,11 @@ pub struct TestApp {
 
 /// Starts the gateway and every service in this process, on `backend`.
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// [`spawn_app`] with a configuration tweak applied before the start.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppConfig)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temporary folder");
     let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
     config.inference = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
@@ -60,6 +65,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         config.healthquantum.database_url = postgres_url(&health_db);
         postgres_databases = vec![gateway_db, health_db];
     }
+    configure(&mut config);
     let health_database_url = config.healthquantum.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
@@ -108,6 +114,14 @@ impl TestApp {
 
     pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
         self.client.post(self.url(path)).bearer_auth(key).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.client.patch(self.url(path)).bearer_auth(key).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str, key: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).bearer_auth(key).send().await.expect("request sent")
     }
 
     /// Posts raw bytes as JSON, for malformed bodies.

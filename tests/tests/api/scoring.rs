@@ -94,3 +94,21 @@ async fn the_request_id_is_returned_and_reused_when_sane() {
     assert!(response.headers().contains_key("x-request-id"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_model_cards_say_what_each_model_is_and_where_its_data_came_from() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let response = app.get("/v1/health/models", &key).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let card = &body["models"][0];
+    assert_eq!(card["name"], "breast-cancer");
+    assert_eq!(card["version"], "1");
+    assert_eq!(card["positiveClass"], "malignant");
+    assert_eq!(card["features"].as_array().unwrap().len(), 30);
+    assert_eq!(card["trainingData"]["synthetic"], false);
+    assert!(card["trainingData"]["licence"].as_str().unwrap().contains("CC BY 4.0"));
+    assert!(card["metrics"]["heldout_auc"].as_f64().unwrap() > 0.9);
+    app.stop().await;
+}

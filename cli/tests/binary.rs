@@ -1,0 +1,161 @@
+//! The `aigronova` binary as an operator runs it: `up` prints its URL and the administrator key
+//! once, answers requests, stops on SIGINT, and its logs never carry keys, tokens or personal data.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+const CPF: &str = "52998224725";
+const PATIENT_NAME: &str = "Joana Exemplo de Souza";
+
+struct Running {
+    child: Child,
+    url: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+/// Starts `aigronova up` on a free port and waits for its URL line.
+// The child is handed to the caller, and `stop` waits for it.
+#[allow(clippy::zombie_processes)]
+fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
+    let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aigronova"));
+    command
+        .args(["up", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("ORT_DYLIB_PATH", ort)
+        .env("AIGRONOVA__INFERENCE__MODELS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
+        .env("AIGRONOVA__TELEMETRY__LOG_FILTER", "debug,h2=info,hyper=info,tower=info,sqlx=info")
+        .env_remove("AIGRONOVA_ADMIN_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(key) = admin_key {
+        command.env("AIGRONOVA_ADMIN_KEY", key);
+    }
+    let mut child = command.spawn().expect("the binary starts");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            let status = child.wait();
+            panic!("aigronova up exited before printing its URL: {status:?}");
+        }
+        if let Some(url) = line.trim().strip_prefix("AigroNova is up at ") {
+            return Running { child, url: url.to_owned(), stdout };
+        }
+    }
+}
+
+/// Sends SIGINT and returns everything the process printed.
+fn stop(mut running: Running) -> String {
+    Command::new("kill").args(["-INT", &running.child.id().to_string()]).status().unwrap();
+    let status = running.child.wait().unwrap();
+    assert!(status.success(), "aigronova up exits cleanly on SIGINT: {status}");
+    let mut output = String::new();
+    running.stdout.read_to_string(&mut output).unwrap();
+    running.child.stderr.take().unwrap().read_to_string(&mut output).unwrap();
+    output
+}
+
+fn admin_key_line(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|line| line.split("): ").nth(1).filter(|_| line.starts_with("Administrator key")).map(str::to_owned))
+}
+
+#[test]
+fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
+    let data = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    let mut first = start(data.path(), None);
+    let mut head = String::new();
+    // The key line follows the URL and data-directory lines.
+    for _ in 0..2 {
+        first.stdout.read_line(&mut head).unwrap();
+    }
+    let admin = admin_key_line(&head).expect("the first start prints an administrator key");
+    let url = first.url.clone();
+    let (tenant_key, token_fragment) = runtime.block_on(exercise(&url, &admin));
+    std::thread::sleep(Duration::from_millis(200));
+    let first_output = format!("{head}{}", stop(first));
+
+    // Everything but the one line that hands the operator the key is log output.
+    let logs: String =
+        first_output.lines().filter(|line| !line.starts_with("Administrator key")).collect::<Vec<_>>().join("\n");
+    for secret in [admin.as_str(), tenant_key.as_str(), CPF, "529.982.247-25", PATIENT_NAME, "Bearer", &token_fragment]
+    {
+        assert!(!logs.contains(secret), "the logs contain {secret:?}:\n{logs}");
+    }
+    let access_lines = logs.lines().filter(|line| line.contains("\"target\":\"access\"")).count();
+    assert_eq!(access_lines, 5, "one access line per request:\n{logs}");
+
+    let second = start(data.path(), None);
+    let second_output = stop(second);
+    assert!(admin_key_line(&second_output).is_none(), "the key is printed on the first start only");
+}
+
+/// Creates a tenant, a key, a patient and an assessment; returns the tenant key and a fragment of
+/// the patient's CPF-bearing request that must not be logged.
+async fn exercise(url: &str, admin: &str) -> (String, String) {
+    let client = reqwest::Client::new();
+    let tenant: Value = client
+        .post(format!("{url}/v1/admin/tenants"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "Acme", "plan": "starter"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = tenant["id"].as_str().unwrap();
+    let key: Value = client
+        .post(format!("{url}/v1/admin/tenants/{id}/api-keys"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "ci", "scopes": ["health:read", "health:write"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+    let patient = client
+        .post(format!("{url}/v1/health/patients"))
+        .bearer_auth(&key)
+        .json(&json!({"name": PATIENT_NAME, "cpf": "529.982.247-25", "birthDate": "1980-02-29"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patient.status(), 200);
+    let patient: Value = patient.json().await.unwrap();
+    let patient_id = patient["id"].as_str().unwrap();
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/breast-cancer-assessment.json"))
+            .unwrap();
+    let assessed = client
+        .post(format!("{url}/v1/health/patients/{patient_id}/assessments"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body(example)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(assessed.status(), 200);
+    // A refused call with the key in a wrong header must not echo it either.
+    let refused = client
+        .get(format!("{url}/v1/health/patients/{patient_id}"))
+        .header("authorization", format!("Token {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    (key, "v1.ey".to_owned())
+}

@@ -1,0 +1,136 @@
+//! The admin API: tenants (list, get, plan and status changes) and API keys (list, expiry,
+//! last use, revocation).
+
+use std::time::Duration;
+
+use aigronova_e2e::{Backend, assert_problem, spawn_app};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn tenants_are_listed_in_pages_and_read_one_by_one() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut created = Vec::new();
+    for name in ["A", "B", "C"] {
+        created.push(app.create_tenant(name).await);
+    }
+    let first: Value = app.get("/v1/admin/tenants?pageSize=2", &app.admin_key).await.json().await.unwrap();
+    assert_eq!(first["tenants"].as_array().unwrap().len(), 2);
+    let token = first["nextPageToken"].as_str().unwrap().to_owned();
+    assert!(!token.is_empty());
+    let second: Value =
+        app.get(&format!("/v1/admin/tenants?pageSize=2&pageToken={token}"), &app.admin_key).await.json().await.unwrap();
+    let ids: Vec<&str> = first["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second["tenants"].as_array().unwrap())
+        .map(|tenant| tenant["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, created.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(second["nextPageToken"], "");
+
+    let tenant: Value =
+        app.get(&format!("/v1/admin/tenants/{}", created[1]), &app.admin_key).await.json().await.unwrap();
+    assert_eq!(tenant["name"], "B");
+    assert_problem(app.get("/v1/admin/tenants/nope", &app.admin_key).await, 404).await;
+    assert_problem(app.get("/v1/admin/tenants?pageSize=0", &app.admin_key).await, 400).await;
+    assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_suspended_tenant_gets_403_at_once_and_works_again_when_reactivated() {
+    let app = spawn_app(Backend::Postgres).await;
+    let (tenant, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let path = format!("/v1/health/patients/{patient}");
+    assert_eq!(app.get(&path, &key).await.status(), 200);
+
+    let response =
+        app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"status": "suspended"})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "suspended");
+    let problem = assert_problem(app.get(&path, &key).await, 403).await;
+    assert!(problem["detail"].as_str().unwrap().contains("suspended"));
+
+    app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"status": "active"})).await;
+    assert_eq!(app.get(&path, &key).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tenant_updates_refuse_bad_input() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Acme").await;
+    let path = format!("/v1/admin/tenants/{tenant}");
+    for (body, field) in [
+        (json!({"status": "gone"}), Some("status")),
+        (json!({"plan": "gold"}), Some("plan")),
+        (json!({}), None),
+        (json!({"name": "x"}), None),
+    ] {
+        let problem = assert_problem(app.patch(&path, &app.admin_key, &body).await, 400).await;
+        if let Some(field) = field {
+            assert_eq!(problem["field"], field);
+        }
+    }
+    let response = app.patch(&path, &app.admin_key, &json!({"plan": "enterprise"})).await;
+    assert_eq!(response.json::<Value>().await.unwrap()["plan"], "enterprise");
+    assert_problem(app.patch("/v1/admin/tenants/nope", &app.admin_key, &json!({"plan": "starter"})).await, 404).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_is_refused_at_once_and_listed_as_revoked() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (tenant, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let path = format!("/v1/health/patients/{patient}");
+    assert_eq!(app.get(&path, &key).await.status(), 200);
+
+    let keys: Value =
+        app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
+    let listed = &keys["apiKeys"][0];
+    assert!(listed.get("key").is_none(), "a listed key never shows its secret: {listed}");
+    assert!(!keys.to_string().contains(&key));
+    let key_id = listed["id"].as_str().unwrap().to_owned();
+
+    let revoke = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/{key_id}"), &app.admin_key).await;
+    assert_eq!(revoke.status(), 204);
+    assert_problem(app.get(&path, &key).await, 401).await;
+    let again = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/no-such-key"), &app.admin_key).await;
+    assert_problem(again, 404).await;
+
+    let keys: Value =
+        app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
+    assert!(keys["apiKeys"][0]["revokeTime"].is_string());
+    assert!(keys["apiKeys"][0]["lastUsedTime"].is_string(), "{keys}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_stops_working_when_it_expires() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Acme").await;
+    let expiry = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339();
+    let response = app
+        .post(
+            &format!("/v1/admin/tenants/{tenant}/api-keys"),
+            &app.admin_key,
+            &json!({"name": "short", "scopes": ["health:write"], "expireTime": expiry}),
+        )
+        .await;
+    assert_eq!(response.status(), 201);
+    let key = response.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"});
+    assert_eq!(app.post("/v1/health/patients", &key, &body).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_problem(app.post("/v1/health/patients", &key, &body).await, 401).await;
+
+    let past = json!({"name": "old", "scopes": ["health:read"], "expireTime": "2020-01-01T00:00:00Z"});
+    let problem =
+        assert_problem(app.post(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key, &past).await, 400)
+            .await;
+    assert_eq!(problem["field"], "expireTime");
+    app.stop().await;
+}

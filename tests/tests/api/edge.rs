@@ -1,0 +1,76 @@
+//! The gateway's edge behaviour: CORS and the Prometheus metrics.
+
+use aigronova_e2e::{Backend, assert_problem, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn cors_allows_the_configured_origin_only() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.gateway.cors.allowed_origins = vec!["https://app.acme.com.br".into()];
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/v1/health/patients"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.acme.com.br").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.acme.com.br");
+    let methods = allowed.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
+    assert!(methods.contains("POST"), "{methods}");
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(!refused.headers().contains_key("access-control-allow-origin"));
+
+    let response =
+        app.client.get(app.url("/healthz")).header("origin", "https://app.acme.com.br").send().await.unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], "https://app.acme.com.br");
+    let exposed = response.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
+    assert!(exposed.contains("x-request-id"), "{exposed}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn without_configured_origins_no_cors_headers_are_sent() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let response =
+        app.client.get(app.url("/healthz")).header("origin", "https://app.acme.com.br").send().await.unwrap();
+    assert!(!response.headers().contains_key("access-control-allow-origin"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (tenant, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    app.get(&format!("/v1/health/patients/{patient}"), &key).await;
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/breast-cancer-assessment.json"))
+            .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&example).unwrap();
+    let assessed = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
+    assert_eq!(assessed.status(), 200);
+    app.get("/v1/health/patients/00000000-0000-7000-8000-000000000000", &key).await;
+
+    assert_problem(app.client.get(app.url("/metrics")).send().await.unwrap(), 401).await;
+    assert_problem(app.get("/metrics", &key).await, 403).await;
+    let scraper = app.create_key(&tenant, &["metrics:read"]).await;
+    for scraper_key in [&scraper, &app.admin_key] {
+        let response = app.get("/metrics", scraper_key).await;
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        for expected in [
+            r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="200"} 1"#,
+            r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="404"} 1"#,
+            r#"aigronova_gateway_upstream_calls_total{code="Ok",upstream="healthquantum"}"#,
+            r#"aigronova_gateway_upstream_calls_total{code="NotFound",upstream="healthquantum"} 1"#,
+            "aigronova_gateway_request_duration_seconds_bucket",
+            r#"aigronova_inference_duration_seconds_count{model="breast-cancer",outcome="ok",version="1"} 1"#,
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+    app.stop().await;
+}

@@ -1,0 +1,114 @@
+//! One trace spans the client, the gateway and the service: exported over OTLP to an in-process
+//! collector, the spans share the client's trace id and chain parent to child.
+
+use std::sync::{Arc, Mutex};
+
+use aigronova_e2e::{Backend, spawn_app};
+use aigronova_platform::config::TelemetryConfig;
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    trace::v1::{Span, span::SpanKind},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// An OTLP/gRPC trace collector that keeps what it receives.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+async fn start_collector() -> (Collector, String) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let service = TraceServiceServer::new(collector.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder().add_service(service).serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    (collector, address)
+}
+
+fn find<'a>(spans: &'a [Span], name: &str) -> &'a Span {
+    spans.iter().find(|span| span.name == name).unwrap_or_else(|| {
+        let names: Vec<&str> = spans.iter().map(|span| span.name.as_str()).collect();
+        panic!("no span named {name:?} among {names:?}")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
+    let (collector, endpoint) = start_collector().await;
+    let telemetry = aigronova_platform::telemetry::init(
+        &TelemetryConfig { otlp_endpoint: Some(endpoint), ..TelemetryConfig::default() },
+        "aigronova-test",
+    )
+    .unwrap();
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span_id = "00f067aa0ba902b7";
+    let response = app
+        .client
+        .get(app.url(&format!("/v1/health/patients/{patient}")))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{trace_id}-{client_span_id}-01"))
+        .header("tracestate", "vendor=value")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    telemetry.flush().unwrap();
+
+    let spans_all = collector.spans.lock().unwrap().clone();
+    let in_trace: Vec<Span> = spans_all.iter().filter(|span| hex(&span.trace_id) == trace_id).cloned().collect();
+    let gateway = find(&in_trace, &format!("GET /v1/health/patients/{patient}"));
+    let rpc = "/aigronova.health.v1.HealthQuantum/GetPatient";
+    let of_kind = |kind: SpanKind| {
+        in_trace
+            .iter()
+            .find(|span| span.name == rpc && span.kind == kind as i32)
+            .unwrap_or_else(|| panic!("no {kind:?} span for {rpc}"))
+    };
+    let client = of_kind(SpanKind::Client);
+    let service = of_kind(SpanKind::Server);
+
+    assert_eq!(hex(&gateway.parent_span_id), client_span_id, "the gateway continues the client's span");
+    assert_eq!(client.parent_span_id, gateway.span_id, "the gateway's gRPC call is a child of its request span");
+    assert_eq!(service.parent_span_id, client.span_id, "the service span is a child of the gateway's call");
+    assert_eq!(gateway.trace_state, "vendor=value");
+
+    // A request without `traceparent` starts a trace, and the service joins it.
+    let started = find(&spans_all, "POST /v1/health/patients");
+    assert!(started.parent_span_id.is_empty(), "a new trace has a root span");
+    let created = spans_all
+        .iter()
+        .find(|span| span.name.ends_with("/CreatePatient") && span.kind == SpanKind::Server as i32)
+        .expect("the service span of CreatePatient");
+    assert_eq!(created.trace_id, started.trace_id);
+    app.stop().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
