@@ -475,7 +475,7 @@ const GATEWAY_TAGS: &[(&str, &str)] = &[
 ];
 
 /// One endpoint the gateway serves itself rather than from the descriptor set. Adding one to the
-/// router means adding one here (and its schemas to [`gateway_schemas`]).
+/// router means adding one here (and its body schemas to [`gateway_schemas`]).
 struct Endpoint {
     /// Lowercase HTTP method.
     method: &'static str,
@@ -485,8 +485,7 @@ struct Endpoint {
     summary: &'static str,
     /// Any one of these scopes allows the call; none: no key needed.
     scopes: &'static [&'static str],
-    /// Path parameters (strings): name and meaning.
-    parameters: &'static [(&'static str, &'static str)],
+    parameters: &'static [Parameter],
     /// The component schema of the JSON request body.
     request: Option<&'static str>,
     /// The answers that are not problems.
@@ -495,16 +494,44 @@ struct Endpoint {
     problems: &'static [&'static str],
 }
 
+struct Parameter {
+    name: &'static str,
+    /// `path` or `query`.
+    location: &'static str,
+    description: &'static str,
+    /// `string` or `integer`.
+    kind: &'static str,
+}
+
+const fn path_parameter(name: &'static str, description: &'static str) -> Parameter {
+    Parameter { name, location: "path", description, kind: "string" }
+}
+
 struct Reply {
     status: &'static str,
     description: &'static str,
-    media_type: &'static str,
-    /// A component schema name; `None` for text.
-    schema: Option<&'static str>,
+    /// Media type and schema of the body; `None`: no body.
+    body: Option<(&'static str, Body)>,
 }
 
-const ADMIN_PROBLEMS: &[&str] =
+enum Body {
+    /// A component schema.
+    Schema(&'static str),
+    Text,
+}
+
+const fn json_reply(status: &'static str, description: &'static str, schema: &'static str) -> Reply {
+    Reply { status, description, body: Some(("application/json", Body::Schema(schema))) }
+}
+
+const TENANT_ID: Parameter = path_parameter("tenant_id", "The tenant's id.");
+const ADMIN_PROBLEMS: &[&str] = &["BadRequest", "Unauthorized", "Forbidden", "InternalError", "Problem"];
+const ADMIN_BODY_PROBLEMS: &[&str] =
     &["BadRequest", "Unauthorized", "Forbidden", "PayloadTooLarge", "InternalError", "Problem"];
+const ADMIN_TENANT_PROBLEMS: &[&str] =
+    &["BadRequest", "Unauthorized", "Forbidden", "NotFound", "InternalError", "Problem"];
+const ADMIN_TENANT_BODY_PROBLEMS: &[&str] =
+    &["BadRequest", "Unauthorized", "Forbidden", "NotFound", "PayloadTooLarge", "InternalError", "Problem"];
 
 const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     Endpoint {
@@ -516,13 +543,57 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         scopes: &[ADMIN_SCOPE],
         parameters: &[],
         request: Some("gateway.CreateTenantRequest"),
-        replies: &[Reply {
-            status: "201",
-            description: "The tenant.",
-            media_type: "application/json",
-            schema: Some("gateway.Tenant"),
-        }],
+        replies: &[json_reply("201", "The tenant.", "gateway.Tenant")],
+        problems: ADMIN_BODY_PROBLEMS,
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/admin/tenants",
+        operation_id: "Admin_ListTenants",
+        tag: "Admin",
+        summary: "Lists tenants, a page at a time.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[
+            Parameter {
+                name: "pageSize",
+                location: "query",
+                description: "At most this many tenants (1 to 500; 50 when absent).",
+                kind: "integer",
+            },
+            Parameter {
+                name: "pageToken",
+                location: "query",
+                description: "The `nextPageToken` of the previous page; absent for the first page.",
+                kind: "string",
+            },
+        ],
+        request: None,
+        replies: &[json_reply("200", "A page of tenants.", "gateway.TenantList")],
         problems: ADMIN_PROBLEMS,
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/admin/tenants/{tenant_id}",
+        operation_id: "Admin_GetTenant",
+        tag: "Admin",
+        summary: "Reads a tenant.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID],
+        request: None,
+        replies: &[json_reply("200", "The tenant.", "gateway.Tenant")],
+        problems: ADMIN_TENANT_PROBLEMS,
+    },
+    Endpoint {
+        method: "patch",
+        path: "/v1/admin/tenants/{tenant_id}",
+        operation_id: "Admin_UpdateTenant",
+        tag: "Admin",
+        summary: "Changes a tenant's plan or status; a suspended tenant's keys are refused at once.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID],
+        request: Some("gateway.UpdateTenantRequest"),
+        replies: &[json_reply("200", "The tenant as updated.", "gateway.Tenant")],
+        problems: ADMIN_TENANT_BODY_PROBLEMS,
     },
     Endpoint {
         method: "post",
@@ -531,23 +602,34 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         tag: "Admin",
         summary: "Issues an API key of a tenant; the key is shown once, in this answer.",
         scopes: &[ADMIN_SCOPE],
-        parameters: &[("tenant_id", "The tenant's id.")],
+        parameters: &[TENANT_ID],
         request: Some("gateway.CreateApiKeyRequest"),
-        replies: &[Reply {
-            status: "201",
-            description: "The key, shown once.",
-            media_type: "application/json",
-            schema: Some("gateway.IssuedKey"),
-        }],
-        problems: &[
-            "BadRequest",
-            "Unauthorized",
-            "Forbidden",
-            "NotFound",
-            "PayloadTooLarge",
-            "InternalError",
-            "Problem",
-        ],
+        replies: &[json_reply("201", "The key, shown once.", "gateway.IssuedKey")],
+        problems: ADMIN_TENANT_BODY_PROBLEMS,
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/admin/tenants/{tenant_id}/api-keys",
+        operation_id: "Admin_ListApiKeys",
+        tag: "Admin",
+        summary: "Lists a tenant's API keys, without the keys themselves.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID],
+        request: None,
+        replies: &[json_reply("200", "The tenant's keys.", "gateway.ApiKeyList")],
+        problems: ADMIN_TENANT_PROBLEMS,
+    },
+    Endpoint {
+        method: "delete",
+        path: "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}",
+        operation_id: "Admin_RevokeApiKey",
+        tag: "Admin",
+        summary: "Revokes an API key; it is refused at once on every replica.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID, path_parameter("key_id", "The key's id.")],
+        request: None,
+        replies: &[Reply { status: "204", description: "Revoked.", body: None }],
+        problems: ADMIN_TENANT_PROBLEMS,
     },
     Endpoint {
         method: "get",
@@ -558,12 +640,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         scopes: &[],
         parameters: &[],
         request: None,
-        replies: &[Reply {
-            status: "200",
-            description: "Alive.",
-            media_type: "application/json",
-            schema: Some("gateway.Liveness"),
-        }],
+        replies: &[json_reply("200", "Alive.", "gateway.Liveness")],
         problems: &[],
     },
     Endpoint {
@@ -576,18 +653,8 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         request: None,
         replies: &[
-            Reply {
-                status: "200",
-                description: "Ready.",
-                media_type: "application/json",
-                schema: Some("gateway.Readiness"),
-            },
-            Reply {
-                status: "503",
-                description: "Not ready: the database or an upstream does not answer.",
-                media_type: "application/json",
-                schema: Some("gateway.Readiness"),
-            },
+            json_reply("200", "Ready.", "gateway.Readiness"),
+            json_reply("503", "Not ready: the database or an upstream does not answer.", "gateway.Readiness"),
         ],
         problems: &[],
     },
@@ -603,8 +670,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         replies: &[Reply {
             status: "200",
             description: "The Prometheus text exposition format.",
-            media_type: "text/plain",
-            schema: None,
+            body: Some(("text/plain", Body::Text)),
         }],
         problems: &["Unauthorized", "Forbidden", "Problem"],
     },
@@ -617,12 +683,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         scopes: &[],
         parameters: &[],
         request: None,
-        replies: &[Reply {
-            status: "200",
-            description: "The document.",
-            media_type: "application/json",
-            schema: Some("gateway.OpenApiDocument"),
-        }],
+        replies: &[json_reply("200", "The document.", "gateway.OpenApiDocument")],
         problems: &[],
     },
     Endpoint {
@@ -634,7 +695,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         scopes: &[],
         parameters: &[],
         request: None,
-        replies: &[Reply { status: "200", description: "The page.", media_type: "text/html", schema: None }],
+        replies: &[Reply { status: "200", description: "The page.", body: Some(("text/html", Body::Text)) }],
         problems: &[],
     },
 ];
@@ -644,13 +705,13 @@ impl Endpoint {
         let parameters: Vec<Value> = self
             .parameters
             .iter()
-            .map(|(name, description)| {
+            .map(|parameter| {
                 json!({
-                    "name": name,
-                    "in": "path",
-                    "required": true,
-                    "description": description,
-                    "schema": {"type": "string"},
+                    "name": parameter.name,
+                    "in": parameter.location,
+                    "required": parameter.location == "path",
+                    "description": parameter.description,
+                    "schema": {"type": parameter.kind},
                 })
             })
             .collect();
@@ -658,11 +719,14 @@ impl Endpoint {
             .replies
             .iter()
             .map(|reply| {
-                let schema = reply.schema.map_or_else(|| json!({"type": "string"}), schema_ref);
-                let response = json!({
-                    "description": reply.description,
-                    "content": {reply.media_type: {"schema": schema}},
-                });
+                let mut response = json!({"description": reply.description});
+                if let Some((media_type, body)) = &reply.body {
+                    let schema = match body {
+                        Body::Schema(name) => schema_ref(name),
+                        Body::Text => json!({"type": "string"}),
+                    };
+                    response["content"] = json!({*media_type: {"schema": schema}});
+                }
                 (reply.status.to_owned(), response)
             })
             .collect();
@@ -689,6 +753,7 @@ impl Endpoint {
 fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
     let plan = json!({"type": "string", "enum": ["starter", "professional", "enterprise"]});
     let time = json!({"type": "string", "format": "date-time"});
+    let nullable_time = json!({"type": ["string", "null"], "format": "date-time"});
     let schemas = json!({
         "Problem": {
             "type": "object",
@@ -713,6 +778,24 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 "plan": plan,
             },
         },
+        "gateway.UpdateTenantRequest": {
+            "type": "object",
+            "description": "Give `plan`, `status` or both.",
+            "minProperties": 1,
+            "additionalProperties": false,
+            "properties": {
+                "plan": plan,
+                "status": {"type": "string", "enum": ["active", "suspended"]},
+            },
+        },
+        "gateway.TenantList": {
+            "type": "object",
+            "required": ["tenants", "nextPageToken"],
+            "properties": {
+                "tenants": {"type": "array", "items": schema_ref("gateway.Tenant")},
+                "nextPageToken": {"type": "string", "description": "Empty on the last page."},
+            },
+        },
         "gateway.Tenant": {
             "type": "object",
             "required": ["id", "name", "plan", "status", "createTime"],
@@ -720,7 +803,11 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 "id": {"type": "string"},
                 "name": {"type": "string"},
                 "plan": plan,
-                "status": {"type": "string", "description": "`active`, or `suspended` (its keys are refused)."},
+                "status": {
+                    "type": "string",
+                    "enum": ["active", "suspended"],
+                    "description": "A suspended tenant's keys are refused.",
+                },
                 "createTime": time,
             },
         },
@@ -731,6 +818,11 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
             "properties": {
                 "name": {"type": "string", "minLength": 1, "maxLength": 200},
                 "scopes": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": scopes}},
+                "expireTime": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "When the key stops working (RFC 3339, in the future); never when absent.",
+                },
             },
         },
         "gateway.IssuedKey": {
@@ -743,7 +835,28 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 "tenantId": {"type": ["string", "null"]},
                 "scopes": {"type": "array", "items": {"type": "string"}},
                 "createTime": time,
+                "expireTime": time,
             },
+        },
+        "gateway.ApiKey": {
+            "type": "object",
+            "description": "An API key as listed: its metadata, never the key itself.",
+            "required": ["id", "name", "scopes", "createTime"],
+            "properties": {
+                "id": {"type": "string"},
+                "tenantId": {"type": ["string", "null"]},
+                "name": {"type": "string"},
+                "scopes": {"type": "array", "items": {"type": "string"}},
+                "createTime": time,
+                "expireTime": nullable_time,
+                "lastUsedTime": nullable_time,
+                "revokeTime": nullable_time,
+            },
+        },
+        "gateway.ApiKeyList": {
+            "type": "object",
+            "required": ["apiKeys"],
+            "properties": {"apiKeys": {"type": "array", "items": schema_ref("gateway.ApiKey")}},
         },
         "gateway.Liveness": {
             "type": "object",

@@ -12,7 +12,12 @@ const OPENAPI_SCHEMA: &str = include_str!("../../../gateway/tests/fixtures/opena
 /// The endpoints the gateway serves itself, beside the routes of the descriptor set.
 const GATEWAY_ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/v1/admin/tenants"),
+    ("get", "/v1/admin/tenants"),
+    ("get", "/v1/admin/tenants/{tenant_id}"),
+    ("patch", "/v1/admin/tenants/{tenant_id}"),
     ("post", "/v1/admin/tenants/{tenant_id}/api-keys"),
+    ("get", "/v1/admin/tenants/{tenant_id}/api-keys"),
+    ("delete", "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -171,6 +176,26 @@ async fn the_platforms_answers_match_the_documented_schemas() {
     let issued: Value = response.json().await.expect("JSON");
     assert_conforms(&document, "gateway.IssuedKey", &issued);
     let key = issued["key"].as_str().expect("a key");
+
+    let listed: Value = app.get("/v1/admin/tenants?pageSize=1", &admin).await.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.TenantList", &listed);
+    let read: Value = app.get(&format!("/v1/admin/tenants/{tenant_id}"), &admin).await.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.Tenant", &read);
+    let keys: Value =
+        app.get(&format!("/v1/admin/tenants/{tenant_id}/api-keys"), &admin).await.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.ApiKeyList", &keys);
+    let update = json!({"plan": "professional"});
+    assert_conforms(&document, "gateway.UpdateTenantRequest", &update);
+    let response = app
+        .client
+        .patch(app.url(&format!("/v1/admin/tenants/{tenant_id}")))
+        .bearer_auth(&admin)
+        .json(&update)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 200);
+    assert_conforms(&document, "gateway.Tenant", &response.json().await.expect("JSON"));
 
     let patient_request = json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"});
     assert_conforms(&document, "aigronova.health.v1.CreatePatientRequest", &patient_request);
