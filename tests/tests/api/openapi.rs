@@ -222,6 +222,12 @@ async fn the_platforms_answers_match_the_documented_schemas() {
     let assessment: Value = response.json().await.expect("JSON");
     assert_conforms(&document, "aigronova.health.v1.Assessment", &assessment);
 
+    let response = app.get("/v1/health/models", key).await;
+    assert_eq!(response.status(), 200);
+    let models: Value = response.json().await.expect("JSON");
+    assert!(models["models"].as_array().is_some_and(|cards| !cards.is_empty()), "{models}");
+    assert_conforms(&document, "aigronova.health.v1.ListModelsResponse", &models);
+
     let problem = assert_problem(app.get("/v1/health/patients/nobody", key).await, 400).await;
     assert_conforms(&document, "Problem", &problem);
     let unknown = format!("/v1/health/patients/{}", uuid::Uuid::now_v7());
