@@ -12,6 +12,7 @@ mod jwks;
 pub mod jwt;
 mod keys;
 mod metrics;
+pub mod openapi;
 pub mod plans;
 mod problem;
 mod proxy;
@@ -154,6 +155,7 @@ pub(crate) struct AppState {
     invalidation: keys::Invalidation,
     limiter: ratelimit::RateLimiter,
     jwt: Option<Arc<jwt::JwtAuthenticator>>,
+    api_docs: Arc<openapi::ApiDocs>,
 }
 
 /// A gateway bound to its port, ready to serve.
@@ -191,6 +193,7 @@ impl Gateway {
         let limiter = ratelimit::RateLimiter::connect(config.redis_url.as_deref(), &config.rate_limit).await?;
         let invalidation =
             keys::Invalidation::new(keys.clone(), config.redis_url.as_deref(), &config.rate_limit.redis_key_prefix)?;
+        let api_docs = openapi::ApiDocs::new(&routes, &pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let jwt = match &config.oidc {
             Some(oidc) => Some(Arc::new(jwt::JwtAuthenticator::start(oidc).await?)),
@@ -208,6 +211,7 @@ impl Gateway {
             invalidation: invalidation.clone(),
             limiter,
             jwt,
+            api_docs: Arc::new(api_docs),
         };
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
@@ -243,6 +247,8 @@ fn app(state: AppState) -> Router {
         .route("/healthz", get(proxy::healthz))
         .route("/readyz", get(proxy::readyz))
         .route("/metrics", get(proxy::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs_page))
         .route("/v1/admin/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/v1/admin/tenants/{tenant_id}", get(admin::get_tenant).patch(admin::update_tenant))
         .route("/v1/admin/tenants/{tenant_id}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))

@@ -150,7 +150,7 @@ pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     let latency = started.elapsed();
     let facts = response.extensions().get::<RequestFacts>().cloned().unwrap_or_default();
     let route = facts.route.as_deref().unwrap_or(match path.as_str() {
-        "/healthz" | "/readyz" | "/metrics" => path.as_str(),
+        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" => path.as_str(),
         admin if admin.starts_with("/v1/admin/") => "/v1/admin",
         _ => "unmatched",
     });

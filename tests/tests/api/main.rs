@@ -4,6 +4,7 @@ mod admin;
 mod bad_input;
 mod edge;
 mod jwt;
+mod openapi;
 mod ratelimit;
 mod resilience;
 mod scoring;

@@ -1,0 +1,885 @@
+//! The OpenAPI 3.1 document of the HTTP API, built once at start-up from the same route table and
+//! descriptor set the gateway routes with (paths, parameters, schemas from the messages and their
+//! comments, scopes), plus the endpoints the gateway serves itself. Served on `/openapi.json`;
+//! `/docs` renders it.
+
+mod docs;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use axum::{
+    body::Bytes,
+    extract::State,
+    http::{HeaderValue, header},
+    response::{IntoResponse, Response},
+};
+use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, FileDescriptor, Kind, MessageDescriptor};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    AppState,
+    routes::{Route, RouteTable},
+    store::{ADMIN_SCOPE, GATEWAY_SCOPES, METRICS_SCOPE},
+};
+
+/// The name of the security scheme (`Authorization: Bearer <key>`) in `components`.
+const SECURITY_SCHEME: &str = "apiKey";
+
+/// The document and the page, ready to serve.
+pub(crate) struct ApiDocs {
+    json: Bytes,
+    page: docs::Page,
+}
+
+impl ApiDocs {
+    pub(crate) fn new(routes: &RouteTable, pool: &DescriptorPool) -> anyhow::Result<Self> {
+        let json = serde_json::to_vec(&document(routes, pool))?;
+        Ok(Self { json: json.into(), page: docs::Page::new() })
+    }
+}
+
+/// `GET /openapi.json`, without a key.
+pub(crate) async fn openapi_json(State(state): State<AppState>) -> Response {
+    let headers = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    (headers, state.api_docs.json.clone()).into_response()
+}
+
+/// `GET /docs`, without a key.
+pub(crate) async fn docs_page(State(state): State<AppState>) -> Response {
+    state.api_docs.page.response()
+}
+
+/// The OpenAPI 3.1.0 document of every route of `routes` (whose descriptors come from `pool`)
+/// and of the gateway's own endpoints.
+pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
+    let mut generator = Generator { comments: Comments::new(pool), schemas: BTreeMap::new() };
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for route in routes.routes() {
+        let service = route.method.parent_service();
+        let description = generator
+            .comments
+            .get(&service.parent_file(), service.path())
+            .or_else(|| generator.comments.get(&service.parent_file(), &[PACKAGE_PATH]));
+        tags.entry(service.name().to_owned()).or_insert(description.map(str::to_owned));
+        let operation = generator.operation(route);
+        paths.entry(route.template.clone()).or_default().insert(route.http_method.as_str().to_lowercase(), operation);
+    }
+    let mut tags: Vec<Value> = tags
+        .into_iter()
+        .map(|(name, description)| match description {
+            Some(description) => json!({"name": name, "description": description}),
+            None => json!({"name": name}),
+        })
+        .collect();
+    let mut known_scopes = routes.scopes();
+    known_scopes.extend(GATEWAY_SCOPES.iter().map(|scope| (*scope).to_owned()));
+    for (tag, description) in GATEWAY_TAGS {
+        tags.push(json!({"name": tag, "description": description}));
+    }
+    for endpoint in GATEWAY_ENDPOINTS {
+        paths.entry(endpoint.path.to_owned()).or_default().insert(endpoint.method.to_owned(), endpoint.operation());
+    }
+    let mut schemas: Map<String, Value> = generator.schemas.into_iter().collect();
+    schemas.extend(gateway_schemas(&known_scopes));
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "AigroNova API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": API_DESCRIPTION,
+        },
+        "tags": tags,
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": problem_responses(),
+            "securitySchemes": {
+                SECURITY_SCHEME: {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key (`agk_…`) as `Authorization: Bearer <key>`. Each operation names \
+                                    the scope the key must hold.",
+                },
+            },
+        },
+    })
+}
+
+const API_DESCRIPTION: &str = "JSON over HTTP in front of the AigroNova services. Field names follow the proto3 JSON \
+                               mapping (lowerCamelCase; snake_case is accepted in requests; 64-bit integers are \
+                               strings). Every call but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs \
+                               `Authorization: Bearer <key>` with the scope the operation names. Errors are RFC 9457 \
+                               problem documents (`application/problem+json`).";
+
+/// `FileDescriptorProto.package`: where a file's opening comment is kept.
+const PACKAGE_PATH: i32 = 2;
+
+/// Leading (else trailing) comments of every element of the descriptor set, by file and path.
+struct Comments(HashMap<(String, Vec<i32>), String>);
+
+impl Comments {
+    fn new(pool: &DescriptorPool) -> Self {
+        let mut comments = HashMap::new();
+        for file in pool.files() {
+            let Some(info) = &file.file_descriptor_proto().source_code_info else { continue };
+            for location in &info.location {
+                let text = [&location.leading_comments, &location.trailing_comments]
+                    .into_iter()
+                    .filter_map(|comment| comment.as_deref().map(clean_comment))
+                    .find(|comment| !comment.is_empty());
+                if let Some(text) = text {
+                    comments.insert((file.name().to_owned(), location.path.clone()), text);
+                }
+            }
+        }
+        Self(comments)
+    }
+
+    fn get(&self, file: &FileDescriptor, path: &[i32]) -> Option<&str> {
+        self.0.get(&(file.name().to_owned(), path.to_vec())).map(String::as_str)
+    }
+
+    fn message(&self, message: &MessageDescriptor) -> Option<&str> {
+        self.get(&message.parent_file(), message.path())
+    }
+
+    fn field(&self, field: &FieldDescriptor) -> Option<&str> {
+        self.get(&field.parent_file(), field.path())
+    }
+}
+
+/// A comment without the space after `//` and without surrounding blank lines.
+fn clean_comment(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end()).collect();
+    lines.join("\n").trim().to_owned()
+}
+
+/// The first sentence of a comment, on one line.
+fn summary_of(comment: &str) -> String {
+    let paragraph = comment.split("\n\n").next().unwrap_or_default().replace('\n', " ");
+    match paragraph.find(". ") {
+        Some(end) => paragraph[..=end].to_owned(),
+        None => paragraph,
+    }
+}
+
+/// The template variables of a path, e.g. `patient_id` in `/v1/health/patients/{patient_id}`.
+fn template_variables(template: &str) -> impl Iterator<Item = &str> {
+    template.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+}
+
+struct Generator {
+    comments: Comments,
+    /// Component schemas by full proto name; `Null` while one is being built (recursion).
+    schemas: BTreeMap<String, Value>,
+}
+
+impl Generator {
+    fn operation(&mut self, route: &Route) -> Value {
+        let method = &route.method;
+        let service = method.parent_service();
+        let input = method.input();
+        let bound: BTreeSet<&str> = template_variables(&route.template).collect();
+        let mut parameters = Vec::new();
+        for name in &bound {
+            let field = input.get_field_by_name(name);
+            let schema = field.as_ref().map_or_else(|| json!({"type": "string"}), |field| self.field_schema(field));
+            let mut parameter = json!({"name": name, "in": "path", "required": true, "schema": schema});
+            if let Some(comment) = field.as_ref().and_then(|field| self.comments.field(field)) {
+                parameter["description"] = comment.into();
+            }
+            parameters.push(parameter);
+        }
+        if route.body != "*" {
+            for field in input.fields() {
+                if bound.contains(field.name()) || field.name() == route.body || !settable_from_query(&field) {
+                    continue;
+                }
+                let mut parameter =
+                    json!({"name": field.json_name(), "in": "query", "schema": self.field_schema(&field)});
+                if let Some(comment) = self.comments.field(&field) {
+                    parameter["description"] = comment.into();
+                }
+                parameters.push(parameter);
+            }
+        }
+        let mut operation = json!({
+            "operationId": format!("{}_{}", service.name(), method.name()),
+            "tags": [service.name()],
+            "parameters": parameters,
+            "responses": self.responses(route),
+            "security": [{SECURITY_SCHEME: [route.scope]}],
+            "x-grpc-method": route.grpc_path(),
+        });
+        if let Some(comment) = self.comments.get(&service.parent_file(), method.path()) {
+            operation["summary"] = summary_of(comment).into();
+            operation["description"] = comment.into();
+        }
+        if let Some(body) = self.request_body(route, &input, &bound) {
+            operation["requestBody"] = body;
+        }
+        operation
+    }
+
+    fn request_body(&mut self, route: &Route, input: &MessageDescriptor, bound: &BTreeSet<&str>) -> Option<Value> {
+        let schema = match route.body.as_str() {
+            "" => return None,
+            "*" if bound.is_empty() => self.message_ref(input),
+            "*" => {
+                let mut schema = self.message_schema(input, bound);
+                schema["title"] = input.full_name().into();
+                schema
+            }
+            field => self.field_schema(&input.get_field_by_name(field)?),
+        };
+        Some(json!({"content": {"application/json": {"schema": schema}}}))
+    }
+
+    fn responses(&mut self, route: &Route) -> Value {
+        let output = route.method.output();
+        let success = if output.full_name() == "google.api.HttpBody" {
+            json!({
+                "description": "The raw body, with the media type the service chose.",
+                "content": {"*/*": {"schema": {}}},
+            })
+        } else {
+            let description = self.comments.message(&output).map_or_else(|| output.name().to_owned(), summary_of);
+            json!({
+                "description": description,
+                "content": {"application/json": {"schema": self.message_ref(&output)}},
+            })
+        };
+        let mut responses = Map::from_iter([("200".to_owned(), success)]);
+        let problems: &[&str] = if route.body.is_empty() { ROUTE_PROBLEMS } else { ROUTE_PROBLEMS_WITH_BODY };
+        responses.extend(problem_refs(problems));
+        Value::Object(responses)
+    }
+
+    /// An object schema with every field of `message` but those in `skip`.
+    fn message_schema(&mut self, message: &MessageDescriptor, skip: &BTreeSet<&str>) -> Value {
+        let mut properties = Map::new();
+        for field in message.fields() {
+            if skip.contains(field.name()) {
+                continue;
+            }
+            let mut schema = self.field_schema(&field);
+            let mut notes: Vec<String> = self.comments.field(&field).map(str::to_owned).into_iter().collect();
+            if let Some(oneof) = field.containing_oneof().filter(|oneof| !oneof.is_synthetic()) {
+                let members: Vec<String> = oneof.fields().map(|member| format!("`{}`", member.json_name())).collect();
+                notes.push(format!("At most one of {} is set.", members.join(", ")));
+            }
+            if !notes.is_empty() {
+                schema["description"] = notes.join("\n\n").into();
+            }
+            if field.field_descriptor_proto().options.as_ref().and_then(|options| options.deprecated) == Some(true) {
+                schema["deprecated"] = true.into();
+            }
+            properties.insert(field.json_name().to_owned(), schema);
+        }
+        let mut schema = json!({"type": "object", "properties": properties});
+        if let Some(comment) = self.comments.message(message) {
+            schema["description"] = comment.into();
+        }
+        schema
+    }
+
+    /// The schema of a field as the proto3 JSON mapping writes it.
+    fn field_schema(&mut self, field: &FieldDescriptor) -> Value {
+        if field.is_map()
+            && let Kind::Message(entry) = field.kind()
+        {
+            let values = self.kind_schema(&entry.map_entry_value_field().kind());
+            return json!({"type": "object", "additionalProperties": values});
+        }
+        let schema = self.kind_schema(&field.kind());
+        if field.is_list() { json!({"type": "array", "items": schema}) } else { schema }
+    }
+
+    fn kind_schema(&mut self, kind: &Kind) -> Value {
+        match kind {
+            Kind::Double => json!({"type": "number", "format": "double"}),
+            Kind::Float => json!({"type": "number", "format": "float"}),
+            Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
+            Kind::Uint32 | Kind::Fixed32 => {
+                json!({"type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX})
+            }
+            Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+                json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+            }
+            Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}),
+            Kind::Bool => json!({"type": "boolean"}),
+            Kind::String => json!({"type": "string"}),
+            Kind::Bytes => json!({"type": "string", "format": "byte", "contentEncoding": "base64"}),
+            Kind::Enum(descriptor) => self.enum_ref(descriptor),
+            Kind::Message(descriptor) => {
+                well_known_schema(descriptor.full_name()).unwrap_or_else(|| self.message_ref(descriptor))
+            }
+        }
+    }
+
+    /// A `$ref` to the component schema of `message`, built on first use.
+    fn message_ref(&mut self, message: &MessageDescriptor) -> Value {
+        let name = message.full_name();
+        if !self.schemas.contains_key(name) {
+            self.schemas.insert(name.to_owned(), Value::Null);
+            let schema = self.message_schema(message, &BTreeSet::new());
+            self.schemas.insert(name.to_owned(), schema);
+        }
+        schema_ref(name)
+    }
+
+    fn enum_ref(&mut self, descriptor: &EnumDescriptor) -> Value {
+        let name = descriptor.full_name();
+        if name == "google.protobuf.NullValue" {
+            return json!({"type": "null"});
+        }
+        if !self.schemas.contains_key(name) {
+            let values: Vec<String> = descriptor.values().map(|value| value.name().to_owned()).collect();
+            let mut schema = json!({"type": "string", "enum": values});
+            let file = descriptor.parent_file();
+            let mut lines: Vec<String> =
+                self.comments.get(&file, descriptor.path()).map(str::to_owned).into_iter().collect();
+            for value in descriptor.values() {
+                if let Some(comment) = self.comments.get(&file, value.path()) {
+                    lines.push(format!("- `{}`: {}", value.name(), comment.replace('\n', " ")));
+                }
+            }
+            if !lines.is_empty() {
+                schema["description"] = lines.join("\n").into();
+            }
+            self.schemas.insert(name.to_owned(), schema);
+        }
+        schema_ref(name)
+    }
+}
+
+/// Whether the transcoder can set a field from the query string (scalars, enums, and lists of them).
+fn settable_from_query(field: &FieldDescriptor) -> bool {
+    !field.is_map() && !matches!(field.kind(), Kind::Message(_))
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+/// The JSON forms the proto3 mapping gives the well-known types.
+fn well_known_schema(full_name: &str) -> Option<Value> {
+    Some(match full_name {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$", "examples": ["1.5s"]})
+        }
+        "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
+        "google.protobuf.Value" => json!({}),
+        "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
+        "google.protobuf.Empty" => json!({"type": "object"}),
+        "google.protobuf.FieldMask" => json!({"type": "string", "examples": ["name,birthDate"]}),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "properties": {"@type": {"type": "string"}},
+            "required": ["@type"],
+            "additionalProperties": true,
+        }),
+        "google.protobuf.DoubleValue" => json!({"type": "number", "format": "double"}),
+        "google.protobuf.FloatValue" => json!({"type": "number", "format": "float"}),
+        "google.protobuf.Int64Value" => json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}),
+        "google.protobuf.UInt64Value" => json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}),
+        "google.protobuf.Int32Value" => json!({"type": "integer", "format": "int32"}),
+        "google.protobuf.UInt32Value" => {
+            json!({"type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX})
+        }
+        "google.protobuf.BoolValue" => json!({"type": "boolean"}),
+        "google.protobuf.StringValue" => json!({"type": "string"}),
+        "google.protobuf.BytesValue" => json!({"type": "string", "format": "byte", "contentEncoding": "base64"}),
+        _ => return None,
+    })
+}
+
+/// The problem documents the gateway answers with: component response name, status, meaning,
+/// and whether it carries `Retry-After`.
+const PROBLEMS: &[(&str, &str, &str, bool)] = &[
+    ("BadRequest", "400", "The request is malformed, or a field is invalid (`field` names it).", false),
+    ("Unauthorized", "401", "No API key, or one that is unknown, expired or revoked.", false),
+    (
+        "Forbidden",
+        "403",
+        "The key lacks the scope, its tenant is suspended, or an administrator key called a tenant API.",
+        false,
+    ),
+    ("NotFound", "404", "No such resource.", false),
+    ("PayloadTooLarge", "413", "The request body exceeds the plan's limit.", false),
+    ("TooManyRequests", "429", "A rate limit or quota is exhausted; retry after `Retry-After` seconds.", true),
+    ("InternalError", "500", "An internal error; quote the `requestId` when reporting it.", false),
+    ("Unavailable", "503", "The service is unavailable; retry after `Retry-After` seconds.", true),
+    ("GatewayTimeout", "504", "The service did not answer in time.", false),
+    ("Problem", "default", "Any other error, as a problem document.", false),
+];
+
+const ROUTE_PROBLEMS: &[&str] = &[
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "TooManyRequests",
+    "InternalError",
+    "Unavailable",
+    "GatewayTimeout",
+    "Problem",
+];
+const ROUTE_PROBLEMS_WITH_BODY: &[&str] = &[
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
+    "TooManyRequests",
+    "InternalError",
+    "Unavailable",
+    "GatewayTimeout",
+    "Problem",
+];
+
+fn problem_responses() -> Map<String, Value> {
+    PROBLEMS
+        .iter()
+        .map(|(name, _, description, retry_after)| {
+            let mut response = json!({
+                "description": description,
+                "content": {"application/problem+json": {"schema": schema_ref("Problem")}},
+            });
+            if *retry_after {
+                response["headers"] = json!({
+                    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}},
+                });
+            }
+            ((*name).to_owned(), response)
+        })
+        .collect()
+}
+
+/// `status → $ref` for the named problem responses.
+fn problem_refs(names: &[&str]) -> Map<String, Value> {
+    names
+        .iter()
+        .filter_map(|name| PROBLEMS.iter().find(|(candidate, ..)| candidate == name))
+        .map(|(name, status, ..)| ((*status).to_owned(), json!({"$ref": format!("#/components/responses/{name}")})))
+        .collect()
+}
+
+const GATEWAY_TAGS: &[(&str, &str)] = &[
+    ("Admin", "Tenants and their API keys. Needs an administrator key (scope `admin`)."),
+    ("Gateway", "Probes, metrics and this documentation."),
+];
+
+/// One endpoint the gateway serves itself rather than from the descriptor set. Adding one to the
+/// router means adding one here (and its body schemas to [`gateway_schemas`]).
+struct Endpoint {
+    /// Lowercase HTTP method.
+    method: &'static str,
+    path: &'static str,
+    operation_id: &'static str,
+    tag: &'static str,
+    summary: &'static str,
+    /// Any one of these scopes allows the call; none: no key needed.
+    scopes: &'static [&'static str],
+    parameters: &'static [Parameter],
+    /// The component schema of the JSON request body.
+    request: Option<&'static str>,
+    /// The answers that are not problems.
+    replies: &'static [Reply],
+    /// Problem responses, by name in [`PROBLEMS`].
+    problems: &'static [&'static str],
+}
+
+struct Parameter {
+    name: &'static str,
+    /// `path` or `query`.
+    location: &'static str,
+    description: &'static str,
+    /// `string` or `integer`.
+    kind: &'static str,
+}
+
+const fn path_parameter(name: &'static str, description: &'static str) -> Parameter {
+    Parameter { name, location: "path", description, kind: "string" }
+}
+
+struct Reply {
+    status: &'static str,
+    description: &'static str,
+    /// Media type and schema of the body; `None`: no body.
+    body: Option<(&'static str, Body)>,
+}
+
+enum Body {
+    /// A component schema.
+    Schema(&'static str),
+    Text,
+}
+
+const fn json_reply(status: &'static str, description: &'static str, schema: &'static str) -> Reply {
+    Reply { status, description, body: Some(("application/json", Body::Schema(schema))) }
+}
+
+const TENANT_ID: Parameter = path_parameter("tenant_id", "The tenant's id.");
+const ADMIN_PROBLEMS: &[&str] = &["BadRequest", "Unauthorized", "Forbidden", "InternalError", "Problem"];
+const ADMIN_BODY_PROBLEMS: &[&str] =
+    &["BadRequest", "Unauthorized", "Forbidden", "PayloadTooLarge", "InternalError", "Problem"];
+const ADMIN_TENANT_PROBLEMS: &[&str] =
+    &["BadRequest", "Unauthorized", "Forbidden", "NotFound", "InternalError", "Problem"];
+const ADMIN_TENANT_BODY_PROBLEMS: &[&str] =
+    &["BadRequest", "Unauthorized", "Forbidden", "NotFound", "PayloadTooLarge", "InternalError", "Problem"];
+
+const GATEWAY_ENDPOINTS: &[Endpoint] = &[
+    Endpoint {
+        method: "post",
+        path: "/v1/admin/tenants",
+        operation_id: "Admin_CreateTenant",
+        tag: "Admin",
+        summary: "Creates a tenant on a plan.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[],
+        request: Some("gateway.CreateTenantRequest"),
+        replies: &[json_reply("201", "The tenant.", "gateway.Tenant")],
+        problems: ADMIN_BODY_PROBLEMS,
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/admin/tenants",
+        operation_id: "Admin_ListTenants",
+        tag: "Admin",
+        summary: "Lists tenants, a page at a time.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[
+            Parameter {
+                name: "pageSize",
+                location: "query",
+                description: "At most this many tenants (1 to 500; 50 when absent).",
+                kind: "integer",
+            },
+            Parameter {
+                name: "pageToken",
+                location: "query",
+                description: "The `nextPageToken` of the previous page; absent for the first page.",
+                kind: "string",
+            },
+        ],
+        request: None,
+        replies: &[json_reply("200", "A page of tenants.", "gateway.TenantList")],
+        problems: ADMIN_PROBLEMS,
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/admin/tenants/{tenant_id}",
+        operation_id: "Admin_GetTenant",
+        tag: "Admin",
+        summary: "Reads a tenant.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID],
+        request: None,
+        replies: &[json_reply("200", "The tenant.", "gateway.Tenant")],
+        problems: ADMIN_TENANT_PROBLEMS,
+    },
+    Endpoint {
+        method: "patch",
+        path: "/v1/admin/tenants/{tenant_id}",
+        operation_id: "Admin_UpdateTenant",
+        tag: "Admin",
+        summary: "Changes a tenant's plan or status; a suspended tenant's keys are refused at once.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID],
+        request: Some("gateway.UpdateTenantRequest"),
+        replies: &[json_reply("200", "The tenant as updated.", "gateway.Tenant")],
+        problems: ADMIN_TENANT_BODY_PROBLEMS,
+    },
+    Endpoint {
+        method: "post",
+        path: "/v1/admin/tenants/{tenant_id}/api-keys",
+        operation_id: "Admin_CreateApiKey",
+        tag: "Admin",
+        summary: "Issues an API key of a tenant; the key is shown once, in this answer.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID],
+        request: Some("gateway.CreateApiKeyRequest"),
+        replies: &[json_reply("201", "The key, shown once.", "gateway.IssuedKey")],
+        problems: ADMIN_TENANT_BODY_PROBLEMS,
+    },
+    Endpoint {
+        method: "get",
+        path: "/v1/admin/tenants/{tenant_id}/api-keys",
+        operation_id: "Admin_ListApiKeys",
+        tag: "Admin",
+        summary: "Lists a tenant's API keys, without the keys themselves.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID],
+        request: None,
+        replies: &[json_reply("200", "The tenant's keys.", "gateway.ApiKeyList")],
+        problems: ADMIN_TENANT_PROBLEMS,
+    },
+    Endpoint {
+        method: "delete",
+        path: "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}",
+        operation_id: "Admin_RevokeApiKey",
+        tag: "Admin",
+        summary: "Revokes an API key; it is refused at once on every replica.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID, path_parameter("key_id", "The key's id.")],
+        request: None,
+        replies: &[Reply { status: "204", description: "Revoked.", body: None }],
+        problems: ADMIN_TENANT_PROBLEMS,
+    },
+    Endpoint {
+        method: "get",
+        path: "/healthz",
+        operation_id: "Gateway_Liveness",
+        tag: "Gateway",
+        summary: "Liveness: the process answers.",
+        scopes: &[],
+        parameters: &[],
+        request: None,
+        replies: &[json_reply("200", "Alive.", "gateway.Liveness")],
+        problems: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/readyz",
+        operation_id: "Gateway_Readiness",
+        tag: "Gateway",
+        summary: "Readiness: the gateway's database and every upstream service answer.",
+        scopes: &[],
+        parameters: &[],
+        request: None,
+        replies: &[
+            json_reply("200", "Ready.", "gateway.Readiness"),
+            json_reply("503", "Not ready: the database or an upstream does not answer.", "gateway.Readiness"),
+        ],
+        problems: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/metrics",
+        operation_id: "Gateway_Metrics",
+        tag: "Gateway",
+        summary: "Prometheus metrics of the process.",
+        scopes: &[METRICS_SCOPE, ADMIN_SCOPE],
+        parameters: &[],
+        request: None,
+        replies: &[Reply {
+            status: "200",
+            description: "The Prometheus text exposition format.",
+            body: Some(("text/plain", Body::Text)),
+        }],
+        problems: &["Unauthorized", "Forbidden", "Problem"],
+    },
+    Endpoint {
+        method: "get",
+        path: "/openapi.json",
+        operation_id: "Gateway_OpenApi",
+        tag: "Gateway",
+        summary: "This OpenAPI 3.1 document.",
+        scopes: &[],
+        parameters: &[],
+        request: None,
+        replies: &[json_reply("200", "The document.", "gateway.OpenApiDocument")],
+        problems: &[],
+    },
+    Endpoint {
+        method: "get",
+        path: "/docs",
+        operation_id: "Gateway_Docs",
+        tag: "Gateway",
+        summary: "A page that renders this document.",
+        scopes: &[],
+        parameters: &[],
+        request: None,
+        replies: &[Reply { status: "200", description: "The page.", body: Some(("text/html", Body::Text)) }],
+        problems: &[],
+    },
+];
+
+impl Endpoint {
+    fn operation(&self) -> Value {
+        let parameters: Vec<Value> = self
+            .parameters
+            .iter()
+            .map(|parameter| {
+                json!({
+                    "name": parameter.name,
+                    "in": parameter.location,
+                    "required": parameter.location == "path",
+                    "description": parameter.description,
+                    "schema": {"type": parameter.kind},
+                })
+            })
+            .collect();
+        let mut responses: Map<String, Value> = self
+            .replies
+            .iter()
+            .map(|reply| {
+                let mut response = json!({"description": reply.description});
+                if let Some((media_type, body)) = &reply.body {
+                    let schema = match body {
+                        Body::Schema(name) => schema_ref(name),
+                        Body::Text => json!({"type": "string"}),
+                    };
+                    response["content"] = json!({*media_type: {"schema": schema}});
+                }
+                (reply.status.to_owned(), response)
+            })
+            .collect();
+        responses.extend(problem_refs(self.problems));
+        let security: Vec<Value> = self.scopes.iter().map(|scope| json!({SECURITY_SCHEME: [scope]})).collect();
+        let mut operation = json!({
+            "operationId": self.operation_id,
+            "tags": [self.tag],
+            "summary": self.summary,
+            "parameters": parameters,
+            "responses": responses,
+            "security": security,
+        });
+        if let Some(schema) = self.request {
+            operation["requestBody"] =
+                json!({"required": true, "content": {"application/json": {"schema": schema_ref(schema)}}});
+        }
+        operation
+    }
+}
+
+/// The schemas of the gateway's own bodies (see `admin.rs` and `store.rs`), and `Problem`.
+/// `scopes` are those a key can be given.
+fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
+    let plan = json!({"type": "string", "enum": ["starter", "professional", "enterprise"]});
+    let time = json!({"type": "string", "format": "date-time"});
+    let nullable_time = json!({"type": ["string", "null"], "format": "date-time"});
+    let schemas = json!({
+        "Problem": {
+            "type": "object",
+            "description": "An RFC 9457 problem document.",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string", "format": "uri", "description": "Identifies the kind of problem."},
+                "title": {"type": "string", "description": "The HTTP status's reason phrase."},
+                "status": {"type": "integer", "description": "The HTTP status."},
+                "detail": {"type": "string", "description": "What went wrong, for a person."},
+                "instance": {"type": "string", "description": "The request path."},
+                "requestId": {"type": "string", "description": "The request's `X-Request-Id`; quote it in reports."},
+                "field": {"type": "string", "description": "The request field the problem is about."},
+            },
+        },
+        "gateway.CreateTenantRequest": {
+            "type": "object",
+            "required": ["name", "plan"],
+            "additionalProperties": false,
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                "plan": plan,
+            },
+        },
+        "gateway.UpdateTenantRequest": {
+            "type": "object",
+            "description": "Give `plan`, `status` or both.",
+            "minProperties": 1,
+            "additionalProperties": false,
+            "properties": {
+                "plan": plan,
+                "status": {"type": "string", "enum": ["active", "suspended"]},
+            },
+        },
+        "gateway.TenantList": {
+            "type": "object",
+            "required": ["tenants", "nextPageToken"],
+            "properties": {
+                "tenants": {"type": "array", "items": schema_ref("gateway.Tenant")},
+                "nextPageToken": {"type": "string", "description": "Empty on the last page."},
+            },
+        },
+        "gateway.Tenant": {
+            "type": "object",
+            "required": ["id", "name", "plan", "status", "createTime"],
+            "properties": {
+                "id": {"type": "string"},
+                "name": {"type": "string"},
+                "plan": plan,
+                "status": {
+                    "type": "string",
+                    "enum": ["active", "suspended"],
+                    "description": "A suspended tenant's keys are refused.",
+                },
+                "createTime": time,
+            },
+        },
+        "gateway.CreateApiKeyRequest": {
+            "type": "object",
+            "required": ["name", "scopes"],
+            "additionalProperties": false,
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                "scopes": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": scopes}},
+                "expireTime": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "When the key stops working (RFC 3339, in the future); never when absent.",
+                },
+            },
+        },
+        "gateway.IssuedKey": {
+            "type": "object",
+            "required": ["id", "key", "name", "scopes", "createTime"],
+            "properties": {
+                "id": {"type": "string"},
+                "key": {"type": "string", "description": "The key itself; it is not shown again."},
+                "name": {"type": "string"},
+                "tenantId": {"type": ["string", "null"]},
+                "scopes": {"type": "array", "items": {"type": "string"}},
+                "createTime": time,
+                "expireTime": time,
+            },
+        },
+        "gateway.ApiKey": {
+            "type": "object",
+            "description": "An API key as listed: its metadata, never the key itself.",
+            "required": ["id", "name", "scopes", "createTime"],
+            "properties": {
+                "id": {"type": "string"},
+                "tenantId": {"type": ["string", "null"]},
+                "name": {"type": "string"},
+                "scopes": {"type": "array", "items": {"type": "string"}},
+                "createTime": time,
+                "expireTime": nullable_time,
+                "lastUsedTime": nullable_time,
+                "revokeTime": nullable_time,
+            },
+        },
+        "gateway.ApiKeyList": {
+            "type": "object",
+            "required": ["apiKeys"],
+            "properties": {"apiKeys": {"type": "array", "items": schema_ref("gateway.ApiKey")}},
+        },
+        "gateway.Liveness": {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"const": "ok"}},
+        },
+        "gateway.Readiness": {
+            "type": "object",
+            "required": ["ready", "database", "upstreams"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "database": {"type": "boolean", "description": "The gateway's database answers."},
+                "upstreams": {
+                    "type": "object",
+                    "description": "Whether each upstream service reports SERVING, by owner.",
+                    "additionalProperties": {"type": "boolean"},
+                },
+            },
+        },
+        "gateway.OpenApiDocument": {"type": "object", "description": "An OpenAPI 3.1 document."},
+    });
+    match schemas {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}

@@ -1,0 +1,242 @@
+//! `/openapi.json` and `/docs`: the document is valid OpenAPI 3.1, lists every route with its
+//! method, matches the routing, and describes the answers the platform really gives.
+
+use aigronova_e2e::{Backend, TestApp, assert_problem, spawn_app};
+use aigronova_gateway::routes::RouteTable;
+use prost_reflect::DescriptorPool;
+use serde_json::{Value, json};
+
+/// The JSON Schema of OpenAPI 3.1 documents, vendored (see `gateway/tests/fixtures/README.md`).
+const OPENAPI_SCHEMA: &str = include_str!("../../../gateway/tests/fixtures/openapi-3.1.schema.json");
+
+/// The endpoints the gateway serves itself, beside the routes of the descriptor set.
+const GATEWAY_ENDPOINTS: &[(&str, &str)] = &[
+    ("post", "/v1/admin/tenants"),
+    ("get", "/v1/admin/tenants"),
+    ("get", "/v1/admin/tenants/{tenant_id}"),
+    ("patch", "/v1/admin/tenants/{tenant_id}"),
+    ("post", "/v1/admin/tenants/{tenant_id}/api-keys"),
+    ("get", "/v1/admin/tenants/{tenant_id}/api-keys"),
+    ("delete", "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/docs"),
+];
+
+const HTTP_METHODS: &[&str] = &["get", "put", "post", "delete", "patch"];
+
+async fn fetch_document(app: &TestApp) -> Value {
+    let response = app.client.get(app.url("/openapi.json")).send().await.expect("request sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    response.json().await.expect("the document is JSON")
+}
+
+fn openapi_errors(document: &Value) -> Vec<String> {
+    let schema: Value = serde_json::from_str(OPENAPI_SCHEMA).expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the OpenAPI 3.1 schema compiles");
+    validator.iter_errors(document).map(|error| format!("{error} at {}", error.instance_path())).collect()
+}
+
+/// Every (method, path template, operation) of the document.
+fn operations(document: &Value) -> Vec<(String, String, Value)> {
+    let mut found = Vec::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for method in HTTP_METHODS {
+            if let Some(operation) = item.get(*method) {
+                found.push(((*method).to_owned(), path.clone(), operation.clone()));
+            }
+        }
+    }
+    found
+}
+
+fn assert_conforms(document: &Value, name: &str, instance: &Value) {
+    let errors = conformance_errors(document, name, instance);
+    assert!(errors.is_empty(), "{instance} does not match {name}: {errors:?}");
+}
+
+/// Checks `instance` against the component schema `name`, with every object closed to members the
+/// document does not list, and formats (date-time, uri) checked.
+fn conformance_errors(document: &Value, name: &str, instance: &Value) -> Vec<String> {
+    let mut components = document["components"].clone();
+    close_objects(&mut components);
+    let schema = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": components,
+    });
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|error| panic!("schema {name} compiles: {error}"));
+    validator.iter_errors(instance).map(|error| format!("{error} at {}", error.instance_path())).collect()
+}
+
+fn close_objects(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            map.values_mut().for_each(close_objects);
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_its_method() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let document = fetch_document(&app).await;
+    assert_eq!(openapi_errors(&document), Vec::<String>::new());
+    assert_eq!(document["openapi"], "3.1.0");
+
+    let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let routes = RouteTable::from_descriptors(&pool).expect("routes");
+    assert!(!routes.routes().is_empty());
+    for route in routes.routes() {
+        let method = route.http_method.as_str().to_lowercase();
+        let operation = &document["paths"][&route.template][&method];
+        assert!(operation.is_object(), "{method} {} is not in the document", route.template);
+        assert_eq!(operation["security"], json!([{"apiKey": [route.scope]}]), "{method} {}", route.template);
+    }
+    for (method, path) in GATEWAY_ENDPOINTS {
+        assert!(document["paths"][path][method].is_object(), "{method} {path} is not in the document");
+    }
+    let documented = operations(&document).len();
+    assert_eq!(documented, routes.routes().len() + GATEWAY_ENDPOINTS.len(), "operations nobody routes");
+
+    let mut broken = document.clone();
+    broken.as_object_mut().expect("an object").remove("info");
+    assert!(!openapi_errors(&broken).is_empty(), "a document without info passed validation");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_json_and_docs_answer_without_a_key_and_the_page_loads_nothing_from_other_hosts() {
+    let app = spawn_app(Backend::Sqlite).await;
+    fetch_document(&app).await;
+    let response = app.client.get(app.url("/docs")).send().await.expect("request sent");
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+    let policy = response.headers()["content-security-policy"].to_str().expect("ASCII").to_owned();
+    assert!(policy.starts_with("default-src 'none';"), "{policy}");
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
+    let page = response.text().await.expect("the page");
+    for reference in ["http://", "https://", " src=", "<link", "@import", "url("] {
+        assert!(!page.contains(reference), "the page contains {reference:?}");
+    }
+    assert!(page.contains("fetch(\"openapi.json\""), "the page renders the document");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_routed_and_those_with_a_scope_refuse_a_call_without_a_key() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let document = fetch_document(&app).await;
+    for (method, template, operation) in operations(&document) {
+        let path = template
+            .split('/')
+            .map(|segment| if segment.starts_with('{') { "dummy-1" } else { segment })
+            .collect::<Vec<_>>()
+            .join("/");
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("a method");
+        let response = app.client.request(method.clone(), app.url(&path)).send().await.expect("request sent");
+        let secured = operation["security"].as_array().is_some_and(|alternatives| !alternatives.is_empty());
+        if secured {
+            assert_problem(response, 401).await;
+        } else {
+            let status = response.status().as_u16();
+            assert!(![401, 404, 405].contains(&status), "{method} {path} answered {status}");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_platforms_answers_match_the_documented_schemas() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let document = fetch_document(&app).await;
+    let admin = app.admin_key.clone();
+
+    let response = app.post("/v1/admin/tenants", &admin, &json!({"name": "Acme", "plan": "starter"})).await;
+    assert_eq!(response.status(), 201);
+    let tenant: Value = response.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.Tenant", &tenant);
+    let tenant_id = tenant["id"].as_str().expect("an id");
+
+    let key_request = json!({"name": "ci", "scopes": ["health:read", "health:write"]});
+    assert_conforms(&document, "gateway.CreateApiKeyRequest", &key_request);
+    let response = app.post(&format!("/v1/admin/tenants/{tenant_id}/api-keys"), &admin, &key_request).await;
+    assert_eq!(response.status(), 201);
+    let issued: Value = response.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.IssuedKey", &issued);
+    let key = issued["key"].as_str().expect("a key");
+
+    let listed: Value = app.get("/v1/admin/tenants?pageSize=1", &admin).await.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.TenantList", &listed);
+    let read: Value = app.get(&format!("/v1/admin/tenants/{tenant_id}"), &admin).await.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.Tenant", &read);
+    let keys: Value =
+        app.get(&format!("/v1/admin/tenants/{tenant_id}/api-keys"), &admin).await.json().await.expect("JSON");
+    assert_conforms(&document, "gateway.ApiKeyList", &keys);
+    let update = json!({"plan": "professional"});
+    assert_conforms(&document, "gateway.UpdateTenantRequest", &update);
+    let response = app
+        .client
+        .patch(app.url(&format!("/v1/admin/tenants/{tenant_id}")))
+        .bearer_auth(&admin)
+        .json(&update)
+        .send()
+        .await
+        .expect("request sent");
+    assert_eq!(response.status(), 200);
+    assert_conforms(&document, "gateway.Tenant", &response.json().await.expect("JSON"));
+
+    let patient_request = json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"});
+    assert_conforms(&document, "aigronova.health.v1.CreatePatientRequest", &patient_request);
+    let response = app.post("/v1/health/patients", key, &patient_request).await;
+    assert_eq!(response.status(), 200);
+    let patient: Value = response.json().await.expect("JSON");
+    assert_conforms(&document, "aigronova.health.v1.Patient", &patient);
+    let mut mismatches = [patient.clone(), patient.clone(), patient.clone()];
+    mismatches[0]["nickname"] = "Mari".into();
+    mismatches[1]["createTime"] = "yesterday".into();
+    mismatches[2]["name"] = 7.into();
+    for mismatch in mismatches {
+        let errors = conformance_errors(&document, "aigronova.health.v1.Patient", &mismatch);
+        assert!(!errors.is_empty(), "{mismatch} passed as a Patient");
+    }
+
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/breast-cancer-assessment.json"))
+            .expect("the example assessment");
+    let assessment_request: Value = serde_json::from_str(&example).expect("JSON");
+    let patient_id = patient["id"].as_str().expect("an id");
+    let response = app.post(&format!("/v1/health/patients/{patient_id}/assessments"), key, &assessment_request).await;
+    assert_eq!(response.status(), 200);
+    let assessment: Value = response.json().await.expect("JSON");
+    assert_conforms(&document, "aigronova.health.v1.Assessment", &assessment);
+
+    let response = app.get("/v1/health/models", key).await;
+    assert_eq!(response.status(), 200);
+    let models: Value = response.json().await.expect("JSON");
+    assert!(models["models"].as_array().is_some_and(|cards| !cards.is_empty()), "{models}");
+    assert_conforms(&document, "aigronova.health.v1.ListModelsResponse", &models);
+
+    let problem = assert_problem(app.get("/v1/health/patients/nobody", key).await, 400).await;
+    assert_conforms(&document, "Problem", &problem);
+    let unknown = format!("/v1/health/patients/{}", uuid::Uuid::now_v7());
+    let problem = assert_problem(app.get(&unknown, key).await, 404).await;
+    assert_conforms(&document, "Problem", &problem);
+
+    let health: Value = app.client.get(app.url("/healthz")).send().await.expect("sent").json().await.expect("JSON");
+    assert_conforms(&document, "gateway.Liveness", &health);
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.expect("sent").json().await.expect("JSON");
+    assert_conforms(&document, "gateway.Readiness", &ready);
+    app.stop().await;
+}
