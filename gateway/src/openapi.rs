@@ -100,8 +100,10 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
                 SECURITY_SCHEME: {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "An API key (`agk_…`) as `Authorization: Bearer <key>`. Each operation names \
-                                    the scope the key must hold.",
+                    "description": "An API key (`agk_…`) as `Authorization: Bearer <key>`, or, when the \
+                                    deployment trusts an OIDC provider, a JWT from it (RS256, ES256 or EdDSA; tenant \
+                                    and scopes from its claims). Each operation names the scope the credential must \
+                                    hold.",
                 },
             },
         },
@@ -402,7 +404,12 @@ fn well_known_schema(full_name: &str) -> Option<Value> {
 /// and whether it carries `Retry-After`.
 const PROBLEMS: &[(&str, &str, &str, bool)] = &[
     ("BadRequest", "400", "The request is malformed, or a field is invalid (`field` names it).", false),
-    ("Unauthorized", "401", "No API key, or one that is unknown, expired or revoked.", false),
+    (
+        "Unauthorized",
+        "401",
+        "No credential, or an API key that is unknown, expired or revoked, or a JWT that does not verify.",
+        false,
+    ),
     (
         "Forbidden",
         "403",
@@ -453,6 +460,16 @@ fn problem_responses() -> Map<String, Value> {
             if *retry_after {
                 response["headers"] = json!({
                     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}},
+                });
+            }
+            if *name == "TooManyRequests" {
+                response["headers"]["RateLimit-Policy"] = json!({
+                    "description": "The limits that apply (IETF draft), e.g. `\"tenant\";q=20;w=2`.",
+                    "schema": {"type": "string"},
+                });
+                response["headers"]["RateLimit"] = json!({
+                    "description": "What is left of each limit, e.g. `\"tenant\";r=0;t=1`.",
+                    "schema": {"type": "string"},
                 });
             }
             ((*name).to_owned(), response)
