@@ -34,6 +34,7 @@ pub struct TestApp {
     pub backend: Backend,
     pub client: reqwest::Client,
     pub health_database_url: String,
+    pub gateway_database_url: String,
     shutdown: Shutdown,
     platform: Option<Platform>,
     postgres_databases: Vec<String>,
@@ -67,6 +68,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppCon
     }
     configure(&mut config);
     let health_database_url = config.healthquantum.database_url.clone();
+    let gateway_database_url = config.gateway.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
     let platform = Platform::start(&config, Some(&admin_key), shutdown.clone()).await.expect("the platform starts");
@@ -76,6 +78,7 @@ pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut AppCon
         backend,
         client: reqwest::Client::new(),
         health_database_url,
+        gateway_database_url,
         shutdown,
         platform: Some(platform),
         postgres_databases,
