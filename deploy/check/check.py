@@ -376,6 +376,28 @@ def check_dashboards() -> None:
            "\n".join(problems))
 
 
+def check_skips_have_reasons() -> None:
+    """Every checkov skip says why (checkov:skip=ID: reason, or checkov.io/skipN: ID=reason), and every
+    hadolint ignore has a comment above it."""
+    problems, skips = [], 0
+    files = [p for p in [*DEPLOY.rglob("*"), *(REPO / ".github").rglob("*")] if p.is_file() and p.name != "check.py"]
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(lines, 1):
+            where = f"{path.relative_to(REPO)}:{number}"
+            for match in re.finditer(r"checkov:skip=([A-Z0-9_]+)(?::\s*(.*))?|checkov\.io/skip\d+:\s*([A-Z0-9_]+)(?:=(.*))?", line):
+                skips += 1
+                reason = (match.group(2) or match.group(4) or "").strip()
+                if len(reason) < 15:
+                    problems.append(f"{where}: skip of {match.group(1) or match.group(3)} gives no reason")
+            if line.strip().startswith("# hadolint ignore=") and not (number > 1 and lines[number - 2].strip().startswith("#")):
+                problems.append(f"{where}: hadolint ignore without a reason above it")
+    record(f"every checkov skip ({skips}) and hadolint ignore gives its reason", not problems, "\n".join(problems))
+
+
 def check_argocd() -> None:
     """checkov has no checks for Argo CD's kinds: check that the Application points at the chart."""
     problems = []
@@ -451,6 +473,7 @@ def main() -> int:
     check_dashboards()
     check_compose()
     check_argocd()
+    check_skips_have_reasons()
 
     failed = [name for name, ok, _ in results if not ok]
     print(f"\ndeploy-check: {len(results) - len(failed)} passed, {len(failed)} failed")
