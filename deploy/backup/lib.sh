@@ -181,13 +181,18 @@ database_name() {
     printf '%s' "${rest%%\?*}"
 }
 
-# The same server's maintenance database, to create and drop databases from.
-maintenance_url() {
+# The same URL naming another database on the same server.
+with_database() { # $1 url, $2 database name
     local url="$1" name query=""
     name="$(database_name "$url")"
     [[ "$url" == *\?* ]] && query="?${url#*\?}"
     local base="${url%%\?*}"
-    printf '%s/postgres%s' "${base%/"$name"}" "$query"
+    printf '%s/%s%s' "${base%/"$name"}" "$2" "$query"
+}
+
+# The same server's maintenance database, to create and drop databases from.
+maintenance_url() {
+    with_database "$1" postgres
 }
 
 # psql that stops on the first error and prints bare, tab-separated rows.

@@ -458,7 +458,7 @@ def main() -> int:
         checkov("on .github/workflows", "github_actions", REPO / ".github" / "workflows", bin_dir)
 
     for dockerfile in (DEPLOY / "Dockerfile", DEPLOY / "backup" / "Dockerfile"):
-        run(f"hadolint {dockerfile.relative_to(REPO)}", [str(bin_dir / "hadolint"), str(dockerfile)])
+        run(f"hadolint {dockerfile.relative_to(REPO)}", [str(bin_dir / "hadolint"), "--no-color", str(dockerfile)])
     scripts = sorted(str(p.relative_to(REPO)) for p in [*DEPLOY.glob("backup/*.sh"), *DEPLOY.glob("docker/*.sh"),
                                                          *DEPLOY.glob("check/*.sh")] if p.name != "lib.sh")
     run("shellcheck " + " ".join(scripts), [str(bin_dir / "shellcheck"), "-x", *scripts])

@@ -1,7 +1,8 @@
 //! The backup drill of `deploy/backup/`, against the real PostgreSQL: populate the platform through
 //! the gateway, back up every service database with `backup.sh`, drop the databases, restore them
-//! with `restore.sh`, check them with `verify.sh`, and read the data back through a platform started
-//! on the restored databases. Prints how long each phase took.
+//! with `restore.sh`, check them with `verify.sh`, read the data back through a platform started on
+//! the restored databases, and run `drill.sh` (restore into scratch databases, verify, drop). Prints
+//! how long each phase took.
 
 use std::{
     collections::BTreeMap,
@@ -183,11 +184,19 @@ async fn a_backup_restores_every_row_after_the_databases_are_dropped() {
     let response = restored.get(&format!("/v1/health/patients/{}", patients[2]), &other_key).await;
     assert_eq!(response.status(), 200);
     restored.stop().await;
+    phases.end("read the restored data through the gateway");
+
+    let drill_output = drill.run_ok("drill.sh", &[&backup_id]);
+    assert!(drill_output.is_empty(), "drill.sh logs to standard error only");
+    for url in [&gateway_url, &health_url] {
+        let scratch = format!("{}_drill", database_name(url));
+        assert!(!database_exists(&scratch).await, "drill.sh leaves {scratch} behind");
+    }
+    phases.end("drill.sh: restore into scratch databases, verify, drop");
     for url in [&gateway_url, &health_url] {
         execute(&postgres_admin_url(), &format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, database_name(url)))
             .await;
     }
-    phases.end("read the restored data through the gateway");
 }
 
 /// What the second drill does to a good backup before restoring it.
