@@ -446,12 +446,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aigronova-deploy-check-") as scratch:
         out = Path(scratch)
         rendered = check_chart(out)
-        argocd = [d for d in yaml.safe_load_all((DEPLOY / "argocd" / "application.yaml").read_text()) if d]
-        check_kubernetes_schemas(rendered, argocd)
+        plain = [DEPLOY / "argocd" / "application.yaml", DEPLOY / "backup" / "restore-job.yaml"]
+        check_kubernetes_schemas(rendered, [d for path in plain for d in yaml.safe_load_all(path.read_text()) if d])
         (out / "manifests").mkdir()
         for size in rendered:
             shutil.copy(out / f"{size}.yaml", out / "manifests" / f"{size}.yaml")
-        checkov("on the rendered chart (all sizes)", "kubernetes", out / "manifests", bin_dir)
+        shutil.copy(DEPLOY / "backup" / "restore-job.yaml", out / "manifests" / "restore-job.yaml")
+        checkov("on the rendered chart (all sizes) and the restore Job", "kubernetes", out / "manifests", bin_dir)
         checkov("on deploy/Dockerfile", "dockerfile", DEPLOY / "Dockerfile", bin_dir)
         checkov("on deploy/backup/Dockerfile", "dockerfile", DEPLOY / "backup" / "Dockerfile", bin_dir)
         checkov("on deploy/terraform", "terraform", DEPLOY / "terraform", bin_dir)
