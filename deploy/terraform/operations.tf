@@ -101,8 +101,9 @@ resource "aws_backup_selection" "this" {
 # --- the API's certificate ---------------------------------------------------------------------
 
 resource "aws_acm_certificate" "api" {
-  domain_name       = var.api_domain
-  validation_method = "DNS"
+  domain_name               = var.api_domain
+  subject_alternative_names = var.extra_domains
+  validation_method         = "DNS"
   lifecycle {
     create_before_destroy = true
   }

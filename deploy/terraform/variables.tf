@@ -59,6 +59,12 @@ variable "api_domain" {
   type        = string
 }
 
+variable "extra_domains" {
+  description = "Other host names the certificate covers, e.g. Argo CD's, which CI must reach."
+  type        = list(string)
+  default     = []
+}
+
 variable "route53_zone_id" {
   description = "Route 53 hosted zone of api_domain, to validate the certificate by DNS; empty: add the validation record by hand."
   type        = string
