@@ -5,8 +5,10 @@
 use std::{io, net::SocketAddr};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{service::Routes, transport::Server};
+use tonic::{
+    service::Routes,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::ServingStatus;
 
 use crate::shutdown::Shutdown;
@@ -52,7 +54,8 @@ impl GrpcListener {
         Server::builder()
             .trace_fn(call_span)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), drain)
+            // Small gRPC frames must not wait for the peer's delayed ACK (Nagle).
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), drain)
             .await?;
         tracing::info!(addr = %self.local_addr, "gRPC server stopped");
         Ok(())
