@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "aigronova/common/v1/data_subject.proto",
     "aigronova/common/v1/models.proto",
     "aigronova/health/v1/health.proto",
+    "aigronova/governance/v1/governance.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -4,16 +4,20 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
+use aigronova_ai_governance::AiGovernanceService;
 use aigronova_gateway::Gateway;
 use aigronova_healthquantum::HealthQuantumService;
 use aigronova_platform::{
     Shutdown,
+    audit::RelayConfig,
     auth::{InternalAuthConfig, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, TelemetryConfig, Validate},
 };
@@ -68,14 +72,32 @@ enum Command {
         /// The service to run.
         service: Service,
     },
-    /// Print a new key pair for the internal token, as configuration variables.
+    /// Print new keys as configuration variables: the internal tokens' key pairs (the gateway's
+    /// and the services') and ai-governance's checkpoint signing key.
     Keygen,
+    /// Audit log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the audit log of the API key's tenant, or one entry, against the signed checkpoint.
+    ///
+    /// Reads the checkpoint and every entry through the gateway, checks the checkpoint's Ed25519
+    /// signature, hashes each entry again into the RFC 6962 Merkle tree and compares the root.
+    /// Exits 0 when the log verifies, 1 with the first bad index when it does not, 2 when it
+    /// cannot be verified (gateway unreachable, key refused, checkpoint signature invalid).
+    Verify(audit::VerifyArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Service {
     Gateway,
     Healthquantum,
+    AiGovernance,
 }
 
 /// The whole configuration of a process.
@@ -85,8 +107,10 @@ pub struct AppConfig {
     pub telemetry: TelemetryConfig,
     pub inference: InferenceConfig,
     pub internal_auth: InternalAuthConfig,
+    pub audit: RelayConfig,
     pub gateway: aigronova_gateway::Config,
     pub healthquantum: aigronova_healthquantum::Config,
+    pub ai_governance: aigronova_ai_governance::Config,
 }
 
 impl Validate for AppConfig {
@@ -94,8 +118,10 @@ impl Validate for AppConfig {
         self.telemetry.validate()?;
         self.inference.validate()?;
         self.internal_auth.validate()?;
+        self.audit.validate()?;
         self.gateway.validate()?;
-        self.healthquantum.validate()
+        self.healthquantum.validate()?;
+        self.ai_governance.validate()
     }
 }
 
@@ -106,6 +132,9 @@ impl AppConfig {
         self.gateway.database_url = format!("sqlite://{}", data_dir.join("gateway.db").display());
         self.healthquantum.database_url = format!("sqlite://{}", data_dir.join("healthquantum.db").display());
         self.healthquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.ai_governance.database_url = format!("sqlite://{}", data_dir.join("ai-governance.db").display());
+        self.ai_governance.signing_key_file = data_dir.join("ai-governance-checkpoint.key");
+        self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         self
     }
 }
@@ -124,21 +153,47 @@ pub struct Platform {
 
 impl Platform {
     /// Starts every implemented service, then the gateway wired to their actual ports.
+    ///
+    /// ai-governance runs in this process unless `audit.governance_url` names one elsewhere; the
+    /// services' relays and the gateway's `ai-governance` upstream point at it.
     pub async fn start(config: &AppConfig, admin_key: Option<&str>, shutdown: Shutdown) -> anyhow::Result<Self> {
         let signer = match &config.internal_auth.signing_key {
             Some(key) => TokenSigner::from_base64(key)?,
             None => TokenSigner::generate(),
         };
-        let health = HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier()).await?;
+        let service_signer = match &config.internal_auth.service_signing_key {
+            Some(key) => TokenSigner::from_base64(key)?,
+            None => TokenSigner::generate(),
+        };
+        let mut services = std::collections::BTreeMap::new();
+        let mut tasks = JoinSet::new();
+        let mut audit = config.audit.clone();
+        if audit.governance_url.is_none() {
+            let governance =
+                AiGovernanceService::build(&config.ai_governance, signer.verifier(), Some(service_signer.verifier()))
+                    .await?;
+            services.insert(aigronova_ai_governance::SERVICE_NAME, governance.local_addr());
+            audit.governance_url = Some(format!("http://{}", governance.local_addr()));
+            tasks.spawn(governance.run_until_stopped(shutdown.clone()));
+        }
+        let governance = aigronova_healthquantum::Governance { relay: audit.clone(), signer: Some(service_signer) };
+        let health =
+            HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier(), governance)
+                .await?;
+        services.insert(aigronova_healthquantum::SERVICE_NAME, health.local_addr());
         let mut gateway_config = config.gateway.clone();
         gateway_config
             .upstreams
             .insert(aigronova_healthquantum::SERVICE_NAME.to_owned(), format!("http://{}", health.local_addr()));
-        let services = [(aigronova_healthquantum::SERVICE_NAME, health.local_addr())].into();
+        if let Some(url) = &audit.governance_url {
+            gateway_config
+                .upstreams
+                .entry(aigronova_ai_governance::SERVICE_NAME.to_owned())
+                .or_insert_with(|| url.clone());
+        }
         let gateway = Gateway::build(&gateway_config, signer, admin_key).await?;
         let http_addr = gateway.local_addr();
         let generated_admin_key = gateway.generated_admin_key().map(str::to_owned);
-        let mut tasks = JoinSet::new();
         tasks.spawn(health.run_until_stopped(shutdown.clone()));
         tasks.spawn(gateway.run_until_stopped(shutdown));
         Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks })
@@ -159,7 +214,21 @@ pub fn main(cli: Cli) -> ExitCode {
         let signer = TokenSigner::generate();
         println!("AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY={}", signer.to_base64());
         println!("AIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY={}", signer.verifier().to_base64());
+        let services = TokenSigner::generate();
+        println!("AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY={}", services.to_base64());
+        println!("AIGRONOVA__INTERNAL_AUTH__SERVICE_VERIFYING_KEY={}", services.verifier().to_base64());
+        let checkpoints = aigronova_ai_governance::checkpoint::CheckpointSigner::generate();
+        println!("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}", checkpoints.to_base64());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Audit { command: AuditCommand::Verify(args) } = &cli.command {
+        return match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => ExitCode::from(runtime.block_on(audit::run(args))),
+            Err(error) => {
+                eprintln!("aigronova: cannot start the async runtime: {error}");
+                ExitCode::from(2)
+            }
+        };
     }
     let config = match aigronova_platform::config::load::<AppConfig>(cli.config.as_deref()) {
         Ok(config) => config,
@@ -185,12 +254,21 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The key a domain service verifies internal tokens with.
+fn service_verifier(config: &AppConfig) -> Result<TokenVerifier, ConfigError> {
+    let key = config.internal_auth.verifying_key.as_deref().ok_or_else(|| {
+        ConfigError("internal_auth.verifying_key is required to serve a service (see `aigronova keygen`)".into())
+    })?;
+    TokenVerifier::from_base64(key)
+}
+
 async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
     let service_name = match &command {
         Command::Up { .. } => "aigronova",
         Command::Serve { service: Service::Gateway } => "gateway",
         Command::Serve { service: Service::Healthquantum } => aigronova_healthquantum::SERVICE_NAME,
-        Command::Keygen => unreachable!("handled before the runtime starts"),
+        Command::Serve { service: Service::AiGovernance } => aigronova_ai_governance::SERVICE_NAME,
+        Command::Keygen | Command::Audit { .. } => unreachable!("handled before the runtime starts"),
     };
     let _telemetry = aigronova_platform::telemetry::init(&config.telemetry, service_name)?;
     let shutdown = Shutdown::new();
@@ -224,16 +302,21 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             gateway.run_until_stopped(shutdown).await
         }
         Command::Serve { service: Service::Healthquantum } => {
-            let key = config.internal_auth.verifying_key.as_deref().ok_or_else(|| {
-                ConfigError(
-                    "internal_auth.verifying_key is required to serve a service (see `aigronova keygen`)".into(),
-                )
-            })?;
+            let verifier = service_verifier(&config)?;
+            let signer =
+                config.internal_auth.service_signing_key.as_deref().map(TokenSigner::from_base64).transpose()?;
+            let governance = aigronova_healthquantum::Governance { relay: config.audit.clone(), signer };
             let service =
-                HealthQuantumService::build(&config.healthquantum, &config.inference, TokenVerifier::from_base64(key)?)
-                    .await?;
+                HealthQuantumService::build(&config.healthquantum, &config.inference, verifier, governance).await?;
             service.run_until_stopped(shutdown).await
         }
-        Command::Keygen => Ok(()),
+        Command::Serve { service: Service::AiGovernance } => {
+            let services_key =
+                config.internal_auth.service_verifying_key.as_deref().map(TokenVerifier::from_base64).transpose()?;
+            let service =
+                AiGovernanceService::build(&config.ai_governance, service_verifier(&config)?, services_key).await?;
+            service.run_until_stopped(shutdown).await
+        }
+        Command::Keygen | Command::Audit { .. } => Ok(()),
     }
 }

@@ -2,7 +2,13 @@
 //! domain values and back. Each call is authenticated by the `Authenticate` interceptor before
 //! it gets here, and acts only on the caller's tenant.
 
-use aigronova_platform::{auth, inference::ModelRegistry};
+use std::time::Instant;
+
+use aigronova_platform::{
+    audit::{AuditEvent, EventKind, OutboxWaker},
+    auth,
+    inference::ModelRegistry,
+};
 use aigronova_proto::aigronova::health::v1 as proto;
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
@@ -18,11 +24,12 @@ use crate::{
 pub(crate) struct HealthQuantumApi {
     store: Store,
     models: ModelRegistry,
+    outbox: OutboxWaker,
 }
 
 impl HealthQuantumApi {
-    pub(crate) fn new(store: Store, models: ModelRegistry) -> Self {
-        Self { store, models }
+    pub(crate) fn new(store: Store, models: ModelRegistry, outbox: OutboxWaker) -> Self {
+        Self { store, models, outbox }
     }
 }
 
@@ -46,7 +53,18 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
     ) -> Result<Response<proto::Patient>, Status> {
         let caller = auth::caller(&request)?.clone();
         let id = PatientId::parse("id", &request.get_ref().id)?;
-        let patient = self.store.get_patient(&caller.tenant_id, &id).await?;
+        let event = |patient: &Patient| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                "health.GetPatient",
+                &format!("patient:{}", patient.id),
+                serde_json::json!({"fields": ["name", "cpf", "birthDate"]}),
+            )
+        };
+        let patient = self.store.read_patient(&caller.tenant_id, &id, event).await?;
+        self.outbox.wake();
         Ok(Response::new(patient.into()))
     }
 
@@ -58,9 +76,26 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let request = AssessmentRequest::try_from(request.into_inner())?;
         let model = self.models.get(&request.model)?;
         let input = ModelInput::validate(model, request.features)?;
-        self.store.get_patient(&caller.tenant_id, &request.patient_id).await?;
+        self.store.patient_exists(&caller.tenant_id, &request.patient_id).await?;
+        let started = Instant::now();
         let assessment = assessment::assess(request.patient_id, input).await?;
-        self.store.insert_assessment(&caller.tenant_id, &assessment).await?;
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::Decision,
+            "health.AssessRisk",
+            &format!("patient:{}", assessment.patient_id),
+            serde_json::json!({
+                "assessmentId": assessment.id,
+                "model": assessment.model,
+                "modelVersion": assessment.model_version,
+                "inputDigest": assessment::input_digest(&assessment.features),
+                "output": {"probability": assessment.probability, "riskBand": assessment.risk_band},
+                "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
+            }),
+        );
+        self.store.insert_assessment(&caller.tenant_id, &assessment, &event).await?;
+        self.outbox.wake();
         tracing::info!(
             tenant = %caller.tenant_id,
             assessment = %assessment.id,

@@ -17,7 +17,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use aigronova_platform::{
     Shutdown,
-    auth::{Authenticate, TokenVerifier},
+    audit::{self, Relay, RelayConfig},
+    auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
     grpc::GrpcListener,
     inference::ModelRegistry,
@@ -68,6 +69,14 @@ impl Validate for Config {
     }
 }
 
+/// How the service reaches ai-governance: the relay's settings and the key that signs the
+/// service's own tokens. Without a signer, audit events wait in the outbox.
+#[derive(Clone, Debug, Default)]
+pub struct Governance {
+    pub relay: RelayConfig,
+    pub signer: Option<TokenSigner>,
+}
+
 /// A built service: database connected, models loaded, listener bound.
 #[derive(Debug)]
 pub struct HealthQuantumService {
@@ -75,12 +84,20 @@ pub struct HealthQuantumService {
     database: Database,
     api: HealthQuantumApi,
     verifier: TokenVerifier,
+    relay: Relay,
+    governance: Governance,
+    models: ModelRegistry,
 }
 
 impl HealthQuantumService {
     /// Connects the database (running the migrations), loads [`MODELS`] and binds
     /// `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
-    pub async fn build(config: &Config, inference: &InferenceConfig, verifier: TokenVerifier) -> anyhow::Result<Self> {
+    pub async fn build(
+        config: &Config,
+        inference: &InferenceConfig,
+        verifier: TokenVerifier,
+        governance: Governance,
+    ) -> anyhow::Result<Self> {
         config.validate()?;
         let database = Database::connect(&config.database_url, &MIGRATOR)
             .await
@@ -89,8 +106,14 @@ impl HealthQuantumService {
         let listener = GrpcListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
-        let api = HealthQuantumApi::new(Store::new(database.clone()), models);
-        Ok(Self { listener, database, api, verifier })
+        let relay = Relay::new(
+            database.clone(),
+            SERVICE_NAME,
+            governance.relay.clone(),
+            governance.signer.clone().unwrap_or_else(TokenSigner::generate),
+        );
+        let api = HealthQuantumApi::new(Store::new(database.clone()), models.clone(), relay.waker());
+        Ok(Self { listener, database, api, verifier, relay, governance, models })
     }
 
     /// The address the listener is bound to.
@@ -105,10 +128,31 @@ impl HealthQuantumService {
     }
 
     /// Serves HealthQuantum, health and reflection until `shutdown`, then drains in-flight calls
-    /// and closes the database.
+    /// and closes the database. Meanwhile the outbox relay ships audit events to ai-governance
+    /// and the models are registered in its inventory.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let relay = match self.governance.signer.clone() {
+            Some(signer) => {
+                let cards = self.models.models().map(|model| model.card()).collect();
+                tokio::spawn(audit::register_models(
+                    self.governance.relay.clone(),
+                    signer,
+                    SERVICE_NAME,
+                    cards,
+                    shutdown.clone(),
+                ));
+                Some(tokio::spawn(self.relay.run(shutdown.clone())))
+            }
+            None => {
+                tracing::warn!("no internal_auth.signing_key: audit events stay in the outbox");
+                None
+            }
+        };
         let service = HealthQuantumServer::with_interceptor(self.api, Authenticate::new(self.verifier));
         let served = self.listener.serve(Routes::new(service), &[health_quantum_server::SERVICE_NAME], shutdown).await;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         self.database.close().await;
         served
     }
@@ -119,9 +163,10 @@ pub async fn run(
     config: &Config,
     inference: &InferenceConfig,
     verifier: TokenVerifier,
+    governance: Governance,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    HealthQuantumService::build(config, inference, verifier).await?.run_until_stopped(shutdown).await
+    HealthQuantumService::build(config, inference, verifier, governance).await?.run_until_stopped(shutdown).await
 }
 
 #[cfg(test)]

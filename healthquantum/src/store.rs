@@ -3,6 +3,7 @@
 
 use aigronova_platform::{
     Error,
+    audit::{self, AuditEvent},
     storage::{Database, StoreError},
 };
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -41,23 +42,52 @@ impl Store {
         Ok(())
     }
 
-    /// The patient `id` of `tenant_id`; `NotFound` when it is unknown or another tenant's.
-    pub(crate) async fn get_patient(&self, tenant_id: &str, id: &PatientId) -> Result<Patient, Error> {
+    /// The patient `id` of `tenant_id`, shown to a caller: the read and its audit event
+    /// (`event(&patient)`) commit together. `NotFound` when it is unknown or another tenant's.
+    pub(crate) async fn read_patient(
+        &self,
+        tenant_id: &str,
+        id: &PatientId,
+        event: impl FnOnce(&Patient) -> AuditEvent,
+    ) -> Result<Patient, Error> {
+        let mut transaction = self.database.begin_write().await?;
         let row =
             sqlx::query("SELECT id, name, cpf, birth_date, created_at FROM patients WHERE tenant_id = $1 AND id = $2")
                 .bind(tenant_id)
                 .bind(id.as_str())
-                .fetch_optional(self.database.pool())
+                .fetch_optional(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?
                 .ok_or_else(|| Error::NotFound("patient".into()))?;
-        Ok(patient_from(&row)?)
+        let patient = patient_from(&row)?;
+        audit::enqueue(&mut transaction, &event(&patient)).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(patient)
     }
 
-    /// Stores `assessment` for its patient, who must be a patient of `tenant_id`.
-    pub(crate) async fn insert_assessment(&self, tenant_id: &str, assessment: &Assessment) -> Result<(), Error> {
+    /// `NotFound` unless `id` is a patient of `tenant_id`.
+    pub(crate) async fn patient_exists(&self, tenant_id: &str, id: &PatientId) -> Result<(), Error> {
+        sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id.as_str())
+            .fetch_optional(self.database.pool())
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound("patient".into()))?;
+        Ok(())
+    }
+
+    /// Stores `assessment` for its patient, who must be a patient of `tenant_id`, and its audit
+    /// `event` in the same transaction.
+    pub(crate) async fn insert_assessment(
+        &self,
+        tenant_id: &str,
+        assessment: &Assessment,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
         let features = serde_json::to_string(&assessment.features)
             .map_err(|error| StoreError::Corrupt(format!("features do not serialize: {error}")))?;
+        let mut transaction = self.database.begin_write().await?;
         sqlx::query(
             "INSERT INTO assessments \
              (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at) \
@@ -72,9 +102,11 @@ impl Store {
         .bind(assessment.probability)
         .bind(assessment.risk_band.as_str())
         .bind(timestamp(assessment.created_at))
-        .execute(self.database.pool())
+        .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 }

@@ -306,7 +306,7 @@ async fn spawn_app(engine: Engine) -> TestApp {
     let inference = InferenceConfig { models_dir, ort_dylib_path: None, intra_threads: 1 };
     let signer = TokenSigner::generate();
 
-    let service = HealthQuantumService::build(&config, &inference, signer.verifier())
+    let service = HealthQuantumService::build(&config, &inference, signer.verifier(), Default::default())
         .await
         .unwrap_or_else(|error| panic!("the service builds (is ORT_DYLIB_PATH set?): {error:#}"));
     let addr = service.local_addr();

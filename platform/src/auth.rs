@@ -31,6 +31,11 @@ pub struct InternalAuthConfig {
     pub signing_key: Option<String>,
     /// The public key services verify with. `aigronova up` derives it from the signing key.
     pub verifying_key: Option<String>,
+    /// The domain services' own private key (a secret), for their calls to ai-governance
+    /// (audit events, model registration). `aigronova up` makes one per run when unset.
+    pub service_signing_key: Option<String>,
+    /// The public half, with which ai-governance accepts those calls.
+    pub service_verifying_key: Option<String>,
 }
 
 impl std::fmt::Debug for InternalAuthConfig {
@@ -38,6 +43,8 @@ impl std::fmt::Debug for InternalAuthConfig {
         f.debug_struct("InternalAuthConfig")
             .field("signing_key", &self.signing_key.as_ref().map(|_| "[redacted]"))
             .field("verifying_key", &self.verifying_key)
+            .field("service_signing_key", &self.service_signing_key.as_ref().map(|_| "[redacted]"))
+            .field("service_verifying_key", &self.service_verifying_key)
             .finish()
     }
 }
@@ -49,6 +56,15 @@ impl Validate for InternalAuthConfig {
         }
         if let Some(key) = &self.verifying_key {
             TokenVerifier::from_base64(key)?;
+        }
+        if let Some(key) = &self.service_signing_key {
+            TokenSigner::from_base64(key)
+                .map_err(|_| ConfigError("internal_auth.service_signing_key must be a base64 32-byte key".into()))?;
+        }
+        if let Some(key) = &self.service_verifying_key {
+            TokenVerifier::from_base64(key).map_err(|_| {
+                ConfigError("internal_auth.service_verifying_key must be a base64 Ed25519 public key".into())
+            })?;
         }
         Ok(())
     }
@@ -193,16 +209,27 @@ pub fn attach_token(metadata: &mut MetadataMap, token: &str) {
     metadata.insert(TOKEN_METADATA_KEY, value);
 }
 
+/// Marks a request whose token a domain service signed with the service key (a call between
+/// services), rather than the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FromService;
+
 /// A tonic interceptor that verifies the internal token and stores the [`Caller`] in the
 /// request's extensions; calls without a valid token end with `unauthenticated`.
 #[derive(Clone, Debug)]
 pub struct Authenticate {
     verifier: TokenVerifier,
+    service_verifier: Option<TokenVerifier>,
 }
 
 impl Authenticate {
     pub fn new(verifier: TokenVerifier) -> Self {
-        Self { verifier }
+        Self { verifier, service_verifier: None }
+    }
+
+    /// Also accepts tokens signed with the services' key, marking those calls [`FromService`].
+    pub fn with_service_key(verifier: TokenVerifier, service_verifier: Option<TokenVerifier>) -> Self {
+        Self { verifier, service_verifier }
     }
 }
 
@@ -214,10 +241,28 @@ impl tonic::service::Interceptor for Authenticate {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or(TokenError::Missing)?;
-        let caller = self.verifier.verify(token)?;
+        let caller = match (self.verifier.verify(token), &self.service_verifier) {
+            (Ok(caller), _) => caller,
+            (Err(TokenError::BadSignature), Some(service_verifier)) => {
+                let caller = service_verifier.verify(token)?;
+                request.extensions_mut().insert(FromService);
+                caller
+            }
+            (Err(error), _) => return Err(error.into()),
+        };
         request.extensions_mut().insert(caller);
         Ok(request)
     }
+}
+
+/// The verified caller of a request signed by a domain service holding `scope`; any other
+/// caller is refused with `permission_denied`.
+pub fn service_caller<T>(request: &Request<T>, scope: &str) -> Result<Caller, Status> {
+    let caller = caller(request)?;
+    if request.extensions().get::<FromService>().is_none() || !caller.has_scope(scope) {
+        return Err(Status::permission_denied(format!("only a domain service with the {scope:?} scope may call this")));
+    }
+    Ok(caller.clone())
 }
 
 /// The verified caller of a request that went through [`Authenticate`].
@@ -276,6 +321,32 @@ mod tests {
         let signer = TokenSigner::generate();
         let token = signer.mint_at(&caller(), 1_000);
         assert_eq!(signer.verifier().verify_at(&token, 1_000 + 61 + LEEWAY_SECS), Err(TokenError::Expired));
+    }
+
+    fn request_with(token: &str) -> Request<()> {
+        let mut request = Request::new(());
+        attach_token(request.metadata_mut(), token);
+        request
+    }
+
+    #[test]
+    fn a_service_token_is_accepted_only_with_the_service_key_and_is_marked() {
+        use tonic::service::Interceptor;
+        let gateway = TokenSigner::generate();
+        let services = TokenSigner::generate();
+        let service = Caller { tenant_id: String::new(), subject: "service:x".into(), scopes: vec!["a:b".into()] };
+        let token = services.mint(&service);
+
+        assert!(Authenticate::new(gateway.verifier()).call(request_with(&token)).is_err());
+        let mut both = Authenticate::with_service_key(gateway.verifier(), Some(services.verifier()));
+        let accepted = both.call(request_with(&token)).unwrap();
+        assert_eq!(service_caller(&accepted, "a:b").unwrap(), service);
+        assert!(service_caller(&accepted, "c:d").is_err(), "the scope is still checked");
+
+        // The gateway's tokens pass, but never as a service's, whatever scopes they carry.
+        let from_gateway = both.call(request_with(&gateway.mint(&service))).unwrap();
+        assert_eq!(super::caller(&from_gateway).unwrap(), &service);
+        assert_eq!(service_caller(&from_gateway, "a:b").unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]

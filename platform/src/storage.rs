@@ -7,7 +7,7 @@
 use std::{path::Path, str::FromStr, time::Duration};
 
 use sqlx::{
-    AnyPool,
+    Any, AnyPool, Transaction,
     any::{AnyPoolOptions, install_default_drivers},
     migrate::Migrator,
 };
@@ -110,6 +110,17 @@ impl Database {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so that a transaction that reads before it writes waits for another
+    /// writer instead of failing with `SQLITE_BUSY` when it upgrades its lock.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let transaction = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(transaction)
     }
 
     /// Checks that the database answers (readiness probes).

@@ -53,6 +53,8 @@ pub struct TestApp {
     pub backend: Backend,
     pub client: reqwest::Client,
     pub health_database_url: String,
+    /// ai-governance's database; empty when the gateway runs alone.
+    pub governance_database_url: String,
     health_grpc_addr: std::net::SocketAddr,
     pub gateway_database_url: String,
     shutdown: Shutdown,
@@ -83,6 +85,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
     config.inference = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
     // Chosen here rather than by the platform, so that gateway replicas sign like the first.
     config.internal_auth.signing_key = Some(TokenSigner::generate().to_base64());
+    config.internal_auth.service_signing_key = Some(TokenSigner::generate().to_base64());
     assert!(
         std::env::var_os("ORT_DYLIB_PATH").is_some(),
         "ORT_DYLIB_PATH is not set: run the tests with `make test`, which fetches ONNX Runtime"
@@ -92,15 +95,19 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let gateway_db = format!("e2e_{suffix}_gateway");
         let health_db = format!("e2e_{suffix}_health");
-        create_postgres_database(&gateway_db).await;
-        create_postgres_database(&health_db).await;
+        let governance_db = format!("e2e_{suffix}_governance");
+        for name in [&gateway_db, &health_db, &governance_db] {
+            create_postgres_database(name).await;
+        }
         config.gateway.database_url = postgres_url(&gateway_db);
         config.healthquantum.database_url = postgres_url(&health_db);
-        postgres_databases = vec![gateway_db, health_db];
+        config.ai_governance.database_url = postgres_url(&governance_db);
+        postgres_databases = vec![gateway_db, health_db, governance_db];
     }
     tweak(&mut config);
     let signing_key = config.internal_auth.signing_key.clone().expect("a signing key");
     let health_database_url = config.healthquantum.database_url.clone();
+    let governance_database_url = config.ai_governance.database_url.clone();
     let gateway_database_url = config.gateway.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
@@ -115,6 +122,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         backend,
         client: reqwest::Client::new(),
         health_database_url,
+        governance_database_url,
         health_grpc_addr,
         gateway_database_url,
         shutdown,
@@ -144,6 +152,7 @@ pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppCo
         backend: Backend::Sqlite,
         client: reqwest::Client::new(),
         health_database_url: String::new(),
+        governance_database_url: String::new(),
         health_grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         gateway_database_url: config.gateway.database_url.clone(),
         gateway_config: config.gateway.clone(),
@@ -280,13 +289,23 @@ impl TestApp {
 
     /// Rows in a table of healthquantum's database, read directly.
     pub async fn count_health_rows(&self, table: &str) -> i64 {
+        count_rows(&self.health_database_url, table).await
+    }
+
+    /// Rows in a table of ai-governance's database, read directly.
+    pub async fn count_governance_rows(&self, table: &str) -> i64 {
+        count_rows(&self.governance_database_url, table).await
+    }
+
+    /// Runs `sql` on ai-governance's database directly, as someone with database access would.
+    pub async fn execute_on_governance(&self, sql: &str) -> u64 {
         sqlx::any::install_default_drivers();
-        let mut connection = sqlx::AnyConnection::connect(&self.health_database_url).await.expect("database opens");
-        let row = sqlx::query(AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}")))
-            .fetch_one(&mut connection)
+        let mut connection = sqlx::AnyConnection::connect(&self.governance_database_url).await.expect("database opens");
+        sqlx::query(AssertSqlSafe(sql.to_owned()))
+            .execute(&mut connection)
             .await
-            .expect("count");
-        sqlx::Row::try_get::<i64, _>(&row, "n").expect("count is an integer")
+            .expect("statement runs")
+            .rows_affected()
     }
 
     /// Stops the platform and drops its PostgreSQL databases.
@@ -310,6 +329,17 @@ impl TestApp {
             }
         }
     }
+}
+
+/// Rows in `table` of the database at `url`.
+async fn count_rows(url: &str, table: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(url).await.expect("database opens");
+    let row = sqlx::query(AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}")))
+        .fetch_one(&mut connection)
+        .await
+        .expect("count");
+    sqlx::Row::try_get::<i64, _>(&row, "n").expect("count is an integer")
 }
 
 /// Checks that `response` is a problem document with `status`, and returns it.

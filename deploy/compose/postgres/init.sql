@@ -2,3 +2,4 @@
 -- PostgreSQL volume is new. A new service adds its database here.
 CREATE DATABASE gateway;
 CREATE DATABASE healthquantum;
+CREATE DATABASE ai_governance;

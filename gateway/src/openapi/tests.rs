@@ -283,7 +283,7 @@ fn errors_are_problem_documents() {
 
 #[test]
 fn the_gateway_endpoints_are_described_with_their_scopes() {
-    let (_, document) = document_of(&platform_pool());
+    let (routes, document) = document_of(&platform_pool());
     let cases = [
         ("/v1/admin/tenants", "post", json!([{"apiKey": ["admin"]}])),
         ("/v1/admin/tenants", "get", json!([{"apiKey": ["admin"]}])),
@@ -302,7 +302,10 @@ fn the_gateway_endpoints_are_described_with_their_scopes() {
         assert_eq!(operation(&document, path, method)["security"], security, "{method} {path}");
     }
     let scopes = &schema(&document, "gateway.CreateApiKeyRequest")["properties"]["scopes"]["items"]["enum"];
-    assert_eq!(scopes, &json!(["health:read", "health:write", "metrics:read"]));
+    let mut expected = routes.scopes();
+    expected.extend(crate::store::GATEWAY_SCOPES.iter().map(|scope| (*scope).to_owned()));
+    assert!(expected.contains("health:write") && expected.contains("metrics:read"));
+    assert_eq!(scopes, &json!(expected.into_iter().collect::<Vec<_>>()), "every scope a key may hold, sorted");
     let security = &document["components"]["securitySchemes"]["apiKey"];
     assert_eq!((&security["type"], &security["scheme"]), (&json!("http"), &json!("bearer")));
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: the platform in-process, driven through the gateway like a client.
 
 mod admin;
+mod audit;
 mod backup_drill;
 mod bad_input;
 mod edge;

@@ -1,0 +1,186 @@
+//! AI Governance: the tamper-evident audit log every service writes to (one RFC 6962 Merkle
+//! tree per tenant, with signed checkpoints, inclusion and consistency proofs) and the model
+//! inventory, served over gRPC (`aigronova.governance.v1.AuditLog`, `ModelInventory`).
+//!
+//! [`AiGovernanceService::build`] connects the database, runs the migrations, loads the
+//! checkpoint signing key and binds the listener; [`AiGovernanceService::run_until_stopped`]
+//! serves until the shutdown signal.
+
+#![forbid(unsafe_code)]
+
+pub mod checkpoint;
+mod grpc;
+pub mod inventory;
+pub mod log;
+pub mod merkle;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use aigronova_platform::{
+    Shutdown,
+    auth::{Authenticate, TokenVerifier},
+    config::{ConfigError, Validate},
+    grpc::GrpcListener,
+    storage::{Backend, Database},
+};
+use aigronova_proto::aigronova::governance::v1::{
+    audit_log_server::{self, AuditLogServer},
+    model_inventory_server::{self, ModelInventoryServer},
+};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
+
+use crate::{
+    checkpoint::CheckpointSigner,
+    grpc::{AuditLogApi, ModelInventoryApi},
+    inventory::Inventory,
+    log::LogStore,
+};
+
+/// The name of this service in configuration, logs, upstreams and `aigronova serve`.
+pub const SERVICE_NAME: &str = "ai-governance";
+
+/// The schema of this service's database, embedded from `ai-governance/migrations`.
+pub static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// The `ai_governance` configuration section.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address, default 127.0.0.1:50070.
+    pub grpc_addr: SocketAddr,
+    /// `sqlite://<path>` (embedded) or `postgres://…`, default `sqlite://data/ai-governance.db`.
+    pub database_url: String,
+    /// The checkpoint signing key, base64 32-byte Ed25519 seed (a secret; from a Kubernetes
+    /// Secret in production). When unset, `signing_key_file` is used.
+    pub signing_key: Option<String>,
+    /// File holding the signing key; created with a new key (mode 0600) when missing.
+    pub signing_key_file: PathBuf,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("database_url", &self.database_url)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "[redacted]"))
+            .field("signing_key_file", &self.signing_key_file)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 50070)),
+            database_url: "sqlite://data/ai-governance.db".into(),
+            signing_key: None,
+            signing_key_file: PathBuf::from("data/ai-governance-checkpoint.key"),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.database_url.parse::<Backend>().map_err(|_| {
+            ConfigError("ai_governance.database_url must start with sqlite:, postgres: or postgresql:".into())
+        })?;
+        if let Some(key) = &self.signing_key {
+            CheckpointSigner::from_base64(key)
+                .map_err(|_| ConfigError("ai_governance.signing_key is not a base64 32-byte Ed25519 seed".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// A built service: database connected, signing key loaded, listener bound.
+#[derive(Debug)]
+pub struct AiGovernanceService {
+    listener: GrpcListener,
+    database: Database,
+    log: Arc<LogStore>,
+    verifier: TokenVerifier,
+    service_verifier: Option<TokenVerifier>,
+}
+
+impl AiGovernanceService {
+    /// Connects the database (running the migrations), loads or creates the signing key and
+    /// binds `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
+    /// `verifier` checks the gateway's tokens (reads); `service_verifier` the domain services'
+    /// (audit events, model registration), which are refused without it.
+    pub async fn build(
+        config: &Config,
+        verifier: TokenVerifier,
+        service_verifier: Option<TokenVerifier>,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let signer = match &config.signing_key {
+            Some(key) => CheckpointSigner::from_base64(key)?,
+            None => CheckpointSigner::load_or_create(&config.signing_key_file).with_context(|| {
+                format!("cannot read or create the signing key file {}", config.signing_key_file.display())
+            })?,
+        };
+        let database = Database::connect(&config.database_url, &MIGRATOR)
+            .await
+            .context("cannot open the ai-governance database")?;
+        let listener = GrpcListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
+        tracing::info!(key_id = %signer.key_id(), "audit checkpoints signed with this key");
+        if service_verifier.is_none() {
+            tracing::warn!("no internal_auth.service_verifying_key: audit events and model registrations are refused");
+        }
+        let log = Arc::new(LogStore::new(database.clone(), signer));
+        Ok(Self { listener, database, log, verifier, service_verifier })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// The service's database, for tests that inspect what was stored.
+    #[doc(hidden)]
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Serves the audit log and the inventory, health and reflection until `shutdown`, then
+    /// drains in-flight calls and closes the database.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let authenticate = Authenticate::with_service_key(self.verifier, self.service_verifier);
+        let audit = AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone());
+        let inventory = ModelInventoryServer::with_interceptor(
+            ModelInventoryApi::new(Inventory::new(self.database.clone())),
+            authenticate,
+        );
+        let routes = Routes::new(audit).add_service(inventory);
+        let served = self
+            .listener
+            .serve(routes, &[audit_log_server::SERVICE_NAME, model_inventory_server::SERVICE_NAME], shutdown)
+            .await;
+        self.database.close().await;
+        served
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid_and_a_bad_key_is_refused() {
+        assert!(Config::default().validate().is_ok());
+        let bad = Config { signing_key: Some("not a key".into()), ..Config::default() };
+        assert!(bad.validate().is_err());
+        assert!(
+            !format!("{:?}", Config { signing_key: Some("c2VjcmV0".into()), ..Config::default() }).contains("c2VjcmV0")
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! The per-tenant verifiable log: entries in the database, the Merkle tree of each tenant in
+//! memory (rebuilt from the stored leaf hashes on first use), and a signed checkpoint written in
+//! the same transaction as every appended batch.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex as StdMutex},
+};
+
+use aigronova_platform::{
+    Error,
+    storage::{Database, StoreError},
+};
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, Row};
+use tokio::sync::Mutex;
+
+use crate::{
+    checkpoint::{CheckpointBody, CheckpointSigner},
+    merkle::{self, Hash, Tree},
+};
+
+/// Rows per multi-row INSERT (5 parameters each).
+const INSERT_CHUNK: usize = 100;
+
+/// What an entry records: the text of this struct, serialised once by [`Leaf::to_text`], is the
+/// leaf that is hashed and stored, and what a verifier hashes again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Leaf {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub service: String,
+    pub kind: String,
+    pub action: String,
+    pub actor: String,
+    pub subject: String,
+    pub details: serde_json::Value,
+    pub occurred_at: String,
+}
+
+impl Leaf {
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("a leaf serialises")
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        serde_json::from_str(text).ok()
+    }
+}
+
+/// A stored entry as the database holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub index: u64,
+    pub event_id: String,
+    pub leaf: String,
+    pub leaf_hash: String,
+}
+
+/// A checkpoint with its signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub body: CheckpointBody,
+    pub signature: String,
+    pub key_id: String,
+}
+
+/// The result of one `append`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub appended: u32,
+    pub duplicates: u32,
+}
+
+#[derive(Debug, Default)]
+struct TenantLog {
+    /// `None` until first use, and again after a failed append (the next use reloads it).
+    tree: Option<Tree>,
+    latest: Option<SignedCheckpoint>,
+}
+
+/// Every tenant's log over one database.
+#[derive(Debug)]
+pub struct LogStore {
+    database: Database,
+    signer: CheckpointSigner,
+    tenants: StdMutex<HashMap<String, Arc<Mutex<TenantLog>>>>,
+}
+
+impl LogStore {
+    pub fn new(database: Database, signer: CheckpointSigner) -> Self {
+        Self { database, signer, tenants: StdMutex::new(HashMap::new()) }
+    }
+
+    pub fn signer(&self) -> &CheckpointSigner {
+        &self.signer
+    }
+
+    fn tenant(&self, tenant_id: &str) -> Arc<Mutex<TenantLog>> {
+        let mut tenants = self.tenants.lock().expect("the tenant map is not poisoned");
+        tenants.entry(tenant_id.to_owned()).or_default().clone()
+    }
+
+    /// Appends `leaves` (any tenants), each once by event id; returns once they are committed
+    /// with a signed checkpoint covering them.
+    pub async fn append(&self, leaves: Vec<Leaf>) -> Result<AppendOutcome, StoreError> {
+        let mut by_tenant: BTreeMap<String, Vec<Leaf>> = BTreeMap::new();
+        for leaf in leaves {
+            by_tenant.entry(leaf.tenant_id.clone()).or_default().push(leaf);
+        }
+        let mut outcome = AppendOutcome::default();
+        for (tenant_id, leaves) in by_tenant {
+            let log = self.tenant(&tenant_id);
+            let mut log = log.lock().await;
+            let result = self.append_to(&mut log, &tenant_id, leaves).await;
+            match result {
+                Ok(tenant_outcome) => {
+                    outcome.appended += tenant_outcome.appended;
+                    outcome.duplicates += tenant_outcome.duplicates;
+                }
+                Err(error) => {
+                    log.tree = None;
+                    log.latest = None;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn append_to(
+        &self,
+        log: &mut TenantLog,
+        tenant_id: &str,
+        leaves: Vec<Leaf>,
+    ) -> Result<AppendOutcome, StoreError> {
+        let mut transaction = self.database.begin_write().await?;
+        let stored_size: i64 =
+            sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS size FROM audit_entries WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_one(&mut *transaction)
+                .await?
+                .try_get("size")?;
+        if log.tree.as_ref().is_none_or(|tree| tree.len() as i64 != stored_size) {
+            log.tree = Some(load_tree(&mut transaction, tenant_id).await?);
+        }
+        let tree = log.tree.as_mut().expect("loaded above");
+
+        let mut seen = existing_event_ids(&mut transaction, tenant_id, &leaves).await?;
+        let mut outcome = AppendOutcome::default();
+        let mut rows = Vec::with_capacity(leaves.len());
+        for leaf in &leaves {
+            if !seen.insert(leaf.event_id.clone()) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            let text = leaf.to_text();
+            let hash = merkle::leaf_hash(text.as_bytes());
+            rows.push(StoredEntry {
+                index: tree.len(),
+                event_id: leaf.event_id.clone(),
+                leaf: text,
+                leaf_hash: hex::encode(hash),
+            });
+            tree.push(hash);
+            outcome.appended += 1;
+        }
+        if rows.is_empty() {
+            transaction.commit().await?;
+            return Ok(outcome);
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            insert_entries(&mut transaction, tenant_id, chunk).await?;
+        }
+        let body = CheckpointBody {
+            tenant_id: tenant_id.to_owned(),
+            tree_size: tree.len(),
+            root_hash: tree.root(),
+            timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        };
+        let checkpoint = SignedCheckpoint { signature: self.signer.sign(&body), key_id: self.signer.key_id(), body };
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tenant_id, tree_size, root_hash, signed_at, signature, key_id) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(tenant_id)
+        .bind(checkpoint.body.tree_size as i64)
+        .bind(hex::encode(checkpoint.body.root_hash))
+        .bind(&checkpoint.body.timestamp)
+        .bind(&checkpoint.signature)
+        .bind(&checkpoint.key_id)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        log.latest = Some(checkpoint);
+        Ok(outcome)
+    }
+
+    /// Loads the tenant's tree and latest checkpoint when they are not in memory.
+    async fn ensure_loaded(&self, log: &mut TenantLog, tenant_id: &str) -> Result<(), StoreError> {
+        if log.tree.is_some() && log.latest.is_some() {
+            return Ok(());
+        }
+        let mut connection = self.database.pool().acquire().await?;
+        let tree = load_tree(&mut connection, tenant_id).await?;
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
+             WHERE tenant_id = $1 ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(tenant_id)
+        .fetch_optional(&mut *connection)
+        .await?;
+        let latest = match row {
+            Some(row) => checkpoint_from(tenant_id, &row)?,
+            None => {
+                let body = CheckpointBody {
+                    tenant_id: tenant_id.to_owned(),
+                    tree_size: 0,
+                    root_hash: merkle::EMPTY_ROOT,
+                    timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+                };
+                SignedCheckpoint { signature: self.signer.sign(&body), key_id: self.signer.key_id(), body }
+            }
+        };
+        if latest.body.tree_size > tree.len() {
+            return Err(StoreError::Corrupt(format!(
+                "tenant {tenant_id}: the latest checkpoint covers {} entries but {} are stored",
+                latest.body.tree_size,
+                tree.len()
+            )));
+        }
+        log.tree = Some(tree);
+        log.latest = Some(latest);
+        Ok(())
+    }
+
+    /// The latest signed checkpoint of `tenant_id` (size 0, signed now, for an empty log).
+    pub async fn latest_checkpoint(&self, tenant_id: &str) -> Result<SignedCheckpoint, Error> {
+        let log = self.tenant(tenant_id);
+        let mut log = log.lock().await;
+        self.ensure_loaded(&mut log, tenant_id).await?;
+        Ok(log.latest.clone().expect("loaded above"))
+    }
+
+    /// The checkpoint signed when the log of `tenant_id` reached `tree_size`.
+    pub async fn checkpoint_at(&self, tenant_id: &str, tree_size: u64) -> Result<SignedCheckpoint, Error> {
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
+             WHERE tenant_id = $1 AND tree_size = $2",
+        )
+        .bind(tenant_id)
+        .bind(i64::try_from(tree_size).map_err(|_| Error::invalid("treeSize", "too large"))?)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound(format!("checkpoint at tree size {tree_size}")))?;
+        Ok(checkpoint_from(tenant_id, &row)?)
+    }
+
+    /// The entry at `index` with its inclusion proof against the latest checkpoint.
+    pub async fn entry_with_proof(
+        &self,
+        tenant_id: &str,
+        index: u64,
+    ) -> Result<(StoredEntry, SignedCheckpoint, Vec<Hash>), Error> {
+        let log = self.tenant(tenant_id);
+        let mut log = log.lock().await;
+        self.ensure_loaded(&mut log, tenant_id).await?;
+        let latest = log.latest.clone().expect("loaded above");
+        if index >= latest.body.tree_size {
+            return Err(Error::NotFound(format!("entry {index} (the log holds {})", latest.body.tree_size)));
+        }
+        let proof = log
+            .tree
+            .as_ref()
+            .expect("loaded above")
+            .inclusion_proof(index, latest.body.tree_size)
+            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        drop(log);
+        let entry = self
+            .entries(tenant_id, index, 1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|entry| entry.index == index)
+            .ok_or_else(|| Error::NotFound(format!("entry {index}")))?;
+        Ok((entry, latest, proof))
+    }
+
+    /// Up to `limit` entries from `start`, in index order.
+    pub async fn entries(&self, tenant_id: &str, start: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT idx, event_id, leaf, leaf_hash FROM audit_entries \
+             WHERE tenant_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(i64::try_from(start).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(self.database.pool())
+        .await?;
+        rows.iter().map(entry_from).collect()
+    }
+
+    /// The roots of the trees of sizes `from` and `to` and the consistency proof between them.
+    pub async fn consistency(&self, tenant_id: &str, from: u64, to: u64) -> Result<(Hash, Hash, Vec<Hash>), Error> {
+        let log = self.tenant(tenant_id);
+        let mut log = log.lock().await;
+        self.ensure_loaded(&mut log, tenant_id).await?;
+        let size = log.latest.as_ref().expect("loaded above").body.tree_size;
+        if from == 0 || from > to || to > size {
+            return Err(Error::invalid("from", format!("need 0 < from <= to <= {size} (the log's size)")));
+        }
+        let tree = log.tree.as_ref().expect("loaded above");
+        let corrupt = |error: merkle::ProofError| Error::from(StoreError::Corrupt(error.to_string()));
+        Ok((
+            tree.root_at(from).map_err(corrupt)?,
+            tree.root_at(to).map_err(corrupt)?,
+            tree.consistency_proof(from, to).map_err(corrupt)?,
+        ))
+    }
+}
+
+async fn load_tree(connection: &mut AnyConnection, tenant_id: &str) -> Result<Tree, StoreError> {
+    let rows = sqlx::query("SELECT idx, leaf_hash FROM audit_entries WHERE tenant_id = $1 ORDER BY idx")
+        .bind(tenant_id)
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut tree = Tree::new();
+    for row in rows {
+        let index: i64 = row.try_get("idx")?;
+        if index as u64 != tree.len() {
+            return Err(StoreError::Corrupt(format!("tenant {tenant_id}: audit entry {} is missing", tree.len())));
+        }
+        let hash: String = row.try_get("leaf_hash")?;
+        tree.push(decode_hash(&hash).ok_or_else(|| {
+            StoreError::Corrupt(format!("tenant {tenant_id}: audit entry {index} has a malformed leaf hash"))
+        })?);
+    }
+    Ok(tree)
+}
+
+async fn existing_event_ids(
+    connection: &mut AnyConnection,
+    tenant_id: &str,
+    leaves: &[Leaf],
+) -> Result<HashSet<String>, StoreError> {
+    let mut existing = HashSet::new();
+    for chunk in leaves.chunks(INSERT_CHUNK * 4) {
+        let placeholders: Vec<String> = (2..chunk.len() + 2).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT event_id FROM audit_entries WHERE tenant_id = $1 AND event_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(tenant_id);
+        for leaf in chunk {
+            query = query.bind(&leaf.event_id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            existing.insert(row.try_get::<String, _>("event_id")?);
+        }
+    }
+    Ok(existing)
+}
+
+async fn insert_entries(
+    connection: &mut AnyConnection,
+    tenant_id: &str,
+    rows: &[StoredEntry],
+) -> Result<(), StoreError> {
+    let values: Vec<String> = (0..rows.len())
+        .map(|row| {
+            let base = row * 5;
+            format!("(${}, ${}, ${}, ${}, ${})", base + 1, base + 2, base + 3, base + 4, base + 5)
+        })
+        .collect();
+    let sql =
+        format!("INSERT INTO audit_entries (tenant_id, idx, event_id, leaf, leaf_hash) VALUES {}", values.join(", "));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for row in rows {
+        query = query.bind(tenant_id).bind(row.index as i64).bind(&row.event_id).bind(&row.leaf).bind(&row.leaf_hash);
+    }
+    query.execute(connection).await?;
+    Ok(())
+}
+
+fn entry_from(row: &sqlx::any::AnyRow) -> Result<StoredEntry, StoreError> {
+    Ok(StoredEntry {
+        index: row.try_get::<i64, _>("idx")? as u64,
+        event_id: row.try_get("event_id")?,
+        leaf: row.try_get("leaf")?,
+        leaf_hash: row.try_get("leaf_hash")?,
+    })
+}
+
+fn checkpoint_from(tenant_id: &str, row: &sqlx::any::AnyRow) -> Result<SignedCheckpoint, StoreError> {
+    let root: String = row.try_get("root_hash")?;
+    Ok(SignedCheckpoint {
+        body: CheckpointBody {
+            tenant_id: tenant_id.to_owned(),
+            tree_size: row.try_get::<i64, _>("tree_size")? as u64,
+            root_hash: decode_hash(&root)
+                .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant_id}: malformed checkpoint root")))?,
+            timestamp: row.try_get("signed_at")?,
+        },
+        signature: row.try_get("signature")?,
+        key_id: row.try_get("key_id")?,
+    })
+}
+
+/// A 32-byte hash from its hex form.
+pub fn decode_hash(text: &str) -> Option<Hash> {
+    hex::decode(text).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(tenant: &str, n: u32) -> Leaf {
+        Leaf {
+            event_id: format!("00000000-0000-7000-8000-{n:012}"),
+            tenant_id: tenant.into(),
+            service: "healthquantum".into(),
+            kind: "decision".into(),
+            action: "health.AssessRisk".into(),
+            actor: "key-1".into(),
+            subject: format!("patient:{n}"),
+            details: serde_json::json!({"model": "breast-cancer", "n": n}),
+            occurred_at: "2026-11-29T10:00:00.000000Z".into(),
+        }
+    }
+
+    async fn store(dir: &tempfile::TempDir) -> LogStore {
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        LogStore::new(database, CheckpointSigner::generate())
+    }
+
+    #[tokio::test]
+    async fn an_event_seen_twice_is_stored_once_and_tenants_have_their_own_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        let first = log.append(vec![leaf("a", 1), leaf("a", 2), leaf("b", 1)]).await.unwrap();
+        assert_eq!(first, AppendOutcome { appended: 3, duplicates: 0 });
+        let again = log.append(vec![leaf("a", 2), leaf("a", 3), leaf("a", 3)]).await.unwrap();
+        assert_eq!(again, AppendOutcome { appended: 1, duplicates: 2 });
+        assert_eq!(log.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
+        assert_eq!(log.latest_checkpoint("b").await.unwrap().body.tree_size, 1);
+        assert_eq!(log.latest_checkpoint("c").await.unwrap().body.tree_size, 0);
+    }
+
+    #[tokio::test]
+    async fn proofs_verify_against_the_signed_root_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = {
+            let log = store(&dir).await;
+            for n in 0..10 {
+                log.append(vec![leaf("a", n)]).await.unwrap();
+            }
+            log.signer().clone()
+        };
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let log = LogStore::new(Database::connect(&url, &crate::MIGRATOR).await.unwrap(), signer.clone());
+        let (entry, checkpoint, proof) = log.entry_with_proof("a", 4).await.unwrap();
+        let verified = signer.public_key().verify(&checkpoint.body.signed_text(), &checkpoint.signature).unwrap();
+        assert_eq!(verified.tree_size, 10);
+        let hash = merkle::leaf_hash(entry.leaf.as_bytes());
+        merkle::verify_inclusion(&hash, 4, 10, &proof, &verified.root_hash).unwrap();
+        let at_five = log.checkpoint_at("a", 5).await.unwrap();
+        let (from_root, to_root, proof) = log.consistency("a", 5, 10).await.unwrap();
+        assert_eq!(from_root, at_five.body.root_hash);
+        merkle::verify_consistency(5, 10, &at_five.body.root_hash, &to_root, &proof).unwrap();
+    }
+}

@@ -1,0 +1,228 @@
+//! `aigronova audit verify`: checks a tenant's audit log, as a gateway serves it, against the
+//! checkpoint signing key. Nothing the server says is trusted unless it is proven: the
+//! checkpoint by its Ed25519 signature, every entry by hashing its leaf text into the Merkle
+//! tree again (RFC 6962) and comparing the root with the signed one.
+
+use std::time::Duration;
+
+use aigronova_ai_governance::{
+    checkpoint::{CheckpointBody, CheckpointVerifier},
+    log::decode_hash,
+    merkle::{self, Hash},
+};
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// Entries fetched per request when reading the whole log.
+const PAGE_SIZE: u32 = 1000;
+
+/// What to verify, and with what.
+#[derive(Clone, Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Base URL of the gateway, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub url: String,
+    /// API key with the governance:read scope; the tenant of the key is the log verified.
+    #[arg(long, env = "AIGRONOVA_API_KEY", hide_env_values = true)]
+    pub key: String,
+    /// The checkpoint public key (base64 Ed25519), obtained out of band. Without it the key the
+    /// gateway serves is used, which proves consistency but not who signed.
+    #[arg(long)]
+    pub public_key: Option<String>,
+    /// Verify only this entry's inclusion proof instead of the whole log.
+    #[arg(long)]
+    pub entry: Option<u64>,
+}
+
+/// The outcome of a verification that could be carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The log (or the entry) matches the signed checkpoint.
+    Verified { tree_size: u64, root_hash: String, key_id: String },
+    /// The first index whose entry does not match what was signed.
+    Tampered { index: u64, reason: String },
+}
+
+/// Runs the verification; `Err` when it cannot be carried out (unreachable gateway, refused
+/// key, a checkpoint whose signature does not verify).
+pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
+    aigronova_gateway::install_crypto_provider();
+    let client = Client {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        base: args.url.trim_end_matches('/').to_owned(),
+        key: args.key.clone(),
+    };
+    let public_key = match &args.public_key {
+        Some(key) => key.clone(),
+        None => {
+            let served = client.get("/v1/governance/audit/public-key").await?;
+            let key = text(&served, "publicKey")?;
+            eprintln!(
+                "note: using the public key the gateway serves (key id {}); pass --public-key to pin it",
+                text(&served, "keyId").unwrap_or_default()
+            );
+            key
+        }
+    };
+    let verifier = CheckpointVerifier::from_base64(&public_key).context("--public-key")?;
+
+    if let Some(index) = args.entry {
+        let served = client.get(&format!("/v1/governance/audit/entries/{index}")).await?;
+        let checkpoint = signed_checkpoint(&verifier, &served["checkpoint"])?;
+        let leaf = text(&served["entry"], "leaf")?;
+        let proof = hashes(&served["inclusionProof"])?;
+        return Ok(
+            match merkle::verify_inclusion(
+                &merkle::leaf_hash(leaf.as_bytes()),
+                index,
+                checkpoint.tree_size,
+                &proof,
+                &checkpoint.root_hash,
+            ) {
+                Ok(()) => verified(&checkpoint, &verifier),
+                Err(error) => Verdict::Tampered { index, reason: format!("inclusion proof fails: {error}") },
+            },
+        );
+    }
+
+    let checkpoint = signed_checkpoint(&verifier, &client.get("/v1/governance/audit/checkpoint").await?)?;
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut served_hashes: Vec<String> = Vec::new();
+    let mut start = Some(0u64);
+    while let Some(from) = start.filter(|from| *from < checkpoint.tree_size) {
+        let page = client.get(&format!("/v1/governance/audit/entries?start={from}&pageSize={PAGE_SIZE}")).await?;
+        for entry in page["entries"].as_array().into_iter().flatten() {
+            let index = number(entry, "index").unwrap_or(0);
+            if index >= checkpoint.tree_size {
+                break;
+            }
+            let expected = leaves.len() as u64;
+            if index != expected {
+                return Ok(Verdict::Tampered {
+                    index: expected,
+                    reason: format!("entry {expected} is missing (the next one served is {index})"),
+                });
+            }
+            leaves.push(merkle::leaf_hash(text(entry, "leaf")?.as_bytes()));
+            served_hashes.push(text(entry, "leafHash").unwrap_or_default());
+        }
+        start = number(&page, "nextStart");
+    }
+    if (leaves.len() as u64) < checkpoint.tree_size {
+        let index = leaves.len() as u64;
+        return Ok(Verdict::Tampered { index, reason: format!("entry {index} is missing") });
+    }
+    if merkle::root_of(&leaves) == checkpoint.root_hash {
+        return Ok(verified(&checkpoint, &verifier));
+    }
+    // The root differs: find the first entry that does not match what was signed.
+    for (index, leaf) in leaves.iter().enumerate() {
+        if served_hashes[index] != hex::encode(leaf) {
+            return Ok(Verdict::Tampered {
+                index: index as u64,
+                reason: "the entry's text does not hash to the leaf hash it was logged with".into(),
+            });
+        }
+    }
+    for (index, leaf) in leaves.iter().enumerate() {
+        let served = client.get(&format!("/v1/governance/audit/entries/{index}")).await?;
+        let proof = hashes(&served["inclusionProof"])?;
+        if merkle::verify_inclusion(leaf, index as u64, checkpoint.tree_size, &proof, &checkpoint.root_hash).is_err() {
+            return Ok(Verdict::Tampered {
+                index: index as u64,
+                reason: "the entry is not included in the signed tree".into(),
+            });
+        }
+    }
+    Ok(Verdict::Tampered { index: 0, reason: "the entries do not hash to the signed root".into() })
+}
+
+/// Prints the verdict and returns the exit code: 0 verified, 1 tampered, 2 not verifiable.
+pub async fn run(args: &VerifyArgs) -> u8 {
+    match verify(args).await {
+        Ok(Verdict::Verified { tree_size, root_hash, key_id }) => {
+            match args.entry {
+                Some(index) => println!("verified: entry {index} is in the signed tree of size {tree_size}"),
+                None => println!("verified: {tree_size} entries, root {root_hash}"),
+            }
+            println!("checkpoint signed by key {key_id}");
+            0
+        }
+        Ok(Verdict::Tampered { index, reason }) => {
+            println!("FAILED at index {index}: {reason}");
+            1
+        }
+        Err(error) => {
+            eprintln!("aigronova audit verify: {error:#}");
+            2
+        }
+    }
+}
+
+fn verified(checkpoint: &CheckpointBody, verifier: &CheckpointVerifier) -> Verdict {
+    Verdict::Verified {
+        tree_size: checkpoint.tree_size,
+        root_hash: hex::encode(checkpoint.root_hash),
+        key_id: verifier.key_id(),
+    }
+}
+
+/// Checks a served checkpoint's signature and that its fields say what the signed text says.
+fn signed_checkpoint(verifier: &CheckpointVerifier, served: &Value) -> anyhow::Result<CheckpointBody> {
+    let body = verifier
+        .verify(&text(served, "signedText")?, &text(served, "signature")?)
+        .context("the checkpoint does not verify")?;
+    if number(served, "treeSize").unwrap_or(0) != body.tree_size
+        || text(served, "rootHash")? != hex::encode(body.root_hash)
+    {
+        bail!("the checkpoint's fields differ from its signed text");
+    }
+    Ok(body)
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+}
+
+impl Client {
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let detail = body["detail"].as_str().or(body["title"].as_str()).unwrap_or("no detail");
+            bail!("GET {path} answered {status}: {detail}");
+        }
+        Ok(body)
+    }
+}
+
+fn text(value: &Value, field: &str) -> anyhow::Result<String> {
+    value[field].as_str().map(str::to_owned).with_context(|| format!("the response lacks {field}"))
+}
+
+/// A 64-bit integer, which the proto3 JSON mapping writes as a string.
+fn number(value: &Value, field: &str) -> Option<u64> {
+    match &value[field] {
+        Value::String(text) => text.parse().ok(),
+        other => other.as_u64(),
+    }
+}
+
+fn hashes(value: &Value) -> anyhow::Result<Vec<Hash>> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|hash| hash.as_str().and_then(decode_hash).context("a proof hash is not 32 bytes of hex"))
+        .collect()
+}

@@ -1,0 +1,459 @@
+//! Audit events and the transactional outbox (DESIGN.md section 7).
+//!
+//! A service writes an [`AuditEvent`] with [`enqueue`] inside the transaction that makes the
+//! decision or reads the data, so that the event exists if and only if the action committed.
+//! A [`Relay`] ships pending rows to ai-governance's `RecordEvents` in batches and deletes them
+//! only once the batch is acknowledged (durable there, idempotent by event id): an event is
+//! never lost, and an event whose acknowledgement was lost is sent again and stored once.
+//!
+//! Every service that audits has the `audit_outbox` table in its migrations:
+//!
+//! ```sql
+//! CREATE TABLE audit_outbox (
+//!     event_id TEXT PRIMARY KEY,   -- UUIDv7: sorts in the order events were written
+//!     tenant_id TEXT NOT NULL,
+//!     event TEXT NOT NULL,         -- the AuditEvent as JSON
+//!     created_at TEXT NOT NULL     -- RFC 3339 UTC
+//! );
+//! ```
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use aigronova_proto::aigronova::{
+    common::v1::ModelCard,
+    governance::v1::{self as proto, audit_log_client::AuditLogClient, model_inventory_client::ModelInventoryClient},
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use prometheus::{GaugeVec, IntCounterVec, Opts};
+use serde::{Deserialize, Serialize};
+use sqlx::{AnyConnection, Row};
+use tokio::sync::Notify;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    auth::{self, Caller, TokenSigner},
+    config::{ConfigError, Validate},
+    shutdown::Shutdown,
+    storage::{Database, StoreError},
+};
+
+/// The scope of the token a relay presents to `RecordEvents`.
+pub const RECORD_SCOPE: &str = "audit:record";
+/// The scope of the token a service presents to `RegisterModels`.
+pub const REGISTER_MODELS_SCOPE: &str = "models:register";
+
+/// What an audit event records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A model's output used for a decision.
+    Decision,
+    /// Personal or sensitive data shown to a caller.
+    SensitiveRead,
+    /// Personal data changed or erased.
+    PersonalDataChange,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decision => "decision",
+            Self::SensitiveRead => "sensitive_read",
+            Self::PersonalDataChange => "personal_data_change",
+        }
+    }
+}
+
+/// One audit event, as written to the outbox and shipped to ai-governance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    pub event_id: String,
+    pub tenant_id: String,
+    pub service: String,
+    pub kind: EventKind,
+    /// The action, e.g. `health.AssessRisk`.
+    pub action: String,
+    /// Who acted: the caller's subject (an API key id or a token subject).
+    pub actor: String,
+    /// On whom, as a pseudonym (a record id), never a CPF or a name.
+    pub subject: String,
+    /// Model, version, input digest, output summary, latency: never raw personal data.
+    pub details: serde_json::Value,
+    /// RFC 3339 UTC with microseconds.
+    pub occurred_at: String,
+}
+
+impl AuditEvent {
+    /// An event by `caller` of `service`, now.
+    pub fn new(
+        caller: &Caller,
+        service: &str,
+        kind: EventKind,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> Self {
+        Self {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: caller.tenant_id.clone(),
+            service: service.to_owned(),
+            kind,
+            action: action.to_owned(),
+            actor: caller.subject.clone(),
+            subject: subject.to_owned(),
+            details,
+            occurred_at: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+        }
+    }
+
+    fn to_proto(&self) -> proto::AuditEvent {
+        let occur_time = DateTime::parse_from_rfc3339(&self.occurred_at).ok().map(|at| prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+        });
+        proto::AuditEvent {
+            event_id: self.event_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            service: self.service.clone(),
+            kind: self.kind.as_str().to_owned(),
+            action: self.action.clone(),
+            actor: self.actor.clone(),
+            subject: self.subject.clone(),
+            details_json: self.details.to_string(),
+            occur_time,
+        }
+    }
+}
+
+/// Writes `event` to the outbox on `connection`, which should be inside the transaction of the
+/// action the event records.
+pub async fn enqueue(connection: &mut AnyConnection, event: &AuditEvent) -> Result<(), StoreError> {
+    let json = serde_json::to_string(event).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+    sqlx::query("INSERT INTO audit_outbox (event_id, tenant_id, event, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&event.event_id)
+        .bind(&event.tenant_id)
+        .bind(json)
+        .bind(&event.occurred_at)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// The `audit` configuration section: where and how the outbox relays ship events.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayConfig {
+    /// gRPC URL of ai-governance, e.g. `http://ai-governance:50070`. Unset: events wait in the
+    /// outbox (`aigronova up` sets it to its own ai-governance).
+    pub governance_url: Option<String>,
+    /// Events per `RecordEvents` call.
+    pub batch_size: u32,
+    /// How often the relay looks for events when nothing wakes it, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// The longest wait between two attempts while ai-governance is unreachable, in seconds.
+    pub max_backoff_secs: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self { governance_url: None, batch_size: 200, poll_interval_ms: 1000, max_backoff_secs: 30 }
+    }
+}
+
+impl Validate for RelayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.governance_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError(format!("audit.governance_url must be an http(s):// URL, got {url:?}")));
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(ConfigError("audit.batch_size must be between 1 and 1000".into()));
+        }
+        if self.poll_interval_ms == 0 || self.max_backoff_secs == 0 {
+            return Err(ConfigError("audit.poll_interval_ms and audit.max_backoff_secs must be positive".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Wakes a [`Relay`] as soon as a transaction with audit events has committed.
+#[derive(Clone, Debug, Default)]
+pub struct OutboxWaker(Arc<Notify>);
+
+impl OutboxWaker {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("ai-governance refused the batch: {0}")]
+    Rejected(tonic::Status),
+}
+
+/// Ships one service's outbox to ai-governance.
+#[derive(Debug)]
+pub struct Relay {
+    database: Database,
+    service: &'static str,
+    config: RelayConfig,
+    signer: TokenSigner,
+    waker: OutboxWaker,
+}
+
+impl Relay {
+    /// A relay for `service`'s outbox in `database`; `signer` mints the service's own token.
+    pub fn new(database: Database, service: &'static str, config: RelayConfig, signer: TokenSigner) -> Self {
+        Self { database, service, config, signer, waker: OutboxWaker::default() }
+    }
+
+    pub fn waker(&self) -> OutboxWaker {
+        self.waker.clone()
+    }
+
+    /// Ships events until `shutdown`. Without a governance URL it only reports the lag.
+    pub async fn run(self, shutdown: Shutdown) {
+        let client = match &self.config.governance_url {
+            Some(url) => match Endpoint::from_shared(url.clone()) {
+                Ok(endpoint) => Some(AuditLogClient::new(
+                    endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30)).connect_lazy(),
+                )),
+                Err(error) => {
+                    tracing::error!(%error, "audit.governance_url is not a valid URL; events stay in the outbox");
+                    None
+                }
+            },
+            None => {
+                tracing::warn!(service = self.service, "no audit.governance_url: audit events stay in the outbox");
+                None
+            }
+        };
+        let poll = Duration::from_millis(self.config.poll_interval_ms);
+        let max_backoff = Duration::from_secs(self.config.max_backoff_secs);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            self.report_lag().await;
+            let wait = match &client {
+                None => poll,
+                Some(client) => match self.ship_batch(client.clone()).await {
+                    Ok(shipped) if shipped == self.config.batch_size as usize => {
+                        backoff = Duration::from_millis(100);
+                        continue;
+                    }
+                    Ok(_) => {
+                        backoff = Duration::from_millis(100);
+                        poll
+                    }
+                    Err(error) => {
+                        metrics().failures.with_label_values(&[self.service]).inc();
+                        tracing::warn!(
+                            service = self.service,
+                            %error,
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "cannot ship audit events; they stay in the outbox"
+                        );
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(max_backoff);
+                        wait
+                    }
+                },
+            };
+            tokio::select! {
+                () = shutdown.clone().wait() => break,
+                () = self.waker.0.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Sends the oldest pending events and deletes them once acknowledged; how many it shipped.
+    async fn ship_batch(&self, mut client: AuditLogClient<Channel>) -> Result<usize, RelayError> {
+        let rows = sqlx::query("SELECT event_id, event FROM audit_outbox ORDER BY event_id LIMIT $1")
+            .bind(i64::from(self.config.batch_size))
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(StoreError::from)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("event_id").map_err(StoreError::from)?;
+            let json: String = row.try_get("event").map_err(StoreError::from)?;
+            let event: AuditEvent = serde_json::from_str(&json)
+                .map_err(|error| StoreError::Corrupt(format!("audit_outbox {id}: {error}")))?;
+            events.push(event.to_proto());
+            ids.push(id);
+        }
+        let service_caller = Caller {
+            tenant_id: String::new(),
+            subject: format!("service:{}", self.service),
+            scopes: vec![RECORD_SCOPE.to_owned()],
+        };
+        let mut request = tonic::Request::new(proto::RecordEventsRequest { events });
+        auth::attach_token(request.metadata_mut(), &self.signer.mint(&service_caller));
+        let response = client.record_events(request).await.map_err(RelayError::Rejected)?.into_inner();
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        let delete = format!("DELETE FROM audit_outbox WHERE event_id IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(delete));
+        for id in &ids {
+            query = query.bind(id);
+        }
+        query.execute(self.database.pool()).await.map_err(StoreError::from)?;
+        metrics().shipped.with_label_values(&[self.service]).inc_by(ids.len() as u64);
+        tracing::debug!(
+            service = self.service,
+            appended = response.appended,
+            duplicates = response.duplicates,
+            "audit events shipped"
+        );
+        Ok(ids.len())
+    }
+
+    /// Publishes the number of pending events and the age of the oldest.
+    async fn report_lag(&self) {
+        let row = sqlx::query("SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM audit_outbox")
+            .fetch_one(self.database.pool())
+            .await;
+        let Ok(row) = row else { return };
+        let pending: i64 = row.try_get("pending").unwrap_or(0);
+        let oldest: Option<String> = row.try_get("oldest").ok().flatten();
+        let age = oldest
+            .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
+            .map(|at| (Utc::now() - at.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0);
+        metrics().pending.with_label_values(&[self.service]).set(pending as f64);
+        metrics().oldest_age.with_label_values(&[self.service]).set(age);
+    }
+}
+
+/// Registers `cards`, the models `service` loaded, in ai-governance's inventory; retries with
+/// backoff until it succeeds or `shutdown`. Does nothing without a governance URL.
+pub async fn register_models(
+    config: RelayConfig,
+    signer: TokenSigner,
+    service: &'static str,
+    cards: Vec<ModelCard>,
+    shutdown: Shutdown,
+) {
+    let Some(url) = config.governance_url else { return };
+    let endpoint = match Endpoint::from_shared(url) {
+        Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30)),
+        Err(error) => {
+            tracing::error!(%error, "audit.governance_url is not a valid URL; models not registered");
+            return;
+        }
+    };
+    let mut client = ModelInventoryClient::new(endpoint.connect_lazy());
+    let caller = Caller {
+        tenant_id: String::new(),
+        subject: format!("service:{service}"),
+        scopes: vec![REGISTER_MODELS_SCOPE.to_owned()],
+    };
+    let max_backoff = Duration::from_secs(config.max_backoff_secs);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut request =
+            tonic::Request::new(proto::RegisterModelsRequest { service: service.to_owned(), models: cards.clone() });
+        auth::attach_token(request.metadata_mut(), &signer.mint(&caller));
+        match client.register_models(request).await {
+            Ok(response) => {
+                let response = response.into_inner();
+                for model in &response.flagged {
+                    tracing::error!(service, model, "model file changed without a new version");
+                }
+                tracing::info!(service, models = response.registered, "models registered with ai-governance");
+                return;
+            }
+            Err(status) => {
+                tracing::warn!(service, error = %status, retry_in_ms = backoff.as_millis() as u64, "cannot register models");
+            }
+        }
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(max_backoff);
+    }
+}
+
+struct RelayMetrics {
+    pending: GaugeVec,
+    oldest_age: GaugeVec,
+    shipped: IntCounterVec,
+    failures: IntCounterVec,
+}
+
+fn metrics() -> &'static RelayMetrics {
+    static METRICS: OnceLock<RelayMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let metrics = RelayMetrics {
+            pending: GaugeVec::new(
+                Opts::new("aigronova_outbox_pending_events", "Audit events waiting in the outbox"),
+                &["service"],
+            )
+            .expect("valid metric"),
+            oldest_age: GaugeVec::new(
+                Opts::new(
+                    "aigronova_outbox_oldest_pending_age_seconds",
+                    "Age of the oldest audit event waiting in the outbox (the relay's lag)",
+                ),
+                &["service"],
+            )
+            .expect("valid metric"),
+            shipped: IntCounterVec::new(
+                Opts::new("aigronova_outbox_shipped_events_total", "Audit events acknowledged by ai-governance"),
+                &["service"],
+            )
+            .expect("valid metric"),
+            failures: IntCounterVec::new(
+                Opts::new("aigronova_outbox_ship_failures_total", "Failed attempts to ship a batch of audit events"),
+                &["service"],
+            )
+            .expect("valid metric"),
+        };
+        for collector in [
+            Box::new(metrics.pending.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(metrics.oldest_age.clone()),
+            Box::new(metrics.shipped.clone()),
+            Box::new(metrics.failures.clone()),
+        ] {
+            if let Err(error) = prometheus::register(collector) {
+                tracing::warn!(%error, "outbox metric not registered");
+            }
+        }
+        metrics
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_config_refuses_bad_values() {
+        assert!(RelayConfig::default().validate().is_ok());
+        let bad_url = RelayConfig { governance_url: Some("ai-governance:50070".into()), ..RelayConfig::default() };
+        assert!(bad_url.validate().is_err());
+        assert!(RelayConfig { batch_size: 0, ..RelayConfig::default() }.validate().is_err());
+    }
+
+    #[test]
+    fn an_event_carries_the_caller_and_a_time_ordered_id() {
+        let caller = Caller { tenant_id: "t1".into(), subject: "key-1".into(), scopes: vec![] };
+        let first = AuditEvent::new(&caller, "healthquantum", EventKind::Decision, "a", "patient:1", "{}".into());
+        let second = AuditEvent::new(&caller, "healthquantum", EventKind::Decision, "a", "patient:1", "{}".into());
+        assert_eq!(first.tenant_id, "t1");
+        assert_eq!(first.actor, "key-1");
+        assert!(first.event_id < second.event_id);
+        assert_eq!(first.to_proto().kind, "decision");
+    }
+}

@@ -1,0 +1,304 @@
+//! The verifiable audit log end to end: healthquantum's decisions and sensitive reads reach
+//! ai-governance through the outbox, once, even across an outage; the CLI verifier checks them
+//! against the signed checkpoint and finds a row edited in the database at its index.
+
+use std::time::Duration;
+
+use aigronova_ai_governance::{
+    AiGovernanceService,
+    checkpoint::CheckpointVerifier,
+    log::decode_hash,
+    merkle::{self, Hash},
+};
+use aigronova_cli::{
+    AppConfig,
+    audit::{self, Verdict, VerifyArgs},
+};
+use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app, spawn_app_with};
+use aigronova_platform::{Shutdown, auth::TokenSigner};
+use serde_json::{Value, json};
+
+const SCOPES: &[&str] = &["health:read", "health:write", "governance:read"];
+
+fn features() -> Value {
+    let path = models_dir().join("breast-cancer/1/reference.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json")).unwrap();
+    reference["rows"][0]["features"].clone()
+}
+
+async fn tenant_key(app: &TestApp) -> String {
+    let tenant = app.create_tenant("Hospital Auditado").await;
+    app.create_key(&tenant, SCOPES).await
+}
+
+async fn assess(app: &TestApp, key: &str, patient: &str) -> Value {
+    let body = json!({"model": "breast-cancer", "features": features()});
+    let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), key, &body).await;
+    assert_eq!(response.status(), 200, "assessment");
+    response.json().await.unwrap()
+}
+
+async fn checkpoint(app: &TestApp, key: &str) -> Value {
+    let response = app.get("/v1/governance/audit/checkpoint", key).await;
+    assert_eq!(response.status(), 200, "checkpoint");
+    response.json().await.unwrap()
+}
+
+fn tree_size(checkpoint: &Value) -> u64 {
+    checkpoint["treeSize"].as_str().and_then(|size| size.parse().ok()).or(checkpoint["treeSize"].as_u64()).unwrap_or(0)
+}
+
+/// Polls the checkpoint until the log holds `size` entries; fails after 30 s.
+async fn wait_for_size(app: &TestApp, key: &str, size: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let latest = checkpoint(app, key).await;
+        if tree_size(&latest) >= size {
+            assert_eq!(tree_size(&latest), size, "the log holds exactly the events made: {latest}");
+            return latest;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the log did not reach {size} entries: {latest}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn public_key(app: &TestApp, key: &str) -> String {
+    let response = app.get("/v1/governance/audit/public-key", key).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["algorithm"], "Ed25519");
+    body["publicKey"].as_str().unwrap().to_owned()
+}
+
+fn verify_args(app: &TestApp, key: &str, public_key: &str, entry: Option<u64>) -> VerifyArgs {
+    VerifyArgs { url: app.address.clone(), key: key.to_owned(), public_key: Some(public_key.to_owned()), entry }
+}
+
+fn root_of(checkpoint: &Value) -> Hash {
+    decode_hash(checkpoint["rootHash"].as_str().unwrap()).unwrap()
+}
+
+async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    let assessment = assess(&app, &key, &patient).await;
+    wait_for_size(&app, &key, 1).await;
+
+    let response = app.get("/v1/governance/audit/entries/0", &key).await;
+    assert_eq!(response.status(), 200);
+    let served: Value = response.json().await.unwrap();
+    let entry = &served["entry"];
+    assert_eq!(entry["kind"], "decision");
+    assert_eq!(entry["action"], "health.AssessRisk");
+    assert_eq!(entry["service"], "healthquantum");
+    let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf["details"]["assessmentId"], assessment["id"]);
+    assert_eq!(leaf["details"]["model"], "breast-cancer");
+    assert_eq!(leaf["subject"], format!("patient:{patient}"));
+    let text = entry["leaf"].as_str().unwrap();
+    assert!(!text.contains("52998224725") && !text.contains("Maria"), "no personal data in the log: {text}");
+
+    let public_key = public_key(&app, &key).await;
+    let verifier = CheckpointVerifier::from_base64(&public_key).unwrap();
+    let signed = &served["checkpoint"];
+    verifier.verify(signed["signedText"].as_str().unwrap(), signed["signature"].as_str().unwrap()).unwrap();
+    assert_eq!(signed["keyId"], verifier.key_id());
+
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(0))).await.unwrap();
+    assert!(matches!(verdict, Verdict::Verified { tree_size: 1, .. }), "{verdict:?}");
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+
+    // Showing the patient's data is a sensitive read, audited too.
+    assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
+    wait_for_size(&app, &key, 2).await;
+    let second: Value = app.get("/v1/governance/audit/entries/1", &key).await.json().await.unwrap();
+    assert_eq!(second["entry"]["kind"], "sensitive_read");
+    assert_eq!(app.count_governance_rows("audit_entries").await, 2);
+    assert_eq!(app.count_health_rows("audit_outbox").await, 0, "acknowledged events leave the outbox");
+
+    // Another tenant sees its own, empty, log; a key without the scope is refused.
+    let other = app.create_tenant("Outra Clínica").await;
+    let other_key = app.create_key(&other, SCOPES).await;
+    assert_eq!(tree_size(&checkpoint(&app, &other_key).await), 0);
+    assert_eq!(app.get("/v1/governance/audit/entries/0", &other_key).await.status(), 404);
+    let health_only = app.create_key(&other, &["health:read"]).await;
+    assert_eq!(app.get("/v1/governance/audit/checkpoint", &health_only).await.status(), 403);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies_on_sqlite() {
+    an_assessment_is_logged_once_with_a_proof_the_cli_verifies(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies_on_postgres() {
+    an_assessment_is_logged_once_with_a_proof_the_cli_verifies(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn events_made_while_governance_is_down_all_arrive_once() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut started_with = None;
+    let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
+        // ai-governance runs elsewhere, and is not running yet.
+        config.audit.governance_url = Some(format!("http://127.0.0.1:{port}"));
+        config.audit.max_backoff_secs = 1;
+        config.audit.batch_size = 50;
+        config.ai_governance.grpc_addr = ([127, 0, 0, 1], port).into();
+        config.gateway.plans.starter.requests_per_second = 1000.0;
+        config.gateway.plans.starter.burst = 1000;
+        started_with = Some(config.clone());
+    })
+    .await;
+    let config = started_with.unwrap();
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        ids.insert(assess(&app, &key, &patient).await["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(app.count_health_rows("audit_outbox").await, 200, "the events wait in the outbox");
+    assert_eq!(app.get("/v1/governance/audit/checkpoint", &key).await.status(), 503);
+
+    let gateway_key = TokenSigner::from_base64(config.internal_auth.signing_key.as_deref().unwrap()).unwrap();
+    let services_key = TokenSigner::from_base64(config.internal_auth.service_signing_key.as_deref().unwrap()).unwrap();
+    let governance =
+        AiGovernanceService::build(&config.ai_governance, gateway_key.verifier(), Some(services_key.verifier()))
+            .await
+            .unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(governance.run_until_stopped(shutdown.clone()));
+
+    wait_for_size(&app, &key, 200).await;
+    let mut logged = std::collections::BTreeSet::new();
+    let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+    for entry in page["entries"].as_array().unwrap() {
+        let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap();
+        logged.insert(leaf["details"]["assessmentId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(logged, ids, "every assessment arrived exactly once");
+    assert_eq!(app.count_governance_rows("audit_entries").await, 200);
+    assert_eq!(app.count_health_rows("audit_outbox").await, 0);
+    let public_key = public_key(&app, &key).await;
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+
+    app.stop().await;
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+}
+
+async fn tampering_is_found_at_its_index(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    for _ in 0..6 {
+        assess(&app, &key, &patient).await;
+    }
+    wait_for_size(&app, &key, 6).await;
+    let public_key = public_key(&app, &key).await;
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+
+    // Someone with database access edits entry 3 and removes entry 5.
+    let edited = app
+        .execute_on_governance("UPDATE audit_entries SET leaf = REPLACE(leaf, 'AssessRisk', 'Nothing') WHERE idx = 3")
+        .await;
+    assert_eq!(edited, 1);
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 3, .. }), "{verdict:?}");
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(3))).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 3, .. }), "{verdict:?}");
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(2))).await.unwrap();
+    assert!(matches!(verdict, Verdict::Verified { .. }), "an untouched entry still verifies: {verdict:?}");
+
+    app.execute_on_governance("UPDATE audit_entries SET leaf = REPLACE(leaf, 'Nothing', 'AssessRisk') WHERE idx = 3")
+        .await;
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+    app.execute_on_governance("DELETE FROM audit_entries WHERE idx = 1").await;
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 1, .. }), "{verdict:?}");
+
+    // A wrong public key is not a verdict on the log: the checkpoint cannot be trusted.
+    let stranger = aigronova_ai_governance::checkpoint::CheckpointSigner::generate().public_key().to_base64();
+    assert_eq!(audit::run(&verify_args(&app, &key, &stranger, None)).await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn tampering_is_found_at_its_index_on_sqlite() {
+    tampering_is_found_at_its_index(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn tampering_is_found_at_its_index_on_postgres() {
+    tampering_is_found_at_its_index(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_consistency_proof_between_two_checkpoints_verifies_and_a_forged_one_fails() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    for _ in 0..3 {
+        assess(&app, &key, &patient).await;
+    }
+    let first = wait_for_size(&app, &key, 3).await;
+    for _ in 0..4 {
+        assess(&app, &key, &patient).await;
+    }
+    let second = wait_for_size(&app, &key, 7).await;
+    let verifier = CheckpointVerifier::from_base64(&public_key(&app, &key).await).unwrap();
+    for signed in [&first, &second] {
+        verifier.verify(signed["signedText"].as_str().unwrap(), signed["signature"].as_str().unwrap()).unwrap();
+    }
+    let at_three: Value = app.get("/v1/governance/audit/checkpoint?treeSize=3", &key).await.json().await.unwrap();
+    assert_eq!(at_three["rootHash"], first["rootHash"], "the checkpoint at size 3 is kept");
+
+    let response = app.get("/v1/governance/audit/consistency?from=3&to=7", &key).await;
+    assert_eq!(response.status(), 200);
+    let served: Value = response.json().await.unwrap();
+    let proof: Vec<Hash> =
+        served["proof"].as_array().unwrap().iter().map(|hash| decode_hash(hash.as_str().unwrap()).unwrap()).collect();
+    let (old_root, new_root) = (root_of(&first), root_of(&second));
+    merkle::verify_consistency(3, 7, &old_root, &new_root, &proof).expect("the proof verifies");
+
+    let mut forged = proof.clone();
+    forged[0][0] ^= 1;
+    assert!(merkle::verify_consistency(3, 7, &old_root, &new_root, &forged).is_err(), "a forged proof fails");
+    assert!(merkle::verify_consistency(3, 7, &new_root, &old_root, &proof).is_err(), "swapped roots fail");
+    assert!(merkle::verify_consistency(3, 7, &old_root, &new_root, &proof[1..]).is_err(), "a short proof fails");
+
+    for bad in ["from=0&to=3", "from=5&to=3", "from=1&to=99"] {
+        let response = app.get(&format!("/v1/governance/audit/consistency?{bad}"), &key).await;
+        aigronova_e2e::assert_problem(response, 400).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_inventory_lists_the_models_the_services_registered() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let key = tenant_key(&app).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let models = loop {
+        let response = app.get("/v1/governance/models", &key).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        if body["models"].as_array().is_some_and(|models| !models.is_empty()) {
+            break body["models"].as_array().unwrap().clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no model registered: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let model = models.iter().find(|model| model["card"]["name"] == "breast-cancer").expect("breast-cancer listed");
+    assert_eq!(model["service"], "healthquantum");
+    assert_eq!(model["card"]["version"], "1");
+    assert_eq!(model["card"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(!model.get("sha256Mismatch").and_then(Value::as_bool).unwrap_or(false), "not flagged: {model}");
+    let one = app.get("/v1/governance/models/breast-cancer/versions/1", &key).await;
+    assert_eq!(one.status(), 200);
+    assert_eq!(app.get("/v1/governance/models/breast-cancer/versions/9", &key).await.status(), 404);
+    app.stop().await;
+}
