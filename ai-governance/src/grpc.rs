@@ -8,6 +8,7 @@ use aigronova_platform::{
     Error,
     audit::{RECORD_SCOPE, REGISTER_MODELS_SCOPE},
     auth,
+    monitoring::RECORD_STATS_SCOPE,
 };
 use aigronova_proto::aigronova::governance::v1 as proto;
 use chrono::DateTime;
@@ -17,6 +18,7 @@ use crate::{
     inventory::{Inventory, InventoryEntry},
     log::{Leaf, LogStore, SignedCheckpoint, StoredEntry},
     merkle::Hash,
+    monitoring::{self, FeatureBins, Latency, ModelStatus, MonitoringStore, PSI_ALERT, Summary},
 };
 
 /// Most events one `RecordEvents` call may carry.
@@ -258,5 +260,130 @@ fn inventory_message(entry: InventoryEntry) -> proto::InventoryModel {
         sha256_mismatch: mismatch,
         observed_sha256: if mismatch { entry.observed_sha256 } else { String::new() },
         card: Some(entry.card),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct MonitoringApi {
+    store: MonitoringStore,
+}
+
+impl MonitoringApi {
+    pub(crate) fn new(store: MonitoringStore) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::monitoring_server::Monitoring for MonitoringApi {
+    async fn record_inference_stats(
+        &self,
+        request: Request<proto::RecordInferenceStatsRequest>,
+    ) -> Result<Response<proto::RecordInferenceStatsResponse>, Status> {
+        auth::service_caller(&request, RECORD_STATS_SCOPE)?;
+        let windows = request.into_inner().windows;
+        let summaries =
+            windows.into_iter().enumerate().map(|(n, window)| summary_of(n, window)).collect::<Result<Vec<_>, _>>()?;
+        self.store.record(&summaries).await?;
+        Ok(Response::new(proto::RecordInferenceStatsResponse {
+            recorded: u32::try_from(summaries.len()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn list_model_monitoring(
+        &self,
+        request: Request<proto::ListModelMonitoringRequest>,
+    ) -> Result<Response<proto::ListModelMonitoringResponse>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let (name, window) = monitoring::parse_window(&request.get_ref().window)?;
+        let statuses = self.store.statuses(&tenant, window).await?;
+        Ok(Response::new(proto::ListModelMonitoringResponse {
+            models: statuses.into_iter().map(|status| status_message(status, &name)).collect(),
+        }))
+    }
+
+    async fn get_model_monitoring(
+        &self,
+        request: Request<proto::GetModelMonitoringRequest>,
+    ) -> Result<Response<proto::ModelMonitoring>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let proto::GetModelMonitoringRequest { name: model, version, window } = request.into_inner();
+        let (name, window) = monitoring::parse_window(&window)?;
+        let status = self.store.status(&tenant, &model, &version, window).await?.unwrap_or(ModelStatus {
+            model,
+            version,
+            calls: 0,
+            errors: 0,
+            latency_p50_ms: 0.0,
+            latency_p95_ms: 0.0,
+            latency_p99_ms: 0.0,
+            drift: Vec::new(),
+        });
+        Ok(Response::new(status_message(status, &name)))
+    }
+}
+
+fn summary_of(n: usize, window: proto::InferenceWindow) -> Result<Summary, Error> {
+    let field = |name: &str| format!("windows[{n}].{name}");
+    for (name, value) in [
+        ("tenantId", &window.tenant_id),
+        ("service", &window.service),
+        ("model", &window.model),
+        ("version", &window.version),
+    ] {
+        if value.trim().is_empty() {
+            return Err(Error::invalid(field(name), "must not be empty"));
+        }
+    }
+    if window.latency_buckets.len() != window.latency_bounds_ms.len() + 1 {
+        return Err(Error::invalid(field("latencyBuckets"), "needs one bucket per bound and one above them"));
+    }
+    if window.errors > window.count {
+        return Err(Error::invalid(field("errors"), "cannot exceed count"));
+    }
+    let mut features = Vec::with_capacity(window.features.len());
+    for feature in window.features {
+        if feature.counts.len() != feature.expected_shares.len() || feature.counts.is_empty() {
+            return Err(Error::invalid(field("features"), format!("{}: one expected share per bin", feature.name)));
+        }
+        features.push(FeatureBins { name: feature.name, counts: feature.counts, expected: feature.expected_shares });
+    }
+    let time = |at: Option<prost_types::Timestamp>, name: &str| {
+        at.and_then(|at| DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).ok()?))
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .ok_or_else(|| Error::invalid(field(name), "must be a valid timestamp"))
+    };
+    Ok(Summary {
+        start: time(window.start_time, "startTime")?,
+        end: time(window.end_time, "endTime")?,
+        tenant_id: window.tenant_id,
+        service: window.service,
+        model: window.model,
+        version: window.version,
+        calls: window.count,
+        errors: window.errors,
+        latency: Latency { bounds_ms: window.latency_bounds_ms, buckets: window.latency_buckets },
+        features,
+    })
+}
+
+fn status_message(status: ModelStatus, window: &str) -> proto::ModelMonitoring {
+    proto::ModelMonitoring {
+        window: window.to_owned(),
+        inference_count: status.calls,
+        error_count: status.errors,
+        error_rate: status.error_rate(),
+        latency_p50_ms: status.latency_p50_ms,
+        latency_p95_ms: status.latency_p95_ms,
+        latency_p99_ms: status.latency_p99_ms,
+        max_psi: status.max_psi(),
+        drift_alert: status.drift_alert(),
+        drift: status
+            .drift
+            .iter()
+            .map(|(feature, psi)| proto::FeatureDrift { feature: feature.clone(), psi: *psi, alert: *psi > PSI_ALERT })
+            .collect(),
+        model: status.model,
+        version: status.version,
     }
 }

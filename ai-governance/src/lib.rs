@@ -13,6 +13,7 @@ mod grpc;
 pub mod inventory;
 pub mod log;
 pub mod merkle;
+pub mod monitoring;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -30,6 +31,7 @@ use aigronova_platform::{
 use aigronova_proto::aigronova::governance::v1::{
     audit_log_server::{self, AuditLogServer},
     model_inventory_server::{self, ModelInventoryServer},
+    monitoring_server::{self, MonitoringServer},
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -38,9 +40,10 @@ use tonic::service::Routes;
 
 use crate::{
     checkpoint::CheckpointSigner,
-    grpc::{AuditLogApi, ModelInventoryApi},
+    grpc::{AuditLogApi, ModelInventoryApi, MonitoringApi},
     inventory::Inventory,
     log::LogStore,
+    monitoring::MonitoringStore,
 };
 
 /// The name of this service in configuration, logs, upstreams and `aigronova serve`.
@@ -158,13 +161,16 @@ impl AiGovernanceService {
         let audit = AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone());
         let inventory = ModelInventoryServer::with_interceptor(
             ModelInventoryApi::new(Inventory::new(self.database.clone())),
+            authenticate.clone(),
+        );
+        let monitoring = MonitoringServer::with_interceptor(
+            MonitoringApi::new(MonitoringStore::new(self.database.clone())),
             authenticate,
         );
-        let routes = Routes::new(audit).add_service(inventory);
-        let served = self
-            .listener
-            .serve(routes, &[audit_log_server::SERVICE_NAME, model_inventory_server::SERVICE_NAME], shutdown)
-            .await;
+        let routes = Routes::new(audit).add_service(inventory).add_service(monitoring);
+        let names =
+            [audit_log_server::SERVICE_NAME, model_inventory_server::SERVICE_NAME, monitoring_server::SERVICE_NAME];
+        let served = self.listener.serve(routes, &names, shutdown).await;
         self.database.close().await;
         served
     }

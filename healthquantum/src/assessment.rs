@@ -47,6 +47,11 @@ impl ModelInput {
         let row = model.feature_vector(&features, "features")?;
         Ok(Self { model, named: features.into_iter().collect(), row })
     }
+
+    /// The features in model order, as the model reads them.
+    pub fn row(&self) -> &[f32] {
+        &self.row
+    }
 }
 
 /// One scored assessment.

@@ -8,6 +8,7 @@ use aigronova_platform::{
     audit::{AuditEvent, EventKind, OutboxWaker},
     auth,
     inference::ModelRegistry,
+    monitoring::InferenceMonitor,
 };
 use aigronova_proto::aigronova::health::v1 as proto;
 use chrono::{DateTime, Utc};
@@ -25,11 +26,12 @@ pub(crate) struct HealthQuantumApi {
     store: Store,
     models: ModelRegistry,
     outbox: OutboxWaker,
+    monitor: InferenceMonitor,
 }
 
 impl HealthQuantumApi {
-    pub(crate) fn new(store: Store, models: ModelRegistry, outbox: OutboxWaker) -> Self {
-        Self { store, models, outbox }
+    pub(crate) fn new(store: Store, models: ModelRegistry, outbox: OutboxWaker, monitor: InferenceMonitor) -> Self {
+        Self { store, models, outbox, monitor }
     }
 }
 
@@ -75,10 +77,16 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let request = AssessmentRequest::try_from(request.into_inner())?;
         let model = self.models.get(&request.model)?;
-        let input = ModelInput::validate(model, request.features)?;
-        self.store.patient_exists(&caller.tenant_id, &request.patient_id).await?;
         let started = Instant::now();
-        let assessment = assessment::assess(request.patient_id, input).await?;
+        let input = ModelInput::validate(model.clone(), request.features).inspect_err(|_| {
+            self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
+        })?;
+        self.store.patient_exists(&caller.tenant_id, &request.patient_id).await?;
+        let row = input.row().to_vec();
+        let started = Instant::now();
+        let assessed = assessment::assess(request.patient_id, input).await;
+        self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), assessed.is_ok());
+        let assessment = assessed?;
         let event = AuditEvent::new(
             &caller,
             crate::SERVICE_NAME,

@@ -22,6 +22,7 @@ use aigronova_platform::{
     config::{ConfigError, InferenceConfig, Validate},
     grpc::GrpcListener,
     inference::ModelRegistry,
+    monitoring::InferenceMonitor,
     storage::{Backend, Database},
 };
 use aigronova_proto::aigronova::health::v1::health_quantum_server::{self, HealthQuantumServer};
@@ -87,6 +88,7 @@ pub struct HealthQuantumService {
     relay: Relay,
     governance: Governance,
     models: ModelRegistry,
+    monitor: InferenceMonitor,
 }
 
 impl HealthQuantumService {
@@ -112,8 +114,9 @@ impl HealthQuantumService {
             governance.relay.clone(),
             governance.signer.clone().unwrap_or_else(TokenSigner::generate),
         );
-        let api = HealthQuantumApi::new(Store::new(database.clone()), models.clone(), relay.waker());
-        Ok(Self { listener, database, api, verifier, relay, governance, models })
+        let monitor = InferenceMonitor::default();
+        let api = HealthQuantumApi::new(Store::new(database.clone()), models.clone(), relay.waker(), monitor.clone());
+        Ok(Self { listener, database, api, verifier, relay, governance, models, monitor })
     }
 
     /// The address the listener is bound to.
@@ -136,12 +139,18 @@ impl HealthQuantumService {
                 let cards = self.models.models().map(|model| model.card()).collect();
                 tokio::spawn(audit::register_models(
                     self.governance.relay.clone(),
-                    signer,
+                    signer.clone(),
                     SERVICE_NAME,
                     cards,
                     shutdown.clone(),
                 ));
-                Some(tokio::spawn(self.relay.run(shutdown.clone())))
+                let monitor = tokio::spawn(self.monitor.run(
+                    self.governance.relay.clone(),
+                    signer,
+                    SERVICE_NAME,
+                    shutdown.clone(),
+                ));
+                Some((tokio::spawn(self.relay.run(shutdown.clone())), monitor))
             }
             None => {
                 tracing::warn!("no internal_auth.signing_key: audit events stay in the outbox");
@@ -150,8 +159,9 @@ impl HealthQuantumService {
         };
         let service = HealthQuantumServer::with_interceptor(self.api, Authenticate::new(self.verifier));
         let served = self.listener.serve(Routes::new(service), &[health_quantum_server::SERVICE_NAME], shutdown).await;
-        if let Some(relay) = relay {
+        if let Some((relay, monitor)) = relay {
             let _ = relay.await;
+            let _ = monitor.await;
         }
         self.database.close().await;
         served

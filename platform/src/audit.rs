@@ -155,11 +155,20 @@ pub struct RelayConfig {
     pub poll_interval_ms: u64,
     /// The longest wait between two attempts while ai-governance is unreachable, in seconds.
     pub max_backoff_secs: u64,
+    /// How often a service sends its inference summaries (counts, latency, input bins), in
+    /// milliseconds.
+    pub monitoring_interval_ms: u64,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
-        Self { governance_url: None, batch_size: 200, poll_interval_ms: 1000, max_backoff_secs: 30 }
+        Self {
+            governance_url: None,
+            batch_size: 200,
+            poll_interval_ms: 1000,
+            max_backoff_secs: 30,
+            monitoring_interval_ms: 10_000,
+        }
     }
 }
 
@@ -173,8 +182,11 @@ impl Validate for RelayConfig {
         if !(1..=1000).contains(&self.batch_size) {
             return Err(ConfigError("audit.batch_size must be between 1 and 1000".into()));
         }
-        if self.poll_interval_ms == 0 || self.max_backoff_secs == 0 {
-            return Err(ConfigError("audit.poll_interval_ms and audit.max_backoff_secs must be positive".into()));
+        if self.poll_interval_ms == 0 || self.max_backoff_secs == 0 || self.monitoring_interval_ms == 0 {
+            return Err(ConfigError(
+                "audit.poll_interval_ms, audit.max_backoff_secs and audit.monitoring_interval_ms must be positive"
+                    .into(),
+            ));
         }
         Ok(())
     }

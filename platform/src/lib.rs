@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod inference;
+pub mod monitoring;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

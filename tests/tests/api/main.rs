@@ -6,6 +6,7 @@ mod backup_drill;
 mod bad_input;
 mod edge;
 mod jwt;
+mod monitoring;
 mod openapi;
 mod ratelimit;
 mod resilience;

@@ -1,0 +1,321 @@
+//! Inference monitoring: the summaries the services report, and what is computed from them per
+//! tenant, model and version over a window: call and error counts, latency percentiles, and the
+//! population stability index (PSI) of each input feature against its training bins.
+//!
+//! PSI = Σ (actualᵢ − expectedᵢ) · ln(actualᵢ / expectedᵢ) over the bins, shares floored at
+//! 0.0001 so that an empty bin counts as very rare rather than impossible. Above
+//! [`PSI_ALERT`] the inputs have shifted enough that the model's scores should not be trusted
+//! without review (the usual reading: under 0.1 stable, 0.1 to 0.25 moderate, above 0.25 major).
+
+use std::{collections::BTreeMap, sync::OnceLock};
+
+use aigronova_platform::{
+    Error,
+    storage::{Database, StoreError},
+};
+use chrono::{Duration, SecondsFormat, Utc};
+use prometheus::{GaugeVec, Opts};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+/// The PSI above which a feature, and its model, is in alert.
+pub const PSI_ALERT: f64 = 0.25;
+const SHARE_FLOOR: f64 = 0.0001;
+
+/// A reported summary, as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    pub tenant_id: String,
+    pub service: String,
+    pub model: String,
+    pub version: String,
+    pub start: String,
+    pub end: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub latency: Latency,
+    pub features: Vec<FeatureBins>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub bounds_ms: Vec<f64>,
+    pub buckets: Vec<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureBins {
+    pub name: String,
+    pub counts: Vec<u64>,
+    pub expected: Vec<f64>,
+}
+
+/// What a window of summaries comes to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelStatus {
+    pub model: String,
+    pub version: String,
+    pub calls: u64,
+    pub errors: u64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    /// Per feature, in the order reported: its name and PSI.
+    pub drift: Vec<(String, f64)>,
+}
+
+impl ModelStatus {
+    pub fn error_rate(&self) -> f64 {
+        if self.calls == 0 { 0.0 } else { self.errors as f64 / self.calls as f64 }
+    }
+
+    pub fn max_psi(&self) -> f64 {
+        self.drift.iter().map(|(_, psi)| *psi).fold(0.0, f64::max)
+    }
+
+    pub fn drift_alert(&self) -> bool {
+        self.max_psi() > PSI_ALERT
+    }
+}
+
+/// The population stability index of `counts` against the `expected` shares.
+pub fn psi(counts: &[u64], expected: &[f64]) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 || counts.len() != expected.len() {
+        return 0.0;
+    }
+    counts
+        .iter()
+        .zip(expected)
+        .map(|(count, expected)| {
+            let actual = (*count as f64 / total as f64).max(SHARE_FLOOR);
+            let expected = expected.max(SHARE_FLOOR);
+            (actual - expected) * (actual / expected).ln()
+        })
+        .sum()
+}
+
+/// The upper bound of the bucket that holds the `quantile` of the calls.
+fn percentile(latency: &Latency, quantile: f64) -> f64 {
+    let total: u64 = latency.buckets.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = (quantile * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (index, count) in latency.buckets.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return latency.bounds_ms.get(index).or(latency.bounds_ms.last()).copied().unwrap_or(0.0);
+        }
+    }
+    latency.bounds_ms.last().copied().unwrap_or(0.0)
+}
+
+/// A window length named in the API: `1h`, `24h` or `7d`.
+pub fn parse_window(window: &str) -> Result<(String, Duration), Error> {
+    match window {
+        "" | "24h" => Ok(("24h".into(), Duration::hours(24))),
+        "1h" => Ok(("1h".into(), Duration::hours(1))),
+        "7d" => Ok(("7d".into(), Duration::days(7))),
+        other => Err(Error::invalid("window", format!("{other:?} is not one of 1h, 24h, 7d"))),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MonitoringStore {
+    database: Database,
+}
+
+impl MonitoringStore {
+    pub fn new(database: Database) -> Self {
+        Self { database }
+    }
+
+    /// Stores `summaries`, then refreshes the drift gauge of each model they are about.
+    pub async fn record(&self, summaries: &[Summary]) -> Result<(), Error> {
+        let mut transaction = self.database.begin_write().await?;
+        for summary in summaries {
+            sqlx::query(
+                "INSERT INTO inference_windows (id, tenant_id, service, model, version, window_start, window_end, \
+                 calls, errors, latency, features) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(&summary.tenant_id)
+            .bind(&summary.service)
+            .bind(&summary.model)
+            .bind(&summary.version)
+            .bind(&summary.start)
+            .bind(&summary.end)
+            .bind(i64::try_from(summary.calls).unwrap_or(i64::MAX))
+            .bind(i64::try_from(summary.errors).unwrap_or(i64::MAX))
+            .bind(serde_json::to_string(&summary.latency).expect("latency serialises"))
+            .bind(serde_json::to_string(&summary.features).expect("bins serialise"))
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        for summary in summaries {
+            let status = self.status(&summary.tenant_id, &summary.model, &summary.version, Duration::hours(1)).await?;
+            if let Some(status) = status {
+                drift_gauge()
+                    .with_label_values(&[&summary.tenant_id, &status.model, &status.version])
+                    .set(status.max_psi());
+            }
+        }
+        Ok(())
+    }
+
+    /// The figures of one model version for `tenant_id` over the last `window`; `None` when it
+    /// was not called then.
+    pub async fn status(
+        &self,
+        tenant_id: &str,
+        model: &str,
+        version: &str,
+        window: Duration,
+    ) -> Result<Option<ModelStatus>, Error> {
+        let since = (Utc::now() - window).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let rows = sqlx::query(
+            "SELECT model, version, calls, errors, latency, features FROM inference_windows \
+             WHERE tenant_id = $1 AND model = $2 AND version = $3 AND window_end >= $4",
+        )
+        .bind(tenant_id)
+        .bind(model)
+        .bind(version)
+        .bind(since)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        Ok(summarise(&rows)?.into_values().next())
+    }
+
+    /// Every model version `tenant_id` used in the last `window`.
+    pub async fn statuses(&self, tenant_id: &str, window: Duration) -> Result<Vec<ModelStatus>, Error> {
+        let since = (Utc::now() - window).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let rows = sqlx::query(
+            "SELECT model, version, calls, errors, latency, features FROM inference_windows \
+             WHERE tenant_id = $1 AND window_end >= $2",
+        )
+        .bind(tenant_id)
+        .bind(since)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        Ok(summarise(&rows)?.into_values().collect())
+    }
+}
+
+/// Merges rows per model and version and computes their figures.
+fn summarise(rows: &[sqlx::any::AnyRow]) -> Result<BTreeMap<(String, String), ModelStatus>, StoreError> {
+    struct Sums {
+        calls: u64,
+        errors: u64,
+        latency: Latency,
+        features: Vec<FeatureBins>,
+    }
+    let mut sums: BTreeMap<(String, String), Sums> = BTreeMap::new();
+    for row in rows {
+        let key = (row.try_get::<String, _>("model")?, row.try_get::<String, _>("version")?);
+        let latency: Latency = serde_json::from_str(&row.try_get::<String, _>("latency")?)
+            .map_err(|error| StoreError::Corrupt(format!("inference_windows.latency: {error}")))?;
+        let features: Vec<FeatureBins> = serde_json::from_str(&row.try_get::<String, _>("features")?)
+            .map_err(|error| StoreError::Corrupt(format!("inference_windows.features: {error}")))?;
+        let calls = row.try_get::<i64, _>("calls")? as u64;
+        let errors = row.try_get::<i64, _>("errors")? as u64;
+        match sums.get_mut(&key) {
+            None => {
+                sums.insert(key, Sums { calls, errors, latency, features });
+            }
+            Some(total) => {
+                total.calls += calls;
+                total.errors += errors;
+                if total.latency.bounds_ms == latency.bounds_ms {
+                    for (a, b) in total.latency.buckets.iter_mut().zip(latency.buckets) {
+                        *a += b;
+                    }
+                }
+                for feature in features {
+                    match total.features.iter_mut().find(|known| known.name == feature.name) {
+                        Some(known) if known.counts.len() == feature.counts.len() => {
+                            for (a, b) in known.counts.iter_mut().zip(feature.counts) {
+                                *a += b;
+                            }
+                        }
+                        Some(_) => {}
+                        None => total.features.push(feature),
+                    }
+                }
+            }
+        }
+    }
+    Ok(sums
+        .into_iter()
+        .map(|((model, version), sums)| {
+            let status = ModelStatus {
+                model: model.clone(),
+                version: version.clone(),
+                calls: sums.calls,
+                errors: sums.errors,
+                latency_p50_ms: percentile(&sums.latency, 0.50),
+                latency_p95_ms: percentile(&sums.latency, 0.95),
+                latency_p99_ms: percentile(&sums.latency, 0.99),
+                drift: sums.features.iter().map(|f| (f.name.clone(), psi(&f.counts, &f.expected))).collect(),
+            };
+            ((model, version), status)
+        })
+        .collect())
+}
+
+fn drift_gauge() -> &'static GaugeVec {
+    static GAUGE: OnceLock<GaugeVec> = OnceLock::new();
+    GAUGE.get_or_init(|| {
+        let gauge = GaugeVec::new(
+            Opts::new(
+                "aigronova_model_drift_psi",
+                "Largest population stability index of a model's input features over the last hour, per tenant",
+            ),
+            &["tenant", "model", "version"],
+        )
+        .expect("valid metric");
+        if let Err(error) = prometheus::register(Box::new(gauge.clone())) {
+            tracing::warn!(%error, "drift metric not registered");
+        }
+        gauge
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psi_is_zero_for_the_training_shares_and_large_for_a_shift() {
+        let expected = vec![0.1; 10];
+        assert!(psi(&[100; 10], &expected).abs() < 1e-12);
+        let mut shifted = vec![0; 10];
+        shifted[9] = 1000;
+        assert!(psi(&shifted, &expected) > PSI_ALERT);
+        // A mild shift stays below the alert.
+        let mild = [80, 90, 100, 100, 100, 100, 100, 100, 110, 120];
+        assert!(psi(&mild, &expected) < 0.1);
+        assert_eq!(psi(&[0; 10], &expected), 0.0);
+    }
+
+    #[test]
+    fn percentiles_are_the_upper_bounds_of_their_buckets() {
+        let latency = Latency { bounds_ms: vec![1.0, 5.0, 10.0], buckets: vec![50, 45, 4, 1] };
+        assert_eq!(percentile(&latency, 0.50), 1.0);
+        assert_eq!(percentile(&latency, 0.95), 5.0);
+        assert_eq!(percentile(&latency, 0.99), 10.0);
+        assert_eq!(percentile(&latency, 1.0), 10.0);
+    }
+
+    #[test]
+    fn windows_are_named() {
+        assert_eq!(parse_window("").unwrap().0, "24h");
+        assert_eq!(parse_window("7d").unwrap().1, Duration::days(7));
+        assert!(parse_window("2w").is_err());
+    }
+}

@@ -1,0 +1,113 @@
+//! Inference monitoring through the gateway: healthquantum's summaries reach ai-governance, which
+//! reports volumes, errors, latency and drift; inputs drawn like the training data keep PSI low,
+//! shifted inputs raise it above 0.25 and set the alert, in the API and as a metric.
+
+use std::time::Duration;
+
+use aigronova_cli::AppConfig;
+use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app_with};
+use serde_json::{Map, Value, json};
+
+const MONITORING: &str = "/v1/governance/monitoring/models/breast-cancer/versions/1";
+
+fn features() -> Vec<Value> {
+    let path = models_dir().join("breast-cancer/1/manifest.json");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("manifest.json")).unwrap();
+    manifest["features"].as_array().unwrap().clone()
+}
+
+/// A row whose every feature sits in the middle of training bin `bin(feature index)`.
+fn row(features: &[Value], bin: impl Fn(usize) -> usize) -> Value {
+    let mut row = Map::new();
+    for (index, feature) in features.iter().enumerate() {
+        let edges: Vec<f64> = feature["bin_edges"].as_array().unwrap().iter().map(|e| e.as_f64().unwrap()).collect();
+        let bin = bin(index).min(edges.len() - 2);
+        row.insert(feature["name"].as_str().unwrap().to_owned(), json!((edges[bin] + edges[bin + 1]) / 2.0));
+    }
+    Value::Object(row)
+}
+
+fn count(status: &Value, field: &str) -> u64 {
+    match &status[field] {
+        Value::String(text) => text.parse().unwrap(),
+        other => other.as_u64().unwrap_or(0),
+    }
+}
+
+async fn wait_for_calls(app: &TestApp, key: &str, calls: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = app.get(MONITORING, key).await;
+        assert_eq!(response.status(), 200);
+        let status: Value = response.json().await.unwrap();
+        if count(&status, "inferenceCount") >= calls {
+            assert_eq!(count(&status, "inferenceCount"), calls, "{status}");
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "ai-governance did not see {calls} calls: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn assess(app: &TestApp, key: &str, patient: &str, features: Value) -> u16 {
+    let body = json!({"model": "breast-cancer", "features": features});
+    app.post(&format!("/v1/health/patients/{patient}/assessments"), key, &body).await.status().as_u16()
+}
+
+#[tokio::test]
+async fn shifted_inputs_raise_psi_above_the_alert_and_training_like_inputs_do_not() {
+    let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
+        config.audit.monitoring_interval_ms = 200;
+        config.gateway.plans.starter.requests_per_second = 1000.0;
+        config.gateway.plans.starter.burst = 1000;
+    })
+    .await;
+    let tenant = app.create_tenant("Clínica Monitorada").await;
+    let key = app.create_key(&tenant, &["health:read", "health:write", "governance:read"]).await;
+    let patient = app.create_patient(&key).await;
+    let features = features();
+
+    // Ten calls in every training decile of every feature: the training distribution.
+    for call in 0..100 {
+        assert_eq!(assess(&app, &key, &patient, row(&features, |index| (call + index) % 10)).await, 200);
+    }
+    let mut invalid = row(&features, |_| 0);
+    invalid["mean radius"] = json!(-1.0);
+    assert_eq!(assess(&app, &key, &patient, invalid).await, 400);
+    let calm = wait_for_calls(&app, &key, 101).await;
+    assert_eq!(count(&calm, "errorCount"), 1, "{calm}");
+    assert!((calm["errorRate"].as_f64().unwrap() - 1.0 / 101.0).abs() < 1e-9);
+    assert!(calm["maxPsi"].as_f64().unwrap_or(0.0) < 0.1, "training-like inputs do not drift: {calm}");
+    assert_ne!(calm["driftAlert"], true);
+    assert!(calm["latencyP50Ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(calm["drift"].as_array().unwrap().len(), features.len());
+
+    // The same number of calls, every feature in its top decile.
+    for _ in 0..100 {
+        assert_eq!(assess(&app, &key, &patient, row(&features, |_| 9)).await, 200);
+    }
+    let shifted = wait_for_calls(&app, &key, 201).await;
+    let max_psi = shifted["maxPsi"].as_f64().unwrap();
+    assert!(max_psi > 0.25, "shifted inputs drift: {shifted}");
+    assert_eq!(shifted["driftAlert"], true);
+    assert!(shifted["drift"].as_array().unwrap().iter().all(|feature| feature["alert"] == true), "{shifted}");
+
+    let listed: Value = app.get("/v1/governance/monitoring?window=1h", &key).await.json().await.unwrap();
+    assert_eq!(listed["models"][0]["model"], "breast-cancer");
+    aigronova_e2e::assert_problem(app.get("/v1/governance/monitoring?window=2w", &key).await, 400).await;
+
+    let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+    let line = metrics
+        .lines()
+        .find(|line| line.starts_with("aigronova_model_drift_psi{") && line.contains(&tenant))
+        .unwrap_or_else(|| panic!("no drift gauge for the tenant in /metrics"));
+    let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value > 0.25, "{line}");
+
+    // Another tenant has no calls, and no drift.
+    let other = app.create_tenant("Outra").await;
+    let other_key = app.create_key(&other, &["governance:read"]).await;
+    let empty: Value = app.get(MONITORING, &other_key).await.json().await.unwrap();
+    assert_eq!(count(&empty, "inferenceCount"), 0);
+    app.stop().await;
+}
