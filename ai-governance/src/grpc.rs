@@ -1,6 +1,6 @@
 //! The `aigronova.governance.v1` gRPC services: the edge where protobuf messages become domain
-//! values and back. Reads serve the caller's tenant only; the two internal RPCs need the scope
-//! that only service tokens carry.
+//! values and back. Reads serve the caller's tenant only; the internal RPCs need a scope that
+//! only service tokens carry.
 
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use aigronova_platform::{
     Error,
     audit::{RECORD_SCOPE, REGISTER_MODELS_SCOPE},
     auth,
+    cpf::Cpf,
     monitoring::RECORD_STATS_SCOPE,
 };
-use aigronova_proto::aigronova::governance::v1 as proto;
+use aigronova_proto::{aigronova::governance::v1 as proto, google::api::HttpBody};
 use chrono::DateTime;
 use tonic::{Request, Response, Status};
 
@@ -19,6 +20,7 @@ use crate::{
     log::{Leaf, LogStore, SignedCheckpoint, StoredEntry},
     merkle::Hash,
     monitoring::{self, FeatureBins, Latency, ModelStatus, MonitoringStore, PSI_ALERT, Summary},
+    subjects::{self, SubjectStore},
 };
 
 /// Most events one `RecordEvents` call may carry.
@@ -385,5 +387,143 @@ fn status_message(status: ModelStatus, window: &str) -> proto::ModelMonitoring {
             .collect(),
         model: status.model,
         version: status.version,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct SubjectRequestsApi {
+    store: Arc<SubjectStore>,
+}
+
+impl SubjectRequestsApi {
+    pub(crate) fn new(store: Arc<SubjectStore>) -> Self {
+        Self { store }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
+    async fn create_subject_request(
+        &self,
+        request: Request<proto::CreateSubjectRequestRequest>,
+    ) -> Result<Response<proto::SubjectRequest>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::CreateSubjectRequestRequest { cpf, kind, details } = request.into_inner();
+        let kind = subjects::Kind::parse(kind.trim())?;
+        let cpf = Cpf::parse(&cpf)?;
+        if kind == subjects::Kind::Correction && details.trim().is_empty() {
+            return Err(Error::invalid("details", "say what to correct").into());
+        }
+        let stored = self.store.open(&caller, &cpf, kind, details.trim()).await?;
+        Ok(Response::new(request_message(stored)))
+    }
+
+    async fn get_subject_request(
+        &self,
+        request: Request<proto::GetSubjectRequestRequest>,
+    ) -> Result<Response<proto::SubjectRequest>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        Ok(Response::new(request_message(self.store.get(&tenant, &request.get_ref().id).await?)))
+    }
+
+    async fn list_subject_requests(
+        &self,
+        request: Request<proto::ListSubjectRequestsRequest>,
+    ) -> Result<Response<proto::ListSubjectRequestsResponse>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let requests = self.store.list(&tenant, request.get_ref().overdue).await?;
+        Ok(Response::new(proto::ListSubjectRequestsResponse {
+            requests: requests.into_iter().map(request_message).collect(),
+        }))
+    }
+
+    async fn get_subject_export(
+        &self,
+        request: Request<proto::GetSubjectRequestRequest>,
+    ) -> Result<Response<HttpBody>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let bundle = self.store.export(&tenant, &request.get_ref().id).await?;
+        Ok(Response::new(HttpBody {
+            content_type: "application/json".into(),
+            data: bundle.into_bytes(),
+            extensions: Vec::new(),
+        }))
+    }
+
+    async fn create_review(
+        &self,
+        request: Request<proto::CreateReviewRequest>,
+    ) -> Result<Response<proto::Review>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::CreateReviewRequest { audit_index, reason } = request.into_inner();
+        if reason.trim().is_empty() {
+            return Err(Error::invalid("reason", "say why the decision should be reviewed").into());
+        }
+        let review = self.store.request_review(&caller, audit_index, reason.trim()).await?;
+        Ok(Response::new(review_message(review)))
+    }
+
+    async fn list_reviews(
+        &self,
+        request: Request<proto::ListReviewsRequest>,
+    ) -> Result<Response<proto::ListReviewsResponse>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let status = request.get_ref().status.trim().to_owned();
+        if !["", "pending", "decided"].contains(&status.as_str()) {
+            return Err(Error::invalid("status", "must be pending or decided").into());
+        }
+        let reviews = self.store.reviews(&tenant, &status).await?;
+        Ok(Response::new(proto::ListReviewsResponse { reviews: reviews.into_iter().map(review_message).collect() }))
+    }
+
+    async fn decide_review(
+        &self,
+        request: Request<proto::DecideReviewRequest>,
+    ) -> Result<Response<proto::Review>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::DecideReviewRequest { id, outcome, note } = request.into_inner();
+        let review = self.store.decide(&caller, &id, outcome.trim(), note.trim()).await?;
+        Ok(Response::new(review_message(review)))
+    }
+}
+
+fn request_message(request: subjects::StoredRequest) -> proto::SubjectRequest {
+    let overdue = request.overdue();
+    proto::SubjectRequest {
+        deadline: timestamp(&request.deadline),
+        create_time: timestamp(&request.created_at),
+        complete_time: request.completed_at.as_deref().and_then(timestamp),
+        overdue,
+        outcomes: request
+            .outcomes
+            .iter()
+            .map(|outcome| proto::ServiceOutcome {
+                service: outcome.service.clone(),
+                status: outcome.status.clone(),
+                records: outcome.records,
+                retained: subjects::retained_messages(outcome),
+                error: outcome.error.clone(),
+            })
+            .collect(),
+        id: request.id,
+        kind: request.kind,
+        status: request.status,
+        details: request.details,
+    }
+}
+
+fn review_message(review: subjects::Review) -> proto::Review {
+    proto::Review {
+        create_time: timestamp(&review.created_at),
+        decide_time: review.decided_at.as_deref().and_then(timestamp),
+        id: review.id,
+        audit_index: review.audit_index,
+        event_id: review.event_id,
+        action: review.action,
+        reason: review.reason,
+        status: review.status,
+        outcome: review.outcome,
+        note: review.note,
+        reviewer: review.reviewer,
     }
 }

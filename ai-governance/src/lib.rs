@@ -14,8 +14,10 @@ pub mod inventory;
 pub mod log;
 pub mod merkle;
 pub mod monitoring;
+pub mod subjects;
 
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
@@ -23,7 +25,7 @@ use std::{
 
 use aigronova_platform::{
     Shutdown,
-    auth::{Authenticate, TokenVerifier},
+    auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, Validate},
     grpc::GrpcListener,
     storage::{Backend, Database},
@@ -32,6 +34,7 @@ use aigronova_proto::aigronova::governance::v1::{
     audit_log_server::{self, AuditLogServer},
     model_inventory_server::{self, ModelInventoryServer},
     monitoring_server::{self, MonitoringServer},
+    subject_requests_server::{self, SubjectRequestsServer},
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -40,10 +43,11 @@ use tonic::service::Routes;
 
 use crate::{
     checkpoint::CheckpointSigner,
-    grpc::{AuditLogApi, ModelInventoryApi, MonitoringApi},
+    grpc::{AuditLogApi, ModelInventoryApi, MonitoringApi, SubjectRequestsApi},
     inventory::Inventory,
     log::LogStore,
     monitoring::MonitoringStore,
+    subjects::{SubjectServices, SubjectStore},
 };
 
 /// The name of this service in configuration, logs, upstreams and `aigronova serve`.
@@ -65,6 +69,9 @@ pub struct Config {
     pub signing_key: Option<String>,
     /// File holding the signing key; created with a new key (mode 0600) when missing.
     pub signing_key_file: PathBuf,
+    /// The services that hold personal data, by name, and their gRPC URLs: data-subject
+    /// requests are fanned out to each one's `DataSubject` RPCs. `aigronova up` fills it.
+    pub data_subject_services: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for Config {
@@ -74,6 +81,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &self.database_url)
             .field("signing_key", &self.signing_key.as_ref().map(|_| "[redacted]"))
             .field("signing_key_file", &self.signing_key_file)
+            .field("data_subject_services", &self.data_subject_services)
             .finish()
     }
 }
@@ -85,6 +93,7 @@ impl Default for Config {
             database_url: "sqlite://data/ai-governance.db".into(),
             signing_key: None,
             signing_key_file: PathBuf::from("data/ai-governance-checkpoint.key"),
+            data_subject_services: BTreeMap::new(),
         }
     }
 }
@@ -98,6 +107,13 @@ impl Validate for Config {
             CheckpointSigner::from_base64(key)
                 .map_err(|_| ConfigError("ai_governance.signing_key is not a base64 32-byte Ed25519 seed".into()))?;
         }
+        for (name, url) in &self.data_subject_services {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!(
+                    "ai_governance.data_subject_services.{name} must be an http(s):// URL, got {url:?}"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -109,18 +125,20 @@ pub struct AiGovernanceService {
     database: Database,
     log: Arc<LogStore>,
     verifier: TokenVerifier,
-    service_verifier: Option<TokenVerifier>,
+    service_signer: Option<TokenSigner>,
+    data_subject_services: BTreeMap<String, String>,
 }
 
 impl AiGovernanceService {
     /// Connects the database (running the migrations), loads or creates the signing key and
     /// binds `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
-    /// `verifier` checks the gateway's tokens (reads); `service_verifier` the domain services'
-    /// (audit events, model registration), which are refused without it.
+    /// `verifier` checks the gateway's tokens; `service_signer` is the domain services' key:
+    /// its public half admits their audit events, model registrations and summaries, and it
+    /// signs the data-subject calls to them. Without it those are refused.
     pub async fn build(
         config: &Config,
         verifier: TokenVerifier,
-        service_verifier: Option<TokenVerifier>,
+        service_signer: Option<TokenSigner>,
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let signer = match &config.signing_key {
@@ -136,16 +154,23 @@ impl AiGovernanceService {
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
         tracing::info!(key_id = %signer.key_id(), "audit checkpoints signed with this key");
-        if service_verifier.is_none() {
-            tracing::warn!("no internal_auth.service_verifying_key: audit events and model registrations are refused");
+        if service_signer.is_none() {
+            tracing::warn!("no internal_auth.service_signing_key: calls from and to the services are refused");
         }
         let log = Arc::new(LogStore::new(database.clone(), signer));
-        Ok(Self { listener, database, log, verifier, service_verifier })
+        let data_subject_services = config.data_subject_services.clone();
+        Ok(Self { listener, database, log, verifier, service_signer, data_subject_services })
     }
 
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr()
+    }
+
+    /// Adds a service that data-subject requests fan out to (`aigronova up` learns the ports
+    /// after the services are bound).
+    pub fn add_data_subject_service(&mut self, name: &str, url: &str) {
+        self.data_subject_services.insert(name.to_owned(), url.to_owned());
     }
 
     /// The service's database, for tests that inspect what was stored.
@@ -157,7 +182,13 @@ impl AiGovernanceService {
     /// Serves the audit log and the inventory, health and reflection until `shutdown`, then
     /// drains in-flight calls and closes the database.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let authenticate = Authenticate::with_service_key(self.verifier, self.service_verifier);
+        let service_verifier = self.service_signer.as_ref().map(TokenSigner::verifier);
+        let authenticate = Authenticate::with_service_key(self.verifier, service_verifier);
+        let services = SubjectServices::new(&self.data_subject_services, self.service_signer)?;
+        let subjects = SubjectRequestsServer::with_interceptor(
+            SubjectRequestsApi::new(Arc::new(SubjectStore::new(self.database.clone(), services, self.log.clone()))),
+            authenticate.clone(),
+        );
         let audit = AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone());
         let inventory = ModelInventoryServer::with_interceptor(
             ModelInventoryApi::new(Inventory::new(self.database.clone())),
@@ -167,9 +198,13 @@ impl AiGovernanceService {
             MonitoringApi::new(MonitoringStore::new(self.database.clone())),
             authenticate,
         );
-        let routes = Routes::new(audit).add_service(inventory).add_service(monitoring);
-        let names =
-            [audit_log_server::SERVICE_NAME, model_inventory_server::SERVICE_NAME, monitoring_server::SERVICE_NAME];
+        let routes = Routes::new(audit).add_service(inventory).add_service(monitoring).add_service(subjects);
+        let names = [
+            audit_log_server::SERVICE_NAME,
+            model_inventory_server::SERVICE_NAME,
+            monitoring_server::SERVICE_NAME,
+            subject_requests_server::SERVICE_NAME,
+        ];
         let served = self.listener.serve(routes, &names, shutdown).await;
         self.database.close().await;
         served

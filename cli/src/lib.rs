@@ -72,8 +72,8 @@ enum Command {
         /// The service to run.
         service: Service,
     },
-    /// Print new keys as configuration variables: the internal tokens' key pairs (the gateway's
-    /// and the services') and ai-governance's checkpoint signing key.
+    /// Print new keys as configuration variables: the gateway's internal token key pair, the
+    /// services' key and ai-governance's checkpoint signing key.
     Keygen,
     /// Audit log tools.
     Audit {
@@ -168,19 +168,24 @@ impl Platform {
         let mut services = std::collections::BTreeMap::new();
         let mut tasks = JoinSet::new();
         let mut audit = config.audit.clone();
+        let mut governance = None;
         if audit.governance_url.is_none() {
-            let governance =
-                AiGovernanceService::build(&config.ai_governance, signer.verifier(), Some(service_signer.verifier()))
+            let built =
+                AiGovernanceService::build(&config.ai_governance, signer.verifier(), Some(service_signer.clone()))
                     .await?;
-            services.insert(aigronova_ai_governance::SERVICE_NAME, governance.local_addr());
-            audit.governance_url = Some(format!("http://{}", governance.local_addr()));
+            services.insert(aigronova_ai_governance::SERVICE_NAME, built.local_addr());
+            audit.governance_url = Some(format!("http://{}", built.local_addr()));
+            governance = Some(built);
+        }
+        let link = aigronova_healthquantum::Governance { relay: audit.clone(), signer: Some(service_signer) };
+        let health =
+            HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier(), link).await?;
+        services.insert(aigronova_healthquantum::SERVICE_NAME, health.local_addr());
+        if let Some(mut governance) = governance {
+            let url = format!("http://{}", health.local_addr());
+            governance.add_data_subject_service(aigronova_healthquantum::SERVICE_NAME, &url);
             tasks.spawn(governance.run_until_stopped(shutdown.clone()));
         }
-        let governance = aigronova_healthquantum::Governance { relay: audit.clone(), signer: Some(service_signer) };
-        let health =
-            HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier(), governance)
-                .await?;
-        services.insert(aigronova_healthquantum::SERVICE_NAME, health.local_addr());
         let mut gateway_config = config.gateway.clone();
         gateway_config
             .upstreams
@@ -214,9 +219,7 @@ pub fn main(cli: Cli) -> ExitCode {
         let signer = TokenSigner::generate();
         println!("AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY={}", signer.to_base64());
         println!("AIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY={}", signer.verifier().to_base64());
-        let services = TokenSigner::generate();
-        println!("AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY={}", services.to_base64());
-        println!("AIGRONOVA__INTERNAL_AUTH__SERVICE_VERIFYING_KEY={}", services.verifier().to_base64());
+        println!("AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY={}", TokenSigner::generate().to_base64());
         let checkpoints = aigronova_ai_governance::checkpoint::CheckpointSigner::generate();
         println!("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}", checkpoints.to_base64());
         return ExitCode::SUCCESS;
@@ -312,7 +315,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
         }
         Command::Serve { service: Service::AiGovernance } => {
             let services_key =
-                config.internal_auth.service_verifying_key.as_deref().map(TokenVerifier::from_base64).transpose()?;
+                config.internal_auth.service_signing_key.as_deref().map(TokenSigner::from_base64).transpose()?;
             let service =
                 AiGovernanceService::build(&config.ai_governance, service_verifier(&config)?, services_key).await?;
             service.run_until_stopped(shutdown).await

@@ -9,14 +9,18 @@ use aigronova_platform::{
     auth,
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
+    subject::{self, SUBJECT_SCOPE},
 };
-use aigronova_proto::aigronova::health::v1 as proto;
+use aigronova_proto::aigronova::{
+    common::v1::{self as common, data_subject_server::DataSubject},
+    health::v1 as proto,
+};
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
 
 use crate::{
     assessment::{self, Assessment, AssessmentRequest, ModelInput},
-    patient::{NewPatient, Patient, PatientId},
+    patient::{Cpf, NewPatient, Patient, PatientId},
     store::Store,
 };
 
@@ -171,5 +175,81 @@ fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("sub-second nanoseconds fit in an i32"),
+    }
+}
+
+/// The common `DataSubject` service: export and erasure for a CPF, called by ai-governance with
+/// a service token for the requester's tenant.
+#[tonic::async_trait]
+impl DataSubject for HealthQuantumApi {
+    async fn export_subject(
+        &self,
+        request: Request<common::ExportSubjectRequest>,
+    ) -> Result<Response<common::ExportSubjectResponse>, Status> {
+        let caller = auth::service_caller(&request, SUBJECT_SCOPE)?;
+        let common::ExportSubjectRequest { cpf, request_id } = request.into_inner();
+        let cpf = Cpf::parse(&cpf)?;
+        let event = |ids: &[String]| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                "health.ExportSubject",
+                &subject_of(ids),
+                serde_json::json!({"subjectRequest": request_id, "patients": ids.len()}),
+            )
+        };
+        let data = self.store.export_subject(&caller.tenant_id, &cpf, event).await?;
+        self.outbox.wake();
+        Ok(Response::new(common::ExportSubjectResponse {
+            service: crate::SERVICE_NAME.to_owned(),
+            data: Some(subject::to_struct(data)),
+        }))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<common::EraseSubjectRequest>,
+    ) -> Result<Response<common::EraseSubjectResponse>, Status> {
+        let caller = auth::service_caller(&request, SUBJECT_SCOPE)?;
+        let common::EraseSubjectRequest { cpf, request_id } = request.into_inner();
+        let cpf = Cpf::parse(&cpf)?;
+        let event = |ids: &[String]| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::PersonalDataChange,
+                "health.EraseSubject",
+                &subject_of(ids),
+                serde_json::json!({"subjectRequest": request_id, "patients": ids.len()}),
+            )
+        };
+        let erased = self.store.erase_subject(&caller.tenant_id, &cpf, event).await?;
+        self.outbox.wake();
+        tracing::info!(tenant = %caller.tenant_id, patients = erased.len(), "data subject erased");
+        let retained = if erased.is_empty() {
+            Vec::new()
+        } else {
+            vec![common::RetainedRecord {
+                kind: "assessments".into(),
+                reason: "clinical records are kept for 20 years (Lei 13.787/2018, art. 6; LGPD Art. 16 I), \
+                         no longer linked to a name, CPF or birth date"
+                    .into(),
+            }]
+        };
+        Ok(Response::new(common::EraseSubjectResponse {
+            service: crate::SERVICE_NAME.to_owned(),
+            erased_records: i64::try_from(erased.len()).unwrap_or(i64::MAX),
+            retained,
+        }))
+    }
+}
+
+/// The audit subject of a data-subject operation: the patient ids, never the CPF.
+fn subject_of(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "patient:none".into()
+    } else {
+        ids.iter().map(|id| format!("patient:{id}")).collect::<Vec<_>>().join(",")
     }
 }

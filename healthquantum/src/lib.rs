@@ -25,7 +25,10 @@ use aigronova_platform::{
     monitoring::InferenceMonitor,
     storage::{Backend, Database},
 };
-use aigronova_proto::aigronova::health::v1::health_quantum_server::{self, HealthQuantumServer};
+use aigronova_proto::aigronova::{
+    common::v1::data_subject_server::{self, DataSubjectServer},
+    health::v1::health_quantum_server::{self, HealthQuantumServer},
+};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
@@ -157,8 +160,16 @@ impl HealthQuantumService {
                 None
             }
         };
+        // The domain RPCs take the gateway's tokens only; DataSubject, ai-governance's (services').
+        let service_verifier = self.governance.signer.as_ref().map(TokenSigner::verifier);
+        let data_subject = DataSubjectServer::with_interceptor(
+            self.api.clone(),
+            Authenticate::with_service_key(self.verifier.clone(), service_verifier),
+        );
         let service = HealthQuantumServer::with_interceptor(self.api, Authenticate::new(self.verifier));
-        let served = self.listener.serve(Routes::new(service), &[health_quantum_server::SERVICE_NAME], shutdown).await;
+        let routes = Routes::new(service).add_service(data_subject);
+        let names = [health_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
+        let served = self.listener.serve(routes, &names, shutdown).await;
         if let Some((relay, monitor)) = relay {
             let _ = relay.await;
             let _ = monitor.await;

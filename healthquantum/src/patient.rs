@@ -6,6 +6,7 @@
 use std::fmt;
 
 use aigronova_platform::Error;
+pub use aigronova_platform::cpf::Cpf;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use uuid::Uuid;
 
@@ -69,72 +70,6 @@ impl PatientName {
 impl fmt::Debug for PatientName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("PatientName([redacted])")
-    }
-}
-
-/// A Brazilian taxpayer number (CPF), kept as its 11 digits.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Cpf(String);
-
-impl Cpf {
-    /// Accepts `123.456.789-09` or `12345678909`; both check digits must hold, and numbers made
-    /// of one repeated digit (which pass the check digits) are refused.
-    pub fn parse(value: &str) -> Result<Self, Error> {
-        let value = value.trim();
-        if value.is_empty() {
-            return Err(Error::invalid("cpf", "is required"));
-        }
-        let digits = Self::digits_of(value)
-            .ok_or_else(|| Error::invalid("cpf", "must be 11 digits, or formatted as 123.456.789-09"))?;
-        if digits.iter().all(|digit| *digit == digits[0]) {
-            return Err(Error::invalid("cpf", "must not repeat one digit"));
-        }
-        if check_digit(&digits[..9]) != digits[9] || check_digit(&digits[..10]) != digits[10] {
-            return Err(Error::invalid("cpf", "check digits do not match"));
-        }
-        Ok(Self(digits.iter().map(|digit| char::from(b'0' + digit)).collect()))
-    }
-
-    /// The 11 digits, if `value` is written in one of the two accepted layouts.
-    fn digits_of(value: &str) -> Option<[u8; 11]> {
-        let bytes = value.as_bytes();
-        let digits: Vec<u8> = match bytes.len() {
-            11 => bytes.to_vec(),
-            14 if bytes[3] == b'.' && bytes[7] == b'.' && bytes[11] == b'-' => bytes
-                .iter()
-                .enumerate()
-                .filter(|(position, _)| ![3, 7, 11].contains(position))
-                .map(|(_, byte)| *byte)
-                .collect(),
-            _ => return None,
-        };
-        if !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let values: Vec<u8> = digits.iter().map(|byte| byte - b'0').collect();
-        values.try_into().ok()
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The CPF check digit of `digits` (the first 9, or the first 10 for the second check digit).
-fn check_digit(digits: &[u8]) -> u8 {
-    let weight_of_first = digits.len() + 1;
-    let sum: usize =
-        digits.iter().enumerate().map(|(position, digit)| usize::from(*digit) * (weight_of_first - position)).sum();
-    match (sum * 10) % 11 {
-        10 => 0,
-        remainder => remainder as u8,
-    }
-}
-
-/// CPFs are personal data: only the last two digits reach a log.
-impl fmt::Debug for Cpf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Cpf(***.***.***-{})", &self.0[9..])
     }
 }
 
@@ -263,47 +198,6 @@ mod tests {
             let (field, reason) = field_and_reason(PatientName::parse(input).unwrap_err());
             assert_eq!((field.as_str(), reason.as_str()), ("name", expected), "input {input:?}");
         }
-    }
-
-    #[test]
-    fn a_cpf_is_accepted_with_or_without_punctuation_and_kept_as_digits() {
-        assert_eq!(Cpf::parse("123.456.789-09").unwrap().as_str(), "12345678909");
-        assert_eq!(Cpf::parse("12345678909").unwrap().as_str(), "12345678909");
-        assert_eq!(Cpf::parse(" 529.982.247-25 ").unwrap().as_str(), "52998224725");
-    }
-
-    #[test]
-    fn a_cpf_whose_check_digit_computes_to_ten_uses_zero() {
-        assert_eq!(check_digit(&[1, 2, 3, 4, 5, 6, 7, 8, 9]), 0);
-    }
-
-    #[test]
-    fn invalid_cpfs_are_refused_with_a_reason() {
-        let layout = "must be 11 digits, or formatted as 123.456.789-09";
-        let cases = [
-            ("", "is required"),
-            ("1234567890", layout),
-            ("123456789099", layout),
-            ("123.456.789.09", layout),
-            ("123-456-789.09", layout),
-            ("1234567890a", layout),
-            ("123.456.78a-09", layout),
-            ("١٢٣٤٥٦٧٨٩٠٩", layout),
-            ("11111111111", "must not repeat one digit"),
-            ("000.000.000-00", "must not repeat one digit"),
-            ("12345678908", "check digits do not match"),
-            ("12345678919", "check digits do not match"),
-            ("123.456.789-00", "check digits do not match"),
-        ];
-        for (input, expected) in cases {
-            let (field, reason) = field_and_reason(Cpf::parse(input).unwrap_err());
-            assert_eq!((field.as_str(), reason.as_str()), ("cpf", expected), "input {input:?}");
-        }
-    }
-
-    #[test]
-    fn a_cpf_does_not_show_in_debug_output() {
-        assert_eq!(format!("{:?}", Cpf::parse("12345678909").unwrap()), "Cpf(***.***.***-09)");
     }
 
     #[test]

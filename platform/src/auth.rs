@@ -31,11 +31,10 @@ pub struct InternalAuthConfig {
     pub signing_key: Option<String>,
     /// The public key services verify with. `aigronova up` derives it from the signing key.
     pub verifying_key: Option<String>,
-    /// The domain services' own private key (a secret), for their calls to ai-governance
-    /// (audit events, model registration). `aigronova up` makes one per run when unset.
+    /// The domain services' own key (a secret), held by the domain services and ai-governance
+    /// for the calls between them (audit events, model registration, data-subject requests).
+    /// `aigronova up` makes one per run when unset.
     pub service_signing_key: Option<String>,
-    /// The public half, with which ai-governance accepts those calls.
-    pub service_verifying_key: Option<String>,
 }
 
 impl std::fmt::Debug for InternalAuthConfig {
@@ -44,7 +43,6 @@ impl std::fmt::Debug for InternalAuthConfig {
             .field("signing_key", &self.signing_key.as_ref().map(|_| "[redacted]"))
             .field("verifying_key", &self.verifying_key)
             .field("service_signing_key", &self.service_signing_key.as_ref().map(|_| "[redacted]"))
-            .field("service_verifying_key", &self.service_verifying_key)
             .finish()
     }
 }
@@ -60,11 +58,6 @@ impl Validate for InternalAuthConfig {
         if let Some(key) = &self.service_signing_key {
             TokenSigner::from_base64(key)
                 .map_err(|_| ConfigError("internal_auth.service_signing_key must be a base64 32-byte key".into()))?;
-        }
-        if let Some(key) = &self.service_verifying_key {
-            TokenVerifier::from_base64(key).map_err(|_| {
-                ConfigError("internal_auth.service_verifying_key must be a base64 Ed25519 public key".into())
-            })?;
         }
         Ok(())
     }

@@ -7,12 +7,14 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod cpf;
 pub mod error;
 pub mod grpc;
 pub mod inference;
 pub mod monitoring;
 pub mod shutdown;
 pub mod storage;
+pub mod subject;
 pub mod telemetry;
 pub mod trace_context;
 

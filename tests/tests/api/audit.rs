@@ -165,9 +165,7 @@ async fn events_made_while_governance_is_down_all_arrive_once() {
     let gateway_key = TokenSigner::from_base64(config.internal_auth.signing_key.as_deref().unwrap()).unwrap();
     let services_key = TokenSigner::from_base64(config.internal_auth.service_signing_key.as_deref().unwrap()).unwrap();
     let governance =
-        AiGovernanceService::build(&config.ai_governance, gateway_key.verifier(), Some(services_key.verifier()))
-            .await
-            .unwrap();
+        AiGovernanceService::build(&config.ai_governance, gateway_key.verifier(), Some(services_key)).await.unwrap();
     let shutdown = Shutdown::new();
     let server = tokio::spawn(governance.run_until_stopped(shutdown.clone()));
 

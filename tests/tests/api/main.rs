@@ -11,5 +11,6 @@ mod openapi;
 mod ratelimit;
 mod resilience;
 mod scoring;
+mod subjects;
 mod tenancy;
 mod traces;

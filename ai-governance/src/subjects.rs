@@ -1,0 +1,507 @@
+//! LGPD data-subject requests (Art. 18) fanned out to every service's `DataSubject` RPCs and
+//! tracked against the 15-day deadline (Art. 19), and the review queue of automated decisions
+//! (Art. 20). The CPF of a request is used while the request is processed and never stored.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use aigronova_platform::{
+    Error,
+    auth::{self, Caller, TokenSigner},
+    cpf::Cpf,
+    storage::{Database, StoreError},
+    subject::{self, SUBJECT_SCOPE},
+};
+use aigronova_proto::aigronova::common::v1::{self as common, RetainedRecord, data_subject_client::DataSubjectClient};
+use chrono::{SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::log::{Leaf, LogStore};
+
+/// Art. 19 II: a complete answer within 15 days of the request.
+pub const DEADLINE_DAYS: i64 = 15;
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the data subject asks for (Art. 18).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Access,
+    Correction,
+    Erasure,
+    Portability,
+}
+
+impl Kind {
+    pub fn parse(kind: &str) -> Result<Self, Error> {
+        match kind {
+            "access" => Ok(Self::Access),
+            "correction" => Ok(Self::Correction),
+            "erasure" => Ok(Self::Erasure),
+            "portability" => Ok(Self::Portability),
+            other => {
+                Err(Error::invalid("kind", format!("{other:?} is not one of access, correction, erasure, portability")))
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Access => "access",
+            Self::Correction => "correction",
+            Self::Erasure => "erasure",
+            Self::Portability => "portability",
+        }
+    }
+}
+
+/// One service's answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub service: String,
+    /// `exported`, `erased` or `failed`.
+    pub status: String,
+    pub records: i64,
+    pub retained: Vec<(String, String)>,
+    pub error: String,
+}
+
+/// A request as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRequest {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub details: String,
+    pub deadline: String,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl StoredRequest {
+    pub fn overdue(&self) -> bool {
+        self.status != "completed" && self.deadline < now()
+    }
+}
+
+/// A review of an automated decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Review {
+    pub id: String,
+    pub audit_index: u64,
+    pub event_id: String,
+    pub action: String,
+    pub reason: String,
+    pub status: String,
+    pub outcome: String,
+    pub note: String,
+    pub reviewer: String,
+    pub created_at: String,
+    pub decided_at: Option<String>,
+}
+
+/// The services that hold personal data, by name, and how to reach them.
+#[derive(Clone, Debug)]
+pub struct SubjectServices {
+    clients: BTreeMap<String, DataSubjectClient<Channel>>,
+    signer: Option<TokenSigner>,
+}
+
+impl SubjectServices {
+    /// `urls` maps a service name to its gRPC URL; `signer` is the services' key, which their
+    /// `DataSubject` RPCs accept.
+    pub fn new(urls: &BTreeMap<String, String>, signer: Option<TokenSigner>) -> anyhow::Result<Self> {
+        let mut clients = BTreeMap::new();
+        for (name, url) in urls {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|error| anyhow::anyhow!("ai_governance.data_subject_services.{name}: {error}"))?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(CALL_TIMEOUT);
+            clients.insert(name.clone(), DataSubjectClient::new(endpoint.connect_lazy()));
+        }
+        Ok(Self { clients, signer })
+    }
+
+    fn request<T>(&self, tenant_id: &str, message: T) -> Result<tonic::Request<T>, String> {
+        let signer = self.signer.as_ref().ok_or("no internal_auth.service_signing_key to call the service with")?;
+        let caller = Caller {
+            tenant_id: tenant_id.to_owned(),
+            subject: "service:ai-governance".into(),
+            scopes: vec![SUBJECT_SCOPE.to_owned()],
+        };
+        let mut request = tonic::Request::new(message);
+        auth::attach_token(request.metadata_mut(), &signer.mint(&caller));
+        Ok(request)
+    }
+
+    /// Every service's export for `cpf`, and each one's outcome.
+    async fn export(&self, tenant_id: &str, cpf: &Cpf, id: &str) -> (serde_json::Value, Vec<Outcome>) {
+        let mut data = serde_json::Map::new();
+        let mut outcomes = Vec::new();
+        for (name, client) in &self.clients {
+            let message = common::ExportSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
+            let answer = match self.request(tenant_id, message) {
+                Ok(request) => {
+                    client.clone().export_subject(request).await.map_err(|status| status.message().to_owned())
+                }
+                Err(error) => Err(error),
+            };
+            match answer {
+                Ok(response) => {
+                    let exported = response.into_inner().data.map(subject::from_struct).unwrap_or_default();
+                    let records = count_records(&exported);
+                    data.insert(name.clone(), exported);
+                    outcomes.push(outcome(name, "exported", records, Vec::new(), String::new()));
+                }
+                Err(error) => outcomes.push(outcome(name, "failed", 0, Vec::new(), error)),
+            }
+        }
+        (serde_json::Value::Object(data), outcomes)
+    }
+
+    /// Every service's erasure of `cpf`, as outcomes.
+    async fn erase(&self, tenant_id: &str, cpf: &Cpf, id: &str) -> Vec<Outcome> {
+        let mut outcomes = Vec::new();
+        for (name, client) in &self.clients {
+            let message = common::EraseSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
+            let answer = match self.request(tenant_id, message) {
+                Ok(request) => {
+                    client.clone().erase_subject(request).await.map_err(|status| status.message().to_owned())
+                }
+                Err(error) => Err(error),
+            };
+            outcomes.push(match answer {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let retained = response.retained.into_iter().map(|record| (record.kind, record.reason)).collect();
+                    outcome(name, "erased", response.erased_records, retained, String::new())
+                }
+                Err(error) => outcome(name, "failed", 0, Vec::new(), error),
+            });
+        }
+        outcomes
+    }
+}
+
+fn outcome(service: &str, status: &str, records: i64, retained: Vec<(String, String)>, error: String) -> Outcome {
+    Outcome { service: service.to_owned(), status: status.to_owned(), records, retained, error }
+}
+
+/// The records of an export: the total length of its top-level lists.
+fn count_records(data: &serde_json::Value) -> i64 {
+    data.as_object()
+        .map(|map| map.values().filter_map(serde_json::Value::as_array).map(Vec::len).sum::<usize>())
+        .unwrap_or(0) as i64
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Requests and reviews over the governance database, with the log they are audited in.
+#[derive(Debug)]
+pub struct SubjectStore {
+    database: Database,
+    services: SubjectServices,
+    log: Arc<LogStore>,
+}
+
+impl SubjectStore {
+    pub fn new(database: Database, services: SubjectServices, log: Arc<LogStore>) -> Self {
+        Self { database, services, log }
+    }
+
+    /// Opens a request, fans it out (corrections wait for a person), stores and audits it.
+    pub async fn open(&self, caller: &Caller, cpf: &Cpf, kind: Kind, details: &str) -> Result<StoredRequest, Error> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let created = Utc::now();
+        let deadline = (created + chrono::Duration::days(DEADLINE_DAYS)).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let (export, outcomes) = match kind {
+            Kind::Access | Kind::Portability => {
+                let (data, outcomes) = self.services.export(&caller.tenant_id, cpf, &id).await;
+                let bundle = serde_json::json!({
+                    "requestId": id,
+                    "kind": kind.as_str(),
+                    "generatedAt": now(),
+                    "format": "application/json; one object per service, as each service holds the data",
+                    "services": data,
+                });
+                (Some(bundle.to_string()), outcomes)
+            }
+            Kind::Erasure => (None, self.services.erase(&caller.tenant_id, cpf, &id).await),
+            Kind::Correction => (None, Vec::new()),
+        };
+        let status = match kind {
+            Kind::Correction => "open",
+            _ if outcomes.iter().any(|outcome| outcome.status == "failed") => "failed",
+            _ => "completed",
+        };
+        let completed_at = (status == "completed").then(now);
+        let request = StoredRequest {
+            id: id.clone(),
+            kind: kind.as_str().to_owned(),
+            status: status.to_owned(),
+            details: details.to_owned(),
+            deadline,
+            created_at: created.to_rfc3339_opts(SecondsFormat::Micros, true),
+            completed_at,
+            outcomes,
+        };
+        sqlx::query(
+            "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, completed_at, \
+             outcomes, export) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&caller.tenant_id)
+        .bind(&request.id)
+        .bind(&request.kind)
+        .bind(&request.status)
+        .bind(&request.details)
+        .bind(&request.deadline)
+        .bind(&request.created_at)
+        .bind(&request.completed_at)
+        .bind(serde_json::to_string(&request.outcomes).expect("outcomes serialise"))
+        .bind(export)
+        .execute(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
+        self.audit(
+            caller,
+            "subject_request",
+            "governance.CreateSubjectRequest",
+            &format!("subject-request:{id}"),
+            serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
+        )
+        .await?;
+        tracing::info!(tenant = %caller.tenant_id, request = %id, kind = kind.as_str(), status, "data-subject request");
+        Ok(request)
+    }
+
+    async fn audit(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> Result<(), Error> {
+        let leaf = Leaf {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: caller.tenant_id.clone(),
+            service: crate::SERVICE_NAME.to_owned(),
+            kind: kind.to_owned(),
+            action: action.to_owned(),
+            actor: caller.subject.clone(),
+            subject: subject.to_owned(),
+            details,
+            occurred_at: now(),
+        };
+        self.log.append(vec![leaf]).await?;
+        Ok(())
+    }
+
+    pub async fn get(&self, tenant_id: &str, id: &str) -> Result<StoredRequest, Error> {
+        let row = sqlx::query(
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes FROM subject_requests \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound("subject request".into()))?;
+        Ok(request_from(&row)?)
+    }
+
+    /// The tenant's requests, newest first; only the overdue ones when `overdue`.
+    pub async fn list(&self, tenant_id: &str, overdue: bool) -> Result<Vec<StoredRequest>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes FROM subject_requests \
+             WHERE tenant_id = $1 ORDER BY created_at DESC",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let requests = rows.iter().map(request_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(requests.into_iter().filter(|request| !overdue || request.overdue()).collect())
+    }
+
+    /// The export bundle of an access or portability request.
+    pub async fn export(&self, tenant_id: &str, id: &str) -> Result<String, Error> {
+        let row = sqlx::query("SELECT export FROM subject_requests WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(self.database.pool())
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound("subject request".into()))?;
+        row.try_get::<Option<String>, _>("export").map_err(StoreError::from)?.ok_or_else(|| {
+            Error::NotFound("export of this request (only access and portability requests have one)".into())
+        })
+    }
+
+    /// Queues the decision at `audit_index` of the caller's log for a human review.
+    pub async fn request_review(&self, caller: &Caller, audit_index: u64, reason: &str) -> Result<Review, Error> {
+        let entry = self
+            .log
+            .entries(&caller.tenant_id, audit_index, 1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|entry| entry.index == audit_index)
+            .ok_or_else(|| Error::NotFound(format!("audit entry {audit_index}")))?;
+        let leaf = Leaf::parse(&entry.leaf).ok_or_else(|| StoreError::Corrupt(format!("audit entry {audit_index}")))?;
+        if leaf.kind != "decision" {
+            return Err(Error::invalid(
+                "auditIndex",
+                format!("entry {audit_index} is a {}, not a decision", leaf.kind),
+            ));
+        }
+        let review = Review {
+            id: uuid::Uuid::now_v7().to_string(),
+            audit_index,
+            event_id: leaf.event_id,
+            action: leaf.action,
+            reason: reason.to_owned(),
+            status: "pending".into(),
+            outcome: String::new(),
+            note: String::new(),
+            reviewer: String::new(),
+            created_at: now(),
+            decided_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO reviews (tenant_id, id, audit_index, event_id, action, reason, status, outcome, note, \
+             reviewer, created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&caller.tenant_id)
+        .bind(&review.id)
+        .bind(i64::try_from(audit_index).unwrap_or(i64::MAX))
+        .bind(&review.event_id)
+        .bind(&review.action)
+        .bind(&review.reason)
+        .bind(&review.status)
+        .bind(&review.outcome)
+        .bind(&review.note)
+        .bind(&review.reviewer)
+        .bind(&review.created_at)
+        .bind(&review.decided_at)
+        .execute(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        self.audit(
+            caller,
+            "review_requested",
+            "governance.CreateReview",
+            &format!("review:{}", review.id),
+            serde_json::json!({"auditIndex": audit_index, "eventId": review.event_id}),
+        )
+        .await?;
+        Ok(review)
+    }
+
+    /// Records the outcome of a pending review.
+    pub async fn decide(&self, caller: &Caller, id: &str, outcome: &str, note: &str) -> Result<Review, Error> {
+        if !["upheld", "overturned", "amended"].contains(&outcome) {
+            return Err(Error::invalid("outcome", format!("{outcome:?} is not one of upheld, overturned, amended")));
+        }
+        let decided = sqlx::query(
+            "UPDATE reviews SET status = 'decided', outcome = $1, note = $2, reviewer = $3, decided_at = $4 \
+             WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
+        )
+        .bind(outcome)
+        .bind(note)
+        .bind(&caller.subject)
+        .bind(now())
+        .bind(&caller.tenant_id)
+        .bind(id)
+        .execute(self.database.pool())
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+        let review = self.review(&caller.tenant_id, id).await?;
+        if decided == 0 {
+            return Err(Error::AlreadyExists(format!("review {id} was already decided ({})", review.outcome)));
+        }
+        self.audit(
+            caller,
+            "review_decided",
+            "governance.DecideReview",
+            &format!("review:{id}"),
+            serde_json::json!({"auditIndex": review.audit_index, "outcome": outcome}),
+        )
+        .await?;
+        Ok(review)
+    }
+
+    async fn review(&self, tenant_id: &str, id: &str) -> Result<Review, Error> {
+        let row = sqlx::query(
+            "SELECT id, audit_index, event_id, action, reason, status, outcome, note, reviewer, created_at, \
+             decided_at FROM reviews WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(self.database.pool())
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound("review".into()))?;
+        Ok(review_from(&row)?)
+    }
+
+    /// The tenant's reviews, oldest first; only those with `status` when it is not empty.
+    pub async fn reviews(&self, tenant_id: &str, status: &str) -> Result<Vec<Review>, Error> {
+        let rows = sqlx::query(
+            "SELECT id, audit_index, event_id, action, reason, status, outcome, note, reviewer, created_at, \
+             decided_at FROM reviews WHERE tenant_id = $1 ORDER BY created_at",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let reviews = rows.iter().map(review_from).collect::<Result<Vec<_>, _>>()?;
+        Ok(reviews.into_iter().filter(|review| status.is_empty() || review.status == status).collect())
+    }
+}
+
+fn request_from(row: &sqlx::any::AnyRow) -> Result<StoredRequest, StoreError> {
+    let outcomes: String = row.try_get("outcomes")?;
+    Ok(StoredRequest {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        status: row.try_get("status")?,
+        details: row.try_get("details")?,
+        deadline: row.try_get("deadline")?,
+        created_at: row.try_get("created_at")?,
+        completed_at: row.try_get("completed_at")?,
+        outcomes: serde_json::from_str(&outcomes)
+            .map_err(|error| StoreError::Corrupt(format!("subject_requests.outcomes: {error}")))?,
+    })
+}
+
+fn review_from(row: &sqlx::any::AnyRow) -> Result<Review, StoreError> {
+    Ok(Review {
+        id: row.try_get("id")?,
+        audit_index: row.try_get::<i64, _>("audit_index")? as u64,
+        event_id: row.try_get("event_id")?,
+        action: row.try_get("action")?,
+        reason: row.try_get("reason")?,
+        status: row.try_get("status")?,
+        outcome: row.try_get("outcome")?,
+        note: row.try_get("note")?,
+        reviewer: row.try_get("reviewer")?,
+        created_at: row.try_get("created_at")?,
+        decided_at: row.try_get("decided_at")?,
+    })
+}
+
+/// The retained records of an outcome as the protobuf message.
+pub fn retained_messages(outcome: &Outcome) -> Vec<RetainedRecord> {
+    outcome
+        .retained
+        .iter()
+        .map(|(kind, reason)| RetainedRecord { kind: kind.clone(), reason: reason.clone() })
+        .collect()
+}

@@ -1,0 +1,190 @@
+//! LGPD through the gateway: an access request gathers the patient's data from every service, an
+//! erasure leaves nothing personal, requests are tracked against their deadline, and automated
+//! decisions go to a review queue.
+
+use std::time::Duration;
+
+use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+const CPF: &str = "529.982.247-25";
+const SCOPES: &[&str] = &["health:read", "health:write", "governance:read", "governance:write", "governance:review"];
+
+async fn open(app: &TestApp, key: &str, body: Value) -> Value {
+    let response = app.post("/v1/governance/subject-requests", key, &body).await;
+    assert_eq!(response.status(), 200, "subject request {body}");
+    response.json().await.unwrap()
+}
+
+async fn export(app: &TestApp, key: &str, id: &str) -> Value {
+    let response = app.get(&format!("/v1/governance/subject-requests/{id}/export"), key).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    response.json().await.unwrap()
+}
+
+fn records(outcome: &Value) -> i64 {
+    match &outcome["records"] {
+        Value::String(text) => text.parse().unwrap(),
+        other => other.as_i64().unwrap_or(0),
+    }
+}
+
+/// The index of the first `decision` entry in the tenant's log, once the relay has shipped it.
+async fn decision_index(app: &TestApp, key: &str) -> u64 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=100", key).await.json().await.unwrap();
+        let found = page["entries"].as_array().into_iter().flatten().find(|entry| entry["kind"] == "decision");
+        if let Some(entry) = found {
+            return entry["index"]
+                .as_str()
+                .map_or_else(|| entry["index"].as_u64().unwrap_or(0), |i| i.parse().unwrap());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no decision reached the log: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn access_erasure_and_reviews(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Hospital LGPD").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
+    )
+    .unwrap();
+    let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+    let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
+    assert_eq!(response.status(), 200);
+    let assessment: Value = response.json().await.unwrap();
+
+    // Access: every service's data about the CPF, in one bundle.
+    let access = open(&app, &key, json!({"cpf": CPF, "kind": "access"})).await;
+    assert_eq!(access["status"], "completed", "{access}");
+    let created = Utc::now();
+    let deadline: DateTime<Utc> = access["deadline"].as_str().unwrap().parse().unwrap();
+    assert!((deadline - created - chrono::Duration::days(15)).num_seconds().abs() < 60, "15 days: {deadline}");
+    let bundle = export(&app, &key, access["id"].as_str().unwrap()).await;
+    let patients = bundle["services"]["healthquantum"]["patients"].as_array().unwrap();
+    assert_eq!(patients.len(), 1, "{bundle}");
+    assert_eq!(patients[0]["name"], "Maria Silva");
+    assert_eq!(patients[0]["cpf"], "52998224725");
+    assert_eq!(patients[0]["assessments"][0]["id"], assessment["id"]);
+    let fetched: Value = app
+        .get(&format!("/v1/governance/subject-requests/{}", access["id"].as_str().unwrap()), &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched["outcomes"][0]["service"], "healthquantum");
+    assert_eq!(fetched["outcomes"][0]["status"], "exported");
+    assert_eq!(records(&fetched["outcomes"][0]), 1);
+
+    // Erasure: the personal fields are gone, the clinical record is kept with its reason.
+    let erasure = open(&app, &key, json!({"cpf": "52998224725", "kind": "erasure"})).await;
+    assert_eq!(erasure["status"], "completed", "{erasure}");
+    let outcome = &erasure["outcomes"][0];
+    assert_eq!((outcome["status"].as_str(), records(outcome)), (Some("erased"), 1));
+    assert_eq!(outcome["retained"][0]["kind"], "assessments");
+    assert!(outcome["retained"][0]["reason"].as_str().unwrap().contains("13.787"));
+    assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 404);
+    assert_eq!(app.count_health_rows("patients WHERE name <> '' OR cpf <> '' OR birth_date <> ''").await, 0);
+    let again = open(&app, &key, json!({"cpf": CPF, "kind": "portability"})).await;
+    let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
+    assert_eq!(bundle["services"]["healthquantum"]["patients"], json!([]), "nothing personal is left: {bundle}");
+    assert!(!bundle.to_string().contains("Maria"), "{bundle}");
+    let response =
+        app.get(&format!("/v1/governance/subject-requests/{}/export", erasure["id"].as_str().unwrap()), &key).await;
+    assert_problem(response, 404).await;
+
+    // Bad input changes nothing.
+    let before = app.count_governance_rows("subject_requests").await;
+    let problem = assert_problem(
+        app.post("/v1/governance/subject-requests", &key, &json!({"cpf": "123.456.789-00", "kind": "access"})).await,
+        400,
+    )
+    .await;
+    assert_eq!(problem["field"], "cpf");
+    let problem = assert_problem(
+        app.post("/v1/governance/subject-requests", &key, &json!({"cpf": CPF, "kind": "delete"})).await,
+        400,
+    )
+    .await;
+    assert_eq!(problem["field"], "kind");
+    assert_problem(
+        app.post("/v1/governance/subject-requests", &key, &json!({"cpf": CPF, "kind": "correction"})).await,
+        400,
+    )
+    .await;
+    assert_eq!(app.count_governance_rows("subject_requests").await, before);
+
+    // A correction waits for a person; past its deadline it is listed as overdue.
+    let correction =
+        open(&app, &key, json!({"cpf": CPF, "kind": "correction", "details": "birth date is 1980-03-01"})).await;
+    assert_eq!(correction["status"], "open");
+    let listed: Value = app.get("/v1/governance/subject-requests?overdue=true", &key).await.json().await.unwrap();
+    assert_eq!(listed["requests"].as_array().map_or(0, Vec::len), 0, "{listed}");
+    let id = correction["id"].as_str().unwrap();
+    let moved = app
+        .execute_on_governance(&format!(
+            "UPDATE subject_requests SET deadline = '2026-01-01T00:00:00.000000Z' WHERE id = '{id}'"
+        ))
+        .await;
+    assert_eq!(moved, 1);
+    let listed: Value = app.get("/v1/governance/subject-requests?overdue=true", &key).await.json().await.unwrap();
+    let overdue = listed["requests"].as_array().unwrap();
+    assert_eq!(overdue.len(), 1, "{listed}");
+    assert_eq!((overdue[0]["id"].as_str(), &overdue[0]["overdue"]), (Some(id), &json!(true)));
+    let all: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
+    assert_eq!(all["requests"].as_array().unwrap().len(), 4);
+
+    // Art. 20: a review of the automated decision, by its audit entry.
+    let index = decision_index(&app, &key).await;
+    let review = app
+        .post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": "the patient contests the score"}))
+        .await;
+    assert_eq!(review.status(), 200);
+    let review: Value = review.json().await.unwrap();
+    assert_eq!((review["status"].as_str(), review["action"].as_str()), (Some("pending"), Some("health.AssessRisk")));
+    assert_problem(app.post("/v1/governance/reviews", &key, &json!({"auditIndex": 9999, "reason": "x"})).await, 404)
+        .await;
+    let subject_entry = (0..20).find(|candidate| *candidate != index).expect("the log holds the requests' own entries");
+    assert_problem(
+        app.post("/v1/governance/reviews", &key, &json!({"auditIndex": subject_entry, "reason": "x"})).await,
+        400,
+    )
+    .await;
+    let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
+    assert_eq!(pending["reviews"].as_array().unwrap().len(), 1);
+    let path = format!("/v1/governance/reviews/{}/decision", review["id"].as_str().unwrap());
+    let decided = app.post(&path, &key, &json!({"outcome": "overturned", "note": "reassessed by Dr. Lima"})).await;
+    assert_eq!(decided.status(), 200);
+    let decided: Value = decided.json().await.unwrap();
+    assert_eq!((decided["status"].as_str(), decided["outcome"].as_str()), (Some("decided"), Some("overturned")));
+    assert_problem(app.post(&path, &key, &json!({"outcome": "upheld"})).await, 409).await;
+    assert_problem(app.post(&path, &key, &json!({"outcome": "maybe"})).await, 400).await;
+    let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
+    assert_eq!(pending["reviews"].as_array().map_or(0, Vec::len), 0);
+
+    // Another tenant sees none of it, and a key without the scope cannot open requests.
+    let other = app.create_tenant("Outra").await;
+    let other_key = app.create_key(&other, &["governance:read"]).await;
+    let theirs = app.get(&format!("/v1/governance/subject-requests/{id}"), &other_key).await;
+    assert_problem(theirs, 404).await;
+    let refused = app.post("/v1/governance/subject-requests", &other_key, &json!({"cpf": CPF, "kind": "access"})).await;
+    assert_problem(refused, 403).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn access_erasure_and_reviews_on_sqlite() {
+    access_erasure_and_reviews(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn access_erasure_and_reviews_on_postgres() {
+    access_erasure_and_reviews(Backend::Postgres).await;
+}
