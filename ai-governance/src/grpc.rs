@@ -20,6 +20,7 @@ use crate::{
     log::{Leaf, LogStore, SignedCheckpoint, StoredEntry},
     merkle::Hash,
     monitoring::{self, FeatureBins, Latency, ModelStatus, MonitoringStore, PSI_ALERT, Summary},
+    reports::{self, Reporter},
     subjects::{self, SubjectStore},
 };
 
@@ -525,5 +526,35 @@ fn review_message(review: subjects::Review) -> proto::Review {
         outcome: review.outcome,
         note: review.note,
         reviewer: review.reviewer,
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ReportsApi {
+    reporter: Arc<Reporter>,
+}
+
+impl ReportsApi {
+    pub(crate) fn new(reporter: Arc<Reporter>) -> Self {
+        Self { reporter }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::reports_server::Reports for ReportsApi {
+    async fn get_report(&self, request: Request<proto::GetReportRequest>) -> Result<Response<HttpBody>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let proto::GetReportRequest { framework, from, to, format } = request.into_inner();
+        let framework = reports::Framework::parse(&framework)?;
+        let format = reports::Format::parse(&format)?;
+        let to = if to.is_empty() { chrono::Utc::now() } else { reports::parse_bound("to", &to, true)? };
+        let from =
+            if from.is_empty() { to - chrono::Duration::days(30) } else { reports::parse_bound("from", &from, false)? };
+        let report = self.reporter.report(&tenant, framework, from, to).await?;
+        let (content_type, data) = match format {
+            reports::Format::Json => ("application/json", report.to_string().into_bytes()),
+            reports::Format::Pdf => ("application/pdf", reports::render_pdf(&report)),
+        };
+        Ok(Response::new(HttpBody { content_type: content_type.into(), data, extensions: Vec::new() }))
     }
 }

@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod log;
 pub mod merkle;
 pub mod monitoring;
+pub mod reports;
 pub mod subjects;
 
 use std::{
@@ -34,6 +35,7 @@ use aigronova_proto::aigronova::governance::v1::{
     audit_log_server::{self, AuditLogServer},
     model_inventory_server::{self, ModelInventoryServer},
     monitoring_server::{self, MonitoringServer},
+    reports_server::{self, ReportsServer},
     subject_requests_server::{self, SubjectRequestsServer},
 };
 use anyhow::Context;
@@ -43,10 +45,11 @@ use tonic::service::Routes;
 
 use crate::{
     checkpoint::CheckpointSigner,
-    grpc::{AuditLogApi, ModelInventoryApi, MonitoringApi, SubjectRequestsApi},
+    grpc::{AuditLogApi, ModelInventoryApi, MonitoringApi, ReportsApi, SubjectRequestsApi},
     inventory::Inventory,
     log::LogStore,
     monitoring::MonitoringStore,
+    reports::Reporter,
     subjects::{SubjectServices, SubjectStore},
 };
 
@@ -185,25 +188,27 @@ impl AiGovernanceService {
         let service_verifier = self.service_signer.as_ref().map(TokenSigner::verifier);
         let authenticate = Authenticate::with_service_key(self.verifier, service_verifier);
         let services = SubjectServices::new(&self.data_subject_services, self.service_signer)?;
-        let subjects = SubjectRequestsServer::with_interceptor(
-            SubjectRequestsApi::new(Arc::new(SubjectStore::new(self.database.clone(), services, self.log.clone()))),
-            authenticate.clone(),
-        );
-        let audit = AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone());
-        let inventory = ModelInventoryServer::with_interceptor(
-            ModelInventoryApi::new(Inventory::new(self.database.clone())),
-            authenticate.clone(),
-        );
-        let monitoring = MonitoringServer::with_interceptor(
-            MonitoringApi::new(MonitoringStore::new(self.database.clone())),
-            authenticate,
-        );
-        let routes = Routes::new(audit).add_service(inventory).add_service(monitoring).add_service(subjects);
+        let inventory = Inventory::new(self.database.clone());
+        let monitoring = MonitoringStore::new(self.database.clone());
+        let subjects = Arc::new(SubjectStore::new(self.database.clone(), services, self.log.clone()));
+        let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
+        let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
+            .add_service(ModelInventoryServer::with_interceptor(
+                ModelInventoryApi::new(inventory),
+                authenticate.clone(),
+            ))
+            .add_service(MonitoringServer::with_interceptor(MonitoringApi::new(monitoring), authenticate.clone()))
+            .add_service(SubjectRequestsServer::with_interceptor(
+                SubjectRequestsApi::new(subjects),
+                authenticate.clone(),
+            ))
+            .add_service(ReportsServer::with_interceptor(ReportsApi::new(Arc::new(reporter)), authenticate));
         let names = [
             audit_log_server::SERVICE_NAME,
             model_inventory_server::SERVICE_NAME,
             monitoring_server::SERVICE_NAME,
             subject_requests_server::SERVICE_NAME,
+            reports_server::SERVICE_NAME,
         ];
         let served = self.listener.serve(routes, &names, shutdown).await;
         self.database.close().await;

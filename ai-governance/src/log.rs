@@ -321,6 +321,75 @@ impl LogStore {
     }
 }
 
+/// The result of checking a whole log against its latest checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verification {
+    pub tree_size: u64,
+    /// The first entry whose stored text does not match the signed tree, if any.
+    pub first_bad_index: Option<u64>,
+    pub reason: String,
+}
+
+impl Verification {
+    pub fn verified(&self) -> bool {
+        self.first_bad_index.is_none()
+    }
+}
+
+impl LogStore {
+    /// Checks the whole log of `tenant_id` as a verifier would: the latest checkpoint's signature,
+    /// then every stored entry's text hashed again into the tree, against the signed root.
+    pub async fn verify(&self, tenant_id: &str) -> Result<Verification, Error> {
+        let checkpoint = self.latest_checkpoint(tenant_id).await?;
+        let size = checkpoint.body.tree_size;
+        if self.signer.public_key().verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
+            let reason = "the latest checkpoint's signature does not verify".to_owned();
+            return Ok(Verification { tree_size: size, first_bad_index: Some(0), reason });
+        }
+        let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        let mut first_bad = None;
+        while (leaves.len() as u64) < size {
+            let page = self.entries(tenant_id, leaves.len() as u64, 10_000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for entry in page.into_iter().take_while(|entry| entry.index < size) {
+                let expected = leaves.len() as u64;
+                if entry.index != expected {
+                    let reason = format!("entry {expected} is missing");
+                    return Ok(Verification { tree_size: size, first_bad_index: Some(expected), reason });
+                }
+                let hash = merkle::leaf_hash(entry.leaf.as_bytes());
+                if first_bad.is_none() && hex::encode(hash) != entry.leaf_hash {
+                    first_bad = Some(expected);
+                }
+                leaves.push(hash);
+            }
+        }
+        if (leaves.len() as u64) < size {
+            let index = leaves.len() as u64;
+            return Ok(Verification {
+                tree_size: size,
+                first_bad_index: Some(index),
+                reason: format!("entry {index} is missing"),
+            });
+        }
+        if merkle::root_of(&leaves) == checkpoint.body.root_hash {
+            return Ok(Verification {
+                tree_size: size,
+                first_bad_index: None,
+                reason: "the log matches the signed root".into(),
+            });
+        }
+        let index = first_bad.unwrap_or(0);
+        Ok(Verification {
+            tree_size: size,
+            first_bad_index: Some(index),
+            reason: format!("entry {index} does not match the signed tree"),
+        })
+    }
+}
+
 async fn load_tree(connection: &mut AnyConnection, tenant_id: &str) -> Result<Tree, StoreError> {
     let rows = sqlx::query("SELECT idx, leaf_hash FROM audit_entries WHERE tenant_id = $1 ORDER BY idx")
         .bind(tenant_id)

@@ -194,12 +194,18 @@ impl MonitoringStore {
     /// Every model version `tenant_id` used in the last `window`.
     pub async fn statuses(&self, tenant_id: &str, window: Duration) -> Result<Vec<ModelStatus>, Error> {
         let since = (Utc::now() - window).to_rfc3339_opts(SecondsFormat::Micros, true);
+        self.statuses_between(tenant_id, &since, "9999").await
+    }
+
+    /// Every model version `tenant_id` used in reports that ended in [`start`, `end`) (RFC 3339).
+    pub async fn statuses_between(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<ModelStatus>, Error> {
         let rows = sqlx::query(
             "SELECT model, version, calls, errors, latency, features FROM inference_windows \
-             WHERE tenant_id = $1 AND window_end >= $2",
+             WHERE tenant_id = $1 AND window_end >= $2 AND window_end < $3",
         )
         .bind(tenant_id)
-        .bind(since)
+        .bind(start)
+        .bind(end)
         .fetch_all(self.database.pool())
         .await
         .map_err(StoreError::from)?;

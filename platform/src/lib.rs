@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod inference;
 pub mod monitoring;
+pub mod pdf;
 pub mod shutdown;
 pub mod storage;
 pub mod subject;

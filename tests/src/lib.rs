@@ -354,3 +354,17 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     }
     problem
 }
+
+/// The text of a PDF, as `pdftotext -layout` extracts it; fails, saying what to install, when
+/// poppler-utils is missing.
+pub fn pdf_text(pdf: &[u8]) -> String {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let path = dir.path().join("document.pdf");
+    std::fs::write(&path, pdf).expect("PDF written");
+    let output =
+        std::process::Command::new("pdftotext").arg("-layout").arg(&path).arg("-").output().unwrap_or_else(|error| {
+            panic!("cannot run pdftotext ({error}); install poppler-utils (apt-get install poppler-utils)")
+        });
+    assert!(output.status.success(), "pdftotext refused the PDF: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("pdftotext writes UTF-8")
+}

@@ -9,6 +9,7 @@ mod jwt;
 mod monitoring;
 mod openapi;
 mod ratelimit;
+mod reports;
 mod resilience;
 mod scoring;
 mod subjects;

@@ -1,0 +1,109 @@
+//! Evidence reports through the gateway: the figures match what happened, the PDF renders and
+//! carries the checkpoint's root hash, and a tampered log shows in the report's verification.
+
+use std::time::Duration;
+
+use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, pdf_text, spawn_app};
+use serde_json::{Value, json};
+
+const SCOPES: &[&str] = &["health:read", "health:write", "governance:read", "governance:write"];
+
+async fn report(app: &TestApp, key: &str, query: &str) -> Value {
+    let response = app.get(&format!("/v1/governance/reports/{query}"), key).await;
+    assert_eq!(response.status(), 200, "report {query}");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    response.json().await.unwrap()
+}
+
+async fn reports_carry_the_evidence(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Clínica Auditada").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
+    )
+    .unwrap();
+    for row in reference["rows"].as_array().unwrap().iter().take(2) {
+        let body = json!({"model": "breast-cancer", "features": row["features"]});
+        let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
+    let request =
+        app.post("/v1/governance/subject-requests", &key, &json!({"cpf": "52998224725", "kind": "access"})).await;
+    assert_eq!(request.status(), 200);
+
+    // Two decisions, the patient read and the export's read, once the relay has shipped them.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let lgpd = loop {
+        let lgpd = report(&app, &key, "lgpd?from=2026-01-01").await;
+        if lgpd["audit"]["decisions"] == 2 && lgpd["audit"]["sensitiveReads"] == 2 {
+            break lgpd;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the audit events did not all arrive: {}", lgpd["audit"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(lgpd["framework"], "lgpd");
+    assert_eq!(lgpd["audit"]["decisionsByModel"]["breast-cancer"], 2);
+    assert_eq!(lgpd["audit"]["byKind"]["subject_request"], 1);
+    assert_eq!(lgpd["subjectRequests"]["total"], 1);
+    assert_eq!(lgpd["subjectRequests"]["completedOnTime"], 1);
+    assert_eq!(lgpd["subjectRequests"]["overdue"], 0);
+    assert_eq!(lgpd["verification"]["verified"], true, "{}", lgpd["verification"]);
+    assert!(lgpd["controls"].as_array().unwrap().iter().any(|control| control["id"] == "Art. 20"));
+    assert!(lgpd["models"].as_array().unwrap().iter().any(|model| model["name"] == "breast-cancer"));
+    let checkpoint: Value = app.get("/v1/governance/audit/checkpoint", &key).await.json().await.unwrap();
+    assert_eq!(lgpd["checkpoint"]["rootHash"], checkpoint["rootHash"]);
+    assert_eq!(lgpd["checkpoint"]["treeSize"].to_string().trim_matches('"'), checkpoint["treeSize"].as_str().unwrap());
+
+    let iso = report(&app, &key, "iso27001").await;
+    assert!(iso["controls"].as_array().unwrap().iter().any(|control| control["id"] == "A.8.15"));
+    let soc2 = report(&app, &key, "soc2?from=2026-01-01T00:00:00Z&to=2099-12-31").await;
+    assert!(soc2["controls"].as_array().unwrap().iter().any(|control| control["id"] == "CC7.2"));
+    let empty = report(&app, &key, "lgpd?from=2020-01-01&to=2020-12-31").await;
+    assert_eq!(empty["audit"]["entries"], 0, "nothing happened in 2020");
+
+    // The PDF renders and carries the root hash the checkpoint signs.
+    let response = app.get("/v1/governance/reports/lgpd?format=pdf", &key).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+    let pdf = response.bytes().await.unwrap();
+    assert!(pdf.starts_with(b"%PDF-"));
+    let text = pdf_text(&pdf);
+    assert!(text.contains("LGPD evidence report"), "{text}");
+    assert!(text.contains(checkpoint["rootHash"].as_str().unwrap()), "the root hash is in the PDF:\n{text}");
+    assert!(text.contains("verified"), "{text}");
+    assert!(text.contains("Art. 20"), "{text}");
+
+    // A row edited in the database shows in the next report.
+    app.execute_on_governance("UPDATE audit_entries SET leaf = REPLACE(leaf, 'decision', 'edited') WHERE idx = 1")
+        .await;
+    let tampered = report(&app, &key, "iso27001").await;
+    assert_eq!(tampered["verification"]["verified"], false);
+    assert_eq!(tampered["verification"]["firstBadIndex"], 1, "{}", tampered["verification"]);
+    let text = pdf_text(&app.get("/v1/governance/reports/iso27001?format=pdf", &key).await.bytes().await.unwrap());
+    assert!(text.contains("FAILED at entry 1"), "{text}");
+
+    // Bad input.
+    for (query, field) in [
+        ("hipaa", "framework"),
+        ("lgpd?format=xml", "format"),
+        ("lgpd?from=yesterday", "from"),
+        ("lgpd?from=2026-12-01&to=2026-11-01", "from"),
+    ] {
+        let problem = assert_problem(app.get(&format!("/v1/governance/reports/{query}"), &key).await, 400).await;
+        assert_eq!(problem["field"], field, "{query}: {problem}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn reports_carry_the_evidence_on_sqlite() {
+    reports_carry_the_evidence(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn reports_carry_the_evidence_on_postgres() {
+    reports_carry_the_evidence(Backend::Postgres).await;
+}
