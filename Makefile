@@ -41,7 +41,7 @@ lint: ## rustfmt check and clippy with warnings denied
 	cargo clippy --workspace --all-targets -- -D warnings
 
 bench: onnxruntime ## Benchmarks in release mode, side by side with their reference (see BENCHMARKS.md)
-	cargo bench -p aigronova-e2e --bench gateway
+	cargo bench -p aigronova-e2e --bench gateway --bench audit
 
 deploy-check: $(DEPLOY_VENV)/.installed $(PROMTOOL) ## Validate deploy/ offline: chart, manifests, Dockerfiles, Terraform, workflow, alerts
 	$(DEPLOY_VENV)/bin/python deploy/check/check.py --promtool $(PROMTOOL)

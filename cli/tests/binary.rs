@@ -160,3 +160,24 @@ async fn exercise(url: &str, admin: &str) -> (String, String) {
     assert_eq!(refused.status(), 401);
     (key, "v1.ey".to_owned())
 }
+
+#[test]
+fn audit_verify_explains_its_options_and_exits_2_when_it_cannot_verify() {
+    let help = Command::new(env!("CARGO_BIN_EXE_aigronova")).args(["audit", "verify", "--help"]).output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for expected in ["--url", "--key", "--public-key", "--entry", "Exits 0 when the log verifies, 1 with the first bad"]
+    {
+        assert!(text.contains(expected), "--help lacks {expected:?}:\n{text}");
+    }
+
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_aigronova"))
+        .args(["audit", "verify", "--url", "http://127.0.0.1:9", "--key", "agk_not_a_real_key"])
+        .env_remove("AIGRONOVA_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(2), "{unreachable:?}");
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(stderr.contains("cannot reach http://127.0.0.1:9"), "{stderr}");
+    assert!(!stderr.contains("agk_not_a_real_key"), "the key is not echoed: {stderr}");
+}

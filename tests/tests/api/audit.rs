@@ -214,6 +214,17 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
     app.execute_on_governance("UPDATE audit_entries SET leaf = REPLACE(leaf, 'Nothing', 'AssessRisk') WHERE idx = 3")
         .await;
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+    // Two rows swapped: the first of them is reported.
+    app.execute_on_governance("UPDATE audit_entries SET idx = 100 WHERE idx = 2").await;
+    app.execute_on_governance("UPDATE audit_entries SET idx = 2 WHERE idx = 4").await;
+    app.execute_on_governance("UPDATE audit_entries SET idx = 4 WHERE idx = 100").await;
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 2, .. }), "{verdict:?}");
+    app.execute_on_governance("UPDATE audit_entries SET idx = 100 WHERE idx = 2").await;
+    app.execute_on_governance("UPDATE audit_entries SET idx = 2 WHERE idx = 4").await;
+    app.execute_on_governance("UPDATE audit_entries SET idx = 4 WHERE idx = 100").await;
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+
     app.execute_on_governance("DELETE FROM audit_entries WHERE idx = 1").await;
     let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
     assert!(matches!(verdict, Verdict::Tampered { index: 1, .. }), "{verdict:?}");
