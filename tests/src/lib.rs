@@ -58,6 +58,8 @@ pub struct TestApp {
     health_grpc_addr: std::net::SocketAddr,
     pub gateway_database_url: String,
     shutdown: Shutdown,
+    /// The configuration the platform started with; `None` when the gateway runs alone.
+    config: Option<AppConfig>,
     gateway_config: aigronova_gateway::Config,
     signing_key: String,
     replicas: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -115,6 +117,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
     let health_grpc_addr = platform.services[aigronova_healthquantum::SERVICE_NAME];
     TestApp {
         address: format!("http://{}", platform.http_addr),
+        config: Some(config),
         gateway_config: platform.gateway_config.clone(),
         signing_key,
         replicas: Vec::new(),
@@ -155,6 +158,7 @@ pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppCo
         governance_database_url: String::new(),
         health_grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         gateway_database_url: config.gateway.database_url.clone(),
+        config: None,
         gateway_config: config.gateway.clone(),
         signing_key,
         replicas: Vec::new(),
@@ -306,6 +310,24 @@ impl TestApp {
             .await
             .expect("statement runs")
             .rows_affected()
+    }
+
+    /// Stops every server of the platform, as a restart of the processes would, and starts them
+    /// again on the same databases (ports change; `address` follows).
+    pub async fn restart(&mut self) {
+        let config = self.config.clone().expect("a platform, not a lone gateway");
+        self.shutdown.trigger();
+        if let Some(Running::Platform(platform)) = self.running.take() {
+            platform.wait().await.expect("the platform stops cleanly");
+        }
+        self.shutdown = Shutdown::new();
+        let platform = Platform::start(&config, Some(&self.admin_key), self.shutdown.clone())
+            .await
+            .expect("the platform restarts");
+        self.address = format!("http://{}", platform.http_addr);
+        self.health_grpc_addr = platform.services[aigronova_healthquantum::SERVICE_NAME];
+        self.gateway_config = platform.gateway_config.clone();
+        self.running = Some(Running::Platform(Box::new(platform)));
     }
 
     /// Stops the platform and drops its PostgreSQL databases.

@@ -138,10 +138,10 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies_on_postgres(
 }
 
 #[tokio::test]
-async fn events_made_while_governance_is_down_all_arrive_once() {
+async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut started_with = None;
-    let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
+    let mut app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
         // ai-governance runs elsewhere, and is not running yet.
         config.audit.governance_url = Some(format!("http://127.0.0.1:{port}"));
         config.audit.max_backoff_secs = 1;
@@ -156,11 +156,35 @@ async fn events_made_while_governance_is_down_all_arrive_once() {
     let key = tenant_key(&app).await;
     let patient = app.create_patient(&key).await;
     let mut ids = std::collections::BTreeSet::new();
-    for _ in 0..200 {
+    for _ in 0..100 {
+        ids.insert(assess(&app, &key, &patient).await["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(app.count_health_rows("audit_outbox").await, 100, "the events wait in the outbox");
+    // The services restart with events pending; the new relay takes them over.
+    app.restart().await;
+    for _ in 0..100 {
         ids.insert(assess(&app, &key, &patient).await["id"].as_str().unwrap().to_owned());
     }
     assert_eq!(app.count_health_rows("audit_outbox").await, 200, "the events wait in the outbox");
     assert_eq!(app.get("/v1/governance/audit/checkpoint", &key).await.status(), 503);
+    // The relay's lag is a metric.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+        let pending =
+            metrics.lines().any(|line| line == r#"aigronova_outbox_pending_events{service="healthquantum"} 200"#);
+        let age = metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(r#"aigronova_outbox_oldest_pending_age_seconds{service="healthquantum"} "#)
+            })
+            .and_then(|value| value.parse::<f64>().ok());
+        if pending && age.is_some_and(|age| age > 0.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the outbox lag is not in /metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let gateway_key = TokenSigner::from_base64(config.internal_auth.signing_key.as_deref().unwrap()).unwrap();
     let services_key = TokenSigner::from_base64(config.internal_auth.service_signing_key.as_deref().unwrap()).unwrap();
