@@ -226,3 +226,87 @@ fn hashes(value: &Value) -> anyhow::Result<Vec<Hash>> {
         .map(|hash| hash.as_str().and_then(decode_hash).context("a proof hash is not 32 bytes of hex"))
         .collect()
 }
+
+/// Which database to compute the roots of.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RootsArgs {
+    /// ai-governance's database, `postgres://…` or `sqlite://…`.
+    #[arg(long, env = "AIGRONOVA__AI_GOVERNANCE__DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// A PostgreSQL snapshot exported by another session (`pg_export_snapshot()`): read the log
+    /// as that session sees it, e.g. inside a backup's snapshot.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+}
+
+/// Prints `tenant<TAB>size<TAB>root` per tenant, the RFC 6962 root recomputed from the stored
+/// leaf texts (no stored hash is trusted); returns the exit code (0, or 2 on an error).
+pub async fn roots(args: &RootsArgs) -> u8 {
+    match tenant_roots(args).await {
+        Ok(lines) => {
+            for (tenant, size, root) in lines {
+                println!("{tenant}\t{size}\t{root}");
+            }
+            0
+        }
+        Err(error) => {
+            eprintln!("aigronova audit roots: {error:#}");
+            2
+        }
+    }
+}
+
+/// Each tenant's tree size and hex root, recomputed from the stored leaf texts, sorted by tenant.
+pub async fn tenant_roots(args: &RootsArgs) -> anyhow::Result<Vec<(String, u64, String)>> {
+    use sqlx::{Connection, Row};
+
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(&args.database_url)
+        .await
+        .context("cannot connect to the ai-governance database")?;
+    if let Some(snapshot) = &args.snapshot {
+        if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            bail!("--snapshot must be a snapshot id as pg_export_snapshot() returns it");
+        }
+        sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut connection).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET TRANSACTION SNAPSHOT '{snapshot}'")))
+            .execute(&mut connection)
+            .await
+            .context("cannot use the snapshot")?;
+    }
+    let tenants: Vec<String> = sqlx::query("SELECT DISTINCT tenant_id FROM audit_entries ORDER BY tenant_id")
+        .fetch_all(&mut connection)
+        .await
+        .context("cannot read audit_entries")?
+        .iter()
+        .map(|row| row.try_get("tenant_id"))
+        .collect::<Result<_, _>>()?;
+    let mut lines = Vec::with_capacity(tenants.len());
+    for tenant in tenants {
+        let mut leaves: Vec<Hash> = Vec::new();
+        loop {
+            let rows = sqlx::query(
+                "SELECT idx, leaf FROM audit_entries WHERE tenant_id = $1 AND idx >= $2 ORDER BY idx LIMIT 10000",
+            )
+            .bind(&tenant)
+            .bind(leaves.len() as i64)
+            .fetch_all(&mut connection)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let index: i64 = row.try_get("idx")?;
+                if index as usize != leaves.len() {
+                    bail!("tenant {tenant}: audit entry {} is missing", leaves.len());
+                }
+                leaves.push(merkle::leaf_hash(row.try_get::<String, _>("leaf")?.as_bytes()));
+            }
+        }
+        lines.push((tenant, leaves.len() as u64, hex::encode(merkle::root_of(&leaves))));
+    }
+    if args.snapshot.is_some() {
+        sqlx::raw_sql("COMMIT").execute(&mut connection).await?;
+    }
+    Ok(lines)
+}

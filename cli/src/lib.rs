@@ -91,6 +91,12 @@ enum AuditCommand {
     /// Exits 0 when the log verifies, 1 with the first bad index when it does not, 2 when it
     /// cannot be verified (gateway unreachable, key refused, checkpoint signature invalid).
     Verify(audit::VerifyArgs),
+    /// Print each tenant's tree size and Merkle root, recomputed from ai-governance's database.
+    ///
+    /// One line per tenant: tenant id, tree size and hex RFC 6962 root, tab-separated, computed
+    /// from the stored leaf texts alone. Backups record them and restores compare them. Exits 0,
+    /// or 2 when the database cannot be read.
+    Roots(audit::RootsArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -224,9 +230,14 @@ pub fn main(cli: Cli) -> ExitCode {
         println!("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}", checkpoints.to_base64());
         return ExitCode::SUCCESS;
     }
-    if let Command::Audit { command: AuditCommand::Verify(args) } = &cli.command {
+    if let Command::Audit { command } = &cli.command {
         return match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => ExitCode::from(runtime.block_on(audit::run(args))),
+            Ok(runtime) => ExitCode::from(runtime.block_on(async {
+                match command {
+                    AuditCommand::Verify(args) => audit::run(args).await,
+                    AuditCommand::Roots(args) => audit::roots(args).await,
+                }
+            })),
             Err(error) => {
                 eprintln!("aigronova: cannot start the async runtime: {error}");
                 ExitCode::from(2)
@@ -255,6 +266,17 @@ pub fn main(cli: Cli) -> ExitCode {
             if error.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// Starts `GET /metrics` on `telemetry.metrics_addr`, when set, for a domain service run alone.
+async fn serve_metrics(config: &AppConfig, shutdown: &Shutdown) -> anyhow::Result<()> {
+    if let Some(addr) = config.telemetry.metrics_addr {
+        let listener = aigronova_platform::metrics_http::MetricsListener::bind(addr)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot listen for metrics on {addr}: {error}"))?;
+        tokio::spawn(listener.serve(shutdown.clone()));
+    }
+    Ok(())
 }
 
 /// The key a domain service verifies internal tokens with.
@@ -305,6 +327,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             gateway.run_until_stopped(shutdown).await
         }
         Command::Serve { service: Service::Healthquantum } => {
+            serve_metrics(&config, &shutdown).await?;
             let verifier = service_verifier(&config)?;
             let signer =
                 config.internal_auth.service_signing_key.as_deref().map(TokenSigner::from_base64).transpose()?;
@@ -314,6 +337,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             service.run_until_stopped(shutdown).await
         }
         Command::Serve { service: Service::AiGovernance } => {
+            serve_metrics(&config, &shutdown).await?;
             let services_key =
                 config.internal_auth.service_signing_key.as_deref().map(TokenSigner::from_base64).transpose()?;
             let service =

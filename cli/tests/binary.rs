@@ -181,3 +181,47 @@ fn audit_verify_explains_its_options_and_exits_2_when_it_cannot_verify() {
     assert!(stderr.contains("cannot reach http://127.0.0.1:9"), "{stderr}");
     assert!(!stderr.contains("agk_not_a_real_key"), "the key is not echoed: {stderr}");
 }
+
+#[test]
+fn a_service_served_alone_answers_metrics_on_its_own_port() {
+    let data = tempfile::tempdir().unwrap();
+    let keys = Command::new(env!("CARGO_BIN_EXE_aigronova")).arg("keygen").output().unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    let verifying_key = keys
+        .lines()
+        .find_map(|line| line.strip_prefix("AIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY="))
+        .expect("keygen prints the verifying key");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aigronova"))
+        .args(["serve", "ai-governance"])
+        .env("AIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY", verifying_key)
+        .env("AIGRONOVA__AI_GOVERNANCE__GRPC_ADDR", "127.0.0.1:0")
+        .env("AIGRONOVA__AI_GOVERNANCE__DATABASE_URL", format!("sqlite://{}", data.path().join("g.db").display()))
+        .env("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY_FILE", data.path().join("checkpoint.key"))
+        .env("AIGRONOVA__TELEMETRY__METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    aigronova_gateway::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{metrics_port}");
+    let scraped = runtime.block_on(async {
+        for _ in 0..100 {
+            if let Ok(response) = client.get(format!("{url}/metrics")).send().await {
+                let status = response.status();
+                let not_found = client.get(format!("{url}/v1/anything")).send().await.unwrap().status();
+                return Some((status, not_found));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    let (metrics, other) = scraped.expect("the metrics port answers");
+    assert_eq!((metrics.as_u16(), other.as_u16()), (200, 404));
+    assert!(status.success(), "serve ai-governance exits cleanly on SIGINT: {status}");
+    assert!(data.path().join("checkpoint.key").exists(), "the checkpoint key file is created");
+}

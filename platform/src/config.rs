@@ -84,6 +84,9 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// OTLP gRPC endpoint of the trace collector (e.g. Jaeger's `http://jaeger:4317`); unset: no export.
     pub otlp_endpoint: Option<String>,
+    /// Where a domain service run with `aigronova serve` answers `GET /metrics` (Prometheus text,
+    /// plain HTTP, e.g. `0.0.0.0:9464`); unset: nowhere. The gateway serves its own `/metrics`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +99,7 @@ pub enum LogFormat {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_filter: "info".into(), log_format: LogFormat::Json, otlp_endpoint: None }
+        Self { log_filter: "info".into(), log_format: LogFormat::Json, otlp_endpoint: None, metrics_addr: None }
     }
 }
 

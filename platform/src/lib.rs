@@ -11,6 +11,7 @@ pub mod cpf;
 pub mod error;
 pub mod grpc;
 pub mod inference;
+pub mod metrics_http;
 pub mod monitoring;
 pub mod pdf;
 pub mod shutdown;

@@ -12,7 +12,7 @@ use aigronova_ai_governance::{
 };
 use aigronova_cli::{
     AppConfig,
-    audit::{self, Verdict, VerifyArgs},
+    audit::{self, RootsArgs, Verdict, VerifyArgs},
 };
 use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app, spawn_app_with};
 use aigronova_platform::{Shutdown, auth::TokenSigner};
@@ -108,6 +108,13 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
     let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(0))).await.unwrap();
     assert!(matches!(verdict, Verdict::Verified { tree_size: 1, .. }), "{verdict:?}");
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+
+    // The roots a backup records are the signed ones.
+    let roots = audit::tenant_roots(&RootsArgs { database_url: app.governance_database_url.clone(), snapshot: None })
+        .await
+        .unwrap();
+    let signed_root = served["checkpoint"]["rootHash"].as_str().unwrap();
+    assert!(roots.iter().any(|(_, size, root)| *size == 1 && root == signed_root), "{roots:?}");
 
     // Showing the patient's data is a sensitive read, audited too.
     assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
