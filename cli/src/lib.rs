@@ -138,6 +138,7 @@ impl AppConfig {
         self.gateway.database_url = format!("sqlite://{}", data_dir.join("gateway.db").display());
         self.healthquantum.database_url = format!("sqlite://{}", data_dir.join("healthquantum.db").display());
         self.healthquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.healthquantum.master_key_file = data_dir.join("healthquantum-master.key");
         self.ai_governance.database_url = format!("sqlite://{}", data_dir.join("ai-governance.db").display());
         self.ai_governance.signing_key_file = data_dir.join("ai-governance-checkpoint.key");
         self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -20,8 +20,8 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     assessment::{self, Assessment, AssessmentRequest, ModelInput},
-    patient::{Cpf, NewPatient, Patient, PatientId},
-    store::Store,
+    patient::{Cpf, Email, NewPatient, Patient, PatientChanges, PatientId, Phone},
+    store::{PatientFilter, Store},
 };
 
 /// The state every call shares.
@@ -72,6 +72,94 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let patient = self.store.read_patient(&caller.tenant_id, &id, event).await?;
         self.outbox.wake();
         Ok(Response::new(patient.into()))
+    }
+
+    async fn list_patients(
+        &self,
+        request: Request<proto::ListPatientsRequest>,
+    ) -> Result<Response<proto::ListPatientsResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::ListPatientsRequest { name_prefix, cpf, page_size, page_token } = request.into_inner();
+        let page_size = match page_size {
+            0 => 20,
+            1..=100 => page_size as usize,
+            _ => return Err(aigronova_platform::Error::invalid("pageSize", "must be between 1 and 100").into()),
+        };
+        let after =
+            if page_token.is_empty() { None } else { Some(PatientId::parse("pageToken", &page_token)?.to_string()) };
+        let filter = PatientFilter {
+            name_prefix: Some(name_prefix.trim().to_owned()).filter(|prefix| !prefix.is_empty()),
+            cpf: if cpf.trim().is_empty() { None } else { Some(Cpf::parse(&cpf)?) },
+        };
+        let event = |patients: &[Patient]| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                "health.ListPatients",
+                &patients.iter().map(|patient| format!("patient:{}", patient.id)).collect::<Vec<_>>().join(","),
+                serde_json::json!({"fields": ["name", "cpf", "birthDate", "email", "phone"], "patients": patients.len()}),
+            )
+        };
+        let page = self.store.list_patients(&caller.tenant_id, &filter, page_size, after.as_deref(), event).await?;
+        self.outbox.wake();
+        Ok(Response::new(proto::ListPatientsResponse {
+            patients: page.patients.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_after.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_patient(
+        &self,
+        request: Request<proto::UpdatePatientRequest>,
+    ) -> Result<Response<proto::Patient>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::UpdatePatientRequest { id, name, cpf, birth_date, email, phone } = request.into_inner();
+        let id = PatientId::parse("id", &id)?;
+        let changes = PatientChanges::parse(
+            name.as_deref(),
+            cpf.as_deref(),
+            birth_date.as_deref(),
+            email.as_deref(),
+            phone.as_deref(),
+        )?;
+        if changes.is_empty() {
+            return Err(aigronova_platform::Error::invalid("body", "names no field to change").into());
+        }
+        let fields = changes.fields();
+        let event = |patient: &Patient| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::PersonalDataChange,
+                "health.UpdatePatient",
+                &format!("patient:{}", patient.id),
+                serde_json::json!({"fields": fields}),
+            )
+        };
+        let patient = self.store.update_patient(&caller.tenant_id, &id, changes, event).await?;
+        self.outbox.wake();
+        Ok(Response::new(patient.into()))
+    }
+
+    async fn delete_patient(
+        &self,
+        request: Request<proto::DeletePatientRequest>,
+    ) -> Result<Response<proto::DeletePatientResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let id = PatientId::parse("id", &request.get_ref().id)?;
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::PersonalDataChange,
+            "health.DeletePatient",
+            &format!("patient:{id}"),
+            serde_json::json!({"deleted": ["patient", "assessments"]}),
+        );
+        self.store.delete_patient(&caller.tenant_id, &id, &event).await?;
+        self.outbox.wake();
+        tracing::info!(tenant = %caller.tenant_id, patient = %id, "patient deleted");
+        Ok(Response::new(proto::DeletePatientResponse {}))
     }
 
     async fn assess_risk(
@@ -133,7 +221,7 @@ impl TryFrom<proto::CreatePatientRequest> for NewPatient {
     type Error = aigronova_platform::Error;
 
     fn try_from(request: proto::CreatePatientRequest) -> Result<Self, Self::Error> {
-        Self::parse(&request.name, &request.cpf, &request.birth_date)
+        Self::parse(&request.name, &request.cpf, &request.birth_date, &request.email, &request.phone)
     }
 }
 
@@ -153,6 +241,9 @@ impl From<Patient> for proto::Patient {
             cpf: patient.cpf.as_str().to_owned(),
             birth_date: patient.birth_date.to_string(),
             create_time: Some(timestamp(patient.created_at)),
+            email: patient.email.as_ref().map(Email::as_str).unwrap_or_default().to_owned(),
+            phone: patient.phone.as_ref().map(Phone::as_str).unwrap_or_default().to_owned(),
+            update_time: patient.updated_at.map(timestamp),
         }
     }
 }

@@ -13,13 +13,18 @@ mod grpc;
 pub mod patient;
 mod store;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use aigronova_platform::{
     Shutdown,
     audit::{self, Relay, RelayConfig},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
+    crypto::{KeyWrapper, LocalMasterKey, TenantKeys},
     grpc::GrpcListener,
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
@@ -53,6 +58,11 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// `sqlite://<path>` (embedded) or `postgres://…`, default `sqlite://data/healthquantum.db`.
     pub database_url: String,
+    /// The master key that wraps the tenants' data keys, base64 32 bytes (a secret; in
+    /// production from a Secret, or replaced by a KMS). When unset, `master_key_file` is used.
+    pub master_key: Option<String>,
+    /// File holding the master key; created with a new key (mode 0600) when missing.
+    pub master_key_file: PathBuf,
 }
 
 impl Default for Config {
@@ -60,12 +70,27 @@ impl Default for Config {
         Self {
             grpc_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 50061)),
             database_url: "sqlite://data/healthquantum.db".into(),
+            master_key: None,
+            master_key_file: PathBuf::from("data/healthquantum-master.key"),
         }
     }
 }
 
+/// The 32 bytes of a base64 master key.
+fn decode_master_key(key: &str) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(key.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| ConfigError("healthquantum.master_key must be 32 bytes of base64".into()))
+}
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.master_key {
+            decode_master_key(key)?;
+        }
         self.database_url.parse::<Backend>().map_err(|_| {
             ConfigError("healthquantum.database_url must start with sqlite:, postgres: or postgresql:".into())
         })?;
@@ -104,9 +129,24 @@ impl HealthQuantumService {
         governance: Governance,
     ) -> anyhow::Result<Self> {
         config.validate()?;
-        let database = Database::connect(&config.database_url, &MIGRATOR)
+        let mut database = Database::connect(&config.database_url, &MIGRATOR)
             .await
             .context("cannot open the healthquantum database")?;
+        database
+            .enable_row_level_security(&["patients", "assessments", "audit_outbox", "tenant_keys"])
+            .await
+            .context("cannot set up row-level security")?;
+        let master: Arc<dyn KeyWrapper> = match &config.master_key {
+            Some(key) => Arc::new(LocalMasterKey::from_bytes(&decode_master_key(key)?)),
+            None => Arc::new(LocalMasterKey::load_or_create(&config.master_key_file).with_context(|| {
+                format!("cannot read or create the master key file {}", config.master_key_file.display())
+            })?),
+        };
+        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)));
+        let sealed = store.seal_clear_rows().await.context("cannot seal the patients stored in clear")?;
+        if sealed > 0 {
+            tracing::info!(patients = sealed, "patients stored in clear were sealed");
+        }
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the healthquantum models")?;
         let listener = GrpcListener::bind(config.grpc_addr)
             .await
@@ -118,7 +158,7 @@ impl HealthQuantumService {
             governance.signer.clone().unwrap_or_else(TokenSigner::generate),
         );
         let monitor = InferenceMonitor::default();
-        let api = HealthQuantumApi::new(Store::new(database.clone()), models.clone(), relay.waker(), monitor.clone());
+        let api = HealthQuantumApi::new(store, models.clone(), relay.waker(), monitor.clone());
         Ok(Self { listener, database, api, verifier, relay, governance, models, monitor })
     }
 

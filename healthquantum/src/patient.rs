@@ -120,18 +120,94 @@ impl fmt::Display for BirthDate {
     }
 }
 
+/// An e-mail address: trimmed, at most 254 characters, one `@` with text on both sides and a dot
+/// in the domain, no spaces or control characters.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    /// `None` for an empty value (no e-mail).
+    pub fn parse(value: &str) -> Result<Option<Self>, Error> {
+        let email = value.trim();
+        if email.is_empty() {
+            return Ok(None);
+        }
+        let valid = email.len() <= 254
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && email.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty()
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+                    && !domain.contains('@')
+            });
+        if !valid {
+            return Err(Error::invalid("email", "must be an address like nome@exemplo.com.br"));
+        }
+        Ok(Some(Self(email.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Email([redacted])")
+    }
+}
+
+/// A phone number: digits with optional `+`, spaces, dots, dashes and parentheses; 8 to 15 digits.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Phone(String);
+
+impl Phone {
+    /// `None` for an empty value (no phone).
+    pub fn parse(value: &str) -> Result<Option<Self>, Error> {
+        let phone = value.trim();
+        if phone.is_empty() {
+            return Ok(None);
+        }
+        let digits = phone.chars().filter(char::is_ascii_digit).count();
+        let allowed = phone.chars().all(|c| c.is_ascii_digit() || " +-.()".contains(c));
+        if !allowed || !(8..=15).contains(&digits) || phone.len() > 32 {
+            return Err(Error::invalid("phone", "must be a phone number of 8 to 15 digits, like +55 11 91234-5678"));
+        }
+        Ok(Some(Self(phone.to_owned())))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Phone {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Phone([redacted])")
+    }
+}
+
 /// What a client sends to register a patient, once validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewPatient {
     pub name: PatientName,
     pub cpf: Cpf,
     pub birth_date: BirthDate,
+    pub email: Option<Email>,
+    pub phone: Option<Phone>,
 }
 
 impl NewPatient {
     /// Parses every field, reporting the first one that is wrong.
-    pub fn parse(name: &str, cpf: &str, birth_date: &str) -> Result<Self, Error> {
-        Ok(Self { name: PatientName::parse(name)?, cpf: Cpf::parse(cpf)?, birth_date: BirthDate::parse(birth_date)? })
+    pub fn parse(name: &str, cpf: &str, birth_date: &str, email: &str, phone: &str) -> Result<Self, Error> {
+        Ok(Self {
+            name: PatientName::parse(name)?,
+            cpf: Cpf::parse(cpf)?,
+            birth_date: BirthDate::parse(birth_date)?,
+            email: Email::parse(email)?,
+            phone: Phone::parse(phone)?,
+        })
     }
 }
 
@@ -142,8 +218,12 @@ pub struct Patient {
     pub name: PatientName,
     pub cpf: Cpf,
     pub birth_date: BirthDate,
+    pub email: Option<Email>,
+    pub phone: Option<Phone>,
     /// When the patient was registered, to the microsecond (what storage keeps).
     pub created_at: DateTime<Utc>,
+    /// When the patient was last changed.
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl Patient {
@@ -154,9 +234,95 @@ impl Patient {
             name: new.name,
             cpf: new.cpf,
             birth_date: new.birth_date,
+            email: new.email,
+            phone: new.phone,
             created_at: Utc::now().trunc_subsecs(6),
+            updated_at: None,
         }
     }
+}
+
+/// The changes of an update, validated; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PatientChanges {
+    pub name: Option<PatientName>,
+    pub cpf: Option<Cpf>,
+    pub birth_date: Option<BirthDate>,
+    pub email: Option<Option<Email>>,
+    pub phone: Option<Option<Phone>>,
+}
+
+impl PatientChanges {
+    pub fn parse(
+        name: Option<&str>,
+        cpf: Option<&str>,
+        birth_date: Option<&str>,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Self, Error> {
+        Ok(Self {
+            name: name.map(PatientName::parse).transpose()?,
+            cpf: cpf.map(Cpf::parse).transpose()?,
+            birth_date: birth_date.map(BirthDate::parse).transpose()?,
+            email: email.map(Email::parse).transpose()?,
+            phone: phone.map(Phone::parse).transpose()?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The names of the fields changed, for the audit log.
+    pub fn fields(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("cpf", self.cpf.is_some()),
+            ("birthDate", self.birth_date.is_some()),
+            ("email", self.email.is_some()),
+            ("phone", self.phone.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+
+    pub fn apply(self, patient: &mut Patient) {
+        if let Some(name) = self.name {
+            patient.name = name;
+        }
+        if let Some(cpf) = self.cpf {
+            patient.cpf = cpf;
+        }
+        if let Some(birth_date) = self.birth_date {
+            patient.birth_date = birth_date;
+        }
+        if let Some(email) = self.email {
+            patient.email = email;
+        }
+        if let Some(phone) = self.phone {
+            patient.phone = phone;
+        }
+        patient.updated_at = Some(Utc::now().trunc_subsecs(6));
+    }
+}
+
+/// The lower-case, accent-free form of a name, for prefix searches.
+pub fn searchable(name: &str) -> String {
+    name.trim()
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
+            'é' | 'è' | 'ê' | 'ë' => 'e',
+            'í' | 'ì' | 'î' | 'ï' => 'i',
+            'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
+            'ú' | 'ù' | 'û' | 'ü' => 'u',
+            'ç' => 'c',
+            'ñ' => 'n',
+            other => other,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -198,6 +364,20 @@ mod tests {
             let (field, reason) = field_and_reason(PatientName::parse(input).unwrap_err());
             assert_eq!((field.as_str(), reason.as_str()), ("name", expected), "input {input:?}");
         }
+    }
+
+    #[test]
+    fn contact_fields_are_optional_and_checked() {
+        assert_eq!(Email::parse("  ").unwrap(), None);
+        assert_eq!(Email::parse("maria@exemplo.com.br").unwrap().unwrap().as_str(), "maria@exemplo.com.br");
+        for bad in ["maria", "maria@", "@exemplo.com", "maria@exemplo", "ma ria@exemplo.com", "a@b@c.com"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Phone::parse("+55 (11) 91234-5678").unwrap().unwrap().as_str(), "+55 (11) 91234-5678");
+        for bad in ["1234", "+55 11 9abc-5678", "1234567890123456"] {
+            assert!(Phone::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(searchable(" João Çarvalho "), "joao carvalho");
     }
 
     #[test]
@@ -253,7 +433,7 @@ mod tests {
 
     #[test]
     fn registering_a_patient_gives_it_an_id_and_a_time() {
-        let new = NewPatient::parse("Maria", "123.456.789-09", "1980-02-29").unwrap();
+        let new = NewPatient::parse("Maria", "123.456.789-09", "1980-02-29", "", "").unwrap();
         let patient = Patient::register(new.clone());
         assert!(PatientId::parse("id", patient.id.as_str()).is_ok());
         assert_eq!(patient.name, new.name);

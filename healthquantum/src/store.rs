@@ -1,44 +1,97 @@
 //! Patients and assessments in the service's own database (SQLite or PostgreSQL through
 //! `sqlx::Any`). Every query filters on the tenant: a row of another tenant does not exist.
+//!
+//! A patient's personal fields (name, CPF, birth date, contact) are sealed together in the
+//! `sealed` column with the tenant's data key (`platform::crypto`), bound to the tenant and row;
+//! the CPF is looked up through its blind index `cpf_hash`. The clear-text columns of the first
+//! schema stay empty.
+
+use std::sync::Arc;
 
 use aigronova_platform::{
     Error,
     audit::{self, AuditEvent},
+    crypto::{TenantCipher, TenantKeys},
     storage::{Database, StoreError},
 };
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::{Row, any::AnyRow};
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
 
 use crate::{
     assessment::Assessment,
-    patient::{BirthDate, Cpf, Patient, PatientId, PatientName},
+    patient::{BirthDate, Cpf, Email, Patient, PatientChanges, PatientId, PatientName, Phone, searchable},
 };
+
+/// Rows read per query while a name filter scans a tenant's patients.
+const SCAN_BATCH: i64 = 200;
+/// Rows one list call examines at most before it returns a page (possibly short).
+const SCAN_LIMIT: usize = 2000;
+
+/// The personal fields, as sealed.
+#[derive(Serialize, Deserialize)]
+struct Sealed {
+    name: String,
+    cpf: String,
+    #[serde(rename = "birthDate")]
+    birth_date: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    phone: Option<String>,
+}
+
+/// A page of patients and where the next one starts.
+#[derive(Debug)]
+pub(crate) struct PatientPage {
+    pub(crate) patients: Vec<Patient>,
+    pub(crate) next_after: Option<String>,
+}
+
+/// Which patients a list call wants.
+#[derive(Debug, Default)]
+pub(crate) struct PatientFilter {
+    pub(crate) name_prefix: Option<String>,
+    pub(crate) cpf: Option<Cpf>,
+}
 
 /// The queries of this service over one [`Database`].
 #[derive(Clone, Debug)]
 pub(crate) struct Store {
     database: Database,
+    keys: Arc<TenantKeys>,
 }
 
 impl Store {
-    pub(crate) fn new(database: Database) -> Self {
-        Self { database }
+    pub(crate) fn new(database: Database, keys: Arc<TenantKeys>) -> Self {
+        Self { database, keys }
+    }
+
+    async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
+        Ok(self.keys.cipher(tenant_id).await?)
+    }
+
+    /// A write transaction of `tenant_id` (row-level security set on PostgreSQL).
+    async fn begin(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+        Ok(self.database.begin_tenant(tenant_id).await?)
     }
 
     pub(crate) async fn create_patient(&self, tenant_id: &str, patient: &Patient) -> Result<(), Error> {
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin(tenant_id).await?;
         sqlx::query(
-            "INSERT INTO patients (tenant_id, id, name, cpf, birth_date, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO patients (tenant_id, id, name, cpf, birth_date, created_at, sealed, cpf_hash) \
+             VALUES ($1, $2, '', '', '', $3, $4, $5)",
         )
         .bind(tenant_id)
         .bind(patient.id.as_str())
-        .bind(patient.name.as_str())
-        .bind(patient.cpf.as_str())
-        .bind(patient.birth_date.to_string())
         .bind(timestamp(patient.created_at))
-        .execute(self.database.pool())
+        .bind(seal(&cipher, tenant_id, patient))
+        .bind(cipher.blind_index(patient.cpf.as_str()))
+        .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -50,18 +103,9 @@ impl Store {
         id: &PatientId,
         event: impl FnOnce(&Patient) -> AuditEvent,
     ) -> Result<Patient, Error> {
-        let mut transaction = self.database.begin_write().await?;
-        let row = sqlx::query(
-            "SELECT id, name, cpf, birth_date, created_at FROM patients \
-             WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL",
-        )
-        .bind(tenant_id)
-        .bind(id.as_str())
-        .fetch_optional(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| Error::NotFound("patient".into()))?;
-        let patient = patient_from(&row)?;
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin(tenant_id).await?;
+        let patient = fetch_patient(&mut transaction, &cipher, tenant_id, id).await?;
         audit::enqueue(&mut transaction, &event(&patient)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(patient)
@@ -69,18 +113,176 @@ impl Store {
 
     /// `NotFound` unless `id` is a patient of `tenant_id`.
     pub(crate) async fn patient_exists(&self, tenant_id: &str, id: &PatientId) -> Result<(), Error> {
+        let mut transaction = self.begin(tenant_id).await?;
         sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
             .bind(tenant_id)
             .bind(id.as_str())
-            .fetch_optional(self.database.pool())
+            .fetch_optional(&mut *transaction)
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound("patient".into()))?;
+        transaction.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
 
-    /// Stores `assessment` for its patient, who must be a patient of `tenant_id`, and its audit
-    /// `event` in the same transaction.
+    /// A page of the tenant's patients after `after` (an id), filtered, with its audit event
+    /// (`event(&patients)`) in the same transaction.
+    pub(crate) async fn list_patients(
+        &self,
+        tenant_id: &str,
+        filter: &PatientFilter,
+        page_size: usize,
+        after: Option<&str>,
+        event: impl FnOnce(&[Patient]) -> AuditEvent,
+    ) -> Result<PatientPage, Error> {
+        let cipher = self.cipher(tenant_id).await?;
+        let prefix = filter.name_prefix.as_deref().map(searchable);
+        let cpf_hash = filter.cpf.as_ref().map(|cpf| cipher.blind_index(cpf.as_str()));
+        let mut transaction = self.begin(tenant_id).await?;
+        let mut patients = Vec::new();
+        let mut cursor = after.unwrap_or_default().to_owned();
+        let mut examined = 0;
+        let mut exhausted = false;
+        while patients.len() < page_size && examined < SCAN_LIMIT {
+            let rows = sqlx::query(
+                "SELECT id, created_at, updated_at, sealed FROM patients \
+                 WHERE tenant_id = $1 AND erased_at IS NULL AND id > $2 AND ($3 = '' OR cpf_hash = $3) \
+                 ORDER BY id LIMIT $4",
+            )
+            .bind(tenant_id)
+            .bind(&cursor)
+            .bind(cpf_hash.as_deref().unwrap_or(""))
+            .bind(SCAN_BATCH)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+            if rows.is_empty() {
+                exhausted = true;
+                break;
+            }
+            for row in &rows {
+                examined += 1;
+                let patient = patient_from(row, &cipher, tenant_id)?;
+                cursor = patient.id.to_string();
+                if prefix.as_deref().is_none_or(|prefix| searchable(patient.name.as_str()).starts_with(prefix)) {
+                    patients.push(patient);
+                    if patients.len() == page_size {
+                        break;
+                    }
+                }
+            }
+            if (rows.len() as i64) < SCAN_BATCH && patients.len() < page_size {
+                exhausted = true;
+                break;
+            }
+        }
+        if !patients.is_empty() {
+            audit::enqueue(&mut transaction, &event(&patients)).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(PatientPage { patients, next_after: (!exhausted).then_some(cursor) })
+    }
+
+    /// Applies `changes` to the patient `id`, with the audit event (`event(&patient)`) in the
+    /// same transaction; returns the patient as changed.
+    pub(crate) async fn update_patient(
+        &self,
+        tenant_id: &str,
+        id: &PatientId,
+        changes: PatientChanges,
+        event: impl FnOnce(&Patient) -> AuditEvent,
+    ) -> Result<Patient, Error> {
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin(tenant_id).await?;
+        let mut patient = fetch_patient(&mut transaction, &cipher, tenant_id, id).await?;
+        changes.apply(&mut patient);
+        sqlx::query("UPDATE patients SET sealed = $1, cpf_hash = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5")
+            .bind(seal(&cipher, tenant_id, &patient))
+            .bind(cipher.blind_index(patient.cpf.as_str()))
+            .bind(patient.updated_at.map(timestamp))
+            .bind(tenant_id)
+            .bind(id.as_str())
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, &event(&patient)).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(patient)
+    }
+
+    /// Deletes the patient `id` and their assessments, with the audit `event`.
+    pub(crate) async fn delete_patient(
+        &self,
+        tenant_id: &str,
+        id: &PatientId,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
+            .bind(tenant_id)
+            .bind(id.as_str())
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound("patient".into()))?;
+        for sql in [
+            "DELETE FROM assessments WHERE tenant_id = $1 AND patient_id = $2",
+            "DELETE FROM patients WHERE tenant_id = $1 AND id = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(tenant_id)
+                .bind(id.as_str())
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Seals the personal fields of rows written before encryption and empties their clear
+    /// columns; how many.
+    pub(crate) async fn seal_clear_rows(&self) -> Result<usize, Error> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, id, name, cpf, birth_date, created_at FROM patients \
+             WHERE sealed IS NULL AND erased_at IS NULL",
+        )
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        for row in &rows {
+            let tenant_id: String = row.try_get("tenant_id").map_err(StoreError::from)?;
+            let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
+            let corrupt = |column: &str, error: Error| StoreError::Corrupt(format!("patients.{column}: {error}"));
+            let patient = Patient {
+                id: PatientId::parse("id", &text("id")?).map_err(|error| corrupt("id", error))?,
+                name: PatientName::parse(&text("name")?).map_err(|error| corrupt("name", error))?,
+                cpf: Cpf::parse(&text("cpf")?).map_err(|error| corrupt("cpf", error))?,
+                birth_date: BirthDate::parse(&text("birth_date")?).map_err(|error| corrupt("birth_date", error))?,
+                email: None,
+                phone: None,
+                created_at: parse_time("created_at", &text("created_at")?)?,
+                updated_at: None,
+            };
+            let cipher = self.cipher(&tenant_id).await?;
+            let mut transaction = self.begin(&tenant_id).await?;
+            sqlx::query(
+                "UPDATE patients SET sealed = $1, cpf_hash = $2, name = '', cpf = '', birth_date = '' \
+                 WHERE tenant_id = $3 AND id = $4",
+            )
+            .bind(seal(&cipher, &tenant_id, &patient))
+            .bind(cipher.blind_index(patient.cpf.as_str()))
+            .bind(&tenant_id)
+            .bind(patient.id.as_str())
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+            transaction.commit().await.map_err(StoreError::from)?;
+        }
+        Ok(rows.len())
+    }
+
     pub(crate) async fn insert_assessment(
         &self,
         tenant_id: &str,
@@ -89,7 +291,7 @@ impl Store {
     ) -> Result<(), Error> {
         let features = serde_json::to_string(&assessment.features)
             .map_err(|error| StoreError::Corrupt(format!("features do not serialize: {error}")))?;
-        let mut transaction = self.database.begin_write().await?;
+        let mut transaction = self.begin(tenant_id).await?;
         sqlx::query(
             "INSERT INTO assessments \
              (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at) \
@@ -122,20 +324,21 @@ impl Store {
         cpf: &Cpf,
         event: impl FnOnce(&[String]) -> AuditEvent,
     ) -> Result<serde_json::Value, Error> {
-        let mut transaction = self.database.begin_write().await?;
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin(tenant_id).await?;
         let rows = sqlx::query(
-            "SELECT id, name, cpf, birth_date, created_at FROM patients \
-             WHERE tenant_id = $1 AND cpf = $2 AND erased_at IS NULL ORDER BY id",
+            "SELECT id, created_at, updated_at, sealed FROM patients \
+             WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id",
         )
         .bind(tenant_id)
-        .bind(cpf.as_str())
+        .bind(cipher.blind_index(cpf.as_str()))
         .fetch_all(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
         let mut patients = Vec::with_capacity(rows.len());
         let mut ids = Vec::with_capacity(rows.len());
         for row in &rows {
-            let patient = patient_from(row)?;
+            let patient = patient_from(row, &cipher, tenant_id)?;
             let assessments = sqlx::query(
                 "SELECT id, model, model_version, features, probability, risk_band, created_at FROM assessments \
                  WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
@@ -154,7 +357,10 @@ impl Store {
                 "name": patient.name.as_str(),
                 "cpf": patient.cpf.as_str(),
                 "birthDate": patient.birth_date.to_string(),
+                "email": patient.email.as_ref().map(Email::as_str),
+                "phone": patient.phone.as_ref().map(Phone::as_str),
                 "createTime": timestamp(patient.created_at),
+                "updateTime": patient.updated_at.map(timestamp),
                 "assessments": assessments,
             }));
         }
@@ -163,30 +369,33 @@ impl Store {
         Ok(serde_json::json!({ "patients": patients }))
     }
 
-    /// Empties the personal fields of the patients of `tenant_id` with `cpf` and marks them
-    /// erased, with the audit event (`event(patient ids)`) in the same transaction; how many.
+    /// Removes the personal fields of the patients of `tenant_id` with `cpf` (sealed values and
+    /// blind index) and marks them erased, with the audit event (`event(patient ids)`) in the
+    /// same transaction; returns their ids.
     pub(crate) async fn erase_subject(
         &self,
         tenant_id: &str,
         cpf: &Cpf,
         event: impl FnOnce(&[String]) -> AuditEvent,
     ) -> Result<Vec<String>, Error> {
-        let mut transaction = self.database.begin_write().await?;
-        let ids: Vec<String> =
-            sqlx::query("SELECT id FROM patients WHERE tenant_id = $1 AND cpf = $2 AND erased_at IS NULL ORDER BY id")
-                .bind(tenant_id)
-                .bind(cpf.as_str())
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?
-                .iter()
-                .map(|row| row.try_get::<String, _>("id"))
-                .collect::<Result<_, _>>()
-                .map_err(StoreError::from)?;
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin(tenant_id).await?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT id FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id",
+        )
+        .bind(tenant_id)
+        .bind(cipher.blind_index(cpf.as_str()))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?
+        .iter()
+        .map(|row| row.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()
+        .map_err(StoreError::from)?;
         for id in &ids {
             sqlx::query(
-                "UPDATE patients SET name = '', cpf = '', birth_date = '', erased_at = $1 \
-                 WHERE tenant_id = $2 AND id = $3",
+                "UPDATE patients SET name = '', cpf = '', birth_date = '', sealed = NULL, cpf_hash = NULL, \
+                 erased_at = $1 WHERE tenant_id = $2 AND id = $3",
             )
             .bind(timestamp(Utc::now()))
             .bind(tenant_id)
@@ -221,17 +430,68 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-fn patient_from(row: &AnyRow) -> Result<Patient, StoreError> {
-    let text = |column: &str| row.try_get::<String, _>(column);
+fn parse_time(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|at| at.with_timezone(&Utc))
+        .map_err(|error| StoreError::Corrupt(format!("patients.{column}: {error}")))
+}
+
+/// What the sealed column of `patient` holds, bound to its tenant and row.
+fn seal(cipher: &TenantCipher, tenant_id: &str, patient: &Patient) -> String {
+    let sealed = Sealed {
+        name: patient.name.as_str().to_owned(),
+        cpf: patient.cpf.as_str().to_owned(),
+        birth_date: patient.birth_date.to_string(),
+        email: patient.email.as_ref().map(|email| email.as_str().to_owned()),
+        phone: patient.phone.as_ref().map(|phone| phone.as_str().to_owned()),
+    };
+    let json = serde_json::to_string(&sealed).expect("personal fields serialise");
+    cipher.seal(&context(tenant_id, patient.id.as_str()), &json)
+}
+
+fn context(tenant_id: &str, id: &str) -> String {
+    format!("patients/{tenant_id}/{id}")
+}
+
+async fn fetch_patient(
+    transaction: &mut Transaction<'static, Any>,
+    cipher: &TenantCipher,
+    tenant_id: &str,
+    id: &PatientId,
+) -> Result<Patient, Error> {
+    let row = sqlx::query(
+        "SELECT id, created_at, updated_at, sealed FROM patients \
+         WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL",
+    )
+    .bind(tenant_id)
+    .bind(id.as_str())
+    .fetch_optional(&mut **transaction)
+    .await
+    .map_err(StoreError::from)?
+    .ok_or_else(|| Error::NotFound("patient".into()))?;
+    Ok(patient_from(&row, cipher, tenant_id)?)
+}
+
+/// A patient from its row: the sealed fields opened and parsed again.
+fn patient_from(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<Patient, StoreError> {
+    let id: String = row.try_get("id")?;
+    let sealed: Option<String> = row.try_get("sealed")?;
+    let sealed = sealed.ok_or_else(|| StoreError::Corrupt(format!("patient {id} has no sealed fields")))?;
+    let json = cipher
+        .open(&context(tenant_id, &id), &sealed)
+        .map_err(|error| StoreError::Corrupt(format!("patient {id}: {error}")))?;
+    let fields: Sealed =
+        serde_json::from_str(&json).map_err(|error| StoreError::Corrupt(format!("patient {id}: {error}")))?;
     let corrupt = |column: &str, error: Error| StoreError::Corrupt(format!("patients.{column}: {error}"));
-    let created_at = text("created_at")?;
+    let updated_at: Option<String> = row.try_get("updated_at")?;
     Ok(Patient {
-        id: PatientId::parse("id", &text("id")?).map_err(|error| corrupt("id", error))?,
-        name: PatientName::parse(&text("name")?).map_err(|error| corrupt("name", error))?,
-        cpf: Cpf::parse(&text("cpf")?).map_err(|error| corrupt("cpf", error))?,
-        birth_date: BirthDate::parse(&text("birth_date")?).map_err(|error| corrupt("birth_date", error))?,
-        created_at: DateTime::parse_from_rfc3339(&created_at)
-            .map_err(|error| StoreError::Corrupt(format!("patients.created_at: {error}")))?
-            .with_timezone(&Utc),
+        id: PatientId::parse("id", &id).map_err(|error| corrupt("id", error))?,
+        name: PatientName::parse(&fields.name).map_err(|error| corrupt("name", error))?,
+        cpf: Cpf::parse(&fields.cpf).map_err(|error| corrupt("cpf", error))?,
+        birth_date: BirthDate::parse(&fields.birth_date).map_err(|error| corrupt("birth_date", error))?,
+        email: Email::parse(fields.email.as_deref().unwrap_or_default()).map_err(|error| corrupt("email", error))?,
+        phone: Phone::parse(fields.phone.as_deref().unwrap_or_default()).map_err(|error| corrupt("phone", error))?,
+        created_at: parse_time("created_at", &row.try_get::<String, _>("created_at")?)?,
+        updated_at: updated_at.as_deref().map(|at| parse_time("updated_at", at)).transpose()?,
     })
 }

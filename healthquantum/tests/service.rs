@@ -300,7 +300,12 @@ async fn spawn_app(engine: Engine) -> TestApp {
         Some(database) => database.url.clone(),
         None => format!("sqlite://{}", data_dir.path().join("healthquantum.db").display()),
     };
-    let config = Config { grpc_addr: "127.0.0.1:0".parse().unwrap(), database_url };
+    let config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url,
+        master_key: None,
+        master_key_file: data_dir.path().join("master.key"),
+    };
     let models_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"));
     let manifest = read_manifest(&models_dir.join(MODEL).join("1")).unwrap();
     let inference = InferenceConfig { models_dir, ort_dylib_path: None, intra_threads: 1 };
@@ -443,6 +448,7 @@ fn maria() -> CreatePatientRequest {
         name: "  Maria da Silva ".into(),
         cpf: "123.456.789-09".into(),
         birth_date: "1980-02-29".into(),
+        ..CreatePatientRequest::default()
     }
 }
 

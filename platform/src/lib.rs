@@ -8,6 +8,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod cpf;
+pub mod crypto;
 pub mod error;
 pub mod grpc;
 pub mod inference;

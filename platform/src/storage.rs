@@ -71,11 +71,15 @@ impl From<StoreError> for Status {
     }
 }
 
+/// The role tenant transactions take on PostgreSQL, under which row-level security applies.
+pub const TENANT_ROLE: &str = "aigronova_tenant";
+
 /// A connection pool to one service's database.
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    row_level_security: bool,
 }
 
 impl Database {
@@ -101,7 +105,7 @@ impl Database {
             sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
         }
         migrator.run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, row_level_security: false })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -121,6 +125,66 @@ impl Database {
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(transaction)
+    }
+
+    /// Begins a write transaction on behalf of `tenant_id`. On PostgreSQL with row-level
+    /// security enabled, the transaction takes [`TENANT_ROLE`] and sets `aigronova.tenant_id`, so
+    /// that a query that forgets its tenant filter still sees only this tenant's rows.
+    pub async fn begin_tenant(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        if self.row_level_security {
+            sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
+                .bind(tenant_id)
+                .execute(&mut *transaction)
+                .await?;
+            sqlx::raw_sql("SET LOCAL ROLE aigronova_tenant").execute(&mut *transaction).await?;
+        }
+        Ok(transaction)
+    }
+
+    /// On PostgreSQL, puts `tables` (each with a `tenant_id` column) under row-level security: a
+    /// policy admits only rows of the transaction's `aigronova.tenant_id`, for [`TENANT_ROLE`],
+    /// which [`Self::begin_tenant`] takes. The service's own role (the tables' owner) is not
+    /// restricted, for work across tenants (the outbox relay, migrations). Nothing on SQLite.
+    pub async fn enable_row_level_security(&mut self, tables: &[&str]) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        let mut statements = vec![
+            "DO $$ BEGIN CREATE ROLE aigronova_tenant NOLOGIN; \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                .to_owned(),
+            "DO $$ BEGIN EXECUTE format('GRANT aigronova_tenant TO %I', current_user); \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
+                .to_owned(),
+        ];
+        for table in tables {
+            statements.push(format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO aigronova_tenant"));
+            statements.push(format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY"));
+            statements.push(format!(
+                "DO $$ BEGIN CREATE POLICY tenant_isolation ON {table} \
+                 USING (tenant_id = current_setting('aigronova.tenant_id', true)) \
+                 WITH CHECK (tenant_id = current_setting('aigronova.tenant_id', true)); \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            ));
+        }
+        for statement in statements {
+            // Roles are shared by the whole cluster: services starting together may race on them.
+            let mut attempt = 0;
+            loop {
+                match sqlx::raw_sql(sqlx::AssertSqlSafe(statement.clone())).execute(&self.pool).await {
+                    Ok(_) => break,
+                    Err(error) if attempt < 5 => {
+                        attempt += 1;
+                        tracing::debug!(%error, attempt, "row-level security setup retried");
+                        tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        self.row_level_security = true;
+        Ok(())
     }
 
     /// Checks that the database answers (readiness probes).

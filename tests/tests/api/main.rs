@@ -8,6 +8,7 @@ mod edge;
 mod jwt;
 mod monitoring;
 mod openapi;
+mod patients;
 mod ratelimit;
 mod reports;
 mod resilience;

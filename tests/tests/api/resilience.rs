@@ -104,7 +104,7 @@ impl StandIn {
             name: "Maria Silva".into(),
             cpf: "52998224725".into(),
             birth_date: "1980-02-29".into(),
-            create_time: None,
+            ..proto::Patient::default()
         }))
     }
 }
@@ -137,6 +137,27 @@ impl HealthQuantum for StandIn {
         _request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         Err(Status::unimplemented("the stand-in has no models"))
+    }
+
+    async fn list_patients(
+        &self,
+        _request: Request<proto::ListPatientsRequest>,
+    ) -> Result<Response<proto::ListPatientsResponse>, Status> {
+        Err(Status::unimplemented("the stand-in does not list"))
+    }
+
+    async fn update_patient(
+        &self,
+        request: Request<proto::UpdatePatientRequest>,
+    ) -> Result<Response<proto::Patient>, Status> {
+        self.respond(&request).await
+    }
+
+    async fn delete_patient(
+        &self,
+        _request: Request<proto::DeletePatientRequest>,
+    ) -> Result<Response<proto::DeletePatientResponse>, Status> {
+        Err(Status::unimplemented("the stand-in does not delete"))
     }
 }
 

@@ -1,0 +1,279 @@
+//! Application-level encryption of personal data (DESIGN.md section 4): each tenant has its own
+//! AES-256-GCM data key, stored wrapped by a master key; values are sealed with the row and field
+//! they belong to as associated data, so a ciphertext moved to another row does not open. Lookups
+//! use a keyed hash (a blind index) derived from the tenant's key.
+//!
+//! The master key sits behind [`KeyWrapper`], shaped like a KMS (`Encrypt`/`Decrypt` of a data
+//! key): [`LocalMasterKey`] keeps it in a file for the embedded mode; a cloud KMS implements the
+//! same two calls in production.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use ring::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    hmac,
+};
+use sqlx::Row;
+
+use crate::storage::{Database, StoreError};
+
+const SEALED_PREFIX: &str = "v1:";
+const WRAP_CONTEXT: &[u8] = b"aigronova.data-key.v1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CryptoError {
+    #[error("the master key file does not hold a base64 32-byte key")]
+    BadMasterKey,
+    #[error("a wrapped data key does not open with this master key")]
+    Unwrap,
+    #[error("a sealed value does not open (wrong key, or moved from another row)")]
+    Open,
+}
+
+/// A KMS-shaped master key: it wraps and unwraps data keys and never hands itself out.
+pub trait KeyWrapper: Send + Sync + fmt::Debug {
+    /// Names the master key, stored beside each wrapped data key.
+    fn key_id(&self) -> &str;
+    fn wrap(&self, data_key: &[u8; 32]) -> Vec<u8>;
+    fn unwrap(&self, wrapped: &[u8]) -> Result<[u8; 32], CryptoError>;
+}
+
+/// A master key kept in a local file (embedded mode).
+pub struct LocalMasterKey {
+    key: LessSafeKey,
+    id: String,
+}
+
+impl fmt::Debug for LocalMasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LocalMasterKey({})", self.id)
+    }
+}
+
+impl LocalMasterKey {
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("32 bytes is an AES-256 key"));
+        let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+        Self { key, id: format!("local:{}", hex::encode(&digest.as_ref()[..8])) }
+    }
+
+    /// Reads the base64 key from `path`, or makes one and writes it there (mode 0600).
+    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        if path.exists() {
+            let bytes: [u8; 32] = STANDARD
+                .decode(std::fs::read_to_string(path)?.trim())
+                .ok()
+                .and_then(|bytes| bytes.try_into().ok())
+                .ok_or(CryptoError::BadMasterKey)?;
+            return Ok(Self::from_bytes(&bytes));
+        }
+        let bytes = random::<32>();
+        if let Some(folder) = path.parent().filter(|folder| !folder.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)?;
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::io::Write::write_all(&mut options.open(path)?, STANDARD.encode(bytes).as_bytes())?;
+        let key = Self::from_bytes(&bytes);
+        tracing::info!(path = %path.display(), key_id = %key.id, "master key created");
+        Ok(key)
+    }
+}
+
+impl KeyWrapper for LocalMasterKey {
+    fn key_id(&self) -> &str {
+        &self.id
+    }
+
+    fn wrap(&self, data_key: &[u8; 32]) -> Vec<u8> {
+        seal(&self.key, WRAP_CONTEXT, data_key)
+    }
+
+    fn unwrap(&self, wrapped: &[u8]) -> Result<[u8; 32], CryptoError> {
+        open(&self.key, WRAP_CONTEXT, wrapped).ok().and_then(|bytes| bytes.try_into().ok()).ok_or(CryptoError::Unwrap)
+    }
+}
+
+/// One tenant's data key: seals and opens values, and computes blind indexes.
+pub struct TenantCipher {
+    key: LessSafeKey,
+    index: hmac::Key,
+}
+
+impl fmt::Debug for TenantCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TenantCipher([redacted])")
+    }
+}
+
+impl TenantCipher {
+    fn new(data_key: &[u8; 32]) -> Self {
+        let derive = hmac::Key::new(hmac::HMAC_SHA256, data_key);
+        let index_key = hmac::sign(&derive, b"aigronova.blind-index.v1");
+        Self {
+            key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, data_key).expect("32 bytes is an AES-256 key")),
+            index: hmac::Key::new(hmac::HMAC_SHA256, index_key.as_ref()),
+        }
+    }
+
+    /// `plaintext` sealed for `context` (e.g. `patients/<id>`), as `v1:<base64>`.
+    pub fn seal(&self, context: &str, plaintext: &str) -> String {
+        format!("{SEALED_PREFIX}{}", STANDARD.encode(seal(&self.key, context.as_bytes(), plaintext.as_bytes())))
+    }
+
+    /// Opens what [`Self::seal`] made for the same `context`.
+    pub fn open(&self, context: &str, sealed: &str) -> Result<String, CryptoError> {
+        let bytes = sealed
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|encoded| STANDARD.decode(encoded).ok())
+            .ok_or(CryptoError::Open)?;
+        let plain = open(&self.key, context.as_bytes(), &bytes).map_err(|()| CryptoError::Open)?;
+        String::from_utf8(plain).map_err(|_| CryptoError::Open)
+    }
+
+    /// A keyed hash of `value` for equality lookups (hex HMAC-SHA256 under a key derived from
+    /// the tenant's data key: the same value gives different indexes in different tenants).
+    pub fn blind_index(&self, value: &str) -> String {
+        hex::encode(hmac::sign(&self.index, value.as_bytes()).as_ref())
+    }
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source is available");
+    bytes
+}
+
+/// nonce ‖ ciphertext ‖ tag.
+fn seal(key: &LessSafeKey, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let nonce = random::<NONCE_LEN>();
+    let mut buffer = plaintext.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(context), &mut buffer)
+        .expect("AES-GCM seals any length a value can have");
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&buffer);
+    sealed
+}
+
+fn open(key: &LessSafeKey, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, ()> {
+    if sealed.len() < NONCE_LEN {
+        return Err(());
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| ())?;
+    let mut buffer = ciphertext.to_vec();
+    let plain = key.open_in_place(nonce, Aad::from(context), &mut buffer).map_err(|_| ())?;
+    Ok(plain.to_vec())
+}
+
+/// Every tenant's data key of one service, in its `tenant_keys` table:
+///
+/// ```sql
+/// CREATE TABLE tenant_keys (tenant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL,
+///                           wrapped_key TEXT NOT NULL, created_at TEXT NOT NULL);
+/// ```
+#[derive(Debug)]
+pub struct TenantKeys {
+    database: Database,
+    wrapper: Arc<dyn KeyWrapper>,
+    ciphers: Mutex<HashMap<String, Arc<TenantCipher>>>,
+}
+
+impl TenantKeys {
+    pub fn new(database: Database, wrapper: Arc<dyn KeyWrapper>) -> Self {
+        Self { database, wrapper, ciphers: Mutex::new(HashMap::new()) }
+    }
+
+    /// The cipher of `tenant_id`, its data key made and stored (wrapped) on first use.
+    pub async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, StoreError> {
+        if let Some(cipher) = self.ciphers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(tenant_id) {
+            return Ok(cipher.clone());
+        }
+        let wrapped = match self.stored(tenant_id).await? {
+            Some(wrapped) => wrapped,
+            None => {
+                let wrapped = STANDARD.encode(self.wrapper.wrap(&random::<32>()));
+                let inserted = sqlx::query(
+                    "INSERT INTO tenant_keys (tenant_id, key_id, wrapped_key, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (tenant_id) DO NOTHING",
+                )
+                .bind(tenant_id)
+                .bind(self.wrapper.key_id())
+                .bind(&wrapped)
+                .bind(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                .execute(self.database.pool())
+                .await?;
+                if inserted.rows_affected() == 1 {
+                    wrapped
+                } else {
+                    self.stored(tenant_id)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant_id}: data key vanished")))?
+                }
+            }
+        };
+        let data_key = STANDARD
+            .decode(&wrapped)
+            .ok()
+            .and_then(|bytes| self.wrapper.unwrap(&bytes).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant_id}: the data key does not unwrap")))?;
+        let cipher = Arc::new(TenantCipher::new(&data_key));
+        self.ciphers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(tenant_id.to_owned(), cipher.clone());
+        Ok(cipher)
+    }
+
+    async fn stored(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT wrapped_key FROM tenant_keys WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(self.database.pool())
+            .await?;
+        Ok(row.map(|row| row.try_get("wrapped_key")).transpose()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_only_in_its_own_context_and_tenant() {
+        let cipher = TenantCipher::new(&[1; 32]);
+        let sealed = cipher.seal("patients/a", "Maria Silva");
+        assert!(!sealed.contains("Maria"));
+        assert_eq!(cipher.open("patients/a", &sealed).unwrap(), "Maria Silva");
+        assert_eq!(cipher.open("patients/b", &sealed), Err(CryptoError::Open), "moved to another row");
+        assert_eq!(TenantCipher::new(&[2; 32]).open("patients/a", &sealed), Err(CryptoError::Open));
+        assert_ne!(cipher.seal("patients/a", "Maria Silva"), sealed, "a fresh nonce each time");
+    }
+
+    #[test]
+    fn blind_indexes_are_stable_per_tenant_and_differ_between_tenants() {
+        let (one, two) = (TenantCipher::new(&[1; 32]), TenantCipher::new(&[2; 32]));
+        assert_eq!(one.blind_index("52998224725"), one.blind_index("52998224725"));
+        assert_ne!(one.blind_index("52998224725"), two.blind_index("52998224725"));
+        assert_eq!(one.blind_index("52998224725").len(), 64);
+    }
+
+    #[test]
+    fn the_master_key_wraps_and_is_kept_in_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys/master.key");
+        let first = LocalMasterKey::load_or_create(&path).unwrap();
+        let wrapped = first.wrap(&[7; 32]);
+        let second = LocalMasterKey::load_or_create(&path).unwrap();
+        assert_eq!(second.unwrap(&wrapped).unwrap(), [7; 32]);
+        assert_eq!(first.key_id(), second.key_id());
+        assert_eq!(LocalMasterKey::from_bytes(&[9; 32]).unwrap(&wrapped), Err(CryptoError::Unwrap));
+    }
+}

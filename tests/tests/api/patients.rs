@@ -1,0 +1,176 @@
+//! The patient lifecycle through the gateway: create, get, list with pages and filters, update,
+//! delete; personal fields sealed in the database; row-level security on PostgreSQL.
+
+use std::time::Duration;
+
+use aigronova_e2e::{Backend, TestApp, assert_problem, spawn_app};
+use serde_json::{Value, json};
+use sqlx::{Connection, Row};
+
+const SCOPES: &[&str] = &["health:read", "health:write", "governance:read"];
+
+async fn create(app: &TestApp, key: &str, body: Value) -> Value {
+    let response = app.post("/v1/health/patients", key, &body).await;
+    assert_eq!(response.status(), 200, "patient {body}");
+    response.json().await.unwrap()
+}
+
+async fn list(app: &TestApp, key: &str, query: &str) -> Value {
+    let response = app.get(&format!("/v1/health/patients?{query}"), key).await;
+    assert_eq!(response.status(), 200, "list {query}");
+    response.json().await.unwrap()
+}
+
+fn names(page: &Value) -> Vec<String> {
+    page["patients"].as_array().into_iter().flatten().map(|p| p["name"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn patient_lifecycle(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Clínica Ciclo").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let maria = create(
+        &app,
+        &key,
+        json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29",
+               "email": "maria@exemplo.com.br", "phone": "+55 11 91234-5678"}),
+    )
+    .await;
+    assert_eq!(maria["email"], "maria@exemplo.com.br");
+    let mario =
+        create(&app, &key, json!({"name": "Mário Souza", "cpf": "111.444.777-35", "birthDate": "1975-06-01"})).await;
+    create(&app, &key, json!({"name": "João Lima", "cpf": "12345678909", "birthDate": "1990-12-31"})).await;
+
+    // Pages in id order, then filters.
+    let first = list(&app, &key, "pageSize=2").await;
+    assert_eq!(names(&first).len(), 2);
+    let token = first["nextPageToken"].as_str().expect("a next page");
+    let second = list(&app, &key, &format!("pageSize=2&pageToken={token}")).await;
+    assert_eq!(names(&second).len(), 1);
+    assert!(second["nextPageToken"].as_str().is_none_or(str::is_empty), "{second}");
+    let mut by_prefix = names(&list(&app, &key, "namePrefix=mar").await);
+    by_prefix.sort();
+    assert_eq!(by_prefix, ["Maria Silva", "Mário Souza"], "case and accents ignored");
+    assert_eq!(names(&list(&app, &key, "cpf=111.444.777-35").await), ["Mário Souza"]);
+    assert_eq!(names(&list(&app, &key, "namePrefix=zz").await).len(), 0);
+    let problem = assert_problem(app.get("/v1/health/patients?cpf=123", &key).await, 400).await;
+    assert_eq!(problem["field"], "cpf");
+    assert_problem(app.get("/v1/health/patients?pageSize=1000", &key).await, 400).await;
+
+    // Update: only the fields sent; a bad value changes nothing.
+    let id = maria["id"].as_str().unwrap();
+    let path = format!("/v1/health/patients/{id}");
+    let response = app.patch(&path, &key, &json!({"name": "Maria Silva Santos", "email": ""})).await;
+    assert_eq!(response.status(), 200);
+    let updated: Value = response.json().await.unwrap();
+    assert_eq!(updated["name"], "Maria Silva Santos");
+    assert!(updated["email"].as_str().is_none_or(str::is_empty), "{updated}");
+    assert_eq!(updated["phone"], "+55 11 91234-5678");
+    assert!(updated["updateTime"].is_string());
+    let problem = assert_problem(app.patch(&path, &key, &json!({"cpf": "123.456.789-00"})).await, 400).await;
+    assert_eq!(problem["field"], "cpf");
+    assert_problem(app.patch(&path, &key, &json!({})).await, 400).await;
+    let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!((fetched["name"].as_str(), fetched["cpf"].as_str()), (Some("Maria Silva Santos"), Some("52998224725")));
+
+    // The database holds no clear text: the personal fields are sealed, the CPF only hashed.
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&app.health_database_url).await.unwrap();
+    let rows =
+        sqlx::query("SELECT name, cpf, birth_date, sealed, cpf_hash FROM patients").fetch_all(&mut raw).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let columns: Vec<String> = ["name", "cpf", "birth_date", "sealed", "cpf_hash"]
+            .iter()
+            .map(|column| row.try_get::<Option<String>, _>(*column).unwrap().unwrap_or_default())
+            .collect();
+        let all = columns.join("|");
+        for secret in
+            ["Maria", "Mário", "João", "52998224725", "11144477735", "12345678909", "1980-02-29", "maria@", "91234"]
+        {
+            assert!(!all.contains(secret), "{secret:?} is stored in clear: {all}");
+        }
+        assert!(columns[3].starts_with("v1:"), "sealed: {}", columns[3]);
+        assert_eq!(columns[4].len(), 64, "a blind index");
+    }
+    raw.close().await.unwrap();
+
+    // Delete: the patient and their assessments go; a second delete finds nothing.
+    let mario_path = format!("/v1/health/patients/{}", mario["id"].as_str().unwrap());
+    assert_eq!(app.delete(&mario_path, &key).await.status(), 200);
+    assert_problem(app.get(&mario_path, &key).await, 404).await;
+    assert_problem(app.delete(&mario_path, &key).await, 404).await;
+    assert_eq!(names(&list(&app, &key, "").await).len(), 2);
+
+    // Another tenant sees none of them.
+    let other = app.create_tenant("Outra").await;
+    let other_key = app.create_key(&other, SCOPES).await;
+    assert_eq!(names(&list(&app, &other_key, "").await).len(), 0);
+    assert_problem(app.get(&path, &other_key).await, 404).await;
+    assert_problem(app.patch(&path, &other_key, &json!({"name": "X"})).await, 404).await;
+
+    // Reads, changes and deletions of personal data are audited.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let wanted = ["health.ListPatients", "health.UpdatePatient", "health.DeletePatient", "health.GetPatient"];
+    loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+        let actions: Vec<&str> =
+            page["entries"].as_array().into_iter().flatten().filter_map(|entry| entry["action"].as_str()).collect();
+        if wanted.iter().all(|action| actions.contains(action)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "audit events missing: {actions:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn patient_lifecycle_on_sqlite() {
+    patient_lifecycle(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn patient_lifecycle_on_postgres() {
+    patient_lifecycle(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn row_level_security_hides_other_tenants_from_a_query_without_its_filter() {
+    let app = spawn_app(Backend::Postgres).await;
+    let first = app.create_tenant("Primeira").await;
+    let first_key = app.create_key(&first, SCOPES).await;
+    let second = app.create_tenant("Segunda").await;
+    let second_key = app.create_key(&second, SCOPES).await;
+    create(&app, &first_key, json!({"name": "Ana", "cpf": "529.982.247-25", "birthDate": "1980-01-01"})).await;
+    for cpf in ["111.444.777-35", "12345678909"] {
+        create(&app, &second_key, json!({"name": "Bia", "cpf": cpf, "birthDate": "1981-01-01"})).await;
+    }
+
+    let mut connection = sqlx::PgConnection::connect(&app.health_database_url).await.unwrap();
+    let total: i64 =
+        sqlx::query("SELECT COUNT(*) AS n FROM patients").fetch_one(&mut connection).await.unwrap().get("n");
+    assert_eq!(total, 3, "the service's own role sees every row");
+    for (tenant, expected) in [(&first, 1i64), (&second, 2)] {
+        let mut transaction = connection.begin().await.unwrap();
+        sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
+            .bind(tenant)
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+        sqlx::raw_sql("SET LOCAL ROLE aigronova_tenant").execute(&mut *transaction).await.unwrap();
+        // No tenant filter: the policy is the only thing between this query and the other tenant.
+        let seen: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM patients").fetch_one(&mut *transaction).await.unwrap().get("n");
+        assert_eq!(seen, expected, "tenant {tenant}");
+        let foreign = sqlx::query("UPDATE patients SET updated_at = 'x' WHERE tenant_id <> $1")
+            .bind(tenant)
+            .execute(&mut *transaction)
+            .await
+            .unwrap();
+        assert_eq!(foreign.rows_affected(), 0, "no write reaches another tenant's rows");
+        transaction.rollback().await.unwrap();
+    }
+    connection.close().await.unwrap();
+    app.stop().await;
+}
