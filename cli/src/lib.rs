@@ -73,7 +73,7 @@ enum Command {
         service: Service,
     },
     /// Print new keys as configuration variables: the gateway's internal token key pair, the
-    /// services' key and ai-governance's checkpoint signing key.
+    /// services' key, ai-governance's checkpoint signing key and healthquantum's master key.
     Keygen,
     /// Audit log tools.
     Audit {
@@ -229,6 +229,7 @@ pub fn main(cli: Cli) -> ExitCode {
         println!("AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY={}", TokenSigner::generate().to_base64());
         let checkpoints = aigronova_ai_governance::checkpoint::CheckpointSigner::generate();
         println!("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}", checkpoints.to_base64());
+        println!("AIGRONOVA__HEALTHQUANTUM__MASTER_KEY={}", TokenSigner::generate().to_base64());
         return ExitCode::SUCCESS;
     }
     if let Command::Audit { command } = &cli.command {

@@ -8,6 +8,8 @@
 #
 # Settings are described in lib.sh. AIGRONOVA_BACKUP_ID names the backup (default: the UTC time,
 # e.g. 20260301T140000Z). Prints the backup id on standard output; logs go to standard error.
+# A database with an audit log (ai-governance's) also needs the `aigronova` binary (AIGRONOVA_BIN,
+# default: aigronova on the PATH), which recomputes the log's Merkle roots for the manifest.
 
 # shellcheck source=deploy/backup/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,10 +18,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 readonly END_OF_COUNTS='__aigronova_end_of_counts__'
 
 # Dumps one database. A repeatable-read transaction exports its snapshot; the row counts are
-# read in that transaction and pg_dump dumps that same snapshot, so the manifest matches the dump
-# even while the service keeps writing.
+# read in that transaction, and pg_dump and `aigronova audit roots` read that same snapshot while
+# the transaction stays open, so the manifest matches the dump even while the service keeps writing.
 backup_service() {
-    local service="$1" url="$2" started="$SECONDS" snapshot line tables=0
+    local service="$1" url="$2" started="$SECONDS" snapshot line audited tables=0
     local file="$service.dump.gpg"
 
     coproc SESSION { sql "$url" 2>&1; }
@@ -36,12 +38,19 @@ backup_service() {
     done
     [[ "$line" == "$END_OF_COUNTS" ]] || die "$service: the row count did not finish"
 
+    # Whether the database keeps an audit log: the table, found as the service finds it (search_path).
+    printf '%s\n' "SELECT to_regclass('audit_entries') IS NOT NULL;" >&"${SESSION[1]}"
+    IFS= read -r -t 60 audited <&"${SESSION[0]}" || audited=""
+    [[ "$audited" == t || "$audited" == f ]] || die "$service: unexpected answer while looking for an audit log: ${audited:-none}"
+
     pg_dump --format=custom --snapshot="$snapshot" --dbname="$url" | encrypt "$WORKDIR/$file"
+    if [[ "$audited" == t ]]; then
+        record_audit_roots "$service" "$url" "$snapshot"
+    fi
 
     printf '%s\n' 'COMMIT;' '\q' >&"${SESSION[1]}"
     wait "$SESSION_PID" || die "$service: the snapshot session failed"
 
-    record_audit_roots "$service" "$url"
     printf 'database\t%s\t%s\n' "$service" "$(database_name "$url")" >>"$MANIFEST"
     printf 'dump\t%s\t%s\t%s\t%s\n' "$service" "$file" "$(sha256_of "$WORKDIR/$file")" \
         "$(stat -c %s "$WORKDIR/$file")" >>"$MANIFEST"
@@ -49,12 +58,24 @@ backup_service() {
     log "$service: $tables tables, $(stat -c %s "$WORKDIR/$file") bytes encrypted, $((SECONDS - started)) s"
 }
 
-# The audit log's Merkle root belongs in the manifest (an `audit` line per service that keeps an
-# audit log: service, table, entries, root), computed inside the dump's snapshot so verify.sh can
-# recompute it after a restore. No service keeps an audit log yet (ai-governance is not built), so
-# nothing is recorded; verify.sh refuses manifests with `audit` lines until it can check them.
-record_audit_roots() {
-    :
+# The audit log's Merkle roots, one manifest line per tenant: `audit <service> <tenant> <entries>
+# <root>`, the RFC 6962 root that `aigronova audit roots` recomputes from the stored leaf texts
+# (trusting no stored hash), read in the dump's snapshot (the session of backup_service holds it
+# open). verify.sh recomputes them on the restored database.
+record_audit_roots() { # $1 service, $2 url, $3 exported snapshot
+    local service="$1" url="$2" snapshot="$3" bin="${AIGRONOVA_BIN:-aigronova}" line tenants=0
+    command -v "$bin" >/dev/null 2>&1 ||
+        die "$service: keeps an audit log, and $bin (AIGRONOVA_BIN) is not found to compute its Merkle roots"
+    if ! "$bin" audit roots --database-url "$url" --snapshot "$snapshot" >"$WORKDIR/$service.roots"; then
+        die "$service: aigronova audit roots failed"
+    fi
+    while IFS= read -r line; do
+        [[ "$line" =~ ^[^$'\t']+$'\t'[0-9]+$'\t'[0-9a-f]{64}$ ]] ||
+            die "$service: unexpected line from aigronova audit roots: $line"
+        printf 'audit\t%s\t%s\n' "$service" "$line" >>"$MANIFEST"
+        tenants=$((tenants + 1))
+    done <"$WORKDIR/$service.roots"
+    log "$service: audit log roots of $tenants tenants recorded"
 }
 
 main() {

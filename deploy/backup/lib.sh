@@ -10,6 +10,9 @@
 #                                     it; every such variable with a postgres:// URL is included
 #   AIGRONOVA_BACKUP_SERVICES         optional: only these services (space-separated, lower case)
 #   AIGRONOVA_BACKUP_S3_SSE_KMS_KEY   optional: KMS key for server-side encryption of uploads
+#   AIGRONOVA_BIN                     the `aigronova` binary (default: aigronova on the PATH), which
+#                                     backup.sh and verify.sh run as `aigronova audit roots` on a
+#                                     database that keeps an audit log (ai-governance's)
 #
 # Passwords in database URLs and the passphrase are never printed.
 

@@ -136,8 +136,10 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
     """What the chart promises, checked on what it renders."""
     problems = []
     deployments = by_kind(docs, "Deployment")
-    if set(deployments) != {"aigronova-gateway", "aigronova-healthquantum"}:
+    if set(deployments) != {"aigronova-gateway", "aigronova-healthquantum", "aigronova-ai-governance"}:
         problems.append(f"deployments: {sorted(deployments)} (only the services that exist)")
+    config_maps = by_kind(docs, "ConfigMap")
+    metrics_port = values["monitoring"].get("metricsPort", 9464)
     for kind in ("Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount"):
         names = set(by_kind(docs, kind))
         if not set(deployments) <= names:
@@ -158,8 +160,36 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
                 problems.append(f"{name}: readiness is not /readyz")
             if "AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY" not in env:
                 problems.append(f"{name}: no signing key")
-        elif "AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY" in env or "AIGRONOVA_ADMIN_KEY" in env:
-            problems.append(f"{name}: a domain service gets the gateway's signing or admin key")
+            if "AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY" in env or "AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY" in env:
+                problems.append(f"{name}: the gateway gets the services' key or the checkpoint key")
+        else:
+            if "AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY" in env or "AIGRONOVA_ADMIN_KEY" in env:
+                problems.append(f"{name}: a domain service gets the gateway's signing or admin key")
+            for variable in ("AIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY", "AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY"):
+                if "secretKeyRef" not in env.get(variable, {}).get("valueFrom", {}):
+                    problems.append(f"{name}: {variable} does not come from the Secret")
+            if ("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY" in env) != (component == "ai-governance"):
+                problems.append(f"{name}: the checkpoint key goes to ai-governance and to it alone")
+            ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+            if ports.get("metrics") != metrics_port:
+                problems.append(f"{name}: no metrics port {metrics_port}: {ports}")
+            own = config_maps.get(f"{name}-config", {}).get("data", {})
+            if own.get("AIGRONOVA__TELEMETRY__METRICS_ADDR") != f"0.0.0.0:{metrics_port}":
+                problems.append(f"{name}: AIGRONOVA__TELEMETRY__METRICS_ADDR is {own.get('AIGRONOVA__TELEMETRY__METRICS_ADDR')}")
+            service_ports = {p["name"]: p for p in by_kind(docs, "Service").get(name, {}).get("spec", {}).get("ports", [])}
+            if service_ports.get("metrics", {}).get("targetPort") != "metrics":
+                problems.append(f"{name}: its Service has no metrics port")
+            policy = by_kind(docs, "NetworkPolicy").get(name, {}).get("spec", {}).get("ingress", [])
+            scrape = [rule for rule in policy if {"port": "metrics", "protocol": "TCP"} in rule.get("ports", [])]
+            namespaces = [
+                peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+                for rule in scrape for peer in rule.get("from", [])
+            ]
+            if not scrape or None in namespaces:
+                problems.append(f"{name}: its metrics port is not limited to Prometheus' namespace: {scrape}")
+            monitor = by_kind(docs, "ServiceMonitor").get(name, {}).get("spec", {})
+            if [e.get("port") for e in monitor.get("endpoints", [])] != ["metrics"]:
+                problems.append(f"{name}: no ServiceMonitor scrapes its metrics port")
         security = container["securityContext"]
         if not (security["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]):
             problems.append(f"{name}: not read-only or not non-root")
@@ -176,9 +206,40 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
     ]
     if components != [["gateway", "ai-governance"]]:
         problems.append(f"healthquantum's NetworkPolicy lets in {components or allowed}")
-    gateway_config = by_kind(docs, "ConfigMap")["aigronova-gateway-config"]["data"]
-    if gateway_config.get("AIGRONOVA__GATEWAY__UPSTREAMS__HEALTHQUANTUM") != "http://aigronova-healthquantum:50061":
+    governance_policy = by_kind(docs, "NetworkPolicy").get("aigronova-ai-governance", {})
+    everyone = {"app.kubernetes.io/instance": "aigronova", "app.kubernetes.io/part-of": "aigronova"}
+    allowed = governance_policy.get("spec", {}).get("ingress", [{}])[0].get("from", [])
+    if allowed != [{"podSelector": {"matchLabels": everyone}}]:
+        problems.append(f"ai-governance's NetworkPolicy does not let every pod of the release in: {allowed}")
+    gateway_config = config_maps["aigronova-gateway-config"]["data"]
+    upstreams = {
+        "AIGRONOVA__GATEWAY__UPSTREAMS__HEALTHQUANTUM": "http://aigronova-healthquantum:50061",
+        # The gateway looks the upstream up by the owner its protos declare, dash included.
+        "AIGRONOVA__GATEWAY__UPSTREAMS__AI-GOVERNANCE": "http://aigronova-ai-governance:50070",
+    }
+    if {k: v for k, v in gateway_config.items() if k.startswith("AIGRONOVA__GATEWAY__UPSTREAMS__")} != upstreams:
         problems.append(f"the gateway's upstreams: {gateway_config}")
+    health_config = config_maps["aigronova-healthquantum-config"]["data"]
+    if health_config.get("AIGRONOVA__AUDIT__GOVERNANCE_URL") != "http://aigronova-ai-governance:50070":
+        problems.append(f"healthquantum's audit relay: {health_config}")
+    governance_config = config_maps["aigronova-ai-governance-config"]["data"]
+    expected = {
+        "AIGRONOVA__AI_GOVERNANCE__GRPC_ADDR": "0.0.0.0:50070",
+        "AIGRONOVA__AI_GOVERNANCE__DATA_SUBJECT_SERVICES__HEALTHQUANTUM": "http://aigronova-healthquantum:50061",
+    }
+    if any(governance_config.get(k) != v for k, v in expected.items()) or "AIGRONOVA__AUDIT__GOVERNANCE_URL" in governance_config:
+        problems.append(f"ai-governance's config: {governance_config}")
+    for config_map in config_maps.values():
+        for key, value in (config_map.get("data") or {}).items():
+            if key.startswith("AIGRONOVA") and re.fullmatch(r"[0-9.]+e[+-][0-9]+", str(value)):
+                problems.append(f"{config_map['metadata']['name']}: {key} renders as {value} (a float)")
+    backup_env = {
+        e["name"] for cronjob in by_kind(docs, "CronJob").values()
+        for e in cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    }
+    for service in ("GATEWAY", "HEALTHQUANTUM", "AI_GOVERNANCE"):
+        if f"AIGRONOVA__{service}__DATABASE_URL" not in backup_env:
+            problems.append(f"the backup CronJob does not dump {service}'s database")
     hpa = by_kind(docs, "HorizontalPodAutoscaler")["aigronova-gateway"]["spec"]
     if hpa["minReplicas"] != values["gateway"]["autoscaling"]["minReplicas"]:
         problems.append(f"the gateway's HPA ignores the {size} size: {hpa}")
@@ -205,14 +266,23 @@ def check_added_service() -> None:
         if "aigronova-example-service" not in by_kind(docs, kind):
             problems.append(f"no {kind} for the added service")
     config_maps = by_kind(docs, "ConfigMap")
+    if "aigronova-example-service" not in by_kind(docs, "ServiceMonitor"):
+        problems.append("no ServiceMonitor for the added service")
+    # The owner keeps its dash: the gateway's route table names the upstream example-service.
     upstream = config_maps.get("aigronova-gateway-config", {}).get("data", {}).get(
-        "AIGRONOVA__GATEWAY__UPSTREAMS__EXAMPLE_SERVICE")
+        "AIGRONOVA__GATEWAY__UPSTREAMS__EXAMPLE-SERVICE")
     if upstream != "http://aigronova-example-service:50099":
         problems.append(f"the gateway's upstream for it is {upstream}")
     env = config_maps.get("aigronova-example-service-config", {}).get("data", {})
     if env.get("AIGRONOVA__EXAMPLE_SERVICE__GRPC_ADDR") != "0.0.0.0:50099":
         problems.append(f"its own config: {env}")
-    record("a service added in values gets every object and a gateway upstream", not problems, "\n".join(problems))
+    if env.get("AIGRONOVA__AUDIT__GOVERNANCE_URL") != "http://aigronova-ai-governance:50070":
+        problems.append(f"its audit relay: {env}")
+    governance = config_maps.get("aigronova-ai-governance-config", {}).get("data", {})
+    if governance.get("AIGRONOVA__AI_GOVERNANCE__DATA_SUBJECT_SERVICES__EXAMPLE-SERVICE") != "http://aigronova-example-service:50099":
+        problems.append(f"ai-governance does not send it data-subject requests: {governance}")
+    record("a service added in values gets every object, a gateway upstream and the audit wiring", not problems,
+           "\n".join(problems))
 
 
 def check_kubernetes_schemas(rendered: dict[str, list[dict]], extra: list[dict]) -> None:

@@ -63,29 +63,48 @@ pub struct Assessment {
     pub model_version: String,
     /// The input, by feature name, as it was scored.
     pub features: BTreeMap<String, f64>,
-    /// The probability of the model's positive class, in [0, 1].
-    pub probability: f64,
+    /// The model's output: the probability of its positive class, in [0, 1], for a classifier;
+    /// the predicted value for a regressor.
+    pub output: f64,
+    /// True when `output` is a regressor's value.
+    pub regression: bool,
     pub risk_band: String,
+    /// The features that moved the output most, largest first (see
+    /// `Model::contributions`: an occlusion approximation, not SHAP).
+    pub top_features: Vec<(String, f64)>,
     /// When the assessment was made, to the microsecond (what storage keeps).
     pub created_at: DateTime<Utc>,
 }
+
+/// How many contributing features an assessment reports.
+pub const TOP_FEATURES: usize = 5;
 
 /// Scores `input` for `patient_id`. Inference runs on the blocking pool: a session is a
 /// synchronous, locked resource that must not stall the async workers.
 pub async fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Error> {
     let ModelInput { model, named, row } = input;
     let scoring = Arc::clone(&model);
-    let probability = tokio::task::spawn_blocking(move || scoring.predict_probability(&row))
-        .await
-        .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
+    let (output, contributions) = tokio::task::spawn_blocking(move || {
+        let output = scoring.predict(&row)?;
+        let contributions = scoring.contributions(&row, output)?;
+        Ok::<_, InferenceError>((output, contributions))
+    })
+    .await
+    .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
     Ok(Assessment {
         id: Uuid::now_v7().to_string(),
         patient_id,
         model: model.name().to_owned(),
         model_version: model.version().to_owned(),
         features: named,
-        probability,
-        risk_band: model.risk_band(probability).to_owned(),
+        output,
+        regression: model.is_regression(),
+        risk_band: model.risk_band(output).to_owned(),
+        top_features: contributions
+            .into_iter()
+            .take(TOP_FEATURES)
+            .map(|contribution| (contribution.feature, contribution.contribution))
+            .collect(),
         created_at: Utc::now().trunc_subsecs(6),
     })
 }

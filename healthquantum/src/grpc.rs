@@ -190,7 +190,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 "model": assessment.model,
                 "modelVersion": assessment.model_version,
                 "inputDigest": assessment::input_digest(&assessment.features),
-                "output": {"probability": assessment.probability, "riskBand": assessment.risk_band},
+                "output": {"value": assessment.output, "riskBand": assessment.risk_band},
                 "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
             }),
         );
@@ -255,7 +255,13 @@ impl From<Assessment> for proto::Assessment {
             patient_id: assessment.patient_id.to_string(),
             model: assessment.model,
             model_version: assessment.model_version,
-            probability: assessment.probability,
+            probability: if assessment.regression { 0.0 } else { assessment.output },
+            value: assessment.output,
+            top_features: assessment
+                .top_features
+                .into_iter()
+                .map(|(feature, contribution)| proto::FeatureContribution { feature, contribution })
+                .collect(),
             risk_band: assessment.risk_band,
             create_time: Some(timestamp(assessment.created_at)),
         }

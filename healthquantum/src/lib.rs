@@ -45,7 +45,7 @@ use crate::{grpc::HealthQuantumApi, store::Store};
 pub const SERVICE_NAME: &str = "healthquantum";
 
 /// The models this service serves.
-pub const MODELS: &[&str] = &["breast-cancer"];
+pub const MODELS: &[&str] = &["breast-cancer", "diabetes-progression"];
 
 /// The schema of this service's database, embedded from `healthquantum/migrations`.
 static MIGRATOR: Migrator = sqlx::migrate!();
@@ -132,10 +132,10 @@ impl HealthQuantumService {
         let mut database = Database::connect(&config.database_url, &MIGRATOR)
             .await
             .context("cannot open the healthquantum database")?;
-        database
-            .enable_row_level_security(&["patients", "assessments", "audit_outbox", "tenant_keys"])
-            .await
-            .context("cannot set up row-level security")?;
+        database.enable_row_level_security(&["patients", "assessments", "audit_outbox", "tenant_keys"]).await.context(
+            "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
+                 (created here when the user may create roles; see deploy/README.md)",
+        )?;
         let master: Arc<dyn KeyWrapper> = match &config.master_key {
             Some(key) => Arc::new(LocalMasterKey::from_bytes(&decode_master_key(key)?)),
             None => Arc::new(LocalMasterKey::load_or_create(&config.master_key_file).with_context(|| {

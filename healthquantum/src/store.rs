@@ -294,8 +294,8 @@ impl Store {
         let mut transaction = self.begin(tenant_id).await?;
         sqlx::query(
             "INSERT INTO assessments \
-             (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at, \
+             top_features, regression) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(tenant_id)
         .bind(assessment.id.as_str())
@@ -303,9 +303,11 @@ impl Store {
         .bind(assessment.model.as_str())
         .bind(assessment.model_version.as_str())
         .bind(features)
-        .bind(assessment.probability)
+        .bind(assessment.output)
         .bind(assessment.risk_band.as_str())
         .bind(timestamp(assessment.created_at))
+        .bind(serde_json::to_string(&assessment.top_features).expect("contributions serialise"))
+        .bind(i64::from(assessment.regression))
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
@@ -340,7 +342,8 @@ impl Store {
         for row in &rows {
             let patient = patient_from(row, &cipher, tenant_id)?;
             let assessments = sqlx::query(
-                "SELECT id, model, model_version, features, probability, risk_band, created_at FROM assessments \
+                "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, \
+                 regression FROM assessments \
                  WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
             )
             .bind(tenant_id)
@@ -419,7 +422,11 @@ fn assessment_json(row: &AnyRow) -> Result<serde_json::Value, StoreError> {
         "model": row.try_get::<String, _>("model")?,
         "modelVersion": row.try_get::<String, _>("model_version")?,
         "features": features,
-        "probability": row.try_get::<f64, _>("probability")?,
+        "output": row.try_get::<f64, _>("probability")?,
+        "outputKind": if row.try_get::<i64, _>("regression")? == 1 { "value" } else { "probability" },
+        "topFeatures": row
+            .try_get::<Option<String>, _>("top_features")?
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok()),
         "riskBand": row.try_get::<String, _>("risk_band")?,
         "createTime": row.try_get::<String, _>("created_at")?,
     }))

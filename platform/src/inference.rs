@@ -117,11 +117,28 @@ pub struct RiskBand {
     pub upper: f64,
 }
 
+/// What a model answers, by its manifest's `outputs`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Output {
+    /// A binary classifier's `[P(negative), P(positive)]` per row, from this output.
+    Probabilities(String),
+    /// A regressor's value per row, from this output.
+    Value(String),
+}
+
+/// How much one feature moved a prediction (see [`Model::contributions`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Contribution {
+    pub feature: String,
+    /// The prediction minus the prediction with this feature at its training mean.
+    pub contribution: f64,
+}
+
 /// A loaded model with its one session.
 pub struct Model {
     manifest: Manifest,
     session: Mutex<Session>,
-    probabilities_output: String,
+    output: Output,
 }
 
 impl std::fmt::Debug for Model {
@@ -206,10 +223,18 @@ impl Model {
             .collect()
     }
 
-    /// The probability of the positive class for one row.
-    pub fn predict_probability(&self, row: &[f32]) -> Result<f64, InferenceError> {
+    /// True for a regressor (the output is a value, not a probability).
+    pub fn is_regression(&self) -> bool {
+        matches!(self.output, Output::Value(_))
+    }
+
+    /// The model's output for one row: the probability of the positive class for a classifier,
+    /// the predicted value for a regressor.
+    pub fn predict(&self, row: &[f32]) -> Result<f64, InferenceError> {
         let started = Instant::now();
-        let result = self.run(row);
+        let result = self
+            .run(&[row.to_vec()])
+            .and_then(|outputs| outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into())));
         let outcome = if result.is_ok() { "ok" } else { "error" };
         latency_histogram()
             .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
@@ -217,17 +242,62 @@ impl Model {
         result
     }
 
-    fn run(&self, row: &[f32]) -> Result<f64, InferenceError> {
+    /// The probability of the positive class for one row (a classifier's [`Self::predict`]).
+    pub fn predict_probability(&self, row: &[f32]) -> Result<f64, InferenceError> {
+        self.predict(row)
+    }
+
+    /// How much each feature moved the prediction for `row`, largest first: the prediction minus
+    /// the prediction with that feature replaced by its training mean, all scored in one batch.
+    /// An occlusion approximation of feature attribution (not SHAP): features that act together
+    /// share their effect unevenly, and a value at the mean contributes nothing.
+    pub fn contributions(&self, row: &[f32], prediction: f64) -> Result<Vec<Contribution>, InferenceError> {
+        let features = &self.manifest.features;
+        let rows: Vec<Vec<f32>> = features
+            .iter()
+            .enumerate()
+            .map(|(index, feature)| {
+                let mut occluded = row.to_vec();
+                occluded[index] = feature.training_mean as f32;
+                occluded
+            })
+            .collect();
+        let outputs = self.run(&rows)?;
+        let mut contributions: Vec<Contribution> = features
+            .iter()
+            .zip(outputs)
+            .map(|(feature, occluded)| Contribution {
+                feature: feature.name.clone(),
+                contribution: prediction - occluded,
+            })
+            .collect();
+        contributions.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
+        Ok(contributions)
+    }
+
+    /// One output per row, in order.
+    fn run(&self, rows: &[Vec<f32>]) -> Result<Vec<f64>, InferenceError> {
         let runtime = |error: ort::Error| InferenceError::Runtime(error.to_string());
-        let input = Tensor::from_array(([1usize, row.len()], row.to_vec())).map_err(runtime)?;
+        let width = self.manifest.features.len();
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let input = Tensor::from_array(([rows.len(), width], flat)).map_err(runtime)?;
         let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session.run(ort::inputs![self.manifest.input.name.as_str() => input]).map_err(runtime)?;
-        let probabilities = outputs
-            .get(&self.probabilities_output)
-            .ok_or_else(|| InferenceError::Runtime(format!("output {} missing", self.probabilities_output)))?;
-        let (_, values) = probabilities.try_extract_tensor::<f32>().map_err(runtime)?;
-        // Binary classifiers output [P(negative), P(positive)].
-        values.get(1).map(|p| f64::from(*p)).ok_or_else(|| InferenceError::Runtime("empty output".into()))
+        let (name, per_row) = match &self.output {
+            // Binary classifiers output [P(negative), P(positive)] per row.
+            Output::Probabilities(name) => (name, 2),
+            Output::Value(name) => (name, 1),
+        };
+        let tensor = outputs.get(name).ok_or_else(|| InferenceError::Runtime(format!("output {name} missing")))?;
+        let (_, values) = tensor.try_extract_tensor::<f32>().map_err(runtime)?;
+        if values.len() != rows.len() * per_row {
+            return Err(InferenceError::Runtime(format!(
+                "output {name} has {} values for {} rows",
+                values.len(),
+                rows.len()
+            )));
+        }
+        Ok(values.chunks(per_row).map(|chunk| f64::from(chunk[per_row - 1])).collect())
     }
 
     /// The manifest's band for `probability`.
@@ -293,13 +363,18 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, InferenceError> {
 fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Result<Model, InferenceError> {
     let manifest = read_manifest(dir)?;
     let bad = |reason: String| InferenceError::BadManifest { path: dir.to_path_buf(), reason };
-    let probabilities_output =
-        manifest.outputs.get("probabilities").cloned().ok_or_else(|| bad("outputs.probabilities is missing".into()))?;
+    let output = match (manifest.outputs.get("probabilities"), manifest.outputs.get("value")) {
+        (Some(name), _) => Output::Probabilities(name.clone()),
+        (None, Some(name)) => Output::Value(name.clone()),
+        (None, None) => {
+            return Err(bad("outputs must name `probabilities` (a classifier) or `value` (a regressor)".into()));
+        }
+    };
     let session = open_session(environment, &dir.join(&manifest.file), intra_threads)
         .map_err(|error| bad(format!("ONNX Runtime cannot open the model: {error}")))?;
-    let model = Model { manifest, session: Mutex::new(session), probabilities_output };
+    let model = Model { manifest, session: Mutex::new(session), output };
     let warm_up: Vec<f32> = model.manifest.features.iter().map(|f| f.training_mean as f32).collect();
-    model.run(&warm_up)?;
+    model.run(&[warm_up])?;
     Ok(model)
 }
 

@@ -150,11 +150,15 @@ impl Database {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
+        // Created here when the connecting user may; otherwise a DBA creates the role and grants it
+        // to the user beforehand (deploy/README.md), and these are no-ops.
         let mut statements = vec![
-            "DO $$ BEGIN CREATE ROLE aigronova_tenant NOLOGIN; \
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'aigronova_tenant') THEN \
+             CREATE ROLE aigronova_tenant NOLOGIN; END IF; \
              EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
                 .to_owned(),
-            "DO $$ BEGIN EXECUTE format('GRANT aigronova_tenant TO %I', current_user); \
+            "DO $$ BEGIN IF NOT pg_has_role(current_user, 'aigronova_tenant', 'MEMBER') THEN \
+             EXECUTE format('GRANT aigronova_tenant TO %I', current_user); END IF; \
              EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"
                 .to_owned(),
         ];

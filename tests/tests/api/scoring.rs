@@ -44,6 +44,8 @@ async fn scores_match_the_python_reference(backend: Backend) {
         };
         assert_eq!(assessment["riskBand"], band);
         assert!(assessment["id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert_eq!(assessment["value"], assessment["probability"]);
+        assert_eq!(assessment["topFeatures"].as_array().map(Vec::len), Some(5), "{assessment}");
     }
     assert_eq!(app.count_health_rows("assessments").await, 3);
     app.stop().await;
@@ -111,4 +113,57 @@ async fn the_model_cards_say_what_each_model_is_and_where_its_data_came_from() {
     assert!(card["trainingData"]["licence"].as_str().unwrap().contains("CC BY 4.0"));
     assert!(card["metrics"]["heldout_auc"].as_f64().unwrap() > 0.9);
     app.stop().await;
+}
+
+async fn diabetes_progression_matches_the_python_reference(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let path = models_dir().join("diabetes-progression/1/reference.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("reference.json")).unwrap();
+    let rows = reference["rows"].as_array().expect("rows");
+    assert!(rows.len() >= 3);
+    let names = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"];
+    for row in rows {
+        let body = json!({"model": "diabetes-progression", "features": row["features"]});
+        let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
+        assert_eq!(response.status(), 200);
+        let assessment: Value = response.json().await.unwrap();
+        let expected = row["value"].as_f64().unwrap();
+        let actual = assessment["value"].as_f64().expect("value");
+        assert!((actual - expected).abs() < 1e-5, "value {actual} differs from the reference {expected}");
+        assert!(
+            assessment.get("probability").is_none_or(|p| p.as_f64() == Some(0.0)),
+            "a regressor has no probability"
+        );
+        let band = if expected < 100.0 {
+            "low"
+        } else if expected < 200.0 {
+            "moderate"
+        } else {
+            "high"
+        };
+        assert_eq!(assessment["riskBand"], band);
+        assert_eq!(assessment["modelVersion"], "1");
+        let top = assessment["topFeatures"].as_array().expect("topFeatures");
+        assert_eq!(top.len(), 5);
+        let sizes: Vec<f64> = top.iter().map(|t| t["contribution"].as_f64().unwrap_or(0.0).abs()).collect();
+        assert!(sizes.windows(2).all(|pair| pair[0] >= pair[1]), "largest first: {top:?}");
+        assert!(top.iter().all(|t| names.contains(&t["feature"].as_str().unwrap())));
+        // The same input gives the same reasons.
+        let again: Value =
+            app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await.json().await.unwrap();
+        assert_eq!(again["topFeatures"], assessment["topFeatures"]);
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn diabetes_progression_matches_the_python_reference_on_sqlite() {
+    diabetes_progression_matches_the_python_reference(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn diabetes_progression_matches_the_python_reference_on_postgres() {
+    diabetes_progression_matches_the_python_reference(Backend::Postgres).await;
 }

@@ -48,20 +48,27 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* A service's config section: quantum-studio -> QUANTUM_STUDIO. */}}
+{{/* A service's config section: quantum-studio -> QUANTUM_STUDIO. Only for sections: a map key
+under a section (an upstream's owner, a data-subject service) keeps its dashes. */}}
 {{- define "aigronova.section" -}}
 {{- . | upper | replace "-" "_" -}}
 {{- end -}}
 
+{{/* The service that keeps the audit log, as `aigronova serve` names it. */}}
+{{- define "aigronova.governanceName" -}}
+ai-governance
+{{- end -}}
+
 {{/*
 The components, gateway first, as {"components": [...]}: each with its name, kind (gateway or
-service), port, config section, owner and settings (serviceDefaults overridden by its own values).
+service), port, config section, owner, governance (true for ai-governance only) and settings
+(serviceDefaults overridden by its own values).
 */}}
 {{- define "aigronova.components" -}}
 {{- $root := . -}}
 {{- $components := list -}}
 {{- $gateway := mergeOverwrite (deepCopy .Values.serviceDefaults) (deepCopy .Values.gateway) -}}
-{{- $components = append $components (dict "name" "gateway" "kind" "gateway" "port" .Values.gateway.httpPort "portName" "http" "section" "GATEWAY" "owner" "gateway" "settings" $gateway) -}}
+{{- $components = append $components (dict "name" "gateway" "kind" "gateway" "port" .Values.gateway.httpPort "portName" "http" "section" "GATEWAY" "owner" "gateway" "governance" false "settings" $gateway) -}}
 {{- range $name, $service := .Values.services -}}
 {{- if or (not (hasKey $service "enabled")) $service.enabled -}}
 {{- if not (regexMatch "^[a-z][a-z0-9-]*[a-z0-9]$" $name) -}}
@@ -69,7 +76,8 @@ service), port, config section, owner and settings (serviceDefaults overridden b
 {{- end -}}
 {{- $settings := mergeOverwrite (deepCopy $root.Values.serviceDefaults) (deepCopy $service) -}}
 {{- $section := default (include "aigronova.section" $name) $service.section -}}
-{{- $components = append $components (dict "name" $name "kind" "service" "port" $service.grpcPort "portName" "grpc" "section" $section "owner" (default $name $service.owner) "settings" $settings) -}}
+{{- $governance := eq $name (include "aigronova.governanceName" $root) -}}
+{{- $components = append $components (dict "name" $name "kind" "service" "port" $service.grpcPort "portName" "grpc" "section" $section "owner" (default $name $service.owner) "governance" $governance "settings" $settings) -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml (dict "components" $components) -}}
