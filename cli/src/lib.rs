@@ -139,6 +139,7 @@ impl AppConfig {
         self.healthquantum.database_url = format!("sqlite://{}", data_dir.join("healthquantum.db").display());
         self.healthquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         self.healthquantum.master_key_file = data_dir.join("healthquantum-master.key");
+        self.healthquantum.objects_url = format!("file://{}", data_dir.join("healthquantum-objects").display());
         self.ai_governance.database_url = format!("sqlite://{}", data_dir.join("ai-governance.db").display());
         self.ai_governance.signing_key_file = data_dir.join("ai-governance-checkpoint.key");
         self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));

@@ -186,7 +186,8 @@ impl Generator {
         let input = method.input();
         let bound: BTreeSet<&str> = template_variables(&route.template).collect();
         let mut parameters = Vec::new();
-        for name in &bound {
+        // In the template's order: clients and generated SDKs read them positionally.
+        for name in template_variables(&route.template) {
             let field = input.get_field_by_name(name);
             let schema = field.as_ref().map_or_else(|| json!({"type": "string"}), |field| self.field_schema(field));
             let mut parameter = json!({"name": name, "in": "path", "required": true, "schema": schema});

@@ -9,11 +9,15 @@ use aigronova_platform::{
     auth,
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
+    objects::Objects,
     subject::{self, SUBJECT_SCOPE},
 };
-use aigronova_proto::aigronova::{
-    common::v1::{self as common, data_subject_server::DataSubject},
-    health::v1 as proto,
+use aigronova_proto::{
+    aigronova::{
+        common::v1::{self as common, data_subject_server::DataSubject},
+        health::v1 as proto,
+    },
+    google::api::HttpBody,
 };
 use chrono::{DateTime, Utc};
 use tonic::{Request, Response, Status};
@@ -31,12 +35,33 @@ pub(crate) struct HealthQuantumApi {
     models: ModelRegistry,
     outbox: OutboxWaker,
     monitor: InferenceMonitor,
+    objects: Objects,
 }
 
 impl HealthQuantumApi {
-    pub(crate) fn new(store: Store, models: ModelRegistry, outbox: OutboxWaker, monitor: InferenceMonitor) -> Self {
-        Self { store, models, outbox, monitor }
+    pub(crate) fn new(
+        store: Store,
+        models: ModelRegistry,
+        outbox: OutboxWaker,
+        monitor: InferenceMonitor,
+        objects: Objects,
+    ) -> Self {
+        Self { store, models, outbox, monitor, objects }
     }
+
+    /// Deletes the reports of the assessments of `patient_ids`; a failure is logged, the reports
+    /// being copies of what the database holds.
+    async fn delete_reports(&self, tenant_id: &str, assessment_ids: &[String]) {
+        for id in assessment_ids {
+            if let Err(error) = self.objects.delete(&report_key(tenant_id, id)).await {
+                tracing::error!(%error, assessment = %id, "report not deleted");
+            }
+        }
+    }
+}
+
+fn report_key(tenant_id: &str, assessment_id: &str) -> String {
+    format!("reports/{tenant_id}/{assessment_id}.pdf")
 }
 
 #[tonic::async_trait]
@@ -156,7 +181,9 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             &format!("patient:{id}"),
             serde_json::json!({"deleted": ["patient", "assessments"]}),
         );
+        let assessments = self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await?;
         self.store.delete_patient(&caller.tenant_id, &id, &event).await?;
+        self.delete_reports(&caller.tenant_id, &assessments).await;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, patient = %id, "patient deleted");
         Ok(Response::new(proto::DeletePatientResponse {}))
@@ -204,6 +231,38 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             "risk assessed"
         );
         Ok(Response::new(assessment.into()))
+    }
+
+    async fn get_assessment_report(
+        &self,
+        request: Request<proto::GetAssessmentReportRequest>,
+    ) -> Result<Response<HttpBody>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
+        let event = |patient: &Patient| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                "health.GetAssessmentReport",
+                &format!("patient:{}", patient.id),
+                serde_json::json!({"assessmentId": id, "fields": ["name", "cpf", "birthDate"]}),
+            )
+        };
+        let (patient, assessment) = self.store.report_data(&caller.tenant_id, &patient_id, &id, event).await?;
+        self.outbox.wake();
+        let key = report_key(&caller.tenant_id, &id);
+        let pdf = match self.objects.get(&key).await? {
+            Some(pdf) => pdf,
+            None => {
+                let model = self.models.get(&assessment.model)?;
+                let pdf = crate::report::render(&patient, &assessment, model.manifest());
+                self.objects.put(&key, pdf.clone()).await?;
+                pdf
+            }
+        };
+        Ok(Response::new(HttpBody { content_type: "application/pdf".into(), data: pdf, extensions: Vec::new() }))
     }
 
     async fn list_models(
@@ -323,6 +382,8 @@ impl DataSubject for HealthQuantumApi {
         };
         let erased = self.store.erase_subject(&caller.tenant_id, &cpf, event).await?;
         self.outbox.wake();
+        let reports = self.store.assessment_ids(&caller.tenant_id, &erased).await?;
+        self.delete_reports(&caller.tenant_id, &reports).await;
         tracing::info!(tenant = %caller.tenant_id, patients = erased.len(), "data subject erased");
         let retained = if erased.is_empty() {
             Vec::new()

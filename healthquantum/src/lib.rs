@@ -11,6 +11,7 @@
 pub mod assessment;
 mod grpc;
 pub mod patient;
+mod report;
 mod store;
 
 use std::{
@@ -63,6 +64,8 @@ pub struct Config {
     pub master_key: Option<String>,
     /// File holding the master key; created with a new key (mode 0600) when missing.
     pub master_key_file: PathBuf,
+    /// Where reports (and images) are kept: `file://<directory>` or `s3://<bucket>[/<prefix>]`.
+    pub objects_url: String,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             database_url: "sqlite://data/healthquantum.db".into(),
             master_key: None,
             master_key_file: PathBuf::from("data/healthquantum-master.key"),
+            objects_url: "file://data/healthquantum-objects".into(),
         }
     }
 }
@@ -91,6 +95,8 @@ impl Validate for Config {
         if let Some(key) = &self.master_key {
             decode_master_key(key)?;
         }
+        aigronova_platform::objects::Objects::check_url(&self.objects_url)
+            .map_err(|error| ConfigError(format!("healthquantum.objects_url: {error}")))?;
         self.database_url.parse::<Backend>().map_err(|_| {
             ConfigError("healthquantum.database_url must start with sqlite:, postgres: or postgresql:".into())
         })?;
@@ -158,7 +164,9 @@ impl HealthQuantumService {
             governance.signer.clone().unwrap_or_else(TokenSigner::generate),
         );
         let monitor = InferenceMonitor::default();
-        let api = HealthQuantumApi::new(store, models.clone(), relay.waker(), monitor.clone());
+        let objects = aigronova_platform::objects::Objects::open(&config.objects_url)
+            .with_context(|| format!("cannot open the object store {}", config.objects_url))?;
+        let api = HealthQuantumApi::new(store, models.clone(), relay.waker(), monitor.clone(), objects);
         Ok(Self { listener, database, api, verifier, relay, governance, models, monitor })
     }
 

@@ -318,6 +318,72 @@ impl Store {
 }
 
 impl Store {
+    /// The patient and their assessment `id`, for a report shown to a caller, with its audit
+    /// event (`event(&patient)`) in the same transaction. `NotFound` unless both are the tenant's.
+    pub(crate) async fn report_data(
+        &self,
+        tenant_id: &str,
+        patient_id: &PatientId,
+        id: &str,
+        event: impl FnOnce(&Patient) -> AuditEvent,
+    ) -> Result<(Patient, Assessment), Error> {
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin(tenant_id).await?;
+        let patient = fetch_patient(&mut transaction, &cipher, tenant_id, patient_id).await?;
+        let row = sqlx::query(
+            "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, regression \
+             FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id = $3",
+        )
+        .bind(tenant_id)
+        .bind(patient_id.as_str())
+        .bind(id)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound("assessment".into()))?;
+        let corrupt =
+            |what: &str, error: serde_json::Error| StoreError::Corrupt(format!("assessments.{what}: {error}"));
+        let features: String = row.try_get("features").map_err(StoreError::from)?;
+        let top: Option<String> = row.try_get("top_features").map_err(StoreError::from)?;
+        let assessment = Assessment {
+            id: row.try_get("id").map_err(StoreError::from)?,
+            patient_id: patient_id.clone(),
+            model: row.try_get("model").map_err(StoreError::from)?,
+            model_version: row.try_get("model_version").map_err(StoreError::from)?,
+            features: serde_json::from_str(&features).map_err(|error| corrupt("features", error))?,
+            output: row.try_get("probability").map_err(StoreError::from)?,
+            regression: row.try_get::<i64, _>("regression").map_err(StoreError::from)? == 1,
+            risk_band: row.try_get("risk_band").map_err(StoreError::from)?,
+            top_features: top
+                .map(|json| serde_json::from_str(&json).map_err(|error| corrupt("top_features", error)))
+                .transpose()?
+                .unwrap_or_default(),
+            created_at: parse_time("created_at", &row.try_get::<String, _>("created_at").map_err(StoreError::from)?)?,
+        };
+        audit::enqueue(&mut transaction, &event(&patient)).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok((patient, assessment))
+    }
+
+    /// The ids of the assessments of `patient_ids` (their reports are objects to delete).
+    pub(crate) async fn assessment_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        let mut ids = Vec::new();
+        for patient_id in patient_ids {
+            let rows = sqlx::query("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2")
+                .bind(tenant_id)
+                .bind(patient_id)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+            for row in rows {
+                ids.push(row.try_get::<String, _>("id").map_err(StoreError::from)?);
+            }
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(ids)
+    }
+
     /// Everything held about the patients of `tenant_id` with `cpf`, as JSON, and its audit
     /// event (`event(patient ids)`) in the same transaction.
     pub(crate) async fn export_subject(

@@ -305,6 +305,7 @@ async fn spawn_app(engine: Engine) -> TestApp {
         database_url,
         master_key: None,
         master_key_file: data_dir.path().join("master.key"),
+        objects_url: format!("file://{}", data_dir.path().join("objects").display()),
     };
     let models_dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"));
     let manifest = read_manifest(&models_dir.join(MODEL).join("1")).unwrap();

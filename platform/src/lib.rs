@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod inference;
 pub mod metrics_http;
 pub mod monitoring;
+pub mod objects;
 pub mod pdf;
 pub mod shutdown;
 pub mod storage;

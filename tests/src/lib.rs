@@ -190,6 +190,11 @@ async fn create_postgres_database(name: &str) {
 }
 
 impl TestApp {
+    /// The folder of the platform's embedded files (SQLite databases, keys, objects).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
     /// Where healthquantum serves gRPC, for calls that bypass the gateway.
     pub fn health_grpc_addr(&self) -> std::net::SocketAddr {
         self.health_grpc_addr

@@ -174,3 +174,80 @@ async fn row_level_security_hides_other_tenants_from_a_query_without_its_filter(
     connection.close().await.unwrap();
     app.stop().await;
 }
+
+async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Clínica Relatório").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient =
+        create(&app, &key, json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"})).await;
+    let patient = patient["id"].as_str().unwrap().to_owned();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(aigronova_e2e::models_dir().join("diabetes-progression/1/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let body = json!({"model": "diabetes-progression", "features": reference["rows"][0]["features"]});
+    let assessment: Value =
+        app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await.json().await.unwrap();
+    let id = assessment["id"].as_str().unwrap();
+    let path = format!("/v1/health/patients/{patient}/assessments/{id}/report");
+
+    let response = app.get(&path, &key).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+    let pdf = response.bytes().await.unwrap();
+    let text = aigronova_e2e::pdf_text(&pdf);
+    for expected in [
+        "Maria Silva",
+        "***.***.***-25",
+        "diabetes-progression v1",
+        &format!("{:.4}", assessment["value"].as_f64().unwrap()),
+        assessment["riskBand"].as_str().unwrap(),
+        assessment["topFeatures"][0]["feature"].as_str().unwrap(),
+        "não o substitui",
+        "does not replace it",
+        "load_diabetes",
+    ] {
+        assert!(text.contains(expected), "the report lacks {expected:?}:\n{text}");
+    }
+    assert!(!text.contains("52998224725"), "the CPF is masked");
+    let stored = app.data_dir().join(format!("healthquantum-objects/reports/{tenant}/{id}.pdf"));
+    assert_eq!(std::fs::read(&stored).expect("the report is kept"), pdf.to_vec());
+    let again = app.get(&path, &key).await.bytes().await.unwrap();
+    assert_eq!(again, pdf, "served from the store");
+
+    // Another tenant's key, an unknown assessment, a malformed id: refused, nothing stored.
+    let other = app.create_tenant("Outra").await;
+    let other_key = app.create_key(&other, SCOPES).await;
+    assert_problem(app.get(&path, &other_key).await, 404).await;
+    let unknown = format!("/v1/health/patients/{patient}/assessments/0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b/report");
+    assert_problem(app.get(&unknown, &key).await, 404).await;
+    assert_problem(app.get(&format!("/v1/health/patients/{patient}/assessments/nope/report"), &key).await, 400).await;
+    let reports = app.data_dir().join("healthquantum-objects/reports");
+    let kept: Vec<_> = walk(&reports);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+
+    // Deleting the patient deletes the report.
+    assert_eq!(app.delete(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
+    assert!(!stored.exists(), "the report went with the patient");
+    app.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+#[tokio::test]
+async fn an_assessment_report_is_a_pdf_kept_in_the_object_store_on_sqlite() {
+    an_assessment_report_is_a_pdf_kept_in_the_object_store(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_assessment_report_is_a_pdf_kept_in_the_object_store_on_postgres() {
+    an_assessment_report_is_a_pdf_kept_in_the_object_store(Backend::Postgres).await;
+}

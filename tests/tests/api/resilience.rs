@@ -139,6 +139,13 @@ impl HealthQuantum for StandIn {
         Err(Status::unimplemented("the stand-in has no models"))
     }
 
+    async fn get_assessment_report(
+        &self,
+        _request: Request<proto::GetAssessmentReportRequest>,
+    ) -> Result<Response<aigronova_proto::google::api::HttpBody>, Status> {
+        Err(Status::unimplemented("the stand-in has no reports"))
+    }
+
     async fn list_patients(
         &self,
         _request: Request<proto::ListPatientsRequest>,

@@ -1,0 +1,60 @@
+//! The PDF report of an assessment: the patient, the inputs, the result and what moved it, a
+//! summary of the model card, and the reminder that the score supports clinical judgement and
+//! does not replace it.
+
+use aigronova_platform::{inference::Manifest, pdf::PdfDocument};
+
+use crate::{assessment::Assessment, patient::Patient};
+
+/// The report of `assessment` for `patient`, scored by the model `manifest` describes.
+pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Manifest) -> Vec<u8> {
+    let mut pdf = PdfDocument::new("Relatório de avaliação de risco / Risk assessment report");
+    pdf.heading("Paciente / Patient");
+    pdf.field("Nome / Name", patient.name.as_str());
+    pdf.field("CPF", &format!("***.***.***-{}", &patient.cpf.as_str()[9..]));
+    pdf.field("Nascimento / Birth date", &patient.birth_date.to_string());
+    pdf.field("Paciente / Patient id", patient.id.as_str());
+
+    pdf.heading("Resultado / Result");
+    pdf.field("Avaliação / Assessment", &assessment.id);
+    pdf.field("Data / Date", &assessment.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    pdf.field("Modelo / Model", &format!("{} v{}", assessment.model, assessment.model_version));
+    let output = if assessment.regression {
+        format!("predicted value {:.4}", assessment.output)
+    } else {
+        format!("probability of {} {:.4}", manifest.positive_class, assessment.output)
+    };
+    pdf.field("Saída / Output", &output);
+    pdf.field("Faixa de risco / Risk band", &assessment.risk_band);
+    pdf.subheading("Fatores que mais pesaram / Top contributing features");
+    for (feature, contribution) in &assessment.top_features {
+        pdf.field(feature, &format!("{contribution:+.4}"));
+    }
+    pdf.paragraph(
+        "Contribution: the output minus the output with that feature at its training mean (an occlusion \
+         approximation of feature attribution, not SHAP values).",
+    );
+
+    pdf.heading("Dados de entrada / Inputs");
+    for (feature, value) in &assessment.features {
+        pdf.field(feature, &format!("{value}"));
+    }
+
+    pdf.heading("Modelo / Model card");
+    pdf.paragraph(&manifest.description);
+    pdf.field("Dados de treino / Training data", &manifest.training_data.source);
+    pdf.field("Licença / Licence", &manifest.training_data.licence);
+    let metrics: Vec<String> = manifest.metrics.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
+    pdf.field("Métricas / Held-out metrics", &metrics.join(", "));
+    pdf.field("Uso pretendido / Intended use", &manifest.intended_use);
+    pdf.field("Limitações / Limitations", &manifest.limitations);
+    pdf.monospace(&format!("sha256 {}", manifest.sha256));
+
+    pdf.heading("Aviso / Disclaimer");
+    pdf.paragraph(
+        "Este resultado apoia o julgamento clínico e não o substitui: a decisão cabe ao profissional de saúde \
+         responsável. This result supports clinical judgement and does not replace it: the decision rests with \
+         the responsible health professional.",
+    );
+    pdf.to_bytes()
+}
