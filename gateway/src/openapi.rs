@@ -236,7 +236,17 @@ impl Generator {
                 schema["title"] = input.full_name().into();
                 schema
             }
-            field => self.field_schema(&input.get_field_by_name(field)?),
+            field => {
+                let field = input.get_field_by_name(field)?;
+                if matches!(field.kind(), Kind::Message(kind) if kind.full_name() == "google.api.HttpBody") {
+                    return Some(json!({
+                        "required": true,
+                        "description": "The raw body, sent with its own Content-Type.",
+                        "content": {"*/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}},
+                    }));
+                }
+                self.field_schema(&field)
+            }
         };
         Some(json!({"content": {"application/json": {"schema": schema}}}))
     }

@@ -93,7 +93,8 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes).await?;
-    let message = transcode::request_message(&matched, parts.uri.query(), &body)?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =
         Caller { tenant_id: tenant_id.to_owned(), subject: principal.key_id.clone(), scopes: principal.scopes.clone() };

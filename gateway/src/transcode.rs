@@ -19,10 +19,13 @@ use prost_reflect::{
 use crate::{problem::Problem, routes::Matched};
 
 /// Builds the request message of `matched` from the HTTP request's parts.
+/// The request message of `matched` from its path variables, query string and body. A body
+/// mapped to a `google.api.HttpBody` field is taken raw, with `content_type`.
 pub(crate) fn request_message(
     matched: &Matched<'_>,
     query: Option<&str>,
     body: &[u8],
+    content_type: Option<&str>,
 ) -> Result<DynamicMessage, Problem> {
     let route = matched.route;
     let input = route.method.input();
@@ -41,7 +44,12 @@ pub(crate) fn request_message(
             let mut message = DynamicMessage::new(input.clone());
             let field = input.get_field_by_name(field_name).ok_or_else(Problem::internal)?;
             if let Kind::Message(kind) = field.kind() {
-                message.set_field(&field, Value::Message(parse_body(&kind, body)?));
+                let value = if kind.full_name() == "google.api.HttpBody" {
+                    raw_body(&kind, body, content_type)?
+                } else {
+                    parse_body(&kind, body)?
+                };
+                message.set_field(&field, Value::Message(value));
             }
             message
         }
@@ -56,6 +64,21 @@ pub(crate) fn request_message(
     {
         apply_query(&mut message, query)?;
     }
+    Ok(message)
+}
+
+fn raw_body(
+    descriptor: &MessageDescriptor,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<DynamicMessage, Problem> {
+    let content_type = content_type
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| Problem::bad_request("send the body's media type in Content-Type"))?;
+    let mut message = DynamicMessage::new(descriptor.clone());
+    message.set_field_by_name("content_type", Value::String(content_type.to_owned()));
+    message.set_field_by_name("data", Value::Bytes(bytes::Bytes::copy_from_slice(body)));
     Ok(message)
 }
 

@@ -24,8 +24,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     assessment::{self, Assessment, AssessmentRequest, ModelInput},
+    imaging,
     patient::{Cpf, Email, NewPatient, Patient, PatientChanges, PatientId, Phone},
-    store::{PatientFilter, Store},
+    store::{ImageRecord, PatientFilter, Store},
 };
 
 /// The state every call shares.
@@ -49,6 +50,17 @@ impl HealthQuantumApi {
         Self { store, models, outbox, monitor, objects }
     }
 
+    /// Deletes the objects of images whose records are gone; a failure is logged.
+    async fn delete_image_objects(&self, tenant_id: &str, image_ids: &[String]) {
+        for id in image_ids {
+            for key in [image_key(tenant_id, id), thumbnail_key(tenant_id, id)] {
+                if let Err(error) = self.objects.delete(&key).await {
+                    tracing::error!(%error, image = %id, "image object not deleted");
+                }
+            }
+        }
+    }
+
     /// Deletes the reports of the assessments of `patient_ids`; a failure is logged, the reports
     /// being copies of what the database holds.
     async fn delete_reports(&self, tenant_id: &str, assessment_ids: &[String]) {
@@ -57,6 +69,29 @@ impl HealthQuantumApi {
                 tracing::error!(%error, assessment = %id, "report not deleted");
             }
         }
+    }
+}
+
+fn image_key(tenant_id: &str, image_id: &str) -> String {
+    format!("images/{tenant_id}/{image_id}")
+}
+
+fn thumbnail_key(tenant_id: &str, image_id: &str) -> String {
+    format!("images/{tenant_id}/{image_id}.thumbnail.png")
+}
+
+fn image_message(image: ImageRecord) -> proto::Image {
+    let create_time = DateTime::parse_from_rfc3339(&image.created_at).ok().map(|at| timestamp(at.with_timezone(&Utc)));
+    proto::Image {
+        id: image.id,
+        patient_id: image.patient_id,
+        media_type: image.media_type,
+        size_bytes: image.size_bytes,
+        sha256: image.sha256,
+        has_thumbnail: image.has_thumbnail,
+        width: i32::try_from(image.width).unwrap_or(0),
+        height: i32::try_from(image.height).unwrap_or(0),
+        create_time,
     }
 }
 
@@ -182,8 +217,10 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             serde_json::json!({"deleted": ["patient", "assessments"]}),
         );
         let assessments = self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await?;
+        let images = self.store.image_ids(&caller.tenant_id, &[id.to_string()]).await?;
         self.store.delete_patient(&caller.tenant_id, &id, &event).await?;
         self.delete_reports(&caller.tenant_id, &assessments).await;
+        self.delete_image_objects(&caller.tenant_id, &images).await;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, patient = %id, "patient deleted");
         Ok(Response::new(proto::DeletePatientResponse {}))
@@ -263,6 +300,104 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             }
         };
         Ok(Response::new(HttpBody { content_type: "application/pdf".into(), data: pdf, extensions: Vec::new() }))
+    }
+
+    async fn upload_image(
+        &self,
+        request: Request<proto::UploadImageRequest>,
+    ) -> Result<Response<proto::Image>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::UploadImageRequest { patient_id, body } = request.into_inner();
+        let patient_id = PatientId::parse("patient_id", &patient_id)?;
+        let bytes = body.map(|body| body.data).unwrap_or_default();
+        if bytes.is_empty() {
+            return Err(aigronova_platform::Error::invalid("body", "send the image's bytes as the request body").into());
+        }
+        self.store.patient_exists(&caller.tenant_id, &patient_id).await?;
+        let (bytes, examined) = tokio::task::spawn_blocking(move || {
+            let examined = imaging::examine(&bytes);
+            (bytes, examined)
+        })
+        .await
+        .map_err(|error| aigronova_platform::error::internal(&error))?;
+        let examined = examined?;
+        let record = ImageRecord {
+            id: uuid::Uuid::now_v7().to_string(),
+            patient_id: patient_id.to_string(),
+            media_type: examined.media_type.as_str().to_owned(),
+            size_bytes: i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+            sha256: {
+                use sha2::{Digest, Sha256};
+                hex::encode(Sha256::digest(&bytes))
+            },
+            width: i64::from(examined.width),
+            height: i64::from(examined.height),
+            has_thumbnail: examined.thumbnail.is_some(),
+            created_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        };
+        // The bytes first: a record never points at a missing object.
+        self.objects.put(&image_key(&caller.tenant_id, &record.id), bytes).await?;
+        if let Some(thumbnail) = examined.thumbnail {
+            self.objects.put(&thumbnail_key(&caller.tenant_id, &record.id), thumbnail).await?;
+        }
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::PersonalDataChange,
+            "health.UploadImage",
+            &format!("patient:{patient_id}"),
+            serde_json::json!({"imageId": record.id, "mediaType": record.media_type, "sizeBytes": record.size_bytes}),
+        );
+        if let Err(error) = self.store.insert_image(&caller.tenant_id, &record, &event).await {
+            self.delete_image_objects(&caller.tenant_id, std::slice::from_ref(&record.id)).await;
+            return Err(error.into());
+        }
+        self.outbox.wake();
+        Ok(Response::new(image_message(record)))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<proto::ListImagesRequest>,
+    ) -> Result<Response<proto::ListImagesResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        self.store.patient_exists(&caller.tenant_id, &patient_id).await?;
+        let images = self.store.images(&caller.tenant_id, &patient_id).await?;
+        Ok(Response::new(proto::ListImagesResponse { images: images.into_iter().map(image_message).collect() }))
+    }
+
+    async fn get_image(&self, request: Request<proto::GetImageRequest>) -> Result<Response<HttpBody>, Status> {
+        self.image_object(request, false).await
+    }
+
+    async fn get_image_thumbnail(
+        &self,
+        request: Request<proto::GetImageRequest>,
+    ) -> Result<Response<HttpBody>, Status> {
+        self.image_object(request, true).await
+    }
+
+    async fn delete_image(
+        &self,
+        request: Request<proto::GetImageRequest>,
+    ) -> Result<Response<proto::DeleteImageResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
+        let image = self.store.image(&caller.tenant_id, &patient_id, &id, None).await?;
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::PersonalDataChange,
+            "health.DeleteImage",
+            &format!("patient:{patient_id}"),
+            serde_json::json!({"imageId": image.id}),
+        );
+        self.store.delete_images(&caller.tenant_id, std::slice::from_ref(&image.id), &event).await?;
+        self.delete_image_objects(&caller.tenant_id, std::slice::from_ref(&image.id)).await;
+        self.outbox.wake();
+        Ok(Response::new(proto::DeleteImageResponse {}))
     }
 
     async fn list_models(
@@ -384,6 +519,19 @@ impl DataSubject for HealthQuantumApi {
         self.outbox.wake();
         let reports = self.store.assessment_ids(&caller.tenant_id, &erased).await?;
         self.delete_reports(&caller.tenant_id, &reports).await;
+        let images = self.store.image_ids(&caller.tenant_id, &erased).await?;
+        if !images.is_empty() {
+            let event = AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::PersonalDataChange,
+                "health.EraseSubject",
+                &subject_of(&erased),
+                serde_json::json!({"subjectRequest": request_id, "images": images.len()}),
+            );
+            self.store.delete_images(&caller.tenant_id, &images, &event).await?;
+            self.delete_image_objects(&caller.tenant_id, &images).await;
+        }
         tracing::info!(tenant = %caller.tenant_id, patients = erased.len(), "data subject erased");
         let retained = if erased.is_empty() {
             Vec::new()
@@ -400,6 +548,44 @@ impl DataSubject for HealthQuantumApi {
             erased_records: i64::try_from(erased.len()).unwrap_or(i64::MAX),
             retained,
         }))
+    }
+}
+
+impl HealthQuantumApi {
+    /// An image's bytes, or its thumbnail, audited as a read of health data.
+    async fn image_object(
+        &self,
+        request: Request<proto::GetImageRequest>,
+        thumbnail: bool,
+    ) -> Result<Response<HttpBody>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::SensitiveRead,
+            if thumbnail { "health.GetImageThumbnail" } else { "health.GetImage" },
+            &format!("patient:{patient_id}"),
+            serde_json::json!({"imageId": id}),
+        );
+        let image = self.store.image(&caller.tenant_id, &patient_id, &id, Some(&event)).await?;
+        self.outbox.wake();
+        let (key, content_type) = if thumbnail {
+            if !image.has_thumbnail {
+                return Err(aigronova_platform::Error::NotFound(
+                    "thumbnail (only PNG and JPEG images have one)".into(),
+                )
+                .into());
+            }
+            (thumbnail_key(&caller.tenant_id, &image.id), "image/png".to_owned())
+        } else {
+            (image_key(&caller.tenant_id, &image.id), image.media_type)
+        };
+        let data = self.objects.get(&key).await?.ok_or_else(|| {
+            aigronova_platform::error::internal(&format!("image {} has no object at {key}", image.id))
+        })?;
+        Ok(Response::new(HttpBody { content_type, data, extensions: Vec::new() }))
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod assessment;
 mod grpc;
+pub mod imaging;
 pub mod patient;
 mod report;
 mod store;
@@ -138,10 +139,13 @@ impl HealthQuantumService {
         let mut database = Database::connect(&config.database_url, &MIGRATOR)
             .await
             .context("cannot open the healthquantum database")?;
-        database.enable_row_level_security(&["patients", "assessments", "audit_outbox", "tenant_keys"]).await.context(
-            "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
+        database
+            .enable_row_level_security(&["patients", "assessments", "images", "audit_outbox", "tenant_keys"])
+            .await
+            .context(
+                "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
                  (created here when the user may create roles; see deploy/README.md)",
-        )?;
+            )?;
         let master: Arc<dyn KeyWrapper> = match &config.master_key {
             Some(key) => Arc::new(LocalMasterKey::from_bytes(&decode_master_key(key)?)),
             None => Arc::new(LocalMasterKey::load_or_create(&config.master_key_file).with_context(|| {

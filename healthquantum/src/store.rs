@@ -28,6 +28,20 @@ const SCAN_BATCH: i64 = 200;
 /// Rows one list call examines at most before it returns a page (possibly short).
 const SCAN_LIMIT: usize = 2000;
 
+/// A stored image's metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ImageRecord {
+    pub(crate) id: String,
+    pub(crate) patient_id: String,
+    pub(crate) media_type: String,
+    pub(crate) size_bytes: i64,
+    pub(crate) sha256: String,
+    pub(crate) width: i64,
+    pub(crate) height: i64,
+    pub(crate) has_thumbnail: bool,
+    pub(crate) created_at: String,
+}
+
 /// The personal fields, as sealed.
 #[derive(Serialize, Deserialize)]
 struct Sealed {
@@ -227,6 +241,7 @@ impl Store {
             .ok_or_else(|| Error::NotFound("patient".into()))?;
         for sql in [
             "DELETE FROM assessments WHERE tenant_id = $1 AND patient_id = $2",
+            "DELETE FROM images WHERE tenant_id = $1 AND patient_id = $2",
             "DELETE FROM patients WHERE tenant_id = $1 AND id = $2",
         ] {
             sqlx::query(sql)
@@ -318,6 +333,121 @@ impl Store {
 }
 
 impl Store {
+    /// Records `image` of its patient, who must be a patient of `tenant_id`, with its audit event.
+    pub(crate) async fn insert_image(
+        &self,
+        tenant_id: &str,
+        image: &ImageRecord,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
+            .bind(tenant_id)
+            .bind(&image.patient_id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound("patient".into()))?;
+        sqlx::query(
+            "INSERT INTO images (tenant_id, id, patient_id, media_type, size_bytes, sha256, width, height, \
+             has_thumbnail, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(tenant_id)
+        .bind(&image.id)
+        .bind(&image.patient_id)
+        .bind(&image.media_type)
+        .bind(image.size_bytes)
+        .bind(&image.sha256)
+        .bind(image.width)
+        .bind(image.height)
+        .bind(i64::from(image.has_thumbnail))
+        .bind(&image.created_at)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// The images of a patient of `tenant_id`, oldest first.
+    pub(crate) async fn images(&self, tenant_id: &str, patient_id: &PatientId) -> Result<Vec<ImageRecord>, Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        let rows = sqlx::query(
+            "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
+             FROM images WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
+        )
+        .bind(tenant_id)
+        .bind(patient_id.as_str())
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(rows.iter().map(image_from).collect::<Result<_, _>>()?)
+    }
+
+    /// One image of a patient of `tenant_id`; when `event` is given, the read is audited with it.
+    pub(crate) async fn image(
+        &self,
+        tenant_id: &str,
+        patient_id: &PatientId,
+        id: &str,
+        event: Option<&AuditEvent>,
+    ) -> Result<ImageRecord, Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        let row = sqlx::query(
+            "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
+             FROM images WHERE tenant_id = $1 AND patient_id = $2 AND id = $3",
+        )
+        .bind(tenant_id)
+        .bind(patient_id.as_str())
+        .bind(id)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound("image".into()))?;
+        if let Some(event) = event {
+            audit::enqueue(&mut transaction, event).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(image_from(&row)?)
+    }
+
+    /// Deletes the image records of `ids`, with the audit `event`.
+    pub(crate) async fn delete_images(&self, tenant_id: &str, ids: &[String], event: &AuditEvent) -> Result<(), Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        for id in ids {
+            sqlx::query("DELETE FROM images WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant_id)
+                .bind(id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// The ids of the images of `patient_ids`.
+    pub(crate) async fn image_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        let mut ids = Vec::new();
+        for patient_id in patient_ids {
+            for row in sqlx::query("SELECT id FROM images WHERE tenant_id = $1 AND patient_id = $2")
+                .bind(tenant_id)
+                .bind(patient_id)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?
+            {
+                ids.push(row.try_get::<String, _>("id").map_err(StoreError::from)?);
+            }
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(ids)
+    }
+
     /// The patient and their assessment `id`, for a report shown to a caller, with its audit
     /// event (`event(&patient)`) in the same transaction. `NotFound` unless both are the tenant's.
     pub(crate) async fn report_data(
@@ -477,6 +607,20 @@ impl Store {
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(ids)
     }
+}
+
+fn image_from(row: &AnyRow) -> Result<ImageRecord, StoreError> {
+    Ok(ImageRecord {
+        id: row.try_get("id")?,
+        patient_id: row.try_get("patient_id")?,
+        media_type: row.try_get("media_type")?,
+        size_bytes: row.try_get("size_bytes")?,
+        sha256: row.try_get("sha256")?,
+        width: row.try_get::<i64, _>("width")?,
+        height: row.try_get::<i64, _>("height")?,
+        has_thumbnail: row.try_get::<i64, _>("has_thumbnail")? == 1,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 fn assessment_json(row: &AnyRow) -> Result<serde_json::Value, StoreError> {

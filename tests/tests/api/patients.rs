@@ -251,3 +251,105 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store_on_sqlite() {
 async fn an_assessment_report_is_a_pdf_kept_in_the_object_store_on_postgres() {
     an_assessment_report_is_a_pdf_kept_in_the_object_store(Backend::Postgres).await;
 }
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]))
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .unwrap();
+    bytes
+}
+
+async fn upload(app: &TestApp, key: &str, patient: &str, content_type: &str, bytes: Vec<u8>) -> reqwest::Response {
+    app.client
+        .post(app.url(&format!("/v1/health/patients/{patient}/images")))
+        .bearer_auth(key)
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn medical_images(backend: Backend) {
+    let app = aigronova_e2e::spawn_app_with(backend, |config| {
+        config.gateway.plans.starter.max_body_bytes = 256 * 1024;
+    })
+    .await;
+    let tenant = app.create_tenant("Clínica Imagem").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient =
+        create(&app, &key, json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"})).await;
+    let patient = patient["id"].as_str().unwrap().to_owned();
+    let objects = app.data_dir().join("healthquantum-objects/images");
+
+    // A PNG, recognised by its content whatever the declared type.
+    let picture = png(600, 300);
+    let response = upload(&app, &key, &patient, "application/octet-stream", picture.clone()).await;
+    assert_eq!(response.status(), 200);
+    let image: Value = response.json().await.unwrap();
+    assert_eq!(
+        (image["mediaType"].as_str(), image["width"].as_i64(), image["height"].as_i64()),
+        (Some("image/png"), Some(600), Some(300))
+    );
+    assert_eq!(image["hasThumbnail"], true);
+    let id = image["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/health/patients/{patient}/images/{id}");
+    let response = app.get(&path, &key).await;
+    assert_eq!(response.headers()["content-type"], "image/png");
+    assert_eq!(response.bytes().await.unwrap().to_vec(), picture);
+    let thumbnail = app.get(&format!("{path}/thumbnail"), &key).await.bytes().await.unwrap();
+    let thumbnail = image::load_from_memory(&thumbnail).expect("the thumbnail is a PNG");
+    assert_eq!((thumbnail.width(), thumbnail.height()), (256, 128));
+
+    // A DICOM file: kept, no thumbnail.
+    let mut dicom = vec![0u8; 128];
+    dicom.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00\x00\x00\x00\x00");
+    let response = upload(&app, &key, &patient, "application/dicom", dicom).await;
+    assert_eq!(response.status(), 200);
+    let scan: Value = response.json().await.unwrap();
+    assert_eq!((scan["mediaType"].as_str(), &scan["hasThumbnail"]), (Some("application/dicom"), &json!(false)));
+    let scan_path = format!("/v1/health/patients/{patient}/images/{}", scan["id"].as_str().unwrap());
+    assert_problem(app.get(&format!("{scan_path}/thumbnail"), &key).await, 404).await;
+
+    // Refused, and nothing stored: an executable named as a PNG, an image past the plan's limit,
+    // a truncated PNG, another tenant's patient.
+    let stored = walk(&objects).len();
+    let problem = assert_problem(
+        upload(&app, &key, &patient, "image/png", b"\x7fELF\x02\x01\x01\x00payload".to_vec()).await,
+        400,
+    )
+    .await;
+    assert_eq!(problem["field"], "body");
+    assert_problem(
+        upload(&app, &key, &patient, "image/png", png(400, 400).into_iter().chain(vec![0; 300_000]).collect()).await,
+        413,
+    )
+    .await;
+    assert_problem(upload(&app, &key, &patient, "image/png", picture[..100].to_vec()).await, 400).await;
+    let other = app.create_tenant("Outra").await;
+    let other_key = app.create_key(&other, SCOPES).await;
+    assert_problem(upload(&app, &other_key, &patient, "image/png", picture.clone()).await, 404).await;
+    assert_problem(app.get(&path, &other_key).await, 404).await;
+    assert_eq!(walk(&objects).len(), stored, "nothing stored by a refused upload");
+    let listed: Value = app.get(&format!("/v1/health/patients/{patient}/images"), &key).await.json().await.unwrap();
+    assert_eq!(listed["images"].as_array().unwrap().len(), 2);
+
+    // Delete one; then the patient takes the other with them.
+    assert_eq!(app.delete(&path, &key).await.status(), 200);
+    assert_problem(app.get(&path, &key).await, 404).await;
+    assert_eq!(walk(&objects).len(), 1, "the image and its thumbnail are gone");
+    assert_eq!(app.delete(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
+    assert_eq!(walk(&objects).len(), 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn medical_images_on_sqlite() {
+    medical_images(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn medical_images_on_postgres() {
+    medical_images(Backend::Postgres).await;
+}

@@ -146,6 +146,41 @@ impl HealthQuantum for StandIn {
         Err(Status::unimplemented("the stand-in has no reports"))
     }
 
+    async fn upload_image(
+        &self,
+        _request: Request<proto::UploadImageRequest>,
+    ) -> Result<Response<proto::Image>, Status> {
+        Err(Status::unimplemented("the stand-in has no images"))
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<proto::ListImagesRequest>,
+    ) -> Result<Response<proto::ListImagesResponse>, Status> {
+        Err(Status::unimplemented("the stand-in has no images"))
+    }
+
+    async fn get_image(
+        &self,
+        _request: Request<proto::GetImageRequest>,
+    ) -> Result<Response<aigronova_proto::google::api::HttpBody>, Status> {
+        Err(Status::unimplemented("the stand-in has no images"))
+    }
+
+    async fn get_image_thumbnail(
+        &self,
+        _request: Request<proto::GetImageRequest>,
+    ) -> Result<Response<aigronova_proto::google::api::HttpBody>, Status> {
+        Err(Status::unimplemented("the stand-in has no images"))
+    }
+
+    async fn delete_image(
+        &self,
+        _request: Request<proto::GetImageRequest>,
+    ) -> Result<Response<proto::DeleteImageResponse>, Status> {
+        Err(Status::unimplemented("the stand-in has no images"))
+    }
+
     async fn list_patients(
         &self,
         _request: Request<proto::ListPatientsRequest>,
