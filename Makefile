@@ -40,8 +40,16 @@ lint: ## rustfmt check and clippy with warnings denied
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-bench: onnxruntime ## Benchmarks in release mode, side by side with their reference (see BENCHMARKS.md)
-	cargo bench -p aigronova-e2e --bench gateway --bench audit
+BENCH_VENV := $(CURDIR)/.cache/bench-venv
+
+bench: onnxruntime $(BENCH_VENV)/.installed ## Benchmarks in release mode, side by side with their reference (see BENCHMARKS.md)
+	BENCH_PYTHON=$(BENCH_VENV)/bin/python cargo bench -p aigronova-e2e --bench gateway --bench audit --bench health
+
+$(BENCH_VENV)/.installed: tests/benches/python/requirements.txt
+	rm -rf $(BENCH_VENV)
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/benches/python/requirements.txt
+	touch $@
 
 deploy-check: $(DEPLOY_VENV)/.installed $(PROMTOOL) ## Validate deploy/ offline: chart, manifests, Dockerfiles, Terraform, workflow, alerts
 	$(DEPLOY_VENV)/bin/python deploy/check/check.py --promtool $(PROMTOOL)

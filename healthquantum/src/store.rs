@@ -90,6 +90,11 @@ impl Store {
         Ok(self.database.begin_tenant(tenant_id).await?)
     }
 
+    /// A transaction of `tenant_id` that only reads.
+    async fn begin_read(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+        Ok(self.database.begin_tenant_read(tenant_id).await?)
+    }
+
     pub(crate) async fn create_patient(&self, tenant_id: &str, patient: &Patient) -> Result<(), Error> {
         let cipher = self.cipher(tenant_id).await?;
         let mut transaction = self.begin(tenant_id).await?;
@@ -127,7 +132,7 @@ impl Store {
 
     /// `NotFound` unless `id` is a patient of `tenant_id`.
     pub(crate) async fn patient_exists(&self, tenant_id: &str, id: &PatientId) -> Result<(), Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.begin_read(tenant_id).await?;
         sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
             .bind(tenant_id)
             .bind(id.as_str())
@@ -372,7 +377,7 @@ impl Store {
 
     /// The images of a patient of `tenant_id`, oldest first.
     pub(crate) async fn images(&self, tenant_id: &str, patient_id: &PatientId) -> Result<Vec<ImageRecord>, Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.begin_read(tenant_id).await?;
         let rows = sqlx::query(
             "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
              FROM images WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
@@ -431,7 +436,7 @@ impl Store {
 
     /// The ids of the images of `patient_ids`.
     pub(crate) async fn image_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.begin_read(tenant_id).await?;
         let mut ids = Vec::new();
         for patient_id in patient_ids {
             for row in sqlx::query("SELECT id FROM images WHERE tenant_id = $1 AND patient_id = $2")
@@ -497,7 +502,7 @@ impl Store {
 
     /// The ids of the assessments of `patient_ids` (their reports are objects to delete).
     pub(crate) async fn assessment_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.begin_read(tenant_id).await?;
         let mut ids = Vec::new();
         for patient_id in patient_ids {
             let rows = sqlx::query("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2")
@@ -550,8 +555,31 @@ impl Store {
             .iter()
             .map(assessment_json)
             .collect::<Result<Vec<_>, _>>()?;
+            let images: Vec<serde_json::Value> = sqlx::query(
+                "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
+                 FROM images WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
+            )
+            .bind(tenant_id)
+            .bind(patient.id.as_str())
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .iter()
+            .map(|row| {
+                image_from(row).map(|image| {
+                    serde_json::json!({
+                        "id": image.id,
+                        "mediaType": image.media_type,
+                        "sizeBytes": image.size_bytes,
+                        "sha256": image.sha256,
+                        "createTime": image.created_at,
+                    })
+                })
+            })
+            .collect::<Result<_, _>>()?;
             ids.push(patient.id.to_string());
             patients.push(serde_json::json!({
+                "images": images,
                 "id": patient.id.as_str(),
                 "name": patient.name.as_str(),
                 "cpf": patient.cpf.as_str(),

@@ -47,6 +47,10 @@ impl Objects {
             if bucket.is_empty() {
                 return Err(ObjectsError::UnsupportedUrl(url.to_owned()));
             }
+            // HTTPS to S3 goes through rustls, with the process's crypto provider.
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
             let s3 = AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
             if prefix.trim_matches('/').is_empty() {
                 Arc::new(s3)

@@ -102,6 +102,10 @@ impl Database {
             .await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            // In WAL mode, NORMAL syncs at checkpoints rather than at every commit: a crash of the
+            // process loses nothing; a power cut may roll back the last commits (the embedded
+            // mode's trade-off; production runs PostgreSQL).
+            sqlx::query("PRAGMA synchronous = NORMAL").execute(&pool).await?;
             sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
         }
         migrator.run(&pool).await?;
@@ -140,6 +144,15 @@ impl Database {
             sqlx::raw_sql("SET LOCAL ROLE aigronova_tenant").execute(&mut *transaction).await?;
         }
         Ok(transaction)
+    }
+
+    /// Begins a transaction that only reads, on behalf of `tenant_id`: as [`Self::begin_tenant`]
+    /// on PostgreSQL; on SQLite a deferred transaction, which does not wait for writers.
+    pub async fn begin_tenant_read(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin().await?),
+            Backend::Postgres => self.begin_tenant(tenant_id).await,
+        }
     }
 
     /// On PostgreSQL, puts `tables` (each with a `tenant_id` column) under row-level security: a

@@ -5,87 +5,16 @@
 //! `make bench` runs it in release mode. Settings: `BENCH_SECONDS` (default 5) per side,
 //! `BENCH_CONCURRENCY` (default 8) requests in flight.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+mod common;
+
+use std::{sync::Arc, time::Duration};
 
 use aigronova_e2e::{Backend, spawn_app_with};
 use aigronova_platform::auth::{Caller, TokenSigner, attach_token};
 use aigronova_proto::aigronova::health::v1::{ListModelsRequest, health_quantum_client::HealthQuantumClient};
 use serde_json::json;
-use tokio::task::JoinSet;
 
-struct Run {
-    label: &'static str,
-    latencies: Vec<Duration>,
-    elapsed: Duration,
-    errors: usize,
-}
-
-impl Run {
-    fn rps(&self) -> f64 {
-        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&self, p: f64) -> Duration {
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-        sorted.get(index).copied().unwrap_or_default()
-    }
-}
-
-/// Runs `call` from `concurrency` tasks for `duration`, after a short warm-up.
-async fn drive<F, Fut>(label: &'static str, concurrency: usize, duration: Duration, call: F) -> Run
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
-{
-    let warm_up = Instant::now() + Duration::from_millis(500);
-    let mut warm = JoinSet::new();
-    for _ in 0..concurrency {
-        let call = call.clone();
-        warm.spawn(async move {
-            while Instant::now() < warm_up {
-                call().await;
-            }
-        });
-    }
-    while warm.join_next().await.is_some() {}
-
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = JoinSet::new();
-    for _ in 0..concurrency {
-        let call = call.clone();
-        tasks.spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                if call().await {
-                    latencies.push(sent.elapsed());
-                } else {
-                    errors += 1;
-                }
-            }
-            (latencies, errors)
-        });
-    }
-    let mut run = Run { label, latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0 };
-    while let Some(result) = tasks.join_next().await {
-        let (latencies, errors) = result.expect("bench task");
-        run.latencies.extend(latencies);
-        run.errors += errors;
-    }
-    run.elapsed = started.elapsed();
-    run
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
-}
+use crate::common::{drive, env_number};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {

@@ -1,0 +1,48 @@
+"""What a team would otherwise deploy to score the breast-cancer model: a FastAPI service with
+onnxruntime, reading the same model.onnx and manifest as the platform. The healthquantum benchmark
+(tests/benches/health.rs) starts it with uvicorn and calls it side by side with the platform.
+
+    BENCH_MODELS_DIR=<models dir> python service.py <port> <workers>
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import onnxruntime
+import uvicorn
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
+
+MODEL_DIR = os.path.join(os.environ.get("BENCH_MODELS_DIR", "models"), "breast-cancer", "1")
+
+with open(os.path.join(MODEL_DIR, "manifest.json"), encoding="utf-8") as handle:
+    MANIFEST = json.load(handle)
+FEATURES = [feature["name"] for feature in MANIFEST["features"]]
+OPTIONS = onnxruntime.SessionOptions()
+OPTIONS.intra_op_num_threads = 1
+SESSION = onnxruntime.InferenceSession(os.path.join(MODEL_DIR, "model.onnx"), OPTIONS)
+
+app = FastAPI()
+
+
+class Assessment(BaseModel):
+    model: str
+    features: dict[str, float]
+
+
+@app.post("/score")
+def score(request: Assessment):
+    try:
+        row = np.array([[request.features[name] for name in FEATURES]], dtype=np.float32)
+    except KeyError as missing:
+        raise HTTPException(status_code=400, detail=f"missing feature {missing}") from None
+    probabilities = SESSION.run([MANIFEST["outputs"]["probabilities"]], {MANIFEST["input"]["name"]: row})[0]
+    probability = float(probabilities[0][1])
+    band = next(b["name"] for b in MANIFEST["risk_bands"] if probability < b["upper"] or b is MANIFEST["risk_bands"][-1])
+    return {"model": MANIFEST["name"], "modelVersion": MANIFEST["version"], "probability": probability, "riskBand": band}
+
+
+if __name__ == "__main__":
+    uvicorn.run("service:app", host="127.0.0.1", port=int(sys.argv[1]), workers=int(sys.argv[2]), log_level="warning")
