@@ -1,0 +1,328 @@
+//! A client for the institutions' Open Finance Brasil accounts API (`/open-banking/accounts/v2`):
+//! accounts and their transactions, in the API's paged shapes (`data`, `links.next`, `meta`),
+//! with a timeout per request, retries with backoff on server errors and timeouts, and a response
+//! cache keyed by consent and resource (Redis when configured, in-process otherwise) so that a
+//! repeated ingestion within the TTL does not call the institution again.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use redis::{AsyncCommands, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+
+/// How the client talks to institutions.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// Deadline of one HTTP request.
+    pub timeout: Duration,
+    /// Attempts of one request, the first included.
+    pub attempts: u32,
+    /// The first wait between attempts; doubled each time.
+    pub backoff: Duration,
+    /// How long a fetched page is reused.
+    pub cache_ttl: Duration,
+    /// Pages followed at most for one resource (a guard against a `next` loop).
+    pub max_pages: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            cache_ttl: Duration::from_secs(300),
+            max_pages: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFinanceError {
+    #[error("the institution did not answer in time after {attempts} attempts")]
+    Timeout { attempts: u32 },
+    #[error("the institution answered {status} after {attempts} attempts")]
+    Server { status: u16, attempts: u32 },
+    #[error("the institution refused the request ({status}): the consent may be missing, expired or revoked")]
+    Refused { status: u16 },
+    #[error("the institution cannot be reached: {0}")]
+    Unreachable(String),
+    #[error("the institution's answer is not in the Open Finance shape: {0}")]
+    Malformed(String),
+    #[error("more than {0} pages: the institution's `next` links do not end")]
+    TooManyPages(usize),
+}
+
+/// An account, as the accounts API lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    pub account_id: String,
+    pub brand_name: String,
+    pub company_cnpj: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub compe_code: String,
+    pub branch_code: Option<String>,
+    pub number: String,
+    pub check_digit: String,
+}
+
+/// An amount as the API writes it: a decimal string and its currency.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    pub amount: String,
+    pub currency: String,
+}
+
+impl Amount {
+    /// The amount in integer cents; `None` unless it is a decimal with at most two places.
+    pub fn cents(&self) -> Option<i64> {
+        let text = self.amount.trim();
+        let (units, fraction) = text.split_once('.').unwrap_or((text, ""));
+        if units.is_empty() || fraction.len() > 2 || !units.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        if !fraction.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        let fraction: i64 = format!("{fraction:0<2}").parse().ok()?;
+        units.parse::<i64>().ok()?.checked_mul(100)?.checked_add(fraction)
+    }
+}
+
+/// A transaction of an account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transaction {
+    pub transaction_id: String,
+    /// `CREDITO` (money in) or `DEBITO` (money out).
+    pub credit_debit_type: String,
+    pub transaction_name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub transaction_amount: Amount,
+    pub transaction_date_time: String,
+}
+
+#[derive(Deserialize)]
+struct Page<T> {
+    data: Vec<T>,
+    links: Links,
+}
+
+#[derive(Deserialize)]
+struct Links {
+    next: Option<String>,
+}
+
+/// Where fetched pages are kept for their TTL.
+#[derive(Clone)]
+pub enum ResponseCache {
+    InProcess(Arc<Mutex<HashMap<String, (Instant, String)>>>),
+    Redis { connection: ConnectionManager, prefix: String },
+}
+
+impl std::fmt::Debug for ResponseCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::InProcess(_) => f.write_str("ResponseCache::InProcess"),
+            Self::Redis { prefix, .. } => write!(f, "ResponseCache::Redis({prefix})"),
+        }
+    }
+}
+
+impl ResponseCache {
+    pub fn in_process() -> Self {
+        Self::InProcess(Arc::default())
+    }
+
+    /// A cache in the Redis at `url`, its keys under `prefix`.
+    pub async fn redis(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+        let connection = ConnectionManager::new(redis::Client::open(url)?).await?;
+        Ok(Self::Redis { connection, prefix: prefix.to_owned() })
+    }
+
+    async fn get(&self, key: &str) -> Option<String> {
+        match self {
+            Self::InProcess(entries) => {
+                let entries = entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                entries.get(key).filter(|(expires, _)| *expires > Instant::now()).map(|(_, body)| body.clone())
+            }
+            Self::Redis { connection, prefix } => {
+                let result: redis::RedisResult<Option<String>> = connection.clone().get(format!("{prefix}{key}")).await;
+                result.unwrap_or_else(|error| {
+                    tracing::warn!(%error, "Open Finance cache unavailable; calling the institution");
+                    None
+                })
+            }
+        }
+    }
+
+    async fn put(&self, key: &str, body: &str, ttl: Duration) {
+        match self {
+            Self::InProcess(entries) => {
+                let mut entries = entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let now = Instant::now();
+                entries.retain(|_, (expires, _)| *expires > now);
+                entries.insert(key.to_owned(), (now + ttl, body.to_owned()));
+            }
+            Self::Redis { connection, prefix } => {
+                let seconds = ttl.as_secs().max(1);
+                let result: redis::RedisResult<()> =
+                    connection.clone().set_ex(format!("{prefix}{key}"), body, seconds).await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "Open Finance page not cached");
+                }
+            }
+        }
+    }
+}
+
+/// Calls institutions on behalf of consents.
+#[derive(Clone, Debug)]
+pub struct OpenFinanceClient {
+    http: reqwest::Client,
+    settings: ClientSettings,
+    cache: ResponseCache,
+}
+
+impl OpenFinanceClient {
+    pub fn new(settings: ClientSettings, cache: ResponseCache) -> Result<Self, OpenFinanceError> {
+        // Institutions are reached over HTTPS through rustls, with the process's crypto provider.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|error| OpenFinanceError::Unreachable(error.to_string()))?;
+        Ok(Self { http, settings, cache })
+    }
+
+    /// Every account the consent gives access to at the institution at `base_url`.
+    pub async fn accounts(&self, base_url: &str, consent_id: &str) -> Result<Vec<Account>, OpenFinanceError> {
+        let url = format!("{}/open-banking/accounts/v2/accounts", base_url.trim_end_matches('/'));
+        let accounts: Vec<Account> = self.all_pages(&url, consent_id).await?;
+        let mut seen = HashSet::new();
+        Ok(accounts.into_iter().filter(|account| seen.insert(account.account_id.clone())).collect())
+    }
+
+    /// Every transaction of `account_id`, each once even when a page repeats one.
+    pub async fn transactions(
+        &self,
+        base_url: &str,
+        consent_id: &str,
+        account_id: &str,
+    ) -> Result<Vec<Transaction>, OpenFinanceError> {
+        let url = format!(
+            "{}/open-banking/accounts/v2/accounts/{}/transactions",
+            base_url.trim_end_matches('/'),
+            urlencode(account_id)
+        );
+        let transactions: Vec<Transaction> = self.all_pages(&url, consent_id).await?;
+        let mut seen = HashSet::new();
+        Ok(transactions.into_iter().filter(|t| seen.insert(t.transaction_id.clone())).collect())
+    }
+
+    /// Follows `links.next` from `url`, page by page.
+    async fn all_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        consent_id: &str,
+    ) -> Result<Vec<T>, OpenFinanceError> {
+        let mut items = Vec::new();
+        let mut next = Some(url.to_owned());
+        let mut pages = 0;
+        while let Some(url) = next {
+            pages += 1;
+            if pages > self.settings.max_pages {
+                return Err(OpenFinanceError::TooManyPages(self.settings.max_pages));
+            }
+            let body = self.page(&url, consent_id).await?;
+            let page: Page<T> =
+                serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(error.to_string()))?;
+            items.extend(page.data);
+            next = page.links.next.filter(|next| !next.is_empty());
+        }
+        Ok(items)
+    }
+
+    /// One page's body, from the cache or the institution.
+    async fn page(&self, url: &str, consent_id: &str) -> Result<String, OpenFinanceError> {
+        let key = format!("openfinance:{consent_id}:{url}");
+        if let Some(body) = self.cache.get(&key).await {
+            return Ok(body);
+        }
+        let body = self.fetch(url, consent_id).await?;
+        self.cache.put(&key, &body, self.settings.cache_ttl).await;
+        Ok(body)
+    }
+
+    async fn fetch(&self, url: &str, consent_id: &str) -> Result<String, OpenFinanceError> {
+        let mut wait = self.settings.backoff;
+        let attempts = self.settings.attempts.max(1);
+        let mut last = OpenFinanceError::Unreachable("no attempt made".into());
+        for attempt in 1..=attempts {
+            let sent = self
+                .http
+                .get(url)
+                .bearer_auth(consent_id)
+                .header("x-fapi-interaction-id", uuid::Uuid::new_v4().to_string())
+                .send()
+                .await;
+            last = match sent {
+                Ok(response) if response.status().is_success() => {
+                    return response.text().await.map_err(|error| OpenFinanceError::Malformed(error.to_string()));
+                }
+                Ok(response) if response.status().is_server_error() || response.status().as_u16() == 429 => {
+                    OpenFinanceError::Server { status: response.status().as_u16(), attempts }
+                }
+                Ok(response) => return Err(OpenFinanceError::Refused { status: response.status().as_u16() }),
+                Err(error) if error.is_timeout() => OpenFinanceError::Timeout { attempts },
+                Err(error) => OpenFinanceError::Unreachable(error.to_string()),
+            };
+            if attempt < attempts {
+                tracing::debug!(error = %last, attempt, "Open Finance request retried");
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(byte).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_become_integer_cents() {
+        let amount = |text: &str| Amount { amount: text.into(), currency: "BRL".into() };
+        assert_eq!(amount("100.00").cents(), Some(10_000));
+        assert_eq!(amount("0.5").cents(), Some(50));
+        assert_eq!(amount("1234").cents(), Some(123_400));
+        for bad in ["", "-1.00", "1.234", "1,00", "abc", ".5"] {
+            assert_eq!(amount(bad).cents(), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(urlencode("acc-1/../x"), "acc-1%2F..%2Fx");
+    }
+}
