@@ -415,20 +415,37 @@ def main() -> int:
     label_mismatch = int(np.sum(onnx_label != clf.predict(X_test32)))
     log(f"OK: max |onnx - xgboost| = {max_diff:.3g} over {len(y_test)} held-out rows; label mismatches = {label_mismatch}")
 
-    # Single rows and a 50-row batch, with 1, 2 and 4 threads, must give
-    # bit-identical probabilities.
+    # Single rows, a 50-row batch and the whole held-out set, with 1, 2 and
+    # 4 intra-op threads, must agree with the single-threaded batch within
+    # TOLERANCE.  They are not always bit-identical: with more than one
+    # thread onnxruntime may sum a single row's trees in per-thread partial
+    # sums (differences of about 1.8e-7 were seen).  reference.json holds
+    # the single-threaded values.
+    worst = 0.0
     for threads in (1, 2, 4):
         s = sess if threads == 1 else session(threads)
         single = np.array(
             [s.run([PROBA_OUTPUT], {INPUT_NAME: X_test32[i : i + 1]})[0][0, 1] for i in range(len(y_test))]
         )
         (small,) = s.run([PROBA_OUTPUT], {INPUT_NAME: X_test32[:50]})
-        if not (np.array_equal(single, onnx_proba[:, 1]) and np.array_equal(np.asarray(small)[:, 1], onnx_proba[:50, 1])):
+        (full,) = s.run([PROBA_OUTPUT], {INPUT_NAME: X_test32})
+        diff = max(
+            float(np.max(np.abs(single - onnx_proba[:, 1]))),
+            float(np.max(np.abs(np.asarray(small)[:, 1] - onnx_proba[:50, 1]))),
+            float(np.max(np.abs(np.asarray(full)[:, 1] - onnx_proba[:, 1]))),
+        )
+        if threads == 1 and diff != 0.0:
+            raise SystemExit("ERROR: single-threaded ONNX probabilities depend on the batch size")
+        if not diff <= TOLERANCE:
             raise SystemExit(
-                f"ERROR: with {threads} thread(s), ONNX probabilities of single rows or a 50-row batch "
-                "differ from the single-threaded batch"
+                f"ERROR: with {threads} thread(s), ONNX probabilities of single rows or batches differ "
+                f"from the single-threaded batch by {diff:.3g} (> {TOLERANCE})"
             )
-    log("OK: single rows and 50-row batches give bit-identical probabilities with 1, 2 and 4 threads")
+        worst = max(worst, diff)
+    log(
+        "OK: single rows, 50-row and full batches: bit-identical with 1 thread, within "
+        f"{worst:.3g} with 2 and 4 threads"
+    )
 
     # -------------------------------------------------------------- manifest
     features = []

@@ -70,7 +70,7 @@ async fn accounts(State(institution): State<Shared>, headers: HeaderMap) -> Resp
 }
 
 fn transaction(n: usize) -> Value {
-    json!({"transactionId": format!("tx-{n}"), "creditDebitType": if n % 2 == 0 { "CREDITO" } else { "DEBITO" },
+    json!({"transactionId": format!("tx-{n}"), "creditDebitType": if n.is_multiple_of(2) { "CREDITO" } else { "DEBITO" },
         "transactionName": format!("PAGAMENTO {n}"), "type": "PIX",
         "transactionAmount": {"amount": format!("{n}.50"), "currency": "BRL"},
         "transactionDateTime": format!("2026-11-{:02}T12:00:00Z", n + 1)})
