@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate every model folder (models/breast-cancer/, models/diabetes-progression/)
-# and check each is byte-identical to git.
+# Regenerate every model folder (models/breast-cancer/, models/diabetes-progression/,
+# models/credit-risk/) and check each is byte-identical to git.
 #
 # Usage (from anywhere; normally via `make models` at the repository root):
 #   bash models/check_reproducible.sh
@@ -13,8 +13,9 @@
 #   2. run each training script, which rewrites its model's folder:
 #        models/train_breast_cancer.py -> models/breast-cancer/1/
 #        models/train_diabetes.py      -> models/diabetes-progression/1/
+#        models/train_credit_risk.py   -> models/credit-risk/1/
 #      (model.onnx, manifest.json, reference.json in each);
-#   3. `git diff --exit-code -- models/breast-cancer models/diabetes-progression`:
+#   3. `git diff --exit-code -- models/breast-cancer models/diabetes-progression models/credit-risk`:
 #      exit 0 if the regenerated files are byte-for-byte the committed ones,
 #      else explain and exit 1.
 #
@@ -32,8 +33,8 @@ PYTHON="${PYTHON:-python3}"
 VENV="models/.venv"
 REQS="models/requirements.txt"
 # Training script and the folder it writes, one pair per model.
-SCRIPTS=("models/train_breast_cancer.py" "models/train_diabetes.py")
-OUTS=("models/breast-cancer" "models/diabetes-progression")
+SCRIPTS=("models/train_breast_cancer.py" "models/train_diabetes.py" "models/train_credit_risk.py")
+OUTS=("models/breast-cancer" "models/diabetes-progression" "models/credit-risk")
 STAMP="${VENV}/.requirements.sha256"
 
 say() { printf '[models] %s\n' "$*"; }

@@ -542,7 +542,7 @@ def main() -> int:
         "limitations": (
             "Trained on 1000 credit applications from one German bank in the 1970s (amounts in "
             f"Deutsche Mark), of which only {len(y_train)} are training rows; the 30 % share of bad "
-            "credits is over-sampled relative to the bank's real population, so P(bad) is not a "
+            "credits was over-sampled relative to the bank's real population (Groemping 2019), so P(bad) is not a "
             "calibrated default probability for any real portfolio. The protected attributes "
             f"{' and '.join(DROPPED_PROTECTED)} were dropped and are not model inputs, but age is "
             "kept (a protected attribute in many jurisdictions) and the remaining features can act "
