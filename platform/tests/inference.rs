@@ -1,4 +1,4 @@
-//! The model loader against the committed breast-cancer model, with ONNX Runtime for real.
+//! The model loader against the committed models, with ONNX Runtime for real.
 
 use std::{collections::HashMap, path::PathBuf};
 
@@ -44,19 +44,24 @@ fn the_loader_refuses_a_model_whose_sha256_does_not_match_its_manifest() {
 }
 
 #[test]
-fn the_committed_model_loads_and_reproduces_the_python_reference() {
-    let registry = ModelRegistry::load(&config(models_dir()), &["breast-cancer"]).unwrap();
-    let model = registry.get("breast-cancer").unwrap();
-    assert_eq!(model.version(), "1");
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).unwrap())
-            .unwrap();
-    for row in reference["rows"].as_array().unwrap() {
-        let features: HashMap<String, f64> = serde_json::from_value(row["features"].clone()).unwrap();
-        let vector = model.feature_vector(&features, "features").unwrap();
-        let probability = model.predict_probability(&vector).unwrap();
-        let expected = row["probability"].as_f64().unwrap();
-        assert!((probability - expected).abs() < 1e-5, "{probability} vs {expected}");
+fn every_committed_model_loads_and_reproduces_its_python_reference() {
+    let names = ["breast-cancer", "diabetes-progression", "credit-risk"];
+    let registry = ModelRegistry::load(&config(models_dir()), &names).unwrap();
+    for name in names {
+        let model = registry.get(name).unwrap();
+        assert_eq!(model.version(), "1");
+        let path = models_dir().join(format!("{name}/1/reference.json"));
+        let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let rows = reference["rows"].as_array().unwrap();
+        assert!(rows.len() >= 3, "{name}");
+        for row in rows {
+            let features: HashMap<String, f64> = serde_json::from_value(row["features"].clone()).unwrap();
+            let vector = model.feature_vector(&features, "features").unwrap();
+            let output = model.predict(&vector).unwrap();
+            let expected = row.get("probability").or(row.get("value")).and_then(serde_json::Value::as_f64).unwrap();
+            assert!((output - expected).abs() < 1e-5, "{name}: {output} vs {expected}");
+            assert_eq!(model.is_regression(), row.get("value").is_some(), "{name}");
+        }
     }
 }
 
