@@ -111,14 +111,7 @@ impl CheckpointSigner {
                 .map_err(|_| anyhow::anyhow!("{} does not hold a base64 Ed25519 key", path.display()));
         }
         let signer = Self::generate();
-        if let Some(folder) = path.parent().filter(|folder| !folder.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder)?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        std::io::Write::write_all(&mut options.open(path)?, signer.to_base64().as_bytes())?;
+        aigronova_platform::crypto::create_secret_file(path, &signer.to_base64())?;
         tracing::info!(path = %path.display(), key_id = %signer.key_id(), "checkpoint signing key created");
         Ok(signer)
     }

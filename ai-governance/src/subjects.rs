@@ -125,36 +125,53 @@ impl SubjectServices {
 
     fn request<T>(&self, tenant_id: &str, message: T) -> Result<tonic::Request<T>, String> {
         let signer = self.signer.as_ref().ok_or("no internal_auth.service_signing_key to call the service with")?;
-        let caller = Caller {
-            tenant_id: tenant_id.to_owned(),
-            subject: "service:ai-governance".into(),
-            scopes: vec![SUBJECT_SCOPE.to_owned()],
-        };
+        let caller = Caller { tenant_id: tenant_id.to_owned(), ..Caller::service(crate::SERVICE_NAME, SUBJECT_SCOPE) };
         let mut request = tonic::Request::new(message);
         auth::attach_token(request.metadata_mut(), &signer.mint(&caller));
         Ok(request)
     }
 
-    /// Every service's export for `cpf`, and each one's outcome.
-    async fn export(&self, tenant_id: &str, cpf: &Cpf, id: &str) -> (serde_json::Value, Vec<Outcome>) {
-        let mut data = serde_json::Map::new();
-        let mut outcomes = Vec::new();
+    /// `call` on every service with a fresh `message`, each answer by service name.
+    async fn ask<M, R, F, Fut>(
+        &self,
+        tenant_id: &str,
+        message: impl Fn() -> M,
+        call: F,
+    ) -> Vec<(String, Result<R, String>)>
+    where
+        F: Fn(DataSubjectClient<Channel>, tonic::Request<M>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let mut answers = Vec::with_capacity(self.clients.len());
         for (name, client) in &self.clients {
-            let message = common::ExportSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
-            let answer = match self.request(tenant_id, message) {
-                Ok(request) => {
-                    client.clone().export_subject(request).await.map_err(|status| status.message().to_owned())
-                }
+            let answer = match self.request(tenant_id, message()) {
+                Ok(request) => call(client.clone(), request)
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|status| status.message().to_owned()),
                 Err(error) => Err(error),
             };
+            answers.push((name.clone(), answer));
+        }
+        answers
+    }
+
+    /// Every service's export for `cpf`, and each one's outcome.
+    async fn export(&self, tenant_id: &str, cpf: &Cpf, id: &str) -> (serde_json::Value, Vec<Outcome>) {
+        let message = || common::ExportSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
+        let answers = self
+            .ask(tenant_id, message, |mut client, request| async move { client.export_subject(request).await })
+            .await;
+        let mut data = serde_json::Map::new();
+        let mut outcomes = Vec::new();
+        for (name, answer) in answers {
             match answer {
                 Ok(response) => {
-                    let exported = response.into_inner().data.map(subject::from_struct).unwrap_or_default();
-                    let records = count_records(&exported);
-                    data.insert(name.clone(), exported);
-                    outcomes.push(outcome(name, "exported", records, Vec::new(), String::new()));
+                    let exported = response.data.map(subject::from_struct).unwrap_or_default();
+                    outcomes.push(outcome(&name, "exported", count_records(&exported), Vec::new(), String::new()));
+                    data.insert(name, exported);
                 }
-                Err(error) => outcomes.push(outcome(name, "failed", 0, Vec::new(), error)),
+                Err(error) => outcomes.push(outcome(&name, "failed", 0, Vec::new(), error)),
             }
         }
         (serde_json::Value::Object(data), outcomes)
@@ -162,25 +179,20 @@ impl SubjectServices {
 
     /// Every service's erasure of `cpf`, as outcomes.
     async fn erase(&self, tenant_id: &str, cpf: &Cpf, id: &str) -> Vec<Outcome> {
-        let mut outcomes = Vec::new();
-        for (name, client) in &self.clients {
-            let message = common::EraseSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
-            let answer = match self.request(tenant_id, message) {
-                Ok(request) => {
-                    client.clone().erase_subject(request).await.map_err(|status| status.message().to_owned())
-                }
-                Err(error) => Err(error),
-            };
-            outcomes.push(match answer {
+        let message = || common::EraseSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
+        let answers = self
+            .ask(tenant_id, message, |mut client, request| async move { client.erase_subject(request).await })
+            .await;
+        answers
+            .into_iter()
+            .map(|(name, answer)| match answer {
                 Ok(response) => {
-                    let response = response.into_inner();
                     let retained = response.retained.into_iter().map(|record| (record.kind, record.reason)).collect();
-                    outcome(name, "erased", response.erased_records, retained, String::new())
+                    outcome(&name, "erased", response.erased_records, retained, String::new())
                 }
-                Err(error) => outcome(name, "failed", 0, Vec::new(), error),
-            });
-        }
-        outcomes
+                Err(error) => outcome(&name, "failed", 0, Vec::new(), error),
+            })
+            .collect()
     }
 }
 

@@ -436,16 +436,27 @@ impl Store {
 
     /// The ids of the images of `patient_ids`.
     pub(crate) async fn image_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
+        self.ids_of_patients(tenant_id, "SELECT id FROM images WHERE tenant_id = $1 AND patient_id = $2", patient_ids)
+            .await
+    }
+
+    /// The ids `sql` (with the tenant as $1 and a patient as $2) selects for each of `patient_ids`.
+    async fn ids_of_patients(
+        &self,
+        tenant_id: &str,
+        sql: &'static str,
+        patient_ids: &[String],
+    ) -> Result<Vec<String>, Error> {
         let mut transaction = self.begin_read(tenant_id).await?;
         let mut ids = Vec::new();
         for patient_id in patient_ids {
-            for row in sqlx::query("SELECT id FROM images WHERE tenant_id = $1 AND patient_id = $2")
+            let rows = sqlx::query(sql)
                 .bind(tenant_id)
                 .bind(patient_id)
                 .fetch_all(&mut *transaction)
                 .await
-                .map_err(StoreError::from)?
-            {
+                .map_err(StoreError::from)?;
+            for row in rows {
                 ids.push(row.try_get::<String, _>("id").map_err(StoreError::from)?);
             }
         }
@@ -502,21 +513,12 @@ impl Store {
 
     /// The ids of the assessments of `patient_ids` (their reports are objects to delete).
     pub(crate) async fn assessment_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
-        let mut ids = Vec::new();
-        for patient_id in patient_ids {
-            let rows = sqlx::query("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2")
-                .bind(tenant_id)
-                .bind(patient_id)
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
-            for row in rows {
-                ids.push(row.try_get::<String, _>("id").map_err(StoreError::from)?);
-            }
-        }
-        transaction.commit().await.map_err(StoreError::from)?;
-        Ok(ids)
+        self.ids_of_patients(
+            tenant_id,
+            "SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2",
+            patient_ids,
+        )
+        .await
     }
 
     /// Everything held about the patients of `tenant_id` with `cpf`, as JSON, and its audit

@@ -305,11 +305,7 @@ impl Relay {
             events.push(event.to_proto());
             ids.push(id);
         }
-        let service_caller = Caller {
-            tenant_id: String::new(),
-            subject: format!("service:{}", self.service),
-            scopes: vec![RECORD_SCOPE.to_owned()],
-        };
+        let service_caller = Caller::service(self.service, RECORD_SCOPE);
         let mut request = tonic::Request::new(proto::RecordEventsRequest { events });
         auth::attach_token(request.metadata_mut(), &self.signer.mint(&service_caller));
         let response = client.record_events(request).await.map_err(RelayError::Rejected)?.into_inner();
@@ -365,11 +361,7 @@ pub async fn register_models(
         }
     };
     let mut client = ModelInventoryClient::new(endpoint.connect_lazy());
-    let caller = Caller {
-        tenant_id: String::new(),
-        subject: format!("service:{service}"),
-        scopes: vec![REGISTER_MODELS_SCOPE.to_owned()],
-    };
+    let caller = Caller::service(service, REGISTER_MODELS_SCOPE);
     let max_backoff = Duration::from_secs(config.max_backoff_secs);
     let mut backoff = Duration::from_millis(100);
     loop {

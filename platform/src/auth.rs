@@ -75,6 +75,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A domain service calling another on its own behalf (no tenant), with one scope.
+    pub fn service(name: &str, scope: &str) -> Self {
+        Self { tenant_id: String::new(), subject: format!("service:{name}"), scopes: vec![scope.to_owned()] }
+    }
+
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.iter().any(|held| held == scope)
     }

@@ -74,14 +74,7 @@ impl LocalMasterKey {
             return Ok(Self::from_bytes(&bytes));
         }
         let bytes = random::<32>();
-        if let Some(folder) = path.parent().filter(|folder| !folder.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder)?;
-        }
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        std::io::Write::write_all(&mut options.open(path)?, STANDARD.encode(bytes).as_bytes())?;
+        create_secret_file(path, &STANDARD.encode(bytes))?;
         let key = Self::from_bytes(&bytes);
         tracing::info!(path = %path.display(), key_id = %key.id, "master key created");
         Ok(key)
@@ -144,6 +137,19 @@ impl TenantCipher {
     pub fn blind_index(&self, value: &str) -> String {
         hex::encode(hmac::sign(&self.index, value.as_bytes()).as_ref())
     }
+}
+
+/// Writes `contents` to a new file at `path` (its folder made when missing) that only its owner
+/// may read (mode 0600); an existing file is an error, never overwritten.
+pub fn create_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    if let Some(folder) = path.parent().filter(|folder| !folder.as_os_str().is_empty()) {
+        std::fs::create_dir_all(folder)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    std::io::Write::write_all(&mut options.open(path)?, contents.as_bytes())
 }
 
 fn random<const N: usize>() -> [u8; N] {

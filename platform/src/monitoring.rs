@@ -146,11 +146,7 @@ impl InferenceMonitor {
                 return;
             }
         };
-        let caller = Caller {
-            tenant_id: String::new(),
-            subject: format!("service:{service}"),
-            scopes: vec![RECORD_STATS_SCOPE.to_owned()],
-        };
+        let caller = Caller::service(service, RECORD_STATS_SCOPE);
         let interval = Duration::from_millis(config.monitoring_interval_ms);
         loop {
             let stopping = tokio::select! {
