@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "aigronova/common/v1/data_subject.proto",
     "aigronova/common/v1/models.proto",
     "aigronova/health/v1/health.proto",
+    "aigronova/fin/v1/fin.proto",
     "aigronova/governance/v1/governance.proto",
 ];
 

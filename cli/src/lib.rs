@@ -13,6 +13,7 @@ use std::{
 };
 
 use aigronova_ai_governance::AiGovernanceService;
+use aigronova_finquantum::FinQuantumService;
 use aigronova_gateway::Gateway;
 use aigronova_healthquantum::HealthQuantumService;
 use aigronova_platform::{
@@ -73,7 +74,8 @@ enum Command {
         service: Service,
     },
     /// Print new keys as configuration variables: the gateway's internal token key pair, the
-    /// services' key, ai-governance's checkpoint signing key and healthquantum's master key.
+    /// services' key, ai-governance's checkpoint signing key, and the master keys of
+    /// healthquantum and finquantum.
     Keygen,
     /// Audit log tools.
     Audit {
@@ -103,6 +105,7 @@ enum AuditCommand {
 enum Service {
     Gateway,
     Healthquantum,
+    Finquantum,
     AiGovernance,
 }
 
@@ -116,6 +119,7 @@ pub struct AppConfig {
     pub audit: RelayConfig,
     pub gateway: aigronova_gateway::Config,
     pub healthquantum: aigronova_healthquantum::Config,
+    pub finquantum: aigronova_finquantum::Config,
     pub ai_governance: aigronova_ai_governance::Config,
 }
 
@@ -127,6 +131,7 @@ impl Validate for AppConfig {
         self.audit.validate()?;
         self.gateway.validate()?;
         self.healthquantum.validate()?;
+        self.finquantum.validate()?;
         self.ai_governance.validate()
     }
 }
@@ -140,6 +145,9 @@ impl AppConfig {
         self.healthquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         self.healthquantum.master_key_file = data_dir.join("healthquantum-master.key");
         self.healthquantum.objects_url = format!("file://{}", data_dir.join("healthquantum-objects").display());
+        self.finquantum.database_url = format!("sqlite://{}", data_dir.join("finquantum.db").display());
+        self.finquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        self.finquantum.master_key_file = data_dir.join("finquantum-master.key");
         self.ai_governance.database_url = format!("sqlite://{}", data_dir.join("ai-governance.db").display());
         self.ai_governance.signing_key_file = data_dir.join("ai-governance-checkpoint.key");
         self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -185,19 +193,27 @@ impl Platform {
             audit.governance_url = Some(format!("http://{}", built.local_addr()));
             governance = Some(built);
         }
-        let link = aigronova_healthquantum::Governance { relay: audit.clone(), signer: Some(service_signer) };
+        let link = aigronova_healthquantum::Governance { relay: audit.clone(), signer: Some(service_signer.clone()) };
         let health =
             HealthQuantumService::build(&config.healthquantum, &config.inference, signer.verifier(), link).await?;
         services.insert(aigronova_healthquantum::SERVICE_NAME, health.local_addr());
-        if let Some(mut governance) = governance {
-            let url = format!("http://{}", health.local_addr());
-            governance.add_data_subject_service(aigronova_healthquantum::SERVICE_NAME, &url);
+        let link = aigronova_finquantum::Governance { relay: audit.clone(), signer: Some(service_signer) };
+        let fin = FinQuantumService::build(&config.finquantum, &config.inference, signer.verifier(), link).await?;
+        services.insert(aigronova_finquantum::SERVICE_NAME, fin.local_addr());
+        let mut gateway_config = config.gateway.clone();
+        for (name, address) in [
+            (aigronova_healthquantum::SERVICE_NAME, health.local_addr()),
+            (aigronova_finquantum::SERVICE_NAME, fin.local_addr()),
+        ] {
+            let url = format!("http://{address}");
+            if let Some(governance) = governance.as_mut() {
+                governance.add_data_subject_service(name, &url);
+            }
+            gateway_config.upstreams.insert(name.to_owned(), url);
+        }
+        if let Some(governance) = governance {
             tasks.spawn(governance.run_until_stopped(shutdown.clone()));
         }
-        let mut gateway_config = config.gateway.clone();
-        gateway_config
-            .upstreams
-            .insert(aigronova_healthquantum::SERVICE_NAME.to_owned(), format!("http://{}", health.local_addr()));
         if let Some(url) = &audit.governance_url {
             gateway_config
                 .upstreams
@@ -208,6 +224,7 @@ impl Platform {
         let http_addr = gateway.local_addr();
         let generated_admin_key = gateway.generated_admin_key().map(str::to_owned);
         tasks.spawn(health.run_until_stopped(shutdown.clone()));
+        tasks.spawn(fin.run_until_stopped(shutdown.clone()));
         tasks.spawn(gateway.run_until_stopped(shutdown));
         Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks })
     }
@@ -231,6 +248,7 @@ pub fn main(cli: Cli) -> ExitCode {
         let checkpoints = aigronova_ai_governance::checkpoint::CheckpointSigner::generate();
         println!("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}", checkpoints.to_base64());
         println!("AIGRONOVA__HEALTHQUANTUM__MASTER_KEY={}", TokenSigner::generate().to_base64());
+        println!("AIGRONOVA__FINQUANTUM__MASTER_KEY={}", TokenSigner::generate().to_base64());
         return ExitCode::SUCCESS;
     }
     if let Command::Audit { command } = &cli.command {
@@ -295,6 +313,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
         Command::Up { .. } => "aigronova",
         Command::Serve { service: Service::Gateway } => "gateway",
         Command::Serve { service: Service::Healthquantum } => aigronova_healthquantum::SERVICE_NAME,
+        Command::Serve { service: Service::Finquantum } => aigronova_finquantum::SERVICE_NAME,
         Command::Serve { service: Service::AiGovernance } => aigronova_ai_governance::SERVICE_NAME,
         Command::Keygen | Command::Audit { .. } => unreachable!("handled before the runtime starts"),
     };
@@ -337,6 +356,15 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             let governance = aigronova_healthquantum::Governance { relay: config.audit.clone(), signer };
             let service =
                 HealthQuantumService::build(&config.healthquantum, &config.inference, verifier, governance).await?;
+            service.run_until_stopped(shutdown).await
+        }
+        Command::Serve { service: Service::Finquantum } => {
+            serve_metrics(&config, &shutdown).await?;
+            let verifier = service_verifier(&config)?;
+            let signer =
+                config.internal_auth.service_signing_key.as_deref().map(TokenSigner::from_base64).transpose()?;
+            let governance = aigronova_finquantum::Governance { relay: config.audit.clone(), signer };
+            let service = FinQuantumService::build(&config.finquantum, &config.inference, verifier, governance).await?;
             service.run_until_stopped(shutdown).await
         }
         Command::Serve { service: Service::AiGovernance } => {

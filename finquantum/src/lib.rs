@@ -1,7 +1,413 @@
 //! FinQuantum: financial data from Open Finance Brasil under the customer's consent, credit-risk
-//! scoring and statements. This crate holds, so far, the client for the institutions' accounts
-//! API ([`openfinance`]); the gRPC service is not built yet.
+//! scoring with reasons, and monthly statements, served over gRPC (`aigronova.fin.v1.FinQuantum`).
+//!
+//! [`FinQuantumService::build`] connects the database and runs the migrations, loads the model,
+//! connects the response cache and binds the listener; [`FinQuantumService::run_until_stopped`]
+//! serves until the shutdown signal, while a purge deletes the data of revoked and expired
+//! consents. Every call must carry the gateway's internal token, and acts only on its tenant.
 
 #![forbid(unsafe_code)]
 
+pub mod consent;
+mod grpc;
 pub mod openfinance;
+pub mod scoring;
+pub mod statement;
+pub mod store;
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use aigronova_platform::{
+    Shutdown,
+    audit::{self, AuditEvent, EventKind, OutboxWaker, Relay, RelayConfig},
+    auth::{Authenticate, TokenSigner, TokenVerifier},
+    config::{ConfigError, InferenceConfig, Validate},
+    crypto::TenantKeys,
+    grpc::GrpcListener,
+    inference::ModelRegistry,
+    monitoring::InferenceMonitor,
+    storage::{Backend, Database},
+};
+use aigronova_proto::aigronova::{
+    common::v1::data_subject_server::{self, DataSubjectServer},
+    fin::v1::fin_quantum_server::{self, FinQuantumServer},
+};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
+
+use crate::{
+    grpc::FinQuantumApi,
+    openfinance::{ClientSettings, OpenFinanceClient, ResponseCache},
+    store::Store,
+};
+
+/// The name of this service in configuration, logs and `aigronova serve`.
+pub const SERVICE_NAME: &str = "finquantum";
+
+/// The models this service serves.
+pub const MODELS: &[&str] = &[scoring::MODEL];
+
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// The tables that hold a tenant's rows, under row-level security on PostgreSQL.
+const TENANT_TABLES: &[&str] =
+    &["customers", "consents", "accounts", "transactions", "credit_scores", "audit_outbox", "tenant_keys"];
+
+/// The `finquantum` configuration section.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address, default 127.0.0.1:50063.
+    pub grpc_addr: SocketAddr,
+    /// `sqlite://<path>` (embedded) or `postgres://…`, default `sqlite://data/finquantum.db`.
+    pub database_url: String,
+    /// The master key that wraps the tenants' data keys (base64 32 bytes, a secret). When unset,
+    /// `master_key_file` is used.
+    pub master_key: Option<String>,
+    /// File holding the master key; created with a new key (mode 0600) when missing.
+    pub master_key_file: PathBuf,
+    /// The Open Finance institutions consents may name: name → base URL of its APIs (the part
+    /// before `/open-banking/...`).
+    pub institutions: BTreeMap<String, String>,
+    /// Redis for the institutions' response cache, shared by replicas; in-process when unset.
+    pub redis_url: Option<String>,
+    /// Seconds a fetched page is reused, default 300.
+    pub cache_ttl_secs: u64,
+    /// Deadline of one request to an institution, in milliseconds, default 10000.
+    pub request_timeout_ms: u64,
+    /// Attempts of one request to an institution, the first included, default 3.
+    pub request_attempts: u32,
+    /// Seconds between purges of the data of revoked and expired consents, default 60.
+    pub purge_interval_secs: u64,
+    /// Seconds the data of a revoked consent is kept before the purge deletes it, default 0.
+    pub revoked_data_retention_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 50063)),
+            database_url: "sqlite://data/finquantum.db".into(),
+            master_key: None,
+            master_key_file: PathBuf::from("data/finquantum-master.key"),
+            institutions: BTreeMap::new(),
+            redis_url: None,
+            cache_ttl_secs: 300,
+            request_timeout_ms: 10_000,
+            request_attempts: 3,
+            purge_interval_secs: 60,
+            revoked_data_retention_secs: 0,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(key) = &self.master_key {
+            aigronova_platform::crypto::decode_master_key(key, "finquantum.master_key")?;
+        }
+        self.database_url.parse::<Backend>().map_err(|_| {
+            ConfigError("finquantum.database_url must start with sqlite:, postgres: or postgresql:".into())
+        })?;
+        for (name, url) in &self.institutions {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError(format!("finquantum.institutions.{name} must be an http(s) URL")));
+            }
+        }
+        if self.request_attempts == 0 || self.request_timeout_ms == 0 || self.purge_interval_secs == 0 {
+            return Err(ConfigError(
+                "finquantum.request_attempts, request_timeout_ms and purge_interval_secs must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How the service reaches ai-governance: the relay's settings and the key that signs the
+/// service's own tokens. Without a signer, audit events wait in the outbox.
+#[derive(Clone, Debug, Default)]
+pub struct Governance {
+    pub relay: RelayConfig,
+    pub signer: Option<TokenSigner>,
+}
+
+/// A built service: database connected, model loaded, listener bound.
+#[derive(Debug)]
+pub struct FinQuantumService {
+    listener: GrpcListener,
+    database: Database,
+    store: Store,
+    api: FinQuantumApi,
+    verifier: TokenVerifier,
+    relay: Relay,
+    governance: Governance,
+    models: ModelRegistry,
+    monitor: InferenceMonitor,
+    purge_interval: Duration,
+}
+
+impl FinQuantumService {
+    /// Connects the database (running the migrations), loads [`MODELS`], connects the response
+    /// cache and binds `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
+    pub async fn build(
+        config: &Config,
+        inference: &InferenceConfig,
+        verifier: TokenVerifier,
+        governance: Governance,
+    ) -> anyhow::Result<Self> {
+        config.validate()?;
+        let mut database =
+            Database::connect(&config.database_url, &MIGRATOR).await.context("cannot open the finquantum database")?;
+        database.enable_row_level_security(TENANT_TABLES).await.context(
+            "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
+             (created here when the user may create roles; see deploy/README.md)",
+        )?;
+        let master = aigronova_platform::crypto::master_key(
+            config.master_key.as_deref(),
+            &config.master_key_file,
+            "finquantum.master_key",
+        )?;
+        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)));
+        let models = ModelRegistry::load(inference, MODELS).context("cannot load the finquantum models")?;
+        let cache = match &config.redis_url {
+            Some(url) => ResponseCache::redis(url, "aigronova:finquantum:")
+                .await
+                .with_context(|| "cannot connect to finquantum.redis_url for the response cache".to_owned())?,
+            None => ResponseCache::in_process(),
+        };
+        let settings = ClientSettings {
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            attempts: config.request_attempts,
+            cache_ttl: Duration::from_secs(config.cache_ttl_secs),
+            ..ClientSettings::default()
+        };
+        let client = OpenFinanceClient::new(settings, cache).context("cannot build the Open Finance client")?;
+        let listener = GrpcListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
+        let relay = Relay::new(
+            database.clone(),
+            SERVICE_NAME,
+            governance.relay.clone(),
+            governance.signer.clone().unwrap_or_else(TokenSigner::generate),
+        );
+        let monitor = InferenceMonitor::default();
+        let api = FinQuantumApi::new(
+            store.clone(),
+            models.clone(),
+            relay.waker(),
+            monitor.clone(),
+            client,
+            config.institutions.clone(),
+            Duration::from_secs(config.revoked_data_retention_secs),
+        );
+        Ok(Self {
+            listener,
+            database,
+            store,
+            api,
+            verifier,
+            relay,
+            governance,
+            models,
+            monitor,
+            purge_interval: Duration::from_secs(config.purge_interval_secs),
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// Serves FinQuantum, DataSubject, health and reflection until `shutdown`, then drains
+    /// in-flight calls and closes the database. Meanwhile the relay ships audit events, the
+    /// model is registered in ai-governance's inventory, and the purge runs.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let purge = tokio::spawn(purge_loop(self.store, self.api.outbox(), self.purge_interval, shutdown.clone()));
+        let relay = match self.governance.signer.clone() {
+            Some(signer) => {
+                let cards = self.models.models().map(|model| model.card()).collect();
+                tokio::spawn(audit::register_models(
+                    self.governance.relay.clone(),
+                    signer.clone(),
+                    SERVICE_NAME,
+                    cards,
+                    shutdown.clone(),
+                ));
+                let monitor = tokio::spawn(self.monitor.run(
+                    self.governance.relay.clone(),
+                    signer,
+                    SERVICE_NAME,
+                    shutdown.clone(),
+                ));
+                Some((tokio::spawn(self.relay.run(shutdown.clone())), monitor))
+            }
+            None => {
+                tracing::warn!("no internal_auth.signing_key: audit events stay in the outbox");
+                None
+            }
+        };
+        let service_verifier = self.governance.signer.as_ref().map(TokenSigner::verifier);
+        let data_subject = DataSubjectServer::with_interceptor(
+            self.api.clone(),
+            Authenticate::with_service_key(self.verifier.clone(), service_verifier),
+        );
+        let service = FinQuantumServer::with_interceptor(self.api, Authenticate::new(self.verifier));
+        let routes = Routes::new(service).add_service(data_subject);
+        let names = [fin_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
+        let served = self.listener.serve(routes, &names, shutdown).await;
+        let _ = purge.await;
+        if let Some((relay, monitor)) = relay {
+            let _ = relay.await;
+            let _ = monitor.await;
+        }
+        self.database.close().await;
+        served
+    }
+}
+
+/// Deletes the data of revoked and expired consents every `interval` until `shutdown`.
+async fn purge_loop(store: Store, outbox: OutboxWaker, interval: Duration, shutdown: Shutdown) {
+    loop {
+        purge_once(&store, &outbox).await;
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+async fn purge_once(store: &Store, outbox: &OutboxWaker) {
+    let event = |purged: &store::Purged| AuditEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: purged.tenant_id.clone(),
+        service: SERVICE_NAME.to_owned(),
+        kind: EventKind::PersonalDataChange,
+        action: "fin.PurgeConsentData".to_owned(),
+        actor: format!("service:{SERVICE_NAME}"),
+        subject: format!("consent:{}", purged.consent_id),
+        details: serde_json::json!({"accounts": purged.accounts, "transactions": purged.transactions}),
+        occurred_at: aigronova_platform::time::stored(chrono::Utc::now()),
+    };
+    match store.purge_due(chrono::Utc::now(), event).await {
+        Ok(purged) if !purged.is_empty() => {
+            outbox.wake();
+            for done in &purged {
+                tracing::info!(
+                    tenant = %done.tenant_id,
+                    consent = %done.consent_id,
+                    accounts = done.accounts,
+                    transactions = done.transactions,
+                    "data of a revoked or expired consent deleted"
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "purge of revoked and expired consents failed; retried next interval"),
+    }
+}
+
+/// Builds the service and serves it until `shutdown`.
+pub async fn run(
+    config: &Config,
+    inference: &InferenceConfig,
+    verifier: TokenVerifier,
+    governance: Governance,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    FinQuantumService::build(config, inference, verifier, governance).await?.run_until_stopped(shutdown).await
+}
+
+/// `text` with every run of 13 to 19 digits (spaces and dashes between them allowed) that passes
+/// the Luhn check, as a payment card number does, masked but for its last four digits.
+pub fn mask_card_numbers(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut index = 0;
+    while index < chars.len() {
+        if !chars[index].is_ascii_digit() {
+            out.push(chars[index]);
+            index += 1;
+            continue;
+        }
+        // The longest run of digits with single separators between them.
+        let mut end = index;
+        let mut digits = Vec::new();
+        while end < chars.len() {
+            if chars[end].is_ascii_digit() {
+                digits.push(chars[end]);
+                end += 1;
+            } else if (chars[end] == ' ' || chars[end] == '-')
+                && end + 1 < chars.len()
+                && chars[end + 1].is_ascii_digit()
+                && end > index
+            {
+                end += 1;
+            } else {
+                break;
+            }
+        }
+        if (13..=19).contains(&digits.len()) && luhn(&digits) {
+            let last: String = digits[digits.len() - 4..].iter().collect();
+            out.push_str(&format!("****{last}"));
+        } else {
+            out.extend(&chars[index..end]);
+        }
+        index = end;
+    }
+    out
+}
+
+fn luhn(digits: &[char]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(position, digit)| {
+            let value = digit.to_digit(10).unwrap_or(0);
+            if position % 2 == 1 {
+                let doubled = value * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                value
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_numbers_never_stay_in_clear() {
+        assert_eq!(mask_card_numbers("COMPRA CARTAO 4111 1111 1111 1111 LOJA"), "COMPRA CARTAO ****1111 LOJA");
+        assert_eq!(mask_card_numbers("cartão 5500-0000-0000-0004"), "cartão ****0004");
+        assert_eq!(mask_card_numbers("4012888888881881"), "****1881");
+        // Not card numbers: short, or failing the Luhn check, or a date.
+        assert_eq!(mask_card_numbers("PIX 12345 2026-11-29"), "PIX 12345 2026-11-29");
+        assert_eq!(mask_card_numbers("BOLETO 4111111111111112"), "BOLETO 4111111111111112");
+    }
+
+    #[test]
+    fn the_default_config_is_valid_and_bad_institutions_are_refused() {
+        let config = Config::default();
+        assert!(config.validate().is_ok());
+        assert_eq!(config.grpc_addr.to_string(), "127.0.0.1:50063");
+        let mut bad = Config::default();
+        bad.institutions.insert("bank".into(), "ftp://bank".into());
+        assert!(bad.validate().is_err());
+        let bad = Config { master_key: Some("short".into()), ..Config::default() };
+        assert!(bad.validate().is_err());
+    }
+}

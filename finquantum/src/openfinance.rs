@@ -94,6 +94,47 @@ impl Amount {
     }
 }
 
+impl Amount {
+    /// A balance in integer cents, which may be negative (`-12.50`).
+    pub fn signed_cents(&self) -> Option<i64> {
+        let text = self.amount.trim();
+        match text.strip_prefix('-') {
+            Some(rest) => {
+                Amount { amount: rest.to_owned(), currency: self.currency.clone() }.cents().map(|cents| -cents)
+            }
+            None => self.cents(),
+        }
+    }
+}
+
+/// An account's balances, as the balances API returns them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Balance {
+    pub available_amount: Amount,
+    pub blocked_amount: Option<Amount>,
+    pub automatically_invested_amount: Option<Amount>,
+    pub update_date_time: Option<String>,
+}
+
+impl Balance {
+    /// The available amount in cents.
+    pub fn cents(&self) -> Option<i64> {
+        self.available_amount.signed_cents()
+    }
+
+    /// When the institution last updated the balance.
+    pub fn at(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let text = self.update_date_time.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(text).ok().map(|at| at.with_timezone(&chrono::Utc))
+    }
+}
+
+#[derive(Deserialize)]
+struct Single<T> {
+    data: T,
+}
+
 /// A transaction of an account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -228,6 +269,24 @@ impl OpenFinanceClient {
         Ok(transactions.into_iter().filter(|t| seen.insert(t.transaction_id.clone())).collect())
     }
 
+    /// The balances of `account_id`.
+    pub async fn balance(
+        &self,
+        base_url: &str,
+        consent_id: &str,
+        account_id: &str,
+    ) -> Result<Balance, OpenFinanceError> {
+        let url = format!(
+            "{}/open-banking/accounts/v2/accounts/{}/balances",
+            base_url.trim_end_matches('/'),
+            urlencode(account_id)
+        );
+        let body = self.page(&url, consent_id).await?;
+        let single: Single<Balance> =
+            serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(error.to_string()))?;
+        Ok(single.data)
+    }
+
     /// Follows `links.next` from `url`, page by page.
     async fn all_pages<T: serde::de::DeserializeOwned>(
         &self,
@@ -319,6 +378,9 @@ mod tests {
         for bad in ["", "-1.00", "1.234", "1,00", "abc", ".5"] {
             assert_eq!(amount(bad).cents(), None, "{bad:?}");
         }
+        assert_eq!(amount("-12.50").signed_cents(), Some(-1250));
+        assert_eq!(amount("12.50").signed_cents(), Some(1250));
+        assert_eq!(amount("--1.00").signed_cents(), None);
     }
 
     #[test]

@@ -795,6 +795,10 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 "instance": {"type": "string", "description": "The request path."},
                 "requestId": {"type": "string", "description": "The request's `X-Request-Id`; quote it in reports."},
                 "field": {"type": "string", "description": "The request field the problem is about."},
+                "missingPermission": {
+                    "type": "string",
+                    "description": "The consent permission the use needs and no valid consent grants, e.g. `ACCOUNTS_TRANSACTIONS_READ`.",
+                },
             },
         },
         "gateway.CreateTenantRequest": {

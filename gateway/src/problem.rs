@@ -28,6 +28,9 @@ pub(crate) struct ProblemDocument {
     /// The request field the problem is about.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) field: Option<String>,
+    /// The permission the caller's consent lacks (a `permission_denied` from a service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) missing_permission: Option<String>,
     #[serde(skip)]
     pub(crate) retry_after: Option<u64>,
     /// The `WWW-Authenticate` challenge of a 401.
@@ -47,6 +50,7 @@ impl Problem {
             instance: None,
             request_id: None,
             field: None,
+            missing_permission: None,
             retry_after: None,
             www_authenticate: None,
         }))
@@ -95,13 +99,10 @@ impl Problem {
     pub fn from_status(status: &tonic::Status) -> Self {
         let http = StatusCode::from_u16(aigronova_platform::error::http_status_of(status.code()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let field = status
-            .metadata()
-            .get(aigronova_platform::error::FIELD_METADATA_KEY)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
+        let metadata = |key: &str| status.metadata().get(key).and_then(|value| value.to_str().ok()).map(str::to_owned);
         let mut problem = Self::new(http, status.message());
-        problem.0.field = field;
+        problem.0.field = metadata(aigronova_platform::error::FIELD_METADATA_KEY);
+        problem.0.missing_permission = metadata(aigronova_platform::error::PERMISSION_METADATA_KEY);
         if status.code() == tonic::Code::Unavailable {
             problem.0.retry_after = Some(1);
         }

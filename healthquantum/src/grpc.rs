@@ -11,6 +11,7 @@ use aigronova_platform::{
     monitoring::InferenceMonitor,
     objects::Objects,
     subject::{self, SUBJECT_SCOPE},
+    time,
 };
 use aigronova_proto::{
     aigronova::{
@@ -81,7 +82,8 @@ fn thumbnail_key(tenant_id: &str, image_id: &str) -> String {
 }
 
 fn image_message(image: ImageRecord) -> proto::Image {
-    let create_time = DateTime::parse_from_rfc3339(&image.created_at).ok().map(|at| timestamp(at.with_timezone(&Utc)));
+    let create_time =
+        DateTime::parse_from_rfc3339(&image.created_at).ok().map(|at| time::to_proto(at.with_timezone(&Utc)));
     proto::Image {
         id: image.id,
         patient_id: image.patient_id,
@@ -333,7 +335,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             width: i64::from(examined.width),
             height: i64::from(examined.height),
             has_thumbnail: examined.thumbnail.is_some(),
-            created_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            created_at: time::stored(Utc::now()),
         };
         // The bytes first: a record never points at a missing object.
         self.objects.put(&image_key(&caller.tenant_id, &record.id), bytes).await?;
@@ -434,10 +436,10 @@ impl From<Patient> for proto::Patient {
             name: patient.name.as_str().to_owned(),
             cpf: patient.cpf.as_str().to_owned(),
             birth_date: patient.birth_date.to_string(),
-            create_time: Some(timestamp(patient.created_at)),
+            create_time: Some(time::to_proto(patient.created_at)),
             email: patient.email.as_ref().map(Email::as_str).unwrap_or_default().to_owned(),
             phone: patient.phone.as_ref().map(Phone::as_str).unwrap_or_default().to_owned(),
-            update_time: patient.updated_at.map(timestamp),
+            update_time: patient.updated_at.map(time::to_proto),
         }
     }
 }
@@ -457,15 +459,8 @@ impl From<Assessment> for proto::Assessment {
                 .map(|(feature, contribution)| proto::FeatureContribution { feature, contribution })
                 .collect(),
             risk_band: assessment.risk_band,
-            create_time: Some(timestamp(assessment.created_at)),
+            create_time: Some(time::to_proto(assessment.created_at)),
         }
-    }
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: at.timestamp(),
-        nanos: i32::try_from(at.timestamp_subsec_nanos()).expect("sub-second nanoseconds fit in an i32"),
     }
 }
 

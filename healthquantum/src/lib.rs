@@ -26,7 +26,7 @@ use aigronova_platform::{
     audit::{self, Relay, RelayConfig},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
-    crypto::{KeyWrapper, LocalMasterKey, TenantKeys},
+    crypto::TenantKeys,
     grpc::GrpcListener,
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
@@ -81,20 +81,10 @@ impl Default for Config {
     }
 }
 
-/// The 32 bytes of a base64 master key.
-fn decode_master_key(key: &str) -> Result<[u8; 32], ConfigError> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(key.trim())
-        .ok()
-        .and_then(|bytes| bytes.try_into().ok())
-        .ok_or_else(|| ConfigError("healthquantum.master_key must be 32 bytes of base64".into()))
-}
-
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(key) = &self.master_key {
-            decode_master_key(key)?;
+            aigronova_platform::crypto::decode_master_key(key, "healthquantum.master_key")?;
         }
         aigronova_platform::objects::Objects::check_url(&self.objects_url)
             .map_err(|error| ConfigError(format!("healthquantum.objects_url: {error}")))?;
@@ -146,12 +136,11 @@ impl HealthQuantumService {
                 "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
                  (created here when the user may create roles; see deploy/README.md)",
             )?;
-        let master: Arc<dyn KeyWrapper> = match &config.master_key {
-            Some(key) => Arc::new(LocalMasterKey::from_bytes(&decode_master_key(key)?)),
-            None => Arc::new(LocalMasterKey::load_or_create(&config.master_key_file).with_context(|| {
-                format!("cannot read or create the master key file {}", config.master_key_file.display())
-            })?),
-        };
+        let master = aigronova_platform::crypto::master_key(
+            config.master_key.as_deref(),
+            &config.master_key_file,
+            "healthquantum.master_key",
+        )?;
         let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)));
         let sealed = store.seal_clear_rows().await.context("cannot seal the patients stored in clear")?;
         if sealed > 0 {

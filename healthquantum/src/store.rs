@@ -13,8 +13,9 @@ use aigronova_platform::{
     audit::{self, AuditEvent},
     crypto::{TenantCipher, TenantKeys},
     storage::{Database, StoreError},
+    time,
 };
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use sqlx::{Any, Row, Transaction, any::AnyRow};
 
@@ -104,7 +105,7 @@ impl Store {
         )
         .bind(tenant_id)
         .bind(patient.id.as_str())
-        .bind(timestamp(patient.created_at))
+        .bind(time::stored(patient.created_at))
         .bind(seal(&cipher, tenant_id, patient))
         .bind(cipher.blind_index(patient.cpf.as_str()))
         .execute(&mut *transaction)
@@ -218,7 +219,7 @@ impl Store {
         sqlx::query("UPDATE patients SET sealed = $1, cpf_hash = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5")
             .bind(seal(&cipher, tenant_id, &patient))
             .bind(cipher.blind_index(patient.cpf.as_str()))
-            .bind(patient.updated_at.map(timestamp))
+            .bind(patient.updated_at.map(time::stored))
             .bind(tenant_id)
             .bind(id.as_str())
             .execute(&mut *transaction)
@@ -282,7 +283,7 @@ impl Store {
                 birth_date: BirthDate::parse(&text("birth_date")?).map_err(|error| corrupt("birth_date", error))?,
                 email: None,
                 phone: None,
-                created_at: parse_time("created_at", &text("created_at")?)?,
+                created_at: time::parse_stored("patients.created_at", &text("created_at")?)?,
                 updated_at: None,
             };
             let cipher = self.cipher(&tenant_id).await?;
@@ -325,7 +326,7 @@ impl Store {
         .bind(features)
         .bind(assessment.output)
         .bind(assessment.risk_band.as_str())
-        .bind(timestamp(assessment.created_at))
+        .bind(time::stored(assessment.created_at))
         .bind(serde_json::to_string(&assessment.top_features).expect("contributions serialise"))
         .bind(i64::from(assessment.regression))
         .execute(&mut *transaction)
@@ -504,7 +505,10 @@ impl Store {
                 .map(|json| serde_json::from_str(&json).map_err(|error| corrupt("top_features", error)))
                 .transpose()?
                 .unwrap_or_default(),
-            created_at: parse_time("created_at", &row.try_get::<String, _>("created_at").map_err(StoreError::from)?)?,
+            created_at: time::parse_stored(
+                "patients.created_at",
+                &row.try_get::<String, _>("created_at").map_err(StoreError::from)?,
+            )?,
         };
         audit::enqueue(&mut transaction, &event(&patient)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
@@ -588,8 +592,8 @@ impl Store {
                 "birthDate": patient.birth_date.to_string(),
                 "email": patient.email.as_ref().map(Email::as_str),
                 "phone": patient.phone.as_ref().map(Phone::as_str),
-                "createTime": timestamp(patient.created_at),
-                "updateTime": patient.updated_at.map(timestamp),
+                "createTime": time::stored(patient.created_at),
+                "updateTime": patient.updated_at.map(time::stored),
                 "assessments": assessments,
             }));
         }
@@ -626,7 +630,7 @@ impl Store {
                 "UPDATE patients SET name = '', cpf = '', birth_date = '', sealed = NULL, cpf_hash = NULL, \
                  erased_at = $1 WHERE tenant_id = $2 AND id = $3",
             )
-            .bind(timestamp(Utc::now()))
+            .bind(time::stored(Utc::now()))
             .bind(tenant_id)
             .bind(id)
             .execute(&mut *transaction)
@@ -670,17 +674,6 @@ fn assessment_json(row: &AnyRow) -> Result<serde_json::Value, StoreError> {
         "riskBand": row.try_get::<String, _>("risk_band")?,
         "createTime": row.try_get::<String, _>("created_at")?,
     }))
-}
-
-/// RFC 3339 in UTC with a `Z`, to the microsecond: sorts as text on both engines.
-fn timestamp(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-fn parse_time(column: &str, text: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(text)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(|error| StoreError::Corrupt(format!("patients.{column}: {error}")))
 }
 
 /// What the sealed column of `patient` holds, bound to its tenant and row.
@@ -738,7 +731,7 @@ fn patient_from(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<
         birth_date: BirthDate::parse(&fields.birth_date).map_err(|error| corrupt("birth_date", error))?,
         email: Email::parse(fields.email.as_deref().unwrap_or_default()).map_err(|error| corrupt("email", error))?,
         phone: Phone::parse(fields.phone.as_deref().unwrap_or_default()).map_err(|error| corrupt("phone", error))?,
-        created_at: parse_time("created_at", &row.try_get::<String, _>("created_at")?)?,
-        updated_at: updated_at.as_deref().map(|at| parse_time("updated_at", at)).transpose()?,
+        created_at: time::parse_stored("patients.created_at", &row.try_get::<String, _>("created_at")?)?,
+        updated_at: updated_at.as_deref().map(|at| time::parse_stored("patients.updated_at", at)).transpose()?,
     })
 }

@@ -81,6 +81,26 @@ impl LocalMasterKey {
     }
 }
 
+/// The 32 bytes of a base64 master key given in configuration at `setting`.
+pub fn decode_master_key(key: &str, setting: &str) -> Result<[u8; 32], crate::config::ConfigError> {
+    STANDARD
+        .decode(key.trim())
+        .ok()
+        .and_then(|bytes| bytes.try_into().ok())
+        .ok_or_else(|| crate::config::ConfigError(format!("{setting} must be 32 bytes of base64")))
+}
+
+/// The master key a service is configured with: `key` (base64, from `setting`) when set, else the
+/// key file at `file`, made on first start.
+pub fn master_key(key: Option<&str>, file: &Path, setting: &str) -> anyhow::Result<Arc<dyn KeyWrapper>> {
+    Ok(match key {
+        Some(key) => Arc::new(LocalMasterKey::from_bytes(&decode_master_key(key, setting)?)),
+        None => Arc::new(LocalMasterKey::load_or_create(file).map_err(|error| {
+            anyhow::anyhow!("cannot read or create the master key file {}: {error}", file.display())
+        })?),
+    })
+}
+
 impl KeyWrapper for LocalMasterKey {
     fn key_id(&self) -> &str {
         &self.id

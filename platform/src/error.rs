@@ -46,6 +46,19 @@ impl From<Error> for Status {
     }
 }
 
+/// The metadata key naming the consent permission a `permission_denied` lacks.
+pub const PERMISSION_METADATA_KEY: &str = "aigronova-permission";
+
+/// `permission_denied` for a use that needs `permission` (an Open Finance consent permission,
+/// say), named in the message and in [`PERMISSION_METADATA_KEY`].
+pub fn missing_permission(permission: &str, detail: &str) -> Status {
+    let mut status = Status::permission_denied(detail.to_owned());
+    if let Ok(value) = permission.parse() {
+        status.metadata_mut().insert(PERMISSION_METADATA_KEY, value);
+    }
+    status
+}
+
 /// `invalid_argument` naming `field`, in the message and in [`FIELD_METADATA_KEY`].
 pub fn invalid_argument(field: &str, reason: &str) -> Status {
     let mut status = Status::invalid_argument(format!("{field}: {reason}"));

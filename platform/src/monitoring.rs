@@ -177,8 +177,8 @@ fn window_message(service: &str, key: &Key, window: &Window, end: DateTime<Utc>)
         service: service.to_owned(),
         model: key.model.clone(),
         version: key.version.clone(),
-        start_time: Some(timestamp(window.start)),
-        end_time: Some(timestamp(end)),
+        start_time: Some(crate::time::to_proto(window.start)),
+        end_time: Some(crate::time::to_proto(end)),
         count: window.count,
         errors: window.errors,
         latency_buckets: window.latency.clone(),
@@ -193,10 +193,6 @@ fn window_message(service: &str, key: &Key, window: &Window, end: DateTime<Utc>)
             })
             .collect(),
     }
-}
-
-fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: at.timestamp(), nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ pub mod aigronova {
             tonic::include_proto!("aigronova.common.v1");
         }
     }
+    pub mod fin {
+        pub mod v1 {
+            tonic::include_proto!("aigronova.fin.v1");
+        }
+    }
     pub mod governance {
         pub mod v1 {
             tonic::include_proto!("aigronova.governance.v1");

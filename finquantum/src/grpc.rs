@@ -1,0 +1,585 @@
+//! The `aigronova.fin.v1.FinQuantum` gRPC service and the common `DataSubject` service: the
+//! edge where protobuf messages become domain values and back. Each call is authenticated by the
+//! `Authenticate` interceptor before it gets here, and acts only on the caller's tenant.
+
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
+
+use aigronova_platform::{
+    Error,
+    audit::{AuditEvent, EventKind, OutboxWaker},
+    auth::{self, Caller},
+    cpf::Cpf,
+    error::internal,
+    inference::{InferenceError, Model, ModelRegistry},
+    monitoring::InferenceMonitor,
+    subject::{self, SUBJECT_SCOPE},
+    time,
+};
+use aigronova_proto::{
+    aigronova::{
+        common::v1::{self as common, data_subject_server::DataSubject},
+        fin::v1 as proto,
+    },
+    google::api::HttpBody,
+};
+use chrono::{DateTime, Utc};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{
+    consent::{ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, Permissions, require_any},
+    openfinance::{OpenFinanceClient, OpenFinanceError},
+    scoring::{self, Applicant, BankSummary, DeclaredFields},
+    statement,
+    store::{Fetched, Store, StoredScore},
+};
+
+/// The state every call shares.
+#[derive(Clone, Debug)]
+pub(crate) struct FinQuantumApi {
+    store: Store,
+    models: ModelRegistry,
+    outbox: OutboxWaker,
+    monitor: InferenceMonitor,
+    client: OpenFinanceClient,
+    institutions: Arc<BTreeMap<String, String>>,
+    retention: std::time::Duration,
+}
+
+impl FinQuantumApi {
+    pub(crate) fn new(
+        store: Store,
+        models: ModelRegistry,
+        outbox: OutboxWaker,
+        monitor: InferenceMonitor,
+        client: OpenFinanceClient,
+        institutions: BTreeMap<String, String>,
+        retention: std::time::Duration,
+    ) -> Self {
+        Self { store, models, outbox, monitor, client, institutions: Arc::new(institutions), retention }
+    }
+
+    pub(crate) fn outbox(&self) -> OutboxWaker {
+        self.outbox.clone()
+    }
+
+    /// Fetches what `consent` gives access to from its institution.
+    async fn fetch(&self, consent: &Consent) -> Result<Fetched, Status> {
+        let base = self.institutions.get(&consent.institution).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "institution {:?} of consent {} is no longer configured",
+                consent.institution, consent.id
+            ))
+        })?;
+        let failed = |error: OpenFinanceError| institution_failure(&consent.institution, error);
+        let accounts = self.client.accounts(base, &consent.id).await.map_err(failed)?;
+        let mut fetched = Fetched { accounts: Vec::new(), transactions: Vec::new() };
+        for account in accounts {
+            let balance = if consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
+                Some(self.client.balance(base, &consent.id, &account.account_id).await.map_err(failed)?)
+            } else {
+                None
+            };
+            let transactions =
+                self.client.transactions(base, &consent.id, &account.account_id).await.map_err(failed)?;
+            fetched.transactions.extend(transactions.into_iter().map(|t| (account.account_id.clone(), t)));
+            fetched.accounts.push((account, balance));
+        }
+        Ok(fetched)
+    }
+
+    /// The customer's consents that are valid now and grant every one of `needed`, after
+    /// checking that at least one does (`permission_denied` naming the permission otherwise).
+    async fn usable_consents(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        needed: &[&str],
+        what: &str,
+    ) -> Result<Vec<String>, Status> {
+        let consents = self.store.consents_of(tenant_id, customer_id).await?;
+        let now = Utc::now();
+        require_any(&consents, needed, now, what)?;
+        Ok(consents
+            .iter()
+            .filter(|consent| consent.allows(needed, now).is_ok())
+            .map(|consent| consent.id.clone())
+            .collect())
+    }
+}
+
+/// The status for an institution that failed: its refusal is a failed precondition (the consent
+/// is not honoured there), the rest unavailable or a bad gateway.
+fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
+    tracing::warn!(%institution, %error, "Open Finance ingestion failed");
+    match error {
+        OpenFinanceError::Refused { .. } => {
+            Status::failed_precondition(format!("institution {institution:?} refused the consent: {error}"))
+        }
+        OpenFinanceError::Timeout { .. } => Status::deadline_exceeded(format!("institution {institution:?}: {error}")),
+        OpenFinanceError::Server { .. } | OpenFinanceError::Unreachable(_) => {
+            Status::unavailable(format!("institution {institution:?}: {error}"))
+        }
+        OpenFinanceError::Malformed(_) | OpenFinanceError::TooManyPages(_) => {
+            Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {error}"))
+        }
+    }
+}
+
+fn consent_message(consent: &Consent) -> proto::Consent {
+    proto::Consent {
+        id: consent.id.clone(),
+        customer_id: consent.customer_id.clone(),
+        institution: consent.institution.clone(),
+        permissions: consent.permissions.iter().map(str::to_owned).collect(),
+        expires_at: Some(time::to_proto(consent.expires_at)),
+        status: consent.status_at(Utc::now()).as_str().to_owned(),
+        create_time: Some(time::to_proto(consent.created_at)),
+        revoke_time: consent.revoked_at.map(time::to_proto),
+        last_ingestion_time: consent.last_ingested_at.map(time::to_proto),
+    }
+}
+
+fn score_message(score: StoredScore) -> Result<proto::CreditScore, Status> {
+    let features: std::collections::HashMap<String, f64> = serde_json::from_value(score.features).unwrap_or_default();
+    let bank: Option<proto::BankSummary> = serde_json::from_value::<StoredBank>(score.bank).ok().map(Into::into);
+    let reasons = score
+        .reasons
+        .iter()
+        .filter_map(|feature| scoring::reason_for(feature))
+        .map(|reason| proto::Reason { code: reason.code.to_owned(), description: reason.description.to_owned() })
+        .collect();
+    Ok(proto::CreditScore {
+        id: score.id,
+        customer_id: score.customer_id,
+        score: i32::try_from(score.score).map_err(|error| internal(&error))?,
+        risk_band: score.risk_band,
+        model: score.model,
+        model_version: score.model_version,
+        reasons,
+        probability_of_default: score.probability,
+        features,
+        bank,
+        create_time: Some(time::to_proto(score.created_at)),
+    })
+}
+
+/// The bank summary as stored with a decision.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredBank {
+    has_checking_account: bool,
+    average_balance_cents: i64,
+    overdraft_days: i32,
+    income_months: i32,
+    average_monthly_income_cents: i64,
+    has_savings_account: bool,
+    savings_balance_cents: i64,
+    window_days: i32,
+}
+
+impl From<&BankSummary> for StoredBank {
+    fn from(bank: &BankSummary) -> Self {
+        Self {
+            has_checking_account: bank.has_checking_account,
+            average_balance_cents: bank.average_balance_cents,
+            overdraft_days: bank.overdraft_days,
+            income_months: bank.income_months,
+            average_monthly_income_cents: bank.average_monthly_income_cents,
+            has_savings_account: bank.has_savings_account,
+            savings_balance_cents: bank.savings_balance_cents,
+            window_days: bank.window_days,
+        }
+    }
+}
+
+impl From<StoredBank> for proto::BankSummary {
+    fn from(bank: StoredBank) -> Self {
+        Self {
+            average_balance: scoring::reais(bank.average_balance_cents),
+            overdraft_days: bank.overdraft_days,
+            income_months: bank.income_months,
+            average_monthly_income: scoring::reais(bank.average_monthly_income_cents),
+            savings_balance: scoring::reais(bank.savings_balance_cents),
+            has_checking_account: bank.has_checking_account,
+            window_days: bank.window_days,
+        }
+    }
+}
+
+/// An id the service issued (UUID); `NotFound` otherwise, as for an unknown one.
+fn parse_id(field: &str, value: &str) -> Result<String, Error> {
+    if value.trim().is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    Uuid::parse_str(value.trim()).map(|id| id.to_string()).map_err(|_| Error::invalid(field, "is not a valid id"))
+}
+
+/// Scores `row` with `model`: the probability of default and each feature's contribution to it.
+async fn predict(model: Arc<Model>, row: Vec<f32>) -> Result<(f64, Vec<(String, f64)>), Error> {
+    let (probability, contributions) = tokio::task::spawn_blocking(move || {
+        let probability = model.predict(&row)?;
+        let contributions = model.contributions(&row, probability)?;
+        Ok::<_, InferenceError>((probability, contributions))
+    })
+    .await
+    .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
+    Ok((probability, contributions.into_iter().map(|c| (c.feature, c.contribution)).collect()))
+}
+
+fn event(caller: &Caller, kind: EventKind, action: &str, subject: &str, details: serde_json::Value) -> AuditEvent {
+    AuditEvent::new(caller, crate::SERVICE_NAME, kind, action, subject, details)
+}
+
+#[tonic::async_trait]
+impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
+    async fn create_consent(
+        &self,
+        request: Request<proto::CreateConsentRequest>,
+    ) -> Result<Response<proto::Consent>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::CreateConsentRequest { cpf, institution, permissions, expires_at } = request.into_inner();
+        let cpf = Cpf::parse(&cpf)?;
+        let institution = institution.trim().to_owned();
+        if !self.institutions.contains_key(&institution) {
+            let known: Vec<&str> = self.institutions.keys().map(String::as_str).collect();
+            let reason = if institution.is_empty() {
+                "is required".to_owned()
+            } else {
+                format!("unknown institution {institution:?}; configured: {}", known.join(", "))
+            };
+            return Err(Error::invalid("institution", reason).into());
+        }
+        let permissions = Permissions::parse(&permissions)?;
+        let now = Utc::now();
+        let expires_at = expires_at
+            .as_ref()
+            .ok_or_else(|| Error::invalid("expiresAt", "is required"))
+            .and_then(|at| time::from_proto(at).ok_or_else(|| Error::invalid("expiresAt", "is out of range")))?;
+        if expires_at <= now {
+            return Err(Error::invalid("expiresAt", "must be in the future").into());
+        }
+        let mut consent = Consent {
+            id: Uuid::now_v7().to_string(),
+            customer_id: Uuid::now_v7().to_string(),
+            institution,
+            permissions,
+            expires_at: round_micros(expires_at),
+            created_at: round_micros(now),
+            revoked_at: None,
+            last_ingested_at: None,
+        };
+        let recorded = event(
+            &caller,
+            EventKind::PersonalDataChange,
+            "fin.CreateConsent",
+            &format!("consent:{}", consent.id),
+            serde_json::json!({
+                "institution": consent.institution,
+                "permissions": consent.permissions.iter().collect::<Vec<_>>(),
+                "expiresAt": time::stored(consent.expires_at),
+            }),
+        );
+        consent.customer_id = self.store.create_consent(&caller.tenant_id, &cpf, &consent, &recorded).await?;
+        self.outbox.wake();
+        tracing::info!(tenant = %caller.tenant_id, consent = %consent.id, institution = %consent.institution, "consent recorded");
+        Ok(Response::new(consent_message(&consent)))
+    }
+
+    async fn get_consent(
+        &self,
+        request: Request<proto::GetConsentRequest>,
+    ) -> Result<Response<proto::Consent>, Status> {
+        let caller = auth::caller(&request)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let consent = self.store.consent(&caller.tenant_id, &id).await?;
+        Ok(Response::new(consent_message(&consent)))
+    }
+
+    async fn revoke_consent(
+        &self,
+        request: Request<proto::RevokeConsentRequest>,
+    ) -> Result<Response<proto::Consent>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let id = parse_id("id", &request.get_ref().id)?;
+        let now = round_micros(Utc::now());
+        let purge_due = now + chrono::Duration::from_std(self.retention).unwrap_or_default();
+        let recorded = event(
+            &caller,
+            EventKind::PersonalDataChange,
+            "fin.RevokeConsent",
+            &format!("consent:{id}"),
+            serde_json::json!({"dataDeletionDue": time::stored(purge_due)}),
+        );
+        let consent = self.store.revoke_consent(&caller.tenant_id, &id, now, purge_due, &recorded).await?;
+        self.outbox.wake();
+        tracing::info!(tenant = %caller.tenant_id, consent = %id, "consent revoked");
+        Ok(Response::new(consent_message(&consent)))
+    }
+
+    async fn ingest_consent_data(
+        &self,
+        request: Request<proto::IngestConsentDataRequest>,
+    ) -> Result<Response<proto::Ingestion>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let id = parse_id("consentId", &request.get_ref().consent_id)?;
+        let consent = self.store.consent(&caller.tenant_id, &id).await?;
+        consent.allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], Utc::now())?;
+        let fetched = self.fetch(&consent).await?;
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let accounts = count(fetched.accounts.len());
+        let balances = count(fetched.accounts.iter().filter(|(_, balance)| balance.is_some()).count());
+        let transactions = count(fetched.transactions.len());
+        let recorded = |new: u64| {
+            event(
+                &caller,
+                EventKind::PersonalDataChange,
+                "fin.IngestConsentData",
+                &format!("consent:{}", consent.id),
+                serde_json::json!({"accounts": accounts, "transactions": transactions, "newTransactions": new}),
+            )
+        };
+        let new = self.store.store_ingestion(&caller.tenant_id, &consent, &fetched, Utc::now(), recorded).await?;
+        self.outbox.wake();
+        tracing::info!(tenant = %caller.tenant_id, consent = %consent.id, accounts, transactions, new, "consent data ingested");
+        Ok(Response::new(proto::Ingestion {
+            consent_id: consent.id,
+            accounts,
+            balances,
+            transactions,
+            new_transactions: i32::try_from(new).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn score_credit(
+        &self,
+        request: Request<proto::ScoreCreditRequest>,
+    ) -> Result<Response<proto::CreditScore>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::ScoreCreditRequest { cpf, applicant } = request.into_inner();
+        let cpf = Cpf::parse(&cpf)?;
+        let applicant = applicant.ok_or_else(|| Error::invalid("applicant", "is required"))?;
+        let applicant = Applicant::parse(&DeclaredFields {
+            duration_months: applicant.duration_months,
+            credit_amount: applicant.credit_amount,
+            age: applicant.age,
+            existing_credits: applicant.existing_credits,
+            dependents: applicant.dependents,
+            employment_years: applicant.employment_years,
+            credit_history: &applicant.credit_history,
+            housing: &applicant.housing,
+            purpose: &applicant.purpose,
+            monthly_income: applicant.monthly_income,
+        })?;
+        let needed = [ACCOUNTS_READ, ACCOUNTS_BALANCES_READ, ACCOUNTS_TRANSACTIONS_READ];
+        let customer_id = self.store.customer_by_cpf(&caller.tenant_id, &cpf).await?.ok_or_else(|| {
+            aigronova_platform::error::missing_permission(
+                ACCOUNTS_TRANSACTIONS_READ,
+                "a credit score needs a valid consent of the customer granting ACCOUNTS_TRANSACTIONS_READ, \
+                 and the customer has none",
+            )
+        })?;
+        let consents = self.usable_consents(&caller.tenant_id, &customer_id, &needed, "a credit score").await?;
+        let ingested = self
+            .store
+            .consents_of(&caller.tenant_id, &customer_id)
+            .await?
+            .iter()
+            .any(|consent| consents.contains(&consent.id) && consent.last_ingested_at.is_some());
+        if !ingested {
+            return Err(Status::failed_precondition(
+                "no data has been ingested under the customer's valid consents: \
+                 POST /v1/fin/consents/{consentId}/ingestions first",
+            ));
+        }
+        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &consents).await?;
+        let bank = BankSummary::of(&accounts, &transactions);
+        let features = scoring::features(&applicant, &bank)?;
+        let model = self.models.get(scoring::MODEL)?;
+        let row = model.feature_vector(&features, "features").map_err(Error::from)?;
+        let started = Instant::now();
+        let predicted = predict(model.clone(), row.clone()).await;
+        self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());
+        let (probability, contributions) = predicted?;
+        let reasons = scoring::reasons(&contributions);
+        let features = scoring::sorted(&features);
+        let score = StoredScore {
+            id: Uuid::now_v7().to_string(),
+            customer_id: customer_id.clone(),
+            model: model.name().to_owned(),
+            model_version: model.version().to_owned(),
+            features: serde_json::to_value(&features).map_err(|error| internal(&error))?,
+            bank: serde_json::to_value(StoredBank::from(&bank)).map_err(|error| internal(&error))?,
+            probability,
+            score: i64::from(scoring::score_of(probability)),
+            risk_band: model.risk_band(probability).to_owned(),
+            reasons: reasons.iter().map(|reason| feature_of(reason.code)).collect(),
+            created_at: round_micros(Utc::now()),
+        };
+        let recorded = event(
+            &caller,
+            EventKind::Decision,
+            "fin.ScoreCredit",
+            &format!("customer:{customer_id}"),
+            serde_json::json!({
+                "creditScoreId": score.id,
+                "model": score.model,
+                "modelVersion": score.model_version,
+                "inputDigest": input_digest(&features),
+                "output": {"score": score.score, "probabilityOfDefault": probability, "riskBand": score.risk_band},
+                "reasons": reasons.iter().map(|reason| reason.code).collect::<Vec<_>>(),
+                "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
+            }),
+        );
+        self.store.insert_score(&caller.tenant_id, &score, &recorded).await?;
+        self.outbox.wake();
+        tracing::info!(tenant = %caller.tenant_id, score = %score.id, band = %score.risk_band, "credit scored");
+        Ok(Response::new(score_message(score)?))
+    }
+
+    async fn get_credit_score(
+        &self,
+        request: Request<proto::GetCreditScoreRequest>,
+    ) -> Result<Response<proto::CreditScore>, Status> {
+        let caller = auth::caller(&request)?;
+        let id = parse_id("id", &request.get_ref().id)?;
+        let score = self.store.score(&caller.tenant_id, &id).await?;
+        Ok(Response::new(score_message(score)?))
+    }
+
+    async fn get_statement(&self, request: Request<proto::GetStatementRequest>) -> Result<Response<HttpBody>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::GetStatementRequest { customer_id, month, format } = request.into_inner();
+        let customer_id = parse_id("customerId", &customer_id)?;
+        let bounds = scoring::month_bounds(month.trim())?;
+        let pdf = match format.trim() {
+            "" | "json" => false,
+            "pdf" => true,
+            other => return Err(Error::invalid("format", format!("must be json or pdf, not {other:?}")).into()),
+        };
+        self.store.customer_exists(&caller.tenant_id, &customer_id).await?;
+        let consents =
+            self.usable_consents(&caller.tenant_id, &customer_id, &[ACCOUNTS_TRANSACTIONS_READ], "a statement").await?;
+        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &consents).await?;
+        let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions);
+        let (content_type, data) = if pdf {
+            ("application/pdf", statement::render_pdf(&statement))
+        } else {
+            ("application/json", serde_json::to_vec(&statement).map_err(|error| internal(&error))?)
+        };
+        Ok(Response::new(HttpBody { content_type: content_type.into(), data, extensions: Vec::new() }))
+    }
+
+    async fn list_models(
+        &self,
+        request: Request<proto::ListModelsRequest>,
+    ) -> Result<Response<proto::ListModelsResponse>, Status> {
+        auth::caller(&request)?;
+        let mut models: Vec<_> = self.models.models().map(|model| model.card()).collect();
+        models.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        Ok(Response::new(proto::ListModelsResponse { models }))
+    }
+}
+
+/// The feature behind a reason code (what a decision stores, so that the words can improve).
+fn feature_of(code: &str) -> String {
+    scoring::FEATURES
+        .iter()
+        .find(|feature| scoring::reason_for(feature).is_some_and(|reason| reason.code == code))
+        .map_or_else(|| code.to_owned(), |feature| (*feature).to_owned())
+}
+
+/// SHA-256 of the inputs as canonical JSON: identifies what was scored without putting the
+/// values in the audit log.
+fn input_digest(features: &BTreeMap<String, f64>) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(features).unwrap_or_default();
+    format!("sha256:{}", hex::encode(Sha256::digest(json)))
+}
+
+/// To the microsecond, what storage keeps.
+fn round_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    at.trunc_subsecs(6)
+}
+
+/// The common `DataSubject` service: export and erasure for a CPF, called by ai-governance with
+/// a service token for the requester's tenant.
+#[tonic::async_trait]
+impl DataSubject for FinQuantumApi {
+    async fn export_subject(
+        &self,
+        request: Request<common::ExportSubjectRequest>,
+    ) -> Result<Response<common::ExportSubjectResponse>, Status> {
+        let caller = auth::service_caller(&request, SUBJECT_SCOPE)?;
+        let common::ExportSubjectRequest { cpf, request_id } = request.into_inner();
+        let cpf = Cpf::parse(&cpf)?;
+        let recorded = |ids: &[String]| {
+            event(
+                &caller,
+                EventKind::SensitiveRead,
+                "fin.ExportSubject",
+                &ids.iter().map(|id| format!("customer:{id}")).collect::<Vec<_>>().join(","),
+                serde_json::json!({"subjectRequest": request_id, "customers": ids.len()}),
+            )
+        };
+        let data = self.store.export_subject(&caller.tenant_id, &cpf, recorded).await?;
+        self.outbox.wake();
+        Ok(Response::new(common::ExportSubjectResponse {
+            service: crate::SERVICE_NAME.to_owned(),
+            data: Some(subject::to_struct(data)),
+        }))
+    }
+
+    async fn erase_subject(
+        &self,
+        request: Request<common::EraseSubjectRequest>,
+    ) -> Result<Response<common::EraseSubjectResponse>, Status> {
+        let caller = auth::service_caller(&request, SUBJECT_SCOPE)?;
+        let common::EraseSubjectRequest { cpf, request_id } = request.into_inner();
+        let cpf = Cpf::parse(&cpf)?;
+        let recorded = |customer_id: &str, erased: u64| {
+            event(
+                &caller,
+                EventKind::PersonalDataChange,
+                "fin.EraseSubject",
+                &format!("customer:{customer_id}"),
+                serde_json::json!({"subjectRequest": request_id, "erasedRecords": erased}),
+            )
+        };
+        let (erased, kept) = self.store.erase_subject(&caller.tenant_id, &cpf, recorded).await?;
+        self.outbox.wake();
+        tracing::info!(tenant = %caller.tenant_id, erased, kept, "data subject erased");
+        let retained = if kept == 0 {
+            Vec::new()
+        } else {
+            vec![common::RetainedRecord {
+                kind: "credit_scores".into(),
+                reason: "credit decisions are kept, with their inputs deleted and no link to the person, as \
+                         evidence of automated decisions the customer may contest (LGPD Art. 20) and for the \
+                         institution's legal obligations (LGPD Art. 16 I)"
+                    .into(),
+            }]
+        };
+        Ok(Response::new(common::EraseSubjectResponse {
+            service: crate::SERVICE_NAME.to_owned(),
+            erased_records: i64::try_from(erased).unwrap_or(i64::MAX),
+            retained,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_code_maps_back_to_its_feature() {
+        for feature in scoring::FEATURES {
+            let reason = scoring::reason_for(feature).expect("every feature has a reason");
+            assert_eq!(feature_of(reason.code), *feature);
+        }
+        assert!(parse_id("id", "nope").is_err());
+        assert!(parse_id("id", "").is_err());
+    }
+}

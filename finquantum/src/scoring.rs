@@ -1,0 +1,544 @@
+//! Credit-risk scoring: the model's twelve features from what the applicant declares and what
+//! their ingested bank data shows, a score from 0 to 1000, and reasons a customer can read.
+//!
+//! Features taken from the bank data (see [`BankSummary`]):
+//! - `checking_status`: 0 without a checking account; 1 when the checking balance averaged
+//!   below zero over the window or was negative on more than [`OVERDRAFT_DAYS_LIMIT`] days;
+//!   3 when it averaged at least R$ 200 or a salary came in each of the last three months
+//!   (income regularity); 2 otherwise.
+//! - `savings_status`: 0 without a savings account; then by the savings balance: 1 below
+//!   R$ 100, 2 below R$ 500, 3 below R$ 1,000, 4 from R$ 1,000.
+//! - `installment_rate`: the instalment (amount ÷ months) as a share of the monthly income, the
+//!   salary seen in the transactions when there is one, the declared income otherwise: 1 below
+//!   10%, 2 below 20%, 3 below 30%, 4 from 30%.
+//!
+//! The thresholds are the Statlog data set's, read in reais; see the model card for what that
+//! means for calibration.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aigronova_platform::Error;
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+
+use crate::store::{StoredAccount, StoredTransaction};
+
+/// The model this service scores credit with.
+pub const MODEL: &str = "credit-risk";
+/// Days of bank data a score looks at, ending at the latest ingestion.
+pub const WINDOW_DAYS: i64 = 90;
+/// Negative days in the window beyond which the checking account counts as overdrawn.
+pub const OVERDRAFT_DAYS_LIMIT: i32 = 15;
+/// Reasons a score gives at most.
+pub const MAX_REASONS: usize = 4;
+
+/// Open Finance account types.
+const CHECKING: &[&str] = &["CONTA_DEPOSITO_A_VISTA", "CONTA_PAGAMENTO_PRE_PAGA"];
+const SAVINGS: &str = "CONTA_POUPANCA";
+/// Open Finance transaction types of a salary.
+pub const SALARY_TYPES: &[&str] = &["FOLHA_PAGAMENTO", "PORTABILIDADE_SALARIO"];
+
+/// What the applicant declares, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Applicant {
+    pub duration_months: i32,
+    pub credit_amount: f64,
+    pub age: i32,
+    pub existing_credits: i32,
+    pub dependents: i32,
+    pub employment_years: Option<f64>,
+    pub credit_history: CreditHistory,
+    pub housing_own: bool,
+    pub purpose_car: bool,
+    pub monthly_income: Option<f64>,
+}
+
+/// The credit history, in the data set's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreditHistory {
+    NoCreditsOrAllPaid,
+    AllPaidHere,
+    PaidDuly,
+    PastDelays,
+    Critical,
+}
+
+impl CreditHistory {
+    const NAMES: [(&'static str, Self); 5] = [
+        ("no_credits_or_all_paid", Self::NoCreditsOrAllPaid),
+        ("all_paid_here", Self::AllPaidHere),
+        ("paid_duly", Self::PaidDuly),
+        ("past_delays", Self::PastDelays),
+        ("critical", Self::Critical),
+    ];
+
+    fn parse(text: &str) -> Result<Self, Error> {
+        Self::NAMES.iter().find(|(name, _)| *name == text.trim()).map(|(_, history)| *history).ok_or_else(|| {
+            let names: Vec<&str> = Self::NAMES.iter().map(|(name, _)| *name).collect();
+            Error::invalid("applicant.creditHistory", format!("must be one of {}", names.join(", ")))
+        })
+    }
+
+    fn code(self) -> f64 {
+        f64::from(self as u8)
+    }
+}
+
+const HOUSING: &[&str] = &["own", "rent", "free"];
+const PURPOSES: &[&str] =
+    &["car_new", "car_used", "furniture", "appliances", "education", "business", "repairs", "other"];
+
+/// The declared fields as the request carries them.
+#[derive(Clone, Debug, Default)]
+pub struct DeclaredFields<'a> {
+    pub duration_months: i32,
+    pub credit_amount: f64,
+    pub age: i32,
+    pub existing_credits: i32,
+    pub dependents: i32,
+    pub employment_years: Option<f64>,
+    pub credit_history: &'a str,
+    pub housing: &'a str,
+    pub purpose: &'a str,
+    pub monthly_income: Option<f64>,
+}
+
+impl Applicant {
+    /// Checks every field; errors name it as `applicant.<field>`.
+    pub fn parse(fields: &DeclaredFields<'_>) -> Result<Self, Error> {
+        let range = |field: &str, value: i32, min: i32, max: i32| {
+            if (min..=max).contains(&value) {
+                Ok(value)
+            } else {
+                Err(Error::invalid(format!("applicant.{field}"), format!("must be between {min} and {max}")))
+            }
+        };
+        let duration_months = range("durationMonths", fields.duration_months, 1, 120)?;
+        let age = range("age", fields.age, 18, 120)?;
+        let existing_credits = range("existingCredits", fields.existing_credits, 0, 10)?;
+        let dependents = range("dependents", fields.dependents, 0, 10)?;
+        if !fields.credit_amount.is_finite() || fields.credit_amount <= 0.0 || fields.credit_amount > 10_000_000.0 {
+            return Err(Error::invalid("applicant.creditAmount", "must be above 0 and at most 10,000,000 reais"));
+        }
+        if let Some(years) = fields.employment_years
+            && (!years.is_finite() || !(0.0..=80.0).contains(&years))
+        {
+            return Err(Error::invalid(
+                "applicant.employmentYears",
+                "must be between 0 and 80, or absent when unemployed",
+            ));
+        }
+        if let Some(income) = fields.monthly_income
+            && (!income.is_finite() || income <= 0.0)
+        {
+            return Err(Error::invalid("applicant.monthlyIncome", "must be above 0"));
+        }
+        let housing = fields.housing.trim();
+        if !HOUSING.contains(&housing) {
+            return Err(Error::invalid("applicant.housing", format!("must be one of {}", HOUSING.join(", "))));
+        }
+        let purpose = fields.purpose.trim();
+        if !PURPOSES.contains(&purpose) {
+            return Err(Error::invalid("applicant.purpose", format!("must be one of {}", PURPOSES.join(", "))));
+        }
+        Ok(Self {
+            duration_months,
+            credit_amount: fields.credit_amount,
+            age,
+            existing_credits,
+            dependents,
+            employment_years: fields.employment_years,
+            credit_history: CreditHistory::parse(fields.credit_history)?,
+            housing_own: housing == "own",
+            purpose_car: purpose.starts_with("car_"),
+            monthly_income: fields.monthly_income,
+        })
+    }
+
+    fn employment_code(&self) -> f64 {
+        match self.employment_years {
+            None => 0.0,
+            Some(years) if years < 1.0 => 1.0,
+            Some(years) if years < 4.0 => 2.0,
+            Some(years) if years < 7.0 => 3.0,
+            Some(_) => 4.0,
+        }
+    }
+}
+
+/// What the customer's ingested data shows over the window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BankSummary {
+    pub has_checking_account: bool,
+    /// Average end-of-day checking balance, in cents.
+    pub average_balance_cents: i64,
+    pub overdraft_days: i32,
+    /// Of the window's three 30-day months, those with a salary credit.
+    pub income_months: i32,
+    /// Salary credits of the window ÷ 3, in cents.
+    pub average_monthly_income_cents: i64,
+    pub has_savings_account: bool,
+    pub savings_balance_cents: i64,
+    pub window_days: i32,
+}
+
+impl BankSummary {
+    /// The summary of `accounts` (those with a known balance) and their `transactions`.
+    pub fn of(accounts: &[StoredAccount], transactions: &[StoredTransaction]) -> Self {
+        let known: Vec<&StoredAccount> = accounts.iter().filter(|account| account.balance_cents.is_some()).collect();
+        let end = known.iter().filter_map(|account| account.balance_at).max().unwrap_or_else(Utc::now);
+        let start = end - Duration::days(WINDOW_DAYS);
+        let checking: Vec<&&StoredAccount> =
+            known.iter().filter(|account| CHECKING.contains(&account.kind.as_str())).collect();
+        let savings: Vec<&&StoredAccount> = known.iter().filter(|account| account.kind == SAVINGS).collect();
+
+        // End-of-day balances, walking back from each account's balance through its transactions.
+        let mut total_by_day = vec![0i64; WINDOW_DAYS as usize];
+        for account in &checking {
+            let balance = account.balance_cents.unwrap_or(0);
+            let at = account.balance_at.unwrap_or(end);
+            for (day, total) in total_by_day.iter_mut().enumerate() {
+                let day_end = end - Duration::days(day as i64);
+                let after: i64 = transactions
+                    .iter()
+                    .filter(|t| t.belongs_to(account) && t.booked_at > day_end && t.booked_at <= at)
+                    .map(StoredTransaction::signed_cents)
+                    .sum();
+                *total += balance - after;
+            }
+        }
+        let overdraft_days = if checking.is_empty() {
+            0
+        } else {
+            i32::try_from(total_by_day.iter().filter(|balance| **balance < 0).count()).unwrap_or(i32::MAX)
+        };
+        let average_balance_cents =
+            if checking.is_empty() { 0 } else { total_by_day.iter().sum::<i64>() / WINDOW_DAYS };
+
+        let salaries: Vec<&StoredTransaction> = transactions
+            .iter()
+            .filter(|t| t.is_salary() && t.booked_at > start && t.booked_at <= end)
+            .filter(|t| checking.iter().chain(savings.iter()).any(|account| t.belongs_to(account)))
+            .collect();
+        let income_months = i32::try_from(
+            (0..3)
+                .filter(|month| {
+                    let to = end - Duration::days(30 * month);
+                    let from = to - Duration::days(30);
+                    salaries.iter().any(|t| t.booked_at > from && t.booked_at <= to)
+                })
+                .count(),
+        )
+        .unwrap_or(0);
+        let average_monthly_income_cents = salaries.iter().map(|t| t.amount_cents).sum::<i64>() / 3;
+        Self {
+            has_checking_account: !checking.is_empty(),
+            average_balance_cents,
+            overdraft_days,
+            income_months,
+            average_monthly_income_cents,
+            has_savings_account: !savings.is_empty(),
+            savings_balance_cents: savings.iter().filter_map(|account| account.balance_cents).sum(),
+            window_days: WINDOW_DAYS as i32,
+        }
+    }
+
+    fn checking_code(&self) -> f64 {
+        if !self.has_checking_account {
+            0.0
+        } else if self.average_balance_cents < 0 || self.overdraft_days > OVERDRAFT_DAYS_LIMIT {
+            1.0
+        } else if self.average_balance_cents >= 200_00 || self.income_months == 3 {
+            3.0
+        } else {
+            2.0
+        }
+    }
+
+    fn savings_code(&self) -> f64 {
+        match self.savings_balance_cents {
+            _ if !self.has_savings_account => 0.0,
+            ..100_00 => 1.0,
+            ..500_00 => 2.0,
+            ..1_000_00 => 3.0,
+            _ => 4.0,
+        }
+    }
+}
+
+/// The model's input, by feature name: the declared data and the bank summary combined.
+pub fn features(applicant: &Applicant, bank: &BankSummary) -> Result<HashMap<String, f64>, Error> {
+    let income = if bank.income_months > 0 && bank.average_monthly_income_cents > 0 {
+        bank.average_monthly_income_cents as f64 / 100.0
+    } else {
+        applicant.monthly_income.ok_or_else(|| {
+            Error::invalid("applicant.monthlyIncome", "is required when the bank data shows no salary")
+        })?
+    };
+    let share = applicant.credit_amount / f64::from(applicant.duration_months) / income;
+    let installment_rate = match share {
+        share if share < 0.10 => 1.0,
+        share if share < 0.20 => 2.0,
+        share if share < 0.30 => 3.0,
+        _ => 4.0,
+    };
+    Ok(HashMap::from([
+        ("duration_months".to_owned(), f64::from(applicant.duration_months)),
+        ("credit_amount".to_owned(), applicant.credit_amount),
+        ("installment_rate".to_owned(), installment_rate),
+        ("age".to_owned(), f64::from(applicant.age)),
+        ("existing_credits".to_owned(), f64::from(applicant.existing_credits)),
+        ("dependents".to_owned(), f64::from(applicant.dependents)),
+        ("checking_status".to_owned(), bank.checking_code()),
+        ("savings_status".to_owned(), bank.savings_code()),
+        ("employment_years".to_owned(), applicant.employment_code()),
+        ("credit_history".to_owned(), applicant.credit_history.code()),
+        ("housing_own".to_owned(), f64::from(u8::from(applicant.housing_own))),
+        ("purpose_car".to_owned(), f64::from(u8::from(applicant.purpose_car))),
+    ]))
+}
+
+/// 0 (certain default) to 1000 (no risk).
+pub fn score_of(probability_of_default: f64) -> i32 {
+    ((1.0 - probability_of_default.clamp(0.0, 1.0)) * 1000.0).round() as i32
+}
+
+/// The model's features, in its input order.
+pub const FEATURES: &[&str] = &[
+    "duration_months",
+    "credit_amount",
+    "installment_rate",
+    "age",
+    "existing_credits",
+    "dependents",
+    "checking_status",
+    "savings_status",
+    "employment_years",
+    "credit_history",
+    "housing_own",
+    "purpose_car",
+];
+
+/// A reason code and its words for a customer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reason {
+    pub code: &'static str,
+    pub description: &'static str,
+}
+
+/// The reason for a feature that pushed the score down.
+pub fn reason_for(feature: &str) -> Option<Reason> {
+    let (code, description) = match feature {
+        "duration_months" => ("LOAN_DURATION", "The loan would be repaid over a long period."),
+        "credit_amount" => ("CREDIT_AMOUNT", "The amount asked for is high."),
+        "installment_rate" => ("INSTALMENT_SHARE", "The instalment would take a large share of your monthly income."),
+        "age" => ("APPLICANT_AGE", "Applicants of your age repaid less often in the data the model learned from."),
+        "existing_credits" => ("EXISTING_CREDITS", "You already hold several credits."),
+        "dependents" => ("DEPENDENTS", "The number of people you provide for."),
+        "checking_status" => ("CHECKING_BALANCE", "Your checking account balance has been low or negative."),
+        "savings_status" => ("SAVINGS", "You hold little or nothing in savings."),
+        "employment_years" => {
+            ("EMPLOYMENT_TIME", "You have been in your present employment for a short time, or have none.")
+        }
+        "credit_history" => ("CREDIT_HISTORY", "Your credit history shows delays or credits at other institutions."),
+        "housing_own" => ("HOUSING", "You do not own your home."),
+        "purpose_car" => ("CREDIT_PURPOSE", "The purpose of the credit."),
+        _ => return None,
+    };
+    Some(Reason { code, description })
+}
+
+/// The reasons, largest effect first, from the model's contributions to the probability of
+/// default: only features that raised it (pushed the score down).
+pub fn reasons(contributions: &[(String, f64)]) -> Vec<Reason> {
+    let mut raising: Vec<&(String, f64)> = contributions.iter().filter(|(_, effect)| *effect > 0.0).collect();
+    raising.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    raising.into_iter().filter_map(|(feature, _)| reason_for(feature)).take(MAX_REASONS).collect()
+}
+
+/// Money in cents as reais with two decimals: `-1250` → `"-12.50"`.
+pub fn reais(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
+}
+
+/// The first day of `month` (`yyyy-mm`) and of the month after.
+pub fn month_bounds(month: &str) -> Result<(NaiveDate, NaiveDate), Error> {
+    let invalid = || Error::invalid("month", "must be a month as yyyy-mm, e.g. 2026-10");
+    let (year, number) = month.split_once('-').ok_or_else(invalid)?;
+    if year.len() != 4 || number.len() != 2 {
+        return Err(invalid());
+    }
+    let year: i32 = year.parse().map_err(|_| invalid())?;
+    let number: u32 = number.parse().map_err(|_| invalid())?;
+    let first = NaiveDate::from_ymd_opt(year, number, 1).ok_or_else(invalid)?;
+    let next = if number == 12 {
+        NaiveDate::from_ymd_opt(year + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(year, number + 1, 1)
+    };
+    Ok((first, next.ok_or_else(invalid)?))
+}
+
+/// The features as stored and shown, sorted by name.
+pub fn sorted(features: &HashMap<String, f64>) -> BTreeMap<String, f64> {
+    features.iter().map(|(name, value)| (name.clone(), *value)).collect()
+}
+
+/// When `at` falls, as a date in UTC.
+pub fn day_of(at: DateTime<Utc>) -> NaiveDate {
+    at.date_naive()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applicant() -> Applicant {
+        Applicant::parse(&DeclaredFields {
+            duration_months: 12,
+            credit_amount: 1200.0,
+            age: 30,
+            existing_credits: 1,
+            dependents: 1,
+            employment_years: Some(2.0),
+            credit_history: "paid_duly",
+            housing: "own",
+            purpose: "car_used",
+            monthly_income: Some(1000.0),
+        })
+        .unwrap()
+    }
+
+    fn account(kind: &str, balance: i64, at: DateTime<Utc>) -> StoredAccount {
+        StoredAccount {
+            institution: "bank".into(),
+            account_id: kind.into(),
+            consent_id: "c".into(),
+            kind: kind.into(),
+            brand_name: "Banco".into(),
+            number: "1".into(),
+            balance_cents: Some(balance),
+            balance_at: Some(at),
+        }
+    }
+
+    fn transaction(
+        account: &str,
+        id: &str,
+        credit: bool,
+        kind: &str,
+        cents: i64,
+        at: DateTime<Utc>,
+    ) -> StoredTransaction {
+        StoredTransaction {
+            institution: "bank".into(),
+            account_id: account.into(),
+            transaction_id: id.into(),
+            credit,
+            kind: kind.into(),
+            name: "x".into(),
+            amount_cents: cents,
+            booked_at: at,
+        }
+    }
+
+    #[test]
+    fn declared_fields_are_checked_and_named() {
+        let good = DeclaredFields {
+            duration_months: 12,
+            credit_amount: 1000.0,
+            age: 30,
+            credit_history: "paid_duly",
+            housing: "rent",
+            purpose: "other",
+            ..DeclaredFields::default()
+        };
+        assert!(Applicant::parse(&good).is_ok());
+        let cases: [(DeclaredFields<'_>, &str); 6] = [
+            (DeclaredFields { duration_months: 0, ..good.clone() }, "applicant.durationMonths"),
+            (DeclaredFields { age: 17, ..good.clone() }, "applicant.age"),
+            (DeclaredFields { credit_amount: f64::NAN, ..good.clone() }, "applicant.creditAmount"),
+            (DeclaredFields { credit_history: "great", ..good.clone() }, "applicant.creditHistory"),
+            (DeclaredFields { housing: "boat", ..good.clone() }, "applicant.housing"),
+            (DeclaredFields { monthly_income: Some(-1.0), ..good.clone() }, "applicant.monthlyIncome"),
+        ];
+        for (fields, expected) in cases {
+            match Applicant::parse(&fields) {
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, expected),
+                other => panic!("expected {expected} refused, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bank_features_follow_balances_overdrafts_and_salaries() {
+        let now = Utc::now();
+        let none = BankSummary::of(&[], &[]);
+        let f = features(&applicant(), &none).unwrap();
+        assert_eq!((f["checking_status"], f["savings_status"]), (0.0, 0.0));
+        // 1200 / 12 = 100 a month against 1000 declared: 10%.
+        assert_eq!(f["installment_rate"], 2.0);
+
+        let overdrawn = BankSummary::of(&[account("CONTA_DEPOSITO_A_VISTA", -100_00, now)], &[]);
+        assert_eq!(overdrawn.overdraft_days, 90);
+        assert_eq!(features(&applicant(), &overdrawn).unwrap()["checking_status"], 1.0);
+
+        // Balance 100 today, but a 150 credit yesterday: overdrawn (-50) for the 89 days before.
+        let recovering = BankSummary::of(
+            &[account("CONTA_DEPOSITO_A_VISTA", 100_00, now)],
+            &[transaction("CONTA_DEPOSITO_A_VISTA", "t", true, "PIX", 150_00, now - Duration::hours(12))],
+        );
+        assert_eq!(recovering.overdraft_days, 89);
+        assert!(recovering.average_balance_cents < 0);
+
+        // A salary each month, spent within the hour: the balance stays at 150, under R$ 200.
+        let salaried: Vec<StoredTransaction> = (0..3)
+            .flat_map(|month| {
+                let at = now - Duration::days(5 + 30 * month) - Duration::hours(2);
+                let account = "CONTA_DEPOSITO_A_VISTA";
+                [
+                    transaction(account, &format!("s{month}"), true, "FOLHA_PAGAMENTO", 3000_00, at),
+                    transaction(account, &format!("d{month}"), false, "PIX", 3000_00, at + Duration::hours(1)),
+                ]
+            })
+            .collect();
+        let steady = BankSummary::of(
+            &[account("CONTA_DEPOSITO_A_VISTA", 150_00, now), account(SAVINGS, 700_00, now)],
+            &salaried,
+        );
+        assert_eq!(steady.income_months, 3);
+        assert_eq!(steady.overdraft_days, 0);
+        assert!(steady.average_balance_cents < 200_00);
+        assert_eq!(steady.average_monthly_income_cents, 3000_00);
+        let f = features(&applicant(), &steady).unwrap();
+        assert_eq!((f["checking_status"], f["savings_status"]), (3.0, 3.0));
+        // 100 a month against the 3000 salary seen, not the 1000 declared: under 10%.
+        assert_eq!(f["installment_rate"], 1.0);
+    }
+
+    #[test]
+    fn reasons_name_what_raised_the_risk_in_order() {
+        let contributions = vec![
+            ("age".to_owned(), -0.05),
+            ("checking_status".to_owned(), 0.20),
+            ("duration_months".to_owned(), 0.07),
+            ("savings_status".to_owned(), 0.07),
+            ("credit_amount".to_owned(), 0.01),
+            ("housing_own".to_owned(), 0.001),
+        ];
+        let codes: Vec<&str> = reasons(&contributions).iter().map(|reason| reason.code).collect();
+        assert_eq!(codes, ["CHECKING_BALANCE", "LOAN_DURATION", "SAVINGS", "CREDIT_AMOUNT"]);
+        assert_eq!(score_of(0.2), 800);
+        assert_eq!(reais(-1250), "-12.50");
+        assert_eq!(reais(5), "0.05");
+    }
+
+    #[test]
+    fn months_are_yyyy_mm() {
+        let (first, next) = month_bounds("2026-12").unwrap();
+        assert_eq!((first.to_string(), next.to_string()), ("2026-12-01".into(), "2027-01-01".into()));
+        for bad in ["2026-13", "2026-1", "26-01", "2026/01", ""] {
+            assert!(month_bounds(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Monthly statements: for each account, the month's transactions, totals by category (the
+//! Open Finance transaction type), and the end-of-day balance of each day with movements,
+//! walked back from the balance fetched at ingestion. Money is integer cents until it is shown.
+
+use std::collections::BTreeMap;
+
+use aigronova_platform::pdf::PdfDocument;
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use crate::{
+    scoring::reais,
+    store::{StoredAccount, StoredTransaction},
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Statement {
+    pub customer_id: String,
+    /// `yyyy-mm`.
+    pub month: String,
+    pub currency: &'static str,
+    pub accounts: Vec<AccountStatement>,
+    pub total_credits: String,
+    pub total_debits: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountStatement {
+    pub institution: String,
+    pub account_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub brand_name: String,
+    pub number: String,
+    /// The balance at the start and end of the month; absent when no balance was fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opening_balance: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub closing_balance: Option<String>,
+    pub total_credits: String,
+    pub total_debits: String,
+    /// Credits minus debits.
+    pub net: String,
+    pub categories: Vec<CategoryTotal>,
+    /// End-of-day balance of each day with movements; relative to the opening balance (which
+    /// counts as zero) when no balance was fetched.
+    pub balances: Vec<DailyBalance>,
+    pub transactions: Vec<StatementLine>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoryTotal {
+    pub category: String,
+    pub credits: String,
+    pub debits: String,
+    pub count: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DailyBalance {
+    pub date: String,
+    pub balance: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatementLine {
+    pub id: String,
+    pub date: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `CREDITO` or `DEBITO`.
+    pub credit_debit_type: &'static str,
+    pub name: String,
+    pub amount: String,
+}
+
+/// The statement of `month` (`[first, next)`) for `accounts`, from `transactions` (any months).
+pub fn build(
+    customer_id: &str,
+    month: &str,
+    (first, next): (NaiveDate, NaiveDate),
+    accounts: &[StoredAccount],
+    transactions: &[StoredTransaction],
+) -> Statement {
+    let mut statements = Vec::new();
+    let (mut credits, mut debits) = (0i64, 0i64);
+    for account in accounts {
+        let mut own: Vec<&StoredTransaction> = transactions.iter().filter(|t| t.belongs_to(account)).collect();
+        own.sort_by(|a, b| a.booked_at.cmp(&b.booked_at).then_with(|| a.transaction_id.cmp(&b.transaction_id)));
+        let in_month: Vec<&&StoredTransaction> = own
+            .iter()
+            .filter(|t| {
+                let day = t.booked_at.date_naive();
+                day >= first && day < next
+            })
+            .collect();
+        // The balance at the end of the month: the fetched balance minus what moved after.
+        let closing = account.balance_cents.map(|balance| {
+            let after: i64 = own
+                .iter()
+                .filter(|t| t.booked_at.date_naive() >= next && Some(t.booked_at) <= account.balance_at)
+                .map(|t| t.signed_cents())
+                .sum();
+            balance - after
+        });
+        let net: i64 = in_month.iter().map(|t| t.signed_cents()).sum();
+        let opening = closing.map(|closing| closing - net);
+        let mut running = opening.unwrap_or(0);
+        let mut balances: Vec<DailyBalance> = Vec::new();
+        let mut categories: BTreeMap<&str, (i64, i64, usize)> = BTreeMap::new();
+        let mut lines = Vec::new();
+        for transaction in &in_month {
+            running += transaction.signed_cents();
+            let date = transaction.booked_at.date_naive().to_string();
+            match balances.last_mut() {
+                Some(last) if last.date == date => last.balance = reais(running),
+                _ => balances.push(DailyBalance { date: date.clone(), balance: reais(running) }),
+            }
+            let entry = categories.entry(transaction.kind.as_str()).or_default();
+            if transaction.credit {
+                entry.0 += transaction.amount_cents;
+            } else {
+                entry.1 += transaction.amount_cents;
+            }
+            entry.2 += 1;
+            lines.push(StatementLine {
+                id: transaction.transaction_id.clone(),
+                date,
+                kind: transaction.kind.clone(),
+                credit_debit_type: if transaction.credit { "CREDITO" } else { "DEBITO" },
+                name: transaction.name.clone(),
+                amount: reais(transaction.amount_cents),
+            });
+        }
+        let account_credits: i64 = categories.values().map(|(c, _, _)| c).sum();
+        let account_debits: i64 = categories.values().map(|(_, d, _)| d).sum();
+        credits += account_credits;
+        debits += account_debits;
+        statements.push(AccountStatement {
+            institution: account.institution.clone(),
+            account_id: account.account_id.clone(),
+            kind: account.kind.clone(),
+            brand_name: account.brand_name.clone(),
+            number: account.number.clone(),
+            opening_balance: opening.map(reais),
+            closing_balance: closing.map(reais),
+            total_credits: reais(account_credits),
+            total_debits: reais(account_debits),
+            net: reais(net),
+            categories: categories
+                .into_iter()
+                .map(|(category, (credits, debits, count))| CategoryTotal {
+                    category: category.to_owned(),
+                    credits: reais(credits),
+                    debits: reais(debits),
+                    count,
+                })
+                .collect(),
+            balances,
+            transactions: lines,
+        });
+    }
+    Statement {
+        customer_id: customer_id.to_owned(),
+        month: month.to_owned(),
+        currency: "BRL",
+        accounts: statements,
+        total_credits: reais(credits),
+        total_debits: reais(debits),
+    }
+}
+
+/// The statement as a PDF: one section per account with its totals, categories, balances and
+/// transactions.
+pub fn render_pdf(statement: &Statement) -> Vec<u8> {
+    let mut pdf = PdfDocument::new(&format!("Extrato mensal / Monthly statement {}", statement.month));
+    pdf.field("Cliente / Customer", &statement.customer_id);
+    pdf.field("Moeda / Currency", statement.currency);
+    pdf.field("Entradas / Credits", &statement.total_credits);
+    pdf.field("Saídas / Debits", &statement.total_debits);
+    if statement.accounts.is_empty() {
+        pdf.paragraph("Nenhuma conta com dados consentidos. No account with consented data.");
+    }
+    for account in &statement.accounts {
+        pdf.heading(&format!("{} {} ({})", account.brand_name, account.number, account.kind));
+        pdf.field("Instituição / Institution", &account.institution);
+        if let (Some(opening), Some(closing)) = (&account.opening_balance, &account.closing_balance) {
+            pdf.field("Saldo inicial / Opening balance", opening);
+            pdf.field("Saldo final / Closing balance", closing);
+        }
+        pdf.field("Entradas / Credits", &account.total_credits);
+        pdf.field("Saídas / Debits", &account.total_debits);
+        pdf.field("Resultado / Net", &account.net);
+        pdf.subheading("Por categoria / By category");
+        for category in &account.categories {
+            pdf.field(
+                &category.category,
+                &format!("+{} -{} ({} transactions)", category.credits, category.debits, category.count),
+            );
+        }
+        pdf.subheading("Saldo diário / Daily balance");
+        for day in &account.balances {
+            pdf.field(&day.date, &day.balance);
+        }
+        pdf.subheading("Transações / Transactions");
+        for line in &account.transactions {
+            let sign = if line.credit_debit_type == "CREDITO" { "+" } else { "-" };
+            pdf.monospace(&format!("{} {sign}{:>12} {:<24} {}", line.date, line.amount, line.kind, line.name));
+        }
+    }
+    pdf.to_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::scoring::month_bounds;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
+
+    fn transaction(id: &str, credit: bool, kind: &str, cents: i64, when: &str) -> StoredTransaction {
+        StoredTransaction {
+            institution: "bank".into(),
+            account_id: "acc".into(),
+            transaction_id: id.into(),
+            credit,
+            kind: kind.into(),
+            name: id.to_uppercase(),
+            amount_cents: cents,
+            booked_at: at(when),
+        }
+    }
+
+    #[test]
+    fn totals_and_balances_add_up_to_the_transactions() {
+        let account = StoredAccount {
+            institution: "bank".into(),
+            account_id: "acc".into(),
+            consent_id: "c".into(),
+            kind: "CONTA_DEPOSITO_A_VISTA".into(),
+            brand_name: "Banco".into(),
+            number: "123".into(),
+            balance_cents: Some(1_000_00),
+            balance_at: Some(at("2026-11-20T00:00:00Z")),
+        };
+        let transactions = [
+            transaction("a", true, "FOLHA_PAGAMENTO", 3_000_00, "2026-10-05T10:00:00Z"),
+            transaction("b", false, "PIX", 120_50, "2026-10-05T18:00:00Z"),
+            transaction("c", false, "BOLETO", 800_00, "2026-10-10T09:00:00Z"),
+            transaction("d", false, "PIX", 79_50, "2026-10-31T23:59:59Z"),
+            // Outside the month: before, and after (moves the closing balance back).
+            transaction("e", true, "PIX", 50_00, "2026-09-30T12:00:00Z"),
+            transaction("f", false, "PIX", 200_00, "2026-11-02T12:00:00Z"),
+        ];
+        let statement = build("cust", "2026-10", month_bounds("2026-10").unwrap(), &[account], &transactions);
+        let account = &statement.accounts[0];
+        assert_eq!(account.transactions.len(), 4);
+        assert_eq!((account.total_credits.as_str(), account.total_debits.as_str()), ("3000.00", "1000.00"));
+        assert_eq!(account.net, "2000.00");
+        assert_eq!(account.closing_balance.as_deref(), Some("1200.00"), "1000 now, 200 spent in November");
+        assert_eq!(account.opening_balance.as_deref(), Some("-800.00"));
+        let days: Vec<(&str, &str)> = account.balances.iter().map(|d| (d.date.as_str(), d.balance.as_str())).collect();
+        assert_eq!(days, [("2026-10-05", "2079.50"), ("2026-10-10", "1279.50"), ("2026-10-31", "1200.00")]);
+        let pix = account.categories.iter().find(|c| c.category == "PIX").unwrap();
+        assert_eq!((pix.debits.as_str(), pix.count), ("200.00", 2));
+        assert_eq!(statement.total_credits, "3000.00");
+    }
+}

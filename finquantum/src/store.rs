@@ -1,0 +1,674 @@
+//! Customers, consents, fetched data and credit decisions in the service's own database
+//! (SQLite or PostgreSQL through `sqlx::Any`). Every query filters on the tenant, and on
+//! PostgreSQL row-level security holds each transaction to its tenant as well. A customer's CPF
+//! is sealed with the tenant's data key and found through its blind index.
+
+use std::sync::Arc;
+
+use aigronova_platform::{
+    Error,
+    audit::{self, AuditEvent},
+    cpf::Cpf,
+    crypto::{TenantCipher, TenantKeys},
+    storage::{Database, StoreError},
+    time,
+};
+use chrono::{DateTime, Utc};
+use sqlx::{Any, Row, Transaction, any::AnyRow};
+
+use crate::{
+    consent::{Consent, Permissions},
+    openfinance,
+};
+
+/// An account as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredAccount {
+    pub institution: String,
+    pub account_id: String,
+    pub consent_id: String,
+    pub kind: String,
+    pub brand_name: String,
+    pub number: String,
+    pub balance_cents: Option<i64>,
+    pub balance_at: Option<DateTime<Utc>>,
+}
+
+/// A transaction as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTransaction {
+    pub institution: String,
+    pub account_id: String,
+    pub transaction_id: String,
+    /// Money in (`CREDITO`) rather than out.
+    pub credit: bool,
+    pub kind: String,
+    pub name: String,
+    /// Positive; the direction is `credit`.
+    pub amount_cents: i64,
+    pub booked_at: DateTime<Utc>,
+}
+
+impl StoredTransaction {
+    pub fn belongs_to(&self, account: &StoredAccount) -> bool {
+        self.institution == account.institution && self.account_id == account.account_id
+    }
+
+    /// The amount with its direction: credits positive, debits negative.
+    pub fn signed_cents(&self) -> i64 {
+        if self.credit { self.amount_cents } else { -self.amount_cents }
+    }
+
+    /// A salary credit: the Open Finance payroll types, or a credit named as a salary.
+    pub fn is_salary(&self) -> bool {
+        let name = self.name.to_uppercase();
+        self.credit
+            && (crate::scoring::SALARY_TYPES.contains(&self.kind.as_str())
+                || name.contains("SALARIO")
+                || name.contains("SALÁRIO"))
+    }
+}
+
+/// What one ingestion fetched, ready to store.
+#[derive(Debug)]
+pub struct Fetched {
+    pub accounts: Vec<(openfinance::Account, Option<openfinance::Balance>)>,
+    pub transactions: Vec<(String, openfinance::Transaction)>,
+}
+
+/// A stored credit decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredScore {
+    pub id: String,
+    pub customer_id: String,
+    pub model: String,
+    pub model_version: String,
+    pub features: serde_json::Value,
+    pub bank: serde_json::Value,
+    pub probability: f64,
+    pub score: i64,
+    pub risk_band: String,
+    pub reasons: Vec<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What the purge deleted for one consent.
+#[derive(Debug)]
+pub struct Purged {
+    pub tenant_id: String,
+    pub consent_id: String,
+    pub accounts: u64,
+    pub transactions: u64,
+}
+
+/// The queries of this service over one [`Database`].
+#[derive(Clone, Debug)]
+pub(crate) struct Store {
+    database: Database,
+    keys: Arc<TenantKeys>,
+}
+
+impl Store {
+    pub(crate) fn new(database: Database, keys: Arc<TenantKeys>) -> Self {
+        Self { database, keys }
+    }
+
+    async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
+        Ok(self.keys.cipher(tenant_id).await?)
+    }
+
+    async fn begin(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+        Ok(self.database.begin_tenant(tenant_id).await?)
+    }
+
+    async fn begin_read(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+        Ok(self.database.begin_tenant_read(tenant_id).await?)
+    }
+
+    /// Stores `consent`, its customer found by CPF or registered, and its audit event together.
+    pub(crate) async fn create_consent(
+        &self,
+        tenant_id: &str,
+        cpf: &Cpf,
+        consent: &Consent,
+        event: &AuditEvent,
+    ) -> Result<String, Error> {
+        let cipher = self.cipher(tenant_id).await?;
+        let cpf_hash = cipher.blind_index(cpf.as_str());
+        let mut transaction = self.begin(tenant_id).await?;
+        let existing = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
+            .bind(tenant_id)
+            .bind(&cpf_hash)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        let customer_id = match existing {
+            Some(row) => row.try_get::<String, _>("id").map_err(StoreError::from)?,
+            None => {
+                let id = consent.customer_id.clone();
+                sqlx::query(
+                    "INSERT INTO customers (tenant_id, id, cpf_hash, sealed_cpf, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(tenant_id)
+                .bind(&id)
+                .bind(&cpf_hash)
+                .bind(cipher.seal(&format!("customers:{tenant_id}:{id}"), cpf.as_str()))
+                .bind(time::stored(consent.created_at))
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+                id
+            }
+        };
+        sqlx::query(
+            "INSERT INTO consents (tenant_id, id, customer_id, institution, permissions, expires_at, created_at, \
+             purge_due_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $6)",
+        )
+        .bind(tenant_id)
+        .bind(&consent.id)
+        .bind(&customer_id)
+        .bind(&consent.institution)
+        .bind(consent.permissions.to_stored())
+        .bind(time::stored(consent.expires_at))
+        .bind(time::stored(consent.created_at))
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(customer_id)
+    }
+
+    /// The consent `id` of `tenant_id`; `NotFound` when unknown or another tenant's.
+    pub(crate) async fn consent(&self, tenant_id: &str, id: &str) -> Result<Consent, Error> {
+        let mut transaction = self.begin_read(tenant_id).await?;
+        let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound(format!("consent {id}")))?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(consent_of(&row)?)
+    }
+
+    /// Every consent of `customer_id`.
+    pub(crate) async fn consents_of(&self, tenant_id: &str, customer_id: &str) -> Result<Vec<Consent>, Error> {
+        let mut transaction = self.begin_read(tenant_id).await?;
+        let rows = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
+            .bind(tenant_id)
+            .bind(customer_id)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(rows.iter().map(consent_of).collect::<Result<_, _>>()?)
+    }
+
+    /// The customer with `cpf`, if the tenant has one.
+    pub(crate) async fn customer_by_cpf(&self, tenant_id: &str, cpf: &Cpf) -> Result<Option<String>, Error> {
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin_read(tenant_id).await?;
+        let row = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
+            .bind(tenant_id)
+            .bind(cipher.blind_index(cpf.as_str()))
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(row.map(|row| row.try_get::<String, _>("id")).transpose().map_err(StoreError::from)?)
+    }
+
+    /// `NotFound` unless `customer_id` is a customer of `tenant_id`.
+    pub(crate) async fn customer_exists(&self, tenant_id: &str, customer_id: &str) -> Result<(), Error> {
+        let mut transaction = self.begin_read(tenant_id).await?;
+        sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(customer_id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound(format!("customer {customer_id}")))?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Marks the consent revoked, its data due for deletion at `purge_due`, with its event. A
+    /// consent already revoked stays as it was.
+    pub(crate) async fn revoke_consent(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        now: DateTime<Utc>,
+        purge_due: DateTime<Utc>,
+        event: &AuditEvent,
+    ) -> Result<Consent, Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        let updated = sqlx::query(
+            "UPDATE consents SET revoked_at = $3, purge_due_at = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(time::stored(now))
+        .bind(time::stored(purge_due))
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound(format!("consent {id}")))?;
+        if updated.rows_affected() == 1 {
+            audit::enqueue(&mut transaction, event).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(consent_of(&row)?)
+    }
+
+    /// Stores what an ingestion under `consent` fetched: accounts (now held under this consent)
+    /// with their balances, and the transactions not stored before, whose number it returns.
+    pub(crate) async fn store_ingestion(
+        &self,
+        tenant_id: &str,
+        consent: &Consent,
+        fetched: &Fetched,
+        now: DateTime<Utc>,
+        event: impl FnOnce(u64) -> AuditEvent,
+    ) -> Result<u64, Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        let fetched_at = time::stored(now);
+        for (account, balance) in &fetched.accounts {
+            let (balance_cents, balance_at) = match balance {
+                Some(balance) => (balance.cents(), Some(balance.at().unwrap_or(now))),
+                None => (None, None),
+            };
+            sqlx::query(
+                "INSERT INTO accounts (tenant_id, customer_id, institution, account_id, consent_id, kind, brand_name, \
+                 number, balance_cents, balance_at, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (tenant_id, customer_id, institution, account_id) DO UPDATE SET \
+                 consent_id = excluded.consent_id, kind = excluded.kind, brand_name = excluded.brand_name, \
+                 number = excluded.number, balance_cents = excluded.balance_cents, balance_at = excluded.balance_at, \
+                 fetched_at = excluded.fetched_at",
+            )
+            .bind(tenant_id)
+            .bind(&consent.customer_id)
+            .bind(&consent.institution)
+            .bind(&account.account_id)
+            .bind(&consent.id)
+            .bind(&account.kind)
+            .bind(&account.brand_name)
+            .bind(format!("{}-{}", account.number, account.check_digit))
+            .bind(balance_cents)
+            .bind(balance_at.map(time::stored))
+            .bind(&fetched_at)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        }
+        let mut inserted = 0;
+        for (account_id, item) in &fetched.transactions {
+            let amount = item.transaction_amount.cents().ok_or_else(|| {
+                Error::invalid("transactionAmount", format!("transaction {}: not an amount", item.transaction_id))
+            })?;
+            let booked_at = DateTime::parse_from_rfc3339(&item.transaction_date_time)
+                .map_err(|_| {
+                    Error::invalid("transactionDateTime", format!("transaction {}: not RFC 3339", item.transaction_id))
+                })?
+                .with_timezone(&Utc);
+            let result = sqlx::query(
+                "INSERT INTO transactions (tenant_id, customer_id, institution, account_id, transaction_id, credit, \
+                 kind, name, amount_cents, currency, booked_at, fetched_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (tenant_id, customer_id, institution, account_id, transaction_id) DO NOTHING",
+            )
+            .bind(tenant_id)
+            .bind(&consent.customer_id)
+            .bind(&consent.institution)
+            .bind(account_id)
+            .bind(&item.transaction_id)
+            .bind(i64::from(item.credit_debit_type == "CREDITO"))
+            .bind(&item.kind)
+            .bind(crate::mask_card_numbers(&item.transaction_name))
+            .bind(amount)
+            .bind(&item.transaction_amount.currency)
+            .bind(time::stored(booked_at))
+            .bind(&fetched_at)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+            inserted += result.rows_affected();
+        }
+        sqlx::query("UPDATE consents SET last_ingested_at = $3 WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(&consent.id)
+            .bind(&fetched_at)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, &event(inserted)).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(inserted)
+    }
+
+    /// The accounts held under `consent_ids` and their transactions.
+    pub(crate) async fn data_under(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        consent_ids: &[String],
+    ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), Error> {
+        let mut transaction = self.begin_read(tenant_id).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
+        )
+        .bind(tenant_id)
+        .bind(customer_id)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        let accounts: Vec<StoredAccount> = rows
+            .iter()
+            .map(account_of)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|account| consent_ids.contains(&account.consent_id))
+            .collect();
+        let rows = sqlx::query("SELECT * FROM transactions WHERE tenant_id = $1 AND customer_id = $2")
+            .bind(tenant_id)
+            .bind(customer_id)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        let transactions = rows
+            .iter()
+            .map(transaction_of)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .filter(|item| accounts.iter().any(|account| item.belongs_to(account)))
+            .collect();
+        Ok((accounts, transactions))
+    }
+
+    /// Stores a credit decision with its audit event.
+    pub(crate) async fn insert_score(
+        &self,
+        tenant_id: &str,
+        score: &StoredScore,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
+        let mut transaction = self.begin(tenant_id).await?;
+        sqlx::query(
+            "INSERT INTO credit_scores (tenant_id, id, customer_id, model, model_version, features, bank, probability, \
+             score, risk_band, reasons, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(tenant_id)
+        .bind(&score.id)
+        .bind(&score.customer_id)
+        .bind(&score.model)
+        .bind(&score.model_version)
+        .bind(score.features.to_string())
+        .bind(score.bank.to_string())
+        .bind(score.probability)
+        .bind(score.score)
+        .bind(&score.risk_band)
+        .bind(serde_json::Value::from(score.reasons.clone()).to_string())
+        .bind(time::stored(score.created_at))
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    pub(crate) async fn score(&self, tenant_id: &str, id: &str) -> Result<StoredScore, Error> {
+        let mut transaction = self.begin_read(tenant_id).await?;
+        let row = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound(format!("credit score {id}")))?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(score_of(&row)?)
+    }
+
+    /// Deletes the data held under every consent whose deletion is due at `now` (revoked, or
+    /// expired), each consent with its audit event, and marks the consents purged.
+    pub(crate) async fn purge_due(
+        &self,
+        now: DateTime<Utc>,
+        event: impl Fn(&Purged) -> AuditEvent,
+    ) -> Result<Vec<Purged>, Error> {
+        let due = {
+            let rows = sqlx::query(
+                "SELECT tenant_id, id FROM consents WHERE purged_at IS NULL AND purge_due_at <= $1 ORDER BY purge_due_at",
+            )
+            .bind(time::stored(now))
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(StoreError::from)?;
+            rows.iter()
+                .map(|row| Ok((row.try_get::<String, _>("tenant_id")?, row.try_get::<String, _>("id")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(StoreError::from)?
+        };
+        let mut purged = Vec::new();
+        for (tenant_id, consent_id) in due {
+            let mut transaction = self.begin(&tenant_id).await?;
+            let transactions = sqlx::query(
+                "DELETE FROM transactions WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM accounts a \
+                 WHERE a.tenant_id = transactions.tenant_id AND a.customer_id = transactions.customer_id \
+                 AND a.institution = transactions.institution AND a.account_id = transactions.account_id \
+                 AND a.consent_id = $2)",
+            )
+            .bind(&tenant_id)
+            .bind(&consent_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected();
+            let accounts = sqlx::query("DELETE FROM accounts WHERE tenant_id = $1 AND consent_id = $2")
+                .bind(&tenant_id)
+                .bind(&consent_id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?
+                .rows_affected();
+            sqlx::query("UPDATE consents SET purged_at = $3 WHERE tenant_id = $1 AND id = $2")
+                .bind(&tenant_id)
+                .bind(&consent_id)
+                .bind(time::stored(now))
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+            let done = Purged { tenant_id, consent_id, accounts, transactions };
+            if accounts > 0 || transactions > 0 {
+                audit::enqueue(&mut transaction, &event(&done)).await?;
+            }
+            transaction.commit().await.map_err(StoreError::from)?;
+            purged.push(done);
+        }
+        Ok(purged)
+    }
+
+    /// Everything held about `cpf`: the customer, consents, accounts, transactions and credit
+    /// decisions; the read and its audit event (`event(&customer_ids)`) commit together.
+    pub(crate) async fn export_subject(
+        &self,
+        tenant_id: &str,
+        cpf: &Cpf,
+        event: impl FnOnce(&[String]) -> AuditEvent,
+    ) -> Result<serde_json::Value, Error> {
+        let Some(customer_id) = self.customer_by_cpf(tenant_id, cpf).await? else {
+            return Ok(serde_json::json!({"customers": []}));
+        };
+        let consents = self.consents_of(tenant_id, &customer_id).await?;
+        let all: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
+        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all).await?;
+        let mut transaction = self.begin(tenant_id).await?;
+        let scores = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
+            .bind(tenant_id)
+            .bind(&customer_id)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        let scores = scores.iter().map(score_of).collect::<Result<Vec<_>, _>>()?;
+        audit::enqueue(&mut transaction, &event(std::slice::from_ref(&customer_id))).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        let now = Utc::now();
+        Ok(serde_json::json!({"customers": [{
+            "id": customer_id,
+            "cpf": cpf.as_str(),
+            "consents": consents.iter().map(|consent| serde_json::json!({
+                "id": consent.id,
+                "institution": consent.institution,
+                "permissions": consent.permissions.iter().collect::<Vec<_>>(),
+                "status": consent.status_at(now).as_str(),
+                "expiresAt": time::stored(consent.expires_at),
+                "createTime": time::stored(consent.created_at),
+            })).collect::<Vec<_>>(),
+            "accounts": accounts.iter().map(|account| serde_json::json!({
+                "institution": account.institution,
+                "accountId": account.account_id,
+                "type": account.kind,
+                "number": account.number,
+                "balance": account.balance_cents.map(crate::scoring::reais),
+                "transactions": transactions.iter().filter(|t| t.belongs_to(account)).map(|t| serde_json::json!({
+                    "id": t.transaction_id,
+                    "creditDebitType": if t.credit { "CREDITO" } else { "DEBITO" },
+                    "type": t.kind,
+                    "name": t.name,
+                    "amount": crate::scoring::reais(t.amount_cents),
+                    "bookedAt": time::stored(t.booked_at),
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "creditScores": scores.iter().map(|score| serde_json::json!({
+                "id": score.id,
+                "score": score.score,
+                "riskBand": score.risk_band,
+                "modelVersion": score.model_version,
+                "features": score.features,
+                "reasons": score.reasons,
+                "createTime": time::stored(score.created_at),
+            })).collect::<Vec<_>>(),
+        }]}))
+    }
+
+    /// Erases `cpf`: its consents, accounts and transactions are deleted and the customer's CPF
+    /// with them; credit decisions stay, their inputs emptied. Returns the records deleted and
+    /// the decisions kept.
+    pub(crate) async fn erase_subject(
+        &self,
+        tenant_id: &str,
+        cpf: &Cpf,
+        event: impl FnOnce(&str, u64) -> AuditEvent,
+    ) -> Result<(u64, u64), Error> {
+        let Some(customer_id) = self.customer_by_cpf(tenant_id, cpf).await? else {
+            return Ok((0, 0));
+        };
+        let mut transaction = self.begin(tenant_id).await?;
+        let mut erased = 0;
+        for statement in [
+            "DELETE FROM transactions WHERE tenant_id = $1 AND customer_id = $2",
+            "DELETE FROM accounts WHERE tenant_id = $1 AND customer_id = $2",
+            "DELETE FROM consents WHERE tenant_id = $1 AND customer_id = $2",
+            "DELETE FROM customers WHERE tenant_id = $1 AND id = $2",
+        ] {
+            erased += sqlx::query(statement)
+                .bind(tenant_id)
+                .bind(&customer_id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?
+                .rows_affected();
+        }
+        let kept = sqlx::query(
+            "UPDATE credit_scores SET features = '{}', bank = '{}' WHERE tenant_id = $1 AND customer_id = $2",
+        )
+        .bind(tenant_id)
+        .bind(&customer_id)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+        audit::enqueue(&mut transaction, &event(&customer_id, erased)).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok((erased, kept))
+    }
+}
+
+fn stored_time(row: &AnyRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    row.try_get::<Option<String>, _>(column)?.map(|text| time::parse_stored(column, &text)).transpose()
+}
+
+fn required_time(row: &AnyRow, column: &str) -> Result<DateTime<Utc>, StoreError> {
+    stored_time(row, column)?.ok_or_else(|| StoreError::Corrupt(format!("{column} is empty")))
+}
+
+fn consent_of(row: &AnyRow) -> Result<Consent, StoreError> {
+    Ok(Consent {
+        id: row.try_get("id")?,
+        customer_id: row.try_get("customer_id")?,
+        institution: row.try_get("institution")?,
+        permissions: Permissions::from_stored(&row.try_get::<String, _>("permissions")?),
+        expires_at: required_time(row, "expires_at")?,
+        created_at: required_time(row, "created_at")?,
+        revoked_at: stored_time(row, "revoked_at")?,
+        last_ingested_at: stored_time(row, "last_ingested_at")?,
+    })
+}
+
+fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
+    Ok(StoredAccount {
+        institution: row.try_get("institution")?,
+        account_id: row.try_get("account_id")?,
+        consent_id: row.try_get("consent_id")?,
+        kind: row.try_get("kind")?,
+        brand_name: row.try_get("brand_name")?,
+        number: row.try_get("number")?,
+        balance_cents: row.try_get("balance_cents")?,
+        balance_at: stored_time(row, "balance_at")?,
+    })
+}
+
+fn transaction_of(row: &AnyRow) -> Result<StoredTransaction, StoreError> {
+    Ok(StoredTransaction {
+        institution: row.try_get("institution")?,
+        account_id: row.try_get("account_id")?,
+        transaction_id: row.try_get("transaction_id")?,
+        credit: row.try_get::<i64, _>("credit")? != 0,
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        amount_cents: row.try_get("amount_cents")?,
+        booked_at: required_time(row, "booked_at")?,
+    })
+}
+
+fn score_of(row: &AnyRow) -> Result<StoredScore, StoreError> {
+    let json = |column: &str| -> Result<serde_json::Value, StoreError> {
+        serde_json::from_str(&row.try_get::<String, _>(column)?)
+            .map_err(|error| StoreError::Corrupt(format!("credit_scores.{column}: {error}")))
+    };
+    Ok(StoredScore {
+        id: row.try_get("id")?,
+        customer_id: row.try_get("customer_id")?,
+        model: row.try_get("model")?,
+        model_version: row.try_get("model_version")?,
+        features: json("features")?,
+        bank: json("bank")?,
+        probability: row.try_get("probability")?,
+        score: row.try_get("score")?,
+        risk_band: row.try_get("risk_band")?,
+        reasons: serde_json::from_value(json("reasons")?)
+            .map_err(|error| StoreError::Corrupt(format!("credit_scores.reasons: {error}")))?,
+        created_at: required_time(row, "created_at")?,
+    })
+}
