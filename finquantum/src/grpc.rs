@@ -109,15 +109,15 @@ impl FinQuantumApi {
 }
 
 /// The status for an institution that failed: its refusal is a failed precondition (the consent
-/// is not honoured there), the rest unavailable or a bad gateway.
+/// is not honoured there), a timeout or an error after the retries is unavailable (try later), an
+/// answer outside the Open Finance shapes is internal.
 fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
     tracing::warn!(%institution, %error, "Open Finance ingestion failed");
     match error {
         OpenFinanceError::Refused { .. } => {
             Status::failed_precondition(format!("institution {institution:?} refused the consent: {error}"))
         }
-        OpenFinanceError::Timeout { .. } => Status::deadline_exceeded(format!("institution {institution:?}: {error}")),
-        OpenFinanceError::Server { .. } | OpenFinanceError::Unreachable(_) => {
+        OpenFinanceError::Timeout { .. } | OpenFinanceError::Server { .. } | OpenFinanceError::Unreachable(_) => {
             Status::unavailable(format!("institution {institution:?}: {error}"))
         }
         OpenFinanceError::Malformed(_) | OpenFinanceError::TooManyPages(_) => {

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod institution;
 pub mod oidc;
 
 use std::{net::TcpStream, path::PathBuf, time::Duration};
@@ -53,6 +54,8 @@ pub struct TestApp {
     pub backend: Backend,
     pub client: reqwest::Client,
     pub health_database_url: String,
+    /// finquantum's database; empty when the gateway runs alone.
+    pub fin_database_url: String,
     /// ai-governance's database; empty when the gateway runs alone.
     pub governance_database_url: String,
     health_grpc_addr: std::net::SocketAddr,
@@ -98,18 +101,21 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         let gateway_db = format!("e2e_{suffix}_gateway");
         let health_db = format!("e2e_{suffix}_health");
         let governance_db = format!("e2e_{suffix}_governance");
-        for name in [&gateway_db, &health_db, &governance_db] {
+        let fin_db = format!("e2e_{suffix}_fin");
+        for name in [&gateway_db, &health_db, &governance_db, &fin_db] {
             create_postgres_database(name).await;
         }
         config.gateway.database_url = postgres_url(&gateway_db);
         config.healthquantum.database_url = postgres_url(&health_db);
         config.ai_governance.database_url = postgres_url(&governance_db);
-        postgres_databases = vec![gateway_db, health_db, governance_db];
+        config.finquantum.database_url = postgres_url(&fin_db);
+        postgres_databases = vec![gateway_db, health_db, governance_db, fin_db];
     }
     tweak(&mut config);
     let signing_key = config.internal_auth.signing_key.clone().expect("a signing key");
     let health_database_url = config.healthquantum.database_url.clone();
     let governance_database_url = config.ai_governance.database_url.clone();
+    let fin_database_url = config.finquantum.database_url.clone();
     let gateway_database_url = config.gateway.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
@@ -125,6 +131,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         backend,
         client: reqwest::Client::new(),
         health_database_url,
+        fin_database_url,
         governance_database_url,
         health_grpc_addr,
         gateway_database_url,
@@ -155,6 +162,7 @@ pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppCo
         backend: Backend::Sqlite,
         client: reqwest::Client::new(),
         health_database_url: String::new(),
+        fin_database_url: String::new(),
         governance_database_url: String::new(),
         health_grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         gateway_database_url: config.gateway.database_url.clone(),
@@ -299,6 +307,11 @@ impl TestApp {
     /// Rows in a table of healthquantum's database, read directly.
     pub async fn count_health_rows(&self, table: &str) -> i64 {
         count_rows(&self.health_database_url, table).await
+    }
+
+    /// Rows in a table of finquantum's database, read directly.
+    pub async fn count_fin_rows(&self, table: &str) -> i64 {
+        count_rows(&self.fin_database_url, table).await
     }
 
     /// Rows in a table of ai-governance's database, read directly.

@@ -5,6 +5,7 @@ mod audit;
 mod backup_drill;
 mod bad_input;
 mod edge;
+mod fin;
 mod jwt;
 mod monitoring;
 mod openapi;

@@ -1,0 +1,515 @@
+//! FinQuantum through the gateway, on SQLite and PostgreSQL, with the response cache in Redis
+//! and a local Open Finance institution: consents and their enforcement, ingestion through
+//! pagination, failures, timeouts and repeated pages, statements that add up, credit scores that
+//! match the Python reference with stable reasons, and LGPD export and erasure.
+
+use std::time::Duration;
+
+use aigronova_e2e::{
+    Backend, TestApp, assert_problem,
+    institution::{FakeAccount, FakeTransaction, Institution, Profile},
+    models_dir, pdf_text, redis_url, spawn_app_with,
+};
+use serde_json::{Value, json};
+
+use crate::subjects::{export, open, outcome_of, records};
+
+const SCOPES: &[&str] = &["fin:read", "fin:write", "governance:read", "governance:write"];
+const ALL: &[&str] = &["ACCOUNTS_READ", "ACCOUNTS_BALANCES_READ", "ACCOUNTS_TRANSACTIONS_READ"];
+
+/// A valid CPF from nine digits (the two check digits computed).
+fn cpf(base: u64) -> String {
+    let mut digits: Vec<u32> = format!("{base:09}").chars().map(|c| c.to_digit(10).unwrap()).collect();
+    for length in [9, 10] {
+        let sum: u32 = digits.iter().enumerate().map(|(i, d)| d * (length as u32 + 1 - i as u32)).sum();
+        let check = (sum * 10) % 11;
+        digits.push(if check == 10 { 0 } else { check });
+    }
+    digits.iter().map(u32::to_string).collect()
+}
+
+fn expires_in_days(days: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The platform with `institutions` (name → profile) served by `bank`, the cache in Redis,
+/// short institution timeouts and a purge every second.
+async fn start(backend: Backend, bank: &Institution, institutions: Vec<(&str, Profile)>) -> TestApp {
+    let urls: Vec<(String, String)> =
+        institutions.into_iter().map(|(name, profile)| (name.to_owned(), bank.serve(name, profile))).collect();
+    let redis = redis_url();
+    spawn_app_with(backend, move |config| {
+        config.finquantum.institutions = urls.into_iter().collect();
+        config.finquantum.redis_url = Some(redis);
+        config.finquantum.request_timeout_ms = 500;
+        config.finquantum.purge_interval_secs = 1;
+    })
+    .await
+}
+
+async fn consent(app: &TestApp, key: &str, cpf: &str, institution: &str, permissions: &[&str]) -> Value {
+    let body =
+        json!({"cpf": cpf, "institution": institution, "permissions": permissions, "expiresAt": expires_in_days(30)});
+    let response = app.post("/v1/fin/consents", key, &body).await;
+    assert_eq!(response.status(), 200, "consent {body}");
+    response.json().await.unwrap()
+}
+
+async fn ingest(app: &TestApp, key: &str, consent_id: &str) -> reqwest::Response {
+    app.post(&format!("/v1/fin/consents/{consent_id}/ingestions"), key, &json!({})).await
+}
+
+fn checking_account() -> FakeAccount {
+    let t = FakeTransaction::new;
+    FakeAccount {
+        id: "acc-checking".into(),
+        kind: "CONTA_DEPOSITO_A_VISTA".into(),
+        balance: "1000.00".into(),
+        transactions: vec![
+            t("tx-1", true, "FOLHA_PAGAMENTO", "3000.00", "2026-10-05T10:00:00Z"),
+            t("tx-2", false, "PIX", "120.50", "2026-10-05T18:00:00Z"),
+            t("tx-3", false, "BOLETO", "800.00", "2026-10-10T09:00:00Z"),
+            t("tx-4", false, "PIX", "79.50", "2026-10-31T23:59:59Z"),
+            t("tx-5", false, "TARIFA_SERVICOS_AVULSOS", "15.00", "2026-10-15T08:00:00Z"),
+            t("tx-6", false, "PIX", "200.00", "2026-11-02T12:00:00Z"),
+        ],
+    }
+}
+
+fn savings_account() -> FakeAccount {
+    FakeAccount {
+        id: "acc-savings".into(),
+        kind: "CONTA_POUPANCA".into(),
+        balance: "300.00".into(),
+        transactions: vec![FakeTransaction::new(
+            "sv-1",
+            true,
+            "RENDIMENTO_APLIC_FINANCEIRA",
+            "1.25",
+            "2026-10-01T03:00:00Z",
+        )],
+    }
+}
+
+async fn consents_ingestion_and_statements(backend: Backend) {
+    let bank = Institution::start().await;
+    let profile = Profile { accounts: vec![checking_account(), savings_account()], page_size: 2, duplicate_page: true };
+    let mut app = start(backend, &bank, vec![("banco-a", profile.clone()), ("banco-b", profile)]).await;
+    let tenant = app.create_tenant("Financeira Teste").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let customer_cpf = cpf(123_456_789);
+
+    // Bad input is refused, naming the field, and stores nothing.
+    let cases = [
+        (
+            json!({"cpf": "123.456.789-00", "institution": "banco-a", "permissions": ALL, "expiresAt": expires_in_days(1)}),
+            "cpf",
+        ),
+        (
+            json!({"cpf": customer_cpf, "institution": "banco-z", "permissions": ALL, "expiresAt": expires_in_days(1)}),
+            "institution",
+        ),
+        (
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ["PAYMENTS_INITIATE"], "expiresAt": expires_in_days(1)}),
+            "permissions",
+        ),
+        (
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": [], "expiresAt": expires_in_days(1)}),
+            "permissions",
+        ),
+        (
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL, "expiresAt": expires_in_days(-1)}),
+            "expiresAt",
+        ),
+        (json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL}), "expiresAt"),
+    ];
+    for (body, field) in cases {
+        let problem = assert_problem(app.post("/v1/fin/consents", &key, &body).await, 400).await;
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+    }
+    assert_eq!(app.count_fin_rows("consents").await + app.count_fin_rows("customers").await, 0);
+
+    let created = consent(&app, &key, &customer_cpf, "banco-a", ALL).await;
+    assert_eq!(created["status"], "AUTHORISED");
+    let (consent_id, customer) = (created["id"].as_str().unwrap(), created["customerId"].as_str().unwrap());
+    let sealed = app
+        .count_fin_rows(&format!("customers WHERE sealed_cpf LIKE '%{customer_cpf}%' OR cpf_hash = '{customer_cpf}'"))
+        .await;
+    assert_eq!(sealed, 0, "the CPF is not stored in clear");
+
+    // Ingestion: a 500 first (retried), three pages of transactions, then the first page again.
+    bank.fail_next(1);
+    let response = ingest(&app, &key, consent_id).await;
+    assert_eq!(response.status(), 200);
+    let ingestion: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&ingestion["accounts"], &ingestion["balances"], &ingestion["transactions"], &ingestion["newTransactions"]),
+        (&json!(2), &json!(2), &json!(7), &json!(7)),
+        "{ingestion}"
+    );
+    // Accounts 2 (one answered 500), balances 2, transactions 3 + 1 pages and 1 + 1 pages.
+    assert_eq!(bank.calls(), 10);
+    assert_eq!(app.count_fin_rows("transactions").await, 7, "each transaction once");
+
+    // The same ingestion again is answered from Redis: no call to the institution, nothing new.
+    let again: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
+    assert_eq!((&again["transactions"], &again["newTransactions"]), (&json!(7), &json!(0)), "{again}");
+    assert_eq!(bank.calls(), 10, "cache hits spare the institution");
+    // Also after a restart: the cache is in Redis, not in the process.
+    app.restart().await;
+    let after_restart: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
+    assert_eq!(after_restart["newTransactions"], 0);
+    assert_eq!(bank.calls(), 10, "the Redis cache outlives the process");
+
+    // Statement of October: totals by category, balances walked back from today's balance.
+    let response = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &key).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let statement: Value = response.json().await.unwrap();
+    let checking = statement["accounts"].as_array().unwrap().iter().find(|a| a["accountId"] == "acc-checking").unwrap();
+    assert_eq!(checking["transactions"].as_array().unwrap().len(), 5, "{checking}");
+    assert_eq!((&checking["totalCredits"], &checking["totalDebits"]), (&json!("3000.00"), &json!("1015.00")));
+    assert_eq!(checking["closingBalance"], "1200.00", "1000 today, 200 spent in November");
+    assert_eq!(checking["openingBalance"], "-785.00");
+    assert_eq!(checking["balances"].as_array().unwrap().last().unwrap()["balance"], "1200.00");
+    let cents = |text: &Value| -> i64 { (text.as_str().unwrap().parse::<f64>().unwrap() * 100.0).round() as i64 };
+    let signed: i64 = checking["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| if t["creditDebitType"] == "CREDITO" { cents(&t["amount"]) } else { -cents(&t["amount"]) })
+        .sum();
+    assert_eq!(signed, cents(&checking["net"]));
+    assert_eq!(cents(&checking["closingBalance"]) - cents(&checking["openingBalance"]), signed);
+    let by_category: i64 = checking["categories"].as_array().unwrap().iter().map(|c| cents(&c["debits"])).sum();
+    assert_eq!(by_category, cents(&checking["totalDebits"]));
+    let pix = checking["categories"].as_array().unwrap().iter().find(|c| c["category"] == "PIX").unwrap();
+    assert_eq!((&pix["debits"], &pix["count"]), (&json!("200.00"), &json!(2)));
+    assert_eq!(statement["totalCredits"], "3001.25", "both accounts");
+
+    let response = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10?format=pdf"), &key).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/pdf");
+    let text = pdf_text(&response.bytes().await.unwrap());
+    for expected in ["Monthly statement 2026-10", "3000.00", "1015.00", "1200.00", "TARIFA_SERVICOS_AVULSOS"] {
+        assert!(text.contains(expected), "the PDF lacks {expected:?}:\n{text}");
+    }
+    for (path, field) in [
+        (format!("/v1/fin/customers/{customer}/statements/2026-13"), "month"),
+        (format!("/v1/fin/customers/{customer}/statements/2026-10?format=xml"), "format"),
+        ("/v1/fin/customers/nope/statements/2026-10".to_owned(), "customerId"),
+    ] {
+        let problem = assert_problem(app.get(&path, &key).await, 400).await;
+        assert_eq!(problem["field"], field, "{path}");
+    }
+
+    // A consent without ACCOUNTS_TRANSACTIONS_READ may not ingest; the problem names it.
+    let narrow = consent(&app, &key, &customer_cpf, "banco-b", &["ACCOUNTS_READ"]).await;
+    let problem = assert_problem(ingest(&app, &key, narrow["id"].as_str().unwrap()).await, 403).await;
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ", "{problem}");
+    assert_eq!(narrow["customerId"], created["customerId"], "one customer per CPF");
+
+    // Another tenant sees none of it.
+    let other = app.create_tenant("Outra Financeira").await;
+    let other_key = app.create_key(&other, SCOPES).await;
+    assert_problem(app.get(&format!("/v1/fin/consents/{consent_id}"), &other_key).await, 404).await;
+    assert_problem(app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &other_key).await, 404).await;
+    assert_problem(ingest(&app, &other_key, consent_id).await, 404).await;
+
+    // A timeout is retried; an institution that never answers in time is a 503 to retry later.
+    let second = consent(&app, &key, &cpf(987_654_321), "banco-b", ALL).await;
+    bank.hang_next(1);
+    let response = ingest(&app, &key, second["id"].as_str().unwrap()).await;
+    assert_eq!(response.status(), 200, "a timeout, then success");
+    let third = consent(&app, &key, &cpf(111_222_333), "banco-b", ALL).await;
+    bank.hang_next(3);
+    let response = ingest(&app, &key, third["id"].as_str().unwrap()).await;
+    assert!(response.headers().contains_key("retry-after"));
+    let problem = assert_problem(response, 503).await;
+    assert!(problem["detail"].as_str().unwrap().contains("banco-b"), "{problem}");
+
+    // Revocation stops use at once and the purge deletes what was fetched under the consent.
+    let before = app.count_fin_rows("transactions").await;
+    let response = app.delete(&format!("/v1/fin/consents/{consent_id}"), &key).await;
+    assert_eq!(response.status(), 200);
+    let revoked: Value = response.json().await.unwrap();
+    assert_eq!(revoked["status"], "REVOKED");
+    assert!(revoked["revokeTime"].is_string());
+    let problem =
+        assert_problem(app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &key).await, 403).await;
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ", "{problem}");
+    let problem = assert_problem(ingest(&app, &key, consent_id).await, 403).await;
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_READ", "{problem}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while app.count_fin_rows(&format!("accounts WHERE consent_id = '{consent_id}'")).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the revoked consent's data was not purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.count_fin_rows("transactions").await, before - 7, "only the revoked consent's data");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn consents_ingestion_and_statements_on_sqlite() {
+    consents_ingestion_and_statements(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn consents_ingestion_and_statements_on_postgres() {
+    consents_ingestion_and_statements(Backend::Postgres).await;
+}
+
+/// The institution data that gives `checking_status` and `savings_status` their reference values.
+fn profile_for(checking: f64, savings: f64) -> Profile {
+    let mut accounts = Vec::new();
+    let balance = match checking as i64 {
+        0 => None,
+        1 => Some("-100.00"),
+        2 => Some("100.00"),
+        _ => Some("500.00"),
+    };
+    if let Some(balance) = balance {
+        accounts.push(FakeAccount {
+            id: "c".into(),
+            kind: "CONTA_DEPOSITO_A_VISTA".into(),
+            balance: balance.into(),
+            transactions: vec![],
+        });
+    }
+    let balance = match savings as i64 {
+        0 => None,
+        1 => Some("50.00"),
+        2 => Some("300.00"),
+        3 => Some("700.00"),
+        _ => Some("2000.00"),
+    };
+    if let Some(balance) = balance {
+        accounts.push(FakeAccount {
+            id: "s".into(),
+            kind: "CONTA_POUPANCA".into(),
+            balance: balance.into(),
+            transactions: vec![],
+        });
+    }
+    Profile { accounts, ..Profile::default() }
+}
+
+/// The declared fields that give the reference row's features.
+fn applicant_for(features: &Value) -> Value {
+    let f = |name: &str| features[name].as_f64().unwrap();
+    let instalment = f("credit_amount") / f("duration_months");
+    // The middle of the instalment-share band of the row's code.
+    let share = [0.05, 0.15, 0.25, 0.5][f("installment_rate") as usize - 1];
+    let history = ["no_credits_or_all_paid", "all_paid_here", "paid_duly", "past_delays", "critical"];
+    let mut applicant = json!({
+        "durationMonths": f("duration_months") as i64,
+        "creditAmount": f("credit_amount"),
+        "age": f("age") as i64,
+        "existingCredits": f("existing_credits") as i64,
+        "dependents": f("dependents") as i64,
+        "creditHistory": history[f("credit_history") as usize],
+        "housing": if f("housing_own") == 1.0 { "own" } else { "rent" },
+        "purpose": if f("purpose_car") == 1.0 { "car_used" } else { "furniture" },
+        "monthlyIncome": instalment / share,
+    });
+    let years = [None, Some(0.5), Some(2.0), Some(5.0), Some(10.0)][f("employment_years") as usize];
+    if let Some(years) = years {
+        applicant["employmentYears"] = json!(years);
+    }
+    applicant
+}
+
+async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("credit-risk/1/reference.json")).expect("reference.json"),
+    )
+    .unwrap();
+    let rows = reference["rows"].as_array().unwrap();
+    let bank = Institution::start().await;
+    let institutions: Vec<(String, Profile)> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let features = &row["features"];
+            (
+                format!("banco-{i}"),
+                profile_for(
+                    features["checking_status"].as_f64().unwrap(),
+                    features["savings_status"].as_f64().unwrap(),
+                ),
+            )
+        })
+        .collect();
+    let app = start(backend, &bank, institutions.iter().map(|(name, p)| (name.as_str(), p.clone())).collect()).await;
+    let tenant = app.create_tenant("Crédito Teste").await;
+    let key = app.create_key(&tenant, &["fin:read", "fin:write", "governance:read"]).await;
+
+    // No consent at all: refused, naming what is missing, and nothing stored.
+    let stranger = json!({"cpf": cpf(555_666_777), "applicant": applicant_for(&rows[0]["features"])});
+    let problem = assert_problem(app.post("/v1/fin/credit-scores", &key, &stranger).await, 403).await;
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ", "{problem}");
+
+    for (i, row) in rows.iter().enumerate() {
+        let customer_cpf = cpf(200_000_000 + i as u64);
+        let granted = consent(&app, &key, &customer_cpf, &format!("banco-{i}"), ALL).await;
+        let body = json!({"cpf": customer_cpf, "applicant": applicant_for(&row["features"])});
+        let response = app.post("/v1/fin/credit-scores", &key, &body).await;
+        let problem = assert_problem(response, 400).await;
+        assert!(problem["detail"].as_str().unwrap().contains("ingestions"), "nothing ingested yet: {problem}");
+        assert_eq!(ingest(&app, &key, granted["id"].as_str().unwrap()).await.status(), 200);
+
+        let response = app.post("/v1/fin/credit-scores", &key, &body).await;
+        assert_eq!(response.status(), 200, "row {i}");
+        let score: Value = response.json().await.unwrap();
+        for name in row["features"].as_object().unwrap().keys() {
+            assert_eq!(score["features"][name], row["features"][name], "row {i} feature {name}: {score}");
+        }
+        let probability = score["probabilityOfDefault"].as_f64().unwrap();
+        let expected = row["onnx_probability"].as_f64().unwrap();
+        assert!((probability - expected).abs() < 1e-5, "row {i}: {probability} vs the reference {expected}");
+        assert_eq!(score["score"], ((1.0 - probability) * 1000.0).round() as i64);
+        let band = if probability < 0.2 {
+            "low"
+        } else if probability < 0.5 {
+            "moderate"
+        } else {
+            "high"
+        };
+        assert_eq!(score["riskBand"], band);
+        assert_eq!((&score["model"], &score["modelVersion"]), (&json!("credit-risk"), &json!("1")));
+        let reasons = score["reasons"].as_array().cloned().unwrap_or_default();
+        assert!(
+            reasons.iter().all(|r| r["code"].is_string() && r["description"].as_str().is_some_and(|d| d.len() > 10))
+        );
+        if probability > 0.5 {
+            assert!(!reasons.is_empty(), "a high risk comes with reasons: {score}");
+        }
+
+        // The same input again: the same score and the same reasons, in the same order.
+        let again: Value = app.post("/v1/fin/credit-scores", &key, &body).await.json().await.unwrap();
+        assert_ne!(again["id"], score["id"]);
+        assert_eq!((&again["score"], &again["reasons"]), (&score["score"], &score["reasons"]));
+        let stored: Value = app
+            .get(&format!("/v1/fin/credit-scores/{}", score["id"].as_str().unwrap()), &key)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (&stored["score"], &stored["reasons"], &stored["features"]),
+            (&score["score"], &score["reasons"], &score["features"])
+        );
+    }
+
+    // Pinned for the first row: the model and the input are fixed, so are the reasons and their order.
+    let first: Value = app
+        .post(
+            "/v1/fin/credit-scores",
+            &key,
+            &json!({"cpf": cpf(200_000_000), "applicant": applicant_for(&rows[0]["features"])}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let codes: Vec<&str> = first["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["INSTALMENT_SHARE", "LOAN_DURATION", "CREDIT_HISTORY", "APPLICANT_AGE"], "{first}");
+
+    // A consent without balances may not feed a score.
+    let narrow_cpf = cpf(300_000_000);
+    consent(&app, &key, &narrow_cpf, "banco-0", &["ACCOUNTS_READ", "ACCOUNTS_TRANSACTIONS_READ"]).await;
+    let body = json!({"cpf": narrow_cpf, "applicant": applicant_for(&rows[0]["features"])});
+    let problem = assert_problem(app.post("/v1/fin/credit-scores", &key, &body).await, 403).await;
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_BALANCES_READ", "{problem}");
+
+    // Bad applicant fields are named.
+    let mut bad = applicant_for(&rows[0]["features"]);
+    bad["housing"] = json!("castle");
+    let problem = assert_problem(
+        app.post("/v1/fin/credit-scores", &key, &json!({"cpf": cpf(200_000_000), "applicant": bad})).await,
+        400,
+    )
+    .await;
+    assert_eq!(problem["field"], "applicant.housing");
+    let scores = app.count_fin_rows("credit_scores").await;
+    assert_eq!(scores, 2 * rows.len() as i64 + 1);
+
+    // Every decision reaches the tenant's audit log in ai-governance.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=100", &key).await.json().await.unwrap();
+        let decisions = page["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["kind"] == "decision" && entry["service"] == "finquantum")
+            .count();
+        if decisions as i64 == scores {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{decisions} of {scores} decisions in the log: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn scores_match_the_reference_with_stable_reasons_on_sqlite() {
+    scores_match_the_reference_with_stable_reasons(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn scores_match_the_reference_with_stable_reasons_on_postgres() {
+    scores_match_the_reference_with_stable_reasons(Backend::Postgres).await;
+}
+
+async fn export_and_erasure(backend: Backend) {
+    let bank = Institution::start().await;
+    let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
+    let app = start(backend, &bank, vec![("banco-a", profile)]).await;
+    let tenant = app.create_tenant("Financeira LGPD").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let customer_cpf = cpf(444_555_666);
+    let granted = consent(&app, &key, &customer_cpf, "banco-a", ALL).await;
+    assert_eq!(ingest(&app, &key, granted["id"].as_str().unwrap()).await.status(), 200);
+    let applicant = json!({"durationMonths": 12, "creditAmount": 2400.0, "age": 35, "existingCredits": 1, "dependents": 1,
+        "employmentYears": 3.0, "creditHistory": "paid_duly", "housing": "rent", "purpose": "furniture",
+        "monthlyIncome": 2500.0});
+    let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": applicant})).await;
+    assert_eq!(response.status(), 200);
+
+    let access = open(&app, &key, json!({"cpf": customer_cpf, "kind": "access"})).await;
+    assert_eq!(access["status"], "completed", "{access}");
+    assert_eq!(outcome_of(&access, "finquantum")["status"], "exported");
+    let bundle = export(&app, &key, access["id"].as_str().unwrap()).await;
+    let customer = &bundle["services"]["finquantum"]["customers"][0];
+    assert_eq!(customer["cpf"], customer_cpf, "{bundle}");
+    assert_eq!(customer["consents"][0]["id"], granted["id"]);
+    assert_eq!(customer["accounts"][0]["transactions"].as_array().unwrap().len(), 6);
+    assert_eq!(customer["creditScores"].as_array().unwrap().len(), 1);
+
+    let erasure = open(&app, &key, json!({"cpf": customer_cpf, "kind": "erasure"})).await;
+    let outcome = outcome_of(&erasure, "finquantum");
+    assert_eq!(outcome["status"], "erased", "{erasure}");
+    assert_eq!(records(outcome), 1 + 1 + 6 + 1, "customer, consent, transactions, account");
+    assert_eq!(outcome["retained"][0]["kind"], "credit_scores");
+    for table in ["customers", "consents", "accounts", "transactions"] {
+        assert_eq!(app.count_fin_rows(table).await, 0, "{table} after erasure");
+    }
+    assert_eq!(app.count_fin_rows("credit_scores WHERE features <> '{}'").await, 0);
+    let again = open(&app, &key, json!({"cpf": customer_cpf, "kind": "access"})).await;
+    let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
+    assert_eq!(bundle["services"]["finquantum"]["customers"], json!([]), "{bundle}");
+    assert!(!bundle["services"]["finquantum"].to_string().contains(&customer_cpf), "{bundle}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn export_and_erasure_on_sqlite() {
+    export_and_erasure(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn export_and_erasure_on_postgres() {
+    export_and_erasure(Backend::Postgres).await;
+}
