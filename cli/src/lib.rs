@@ -148,6 +148,7 @@ impl AppConfig {
         self.finquantum.database_url = format!("sqlite://{}", data_dir.join("finquantum.db").display());
         self.finquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         self.finquantum.master_key_file = data_dir.join("finquantum-master.key");
+        self.finquantum.sandbox = true;
         self.ai_governance.database_url = format!("sqlite://{}", data_dir.join("ai-governance.db").display());
         self.ai_governance.signing_key_file = data_dir.join("ai-governance-checkpoint.key");
         self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));

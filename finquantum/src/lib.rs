@@ -11,6 +11,7 @@
 pub mod consent;
 mod grpc;
 pub mod openfinance;
+pub mod sandbox;
 pub mod scoring;
 pub mod statement;
 pub mod store;
@@ -89,6 +90,9 @@ pub struct Config {
     pub purge_interval_secs: u64,
     /// Seconds the data of a revoked consent is kept before the purge deletes it, default 0.
     pub revoked_data_retention_secs: u64,
+    /// Also start the sandbox institution (synthetic data, see [`sandbox`]) on a loopback port,
+    /// as the institution `sandbox`. `aigronova up` turns it on; never in production.
+    pub sandbox: bool,
 }
 
 impl Default for Config {
@@ -105,6 +109,7 @@ impl Default for Config {
             request_attempts: 3,
             purge_interval_secs: 60,
             revoked_data_retention_secs: 0,
+            sandbox: false,
         }
     }
 }
@@ -152,6 +157,7 @@ pub struct FinQuantumService {
     models: ModelRegistry,
     monitor: InferenceMonitor,
     purge_interval: Duration,
+    sandbox: Option<tokio::net::TcpListener>,
 }
 
 impl FinQuantumService {
@@ -190,6 +196,16 @@ impl FinQuantumService {
             ..ClientSettings::default()
         };
         let client = OpenFinanceClient::new(settings, cache).context("cannot build the Open Finance client")?;
+        let mut institutions = config.institutions.clone();
+        let sandbox = if config.sandbox {
+            let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .context("cannot listen for the sandbox institution")?;
+            institutions.entry(sandbox::NAME.to_owned()).or_insert(format!("http://{}", listener.local_addr()?));
+            Some(listener)
+        } else {
+            None
+        };
         let listener = GrpcListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
@@ -206,7 +222,7 @@ impl FinQuantumService {
             relay.waker(),
             monitor.clone(),
             client,
-            config.institutions.clone(),
+            institutions,
             Duration::from_secs(config.revoked_data_retention_secs),
         );
         Ok(Self {
@@ -220,6 +236,7 @@ impl FinQuantumService {
             models,
             monitor,
             purge_interval: Duration::from_secs(config.purge_interval_secs),
+            sandbox,
         })
     }
 
@@ -232,6 +249,9 @@ impl FinQuantumService {
     /// in-flight calls and closes the database. Meanwhile the relay ships audit events, the
     /// model is registered in ai-governance's inventory, and the purge runs.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        if let Some(listener) = self.sandbox {
+            tokio::spawn(sandbox::serve(listener, shutdown.clone()));
+        }
         let purge = tokio::spawn(purge_loop(self.store, self.api.outbox(), self.purge_interval, shutdown.clone()));
         let relay = match self.governance.signer.clone() {
             Some(signer) => {

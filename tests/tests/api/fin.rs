@@ -513,3 +513,36 @@ async fn export_and_erasure_on_sqlite() {
 async fn export_and_erasure_on_postgres() {
     export_and_erasure(Backend::Postgres).await;
 }
+
+/// What `aigronova up` offers a first trial: the sandbox institution, consented, ingested,
+/// scored and stated, with the card numbers in its transaction names masked before storage.
+#[tokio::test]
+async fn the_sandbox_institution_serves_a_first_trial() {
+    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Financeira Sandbox").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let customer_cpf = cpf(529_982_247);
+    let granted = consent(&app, &key, &customer_cpf, "sandbox", ALL).await;
+    let response = ingest(&app, &key, granted["id"].as_str().unwrap()).await;
+    assert_eq!(response.status(), 200);
+    let ingestion: Value = response.json().await.unwrap();
+    assert_eq!(ingestion["accounts"], 2, "{ingestion}");
+    assert!(ingestion["transactions"].as_i64().unwrap() > 25, "more than one page: {ingestion}");
+
+    let applicant = json!({"durationMonths": 24, "creditAmount": 5000.0, "age": 41, "existingCredits": 1,
+        "dependents": 1, "employmentYears": 6.0, "creditHistory": "paid_duly", "housing": "own", "purpose": "car_new"});
+    let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": applicant})).await;
+    assert_eq!(response.status(), 200);
+    let score: Value = response.json().await.unwrap();
+    assert_eq!(score["bank"]["incomeMonths"], 3, "a salary each month: {score}");
+    assert!((0..=1000).contains(&score["score"].as_i64().unwrap()));
+
+    let month = (chrono::Utc::now() - chrono::Duration::days(31)).format("%Y-%m").to_string();
+    let path = format!("/v1/fin/customers/{}/statements/{month}", granted["customerId"].as_str().unwrap());
+    let statement: Value = app.get(&path, &key).await.json().await.unwrap();
+    let text = statement.to_string();
+    assert!(text.contains("FOLHA_PAGAMENTO") && text.contains("****1111"), "{statement}");
+    assert!(!text.contains("4111 1111 1111 1111"), "a card number in clear: {statement}");
+    assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%4111 1111%'").await, 0);
+    app.stop().await;
+}
