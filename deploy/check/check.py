@@ -58,7 +58,10 @@ CHECK_VALUES = {
     "backup": {
         "image": {"repository": "123456789012.dkr.ecr.sa-east-1.amazonaws.com/aigronova-backup", "tag": "0123abc"}
     },
+    "services": {"finquantum": {"institutions": {"banco-exemplo": "https://api.banco-exemplo.example"}}},
 }
+# The services the binary serves, with their gRPC ports and whether they hold a master key.
+SERVICES = {"healthquantum": (50061, True), "finquantum": (50063, True), "ai-governance": (50070, False)}
 
 results: list[tuple[str, bool, str]] = []
 
@@ -136,7 +139,7 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
     """What the chart promises, checked on what it renders."""
     problems = []
     deployments = by_kind(docs, "Deployment")
-    if set(deployments) != {"aigronova-gateway", "aigronova-healthquantum", "aigronova-ai-governance"}:
+    if set(deployments) != {"aigronova-gateway", *(f"aigronova-{name}" for name in SERVICES)}:
         problems.append(f"deployments: {sorted(deployments)} (only the services that exist)")
     config_maps = by_kind(docs, "ConfigMap")
     metrics_port = values["monitoring"].get("metricsPort", 9464)
@@ -170,6 +173,16 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
                     problems.append(f"{name}: {variable} does not come from the Secret")
             if ("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY" in env) != (component == "ai-governance"):
                 problems.append(f"{name}: the checkpoint key goes to ai-governance and to it alone")
+            master_keys = {
+                v: e.get("valueFrom", {}).get("secretKeyRef", {}).get("key")
+                for v, e in env.items() if v.endswith("__MASTER_KEY")
+            }
+            expected_keys = {}
+            if SERVICES.get(component, (0, False))[1]:
+                section = component.upper().replace("-", "_")
+                expected_keys = {f"AIGRONOVA__{section}__MASTER_KEY": f"{component}-master-key"}
+            if master_keys != expected_keys:
+                problems.append(f"{name}: master keys {master_keys}, expected {expected_keys} (its own, from the Secret)")
             ports = {p["name"]: p["containerPort"] for p in container["ports"]}
             if ports.get("metrics") != metrics_port:
                 problems.append(f"{name}: no metrics port {metrics_port}: {ports}")
@@ -198,14 +211,15 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
             problems.append(f"{name}: no spread across zones")
         if not container["resources"].get("requests") or not container["resources"].get("limits"):
             problems.append(f"{name}: no requests or limits")
-    service_policy = by_kind(docs, "NetworkPolicy").get("aigronova-healthquantum", {})
-    allowed = service_policy.get("spec", {}).get("ingress", [{}])[0].get("from", [])
-    components = [
-        e["values"] for p in allowed for e in p.get("podSelector", {}).get("matchExpressions", [])
-        if e["key"] == "app.kubernetes.io/component"
-    ]
-    if components != [["gateway", "ai-governance"]]:
-        problems.append(f"healthquantum's NetworkPolicy lets in {components or allowed}")
+    for service in ("healthquantum", "finquantum"):
+        service_policy = by_kind(docs, "NetworkPolicy").get(f"aigronova-{service}", {})
+        allowed = service_policy.get("spec", {}).get("ingress", [{}])[0].get("from", [])
+        components = [
+            e["values"] for p in allowed for e in p.get("podSelector", {}).get("matchExpressions", [])
+            if e["key"] == "app.kubernetes.io/component"
+        ]
+        if components != [["gateway", "ai-governance"]]:
+            problems.append(f"{service}'s NetworkPolicy lets in {components or allowed}")
     governance_policy = by_kind(docs, "NetworkPolicy").get("aigronova-ai-governance", {})
     everyone = {"app.kubernetes.io/instance": "aigronova", "app.kubernetes.io/part-of": "aigronova"}
     allowed = governance_policy.get("spec", {}).get("ingress", [{}])[0].get("from", [])
@@ -214,18 +228,39 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
     gateway_config = config_maps["aigronova-gateway-config"]["data"]
     upstreams = {
         "AIGRONOVA__GATEWAY__UPSTREAMS__HEALTHQUANTUM": "http://aigronova-healthquantum:50061",
+        "AIGRONOVA__GATEWAY__UPSTREAMS__FINQUANTUM": "http://aigronova-finquantum:50063",
         # The gateway looks the upstream up by the owner its protos declare, dash included.
         "AIGRONOVA__GATEWAY__UPSTREAMS__AI-GOVERNANCE": "http://aigronova-ai-governance:50070",
     }
     if {k: v for k, v in gateway_config.items() if k.startswith("AIGRONOVA__GATEWAY__UPSTREAMS__")} != upstreams:
         problems.append(f"the gateway's upstreams: {gateway_config}")
-    health_config = config_maps["aigronova-healthquantum-config"]["data"]
-    if health_config.get("AIGRONOVA__AUDIT__GOVERNANCE_URL") != "http://aigronova-ai-governance:50070":
-        problems.append(f"healthquantum's audit relay: {health_config}")
+    for service in ("healthquantum", "finquantum"):
+        service_config = config_maps[f"aigronova-{service}-config"]["data"]
+        if service_config.get("AIGRONOVA__AUDIT__GOVERNANCE_URL") != "http://aigronova-ai-governance:50070":
+            problems.append(f"{service}'s audit relay: {service_config}")
+        section = service.upper()
+        if service_config.get(f"AIGRONOVA__{section}__GRPC_ADDR") != f"0.0.0.0:{SERVICES[service][0]}":
+            problems.append(f"{service}'s gRPC address: {service_config}")
+    fin_config = config_maps["aigronova-finquantum-config"]["data"]
+    institutions = {k: v for k, v in fin_config.items() if k.startswith("AIGRONOVA__FINQUANTUM__INSTITUTIONS__")}
+    if institutions != {"AIGRONOVA__FINQUANTUM__INSTITUTIONS__BANCO-EXEMPLO": "https://api.banco-exemplo.example"}:
+        problems.append(f"finquantum's institutions: {institutions}")
+    redis = {
+        name: {
+            e["name"]: e.get("valueFrom", {}).get("secretKeyRef")
+            for e in d["spec"]["template"]["spec"]["containers"][0].get("env", []) if e["name"].endswith("__REDIS_URL")
+        }
+        for name, d in deployments.items()
+    }
+    if redis.get("aigronova-finquantum") != {
+        "AIGRONOVA__FINQUANTUM__REDIS_URL": {"name": "aigronova-secrets", "key": "redis-url", "optional": True}
+    } or any(v for n, v in redis.items() if n not in ("aigronova-gateway", "aigronova-finquantum")):
+        problems.append(f"the Redis URL goes to the gateway and finquantum (its response cache) only: {redis}")
     governance_config = config_maps["aigronova-ai-governance-config"]["data"]
     expected = {
         "AIGRONOVA__AI_GOVERNANCE__GRPC_ADDR": "0.0.0.0:50070",
         "AIGRONOVA__AI_GOVERNANCE__DATA_SUBJECT_SERVICES__HEALTHQUANTUM": "http://aigronova-healthquantum:50061",
+        "AIGRONOVA__AI_GOVERNANCE__DATA_SUBJECT_SERVICES__FINQUANTUM": "http://aigronova-finquantum:50063",
     }
     if any(governance_config.get(k) != v for k, v in expected.items()) or "AIGRONOVA__AUDIT__GOVERNANCE_URL" in governance_config:
         problems.append(f"ai-governance's config: {governance_config}")
@@ -237,7 +272,7 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
         e["name"] for cronjob in by_kind(docs, "CronJob").values()
         for e in cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0].get("env", [])
     }
-    for service in ("GATEWAY", "HEALTHQUANTUM", "AI_GOVERNANCE"):
+    for service in ("GATEWAY", "HEALTHQUANTUM", "FINQUANTUM", "AI_GOVERNANCE"):
         if f"AIGRONOVA__{service}__DATABASE_URL" not in backup_env:
             problems.append(f"the backup CronJob does not dump {service}'s database")
     hpa = by_kind(docs, "HorizontalPodAutoscaler")["aigronova-gateway"]["spec"]
@@ -503,6 +538,59 @@ def check_compose() -> None:
         if service.get("command", [None])[0] == "serve" and not service.get("read_only"):
             problems.append(f"{name}: the platform's containers run with a read-only root file system")
     record("compose.yaml: images pinned, mounted files exist, read-only platform containers", not problems,
+           "\n".join(problems))
+    check_compose_services(compose)
+
+
+def check_compose_services(compose: dict) -> None:
+    """Each service the binary serves runs in compose with its database, is the gateway's upstream and
+    ai-governance's data-subject service, is scraped, and is in the restore Job."""
+    problems = []
+    services = compose["services"]
+    init_sql = (DEPLOY / "compose" / "postgres" / "init.sql").read_text()
+    prometheus = yaml.safe_load((DEPLOY / "compose" / "prometheus.yml").read_text())
+    targets = {
+        target for job in prometheus["scrape_configs"] for config in job.get("static_configs", [])
+        for target in config.get("targets", [])
+    }
+    restore_env = {
+        e["name"] for doc in yaml.safe_load_all((DEPLOY / "backup" / "restore-job.yaml").read_text())
+        if doc and doc["kind"] == "Job" for e in doc["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    }
+    gateway = services["gateway"]["environment"]
+    governance = services["ai-governance"]["environment"]
+    for name, (port, master_key) in SERVICES.items():
+        section = name.upper().replace("-", "_")
+        service = services.get(name, {})
+        env = service.get("environment", {})
+        if service.get("command") != ["serve", name]:
+            problems.append(f"{name}: not run by compose as `serve {name}`")
+            continue
+        if env.get(f"AIGRONOVA__{section}__GRPC_ADDR") != f"0.0.0.0:{port}":
+            problems.append(f"{name}: gRPC address {env.get(f'AIGRONOVA__{section}__GRPC_ADDR')}")
+        database = str(env.get(f"AIGRONOVA__{section}__DATABASE_URL", "")).rsplit("/", 1)[-1]
+        if not database or f"CREATE DATABASE {database};" not in init_sql:
+            problems.append(f"{name}: database {database!r} is not created by compose/postgres/init.sql")
+        if master_key and f"AIGRONOVA__{section}__MASTER_KEY" not in env:
+            problems.append(f"{name}: no master key")
+        if f"{name}:9464" not in targets:
+            problems.append(f"{name}: compose/prometheus.yml does not scrape {name}:9464")
+        if f"AIGRONOVA__{section}__DATABASE_URL" not in restore_env:
+            problems.append(f"{name}: backup/restore-job.yaml does not restore its database")
+        if name == "ai-governance":
+            continue
+        if gateway.get(f"AIGRONOVA__GATEWAY__UPSTREAMS__{name.upper()}") != f"http://{name}:{port}":
+            problems.append(f"{name}: not the gateway's upstream")
+        if governance.get(f"AIGRONOVA__AI_GOVERNANCE__DATA_SUBJECT_SERVICES__{name.upper()}") != f"http://{name}:{port}":
+            problems.append(f"{name}: not ai-governance's data-subject service")
+        if env.get("AIGRONOVA__AUDIT__GOVERNANCE_URL") != "http://ai-governance:50070":
+            problems.append(f"{name}: no audit relay to ai-governance")
+    fin = services.get("finquantum", {})
+    if fin.get("environment", {}).get("AIGRONOVA__FINQUANTUM__REDIS_URL") != "redis://redis:6379" or (
+        fin.get("depends_on", {}).get("redis", {}).get("condition") != "service_healthy"
+    ):
+        problems.append("finquantum: its response cache is not compose's Redis, or it starts before Redis is healthy")
+    record(f"compose and the restore Job run and wire every service ({', '.join(SERVICES)})", not problems,
            "\n".join(problems))
 
 

@@ -79,7 +79,7 @@ variable "github_repository" {
 variable "services" {
   description = "The components that get an IRSA role: the gateway and each domain service the chart runs."
   type        = list(string)
-  default     = ["gateway", "healthquantum", "ai-governance"]
+  default     = ["gateway", "healthquantum", "finquantum", "ai-governance"]
 }
 
 variable "database_require_tls" {

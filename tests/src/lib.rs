@@ -256,9 +256,14 @@ impl TestApp {
             .expect("request sent")
     }
 
-    /// Creates a tenant with the admin key and returns its id.
+    /// Creates a tenant on the Starter plan with the admin key and returns its id.
     pub async fn create_tenant(&self, name: &str) -> String {
-        let response = self.post("/v1/admin/tenants", &self.admin_key, &json!({"name": name, "plan": "starter"})).await;
+        self.create_tenant_on(name, "starter").await
+    }
+
+    /// Creates a tenant on `plan`, for tests whose bursts of calls are not about rate limits.
+    pub async fn create_tenant_on(&self, name: &str, plan: &str) -> String {
+        let response = self.post("/v1/admin/tenants", &self.admin_key, &json!({"name": name, "plan": plan})).await;
         assert_eq!(response.status(), 201, "tenant creation");
         response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
     }

@@ -2,4 +2,5 @@
 -- PostgreSQL volume is new. A new service adds its database here.
 CREATE DATABASE gateway;
 CREATE DATABASE healthquantum;
+CREATE DATABASE finquantum;
 CREATE DATABASE ai_governance;

@@ -27,7 +27,7 @@ fn features() -> Value {
 }
 
 async fn tenant_key(app: &TestApp) -> String {
-    let tenant = app.create_tenant("Hospital Auditado").await;
+    let tenant = app.create_tenant_on("Hospital Auditado", "enterprise").await;
     app.create_key(&tenant, SCOPES).await
 }
 

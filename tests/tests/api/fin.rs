@@ -95,7 +95,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     let bank = Institution::start().await;
     let profile = Profile { accounts: vec![checking_account(), savings_account()], page_size: 2, duplicate_page: true };
     let mut app = start(backend, &bank, vec![("banco-a", profile.clone()), ("banco-b", profile)]).await;
-    let tenant = app.create_tenant("Financeira Teste").await;
+    let tenant = app.create_tenant_on("Financeira Teste", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let customer_cpf = cpf(123_456_789);
 
@@ -341,7 +341,7 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
         })
         .collect();
     let app = start(backend, &bank, institutions.iter().map(|(name, p)| (name.as_str(), p.clone())).collect()).await;
-    let tenant = app.create_tenant("Crédito Teste").await;
+    let tenant = app.create_tenant_on("Crédito Teste", "enterprise").await;
     let key = app.create_key(&tenant, &["fin:read", "fin:write", "governance:read"]).await;
 
     // No consent at all: refused, naming what is missing, and nothing stored.
@@ -467,7 +467,7 @@ async fn export_and_erasure(backend: Backend) {
     let bank = Institution::start().await;
     let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
     let app = start(backend, &bank, vec![("banco-a", profile)]).await;
-    let tenant = app.create_tenant("Financeira LGPD").await;
+    let tenant = app.create_tenant_on("Financeira LGPD", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let customer_cpf = cpf(444_555_666);
     let granted = consent(&app, &key, &customer_cpf, "banco-a", ALL).await;
@@ -519,7 +519,7 @@ async fn export_and_erasure_on_postgres() {
 #[tokio::test]
 async fn the_sandbox_institution_serves_a_first_trial() {
     let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
-    let tenant = app.create_tenant("Financeira Sandbox").await;
+    let tenant = app.create_tenant_on("Financeira Sandbox", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let customer_cpf = cpf(529_982_247);
     let granted = consent(&app, &key, &customer_cpf, "sandbox", ALL).await;

@@ -57,7 +57,7 @@ async fn decision_index(app: &TestApp, key: &str) -> u64 {
 
 async fn access_erasure_and_reviews(backend: Backend) {
     let app = spawn_app(backend).await;
-    let tenant = app.create_tenant("Hospital LGPD").await;
+    let tenant = app.create_tenant_on("Hospital LGPD", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let patient = app.create_patient(&key).await;
     let reference: Value = serde_json::from_str(
