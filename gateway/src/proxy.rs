@@ -99,7 +99,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let caller =
         Caller { tenant_id: tenant_id.to_owned(), subject: principal.key_id.clone(), scopes: principal.scopes.clone() };
     let mut metadata = MetadataMap::new();
-    aigronova_platform::auth::attach_token(&mut metadata, &state.signer.mint(&caller));
+    aigronova_platform::auth::attach_token(&mut metadata, &state.signer.mint_reusable(&caller));
     if let Some(id) = request_id::current().and_then(|id| MetadataValue::try_from(id).ok()) {
         metadata.insert("x-request-id", id);
     }

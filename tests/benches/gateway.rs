@@ -59,7 +59,7 @@ async fn main() {
     let grpc = HealthQuantumClient::new(channel);
     let direct = drive("direct gRPC", concurrency, Duration::from_secs(seconds), move || {
         let mut grpc = grpc.clone();
-        let token = signer.mint(&caller);
+        let token = signer.mint_reusable(&caller);
         async move {
             let mut request = tonic::Request::new(ListModelsRequest {});
             attach_token(request.metadata_mut(), &token);
