@@ -384,6 +384,11 @@ mod tests {
     }
 
     #[test]
+    fn redis_over_tls_is_accepted() {
+        assert!(redis::Client::open("rediss://cache.example.internal:6379/").is_ok());
+    }
+
+    #[test]
     fn path_segments_are_encoded() {
         assert_eq!(urlencode("acc-1/../x"), "acc-1%2F..%2Fx");
     }
