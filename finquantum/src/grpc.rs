@@ -475,9 +475,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         auth::caller(&request)?;
-        let mut models: Vec<_> = self.models.models().map(|model| model.card()).collect();
-        models.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-        Ok(Response::new(proto::ListModelsResponse { models }))
+        Ok(Response::new(proto::ListModelsResponse { models: self.models.cards() }))
     }
 }
 

@@ -26,7 +26,7 @@ use std::{
 
 use aigronova_platform::{
     Shutdown,
-    audit::{self, AuditEvent, EventKind, OutboxWaker, Relay, RelayConfig},
+    audit::{AuditEvent, EventKind, GovernanceLink, OutboxWaker, Relay, RelayConfig},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
     crypto::TenantKeys,
@@ -253,29 +253,15 @@ impl FinQuantumService {
             tokio::spawn(sandbox::serve(listener, shutdown.clone()));
         }
         let purge = tokio::spawn(purge_loop(self.store, self.api.outbox(), self.purge_interval, shutdown.clone()));
-        let relay = match self.governance.signer.clone() {
-            Some(signer) => {
-                let cards = self.models.models().map(|model| model.card()).collect();
-                tokio::spawn(audit::register_models(
-                    self.governance.relay.clone(),
-                    signer.clone(),
-                    SERVICE_NAME,
-                    cards,
-                    shutdown.clone(),
-                ));
-                let monitor = tokio::spawn(self.monitor.run(
-                    self.governance.relay.clone(),
-                    signer,
-                    SERVICE_NAME,
-                    shutdown.clone(),
-                ));
-                Some((tokio::spawn(self.relay.run(shutdown.clone())), monitor))
-            }
-            None => {
-                tracing::warn!("no internal_auth.signing_key: audit events stay in the outbox");
-                None
-            }
-        };
+        let link = GovernanceLink::start(
+            SERVICE_NAME,
+            &self.governance.relay,
+            self.governance.signer.clone(),
+            self.relay,
+            &self.models,
+            self.monitor,
+            &shutdown,
+        );
         let service_verifier = self.governance.signer.as_ref().map(TokenSigner::verifier);
         let data_subject = DataSubjectServer::with_interceptor(
             self.api.clone(),
@@ -286,9 +272,8 @@ impl FinQuantumService {
         let names = [fin_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
         let served = self.listener.serve(routes, &names, shutdown).await;
         let _ = purge.await;
-        if let Some((relay, monitor)) = relay {
-            let _ = relay.await;
-            let _ = monitor.await;
+        if let Some(link) = link {
+            link.join().await;
         }
         self.database.close().await;
         served

@@ -407,9 +407,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         request: Request<proto::ListModelsRequest>,
     ) -> Result<Response<proto::ListModelsResponse>, Status> {
         auth::caller(&request)?;
-        let mut models: Vec<_> = self.models.models().map(|model| model.card()).collect();
-        models.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
-        Ok(Response::new(proto::ListModelsResponse { models }))
+        Ok(Response::new(proto::ListModelsResponse { models: self.models.cards() }))
     }
 }
 

@@ -23,7 +23,7 @@ use std::{
 
 use aigronova_platform::{
     Shutdown,
-    audit::{self, Relay, RelayConfig},
+    audit::{GovernanceLink, Relay, RelayConfig},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
     crypto::TenantKeys,
@@ -178,29 +178,15 @@ impl HealthQuantumService {
     /// and closes the database. Meanwhile the outbox relay ships audit events to ai-governance
     /// and the models are registered in its inventory.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let relay = match self.governance.signer.clone() {
-            Some(signer) => {
-                let cards = self.models.models().map(|model| model.card()).collect();
-                tokio::spawn(audit::register_models(
-                    self.governance.relay.clone(),
-                    signer.clone(),
-                    SERVICE_NAME,
-                    cards,
-                    shutdown.clone(),
-                ));
-                let monitor = tokio::spawn(self.monitor.run(
-                    self.governance.relay.clone(),
-                    signer,
-                    SERVICE_NAME,
-                    shutdown.clone(),
-                ));
-                Some((tokio::spawn(self.relay.run(shutdown.clone())), monitor))
-            }
-            None => {
-                tracing::warn!("no internal_auth.signing_key: audit events stay in the outbox");
-                None
-            }
-        };
+        let link = GovernanceLink::start(
+            SERVICE_NAME,
+            &self.governance.relay,
+            self.governance.signer.clone(),
+            self.relay,
+            &self.models,
+            self.monitor,
+            &shutdown,
+        );
         // The domain RPCs take the gateway's tokens only; DataSubject, ai-governance's (services').
         let service_verifier = self.governance.signer.as_ref().map(TokenSigner::verifier);
         let data_subject = DataSubjectServer::with_interceptor(
@@ -211,9 +197,8 @@ impl HealthQuantumService {
         let routes = Routes::new(service).add_service(data_subject);
         let names = [health_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
         let served = self.listener.serve(routes, &names, shutdown).await;
-        if let Some((relay, monitor)) = relay {
-            let _ = relay.await;
-            let _ = monitor.await;
+        if let Some(link) = link {
+            link.join().await;
         }
         self.database.close().await;
         served

@@ -343,6 +343,43 @@ impl Relay {
     }
 }
 
+/// What links a running service to ai-governance: its outbox relay and its inference reports
+/// (its model cards are registered once at start).
+#[derive(Debug)]
+pub struct GovernanceLink {
+    relay: tokio::task::JoinHandle<()>,
+    monitor: tokio::task::JoinHandle<()>,
+}
+
+impl GovernanceLink {
+    /// Starts, until `shutdown`, the relay of `service`'s outbox, the registration of `models`
+    /// and the reports of `monitor`, all signed by `signer`. Without a signer nothing starts and
+    /// audit events wait in the outbox.
+    pub fn start(
+        service: &'static str,
+        config: &RelayConfig,
+        signer: Option<TokenSigner>,
+        relay: Relay,
+        models: &crate::inference::ModelRegistry,
+        monitor: crate::monitoring::InferenceMonitor,
+        shutdown: &Shutdown,
+    ) -> Option<Self> {
+        let Some(signer) = signer else {
+            tracing::warn!(service, "no internal_auth.service_signing_key: audit events stay in the outbox");
+            return None;
+        };
+        tokio::spawn(register_models(config.clone(), signer.clone(), service, models.cards(), shutdown.clone()));
+        let monitor = tokio::spawn(monitor.run(config.clone(), signer, service, shutdown.clone()));
+        Some(Self { relay: tokio::spawn(relay.run(shutdown.clone())), monitor })
+    }
+
+    /// Waits for the relay and the reports to stop after the shutdown.
+    pub async fn join(self) {
+        let _ = self.relay.await;
+        let _ = self.monitor.await;
+    }
+}
+
 /// Registers `cards`, the models `service` loaded, in ai-governance's inventory; retries with
 /// backoff until it succeeds or `shutdown`. Does nothing without a governance URL.
 pub async fn register_models(

@@ -338,6 +338,13 @@ impl ModelRegistry {
     pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
         self.models.values()
     }
+
+    /// The model cards, by name and version.
+    pub fn cards(&self) -> Vec<ModelCard> {
+        let mut cards: Vec<ModelCard> = self.models().map(|model| model.card()).collect();
+        cards.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+        cards
+    }
 }
 
 /// Reads and checks a model folder without opening a session: the manifest must parse and the
