@@ -43,7 +43,7 @@ lint: ## rustfmt check and clippy with warnings denied
 BENCH_VENV := $(CURDIR)/.cache/bench-venv
 
 bench: onnxruntime $(BENCH_VENV)/.installed ## Benchmarks in release mode, side by side with their reference (see BENCHMARKS.md)
-	BENCH_PYTHON=$(BENCH_VENV)/bin/python cargo bench -p aigronova-e2e --bench gateway --bench audit --bench health
+	BENCH_PYTHON=$(BENCH_VENV)/bin/python cargo bench -p aigronova-e2e --bench gateway --bench audit --bench health --bench fin
 
 $(BENCH_VENV)/.installed: tests/benches/python/requirements.txt
 	rm -rf $(BENCH_VENV)

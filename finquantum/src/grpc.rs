@@ -96,15 +96,11 @@ impl FinQuantumApi {
         customer_id: &str,
         needed: &[&str],
         what: &str,
-    ) -> Result<Vec<String>, Status> {
+    ) -> Result<Vec<Consent>, Status> {
         let consents = self.store.consents_of(tenant_id, customer_id).await?;
         let now = Utc::now();
         require_any(&consents, needed, now, what)?;
-        Ok(consents
-            .iter()
-            .filter(|consent| consent.allows(needed, now).is_ok())
-            .map(|consent| consent.id.clone())
-            .collect())
+        Ok(consents.into_iter().filter(|consent| consent.allows(needed, now).is_ok()).collect())
     }
 }
 
@@ -380,19 +376,17 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             )
         })?;
         let consents = self.usable_consents(&caller.tenant_id, &customer_id, &needed, "a credit score").await?;
-        let ingested = self
-            .store
-            .consents_of(&caller.tenant_id, &customer_id)
-            .await?
-            .iter()
-            .any(|consent| consents.contains(&consent.id) && consent.last_ingested_at.is_some());
-        if !ingested {
+        if consents.iter().all(|consent| consent.last_ingested_at.is_none()) {
             return Err(Status::failed_precondition(
                 "no data has been ingested under the customer's valid consents: \
                  POST /v1/fin/consents/{consentId}/ingestions first",
             ));
         }
-        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &consents).await?;
+        let ids: Vec<String> = consents.into_iter().map(|consent| consent.id).collect();
+        let (accounts, transactions) = self
+            .store
+            .data_under(&caller.tenant_id, &customer_id, &ids, |accounts| Some(BankSummary::window_start(accounts)))
+            .await?;
         let bank = BankSummary::of(&accounts, &transactions);
         let features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
@@ -460,7 +454,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         self.store.customer_exists(&caller.tenant_id, &customer_id).await?;
         let consents =
             self.usable_consents(&caller.tenant_id, &customer_id, &[ACCOUNTS_TRANSACTIONS_READ], "a statement").await?;
-        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &consents).await?;
+        let ids: Vec<String> = consents.into_iter().map(|consent| consent.id).collect();
+        // A month's statement reads its month and what came after (to walk back from the balance).
+        let first = bounds.0.and_hms_opt(0, 0, 0).map(|at| at.and_utc());
+        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &ids, |_| first).await?;
         let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions);
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))

@@ -7,6 +7,8 @@
 //! consents. Every call must carry the gateway's internal token, and acts only on its tenant.
 
 #![forbid(unsafe_code)]
+// Money in cents is written with its reais apart: `2_500_00` is R$ 2,500.00.
+#![allow(clippy::inconsistent_digit_grouping)]
 
 pub mod consent;
 mod grpc;

@@ -182,11 +182,26 @@ pub struct BankSummary {
 }
 
 impl BankSummary {
+    /// Where the window of `accounts`' data ends: their latest balance, or now.
+    fn window_end(accounts: &[StoredAccount]) -> DateTime<Utc> {
+        accounts
+            .iter()
+            .filter(|account| account.balance_cents.is_some())
+            .filter_map(|account| account.balance_at)
+            .max()
+            .unwrap_or_else(Utc::now)
+    }
+
+    /// Where the window of `accounts`' data starts: the transactions before it do not count.
+    pub fn window_start(accounts: &[StoredAccount]) -> DateTime<Utc> {
+        Self::window_end(accounts) - Duration::days(WINDOW_DAYS)
+    }
+
     /// The summary of `accounts` (those with a known balance) and their `transactions`.
     pub fn of(accounts: &[StoredAccount], transactions: &[StoredTransaction]) -> Self {
         let known: Vec<&StoredAccount> = accounts.iter().filter(|account| account.balance_cents.is_some()).collect();
-        let end = known.iter().filter_map(|account| account.balance_at).max().unwrap_or_else(Utc::now);
-        let start = end - Duration::days(WINDOW_DAYS);
+        let end = Self::window_end(accounts);
+        let start = Self::window_start(accounts);
         let checking: Vec<&&StoredAccount> =
             known.iter().filter(|account| CHECKING.contains(&account.kind.as_str())).collect();
         let savings: Vec<&&StoredAccount> = known.iter().filter(|account| account.kind == SAVINGS).collect();
@@ -255,12 +270,17 @@ impl BankSummary {
     }
 
     fn savings_code(&self) -> f64 {
-        match self.savings_balance_cents {
-            _ if !self.has_savings_account => 0.0,
-            ..100_00 => 1.0,
-            ..500_00 => 2.0,
-            ..1_000_00 => 3.0,
-            _ => 4.0,
+        let balance = self.savings_balance_cents;
+        if !self.has_savings_account {
+            0.0
+        } else if balance < 100_00 {
+            1.0
+        } else if balance < 500_00 {
+            2.0
+        } else if balance < 1_000_00 {
+            3.0
+        } else {
+            4.0
         }
     }
 }

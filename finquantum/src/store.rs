@@ -355,16 +355,20 @@ impl Store {
         Ok(inserted)
     }
 
-    /// The accounts held under `consent_ids` and their transactions.
+    /// The accounts held under `consent_ids` and their transactions booked at or after `since`
+    /// (all of them without it), read in one transaction. `since` is asked of the accounts, so
+    /// that it can depend on their balances' dates.
     pub(crate) async fn data_under(
         &self,
         tenant_id: &str,
         customer_id: &str,
         consent_ids: &[String],
+        since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
     ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), Error> {
         let mut transaction = self.begin_read(tenant_id).await?;
         let rows = sqlx::query(
-            "SELECT * FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
+            "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at \
+             FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
         )
         .bind(tenant_id)
         .bind(customer_id)
@@ -378,12 +382,22 @@ impl Store {
             .into_iter()
             .filter(|account| consent_ids.contains(&account.consent_id))
             .collect();
-        let rows = sqlx::query("SELECT * FROM transactions WHERE tenant_id = $1 AND customer_id = $2")
-            .bind(tenant_id)
-            .bind(customer_id)
-            .fetch_all(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        if accounts.is_empty() {
+            transaction.commit().await.map_err(StoreError::from)?;
+            return Ok((accounts, Vec::new()));
+        }
+        // Stored times sort as text, so the bound is a text comparison on both engines.
+        let since = since(&accounts).map_or_else(String::new, time::stored);
+        let rows = sqlx::query(
+            "SELECT institution, account_id, transaction_id, credit, kind, name, amount_cents, booked_at \
+             FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND booked_at >= $3",
+        )
+        .bind(tenant_id)
+        .bind(customer_id)
+        .bind(since)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
         transaction.commit().await.map_err(StoreError::from)?;
         let transactions = rows
             .iter()
@@ -512,7 +526,7 @@ impl Store {
         };
         let consents = self.consents_of(tenant_id, &customer_id).await?;
         let all: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
-        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all).await?;
+        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all, |_| None).await?;
         let mut transaction = self.begin(tenant_id).await?;
         let scores = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
             .bind(tenant_id)

@@ -11,44 +11,18 @@
 //! (default 5) per side, `BENCH_CONCURRENCY` (default 8) requests in flight.
 
 mod common;
+mod reference;
 
-use std::{
-    path::PathBuf,
-    process::{Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use aigronova_e2e::{Backend, models_dir, spawn_app_with};
 use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
 use serde_json::{Value, json};
 
-use crate::common::{Run, drive, env_number};
-
-/// Stops the Python service when the benchmark ends, however it ends.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn print(runs: &[&Run]) {
-    println!("| path | assessments/s | p50 | p99 | errors |");
-    println!("|---|---:|---:|---:|---:|");
-    for run in runs {
-        println!(
-            "| {} | {:.0} | {:.3} ms | {:.3} ms | {} |",
-            run.label,
-            run.rps(),
-            run.percentile(0.50).as_secs_f64() * 1000.0,
-            run.percentile(0.99).as_secs_f64() * 1000.0,
-            run.errors
-        );
-    }
-}
+use crate::{
+    common::{drive, env_number},
+    reference::{PythonService, print},
+};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -103,41 +77,16 @@ async fn main() {
     app.stop().await;
 
     // The Python service.
-    let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python"));
-    let workers = std::thread::available_parallelism().map_or(2, usize::from);
-    let _service = Child(
-        Command::new(&python)
-            .arg("service.py")
-            .env("BENCH_MODELS_DIR", models_dir())
-            .arg(port.to_string())
-            .arg(workers.to_string())
-            .current_dir(&script)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot start the Python service with {python} ({error}); run `make bench`")
-            }),
-    );
+    let (service, _) = PythonService::start("breast-cancer", &body).await;
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/score");
-    let mut ready = false;
-    for _ in 0..100 {
-        if client.post(&url).header("content-type", "application/json").body(body.clone()).send().await.is_ok() {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(ready, "the Python service did not answer on {url} (are fastapi, uvicorn and onnxruntime installed?)");
+    let url = service.url.clone();
     let fastapi = drive("Python FastAPI + onnxruntime", concurrency, seconds, move || {
         let request = client.post(&url).header("content-type", "application/json").body(body.clone());
         async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
     })
     .await;
 
-    print(&[&raw, &platform, &fastapi]);
+    print("assessments", &[&raw, &platform, &fastapi]);
     println!();
     println!(
         "the platform makes {:.1}x the Python service's assessments per second at {concurrency} in flight; its p50 is \

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod credit;
 pub mod institution;
 pub mod oidc;
 

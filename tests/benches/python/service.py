@@ -1,8 +1,10 @@
-"""What a team would otherwise deploy to score the breast-cancer model: a FastAPI service with
-onnxruntime, reading the same model.onnx and manifest as the platform. The healthquantum benchmark
-(tests/benches/health.rs) starts it with uvicorn and calls it side by side with the platform.
+"""What a team would otherwise deploy to score one of the platform's classifiers: a FastAPI service
+with onnxruntime, reading the same model.onnx and manifest as the platform. The healthquantum
+benchmark (tests/benches/health.rs) starts it with uvicorn on the breast-cancer model, the
+finquantum benchmark (tests/benches/fin.rs) on the credit-risk model, and each calls it side by
+side with the platform. BENCH_MODEL names the model (default breast-cancer), version 1.
 
-    BENCH_MODELS_DIR=<models dir> python service.py <port> <workers>
+    BENCH_MODELS_DIR=<models dir> [BENCH_MODEL=<model>] python service.py <port> <workers>
 """
 
 import json
@@ -15,7 +17,8 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-MODEL_DIR = os.path.join(os.environ.get("BENCH_MODELS_DIR", "models"), "breast-cancer", "1")
+MODEL = os.environ.get("BENCH_MODEL", "breast-cancer")
+MODEL_DIR = os.path.join(os.environ.get("BENCH_MODELS_DIR", "models"), MODEL, "1")
 
 with open(os.path.join(MODEL_DIR, "manifest.json"), encoding="utf-8") as handle:
     MANIFEST = json.load(handle)
@@ -27,13 +30,13 @@ SESSION = onnxruntime.InferenceSession(os.path.join(MODEL_DIR, "model.onnx"), OP
 app = FastAPI()
 
 
-class Assessment(BaseModel):
+class ScoreRequest(BaseModel):
     model: str
     features: dict[str, float]
 
 
 @app.post("/score")
-def score(request: Assessment):
+def score(request: ScoreRequest):
     try:
         row = np.array([[request.features[name] for name in FEATURES]], dtype=np.float32)
     except KeyError as missing:

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aigronova_e2e::{
     Backend, TestApp, assert_problem,
+    credit::{applicant_for, cpf, days_from_now, profile_for},
     institution::{FakeAccount, FakeTransaction, Institution, Profile},
     models_dir, pdf_text, redis_url, spawn_app_with,
 };
@@ -16,21 +17,6 @@ use crate::subjects::{export, open, outcome_of, records};
 
 const SCOPES: &[&str] = &["fin:read", "fin:write", "governance:read", "governance:write"];
 const ALL: &[&str] = &["ACCOUNTS_READ", "ACCOUNTS_BALANCES_READ", "ACCOUNTS_TRANSACTIONS_READ"];
-
-/// A valid CPF from nine digits (the two check digits computed).
-fn cpf(base: u64) -> String {
-    let mut digits: Vec<u32> = format!("{base:09}").chars().map(|c| c.to_digit(10).unwrap()).collect();
-    for length in [9, 10] {
-        let sum: u32 = digits.iter().enumerate().map(|(i, d)| d * (length as u32 + 1 - i as u32)).sum();
-        let check = (sum * 10) % 11;
-        digits.push(if check == 10 { 0 } else { check });
-    }
-    digits.iter().map(u32::to_string).collect()
-}
-
-fn expires_in_days(days: i64) -> String {
-    (chrono::Utc::now() + chrono::Duration::days(days)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
 
 /// The platform with `institutions` (name → profile) served by `bank`, the cache in Redis,
 /// short institution timeouts and a purge every second.
@@ -49,7 +35,7 @@ async fn start(backend: Backend, bank: &Institution, institutions: Vec<(&str, Pr
 
 async fn consent(app: &TestApp, key: &str, cpf: &str, institution: &str, permissions: &[&str]) -> Value {
     let body =
-        json!({"cpf": cpf, "institution": institution, "permissions": permissions, "expiresAt": expires_in_days(30)});
+        json!({"cpf": cpf, "institution": institution, "permissions": permissions, "expiresAt": days_from_now(30)});
     let response = app.post("/v1/fin/consents", key, &body).await;
     assert_eq!(response.status(), 200, "consent {body}");
     response.json().await.unwrap()
@@ -102,23 +88,23 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     // Bad input is refused, naming the field, and stores nothing.
     let cases = [
         (
-            json!({"cpf": "123.456.789-00", "institution": "banco-a", "permissions": ALL, "expiresAt": expires_in_days(1)}),
+            json!({"cpf": "123.456.789-00", "institution": "banco-a", "permissions": ALL, "expiresAt": days_from_now(1)}),
             "cpf",
         ),
         (
-            json!({"cpf": customer_cpf, "institution": "banco-z", "permissions": ALL, "expiresAt": expires_in_days(1)}),
+            json!({"cpf": customer_cpf, "institution": "banco-z", "permissions": ALL, "expiresAt": days_from_now(1)}),
             "institution",
         ),
         (
-            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ["PAYMENTS_INITIATE"], "expiresAt": expires_in_days(1)}),
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ["PAYMENTS_INITIATE"], "expiresAt": days_from_now(1)}),
             "permissions",
         ),
         (
-            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": [], "expiresAt": expires_in_days(1)}),
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": [], "expiresAt": days_from_now(1)}),
             "permissions",
         ),
         (
-            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL, "expiresAt": expires_in_days(-1)}),
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL, "expiresAt": days_from_now(-1)}),
             "expiresAt",
         ),
         (json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL}), "expiresAt"),
@@ -259,66 +245,6 @@ async fn consents_ingestion_and_statements_on_postgres() {
     consents_ingestion_and_statements(Backend::Postgres).await;
 }
 
-/// The institution data that gives `checking_status` and `savings_status` their reference values.
-fn profile_for(checking: f64, savings: f64) -> Profile {
-    let mut accounts = Vec::new();
-    let balance = match checking as i64 {
-        0 => None,
-        1 => Some("-100.00"),
-        2 => Some("100.00"),
-        _ => Some("500.00"),
-    };
-    if let Some(balance) = balance {
-        accounts.push(FakeAccount {
-            id: "c".into(),
-            kind: "CONTA_DEPOSITO_A_VISTA".into(),
-            balance: balance.into(),
-            transactions: vec![],
-        });
-    }
-    let balance = match savings as i64 {
-        0 => None,
-        1 => Some("50.00"),
-        2 => Some("300.00"),
-        3 => Some("700.00"),
-        _ => Some("2000.00"),
-    };
-    if let Some(balance) = balance {
-        accounts.push(FakeAccount {
-            id: "s".into(),
-            kind: "CONTA_POUPANCA".into(),
-            balance: balance.into(),
-            transactions: vec![],
-        });
-    }
-    Profile { accounts, ..Profile::default() }
-}
-
-/// The declared fields that give the reference row's features.
-fn applicant_for(features: &Value) -> Value {
-    let f = |name: &str| features[name].as_f64().unwrap();
-    let instalment = f("credit_amount") / f("duration_months");
-    // The middle of the instalment-share band of the row's code.
-    let share = [0.05, 0.15, 0.25, 0.5][f("installment_rate") as usize - 1];
-    let history = ["no_credits_or_all_paid", "all_paid_here", "paid_duly", "past_delays", "critical"];
-    let mut applicant = json!({
-        "durationMonths": f("duration_months") as i64,
-        "creditAmount": f("credit_amount"),
-        "age": f("age") as i64,
-        "existingCredits": f("existing_credits") as i64,
-        "dependents": f("dependents") as i64,
-        "creditHistory": history[f("credit_history") as usize],
-        "housing": if f("housing_own") == 1.0 { "own" } else { "rent" },
-        "purpose": if f("purpose_car") == 1.0 { "car_used" } else { "furniture" },
-        "monthlyIncome": instalment / share,
-    });
-    let years = [None, Some(0.5), Some(2.0), Some(5.0), Some(10.0)][f("employment_years") as usize];
-    if let Some(years) = years {
-        applicant["employmentYears"] = json!(years);
-    }
-    applicant
-}
-
 async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     let reference: Value = serde_json::from_str(
         &std::fs::read_to_string(models_dir().join("credit-risk/1/reference.json")).expect("reference.json"),
@@ -326,20 +252,8 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     .unwrap();
     let rows = reference["rows"].as_array().unwrap();
     let bank = Institution::start().await;
-    let institutions: Vec<(String, Profile)> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let features = &row["features"];
-            (
-                format!("banco-{i}"),
-                profile_for(
-                    features["checking_status"].as_f64().unwrap(),
-                    features["savings_status"].as_f64().unwrap(),
-                ),
-            )
-        })
-        .collect();
+    let institutions: Vec<(String, Profile)> =
+        rows.iter().enumerate().map(|(i, row)| (format!("banco-{i}"), profile_for(&row["features"], 0))).collect();
     let app = start(backend, &bank, institutions.iter().map(|(name, p)| (name.as_str(), p.clone())).collect()).await;
     let tenant = app.create_tenant_on("Crédito Teste", "enterprise").await;
     let key = app.create_key(&tenant, &["fin:read", "fin:write", "governance:read"]).await;

@@ -1,0 +1,136 @@
+//! FinQuantum credit scores side by side in one run, the same credit-risk row each time:
+//! - the raw ONNX Runtime call in process (the floor),
+//! - the platform through the gateway (HTTP/JSON, API key, rate limit, transcoding, internal
+//!   token, validation of the declared fields, the consent check, the customer's ingested
+//!   accounts and transactions read back and summarised, inference with the reason-code
+//!   contributions, the score and its audit event committed to SQLite),
+//! - a Python FastAPI + onnxruntime service scoring the same model.onnx (what a team would
+//!   otherwise deploy; uvicorn with one worker per core), which only scores.
+//!
+//! The platform's customer has a consent and data ingested from a local Open Finance
+//! institution: a checking account and a savings account whose balances give the row's
+//! `checking_status` and `savings_status`, and 90 days of checking transactions that cancel out
+//! (a credit and a debit of the same amount at the same instant), so that scoring walks a
+//! realistic history without moving the row's features.
+//!
+//! `make bench` runs it in release mode after installing the Python service's pinned packages
+//! into `.cache/bench-venv` (`BENCH_PYTHON` names its interpreter). Settings: `BENCH_SECONDS`
+//! (default 5) per side, `BENCH_CONCURRENCY` (default 8) requests in flight,
+//! `BENCH_TRANSACTIONS` (default 180) checking transactions of the customer.
+
+mod common;
+mod reference;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use aigronova_e2e::{
+    Backend,
+    credit::{applicant_for, cpf, days_from_now, profile_for},
+    institution::Institution,
+    models_dir, spawn_app_with,
+};
+use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
+use serde_json::{Value, json};
+
+use crate::{
+    common::{drive, env_number},
+    reference::{PythonService, print},
+};
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
+    let concurrency = env_number("BENCH_CONCURRENCY", 8) as usize;
+    let transactions = env_number("BENCH_TRANSACTIONS", 180) as usize;
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("credit-risk/1/reference.json")).expect("reference.json"),
+    )
+    .unwrap();
+    let features = reference["rows"][0]["features"].clone();
+    let expected = reference["rows"][0]["onnx_probability"].as_f64().unwrap();
+
+    // The floor: ONNX Runtime alone, on the blocking pool as the service calls it.
+    let models = ModelRegistry::load(
+        &InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() },
+        &["credit-risk"],
+    )
+    .expect("the model loads (is ORT_DYLIB_PATH set?)");
+    let model = models.get("credit-risk").unwrap();
+    let named: HashMap<String, f64> = serde_json::from_value(features.clone()).unwrap();
+    let row = Arc::new(model.feature_vector(&named, "features").unwrap());
+    let raw = drive("raw ONNX Runtime call", concurrency, seconds, move || {
+        let (model, row) = (model.clone(), row.clone());
+        async move { tokio::task::spawn_blocking(move || model.predict(&row).is_ok()).await.unwrap_or(false) }
+    })
+    .await;
+
+    // The platform, through the gateway, for a customer whose data is ingested under a consent.
+    let bank = Institution::start().await;
+    let institution = bank.serve("banco-a", profile_for(&features, transactions));
+    let app = spawn_app_with(Backend::Sqlite, move |config| {
+        config.finquantum.institutions = [("banco-a".to_owned(), institution)].into_iter().collect();
+        config.gateway.plans.enterprise.requests_per_second = 1_000_000.0;
+        config.gateway.plans.enterprise.burst = 1_000_000;
+        config.gateway.plans.enterprise.monthly_inference_quota = 1_000_000_000;
+    })
+    .await;
+    let tenant = app.create_tenant("Bench").await;
+    let response =
+        app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"plan": "enterprise"})).await;
+    assert_eq!(response.status(), 200);
+    let key = app.create_key(&tenant, &["fin:read", "fin:write"]).await;
+    let customer = cpf(123_456_789);
+    let expires_at = days_from_now(30);
+    let response = app
+        .post(
+            "/v1/fin/consents",
+            &key,
+            &json!({"cpf": customer, "institution": "banco-a", "expiresAt": expires_at,
+                "permissions": ["ACCOUNTS_READ", "ACCOUNTS_BALANCES_READ", "ACCOUNTS_TRANSACTIONS_READ"]}),
+        )
+        .await;
+    assert_eq!(response.status(), 200, "consent");
+    let consent: Value = response.json().await.unwrap();
+    let response =
+        app.post(&format!("/v1/fin/consents/{}/ingestions", consent["id"].as_str().unwrap()), &key, &json!({})).await;
+    assert_eq!(response.status(), 200, "ingestion");
+    let body = json!({"cpf": customer, "applicant": applicant_for(&features)});
+    let score: Value = app.post("/v1/fin/credit-scores", &key, &body).await.json().await.unwrap();
+    let probability = score["probabilityOfDefault"].as_f64().unwrap_or(f64::NAN);
+    let same_row = named.keys().all(|name| score["features"][name] == features[name]);
+    assert!(
+        same_row && (probability - expected).abs() < 1e-5,
+        "the platform scores another row than the reference's: {score}"
+    );
+    let client = app.client.clone();
+    let url = app.url("/v1/fin/credit-scores");
+    let body = body.to_string();
+    let platform = drive("platform through the gateway", concurrency, seconds, move || {
+        let request = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body.clone());
+        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
+    })
+    .await;
+    app.stop().await;
+
+    // The Python service.
+    let body = json!({"model": "credit-risk", "features": features}).to_string();
+    let (service, answer) = PythonService::start("credit-risk", &body).await;
+    let client = reqwest::Client::new();
+    let url = service.url.clone();
+    let probability = answer["probability"].as_f64().unwrap_or(f64::NAN);
+    assert!((probability - expected).abs() < 1e-5, "the Python service scores another model or row: {answer}");
+    let fastapi = drive("Python FastAPI + onnxruntime", concurrency, seconds, move || {
+        let request = client.post(&url).header("content-type", "application/json").body(body.clone());
+        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
+    })
+    .await;
+
+    print("scores", &[&raw, &platform, &fastapi]);
+    println!();
+    println!(
+        "the platform makes {:.1}x the Python service's scores per second at {concurrency} in flight; its p50 is \
+         {:.3} ms above the raw call",
+        platform.rps() / fastapi.rps(),
+        (platform.percentile(0.5).as_secs_f64() - raw.percentile(0.5).as_secs_f64()) * 1000.0
+    );
+}

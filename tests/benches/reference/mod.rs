@@ -1,0 +1,86 @@
+//! What the model benchmarks share: the Python FastAPI + onnxruntime service they compare with,
+//! and their table.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use aigronova_e2e::models_dir;
+use serde_json::Value;
+
+use crate::common::Run;
+
+/// The Python service (`benches/python/service.py`) scoring `model`, one uvicorn worker per
+/// core. Stopped when dropped: SIGTERM first, so that uvicorn stops its workers, then SIGKILL.
+pub(crate) struct PythonService {
+    child: std::process::Child,
+    pub(crate) url: String,
+}
+
+impl PythonService {
+    /// Starts the service and waits until it answers `body` (returning the answer).
+    pub(crate) async fn start(model: &str, body: &str) -> (Self, Value) {
+        let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python"));
+        let workers = std::thread::available_parallelism().map_or(2, usize::from);
+        let child = Command::new(&python)
+            .arg("service.py")
+            .env("BENCH_MODELS_DIR", models_dir())
+            .env("BENCH_MODEL", model)
+            .arg(port.to_string())
+            .arg(workers.to_string())
+            .current_dir(&script)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| {
+                panic!("cannot start the Python service with {python} ({error}); run `make bench`")
+            });
+        let service = Self { child, url: format!("http://127.0.0.1:{port}/score") };
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            let sent =
+                client.post(&service.url).header("content-type", "application/json").body(body.to_owned()).send().await;
+            if let Ok(response) = sent
+                && let Ok(answer) = response.json::<Value>().await
+            {
+                return (service, answer);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the Python service did not answer on {} (are fastapi, uvicorn and onnxruntime installed?)", service.url)
+    }
+}
+
+impl Drop for PythonService {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The runs as a Markdown table, `unit` per second.
+pub(crate) fn print(unit: &str, runs: &[&Run]) {
+    println!("| path | {unit}/s | p50 | p99 | errors |");
+    println!("|---|---:|---:|---:|---:|");
+    for run in runs {
+        println!(
+            "| {} | {:.0} | {:.3} ms | {:.3} ms | {} |",
+            run.label,
+            run.rps(),
+            run.percentile(0.50).as_secs_f64() * 1000.0,
+            run.percentile(0.99).as_secs_f64() * 1000.0,
+            run.errors
+        );
+    }
+}
