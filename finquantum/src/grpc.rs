@@ -368,26 +368,31 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             monthly_income: applicant.monthly_income,
         })?;
         let needed = [ACCOUNTS_READ, ACCOUNTS_BALANCES_READ, ACCOUNTS_TRANSACTIONS_READ];
-        let customer_id = self.store.customer_by_cpf(&caller.tenant_id, &cpf).await?.ok_or_else(|| {
+        let window = chrono::Duration::days(scoring::WINDOW_DAYS);
+        let data = self.store.customer_data(&caller.tenant_id, &cpf, window).await?.ok_or_else(|| {
             aigronova_platform::error::missing_permission(
                 ACCOUNTS_TRANSACTIONS_READ,
                 "a credit score needs a valid consent of the customer granting ACCOUNTS_TRANSACTIONS_READ, \
                  and the customer has none",
             )
         })?;
-        let consents = self.usable_consents(&caller.tenant_id, &customer_id, &needed, "a credit score").await?;
+        let customer_id = data.customer_id;
+        let now = Utc::now();
+        require_any(&data.consents, &needed, now, "a credit score")?;
+        let consents: Vec<&Consent> =
+            data.consents.iter().filter(|consent| consent.allows(&needed, now).is_ok()).collect();
         if consents.iter().all(|consent| consent.last_ingested_at.is_none()) {
             return Err(Status::failed_precondition(
                 "no data has been ingested under the customer's valid consents: \
                  POST /v1/fin/consents/{consentId}/ingestions first",
             ));
         }
-        let ids: Vec<String> = consents.into_iter().map(|consent| consent.id).collect();
-        let (accounts, transactions) = self
-            .store
-            .data_under(&caller.tenant_id, &customer_id, &ids, |accounts| Some(BankSummary::window_start(accounts)))
-            .await?;
-        let bank = BankSummary::of(&accounts, &transactions);
+        let accounts: Vec<_> = data
+            .accounts
+            .into_iter()
+            .filter(|account| consents.iter().any(|consent| consent.id == account.consent_id))
+            .collect();
+        let bank = BankSummary::of(&accounts, &data.transactions);
         let features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
         let row = model.feature_vector(&features, "features").map_err(Error::from)?;
@@ -457,7 +462,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let ids: Vec<String> = consents.into_iter().map(|consent| consent.id).collect();
         // A month's statement reads its month and what came after (to walk back from the balance).
         let first = bounds.0.and_hms_opt(0, 0, 0).map(|at| at.and_utc());
-        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &ids, |_| first).await?;
+        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &ids, first).await?;
         let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions);
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))

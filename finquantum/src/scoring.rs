@@ -193,7 +193,7 @@ impl BankSummary {
     }
 
     /// Where the window of `accounts`' data starts: the transactions before it do not count.
-    pub fn window_start(accounts: &[StoredAccount]) -> DateTime<Utc> {
+    fn window_start(accounts: &[StoredAccount]) -> DateTime<Utc> {
         Self::window_end(accounts) - Duration::days(WINDOW_DAYS)
     }
 

@@ -355,57 +355,59 @@ impl Store {
         Ok(inserted)
     }
 
+    /// Everything a credit score reads of the customer with `cpf`, in one transaction: the
+    /// customer, their consents, their accounts, and the transactions of the `window` before each
+    /// account's balance. `None` for a CPF the tenant has no customer for.
+    pub(crate) async fn customer_data(
+        &self,
+        tenant_id: &str,
+        cpf: &Cpf,
+        window: chrono::Duration,
+    ) -> Result<Option<CustomerData>, Error> {
+        let cipher = self.cipher(tenant_id).await?;
+        let mut transaction = self.begin_read(tenant_id).await?;
+        let customer = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
+            .bind(tenant_id)
+            .bind(cipher.blind_index(cpf.as_str()))
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        let Some(customer) = customer else {
+            transaction.commit().await.map_err(StoreError::from)?;
+            return Ok(None);
+        };
+        let customer_id: String = customer.try_get("id").map_err(StoreError::from)?;
+        let rows = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
+            .bind(tenant_id)
+            .bind(&customer_id)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        let consents = rows.iter().map(consent_of).collect::<Result<Vec<_>, _>>()?;
+        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, &customer_id, |accounts| {
+            accounts.iter().filter_map(|account| account.balance_at).min().map(|at| at - window)
+        })
+        .await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(Some(CustomerData { customer_id, consents, accounts, transactions }))
+    }
+
     /// The accounts held under `consent_ids` and their transactions booked at or after `since`
-    /// (all of them without it), read in one transaction. `since` is asked of the accounts, so
-    /// that it can depend on their balances' dates.
+    /// (all of them without it), read in one transaction.
     pub(crate) async fn data_under(
         &self,
         tenant_id: &str,
         customer_id: &str,
         consent_ids: &[String],
-        since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
+        since: Option<DateTime<Utc>>,
     ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), Error> {
         let mut transaction = self.begin_read(tenant_id).await?;
-        let rows = sqlx::query(
-            "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at \
-             FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
-        )
-        .bind(tenant_id)
-        .bind(customer_id)
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
-        let accounts: Vec<StoredAccount> = rows
-            .iter()
-            .map(account_of)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|account| consent_ids.contains(&account.consent_id))
-            .collect();
-        if accounts.is_empty() {
-            transaction.commit().await.map_err(StoreError::from)?;
-            return Ok((accounts, Vec::new()));
-        }
-        // Stored times sort as text, so the bound is a text comparison on both engines.
-        let since = since(&accounts).map_or_else(String::new, time::stored);
-        let rows = sqlx::query(
-            "SELECT institution, account_id, transaction_id, credit, kind, name, amount_cents, booked_at \
-             FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND booked_at >= $3",
-        )
-        .bind(tenant_id)
-        .bind(customer_id)
-        .bind(since)
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
+        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, |_| since).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        let transactions = rows
-            .iter()
-            .map(transaction_of)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .filter(|item| accounts.iter().any(|account| item.belongs_to(account)))
-            .collect();
+        let accounts: Vec<StoredAccount> =
+            accounts.into_iter().filter(|account| consent_ids.contains(&account.consent_id)).collect();
+        let transactions =
+            transactions.into_iter().filter(|item| accounts.iter().any(|account| item.belongs_to(account))).collect();
         Ok((accounts, transactions))
     }
 
@@ -526,7 +528,7 @@ impl Store {
         };
         let consents = self.consents_of(tenant_id, &customer_id).await?;
         let all: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
-        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all, |_| None).await?;
+        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all, None).await?;
         let mut transaction = self.begin(tenant_id).await?;
         let scores = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
             .bind(tenant_id)
@@ -617,6 +619,49 @@ impl Store {
         transaction.commit().await.map_err(StoreError::from)?;
         Ok((erased, kept))
     }
+}
+
+/// What a credit score reads of a customer (see [`Store::customer_data`]).
+#[derive(Debug)]
+pub(crate) struct CustomerData {
+    pub(crate) customer_id: String,
+    pub(crate) consents: Vec<Consent>,
+    pub(crate) accounts: Vec<StoredAccount>,
+    pub(crate) transactions: Vec<StoredTransaction>,
+}
+
+/// The customer's accounts and their transactions booked at or after `since(&accounts)` (all
+/// of them when it is `None`). Stored times sort as text, so the bound is a text comparison.
+async fn read_accounts(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    customer_id: &str,
+    since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
+) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), StoreError> {
+    let rows = sqlx::query(
+        "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at \
+         FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
+    )
+    .bind(tenant_id)
+    .bind(customer_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let accounts = rows.iter().map(account_of).collect::<Result<Vec<_>, _>>()?;
+    if accounts.is_empty() {
+        return Ok((accounts, Vec::new()));
+    }
+    let since = since(&accounts).map_or_else(String::new, time::stored);
+    let rows = sqlx::query(
+        "SELECT institution, account_id, transaction_id, credit, kind, name, amount_cents, booked_at \
+         FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND booked_at >= $3",
+    )
+    .bind(tenant_id)
+    .bind(customer_id)
+    .bind(since)
+    .fetch_all(&mut *connection)
+    .await?;
+    let transactions = rows.iter().map(transaction_of).collect::<Result<Vec<_>, _>>()?;
+    Ok((accounts, transactions))
 }
 
 fn stored_time(row: &AnyRow, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
