@@ -368,8 +368,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             monthly_income: applicant.monthly_income,
         })?;
         let needed = [ACCOUNTS_READ, ACCOUNTS_BALANCES_READ, ACCOUNTS_TRANSACTIONS_READ];
-        let window = chrono::Duration::days(scoring::WINDOW_DAYS);
-        let data = self.store.customer_data(&caller.tenant_id, &cpf, window).await?.ok_or_else(|| {
+        let data = self.store.customer_data(&caller.tenant_id, &cpf).await?.ok_or_else(|| {
             aigronova_platform::error::missing_permission(
                 ACCOUNTS_TRANSACTIONS_READ,
                 "a credit score needs a valid consent of the customer granting ACCOUNTS_TRANSACTIONS_READ, \
@@ -392,7 +391,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             .into_iter()
             .filter(|account| consents.iter().any(|consent| consent.id == account.consent_id))
             .collect();
-        let bank = BankSummary::of(&accounts, &data.transactions);
+        let bank = BankSummary::of_stored(&accounts);
         let features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
         let row = model.feature_vector(&features, "features").map_err(Error::from)?;

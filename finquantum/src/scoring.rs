@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aigronova_platform::Error;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 
 use crate::store::{StoredAccount, StoredTransaction};
 
@@ -181,44 +182,75 @@ pub struct BankSummary {
     pub window_days: i32,
 }
 
-impl BankSummary {
-    /// Where the window of `accounts`' data ends: their latest balance, or now.
-    fn window_end(accounts: &[StoredAccount]) -> DateTime<Utc> {
-        accounts
+/// What one account's data shows over the window ending at its balance, kept with the account
+/// at each ingestion so that a score reads no transactions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountSummary {
+    /// End-of-day balances walking back from the balance: `[0]` at the balance's time, `[d]` `d`
+    /// days before, in cents.
+    pub daily_balances: Vec<i64>,
+    /// Salary credits of the three 30-day periods before the balance, newest first, in cents.
+    pub salaries: [i64; 3],
+}
+
+impl AccountSummary {
+    /// The summary of `account` from `transactions` (any accounts'); `None` without a balance.
+    pub fn of(account: &StoredAccount, transactions: &[StoredTransaction]) -> Option<Self> {
+        let (balance, at) = (account.balance_cents?, account.balance_at?);
+        let own: Vec<&StoredTransaction> = transactions
             .iter()
-            .filter(|account| account.balance_cents.is_some())
-            .filter_map(|account| account.balance_at)
-            .max()
-            .unwrap_or_else(Utc::now)
+            .filter(|t| t.belongs_to(account) && t.booked_at <= at && t.booked_at > at - Duration::days(WINDOW_DAYS))
+            .collect();
+        let daily_balances = (0..WINDOW_DAYS)
+            .map(|day| {
+                let day_end = at - Duration::days(day);
+                balance - own.iter().filter(|t| t.booked_at > day_end).map(|t| t.signed_cents()).sum::<i64>()
+            })
+            .collect();
+        let salaries = [0, 1, 2].map(|period| {
+            let to = at - Duration::days(30 * period);
+            let from = to - Duration::days(30);
+            own.iter()
+                .filter(|t| t.is_salary() && t.booked_at > from && t.booked_at <= to)
+                .map(|t| t.amount_cents)
+                .sum()
+        });
+        Some(Self { daily_balances, salaries })
     }
+}
 
-    /// Where the window of `accounts`' data starts: the transactions before it do not count.
-    fn window_start(accounts: &[StoredAccount]) -> DateTime<Utc> {
-        Self::window_end(accounts) - Duration::days(WINDOW_DAYS)
-    }
-
-    /// The summary of `accounts` (those with a known balance) and their `transactions`.
+impl BankSummary {
+    /// The summary of `accounts` and their `transactions` (see [`AccountSummary::of`]).
     pub fn of(accounts: &[StoredAccount], transactions: &[StoredTransaction]) -> Self {
-        let known: Vec<&StoredAccount> = accounts.iter().filter(|account| account.balance_cents.is_some()).collect();
-        let end = Self::window_end(accounts);
-        let start = Self::window_start(accounts);
-        let checking: Vec<&&StoredAccount> =
-            known.iter().filter(|account| CHECKING.contains(&account.kind.as_str())).collect();
-        let savings: Vec<&&StoredAccount> = known.iter().filter(|account| account.kind == SAVINGS).collect();
+        let summaries: Vec<(&StoredAccount, AccountSummary)> = accounts
+            .iter()
+            .filter_map(|account| AccountSummary::of(account, transactions).map(|summary| (account, summary)))
+            .collect();
+        Self::combine(summaries.iter().map(|(account, summary)| (*account, summary)))
+    }
 
-        // End-of-day balances, walking back from each account's balance through its transactions.
+    /// The summary of accounts whose own summaries were kept at ingestion; an account without
+    /// one (no balance fetched) does not count.
+    pub fn of_stored(accounts: &[StoredAccount]) -> Self {
+        Self::combine(accounts.iter().filter_map(|account| account.summary.as_ref().map(|summary| (account, summary))))
+    }
+
+    /// The accounts' summaries over one window, ending at the latest balance. An account whose
+    /// balance is older than that is shifted by whole days (its oldest day repeats, its newest
+    /// fills the days after its balance); its salaries keep their 30-day periods.
+    fn combine<'a>(accounts: impl Iterator<Item = (&'a StoredAccount, &'a AccountSummary)> + Clone) -> Self {
+        let end = accounts.clone().filter_map(|(account, _)| account.balance_at).max().unwrap_or_else(Utc::now);
+        let checking: Vec<_> =
+            accounts.clone().filter(|(account, _)| CHECKING.contains(&account.kind.as_str())).collect();
+        let savings: Vec<_> = accounts.clone().filter(|(account, _)| account.kind == SAVINGS).collect();
         let mut total_by_day = vec![0i64; WINDOW_DAYS as usize];
-        for account in &checking {
-            let balance = account.balance_cents.unwrap_or(0);
-            let at = account.balance_at.unwrap_or(end);
+        for (account, summary) in &checking {
+            let offset = account.balance_at.map_or(0, |at| (end - at).num_days().max(0));
+            let last = summary.daily_balances.len().saturating_sub(1);
             for (day, total) in total_by_day.iter_mut().enumerate() {
-                let day_end = end - Duration::days(day as i64);
-                let after: i64 = transactions
-                    .iter()
-                    .filter(|t| t.belongs_to(account) && t.booked_at > day_end && t.booked_at <= at)
-                    .map(StoredTransaction::signed_cents)
-                    .sum();
-                *total += balance - after;
+                let index = usize::try_from((day as i64 - offset).max(0)).unwrap_or(0).min(last);
+                *total += summary.daily_balances.get(index).copied().unwrap_or(0);
             }
         }
         let overdraft_days = if checking.is_empty() {
@@ -228,31 +260,20 @@ impl BankSummary {
         };
         let average_balance_cents =
             if checking.is_empty() { 0 } else { total_by_day.iter().sum::<i64>() / WINDOW_DAYS };
-
-        let salaries: Vec<&StoredTransaction> = transactions
-            .iter()
-            .filter(|t| t.is_salary() && t.booked_at > start && t.booked_at <= end)
-            .filter(|t| checking.iter().chain(savings.iter()).any(|account| t.belongs_to(account)))
-            .collect();
-        let income_months = i32::try_from(
-            (0..3)
-                .filter(|month| {
-                    let to = end - Duration::days(30 * month);
-                    let from = to - Duration::days(30);
-                    salaries.iter().any(|t| t.booked_at > from && t.booked_at <= to)
-                })
-                .count(),
-        )
-        .unwrap_or(0);
-        let average_monthly_income_cents = salaries.iter().map(|t| t.amount_cents).sum::<i64>() / 3;
+        let mut salaries = [0i64; 3];
+        for (_, summary) in checking.iter().chain(savings.iter()) {
+            for (total, salary) in salaries.iter_mut().zip(summary.salaries) {
+                *total += salary;
+            }
+        }
         Self {
             has_checking_account: !checking.is_empty(),
             average_balance_cents,
             overdraft_days,
-            income_months,
-            average_monthly_income_cents,
+            income_months: i32::try_from(salaries.iter().filter(|salary| **salary > 0).count()).unwrap_or(0),
+            average_monthly_income_cents: salaries.iter().sum::<i64>() / 3,
             has_savings_account: !savings.is_empty(),
-            savings_balance_cents: savings.iter().filter_map(|account| account.balance_cents).sum(),
+            savings_balance_cents: savings.iter().filter_map(|(account, _)| account.balance_cents).sum(),
             window_days: WINDOW_DAYS as i32,
         }
     }
@@ -439,6 +460,7 @@ mod tests {
             number: "1".into(),
             balance_cents: Some(balance),
             balance_at: Some(at),
+            summary: None,
         }
     }
 
@@ -534,6 +556,29 @@ mod tests {
         assert_eq!((f["checking_status"], f["savings_status"]), (3.0, 3.0));
         // 100 a month against the 3000 salary seen, not the 1000 declared: under 10%.
         assert_eq!(f["installment_rate"], 1.0);
+    }
+
+    #[test]
+    fn summaries_kept_at_ingestion_give_the_same_bank_summary() {
+        let now = Utc::now();
+        let accounts = [account("CONTA_DEPOSITO_A_VISTA", 80_00, now), account(SAVINGS, 450_00, now)];
+        let transactions: Vec<StoredTransaction> = (0..40)
+            .map(|n| {
+                let at = now - Duration::hours(50 * n + 3);
+                let kind = if n % 10 == 0 { "FOLHA_PAGAMENTO" } else { "PIX" };
+                transaction("CONTA_DEPOSITO_A_VISTA", &format!("t{n}"), n % 10 == 0, kind, 10_00 + n * 7, at)
+            })
+            .collect();
+        let stored: Vec<StoredAccount> = accounts
+            .iter()
+            .map(|a| StoredAccount { summary: AccountSummary::of(a, &transactions), ..a.clone() })
+            .collect();
+        let direct = BankSummary::of(&accounts, &transactions);
+        assert_eq!(BankSummary::of_stored(&stored), direct);
+        assert_eq!(direct.income_months, 3, "{direct:?}");
+        // An account without a balance fetched does not count.
+        let unknown = StoredAccount { balance_cents: None, balance_at: None, summary: None, ..accounts[0].clone() };
+        assert!(!BankSummary::of_stored(&[unknown]).has_checking_account);
     }
 
     #[test]

@@ -250,6 +250,7 @@ mod tests {
             number: "123".into(),
             balance_cents: Some(1_000_00),
             balance_at: Some(at("2026-11-20T00:00:00Z")),
+            summary: None,
         };
         let transactions = [
             transaction("a", true, "FOLHA_PAGAMENTO", 3_000_00, "2026-10-05T10:00:00Z"),

@@ -19,6 +19,7 @@ use sqlx::{Any, Row, Transaction, any::AnyRow};
 use crate::{
     consent::{Consent, Permissions},
     openfinance,
+    scoring::{AccountSummary, WINDOW_DAYS},
 };
 
 /// An account as stored.
@@ -32,6 +33,8 @@ pub struct StoredAccount {
     pub number: String,
     pub balance_cents: Option<i64>,
     pub balance_at: Option<DateTime<Utc>>,
+    /// Kept at ingestion when the balance was fetched.
+    pub summary: Option<AccountSummary>,
 }
 
 /// A transaction as stored.
@@ -343,6 +346,9 @@ impl Store {
             .map_err(StoreError::from)?;
             inserted += result.rows_affected();
         }
+        for (account, _) in &fetched.accounts {
+            summarize_account(&mut transaction, tenant_id, consent, &account.account_id).await?;
+        }
         sqlx::query("UPDATE consents SET last_ingested_at = $3 WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(&consent.id)
@@ -356,14 +362,9 @@ impl Store {
     }
 
     /// Everything a credit score reads of the customer with `cpf`, in one transaction: the
-    /// customer, their consents, their accounts, and the transactions of the `window` before each
-    /// account's balance. `None` for a CPF the tenant has no customer for.
-    pub(crate) async fn customer_data(
-        &self,
-        tenant_id: &str,
-        cpf: &Cpf,
-        window: chrono::Duration,
-    ) -> Result<Option<CustomerData>, Error> {
+    /// customer, their consents, and their accounts with the summaries kept at ingestion. `None`
+    /// for a CPF the tenant has no customer for.
+    pub(crate) async fn customer_data(&self, tenant_id: &str, cpf: &Cpf) -> Result<Option<CustomerData>, Error> {
         let cipher = self.cipher(tenant_id).await?;
         let mut transaction = self.begin_read(tenant_id).await?;
         let customer = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
@@ -384,12 +385,9 @@ impl Store {
             .await
             .map_err(StoreError::from)?;
         let consents = rows.iter().map(consent_of).collect::<Result<Vec<_>, _>>()?;
-        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, &customer_id, |accounts| {
-            accounts.iter().filter_map(|account| account.balance_at).min().map(|at| at - window)
-        })
-        .await?;
+        let accounts = read_accounts_only(&mut transaction, tenant_id, &customer_id).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(Some(CustomerData { customer_id, consents, accounts, transactions }))
+        Ok(Some(CustomerData { customer_id, consents, accounts }))
     }
 
     /// The accounts held under `consent_ids` and their transactions booked at or after `since`
@@ -627,7 +625,73 @@ pub(crate) struct CustomerData {
     pub(crate) customer_id: String,
     pub(crate) consents: Vec<Consent>,
     pub(crate) accounts: Vec<StoredAccount>,
-    pub(crate) transactions: Vec<StoredTransaction>,
+}
+
+/// The customer's accounts.
+async fn read_accounts_only(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    customer_id: &str,
+) -> Result<Vec<StoredAccount>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at, summary \
+         FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
+    )
+    .bind(tenant_id)
+    .bind(customer_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    rows.iter().map(account_of).collect()
+}
+
+/// Computes and keeps the summary of one account of `consent` from its stored balance and the
+/// transactions of the window before it.
+async fn summarize_account(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    consent: &Consent,
+    account_id: &str,
+) -> Result<(), StoreError> {
+    let row = sqlx::query(
+        "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at, summary \
+         FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
+    )
+    .bind(tenant_id)
+    .bind(&consent.customer_id)
+    .bind(&consent.institution)
+    .bind(account_id)
+    .fetch_one(&mut *connection)
+    .await?;
+    let account = account_of(&row)?;
+    let Some(at) = account.balance_at else { return Ok(()) };
+    let rows = sqlx::query(
+        "SELECT institution, account_id, transaction_id, credit, kind, name, amount_cents, booked_at \
+         FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4 \
+         AND booked_at >= $5",
+    )
+    .bind(tenant_id)
+    .bind(&consent.customer_id)
+    .bind(&consent.institution)
+    .bind(account_id)
+    .bind(time::stored(at - chrono::Duration::days(WINDOW_DAYS)))
+    .fetch_all(&mut *connection)
+    .await?;
+    let transactions = rows.iter().map(transaction_of).collect::<Result<Vec<_>, _>>()?;
+    let summary = AccountSummary::of(&account, &transactions)
+        .map(|summary| serde_json::to_string(&summary).map_err(|error| StoreError::Corrupt(error.to_string())))
+        .transpose()?;
+    sqlx::query(
+        "UPDATE accounts SET summary = $5 WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+         AND account_id = $4",
+    )
+    .bind(tenant_id)
+    .bind(&consent.customer_id)
+    .bind(&consent.institution)
+    .bind(account_id)
+    .bind(summary)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
 }
 
 /// The customer's accounts and their transactions booked at or after `since(&accounts)` (all
@@ -638,15 +702,7 @@ async fn read_accounts(
     customer_id: &str,
     since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
 ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), StoreError> {
-    let rows = sqlx::query(
-        "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at \
-         FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
-    )
-    .bind(tenant_id)
-    .bind(customer_id)
-    .fetch_all(&mut *connection)
-    .await?;
-    let accounts = rows.iter().map(account_of).collect::<Result<Vec<_>, _>>()?;
+    let accounts = read_accounts_only(connection, tenant_id, customer_id).await?;
     if accounts.is_empty() {
         return Ok((accounts, Vec::new()));
     }
@@ -695,6 +751,11 @@ fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
         number: row.try_get("number")?,
         balance_cents: row.try_get("balance_cents")?,
         balance_at: stored_time(row, "balance_at")?,
+        summary: row
+            .try_get::<Option<String>, _>("summary")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|error| StoreError::Corrupt(format!("accounts.summary: {error}")))?,
     })
 }
 
