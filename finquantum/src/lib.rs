@@ -28,7 +28,7 @@ use std::{
 
 use aigronova_platform::{
     Shutdown,
-    audit::{AuditEvent, EventKind, GovernanceLink, OutboxWaker, Relay, RelayConfig},
+    audit::{AuditEvent, EventKind, GovernanceLink, OutboxWaker, Relay},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
     crypto::TenantKeys,
@@ -138,13 +138,7 @@ impl Validate for Config {
     }
 }
 
-/// How the service reaches ai-governance: the relay's settings and the key that signs the
-/// service's own tokens. Without a signer, audit events wait in the outbox.
-#[derive(Clone, Debug, Default)]
-pub struct Governance {
-    pub relay: RelayConfig,
-    pub signer: Option<TokenSigner>,
-}
+pub use aigronova_platform::audit::Governance;
 
 /// A built service: database connected, model loaded, listener bound.
 #[derive(Debug)]
@@ -255,15 +249,8 @@ impl FinQuantumService {
             tokio::spawn(sandbox::serve(listener, shutdown.clone()));
         }
         let purge = tokio::spawn(purge_loop(self.store, self.api.outbox(), self.purge_interval, shutdown.clone()));
-        let link = GovernanceLink::start(
-            SERVICE_NAME,
-            &self.governance.relay,
-            self.governance.signer.clone(),
-            self.relay,
-            &self.models,
-            self.monitor,
-            &shutdown,
-        );
+        let link =
+            GovernanceLink::start(SERVICE_NAME, &self.governance, self.relay, &self.models, self.monitor, &shutdown);
         let service_verifier = self.governance.signer.as_ref().map(TokenSigner::verifier);
         let data_subject = DataSubjectServer::with_interceptor(
             self.api.clone(),

@@ -23,7 +23,7 @@ use std::{
 
 use aigronova_platform::{
     Shutdown,
-    audit::{GovernanceLink, Relay, RelayConfig},
+    audit::{GovernanceLink, Relay},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
     crypto::TenantKeys,
@@ -95,13 +95,7 @@ impl Validate for Config {
     }
 }
 
-/// How the service reaches ai-governance: the relay's settings and the key that signs the
-/// service's own tokens. Without a signer, audit events wait in the outbox.
-#[derive(Clone, Debug, Default)]
-pub struct Governance {
-    pub relay: RelayConfig,
-    pub signer: Option<TokenSigner>,
-}
+pub use aigronova_platform::audit::Governance;
 
 /// A built service: database connected, models loaded, listener bound.
 #[derive(Debug)]
@@ -178,15 +172,8 @@ impl HealthQuantumService {
     /// and closes the database. Meanwhile the outbox relay ships audit events to ai-governance
     /// and the models are registered in its inventory.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let link = GovernanceLink::start(
-            SERVICE_NAME,
-            &self.governance.relay,
-            self.governance.signer.clone(),
-            self.relay,
-            &self.models,
-            self.monitor,
-            &shutdown,
-        );
+        let link =
+            GovernanceLink::start(SERVICE_NAME, &self.governance, self.relay, &self.models, self.monitor, &shutdown);
         // The domain RPCs take the gateway's tokens only; DataSubject, ai-governance's (services').
         let service_verifier = self.governance.signer.as_ref().map(TokenSigner::verifier);
         let data_subject = DataSubjectServer::with_interceptor(

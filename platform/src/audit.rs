@@ -343,6 +343,14 @@ impl Relay {
     }
 }
 
+/// How a domain service reaches ai-governance: the relay's settings and the key that signs the
+/// service's own tokens. Without a signer, audit events wait in the outbox.
+#[derive(Clone, Debug, Default)]
+pub struct Governance {
+    pub relay: RelayConfig,
+    pub signer: Option<TokenSigner>,
+}
+
 /// What links a running service to ai-governance: its outbox relay and its inference reports
 /// (its model cards are registered once at start).
 #[derive(Debug)]
@@ -353,21 +361,21 @@ pub struct GovernanceLink {
 
 impl GovernanceLink {
     /// Starts, until `shutdown`, the relay of `service`'s outbox, the registration of `models`
-    /// and the reports of `monitor`, all signed by `signer`. Without a signer nothing starts and
-    /// audit events wait in the outbox.
+    /// and the reports of `monitor`, all signed by `governance`'s signer. Without a signer nothing
+    /// starts and audit events wait in the outbox.
     pub fn start(
         service: &'static str,
-        config: &RelayConfig,
-        signer: Option<TokenSigner>,
+        governance: &Governance,
         relay: Relay,
         models: &crate::inference::ModelRegistry,
         monitor: crate::monitoring::InferenceMonitor,
         shutdown: &Shutdown,
     ) -> Option<Self> {
-        let Some(signer) = signer else {
+        let Some(signer) = governance.signer.clone() else {
             tracing::warn!(service, "no internal_auth.service_signing_key: audit events stay in the outbox");
             return None;
         };
+        let config = &governance.relay;
         tokio::spawn(register_models(config.clone(), signer.clone(), service, models.cards(), shutdown.clone()));
         let monitor = tokio::spawn(monitor.run(config.clone(), signer, service, shutdown.clone()));
         Some(Self { relay: tokio::spawn(relay.run(shutdown.clone())), monitor })
