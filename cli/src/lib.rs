@@ -6,6 +6,12 @@
 
 pub mod audit;
 
+/// Every process of the platform allocates through mimalloc: the gateway's and the services'
+/// request paths make many small, short-lived allocations (headers, JSON, protobuf messages),
+/// which it serves faster than the system allocator, with less contention between threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
