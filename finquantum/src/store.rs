@@ -10,11 +10,11 @@ use aigronova_platform::{
     audit::{self, AuditEvent},
     cpf::Cpf,
     crypto::{TenantCipher, TenantKeys},
-    storage::{Database, StoreError},
+    storage::{Database, DbTransaction, StoreError},
     time,
 };
 use chrono::{DateTime, Utc};
-use sqlx::{Any, Row, Transaction, any::AnyRow};
+use sqlx::{Row, any::AnyRow};
 
 use crate::{
     consent::{Consent, Permissions},
@@ -120,11 +120,11 @@ impl Store {
         Ok(self.keys.cipher(tenant_id).await?)
     }
 
-    async fn begin(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+    async fn begin(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
         Ok(self.database.begin_tenant(tenant_id).await?)
     }
 
-    async fn begin_read(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+    async fn begin_read(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
         Ok(self.database.begin_tenant_read(tenant_id).await?)
     }
 

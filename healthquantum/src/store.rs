@@ -12,12 +12,12 @@ use aigronova_platform::{
     Error,
     audit::{self, AuditEvent},
     crypto::{TenantCipher, TenantKeys},
-    storage::{Database, StoreError},
+    storage::{Database, DbTransaction, StoreError},
     time,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, Row, Transaction, any::AnyRow};
+use sqlx::{Row, any::AnyRow};
 
 use crate::{
     assessment::Assessment,
@@ -87,12 +87,12 @@ impl Store {
     }
 
     /// A write transaction of `tenant_id` (row-level security set on PostgreSQL).
-    async fn begin(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+    async fn begin(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
         Ok(self.database.begin_tenant(tenant_id).await?)
     }
 
     /// A transaction of `tenant_id` that only reads.
-    async fn begin_read(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, Error> {
+    async fn begin_read(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
         Ok(self.database.begin_tenant_read(tenant_id).await?)
     }
 
@@ -694,7 +694,7 @@ fn context(tenant_id: &str, id: &str) -> String {
 }
 
 async fn fetch_patient(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut sqlx::AnyConnection,
     cipher: &TenantCipher,
     tenant_id: &str,
     id: &PatientId,
@@ -705,7 +705,7 @@ async fn fetch_patient(
     )
     .bind(tenant_id)
     .bind(id.as_str())
-    .fetch_optional(&mut **transaction)
+    .fetch_optional(&mut *transaction)
     .await
     .map_err(StoreError::from)?
     .ok_or_else(|| Error::NotFound("patient".into()))?;

@@ -153,6 +153,10 @@ pub struct RelayConfig {
     pub batch_size: u32,
     /// How often the relay looks for events when nothing wakes it, in milliseconds.
     pub poll_interval_ms: u64,
+    /// How long a woken relay waits for more events before it ships, in milliseconds: under load
+    /// one call carries many events instead of one each. The delay an event can take to reach
+    /// the log.
+    pub batch_linger_ms: u64,
     /// The longest wait between two attempts while ai-governance is unreachable, in seconds.
     pub max_backoff_secs: u64,
     /// How often a service sends its inference summaries (counts, latency, input bins), in
@@ -166,6 +170,7 @@ impl Default for RelayConfig {
             governance_url: None,
             batch_size: 200,
             poll_interval_ms: 1000,
+            batch_linger_ms: 20,
             max_backoff_secs: 30,
             monitoring_interval_ms: 10_000,
         }
@@ -181,6 +186,9 @@ impl Validate for RelayConfig {
         }
         if !(1..=1000).contains(&self.batch_size) {
             return Err(ConfigError("audit.batch_size must be between 1 and 1000".into()));
+        }
+        if self.batch_linger_ms > 10_000 {
+            return Err(ConfigError("audit.batch_linger_ms must be at most 10000".into()));
         }
         if self.poll_interval_ms == 0 || self.max_backoff_secs == 0 || self.monitoring_interval_ms == 0 {
             return Err(ConfigError(
@@ -249,9 +257,15 @@ impl Relay {
         };
         let poll = Duration::from_millis(self.config.poll_interval_ms);
         let max_backoff = Duration::from_secs(self.config.max_backoff_secs);
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
         let mut backoff = Duration::from_millis(100);
+        // The lag is reported at most once a second: it is two queries.
+        let mut lag_reported: Option<std::time::Instant> = None;
         loop {
-            self.report_lag().await;
+            if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                self.report_lag().await;
+                lag_reported = Some(std::time::Instant::now());
+            }
             let wait = match &client {
                 None => poll,
                 Some(client) => match self.ship_batch(client.clone()).await {
@@ -279,7 +293,13 @@ impl Relay {
             };
             tokio::select! {
                 () = shutdown.clone().wait() => break,
-                () = self.waker.0.notified() => {}
+                () = self.waker.0.notified() => {
+                    // Let the events of the writes in flight join this batch.
+                    tokio::select! {
+                        () = shutdown.clone().wait() => break,
+                        () = tokio::time::sleep(linger) => {}
+                    }
+                }
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -307,7 +327,7 @@ impl Relay {
         }
         let service_caller = Caller::service(self.service, RECORD_SCOPE);
         let mut request = tonic::Request::new(proto::RecordEventsRequest { events });
-        auth::attach_token(request.metadata_mut(), &self.signer.mint(&service_caller));
+        auth::attach_token(request.metadata_mut(), &self.signer.mint_reusable(&service_caller));
         let response = client.record_events(request).await.map_err(RelayError::Rejected)?.into_inner();
         let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         let delete = format!("DELETE FROM audit_outbox WHERE event_id IN ({})", placeholders.join(", "));
@@ -315,7 +335,7 @@ impl Relay {
         for id in &ids {
             query = query.bind(id);
         }
-        query.execute(self.database.pool()).await.map_err(StoreError::from)?;
+        self.database.execute_write(query).await?;
         metrics().shipped.with_label_values(&[self.service]).inc_by(ids.len() as u64);
         tracing::debug!(
             service = self.service,

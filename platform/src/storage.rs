@@ -4,13 +4,20 @@
 //! Queries are written once, with `$1` placeholders and SQL both engines accept, and run
 //! through `sqlx::Any`.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    ops::{Deref, DerefMut},
+    path::Path,
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
 use sqlx::{
-    Any, AnyPool, Transaction,
+    Any, AnyConnection, AnyPool, Transaction,
     any::{AnyPoolOptions, install_default_drivers},
     migrate::Migrator,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 /// Which engine a [`Database`] talks to.
@@ -74,12 +81,50 @@ impl From<StoreError> for Status {
 /// The role tenant transactions take on PostgreSQL, under which row-level security applies.
 pub const TENANT_ROLE: &str = "aigronova_tenant";
 
+/// How long a writer waits for SQLite's write lock, in this process or another.
+const WRITE_WAIT: Duration = Duration::from_secs(5);
+
 /// A connection pool to one service's database.
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
     row_level_security: bool,
+    /// SQLite has one writer at a time: the process's writers queue here for their turn rather
+    /// than poll SQLite's lock (whose busy handler sleeps up to tens of milliseconds a try).
+    writers: Arc<Semaphore>,
+}
+
+/// A transaction of a [`Database`]; on SQLite a writing one holds the process's write turn until
+/// it commits or is dropped. Dereferences to the connection, as `sqlx::Transaction` does.
+#[derive(Debug)]
+pub struct DbTransaction {
+    transaction: Transaction<'static, Any>,
+    _turn: Option<OwnedSemaphorePermit>,
+}
+
+impl DbTransaction {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.transaction.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.transaction.rollback().await
+    }
+}
+
+impl Deref for DbTransaction {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.transaction
+    }
+}
+
+impl DerefMut for DbTransaction {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.transaction
+    }
 }
 
 impl Database {
@@ -95,21 +140,28 @@ impl Database {
             Backend::Sqlite => 4,
             Backend::Postgres => 10,
         };
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&url)
-            .await?;
+        let mut options =
+            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5));
+        if backend == Backend::Sqlite {
+            // Settings of each connection (the journal mode is the file's, set once below). In WAL
+            // mode, NORMAL syncs at checkpoints rather than at every commit: a crash of the process
+            // loses nothing; a power cut may roll back the last commits (the embedded mode's
+            // trade-off; production runs PostgreSQL).
+            options = options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000")
+                        .execute(connection)
+                        .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
-            // In WAL mode, NORMAL syncs at checkpoints rather than at every commit: a crash of the
-            // process loses nothing; a power cut may roll back the last commits (the embedded
-            // mode's trade-off; production runs PostgreSQL).
-            sqlx::query("PRAGMA synchronous = NORMAL").execute(&pool).await?;
-            sqlx::query("PRAGMA foreign_keys = ON").execute(&pool).await?;
         }
         migrator.run(&pool).await?;
-        Ok(Self { pool, backend, row_level_security: false })
+        Ok(Self { pool, backend, row_level_security: false, writers: Arc::new(Semaphore::new(1)) })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -123,18 +175,36 @@ impl Database {
     /// Begins a transaction that will write. On SQLite it takes the write lock at once
     /// (`BEGIN IMMEDIATE`), so that a transaction that reads before it writes waits for another
     /// writer instead of failing with `SQLITE_BUSY` when it upgrades its lock.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let transaction = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(transaction)
+    pub async fn begin_write(&self) -> Result<DbTransaction, StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                let turn = tokio::time::timeout(WRITE_WAIT, self.writers.clone().acquire_owned())
+                    .await
+                    .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+                    .expect("the writers' semaphore is never closed");
+                let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(DbTransaction { transaction, _turn: Some(turn) })
+            }
+            Backend::Postgres => Ok(DbTransaction { transaction: self.pool.begin().await?, _turn: None }),
+        }
+    }
+
+    /// Runs one statement that writes, outside any other transaction (on SQLite in the
+    /// process's write turn).
+    pub async fn execute_write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let done = query.execute(&mut *transaction).await?.rows_affected();
+        transaction.commit().await?;
+        Ok(done)
     }
 
     /// Begins a write transaction on behalf of `tenant_id`. On PostgreSQL with row-level
     /// security enabled, the transaction takes [`TENANT_ROLE`] and sets `aigronova.tenant_id`, so
     /// that a query that forgets its tenant filter still sees only this tenant's rows.
-    pub async fn begin_tenant(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, StoreError> {
+    pub async fn begin_tenant(&self, tenant_id: &str) -> Result<DbTransaction, StoreError> {
         let mut transaction = self.begin_write().await?;
         if self.row_level_security {
             sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
@@ -148,9 +218,9 @@ impl Database {
 
     /// Begins a transaction that only reads, on behalf of `tenant_id`: as [`Self::begin_tenant`]
     /// on PostgreSQL; on SQLite a deferred transaction, which does not wait for writers.
-    pub async fn begin_tenant_read(&self, tenant_id: &str) -> Result<Transaction<'static, Any>, StoreError> {
+    pub async fn begin_tenant_read(&self, tenant_id: &str) -> Result<DbTransaction, StoreError> {
         match self.backend {
-            Backend::Sqlite => Ok(self.pool.begin().await?),
+            Backend::Sqlite => Ok(DbTransaction { transaction: self.pool.begin().await?, _turn: None }),
             Backend::Postgres => self.begin_tenant(tenant_id).await,
         }
     }
