@@ -9,8 +9,8 @@ use aigronova_platform::{
     Error,
     audit::{self, AuditEvent},
     cpf::Cpf,
-    crypto::{TenantCipher, TenantKeys},
-    storage::{Database, DbTransaction, StoreError},
+    crypto::TenantKeys,
+    storage::{Database, StoreError},
     time,
 };
 use chrono::{DateTime, Utc};
@@ -116,18 +116,6 @@ impl Store {
         Self { database, keys }
     }
 
-    async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
-        Ok(self.keys.cipher(tenant_id).await?)
-    }
-
-    async fn begin(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
-        Ok(self.database.begin_tenant(tenant_id).await?)
-    }
-
-    async fn begin_read(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
-        Ok(self.database.begin_tenant_read(tenant_id).await?)
-    }
-
     /// Stores `consent`, its customer found by CPF or registered, and its audit event together.
     pub(crate) async fn create_consent(
         &self,
@@ -136,9 +124,9 @@ impl Store {
         consent: &Consent,
         event: &AuditEvent,
     ) -> Result<String, Error> {
-        let cipher = self.cipher(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
         let cpf_hash = cipher.blind_index(cpf.as_str());
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let existing = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
             .bind(tenant_id)
             .bind(&cpf_hash)
@@ -184,7 +172,7 @@ impl Store {
 
     /// The consent `id` of `tenant_id`; `NotFound` when unknown or another tenant's.
     pub(crate) async fn consent(&self, tenant_id: &str, id: &str) -> Result<Consent, Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
@@ -198,7 +186,7 @@ impl Store {
 
     /// Every consent of `customer_id`.
     pub(crate) async fn consents_of(&self, tenant_id: &str, customer_id: &str) -> Result<Vec<Consent>, Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let rows = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
             .bind(tenant_id)
             .bind(customer_id)
@@ -211,8 +199,8 @@ impl Store {
 
     /// The customer with `cpf`, if the tenant has one.
     pub(crate) async fn customer_by_cpf(&self, tenant_id: &str, cpf: &Cpf) -> Result<Option<String>, Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let row = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
             .bind(tenant_id)
             .bind(cipher.blind_index(cpf.as_str()))
@@ -225,7 +213,7 @@ impl Store {
 
     /// `NotFound` unless `customer_id` is a customer of `tenant_id`.
     pub(crate) async fn customer_exists(&self, tenant_id: &str, customer_id: &str) -> Result<(), Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(customer_id)
@@ -247,7 +235,7 @@ impl Store {
         purge_due: DateTime<Utc>,
         event: &AuditEvent,
     ) -> Result<Consent, Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let updated = sqlx::query(
             "UPDATE consents SET revoked_at = $3, purge_due_at = $4 \
              WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
@@ -283,7 +271,7 @@ impl Store {
         now: DateTime<Utc>,
         event: impl FnOnce(u64) -> AuditEvent,
     ) -> Result<u64, Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let fetched_at = time::stored(now);
         for (account, balance) in &fetched.accounts {
             let (balance_cents, balance_at) = match balance {
@@ -365,8 +353,8 @@ impl Store {
     /// customer, their consents, and their accounts with the summaries kept at ingestion. `None`
     /// for a CPF the tenant has no customer for.
     pub(crate) async fn customer_data(&self, tenant_id: &str, cpf: &Cpf) -> Result<Option<CustomerData>, Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let customer = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
             .bind(tenant_id)
             .bind(cipher.blind_index(cpf.as_str()))
@@ -399,7 +387,7 @@ impl Store {
         consent_ids: &[String],
         since: Option<DateTime<Utc>>,
     ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, |_| since).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         let accounts: Vec<StoredAccount> =
@@ -416,7 +404,7 @@ impl Store {
         score: &StoredScore,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query(
             "INSERT INTO credit_scores (tenant_id, id, customer_id, model, model_version, features, bank, probability, \
              score, risk_band, reasons, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -442,7 +430,7 @@ impl Store {
     }
 
     pub(crate) async fn score(&self, tenant_id: &str, id: &str) -> Result<StoredScore, Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let row = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
@@ -476,7 +464,7 @@ impl Store {
         };
         let mut purged = Vec::new();
         for (tenant_id, consent_id) in due {
-            let mut transaction = self.begin(&tenant_id).await?;
+            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
             let transactions = sqlx::query(
                 "DELETE FROM transactions WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM accounts a \
                  WHERE a.tenant_id = transactions.tenant_id AND a.customer_id = transactions.customer_id \
@@ -527,7 +515,7 @@ impl Store {
         let consents = self.consents_of(tenant_id, &customer_id).await?;
         let all: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
         let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all, None).await?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let scores = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
             .bind(tenant_id)
             .bind(&customer_id)
@@ -588,7 +576,7 @@ impl Store {
         let Some(customer_id) = self.customer_by_cpf(tenant_id, cpf).await? else {
             return Ok((0, 0));
         };
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let mut erased = 0;
         for statement in [
             "DELETE FROM transactions WHERE tenant_id = $1 AND customer_id = $2",

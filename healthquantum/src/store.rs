@@ -12,7 +12,7 @@ use aigronova_platform::{
     Error,
     audit::{self, AuditEvent},
     crypto::{TenantCipher, TenantKeys},
-    storage::{Database, DbTransaction, StoreError},
+    storage::{Database, StoreError},
     time,
 };
 use chrono::Utc;
@@ -82,23 +82,9 @@ impl Store {
         Self { database, keys }
     }
 
-    async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
-        Ok(self.keys.cipher(tenant_id).await?)
-    }
-
-    /// A write transaction of `tenant_id` (row-level security set on PostgreSQL).
-    async fn begin(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
-        Ok(self.database.begin_tenant(tenant_id).await?)
-    }
-
-    /// A transaction of `tenant_id` that only reads.
-    async fn begin_read(&self, tenant_id: &str) -> Result<DbTransaction, Error> {
-        Ok(self.database.begin_tenant_read(tenant_id).await?)
-    }
-
     pub(crate) async fn create_patient(&self, tenant_id: &str, patient: &Patient) -> Result<(), Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query(
             "INSERT INTO patients (tenant_id, id, name, cpf, birth_date, created_at, sealed, cpf_hash) \
              VALUES ($1, $2, '', '', '', $3, $4, $5)",
@@ -123,8 +109,8 @@ impl Store {
         id: &PatientId,
         event: impl FnOnce(&Patient) -> AuditEvent,
     ) -> Result<Patient, Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let patient = fetch_patient(&mut transaction, &cipher, tenant_id, id).await?;
         audit::enqueue(&mut transaction, &event(&patient)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
@@ -133,7 +119,7 @@ impl Store {
 
     /// `NotFound` unless `id` is a patient of `tenant_id`.
     pub(crate) async fn patient_exists(&self, tenant_id: &str, id: &PatientId) -> Result<(), Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
             .bind(tenant_id)
             .bind(id.as_str())
@@ -155,10 +141,10 @@ impl Store {
         after: Option<&str>,
         event: impl FnOnce(&[Patient]) -> AuditEvent,
     ) -> Result<PatientPage, Error> {
-        let cipher = self.cipher(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
         let prefix = filter.name_prefix.as_deref().map(searchable);
         let cpf_hash = filter.cpf.as_ref().map(|cpf| cipher.blind_index(cpf.as_str()));
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let mut patients = Vec::new();
         let mut cursor = after.unwrap_or_default().to_owned();
         let mut examined = 0;
@@ -212,8 +198,8 @@ impl Store {
         changes: PatientChanges,
         event: impl FnOnce(&Patient) -> AuditEvent,
     ) -> Result<Patient, Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let mut patient = fetch_patient(&mut transaction, &cipher, tenant_id, id).await?;
         changes.apply(&mut patient);
         sqlx::query("UPDATE patients SET sealed = $1, cpf_hash = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5")
@@ -237,7 +223,7 @@ impl Store {
         id: &PatientId,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
             .bind(tenant_id)
             .bind(id.as_str())
@@ -286,8 +272,8 @@ impl Store {
                 created_at: time::parse_stored("patients.created_at", &text("created_at")?)?,
                 updated_at: None,
             };
-            let cipher = self.cipher(&tenant_id).await?;
-            let mut transaction = self.begin(&tenant_id).await?;
+            let cipher = self.keys.cipher(&tenant_id).await?;
+            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
             sqlx::query(
                 "UPDATE patients SET sealed = $1, cpf_hash = $2, name = '', cpf = '', birth_date = '' \
                  WHERE tenant_id = $3 AND id = $4",
@@ -312,7 +298,7 @@ impl Store {
     ) -> Result<(), Error> {
         let features = serde_json::to_string(&assessment.features)
             .map_err(|error| StoreError::Corrupt(format!("features do not serialize: {error}")))?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query(
             "INSERT INTO assessments \
              (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at, \
@@ -346,7 +332,7 @@ impl Store {
         image: &ImageRecord,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
             .bind(tenant_id)
             .bind(&image.patient_id)
@@ -378,7 +364,7 @@ impl Store {
 
     /// The images of a patient of `tenant_id`, oldest first.
     pub(crate) async fn images(&self, tenant_id: &str, patient_id: &PatientId) -> Result<Vec<ImageRecord>, Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let rows = sqlx::query(
             "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
              FROM images WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
@@ -400,7 +386,7 @@ impl Store {
         id: &str,
         event: Option<&AuditEvent>,
     ) -> Result<ImageRecord, Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let row = sqlx::query(
             "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
              FROM images WHERE tenant_id = $1 AND patient_id = $2 AND id = $3",
@@ -421,7 +407,7 @@ impl Store {
 
     /// Deletes the image records of `ids`, with the audit `event`.
     pub(crate) async fn delete_images(&self, tenant_id: &str, ids: &[String], event: &AuditEvent) -> Result<(), Error> {
-        let mut transaction = self.begin(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         for id in ids {
             sqlx::query("DELETE FROM images WHERE tenant_id = $1 AND id = $2")
                 .bind(tenant_id)
@@ -448,7 +434,7 @@ impl Store {
         sql: &'static str,
         patient_ids: &[String],
     ) -> Result<Vec<String>, Error> {
-        let mut transaction = self.begin_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let mut ids = Vec::new();
         for patient_id in patient_ids {
             let rows = sqlx::query(sql)
@@ -474,8 +460,8 @@ impl Store {
         id: &str,
         event: impl FnOnce(&Patient) -> AuditEvent,
     ) -> Result<(Patient, Assessment), Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let patient = fetch_patient(&mut transaction, &cipher, tenant_id, patient_id).await?;
         let row = sqlx::query(
             "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, regression \
@@ -533,8 +519,8 @@ impl Store {
         cpf: &Cpf,
         event: impl FnOnce(&[String]) -> AuditEvent,
     ) -> Result<serde_json::Value, Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let rows = sqlx::query(
             "SELECT id, created_at, updated_at, sealed FROM patients \
              WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id",
@@ -611,8 +597,8 @@ impl Store {
         cpf: &Cpf,
         event: impl FnOnce(&[String]) -> AuditEvent,
     ) -> Result<Vec<String>, Error> {
-        let cipher = self.cipher(tenant_id).await?;
-        let mut transaction = self.begin(tenant_id).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let ids: Vec<String> = sqlx::query(
             "SELECT id FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id",
         )
