@@ -213,13 +213,9 @@ fn parse_id(field: &str, value: &str) -> Result<String, Error> {
 
 /// Scores `row` with `model`: the probability of default and each feature's contribution to it.
 async fn predict(model: Arc<Model>, row: Vec<f32>) -> Result<(f64, Vec<(String, f64)>), Error> {
-    let (probability, contributions) = tokio::task::spawn_blocking(move || {
-        let probability = model.predict(&row)?;
-        let contributions = model.contributions(&row, probability)?;
-        Ok::<_, InferenceError>((probability, contributions))
-    })
-    .await
-    .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
+    let (probability, contributions) = tokio::task::spawn_blocking(move || model.predict_explained(&row))
+        .await
+        .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
     Ok((probability, contributions.into_iter().map(|c| (c.feature, c.contribution)).collect()))
 }
 

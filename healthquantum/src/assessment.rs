@@ -84,13 +84,9 @@ pub const TOP_FEATURES: usize = 5;
 pub async fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Error> {
     let ModelInput { model, named, row } = input;
     let scoring = Arc::clone(&model);
-    let (output, contributions) = tokio::task::spawn_blocking(move || {
-        let output = scoring.predict(&row)?;
-        let contributions = scoring.contributions(&row, output)?;
-        Ok::<_, InferenceError>((output, contributions))
-    })
-    .await
-    .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
+    let (output, contributions) = tokio::task::spawn_blocking(move || scoring.predict_explained(&row))
+        .await
+        .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
     Ok(Assessment {
         id: Uuid::now_v7().to_string(),
         patient_id,

@@ -239,7 +239,6 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let input = ModelInput::validate(model.clone(), request.features).inspect_err(|_| {
             self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
         })?;
-        self.store.patient_exists(&caller.tenant_id, &request.patient_id).await?;
         let row = input.row().to_vec();
         let started = Instant::now();
         let assessed = assessment::assess(request.patient_id, input).await;

@@ -299,10 +299,12 @@ impl Store {
         let features = serde_json::to_string(&assessment.features)
             .map_err(|error| StoreError::Corrupt(format!("features do not serialize: {error}")))?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        sqlx::query(
+        // Stored only for a patient of the tenant who is not erased, checked in the same statement.
+        let inserted = sqlx::query(
             "INSERT INTO assessments \
              (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at, \
-             top_features, regression) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             top_features, regression) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+             WHERE EXISTS (SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $3 AND erased_at IS NULL)",
         )
         .bind(tenant_id)
         .bind(assessment.id.as_str())
@@ -318,6 +320,9 @@ impl Store {
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        if inserted.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("patient {}", assessment.patient_id)));
+        }
         audit::enqueue(&mut transaction, event).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(())

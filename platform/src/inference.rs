@@ -252,8 +252,32 @@ impl Model {
     /// An occlusion approximation of feature attribution (not SHAP): features that act together
     /// share their effect unevenly, and a value at the mean contributes nothing.
     pub fn contributions(&self, row: &[f32], prediction: f64) -> Result<Vec<Contribution>, InferenceError> {
-        let features = &self.manifest.features;
-        let rows: Vec<Vec<f32>> = features
+        let outputs = self.run(&self.occluded_rows(row))?;
+        Ok(self.contributions_from(prediction, &outputs))
+    }
+
+    /// [`Self::predict`] and [`Self::contributions`] in one batch: the row and its occluded copies
+    /// scored together (each row's output does not depend on the others in the batch).
+    pub fn predict_explained(&self, row: &[f32]) -> Result<(f64, Vec<Contribution>), InferenceError> {
+        let started = Instant::now();
+        let mut rows = Vec::with_capacity(self.manifest.features.len() + 1);
+        rows.push(row.to_vec());
+        rows.extend(self.occluded_rows(row));
+        let result = self.run(&rows).and_then(|outputs| match outputs.split_first() {
+            Some((prediction, occluded)) => Ok((*prediction, self.contributions_from(*prediction, occluded))),
+            None => Err(InferenceError::Runtime("empty output".into())),
+        });
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        latency_histogram()
+            .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// `row` with each feature in turn at its training mean.
+    fn occluded_rows(&self, row: &[f32]) -> Vec<Vec<f32>> {
+        self.manifest
+            .features
             .iter()
             .enumerate()
             .map(|(index, feature)| {
@@ -261,18 +285,23 @@ impl Model {
                 occluded[index] = feature.training_mean as f32;
                 occluded
             })
-            .collect();
-        let outputs = self.run(&rows)?;
-        let mut contributions: Vec<Contribution> = features
+            .collect()
+    }
+
+    /// The contributions, largest first, from the outputs of [`Self::occluded_rows`].
+    fn contributions_from(&self, prediction: f64, occluded: &[f64]) -> Vec<Contribution> {
+        let mut contributions: Vec<Contribution> = self
+            .manifest
+            .features
             .iter()
-            .zip(outputs)
+            .zip(occluded)
             .map(|(feature, occluded)| Contribution {
                 feature: feature.name.clone(),
                 contribution: prediction - occluded,
             })
             .collect();
         contributions.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
-        Ok(contributions)
+        contributions
     }
 
     /// One output per row, in order.

@@ -60,6 +60,10 @@ fn every_committed_model_loads_and_reproduces_its_python_reference() {
             let output = model.predict(&vector).unwrap();
             let expected = row.get("probability").or(row.get("value")).and_then(serde_json::Value::as_f64).unwrap();
             assert!((output - expected).abs() < 1e-5, "{name}: {output} vs {expected}");
+            // Scored in one batch with the occluded rows, the output and the contributions are the same.
+            let (explained, contributions) = model.predict_explained(&vector).unwrap();
+            assert_eq!(explained, output, "{name}");
+            assert_eq!(contributions, model.contributions(&vector, output).unwrap(), "{name}");
             assert_eq!(model.is_regression(), row.get("value").is_some(), "{name}");
         }
     }
