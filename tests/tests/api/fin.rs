@@ -460,3 +460,35 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%4111 1111%'").await, 0);
     app.stop().await;
 }
+
+/// A consent that reaches its expiry is used no more, and what was fetched under it is purged.
+#[tokio::test]
+async fn an_expired_consent_is_no_longer_used_and_its_data_is_deleted() {
+    let bank = Institution::start().await;
+    let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
+    let app = start(Backend::Sqlite, &bank, vec![("banco-a", profile)]).await;
+    let tenant = app.create_tenant_on("Financeira Expira", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let expires_at =
+        (chrono::Utc::now() + chrono::Duration::seconds(3)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = json!({"cpf": cpf(321_654_987), "institution": "banco-a", "permissions": ALL, "expiresAt": expires_at});
+    let granted: Value = app.post("/v1/fin/consents", &key, &body).await.json().await.unwrap();
+    let (id, customer) = (granted["id"].as_str().unwrap(), granted["customerId"].as_str().unwrap());
+    assert_eq!(ingest(&app, &key, id).await.status(), 200);
+    let statement = format!("/v1/fin/customers/{customer}/statements/2026-10");
+    assert_eq!(app.get(&statement, &key).await.status(), 200);
+    assert_eq!(app.count_fin_rows("transactions").await, 6);
+
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let consent: Value = app.get(&format!("/v1/fin/consents/{id}"), &key).await.json().await.unwrap();
+    assert_eq!(consent["status"], "EXPIRED");
+    let problem = assert_problem(app.get(&statement, &key).await, 403).await;
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ");
+    assert_problem(ingest(&app, &key, id).await, 403).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while app.count_fin_rows("transactions").await + app.count_fin_rows("accounts").await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the expired consent's data was not purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
