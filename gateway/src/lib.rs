@@ -8,6 +8,7 @@ mod admin;
 mod auth;
 pub mod cors;
 mod decompress;
+mod json;
 mod jwks;
 pub mod jwt;
 mod keys;

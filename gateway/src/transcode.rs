@@ -1,7 +1,8 @@
 //! JSON ⇄ protobuf for one route, with the proto3 JSON mapping: the request message is built
 //! from the path variables, the query string and the JSON body; the response message becomes
 //! JSON (lowerCamelCase names, fields with default values included) or, for
-//! `google.api.HttpBody`, the raw body with its content type.
+//! `google.api.HttpBody`, the raw body with its content type. Answers are written as JSON straight
+//! from their wire bytes (`json`), through a decoded dynamic message only when that declines.
 
 use axum::{
     body::Body,
@@ -158,6 +159,11 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
 
 /// The HTTP response for the encoded response message of an RPC.
 pub(crate) fn response(output: &MessageDescriptor, encoded: Bytes) -> Result<Response, Problem> {
+    if output.full_name() != "google.api.HttpBody"
+        && let Some(json) = crate::json::from_wire(output, &encoded)
+    {
+        return Ok(json_response(json));
+    }
     let message = DynamicMessage::decode(output.clone(), encoded).map_err(|error| {
         tracing::error!(%error, message = %output.full_name(), "upstream response does not decode");
         Problem::internal()
@@ -172,9 +178,13 @@ pub(crate) fn response(output: &MessageDescriptor, encoded: Bytes) -> Result<Res
         tracing::error!(%error, "response does not serialize");
         Problem::internal()
     })?;
+    Ok(json_response(json))
+}
+
+fn json_response(json: Vec<u8>) -> Response {
     let mut response = (StatusCode::OK, json).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(response)
+    response
 }
 
 fn http_body(message: &DynamicMessage) -> Response {
