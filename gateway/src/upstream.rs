@@ -1,7 +1,7 @@
 //! A generic gRPC client: the gateway sends already-encoded request messages to the service that
 //! owns the route and gets the encoded response back, without generated stubs.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::{
@@ -53,7 +53,8 @@ impl Decoder for RawCodec {
 /// One lazily connected channel per upstream service.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstreams {
-    channels: BTreeMap<String, Channel>,
+    /// Shared: the state every request clones holds this map.
+    channels: Arc<BTreeMap<String, Channel>>,
     /// Deadline of a health check.
     timeout: Duration,
 }
@@ -68,7 +69,7 @@ impl Upstreams {
                 .connect_timeout(Duration::from_secs(2));
             channels.insert(owner.clone(), endpoint.connect_lazy());
         }
-        Ok(Self { channels, timeout })
+        Ok(Self { channels: Arc::new(channels), timeout })
     }
 
     pub(crate) fn owners(&self) -> impl Iterator<Item = &String> {

@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, PoisonError, RwLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -125,7 +125,7 @@ impl From<TokenError> for Status {
 pub struct TokenSigner {
     key: Arc<SigningKey>,
     /// Each caller's last token and when it was minted.
-    minted: Arc<Mutex<HashMap<Caller, (String, u64)>>>,
+    minted: Arc<RwLock<HashMap<Caller, (String, u64)>>>,
 }
 
 impl std::fmt::Debug for TokenSigner {
@@ -172,14 +172,14 @@ impl TokenSigner {
 
     fn mint_reusable_at(&self, caller: &Caller, now: u64) -> String {
         let fresh_after = now.saturating_sub(TOKEN_TTL.as_secs() / 2);
-        let mut minted = self.minted.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((token, at)) = minted.get(caller)
+        if let Some((token, at)) = self.minted.read().unwrap_or_else(PoisonError::into_inner).get(caller)
             && *at > fresh_after
             && *at <= now
         {
             return token.clone();
         }
         let token = self.mint_at(caller, now);
+        let mut minted = self.minted.write().unwrap_or_else(PoisonError::into_inner);
         if minted.len() >= MEMORY_LIMIT {
             minted.clear();
         }
@@ -201,7 +201,7 @@ impl TokenSigner {
 pub struct TokenVerifier {
     key: VerifyingKey,
     /// Tokens verified, with their caller and expiry.
-    verified: Arc<Mutex<HashMap<String, (Caller, u64)>>>,
+    verified: Arc<RwLock<HashMap<String, (Caller, u64)>>>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -232,13 +232,13 @@ impl TokenVerifier {
 
     fn verify_at(&self, token: &str, now: u64) -> Result<Caller, TokenError> {
         {
-            let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            let verified = self.verified.read().unwrap_or_else(PoisonError::into_inner);
             if let Some((caller, exp)) = verified.get(token) {
                 return if exp + LEEWAY_SECS < now { Err(TokenError::Expired) } else { Ok(caller.clone()) };
             }
         }
         let (caller, exp) = self.verify_signature_at(token, now)?;
-        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut verified = self.verified.write().unwrap_or_else(PoisonError::into_inner);
         if verified.len() >= MEMORY_LIMIT {
             verified.retain(|_, (_, exp)| *exp + LEEWAY_SECS >= now);
             if verified.len() >= MEMORY_LIMIT {
