@@ -10,7 +10,7 @@ use aigronova_platform::{
     auth::{self, Caller},
     cpf::Cpf,
     error::internal,
-    inference::{InferenceError, Model, ModelRegistry},
+    inference::{Model, ModelRegistry},
     monitoring::InferenceMonitor,
     subject::{self, SUBJECT_SCOPE},
     time,
@@ -211,11 +211,11 @@ fn parse_id(field: &str, value: &str) -> Result<String, Error> {
     Uuid::parse_str(value.trim()).map(|id| id.to_string()).map_err(|_| Error::invalid(field, "is not a valid id"))
 }
 
-/// Scores `row` with `model`: the probability of default and each feature's contribution to it.
-async fn predict(model: Arc<Model>, row: Vec<f32>) -> Result<(f64, Vec<(String, f64)>), Error> {
-    let (probability, contributions) = tokio::task::spawn_blocking(move || model.predict_explained(&row))
-        .await
-        .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
+/// Scores `row` with `model`: the probability of default and each feature's contribution to it,
+/// on the calling task (one small batch of tree models; see `assessment::assess` in
+/// healthquantum).
+fn predict(model: &Model, row: &[f32]) -> Result<(f64, Vec<(String, f64)>), Error> {
+    let (probability, contributions) = model.predict_explained(row)?;
     Ok((probability, contributions.into_iter().map(|c| (c.feature, c.contribution)).collect()))
 }
 
@@ -392,7 +392,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let model = self.models.get(scoring::MODEL)?;
         let row = model.feature_vector(&features, "features").map_err(Error::from)?;
         let started = Instant::now();
-        let predicted = predict(model.clone(), row.clone()).await;
+        let predicted = predict(&model, &row);
         self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());
         let (probability, contributions) = predicted?;
         let reasons = scoring::reasons(&contributions);

@@ -8,7 +8,7 @@ use std::{
 
 use aigronova_platform::{
     Error,
-    inference::{InferenceError, Model},
+    inference::Model,
 };
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
@@ -79,14 +79,12 @@ pub struct Assessment {
 /// How many contributing features an assessment reports.
 pub const TOP_FEATURES: usize = 5;
 
-/// Scores `input` for `patient_id`. Inference runs on the blocking pool: a session is a
-/// synchronous, locked resource that must not stall the async workers.
-pub async fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Error> {
+/// Scores `input` for `patient_id`. Inference runs on the calling task: one batch of these tree
+/// models (the row and its occluded copies) takes tens of microseconds, less than a hand-off to
+/// the blocking pool and back costs on a few cores (measured in `tests/benches/health.rs`).
+pub fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Error> {
     let ModelInput { model, named, row } = input;
-    let scoring = Arc::clone(&model);
-    let (output, contributions) = tokio::task::spawn_blocking(move || scoring.predict_explained(&row))
-        .await
-        .map_err(|error| InferenceError::Runtime(format!("inference task failed: {error}")))??;
+    let (output, contributions) = model.predict_explained(&row)?;
     Ok(Assessment {
         id: Uuid::now_v7().to_string(),
         patient_id,

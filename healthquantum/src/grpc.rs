@@ -241,7 +241,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         })?;
         let row = input.row().to_vec();
         let started = Instant::now();
-        let assessed = assessment::assess(request.patient_id, input).await;
+        let assessed = assessment::assess(request.patient_id, input);
         self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), assessed.is_ok());
         let assessment = assessed?;
         let event = AuditEvent::new(

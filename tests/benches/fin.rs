@@ -49,7 +49,7 @@ async fn main() {
     let features = reference["rows"][0]["features"].clone();
     let expected = reference["rows"][0]["onnx_probability"].as_f64().unwrap();
 
-    // The floor: ONNX Runtime alone, on the blocking pool as the service calls it.
+    // The floor: ONNX Runtime alone, on the calling task as the service calls it.
     let models = ModelRegistry::load(
         &InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() },
         &["credit-risk"],
@@ -60,7 +60,7 @@ async fn main() {
     let row = Arc::new(model.feature_vector(&named, "features").unwrap());
     let raw = drive("raw ONNX Runtime call", concurrency, seconds, move || {
         let (model, row) = (model.clone(), row.clone());
-        async move { tokio::task::spawn_blocking(move || model.predict(&row).is_ok()).await.unwrap_or(false) }
+        async move { model.predict(&row).is_ok() }
     })
     .await;
 

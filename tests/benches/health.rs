@@ -34,7 +34,7 @@ async fn main() {
     .unwrap();
     let features = reference["rows"][0]["features"].clone();
 
-    // The floor: ONNX Runtime alone, on the blocking pool as the service calls it.
+    // The floor: ONNX Runtime alone, on the calling task as the service calls it.
     let models = ModelRegistry::load(
         &InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() },
         &["breast-cancer"],
@@ -45,7 +45,7 @@ async fn main() {
     let row = Arc::new(model.feature_vector(&named, "features").unwrap());
     let raw = drive("raw ONNX Runtime call", concurrency, seconds, move || {
         let (model, row) = (model.clone(), row.clone());
-        async move { tokio::task::spawn_blocking(move || model.predict(&row).is_ok()).await.unwrap_or(false) }
+        async move { model.predict(&row).is_ok() }
     })
     .await;
 
