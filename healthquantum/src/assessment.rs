@@ -6,10 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use aigronova_platform::{
-    Error,
-    inference::Model,
-};
+use aigronova_platform::{Error, inference::Model};
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
