@@ -127,14 +127,8 @@ impl Store {
         let cipher = self.keys.cipher(tenant_id).await?;
         let cpf_hash = cipher.blind_index(cpf.as_str());
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        let existing = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
-            .bind(tenant_id)
-            .bind(&cpf_hash)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
-        let customer_id = match existing {
-            Some(row) => row.try_get::<String, _>("id").map_err(StoreError::from)?,
+        let customer_id = match find_customer(&mut transaction, tenant_id, &cpf_hash).await? {
+            Some(id) => id,
             None => {
                 let id = consent.customer_id.clone();
                 sqlx::query(
@@ -187,28 +181,18 @@ impl Store {
     /// Every consent of `customer_id`.
     pub(crate) async fn consents_of(&self, tenant_id: &str, customer_id: &str) -> Result<Vec<Consent>, Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let rows = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
-            .bind(tenant_id)
-            .bind(customer_id)
-            .fetch_all(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        let consents = consents_on(&mut transaction, tenant_id, customer_id).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(rows.iter().map(consent_of).collect::<Result<_, _>>()?)
+        Ok(consents)
     }
 
     /// The customer with `cpf`, if the tenant has one.
     pub(crate) async fn customer_by_cpf(&self, tenant_id: &str, cpf: &Cpf) -> Result<Option<String>, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let row = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
-            .bind(tenant_id)
-            .bind(cipher.blind_index(cpf.as_str()))
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        let customer_id = find_customer(&mut transaction, tenant_id, &cipher.blind_index(cpf.as_str())).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(row.map(|row| row.try_get::<String, _>("id")).transpose().map_err(StoreError::from)?)
+        Ok(customer_id)
     }
 
     /// `NotFound` unless `customer_id` is a customer of `tenant_id`.
@@ -273,11 +257,13 @@ impl Store {
     ) -> Result<u64, Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let fetched_at = time::stored(now);
+        let mut stored = Vec::with_capacity(fetched.accounts.len());
         for (account, balance) in &fetched.accounts {
             let (balance_cents, balance_at) = match balance {
                 Some(balance) => (balance.cents(), Some(balance.at().unwrap_or(now))),
                 None => (None, None),
             };
+            let number = format!("{}-{}", account.number, account.check_digit);
             sqlx::query(
                 "INSERT INTO accounts (tenant_id, customer_id, institution, account_id, consent_id, kind, brand_name, \
                  number, balance_cents, balance_at, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
@@ -293,13 +279,24 @@ impl Store {
             .bind(&consent.id)
             .bind(&account.kind)
             .bind(&account.brand_name)
-            .bind(format!("{}-{}", account.number, account.check_digit))
+            .bind(&number)
             .bind(balance_cents)
             .bind(balance_at.map(time::stored))
             .bind(&fetched_at)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
+            stored.push(StoredAccount {
+                institution: consent.institution.clone(),
+                account_id: account.account_id.clone(),
+                consent_id: consent.id.clone(),
+                kind: account.kind.clone(),
+                brand_name: account.brand_name.clone(),
+                number,
+                balance_cents,
+                balance_at,
+                summary: None,
+            });
         }
         let mut inserted = 0;
         for (account_id, item) in &fetched.transactions {
@@ -334,8 +331,8 @@ impl Store {
             .map_err(StoreError::from)?;
             inserted += result.rows_affected();
         }
-        for (account, _) in &fetched.accounts {
-            summarize_account(&mut transaction, tenant_id, consent, &account.account_id).await?;
+        for account in &stored {
+            summarize_account(&mut transaction, tenant_id, &consent.customer_id, account).await?;
         }
         sqlx::query("UPDATE consents SET last_ingested_at = $3 WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
@@ -355,24 +352,12 @@ impl Store {
     pub(crate) async fn customer_data(&self, tenant_id: &str, cpf: &Cpf) -> Result<Option<CustomerData>, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let customer = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
-            .bind(tenant_id)
-            .bind(cipher.blind_index(cpf.as_str()))
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
-        let Some(customer) = customer else {
+        let customer = find_customer(&mut transaction, tenant_id, &cipher.blind_index(cpf.as_str())).await?;
+        let Some(customer_id) = customer else {
             transaction.commit().await.map_err(StoreError::from)?;
             return Ok(None);
         };
-        let customer_id: String = customer.try_get("id").map_err(StoreError::from)?;
-        let rows = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
-            .bind(tenant_id)
-            .bind(&customer_id)
-            .fetch_all(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
-        let consents = rows.iter().map(consent_of).collect::<Result<Vec<_>, _>>()?;
+        let consents = consents_on(&mut transaction, tenant_id, &customer_id).await?;
         let accounts = read_accounts_only(&mut transaction, tenant_id, &customer_id).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(Some(CustomerData { customer_id, consents, accounts }))
@@ -615,6 +600,41 @@ pub(crate) struct CustomerData {
     pub(crate) accounts: Vec<StoredAccount>,
 }
 
+/// The columns [`transaction_of`] reads.
+macro_rules! transaction_columns {
+    () => {
+        "institution, account_id, transaction_id, credit, kind, name, amount_cents, booked_at"
+    };
+}
+
+/// The id of the customer whose CPF has the blind index `cpf_hash`.
+async fn find_customer(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    cpf_hash: &str,
+) -> Result<Option<String>, StoreError> {
+    let row = sqlx::query("SELECT id FROM customers WHERE tenant_id = $1 AND cpf_hash = $2")
+        .bind(tenant_id)
+        .bind(cpf_hash)
+        .fetch_optional(&mut *connection)
+        .await?;
+    Ok(row.map(|row| row.try_get::<String, _>("id")).transpose()?)
+}
+
+/// Every consent of `customer_id`, oldest first.
+async fn consents_on(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    customer_id: &str,
+) -> Result<Vec<Consent>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
+        .bind(tenant_id)
+        .bind(customer_id)
+        .fetch_all(&mut *connection)
+        .await?;
+    rows.iter().map(consent_of).collect()
+}
+
 /// The customer's accounts.
 async fn read_accounts_only(
     connection: &mut sqlx::AnyConnection,
@@ -632,40 +652,30 @@ async fn read_accounts_only(
     rows.iter().map(account_of).collect()
 }
 
-/// Computes and keeps the summary of one account of `consent` from its stored balance and the
+/// Computes and keeps the summary of `account` (as just stored) from its balance and the
 /// transactions of the window before it.
 async fn summarize_account(
     connection: &mut sqlx::AnyConnection,
     tenant_id: &str,
-    consent: &Consent,
-    account_id: &str,
+    customer_id: &str,
+    account: &StoredAccount,
 ) -> Result<(), StoreError> {
-    let row = sqlx::query(
-        "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at, summary \
-         FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
-    )
-    .bind(tenant_id)
-    .bind(&consent.customer_id)
-    .bind(&consent.institution)
-    .bind(account_id)
-    .fetch_one(&mut *connection)
-    .await?;
-    let account = account_of(&row)?;
     let Some(at) = account.balance_at else { return Ok(()) };
-    let rows = sqlx::query(
-        "SELECT institution, account_id, transaction_id, credit, kind, name, amount_cents, booked_at \
-         FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4 \
-         AND booked_at >= $5",
-    )
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        transaction_columns!(),
+        " FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4 \
+         AND booked_at >= $5"
+    ))
     .bind(tenant_id)
-    .bind(&consent.customer_id)
-    .bind(&consent.institution)
-    .bind(account_id)
+    .bind(customer_id)
+    .bind(&account.institution)
+    .bind(&account.account_id)
     .bind(time::stored(at - chrono::Duration::days(WINDOW_DAYS)))
     .fetch_all(&mut *connection)
     .await?;
     let transactions = rows.iter().map(transaction_of).collect::<Result<Vec<_>, _>>()?;
-    let summary = AccountSummary::of(&account, &transactions)
+    let summary = AccountSummary::of(account, &transactions)
         .map(|summary| serde_json::to_string(&summary).map_err(|error| StoreError::Corrupt(error.to_string())))
         .transpose()?;
     sqlx::query(
@@ -673,9 +683,9 @@ async fn summarize_account(
          AND account_id = $4",
     )
     .bind(tenant_id)
-    .bind(&consent.customer_id)
-    .bind(&consent.institution)
-    .bind(account_id)
+    .bind(customer_id)
+    .bind(&account.institution)
+    .bind(&account.account_id)
     .bind(summary)
     .execute(&mut *connection)
     .await?;
@@ -695,10 +705,11 @@ async fn read_accounts(
         return Ok((accounts, Vec::new()));
     }
     let since = since(&accounts).map_or_else(String::new, time::stored);
-    let rows = sqlx::query(
-        "SELECT institution, account_id, transaction_id, credit, kind, name, amount_cents, booked_at \
-         FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND booked_at >= $3",
-    )
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        transaction_columns!(),
+        " FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND booked_at >= $3"
+    ))
     .bind(tenant_id)
     .bind(customer_id)
     .bind(since)
