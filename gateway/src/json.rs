@@ -1,26 +1,185 @@
 //! Proto3 JSON written straight from a message's wire bytes, for the answers the gateway relays:
 //! the same document `prost-reflect`'s serializer makes of a decoded `DynamicMessage` (every
 //! field, defaults included; 64-bit integers as strings; enums by name), without building the
-//! dynamic message first. Anything it does not handle (well-known types but `Timestamp`, groups,
-//! a message field sent twice, a repeated map key, malformed bytes) makes it decline, and the
-//! caller takes the general path.
+//! dynamic message first. A [`Writer`] is compiled once per route from the descriptors (field
+//! numbers, JSON keys already quoted, kinds, enum names), so that writing an answer consults no
+//! descriptor. Anything it does not handle (well-known types but `Timestamp`, groups, a message
+//! field sent twice, a repeated map key, malformed bytes) makes it decline, and the caller takes
+//! the general path.
+
+use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use prost::{
     Message,
     encoding::{WireType, decode_key, decode_varint},
 };
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
-
-/// The JSON of the message `descriptor` encoded in `bytes`, or `None` to take the general path.
-pub(crate) fn from_wire(descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(bytes.len() * 2 + 16);
-    message(descriptor, bytes, &mut out, 0)?;
-    Some(out)
-}
+use prost_reflect::{EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 
 /// Nesting beyond this is left to the general path.
 const MAX_DEPTH: usize = 32;
+
+/// Writes one message type, and every type it holds, as JSON from wire bytes.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    messages: Vec<Plan>,
+    enums: Vec<EnumNames>,
+}
+
+/// How a message type is written.
+#[derive(Debug)]
+enum Plan {
+    Fields(Vec<FieldPlan>),
+    Timestamp,
+    /// Left to the general path (other well-known types).
+    Decline,
+}
+
+#[derive(Debug)]
+struct FieldPlan {
+    number: u32,
+    /// `"jsonName":`
+    key: Box<[u8]>,
+    /// Written only when present on the wire (message fields, oneof members, `optional`).
+    presence: bool,
+    shape: Shape,
+}
+
+#[derive(Debug)]
+enum Shape {
+    Single(Scalar),
+    List(Scalar),
+    Map { key: Scalar, value: Scalar },
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Scalar {
+    Double,
+    Float,
+    Int32,
+    Sint32,
+    Sfixed32,
+    Int64,
+    Sint64,
+    Sfixed64,
+    Uint32,
+    Fixed32,
+    Uint64,
+    Fixed64,
+    Bool,
+    String,
+    Bytes,
+    /// Index into [`Writer::enums`].
+    Enum(usize),
+    /// Index into [`Writer::messages`].
+    Message(usize),
+    /// `google.protobuf.NullValue`, left to the general path.
+    Decline,
+}
+
+/// An enum's value names by number, each already a JSON string.
+#[derive(Debug)]
+struct EnumNames(Vec<(i32, Box<[u8]>)>);
+
+impl Writer {
+    /// Compiles the writer of `descriptor`'s messages.
+    pub(crate) fn new(descriptor: &MessageDescriptor) -> Self {
+        let mut compiler = Compiler::default();
+        compiler.message(descriptor);
+        Self { messages: compiler.messages, enums: compiler.enums }
+    }
+
+    /// The JSON of the message encoded in `bytes`, or `None` to take the general path.
+    pub(crate) fn write(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(bytes.len() * 2 + 16);
+        self.message(0, bytes, &mut out, 0)?;
+        Some(out)
+    }
+}
+
+#[derive(Default)]
+struct Compiler {
+    messages: Vec<Plan>,
+    message_index: HashMap<String, usize>,
+    enums: Vec<EnumNames>,
+    enum_index: HashMap<String, usize>,
+}
+
+impl Compiler {
+    fn message(&mut self, descriptor: &MessageDescriptor) -> usize {
+        if let Some(&index) = self.message_index.get(descriptor.full_name()) {
+            return index;
+        }
+        let index = self.messages.len();
+        self.messages.push(Plan::Decline);
+        self.message_index.insert(descriptor.full_name().to_owned(), index);
+        let plan = match descriptor.full_name() {
+            "google.protobuf.Timestamp" => Plan::Timestamp,
+            name if name.starts_with("google.protobuf.") => Plan::Decline,
+            _ => Plan::Fields(descriptor.fields().map(|field| self.field(&field)).collect()),
+        };
+        self.messages[index] = plan;
+        index
+    }
+
+    fn field(&mut self, field: &FieldDescriptor) -> FieldPlan {
+        let shape = match field.kind() {
+            Kind::Message(entry) if field.is_map() => Shape::Map {
+                key: self.scalar(&entry.map_entry_key_field().kind()),
+                value: self.scalar(&entry.map_entry_value_field().kind()),
+            },
+            kind if field.is_list() => Shape::List(self.scalar(&kind)),
+            kind => Shape::Single(self.scalar(&kind)),
+        };
+        let mut key = Vec::new();
+        string(&mut key, field.json_name());
+        key.push(b':');
+        FieldPlan { number: field.number(), key: key.into(), presence: field.supports_presence(), shape }
+    }
+
+    fn scalar(&mut self, kind: &Kind) -> Scalar {
+        match kind {
+            Kind::Double => Scalar::Double,
+            Kind::Float => Scalar::Float,
+            Kind::Int32 => Scalar::Int32,
+            Kind::Sint32 => Scalar::Sint32,
+            Kind::Sfixed32 => Scalar::Sfixed32,
+            Kind::Int64 => Scalar::Int64,
+            Kind::Sint64 => Scalar::Sint64,
+            Kind::Sfixed64 => Scalar::Sfixed64,
+            Kind::Uint32 => Scalar::Uint32,
+            Kind::Fixed32 => Scalar::Fixed32,
+            Kind::Uint64 => Scalar::Uint64,
+            Kind::Fixed64 => Scalar::Fixed64,
+            Kind::Bool => Scalar::Bool,
+            Kind::String => Scalar::String,
+            Kind::Bytes => Scalar::Bytes,
+            Kind::Enum(enumeration) if enumeration.full_name() == "google.protobuf.NullValue" => Scalar::Decline,
+            Kind::Enum(enumeration) => Scalar::Enum(self.enumeration(enumeration)),
+            Kind::Message(descriptor) => Scalar::Message(self.message(descriptor)),
+        }
+    }
+
+    fn enumeration(&mut self, enumeration: &EnumDescriptor) -> usize {
+        if let Some(&index) = self.enum_index.get(enumeration.full_name()) {
+            return index;
+        }
+        // The first name of a number wins, as in `EnumDescriptor::get_value`.
+        let mut names: Vec<(i32, Box<[u8]>)> = Vec::new();
+        for value in enumeration.values() {
+            if names.iter().all(|(number, _)| *number != value.number()) {
+                let mut name = Vec::new();
+                string(&mut name, value.name());
+                names.push((value.number(), name.into()));
+            }
+        }
+        names.sort_by_key(|(number, _)| *number);
+        let index = self.enums.len();
+        self.enums.push(EnumNames(names));
+        self.enum_index.insert(enumeration.full_name().to_owned(), index);
+        index
+    }
+}
 
 /// One field occurrence on the wire.
 #[derive(Clone, Copy)]
@@ -31,6 +190,7 @@ enum Raw<'a> {
     Bytes(&'a [u8]),
 }
 
+/// The field occurrences of a message, by field number (occurrences of one number in wire order).
 fn wire_fields(mut buf: &[u8]) -> Option<Vec<(u32, Raw<'_>)>> {
     let mut fields = Vec::new();
     while !buf.is_empty() {
@@ -60,93 +220,201 @@ fn wire_fields(mut buf: &[u8]) -> Option<Vec<(u32, Raw<'_>)>> {
         };
         fields.push((number, raw));
     }
+    // Stable, and linear for the usual case of fields written in order.
+    fields.sort_by_key(|(number, _)| *number);
     Some(fields)
 }
 
-fn message(descriptor: &MessageDescriptor, bytes: &[u8], out: &mut Vec<u8>, depth: usize) -> Option<()> {
-    if depth > MAX_DEPTH {
-        return None;
-    }
-    match descriptor.full_name() {
-        "google.protobuf.Timestamp" => {
-            let timestamp = prost_types::Timestamp::decode(bytes).ok()?;
-            // The range proto3 JSON allows, 0001-01-01 to 9999-12-31, and whole nanoseconds.
-            if !(-62_135_596_800..=253_402_300_799).contains(&timestamp.seconds)
-                || !(0..1_000_000_000).contains(&timestamp.nanos)
-            {
-                return None;
-            }
-            return string(out, &timestamp.to_string());
-        }
-        name if name.starts_with("google.protobuf.") => return None,
-        _ => {}
-    }
-    let wire = wire_fields(bytes)?;
-    out.push(b'{');
-    let mut first = true;
-    for field in descriptor.fields() {
-        let number = field.number();
-        let values: Vec<Raw<'_>> = wire.iter().filter(|(n, _)| *n == number).map(|(_, raw)| *raw).collect();
-        if field.supports_presence() && values.is_empty() {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        string(out, field.json_name())?;
-        out.push(b':');
-        if field.is_map() {
-            map(&field, &values, out, depth)?;
-        } else if field.is_list() {
-            list(&field.kind(), &values, out, depth)?;
-        } else {
-            if values.len() > 1 && matches!(field.kind(), Kind::Message(_)) {
-                // Two occurrences of a message field merge; the general path knows how.
-                return None;
-            }
-            single(&field.kind(), values.last().copied(), out, depth)?;
-        }
-    }
-    out.push(b'}');
-    Some(())
+/// The occurrences of field `number` in `wire`, sorted by number.
+fn occurrences<'w, 'a>(wire: &'w [(u32, Raw<'a>)], number: u32) -> &'w [(u32, Raw<'a>)] {
+    let start = wire.partition_point(|(n, _)| *n < number);
+    let count = wire[start..].iter().take_while(|(n, _)| *n == number).count();
+    &wire[start..start + count]
 }
 
-fn list(kind: &Kind, values: &[Raw<'_>], out: &mut Vec<u8>, depth: usize) -> Option<()> {
-    out.push(b'[');
-    let mut first = true;
-    let mut element = |raw: Raw<'_>, out: &mut Vec<u8>| {
-        if !first {
-            out.push(b',');
+impl Writer {
+    fn message(&self, index: usize, bytes: &[u8], out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
         }
-        first = false;
-        single(kind, Some(raw), out, depth)
-    };
-    for raw in values.iter().copied() {
-        match (raw, packed_width(kind)) {
-            // A packed run of numbers, enums or booleans.
-            (Raw::Bytes(mut bytes), Some(width)) => {
-                while !bytes.is_empty() {
-                    let value = match width {
-                        Width::Varint => Raw::Varint(decode_varint(&mut bytes).ok()?),
-                        Width::Fixed64 => {
-                            let (value, rest) = bytes.split_first_chunk::<8>()?;
-                            bytes = rest;
-                            Raw::Fixed64(u64::from_le_bytes(*value))
-                        }
-                        Width::Fixed32 => {
-                            let (value, rest) = bytes.split_first_chunk::<4>()?;
-                            bytes = rest;
-                            Raw::Fixed32(u32::from_le_bytes(*value))
-                        }
-                    };
-                    element(value, out)?;
+        let fields = match &self.messages[index] {
+            Plan::Fields(fields) => fields,
+            Plan::Timestamp => return timestamp(bytes, out),
+            Plan::Decline => return None,
+        };
+        let wire = wire_fields(bytes)?;
+        out.push(b'{');
+        let mut first = true;
+        for field in fields {
+            let values = occurrences(&wire, field.number);
+            if field.presence && values.is_empty() {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&field.key);
+            match field.shape {
+                Shape::Map { key, value } => self.map(key, value, values, out, depth)?,
+                Shape::List(kind) => self.list(kind, values, out, depth)?,
+                Shape::Single(kind) => {
+                    if values.len() > 1 && matches!(kind, Scalar::Message(_)) {
+                        // Two occurrences of a message field merge; the general path knows how.
+                        return None;
+                    }
+                    self.single(kind, values.last().map(|(_, raw)| *raw), out, depth)?;
                 }
             }
-            (raw, _) => element(raw, out)?,
         }
+        out.push(b'}');
+        Some(())
     }
-    out.push(b']');
+
+    fn list(&self, kind: Scalar, values: &[(u32, Raw<'_>)], out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        out.push(b'[');
+        let mut first = true;
+        let mut element = |raw: Raw<'_>, out: &mut Vec<u8>| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            self.single(kind, Some(raw), out, depth)
+        };
+        for (_, raw) in values.iter().copied() {
+            match (raw, packed_width(kind)) {
+                // A packed run of numbers, enums or booleans.
+                (Raw::Bytes(mut bytes), Some(width)) => {
+                    while !bytes.is_empty() {
+                        let value = match width {
+                            Width::Varint => Raw::Varint(decode_varint(&mut bytes).ok()?),
+                            Width::Fixed64 => {
+                                let (value, rest) = bytes.split_first_chunk::<8>()?;
+                                bytes = rest;
+                                Raw::Fixed64(u64::from_le_bytes(*value))
+                            }
+                            Width::Fixed32 => {
+                                let (value, rest) = bytes.split_first_chunk::<4>()?;
+                                bytes = rest;
+                                Raw::Fixed32(u32::from_le_bytes(*value))
+                            }
+                        };
+                        element(value, out)?;
+                    }
+                }
+                (raw, _) => element(raw, out)?,
+            }
+        }
+        out.push(b']');
+        Some(())
+    }
+
+    fn map(
+        &self,
+        key_kind: Scalar,
+        value_kind: Scalar,
+        entries: &[(u32, Raw<'_>)],
+        out: &mut Vec<u8>,
+        depth: usize,
+    ) -> Option<()> {
+        let mut keys: Vec<String> = Vec::with_capacity(entries.len());
+        out.push(b'{');
+        for (index, (_, raw)) in entries.iter().enumerate() {
+            let Raw::Bytes(bytes) = raw else { return None };
+            let wire = wire_fields(bytes)?;
+            let last = |number: u32| occurrences(&wire, number).last().map(|(_, raw)| *raw);
+            let key = map_key(key_kind, last(1))?;
+            if keys.contains(&key) {
+                return None;
+            }
+            if index > 0 {
+                out.push(b',');
+            }
+            string(out, &key);
+            out.push(b':');
+            self.single(value_kind, last(2), out, depth)?;
+            keys.push(key);
+        }
+        out.push(b'}');
+        Some(())
+    }
+
+    /// One value of `kind` (its default when `raw` is `None`).
+    fn single(&self, kind: Scalar, raw: Option<Raw<'_>>, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        match kind {
+            Scalar::Double => {
+                let value = match raw {
+                    None => 0.0,
+                    Some(Raw::Fixed64(bits)) => f64::from_bits(bits),
+                    Some(_) => return None,
+                };
+                if value.is_finite() {
+                    serde_json::to_writer(&mut *out, &value).ok()?;
+                } else {
+                    string(out, non_finite(value.is_nan(), value.is_sign_negative()));
+                }
+            }
+            Scalar::Float => {
+                let value = match raw {
+                    None => 0.0,
+                    Some(Raw::Fixed32(bits)) => f32::from_bits(bits),
+                    Some(_) => return None,
+                };
+                if value.is_finite() {
+                    serde_json::to_writer(&mut *out, &value).ok()?;
+                } else {
+                    string(out, non_finite(value.is_nan(), value.is_sign_negative()));
+                }
+            }
+            Scalar::Int32 | Scalar::Sint32 | Scalar::Sfixed32 => {
+                serde_json::to_writer(&mut *out, &int32(kind, raw)?).ok()?
+            }
+            Scalar::Uint32 | Scalar::Fixed32 => serde_json::to_writer(&mut *out, &uint32(kind, raw)?).ok()?,
+            Scalar::Int64 | Scalar::Sint64 | Scalar::Sfixed64 => quoted_number(out, &int64(kind, raw)?)?,
+            Scalar::Uint64 | Scalar::Fixed64 => quoted_number(out, &uint64(kind, raw)?)?,
+            Scalar::Bool => out.extend_from_slice(if varint(raw)? != 0 { b"true" } else { b"false" }),
+            Scalar::String => match raw {
+                None => string(out, ""),
+                Some(Raw::Bytes(bytes)) => string(out, std::str::from_utf8(bytes).ok()?),
+                Some(_) => return None,
+            },
+            Scalar::Bytes => match raw {
+                None => string(out, ""),
+                Some(Raw::Bytes(bytes)) => {
+                    out.push(b'"');
+                    out.extend_from_slice(STANDARD.encode(bytes).as_bytes());
+                    out.push(b'"');
+                }
+                Some(_) => return None,
+            },
+            Scalar::Enum(index) => {
+                let number = varint(raw)? as i32;
+                let names = &self.enums[index].0;
+                match names.binary_search_by_key(&number, |(n, _)| *n) {
+                    Ok(found) => out.extend_from_slice(&names[found].1),
+                    Err(_) => serde_json::to_writer(&mut *out, &number).ok()?,
+                }
+            }
+            Scalar::Message(index) => match raw {
+                Some(Raw::Bytes(bytes)) => self.message(index, bytes, out, depth + 1)?,
+                None => self.message(index, &[], out, depth + 1)?,
+                Some(_) => return None,
+            },
+            Scalar::Decline => return None,
+        }
+        Some(())
+    }
+}
+
+fn timestamp(bytes: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    let timestamp = prost_types::Timestamp::decode(bytes).ok()?;
+    // The range proto3 JSON allows, 0001-01-01 to 9999-12-31, and whole nanoseconds.
+    if !(-62_135_596_800..=253_402_300_799).contains(&timestamp.seconds)
+        || !(0..1_000_000_000).contains(&timestamp.nanos)
+    {
+        return None;
+    }
+    string(out, &timestamp.to_string());
     Some(())
 }
 
@@ -157,53 +425,32 @@ enum Width {
 }
 
 /// How a packable kind is packed; `None` for strings, bytes and messages.
-fn packed_width(kind: &Kind) -> Option<Width> {
+fn packed_width(kind: Scalar) -> Option<Width> {
     match kind {
-        Kind::Double | Kind::Fixed64 | Kind::Sfixed64 => Some(Width::Fixed64),
-        Kind::Float | Kind::Fixed32 | Kind::Sfixed32 => Some(Width::Fixed32),
-        Kind::Int32 | Kind::Int64 | Kind::Uint32 | Kind::Uint64 | Kind::Sint32 | Kind::Sint64 | Kind::Bool => {
-            Some(Width::Varint)
-        }
-        Kind::Enum(_) => Some(Width::Varint),
-        Kind::String | Kind::Bytes | Kind::Message(_) => None,
+        Scalar::Double | Scalar::Fixed64 | Scalar::Sfixed64 => Some(Width::Fixed64),
+        Scalar::Float | Scalar::Fixed32 | Scalar::Sfixed32 => Some(Width::Fixed32),
+        Scalar::Int32
+        | Scalar::Int64
+        | Scalar::Uint32
+        | Scalar::Uint64
+        | Scalar::Sint32
+        | Scalar::Sint64
+        | Scalar::Bool
+        | Scalar::Enum(_) => Some(Width::Varint),
+        Scalar::String | Scalar::Bytes | Scalar::Message(_) | Scalar::Decline => None,
     }
-}
-
-fn map(field: &FieldDescriptor, entries: &[Raw<'_>], out: &mut Vec<u8>, depth: usize) -> Option<()> {
-    let Kind::Message(entry) = field.kind() else { return None };
-    let (key_field, value_field) = (entry.map_entry_key_field(), entry.map_entry_value_field());
-    let mut keys: Vec<String> = Vec::with_capacity(entries.len());
-    out.push(b'{');
-    for (index, raw) in entries.iter().enumerate() {
-        let Raw::Bytes(bytes) = raw else { return None };
-        let wire = wire_fields(bytes)?;
-        let find = |number: u32| wire.iter().rev().find(|(n, _)| *n == number).map(|(_, raw)| *raw);
-        let key = map_key(&key_field.kind(), find(1))?;
-        if keys.contains(&key) {
-            return None;
-        }
-        if index > 0 {
-            out.push(b',');
-        }
-        string(out, &key)?;
-        out.push(b':');
-        single(&value_field.kind(), find(2), out, depth)?;
-        keys.push(key);
-    }
-    out.push(b'}');
-    Some(())
 }
 
 /// A map key as proto3 JSON writes it: always a string.
-fn map_key(kind: &Kind, raw: Option<Raw<'_>>) -> Option<String> {
+fn map_key(kind: Scalar, raw: Option<Raw<'_>>) -> Option<String> {
     Some(match (kind, raw) {
-        (Kind::String, None) => String::new(),
-        (Kind::String, Some(Raw::Bytes(bytes))) => std::str::from_utf8(bytes).ok()?.to_owned(),
-        (Kind::Bool, raw) => (varint(raw)? != 0).to_string(),
-        (Kind::Int32 | Kind::Sfixed32 | Kind::Sint32, raw) => int32(kind, raw)?.to_string(),
-        (Kind::Int64 | Kind::Sfixed64 | Kind::Sint64, raw) => int64(kind, raw)?.to_string(),
-        (Kind::Uint32 | Kind::Fixed32, raw) => uint32(kind, raw)?.to_string(),
-        (Kind::Uint64 | Kind::Fixed64, raw) => uint64(kind, raw)?.to_string(),
+        (Scalar::String, None) => String::new(),
+        (Scalar::String, Some(Raw::Bytes(bytes))) => std::str::from_utf8(bytes).ok()?.to_owned(),
+        (Scalar::Bool, raw) => (varint(raw)? != 0).to_string(),
+        (Scalar::Int32 | Scalar::Sfixed32 | Scalar::Sint32, raw) => int32(kind, raw)?.to_string(),
+        (Scalar::Int64 | Scalar::Sfixed64 | Scalar::Sint64, raw) => int64(kind, raw)?.to_string(),
+        (Scalar::Uint32 | Scalar::Fixed32, raw) => uint32(kind, raw)?.to_string(),
+        (Scalar::Uint64 | Scalar::Fixed64, raw) => uint64(kind, raw)?.to_string(),
         _ => return None,
     })
 }
@@ -216,107 +463,52 @@ fn varint(raw: Option<Raw<'_>>) -> Option<u64> {
     }
 }
 
-fn int32(kind: &Kind, raw: Option<Raw<'_>>) -> Option<i32> {
+fn int32(kind: Scalar, raw: Option<Raw<'_>>) -> Option<i32> {
     match (kind, raw) {
         (_, None) => Some(0),
-        (Kind::Int32, Some(Raw::Varint(value))) => Some(value as i32),
-        (Kind::Sint32, Some(Raw::Varint(value))) => {
+        (Scalar::Int32, Some(Raw::Varint(value))) => Some(value as i32),
+        (Scalar::Sint32, Some(Raw::Varint(value))) => {
             let value = value as u32;
             Some(((value >> 1) as i32) ^ -((value & 1) as i32))
         }
-        (Kind::Sfixed32, Some(Raw::Fixed32(value))) => Some(value as i32),
+        (Scalar::Sfixed32, Some(Raw::Fixed32(value))) => Some(value as i32),
         _ => None,
     }
 }
 
-fn int64(kind: &Kind, raw: Option<Raw<'_>>) -> Option<i64> {
+fn int64(kind: Scalar, raw: Option<Raw<'_>>) -> Option<i64> {
     match (kind, raw) {
         (_, None) => Some(0),
-        (Kind::Int64, Some(Raw::Varint(value))) => Some(value as i64),
-        (Kind::Sint64, Some(Raw::Varint(value))) => Some(((value >> 1) as i64) ^ -((value & 1) as i64)),
-        (Kind::Sfixed64, Some(Raw::Fixed64(value))) => Some(value as i64),
+        (Scalar::Int64, Some(Raw::Varint(value))) => Some(value as i64),
+        (Scalar::Sint64, Some(Raw::Varint(value))) => Some(((value >> 1) as i64) ^ -((value & 1) as i64)),
+        (Scalar::Sfixed64, Some(Raw::Fixed64(value))) => Some(value as i64),
         _ => None,
     }
 }
 
-fn uint32(kind: &Kind, raw: Option<Raw<'_>>) -> Option<u32> {
+fn uint32(kind: Scalar, raw: Option<Raw<'_>>) -> Option<u32> {
     match (kind, raw) {
         (_, None) => Some(0),
-        (Kind::Uint32, Some(Raw::Varint(value))) => Some(value as u32),
-        (Kind::Fixed32, Some(Raw::Fixed32(value))) => Some(value),
+        (Scalar::Uint32, Some(Raw::Varint(value))) => Some(value as u32),
+        (Scalar::Fixed32, Some(Raw::Fixed32(value))) => Some(value),
         _ => None,
     }
 }
 
-fn uint64(kind: &Kind, raw: Option<Raw<'_>>) -> Option<u64> {
+fn uint64(kind: Scalar, raw: Option<Raw<'_>>) -> Option<u64> {
     match (kind, raw) {
         (_, None) => Some(0),
-        (Kind::Uint64, Some(Raw::Varint(value))) | (Kind::Fixed64, Some(Raw::Fixed64(value))) => Some(value),
+        (Scalar::Uint64, Some(Raw::Varint(value))) | (Scalar::Fixed64, Some(Raw::Fixed64(value))) => Some(value),
         _ => None,
     }
 }
 
-/// One value of `kind` (its default when `raw` is `None`).
-fn single(kind: &Kind, raw: Option<Raw<'_>>, out: &mut Vec<u8>, depth: usize) -> Option<()> {
-    match kind {
-        Kind::Double => {
-            let value = match raw {
-                None => 0.0,
-                Some(Raw::Fixed64(bits)) => f64::from_bits(bits),
-                Some(_) => return None,
-            };
-            if value.is_finite() {
-                serde_json::to_writer(&mut *out, &value).ok()
-            } else {
-                string(out, non_finite(value.is_nan(), value.is_sign_negative()))
-            }
-        }
-        Kind::Float => {
-            let value = match raw {
-                None => 0.0,
-                Some(Raw::Fixed32(bits)) => f32::from_bits(bits),
-                Some(_) => return None,
-            };
-            if value.is_finite() {
-                serde_json::to_writer(&mut *out, &value).ok()
-            } else {
-                string(out, non_finite(value.is_nan(), value.is_sign_negative()))
-            }
-        }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => serde_json::to_writer(&mut *out, &int32(kind, raw)?).ok(),
-        Kind::Uint32 | Kind::Fixed32 => serde_json::to_writer(&mut *out, &uint32(kind, raw)?).ok(),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => string(out, &int64(kind, raw)?.to_string()),
-        Kind::Uint64 | Kind::Fixed64 => string(out, &uint64(kind, raw)?.to_string()),
-        Kind::Bool => {
-            out.extend_from_slice(if varint(raw)? != 0 { b"true" } else { b"false" });
-            Some(())
-        }
-        Kind::String => match raw {
-            None => string(out, ""),
-            Some(Raw::Bytes(bytes)) => string(out, std::str::from_utf8(bytes).ok()?),
-            Some(_) => None,
-        },
-        Kind::Bytes => match raw {
-            None => string(out, ""),
-            Some(Raw::Bytes(bytes)) => string(out, &STANDARD.encode(bytes)),
-            Some(_) => None,
-        },
-        Kind::Enum(enumeration) => {
-            if enumeration.full_name() == "google.protobuf.NullValue" {
-                return None;
-            }
-            let number = varint(raw)? as i32;
-            match enumeration.get_value(number) {
-                Some(value) => string(out, value.name()),
-                None => serde_json::to_writer(&mut *out, &number).ok(),
-            }
-        }
-        Kind::Message(descriptor) => match raw {
-            Some(Raw::Bytes(bytes)) => message(descriptor, bytes, out, depth + 1),
-            None => message(descriptor, &[], out, depth + 1),
-            Some(_) => None,
-        },
-    }
+/// A 64-bit integer as proto3 JSON writes it: in a string.
+fn quoted_number(out: &mut Vec<u8>, number: &impl serde::Serialize) -> Option<()> {
+    out.push(b'"');
+    serde_json::to_writer(&mut *out, number).ok()?;
+    out.push(b'"');
+    Some(())
 }
 
 /// A float that is not a number, as proto3 JSON writes it.
@@ -328,8 +520,16 @@ fn non_finite(nan: bool, negative: bool) -> &'static str {
     }
 }
 
-fn string(out: &mut Vec<u8>, text: &str) -> Option<()> {
-    serde_json::to_writer(out, text).ok()
+/// `text` as a JSON string; most text needs no escapes and is copied as it is.
+fn string(out: &mut Vec<u8>, text: &str) {
+    if text.bytes().all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\') {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -29,7 +29,7 @@ struct Entry {
 pub(crate) struct KeyCache {
     store: Store,
     ttl: Duration,
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    entries: Arc<RwLock<HashMap<String, Entry>>>,
     touched: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
@@ -41,12 +41,12 @@ impl KeyCache {
     /// The principal of a presented key, from the cache or the database.
     pub(crate) async fn principal(&self, key: &str) -> Result<Option<Principal>, StoreError> {
         let hash = hash_key(key);
-        let cached = self.lock().get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned();
+        let cached = self.read().get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned();
         let principal = match cached {
             Some(entry) => entry.principal,
             None => {
                 let principal = self.store.principal_by_hash(&hash).await?;
-                let mut entries = self.lock();
+                let mut entries = self.write();
                 if entries.len() >= MAX_ENTRIES {
                     entries.clear();
                 }
@@ -63,17 +63,18 @@ impl KeyCache {
 
     /// Forgets everything.
     pub(crate) fn clear(&self) {
-        self.lock().clear();
+        self.write().clear();
     }
 
     /// Forgets one key (revoked).
     pub(crate) fn evict_key_hash(&self, hash: &str) {
-        self.lock().remove(hash);
+        self.write().remove(hash);
     }
 
     /// Forgets every key of a tenant (suspended, plan changed).
     pub(crate) fn evict_tenant(&self, tenant_id: &str) {
-        self.lock().retain(|_, entry| entry.principal.as_ref().and_then(|p| p.tenant_id.as_deref()) != Some(tenant_id));
+        self.write()
+            .retain(|_, entry| entry.principal.as_ref().and_then(|p| p.tenant_id.as_deref()) != Some(tenant_id));
     }
 
     /// Records the key's use, at most once per [`TOUCH_INTERVAL`], off the request path.
@@ -97,8 +98,12 @@ impl KeyCache {
         });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+        self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

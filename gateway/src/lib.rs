@@ -142,9 +142,20 @@ impl Validate for Config {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares, behind one reference count: the router clones it for every
+/// request.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub(crate) struct Shared {
     store: Store,
     routes: Arc<RouteTable>,
     upstreams: Upstreams,
@@ -200,7 +211,7 @@ impl Gateway {
             Some(oidc) => Some(Arc::new(jwt::JwtAuthenticator::start(oidc).await?)),
             None => None,
         };
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             store,
             routes: Arc::new(routes),
             upstreams,
@@ -213,7 +224,7 @@ impl Gateway {
             limiter,
             jwt,
             api_docs: Arc::new(api_docs),
-        };
+        }));
         let listener = TcpListener::bind(config.http_addr).await?;
         let local_addr = listener.local_addr()?;
         let mut router = app(state);

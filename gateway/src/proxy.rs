@@ -112,13 +112,13 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let result = state
         .resilience
         .call(&route.owner, policy, |timeout| {
-            state.upstreams.unary(&route.owner, &path, request_message.clone(), metadata.clone(), timeout)
+            state.upstreams.unary(&route.owner, path, request_message.clone(), metadata.clone(), timeout)
         })
         .instrument(span)
         .await;
     quota.settle(result.is_ok()).await;
     let encoded = result?;
-    transcode::response(&route.method.output(), encoded)
+    transcode::response(route, encoded)
 }
 
 /// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`

@@ -3,7 +3,7 @@
 //! scope it needs, `aigronova.common.v1.inference` whether it counts against the monthly
 //! inference quota, and the service's `aigronova.common.v1.owner` the upstream that serves it.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use axum::http::Method;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
@@ -28,12 +28,16 @@ pub struct Route {
     pub owner: String,
     /// The method runs a model, so a call counts against the tenant's monthly inference quota.
     pub inference: bool,
+    /// `/package.Service/Method`.
+    grpc_path: String,
+    /// Writes the answer as JSON.
+    pub(crate) json: Arc<crate::json::Writer>,
 }
 
 impl Route {
     /// The gRPC path, e.g. `/aigronova.health.v1.HealthQuantum/GetPatient`.
-    pub fn grpc_path(&self) -> String {
-        format!("/{}/{}", self.method.parent_service().full_name(), self.method.name())
+    pub fn grpc_path(&self) -> &str {
+        &self.grpc_path
     }
 }
 
@@ -99,6 +103,8 @@ impl RouteTable {
                     template,
                     segments,
                     body,
+                    grpc_path: format!("/{}/{}", service.full_name(), method.name()),
+                    json: Arc::new(crate::json::Writer::new(&method.output())),
                     method: method.clone(),
                     scope,
                     owner,

@@ -17,7 +17,10 @@ use prost_reflect::{
     Value,
 };
 
-use crate::{problem::Problem, routes::Matched};
+use crate::{
+    problem::Problem,
+    routes::{Matched, Route},
+};
 
 /// Builds the request message of `matched` from the HTTP request's parts.
 /// The request message of `matched` from its path variables, query string and body. A body
@@ -157,10 +160,11 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
     })
 }
 
-/// The HTTP response for the encoded response message of an RPC.
-pub(crate) fn response(output: &MessageDescriptor, encoded: Bytes) -> Result<Response, Problem> {
+/// The HTTP response for the encoded response message of `route`'s RPC.
+pub(crate) fn response(route: &Route, encoded: Bytes) -> Result<Response, Problem> {
+    let output = route.method.output();
     if output.full_name() != "google.api.HttpBody"
-        && let Some(json) = crate::json::from_wire(output, &encoded)
+        && let Some(json) = route.json.write(&encoded)
     {
         return Ok(json_response(json));
     }

@@ -19,6 +19,10 @@ fn pools() -> Vec<DescriptorPool> {
     vec![platform, catalog]
 }
 
+fn from_wire(descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<Vec<u8>> {
+    Writer::new(descriptor).write(bytes)
+}
+
 /// What the gateway wrote before: the decoded dynamic message, serialized.
 fn general(message: &DynamicMessage) -> serde_json::Value {
     let options = SerializeOptions::new().skip_default_fields(false);
