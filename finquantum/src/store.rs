@@ -389,28 +389,30 @@ impl Store {
         score: &StoredScore,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        sqlx::query(
+        audit::write_recorded(
+            &self.database,
+            tenant_id,
             "INSERT INTO credit_scores (tenant_id, id, customer_id, model, model_version, features, bank, probability, \
              score, risk_band, reasons, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            12,
+            |query| {
+                query
+                    .bind(tenant_id.to_owned())
+                    .bind(score.id.clone())
+                    .bind(score.customer_id.clone())
+                    .bind(score.model.clone())
+                    .bind(score.model_version.clone())
+                    .bind(score.features.to_string())
+                    .bind(score.bank.to_string())
+                    .bind(score.probability)
+                    .bind(score.score)
+                    .bind(score.risk_band.clone())
+                    .bind(serde_json::Value::from(score.reasons.clone()).to_string())
+                    .bind(time::stored(score.created_at))
+            },
+            event,
         )
-        .bind(tenant_id)
-        .bind(&score.id)
-        .bind(&score.customer_id)
-        .bind(&score.model)
-        .bind(&score.model_version)
-        .bind(score.features.to_string())
-        .bind(score.bank.to_string())
-        .bind(score.probability)
-        .bind(score.score)
-        .bind(&score.risk_band)
-        .bind(serde_json::Value::from(score.reasons.clone()).to_string())
-        .bind(time::stored(score.created_at))
-        .execute(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
-        audit::enqueue(&mut transaction, event).await?;
-        transaction.commit().await.map_err(StoreError::from)?;
+        .await?;
         Ok(())
     }
 

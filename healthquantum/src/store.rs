@@ -298,34 +298,34 @@ impl Store {
     ) -> Result<(), Error> {
         let features = serde_json::to_string(&assessment.features)
             .map_err(|error| StoreError::Corrupt(format!("features do not serialize: {error}")))?;
-        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let top_features = serde_json::to_string(&assessment.top_features).expect("contributions serialise");
         // Stored only for a patient of the tenant who is not erased, checked in the same statement.
-        let inserted = sqlx::query(
+        let stored = audit::write_recorded(
+            &self.database,
+            tenant_id,
             "INSERT INTO assessments \
              (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at, \
              top_features, regression) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
              WHERE EXISTS (SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $3 AND erased_at IS NULL)",
+            11,
+            |query| {
+                query
+                    .bind(tenant_id.to_owned())
+                    .bind(assessment.id.as_str().to_owned())
+                    .bind(assessment.patient_id.as_str().to_owned())
+                    .bind(assessment.model.as_str().to_owned())
+                    .bind(assessment.model_version.as_str().to_owned())
+                    .bind(features)
+                    .bind(assessment.output)
+                    .bind(assessment.risk_band.as_str().to_owned())
+                    .bind(time::stored(assessment.created_at))
+                    .bind(top_features)
+                    .bind(i64::from(assessment.regression))
+            },
+            event,
         )
-        .bind(tenant_id)
-        .bind(assessment.id.as_str())
-        .bind(assessment.patient_id.as_str())
-        .bind(assessment.model.as_str())
-        .bind(assessment.model_version.as_str())
-        .bind(features)
-        .bind(assessment.output)
-        .bind(assessment.risk_band.as_str())
-        .bind(time::stored(assessment.created_at))
-        .bind(serde_json::to_string(&assessment.top_features).expect("contributions serialise"))
-        .bind(i64::from(assessment.regression))
-        .execute(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
-        if inserted.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("patient {}", assessment.patient_id)));
-        }
-        audit::enqueue(&mut transaction, event).await?;
-        transaction.commit().await.map_err(StoreError::from)?;
-        Ok(())
+        .await?;
+        if stored { Ok(()) } else { Err(Error::NotFound(format!("patient {}", assessment.patient_id))) }
     }
 }
 

@@ -201,6 +201,44 @@ impl Database {
         Ok(done)
     }
 
+    /// SQLite only: runs `batch`, several statements that write as one transaction (`BEGIN
+    /// IMMEDIATE; …; COMMIT`, separated by `;`, with `$n` parameters numbered across them), in
+    /// one exchange with the connection's worker thread instead of one per statement. Returns how
+    /// many rows the statements returned, together (SQLite counts changes unreliably across
+    /// statements: make the statements that matter say what they wrote with `RETURNING`). A
+    /// statement that fails rolls the whole batch back.
+    /// The batch runs on a task of its own, so that a caller that gives up half-way cannot leave
+    /// a transaction open on a pooled connection.
+    pub async fn execute_sqlite_batch(
+        &self,
+        batch: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>,
+    ) -> Result<usize, StoreError> {
+        assert_eq!(self.backend, Backend::Sqlite, "execute_sqlite_batch runs on SQLite only");
+        let turn = tokio::time::timeout(WRITE_WAIT, self.writers.clone().acquire_owned())
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+            .expect("the writers' semaphore is never closed");
+        let pool = self.pool.clone();
+        let running = tokio::spawn(async move {
+            let _turn = turn;
+            let mut connection = pool.acquire().await?;
+            match batch.fetch_all(&mut *connection).await {
+                Ok(rows) => Ok(rows.len()),
+                Err(error) => {
+                    // Nothing after the failed statement ran: the transaction is open, unless
+                    // `BEGIN` itself failed. A connection that cannot roll back is not reused.
+                    if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await
+                        && !rollback.to_string().contains("no transaction is active")
+                    {
+                        connection.close_on_drop();
+                    }
+                    Err(StoreError::Database(error))
+                }
+            }
+        });
+        running.await.map_err(|error| StoreError::Corrupt(format!("a write batch did not finish: {error}")))?
+    }
+
     /// Begins a write transaction on behalf of `tenant_id`. On PostgreSQL with row-level
     /// security enabled, the transaction takes [`TENANT_ROLE`] and sets `aigronova.tenant_id`, so
     /// that a query that forgets its tenant filter still sees only this tenant's rows.
@@ -317,5 +355,34 @@ mod tests {
     #[test]
     fn other_schemes_are_refused() {
         assert!(matches!("mysql://x".parse::<Backend>(), Err(StoreError::UnsupportedUrl)));
+    }
+
+    async fn count(database: &Database) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(database.pool()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_batch_commits_whole_or_not_at_all_and_leaves_its_connection_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("batch.db").display());
+        let database = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (x TEXT UNIQUE NOT NULL)").execute(database.pool()).await.unwrap();
+        let batch = "BEGIN IMMEDIATE; INSERT INTO t VALUES ($1); INSERT INTO t SELECT $2 WHERE changes() = 1 \
+                     RETURNING x; COMMIT";
+
+        let returned = database.execute_sqlite_batch(sqlx::query(batch).bind("a").bind("b")).await.unwrap();
+        assert_eq!((returned, count(&database).await), (1, 2));
+
+        // The second statement fails on the unique key: the first one's row goes too.
+        let failed = database.execute_sqlite_batch(sqlx::query(batch).bind("c").bind("a")).await;
+        assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
+        assert_eq!(count(&database).await, 2);
+
+        // Every pooled connection is outside any transaction: each takes a batch of its own.
+        for round in 0..8 {
+            let (first, second) = (format!("d{round}"), format!("e{round}"));
+            database.execute_sqlite_batch(sqlx::query(batch).bind(first).bind(second)).await.unwrap();
+        }
+        assert_eq!(count(&database).await, 18);
     }
 }
