@@ -522,7 +522,7 @@ fn non_finite(nan: bool, negative: bool) -> &'static str {
 
 /// `text` as a JSON string; most text needs no escapes and is copied as it is.
 fn string(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|byte| byte >= 0x20 && byte != b'"' && byte != b'\\') {
+    if !needs_escape(text.as_bytes()) {
         out.reserve(text.len() + 2);
         out.push(b'"');
         out.extend_from_slice(text.as_bytes());
@@ -530,6 +530,25 @@ fn string(out: &mut Vec<u8>, text: &str) {
     } else {
         serde_json::to_writer(out, text).expect("writing to a Vec cannot fail");
     }
+}
+
+/// Whether `bytes` holds a byte JSON escapes: a quote, a backslash or a control character.
+/// Eight bytes at a time: a word has a byte below `n` (`n` ≤ 128) exactly when
+/// `(word - n×0x01…01) & !word & 0x80…80` is not zero, and a byte equal to `b` when `word ^ b×0x01…01`
+/// has a byte below 1.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const fn repeat(byte: u8) -> u64 {
+        u64::from_ne_bytes([byte; 8])
+    }
+    let below = |word: u64, n: u8| word.wrapping_sub(repeat(n)) & !word & repeat(0x80) != 0;
+    let mut words = bytes.chunks_exact(8);
+    for chunk in &mut words {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks of eight"));
+        if below(word, 0x20) || below(word ^ repeat(b'"'), 1) || below(word ^ repeat(b'\\'), 1) {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
 }
 
 #[cfg(test)]

@@ -88,6 +88,10 @@ const WRITE_WAIT: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Database {
     pool: AnyPool,
+    /// SQLite: one connection for the write transactions. Every write goes through it in turn, so
+    /// its page cache stays valid from one transaction to the next (SQLite empties a
+    /// connection's cache when another connection has written).
+    writer: Option<AnyPool>,
     backend: Backend,
     row_level_security: bool,
     /// SQLite has one writer at a time: the process's writers queue here for their turn rather
@@ -127,6 +131,25 @@ impl DerefMut for DbTransaction {
     }
 }
 
+fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
+    let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5));
+    if backend == Backend::Postgres {
+        return options;
+    }
+    // Settings of each connection (the journal mode is the file's, set once). In WAL mode,
+    // NORMAL syncs at checkpoints rather than at every commit: a crash of the process loses
+    // nothing; a power cut may roll back the last commits (the embedded mode's trade-off;
+    // production runs PostgreSQL).
+    options.after_connect(|connection, _| {
+        Box::pin(async move {
+            sqlx::raw_sql("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000")
+                .execute(connection)
+                .await?;
+            Ok(())
+        })
+    })
+}
+
 impl Database {
     /// Connects (creating an SQLite file and its folder when missing) and runs `migrator`.
     pub async fn connect(url: &str, migrator: &Migrator) -> Result<Self, StoreError> {
@@ -140,28 +163,22 @@ impl Database {
             Backend::Sqlite => 4,
             Backend::Postgres => 10,
         };
-        let mut options =
-            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5));
-        if backend == Backend::Sqlite {
-            // Settings of each connection (the journal mode is the file's, set once below). In WAL
-            // mode, NORMAL syncs at checkpoints rather than at every commit: a crash of the process
-            // loses nothing; a power cut may roll back the last commits (the embedded mode's
-            // trade-off; production runs PostgreSQL).
-            options = options.after_connect(|connection, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000")
-                        .execute(connection)
-                        .await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options.connect(&url).await?;
+        let pool = pool_options(backend, max_connections).connect(&url).await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         migrator.run(&pool).await?;
-        Ok(Self { pool, backend, row_level_security: false, writers: Arc::new(Semaphore::new(1)) })
+        // An in-memory database exists once per pool: it has no writer of its own.
+        let writer = match backend {
+            Backend::Sqlite if !url.contains(":memory:") => Some(pool_options(backend, 1).connect(&url).await?),
+            Backend::Sqlite | Backend::Postgres => None,
+        };
+        Ok(Self { pool, writer, backend, row_level_security: false, writers: Arc::new(Semaphore::new(1)) })
+    }
+
+    /// Where write transactions run: on SQLite, the writer connection.
+    fn write_pool(&self) -> &AnyPool {
+        self.writer.as_ref().unwrap_or(&self.pool)
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -182,7 +199,7 @@ impl Database {
                     .await
                     .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
                     .expect("the writers' semaphore is never closed");
-                let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                let transaction = self.write_pool().begin_with("BEGIN IMMEDIATE").await?;
                 Ok(DbTransaction { transaction, _turn: Some(turn) })
             }
             Backend::Postgres => Ok(DbTransaction { transaction: self.pool.begin().await?, _turn: None }),
@@ -218,7 +235,7 @@ impl Database {
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
             .expect("the writers' semaphore is never closed");
-        let pool = self.pool.clone();
+        let pool = self.write_pool().clone();
         let running = tokio::spawn(async move {
             let _turn = turn;
             let mut connection = pool.acquire().await?;
@@ -320,6 +337,9 @@ impl Database {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
     }
 }
 

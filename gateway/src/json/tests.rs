@@ -158,3 +158,20 @@ fn what_it_cannot_write_it_declines() {
     // A field of the wrong wire type.
     assert!(from_wire(&patient, &[0x0d, 0, 0, 0, 0]).is_none());
 }
+
+#[test]
+fn escapes_are_found_wherever_they_are() {
+    let plain = "mean radius, ünïcode and 0123456789";
+    assert!(!needs_escape(plain.as_bytes()));
+    for special in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+        for position in 0..plain.len() {
+            if !plain.is_char_boundary(position) {
+                continue;
+            }
+            let text = format!("{}{special}{}", &plain[..position], &plain[position..]);
+            assert!(needs_escape(text.as_bytes()), "{text:?}");
+        }
+    }
+    // Bytes just outside the escaped ones.
+    assert!(!needs_escape(b" !#[]^~\x7f\x80\xff 12345678"));
+}
