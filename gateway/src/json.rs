@@ -196,17 +196,9 @@ fn wire_fields(mut buf: &[u8]) -> Option<Vec<(u32, Raw<'_>)>> {
     while !buf.is_empty() {
         let (number, wire_type) = decode_key(&mut buf).ok()?;
         let raw = match wire_type {
-            WireType::Varint => Raw::Varint(decode_varint(&mut buf).ok()?),
-            WireType::SixtyFourBit => {
-                let (value, rest) = buf.split_first_chunk::<8>()?;
-                buf = rest;
-                Raw::Fixed64(u64::from_le_bytes(*value))
-            }
-            WireType::ThirtyTwoBit => {
-                let (value, rest) = buf.split_first_chunk::<4>()?;
-                buf = rest;
-                Raw::Fixed32(u32::from_le_bytes(*value))
-            }
+            WireType::Varint => read_number(&mut buf, Width::Varint)?,
+            WireType::SixtyFourBit => read_number(&mut buf, Width::Fixed64)?,
+            WireType::ThirtyTwoBit => read_number(&mut buf, Width::Fixed32)?,
             WireType::LengthDelimited => {
                 let length = usize::try_from(decode_varint(&mut buf).ok()?).ok()?;
                 if buf.len() < length {
@@ -286,20 +278,7 @@ impl Writer {
                 // A packed run of numbers, enums or booleans.
                 (Raw::Bytes(mut bytes), Some(width)) => {
                     while !bytes.is_empty() {
-                        let value = match width {
-                            Width::Varint => Raw::Varint(decode_varint(&mut bytes).ok()?),
-                            Width::Fixed64 => {
-                                let (value, rest) = bytes.split_first_chunk::<8>()?;
-                                bytes = rest;
-                                Raw::Fixed64(u64::from_le_bytes(*value))
-                            }
-                            Width::Fixed32 => {
-                                let (value, rest) = bytes.split_first_chunk::<4>()?;
-                                bytes = rest;
-                                Raw::Fixed32(u32::from_le_bytes(*value))
-                            }
-                        };
-                        element(value, out)?;
+                        element(read_number(&mut bytes, width)?, out)?;
                     }
                 }
                 (raw, _) => element(raw, out)?,
@@ -342,30 +321,16 @@ impl Writer {
     /// One value of `kind` (its default when `raw` is `None`).
     fn single(&self, kind: Scalar, raw: Option<Raw<'_>>, out: &mut Vec<u8>, depth: usize) -> Option<()> {
         match kind {
-            Scalar::Double => {
-                let value = match raw {
-                    None => 0.0,
-                    Some(Raw::Fixed64(bits)) => f64::from_bits(bits),
-                    Some(_) => return None,
-                };
-                if value.is_finite() {
-                    serde_json::to_writer(&mut *out, &value).ok()?;
-                } else {
-                    string(out, non_finite(value.is_nan(), value.is_sign_negative()));
-                }
-            }
-            Scalar::Float => {
-                let value = match raw {
-                    None => 0.0,
-                    Some(Raw::Fixed32(bits)) => f32::from_bits(bits),
-                    Some(_) => return None,
-                };
-                if value.is_finite() {
-                    serde_json::to_writer(&mut *out, &value).ok()?;
-                } else {
-                    string(out, non_finite(value.is_nan(), value.is_sign_negative()));
-                }
-            }
+            Scalar::Double => match raw {
+                None => float(out, 0.0_f64)?,
+                Some(Raw::Fixed64(bits)) => float(out, f64::from_bits(bits))?,
+                Some(_) => return None,
+            },
+            Scalar::Float => match raw {
+                None => float(out, 0.0_f32)?,
+                Some(Raw::Fixed32(bits)) => float(out, f32::from_bits(bits))?,
+                Some(_) => return None,
+            },
             Scalar::Int32 | Scalar::Sint32 | Scalar::Sfixed32 => {
                 serde_json::to_writer(&mut *out, &int32(kind, raw)?).ok()?
             }
@@ -418,10 +383,28 @@ fn timestamp(bytes: &[u8], out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
+#[derive(Clone, Copy)]
 enum Width {
     Varint,
     Fixed64,
     Fixed32,
+}
+
+/// One number of `width` off the front of `buf`.
+fn read_number<'a>(buf: &mut &'a [u8], width: Width) -> Option<Raw<'a>> {
+    Some(match width {
+        Width::Varint => Raw::Varint(decode_varint(buf).ok()?),
+        Width::Fixed64 => {
+            let (value, rest) = buf.split_first_chunk::<8>()?;
+            *buf = rest;
+            Raw::Fixed64(u64::from_le_bytes(*value))
+        }
+        Width::Fixed32 => {
+            let (value, rest) = buf.split_first_chunk::<4>()?;
+            *buf = rest;
+            Raw::Fixed32(u32::from_le_bytes(*value))
+        }
+    })
 }
 
 /// How a packable kind is packed; `None` for strings, bytes and messages.
@@ -511,13 +494,17 @@ fn quoted_number(out: &mut Vec<u8>, number: &impl serde::Serialize) -> Option<()
     Some(())
 }
 
-/// A float that is not a number, as proto3 JSON writes it.
-fn non_finite(nan: bool, negative: bool) -> &'static str {
-    match (nan, negative) {
-        (true, _) => "NaN",
-        (false, true) => "-Infinity",
-        (false, false) => "Infinity",
+/// A `double` or a `float` as proto3 JSON writes it: a number, or `"NaN"`, `"Infinity"` or
+/// `"-Infinity"` in a string.
+fn float<T: serde::Serialize + Into<f64> + Copy>(out: &mut Vec<u8>, value: T) -> Option<()> {
+    let wide: f64 = value.into();
+    match (wide.is_finite(), wide.is_nan(), wide.is_sign_negative()) {
+        (true, _, _) => serde_json::to_writer(&mut *out, &value).ok()?,
+        (false, true, _) => string(out, "NaN"),
+        (false, false, true) => string(out, "-Infinity"),
+        (false, false, false) => string(out, "Infinity"),
     }
+    Some(())
 }
 
 /// `text` as a JSON string; most text needs no escapes and is copied as it is.
