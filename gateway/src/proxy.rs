@@ -147,9 +147,9 @@ pub(crate) async fn access_log(request: Request, next: Next) -> Response {
         url.path = %path,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
-    let response = next.run(request).instrument(span).await;
+    let mut response = next.run(request).instrument(span).await;
     let latency = started.elapsed();
-    let facts = response.extensions().get::<RequestFacts>().cloned().unwrap_or_default();
+    let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     let route = facts.route.as_deref().unwrap_or(match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" => path.as_str(),
         admin if admin.starts_with("/v1/admin/") => "/v1/admin",
@@ -157,7 +157,7 @@ pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     });
     let status = response.status().as_u16();
     let metrics = crate::metrics::metrics();
-    metrics.requests.with_label_values(&[route, method.as_str(), &status.to_string()]).inc();
+    metrics.requests.with_label_values(&[route, method.as_str(), response.status().as_str()]).inc();
     metrics.request_duration.with_label_values(&[route, method.as_str()]).observe(latency.as_secs_f64());
     tracing::info!(
         target: "access",
