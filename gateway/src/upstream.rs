@@ -1,7 +1,14 @@
 //! A generic gRPC client: the gateway sends already-encoded request messages to the service that
 //! owns the route and gets the encoded response back, without generated stubs.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::{Buf, BufMut, Bytes};
 use tonic::{
@@ -50,11 +57,13 @@ impl Decoder for RawCodec {
     }
 }
 
-/// One lazily connected channel per upstream service.
+/// Lazily connected channels to each upstream service: one HTTP/2 connection per core, taken in
+/// turn, so that requests in flight on different cores do not all wait on one connection's state.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstreams {
     /// Shared: the state every request clones holds this map.
-    channels: Arc<BTreeMap<String, Channel>>,
+    channels: Arc<BTreeMap<String, Vec<Channel>>>,
+    next: Arc<AtomicUsize>,
     /// Deadline of a health check.
     timeout: Duration,
 }
@@ -62,14 +71,15 @@ pub(crate) struct Upstreams {
 impl Upstreams {
     /// `addresses` maps an owner name (`healthquantum`) to its URL (`http://127.0.0.1:50061`).
     pub(crate) fn new(addresses: &BTreeMap<String, String>, timeout: Duration) -> anyhow::Result<Self> {
+        let connections = std::thread::available_parallelism().map_or(1, usize::from);
         let mut channels = BTreeMap::new();
         for (owner, url) in addresses {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|error| anyhow::anyhow!("gateway.upstreams.{owner}: {error}"))?
                 .connect_timeout(Duration::from_secs(2));
-            channels.insert(owner.clone(), endpoint.connect_lazy());
+            channels.insert(owner.clone(), (0..connections).map(|_| endpoint.connect_lazy()).collect());
         }
-        Ok(Self { channels: Arc::new(channels), timeout })
+        Ok(Self { channels: Arc::new(channels), next: Arc::default(), timeout })
     }
 
     pub(crate) fn owners(&self) -> impl Iterator<Item = &String> {
@@ -85,10 +95,11 @@ impl Upstreams {
         metadata: MetadataMap,
         timeout: Duration,
     ) -> Result<Bytes, Status> {
-        let channel = self
+        let channels = self
             .channels
             .get(owner)
             .ok_or_else(|| Status::unavailable(format!("no upstream configured for {owner}")))?;
+        let channel = &channels[self.next.fetch_add(1, Ordering::Relaxed) % channels.len()];
         let mut grpc = Grpc::new(channel.clone());
         grpc.ready().await.map_err(|error| Status::unavailable(format!("{owner} is unavailable: {error}")))?;
         let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
