@@ -33,8 +33,8 @@ use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
 use serde_json::{Value, json};
 
 use crate::{
-    common::{drive, env_number},
-    reference::{PythonService, print},
+    common::{drive, env_number, unlimited_enterprise},
+    reference::{PythonService, drive_python, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -69,15 +69,10 @@ async fn main() {
     let institution = bank.serve("banco-a", profile_for(&features, transactions));
     let app = spawn_app_with(Backend::Sqlite, move |config| {
         config.finquantum.institutions = [("banco-a".to_owned(), institution)].into_iter().collect();
-        config.gateway.plans.enterprise.requests_per_second = 1_000_000.0;
-        config.gateway.plans.enterprise.burst = 1_000_000;
-        config.gateway.plans.enterprise.monthly_inference_quota = 1_000_000_000;
+        unlimited_enterprise(config);
     })
     .await;
-    let tenant = app.create_tenant("Bench").await;
-    let response =
-        app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"plan": "enterprise"})).await;
-    assert_eq!(response.status(), 200);
+    let tenant = app.create_tenant_on("Bench", "enterprise").await;
     let key = app.create_key(&tenant, &["fin:read", "fin:write"]).await;
     let customer = cpf(123_456_789);
     let expires_at = days_from_now(30);
@@ -115,22 +110,9 @@ async fn main() {
     // The Python service.
     let body = json!({"model": "credit-risk", "features": features}).to_string();
     let (service, answer) = PythonService::start("credit-risk", &body).await;
-    let client = reqwest::Client::new();
-    let url = service.url.clone();
     let probability = answer["probability"].as_f64().unwrap_or(f64::NAN);
     assert!((probability - expected).abs() < 1e-5, "the Python service scores another model or row: {answer}");
-    let fastapi = drive("Python FastAPI + onnxruntime", concurrency, seconds, move || {
-        let request = client.post(&url).header("content-type", "application/json").body(body.clone());
-        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
-    })
-    .await;
+    let fastapi = drive_python(&service, body, concurrency, seconds).await;
 
-    print("scores", &[&raw, &platform, &fastapi]);
-    println!();
-    println!(
-        "the platform makes {:.1}x the Python service's scores per second at {concurrency} in flight; its p50 is \
-         {:.3} ms above the raw call",
-        platform.rps() / fastapi.rps(),
-        (platform.percentile(0.5).as_secs_f64() - raw.percentile(0.5).as_secs_f64()) * 1000.0
-    );
+    report("scores", &raw, &platform, &fastapi, concurrency);
 }

@@ -12,9 +12,8 @@ use std::{sync::Arc, time::Duration};
 use aigronova_e2e::{Backend, spawn_app_with};
 use aigronova_platform::auth::{Caller, TokenSigner, attach_token};
 use aigronova_proto::aigronova::health::v1::{ListModelsRequest, health_quantum_client::HealthQuantumClient};
-use serde_json::json;
 
-use crate::common::{drive, env_number};
+use crate::common::{drive, env_number, print, unlimited_enterprise};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -24,15 +23,10 @@ async fn main() {
     let app = spawn_app_with(Backend::Sqlite, |config| {
         config.internal_auth.signing_key = Some(signing_key.clone());
         config.internal_auth.verifying_key = None;
-        // The limiter runs on every call but never refuses one here.
-        config.gateway.plans.enterprise.requests_per_second = 1_000_000.0;
-        config.gateway.plans.enterprise.burst = 1_000_000;
+        unlimited_enterprise(config);
     })
     .await;
-    let tenant = app.create_tenant("Bench").await;
-    let response =
-        app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"plan": "enterprise"})).await;
-    assert_eq!(response.status(), 200);
+    let tenant = app.create_tenant_on("Bench", "enterprise").await;
     let key = app.create_key(&tenant, &["health:read"]).await;
 
     let client = app.client.clone();
@@ -68,18 +62,7 @@ async fn main() {
     })
     .await;
 
-    println!("| path | requests/s | p50 | p99 | errors |");
-    println!("|---|---:|---:|---:|---:|");
-    for run in [&direct, &through_gateway] {
-        println!(
-            "| {} | {:.0} | {:.3} ms | {:.3} ms | {} |",
-            run.label,
-            run.rps(),
-            run.percentile(0.50).as_secs_f64() * 1000.0,
-            run.percentile(0.99).as_secs_f64() * 1000.0,
-            run.errors
-        );
-    }
+    print("requests", &[&direct, &through_gateway]);
     let added = through_gateway.percentile(0.50).as_secs_f64() - direct.percentile(0.50).as_secs_f64();
     println!();
     println!(

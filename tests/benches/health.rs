@@ -20,8 +20,8 @@ use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
 use serde_json::{Value, json};
 
 use crate::{
-    common::{drive, env_number},
-    reference::{PythonService, print},
+    common::{drive, env_number, unlimited_enterprise},
+    reference::{PythonService, drive_python, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -50,16 +50,8 @@ async fn main() {
     .await;
 
     // The platform, through the gateway.
-    let app = spawn_app_with(Backend::Sqlite, |config| {
-        config.gateway.plans.enterprise.requests_per_second = 1_000_000.0;
-        config.gateway.plans.enterprise.burst = 1_000_000;
-        config.gateway.plans.enterprise.monthly_inference_quota = 1_000_000_000;
-    })
-    .await;
-    let tenant = app.create_tenant("Bench").await;
-    let response =
-        app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"plan": "enterprise"})).await;
-    assert_eq!(response.status(), 200);
+    let app = spawn_app_with(Backend::Sqlite, unlimited_enterprise).await;
+    let tenant = app.create_tenant_on("Bench", "enterprise").await;
     let key = app.create_key(&tenant, &["health:read", "health:write"]).await;
     let patient = app.create_patient(&key).await;
     let client = app.client.clone();
@@ -78,20 +70,7 @@ async fn main() {
 
     // The Python service.
     let (service, _) = PythonService::start("breast-cancer", &body).await;
-    let client = reqwest::Client::new();
-    let url = service.url.clone();
-    let fastapi = drive("Python FastAPI + onnxruntime", concurrency, seconds, move || {
-        let request = client.post(&url).header("content-type", "application/json").body(body.clone());
-        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
-    })
-    .await;
+    let fastapi = drive_python(&service, body, concurrency, seconds).await;
 
-    print("assessments", &[&raw, &platform, &fastapi]);
-    println!();
-    println!(
-        "the platform makes {:.1}x the Python service's assessments per second at {concurrency} in flight; its p50 is \
-         {:.3} ms above the raw call",
-        platform.rps() / fastapi.rps(),
-        (platform.percentile(0.5).as_secs_f64() - raw.percentile(0.5).as_secs_f64()) * 1000.0
-    );
+    report("assessments", &raw, &platform, &fastapi, concurrency);
 }

@@ -72,6 +72,29 @@ where
     run
 }
 
+/// The runs as a Markdown table, `unit` per second.
+pub(crate) fn print(unit: &str, runs: &[&Run]) {
+    println!("| path | {unit}/s | p50 | p99 | errors |");
+    println!("|---|---:|---:|---:|---:|");
+    for run in runs {
+        println!(
+            "| {} | {:.0} | {:.3} ms | {:.3} ms | {} |",
+            run.label,
+            run.rps(),
+            run.percentile(0.50).as_secs_f64() * 1000.0,
+            run.percentile(0.99).as_secs_f64() * 1000.0,
+            run.errors
+        );
+    }
+}
+
+/// An Enterprise plan whose limiter runs on every call but never refuses one.
+pub(crate) fn unlimited_enterprise(config: &mut aigronova_cli::AppConfig) {
+    config.gateway.plans.enterprise.requests_per_second = 1_000_000.0;
+    config.gateway.plans.enterprise.burst = 1_000_000;
+    config.gateway.plans.enterprise.monthly_inference_quota = 1_000_000_000;
+}
+
 pub(crate) fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|value| value.parse().ok()).unwrap_or(default)
 }

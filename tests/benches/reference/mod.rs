@@ -1,5 +1,5 @@
 //! What the model benchmarks share: the Python FastAPI + onnxruntime service they compare with,
-//! and their table.
+//! and their report.
 
 use std::{
     path::PathBuf,
@@ -10,7 +10,7 @@ use std::{
 use aigronova_e2e::models_dir;
 use serde_json::Value;
 
-use crate::common::Run;
+use crate::common::{Run, drive, print};
 
 /// The Python service (`benches/python/service.py`) scoring `model`, one uvicorn worker per
 /// core. Stopped when dropped: SIGTERM first, so that uvicorn stops its workers, then SIGKILL.
@@ -69,18 +69,27 @@ impl Drop for PythonService {
     }
 }
 
-/// The runs as a Markdown table, `unit` per second.
-pub(crate) fn print(unit: &str, runs: &[&Run]) {
-    println!("| path | {unit}/s | p50 | p99 | errors |");
-    println!("|---|---:|---:|---:|---:|");
-    for run in runs {
-        println!(
-            "| {} | {:.0} | {:.3} ms | {:.3} ms | {} |",
-            run.label,
-            run.rps(),
-            run.percentile(0.50).as_secs_f64() * 1000.0,
-            run.percentile(0.99).as_secs_f64() * 1000.0,
-            run.errors
-        );
-    }
+/// The Python service's side of the comparison: `service` answering `body` as fast as
+/// `concurrency` callers ask, for `seconds`.
+pub(crate) async fn drive_python(service: &PythonService, body: String, concurrency: usize, seconds: Duration) -> Run {
+    let client = reqwest::Client::new();
+    let url = service.url.clone();
+    drive("Python FastAPI + onnxruntime", concurrency, seconds, move || {
+        let request = client.post(&url).header("content-type", "application/json").body(body.clone());
+        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
+    })
+    .await
+}
+
+/// The three runs as a table, then the platform against the Python service and the raw call;
+/// `unit` names what is counted (`assessments`, `scores`).
+pub(crate) fn report(unit: &str, raw: &Run, platform: &Run, python: &Run, concurrency: usize) {
+    print(unit, &[raw, platform, python]);
+    println!();
+    println!(
+        "the platform makes {:.1}x the Python service's {unit} per second at {concurrency} in flight; its p50 is \
+         {:.3} ms above the raw call",
+        platform.rps() / python.rps(),
+        (platform.percentile(0.5).as_secs_f64() - raw.percentile(0.5).as_secs_f64()) * 1000.0
+    );
 }
