@@ -21,20 +21,19 @@
 mod common;
 mod reference;
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::time::Duration;
 
 use aigronova_e2e::{
     Backend,
     credit::{applicant_for, cpf, days_from_now, profile_for},
     institution::Institution,
-    models_dir, spawn_app_with,
+    spawn_app_with,
 };
-use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
 use serde_json::{Value, json};
 
 use crate::{
     common::{drive, env_number, unlimited_enterprise},
-    reference::{PythonService, drive_python, report},
+    reference::{PythonService, drive_python, drive_raw, first_reference_row, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -42,27 +41,10 @@ async fn main() {
     let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
     let concurrency = env_number("BENCH_CONCURRENCY", 8) as usize;
     let transactions = env_number("BENCH_TRANSACTIONS", 180) as usize;
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(models_dir().join("credit-risk/1/reference.json")).expect("reference.json"),
-    )
-    .unwrap();
-    let features = reference["rows"][0]["features"].clone();
-    let expected = reference["rows"][0]["onnx_probability"].as_f64().unwrap();
-
-    // The floor: ONNX Runtime alone, on the calling task as the service calls it.
-    let models = ModelRegistry::load(
-        &InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() },
-        &["credit-risk"],
-    )
-    .expect("the model loads (is ORT_DYLIB_PATH set?)");
-    let model = models.get("credit-risk").unwrap();
-    let named: HashMap<String, f64> = serde_json::from_value(features.clone()).unwrap();
-    let row = Arc::new(model.feature_vector(&named, "features").unwrap());
-    let raw = drive("raw ONNX Runtime call", concurrency, seconds, move || {
-        let (model, row) = (model.clone(), row.clone());
-        async move { model.predict(&row).is_ok() }
-    })
-    .await;
+    let row = first_reference_row("credit-risk");
+    let features = row["features"].clone();
+    let expected = row["onnx_probability"].as_f64().unwrap();
+    let raw = drive_raw("credit-risk", &features, concurrency, seconds).await;
 
     // The platform, through the gateway, for a customer whose data is ingested under a consent.
     let bank = Institution::start().await;
@@ -92,7 +74,8 @@ async fn main() {
     let body = json!({"cpf": customer, "applicant": applicant_for(&features)});
     let score: Value = app.post("/v1/fin/credit-scores", &key, &body).await.json().await.unwrap();
     let probability = score["probabilityOfDefault"].as_f64().unwrap_or(f64::NAN);
-    let same_row = named.keys().all(|name| score["features"][name] == features[name]);
+    let names = features.as_object().expect("features by name").keys();
+    let same_row = names.into_iter().all(|name| score["features"][name] == features[name]);
     assert!(
         same_row && (probability - expected).abs() < 1e-5,
         "the platform scores another row than the reference's: {score}"

@@ -13,41 +13,23 @@
 mod common;
 mod reference;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use aigronova_e2e::{Backend, models_dir, spawn_app_with};
-use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
-use serde_json::{Value, json};
+use aigronova_e2e::{Backend, spawn_app_with};
+use serde_json::json;
 
 use crate::{
     common::{drive, env_number, unlimited_enterprise},
-    reference::{PythonService, drive_python, report},
+    reference::{PythonService, drive_python, drive_raw, first_reference_row, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
     let concurrency = env_number("BENCH_CONCURRENCY", 8) as usize;
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
-    )
-    .unwrap();
-    let features = reference["rows"][0]["features"].clone();
-
-    // The floor: ONNX Runtime alone, on the calling task as the service calls it.
-    let models = ModelRegistry::load(
-        &InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() },
-        &["breast-cancer"],
-    )
-    .expect("the model loads (is ORT_DYLIB_PATH set?)");
-    let model = models.get("breast-cancer").unwrap();
-    let named: std::collections::HashMap<String, f64> = serde_json::from_value(features.clone()).unwrap();
-    let row = Arc::new(model.feature_vector(&named, "features").unwrap());
-    let raw = drive("raw ONNX Runtime call", concurrency, seconds, move || {
-        let (model, row) = (model.clone(), row.clone());
-        async move { model.predict(&row).is_ok() }
-    })
-    .await;
+    let row = first_reference_row("breast-cancer");
+    let features = row["features"].clone();
+    let raw = drive_raw("breast-cancer", &features, concurrency, seconds).await;
 
     // The platform, through the gateway.
     let app = spawn_app_with(Backend::Sqlite, unlimited_enterprise).await;

@@ -2,12 +2,15 @@
 //! and their report.
 
 use std::{
+    collections::HashMap,
     path::PathBuf,
     process::{Command, Stdio},
+    sync::Arc,
     time::Duration,
 };
 
 use aigronova_e2e::models_dir;
+use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
 use serde_json::Value;
 
 use crate::common::{Run, drive, print};
@@ -67,6 +70,29 @@ impl Drop for PythonService {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The first held-out row of `model`'s `reference.json` (`features` by name, and the outputs).
+pub(crate) fn first_reference_row(model: &str) -> Value {
+    let path = models_dir().join(model).join("1/reference.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("reference.json")).unwrap();
+    reference["rows"][0].clone()
+}
+
+/// The floor: `model` scoring `features` with ONNX Runtime alone, on the calling task as the
+/// services call it.
+pub(crate) async fn drive_raw(model: &str, features: &Value, concurrency: usize, seconds: Duration) -> Run {
+    let models =
+        ModelRegistry::load(&InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() }, &[model])
+            .expect("the model loads (is ORT_DYLIB_PATH set?)");
+    let model = models.get(model).unwrap();
+    let named: HashMap<String, f64> = serde_json::from_value(features.clone()).unwrap();
+    let row = Arc::new(model.feature_vector(&named, "features").unwrap());
+    drive("raw ONNX Runtime call", concurrency, seconds, move || {
+        let (model, row) = (model.clone(), row.clone());
+        async move { model.predict(&row).is_ok() }
+    })
+    .await
 }
 
 /// The Python service's side of the comparison: `service` answering `body` as fast as
