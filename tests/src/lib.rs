@@ -59,7 +59,6 @@ pub struct TestApp {
     pub fin_database_url: String,
     /// ai-governance's database; empty when the gateway runs alone.
     pub governance_database_url: String,
-    health_grpc_addr: std::net::SocketAddr,
     pub gateway_database_url: String,
     shutdown: Shutdown,
     /// The configuration the platform started with; `None` when the gateway runs alone.
@@ -121,7 +120,6 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
     let platform = Platform::start(&config, Some(&admin_key), shutdown.clone()).await.expect("the platform starts");
-    let health_grpc_addr = platform.services[aigronova_healthquantum::SERVICE_NAME];
     TestApp {
         address: format!("http://{}", platform.http_addr),
         config: Some(config),
@@ -134,7 +132,6 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         health_database_url,
         fin_database_url,
         governance_database_url,
-        health_grpc_addr,
         gateway_database_url,
         shutdown,
         running: Some(Running::Platform(Box::new(platform))),
@@ -165,7 +162,6 @@ pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppCo
         health_database_url: String::new(),
         fin_database_url: String::new(),
         governance_database_url: String::new(),
-        health_grpc_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         gateway_database_url: config.gateway.database_url.clone(),
         config: None,
         gateway_config: config.gateway.clone(),
@@ -204,9 +200,16 @@ impl TestApp {
         self._data_dir.path()
     }
 
-    /// Where healthquantum serves gRPC, for calls that bypass the gateway.
-    pub fn health_grpc_addr(&self) -> std::net::SocketAddr {
-        self.health_grpc_addr
+    /// Where `service` (`healthquantum`, `ai-governance`…) serves gRPC, for calls that bypass the
+    /// gateway. Panics when the gateway runs alone.
+    pub fn grpc_addr(&self, service: &str) -> std::net::SocketAddr {
+        match &self.running {
+            Some(Running::Platform(platform)) => *platform
+                .services
+                .get(service)
+                .unwrap_or_else(|| panic!("the platform runs no service named {service}")),
+            _ => panic!("only the whole platform serves {service} over gRPC; this app runs the gateway alone"),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -349,7 +352,6 @@ impl TestApp {
             .await
             .expect("the platform restarts");
         self.address = format!("http://{}", platform.http_addr);
-        self.health_grpc_addr = platform.services[aigronova_healthquantum::SERVICE_NAME];
         self.gateway_config = platform.gateway_config.clone();
         self.running = Some(Running::Platform(Box::new(platform)));
     }
