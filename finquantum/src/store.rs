@@ -394,22 +394,20 @@ impl Store {
             tenant_id,
             "INSERT INTO credit_scores (tenant_id, id, customer_id, model, model_version, features, bank, probability, \
              score, risk_band, reasons, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            12,
-            |query| {
-                query
-                    .bind(tenant_id.to_owned())
-                    .bind(score.id.clone())
-                    .bind(score.customer_id.clone())
-                    .bind(score.model.clone())
-                    .bind(score.model_version.clone())
-                    .bind(score.features.to_string())
-                    .bind(score.bank.to_string())
-                    .bind(score.probability)
-                    .bind(score.score)
-                    .bind(score.risk_band.clone())
-                    .bind(serde_json::Value::from(score.reasons.clone()).to_string())
-                    .bind(time::stored(score.created_at))
-            },
+            vec![
+                tenant_id.into(),
+                score.id.as_str().into(),
+                score.customer_id.as_str().into(),
+                score.model.as_str().into(),
+                score.model_version.as_str().into(),
+                score.features.to_string().into(),
+                score.bank.to_string().into(),
+                score.probability.into(),
+                score.score.into(),
+                score.risk_band.as_str().into(),
+                serde_json::Value::from(score.reasons.clone()).to_string().into(),
+                time::stored(score.created_at).into(),
+            ],
             event,
         )
         .await?;

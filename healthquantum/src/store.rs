@@ -307,21 +307,19 @@ impl Store {
              (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at, \
              top_features, regression) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
              WHERE EXISTS (SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $3 AND erased_at IS NULL)",
-            11,
-            |query| {
-                query
-                    .bind(tenant_id.to_owned())
-                    .bind(assessment.id.as_str().to_owned())
-                    .bind(assessment.patient_id.as_str().to_owned())
-                    .bind(assessment.model.as_str().to_owned())
-                    .bind(assessment.model_version.as_str().to_owned())
-                    .bind(features)
-                    .bind(assessment.output)
-                    .bind(assessment.risk_band.as_str().to_owned())
-                    .bind(time::stored(assessment.created_at))
-                    .bind(top_features)
-                    .bind(i64::from(assessment.regression))
-            },
+            vec![
+                tenant_id.into(),
+                assessment.id.as_str().into(),
+                assessment.patient_id.as_str().into(),
+                assessment.model.as_str().into(),
+                assessment.model_version.as_str().into(),
+                features.into(),
+                assessment.output.into(),
+                assessment.risk_band.as_str().into(),
+                time::stored(assessment.created_at).into(),
+                top_features.into(),
+                i64::from(assessment.regression).into(),
+            ],
             event,
         )
         .await?;

@@ -37,7 +37,7 @@ use crate::{
     auth::{self, Caller, TokenSigner},
     config::{ConfigError, Validate},
     shutdown::Shutdown,
-    storage::{Backend, Database, StoreError},
+    storage::{Backend, Database, KeyedWrite, Param, StoreError, bind_params},
 };
 
 /// The scope of the token a relay presents to `RecordEvents`.
@@ -131,42 +131,40 @@ impl AuditEvent {
 /// Writes `event` to the outbox on `connection`, which should be inside the transaction of the
 /// action the event records.
 pub async fn enqueue(connection: &mut AnyConnection, event: &AuditEvent) -> Result<(), StoreError> {
-    bind_outbox_row(sqlx::query(OUTBOX_INSERT), event)?.execute(connection).await?;
+    bind_params(sqlx::query(OUTBOX_INSERT), outbox_row(event)?).execute(connection).await?;
     Ok(())
 }
 
 const OUTBOX_INSERT: &str = "INSERT INTO audit_outbox (event_id, tenant_id, event, created_at) VALUES ($1, $2, $3, $4)";
 
-type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
-
-/// Runs `action`, one statement that writes (its parameters `$1` to `$parameters`, bound by
-/// `bind`), and records `event` in the outbox in the same transaction of `tenant_id`, if the
-/// statement changed a row. Returns whether it did; when it did not, nothing is written.
+/// Runs `action`, one statement that writes (its parameters `$1`… bound to `params`), and records
+/// `event` in the outbox in the same transaction of `tenant_id`, if the statement changed a row.
+/// Returns whether it did; when it did not, nothing is written.
 ///
-/// On SQLite the statement and the outbox row go as one batch
-/// ([`Database::execute_sqlite_batch`]): one exchange with SQLite's worker thread instead of four.
+/// On SQLite the statement and the outbox row go as one [`KeyedWrite`], committed together with
+/// the other services' tasks' writes of the moment ([`Database::write_keyed`]).
 pub async fn write_recorded(
     database: &Database,
     tenant_id: &str,
     action: &str,
-    parameters: usize,
-    bind: impl FnOnce(AnyQuery) -> AnyQuery,
+    mut params: Vec<Param>,
     event: &AuditEvent,
 ) -> Result<bool, StoreError> {
     if database.backend() == Backend::Sqlite {
-        let first = parameters + 1;
-        let batch = format!(
-            "BEGIN IMMEDIATE; {action}; INSERT INTO audit_outbox (event_id, tenant_id, event, created_at) \
-             SELECT ${first}, ${}, ${}, ${} WHERE changes() = 1 RETURNING event_id; COMMIT",
+        let first = params.len() + 1;
+        let statements = format!(
+            "{action}; INSERT INTO audit_outbox (event_id, tenant_id, event, created_at) \
+             SELECT ${first}, ${}, ${}, ${} WHERE changes() = 1 RETURNING event_id",
             first + 1,
             first + 2,
             first + 3
         );
-        let query = bind_outbox_row(bind(sqlx::query(sqlx::AssertSqlSafe(batch))), event)?;
-        return Ok(database.execute_sqlite_batch(query).await? == 1);
+        params.extend(outbox_row(event)?);
+        return database.write_keyed(KeyedWrite { statements, params, key: event.event_id.clone() }).await;
     }
     let mut transaction = database.begin_tenant(tenant_id).await?;
-    let done = bind(sqlx::query(sqlx::AssertSqlSafe(action.to_owned()))).execute(&mut *transaction).await?;
+    let done =
+        bind_params(sqlx::query(sqlx::AssertSqlSafe(action.to_owned())), params).execute(&mut *transaction).await?;
     if done.rows_affected() == 0 {
         return Ok(false);
     }
@@ -175,14 +173,15 @@ pub async fn write_recorded(
     Ok(true)
 }
 
-/// Binds the outbox row of `event` to the next four parameters of `query`: the event's id, its
-/// tenant, the event as JSON and its time.
-fn bind_outbox_row<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    event: &AuditEvent,
-) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>, StoreError> {
+/// The outbox row of `event`: its id, its tenant, the event as JSON and its time.
+fn outbox_row(event: &AuditEvent) -> Result<[Param; 4], StoreError> {
     let json = serde_json::to_string(event).map_err(|error| StoreError::Corrupt(error.to_string()))?;
-    Ok(query.bind(event.event_id.clone()).bind(event.tenant_id.clone()).bind(json).bind(event.occurred_at.clone()))
+    Ok([
+        event.event_id.as_str().into(),
+        event.tenant_id.as_str().into(),
+        json.into(),
+        event.occurred_at.as_str().into(),
+    ])
 }
 
 /// The `audit` configuration section: where and how the outbox relays ship events.

@@ -14,11 +14,15 @@ use std::{
 
 use sqlx::{
     Any, AnyConnection, AnyPool, Transaction,
-    any::{AnyPoolOptions, install_default_drivers},
+    any::{AnyPoolOptions, AnyRow, install_default_drivers},
     migrate::Migrator,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tonic::Status;
+
+pub use self::grouped::{KeyedWrite, Param, bind_params};
+
+mod grouped;
 
 /// Which engine a [`Database`] talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +101,8 @@ pub struct Database {
     /// SQLite has one writer at a time: the process's writers queue here for their turn rather
     /// than poll SQLite's lock (whose busy handler sleeps up to tens of milliseconds a try).
     writers: Arc<Semaphore>,
+    /// SQLite: where [`Self::write_keyed`] sends its writes to be committed in groups.
+    grouped: Option<mpsc::UnboundedSender<grouped::Submission>>,
 }
 
 /// A transaction of a [`Database`]; on SQLite a writing one holds the process's write turn until
@@ -136,6 +142,9 @@ fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
     if backend == Backend::Postgres {
         return options;
     }
+    // An embedded file's connection does not go stale as a network one does, and a ping before
+    // each acquire is one more exchange with the connection's worker thread.
+    let options = options.test_before_acquire(false);
     // Settings of each connection (the journal mode is the file's, set once). In WAL mode,
     // NORMAL syncs at checkpoints rather than at every commit: a crash of the process loses
     // nothing; a power cut may roll back the last commits (the embedded mode's trade-off;
@@ -173,7 +182,10 @@ impl Database {
             Backend::Sqlite if !url.contains(":memory:") => Some(pool_options(backend, 1).connect(&url).await?),
             Backend::Sqlite | Backend::Postgres => None,
         };
-        Ok(Self { pool, writer, backend, row_level_security: false, writers: Arc::new(Semaphore::new(1)) })
+        let writers = Arc::new(Semaphore::new(1));
+        let grouped = (backend == Backend::Sqlite)
+            .then(|| grouped::start(writer.as_ref().unwrap_or(&pool).clone(), writers.clone()));
+        Ok(Self { pool, writer, backend, row_level_security: false, writers, grouped })
     }
 
     /// Where write transactions run: on SQLite, the writer connection.
@@ -218,42 +230,16 @@ impl Database {
         Ok(done)
     }
 
-    /// SQLite only: runs `batch`, several statements that write as one transaction (`BEGIN
-    /// IMMEDIATE; …; COMMIT`, separated by `;`, with `$n` parameters numbered across them), in
-    /// one exchange with the connection's worker thread instead of one per statement. Returns how
-    /// many rows the statements returned, together (SQLite counts changes unreliably across
-    /// statements: make the statements that matter say what they wrote with `RETURNING`). A
-    /// statement that fails rolls the whole batch back.
-    /// The batch runs on a task of its own, so that a caller that gives up half-way cannot leave
-    /// a transaction open on a pooled connection.
-    pub async fn execute_sqlite_batch(
-        &self,
-        batch: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>,
-    ) -> Result<usize, StoreError> {
-        assert_eq!(self.backend, Backend::Sqlite, "execute_sqlite_batch runs on SQLite only");
-        let turn = tokio::time::timeout(WRITE_WAIT, self.writers.clone().acquire_owned())
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
-            .expect("the writers' semaphore is never closed");
-        let pool = self.write_pool().clone();
-        let running = tokio::spawn(async move {
-            let _turn = turn;
-            let mut connection = pool.acquire().await?;
-            match batch.fetch_all(&mut *connection).await {
-                Ok(rows) => Ok(rows.len()),
-                Err(error) => {
-                    // Nothing after the failed statement ran: the transaction is open, unless
-                    // `BEGIN` itself failed. A connection that cannot roll back is not reused.
-                    if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await
-                        && !rollback.to_string().contains("no transaction is active")
-                    {
-                        connection.close_on_drop();
-                    }
-                    Err(StoreError::Database(error))
-                }
-            }
-        });
-        running.await.map_err(|error| StoreError::Corrupt(format!("a write batch did not finish: {error}")))?
+    /// SQLite only: commits `write` (see [`KeyedWrite`]) and returns whether it took effect. The
+    /// writes that other tasks submit meanwhile go in the same transaction (group commit): one
+    /// `BEGIN IMMEDIATE; …; COMMIT` in one exchange with the writer connection's thread. A write
+    /// whose statement fails fails alone: the group is rolled back and each of its writes is
+    /// retried in a transaction of its own. The write goes on if the caller stops waiting.
+    pub async fn write_keyed(&self, write: KeyedWrite) -> Result<bool, StoreError> {
+        let grouped = self.grouped.as_ref().expect("write_keyed runs on SQLite only");
+        let (reply, answer) = oneshot::channel();
+        grouped.send((write, reply)).map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        answer.await.map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
     }
 
     /// Begins a write transaction on behalf of `tenant_id`. On PostgreSQL with row-level
@@ -343,6 +329,40 @@ impl Database {
     }
 }
 
+/// SQLite: runs `batch` (`BEGIN IMMEDIATE; …; COMMIT`) in the writers' turn, in one exchange
+/// with the connection's worker thread, and returns the rows its statements returned. A statement
+/// that fails rolls the whole batch back. The batch runs on a task of its own, so that a caller
+/// that gives up half-way cannot leave a transaction open on a pooled connection.
+async fn run_sqlite_batch(
+    pool: &AnyPool,
+    writers: &Arc<Semaphore>,
+    batch: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>,
+) -> Result<Vec<AnyRow>, StoreError> {
+    let turn = tokio::time::timeout(WRITE_WAIT, writers.clone().acquire_owned())
+        .await
+        .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+        .expect("the writers' semaphore is never closed");
+    let pool = pool.clone();
+    let running = tokio::spawn(async move {
+        let _turn = turn;
+        let mut connection = pool.acquire().await?;
+        match batch.fetch_all(&mut *connection).await {
+            Ok(rows) => Ok(rows),
+            Err(error) => {
+                // Nothing after the failed statement ran: the transaction is open, unless
+                // `BEGIN` itself failed. A connection that cannot roll back is not reused.
+                if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await
+                    && !rollback.to_string().contains("no transaction is active")
+                {
+                    connection.close_on_drop();
+                }
+                Err(StoreError::Database(error))
+            }
+        }
+    });
+    running.await.map_err(|error| StoreError::Corrupt(format!("a write batch did not finish: {error}")))?
+}
+
 /// `sqlite:<path>` with the file created on first use.
 fn sqlite_url(url: &str) -> Result<String, StoreError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
@@ -381,28 +401,64 @@ mod tests {
         sqlx::query_scalar("SELECT COUNT(*) FROM t").fetch_one(database.pool()).await.unwrap()
     }
 
+    fn keyed(first: &str, second: &str) -> KeyedWrite {
+        KeyedWrite {
+            statements: "INSERT INTO t VALUES ($1); INSERT INTO t SELECT $2 WHERE changes() = 1 RETURNING x".into(),
+            params: vec![first.into(), second.into()],
+            key: second.to_owned(),
+        }
+    }
+
     #[tokio::test]
-    async fn a_sqlite_batch_commits_whole_or_not_at_all_and_leaves_its_connection_clean() {
+    async fn keyed_writes_commit_whole_or_not_at_all_alone_and_in_groups() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("batch.db").display());
         let database = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
         sqlx::raw_sql("CREATE TABLE t (x TEXT UNIQUE NOT NULL)").execute(database.pool()).await.unwrap();
-        let batch = "BEGIN IMMEDIATE; INSERT INTO t VALUES ($1); INSERT INTO t SELECT $2 WHERE changes() = 1 \
-                     RETURNING x; COMMIT";
 
-        let returned = database.execute_sqlite_batch(sqlx::query(batch).bind("a").bind("b")).await.unwrap();
-        assert_eq!((returned, count(&database).await), (1, 2));
+        assert!(database.write_keyed(keyed("a", "b")).await.unwrap());
+        assert_eq!(count(&database).await, 2);
 
         // The second statement fails on the unique key: the first one's row goes too.
-        let failed = database.execute_sqlite_batch(sqlx::query(batch).bind("c").bind("a")).await;
+        let failed = database.write_keyed(keyed("c", "a")).await;
         assert!(matches!(failed, Err(StoreError::Database(_))), "{failed:?}");
         assert_eq!(count(&database).await, 2);
 
-        // Every pooled connection is outside any transaction: each takes a batch of its own.
-        for round in 0..8 {
-            let (first, second) = (format!("d{round}"), format!("e{round}"));
-            database.execute_sqlite_batch(sqlx::query(batch).bind(first).bind(second)).await.unwrap();
+        // Submitted together, the writes share transactions; the one at fault fails alone and the
+        // writer connection is left outside any transaction.
+        let writes: Vec<_> = (0..40)
+            .map(|round| {
+                let database = database.clone();
+                let write =
+                    if round == 17 { keyed("f", "b") } else { keyed(&format!("d{round}"), &format!("e{round}")) };
+                tokio::spawn(async move { database.write_keyed(write).await })
+            })
+            .collect();
+        let mut results = Vec::new();
+        for write in writes {
+            results.push(write.await.unwrap());
         }
-        assert_eq!(count(&database).await, 18);
+        for (round, result) in results.iter().enumerate() {
+            assert_eq!(result.is_ok(), round != 17, "write {round}: {result:?}");
+        }
+        assert_eq!(count(&database).await, 2 + 39 * 2);
+        assert!(database.write_keyed(keyed("g", "h")).await.unwrap());
+        assert_eq!(count(&database).await, 2 + 39 * 2 + 2);
+    }
+
+    #[tokio::test]
+    async fn a_keyed_write_that_changes_nothing_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("none.db").display());
+        let database = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (x TEXT UNIQUE NOT NULL)").execute(database.pool()).await.unwrap();
+        let write = KeyedWrite {
+            statements: "INSERT INTO t SELECT $1 WHERE 0; INSERT INTO t SELECT $2 WHERE changes() = 1 RETURNING x"
+                .into(),
+            params: vec!["a".into(), "b".into()],
+            key: "b".into(),
+        };
+        assert!(!database.write_keyed(write).await.unwrap());
+        assert_eq!(count(&database).await, 0);
     }
 }
