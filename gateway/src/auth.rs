@@ -1,13 +1,15 @@
 //! API keys and OIDC JWTs on the way in (`Authorization: Bearer <credential>`), the internal token
 //! on the way out.
 
+use std::sync::Arc;
+
 use axum::http::{HeaderMap, header};
 
 use crate::{AppState, jwt, problem::Problem, store::Principal};
 
 /// The principal of the request's API key, or of its JWT when OIDC is configured; 401 when the
 /// credential is missing, malformed, unknown or (for a JWT) not valid.
-pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, Problem> {
+pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, Problem> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -18,7 +20,7 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
     if let Some(authenticator) = &state.jwt
         && jwt::looks_like_jwt(key)
     {
-        return authenticator.principal(&state.store, key).await;
+        return authenticator.principal(&state.store, key).await.map(Arc::new);
     }
     let principal = state.keys.principal(key).await.map_err(|error| {
         tracing::error!(%error, "API key lookup failed");

@@ -20,7 +20,7 @@ const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 struct Entry {
-    principal: Option<Principal>,
+    principal: Option<Arc<Principal>>,
     fetched: Instant,
 }
 
@@ -39,13 +39,13 @@ impl KeyCache {
     }
 
     /// The principal of a presented key, from the cache or the database.
-    pub(crate) async fn principal(&self, key: &str) -> Result<Option<Principal>, StoreError> {
+    pub(crate) async fn principal(&self, key: &str) -> Result<Option<Arc<Principal>>, StoreError> {
         let hash = hash_key(key);
         let cached = self.read().get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned();
         let principal = match cached {
             Some(entry) => entry.principal,
             None => {
-                let principal = self.store.principal_by_hash(&hash).await?;
+                let principal = self.store.principal_by_hash(&hash).await?.map(Arc::new);
                 let mut entries = self.write();
                 if entries.len() >= MAX_ENTRIES {
                     entries.clear();

@@ -36,6 +36,7 @@ use aigronova_platform::{
 use axum::{
     Router, middleware,
     routing::{delete, get, post},
+    serve::ListenerExt as _,
 };
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
@@ -247,7 +248,13 @@ impl Gateway {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr, "gateway listening");
         tokio::spawn(self.invalidation.listen(shutdown.clone()));
-        axum::serve(self.listener, self.router).with_graceful_shutdown(shutdown.wait()).await?;
+        // Small HTTP/2 frames must not wait for the client's delayed ACK (Nagle).
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
+            }
+        });
+        axum::serve(listener, self.router).with_graceful_shutdown(shutdown.wait()).await?;
         tracing::info!("gateway stopped");
         Ok(())
     }

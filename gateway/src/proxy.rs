@@ -112,7 +112,8 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let result = state
         .resilience
         .call(&route.owner, policy, |timeout| {
-            state.upstreams.unary(&route.owner, path, request_message.clone(), metadata.clone(), timeout)
+            let target = route.grpc_target().clone();
+            state.upstreams.unary(&route.owner, target, request_message.clone(), metadata.clone(), timeout)
         })
         .instrument(span)
         .await;

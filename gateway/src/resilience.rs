@@ -449,7 +449,7 @@ impl Resilience {
                 Err(_elapsed) => Err(deadline_exceeded(owner)),
             };
             let code = result.as_ref().err().map_or(Code::Ok, Status::code);
-            metrics.upstream_calls.with_label_values(&[owner, &format!("{code:?}")]).inc();
+            metrics.upstream_calls.with_label_values(&[owner, code_name(code)]).inc();
             metrics.upstream_duration.with_label_values(&[owner]).observe(started.elapsed().as_secs_f64());
             admission.record(Outcome::of(code, client_chose_deadline));
             let status = match result {
@@ -486,6 +486,29 @@ impl Resilience {
 fn random_fraction() -> f64 {
     // 53 random bits fill an f64's mantissa exactly.
     getrandom::u64().map_or(0.5, |bits| (bits >> 11) as f64 / (1_u64 << 53) as f64)
+}
+
+/// The status code's name, as `{code:?}` writes it, for the metrics' labels.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "Ok",
+        Code::Cancelled => "Cancelled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
 }
 
 fn deadline_exceeded(owner: &str) -> Status {
@@ -637,6 +660,14 @@ mod tests {
         fail(&breaker, 3);
         late.record(Outcome::Healthy);
         assert_eq!(gauge(&breaker), 2);
+    }
+
+    #[test]
+    fn status_code_labels_are_the_codes_names() {
+        for number in 0..=16 {
+            let code = Code::from_i32(number);
+            assert_eq!(code_name(code), format!("{code:?}"));
+        }
     }
 
     #[test]

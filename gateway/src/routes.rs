@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use axum::http::Method;
+use axum::http::{Method, uri::PathAndQuery};
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
 
 /// One segment of a path template.
@@ -29,7 +29,7 @@ pub struct Route {
     /// The method runs a model, so a call counts against the tenant's monthly inference quota.
     pub inference: bool,
     /// `/package.Service/Method`.
-    grpc_path: String,
+    grpc_path: PathAndQuery,
     /// Writes the answer as JSON.
     pub(crate) json: Arc<crate::json::Writer>,
 }
@@ -37,6 +37,11 @@ pub struct Route {
 impl Route {
     /// The gRPC path, e.g. `/aigronova.health.v1.HealthQuantum/GetPatient`.
     pub fn grpc_path(&self) -> &str {
+        self.grpc_path.as_str()
+    }
+
+    /// The gRPC path as a request target (parsed once, shared by every call).
+    pub(crate) fn grpc_target(&self) -> &PathAndQuery {
         &self.grpc_path
     }
 }
@@ -103,7 +108,8 @@ impl RouteTable {
                     template,
                     segments,
                     body,
-                    grpc_path: format!("/{}/{}", service.full_name(), method.name()),
+                    grpc_path: PathAndQuery::from_maybe_shared(format!("/{}/{}", service.full_name(), method.name()))
+                        .map_err(|error| anyhow::anyhow!("{}: not a gRPC path: {error}", method.full_name()))?,
                     json: Arc::new(crate::json::Writer::new(&method.output())),
                     method: method.clone(),
                     scope,

@@ -11,6 +11,7 @@ use std::{
 };
 
 use bytes::{Buf, BufMut, Bytes};
+use http::uri::PathAndQuery;
 use tonic::{
     Status,
     client::Grpc,
@@ -90,7 +91,7 @@ impl Upstreams {
     pub(crate) async fn unary(
         &self,
         owner: &str,
-        path: &str,
+        path: PathAndQuery,
         message: Bytes,
         metadata: MetadataMap,
         timeout: Duration,
@@ -104,14 +105,14 @@ impl Upstreams {
         grpc.ready().await.map_err(|error| Status::unavailable(format!("{owner} is unavailable: {error}")))?;
         let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
         request.set_timeout(timeout);
-        let path = path.parse().map_err(|_| Status::internal("bad gRPC path"))?;
         grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
     }
 
     /// Whether `owner` reports SERVING on `grpc.health.v1`.
     pub(crate) async fn is_serving(&self, owner: &str) -> bool {
         // An empty HealthCheckRequest asks about the whole server; SERVING encodes as field 1 = 1.
-        match self.unary(owner, "/grpc.health.v1.Health/Check", Bytes::new(), MetadataMap::new(), self.timeout).await {
+        let check = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
+        match self.unary(owner, check, Bytes::new(), MetadataMap::new(), self.timeout).await {
             Ok(response) => response.as_ref() == [0x08, 0x01],
             Err(_) => false,
         }

@@ -7,7 +7,9 @@
 //! - healthquantum's `ListModels`: two model cards with their 40 features, metrics and bands,
 //!   several kilobytes of JSON, so that the transcoding of a real answer shows too.
 //!
-//! Prints a Markdown table per RPC. `make bench` runs it in release mode. Settings:
+//! The gateway side runs twice, with an HTTP/1.1 client (one connection per request in flight)
+//! and with an HTTP/2 client (one connection, as the direct gRPC client has). Prints a Markdown
+//! table per RPC. `make bench` runs it in release mode. Settings:
 //! `BENCH_SECONDS` (default 5) per side, `BENCH_CONCURRENCY` (default 8) requests in flight.
 
 mod common;
@@ -22,7 +24,7 @@ use aigronova_proto::aigronova::{
 };
 use tonic::transport::Channel;
 
-use crate::common::{drive, env_number, print, unlimited_enterprise};
+use crate::common::{Run, drive, env_number, print, unlimited_enterprise};
 
 struct Settings {
     seconds: u64,
@@ -99,30 +101,45 @@ where
     let answer_bytes = answer.bytes().await.expect("the answer").len();
     let duration = Duration::from_secs(settings.seconds);
 
-    let client = app.client.clone();
-    let key = key.clone();
-    let through_gateway = drive("gateway (HTTP/JSON)", settings.concurrency, duration, move || {
+    let http1 = through_gateway("gateway, HTTP/1.1 client", app.client.clone(), &url, key, settings).await;
+    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("an HTTP/2 client");
+    let http2 = through_gateway("gateway, HTTP/2 client", http2, &url, key, settings).await;
+    let direct = drive("direct gRPC", settings.concurrency, duration, direct).await;
+
+    println!("{rpc} (`GET {path}`, {answer_bytes} bytes of JSON):");
+    println!();
+    print("requests", &[&direct, &http1, &http2]);
+    println!();
+    for gateway in [&http1, &http2] {
+        let added = gateway.percentile(0.50).as_secs_f64() - direct.percentile(0.50).as_secs_f64();
+        println!(
+            "{}: adds {:.3} ms at p50 and keeps {:.0}% of the direct throughput ({} in flight, {} s a side)",
+            gateway.label,
+            added * 1000.0,
+            100.0 * gateway.rps() / direct.rps(),
+            settings.concurrency,
+            settings.seconds
+        );
+    }
+}
+
+/// Drives `GET url` with `key` through the gateway with `client`.
+async fn through_gateway(
+    label: &'static str,
+    client: reqwest::Client,
+    url: &str,
+    key: &Arc<String>,
+    settings: &Settings,
+) -> Run {
+    let (url, key) = (Arc::new(url.to_owned()), key.clone());
+    drive(label, settings.concurrency, Duration::from_secs(settings.seconds), move || {
         let (client, url, key) = (client.clone(), url.clone(), key.clone());
         async move {
-            match client.get(&url).bearer_auth(key.as_str()).send().await {
+            match client.get(url.as_str()).bearer_auth(key.as_str()).send().await {
                 Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
                 Err(_) => false,
             }
         }
     })
-    .await;
-    let direct = drive("direct gRPC", settings.concurrency, duration, direct).await;
-
-    println!("{rpc} (`GET {path}`, {answer_bytes} bytes of JSON):");
-    println!();
-    print("requests", &[&direct, &through_gateway]);
-    let added = through_gateway.percentile(0.50).as_secs_f64() - direct.percentile(0.50).as_secs_f64();
-    println!();
-    println!(
-        "gateway adds {:.3} ms at p50 and keeps {:.0}% of the direct throughput ({} in flight, {} s a side)",
-        added * 1000.0,
-        100.0 * through_gateway.rps() / direct.rps(),
-        settings.concurrency,
-        settings.seconds
-    );
+    .await
 }
