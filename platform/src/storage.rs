@@ -14,7 +14,7 @@ use std::{
 
 use sqlx::{
     Any, AnyConnection, AnyPool, Transaction,
-    any::{AnyPoolOptions, AnyRow, install_default_drivers},
+    any::{AnyPoolOptions, install_default_drivers},
     migrate::Migrator,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -327,40 +327,6 @@ impl Database {
             writer.close().await;
         }
     }
-}
-
-/// SQLite: runs `batch` (`BEGIN IMMEDIATE; …; COMMIT`) in the writers' turn, in one exchange
-/// with the connection's worker thread, and returns the rows its statements returned. A statement
-/// that fails rolls the whole batch back. The batch runs on a task of its own, so that a caller
-/// that gives up half-way cannot leave a transaction open on a pooled connection.
-async fn run_sqlite_batch(
-    pool: &AnyPool,
-    writers: &Arc<Semaphore>,
-    batch: sqlx::query::Query<'static, Any, sqlx::any::AnyArguments>,
-) -> Result<Vec<AnyRow>, StoreError> {
-    let turn = tokio::time::timeout(WRITE_WAIT, writers.clone().acquire_owned())
-        .await
-        .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
-        .expect("the writers' semaphore is never closed");
-    let pool = pool.clone();
-    let running = tokio::spawn(async move {
-        let _turn = turn;
-        let mut connection = pool.acquire().await?;
-        match batch.fetch_all(&mut *connection).await {
-            Ok(rows) => Ok(rows),
-            Err(error) => {
-                // Nothing after the failed statement ran: the transaction is open, unless
-                // `BEGIN` itself failed. A connection that cannot roll back is not reused.
-                if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await
-                    && !rollback.to_string().contains("no transaction is active")
-                {
-                    connection.close_on_drop();
-                }
-                Err(StoreError::Database(error))
-            }
-        }
-    });
-    running.await.map_err(|error| StoreError::Corrupt(format!("a write batch did not finish: {error}")))?
 }
 
 /// `sqlite:<path>` with the file created on first use.

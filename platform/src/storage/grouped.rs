@@ -4,10 +4,10 @@
 
 use std::{collections::HashSet, fmt::Write as _, sync::Arc};
 
-use sqlx::{Any, AnyPool, Row, any::AnyArguments, query::Query};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row, any::AnyArguments, query::Query};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::StoreError;
+use super::{StoreError, WRITE_WAIT};
 
 /// The most writes one transaction takes.
 const MAX_GROUP: usize = 32;
@@ -71,53 +71,99 @@ pub struct KeyedWrite {
 
 pub(super) type Submission = (KeyedWrite, oneshot::Sender<Result<bool, StoreError>>);
 
-/// Starts the task that commits the writes sent to the returned sender, in groups, on `pool`
-/// in the writers' turn. It stops when every sender is gone.
+/// Starts the task that commits the writes sent to the returned sender, in groups, in the
+/// writers' turn, on a connection of its own taken out of `pool` (so that no check runs each time
+/// it would go back to the pool). It stops, closing its connection, when `pool` closes or every
+/// sender is gone.
 pub(super) fn start(pool: AnyPool, writers: Arc<Semaphore>) -> mpsc::UnboundedSender<Submission> {
     let (sender, mut receiver) = mpsc::unbounded_channel::<Submission>();
     tokio::spawn(async move {
+        let closed = pool.close_event();
+        tokio::pin!(closed);
+        let mut writer = Writer { pool, writers, connection: None };
         let mut group = Vec::with_capacity(MAX_GROUP);
-        while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
-            commit(&pool, &writers, std::mem::take(&mut group)).await;
+        loop {
+            tokio::select! {
+                received = receiver.recv_many(&mut group, MAX_GROUP) => {
+                    if received == 0 {
+                        break;
+                    }
+                    writer.commit(std::mem::take(&mut group)).await;
+                }
+                () = &mut closed => break,
+            }
+        }
+        if let Some(connection) = writer.connection.take() {
+            let _ = connection.close().await;
         }
     });
     sender
 }
 
-/// Commits `group` in one transaction. When that fails, each write is tried in a transaction of
-/// its own, so that only the write at fault fails.
-async fn commit(pool: &AnyPool, writers: &Arc<Semaphore>, group: Vec<Submission>) {
-    if group.len() > 1 {
-        let writes: Vec<&KeyedWrite> = group.iter().map(|(write, _)| write).collect();
-        if let Ok(keys) = run(pool, writers, &writes).await {
-            for (write, reply) in group {
-                let _ = reply.send(Ok(keys.contains(&write.key)));
-            }
-            return;
-        }
-    }
-    for (write, reply) in group {
-        let result = run(pool, writers, &[&write]).await.map(|keys| keys.contains(&write.key));
-        let _ = reply.send(result);
-    }
+struct Writer {
+    pool: AnyPool,
+    writers: Arc<Semaphore>,
+    /// Taken from `pool` on first use, and again after a failure left it unusable.
+    connection: Option<AnyConnection>,
 }
 
-/// Runs `writes` as one transaction and returns the keys their statements returned.
-async fn run(pool: &AnyPool, writers: &Arc<Semaphore>, writes: &[&KeyedWrite]) -> Result<HashSet<String>, StoreError> {
-    let mut sql = String::from("BEGIN IMMEDIATE; ");
-    let mut offset = 0;
-    for write in writes {
-        renumber(&write.statements, offset, &mut sql);
-        sql.push_str("; ");
-        offset += write.params.len();
+impl Writer {
+    /// Commits `group` in one transaction. When that fails, each write is tried in a transaction
+    /// of its own, so that only the write at fault fails.
+    async fn commit(&mut self, group: Vec<Submission>) {
+        if group.len() > 1 {
+            let writes: Vec<&KeyedWrite> = group.iter().map(|(write, _)| write).collect();
+            if let Ok(keys) = self.run(&writes).await {
+                for (write, reply) in group {
+                    let _ = reply.send(Ok(keys.contains(&write.key)));
+                }
+                return;
+            }
+        }
+        for (write, reply) in group {
+            let result = self.run(&[&write]).await.map(|keys| keys.contains(&write.key));
+            let _ = reply.send(result);
+        }
     }
-    sql.push_str("COMMIT");
-    let query = bind_params(
-        sqlx::query(sqlx::AssertSqlSafe(sql)),
-        writes.iter().flat_map(|write| write.params.iter().cloned()),
-    );
-    let rows = super::run_sqlite_batch(pool, writers, query).await?;
-    Ok(rows.iter().filter_map(|row| row.try_get::<String, _>(0).ok()).collect())
+
+    /// Runs `writes` as one transaction, in one exchange with the connection's worker thread, and
+    /// returns the keys their statements returned. A statement that fails rolls them all back.
+    async fn run(&mut self, writes: &[&KeyedWrite]) -> Result<HashSet<String>, StoreError> {
+        let mut sql = String::from("BEGIN IMMEDIATE; ");
+        let mut offset = 0;
+        for write in writes {
+            renumber(&write.statements, offset, &mut sql);
+            sql.push_str("; ");
+            offset += write.params.len();
+        }
+        sql.push_str("COMMIT");
+        let query = bind_params(
+            sqlx::query(sqlx::AssertSqlSafe(sql)),
+            writes.iter().flat_map(|write| write.params.iter().cloned()),
+        );
+
+        let _turn = tokio::time::timeout(WRITE_WAIT, self.writers.acquire())
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
+            .expect("the writers' semaphore is never closed");
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            empty => empty.insert(self.pool.acquire().await?.detach()),
+        };
+        match query.fetch_all(&mut *connection).await {
+            Ok(rows) => Ok(rows.iter().filter_map(|row| row.try_get::<String, _>(0).ok()).collect()),
+            Err(error) => {
+                // Nothing after the failed statement ran: the transaction is open, unless `BEGIN`
+                // itself failed. A connection that cannot roll back is not used again.
+                if let Err(rollback) = sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await
+                    && !rollback.to_string().contains("no transaction is active")
+                {
+                    self.connection = None;
+                }
+                Err(StoreError::Database(error))
+            }
+        }
+    }
 }
 
 /// Appends `statements` to `out` with each `$n` parameter outside quotes made `$(n + offset)`.
