@@ -13,18 +13,17 @@
 //! `BENCH_SECONDS` (default 5) per side, `BENCH_CONCURRENCY` (default 8) requests in flight.
 
 mod common;
+mod internal;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use aigronova_e2e::{Backend, TestApp, spawn_app_with};
-use aigronova_platform::auth::{Caller, TokenSigner, attach_token};
-use aigronova_proto::aigronova::{
-    governance::v1::{GetPublicKeyRequest, audit_log_client::AuditLogClient},
-    health::v1::{ListModelsRequest, health_quantum_client::HealthQuantumClient},
-};
-use tonic::transport::Channel;
+use aigronova_proto::aigronova::health::v1::{ListModelsRequest, health_quantum_client::HealthQuantumClient};
 
-use crate::common::{Run, drive, env_number, print, unlimited_enterprise};
+use crate::{
+    common::{drive, env_number, print, unlimited_enterprise},
+    internal::{GET_PUBLIC_KEY_PATH, Internal, connect, drive_gateway, get_public_key, signed},
+};
 
 struct Settings {
     seconds: u64,
@@ -35,34 +34,19 @@ struct Settings {
 async fn main() {
     let settings =
         Settings { seconds: env_number("BENCH_SECONDS", 5), concurrency: env_number("BENCH_CONCURRENCY", 8) as usize };
-    let signing_key = TokenSigner::generate().to_base64();
+    let internal = Internal::new();
     let app = spawn_app_with(Backend::Sqlite, |config| {
-        config.internal_auth.signing_key = Some(signing_key.clone());
-        config.internal_auth.verifying_key = None;
+        internal.configure(config);
         unlimited_enterprise(config);
     })
     .await;
     let tenant = app.create_tenant_on("Bench", "enterprise").await;
     let scopes = ["governance:read", "health:read"];
     let key = Arc::new(app.create_key(&tenant, &scopes).await);
-    let signer = TokenSigner::from_base64(&signing_key).unwrap();
-    let caller = Caller {
-        tenant_id: tenant.clone(),
-        subject: "bench".into(),
-        scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
-    };
-    let token = Arc::new(signer.mint_reusable(&caller));
+    let token = internal.token(&tenant, &scopes);
 
-    let audit_log = AuditLogClient::new(connect(&app, aigronova_ai_governance::SERVICE_NAME).await);
-    compare(&app, &settings, &key, "GetPublicKey", "/v1/governance/audit/public-key", {
-        let token = token.clone();
-        move || {
-            let mut client = audit_log.clone();
-            let request = signed(GetPublicKeyRequest {}, &token);
-            async move { client.get_public_key(request).await.is_ok() }
-        }
-    })
-    .await;
+    let direct = get_public_key(&app, token.clone()).await;
+    compare(&app, &settings, &key, "GetPublicKey", GET_PUBLIC_KEY_PATH, direct).await;
     println!();
 
     let health = HealthQuantumClient::new(connect(&app, aigronova_healthquantum::SERVICE_NAME).await);
@@ -73,20 +57,6 @@ async fn main() {
     })
     .await;
     app.stop().await;
-}
-
-async fn connect(app: &TestApp, service: &str) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr(service)))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-fn signed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    attach_token(request.metadata_mut(), token);
-    request
 }
 
 /// Drives `path` through the gateway, then the same RPC directly with `direct`, and prints both.
@@ -101,9 +71,10 @@ where
     let answer_bytes = answer.bytes().await.expect("the answer").len();
     let duration = Duration::from_secs(settings.seconds);
 
-    let http1 = through_gateway("gateway, HTTP/1.1 client", app.client.clone(), &url, key, settings).await;
+    let (concurrency, client) = (settings.concurrency, app.client.clone());
+    let http1 = drive_gateway("gateway, HTTP/1.1 client", client, &url, key, concurrency, duration).await;
     let http2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("an HTTP/2 client");
-    let http2 = through_gateway("gateway, HTTP/2 client", http2, &url, key, settings).await;
+    let http2 = drive_gateway("gateway, HTTP/2 client", http2, &url, key, concurrency, duration).await;
     let direct = drive("direct gRPC", settings.concurrency, duration, direct).await;
 
     println!("{rpc} (`GET {path}`, {answer_bytes} bytes of JSON):");
@@ -121,25 +92,4 @@ where
             settings.seconds
         );
     }
-}
-
-/// Drives `GET url` with `key` through the gateway with `client`.
-async fn through_gateway(
-    label: &'static str,
-    client: reqwest::Client,
-    url: &str,
-    key: &Arc<String>,
-    settings: &Settings,
-) -> Run {
-    let (url, key) = (Arc::new(url.to_owned()), key.clone());
-    drive(label, settings.concurrency, Duration::from_secs(settings.seconds), move || {
-        let (client, url, key) = (client.clone(), url.clone(), key.clone());
-        async move {
-            match client.get(url.as_str()).bearer_auth(key.as_str()).send().await {
-                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-                Err(_) => false,
-            }
-        }
-    })
-    .await
 }

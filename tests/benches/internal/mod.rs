@@ -1,0 +1,93 @@
+//! Calls to the platform's services straight over gRPC, past the gateway, with an internal token
+//! as the gateway would mint: the reference for what the gateway adds.
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use aigronova_e2e::TestApp;
+use aigronova_platform::auth::{Caller, TokenSigner, attach_token};
+use aigronova_proto::aigronova::governance::v1::{GetPublicKeyRequest, audit_log_client::AuditLogClient};
+use tonic::transport::Channel;
+
+use crate::common::{Run, drive};
+
+/// The internal signing key the platform of a benchmark runs with, so that the benchmark can mint
+/// tokens its services accept.
+pub(crate) struct Internal {
+    signing_key: String,
+}
+
+impl Internal {
+    pub(crate) fn new() -> Self {
+        Self { signing_key: TokenSigner::generate().to_base64() }
+    }
+
+    /// Makes the platform sign and verify internal tokens with this key.
+    pub(crate) fn configure(&self, config: &mut aigronova_cli::AppConfig) {
+        config.internal_auth.signing_key = Some(self.signing_key.clone());
+        config.internal_auth.verifying_key = None;
+    }
+
+    /// A token for `tenant` with `scopes`, reusable as the gateway's are.
+    pub(crate) fn token(&self, tenant: &str, scopes: &[&str]) -> Arc<String> {
+        let signer = TokenSigner::from_base64(&self.signing_key).expect("the benchmark's signing key");
+        let caller = Caller {
+            tenant_id: tenant.to_owned(),
+            subject: "bench".into(),
+            scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        };
+        Arc::new(signer.mint_reusable(&caller))
+    }
+}
+
+/// A connection to `service`'s gRPC port.
+pub(crate) async fn connect(app: &TestApp, service: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc_addr(service)))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// `message` with `token` in its metadata.
+pub(crate) fn signed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    attach_token(request.metadata_mut(), token);
+    request
+}
+
+pub(crate) type Call = Pin<Box<dyn Future<Output = bool> + Send>>;
+
+/// `AuditLog.GetPublicKey` straight to ai-governance: the trivial RPC of the gateway's cost.
+pub(crate) async fn get_public_key(app: &TestApp, token: Arc<String>) -> impl Fn() -> Call + Clone + Send + 'static {
+    let client = AuditLogClient::new(connect(app, aigronova_ai_governance::SERVICE_NAME).await);
+    move || {
+        let mut client = client.clone();
+        let request = signed(GetPublicKeyRequest {}, &token);
+        Box::pin(async move { client.get_public_key(request).await.is_ok() })
+    }
+}
+
+/// The public path of `AuditLog.GetPublicKey`.
+pub(crate) const GET_PUBLIC_KEY_PATH: &str = "/v1/governance/audit/public-key";
+
+/// `GET url` through the gateway with `client` and `key`, from `concurrency` tasks.
+pub(crate) async fn drive_gateway(
+    label: &'static str,
+    client: reqwest::Client,
+    url: &str,
+    key: &Arc<String>,
+    concurrency: usize,
+    duration: Duration,
+) -> Run {
+    let (url, key) = (Arc::new(url.to_owned()), key.clone());
+    drive(label, concurrency, duration, move || {
+        let (client, url, key) = (client.clone(), url.clone(), key.clone());
+        async move {
+            match client.get(url.as_str()).bearer_auth(key.as_str()).send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
