@@ -1,13 +1,14 @@
 //! Model inference with ONNX Runtime (`ort`, loaded dynamically from `libonnxruntime.so`).
 //!
 //! A model lives in `<models_dir>/<name>/<version>/` as `model.onnx` and `manifest.json`. Loading
-//! checks the file's sha256 against the manifest, opens one session per model, and warms it up
-//! with the training means. Every call is timed into a Prometheus histogram.
+//! checks the file's sha256 against the manifest, opens one session per model and core (a call
+//! takes a free one instead of waiting for another call's), and warms each up with the training
+//! means. Every call is timed into a Prometheus histogram.
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex, OnceLock, PoisonError, TryLockError},
     time::Instant,
 };
 
@@ -134,10 +135,10 @@ pub struct Contribution {
     pub contribution: f64,
 }
 
-/// A loaded model with its one session.
+/// A loaded model with its sessions, one per core.
 pub struct Model {
     manifest: Manifest,
-    session: Mutex<Session>,
+    sessions: Vec<Mutex<Session>>,
     output: Output,
 }
 
@@ -304,13 +305,22 @@ impl Model {
         contributions
     }
 
-    /// One output per row, in order.
+    /// One output per row, in order, on a free session (or the first, when every one is busy).
     fn run(&self, rows: &[Vec<f32>]) -> Result<Vec<f64>, InferenceError> {
+        let free = self.sessions.iter().find_map(|session| match session.try_lock() {
+            Ok(session) => Some(session),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        });
+        let mut session = free.unwrap_or_else(|| self.sessions[0].lock().unwrap_or_else(PoisonError::into_inner));
+        self.run_on(&mut session, rows)
+    }
+
+    fn run_on(&self, session: &mut Session, rows: &[Vec<f32>]) -> Result<Vec<f64>, InferenceError> {
         let runtime = |error: ort::Error| InferenceError::Runtime(error.to_string());
         let width = self.manifest.features.len();
         let flat: Vec<f32> = rows.iter().flatten().copied().collect();
         let input = Tensor::from_array(([rows.len(), width], flat)).map_err(runtime)?;
-        let mut session = self.session.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let outputs = session.run(ort::inputs![self.manifest.input.name.as_str() => input]).map_err(runtime)?;
         let (name, per_row) = match &self.output {
             // Binary classifiers output [P(negative), P(positive)] per row.
@@ -406,11 +416,17 @@ fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Re
             return Err(bad("outputs must name `probabilities` (a classifier) or `value` (a regressor)".into()));
         }
     };
-    let session = open_session(environment, &dir.join(&manifest.file), intra_threads)
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let sessions = (0..cores)
+        .map(|_| open_session(environment, &dir.join(&manifest.file), intra_threads).map(Mutex::new))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|error| bad(format!("ONNX Runtime cannot open the model: {error}")))?;
-    let model = Model { manifest, session: Mutex::new(session), output };
+    let model = Model { manifest, sessions, output };
     let warm_up: Vec<f32> = model.manifest.features.iter().map(|f| f.training_mean as f32).collect();
-    model.run(&[warm_up])?;
+    for session in &model.sessions {
+        let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
+        model.run_on(&mut session, &[warm_up.clone()])?;
+    }
     Ok(model)
 }
 

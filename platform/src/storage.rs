@@ -148,12 +148,18 @@ fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
     // Settings of each connection (the journal mode is the file's, set once). In WAL mode,
     // NORMAL syncs at checkpoints rather than at every commit: a crash of the process loses
     // nothing; a power cut may roll back the last commits (the embedded mode's trade-off;
-    // production runs PostgreSQL).
+    // production runs PostgreSQL). A checkpoint copies the pages the WAL holds into the database
+    // and syncs it, inside the commit that crosses the threshold: at 8,000 pages instead of
+    // SQLite's 1,000, a page that many commits rewrite (a table's or an index's last leaf) is
+    // copied once for many more commits, and commits pay for a checkpoint an eighth as often.
     options.after_connect(|connection, _| {
         Box::pin(async move {
-            sqlx::raw_sql("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000")
-                .execute(connection)
-                .await?;
+            sqlx::raw_sql(
+                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+                 PRAGMA wal_autocheckpoint = 8000",
+            )
+            .execute(connection)
+            .await?;
             Ok(())
         })
     })
