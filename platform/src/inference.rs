@@ -425,7 +425,7 @@ fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Re
     let warm_up: Vec<f32> = model.manifest.features.iter().map(|f| f.training_mean as f32).collect();
     for session in &model.sessions {
         let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
-        model.run_on(&mut session, &[warm_up.clone()])?;
+        model.run_on(&mut session, std::slice::from_ref(&warm_up))?;
     }
     Ok(model)
 }
