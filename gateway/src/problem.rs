@@ -39,6 +39,11 @@ pub(crate) struct ProblemDocument {
 }
 
 impl Problem {
+    /// What went wrong, for the client.
+    pub fn detail(&self) -> &str {
+        &self.0.detail
+    }
+
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         let title = status.canonical_reason().unwrap_or("Error").to_owned();
         let slug = title.to_ascii_lowercase().replace(' ', "-");

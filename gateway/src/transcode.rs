@@ -16,6 +16,7 @@ use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, SerializeOptions,
     Value,
 };
+use serde_json::error::Category;
 
 use crate::{
     problem::Problem,
@@ -90,11 +91,18 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(descriptor.clone()));
     }
-    let json: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;
-    DynamicMessage::deserialize_with_options(descriptor.clone(), json, &DeserializeOptions::new()).map_err(|error| {
-        Problem::bad_request(format!("the request body does not match {}: {error}", descriptor.name()))
-    })
+    // Read straight from the bytes into the message, without a JSON tree in between.
+    let mut json = serde_json::Deserializer::from_slice(body);
+    DynamicMessage::deserialize_with_options(descriptor.clone(), &mut json, &DeserializeOptions::new())
+        .and_then(|message| json.end().map(|()| message))
+        .map_err(|error| match error.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                Problem::bad_request(format!("the request body is not valid JSON: {error}"))
+            }
+            Category::Data => {
+                Problem::bad_request(format!("the request body does not match {}: {error}", descriptor.name()))
+            }
+        })
 }
 
 fn apply_query(message: &mut DynamicMessage, query: &str) -> Result<(), Problem> {
@@ -205,4 +213,45 @@ fn http_body(message: &DynamicMessage) -> Response {
 /// Encodes a request message for the wire.
 pub(crate) fn encode(message: &DynamicMessage) -> Bytes {
     message.encode_to_vec().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::{DescriptorPool, MapKey};
+
+    use super::*;
+
+    fn assess_risk_request() -> MessageDescriptor {
+        DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)
+            .expect("the descriptor set decodes")
+            .get_message_by_name("aigronova.health.v1.AssessRiskRequest")
+            .expect("AssessRiskRequest")
+    }
+
+    fn detail(problem: Problem) -> String {
+        problem.detail().to_owned()
+    }
+
+    #[test]
+    fn a_body_is_read_into_its_message_with_the_json_mapping() {
+        let body = br#" {"patientId": "p1", "model": "breast-cancer", "features": {"mean radius": 17.99}} "#;
+        let message = parse_body(&assess_risk_request(), body).unwrap();
+        assert_eq!(message.get_field_by_name("patient_id").unwrap().as_str(), Some("p1"));
+        let features = message.get_field_by_name("features").unwrap().into_owned();
+        let features = features.as_map().unwrap();
+        assert_eq!(features.get(&MapKey::String("mean radius".into())), Some(&Value::F64(17.99)));
+    }
+
+    #[test]
+    fn bad_json_and_a_body_that_does_not_fit_the_message_are_told_apart() {
+        let descriptor = assess_risk_request();
+        for body in [&br#"{"model": "#[..], br#"{"model": "x"} trailing"#, br"not json"] {
+            let problem = detail(parse_body(&descriptor, body).unwrap_err());
+            assert!(problem.starts_with("the request body is not valid JSON"), "{problem}");
+        }
+        for body in [&br#"{"unknown": 1}"#[..], br#"{"features": {"mean radius": "high"}}"#, br"[]"] {
+            let problem = detail(parse_body(&descriptor, body).unwrap_err());
+            assert!(problem.starts_with("the request body does not match AssessRiskRequest"), "{problem}");
+        }
+    }
 }
