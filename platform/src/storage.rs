@@ -17,7 +17,7 @@ use sqlx::{
     any::{AnyPoolOptions, install_default_drivers},
     migrate::Migrator,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tonic::Status;
 
 pub use self::grouped::{KeyedWrite, Param, bind_params};
@@ -102,7 +102,7 @@ pub struct Database {
     /// than poll SQLite's lock (whose busy handler sleeps up to tens of milliseconds a try).
     writers: Arc<Semaphore>,
     /// SQLite: where [`Self::write_keyed`] sends its writes to be committed in groups.
-    grouped: Option<mpsc::UnboundedSender<grouped::Submission>>,
+    grouped: Option<grouped::Grouper>,
 }
 
 /// A transaction of a [`Database`]; on SQLite a writing one holds the process's write turn until
@@ -244,7 +244,7 @@ impl Database {
     pub async fn write_keyed(&self, write: KeyedWrite) -> Result<bool, StoreError> {
         let grouped = self.grouped.as_ref().expect("write_keyed runs on SQLite only");
         let (reply, answer) = oneshot::channel();
-        grouped.send((write, reply)).map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
+        grouped.sender.send((write, reply)).map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?;
         answer.await.map_err(|_| StoreError::Database(sqlx::Error::PoolClosed))?
     }
 
@@ -327,10 +327,15 @@ impl Database {
         Ok(())
     }
 
+    /// Closes the pools and waits for the group writer to close its connection: on SQLite, the
+    /// files are complete once this returns.
     pub async fn close(&self) {
         self.pool.close().await;
         if let Some(writer) = &self.writer {
             writer.close().await;
+        }
+        if let Some(grouped) = &self.grouped {
+            grouped.stopped().await;
         }
     }
 }
@@ -416,6 +421,13 @@ mod tests {
         assert_eq!(count(&database).await, 2 + 39 * 2);
         assert!(database.write_keyed(keyed("g", "h")).await.unwrap());
         assert_eq!(count(&database).await, 2 + 39 * 2 + 2);
+
+        // Once closed, every connection is: the last one folded the WAL into the file.
+        database.close().await;
+        assert!(!dir.path().join("batch.db-wal").exists(), "a connection is still open");
+        assert!(matches!(database.write_keyed(keyed("i", "j")).await, Err(StoreError::Database(_))));
+        let reopened = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
+        assert_eq!(count(&reopened).await, 2 + 39 * 2 + 2);
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 use std::{collections::HashSet, fmt::Write as _, sync::Arc};
 
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Row, any::AnyArguments, query::Query};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::{StoreError, WRITE_WAIT};
 
@@ -75,9 +75,11 @@ pub(super) type Submission = (KeyedWrite, oneshot::Sender<Result<bool, StoreErro
 /// writers' turn, on a connection of its own taken out of `pool` (so that no check runs each time
 /// it would go back to the pool). It stops, closing its connection, when `pool` closes or every
 /// sender is gone.
-pub(super) fn start(pool: AnyPool, writers: Arc<Semaphore>) -> mpsc::UnboundedSender<Submission> {
+pub(super) fn start(pool: AnyPool, writers: Arc<Semaphore>) -> Grouper {
     let (sender, mut receiver) = mpsc::unbounded_channel::<Submission>();
+    let (running, stopped) = watch::channel(());
     tokio::spawn(async move {
+        let _running = running;
         let closed = pool.close_event();
         tokio::pin!(closed);
         let mut writer = Writer { pool, writers, connection: None };
@@ -97,7 +99,23 @@ pub(super) fn start(pool: AnyPool, writers: Arc<Semaphore>) -> mpsc::UnboundedSe
             let _ = connection.close().await;
         }
     });
-    sender
+    Grouper { sender, stopped }
+}
+
+/// The handle of a writer task: where writes go, and whether it has stopped.
+#[derive(Clone, Debug)]
+pub(super) struct Grouper {
+    pub(super) sender: mpsc::UnboundedSender<Submission>,
+    /// Closed when the task has stopped and closed its connection.
+    stopped: watch::Receiver<()>,
+}
+
+impl Grouper {
+    /// Waits until the task has stopped (after its pool closed) and closed its connection.
+    pub(super) async fn stopped(&self) {
+        let mut stopped = self.stopped.clone();
+        while stopped.changed().await.is_ok() {}
+    }
 }
 
 struct Writer {
