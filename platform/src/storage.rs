@@ -386,12 +386,18 @@ mod tests {
         }
     }
 
+    /// An SQLite database `batch.db` in `dir` with a table `t` of unique texts, and its URL.
+    async fn table_of_unique_texts(dir: &Path) -> (Database, String) {
+        let url = format!("sqlite://{}", dir.join("batch.db").display());
+        let database = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
+        sqlx::raw_sql("CREATE TABLE t (x TEXT UNIQUE NOT NULL)").execute(database.pool()).await.unwrap();
+        (database, url)
+    }
+
     #[tokio::test]
     async fn keyed_writes_commit_whole_or_not_at_all_alone_and_in_groups() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("batch.db").display());
-        let database = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
-        sqlx::raw_sql("CREATE TABLE t (x TEXT UNIQUE NOT NULL)").execute(database.pool()).await.unwrap();
+        let (database, url) = table_of_unique_texts(dir.path()).await;
 
         assert!(database.write_keyed(keyed("a", "b")).await.unwrap());
         assert_eq!(count(&database).await, 2);
@@ -433,9 +439,7 @@ mod tests {
     #[tokio::test]
     async fn a_keyed_write_that_changes_nothing_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("none.db").display());
-        let database = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
-        sqlx::raw_sql("CREATE TABLE t (x TEXT UNIQUE NOT NULL)").execute(database.pool()).await.unwrap();
+        let (database, _) = table_of_unique_texts(dir.path()).await;
         let write = KeyedWrite {
             statements: "INSERT INTO t SELECT $1 WHERE 0; INSERT INTO t SELECT $2 WHERE changes() = 1 RETURNING x"
                 .into(),
