@@ -40,7 +40,8 @@ pub(crate) struct ProblemDocument {
 
 impl Problem {
     /// What went wrong, for the client.
-    pub fn detail(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn detail(&self) -> &str {
         &self.0.detail
     }
 

@@ -141,8 +141,8 @@ const OUTBOX_INSERT: &str = "INSERT INTO audit_outbox (event_id, tenant_id, even
 /// `event` in the outbox in the same transaction of `tenant_id`, if the statement changed a row.
 /// Returns whether it did; when it did not, nothing is written.
 ///
-/// On SQLite the statement and the outbox row go as one [`KeyedWrite`], committed together with
-/// the other services' tasks' writes of the moment ([`Database::write_keyed`]).
+/// On SQLite the statement and the outbox row go as one [`KeyedWrite`], committed in one
+/// transaction with the other writes submitted meanwhile ([`Database::write_keyed`]).
 pub async fn write_recorded(
     database: &Database,
     tenant_id: &str,
