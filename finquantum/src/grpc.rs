@@ -212,7 +212,7 @@ fn parse_id(field: &str, value: &str) -> Result<String, Error> {
 }
 
 /// Scores `row` with `model`: the probability of default and each feature's contribution to it,
-/// on the calling task (one small batch of tree models; see `assessment::assess` in
+/// on the calling task (one row of a tree model and its contributions; see `assessment::assess` in
 /// healthquantum).
 fn predict(model: &Model, row: &[f32]) -> Result<(f64, Vec<(String, f64)>), Error> {
     let (probability, contributions) = model.predict_explained(row)?;

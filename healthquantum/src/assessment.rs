@@ -76,9 +76,9 @@ pub struct Assessment {
 /// How many contributing features an assessment reports.
 pub const TOP_FEATURES: usize = 5;
 
-/// Scores `input` for `patient_id`. Inference runs on the calling task: one batch of these tree
-/// models (the row and its occluded copies) takes tens of microseconds, less than a hand-off to
-/// the blocking pool and back costs on a few cores (measured in `tests/benches/health.rs`).
+/// Scores `input` for `patient_id`. Inference runs on the calling task: one row of these tree
+/// models and its contributions take microseconds, less than a hand-off to the blocking pool and
+/// back costs on a few cores (measured in `tests/benches/health.rs`).
 pub fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Error> {
     let ModelInput { model, named, row } = input;
     let (output, contributions) = model.predict_explained(&row)?;

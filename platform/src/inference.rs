@@ -4,6 +4,13 @@
 //! checks the file's sha256 against the manifest, opens one session per model and core (a call
 //! takes a free one instead of waiting for another call's), and warms each up with the training
 //! means. Every call is timed into a Prometheus histogram.
+//!
+//! Contributions are occlusions: the output minus the output with one feature at its training
+//! mean. For a tree ensemble that agrees with ONNX Runtime on probe rows at load time (see
+//! [`trees`]) they come from walking its trees; for any other model, from scoring a copy of the
+//! row per feature in one batch.
+
+mod trees;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -140,6 +147,10 @@ pub struct Model {
     manifest: Manifest,
     sessions: Vec<Mutex<Session>>,
     output: Output,
+    /// The model's trees, when they reproduce its output (contributions walk them).
+    ensemble: Option<trees::Ensemble>,
+    /// Each feature's training mean, in model order: what occlusion puts in its place.
+    means: Vec<f32>,
 }
 
 impl std::fmt::Debug for Model {
@@ -249,25 +260,54 @@ impl Model {
     }
 
     /// How much each feature moved the prediction for `row`, largest first: the prediction minus
-    /// the prediction with that feature replaced by its training mean, all scored in one batch.
-    /// An occlusion approximation of feature attribution (not SHAP): features that act together
-    /// share their effect unevenly, and a value at the mean contributes nothing.
+    /// the prediction with that feature replaced by its training mean. An occlusion
+    /// approximation of feature attribution (not SHAP): features that act together share their
+    /// effect unevenly, and a value at the mean contributes nothing.
     pub fn contributions(&self, row: &[f32], prediction: f64) -> Result<Vec<Contribution>, InferenceError> {
+        match &self.ensemble {
+            Some(ensemble) => {
+                let (output, occluded) = ensemble.occlusion(row, &self.means);
+                Ok(self.contributions_from(output, &occluded))
+            }
+            None => self.scored_contributions(row, prediction),
+        }
+    }
+
+    /// [`Self::contributions`] as ONNX Runtime scores them: every occluded copy of `row` in one
+    /// batch. What a model without a readable tree ensemble uses, and what the trees must agree with.
+    pub fn scored_contributions(&self, row: &[f32], prediction: f64) -> Result<Vec<Contribution>, InferenceError> {
         let outputs = self.run(&self.occluded_rows(row))?;
         Ok(self.contributions_from(prediction, &outputs))
     }
 
-    /// [`Self::predict`] and [`Self::contributions`] in one batch: the row and its occluded copies
-    /// scored together (each row's output does not depend on the others in the batch).
+    /// Whether contributions come from walking the model's trees rather than from a batch of
+    /// occluded rows.
+    pub fn walks_trees(&self) -> bool {
+        self.ensemble.is_some()
+    }
+
+    /// [`Self::predict`] and [`Self::contributions`] together. Without readable trees, the row
+    /// and its occluded copies are scored in one batch (each row's output does not depend on the
+    /// others in the batch).
     pub fn predict_explained(&self, row: &[f32]) -> Result<(f64, Vec<Contribution>), InferenceError> {
         let started = Instant::now();
-        let mut rows = Vec::with_capacity(self.manifest.features.len() + 1);
-        rows.push(row.to_vec());
-        rows.extend(self.occluded_rows(row));
-        let result = self.run(&rows).and_then(|outputs| match outputs.split_first() {
-            Some((prediction, occluded)) => Ok((*prediction, self.contributions_from(*prediction, occluded))),
-            None => Err(InferenceError::Runtime("empty output".into())),
-        });
+        let result = match &self.ensemble {
+            Some(ensemble) => self.run(&[row.to_vec()]).and_then(|outputs| {
+                let prediction =
+                    outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into()))?;
+                let (output, occluded) = ensemble.occlusion(row, &self.means);
+                Ok((prediction, self.contributions_from(output, &occluded)))
+            }),
+            None => {
+                let mut rows = Vec::with_capacity(self.manifest.features.len() + 1);
+                rows.push(row.to_vec());
+                rows.extend(self.occluded_rows(row));
+                self.run(&rows).and_then(|outputs| match outputs.split_first() {
+                    Some((prediction, occluded)) => Ok((*prediction, self.contributions_from(*prediction, occluded))),
+                    None => Err(InferenceError::Runtime("empty output".into())),
+                })
+            }
+        };
         let outcome = if result.is_ok() { "ok" } else { "error" };
         latency_histogram()
             .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
@@ -281,9 +321,9 @@ impl Model {
             .features
             .iter()
             .enumerate()
-            .map(|(index, feature)| {
+            .map(|(index, _)| {
                 let mut occluded = row.to_vec();
-                occluded[index] = feature.training_mean as f32;
+                occluded[index] = self.means[index];
                 occluded
             })
             .collect()
@@ -421,13 +461,48 @@ fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Re
         .map(|_| open_session(environment, &dir.join(&manifest.file), intra_threads).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| bad(format!("ONNX Runtime cannot open the model: {error}")))?;
-    let model = Model { manifest, sessions, output };
-    let warm_up: Vec<f32> = model.manifest.features.iter().map(|f| f.training_mean as f32).collect();
+    let means = manifest.features.iter().map(|feature| feature.training_mean as f32).collect();
+    let mut model = Model { manifest, sessions, output, ensemble: None, means };
     for session in &model.sessions {
         let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
-        model.run_on(&mut session, std::slice::from_ref(&warm_up))?;
+        model.run_on(&mut session, std::slice::from_ref(&model.means))?;
+    }
+    let file = dir.join(&model.manifest.file);
+    let bytes = std::fs::read(&file).map_err(|error| bad(error.to_string()))?;
+    match trees::Ensemble::read(&bytes, model.manifest.features.len()) {
+        Ok(ensemble) => match model.disagreement(&ensemble)? {
+            None => model.ensemble = Some(ensemble),
+            Some(reason) => {
+                tracing::warn!(model = %model.name(), %reason, "the trees do not reproduce the model; contributions score a batch");
+            }
+        },
+        Err(reason) => {
+            tracing::info!(model = %model.name(), %reason, "not a readable tree ensemble; contributions score a batch");
+        }
     }
     Ok(model)
+}
+
+impl Model {
+    /// Where `ensemble` and ONNX Runtime disagree by more than 1e-5 (relative, for outputs
+    /// above one) on the probe rows: the training means, and each feature in turn at its minimum
+    /// and at its maximum.
+    fn disagreement(&self, ensemble: &trees::Ensemble) -> Result<Option<String>, InferenceError> {
+        let mut probes = vec![self.means.clone()];
+        for (index, feature) in self.manifest.features.iter().enumerate() {
+            for value in [feature.min, feature.max] {
+                let mut probe = self.means.clone();
+                probe[index] = value as f32;
+                probes.push(probe);
+            }
+        }
+        let scored = self.run(&probes)?;
+        Ok(probes.iter().zip(scored).find_map(|(probe, scored)| {
+            let walked = ensemble.predict(probe);
+            ((walked - scored).abs() > 1e-5 * scored.abs().max(1.0))
+                .then(|| format!("{walked} against {scored} for {probe:?}"))
+        }))
+    }
 }
 
 fn open_session(environment: &Environment, file: &Path, intra_threads: usize) -> Result<Session, ort::Error> {

@@ -60,10 +60,29 @@ fn every_committed_model_loads_and_reproduces_its_python_reference() {
             let output = model.predict(&vector).unwrap();
             let expected = row.get("probability").or(row.get("value")).and_then(serde_json::Value::as_f64).unwrap();
             assert!((output - expected).abs() < 1e-5, "{name}: {output} vs {expected}");
-            // Scored in one batch with the occluded rows, the output and the contributions are the same.
             let (explained, contributions) = model.predict_explained(&vector).unwrap();
             assert_eq!(explained, output, "{name}");
             assert_eq!(contributions, model.contributions(&vector, output).unwrap(), "{name}");
+            // Walking the trees gives what ONNX Runtime gives for the occluded rows.
+            assert!(model.walks_trees(), "{name}");
+            let scored: HashMap<String, f64> = model
+                .scored_contributions(&vector, output)
+                .unwrap()
+                .into_iter()
+                .map(|contribution| (contribution.feature, contribution.contribution))
+                .collect();
+            assert_eq!(contributions.len(), scored.len(), "{name}");
+            assert!(contributions.iter().any(|contribution| contribution.contribution.abs() > 1e-3), "{name}");
+            for contribution in &contributions {
+                let expected = scored[&contribution.feature];
+                let tolerance = 1e-5 * expected.abs().max(output.abs()).max(1.0);
+                assert!(
+                    (contribution.contribution - expected).abs() <= tolerance,
+                    "{name} {}: walked {} against scored {expected}",
+                    contribution.feature,
+                    contribution.contribution
+                );
+            }
             assert_eq!(model.is_regression(), row.get("value").is_some(), "{name}");
         }
     }
