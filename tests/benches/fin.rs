@@ -1,5 +1,7 @@
 //! FinQuantum credit scores side by side in one run, the same credit-risk row each time:
 //! - the raw ONNX Runtime call in process (the floor),
+//! - in process, the output with its contributions as the service computes them (the trees
+//!   walked) beside the same scored as one batch of occluded rows,
 //! - the platform through the gateway (HTTP/JSON, API key, rate limit, transcoding, internal
 //!   token, validation of the declared fields, the consent check, the customer's ingested
 //!   accounts and transactions read back and summarised, inference with the reason-code
@@ -32,8 +34,8 @@ use aigronova_e2e::{
 use serde_json::{Value, json};
 
 use crate::{
-    common::{drive, env_number, unlimited_enterprise},
-    reference::{PythonService, drive_python, drive_raw, first_reference_row, report},
+    common::{drive, env_number, print, unlimited_enterprise},
+    reference::{PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -45,6 +47,7 @@ async fn main() {
     let features = row["features"].clone();
     let expected = row["onnx_probability"].as_f64().unwrap();
     let raw = drive_raw("credit-risk", &features, concurrency, seconds).await;
+    let (walked, scored) = drive_explanations("credit-risk", &features, concurrency, seconds).await;
 
     // The platform, through the gateway, for a customer whose data is ingested under a consent.
     let bank = Institution::start().await;
@@ -98,4 +101,6 @@ async fn main() {
     let fastapi = drive_python(&service, body, concurrency, seconds).await;
 
     report("scores", &raw, &platform, &fastapi, concurrency);
+    println!();
+    print("explanations", &[&walked, &scored]);
 }

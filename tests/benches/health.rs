@@ -1,5 +1,7 @@
 //! HealthQuantum assessments side by side in one run, the same breast-cancer row each time:
 //! - the raw ONNX Runtime call in process (the floor),
+//! - in process, the output with its contributions as the service computes them (the trees
+//!   walked) beside the same scored as one batch of occluded rows,
 //! - the platform through the gateway (HTTP/JSON, API key, rate limit, transcoding, internal
 //!   token, validation, inference, top features, the assessment and its audit event committed
 //!   to SQLite),
@@ -25,7 +27,7 @@ use serde_json::json;
 use crate::{
     common::{drive, env_number, print, unlimited_enterprise},
     internal::{GET_PUBLIC_KEY_PATH, Internal, drive_gateway, get_public_key},
-    reference::{PythonService, drive_python, drive_raw, first_reference_row, report},
+    reference::{PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -35,6 +37,7 @@ async fn main() {
     let row = first_reference_row("breast-cancer");
     let features = row["features"].clone();
     let raw = drive_raw("breast-cancer", &features, concurrency, seconds).await;
+    let (walked, scored) = drive_explanations("breast-cancer", &features, concurrency, seconds).await;
 
     // The platform, through the gateway.
     let internal = Internal::new();
@@ -75,6 +78,8 @@ async fn main() {
     let fastapi = drive_python(&service, body, concurrency, seconds).await;
 
     report("assessments", &raw, &platform, &fastapi, concurrency);
+    println!();
+    print("explanations", &[&walked, &scored]);
     println!();
     print("requests", &[&direct, &gateway]);
     let cost = gateway.percentile(0.5).saturating_sub(direct.percentile(0.5));

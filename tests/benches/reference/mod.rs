@@ -95,6 +95,39 @@ pub(crate) async fn drive_raw(model: &str, features: &Value, concurrency: usize,
     .await
 }
 
+/// The two ways of explaining `model`'s output for `features`, in process: the row scored by
+/// ONNX Runtime with contributions from walking the trees (what the services do), and the row
+/// with its occluded copies scored in one ONNX Runtime batch (what a model without readable
+/// trees does).
+pub(crate) async fn drive_explanations(
+    model: &str,
+    features: &Value,
+    concurrency: usize,
+    seconds: Duration,
+) -> (Run, Run) {
+    let models =
+        ModelRegistry::load(&InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() }, &[model])
+            .expect("the model loads (is ORT_DYLIB_PATH set?)");
+    let model = models.get(model).unwrap();
+    assert!(model.walks_trees(), "{} is read as a tree ensemble", model.name());
+    let named: HashMap<String, f64> = serde_json::from_value(features.clone()).unwrap();
+    let row = Arc::new(model.feature_vector(&named, "features").unwrap());
+    let walked = drive("output and contributions, trees walked", concurrency, seconds, {
+        let (model, row) = (model.clone(), row.clone());
+        move || {
+            let (model, row) = (model.clone(), row.clone());
+            async move { model.predict_explained(&row).is_ok() }
+        }
+    })
+    .await;
+    let scored = drive("output and contributions, one batch scored", concurrency, seconds, move || {
+        let (model, row) = (model.clone(), row.clone());
+        async move { model.predict(&row).and_then(|output| model.scored_contributions(&row, output)).is_ok() }
+    })
+    .await;
+    (walked, scored)
+}
+
 /// The Python service's side of the comparison: `service` answering `body` as fast as
 /// `concurrency` callers ask, for `seconds`.
 pub(crate) async fn drive_python(service: &PythonService, body: String, concurrency: usize, seconds: Duration) -> Run {
