@@ -135,8 +135,10 @@ impl Validate for Config {
             return Err(ConfigError(format!("gateway.redis_url must be a redis:// URL, got {url:?}")));
         }
         for (owner, url) in &self.upstreams {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError(format!("gateway.upstreams.{owner} must be an http(s):// URL, got {url:?}")));
+            if !url.starts_with("http://") {
+                return Err(ConfigError(format!(
+                    "gateway.upstreams.{owner} must be an http:// URL (gRPC over plaintext HTTP/2), got {url:?}"
+                )));
             }
         }
         Ok(())

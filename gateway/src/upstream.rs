@@ -1,69 +1,233 @@
 //! A generic gRPC client: the gateway sends already-encoded request messages to the service that
-//! owns the route and gets the encoded response back, without generated stubs.
+//! owns the route and gets the encoded response back, without generated stubs. It speaks gRPC
+//! over HTTP/2 with `h2` directly: a unary call queues its HEADERS and DATA frames together, so
+//! that they usually leave in one write, and the calling task drives its own stream instead of
+//! handing the request to a buffer task and a dispatch task in turn.
 
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use bytes::{Buf, BufMut, Bytes};
-use http::uri::PathAndQuery;
-use tonic::{
-    Status,
-    client::Grpc,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    metadata::MetadataMap,
-    transport::{Channel, Endpoint},
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
+use http::{
+    HeaderMap, HeaderValue, Method, Request, Uri,
+    header::{CONTENT_TYPE, TE, USER_AGENT},
+    uri::{Authority, PathAndQuery, Scheme},
 };
+use tokio::net::TcpStream;
+use tonic::{Code, Status, metadata::MetadataMap};
 
-/// Passes message bytes through untouched.
-#[derive(Clone, Copy, Debug, Default)]
-struct RawCodec;
+/// The largest answer the gateway accepts from a service, as tonic's clients default to.
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// HTTP/2 flow-control windows, as hyper's clients default to.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
+/// The open connection's sender and its generation, so that a closing connection clears only
+/// itself.
+type Slot = Arc<Mutex<Option<(u64, SendRequest<Bytes>)>>>;
 
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
+/// One HTTP/2 connection to an upstream, opened on first use and again after it closes.
+#[derive(Debug)]
+struct Connection {
+    owner: String,
+    authority: Authority,
+    sender: Slot,
+    /// Held while connecting, so that callers waiting for the same connection open it once.
+    connecting: tokio::sync::Mutex<u64>,
+}
+
+impl Connection {
+    fn new(owner: &str, authority: Authority) -> Self {
+        Self { owner: owner.to_owned(), authority, sender: Arc::default(), connecting: tokio::sync::Mutex::new(0) }
     }
 
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
+    fn current(&self) -> Option<(u64, SendRequest<Bytes>)> {
+        self.sender.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// A sender ready for a new stream, connecting first if there is no open connection, and
+    /// once more if the one there turns out to be closing.
+    async fn ready(&self) -> Result<SendRequest<Bytes>, Status> {
+        let unavailable =
+            |error: &dyn std::fmt::Display| Status::unavailable(format!("{} is unavailable: {error}", self.owner));
+        if let Some((generation, sender)) = self.current() {
+            match sender.ready().await {
+                Ok(sender) => return Ok(sender),
+                Err(_) => {
+                    let mut slot = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+                    if slot.as_ref().is_some_and(|(current, _)| *current == generation) {
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        let sender = self.connect().await.map_err(|error| unavailable(&error))?;
+        sender.ready().await.map_err(|error| unavailable(&error))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Bytes>, anyhow::Error> {
+        let mut generation = self.connecting.lock().await;
+        if let Some((_, sender)) = self.current() {
+            return Ok(sender);
+        }
+        let address = self.authority.as_str();
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to {address} timed out"))??;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .enable_push(false)
+            .handshake::<_, Bytes>(stream)
+            .await?;
+        *generation += 1;
+        let current = *generation;
+        *self.sender.lock().unwrap_or_else(PoisonError::into_inner) = Some((current, sender.clone()));
+        let slot = Arc::clone(&self.sender);
+        let owner = self.owner.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(upstream = %owner, %error, "upstream connection closed");
+            }
+            let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|(generation, _)| *generation == current) {
+                *slot = None;
+            }
+        });
+        Ok(sender)
+    }
+
+    /// One unary call: the request's HEADERS and DATA frames are queued together.
+    async fn unary(
+        &self,
+        path: PathAndQuery,
+        message: Bytes,
+        metadata: MetadataMap,
+        timeout: Duration,
+    ) -> Result<Bytes, Status> {
+        let mut sender = self.ready().await?;
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|error| Status::internal(format!("bad upstream path: {error}")))?;
+        let mut request = Request::builder().method(Method::POST).uri(uri).body(()).expect("a valid request");
+        let headers = request.headers_mut();
+        *headers = metadata.into_headers();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert(USER_AGENT, HeaderValue::from_static(concat!("aigronova-gateway/", env!("CARGO_PKG_VERSION"))));
+        headers.insert("grpc-timeout", grpc_timeout(timeout));
+        let (response, mut stream) = sender.send_request(request, false).map_err(stream_error)?;
+        let mut framed = BytesMut::with_capacity(5 + message.len());
+        framed.put_u8(0);
+        framed.put_u32(u32::try_from(message.len()).map_err(|_| Status::internal("request message too large"))?);
+        framed.put_slice(&message);
+        stream.send_data(framed.freeze(), true).map_err(stream_error)?;
+        let response = response.await.map_err(stream_error)?;
+        let (parts, mut body) = response.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(Status::new(http_code(parts.status), format!("{} answered HTTP {}", self.owner, parts.status)));
+        }
+        // A trailers-only answer carries its status in the headers.
+        if let Some(status) = failed(&parts.headers) {
+            return Err(status);
+        }
+        let mut received = BytesMut::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(stream_error)?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if received.len() + chunk.len() > MAX_RESPONSE_BYTES + 5 {
+                return Err(Status::resource_exhausted(format!(
+                    "{} answered more than {MAX_RESPONSE_BYTES} bytes",
+                    self.owner
+                )));
+            }
+            received.extend_from_slice(&chunk);
+        }
+        let trailers = body.trailers().await.map_err(stream_error)?.unwrap_or_default();
+        if let Some(status) = failed(&trailers) {
+            return Err(status);
+        }
+        if trailers.get("grpc-status").is_none() && parts.headers.get("grpc-status").is_none() {
+            return Err(Status::internal(format!("{} answered without a grpc-status", self.owner)));
+        }
+        message_of(received.freeze())
     }
 }
 
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
+/// The status in `headers` when it is not OK.
+fn failed(headers: &HeaderMap) -> Option<Status> {
+    Status::from_header_map(headers).filter(|status| status.code() != Code::Ok)
+}
 
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
+/// The one message of a unary answer's length-prefixed body.
+fn message_of(mut body: Bytes) -> Result<Bytes, Status> {
+    if body.len() < 5 {
+        return Err(Status::internal("the answer holds no message"));
+    }
+    if body[0] != 0 {
+        return Err(Status::internal("the answer is compressed, which the gateway did not ask for"));
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    if body.len() != 5 + length {
+        return Err(Status::internal(format!("the answer's frame says {length} bytes but holds {}", body.len() - 5)));
+    }
+    Ok(body.split_off(5))
+}
+
+/// An HTTP/2 error on a call: a closed or refused connection is `Unavailable` (retried where
+/// the method allows it), a reset stream carries its reason.
+fn stream_error(error: h2::Error) -> Status {
+    if error.is_io() || error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        return Status::unavailable(format!("upstream connection failed: {error}"));
+    }
+    Status::from_error(Box::new(error))
+}
+
+/// The gRPC code for a non-200 HTTP answer (gRPC over HTTP/2, "HTTP to gRPC status code mapping").
+fn http_code(status: http::StatusCode) -> Code {
+    match status.as_u16() {
+        400 => Code::Internal,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::Unimplemented,
+        429 | 502 | 503 | 504 => Code::Unavailable,
+        _ => Code::Unknown,
     }
 }
 
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
+/// `grpc-timeout` in the most precise unit that fits its eight digits.
+fn grpc_timeout(timeout: Duration) -> HeaderValue {
+    let limit = 99_999_999_u128;
+    let value = [
+        (timeout.as_micros(), 'u'),
+        (timeout.as_millis(), 'm'),
+        (u128::from(timeout.as_secs()), 'S'),
+        (u128::from(timeout.as_secs() / 60), 'M'),
+    ]
+    .into_iter()
+    .find(|(value, _)| *value <= limit)
+    .map_or_else(|| format!("{limit}H"), |(value, unit)| format!("{value}{unit}"));
+    HeaderValue::try_from(value).expect("digits and a unit")
 }
 
-/// Lazily connected channels to each upstream service: one HTTP/2 connection per core, taken in
-/// turn, so that requests in flight on different cores do not all wait on one connection's state.
+/// Lazily connected HTTP/2 connections to each upstream service: one per core, taken in turn,
+/// so that requests in flight on different cores do not all wait on one connection's state.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstreams {
     /// Shared: the state every request clones holds this map.
-    channels: Arc<BTreeMap<String, Vec<Channel>>>,
+    connections: Arc<BTreeMap<String, Vec<Connection>>>,
     next: Arc<AtomicUsize>,
     /// Deadline of a health check.
     timeout: Duration,
@@ -72,19 +236,24 @@ pub(crate) struct Upstreams {
 impl Upstreams {
     /// `addresses` maps an owner name (`healthquantum`) to its URL (`http://127.0.0.1:50061`).
     pub(crate) fn new(addresses: &BTreeMap<String, String>, timeout: Duration) -> anyhow::Result<Self> {
-        let connections = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut channels = BTreeMap::new();
+        let count = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut connections = BTreeMap::new();
         for (owner, url) in addresses {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|error| anyhow::anyhow!("gateway.upstreams.{owner}: {error}"))?
-                .connect_timeout(Duration::from_secs(2));
-            channels.insert(owner.clone(), (0..connections).map(|_| endpoint.connect_lazy()).collect());
+            let uri: Uri = url.parse().map_err(|error| anyhow::anyhow!("gateway.upstreams.{owner}: {error}"))?;
+            if uri.scheme() != Some(&Scheme::HTTP) {
+                anyhow::bail!("gateway.upstreams.{owner}: the gateway speaks gRPC over plaintext HTTP/2, use http://");
+            }
+            let authority = uri
+                .authority()
+                .filter(|authority| authority.port().is_some())
+                .ok_or_else(|| anyhow::anyhow!("gateway.upstreams.{owner}: {url:?} needs a host and a port"))?;
+            connections.insert(owner.clone(), (0..count).map(|_| Connection::new(owner, authority.clone())).collect());
         }
-        Ok(Self { channels: Arc::new(channels), next: Arc::default(), timeout })
+        Ok(Self { connections: Arc::new(connections), next: Arc::default(), timeout })
     }
 
     pub(crate) fn owners(&self) -> impl Iterator<Item = &String> {
-        self.channels.keys()
+        self.connections.keys()
     }
 
     /// Calls `path` on `owner` with `message`, telling the upstream it has `timeout` to answer.
@@ -96,16 +265,12 @@ impl Upstreams {
         metadata: MetadataMap,
         timeout: Duration,
     ) -> Result<Bytes, Status> {
-        let channels = self
-            .channels
+        let connections = self
+            .connections
             .get(owner)
             .ok_or_else(|| Status::unavailable(format!("no upstream configured for {owner}")))?;
-        let channel = &channels[self.next.fetch_add(1, Ordering::Relaxed) % channels.len()];
-        let mut grpc = Grpc::new(channel.clone());
-        grpc.ready().await.map_err(|error| Status::unavailable(format!("{owner} is unavailable: {error}")))?;
-        let mut request = tonic::Request::from_parts(metadata, Default::default(), message);
-        request.set_timeout(timeout);
-        grpc.unary(request, path, RawCodec).await.map(tonic::Response::into_inner)
+        let connection = &connections[self.next.fetch_add(1, Ordering::Relaxed) % connections.len()];
+        connection.unary(path, message, metadata, timeout).await
     }
 
     /// Whether `owner` reports SERVING on `grpc.health.v1`.
@@ -116,5 +281,91 @@ impl Upstreams {
             Ok(response) => response.as_ref() == [0x08, 0x01],
             Err(_) => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_takes_the_most_precise_unit_of_eight_digits() {
+        for (timeout, expected) in [
+            (Duration::from_millis(500), "500000u"),
+            (Duration::from_secs(10), "10000000u"),
+            (Duration::from_secs(100), "100000m"),
+            (Duration::from_secs(200_000), "200000S"),
+            (Duration::from_secs(200_000_000), "3333333M"),
+        ] {
+            assert_eq!(grpc_timeout(timeout), expected, "{timeout:?}");
+        }
+    }
+
+    #[test]
+    fn an_answer_is_one_length_prefixed_uncompressed_message() {
+        let framed = |flag: u8, declared: u32, message: &[u8]| {
+            let mut body = vec![flag];
+            body.extend_from_slice(&declared.to_be_bytes());
+            body.extend_from_slice(message);
+            Bytes::from(body)
+        };
+        assert_eq!(message_of(framed(0, 2, b"\x08\x01")).unwrap(), Bytes::from_static(b"\x08\x01"));
+        assert_eq!(message_of(framed(0, 0, b"")).unwrap(), Bytes::new());
+        for (body, reason) in [
+            (Bytes::from_static(b"\0\0"), "no message"),
+            (framed(1, 2, b"\x08\x01"), "compressed"),
+            (framed(0, 3, b"\x08\x01"), "says 3 bytes but holds 2"),
+            (framed(0, 1, b"\x08\x01"), "says 1 bytes but holds 2"),
+        ] {
+            let status = message_of(body).unwrap_err();
+            assert_eq!(status.code(), Code::Internal);
+            assert!(status.message().contains(reason), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn http_answers_map_to_grpc_codes_as_the_protocol_says() {
+        for (status, code) in [
+            (400, Code::Internal),
+            (401, Code::Unauthenticated),
+            (403, Code::PermissionDenied),
+            (404, Code::Unimplemented),
+            (429, Code::Unavailable),
+            (502, Code::Unavailable),
+            (503, Code::Unavailable),
+            (504, Code::Unavailable),
+            (500, Code::Unknown),
+        ] {
+            assert_eq!(http_code(http::StatusCode::from_u16(status).unwrap()), code, "{status}");
+        }
+    }
+
+    #[test]
+    fn an_upstream_must_be_plaintext_http_with_a_port() {
+        let upstreams =
+            |url: &str| Upstreams::new(&[("healthquantum".to_owned(), url.to_owned())].into(), Duration::from_secs(1));
+        assert!(upstreams("http://127.0.0.1:50061").is_ok());
+        let https = upstreams("https://127.0.0.1:50061").unwrap_err().to_string();
+        assert!(https.contains("use http://"), "{https}");
+        let portless = upstreams("http://healthquantum").unwrap_err().to_string();
+        assert!(portless.contains("needs a host and a port"), "{portless}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_refuses_connections_is_unavailable() {
+        // A port that was just free: nothing listens on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let upstreams = Upstreams::new(
+            &[("healthquantum".to_owned(), format!("http://127.0.0.1:{port}"))].into(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let path = PathAndQuery::from_static("/aigronova.health.v1.HealthQuantum/ListModels");
+        let status = upstreams
+            .unary("healthquantum", path, Bytes::new(), MetadataMap::new(), Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().starts_with("healthquantum is unavailable"), "{status:?}");
     }
 }
