@@ -39,6 +39,8 @@ type Slot = Arc<Mutex<Option<(u64, SendRequest<Bytes>)>>>;
 struct Connection {
     owner: String,
     authority: Authority,
+    /// `host:port` to connect to (port 80 when the URL names none).
+    address: String,
     sender: Slot,
     /// Held while connecting, so that callers waiting for the same connection open it once.
     connecting: tokio::sync::Mutex<u64>,
@@ -46,7 +48,14 @@ struct Connection {
 
 impl Connection {
     fn new(owner: &str, authority: Authority) -> Self {
-        Self { owner: owner.to_owned(), authority, sender: Arc::default(), connecting: tokio::sync::Mutex::new(0) }
+        let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+        Self {
+            owner: owner.to_owned(),
+            authority,
+            address,
+            sender: Arc::default(),
+            connecting: tokio::sync::Mutex::new(0),
+        }
     }
 
     fn current(&self) -> Option<(u64, SendRequest<Bytes>)> {
@@ -78,7 +87,7 @@ impl Connection {
         if let Some((_, sender)) = self.current() {
             return Ok(sender);
         }
-        let address = self.authority.as_str();
+        let address = self.address.as_str();
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
             .await
             .map_err(|_| anyhow::anyhow!("connecting to {address} timed out"))??;
@@ -243,10 +252,8 @@ impl Upstreams {
             if uri.scheme() != Some(&Scheme::HTTP) {
                 anyhow::bail!("gateway.upstreams.{owner}: the gateway speaks gRPC over plaintext HTTP/2, use http://");
             }
-            let authority = uri
-                .authority()
-                .filter(|authority| authority.port().is_some())
-                .ok_or_else(|| anyhow::anyhow!("gateway.upstreams.{owner}: {url:?} needs a host and a port"))?;
+            let authority =
+                uri.authority().ok_or_else(|| anyhow::anyhow!("gateway.upstreams.{owner}: {url:?} names no host"))?;
             connections.insert(owner.clone(), (0..count).map(|_| Connection::new(owner, authority.clone())).collect());
         }
         Ok(Self { connections: Arc::new(connections), next: Arc::default(), timeout })
@@ -341,14 +348,16 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_must_be_plaintext_http_with_a_port() {
+    fn an_upstream_must_be_plaintext_http_with_a_host() {
         let upstreams =
             |url: &str| Upstreams::new(&[("healthquantum".to_owned(), url.to_owned())].into(), Duration::from_secs(1));
         assert!(upstreams("http://127.0.0.1:50061").is_ok());
         let https = upstreams("https://127.0.0.1:50061").unwrap_err().to_string();
         assert!(https.contains("use http://"), "{https}");
-        let portless = upstreams("http://healthquantum").unwrap_err().to_string();
-        assert!(portless.contains("needs a host and a port"), "{portless}");
+        let hostless = upstreams("/healthquantum").unwrap_err().to_string();
+        assert!(hostless.contains("use http://"), "{hostless}");
+        let portless = upstreams("http://healthquantum").unwrap();
+        assert_eq!(portless.connections["healthquantum"][0].address, "healthquantum:80");
     }
 
     #[tokio::test]

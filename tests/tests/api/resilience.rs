@@ -59,11 +59,20 @@ impl StandIn {
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tonic::transport::Server::builder()
-            .add_service(HealthQuantumServer::new(stand_in.clone()))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
-        tokio::spawn(server);
+        tokio::spawn(stand_in.serve(listener, std::future::pending()));
         (stand_in, url)
+    }
+
+    /// Serves on `listener` until `stop` completes, then closes its connections.
+    fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let server = tonic::transport::Server::builder()
+            .add_service(HealthQuantumServer::new(self.clone()))
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop);
+        async move { server.await.expect("the stand-in serves") }
     }
 
     fn calls(&self) -> usize {
@@ -422,6 +431,35 @@ async fn reads_are_retried_when_the_upstream_is_unavailable_and_writes_are_not()
     assert_eq!(response.headers().get("retry-after").unwrap(), "1");
     assert_problem(response, 503).await;
     assert_eq!(stand_in.calls(), 3, "the write was sent once");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_restarts_is_reached_again_on_new_connections() {
+    let (stand_in, _) = StandIn::start(Behaviour::Answer).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(stand_in.serve(listener, async move { stopped.await.unwrap_or_default() }));
+    let app = spawn_gateway(&format!("http://{address}"), |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    // Enough calls to open every connection the gateway keeps to the upstream.
+    for _ in 0..4 {
+        assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200);
+    }
+
+    stop.send(()).unwrap();
+    server.await.unwrap();
+    let response = app.get("/v1/health/patients/p-1", &key).await;
+    let problem = assert_problem(response, 503).await;
+    assert!(problem["detail"].as_str().unwrap().contains("unavailable"), "{problem}");
+
+    let listener = tokio::net::TcpListener::bind(address).await.expect("the same port again");
+    tokio::spawn(stand_in.serve(listener, std::future::pending()));
+    for _ in 0..4 {
+        assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200, "reconnected");
+    }
+    assert_eq!(stand_in.calls(), 8);
     app.stop().await;
 }
 
