@@ -32,7 +32,7 @@ use aigronova_platform::{
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
     crypto::TenantKeys,
-    grpc::GrpcListener,
+    grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
     storage::{Backend, Database},
@@ -44,7 +44,7 @@ use aigronova_proto::aigronova::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
-use tonic::service::Routes;
+use tonic::service::{Routes, interceptor::InterceptedService};
 
 use crate::{
     grpc::FinQuantumApi,
@@ -256,7 +256,10 @@ impl FinQuantumService {
             self.api.clone(),
             Authenticate::with_service_key(self.verifier.clone(), service_verifier),
         );
-        let service = FinQuantumServer::with_interceptor(self.api, Authenticate::new(self.verifier));
+        let service = InterceptedService::new(
+            FinQuantumServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            Authenticate::new(self.verifier),
+        );
         let routes = Routes::new(service).add_service(data_subject);
         let names = [fin_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
         let served = self.listener.serve(routes, &names, shutdown).await;

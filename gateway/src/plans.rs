@@ -66,6 +66,14 @@ impl PlanLimits {
         if self.burst == 0 || self.max_body_bytes == 0 {
             return Err(ConfigError(format!("gateway.plans.{plan}.burst and max_body_bytes must be positive")));
         }
+        // A body becomes one gRPC message, which also carries the request's other fields.
+        let largest = aigronova_platform::grpc::MAX_MESSAGE_BYTES - 1024 * 1024;
+        if self.max_body_bytes > largest {
+            return Err(ConfigError(format!(
+                "gateway.plans.{plan}.max_body_bytes must be at most {largest} (63 MiB: a body travels as one gRPC \
+                 message of at most 64 MiB)"
+            )));
+        }
         let slowest = 1_000_000.0 / crate::ratelimit::MAX_INTERVAL_MICROS as f64;
         if self.requests_per_second < slowest || self.requests_per_second > 1_000_000.0 {
             return Err(ConfigError(format!(
@@ -114,5 +122,22 @@ impl Plans {
         self.starter.validate("starter")?;
         self.professional.validate("professional")?;
         self.enterprise.validate("enterprise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_body_must_fit_one_grpc_message() {
+        let largest = aigronova_platform::grpc::MAX_MESSAGE_BYTES - 1024 * 1024;
+        let plans = |max_body_bytes| Plans {
+            enterprise: PlanLimits { max_body_bytes, ..PlanLimits::enterprise() },
+            ..Plans::default()
+        };
+        assert!(plans(largest).validate().is_ok());
+        let error = plans(largest + 1).validate().unwrap_err().to_string();
+        assert!(error.contains("gateway.plans.enterprise.max_body_bytes must be at most"), "{error}");
     }
 }

@@ -23,8 +23,8 @@ use http::{
 use tokio::net::TcpStream;
 use tonic::{Code, Status, metadata::MetadataMap};
 
-/// The largest answer the gateway accepts from a service, as tonic's clients default to.
-const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+use aigronova_platform::grpc::MAX_MESSAGE_BYTES;
+
 /// HTTP/2 flow-control windows, as hyper's clients default to.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
@@ -156,9 +156,9 @@ impl Connection {
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(stream_error)?;
             let _ = body.flow_control().release_capacity(chunk.len());
-            if received.len() + chunk.len() > MAX_RESPONSE_BYTES + 5 {
+            if received.len() + chunk.len() > MAX_MESSAGE_BYTES + 5 {
                 return Err(Status::resource_exhausted(format!(
-                    "{} answered more than {MAX_RESPONSE_BYTES} bytes",
+                    "{} answered more than {MAX_MESSAGE_BYTES} bytes",
                     self.owner
                 )));
             }

@@ -27,7 +27,7 @@ use aigronova_platform::{
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
     crypto::TenantKeys,
-    grpc::GrpcListener,
+    grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
     storage::{Backend, Database},
@@ -39,7 +39,7 @@ use aigronova_proto::aigronova::{
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::Migrator;
-use tonic::service::Routes;
+use tonic::service::{Routes, interceptor::InterceptedService};
 
 use crate::{grpc::HealthQuantumApi, store::Store};
 
@@ -180,7 +180,10 @@ impl HealthQuantumService {
             self.api.clone(),
             Authenticate::with_service_key(self.verifier.clone(), service_verifier),
         );
-        let service = HealthQuantumServer::with_interceptor(self.api, Authenticate::new(self.verifier));
+        let service = InterceptedService::new(
+            HealthQuantumServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            Authenticate::new(self.verifier),
+        );
         let routes = Routes::new(service).add_service(data_subject);
         let names = [health_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
         let served = self.listener.serve(routes, &names, shutdown).await;

@@ -13,6 +13,11 @@ use tonic_health::ServingStatus;
 
 use crate::shutdown::Shutdown;
 
+/// The largest message a service behind the gateway takes or the gateway takes back: above the
+/// largest request body a plan allows by default (50 MiB for Enterprise), so that an image the
+/// plan accepts is never refused by the gRPC layer.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A bound gRPC listener; binding first lets `127.0.0.1:0` callers learn the port.
 #[derive(Debug)]
 pub struct GrpcListener {

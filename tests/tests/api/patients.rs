@@ -344,6 +344,38 @@ async fn medical_images(backend: Backend) {
     app.stop().await;
 }
 
+/// An image larger than a gRPC message's usual 4 MiB, within the Enterprise plan's 50 MiB, goes
+/// through the gateway to the service and back unchanged.
+#[tokio::test]
+async fn an_image_as_large_as_the_plan_allows_goes_up_and_comes_back() {
+    let app = aigronova_e2e::spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Hospital", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    // Noise does not compress: 1,400 × 1,400 pixels make a PNG of about 6 MB.
+    let mut state = 0x2545_f491_u32;
+    let noise = image::RgbImage::from_fn(1_400, 1_400, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [r, g, b, _] = state.to_le_bytes();
+        image::Rgb([r, g, b])
+    });
+    let mut picture = Vec::new();
+    noise.write_to(&mut std::io::Cursor::new(&mut picture), image::ImageFormat::Png).unwrap();
+    assert!(picture.len() > 5 * 1024 * 1024, "{} bytes", picture.len());
+
+    let response = upload(&app, &key, &patient, "image/png", picture.clone()).await;
+    assert_eq!(response.status(), 200);
+    let image: Value = response.json().await.unwrap();
+    assert_eq!(image["sizeBytes"], picture.len().to_string());
+    let path = format!("/v1/health/patients/{patient}/images/{}", image["id"].as_str().unwrap());
+    let response = app.get(&path, &key).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.bytes().await.unwrap() == picture, "the image comes back unchanged");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn medical_images_on_sqlite() {
     medical_images(Backend::Sqlite).await;
