@@ -429,6 +429,11 @@ impl ModelRegistry {
 /// Reads and checks a model folder without opening a session: the manifest must parse and the
 /// file's sha256 must match it.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, InferenceError> {
+    read_model(dir).map(|(manifest, _)| manifest)
+}
+
+/// [`read_manifest`], with the checked model file's bytes.
+fn read_model(dir: &Path) -> Result<(Manifest, Vec<u8>), InferenceError> {
     let manifest_path = dir.join("manifest.json");
     let bad = |reason: String| InferenceError::BadManifest { path: manifest_path.clone(), reason };
     let text = std::fs::read_to_string(&manifest_path).map_err(|error| bad(error.to_string()))?;
@@ -443,11 +448,12 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, InferenceError> {
     if !actual.eq_ignore_ascii_case(&manifest.sha256) {
         return Err(InferenceError::ChecksumMismatch { path: model_path, expected: manifest.sha256, actual });
     }
-    Ok(manifest)
+    Ok((manifest, bytes))
 }
 
 fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Result<Model, InferenceError> {
-    let manifest = read_manifest(dir)?;
+    // Read once: the bytes that were checked are the ones every session and the trees come from.
+    let (manifest, bytes) = read_model(dir)?;
     let bad = |reason: String| InferenceError::BadManifest { path: dir.to_path_buf(), reason };
     let output = match (manifest.outputs.get("probabilities"), manifest.outputs.get("value")) {
         (Some(name), _) => Output::Probabilities(name.clone()),
@@ -458,7 +464,7 @@ fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Re
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let sessions = (0..cores)
-        .map(|_| open_session(environment, &dir.join(&manifest.file), intra_threads).map(Mutex::new))
+        .map(|_| open_session(environment, &bytes, intra_threads).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| bad(format!("ONNX Runtime cannot open the model: {error}")))?;
     let means = manifest.features.iter().map(|feature| feature.training_mean as f32).collect();
@@ -467,8 +473,6 @@ fn load_model(environment: &Environment, dir: &Path, intra_threads: usize) -> Re
         let mut session = session.lock().unwrap_or_else(PoisonError::into_inner);
         model.run_on(&mut session, std::slice::from_ref(&model.means))?;
     }
-    let file = dir.join(&model.manifest.file);
-    let bytes = std::fs::read(&file).map_err(|error| bad(error.to_string()))?;
     match trees::Ensemble::read(&bytes, model.manifest.features.len()) {
         Ok(ensemble) => match model.disagreement(&ensemble)? {
             None => model.ensemble = Some(ensemble),
@@ -505,11 +509,11 @@ impl Model {
     }
 }
 
-fn open_session(environment: &Environment, file: &Path, intra_threads: usize) -> Result<Session, ort::Error> {
+fn open_session(environment: &Environment, model: &[u8], intra_threads: usize) -> Result<Session, ort::Error> {
     let mut builder = Session::builder(environment)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
         .with_intra_threads(intra_threads)?;
-    builder.commit_from_file(file)
+    builder.commit_from_memory(model)
 }
 
 /// The highest version folder under `model_dir` (numeric versions compare as numbers).
