@@ -14,7 +14,8 @@
 #        models/train_breast_cancer.py -> models/breast-cancer/1/
 #        models/train_diabetes.py      -> models/diabetes-progression/1/
 #        models/train_credit_risk.py   -> models/credit-risk/1/
-#      (model.onnx, manifest.json, reference.json in each);
+#      (model.onnx, manifest.json, reference.json in each); the scripts
+#      import their shared helpers from models/common.py;
 #   3. `git diff --exit-code -- models/breast-cancer models/diabetes-progression models/credit-risk`:
 #      exit 0 if the regenerated files are byte-for-byte the committed ones,
 #      else explain and exit 1.

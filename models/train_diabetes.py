@@ -39,33 +39,26 @@ Usage (from the repository root)::
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxmltools
-import onnxruntime
-import sklearn
 import xgboost
-from onnx import helper
-from onnxmltools.convert.common.data_types import FloatTensorType
 from sklearn.datasets import load_diabetes
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from sklearn.model_selection import train_test_split
+
+import common
+from common import INPUT_NAME, log, rnd
 
 # --------------------------------------------------------------------------
-# Constants: everything that defines the model lives here.
+# Constants: everything that defines the model lives here.  The settings
+# shared by all models (ONNX opset and names, rounding, binning) are in
+# models/common.py.
 # --------------------------------------------------------------------------
 
 MODEL_NAME = "diabetes-progression"
 MODEL_VERSION = "1"
-
-# Paths are resolved relative to this file so the script works from any cwd.
-MODELS_DIR = Path(__file__).resolve().parent
-OUT_DIR = MODELS_DIR / MODEL_NAME / MODEL_VERSION
+OUT_DIR = common.MODELS_DIR / MODEL_NAME / MODEL_VERSION
 
 SEED = 42
 TEST_SIZE = 0.25
@@ -92,9 +85,7 @@ XGB_PARAMS = dict(
     tree_method="hist",
 )
 
-# onnxmltools' XGBoost converter supports target opsets up to 15.
-TARGET_OPSET = 15
-INPUT_NAME = "input"
+# Name of the regressor's single ONNX output.
 VALUE_OUTPUT = "variable"
 
 # Maximum allowed |ONNX - XGBoost| difference of the predictions, in target
@@ -102,17 +93,11 @@ VALUE_OUTPUT = "variable"
 # they differ by a few float32 ulps of values around 150 (ulp ~1.5e-5).
 TOLERANCE = 1e-3
 
-# Number of quantile bins per feature (=> NUM_BINS + 1 edges).
-NUM_BINS = 10
-
 # Valid range = this factor x the smallest / largest observed value.  The
 # scaled features are centred on 0 (every feature has a negative minimum and
 # a positive maximum), so this widens the observed range 4-fold on each side
 # of 0 and rejects only values that cannot come from the same scaling.
 VALID_RANGE_FACTOR = 4.0
-
-# Significant digits for every float written to manifest.json.
-SIG_DIGITS = 10
 
 # Risk bands in target units (disease progression one year after baseline;
 # 25..346 in the data).  A prediction v falls into the first band whose
@@ -128,11 +113,6 @@ RISK_BANDS = [
     {"name": "high", "upper": 1e9},
 ]
 
-# Fixed ONNX metadata so that the serialized bytes do not change between runs
-# (onnxmltools would otherwise put a random UUID in the graph name).
-ONNX_PRODUCER_NAME = "aigronova-models"
-ONNX_PRODUCER_VERSION = "1"
-ONNX_DOMAIN = "aigronova"
 ONNX_GRAPH_NAME = "diabetes_progression_xgboost"
 ONNX_DOC_STRING = (
     "AigroNova diabetes-progression v1: XGBoost regressor on scikit-learn's diabetes data "
@@ -141,111 +121,9 @@ ONNX_DOC_STRING = (
 )
 
 
-def log(msg: str) -> None:
-    """Print a progress line (flushed, so it interleaves well with pip/bash)."""
-    print(f"[train_diabetes] {msg}", flush=True)
-
-
-def rnd(x: float) -> float:
-    """Round a float to SIG_DIGITS significant digits, deterministically.
-
-    Formatting with ``%.10g`` and parsing back is platform independent
-    (correctly rounded), unlike e.g. ``round()`` on values of varying
-    magnitude.
-    """
-    return float(f"{float(x):.{SIG_DIGITS}g}")
-
-
-def strictly_increasing_edges(values: np.ndarray) -> list[float]:
-    """Quantile bin edges of ``values`` (NUM_BINS bins => NUM_BINS+1 edges).
-
-    Edges are rounded to SIG_DIGITS significant digits and deduplicated, so
-    the result is strictly increasing (``sex`` takes only two values and
-    yields fewer than 11 edges).
-    """
-    qs = np.quantile(values, np.linspace(0.0, 1.0, NUM_BINS + 1))
-    edges: list[float] = []
-    for q in qs:
-        e = rnd(q)
-        if not edges or e > edges[-1]:
-            edges.append(e)
-    return edges
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_json(path: Path, obj: object) -> None:
-    """Pretty JSON: sorted keys, 2-space indent, trailing newline, UTF-8."""
-    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-
-
-def band_of(value: float) -> str:
-    """Name of the risk band of a prediction (same rule as the Rust side)."""
-    for band in RISK_BANDS:
-        if value < band["upper"]:
-            return band["name"]
-    return RISK_BANDS[-1]["name"]
-
-
-def make_onnx_deterministic(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fix all metadata fields of the converted model and check the graph."""
-    model.producer_name = ONNX_PRODUCER_NAME
-    model.producer_version = ONNX_PRODUCER_VERSION
-    model.domain = ONNX_DOMAIN
-    model.model_version = int(MODEL_VERSION)
-    model.doc_string = ONNX_DOC_STRING
-    model.graph.name = ONNX_GRAPH_NAME
-    model.graph.doc_string = ""
-    del model.metadata_props[:]
-
-    # onnxmltools only imports the domains actually used by nodes (here just
-    # ai.onnx.ml).  Declare the default ONNX domain at the target opset too,
-    # so the file states the opset the manifest advertises.
-    domains = {imp.domain for imp in model.opset_import}
-    if "" not in domains and "ai.onnx" not in domains:
-        model.opset_import.append(helper.make_opsetid("", TARGET_OPSET))
-
-    # Make sure the I/O names are exactly what the manifest promises.
-    # onnxmltools already names the regressor's output 'variable', but
-    # rename defensively.
-    if len(model.graph.output) != 1:
-        raise SystemExit(f"ERROR: expected 1 output, got {len(model.graph.output)}")
-    out = model.graph.output[0]
-    if out.name != VALUE_OUTPUT:
-        old = out.name
-        log(f"renaming ONNX output {old!r} -> {VALUE_OUTPUT!r}")
-        out.name = VALUE_OUTPUT
-        for node in model.graph.node:
-            for i, name in enumerate(node.output):
-                if name == old:
-                    node.output[i] = VALUE_OUTPUT
-            for i, name in enumerate(node.input):
-                if name == old:
-                    node.input[i] = VALUE_OUTPUT
-    if [i.name for i in model.graph.input] != [INPUT_NAME]:
-        raise SystemExit(f"ERROR: unexpected ONNX inputs {[i.name for i in model.graph.input]}")
-
-    # Expected element types: input float32, output float32.
-    in_elem = model.graph.input[0].type.tensor_type.elem_type
-    out_elem = out.type.tensor_type.elem_type
-    if in_elem != onnx.TensorProto.FLOAT or out_elem != onnx.TensorProto.FLOAT:
-        raise SystemExit(f"ERROR: unexpected ONNX element types input={in_elem} output={out_elem}")
-
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 def main() -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    log(
-        f"versions: python {sys.version.split()[0]}, numpy {np.__version__}, "
-        f"scikit-learn {sklearn.__version__}, xgboost {xgboost.__version__}, "
-        f"onnx {onnx.__version__}, onnxmltools {onnxmltools.__version__}, "
-        f"onnxruntime {onnxruntime.__version__}"
-    )
+    common.log_versions()
 
     # ---------------------------------------------------------------- data
     # scaled=True is scikit-learn's default: the features are mean centred
@@ -267,13 +145,8 @@ def main() -> int:
         )
     log(f"rows={X.shape[0]} features={X.shape[1]} target: min={y.min():g} mean={y.mean():.2f} max={y.max():g}")
 
-    # Keep row indices through the split so reference rows can be traced.
     # Plain random split (no stratification: the target is continuous).
-    idx = np.arange(X.shape[0])
-    X_train, X_test, y_train, y_test, idx_train, idx_test = train_test_split(
-        X, y, idx, test_size=TEST_SIZE, random_state=SEED
-    )
-    log(f"split: training_rows={len(y_train)} heldout_rows={len(y_test)} (not stratified, random_state={SEED})")
+    X_train, X_test, y_train, y_test, idx_test = common.split_rows(X, y, TEST_SIZE, SEED, stratify=False)
 
     # XGBoost works in float32 internally and the ONNX input is float32, so
     # train and predict on float32 copies to keep both paths identical.
@@ -293,18 +166,16 @@ def main() -> int:
     log(f"held-out metrics: RMSE={rmse:.4f} MAE={mae:.4f} R2={r2:.4f}")
 
     # ---------------------------------------------------------------- export
-    log(f"converting to ONNX with onnxmltools {onnxmltools.__version__} (target opset {TARGET_OPSET}) ...")
-    onnx_model = onnxmltools.convert_xgboost(
-        reg,
-        name=ONNX_GRAPH_NAME,
-        initial_types=[(INPUT_NAME, FloatTensorType([None, X.shape[1]]))],
-        target_opset=TARGET_OPSET,
-    )
-    onnx_model = make_onnx_deterministic(onnx_model)
-    model_bytes = onnx_model.SerializeToString(deterministic=True)
     model_path = OUT_DIR / "model.onnx"
-    model_path.write_bytes(model_bytes)
-    log(f"wrote {model_path.relative_to(MODELS_DIR.parent)} ({len(model_bytes)} bytes)")
+    common.export_onnx(
+        reg,
+        X.shape[1],
+        model_path,
+        MODEL_VERSION,
+        ONNX_GRAPH_NAME,
+        ONNX_DOC_STRING,
+        {VALUE_OUTPUT: onnx.TensorProto.FLOAT},
+    )
 
     # ---------------------------------------------------------- verification
     # onnxruntime sums the 300 tree outputs in float32.  For a single row or
@@ -315,13 +186,7 @@ def main() -> int:
     # independent of the machine's core count, every session here runs with
     # intra_op_num_threads=1, which always uses the tree-order sum.
     log("verifying ONNX output against xgboost predict with onnxruntime ...")
-
-    def session(threads: int) -> onnxruntime.InferenceSession:
-        opts = onnxruntime.SessionOptions()
-        opts.intra_op_num_threads = threads
-        return onnxruntime.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-
-    sess = session(1)
+    sess = common.ort_session(model_path, threads=1)
     out_names = [o.name for o in sess.get_outputs()]
     if out_names != [VALUE_OUTPUT]:
         raise SystemExit(f"ERROR: onnxruntime sees outputs {out_names}")
@@ -344,7 +209,7 @@ def main() -> int:
     # is what lets the Rust side compare with reference.json within 1e-5
     # whether it scores the rows one at a time or in small batches.
     for threads in (1, 2, 4):
-        s = sess if threads == 1 else session(threads)
+        s = sess if threads == 1 else common.ort_session(model_path, threads)
         single = np.array([s.run([VALUE_OUTPUT], {INPUT_NAME: X_test32[i : i + 1]})[0][0, 0] for i in range(len(y_test))])
         (small,) = s.run([VALUE_OUTPUT], {INPUT_NAME: X_test32[:50]})
         if not (np.array_equal(single, onnx_value) and np.array_equal(np.asarray(small)[:, 0], onnx_value[:50])):
@@ -355,22 +220,10 @@ def main() -> int:
     log("OK: single rows and 50-row batches give bit-identical predictions with 1, 2 and 4 threads")
 
     # -------------------------------------------------------------- manifest
-    features = []
-    for j, name in enumerate(feature_names):
-        col_train = X_train[:, j]
-        features.append(
-            {
-                "name": name,
-                "dtype": "float32",
-                "min": rnd(VALID_RANGE_FACTOR * float(col_min[j])),
-                "max": rnd(VALID_RANGE_FACTOR * float(col_max[j])),
-                "training_mean": rnd(col_train.mean()),
-                "training_std": rnd(col_train.std(ddof=0)),
-                "bin_edges": strictly_increasing_edges(col_train),
-            }
-        )
-
-    manifest = {
+    features = common.feature_entries(
+        feature_names, X_train, VALID_RANGE_FACTOR * col_min, VALID_RANGE_FACTOR * col_max
+    )
+    card = {
         "name": MODEL_NAME,
         "version": MODEL_VERSION,
         "task": "regression",
@@ -384,15 +237,6 @@ def main() -> int:
             "variable[:, 0] is the predicted progression; risk bands: low < 100 <= moderate "
             "< 200 <= high (about the tertiles of the observed target)."
         ),
-        "framework": {
-            "library": "xgboost",
-            "library_version": xgboost.__version__,
-            "onnx_opset": TARGET_OPSET,
-            "converter": f"onnxmltools {onnxmltools.__version__}",
-        },
-        "file": model_path.name,
-        "sha256": sha256_of(model_path),
-        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": [None, X.shape[1]]},
         "outputs": {"value": VALUE_OUTPUT},
         "positive_class": "",
         "features": features,
@@ -426,7 +270,7 @@ def main() -> int:
                 "BSD-3-Clause: the data ships inside scikit-learn, which is distributed under "
                 "BSD-3-Clause; the original authors publish no separate licence for it"
             ),
-            "split": f"random (not stratified) {int(round((1 - TEST_SIZE) * 100))}/{int(round(TEST_SIZE * 100))}, random_state={SEED}",
+            "split": common.split_text(TEST_SIZE, SEED, stratify=False),
             "synthetic": False,
         },
         "intended_use": (
@@ -450,51 +294,33 @@ def main() -> int:
         ),
         "training_script": "models/train_diabetes.py",
     }
-    manifest_path = OUT_DIR / "manifest.json"
-    write_json(manifest_path, manifest)
-    log(f"wrote {manifest_path.relative_to(MODELS_DIR.parent)} (sha256 of model {manifest['sha256']})")
+    common.write_manifest(model_path, X.shape[1], card)
 
     # ------------------------------------------------------------- reference
     # One held-out row per risk band (the first one, in held-out order, whose
     # ONNX prediction falls in that band), so the reference covers every
     # band.  If a band had no such row, the first unused held-out rows fill
     # up to three.
-    chosen: list[int] = []
-    for band in RISK_BANDS:
-        for i in range(len(y_test)):
-            if band_of(float(onnx_value[i])) == band["name"]:
-                chosen.append(i)
-                break
-    for i in range(len(y_test)):
-        if len(chosen) >= 3:
-            break
-        if i not in chosen:
-            chosen.append(i)
-    chosen.sort()
+    chosen = sorted(common.fill_rows(common.first_row_in_each_band(onnx_value, RISK_BANDS), len(y_test)))
     rows = []
     for i in chosen:
         rows.append(
             {
-                # Exact float64 values from the data set (json writes the
-                # shortest repr that round-trips, so nothing is lost).  The
-                # model reads them as float32 (round to nearest).
-                "features": {name: float(X[idx_test[i], j]) for j, name in enumerate(feature_names)},
+                # The model reads the features as float32 (round to nearest).
+                "features": common.feature_values(feature_names, X[idx_test[i]]),
                 # onnxruntime's float32 output (tree-order sum, see the
                 # verification above), exactly, as a float.
                 "value": float(onnx_value[i]),
                 "xgboost_value": float(pred_test[i]),
                 "target": float(y_test[i]),
-                "risk_band": band_of(float(onnx_value[i])),
+                "risk_band": common.band_of(float(onnx_value[i]), RISK_BANDS),
             }
         )
-    reference = {"model": MODEL_NAME, "version": MODEL_VERSION, "rows": rows}
-    reference_path = OUT_DIR / "reference.json"
-    write_json(reference_path, reference)
     summary = ", ".join(
         f"row {idx_test[i]}: target={r['target']:g} onnx={r['value']:.6f} xgboost={r['xgboost_value']:.6f} ({r['risk_band']})"
         for i, r in zip(chosen, rows)
     )
-    log(f"wrote {reference_path.relative_to(MODELS_DIR.parent)} ({summary})")
+    common.write_reference(OUT_DIR, MODEL_NAME, MODEL_VERSION, rows, summary)
     log("done")
     return 0
 
