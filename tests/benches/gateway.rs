@@ -24,7 +24,7 @@ use aigronova_proto::aigronova::health::v1::{ListModelsRequest, health_quantum_c
 
 use crate::{
     common::{drive, env_number, print, unlimited_enterprise},
-    internal::{GET_PUBLIC_KEY_PATH, Internal, connect, drive_gateway, get_public_key, signed},
+    internal::{GET_PUBLIC_KEY_PATH, Internal, connect, drive_gateway, get_public_key},
 };
 
 #[derive(Clone, Copy)]
@@ -46,16 +46,16 @@ async fn main() {
     let tenant = app.create_tenant_on("Bench", "enterprise").await;
     let scopes = ["governance:read", "health:read"];
     let key = Arc::new(app.create_key(&tenant, &scopes).await);
-    let token = internal.token(&tenant, &scopes);
+    let tokens = internal.tokens(&tenant, &scopes);
 
-    let direct = get_public_key(&app, token.clone()).await;
+    let direct = get_public_key(&app, tokens.clone()).await;
     let trivial = compare(&app, &settings, &key, "GetPublicKey", GET_PUBLIC_KEY_PATH, direct.clone()).await;
     println!();
 
     let health = HealthQuantumClient::new(connect(&app, aigronova_healthquantum::SERVICE_NAME).await);
     compare(&app, &settings, &key, "healthquantum ListModels", "/v1/health/models", move || {
         let mut client = health.clone();
-        let request = signed(ListModelsRequest {}, &token);
+        let request = tokens.sign(ListModelsRequest {});
         async move { client.list_models(request).await.is_ok() }
     })
     .await;

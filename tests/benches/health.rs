@@ -67,7 +67,7 @@ async fn main() {
     .await;
 
     // The gateway's own cost, on the same platform.
-    let direct = get_public_key(&app, internal.token(&tenant, &scopes)).await;
+    let direct = get_public_key(&app, internal.tokens(&tenant, &scopes)).await;
     let direct = drive("GetPublicKey, direct gRPC", concurrency, seconds, direct).await;
     let url = app.url(GET_PUBLIC_KEY_PATH);
     let gateway = drive_gateway("GetPublicKey, gateway", app.client.clone(), &url, &key, concurrency, seconds).await;

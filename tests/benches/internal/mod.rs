@@ -27,15 +27,30 @@ impl Internal {
         config.internal_auth.verifying_key = None;
     }
 
-    /// A token for `tenant` with `scopes`, reusable as the gateway's are.
-    pub(crate) fn token(&self, tenant: &str, scopes: &[&str]) -> Arc<String> {
+    /// Tokens for `tenant` with `scopes`, minted and renewed as the gateway's are.
+    pub(crate) fn tokens(&self, tenant: &str, scopes: &[&str]) -> Tokens {
         let signer = TokenSigner::from_base64(&self.signing_key).expect("the benchmark's signing key");
         let caller = Caller {
             tenant_id: tenant.to_owned(),
             subject: "bench".into(),
             scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
         };
-        Arc::new(signer.mint_reusable(&caller))
+        Tokens(Arc::new((signer, caller)))
+    }
+}
+
+/// One caller's internal tokens: the same token while it is fresh, a new one before it expires,
+/// so that runs longer than a token's lifetime keep being accepted.
+#[derive(Clone)]
+pub(crate) struct Tokens(Arc<(TokenSigner, Caller)>);
+
+impl Tokens {
+    /// `message` with the caller's current token in its metadata.
+    pub(crate) fn sign<T>(&self, message: T) -> tonic::Request<T> {
+        let (signer, caller) = &*self.0;
+        let mut request = tonic::Request::new(message);
+        attach_token(request.metadata_mut(), &signer.mint_reusable(caller));
+        request
     }
 }
 
@@ -48,21 +63,14 @@ pub(crate) async fn connect(app: &TestApp, service: &str) -> Channel {
         .unwrap()
 }
 
-/// `message` with `token` in its metadata.
-pub(crate) fn signed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    attach_token(request.metadata_mut(), token);
-    request
-}
-
 pub(crate) type Call = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// `AuditLog.GetPublicKey` straight to ai-governance: the trivial RPC of the gateway's cost.
-pub(crate) async fn get_public_key(app: &TestApp, token: Arc<String>) -> impl Fn() -> Call + Clone + Send + 'static {
+pub(crate) async fn get_public_key(app: &TestApp, tokens: Tokens) -> impl Fn() -> Call + Clone + Send + 'static {
     let client = AuditLogClient::new(connect(app, aigronova_ai_governance::SERVICE_NAME).await);
     move || {
         let mut client = client.clone();
-        let request = signed(GetPublicKeyRequest {}, &token);
+        let request = tokens.sign(GetPublicKeyRequest {});
         Box::pin(async move { client.get_public_key(request).await.is_ok() })
     }
 }
