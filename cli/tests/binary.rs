@@ -82,28 +82,53 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     }
     let admin = admin_key_line(&head).expect("the first start prints an administrator key");
     let url = first.url.clone();
-    let (tenant_key, token_fragment) = runtime.block_on(exercise(&url, &admin));
+    let (tenant_id, tenant_key, token_fragment) = runtime.block_on(exercise(&url, &admin));
     std::thread::sleep(Duration::from_millis(200));
     let first_output = format!("{head}{}", stop(first));
 
     // Everything but the one line that hands the operator the key is log output.
     let logs: String =
         first_output.lines().filter(|line| !line.starts_with("Administrator key")).collect::<Vec<_>>().join("\n");
-    for secret in [admin.as_str(), tenant_key.as_str(), CPF, "529.982.247-25", PATIENT_NAME, "Bearer", &token_fragment]
-    {
+    for secret in [
+        admin.as_str(),
+        tenant_key.as_str(),
+        CPF,
+        "529.982.247-25",
+        PATIENT_NAME,
+        "Bearer",
+        &token_fragment,
+        CLIENT_JWT,
+    ] {
         assert!(!logs.contains(secret), "the logs contain {secret:?}:\n{logs}");
     }
-    let access_lines = logs.lines().filter(|line| line.contains("\"target\":\"access\"")).count();
-    assert_eq!(access_lines, 5, "one access line per request:\n{logs}");
+    let access: Vec<Value> = logs
+        .lines()
+        .filter(|line| line.contains("\"target\":\"access\""))
+        .map(|line| serde_json::from_str(line).expect("an access line is JSON"))
+        .collect();
+    assert_eq!(access.len(), 6, "one access line per request:\n{logs}");
+    for line in &access {
+        assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
+        assert!(line["route"].as_str().is_some_and(|route| route.starts_with("/v1/")), "{line}");
+        assert!(line["status"].is_u64() && line["latency_ms"].is_f64(), "{line}");
+    }
+    let tenant_calls: Vec<&Value> = access.iter().filter(|line| line["status"] == 200).collect();
+    assert_eq!(tenant_calls.len(), 2, "the patient and its assessment");
+    assert!(tenant_calls.iter().all(|line| line["tenant_id"] == tenant_id.as_str()), "{tenant_calls:?}");
+    let routes: Vec<&str> = tenant_calls.iter().map(|line| line["route"].as_str().unwrap()).collect();
+    assert_eq!(routes, ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments"]);
 
     let second = start(data.path(), None);
     let second_output = stop(second);
     assert!(admin_key_line(&second_output).is_none(), "the key is printed on the first start only");
 }
 
-/// Creates a tenant, a key, a patient and an assessment; returns the tenant key and a fragment of
-/// the patient's CPF-bearing request that must not be logged.
-async fn exercise(url: &str, admin: &str) -> (String, String) {
+/// A JWT from no provider the gateway trusts: refused, and never written to the logs.
+const CLIENT_JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJtYXJpYSJ9.c2lnbmF0dXJlLXRoYXQtaXMtbm90";
+
+/// Creates a tenant, a key, a patient and an assessment, and sends a key in the wrong header and
+/// a JWT nobody trusts; returns the tenant's id, its key and the prefix of every internal token.
+async fn exercise(url: &str, admin: &str) -> (String, String, String) {
     aigronova_gateway::install_crypto_provider();
     let client = reqwest::Client::new();
     let tenant: Value = client
@@ -158,7 +183,10 @@ async fn exercise(url: &str, admin: &str) -> (String, String) {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
-    (key, "v1.ey".to_owned())
+    let refused =
+        client.get(format!("{url}/v1/health/patients/{patient_id}")).bearer_auth(CLIENT_JWT).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    (id.to_owned(), key, "v1.ey".to_owned())
 }
 
 #[test]

@@ -14,8 +14,12 @@ pub struct PlanLimits {
     pub requests_per_second: f64,
     /// Requests a tenant may send at once above the sustained rate.
     pub burst: u32,
-    /// Also limit each API key on its own, at the same rate.
-    pub per_key: bool,
+    /// Sustained requests per second of each API key on its own, within the tenant's rate, so
+    /// that one key cannot spend the whole tenant's; unset: keys are limited only together.
+    pub key_requests_per_second: Option<f64>,
+    /// Requests one API key may send at once above its sustained rate; set with
+    /// `key_requests_per_second`.
+    pub key_burst: Option<u32>,
     /// Inference calls per calendar month (UTC) of a tenant.
     pub monthly_inference_quota: u64,
     /// Largest request body, in bytes, after decompression.
@@ -33,7 +37,8 @@ impl PlanLimits {
         Self {
             requests_per_second: 10.0,
             burst: 20,
-            per_key: false,
+            key_requests_per_second: None,
+            key_burst: None,
             monthly_inference_quota: 10_000,
             max_body_bytes: 1024 * 1024,
         }
@@ -43,7 +48,8 @@ impl PlanLimits {
         Self {
             requests_per_second: 50.0,
             burst: 100,
-            per_key: true,
+            key_requests_per_second: Some(25.0),
+            key_burst: Some(50),
             monthly_inference_quota: 250_000,
             max_body_bytes: 10 * 1024 * 1024,
         }
@@ -53,18 +59,39 @@ impl PlanLimits {
         Self {
             requests_per_second: 200.0,
             burst: 400,
-            per_key: true,
+            key_requests_per_second: Some(100.0),
+            key_burst: Some(200),
             monthly_inference_quota: 5_000_000,
             max_body_bytes: 50 * 1024 * 1024,
         }
     }
 
+    /// The rate and burst of one API key on its own, when the plan limits keys.
+    pub(crate) fn key_limits(&self) -> Option<(f64, u32)> {
+        self.key_requests_per_second.zip(self.key_burst)
+    }
+
     fn validate(&self, plan: &str) -> Result<(), ConfigError> {
-        if !(self.requests_per_second.is_finite() && self.requests_per_second > 0.0) {
-            return Err(ConfigError(format!("gateway.plans.{plan}.requests_per_second must be positive")));
+        validate_rate(plan, "", self.requests_per_second, self.burst)?;
+        if self.max_body_bytes == 0 {
+            return Err(ConfigError(format!("gateway.plans.{plan}.max_body_bytes must be positive")));
         }
-        if self.burst == 0 || self.max_body_bytes == 0 {
-            return Err(ConfigError(format!("gateway.plans.{plan}.burst and max_body_bytes must be positive")));
+        match (self.key_requests_per_second, self.key_burst) {
+            (None, None) => {}
+            (Some(rate), Some(burst)) => {
+                validate_rate(plan, "key_", rate, burst)?;
+                if rate > self.requests_per_second || burst > self.burst {
+                    return Err(ConfigError(format!(
+                        "gateway.plans.{plan}.key_requests_per_second and key_burst must not exceed the tenant's \
+                         requests_per_second and burst (a key is limited within its tenant)"
+                    )));
+                }
+            }
+            _ => {
+                return Err(ConfigError(format!(
+                    "gateway.plans.{plan}.key_requests_per_second and key_burst go together: set both or neither"
+                )));
+            }
         }
         // A body becomes one gRPC message, which also carries the request's other fields.
         let largest = aigronova_platform::grpc::MAX_MESSAGE_BYTES - 1024 * 1024;
@@ -74,20 +101,25 @@ impl PlanLimits {
                  message of at most 64 MiB)"
             )));
         }
-        let slowest = 1_000_000.0 / crate::ratelimit::MAX_INTERVAL_MICROS as f64;
-        if self.requests_per_second < slowest || self.requests_per_second > 1_000_000.0 {
-            return Err(ConfigError(format!(
-                "gateway.plans.{plan}.requests_per_second must be between one an hour ({slowest:.6}) and 1000000"
-            )));
-        }
-        if u64::from(self.burst) > crate::ratelimit::MAX_BURST {
-            return Err(ConfigError(format!(
-                "gateway.plans.{plan}.burst must be at most {}",
-                crate::ratelimit::MAX_BURST
-            )));
-        }
         Ok(())
     }
+}
+
+/// Checks `gateway.plans.<plan>.<prefix>requests_per_second` and `<prefix>burst`.
+fn validate_rate(plan: &str, prefix: &str, requests_per_second: f64, burst: u32) -> Result<(), ConfigError> {
+    let slowest = 1_000_000.0 / crate::ratelimit::MAX_INTERVAL_MICROS as f64;
+    if !(requests_per_second.is_finite() && (slowest..=1_000_000.0).contains(&requests_per_second)) {
+        return Err(ConfigError(format!(
+            "gateway.plans.{plan}.{prefix}requests_per_second must be between one an hour ({slowest:.6}) and 1000000"
+        )));
+    }
+    if burst == 0 || u64::from(burst) > crate::ratelimit::MAX_BURST {
+        return Err(ConfigError(format!(
+            "gateway.plans.{plan}.{prefix}burst must be between 1 and {}",
+            crate::ratelimit::MAX_BURST
+        )));
+    }
+    Ok(())
 }
 
 /// The limits of every plan.
@@ -139,5 +171,30 @@ mod tests {
         assert!(plans(largest).validate().is_ok());
         let error = plans(largest + 1).validate().unwrap_err().to_string();
         assert!(error.contains("gateway.plans.enterprise.max_body_bytes must be at most"), "{error}");
+    }
+
+    #[test]
+    fn key_limits_come_in_pairs_within_the_tenants() {
+        let plans = |key_requests_per_second, key_burst| Plans {
+            professional: PlanLimits { key_requests_per_second, key_burst, ..PlanLimits::professional() },
+            ..Plans::default()
+        };
+        assert!(Plans::default().validate().is_ok());
+        assert_eq!(plans(None, None).professional.key_limits(), None);
+        assert!(plans(None, None).validate().is_ok(), "keys limited only together");
+        assert_eq!(plans(Some(5.0), Some(10)).professional.key_limits(), Some((5.0, 10)));
+        for (rate, burst, expected) in [
+            (Some(5.0), None, "set both or neither"),
+            (None, Some(10), "set both or neither"),
+            (Some(60.0), Some(10), "must not exceed the tenant's"),
+            (Some(5.0), Some(101), "must not exceed the tenant's"),
+            (Some(0.0), Some(10), "key_requests_per_second must be between"),
+            (Some(f64::NAN), Some(10), "key_requests_per_second must be between"),
+            (Some(5.0), Some(0), "key_burst must be between"),
+        ] {
+            let error = plans(rate, burst).validate().unwrap_err().to_string();
+            assert!(error.contains(expected), "{rate:?} {burst:?}: {error}");
+            assert!(error.contains("gateway.plans.professional."), "{error}");
+        }
     }
 }

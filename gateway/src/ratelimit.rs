@@ -1,5 +1,5 @@
-//! Rate limits and quotas of tenant calls: GCRA per tenant, and per API key when the plan says
-//! so, and the monthly inference quota of each tenant. With `gateway.redis_url` the state lives
+//! Rate limits and quotas of tenant calls: GCRA per tenant, and per API key at the plan's own
+//! rate for one key when the plan sets one, and the monthly inference quota of each tenant. With `gateway.redis_url` the state lives
 //! in Redis and every replica shares it; without, it lives in this process.
 //!
 //! Every rate-limited response carries the `RateLimit-Policy` and `RateLimit` fields of
@@ -158,58 +158,74 @@ impl RateLimiter {
         limits: &PlanLimits,
         headers: &mut HeaderMap,
     ) -> Result<(), Problem> {
-        let gcra = Gcra::new(limits.requests_per_second, limits.burst);
-        let mut subjects = vec![Subject { policy: "tenant", id: "tenant".to_owned() }];
-        if limits.per_key {
-            subjects.push(Subject { policy: "key", id: format!("key:{key_id}") });
+        let mut subjects = vec![Subject {
+            policy: "tenant",
+            id: "tenant".to_owned(),
+            requests_per_second: limits.requests_per_second,
+            burst: limits.burst,
+        }];
+        if let Some((requests_per_second, burst)) = limits.key_limits() {
+            subjects.push(Subject { policy: "key", id: format!("key:{key_id}"), requests_per_second, burst });
         }
-        let outcome = match self.acquire(tenant_id, &subjects, gcra).await {
+        let gcras: Vec<Gcra> =
+            subjects.iter().map(|subject| Gcra::new(subject.requests_per_second, subject.burst)).collect();
+        let outcome = match self.acquire(tenant_id, &subjects, &gcras).await {
             Ok(outcome) => outcome,
             Err(error) => return self.backend_failed(&error),
         };
-        let policies = subjects.iter().map(|subject| subject.policy);
+        let limited = || subjects.iter().zip(&gcras).zip(&outcome.backlogs);
         append(
             headers,
             POLICY,
-            policies.clone().map(|policy| format!("\"{policy}\";q={};w={}", gcra.burst(), gcra.window_secs())),
+            limited().map(|((subject, gcra), _)| {
+                format!("\"{}\";q={};w={}", subject.policy, gcra.burst(), gcra.window_secs())
+            }),
         );
         append(
             headers,
             RATELIMIT,
-            policies.clone().zip(&outcome.backlogs).map(|(policy, backlog)| {
-                format!("\"{policy}\";r={};t={}", gcra.remaining(*backlog), gcra.until_next_cell(*backlog) / MICROS)
+            limited().map(|((subject, gcra), backlog)| {
+                let (remaining, next) = (gcra.remaining(*backlog), gcra.until_next_cell(*backlog) / MICROS);
+                format!("\"{}\";r={remaining};t={next}", subject.policy)
             }),
         );
         if outcome.allowed {
             return Ok(());
         }
         crate::metrics::metrics().rate_limited.with_label_values(&["rate"]).inc();
-        let refused_by: Vec<&str> = policies
-            .zip(&outcome.backlogs)
-            .filter(|(_, backlog)| !gcra.fits(**backlog))
-            .map(|(policy, _)| if policy == "key" { "this API key" } else { "the tenant" })
+        let refusals: Vec<String> = limited()
+            .filter(|((_, gcra), backlog)| !gcra.fits(**backlog))
+            .map(|((subject, _), _)| match subject.policy {
+                "key" => format!(
+                    "this API key sent more than the plan's {} requests per second for one key (burst {})",
+                    subject.requests_per_second, subject.burst
+                ),
+                _ => format!(
+                    "the tenant sent more than the plan's {} requests per second (burst {})",
+                    subject.requests_per_second, subject.burst
+                ),
+            })
             .collect();
-        let detail = format!(
-            "{} sent more than the plan's {} requests per second (burst {}); retry later",
-            refused_by.join(" and "),
-            limits.requests_per_second,
-            limits.burst
-        );
-        let wait = outcome.backlogs.iter().map(|backlog| gcra.wait(*backlog)).max().unwrap_or(0);
+        let detail = format!("{}; retry later", refusals.join(", and "));
+        let wait = limited().map(|((_, gcra), backlog)| gcra.wait(*backlog)).max().unwrap_or(0);
         Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).with_retry_after(wait.div_ceil(MICROS).max(1)))
     }
 
     /// One GCRA step over every subject of the tenant, in the backend.
-    async fn acquire(&self, tenant_id: &str, subjects: &[Subject], gcra: Gcra) -> Result<Outcome, redis::RedisError> {
-        let limits = vec![gcra; subjects.len()];
+    async fn acquire(
+        &self,
+        tenant_id: &str,
+        subjects: &[Subject],
+        limits: &[Gcra],
+    ) -> Result<Outcome, redis::RedisError> {
         match &self.inner.backend {
             Backend::Local(local) => {
                 let keys: Vec<String> = subjects.iter().map(|subject| format!("{tenant_id}:{}", subject.id)).collect();
-                Ok(local.acquire(&keys, &limits, self.inner.clock.now_micros()))
+                Ok(local.acquire(&keys, limits, self.inner.clock.now_micros()))
             }
             Backend::Redis(redis) => {
                 let keys: Vec<String> = subjects.iter().map(|subject| redis.rate_key(tenant_id, &subject.id)).collect();
-                redis.acquire(&keys, &limits).await
+                redis.acquire(&keys, limits).await
             }
         }
     }
@@ -290,6 +306,9 @@ struct Subject {
     policy: &'static str,
     /// The subject's key within the tenant.
     id: String,
+    /// Its sustained rate and burst.
+    requests_per_second: f64,
+    burst: u32,
 }
 
 fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<Item = String>) {

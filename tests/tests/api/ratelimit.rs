@@ -40,9 +40,22 @@ fn assessment_body() -> Value {
     json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]})
 }
 
+/// A counter of the gateway's `/metrics`, by its name and labels as written there; zero when absent.
+async fn counter(app: &TestApp, series: &str) -> u64 {
+    let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+const RATE_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="rate"}"#;
+const QUOTA_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="quota"}"#;
+
 async fn rate_limited_gateway_refuses_past_the_burst(limiter: Limiter) {
     let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 5, 100)).await;
     let (_, key) = app.tenant_with_key().await;
+    let refusals = counter(&app, RATE_REFUSALS).await;
     for remaining in (0..5).rev() {
         let response = app.get(NOBODY, &key).await;
         assert_eq!(response.status(), 404, "{limiter:?}: within the burst the call reaches the service");
@@ -56,6 +69,7 @@ async fn rate_limited_gateway_refuses_past_the_burst(limiter: Limiter) {
     assert!(header(&response, "ratelimit").starts_with(r#""tenant";r=0;t="#));
     let problem = assert_problem(response, 429).await;
     assert!(problem["detail"].as_str().unwrap().contains("requests per second"), "{problem}");
+    assert_eq!(counter(&app, RATE_REFUSALS).await, refusals + 1, "{limiter:?}: the refusal is counted");
     app.stop().await;
 }
 
@@ -83,6 +97,53 @@ async fn two_gateways_sharing_one_redis_limit_a_tenant_together() {
     app.stop().await;
 }
 
+/// A Professional plan whose keys are limited on their own: 4 requests at once for the tenant,
+/// 2 for each key.
+async fn key_limits_hold_one_key_back_and_not_the_others(limiter: Limiter) {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        small_starter_plan(config, limiter, 1, 100);
+        config.gateway.plans.professional = PlanLimits {
+            requests_per_second: 0.01,
+            burst: 4,
+            key_requests_per_second: Some(0.005),
+            key_burst: Some(2),
+            ..PlanLimits::default()
+        };
+    })
+    .await;
+    let tenant = app.create_tenant_on("Clínica Teste", "professional").await;
+    let (busy, quiet) =
+        (app.create_key(&tenant, &["health:read"]).await, app.create_key(&tenant, &["health:read"]).await);
+    let refusals = counter(&app, RATE_REFUSALS).await;
+    for remaining in [1, 0] {
+        let response = app.get(NOBODY, &busy).await;
+        assert_eq!(response.status(), 404, "{limiter:?}");
+        assert_eq!(header(&response, "ratelimit-policy"), r#""tenant";q=4;w=400, "key";q=2;w=400"#);
+        assert!(header(&response, "ratelimit").contains(&format!(r#""key";r={remaining};t="#)));
+    }
+    let response = app.get(NOBODY, &busy).await;
+    assert!(header(&response, "ratelimit").starts_with(r#""tenant";r=2;t="#), "the tenant has room left");
+    let problem = assert_problem(response, 429).await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("this API key sent more than"), "{problem}");
+    for _ in 0..2 {
+        assert_eq!(app.get(NOBODY, &quiet).await.status(), 404, "{limiter:?}: another key of the tenant still passes");
+    }
+    let problem = assert_problem(app.get(NOBODY, &quiet).await, 429).await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("the tenant sent more than"), "{problem}");
+    assert_eq!(counter(&app, RATE_REFUSALS).await, refusals + 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_past_its_own_limit_gets_429_while_the_tenants_other_keys_pass_in_process() {
+    key_limits_hold_one_key_back_and_not_the_others(Limiter::InProcess).await;
+}
+
+#[tokio::test]
+async fn a_key_past_its_own_limit_gets_429_while_the_tenants_other_keys_pass_in_redis() {
+    key_limits_hold_one_key_back_and_not_the_others(Limiter::Redis).await;
+}
+
 async fn inference_quota_runs_out(limiter: Limiter) {
     let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 100, 3)).await;
     let (_, key) = app.tenant_with_key().await;
@@ -98,11 +159,13 @@ async fn inference_quota_runs_out(limiter: Limiter) {
         assert!(window.is_multiple_of(86_400) && (28..=31).contains(&(window / 86_400)), "a calendar month: {policy}");
         assert!(header(&response, "ratelimit").contains(&format!(r#""inference";r={left};t="#)), "{limiter:?}");
     }
+    let refusals = counter(&app, QUOTA_REFUSALS).await;
     let response = app.post(&path, &key, &assessment_body()).await;
     let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=31 * 24 * 3600).contains(&retry_after), "until the month ends: {retry_after}");
     let problem = assert_problem(response, 429).await;
     assert!(problem["detail"].as_str().unwrap().contains("monthly inference quota"), "{problem}");
+    assert_eq!(counter(&app, QUOTA_REFUSALS).await, refusals + 1, "{limiter:?}: the refusal is counted");
     let response = app.get(&format!("/v1/health/patients/{patient}"), &key).await;
     assert_eq!(response.status(), 200, "{limiter:?}: calls that are not inference still pass");
     assert!(!header(&response, "ratelimit").contains("inference"));
@@ -131,11 +194,7 @@ async fn spawn_with_redis_down(on_failure: RedisFailure) -> TestApp {
 }
 
 async fn backend_errors(app: &TestApp) -> u64 {
-    let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("aigronova_gateway_rate_limit_backend_errors_total "))
-        .map_or(0, |value| value.trim().parse().unwrap())
+    counter(app, "aigronova_gateway_rate_limit_backend_errors_total").await
 }
 
 #[tokio::test]
