@@ -133,10 +133,17 @@ impl Connection {
         let mut request = Request::builder().method(Method::POST).uri(uri).body(()).expect("a valid request");
         let headers = request.headers_mut();
         *headers = metadata.into_headers();
+        for name in PER_CALL_FIELDS {
+            if let Some(value) = headers.get_mut(name) {
+                value.set_sensitive(true);
+            }
+        }
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
         headers.insert(USER_AGENT, HeaderValue::from_static(concat!("aigronova-gateway/", env!("CARGO_PKG_VERSION"))));
-        headers.insert("grpc-timeout", grpc_timeout(timeout));
+        let mut timeout = grpc_timeout(timeout);
+        timeout.set_sensitive(true);
+        headers.insert("grpc-timeout", timeout);
         let (response, mut stream) = sender.send_request(request, false).map_err(stream_error)?;
         let mut framed = BytesMut::with_capacity(5 + message.len());
         framed.put_u8(0);
@@ -174,6 +181,12 @@ impl Connection {
         message_of(received.freeze())
     }
 }
+
+/// Header fields whose values are new on every call (with `grpc-timeout`, the time left). They
+/// are sent as never-indexed HPACK literals: indexed, each call's values would take room in both
+/// ends' HPACK tables and evict the fields that are the same on every call (content type, `te`,
+/// user agent, authority), which then travel as one-byte references.
+const PER_CALL_FIELDS: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
 
 /// The status in `headers` when it is not OK.
 fn failed(headers: &HeaderMap) -> Option<Status> {
