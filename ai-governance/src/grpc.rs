@@ -269,11 +269,13 @@ fn inventory_message(entry: InventoryEntry) -> proto::InventoryModel {
 #[derive(Clone, Debug)]
 pub(crate) struct MonitoringApi {
     store: MonitoringStore,
+    /// Tells a model nobody called yet (zero calls) from one that does not exist (not found).
+    inventory: Inventory,
 }
 
 impl MonitoringApi {
-    pub(crate) fn new(store: MonitoringStore) -> Self {
-        Self { store }
+    pub(crate) fn new(store: MonitoringStore, inventory: Inventory) -> Self {
+        Self { store, inventory }
     }
 }
 
@@ -312,18 +314,53 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
         let tenant = auth::caller(&request)?.tenant_id.clone();
         let proto::GetModelMonitoringRequest { name: model, version, window } = request.into_inner();
         let (name, window) = monitoring::parse_window(&window)?;
-        let status = self.store.status(&tenant, &model, &version, window).await?.unwrap_or(ModelStatus {
-            model,
-            version,
-            calls: 0,
-            errors: 0,
-            latency_p50_ms: 0.0,
-            latency_p95_ms: 0.0,
-            latency_p99_ms: 0.0,
-            drift: Vec::new(),
-        });
+        let status = match self.store.status(&tenant, &model, &version, window).await? {
+            Some(status) => status,
+            None => {
+                self.inventory.get(&model, &version).await?;
+                ModelStatus {
+                    model,
+                    version,
+                    calls: 0,
+                    errors: 0,
+                    latency_p50_ms: 0.0,
+                    latency_p95_ms: 0.0,
+                    latency_p99_ms: 0.0,
+                    drift: Vec::new(),
+                }
+            }
+        };
         Ok(Response::new(status_message(status, &name)))
     }
+}
+
+/// `text`, an id this service gave: a UUID, or an error naming `field`.
+fn uuid_of<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
+    match uuid::Uuid::parse_str(text) {
+        Ok(_) => Ok(text),
+        Err(_) => Err(Error::invalid(field, "must be a UUID")),
+    }
+}
+
+/// The longest text a person may write into a request or a review, in characters.
+const MAX_FREE_TEXT: usize = 4000;
+
+/// Text a person wrote (a review's reason, what to correct), trimmed: at most
+/// [`MAX_FREE_TEXT`] characters, line breaks and tabs but no other control characters, and no
+/// bidirectional overrides that would show a reviewer something other than what is stored.
+fn free_text<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
+    let text = text.trim();
+    if text.chars().count() > MAX_FREE_TEXT {
+        return Err(Error::invalid(field, format!("must be at most {MAX_FREE_TEXT} characters")));
+    }
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t' && c != '\r')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if text.chars().any(hidden) {
+        return Err(Error::invalid(field, "must not hold control characters or bidirectional overrides"));
+    }
+    Ok(text)
 }
 
 fn summary_of(n: usize, window: proto::InferenceWindow) -> Result<Summary, Error> {
@@ -412,10 +449,11 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         let proto::CreateSubjectRequestRequest { cpf, kind, details } = request.into_inner();
         let kind = subjects::Kind::parse(kind.trim())?;
         let cpf = Cpf::parse(&cpf)?;
-        if kind == subjects::Kind::Correction && details.trim().is_empty() {
+        let details = free_text("details", &details)?;
+        if kind == subjects::Kind::Correction && details.is_empty() {
             return Err(Error::invalid("details", "say what to correct").into());
         }
-        let stored = self.store.open(&caller, &cpf, kind, details.trim()).await?;
+        let stored = self.store.open(&caller, &cpf, kind, details).await?;
         Ok(Response::new(request_message(stored)))
     }
 
@@ -424,7 +462,8 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         request: Request<proto::GetSubjectRequestRequest>,
     ) -> Result<Response<proto::SubjectRequest>, Status> {
         let tenant = auth::caller(&request)?.tenant_id.clone();
-        Ok(Response::new(request_message(self.store.get(&tenant, &request.get_ref().id).await?)))
+        let id = uuid_of("id", &request.get_ref().id)?;
+        Ok(Response::new(request_message(self.store.get(&tenant, id).await?)))
     }
 
     async fn list_subject_requests(
@@ -443,7 +482,8 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         request: Request<proto::GetSubjectRequestRequest>,
     ) -> Result<Response<HttpBody>, Status> {
         let tenant = auth::caller(&request)?.tenant_id.clone();
-        let bundle = self.store.export(&tenant, &request.get_ref().id).await?;
+        let id = uuid_of("id", &request.get_ref().id)?;
+        let bundle = self.store.export(&tenant, id).await?;
         Ok(Response::new(HttpBody {
             content_type: "application/json".into(),
             data: bundle.into_bytes(),
@@ -457,10 +497,11 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::Review>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::CreateReviewRequest { audit_index, reason } = request.into_inner();
-        if reason.trim().is_empty() {
+        let reason = free_text("reason", &reason)?;
+        if reason.is_empty() {
             return Err(Error::invalid("reason", "say why the decision should be reviewed").into());
         }
-        let review = self.store.request_review(&caller, audit_index, reason.trim()).await?;
+        let review = self.store.request_review(&caller, audit_index, reason).await?;
         Ok(Response::new(review_message(review)))
     }
 
@@ -483,7 +524,8 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::Review>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::DecideReviewRequest { id, outcome, note } = request.into_inner();
-        let review = self.store.decide(&caller, &id, outcome.trim(), note.trim()).await?;
+        let id = uuid_of("id", &id)?;
+        let review = self.store.decide(&caller, id, outcome.trim(), note.trim()).await?;
         Ok(Response::new(review_message(review)))
     }
 }

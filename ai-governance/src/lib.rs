@@ -194,10 +194,13 @@ impl AiGovernanceService {
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
             .add_service(ModelInventoryServer::with_interceptor(
-                ModelInventoryApi::new(inventory),
+                ModelInventoryApi::new(inventory.clone()),
                 authenticate.clone(),
             ))
-            .add_service(MonitoringServer::with_interceptor(MonitoringApi::new(monitoring), authenticate.clone()))
+            .add_service(MonitoringServer::with_interceptor(
+                MonitoringApi::new(monitoring, inventory),
+                authenticate.clone(),
+            ))
             .add_service(SubjectRequestsServer::with_interceptor(
                 SubjectRequestsApi::new(subjects),
                 authenticate.clone(),

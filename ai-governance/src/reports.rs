@@ -99,7 +99,14 @@ pub fn parse_bound(field: &str, text: &str, end_of_day: bool) -> Result<DateTime
     let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .map_err(|_| Error::invalid(field, "must be a date (2026-11-01) or an RFC 3339 time"))?;
     let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-    Ok(if end_of_day { midnight + Duration::days(1) } else { midnight })
+    if !end_of_day {
+        return Ok(midnight);
+    }
+    // The day after 9999-12-31 has a five-digit year, which no stored time reaches and which
+    // sorts before every one of them as text: the period ends with the last microsecond of 9999.
+    let last = NaiveDate::from_ymd_opt(9999, 12, 31).and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999));
+    let last = last.expect("a valid time").and_utc();
+    Ok((midnight + Duration::days(1)).min(last))
 }
 
 #[derive(Debug)]
@@ -351,4 +358,20 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
 
 fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_period_is_dates_or_times_and_ends_within_year_9999() {
+        let at = |text: &str, end_of_day| parse_bound("to", text, end_of_day).unwrap().to_rfc3339();
+        assert_eq!(at("2026-11-01", false), "2026-11-01T00:00:00+00:00");
+        assert_eq!(at("2026-11-30", true), "2026-12-01T00:00:00+00:00", "a date ends with its day");
+        assert_eq!(at("2026-11-30T12:00:00-03:00", true), "2026-11-30T15:00:00+00:00");
+        assert_eq!(at("9999-12-31", true), "9999-12-31T23:59:59.999999+00:00");
+        assert!(parse_bound("to", "2026-13-01", true).is_err());
+        assert!(parse_bound("to", "yesterday", true).is_err());
+    }
 }

@@ -102,6 +102,12 @@ pub(crate) async fn list_tenants(
         return Err(Problem::invalid_field("pageSize", format!("pageSize must be between 1 and {MAX_PAGE_SIZE}")));
     }
     let after = query.page_token.filter(|token| !token.is_empty());
+    if after.as_deref().is_some_and(|token| uuid::Uuid::parse_str(token).is_err()) {
+        return Err(Problem::invalid_field(
+            "pageToken",
+            "pageToken is not a token this list gave; omit it for the first page",
+        ));
+    }
     let tenants = state.store.list_tenants(after.as_deref(), page_size).await.map_err(store_failure)?;
     let next_page_token = match tenants.last() {
         Some(last) if tenants.len() as i64 == page_size => last.id.clone(),

@@ -7,7 +7,7 @@ use axum::{
     Json,
     body::{Body, Bytes},
     extract::{Request, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -80,7 +80,14 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let (parts, body) = request.into_parts();
     let matched = match state.routes.lookup(&parts.method, parts.uri.path()) {
         Lookup::Found(matched) => matched,
-        Lookup::MethodNotAllowed(_) => return Err(method_not_allowed().await),
+        Lookup::MethodNotAllowed(allowed) => {
+            let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(",");
+            let mut response = method_not_allowed().await.into_response();
+            if let Ok(allow) = HeaderValue::try_from(allow) {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            return Ok(response);
+        }
         Lookup::NotFound => return Err(Problem::not_found(format!("no route for {}", parts.uri.path()))),
     };
     let route = matched.route;

@@ -131,7 +131,7 @@ impl RouteTable {
     }
 
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let parts: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
         let mut allowed = Vec::new();
         for route in &self.routes {
             let Some(variables) = match_segments(&route.segments, &parts) else { continue };

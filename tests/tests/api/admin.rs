@@ -35,6 +35,11 @@ async fn tenants_are_listed_in_pages_and_read_one_by_one() {
     assert_problem(app.get("/v1/admin/tenants/nope", &app.admin_key).await, 404).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=0", &app.admin_key).await, 400).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
+    for token in ["garbage", "%00%ff"] {
+        let problem =
+            assert_problem(app.get(&format!("/v1/admin/tenants?pageToken={token}"), &app.admin_key).await, 400).await;
+        assert_eq!(problem["field"], "pageToken", "{problem}");
+    }
     app.stop().await;
 }
 

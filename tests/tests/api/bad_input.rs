@@ -23,7 +23,12 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     let (_, key) = app.tenant_with_key().await;
     assert_problem(app.get("/v1/health/nothing-here", &key).await, 404).await;
     assert_problem(app.get("/v2/anything", &key).await, 404).await;
+    assert_problem(app.get("//v1/health/patients", &key).await, 404).await;
     let response = app.client.delete(app.url("/v1/health/patients")).bearer_auth(&key).send().await.unwrap();
+    let mut allowed: Vec<String> =
+        response.headers()["allow"].to_str().unwrap().split(',').map(|method| method.trim().to_owned()).collect();
+    allowed.sort();
+    assert_eq!(allowed, ["GET", "POST"]);
     assert_problem(response, 405).await;
     app.stop().await;
 }

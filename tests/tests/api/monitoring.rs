@@ -95,6 +95,10 @@ async fn shifted_inputs_raise_psi_above_the_alert_and_training_like_inputs_do_no
     let listed: Value = app.get("/v1/governance/monitoring?window=1h", &key).await.json().await.unwrap();
     assert_eq!(listed["models"][0]["model"], "breast-cancer");
     aigronova_e2e::assert_problem(app.get("/v1/governance/monitoring?window=2w", &key).await, 400).await;
+    for unknown in ["nope/versions/1", "breast-cancer/versions/9"] {
+        let response = app.get(&format!("/v1/governance/monitoring/models/{unknown}"), &key).await;
+        aigronova_e2e::assert_problem(response, 404).await;
+    }
 
     let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
     let line = metrics

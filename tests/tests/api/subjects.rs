@@ -165,8 +165,22 @@ async fn access_erasure_and_reviews(backend: Backend) {
         400,
     )
     .await;
+    let again = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": "once more"})).await;
+    assert_problem(again, 409).await;
+    for reason in ["x".repeat(4001), "hidden\u{0}text".to_owned(), "abc\u{202e}fed".to_owned()] {
+        let refused = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": reason})).await;
+        assert_eq!(assert_problem(refused, 400).await["field"], "reason");
+    }
+    let refused = app
+        .post(
+            "/v1/governance/subject-requests",
+            &key,
+            &json!({"cpf": CPF, "kind": "correction", "details": "y".repeat(4001)}),
+        )
+        .await;
+    assert_eq!(assert_problem(refused, 400).await["field"], "details");
     let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
-    assert_eq!(pending["reviews"].as_array().unwrap().len(), 1);
+    assert_eq!(pending["reviews"].as_array().unwrap().len(), 1, "the refused reviews stored nothing");
     let path = format!("/v1/governance/reviews/{}/decision", review["id"].as_str().unwrap());
     let decided = app.post(&path, &key, &json!({"outcome": "overturned", "note": "reassessed by Dr. Lima"})).await;
     assert_eq!(decided.status(), 200);
@@ -176,6 +190,11 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_problem(app.post(&path, &key, &json!({"outcome": "maybe"})).await, 400).await;
     let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
     assert_eq!(pending["reviews"].as_array().map_or(0, Vec::len), 0);
+
+    let malformed = app.get("/v1/governance/subject-requests/not-a-uuid", &key).await;
+    assert_eq!(assert_problem(malformed, 400).await["field"], "id");
+    let malformed = app.post("/v1/governance/reviews/not-a-uuid/decision", &key, &json!({"outcome": "upheld"})).await;
+    assert_eq!(assert_problem(malformed, 400).await["field"], "id");
 
     // Another tenant sees none of it, and a key without the scope cannot open requests.
     let other = app.create_tenant("Outra").await;
