@@ -40,7 +40,8 @@ impl fmt::Display for PatientId {
     }
 }
 
-/// A patient's full name: trimmed, 1 to 200 characters, no control characters.
+/// A patient's full name: trimmed, 1 to 200 characters with at least one letter, no control
+/// characters or bidirectional overrides.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PatientName(String);
 
@@ -57,6 +58,12 @@ impl PatientName {
         }
         if name.chars().any(char::is_control) {
             return Err(Error::invalid("name", "must not contain control characters"));
+        }
+        if name.chars().any(|c| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')) {
+            return Err(Error::invalid("name", "must not contain bidirectional overrides"));
+        }
+        if !name.chars().any(char::is_alphabetic) {
+            return Err(Error::invalid("name", "must contain a letter"));
         }
         Ok(Self(name.to_owned()))
     }
@@ -359,6 +366,10 @@ mod tests {
             ("Maria\u{0}Silva", "must not contain control characters"),
             ("Maria\nSilva", "must not contain control characters"),
             ("Maria\u{7f}", "must not contain control characters"),
+            ("\u{202e}\u{200b}", "must not contain bidirectional overrides"),
+            ("Maria \u{2066}Silva", "must not contain bidirectional overrides"),
+            ("\u{200b}\u{200b}", "must contain a letter"),
+            ("123 - 456", "must contain a letter"),
         ];
         for (input, expected) in cases {
             let (field, reason) = field_and_reason(PatientName::parse(input).unwrap_err());

@@ -47,8 +47,8 @@ pub enum InferenceError {
     BadManifest { path: PathBuf, reason: String },
     #[error("model {path}: sha256 is {actual} but the manifest says {expected}; refusing to load it")]
     ChecksumMismatch { path: PathBuf, expected: String, actual: String },
-    #[error("unknown model {0:?}")]
-    UnknownModel(String),
+    #[error("unknown model {name:?}; this service serves {}", known.join(", "))]
+    UnknownModel { name: String, known: Vec<String> },
     #[error("{field}: {reason}")]
     InvalidFeature { field: String, reason: String },
     #[error("inference failed: {0}")]
@@ -58,9 +58,10 @@ pub enum InferenceError {
 impl From<InferenceError> for Status {
     fn from(error: InferenceError) -> Self {
         match &error {
-            InferenceError::UnknownModel(name) => {
-                crate::error::invalid_argument("model", &format!("unknown model {name:?}"))
-            }
+            InferenceError::UnknownModel { name, known } => crate::error::invalid_argument(
+                "model",
+                &format!("unknown model {name:?}; this service serves {}", known.join(", ")),
+            ),
             InferenceError::InvalidFeature { field, reason } => crate::error::invalid_argument(field, reason),
             InferenceError::RuntimeMissing
             | InferenceError::RuntimeLoad { .. }
@@ -227,7 +228,7 @@ impl Model {
                 if value < feature.min || value > feature.max {
                     return Err(invalid(
                         &feature.name,
-                        format!("{value} is outside the accepted range [{}, {}]", feature.min, feature.max),
+                        format!("{value:?} is outside the accepted range [{}, {}]", feature.min, feature.max),
                     ));
                 }
                 Ok(value as f32)
@@ -411,7 +412,11 @@ impl ModelRegistry {
     }
 
     pub fn get(&self, name: &str) -> Result<Arc<Model>, InferenceError> {
-        self.models.get(name).cloned().ok_or_else(|| InferenceError::UnknownModel(name.to_owned()))
+        self.models.get(name).cloned().ok_or_else(|| {
+            let mut known: Vec<String> = self.models.keys().cloned().collect();
+            known.sort();
+            InferenceError::UnknownModel { name: name.to_owned(), known }
+        })
     }
 
     pub fn models(&self) -> impl Iterator<Item = &Arc<Model>> {
