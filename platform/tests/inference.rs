@@ -91,7 +91,7 @@ fn every_committed_model_loads_and_reproduces_its_python_reference() {
 #[test]
 fn an_unknown_model_name_is_reported() {
     let registry = ModelRegistry::load(&config(models_dir()), &["breast-cancer"]).unwrap();
-    let unknown = registry.get("nope").err().expect("no model nope");
+    let Err(unknown) = registry.get("nope") else { panic!("no model is named nope") };
     assert!(matches!(&unknown, InferenceError::UnknownModel { name, .. } if name == "nope"));
     assert!(unknown.to_string().contains("breast-cancer"), "the error names the models served: {unknown}");
     let missing = ModelRegistry::load(&config(models_dir()), &["no-such-model"]).unwrap_err();
