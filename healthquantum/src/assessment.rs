@@ -22,7 +22,7 @@ pub struct AssessmentRequest {
 
 impl AssessmentRequest {
     pub fn parse(patient_id: &str, model: &str, features: HashMap<String, f64>) -> Result<Self, Error> {
-        let patient_id = PatientId::parse("patient_id", patient_id)?;
+        let patient_id = PatientId::parse("patientId", patient_id)?;
         if model.trim().is_empty() {
             return Err(Error::invalid("model", "is required"));
         }
@@ -116,8 +116,8 @@ mod tests {
     fn an_assessment_request_needs_a_patient_and_a_model() {
         let id = "0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b";
         let cases = [
-            ("", "breast-cancer", "patient_id"),
-            ("nope", "breast-cancer", "patient_id"),
+            ("", "breast-cancer", "patientId"),
+            ("nope", "breast-cancer", "patientId"),
             (id, "", "model"),
             (id, "  ", "model"),
         ];

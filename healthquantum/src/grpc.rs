@@ -276,7 +276,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         request: Request<proto::GetAssessmentReportRequest>,
     ) -> Result<Response<HttpBody>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
         let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
         let event = |patient: &Patient| {
             AuditEvent::new(
@@ -309,7 +309,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
     ) -> Result<Response<proto::Image>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::UploadImageRequest { patient_id, body } = request.into_inner();
-        let patient_id = PatientId::parse("patient_id", &patient_id)?;
+        let patient_id = PatientId::parse("patientId", &patient_id)?;
         let bytes = body.map(|body| body.data).unwrap_or_default();
         if bytes.is_empty() {
             return Err(aigronova_platform::Error::invalid("body", "send the image's bytes as the request body").into());
@@ -362,7 +362,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         request: Request<proto::ListImagesRequest>,
     ) -> Result<Response<proto::ListImagesResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
         self.store.patient_exists(&caller.tenant_id, &patient_id).await?;
         let images = self.store.images(&caller.tenant_id, &patient_id).await?;
         Ok(Response::new(proto::ListImagesResponse { images: images.into_iter().map(image_message).collect() }))
@@ -384,7 +384,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         request: Request<proto::GetImageRequest>,
     ) -> Result<Response<proto::DeleteImageResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
         let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
         let image = self.store.image(&caller.tenant_id, &patient_id, &id, None).await?;
         let event = AuditEvent::new(
@@ -551,7 +551,7 @@ impl HealthQuantumApi {
         thumbnail: bool,
     ) -> Result<Response<HttpBody>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let patient_id = PatientId::parse("patient_id", &request.get_ref().patient_id)?;
+        let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
         let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
         let event = AuditEvent::new(
             &caller,

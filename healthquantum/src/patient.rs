@@ -95,7 +95,7 @@ impl BirthDate {
     pub fn parse_on(value: &str, today: NaiveDate) -> Result<Self, Error> {
         let value = value.trim();
         if value.is_empty() {
-            return Err(Error::invalid("birth_date", "is required"));
+            return Err(Error::invalid("birthDate", "is required"));
         }
         let shaped = value.len() == 10
             && value.bytes().enumerate().all(|(position, byte)| match position {
@@ -103,15 +103,15 @@ impl BirthDate {
                 _ => byte.is_ascii_digit(),
             });
         if !shaped {
-            return Err(Error::invalid("birth_date", "must be an ISO 8601 date, YYYY-MM-DD"));
+            return Err(Error::invalid("birthDate", "must be an ISO 8601 date, YYYY-MM-DD"));
         }
         let date = NaiveDate::parse_from_str(value, "%Y-%m-%d")
-            .map_err(|_| Error::invalid("birth_date", "is not a calendar date"))?;
+            .map_err(|_| Error::invalid("birthDate", "is not a calendar date"))?;
         if date > today {
-            return Err(Error::invalid("birth_date", "must not be in the future"));
+            return Err(Error::invalid("birthDate", "must not be in the future"));
         }
         if date < Self::EARLIEST {
-            return Err(Error::invalid("birth_date", "must not be before 1900-01-01"));
+            return Err(Error::invalid("birthDate", "must not be before 1900-01-01"));
         }
         Ok(Self(date))
     }
@@ -423,7 +423,7 @@ mod tests {
         ];
         for (input, expected) in cases {
             let (field, reason) = field_and_reason(BirthDate::parse_on(input, today).unwrap_err());
-            assert_eq!((field.as_str(), reason.as_str()), ("birth_date", expected), "input {input:?}");
+            assert_eq!((field.as_str(), reason.as_str()), ("birthDate", expected), "input {input:?}");
         }
     }
 
@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn invalid_patient_ids_name_the_field_they_came_from() {
-        let cases = [("id", "", "is required"), ("patient_id", " ", "is required"), ("id", "42", "must be a UUID")];
+        let cases = [("id", "", "is required"), ("patientId", " ", "is required"), ("id", "42", "must be a UUID")];
         for (field, input, expected) in cases {
             let (named, reason) = field_and_reason(PatientId::parse(field, input).unwrap_err());
             assert_eq!((named.as_str(), reason.as_str()), (field, expected), "input {input:?}");

@@ -158,11 +158,11 @@ async fn invalid_patient_fields_are_refused_by_name_and_nothing_is_stored(engine
         ("a CPF with a wrong check digit", with(|r| r.cpf = "123.456.789-08".into()), "cpf"),
         ("a CPF of one repeated digit", with(|r| r.cpf = "11111111111".into()), "cpf"),
         ("a CPF of 10 digits", with(|r| r.cpf = "1234567890".into()), "cpf"),
-        ("an empty birth date", with(|r| r.birth_date = String::new()), "birth_date"),
-        ("the 29th of February of a common year", with(|r| r.birth_date = "1981-02-29".into()), "birth_date"),
-        ("a birth date in the future", with(|r| r.birth_date = "2999-01-01".into()), "birth_date"),
-        ("a birth date before 1900", with(|r| r.birth_date = "1899-12-31".into()), "birth_date"),
-        ("a Brazilian-style date", with(|r| r.birth_date = "29/02/1980".into()), "birth_date"),
+        ("an empty birth date", with(|r| r.birth_date = String::new()), "birthDate"),
+        ("the 29th of February of a common year", with(|r| r.birth_date = "1981-02-29".into()), "birthDate"),
+        ("a birth date in the future", with(|r| r.birth_date = "2999-01-01".into()), "birthDate"),
+        ("a birth date before 1900", with(|r| r.birth_date = "1899-12-31".into()), "birthDate"),
+        ("a Brazilian-style date", with(|r| r.birth_date = "29/02/1980".into()), "birthDate"),
     ];
 
     for (case, request, field) in cases {
@@ -251,7 +251,7 @@ async fn assessing_an_unknown_patient_is_not_found_and_nothing_is_stored(engine:
     let malformed = app.assess_risk(TENANT_A, "nope", MODEL, app.valid_features()).await;
 
     assert_eq!(unknown.unwrap_err().code(), Code::NotFound);
-    assert_invalid(&malformed.unwrap_err(), "patient_id", "a malformed patient id");
+    assert_invalid(&malformed.unwrap_err(), "patientId", "a malformed patient id");
     assert_eq!(app.count("assessments").await, 0);
     app.stop().await;
 }

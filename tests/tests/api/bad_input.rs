@@ -85,9 +85,9 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
     let field_cases = [
         (json!({"cpf": "52998224725", "birthDate": "1980-02-29"}), "name"),
         (json!({"name": "Maria", "birthDate": "1980-02-29"}), "cpf"),
-        (json!({"name": "Maria", "cpf": "52998224725"}), "birth_date"),
+        (json!({"name": "Maria", "cpf": "52998224725"}), "birthDate"),
         (json!({"name": "Maria", "cpf": "52998224726", "birthDate": "1980-02-29"}), "cpf"),
-        (json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1981-02-29"}), "birth_date"),
+        (json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1981-02-29"}), "birthDate"),
     ];
     for (body, field) in field_cases {
         let problem = assert_problem(app.post("/v1/health/patients", &key, &body).await, 400).await;
