@@ -497,6 +497,8 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::Review>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::CreateReviewRequest { audit_index, reason } = request.into_inner();
+        let audit_index =
+            audit_index.ok_or_else(|| Error::invalid("auditIndex", "is required: the audit entry of the decision"))?;
         let reason = free_text("reason", &reason)?;
         if reason.is_empty() {
             return Err(Error::invalid("reason", "say why the decision should be reviewed").into());

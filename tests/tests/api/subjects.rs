@@ -165,6 +165,8 @@ async fn access_erasure_and_reviews(backend: Backend) {
         400,
     )
     .await;
+    let missing = app.post("/v1/governance/reviews", &key, &json!({"reason": "which one?"})).await;
+    assert_eq!(assert_problem(missing, 400).await["field"], "auditIndex");
     let again = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": "once more"})).await;
     assert_problem(again, 409).await;
     for reason in ["x".repeat(4001), "hidden\u{0}text".to_owned(), "abc\u{202e}fed".to_owned()] {
