@@ -232,7 +232,14 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;
-    serde_json::from_value(json).map_err(|error| Problem::bad_request(format!("invalid request body: {error}")))
+    if !json.is_object() {
+        return Err(Problem::bad_request("the request body must be a JSON object"));
+    }
+    serde_path_to_error::deserialize(json).map_err(|error| {
+        let field = error.path().to_string();
+        let detail = format!("invalid request body: {}", error.inner());
+        if field == "." { Problem::bad_request(detail) } else { Problem::invalid_field(field, detail) }
+    })
 }
 
 fn valid_name(name: &str) -> Result<&str, Problem> {
