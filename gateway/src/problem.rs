@@ -45,6 +45,12 @@ impl Problem {
         &self.0.detail
     }
 
+    /// The request field the problem is about, if one.
+    #[cfg(test)]
+    pub(crate) fn field(&self) -> Option<&str> {
+        self.0.field.as_deref()
+    }
+
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         let title = status.canonical_reason().unwrap_or("Error").to_owned();
         let slug = title.to_ascii_lowercase().replace(' ', "-");

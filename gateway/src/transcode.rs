@@ -100,9 +100,25 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
                 Problem::bad_request(format!("the request body is not valid JSON: {error}"))
             }
             Category::Data => {
-                Problem::bad_request(format!("the request body does not match {}: {error}", descriptor.name()))
+                let detail = format!("the request body does not match {}: {error}", descriptor.name());
+                match field_of_error(descriptor, body) {
+                    Some(field) => Problem::invalid_field(field, detail),
+                    None => Problem::bad_request(detail),
+                }
             }
         })
+}
+
+/// The JSON path of the field a body that does not fit `descriptor` fails at (`expiresAt`,
+/// `applicant.age`), found by reading it again while tracking the path: only refused bodies pay
+/// for the tracking.
+fn field_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> Option<String> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(&mut json, &mut track);
+    DynamicMessage::deserialize_with_options(descriptor.clone(), tracked, &DeserializeOptions::new()).err()?;
+    let path = track.path().to_string();
+    (path != ".").then_some(path)
 }
 
 fn apply_query(message: &mut DynamicMessage, query: &str) -> Result<(), Problem> {
@@ -249,8 +265,16 @@ mod tests {
             let problem = detail(parse_body(&descriptor, body).unwrap_err());
             assert!(problem.starts_with("the request body is not valid JSON"), "{problem}");
         }
-        for body in [&br#"{"unknown": 1}"#[..], br#"{"features": {"mean radius": "high"}}"#, br"[]"] {
-            let problem = detail(parse_body(&descriptor, body).unwrap_err());
+        let cases = [
+            (&br#"{"unknown": 1}"#[..], None),
+            (br#"{"features": {"mean radius": "high"}}"#, Some("features.mean radius")),
+            (br#"{"model": "x", "patientId": 7}"#, Some("patientId")),
+            (br"[]", None),
+        ];
+        for (body, field) in cases {
+            let problem = parse_body(&descriptor, body).unwrap_err();
+            assert_eq!(problem.field(), field, "{}", String::from_utf8_lossy(body));
+            let problem = detail(problem);
             assert!(problem.starts_with("the request body does not match AssessRiskRequest"), "{problem}");
         }
     }
