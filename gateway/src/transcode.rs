@@ -67,7 +67,8 @@ pub(crate) fn request_message(
     if route.body != "*"
         && let Some(query) = query
     {
-        apply_query(&mut message, query)?;
+        let bound: Vec<&str> = matched.variables.iter().map(|(name, _)| name.as_str()).collect();
+        apply_query(&mut message, query, &bound)?;
     }
     Ok(message)
 }
@@ -121,19 +122,28 @@ fn field_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> Option<String>
     (path != ".").then_some(path)
 }
 
-fn apply_query(message: &mut DynamicMessage, query: &str) -> Result<(), Problem> {
+/// Sets the fields the query names. A field the path binds (`bound`, by proto name) cannot be
+/// set again from the query, and a field that holds one value cannot be given twice.
+fn apply_query(message: &mut DynamicMessage, query: &str, bound: &[&str]) -> Result<(), Problem> {
     let descriptor = message.descriptor();
+    let mut given = Vec::new();
     for (name, value) in form_pairs(query) {
         let field = descriptor
             .get_field_by_name(&name)
             .or_else(|| descriptor.get_field_by_json_name(&name))
             .ok_or_else(|| Problem::invalid_field(&name, format!("unknown query parameter {name:?}")))?;
+        if bound.contains(&field.name()) {
+            return Err(Problem::invalid_field(&name, format!("{name} is given by the path, not the query")));
+        }
         let parsed = scalar(&field, &value).map_err(|reason| Problem::invalid_field(&name, reason))?;
         if field.is_list() {
             if let Value::List(items) = message.get_field_mut(&field) {
                 items.push(parsed);
             }
+        } else if given.contains(&field.number()) {
+            return Err(Problem::invalid_field(&name, format!("query parameter {name} is given more than once")));
         } else {
+            given.push(field.number());
             message.set_field(&field, parsed);
         }
     }

@@ -200,3 +200,20 @@ async fn bad_input_is_refused_on_postgres_too() {
     assert_eq!(app.count_health_rows("patients").await, 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_query_cannot_rebind_a_path_field_or_repeat_a_single_one() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let (mine, other) = (app.create_patient(&key).await, app.create_patient(&key).await);
+    for name in ["patientId", "patient_id"] {
+        let response = app.get(&format!("/v1/health/patients/{mine}/images?{name}={other}"), &key).await;
+        assert_eq!(assert_problem(response, 400).await["field"], name);
+    }
+    let response = app.get("/v1/health/patients?pageSize=1&pageSize=50", &key).await;
+    let problem = assert_problem(response, 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("more than once"), "{problem}");
+    let listed = app.get("/v1/health/patients?pageSize=1", &key).await;
+    assert_eq!(listed.status(), 200, "one value is fine");
+    app.stop().await;
+}
