@@ -410,6 +410,9 @@ pub fn month_bounds(month: &str) -> Result<(NaiveDate, NaiveDate), Error> {
         return Err(invalid());
     }
     let year: i32 = year.parse().map_err(|_| invalid())?;
+    if !(1900..=9998).contains(&year) {
+        return Err(Error::invalid("month", "must be a month between 1900-01 and 9998-12"));
+    }
     let number: u32 = number.parse().map_err(|_| invalid())?;
     let first = NaiveDate::from_ymd_opt(year, number, 1).ok_or_else(invalid)?;
     let next = if number == 12 {
@@ -602,7 +605,8 @@ mod tests {
     fn months_are_yyyy_mm() {
         let (first, next) = month_bounds("2026-12").unwrap();
         assert_eq!((first.to_string(), next.to_string()), ("2026-12-01".into(), "2027-01-01".into()));
-        for bad in ["2026-13", "2026-1", "26-01", "2026/01", ""] {
+        assert!(month_bounds("1900-01").is_ok() && month_bounds("9998-12").is_ok());
+        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "", "0000-01", "1899-12", "9999-12", "-001-01"] {
             assert!(month_bounds(bad).is_err(), "{bad}");
         }
     }
