@@ -317,7 +317,11 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
         let status = match self.store.status(&tenant, &model, &version, window).await? {
             Some(status) => status,
             None => {
-                self.inventory.get(&model, &version).await?;
+                // A model nobody registered nor ever called does not exist; one registered late
+                // (its service still starting) or called only long ago has zero calls.
+                if !self.store.ever_called(&model, &version).await? {
+                    self.inventory.get(&model, &version).await?;
+                }
                 ModelStatus {
                     model,
                     version,
@@ -345,7 +349,7 @@ fn uuid_of<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
 /// The longest text a person may write into a request or a review, in characters.
 const MAX_FREE_TEXT: usize = 4000;
 
-/// Text a person wrote (a review's reason, what to correct), trimmed: at most
+/// Text a person wrote (a review's reason or note, what to correct), trimmed: at most
 /// [`MAX_FREE_TEXT`] characters, line breaks and tabs but no other control characters, and no
 /// bidirectional overrides that would show a reviewer something other than what is stored.
 fn free_text<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
@@ -526,8 +530,9 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::Review>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::DecideReviewRequest { id, outcome, note } = request.into_inner();
+        let note = free_text("note", &note)?;
         let id = uuid_of("id", &id)?;
-        let review = self.store.decide(&caller, id, outcome.trim(), note.trim()).await?;
+        let review = self.store.decide(&caller, id, outcome.trim(), note).await?;
         Ok(Response::new(review_message(review)))
     }
 }

@@ -191,6 +191,17 @@ impl MonitoringStore {
         Ok(summarise(&rows)?.into_values().next())
     }
 
+    /// Whether any service ever reported calls of `model` `version`, for any tenant.
+    pub async fn ever_called(&self, model: &str, version: &str) -> Result<bool, Error> {
+        let row = sqlx::query("SELECT 1 FROM inference_windows WHERE model = $1 AND version = $2 LIMIT 1")
+            .bind(model)
+            .bind(version)
+            .fetch_optional(self.database.pool())
+            .await
+            .map_err(StoreError::from)?;
+        Ok(row.is_some())
+    }
+
     /// Every model version `tenant_id` used in the last `window`.
     pub async fn statuses(&self, tenant_id: &str, window: Duration) -> Result<Vec<ModelStatus>, Error> {
         let since = (Utc::now() - window).to_rfc3339_opts(SecondsFormat::Micros, true);

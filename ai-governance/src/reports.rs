@@ -93,20 +93,18 @@ impl Format {
 /// A period bound: an RFC 3339 time, or a date (midnight UTC; `end_of_day` takes the next
 /// midnight so that a date `to` includes that day).
 pub fn parse_bound(field: &str, text: &str, end_of_day: bool) -> Result<DateTime<Utc>, Error> {
-    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Ok(at.with_timezone(&Utc));
-    }
-    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map_err(|_| Error::invalid(field, "must be a date (2026-11-01) or an RFC 3339 time"))?;
-    let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-    if !end_of_day {
-        return Ok(midnight);
-    }
-    // The day after 9999-12-31 has a five-digit year, which no stored time reaches and which
-    // sorts before every one of them as text: the period ends with the last microsecond of 9999.
+    let at = if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        at.with_timezone(&Utc)
+    } else {
+        let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| Error::invalid(field, "must be a date (2026-11-01) or an RFC 3339 time"))?;
+        let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+        if end_of_day { midnight + Duration::days(1) } else { midnight }
+    };
+    // Past 9999 a time has a five-digit year, which no stored time reaches and which sorts before
+    // every one of them as text: bounds stop at the last microsecond of 9999.
     let last = NaiveDate::from_ymd_opt(9999, 12, 31).and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999));
-    let last = last.expect("a valid time").and_utc();
-    Ok((midnight + Duration::days(1)).min(last))
+    Ok(at.min(last.expect("a valid time").and_utc()))
 }
 
 #[derive(Debug)]
@@ -371,6 +369,8 @@ mod tests {
         assert_eq!(at("2026-11-30", true), "2026-12-01T00:00:00+00:00", "a date ends with its day");
         assert_eq!(at("2026-11-30T12:00:00-03:00", true), "2026-11-30T15:00:00+00:00");
         assert_eq!(at("9999-12-31", true), "9999-12-31T23:59:59.999999+00:00");
+        assert_eq!(at("9999-12-31T23:00:00-03:00", true), "9999-12-31T23:59:59.999999+00:00");
+        assert_eq!(at("9999-12-31", false), "9999-12-31T00:00:00+00:00");
         assert!(parse_bound("to", "2026-13-01", true).is_err());
         assert!(parse_bound("to", "yesterday", true).is_err());
     }

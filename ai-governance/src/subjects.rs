@@ -416,7 +416,13 @@ impl SubjectStore {
         .bind(&review.decided_at)
         .execute(self.database.pool())
         .await
-        .map_err(StoreError::from)?;
+        .map_err(|error| match StoreError::from(error) {
+            // Another request queued one between the check above and this insert.
+            error if error.is_unique_violation() => {
+                Error::AlreadyExists(format!("the decision at entry {audit_index} already awaits review"))
+            }
+            error => error.into(),
+        })?;
         self.audit(
             caller,
             "review_requested",

@@ -390,7 +390,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let bank = BankSummary::of_stored(&accounts);
         let features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
-        let row = model.feature_vector(&features, "features").map_err(Error::from)?;
+        let started = Instant::now();
+        let row = model.feature_vector(&features, "features").map_err(Error::from).inspect_err(|_| {
+            self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
+        })?;
         let started = Instant::now();
         let predicted = predict(&model, &row);
         self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());

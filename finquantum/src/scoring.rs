@@ -406,7 +406,7 @@ pub fn reais(cents: i64) -> String {
 pub fn month_bounds(month: &str) -> Result<(NaiveDate, NaiveDate), Error> {
     let invalid = || Error::invalid("month", "must be a month as yyyy-mm, e.g. 2026-10");
     let (year, number) = month.split_once('-').ok_or_else(invalid)?;
-    if year.len() != 4 || number.len() != 2 {
+    if year.len() != 4 || number.len() != 2 || !year.bytes().chain(number.bytes()).all(|b| b.is_ascii_digit()) {
         return Err(invalid());
     }
     let year: i32 = year.parse().map_err(|_| invalid())?;
@@ -606,7 +606,8 @@ mod tests {
         let (first, next) = month_bounds("2026-12").unwrap();
         assert_eq!((first.to_string(), next.to_string()), ("2026-12-01".into(), "2027-01-01".into()));
         assert!(month_bounds("1900-01").is_ok() && month_bounds("9998-12").is_ok());
-        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "", "0000-01", "1899-12", "9999-12", "-001-01"] {
+        for bad in ["2026-13", "2026-1", "26-01", "2026/01", "", "0000-01", "1899-12", "9999-12", "-001-01", "2026-+1"]
+        {
             assert!(month_bounds(bad).is_err(), "{bad}");
         }
     }

@@ -14,12 +14,9 @@ pub struct PlanLimits {
     pub requests_per_second: f64,
     /// Requests a tenant may send at once above the sustained rate.
     pub burst: u32,
-    /// Sustained requests per second of each API key on its own, within the tenant's rate, so
-    /// that one key cannot spend the whole tenant's; unset: keys are limited only together.
-    pub key_requests_per_second: Option<f64>,
-    /// Requests one API key may send at once above its sustained rate; set with
-    /// `key_requests_per_second`.
-    pub key_burst: Option<u32>,
+    /// The share of the tenant's rate and burst each API key gets on its own (0 to 1), so that
+    /// one key cannot spend the whole tenant's; 0: keys are limited only together.
+    pub key_share: f64,
     /// Inference calls per calendar month (UTC) of a tenant.
     pub monthly_inference_quota: u64,
     /// Largest request body, in bytes, after decompression.
@@ -37,8 +34,7 @@ impl PlanLimits {
         Self {
             requests_per_second: 10.0,
             burst: 20,
-            key_requests_per_second: None,
-            key_burst: None,
+            key_share: 0.0,
             monthly_inference_quota: 10_000,
             max_body_bytes: 1024 * 1024,
         }
@@ -48,8 +44,7 @@ impl PlanLimits {
         Self {
             requests_per_second: 50.0,
             burst: 100,
-            key_requests_per_second: Some(25.0),
-            key_burst: Some(50),
+            key_share: 0.5,
             monthly_inference_quota: 250_000,
             max_body_bytes: 10 * 1024 * 1024,
         }
@@ -59,16 +54,19 @@ impl PlanLimits {
         Self {
             requests_per_second: 200.0,
             burst: 400,
-            key_requests_per_second: Some(100.0),
-            key_burst: Some(200),
+            key_share: 0.5,
             monthly_inference_quota: 5_000_000,
             max_body_bytes: 50 * 1024 * 1024,
         }
     }
 
-    /// The rate and burst of one API key on its own, when the plan limits keys.
+    /// The rate and burst of one API key on its own, when the plan limits keys: its share of the
+    /// tenant's, and at least one request at once.
     pub(crate) fn key_limits(&self) -> Option<(f64, u32)> {
-        self.key_requests_per_second.zip(self.key_burst)
+        (self.key_share > 0.0).then(|| {
+            let burst = (f64::from(self.burst) * self.key_share).ceil().max(1.0) as u32;
+            (self.requests_per_second * self.key_share, burst)
+        })
     }
 
     fn validate(&self, plan: &str) -> Result<(), ConfigError> {
@@ -76,22 +74,13 @@ impl PlanLimits {
         if self.max_body_bytes == 0 {
             return Err(ConfigError(format!("gateway.plans.{plan}.max_body_bytes must be positive")));
         }
-        match (self.key_requests_per_second, self.key_burst) {
-            (None, None) => {}
-            (Some(rate), Some(burst)) => {
-                validate_rate(plan, "key_", rate, burst)?;
-                if rate > self.requests_per_second || burst > self.burst {
-                    return Err(ConfigError(format!(
-                        "gateway.plans.{plan}.key_requests_per_second and key_burst must not exceed the tenant's \
-                         requests_per_second and burst (a key is limited within its tenant)"
-                    )));
-                }
-            }
-            _ => {
-                return Err(ConfigError(format!(
-                    "gateway.plans.{plan}.key_requests_per_second and key_burst go together: set both or neither"
-                )));
-            }
+        if !(0.0..=1.0).contains(&self.key_share) {
+            return Err(ConfigError(format!(
+                "gateway.plans.{plan}.key_share must be between 0 (keys limited only together) and 1"
+            )));
+        }
+        if let Some((rate, burst)) = self.key_limits() {
+            validate_rate(plan, "key_share of the ", rate, burst)?;
         }
         // A body becomes one gRPC message, which also carries the request's other fields.
         let largest = aigronova_platform::grpc::MAX_MESSAGE_BYTES - 1024 * 1024;
@@ -174,27 +163,22 @@ mod tests {
     }
 
     #[test]
-    fn key_limits_come_in_pairs_within_the_tenants() {
-        let plans = |key_requests_per_second, key_burst| Plans {
-            professional: PlanLimits { key_requests_per_second, key_burst, ..PlanLimits::professional() },
+    fn a_key_gets_its_share_of_the_tenants_rate_and_burst() {
+        let plan = |key_share| PlanLimits { key_share, ..PlanLimits::professional() };
+        assert!(Plans::default().validate().is_ok());
+        assert_eq!(plan(0.0).key_limits(), None, "keys limited only together");
+        assert_eq!(plan(0.5).key_limits(), Some((25.0, 50)));
+        assert_eq!(plan(1.0).key_limits(), Some((50.0, 100)));
+        assert_eq!(plan(0.001).key_limits(), Some((0.05, 1)), "at least one request at once");
+        let lowered = Plans {
+            professional: PlanLimits { requests_per_second: 20.0, burst: 40, ..PlanLimits::professional() },
             ..Plans::default()
         };
-        assert!(Plans::default().validate().is_ok());
-        assert_eq!(plans(None, None).professional.key_limits(), None);
-        assert!(plans(None, None).validate().is_ok(), "keys limited only together");
-        assert_eq!(plans(Some(5.0), Some(10)).professional.key_limits(), Some((5.0, 10)));
-        for (rate, burst, expected) in [
-            (Some(5.0), None, "set both or neither"),
-            (None, Some(10), "set both or neither"),
-            (Some(60.0), Some(10), "must not exceed the tenant's"),
-            (Some(5.0), Some(101), "must not exceed the tenant's"),
-            (Some(0.0), Some(10), "key_requests_per_second must be between"),
-            (Some(f64::NAN), Some(10), "key_requests_per_second must be between"),
-            (Some(5.0), Some(0), "key_burst must be between"),
-        ] {
-            let error = plans(rate, burst).validate().unwrap_err().to_string();
-            assert!(error.contains(expected), "{rate:?} {burst:?}: {error}");
-            assert!(error.contains("gateway.plans.professional."), "{error}");
+        assert!(lowered.validate().is_ok(), "lowering a tenant's rate keeps its keys' share valid");
+        for key_share in [-0.1, 1.5, f64::NAN] {
+            let plans = Plans { professional: plan(key_share), ..Plans::default() };
+            let error = plans.validate().unwrap_err().to_string();
+            assert!(error.contains("gateway.plans.professional.key_share must be between"), "{error}");
         }
     }
 }

@@ -1,5 +1,5 @@
-//! Rate limits and quotas of tenant calls: GCRA per tenant, and per API key at the plan's own
-//! rate for one key when the plan sets one, and the monthly inference quota of each tenant. With `gateway.redis_url` the state lives
+//! Rate limits and quotas of tenant calls: GCRA per tenant, and per API key at the plan's
+//! `key_share` of the tenant's rate and burst, and the monthly inference quota of each tenant. With `gateway.redis_url` the state lives
 //! in Redis and every replica shares it; without, it lives in this process.
 //!
 //! Every rate-limited response carries the `RateLimit-Policy` and `RateLimit` fields of

@@ -16,17 +16,10 @@ impl Clock for Arc<AtomicU64> {
 /// 2025-01-31T23:59:00Z, a minute before a month ends.
 const JAN_31_23_59: u64 = 1_738_367_940 * MICROS;
 
-/// A plan of `requests_per_second` and `burst` a tenant, and `keys` (rate and burst) for each
-/// API key on its own.
-fn plan(requests_per_second: f64, burst: u32, keys: Option<(f64, u32)>, quota: u64) -> PlanLimits {
-    PlanLimits {
-        requests_per_second,
-        burst,
-        key_requests_per_second: keys.map(|(rate, _)| rate),
-        key_burst: keys.map(|(_, burst)| burst),
-        monthly_inference_quota: quota,
-        ..PlanLimits::default()
-    }
+/// A plan of `requests_per_second` and `burst` a tenant, each API key on its own getting
+/// `key_share` of them (0: keys limited only together).
+fn plan(requests_per_second: f64, burst: u32, key_share: f64, quota: u64) -> PlanLimits {
+    PlanLimits { requests_per_second, burst, key_share, monthly_inference_quota: quota, ..PlanLimits::default() }
 }
 
 fn in_process(start: u64) -> (RateLimiter, Arc<AtomicU64>) {
@@ -50,7 +43,7 @@ async fn refusal(problem: Problem) -> (u16, Option<String>, serde_json::Value) {
 #[tokio::test]
 async fn the_burst_passes_the_next_request_is_refused_and_one_passes_after_the_emission_interval() {
     let (limiter, clock) = in_process(JAN_31_23_59);
-    let limits = plan(2.0, 3, None, 10);
+    let limits = plan(2.0, 3, 0.0, 10);
     for remaining in [2, 1, 0] {
         let mut headers = HeaderMap::new();
         limiter.admit("t1", "k1", &limits, &mut headers).await.expect("within the burst");
@@ -75,7 +68,7 @@ async fn the_burst_passes_the_next_request_is_refused_and_one_passes_after_the_e
 #[tokio::test]
 async fn tenants_are_limited_apart_and_keys_of_one_tenant_together() {
     let (limiter, _) = in_process(JAN_31_23_59);
-    let limits = plan(1.0, 2, None, 10);
+    let limits = plan(1.0, 2, 0.0, 10);
     for key in ["a", "b"] {
         limiter.admit("t1", key, &limits, &mut HeaderMap::new()).await.unwrap();
     }
@@ -86,7 +79,7 @@ async fn tenants_are_limited_apart_and_keys_of_one_tenant_together() {
 #[tokio::test]
 async fn a_plan_with_key_limits_refuses_one_key_at_its_own_rate_and_the_tenant_at_its_own() {
     let (limiter, clock) = in_process(JAN_31_23_59);
-    let limits = plan(1.0, 4, Some((0.5, 2)), 10);
+    let limits = plan(1.0, 4, 0.5, 10);
     let mut headers = HeaderMap::new();
     limiter.admit("t1", "k1", &limits, &mut headers).await.unwrap();
     assert_eq!(header(&headers, &POLICY), [r#""tenant";q=4;w=4, "key";q=2;w=4"#]);
@@ -119,7 +112,7 @@ async fn a_plan_with_key_limits_refuses_one_key_at_its_own_rate_and_the_tenant_a
 #[tokio::test]
 async fn the_inference_quota_runs_out_until_the_month_ends() {
     let (limiter, clock) = in_process(JAN_31_23_59);
-    let limits = plan(100.0, 100, None, 2);
+    let limits = plan(100.0, 100, 0.0, 2);
     for left in [1, 0] {
         let mut headers = HeaderMap::new();
         let reservation = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.unwrap();
@@ -145,7 +138,7 @@ async fn the_inference_quota_runs_out_until_the_month_ends() {
 #[tokio::test]
 async fn a_failed_inference_call_gives_its_unit_back_and_other_calls_spend_none() {
     let (limiter, _) = in_process(JAN_31_23_59);
-    let limits = plan(100.0, 100, None, 1);
+    let limits = plan(100.0, 100, 0.0, 1);
     let mut headers = HeaderMap::new();
     limiter.reserve_inference(false, "t1", &limits, &mut headers).await.unwrap().settle(true).await;
     assert!(headers.is_empty(), "a call that is not inference says nothing of the quota");
@@ -210,7 +203,7 @@ async fn two_limiters_on_one_redis_share_the_tenants_burst() {
     let prefix = unique_prefix();
     let (first, second) =
         (on_redis(&prefix, RedisFailure::Closed).await, on_redis(&prefix, RedisFailure::Closed).await);
-    let limits = plan(0.01, 4, None, 10);
+    let limits = plan(0.01, 4, 0.0, 10);
     let mut passed = 0;
     for round in 0..8 {
         let replica = if round % 2 == 0 { &first } else { &second };
@@ -233,7 +226,7 @@ async fn two_limiters_on_one_redis_share_the_tenants_burst() {
 #[tokio::test]
 async fn the_redis_limiter_applies_key_limits_too() {
     let limiter = on_redis(&unique_prefix(), RedisFailure::Closed).await;
-    let limits = plan(0.01, 3, Some((0.005, 2)), 10);
+    let limits = plan(0.01, 3, 0.5, 10);
     for _ in 0..2 {
         limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.unwrap();
     }
@@ -257,9 +250,9 @@ async fn the_rate_script_is_loaded_again_after_redis_forgets_it() {
     let Backend::Redis(redis) = &limiter.inner.backend else { unreachable!() };
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut redis.connection()).await.unwrap();
     let errors_before = crate::metrics::metrics().rate_limit_backend_errors.get();
-    limiter.admit("t1", "k1", &plan(1.0, 5, None, 10), &mut HeaderMap::new()).await.expect("NOSCRIPT is handled");
+    limiter.admit("t1", "k1", &plan(1.0, 5, 0.0, 10), &mut HeaderMap::new()).await.expect("NOSCRIPT is handled");
     limiter
-        .reserve_inference(true, "t1", &plan(1.0, 5, None, 10), &mut HeaderMap::new())
+        .reserve_inference(true, "t1", &plan(1.0, 5, 0.0, 10), &mut HeaderMap::new())
         .await
         .unwrap()
         .settle(false)
@@ -271,7 +264,7 @@ async fn the_rate_script_is_loaded_again_after_redis_forgets_it() {
 async fn the_redis_quota_counts_refunds_and_expires_with_the_month() {
     let prefix = unique_prefix();
     let limiter = on_redis(&prefix, RedisFailure::Closed).await;
-    let limits = plan(100.0, 100, None, 2);
+    let limits = plan(100.0, 100, 0.0, 2);
     limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(false).await;
     for _ in 0..2 {
         limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(true).await;
@@ -300,9 +293,9 @@ async fn an_unreachable_redis_lets_calls_through_when_failing_open() {
     let limiter = RateLimiter::connect(Some("redis://127.0.0.1:1"), &config).await.expect("starts without Redis");
     let errors_before = crate::metrics::metrics().rate_limit_backend_errors.get();
     let mut headers = HeaderMap::new();
-    limiter.admit("t1", "k1", &plan(1.0, 1, None, 1), &mut headers).await.expect("open");
-    limiter.admit("t1", "k1", &plan(1.0, 1, None, 1), &mut headers).await.expect("open, past the burst too");
-    limiter.reserve_inference(true, "t1", &plan(1.0, 1, None, 0), &mut headers).await.expect("open").settle(true).await;
+    limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut headers).await.expect("open");
+    limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut headers).await.expect("open, past the burst too");
+    limiter.reserve_inference(true, "t1", &plan(1.0, 1, 0.0, 0), &mut headers).await.expect("open").settle(true).await;
     assert!(headers.is_empty(), "no limits are advertised when none were checked");
     assert!(crate::metrics::metrics().rate_limit_backend_errors.get() >= errors_before + 3);
 }
@@ -311,16 +304,16 @@ async fn an_unreachable_redis_lets_calls_through_when_failing_open() {
 async fn an_unreachable_redis_refuses_calls_with_503_when_failing_closed() {
     let config = RateLimitConfig { redis_failure: RedisFailure::Closed, ..Default::default() };
     let limiter = RateLimiter::connect(Some("redis://127.0.0.1:1"), &config).await.expect("starts without Redis");
-    let problem = limiter.admit("t1", "k1", &plan(1.0, 1, None, 1), &mut HeaderMap::new()).await.unwrap_err();
+    let problem = limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut HeaderMap::new()).await.unwrap_err();
     let (status, retry_after, _) = refusal(problem).await;
     assert_eq!((status, retry_after.as_deref()), (503, Some("1")));
-    let quota = limiter.reserve_inference(true, "t1", &plan(1.0, 1, None, 1), &mut HeaderMap::new()).await;
+    let quota = limiter.reserve_inference(true, "t1", &plan(1.0, 1, 0.0, 1), &mut HeaderMap::new()).await;
     assert_eq!(refusal(quota.err().unwrap()).await.0, 503);
 }
 
 #[test]
 fn plans_the_limiter_cannot_represent_are_refused() {
-    let cases = [plan(1.0 / 7200.0, 5, None, 1), plan(2e6, 5, None, 1), plan(1.0, 2_000_000, None, 1)];
+    let cases = [plan(1.0 / 7200.0, 5, 0.0, 1), plan(2e6, 5, 0.0, 1), plan(1.0, 2_000_000, 0.0, 1)];
     for starter in cases {
         let plans = crate::plans::Plans { starter: starter.clone(), ..Default::default() };
         assert!(plans.validate().is_err(), "{starter:?}");

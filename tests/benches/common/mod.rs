@@ -92,8 +92,6 @@ pub(crate) fn print(unit: &str, runs: &[&Run]) {
 pub(crate) fn unlimited_enterprise(config: &mut aigronova_cli::AppConfig) {
     config.gateway.plans.enterprise.requests_per_second = 1_000_000.0;
     config.gateway.plans.enterprise.burst = 1_000_000;
-    config.gateway.plans.enterprise.key_requests_per_second = Some(1_000_000.0);
-    config.gateway.plans.enterprise.key_burst = Some(1_000_000);
     config.gateway.plans.enterprise.monthly_inference_quota = 1_000_000_000;
 }
 

@@ -102,13 +102,8 @@ async fn two_gateways_sharing_one_redis_limit_a_tenant_together() {
 async fn key_limits_hold_one_key_back_and_not_the_others(limiter: Limiter) {
     let app = spawn_app_with(Backend::Sqlite, |config| {
         small_starter_plan(config, limiter, 1, 100);
-        config.gateway.plans.professional = PlanLimits {
-            requests_per_second: 0.01,
-            burst: 4,
-            key_requests_per_second: Some(0.005),
-            key_burst: Some(2),
-            ..PlanLimits::default()
-        };
+        config.gateway.plans.professional =
+            PlanLimits { requests_per_second: 0.01, burst: 4, key_share: 0.5, ..PlanLimits::default() };
     })
     .await;
     let tenant = app.create_tenant_on("Clínica Teste", "professional").await;

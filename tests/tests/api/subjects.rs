@@ -192,6 +192,12 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_problem(app.post(&path, &key, &json!({"outcome": "maybe"})).await, 400).await;
     let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
     assert_eq!(pending["reviews"].as_array().map_or(0, Vec::len), 0);
+    // Decided, the decision may be contested again, once, however many ask at the same moment.
+    let body = json!({"auditIndex": index, "reason": "contested again"});
+    let asks = futures_util::future::join_all((0..4).map(|_| app.post("/v1/governance/reviews", &key, &body))).await;
+    let mut statuses: Vec<u16> = asks.iter().map(|response| response.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409, 409, 409]);
 
     let malformed = app.get("/v1/governance/subject-requests/not-a-uuid", &key).await;
     assert_eq!(assert_problem(malformed, 400).await["field"], "id");
