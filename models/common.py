@@ -257,6 +257,20 @@ def export_onnx(
     log(f"wrote {repo_path(model_path)} ({len(model_bytes)} bytes)")
 
 
+def export_classifier(
+    clf: xgboost.XGBClassifier,
+    n_features: int,
+    model_path: Path,
+    model_version: str,
+    graph_name: str,
+    doc_string: str,
+) -> None:
+    """export_onnx for a binary classifier: outputs ``LABEL_OUTPUT`` (int64)
+    and ``PROBA_OUTPUT`` (float32 ``[N, 2]``), no ZipMap."""
+    outputs = {LABEL_OUTPUT: onnx.TensorProto.INT64, PROBA_OUTPUT: onnx.TensorProto.FLOAT}
+    export_onnx(clf, n_features, model_path, model_version, graph_name, doc_string, outputs)
+
+
 def ort_session(model_path: Path, threads: int | None = None) -> onnxruntime.InferenceSession:
     """An onnxruntime CPU session on ``model_path``.
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import onnx
 import xgboost
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import accuracy_score, roc_auc_score
@@ -126,15 +125,7 @@ def main() -> int:
 
     # ---------------------------------------------------------------- export
     model_path = OUT_DIR / "model.onnx"
-    common.export_onnx(
-        clf,
-        X.shape[1],
-        model_path,
-        MODEL_VERSION,
-        ONNX_GRAPH_NAME,
-        ONNX_DOC_STRING,
-        {LABEL_OUTPUT: onnx.TensorProto.INT64, PROBA_OUTPUT: onnx.TensorProto.FLOAT},
-    )
+    common.export_classifier(clf, X.shape[1], model_path, MODEL_VERSION, ONNX_GRAPH_NAME, ONNX_DOC_STRING)
 
     # ---------------------------------------------------------- verification
     log("verifying ONNX output against xgboost predict_proba with onnxruntime ...")

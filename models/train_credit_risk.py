@@ -51,7 +51,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import xgboost
 from sklearn.metrics import accuracy_score, roc_auc_score
 
@@ -242,15 +241,7 @@ def main() -> int:
 
     # ---------------------------------------------------------------- export
     model_path = OUT_DIR / "model.onnx"
-    common.export_onnx(
-        clf,
-        X.shape[1],
-        model_path,
-        MODEL_VERSION,
-        ONNX_GRAPH_NAME,
-        ONNX_DOC_STRING,
-        {LABEL_OUTPUT: onnx.TensorProto.INT64, PROBA_OUTPUT: onnx.TensorProto.FLOAT},
-    )
+    common.export_classifier(clf, X.shape[1], model_path, MODEL_VERSION, ONNX_GRAPH_NAME, ONNX_DOC_STRING)
 
     # ---------------------------------------------------------- verification
     # One intra-op thread, so the tree sums are in tree order whatever the
