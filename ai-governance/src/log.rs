@@ -254,7 +254,9 @@ impl LogStore {
         .fetch_optional(self.database.pool())
         .await
         .map_err(StoreError::from)?
-        .ok_or_else(|| Error::NotFound(format!("checkpoint at tree size {tree_size}")))?;
+        .ok_or_else(|| {
+            Error::NotFound(format!("a checkpoint signed at tree size {tree_size} (one is signed per batch)"))
+        })?;
         Ok(checkpoint_from(tenant_id, &row)?)
     }
 

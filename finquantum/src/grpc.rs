@@ -2,7 +2,11 @@
 //! edge where protobuf messages become domain values and back. Each call is authenticated by the
 //! `Authenticate` interceptor before it gets here, and acts only on the caller's tenant.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aigronova_platform::{
     Error,
@@ -362,6 +366,12 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             housing: &applicant.housing,
             purpose: &applicant.purpose,
             monthly_income: applicant.monthly_income,
+        })
+        .inspect_err(|_| {
+            // Declared data the model cannot take is a refused input, as a feature out of range is.
+            if let Ok(model) = self.models.get(scoring::MODEL) {
+                self.monitor.record(&caller.tenant_id, &model, None, Duration::ZERO, false);
+            }
         })?;
         let needed = [ACCOUNTS_READ, ACCOUNTS_BALANCES_READ, ACCOUNTS_TRANSACTIONS_READ];
         let data = self.store.customer_data(&caller.tenant_id, &cpf).await?.ok_or_else(|| {
