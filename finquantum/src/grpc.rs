@@ -459,6 +459,9 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let proto::GetStatementRequest { customer_id, month, format } = request.into_inner();
         let customer_id = parse_id("customerId", &customer_id)?;
         let bounds = scoring::month_bounds(month.trim())?;
+        if bounds.0 > Utc::now().date_naive() {
+            return Err(Error::invalid("month", format!("{} has not begun yet", month.trim())).into());
+        }
         let pdf = match format.trim() {
             "" | "json" => false,
             "pdf" => true,

@@ -109,6 +109,9 @@ impl Applicant {
         let range = |field: &str, value: i32, min: i32, max: i32| {
             if (min..=max).contains(&value) {
                 Ok(value)
+            } else if value == 0 {
+                // Zero is also what an absent field reads as.
+                Err(Error::invalid(format!("applicant.{field}"), format!("is required, between {min} and {max}")))
             } else {
                 Err(Error::invalid(format!("applicant.{field}"), format!("must be between {min} and {max}")))
             }
@@ -117,7 +120,10 @@ impl Applicant {
         let age = range("age", fields.age, 18, 120)?;
         let existing_credits = range("existingCredits", fields.existing_credits, 0, 10)?;
         let dependents = range("dependents", fields.dependents, 0, 10)?;
-        if !fields.credit_amount.is_finite() || fields.credit_amount <= 0.0 || fields.credit_amount > 10_000_000.0 {
+        if fields.credit_amount == 0.0 {
+            return Err(Error::invalid("applicant.creditAmount", "is required, above 0 and at most 10,000,000 reais"));
+        }
+        if !fields.credit_amount.is_finite() || fields.credit_amount < 0.0 || fields.credit_amount > 10_000_000.0 {
             return Err(Error::invalid("applicant.creditAmount", "must be above 0 and at most 10,000,000 reais"));
         }
         if let Some(years) = fields.employment_years
@@ -513,6 +519,17 @@ mod tests {
                 other => panic!("expected {expected} refused, got {other:?}"),
             }
         }
+        // Absent fields read as zero, and are told to be required.
+        for fields in [
+            DeclaredFields { age: 0, ..good.clone() },
+            DeclaredFields { credit_amount: 0.0, ..good.clone() },
+            DeclaredFields { duration_months: 0, ..good.clone() },
+        ] {
+            let error = Applicant::parse(&fields).unwrap_err().to_string();
+            assert!(error.contains("is required"), "{error}");
+        }
+        let error = Applicant::parse(&DeclaredFields { age: 17, ..good.clone() }).unwrap_err().to_string();
+        assert!(!error.contains("is required") && error.contains("between 18 and 120"), "{error}");
     }
 
     #[test]

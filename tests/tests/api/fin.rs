@@ -182,6 +182,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     }
     for (path, field) in [
         (format!("/v1/fin/customers/{customer}/statements/2026-13"), "month"),
+        (format!("/v1/fin/customers/{customer}/statements/2999-01"), "month"),
         (format!("/v1/fin/customers/{customer}/statements/2026-10?format=xml"), "format"),
         ("/v1/fin/customers/nope/statements/2026-10".to_owned(), "customerId"),
     ] {
