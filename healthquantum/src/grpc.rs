@@ -448,7 +448,7 @@ impl From<Assessment> for proto::Assessment {
             patient_id: assessment.patient_id.to_string(),
             model: assessment.model,
             model_version: assessment.model_version,
-            probability: if assessment.regression { 0.0 } else { assessment.output },
+            probability: (!assessment.regression).then_some(assessment.output),
             value: assessment.output,
             top_features: assessment
                 .top_features

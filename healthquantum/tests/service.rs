@@ -183,12 +183,13 @@ async fn assessing_risk_returns_a_probability_the_model_version_and_a_risk_band(
     assert_eq!(assessment.patient_id, patient.id);
     assert_eq!(assessment.model, MODEL);
     assert_eq!(assessment.model_version, "1");
-    assert!((0.0..=1.0).contains(&assessment.probability), "probability {}", assessment.probability);
+    let probability = assessment.probability.expect("a classifier's probability");
+    assert!((0.0..=1.0).contains(&probability), "probability {probability}");
     let expected_band = app
         .manifest
         .risk_bands
         .iter()
-        .find(|band| assessment.probability < band.upper)
+        .find(|band| probability < band.upper)
         .or(app.manifest.risk_bands.last())
         .map(|band| band.name.as_str());
     assert_eq!(Some(assessment.risk_band.as_str()), expected_band);
