@@ -134,9 +134,7 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
 /// Checks one incoming event and turns it into the leaf that will be hashed.
 fn leaf_of(n: usize, event: proto::AuditEvent) -> Result<Leaf, Error> {
     let field = |name: &str| format!("events[{n}].{name}");
-    if uuid::Uuid::parse_str(&event.event_id).is_err() {
-        return Err(Error::invalid(field("eventId"), "must be a UUID"));
-    }
+    uuid_of(&field("eventId"), &event.event_id)?;
     for (name, value) in
         [("tenantId", &event.tenant_id), ("service", &event.service), ("kind", &event.kind), ("action", &event.action)]
     {
@@ -358,8 +356,7 @@ fn free_text<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
         return Err(Error::invalid(field, format!("must be at most {MAX_FREE_TEXT} characters")));
     }
     let hidden = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t' && c != '\r')
-            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        (c.is_control() && c != '\n' && c != '\t' && c != '\r') || aigronova_platform::text::is_bidi_control(c)
     };
     if text.chars().any(hidden) {
         return Err(Error::invalid(field, "must not hold control characters or bidirectional overrides"));

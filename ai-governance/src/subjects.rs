@@ -372,19 +372,6 @@ impl SubjectStore {
                 format!("entry {audit_index} is a {}, not a decision", leaf.kind),
             ));
         }
-        let pending: Option<String> = sqlx::query_scalar(
-            "SELECT id FROM reviews WHERE tenant_id = $1 AND audit_index = $2 AND status = 'pending'",
-        )
-        .bind(&caller.tenant_id)
-        .bind(i64::try_from(audit_index).unwrap_or(i64::MAX))
-        .fetch_optional(self.database.pool())
-        .await
-        .map_err(StoreError::from)?;
-        if let Some(id) = pending {
-            return Err(Error::AlreadyExists(format!(
-                "the decision at entry {audit_index} already awaits review {id}"
-            )));
-        }
         let review = Review {
             id: uuid::Uuid::now_v7().to_string(),
             audit_index,
@@ -417,7 +404,7 @@ impl SubjectStore {
         .execute(self.database.pool())
         .await
         .map_err(|error| match StoreError::from(error) {
-            // Another request queued one between the check above and this insert.
+            // `reviews_one_pending`: the decision already has a review waiting.
             error if error.is_unique_violation() => {
                 Error::AlreadyExists(format!("the decision at entry {audit_index} already awaits review"))
             }

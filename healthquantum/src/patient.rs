@@ -59,7 +59,7 @@ impl PatientName {
         if name.chars().any(char::is_control) {
             return Err(Error::invalid("name", "must not contain control characters"));
         }
-        if name.chars().any(|c| matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')) {
+        if name.chars().any(aigronova_platform::text::is_bidi_control) {
             return Err(Error::invalid("name", "must not contain bidirectional overrides"));
         }
         if !name.chars().any(char::is_alphabetic) {

@@ -20,6 +20,7 @@ pub mod shutdown;
 pub mod storage;
 pub mod subject;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 pub mod trace_context;
 
