@@ -14,6 +14,7 @@ use aigronova_platform::{
 use aigronova_proto::aigronova::common::v1::{self as common, RetainedRecord, data_subject_client::DataSubjectClient};
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 use tonic::transport::{Channel, Endpoint};
 
@@ -200,6 +201,12 @@ fn outcome(service: &str, status: &str, records: i64, retained: Vec<(String, Str
     Outcome { service: service.to_owned(), status: status.to_owned(), records, retained, error }
 }
 
+/// What ties request `id`'s export bundle to its subject: SHA-256 of the id and the CPF, so that
+/// the same CPF gives a different digest on every request.
+fn subject_digest(id: &str, cpf: &Cpf) -> String {
+    hex::encode(Sha256::digest(format!("{id}:{}", cpf.as_str())))
+}
+
 /// The records of an export: the total length of its top-level lists.
 fn count_records(data: &serde_json::Value) -> i64 {
     data.as_object()
@@ -241,7 +248,17 @@ impl SubjectStore {
                 });
                 (Some(bundle.to_string()), outcomes)
             }
-            Kind::Erasure => (None, self.services.erase(&caller.tenant_id, cpf, &id).await),
+            Kind::Erasure => {
+                let mut outcomes = self.services.erase(&caller.tenant_id, cpf, &id).await;
+                outcomes.push(match self.erase_exports(&caller.tenant_id, cpf, &id).await {
+                    Ok(erased) => outcome(crate::SERVICE_NAME, "erased", erased, Vec::new(), String::new()),
+                    Err(error) => {
+                        tracing::error!(%error, request = %id, "earlier export bundles not erased");
+                        outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), "earlier exports not erased".into())
+                    }
+                });
+                (None, outcomes)
+            }
             Kind::Correction => (None, Vec::new()),
         };
         let status = match kind {
@@ -250,6 +267,7 @@ impl SubjectStore {
             _ => "completed",
         };
         let completed_at = (status == "completed").then(now);
+        let digest = export.as_ref().map(|_| subject_digest(&id, cpf));
         let request = StoredRequest {
             id: id.clone(),
             kind: kind.as_str().to_owned(),
@@ -262,7 +280,7 @@ impl SubjectStore {
         };
         sqlx::query(
             "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, completed_at, \
-             outcomes, export) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             outcomes, export, subject_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(&caller.tenant_id)
         .bind(&request.id)
@@ -274,6 +292,7 @@ impl SubjectStore {
         .bind(&request.completed_at)
         .bind(serde_json::to_string(&request.outcomes).expect("outcomes serialise"))
         .bind(export)
+        .bind(digest)
         .execute(self.database.pool())
         .await
         .map_err(StoreError::from)?;
@@ -341,18 +360,58 @@ impl SubjectStore {
         Ok(requests.into_iter().filter(|request| !overdue || request.overdue()).collect())
     }
 
-    /// The export bundle of an access or portability request.
+    /// The export bundle of an access or portability request, unless an erasure of its subject
+    /// has deleted it since.
     pub async fn export(&self, tenant_id: &str, id: &str) -> Result<String, Error> {
-        let row = sqlx::query("SELECT export FROM subject_requests WHERE tenant_id = $1 AND id = $2")
+        let row = sqlx::query("SELECT export, export_erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
             .fetch_optional(self.database.pool())
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound("subject request".into()))?;
-        row.try_get::<Option<String>, _>("export").map_err(StoreError::from)?.ok_or_else(|| {
-            Error::NotFound("export of this request (only access and portability requests have one)".into())
-        })
+        if let Some(export) = row.try_get::<Option<String>, _>("export").map_err(StoreError::from)? {
+            return Ok(export);
+        }
+        Err(Error::NotFound(match row.try_get::<Option<String>, _>("export_erased_by").map_err(StoreError::from)? {
+            Some(erasure) => {
+                format!("export of this request: erasure request {erasure} deleted it with the subject's data")
+            }
+            None => "export of this request (only access and portability requests have one)".into(),
+        }))
+    }
+
+    /// Deletes the export bundles of the tenant's earlier requests about `cpf`, as part of
+    /// erasure request `erasure`; returns how many.
+    async fn erase_exports(&self, tenant_id: &str, cpf: &Cpf, erasure: &str) -> Result<i64, Error> {
+        let rows = sqlx::query(
+            "SELECT id, subject_digest FROM subject_requests \
+             WHERE tenant_id = $1 AND export IS NOT NULL AND subject_digest IS NOT NULL",
+        )
+        .bind(tenant_id)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let mut erased = 0;
+        for row in rows {
+            let id: String = row.try_get("id").map_err(StoreError::from)?;
+            let digest: String = row.try_get("subject_digest").map_err(StoreError::from)?;
+            if digest != subject_digest(&id, cpf) {
+                continue;
+            }
+            erased += sqlx::query(
+                "UPDATE subject_requests SET export = NULL, subject_digest = NULL, export_erased_by = $3 \
+                 WHERE tenant_id = $1 AND id = $2",
+            )
+            .bind(tenant_id)
+            .bind(&id)
+            .bind(erasure)
+            .execute(self.database.pool())
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected();
+        }
+        Ok(i64::try_from(erased).unwrap_or(i64::MAX))
     }
 
     /// Queues the decision at `audit_index` of the caller's log for a human review.

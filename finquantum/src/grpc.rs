@@ -451,6 +451,15 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let caller = auth::caller(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
         let score = self.store.score(&caller.tenant_id, &id).await?;
+        let read = event(
+            caller,
+            EventKind::SensitiveRead,
+            "fin.GetCreditScore",
+            &format!("credit-score:{id}"),
+            serde_json::json!({"fields": ["features", "bank"]}),
+        );
+        self.store.record_read(&caller.tenant_id, &read).await?;
+        self.outbox.wake();
         Ok(Response::new(score_message(score)?))
     }
 
@@ -475,6 +484,15 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let first = bounds.0.and_hms_opt(0, 0, 0).map(|at| at.and_utc());
         let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &ids, first).await?;
         let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions);
+        let read = event(
+            &caller,
+            EventKind::SensitiveRead,
+            "fin.GetStatement",
+            &format!("customer:{customer_id}"),
+            serde_json::json!({"month": month.trim(), "format": if pdf { "pdf" } else { "json" }}),
+        );
+        self.store.record_read(&caller.tenant_id, &read).await?;
+        self.outbox.wake();
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))
         } else {

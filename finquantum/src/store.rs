@@ -427,6 +427,14 @@ impl Store {
         Ok(score_of(&row)?)
     }
 
+    /// Records `event`, the audit event of a read, in the outbox.
+    pub(crate) async fn record_read(&self, tenant_id: &str, event: &AuditEvent) -> Result<(), Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
     /// Deletes the data held under every consent whose deletion is due at `now` (revoked, or
     /// expired), each consent with its audit event, and marks the consents purged.
     pub(crate) async fn purge_due(
@@ -543,14 +551,16 @@ impl Store {
                 "riskBand": score.risk_band,
                 "modelVersion": score.model_version,
                 "features": score.features,
-                "reasons": score.reasons,
+                "reasons": score.reasons.iter().filter_map(|feature| crate::scoring::reason_for(feature)).map(|reason| {
+                    serde_json::json!({"code": reason.code, "description": reason.description})
+                }).collect::<Vec<_>>(),
                 "createTime": time::stored(score.created_at),
             })).collect::<Vec<_>>(),
         }]}))
     }
 
     /// Erases `cpf`: its consents, accounts and transactions are deleted and the customer's CPF
-    /// with them; credit decisions stay, their inputs emptied. Returns the records deleted and
+    /// with them; credit decisions stay, their inputs emptied and their customer id cleared. Returns the records deleted and
     /// the decisions kept.
     pub(crate) async fn erase_subject(
         &self,
@@ -578,7 +588,7 @@ impl Store {
                 .rows_affected();
         }
         let kept = sqlx::query(
-            "UPDATE credit_scores SET features = '{}', bank = '{}' WHERE tenant_id = $1 AND customer_id = $2",
+            "UPDATE credit_scores SET features = '{}', bank = '{}', customer_id = '' WHERE tenant_id = $1 AND customer_id = $2",
         )
         .bind(tenant_id)
         .bind(&customer_id)

@@ -110,7 +110,16 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let new = NewPatient::try_from(request.into_inner())?;
         let patient = Patient::register(new);
-        self.store.create_patient(&caller.tenant_id, &patient).await?;
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::PersonalDataChange,
+            "health.CreatePatient",
+            &format!("patient:{}", patient.id),
+            serde_json::json!({"fields": patient.held_fields()}),
+        );
+        self.store.create_patient(&caller.tenant_id, &patient, &event).await?;
+        self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, patient = %patient.id, "patient registered");
         Ok(Response::new(patient.into()))
     }
@@ -201,6 +210,9 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         };
         let patient = self.store.update_patient(&caller.tenant_id, &id, changes, event).await?;
         self.outbox.wake();
+        // Reports print the patient's header: they are made again on their next request.
+        let assessments = self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await?;
+        self.delete_reports(&caller.tenant_id, &assessments).await;
         Ok(Response::new(patient.into()))
     }
 

@@ -69,11 +69,13 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     limits.max_alloc = Some(512 * 1024 * 1024);
     reader.limits(limits);
     let decoded = reader.decode().map_err(|error| {
-        Error::invalid("body", format!("is a {} that does not decode: {error}", media_type.as_str()))
+        Error::invalid("body", format!("starts as {} but does not decode as one: {error}", media_type.as_str()))
     })?;
     let mut thumbnail = Vec::new();
-    decoded
-        .thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+    // A thumbnail is never larger than its image.
+    let small = decoded.width() <= THUMBNAIL_SIDE && decoded.height() <= THUMBNAIL_SIDE;
+    let thumbnailed = if small { decoded.clone() } else { decoded.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE) };
+    thumbnailed
         .write_to(&mut Cursor::new(&mut thumbnail), ImageFormat::Png)
         .map_err(|error| Error::invalid("body", format!("cannot make a thumbnail: {error}")))?;
     Ok(Examined { media_type, width: decoded.width(), height: decoded.height(), thumbnail: Some(thumbnail) })
@@ -97,6 +99,8 @@ mod tests {
         assert_eq!((examined.media_type, examined.width, examined.height), (MediaType::Png, 800, 400));
         let thumbnail = image::load_from_memory(&examined.thumbnail.unwrap()).unwrap();
         assert_eq!((thumbnail.width(), thumbnail.height()), (256, 128));
+        let small = image::load_from_memory(&examine(&png(8, 6)).unwrap().thumbnail.unwrap()).unwrap();
+        assert_eq!((small.width(), small.height()), (8, 6), "never enlarged");
 
         let mut dicom = vec![0u8; 128];
         dicom.extend_from_slice(b"DICM\x02\x00\x00\x00");

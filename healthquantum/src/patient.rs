@@ -234,6 +234,14 @@ pub struct Patient {
 }
 
 impl Patient {
+    /// The JSON names of the personal fields held, for audit events (never their values).
+    pub fn held_fields(&self) -> Vec<&'static str> {
+        let mut fields = vec!["name", "cpf", "birthDate"];
+        fields.extend(self.email.is_some().then_some("email"));
+        fields.extend(self.phone.is_some().then_some("phone"));
+        fields
+    }
+
     /// Registers `new` now, under a fresh identifier.
     pub fn register(new: NewPatient) -> Self {
         Self {

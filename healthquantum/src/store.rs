@@ -82,7 +82,13 @@ impl Store {
         Self { database, keys }
     }
 
-    pub(crate) async fn create_patient(&self, tenant_id: &str, patient: &Patient) -> Result<(), Error> {
+    /// Records `patient` with its audit event, in one transaction.
+    pub(crate) async fn create_patient(
+        &self,
+        tenant_id: &str,
+        patient: &Patient,
+        event: &AuditEvent,
+    ) -> Result<(), Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query(
@@ -97,6 +103,7 @@ impl Store {
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, event).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(())
     }

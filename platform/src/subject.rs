@@ -34,10 +34,17 @@ pub fn from_struct(value: Struct) -> serde_json::Value {
     serde_json::Value::Object(value.fields.into_iter().map(|(k, v)| (k, from_value(v))).collect())
 }
 
+/// 2^53: doubles below it hold every integer exactly.
+const MAX_EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
+
 fn from_value(value: Value) -> serde_json::Value {
     match value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(value)) => value.into(),
+        // `Struct` holds every number as a double; whole ones go back to JSON integers.
+        Some(Kind::NumberValue(number)) if number.fract() == 0.0 && number.abs() < MAX_EXACT_INTEGER => {
+            serde_json::Value::from(number as i64)
+        }
         Some(Kind::NumberValue(number)) => {
             serde_json::Number::from_f64(number).map_or(serde_json::Value::Null, serde_json::Value::Number)
         }
@@ -53,7 +60,8 @@ mod tests {
 
     #[test]
     fn json_survives_the_round_trip() {
-        let json = serde_json::json!({"patients": [{"name": "Maria", "age": 44.0, "erased": false, "note": null}]});
+        let json =
+            serde_json::json!({"patients": [{"name": "Maria", "age": 44, "bmi": 0.25, "erased": false, "note": null}]});
         assert_eq!(from_struct(to_struct(json.clone())), json);
     }
 }

@@ -82,10 +82,19 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
     let app = spawn_app(backend).await;
     let key = tenant_key(&app).await;
     let patient = app.create_patient(&key).await;
-    let assessment = assess(&app, &key, &patient).await;
+    // Registering the patient is a change of personal data, logged first, without the data.
     wait_for_size(&app, &key, 1).await;
+    let created: Value = app.get("/v1/governance/audit/entries/0", &key).await.json().await.unwrap();
+    assert_eq!(
+        (&created["entry"]["kind"], &created["entry"]["action"]),
+        (&json!("personal_data_change"), &json!("health.CreatePatient"))
+    );
+    let text = created["entry"]["leaf"].as_str().unwrap();
+    assert!(!text.contains("52998224725") && !text.contains("Maria"), "no personal data in the log: {text}");
 
-    let response = app.get("/v1/governance/audit/entries/0", &key).await;
+    let assessment = assess(&app, &key, &patient).await;
+    wait_for_size(&app, &key, 2).await;
+    let response = app.get("/v1/governance/audit/entries/1", &key).await;
     assert_eq!(response.status(), 200);
     let served: Value = response.json().await.unwrap();
     let entry = &served["entry"];
@@ -105,8 +114,8 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
     verifier.verify(signed["signedText"].as_str().unwrap(), signed["signature"].as_str().unwrap()).unwrap();
     assert_eq!(signed["keyId"], verifier.key_id());
 
-    let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(0))).await.unwrap();
-    assert!(matches!(verdict, Verdict::Verified { tree_size: 1, .. }), "{verdict:?}");
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(1))).await.unwrap();
+    assert!(matches!(verdict, Verdict::Verified { tree_size: 2, .. }), "{verdict:?}");
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
 
     // The roots a backup records are the signed ones.
@@ -114,14 +123,14 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
         .await
         .unwrap();
     let signed_root = served["checkpoint"]["rootHash"].as_str().unwrap();
-    assert!(roots.iter().any(|(_, size, root)| *size == 1 && root == signed_root), "{roots:?}");
+    assert!(roots.iter().any(|(_, size, root)| *size == 2 && root == signed_root), "{roots:?}");
 
     // Showing the patient's data is a sensitive read, audited too.
     assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
-    wait_for_size(&app, &key, 2).await;
-    let second: Value = app.get("/v1/governance/audit/entries/1", &key).await.json().await.unwrap();
-    assert_eq!(second["entry"]["kind"], "sensitive_read");
-    assert_eq!(app.count_governance_rows("audit_entries").await, 2);
+    wait_for_size(&app, &key, 3).await;
+    let third: Value = app.get("/v1/governance/audit/entries/2", &key).await.json().await.unwrap();
+    assert_eq!(third["entry"]["kind"], "sensitive_read");
+    assert_eq!(app.count_governance_rows("audit_entries").await, 3);
     assert_eq!(app.count_health_rows("audit_outbox").await, 0, "acknowledged events leave the outbox");
 
     // Another tenant sees its own, empty, log; a key without the scope is refused.
@@ -166,20 +175,21 @@ async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_on
     for _ in 0..100 {
         ids.insert(assess(&app, &key, &patient).await["id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(app.count_health_rows("audit_outbox").await, 100, "the events wait in the outbox");
+    // The patient's registration and the assessments.
+    assert_eq!(app.count_health_rows("audit_outbox").await, 101, "the events wait in the outbox");
     // The services restart with events pending; the new relay takes them over.
     app.restart().await;
     for _ in 0..100 {
         ids.insert(assess(&app, &key, &patient).await["id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(app.count_health_rows("audit_outbox").await, 200, "the events wait in the outbox");
+    assert_eq!(app.count_health_rows("audit_outbox").await, 201, "the events wait in the outbox");
     assert_eq!(app.get("/v1/governance/audit/checkpoint", &key).await.status(), 503);
     // The relay's lag is a metric.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
         let pending =
-            metrics.lines().any(|line| line == r#"aigronova_outbox_pending_events{service="healthquantum"} 200"#);
+            metrics.lines().any(|line| line == r#"aigronova_outbox_pending_events{service="healthquantum"} 201"#);
         let age = metrics
             .lines()
             .find_map(|line| {
@@ -200,15 +210,15 @@ async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_on
     let shutdown = Shutdown::new();
     let server = tokio::spawn(governance.run_until_stopped(shutdown.clone()));
 
-    wait_for_size(&app, &key, 200).await;
+    wait_for_size(&app, &key, 201).await;
     let mut logged = std::collections::BTreeSet::new();
     let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
-    for entry in page["entries"].as_array().unwrap() {
+    for entry in page["entries"].as_array().unwrap().iter().filter(|entry| entry["action"] == "health.AssessRisk") {
         let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap();
         logged.insert(leaf["details"]["assessmentId"].as_str().unwrap().to_owned());
     }
     assert_eq!(logged, ids, "every assessment arrived exactly once");
-    assert_eq!(app.count_governance_rows("audit_entries").await, 200);
+    assert_eq!(app.count_governance_rows("audit_entries").await, 201);
     assert_eq!(app.count_health_rows("audit_outbox").await, 0);
     let public_key = public_key(&app, &key).await;
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
@@ -222,7 +232,8 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
     let app = spawn_app(backend).await;
     let key = tenant_key(&app).await;
     let patient = app.create_patient(&key).await;
-    for _ in 0..6 {
+    // The registration, then five assessments: six entries.
+    for _ in 0..5 {
         assess(&app, &key, &patient).await;
     }
     wait_for_size(&app, &key, 6).await;
@@ -281,7 +292,8 @@ async fn a_consistency_proof_between_two_checkpoints_verifies_and_a_forged_one_f
     let app = spawn_app(Backend::Sqlite).await;
     let key = tenant_key(&app).await;
     let patient = app.create_patient(&key).await;
-    for _ in 0..3 {
+    // The registration, then two assessments: three entries.
+    for _ in 0..2 {
         assess(&app, &key, &patient).await;
     }
     let first = wait_for_size(&app, &key, 3).await;

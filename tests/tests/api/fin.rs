@@ -180,6 +180,28 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for expected in ["Monthly statement 2026-10", "3000.00", "1015.00", "1200.00", "TARIFA_SERVICOS_AVULSOS"] {
         assert!(text.contains(expected), "the PDF lacks {expected:?}:\n{text}");
     }
+    // Both reads of the customer's transactions are audited.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+        let reads: Vec<&Value> = page["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["action"] == "fin.GetStatement")
+            .collect();
+        if reads.len() == 2 {
+            let subject = format!("customer:{customer}");
+            assert!(
+                reads.iter().all(|read| read["kind"] == "sensitive_read"
+                    && read["leaf"].as_str().is_some_and(|leaf| leaf.contains(&subject))),
+                "{reads:?}"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} statement reads in the log: {page}", reads.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (path, field) in [
         (format!("/v1/fin/customers/{customer}/statements/2026-13"), "month"),
         (format!("/v1/fin/customers/{customer}/statements/2999-01"), "month"),
@@ -349,20 +371,24 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     let scores = app.count_fin_rows("credit_scores").await;
     assert_eq!(scores, 2 * rows.len() as i64 + 1);
 
-    // Every decision reaches the tenant's audit log in ai-governance.
+    // Every decision, and every read of a stored one, reaches the tenant's audit log in ai-governance.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let page: Value = app.get("/v1/governance/audit/entries?pageSize=100", &key).await.json().await.unwrap();
-        let decisions = page["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|entry| entry["kind"] == "decision" && entry["service"] == "finquantum")
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+        let entries = page["entries"].as_array().into_iter().flatten();
+        let decisions =
+            entries.clone().filter(|entry| entry["kind"] == "decision" && entry["service"] == "finquantum").count();
+        let reads = entries
+            .filter(|entry| entry["kind"] == "sensitive_read" && entry["action"] == "fin.GetCreditScore")
             .count();
-        if decisions as i64 == scores {
+        if decisions as i64 == scores && reads == rows.len() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{decisions} of {scores} decisions in the log: {page}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{decisions} of {scores} decisions and {reads} of {} reads in the log: {page}",
+            rows.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     app.stop().await;
@@ -401,7 +427,11 @@ async fn export_and_erasure(backend: Backend) {
     assert_eq!(customer["cpf"], customer_cpf, "{bundle}");
     assert_eq!(customer["consents"][0]["id"], granted["id"]);
     assert_eq!(customer["accounts"][0]["transactions"].as_array().unwrap().len(), 6);
-    assert_eq!(customer["creditScores"].as_array().unwrap().len(), 1);
+    let scores = customer["creditScores"].as_array().unwrap();
+    assert_eq!(scores.len(), 1);
+    let scored: Value = response.json().await.unwrap();
+    assert_eq!(scores[0]["score"], scored["score"], "the score as the API gives it");
+    assert_eq!(scores[0]["reasons"], scored["reasons"], "the reasons as the API gives them");
 
     let erasure = open(&app, &key, json!({"cpf": customer_cpf, "kind": "erasure"})).await;
     let outcome = outcome_of(&erasure, "finquantum");
@@ -411,7 +441,7 @@ async fn export_and_erasure(backend: Backend) {
     for table in ["customers", "consents", "accounts", "transactions"] {
         assert_eq!(app.count_fin_rows(table).await, 0, "{table} after erasure");
     }
-    assert_eq!(app.count_fin_rows("credit_scores WHERE features <> '{}'").await, 0);
+    assert_eq!(app.count_fin_rows("credit_scores WHERE features <> '{}' OR customer_id <> ''").await, 0);
     let again = open(&app, &key, json!({"cpf": customer_cpf, "kind": "access"})).await;
     let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
     assert_eq!(bundle["services"]["finquantum"]["customers"], json!([]), "{bundle}");

@@ -111,7 +111,13 @@ async fn patient_lifecycle(backend: Backend) {
 
     // Reads, changes and deletions of personal data are audited.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let wanted = ["health.ListPatients", "health.UpdatePatient", "health.DeletePatient", "health.GetPatient"];
+    let wanted = [
+        "health.CreatePatient",
+        "health.ListPatients",
+        "health.UpdatePatient",
+        "health.DeletePatient",
+        "health.GetPatient",
+    ];
     loop {
         let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
         let actions: Vec<&str> =
@@ -226,6 +232,13 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     let reports = app.data_dir().join("healthquantum-objects/reports");
     let kept: Vec<_> = walk(&reports);
     assert_eq!(kept.len(), 1, "{kept:?}");
+
+    // A corrected name is in the next report: the kept one went with the change.
+    let renamed = app.patch(&format!("/v1/health/patients/{patient}"), &key, &json!({"name": "Maria Souza"})).await;
+    assert_eq!(renamed.status(), 200);
+    assert!(!stored.exists(), "the report went with the change");
+    let text = aigronova_e2e::pdf_text(&app.get(&path, &key).await.bytes().await.unwrap());
+    assert!(text.contains("Maria Souza") && !text.contains("Maria Silva"), "{text}");
 
     // Deleting the patient deletes the report.
     assert_eq!(app.delete(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);

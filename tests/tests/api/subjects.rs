@@ -100,6 +100,14 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert!(outcome["retained"][0]["reason"].as_str().unwrap().contains("13.787"));
     assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 404);
     assert_eq!(app.count_health_rows("patients WHERE name <> '' OR cpf <> '' OR birth_date <> ''").await, 0);
+    // The earlier access request's bundle went with the data it copied.
+    let governance = outcome_of(&erasure, "ai-governance");
+    assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 1), "{erasure}");
+    let response =
+        app.get(&format!("/v1/governance/subject-requests/{}/export", access["id"].as_str().unwrap()), &key).await;
+    let problem = assert_problem(response, 404).await;
+    assert!(problem["detail"].as_str().unwrap().contains(erasure["id"].as_str().unwrap()), "{problem}");
+    assert_eq!(app.count_governance_rows("subject_requests WHERE export LIKE '%Maria%'").await, 0);
     let again = open(&app, &key, json!({"cpf": CPF, "kind": "portability"})).await;
     let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
     assert_eq!(bundle["services"]["healthquantum"]["patients"], json!([]), "nothing personal is left: {bundle}");
