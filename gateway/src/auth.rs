@@ -13,8 +13,7 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(bearer_credential)
         .filter(|key| !key.is_empty())
         .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
     if let Some(authenticator) = &state.jwt
@@ -26,7 +25,13 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
         tracing::error!(%error, "API key lookup failed");
         Problem::internal()
     })?;
-    principal.ok_or_else(|| Problem::unauthorized("the API key is not valid"))
+    principal.ok_or_else(|| Problem::invalid_token("the API key is not valid"))
+}
+
+/// The credential of a `Bearer` authorization; the scheme's name is case-insensitive (RFC 9110).
+fn bearer_credential(authorization: &str) -> Option<&str> {
+    let (scheme, credential) = authorization.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim())
 }
 
 /// Refuses a principal that lacks `scope`.

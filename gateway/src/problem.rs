@@ -78,8 +78,11 @@ impl Problem {
         problem
     }
 
+    /// A 401 for a request without credentials, with the `Bearer` challenge (RFC 6750).
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, detail)
+        let mut problem = Self::new(StatusCode::UNAUTHORIZED, detail);
+        problem.0.www_authenticate = Some("Bearer");
+        problem
     }
 
     /// A 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).

@@ -6,7 +6,8 @@
 //! draft-ietf-httpapi-ratelimit-headers (draft 11), for example
 //! `RateLimit-Policy: "tenant";q=20;w=2` and `RateLimit: "tenant";r=19;t=0`: `q` is the burst,
 //! `w` the seconds in which the whole burst comes back (so `q/w` is the sustained rate), `r` the
-//! requests that would pass now and `t` the whole seconds until `r` grows. Inference routes add
+//! requests that would pass now and `t` the seconds, rounded up, until `r` grows (0 when the whole burst
+//! is there): on a refusal, `r=0` and `t` agrees with `Retry-After`. Inference routes add
 //! `"inference";q=<monthly quota>;w=<seconds in this month>` and
 //! `"inference";r=<calls left>;t=<seconds until the month ends>`.
 
@@ -185,7 +186,7 @@ impl RateLimiter {
             headers,
             RATELIMIT,
             limited().map(|((subject, gcra), backlog)| {
-                let (remaining, next) = (gcra.remaining(*backlog), gcra.until_next_cell(*backlog) / MICROS);
+                let (remaining, next) = (gcra.remaining(*backlog), gcra.until_next_cell(*backlog).div_ceil(MICROS));
                 format!("\"{}\";r={remaining};t={next}", subject.policy)
             }),
         );

@@ -37,9 +37,13 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
 async fn a_missing_or_wrong_key_is_401() {
     let app = spawn_app(Backend::Sqlite).await;
     let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"});
+    // Every 401 carries its challenge: bare without credentials, `invalid_token` for a bad one.
     let response = app.client.post(app.url("/v1/health/patients")).json(&body).send().await.unwrap();
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
     assert_problem(response, 401).await;
-    assert_problem(app.post("/v1/health/patients", "agk_not_a_key", &body).await, 401).await;
+    let response = app.post("/v1/health/patients", "agk_not_a_key", &body).await;
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="invalid_token""#);
+    assert_problem(response, 401).await;
     let response = app
         .client
         .post(app.url("/v1/health/patients"))
@@ -52,6 +56,20 @@ async fn a_missing_or_wrong_key_is_401() {
     assert_problem(app.post("/v1/admin/tenants", "agk_not_a_key", &json!({"name": "A", "plan": "starter"})).await, 401)
         .await;
     assert_eq!(app.count_health_rows("patients").await, 0);
+
+    // The scheme's name is case-insensitive.
+    let tenant = app.create_tenant("Clínica").await;
+    let key = app.create_key(&tenant, &["health:read"]).await;
+    for scheme in ["bearer", "BEARER"] {
+        let response = app
+            .client
+            .get(app.url("/v1/health/models"))
+            .header("authorization", format!("{scheme} {key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
     app.stop().await;
 }
 
