@@ -19,7 +19,7 @@ use crate::{
     inventory::{Inventory, InventoryEntry},
     log::{Leaf, LogStore, SignedCheckpoint, StoredEntry},
     merkle::Hash,
-    monitoring::{self, FeatureBins, Latency, ModelStatus, MonitoringStore, PSI_ALERT, Summary},
+    monitoring::{self, FeatureBins, Latency, ModelStatus, MonitoringStore, Summary},
     reports::{self, Reporter},
     subjects::{self, SubjectStore},
 };
@@ -329,6 +329,7 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
                     latency_p95_ms: 0.0,
                     latency_p99_ms: 0.0,
                     drift: Vec::new(),
+                    drift_sample: 0,
                 }
             }
         };
@@ -422,7 +423,11 @@ fn status_message(status: ModelStatus, window: &str) -> proto::ModelMonitoring {
         drift: status
             .drift
             .iter()
-            .map(|(feature, psi)| proto::FeatureDrift { feature: feature.clone(), psi: *psi, alert: *psi > PSI_ALERT })
+            .map(|(feature, psi)| proto::FeatureDrift {
+                feature: feature.clone(),
+                psi: *psi,
+                alert: status.feature_alert(*psi),
+            })
             .collect(),
         model: status.model,
         version: status.version,

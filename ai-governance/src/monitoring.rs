@@ -6,6 +6,8 @@
 //! 0.0001 so that an empty bin counts as very rare rather than impossible. Above
 //! [`PSI_ALERT`] the inputs have shifted enough that the model's scores should not be trusted
 //! without review (the usual reading: under 0.1 stable, 0.1 to 0.25 moderate, above 0.25 major).
+//! A handful of inputs says nothing about a distribution: the alert needs at least
+//! [`MIN_DRIFT_SAMPLE`] scored inputs in the window, ten per training decile.
 
 use std::{collections::BTreeMap, sync::OnceLock};
 
@@ -20,6 +22,8 @@ use sqlx::Row;
 
 /// The PSI above which a feature, and its model, is in alert.
 pub const PSI_ALERT: f64 = 0.25;
+/// The scored inputs a window needs before its PSI can raise an alert.
+pub const MIN_DRIFT_SAMPLE: u64 = 100;
 const SHARE_FLOOR: f64 = 0.0001;
 
 /// A reported summary, as stored.
@@ -62,6 +66,8 @@ pub struct ModelStatus {
     pub latency_p99_ms: f64,
     /// Per feature, in the order reported: its name and PSI.
     pub drift: Vec<(String, f64)>,
+    /// The scored inputs the PSI was computed from.
+    pub drift_sample: u64,
 }
 
 impl ModelStatus {
@@ -74,7 +80,17 @@ impl ModelStatus {
     }
 
     pub fn drift_alert(&self) -> bool {
-        self.max_psi() > PSI_ALERT
+        self.feature_alert(self.max_psi())
+    }
+
+    /// Whether a feature with `psi` is in alert: above [`PSI_ALERT`] on a large enough sample.
+    pub fn feature_alert(&self, psi: f64) -> bool {
+        self.drift_sample >= MIN_DRIFT_SAMPLE && psi > PSI_ALERT
+    }
+
+    /// What the drift gauge shows: the largest PSI, or 0 while the sample is too small to tell.
+    pub fn alerting_psi(&self) -> f64 {
+        if self.drift_sample >= MIN_DRIFT_SAMPLE { self.max_psi() } else { 0.0 }
     }
 }
 
@@ -161,7 +177,7 @@ impl MonitoringStore {
             if let Some(status) = status {
                 drift_gauge()
                     .with_label_values(&[&summary.tenant_id, &status.model, &status.version])
-                    .set(status.max_psi());
+                    .set(status.alerting_psi());
             }
         }
         Ok(())
@@ -279,6 +295,7 @@ fn summarise(rows: &[sqlx::any::AnyRow]) -> Result<BTreeMap<(String, String), Mo
                 latency_p95_ms: percentile(&sums.latency, 0.95),
                 latency_p99_ms: percentile(&sums.latency, 0.99),
                 drift: sums.features.iter().map(|f| (f.name.clone(), psi(&f.counts, &f.expected))).collect(),
+                drift_sample: sums.features.iter().map(|f| f.counts.iter().sum::<u64>()).max().unwrap_or(0),
             };
             ((model, version), status)
         })
@@ -291,7 +308,8 @@ fn drift_gauge() -> &'static GaugeVec {
         let gauge = GaugeVec::new(
             Opts::new(
                 "aigronova_model_drift_psi",
-                "Largest population stability index of a model's input features over the last hour, per tenant",
+                "Largest population stability index of a model's input features over the last hour, per tenant \
+                 (0 until the hour holds 100 scored inputs)",
             ),
             &["tenant", "model", "version"],
         )
@@ -318,6 +336,27 @@ mod tests {
         let mild = [80, 90, 100, 100, 100, 100, 100, 100, 110, 120];
         assert!(psi(&mild, &expected) < 0.1);
         assert_eq!(psi(&[0; 10], &expected), 0.0);
+    }
+
+    #[test]
+    fn a_shift_on_a_handful_of_inputs_is_not_an_alert() {
+        let mut shifted = vec![0; 10];
+        shifted[9] = 5;
+        let psi = psi(&shifted, &[0.1; 10]);
+        let status = |drift_sample| ModelStatus {
+            model: "m".into(),
+            version: "1".into(),
+            calls: drift_sample,
+            errors: 0,
+            latency_p50_ms: 1.0,
+            latency_p95_ms: 1.0,
+            latency_p99_ms: 1.0,
+            drift: vec![("f".into(), psi)],
+            drift_sample,
+        };
+        assert!(psi > PSI_ALERT);
+        assert!(!status(5).drift_alert() && status(5).alerting_psi() == 0.0, "five inputs tell nothing");
+        assert!(status(MIN_DRIFT_SAMPLE).drift_alert() && status(MIN_DRIFT_SAMPLE).alerting_psi() == psi);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{
     inventory::Inventory,
     log::{Leaf, LogStore},
-    monitoring::{MonitoringStore, PSI_ALERT},
+    monitoring::{MIN_DRIFT_SAMPLE, MonitoringStore, PSI_ALERT},
     subjects::SubjectStore,
 };
 
@@ -239,6 +239,7 @@ impl Reporter {
             "models": models,
             "monitoring": monitoring,
             "psiAlertThreshold": PSI_ALERT,
+            "psiAlertMinSample": MIN_DRIFT_SAMPLE,
             "subjectRequests": {
                 "total": requests.len(),
                 "byKind": requests_by_kind,
