@@ -348,7 +348,7 @@ def main() -> int:
             "synthetic": False,
         },
         "intended_use": (
-            "Demonstration and testing of the AigroNova model-serving platform for the future "
+            "Demonstration and testing of the AigroNova model-serving platform's "
             "FinQuantum service: a small, real, openly licensed credit-risk classifier with a "
             "reproducible ONNX export. It is NOT a credit-scoring model and must not be used to "
             "make, support or explain real lending decisions about any person."
