@@ -36,6 +36,7 @@ pub enum Kind {
 impl Kind {
     pub fn parse(kind: &str) -> Result<Self, Error> {
         match kind {
+            "" => Err(Error::invalid("kind", "is required: one of access, correction, erasure, portability")),
             "access" => Ok(Self::Access),
             "correction" => Ok(Self::Correction),
             "erasure" => Ok(Self::Erasure),

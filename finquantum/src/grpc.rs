@@ -374,15 +374,12 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             }
         })?;
         let needed = [ACCOUNTS_READ, ACCOUNTS_BALANCES_READ, ACCOUNTS_TRANSACTIONS_READ];
-        let data = self.store.customer_data(&caller.tenant_id, &cpf).await?.ok_or_else(|| {
-            aigronova_platform::error::missing_permission(
-                ACCOUNTS_TRANSACTIONS_READ,
-                "a credit score needs a valid consent of the customer granting ACCOUNTS_TRANSACTIONS_READ, \
-                 and the customer has none",
-            )
-        })?;
-        let customer_id = data.customer_id;
         let now = Utc::now();
+        // A CPF never consented is refused as one whose consents are all gone: the same permission named.
+        let Some(data) = self.store.customer_data(&caller.tenant_id, &cpf).await? else {
+            return Err(require_any(&[], &needed, now, "a credit score").expect_err("no consent grants anything"));
+        };
+        let customer_id = data.customer_id;
         require_any(&data.consents, &needed, now, "a credit score")?;
         let consents: Vec<&Consent> =
             data.consents.iter().filter(|consent| consent.allows(&needed, now).is_ok()).collect();

@@ -284,7 +284,8 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     // No consent at all: refused, naming what is missing, and nothing stored.
     let stranger = json!({"cpf": cpf(555_666_777), "applicant": applicant_for(&rows[0]["features"])});
     let problem = assert_problem(app.post("/v1/fin/credit-scores", &key, &stranger).await, 403).await;
-    assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ", "{problem}");
+    // The first permission a score needs, as for a customer whose consents are all revoked.
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_READ", "{problem}");
 
     for (i, row) in rows.iter().enumerate() {
         let customer_cpf = cpf(200_000_000 + i as u64);

@@ -130,6 +130,10 @@ async fn access_erasure_and_reviews(backend: Backend) {
     )
     .await;
     assert_eq!(problem["field"], "kind");
+    let problem =
+        assert_problem(app.post("/v1/governance/subject-requests", &key, &json!({"cpf": CPF})).await, 400).await;
+    assert_eq!(problem["field"], "kind");
+    assert!(problem["detail"].as_str().unwrap().contains("is required"), "{problem}");
     assert_problem(
         app.post("/v1/governance/subject-requests", &key, &json!({"cpf": CPF, "kind": "correction"})).await,
         400,
