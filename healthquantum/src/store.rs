@@ -156,7 +156,10 @@ impl Store {
         let mut cursor = after.unwrap_or_default().to_owned();
         let mut examined = 0;
         let mut exhausted = false;
-        while patients.len() < page_size && examined < SCAN_LIMIT {
+        // One match past the page tells whether there is a next page, so that a full last page
+        // comes without a token.
+        let wanted = page_size + 1;
+        while patients.len() < wanted && examined < SCAN_LIMIT {
             let rows = sqlx::query(
                 "SELECT id, created_at, updated_at, sealed FROM patients \
                  WHERE tenant_id = $1 AND erased_at IS NULL AND id > $2 AND ($3 = '' OR cpf_hash = $3) \
@@ -179,21 +182,28 @@ impl Store {
                 cursor = patient.id.to_string();
                 if prefix.as_deref().is_none_or(|prefix| searchable(patient.name.as_str()).starts_with(prefix)) {
                     patients.push(patient);
-                    if patients.len() == page_size {
+                    if patients.len() == wanted {
                         break;
                     }
                 }
             }
-            if (rows.len() as i64) < SCAN_BATCH && patients.len() < page_size {
+            if (rows.len() as i64) < SCAN_BATCH && patients.len() < wanted {
                 exhausted = true;
                 break;
             }
         }
+        let next_after = if patients.len() > page_size {
+            patients.truncate(page_size);
+            patients.last().map(|patient| patient.id.to_string())
+        } else {
+            // The scan stopped at its limit: the next page goes on from where it stopped.
+            (!exhausted).then_some(cursor)
+        };
         if !patients.is_empty() {
             audit::enqueue(&mut transaction, &event(&patients)).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(PatientPage { patients, next_after: (!exhausted).then_some(cursor) })
+        Ok(PatientPage { patients, next_after })
     }
 
     /// Applies `changes` to the patient `id`, with the audit event (`event(&patient)`) in the

@@ -48,6 +48,12 @@ async fn patient_lifecycle(backend: Backend) {
     let second = list(&app, &key, &format!("pageSize=2&pageToken={token}")).await;
     assert_eq!(names(&second).len(), 1);
     assert!(second["nextPageToken"].as_str().is_none_or(str::is_empty), "{second}");
+    let whole = list(&app, &key, "pageSize=3").await;
+    assert_eq!(names(&whole).len(), 3);
+    assert!(whole["nextPageToken"].as_str().is_none_or(str::is_empty), "a full last page has no next: {whole}");
+    let matching = list(&app, &key, "namePrefix=mar&pageSize=2").await;
+    assert_eq!(names(&matching).len(), 2);
+    assert!(matching["nextPageToken"].as_str().is_none_or(str::is_empty), "{matching}");
     let mut by_prefix = names(&list(&app, &key, "namePrefix=mar").await);
     by_prefix.sort();
     assert_eq!(by_prefix, ["Maria Silva", "Mário Souza"], "case and accents ignored");
