@@ -96,7 +96,10 @@ pub(crate) async fn list_tenants(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     require_admin(&state, &headers).await?;
-    let Query(query) = query.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    // `pageSize` is the one parameter that can fail to parse.
+    let Query(query) = query.map_err(|rejection| {
+        Problem::invalid_field("pageSize", format!("pageSize must be a whole number: {}", rejection.body_text()))
+    })?;
     let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
         return Err(Problem::invalid_field("pageSize", format!("pageSize must be between 1 and {MAX_PAGE_SIZE}")));
@@ -236,9 +239,8 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
         return Err(Problem::bad_request("the request body must be a JSON object"));
     }
     serde_path_to_error::deserialize(json).map_err(|error| {
-        let field = error.path().to_string();
-        let detail = format!("invalid request body: {}", error.inner());
-        if field == "." { Problem::bad_request(detail) } else { Problem::invalid_field(field, detail) }
+        let message = error.inner().to_string();
+        Problem::invalid_body_field(&error.path().to_string(), &message, format!("invalid request body: {message}"))
     })
 }
 

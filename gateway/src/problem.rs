@@ -72,6 +72,24 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, detail)
     }
 
+    /// A 400 about the field at `path` (serde_path_to_error's, `.` for the top level) of a body
+    /// that failed with `message`: a missing or unknown field is named by the message, below `path`
+    /// unless `path` already ends with it.
+    pub fn invalid_body_field(path: &str, message: &str, detail: impl Into<String>) -> Self {
+        let named = ["missing field `", "unknown field `", "unrecognized field name '"].iter().find_map(|opening| {
+            let rest = &message[message.find(opening)? + opening.len()..];
+            rest.find(['`', '\'']).map(|end| &rest[..end])
+        });
+        match (path, named) {
+            (".", None) => Self::bad_request(detail),
+            (".", Some(name)) => Self::invalid_field(name, detail),
+            (path, Some(name)) if path != name && !path.ends_with(&format!(".{name}")) => {
+                Self::invalid_field(format!("{path}.{name}"), detail)
+            }
+            (path, _) => Self::invalid_field(path, detail),
+        }
+    }
+
     pub fn invalid_field(field: impl Into<String>, detail: impl Into<String>) -> Self {
         let mut problem = Self::bad_request(detail);
         problem.0.field = Some(field.into());

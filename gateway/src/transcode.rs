@@ -102,24 +102,20 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
             }
             Category::Data => {
                 let detail = format!("the request body does not match {}: {error}", descriptor.name());
-                match field_of_error(descriptor, body) {
-                    Some(field) => Problem::invalid_field(field, detail),
-                    None => Problem::bad_request(detail),
-                }
+                Problem::invalid_body_field(&path_of_error(descriptor, body), &error.to_string(), detail)
             }
         })
 }
 
-/// The JSON path of the field a body that does not fit `descriptor` fails at (`expiresAt`,
-/// `applicant.age`), found by reading it again while tracking the path: only refused bodies pay
-/// for the tracking.
-fn field_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> Option<String> {
+/// The JSON path a body that does not fit `descriptor` fails at (`expiresAt`, `applicant.age`,
+/// `.` for the top level), found by reading it again while tracking the path: only refused
+/// bodies pay for the tracking.
+fn path_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> String {
     let mut json = serde_json::Deserializer::from_slice(body);
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(&mut json, &mut track);
-    DynamicMessage::deserialize_with_options(descriptor.clone(), tracked, &DeserializeOptions::new()).err()?;
-    let path = track.path().to_string();
-    (path != ".").then_some(path)
+    let _ = DynamicMessage::deserialize_with_options(descriptor.clone(), tracked, &DeserializeOptions::new());
+    track.path().to_string()
 }
 
 /// Sets the fields the query names. A field the path binds (`bound`, by proto name) cannot be
@@ -276,7 +272,7 @@ mod tests {
             assert!(problem.starts_with("the request body is not valid JSON"), "{problem}");
         }
         let cases = [
-            (&br#"{"unknown": 1}"#[..], None),
+            (&br#"{"unknown": 1}"#[..], Some("unknown")),
             (br#"{"features": {"mean radius": "high"}}"#, Some("features.mean radius")),
             (br#"{"model": "x", "patientId": 7}"#, Some("patientId")),
             (br"[]", None),

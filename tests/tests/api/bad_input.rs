@@ -112,7 +112,8 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
         assert_eq!(problem["field"], field, "{body} -> {problem}");
     }
     let unknown = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29", "shoeSize": 42});
-    assert_problem(app.post("/v1/health/patients", &key, &unknown).await, 400).await;
+    let problem = assert_problem(app.post("/v1/health/patients", &key, &unknown).await, 400).await;
+    assert_eq!(problem["field"], "shoeSize", "an unknown field is named: {problem}");
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }

@@ -369,6 +369,14 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     )
     .await;
     assert_eq!(problem["field"], "applicant.housing");
+    let mut unknown = applicant_for(&rows[0]["features"]);
+    unknown["shoeSize"] = json!(42);
+    let problem = assert_problem(
+        app.post("/v1/fin/credit-scores", &key, &json!({"cpf": cpf(200_000_000), "applicant": unknown})).await,
+        400,
+    )
+    .await;
+    assert_eq!(problem["field"], "applicant.shoeSize", "{problem}");
     let scores = app.count_fin_rows("credit_scores").await;
     assert_eq!(scores, 2 * rows.len() as i64 + 1);
 

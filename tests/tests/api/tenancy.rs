@@ -42,7 +42,7 @@ async fn tenant_and_key_creation_refuse_bad_input() {
     let cases = [
         (json!({"name": "Acme", "plan": "gold"}), Some("plan")),
         (json!({"name": "", "plan": "starter"}), Some("name")),
-        (json!({"plan": "starter"}), None),
+        (json!({"plan": "starter"}), Some("name")),
         (json!({"name": "Acme", "plan": "starter", "extra": 1}), Some("extra")),
         (json!({"name": 5, "plan": "starter"}), Some("name")),
         (json!(["Acme", "starter"]), None),
@@ -52,6 +52,8 @@ async fn tenant_and_key_creation_refuse_bad_input() {
         assert_eq!(problem["field"].as_str(), field, "{body}: {problem}");
         assert!(!problem["detail"].as_str().unwrap().contains("struct"), "no Rust types in {problem}");
     }
+    let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &admin).await, 400).await;
+    assert_eq!(problem["field"], "pageSize", "{problem}");
     let tenant = app.create_tenant("Acme").await;
     let path = format!("/v1/admin/tenants/{tenant}/api-keys");
     let cases = [
