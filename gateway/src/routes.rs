@@ -135,8 +135,12 @@ impl RouteTable {
         let mut allowed = Vec::new();
         for route in &self.routes {
             let Some(variables) = match_segments(&route.segments, &parts) else { continue };
-            if route.http_method == *method {
+            // HEAD is GET without the body (RFC 9110): the server leaves the body out.
+            if route.http_method == *method || (*method == Method::HEAD && route.http_method == Method::GET) {
                 return Lookup::Found(Matched { route, variables });
+            }
+            if route.http_method == Method::GET {
+                allowed.push(Method::HEAD);
             }
             allowed.push(route.http_method.clone());
         }

@@ -28,8 +28,13 @@ async fn unknown_routes_are_404_and_wrong_methods_405() {
     let mut allowed: Vec<String> =
         response.headers()["allow"].to_str().unwrap().split(',').map(|method| method.trim().to_owned()).collect();
     allowed.sort();
-    assert_eq!(allowed, ["GET", "POST"]);
+    assert_eq!(allowed, ["GET", "HEAD", "POST"]);
     assert_problem(response, 405).await;
+    // HEAD is answered as GET is, without the body.
+    let response = app.client.head(app.url("/v1/health/models")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(response.bytes().await.unwrap().is_empty());
     app.stop().await;
 }
 
