@@ -35,7 +35,16 @@ pub(crate) fn request_message(
     let route = matched.route;
     let input = route.method.input();
     let mut message = match route.body.as_str() {
-        "*" => parse_body(&input, body)?,
+        "*" => {
+            // Every field not in the path comes from the body: a query parameter would be ignored.
+            if let Some((name, _)) = query.and_then(|query| form_pairs(query).into_iter().next()) {
+                return Err(Problem::invalid_field(
+                    &name,
+                    format!("{} {} takes its fields in the body, not the query", route.http_method, route.template),
+                ));
+            }
+            parse_body(&input, body)?
+        }
         "" => {
             if !body.is_empty() {
                 return Err(Problem::bad_request(format!(

@@ -44,7 +44,18 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Mani
     pdf.paragraph(&manifest.description);
     pdf.field("Dados de treino / Training data", &manifest.training_data.source);
     pdf.field("Licença / Licence", &manifest.training_data.licence);
-    let metrics: Vec<String> = manifest.metrics.iter().map(|(name, value)| format!("{name} {value:.4}")).collect();
+    // Counts (rows) as whole numbers, scores (AUC, accuracy, R²) to four decimals.
+    let metrics: Vec<String> = manifest
+        .metrics
+        .iter()
+        .map(|(name, value)| {
+            if value.fract() == 0.0 && value.abs() >= 1.0 {
+                format!("{name} {value}")
+            } else {
+                format!("{name} {value:.4}")
+            }
+        })
+        .collect();
     pdf.field("Métricas / Held-out metrics", &metrics.join(", "));
     pdf.field("Uso pretendido / Intended use", &manifest.intended_use);
     pdf.field("Limitações / Limitations", &manifest.limitations);

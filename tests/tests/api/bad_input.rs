@@ -239,5 +239,11 @@ async fn the_query_cannot_rebind_a_path_field_or_repeat_a_single_one() {
     assert!(problem["detail"].as_str().unwrap().contains("more than once"), "{problem}");
     let listed = app.get("/v1/health/patients?pageSize=1", &key).await;
     assert_eq!(listed.status(), 200, "one value is fine");
+    // A route that takes its fields in the body takes none from the query, rather than ignore it.
+    let response =
+        app.patch(&format!("/v1/health/patients/{mine}?updateMask=phone"), &key, &json!({"name": "Ana"})).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "updateMask");
+    let unchanged: Value = app.get(&format!("/v1/health/patients/{mine}"), &key).await.json().await.unwrap();
+    assert_ne!(unchanged["name"], "Ana", "nothing changed");
     app.stop().await;
 }

@@ -219,10 +219,13 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
         "não o substitui",
         "does not replace it",
         "load_diabetes",
+        "training_rows 331",
+        "heldout_r2 0.4551",
     ] {
         assert!(text.contains(expected), "the report lacks {expected:?}:\n{text}");
     }
     assert!(!text.contains("52998224725"), "the CPF is masked");
+    assert!(!text.contains("111.0000"), "counts are whole numbers: {text}");
     let stored = app.data_dir().join(format!("healthquantum-objects/reports/{tenant}/{id}.pdf"));
     assert_eq!(std::fs::read(&stored).expect("the report is kept"), pdf.to_vec());
     let again = app.get(&path, &key).await.bytes().await.unwrap();
