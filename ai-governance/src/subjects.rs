@@ -15,7 +15,7 @@ use aigronova_proto::aigronova::common::v1::{self as common, RetainedRecord, dat
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::log::{Leaf, LogStore};
@@ -202,10 +202,51 @@ fn outcome(service: &str, status: &str, records: i64, retained: Vec<(String, Str
     Outcome { service: service.to_owned(), status: status.to_owned(), records, retained, error }
 }
 
-/// What ties request `id`'s export bundle to its subject: SHA-256 of the id and the CPF, so that
-/// the same CPF gives a different digest on every request.
+/// What ties request `id` to its subject: SHA-256 of the id and the CPF, so that the same CPF
+/// gives a different digest on every request. Kept only beside what holds the subject's data
+/// anyway (a bundle with records, a correction's details), and deleted with it.
 fn subject_digest(id: &str, cpf: &Cpf) -> String {
     hex::encode(Sha256::digest(format!("{id}:{}", cpf.as_str())))
+}
+
+/// Deletes, as part of erasure request `erasure`, what the tenant's earlier requests about `cpf`
+/// hold of the subject: bundles (found by digest, or, kept before digests were, by the CPF they
+/// contain) and corrections' details. Returns how many requests it cleared.
+async fn erase_held(connection: &mut AnyConnection, tenant_id: &str, cpf: &Cpf, erasure: &str) -> Result<i64, Error> {
+    let rows = sqlx::query(
+        "SELECT id, subject_digest, export FROM subject_requests \
+         WHERE tenant_id = $1 AND (export IS NOT NULL OR subject_digest IS NOT NULL)",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(StoreError::from)?;
+    let quoted = format!("\"{}\"", cpf.as_str());
+    let mut erased = 0;
+    for row in rows {
+        let id: String = row.try_get("id").map_err(StoreError::from)?;
+        let digest: Option<String> = row.try_get("subject_digest").map_err(StoreError::from)?;
+        let export: Option<String> = row.try_get("export").map_err(StoreError::from)?;
+        let about_subject = match digest {
+            Some(digest) => digest == subject_digest(&id, cpf),
+            None => export.is_some_and(|export| export.contains(&quoted)),
+        };
+        if !about_subject {
+            continue;
+        }
+        erased += sqlx::query(
+            "UPDATE subject_requests SET export = NULL, subject_digest = NULL, erased_by = $3, \
+             details = CASE WHEN kind = 'correction' THEN '' ELSE details END WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(&id)
+        .bind(erasure)
+        .execute(&mut *connection)
+        .await
+        .map_err(StoreError::from)?
+        .rows_affected();
+    }
+    Ok(i64::try_from(erased).unwrap_or(i64::MAX))
 }
 
 /// The records of an export: the total length of its top-level lists.
@@ -225,19 +266,26 @@ pub struct SubjectStore {
     database: Database,
     services: SubjectServices,
     log: Arc<LogStore>,
+    /// Held while a request is processed: an access request still collecting data while an
+    /// erasure of the same subject runs would store its bundle after the erasure deleted the
+    /// others.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl SubjectStore {
     pub fn new(database: Database, services: SubjectServices, log: Arc<LogStore>) -> Self {
-        Self { database, services, log }
+        Self { database, services, log, turn: tokio::sync::Mutex::new(()) }
     }
 
-    /// Opens a request, fans it out (corrections wait for a person), stores and audits it.
+    /// Opens a request, fans it out (corrections wait for a person), stores and audits it. An
+    /// erasure also deletes, in the transaction that stores it, what earlier requests about the
+    /// same CPF hold of the subject: access and portability bundles, corrections' details.
     pub async fn open(&self, caller: &Caller, cpf: &Cpf, kind: Kind, details: &str) -> Result<StoredRequest, Error> {
+        let _turn = self.turn.lock().await;
         let id = uuid::Uuid::now_v7().to_string();
         let created = Utc::now();
         let deadline = (created + chrono::Duration::days(DEADLINE_DAYS)).to_rfc3339_opts(SecondsFormat::Micros, true);
-        let (export, outcomes) = match kind {
+        let (export, mut outcomes) = match kind {
             Kind::Access | Kind::Portability => {
                 let (data, outcomes) = self.services.export(&caller.tenant_id, cpf, &id).await;
                 let bundle = serde_json::json!({
@@ -249,26 +297,27 @@ impl SubjectStore {
                 });
                 (Some(bundle.to_string()), outcomes)
             }
-            Kind::Erasure => {
-                let mut outcomes = self.services.erase(&caller.tenant_id, cpf, &id).await;
-                outcomes.push(match self.erase_exports(&caller.tenant_id, cpf, &id).await {
-                    Ok(erased) => outcome(crate::SERVICE_NAME, "erased", erased, Vec::new(), String::new()),
-                    Err(error) => {
-                        tracing::error!(%error, request = %id, "earlier export bundles not erased");
-                        outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), "earlier exports not erased".into())
-                    }
-                });
-                (None, outcomes)
-            }
+            Kind::Erasure => (None, self.services.erase(&caller.tenant_id, cpf, &id).await),
             Kind::Correction => (None, Vec::new()),
         };
+        // Only a request that holds the subject's data keeps the digest that finds it again.
+        let holds_data = match kind {
+            Kind::Access | Kind::Portability => outcomes.iter().any(|outcome| outcome.records > 0),
+            Kind::Correction => true,
+            Kind::Erasure => false,
+        };
+        let digest = holds_data.then(|| subject_digest(&id, cpf));
+        let mut transaction = self.database.begin_write().await?;
+        if kind == Kind::Erasure {
+            let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, &id).await?;
+            outcomes.push(outcome(crate::SERVICE_NAME, "erased", erased, Vec::new(), String::new()));
+        }
         let status = match kind {
             Kind::Correction => "open",
             _ if outcomes.iter().any(|outcome| outcome.status == "failed") => "failed",
             _ => "completed",
         };
         let completed_at = (status == "completed").then(now);
-        let digest = export.as_ref().map(|_| subject_digest(&id, cpf));
         let request = StoredRequest {
             id: id.clone(),
             kind: kind.as_str().to_owned(),
@@ -294,9 +343,10 @@ impl SubjectStore {
         .bind(serde_json::to_string(&request.outcomes).expect("outcomes serialise"))
         .bind(export)
         .bind(digest)
-        .execute(self.database.pool())
+        .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
         let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
         self.audit(
             caller,
@@ -364,7 +414,7 @@ impl SubjectStore {
     /// The export bundle of an access or portability request, unless an erasure of its subject
     /// has deleted it since.
     pub async fn export(&self, tenant_id: &str, id: &str) -> Result<String, Error> {
-        let row = sqlx::query("SELECT export, export_erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
+        let row = sqlx::query("SELECT export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
             .fetch_optional(self.database.pool())
@@ -374,45 +424,12 @@ impl SubjectStore {
         if let Some(export) = row.try_get::<Option<String>, _>("export").map_err(StoreError::from)? {
             return Ok(export);
         }
-        Err(Error::NotFound(match row.try_get::<Option<String>, _>("export_erased_by").map_err(StoreError::from)? {
+        Err(Error::NotFound(match row.try_get::<Option<String>, _>("erased_by").map_err(StoreError::from)? {
             Some(erasure) => {
-                format!("export of this request: erasure request {erasure} deleted it with the subject's data")
+                format!("export of this request (deleted with the subject's data by erasure request {erasure})")
             }
             None => "export of this request (only access and portability requests have one)".into(),
         }))
-    }
-
-    /// Deletes the export bundles of the tenant's earlier requests about `cpf`, as part of
-    /// erasure request `erasure`; returns how many.
-    async fn erase_exports(&self, tenant_id: &str, cpf: &Cpf, erasure: &str) -> Result<i64, Error> {
-        let rows = sqlx::query(
-            "SELECT id, subject_digest FROM subject_requests \
-             WHERE tenant_id = $1 AND export IS NOT NULL AND subject_digest IS NOT NULL",
-        )
-        .bind(tenant_id)
-        .fetch_all(self.database.pool())
-        .await
-        .map_err(StoreError::from)?;
-        let mut erased = 0;
-        for row in rows {
-            let id: String = row.try_get("id").map_err(StoreError::from)?;
-            let digest: String = row.try_get("subject_digest").map_err(StoreError::from)?;
-            if digest != subject_digest(&id, cpf) {
-                continue;
-            }
-            erased += sqlx::query(
-                "UPDATE subject_requests SET export = NULL, subject_digest = NULL, export_erased_by = $3 \
-                 WHERE tenant_id = $1 AND id = $2",
-            )
-            .bind(tenant_id)
-            .bind(&id)
-            .bind(erasure)
-            .execute(self.database.pool())
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected();
-        }
-        Ok(i64::try_from(erased).unwrap_or(i64::MAX))
     }
 
     /// Queues the decision at `audit_index` of the caller's log for a human review.

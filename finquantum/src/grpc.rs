@@ -447,15 +447,22 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
     ) -> Result<Response<proto::CreditScore>, Status> {
         let caller = auth::caller(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let score = self.store.score(&caller.tenant_id, &id).await?;
-        let read = event(
-            caller,
-            EventKind::SensitiveRead,
-            "fin.GetCreditScore",
-            &format!("credit-score:{id}"),
-            serde_json::json!({"fields": ["features", "bank"]}),
-        );
-        self.store.record_read(&caller.tenant_id, &read).await?;
+        // The read names the customer, unless an erasure unlinked the decision from them.
+        let read = |score: &StoredScore| {
+            let subject = if score.customer_id.is_empty() {
+                format!("credit-score:{id}")
+            } else {
+                format!("customer:{}", score.customer_id)
+            };
+            event(
+                caller,
+                EventKind::SensitiveRead,
+                "fin.GetCreditScore",
+                &subject,
+                serde_json::json!({"creditScore": id, "fields": ["features", "bank"]}),
+            )
+        };
+        let score = self.store.score(&caller.tenant_id, &id, read).await?;
         self.outbox.wake();
         Ok(Response::new(score_message(score)?))
     }
@@ -479,8 +486,6 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let ids: Vec<String> = consents.into_iter().map(|consent| consent.id).collect();
         // A month's statement reads its month and what came after (to walk back from the balance).
         let first = bounds.0.and_hms_opt(0, 0, 0).map(|at| at.and_utc());
-        let (accounts, transactions) = self.store.data_under(&caller.tenant_id, &customer_id, &ids, first).await?;
-        let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions);
         let read = event(
             &caller,
             EventKind::SensitiveRead,
@@ -488,8 +493,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             &format!("customer:{customer_id}"),
             serde_json::json!({"month": month.trim(), "format": if pdf { "pdf" } else { "json" }}),
         );
-        self.store.record_read(&caller.tenant_id, &read).await?;
+        let (accounts, transactions) =
+            self.store.data_under(&caller.tenant_id, &customer_id, &ids, first, Some(&read)).await?;
         self.outbox.wake();
+        let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions);
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))
         } else {

@@ -371,9 +371,17 @@ impl Store {
         customer_id: &str,
         consent_ids: &[String],
         since: Option<DateTime<Utc>>,
+        read: Option<&AuditEvent>,
     ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), Error> {
-        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        // A read shown to a caller commits with its audit event.
+        let mut transaction = match read {
+            Some(_) => self.database.begin_tenant(tenant_id).await?,
+            None => self.database.begin_tenant_read(tenant_id).await?,
+        };
         let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, |_| since).await?;
+        if let Some(event) = read {
+            audit::enqueue(&mut transaction, event).await?;
+        }
         transaction.commit().await.map_err(StoreError::from)?;
         let accounts: Vec<StoredAccount> =
             accounts.into_iter().filter(|account| consent_ids.contains(&account.consent_id)).collect();
@@ -414,8 +422,13 @@ impl Store {
         Ok(())
     }
 
-    pub(crate) async fn score(&self, tenant_id: &str, id: &str) -> Result<StoredScore, Error> {
-        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+    pub(crate) async fn score(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        event: impl FnOnce(&StoredScore) -> AuditEvent,
+    ) -> Result<StoredScore, Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let row = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(id)
@@ -423,16 +436,10 @@ impl Store {
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound(format!("credit score {id}")))?;
+        let score = score_of(&row)?;
+        audit::enqueue(&mut transaction, &event(&score)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(score_of(&row)?)
-    }
-
-    /// Records `event`, the audit event of a read, in the outbox.
-    pub(crate) async fn record_read(&self, tenant_id: &str, event: &AuditEvent) -> Result<(), Error> {
-        let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        audit::enqueue(&mut transaction, event).await?;
-        transaction.commit().await.map_err(StoreError::from)?;
-        Ok(())
+        Ok(score)
     }
 
     /// Deletes the data held under every consent whose deletion is due at `now` (revoked, or
@@ -507,7 +514,7 @@ impl Store {
         };
         let consents = self.consents_of(tenant_id, &customer_id).await?;
         let all: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
-        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all, None).await?;
+        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all, None, None).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let scores = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
             .bind(tenant_id)

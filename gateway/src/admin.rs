@@ -96,9 +96,15 @@ pub(crate) async fn list_tenants(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     require_admin(&state, &headers).await?;
-    // `pageSize` is the one parameter that can fail to parse.
+    // The rejection names the parameter at fault (`pageSize: invalid digit…`, `foo: unknown field…`).
     let Query(query) = query.map_err(|rejection| {
-        Problem::invalid_field("pageSize", format!("pageSize must be a whole number: {}", rejection.body_text()))
+        let text = rejection.body_text();
+        let message = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+        let named = message
+            .split_once(": ")
+            .map(|(name, _)| name)
+            .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        Problem::invalid_field(named.unwrap_or("pageSize"), format!("bad query parameter: {message}"))
     })?;
     let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&page_size) {

@@ -77,7 +77,7 @@ impl Problem {
     /// unless `path` already ends with it.
     pub fn invalid_body_field(path: &str, message: &str, detail: impl Into<String>) -> Self {
         let named = ["missing field `", "unknown field `", "unrecognized field name '"].iter().find_map(|opening| {
-            let rest = &message[message.find(opening)? + opening.len()..];
+            let rest = message.strip_prefix(opening)?;
             rest.find(['`', '\'']).map(|end| &rest[..end])
         });
         match (path, named) {
@@ -133,6 +133,15 @@ impl Problem {
         let http = StatusCode::from_u16(aigronova_platform::error::http_status_of(status.code()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let metadata = |key: &str| status.metadata().get(key).and_then(|value| value.to_str().ok()).map(str::to_owned);
+        // The services authenticate the gateway's internal token, never the client: their refusal
+        // is the platform's fault, not a 401 for a credential the client can fix.
+        if status.code() == tonic::Code::Unauthenticated {
+            tracing::error!(message = status.message(), "an upstream service refused the gateway's internal token");
+            return Self::new(
+                StatusCode::BAD_GATEWAY,
+                "the service refused the gateway's credentials; quote the request id when reporting it",
+            );
+        }
         let mut problem = Self::new(http, status.message());
         problem.0.field = metadata(aigronova_platform::error::FIELD_METADATA_KEY);
         problem.0.missing_permission = metadata(aigronova_platform::error::PERMISSION_METADATA_KEY);

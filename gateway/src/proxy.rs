@@ -142,6 +142,18 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
     decompress::read(body, headers, limit).await
 }
 
+/// The template of an admin API path, for the access log and the metrics.
+fn admin_route(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches("/v1/admin/").split('/').collect();
+    match segments.as_slice() {
+        ["tenants"] => "/v1/admin/tenants",
+        ["tenants", _] => "/v1/admin/tenants/{tenant_id}",
+        ["tenants", _, "api-keys"] => "/v1/admin/tenants/{tenant_id}/api-keys",
+        ["tenants", _, "api-keys", _] => "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}",
+        _ => "unmatched",
+    }
+}
+
 /// One JSON log line a request, and a span that continues the caller's W3C trace.
 pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -160,7 +172,7 @@ pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     let route = facts.route.as_deref().unwrap_or(match path.as_str() {
         "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" => path.as_str(),
-        admin if admin.starts_with("/v1/admin/") => "/v1/admin",
+        admin if admin.starts_with("/v1/admin/") => admin_route(admin),
         _ => "unmatched",
     });
     let status = response.status().as_u16();

@@ -4,7 +4,7 @@
 //!
 //! Every rate-limited response carries the `RateLimit-Policy` and `RateLimit` fields of
 //! draft-ietf-httpapi-ratelimit-headers (draft 11), for example
-//! `RateLimit-Policy: "tenant";q=20;w=2` and `RateLimit: "tenant";r=19;t=0`: `q` is the burst,
+//! `RateLimit-Policy: "tenant";q=20;w=2` and `RateLimit: "tenant";r=19;t=1`: `q` is the burst,
 //! `w` the seconds in which the whole burst comes back (so `q/w` is the sustained rate), `r` the
 //! requests that would pass now and `t` the seconds, rounded up, until `r` grows (0 when the whole burst
 //! is there): on a refusal, `r=0` and `t` agrees with `Retry-After`. Inference routes add

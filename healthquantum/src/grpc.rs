@@ -210,9 +210,12 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         };
         let patient = self.store.update_patient(&caller.tenant_id, &id, changes, event).await?;
         self.outbox.wake();
-        // Reports print the patient's header: they are made again on their next request.
-        let assessments = self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await?;
-        self.delete_reports(&caller.tenant_id, &assessments).await;
+        // Reports print the patient's header: they are made again on their next request. The
+        // change is made: a failure here is logged, not answered.
+        match self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await {
+            Ok(assessments) => self.delete_reports(&caller.tenant_id, &assessments).await,
+            Err(error) => tracing::error!(%error, patient = %id, "kept reports not deleted after a change"),
+        }
         Ok(Response::new(patient.into()))
     }
 

@@ -153,6 +153,43 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies_on_postgres(
     an_assessment_is_logged_once_with_a_proof_the_cli_verifies(Backend::Postgres).await;
 }
 
+/// A service that refuses the gateway's internal token is the platform's fault: a 502, not a 401
+/// the client could do nothing about.
+#[tokio::test]
+async fn a_service_refusing_the_gateways_token_is_a_502() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut started_with = None;
+    let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
+        config.audit.governance_url = Some(format!("http://127.0.0.1:{port}"));
+        config.ai_governance.grpc_addr = ([127, 0, 0, 1], port).into();
+        started_with = Some(config.clone());
+    })
+    .await;
+    let config = started_with.unwrap();
+    let key = tenant_key(&app).await;
+    // ai-governance trusts another gateway's key.
+    let stranger = TokenSigner::generate();
+    let services_key = TokenSigner::from_base64(config.internal_auth.service_signing_key.as_deref().unwrap()).unwrap();
+    let governance =
+        AiGovernanceService::build(&config.ai_governance, stranger.verifier(), Some(services_key)).await.unwrap();
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(governance.run_until_stopped(shutdown.clone()));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = app.get("/v1/governance/audit/public-key", &key).await;
+        if response.status() != 503 || tokio::time::Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(response.headers().get("www-authenticate").is_none());
+    aigronova_e2e::assert_problem(response, 502).await;
+    app.stop().await;
+    shutdown.trigger();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_once() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

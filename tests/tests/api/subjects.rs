@@ -161,6 +161,13 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let all: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
     assert_eq!(all["requests"].as_array().unwrap().len(), 4);
 
+    // A later erasure of the same CPF clears the correction's details, which hold the subject's data.
+    let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
+    let governance = outcome_of(&erasure, "ai-governance");
+    assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 1), "{erasure}");
+    let cleared = format!("subject_requests WHERE id = '{id}' AND details = '' AND erased_by IS NOT NULL");
+    assert_eq!(app.count_governance_rows(&cleared).await, 1);
+
     // Art. 20: a review of the automated decision, by its audit entry.
     let index = decision_index(&app, &key).await;
     let review = app

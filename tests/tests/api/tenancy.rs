@@ -54,6 +54,8 @@ async fn tenant_and_key_creation_refuse_bad_input() {
     }
     let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &admin).await, 400).await;
     assert_eq!(problem["field"], "pageSize", "{problem}");
+    let problem = assert_problem(app.get("/v1/admin/tenants?shoeSize=42", &admin).await, 400).await;
+    assert_eq!(problem["field"], "shoeSize", "{problem}");
     let tenant = app.create_tenant("Acme").await;
     let path = format!("/v1/admin/tenants/{tenant}/api-keys");
     let cases = [

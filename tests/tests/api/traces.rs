@@ -78,12 +78,20 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    telemetry.flush().unwrap();
-
-    let spans_all = collector.spans.lock().unwrap().clone();
+    // The service's span ends once its answer is sent, which may be after the client has it.
+    let rpc = "/aigronova.health.v1.HealthQuantum/GetPatient";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spans_all = loop {
+        telemetry.flush().unwrap();
+        let spans = collector.spans.lock().unwrap().clone();
+        let ended = |kind: SpanKind| spans.iter().any(|span| span.name == rpc && span.kind == kind as i32);
+        if (ended(SpanKind::Server) && ended(SpanKind::Client)) || tokio::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let in_trace: Vec<Span> = spans_all.iter().filter(|span| hex(&span.trace_id) == trace_id).cloned().collect();
     let gateway = find(&in_trace, &format!("GET /v1/health/patients/{patient}"));
-    let rpc = "/aigronova.health.v1.HealthQuantum/GetPatient";
     let of_kind = |kind: SpanKind| {
         in_trace
             .iter()
