@@ -144,19 +144,43 @@ impl Validate for AppConfig {
 
 impl AppConfig {
     /// Embedded storage under `data_dir` and loopback ports chosen by the system, as `up` runs.
+    /// A database, object store or key file the configuration names (a file, `AIGRONOVA__…`) is
+    /// kept: `up` can run against PostgreSQL too.
     pub fn embedded(mut self, http_addr: SocketAddr, data_dir: &Path) -> Self {
+        let defaults = AppConfig::default();
+        let sqlite = |name: &str| format!("sqlite://{}", data_dir.join(name).display());
+        fn unless_set<T: PartialEq>(value: &mut T, default: &T, embedded: T) {
+            if value == default {
+                *value = embedded;
+            }
+        }
         self.gateway.http_addr = http_addr;
-        self.gateway.database_url = format!("sqlite://{}", data_dir.join("gateway.db").display());
-        self.healthquantum.database_url = format!("sqlite://{}", data_dir.join("healthquantum.db").display());
+        unless_set(&mut self.gateway.database_url, &defaults.gateway.database_url, sqlite("gateway.db"));
+        let health = &defaults.healthquantum;
+        unless_set(&mut self.healthquantum.database_url, &health.database_url, sqlite("healthquantum.db"));
         self.healthquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        self.healthquantum.master_key_file = data_dir.join("healthquantum-master.key");
-        self.healthquantum.objects_url = format!("file://{}", data_dir.join("healthquantum-objects").display());
-        self.finquantum.database_url = format!("sqlite://{}", data_dir.join("finquantum.db").display());
+        unless_set(
+            &mut self.healthquantum.master_key_file,
+            &health.master_key_file,
+            data_dir.join("healthquantum-master.key"),
+        );
+        unless_set(
+            &mut self.healthquantum.objects_url,
+            &health.objects_url,
+            format!("file://{}", data_dir.join("healthquantum-objects").display()),
+        );
+        let fin = &defaults.finquantum;
+        unless_set(&mut self.finquantum.database_url, &fin.database_url, sqlite("finquantum.db"));
         self.finquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        self.finquantum.master_key_file = data_dir.join("finquantum-master.key");
+        unless_set(&mut self.finquantum.master_key_file, &fin.master_key_file, data_dir.join("finquantum-master.key"));
         self.finquantum.sandbox = true;
-        self.ai_governance.database_url = format!("sqlite://{}", data_dir.join("ai-governance.db").display());
-        self.ai_governance.signing_key_file = data_dir.join("ai-governance-checkpoint.key");
+        let governance = &defaults.ai_governance;
+        unless_set(&mut self.ai_governance.database_url, &governance.database_url, sqlite("ai-governance.db"));
+        unless_set(
+            &mut self.ai_governance.signing_key_file,
+            &governance.signing_key_file,
+            data_dir.join("ai-governance-checkpoint.key"),
+        );
         self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         self
     }
@@ -383,5 +407,27 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             service.run_until_stopped(shutdown).await
         }
         Command::Keygen | Command::Audit { .. } => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_keeps_its_storage_under_the_data_dir_unless_the_configuration_names_another() {
+        let data_dir = Path::new("/srv/aigronova");
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let embedded = AppConfig::default().embedded(addr, data_dir);
+        assert_eq!(embedded.gateway.database_url, "sqlite:///srv/aigronova/gateway.db");
+        assert_eq!(embedded.healthquantum.master_key_file, data_dir.join("healthquantum-master.key"));
+
+        let mut configured = AppConfig::default();
+        configured.gateway.database_url = "postgres://gw@db/gateway".into();
+        configured.finquantum.database_url = "postgres://fin@db/fin".into();
+        let embedded = configured.embedded(addr, data_dir);
+        assert_eq!(embedded.gateway.database_url, "postgres://gw@db/gateway");
+        assert_eq!(embedded.finquantum.database_url, "postgres://fin@db/fin");
+        assert_eq!(embedded.healthquantum.database_url, "sqlite:///srv/aigronova/healthquantum.db");
     }
 }

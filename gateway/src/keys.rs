@@ -1,10 +1,15 @@
 //! A cache of API key lookups, so that most requests do not touch the database. Revoking a key or
 //! suspending a tenant evicts its entries at once; with Redis configured, every replica hears of
-//! it through a pub/sub channel. Entries also expire after a short time, as a backstop.
+//! it through a pub/sub channel. Entries also expire after a short time, as a backstop. While a
+//! replica is not subscribed to that channel (Redis down), it would not hear of other replicas'
+//! revocations, so it does not use its cache: every lookup goes to the shared database.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -31,17 +36,23 @@ pub(crate) struct KeyCache {
     ttl: Duration,
     entries: Arc<RwLock<HashMap<String, Entry>>>,
     touched: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Set while evictions from other replicas may be missed: lookups skip the cache.
+    bypass: Arc<AtomicBool>,
 }
 
 impl KeyCache {
     pub(crate) fn new(store: Store, ttl: Duration) -> Self {
-        Self { store, ttl, entries: Arc::default(), touched: Arc::default() }
+        Self { store, ttl, entries: Arc::default(), touched: Arc::default(), bypass: Arc::default() }
     }
 
     /// The principal of a presented key, from the cache or the database.
     pub(crate) async fn principal(&self, key: &str) -> Result<Option<Arc<Principal>>, StoreError> {
         let hash = hash_key(key);
-        let cached = self.read().get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned();
+        let cached = if self.bypass.load(Ordering::Relaxed) {
+            None
+        } else {
+            self.read().get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned()
+        };
         let principal = match cached {
             Some(entry) => entry.principal,
             None => {
@@ -136,6 +147,8 @@ impl Invalidation {
                 Ok(RedisBus { client, publisher, channel: format!("{prefix}key-invalidation") })
             })
             .transpose()?;
+        // Until the channel is subscribed, other replicas' evictions would be missed.
+        keys.bypass.store(redis.is_some(), Ordering::Relaxed);
         Ok(Self { keys, redis })
     }
 
@@ -163,9 +176,19 @@ impl Invalidation {
     pub(crate) async fn listen(self, shutdown: aigronova_platform::Shutdown) {
         let Some(bus) = self.redis.clone() else { return };
         let listening = async {
+            let mut failures: u64 = 0;
             loop {
+                let started = Instant::now();
                 if let Err(error) = self.listen_once(&bus).await {
-                    tracing::warn!(%error, "key invalidation channel lost; reconnecting");
+                    self.keys.bypass.store(true, Ordering::Relaxed);
+                    if started.elapsed() > Duration::from_secs(5) {
+                        failures = 0; // it was subscribed: a new outage
+                    }
+                    // Reconnect every second, warn on the first failure and every minute after.
+                    if failures.is_multiple_of(60) {
+                        tracing::warn!(%error, failures, "key invalidation channel lost; reconnecting, keys looked up in the database meanwhile");
+                    }
+                    failures += 1;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -180,6 +203,7 @@ impl Invalidation {
         let mut pubsub = bus.client.get_async_pubsub().await?;
         pubsub.subscribe(&bus.channel).await?;
         self.keys.clear();
+        self.keys.bypass.store(false, Ordering::Relaxed);
         let mut messages = pubsub.on_message();
         while let Some(message) = messages.next().await {
             let payload: String = message.get_payload()?;

@@ -36,9 +36,17 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     for owner in state.upstreams.owners() {
         upstreams.insert(owner.clone(), state.upstreams.is_serving(owner).await.into());
     }
-    let ready = database && upstreams.values().all(|serving| serving == &serde_json::Value::Bool(true));
+    // With Redis and `redis_failure = "closed"`, a replica that cannot reach Redis refuses every
+    // tenant call: not ready, so that a load balancer sends them elsewhere.
+    let rate_limits = state.limiter.readiness().await;
+    let ready = database
+        && rate_limits != Some(false)
+        && upstreams.values().all(|serving| serving == &serde_json::Value::Bool(true));
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let body = serde_json::json!({"ready": ready, "database": database, "upstreams": upstreams});
+    let mut body = serde_json::json!({"ready": ready, "database": database, "upstreams": upstreams});
+    if let Some(rate_limits) = rate_limits {
+        body["rateLimits"] = rate_limits.into();
+    }
     (status, Json(body)).into_response()
 }
 

@@ -139,6 +139,13 @@ impl RateLimiter {
         Ok(Self::new(Backend::Redis(backend), config, SystemClock))
     }
 
+    /// For `/readyz`: `None` without Redis; with Redis, whether this replica can serve tenant
+    /// calls: Redis answers, or a failure lets calls through (`redis_failure = "open"`).
+    pub(crate) async fn readiness(&self) -> Option<bool> {
+        let Backend::Redis(backend) = &self.inner.backend else { return None };
+        Some(backend.ping().await.is_ok() || self.inner.on_failure == RedisFailure::Open)
+    }
+
     fn new(backend: Backend, config: &RateLimitConfig, clock: impl Clock + 'static) -> Self {
         let inner = Inner {
             backend,

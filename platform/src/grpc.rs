@@ -55,7 +55,7 @@ impl GrpcListener {
                 health.set_service_status(service, ServingStatus::NotServing).await;
             }
         };
-        tracing::info!(addr = %self.local_addr, "gRPC server listening");
+        tracing::info!(addr = %self.local_addr, services = %services.join(","), "gRPC server listening");
         Server::builder()
             .trace_fn(call_span)
             .add_routes(routes)

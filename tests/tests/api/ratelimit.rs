@@ -97,6 +97,28 @@ async fn two_gateways_sharing_one_redis_limit_a_tenant_together() {
     app.stop().await;
 }
 
+/// Without the invalidation channel (Redis down), a replica cannot hear of another's revocation:
+/// it looks keys up in the shared database instead of its cache, so the revocation still holds at once.
+#[tokio::test]
+async fn with_redis_down_a_key_revoked_on_one_gateway_is_refused_by_the_other_at_once() {
+    let mut app = spawn_app_with(Backend::Postgres, |config| {
+        config.gateway.redis_url = Some("redis://127.0.0.1:1".into());
+        config.gateway.rate_limit.redis_failure = RedisFailure::Open;
+        config.gateway.key_cache_secs = 300;
+    })
+    .await;
+    let replica = app.start_gateway_replica().await;
+    let (tenant, key) = app.tenant_with_key().await;
+    assert_eq!(app.get_from(&replica, NOBODY, &key).await.status(), 404, "the replica knows the key");
+    let listed: serde_json::Value =
+        app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
+    let key_id = listed["apiKeys"][0]["id"].as_str().unwrap().to_owned();
+    let revoked = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/{key_id}"), &app.admin_key).await;
+    assert_eq!(revoked.status(), 204);
+    assert_problem(app.get_from(&replica, NOBODY, &key).await, 401).await;
+    app.stop().await;
+}
+
 /// A Professional plan whose keys are limited on their own: 4 requests at once for the tenant,
 /// 2 for each key.
 async fn key_limits_hold_one_key_back_and_not_the_others(limiter: Limiter) {
@@ -203,6 +225,9 @@ async fn with_redis_down_and_failing_open_calls_pass_unlimited_and_the_errors_ar
         assert!(response.headers().get("ratelimit").is_none(), "no limit was checked, none is advertised");
     }
     assert!(backend_errors(&app).await >= before + 3);
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "failing open, the replica serves");
+    assert_eq!(ready.json::<serde_json::Value>().await.unwrap()["rateLimits"], true);
     app.stop().await;
 }
 
@@ -215,5 +240,9 @@ async fn with_redis_down_and_failing_closed_calls_get_503_with_retry_after() {
     assert_problem(response, 503).await;
     let response = app.get("/healthz", &key).await;
     assert_eq!(response.status(), 200, "only tenant calls depend on Redis");
+    // Refusing every tenant call, the replica is not ready: a load balancer sends them elsewhere.
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(ready.json::<serde_json::Value>().await.unwrap()["rateLimits"], false);
     app.stop().await;
 }
