@@ -266,26 +266,80 @@ pub struct SubjectStore {
     database: Database,
     services: SubjectServices,
     log: Arc<LogStore>,
-    /// Held while a request is processed: an access request still collecting data while an
-    /// erasure of the same subject runs would store its bundle after the erasure deleted the
-    /// others.
-    turn: tokio::sync::Mutex<()>,
+    /// A lock per subject being processed (see [`SubjectStore::open`]).
+    locks: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A request about to be stored.
+struct NewRequest<'a> {
+    id: &'a str,
+    kind: Kind,
+    details: &'a str,
+    /// When it was received: its deadline runs from then.
+    created: chrono::DateTime<Utc>,
+    export: Option<&'a str>,
+    digest: Option<&'a str>,
 }
 
 impl SubjectStore {
     pub fn new(database: Database, services: SubjectServices, log: Arc<LogStore>) -> Self {
-        Self { database, services, log, turn: tokio::sync::Mutex::new(()) }
+        Self { database, services, log, locks: std::sync::Mutex::default() }
     }
 
     /// Opens a request, fans it out (corrections wait for a person), stores and audits it. An
     /// erasure also deletes, in the transaction that stores it, what earlier requests about the
-    /// same CPF hold of the subject: access and portability bundles, corrections' details.
-    pub async fn open(&self, caller: &Caller, cpf: &Cpf, kind: Kind, details: &str) -> Result<StoredRequest, Error> {
-        let _turn = self.turn.lock().await;
+    /// same CPF hold of the subject: access and portability bundles, corrections' details. The
+    /// work runs on a task of its own, so that a caller who stops waiting does not cut it short
+    /// between the services' answers and the request's record.
+    pub async fn open(
+        self: &Arc<Self>,
+        caller: &Caller,
+        cpf: &Cpf,
+        kind: Kind,
+        details: &str,
+    ) -> Result<StoredRequest, Error> {
+        let (store, caller, cpf, details) = (Arc::clone(self), caller.clone(), cpf.clone(), details.to_owned());
+        match tokio::spawn(async move { store.process(&caller, &cpf, kind, &details).await }).await {
+            Ok(processed) => processed,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            // Only a runtime shutting down cancels the task.
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolClosed).into()),
+        }
+    }
+
+    async fn process(&self, caller: &Caller, cpf: &Cpf, kind: Kind, details: &str) -> Result<StoredRequest, Error> {
+        // One request about a subject at a time in this replica: an access request still
+        // collecting data while an erasure of the same CPF runs would store its bundle after the
+        // erasure deleted the others.
+        let lock = self.subject_lock(&caller.tenant_id, cpf);
+        let turn = lock.lock().await;
+        let processed = self.fan_out_and_store(caller, cpf, kind, details).await;
+        drop(turn);
+        self.release(&caller.tenant_id, cpf, lock);
+        let request = processed?;
+        let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
+        self.audit(
+            caller,
+            "subject_request",
+            "governance.CreateSubjectRequest",
+            &format!("subject-request:{}", request.id),
+            serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
+        )
+        .await?;
+        tracing::info!(tenant = %caller.tenant_id, request = %request.id, kind = kind.as_str(), status = %request.status, "data-subject request");
+        Ok(request)
+    }
+
+    async fn fan_out_and_store(
+        &self,
+        caller: &Caller,
+        cpf: &Cpf,
+        kind: Kind,
+        details: &str,
+    ) -> Result<StoredRequest, Error> {
         let id = uuid::Uuid::now_v7().to_string();
         let created = Utc::now();
-        let deadline = (created + chrono::Duration::days(DEADLINE_DAYS)).to_rfc3339_opts(SecondsFormat::Micros, true);
-        let (export, mut outcomes) = match kind {
+        let (export, outcomes) = match kind {
             Kind::Access | Kind::Portability => {
                 let (data, outcomes) = self.services.export(&caller.tenant_id, cpf, &id).await;
                 let bundle = serde_json::json!({
@@ -307,25 +361,54 @@ impl SubjectStore {
             Kind::Erasure => false,
         };
         let digest = holds_data.then(|| subject_digest(&id, cpf));
+        let new = NewRequest { id: &id, kind, details, created, export: export.as_deref(), digest: digest.as_deref() };
+        match self.store_request(caller, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await {
+            Err(error) if kind == Kind::Erasure => {
+                // The services have erased: the request is recorded whatever happens here.
+                tracing::error!(%error, request = %id, "earlier requests' data not erased; the erasure is stored as failed");
+                let mut outcomes = outcomes;
+                outcomes.push(outcome(
+                    crate::SERVICE_NAME,
+                    "failed",
+                    0,
+                    Vec::new(),
+                    "earlier requests not erased".into(),
+                ));
+                self.store_request(caller, cpf, &new, outcomes, false).await
+            }
+            stored => stored,
+        }
+    }
+
+    /// Stores request `new` with `outcomes`; with `erase`, in the same transaction, deletes what
+    /// the tenant's earlier requests hold of the subject, as one more outcome.
+    async fn store_request(
+        &self,
+        caller: &Caller,
+        cpf: &Cpf,
+        new: &NewRequest<'_>,
+        mut outcomes: Vec<Outcome>,
+        erase: bool,
+    ) -> Result<StoredRequest, Error> {
         let mut transaction = self.database.begin_write().await?;
-        if kind == Kind::Erasure {
-            let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, &id).await?;
+        if erase {
+            let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, new.id).await?;
             outcomes.push(outcome(crate::SERVICE_NAME, "erased", erased, Vec::new(), String::new()));
         }
-        let status = match kind {
+        let status = match new.kind {
             Kind::Correction => "open",
             _ if outcomes.iter().any(|outcome| outcome.status == "failed") => "failed",
             _ => "completed",
         };
-        let completed_at = (status == "completed").then(now);
+        let created = new.created;
         let request = StoredRequest {
-            id: id.clone(),
-            kind: kind.as_str().to_owned(),
+            id: new.id.to_owned(),
+            kind: new.kind.as_str().to_owned(),
             status: status.to_owned(),
-            details: details.to_owned(),
-            deadline,
+            details: new.details.to_owned(),
+            deadline: (created + chrono::Duration::days(DEADLINE_DAYS)).to_rfc3339_opts(SecondsFormat::Micros, true),
             created_at: created.to_rfc3339_opts(SecondsFormat::Micros, true),
-            completed_at,
+            completed_at: (status == "completed").then(now),
             outcomes,
         };
         sqlx::query(
@@ -341,23 +424,28 @@ impl SubjectStore {
         .bind(&request.created_at)
         .bind(&request.completed_at)
         .bind(serde_json::to_string(&request.outcomes).expect("outcomes serialise"))
-        .bind(export)
-        .bind(digest)
+        .bind(new.export)
+        .bind(new.digest)
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
         transaction.commit().await.map_err(StoreError::from)?;
-        let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
-        self.audit(
-            caller,
-            "subject_request",
-            "governance.CreateSubjectRequest",
-            &format!("subject-request:{id}"),
-            serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
-        )
-        .await?;
-        tracing::info!(tenant = %caller.tenant_id, request = %id, kind = kind.as_str(), status, "data-subject request");
         Ok(request)
+    }
+
+    /// The lock of requests about `cpf` of `tenant_id`, keyed by a digest of both.
+    fn subject_lock(&self, tenant_id: &str, cpf: &Cpf) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(locks.entry(subject_digest(tenant_id, cpf)).or_default())
+    }
+
+    /// Forgets the lock of `cpf` once no request holds or waits for it.
+    fn release(&self, tenant_id: &str, cpf: &Cpf, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut locks = self.locks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Ours and the map's: nobody else holds or waits for it.
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(&subject_digest(tenant_id, cpf));
+        }
     }
 
     async fn audit(

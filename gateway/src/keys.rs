@@ -20,6 +20,8 @@ use crate::store::{Principal, Store, hash_key};
 
 /// Most entries kept; past it the cache starts afresh rather than grow without bound.
 const MAX_ENTRIES: usize = 10_000;
+/// How long the invalidation channel may stay silent before it is subscribed afresh.
+const RESUBSCRIBE_WHEN_QUIET: Duration = Duration::from_secs(30);
 /// How often a key's last-used time is written, at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -162,6 +164,8 @@ impl Invalidation {
         self.publish(&format!("tenant:{tenant_id}")).await;
     }
 
+    /// Publishes an eviction; when that fails the other replicas keep the entry until it expires
+    /// (`key_cache_secs`).
     async fn publish(&self, message: &str) {
         let Some(bus) = &self.redis else { return };
         let published: redis::RedisResult<i64> =
@@ -179,17 +183,17 @@ impl Invalidation {
             let mut failures: u64 = 0;
             loop {
                 let started = Instant::now();
-                if let Err(error) = self.listen_once(&bus).await {
-                    self.keys.bypass.store(true, Ordering::Relaxed);
-                    if started.elapsed() > Duration::from_secs(5) {
-                        failures = 0; // it was subscribed: a new outage
-                    }
-                    // Reconnect every second, warn on the first failure and every minute after.
-                    if failures.is_multiple_of(60) {
-                        tracing::warn!(%error, failures, "key invalidation channel lost; reconnecting, keys looked up in the database meanwhile");
-                    }
-                    failures += 1;
+                // Quiet for a while: subscribe afresh at once.
+                let Err(error) = self.listen_once(&bus).await else { continue };
+                self.keys.bypass.store(true, Ordering::Relaxed);
+                if started.elapsed() > Duration::from_secs(5) {
+                    failures = 0; // it was subscribed: a new outage
                 }
+                // Reconnect every second, warn on the first failure and every minute after.
+                if failures.is_multiple_of(60) {
+                    tracing::warn!(%error, failures, "key invalidation channel lost; reconnecting, keys looked up in the database meanwhile");
+                }
+                failures += 1;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         };
@@ -205,7 +209,15 @@ impl Invalidation {
         self.keys.clear();
         self.keys.bypass.store(false, Ordering::Relaxed);
         let mut messages = pubsub.on_message();
-        while let Some(message) = messages.next().await {
+        // A connection that died without a reset (a failover, a partition) delivers nothing and
+        // reports nothing: after a quiet spell the channel is subscribed afresh (which drops the
+        // cache), so that such a loss lasts at most that long.
+        loop {
+            let message = match tokio::time::timeout(RESUBSCRIBE_WHEN_QUIET, messages.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(_) => return Ok(()),
+            };
             let payload: String = message.get_payload()?;
             match payload.split_once(':') {
                 Some(("key", hash)) => self.keys.evict_key_hash(hash),

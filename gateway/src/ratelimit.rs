@@ -105,6 +105,9 @@ const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The limits of every tenant, shared by the handlers.
+/// The longest `/readyz` waits for Redis.
+const READINESS_PING: Duration = Duration::from_millis(500);
+
 #[derive(Clone)]
 pub(crate) struct RateLimiter {
     inner: Arc<Inner>,
@@ -143,7 +146,11 @@ impl RateLimiter {
     /// calls: Redis answers, or a failure lets calls through (`redis_failure = "open"`).
     pub(crate) async fn readiness(&self) -> Option<bool> {
         let Backend::Redis(backend) = &self.inner.backend else { return None };
-        Some(backend.ping().await.is_ok() || self.inner.on_failure == RedisFailure::Open)
+        if self.inner.on_failure == RedisFailure::Open {
+            return Some(true);
+        }
+        // Well within a readiness probe's timeout, whatever `redis_timeout_ms` says.
+        Some(matches!(tokio::time::timeout(READINESS_PING, backend.ping()).await, Ok(Ok(()))))
     }
 
     fn new(backend: Backend, config: &RateLimitConfig, clock: impl Clock + 'static) -> Self {
