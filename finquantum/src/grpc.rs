@@ -496,7 +496,8 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let (accounts, transactions) =
             self.store.data_under(&caller.tenant_id, &customer_id, &ids, first, Some(&read)).await?;
         self.outbox.wake();
-        let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions);
+        let held_since = self.store.held_since(&caller.tenant_id, &customer_id).await?;
+        let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions, &held_since);
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))
         } else {

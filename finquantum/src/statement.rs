@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use aigronova_platform::pdf::PdfDocument;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::{
@@ -79,12 +79,17 @@ pub struct StatementLine {
 }
 
 /// The statement of `month` (`[first, next)`) for `accounts`, from `transactions` (any months).
+///
+/// `held_since` is when each account's oldest transaction held was booked, by institution and
+/// account id: a month that ends before it (and before the balance was fetched) has no known
+/// balances, since what moved then was never fetched.
 pub fn build(
     customer_id: &str,
     month: &str,
     (first, next): (NaiveDate, NaiveDate),
     accounts: &[StoredAccount],
     transactions: &[StoredTransaction],
+    held_since: &BTreeMap<(String, String), DateTime<Utc>>,
 ) -> Statement {
     let mut statements = Vec::new();
     let (mut credits, mut debits) = (0i64, 0i64);
@@ -98,8 +103,12 @@ pub fn build(
                 day >= first && day < next
             })
             .collect();
-        // The balance at the end of the month: the fetched balance minus what moved after.
-        let closing = account.balance_cents.map(|balance| {
+        // The balance at the end of the month: the fetched balance minus what moved after, known
+        // when the history held reaches back into the month (or the balance was fetched in it).
+        let history = held_since.get(&(account.institution.clone(), account.account_id.clone()));
+        let known = history.is_some_and(|since| since.date_naive() < next)
+            || account.balance_at.is_some_and(|at| at.date_naive() < next);
+        let closing = account.balance_cents.filter(|_| known).map(|balance| {
             let after: i64 = own
                 .iter()
                 .filter(|t| t.booked_at.date_naive() >= next && Some(t.booked_at) <= account.balance_at)
@@ -217,8 +226,6 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::{DateTime, Utc};
-
     use super::*;
     use crate::scoring::month_bounds;
 
@@ -241,7 +248,7 @@ mod tests {
 
     #[test]
     fn totals_and_balances_add_up_to_the_transactions() {
-        let account = StoredAccount {
+        let stored = StoredAccount {
             institution: "bank".into(),
             account_id: "acc".into(),
             consent_id: "c".into(),
@@ -261,7 +268,9 @@ mod tests {
             transaction("e", true, "PIX", 50_00, "2026-09-30T12:00:00Z"),
             transaction("f", false, "PIX", 200_00, "2026-11-02T12:00:00Z"),
         ];
-        let statement = build("cust", "2026-10", month_bounds("2026-10").unwrap(), &[account], &transactions);
+        let held = BTreeMap::from([(("bank".to_owned(), "acc".to_owned()), transactions[4].booked_at)]);
+        let statement =
+            build("cust", "2026-10", month_bounds("2026-10").unwrap(), &[stored.clone()], &transactions, &held);
         let account = &statement.accounts[0];
         assert_eq!(account.transactions.len(), 4);
         assert_eq!((account.total_credits.as_str(), account.total_debits.as_str()), ("3000.00", "1000.00"));
@@ -273,5 +282,11 @@ mod tests {
         let pix = account.categories.iter().find(|c| c.category == "PIX").unwrap();
         assert_eq!((pix.debits.as_str(), pix.count), ("200.00", 2));
         assert_eq!(statement.total_credits, "3000.00");
+
+        // August ended before the oldest transaction held (September's): its balances are unknown.
+        let august = build("cust", "2026-08", month_bounds("2026-08").unwrap(), &[stored], &transactions, &held);
+        let account = &august.accounts[0];
+        assert_eq!((account.opening_balance.as_deref(), account.closing_balance.as_deref()), (None, None));
+        assert!(account.transactions.is_empty());
     }
 }

@@ -3,7 +3,7 @@
 //! PostgreSQL row-level security holds each transaction to its tenant as well. A customer's CPF
 //! is sealed with the tenant's data key and found through its blind index.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use aigronova_platform::{
     Error,
@@ -388,6 +388,36 @@ impl Store {
         let transactions =
             transactions.into_iter().filter(|item| accounts.iter().any(|account| item.belongs_to(account))).collect();
         Ok((accounts, transactions))
+    }
+
+    /// When each of the customer's accounts' oldest transaction held was booked, by institution
+    /// and account id.
+    pub(crate) async fn held_since(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+    ) -> Result<BTreeMap<(String, String), DateTime<Utc>>, Error> {
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        let rows = sqlx::query(
+            "SELECT institution, account_id, MIN(booked_at) AS oldest FROM transactions \
+             WHERE tenant_id = $1 AND customer_id = $2 GROUP BY institution, account_id",
+        )
+        .bind(tenant_id)
+        .bind(customer_id)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        let mut held = BTreeMap::new();
+        for row in rows {
+            let key = (
+                row.try_get::<String, _>("institution").map_err(StoreError::from)?,
+                row.try_get::<String, _>("account_id").map_err(StoreError::from)?,
+            );
+            let oldest: String = row.try_get("oldest").map_err(StoreError::from)?;
+            held.insert(key, time::parse_stored("transactions.booked_at", &oldest)?);
+        }
+        Ok(held)
     }
 
     /// Stores a credit decision with its audit event.

@@ -172,6 +172,12 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     let pix = checking["categories"].as_array().unwrap().iter().find(|c| c["category"] == "PIX").unwrap();
     assert_eq!((&pix["debits"], &pix["count"]), (&json!("200.00"), &json!(2)));
     assert_eq!(statement["totalCredits"], "3001.25", "both accounts");
+    // A month before the oldest transaction held: what moved then was never fetched, so no balance.
+    let early: Value =
+        app.get(&format!("/v1/fin/customers/{customer}/statements/2025-01"), &key).await.json().await.unwrap();
+    for account in early["accounts"].as_array().unwrap() {
+        assert!(account.get("openingBalance").is_none() && account.get("closingBalance").is_none(), "{early}");
+    }
 
     let response = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10?format=pdf"), &key).await;
     assert_eq!(response.status(), 200);
@@ -180,7 +186,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for expected in ["Monthly statement 2026-10", "3000.00", "1015.00", "1200.00", "TARIFA_SERVICOS_AVULSOS"] {
         assert!(text.contains(expected), "the PDF lacks {expected:?}:\n{text}");
     }
-    // Both reads of the customer's transactions are audited.
+    // The three reads of the customer's transactions are audited.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
@@ -190,7 +196,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
             .flatten()
             .filter(|entry| entry["action"] == "fin.GetStatement")
             .collect();
-        if reads.len() == 2 {
+        if reads.len() == 3 {
             let subject = format!("customer:{customer}");
             assert!(
                 reads.iter().all(|read| read["kind"] == "sensitive_read"
