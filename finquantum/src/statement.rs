@@ -269,8 +269,14 @@ mod tests {
             transaction("f", false, "PIX", 200_00, "2026-11-02T12:00:00Z"),
         ];
         let held = BTreeMap::from([(("bank".to_owned(), "acc".to_owned()), transactions[4].booked_at)]);
-        let statement =
-            build("cust", "2026-10", month_bounds("2026-10").unwrap(), &[stored.clone()], &transactions, &held);
+        let statement = build(
+            "cust",
+            "2026-10",
+            month_bounds("2026-10").unwrap(),
+            std::slice::from_ref(&stored),
+            &transactions,
+            &held,
+        );
         let account = &statement.accounts[0];
         assert_eq!(account.transactions.len(), 4);
         assert_eq!((account.total_credits.as_str(), account.total_debits.as_str()), ("3000.00", "1000.00"));
