@@ -299,7 +299,15 @@ impl SubjectStore {
         details: &str,
     ) -> Result<StoredRequest, Error> {
         let (store, caller, cpf, details) = (Arc::clone(self), caller.clone(), cpf.clone(), details.to_owned());
-        match tokio::spawn(async move { store.process(&caller, &cpf, kind, &details).await }).await {
+        let task = async move {
+            let processed = store.process(&caller, &cpf, kind, &details).await;
+            // Logged here too: the caller may have stopped waiting.
+            if let Err(error) = &processed {
+                tracing::error!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request failed");
+            }
+            processed
+        };
+        match tokio::spawn(task).await {
             Ok(processed) => processed,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             // Only a runtime shutting down cancels the task.
@@ -365,16 +373,21 @@ impl SubjectStore {
         match self.store_request(caller, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await {
             Err(error) if kind == Kind::Erasure => {
                 // The services have erased: the request is recorded whatever happens here.
-                tracing::error!(%error, request = %id, "earlier requests' data not erased; the erasure is stored as failed");
                 let mut outcomes = outcomes;
-                outcomes.push(outcome(
-                    crate::SERVICE_NAME,
-                    "failed",
-                    0,
-                    Vec::new(),
-                    "earlier requests not erased".into(),
-                ));
-                self.store_request(caller, cpf, &new, outcomes, false).await
+                let note = "earlier requests not erased".to_owned();
+                outcomes.push(outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note));
+                let stored = match self.store_request(caller, cpf, &new, outcomes, false).await {
+                    // The first attempt committed after all, though it reported a failure.
+                    Err(Error::Store(again)) if again.is_unique_violation() => self.get(&caller.tenant_id, &id).await,
+                    stored => stored,
+                };
+                match &stored {
+                    Ok(request) => {
+                        tracing::error!(%error, request = %id, status = %request.status, "an erasure's clean-up failed");
+                    }
+                    Err(again) => tracing::error!(%error, %again, request = %id, "erasure done but not recorded"),
+                }
+                stored
             }
             stored => stored,
         }

@@ -493,11 +493,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             &format!("customer:{customer_id}"),
             serde_json::json!({"month": month.trim(), "format": if pdf { "pdf" } else { "json" }}),
         );
-        let (accounts, transactions) =
-            self.store.data_under(&caller.tenant_id, &customer_id, &ids, first, Some(&read)).await?;
+        let held = self.store.data_under(&caller.tenant_id, &customer_id, &ids, first, Some(&read)).await?;
         self.outbox.wake();
-        let held_since = self.store.held_since(&caller.tenant_id, &customer_id).await?;
-        let statement = statement::build(&customer_id, month.trim(), bounds, &accounts, &transactions, &held_since);
+        let statement =
+            statement::build(&customer_id, month.trim(), bounds, &held.accounts, &held.transactions, &held.held_since);
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))
         } else {

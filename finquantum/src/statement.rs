@@ -104,7 +104,8 @@ pub fn build(
             })
             .collect();
         // The balance at the end of the month: the fetched balance minus what moved after, known
-        // when the history held reaches back into the month (or the balance was fetched in it).
+        // when the history held reaches back into the month, or the balance was fetched before
+        // the month ended (nothing held moved between).
         let history = held_since.get(&(account.institution.clone(), account.account_id.clone()));
         let known = history.is_some_and(|since| since.date_naive() < next)
             || account.balance_at.is_some_and(|at| at.date_naive() < next);

@@ -372,13 +372,14 @@ impl Store {
         consent_ids: &[String],
         since: Option<DateTime<Utc>>,
         read: Option<&AuditEvent>,
-    ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), Error> {
+    ) -> Result<HeldData, Error> {
         // A read shown to a caller commits with its audit event.
         let mut transaction = match read {
             Some(_) => self.database.begin_tenant(tenant_id).await?,
             None => self.database.begin_tenant_read(tenant_id).await?,
         };
         let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, |_| since).await?;
+        let held_since = held_since(&mut transaction, tenant_id, customer_id).await?;
         if let Some(event) = read {
             audit::enqueue(&mut transaction, event).await?;
         }
@@ -387,37 +388,7 @@ impl Store {
             accounts.into_iter().filter(|account| consent_ids.contains(&account.consent_id)).collect();
         let transactions =
             transactions.into_iter().filter(|item| accounts.iter().any(|account| item.belongs_to(account))).collect();
-        Ok((accounts, transactions))
-    }
-
-    /// When each of the customer's accounts' oldest transaction held was booked, by institution
-    /// and account id.
-    pub(crate) async fn held_since(
-        &self,
-        tenant_id: &str,
-        customer_id: &str,
-    ) -> Result<BTreeMap<(String, String), DateTime<Utc>>, Error> {
-        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let rows = sqlx::query(
-            "SELECT institution, account_id, MIN(booked_at) AS oldest FROM transactions \
-             WHERE tenant_id = $1 AND customer_id = $2 GROUP BY institution, account_id",
-        )
-        .bind(tenant_id)
-        .bind(customer_id)
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
-        transaction.commit().await.map_err(StoreError::from)?;
-        let mut held = BTreeMap::new();
-        for row in rows {
-            let key = (
-                row.try_get::<String, _>("institution").map_err(StoreError::from)?,
-                row.try_get::<String, _>("account_id").map_err(StoreError::from)?,
-            );
-            let oldest: String = row.try_get("oldest").map_err(StoreError::from)?;
-            held.insert(key, time::parse_stored("transactions.booked_at", &oldest)?);
-        }
-        Ok(held)
+        Ok(HeldData { accounts, transactions, held_since })
     }
 
     /// Stores a credit decision with its audit event.
@@ -544,7 +515,8 @@ impl Store {
         };
         let consents = self.consents_of(tenant_id, &customer_id).await?;
         let all: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
-        let (accounts, transactions) = self.data_under(tenant_id, &customer_id, &all, None, None).await?;
+        let HeldData { accounts, transactions, .. } =
+            self.data_under(tenant_id, &customer_id, &all, None, None).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let scores = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
             .bind(tenant_id)
@@ -639,6 +611,15 @@ impl Store {
     }
 }
 
+/// What is held of a customer under some consents (see [`Store::data_under`]).
+#[derive(Debug)]
+pub(crate) struct HeldData {
+    pub(crate) accounts: Vec<StoredAccount>,
+    pub(crate) transactions: Vec<StoredTransaction>,
+    /// When each account's oldest transaction held was booked, by institution and account id.
+    pub(crate) held_since: BTreeMap<(String, String), DateTime<Utc>>,
+}
+
 /// What a credit score reads of a customer (see [`Store::customer_data`]).
 #[derive(Debug)]
 pub(crate) struct CustomerData {
@@ -680,6 +661,30 @@ async fn consents_on(
         .fetch_all(&mut *connection)
         .await?;
     rows.iter().map(consent_of).collect()
+}
+
+/// When each of the customer's accounts' oldest transaction held was booked, by institution and
+/// account id.
+async fn held_since(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    customer_id: &str,
+) -> Result<BTreeMap<(String, String), DateTime<Utc>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT institution, account_id, MIN(booked_at) AS oldest FROM transactions \
+         WHERE tenant_id = $1 AND customer_id = $2 GROUP BY institution, account_id",
+    )
+    .bind(tenant_id)
+    .bind(customer_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut held = BTreeMap::new();
+    for row in rows {
+        let key = (row.try_get::<String, _>("institution")?, row.try_get::<String, _>("account_id")?);
+        let oldest: String = row.try_get("oldest")?;
+        held.insert(key, time::parse_stored("transactions.booked_at", &oldest)?);
+    }
+    Ok(held)
 }
 
 /// The customer's accounts.

@@ -104,10 +104,10 @@ const MICROS: u64 = 1_000_000;
 const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
-/// The limits of every tenant, shared by the handlers.
 /// The longest `/readyz` waits for Redis.
 const READINESS_PING: Duration = Duration::from_millis(500);
 
+/// The limits of every tenant, shared by the handlers.
 #[derive(Clone)]
 pub(crate) struct RateLimiter {
     inner: Arc<Inner>,
