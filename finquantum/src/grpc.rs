@@ -552,7 +552,11 @@ impl DataSubject for FinQuantumApi {
                 &caller,
                 EventKind::SensitiveRead,
                 "fin.ExportSubject",
-                &ids.iter().map(|id| format!("customer:{id}")).collect::<Vec<_>>().join(","),
+                &if ids.is_empty() {
+                    "customer:none".to_owned()
+                } else {
+                    ids.iter().map(|id| format!("customer:{id}")).collect::<Vec<_>>().join(",")
+                },
                 serde_json::json!({"subjectRequest": request_id, "customers": ids.len()}),
             )
         };

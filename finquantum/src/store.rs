@@ -391,6 +391,14 @@ impl Store {
         Ok(HeldData { accounts, transactions, held_since })
     }
 
+    /// Records an audit event on its own, for an operation that wrote nothing else.
+    async fn record(&self, tenant_id: &str, event: &AuditEvent) -> Result<(), Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
     /// Stores a credit decision with its audit event.
     pub(crate) async fn insert_score(
         &self,
@@ -511,6 +519,8 @@ impl Store {
         event: impl FnOnce(&[String]) -> AuditEvent,
     ) -> Result<serde_json::Value, Error> {
         let Some(customer_id) = self.customer_by_cpf(tenant_id, cpf).await? else {
+            // The lookup is audited even when it finds nobody.
+            self.record(tenant_id, &event(&[])).await?;
             return Ok(serde_json::json!({"customers": []}));
         };
         let consents = self.consents_of(tenant_id, &customer_id).await?;
@@ -578,6 +588,7 @@ impl Store {
         event: impl FnOnce(&str, u64) -> AuditEvent,
     ) -> Result<(u64, u64), Error> {
         let Some(customer_id) = self.customer_by_cpf(tenant_id, cpf).await? else {
+            self.record(tenant_id, &event("none", 0)).await?;
             return Ok((0, 0));
         };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;

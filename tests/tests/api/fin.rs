@@ -461,6 +461,20 @@ async fn export_and_erasure(backend: Backend) {
     let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
     assert_eq!(bundle["services"]["finquantum"]["customers"], json!([]), "{bundle}");
     assert!(!bundle["services"]["finquantum"].to_string().contains(&customer_cpf), "{bundle}");
+    // The lookup that found nobody is audited too, naming no one.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+        let found = page["entries"].as_array().into_iter().flatten().any(|entry| {
+            entry["action"] == "fin.ExportSubject"
+                && entry["leaf"].as_str().is_some_and(|leaf| leaf.contains("customer:none"))
+        });
+        if found {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no audit entry for the empty lookup: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     app.stop().await;
 }
 
