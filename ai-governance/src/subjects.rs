@@ -311,7 +311,10 @@ impl SubjectStore {
             Ok(processed) => processed,
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             // Only a runtime shutting down cancels the task.
-            Err(_) => Err(StoreError::Database(sqlx::Error::PoolClosed).into()),
+            Err(_) => {
+                tracing::error!(kind = kind.as_str(), "data-subject request cut short by the shutdown");
+                Err(StoreError::Database(sqlx::Error::PoolClosed).into())
+            }
         }
     }
 
@@ -376,18 +379,19 @@ impl SubjectStore {
                 let mut outcomes = outcomes;
                 let note = "earlier requests not erased".to_owned();
                 outcomes.push(outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note));
-                let stored = match self.store_request(caller, cpf, &new, outcomes, false).await {
+                match self.store_request(caller, cpf, &new, outcomes, false).await {
                     // The first attempt committed after all, though it reported a failure.
-                    Err(Error::Store(again)) if again.is_unique_violation() => self.get(&caller.tenant_id, &id).await,
-                    stored => stored,
-                };
-                match &stored {
-                    Ok(request) => {
-                        tracing::error!(%error, request = %id, status = %request.status, "an erasure's clean-up failed");
+                    Err(Error::Store(again)) if again.is_unique_violation() => {
+                        tracing::warn!(%error, request = %id, "an erasure's record committed though its commit failed");
+                        self.get(&caller.tenant_id, &id).await
                     }
-                    Err(again) => tracing::error!(%error, %again, request = %id, "erasure done but not recorded"),
+                    Ok(request) => {
+                        tracing::error!(%error, request = %id, "an erasure's clean-up of earlier requests failed; stored as failed");
+                        Ok(request)
+                    }
+                    // Logged by `open`'s task.
+                    Err(again) => Err(again),
                 }
-                stored
             }
             stored => stored,
         }

@@ -20,8 +20,11 @@ use crate::store::{Principal, Store, hash_key};
 
 /// Most entries kept; past it the cache starts afresh rather than grow without bound.
 const MAX_ENTRIES: usize = 10_000;
-/// How long the invalidation channel may stay silent before it is subscribed afresh.
+/// How long, at least, the invalidation channel may stay silent before it is subscribed afresh
+/// (the cache's lifetime when longer: a fresh subscription drops the cache).
 const RESUBSCRIBE_WHEN_QUIET: Duration = Duration::from_secs(30);
+/// The longest a (re)subscription may take.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a key's last-used time is written, at most.
 const TOUCH_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -182,13 +185,15 @@ impl Invalidation {
         let listening = async {
             let mut failures: u64 = 0;
             loop {
-                let started = Instant::now();
-                // Quiet for a while: subscribe afresh at once.
-                let Err(error) = self.listen_once(&bus).await else { continue };
+                let mut subscribed = false;
+                let listened = self.listen_once(&bus, &mut subscribed).await;
+                // Until the next subscription, other replicas' evictions would be missed.
                 self.keys.bypass.store(true, Ordering::Relaxed);
-                if started.elapsed() > Duration::from_secs(5) {
-                    failures = 0; // it was subscribed: a new outage
+                if subscribed {
+                    failures = 0; // a new outage, if this is one
                 }
+                // Quiet for a while: subscribe afresh at once.
+                let Err(error) = listened else { continue };
                 // Reconnect every second, warn on the first failure and every minute after.
                 if failures.is_multiple_of(60) {
                     tracing::warn!(%error, failures, "key invalidation channel lost; reconnecting, keys looked up in the database meanwhile");
@@ -203,9 +208,18 @@ impl Invalidation {
         }
     }
 
-    async fn listen_once(&self, bus: &RedisBus) -> redis::RedisResult<()> {
-        let mut pubsub = bus.client.get_async_pubsub().await?;
-        pubsub.subscribe(&bus.channel).await?;
+    /// Subscribes (within [`SUBSCRIBE_TIMEOUT`]) and applies evictions until the connection fails
+    /// (an error) or stays silent for the cache's lifetime, 30 s at least (`Ok`: subscribe afresh).
+    async fn listen_once(&self, bus: &RedisBus, subscribed: &mut bool) -> redis::RedisResult<()> {
+        let subscribing = async {
+            let mut pubsub = bus.client.get_async_pubsub().await?;
+            pubsub.subscribe(&bus.channel).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        let mut pubsub = tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribing)
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "subscribing timed out")))??;
+        *subscribed = true;
         self.keys.clear();
         self.keys.bypass.store(false, Ordering::Relaxed);
         let mut messages = pubsub.on_message();
@@ -213,7 +227,8 @@ impl Invalidation {
         // reports nothing: after a quiet spell the channel is subscribed afresh (which drops the
         // cache), so that such a loss lasts at most that long.
         loop {
-            let message = match tokio::time::timeout(RESUBSCRIBE_WHEN_QUIET, messages.next()).await {
+            let quiet = self.keys.ttl.max(RESUBSCRIBE_WHEN_QUIET);
+            let message = match tokio::time::timeout(quiet, messages.next()).await {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(_) => return Ok(()),
