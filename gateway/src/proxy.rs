@@ -6,7 +6,7 @@ use aigronova_platform::{auth::Caller, trace_context};
 use axum::{
     Json,
     body::{Body, Bytes},
-    extract::{Request, State},
+    extract::{MatchedPath, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -150,23 +150,12 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
     decompress::read(body, headers, limit).await
 }
 
-/// The template of an admin API path, for the access log and the metrics.
-fn admin_route(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches("/v1/admin/").split('/').collect();
-    match segments.as_slice() {
-        ["tenants"] => "/v1/admin/tenants",
-        ["tenants", _] => "/v1/admin/tenants/{tenant_id}",
-        ["tenants", _, "api-keys"] => "/v1/admin/tenants/{tenant_id}/api-keys",
-        ["tenants", _, "api-keys", _] => "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}",
-        _ => "unmatched",
-    }
-}
-
 /// One JSON log line a request, and a span that continues the caller's W3C trace.
 pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let matched = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_owned());
     let span = tracing::info_span!(
         "http.request",
         otel.name = %format!("{method} {path}"),
@@ -178,11 +167,8 @@ pub(crate) async fn access_log(request: Request, next: Next) -> Response {
     let mut response = next.run(request).instrument(span).await;
     let latency = started.elapsed();
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
-    let route = facts.route.as_deref().unwrap_or(match path.as_str() {
-        "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/docs" => path.as_str(),
-        admin if admin.starts_with("/v1/admin/") => admin_route(admin),
-        _ => "unmatched",
-    });
+    // A transcoded route names its template; the gateway's own routes have theirs matched by axum.
+    let route = facts.route.as_deref().or(matched.as_deref()).unwrap_or("unmatched");
     let status = response.status().as_u16();
     let metrics = crate::metrics::metrics();
     metrics.requests.with_label_values(&[route, method.as_str(), response.status().as_str()]).inc();
