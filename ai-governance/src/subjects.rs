@@ -319,12 +319,19 @@ impl SubjectStore {
     }
 
     async fn process(&self, caller: &Caller, cpf: &Cpf, kind: Kind, details: &str) -> Result<StoredRequest, Error> {
-        // One request about a subject at a time in this replica: an access request still
-        // collecting data while an erasure of the same CPF runs would store its bundle after the
-        // erasure deleted the others.
+        // One request about a subject at a time, in this replica and then in every replica on
+        // the database: an access request still collecting data while an erasure of the same
+        // CPF runs would store its bundle after the erasure deleted the others.
         let lock = self.subject_lock(&caller.tenant_id, cpf);
         let turn = lock.lock().await;
-        let processed = self.fan_out_and_store(caller, cpf, kind, details).await;
+        let processed = match self.database.lock_across_processes(&subject_digest(&caller.tenant_id, cpf)).await {
+            Ok(across) => {
+                let processed = self.fan_out_and_store(caller, cpf, kind, details).await;
+                across.release().await;
+                processed
+            }
+            Err(error) => Err(error.into()),
+        };
         drop(turn);
         self.release(&caller.tenant_id, cpf, lock);
         let request = processed?;

@@ -375,7 +375,7 @@ impl Store {
     ) -> Result<HeldData, Error> {
         // A read shown to a caller commits with its audit event.
         let mut transaction = match read {
-            Some(_) => self.database.begin_tenant(tenant_id).await?,
+            Some(_) => self.database.begin_tenant_snapshot(tenant_id).await?,
             None => self.database.begin_tenant_read(tenant_id).await?,
         };
         let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, |_| since).await?;

@@ -277,7 +277,5 @@ fn app(state: AppState) -> Router {
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state)
-        .layer(middleware::from_fn_with_state(resilience, resilience::shed_load))
-        .layer(middleware::from_fn(proxy::access_log))
-        .layer(middleware::from_fn(request_id::middleware))
+        .layer(middleware::from_fn_with_state(resilience, proxy::edge))
 }

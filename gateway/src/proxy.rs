@@ -1,6 +1,6 @@
 //! The transcoding handler every annotated route goes through, the probes, and the access log.
 
-use std::time::Instant;
+use std::{sync::Arc, time::Instant};
 
 use aigronova_platform::{auth::Caller, trace_context};
 use axum::{
@@ -18,7 +18,7 @@ use crate::{
     AppState, auth, decompress,
     problem::Problem,
     request_id,
-    resilience::CallPolicy,
+    resilience::{self, CallPolicy, Resilience},
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
     transcode,
@@ -150,11 +150,21 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
     decompress::read(body, headers, limit).await
 }
 
+/// Every request's way in and out, in one middleware: its id (see [`request_id`]), a span that
+/// continues the caller's W3C trace, load shedding, metrics and one JSON access log line.
+pub(crate) async fn edge(State(resilience): State<Arc<Resilience>>, mut request: Request, next: Next) -> Response {
+    let (id, id_value) = request_id::adopt(&mut request);
+    let path = request.uri().path().to_owned();
+    let info = request_id::RequestInfo { id, path: path.clone() };
+    let mut response = request_id::CURRENT.scope(info, access_log(&resilience, path, request, next)).await;
+    response.headers_mut().insert(request_id::HEADER, id_value);
+    response
+}
+
 /// One JSON log line a request, and a span that continues the caller's W3C trace.
-pub(crate) async fn access_log(request: Request, next: Next) -> Response {
+async fn access_log(resilience: &Resilience, path: String, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
     let matched = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_owned());
     let span = tracing::info_span!(
         "http.request",
@@ -164,7 +174,7 @@ pub(crate) async fn access_log(request: Request, next: Next) -> Response {
         url.path = %path,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = resilience::shed_load(resilience, request, next).instrument(span).await;
     let latency = started.elapsed();
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     // A transcoded route names its template; the gateway's own routes have theirs matched by axum.

@@ -16,6 +16,7 @@ mod local;
 mod redis_store;
 
 use std::{
+    fmt::Write as _,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -189,21 +190,15 @@ impl RateLimiter {
             Err(error) => return self.backend_failed(&error),
         };
         let limited = || subjects.iter().zip(&gcras).zip(&outcome.backlogs);
-        append(
-            headers,
-            POLICY,
-            limited().map(|((subject, gcra), _)| {
-                format!("\"{}\";q={};w={}", subject.policy, gcra.burst(), gcra.window_secs())
-            }),
-        );
-        append(
-            headers,
-            RATELIMIT,
-            limited().map(|((subject, gcra), backlog)| {
-                let (remaining, next) = (gcra.remaining(*backlog), gcra.until_next_cell(*backlog).div_ceil(MICROS));
-                format!("\"{}\";r={remaining};t={next}", subject.policy)
-            }),
-        );
+        let (mut policies, mut states) = (String::new(), String::new());
+        for ((subject, gcra), backlog) in limited() {
+            let (remaining, next) = (gcra.remaining(*backlog), gcra.until_next_cell(*backlog).div_ceil(MICROS));
+            let separator = if policies.is_empty() { "" } else { ", " };
+            let _ = write!(policies, "{separator}\"{}\";q={};w={}", subject.policy, gcra.burst(), gcra.window_secs());
+            let _ = write!(states, "{separator}\"{}\";r={remaining};t={next}", subject.policy);
+        }
+        append(headers, POLICY, [policies]);
+        append(headers, RATELIMIT, [states]);
         if outcome.allowed {
             return Ok(());
         }

@@ -4,8 +4,6 @@
 use axum::{
     extract::Request,
     http::{HeaderName, HeaderValue},
-    middleware::Next,
-    response::Response,
 };
 
 pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -26,7 +24,9 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-pub(crate) async fn middleware(mut request: Request, next: Next) -> Response {
+/// The request's id, the client's when acceptable, set on `request` for the services; returns it
+/// and its header value, which the response carries back.
+pub(crate) fn adopt(request: &mut Request) -> (String, HeaderValue) {
     let id = request
         .headers()
         .get(&HEADER)
@@ -35,10 +35,7 @@ pub(crate) async fn middleware(mut request: Request, next: Next) -> Response {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let value = HeaderValue::from_str(&id).expect("request ids are printable ASCII");
     request.headers_mut().insert(HEADER, value.clone());
-    let info = RequestInfo { id, path: request.uri().path().to_owned() };
-    let mut response = CURRENT.scope(info, next.run(request)).await;
-    response.headers_mut().insert(HEADER, value);
-    response
+    (id, value)
 }
 
 /// The id of the request being served.

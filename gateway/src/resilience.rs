@@ -13,7 +13,7 @@ use std::{
 
 use aigronova_platform::config::ConfigError;
 use axum::{
-    extract::{Request, State},
+    extract::Request,
     http::{HeaderMap, Method, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -523,7 +523,7 @@ fn circuit_open(owner: &str, wait: Duration) -> Problem {
 
 /// Refuses a request with 503 and `Retry-After: 1` when `max_concurrent_requests` are in flight,
 /// rather than queueing it; the probes and `/metrics` are exempt.
-pub(crate) async fn shed_load(State(resilience): State<Arc<Resilience>>, request: Request, next: Next) -> Response {
+pub(crate) async fn shed_load(resilience: &Resilience, request: Request, next: Next) -> Response {
     if UNSHED_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }

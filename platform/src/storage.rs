@@ -12,8 +12,9 @@ use std::{
     time::Duration,
 };
 
+use sha2::{Digest, Sha256};
 use sqlx::{
-    Any, AnyConnection, AnyPool, Transaction,
+    Any, AnyConnection, AnyPool, Connection, Transaction,
     any::{AnyPoolOptions, install_default_drivers},
     migrate::Migrator,
 };
@@ -103,6 +104,37 @@ pub struct Database {
     writers: Arc<Semaphore>,
     /// SQLite: where [`Self::write_keyed`] sends its writes to be committed in groups.
     grouped: Option<grouped::Grouper>,
+    /// PostgreSQL: the URL [`Self::lock_across_processes`] opens its own connections to.
+    url: Option<DatabaseUrl>,
+}
+
+/// A database URL, which may hold a password: never shown by `Debug`.
+#[derive(Clone)]
+struct DatabaseUrl(Arc<str>);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("DatabaseUrl(..)")
+    }
+}
+
+/// A lock that every process on the same database respects, held until dropped or released;
+/// see [`Database::lock_across_processes`].
+#[derive(Debug)]
+pub struct ProcessLock {
+    /// PostgreSQL: the session that holds the advisory lock. Its end releases the lock, whether
+    /// closed by [`Self::release`] or dropped.
+    session: Option<AnyConnection>,
+}
+
+impl ProcessLock {
+    pub async fn release(mut self) {
+        if let Some(session) = self.session.take()
+            && let Err(error) = session.close().await
+        {
+            tracing::warn!(%error, "closing an advisory lock's session failed; the server releases it when it notices");
+        }
+    }
 }
 
 /// A transaction of a [`Database`]; on SQLite a writing one holds the process's write turn until
@@ -191,7 +223,8 @@ impl Database {
         let writers = Arc::new(Semaphore::new(1));
         let grouped = (backend == Backend::Sqlite)
             .then(|| grouped::start(writer.as_ref().unwrap_or(&pool).clone(), writers.clone()));
-        Ok(Self { pool, writer, backend, row_level_security: false, writers, grouped })
+        let url = (backend == Backend::Postgres).then(|| DatabaseUrl(Arc::from(url.as_str())));
+        Ok(Self { pool, writer, backend, row_level_security: false, writers, grouped, url })
     }
 
     /// Where write transactions run: on SQLite, the writer connection.
@@ -252,7 +285,39 @@ impl Database {
     /// security enabled, the transaction takes [`TENANT_ROLE`] and sets `aigronova.tenant_id`, so
     /// that a query that forgets its tenant filter still sees only this tenant's rows.
     pub async fn begin_tenant(&self, tenant_id: &str) -> Result<DbTransaction, StoreError> {
-        let mut transaction = self.begin_write().await?;
+        let transaction = self.begin_write().await?;
+        self.enter_tenant(transaction, tenant_id).await
+    }
+
+    /// Begins a transaction that only reads, on behalf of `tenant_id`, whose statements all see
+    /// the database as it was at its first: on PostgreSQL as [`Self::begin_tenant`], at
+    /// `REPEATABLE READ` and read-only; on SQLite a deferred transaction, which does not wait for
+    /// writers (and, as every SQLite transaction, reads one snapshot).
+    pub async fn begin_tenant_read(&self, tenant_id: &str) -> Result<DbTransaction, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(DbTransaction { transaction: self.pool.begin().await?, _turn: None }),
+            Backend::Postgres => {
+                let transaction = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+                self.enter_tenant(DbTransaction { transaction, _turn: None }, tenant_id).await
+            }
+        }
+    }
+
+    /// As [`Self::begin_tenant`], for a transaction that reads several tables and then writes
+    /// only new rows (the audit event of what it read): on PostgreSQL at `REPEATABLE READ`, so
+    /// that its reads agree with one another while other transactions commit.
+    pub async fn begin_tenant_snapshot(&self, tenant_id: &str) -> Result<DbTransaction, StoreError> {
+        match self.backend {
+            Backend::Sqlite => self.begin_tenant(tenant_id).await,
+            Backend::Postgres => {
+                let transaction = self.pool.begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ").await?;
+                self.enter_tenant(DbTransaction { transaction, _turn: None }, tenant_id).await
+            }
+        }
+    }
+
+    /// With row-level security enabled, makes `transaction` act for `tenant_id` only.
+    async fn enter_tenant(&self, mut transaction: DbTransaction, tenant_id: &str) -> Result<DbTransaction, StoreError> {
         if self.row_level_security {
             sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
                 .bind(tenant_id)
@@ -263,13 +328,24 @@ impl Database {
         Ok(transaction)
     }
 
-    /// Begins a transaction that only reads, on behalf of `tenant_id`: as [`Self::begin_tenant`]
-    /// on PostgreSQL; on SQLite a deferred transaction, which does not wait for writers.
-    pub async fn begin_tenant_read(&self, tenant_id: &str) -> Result<DbTransaction, StoreError> {
-        match self.backend {
-            Backend::Sqlite => Ok(DbTransaction { transaction: self.pool.begin().await?, _turn: None }),
-            Backend::Postgres => self.begin_tenant(tenant_id).await,
-        }
+    /// Waits for, takes and returns the lock named `key` that every process on this database
+    /// respects: on PostgreSQL a session-level advisory lock on a connection of its own (outside
+    /// the pool, which the lock's holder may still need), keyed by the first 8 bytes of `key`'s
+    /// SHA-256. On SQLite, whose embedded database one process opens, a lock that holds nothing:
+    /// the process's own locks suffice.
+    pub async fn lock_across_processes(&self, key: &str) -> Result<ProcessLock, StoreError> {
+        let Some(DatabaseUrl(url)) = &self.url else {
+            return Ok(ProcessLock { session: None });
+        };
+        let digest = Sha256::digest(key.as_bytes());
+        let id = i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+        let mut session = AnyConnection::connect(url).await?;
+        // Counted, so that the row holds an integer rather than the function's `void`.
+        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_lock($1)) AS locked")
+            .bind(id)
+            .fetch_one(&mut session)
+            .await?;
+        Ok(ProcessLock { session: Some(session) })
     }
 
     /// On PostgreSQL, puts `tables` (each with a `tenant_id` column) under row-level security: a

@@ -67,7 +67,7 @@ pub struct TestApp {
     signing_key: String,
     replicas: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     running: Option<Running>,
-    postgres_databases: Vec<String>,
+    postgres_databases: PostgresDatabases,
     _data_dir: tempfile::TempDir,
 }
 
@@ -95,7 +95,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         std::env::var_os("ORT_DYLIB_PATH").is_some(),
         "ORT_DYLIB_PATH is not set: run the tests with `make test`, which fetches ONNX Runtime"
     );
-    let mut postgres_databases = Vec::new();
+    let mut postgres_databases = PostgresDatabases::default();
     if backend == Backend::Postgres {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let gateway_db = format!("e2e_{suffix}_gateway");
@@ -103,13 +103,12 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
         let governance_db = format!("e2e_{suffix}_governance");
         let fin_db = format!("e2e_{suffix}_fin");
         for name in [&gateway_db, &health_db, &governance_db, &fin_db] {
-            create_postgres_database(name).await;
+            postgres_databases.create(name).await;
         }
         config.gateway.database_url = postgres_url(&gateway_db);
         config.healthquantum.database_url = postgres_url(&health_db);
         config.ai_governance.database_url = postgres_url(&governance_db);
         config.finquantum.database_url = postgres_url(&fin_db);
-        postgres_databases = vec![gateway_db, health_db, governance_db, fin_db];
     }
     tweak(&mut config);
     let signing_key = config.internal_auth.signing_key.clone().expect("a signing key");
@@ -169,7 +168,7 @@ pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppCo
         replicas: Vec::new(),
         shutdown,
         running: Some(Running::Gateway(task)),
-        postgres_databases: Vec::new(),
+        postgres_databases: PostgresDatabases::default(),
         _data_dir: data_dir,
     }
 }
@@ -180,18 +179,56 @@ fn postgres_url(database: &str) -> String {
     format!("{base}/{database}")
 }
 
-async fn create_postgres_database(name: &str) {
-    let url = postgres_admin_url();
-    let mut connection = PgConnection::connect(&url).await.unwrap_or_else(|error| {
-        panic!(
-            "PostgreSQL is not reachable at {url} ({error}); start it with \
-             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-        )
-    });
-    sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
-        .execute(&mut connection)
-        .await
-        .expect("CREATE DATABASE");
+/// PostgreSQL databases made for one test, dropped with this value, so that a test that fails
+/// leaves none behind.
+#[derive(Default)]
+pub struct PostgresDatabases(Vec<String>);
+
+impl PostgresDatabases {
+    /// Creates database `name` and returns its URL; fails the test, saying how to start
+    /// PostgreSQL, when it is not reachable.
+    pub async fn create(&mut self, name: &str) -> String {
+        let url = postgres_admin_url();
+        let mut connection = PgConnection::connect(&url).await.unwrap_or_else(|error| {
+            panic!(
+                "PostgreSQL is not reachable at {url} ({error}); start it with \
+                 `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+            )
+        });
+        sqlx::raw_sql(AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#)))
+            .execute(&mut connection)
+            .await
+            .expect("CREATE DATABASE");
+        self.0.push(name.to_owned());
+        postgres_url(name)
+    }
+}
+
+impl Drop for PostgresDatabases {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let names = std::mem::take(&mut self.0);
+        // On a thread of its own: this may run inside the test's runtime, unwinding from a panic.
+        let dropping = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                let mut connection = PgConnection::connect(&postgres_admin_url()).await?;
+                for name in &names {
+                    sqlx::raw_sql(AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)))
+                        .execute(&mut connection)
+                        .await?;
+                }
+                anyhow::Ok(())
+            })
+        });
+        match dropping.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("the test's PostgreSQL databases were not dropped: {error:#}"),
+            Err(_) => eprintln!("dropping the test's PostgreSQL databases panicked"),
+        }
+    }
 }
 
 impl TestApp {
@@ -367,15 +404,7 @@ impl TestApp {
         for replica in self.replicas.drain(..) {
             replica.await.expect("the replica task").expect("the replica stops cleanly");
         }
-        if !self.postgres_databases.is_empty() {
-            let mut connection = PgConnection::connect(&postgres_admin_url()).await.expect("PostgreSQL reachable");
-            for name in &self.postgres_databases {
-                sqlx::raw_sql(AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)))
-                    .execute(&mut connection)
-                    .await
-                    .expect("DROP DATABASE");
-            }
-        }
+        drop(std::mem::take(&mut self.postgres_databases));
     }
 }
 

@@ -14,6 +14,7 @@ mod ratelimit;
 mod reports;
 mod resilience;
 mod scoring;
+mod storage;
 mod subjects;
 mod tenancy;
 mod traces;
