@@ -292,20 +292,32 @@ async fn purge_once(store: &Store, outbox: &OutboxWaker) {
         action: "fin.PurgeConsentData".to_owned(),
         actor: format!("service:{SERVICE_NAME}"),
         subject: format!("consent:{}", purged.consent_id),
-        details: serde_json::json!({"accounts": purged.accounts, "transactions": purged.transactions}),
+        details: serde_json::json!({
+            "accounts": purged.accounts,
+            "transactions": purged.transactions,
+            "keptUnder": purged.kept_under.as_ref().map(|heir| format!("consent:{heir}")),
+        }),
         occurred_at: aigronova_platform::time::stored(chrono::Utc::now()),
     };
     match store.purge_due(chrono::Utc::now(), event).await {
         Ok(purged) if !purged.is_empty() => {
             outbox.wake();
             for done in &purged {
-                tracing::info!(
-                    tenant = %done.tenant_id,
-                    consent = %done.consent_id,
-                    accounts = done.accounts,
-                    transactions = done.transactions,
-                    "data of a revoked or expired consent deleted"
-                );
+                match &done.kept_under {
+                    Some(heir) => tracing::info!(
+                        tenant = %done.tenant_id,
+                        consent = %done.consent_id,
+                        kept_under = %heir,
+                        "data of a revoked or expired consent kept under another valid consent that grants as much"
+                    ),
+                    None => tracing::info!(
+                        tenant = %done.tenant_id,
+                        consent = %done.consent_id,
+                        accounts = done.accounts,
+                        transactions = done.transactions,
+                        "data of a revoked or expired consent deleted"
+                    ),
+                }
             }
         }
         Ok(_) => {}

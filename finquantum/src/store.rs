@@ -3,7 +3,10 @@
 //! PostgreSQL row-level security holds each transaction to its tenant as well. A customer's CPF
 //! is sealed with the tenant's data key and found through its blind index.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use aigronova_platform::{
     Error,
@@ -17,7 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Row, any::AnyRow};
 
 use crate::{
-    consent::{Consent, Permissions},
+    consent::{ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, ConsentStatus, Permissions},
     openfinance,
     scoring::{AccountSummary, WINDOW_DAYS},
 };
@@ -102,6 +105,9 @@ pub struct Purged {
     pub consent_id: String,
     pub accounts: u64,
     pub transactions: u64,
+    /// The customer's valid consent that holds the accounts from now on, when one grants all
+    /// the purged consent did and has fetched from the same institution: then nothing is deleted.
+    pub kept_under: Option<String>,
 }
 
 /// The queries of this service over one [`Database`].
@@ -258,7 +264,31 @@ impl Store {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let fetched_at = time::stored(now);
         let mut stored = Vec::with_capacity(fetched.accounts.len());
+        let kept = match consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
+            true => BTreeSet::new(),
+            false => held_with_balances(&mut transaction, tenant_id, consent, now).await?,
+        };
         for (account, balance) in &fetched.accounts {
+            if kept.contains(&account.account_id) {
+                // Held under another consent that grants its balance: it stays there, balance
+                // and all; only its description is refreshed.
+                sqlx::query(
+                    "UPDATE accounts SET kind = $5, brand_name = $6, number = $7, fetched_at = $8 \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
+                )
+                .bind(tenant_id)
+                .bind(&consent.customer_id)
+                .bind(&consent.institution)
+                .bind(&account.account_id)
+                .bind(&account.kind)
+                .bind(&account.brand_name)
+                .bind(format!("{}-{}", account.number, account.check_digit))
+                .bind(&fetched_at)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+                continue;
+            }
             let (balance_cents, balance_at) = match balance {
                 Some(balance) => (balance.cents(), Some(balance.at().unwrap_or(now))),
                 None => (None, None),
@@ -330,6 +360,13 @@ impl Store {
             .await
             .map_err(StoreError::from)?;
             inserted += result.rows_affected();
+        }
+        if !kept.is_empty() {
+            let held = read_accounts_only(&mut transaction, tenant_id, &consent.customer_id).await?;
+            stored
+                .extend(held.into_iter().filter(|account| {
+                    account.institution == consent.institution && kept.contains(&account.account_id)
+                }));
         }
         for account in &stored {
             summarize_account(&mut transaction, tenant_id, &consent.customer_id, account).await?;
@@ -474,25 +511,35 @@ impl Store {
         let mut purged = Vec::new();
         for (tenant_id, consent_id) in due {
             let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            let transactions = sqlx::query(
-                "DELETE FROM transactions WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM accounts a \
-                 WHERE a.tenant_id = transactions.tenant_id AND a.customer_id = transactions.customer_id \
-                 AND a.institution = transactions.institution AND a.account_id = transactions.account_id \
-                 AND a.consent_id = $2)",
-            )
-            .bind(&tenant_id)
-            .bind(&consent_id)
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected();
-            let accounts = sqlx::query("DELETE FROM accounts WHERE tenant_id = $1 AND consent_id = $2")
-                .bind(&tenant_id)
-                .bind(&consent_id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?
-                .rows_affected();
+            // An account is held under the consent that last fetched it: when another valid
+            // consent of the customer has fetched from the same institution, the accounts and
+            // their transactions are held under it rather than deleted, without their balances
+            // when it does not grant them.
+            let (accounts, transactions, kept_under) = match heir_of(&mut transaction, &tenant_id, &consent_id, now)
+                .await?
+            {
+                Some(heir) => {
+                    let sql = if heir.permissions.grants(ACCOUNTS_BALANCES_READ) {
+                        "UPDATE accounts SET consent_id = $3 WHERE tenant_id = $1 AND consent_id = $2"
+                    } else {
+                        "UPDATE accounts SET consent_id = $3, balance_cents = NULL, balance_at = NULL, summary = NULL \
+                         WHERE tenant_id = $1 AND consent_id = $2"
+                    };
+                    let moved = sqlx::query(sql)
+                        .bind(&tenant_id)
+                        .bind(&consent_id)
+                        .bind(&heir.id)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(StoreError::from)?
+                        .rows_affected();
+                    (0, 0, (moved > 0).then_some(heir.id))
+                }
+                None => {
+                    let (accounts, transactions) = delete_held_under(&mut transaction, &tenant_id, &consent_id).await?;
+                    (accounts, transactions, None)
+                }
+            };
             sqlx::query("UPDATE consents SET purged_at = $3 WHERE tenant_id = $1 AND id = $2")
                 .bind(&tenant_id)
                 .bind(&consent_id)
@@ -500,8 +547,8 @@ impl Store {
                 .execute(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
-            let done = Purged { tenant_id, consent_id, accounts, transactions };
-            if accounts > 0 || transactions > 0 {
+            let done = Purged { tenant_id, consent_id, accounts, transactions, kept_under };
+            if accounts > 0 || transactions > 0 || done.kept_under.is_some() {
                 audit::enqueue(&mut transaction, &event(&done)).await?;
             }
             transaction.commit().await.map_err(StoreError::from)?;
@@ -661,6 +708,96 @@ async fn find_customer(
 }
 
 /// Every consent of `customer_id`, oldest first.
+/// The ids of the accounts of `consent`'s customer at its institution held under another consent
+/// that is authorised at `now` and grants their balances.
+async fn held_with_balances(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    consent: &Consent,
+    now: DateTime<Utc>,
+) -> Result<BTreeSet<String>, StoreError> {
+    let holders: BTreeSet<String> = consents_on(connection, tenant_id, &consent.customer_id)
+        .await?
+        .into_iter()
+        .filter(|other| {
+            other.id != consent.id
+                && other.status_at(now) == ConsentStatus::Authorised
+                && other.permissions.grants(ACCOUNTS_BALANCES_READ)
+        })
+        .map(|other| other.id)
+        .collect();
+    let rows = sqlx::query(
+        "SELECT account_id, consent_id FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3",
+    )
+    .bind(tenant_id)
+    .bind(&consent.customer_id)
+    .bind(&consent.institution)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut kept = BTreeSet::new();
+    for row in rows {
+        if holders.contains(&row.try_get::<String, _>("consent_id")?) {
+            kept.insert(row.try_get::<String, _>("account_id")?);
+        }
+    }
+    Ok(kept)
+}
+
+/// The consent that inherits the accounts of `consent_id` when it is purged at `now`: among the
+/// same customer's other consents at the same institution, one that is authorised at `now` and
+/// has fetched accounts and transactions; one that grants balances first, then the one that
+/// fetched last.
+async fn heir_of(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    consent_id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Consent>, StoreError> {
+    let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(consent_id)
+        .fetch_one(&mut *connection)
+        .await?;
+    let purged = consent_of(&row)?;
+    let heir = consents_on(connection, tenant_id, &purged.customer_id)
+        .await?
+        .into_iter()
+        .filter(|other| {
+            other.id != purged.id
+                && other.institution == purged.institution
+                && other.allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now).is_ok()
+                && other.last_ingested_at.is_some()
+        })
+        .max_by_key(|other| (other.permissions.grants(ACCOUNTS_BALANCES_READ), other.last_ingested_at));
+    Ok(heir)
+}
+
+/// Deletes the accounts held under `consent_id` and their transactions; returns how many of each.
+async fn delete_held_under(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    consent_id: &str,
+) -> Result<(u64, u64), StoreError> {
+    let transactions = sqlx::query(
+        "DELETE FROM transactions WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM accounts a \
+         WHERE a.tenant_id = transactions.tenant_id AND a.customer_id = transactions.customer_id \
+         AND a.institution = transactions.institution AND a.account_id = transactions.account_id \
+         AND a.consent_id = $2)",
+    )
+    .bind(tenant_id)
+    .bind(consent_id)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    let accounts = sqlx::query("DELETE FROM accounts WHERE tenant_id = $1 AND consent_id = $2")
+        .bind(tenant_id)
+        .bind(consent_id)
+        .execute(&mut *connection)
+        .await?
+        .rows_affected();
+    Ok((accounts, transactions))
+}
+
 async fn consents_on(
     connection: &mut sqlx::AnyConnection,
     tenant_id: &str,
@@ -723,7 +860,33 @@ async fn summarize_account(
     customer_id: &str,
     account: &StoredAccount,
 ) -> Result<(), StoreError> {
-    let Some(at) = account.balance_at else { return Ok(()) };
+    // Without a balance there is nothing to summarise, and no summary of an earlier one is kept.
+    let summary = match account.balance_at {
+        Some(at) => summary_of(connection, tenant_id, customer_id, account, at).await?,
+        None => None,
+    };
+    sqlx::query(
+        "UPDATE accounts SET summary = $5 WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+         AND account_id = $4",
+    )
+    .bind(tenant_id)
+    .bind(customer_id)
+    .bind(&account.institution)
+    .bind(&account.account_id)
+    .bind(summary)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+/// The summary of `account` over the window before its balance at `at`, as stored JSON.
+async fn summary_of(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    customer_id: &str,
+    account: &StoredAccount,
+    at: DateTime<Utc>,
+) -> Result<Option<String>, StoreError> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         transaction_columns!(),
@@ -738,21 +901,9 @@ async fn summarize_account(
     .fetch_all(&mut *connection)
     .await?;
     let transactions = rows.iter().map(transaction_of).collect::<Result<Vec<_>, _>>()?;
-    let summary = AccountSummary::of(account, &transactions)
+    AccountSummary::of(account, &transactions)
         .map(|summary| serde_json::to_string(&summary).map_err(|error| StoreError::Corrupt(error.to_string())))
-        .transpose()?;
-    sqlx::query(
-        "UPDATE accounts SET summary = $5 WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
-         AND account_id = $4",
-    )
-    .bind(tenant_id)
-    .bind(customer_id)
-    .bind(&account.institution)
-    .bind(&account.account_id)
-    .bind(summary)
-    .execute(&mut *connection)
-    .await?;
-    Ok(())
+        .transpose()
 }
 
 /// The customer's accounts and their transactions booked at or after `since(&accounts)` (all

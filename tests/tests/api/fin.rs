@@ -521,6 +521,70 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     app.stop().await;
 }
 
+/// Revoking one of several consents that fetched the same accounts keeps them under another
+/// valid one, without their balances when it does not grant them; an ingestion under a consent
+/// that grants no balances leaves accounts under one that does; revoking the last one deletes them.
+#[tokio::test]
+async fn revoking_one_of_two_consents_keeps_the_data_the_other_still_covers() {
+    let bank = Institution::start().await;
+    let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
+    let app = start(Backend::Sqlite, &bank, vec![("banco-a", profile)]).await;
+    let tenant = app.create_tenant_on("Financeira Duas", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let holder = cpf(456_789_123);
+    let first = consent(&app, &key, &holder, "banco-a", ALL).await;
+    let customer = first["customerId"].as_str().unwrap().to_owned();
+    let second = consent(&app, &key, &holder, "banco-a", ALL).await;
+    let no_balances = consent(&app, &key, &holder, "banco-a", &["ACCOUNTS_READ", "ACCOUNTS_TRANSACTIONS_READ"]).await;
+    let (first, second, no_balances) =
+        (first["id"].as_str().unwrap(), second["id"].as_str().unwrap(), no_balances["id"].as_str().unwrap());
+    for id in [first, second] {
+        assert_eq!(ingest(&app, &key, id).await.status(), 200);
+    }
+    let held_under = |id: &str, with: &str| format!("accounts WHERE consent_id = '{id}' AND {with}");
+    assert_eq!(app.count_fin_rows(&held_under(second, "balance_cents IS NOT NULL")).await, 1);
+    let statement = format!("/v1/fin/customers/{customer}/statements/2026-10");
+    let accounts = |statement: Value| statement["accounts"].clone();
+    let before = accounts(app.get(&statement, &key).await.json().await.unwrap());
+    assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
+
+    let wait_purged = |id: String| {
+        let app = &app;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+            while app.count_fin_rows(&format!("consents WHERE id = '{id}' AND purged_at IS NOT NULL")).await == 0 {
+                assert!(tokio::time::Instant::now() < deadline, "consent {id} was not purged");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(app.delete(&format!("/v1/fin/consents/{second}"), &key).await.status(), 200);
+    wait_purged(second.to_owned()).await;
+    assert_eq!(app.count_fin_rows("transactions").await, 6, "data the first consent covers was deleted");
+    assert_eq!(app.count_fin_rows(&held_under(first, "balance_cents IS NOT NULL AND summary IS NOT NULL")).await, 1);
+    let after = accounts(app.get(&statement, &key).await.json().await.unwrap());
+    assert_eq!(after, before, "the statement under the valid consent changed");
+
+    // A consent that grants no balances fetches, and the account stays under the first, balance and all.
+    assert_eq!(ingest(&app, &key, no_balances).await.status(), 200);
+    assert_eq!(app.count_fin_rows(&held_under(first, "balance_cents IS NOT NULL AND summary IS NOT NULL")).await, 1);
+
+    // Once the first goes, the account passes to it without its balance and what was drawn from it.
+    assert_eq!(app.delete(&format!("/v1/fin/consents/{first}"), &key).await.status(), 200);
+    wait_purged(first.to_owned()).await;
+    assert_eq!(app.count_fin_rows("transactions").await, 6);
+    assert_eq!(app.count_fin_rows(&held_under(no_balances, "balance_cents IS NULL AND summary IS NULL")).await, 1);
+    assert_eq!(app.count_fin_rows("accounts WHERE balance_cents IS NOT NULL OR summary IS NOT NULL").await, 0);
+    assert_eq!(app.get(&statement, &key).await.status(), 200);
+
+    assert_eq!(app.delete(&format!("/v1/fin/consents/{no_balances}"), &key).await.status(), 200);
+    wait_purged(no_balances.to_owned()).await;
+    assert_eq!(app.count_fin_rows("transactions").await + app.count_fin_rows("accounts").await, 0);
+    let problem = assert_problem(app.get(&statement, &key).await, 403).await;
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ", "{problem}");
+    app.stop().await;
+}
+
 /// A consent that reaches its expiry is used no more, and what was fetched under it is purged.
 #[tokio::test]
 async fn an_expired_consent_is_no_longer_used_and_its_data_is_deleted() {
