@@ -13,6 +13,7 @@ pub mod audit;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
+    io::IsTerminal,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
@@ -356,7 +357,8 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
         Command::Up { http_addr, data_dir } => {
             let config = config.embedded(http_addr, &data_dir);
             let platform = Platform::start(&config, admin_key.as_deref(), shutdown).await?;
-            // One write, so that log lines from the servers cannot fall in between.
+            // On standard error, whose lines are for a person: standard output carries the JSON
+            // logs. One write, so that log lines cannot fall in between.
             let mut banner =
                 format!("AigroNova is up at http://{}\nData directory: {}\n", platform.http_addr, data_dir.display());
             if let Some(key) = &platform.generated_admin_key {
@@ -364,7 +366,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
                     "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}\n"
                 ));
             }
-            print!("{banner}");
+            eprint!("{banner}");
             platform.wait().await
         }
         Command::Serve { service: Service::Gateway } => {
@@ -375,7 +377,18 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             })?;
             let gateway = Gateway::build(&config.gateway, TokenSigner::from_base64(key)?, admin_key.as_deref()).await?;
             if let Some(key) = gateway.generated_admin_key() {
-                println!("Administrator key (shown once; keep it): {key}");
+                // A deployment's standard error goes to its log collector: the key is shown to a
+                // person at a terminal only.
+                if std::io::stderr().is_terminal() {
+                    eprintln!(
+                        "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}"
+                    );
+                } else {
+                    tracing::warn!(
+                        "an administrator key was generated and is not shown, as standard error is not a terminal; \
+                         set {ADMIN_KEY_ENV} and restart to choose one"
+                    );
+                }
             }
             gateway.run_until_stopped(shutdown).await
         }

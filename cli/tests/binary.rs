@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     process::{Child, Command, Stdio},
+    sync::mpsc,
     time::Duration,
 };
 
@@ -15,7 +16,26 @@ const PATIENT_NAME: &str = "Joana Exemplo de Souza";
 struct Running {
     child: Child,
     url: String,
-    stdout: BufReader<std::process::ChildStdout>,
+    /// Standard error's lines as they come: the banner for a person.
+    banner: mpsc::Receiver<String>,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Reads `stream` to its end on a thread of its own, so that the process never blocks on a full
+/// pipe; sends each line to `lines` as it comes and returns them all.
+fn drain(stream: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if let Some(lines) = &lines {
+                let _ = lines.send(line.clone());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    })
 }
 
 /// Starts `aigronova up` on a free port and waits for its URL line.
@@ -37,30 +57,27 @@ fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
         command.env("AIGRONOVA_ADMIN_KEY", key);
     }
     let mut child = command.spawn().expect("the binary starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
+    let stdout = drain(child.stdout.take().unwrap(), None);
+    let (lines, banner) = mpsc::channel();
+    let stderr = drain(child.stderr.take().unwrap(), Some(lines));
     loop {
-        line.clear();
-        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+        let Ok(line) = banner.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
             let status = child.wait();
-            panic!("aigronova up exited before printing its URL: {status:?}");
-        }
+            panic!("aigronova up exited or hung before printing its URL: {status:?}");
+        };
         if let Some(url) = line.trim().strip_prefix("AigroNova is up at ") {
-            return Running { child, url: url.to_owned(), stdout };
+            return Running { child, url: url.to_owned(), banner, stdout, stderr };
         }
     }
 }
 
-/// Sends SIGINT and returns everything the process printed.
-fn stop(mut running: Running) -> String {
+/// Sends SIGINT and returns what the process printed on standard output and on standard error.
+fn stop(mut running: Running) -> (String, String) {
     Command::new("kill").args(["-INT", &running.child.id().to_string()]).status().unwrap();
     let status = running.child.wait().unwrap();
     assert!(status.success(), "aigronova up exits cleanly on SIGINT: {status}");
-    let mut output = String::new();
-    running.stdout.read_to_string(&mut output).unwrap();
-    running.child.stderr.take().unwrap().read_to_string(&mut output).unwrap();
-    output
+    (running.stdout.join().unwrap(), running.stderr.join().unwrap())
 }
 
 fn admin_key_line(output: &str) -> Option<String> {
@@ -74,21 +91,27 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let data = tempfile::tempdir().unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let mut first = start(data.path(), None);
+    let first = start(data.path(), None);
+    // The key line follows the URL and data-directory lines, on standard error.
     let mut head = String::new();
-    // The key line follows the URL and data-directory lines.
     while admin_key_line(&head).is_none() && head.lines().count() < 20 {
-        first.stdout.read_line(&mut head).unwrap();
+        match first.banner.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => head.push_str(&format!("{line}\n")),
+            Err(_) => break,
+        }
     }
     let admin = admin_key_line(&head).expect("the first start prints an administrator key");
     let url = first.url.clone();
     let (tenant_id, tenant_key, token_fragment) = runtime.block_on(exercise(&url, &admin));
     std::thread::sleep(Duration::from_millis(200));
-    let first_output = format!("{head}{}", stop(first));
+    let (logs, stderr) = stop(first);
 
-    // Everything but the one line that hands the operator the key is log output.
-    let logs: String =
-        first_output.lines().filter(|line| !line.starts_with("Administrator key")).collect::<Vec<_>>().join("\n");
+    // Standard output is the logs, one JSON object a line; the key is on standard error only.
+    for line in logs.lines() {
+        assert!(serde_json::from_str::<Value>(line).is_ok(), "a log line that is not JSON: {line}");
+    }
+    let rest_of_stderr: String =
+        stderr.lines().filter(|line| !line.starts_with("Administrator key")).collect::<Vec<_>>().join("\n");
     for secret in [
         admin.as_str(),
         tenant_key.as_str(),
@@ -100,6 +123,7 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
         CLIENT_JWT,
     ] {
         assert!(!logs.contains(secret), "the logs contain {secret:?}:\n{logs}");
+        assert!(!rest_of_stderr.contains(secret), "standard error contains {secret:?}:\n{rest_of_stderr}");
     }
     let access: Vec<Value> = logs
         .lines()
@@ -119,8 +143,8 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     assert_eq!(routes, ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments"]);
 
     let second = start(data.path(), None);
-    let second_output = stop(second);
-    assert!(admin_key_line(&second_output).is_none(), "the key is printed on the first start only");
+    let (logs, stderr) = stop(second);
+    assert!(admin_key_line(&format!("{logs}{stderr}")).is_none(), "the key is printed on the first start only");
 }
 
 /// A JWT from no provider the gateway trusts: refused, and never written to the logs.
