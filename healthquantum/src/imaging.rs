@@ -42,6 +42,70 @@ impl MediaType {
     }
 }
 
+/// Headers that a DICOM preamble, which PS3.10 leaves free, must not start with: an executable's
+/// (Windows, ELF, Mach-O, a script, WebAssembly) or an archive's, which would make the file both a
+/// DICOM image and a program or a bundle of files.
+const FOREIGN_PREAMBLES: [&[u8]; 10] = [
+    b"MZ",
+    b"\x7fELF",
+    b"#!",
+    b"\xca\xfe\xba\xbe",
+    b"\xfe\xed\xfa\xce",
+    b"\xfe\xed\xfa\xcf",
+    b"\xce\xfa\xed\xfe",
+    b"\xcf\xfa\xed\xfe",
+    b"PK\x03\x04",
+    b"\0asm",
+];
+
+/// Value representations whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2).
+const LONG_VRS: [&[u8; 2]; 13] =
+    [b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"];
+
+/// Checks what follows `DICM` is a DICOM file's meta information (PS3.10 7.1): group 0002
+/// elements in explicit VR little endian, one of them the transfer syntax's UID; and that the
+/// preamble is not another format's header. Returns what is wrong.
+fn check_dicom(bytes: &[u8]) -> Result<(), &'static str> {
+    if FOREIGN_PREAMBLES.iter().any(|header| bytes.starts_with(header)) {
+        return Err("its preamble is an executable's or an archive's header");
+    }
+    let truncated = "its file meta information is cut short";
+    let (mut at, mut transfer_syntax) = (132_usize, None);
+    loop {
+        let Some(header) = bytes.get(at..at + 8) else {
+            if at < bytes.len() {
+                return Err(truncated);
+            }
+            break;
+        };
+        if header[..2] != [0x02, 0x00] {
+            break;
+        }
+        let vr = &header[4..6];
+        if !vr.iter().all(u8::is_ascii_uppercase) {
+            return Err("its file meta information is not in explicit VR little endian");
+        }
+        let (length, value_at) = if LONG_VRS.iter().any(|long| long[..] == *vr) {
+            let length = bytes.get(at + 8..at + 12).ok_or(truncated)?;
+            (u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize, at + 12)
+        } else {
+            (usize::from(u16::from_le_bytes([header[6], header[7]])), at + 8)
+        };
+        let end = value_at.checked_add(length).ok_or(truncated)?;
+        let value = bytes.get(value_at..end).ok_or(truncated)?;
+        if header[2..4] == [0x10, 0x00] {
+            transfer_syntax = Some(value);
+        }
+        at = end;
+    }
+    let uid = transfer_syntax.ok_or("its file meta information names no transfer syntax")?;
+    let uid = uid.strip_suffix(b"\0").unwrap_or(uid);
+    if uid.is_empty() || !uid.iter().all(|byte| byte.is_ascii_digit() || *byte == b'.') {
+        return Err("its transfer syntax is not a UID");
+    }
+    Ok(())
+}
+
 /// What an upload turned out to be.
 #[derive(Debug)]
 pub struct Examined {
@@ -60,7 +124,10 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     let format = match media_type {
         MediaType::Png => ImageFormat::Png,
         MediaType::Jpeg => ImageFormat::Jpeg,
-        MediaType::Dicom => return Ok(Examined { media_type, width: 0, height: 0, thumbnail: None }),
+        MediaType::Dicom => {
+            check_dicom(bytes).map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
+            return Ok(Examined { media_type, width: 0, height: 0, thumbnail: None });
+        }
     };
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
@@ -102,10 +169,40 @@ mod tests {
         let small = image::load_from_memory(&examine(&png(8, 6)).unwrap().thumbnail.unwrap()).unwrap();
         assert_eq!((small.width(), small.height()), (8, 6), "never enlarged");
 
-        let mut dicom = vec![0u8; 128];
-        dicom.extend_from_slice(b"DICM\x02\x00\x00\x00");
-        let examined = examine(&dicom).unwrap();
+        let examined = examine(DICOM).unwrap();
         assert_eq!((examined.media_type, examined.thumbnail.is_none()), (MediaType::Dicom, true));
+    }
+
+    /// A DICOM file: an empty preamble, `DICM`, the file meta information and a one-pixel data set.
+    const DICOM: &[u8] = include_bytes!("../../tests/fixtures/minimal.dcm");
+
+    #[test]
+    fn a_dicom_file_needs_its_meta_information_and_a_preamble_that_is_no_program() {
+        let refused = |bytes: &[u8], expected: &str| match examine(bytes) {
+            Err(Error::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "body");
+                assert!(reason.contains(expected), "{reason}");
+            }
+            other => panic!("accepted or refused otherwise: {other:?}"),
+        };
+        for header in FOREIGN_PREAMBLES {
+            let mut polyglot = DICOM.to_vec();
+            polyglot[..header.len()].copy_from_slice(header);
+            refused(&polyglot, "executable's or an archive's header");
+        }
+        // `DICM` and anything after it.
+        let mut junk = vec![0u8; 128];
+        junk.extend_from_slice(b"DICM");
+        junk.extend_from_slice(&[0xCC; 200]);
+        refused(&junk, "names no transfer syntax");
+        refused(&DICOM[..150], "cut short");
+        let mut implicit = DICOM.to_vec();
+        implicit[136..138].copy_from_slice(&[0x04, 0x00]);
+        refused(&implicit, "explicit VR");
+        let mut no_uid = DICOM.to_vec();
+        let syntax = DICOM.windows(19).position(|window| window == b"1.2.840.10008.1.2.1").unwrap();
+        no_uid[syntax..syntax + 4].copy_from_slice(b"abcd");
+        refused(&no_uid, "not a UID");
     }
 
     #[test]

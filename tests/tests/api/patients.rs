@@ -325,8 +325,7 @@ async fn medical_images(backend: Backend) {
     assert_eq!((thumbnail.width(), thumbnail.height()), (256, 128));
 
     // A DICOM file: kept, no thumbnail.
-    let mut dicom = vec![0u8; 128];
-    dicom.extend_from_slice(b"DICM\x02\x00\x00\x00UL\x04\x00\x00\x00\x00\x00");
+    let dicom = include_bytes!("../../fixtures/minimal.dcm").to_vec();
     let response = upload(&app, &key, &patient, "application/dicom", dicom).await;
     assert_eq!(response.status(), 200);
     let scan: Value = response.json().await.unwrap();
@@ -335,7 +334,7 @@ async fn medical_images(backend: Backend) {
     assert_problem(app.get(&format!("{scan_path}/thumbnail"), &key).await, 404).await;
 
     // Refused, and nothing stored: an executable named as a PNG, an image past the plan's limit,
-    // a truncated PNG, another tenant's patient.
+    // a truncated PNG, an executable that is a DICOM file too, another tenant's patient.
     let stored = walk(&objects).len();
     let problem = assert_problem(
         upload(&app, &key, &patient, "image/png", b"\x7fELF\x02\x01\x01\x00payload".to_vec()).await,
@@ -349,6 +348,11 @@ async fn medical_images(backend: Backend) {
     )
     .await;
     assert_problem(upload(&app, &key, &patient, "image/png", picture[..100].to_vec()).await, 400).await;
+    // A Windows executable whose header fills a DICOM preamble (a DICOM and PE polyglot).
+    let mut polyglot = include_bytes!("../../fixtures/minimal.dcm").to_vec();
+    polyglot[..4].copy_from_slice(b"MZ\x90\x00");
+    let problem = assert_problem(upload(&app, &key, &patient, "application/dicom", polyglot).await, 400).await;
+    assert_eq!(problem["field"], "body");
     let other = app.create_tenant("Outra").await;
     let other_key = app.create_key(&other, SCOPES).await;
     assert_problem(upload(&app, &other_key, &patient, "image/png", picture.clone()).await, 404).await;
