@@ -257,8 +257,8 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let row = input.row().to_vec();
         let started = Instant::now();
         let assessed = assessment::assess(request.patient_id, input);
-        self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), assessed.is_ok());
-        let assessment = assessed?;
+        let latency = started.elapsed();
+        let assessment = assessed.inspect_err(|_| self.monitor.record(&caller.tenant_id, &model, Some(&row), latency, false))?;
         let event = AuditEvent::new(
             &caller,
             crate::SERVICE_NAME,
@@ -271,10 +271,13 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 "modelVersion": assessment.model_version,
                 "inputDigest": assessment::input_digest(&assessment.features),
                 "output": {"value": assessment.output, "riskBand": assessment.risk_band},
-                "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
+                "latencyMs": latency.as_secs_f64() * 1000.0,
             }),
         );
         self.store.insert_assessment(&caller.tenant_id, &assessment, &event).await?;
+        // Counted once stored: an assessment refused for its patient (unknown, another tenant's)
+        // is no use of the model.
+        self.monitor.record(&caller.tenant_id, &model, Some(&row), latency, true);
         self.outbox.wake();
         tracing::info!(
             tenant = %caller.tenant_id,

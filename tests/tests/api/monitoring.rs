@@ -74,6 +74,9 @@ async fn shifted_inputs_raise_psi_above_the_alert_and_training_like_inputs_do_no
     let mut invalid = row(&features, |_| 0);
     invalid["mean radius"] = json!(-1.0);
     assert_eq!(assess(&app, &key, &patient, invalid).await, 400);
+    // An assessment of a patient the tenant does not have is no use of the model.
+    let unknown = "00000000-0000-7000-8000-000000000000";
+    assert_eq!(assess(&app, &key, unknown, row(&features, |_| 9)).await, 404);
     let calm = wait_for_calls(&app, &key, 101).await;
     assert_eq!(count(&calm, "errorCount"), 1, "{calm}");
     assert!((calm["errorRate"].as_f64().unwrap() - 1.0 / 101.0).abs() < 1e-9);
