@@ -177,8 +177,9 @@ impl FinQuantumService {
             &config.master_key_file,
             "finquantum.master_key",
         )?;
-        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)));
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the finquantum models")?;
+        let words = scoring::ReasonWords::new(models.get(scoring::MODEL)?.manifest());
+        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)), words);
         let cache = match &config.redis_url {
             Some(url) => ResponseCache::redis(url, "aigronova:finquantum:")
                 .await

@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aigronova_platform::Error;
+use aigronova_platform::{Error, inference::Manifest};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -372,34 +372,131 @@ pub struct Reason {
     pub description: &'static str,
 }
 
-/// The reason for a feature that pushed the score down.
-pub fn reason_for(feature: &str) -> Option<Reason> {
-    let (code, description) = match feature {
-        "duration_months" => ("LOAN_DURATION", "The loan would be repaid over a long period."),
-        "credit_amount" => ("CREDIT_AMOUNT", "The amount asked for is high."),
-        "installment_rate" => ("INSTALMENT_SHARE", "The instalment would take a large share of your monthly income."),
-        "age" => ("APPLICANT_AGE", "Applicants of your age repaid less often in the data the model learned from."),
-        "existing_credits" => ("EXISTING_CREDITS", "You already hold several credits."),
-        "dependents" => ("DEPENDENTS", "The number of people you provide for."),
-        "checking_status" => ("CHECKING_BALANCE", "Your checking account balance has been low or negative."),
-        "savings_status" => ("SAVINGS", "You hold little or nothing in savings."),
-        "employment_years" => {
-            ("EMPLOYMENT_TIME", "You have been in your present employment for a short time, or have none.")
-        }
-        "credit_history" => ("CREDIT_HISTORY", "Your credit history shows delays or credits at other institutions."),
-        "housing_own" => ("HOUSING", "You do not own your home."),
-        "purpose_car" => ("CREDIT_PURPOSE", "The purpose of the credit."),
-        _ => return None,
-    };
-    Some(Reason { code, description })
+/// Where a feature's value makes its adverse words true: above or below the training mean (the
+/// value the contributions replace a feature with), or below or from a code of an ordinal feature.
+#[derive(Clone, Copy)]
+enum Adverse {
+    AboveMean,
+    BelowCode(f64),
+    FromCode(f64),
+    /// Words that hold whatever the value.
+    Always,
 }
 
-/// The reasons, largest effect first, from the model's contributions to the probability of
-/// default: only features that raised it (pushed the score down).
-pub fn reasons(contributions: &[(String, f64)]) -> Vec<Reason> {
+/// A reason's code, its adverse words, where they hold, and neutral words for a value that raised
+/// the risk from the other side (the model learns relations that are not monotone).
+const WORDS: [(&str, &str, &str, Adverse, &str); 12] = [
+    (
+        "duration_months",
+        "LOAN_DURATION",
+        "The loan would be repaid over a long period.",
+        Adverse::AboveMean,
+        "The loan's repayment period.",
+    ),
+    ("credit_amount", "CREDIT_AMOUNT", "The amount asked for is high.", Adverse::AboveMean, "The amount asked for."),
+    (
+        "installment_rate",
+        "INSTALMENT_SHARE",
+        "The instalment would take a large share of your monthly income.",
+        Adverse::AboveMean,
+        "The share of your monthly income the instalment would take.",
+    ),
+    (
+        "age",
+        "APPLICANT_AGE",
+        "Applicants of your age repaid less often in the data the model learned from.",
+        Adverse::Always,
+        "",
+    ),
+    (
+        "existing_credits",
+        "EXISTING_CREDITS",
+        "You already hold several credits.",
+        Adverse::AboveMean,
+        "The number of credits you already hold.",
+    ),
+    ("dependents", "DEPENDENTS", "The number of people you provide for.", Adverse::Always, ""),
+    (
+        "checking_status",
+        "CHECKING_BALANCE",
+        "Your checking account balance has been low or negative.",
+        Adverse::BelowCode(3.0),
+        "Your checking account balance.",
+    ),
+    ("savings_status", "SAVINGS", "You hold little or nothing in savings.", Adverse::BelowCode(2.0), "Your savings."),
+    (
+        "employment_years",
+        "EMPLOYMENT_TIME",
+        "You have been in your present employment for a short time, or have none.",
+        Adverse::BelowCode(2.0),
+        "The time you have been in your present employment.",
+    ),
+    (
+        "credit_history",
+        "CREDIT_HISTORY",
+        "Your credit history shows delays or credits at other institutions.",
+        Adverse::FromCode(3.0),
+        "Your credit history.",
+    ),
+    ("housing_own", "HOUSING", "You do not own your home.", Adverse::BelowCode(1.0), "Your housing."),
+    ("purpose_car", "CREDIT_PURPOSE", "The purpose of the credit.", Adverse::Always, ""),
+];
+
+/// The reason code of `feature`.
+pub fn code_of(feature: &str) -> Option<&'static str> {
+    WORDS.iter().find(|words| words.0 == feature).map(|words| words.1)
+}
+
+/// The words of a reason, true for the customer's value: a decision's reasons are the features
+/// that raised its probability of default, from whichever side of the training mean; the adverse
+/// words are used only where they hold.
+#[derive(Clone, Debug)]
+pub struct ReasonWords {
+    means: HashMap<String, f64>,
+}
+
+impl ReasonWords {
+    /// The words for the model with `manifest`.
+    pub fn new(manifest: &Manifest) -> Self {
+        Self { means: manifest.features.iter().map(|feature| (feature.name.clone(), feature.training_mean)).collect() }
+    }
+
+    /// The reason for `feature`, which raised the risk, at `value` (unknown for an erased
+    /// decision: neutral words then, unless the adverse ones always hold).
+    pub fn reason(&self, feature: &str, value: Option<f64>) -> Option<Reason> {
+        let &(_, code, adverse, side, neutral) = WORDS.iter().find(|words| words.0 == feature)?;
+        let holds = match (side, value, self.means.get(feature)) {
+            (Adverse::Always, ..) => true,
+            (Adverse::AboveMean, Some(value), Some(mean)) => value > *mean,
+            (Adverse::BelowCode(code), Some(value), _) => value < code,
+            (Adverse::FromCode(code), Some(value), _) => value >= code,
+            _ => false,
+        };
+        let description = match feature {
+            "checking_status" if value == Some(0.0) => "You have no checking account.",
+            _ if holds => adverse,
+            _ => neutral,
+        };
+        Some(Reason { code, description })
+    }
+
+    /// The reasons of a decision: the `features` it stored, with the values it scored.
+    pub fn reasons(&self, features: &[String], values: &HashMap<String, f64>) -> Vec<Reason> {
+        features.iter().filter_map(|feature| self.reason(feature, values.get(feature).copied())).collect()
+    }
+}
+
+/// The features behind a decision's reasons, largest effect first, from the model's contributions
+/// to the probability of default: only features that raised it (pushed the score down).
+pub fn reasons(contributions: &[(String, f64)]) -> Vec<String> {
     let mut raising: Vec<&(String, f64)> = contributions.iter().filter(|(_, effect)| *effect > 0.0).collect();
     raising.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    raising.into_iter().filter_map(|(feature, _)| reason_for(feature)).take(MAX_REASONS).collect()
+    raising
+        .into_iter()
+        .filter(|(feature, _)| code_of(feature).is_some())
+        .map(|(feature, _)| feature.clone())
+        .take(MAX_REASONS)
+        .collect()
 }
 
 /// Money in cents as reais with two decimals: `-1250` → `"-12.50"`.
@@ -611,11 +708,44 @@ mod tests {
             ("credit_amount".to_owned(), 0.01),
             ("housing_own".to_owned(), 0.001),
         ];
-        let codes: Vec<&str> = reasons(&contributions).iter().map(|reason| reason.code).collect();
-        assert_eq!(codes, ["CHECKING_BALANCE", "LOAN_DURATION", "SAVINGS", "CREDIT_AMOUNT"]);
+        let features = reasons(&contributions);
+        assert_eq!(features, ["checking_status", "duration_months", "savings_status", "credit_amount"]);
         assert_eq!(score_of(0.2), 800);
         assert_eq!(reais(-1250), "-12.50");
         assert_eq!(reais(5), "0.05");
+    }
+
+    #[test]
+    fn a_reason_uses_its_adverse_words_only_where_they_hold() {
+        let manifest: Manifest = serde_json::from_str(
+            &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/credit-risk/1/manifest.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let words = ReasonWords::new(&manifest);
+        let description = |feature: &str, value: Option<f64>| words.reason(feature, value).unwrap().description;
+        assert_eq!(description("housing_own", Some(0.0)), "You do not own your home.");
+        assert_eq!(description("housing_own", Some(1.0)), "Your housing.");
+        assert_eq!(description("credit_amount", Some(50_000.0)), "The amount asked for is high.");
+        assert_eq!(description("credit_amount", Some(100.0)), "The amount asked for.");
+        assert_eq!(description("checking_status", Some(0.0)), "You have no checking account.");
+        assert_eq!(
+            description("checking_status", Some(1.0)),
+            "Your checking account balance has been low or negative."
+        );
+        assert_eq!(description("checking_status", Some(3.0)), "Your checking account balance.");
+        assert_eq!(
+            description("credit_history", Some(4.0)),
+            "Your credit history shows delays or credits at other institutions."
+        );
+        assert_eq!(description("credit_history", Some(0.0)), "Your credit history.");
+        // An erased decision keeps no values: neutral words, but the same codes.
+        assert_eq!(description("savings_status", None), "Your savings.");
+        assert_eq!(words.reason("age", None).unwrap().code, "APPLICANT_AGE");
+        assert!(words.reason("unknown", Some(1.0)).is_none());
+        for feature in FEATURES {
+            assert!(code_of(feature).is_some(), "{feature} has no reason");
+        }
     }
 
     #[test]

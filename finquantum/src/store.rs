@@ -22,7 +22,7 @@ use sqlx::{Row, any::AnyRow};
 use crate::{
     consent::{ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, ConsentStatus, Permissions},
     openfinance,
-    scoring::{AccountSummary, WINDOW_DAYS},
+    scoring::{AccountSummary, ReasonWords, WINDOW_DAYS},
 };
 
 /// An account as stored.
@@ -105,8 +105,8 @@ pub struct Purged {
     pub consent_id: String,
     pub accounts: u64,
     pub transactions: u64,
-    /// The customer's valid consent that holds the accounts from now on, when one grants all
-    /// the purged consent did and has fetched from the same institution: then nothing is deleted.
+    /// The customer's valid consent that holds the accounts from now on, when one has fetched from
+    /// the same institution: then no account or transaction is deleted.
     pub kept_under: Option<String>,
 }
 
@@ -115,11 +115,17 @@ pub struct Purged {
 pub(crate) struct Store {
     database: Database,
     keys: Arc<TenantKeys>,
+    /// The words of the credit decisions' reasons.
+    words: Arc<ReasonWords>,
 }
 
 impl Store {
-    pub(crate) fn new(database: Database, keys: Arc<TenantKeys>) -> Self {
-        Self { database, keys }
+    pub(crate) fn new(database: Database, keys: Arc<TenantKeys>, words: ReasonWords) -> Self {
+        Self { database, keys, words: Arc::new(words) }
+    }
+
+    pub(crate) fn reason_words(&self) -> &ReasonWords {
+        &self.words
     }
 
     /// Stores `consent`, its customer found by CPF or registered, and its audit event together.
@@ -617,9 +623,10 @@ impl Store {
                 "riskBand": score.risk_band,
                 "modelVersion": score.model_version,
                 "features": score.features,
-                "reasons": score.reasons.iter().filter_map(|feature| crate::scoring::reason_for(feature)).map(|reason| {
-                    serde_json::json!({"code": reason.code, "description": reason.description})
-                }).collect::<Vec<_>>(),
+                "reasons": self.words.reasons(&score.reasons, &serde_json::from_value(score.features.clone()).unwrap_or_default())
+                    .into_iter()
+                    .map(|reason| serde_json::json!({"code": reason.code, "description": reason.description}))
+                    .collect::<Vec<_>>(),
                 "createTime": time::stored(score.created_at),
             })).collect::<Vec<_>>(),
         }]}))

@@ -258,7 +258,8 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let started = Instant::now();
         let assessed = assessment::assess(request.patient_id, input);
         let latency = started.elapsed();
-        let assessment = assessed.inspect_err(|_| self.monitor.record(&caller.tenant_id, &model, Some(&row), latency, false))?;
+        let assessment =
+            assessed.inspect_err(|_| self.monitor.record(&caller.tenant_id, &model, Some(&row), latency, false))?;
         let event = AuditEvent::new(
             &caller,
             crate::SERVICE_NAME,
