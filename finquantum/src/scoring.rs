@@ -134,6 +134,15 @@ impl Applicant {
                 "must be between 0 and 80, or absent when unemployed",
             ));
         }
+        // Work in Brazil begins at 14 at the earliest, as an apprentice.
+        if let Some(years) = fields.employment_years
+            && years > f64::from(age) - MIN_WORKING_AGE
+        {
+            return Err(Error::invalid(
+                "applicant.employmentYears",
+                format!("cannot exceed the applicant's age less {MIN_WORKING_AGE} (age {age})"),
+            ));
+        }
         if let Some(income) = fields.monthly_income
             && (!income.is_finite() || income <= 0.0)
         {
@@ -364,6 +373,9 @@ pub const FEATURES: &[&str] = &[
     "housing_own",
     "purpose_car",
 ];
+
+/// The youngest age at which anyone may work in Brazil (as an apprentice).
+const MIN_WORKING_AGE: f64 = 14.0;
 
 /// A reason code and its words for a customer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -602,7 +614,10 @@ mod tests {
             ..DeclaredFields::default()
         };
         assert!(Applicant::parse(&good).is_ok());
-        let cases: [(DeclaredFields<'_>, &str); 6] = [
+        assert!(Applicant::parse(&DeclaredFields { age: 30, employment_years: Some(16.0), ..good.clone() }).is_ok());
+        let cases: [(DeclaredFields<'_>, &str); 8] = [
+            (DeclaredFields { age: 18, employment_years: Some(80.0), ..good.clone() }, "applicant.employmentYears"),
+            (DeclaredFields { age: 30, employment_years: Some(16.5), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { duration_months: 0, ..good.clone() }, "applicant.durationMonths"),
             (DeclaredFields { age: 17, ..good.clone() }, "applicant.age"),
             (DeclaredFields { credit_amount: f64::NAN, ..good.clone() }, "applicant.creditAmount"),
