@@ -96,8 +96,16 @@ pub fn parse_bound(field: &str, text: &str, end_of_day: bool) -> Result<DateTime
     let at = if let Ok(at) = DateTime::parse_from_rfc3339(text) {
         at.with_timezone(&Utc)
     } else {
+        // Exactly `YYYY-MM-DD`: chrono's `%Y` would also take a sign or fewer digits.
+        let shaped = text.len() == 10
+            && text
+                .bytes()
+                .enumerate()
+                .all(|(at, byte)| if at == 4 || at == 7 { byte == b'-' } else { byte.is_ascii_digit() });
         let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .map_err(|_| Error::invalid(field, "must be a date (2026-11-01) or an RFC 3339 time"))?;
+            .ok()
+            .filter(|_| shaped)
+            .ok_or_else(|| Error::invalid(field, "must be a date (2026-11-01) or an RFC 3339 time"))?;
         let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
         if end_of_day { midnight + Duration::days(1) } else { midnight }
     };
@@ -374,5 +382,8 @@ mod tests {
         assert_eq!(at("9999-12-31", false), "9999-12-31T00:00:00+00:00");
         assert!(parse_bound("to", "2026-13-01", true).is_err());
         assert!(parse_bound("to", "yesterday", true).is_err());
+        for loose in ["26-11-01", "-2026-11-01", "+2026-11-01", "2026-1-1", "2026-11-1", " 2026-11-01"] {
+            assert!(parse_bound("from", loose, false).is_err(), "{loose}");
+        }
     }
 }
