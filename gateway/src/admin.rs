@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use axum::{
     Json,
     extract::{Path, Query, Request, State, rejection::QueryRejection},
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
@@ -96,6 +96,7 @@ pub(crate) async fn list_tenants(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
     require_admin(&state, &headers).await?;
+    no_body(&headers, "GET /v1/admin/tenants")?;
     // The rejection names the parameter at fault (`pageSize: invalid digit…`, `foo: unknown field…`).
     let Query(query) = query.map_err(|rejection| {
         let text = rejection.body_text();
@@ -106,9 +107,13 @@ pub(crate) async fn list_tenants(
             .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
         Problem::invalid_field(named.unwrap_or("pageSize"), format!("bad query parameter: {message}"))
     })?;
-    let page_size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+    // As on every list (AIP-158): 0 or none is the default size.
+    let page_size = query.page_size.filter(|size| *size != 0).unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(Problem::invalid_field("pageSize", format!("pageSize must be between 1 and {MAX_PAGE_SIZE}")));
+        return Err(Problem::invalid_field(
+            "pageSize",
+            format!("pageSize must be between 1 and {MAX_PAGE_SIZE}, or 0 for the default ({DEFAULT_PAGE_SIZE})"),
+        ));
     }
     let after = query.page_token.filter(|token| !token.is_empty());
     if after.as_deref().is_some_and(|token| uuid::Uuid::parse_str(token).is_err()) {
@@ -129,9 +134,11 @@ pub(crate) async fn list_tenants(
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     require_admin(&state, &headers).await?;
+    neither_query_nor_body(&uri, &headers, "GET /v1/admin/tenants/{tenantId}")?;
     Ok(Json(existing_tenant(&state, &tenant_id).await?).into_response())
 }
 
@@ -183,9 +190,11 @@ pub(crate) async fn update_tenant(
 pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     require_admin(&state, &headers).await?;
+    neither_query_nor_body(&uri, &headers, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
     existing_tenant(&state, &tenant_id).await?;
     let keys = state.store.list_keys(&tenant_id).await.map_err(store_failure)?;
     Ok(Json(serde_json::json!({"apiKeys": keys})).into_response())
@@ -196,9 +205,11 @@ pub(crate) async fn list_api_keys(
 pub(crate) async fn revoke_api_key(
     State(state): State<AppState>,
     Path((tenant_id, key_id)): Path<(String, String)>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Problem> {
     require_admin(&state, &headers).await?;
+    neither_query_nor_body(&uri, &headers, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
     let hash = state
         .store
         .revoke_key(&tenant_id, &key_id)
@@ -238,6 +249,12 @@ fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
 async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, Problem> {
     let (parts, body) = request.into_parts();
     require_admin(state, &parts.headers).await?;
+    if let Some(name) = first_query_parameter(&parts.uri) {
+        return Err(Problem::invalid_field(
+            &name,
+            format!("{} {} takes its fields in the body, not the query", parts.method, parts.uri.path()),
+        ));
+    }
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;
@@ -245,9 +262,33 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
         return Err(Problem::bad_request("the request body must be a JSON object"));
     }
     serde_path_to_error::deserialize(json).map_err(|error| {
-        let message = error.inner().to_string();
+        let message = crate::problem::without_values(&error.inner().to_string());
         Problem::invalid_body_field(&error.path().to_string(), &message, format!("invalid request body: {message}"))
     })
+}
+
+/// The name of the first parameter in `uri`'s query, if it has one.
+fn first_query_parameter(uri: &Uri) -> Option<String> {
+    let pair = uri.query()?.split('&').find(|pair| !pair.is_empty())?;
+    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+    Some(percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned())
+}
+
+/// Refuses a request with a body: `route` takes none.
+fn no_body(headers: &HeaderMap, route: &str) -> Result<(), Problem> {
+    let length = headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok());
+    if headers.contains_key(header::TRANSFER_ENCODING) || length.is_some_and(|length| length.trim() != "0") {
+        return Err(Problem::bad_request(format!("{route} takes no request body")));
+    }
+    Ok(())
+}
+
+/// Refuses a request with query parameters or a body: `route` takes neither.
+fn neither_query_nor_body(uri: &Uri, headers: &HeaderMap, route: &str) -> Result<(), Problem> {
+    if let Some(name) = first_query_parameter(uri) {
+        return Err(Problem::invalid_field(&name, format!("unknown query parameter {name:?}: {route} takes none")));
+    }
+    no_body(headers, route)
 }
 
 fn valid_name(name: &str) -> Result<&str, Problem> {
@@ -260,6 +301,9 @@ fn valid_name(name: &str) -> Result<&str, Problem> {
             "name",
             format!("name must be at most {MAX_NAME_CHARS} printable characters"),
         ));
+    }
+    if name.chars().any(aigronova_platform::text::is_bidi_control) {
+        return Err(Problem::invalid_field("name", "name must not contain bidirectional overrides"));
     }
     Ok(name)
 }

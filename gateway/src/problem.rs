@@ -174,3 +174,48 @@ impl IntoResponse for Problem {
         response
     }
 }
+
+/// `message` without the values serde's "invalid type" and "invalid value" errors quote: a value
+/// sent with the wrong type may be personal data (a CPF as a number), which a problem document
+/// does not repeat. The value's kind stays: `invalid type: integer, expected a string`.
+pub(crate) fn without_values(message: &str) -> String {
+    const MARKERS: [&str; 2] = ["invalid type: ", "invalid value: "];
+    let mut kept = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some((at, marker)) =
+        MARKERS.iter().filter_map(|marker| rest.find(marker).map(|at| (at, *marker))).min_by_key(|(at, _)| *at)
+    {
+        let (head, tail) = rest.split_at(at + marker.len());
+        kept.push_str(head);
+        let end = tail.find(", expected").unwrap_or(tail.len());
+        let quoted = tail[..end].find(['`', '"']).unwrap_or(end);
+        kept.push_str(tail[..quoted].trim_end());
+        rest = &tail[end..];
+    }
+    kept.push_str(rest);
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_values;
+
+    #[test]
+    fn values_sent_with_the_wrong_type_are_not_repeated() {
+        for (message, expected) in [
+            (
+                "invalid type: integer `52998224725`, expected a string at line 1 column 20",
+                "invalid type: integer, expected a string at line 1 column 20",
+            ),
+            ("invalid type: string \"Maria Silva\", expected i32", "invalid type: string, expected i32"),
+            ("invalid value: floating point `-1.5`, expected u32", "invalid value: floating point, expected u32"),
+            ("invalid type: map, expected a string", "invalid type: map, expected a string"),
+            (
+                "unknown field `nome`, expected one of `name`, `cpf`",
+                "unknown field `nome`, expected one of `name`, `cpf`",
+            ),
+        ] {
+            assert_eq!(without_values(message), expected);
+        }
+    }
+}

@@ -43,6 +43,7 @@ pub(crate) fn request_message(
                     format!("{} {} takes its fields in the body, not the query", route.http_method, route.template),
                 ));
             }
+            json_content_type(content_type, body)?;
             parse_body(&input, body)?
         }
         "" => {
@@ -61,6 +62,7 @@ pub(crate) fn request_message(
                 let value = if kind.full_name() == "google.api.HttpBody" {
                     raw_body(&kind, body, content_type)?
                 } else {
+                    json_content_type(content_type, body)?;
                     parse_body(&kind, body)?
                 };
                 message.set_field(&field, Value::Message(value));
@@ -71,6 +73,14 @@ pub(crate) fn request_message(
     for (name, value) in &matched.variables {
         let field = input.get_field_by_name(name).ok_or_else(Problem::internal)?;
         let value = scalar(&field, value).map_err(|reason| Problem::invalid_field(name, reason))?;
+        // A body that names the field too must agree with the path, rather than be overruled.
+        if message.has_field(&field) && *message.get_field(&field) != value {
+            let json_name = field.json_name();
+            return Err(Problem::invalid_field(
+                json_name,
+                format!("{json_name} is given by the path; the body names another"),
+            ));
+        }
         message.set_field(&field, value);
     }
     if route.body != "*"
@@ -80,6 +90,26 @@ pub(crate) fn request_message(
         apply_query(&mut message, query, &bound)?;
     }
     Ok(message)
+}
+
+/// Refuses a JSON route's body declared as another media type (415). No `Content-Type`, JSON
+/// (`application/json`, `…+json`) and `application/x-www-form-urlencoded`, which `curl -d` sends
+/// by default, are read as JSON.
+fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Result<(), Problem> {
+    let Some(content_type) = content_type else { return Ok(()) };
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = essence == "application/json" || essence.ends_with("+json");
+    if json
+        || essence.is_empty()
+        || essence == "application/x-www-form-urlencoded"
+        || body.iter().all(u8::is_ascii_whitespace)
+    {
+        return Ok(());
+    }
+    Err(Problem::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!("this route reads a JSON body; send it with Content-Type: application/json, not {essence}"),
+    ))
 }
 
 fn raw_body(
@@ -110,8 +140,9 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
                 Problem::bad_request(format!("the request body is not valid JSON: {error}"))
             }
             Category::Data => {
+                let error = crate::problem::without_values(&error.to_string());
                 let detail = format!("the request body does not match {}: {error}", descriptor.name());
-                Problem::invalid_body_field(&path_of_error(descriptor, body), &error.to_string(), detail)
+                Problem::invalid_body_field(&path_of_error(descriptor, body), &error, detail)
             }
         })
 }

@@ -33,7 +33,8 @@ async fn tenants_are_listed_in_pages_and_read_one_by_one() {
         app.get(&format!("/v1/admin/tenants/{}", created[1]), &app.admin_key).await.json().await.unwrap();
     assert_eq!(tenant["name"], "B");
     assert_problem(app.get("/v1/admin/tenants/nope", &app.admin_key).await, 404).await;
-    assert_problem(app.get("/v1/admin/tenants?pageSize=0", &app.admin_key).await, 400).await;
+    assert_problem(app.get("/v1/admin/tenants?pageSize=-1", &app.admin_key).await, 400).await;
+    assert_problem(app.get("/v1/admin/tenants?pageSize=501", &app.admin_key).await, 400).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
     for token in ["garbage", "%00%ff"] {
         let problem =

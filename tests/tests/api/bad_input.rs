@@ -116,6 +116,24 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
         let problem = assert_problem(app.post("/v1/health/patients", &key, &body).await, 400).await;
         assert_eq!(problem["field"], field, "{body} -> {problem}");
     }
+    // A value sent with the wrong type is not repeated: it may be personal data.
+    let response = app.post_raw("/v1/health/patients", &key, r#"{"name": "Maria", "cpf": 52998224725}"#).await;
+    let problem = assert_problem(response, 400).await;
+    assert_eq!(problem["field"], "cpf", "{problem}");
+    assert!(!problem["detail"].as_str().unwrap().contains("52998224725"), "the CPF is echoed: {problem}");
+    // A body declared as something other than JSON.
+    for media_type in ["application/xml", "image/png", "multipart/form-data; boundary=x"] {
+        let response = app
+            .client
+            .post(app.url("/v1/health/patients"))
+            .bearer_auth(&key)
+            .header("content-type", media_type)
+            .body(r#"{"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_problem(response, 415).await;
+    }
     let unknown = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29", "shoeSize": 42});
     let problem = assert_problem(app.post("/v1/health/patients", &key, &unknown).await, 400).await;
     assert_eq!(problem["field"], "shoeSize", "an unknown field is named: {problem}");
@@ -245,5 +263,52 @@ async fn the_query_cannot_rebind_a_path_field_or_repeat_a_single_one() {
     assert_eq!(assert_problem(response, 400).await["field"], "updateMask");
     let unchanged: Value = app.get(&format!("/v1/health/patients/{mine}"), &key).await.json().await.unwrap();
     assert_ne!(unchanged["name"], "Ana", "nothing changed");
+    // Nor may the body name another value of a field the path gives; the same value is fine.
+    let response = app.patch(&format!("/v1/health/patients/{mine}"), &key, &json!({"id": other, "name": "Ana"})).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "id");
+    let response = app.patch(&format!("/v1/health/patients/{mine}"), &key, &json!({"id": "x"})).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "id");
+    let unchanged: Value = app.get(&format!("/v1/health/patients/{mine}"), &key).await.json().await.unwrap();
+    assert_ne!(unchanged["name"], "Ana", "nothing changed");
+    let response = app.patch(&format!("/v1/health/patients/{mine}"), &key, &json!({"id": mine, "name": "Ana"})).await;
+    assert_eq!(response.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_admin_api_refuses_what_it_would_ignore() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let admin = app.admin_key.clone();
+    let tenant = app.create_tenant("Acme").await;
+    let tenants_before =
+        app.get("/v1/admin/tenants", &admin).await.json::<Value>().await.unwrap()["tenants"].as_array().unwrap().len();
+    let body = json!({"name": "Query", "plan": "starter"});
+    let response = app.client.post(app.url("/v1/admin/tenants?plan=enterprise")).bearer_auth(&admin).json(&body).send();
+    assert_eq!(assert_problem(response.await.unwrap(), 400).await["field"], "plan");
+    let response = app
+        .client
+        .patch(app.url(&format!("/v1/admin/tenants/{tenant}?status=suspended")))
+        .bearer_auth(&admin)
+        .json(&json!({"plan": "enterprise"}))
+        .send();
+    assert_eq!(assert_problem(response.await.unwrap(), 400).await["field"], "status");
+    for path in [format!("/v1/admin/tenants/{tenant}?foo=1"), format!("/v1/admin/tenants/{tenant}/api-keys?pageSize=1")]
+    {
+        let problem = assert_problem(app.get(&path, &admin).await, 400).await;
+        assert!(problem["field"] == "foo" || problem["field"] == "pageSize", "{problem}");
+    }
+    let response = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/none?x=1"), &admin).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "x");
+    let response = app.client.get(app.url("/v1/admin/tenants")).bearer_auth(&admin).json(&json!({"x": 1})).send();
+    assert_problem(response.await.unwrap(), 400).await;
+    let response = app.post("/v1/admin/tenants", &admin, &json!({"name": "\u{202e}live", "plan": "starter"})).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "name");
+    let unchanged: Value = app.get(&format!("/v1/admin/tenants/{tenant}"), &admin).await.json().await.unwrap();
+    assert_eq!((unchanged["plan"].as_str(), unchanged["status"].as_str()), (Some("starter"), Some("active")));
+    // pageSize 0 is the default size, as on every other list.
+    let listed = app.get("/v1/admin/tenants?pageSize=0", &admin).await;
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["tenants"].as_array().unwrap().len(), tenants_before, "nothing created");
     app.stop().await;
 }
