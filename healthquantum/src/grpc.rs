@@ -405,7 +405,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
         let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
-        let image = self.store.image(&caller.tenant_id, &patient_id, &id, None).await?;
+        let image = self.store.image(&caller.tenant_id, &patient_id, &id, None, |_| Ok(())).await?;
         let event = AuditEvent::new(
             &caller,
             crate::SERVICE_NAME,
@@ -580,15 +580,13 @@ impl HealthQuantumApi {
             &format!("patient:{patient_id}"),
             serde_json::json!({"imageId": id}),
         );
-        let image = self.store.image(&caller.tenant_id, &patient_id, &id, Some(&event)).await?;
+        let shown = |image: &ImageRecord| match thumbnail && !image.has_thumbnail {
+            true => Err(aigronova_platform::Error::NotFound("thumbnail (only PNG and JPEG images have one)".into())),
+            false => Ok(()),
+        };
+        let image = self.store.image(&caller.tenant_id, &patient_id, &id, Some(&event), shown).await?;
         self.outbox.wake();
         let (key, content_type) = if thumbnail {
-            if !image.has_thumbnail {
-                return Err(aigronova_platform::Error::NotFound(
-                    "thumbnail (only PNG and JPEG images have one)".into(),
-                )
-                .into());
-            }
             (thumbnail_key(&caller.tenant_id, &image.id), "image/png".to_owned())
         } else {
             (image_key(&caller.tenant_id, &image.id), image.media_type)

@@ -398,13 +398,15 @@ impl Store {
         Ok(rows.iter().map(image_from).collect::<Result<_, _>>()?)
     }
 
-    /// One image of a patient of `tenant_id`; when `event` is given, the read is audited with it.
+    /// One image of a patient of `tenant_id`; when `event` is given, a read that `shown` accepts
+    /// is audited with it (a refused one shows nothing, and is not).
     pub(crate) async fn image(
         &self,
         tenant_id: &str,
         patient_id: &PatientId,
         id: &str,
         event: Option<&AuditEvent>,
+        shown: impl FnOnce(&ImageRecord) -> Result<(), Error>,
     ) -> Result<ImageRecord, Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let row = sqlx::query(
@@ -418,11 +420,13 @@ impl Store {
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| Error::NotFound("image".into()))?;
+        let image = image_from(&row)?;
+        shown(&image)?;
         if let Some(event) = event {
             audit::enqueue(&mut transaction, event).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(image_from(&row)?)
+        Ok(image)
     }
 
     /// Deletes the image records of `ids`, with the audit `event`.

@@ -367,6 +367,25 @@ async fn medical_images(backend: Backend) {
     assert_eq!(walk(&objects).len(), 1, "the image and its thumbnail are gone");
     assert_eq!(app.delete(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
     assert_eq!(walk(&objects).len(), 0);
+
+    // Reads that showed something are audited; the DICOM file's missing thumbnail showed nothing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let actions = loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+        let actions: Vec<String> = page["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry["action"].as_str().map(str::to_owned))
+            .collect();
+        if actions.iter().any(|action| action == "health.DeletePatient") {
+            break actions;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "audit events missing: {actions:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let count = |wanted: &str| actions.iter().filter(|action| *action == wanted).count();
+    assert_eq!((count("health.GetImage"), count("health.GetImageThumbnail")), (1, 1), "{actions:?}");
     app.stop().await;
 }
 
