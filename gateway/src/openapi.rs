@@ -256,7 +256,7 @@ impl Generator {
         let success = if output.full_name() == "google.api.HttpBody" {
             json!({
                 "description": "The raw body, with the media type the service chose.",
-                "content": {"*/*": {"schema": {}}},
+                "content": raw_content(&route.method),
             })
         } else {
             let description = self.comments.message(&output).map_or_else(|| output.name().to_owned(), summary_of);
@@ -429,12 +429,48 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
     ),
     ("NotFound", "404", "No such resource.", false),
     ("PayloadTooLarge", "413", "The request body exceeds the plan's limit.", false),
+    (
+        "UnsupportedMediaType",
+        "415",
+        "The body is declared as a media type this route does not read, or sent with a Content-Encoding other \
+         than gzip, deflate or br.",
+        false,
+    ),
     ("TooManyRequests", "429", "A rate limit or quota is exhausted; retry after `Retry-After` seconds.", true),
     ("InternalError", "500", "An internal error; quote the `requestId` when reporting it.", false),
     ("Unavailable", "503", "The service is unavailable; retry after `Retry-After` seconds.", true),
     ("GatewayTimeout", "504", "The service did not answer in time.", false),
     ("Problem", "default", "Any other error, as a problem document.", false),
 ];
+
+/// The media types a raw answer of `method` may have (its `response_media_types` option), each
+/// with a schema; any type when the option is absent.
+fn raw_content(method: &prost_reflect::MethodDescriptor) -> Value {
+    let options = method.options();
+    let types: Vec<String> = method
+        .parent_pool()
+        .get_extension_by_name("aigronova.common.v1.response_media_types")
+        .filter(|extension| options.has_extension(extension))
+        .and_then(|extension| {
+            options
+                .get_extension(&extension)
+                .as_list()
+                .map(|types| types.iter().filter_map(|media_type| media_type.as_str().map(str::to_owned)).collect())
+        })
+        .unwrap_or_default();
+    if types.is_empty() {
+        return json!({"*/*": {"schema": {}}});
+    }
+    let content = types.into_iter().map(|media_type| {
+        let schema = if media_type == "application/json" {
+            json!({"type": "object"})
+        } else {
+            json!({"type": "string", "contentMediaType": media_type})
+        };
+        (media_type, json!({"schema": schema}))
+    });
+    Value::Object(content.collect())
+}
 
 const ROUTE_PROBLEMS: &[&str] = &[
     "BadRequest",
@@ -453,6 +489,7 @@ const ROUTE_PROBLEMS_WITH_BODY: &[&str] = &[
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
     "TooManyRequests",
     "InternalError",
     "Unavailable",
@@ -905,6 +942,10 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                     "type": "object",
                     "description": "Whether each upstream service reports SERVING, by owner.",
                     "additionalProperties": {"type": "boolean"},
+                },
+                "rateLimits": {
+                    "type": "boolean",
+                    "description": "With Redis configured: whether it answers (a replica whose limits fail closed is not ready without it).",
                 },
             },
         },

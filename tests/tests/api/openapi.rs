@@ -107,6 +107,19 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     for (method, path) in GATEWAY_ENDPOINTS {
         assert!(document["paths"][path][method].is_object(), "{method} {path} is not in the document");
     }
+    // Raw answers name their media types; body routes say a foreign media type is 415.
+    let content = |path: &str| {
+        let content = &document["paths"][path]["get"]["responses"]["200"]["content"];
+        let mut types: Vec<String> = content.as_object().expect("content").keys().cloned().collect();
+        types.sort();
+        types
+    };
+    assert_eq!(content("/v1/health/patients/{patient_id}/assessments/{id}/report"), ["application/pdf"]);
+    assert_eq!(content("/v1/fin/customers/{customer_id}/statements/{month}"), ["application/json", "application/pdf"]);
+    assert_eq!(content("/v1/health/patients/{patient_id}/images/{id}/thumbnail"), ["image/png"]);
+    assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["415"].is_object());
+    let readiness = &document["components"]["schemas"]["gateway.Readiness"]["properties"];
+    assert!(readiness["rateLimits"].is_object(), "{readiness}");
     let documented = operations(&document).len();
     assert_eq!(documented, routes.routes().len() + GATEWAY_ENDPOINTS.len(), "operations nobody routes");
 
