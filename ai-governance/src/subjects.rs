@@ -268,6 +268,8 @@ pub struct SubjectStore {
     log: Arc<LogStore>,
     /// A lock per subject being processed (see [`SubjectStore::open`]).
     locks: std::sync::Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The secret the locks across replicas are named under (`subject_lock_key`).
+    lock_secret: tokio::sync::OnceCell<String>,
 }
 
 /// A request about to be stored.
@@ -283,7 +285,7 @@ struct NewRequest<'a> {
 
 impl SubjectStore {
     pub fn new(database: Database, services: SubjectServices, log: Arc<LogStore>) -> Self {
-        Self { database, services, log, locks: std::sync::Mutex::default() }
+        Self { database, services, log, locks: std::sync::Mutex::default(), lock_secret: tokio::sync::OnceCell::new() }
     }
 
     /// Opens a request, fans it out (corrections wait for a person), stores and audits it. An
@@ -324,13 +326,21 @@ impl SubjectStore {
         // CPF runs would store its bundle after the erasure deleted the others.
         let lock = self.subject_lock(&caller.tenant_id, cpf);
         let turn = lock.lock().await;
-        let processed = match self.database.lock_across_processes(&subject_digest(&caller.tenant_id, cpf)).await {
+        let locked = match self.lock_secret().await {
+            Ok(secret) => self
+                .database
+                .lock_across_processes(&subject_digest(&format!("{secret}:{}", caller.tenant_id), cpf))
+                .await
+                .map_err(Error::from),
+            Err(error) => Err(error),
+        };
+        let processed = match locked {
             Ok(across) => {
                 let processed = self.fan_out_and_store(caller, cpf, kind, details).await;
                 across.release().await;
                 processed
             }
-            Err(error) => Err(error.into()),
+            Err(error) => Err(error),
         };
         drop(turn);
         self.release(&caller.tenant_id, cpf, lock);
@@ -455,6 +465,26 @@ impl SubjectStore {
         .map_err(StoreError::from)?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(request)
+    }
+
+    /// The secret the cross-replica locks are named under, made by the first replica to need it.
+    async fn lock_secret(&self) -> Result<&str, Error> {
+        let secret = self
+            .lock_secret
+            .get_or_try_init(|| async {
+                let made = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+                sqlx::query("INSERT INTO subject_lock_key (id, secret) VALUES (1, $1) ON CONFLICT (id) DO NOTHING")
+                    .bind(made)
+                    .execute(self.database.pool())
+                    .await
+                    .map_err(StoreError::from)?;
+                sqlx::query_scalar::<_, String>("SELECT secret FROM subject_lock_key WHERE id = 1")
+                    .fetch_one(self.database.pool())
+                    .await
+                    .map_err(|error| Error::from(StoreError::from(error)))
+            })
+            .await?;
+        Ok(secret)
     }
 
     /// The lock of requests about `cpf` of `tenant_id`, keyed by a digest of both.

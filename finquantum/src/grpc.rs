@@ -384,15 +384,11 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             data.consents.iter().filter(|consent| consent.allows(&needed, now).is_ok()).collect();
         if consents.iter().all(|consent| consent.last_ingested_at.is_none()) {
             return Err(Status::failed_precondition(
-                "no data has been ingested under the customer's valid consents: \
+                "no data has been ingested under the customer's valid consents that grant all three permissions: \
                  POST /v1/fin/consents/{consentId}/ingestions first",
             ));
         }
-        let accounts: Vec<_> = data
-            .accounts
-            .into_iter()
-            .filter(|account| consents.iter().any(|consent| consent.id == account.consent_id))
-            .collect();
+        let accounts = crate::store::visible_accounts(data.accounts, &consents);
         let bank = BankSummary::of_stored(&accounts);
         let features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
@@ -482,7 +478,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         self.store.customer_exists(&caller.tenant_id, &customer_id).await?;
         let consents =
             self.usable_consents(&caller.tenant_id, &customer_id, &[ACCOUNTS_TRANSACTIONS_READ], "a statement").await?;
-        let ids: Vec<String> = consents.into_iter().map(|consent| consent.id).collect();
+        let usable: Vec<&Consent> = consents.iter().collect();
         // A month's statement reads its month and what came after (to walk back from the balance).
         let first = bounds.0.and_hms_opt(0, 0, 0).map(|at| at.and_utc());
         let read = event(
@@ -492,7 +488,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             &format!("customer:{customer_id}"),
             serde_json::json!({"month": month.trim(), "format": if pdf { "pdf" } else { "json" }}),
         );
-        let held = self.store.data_under(&caller.tenant_id, &customer_id, &ids, first, Some(&read)).await?;
+        let held = self.store.data_under(&caller.tenant_id, &customer_id, &usable, first, Some(&read)).await?;
         self.outbox.wake();
         let statement =
             statement::build(&customer_id, month.trim(), bounds, &held.accounts, &held.transactions, &held.held_since);

@@ -61,8 +61,16 @@ pub const MODELS: &[&str] = &[scoring::MODEL];
 static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// The tables that hold a tenant's rows, under row-level security on PostgreSQL.
-const TENANT_TABLES: &[&str] =
-    &["customers", "consents", "accounts", "transactions", "credit_scores", "audit_outbox", "tenant_keys"];
+const TENANT_TABLES: &[&str] = &[
+    "customers",
+    "consents",
+    "accounts",
+    "consent_accounts",
+    "transactions",
+    "credit_scores",
+    "audit_outbox",
+    "tenant_keys",
+];
 
 /// The `finquantum` configuration section.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -579,6 +579,7 @@ mod tests {
             balance_cents: Some(balance),
             balance_at: Some(at),
             summary: None,
+            fetched_by: vec!["c".into()],
         }
     }
 

@@ -259,6 +259,7 @@ mod tests {
             balance_cents: Some(1_000_00),
             balance_at: Some(at("2026-11-20T00:00:00Z")),
             summary: None,
+            fetched_by: vec!["c".into()],
         };
         let transactions = [
             transaction("a", true, "FOLHA_PAGAMENTO", 3_000_00, "2026-10-05T10:00:00Z"),

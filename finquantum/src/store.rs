@@ -13,7 +13,7 @@ use aigronova_platform::{
     audit::{self, AuditEvent},
     cpf::Cpf,
     crypto::TenantKeys,
-    storage::{Database, StoreError},
+    storage::{Backend, Database, StoreError},
     time,
 };
 use chrono::{DateTime, Utc};
@@ -38,6 +38,27 @@ pub struct StoredAccount {
     pub balance_at: Option<DateTime<Utc>>,
     /// Kept at ingestion when the balance was fetched.
     pub summary: Option<AccountSummary>,
+    /// Every consent that fetched the account (`consent_id` among them).
+    pub fetched_by: Vec<String>,
+}
+
+/// The accounts a use of the data under the `usable` consents may see: those one of them fetched,
+/// and their balances and summaries only when one of those grants balances.
+pub(crate) fn visible_accounts(accounts: Vec<StoredAccount>, usable: &[&Consent]) -> Vec<StoredAccount> {
+    accounts
+        .into_iter()
+        .filter_map(|mut account| {
+            let fetchers: Vec<&&Consent> =
+                usable.iter().filter(|consent| account.fetched_by.contains(&consent.id)).collect();
+            if fetchers.is_empty() {
+                return None;
+            }
+            if !fetchers.iter().any(|consent| consent.permissions.grants(ACCOUNTS_BALANCES_READ)) {
+                (account.balance_cents, account.balance_at, account.summary) = (None, None, None);
+            }
+            Some(account)
+        })
+        .collect()
 }
 
 /// A transaction as stored.
@@ -268,6 +289,19 @@ impl Store {
         event: impl FnOnce(u64) -> AuditEvent,
     ) -> Result<u64, Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        // The consent, locked and read again in this transaction: one revoked or erased while its
+        // data was being fetched takes nothing more.
+        lock_consent(&mut transaction, self.database.backend(), tenant_id, &consent.id).await?;
+        let current = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(&consent.id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound(format!("consent {}", consent.id)))?;
+        consent_of(&current)?
+            .allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now)
+            .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
         let fetched_at = time::stored(now);
         let mut stored = Vec::with_capacity(fetched.accounts.len());
         let kept = match consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
@@ -275,6 +309,18 @@ impl Store {
             false => held_with_balances(&mut transaction, tenant_id, consent, now).await?,
         };
         for (account, balance) in &fetched.accounts {
+            sqlx::query(
+                "INSERT INTO consent_accounts (tenant_id, consent_id, customer_id, institution, account_id) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, consent_id, institution, account_id) DO NOTHING",
+            )
+            .bind(tenant_id)
+            .bind(&consent.id)
+            .bind(&consent.customer_id)
+            .bind(&consent.institution)
+            .bind(&account.account_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
             if kept.contains(&account.account_id) {
                 // Held under another consent that grants its balance: it stays there, balance
                 // and all; only its description is refreshed.
@@ -323,6 +369,7 @@ impl Store {
             .await
             .map_err(StoreError::from)?;
             stored.push(StoredAccount {
+                fetched_by: vec![consent.id.clone()],
                 institution: consent.institution.clone(),
                 account_id: account.account_id.clone(),
                 consent_id: consent.id.clone(),
@@ -412,7 +459,7 @@ impl Store {
         &self,
         tenant_id: &str,
         customer_id: &str,
-        consent_ids: &[String],
+        usable: &[&Consent],
         since: Option<DateTime<Utc>>,
         read: Option<&AuditEvent>,
     ) -> Result<HeldData, Error> {
@@ -427,8 +474,7 @@ impl Store {
             audit::enqueue(&mut transaction, event).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        let accounts: Vec<StoredAccount> =
-            accounts.into_iter().filter(|account| consent_ids.contains(&account.consent_id)).collect();
+        let accounts = visible_accounts(accounts, usable);
         let transactions =
             transactions.into_iter().filter(|item| accounts.iter().any(|account| item.belongs_to(account))).collect();
         Ok(HeldData { accounts, transactions, held_since })
@@ -517,35 +563,29 @@ impl Store {
         let mut purged = Vec::new();
         for (tenant_id, consent_id) in due {
             let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            // An account is held under the consent that last fetched it: when another valid
-            // consent of the customer has fetched from the same institution, the accounts and
-            // their transactions are held under it rather than deleted, without their balances
-            // when it does not grant them.
-            let (accounts, transactions, kept_under) = match heir_of(&mut transaction, &tenant_id, &consent_id, now)
-                .await?
-            {
-                Some(heir) => {
-                    let sql = if heir.permissions.grants(ACCOUNTS_BALANCES_READ) {
-                        "UPDATE accounts SET consent_id = $3 WHERE tenant_id = $1 AND consent_id = $2"
-                    } else {
-                        "UPDATE accounts SET consent_id = $3, balance_cents = NULL, balance_at = NULL, summary = NULL \
-                         WHERE tenant_id = $1 AND consent_id = $2"
-                    };
-                    let moved = sqlx::query(sql)
-                        .bind(&tenant_id)
-                        .bind(&consent_id)
-                        .bind(&heir.id)
-                        .execute(&mut *transaction)
-                        .await
-                        .map_err(StoreError::from)?
-                        .rows_affected();
-                    (0, 0, (moved > 0).then_some(heir.id))
-                }
-                None => {
-                    let (accounts, transactions) = delete_held_under(&mut transaction, &tenant_id, &consent_id).await?;
-                    (accounts, transactions, None)
-                }
-            };
+            // Replicas purge concurrently: the consent's row is locked first, so that a purge
+            // that hands accounts to it waits for this one, and sees it purged.
+            lock_consent(&mut transaction, self.database.backend(), &tenant_id, &consent_id).await?;
+            let still_due =
+                sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND id = $2 AND purged_at IS NULL")
+                    .bind(&tenant_id)
+                    .bind(&consent_id)
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .map_err(StoreError::from)?;
+            if still_due.is_none() {
+                // Another replica purged it meanwhile.
+                transaction.rollback().await.map_err(StoreError::from)?;
+                continue;
+            }
+            let (accounts, transactions, kept_under) =
+                hand_on_or_delete(&mut transaction, self.database.backend(), &tenant_id, &consent_id, now).await?;
+            sqlx::query("DELETE FROM consent_accounts WHERE tenant_id = $1 AND consent_id = $2")
+                .bind(&tenant_id)
+                .bind(&consent_id)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
             sqlx::query("UPDATE consents SET purged_at = $3 WHERE tenant_id = $1 AND id = $2")
                 .bind(&tenant_id)
                 .bind(&consent_id)
@@ -577,7 +617,7 @@ impl Store {
             return Ok(serde_json::json!({"customers": []}));
         };
         let consents = self.consents_of(tenant_id, &customer_id).await?;
-        let all: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
+        let all: Vec<&Consent> = consents.iter().collect();
         let HeldData { accounts, transactions, .. } =
             self.data_under(tenant_id, &customer_id, &all, None, None).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
@@ -622,7 +662,9 @@ impl Store {
                 "score": score.score,
                 "riskBand": score.risk_band,
                 "modelVersion": score.model_version,
+                "probabilityOfDefault": score.probability,
                 "features": score.features,
+                "bank": score.bank,
                 "reasons": self.words.reasons(&score.reasons, &serde_json::from_value(score.features.clone()).unwrap_or_default())
                     .into_iter()
                     .map(|reason| serde_json::json!({"code": reason.code, "description": reason.description}))
@@ -646,6 +688,22 @@ impl Store {
             return Ok((0, 0));
         };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        // The consents first, locked: an ingestion under one of them either has committed (and
+        // its rows are deleted below) or waits, then finds its consent gone.
+        if self.database.backend() == Backend::Postgres {
+            sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND customer_id = $2 FOR UPDATE")
+                .bind(tenant_id)
+                .bind(&customer_id)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+        }
+        sqlx::query("DELETE FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2")
+            .bind(tenant_id)
+            .bind(&customer_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
         let mut erased = 0;
         for statement in [
             "DELETE FROM transactions WHERE tenant_id = $1 AND customer_id = $2",
@@ -714,7 +772,6 @@ async fn find_customer(
     Ok(row.map(|row| row.try_get::<String, _>("id")).transpose()?)
 }
 
-/// Every consent of `customer_id`, oldest first.
 /// The ids of the accounts of `consent`'s customer at its institution held under another consent
 /// that is authorised at `now` and grants their balances.
 async fn held_with_balances(
@@ -750,61 +807,137 @@ async fn held_with_balances(
     Ok(kept)
 }
 
-/// The consent that inherits the accounts of `consent_id` when it is purged at `now`: among the
-/// same customer's other consents at the same institution, one that is authorised at `now` and
-/// has fetched accounts and transactions; one that grants balances first, then the one that
-/// fetched last.
-async fn heir_of(
+/// On PostgreSQL, locks consent `consent_id`'s row until the transaction ends (SQLite's write
+/// transactions exclude each other already).
+async fn lock_consent(
     connection: &mut sqlx::AnyConnection,
+    backend: Backend,
+    tenant_id: &str,
+    consent_id: &str,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+            .bind(tenant_id)
+            .bind(consent_id)
+            .fetch_optional(&mut *connection)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The accounts held under `consent_id`, purged at `now`: each passes to another consent of the
+/// customer that is authorised, fetched that account too and is not being purged (one that grants
+/// balances first, then the one that fetched last), without its balance and summary when that
+/// consent grants no balances; an account no such consent fetched is deleted with its
+/// transactions. Returns the accounts and transactions deleted, and the consent that holds the
+/// accounts handed on, if any (the last one).
+async fn hand_on_or_delete(
+    connection: &mut sqlx::AnyConnection,
+    backend: Backend,
     tenant_id: &str,
     consent_id: &str,
     now: DateTime<Utc>,
-) -> Result<Option<Consent>, StoreError> {
+) -> Result<(u64, u64, Option<String>), StoreError> {
     let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id)
         .bind(consent_id)
         .fetch_one(&mut *connection)
         .await?;
     let purged = consent_of(&row)?;
-    let heir = consents_on(connection, tenant_id, &purged.customer_id)
-        .await?
-        .into_iter()
-        .filter(|other| {
-            other.id != purged.id
-                && other.institution == purged.institution
-                && other.allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now).is_ok()
-                && other.last_ingested_at.is_some()
-        })
-        .max_by_key(|other| (other.permissions.grants(ACCOUNTS_BALANCES_READ), other.last_ingested_at));
-    Ok(heir)
-}
-
-/// Deletes the accounts held under `consent_id` and their transactions; returns how many of each.
-async fn delete_held_under(
-    connection: &mut sqlx::AnyConnection,
-    tenant_id: &str,
-    consent_id: &str,
-) -> Result<(u64, u64), StoreError> {
-    let transactions = sqlx::query(
-        "DELETE FROM transactions WHERE tenant_id = $1 AND EXISTS (SELECT 1 FROM accounts a \
-         WHERE a.tenant_id = transactions.tenant_id AND a.customer_id = transactions.customer_id \
-         AND a.institution = transactions.institution AND a.account_id = transactions.account_id \
-         AND a.consent_id = $2)",
-    )
-    .bind(tenant_id)
-    .bind(consent_id)
-    .execute(&mut *connection)
-    .await?
-    .rows_affected();
-    let accounts = sqlx::query("DELETE FROM accounts WHERE tenant_id = $1 AND consent_id = $2")
+    let held: Vec<String> = sqlx::query("SELECT account_id FROM accounts WHERE tenant_id = $1 AND consent_id = $2")
         .bind(tenant_id)
         .bind(consent_id)
-        .execute(&mut *connection)
+        .fetch_all(&mut *connection)
         .await?
-        .rows_affected();
-    Ok((accounts, transactions))
+        .iter()
+        .map(|row| row.try_get::<String, _>("account_id"))
+        .collect::<Result<_, _>>()?;
+    let (mut accounts, mut transactions, mut kept_under) = (0, 0, None);
+    for account_id in held {
+        let fetched_by: Vec<String> = sqlx::query(
+            "SELECT consent_id FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+             AND account_id = $4 AND consent_id <> $5",
+        )
+        .bind(tenant_id)
+        .bind(&purged.customer_id)
+        .bind(&purged.institution)
+        .bind(&account_id)
+        .bind(consent_id)
+        .fetch_all(&mut *connection)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String, _>("consent_id"))
+        .collect::<Result<_, _>>()?;
+        let mut heirs = Vec::new();
+        for id in fetched_by {
+            // Valid, then locked and read again: a purge of that consent running in another
+            // replica has either finished (and it is no heir) or waits for this transaction.
+            // Only valid consents are locked, so two purges never wait for each other.
+            if valid_heir(connection, tenant_id, &id, now).await?.is_none() {
+                continue;
+            }
+            lock_consent(connection, backend, tenant_id, &id).await?;
+            heirs.extend(valid_heir(connection, tenant_id, &id, now).await?);
+        }
+        let heir = heirs
+            .into_iter()
+            .max_by_key(|heir| (heir.permissions.grants(ACCOUNTS_BALANCES_READ), heir.last_ingested_at));
+        let key = |query: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| {
+            query
+                .bind(tenant_id.to_owned())
+                .bind(purged.customer_id.clone())
+                .bind(purged.institution.clone())
+                .bind(account_id.clone())
+        };
+        match heir {
+            Some(heir) => {
+                let sql = if heir.permissions.grants(ACCOUNTS_BALANCES_READ) {
+                    "UPDATE accounts SET consent_id = $5 \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4"
+                } else {
+                    "UPDATE accounts SET consent_id = $5, balance_cents = NULL, balance_at = NULL, summary = NULL \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4"
+                };
+                key(sqlx::query(sql)).bind(heir.id.clone()).execute(&mut *connection).await?;
+                kept_under = Some(heir.id);
+            }
+            None => {
+                transactions += key(sqlx::query(
+                    "DELETE FROM transactions \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
+                ))
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+                accounts += key(sqlx::query(
+                    "DELETE FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
+                ))
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            }
+        }
+    }
+    Ok((accounts, transactions, kept_under))
 }
 
+/// Consent `id`, when it is not purged and may fetch accounts and transactions at `now`.
+async fn valid_heir(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    id: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<Consent>, StoreError> {
+    let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2 AND purged_at IS NULL")
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await?;
+    let consent = row.as_ref().map(consent_of).transpose()?;
+    Ok(consent.filter(|consent| consent.allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now).is_ok()))
+}
+
+/// Every consent of `customer_id`, oldest first.
 async fn consents_on(
     connection: &mut sqlx::AnyConnection,
     tenant_id: &str,
@@ -856,7 +989,28 @@ async fn read_accounts_only(
     .bind(customer_id)
     .fetch_all(&mut *connection)
     .await?;
-    rows.iter().map(account_of).collect()
+    let mut accounts = rows.iter().map(account_of).collect::<Result<Vec<_>, _>>()?;
+    let fetches = sqlx::query(
+        "SELECT institution, account_id, consent_id FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2",
+    )
+    .bind(tenant_id)
+    .bind(customer_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    for fetch in fetches {
+        let (institution, account_id): (String, String) = (fetch.try_get("institution")?, fetch.try_get("account_id")?);
+        if let Some(account) =
+            accounts.iter_mut().find(|account| account.institution == institution && account.account_id == account_id)
+        {
+            account.fetched_by.push(fetch.try_get("consent_id")?);
+        }
+    }
+    for account in &mut accounts {
+        if !account.fetched_by.contains(&account.consent_id) {
+            account.fetched_by.push(account.consent_id.clone());
+        }
+    }
+    Ok(accounts)
 }
 
 /// Computes and keeps the summary of `account` (as just stored) from its balance and the
@@ -976,6 +1130,7 @@ fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
             .map(|text| serde_json::from_str(&text))
             .transpose()
             .map_err(|error| StoreError::Corrupt(format!("accounts.summary: {error}")))?,
+        fetched_by: Vec::new(),
     })
 }
 

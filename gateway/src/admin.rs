@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use axum::{
     Json,
+    body::HttpBody,
     extract::{Path, Query, Request, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
@@ -92,11 +93,11 @@ pub(crate) async fn create_api_key(
 /// `GET /v1/admin/tenants?pageSize=&pageToken=` → `{"tenants": [...], "nextPageToken"}`.
 pub(crate) async fn list_tenants(
     State(state): State<AppState>,
-    headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
+    request: Request,
 ) -> Result<Response, Problem> {
-    require_admin(&state, &headers).await?;
-    no_body(&headers, "GET /v1/admin/tenants")?;
+    require_admin(&state, request.headers()).await?;
+    no_body(&request, "GET /v1/admin/tenants")?;
     // The rejection names the parameter at fault (`pageSize: invalid digit…`, `foo: unknown field…`).
     let Query(query) = query.map_err(|rejection| {
         let text = rejection.body_text();
@@ -134,11 +135,10 @@ pub(crate) async fn list_tenants(
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
-    require_admin(&state, &headers).await?;
-    neither_query_nor_body(&uri, &headers, "GET /v1/admin/tenants/{tenantId}")?;
+    require_admin(&state, request.headers()).await?;
+    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}")?;
     Ok(Json(existing_tenant(&state, &tenant_id).await?).into_response())
 }
 
@@ -190,11 +190,10 @@ pub(crate) async fn update_tenant(
 pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
     Path(tenant_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
-    require_admin(&state, &headers).await?;
-    neither_query_nor_body(&uri, &headers, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
+    require_admin(&state, request.headers()).await?;
+    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
     existing_tenant(&state, &tenant_id).await?;
     let keys = state.store.list_keys(&tenant_id).await.map_err(store_failure)?;
     Ok(Json(serde_json::json!({"apiKeys": keys})).into_response())
@@ -205,11 +204,10 @@ pub(crate) async fn list_api_keys(
 pub(crate) async fn revoke_api_key(
     State(state): State<AppState>,
     Path((tenant_id, key_id)): Path<(String, String)>,
-    uri: Uri,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, Problem> {
-    require_admin(&state, &headers).await?;
-    neither_query_nor_body(&uri, &headers, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
+    require_admin(&state, request.headers()).await?;
+    neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
     let hash = state
         .store
         .revoke_key(&tenant_id, &key_id)
@@ -256,6 +254,11 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
         ));
     }
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    crate::transcode::json_content_type(content_type, &body)?;
+    if let Some(path) = crate::transcode::repeated_name(&body) {
+        return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
+    }
     let json: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;
     if !json.is_object() {
@@ -274,21 +277,26 @@ fn first_query_parameter(uri: &Uri) -> Option<String> {
     Some(percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned())
 }
 
-/// Refuses a request with a body: `route` takes none.
-fn no_body(headers: &HeaderMap, route: &str) -> Result<(), Problem> {
+/// Refuses a request with a body: `route` takes none. A body announced by its headers, or one
+/// whose stream is not over (HTTP/2 need not announce its length).
+fn no_body(request: &Request, route: &str) -> Result<(), Problem> {
+    let headers = request.headers();
     let length = headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok());
-    if headers.contains_key(header::TRANSFER_ENCODING) || length.is_some_and(|length| length.trim() != "0") {
+    let announced =
+        headers.contains_key(header::TRANSFER_ENCODING) || length.is_some_and(|length| length.trim() != "0");
+    let body = request.body();
+    if announced || !(body.is_end_stream() || body.size_hint().exact() == Some(0)) {
         return Err(Problem::bad_request(format!("{route} takes no request body")));
     }
     Ok(())
 }
 
 /// Refuses a request with query parameters or a body: `route` takes neither.
-fn neither_query_nor_body(uri: &Uri, headers: &HeaderMap, route: &str) -> Result<(), Problem> {
-    if let Some(name) = first_query_parameter(uri) {
+fn neither_query_nor_body(request: &Request, route: &str) -> Result<(), Problem> {
+    if let Some(name) = first_query_parameter(request.uri()) {
         return Err(Problem::invalid_field(&name, format!("unknown query parameter {name:?}: {route} takes none")));
     }
-    no_body(headers, route)
+    no_body(request, route)
 }
 
 fn valid_name(name: &str) -> Result<&str, Problem> {

@@ -187,10 +187,33 @@ pub(crate) fn without_values(message: &str) -> String {
     {
         let (head, tail) = rest.split_at(at + marker.len());
         kept.push_str(head);
-        let end = tail.find(", expected").unwrap_or(tail.len());
-        let quoted = tail[..end].find(['`', '"']).unwrap_or(end);
+        // The kind, then the value in backticks or in a debug-quoted string, whose own text may
+        // hold anything, `, expected` included.
+        let Some(quoted) = tail.find(['`', '"']).filter(|quoted| !tail[..*quoted].contains(',')) else {
+            rest = tail;
+            continue;
+        };
         kept.push_str(tail[..quoted].trim_end());
-        rest = &tail[end..];
+        let value = &tail[quoted + 1..];
+        let end = match tail.as_bytes()[quoted] {
+            b'`' => value.find('`'),
+            _ => {
+                let mut escaped = false;
+                value.char_indices().find_map(|(at, c)| match (escaped, c) {
+                    (false, '\\') => {
+                        escaped = true;
+                        None
+                    }
+                    (false, '"') => Some(at),
+                    _ => {
+                        escaped = false;
+                        None
+                    }
+                })
+            }
+        };
+        // An unterminated value: nothing of it is kept.
+        rest = end.map_or("", |end| &value[end + 1..]);
     }
     kept.push_str(rest);
     kept
@@ -210,6 +233,8 @@ mod tests {
             ("invalid type: string \"Maria Silva\", expected i32", "invalid type: string, expected i32"),
             ("invalid value: floating point `-1.5`, expected u32", "invalid value: floating point, expected u32"),
             ("invalid type: map, expected a string", "invalid type: map, expected a string"),
+            ("invalid type: string \"x, expected 529.982.247-25\", expected i32", "invalid type: string, expected i32"),
+            ("invalid type: string \"a \\\" b\", expected i32", "invalid type: string, expected i32"),
             (
                 "unknown field `nome`, expected one of `name`, `cpf`",
                 "unknown field `nome`, expected one of `name`, `cpf`",

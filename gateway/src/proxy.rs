@@ -132,7 +132,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         })
         .instrument(span)
         .await;
-    quota.settle(result.is_ok()).await;
+    quota.settle(result.is_ok(), &mut facts.rate_limit).await;
     let encoded = result?;
     transcode::response(route, encoded)
 }

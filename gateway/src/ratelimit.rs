@@ -267,7 +267,16 @@ impl RateLimiter {
         append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
         append(headers, RATELIMIT, [format!("\"inference\";r={};t={until_end}", quota.saturating_sub(outcome.used))]);
         if outcome.granted {
-            return Ok(Reservation { held: Some((self.clone(), tenant_id.to_owned(), month.label)) });
+            let remaining = quota.saturating_sub(outcome.used);
+            return Ok(Reservation {
+                held: Some(Held {
+                    limiter: self.clone(),
+                    tenant_id: tenant_id.to_owned(),
+                    month: month.label,
+                    remaining,
+                    until_end,
+                }),
+            });
         }
         crate::metrics::metrics().rate_limited.with_label_values(&["quota"]).inc();
         let detail = format!(
@@ -332,16 +341,34 @@ fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<It
 /// One inference call counted against the tenant's monthly quota, until settled.
 #[must_use = "settle the reservation with the outcome of the call"]
 pub(crate) struct Reservation {
-    held: Option<(RateLimiter, String, String)>,
+    held: Option<Held>,
+}
+
+/// A unit of a tenant's monthly quota, held until the call it was reserved for ends.
+struct Held {
+    limiter: RateLimiter,
+    tenant_id: String,
+    month: String,
+    /// The units left once this one was taken, and the seconds until the month ends.
+    remaining: u64,
+    until_end: u64,
 }
 
 impl Reservation {
-    /// Keeps the unit when the call succeeded, gives it back otherwise. A reservation dropped
-    /// without settling (the client went away during the call) keeps its unit: the service may
-    /// have run the model.
-    pub(crate) async fn settle(self, succeeded: bool) {
-        if let (false, Some((limiter, tenant_id, month))) = (succeeded, self.held) {
-            limiter.refund_inference(&tenant_id, &month).await;
+    /// Keeps the unit when the call succeeded, gives it back otherwise, and then says so in the
+    /// answer's `RateLimit` field (`headers`). A reservation dropped without settling (the client
+    /// went away during the call) keeps its unit: the service may have run the model.
+    pub(crate) async fn settle(self, succeeded: bool, headers: &mut HeaderMap) {
+        let Some(held) = self.held.filter(|_| !succeeded) else { return };
+        held.limiter.refund_inference(&held.tenant_id, &held.month).await;
+        let fields: Vec<HeaderValue> = headers.get_all(RATELIMIT).iter().cloned().collect();
+        headers.remove(RATELIMIT);
+        for field in fields {
+            let refunded = format!("\"inference\";r={};t={}", held.remaining + 1, held.until_end);
+            match field.as_bytes().starts_with(b"\"inference\";") {
+                true => headers.append(RATELIMIT, HeaderValue::try_from(refunded).unwrap_or(field)),
+                false => headers.append(RATELIMIT, field),
+            };
         }
     }
 }

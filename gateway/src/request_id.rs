@@ -19,9 +19,11 @@ tokio::task_local! {
     pub(crate) static CURRENT: RequestInfo;
 }
 
-/// Whether a client's request id can be reused: short, printable ASCII.
+/// Whether a client's request id can be reused: at most 128 letters, digits and `-_.:/+=@`, the
+/// characters of UUIDs, trace ids and the usual id formats, and nothing markup or a log reader
+/// could take for something else.
 fn acceptable(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic())
+    !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
 /// The request's id, the client's when acceptable, set on `request` for the services; returns it

@@ -95,7 +95,7 @@ pub(crate) fn request_message(
 /// Refuses a JSON route's body declared as another media type (415). No `Content-Type`, JSON
 /// (`application/json`, `…+json`) and `application/x-www-form-urlencoded`, which `curl -d` sends
 /// by default, are read as JSON.
-fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Result<(), Problem> {
+pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Result<(), Problem> {
     let Some(content_type) = content_type else { return Ok(()) };
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let json = essence == "application/json" || essence.ends_with("+json");
@@ -131,6 +131,10 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(descriptor.clone()));
     }
+    // JSON leaves a repeated name's meaning open (RFC 8259): refused rather than one value kept.
+    if let Some(path) = repeated_name(body) {
+        return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
+    }
     // Read straight from the bytes into the message, without a JSON tree in between.
     let mut json = serde_json::Deserializer::from_slice(body);
     DynamicMessage::deserialize_with_options(descriptor.clone(), &mut json, &DeserializeOptions::new())
@@ -145,6 +149,82 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
                 Problem::invalid_body_field(&path_of_error(descriptor, body), &error, detail)
             }
         })
+}
+
+/// The path of the first name an object of `body` holds twice (`name`, `applicant.age`), if any.
+/// A body that is not JSON has none here; the message's own reading says what is wrong with it.
+pub(crate) fn repeated_name(body: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    /// Walks one JSON value; `path` is where it sits, `found` the first repeated name's path.
+    struct Walk<'a> {
+        path: String,
+        found: &'a mut Option<String>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON value")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut names: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+            while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
+                if self.found.is_some() {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                if names.contains(&name) {
+                    *self.found = Some(path);
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                names.push(name);
+                map.next_value_seed(Walk { path, found: &mut *self.found })?;
+            }
+            Ok(())
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Walk { path: self.path.clone(), found: &mut *self.found })?.is_some() {}
+            Ok(())
+        }
+
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    let mut found = None;
+    let mut json = serde_json::Deserializer::from_slice(body);
+    Walk { path: String::new(), found: &mut found }.deserialize(&mut json).ok()?;
+    found
 }
 
 /// The JSON path a body that does not fit `descriptor` fails at (`expiresAt`, `applicant.age`,

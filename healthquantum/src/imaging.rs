@@ -43,9 +43,10 @@ impl MediaType {
 }
 
 /// Headers that a DICOM preamble, which PS3.10 leaves free, must not start with: an executable's
-/// (Windows, ELF, Mach-O, a script, WebAssembly) or an archive's, which would make the file both a
-/// DICOM image and a program or a bundle of files.
-const FOREIGN_PREAMBLES: [&[u8]; 10] = [
+/// (Windows, ELF, Mach-O, a script, WebAssembly), an archive's or a compressed file's (ZIP, gzip,
+/// 7z, RAR), a PDF's or markup's (HTML, SVG, XML), which would make the file both a DICOM image
+/// and something a program would open as another kind of file.
+const FOREIGN_PREAMBLES: [&[u8]; 15] = [
     b"MZ",
     b"\x7fELF",
     b"#!",
@@ -54,9 +55,28 @@ const FOREIGN_PREAMBLES: [&[u8]; 10] = [
     b"\xfe\xed\xfa\xcf",
     b"\xce\xfa\xed\xfe",
     b"\xcf\xfa\xed\xfe",
-    b"PK\x03\x04",
     b"\0asm",
+    b"PK\x03\x04",
+    b"\x1f\x8b",
+    b"7z\xbc\xaf\x27\x1c",
+    b"Rar!\x1a\x07",
+    b"%PDF",
+    b"<",
 ];
+
+/// Whether `bytes` end as a ZIP archive does: an end-of-central-directory record whose comment
+/// runs to the last byte. ZIP readers look for it from the end, so it makes a polyglot whatever
+/// the file starts with.
+fn ends_as_zip(bytes: &[u8]) -> bool {
+    const RECORD: usize = 22;
+    let earliest = bytes.len().saturating_sub(RECORD + usize::from(u16::MAX));
+    (earliest..=bytes.len().saturating_sub(RECORD)).rev().any(|at| {
+        bytes[at..].starts_with(b"PK\x05\x06")
+            && bytes.get(at + 20..at + 22).is_some_and(|comment| {
+                at + RECORD + usize::from(u16::from_le_bytes([comment[0], comment[1]])) == bytes.len()
+            })
+    })
+}
 
 /// Value representations whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2).
 const LONG_VRS: [&[u8; 2]; 13] =
@@ -68,6 +88,9 @@ const LONG_VRS: [&[u8; 2]; 13] =
 fn check_dicom(bytes: &[u8]) -> Result<(), &'static str> {
     if FOREIGN_PREAMBLES.iter().any(|header| bytes.starts_with(header)) {
         return Err("its preamble is an executable's or an archive's header");
+    }
+    if ends_as_zip(bytes) {
+        return Err("it ends as a ZIP archive");
     }
     let truncated = "its file meta information is cut short";
     let (mut at, mut transfer_syntax) = (132_usize, None);
@@ -190,6 +213,10 @@ mod tests {
             polyglot[..header.len()].copy_from_slice(header);
             refused(&polyglot, "executable's or an archive's header");
         }
+        // A ZIP archive appended, found from the end as ZIP readers do.
+        let mut zipped = DICOM.to_vec();
+        zipped.extend_from_slice(b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x03\0abc");
+        refused(&zipped, "ends as a ZIP archive");
         // `DICM` and anything after it.
         let mut junk = vec![0u8; 128];
         junk.extend_from_slice(b"DICM");

@@ -106,7 +106,14 @@ pub struct Database {
     grouped: Option<grouped::Grouper>,
     /// PostgreSQL: the URL [`Self::lock_across_processes`] opens its own connections to.
     url: Option<DatabaseUrl>,
+    /// How many such connections this process may hold at once.
+    process_locks: Arc<Semaphore>,
 }
+
+/// Locks across processes held or awaited at once by one process, each on a connection of its own.
+const MAX_PROCESS_LOCKS: usize = 8;
+/// How long [`Database::lock_across_processes`] waits for its turn, its connection and the lock.
+const PROCESS_LOCK_WAIT: Duration = Duration::from_secs(60);
 
 /// A database URL, which may hold a password: never shown by `Debug`.
 #[derive(Clone)]
@@ -125,6 +132,7 @@ pub struct ProcessLock {
     /// PostgreSQL: the session that holds the advisory lock. Its end releases the lock, whether
     /// closed by [`Self::release`] or dropped.
     session: Option<AnyConnection>,
+    _turn: Option<OwnedSemaphorePermit>,
 }
 
 impl ProcessLock {
@@ -224,7 +232,8 @@ impl Database {
         let grouped = (backend == Backend::Sqlite)
             .then(|| grouped::start(writer.as_ref().unwrap_or(&pool).clone(), writers.clone()));
         let url = (backend == Backend::Postgres).then(|| DatabaseUrl(Arc::from(url.as_str())));
-        Ok(Self { pool, writer, backend, row_level_security: false, writers, grouped, url })
+        let process_locks = Arc::new(Semaphore::new(MAX_PROCESS_LOCKS));
+        Ok(Self { pool, writer, backend, row_level_security: false, writers, grouped, url, process_locks })
     }
 
     /// Where write transactions run: on SQLite, the writer connection.
@@ -331,21 +340,30 @@ impl Database {
     /// Waits for, takes and returns the lock named `key` that every process on this database
     /// respects: on PostgreSQL a session-level advisory lock on a connection of its own (outside
     /// the pool, which the lock's holder may still need), keyed by the first 8 bytes of `key`'s
-    /// SHA-256. On SQLite, whose embedded database one process opens, a lock that holds nothing:
-    /// the process's own locks suffice.
+    /// SHA-256; at most [`MAX_PROCESS_LOCKS`] such connections at once in a process, and
+    /// `PoolTimedOut` after a minute without the lock. `key` is visible to the server's users (in
+    /// `pg_locks`): it must not be guessable from personal data. On SQLite, whose embedded
+    /// database one process opens, a lock that holds nothing: the process's own locks suffice.
     pub async fn lock_across_processes(&self, key: &str) -> Result<ProcessLock, StoreError> {
         let Some(DatabaseUrl(url)) = &self.url else {
-            return Ok(ProcessLock { session: None });
+            return Ok(ProcessLock { session: None, _turn: None });
         };
         let digest = Sha256::digest(key.as_bytes());
         let id = i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
-        let mut session = AnyConnection::connect(url).await?;
-        // Counted, so that the row holds an integer rather than the function's `void`.
-        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_lock($1)) AS locked")
-            .bind(id)
-            .fetch_one(&mut session)
-            .await?;
-        Ok(ProcessLock { session: Some(session) })
+        let locking = async {
+            let turn = self.process_locks.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let mut session = AnyConnection::connect(url).await?;
+            // Counted, so that the row holds an integer rather than the function's `void`.
+            sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_lock($1)) AS locked")
+                .bind(id)
+                .fetch_one(&mut session)
+                .await?;
+            Ok::<_, StoreError>(ProcessLock { session: Some(session), _turn: Some(turn) })
+        };
+        // A dropped wait closes its connection, and the server drops the lock or the wait with it.
+        tokio::time::timeout(PROCESS_LOCK_WAIT, locking)
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
     }
 
     /// On PostgreSQL, puts `tables` (each with a `tenant_id` column) under row-level security: a

@@ -117,7 +117,7 @@ async fn the_inference_quota_runs_out_until_the_month_ends() {
     for left in [1, 0] {
         let mut headers = HeaderMap::new();
         let reservation = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.unwrap();
-        reservation.settle(true).await;
+        reservation.settle(true, &mut HeaderMap::new()).await;
         assert_eq!(header(&headers, &POLICY), [format!(r#""inference";q=2;w={}"#, 31 * 24 * 3600)]);
         assert_eq!(header(&headers, &RATELIMIT), [format!(r#""inference";r={left};t=60"#)]);
     }
@@ -128,12 +128,12 @@ async fn the_inference_quota_runs_out_until_the_month_ends() {
     assert!(detail.contains("monthly inference quota") && detail.contains("2025-02-01T00:00:00Z"), "{detail}");
     let other = limiter.reserve_inference(true, "t2", &limits, &mut HeaderMap::new()).await;
     assert!(other.is_ok(), "another tenant has its own quota");
-    other.unwrap().settle(true).await;
+    other.unwrap().settle(true, &mut HeaderMap::new()).await;
 
     clock.fetch_add(60 * MICROS, Ordering::SeqCst);
     let reservation = limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await;
     assert!(reservation.is_ok(), "February has a fresh quota");
-    reservation.unwrap().settle(true).await;
+    reservation.unwrap().settle(true, &mut HeaderMap::new()).await;
 }
 
 #[tokio::test]
@@ -141,10 +141,25 @@ async fn a_failed_inference_call_gives_its_unit_back_and_other_calls_spend_none(
     let (limiter, _) = in_process(JAN_31_23_59);
     let limits = plan(100.0, 100, 0.0, 1);
     let mut headers = HeaderMap::new();
-    limiter.reserve_inference(false, "t1", &limits, &mut headers).await.unwrap().settle(true).await;
+    limiter
+        .reserve_inference(false, "t1", &limits, &mut headers)
+        .await
+        .unwrap()
+        .settle(true, &mut HeaderMap::new())
+        .await;
     assert!(headers.is_empty(), "a call that is not inference says nothing of the quota");
-    limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(false).await;
-    limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(true).await;
+    limiter
+        .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
+        .await
+        .unwrap()
+        .settle(false, &mut HeaderMap::new())
+        .await;
+    limiter
+        .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
+        .await
+        .unwrap()
+        .settle(true, &mut HeaderMap::new())
+        .await;
     assert!(limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.is_err());
 }
 
@@ -256,7 +271,7 @@ async fn the_rate_script_is_loaded_again_after_redis_forgets_it() {
         .reserve_inference(true, "t1", &plan(1.0, 5, 0.0, 10), &mut HeaderMap::new())
         .await
         .unwrap()
-        .settle(false)
+        .settle(false, &mut HeaderMap::new())
         .await;
     assert_eq!(crate::metrics::metrics().rate_limit_backend_errors.get(), errors_before);
 }
@@ -266,9 +281,19 @@ async fn the_redis_quota_counts_refunds_and_expires_with_the_month() {
     let prefix = unique_prefix();
     let limiter = on_redis(&prefix, RedisFailure::Closed).await;
     let limits = plan(100.0, 100, 0.0, 2);
-    limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(false).await;
+    limiter
+        .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
+        .await
+        .unwrap()
+        .settle(false, &mut HeaderMap::new())
+        .await;
     for _ in 0..2 {
-        limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.unwrap().settle(true).await;
+        limiter
+            .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
+            .await
+            .unwrap()
+            .settle(true, &mut HeaderMap::new())
+            .await;
     }
     let mut headers = HeaderMap::new();
     let problem = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.err().unwrap();
@@ -296,7 +321,12 @@ async fn an_unreachable_redis_lets_calls_through_when_failing_open() {
     let mut headers = HeaderMap::new();
     limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut headers).await.expect("open");
     limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut headers).await.expect("open, past the burst too");
-    limiter.reserve_inference(true, "t1", &plan(1.0, 1, 0.0, 0), &mut headers).await.expect("open").settle(true).await;
+    limiter
+        .reserve_inference(true, "t1", &plan(1.0, 1, 0.0, 0), &mut headers)
+        .await
+        .expect("open")
+        .settle(true, &mut HeaderMap::new())
+        .await;
     assert!(headers.is_empty(), "no limits are advertised when none were checked");
     assert!(crate::metrics::metrics().rate_limit_backend_errors.get() >= errors_before + 3);
 }

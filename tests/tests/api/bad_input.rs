@@ -121,6 +121,22 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
     let problem = assert_problem(response, 400).await;
     assert_eq!(problem["field"], "cpf", "{problem}");
     assert!(!problem["detail"].as_str().unwrap().contains("52998224725"), "the CPF is echoed: {problem}");
+    // A name given twice, at the top or deeper.
+    for (body, field) in [
+        (r#"{"name": "A", "name": "B", "cpf": "52998224725", "birthDate": "1980-02-29"}"#, "name"),
+        (r#"{"model": "diabetes-progression", "features": {"age": 0.1, "age": 0.2}}"#, "features.age"),
+    ] {
+        let path = if field == "name" {
+            "/v1/health/patients".to_owned()
+        } else {
+            format!("/v1/health/patients/{}/assessments", "00000000-0000-7000-8000-000000000000")
+        };
+        let problem = assert_problem(app.post_raw(&path, &key, body).await, 400).await;
+        assert_eq!(problem["field"], field, "{problem}");
+    }
+    let response =
+        app.post_raw("/v1/admin/tenants", &app.admin_key, r#"{"name": "A", "name": "B", "plan": "starter"}"#).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "name");
     // A body declared as something other than JSON.
     for media_type in ["application/xml", "image/png", "multipart/form-data; boundary=x"] {
         let response = app

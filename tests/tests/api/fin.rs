@@ -443,6 +443,8 @@ async fn export_and_erasure(backend: Backend) {
     assert_eq!(customer["consents"][0]["id"], granted["id"]);
     assert_eq!(customer["accounts"][0]["transactions"].as_array().unwrap().len(), 6);
     let scores = customer["creditScores"].as_array().unwrap();
+    assert!(scores[0]["bank"]["averageBalanceCents"].is_i64(), "the bundle holds what the decision read: {bundle}");
+    assert!(scores[0]["probabilityOfDefault"].is_f64(), "{bundle}");
     assert_eq!(scores.len(), 1);
     let scored: Value = response.json().await.unwrap();
     assert_eq!(scores[0]["score"], scored["score"], "the score as the API gives it");
@@ -521,14 +523,14 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     app.stop().await;
 }
 
-/// Revoking one of several consents that fetched the same accounts keeps them under another
-/// valid one, without their balances when it does not grant them; an ingestion under a consent
-/// that grants no balances leaves accounts under one that does; revoking the last one deletes them.
-#[tokio::test]
-async fn revoking_one_of_two_consents_keeps_the_data_the_other_still_covers() {
+/// Revoking one of several consents that fetched the same accounts keeps each account under
+/// another valid one that fetched it, without its balance when that one grants none, and deletes
+/// an account no other valid consent fetched; an ingestion under a consent that grants no
+/// balances leaves accounts under one that does; revoking the last one deletes everything.
+async fn revoking_one_consent_keeps_what_another_still_covers(backend: Backend) {
     let bank = Institution::start().await;
     let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
-    let app = start(Backend::Sqlite, &bank, vec![("banco-a", profile)]).await;
+    let app = start(backend, &bank, vec![("banco-a", profile)]).await;
     let tenant = app.create_tenant_on("Financeira Duas", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let holder = cpf(456_789_123);
@@ -538,15 +540,25 @@ async fn revoking_one_of_two_consents_keeps_the_data_the_other_still_covers() {
     let no_balances = consent(&app, &key, &holder, "banco-a", &["ACCOUNTS_READ", "ACCOUNTS_TRANSACTIONS_READ"]).await;
     let (first, second, no_balances) =
         (first["id"].as_str().unwrap(), second["id"].as_str().unwrap(), no_balances["id"].as_str().unwrap());
-    for id in [first, second] {
-        assert_eq!(ingest(&app, &key, id).await.status(), 200);
-    }
+    // The first consent shares the checking account only; the second, later, the savings too.
+    assert_eq!(ingest(&app, &key, first).await.status(), 200);
+    bank.serve("banco-a", Profile { accounts: vec![checking_account(), savings_account()], ..Profile::default() });
+    assert_eq!(ingest(&app, &key, second).await.status(), 200);
     let held_under = |id: &str, with: &str| format!("accounts WHERE consent_id = '{id}' AND {with}");
-    assert_eq!(app.count_fin_rows(&held_under(second, "balance_cents IS NOT NULL")).await, 1);
+    assert_eq!(app.count_fin_rows(&held_under(second, "balance_cents IS NOT NULL")).await, 2);
+    assert_eq!(app.count_fin_rows("transactions").await, 7);
     let statement = format!("/v1/fin/customers/{customer}/statements/2026-10");
-    let accounts = |statement: Value| statement["accounts"].clone();
-    let before = accounts(app.get(&statement, &key).await.json().await.unwrap());
-    assert_eq!(before.as_array().unwrap().len(), 1, "{before}");
+    let checking = |statement: Value| {
+        statement["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["accountId"] == "acc-checking")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let before: Value = app.get(&statement, &key).await.json().await.unwrap();
+    assert_eq!(before["accounts"].as_array().unwrap().len(), 2, "{before}");
 
     let wait_purged = |id: String| {
         let app = &app;
@@ -560,12 +572,16 @@ async fn revoking_one_of_two_consents_keeps_the_data_the_other_still_covers() {
     };
     assert_eq!(app.delete(&format!("/v1/fin/consents/{second}"), &key).await.status(), 200);
     wait_purged(second.to_owned()).await;
-    assert_eq!(app.count_fin_rows("transactions").await, 6, "data the first consent covers was deleted");
+    // The checking account passes to the first consent; the savings, which it never fetched, goes.
+    assert_eq!(app.count_fin_rows("accounts WHERE account_id = 'acc-savings'").await, 0);
+    assert_eq!(app.count_fin_rows("transactions").await, 6, "the checking account's transactions stay");
     assert_eq!(app.count_fin_rows(&held_under(first, "balance_cents IS NOT NULL AND summary IS NOT NULL")).await, 1);
-    let after = accounts(app.get(&statement, &key).await.json().await.unwrap());
-    assert_eq!(after, before, "the statement under the valid consent changed");
+    let after: Value = app.get(&statement, &key).await.json().await.unwrap();
+    assert_eq!(after["accounts"].as_array().unwrap().len(), 1, "{after}");
+    assert_eq!(checking(after), checking(before), "the statement under the valid consent changed");
 
     // A consent that grants no balances fetches, and the account stays under the first, balance and all.
+    bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
     assert_eq!(ingest(&app, &key, no_balances).await.status(), 200);
     assert_eq!(app.count_fin_rows(&held_under(first, "balance_cents IS NOT NULL AND summary IS NOT NULL")).await, 1);
 
@@ -580,8 +596,55 @@ async fn revoking_one_of_two_consents_keeps_the_data_the_other_still_covers() {
     assert_eq!(app.delete(&format!("/v1/fin/consents/{no_balances}"), &key).await.status(), 200);
     wait_purged(no_balances.to_owned()).await;
     assert_eq!(app.count_fin_rows("transactions").await + app.count_fin_rows("accounts").await, 0);
+    assert_eq!(app.count_fin_rows("consent_accounts").await, 0);
     let problem = assert_problem(app.get(&statement, &key).await, 403).await;
     assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ", "{problem}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_one_consent_keeps_what_another_still_covers_on_sqlite() {
+    revoking_one_consent_keeps_what_another_still_covers(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn revoking_one_consent_keeps_what_another_still_covers_on_postgres() {
+    revoking_one_consent_keeps_what_another_still_covers(Backend::Postgres).await;
+}
+
+/// Until the purge comes, a revoked consent's accounts that another valid consent fetched stay in
+/// use: a statement and a score read them as before.
+#[tokio::test]
+async fn a_revoked_consents_accounts_another_consent_fetched_stay_in_use() {
+    let bank = Institution::start().await;
+    let url = bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
+    let redis = redis_url();
+    let app = spawn_app_with(Backend::Sqlite, move |config| {
+        config.finquantum.institutions = [("banco-a".to_owned(), url)].into_iter().collect();
+        config.finquantum.redis_url = Some(redis);
+        config.finquantum.revoked_data_retention_secs = 3600;
+    })
+    .await;
+    let tenant = app.create_tenant_on("Financeira Espera", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let holder = cpf(135_792_468);
+    let first = consent(&app, &key, &holder, "banco-a", ALL).await;
+    let second = consent(&app, &key, &holder, "banco-a", ALL).await;
+    let customer = first["customerId"].as_str().unwrap().to_owned();
+    for id in [&first["id"], &second["id"]] {
+        assert_eq!(ingest(&app, &key, id.as_str().unwrap()).await.status(), 200);
+    }
+    let applicant = json!({"durationMonths": 12, "creditAmount": 2400.0, "age": 35, "existingCredits": 1, "dependents": 1,
+        "employmentYears": 3.0, "creditHistory": "paid_duly", "housing": "rent", "purpose": "furniture"});
+    let body = json!({"cpf": holder, "applicant": applicant});
+    let statement = format!("/v1/fin/customers/{customer}/statements/2026-10");
+    let statement_before: Value = app.get(&statement, &key).await.json().await.unwrap();
+    let score_before: Value = app.post("/v1/fin/credit-scores", &key, &body).await.json().await.unwrap();
+    assert_eq!(app.delete(&format!("/v1/fin/consents/{}", second["id"].as_str().unwrap()), &key).await.status(), 200);
+    let statement_after: Value = app.get(&statement, &key).await.json().await.unwrap();
+    assert_eq!(statement_after["accounts"], statement_before["accounts"]);
+    let score_after: Value = app.post("/v1/fin/credit-scores", &key, &body).await.json().await.unwrap();
+    assert_eq!((&score_after["score"], &score_after["bank"]), (&score_before["score"], &score_before["bank"]));
     app.stop().await;
 }
 

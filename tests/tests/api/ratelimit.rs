@@ -167,6 +167,7 @@ async fn inference_quota_runs_out(limiter: Limiter) {
     let patient = app.create_patient(&key).await;
     let path = format!("/v1/health/patients/{patient}/assessments");
     let bad = app.post(&path, &key, &json!({"model": "breast-cancer", "features": {}})).await;
+    assert!(header(&bad, "ratelimit").contains(r#""inference";r=3;t="#), "{limiter:?}: the unit given back shows");
     assert_problem(bad, 400).await;
     for left in (0..3).rev() {
         let response = app.post(&path, &key, &assessment_body()).await;

@@ -94,6 +94,10 @@ async fn the_request_id_is_returned_and_reused_when_sane() {
     assert_eq!(response.headers()["x-request-id"], "abc-123");
     let response = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert!(response.headers().contains_key("x-request-id"));
+    // Markup is not an id: one is generated instead.
+    let response = app.client.get(app.url("/healthz")).header("x-request-id", "<script>").send().await.unwrap();
+    let generated = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
     app.stop().await;
 }
 

@@ -1,0 +1,18 @@
+-- Which accounts each consent fetched. An account row is held under the consent that fetched it
+-- last; when that consent is purged, an account passes only to another valid consent that fetched
+-- it too, and is deleted otherwise.
+
+CREATE TABLE consent_accounts (
+    tenant_id TEXT NOT NULL,
+    consent_id TEXT NOT NULL,
+    customer_id TEXT NOT NULL,
+    institution TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, consent_id, institution, account_id)
+);
+
+CREATE INDEX consent_accounts_by_account ON consent_accounts (tenant_id, customer_id, institution, account_id);
+
+-- What is known of the past: each account was fetched by the consent it is held under.
+INSERT INTO consent_accounts (tenant_id, consent_id, customer_id, institution, account_id)
+SELECT tenant_id, consent_id, customer_id, institution, account_id FROM accounts;
