@@ -459,6 +459,10 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if kind == subjects::Kind::Correction && details.is_empty() {
             return Err(Error::invalid("details", "say what to correct").into());
         }
+        // Free text about the subject is kept only where a person needs it, and erased with it.
+        if kind != subjects::Kind::Correction && !details.is_empty() {
+            return Err(Error::invalid("details", "only a correction request takes details").into());
+        }
         let stored = self.store.open(&caller, &cpf, kind, details).await?;
         Ok(Response::new(request_message(stored)))
     }
@@ -470,6 +474,24 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         let tenant = auth::caller(&request)?.tenant_id.clone();
         let id = uuid_of("id", &request.get_ref().id)?;
         Ok(Response::new(request_message(self.store.get(&tenant, id).await?)))
+    }
+
+    async fn complete_subject_request(
+        &self,
+        request: Request<proto::CompleteSubjectRequestRequest>,
+    ) -> Result<Response<proto::SubjectRequest>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let id = uuid_of("id", &request.get_ref().id)?;
+        let resolution = free_text("resolution", &request.get_ref().resolution)?;
+        if resolution.is_empty() {
+            return Err(Error::invalid("resolution", "say how the request was handled").into());
+        }
+        match self.store.complete(&caller, id, resolution).await? {
+            subjects::Completion::Completed(request) => Ok(Response::new(request_message(request))),
+            subjects::Completion::NotOpen(status) => Err(Status::failed_precondition(format!(
+                "subject request {id} is {status}: only an open correction request can be completed"
+            ))),
+        }
     }
 
     async fn list_subject_requests(
@@ -557,6 +579,7 @@ fn request_message(request: subjects::StoredRequest) -> proto::SubjectRequest {
                 error: outcome.error.clone(),
             })
             .collect(),
+        resolution: request.resolution,
         id: request.id,
         kind: request.kind,
         status: request.status,

@@ -311,8 +311,9 @@ impl LogStore {
         self.ensure_loaded(&mut log, tenant_id).await?;
         let size = log.latest.as_ref().expect("loaded above").body.tree_size;
         if from == 0 || from > to || to > size {
-            // The field at fault: `to` when it is missing (0) or past the log, `from` otherwise.
-            let field = if to == 0 || to > size { "to" } else { "from" };
+            // The field at fault: `from` when it is missing (0), `to` when it is missing or past
+            // the log, `from` otherwise (after `to`).
+            let field = if from != 0 && (to == 0 || to > size) { "to" } else { "from" };
             return Err(Error::invalid(field, format!("need 0 < from <= to <= {size} (the log's size)")));
         }
         let tree = log.tree.as_ref().expect("loaded above");

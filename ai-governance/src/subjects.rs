@@ -79,6 +79,16 @@ pub struct StoredRequest {
     pub created_at: String,
     pub completed_at: Option<String>,
     pub outcomes: Vec<Outcome>,
+    /// How a person handled a correction; empty until then, and after an erasure.
+    pub resolution: String,
+}
+
+/// What completing a request did.
+#[derive(Debug)]
+pub enum Completion {
+    Completed(StoredRequest),
+    /// The request is not an open correction: its status.
+    NotOpen(String),
 }
 
 impl StoredRequest {
@@ -202,17 +212,24 @@ fn outcome(service: &str, status: &str, records: i64, retained: Vec<(String, Str
     Outcome { service: service.to_owned(), status: status.to_owned(), records, retained, error }
 }
 
-/// What ties request `id` to its subject: SHA-256 of the id and the CPF, so that the same CPF
-/// gives a different digest on every request. Kept only beside what holds the subject's data
-/// anyway (a bundle with records, a correction's details), and deleted with it.
-fn subject_digest(id: &str, cpf: &Cpf) -> String {
-    hex::encode(Sha256::digest(format!("{id}:{}", cpf.as_str())))
+/// SHA-256 of `prefix` and the CPF. Under a request id and the deployment's secret (see
+/// `SubjectStore::lock_secret`), what ties a request to its subject: a different digest on every
+/// request, which nobody without the secret can test CPFs against. Kept only beside what holds the
+/// subject's data anyway (a bundle with records, a correction's details), and deleted with it.
+fn subject_digest(prefix: &str, cpf: &Cpf) -> String {
+    hex::encode(Sha256::digest(format!("{prefix}:{}", cpf.as_str())))
 }
 
 /// Deletes, as part of erasure request `erasure`, what the tenant's earlier requests about `cpf`
 /// hold of the subject: bundles (found by digest, or, kept before digests were, by the CPF they
 /// contain) and corrections' details. Returns how many requests it cleared.
-async fn erase_held(connection: &mut AnyConnection, tenant_id: &str, cpf: &Cpf, erasure: &str) -> Result<i64, Error> {
+async fn erase_held(
+    connection: &mut AnyConnection,
+    tenant_id: &str,
+    cpf: &Cpf,
+    erasure: &str,
+    secret: &str,
+) -> Result<i64, Error> {
     let rows = sqlx::query(
         "SELECT id, subject_digest, export FROM subject_requests \
          WHERE tenant_id = $1 AND (export IS NOT NULL OR subject_digest IS NOT NULL)",
@@ -228,7 +245,10 @@ async fn erase_held(connection: &mut AnyConnection, tenant_id: &str, cpf: &Cpf, 
         let digest: Option<String> = row.try_get("subject_digest").map_err(StoreError::from)?;
         let export: Option<String> = row.try_get("export").map_err(StoreError::from)?;
         let about_subject = match digest {
-            Some(digest) => digest == subject_digest(&id, cpf),
+            // Keyed by the secret, or, made before it was, by the request id alone.
+            Some(digest) => {
+                digest == subject_digest(&format!("{secret}:{id}"), cpf) || digest == subject_digest(&id, cpf)
+            }
             None => export.is_some_and(|export| export.contains(&quoted)),
         };
         if !about_subject {
@@ -236,7 +256,7 @@ async fn erase_held(connection: &mut AnyConnection, tenant_id: &str, cpf: &Cpf, 
         }
         erased += sqlx::query(
             "UPDATE subject_requests SET export = NULL, subject_digest = NULL, erased_by = $3, \
-             details = CASE WHEN kind = 'correction' THEN '' ELSE details END WHERE tenant_id = $1 AND id = $2",
+             details = '', resolution = NULL WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
         .bind(&id)
@@ -388,7 +408,8 @@ impl SubjectStore {
             Kind::Correction => true,
             Kind::Erasure => false,
         };
-        let digest = holds_data.then(|| subject_digest(&id, cpf));
+        let secret = self.lock_secret().await?;
+        let digest = holds_data.then(|| subject_digest(&format!("{secret}:{id}"), cpf));
         let new = NewRequest { id: &id, kind, details, created, export: export.as_deref(), digest: digest.as_deref() };
         match self.store_request(caller, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await {
             Err(error) if kind == Kind::Erasure => {
@@ -426,7 +447,8 @@ impl SubjectStore {
     ) -> Result<StoredRequest, Error> {
         let mut transaction = self.database.begin_write().await?;
         if erase {
-            let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, new.id).await?;
+            let secret = self.lock_secret().await?;
+            let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, new.id, secret).await?;
             outcomes.push(outcome(crate::SERVICE_NAME, "erased", erased, Vec::new(), String::new()));
         }
         let status = match new.kind {
@@ -444,6 +466,7 @@ impl SubjectStore {
             created_at: created.to_rfc3339_opts(SecondsFormat::Micros, true),
             completed_at: (status == "completed").then(now),
             outcomes,
+            resolution: String::new(),
         };
         sqlx::query(
             "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, completed_at, \
@@ -467,7 +490,8 @@ impl SubjectStore {
         Ok(request)
     }
 
-    /// The secret the cross-replica locks are named under, made by the first replica to need it.
+    /// The deployment's secret that the cross-replica locks and the subject digests are made
+    /// under, made by the first replica to need it.
     async fn lock_secret(&self) -> Result<&str, Error> {
         let secret = self
             .lock_secret
@@ -527,7 +551,7 @@ impl SubjectStore {
 
     pub async fn get(&self, tenant_id: &str, id: &str) -> Result<StoredRequest, Error> {
         let row = sqlx::query(
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes FROM subject_requests \
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution FROM subject_requests \
              WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
@@ -539,10 +563,36 @@ impl SubjectStore {
         Ok(request_from(&row)?)
     }
 
+    /// Completes open correction `id` of the caller's tenant with how a person handled it, and
+    /// audits that.
+    pub async fn complete(&self, caller: &Caller, id: &str, resolution: &str) -> Result<Completion, Error> {
+        let completed = self
+            .database
+            .execute_write(
+                sqlx::query(
+                    "UPDATE subject_requests SET status = 'completed', completed_at = $3, resolution = $4 \
+                     WHERE tenant_id = $1 AND id = $2 AND status = 'open'",
+                )
+                .bind(caller.tenant_id.clone())
+                .bind(id.to_owned())
+                .bind(now())
+                .bind(resolution.to_owned()),
+            )
+            .await?;
+        let request = self.get(&caller.tenant_id, id).await?;
+        if completed == 0 {
+            return Ok(Completion::NotOpen(request.status));
+        }
+        let subject = format!("subject-request:{id}");
+        let details = serde_json::json!({"kind": request.kind, "status": request.status});
+        self.audit(caller, "subject_request", "governance.CompleteSubjectRequest", &subject, details).await?;
+        Ok(Completion::Completed(request))
+    }
+
     /// The tenant's requests, newest first; only the overdue ones when `overdue`.
     pub async fn list(&self, tenant_id: &str, overdue: bool) -> Result<Vec<StoredRequest>, Error> {
         let rows = sqlx::query(
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes FROM subject_requests \
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution FROM subject_requests \
              WHERE tenant_id = $1 ORDER BY created_at DESC",
         )
         .bind(tenant_id)
@@ -715,6 +765,7 @@ fn request_from(row: &sqlx::any::AnyRow) -> Result<StoredRequest, StoreError> {
         completed_at: row.try_get("completed_at")?,
         outcomes: serde_json::from_str(&outcomes)
             .map_err(|error| StoreError::Corrupt(format!("subject_requests.outcomes: {error}")))?,
+        resolution: row.try_get::<Option<String>, _>("resolution")?.unwrap_or_default(),
     })
 }
 

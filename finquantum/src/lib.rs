@@ -317,7 +317,10 @@ async fn purge_once(store: &Store, outbox: &OutboxWaker) {
                         tenant = %done.tenant_id,
                         consent = %done.consent_id,
                         kept_under = %heir,
-                        "data of a revoked or expired consent kept under another valid consent that grants as much"
+                        accounts = done.accounts,
+                        transactions = done.transactions,
+                        "accounts of a revoked or expired consent handed to another valid consent that fetched them; \
+                         the rest deleted"
                     ),
                     None => tracing::info!(
                         tenant = %done.tenant_id,

@@ -242,7 +242,8 @@ impl Store {
         Ok(())
     }
 
-    /// Marks the consent revoked, its data due for deletion at `purge_due`, with its event. A
+    /// Marks the consent revoked, its data due for deletion at `purge_due`, with its event (an
+    /// expired consent stays expired, and its data goes as an expired consent's does). A
     /// consent already revoked stays as it was.
     pub(crate) async fn revoke_consent(
         &self,
@@ -255,7 +256,7 @@ impl Store {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let updated = sqlx::query(
             "UPDATE consents SET revoked_at = $3, purge_due_at = $4 \
-             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+             WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL AND expires_at > $3",
         )
         .bind(tenant_id)
         .bind(id)

@@ -544,7 +544,8 @@ impl DataSubject for HealthQuantumApi {
             self.delete_image_objects(&caller.tenant_id, &images).await;
         }
         tracing::info!(tenant = %caller.tenant_id, patients = erased.len(), "data subject erased");
-        let retained = if erased.is_empty() {
+        // Assessments are what the law keeps: a patient without any leaves nothing retained.
+        let retained = if reports.is_empty() {
             Vec::new()
         } else {
             vec![common::RetainedRecord {

@@ -359,7 +359,13 @@ async fn a_consistency_proof_between_two_checkpoints_verifies_and_a_forged_one_f
     assert!(merkle::verify_consistency(3, 7, &new_root, &old_root, &proof).is_err(), "swapped roots fail");
     assert!(merkle::verify_consistency(3, 7, &old_root, &new_root, &proof[1..]).is_err(), "a short proof fails");
 
-    for (bad, field) in [("from=0&to=3", "from"), ("from=5&to=3", "from"), ("from=1&to=99", "to"), ("from=3", "to")] {
+    for (bad, field) in [
+        ("from=0&to=3", "from"),
+        ("from=5&to=3", "from"),
+        ("from=1&to=99", "to"),
+        ("from=3", "to"),
+        ("from=0&to=0", "from"),
+    ] {
         let response = app.get(&format!("/v1/governance/audit/consistency?{bad}"), &key).await;
         let problem = aigronova_e2e::assert_problem(response, 400).await;
         assert_eq!(problem["field"], field, "{bad}: {problem}");

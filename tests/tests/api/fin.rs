@@ -669,6 +669,9 @@ async fn an_expired_consent_is_no_longer_used_and_its_data_is_deleted() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let consent: Value = app.get(&format!("/v1/fin/consents/{id}"), &key).await.json().await.unwrap();
     assert_eq!(consent["status"], "EXPIRED");
+    // Revoking it now changes nothing: it stays expired.
+    let revoked: Value = app.delete(&format!("/v1/fin/consents/{id}"), &key).await.json().await.unwrap();
+    assert_eq!((revoked["status"].as_str(), revoked["revokeTime"].as_str()), (Some("EXPIRED"), None), "{revoked}");
     let problem = assert_problem(app.get(&statement, &key).await, 403).await;
     assert_eq!(problem["missingPermission"], "ACCOUNTS_TRANSACTIONS_READ");
     assert_problem(ingest(&app, &key, id).await, 403).await;

@@ -161,11 +161,30 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let all: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
     assert_eq!(all["requests"].as_array().unwrap().len(), 4);
 
+    // A person handles it and says how; then it is neither open nor overdue, and stays completed.
+    let completion = format!("/v1/governance/subject-requests/{id}/completion");
+    let refused = app.post(&completion, &key, &json!({"resolution": "  "})).await;
+    assert_eq!(assert_problem(refused, 400).await["field"], "resolution");
+    let done = app.post(&completion, &key, &json!({"resolution": "birth date corrected in healthquantum"})).await;
+    assert_eq!(done.status(), 200);
+    let done: Value = done.json().await.unwrap();
+    assert_eq!((done["status"].as_str(), &done["overdue"]), (Some("completed"), &json!(false)), "{done}");
+    assert_eq!(done["resolution"], "birth date corrected in healthquantum");
+    assert!(done["completeTime"].is_string(), "{done}");
+    let listed: Value = app.get("/v1/governance/subject-requests?overdue=true", &key).await.json().await.unwrap();
+    assert_eq!(listed["requests"].as_array().map_or(0, Vec::len), 0, "{listed}");
+    let again = app.post(&completion, &key, &json!({"resolution": "again"})).await;
+    assert!(assert_problem(again, 400).await["detail"].as_str().unwrap().contains("only an open correction"));
+    let access_id = all["requests"].as_array().unwrap().iter().find(|r| r["kind"] == "access").unwrap()["id"].clone();
+    let path = format!("/v1/governance/subject-requests/{}/completion", access_id.as_str().unwrap());
+    assert_problem(app.post(&path, &key, &json!({"resolution": "x"})).await, 400).await;
+
     // A later erasure of the same CPF clears the correction's details, which hold the subject's data.
     let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
     let governance = outcome_of(&erasure, "ai-governance");
     assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 1), "{erasure}");
-    let cleared = format!("subject_requests WHERE id = '{id}' AND details = '' AND erased_by IS NOT NULL");
+    let cleared =
+        format!("subject_requests WHERE id = '{id}' AND details = '' AND resolution IS NULL AND erased_by IS NOT NULL");
     assert_eq!(app.count_governance_rows(&cleared).await, 1);
 
     // Art. 20: a review of the automated decision, by its audit entry.
@@ -200,6 +219,11 @@ async fn access_erasure_and_reviews(backend: Backend) {
         )
         .await;
     assert_eq!(assert_problem(refused, 400).await["field"], "details");
+    for kind in ["access", "portability", "erasure"] {
+        let body = json!({"cpf": CPF, "kind": kind, "details": "Sou Maria Silva"});
+        let refused = app.post("/v1/governance/subject-requests", &key, &body).await;
+        assert_eq!(assert_problem(refused, 400).await["field"], "details", "{kind}");
+    }
     let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
     assert_eq!(pending["reviews"].as_array().unwrap().len(), 1, "the refused reviews stored nothing");
     let path = format!("/v1/governance/reviews/{}/decision", review["id"].as_str().unwrap());
