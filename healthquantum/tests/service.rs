@@ -396,13 +396,36 @@ impl TestDatabase {
         Self { admin_url, name, url }
     }
 
-    async fn drop(self) {
+    async fn drop(mut self) {
         let mut admin = admin_connection(&self.admin_url).await;
         sqlx::raw_sql(AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
             .execute(&mut admin)
             .await
             .unwrap();
         admin.close().await.unwrap();
+        self.name.clear();
+    }
+}
+
+/// A test that fails before dropping its database drops it here, from a thread of its own (this
+/// may run inside the test's runtime, unwinding from a panic).
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let (admin_url, name) = (self.admin_url.clone(), std::mem::take(&mut self.name));
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let mut admin = PgConnection::connect(&admin_url).await.ok()?;
+                let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(AssertSqlSafe(statement)).execute(&mut admin).await.ok()
+            })
+        });
+        if !matches!(dropped.join(), Ok(Some(_))) {
+            eprintln!("the test's PostgreSQL database was not dropped");
+        }
     }
 }
 
