@@ -140,27 +140,23 @@ async fn the_inference_quota_runs_out_until_the_month_ends() {
 async fn a_failed_inference_call_gives_its_unit_back_and_other_calls_spend_none() {
     let (limiter, _) = in_process(JAN_31_23_59);
     let limits = plan(100.0, 100, 0.0, 1);
-    let mut headers = HeaderMap::new();
-    limiter
-        .reserve_inference(false, "t1", &limits, &mut headers)
-        .await
-        .unwrap()
-        .settle(true, &mut HeaderMap::new())
-        .await;
+    let headers = call(&limiter, false, &limits, true).await;
     assert!(headers.is_empty(), "a call that is not inference says nothing of the quota");
-    limiter
-        .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
-        .await
-        .unwrap()
-        .settle(false, &mut HeaderMap::new())
-        .await;
-    limiter
-        .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
-        .await
-        .unwrap()
-        .settle(true, &mut HeaderMap::new())
-        .await;
+    let failed = call(&limiter, true, &limits, false).await;
+    let fields: Vec<_> = failed.get_all(RATELIMIT).iter().collect();
+    assert_eq!(fields.len(), 1);
+    assert!(fields[0].to_str().unwrap().starts_with(r#""inference";r=1;"#), "the unit given back shows: {fields:?}");
+    call(&limiter, true, &limits, true).await;
     assert!(limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.is_err());
+}
+
+/// One call through the quota: reserves its unit (`inference` or not) for tenant `t1` and settles
+/// it with `succeeded`; returns the fields written.
+async fn call(limiter: &RateLimiter, inference: bool, limits: &PlanLimits, succeeded: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let reservation = limiter.reserve_inference(inference, "t1", limits, &mut headers).await.unwrap();
+    reservation.settle(succeeded, &mut headers).await;
+    headers
 }
 
 #[test]
@@ -267,12 +263,7 @@ async fn the_rate_script_is_loaded_again_after_redis_forgets_it() {
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut redis.connection()).await.unwrap();
     let errors_before = crate::metrics::metrics().rate_limit_backend_errors.get();
     limiter.admit("t1", "k1", &plan(1.0, 5, 0.0, 10), &mut HeaderMap::new()).await.expect("NOSCRIPT is handled");
-    limiter
-        .reserve_inference(true, "t1", &plan(1.0, 5, 0.0, 10), &mut HeaderMap::new())
-        .await
-        .unwrap()
-        .settle(false, &mut HeaderMap::new())
-        .await;
+    call(&limiter, true, &plan(1.0, 5, 0.0, 10), false).await;
     assert_eq!(crate::metrics::metrics().rate_limit_backend_errors.get(), errors_before);
 }
 
@@ -281,19 +272,9 @@ async fn the_redis_quota_counts_refunds_and_expires_with_the_month() {
     let prefix = unique_prefix();
     let limiter = on_redis(&prefix, RedisFailure::Closed).await;
     let limits = plan(100.0, 100, 0.0, 2);
-    limiter
-        .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
-        .await
-        .unwrap()
-        .settle(false, &mut HeaderMap::new())
-        .await;
+    call(&limiter, true, &limits, false).await;
     for _ in 0..2 {
-        limiter
-            .reserve_inference(true, "t1", &limits, &mut HeaderMap::new())
-            .await
-            .unwrap()
-            .settle(true, &mut HeaderMap::new())
-            .await;
+        call(&limiter, true, &limits, true).await;
     }
     let mut headers = HeaderMap::new();
     let problem = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.err().unwrap();
