@@ -222,7 +222,8 @@ fn subject_digest(prefix: &str, cpf: &Cpf) -> String {
 
 /// Deletes, as part of erasure request `erasure`, what the tenant's earlier requests about `cpf`
 /// hold of the subject: bundles (found by digest, or, kept before digests were, by the CPF they
-/// contain) and corrections' details. Returns how many requests it cleared.
+/// contain) and corrections' details and resolutions; an open correction is closed, as there is
+/// nothing left to correct. Returns how many requests it cleared.
 async fn erase_held(
     connection: &mut AnyConnection,
     tenant_id: &str,
@@ -256,11 +257,15 @@ async fn erase_held(
         }
         erased += sqlx::query(
             "UPDATE subject_requests SET export = NULL, subject_digest = NULL, erased_by = $3, \
-             details = '', resolution = NULL WHERE tenant_id = $1 AND id = $2",
+             details = '', resolution = NULL, \
+             completed_at = CASE WHEN status = 'open' THEN $4 ELSE completed_at END, \
+             status = CASE WHEN status = 'open' THEN 'completed' ELSE status END \
+             WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
         .bind(&id)
         .bind(erasure)
+        .bind(now())
         .execute(&mut *connection)
         .await
         .map_err(StoreError::from)?
@@ -571,7 +576,7 @@ impl SubjectStore {
             .execute_write(
                 sqlx::query(
                     "UPDATE subject_requests SET status = 'completed', completed_at = $3, resolution = $4 \
-                     WHERE tenant_id = $1 AND id = $2 AND status = 'open'",
+                     WHERE tenant_id = $1 AND id = $2 AND status = 'open' AND erased_by IS NULL",
                 )
                 .bind(caller.tenant_id.clone())
                 .bind(id.to_owned())

@@ -13,6 +13,13 @@ CREATE TABLE consent_accounts (
 
 CREATE INDEX consent_accounts_by_account ON consent_accounts (tenant_id, customer_id, institution, account_id);
 
--- What is known of the past: each account was fetched by the consent it is held under.
+-- What is known of the past: each account was fetched by the consent it is held under, and by
+-- every other consent of its customer at its institution that has fetched anything (each fetch
+-- took every account the institution listed).
 INSERT INTO consent_accounts (tenant_id, consent_id, customer_id, institution, account_id)
-SELECT tenant_id, consent_id, customer_id, institution, account_id FROM accounts;
+SELECT tenant_id, consent_id, customer_id, institution, account_id FROM accounts
+UNION
+SELECT a.tenant_id, c.id, a.customer_id, a.institution, a.account_id
+FROM accounts a JOIN consents c
+    ON c.tenant_id = a.tenant_id AND c.customer_id = a.customer_id AND c.institution = a.institution
+WHERE c.last_ingested_at IS NOT NULL;

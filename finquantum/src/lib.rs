@@ -304,7 +304,7 @@ async fn purge_once(store: &Store, outbox: &OutboxWaker) {
         details: serde_json::json!({
             "accounts": purged.accounts,
             "transactions": purged.transactions,
-            "keptUnder": purged.kept_under.as_ref().map(|heir| format!("consent:{heir}")),
+            "keptUnder": purged.kept_under.iter().map(|heir| format!("consent:{heir}")).collect::<Vec<_>>(),
         }),
         occurred_at: aigronova_platform::time::stored(chrono::Utc::now()),
     };
@@ -312,17 +312,17 @@ async fn purge_once(store: &Store, outbox: &OutboxWaker) {
         Ok(purged) if !purged.is_empty() => {
             outbox.wake();
             for done in &purged {
-                match &done.kept_under {
-                    Some(heir) => tracing::info!(
+                match done.kept_under.as_slice() {
+                    [_, ..] => tracing::info!(
                         tenant = %done.tenant_id,
                         consent = %done.consent_id,
-                        kept_under = %heir,
+                        kept_under = %done.kept_under.join(","),
                         accounts = done.accounts,
                         transactions = done.transactions,
                         "accounts of a revoked or expired consent handed to another valid consent that fetched them; \
                          the rest deleted"
                     ),
-                    None => tracing::info!(
+                    [] => tracing::info!(
                         tenant = %done.tenant_id,
                         consent = %done.consent_id,
                         accounts = done.accounts,

@@ -126,9 +126,9 @@ pub struct Purged {
     pub consent_id: String,
     pub accounts: u64,
     pub transactions: u64,
-    /// The customer's valid consent that holds the accounts from now on, when one has fetched from
-    /// the same institution: then no account or transaction is deleted.
-    pub kept_under: Option<String>,
+    /// The customer's valid consents that hold some of the accounts from now on, having fetched
+    /// them too; the other accounts and their transactions are deleted.
+    pub kept_under: Vec<String>,
 }
 
 /// The queries of this service over one [`Database`].
@@ -292,7 +292,7 @@ impl Store {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         // The consent, locked and read again in this transaction: one revoked or erased while its
         // data was being fetched takes nothing more.
-        lock_consent(&mut transaction, self.database.backend(), tenant_id, &consent.id).await?;
+        lock_customer(&mut transaction, self.database.backend(), tenant_id, &consent.customer_id).await?;
         let current = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
             .bind(&consent.id)
@@ -302,7 +302,7 @@ impl Store {
             .ok_or_else(|| Error::NotFound(format!("consent {}", consent.id)))?;
         consent_of(&current)?
             .allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now)
-            .map_err(|status| Error::PermissionDenied(status.message().to_owned()))?;
+            .map_err(|status| Error::Refused(Box::new(status)))?;
         let fetched_at = time::stored(now);
         let mut stored = Vec::with_capacity(fetched.accounts.len());
         let kept = match consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
@@ -542,7 +542,8 @@ impl Store {
     }
 
     /// Deletes the data held under every consent whose deletion is due at `now` (revoked, or
-    /// expired), each consent with its audit event, and marks the consents purged.
+    /// expired), each consent with its audit event, and marks the consents purged. A consent whose
+    /// purge fails is logged and left for the next round; the others go on.
     pub(crate) async fn purge_due(
         &self,
         now: DateTime<Utc>,
@@ -550,58 +551,82 @@ impl Store {
     ) -> Result<Vec<Purged>, Error> {
         let due = {
             let rows = sqlx::query(
-                "SELECT tenant_id, id FROM consents WHERE purged_at IS NULL AND purge_due_at <= $1 ORDER BY purge_due_at",
+                "SELECT tenant_id, id, customer_id FROM consents WHERE purged_at IS NULL AND purge_due_at <= $1 \
+                 ORDER BY purge_due_at",
             )
             .bind(time::stored(now))
             .fetch_all(self.database.pool())
             .await
             .map_err(StoreError::from)?;
             rows.iter()
-                .map(|row| Ok((row.try_get::<String, _>("tenant_id")?, row.try_get::<String, _>("id")?)))
-                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map(|row| {
+                    Ok((row.try_get::<String, _>("tenant_id")?, row.try_get("id")?, row.try_get("customer_id")?))
+                })
+                .collect::<Result<Vec<(String, String, String)>, sqlx::Error>>()
                 .map_err(StoreError::from)?
         };
         let mut purged = Vec::new();
-        for (tenant_id, consent_id) in due {
-            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            // Replicas purge concurrently: the consent's row is locked first, so that a purge
-            // that hands accounts to it waits for this one, and sees it purged.
-            lock_consent(&mut transaction, self.database.backend(), &tenant_id, &consent_id).await?;
-            let still_due =
-                sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND id = $2 AND purged_at IS NULL")
-                    .bind(&tenant_id)
-                    .bind(&consent_id)
-                    .fetch_optional(&mut *transaction)
-                    .await
-                    .map_err(StoreError::from)?;
-            if still_due.is_none() {
-                // Another replica purged it meanwhile.
-                transaction.rollback().await.map_err(StoreError::from)?;
-                continue;
+        for (tenant_id, consent_id, customer_id) in due {
+            match self.purge_one(&tenant_id, &consent_id, &customer_id, now, &event).await {
+                Ok(Some(done)) => purged.push(done),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(%error, tenant = %tenant_id, consent = %consent_id, "purge of a consent failed; retried next round");
+                }
             }
-            let (accounts, transactions, kept_under) =
-                hand_on_or_delete(&mut transaction, self.database.backend(), &tenant_id, &consent_id, now).await?;
-            sqlx::query("DELETE FROM consent_accounts WHERE tenant_id = $1 AND consent_id = $2")
-                .bind(&tenant_id)
-                .bind(&consent_id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
-            sqlx::query("UPDATE consents SET purged_at = $3 WHERE tenant_id = $1 AND id = $2")
-                .bind(&tenant_id)
-                .bind(&consent_id)
-                .bind(time::stored(now))
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
-            let done = Purged { tenant_id, consent_id, accounts, transactions, kept_under };
-            if accounts > 0 || transactions > 0 || done.kept_under.is_some() {
-                audit::enqueue(&mut transaction, &event(&done)).await?;
-            }
-            transaction.commit().await.map_err(StoreError::from)?;
-            purged.push(done);
         }
         Ok(purged)
+    }
+
+    /// Purges consent `consent_id` of `customer_id`, unless another replica has done it meanwhile.
+    async fn purge_one(
+        &self,
+        tenant_id: &str,
+        consent_id: &str,
+        customer_id: &str,
+        now: DateTime<Utc>,
+        event: &impl Fn(&Purged) -> AuditEvent,
+    ) -> Result<Option<Purged>, Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        // Replicas purge, ingest and erase concurrently: each locks the customer's consents first.
+        lock_customer(&mut transaction, self.database.backend(), tenant_id, customer_id).await?;
+        let still_due = sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND id = $2 AND purged_at IS NULL")
+            .bind(tenant_id)
+            .bind(consent_id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        if still_due.is_none() {
+            transaction.rollback().await.map_err(StoreError::from)?;
+            return Ok(None);
+        }
+        let (accounts, transactions, kept_under) =
+            hand_on_or_delete(&mut transaction, tenant_id, consent_id, now).await?;
+        sqlx::query("DELETE FROM consent_accounts WHERE tenant_id = $1 AND consent_id = $2")
+            .bind(tenant_id)
+            .bind(consent_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        sqlx::query("UPDATE consents SET purged_at = $3 WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(consent_id)
+            .bind(time::stored(now))
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        let done = Purged {
+            tenant_id: tenant_id.to_owned(),
+            consent_id: consent_id.to_owned(),
+            accounts,
+            transactions,
+            kept_under,
+        };
+        if accounts > 0 || transactions > 0 || !done.kept_under.is_empty() {
+            audit::enqueue(&mut transaction, &event(&done)).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(Some(done))
     }
 
     /// Everything held about `cpf`: the customer, consents, accounts, transactions and credit
@@ -691,14 +716,7 @@ impl Store {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         // The consents first, locked: an ingestion under one of them either has committed (and
         // its rows are deleted below) or waits, then finds its consent gone.
-        if self.database.backend() == Backend::Postgres {
-            sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND customer_id = $2 FOR UPDATE")
-                .bind(tenant_id)
-                .bind(&customer_id)
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
-        }
+        lock_customer(&mut transaction, self.database.backend(), tenant_id, &customer_id).await?;
         sqlx::query("DELETE FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2")
             .bind(tenant_id)
             .bind(&customer_id)
@@ -808,19 +826,20 @@ async fn held_with_balances(
     Ok(kept)
 }
 
-/// On PostgreSQL, locks consent `consent_id`'s row until the transaction ends (SQLite's write
-/// transactions exclude each other already).
-async fn lock_consent(
+/// On PostgreSQL, locks the rows of `customer_id`'s consents, in id order, until the transaction
+/// ends: purges, ingestions and erasures of a customer take their turns, and never wait for each
+/// other in a circle (SQLite's write transactions exclude each other already).
+async fn lock_customer(
     connection: &mut sqlx::AnyConnection,
     backend: Backend,
     tenant_id: &str,
-    consent_id: &str,
+    customer_id: &str,
 ) -> Result<(), StoreError> {
     if backend == Backend::Postgres {
-        sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+        sqlx::query("SELECT id FROM consents WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id FOR UPDATE")
             .bind(tenant_id)
-            .bind(consent_id)
-            .fetch_optional(&mut *connection)
+            .bind(customer_id)
+            .fetch_all(&mut *connection)
             .await?;
     }
     Ok(())
@@ -834,11 +853,10 @@ async fn lock_consent(
 /// accounts handed on, if any (the last one).
 async fn hand_on_or_delete(
     connection: &mut sqlx::AnyConnection,
-    backend: Backend,
     tenant_id: &str,
     consent_id: &str,
     now: DateTime<Utc>,
-) -> Result<(u64, u64, Option<String>), StoreError> {
+) -> Result<(u64, u64, Vec<String>), StoreError> {
     let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
         .bind(tenant_id)
         .bind(consent_id)
@@ -853,7 +871,7 @@ async fn hand_on_or_delete(
         .iter()
         .map(|row| row.try_get::<String, _>("account_id"))
         .collect::<Result<_, _>>()?;
-    let (mut accounts, mut transactions, mut kept_under) = (0, 0, None);
+    let (mut accounts, mut transactions, mut kept_under) = (0, 0, Vec::new());
     for account_id in held {
         let fetched_by: Vec<String> = sqlx::query(
             "SELECT consent_id FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
@@ -871,47 +889,49 @@ async fn hand_on_or_delete(
         .collect::<Result<_, _>>()?;
         let mut heirs = Vec::new();
         for id in fetched_by {
-            // Valid, then locked and read again: a purge of that consent running in another
-            // replica has either finished (and it is no heir) or waits for this transaction.
-            // Only valid consents are locked, so two purges never wait for each other.
-            if valid_heir(connection, tenant_id, &id, now).await?.is_none() {
-                continue;
-            }
-            lock_consent(connection, backend, tenant_id, &id).await?;
             heirs.extend(valid_heir(connection, tenant_id, &id, now).await?);
         }
         let heir = heirs
             .into_iter()
             .max_by_key(|heir| (heir.permissions.grants(ACCOUNTS_BALANCES_READ), heir.last_ingested_at));
+        // Matched by the purged consent too: only a row still held under it is handed on or deleted.
         let key = |query: sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>| {
             query
                 .bind(tenant_id.to_owned())
                 .bind(purged.customer_id.clone())
                 .bind(purged.institution.clone())
                 .bind(account_id.clone())
+                .bind(consent_id.to_owned())
         };
         match heir {
             Some(heir) => {
                 let sql = if heir.permissions.grants(ACCOUNTS_BALANCES_READ) {
-                    "UPDATE accounts SET consent_id = $5 \
-                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4"
+                    "UPDATE accounts SET consent_id = $6 \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4 \
+                     AND consent_id = $5"
                 } else {
-                    "UPDATE accounts SET consent_id = $5, balance_cents = NULL, balance_at = NULL, summary = NULL \
-                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4"
+                    "UPDATE accounts SET consent_id = $6, balance_cents = NULL, balance_at = NULL, summary = NULL \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4 \
+                     AND consent_id = $5"
                 };
                 key(sqlx::query(sql)).bind(heir.id.clone()).execute(&mut *connection).await?;
-                kept_under = Some(heir.id);
+                if !kept_under.contains(&heir.id) {
+                    kept_under.push(heir.id);
+                }
             }
             None => {
                 transactions += key(sqlx::query(
                     "DELETE FROM transactions \
-                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4 \
+                     AND EXISTS (SELECT 1 FROM accounts a WHERE a.tenant_id = $1 AND a.customer_id = $2 \
+                     AND a.institution = $3 AND a.account_id = $4 AND a.consent_id = $5)",
                 ))
                 .execute(&mut *connection)
                 .await?
                 .rows_affected();
                 accounts += key(sqlx::query(
-                    "DELETE FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
+                    "DELETE FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+                     AND account_id = $4 AND consent_id = $5",
                 ))
                 .execute(&mut *connection)
                 .await?

@@ -132,7 +132,7 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
         return Ok(DynamicMessage::new(descriptor.clone()));
     }
     // JSON leaves a repeated name's meaning open (RFC 8259): refused rather than one value kept.
-    if let Some(path) = repeated_name(body) {
+    if let Some(path) = repeated_name(body, Some(descriptor)) {
         return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
     }
     // Read straight from the bytes into the message, without a JSON tree in between.
@@ -151,15 +151,19 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
         })
 }
 
-/// The path of the first name an object of `body` holds twice (`name`, `applicant.age`), if any.
-/// A body that is not JSON has none here; the message's own reading says what is wrong with it.
-pub(crate) fn repeated_name(body: &[u8]) -> Option<String> {
+/// The path of the first name an object of `body` holds twice (`name`, `applicant.age`), if any:
+/// within a message of `descriptor`, a field named twice, by its JSON name or its proto name alike;
+/// elsewhere (a map's keys, a body without a descriptor), the same name twice. A body that is not
+/// JSON has none here; the message's own reading says what is wrong with it.
+pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>) -> Option<String> {
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
     /// Walks one JSON value; `path` is where it sits, `found` the first repeated name's path.
     struct Walk<'a> {
         path: String,
         found: &'a mut Option<String>,
+        /// The message this value is, when known.
+        message: Option<MessageDescriptor>,
     }
 
     impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -178,26 +182,43 @@ pub(crate) fn repeated_name(body: &[u8]) -> Option<String> {
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut names: Vec<std::borrow::Cow<'de, str>> = Vec::new();
+            let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
             while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
                 if self.found.is_some() {
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                if names.contains(&name) {
+                let field = self.message.as_ref().and_then(|message| {
+                    message.get_field_by_name(&name).or_else(|| message.get_field_by_json_name(&name))
+                });
+                let (canonical, inner) = match &field {
+                    Some(field) => {
+                        // A map's keys are data, compared as they are; a message's fields by field.
+                        let inner = match field.kind() {
+                            Kind::Message(inner) if !field.is_map() => Some(inner),
+                            _ => None,
+                        };
+                        (field.name().to_owned(), inner)
+                    }
+                    None => (name.into_owned(), None),
+                };
+                if !names.insert(canonical) {
                     *self.found = Some(path);
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                names.push(name);
-                map.next_value_seed(Walk { path, found: &mut *self.found })?;
+                map.next_value_seed(Walk { path, found: &mut *self.found, message: inner })?;
             }
             Ok(())
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Walk { path: self.path.clone(), found: &mut *self.found })?.is_some() {}
+            let Walk { path, found, message } = self;
+            while seq
+                .next_element_seed(Walk { path: path.clone(), found: &mut *found, message: message.clone() })?
+                .is_some()
+            {}
             Ok(())
         }
 
@@ -223,7 +244,7 @@ pub(crate) fn repeated_name(body: &[u8]) -> Option<String> {
 
     let mut found = None;
     let mut json = serde_json::Deserializer::from_slice(body);
-    Walk { path: String::new(), found: &mut found }.deserialize(&mut json).ok()?;
+    Walk { path: String::new(), found: &mut found, message: descriptor.cloned() }.deserialize(&mut json).ok()?;
     found
 }
 

@@ -64,17 +64,23 @@ const FOREIGN_PREAMBLES: [&[u8]; 15] = [
     b"<",
 ];
 
-/// Whether `bytes` end as a ZIP archive does: an end-of-central-directory record whose comment
-/// runs to the last byte. ZIP readers look for it from the end, so it makes a polyglot whatever
-/// the file starts with.
-fn ends_as_zip(bytes: &[u8]) -> bool {
+/// Whether `bytes` end with a ZIP archive: an end-of-central-directory record in the last 64 KiB
+/// whose comment fits in the file, right after a central directory that starts with its own
+/// signature. ZIP readers look for that record from the end, and tolerate bytes before the archive
+/// and after the record, so it makes a polyglot whatever the file starts with; the central
+/// directory's signature keeps pixel data that happens to hold the record's from matching.
+fn ends_with_zip(bytes: &[u8]) -> bool {
     const RECORD: usize = 22;
-    let earliest = bytes.len().saturating_sub(RECORD + usize::from(u16::MAX));
-    (earliest..=bytes.len().saturating_sub(RECORD)).rev().any(|at| {
-        bytes[at..].starts_with(b"PK\x05\x06")
-            && bytes.get(at + 20..at + 22).is_some_and(|comment| {
-                at + RECORD + usize::from(u16::from_le_bytes([comment[0], comment[1]])) == bytes.len()
-            })
+    let earliest = bytes.len().saturating_sub(RECORD + usize::from(u16::MAX) + 1024);
+    (earliest..bytes.len().saturating_sub(RECORD - 1)).rev().any(|at| {
+        let Some(record) = bytes.get(at..at + RECORD).filter(|record| record.starts_with(b"PK\x05\x06")) else {
+            return false;
+        };
+        let comment = usize::from(u16::from_le_bytes([record[20], record[21]]));
+        let directory = u32::from_le_bytes([record[12], record[13], record[14], record[15]]) as usize;
+        at + RECORD + comment <= bytes.len()
+            && directory > 0
+            && at.checked_sub(directory).and_then(|start| bytes.get(start..start + 4)) == Some(b"PK\x01\x02")
     })
 }
 
@@ -89,8 +95,8 @@ fn check_dicom(bytes: &[u8]) -> Result<(), &'static str> {
     if FOREIGN_PREAMBLES.iter().any(|header| bytes.starts_with(header)) {
         return Err("its preamble is an executable's or an archive's header");
     }
-    if ends_as_zip(bytes) {
-        return Err("it ends as a ZIP archive");
+    if ends_with_zip(bytes) {
+        return Err("it ends with a ZIP archive");
     }
     let truncated = "its file meta information is cut short";
     let (mut at, mut transfer_syntax) = (132_usize, None);
@@ -213,10 +219,20 @@ mod tests {
             polyglot[..header.len()].copy_from_slice(header);
             refused(&polyglot, "executable's or an archive's header");
         }
-        // A ZIP archive appended, found from the end as ZIP readers do.
+        // A ZIP archive appended, found from the end as ZIP readers do, with a byte after it too.
         let mut zipped = DICOM.to_vec();
-        zipped.extend_from_slice(b"PK\x05\x06\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\x03\0abc");
-        refused(&zipped, "ends as a ZIP archive");
+        let directory = [b"PK\x01\x02".as_slice(), &[0; 42]].concat();
+        zipped.extend_from_slice(&directory);
+        zipped.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+        zipped.extend_from_slice(&u32::try_from(directory.len()).unwrap().to_le_bytes());
+        zipped.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        refused(&zipped, "ends with a ZIP archive");
+        zipped.push(b'x');
+        refused(&zipped, "ends with a ZIP archive");
+        // The record's signature alone, without a central directory before it, is pixel data.
+        let mut lookalike = DICOM.to_vec();
+        lookalike.extend_from_slice(b"PK\x05\x06\0\0\0\0\0\0\0\0\x10\0\0\0\0\0\0\0\0\0");
+        assert!(examine(&lookalike).is_ok());
         // `DICM` and anything after it.
         let mut junk = vec![0u8; 128];
         junk.extend_from_slice(b"DICM");

@@ -25,6 +25,9 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Inference(#[from] InferenceError),
+    /// A refusal already made as a `Status`, with its metadata (the consent permission missing).
+    #[error("{}", .0.message())]
+    Refused(Box<Status>),
 }
 
 impl Error {
@@ -42,6 +45,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(what) => Status::permission_denied(what),
             Error::Store(error) => error.into(),
             Error::Inference(error) => error.into(),
+            Error::Refused(status) => *status,
         }
     }
 }

@@ -112,8 +112,9 @@ pub struct Database {
 
 /// Locks across processes held or awaited at once by one process, each on a connection of its own.
 const MAX_PROCESS_LOCKS: usize = 8;
-/// How long [`Database::lock_across_processes`] waits for its turn, its connection and the lock.
-const PROCESS_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// How long [`Database::lock_across_processes`] waits for the lock itself, on the server: longer
+/// than a holder's work (a data-subject request's calls to every service, each with its timeout).
+const PROCESS_LOCK_WAIT: Duration = Duration::from_secs(300);
 
 /// A database URL, which may hold a password: never shown by `Debug`.
 #[derive(Clone)]
@@ -341,7 +342,7 @@ impl Database {
     /// respects: on PostgreSQL a session-level advisory lock on a connection of its own (outside
     /// the pool, which the lock's holder may still need), keyed by the first 8 bytes of `key`'s
     /// SHA-256; at most [`MAX_PROCESS_LOCKS`] such connections at once in a process, and
-    /// `PoolTimedOut` after a minute without the lock. `key` is visible to the server's users (in
+    /// an error after five minutes without the lock. `key` is visible to the server's users (in
     /// `pg_locks`): it must not be guessable from personal data. On SQLite, whose embedded
     /// database one process opens, a lock that holds nothing: the process's own locks suffice.
     pub async fn lock_across_processes(&self, key: &str) -> Result<ProcessLock, StoreError> {
@@ -353,6 +354,10 @@ impl Database {
         let locking = async {
             let turn = self.process_locks.clone().acquire_owned().await.expect("the semaphore is never closed");
             let mut session = AnyConnection::connect(url).await?;
+            // The server gives up waiting by itself, so that a wait this process abandons does
+            // not keep a backend waiting for the lock.
+            let wait = format!("SET lock_timeout = '{}s'", PROCESS_LOCK_WAIT.as_secs());
+            sqlx::raw_sql(sqlx::AssertSqlSafe(wait)).execute(&mut session).await?;
             // Counted, so that the row holds an integer rather than the function's `void`.
             sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_lock($1)) AS locked")
                 .bind(id)
@@ -360,8 +365,8 @@ impl Database {
                 .await?;
             Ok::<_, StoreError>(ProcessLock { session: Some(session), _turn: Some(turn) })
         };
-        // A dropped wait closes its connection, and the server drops the lock or the wait with it.
-        tokio::time::timeout(PROCESS_LOCK_WAIT, locking)
+        // A little longer than the server's own limit, which answers first with its error.
+        tokio::time::timeout(PROCESS_LOCK_WAIT + Duration::from_secs(10), locking)
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))?
     }

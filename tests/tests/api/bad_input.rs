@@ -125,8 +125,9 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
     for (body, field) in [
         (r#"{"name": "A", "name": "B", "cpf": "52998224725", "birthDate": "1980-02-29"}"#, "name"),
         (r#"{"model": "diabetes-progression", "features": {"age": 0.1, "age": 0.2}}"#, "features.age"),
+        (r#"{"name": "A", "cpf": "52998224725", "birthDate": "1980-02-29", "birth_date": "1990-01-01"}"#, "birth_date"),
     ] {
-        let path = if field == "name" {
+        let path = if field != "features.age" {
             "/v1/health/patients".to_owned()
         } else {
             format!("/v1/health/patients/{}/assessments", "00000000-0000-7000-8000-000000000000")

@@ -179,13 +179,20 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let path = format!("/v1/governance/subject-requests/{}/completion", access_id.as_str().unwrap());
     assert_problem(app.post(&path, &key, &json!({"resolution": "x"})).await, 400).await;
 
-    // A later erasure of the same CPF clears the correction's details, which hold the subject's data.
+    // A later erasure of the same CPF clears the corrections' details and resolutions, which hold
+    // the subject's data, and closes the one still open: nothing is left to correct.
+    let pending = open(&app, &key, json!({"cpf": CPF, "kind": "correction", "details": "the address"})).await;
+    let pending = pending["id"].as_str().unwrap();
     let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
     let governance = outcome_of(&erasure, "ai-governance");
-    assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 1), "{erasure}");
-    let cleared =
-        format!("subject_requests WHERE id = '{id}' AND details = '' AND resolution IS NULL AND erased_by IS NOT NULL");
-    assert_eq!(app.count_governance_rows(&cleared).await, 1);
+    assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 2), "{erasure}");
+    let cleared = format!(
+        "subject_requests WHERE id IN ('{id}', '{pending}') AND details = '' AND resolution IS NULL \
+         AND erased_by IS NOT NULL AND status = 'completed'"
+    );
+    assert_eq!(app.count_governance_rows(&cleared).await, 2);
+    let completion = format!("/v1/governance/subject-requests/{pending}/completion");
+    assert_problem(app.post(&completion, &key, &json!({"resolution": "address of Maria is …"})).await, 400).await;
 
     // Art. 20: a review of the automated decision, by its audit entry.
     let index = decision_index(&app, &key).await;
