@@ -509,9 +509,9 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         &self,
         request: Request<proto::GetSubjectRequestRequest>,
     ) -> Result<Response<HttpBody>, Status> {
-        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let caller = auth::caller(&request)?.clone();
         let id = uuid_of("id", &request.get_ref().id)?;
-        let bundle = self.store.export(&tenant, id).await?;
+        let bundle = self.store.export(&caller, id).await?;
         Ok(Response::new(HttpBody {
             content_type: "application/json".into(),
             data: bundle.into_bytes(),

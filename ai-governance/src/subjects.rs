@@ -610,15 +610,19 @@ impl SubjectStore {
 
     /// The export bundle of an access or portability request, unless an erasure of its subject
     /// has deleted it since.
-    pub async fn export(&self, tenant_id: &str, id: &str) -> Result<String, Error> {
+    /// A download is a read of the subject's personal data, audited in the tenant's log.
+    pub async fn export(&self, caller: &Caller, id: &str) -> Result<String, Error> {
         let row = sqlx::query("SELECT export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
+            .bind(&caller.tenant_id)
             .bind(id)
             .fetch_optional(self.database.pool())
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound("subject request".into()))?;
         if let Some(export) = row.try_get::<Option<String>, _>("export").map_err(StoreError::from)? {
+            let subject = format!("subject-request:{id}");
+            let details = serde_json::json!({"fields": ["export"]});
+            self.audit(caller, "sensitive_read", "governance.GetSubjectExport", &subject, details).await?;
             return Ok(export);
         }
         Err(Error::NotFound(match row.try_get::<Option<String>, _>("erased_by").map_err(StoreError::from)? {

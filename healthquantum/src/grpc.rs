@@ -310,12 +310,12 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let (patient, assessment) = self.store.report_data(&caller.tenant_id, &patient_id, &id, event).await?;
         self.outbox.wake();
         let key = report_key(&caller.tenant_id, &id);
-        let pdf = match self.objects.get(&key).await? {
+        let pdf = match self.get_sealed(&caller.tenant_id, &key).await? {
             Some(pdf) => pdf,
             None => {
                 let model = self.models.get(&assessment.model)?;
                 let pdf = crate::report::render(&patient, &assessment, model.manifest());
-                self.objects.put(&key, pdf.clone()).await?;
+                self.put_sealed(&caller.tenant_id, &key, &pdf).await?;
                 pdf
             }
         };
@@ -356,9 +356,9 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             created_at: time::stored(Utc::now()),
         };
         // The bytes first: a record never points at a missing object.
-        self.objects.put(&image_key(&caller.tenant_id, &record.id), bytes).await?;
+        self.put_sealed(&caller.tenant_id, &image_key(&caller.tenant_id, &record.id), &bytes).await?;
         if let Some(thumbnail) = examined.thumbnail {
-            self.objects.put(&thumbnail_key(&caller.tenant_id, &record.id), thumbnail).await?;
+            self.put_sealed(&caller.tenant_id, &thumbnail_key(&caller.tenant_id, &record.id), &thumbnail).await?;
         }
         let event = AuditEvent::new(
             &caller,
@@ -564,6 +564,20 @@ impl DataSubject for HealthQuantumApi {
 }
 
 impl HealthQuantumApi {
+    /// Stores `bytes` at `key` sealed with the tenant's data key: health data (Art. 11), and
+    /// reports print the patient's name and birth date.
+    async fn put_sealed(&self, tenant_id: &str, key: &str, bytes: &[u8]) -> Result<(), Status> {
+        let sealed = self.store.cipher(tenant_id).await?.seal_bytes(key, bytes);
+        Ok(self.objects.put(key, sealed).await?)
+    }
+
+    /// The object at `key`, opened with the tenant's data key.
+    async fn get_sealed(&self, tenant_id: &str, key: &str) -> Result<Option<Vec<u8>>, Status> {
+        let Some(stored) = self.objects.get(key).await? else { return Ok(None) };
+        let opened = self.store.cipher(tenant_id).await?.open_bytes(key, stored);
+        opened.map(Some).map_err(|error| aigronova_platform::error::internal(&format!("object {key}: {error}")))
+    }
+
     /// An image's bytes, or its thumbnail, audited as a read of health data.
     async fn image_object(
         &self,
@@ -592,7 +606,7 @@ impl HealthQuantumApi {
         } else {
             (image_key(&caller.tenant_id, &image.id), image.media_type)
         };
-        let data = self.objects.get(&key).await?.ok_or_else(|| {
+        let data = self.get_sealed(&caller.tenant_id, &key).await?.ok_or_else(|| {
             aigronova_platform::error::internal(&format!("image {} has no object at {key}", image.id))
         })?;
         Ok(Response::new(HttpBody { content_type, data, extensions: Vec::new() }))

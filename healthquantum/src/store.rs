@@ -82,6 +82,11 @@ impl Store {
         Self { database, keys }
     }
 
+    /// The tenant's data key, which also seals its objects (reports, images, thumbnails).
+    pub(crate) async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
+        Ok(self.keys.cipher(tenant_id).await?)
+    }
+
     /// Records `patient` with its audit event, in one transaction.
     pub(crate) async fn create_patient(
         &self,

@@ -115,6 +115,9 @@ impl KeyWrapper for LocalMasterKey {
     }
 }
 
+/// What a sealed object starts with, so that objects stored in clear before can still be read.
+pub const SEALED_OBJECT: &[u8] = b"aigronova-sealed-v1\0";
+
 /// One tenant's data key: seals and opens values, and computes blind indexes.
 pub struct TenantCipher {
     key: LessSafeKey,
@@ -150,6 +153,23 @@ impl TenantCipher {
             .ok_or(CryptoError::Open)?;
         let plain = open(&self.key, context.as_bytes(), &bytes).map_err(|()| CryptoError::Open)?;
         String::from_utf8(plain).map_err(|_| CryptoError::Open)
+    }
+
+    /// `bytes` sealed for `context` (an object's key, say): [`SEALED_OBJECT`], then the nonce, the
+    /// ciphertext and the tag.
+    pub fn seal_bytes(&self, context: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut sealed = SEALED_OBJECT.to_vec();
+        sealed.extend_from_slice(&seal(&self.key, context.as_bytes(), bytes));
+        sealed
+    }
+
+    /// Opens what [`Self::seal_bytes`] made for the same `context`. Bytes without the
+    /// [`SEALED_OBJECT`] prefix were stored before objects were sealed, and come back as they are.
+    pub fn open_bytes(&self, context: &str, stored: Vec<u8>) -> Result<Vec<u8>, CryptoError> {
+        match stored.strip_prefix(SEALED_OBJECT) {
+            Some(sealed) => open(&self.key, context.as_bytes(), sealed).map_err(|()| CryptoError::Open),
+            None => Ok(stored),
+        }
     }
 
     /// A keyed hash of `value` for equality lookups (hex HMAC-SHA256 under a key derived from
@@ -271,6 +291,17 @@ impl TenantKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sealed_object_opens_only_at_its_own_key_and_one_stored_in_clear_still_reads() {
+        let cipher = TenantCipher::new(&[1; 32]);
+        let sealed = cipher.seal_bytes("reports/t/a.pdf", b"%PDF-1.7 Maria");
+        assert!(sealed.starts_with(SEALED_OBJECT) && !sealed.windows(5).any(|w| w == b"Maria"));
+        assert_eq!(cipher.open_bytes("reports/t/a.pdf", sealed.clone()).unwrap(), b"%PDF-1.7 Maria");
+        assert_eq!(cipher.open_bytes("reports/t/b.pdf", sealed.clone()), Err(CryptoError::Open));
+        assert_eq!(TenantCipher::new(&[2; 32]).open_bytes("reports/t/a.pdf", sealed), Err(CryptoError::Open));
+        assert_eq!(cipher.open_bytes("x", b"%PDF clear".to_vec()).unwrap(), b"%PDF clear");
+    }
 
     #[test]
     fn a_sealed_value_opens_only_in_its_own_context_and_tenant() {

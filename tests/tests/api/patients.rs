@@ -227,7 +227,10 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     assert!(!text.contains("52998224725"), "the CPF is masked");
     assert!(!text.contains("111.0000"), "counts are whole numbers: {text}");
     let stored = app.data_dir().join(format!("healthquantum-objects/reports/{tenant}/{id}.pdf"));
-    assert_eq!(std::fs::read(&stored).expect("the report is kept"), pdf.to_vec());
+    // Kept sealed with the tenant's data key: the name and birth date it prints are not on disk.
+    let kept = std::fs::read(&stored).expect("the report is kept");
+    assert!(kept.starts_with(aigronova_platform::crypto::SEALED_OBJECT), "the report is kept in clear");
+    assert!(!kept.windows(4).any(|window| window == b"%PDF"), "the report is kept in clear");
     let again = app.get(&path, &key).await.bytes().await.unwrap();
     assert_eq!(again, pdf, "served from the store");
 
@@ -358,6 +361,11 @@ async fn medical_images(backend: Backend) {
     assert_problem(upload(&app, &other_key, &patient, "image/png", picture.clone()).await, 404).await;
     assert_problem(app.get(&path, &other_key).await, 404).await;
     assert_eq!(walk(&objects).len(), stored, "nothing stored by a refused upload");
+    for file in walk(&objects) {
+        let kept = std::fs::read(&file).unwrap();
+        assert!(kept.starts_with(aigronova_platform::crypto::SEALED_OBJECT), "{} is kept in clear", file.display());
+        assert!(!kept.windows(4).any(|window| window == b"\x89PNG"), "{} is kept in clear", file.display());
+    }
     let listed: Value = app.get(&format!("/v1/health/patients/{patient}/images"), &key).await.json().await.unwrap();
     assert_eq!(listed["images"].as_array().unwrap().len(), 2);
 

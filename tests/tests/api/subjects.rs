@@ -78,6 +78,20 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let bundle = export(&app, &key, access["id"].as_str().unwrap()).await;
     let patients = bundle["services"]["healthquantum"]["patients"].as_array().unwrap();
     assert_eq!(patients.len(), 1, "{bundle}");
+    // The bundle is personal data: a reader without governance:write gets none, and each download is audited.
+    let reader = app.create_key(&tenant, &["governance:read"]).await;
+    let path = format!("/v1/governance/subject-requests/{}/export", access["id"].as_str().unwrap());
+    assert_problem(app.get(&path, &reader).await, 403).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        if entries.iter().any(|entry| entry["action"] == "governance.GetSubjectExport") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the download was not audited: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(patients[0]["name"], "Maria Silva");
     assert_eq!(patients[0]["cpf"], "52998224725");
     assert_eq!(patients[0]["assessments"][0]["id"], assessment["id"]);
