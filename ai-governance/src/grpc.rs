@@ -488,9 +488,11 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         }
         match self.store.complete(&caller, id, resolution).await? {
             subjects::Completion::Completed(request) => Ok(Response::new(request_message(request))),
-            subjects::Completion::NotOpen(status) => Err(Status::failed_precondition(format!(
+            // As a review already decided: the request's state allows no completion (409).
+            subjects::Completion::NotOpen(status) => Err(Error::AlreadyExists(format!(
                 "subject request {id} is {status}: only an open correction request can be completed"
-            ))),
+            ))
+            .into()),
         }
     }
 

@@ -138,7 +138,7 @@ pub(crate) async fn get_tenant(
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}")?;
+    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenant_id}")?;
     Ok(Json(existing_tenant(&state, &tenant_id).await?).into_response())
 }
 
@@ -193,7 +193,7 @@ pub(crate) async fn list_api_keys(
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
+    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenant_id}/api-keys")?;
     existing_tenant(&state, &tenant_id).await?;
     let keys = state.store.list_keys(&tenant_id).await.map_err(store_failure)?;
     Ok(Json(serde_json::json!({"apiKeys": keys})).into_response())
@@ -207,7 +207,7 @@ pub(crate) async fn revoke_api_key(
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
+    neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenant_id}/api-keys/{key_id}")?;
     let hash = state
         .store
         .revoke_key(&tenant_id, &key_id)

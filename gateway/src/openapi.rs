@@ -320,9 +320,11 @@ impl Generator {
                 json!({"type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX})
             }
             Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-                json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})
+                json!({"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"})
             }
-            Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}),
+            Kind::Uint64 | Kind::Fixed64 => {
+                json!({"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$", "minimum": 0})
+            }
             Kind::Bool => json!({"type": "boolean"}),
             Kind::String => json!({"type": "string"}),
             Kind::Bytes => json!({"type": "string", "format": "byte", "contentEncoding": "base64"}),
@@ -398,8 +400,12 @@ fn well_known_schema(full_name: &str) -> Option<Value> {
         }),
         "google.protobuf.DoubleValue" => json!({"type": "number", "format": "double"}),
         "google.protobuf.FloatValue" => json!({"type": "number", "format": "float"}),
-        "google.protobuf.Int64Value" => json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"}),
-        "google.protobuf.UInt64Value" => json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"}),
+        "google.protobuf.Int64Value" => {
+            json!({"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"})
+        }
+        "google.protobuf.UInt64Value" => {
+            json!({"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$", "minimum": 0})
+        }
         "google.protobuf.Int32Value" => json!({"type": "integer", "format": "int32"}),
         "google.protobuf.UInt32Value" => {
             json!({"type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX})
@@ -428,6 +434,7 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
         false,
     ),
     ("NotFound", "404", "No such resource.", false),
+    ("Conflict", "409", "The resource's state allows no such change now (already decided, already exists).", false),
     ("PayloadTooLarge", "413", "The request body exceeds the plan's limit.", false),
     (
         "UnsupportedMediaType",
@@ -477,6 +484,7 @@ const ROUTE_PROBLEMS: &[&str] = &[
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "Conflict",
     "TooManyRequests",
     "InternalError",
     "Unavailable",
@@ -488,6 +496,7 @@ const ROUTE_PROBLEMS_WITH_BODY: &[&str] = &[
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "Conflict",
     "PayloadTooLarge",
     "UnsupportedMediaType",
     "TooManyRequests",
@@ -592,11 +601,19 @@ const fn json_reply(status: &'static str, description: &'static str, schema: &'s
 const TENANT_ID: Parameter = path_parameter("tenant_id", "The tenant's id.");
 const ADMIN_PROBLEMS: &[&str] = &["BadRequest", "Unauthorized", "Forbidden", "InternalError", "Problem"];
 const ADMIN_BODY_PROBLEMS: &[&str] =
-    &["BadRequest", "Unauthorized", "Forbidden", "PayloadTooLarge", "InternalError", "Problem"];
+    &["BadRequest", "Unauthorized", "Forbidden", "PayloadTooLarge", "UnsupportedMediaType", "InternalError", "Problem"];
 const ADMIN_TENANT_PROBLEMS: &[&str] =
     &["BadRequest", "Unauthorized", "Forbidden", "NotFound", "InternalError", "Problem"];
-const ADMIN_TENANT_BODY_PROBLEMS: &[&str] =
-    &["BadRequest", "Unauthorized", "Forbidden", "NotFound", "PayloadTooLarge", "InternalError", "Problem"];
+const ADMIN_TENANT_BODY_PROBLEMS: &[&str] = &[
+    "BadRequest",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "InternalError",
+    "Problem",
+];
 
 const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     Endpoint {

@@ -225,16 +225,16 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
     ) -> Result<Response<proto::DeletePatientResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let id = PatientId::parse("id", &request.get_ref().id)?;
+        let assessments = self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await?;
+        let images = self.store.image_ids(&caller.tenant_id, &[id.to_string()]).await?;
         let event = AuditEvent::new(
             &caller,
             crate::SERVICE_NAME,
             EventKind::PersonalDataChange,
             "health.DeletePatient",
             &format!("patient:{id}"),
-            serde_json::json!({"deleted": ["patient", "assessments"]}),
+            serde_json::json!({"deleted": {"patient": 1, "assessments": assessments.len(), "images": images.len()}}),
         );
-        let assessments = self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await?;
-        let images = self.store.image_ids(&caller.tenant_id, &[id.to_string()]).await?;
         self.store.delete_patient(&caller.tenant_id, &id, &event).await?;
         self.delete_reports(&caller.tenant_id, &assessments).await;
         self.delete_image_objects(&caller.tenant_id, &images).await;

@@ -93,7 +93,7 @@ const LONG_VRS: [&[u8; 2]; 13] =
 /// preamble is not another format's header. Returns what is wrong.
 fn check_dicom(bytes: &[u8]) -> Result<(), &'static str> {
     if FOREIGN_PREAMBLES.iter().any(|header| bytes.starts_with(header)) {
-        return Err("its preamble is an executable's or an archive's header");
+        return Err("its preamble is another format's header (an executable, an archive, a PDF or markup)");
     }
     if ends_with_zip(bytes) {
         return Err("it ends with a ZIP archive");
@@ -217,7 +217,7 @@ mod tests {
         for header in FOREIGN_PREAMBLES {
             let mut polyglot = DICOM.to_vec();
             polyglot[..header.len()].copy_from_slice(header);
-            refused(&polyglot, "executable's or an archive's header");
+            refused(&polyglot, "another format's header");
         }
         // A ZIP archive appended, found from the end as ZIP readers do, with a byte after it too.
         let mut zipped = DICOM.to_vec();

@@ -218,7 +218,7 @@ fn field_types_follow_the_proto3_json_mapping() {
         ("shelfLife", json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$", "examples": ["1.5s"]})),
         ("attributes", json!({"type": "object", "additionalProperties": true})),
         ("extra", json!({})),
-        ("stock", json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})),
+        ("stock", json!({"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"})),
         ("nickname", json!({"type": "string"})),
         ("photo", json!({"type": "string", "format": "byte", "contentEncoding": "base64"})),
         (
@@ -228,11 +228,11 @@ fn field_types_follow_the_proto3_json_mapping() {
         ("colors", json!({"type": "array", "items": color})),
         ("weight", json!({"type": "number", "format": "float"})),
         ("count", json!({"type": "integer", "format": "uint32", "minimum": 0, "maximum": u32::MAX})),
-        ("offset", json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]+$"})),
+        ("offset", json!({"type": ["string", "integer"], "format": "int64", "pattern": "^-?[0-9]+$"})),
         ("note", json!({"type": "string"})),
         ("nothing", json!({"type": "object"})),
         ("list", json!({"type": "array", "items": {}})),
-        ("serial", json!({"type": "string", "format": "uint64", "pattern": "^[0-9]+$"})),
+        ("serial", json!({"type": ["string", "integer"], "format": "uint64", "pattern": "^[0-9]+$", "minimum": 0})),
         ("nullValue", json!({"type": "null"})),
     ];
     for (name, expected) in cases {

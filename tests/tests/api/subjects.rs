@@ -188,10 +188,10 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let listed: Value = app.get("/v1/governance/subject-requests?overdue=true", &key).await.json().await.unwrap();
     assert_eq!(listed["requests"].as_array().map_or(0, Vec::len), 0, "{listed}");
     let again = app.post(&completion, &key, &json!({"resolution": "again"})).await;
-    assert!(assert_problem(again, 400).await["detail"].as_str().unwrap().contains("only an open correction"));
+    assert!(assert_problem(again, 409).await["detail"].as_str().unwrap().contains("only an open correction"));
     let access_id = all["requests"].as_array().unwrap().iter().find(|r| r["kind"] == "access").unwrap()["id"].clone();
     let path = format!("/v1/governance/subject-requests/{}/completion", access_id.as_str().unwrap());
-    assert_problem(app.post(&path, &key, &json!({"resolution": "x"})).await, 400).await;
+    assert_problem(app.post(&path, &key, &json!({"resolution": "x"})).await, 409).await;
 
     // A later erasure of the same CPF clears the corrections' details and resolutions, which hold
     // the subject's data, and closes the one still open: nothing is left to correct.
@@ -206,7 +206,7 @@ async fn access_erasure_and_reviews(backend: Backend) {
     );
     assert_eq!(app.count_governance_rows(&cleared).await, 2);
     let completion = format!("/v1/governance/subject-requests/{pending}/completion");
-    assert_problem(app.post(&completion, &key, &json!({"resolution": "address of Maria is …"})).await, 400).await;
+    assert_problem(app.post(&completion, &key, &json!({"resolution": "address of Maria is …"})).await, 409).await;
 
     // Art. 20: a review of the automated decision, by its audit entry.
     let index = decision_index(&app, &key).await;
