@@ -54,7 +54,11 @@ pub(crate) async fn docs_page(State(state): State<AppState>) -> Response {
 /// The OpenAPI 3.1.0 document of every route of `routes` (whose descriptors come from `pool`)
 /// and of the gateway's own endpoints.
 pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
-    let mut generator = Generator { comments: Comments::new(pool), schemas: BTreeMap::new() };
+    let mut generator = Generator {
+        comments: Comments::new(pool),
+        schemas: BTreeMap::new(),
+        field_behavior: pool.get_extension_by_name("google.api.field_behavior"),
+    };
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
     for route in routes.routes() {
@@ -177,6 +181,8 @@ struct Generator {
     comments: Comments,
     /// Component schemas by full proto name; `Null` while one is being built (recursion).
     schemas: BTreeMap<String, Value>,
+    /// `google.api.field_behavior`, whose `REQUIRED` fields a request must give.
+    field_behavior: Option<prost_reflect::ExtensionDescriptor>,
 }
 
 impl Generator {
@@ -271,9 +277,22 @@ impl Generator {
         Value::Object(responses)
     }
 
+    /// Whether `field` is annotated `(google.api.field_behavior) = REQUIRED`.
+    fn is_required(&self, field: &prost_reflect::FieldDescriptor) -> bool {
+        const REQUIRED: i32 = 2;
+        let Some(extension) = &self.field_behavior else { return false };
+        let options = field.options();
+        options.has_extension(extension)
+            && options
+                .get_extension(extension)
+                .as_list()
+                .is_some_and(|behaviors| behaviors.iter().any(|behavior| behavior.as_enum_number() == Some(REQUIRED)))
+    }
+
     /// An object schema with every field of `message` but those in `skip`.
     fn message_schema(&mut self, message: &MessageDescriptor, skip: &BTreeSet<&str>) -> Value {
         let mut properties = Map::new();
+        let mut required = Vec::new();
         for field in message.fields() {
             if skip.contains(field.name()) {
                 continue;
@@ -290,9 +309,15 @@ impl Generator {
             if field.field_descriptor_proto().options.as_ref().and_then(|options| options.deprecated) == Some(true) {
                 schema["deprecated"] = true.into();
             }
+            if self.is_required(&field) {
+                required.push(Value::from(field.json_name()));
+            }
             properties.insert(field.json_name().to_owned(), schema);
         }
         let mut schema = json!({"type": "object", "properties": properties});
+        if !required.is_empty() {
+            schema["required"] = Value::Array(required);
+        }
         if let Some(comment) = self.comments.message(message) {
             schema["description"] = comment.into();
         }

@@ -118,6 +118,19 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(content("/v1/fin/customers/{customer_id}/statements/{month}"), ["application/json", "application/pdf"]);
     assert_eq!(content("/v1/health/patients/{patient_id}/images/{id}/thumbnail"), ["image/png"]);
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["415"].is_object());
+    // What the services require in a body is required in its schema too.
+    let schemas = &document["components"]["schemas"];
+    assert_eq!(schemas["aigronova.health.v1.CreatePatientRequest"]["required"], json!(["name", "cpf", "birthDate"]));
+    assert_eq!(
+        schemas["aigronova.fin.v1.Applicant"]["required"],
+        json!(["durationMonths", "creditAmount", "age", "creditHistory", "housing", "purpose"])
+    );
+    let review = &document["paths"]["/v1/governance/reviews"]["post"]["requestBody"]["content"]["application/json"];
+    let review = match review["schema"]["$ref"].as_str() {
+        Some(reference) => &schemas[reference.trim_start_matches("#/components/schemas/")],
+        None => &review["schema"],
+    };
+    assert_eq!(review["required"], json!(["auditIndex", "reason"]), "{review}");
     let readiness = &document["components"]["schemas"]["gateway.Readiness"]["properties"];
     assert!(readiness["rateLimits"].is_object(), "{readiness}");
     let documented = operations(&document).len();
