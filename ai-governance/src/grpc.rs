@@ -7,7 +7,7 @@ use std::sync::Arc;
 use aigronova_platform::{
     Error,
     audit::{RECORD_SCOPE, REGISTER_MODELS_SCOPE},
-    auth,
+    auth::{self, Caller},
     cpf::Cpf,
     monitoring::RECORD_STATS_SCOPE,
 };
@@ -471,9 +471,9 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         &self,
         request: Request<proto::GetSubjectRequestRequest>,
     ) -> Result<Response<proto::SubjectRequest>, Status> {
-        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let caller = auth::caller(&request)?.clone();
         let id = uuid_of("id", &request.get_ref().id)?;
-        Ok(Response::new(request_message(self.store.get(&tenant, id).await?)))
+        Ok(Response::new(shown_to(&caller, request_message(self.store.get(&caller.tenant_id, id).await?))))
     }
 
     async fn complete_subject_request(
@@ -500,10 +500,10 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         &self,
         request: Request<proto::ListSubjectRequestsRequest>,
     ) -> Result<Response<proto::ListSubjectRequestsResponse>, Status> {
-        let tenant = auth::caller(&request)?.tenant_id.clone();
-        let requests = self.store.list(&tenant, request.get_ref().overdue).await?;
+        let caller = auth::caller(&request)?.clone();
+        let requests = self.store.list(&caller.tenant_id, request.get_ref().overdue).await?;
         Ok(Response::new(proto::ListSubjectRequestsResponse {
-            requests: requests.into_iter().map(request_message).collect(),
+            requests: requests.into_iter().map(|request| shown_to(&caller, request_message(request))).collect(),
         }))
     }
 
@@ -561,6 +561,16 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         let review = self.store.decide(&caller, id, outcome.trim(), note).await?;
         Ok(Response::new(review_message(review)))
     }
+}
+
+/// A correction's `details` and `resolution` may hold the subject's personal data: shown only to
+/// a caller who may read bundles too (`governance:write`).
+fn shown_to(caller: &Caller, mut request: proto::SubjectRequest) -> proto::SubjectRequest {
+    if !caller.has_scope("governance:write") {
+        request.details.clear();
+        request.resolution.clear();
+    }
+    request
 }
 
 fn request_message(request: subjects::StoredRequest) -> proto::SubjectRequest {

@@ -194,6 +194,7 @@ impl Reporter {
                     "errorRate": status.error_rate(),
                     "latencyP95Ms": status.latency_p95_ms,
                     "maxPsi": status.max_psi(),
+                    "driftSample": status.drift_sample,
                     "driftAlert": status.drift_alert(),
                 })
             })
@@ -322,7 +323,14 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
         pdf.monospace(&format!("sha256 {}", text(&model["sha256"])));
     }
     for status in report["monitoring"].as_array().into_iter().flatten() {
-        let alert = if status["driftAlert"] == true { "DRIFT ALERT" } else { "stable" };
+        let sample = status["driftSample"].as_u64().unwrap_or(0);
+        let alert = if status["driftAlert"] == true {
+            "DRIFT ALERT".to_owned()
+        } else if sample < crate::monitoring::MIN_DRIFT_SAMPLE {
+            format!("too few scored inputs to judge drift: {sample} of {}", crate::monitoring::MIN_DRIFT_SAMPLE)
+        } else {
+            "stable".to_owned()
+        };
         pdf.field(
             &format!("{} v{}", text(&status["model"]), text(&status["version"])),
             &format!(

@@ -849,8 +849,8 @@ async fn lock_customer(
 /// customer that is authorised, fetched that account too and is not being purged (one that grants
 /// balances first, then the one that fetched last), without its balance and summary when that
 /// consent grants no balances; an account no such consent fetched is deleted with its
-/// transactions. Returns the accounts and transactions deleted, and the consent that holds the
-/// accounts handed on, if any (the last one).
+/// transactions. Returns the accounts and transactions deleted, and the consents the accounts
+/// handed on passed to.
 async fn hand_on_or_delete(
     connection: &mut sqlx::AnyConnection,
     tenant_id: &str,

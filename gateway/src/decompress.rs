@@ -105,7 +105,8 @@ async fn decode(mut body: Body, codings: &[Coding], decoded: &mut Decoded, limit
     let mut chain: Box<dyn Stage + '_> = Box::new(decoded);
     for coding in codings {
         chain = match coding {
-            Coding::Gzip => Box::new(Gzip(flate2::write::GzDecoder::new(chain))),
+            // A gzip body may be several members one after another (RFC 1952, `cat a.gz b.gz`).
+            Coding::Gzip => Box::new(Gzip(flate2::write::MultiGzDecoder::new(chain))),
             Coding::Deflate => Box::new(Zlib(flate2::write::ZlibDecoder::new(chain))),
             Coding::Brotli => {
                 Box::new(Brotli(brotli_decompressor::DecompressorWriter::new(chain, DECODER_BUFFER_BYTES)))
@@ -164,7 +165,7 @@ impl Stage for &mut Decoded {
     }
 }
 
-struct Gzip<'a>(flate2::write::GzDecoder<Box<dyn Stage + 'a>>);
+struct Gzip<'a>(flate2::write::MultiGzDecoder<Box<dyn Stage + 'a>>);
 struct Zlib<'a>(flate2::write::ZlibDecoder<Box<dyn Stage + 'a>>);
 struct Brotli<'a>(brotli_decompressor::DecompressorWriter<Box<dyn Stage + 'a>>);
 
@@ -250,6 +251,8 @@ mod tests {
             ("identity", original.clone()),
             ("gzip, br", brotli(&gzip(&original))),
             ("deflate, identity, gzip", gzip(&zlib(&original))),
+            // Two gzip members one after the other, as `cat a.gz b.gz` or pigz make.
+            ("gzip", [gzip(&original[..1000]), gzip(&original[1000..])].concat()),
         ];
         for (coding, body) in cases {
             let decoded = status_of(body, coding, original.len()).await.unwrap_or_else(|s| panic!("{coding}: {s}"));

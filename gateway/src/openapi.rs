@@ -116,7 +116,7 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
 
 const API_DESCRIPTION: &str = "JSON over HTTP in front of the AigroNova services. Field names follow the proto3 JSON \
                                mapping (lowerCamelCase; snake_case is accepted in requests; 64-bit integers are \
-                               strings). Every call but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs \
+                               strings in answers, strings or numbers in requests). Every call but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs \
                                `Authorization: Bearer <key>` with the scope the operation names. Errors are RFC 9457 \
                                problem documents (`application/problem+json`).";
 

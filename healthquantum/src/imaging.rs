@@ -78,9 +78,13 @@ fn ends_with_zip(bytes: &[u8]) -> bool {
         };
         let comment = usize::from(u16::from_le_bytes([record[20], record[21]]));
         let directory = u32::from_le_bytes([record[12], record[13], record[14], record[15]]) as usize;
+        // ZIP64 gives the directory's size as 0xFFFFFFFF and puts a locator right before the record.
+        let zip64 = directory == 0xFFFF_FFFF
+            && at.checked_sub(20).is_some_and(|locator| bytes[locator..].starts_with(b"PK\x06\x07"));
         at + RECORD + comment <= bytes.len()
-            && directory > 0
-            && at.checked_sub(directory).and_then(|start| bytes.get(start..start + 4)) == Some(b"PK\x01\x02")
+            && (zip64
+                || directory > 0
+                    && at.checked_sub(directory).and_then(|start| bytes.get(start..start + 4)) == Some(b"PK\x01\x02"))
     })
 }
 
@@ -229,6 +233,12 @@ mod tests {
         refused(&zipped, "ends with a ZIP archive");
         zipped.push(b'x');
         refused(&zipped, "ends with a ZIP archive");
+        // ZIP64: the directory's size is in a record the locator before the end record points to.
+        let mut zip64 = DICOM.to_vec();
+        zip64.extend_from_slice(b"PK\x06\x07");
+        zip64.extend_from_slice(&[0; 16]);
+        zip64.extend_from_slice(b"PK\x05\x06\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\0\0");
+        refused(&zip64, "ends with a ZIP archive");
         // The record's signature alone, without a central directory before it, is pixel data.
         let mut lookalike = DICOM.to_vec();
         lookalike.extend_from_slice(b"PK\x05\x06\0\0\0\0\0\0\0\0\x10\0\0\0\0\0\0\0\0\0");

@@ -362,7 +362,14 @@ impl Database {
             sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_lock($1)) AS locked")
                 .bind(id)
                 .fetch_one(&mut session)
-                .await?;
+                .await
+                .map_err(|error| match &error {
+                    // lock_not_available: the wait ran out, which is "try later", not a fault.
+                    sqlx::Error::Database(database) if database.code().as_deref() == Some("55P03") => {
+                        StoreError::Database(sqlx::Error::PoolTimedOut)
+                    }
+                    _ => StoreError::from(error),
+                })?;
             Ok::<_, StoreError>(ProcessLock { session: Some(session), _turn: Some(turn) })
         };
         // A little longer than the server's own limit, which answers first with its error.

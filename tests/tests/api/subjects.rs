@@ -159,6 +159,14 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let correction =
         open(&app, &key, json!({"cpf": CPF, "kind": "correction", "details": "birth date is 1980-03-01"})).await;
     assert_eq!(correction["status"], "open");
+    let seen =
+        app.get(&format!("/v1/governance/subject-requests/{}", correction["id"].as_str().unwrap()), &reader).await;
+    let seen: Value = seen.json().await.unwrap();
+    assert_eq!(
+        (seen["status"].as_str(), seen["details"].as_str()),
+        (Some("open"), Some("")),
+        "shown to a reader: {seen}"
+    );
     let listed: Value = app.get("/v1/governance/subject-requests?overdue=true", &key).await.json().await.unwrap();
     assert_eq!(listed["requests"].as_array().map_or(0, Vec::len), 0, "{listed}");
     let id = correction["id"].as_str().unwrap();
