@@ -431,4 +431,59 @@ mod tests {
         let bad = Config { master_key: Some("short".into()), ..Config::default() };
         assert!(bad.validate().is_err());
     }
+
+    /// A database made before `consent_accounts` (migrations 0001 and 0002) gets it filled with
+    /// what is on record: each account's holder, and another consent only where its last ingestion
+    /// stamped that account or one of its transactions; never a purged consent.
+    #[tokio::test]
+    async fn the_consent_accounts_backfill_links_only_what_is_on_record() {
+        let dir = std::env::temp_dir().join(format!("fq-backfill-{}", uuid::Uuid::new_v4().simple()));
+        let early = dir.join("migrations");
+        std::fs::create_dir_all(&early).unwrap();
+        for name in ["0001_finquantum.sql", "0002_account_summaries.sql"] {
+            std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/").to_owned() + name, early.join(name))
+                .unwrap();
+        }
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("fin.db").display());
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::migrate::Migrator::new(early.as_path()).await.unwrap().run(&pool).await.unwrap();
+        let (t1, t2) = ("2026-10-01T00:00:00.000000Z", "2026-11-01T00:00:00.000000Z");
+        let statements = [
+            "INSERT INTO customers VALUES ('t', 'cu', 'h', 's', '2026-01-01T00:00:00.000000Z')".to_owned(),
+            // A fetched in October, B in November, C too but it is purged.
+            format!(
+                "INSERT INTO consents VALUES ('t', 'A', 'cu', 'b', 'ACCOUNTS_READ', '2027-01-01T00:00:00.000000Z', '{t1}', NULL, '{t1}', NULL, NULL)"
+            ),
+            format!(
+                "INSERT INTO consents VALUES ('t', 'B', 'cu', 'b', 'ACCOUNTS_READ', '2027-01-01T00:00:00.000000Z', '{t1}', NULL, '{t2}', NULL, NULL)"
+            ),
+            format!(
+                "INSERT INTO consents VALUES ('t', 'C', 'cu', 'b', 'ACCOUNTS_READ', '2027-01-01T00:00:00.000000Z', '{t1}', '{t2}', '{t2}', '{t2}', '{t2}')"
+            ),
+            // X and Y held under B; X has a transaction A's ingestion stored, Y opened later.
+            format!(
+                "INSERT INTO accounts (tenant_id, customer_id, institution, account_id, consent_id, kind, brand_name, number, fetched_at) VALUES ('t', 'cu', 'b', 'X', 'B', 'k', 'n', '1', '{t2}')"
+            ),
+            format!(
+                "INSERT INTO accounts (tenant_id, customer_id, institution, account_id, consent_id, kind, brand_name, number, fetched_at) VALUES ('t', 'cu', 'b', 'Y', 'B', 'k', 'n', '2', '{t2}')"
+            ),
+            format!(
+                "INSERT INTO transactions VALUES ('t', 'cu', 'b', 'X', 'tx', 1, 'PIX', 'n', 100, 'BRL', '{t1}', '{t1}')"
+            ),
+        ];
+        for statement in statements {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(statement)).execute(&pool).await.unwrap();
+        }
+        MIGRATOR.run(&pool).await.expect("the later migrations run on the earlier database");
+        let links: Vec<(String, String)> =
+            sqlx::query_as("SELECT consent_id, account_id FROM consent_accounts ORDER BY consent_id, account_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let links: Vec<(&str, &str)> = links.iter().map(|(c, a)| (c.as_str(), a.as_str())).collect();
+        assert_eq!(links, [("A", "X"), ("B", "X"), ("B", "Y")]);
+        pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
