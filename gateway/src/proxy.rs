@@ -88,7 +88,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let (parts, body) = request.into_parts();
     let matched = match state.routes.lookup(&parts.method, parts.uri.path()) {
         Lookup::Found(matched) => matched,
-        Lookup::MethodNotAllowed(allowed) => {
+        Lookup::MethodNotAllowed(allowed, template) => {
+            // Counted under the route it is a wrong method of.
+            facts.route = Some(template.to_owned());
             let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(",");
             let mut response = method_not_allowed().await.into_response();
             if let Ok(allow) = HeaderValue::try_from(allow) {

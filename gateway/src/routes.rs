@@ -56,7 +56,8 @@ pub struct Matched<'a> {
 #[derive(Debug)]
 pub enum Lookup<'a> {
     Found(Matched<'a>),
-    MethodNotAllowed(Vec<Method>),
+    /// The path is a route's, for other methods: those, and the template of the first such route.
+    MethodNotAllowed(Vec<Method>, &'a str),
     NotFound,
 }
 
@@ -132,7 +133,7 @@ impl RouteTable {
 
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
         let parts: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-        let mut allowed = Vec::new();
+        let (mut allowed, mut template) = (Vec::new(), "");
         for route in &self.routes {
             let Some(variables) = match_segments(&route.segments, &parts) else { continue };
             // HEAD is GET without the body (RFC 9110): the server leaves the body out.
@@ -143,8 +144,11 @@ impl RouteTable {
                 allowed.push(Method::HEAD);
             }
             allowed.push(route.http_method.clone());
+            if template.is_empty() {
+                template = &route.template;
+            }
         }
-        if allowed.is_empty() { Lookup::NotFound } else { Lookup::MethodNotAllowed(allowed) }
+        if allowed.is_empty() { Lookup::NotFound } else { Lookup::MethodNotAllowed(allowed, template) }
     }
 }
 
@@ -235,7 +239,10 @@ mod tests {
 
     #[test]
     fn a_known_path_with_another_method_is_not_allowed() {
-        assert!(matches!(table().lookup(&Method::DELETE, "/v1/health/patients"), Lookup::MethodNotAllowed(_)));
+        assert!(matches!(
+            table().lookup(&Method::DELETE, "/v1/health/patients"),
+            Lookup::MethodNotAllowed(_, "/v1/health/patients")
+        ));
     }
 
     #[test]

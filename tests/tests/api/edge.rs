@@ -53,6 +53,9 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
     let assessed = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
     assert_eq!(assessed.status(), 200);
     app.get("/v1/health/patients/00000000-0000-7000-8000-000000000000", &key).await;
+    // A method a known path does not take is counted under that path's route.
+    let options = app.client.request(reqwest::Method::OPTIONS, app.url("/v1/health/models")).bearer_auth(&key);
+    assert_eq!(options.send().await.unwrap().status(), 405);
 
     assert_problem(app.client.get(app.url("/metrics")).send().await.unwrap(), 401).await;
     assert_problem(app.get("/metrics", &key).await, 403).await;
@@ -64,6 +67,7 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
         for expected in [
             r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="200"} 1"#,
             r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="404"} 1"#,
+            r#"aigronova_gateway_requests_total{method="OPTIONS",route="/v1/health/models",status="405"} 1"#,
             r#"aigronova_gateway_upstream_calls_total{code="Ok",upstream="healthquantum"}"#,
             r#"aigronova_gateway_upstream_calls_total{code="NotFound",upstream="healthquantum"} 1"#,
             "aigronova_gateway_request_duration_seconds_bucket",
