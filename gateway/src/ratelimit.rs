@@ -202,7 +202,11 @@ impl RateLimiter {
         if outcome.allowed {
             return Ok(());
         }
-        crate::metrics::metrics().rate_limited.with_label_values(&["rate"]).inc();
+        // Counted by the limit that refused: the tenant's when it did, the key's otherwise.
+        let refused_by =
+            |policy: &str| limited().any(|((subject, gcra), backlog)| subject.policy == policy && !gcra.fits(*backlog));
+        let reason = if refused_by("tenant") || !refused_by("key") { "tenant" } else { "key" };
+        crate::metrics::metrics().rate_limited.with_label_values(&[reason]).inc();
         let refusals: Vec<String> = limited()
             .filter(|((_, gcra), backlog)| !gcra.fits(**backlog))
             .map(|((subject, _), _)| match subject.policy {

@@ -49,7 +49,8 @@ async fn counter(app: &TestApp, series: &str) -> u64 {
         .map_or(0, |value| value.trim().parse().unwrap())
 }
 
-const RATE_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="rate"}"#;
+const RATE_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="tenant"}"#;
+const KEY_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="key"}"#;
 const QUOTA_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="quota"}"#;
 
 async fn rate_limited_gateway_refuses_past_the_burst(limiter: Limiter) {
@@ -131,7 +132,7 @@ async fn key_limits_hold_one_key_back_and_not_the_others(limiter: Limiter) {
     let tenant = app.create_tenant_on("Clínica Teste", "professional").await;
     let (busy, quiet) =
         (app.create_key(&tenant, &["health:read"]).await, app.create_key(&tenant, &["health:read"]).await);
-    let refusals = counter(&app, RATE_REFUSALS).await;
+    let (refusals, key_refusals) = (counter(&app, RATE_REFUSALS).await, counter(&app, KEY_REFUSALS).await);
     for remaining in [1, 0] {
         let response = app.get(NOBODY, &busy).await;
         assert_eq!(response.status(), 404, "{limiter:?}");
@@ -147,7 +148,8 @@ async fn key_limits_hold_one_key_back_and_not_the_others(limiter: Limiter) {
     }
     let problem = assert_problem(app.get(NOBODY, &quiet).await, 429).await;
     assert!(problem["detail"].as_str().unwrap().starts_with("the tenant sent more than"), "{problem}");
-    assert_eq!(counter(&app, RATE_REFUSALS).await, refusals + 2);
+    assert_eq!(counter(&app, KEY_REFUSALS).await, key_refusals + 1, "the key's limit refused the first");
+    assert_eq!(counter(&app, RATE_REFUSALS).await, refusals + 1, "the tenant's the second");
     app.stop().await;
 }
 
