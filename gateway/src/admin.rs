@@ -272,9 +272,7 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
 
 /// The name of the first parameter in `uri`'s query, if it has one.
 fn first_query_parameter(uri: &Uri) -> Option<String> {
-    let pair = uri.query()?.split('&').find(|pair| !pair.is_empty())?;
-    let name = pair.split_once('=').map_or(pair, |(name, _)| name);
-    Some(percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned())
+    crate::transcode::form_pairs(uri.query()?).into_iter().next().map(|(name, _)| name)
 }
 
 /// Refuses a request with a body: `route` takes none. A body announced by its headers, or one

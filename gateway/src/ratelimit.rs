@@ -365,14 +365,15 @@ impl Reservation {
     pub(crate) async fn settle(self, succeeded: bool, headers: &mut HeaderMap) {
         let Some(held) = self.held.filter(|_| !succeeded) else { return };
         held.limiter.refund_inference(&held.tenant_id, &held.month).await;
+        let refunded = format!("\"inference\";r={};t={}", held.remaining + 1, held.until_end);
         let fields: Vec<HeaderValue> = headers.get_all(RATELIMIT).iter().cloned().collect();
         headers.remove(RATELIMIT);
         for field in fields {
-            let refunded = format!("\"inference\";r={};t={}", held.remaining + 1, held.until_end);
-            match field.as_bytes().starts_with(b"\"inference\";") {
-                true => headers.append(RATELIMIT, HeaderValue::try_from(refunded).unwrap_or(field)),
-                false => headers.append(RATELIMIT, field),
+            let field = match field.as_bytes().starts_with(b"\"inference\";") {
+                true => HeaderValue::try_from(refunded.as_str()).unwrap_or(field),
+                false => field,
             };
+            headers.append(RATELIMIT, field);
         }
     }
 }

@@ -287,7 +287,7 @@ fn apply_query(message: &mut DynamicMessage, query: &str, bound: &[&str]) -> Res
     Ok(())
 }
 
-fn form_pairs(query: &str) -> Vec<(String, String)> {
+pub(crate) fn form_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
