@@ -701,6 +701,9 @@ impl SubjectStore {
 
     /// Records the outcome of a pending review.
     pub async fn decide(&self, caller: &Caller, id: &str, outcome: &str, note: &str) -> Result<Review, Error> {
+        if outcome.trim().is_empty() {
+            return Err(Error::invalid("outcome", "is required: upheld, overturned or amended"));
+        }
         if !["upheld", "overturned", "amended"].contains(&outcome) {
             return Err(Error::invalid("outcome", format!("{outcome:?} is not one of upheld, overturned, amended")));
         }

@@ -340,6 +340,42 @@ fn service_verifier(config: &AppConfig) -> Result<TokenVerifier, ConfigError> {
     TokenVerifier::from_base64(key)
 }
 
+/// Makes `dir` when missing, readable by its owner only: it holds the databases, the master keys
+/// and the object store. A folder that exists keeps its permissions.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(error) => Err(anyhow::Error::new(error).context(format!("cannot create {}", dir.display()))),
+    }
+}
+
+/// How `up` hands over the administrator key it generated: shown to a person at a terminal;
+/// otherwise, since standard error may be going to a log file, written to `admin-key` in the data
+/// directory (readable by its owner only), whose path is shown instead.
+fn admin_key_notice(key: &str, data_dir: &Path) -> anyhow::Result<String> {
+    if std::io::stderr().is_terminal() {
+        return Ok(format!(
+            "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}\n"
+        ));
+    }
+    let path = data_dir.join("admin-key");
+    match std::fs::remove_file(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(anyhow::Error::new(error).context(format!("cannot replace {}", path.display())));
+        }
+        _ => {}
+    }
+    aigronova_platform::crypto::create_secret_file(&path, &format!("{key}\n")).map_err(|error| {
+        anyhow::Error::new(error).context(format!("cannot write the administrator key to {}", path.display()))
+    })?;
+    Ok(format!(
+        "Administrator key written to {} (readable by you only; keep the key and delete the file, or set \
+         {ADMIN_KEY_ENV} on the next start)\n",
+        path.display()
+    ))
+}
+
 async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
     let service_name = match &command {
         Command::Up { .. } => "aigronova",
@@ -355,6 +391,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
     let admin_key = std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.trim().is_empty());
     match command {
         Command::Up { http_addr, data_dir } => {
+            create_private_dir(&data_dir)?;
             let config = config.embedded(http_addr, &data_dir);
             let platform = Platform::start(&config, admin_key.as_deref(), shutdown).await?;
             // On standard error, whose lines are for a person: standard output carries the JSON
@@ -362,9 +399,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             let mut banner =
                 format!("AigroNova is up at http://{}\nData directory: {}\n", platform.http_addr, data_dir.display());
             if let Some(key) = &platform.generated_admin_key {
-                banner.push_str(&format!(
-                    "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}\n"
-                ));
+                banner.push_str(&admin_key_notice(key, &data_dir)?);
             }
             eprint!("{banner}");
             platform.wait().await

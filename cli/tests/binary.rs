@@ -80,27 +80,40 @@ fn stop(mut running: Running) -> (String, String) {
     (running.stdout.join().unwrap(), running.stderr.join().unwrap())
 }
 
-fn admin_key_line(output: &str) -> Option<String> {
-    output
-        .lines()
-        .find_map(|line| line.split("): ").nth(1).filter(|_| line.starts_with("Administrator key")).map(str::to_owned))
+/// The line of `up`'s banner that hands over a generated administrator key.
+fn admin_key_notice(output: &str) -> Option<&str> {
+    output.lines().find(|line| line.starts_with("Administrator key"))
 }
 
 #[test]
-fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
+fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let first = start(data.path(), None);
-    // The key line follows the URL and data-directory lines, on standard error.
+    let first = start(data_dir.as_path(), None);
+    // Standard error is a pipe here, not a terminal: the banner names the file that holds the
+    // key, readable by its owner only, instead of showing it.
     let mut head = String::new();
-    while admin_key_line(&head).is_none() && head.lines().count() < 20 {
+    while admin_key_notice(&head).is_none() && head.lines().count() < 20 {
         match first.banner.recv_timeout(Duration::from_secs(10)) {
             Ok(line) => head.push_str(&format!("{line}\n")),
             Err(_) => break,
         }
     }
-    let admin = admin_key_line(&head).expect("the first start prints an administrator key");
+    let key_file = data_dir.as_path().join("admin-key");
+    let notice = admin_key_notice(&head).expect("the first start hands over an administrator key");
+    assert!(notice.contains(&key_file.display().to_string()), "{notice}");
+    let admin = std::fs::read_to_string(&key_file).expect("the key file").trim().to_owned();
+    assert!(admin.starts_with("agk_"), "the key file holds a key");
+    assert!(!notice.contains(&admin), "{notice}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for path in [&key_file, &data_dir] {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is its owner's only: {mode:o}", path.display());
+        }
+    }
     let url = first.url.clone();
     let (tenant_id, tenant_key, token_fragment) = runtime.block_on(exercise(&url, &admin));
     std::thread::sleep(Duration::from_millis(200));
@@ -110,8 +123,6 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     for line in logs.lines() {
         assert!(serde_json::from_str::<Value>(line).is_ok(), "a log line that is not JSON: {line}");
     }
-    let rest_of_stderr: String =
-        stderr.lines().filter(|line| !line.starts_with("Administrator key")).collect::<Vec<_>>().join("\n");
     for secret in [
         admin.as_str(),
         tenant_key.as_str(),
@@ -123,7 +134,7 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
         CLIENT_JWT,
     ] {
         assert!(!logs.contains(secret), "the logs contain {secret:?}:\n{logs}");
-        assert!(!rest_of_stderr.contains(secret), "standard error contains {secret:?}:\n{rest_of_stderr}");
+        assert!(!stderr.contains(secret), "standard error contains {secret:?}:\n{stderr}");
     }
     let access: Vec<Value> = logs
         .lines()
@@ -142,9 +153,11 @@ fn up_prints_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let routes: Vec<&str> = tenant_calls.iter().map(|line| line["route"].as_str().unwrap()).collect();
     assert_eq!(routes, ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments"]);
 
-    let second = start(data.path(), None);
+    std::fs::remove_file(&key_file).unwrap();
+    let second = start(data_dir.as_path(), None);
     let (logs, stderr) = stop(second);
-    assert!(admin_key_line(&format!("{logs}{stderr}")).is_none(), "the key is printed on the first start only");
+    assert!(admin_key_notice(&format!("{logs}{stderr}")).is_none(), "a key is made on the first start only");
+    assert!(!key_file.exists(), "and written on the first start only");
 }
 
 /// A JWT from no provider the gateway trusts: refused, and never written to the logs.

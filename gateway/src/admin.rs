@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use axum::{
     Json,
     body::HttpBody,
-    extract::{Path, Query, Request, State, rejection::QueryRejection},
+    extract::{Path, Request, State},
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -47,13 +47,46 @@ struct UpdateTenant {
     status: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(crate) struct ListQuery {
-    #[serde(default, alias = "page_size")]
+/// The query of `GET /v1/admin/tenants`.
+#[derive(Default)]
+struct ListQuery {
     page_size: Option<i64>,
-    #[serde(default, alias = "page_token")]
     page_token: Option<String>,
+}
+
+impl ListQuery {
+    /// Reads `pageSize` and `pageToken` (or their proto names); any other parameter, or one
+    /// given twice, is a 400.
+    fn parse(query: &str) -> Result<Self, Problem> {
+        let twice =
+            |name: &str| Problem::invalid_field(name, format!("query parameter {name} is given more than once"));
+        let mut parsed = Self::default();
+        for (name, value) in crate::transcode::form_pairs(query)? {
+            match name.as_str() {
+                "pageSize" | "page_size" => {
+                    let size = value
+                        .trim()
+                        .parse()
+                        .map_err(|_| Problem::invalid_field("pageSize", "pageSize must be a whole number"))?;
+                    if parsed.page_size.replace(size).is_some() {
+                        return Err(twice("pageSize"));
+                    }
+                }
+                "pageToken" | "page_token" => {
+                    if parsed.page_token.replace(value).is_some() {
+                        return Err(twice("pageToken"));
+                    }
+                }
+                _ => {
+                    return Err(Problem::invalid_field(
+                        &name,
+                        format!("unknown query parameter {name:?}: GET /v1/admin/tenants takes pageSize and pageToken"),
+                    ));
+                }
+            }
+        }
+        Ok(parsed)
+    }
 }
 
 const DEFAULT_PAGE_SIZE: i64 = 50;
@@ -91,23 +124,10 @@ pub(crate) async fn create_api_key(
 }
 
 /// `GET /v1/admin/tenants?pageSize=&pageToken=` → `{"tenants": [...], "nextPageToken"}`.
-pub(crate) async fn list_tenants(
-    State(state): State<AppState>,
-    query: Result<Query<ListQuery>, QueryRejection>,
-    request: Request,
-) -> Result<Response, Problem> {
+pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     no_body(&request, "GET /v1/admin/tenants")?;
-    // The rejection names the parameter at fault (`pageSize: invalid digit…`, `foo: unknown field…`).
-    let Query(query) = query.map_err(|rejection| {
-        let text = rejection.body_text();
-        let message = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
-        let named = message
-            .split_once(": ")
-            .map(|(name, _)| name)
-            .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-        Problem::invalid_field(named.unwrap_or("pageSize"), format!("bad query parameter: {message}"))
-    })?;
+    let query = ListQuery::parse(request.uri().query().unwrap_or_default())?;
     // As on every list (AIP-158): 0 or none is the default size.
     let page_size = query.page_size.filter(|size| *size != 0).unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
@@ -247,7 +267,7 @@ fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
 async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, Problem> {
     let (parts, body) = request.into_parts();
     require_admin(state, &parts.headers).await?;
-    if let Some(name) = first_query_parameter(&parts.uri) {
+    if let Some(name) = first_query_parameter(&parts.uri)? {
         return Err(Problem::invalid_field(
             &name,
             format!("{} {} takes its fields in the body, not the query", parts.method, parts.uri.path()),
@@ -266,13 +286,18 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
     }
     serde_path_to_error::deserialize(json).map_err(|error| {
         let message = crate::problem::without_values(&error.inner().to_string());
+        let missing = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`'));
+        if let Some(name) = missing {
+            return Problem::invalid_field(name, format!("{name} is required"));
+        }
         Problem::invalid_body_field(&error.path().to_string(), &message, format!("invalid request body: {message}"))
     })
 }
 
 /// The name of the first parameter in `uri`'s query, if it has one.
-fn first_query_parameter(uri: &Uri) -> Option<String> {
-    crate::transcode::form_pairs(uri.query()?).into_iter().next().map(|(name, _)| name)
+fn first_query_parameter(uri: &Uri) -> Result<Option<String>, Problem> {
+    let Some(query) = uri.query() else { return Ok(None) };
+    Ok(crate::transcode::form_pairs(query)?.into_iter().next().map(|(name, _)| name))
 }
 
 /// Refuses a request with a body: `route` takes none. A body announced by its headers, or one
@@ -291,7 +316,7 @@ fn no_body(request: &Request, route: &str) -> Result<(), Problem> {
 
 /// Refuses a request with query parameters or a body: `route` takes neither.
 fn neither_query_nor_body(request: &Request, route: &str) -> Result<(), Problem> {
-    if let Some(name) = first_query_parameter(request.uri()) {
+    if let Some(name) = first_query_parameter(request.uri())? {
         return Err(Problem::invalid_field(&name, format!("unknown query parameter {name:?}: {route} takes none")));
     }
     no_body(request, route)

@@ -51,6 +51,11 @@ impl Problem {
         self.0.field.as_deref()
     }
 
+    /// The HTTP status it is answered with.
+    pub(crate) fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         let title = status.canonical_reason().unwrap_or("Error").to_owned();
         let slug = title.to_ascii_lowercase().replace(' ', "-");

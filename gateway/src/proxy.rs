@@ -110,7 +110,16 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes).await?;
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    let content_type = match parts.headers.get(header::CONTENT_TYPE).map(HeaderValue::to_str) {
+        Some(Err(_)) => {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "the Content-Type header is not a media type",
+            ));
+        }
+        Some(Ok(value)) => Some(value),
+        None => None,
+    };
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =
@@ -126,17 +135,30 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     // The quota is reserved last, so that a request refused for its body spends none of it.
     let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
     let request_message = transcode::encode(&message);
+    let mut sent = false;
     let result = state
         .resilience
         .call(&route.owner, policy, |timeout| {
+            sent = true;
             let target = route.grpc_target().clone();
             state.upstreams.unary(&route.owner, target, request_message.clone(), metadata.clone(), timeout)
         })
         .instrument(span)
         .await;
-    quota.settle(result.is_ok(), &mut facts.rate_limit).await;
+    quota.settle(may_have_run(sent, &result), &mut facts.rate_limit).await;
     let encoded = result?;
     transcode::response(route, encoded)
+}
+
+/// Whether a model call keeps its unit of quota: when the service answered OK, and when its
+/// deadline passed while the call was out, as the service may have run the model and stored the
+/// result without the gateway hearing back. A call the service refused or failed, or that never
+/// left (its circuit open, its deadline gone first), gives its unit back.
+fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(problem) => sent && problem.status() == StatusCode::GATEWAY_TIMEOUT,
+    }
 }
 
 /// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`
@@ -153,13 +175,18 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
 }
 
 /// Every request's way in and out, in one middleware: its id (see [`request_id`]), a span that
-/// continues the caller's W3C trace, load shedding, metrics and one JSON access log line.
+/// continues the caller's W3C trace, load shedding, metrics, one JSON access log line, and
+/// `X-Content-Type-Options: nosniff` on the answer.
 pub(crate) async fn edge(State(resilience): State<Arc<Resilience>>, mut request: Request, next: Next) -> Response {
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
     let info = request_id::RequestInfo { id, path: path.clone() };
     let mut response = request_id::CURRENT.scope(info, access_log(&resilience, path, request, next)).await;
-    response.headers_mut().insert(request_id::HEADER, id_value);
+    let headers = response.headers_mut();
+    headers.insert(request_id::HEADER, id_value);
+    // Answers are the media type they say: a browser does not guess another (an uploaded
+    // image, a report).
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     response
 }
 

@@ -334,11 +334,19 @@ struct Subject {
     burst: u32,
 }
 
+/// Adds `items` to the list in the field `name`, after the items already there: one field line,
+/// so that a client reading a single value reads every limit.
 fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<Item = String>) {
-    let value = items.into_iter().collect::<Vec<_>>().join(", ");
+    let mut value = headers.get(&name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
+    for item in items {
+        if !value.is_empty() {
+            value.push_str(", ");
+        }
+        value.push_str(&item);
+    }
     // Policy names and integers only: always a valid header value.
     if let Ok(value) = HeaderValue::try_from(value) {
-        headers.append(name, value);
+        headers.insert(name, value);
     }
 }
 
@@ -359,21 +367,21 @@ struct Held {
 }
 
 impl Reservation {
-    /// Keeps the unit when the call succeeded, gives it back otherwise, and then says so in the
-    /// answer's `RateLimit` field (`headers`). A reservation dropped without settling (the client
-    /// went away during the call) keeps its unit: the service may have run the model.
-    pub(crate) async fn settle(self, succeeded: bool, headers: &mut HeaderMap) {
-        let Some(held) = self.held.filter(|_| !succeeded) else { return };
+    /// Keeps the unit when the model may have run (`keep`), gives it back otherwise, and then
+    /// says so in the answer's `RateLimit` field (`headers`). A reservation dropped without
+    /// settling (the client went away during the call) keeps its unit: the service may have run
+    /// the model.
+    pub(crate) async fn settle(self, keep: bool, headers: &mut HeaderMap) {
+        let Some(held) = self.held.filter(|_| !keep) else { return };
         held.limiter.refund_inference(&held.tenant_id, &held.month).await;
         let refunded = format!("\"inference\";r={};t={}", held.remaining + 1, held.until_end);
-        let fields: Vec<HeaderValue> = headers.get_all(RATELIMIT).iter().cloned().collect();
-        headers.remove(RATELIMIT);
-        for field in fields {
-            let field = match field.as_bytes().starts_with(b"\"inference\";") {
-                true => HeaderValue::try_from(refunded.as_str()).unwrap_or(field),
-                false => field,
-            };
-            headers.append(RATELIMIT, field);
+        let Some(items) = headers.get(RATELIMIT).and_then(|value| value.to_str().ok()) else { return };
+        let items: Vec<&str> = items
+            .split(", ")
+            .map(|item| if item.starts_with("\"inference\";") { refunded.as_str() } else { item })
+            .collect();
+        if let Ok(value) = HeaderValue::try_from(items.join(", ")) {
+            headers.insert(RATELIMIT, value);
         }
     }
 }

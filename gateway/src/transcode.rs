@@ -37,7 +37,7 @@ pub(crate) fn request_message(
     let mut message = match route.body.as_str() {
         "*" => {
             // Every field not in the path comes from the body: a query parameter would be ignored.
-            if let Some((name, _)) = query.and_then(|query| form_pairs(query).into_iter().next()) {
+            if let Some((name, _)) = query.map(form_pairs).transpose()?.and_then(|pairs| pairs.into_iter().next()) {
                 return Err(Problem::invalid_field(
                     &name,
                     format!("{} {} takes its fields in the body, not the query", route.http_method, route.template),
@@ -184,7 +184,6 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
             while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                let path = if self.path.is_empty() { name.to_string() } else { format!("{}.{name}", self.path) };
                 if self.found.is_some() {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -192,6 +191,9 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
                 let field = self.message.as_ref().and_then(|message| {
                     message.get_field_by_name(&name).or_else(|| message.get_field_by_json_name(&name))
                 });
+                // A field is named by its JSON name, whichever name the body used.
+                let shown = field.as_ref().map_or(&*name, |field| field.json_name());
+                let path = if self.path.is_empty() { shown.to_owned() } else { format!("{}.{shown}", self.path) };
                 let (canonical, inner) = match &field {
                     Some(field) => {
                         // A map's keys are data, compared as they are; a message's fields by field.
@@ -256,7 +258,24 @@ fn path_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> String {
     let mut track = serde_path_to_error::Track::new();
     let tracked = serde_path_to_error::Deserializer::new(&mut json, &mut track);
     let _ = DynamicMessage::deserialize_with_options(descriptor.clone(), tracked, &DeserializeOptions::new());
-    track.path().to_string()
+    json_names(descriptor, &track.path().to_string())
+}
+
+/// `path` (`birth_date`, `applicant.employment_years`) with each field of `descriptor`'s message
+/// named by its JSON name, as the body may use either name; other segments stay as they are.
+fn json_names(descriptor: &MessageDescriptor, path: &str) -> String {
+    let mut message = Some(descriptor.clone());
+    let segments = path.split('.').map(|segment| {
+        let field = message
+            .as_ref()
+            .and_then(|inner| inner.get_field_by_name(segment).or_else(|| inner.get_field_by_json_name(segment)));
+        message = field.as_ref().and_then(|field| match field.kind() {
+            Kind::Message(inner) if !field.is_map() => Some(inner),
+            _ => None,
+        });
+        field.map_or_else(|| segment.to_owned(), |field| field.json_name().to_owned())
+    });
+    segments.collect::<Vec<_>>().join(".")
 }
 
 /// Sets the fields the query names. A field the path binds (`bound`, by proto name) cannot be
@@ -264,7 +283,7 @@ fn path_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> String {
 fn apply_query(message: &mut DynamicMessage, query: &str, bound: &[&str]) -> Result<(), Problem> {
     let descriptor = message.descriptor();
     let mut given = Vec::new();
-    for (name, value) in form_pairs(query) {
+    for (name, value) in form_pairs(query)? {
         let field = descriptor
             .get_field_by_name(&name)
             .or_else(|| descriptor.get_field_by_json_name(&name))
@@ -287,19 +306,36 @@ fn apply_query(message: &mut DynamicMessage, query: &str, bound: &[&str]) -> Res
     Ok(())
 }
 
-pub(crate) fn form_pairs(query: &str) -> Vec<(String, String)> {
+/// The query's `name=value` pairs, decoded; a malformed escape or bytes that are not UTF-8 are a
+/// 400 rather than a value the client did not send.
+pub(crate) fn form_pairs(query: &str) -> Result<Vec<(String, String)>, Problem> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode_component(name), decode_component(value))
+            let name = decode_component(name).ok_or_else(|| {
+                Problem::bad_request("a query parameter's name is not percent-encoded UTF-8 (RFC 3986)")
+            })?;
+            let value = decode_component(value).ok_or_else(|| {
+                Problem::invalid_field(&name, format!("query parameter {name} is not percent-encoded UTF-8 (RFC 3986)"))
+            })?;
+            Ok((name, value))
         })
         .collect()
 }
 
-fn decode_component(text: &str) -> String {
-    percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned()
+/// `text` with `+` as a space and its `%XX` escapes decoded; `None` when an escape is malformed
+/// or the bytes decoded are not UTF-8.
+fn decode_component(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let hex = |at: usize| bytes.get(at).is_some_and(u8::is_ascii_hexdigit);
+    if bytes.iter().enumerate().any(|(at, byte)| *byte == b'%' && !(hex(at + 1) && hex(at + 2))) {
+        return None;
+    }
+    let spaced = text.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced).decode_utf8().ok()?;
+    Some(decoded.into_owned())
 }
 
 /// A path or query value as the field's type.

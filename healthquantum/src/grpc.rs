@@ -156,8 +156,6 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             1..=100 => page_size as usize,
             _ => return Err(aigronova_platform::Error::invalid("pageSize", "must be between 1 and 100").into()),
         };
-        let after =
-            if page_token.is_empty() { None } else { Some(PatientId::parse("pageToken", &page_token)?.to_string()) };
         let filter = PatientFilter {
             name_prefix: Some(name_prefix.trim().to_owned()).filter(|prefix| !prefix.is_empty()),
             cpf: if cpf.trim().is_empty() { None } else { Some(Cpf::parse(&cpf)?) },
@@ -172,11 +170,12 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 serde_json::json!({"fields": ["name", "cpf", "birthDate", "email", "phone"], "patients": patients.len()}),
             )
         };
-        let page = self.store.list_patients(&caller.tenant_id, &filter, page_size, after.as_deref(), event).await?;
+        let page_token = Some(page_token.as_str()).filter(|token| !token.trim().is_empty());
+        let page = self.store.list_patients(&caller.tenant_id, &filter, page_size, page_token, event).await?;
         self.outbox.wake();
         Ok(Response::new(proto::ListPatientsResponse {
             patients: page.patients.into_iter().map(Into::into).collect(),
-            next_page_token: page.next_after.unwrap_or_default(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 

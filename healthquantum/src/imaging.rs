@@ -1,7 +1,10 @@
 //! Medical images: what an upload is, recognised by its first bytes (never by its name or declared
 //! type), and a thumbnail of raster images.
 
-use std::io::Cursor;
+use std::{
+    io::Cursor,
+    sync::{Condvar, LazyLock, Mutex, PoisonError},
+};
 
 use aigronova_platform::Error;
 use image::{ImageFormat, ImageReader, Limits};
@@ -10,6 +13,42 @@ use image::{ImageFormat, ImageReader, Limits};
 pub const THUMBNAIL_SIDE: u32 = 256;
 /// The largest raster image decoded for a thumbnail, per side.
 const MAX_SIDE: u32 = 12_000;
+/// The most pixels of a raster image decoded for a thumbnail. Compression lets a small upload
+/// claim many more (a 12000×12000 PNG of zeros takes 420 KB), so the header decides before any
+/// pixel is decoded.
+const MAX_PIXELS: u64 = 40_000_000;
+/// What a decoder may allocate: the largest image accepted at 8 bytes a pixel (16-bit RGBA), the
+/// widest pixels PNG and JPEG decode to.
+const MAX_DECODED_BYTES: u64 = MAX_PIXELS * 8;
+
+/// How many raster images are decoded at once, at most: one per CPU, which keeps them all busy
+/// while bounding the memory decodes take however many uploads arrive together.
+static DECODE_SLOTS: LazyLock<usize> = LazyLock::new(|| std::thread::available_parallelism().map_or(1, usize::from));
+/// How many raster images are being decoded.
+static DECODING: Mutex<usize> = Mutex::new(0);
+/// Signalled when a decode ends and its slot is free.
+static DECODE_ENDED: Condvar = Condvar::new();
+
+/// One of [`DECODE_SLOTS`], held while an image is decoded and given back when dropped.
+struct DecodeSlot;
+
+impl DecodeSlot {
+    /// Waits, blocking the thread, until fewer than [`DECODE_SLOTS`] decodes run, and takes a slot.
+    fn take() -> Self {
+        let decoding = DECODING.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut decoding =
+            DECODE_ENDED.wait_while(decoding, |count| *count >= *DECODE_SLOTS).unwrap_or_else(PoisonError::into_inner);
+        *decoding += 1;
+        Self
+    }
+}
+
+impl Drop for DecodeSlot {
+    fn drop(&mut self) {
+        *DECODING.lock().unwrap_or_else(PoisonError::into_inner) -= 1;
+        DECODE_ENDED.notify_one();
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaType {
@@ -42,11 +81,14 @@ impl MediaType {
     }
 }
 
-/// Headers that a DICOM preamble, which PS3.10 leaves free, must not start with: an executable's
-/// (Windows, ELF, Mach-O, a script, WebAssembly), an archive's or a compressed file's (ZIP, gzip,
-/// 7z, RAR), a PDF's or markup's (HTML, SVG, XML), which would make the file both a DICOM image
-/// and something a program would open as another kind of file.
-const FOREIGN_PREAMBLES: [&[u8]; 15] = [
+/// The bytes before `DICM` in a DICOM file, which PS3.10 leaves free.
+const PREAMBLE: usize = 128;
+
+/// Headers that a DICOM preamble must not start with: an executable's (Windows, ELF, Mach-O, a
+/// script, WebAssembly), an archive's or a compressed file's (ZIP, gzip, bzip2, xz, Zstandard, LZ4,
+/// 7z, RAR, CAB), a PDF's or markup's (HTML, SVG, XML), which would make the file both a DICOM
+/// image and something a program would open as another kind of file.
+const FOREIGN_PREAMBLES: [&[u8]; 20] = [
     b"MZ",
     b"\x7fELF",
     b"#!",
@@ -58,34 +100,55 @@ const FOREIGN_PREAMBLES: [&[u8]; 15] = [
     b"\0asm",
     b"PK\x03\x04",
     b"\x1f\x8b",
+    b"BZh",
+    b"\xfd7zXZ\0",
+    b"\x28\xb5\x2f\xfd",
+    b"\x04\x22\x4d\x18",
     b"7z\xbc\xaf\x27\x1c",
     b"Rar!\x1a\x07",
+    b"MSCF",
     b"%PDF",
     b"<",
 ];
 
-/// Whether `bytes` end with a ZIP archive: an end-of-central-directory record in the last 64 KiB
-/// whose comment fits in the file, right after a central directory that starts with its own
-/// signature. ZIP readers look for that record from the end, and tolerate bytes before the archive
-/// and after the record, so it makes a polyglot whatever the file starts with; the central
-/// directory's signature keeps pixel data that happens to hold the record's from matching.
+/// Byte-order marks, UTF-8's and UTF-16's, which readers of text skip before its first character.
+const BYTE_ORDER_MARKS: [&[u8]; 3] = [b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe"];
+
+/// Whether the preamble of `bytes` makes them another kind of file too: one of
+/// [`FOREIGN_PREAMBLES`] at its start or after the NULs, ASCII whitespace and byte-order marks
+/// that readers skip, or `%PDF` anywhere in it, since PDF readers look for that in the first
+/// 1024 bytes.
+fn foreign_preamble(bytes: &[u8]) -> bool {
+    let preamble = &bytes[..bytes.len().min(PREAMBLE)];
+    let mut blank = 0;
+    loop {
+        let rest = &preamble[blank..];
+        if let Some(mark) = BYTE_ORDER_MARKS.into_iter().find(|mark| rest.starts_with(mark)) {
+            blank += mark.len();
+        } else if rest.first().is_some_and(|byte| *byte == 0 || byte.is_ascii_whitespace()) {
+            blank += 1;
+        } else {
+            break;
+        }
+    }
+    // From each blank byte too, for a header that starts with one (WebAssembly's NUL).
+    (0..=blank).any(|at| FOREIGN_PREAMBLES.iter().any(|header| bytes[at..].starts_with(header)))
+        || preamble.windows(4).any(|window| window == b"%PDF")
+}
+
+/// How far from its end ZIP readers look for a file's end-of-central-directory record: the
+/// record's 22 bytes, its longest comment, and 1 KiB for bytes after it that some tolerate.
+const ZIP_TAIL: usize = 22 + 65_535 + 1024;
+
+/// Whether `bytes` end with what ZIP readers take for an archive: the signature of an
+/// end-of-central-directory record, or of a ZIP64 locator, in their last [`ZIP_TAIL`] bytes.
+/// Readers look for that record from the end, tolerate bytes before the archive and after the
+/// record, and extract what it points to even when its comment length runs past the end, so
+/// the signature alone makes a polyglot whatever the file starts with.
 fn ends_with_zip(bytes: &[u8]) -> bool {
-    const RECORD: usize = 22;
-    let earliest = bytes.len().saturating_sub(RECORD + usize::from(u16::MAX) + 1024);
-    (earliest..bytes.len().saturating_sub(RECORD - 1)).rev().any(|at| {
-        let Some(record) = bytes.get(at..at + RECORD).filter(|record| record.starts_with(b"PK\x05\x06")) else {
-            return false;
-        };
-        let comment = usize::from(u16::from_le_bytes([record[20], record[21]]));
-        let directory = u32::from_le_bytes([record[12], record[13], record[14], record[15]]) as usize;
-        // ZIP64 gives the directory's size as 0xFFFFFFFF and puts a locator right before the record.
-        let zip64 = directory == 0xFFFF_FFFF
-            && at.checked_sub(20).is_some_and(|locator| bytes[locator..].starts_with(b"PK\x06\x07"));
-        at + RECORD + comment <= bytes.len()
-            && (zip64
-                || directory > 0
-                    && at.checked_sub(directory).and_then(|start| bytes.get(start..start + 4)) == Some(b"PK\x01\x02"))
-    })
+    bytes[bytes.len().saturating_sub(ZIP_TAIL)..]
+        .windows(4)
+        .any(|window| window == b"PK\x05\x06" || window == b"PK\x06\x07")
 }
 
 /// Value representations whose length takes 4 bytes after 2 reserved ones (PS3.5 7.1.2).
@@ -93,17 +156,18 @@ const LONG_VRS: [&[u8; 2]; 13] =
     [b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"];
 
 /// Checks what follows `DICM` is a DICOM file's meta information (PS3.10 7.1): group 0002
-/// elements in explicit VR little endian, one of them the transfer syntax's UID; and that the
-/// preamble is not another format's header. Returns what is wrong.
+/// elements in explicit VR little endian, one of them the transfer syntax's UID; that the
+/// preamble is not another format's header; and that no ZIP archive ends the file. Returns what
+/// is wrong.
 fn check_dicom(bytes: &[u8]) -> Result<(), &'static str> {
-    if FOREIGN_PREAMBLES.iter().any(|header| bytes.starts_with(header)) {
+    if foreign_preamble(bytes) {
         return Err("its preamble is another format's header (an executable, an archive, a PDF or markup)");
     }
     if ends_with_zip(bytes) {
         return Err("it ends with a ZIP archive");
     }
     let truncated = "its file meta information is cut short";
-    let (mut at, mut transfer_syntax) = (132_usize, None);
+    let (mut at, mut transfer_syntax) = (PREAMBLE + 4, None);
     loop {
         let Some(header) = bytes.get(at..at + 8) else {
             if at < bytes.len() {
@@ -149,8 +213,25 @@ pub struct Examined {
     pub thumbnail: Option<Vec<u8>>,
 }
 
+/// Refuses a raster image of `width`×`height` pixels, read from its header, that is larger than
+/// what is decoded for a thumbnail.
+fn check_size(width: u32, height: u32) -> Result<(), Error> {
+    let refused = |limit: String| {
+        Error::invalid("body", format!("is an image of {width}×{height} pixels: at most {limit} are accepted"))
+    };
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(refused(format!("{MAX_SIDE} pixels a side")));
+    }
+    if u64::from(width) * u64::from(height) > MAX_PIXELS {
+        return Err(refused(format!("{} megapixels", MAX_PIXELS / 1_000_000)));
+    }
+    Ok(())
+}
+
 /// Recognises `bytes` and, for a raster image, decodes it (within size limits) for its
 /// dimensions and thumbnail. Anything else is refused, naming the `body` field.
+///
+/// Raster images are decoded one per CPU at a time, so this may wait: call it on a blocking thread.
 pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     let media_type = MediaType::detect(bytes)
         .ok_or_else(|| Error::invalid("body", "is not a PNG, JPEG or DICOM image (judged by its content)"))?;
@@ -162,15 +243,23 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
             return Ok(Examined { media_type, width: 0, height: 0, thumbnail: None });
         }
     };
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let reader = |limits: Limits| {
+        let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
+        opened.limits(limits);
+        opened
+    };
+    let undecodable = |error: image::ImageError| {
+        Error::invalid("body", format!("starts as {} but does not decode as one: {error}", media_type.as_str()))
+    };
     let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    // The header alone first: an image too large is refused, naming its size, before any pixel is decoded.
+    let (width, height) = reader(limits.clone()).into_dimensions().map_err(undecodable)?;
+    check_size(width, height)?;
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(512 * 1024 * 1024);
-    reader.limits(limits);
-    let decoded = reader.decode().map_err(|error| {
-        Error::invalid("body", format!("starts as {} but does not decode as one: {error}", media_type.as_str()))
-    })?;
+    let _slot = DecodeSlot::take();
+    let decoded = reader(limits).decode().map_err(undecodable)?;
     let mut thumbnail = Vec::new();
     // A thumbnail is never larger than its image.
     let small = decoded.width() <= THUMBNAIL_SIDE && decoded.height() <= THUMBNAIL_SIDE;
@@ -206,6 +295,102 @@ mod tests {
         assert_eq!((examined.media_type, examined.thumbnail.is_none()), (MediaType::Dicom, true));
     }
 
+    /// Bytes that readers skip before a header: NULs, ASCII whitespace and byte-order marks.
+    const BLANKS: [&[u8]; 6] =
+        [b" \r\n\t", b"\0\0\0", b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe\0\0", b"\0\xef\xbb\xbf\n"];
+
+    /// The fixture with its preamble starting with `start`.
+    fn with_preamble(start: &[u8]) -> Vec<u8> {
+        let mut bytes = DICOM.to_vec();
+        bytes[..start.len()].copy_from_slice(start);
+        bytes
+    }
+
+    #[test]
+    fn a_preamble_of_zeros_or_a_tiff_header_is_accepted() {
+        // A TIFF header makes a dual-personality DICOM and TIFF file, which PS3.10 allows.
+        for start in [b"".as_slice(), b"II*\0\x08\0\0\0", b"MM\0*\0\0\0\x08", b"\0\0\0\0II*\0"] {
+            let examined = examine(&with_preamble(start)).unwrap_or_else(|error| panic!("{start:?}: {error:?}"));
+            assert_eq!(examined.media_type, MediaType::Dicom);
+        }
+    }
+
+    #[test]
+    fn a_preamble_hiding_another_format_after_blank_bytes_is_refused() {
+        let polyglots: [&[u8]; 13] = [
+            b" \n<html><script>alert(1)</script>",
+            b"\t<svg onload=alert(1)>",
+            b"\xef\xbb\xbf<html>",
+            b"\xef\xbb\xbf#!/bin/sh\n",
+            b"\xff\xfe<\0h\0t\0m\0l\0>\0",
+            b"\0\0\0%PDF-1.4",
+            b"II*\0\x08\0\0\0 trailing %PDF-1.4",
+            b"\0\0\0\0asm\x01\0\0\0",
+            b"BZh91AY&SY",
+            b"\xfd7zXZ\0",
+            b"\x28\xb5\x2f\xfd",
+            b"\r\n7z\xbc\xaf\x27\x1c",
+            b"MSCF\0\0\0\0",
+        ];
+        for start in polyglots {
+            match examine(&with_preamble(start)) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "body");
+                    assert!(reason.contains("another format's header"), "{start:?}: {reason}");
+                }
+                other => panic!("{start:?} accepted or refused otherwise: {other:?}"),
+            }
+        }
+        // `%PDF` at the end of the preamble, right before `DICM`, too.
+        let mut late = DICOM.to_vec();
+        late[124..128].copy_from_slice(b"%PDF");
+        let reason = match examine(&late) {
+            Err(Error::InvalidArgument { reason, .. }) => reason,
+            other => panic!("accepted or refused otherwise: {other:?}"),
+        };
+        assert!(reason.contains("another format's header"), "{reason}");
+    }
+
+    /// CRC-32 as PNG chunks carry it (ISO 3309, reflected, polynomial 0xEDB88320).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0_u32;
+        for byte in bytes {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+
+    /// A one-pixel PNG whose header claims `width`×`height` pixels, with the header's CRC fixed.
+    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = png(1, 1);
+        // After the signature, IHDR: its length, type, width, height, 5 more bytes, then its CRC.
+        assert_eq!(&bytes[12..16], b"IHDR");
+        bytes[16..20].copy_from_slice(&width.to_be_bytes());
+        bytes[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn an_image_too_large_to_decode_is_refused_by_its_header() {
+        assert_eq!(png_claiming(1, 1), png(1, 1), "the CRC is the encoder's");
+        let refusal = |width: u32, height: u32| match examine(&png_claiming(width, height)) {
+            Err(Error::InvalidArgument { field, reason }) if field == "body" => reason,
+            other => panic!("{width}×{height} accepted or refused otherwise: {other:?}"),
+        };
+        assert_eq!(refusal(12_000, 12_000), "is an image of 12000×12000 pixels: at most 40 megapixels are accepted");
+        assert_eq!(refusal(7_000, 6_000), "is an image of 7000×6000 pixels: at most 40 megapixels are accepted");
+        assert_eq!(refusal(12_001, 1), "is an image of 12001×1 pixels: at most 12000 pixels a side are accepted");
+        assert_eq!(refusal(1, 65_535), "is an image of 1×65535 pixels: at most 12000 pixels a side are accepted");
+        assert!(check_size(MAX_SIDE, 3_333).is_ok());
+        assert!(check_size(8_000, 5_000).is_ok());
+        assert!(check_size(MAX_SIDE, 3_334).is_err());
+    }
+
     /// A DICOM file: an empty preamble, `DICM`, the file meta information and a one-pixel data set.
     const DICOM: &[u8] = include_bytes!("../../tests/fixtures/minimal.dcm");
 
@@ -219,9 +404,10 @@ mod tests {
             other => panic!("accepted or refused otherwise: {other:?}"),
         };
         for header in FOREIGN_PREAMBLES {
-            let mut polyglot = DICOM.to_vec();
-            polyglot[..header.len()].copy_from_slice(header);
-            refused(&polyglot, "another format's header");
+            refused(&with_preamble(header), "another format's header");
+            for blank in BLANKS {
+                refused(&with_preamble(&[blank, header].concat()), "another format's header");
+            }
         }
         // A ZIP archive appended, found from the end as ZIP readers do, with a byte after it too.
         let mut zipped = DICOM.to_vec();
@@ -239,10 +425,21 @@ mod tests {
         zip64.extend_from_slice(&[0; 16]);
         zip64.extend_from_slice(b"PK\x05\x06\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\0\0");
         refused(&zip64, "ends with a ZIP archive");
-        // The record's signature alone, without a central directory before it, is pixel data.
-        let mut lookalike = DICOM.to_vec();
-        lookalike.extend_from_slice(b"PK\x05\x06\0\0\0\0\0\0\0\0\x10\0\0\0\0\0\0\0\0\0");
-        assert!(examine(&lookalike).is_ok());
+        // A record whose comment would run past the end: ZIP readers extract the archive all the same.
+        let mut overlong = DICOM.to_vec();
+        overlong.extend_from_slice(&directory);
+        overlong.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+        overlong.extend_from_slice(&u32::try_from(directory.len()).unwrap().to_le_bytes());
+        overlong.extend_from_slice(&[0, 0, 0, 0]);
+        overlong.extend_from_slice(&500_u16.to_le_bytes());
+        refused(&overlong, "ends with a ZIP archive");
+        // Either signature alone is enough, whatever follows it.
+        for signature in [b"PK\x05\x06", b"PK\x06\x07"] {
+            let mut signed = DICOM.to_vec();
+            signed.extend_from_slice(signature);
+            signed.extend_from_slice(&[0x10; 30]);
+            refused(&signed, "ends with a ZIP archive");
+        }
         // `DICM` and anything after it.
         let mut junk = vec![0u8; 128];
         junk.extend_from_slice(b"DICM");

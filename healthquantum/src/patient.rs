@@ -3,7 +3,7 @@
 //! Every constructor parses and checks its input, so a value of these types is valid by
 //! construction. Errors name the request field they are about.
 
-use std::fmt;
+use std::{fmt, ops::RangeInclusive};
 
 use aigronova_platform::Error;
 pub use aigronova_platform::cpf::Cpf;
@@ -275,6 +275,14 @@ impl PatientChanges {
         email: Option<&str>,
         phone: Option<&str>,
     ) -> Result<Self, Error> {
+        // A field present is a new value: empty is not "absent" here, as it is on creation.
+        let not_blank = |field: &str, value: Option<&str>| match value {
+            Some(value) if value.trim().is_empty() => Err(Error::invalid(field, "must not be empty when given")),
+            _ => Ok(()),
+        };
+        not_blank("name", name)?;
+        not_blank("cpf", cpf)?;
+        not_blank("birthDate", birth_date)?;
         Ok(Self {
             name: name.map(PatientName::parse).transpose()?,
             cpf: cpf.map(Cpf::parse).transpose()?,
@@ -322,19 +330,45 @@ impl PatientChanges {
     }
 }
 
-/// The lower-case, accent-free form of a name, for prefix searches.
+/// The blocks of combining marks: diacritical marks, their extended and supplementary blocks,
+/// those for symbols, and half marks.
+const COMBINING_MARKS: [RangeInclusive<char>; 5] = [
+    '\u{300}'..='\u{36F}',
+    '\u{1AB0}'..='\u{1AFF}',
+    '\u{1DC0}'..='\u{1DFF}',
+    '\u{20D0}'..='\u{20FF}',
+    '\u{FE20}'..='\u{FE2F}',
+];
+
+/// The lower-case, accent-free form of a name, for prefix searches. Combining marks are dropped
+/// after lower-casing, and the precomposed letters of Latin-1 and Latin Extended-A that
+/// decompose into a letter and marks are mapped to that letter, so that a name matches whether
+/// it was sent composed or decomposed (NFC or NFD).
 pub fn searchable(name: &str) -> String {
     name.trim()
         .chars()
         .flat_map(char::to_lowercase)
+        .filter(|c| !COMBINING_MARKS.iter().any(|marks| marks.contains(c)))
         .map(|c| match c {
-            'á' | 'à' | 'â' | 'ã' | 'ä' => 'a',
-            'é' | 'è' | 'ê' | 'ë' => 'e',
-            'í' | 'ì' | 'î' | 'ï' => 'i',
-            'ó' | 'ò' | 'ô' | 'õ' | 'ö' => 'o',
-            'ú' | 'ù' | 'û' | 'ü' => 'u',
-            'ç' => 'c',
-            'ñ' => 'n',
+            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => 'a',
+            'ç' | 'ć' | 'ĉ' | 'ċ' | 'č' => 'c',
+            'ď' => 'd',
+            'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => 'e',
+            'ĝ' | 'ğ' | 'ġ' | 'ģ' => 'g',
+            'ĥ' => 'h',
+            'ì' | 'í' | 'î' | 'ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' => 'i',
+            'ĵ' => 'j',
+            'ķ' => 'k',
+            'ĺ' | 'ļ' | 'ľ' => 'l',
+            'ñ' | 'ń' | 'ņ' | 'ň' => 'n',
+            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ō' | 'ŏ' | 'ő' => 'o',
+            'ŕ' | 'ŗ' | 'ř' => 'r',
+            'ś' | 'ŝ' | 'ş' | 'š' => 's',
+            'ţ' | 'ť' => 't',
+            'ù' | 'ú' | 'û' | 'ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => 'u',
+            'ŵ' => 'w',
+            'ý' | 'ÿ' | 'ŷ' => 'y',
+            'ź' | 'ż' | 'ž' => 'z',
             other => other,
         })
         .collect()
@@ -397,6 +431,32 @@ mod tests {
             assert!(Phone::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(searchable(" João Çarvalho "), "joao carvalho");
+    }
+
+    #[test]
+    fn composed_and_decomposed_names_fold_to_the_same_search_key() {
+        // Names in NFC and in NFD, and the key both fold to.
+        let names = [
+            ("Érica", "E\u{301}rica", "erica"),
+            ("João", "Joa\u{303}o", "joao"),
+            ("Çarvalho", "C\u{327}arvalho", "carvalho"),
+            ("Müller", "Mu\u{308}ller", "muller"),
+            ("Ångström", "A\u{30a}ngstro\u{308}m", "angstrom"),
+            ("Dvořák", "Dvor\u{30c}a\u{301}k", "dvorak"),
+            ("Łódź", "Ło\u{301}dz\u{301}", "łodz"),
+        ];
+        for (composed, decomposed, key) in names {
+            assert_eq!((searchable(composed).as_str(), searchable(decomposed).as_str()), (key, key), "{composed}");
+        }
+        assert_eq!(searchable("E\u{301}rica Souza"), "erica souza");
+        assert!(searchable("E\u{301}rica").starts_with(&searchable("eri")));
+        assert!(searchable("Érica").starts_with(&searchable("E\u{301}ri")));
+        // `İ` lower-cases to `i` and a combining dot above.
+        assert_eq!(searchable("İsmail"), "ismail");
+        assert!(searchable("İsmail").starts_with(&searchable("ism")));
+        // Marks of the other blocks go too; letters that do not decompose, like `ø` and `ł`, stay.
+        assert_eq!(searchable("a\u{1AB0}b\u{1DC0}c\u{20D0}d\u{FE20}e"), "abcde");
+        assert_eq!(searchable("Øster Łukasz"), "øster łukasz");
     }
 
     #[test]

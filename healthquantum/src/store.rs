@@ -56,11 +56,11 @@ struct Sealed {
     phone: Option<String>,
 }
 
-/// A page of patients and where the next one starts.
+/// A page of patients and the token of the next one.
 #[derive(Debug)]
 pub(crate) struct PatientPage {
     pub(crate) patients: Vec<Patient>,
-    pub(crate) next_after: Option<String>,
+    pub(crate) next_page_token: Option<String>,
 }
 
 /// Which patients a list call wants.
@@ -68,6 +68,28 @@ pub(crate) struct PatientPage {
 pub(crate) struct PatientFilter {
     pub(crate) name_prefix: Option<String>,
     pub(crate) cpf: Option<Cpf>,
+}
+
+/// A keyed digest of a patient list's filter, which its page tokens carry: a token goes on only
+/// with the filter it was made for, and says nothing of the name prefix or the CPF.
+fn filter_digest(cipher: &TenantCipher, prefix: Option<&str>, cpf_hash: Option<&str>) -> String {
+    let filter = format!("patients\u{0}{}\u{0}{}", prefix.unwrap_or_default(), cpf_hash.unwrap_or_default());
+    cipher.blind_index(&filter)[..16].to_owned()
+}
+
+/// The patient id a page token `<id>.<filter digest>` goes on after, when it was made for the
+/// filter whose digest is `bound_to`.
+fn resume_after(token: &str, bound_to: &str) -> Result<String, Error> {
+    let malformed = || Error::invalid("pageToken", "is not a token a patient list returned");
+    let (after, digest) = token.trim().rsplit_once('.').ok_or_else(malformed)?;
+    let after = PatientId::parse("pageToken", after).map_err(|_| malformed())?;
+    if digest != bound_to {
+        return Err(Error::invalid(
+            "pageToken",
+            "was returned for another filter: send the namePrefix and cpf of the request that returned it",
+        ));
+    }
+    Ok(after.to_string())
 }
 
 /// The queries of this service over one [`Database`].
@@ -150,15 +172,19 @@ impl Store {
         tenant_id: &str,
         filter: &PatientFilter,
         page_size: usize,
-        after: Option<&str>,
+        page_token: Option<&str>,
         event: impl FnOnce(&[Patient]) -> AuditEvent,
     ) -> Result<PatientPage, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let prefix = filter.name_prefix.as_deref().map(searchable);
         let cpf_hash = filter.cpf.as_ref().map(|cpf| cipher.blind_index(cpf.as_str()));
+        let bound_to = filter_digest(&cipher, prefix.as_deref(), cpf_hash.as_deref());
+        let mut cursor = match page_token {
+            Some(token) => resume_after(token, &bound_to)?,
+            None => String::new(),
+        };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let mut patients = Vec::new();
-        let mut cursor = after.unwrap_or_default().to_owned();
         let mut examined = 0;
         let mut exhausted = false;
         // One match past the page tells whether there is a next page, so that a full last page
@@ -208,7 +234,8 @@ impl Store {
             audit::enqueue(&mut transaction, &event(&patients)).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(PatientPage { patients, next_after })
+        let next_page_token = next_after.map(|after| format!("{after}.{bound_to}"));
+        Ok(PatientPage { patients, next_page_token })
     }
 
     /// Applies `changes` to the patient `id`, with the audit event (`event(&patient)`) in the

@@ -350,6 +350,16 @@ impl TestApp {
         assert_eq!(response.status(), 200, "tenant {tenant_id} suspended");
     }
 
+    /// Takes the write lock of healthquantum's embedded SQLite database, as another process
+    /// writing to it would, until the connection returned is closed.
+    pub async fn hold_health_writes(&self) -> sqlx::AnyConnection {
+        assert!(self.health_database_url.starts_with("sqlite:"), "an embedded database's lock");
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&self.health_database_url).await.expect("database opens");
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut connection).await.expect("the write lock");
+        connection
+    }
+
     /// Rows in a table of healthquantum's database, read directly.
     pub async fn count_health_rows(&self, table: &str) -> i64 {
         count_rows(&self.health_database_url, table).await

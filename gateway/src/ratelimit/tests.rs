@@ -332,3 +332,24 @@ fn plans_the_limiter_cannot_represent_are_refused() {
     }
     assert!(crate::plans::Plans::default().validate().is_ok());
 }
+
+#[tokio::test]
+async fn every_limit_is_one_item_of_one_field_line_and_a_refund_rewrites_its_own() {
+    let (limiter, _) = in_process(JAN_31_23_59);
+    let limits = plan(10.0, 20, 0.5, 5);
+    let mut headers = HeaderMap::new();
+    limiter.admit("t1", "k1", &limits, &mut headers).await.unwrap();
+    let reservation = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.unwrap();
+    let policy = header(&headers, &POLICY);
+    assert_eq!(policy.len(), 1, "{policy:?}");
+    let items: Vec<&str> = policy[0].split(", ").map(|item| item.split(';').next().unwrap()).collect();
+    assert_eq!(items, [r#""tenant""#, r#""key""#, r#""inference""#]);
+    assert!(header(&headers, &RATELIMIT)[0].ends_with(r#""inference";r=4;t=60"#), "{headers:?}");
+    reservation.settle(false, &mut headers).await;
+    let states = header(&headers, &RATELIMIT);
+    assert_eq!(states.len(), 1, "{states:?}");
+    let items: Vec<&str> = states[0].split(", ").collect();
+    assert_eq!(items.len(), 3, "{states:?}");
+    assert!(items[0].starts_with(r#""tenant";r=19;"#) && items[1].starts_with(r#""key";r="#), "{states:?}");
+    assert_eq!(items[2], r#""inference";r=5;t=60"#, "the unit given back");
+}

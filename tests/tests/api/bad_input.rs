@@ -125,7 +125,7 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
     for (body, field) in [
         (r#"{"name": "A", "name": "B", "cpf": "52998224725", "birthDate": "1980-02-29"}"#, "name"),
         (r#"{"model": "diabetes-progression", "features": {"age": 0.1, "age": 0.2}}"#, "features.age"),
-        (r#"{"name": "A", "cpf": "52998224725", "birthDate": "1980-02-29", "birth_date": "1990-01-01"}"#, "birth_date"),
+        (r#"{"name": "A", "cpf": "52998224725", "birthDate": "1980-02-29", "birth_date": "1990-01-01"}"#, "birthDate"),
     ] {
         let path = if field != "features.age" {
             "/v1/health/patients".to_owned()
@@ -327,5 +327,45 @@ async fn the_admin_api_refuses_what_it_would_ignore() {
     assert_eq!(listed.status(), 200);
     let listed: Value = listed.json().await.unwrap();
     assert_eq!(listed["tenants"].as_array().unwrap().len(), tenants_before, "nothing created");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Consultas").await;
+    let key = app.create_key(&tenant, &["health:read", "health:write"]).await;
+    let not_text = reqwest::header::HeaderValue::from_bytes(b"application/json\xff\xfe").unwrap();
+    let response = app
+        .client
+        .post(app.url("/v1/health/patients"))
+        .bearer_auth(&key)
+        .header("content-type", not_text)
+        .body(r#"{"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 415).await;
+    // Query strings that do not decode: a malformed escape, bytes that are not UTF-8.
+    for query in ["namePrefix=%FF", "namePrefix=%ZZ", "namePrefix=ma%2"] {
+        let problem = assert_problem(app.get(&format!("/v1/health/patients?{query}"), &key).await, 400).await;
+        assert_eq!(problem["field"], "namePrefix", "{query}: {problem}");
+    }
+    assert_problem(app.get("/v1/health/patients?%FF=1", &key).await, 400).await;
+    let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
+    assert_eq!(
+        (problem["field"].as_str(), problem["detail"].as_str()),
+        (Some("pageSize"), Some("pageSize must be a whole number"))
+    );
+    let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=1&pageSize=2", &app.admin_key).await, 400).await;
+    assert_eq!(problem["field"], "pageSize");
+    let response = app.post_raw("/v1/admin/tenants", &app.admin_key, r#"{"name": "A"}"#).await;
+    let problem = assert_problem(response, 400).await;
+    assert_eq!((problem["field"].as_str(), problem["detail"].as_str()), (Some("plan"), Some("plan is required")));
+    // A field is named by its JSON name, whichever name the body used.
+    let response =
+        app.post_raw("/v1/health/patients", &key, r#"{"name": "Maria", "cpf": "52998224725", "birth_date": 5}"#).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "birthDate");
+    assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }

@@ -27,7 +27,8 @@ fn names(page: &Value) -> Vec<String> {
 
 async fn patient_lifecycle(backend: Backend) {
     let app = spawn_app(backend).await;
-    let tenant = app.create_tenant("Clínica Ciclo").await;
+    // Professional: the lifecycle's calls stay within its burst.
+    let tenant = app.create_tenant_on("Clínica Ciclo", "professional").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let maria = create(
         &app,
@@ -48,6 +49,18 @@ async fn patient_lifecycle(backend: Backend) {
     let second = list(&app, &key, &format!("pageSize=2&pageToken={token}")).await;
     assert_eq!(names(&second).len(), 1);
     assert!(second["nextPageToken"].as_str().is_none_or(str::is_empty), "{second}");
+    // A token goes on only with the filter it was returned for.
+    let filtered = list(&app, &key, "namePrefix=m&pageSize=1").await;
+    let filtered_token = filtered["nextPageToken"].as_str().expect("a next page of names with m");
+    assert_eq!(names(&list(&app, &key, &format!("namePrefix=m&pageSize=1&pageToken={filtered_token}")).await).len(), 1);
+    for query in [format!("pageSize=2&pageToken={filtered_token}"), format!("namePrefix=ma&pageToken={filtered_token}")]
+    {
+        let problem = assert_problem(app.get(&format!("/v1/health/patients?{query}"), &key).await, 400).await;
+        assert_eq!(problem["field"], "pageToken", "{query}: {problem}");
+    }
+    let bare_id = token.split('.').next().unwrap();
+    let problem = assert_problem(app.get(&format!("/v1/health/patients?pageToken={bare_id}"), &key).await, 400).await;
+    assert_eq!(problem["field"], "pageToken");
     let whole = list(&app, &key, "pageSize=3").await;
     assert_eq!(names(&whole).len(), 3);
     assert!(whole["nextPageToken"].as_str().is_none_or(str::is_empty), "a full last page has no next: {whole}");
@@ -322,6 +335,7 @@ async fn medical_images(backend: Backend) {
     let path = format!("/v1/health/patients/{patient}/images/{id}");
     let response = app.get(&path, &key).await;
     assert_eq!(response.headers()["content-type"], "image/png");
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff", "a browser takes it for what it says");
     assert_eq!(response.bytes().await.unwrap().to_vec(), picture);
     let thumbnail = app.get(&format!("{path}/thumbnail"), &key).await.bytes().await.unwrap();
     let thumbnail = image::load_from_memory(&thumbnail).expect("the thumbnail is a PNG");

@@ -1,6 +1,8 @@
 //! Rate limits and the monthly inference quota at the gateway, in-process and in Redis, and what
 //! a tenant call meets when Redis is down.
 
+use std::time::Duration;
+
 use aigronova_cli::AppConfig;
 use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, redis_url, spawn_app_with, unique_redis_prefix};
 use aigronova_gateway::{plans::PlanLimits, ratelimit::RedisFailure};
@@ -201,6 +203,56 @@ async fn a_tenant_with_a_quota_of_3_gets_429_on_the_4th_assessment_in_process() 
 #[tokio::test]
 async fn a_tenant_with_a_quota_of_3_gets_429_on_the_4th_assessment_in_redis() {
     inference_quota_runs_out(Limiter::Redis).await;
+}
+
+/// A model call whose deadline passes keeps its unit when it had left for the service, which may
+/// run the model and store the result after the gateway stopped waiting, and gets it back when
+/// it had not.
+async fn a_call_cut_short_keeps_its_unit_only_once_sent(limiter: Limiter) {
+    let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 100, 5)).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let url = app.url(&format!("/v1/health/patients/{patient}/assessments"));
+    let call = |timeout: &'static str| {
+        app.client.post(&url).bearer_auth(&key).header("grpc-timeout", timeout).json(&assessment_body()).send()
+    };
+
+    // Its deadline gone before it left: given back.
+    let response = call("1u").await.unwrap();
+    assert_eq!(response.status(), 504, "{limiter:?}");
+    assert!(header(&response, "ratelimit").contains(r#""inference";r=5;t="#), "{limiter:?}: never sent");
+
+    // Out at the service, which waits for its database, when the deadline passes: kept.
+    let mut lock = app.hold_health_writes().await;
+    let response = call("300m").await.unwrap();
+    assert_eq!(response.status(), 504, "{limiter:?}");
+    assert!(header(&response, "ratelimit").contains(r#""inference";r=4;t="#), "{limiter:?}: it may have run");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    // And it did: the service stored it once the database was free.
+    let mut stored = 0;
+    for _ in 0..100 {
+        stored = app.count_health_rows("assessments").await;
+        if stored == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored, 1, "{limiter:?}: the assessment the gateway stopped waiting for");
+    let response = call("10S").await.unwrap();
+    assert_eq!(response.status(), 200, "{limiter:?}");
+    assert!(header(&response, "ratelimit").contains(r#""inference";r=3;t="#), "{limiter:?}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_cut_short_keeps_its_unit_only_once_sent_in_process() {
+    a_call_cut_short_keeps_its_unit_only_once_sent(Limiter::InProcess).await;
+}
+
+#[tokio::test]
+async fn a_call_cut_short_keeps_its_unit_only_once_sent_in_redis() {
+    a_call_cut_short_keeps_its_unit_only_once_sent(Limiter::Redis).await;
 }
 
 /// A platform whose Redis is a port where nothing listens.
