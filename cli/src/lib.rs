@@ -343,37 +343,38 @@ fn service_verifier(config: &AppConfig) -> Result<TokenVerifier, ConfigError> {
 /// Makes `dir` when missing, readable by its owner only: it holds the databases, the master keys
 /// and the object store. A folder that exists keeps its permissions.
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    match std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
-        Ok(()) => Ok(()),
-        Err(error) => Err(anyhow::Error::new(error).context(format!("cannot create {}", dir.display()))),
-    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|error| anyhow::Error::new(error).context(format!("cannot create {}", dir.display())))
 }
 
 /// How `up` hands over the administrator key it generated: shown to a person at a terminal;
 /// otherwise, since standard error may be going to a log file, written to `admin-key` in the data
-/// directory (readable by its owner only), whose path is shown instead.
-fn admin_key_notice(key: &str, data_dir: &Path) -> anyhow::Result<String> {
+/// directory (readable by its owner only), whose path is shown instead. The key is already
+/// stored, and made only once: when that file cannot be written, it is shown after all.
+fn admin_key_notice(key: &str, data_dir: &Path) -> String {
+    let shown = format!("Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}\n");
     if std::io::stderr().is_terminal() {
-        return Ok(format!(
-            "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}\n"
-        ));
+        return shown;
     }
     let path = data_dir.join("admin-key");
-    match std::fs::remove_file(&path) {
-        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-            return Err(anyhow::Error::new(error).context(format!("cannot replace {}", path.display())));
+    let written = match std::fs::remove_file(&path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
+        _ => aigronova_platform::crypto::create_secret_file(&path, &format!("{key}\n")),
+    };
+    match written {
+        Ok(()) => format!(
+            "Administrator key written to {} (readable by you only; keep the key and delete the file, or set \
+             {ADMIN_KEY_ENV} on the next start)\n",
+            path.display()
+        ),
+        Err(error) => {
+            tracing::warn!(%error, path = %path.display(), "cannot write the administrator key to its file");
+            shown
         }
-        _ => {}
     }
-    aigronova_platform::crypto::create_secret_file(&path, &format!("{key}\n")).map_err(|error| {
-        anyhow::Error::new(error).context(format!("cannot write the administrator key to {}", path.display()))
-    })?;
-    Ok(format!(
-        "Administrator key written to {} (readable by you only; keep the key and delete the file, or set \
-         {ADMIN_KEY_ENV} on the next start)\n",
-        path.display()
-    ))
 }
 
 async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
@@ -399,7 +400,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             let mut banner =
                 format!("AigroNova is up at http://{}\nData directory: {}\n", platform.http_addr, data_dir.display());
             if let Some(key) = &platform.generated_admin_key {
-                banner.push_str(&admin_key_notice(key, &data_dir)?);
+                banner.push_str(&admin_key_notice(key, &data_dir));
             }
             eprint!("{banner}");
             platform.wait().await

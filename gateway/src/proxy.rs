@@ -1,6 +1,9 @@
 //! The transcoding handler every annotated route goes through, the probes, and the access log.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Instant,
+};
 
 use aigronova_platform::{auth::Caller, trace_context};
 use axum::{
@@ -135,17 +138,16 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     // The quota is reserved last, so that a request refused for its body spends none of it.
     let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
     let request_message = transcode::encode(&message);
-    let mut sent = false;
+    let sent = AtomicBool::new(false);
     let result = state
         .resilience
         .call(&route.owner, policy, |timeout| {
-            sent = true;
             let target = route.grpc_target().clone();
-            state.upstreams.unary(&route.owner, target, request_message.clone(), metadata.clone(), timeout)
+            state.upstreams.unary(&route.owner, target, request_message.clone(), metadata.clone(), timeout, &sent)
         })
         .instrument(span)
         .await;
-    quota.settle(may_have_run(sent, &result), &mut facts.rate_limit).await;
+    quota.settle(may_have_run(sent.into_inner(), &result), &mut facts.rate_limit).await;
     let encoded = result?;
     transcode::response(route, encoded)
 }

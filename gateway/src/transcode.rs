@@ -156,14 +156,31 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
 /// elsewhere (a map's keys, a body without a descriptor), the same name twice. A body that is not
 /// JSON has none here; the message's own reading says what is wrong with it.
 pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>) -> Option<String> {
+    use std::{borrow::Cow, collections::HashSet};
+
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-    /// Walks one JSON value; `path` is where it sits, `found` the first repeated name's path.
+    /// Walks one JSON value, which sits at `name` under the path `parent` (both empty at the top);
+    /// `found` is the first repeated name's path. Paths are only written out for objects and for
+    /// the name found, so that a body without repeats costs no allocation a name.
     struct Walk<'a> {
-        path: String,
+        parent: &'a str,
+        name: &'a str,
         found: &'a mut Option<String>,
         /// The message this value is, when known.
         message: Option<MessageDescriptor>,
+    }
+
+    /// What two names of one object are compared by: a message's field, however named, or the
+    /// name itself (a map's keys are data).
+    #[derive(PartialEq, Eq, Hash)]
+    enum Seen<'de> {
+        Field(u32),
+        Name(Cow<'de, str>),
+    }
+
+    fn join(parent: &str, name: &str) -> String {
+        if parent.is_empty() { name.to_owned() } else { format!("{parent}.{name}") }
     }
 
     impl<'de> DeserializeSeed<'de> for Walk<'_> {
@@ -182,8 +199,9 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
         }
 
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
-            while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let path = join(self.parent, self.name);
+            let mut seen: HashSet<Seen<'de>> = HashSet::with_capacity(map.size_hint().unwrap_or(8));
+            while let Some(name) = map.next_key::<Cow<'de, str>>()? {
                 if self.found.is_some() {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -191,36 +209,31 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
                 let field = self.message.as_ref().and_then(|message| {
                     message.get_field_by_name(&name).or_else(|| message.get_field_by_json_name(&name))
                 });
+                let inner = field.as_ref().and_then(|field| match field.kind() {
+                    Kind::Message(inner) if !field.is_map() => Some(inner),
+                    _ => None,
+                });
                 // A field is named by its JSON name, whichever name the body used.
                 let shown = field.as_ref().map_or(&*name, |field| field.json_name());
-                let path = if self.path.is_empty() { shown.to_owned() } else { format!("{}.{shown}", self.path) };
-                let (canonical, inner) = match &field {
-                    Some(field) => {
-                        // A map's keys are data, compared as they are; a message's fields by field.
-                        let inner = match field.kind() {
-                            Kind::Message(inner) if !field.is_map() => Some(inner),
-                            _ => None,
-                        };
-                        (field.name().to_owned(), inner)
-                    }
-                    None => (name.into_owned(), None),
+                let key = match &field {
+                    Some(field) => Seen::Field(field.number()),
+                    None => Seen::Name(name.clone()),
                 };
-                if !names.insert(canonical) {
-                    *self.found = Some(path);
+                if !seen.insert(key) {
+                    *self.found = Some(join(&path, shown));
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                map.next_value_seed(Walk { path, found: &mut *self.found, message: inner })?;
+                map.next_value_seed(Walk { parent: &path, name: shown, found: &mut *self.found, message: inner })?;
             }
             Ok(())
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let Walk { path, found, message } = self;
-            while seq
-                .next_element_seed(Walk { path: path.clone(), found: &mut *found, message: message.clone() })?
-                .is_some()
-            {}
+            let Walk { parent, name, found, message } = self;
+            while seq.next_element_seed(Walk { parent, name, found: &mut *found, message: message.clone() })?.is_some()
+            {
+            }
             Ok(())
         }
 
@@ -246,7 +259,7 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
 
     let mut found = None;
     let mut json = serde_json::Deserializer::from_slice(body);
-    Walk { path: String::new(), found: &mut found, message: descriptor.cloned() }.deserialize(&mut json).ok()?;
+    Walk { parent: "", name: "", found: &mut found, message: descriptor.cloned() }.deserialize(&mut json).ok()?;
     found
 }
 
@@ -261,19 +274,21 @@ fn path_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> String {
     json_names(descriptor, &track.path().to_string())
 }
 
-/// `path` (`birth_date`, `applicant.employment_years`) with each field of `descriptor`'s message
-/// named by its JSON name, as the body may use either name; other segments stay as they are.
+/// `path` (`birth_date`, `applicant.employment_years`, `items[0].unit_price`) with each field of
+/// `descriptor`'s message named by its JSON name, as the body may use either name; other
+/// segments, and list indexes, stay as they are.
 fn json_names(descriptor: &MessageDescriptor, path: &str) -> String {
     let mut message = Some(descriptor.clone());
     let segments = path.split('.').map(|segment| {
+        let (name, index) = segment.find('[').map_or((segment, ""), |at| segment.split_at(at));
         let field = message
             .as_ref()
-            .and_then(|inner| inner.get_field_by_name(segment).or_else(|| inner.get_field_by_json_name(segment)));
+            .and_then(|inner| inner.get_field_by_name(name).or_else(|| inner.get_field_by_json_name(name)));
         message = field.as_ref().and_then(|field| match field.kind() {
             Kind::Message(inner) if !field.is_map() => Some(inner),
             _ => None,
         });
-        field.map_or_else(|| segment.to_owned(), |field| field.json_name().to_owned())
+        field.map_or_else(|| segment.to_owned(), |field| format!("{}{index}", field.json_name()))
     });
     segments.collect::<Vec<_>>().join(".")
 }
@@ -429,6 +444,17 @@ mod tests {
 
     fn detail(problem: Problem) -> String {
         problem.detail().to_owned()
+    }
+
+    #[test]
+    fn an_error_path_names_fields_by_their_json_names_through_lists_and_messages() {
+        let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let events = pool.get_message_by_name("aigronova.governance.v1.RecordEventsRequest").unwrap();
+        assert_eq!(json_names(&events, "events[0].event_id"), "events[0].eventId");
+        assert_eq!(json_names(&events, "events[12].eventId"), "events[12].eventId");
+        assert_eq!(json_names(&events, "events[0].shoe_size"), "events[0].shoe_size", "unknown names stay");
+        assert_eq!(json_names(&assess_risk_request(), "patient_id"), "patientId");
+        assert_eq!(json_names(&assess_risk_request(), "features.mean radius"), "features.mean radius");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::{
     collections::BTreeMap,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -115,13 +115,15 @@ impl Connection {
         Ok(sender)
     }
 
-    /// One unary call: the request's HEADERS and DATA frames are queued together.
+    /// One unary call: the request's HEADERS and DATA frames are queued together; `sent` is set
+    /// once the request is handed to the connection.
     async fn unary(
         &self,
         path: PathAndQuery,
         message: Bytes,
         metadata: MetadataMap,
         timeout: Duration,
+        sent: &AtomicBool,
     ) -> Result<Bytes, Status> {
         let mut sender = self.ready().await?;
         let uri = Uri::builder()
@@ -145,6 +147,7 @@ impl Connection {
         timeout.set_sensitive(true);
         headers.insert("grpc-timeout", timeout);
         let (response, mut stream) = sender.send_request(request, false).map_err(stream_error)?;
+        sent.store(true, Ordering::Relaxed);
         let mut framed = BytesMut::with_capacity(5 + message.len());
         framed.put_u8(0);
         framed.put_u32(u32::try_from(message.len()).map_err(|_| Status::internal("request message too large"))?);
@@ -276,7 +279,8 @@ impl Upstreams {
         self.connections.keys()
     }
 
-    /// Calls `path` on `owner` with `message`, telling the upstream it has `timeout` to answer.
+    /// Calls `path` on `owner` with `message`, telling the upstream it has `timeout` to answer;
+    /// sets `sent` once the request has left for the upstream (a connection ready, a stream open).
     pub(crate) async fn unary(
         &self,
         owner: &str,
@@ -284,20 +288,21 @@ impl Upstreams {
         message: Bytes,
         metadata: MetadataMap,
         timeout: Duration,
+        sent: &AtomicBool,
     ) -> Result<Bytes, Status> {
         let connections = self
             .connections
             .get(owner)
             .ok_or_else(|| Status::unavailable(format!("no upstream configured for {owner}")))?;
         let connection = &connections[self.next.fetch_add(1, Ordering::Relaxed) % connections.len()];
-        connection.unary(path, message, metadata, timeout).await
+        connection.unary(path, message, metadata, timeout, sent).await
     }
 
     /// Whether `owner` reports SERVING on `grpc.health.v1`.
     pub(crate) async fn is_serving(&self, owner: &str) -> bool {
         // An empty HealthCheckRequest asks about the whole server; SERVING encodes as field 1 = 1.
         let check = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
-        match self.unary(owner, check, Bytes::new(), MetadataMap::new(), self.timeout).await {
+        match self.unary(owner, check, Bytes::new(), MetadataMap::new(), self.timeout, &AtomicBool::new(false)).await {
             Ok(response) => response.as_ref() == [0x08, 0x01],
             Err(_) => false,
         }
@@ -384,7 +389,14 @@ mod tests {
         .unwrap();
         let path = PathAndQuery::from_static("/aigronova.health.v1.HealthQuantum/ListModels");
         let status = upstreams
-            .unary("healthquantum", path, Bytes::new(), MetadataMap::new(), Duration::from_secs(1))
+            .unary(
+                "healthquantum",
+                path,
+                Bytes::new(),
+                MetadataMap::new(),
+                Duration::from_secs(1),
+                &AtomicBool::new(false),
+            )
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");

@@ -333,8 +333,10 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             return Err(aigronova_platform::Error::invalid("body", "send the image's bytes as the request body").into());
         }
         self.store.patient_exists(&caller.tenant_id, &patient_id).await?;
+        let permit = imaging::EXAMINATIONS.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (bytes, examined) = tokio::task::spawn_blocking(move || {
             let examined = imaging::examine(&bytes);
+            drop(permit);
             (bytes, examined)
         })
         .await

@@ -3,11 +3,12 @@
 //! Every constructor parses and checks its input, so a value of these types is valid by
 //! construction. Errors name the request field they are about.
 
-use std::{fmt, ops::RangeInclusive};
+use std::fmt;
 
 use aigronova_platform::Error;
 pub use aigronova_platform::cpf::Cpf;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
 use uuid::Uuid;
 
 /// The identifier of a patient: a UUID, kept in its hyphenated lowercase form.
@@ -330,48 +331,11 @@ impl PatientChanges {
     }
 }
 
-/// The blocks of combining marks: diacritical marks, their extended and supplementary blocks,
-/// those for symbols, and half marks.
-const COMBINING_MARKS: [RangeInclusive<char>; 5] = [
-    '\u{300}'..='\u{36F}',
-    '\u{1AB0}'..='\u{1AFF}',
-    '\u{1DC0}'..='\u{1DFF}',
-    '\u{20D0}'..='\u{20FF}',
-    '\u{FE20}'..='\u{FE2F}',
-];
-
-/// The lower-case, accent-free form of a name, for prefix searches. Combining marks are dropped
-/// after lower-casing, and the precomposed letters of Latin-1 and Latin Extended-A that
-/// decompose into a letter and marks are mapped to that letter, so that a name matches whether
-/// it was sent composed or decomposed (NFC or NFD).
+/// The lower-case, accent-free form of a name, for prefix searches: lower-cased, decomposed
+/// (NFD) and stripped of combining marks, so that a name matches whether it was sent composed or
+/// decomposed, and with or without its accents.
 pub fn searchable(name: &str) -> String {
-    name.trim()
-        .chars()
-        .flat_map(char::to_lowercase)
-        .filter(|c| !COMBINING_MARKS.iter().any(|marks| marks.contains(c)))
-        .map(|c| match c {
-            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => 'a',
-            'ç' | 'ć' | 'ĉ' | 'ċ' | 'č' => 'c',
-            'ď' => 'd',
-            'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => 'e',
-            'ĝ' | 'ğ' | 'ġ' | 'ģ' => 'g',
-            'ĥ' => 'h',
-            'ì' | 'í' | 'î' | 'ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' => 'i',
-            'ĵ' => 'j',
-            'ķ' => 'k',
-            'ĺ' | 'ļ' | 'ľ' => 'l',
-            'ñ' | 'ń' | 'ņ' | 'ň' => 'n',
-            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ō' | 'ŏ' | 'ő' => 'o',
-            'ŕ' | 'ŗ' | 'ř' => 'r',
-            'ś' | 'ŝ' | 'ş' | 'š' => 's',
-            'ţ' | 'ť' => 't',
-            'ù' | 'ú' | 'û' | 'ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => 'u',
-            'ŵ' => 'w',
-            'ý' | 'ÿ' | 'ŷ' => 'y',
-            'ź' | 'ż' | 'ž' => 'z',
-            other => other,
-        })
-        .collect()
+    name.trim().chars().flat_map(char::to_lowercase).nfd().filter(|c| !is_combining_mark(*c)).collect()
 }
 
 #[cfg(test)]

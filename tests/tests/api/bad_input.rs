@@ -140,16 +140,8 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
     assert_eq!(assert_problem(response, 400).await["field"], "name");
     // A body declared as something other than JSON.
     for media_type in ["application/xml", "image/png", "multipart/form-data; boundary=x"] {
-        let response = app
-            .client
-            .post(app.url("/v1/health/patients"))
-            .bearer_auth(&key)
-            .header("content-type", media_type)
-            .body(r#"{"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_problem(response, 415).await;
+        let media_type = reqwest::header::HeaderValue::from_static(media_type);
+        assert_problem(patient_declared_as(&app, &key, media_type).await, 415).await;
     }
     let unknown = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29", "shoeSize": 42});
     let problem = assert_problem(app.post("/v1/health/patients", &key, &unknown).await, 400).await;
@@ -330,22 +322,25 @@ async fn the_admin_api_refuses_what_it_would_ignore() {
     app.stop().await;
 }
 
+/// A valid patient's JSON sent with `media_type` as its `Content-Type`.
+async fn patient_declared_as(app: &TestApp, key: &str, media_type: reqwest::header::HeaderValue) -> reqwest::Response {
+    app.client
+        .post(app.url("/v1/health/patients"))
+        .bearer_auth(key)
+        .header("content-type", media_type)
+        .body(r#"{"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refused() {
     let app = spawn_app(Backend::Sqlite).await;
     let tenant = app.create_tenant("Consultas").await;
     let key = app.create_key(&tenant, &["health:read", "health:write"]).await;
     let not_text = reqwest::header::HeaderValue::from_bytes(b"application/json\xff\xfe").unwrap();
-    let response = app
-        .client
-        .post(app.url("/v1/health/patients"))
-        .bearer_auth(&key)
-        .header("content-type", not_text)
-        .body(r#"{"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_problem(response, 415).await;
+    assert_problem(patient_declared_as(&app, &key, not_text).await, 415).await;
     // Query strings that do not decode: a malformed escape, bytes that are not UTF-8.
     for query in ["namePrefix=%FF", "namePrefix=%ZZ", "namePrefix=ma%2"] {
         let problem = assert_problem(app.get(&format!("/v1/health/patients?{query}"), &key).await, 400).await;
