@@ -312,6 +312,12 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
     for (kind, count) in audit["byKind"].as_object().into_iter().flatten() {
         pdf.field(&format!("  {kind}"), &text(count));
     }
+    if audit["decisionsByModel"].as_object().is_some_and(|models| !models.is_empty()) {
+        pdf.subheading("Automated decisions by model");
+        for (model, count) in audit["decisionsByModel"].as_object().into_iter().flatten() {
+            pdf.field(&format!("  {model}"), &text(count));
+        }
+    }
 
     pdf.heading("Model inventory and drift");
     for model in report["models"].as_array().into_iter().flatten() {

@@ -152,6 +152,29 @@ pub fn require_any(consents: &[Consent], needed: &[&str], now: DateTime<Utc>, wh
     Ok(())
 }
 
+/// Checks that one of `consents`, valid now, grants every one of `needed` together; otherwise a
+/// `permission_denied` naming a permission none grants, or, when each is granted by some consent
+/// but none grants them all, one the consent that grants the most of them lacks.
+pub fn require_one(consents: &[Consent], needed: &[&str], now: DateTime<Utc>, what: &str) -> Result<(), tonic::Status> {
+    require_any(consents, needed, now, what)?;
+    if consents.iter().any(|consent| consent.allows(needed, now).is_ok()) {
+        return Ok(());
+    }
+    let granted = |consent: &Consent, permission: &str| consent.allows(&[permission], now).is_ok();
+    let closest =
+        consents.iter().max_by_key(|consent| needed.iter().filter(|permission| granted(consent, permission)).count());
+    let missing = closest
+        .and_then(|consent| needed.iter().find(|permission| !granted(consent, permission)))
+        .unwrap_or(&needed[0]);
+    Err(aigronova_platform::error::missing_permission(
+        missing,
+        &format!(
+            "{what} needs one valid consent of the customer granting {} together, and none grants them all",
+            needed.join(", ")
+        ),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +219,20 @@ mod tests {
         assert!(
             require_any(&[consent(&[ACCOUNTS_TRANSACTIONS_READ])], &[ACCOUNTS_TRANSACTIONS_READ], now, "x").is_ok()
         );
+    }
+
+    #[test]
+    fn permissions_spread_over_consents_are_not_one_consent_granting_them_all() {
+        let now = Utc::now();
+        let all = [ACCOUNTS_READ, ACCOUNTS_BALANCES_READ, ACCOUNTS_TRANSACTIONS_READ];
+        let spread = [consent(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ]), consent(&[ACCOUNTS_BALANCES_READ])];
+        assert!(require_any(&spread, &all, now, "a score").is_ok(), "each is granted by some consent");
+        let refused = require_one(&spread, &all, now, "a score").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(refused.metadata().get("aigronova-permission").unwrap(), ACCOUNTS_BALANCES_READ, "{refused:?}");
+        assert!(refused.message().contains("none grants them all"), "{refused:?}");
+        let refused = require_one(&[consent(&[ACCOUNTS_READ])], &all, now, "a score").unwrap_err();
+        assert_eq!(refused.metadata().get("aigronova-permission").unwrap(), ACCOUNTS_BALANCES_READ);
+        assert!(require_one(&[consent(&[ACCOUNTS_READ]), consent(&all)], &all, now, "a score").is_ok());
     }
 }

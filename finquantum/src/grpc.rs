@@ -31,7 +31,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    consent::{ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, Permissions, require_any},
+    consent::{
+        ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, Permissions, require_any,
+        require_one,
+    },
     openfinance::{OpenFinanceClient, OpenFinanceError},
     scoring::{self, Applicant, BankSummary, DeclaredFields, ReasonWords},
     statement,
@@ -103,7 +106,7 @@ impl FinQuantumApi {
     ) -> Result<Vec<Consent>, Status> {
         let consents = self.store.consents_of(tenant_id, customer_id).await?;
         let now = Utc::now();
-        require_any(&consents, needed, now, what)?;
+        require_one(&consents, needed, now, what)?;
         Ok(consents.into_iter().filter(|consent| consent.allows(needed, now).is_ok()).collect())
     }
 }
@@ -379,7 +382,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             return Err(require_any(&[], &needed, now, "a credit score").expect_err("no consent grants anything"));
         };
         let customer_id = data.customer_id;
-        require_any(&data.consents, &needed, now, "a credit score")?;
+        require_one(&data.consents, &needed, now, "a credit score")?;
         let consents: Vec<&Consent> =
             data.consents.iter().filter(|consent| consent.allows(&needed, now).is_ok()).collect();
         if consents.iter().all(|consent| consent.last_ingested_at.is_none()) {

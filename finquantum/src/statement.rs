@@ -44,8 +44,8 @@ pub struct AccountStatement {
     /// Credits minus debits.
     pub net: String,
     pub categories: Vec<CategoryTotal>,
-    /// End-of-day balance of each day with movements; relative to the opening balance (which
-    /// counts as zero) when no balance was fetched.
+    /// End-of-day balance of each day with movements; empty when the opening balance is not
+    /// known (no balance fetched, or a month before the oldest transaction held).
     pub balances: Vec<DailyBalance>,
     pub transactions: Vec<StatementLine>,
 }
@@ -126,7 +126,9 @@ pub fn build(
         for transaction in &in_month {
             running += transaction.signed_cents();
             let date = transaction.booked_at.date_naive().to_string();
+            // Without the opening balance, a running sum would pass for balances it is not.
             match balances.last_mut() {
+                _ if opening.is_none() => {}
                 Some(last) if last.date == date => last.balance = reais(running),
                 _ => balances.push(DailyBalance { date: date.clone(), balance: reais(running) }),
             }
@@ -209,10 +211,19 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
         for category in &account.categories {
             pdf.field(
                 &category.category,
-                &format!("+{} -{} ({} transactions)", category.credits, category.debits, category.count),
+                &format!(
+                    "+{} -{} ({} {})",
+                    category.credits,
+                    category.debits,
+                    category.count,
+                    if category.count == 1 { "transaction" } else { "transactions" }
+                ),
             );
         }
         pdf.subheading("Saldo diário / Daily balance");
+        if account.balances.is_empty() && !account.transactions.is_empty() {
+            pdf.paragraph("Saldo não disponível / Not known: no balance of this account was fetched for this month.");
+        }
         for day in &account.balances {
             pdf.field(&day.date, &day.balance);
         }
@@ -287,6 +298,14 @@ mod tests {
         assert_eq!(account.opening_balance.as_deref(), Some("-800.00"));
         let days: Vec<(&str, &str)> = account.balances.iter().map(|d| (d.date.as_str(), d.balance.as_str())).collect();
         assert_eq!(days, [("2026-10-05", "2079.50"), ("2026-10-10", "1279.50"), ("2026-10-31", "1200.00")]);
+        // No balance fetched: the month's movements, and no daily balances made up from zero.
+        let unbalanced = StoredAccount { balance_cents: None, balance_at: None, ..stored.clone() };
+        let months = month_bounds("2026-10").unwrap();
+        let statement = build("cust", "2026-10", months, std::slice::from_ref(&unbalanced), &transactions, &held);
+        let account = &statement.accounts[0];
+        assert_eq!((account.transactions.len(), account.net.as_str()), (4, "2000.00"));
+        assert_eq!((account.opening_balance.as_deref(), account.closing_balance.as_deref()), (None, None));
+        assert!(account.balances.is_empty(), "{:?}", account.balances);
         let pix = account.categories.iter().find(|c| c.category == "PIX").unwrap();
         assert_eq!((pix.debits.as_str(), pix.count), ("200.00", 2));
         assert_eq!(statement.total_credits, "3000.00");

@@ -496,11 +496,21 @@ impl Store {
         score: &StoredScore,
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        audit::write_recorded(
+        // Stored only while the customer is, checked in the same statement: a score computed while
+        // an erasure ran is refused rather than kept with the inputs the erasure removed. On
+        // PostgreSQL the customer's row is locked for share, so that an erasure waits for this
+        // insert (and then anonymises the score) or this insert waits for the erasure (and finds
+        // no customer); SQLite writes one transaction at a time.
+        let lock = if self.database.backend() == Backend::Postgres { " FOR SHARE" } else { "" };
+        let stored = audit::write_recorded(
             &self.database,
             tenant_id,
-            "INSERT INTO credit_scores (tenant_id, id, customer_id, model, model_version, features, bank, probability, \
-             score, risk_band, reasons, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &format!(
+                "INSERT INTO credit_scores (tenant_id, id, customer_id, model, model_version, features, bank, \
+                 probability, score, risk_band, reasons, created_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+                 WHERE EXISTS (SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $3{lock})"
+            ),
             vec![
                 tenant_id.into(),
                 score.id.as_str().into(),
@@ -518,7 +528,7 @@ impl Store {
             event,
         )
         .await?;
-        Ok(())
+        if stored { Ok(()) } else { Err(Error::NotFound(format!("customer {}", score.customer_id))) }
     }
 
     pub(crate) async fn score(

@@ -480,6 +480,55 @@ async fn export_and_erasure(backend: Backend) {
     app.stop().await;
 }
 
+/// Scores asked for while an erasure of their customer runs: each is refused or anonymised with
+/// the rest, none keeps the inputs the erasure removed.
+async fn scores_racing_an_erasure_keep_nothing_of_the_customer(backend: Backend) {
+    let bank = Institution::start().await;
+    let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
+    let app = start(backend, &bank, vec![("banco-a", profile)]).await;
+    let tenant = app.create_tenant_on("Financeira Corrida", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let customer_cpf = cpf(555_666_777);
+    let granted = consent(&app, &key, &customer_cpf, "banco-a", ALL).await;
+    assert_eq!(ingest(&app, &key, granted["id"].as_str().unwrap()).await.status(), 200);
+    let applicant = json!({"durationMonths": 12, "creditAmount": 2400.0, "age": 35, "existingCredits": 1, "dependents": 1,
+        "employmentYears": 3.0, "creditHistory": "paid_duly", "housing": "rent", "purpose": "furniture",
+        "monthlyIncome": 2500.0});
+    let body = json!({"cpf": customer_cpf, "applicant": applicant});
+    // Eight clients asking for scores for 600 ms, and the erasure in the middle.
+    let until = tokio::time::Instant::now() + Duration::from_millis(600);
+    let client = || async {
+        let mut answers = Vec::new();
+        while tokio::time::Instant::now() < until {
+            answers.push(app.post("/v1/fin/credit-scores", &key, &body).await.status());
+        }
+        answers
+    };
+    let erasure = async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        open(&app, &key, json!({"cpf": customer_cpf, "kind": "erasure"})).await
+    };
+    let (answers, erasure) = tokio::join!(futures_util::future::join_all((0..8).map(|_| client())), erasure);
+    assert_eq!(outcome_of(&erasure, "finquantum")["status"], "erased", "{erasure}");
+    for status in answers.into_iter().flatten() {
+        assert!(!status.is_server_error(), "a score beside an erasure: {status:?}");
+    }
+    assert_eq!(app.count_fin_rows("customers").await, 0);
+    let kept = app.count_fin_rows("credit_scores WHERE features <> '{}' OR customer_id <> ''").await;
+    assert_eq!(kept, 0, "{backend:?}: scores that kept the erased customer's inputs");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn scores_racing_an_erasure_keep_nothing_of_the_customer_on_sqlite() {
+    scores_racing_an_erasure_keep_nothing_of_the_customer(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn scores_racing_an_erasure_keep_nothing_of_the_customer_on_postgres() {
+    scores_racing_an_erasure_keep_nothing_of_the_customer(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn export_and_erasure_on_sqlite() {
     export_and_erasure(Backend::Sqlite).await;

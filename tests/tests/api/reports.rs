@@ -76,6 +76,9 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert!(text.contains(checkpoint["rootHash"].as_str().unwrap()), "the root hash is in the PDF:\n{text}");
     assert!(text.contains("verified"), "{text}");
     assert!(text.contains("Art. 20"), "{text}");
+    assert!(text.contains("Automated decisions by model"), "{text}");
+    let counted = |line: &str| line.split_whitespace().collect::<Vec<_>>() == ["breast-cancer:", "2"];
+    assert!(text.lines().any(counted), "the two breast-cancer decisions, as the JSON counts them:\n{text}");
 
     // A row edited in the database shows in the next report.
     app.execute_on_governance("UPDATE audit_entries SET leaf = REPLACE(leaf, 'decision', 'edited') WHERE idx = 1")
