@@ -541,13 +541,14 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         &self,
         request: Request<proto::ListReviewsRequest>,
     ) -> Result<Response<proto::ListReviewsResponse>, Status> {
-        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let caller = auth::caller(&request)?.clone();
         let status = request.get_ref().status.trim().to_owned();
         if !["", "pending", "decided"].contains(&status.as_str()) {
             return Err(Error::invalid("status", "must be pending or decided").into());
         }
-        let reviews = self.store.reviews(&tenant, &status).await?;
-        Ok(Response::new(proto::ListReviewsResponse { reviews: reviews.into_iter().map(review_message).collect() }))
+        let reviews = self.store.reviews(&caller.tenant_id, &status).await?;
+        let reviews = reviews.into_iter().map(|review| review_shown_to(&caller, review_message(review))).collect();
+        Ok(Response::new(proto::ListReviewsResponse { reviews }))
     }
 
     async fn decide_review(
@@ -571,6 +572,17 @@ fn shown_to(caller: &Caller, mut request: proto::SubjectRequest) -> proto::Subje
         request.resolution.clear();
     }
     request
+}
+
+/// A review's `reason` and `note` are what people wrote about a decision on someone, and may name
+/// them: shown only to reviewers (`governance:review`) and to callers who may ask for reviews and
+/// read bundles (`governance:write`).
+fn review_shown_to(caller: &Caller, mut review: proto::Review) -> proto::Review {
+    if !caller.has_scope("governance:review") && !caller.has_scope("governance:write") {
+        review.reason.clear();
+        review.note.clear();
+    }
+    review
 }
 
 fn request_message(request: subjects::StoredRequest) -> proto::SubjectRequest {

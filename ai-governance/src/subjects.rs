@@ -416,7 +416,7 @@ impl SubjectStore {
         let secret = self.lock_secret().await?;
         let digest = holds_data.then(|| subject_digest(&format!("{secret}:{id}"), cpf));
         let new = NewRequest { id: &id, kind, details, created, export: export.as_deref(), digest: digest.as_deref() };
-        match self.store_request(caller, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await {
+        let stored = match self.store_request(caller, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await {
             Err(error) if kind == Kind::Erasure => {
                 // The services have erased: the request is recorded whatever happens here.
                 let mut outcomes = outcomes;
@@ -437,7 +437,12 @@ impl SubjectStore {
                 }
             }
             stored => stored,
+        };
+        if kind == Kind::Erasure {
+            // The bundles and details just deleted must not stay on disk in the log's older pages.
+            self.database.truncate_log().await;
         }
+        stored
     }
 
     /// Stores request `new` with `outcomes`; with `erase`, in the same transaction, deletes what
@@ -454,7 +459,14 @@ impl SubjectStore {
         if erase {
             let secret = self.lock_secret().await?;
             let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, new.id, secret).await?;
-            outcomes.push(outcome(crate::SERVICE_NAME, "erased", erased, Vec::new(), String::new()));
+            let retained = vec![(
+                "reviews".to_owned(),
+                "Reviews of automated decisions keep the reason and note people wrote, as the record of each \
+                 review (LGPD Art. 20); they name the decision by its audit index, and are shown only to \
+                 reviewers and to keys with governance:write"
+                    .to_owned(),
+            )];
+            outcomes.push(outcome(crate::SERVICE_NAME, "erased", erased, retained, String::new()));
         }
         let status = match new.kind {
             Kind::Correction => "open",

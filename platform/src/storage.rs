@@ -193,11 +193,13 @@ fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
     // and syncs it, inside the commit that crosses the threshold: at 8,000 pages instead of
     // SQLite's 1,000, a page that many commits rewrite (a table's or an index's last leaf) is
     // copied once for many more commits, and commits pay for a checkpoint an eighth as often.
+    // `secure_delete` overwrites what a delete or an update frees with zeros, so that erased data
+    // does not linger in free pages (see [`Database::truncate_log`] for the WAL's copies).
     options.after_connect(|connection, _| {
         Box::pin(async move {
             sqlx::raw_sql(
                 "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
-                 PRAGMA wal_autocheckpoint = 8000",
+                 PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON",
             )
             .execute(connection)
             .await?;
@@ -244,6 +246,19 @@ impl Database {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// On the embedded database, copies the write-ahead log into the database and empties it, so
+    /// that the earlier versions of pages it holds (the data an erasure just overwrote) are gone
+    /// from disk; best effort, as a reader still on an older snapshot keeps the log in use. A no-op
+    /// on PostgreSQL.
+    pub async fn truncate_log(&self) {
+        if self.backend() != Backend::Sqlite {
+            return;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_all(&self.pool).await {
+            tracing::warn!(%error, "cannot truncate the write-ahead log");
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -117,11 +117,23 @@ async fn access_erasure_and_reviews(backend: Backend) {
     // The earlier access request's bundle went with the data it copied.
     let governance = outcome_of(&erasure, "ai-governance");
     assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 1), "{erasure}");
+    assert_eq!(governance["retained"][0]["kind"], "reviews", "what it keeps, and why: {erasure}");
     let response =
         app.get(&format!("/v1/governance/subject-requests/{}/export", access["id"].as_str().unwrap()), &key).await;
     let problem = assert_problem(response, 404).await;
     assert!(problem["detail"].as_str().unwrap().contains(erasure["id"].as_str().unwrap()), "{problem}");
     assert_eq!(app.count_governance_rows("subject_requests WHERE export LIKE '%Maria%'").await, 0);
+    // Nor is it left on disk, in the embedded database's free pages or its write-ahead log.
+    if let Some(path) = app.governance_database_url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap();
+        for file in [path.to_owned(), format!("{path}-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            for personal in [b"52998224725".as_slice(), b"Maria Silva"] {
+                let found = bytes.windows(personal.len()).any(|window| window == personal);
+                assert!(!found, "{file} still holds {:?}", String::from_utf8_lossy(personal));
+            }
+        }
+    }
     let again = open(&app, &key, json!({"cpf": CPF, "kind": "portability"})).await;
     let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
     assert_eq!(bundle["services"]["healthquantum"]["patients"], json!([]), "nothing personal is left: {bundle}");
@@ -255,6 +267,11 @@ async fn access_erasure_and_reviews(backend: Backend) {
     }
     let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
     assert_eq!(pending["reviews"].as_array().unwrap().len(), 1, "the refused reviews stored nothing");
+    assert_eq!(pending["reviews"][0]["reason"], "the patient contests the score", "{pending}");
+    // A reader of the queue without governance:review or governance:write sees no reasons.
+    let queue: Value = app.get("/v1/governance/reviews?status=pending", &reader).await.json().await.unwrap();
+    assert_eq!(queue["reviews"].as_array().unwrap().len(), 1, "{queue}");
+    assert!(queue["reviews"][0]["reason"].as_str().is_none_or(str::is_empty), "{queue}");
     let path = format!("/v1/governance/reviews/{}/decision", review["id"].as_str().unwrap());
     let decided = app.post(&path, &key, &json!({"outcome": "overturned", "note": "reassessed by Dr. Lima"})).await;
     assert_eq!(decided.status(), 200);
