@@ -719,6 +719,9 @@ impl SubjectStore {
         if !["upheld", "overturned", "amended"].contains(&outcome) {
             return Err(Error::invalid("outcome", format!("{outcome:?} is not one of upheld, overturned, amended")));
         }
+        if outcome == "amended" && note.is_empty() {
+            return Err(Error::invalid("note", "say how the decision was amended"));
+        }
         let decided = sqlx::query(
             "UPDATE reviews SET status = 'decided', outcome = $1, note = $2, reviewer = $3, decided_at = $4 \
              WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",

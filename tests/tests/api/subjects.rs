@@ -273,6 +273,10 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!(queue["reviews"].as_array().unwrap().len(), 1, "{queue}");
     assert!(queue["reviews"][0]["reason"].as_str().is_none_or(str::is_empty), "{queue}");
     let path = format!("/v1/governance/reviews/{}/decision", review["id"].as_str().unwrap());
+    for (body, field) in [(json!({"outcome": "amended"}), "note"), (json!({"outcome": ""}), "outcome")] {
+        let refused = app.post(&path, &key, &body).await;
+        assert_eq!(assert_problem(refused, 400).await["field"], field, "{body}");
+    }
     let decided = app.post(&path, &key, &json!({"outcome": "overturned", "note": "reassessed by Dr. Lima"})).await;
     assert_eq!(decided.status(), 200);
     let decided: Value = decided.json().await.unwrap();
