@@ -114,6 +114,27 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
         Ok(Response::new(proto::ListEntriesResponse { entries, next_start }))
     }
 
+    async fn list_checkpoints(
+        &self,
+        request: Request<proto::ListCheckpointsRequest>,
+    ) -> Result<Response<proto::ListCheckpointsResponse>, Status> {
+        let tenant = auth::caller(&request)?.tenant_id.clone();
+        let proto::ListCheckpointsRequest { after, page_size } = request.into_inner();
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE,
+            size if size > MAX_PAGE => {
+                return Err(Error::invalid("pageSize", format!("at most {MAX_PAGE}")).into());
+            }
+            size => size,
+        };
+        let mut checkpoints = self.log.checkpoints(&tenant, after, page_size + 1).await?;
+        let full = checkpoints.len() > page_size as usize;
+        checkpoints.truncate(page_size as usize);
+        let next_after = full.then(|| checkpoints.last().map(|last| last.body.tree_size)).flatten();
+        let checkpoints = checkpoints.iter().map(checkpoint_message).collect();
+        Ok(Response::new(proto::ListCheckpointsResponse { checkpoints, next_after }))
+    }
+
     async fn get_consistency_proof(
         &self,
         request: Request<proto::GetConsistencyProofRequest>,

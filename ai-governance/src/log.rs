@@ -260,6 +260,22 @@ impl LogStore {
         Ok(checkpoint_from(tenant_id, &row)?)
     }
 
+    /// The checkpoints signed for `tenant_id` at sizes above `after`, in size order, at most
+    /// `limit` of them.
+    pub async fn checkpoints(&self, tenant_id: &str, after: u64, limit: u32) -> Result<Vec<SignedCheckpoint>, Error> {
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
+             WHERE tenant_id = $1 AND tree_size > $2 ORDER BY tree_size LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        Ok(rows.iter().map(|row| checkpoint_from(tenant_id, row)).collect::<Result<_, _>>()?)
+    }
+
     /// The entry at `index` with its inclusion proof against the latest checkpoint.
     pub async fn entry_with_proof(
         &self,
@@ -386,12 +402,37 @@ impl LogStore {
                 reason: "the log matches the signed root".into(),
             });
         }
-        let index = first_bad.unwrap_or(0);
-        Ok(Verification {
-            tree_size: size,
-            first_bad_index: Some(index),
-            reason: format!("entry {index} does not match the signed tree"),
-        })
+        if let Some(index) = first_bad {
+            return Ok(Verification {
+                tree_size: size,
+                first_bad_index: Some(index),
+                reason: format!("entry {index} does not match the signed tree"),
+            });
+        }
+        // Entries and their hashes changed together: the checkpoints signed along the way tell
+        // which batch the first change is in.
+        let signed = self.checkpoints(tenant_id, 0, u32::MAX).await?;
+        let public_key = self.signer.public_key();
+        let signed: Vec<&SignedCheckpoint> = signed
+            .iter()
+            .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
+            .collect();
+        let (from, to) = merkle::first_unmatched(&leaves, signed.iter().map(|c| (c.body.tree_size, c.body.root_hash)))
+            .unwrap_or((0, size));
+        Ok(Verification { tree_size: size, first_bad_index: Some(from), reason: changed_between(from, to) })
+    }
+}
+
+/// Where the first changed entry of a log is, when only the checkpoints can tell: after the
+/// last size whose signed root still matches (`from`) and before the first that does not (`to`).
+pub fn changed_between(from: u64, to: u64) -> String {
+    match to - from {
+        1 => format!("entry {from} does not match the checkpoint signed at size {to}"),
+        _ => format!(
+            "an entry from index {from} to {} does not match the checkpoint signed at size {to} \
+             (the entries and their hashes were changed together)",
+            to - 1
+        ),
     }
 }
 

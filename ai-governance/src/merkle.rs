@@ -323,9 +323,34 @@ pub fn root_of(leaves: &[Hash]) -> Hash {
     }
 }
 
+/// The first of the `signed` trees (sizes and roots, in size order) whose root the first leaves
+/// of `leaves` do not hash to, with the size of the tree before it (0 for none): the first changed
+/// leaf is at or after that size and before the other. Found by bisection, since once a leaf has
+/// changed every larger tree's root differs. `None` when every root matches.
+pub fn first_unmatched(leaves: &[Hash], signed: impl IntoIterator<Item = (u64, Hash)>) -> Option<(u64, u64)> {
+    let signed: Vec<(u64, Hash)> =
+        signed.into_iter().filter(|(size, _)| *size > 0 && *size <= leaves.len() as u64).collect();
+    let first = signed.partition_point(|(size, root)| root_of(&leaves[..*size as usize]) == *root);
+    let (to, _) = *signed.get(first)?;
+    let from = first.checked_sub(1).map_or(0, |before| signed[before].0);
+    Some((from, to))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_unmatched_tree_brackets_the_first_changed_leaf() {
+        let leaves: Vec<Hash> = (0..20_u8).map(|byte| leaf_hash(&[byte])).collect();
+        let signed: Vec<(u64, Hash)> = [3, 7, 8, 12, 20].map(|size| (size, root_of(&leaves[..size as usize]))).to_vec();
+        assert_eq!(first_unmatched(&leaves, signed.clone()), None, "every root matches");
+        for (changed, bracket) in [(0, (0, 3)), (2, (0, 3)), (3, (3, 7)), (7, (7, 8)), (11, (8, 12)), (19, (12, 20))] {
+            let mut tampered = leaves.clone();
+            tampered[changed] = leaf_hash(b"changed");
+            assert_eq!(first_unmatched(&tampered, signed.clone()), Some(bracket), "leaf {changed}");
+        }
+    }
 
     const CT_INPUTS: [&[u8]; 8] = [
         b"",

@@ -124,17 +124,37 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
             });
         }
     }
-    for (index, leaf) in leaves.iter().enumerate() {
+    // Entries and their hashes changed together: the checkpoints signed along the way tell which
+    // batch the first change is in, and the inclusion proofs, when the server still computes them
+    // from the tree it signed, which entry of it.
+    let mut signed = Vec::new();
+    let mut after = Some(0u64);
+    while let Some(from) = after {
+        let page = client.get(&format!("/v1/governance/audit/checkpoints?after={from}&pageSize=1000")).await?;
+        for served in page["checkpoints"].as_array().into_iter().flatten() {
+            let body = signed_checkpoint(&verifier, served)?;
+            signed.push((body.tree_size, body.root_hash));
+        }
+        after = number(&page, "nextAfter");
+    }
+    let (from, to) = merkle::first_unmatched(&leaves, signed).unwrap_or((0, checkpoint.tree_size));
+    for index in from..to {
         let served = client.get(&format!("/v1/governance/audit/entries/{index}")).await?;
         let proof = hashes(&served["inclusionProof"])?;
-        if merkle::verify_inclusion(leaf, index as u64, checkpoint.tree_size, &proof, &checkpoint.root_hash).is_err() {
-            return Ok(Verdict::Tampered {
-                index: index as u64,
-                reason: "the entry is not included in the signed tree".into(),
-            });
+        let leaf = &leaves[index as usize];
+        if merkle::verify_inclusion(leaf, index, checkpoint.tree_size, &proof, &checkpoint.root_hash).is_err() {
+            let reason = match to - from {
+                1 => "the entry is not included in the signed tree".to_owned(),
+                _ => format!(
+                    "the entry is not included in the signed tree (the checkpoints place the first change \
+                     between index {from} and {})",
+                    to - 1
+                ),
+            };
+            return Ok(Verdict::Tampered { index, reason });
         }
     }
-    Ok(Verdict::Tampered { index: 0, reason: "the entries do not hash to the signed root".into() })
+    Ok(Verdict::Tampered { index: from, reason: aigronova_ai_governance::log::changed_between(from, to) })
 }
 
 /// Prints the verdict and returns the exit code: 0 verified, 1 tampered, 2 not verifiable.

@@ -314,6 +314,48 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
     app.stop().await;
 }
 
+/// Entries rewritten with their hashes, after which the service rebuilds its tree from them: the
+/// checkpoints signed along the way still place the first change in its batch.
+async fn entries_changed_with_their_hashes_are_found_in_their_batch(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    wait_for_size(&app, &key, 1).await;
+    // One batch, and one checkpoint, an entry.
+    for size in 2..=6 {
+        assess(&app, &key, &patient).await;
+        wait_for_size(&app, &key, size).await;
+    }
+    let public_key = public_key(&app, &key).await;
+    let entry: Value = app.get("/v1/governance/audit/entries/3", &key).await.json().await.unwrap();
+    let leaf = entry["entry"]["leaf"].as_str().unwrap().replace("AssessRisk", "Nothing");
+    let hash: String = merkle::leaf_hash(leaf.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect();
+    let sql =
+        format!("UPDATE audit_entries SET leaf = '{}', leaf_hash = '{hash}' WHERE idx = 3", leaf.replace('\'', "''"));
+    assert_eq!(app.execute_on_governance(&sql).await, 1);
+    app.restart().await;
+
+    let page: Value = app.get("/v1/governance/audit/checkpoints?pageSize=1000", &key).await.json().await.unwrap();
+    let sizes: Vec<u64> = page["checkpoints"].as_array().unwrap().iter().map(tree_size).collect();
+    assert_eq!(sizes, [1, 2, 3, 4, 5, 6], "{page}");
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 3, .. }), "{verdict:?}");
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
+    let report: Value = app.get("/v1/governance/reports/iso27001", &key).await.json().await.unwrap();
+    assert_eq!(report["verification"]["firstBadIndex"], 3, "{}", report["verification"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn entries_changed_with_their_hashes_are_found_in_their_batch_on_sqlite() {
+    entries_changed_with_their_hashes_are_found_in_their_batch(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn entries_changed_with_their_hashes_are_found_in_their_batch_on_postgres() {
+    entries_changed_with_their_hashes_are_found_in_their_batch(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn tampering_is_found_at_its_index_on_sqlite() {
     tampering_is_found_at_its_index(Backend::Sqlite).await;
