@@ -101,13 +101,7 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
     ) -> Result<Response<proto::ListEntriesResponse>, Status> {
         let tenant = auth::caller(&request)?.tenant_id.clone();
         let proto::ListEntriesRequest { start, page_size } = request.into_inner();
-        let page_size = match page_size {
-            0 => DEFAULT_PAGE,
-            size if size > MAX_PAGE => {
-                return Err(Error::invalid("pageSize", format!("at most {MAX_PAGE}")).into());
-            }
-            size => size,
-        };
+        let page_size = page_size_of(page_size)?;
         let entries = self.log.entries(&tenant, start, page_size + 1).await.map_err(Error::from)?;
         let next_start = (entries.len() > page_size as usize).then(|| start + u64::from(page_size));
         let entries = entries.into_iter().take(page_size as usize).map(entry_message).collect();
@@ -120,13 +114,7 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
     ) -> Result<Response<proto::ListCheckpointsResponse>, Status> {
         let tenant = auth::caller(&request)?.tenant_id.clone();
         let proto::ListCheckpointsRequest { after, page_size } = request.into_inner();
-        let page_size = match page_size {
-            0 => DEFAULT_PAGE,
-            size if size > MAX_PAGE => {
-                return Err(Error::invalid("pageSize", format!("at most {MAX_PAGE}")).into());
-            }
-            size => size,
-        };
+        let page_size = page_size_of(page_size)?;
         let mut checkpoints = self.log.checkpoints(&tenant, after, page_size + 1).await?;
         let full = checkpoints.len() > page_size as usize;
         checkpoints.truncate(page_size as usize);
@@ -183,6 +171,15 @@ fn leaf_of(n: usize, event: proto::AuditEvent) -> Result<Leaf, Error> {
         details,
         occurred_at,
     })
+}
+
+/// A list's `pageSize`: 0 for the default, at most [`MAX_PAGE`].
+fn page_size_of(requested: u32) -> Result<u32, Error> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE),
+        size if size > MAX_PAGE => Err(Error::invalid("pageSize", format!("at most {MAX_PAGE}"))),
+        size => Ok(size),
+    }
 }
 
 fn checkpoint_message(checkpoint: &SignedCheckpoint) -> proto::Checkpoint {

@@ -419,18 +419,31 @@ async fn scores_match_the_reference_with_stable_reasons_on_postgres() {
     scores_match_the_reference_with_stable_reasons(Backend::Postgres).await;
 }
 
-async fn export_and_erasure(backend: Backend) {
+/// A platform whose tenant `tenant` has a key, and a customer with CPF `cpf(seed)` who consented
+/// to everything at `banco-a` and whose data was ingested; with the bank (kept running), the
+/// consent and an applicant's declared data.
+async fn ingested_customer(
+    backend: Backend,
+    tenant: &str,
+    seed: u64,
+) -> (Institution, TestApp, String, String, Value, Value) {
     let bank = Institution::start().await;
     let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
     let app = start(backend, &bank, vec![("banco-a", profile)]).await;
-    let tenant = app.create_tenant_on("Financeira LGPD", "enterprise").await;
+    let tenant = app.create_tenant_on(tenant, "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
-    let customer_cpf = cpf(444_555_666);
+    let customer_cpf = cpf(seed);
     let granted = consent(&app, &key, &customer_cpf, "banco-a", ALL).await;
     assert_eq!(ingest(&app, &key, granted["id"].as_str().unwrap()).await.status(), 200);
     let applicant = json!({"durationMonths": 12, "creditAmount": 2400.0, "age": 35, "existingCredits": 1, "dependents": 1,
         "employmentYears": 3.0, "creditHistory": "paid_duly", "housing": "rent", "purpose": "furniture",
         "monthlyIncome": 2500.0});
+    (bank, app, key, customer_cpf, granted, applicant)
+}
+
+async fn export_and_erasure(backend: Backend) {
+    let (_bank, app, key, customer_cpf, granted, applicant) =
+        ingested_customer(backend, "Financeira LGPD", 444_555_666).await;
     let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": applicant})).await;
     assert_eq!(response.status(), 200);
 
@@ -483,17 +496,8 @@ async fn export_and_erasure(backend: Backend) {
 /// Scores asked for while an erasure of their customer runs: each is refused or anonymised with
 /// the rest, none keeps the inputs the erasure removed.
 async fn scores_racing_an_erasure_keep_nothing_of_the_customer(backend: Backend) {
-    let bank = Institution::start().await;
-    let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
-    let app = start(backend, &bank, vec![("banco-a", profile)]).await;
-    let tenant = app.create_tenant_on("Financeira Corrida", "enterprise").await;
-    let key = app.create_key(&tenant, SCOPES).await;
-    let customer_cpf = cpf(555_666_777);
-    let granted = consent(&app, &key, &customer_cpf, "banco-a", ALL).await;
-    assert_eq!(ingest(&app, &key, granted["id"].as_str().unwrap()).await.status(), 200);
-    let applicant = json!({"durationMonths": 12, "creditAmount": 2400.0, "age": 35, "existingCredits": 1, "dependents": 1,
-        "employmentYears": 3.0, "creditHistory": "paid_duly", "housing": "rent", "purpose": "furniture",
-        "monthlyIncome": 2500.0});
+    let (_bank, app, key, customer_cpf, _, applicant) =
+        ingested_customer(backend, "Financeira Corrida", 555_666_777).await;
     let body = json!({"cpf": customer_cpf, "applicant": applicant});
     // Eight clients asking for scores for 600 ms, and the erasure in the middle.
     let until = tokio::time::Instant::now() + Duration::from_millis(600);
