@@ -411,10 +411,20 @@ impl LogStore {
         }
         // Entries and their hashes changed together: the checkpoints signed along the way tell
         // which batch the first change is in.
-        let signed = self.checkpoints(tenant_id, 0, u32::MAX).await?;
+        // Rows that do not parse or whose signature fails are no evidence either way.
+        let rows = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
+             WHERE tenant_id = $1 AND tree_size <= $2 ORDER BY tree_size",
+        )
+        .bind(tenant_id)
+        .bind(i64::try_from(size).unwrap_or(i64::MAX))
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
         let public_key = self.signer.public_key();
-        let signed: Vec<&SignedCheckpoint> = signed
+        let signed: Vec<SignedCheckpoint> = rows
             .iter()
+            .filter_map(|row| checkpoint_from(tenant_id, row).ok())
             .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
             .collect();
         let (from, to) = merkle::first_unmatched(&leaves, signed.iter().map(|c| (c.body.tree_size, c.body.root_hash)))
@@ -426,7 +436,8 @@ impl LogStore {
 /// Where the first changed entry of a log is, when only the checkpoints can tell: after the
 /// last size whose signed root still matches (`from`) and before the first that does not (`to`).
 pub fn changed_between(from: u64, to: u64) -> String {
-    match to - from {
+    match to.saturating_sub(from) {
+        0 => format!("an entry before index {to} does not match the checkpoint signed at size {to}"),
         1 => format!("entry {from} does not match the checkpoint signed at size {to}"),
         _ => format!(
             "an entry from index {from} to {} does not match the checkpoint signed at size {to} \

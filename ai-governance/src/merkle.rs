@@ -328,8 +328,10 @@ pub fn root_of(leaves: &[Hash]) -> Hash {
 /// leaf is at or after that size and before the other. Found by bisection, since once a leaf has
 /// changed every larger tree's root differs. `None` when every root matches.
 pub fn first_unmatched(leaves: &[Hash], signed: impl IntoIterator<Item = (u64, Hash)>) -> Option<(u64, u64)> {
-    let signed: Vec<(u64, Hash)> =
+    let mut signed: Vec<(u64, Hash)> =
         signed.into_iter().filter(|(size, _)| *size > 0 && *size <= leaves.len() as u64).collect();
+    signed.sort_by_key(|(size, _)| *size);
+    signed.dedup_by_key(|(size, _)| *size);
     let first = signed.partition_point(|(size, root)| root_of(&leaves[..*size as usize]) == *root);
     let (to, _) = *signed.get(first)?;
     let from = first.checked_sub(1).map_or(0, |before| signed[before].0);
@@ -350,6 +352,13 @@ mod tests {
             tampered[changed] = leaf_hash(b"changed");
             assert_eq!(first_unmatched(&tampered, signed.clone()), Some(bracket), "leaf {changed}");
         }
+        // Sizes out of order, repeated, or past the leaves held are taken in order, once, or not at all.
+        let mut tampered = leaves.clone();
+        tampered[9] = leaf_hash(b"changed");
+        let mut shuffled: Vec<(u64, Hash)> = signed.iter().rev().cloned().collect();
+        shuffled.push(signed[1]);
+        shuffled.push((40, signed[0].1));
+        assert_eq!(first_unmatched(&tampered, shuffled), Some((8, 12)));
     }
 
     const CT_INPUTS: [&[u8]; 8] = [

@@ -127,15 +127,20 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
     // Entries and their hashes changed together: the checkpoints signed along the way tell which
     // batch the first change is in, and the inclusion proofs, when the server still computes them
     // from the tree it signed, which entry of it.
-    let mut signed = Vec::new();
+    // Only what the key signed for this tenant, in rising sizes up to the latest, counts; a page
+    // token that does not move on ends the list.
+    let mut signed: Vec<(u64, Hash)> = Vec::new();
     let mut after = Some(0u64);
-    while let Some(from) = after {
+    while let Some(from) = after.filter(|from| *from < checkpoint.tree_size) {
         let page = client.get(&format!("/v1/governance/audit/checkpoints?after={from}&pageSize=1000")).await?;
         for served in page["checkpoints"].as_array().into_iter().flatten() {
-            let body = signed_checkpoint(&verifier, served)?;
-            signed.push((body.tree_size, body.root_hash));
+            let Ok(body) = signed_checkpoint(&verifier, served) else { continue };
+            let rising = signed.last().is_none_or(|(size, _)| *size < body.tree_size);
+            if body.tenant_id == checkpoint.tenant_id && rising && body.tree_size <= checkpoint.tree_size {
+                signed.push((body.tree_size, body.root_hash));
+            }
         }
-        after = number(&page, "nextAfter");
+        after = number(&page, "nextAfter").filter(|next| *next > from);
     }
     let (from, to) = merkle::first_unmatched(&leaves, signed).unwrap_or((0, checkpoint.tree_size));
     for index in from..to {

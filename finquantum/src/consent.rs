@@ -163,9 +163,11 @@ pub fn require_one(consents: &[Consent], needed: &[&str], now: DateTime<Utc>, wh
     let granted = |consent: &Consent, permission: &str| consent.allows(&[permission], now).is_ok();
     let closest =
         consents.iter().max_by_key(|consent| needed.iter().filter(|permission| granted(consent, permission)).count());
-    let missing = closest
-        .and_then(|consent| needed.iter().find(|permission| !granted(consent, permission)))
-        .unwrap_or(&needed[0]);
+    let Some(missing) =
+        closest.and_then(|consent| needed.iter().find(|permission| !granted(consent, permission))).or(needed.first())
+    else {
+        return Ok(());
+    };
     Err(aigronova_platform::error::missing_permission(
         missing,
         &format!(

@@ -575,6 +575,7 @@ impl DataSubject for FinQuantumApi {
             )
         };
         let (erased, kept) = self.store.erase_subject(&caller.tenant_id, &cpf, recorded).await?;
+        self.store.truncate_log().await;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, erased, kept, "data subject erased");
         let retained = if kept == 0 {

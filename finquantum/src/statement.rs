@@ -222,7 +222,10 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
         }
         pdf.subheading("Saldo diário / Daily balance");
         if account.balances.is_empty() && !account.transactions.is_empty() {
-            pdf.paragraph("Saldo não disponível / Not known: no balance of this account was fetched for this month.");
+            pdf.paragraph(
+                "Saldo não disponível / Not known: no balance of this account that reaches back to this month is \
+                 held under a usable consent.",
+            );
         }
         for day in &account.balances {
             pdf.field(&day.date, &day.balance);

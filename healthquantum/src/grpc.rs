@@ -544,6 +544,7 @@ impl DataSubject for HealthQuantumApi {
             self.store.delete_images(&caller.tenant_id, &images, &event).await?;
             self.delete_image_objects(&caller.tenant_id, &images).await;
         }
+        self.store.truncate_log().await;
         tracing::info!(tenant = %caller.tenant_id, patients = erased.len(), "data subject erased");
         // Assessments are what the law keeps: a patient without any leaves nothing retained.
         let retained = if reports.is_empty() {

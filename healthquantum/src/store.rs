@@ -100,6 +100,14 @@ pub(crate) struct Store {
 }
 
 impl Store {
+    /// Empties the embedded database's write-ahead log after an erasure (see
+    /// [`Database::truncate_log`]).
+    pub(crate) async fn truncate_log(&self) {
+        self.database.truncate_log().await;
+    }
+}
+
+impl Store {
     pub(crate) fn new(database: Database, keys: Arc<TenantKeys>) -> Self {
         Self { database, keys }
     }

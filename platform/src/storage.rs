@@ -14,7 +14,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 use sqlx::{
-    Any, AnyConnection, AnyPool, Connection, Transaction,
+    Any, AnyConnection, AnyPool, Connection, Row, Transaction,
     any::{AnyPoolOptions, install_default_drivers},
     migrate::Migrator,
 };
@@ -194,7 +194,8 @@ fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
     // SQLite's 1,000, a page that many commits rewrite (a table's or an index's last leaf) is
     // copied once for many more commits, and commits pay for a checkpoint an eighth as often.
     // `secure_delete` overwrites what a delete or an update frees with zeros, so that erased data
-    // does not linger in free pages (see [`Database::truncate_log`] for the WAL's copies).
+    // does not linger in free pages; the WAL's older copies of pages go when a service that
+    // erased calls [`Database::truncate_log`].
     options.after_connect(|connection, _| {
         Box::pin(async move {
             sqlx::raw_sql(
@@ -252,12 +253,21 @@ impl Database {
     /// that the earlier versions of pages it holds (the data an erasure just overwrote) are gone
     /// from disk; best effort, as a reader still on an older snapshot keeps the log in use. A no-op
     /// on PostgreSQL.
+    /// Runs in the process's write turn, on the writer connection, so that it does not hold
+    /// SQLite's write lock against the grouped writer.
     pub async fn truncate_log(&self) {
         if self.backend() != Backend::Sqlite {
             return;
         }
-        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_all(&self.pool).await {
-            tracing::warn!(%error, "cannot truncate the write-ahead log");
+        let Ok(Ok(_turn)) = tokio::time::timeout(WRITE_WAIT, self.writers.clone().acquire_owned()).await else {
+            tracing::warn!("the write-ahead log was not emptied: no write turn came");
+            return;
+        };
+        // One row: whether a reader or writer kept it from finishing, and the pages in the log.
+        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(self.write_pool()).await {
+            Ok(row) if row.try_get::<i64, _>(0).is_ok_and(|busy| busy == 0) => {}
+            Ok(_) => tracing::warn!("the write-ahead log was not emptied: a reader still uses it"),
+            Err(error) => tracing::warn!(%error, "cannot empty the write-ahead log"),
         }
     }
 

@@ -338,6 +338,12 @@ async fn entries_changed_with_their_hashes_are_found_in_their_batch(backend: Bac
     let page: Value = app.get("/v1/governance/audit/checkpoints?pageSize=1000", &key).await.json().await.unwrap();
     let sizes: Vec<u64> = page["checkpoints"].as_array().unwrap().iter().map(tree_size).collect();
     assert_eq!(sizes, [1, 2, 3, 4, 5, 6], "{page}");
+    let first: Value = app.get("/v1/governance/audit/checkpoints?pageSize=4", &key).await.json().await.unwrap();
+    assert_eq!(first["checkpoints"].as_array().unwrap().len(), 4, "{first}");
+    assert_eq!(first["nextAfter"], "4", "{first}");
+    let rest: Value = app.get("/v1/governance/audit/checkpoints?after=4&pageSize=4", &key).await.json().await.unwrap();
+    let rest_sizes: Vec<u64> = rest["checkpoints"].as_array().unwrap().iter().map(tree_size).collect();
+    assert_eq!((rest_sizes, rest.get("nextAfter")), (vec![5, 6], None), "{rest}");
     let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
     assert!(matches!(verdict, Verdict::Tampered { index: 3, .. }), "{verdict:?}");
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
