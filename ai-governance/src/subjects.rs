@@ -459,14 +459,27 @@ impl SubjectStore {
         if erase {
             let secret = self.lock_secret().await?;
             let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, new.id, secret).await?;
-            let retained = vec![(
-                "reviews".to_owned(),
-                "Reviews of automated decisions keep the reason and note people wrote, as the record of each \
+            let reviews: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE tenant_id = $1")
+                .bind(&caller.tenant_id)
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+            let retained = (reviews > 0).then(|| {
+                (
+                    "reviews".to_owned(),
+                    "Reviews of automated decisions keep the reason and note people wrote, as the record of each \
                  review (LGPD Art. 20); they name the decision by its audit index, and are shown only to \
                  reviewers and to keys with governance:write"
-                    .to_owned(),
-            )];
-            outcomes.push(outcome(crate::SERVICE_NAME, "erased", erased, retained, String::new()));
+                        .to_owned(),
+                )
+            });
+            outcomes.push(outcome(
+                crate::SERVICE_NAME,
+                "erased",
+                erased,
+                retained.into_iter().collect(),
+                String::new(),
+            ));
         }
         let status = match new.kind {
             Kind::Correction => "open",

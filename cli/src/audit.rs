@@ -106,7 +106,8 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
             leaves.push(merkle::leaf_hash(text(entry, "leaf")?.as_bytes()));
             served_hashes.push(text(entry, "leafHash").unwrap_or_default());
         }
-        start = number(&page, "nextStart");
+        // A next page that does not move on ends the list (what is missing is then reported).
+        start = number(&page, "nextStart").filter(|next| *next > from);
     }
     if (leaves.len() as u64) < checkpoint.tree_size {
         let index = leaves.len() as u64;

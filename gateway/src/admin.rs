@@ -65,7 +65,6 @@ impl ListQuery {
             match name.as_str() {
                 "pageSize" | "page_size" => {
                     let size = value
-                        .trim()
                         .parse()
                         .map_err(|_| Problem::invalid_field("pageSize", "pageSize must be a whole number"))?;
                     if parsed.page_size.replace(size).is_some() {

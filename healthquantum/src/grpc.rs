@@ -274,10 +274,16 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 "latencyMs": latency.as_secs_f64() * 1000.0,
             }),
         );
-        self.store.insert_assessment(&caller.tenant_id, &assessment, &event).await?;
-        // Counted once stored: an assessment refused for its patient (unknown, another tenant's)
-        // is no use of the model.
-        self.monitor.record(&caller.tenant_id, &model, Some(&row), latency, true);
+        // Stored, and then counted, on a task of its own: a caller that stops waiting does not
+        // leave an assessment stored and not counted, nor one half done. An assessment refused
+        // for its patient (unknown, another tenant's) is no use of the model.
+        let (store, monitor, tenant_id) = (self.store.clone(), self.monitor.clone(), caller.tenant_id.clone());
+        let stored = tokio::spawn(async move {
+            store.insert_assessment(&tenant_id, &assessment, &event).await?;
+            monitor.record(&tenant_id, &model, Some(&row), latency, true);
+            Ok::<_, aigronova_platform::Error>(assessment)
+        });
+        let assessment = stored.await.map_err(|error| aigronova_platform::error::internal(&error))??;
         self.outbox.wake();
         tracing::info!(
             tenant = %caller.tenant_id,
@@ -356,11 +362,6 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             has_thumbnail: examined.thumbnail.is_some(),
             created_at: time::stored(Utc::now()),
         };
-        // The bytes first: a record never points at a missing object.
-        self.put_sealed(&caller.tenant_id, &image_key(&caller.tenant_id, &record.id), &bytes).await?;
-        if let Some(thumbnail) = examined.thumbnail {
-            self.put_sealed(&caller.tenant_id, &thumbnail_key(&caller.tenant_id, &record.id), &thumbnail).await?;
-        }
         let event = AuditEvent::new(
             &caller,
             crate::SERVICE_NAME,
@@ -369,10 +370,15 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             &format!("patient:{patient_id}"),
             serde_json::json!({"imageId": record.id, "mediaType": record.media_type, "sizeBytes": record.size_bytes}),
         );
-        if let Err(error) = self.store.insert_image(&caller.tenant_id, &record, &event).await {
-            self.delete_image_objects(&caller.tenant_id, std::slice::from_ref(&record.id)).await;
-            return Err(error.into());
-        }
+        // On a task of its own, so that it finishes, or cleans up after itself, when the caller
+        // stops waiting: no object is left without its record.
+        let api = self.clone();
+        let tenant_id = caller.tenant_id.clone();
+        let stored = tokio::spawn(async move {
+            let kept = api.keep_image(&tenant_id, &record, &bytes, examined.thumbnail.as_deref(), &event).await;
+            kept.map(|()| record)
+        });
+        let record = stored.await.map_err(|error| aigronova_platform::error::internal(&error))??;
         self.outbox.wake();
         Ok(Response::new(image_message(record)))
     }
@@ -568,6 +574,31 @@ impl DataSubject for HealthQuantumApi {
 impl HealthQuantumApi {
     /// Stores `bytes` at `key` sealed with the tenant's data key: health data (Art. 11), and
     /// reports print the patient's name and birth date.
+    /// Stores an image's sealed bytes and thumbnail, then its record with `event`: the bytes first,
+    /// so that a record never points at a missing object; on any failure, the objects already
+    /// written are deleted.
+    async fn keep_image(
+        &self,
+        tenant_id: &str,
+        record: &ImageRecord,
+        bytes: &[u8],
+        thumbnail: Option<&[u8]>,
+        event: &AuditEvent,
+    ) -> Result<(), Status> {
+        let stored = async {
+            self.put_sealed(tenant_id, &image_key(tenant_id, &record.id), bytes).await?;
+            if let Some(thumbnail) = thumbnail {
+                self.put_sealed(tenant_id, &thumbnail_key(tenant_id, &record.id), thumbnail).await?;
+            }
+            self.store.insert_image(tenant_id, record, event).await.map_err(Status::from)
+        };
+        let result = stored.await;
+        if result.is_err() {
+            self.delete_image_objects(tenant_id, std::slice::from_ref(&record.id)).await;
+        }
+        result
+    }
+
     async fn put_sealed(&self, tenant_id: &str, key: &str, bytes: &[u8]) -> Result<(), Status> {
         let sealed = self.store.cipher(tenant_id).await?.seal_bytes(key, bytes);
         Ok(self.objects.put(key, sealed).await?)

@@ -123,7 +123,7 @@ const ZIP_TAIL: usize = 22 + 65_535 + 1024;
 
 /// Whether `bytes` end with what ZIP readers take for an archive: an end-of-central-directory
 /// record in their last [`ZIP_TAIL`] bytes that points to a central directory (`PK\x01\x02` where
-/// its size or its offset says), or that a ZIP64 locator precedes. Readers look for that record
+/// its size or its offset says), or that a ZIP64 locator precedes (whatever its size says). Readers look for that record
 /// from the end, tolerate bytes before the archive and after the record, and extract what it
 /// points to even when its comment length runs past the end, so that length is not checked. The
 /// signature alone, which compressed pixel data holds by chance about once in 30,000 files, is
@@ -138,9 +138,9 @@ fn ends_with_zip(bytes: &[u8]) -> bool {
         };
         let size = u32::from_le_bytes([record[12], record[13], record[14], record[15]]) as usize;
         let offset = u32::from_le_bytes([record[16], record[17], record[18], record[19]]) as usize;
-        // ZIP64 gives the directory's size as 0xFFFFFFFF and puts a locator right before the record.
-        let zip64 = size == 0xFFFF_FFFF
-            && at.checked_sub(20).is_some_and(|locator| bytes[locator..].starts_with(b"PK\x06\x07"));
+        // ZIP64 puts a locator right before the record, and readers follow it whatever the
+        // record's own size and offset say.
+        let zip64 = at.checked_sub(20).is_some_and(|locator| bytes[locator..].starts_with(b"PK\x06\x07"));
         zip64 || size > 0 && (at.checked_sub(size).is_some_and(directory_at) || directory_at(offset))
     })
 }
@@ -418,6 +418,16 @@ mod tests {
         zip64.extend_from_slice(&[0; 16]);
         zip64.extend_from_slice(b"PK\x05\x06\0\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\0\0");
         refused(&zip64, "ends with a ZIP archive");
+        // A ZIP64 locator before a record whose own size is real, or 0: readers follow the locator.
+        for size in [46_u32, 0] {
+            let mut zip64 = DICOM.to_vec();
+            zip64.extend_from_slice(b"PK\x06\x07");
+            zip64.extend_from_slice(&[0; 16]);
+            zip64.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+            zip64.extend_from_slice(&size.to_le_bytes());
+            zip64.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0, 0]);
+            refused(&zip64, "ends with a ZIP archive");
+        }
         // A record whose comment would run past the end: ZIP readers extract the archive all the same.
         let mut overlong = DICOM.to_vec();
         overlong.extend_from_slice(&directory);

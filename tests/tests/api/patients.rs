@@ -452,3 +452,46 @@ async fn medical_images_on_sqlite() {
 async fn medical_images_on_postgres() {
     medical_images(Backend::Postgres).await;
 }
+
+/// An upload whose caller stops waiting while the service stores it is stored whole (the bytes
+/// and their record), never left as bytes without a record that a deletion or an erasure would
+/// find.
+#[tokio::test]
+async fn an_upload_the_caller_stops_waiting_for_is_stored_whole() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Clínica Paciente", "professional").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    let picture = png(400, 200);
+    let path = format!("/v1/health/patients/{patient}/images");
+    let mut lock = app.hold_health_writes().await;
+    let response = app
+        .client
+        .post(app.url(&path))
+        .bearer_auth(&key)
+        .header("content-type", "image/png")
+        .header("grpc-timeout", "300m")
+        .body(picture.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504, "the service waits for its database");
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    let mut images = Vec::new();
+    for _ in 0..100 {
+        let listed: Value = app.get(&path, &key).await.json().await.unwrap();
+        images = listed["images"].as_array().cloned().unwrap_or_default();
+        if !images.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(images.len(), 1, "the upload finished after its caller left");
+    let id = images[0]["id"].as_str().unwrap();
+    let stored = app.get(&format!("{path}/{id}"), &key).await;
+    assert_eq!(stored.status(), 200);
+    assert_eq!(stored.bytes().await.unwrap().to_vec(), picture);
+    assert_eq!(app.get(&format!("{path}/{id}/thumbnail"), &key).await.status(), 200);
+    app.stop().await;
+}

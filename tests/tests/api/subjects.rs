@@ -117,7 +117,7 @@ async fn access_erasure_and_reviews(backend: Backend) {
     // The earlier access request's bundle went with the data it copied.
     let governance = outcome_of(&erasure, "ai-governance");
     assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 1), "{erasure}");
-    assert_eq!(governance["retained"][0]["kind"], "reviews", "what it keeps, and why: {erasure}");
+    assert_eq!(governance["retained"], json!([]), "no reviews yet, nothing kept: {erasure}");
     let response =
         app.get(&format!("/v1/governance/subject-requests/{}/export", access["id"].as_str().unwrap()), &key).await;
     let problem = assert_problem(response, 404).await;
@@ -291,6 +291,10 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let mut statuses: Vec<u16> = asks.iter().map(|response| response.status().as_u16()).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409, 409, 409]);
+    // With reviews held, an erasure says it keeps them, and why.
+    let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
+    let governance = outcome_of(&erasure, "ai-governance");
+    assert_eq!(governance["retained"][0]["kind"], "reviews", "what it keeps, and why: {erasure}");
 
     let malformed = app.get("/v1/governance/subject-requests/not-a-uuid", &key).await;
     assert_eq!(assert_problem(malformed, 400).await["field"], "id");
