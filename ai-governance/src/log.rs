@@ -263,7 +263,18 @@ impl LogStore {
     /// The checkpoints signed for `tenant_id` at sizes above `after`, in size order, at most
     /// `limit` of them.
     pub async fn checkpoints(&self, tenant_id: &str, after: u64, limit: u32) -> Result<Vec<SignedCheckpoint>, Error> {
-        let rows = sqlx::query(
+        let rows = self.checkpoint_rows(tenant_id, after, limit).await?;
+        Ok(rows.iter().map(|row| checkpoint_from(tenant_id, row)).collect::<Result<_, _>>()?)
+    }
+
+    /// The rows of [`LogStore::checkpoints`], as stored.
+    async fn checkpoint_rows(
+        &self,
+        tenant_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<sqlx::any::AnyRow>, StoreError> {
+        sqlx::query(
             "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
              WHERE tenant_id = $1 AND tree_size > $2 ORDER BY tree_size LIMIT $3",
         )
@@ -272,8 +283,7 @@ impl LogStore {
         .bind(i64::from(limit))
         .fetch_all(self.database.pool())
         .await
-        .map_err(StoreError::from)?;
-        Ok(rows.iter().map(|row| checkpoint_from(tenant_id, row)).collect::<Result<_, _>>()?)
+        .map_err(StoreError::from)
     }
 
     /// The entry at `index` with its inclusion proof against the latest checkpoint.
@@ -412,15 +422,7 @@ impl LogStore {
         // Entries and their hashes changed together: the checkpoints signed along the way tell
         // which batch the first change is in.
         // Rows that do not parse or whose signature fails are no evidence either way.
-        let rows = sqlx::query(
-            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
-             WHERE tenant_id = $1 AND tree_size <= $2 ORDER BY tree_size",
-        )
-        .bind(tenant_id)
-        .bind(i64::try_from(size).unwrap_or(i64::MAX))
-        .fetch_all(self.database.pool())
-        .await
-        .map_err(StoreError::from)?;
+        let rows = self.checkpoint_rows(tenant_id, 0, u32::MAX).await?;
         let public_key = self.signer.public_key();
         let signed: Vec<SignedCheckpoint> = rows
             .iter()
