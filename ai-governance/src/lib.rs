@@ -3,8 +3,9 @@
 //! inventory, served over gRPC (`aigronova.governance.v1.AuditLog`, `ModelInventory`).
 //!
 //! [`AiGovernanceService::build`] connects the database, runs the migrations, loads the
-//! checkpoint signing key and binds the listener; [`AiGovernanceService::run_until_stopped`]
-//! serves until the shutdown signal.
+//! checkpoint signing key and the master key that wraps the tenants' data keys (which seal the
+//! data-subject requests' personal data) and binds the listener;
+//! [`AiGovernanceService::run_until_stopped`] serves until the shutdown signal.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ use aigronova_platform::{
     Shutdown,
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, Validate},
+    crypto::TenantKeys,
     grpc::GrpcListener,
     storage::{Backend, Database},
 };
@@ -72,6 +74,12 @@ pub struct Config {
     pub signing_key: Option<String>,
     /// File holding the signing key; created with a new key (mode 0600) when missing.
     pub signing_key_file: PathBuf,
+    /// The master key that wraps the tenants' data keys, which seal the data-subject requests'
+    /// bundles and corrections, base64 32 bytes (a secret; in production from a Secret, or
+    /// replaced by a KMS). When unset, `master_key_file` is used.
+    pub master_key: Option<String>,
+    /// File holding the master key; created with a new key (mode 0600) when missing.
+    pub master_key_file: PathBuf,
     /// The services that hold personal data, by name, and their gRPC URLs: data-subject
     /// requests are fanned out to each one's `DataSubject` RPCs. `aigronova up` fills it.
     pub data_subject_services: BTreeMap<String, String>,
@@ -84,6 +92,8 @@ impl std::fmt::Debug for Config {
             .field("database_url", &self.database_url)
             .field("signing_key", &self.signing_key.as_ref().map(|_| "[redacted]"))
             .field("signing_key_file", &self.signing_key_file)
+            .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
+            .field("master_key_file", &self.master_key_file)
             .field("data_subject_services", &self.data_subject_services)
             .finish()
     }
@@ -96,6 +106,8 @@ impl Default for Config {
             database_url: "sqlite://data/ai-governance.db".into(),
             signing_key: None,
             signing_key_file: PathBuf::from("data/ai-governance-checkpoint.key"),
+            master_key: None,
+            master_key_file: PathBuf::from("data/ai-governance-master.key"),
             data_subject_services: BTreeMap::new(),
         }
     }
@@ -109,6 +121,9 @@ impl Validate for Config {
         if let Some(key) = &self.signing_key {
             CheckpointSigner::from_base64(key)
                 .map_err(|_| ConfigError("ai_governance.signing_key is not a base64 32-byte Ed25519 seed".into()))?;
+        }
+        if let Some(key) = &self.master_key {
+            aigronova_platform::crypto::decode_master_key(key, "ai_governance.master_key")?;
         }
         for (name, url) in &self.data_subject_services {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -127,14 +142,15 @@ pub struct AiGovernanceService {
     listener: GrpcListener,
     database: Database,
     log: Arc<LogStore>,
+    keys: Arc<TenantKeys>,
     verifier: TokenVerifier,
     service_signer: Option<TokenSigner>,
     data_subject_services: BTreeMap<String, String>,
 }
 
 impl AiGovernanceService {
-    /// Connects the database (running the migrations), loads or creates the signing key and
-    /// binds `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
+    /// Connects the database (running the migrations), loads or creates the signing key and the
+    /// master key and binds `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
     /// `verifier` checks the gateway's tokens; `service_signer` is the domain services' key:
     /// its public half admits their audit events, model registrations and summaries, and it
     /// signs the data-subject calls to them. Without it those are refused.
@@ -153,6 +169,12 @@ impl AiGovernanceService {
         let database = Database::connect(&config.database_url, &MIGRATOR)
             .await
             .context("cannot open the ai-governance database")?;
+        let master = aigronova_platform::crypto::master_key(
+            config.master_key.as_deref(),
+            &config.master_key_file,
+            "ai_governance.master_key",
+        )?;
+        let keys = Arc::new(TenantKeys::new(database.clone(), master));
         let listener = GrpcListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
@@ -162,7 +184,7 @@ impl AiGovernanceService {
         }
         let log = Arc::new(LogStore::new(database.clone(), signer));
         let data_subject_services = config.data_subject_services.clone();
-        Ok(Self { listener, database, log, verifier, service_signer, data_subject_services })
+        Ok(Self { listener, database, log, keys, verifier, service_signer, data_subject_services })
     }
 
     /// The address the listener is bound to.
@@ -190,7 +212,7 @@ impl AiGovernanceService {
         let services = SubjectServices::new(&self.data_subject_services, self.service_signer)?;
         let inventory = Inventory::new(self.database.clone());
         let monitoring = MonitoringStore::new(self.database.clone());
-        let subjects = Arc::new(SubjectStore::new(self.database.clone(), services, self.log.clone()));
+        let subjects = Arc::new(SubjectStore::new(self.database.clone(), self.keys, services, self.log.clone()));
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
             .add_service(ModelInventoryServer::with_interceptor(
@@ -231,5 +253,11 @@ mod tests {
         assert!(
             !format!("{:?}", Config { signing_key: Some("c2VjcmV0".into()), ..Config::default() }).contains("c2VjcmV0")
         );
+        let bad = Config { master_key: Some("short".into()), ..Config::default() };
+        assert!(bad.validate().is_err());
+        let master_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let good = Config { master_key: Some(master_key.into()), ..Config::default() };
+        assert!(good.validate().is_ok());
+        assert!(!format!("{good:?}").contains(master_key));
     }
 }

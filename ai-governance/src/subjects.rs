@@ -1,6 +1,9 @@
 //! LGPD data-subject requests (Art. 18) fanned out to every service's `DataSubject` RPCs and
 //! tracked against the 15-day deadline (Art. 19), and the review queue of automated decisions
-//! (Art. 20). The CPF of a request is used while the request is processed and never stored.
+//! (Art. 20). The CPF of a request is used while the request is processed and never stored; the
+//! personal data a request keeps (an access or portability bundle, a correction's details and
+//! resolution) is sealed with the tenant's data key (`platform::crypto`), bound to its tenant,
+//! request and column.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -8,6 +11,7 @@ use aigronova_platform::{
     Error,
     auth::{self, Caller, TokenSigner},
     cpf::Cpf,
+    crypto::{TenantCipher, TenantKeys, is_sealed},
     storage::{Database, StoreError},
     subject::{self, SUBJECT_SCOPE},
 };
@@ -222,10 +226,11 @@ fn subject_digest(prefix: &str, cpf: &Cpf) -> String {
 
 /// Deletes, as part of erasure request `erasure`, what the tenant's earlier requests about `cpf`
 /// hold of the subject: bundles (found by digest, or, kept before digests were, by the CPF they
-/// contain) and corrections' details and resolutions; an open correction is closed, as there is
-/// nothing left to correct. Returns how many requests it cleared.
+/// contain, opened with `cipher` when sealed) and corrections' details and resolutions; an open
+/// correction is closed, as there is nothing left to correct. Returns how many requests it cleared.
 async fn erase_held(
     connection: &mut AnyConnection,
+    cipher: &TenantCipher,
     tenant_id: &str,
     cpf: &Cpf,
     erasure: &str,
@@ -250,7 +255,10 @@ async fn erase_held(
             Some(digest) => {
                 digest == subject_digest(&format!("{secret}:{id}"), cpf) || digest == subject_digest(&id, cpf)
             }
-            None => export.is_some_and(|export| export.contains(&quoted)),
+            None => match export {
+                Some(export) => unseal(cipher, &Column::Export.context(tenant_id, &id), export)?.contains(&quoted),
+                None => false,
+            },
         };
         if !about_subject {
             continue;
@@ -285,10 +293,55 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// A column of `subject_requests` that holds the subject's personal data, sealed.
+#[derive(Clone, Copy, Debug)]
+enum Column {
+    /// An access or portability bundle.
+    Export,
+    /// What a correction asks for.
+    Details,
+    /// How a person handled a correction.
+    Resolution,
+}
+
+impl Column {
+    /// What a value of this column of request `id` of `tenant_id` is sealed for: moved to another
+    /// column, request or tenant, it does not open.
+    fn context(self, tenant_id: &str, id: &str) -> String {
+        let column = match self {
+            Self::Export => "export",
+            Self::Details => "details",
+            Self::Resolution => "resolution",
+        };
+        format!("subject_requests.{column}:{tenant_id}:{id}")
+    }
+}
+
+/// `value` sealed for `context` with the tenant's data key. An empty value stays empty: there is
+/// nothing in it to hide, and an erasure empties `details` likewise.
+fn seal(cipher: &TenantCipher, context: &str, value: &str) -> String {
+    if value.is_empty() {
+        return String::new();
+    }
+    cipher.seal(context, value)
+}
+
+/// `stored`, read from the place `context` names, opened with the tenant's data key; a value
+/// stored in clear before values were sealed comes back as it is. A sealed value that does not open
+/// (another key, or moved from elsewhere) is corrupt data, never an empty answer.
+fn unseal(cipher: &TenantCipher, context: &str, stored: String) -> Result<String, StoreError> {
+    if !is_sealed(&stored) {
+        return Ok(stored);
+    }
+    cipher.open(context, &stored).map_err(|error| StoreError::Corrupt(format!("{context}: {error}")))
+}
+
 /// Requests and reviews over the governance database, with the log they are audited in.
 #[derive(Debug)]
 pub struct SubjectStore {
     database: Database,
+    /// The tenants' data keys, which seal bundles, details and resolutions.
+    keys: Arc<TenantKeys>,
     services: SubjectServices,
     log: Arc<LogStore>,
     /// A lock per subject being processed (see [`SubjectStore::open`]).
@@ -309,8 +362,15 @@ struct NewRequest<'a> {
 }
 
 impl SubjectStore {
-    pub fn new(database: Database, services: SubjectServices, log: Arc<LogStore>) -> Self {
-        Self { database, services, log, locks: std::sync::Mutex::default(), lock_secret: tokio::sync::OnceCell::new() }
+    pub fn new(database: Database, keys: Arc<TenantKeys>, services: SubjectServices, log: Arc<LogStore>) -> Self {
+        Self {
+            database,
+            keys,
+            services,
+            log,
+            locks: std::sync::Mutex::default(),
+            lock_secret: tokio::sync::OnceCell::new(),
+        }
     }
 
     /// Opens a request, fans it out (corrections wait for a person), stores and audits it. An
@@ -390,6 +450,9 @@ impl SubjectStore {
         kind: Kind,
         details: &str,
     ) -> Result<StoredRequest, Error> {
+        // Before any service is asked: a tenant's data key that does not unwrap stops the request
+        // here. Made now if the tenant has none, outside the transaction that stores the request.
+        let cipher = self.keys.cipher(&caller.tenant_id).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let created = Utc::now();
         let (export, outcomes) = match kind {
@@ -416,13 +479,14 @@ impl SubjectStore {
         let secret = self.lock_secret().await?;
         let digest = holds_data.then(|| subject_digest(&format!("{secret}:{id}"), cpf));
         let new = NewRequest { id: &id, kind, details, created, export: export.as_deref(), digest: digest.as_deref() };
-        let stored = match self.store_request(caller, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await {
+        let first = self.store_request(caller, &cipher, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await;
+        let stored = match first {
             Err(error) if kind == Kind::Erasure => {
                 // The services have erased: the request is recorded whatever happens here.
                 let mut outcomes = outcomes;
                 let note = "earlier requests not erased".to_owned();
                 outcomes.push(outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note));
-                match self.store_request(caller, cpf, &new, outcomes, false).await {
+                match self.store_request(caller, &cipher, cpf, &new, outcomes, false).await {
                     // The first attempt committed after all, though it reported a failure.
                     Err(Error::Store(again)) if again.is_unique_violation() => {
                         tracing::warn!(%error, request = %id, "an erasure's record committed though its commit failed");
@@ -445,11 +509,13 @@ impl SubjectStore {
         stored
     }
 
-    /// Stores request `new` with `outcomes`; with `erase`, in the same transaction, deletes what
-    /// the tenant's earlier requests hold of the subject, as one more outcome.
+    /// Stores request `new` with `outcomes`, its bundle and details sealed with `cipher`; with
+    /// `erase`, in the same transaction, deletes what the tenant's earlier requests hold of the
+    /// subject, as one more outcome.
     async fn store_request(
         &self,
         caller: &Caller,
+        cipher: &TenantCipher,
         cpf: &Cpf,
         new: &NewRequest<'_>,
         mut outcomes: Vec<Outcome>,
@@ -458,7 +524,7 @@ impl SubjectStore {
         let mut transaction = self.database.begin_write().await?;
         if erase {
             let secret = self.lock_secret().await?;
-            let erased = erase_held(&mut transaction, &caller.tenant_id, cpf, new.id, secret).await?;
+            let erased = erase_held(&mut transaction, cipher, &caller.tenant_id, cpf, new.id, secret).await?;
             let reviews: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE tenant_id = $1")
                 .bind(&caller.tenant_id)
                 .fetch_one(&mut *transaction)
@@ -498,20 +564,22 @@ impl SubjectStore {
             outcomes,
             resolution: String::new(),
         };
+        let tenant_id = caller.tenant_id.as_str();
+        let export = new.export.map(|export| seal(cipher, &Column::Export.context(tenant_id, new.id), export));
         sqlx::query(
             "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, completed_at, \
              outcomes, export, subject_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
-        .bind(&caller.tenant_id)
+        .bind(tenant_id)
         .bind(&request.id)
         .bind(&request.kind)
         .bind(&request.status)
-        .bind(&request.details)
+        .bind(seal(cipher, &Column::Details.context(tenant_id, new.id), new.details))
         .bind(&request.deadline)
         .bind(&request.created_at)
         .bind(&request.completed_at)
         .bind(serde_json::to_string(&request.outcomes).expect("outcomes serialise"))
-        .bind(new.export)
+        .bind(export)
         .bind(new.digest)
         .execute(&mut *transaction)
         .await
@@ -590,12 +658,32 @@ impl SubjectStore {
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| Error::NotFound("subject request".into()))?;
-        Ok(request_from(&row)?)
+        let mut request = request_from(&row)?;
+        self.unseal_requests(tenant_id, std::slice::from_mut(&mut request)).await?;
+        Ok(request)
+    }
+
+    /// Opens the sealed details and resolutions of `requests` of `tenant_id` in place. The
+    /// tenant's data key is asked for only when a value is sealed, so that reading requests
+    /// stored in clear makes no key.
+    async fn unseal_requests(&self, tenant_id: &str, requests: &mut [StoredRequest]) -> Result<(), Error> {
+        if !requests.iter().any(|request| is_sealed(&request.details) || is_sealed(&request.resolution)) {
+            return Ok(());
+        }
+        let cipher = self.keys.cipher(tenant_id).await?;
+        for request in requests {
+            let details = std::mem::take(&mut request.details);
+            request.details = unseal(&cipher, &Column::Details.context(tenant_id, &request.id), details)?;
+            let resolution = std::mem::take(&mut request.resolution);
+            request.resolution = unseal(&cipher, &Column::Resolution.context(tenant_id, &request.id), resolution)?;
+        }
+        Ok(())
     }
 
     /// Completes open correction `id` of the caller's tenant with how a person handled it, and
     /// audits that.
     pub async fn complete(&self, caller: &Caller, id: &str, resolution: &str) -> Result<Completion, Error> {
+        let cipher = self.keys.cipher(&caller.tenant_id).await?;
         let completed = self
             .database
             .execute_write(
@@ -606,7 +694,7 @@ impl SubjectStore {
                 .bind(caller.tenant_id.clone())
                 .bind(id.to_owned())
                 .bind(now())
-                .bind(resolution.to_owned()),
+                .bind(seal(&cipher, &Column::Resolution.context(&caller.tenant_id, id), resolution)),
             )
             .await?;
         let request = self.get(&caller.tenant_id, id).await?;
@@ -629,12 +717,14 @@ impl SubjectStore {
         .fetch_all(self.database.pool())
         .await
         .map_err(StoreError::from)?;
-        let requests = rows.iter().map(request_from).collect::<Result<Vec<_>, _>>()?;
-        Ok(requests.into_iter().filter(|request| !overdue || request.overdue()).collect())
+        let mut requests = rows.iter().map(request_from).collect::<Result<Vec<_>, _>>()?;
+        requests.retain(|request| !overdue || request.overdue());
+        self.unseal_requests(tenant_id, &mut requests).await?;
+        Ok(requests)
     }
 
-    /// The export bundle of an access or portability request, unless an erasure of its subject
-    /// has deleted it since.
+    /// The export bundle of an access or portability request, opened with the tenant's data key,
+    /// unless an erasure of its subject has deleted it since.
     /// A download is a read of the subject's personal data, audited in the tenant's log.
     pub async fn export(&self, caller: &Caller, id: &str) -> Result<String, Error> {
         let row = sqlx::query("SELECT export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
@@ -645,6 +735,13 @@ impl SubjectStore {
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound("subject request".into()))?;
         if let Some(export) = row.try_get::<Option<String>, _>("export").map_err(StoreError::from)? {
+            // The tenant's data key is asked for only when the bundle is sealed: a read makes no key.
+            let export = if is_sealed(&export) {
+                let cipher = self.keys.cipher(&caller.tenant_id).await?;
+                unseal(&cipher, &Column::Export.context(&caller.tenant_id, id), export)?
+            } else {
+                export
+            };
             let subject = format!("subject-request:{id}");
             let details = serde_json::json!({"fields": ["export"]});
             self.audit(caller, "sensitive_read", "governance.GetSubjectExport", &subject, details).await?;
@@ -832,4 +929,38 @@ pub fn retained_messages(outcome: &Outcome) -> Vec<RetainedRecord> {
         .iter()
         .map(|(kind, reason)| RetainedRecord { kind: kind.clone(), reason: reason.clone() })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use aigronova_platform::crypto::LocalMasterKey;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_sealed_value_opens_only_in_its_place_and_one_stored_in_clear_reads_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let keys = TenantKeys::new(database, Arc::new(LocalMasterKey::from_bytes(&[7; 32])));
+        let cipher = keys.cipher("tenant-a").await.unwrap();
+        let bundle = r#"{"services":{"healthquantum":{"patients":[{"name":"Maria Silva"}]}}}"#;
+        let here = Column::Export.context("tenant-a", "request-1");
+        let sealed = seal(&cipher, &here, bundle);
+        assert!(is_sealed(&sealed) && !sealed.contains("Maria"), "{sealed}");
+        assert_eq!(unseal(&cipher, &here, sealed.clone()).unwrap(), bundle);
+        for elsewhere in [
+            Column::Export.context("tenant-a", "request-2"),
+            Column::Details.context("tenant-a", "request-1"),
+            Column::Export.context("tenant-b", "request-1"),
+        ] {
+            let opened = unseal(&cipher, &elsewhere, sealed.clone());
+            assert!(matches!(opened, Err(StoreError::Corrupt(_))), "{elsewhere}: {opened:?}");
+        }
+        for clear in [bundle, "v1: the street is Rua A", "the birth date is 1980-03-01", ""] {
+            assert!(!is_sealed(clear), "{clear}");
+            assert_eq!(unseal(&cipher, &here, clear.to_owned()).unwrap(), clear);
+        }
+        assert_eq!(seal(&cipher, &here, ""), "");
+    }
 }

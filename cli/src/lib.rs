@@ -82,7 +82,7 @@ enum Command {
     },
     /// Print new keys as configuration variables: the gateway's internal token key pair, the
     /// services' key, ai-governance's checkpoint signing key, and the master keys of
-    /// healthquantum and finquantum.
+    /// healthquantum, finquantum and ai-governance.
     Keygen,
     /// Audit log tools.
     Audit {
@@ -181,6 +181,11 @@ impl AppConfig {
             &mut self.ai_governance.signing_key_file,
             &governance.signing_key_file,
             data_dir.join("ai-governance-checkpoint.key"),
+        );
+        unless_set(
+            &mut self.ai_governance.master_key_file,
+            &governance.master_key_file,
+            data_dir.join("ai-governance-master.key"),
         );
         self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         self
@@ -281,6 +286,7 @@ pub fn main(cli: Cli) -> ExitCode {
         println!("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}", checkpoints.to_base64());
         println!("AIGRONOVA__HEALTHQUANTUM__MASTER_KEY={}", TokenSigner::generate().to_base64());
         println!("AIGRONOVA__FINQUANTUM__MASTER_KEY={}", TokenSigner::generate().to_base64());
+        println!("AIGRONOVA__AI_GOVERNANCE__MASTER_KEY={}", TokenSigner::generate().to_base64());
         return ExitCode::SUCCESS;
     }
     if let Command::Audit { command } = &cli.command {
@@ -470,6 +476,7 @@ mod tests {
         let embedded = AppConfig::default().embedded(addr, data_dir);
         assert_eq!(embedded.gateway.database_url, "sqlite:///srv/aigronova/gateway.db");
         assert_eq!(embedded.healthquantum.master_key_file, data_dir.join("healthquantum-master.key"));
+        assert_eq!(embedded.ai_governance.master_key_file, data_dir.join("ai-governance-master.key"));
 
         let mut configured = AppConfig::default();
         configured.gateway.database_url = "postgres://gw@db/gateway".into();

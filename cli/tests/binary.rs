@@ -263,6 +263,7 @@ fn a_service_served_alone_answers_metrics_on_its_own_port() {
         .env("AIGRONOVA__AI_GOVERNANCE__GRPC_ADDR", "127.0.0.1:0")
         .env("AIGRONOVA__AI_GOVERNANCE__DATABASE_URL", format!("sqlite://{}", data.path().join("g.db").display()))
         .env("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY_FILE", data.path().join("checkpoint.key"))
+        .env("AIGRONOVA__AI_GOVERNANCE__MASTER_KEY_FILE", data.path().join("master.key"))
         .env("AIGRONOVA__TELEMETRY__METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -289,4 +290,5 @@ fn a_service_served_alone_answers_metrics_on_its_own_port() {
     assert_eq!((metrics.as_u16(), other.as_u16()), (200, 404));
     assert!(status.success(), "serve ai-governance exits cleanly on SIGINT: {status}");
     assert!(data.path().join("checkpoint.key").exists(), "the checkpoint key file is created");
+    assert!(data.path().join("master.key").exists(), "the master key file is created");
 }

@@ -61,7 +61,7 @@ CHECK_VALUES = {
     "services": {"finquantum": {"institutions": {"banco-exemplo": "https://api.banco-exemplo.example"}}},
 }
 # The services the binary serves, with their gRPC ports and whether they hold a master key.
-SERVICES = {"healthquantum": (50061, True), "finquantum": (50063, True), "ai-governance": (50070, False)}
+SERVICES = {"healthquantum": (50061, True), "finquantum": (50063, True), "ai-governance": (50070, True)}
 
 results: list[tuple[str, bool, str]] = []
 

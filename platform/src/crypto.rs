@@ -118,6 +118,12 @@ impl KeyWrapper for LocalMasterKey {
 /// What a sealed object starts with, so that objects stored in clear before can still be read.
 pub const SEALED_OBJECT: &[u8] = b"aigronova-sealed-v1\0";
 
+/// Whether `stored` has the form [`TenantCipher::seal`] gives (`v1:` and base64), as opposed to a
+/// value stored in clear.
+pub fn is_sealed(stored: &str) -> bool {
+    stored.strip_prefix(SEALED_PREFIX).is_some_and(|encoded| !encoded.is_empty() && STANDARD.decode(encoded).is_ok())
+}
+
 /// One tenant's data key: seals and opens values, and computes blind indexes.
 pub struct TenantCipher {
     key: LessSafeKey,

@@ -37,6 +37,25 @@ pub fn unique_redis_prefix() -> String {
     format!("e2e:{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// A loopback port that nothing listens on now, for a service a test starts later. It lies below the
+/// kernel's range for ephemeral ports, so the servers the test starts on port 0 in the meantime cannot
+/// take it.
+pub fn port_to_start_later() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start.max(10_001));
+    // A random start, so that tests running at once do not walk the same ports.
+    let start = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let span = u64::from(high - low);
+    (0..span)
+        .map(|step| low + ((start + step) % span) as u16)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("no free loopback port below the ephemeral range")
+}
+
 /// The repository's `models/` folder.
 pub fn models_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))

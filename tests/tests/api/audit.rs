@@ -157,7 +157,7 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies_on_postgres(
 /// the client could do nothing about.
 #[tokio::test]
 async fn a_service_refusing_the_gateways_token_is_a_502() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = aigronova_e2e::port_to_start_later();
     let mut started_with = None;
     let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
         config.audit.governance_url = Some(format!("http://127.0.0.1:{port}"));
@@ -192,7 +192,7 @@ async fn a_service_refusing_the_gateways_token_is_a_502() {
 
 #[tokio::test]
 async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_once() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = aigronova_e2e::port_to_start_later();
     let mut started_with = None;
     let mut app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
         // ai-governance runs elsewhere, and is not running yet.

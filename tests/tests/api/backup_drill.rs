@@ -230,12 +230,17 @@ async fn latest_checkpoint(governance_url: &str, tenant: &str) -> (u64, String) 
 async fn a_backup_restores_every_row_after_the_databases_are_dropped() {
     let mut phases = Phases::start();
     // The installation's keys (secrets in production) outlive its databases: the checkpoint key,
-    // and healthquantum's master key, without which the restored personal data does not open.
+    // and healthquantum's and ai-governance's master keys, without which the restored personal
+    // data does not open.
     let checkpoint_key = CheckpointSigner::generate();
-    let master_key = base64::engine::general_purpose::STANDARD
-        .encode([uuid::Uuid::new_v4().into_bytes(), uuid::Uuid::new_v4().into_bytes()].concat());
+    let new_master_key = || {
+        base64::engine::general_purpose::STANDARD
+            .encode([uuid::Uuid::new_v4().into_bytes(), uuid::Uuid::new_v4().into_bytes()].concat())
+    };
+    let (master_key, governance_master_key) = (new_master_key(), new_master_key());
     let app = spawn_app_with(Backend::Postgres, |config| {
         config.ai_governance.signing_key = Some(checkpoint_key.to_base64());
+        config.ai_governance.master_key = Some(governance_master_key.clone());
         config.healthquantum.master_key = Some(master_key.clone());
     })
     .await;
@@ -335,6 +340,7 @@ async fn a_backup_restores_every_row_after_the_databases_are_dropped() {
         config.healthquantum.database_url = health_url.clone();
         config.ai_governance.database_url = governance_url.clone();
         config.ai_governance.signing_key = Some(checkpoint_key.to_base64());
+        config.ai_governance.master_key = Some(governance_master_key.clone());
         config.healthquantum.master_key = Some(master_key.clone());
     })
     .await;

@@ -1,12 +1,13 @@
 //! LGPD through the gateway: an access request gathers the patient's data from every service, an
-//! erasure leaves nothing personal, requests are tracked against their deadline, and automated
-//! decisions go to a review queue.
+//! erasure leaves nothing personal, requests are tracked against their deadline, what they keep of
+//! the subject is sealed in ai-governance's database, and automated decisions go to a review queue.
 
 use std::time::Duration;
 
 use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use sqlx::{Connection, Row};
 
 const CPF: &str = "529.982.247-25";
 const SCOPES: &[&str] = &["health:read", "health:write", "governance:read", "governance:write", "governance:review"];
@@ -319,4 +320,106 @@ async fn access_erasure_and_reviews_on_sqlite() {
 #[tokio::test]
 async fn access_erasure_and_reviews_on_postgres() {
     access_erasure_and_reviews(Backend::Postgres).await;
+}
+
+/// Bundles, corrections' details and resolutions are the subject's personal data: ai-governance
+/// keeps them sealed with the tenant's data key, each bound to its request and column. Values an
+/// earlier version stored in clear still read, and a sealed bundle copied onto another request does
+/// not open there: a 500, never an empty bundle.
+async fn sealed_at_rest(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant_on("Hospital Sigilo", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    app.create_patient(&key).await;
+    let access = open(&app, &key, json!({"cpf": CPF, "kind": "access"})).await;
+    let portability = open(&app, &key, json!({"cpf": CPF, "kind": "portability"})).await;
+    let details = "Maria Silva: the birth date is 1980-03-01";
+    let correction = open(&app, &key, json!({"cpf": CPF, "kind": "correction", "details": details})).await;
+    let (access, portability, correction) =
+        (access["id"].as_str().unwrap(), portability["id"].as_str().unwrap(), correction["id"].as_str().unwrap());
+    let resolution = "Maria Silva's birth date corrected in healthquantum";
+    let completion = format!("/v1/governance/subject-requests/{correction}/completion");
+    assert_eq!(app.post(&completion, &key, &json!({"resolution": resolution})).await.status(), 200);
+
+    // The database holds none of it in clear.
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&app.governance_database_url).await.unwrap();
+    let rows =
+        sqlx::query("SELECT export, details, resolution FROM subject_requests").fetch_all(&mut raw).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    let mut sealed = 0;
+    for row in &rows {
+        let columns: Vec<String> = ["export", "details", "resolution"]
+            .iter()
+            .map(|column| row.try_get::<Option<String>, _>(*column).unwrap().unwrap_or_default())
+            .collect();
+        let all = columns.join("|");
+        for secret in ["Maria", "52998224725", "529.982.247-25", "1980-02-29", "1980-03-01", "healthquantum"] {
+            assert!(!all.contains(secret), "{secret:?} is stored in clear: {all}");
+        }
+        for column in columns.iter().filter(|column| !column.is_empty()) {
+            assert!(column.starts_with("v1:"), "sealed: {column}");
+            sealed += 1;
+        }
+    }
+    assert_eq!(sealed, 4, "two bundles, a correction's details and its resolution");
+    raw.close().await.unwrap();
+
+    // Through the API, they read as they were written.
+    let bundle = export(&app, &key, access).await;
+    assert_eq!(bundle["services"]["healthquantum"]["patients"][0]["name"], "Maria Silva", "{bundle}");
+    let path = format!("/v1/governance/subject-requests/{correction}");
+    let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!((fetched["details"].as_str(), fetched["resolution"].as_str()), (Some(details), Some(resolution)));
+    let listed: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
+    let shown = listed["requests"].as_array().unwrap().iter().find(|request| request["id"] == correction).unwrap();
+    assert_eq!(shown["details"], details, "listed: {shown}");
+
+    // A sealed bundle copied onto another request is refused there, not served or emptied.
+    let copied = app
+        .execute_on_governance(&format!(
+            "UPDATE subject_requests SET export = (SELECT export FROM subject_requests WHERE id = '{access}') \
+             WHERE id = '{portability}'"
+        ))
+        .await;
+    assert_eq!(copied, 1);
+    let response = app.get(&format!("/v1/governance/subject-requests/{portability}/export"), &key).await;
+    assert_problem(response, 500).await;
+
+    // Values an earlier version stored in clear read as they are, even text that starts like a
+    // sealed value; an erasure still finds a bundle kept before digests by the CPF it holds.
+    let legacy = r#"{"requestId":"earlier","services":{"healthquantum":{"patients":[{"cpf":"52998224725"}]}}}"#;
+    let rewritten = app
+        .execute_on_governance(&format!(
+            "UPDATE subject_requests SET export = '{legacy}', subject_digest = NULL WHERE id = '{portability}'"
+        ))
+        .await;
+    assert_eq!(rewritten, 1);
+    assert_eq!(export(&app, &key, portability).await, serde_json::from_str::<Value>(legacy).unwrap());
+    let clear_details = "v1: the street is Rua A";
+    let rewritten = app
+        .execute_on_governance(&format!(
+            "UPDATE subject_requests SET details = '{clear_details}', resolution = 'fixed' WHERE id = '{correction}'"
+        ))
+        .await;
+    assert_eq!(rewritten, 1);
+    let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!((fetched["details"].as_str(), fetched["resolution"].as_str()), (Some(clear_details), Some("fixed")));
+
+    let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
+    let governance = outcome_of(&erasure, "ai-governance");
+    assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 3), "{erasure}");
+    let left = "subject_requests WHERE export IS NOT NULL OR details <> '' OR resolution IS NOT NULL";
+    assert_eq!(app.count_governance_rows(left).await, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bundles_and_corrections_are_sealed_at_rest_and_those_stored_in_clear_before_still_read_on_sqlite() {
+    sealed_at_rest(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn bundles_and_corrections_are_sealed_at_rest_and_those_stored_in_clear_before_still_read_on_postgres() {
+    sealed_at_rest(Backend::Postgres).await;
 }
