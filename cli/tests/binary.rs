@@ -1,5 +1,6 @@
 //! The `aigronova` binary as an operator runs it: `up` prints its URL and the administrator key
-//! once, answers requests, stops on SIGINT, and its logs never carry keys, tokens or personal data.
+//! once, answers requests, stops on SIGINT, and its logs never carry keys, tokens or personal data,
+//! not even typed into a URL; its access lines name the route, the key's id and the W3C trace.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -115,7 +116,7 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
         }
     }
     let url = first.url.clone();
-    let (tenant_id, tenant_key, token_fragment) = runtime.block_on(exercise(&url, &admin));
+    let Exercised { tenant_id, tenant_key, tenant_key_id, token_fragment } = runtime.block_on(exercise(&url, &admin));
     std::thread::sleep(Duration::from_millis(200));
     let (logs, stderr) = stop(first);
 
@@ -141,17 +142,46 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
         .filter(|line| line.contains("\"target\":\"access\""))
         .map(|line| serde_json::from_str(line).expect("an access line is JSON"))
         .collect();
-    assert_eq!(access.len(), 6, "one access line per request:\n{logs}");
+    assert_eq!(access.len(), 9, "one access line per request:\n{logs}");
     for line in &access {
         assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
-        assert!(line["route"].as_str().is_some_and(|route| route.starts_with("/v1/")), "{line}");
+        // The route's template, never the path, which holds whatever was typed into the URL.
+        assert!(
+            line["route"].as_str().is_some_and(|route| route.starts_with("/v1/") || route == "unmatched"),
+            "{line}"
+        );
+        assert!(line.get("path").is_none(), "{line}");
         assert!(line["status"].is_u64() && line["latency_ms"].is_f64(), "{line}");
+        let trace_id = line["trace_id"].as_str().unwrap_or_default();
+        assert!(trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()), "a W3C trace id: {line}");
     }
+    let routes_of = |status: u64| {
+        let lines = access.iter().filter(|line| line["status"] == status);
+        lines.map(|line| line["route"].as_str().unwrap()).collect::<Vec<&str>>()
+    };
+    assert_eq!(routes_of(404), ["unmatched"], "the key pasted as a path");
+    assert_eq!(routes_of(400), ["/v1/health/patients/{id}"], "the CPF typed as a patient's id");
     let tenant_calls: Vec<&Value> = access.iter().filter(|line| line["status"] == 200).collect();
-    assert_eq!(tenant_calls.len(), 2, "the patient and its assessment");
     assert!(tenant_calls.iter().all(|line| line["tenant_id"] == tenant_id.as_str()), "{tenant_calls:?}");
     let routes: Vec<&str> = tenant_calls.iter().map(|line| line["route"].as_str().unwrap()).collect();
-    assert_eq!(routes, ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments"]);
+    assert_eq!(
+        routes,
+        ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments", "/v1/health/patients/{id}"]
+    );
+    assert_eq!(tenant_calls[2]["trace_id"], CLIENT_TRACE_ID, "the trace the client's traceparent named");
+    // Authenticated lines name the key by its id, administrator keys included; the others name none.
+    for line in &access {
+        let route = line["route"].as_str().unwrap();
+        match line["status"].as_u64().unwrap() {
+            _ if route.starts_with("/v1/admin/") => {
+                let key_id = line["key_id"].as_str().unwrap_or_default();
+                assert!(!key_id.is_empty() && key_id != admin, "{line}");
+                assert!(line.get("tenant_id").is_none(), "an administrator key has no tenant: {line}");
+            }
+            200 | 400 => assert_eq!(line["key_id"], tenant_key_id.as_str(), "{line}"),
+            _ => assert!(line.get("key_id").is_none(), "not authenticated: {line}"),
+        }
+    }
 
     std::fs::remove_file(&key_file).unwrap();
     let second = start(data_dir.as_path(), None);
@@ -163,9 +193,23 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
 /// A JWT from no provider the gateway trusts: refused, and never written to the logs.
 const CLIENT_JWT: &str = "eyJhbGciOiJSUzI1NiIsImtpZCI6InRlc3QifQ.eyJzdWIiOiJtYXJpYSJ9.c2lnbmF0dXJlLXRoYXQtaXMtbm90";
 
-/// Creates a tenant, a key, a patient and an assessment, and sends a key in the wrong header and
-/// a JWT nobody trusts; returns the tenant's id, its key and the prefix of every internal token.
-async fn exercise(url: &str, admin: &str) -> (String, String, String) {
+/// The trace a client's `traceparent` names.
+const CLIENT_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+
+/// What [`exercise`] made.
+struct Exercised {
+    tenant_id: String,
+    tenant_key: String,
+    /// The key's public id, as the admin API returned it.
+    tenant_key_id: String,
+    /// The prefix of every internal token.
+    token_fragment: String,
+}
+
+/// Creates a tenant, a key, a patient and an assessment, reads the patient within a client's trace,
+/// sends a key in the wrong header, a JWT nobody trusts, a CPF typed as a patient's id and the key
+/// pasted as a path.
+async fn exercise(url: &str, admin: &str) -> Exercised {
     aigronova_gateway::install_crypto_provider();
     let client = reqwest::Client::new();
     let tenant: Value = client
@@ -189,6 +233,7 @@ async fn exercise(url: &str, admin: &str) -> (String, String, String) {
         .json()
         .await
         .unwrap();
+    let key_id = key["id"].as_str().unwrap().to_owned();
     let key = key["key"].as_str().unwrap().to_owned();
     let patient = client
         .post(format!("{url}/v1/health/patients"))
@@ -212,6 +257,19 @@ async fn exercise(url: &str, admin: &str) -> (String, String, String) {
         .await
         .unwrap();
     assert_eq!(assessed.status(), 200);
+    let read = client
+        .get(format!("{url}/v1/health/patients/{patient_id}"))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{CLIENT_TRACE_ID}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    // Whatever is typed into a URL stays out of the logs: a CPF where an id goes, a key as a path.
+    let typed = client.get(format!("{url}/v1/health/patients/529.982.247-25")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(typed.status(), 400);
+    let pasted = client.get(format!("{url}/{key}")).send().await.unwrap();
+    assert_eq!(pasted.status(), 404);
     // A refused call with the key in a wrong header must not echo it either.
     let refused = client
         .get(format!("{url}/v1/health/patients/{patient_id}"))
@@ -223,7 +281,7 @@ async fn exercise(url: &str, admin: &str) -> (String, String, String) {
     let refused =
         client.get(format!("{url}/v1/health/patients/{patient_id}")).bearer_auth(CLIENT_JWT).send().await.unwrap();
     assert_eq!(refused.status(), 401);
-    (id.to_owned(), key, "v1.ey".to_owned())
+    Exercised { tenant_id: id.to_owned(), tenant_key: key, tenant_key_id: key_id, token_fragment: "v1.ey".to_owned() }
 }
 
 #[test]

@@ -4,12 +4,35 @@
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
 
-use crate::{AppState, jwt, problem::Problem, store::Principal};
+use crate::{
+    AppState, jwt,
+    problem::Problem,
+    request_id,
+    store::{ADMIN_SCOPE, Credential, Principal},
+};
 
 /// The principal of the request's API key, or of its JWT when OIDC is configured; 401 when the
-/// credential is missing, malformed, unknown or (for a JWT) not valid.
+/// credential is missing, malformed, unknown or (for a JWT) not valid. Who it is is noted for the
+/// request's access log line.
 pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, Problem> {
+    let principal = principal_of(state, headers).await?;
+    request_id::authenticated_as(&logged_id(&principal));
+    Ok(principal)
+}
+
+/// How the access log names a principal: an API key by its public id (never its secret); a token
+/// by `jwt:` and a digest of its subject, as a provider's subject may be personal data (an e-mail)
+/// while the digest still tells one user's requests apart.
+fn logged_id(principal: &Principal) -> String {
+    match principal.credential {
+        Credential::ApiKey => principal.key_id.clone(),
+        Credential::Token => format!("jwt:{}", hex::encode(&Sha256::digest(principal.key_id.as_bytes())[..8])),
+    }
+}
+
+async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, Problem> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -34,13 +57,20 @@ fn bearer_credential(authorization: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim())
 }
 
-/// Refuses a principal that lacks `scope`.
+/// Refuses a principal that lacks `scope` with 403 and the RFC 6750 `insufficient_scope`
+/// challenge, saying which kind of credential lacks it.
 pub(crate) fn require_scope(principal: &Principal, scope: &str) -> Result<(), Problem> {
     if principal.has_scope(scope) {
-        Ok(())
-    } else {
-        Err(Problem::forbidden(format!("this API key lacks the scope {scope:?}")))
+        return Ok(());
     }
+    let detail = match principal.credential {
+        Credential::ApiKey => format!("this API key lacks the scope {scope:?}"),
+        Credential::Token if scope == ADMIN_SCOPE => {
+            format!("a token never grants the scope {scope:?}; call the admin API with an administrator API key")
+        }
+        Credential::Token => format!("this token lacks the scope {scope:?}"),
+    };
+    Err(Problem::insufficient_scope(scope, detail))
 }
 
 /// The tenant a tenant API needs; administrator keys and suspended tenants are refused.

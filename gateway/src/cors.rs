@@ -7,6 +7,19 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use serde::{Deserialize, Serialize};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+/// The methods the API's routes take: `HEAD` wherever `GET` is taken; no route takes `PUT`.
+const ALLOWED_METHODS: [Method; 5] = [Method::GET, Method::HEAD, Method::POST, Method::PATCH, Method::DELETE];
+
+/// The answer's fields a page's script may read: the request id to quote, the challenge of a 401
+/// or 403, how long to wait after a 429 or 503, and the rate limits' state.
+const EXPOSED_HEADERS: [HeaderName; 5] = [
+    HeaderName::from_static("x-request-id"),
+    header::WWW_AUTHENTICATE,
+    header::RETRY_AFTER,
+    HeaderName::from_static("ratelimit"),
+    HeaderName::from_static("ratelimit-policy"),
+];
+
 /// `[gateway.cors]`. With no origins, the gateway sends no CORS headers and browsers keep other
 /// origins out.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -54,7 +67,7 @@ impl CorsConfig {
         Some(
             CorsLayer::new()
                 .allow_origin(origins)
-                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+                .allow_methods(ALLOWED_METHODS)
                 .allow_headers([
                     header::AUTHORIZATION,
                     header::CONTENT_TYPE,
@@ -64,13 +77,32 @@ impl CorsConfig {
                     HeaderName::from_static("tracestate"),
                     HeaderName::from_static("grpc-timeout"),
                 ])
-                .expose_headers([
-                    HeaderName::from_static("x-request-id"),
-                    header::RETRY_AFTER,
-                    HeaderName::from_static("ratelimit"),
-                    HeaderName::from_static("ratelimit-policy"),
-                ])
+                .expose_headers(EXPOSED_HEADERS)
                 .max_age(Duration::from_secs(self.max_age_secs)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::DescriptorPool;
+
+    use super::*;
+    use crate::routes::RouteTable;
+
+    #[test]
+    fn the_allowed_methods_are_those_of_the_routes_and_head() {
+        let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let routes = RouteTable::from_descriptors(&pool).unwrap();
+        // The admin API's methods, beside the routes from the descriptor set.
+        let mut used = vec![Method::GET, Method::POST, Method::PATCH, Method::DELETE];
+        used.extend(routes.routes().iter().map(|route| route.http_method.clone()));
+        for method in &used {
+            assert!(ALLOWED_METHODS.contains(method), "{method} is used but not allowed");
+        }
+        for method in &ALLOWED_METHODS {
+            let taken = used.contains(method) || (*method == Method::HEAD && used.contains(&Method::GET));
+            assert!(taken, "{method} is allowed but no route takes it");
+        }
     }
 }

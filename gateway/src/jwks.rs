@@ -1,12 +1,13 @@
 //! The identity provider's signing keys (JWKS): fetched over HTTP, cached for a while, fetched again
 //! when a token names an unknown `kid` (one fetch however many requests wait for it, and not more
 //! often than a minimum interval), and kept when a fetch fails so that a provider outage does not
-//! lock every user out.
+//! lock every user out. A `kid` that is not cached while the JWKS cannot be fetched is not known to
+//! be absent: that is told apart from a `kid` the fetched JWKS does not hold.
 
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -65,6 +66,16 @@ pub(crate) enum FetchError {
     NoUsableKey,
 }
 
+/// Why [`Jwks::key`] has no key for a `kid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MissingKey {
+    /// The JWKS was fetched and does not hold the key.
+    NotPublished,
+    /// The JWKS cannot be fetched now, so the key may well be published; the next fetch may be
+    /// attempted after `retry_after`.
+    Unreachable { retry_after: Duration },
+}
+
 #[derive(serde::Deserialize)]
 struct JwksDocument {
     keys: Vec<serde_json::Value>,
@@ -88,6 +99,8 @@ pub(crate) struct Jwks {
     attempts: AtomicU64,
     /// Held during a fetch (single flight); holds the time of the last attempt.
     refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// When the last fetch failed; `None` once one succeeds.
+    failed_at: Mutex<Option<Instant>>,
     background_refresh: AtomicBool,
 }
 
@@ -107,24 +120,32 @@ impl Jwks {
             current: RwLock::new(Arc::default()),
             attempts: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(None),
+            failed_at: Mutex::new(None),
             background_refresh: AtomicBool::new(false),
         }))
     }
 
     /// The key named `kid`. A cached key is returned at once (and refreshed in the background once
     /// the cache is older than its lifetime); an unknown one costs one fetch, shared by every caller
-    /// waiting for it.
-    pub(crate) async fn key(self: &Arc<Self>, kid: &str) -> Option<Arc<VerificationKey>> {
+    /// waiting for it. Without the key, says whether the JWKS was fetched without it or could not
+    /// be fetched.
+    pub(crate) async fn key(self: &Arc<Self>, kid: &str) -> Result<Arc<VerificationKey>, MissingKey> {
         let attempts_seen = self.attempts.load(Ordering::SeqCst);
         let snapshot = self.snapshot();
         if let Some(key) = snapshot.keys.get(kid) {
             if snapshot.fetched_at.is_none_or(|at| at.elapsed() >= self.lifetime) {
                 self.refresh_in_background(attempts_seen);
             }
-            return Some(Arc::clone(key));
+            return Ok(Arc::clone(key));
         }
         self.refresh_once(attempts_seen).await;
-        self.snapshot().keys.get(kid).cloned()
+        if let Some(key) = self.snapshot().keys.get(kid) {
+            return Ok(Arc::clone(key));
+        }
+        match *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) {
+            None => Err(MissingKey::NotPublished),
+            Some(at) => Err(MissingKey::Unreachable { retry_after: self.min_interval.saturating_sub(at.elapsed()) }),
+        }
     }
 
     /// Fetches the JWKS now, unless a fetch was attempted less than the minimum interval ago.
@@ -153,10 +174,12 @@ impl Jwks {
                 tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
                 let snapshot = Arc::new(Snapshot { keys, fetched_at: Some(Instant::now()) });
                 *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
+                *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }
             Err(error) => {
                 let cached = self.snapshot().keys.len();
                 tracing::warn!(url = %self.url, %error, cached, "JWKS fetch failed; keeping the cached keys");
+                *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             }
         }
         self.attempts.fetch_add(1, Ordering::SeqCst);
@@ -267,7 +290,7 @@ mod tests {
         drop(listener);
         let jwks = Jwks::new(&url, Duration::from_secs(300), Duration::ZERO).unwrap();
         assert!(matches!(jwks.fetch().await, Err(FetchError::Request(_))));
-        assert!(jwks.key("any").await.is_none());
+        assert!(matches!(jwks.key("any").await, Err(MissingKey::Unreachable { .. })));
         assert_eq!(jwks.attempts.load(Ordering::SeqCst), 1);
     }
 

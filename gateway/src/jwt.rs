@@ -1,20 +1,23 @@
 //! JWTs from an OIDC provider as bearer credentials, beside API keys: signature checked against the
 //! provider's JWKS (RS256, ES256 or EdDSA, the algorithm bound to the key's type), `exp`, `nbf`,
 //! `iss` and `aud` checked with a small leeway, and the tenant and scopes read from configured claims.
-//! Every failure is a 401 with `WWW-Authenticate: Bearer error="invalid_token"`; tokens are never logged.
+//! A token that fails is a 401 with `WWW-Authenticate: Bearer error="invalid_token"`; one whose key is
+//! not cached while the provider's JWKS cannot be fetched is a 503 with `Retry-After`, as the token
+//! may well be good. Tokens are never logged.
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use aigronova_platform::config::{ConfigError, Validate};
+use axum::http::StatusCode;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{
-    jwks::Jwks,
+    jwks::{Jwks, MissingKey},
     problem::Problem,
-    store::{ADMIN_SCOPE, Principal, Store},
+    store::{ADMIN_SCOPE, Credential, Principal, Store},
 };
 
 /// Longest bearer token worth decoding.
@@ -148,7 +151,7 @@ pub(crate) fn looks_like_jwt(credential: &str) -> bool {
         .is_some_and(|header| header.get("alg").is_some_and(Value::is_string))
 }
 
-/// Why a token was refused; the message is the problem's detail, and says nothing of the token.
+/// Why a token was not accepted; the message is the problem's detail, and says nothing of the token.
 #[derive(Debug, thiserror::Error)]
 enum TokenError {
     #[error("the token is not a well-formed JWT")]
@@ -159,6 +162,9 @@ enum TokenError {
     MissingKeyId,
     #[error("the token's signing key is not published by the identity provider")]
     UnknownKey,
+    /// Not the token's fault: its key may be published, but the JWKS cannot be fetched to see.
+    #[error("the identity provider's signing keys cannot be fetched now, so the token cannot be checked; retry later")]
+    KeysUnreachable { retry_after: Duration },
     #[error("the token's algorithm does not match its signing key")]
     KeyMismatch,
     #[error("the token's signature is not valid")]
@@ -229,6 +235,7 @@ impl JwtAuthenticator {
         let tenant = tenant.ok_or(TokenError::UnknownTenant).map_err(refused)?;
         Ok(Principal {
             key_id: format!("jwt:{}", claims.subject),
+            credential: Credential::Token,
             tenant_id: Some(tenant.id),
             tenant_status: Some(tenant.status),
             tenant_plan: Some(tenant.plan),
@@ -250,7 +257,10 @@ impl JwtAuthenticator {
             .filter(|algorithm| SigningAlgorithm::of(*algorithm).is_some_and(|alg| self.allowed.contains(&alg)))
             .ok_or_else(|| TokenError::AlgorithmNotAccepted(self.allowed_names()))?;
         let kid = header.kid.filter(|kid| !kid.is_empty()).ok_or(TokenError::MissingKeyId)?;
-        let key = self.jwks.key(&kid).await.ok_or(TokenError::UnknownKey)?;
+        let key = self.jwks.key(&kid).await.map_err(|missing| match missing {
+            MissingKey::NotPublished => TokenError::UnknownKey,
+            MissingKey::Unreachable { retry_after } => TokenError::KeysUnreachable { retry_after },
+        })?;
         if key.kind.algorithm() != algorithm {
             return Err(TokenError::KeyMismatch);
         }
@@ -344,6 +354,11 @@ fn token_error(kind: ErrorKind) -> TokenError {
 }
 
 fn refused(error: TokenError) -> Problem {
+    if let TokenError::KeysUnreachable { retry_after } = &error {
+        // The fetch failure is logged where it happened (`jwks`).
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_retry_after(seconds.max(1));
+    }
     tracing::debug!(reason = %error, "bearer token refused");
     Problem::invalid_token(error.to_string())
 }

@@ -263,7 +263,7 @@ impl Gateway {
 }
 
 fn app(state: AppState) -> Router {
-    let resilience = state.resilience.clone();
+    let edge_state = state.clone();
     Router::new()
         .route("/healthz", get(proxy::healthz))
         .route("/readyz", get(proxy::readyz))
@@ -277,5 +277,5 @@ fn app(state: AppState) -> Router {
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state)
-        .layer(middleware::from_fn_with_state(resilience, proxy::edge))
+        .layer(middleware::from_fn_with_state(edge_state, proxy::edge))
 }

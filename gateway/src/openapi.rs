@@ -455,7 +455,8 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
     (
         "Forbidden",
         "403",
-        "The key lacks the scope, its tenant is suspended, or an administrator key called a tenant API.",
+        "The API key or token lacks the scope (`WWW-Authenticate: Bearer error=\"insufficient_scope\"` names \
+         it), its tenant is suspended, or an administrator key called a tenant API.",
         false,
     ),
     ("NotFound", "404", "No such resource.", false),
@@ -464,13 +465,19 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
     (
         "UnsupportedMediaType",
         "415",
-        "The body is declared as a media type this route does not read, or sent with a Content-Encoding other \
-         than gzip, deflate or br.",
+        "The body is declared as a media type this route does not read or in a charset other than UTF-8, or \
+         sent with a Content-Encoding other than gzip, deflate or br.",
         false,
     ),
     ("TooManyRequests", "429", "A rate limit or quota is exhausted; retry after `Retry-After` seconds.", true),
     ("InternalError", "500", "An internal error; quote the `requestId` when reporting it.", false),
-    ("Unavailable", "503", "The service is unavailable; retry after `Retry-After` seconds.", true),
+    (
+        "Unavailable",
+        "503",
+        "The service is unavailable, the gateway is at capacity, or the identity provider's keys cannot be \
+         fetched to check a token; retry after `Retry-After` seconds.",
+        true,
+    ),
     ("GatewayTimeout", "504", "The service did not answer in time.", false),
     ("Problem", "default", "Any other error, as a problem document.", false),
 ];
@@ -542,6 +549,15 @@ fn problem_responses() -> Map<String, Value> {
             if *retry_after {
                 response["headers"] = json!({
                     "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}},
+                });
+            }
+            if matches!(*name, "Unauthorized" | "Forbidden") {
+                response["headers"] = json!({
+                    "WWW-Authenticate": {
+                        "description": "The RFC 6750 challenge: `Bearer`, `Bearer error=\"invalid_token\"`, or \
+                                        `Bearer error=\"insufficient_scope\", scope=\"…\"` for a missing scope.",
+                        "schema": {"type": "string"},
+                    },
                 });
             }
             if *name == "TooManyRequests" {

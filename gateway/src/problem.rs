@@ -33,9 +33,9 @@ pub(crate) struct ProblemDocument {
     pub(crate) missing_permission: Option<String>,
     #[serde(skip)]
     pub(crate) retry_after: Option<u64>,
-    /// The `WWW-Authenticate` challenge of a 401.
+    /// The `WWW-Authenticate` challenge of a 401, or of a 403 for a missing scope.
     #[serde(skip)]
-    pub(crate) www_authenticate: Option<&'static str>,
+    pub(crate) www_authenticate: Option<String>,
 }
 
 impl Problem {
@@ -104,19 +104,27 @@ impl Problem {
     /// A 401 for a request without credentials, with the `Bearer` challenge (RFC 6750).
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         let mut problem = Self::new(StatusCode::UNAUTHORIZED, detail);
-        problem.0.www_authenticate = Some("Bearer");
+        problem.0.www_authenticate = Some("Bearer".to_owned());
         problem
     }
 
     /// A 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).
     pub fn invalid_token(detail: impl Into<String>) -> Self {
         let mut problem = Self::unauthorized(detail);
-        problem.0.www_authenticate = Some(r#"Bearer error="invalid_token""#);
+        problem.0.www_authenticate = Some(r#"Bearer error="invalid_token""#.to_owned());
         problem
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, detail)
+    }
+
+    /// A 403 for a credential without the scope a call needs, with the RFC 6750 challenge that
+    /// names it: `Bearer error="insufficient_scope", scope="health:read"`.
+    pub fn insufficient_scope(scope: &str, detail: impl Into<String>) -> Self {
+        let mut problem = Self::forbidden(detail);
+        problem.0.www_authenticate = Some(format!(r#"Bearer error="insufficient_scope", scope="{scope}""#));
+        problem
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -153,6 +161,10 @@ impl Problem {
         if status.code() == tonic::Code::Unavailable {
             problem.0.retry_after = Some(1);
         }
+        let retry_after = metadata(aigronova_platform::error::RETRY_AFTER_METADATA_KEY);
+        if let Some(seconds) = retry_after.and_then(|seconds| seconds.parse().ok()) {
+            problem.0.retry_after = Some(seconds);
+        }
         problem
     }
 }
@@ -166,15 +178,16 @@ impl IntoResponse for Problem {
         }
         let status = StatusCode::from_u16(document.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = document.retry_after;
-        let www_authenticate = document.www_authenticate;
+        let www_authenticate = document.www_authenticate.take();
         let mut response = (status, Json(document)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(challenge) = www_authenticate {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        // Scopes are scope-tokens (RFC 6749 §3.3), printable ASCII without quotes or backslashes.
+        if let Some(challenge) = www_authenticate.and_then(|challenge| HeaderValue::try_from(challenge).ok()) {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
         }
         response
     }
@@ -226,7 +239,30 @@ pub(crate) fn without_values(message: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::without_values;
+    use axum::{
+        http::{StatusCode, header},
+        response::IntoResponse,
+    };
+
+    use super::{Problem, without_values};
+
+    #[test]
+    fn a_missing_scope_is_a_403_whose_challenge_names_the_scope() {
+        let response = Problem::insufficient_scope("health:read", "this token lacks the scope").into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let challenge = &response.headers()[header::WWW_AUTHENTICATE];
+        assert_eq!(challenge, r#"Bearer error="insufficient_scope", scope="health:read""#);
+    }
+
+    #[test]
+    fn a_service_that_says_when_to_retry_is_answered_with_retry_after() {
+        let status = aigronova_platform::error::retry_later(2, "too many images are being examined");
+        let response = Problem::from_status(&status).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let refused = Problem::from_status(&tonic::Status::resource_exhausted("no")).into_response();
+        assert!(refused.headers().get(header::RETRY_AFTER).is_none(), "no advice is given when none was");
+    }
 
     #[test]
     fn values_sent_with_the_wrong_type_are_not_repeated() {

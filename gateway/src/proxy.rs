@@ -21,7 +21,7 @@ use crate::{
     AppState, auth, decompress,
     problem::Problem,
     request_id,
-    resilience::{self, CallPolicy, Resilience},
+    resilience::{self, CallPolicy},
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
     transcode,
@@ -176,40 +176,61 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
     decompress::read(body, headers, limit).await
 }
 
+/// Paths whose answers caches may keep: the API's description, the same for every caller. Every
+/// other answer is one caller's at one moment (a patient, a key shown once, a problem).
+const CACHEABLE_PATHS: [&str; 2] = ["/openapi.json", "/docs"];
+
 /// Every request's way in and out, in one middleware: its id (see [`request_id`]), a span that
 /// continues the caller's W3C trace, load shedding, metrics, one JSON access log line, and
-/// `X-Content-Type-Options: nosniff` on the answer.
-pub(crate) async fn edge(State(resilience): State<Arc<Resilience>>, mut request: Request, next: Next) -> Response {
+/// `X-Content-Type-Options: nosniff` and `Cache-Control: no-store` on the answer.
+pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
-    let info = request_id::RequestInfo { id, path: path.clone() };
-    let mut response = request_id::CURRENT.scope(info, access_log(&resilience, path, request, next)).await;
+    let cacheable = CACHEABLE_PATHS.contains(&path.as_str());
+    let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
+    let mut response = request_id::CURRENT.scope(info, access_log(&state, request, next)).await;
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, id_value);
     // Answers are the media type they say: a browser does not guess another (an uploaded
     // image, a report).
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Neither a browser nor a shared cache keeps personal data or a key shown once; an answer
+    // that says how it may be cached (a service's raw body) keeps its own word.
+    if !cacheable && !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     response
 }
 
-/// One JSON log line a request, and a span that continues the caller's W3C trace.
-async fn access_log(resilience: &Resilience, path: String, request: Request, next: Next) -> Response {
+/// One JSON log line a request, and a span that continues the caller's W3C trace. Neither holds
+/// the request's path, which may carry whatever was typed into the URL (a CPF, a key pasted by
+/// mistake): both name the route's template, and the line names the trace, so that the two join.
+async fn access_log(state: &AppState, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let matched = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_owned());
     let span = tracing::info_span!(
         "http.request",
-        otel.name = %format!("{method} {path}"),
         otel.kind = "server",
         http.request.method = %method,
-        url.path = %path,
+        http.route = tracing::field::Empty,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
-    let mut response = resilience::shed_load(resilience, request, next).instrument(span).await;
+    let mut response =
+        resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await;
     let latency = started.elapsed();
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     // A transcoded route names its template; the gateway's own routes have theirs matched by axum.
-    let route = facts.route.as_deref().or(matched.as_deref()).unwrap_or("unmatched");
+    let route = facts.route.as_deref().or(matched.as_deref());
+    // Named as OpenTelemetry's HTTP conventions say: the method and the route, or the method alone.
+    match route {
+        Some(route) => {
+            span.record("http.route", route);
+            trace_context::rename(&span, format!("{method} {route}"));
+        }
+        None => trace_context::rename(&span, method.to_string()),
+    }
+    let route = route.unwrap_or("unmatched");
     let status = response.status().as_u16();
     let metrics = crate::metrics::metrics();
     metrics.requests.with_label_values(&[route, method.as_str(), response.status().as_str()]).inc();
@@ -217,10 +238,11 @@ async fn access_log(resilience: &Resilience, path: String, request: Request, nex
     tracing::info!(
         target: "access",
         request_id = request_id::current().unwrap_or_default(),
-        tenant_id = facts.tenant_id.as_deref().unwrap_or(""),
+        trace_id = trace_context::trace_id(&span),
+        tenant_id = facts.tenant_id.as_deref(),
+        key_id = request_id::key_id(),
         method = %method,
         route,
-        path = %path,
         status,
         latency_ms = latency.as_secs_f64() * 1000.0,
         "request"

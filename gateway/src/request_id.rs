@@ -1,5 +1,8 @@
 //! `X-Request-Id`: taken from the client when it is sane, generated otherwise, returned on
-//! every response, written in problem documents and passed to the services.
+//! every response, written in problem documents and passed to the services. The request being
+//! served is also where authentication notes the credential's id for the access log.
+
+use std::sync::{Arc, OnceLock};
 
 use axum::{
     extract::Request,
@@ -8,11 +11,15 @@ use axum::{
 
 pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The request being served, for the code that builds problem documents.
+/// The request being served: its id and path for the code that builds problem documents, and
+/// the credential it authenticated with for the access log.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestInfo {
     pub id: String,
     pub path: String,
+    /// Who authenticated the request, once someone did: an API key's public id (never its secret),
+    /// or `jwt:` and a digest of a token's subject.
+    pub key_id: Arc<OnceLock<String>>,
 }
 
 tokio::task_local! {
@@ -43,4 +50,14 @@ pub(crate) fn adopt(request: &mut Request) -> (String, HeaderValue) {
 /// The id of the request being served.
 pub(crate) fn current() -> Option<String> {
     CURRENT.try_with(|info| info.id.clone()).ok()
+}
+
+/// Notes that the request being served authenticated with the credential `key_id`.
+pub(crate) fn authenticated_as(key_id: &str) {
+    let _ = CURRENT.try_with(|info| info.key_id.set(key_id.to_owned()));
+}
+
+/// The id of the credential the request being served authenticated with, if it did.
+pub(crate) fn key_id() -> Option<String> {
+    CURRENT.try_with(|info| info.key_id.get().cloned()).ok().flatten()
 }

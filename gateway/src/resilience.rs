@@ -22,7 +22,12 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::Semaphore, time::Instant};
 use tonic::{Code, Status};
 
-use crate::{metrics::metrics, problem::Problem, routes::Route};
+use crate::{
+    metrics::metrics,
+    problem::Problem,
+    proxy::RequestFacts,
+    routes::{Route, RouteTable},
+};
 
 /// The header in which a gRPC client states how long it will wait.
 const GRPC_TIMEOUT: &str = "grpc-timeout";
@@ -522,16 +527,21 @@ fn circuit_open(owner: &str, wait: Duration) -> Problem {
 }
 
 /// Refuses a request with 503 and `Retry-After: 1` when `max_concurrent_requests` are in flight,
-/// rather than queueing it; the probes and `/metrics` are exempt.
-pub(crate) async fn shed_load(resilience: &Resilience, request: Request, next: Next) -> Response {
+/// rather than queueing it; the probes and `/metrics` are exempt. A refused request is counted and
+/// logged under the template of the route it was for (`routes` knows the transcoded ones, axum
+/// the gateway's own).
+pub(crate) async fn shed_load(resilience: &Resilience, routes: &RouteTable, request: Request, next: Next) -> Response {
     if UNSHED_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let Ok(_permit) = resilience.in_flight.try_acquire() else {
         metrics().load_shed.inc();
-        return Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is at capacity; retry shortly")
+        let route = routes.template_of(request.method(), request.uri().path()).map(str::to_owned);
+        let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway is at capacity; retry shortly")
             .with_retry_after(1)
             .into_response();
+        response.extensions_mut().insert(RequestFacts { route, ..RequestFacts::default() });
+        return response;
     };
     next.run(request).await
 }

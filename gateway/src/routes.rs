@@ -150,6 +150,16 @@ impl RouteTable {
         }
         if allowed.is_empty() { Lookup::NotFound } else { Lookup::MethodNotAllowed(allowed, template) }
     }
+
+    /// The template of the route for `method` and `path`, or, when the path is a route's for other
+    /// methods, that route's: what metrics and logs name a request by.
+    pub fn template_of(&self, method: &Method, path: &str) -> Option<&str> {
+        match self.lookup(method, path) {
+            Lookup::Found(matched) => Some(matched.route.template.as_str()),
+            Lookup::MethodNotAllowed(_, template) => Some(template),
+            Lookup::NotFound => None,
+        }
+    }
 }
 
 fn string_option(options: &DynamicMessage, extension: &prost_reflect::ExtensionDescriptor) -> Option<String> {
@@ -243,6 +253,20 @@ mod tests {
             table().lookup(&Method::DELETE, "/v1/health/patients"),
             Lookup::MethodNotAllowed(_, "/v1/health/patients")
         ));
+    }
+
+    #[test]
+    fn a_request_is_named_by_its_routes_template_whatever_its_path_holds() {
+        let table = table();
+        let cases = [
+            (Method::GET, "/v1/health/patients/529.982.247-25", Some("/v1/health/patients/{id}")),
+            (Method::HEAD, "/v1/health/patients/p-1", Some("/v1/health/patients/{id}")),
+            (Method::PUT, "/v1/health/patients/p-1", Some("/v1/health/patients/{id}")),
+            (Method::GET, "/agk_0123456789abcdef", None),
+        ];
+        for (method, path, template) in cases {
+            assert_eq!(table.template_of(&method, path), template, "{method} {path}");
+        }
     }
 
     #[test]

@@ -77,10 +77,21 @@ pub struct Tenant {
     pub create_time: String,
 }
 
-/// Who an API key speaks for.
+/// What a principal authenticated with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// An API key of this gateway.
+    ApiKey,
+    /// A JWT of the configured OIDC provider.
+    Token,
+}
+
+/// Who an API key or a token speaks for.
 #[derive(Clone, Debug)]
 pub struct Principal {
+    /// The key's id in the store (not its secret), or `jwt:<subject>` for a token.
     pub key_id: String,
+    pub credential: Credential,
     /// `None` for administrator keys.
     pub tenant_id: Option<String>,
     pub tenant_status: Option<String>,
@@ -330,6 +341,7 @@ impl Store {
             let plan: Option<String> = row.try_get("plan")?;
             Ok(Principal {
                 key_id: row.try_get("id")?,
+                credential: Credential::ApiKey,
                 tenant_id: row.try_get("tenant_id")?,
                 tenant_status: row.try_get("status")?,
                 tenant_plan: plan.as_deref().and_then(Plan::parse),

@@ -92,24 +92,35 @@ pub(crate) fn request_message(
     Ok(message)
 }
 
-/// Refuses a JSON route's body declared as another media type (415). No `Content-Type`, JSON
-/// (`application/json`, `…+json`) and `application/x-www-form-urlencoded`, which `curl -d` sends
-/// by default, are read as JSON.
+/// Refuses a JSON route's body declared as another media type, or in another charset than UTF-8
+/// (415). No `Content-Type`, JSON (`application/json`, `…+json`) and
+/// `application/x-www-form-urlencoded`, which `curl -d` sends by default, are read as JSON, which is
+/// UTF-8 (RFC 8259 §8.1) whether or not they say `charset=utf-8`.
 pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Result<(), Problem> {
     let Some(content_type) = content_type else { return Ok(()) };
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    let json = essence == "application/json" || essence.ends_with("+json");
-    if json
-        || essence.is_empty()
-        || essence == "application/x-www-form-urlencoded"
-        || body.iter().all(u8::is_ascii_whitespace)
-    {
+    if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    Err(Problem::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        format!("this route reads a JSON body; send it with Content-Type: application/json, not {essence}"),
-    ))
+    let mut parts = content_type.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json = essence == "application/json" || essence.ends_with("+json");
+    if !(json || essence.is_empty() || essence == "application/x-www-form-urlencoded") {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("this route reads a JSON body; send it with Content-Type: application/json, not {essence}"),
+        ));
+    }
+    let charset = parts
+        .filter_map(|parameter| parameter.split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, value)| value.trim().trim_matches('"'));
+    match charset {
+        Some(charset) if !charset.eq_ignore_ascii_case("utf-8") => Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("this route reads JSON in UTF-8, not in the charset {charset:?}; send charset=utf-8 or none"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn raw_body(
@@ -455,6 +466,32 @@ mod tests {
         assert_eq!(json_names(&events, "events[0].shoe_size"), "events[0].shoe_size", "unknown names stay");
         assert_eq!(json_names(&assess_risk_request(), "patient_id"), "patientId");
         assert_eq!(json_names(&assess_risk_request(), "features.mean radius"), "features.mean radius");
+    }
+
+    #[test]
+    fn json_bodies_are_read_in_utf_8_only_whatever_their_media_type_says() {
+        let body = br#"{"name": "Maria"}"#;
+        for accepted in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "application/merge-patch+json; Charset=Utf-8",
+            "application/x-www-form-urlencoded",
+        ] {
+            assert!(json_content_type(Some(accepted), body).is_ok(), "{accepted}");
+        }
+        for (refused, named) in [
+            ("application/json; charset=iso-8859-1", "iso-8859-1"),
+            ("application/json; CHARSET=\"windows-1252\"", "windows-1252"),
+            ("application/json; charset=utf-16", "utf-16"),
+            ("application/x-www-form-urlencoded; charset=latin1", "latin1"),
+        ] {
+            let problem = json_content_type(Some(refused), body).unwrap_err();
+            assert_eq!(problem.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{refused}");
+            assert!(problem.detail().contains(named), "{refused}: {}", problem.detail());
+        }
+        assert!(json_content_type(Some("application/json; charset=iso-8859-1"), b"  ").is_ok(), "no body, no charset");
     }
 
     #[test]

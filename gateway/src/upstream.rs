@@ -65,8 +65,6 @@ impl Connection {
     /// A sender ready for a new stream, connecting first if there is no open connection, and
     /// once more if the one there turns out to be closing.
     async fn ready(&self) -> Result<SendRequest<Bytes>, Status> {
-        let unavailable =
-            |error: &dyn std::fmt::Display| Status::unavailable(format!("{} is unavailable: {error}", self.owner));
         if let Some((generation, sender)) = self.current() {
             match sender.ready().await {
                 Ok(sender) => return Ok(sender),
@@ -78,8 +76,8 @@ impl Connection {
                 }
             }
         }
-        let sender = self.connect().await.map_err(|error| unavailable(&error))?;
-        sender.ready().await.map_err(|error| unavailable(&error))
+        let sender = self.connect().await.map_err(|error| self.unavailable(&error))?;
+        sender.ready().await.map_err(|error| self.unavailable(&error))
     }
 
     async fn connect(&self) -> Result<SendRequest<Bytes>, anyhow::Error> {
@@ -115,6 +113,25 @@ impl Connection {
         Ok(sender)
     }
 
+    /// `Unavailable`, naming the upstream only: the cause (a refused connection, a host that does
+    /// not resolve, an address) is for the operators, so it is logged here, where it is dropped.
+    fn unavailable(&self, cause: &dyn std::fmt::Display) -> Status {
+        tracing::warn!(upstream = %self.owner, error = %cause, "upstream unavailable");
+        Status::unavailable(format!("{} is unavailable", self.owner))
+    }
+
+    /// An HTTP/2 error on a call, logged with its cause: a closed or refused connection is
+    /// `Unavailable` (retried where the method allows it), a reset stream keeps the code its reason
+    /// maps to; either way the client learns which upstream failed, not how.
+    fn stream_error(&self, error: h2::Error) -> Status {
+        if error.is_io() || error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            return self.unavailable(&error);
+        }
+        tracing::warn!(upstream = %self.owner, %error, "upstream call broken off");
+        let code = Status::from_error(Box::new(error)).code();
+        Status::new(code, format!("{} broke off the call", self.owner))
+    }
+
     /// One unary call: the request's HEADERS and DATA frames are queued together; `sent` is set
     /// once the request is handed to the connection.
     async fn unary(
@@ -146,14 +163,14 @@ impl Connection {
         let mut timeout = grpc_timeout(timeout);
         timeout.set_sensitive(true);
         headers.insert("grpc-timeout", timeout);
-        let (response, mut stream) = sender.send_request(request, false).map_err(stream_error)?;
+        let (response, mut stream) = sender.send_request(request, false).map_err(|error| self.stream_error(error))?;
         sent.store(true, Ordering::Relaxed);
         let mut framed = BytesMut::with_capacity(5 + message.len());
         framed.put_u8(0);
         framed.put_u32(u32::try_from(message.len()).map_err(|_| Status::internal("request message too large"))?);
         framed.put_slice(&message);
-        stream.send_data(framed.freeze(), true).map_err(stream_error)?;
-        let response = response.await.map_err(stream_error)?;
+        stream.send_data(framed.freeze(), true).map_err(|error| self.stream_error(error))?;
+        let response = response.await.map_err(|error| self.stream_error(error))?;
         let (parts, mut body) = response.into_parts();
         if parts.status != http::StatusCode::OK {
             return Err(Status::new(http_code(parts.status), format!("{} answered HTTP {}", self.owner, parts.status)));
@@ -164,7 +181,7 @@ impl Connection {
         }
         let mut received = BytesMut::new();
         while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(stream_error)?;
+            let chunk = chunk.map_err(|error| self.stream_error(error))?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if received.len() + chunk.len() > MAX_MESSAGE_BYTES + 5 {
                 return Err(Status::resource_exhausted(format!(
@@ -174,7 +191,7 @@ impl Connection {
             }
             received.extend_from_slice(&chunk);
         }
-        let trailers = body.trailers().await.map_err(stream_error)?.unwrap_or_default();
+        let trailers = body.trailers().await.map_err(|error| self.stream_error(error))?.unwrap_or_default();
         if let Some(status) = failed(&trailers) {
             return Err(status);
         }
@@ -209,15 +226,6 @@ fn message_of(mut body: Bytes) -> Result<Bytes, Status> {
         return Err(Status::internal(format!("the answer's frame says {length} bytes but holds {}", body.len() - 5)));
     }
     Ok(body.split_off(5))
-}
-
-/// An HTTP/2 error on a call: a closed or refused connection is `Unavailable` (retried where
-/// the method allows it), a reset stream carries its reason.
-fn stream_error(error: h2::Error) -> Status {
-    if error.is_io() || error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
-        return Status::unavailable(format!("upstream connection failed: {error}"));
-    }
-    Status::from_error(Box::new(error))
 }
 
 /// The gRPC code for a non-200 HTTP answer (gRPC over HTTP/2, "HTTP to gRPC status code mapping").
@@ -400,6 +408,6 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-        assert!(status.message().starts_with("healthquantum is unavailable"), "{status:?}");
+        assert_eq!(status.message(), "healthquantum is unavailable", "the cause is logged, not told");
     }
 }

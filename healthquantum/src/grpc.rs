@@ -30,6 +30,9 @@ use crate::{
     store::{ImageRecord, PatientFilter, Store},
 };
 
+/// The scope that lets a caller read patients (GetPatient's, through the gateway).
+const READ_SCOPE: &str = "health:read";
+
 /// The state every call shares.
 #[derive(Clone, Debug)]
 pub(crate) struct HealthQuantumApi {
@@ -97,6 +100,53 @@ fn image_message(image: ImageRecord) -> proto::Image {
     }
 }
 
+/// The audit events of an update of `patient` that set the fields `changed`: the change, and the
+/// read of the personal fields the answer shows that the caller did not send, when it shows them
+/// (to a caller who `may_read` patients).
+fn update_events(caller: &auth::Caller, patient: &Patient, changed: &[&str], may_read: bool) -> Vec<AuditEvent> {
+    let subject = format!("patient:{}", patient.id);
+    let event = |kind: EventKind, fields: &[&str]| {
+        AuditEvent::new(
+            caller,
+            crate::SERVICE_NAME,
+            kind,
+            "health.UpdatePatient",
+            &subject,
+            serde_json::json!({"fields": fields}),
+        )
+    };
+    let mut events = vec![event(EventKind::PersonalDataChange, changed)];
+    let disclosed: Vec<&str> = patient.held_fields().into_iter().filter(|field| !changed.contains(field)).collect();
+    if may_read && !disclosed.is_empty() {
+        events.push(event(EventKind::SensitiveRead, disclosed.as_slice()));
+    }
+    events
+}
+
+/// The JSON names of a patient's personal fields.
+const PERSONAL_FIELDS: &[&str] = &["name", "cpf", "birthDate", "email", "phone"];
+
+/// `patient` with only the personal fields named in `shown` (JSON names): the others are empty.
+fn showing_only(mut patient: proto::Patient, shown: &[&str]) -> proto::Patient {
+    let hidden = |field: &str| !shown.contains(&field);
+    if hidden("name") {
+        patient.name.clear();
+    }
+    if hidden("cpf") {
+        patient.cpf.clear();
+    }
+    if hidden("birthDate") {
+        patient.birth_date.clear();
+    }
+    if hidden("email") {
+        patient.email.clear();
+    }
+    if hidden("phone") {
+        patient.phone.clear();
+    }
+    patient
+}
+
 fn report_key(tenant_id: &str, assessment_id: &str) -> String {
     format!("reports/{tenant_id}/{assessment_id}.pdf")
 }
@@ -137,7 +187,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 EventKind::SensitiveRead,
                 "health.GetPatient",
                 &format!("patient:{}", patient.id),
-                serde_json::json!({"fields": ["name", "cpf", "birthDate"]}),
+                serde_json::json!({"fields": patient.held_fields()}),
             )
         };
         let patient = self.store.read_patient(&caller.tenant_id, &id, event).await?;
@@ -196,18 +246,10 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         if changes.is_empty() {
             return Err(aigronova_platform::Error::invalid("body", "names no field to change").into());
         }
-        let fields = changes.fields();
-        let event = |patient: &Patient| {
-            AuditEvent::new(
-                &caller,
-                crate::SERVICE_NAME,
-                EventKind::PersonalDataChange,
-                "health.UpdatePatient",
-                &format!("patient:{}", patient.id),
-                serde_json::json!({"fields": fields}),
-            )
-        };
-        let patient = self.store.update_patient(&caller.tenant_id, &id, changes, event).await?;
+        let changed = changes.fields();
+        let may_read = caller.has_scope(READ_SCOPE);
+        let events = |patient: &Patient| update_events(&caller, patient, &changed, may_read);
+        let patient = self.store.update_patient(&caller.tenant_id, &id, changes, events).await?;
         self.outbox.wake();
         // Reports print the patient's header: they are made again on their next request. The
         // change is made: a failure here is logged, not answered.
@@ -215,7 +257,9 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             Ok(assessments) => self.delete_reports(&caller.tenant_id, &assessments).await,
             Err(error) => tracing::error!(%error, patient = %id, "kept reports not deleted after a change"),
         }
-        Ok(Response::new(patient.into()))
+        // A caller who may not read patients sees only what it sent.
+        let shown = if may_read { PERSONAL_FIELDS } else { changed.as_slice() };
+        Ok(Response::new(showing_only(patient.into(), shown)))
     }
 
     async fn delete_patient(
@@ -334,12 +378,13 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let proto::UploadImageRequest { patient_id, body } = request.into_inner();
         let patient_id = PatientId::parse("patientId", &patient_id)?;
-        let bytes = body.map(|body| body.data).unwrap_or_default();
+        let HttpBody { content_type, data: bytes, .. } = body.unwrap_or_default();
         if bytes.is_empty() {
             return Err(aigronova_platform::Error::invalid("body", "send the image's bytes as the request body").into());
         }
+        imaging::recognise(&bytes, imaging::declared_type(&content_type)?)?;
         self.store.patient_exists(&caller.tenant_id, &patient_id).await?;
-        let permit = imaging::EXAMINATIONS.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let permit = imaging::examination_slot(&imaging::EXAMINATIONS, imaging::EXAMINATION_WAIT).await?;
         let (bytes, examined) = tokio::task::spawn_blocking(move || {
             let examined = imaging::examine(&bytes);
             drop(permit);

@@ -1,14 +1,16 @@
-//! Medical images: what an upload is, recognised by its first bytes (never by its name or declared
-//! type), and a thumbnail of raster images.
+//! Medical images: what an upload is, recognised by its first bytes (never by its name), checked
+//! against the type it was declared as, and a thumbnail of raster images.
 
 use std::{
+    fmt,
     io::Cursor,
     sync::{Arc, LazyLock},
+    time::Duration,
 };
 
 use aigronova_platform::Error;
 use image::{ImageFormat, ImageReader, Limits};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The longest side of a thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: u32 = 256;
@@ -30,6 +32,25 @@ pub(crate) static EXAMINATIONS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
     let slots = std::thread::available_parallelism().map_or(1, usize::from).min(4);
     Arc::new(Semaphore::new(slots))
 });
+
+/// How long an upload waits for a slot of [`EXAMINATIONS`] before it is refused: well within the
+/// gateway's deadline (10 s by default), so that a burst of uploads slow to decode gets a quick
+/// "retry later" rather than running out the deadline, which the gateway counts as a failure of
+/// the service.
+pub(crate) const EXAMINATION_WAIT: Duration = Duration::from_secs(2);
+
+/// A slot of `slots` to examine an upload in, waited for at most `wait`; after that the upload is
+/// refused with `resource_exhausted` (HTTP 429), which says to retry and is no failure of the
+/// service.
+pub(crate) async fn examination_slot(slots: &Arc<Semaphore>, wait: Duration) -> Result<OwnedSemaphorePermit, Error> {
+    match tokio::time::timeout(wait, slots.clone().acquire_owned()).await {
+        Ok(permit) => Ok(permit.expect("the semaphore is never closed")),
+        Err(_) => Err(Error::Refused(Box::new(aigronova_platform::error::retry_later(
+            2,
+            "too many images are being examined; retry in a few seconds",
+        )))),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MediaType {
@@ -60,6 +81,57 @@ impl MediaType {
             Self::Dicom => "application/dicom",
         }
     }
+
+    /// What bytes of this type are, in a sentence: "a PNG image".
+    fn described(self) -> &'static str {
+        match self {
+            Self::Png => "a PNG image",
+            Self::Jpeg => "a JPEG image",
+            Self::Dicom => "a DICOM file",
+        }
+    }
+}
+
+impl fmt::Display for MediaType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The media type that leaves the type of an upload to its content.
+pub const UNSPECIFIED: &str = "application/octet-stream";
+
+/// What an upload's `Content-Type` declares it to be: one of the [`MediaType`]s, or `None` for
+/// [`UNSPECIFIED`]. Parameters are ignored and the type's case too; any other type is refused.
+pub fn declared_type(content_type: &str) -> Result<Option<MediaType>, Error> {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let accepted = "send image/png, image/jpeg or application/dicom, or application/octet-stream to have the \
+                    content decide";
+    match essence.as_str() {
+        "image/png" => Ok(Some(MediaType::Png)),
+        "image/jpeg" => Ok(Some(MediaType::Jpeg)),
+        "application/dicom" => Ok(Some(MediaType::Dicom)),
+        UNSPECIFIED => Ok(None),
+        "" => Err(Error::invalid("Content-Type", format!("is required: {accepted}"))),
+        _ => Err(Error::invalid("Content-Type", format!("{essence} is not a type of image accepted here: {accepted}"))),
+    }
+}
+
+/// The type of `bytes`, judged by their content, which must be the `declared` one when there is
+/// one. Refuses bytes of no known type (naming the `body`) and a declared type the bytes are not
+/// (naming the `Content-Type`).
+pub fn recognise(bytes: &[u8], declared: Option<MediaType>) -> Result<MediaType, Error> {
+    let media_type = MediaType::detect(bytes).ok_or_else(unrecognised)?;
+    match declared {
+        Some(declared) if declared != media_type => {
+            Err(Error::invalid("Content-Type", format!("the body is {}, not {declared}", media_type.described())))
+        }
+        _ => Ok(media_type),
+    }
+}
+
+fn unrecognised() -> Error {
+    Error::invalid("body", "is not a PNG, JPEG or DICOM image (judged by its content)")
 }
 
 /// The bytes before `DICM` in a DICOM file, which PS3.10 leaves free.
@@ -149,11 +221,20 @@ fn ends_with_zip(bytes: &[u8]) -> bool {
 const LONG_VRS: [&[u8; 2]; 13] =
     [b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"];
 
+/// What a DICOM file's meta information says of its data set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DicomMeta<'a> {
+    /// The transfer syntax's UID, without its padding.
+    transfer_syntax: &'a [u8],
+    /// Where the data set starts: right after the meta information.
+    data_set_at: usize,
+}
+
 /// Checks what follows `DICM` is a DICOM file's meta information (PS3.10 7.1): group 0002
 /// elements in explicit VR little endian, one of them the transfer syntax's UID; that the
 /// preamble is not another format's header; and that no ZIP archive ends the file. Returns what
-/// is wrong.
-fn check_dicom(bytes: &[u8]) -> Result<(), &'static str> {
+/// the meta information says, or what is wrong.
+fn check_dicom(bytes: &[u8]) -> Result<DicomMeta<'_>, &'static str> {
     if foreign_preamble(bytes) {
         return Err("its preamble is another format's header (an executable, an archive, a PDF or markup)");
     }
@@ -194,13 +275,164 @@ fn check_dicom(bytes: &[u8]) -> Result<(), &'static str> {
     if uid.is_empty() || !uid.iter().all(|byte| byte.is_ascii_digit() || *byte == b'.') {
         return Err("its transfer syntax is not a UID");
     }
-    Ok(())
+    Ok(DicomMeta { transfer_syntax: uid, data_set_at: at })
+}
+
+/// How the elements of a data set are written (PS3.5 7.1): with their value representation
+/// (explicit VR) or without (implicit VR), little endian either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    ExplicitVr,
+    ImplicitVr,
+}
+
+impl Encoding {
+    /// The encoding of the data set under `transfer_syntax` (PS3.5 10 and A): implicit VR little
+    /// endian, or explicit VR little endian, which the native and the compressed (encapsulated)
+    /// syntaxes share. `None` for what is not read here: a deflated data set, big endian, and
+    /// syntaxes outside the standard's root.
+    fn of(transfer_syntax: &[u8]) -> Option<Self> {
+        const IMPLICIT_VR_LITTLE_ENDIAN: &[u8] = b"1.2.840.10008.1.2";
+        const NOT_READ: [&[u8]; 3] = [
+            b"1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
+            b"1.2.840.10008.1.2.4.95", // JPIP Referenced Deflate
+            b"1.2.840.10008.1.2.2",    // Explicit VR Big Endian (retired)
+        ];
+        if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN {
+            Some(Self::ImplicitVr)
+        } else if NOT_READ.contains(&transfer_syntax) || !transfer_syntax.starts_with(b"1.2.840.10008.1.2.") {
+            None
+        } else {
+            Some(Self::ExplicitVr)
+        }
+    }
+}
+
+/// A data element's tag: its group and element numbers.
+type Tag = (u16, u16);
+
+/// Rows and Columns of the image (PS3.3 C.7.6.3).
+const ROWS: Tag = (0x0028, 0x0010);
+const COLUMNS: Tag = (0x0028, 0x0011);
+/// The tags that frame the items of a sequence, written without a value representation (PS3.5 7.5).
+const ITEM: Tag = (0xFFFE, 0xE000);
+const ITEM_END: Tag = (0xFFFE, 0xE00D);
+const SEQUENCE_END: Tag = (0xFFFE, 0xE0DD);
+/// The length of a sequence or an item that runs until its end tag.
+const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
+/// How deep sequences may nest before a data set is given up on: real ones nest a few levels.
+const MAX_NESTING: usize = 16;
+
+/// The header of one data element.
+#[derive(Clone, Copy, Debug)]
+struct Element {
+    tag: Tag,
+    /// Where its value starts.
+    value_at: usize,
+    /// Its length; `None` when undefined (a sequence or an item that runs until its end tag).
+    length: Option<usize>,
+    /// How what a value of undefined length holds is encoded: an explicit VR element of VR `UN`
+    /// holds implicit VR elements (PS3.5 6.2.2).
+    inner: Encoding,
+}
+
+impl Element {
+    /// The header of the element at `at`, if it is whole and well formed.
+    fn read(bytes: &[u8], at: usize, encoding: Encoding) -> Option<Self> {
+        let header = bytes.get(at..at.checked_add(8)?)?;
+        let tag = (u16::from_le_bytes([header[0], header[1]]), u16::from_le_bytes([header[2], header[3]]));
+        let u32_at = |at: usize| {
+            let four = bytes.get(at..at.checked_add(4)?)?;
+            Some(u32::from_le_bytes([four[0], four[1], four[2], four[3]]))
+        };
+        let (length, value_at, inner) = if tag.0 == ITEM.0 || encoding == Encoding::ImplicitVr {
+            (u32_at(at + 4)?, at + 8, encoding)
+        } else {
+            let vr = &header[4..6];
+            if !vr.iter().all(u8::is_ascii_uppercase) {
+                return None;
+            }
+            let inner = if vr == b"UN" { Encoding::ImplicitVr } else { encoding };
+            if LONG_VRS.iter().any(|long| long[..] == *vr) {
+                (u32_at(at + 8)?, at + 12, inner)
+            } else {
+                (u32::from(u16::from_le_bytes([header[6], header[7]])), at + 8, inner)
+            }
+        };
+        let length = (length != UNDEFINED_LENGTH).then(|| usize::try_from(length)).transpose().ok()?;
+        Some(Self { tag, value_at, length, inner })
+    }
+
+    /// Where the next element starts, past this one's value (and, for a value of undefined
+    /// length, past the sequence it holds), within `depth` more levels of nesting.
+    fn end(&self, bytes: &[u8], depth: usize) -> Option<usize> {
+        match self.length {
+            Some(length) => self.value_at.checked_add(length),
+            None => skip_sequence(bytes, self.value_at, self.inner, depth),
+        }
+    }
+}
+
+/// Where the sequence of items starting at `at` ends, past its end tag; `None` when it is
+/// malformed, cut short or nested deeper than `depth` levels.
+fn skip_sequence(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize) -> Option<usize> {
+    let depth = depth.checked_sub(1)?;
+    loop {
+        let element = Element::read(bytes, at, Encoding::ImplicitVr)?;
+        at = match element.tag {
+            SEQUENCE_END => return Some(element.value_at),
+            ITEM => match element.length {
+                Some(length) => element.value_at.checked_add(length)?,
+                None => skip_item(bytes, element.value_at, encoding, depth)?,
+            },
+            _ => return None,
+        };
+    }
+}
+
+/// Where the item of undefined length whose elements start at `at` ends, past its end tag.
+fn skip_item(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize) -> Option<usize> {
+    loop {
+        let element = Element::read(bytes, at, encoding)?;
+        if element.tag == ITEM_END {
+            return Some(element.value_at);
+        }
+        at = element.end(bytes, depth)?;
+    }
+}
+
+/// The width and height of a DICOM image: its Columns and Rows, read from the top level of its
+/// data set, whose elements come in the order of their tags. `None` when the data set does not
+/// give both, is malformed, or is not read here (see [`Encoding::of`]). Every read is bounded by
+/// the bytes, and sequences are skipped within [`MAX_NESTING`] levels.
+fn dicom_dimensions(bytes: &[u8], meta: DicomMeta<'_>) -> Option<(u32, u32)> {
+    let encoding = Encoding::of(meta.transfer_syntax)?;
+    let (mut rows, mut columns) = (None, None);
+    let mut at = meta.data_set_at;
+    while rows.is_none() || columns.is_none() {
+        let element = Element::read(bytes, at, encoding)?;
+        if element.tag > COLUMNS {
+            break;
+        }
+        if element.tag == ROWS || element.tag == COLUMNS {
+            // US: one unsigned 16-bit value.
+            let value = match element.length {
+                Some(2) => bytes.get(element.value_at..element.value_at + 2)?,
+                _ => return None,
+            };
+            let value = u32::from(u16::from_le_bytes([value[0], value[1]]));
+            if element.tag == ROWS { rows = Some(value) } else { columns = Some(value) }
+        }
+        at = element.end(bytes, MAX_NESTING)?;
+    }
+    Some((columns?, rows?))
 }
 
 /// What an upload turned out to be.
 #[derive(Debug)]
 pub struct Examined {
     pub media_type: MediaType,
+    /// In pixels; for a DICOM file its Columns and Rows, or 0 when they could not be read.
     pub width: u32,
     pub height: u32,
     /// A PNG thumbnail, for raster images.
@@ -227,16 +459,23 @@ fn check_size(width: u32, height: u32) -> Result<(), Error> {
 ///
 /// Call it on a blocking thread, holding a permit of [`EXAMINATIONS`].
 pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
-    let media_type = MediaType::detect(bytes)
-        .ok_or_else(|| Error::invalid("body", "is not a PNG, JPEG or DICOM image (judged by its content)"))?;
+    let media_type = MediaType::detect(bytes).ok_or_else(unrecognised)?;
     let format = match media_type {
         MediaType::Png => ImageFormat::Png,
         MediaType::Jpeg => ImageFormat::Jpeg,
         MediaType::Dicom => {
-            check_dicom(bytes).map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
-            return Ok(Examined { media_type, width: 0, height: 0, thumbnail: None });
+            let meta = check_dicom(bytes)
+                .map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
+            // Rows and Columns are informative: a data set they cannot be read from is kept all the same.
+            let (width, height) = dicom_dimensions(bytes, meta).unwrap_or((0, 0));
+            return Ok(Examined { media_type, width, height, thumbnail: None });
         }
     };
+    // As for DICOM files: an image that is also an archive is not kept (image readers ignore what
+    // follows the image; ZIP readers find the archive from the end).
+    if ends_with_zip(bytes) {
+        return Err(Error::invalid("body", format!("starts as {media_type} but it ends with a ZIP archive")));
+    }
     let reader = |limits: Limits| {
         let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
         opened.limits(limits);
@@ -463,5 +702,251 @@ mod tests {
         for bytes in [b"\x7fELF\x02\x01\x01".to_vec(), b"MZ\x90\x00".to_vec(), Vec::new(), png(10, 10)[..20].to_vec()] {
             assert!(matches!(examine(&bytes), Err(Error::InvalidArgument { ref field, .. }) if field == "body"));
         }
+    }
+
+    fn jpeg(width: u32, height: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image::RgbImage::from_pixel(width, height, image::Rgb([10, 200, 10]))
+            .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Jpeg)
+            .unwrap();
+        bytes
+    }
+
+    /// `bytes` with a ZIP archive appended, as `cat image.png archive.zip` leaves it: a central
+    /// directory and the record at the end that points to it.
+    fn with_zip(bytes: &[u8]) -> Vec<u8> {
+        let directory = [b"PK\x01\x02".as_slice(), &[0; 42]].concat();
+        let mut zipped = bytes.to_vec();
+        zipped.extend_from_slice(&directory);
+        zipped.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+        zipped.extend_from_slice(&u32::try_from(directory.len()).unwrap().to_le_bytes());
+        zipped.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        zipped
+    }
+
+    #[test]
+    fn a_png_or_jpeg_image_that_ends_with_a_zip_archive_is_refused() {
+        for (picture, media_type) in [(png(40, 30), "image/png"), (jpeg(40, 30), "image/jpeg")] {
+            let examined = examine(&picture).unwrap_or_else(|error| panic!("{media_type} alone: {error:?}"));
+            assert_eq!(examined.media_type.as_str(), media_type);
+            match examine(&with_zip(&picture)) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "body");
+                    assert_eq!(reason, format!("starts as {media_type} but it ends with a ZIP archive"));
+                }
+                other => panic!("{media_type} with a ZIP archive accepted or refused otherwise: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_declared_type_must_be_an_image_type_and_what_the_bytes_are() {
+        let accepted = [
+            ("image/png", Some(MediaType::Png)),
+            (" Image/PNG ; name=x.png", Some(MediaType::Png)),
+            ("image/jpeg", Some(MediaType::Jpeg)),
+            ("application/dicom", Some(MediaType::Dicom)),
+            ("application/octet-stream", None),
+        ];
+        for (content_type, expected) in accepted {
+            assert_eq!(declared_type(content_type).unwrap(), expected, "{content_type:?}");
+        }
+        let refused = [
+            ("text/plain", "text/plain is not a type of image accepted here"),
+            ("application/json", "application/json is not a type of image accepted here"),
+            ("multipart/form-data; boundary=x", "multipart/form-data is not a type of image accepted here"),
+            ("image/gif", "image/gif is not a type of image accepted here"),
+            ("image/*", "image/* is not a type of image accepted here"),
+            ("  ", "is required"),
+        ];
+        for (content_type, expected) in refused {
+            match declared_type(content_type) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "Content-Type", "{content_type:?}");
+                    assert!(reason.starts_with(expected), "{content_type:?}: {reason}");
+                    assert!(reason.contains("image/png, image/jpeg or application/dicom"), "{reason}");
+                }
+                other => panic!("{content_type:?} accepted or refused otherwise: {other:?}"),
+            }
+        }
+
+        let picture = png(4, 4);
+        assert_eq!(recognise(&picture, Some(MediaType::Png)).unwrap(), MediaType::Png);
+        assert_eq!(recognise(&picture, None).unwrap(), MediaType::Png);
+        assert_eq!(recognise(DICOM, None).unwrap(), MediaType::Dicom);
+        let refusal = |bytes: &[u8], declared: MediaType| match recognise(bytes, Some(declared)) {
+            Err(Error::InvalidArgument { field, reason }) => (field, reason),
+            other => panic!("{declared} accepted or refused otherwise: {other:?}"),
+        };
+        let mismatches = [
+            (picture.as_slice(), MediaType::Jpeg, "the body is a PNG image, not image/jpeg"),
+            (picture.as_slice(), MediaType::Dicom, "the body is a PNG image, not application/dicom"),
+            (DICOM, MediaType::Png, "the body is a DICOM file, not image/png"),
+        ];
+        for (bytes, declared, expected) in mismatches {
+            assert_eq!(refusal(bytes, declared), ("Content-Type".to_owned(), expected.to_owned()));
+        }
+        assert_eq!(
+            refusal(b"\x7fELF\x02\x01\x01".as_slice(), MediaType::Png).0,
+            "body",
+            "what is no image is the body's fault"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upload_waits_a_bounded_time_for_an_examination_slot() {
+        let slots = Arc::new(Semaphore::new(1));
+        let held = examination_slot(&slots, Duration::from_millis(10)).await.unwrap();
+
+        let status = match examination_slot(&slots, Duration::from_millis(50)).await {
+            Err(Error::Refused(status)) => status,
+            other => panic!("a slot was given, or refused otherwise: {other:?}"),
+        };
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(status.message(), "too many images are being examined; retry in a few seconds");
+        let retry_after = status.metadata().get(aigronova_platform::error::RETRY_AFTER_METADATA_KEY);
+        assert_eq!(retry_after.unwrap(), "2", "the gateway answers it as Retry-After");
+
+        // A slot that frees while an upload waits goes to it.
+        let waiting = tokio::spawn({
+            let slots = slots.clone();
+            async move { examination_slot(&slots, Duration::from_secs(10)).await.is_ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        assert!(waiting.await.unwrap(), "the freed slot was given");
+    }
+
+    const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+    const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+
+    /// A DICOM file: an empty preamble, `DICM`, meta information naming `transfer_syntax`, then
+    /// `data_set`.
+    fn dicom_file(transfer_syntax: &str, data_set: &[u8]) -> Vec<u8> {
+        let mut uid = transfer_syntax.as_bytes().to_vec();
+        if uid.len() % 2 == 1 {
+            uid.push(0);
+        }
+        let mut bytes = vec![0; PREAMBLE];
+        bytes.extend_from_slice(b"DICM");
+        bytes.extend_from_slice(&explicit((0x0002, 0x0010), b"UI", &uid));
+        bytes.extend_from_slice(data_set);
+        bytes
+    }
+
+    /// An element in explicit VR little endian, of a VR whose length takes 2 bytes.
+    fn explicit((group, element): Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let length = u16::try_from(value.len()).unwrap().to_le_bytes();
+        let parts: [&[u8]; 5] = [&group.to_le_bytes(), &element.to_le_bytes(), vr, &length, value];
+        parts.concat()
+    }
+
+    /// An element in implicit VR little endian.
+    fn implicit((group, element): Tag, value: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(value.len()).unwrap().to_le_bytes();
+        let parts: [&[u8]; 4] = [&group.to_le_bytes(), &element.to_le_bytes(), &length, value];
+        parts.concat()
+    }
+
+    /// The header of an explicit VR element of VR `vr` (`SQ` or `UN`) whose length is undefined.
+    fn undefined_explicit((group, element): Tag, vr: &[u8; 2]) -> Vec<u8> {
+        let parts: [&[u8]; 5] =
+            [&group.to_le_bytes(), &element.to_le_bytes(), vr, &[0, 0], &UNDEFINED_LENGTH.to_le_bytes()];
+        parts.concat()
+    }
+
+    /// A tag and a 4-byte length: an implicit VR element's header, or an item's or a delimiter's.
+    fn framing((group, element): Tag, length: u32) -> Vec<u8> {
+        let parts: [&[u8]; 3] = [&group.to_le_bytes(), &element.to_le_bytes(), &length.to_le_bytes()];
+        parts.concat()
+    }
+
+    /// A data set in explicit VR: sequences of undefined length and of defined length before the
+    /// image's own Rows and Columns, their items holding a Rows or Columns of their own, and a
+    /// private element of VR `UN` holding implicit VR elements.
+    fn explicit_data_set(rows: u16, columns: u16) -> Vec<u8> {
+        let defined_item = explicit((0x0008, 0x1155), b"UI", b"1.2\0");
+        let parts: [Vec<u8>; 16] = [
+            explicit((0x0008, 0x0060), b"CS", b"MR"),
+            undefined_explicit((0x0008, 0x1140), b"SQ"),
+            framing(ITEM, UNDEFINED_LENGTH),
+            explicit(ROWS, b"US", &7_u16.to_le_bytes()),
+            framing(ITEM_END, 0),
+            framing(ITEM, u32::try_from(defined_item.len()).unwrap()),
+            defined_item,
+            framing(SEQUENCE_END, 0),
+            undefined_explicit((0x0009, 0x1010), b"UN"),
+            framing(ITEM, UNDEFINED_LENGTH),
+            implicit(COLUMNS, &9_u16.to_le_bytes()),
+            framing(ITEM_END, 0),
+            framing(SEQUENCE_END, 0),
+            explicit(ROWS, b"US", &rows.to_le_bytes()),
+            explicit(COLUMNS, b"US", &columns.to_le_bytes()),
+            explicit((0x0028, 0x0100), b"US", &16_u16.to_le_bytes()),
+        ];
+        parts.concat()
+    }
+
+    fn dimensions(bytes: &[u8]) -> (u32, u32) {
+        let examined = examine(bytes).unwrap_or_else(|error| panic!("refused: {error:?}"));
+        assert_eq!(examined.media_type, MediaType::Dicom);
+        (examined.width, examined.height)
+    }
+
+    #[test]
+    fn the_columns_and_rows_of_a_dicom_image_are_its_width_and_height() {
+        assert_eq!(dimensions(DICOM), (1, 1));
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640))), (640, 480));
+        // A compressed transfer syntax: the data set is explicit VR little endian all the same.
+        assert_eq!(dimensions(&dicom_file("1.2.840.10008.1.2.4.50", &explicit_data_set(512, 256))), (256, 512));
+
+        let implicit_data_set = [
+            implicit((0x0008, 0x0060), b"CT"),
+            framing((0x0008, 0x1140), UNDEFINED_LENGTH),
+            framing(ITEM, UNDEFINED_LENGTH),
+            implicit(ROWS, &3_u16.to_le_bytes()),
+            framing(ITEM_END, 0),
+            framing(SEQUENCE_END, 0),
+            implicit(ROWS, &1024_u16.to_le_bytes()),
+            implicit(COLUMNS, &768_u16.to_le_bytes()),
+        ]
+        .concat();
+        assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (768, 1024));
+
+        // Not read: a deflated or big endian data set, a private transfer syntax, a data set
+        // without Rows, or in another encoding than its transfer syntax says. The file is kept.
+        for syntax in ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2", "1.3.6.1.4.1.5962.300.1"] {
+            assert_eq!(dimensions(&dicom_file(syntax, &explicit_data_set(480, 640))), (0, 0), "{syntax}");
+        }
+        let no_rows = [explicit((0x0008, 0x0060), b"CS", b"MR"), explicit(COLUMNS, b"US", &640_u16.to_le_bytes())];
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &no_rows.concat())), (0, 0));
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (0, 0));
+    }
+
+    #[test]
+    fn a_malformed_dicom_data_set_gives_no_dimensions_and_never_panics() {
+        let whole = dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640));
+        // Cut short anywhere, or with any byte changed: examined, accepted or not, without a panic.
+        for end in 0..whole.len() {
+            let _ = examine(&whole[..end]);
+        }
+        for at in PREAMBLE + 4..whole.len() {
+            for byte in [0x00, 0x7F, 0xFF] {
+                let mut changed = whole.clone();
+                changed[at] = byte;
+                let _ = examine(&changed);
+            }
+        }
+        // Lengths past the end, and sequences nested deeper than any data set needs.
+        let overlong = [implicit((0x0008, 0x0060), b"MR"), framing((0x0008, 0x1140), 0xFFFF_FFF0)].concat();
+        assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &overlong)), (0, 0));
+        let mut deep = Vec::new();
+        for _ in 0..10_000 {
+            deep.extend(undefined_explicit((0x0008, 0x1140), b"SQ"));
+            deep.extend(framing(ITEM, UNDEFINED_LENGTH));
+        }
+        deep.extend(explicit(ROWS, b"US", &480_u16.to_le_bytes()));
+        deep.extend(explicit(COLUMNS, b"US", &640_u16.to_le_bytes()));
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &deep)), (0, 0));
     }
 }

@@ -5,6 +5,8 @@
 //! `sealed` column with the tenant's data key (`platform::crypto`), bound to the tenant and row;
 //! the CPF is looked up through its blind index `cpf_hash`. The clear-text columns of the first
 //! schema stay empty.
+//!
+//! A CPF is one person: no two live patients of a tenant share one (see `refuse_registered_cpf`).
 
 use std::sync::Arc;
 
@@ -12,11 +14,12 @@ use aigronova_platform::{
     Error,
     audit::{self, AuditEvent},
     crypto::{TenantCipher, TenantKeys},
-    storage::{Database, StoreError},
+    storage::{Backend, Database, StoreError},
     time,
 };
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::{Row, any::AnyRow};
 
 use crate::{
@@ -117,7 +120,8 @@ impl Store {
         Ok(self.keys.cipher(tenant_id).await?)
     }
 
-    /// Records `patient` with its audit event, in one transaction.
+    /// Records `patient` with its audit event, in one transaction; `AlreadyExists` when another
+    /// patient of the tenant has its CPF.
     pub(crate) async fn create_patient(
         &self,
         tenant_id: &str,
@@ -125,7 +129,9 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
+        let cpf_hash = cipher.blind_index(patient.cpf.as_str());
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        refuse_registered_cpf(&mut transaction, self.database.backend(), tenant_id, &cpf_hash, &patient.id).await?;
         sqlx::query(
             "INSERT INTO patients (tenant_id, id, name, cpf, birth_date, created_at, sealed, cpf_hash) \
              VALUES ($1, $2, '', '', '', $3, $4, $5)",
@@ -134,7 +140,7 @@ impl Store {
         .bind(patient.id.as_str())
         .bind(time::stored(patient.created_at))
         .bind(seal(&cipher, tenant_id, patient))
-        .bind(cipher.blind_index(patient.cpf.as_str()))
+        .bind(&cpf_hash)
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
@@ -246,29 +252,39 @@ impl Store {
         Ok(PatientPage { patients, next_page_token })
     }
 
-    /// Applies `changes` to the patient `id`, with the audit event (`event(&patient)`) in the
-    /// same transaction; returns the patient as changed.
+    /// Applies `changes` to the patient `id`, with the audit events (`events(&patient)`) in the
+    /// same transaction; returns the patient as changed. `AlreadyExists` when the change gives the
+    /// patient the CPF of another.
     pub(crate) async fn update_patient(
         &self,
         tenant_id: &str,
         id: &PatientId,
         changes: PatientChanges,
-        event: impl FnOnce(&Patient) -> AuditEvent,
+        events: impl FnOnce(&Patient) -> Vec<AuditEvent>,
     ) -> Result<Patient, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let mut patient = fetch_patient(&mut transaction, &cipher, tenant_id, id).await?;
+        let cpf_before = patient.cpf.clone();
         changes.apply(&mut patient);
+        let cpf_hash = cipher.blind_index(patient.cpf.as_str());
+        // Only a new CPF is checked: a patient that shares its CPF with another since before the
+        // check existed can still be changed otherwise.
+        if patient.cpf != cpf_before {
+            refuse_registered_cpf(&mut transaction, self.database.backend(), tenant_id, &cpf_hash, id).await?;
+        }
         sqlx::query("UPDATE patients SET sealed = $1, cpf_hash = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5")
             .bind(seal(&cipher, tenant_id, &patient))
-            .bind(cipher.blind_index(patient.cpf.as_str()))
+            .bind(&cpf_hash)
             .bind(patient.updated_at.map(time::stored))
             .bind(tenant_id)
             .bind(id.as_str())
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
-        audit::enqueue(&mut transaction, &event(&patient)).await?;
+        for event in events(&patient) {
+            audit::enqueue(&mut transaction, &event).await?;
+        }
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(patient)
     }
@@ -693,6 +709,49 @@ impl Store {
     }
 }
 
+/// Refuses `cpf_hash`, a CPF's blind index, when a patient of `tenant_id` other than `except` has
+/// it and is not erased: a CPF is one person, and data-subject requests find the person by it.
+///
+/// Called in the write transaction that stores the CPF, which must not see a row stored after its
+/// check: on SQLite, write transactions run one at a time; on PostgreSQL, the transaction first
+/// takes an advisory lock on the tenant and the blind index, which a second transaction storing
+/// the same CPF waits for, and then sees the first's row (at `READ COMMITTED`, each statement reads
+/// what was committed before it). Not a unique index: a database written before this check may
+/// hold duplicates, on which building one would fail at start-up.
+async fn refuse_registered_cpf(
+    connection: &mut sqlx::AnyConnection,
+    backend: Backend,
+    tenant_id: &str,
+    cpf_hash: &str,
+    except: &PatientId,
+) -> Result<(), Error> {
+    if backend == Backend::Postgres {
+        // The key shows in `pg_locks`: a digest of the keyed blind index, which says nothing of the CPF.
+        let digest = Sha256::digest(format!("patients.cpf_hash\0{tenant_id}\0{cpf_hash}").as_bytes());
+        let key = i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+        // Counted, so that the row holds an integer rather than the function's `void`.
+        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
+            .bind(key)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    let registered = sqlx::query(
+        "SELECT 1 FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL AND id <> $3 LIMIT 1",
+    )
+    .bind(tenant_id)
+    .bind(cpf_hash)
+    .bind(except.as_str())
+    .fetch_optional(&mut *connection)
+    .await
+    .map_err(StoreError::from)?;
+    match registered {
+        // Without the other patient's id: the caller may not know it, and learns only that the CPF is taken.
+        Some(_) => Err(Error::AlreadyExists("a patient with this CPF is already registered".into())),
+        None => Ok(()),
+    }
+}
+
 fn image_from(row: &AnyRow) -> Result<ImageRecord, StoreError> {
     Ok(ImageRecord {
         id: row.try_get("id")?,
@@ -784,4 +843,116 @@ fn patient_from(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<
         created_at: time::parse_stored("patients.created_at", &row.try_get::<String, _>("created_at")?)?,
         updated_at: updated_at.as_deref().map(|at| time::parse_stored("patients.updated_at", at)).transpose()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use aigronova_platform::{audit::EventKind, auth::Caller};
+
+    use super::*;
+    use crate::patient::NewPatient;
+
+    const TENANT: &str = "tenant-a";
+
+    /// A store on a fresh embedded database in `dir`.
+    async fn store(dir: &std::path::Path) -> Store {
+        let url = format!("sqlite://{}", dir.join("healthquantum.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let master = aigronova_platform::crypto::master_key(None, &dir.join("master.key"), "test").unwrap();
+        Store::new(database.clone(), Arc::new(TenantKeys::new(database, master)))
+    }
+
+    fn event() -> AuditEvent {
+        let caller = Caller { tenant_id: TENANT.into(), subject: "test".into(), scopes: Vec::new() };
+        AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::PersonalDataChange,
+            "test",
+            "patient:x",
+            serde_json::json!({}),
+        )
+    }
+
+    /// The `n`th of a series of valid CPFs: the 9 digits of 100000000 + `n` and their check digits.
+    fn cpf(n: u32) -> Cpf {
+        let mut digits: Vec<u32> = format!("{:09}", 100_000_000 + n).chars().filter_map(|c| c.to_digit(10)).collect();
+        for length in [9_u32, 10] {
+            let sum: u32 = digits.iter().zip((2..=length + 1).rev()).map(|(digit, weight)| digit * weight).sum();
+            let check = (sum * 10) % 11;
+            digits.push(if check == 10 { 0 } else { check });
+        }
+        Cpf::parse(&digits.iter().map(u32::to_string).collect::<String>()).unwrap()
+    }
+
+    fn patient(name: &str, cpf: Cpf) -> Patient {
+        let birth_date = BirthDate::parse("1980-02-29").unwrap();
+        Patient::register(NewPatient {
+            name: PatientName::parse(name).unwrap(),
+            cpf,
+            birth_date,
+            email: None,
+            phone: None,
+        })
+    }
+
+    fn refused_as_registered(result: Result<impl std::fmt::Debug, Error>) {
+        match result {
+            Err(Error::AlreadyExists(message)) => assert_eq!(message, "a patient with this CPF is already registered"),
+            other => panic!("not refused as a CPF already registered: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cpf_is_registered_once_a_tenant_until_its_patient_is_erased() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let first = patient("Maria Silva", cpf(1));
+        store.create_patient(TENANT, &first, &event()).await.unwrap();
+
+        refused_as_registered(store.create_patient(TENANT, &patient("Maria S.", cpf(1)), &event()).await);
+        // Another tenant's patients are another register.
+        store.create_patient("tenant-b", &patient("Maria Silva", cpf(1)), &event()).await.unwrap();
+        // A change to the CPF of another is refused; to its own CPF, or another field, is not.
+        let second = patient("João Lima", cpf(2));
+        store.create_patient(TENANT, &second, &event()).await.unwrap();
+        let to_first = PatientChanges { cpf: Some(cpf(1)), ..PatientChanges::default() };
+        refused_as_registered(store.update_patient(TENANT, &second.id, to_first.clone(), |_| Vec::new()).await);
+        let same = PatientChanges {
+            cpf: Some(cpf(2)),
+            name: Some(PatientName::parse("João").unwrap()),
+            ..PatientChanges::default()
+        };
+        store.update_patient(TENANT, &second.id, same, |_| Vec::new()).await.unwrap();
+
+        // Erased, the first patient holds its CPF no more.
+        let erased = store.erase_subject(TENANT, &cpf(1), |_| event()).await.unwrap();
+        assert_eq!(erased, [first.id.to_string()]);
+        let changed = store.update_patient(TENANT, &second.id, to_first, |_| Vec::new()).await.unwrap();
+        assert_eq!(changed.cpf, cpf(1));
+        refused_as_registered(store.create_patient(TENANT, &patient("Maria Silva", cpf(1)), &event()).await);
+    }
+
+    #[tokio::test]
+    async fn a_name_search_may_answer_an_empty_page_with_a_token_to_go_on_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        // More patients that do not match than one call examines, then one that does.
+        let others = u32::try_from(SCAN_LIMIT).unwrap() + 1;
+        for n in 0..others {
+            store.create_patient(TENANT, &patient("Zeca Souza", cpf(n)), &event()).await.unwrap();
+        }
+        // A later millisecond: the match comes after the others in id order.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        let maria = patient("Maria Silva", cpf(others));
+        store.create_patient(TENANT, &maria, &event()).await.unwrap();
+        let filter = PatientFilter { name_prefix: Some("mar".into()), cpf: None };
+
+        let first = store.list_patients(TENANT, &filter, 20, None, |_| event()).await.unwrap();
+        assert!(first.patients.is_empty(), "{} patients", first.patients.len());
+        let token = first.next_page_token.expect("a token to go on from where the scan stopped");
+        let second = store.list_patients(TENANT, &filter, 20, Some(&token), |_| event()).await.unwrap();
+        assert_eq!(second.patients, [maria]);
+        assert_eq!(second.next_page_token, None, "the end");
+    }
 }

@@ -18,9 +18,10 @@ use aigronova_platform::{
     storage::Database,
 };
 use aigronova_proto::aigronova::health::v1::{
-    AssessRiskRequest, Assessment, CreatePatientRequest, GetPatientRequest, Patient,
+    AssessRiskRequest, Assessment, CreatePatientRequest, GetPatientRequest, Patient, UpdatePatientRequest,
     health_quantum_client::HealthQuantumClient,
 };
+use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::task::JoinHandle;
 use tonic::{Code, Request, Status, transport::Channel};
@@ -29,6 +30,8 @@ const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres"
 const TENANT_A: &str = "tenant-a";
 const TENANT_B: &str = "tenant-b";
 const MODEL: &str = "breast-cancer";
+const READ_WRITE: &[&str] = &["health:read", "health:write"];
+const WRITE_ONLY: &[&str] = &["health:write"];
 
 #[derive(Clone, Copy, Debug)]
 enum Engine {
@@ -66,6 +69,10 @@ on_both_engines!(
     invalid_feature_vectors_are_refused_by_name_and_no_assessment_is_stored,
     an_empty_or_unknown_model_is_an_invalid_model,
     assessing_an_unknown_patient_is_not_found_and_nothing_is_stored,
+    reading_a_patient_audits_exactly_the_fields_shown,
+    an_update_shows_the_fields_it_did_not_set_only_to_a_caller_who_may_read_them,
+    a_cpf_registered_in_the_tenant_is_refused_and_nothing_is_stored,
+    two_registrations_of_one_cpf_at_once_store_one_patient,
 );
 
 async fn a_call_without_a_token_is_unauthenticated(engine: Engine) {
@@ -257,6 +264,116 @@ async fn assessing_an_unknown_patient_is_not_found_and_nothing_is_stored(engine:
     app.stop().await;
 }
 
+async fn reading_a_patient_audits_exactly_the_fields_shown(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let reachable =
+        CreatePatientRequest { email: "maria@exemplo.com.br".into(), phone: "+55 11 91234-5678".into(), ..maria() };
+    let with_contacts = app.create_patient(TENANT_A, reachable).await.unwrap();
+    let without = CreatePatientRequest { name: "João Lima".into(), cpf: "529.982.247-25".into(), ..maria() };
+    let without = app.create_patient(TENANT_A, without).await.unwrap();
+
+    for (patient, expected) in [
+        (&with_contacts, json!(["name", "cpf", "birthDate", "email", "phone"])),
+        (&without, json!(["name", "cpf", "birthDate"])),
+    ] {
+        let shown = app.get_patient(TENANT_A, &patient.id).await.unwrap();
+        let reads = app.audit_events("sensitive_read", "health.GetPatient", &patient.id).await;
+        assert_eq!(reads.len(), 1, "{reads:?}");
+        assert_eq!(reads[0]["details"]["fields"], expected, "the fields of {shown:?}");
+    }
+    app.stop().await;
+}
+
+async fn an_update_shows_the_fields_it_did_not_set_only_to_a_caller_who_may_read_them(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let reachable =
+        CreatePatientRequest { email: "maria@exemplo.com.br".into(), phone: "+55 11 91234-5678".into(), ..maria() };
+    let created = app.create_patient(TENANT_A, reachable).await.unwrap();
+    let change = |edit: fn(&mut UpdatePatientRequest)| {
+        let mut request = UpdatePatientRequest { id: created.id.clone(), ..UpdatePatientRequest::default() };
+        edit(&mut request);
+        request
+    };
+
+    // A caller who may only write sees what it sent, and nothing else.
+    let cleared = app.update_patient_as(TENANT_A, WRITE_ONLY, change(|r| r.email = Some(String::new()))).await.unwrap();
+    let personal = |patient: &Patient| {
+        [
+            patient.name.clone(),
+            patient.cpf.clone(),
+            patient.birth_date.clone(),
+            patient.email.clone(),
+            patient.phone.clone(),
+        ]
+    };
+    assert_eq!(personal(&cleared), ["", "", "", "", ""].map(String::from));
+    assert_eq!(cleared.id, created.id);
+    assert!(cleared.update_time.is_some());
+    let renamed = app.update_patient_as(TENANT_A, WRITE_ONLY, change(|r| r.name = Some(" Maria Souza ".into()))).await;
+    assert_eq!(personal(&renamed.unwrap()), ["Maria Souza", "", "", "", ""].map(String::from));
+    assert_eq!(app.audit_events("sensitive_read", "health.UpdatePatient", &created.id).await, Vec::<Value>::new());
+
+    // A caller who may read sees the whole record, and that read is audited with the change.
+    let phoned = change(|r| r.phone = Some("+55 11 3333-4444".into()));
+    let shown = app.update_patient_as(TENANT_A, READ_WRITE, phoned).await.unwrap();
+    assert_eq!(
+        personal(&shown),
+        ["Maria Souza", "12345678909", "1980-02-29", "", "+55 11 3333-4444"].map(String::from)
+    );
+    let reads = app.audit_events("sensitive_read", "health.UpdatePatient", &created.id).await;
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0]["details"]["fields"], json!(["name", "cpf", "birthDate"]), "what the caller did not send");
+    let changes = app.audit_events("personal_data_change", "health.UpdatePatient", &created.id).await;
+    let changed: Vec<&Value> = changes.iter().map(|event| &event["details"]["fields"]).collect();
+    assert_eq!(changed, [&json!(["email"]), &json!(["name"]), &json!(["phone"])]);
+    app.stop().await;
+}
+
+async fn a_cpf_registered_in_the_tenant_is_refused_and_nothing_is_stored(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let registered = app.create_patient(TENANT_A, maria()).await.unwrap();
+
+    let twin = CreatePatientRequest { name: "Maria Souza".into(), cpf: "12345678909".into(), ..maria() };
+    let error = app.create_patient(TENANT_A, twin.clone()).await.unwrap_err();
+    assert_eq!(error.code(), Code::AlreadyExists);
+    assert_eq!(error.message(), "a patient with this CPF is already registered");
+    assert!(!error.message().contains(&registered.id), "the other patient is not named");
+    assert_eq!(app.count("patients").await, 1);
+    // Another tenant has a register of its own.
+    app.create_patient(TENANT_B, twin).await.unwrap();
+
+    // A change to the CPF of another patient is refused, with every other change it carries.
+    let joao = CreatePatientRequest { name: "João Lima".into(), cpf: "529.982.247-25".into(), ..maria() };
+    let joao = app.create_patient(TENANT_A, joao).await.unwrap();
+    let taking = UpdatePatientRequest {
+        id: joao.id.clone(),
+        name: Some("João Lima Neto".into()),
+        cpf: Some("123.456.789-09".into()),
+        ..UpdatePatientRequest::default()
+    };
+    let error = app.update_patient_as(TENANT_A, READ_WRITE, taking).await.unwrap_err();
+    assert_eq!((error.code(), error.message()), (Code::AlreadyExists, "a patient with this CPF is already registered"));
+    assert_eq!(app.count("audit_outbox").await, 3, "three registrations, no refusal");
+    assert_eq!(app.get_patient(TENANT_A, &joao.id).await.unwrap(), joao, "unchanged");
+    app.stop().await;
+}
+
+async fn two_registrations_of_one_cpf_at_once_store_one_patient(engine: Engine) {
+    let app = spawn_app(engine).await;
+    let cpfs = ["111.222.333-96", "222.333.444-05", "333.444.555-08", "444.555.666-19", "987.654.321-00"];
+
+    for cpf in cpfs {
+        let request = || CreatePatientRequest { cpf: cpf.into(), ..maria() };
+        let (first, second) =
+            tokio::join!(app.create_patient(TENANT_A, request()), app.create_patient(TENANT_A, request()));
+        let code = |result: Result<Patient, Status>| result.map_or_else(|status| status.code(), |_| Code::Ok);
+        let codes = (code(first), code(second));
+        assert!(matches!(codes, (Code::Ok, Code::AlreadyExists) | (Code::AlreadyExists, Code::Ok)), "{cpf}: {codes:?}");
+    }
+    assert_eq!(app.count("patients").await, i64::try_from(cpfs.len()).unwrap());
+    app.stop().await;
+}
+
 /// A change to a valid feature vector.
 enum Edit {
     Remove(String),
@@ -333,6 +450,38 @@ impl TestApp {
         request
     }
 
+    /// A request of a caller of `tenant` holding `scopes`.
+    fn request_as<T>(&self, tenant: &str, scopes: &[&str], message: T) -> Request<T> {
+        let caller = Caller { scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(), ..caller(tenant) };
+        let mut request = Request::new(message);
+        auth::attach_token(request.metadata_mut(), &self.signer.mint(&caller));
+        request
+    }
+
+    async fn update_patient_as(
+        &self,
+        tenant: &str,
+        scopes: &[&str],
+        message: UpdatePatientRequest,
+    ) -> Result<Patient, Status> {
+        Ok(self.client.clone().update_patient(self.request_as(tenant, scopes, message)).await?.into_inner())
+    }
+
+    /// The audit events of `kind` and `action` about the patient `id`, oldest first. No relay
+    /// runs here: every event the service wrote waits in its outbox.
+    async fn audit_events(&self, kind: &str, action: &str, id: &str) -> Vec<Value> {
+        let stored: Vec<String> = sqlx::query_scalar("SELECT event FROM audit_outbox ORDER BY created_at, event_id")
+            .fetch_all(self.database.pool())
+            .await
+            .unwrap();
+        stored
+            .iter()
+            .map(|event| serde_json::from_str::<Value>(event).unwrap())
+            .filter(|event| event["kind"] == kind && event["action"] == action)
+            .filter(|event| event["subject"] == format!("patient:{id}"))
+            .collect()
+    }
+
     async fn create_patient(&self, tenant: &str, message: CreatePatientRequest) -> Result<Patient, Status> {
         let response = self.client.clone().create_patient(self.request(tenant, message)).await?;
         Ok(response.into_inner())
@@ -364,6 +513,7 @@ impl TestApp {
         let sql = match table {
             "patients" => "SELECT COUNT(*) FROM patients",
             "assessments" => "SELECT COUNT(*) FROM assessments",
+            "audit_outbox" => "SELECT COUNT(*) FROM audit_outbox",
             other => panic!("no table {other}"),
         };
         sqlx::query_scalar(sql).fetch_one(self.database.pool()).await.unwrap()

@@ -63,6 +63,18 @@ pub fn missing_permission(permission: &str, detail: &str) -> Status {
     status
 }
 
+/// The metadata key of how many seconds a caller should wait before retrying a refused call; the
+/// gateway answers it as `Retry-After`.
+pub const RETRY_AFTER_METADATA_KEY: &str = "aigronova-retry-after";
+
+/// `resource_exhausted` (HTTP 429) for a call to retry in `seconds`, said in
+/// [`RETRY_AFTER_METADATA_KEY`].
+pub fn retry_later(seconds: u64, detail: &str) -> Status {
+    let mut status = Status::resource_exhausted(detail.to_owned());
+    status.metadata_mut().insert(RETRY_AFTER_METADATA_KEY, seconds.into());
+    status
+}
+
 /// `invalid_argument` naming `field`, in the message and in [`FIELD_METADATA_KEY`].
 pub fn invalid_argument(field: &str, reason: &str) -> Status {
     let mut status = Status::invalid_argument(format!("{field}: {reason}"));

@@ -1,4 +1,5 @@
-//! W3C trace context (`traceparent`, `tracestate`) across HTTP headers and gRPC metadata.
+//! W3C trace context (`traceparent`, `tracestate`) across HTTP headers and gRPC metadata, and what
+//! the gateway reads and changes of a span's OpenTelemetry side (its trace id, its exported name).
 
 use opentelemetry::{
     Context,
@@ -52,4 +53,24 @@ pub fn adopt_remote_parent(span: &tracing::Span, headers: &http::HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     // Fails only when no OpenTelemetry layer is installed; the span then simply has no parent.
     let _ = span.set_parent(extract(headers));
+}
+
+/// The W3C trace id of `span`, 32 lowercase hex digits, so that a log line can name the trace it
+/// belongs to; `None` when no OpenTelemetry layer is installed or the span is disabled.
+pub fn trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let span_ref = context.span();
+    let span_context = span_ref.span_context();
+    span_context.is_valid().then(|| span_context.trace_id().to_string())
+}
+
+/// Renames `span` as exported, once its name is known (an HTTP route matched while the span
+/// ran). tracing-opentelemetry 0.34 reads a recorded `otel.name` only until the span is started,
+/// which happens when it is first entered, so the name is set on the OpenTelemetry span itself.
+pub fn rename(span: &tracing::Span, name: String) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.context().span().update_name(name);
 }

@@ -348,17 +348,22 @@ impl TestApp {
         (tenant, key)
     }
 
-    /// Creates a patient and returns its id.
+    /// Creates a patient and returns its id: with CPF 529.982.247-25 while no patient of the tenant
+    /// has it (the data-subject tests find the patient by it), else with another valid CPF, since a
+    /// CPF is one patient of a tenant (409 otherwise).
     pub async fn create_patient(&self, key: &str) -> String {
-        let response = self
-            .post(
-                "/v1/health/patients",
-                key,
-                &json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"}),
-            )
-            .await;
-        assert_eq!(response.status(), 200, "patient creation");
-        response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+        static OTHER_CPFS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut cpf = "529.982.247-25".to_owned();
+        loop {
+            let body = json!({"name": "Maria Silva", "cpf": cpf, "birthDate": "1980-02-29"});
+            let response = self.post("/v1/health/patients", key, &body).await;
+            if response.status() == 409 {
+                cpf = credit::cpf(900_000_000 + OTHER_CPFS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                continue;
+            }
+            assert_eq!(response.status(), 200, "patient creation");
+            return response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        }
     }
 
     /// Suspends a tenant through the admin API.

@@ -79,13 +79,22 @@ async fn a_missing_or_wrong_key_is_401() {
 }
 
 #[tokio::test]
-async fn a_key_without_the_scope_is_403() {
+async fn a_key_without_the_scope_is_403_with_the_insufficient_scope_challenge() {
     let app = spawn_app(Backend::Sqlite).await;
     let tenant = app.create_tenant("Read only").await;
     let read_only = app.create_key(&tenant, &["health:read"]).await;
     let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"});
-    let problem = assert_problem(app.post("/v1/health/patients", &read_only, &body).await, 403).await;
-    assert!(problem["detail"].as_str().unwrap().contains("health:write"), "{problem}");
+    let response = app.post("/v1/health/patients", &read_only, &body).await;
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="insufficient_scope", scope="health:write""#);
+    let problem = assert_problem(response, 403).await;
+    assert_eq!(problem["detail"], r#"this API key lacks the scope "health:write""#, "{problem}");
+    // The admin API and the metrics say the same of their scopes.
+    let response = app.get("/v1/admin/tenants", &read_only).await;
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="insufficient_scope", scope="admin""#);
+    assert_problem(response, 403).await;
+    let response = app.get("/metrics", &read_only).await;
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="insufficient_scope", scope="metrics:read""#);
+    assert_problem(response, 403).await;
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }
@@ -319,6 +328,36 @@ async fn the_admin_api_refuses_what_it_would_ignore() {
     assert_eq!(listed.status(), 200);
     let listed: Value = listed.json().await.unwrap();
     assert_eq!(listed["tenants"].as_array().unwrap().len(), tenants_before, "nothing created");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn json_bodies_declared_in_a_charset_other_than_utf_8_are_415_naming_it() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    for (media_type, charset) in [
+        ("application/json; charset=iso-8859-1", "iso-8859-1"),
+        ("application/json; Charset=\"Windows-1252\"", "Windows-1252"),
+        ("application/json; charset=utf-16", "utf-16"),
+    ] {
+        let response = patient_declared_as(&app, &key, reqwest::header::HeaderValue::from_static(media_type)).await;
+        let problem = assert_problem(response, 415).await;
+        assert!(problem["detail"].as_str().unwrap().contains(charset), "{media_type}: {problem}");
+    }
+    let tenant_declared_as = |media_type: &'static str| {
+        app.client
+            .post(app.url("/v1/admin/tenants"))
+            .bearer_auth(&app.admin_key)
+            .header("content-type", media_type)
+            .body(r#"{"name": "Clínica", "plan": "starter"}"#)
+            .send()
+    };
+    assert_problem(tenant_declared_as("application/json; charset=latin1").await.unwrap(), 415).await;
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    // UTF-8, said in any case or quoted, is what JSON is anyway.
+    let utf8 = reqwest::header::HeaderValue::from_static("application/json; charset=UTF-8");
+    assert_eq!(patient_declared_as(&app, &key, utf8).await.status(), 200);
+    assert_eq!(tenant_declared_as("application/json;charset=\"utf-8\"").await.unwrap().status(), 201);
     app.stop().await;
 }
 

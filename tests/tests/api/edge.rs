@@ -1,6 +1,7 @@
-//! The gateway's edge behaviour: CORS and the Prometheus metrics.
+//! The gateway's edge behaviour: CORS, caching and the Prometheus metrics.
 
 use aigronova_e2e::{Backend, assert_problem, spawn_app, spawn_app_with};
+use serde_json::json;
 
 #[tokio::test]
 async fn cors_allows_the_configured_origin_only() {
@@ -18,16 +19,63 @@ async fn cors_allows_the_configured_origin_only() {
     };
     let allowed = preflight("https://app.acme.com.br").await.unwrap();
     assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.acme.com.br");
+    // The methods the routes take: HEAD wherever GET is, and no PUT, which none takes.
     let methods = allowed.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
-    assert!(methods.contains("POST"), "{methods}");
+    assert_eq!(names(&methods), ["DELETE", "GET", "HEAD", "PATCH", "POST"], "{methods}");
     let refused = preflight("https://evil.example").await.unwrap();
     assert!(!refused.headers().contains_key("access-control-allow-origin"));
 
     let response =
         app.client.get(app.url("/healthz")).header("origin", "https://app.acme.com.br").send().await.unwrap();
     assert_eq!(response.headers()["access-control-allow-origin"], "https://app.acme.com.br");
+    // What a page's script needs to read of an answer: the id to quote, the challenge of a 401 or
+    // 403, how long to wait, and the rate limits.
     let exposed = response.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
-    assert!(exposed.contains("x-request-id"), "{exposed}");
+    assert_eq!(
+        names(&exposed.to_ascii_lowercase()),
+        ["ratelimit", "ratelimit-policy", "retry-after", "www-authenticate", "x-request-id"],
+        "{exposed}"
+    );
+    app.stop().await;
+}
+
+/// The items of a comma-separated header value, sorted.
+fn names(list: &str) -> Vec<String> {
+    let mut names: Vec<String> = list.split(',').map(|name| name.trim().to_owned()).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn api_answers_tell_caches_not_to_store_them_and_the_api_description_does_not() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (tenant, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let no_store = |response: &reqwest::Response| {
+        response.headers().get("cache-control").and_then(|value| value.to_str().ok()).map(str::to_owned)
+    };
+    let read = app.get(&format!("/v1/health/patients/{patient}"), &key).await;
+    assert_eq!(read.status(), 200);
+    assert_eq!(no_store(&read).as_deref(), Some("no-store"), "a patient's personal data");
+    let issued = app
+        .post(
+            &format!("/v1/admin/tenants/{tenant}/api-keys"),
+            &app.admin_key,
+            &json!({"name": "ci", "scopes": ["health:read"]}),
+        )
+        .await;
+    assert_eq!(issued.status(), 201);
+    assert_eq!(no_store(&issued).as_deref(), Some("no-store"), "a key shown once");
+    let missing = app.get("/v1/health/patients/00000000-0000-7000-8000-000000000000", &key).await;
+    assert_eq!(no_store(&missing).as_deref(), Some("no-store"), "a problem");
+    assert_problem(missing, 404).await;
+    let listed = app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await;
+    assert_eq!(no_store(&listed).as_deref(), Some("no-store"), "the admin API");
+    for path in ["/openapi.json", "/docs"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(no_store(&response), None, "{path} is the same for everyone");
+    }
     app.stop().await;
 }
 

@@ -50,7 +50,9 @@ async fn tokens_signed_with_rs256_es256_and_eddsa_keys_reach_the_health_api() {
         let mut claims = provider.claims(&tenant, "");
         claims.insert("scope".into(), json!(["health:read", "health:write"]));
         claims.insert("exp".into(), json!(unix_now() - 10));
-        let response = app.post("/v1/health/patients", &keys[0].sign(&claims), &patient()).await;
+        // A CPF of its own: the tenant's first patient has the one `patient()` gives.
+        let other = json!({"name": "Mário Souza", "cpf": "111.444.777-35", "birthDate": "1975-06-01"});
+        let response = app.post("/v1/health/patients", &keys[0].sign(&claims), &other).await;
         assert_eq!(response.status(), 200, "array scopes, expired 10 s ago, on {backend:?}");
         // API keys keep working beside JWTs.
         let api_key = app.create_key(&tenant, &["health:read", "health:write"]).await;
@@ -60,18 +62,31 @@ async fn tokens_signed_with_rs256_es256_and_eddsa_keys_reach_the_health_api() {
     }
 }
 
+/// Checks a 403 for a missing scope: the RFC 6750 challenge naming `scope`, and the problem.
+async fn assert_insufficient_scope(response: reqwest::Response, scope: &str) -> Value {
+    let challenge = response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let problem = assert_problem(response, 403).await;
+    let expected = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
+    assert_eq!(challenge, Some(expected), "challenge of {problem}");
+    problem
+}
+
 #[tokio::test]
-async fn a_token_without_the_scope_of_the_route_gets_403() {
+async fn a_token_without_the_scope_of_the_route_gets_403_naming_the_scope_the_token_lacks() {
     let key = TestKey::ed25519("ed25519-1");
     let provider = FakeOidcProvider::start(&[&key]).await;
     let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
     let tenant = app.create_tenant("Clínica").await;
     let read_only = key.sign(&provider.claims(&tenant, "health:read"));
-    assert_problem(app.post("/v1/health/patients", &read_only, &patient()).await, 403).await;
+    let response = app.post("/v1/health/patients", &read_only, &patient()).await;
+    let problem = assert_insufficient_scope(response, "health:write").await;
+    assert_eq!(problem["detail"], r#"this token lacks the scope "health:write""#, "{problem}");
     // A token never carries the admin scope, whatever the provider says.
     let admin = key.sign(&provider.claims(&tenant, "admin health:write"));
     let response = app.post("/v1/admin/tenants", &admin, &json!({"name": "X", "plan": "starter"})).await;
-    assert_problem(response, 403).await;
+    let problem = assert_insufficient_scope(response, "admin").await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("a token never grants") && detail.contains("administrator API key"), "{problem}");
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }
@@ -202,21 +217,58 @@ async fn the_gateway_follows_a_key_rotation_with_one_fetch_for_concurrent_reques
     app.stop().await;
 }
 
+/// Checks a 503 for a token whose key cannot be fetched: `Retry-After`, no `invalid_token`
+/// challenge (the token may be good), and a detail that says so.
+async fn assert_keys_unreachable(response: reqwest::Response) {
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let challenge = response.headers().get("www-authenticate").cloned();
+    let problem = assert_problem(response, 503).await;
+    assert!(
+        retry_after.and_then(|seconds| seconds.parse::<u64>().ok()).is_some_and(|seconds| seconds >= 1),
+        "{problem}"
+    );
+    assert_eq!(challenge, None, "the token is not refused: {problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("signing keys cannot be fetched now"), "{problem}");
+}
+
 #[tokio::test]
-async fn known_keys_keep_working_while_the_jwks_endpoint_fails() {
+async fn known_keys_keep_working_while_the_jwks_endpoint_fails_and_unknown_ones_get_503() {
     let key = TestKey::p256("p256-1");
     let provider = FakeOidcProvider::start(&[&key]).await;
     let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
     let tenant = app.create_tenant("Clínica").await;
     let token = key.sign(&provider.claims(&tenant, READ_WRITE));
-    app.create_patient(&token).await;
+    let patient_path = format!("/v1/health/patients/{}", app.create_patient(&token).await);
     assert_eq!(provider.fetches(), 1);
 
     provider.fail(true);
+    // The provider may have published this key since: the token is not known to be bad.
     let unknown = key.sign_as("p256-2", &provider.claims(&tenant, READ_WRITE));
-    assert_invalid_token(app.post("/v1/health/patients", &unknown, &patient()).await).await;
+    assert_keys_unreachable(app.post("/v1/health/patients", &unknown, &patient()).await).await;
     assert_eq!(provider.fetches(), 2, "the unknown kid made the gateway try a fetch");
-    app.create_patient(&token).await;
+    assert_eq!(app.get(&patient_path, &token).await.status(), 200, "the cached key still verifies");
+
+    // Once the JWKS is fetched again, a kid it does not hold is the token's fault.
+    provider.fail(false);
+    assert_invalid_token(app.post("/v1/health/patients", &unknown, &patient()).await).await;
+    assert_eq!(provider.fetches(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_whose_jwks_cannot_be_fetched_at_all_gets_503_with_retry_after() {
+    let key = TestKey::rsa("rsa-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let nowhere = format!("http://127.0.0.1:{}/.well-known/jwks.json", aigronova_e2e::port_to_start_later());
+    let app = app_trusting(&provider, Backend::Sqlite, |oidc| oidc.jwks_url = nowhere).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+    for _ in 0..2 {
+        assert_keys_unreachable(app.post("/v1/health/patients", &token, &patient()).await).await;
+    }
+    assert_eq!(provider.fetches(), 0);
+    assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }
 

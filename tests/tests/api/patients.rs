@@ -1,5 +1,6 @@
 //! The patient lifecycle through the gateway: create, get, list with pages and filters, update,
-//! delete; personal fields sealed in the database; row-level security on PostgreSQL.
+//! delete; one patient a CPF; what an update shows a key that may not read; personal fields
+//! sealed in the database; row-level security on PostgreSQL; medical images.
 
 use std::time::Duration;
 
@@ -158,6 +159,130 @@ async fn patient_lifecycle_on_sqlite() {
 #[tokio::test]
 async fn patient_lifecycle_on_postgres() {
     patient_lifecycle(Backend::Postgres).await;
+}
+
+/// A key that may change patients but not read them sees, in the answer to a change, only what it
+/// sent: the rest of the record would be a read it may not make.
+async fn an_update_by_a_key_that_may_not_read_shows_only_what_it_sent(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant_on("Clínica Escrita", "professional").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let writer = app.create_key(&tenant, &["health:write"]).await;
+    let maria = create(
+        &app,
+        &key,
+        json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29",
+               "email": "maria@exemplo.com.br", "phone": "+55 11 91234-5678"}),
+    )
+    .await;
+    let path = format!("/v1/health/patients/{}", maria["id"].as_str().unwrap());
+    assert_problem(app.get(&path, &writer).await, 403).await;
+
+    let response = app.patch(&path, &writer, &json!({"email": ""})).await;
+    assert_eq!(response.status(), 200);
+    let cleared: Value = response.json().await.unwrap();
+    assert_eq!(cleared["id"], maria["id"]);
+    assert!(cleared["updateTime"].is_string(), "{cleared}");
+    for field in ["name", "cpf", "birthDate", "email", "phone"] {
+        assert!(
+            cleared[field].as_str().is_none_or(str::is_empty),
+            "{field} shown to a key that may not read: {cleared}"
+        );
+    }
+    let renamed: Value = app.patch(&path, &writer, &json!({"name": "Maria Souza"})).await.json().await.unwrap();
+    assert_eq!(renamed["name"], "Maria Souza", "what it sent");
+    for field in ["cpf", "birthDate", "email", "phone"] {
+        assert!(
+            renamed[field].as_str().is_none_or(str::is_empty),
+            "{field} shown to a key that may not read: {renamed}"
+        );
+    }
+
+    // A key that may read sees the record as changed, and that is audited as a read.
+    let response = app.patch(&path, &key, &json!({"phone": "+55 11 3333-4444"})).await;
+    assert_eq!(response.status(), 200);
+    let shown: Value = response.json().await.unwrap();
+    assert_eq!(
+        [&shown["name"], &shown["cpf"], &shown["birthDate"], &shown["phone"]],
+        [&json!("Maria Souza"), &json!("52998224725"), &json!("1980-02-29"), &json!("+55 11 3333-4444")]
+    );
+    assert!(shown["email"].as_str().is_none_or(str::is_empty), "{shown}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
+        let kinds: Vec<&str> = page["entries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["action"] == "health.UpdatePatient")
+            .filter_map(|entry| entry["kind"].as_str())
+            .collect();
+        if kinds.len() == 4 {
+            let reads = kinds.iter().filter(|kind| **kind == "sensitive_read").count();
+            assert_eq!(reads, 1, "three changes and one read: {kinds:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "audit events missing: {kinds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_update_by_a_key_that_may_not_read_shows_only_what_it_sent_on_sqlite() {
+    an_update_by_a_key_that_may_not_read_shows_only_what_it_sent(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_update_by_a_key_that_may_not_read_shows_only_what_it_sent_on_postgres() {
+    an_update_by_a_key_that_may_not_read_shows_only_what_it_sent(Backend::Postgres).await;
+}
+
+/// A CPF is one person: a second patient with it, created or changed to it, is a 409 that names
+/// no one, and nothing is stored.
+async fn a_cpf_registered_in_the_tenant_is_a_409_and_nothing_is_stored(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant_on("Clínica Cadastro", "professional").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let registered =
+        create(&app, &key, json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"})).await;
+
+    let again = json!({"name": "Maria S. Silva", "cpf": "52998224725", "birthDate": "1981-03-01"});
+    let problem = assert_problem(app.post("/v1/health/patients", &key, &again).await, 409).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("a patient with this CPF is already registered"), "{problem}");
+    assert!(!detail.contains(registered["id"].as_str().unwrap()), "the other patient is not named: {problem}");
+    assert_eq!(app.count_health_rows("patients").await, 1);
+
+    // A change to another patient's CPF: refused, and the patient left as it was.
+    let joao =
+        create(&app, &key, json!({"name": "João Lima", "cpf": "111.444.777-35", "birthDate": "1990-12-31"})).await;
+    let path = format!("/v1/health/patients/{}", joao["id"].as_str().unwrap());
+    let taking = json!({"name": "João Lima Neto", "cpf": "529.982.247-25"});
+    let problem = assert_problem(app.patch(&path, &key, &taking).await, 409).await;
+    assert!(problem["detail"].as_str().unwrap().contains("already registered"), "{problem}");
+    let unchanged: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!((unchanged["name"].as_str(), unchanged["cpf"].as_str()), (Some("João Lima"), Some("11144477735")));
+
+    // Two registrations of one CPF at once: one is stored.
+    let ana = json!({"name": "Ana Souza", "cpf": "123.456.789-09", "birthDate": "1985-05-05"});
+    let (first, second) =
+        tokio::join!(app.post("/v1/health/patients", &key, &ana), app.post("/v1/health/patients", &key, &ana));
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    assert_eq!(app.count_health_rows("patients").await, 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cpf_registered_in_the_tenant_is_a_409_and_nothing_is_stored_on_sqlite() {
+    a_cpf_registered_in_the_tenant_is_a_409_and_nothing_is_stored(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_cpf_registered_in_the_tenant_is_a_409_and_nothing_is_stored_on_postgres() {
+    a_cpf_registered_in_the_tenant_is_a_409_and_nothing_is_stored(Backend::Postgres).await;
 }
 
 #[tokio::test]
@@ -347,6 +472,7 @@ async fn medical_images(backend: Backend) {
     assert_eq!(response.status(), 200);
     let scan: Value = response.json().await.unwrap();
     assert_eq!((scan["mediaType"].as_str(), &scan["hasThumbnail"]), (Some("application/dicom"), &json!(false)));
+    assert_eq!((scan["width"].as_i64(), scan["height"].as_i64()), (Some(1), Some(1)), "its Columns and Rows");
     let scan_path = format!("/v1/health/patients/{patient}/images/{}", scan["id"].as_str().unwrap());
     assert_problem(app.get(&format!("{scan_path}/thumbnail"), &key).await, 404).await;
 
@@ -409,6 +535,86 @@ async fn medical_images(backend: Backend) {
     let count = |wanted: &str| actions.iter().filter(|action| *action == wanted).count();
     assert_eq!((count("health.GetImage"), count("health.GetImageThumbnail")), (1, 1), "{actions:?}");
     app.stop().await;
+}
+
+fn jpeg(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_fn(width, height, |x, y| image::Rgb([90, (x % 256) as u8, (y % 256) as u8]))
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+        .unwrap();
+    bytes
+}
+
+/// `bytes` with a ZIP archive appended, as `cat image.png archive.zip` leaves it: a central
+/// directory and the record at the end that points to it.
+fn with_zip(bytes: &[u8]) -> Vec<u8> {
+    let directory = [b"PK\x01\x02".as_slice(), &[0; 42]].concat();
+    let mut zipped = bytes.to_vec();
+    zipped.extend_from_slice(&directory);
+    zipped.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+    zipped.extend_from_slice(&u32::try_from(directory.len()).unwrap().to_le_bytes());
+    zipped.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    zipped
+}
+
+/// An upload is kept as what its bytes are, which must be what its `Content-Type` says (or
+/// `application/octet-stream`, which leaves it to the bytes); an image that ends with a ZIP
+/// archive is refused, as a DICOM file is. Nothing refused is stored.
+async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_refused(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant_on("Clínica Tipos", "professional").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient =
+        create(&app, &key, json!({"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"})).await;
+    let patient = patient["id"].as_str().unwrap().to_owned();
+    let objects = app.data_dir().join("healthquantum-objects/images");
+    let (picture, photo) = (png(60, 40), jpeg(60, 40));
+    let dicom = include_bytes!("../../fixtures/minimal.dcm").to_vec();
+
+    let kept = [
+        ("image/png", picture.clone(), "image/png"),
+        ("IMAGE/JPEG", photo.clone(), "image/jpeg"),
+        ("application/octet-stream", photo.clone(), "image/jpeg"),
+        ("application/dicom", dicom.clone(), "application/dicom"),
+    ];
+    for (content_type, bytes, media_type) in kept {
+        let response = upload(&app, &key, &patient, content_type, bytes).await;
+        assert_eq!(response.status(), 200, "{content_type}");
+        let image: Value = response.json().await.unwrap();
+        assert_eq!(image["mediaType"], media_type, "{content_type}: {image}");
+    }
+
+    let stored = walk(&objects).len();
+    let refused = [
+        ("image/jpeg", picture.clone(), "Content-Type", "the body is a PNG image, not image/jpeg"),
+        ("application/dicom", picture.clone(), "Content-Type", "the body is a PNG image, not application/dicom"),
+        ("image/png", dicom, "Content-Type", "the body is a DICOM file, not image/png"),
+        ("text/plain", picture.clone(), "Content-Type", "text/plain is not a type of image accepted here"),
+        ("application/json", picture.clone(), "Content-Type", "application/json is not a type of image"),
+        ("multipart/form-data; boundary=x", picture.clone(), "Content-Type", "multipart/form-data is not a type"),
+        ("image/png", with_zip(&picture), "body", "starts as image/png but it ends with a ZIP archive"),
+        ("image/jpeg", with_zip(&photo), "body", "starts as image/jpeg but it ends with a ZIP archive"),
+        ("application/octet-stream", with_zip(&picture), "body", "ends with a ZIP archive"),
+    ];
+    for (content_type, bytes, field, detail) in refused {
+        let problem = assert_problem(upload(&app, &key, &patient, content_type, bytes).await, 400).await;
+        assert_eq!(problem["field"], field, "{content_type}: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(detail), "{content_type}: {problem}");
+    }
+    assert_eq!(walk(&objects).len(), stored, "nothing stored by a refused upload");
+    let listed: Value = app.get(&format!("/v1/health/patients/{patient}/images"), &key).await.json().await.unwrap();
+    assert_eq!(listed["images"].as_array().unwrap().len(), 4);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_refused_on_sqlite() {
+    uploads_of_another_type_than_declared_or_ending_with_an_archive_are_refused(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_refused_on_postgres() {
+    uploads_of_another_type_than_declared_or_ending_with_an_archive_are_refused(Backend::Postgres).await;
 }
 
 /// An image larger than a gRPC message's usual 4 MiB, within the Enterprise plan's 50 MiB, goes

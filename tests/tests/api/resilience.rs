@@ -512,7 +512,7 @@ async fn the_circuit_opens_after_consecutive_failures_fails_fast_and_closes_afte
 }
 
 #[tokio::test]
-async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_retry_after() {
+async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_counted_under_its_route() {
     let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
     let app = spawn_gateway(&url, |config| config.gateway.max_concurrent_requests = 1).await;
     let (_, key) = app.tenant_with_key().await;
@@ -522,9 +522,15 @@ async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_re
     });
     stand_in.0.arrived.notified().await;
 
+    let shed = r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="503"}"#;
+    let shed_unmatched = r#"aigronova_gateway_requests_total{method="GET",route="unmatched",status="503"}"#;
+    let (before, before_unmatched) = (metric(&app, shed).await, metric(&app, shed_unmatched).await);
     let response = app.get("/v1/health/patients/p-1", &key).await;
     assert_eq!(response.headers().get("retry-after").unwrap(), "1");
     assert_problem(response, 503).await;
+    // Counted under the route it was for, like any other answer of that route.
+    assert_eq!(metric(&app, shed).await - before, 1.0);
+    assert_eq!(metric(&app, shed_unmatched).await, before_unmatched);
     let response = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200, "the probes are never shed");
     assert_eq!(stand_in.calls(), 1);
@@ -533,5 +539,22 @@ async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_re
     stand_in.0.release.notify_one();
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200, "capacity is back");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_503_that_names_it_and_not_the_transport_error() {
+    let nowhere = format!("http://127.0.0.1:{}", aigronova_e2e::port_to_start_later());
+    let app = spawn_gateway(&nowhere, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let read = app.get("/v1/health/patients/p-1", &key).await;
+    let write = app.client.post(app.url("/v1/health/patients")).bearer_auth(&key).body(patient_json("Maria"));
+    let write = write.header("content-type", "application/json").send().await.unwrap();
+    for response in [read, write] {
+        assert_eq!(response.headers().get("retry-after").unwrap(), "1");
+        let problem = assert_problem(response, 503).await;
+        // The cause (a refused connection, the address) is in the gateway's log only.
+        assert_eq!(problem["detail"], "healthquantum is unavailable", "{problem}");
+    }
     app.stop().await;
 }

@@ -1,5 +1,6 @@
 //! One trace spans the client, the gateway and the service: exported over OTLP to an in-process
-//! collector, the spans share the client's trace id and chain parent to child.
+//! collector, the spans share the client's trace id and chain parent to child, and the gateway's
+//! span names the route, not the path.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +11,7 @@ use opentelemetry_proto::tonic::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
     },
+    common::v1::any_value,
     trace::v1::{Span, span::SpanKind},
 };
 use tokio_stream::wrappers::TcpListenerStream;
@@ -91,7 +93,11 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     let in_trace: Vec<Span> = spans_all.iter().filter(|span| hex(&span.trace_id) == trace_id).cloned().collect();
-    let gateway = find(&in_trace, &format!("GET /v1/health/patients/{patient}"));
+    // Named by the route's template, never by the path, which holds what was typed into the URL.
+    let gateway = find(&in_trace, "GET /v1/health/patients/{id}");
+    assert_eq!(attribute(gateway, "http.route"), Some("/v1/health/patients/{id}"));
+    assert_eq!(attribute(gateway, "url.path"), None);
+    assert!(!format!("{:?}", gateway.attributes).contains(&patient), "the path is in {:?}", gateway.attributes);
     let of_kind = |kind: SpanKind| {
         in_trace
             .iter()
@@ -115,6 +121,15 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
         .expect("the service span of CreatePatient");
     assert_eq!(created.trace_id, started.trace_id);
     app.stop().await;
+}
+
+/// A span's string attribute.
+fn attribute<'a>(span: &'a Span, key: &str) -> Option<&'a str> {
+    let value = span.attributes.iter().find(|attribute| attribute.key == key)?.value.as_ref()?.value.as_ref()?;
+    match value {
+        any_value::Value::StringValue(text) => Some(text.as_str()),
+        _ => None,
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
