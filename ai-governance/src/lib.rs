@@ -213,6 +213,10 @@ impl AiGovernanceService {
         let inventory = Inventory::new(self.database.clone());
         let monitoring = MonitoringStore::new(self.database.clone());
         let subjects = Arc::new(SubjectStore::new(self.database.clone(), self.keys, services, self.log.clone()));
+        let sealed = subjects.seal_clear_values().await.context("cannot seal the subject requests stored in clear")?;
+        if sealed > 0 {
+            tracing::info!(requests = sealed, "subject requests stored in clear sealed");
+        }
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
             .add_service(ModelInventoryServer::with_interceptor(

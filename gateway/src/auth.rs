@@ -23,12 +23,22 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
 }
 
 /// How the access log names a principal: an API key by its public id (never its secret); a token
-/// by `jwt:` and a digest of its subject, as a provider's subject may be personal data (an e-mail)
-/// while the digest still tells one user's requests apart.
+/// by `jwt:` and a digest of its subject under a secret of this process, as a provider's subject
+/// may be personal data (an e-mail, a CPF) that a bare digest would give away to a search of the
+/// likely ones, while the digest still tells one user's requests apart in the process's log.
 fn logged_id(principal: &Principal) -> String {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
     match principal.credential {
         Credential::ApiKey => principal.key_id.clone(),
-        Credential::Token => format!("jwt:{}", hex::encode(&Sha256::digest(principal.key_id.as_bytes())[..8])),
+        Credential::Token => {
+            let secret = SECRET.get_or_init(|| {
+                let mut secret = [0; 32];
+                getrandom::fill(&mut secret).expect("the system's random source works");
+                secret
+            });
+            let digest = Sha256::new().chain_update(secret).chain_update(principal.key_id.as_bytes()).finalize();
+            format!("jwt:{}", hex::encode(&digest[..8]))
+        }
     }
 }
 

@@ -211,13 +211,20 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             cpf: if cpf.trim().is_empty() { None } else { Some(Cpf::parse(&cpf)?) },
         };
         let event = |patients: &[Patient]| {
+            // The fields shown of any patient of the page, in the order a patient's are named.
+            let mut fields: Vec<&str> = Vec::new();
+            for field in patients.iter().flat_map(Patient::held_fields) {
+                if !fields.contains(&field) {
+                    fields.push(field);
+                }
+            }
             AuditEvent::new(
                 &caller,
                 crate::SERVICE_NAME,
                 EventKind::SensitiveRead,
                 "health.ListPatients",
                 &patients.iter().map(|patient| format!("patient:{}", patient.id)).collect::<Vec<_>>().join(","),
-                serde_json::json!({"fields": ["name", "cpf", "birthDate", "email", "phone"], "patients": patients.len()}),
+                serde_json::json!({"fields": fields, "patients": patients.len()}),
             )
         };
         let page_token = Some(page_token.as_str()).filter(|token| !token.trim().is_empty());

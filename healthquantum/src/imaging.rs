@@ -293,10 +293,11 @@ impl Encoding {
     /// syntaxes outside the standard's root.
     fn of(transfer_syntax: &[u8]) -> Option<Self> {
         const IMPLICIT_VR_LITTLE_ENDIAN: &[u8] = b"1.2.840.10008.1.2";
-        const NOT_READ: [&[u8]; 3] = [
-            b"1.2.840.10008.1.2.1.99", // Deflated Explicit VR Little Endian
-            b"1.2.840.10008.1.2.4.95", // JPIP Referenced Deflate
-            b"1.2.840.10008.1.2.2",    // Explicit VR Big Endian (retired)
+        const NOT_READ: [&[u8]; 4] = [
+            b"1.2.840.10008.1.2.1.99",  // Deflated Explicit VR Little Endian
+            b"1.2.840.10008.1.2.4.95",  // JPIP Referenced Deflate
+            b"1.2.840.10008.1.2.4.205", // JPIP HTJ2K Referenced Deflate
+            b"1.2.840.10008.1.2.2",     // Explicit VR Big Endian (retired)
         ];
         if transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN {
             Some(Self::ImplicitVr)

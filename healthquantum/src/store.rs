@@ -264,6 +264,17 @@ impl Store {
     ) -> Result<Patient, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        if self.database.backend() == Backend::Postgres {
+            // Read as last committed and held until this change commits: a change read before
+            // another's commit would write the other's fields back (its CPF among them), and one
+            // read before an erasure would put the erased fields back.
+            sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 FOR UPDATE")
+                .bind(tenant_id)
+                .bind(id.as_str())
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let mut patient = fetch_patient(&mut transaction, &cipher, tenant_id, id).await?;
         let cpf_before = patient.cpf.clone();
         changes.apply(&mut patient);
@@ -273,15 +284,21 @@ impl Store {
         if patient.cpf != cpf_before {
             refuse_registered_cpf(&mut transaction, self.database.backend(), tenant_id, &cpf_hash, id).await?;
         }
-        sqlx::query("UPDATE patients SET sealed = $1, cpf_hash = $2, updated_at = $3 WHERE tenant_id = $4 AND id = $5")
-            .bind(seal(&cipher, tenant_id, &patient))
-            .bind(&cpf_hash)
-            .bind(patient.updated_at.map(time::stored))
-            .bind(tenant_id)
-            .bind(id.as_str())
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        let updated = sqlx::query(
+            "UPDATE patients SET sealed = $1, cpf_hash = $2, updated_at = $3 \
+             WHERE tenant_id = $4 AND id = $5 AND erased_at IS NULL",
+        )
+        .bind(seal(&cipher, tenant_id, &patient))
+        .bind(&cpf_hash)
+        .bind(patient.updated_at.map(time::stored))
+        .bind(tenant_id)
+        .bind(id.as_str())
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::NotFound("patient".into()));
+        }
         for event in events(&patient) {
             audit::enqueue(&mut transaction, &event).await?;
         }

@@ -18,8 +18,8 @@ use aigronova_platform::{
     storage::Database,
 };
 use aigronova_proto::aigronova::health::v1::{
-    AssessRiskRequest, Assessment, CreatePatientRequest, GetPatientRequest, Patient, UpdatePatientRequest,
-    health_quantum_client::HealthQuantumClient,
+    AssessRiskRequest, Assessment, CreatePatientRequest, GetPatientRequest, ListPatientsRequest, Patient,
+    UpdatePatientRequest, health_quantum_client::HealthQuantumClient,
 };
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -280,6 +280,26 @@ async fn reading_a_patient_audits_exactly_the_fields_shown(engine: Engine) {
         let reads = app.audit_events("sensitive_read", "health.GetPatient", &patient.id).await;
         assert_eq!(reads.len(), 1, "{reads:?}");
         assert_eq!(reads[0]["details"]["fields"], expected, "the fields of {shown:?}");
+    }
+
+    // A page names the fields shown of any of its patients.
+    for (name_prefix, expected) in
+        [("João", json!(["name", "cpf", "birthDate"])), ("", json!(["name", "cpf", "birthDate", "email", "phone"]))]
+    {
+        let message = ListPatientsRequest { name_prefix: name_prefix.into(), ..ListPatientsRequest::default() };
+        let page = app.client.clone().list_patients(app.request(TENANT_A, message)).await.unwrap().into_inner();
+        let listed = page.patients.iter().map(|patient| format!("patient:{}", patient.id)).collect::<Vec<_>>();
+        let stored: Vec<String> = sqlx::query_scalar("SELECT event FROM audit_outbox ORDER BY created_at, event_id")
+            .fetch_all(app.database.pool())
+            .await
+            .unwrap();
+        let read = stored
+            .iter()
+            .map(|event| serde_json::from_str::<Value>(event).unwrap())
+            .filter(|event| event["action"] == "health.ListPatients")
+            .find(|event| event["subject"] == listed.join(","))
+            .unwrap_or_else(|| panic!("no read of {listed:?} audited"));
+        assert_eq!(read["details"]["fields"], expected, "a page of {listed:?}");
     }
     app.stop().await;
 }

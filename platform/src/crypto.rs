@@ -118,10 +118,13 @@ impl KeyWrapper for LocalMasterKey {
 /// What a sealed object starts with, so that objects stored in clear before can still be read.
 pub const SEALED_OBJECT: &[u8] = b"aigronova-sealed-v1\0";
 
-/// Whether `stored` has the form [`TenantCipher::seal`] gives (`v1:` and base64), as opposed to a
-/// value stored in clear.
+/// Whether `stored` has the form [`TenantCipher::seal`] gives (`v1:` and the base64 of at least a
+/// nonce and a tag), as opposed to a value stored in clear.
 pub fn is_sealed(stored: &str) -> bool {
-    stored.strip_prefix(SEALED_PREFIX).is_some_and(|encoded| !encoded.is_empty() && STANDARD.decode(encoded).is_ok())
+    stored
+        .strip_prefix(SEALED_PREFIX)
+        .and_then(|encoded| STANDARD.decode(encoded).ok())
+        .is_some_and(|bytes| bytes.len() >= NONCE_LEN + AES_256_GCM.tag_len())
 }
 
 /// One tenant's data key: seals and opens values, and computes blind indexes.

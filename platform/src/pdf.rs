@@ -341,16 +341,48 @@ fn wrap(text: &[u8], font: Font, size: f32, width: f32) -> Vec<Vec<u8>> {
     lines
 }
 
-/// Converts UTF-8 text to WinAnsi (cp1252) bytes: control characters become spaces and
-/// characters outside cp1252 become `?`.
+/// Converts UTF-8 text to WinAnsi (cp1252) bytes: control characters become spaces, a letter
+/// outside cp1252 its base letter where it has one (`İ` → `I`, `ş` → `s`, `ı` → `i`), and any other
+/// character `?`.
 fn encode(text: &str) -> Vec<u8> {
     text.chars()
-        .map(|c| match c {
-            c if c.is_control() => b' ',
-            ' '..='~' | '\u{A0}'..='\u{FF}' => u8::try_from(c).unwrap_or(b'?'),
-            _ => CP1252_HIGH.iter().position(|&high| high == c).map_or(b'?', |i| 0x80 + i as u8),
+        .map(|c| {
+            if c.is_control() {
+                return b' ';
+            }
+            win_ansi(c).or_else(|| base_letter(c).and_then(win_ansi)).unwrap_or(b'?')
         })
         .collect()
+}
+
+/// `c`'s cp1252 byte, if it has one.
+fn win_ansi(c: char) -> Option<u8> {
+    match c {
+        ' '..='~' | '\u{A0}'..='\u{FF}' => u8::try_from(c).ok(),
+        _ => CP1252_HIGH.iter().position(|&high| high == c && high != '\0').map(|i| 0x80 + i as u8),
+    }
+}
+
+/// The letter `c` is written on: the first character of its canonical decomposition, or, for the
+/// Latin letters that have none, the letter they are read as.
+fn base_letter(c: char) -> Option<char> {
+    let mut base = None;
+    unicode_normalization::char::decompose_canonical(c, |part| {
+        base.get_or_insert(part);
+    });
+    match base {
+        Some(base) if base != c => Some(base),
+        _ => match c {
+            'ı' => Some('i'),
+            'ł' => Some('l'),
+            'Ł' => Some('L'),
+            'đ' => Some('d'),
+            'Đ' => Some('D'),
+            'ħ' => Some('h'),
+            'Ħ' => Some('H'),
+            _ => None,
+        },
+    }
 }
 
 /// A PDF text string holding `text` as UTF-16BE with a byte order mark.
@@ -465,6 +497,8 @@ mod tests {
         assert_eq!(encode("çãéíóúâêôà"), b"\xE7\xE3\xE9\xED\xF3\xFA\xE2\xEA\xF4\xE0");
         assert_eq!(encode("€ – “x” ™"), b"\x80 \x96 \x93x\x94 \x99");
         assert_eq!(encode("a\tb\u{7}c→日"), b"a b c??");
+        assert_eq!(encode("İlker Işık Łódź Đorđe"), b"Ilker Isik L\xF3dz Dorde");
+        assert_eq!(encode("Ǆ ő ǖ"), b"? o u");
         assert_eq!(Font::Regular.width(b"Hello", 1000.0), 722.0 + 556.0 + 222.0 + 222.0 + 556.0);
         assert_eq!(Font::Bold.width(b"\xE7", 1000.0), 556.0);
     }

@@ -46,7 +46,7 @@ pub fn port_to_start_later() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
         .unwrap_or(32768);
-    let (low, high) = (10_000u16, ephemeral_start.max(10_001));
+    let (low, high) = (1_024u16, ephemeral_start.max(1_025));
     // A random start, so that tests running at once do not walk the same ports.
     let start = std::collections::hash_map::RandomState::new().build_hasher().finish();
     let span = u64::from(high - low);

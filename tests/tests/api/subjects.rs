@@ -327,7 +327,7 @@ async fn access_erasure_and_reviews_on_postgres() {
 /// earlier version stored in clear still read, and a sealed bundle copied onto another request does
 /// not open there: a 500, never an empty bundle.
 async fn sealed_at_rest(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let mut app = spawn_app(backend).await;
     let tenant = app.create_tenant_on("Hospital Sigilo", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     app.create_patient(&key).await;
@@ -403,6 +403,14 @@ async fn sealed_at_rest(backend: Backend) {
         ))
         .await;
     assert_eq!(rewritten, 1);
+    let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!((fetched["details"].as_str(), fetched["resolution"].as_str()), (Some(clear_details), Some("fixed")));
+
+    // At its next start, ai-governance seals what it finds in clear, and it reads the same.
+    app.restart().await;
+    let in_clear = "subject_requests WHERE export LIKE '{%' OR details LIKE 'v1: %' OR resolution = 'fixed'";
+    assert_eq!(app.count_governance_rows(in_clear).await, 0, "values in clear sealed at start-up");
+    assert_eq!(export(&app, &key, portability).await, serde_json::from_str::<Value>(legacy).unwrap());
     let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
     assert_eq!((fetched["details"].as_str(), fetched["resolution"].as_str()), (Some(clear_details), Some("fixed")));
 
