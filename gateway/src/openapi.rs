@@ -245,10 +245,20 @@ impl Generator {
             field => {
                 let field = input.get_field_by_name(field)?;
                 if matches!(field.kind(), Kind::Message(kind) if kind.full_name() == "google.api.HttpBody") {
+                    let types = media_types(&route.method, "aigronova.common.v1.request_media_types");
+                    let types = if types.is_empty() { vec!["*/*".to_owned()] } else { types };
+                    let content = types.into_iter().map(|media_type| {
+                        let raw = if media_type == "*/*" {
+                            "application/octet-stream".to_owned()
+                        } else {
+                            media_type.clone()
+                        };
+                        (media_type, json!({"schema": {"type": "string", "contentMediaType": raw}}))
+                    });
                     return Some(json!({
                         "required": true,
                         "description": "The raw body, sent with its own Content-Type.",
-                        "content": {"*/*": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}}},
+                        "content": Value::Object(content.collect()),
                     }));
                 }
                 self.field_schema(&field)
@@ -485,18 +495,7 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
 /// The media types a raw answer of `method` may have (its `response_media_types` option), each
 /// with a schema; any type when the option is absent.
 fn raw_content(method: &prost_reflect::MethodDescriptor) -> Value {
-    let options = method.options();
-    let types: Vec<String> = method
-        .parent_pool()
-        .get_extension_by_name("aigronova.common.v1.response_media_types")
-        .filter(|extension| options.has_extension(extension))
-        .and_then(|extension| {
-            options
-                .get_extension(&extension)
-                .as_list()
-                .map(|types| types.iter().filter_map(|media_type| media_type.as_str().map(str::to_owned)).collect())
-        })
-        .unwrap_or_default();
+    let types = media_types(method, "aigronova.common.v1.response_media_types");
     if types.is_empty() {
         return json!({"*/*": {"schema": {}}});
     }
@@ -509,6 +508,22 @@ fn raw_content(method: &prost_reflect::MethodDescriptor) -> Value {
         (media_type, json!({"schema": schema}))
     });
     Value::Object(content.collect())
+}
+
+/// The media types that `method`'s option `extension` lists; none when it is absent.
+fn media_types(method: &prost_reflect::MethodDescriptor, extension: &str) -> Vec<String> {
+    let options = method.options();
+    method
+        .parent_pool()
+        .get_extension_by_name(extension)
+        .filter(|extension| options.has_extension(extension))
+        .and_then(|extension| {
+            options
+                .get_extension(&extension)
+                .as_list()
+                .map(|types| types.iter().filter_map(|media_type| media_type.as_str().map(str::to_owned)).collect())
+        })
+        .unwrap_or_default()
 }
 
 const ROUTE_PROBLEMS: &[&str] = &[

@@ -118,6 +118,13 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(content("/v1/fin/customers/{customer_id}/statements/{month}"), ["application/json", "application/pdf"]);
     assert_eq!(content("/v1/health/patients/{patient_id}/images/{id}/thumbnail"), ["image/png"]);
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["415"].is_object());
+    // A raw request body names the media types the service reads.
+    let upload = &document["paths"]["/v1/health/patients/{patient_id}/images"]["post"]["requestBody"]["content"];
+    let mut read: Vec<&String> = upload.as_object().expect("content").keys().collect();
+    read.sort();
+    assert_eq!(read, ["application/dicom", "application/octet-stream", "image/jpeg", "image/png"]);
+    assert_eq!(upload["image/png"]["schema"]["contentMediaType"], "image/png");
+    assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["409"].is_object());
     // What the services require in a body is required in its schema too.
     let schemas = &document["components"]["schemas"];
     assert_eq!(schemas["aigronova.health.v1.CreatePatientRequest"]["required"], json!(["name", "cpf", "birthDate"]));
