@@ -72,7 +72,8 @@ pub(crate) fn request_message(
     };
     for (name, value) in &matched.variables {
         let field = input.get_field_by_name(name).ok_or_else(Problem::internal)?;
-        let value = scalar(&field, value).map_err(|reason| Problem::invalid_field(name, reason))?;
+        let value = scalar(&field, value)
+            .map_err(|reason| Problem::invalid_field(field.json_name(), format!("{}: {reason}", field.json_name())))?;
         // A body that names the field too must agree with the path, rather than be overruled.
         if message.has_field(&field) && *message.get_field(&field) != value {
             let json_name = field.json_name();
@@ -317,7 +318,8 @@ fn apply_query(message: &mut DynamicMessage, query: &str, bound: &[&str]) -> Res
         if bound.contains(&field.name()) {
             return Err(Problem::invalid_field(&name, format!("{name} is given by the path, not the query")));
         }
-        let parsed = scalar(&field, &value).map_err(|reason| Problem::invalid_field(&name, reason))?;
+        let parsed =
+            scalar(&field, &value).map_err(|reason| Problem::invalid_field(&name, format!("{name}: {reason}")))?;
         if field.is_list() {
             if let Value::List(items) = message.get_field_mut(&field) {
                 items.push(parsed);
@@ -366,16 +368,22 @@ fn decode_component(text: &str) -> Option<String> {
 
 /// A path or query value as the field's type.
 fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
-    let number = |kind: &str| format!("{text:?} is not a valid {kind}");
+    let whole = |low: &dyn std::fmt::Display, high: &dyn std::fmt::Display| {
+        format!("{text:?} is not a whole number from {low} to {high}")
+    };
     Ok(match field.kind() {
         Kind::String => Value::String(text.to_owned()),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(text.parse().map_err(|_| number("int32"))?),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(text.parse().map_err(|_| number("int64"))?),
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(text.parse().map_err(|_| number("uint32"))?),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(text.parse().map_err(|_| number("uint64"))?),
-        Kind::Float => Value::F32(text.parse().map_err(|_| number("float"))?),
-        Kind::Double => Value::F64(text.parse().map_err(|_| number("double"))?),
-        Kind::Bool => Value::Bool(text.parse().map_err(|_| number("boolean"))?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(text.parse().map_err(|_| whole(&i32::MIN, &i32::MAX))?)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(text.parse().map_err(|_| whole(&i64::MIN, &i64::MAX))?)
+        }
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(text.parse().map_err(|_| whole(&0, &u32::MAX))?),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(text.parse().map_err(|_| whole(&0, &u64::MAX))?),
+        Kind::Float => Value::F32(text.parse().map_err(|_| format!("{text:?} is not a number"))?),
+        Kind::Double => Value::F64(text.parse().map_err(|_| format!("{text:?} is not a number"))?),
+        Kind::Bool => Value::Bool(text.parse().map_err(|_| format!("{text:?} is not true or false"))?),
         Kind::Bytes => Value::Bytes(
             base64::engine::general_purpose::STANDARD
                 .decode(text)

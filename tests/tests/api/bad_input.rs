@@ -386,6 +386,12 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
         assert_eq!(problem["field"], "namePrefix", "{query}: {problem}");
     }
     assert_problem(app.get("/v1/health/patients?%FF=1", &key).await, 400).await;
+    // A value that is not of its field's type is named, with what the field takes.
+    let problem = assert_problem(app.get("/v1/health/patients?pageSize=abc", &key).await, 400).await;
+    assert_eq!(
+        (problem["field"].as_str(), problem["detail"].as_str()),
+        (Some("pageSize"), Some(r#"pageSize: "abc" is not a whole number from -2147483648 to 2147483647"#))
+    );
     let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
     assert_eq!(
         (problem["field"].as_str(), problem["detail"].as_str()),
