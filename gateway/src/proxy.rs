@@ -113,6 +113,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes).await?;
+    if parts.headers.get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err(Problem::invalid_field("Content-Type", "Content-Type is given more than once"));
+    }
     let content_type = match parts.headers.get(header::CONTENT_TYPE).map(HeaderValue::to_str) {
         Some(Err(_)) => {
             return Err(Problem::new(

@@ -111,16 +111,20 @@ pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Resu
             format!("this route reads a JSON body; send it with Content-Type: application/json, not {essence}"),
         ));
     }
-    let charset = parts
+    // Every charset given counts, so that a second one cannot hide behind a first. US-ASCII is
+    // UTF-8 too, and `utf8` is a common spelling of it.
+    let utf8 = |charset: &str| ["utf-8", "utf8", "us-ascii"].iter().any(|name| charset.eq_ignore_ascii_case(name));
+    let other = parts
         .filter_map(|parameter| parameter.split_once('='))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
-        .map(|(_, value)| value.trim().trim_matches('"'));
-    match charset {
-        Some(charset) if !charset.eq_ignore_ascii_case("utf-8") => Err(Problem::new(
+        .filter(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, value)| value.trim().trim_matches('"'))
+        .find(|charset| !utf8(charset));
+    match other {
+        Some(charset) => Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("this route reads JSON in UTF-8, not in the charset {charset:?}; send charset=utf-8 or none"),
         )),
-        _ => Ok(()),
+        None => Ok(()),
     }
 }
 
@@ -485,6 +489,8 @@ mod tests {
             "application/json;charset=UTF-8",
             "application/json; charset=\"utf-8\"",
             "application/merge-patch+json; Charset=Utf-8",
+            "application/json; charset=utf8",
+            "application/json; charset=US-ASCII",
             "application/x-www-form-urlencoded",
         ] {
             assert!(json_content_type(Some(accepted), body).is_ok(), "{accepted}");
@@ -494,6 +500,7 @@ mod tests {
             ("application/json; CHARSET=\"windows-1252\"", "windows-1252"),
             ("application/json; charset=utf-16", "utf-16"),
             ("application/x-www-form-urlencoded; charset=latin1", "latin1"),
+            ("application/json; charset=utf-8; charset=latin1", "latin1"),
         ] {
             let problem = json_content_type(Some(refused), body).unwrap_err();
             assert_eq!(problem.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{refused}");

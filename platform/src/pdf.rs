@@ -341,18 +341,26 @@ fn wrap(text: &[u8], font: Font, size: f32, width: f32) -> Vec<Vec<u8>> {
     lines
 }
 
-/// Converts UTF-8 text to WinAnsi (cp1252) bytes: control characters become spaces, a letter
-/// outside cp1252 its base letter where it has one (`İ` → `I`, `ş` → `s`, `ı` → `i`), and any other
-/// character `?`.
+/// Converts UTF-8 text to WinAnsi (cp1252) bytes: composed first (NFC), so that a letter typed as
+/// a base and its marks is the one letter cp1252 has; control characters become spaces; a letter
+/// outside cp1252 is written as its base letter with what marks cp1252 keeps (`İ` → `I`, `ş` →
+/// `s`, `ễ` → `ê`, `ı` → `i`), a ligature or compatibility form as its letters (`ﬁ` → `fi`); a mark
+/// left alone is dropped, and any other character becomes `?`.
 fn encode(text: &str) -> Vec<u8> {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                return b' ';
-            }
-            win_ansi(c).or_else(|| base_letter(c).and_then(win_ansi)).unwrap_or(b'?')
-        })
-        .collect()
+    use unicode_normalization::UnicodeNormalization;
+    let mut bytes = Vec::with_capacity(text.len());
+    for c in text.nfc() {
+        if c.is_control() {
+            bytes.push(b' ');
+        } else if let Some(byte) = win_ansi(c) {
+            bytes.push(byte);
+        } else if let Some(written) = written_as(c) {
+            bytes.extend(written);
+        } else {
+            bytes.push(b'?');
+        }
+    }
+    bytes
 }
 
 /// `c`'s cp1252 byte, if it has one.
@@ -363,26 +371,40 @@ fn win_ansi(c: char) -> Option<u8> {
     }
 }
 
-/// The letter `c` is written on: the first character of its canonical decomposition, or, for the
-/// Latin letters that have none, the letter they are read as.
-fn base_letter(c: char) -> Option<char> {
-    let mut base = None;
-    unicode_normalization::char::decompose_canonical(c, |part| {
-        base.get_or_insert(part);
-    });
-    match base {
-        Some(base) if base != c => Some(base),
-        _ => match c {
-            'ı' => Some('i'),
-            'ł' => Some('l'),
-            'Ł' => Some('L'),
-            'đ' => Some('d'),
-            'Đ' => Some('D'),
-            'ħ' => Some('h'),
-            'Ħ' => Some('H'),
-            _ => None,
-        },
+/// How `c`, which cp1252 lacks, is written in it: its compatibility decomposition, each letter
+/// with as many of its marks as still give a cp1252 letter; `None` when a letter of it has no
+/// cp1252 form.
+fn written_as(c: char) -> Option<Vec<u8>> {
+    use unicode_normalization::char::{compose, decompose_compatible, is_combining_mark};
+    let mut parts = Vec::new();
+    decompose_compatible(c, |part| parts.push(part));
+    let mut letters: Vec<char> = Vec::new();
+    for part in parts {
+        if is_combining_mark(part) {
+            if let Some(last) = letters.last_mut()
+                && let Some(composed) = compose(*last, part).filter(|composed| win_ansi(*composed).is_some())
+            {
+                *last = composed;
+            }
+        } else {
+            letters.push(if win_ansi(part).is_some() { part } else { read_as(part)? });
+        }
     }
+    letters.into_iter().map(win_ansi).collect()
+}
+
+/// The letter a Latin letter without a decomposition is read as.
+fn read_as(c: char) -> Option<char> {
+    Some(match c {
+        'ı' => 'i',
+        'ł' => 'l',
+        'Ł' => 'L',
+        'đ' => 'd',
+        'Đ' => 'D',
+        'ħ' => 'h',
+        'Ħ' => 'H',
+        _ => return None,
+    })
 }
 
 /// A PDF text string holding `text` as UTF-16BE with a byte order mark.
@@ -498,7 +520,10 @@ mod tests {
         assert_eq!(encode("€ – “x” ™"), b"\x80 \x96 \x93x\x94 \x99");
         assert_eq!(encode("a\tb\u{7}c→日"), b"a b c??");
         assert_eq!(encode("İlker Işık Łódź Đorđe"), b"Ilker Isik L\xF3dz Dorde");
-        assert_eq!(encode("Ǆ ő ǖ"), b"? o u");
+        // Typed decomposed (NFD), Portuguese letters are still cp1252's.
+        assert_eq!(encode("Jose\u{301} Conceic\u{327}a\u{303}o"), b"Jos\xE9 Concei\xE7\xE3o");
+        assert_eq!(encode("Nguyễn ő ǖ ﬁnn Ｆｕｌｌ ǅemal \u{301}x"), b"Nguy\xEAn o \xFC finn Full D\x9Eemal x");
+        assert_eq!(encode("Иван"), b"????");
         assert_eq!(Font::Regular.width(b"Hello", 1000.0), 722.0 + 556.0 + 222.0 + 222.0 + 556.0);
         assert_eq!(Font::Bold.width(b"\xE7", 1000.0), 556.0);
     }

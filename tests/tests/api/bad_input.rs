@@ -380,6 +380,19 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
     let key = app.create_key(&tenant, &["health:read", "health:write"]).await;
     let not_text = reqwest::header::HeaderValue::from_bytes(b"application/json\xff\xfe").unwrap();
     assert_problem(patient_declared_as(&app, &key, not_text).await, 415).await;
+    // Two Content-Type fields: neither is taken over the other.
+    let twice = app
+        .client
+        .post(app.url("/v1/health/patients"))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .header("content-type", "application/json; charset=latin1")
+        .body(r#"{"name": "Maria Silva", "cpf": "529.982.247-25", "birthDate": "1980-02-29"}"#)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(twice, 400).await;
+    assert_eq!(problem["field"], "Content-Type");
     // Query strings that do not decode: a malformed escape, bytes that are not UTF-8.
     for query in ["namePrefix=%FF", "namePrefix=%ZZ", "namePrefix=ma%2"] {
         let problem = assert_problem(app.get(&format!("/v1/health/patients?{query}"), &key).await, 400).await;
