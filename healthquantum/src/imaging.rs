@@ -139,9 +139,9 @@ const PREAMBLE: usize = 128;
 
 /// Headers that a DICOM preamble must not start with: an executable's (Windows, ELF, Mach-O, a
 /// script, WebAssembly), an archive's or a compressed file's (ZIP, gzip, bzip2, xz, Zstandard, LZ4,
-/// 7z, RAR, CAB), a PDF's or markup's (HTML, SVG, XML), which would make the file both a DICOM
-/// image and something a program would open as another kind of file.
-const FOREIGN_PREAMBLES: [&[u8]; 20] = [
+/// 7z, RAR, CAB), a document's (PDF, PostScript, RTF) or markup's (HTML, SVG, XML), which would
+/// make the file both a DICOM image and something a program would open as another kind of file.
+const FOREIGN_PREAMBLES: [&[u8]; 22] = [
     b"MZ",
     b"\x7fELF",
     b"#!",
@@ -161,6 +161,8 @@ const FOREIGN_PREAMBLES: [&[u8]; 20] = [
     b"Rar!\x1a\x07",
     b"MSCF",
     b"%PDF",
+    b"%!PS",
+    b"{\\rtf",
     b"<",
 ];
 
@@ -244,7 +246,7 @@ struct DicomMeta<'a> {
 /// the meta information says, or what is wrong.
 fn check_dicom(bytes: &[u8]) -> Result<DicomMeta<'_>, &'static str> {
     if foreign_preamble(bytes) {
-        return Err("its preamble is another format's header (an executable, an archive, a PDF or markup)");
+        return Err("its preamble is another format's header (an executable, an archive, a document or markup)");
     }
     if holds_pdf_header(bytes) {
         return Err("it holds a PDF header in its first 1024 bytes");
@@ -282,7 +284,8 @@ fn check_dicom(bytes: &[u8]) -> Result<DicomMeta<'_>, &'static str> {
         at = end;
     }
     let uid = transfer_syntax.ok_or("its file meta information names no transfer syntax")?;
-    let uid = uid.strip_suffix(b"\0").unwrap_or(uid);
+    // Padded to an even length with a NUL, as PS3.5 says, or with a space, as some writers do.
+    let uid = uid.strip_suffix(b"\0").or_else(|| uid.strip_suffix(b" ")).unwrap_or(uid);
     if uid.is_empty() || !uid.iter().all(|byte| byte.is_ascii_digit() || *byte == b'.') {
         return Err("its transfer syntax is not a UID");
     }
@@ -568,8 +571,10 @@ mod tests {
 
     #[test]
     fn a_preamble_hiding_another_format_after_blank_bytes_is_refused() {
-        let polyglots: [&[u8]; 13] = [
+        let polyglots: [&[u8]; 15] = [
             b" \n<html><script>alert(1)</script>",
+            b"%!PS-Adobe-3.0\n",
+            b"\r\n{\\rtf1\\ansi",
             b"\t<svg onload=alert(1)>",
             b"\xef\xbb\xbf<html>",
             b"\xef\xbb\xbf#!/bin/sh\n",
@@ -724,6 +729,10 @@ mod tests {
         let syntax = DICOM.windows(19).position(|window| window == b"1.2.840.10008.1.2.1").unwrap();
         no_uid[syntax..syntax + 4].copy_from_slice(b"abcd");
         refused(&no_uid, "not a UID");
+        // A UID padded with a space rather than a NUL, as some writers do, is read.
+        let mut spaced = DICOM.to_vec();
+        spaced[syntax + 19] = b' ';
+        assert_eq!(check_dicom(&spaced).unwrap().transfer_syntax, b"1.2.840.10008.1.2.1");
     }
 
     #[test]
