@@ -405,7 +405,14 @@ impl LogStore {
                 reason: format!("entry {index} is missing"),
             });
         }
-        if merkle::root_of(&leaves) == checkpoint.body.root_hash {
+        // Hashing the whole tree takes a while for a large log: on a thread that may block.
+        let (leaves, root) = tokio::task::spawn_blocking(move || {
+            let root = merkle::root_of(&leaves);
+            (leaves, root)
+        })
+        .await
+        .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
+        if root == checkpoint.body.root_hash {
             return Ok(Verification {
                 tree_size: size,
                 first_bad_index: None,
@@ -424,13 +431,19 @@ impl LogStore {
         // Rows that do not parse or whose signature fails are no evidence either way.
         let rows = self.checkpoint_rows(tenant_id, 0, u32::MAX).await?;
         let public_key = self.signer.public_key();
-        let signed: Vec<SignedCheckpoint> = rows
-            .iter()
-            .filter_map(|row| checkpoint_from(tenant_id, row).ok())
-            .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
-            .collect();
-        let (from, to) = merkle::first_unmatched(&leaves, signed.iter().map(|c| (c.body.tree_size, c.body.root_hash)))
-            .unwrap_or((0, size));
+        let signed: Vec<SignedCheckpoint> =
+            rows.iter().filter_map(|row| checkpoint_from(tenant_id, row).ok()).collect();
+        // Signatures checked and roots computed on a thread that may block, as above.
+        let (from, to) = tokio::task::spawn_blocking(move || {
+            let signed = signed
+                .iter()
+                .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
+                .map(|checkpoint| (checkpoint.body.tree_size, checkpoint.body.root_hash));
+            merkle::first_unmatched(&leaves, signed)
+        })
+        .await
+        .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?
+        .unwrap_or((0, size));
         Ok(Verification { tree_size: size, first_bad_index: Some(from), reason: changed_between(from, to) })
     }
 }
