@@ -289,13 +289,10 @@ async fn reading_a_patient_audits_exactly_the_fields_shown(engine: Engine) {
         let message = ListPatientsRequest { name_prefix: name_prefix.into(), ..ListPatientsRequest::default() };
         let page = app.client.clone().list_patients(app.request(TENANT_A, message)).await.unwrap().into_inner();
         let listed = page.patients.iter().map(|patient| format!("patient:{}", patient.id)).collect::<Vec<_>>();
-        let stored: Vec<String> = sqlx::query_scalar("SELECT event FROM audit_outbox ORDER BY created_at, event_id")
-            .fetch_all(app.database.pool())
+        let read = app
+            .outbox_events()
             .await
-            .unwrap();
-        let read = stored
-            .iter()
-            .map(|event| serde_json::from_str::<Value>(event).unwrap())
+            .into_iter()
             .filter(|event| event["action"] == "health.ListPatients")
             .find(|event| event["subject"] == listed.join(","))
             .unwrap_or_else(|| panic!("no read of {listed:?} audited"));
@@ -489,14 +486,19 @@ impl TestApp {
 
     /// The audit events of `kind` and `action` about the patient `id`, oldest first. No relay
     /// runs here: every event the service wrote waits in its outbox.
-    async fn audit_events(&self, kind: &str, action: &str, id: &str) -> Vec<Value> {
+    /// Every event waiting in the outbox, oldest first.
+    async fn outbox_events(&self) -> Vec<Value> {
         let stored: Vec<String> = sqlx::query_scalar("SELECT event FROM audit_outbox ORDER BY created_at, event_id")
             .fetch_all(self.database.pool())
             .await
             .unwrap();
-        stored
-            .iter()
-            .map(|event| serde_json::from_str::<Value>(event).unwrap())
+        stored.iter().map(|event| serde_json::from_str::<Value>(event).unwrap()).collect()
+    }
+
+    async fn audit_events(&self, kind: &str, action: &str, id: &str) -> Vec<Value> {
+        self.outbox_events()
+            .await
+            .into_iter()
             .filter(|event| event["kind"] == kind && event["action"] == action)
             .filter(|event| event["subject"] == format!("patient:{id}"))
             .collect()

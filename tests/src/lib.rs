@@ -317,6 +317,22 @@ impl TestApp {
     }
 
     /// Creates a tenant on the Starter plan with the admin key and returns its id.
+    /// The entries of the tenant's audit log (the first 1,000) once `done` holds of them, as the
+    /// services' relays deliver their events a moment after the calls; fails the test after 20 s.
+    pub async fn audit_entries_once(&self, key: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let page: Value = self.get("/v1/governance/audit/entries?pageSize=1000", key).await.json().await.unwrap();
+            let entries = page["entries"].as_array().cloned().unwrap_or_default();
+            if done(&entries) {
+                return entries;
+            }
+            let actions: Vec<&str> = entries.iter().filter_map(|entry| entry["action"].as_str()).collect();
+            assert!(tokio::time::Instant::now() < deadline, "the audit log never got there: {actions:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn create_tenant(&self, name: &str) -> String {
         self.create_tenant_on(name, "starter").await
     }

@@ -130,7 +130,6 @@ async fn patient_lifecycle(backend: Backend) {
     assert_problem(app.patch(&path, &other_key, &json!({"name": "X"})).await, 404).await;
 
     // Reads, changes and deletions of personal data are audited.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let wanted = [
         "health.CreatePatient",
         "health.ListPatients",
@@ -138,16 +137,10 @@ async fn patient_lifecycle(backend: Backend) {
         "health.DeletePatient",
         "health.GetPatient",
     ];
-    loop {
-        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
-        let actions: Vec<&str> =
-            page["entries"].as_array().into_iter().flatten().filter_map(|entry| entry["action"].as_str()).collect();
-        if wanted.iter().all(|action| actions.contains(action)) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "audit events missing: {actions:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    app.audit_entries_once(&key, |entries| {
+        wanted.iter().all(|action| entries.iter().any(|entry| entry["action"] == *action))
+    })
+    .await;
     app.stop().await;
 }
 
@@ -207,24 +200,16 @@ async fn an_update_by_a_key_that_may_not_read_shows_only_what_it_sent(backend: B
         [&json!("Maria Souza"), &json!("52998224725"), &json!("1980-02-29"), &json!("+55 11 3333-4444")]
     );
     assert!(shown["email"].as_str().is_none_or(str::is_empty), "{shown}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
-        let kinds: Vec<&str> = page["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    let updates = |entries: &[Value]| -> Vec<String> {
+        entries
+            .iter()
             .filter(|entry| entry["action"] == "health.UpdatePatient")
-            .filter_map(|entry| entry["kind"].as_str())
-            .collect();
-        if kinds.len() == 4 {
-            let reads = kinds.iter().filter(|kind| **kind == "sensitive_read").count();
-            assert_eq!(reads, 1, "three changes and one read: {kinds:?}");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "audit events missing: {kinds:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .filter_map(|entry| entry["kind"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let kinds = updates(&app.audit_entries_once(&key, |entries| updates(entries).len() == 4).await);
+    let reads = kinds.iter().filter(|kind| *kind == "sensitive_read").count();
+    assert_eq!(reads, 1, "three changes and one read: {kinds:?}");
     app.stop().await;
 }
 
@@ -517,22 +502,11 @@ async fn medical_images(backend: Backend) {
     assert_eq!(walk(&objects).len(), 0);
 
     // Reads that showed something are audited; the DICOM file's missing thumbnail showed nothing.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let actions = loop {
-        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
-        let actions: Vec<String> = page["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| entry["action"].as_str().map(str::to_owned))
-            .collect();
-        if actions.iter().any(|action| action == "health.DeletePatient") {
-            break actions;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "audit events missing: {actions:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let count = |wanted: &str| actions.iter().filter(|action| *action == wanted).count();
+    let entries = app
+        .audit_entries_once(&key, |entries| entries.iter().any(|entry| entry["action"] == "health.DeletePatient"))
+        .await;
+    let actions: Vec<&str> = entries.iter().filter_map(|entry| entry["action"].as_str()).collect();
+    let count = |wanted: &str| actions.iter().filter(|action| **action == wanted).count();
     assert_eq!((count("health.GetImage"), count("health.GetImageThumbnail")), (1, 1), "{actions:?}");
     app.stop().await;
 }
