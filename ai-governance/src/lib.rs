@@ -213,10 +213,17 @@ impl AiGovernanceService {
         let inventory = Inventory::new(self.database.clone());
         let monitoring = MonitoringStore::new(self.database.clone());
         let subjects = Arc::new(SubjectStore::new(self.database.clone(), self.keys, services, self.log.clone()));
-        let sealed = subjects.seal_clear_values().await.context("cannot seal the subject requests stored in clear")?;
-        if sealed > 0 {
-            tracing::info!(requests = sealed, "subject requests stored in clear sealed");
-        }
+        // Values in clear read as they are meanwhile, so the service need not wait for this.
+        tokio::spawn({
+            let subjects = subjects.clone();
+            async move {
+                match subjects.seal_clear_values().await {
+                    Ok(0) => {}
+                    Ok(sealed) => tracing::info!(values = sealed, "subject requests' values stored in clear sealed"),
+                    Err(error) => tracing::error!(%error, "cannot seal the subject requests' values stored in clear"),
+                }
+            }
+        });
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
             .add_service(ModelInventoryServer::with_interceptor(

@@ -235,7 +235,7 @@ async fn erase_held(
     cpf: &Cpf,
     erasure: &str,
     secret: &str,
-) -> Result<i64, Error> {
+) -> Result<(i64, i64), Error> {
     let rows = sqlx::query(
         "SELECT id, subject_digest, export FROM subject_requests \
          WHERE tenant_id = $1 AND (export IS NOT NULL OR subject_digest IS NOT NULL)",
@@ -245,7 +245,7 @@ async fn erase_held(
     .await
     .map_err(StoreError::from)?;
     let quoted = format!("\"{}\"", cpf.as_str());
-    let mut erased = 0;
+    let (mut erased, mut unreadable) = (0, 0);
     for row in rows {
         let id: String = row.try_get("id").map_err(StoreError::from)?;
         let digest: Option<String> = row.try_get("subject_digest").map_err(StoreError::from)?;
@@ -257,9 +257,10 @@ async fn erase_held(
             }
             None => match export.map(|export| unseal(cipher, &Column::Export.context(tenant_id, &id), export)) {
                 Some(Ok(export)) => export.contains(&quoted),
-                // One bundle that does not open stops no erasure: it is left, and said.
+                // One bundle that does not open stops no erasure: it is left, and counted.
                 Some(Err(error)) => {
                     tracing::error!(%error, request = %id, "a bundle without a digest does not open; not erased");
+                    unreadable += 1;
                     false
                 }
                 None => false,
@@ -284,7 +285,7 @@ async fn erase_held(
         .map_err(StoreError::from)?
         .rows_affected();
     }
-    Ok(i64::try_from(erased).unwrap_or(i64::MAX))
+    Ok((i64::try_from(erased).unwrap_or(i64::MAX), unreadable))
 }
 
 /// The records of an export: the total length of its top-level lists.
@@ -379,45 +380,60 @@ impl SubjectStore {
     }
 
     /// Seals the bundles, details and resolutions that earlier versions stored in clear; returns
-    /// how many requests it sealed. Run at start-up, before the service answers.
+    /// how many values it sealed. Each value is replaced only while it is still the one read, so
+    /// that an erasure or a completion made meanwhile (by another replica) wins; a value that
+    /// cannot be sealed now is logged and left for the next start.
     pub async fn seal_clear_values(&self) -> Result<usize, Error> {
-        let rows = sqlx::query(
+        // Only values that may be in clear are read: a sealed one is `v1:` and at least 40
+        // characters of base64, with no space.
+        let in_clear = |column: &str| {
+            format!("({column} <> '' AND ({column} NOT LIKE 'v1:%' OR {column} LIKE '% %' OR length({column}) < 43))")
+        };
+        let query = format!(
             "SELECT tenant_id, id, export, details, resolution FROM subject_requests \
-             WHERE export IS NOT NULL OR details <> '' OR resolution IS NOT NULL",
-        )
-        .fetch_all(self.database.pool())
-        .await
-        .map_err(StoreError::from)?;
+             WHERE erased_by IS NULL AND ({} OR {} OR {})",
+            in_clear("export"),
+            in_clear("details"),
+            in_clear("resolution"),
+        );
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
         let mut sealed = 0;
         for row in &rows {
             let text = |column: &str| row.try_get::<Option<String>, _>(column).map_err(StoreError::from);
             let (tenant_id, id) = (text("tenant_id")?.unwrap_or_default(), text("id")?.unwrap_or_default());
-            let (export, details, resolution) = (text("export")?, text("details")?, text("resolution")?);
-            let in_clear =
-                |value: &Option<String>| value.as_deref().is_some_and(|value| !value.is_empty() && !is_sealed(value));
-            if !(in_clear(&export) || in_clear(&details) || in_clear(&resolution)) {
-                continue;
-            }
-            let cipher = self.keys.cipher(&tenant_id).await?;
-            let reseal = |column: Column, value: Option<String>| {
-                value.map(|value| {
-                    if is_sealed(&value) { value } else { seal(&cipher, &column.context(&tenant_id, &id), &value) }
-                })
+            let cipher = match self.keys.cipher(&tenant_id).await {
+                Ok(cipher) => cipher,
+                Err(error) => {
+                    tracing::error!(%error, tenant = %tenant_id, "a tenant's data key is not available; values left in clear");
+                    continue;
+                }
             };
-            self.database
-                .execute_write(
-                    sqlx::query(
-                        "UPDATE subject_requests SET export = $1, details = $2, resolution = $3 \
-                         WHERE tenant_id = $4 AND id = $5",
+            for (column, name) in
+                [(Column::Export, "export"), (Column::Details, "details"), (Column::Resolution, "resolution")]
+            {
+                let Some(value) = text(name)?.filter(|value| !value.is_empty() && !is_sealed(value)) else {
+                    continue;
+                };
+                let statement = format!(
+                    "UPDATE subject_requests SET {name} = $1 \
+                     WHERE tenant_id = $2 AND id = $3 AND erased_by IS NULL AND {name} = $4"
+                );
+                let written = self
+                    .database
+                    .execute_write(
+                        sqlx::query(sqlx::AssertSqlSafe(statement))
+                            .bind(seal(&cipher, &column.context(&tenant_id, &id), &value))
+                            .bind(tenant_id.clone())
+                            .bind(id.clone())
+                            .bind(value),
                     )
-                    .bind(reseal(Column::Export, export))
-                    .bind(reseal(Column::Details, details).unwrap_or_default())
-                    .bind(reseal(Column::Resolution, resolution))
-                    .bind(tenant_id.clone())
-                    .bind(id.clone()),
-                )
-                .await?;
-            sealed += 1;
+                    .await;
+                match written {
+                    Ok(count) => sealed += usize::try_from(count).unwrap_or(0),
+                    Err(error) => tracing::error!(%error, request = %id, "a value stored in clear is not sealed yet"),
+                }
+            }
         }
         Ok(sealed)
     }
@@ -573,7 +589,8 @@ impl SubjectStore {
         let mut transaction = self.database.begin_write().await?;
         if erase {
             let secret = self.lock_secret().await?;
-            let erased = erase_held(&mut transaction, cipher, &caller.tenant_id, cpf, new.id, secret).await?;
+            let (erased, unreadable) =
+                erase_held(&mut transaction, cipher, &caller.tenant_id, cpf, new.id, secret).await?;
             let reviews: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE tenant_id = $1")
                 .bind(&caller.tenant_id)
                 .fetch_one(&mut *transaction)
@@ -588,13 +605,12 @@ impl SubjectStore {
                         .to_owned(),
                 )
             });
-            outcomes.push(outcome(
-                crate::SERVICE_NAME,
-                "erased",
-                erased,
-                retained.into_iter().collect(),
-                String::new(),
-            ));
+            // A bundle that does not open may be the subject's: the erasure is not done.
+            let (status, note) = match unreadable {
+                0 => ("erased", String::new()),
+                _ => ("failed", format!("{unreadable} earlier requests' bundles do not open and were kept")),
+            };
+            outcomes.push(outcome(crate::SERVICE_NAME, status, erased, retained.into_iter().collect(), note));
         }
         let status = match new.kind {
             Kind::Correction => "open",

@@ -695,27 +695,37 @@ impl Store {
         event: impl FnOnce(&[String]) -> AuditEvent,
     ) -> Result<Vec<String>, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
+        let cpf_hash = cipher.blind_index(cpf.as_str());
+        let backend = self.database.backend();
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        let ids: Vec<String> = sqlx::query(
-            "SELECT id FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id",
-        )
-        .bind(tenant_id)
-        .bind(cipher.blind_index(cpf.as_str()))
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?
-        .iter()
-        .map(|row| row.try_get::<String, _>("id"))
-        .collect::<Result<_, _>>()
-        .map_err(StoreError::from)?;
+        // No patient is given the CPF meanwhile (the lock a registration of it takes), and the
+        // patients found are held until the erasure commits: a change of CPF that commits first is
+        // read before the rows are (PostgreSQL reads a locked row again once it is free).
+        lock_cpf(&mut transaction, backend, tenant_id, &cpf_hash).await?;
+        let select = if backend == Backend::Postgres {
+            "SELECT id FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id FOR UPDATE"
+        } else {
+            "SELECT id FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id"
+        };
+        let ids: Vec<String> = sqlx::query(select)
+            .bind(tenant_id)
+            .bind(&cpf_hash)
+            .fetch_all(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .iter()
+            .map(|row| row.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::from)?;
         for id in &ids {
             sqlx::query(
                 "UPDATE patients SET name = '', cpf = '', birth_date = '', sealed = NULL, cpf_hash = NULL, \
-                 erased_at = $1 WHERE tenant_id = $2 AND id = $3",
+                 erased_at = $1 WHERE tenant_id = $2 AND id = $3 AND cpf_hash = $4 AND erased_at IS NULL",
             )
             .bind(time::stored(Utc::now()))
             .bind(tenant_id)
             .bind(id)
+            .bind(&cpf_hash)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
@@ -724,6 +734,29 @@ impl Store {
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(ids)
     }
+}
+
+/// Holds, until the transaction ends, the CPF whose blind index is `cpf_hash` in `tenant_id`: on
+/// PostgreSQL an advisory lock on the two, which every transaction storing or erasing the CPF
+/// takes first; on SQLite, write transactions run one at a time already.
+async fn lock_cpf(
+    connection: &mut sqlx::AnyConnection,
+    backend: Backend,
+    tenant_id: &str,
+    cpf_hash: &str,
+) -> Result<(), Error> {
+    if backend == Backend::Postgres {
+        // The key shows in `pg_locks`: a digest of the keyed blind index, which says nothing of the CPF.
+        let digest = Sha256::digest(format!("patients.cpf_hash\0{tenant_id}\0{cpf_hash}").as_bytes());
+        let key = i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+        // Counted, so that the row holds an integer rather than the function's `void`.
+        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
+            .bind(key)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(StoreError::from)?;
+    }
+    Ok(())
 }
 
 /// Refuses `cpf_hash`, a CPF's blind index, when a patient of `tenant_id` other than `except` has
@@ -742,17 +775,7 @@ async fn refuse_registered_cpf(
     cpf_hash: &str,
     except: &PatientId,
 ) -> Result<(), Error> {
-    if backend == Backend::Postgres {
-        // The key shows in `pg_locks`: a digest of the keyed blind index, which says nothing of the CPF.
-        let digest = Sha256::digest(format!("patients.cpf_hash\0{tenant_id}\0{cpf_hash}").as_bytes());
-        let key = i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
-        // Counted, so that the row holds an integer rather than the function's `void`.
-        sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
-            .bind(key)
-            .fetch_one(&mut *connection)
-            .await
-            .map_err(StoreError::from)?;
-    }
+    lock_cpf(connection, backend, tenant_id, cpf_hash).await?;
     let registered = sqlx::query(
         "SELECT 1 FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL AND id <> $3 LIMIT 1",
     )
