@@ -433,7 +433,8 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
             }),
         );
-        self.store.insert_score(&caller.tenant_id, &score, &recorded).await?;
+        let made_under: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
+        self.store.insert_score(&caller.tenant_id, &score, &made_under, &recorded).await?;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, score = %score.id, band = %score.risk_band, "credit scored");
         Ok(Response::new(score_message(score, self.store.reason_words())?))

@@ -13,7 +13,7 @@ use aigronova_platform::{
     audit::{self, AuditEvent},
     cpf::Cpf,
     crypto::TenantKeys,
-    storage::{Backend, Database, StoreError},
+    storage::{Backend, Database, Param, StoreError},
     time,
 };
 use chrono::{DateTime, Utc};
@@ -498,18 +498,42 @@ impl Store {
     }
 
     /// Stores a credit decision with its audit event.
+    /// Stores `score`, made under `consents` (their ids), with its audit event. `NotFound` when
+    /// the customer is gone, `PermissionDenied` when every one of the consents was revoked
+    /// meanwhile.
     pub(crate) async fn insert_score(
         &self,
         tenant_id: &str,
         score: &StoredScore,
+        consents: &[String],
         event: &AuditEvent,
     ) -> Result<(), Error> {
-        // Stored only while the customer is, checked in the same statement: a score computed while
-        // an erasure ran is refused rather than kept with the inputs the erasure removed. On
-        // PostgreSQL the customer's row is locked for share, so that an erasure waits for this
-        // insert (and then anonymises the score) or this insert waits for the erasure (and finds
-        // no customer); SQLite writes one transaction at a time.
+        // Stored only while one of the consents the score was made under is there and not revoked,
+        // checked in the same statement: a score computed while an erasure (which deletes the
+        // customer's consents, having locked them first) or a revocation ran is refused rather
+        // than kept with the inputs the erasure removed, or made from data no longer to be used.
+        // On PostgreSQL the consent's row is locked for share, so that an erasure or a revocation
+        // waits for this insert (and then anonymises the score), or this insert waits for it; the
+        // consents are the only rows locked, in the order an erasure locks them. SQLite writes one
+        // transaction at a time.
         let lock = if self.database.backend() == Backend::Postgres { " FOR SHARE" } else { "" };
+        let consent_params = (0..consents.len()).map(|at| format!("${}", 13 + at)).collect::<Vec<_>>().join(", ");
+        let consent_params = if consents.is_empty() { "NULL".to_owned() } else { consent_params };
+        let mut params: Vec<Param> = vec![
+            tenant_id.into(),
+            score.id.as_str().into(),
+            score.customer_id.as_str().into(),
+            score.model.as_str().into(),
+            score.model_version.as_str().into(),
+            score.features.to_string().into(),
+            score.bank.to_string().into(),
+            score.probability.into(),
+            score.score.into(),
+            score.risk_band.as_str().into(),
+            serde_json::Value::from(score.reasons.clone()).to_string().into(),
+            time::stored(score.created_at).into(),
+        ];
+        params.extend(consents.iter().map(|id| Param::from(id.as_str())));
         let stored = audit::write_recorded(
             &self.database,
             tenant_id,
@@ -517,26 +541,28 @@ impl Store {
                 "INSERT INTO credit_scores (tenant_id, id, customer_id, model, model_version, features, bank, \
                  probability, score, risk_band, reasons, created_at) \
                  SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
-                 WHERE EXISTS (SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $3{lock})"
+                 WHERE EXISTS (SELECT 1 FROM consents WHERE tenant_id = $1 AND customer_id = $3 \
+                 AND id IN ({consent_params}) AND revoked_at IS NULL{lock})"
             ),
-            vec![
-                tenant_id.into(),
-                score.id.as_str().into(),
-                score.customer_id.as_str().into(),
-                score.model.as_str().into(),
-                score.model_version.as_str().into(),
-                score.features.to_string().into(),
-                score.bank.to_string().into(),
-                score.probability.into(),
-                score.score.into(),
-                score.risk_band.as_str().into(),
-                serde_json::Value::from(score.reasons.clone()).to_string().into(),
-                time::stored(score.created_at).into(),
-            ],
+            params,
             event,
         )
         .await?;
-        if stored { Ok(()) } else { Err(Error::NotFound(format!("customer {}", score.customer_id))) }
+        if stored {
+            return Ok(());
+        }
+        let customer = sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(&score.customer_id)
+            .fetch_optional(self.database.pool())
+            .await
+            .map_err(StoreError::from)?;
+        match customer {
+            None => Err(Error::NotFound(format!("customer {}", score.customer_id))),
+            Some(_) => Err(Error::PermissionDenied(
+                "the customer's consent was revoked while the score was made; nothing was stored".into(),
+            )),
+        }
     }
 
     pub(crate) async fn score(

@@ -523,6 +523,53 @@ async fn scores_racing_an_erasure_keep_nothing_of_the_customer(backend: Backend)
     app.stop().await;
 }
 
+/// A score whose consent is revoked after the consent was read and before the score is stored is
+/// refused, and nothing is stored or audited: on PostgreSQL, the revocation commits while the
+/// score's insert waits for the consent's row.
+#[tokio::test]
+async fn a_score_whose_consent_is_revoked_before_it_is_stored_is_refused_on_postgres() {
+    use sqlx::Connection;
+    let (_bank, app, key, customer_cpf, granted, applicant) =
+        ingested_customer(Backend::Postgres, "Financeira Revogada", 777_888_999).await;
+    let consent_id = granted["id"].as_str().unwrap().to_owned();
+    sqlx::any::install_default_drivers();
+    let mut revoker = sqlx::AnyConnection::connect(&app.fin_database_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut revoker).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT 1 FROM consents WHERE id = '{consent_id}' FOR UPDATE")))
+        .fetch_one(&mut revoker)
+        .await
+        .unwrap();
+    let scoring = {
+        let body = json!({"cpf": customer_cpf, "applicant": applicant});
+        let (client, url, key) = (app.client.clone(), app.url("/v1/fin/credit-scores"), key.clone());
+        tokio::spawn(async move { client.post(url).bearer_auth(key).json(&body).send().await.unwrap() })
+    };
+    // The score's insert waits for the consent's row.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_locks WHERE NOT granted")
+            .fetch_one(&mut revoker)
+            .await
+            .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the score never waited for the consent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE consents SET revoked_at = '2026-01-01T00:00:00.000000Z' WHERE id = '{consent_id}'"
+    )))
+    .execute(&mut revoker)
+    .await
+    .unwrap();
+    sqlx::query("COMMIT").execute(&mut revoker).await.unwrap();
+    let problem = assert_problem(scoring.await.unwrap(), 403).await;
+    assert!(problem["detail"].as_str().unwrap().contains("revoked while the score was made"), "{problem}");
+    assert_eq!(app.count_fin_rows("credit_scores").await, 0);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn scores_racing_an_erasure_keep_nothing_of_the_customer_on_sqlite() {
     scores_racing_an_erasure_keep_nothing_of_the_customer(Backend::Sqlite).await;
