@@ -14,7 +14,7 @@ use aigronova_platform::{
     auth::{self, Caller},
     cpf::Cpf,
     error::internal,
-    inference::{Model, ModelRegistry},
+    inference::{InferenceError, Model, ModelRegistry},
     monitoring::InferenceMonitor,
     subject::{self, SUBJECT_SCOPE},
     time,
@@ -396,9 +396,23 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
         let started = Instant::now();
-        let row = model.feature_vector(&features, "features").map_err(Error::from).inspect_err(|_| {
-            self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
-        })?;
+        let row = model
+            .feature_vector(&features, "features")
+            .map_err(|error| match error {
+                // A value outside what the model was trained on names the applicant's field it
+                // came from.
+                InferenceError::InvalidFeature { field, reason } => {
+                    let feature = field.strip_prefix("features.").unwrap_or(&field);
+                    match scoring::applicant_field(feature) {
+                        Some(sent) => Error::invalid(sent, format!("{reason}, the range the model was trained on")),
+                        None => Error::from(InferenceError::InvalidFeature { field, reason }),
+                    }
+                }
+                error => Error::from(error),
+            })
+            .inspect_err(|_| {
+                self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
+            })?;
         let started = Instant::now();
         let predicted = predict(&model, &row);
         self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());

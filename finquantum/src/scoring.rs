@@ -353,6 +353,24 @@ pub fn features(applicant: &Applicant, bank: &BankSummary) -> Result<HashMap<Str
     ]))
 }
 
+/// The applicant's field (by its JSON name) a model feature is read from, for refusals that name
+/// what the caller sent; `None` for the features read from the bank data.
+pub fn applicant_field(feature: &str) -> Option<&'static str> {
+    Some(match feature {
+        "duration_months" => "applicant.durationMonths",
+        // The instalment's share of the income follows from the amount asked for.
+        "credit_amount" | "installment_rate" => "applicant.creditAmount",
+        "age" => "applicant.age",
+        "existing_credits" => "applicant.existingCredits",
+        "dependents" => "applicant.dependents",
+        "employment_years" => "applicant.employmentYears",
+        "credit_history" => "applicant.creditHistory",
+        "housing_own" => "applicant.housing",
+        "purpose_car" => "applicant.purpose",
+        _ => return None,
+    })
+}
+
 /// 0 (certain default) to 1000 (no risk).
 pub fn score_of(probability_of_default: f64) -> i32 {
     ((1.0 - probability_of_default.clamp(0.0, 1.0)) * 1000.0).round() as i32

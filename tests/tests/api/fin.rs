@@ -523,6 +523,24 @@ async fn scores_racing_an_erasure_keep_nothing_of_the_customer(backend: Backend)
     app.stop().await;
 }
 
+/// An amount the applicant may ask for but the model was not trained on is refused, naming the
+/// field the caller sent and the range, and nothing is stored.
+#[tokio::test]
+async fn an_amount_outside_the_models_range_names_the_applicants_field() {
+    let (_bank, app, key, customer_cpf, _, mut applicant) =
+        ingested_customer(Backend::Sqlite, "Financeira Faixa", 888_999_111).await;
+    applicant["creditAmount"] = json!(1_000_000.0);
+    applicant["durationMonths"] = json!(120);
+    let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": applicant})).await;
+    let problem = assert_problem(response, 400).await;
+    assert_eq!(problem["field"], "applicant.creditAmount", "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.starts_with("applicant.creditAmount: 1000000.0 is outside"), "{problem}");
+    assert!(detail.ends_with("the range the model was trained on"), "{problem}");
+    assert_eq!(app.count_fin_rows("credit_scores").await, 0);
+    app.stop().await;
+}
+
 /// A score whose consent is revoked after the consent was read and before the score is stored is
 /// refused, and nothing is stored or audited: on PostgreSQL, the revocation commits while the
 /// score's insert waits for the consent's row.
