@@ -212,12 +212,12 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         };
         let event = |patients: &[Patient]| {
             // The fields shown of any patient of the page, in the order a patient's are named.
-            let mut fields: Vec<&str> = Vec::new();
-            for field in patients.iter().flat_map(Patient::held_fields) {
-                if !fields.contains(&field) {
-                    fields.push(field);
-                }
-            }
+            let held: Vec<Vec<&str>> = patients.iter().map(Patient::held_fields).collect();
+            let fields: Vec<&str> = PERSONAL_FIELDS
+                .iter()
+                .copied()
+                .filter(|field| held.iter().any(|fields| fields.contains(field)))
+                .collect();
             AuditEvent::new(
                 &caller,
                 crate::SERVICE_NAME,
