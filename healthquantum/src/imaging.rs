@@ -191,6 +191,19 @@ fn foreign_preamble(bytes: &[u8]) -> bool {
         || preamble.windows(4).any(|window| window == b"%PDF")
 }
 
+/// Refuses an image, of any type, that is also a document or an archive: image readers ignore
+/// what does not belong to the image, while PDF readers look for their header in the first 1024
+/// bytes and ZIP readers for the archive from the end.
+fn also_another_kind(bytes: &[u8]) -> Result<(), &'static str> {
+    if holds_pdf_header(bytes) {
+        return Err("it holds a PDF header in its first 1024 bytes");
+    }
+    if ends_with_zip(bytes) {
+        return Err("it ends with a ZIP archive");
+    }
+    Ok(())
+}
+
 /// Whether `%PDF` is in the first 1024 bytes of `bytes`, where PDF readers look for a document's
 /// header: a file with one opens as a document too. Four given bytes turn up in that span of
 /// compressed data about once in four million files.
@@ -248,12 +261,7 @@ fn check_dicom(bytes: &[u8]) -> Result<DicomMeta<'_>, &'static str> {
     if foreign_preamble(bytes) {
         return Err("its preamble is another format's header (an executable, an archive, a document or markup)");
     }
-    if holds_pdf_header(bytes) {
-        return Err("it holds a PDF header in its first 1024 bytes");
-    }
-    if ends_with_zip(bytes) {
-        return Err("it ends with a ZIP archive");
-    }
+    also_another_kind(bytes)?;
     let truncated = "its file meta information is cut short";
     let (mut at, mut transfer_syntax) = (PREAMBLE + 4, None);
     loop {
@@ -486,18 +494,8 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
             return Ok(Examined { media_type, width, height, thumbnail: None });
         }
     };
-    // As for DICOM files: an image that is also a document or an archive is not kept (image
-    // readers ignore what does not belong to the image; PDF readers look for their header in the
-    // first 1024 bytes, ZIP readers for the archive from the end).
-    if holds_pdf_header(bytes) {
-        return Err(Error::invalid(
-            "body",
-            format!("starts as {media_type} but it holds a PDF header in its first 1024 bytes"),
-        ));
-    }
-    if ends_with_zip(bytes) {
-        return Err(Error::invalid("body", format!("starts as {media_type} but it ends with a ZIP archive")));
-    }
+    also_another_kind(bytes)
+        .map_err(|problem| Error::invalid("body", format!("starts as {media_type} but {problem}")))?;
     let reader = |limits: Limits| {
         let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
         opened.limits(limits);
