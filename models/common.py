@@ -113,6 +113,30 @@ def strictly_increasing_edges(values: np.ndarray) -> list[float]:
     return edges
 
 
+def drift_bins(values: np.ndarray) -> tuple[list[float], list[float]]:
+    """The drift baseline of a training column: its bin edges and each bin's share.
+
+    The edges are :func:`strictly_increasing_edges`; a column with exactly two
+    distinct edges (a 0/1 flag, scikit-learn's scaled ``sex``) gets their
+    midpoint as a third edge, so that its two values fall in two bins.  The
+    bins follow the services' rule (``platform::monitoring::bin_of``): the
+    first and last edges bound the range, a value counts in the bin of the
+    interior edges at or below it, values outside the range in the outer bins.
+    The shares are the fractions of the column's values, as float32 like the
+    services' inputs, in each bin: collapsed quantiles make them unequal, and
+    the population stability index compares live inputs with these shares.
+    """
+    edges = strictly_increasing_edges(values)
+    if len(edges) == 2:
+        edges = [edges[0], rnd((edges[0] + edges[1]) / 2.0), edges[1]]
+    if len(edges) < 3:
+        return edges, [1.0]
+    as_served = values.astype(np.float32).astype(np.float64)
+    bins = np.searchsorted(np.asarray(edges[1:-1]), as_served, side="right")
+    counts = np.bincount(bins, minlength=len(edges) - 1)
+    return edges, [rnd(count / len(values)) for count in counts]
+
+
 def sha256_of(path: Path) -> str:
     """Hex SHA-256 of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -326,11 +350,13 @@ def feature_entries(
 
     For feature j: its name, dtype float32, the valid range
     ``[valid_min[j], valid_max[j]]``, and the population mean, standard
-    deviation and quantile bin edges of the training column ``X_train[:, j]``.
+    deviation, and drift bins (:func:`drift_bins`: ``bin_edges`` and
+    ``bin_shares``) of the training column ``X_train[:, j]``.
     """
     features = []
     for j, name in enumerate(feature_names):
         col_train = X_train[:, j]
+        bin_edges, bin_shares = drift_bins(col_train)
         features.append(
             {
                 "name": name,
@@ -339,7 +365,8 @@ def feature_entries(
                 "max": rnd(valid_max[j]),
                 "training_mean": rnd(col_train.mean()),
                 "training_std": rnd(col_train.std(ddof=0)),
-                "bin_edges": strictly_increasing_edges(col_train),
+                "bin_edges": bin_edges,
+                "bin_shares": bin_shares,
             }
         )
     return features

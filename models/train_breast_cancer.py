@@ -152,8 +152,9 @@ def main() -> int:
             "min is 0 for every feature (all 30 are non-negative measurements of cell nuclei); "
             f"max is {VALID_MAX_FACTOR:g} x the largest value of that feature in the full data set "
             f"(all {X.shape[0]} rows). Inputs outside [min, max] are rejected as invalid. "
-            "training_mean, training_std (population, ddof=0) and bin_edges (10 quantile bins, "
-            "deduplicated, strictly increasing) are computed on the training split only."
+            "training_mean, training_std (population, ddof=0), bin_edges (10 quantile bins, "
+            "deduplicated, strictly increasing, a midpoint added between two) and bin_shares "
+            "(each bin's share of the rows) are computed on the training split only."
         ),
         "risk_bands": RISK_BANDS,
         "metrics": {

@@ -326,8 +326,9 @@ def main() -> int:
             f"feature in the full data set (all {X.shape[0]} rows), so e.g. the 0/1 flags accept up "
             "to 4 and the ordinals up to 4 x their top code: callers must still send only the "
             "documented codes. Inputs outside [min, max] are rejected as invalid. "
-            "training_mean, training_std (population, ddof=0) and bin_edges (10 quantile bins, "
-            "deduplicated, strictly increasing) are computed on the training split only."
+            "training_mean, training_std (population, ddof=0), bin_edges (10 quantile bins, "
+            "deduplicated, strictly increasing, a midpoint added between two) and bin_shares "
+            "(each bin's share of the rows) are computed on the training split only."
         ),
         "risk_bands": RISK_BANDS,
         "metrics": {

@@ -247,9 +247,10 @@ def main() -> int:
             f"and max is {VALID_RANGE_FACTOR:g} x the largest value of that feature in the full "
             f"data set (all {X.shape[0]} rows), i.e. the observed range widened {VALID_RANGE_FACTOR:g}-fold "
             "on each side of 0. Inputs outside [min, max] are rejected as invalid. "
-            "training_mean, training_std (population, ddof=0) and bin_edges (10 quantile bins, "
-            "deduplicated, strictly increasing; sex takes only two values) are computed on the "
-            "training split only."
+            "training_mean, training_std (population, ddof=0), bin_edges (10 quantile bins, "
+            "deduplicated, strictly increasing; sex takes only two values, so its midpoint is "
+            "added) and bin_shares (each bin's share of the rows) are computed on the training "
+            "split only."
         ),
         "risk_bands": RISK_BANDS,
         "metrics": {

@@ -116,7 +116,55 @@ pub struct Feature {
     pub min: f64,
     pub max: f64,
     pub training_mean: f64,
+    /// Strictly increasing; the first and last bound the training range (see
+    /// [`crate::monitoring::bin_of`]).
     pub bin_edges: Vec<f64>,
+    /// Each bin's share of the training rows; a manifest without them is taken to have bins of
+    /// equal shares, as quantile bins have when no quantile repeats.
+    #[serde(default)]
+    pub bin_shares: Vec<f64>,
+}
+
+impl Feature {
+    /// How many bins drift is counted in.
+    pub fn bins(&self) -> usize {
+        self.bin_edges.len().saturating_sub(1).max(1)
+    }
+
+    /// The share of the training rows each bin held: the baseline of the drift index.
+    pub fn expected_shares(&self) -> Vec<f64> {
+        if self.bin_shares.is_empty() {
+            let bins = self.bins();
+            vec![1.0 / bins as f64; bins]
+        } else {
+            self.bin_shares.clone()
+        }
+    }
+
+    /// Why the drift baseline cannot be used, if it cannot.
+    fn baseline_error(&self) -> Option<String> {
+        let name = &self.name;
+        if self.bin_edges.iter().any(|edge| !edge.is_finite()) || self.bin_edges.windows(2).any(|w| w[0] >= w[1]) {
+            return Some(format!("feature {name:?}: bin_edges must be finite and strictly increasing"));
+        }
+        if self.bin_shares.is_empty() {
+            return None;
+        }
+        if self.bin_shares.len() != self.bins() {
+            return Some(format!(
+                "feature {name:?}: bin_shares has {} shares for {} bins",
+                self.bin_shares.len(),
+                self.bins()
+            ));
+        }
+        let total: f64 = self.bin_shares.iter().sum();
+        if self.bin_shares.iter().any(|share| !(0.0..=1.0).contains(share)) || (total - 1.0).abs() > 1e-6 {
+            return Some(format!(
+                "feature {name:?}: bin_shares must lie in [0, 1] and add up to 1 (they add up to {total:.6})"
+            ));
+        }
+        None
+    }
 }
 
 /// A probability below `upper` (and at or above the previous band's) falls in this band.
@@ -445,6 +493,9 @@ fn read_model(dir: &Path) -> Result<(Manifest, Vec<u8>), InferenceError> {
     let manifest: Manifest = serde_json::from_str(&text).map_err(|error| bad(error.to_string()))?;
     if manifest.features.is_empty() || manifest.risk_bands.is_empty() {
         return Err(bad("features and risk_bands must not be empty".into()));
+    }
+    if let Some(reason) = manifest.features.iter().find_map(Feature::baseline_error) {
+        return Err(bad(reason));
     }
     let model_path = dir.join(&manifest.file);
     let bytes = std::fs::read(&model_path)

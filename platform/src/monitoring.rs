@@ -52,10 +52,7 @@ impl Window {
             .manifest()
             .features
             .iter()
-            .map(|feature| {
-                let bins = feature.bin_edges.len().saturating_sub(1).max(1);
-                (feature.name.clone(), vec![0; bins], vec![1.0 / bins as f64; bins])
-            })
+            .map(|feature| (feature.name.clone(), vec![0; feature.bins()], feature.expected_shares()))
             .collect();
         Self { start: Utc::now(), count: 0, errors: 0, latency: vec![0; LATENCY_BOUNDS_MS.len() + 1], features }
     }

@@ -97,3 +97,53 @@ fn an_unknown_model_name_is_reported() {
     let missing = ModelRegistry::load(&config(models_dir()), &["no-such-model"]).unwrap_err();
     assert!(matches!(missing, InferenceError::NoVersion { .. }), "{missing:?}");
 }
+
+#[test]
+fn every_committed_feature_has_its_training_shares_and_a_flag_has_two_bins() {
+    for name in ["breast-cancer", "diabetes-progression", "credit-risk"] {
+        let manifest = read_manifest(&models_dir().join(name).join("1")).unwrap();
+        for feature in &manifest.features {
+            assert_eq!(feature.bin_shares.len(), feature.bins(), "{name} {}", feature.name);
+            let total: f64 = feature.expected_shares().iter().sum();
+            assert!((total - 1.0).abs() < 1e-6, "{name} {}: {total}", feature.name);
+        }
+    }
+    let credit = read_manifest(&models_dir().join("credit-risk/1")).unwrap();
+    let housing = credit.features.iter().find(|feature| feature.name == "housing_own").unwrap();
+    assert_eq!(housing.bins(), 2, "{:?}", housing.bin_edges);
+    assert!(
+        (housing.bin_shares[0] - 0.5).abs() > 0.05,
+        "a flag's shares are its own, not halves: {:?}",
+        housing.bin_shares
+    );
+}
+
+#[test]
+fn the_loader_refuses_a_drift_baseline_that_does_not_fit_its_bins() {
+    let source = models_dir().join("breast-cancer/1");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("manifest.json")).unwrap()).unwrap();
+    type Change = fn(&mut serde_json::Value);
+    let cases: [(&str, Change, &str); 3] = [
+        ("too few shares", |feature| feature["bin_shares"] = serde_json::json!([0.5, 0.5]), "2 shares for 10 bins"),
+        (
+            "shares adding up to 2",
+            |feature| feature["bin_shares"] = serde_json::json!(vec![0.2; 10]),
+            "add up to 1 (they add up to 2.0",
+        ),
+        ("edges out of order", |feature| feature["bin_edges"][1] = serde_json::json!(1e9), "strictly increasing"),
+    ];
+    for (case, change, reason) in cases {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("breast-cancer/1");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::copy(source.join("model.onnx"), target.join("model.onnx")).unwrap();
+        let mut changed = manifest.clone();
+        change(&mut changed["features"][0]);
+        std::fs::write(target.join("manifest.json"), changed.to_string()).unwrap();
+        let error = read_manifest(&target).unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, InferenceError::BadManifest { .. }), "{case}: {error:?}");
+        assert!(message.contains("\"mean radius\"") && message.contains(reason), "{case}: {message}");
+    }
+}

@@ -1,6 +1,8 @@
 //! Inference monitoring through the gateway: healthquantum's summaries reach ai-governance, which
 //! reports volumes, errors, latency and drift; inputs drawn like the training data keep PSI low,
-//! shifted inputs raise it above 0.25 and set the alert, in the API and as a metric.
+//! shifted inputs raise it above 0.25 and set the alert, in the API and as a metric. Drift is
+//! measured against each bin's training share from the manifest, so that features whose quantiles
+//! repeat (a two-valued `sex`, `s4`) neither alert on training-like inputs nor miss a shift.
 
 use std::time::Duration;
 
@@ -11,7 +13,11 @@ use serde_json::{Map, Value, json};
 const MONITORING: &str = "/v1/governance/monitoring/models/breast-cancer/versions/1";
 
 fn features() -> Vec<Value> {
-    let path = models_dir().join("breast-cancer/1/manifest.json");
+    features_of("breast-cancer")
+}
+
+fn features_of(model: &str) -> Vec<Value> {
+    let path = models_dir().join(model).join("1/manifest.json");
     let manifest: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("manifest.json")).unwrap();
     manifest["features"].as_array().unwrap().clone()
 }
@@ -34,10 +40,18 @@ fn count(status: &Value, field: &str) -> u64 {
     }
 }
 
+fn numbers(feature: &Value, field: &str) -> Vec<f64> {
+    feature[field].as_array().unwrap().iter().map(|value| value.as_f64().unwrap()).collect()
+}
+
 async fn wait_for_calls(app: &TestApp, key: &str, calls: u64) -> Value {
+    wait_for_calls_of(app, key, MONITORING, calls).await
+}
+
+async fn wait_for_calls_of(app: &TestApp, key: &str, path: &str, calls: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let response = app.get(MONITORING, key).await;
+        let response = app.get(path, key).await;
         assert_eq!(response.status(), 200);
         let status: Value = response.json().await.unwrap();
         if count(&status, "inferenceCount") >= calls {
@@ -50,7 +64,11 @@ async fn wait_for_calls(app: &TestApp, key: &str, calls: u64) -> Value {
 }
 
 async fn assess(app: &TestApp, key: &str, patient: &str, features: Value) -> u16 {
-    let body = json!({"model": "breast-cancer", "features": features});
+    assess_with(app, key, patient, "breast-cancer", features).await
+}
+
+async fn assess_with(app: &TestApp, key: &str, patient: &str, model: &str, features: Value) -> u16 {
+    let body = json!({"model": model, "features": features});
     app.post(&format!("/v1/health/patients/{patient}/assessments"), key, &body).await.status().as_u16()
 }
 
@@ -118,5 +136,71 @@ async fn shifted_inputs_raise_psi_above_the_alert_and_training_like_inputs_do_no
     assert_eq!(empty.status(), 200, "a model called by others has zero calls here");
     let empty: Value = empty.json().await.unwrap();
     assert_eq!((empty["model"].as_str(), count(&empty, "inferenceCount")), (Some("breast-cancer"), 0), "{empty}");
+    app.stop().await;
+}
+
+/// Call `call` of 100 puts each feature in the bin whose training shares cover the call's
+/// percentile (shifted per feature), so that 100 calls fill the bins as the training rows did.
+fn training_like(features: &[Value], call: usize) -> Value {
+    let mut row = Map::new();
+    for (index, feature) in features.iter().enumerate() {
+        let (edges, shares) = (numbers(feature, "bin_edges"), numbers(feature, "bin_shares"));
+        let percentile = ((call + 37 * index) % 100) as f64 / 100.0 + 0.005;
+        let mut bin = 0;
+        let mut covered = shares[0];
+        while covered < percentile && bin + 1 < shares.len() {
+            bin += 1;
+            covered += shares[bin];
+        }
+        row.insert(feature["name"].as_str().unwrap().to_owned(), json!((edges[bin] + edges[bin + 1]) / 2.0));
+    }
+    Value::Object(row)
+}
+
+fn psi_of(status: &Value, feature: &str) -> f64 {
+    let entry = status["drift"].as_array().unwrap().iter().find(|entry| entry["feature"] == feature);
+    entry.unwrap_or_else(|| panic!("no drift for {feature}: {status}"))["psi"].as_f64().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn drift_is_measured_against_the_training_shares_of_bins_whose_quantiles_repeat() {
+    const DIABETES: &str = "/v1/governance/monitoring/models/diabetes-progression/versions/1";
+    let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
+        config.audit.monitoring_interval_ms = 200;
+        config.gateway.plans.starter.requests_per_second = 1000.0;
+        config.gateway.plans.starter.burst = 1000;
+    })
+    .await;
+    let tenant = app.create_tenant("Clínica Diabetes").await;
+    let key = app.create_key(&tenant, &["health:read", "health:write", "governance:read"]).await;
+    let patient = app.create_patient(&key).await;
+    let features = features_of("diabetes-progression");
+    let sex = features.iter().find(|feature| feature["name"] == "sex").unwrap();
+    assert_eq!(numbers(sex, "bin_edges").len(), 3, "sex's two values fall in two bins: {sex}");
+
+    for call in 0..100 {
+        let row = training_like(&features, call);
+        assert_eq!(assess_with(&app, &key, &patient, "diabetes-progression", row).await, 200);
+    }
+    let calm = wait_for_calls_of(&app, &key, DIABETES, 100).await;
+    assert!(calm["maxPsi"].as_f64().unwrap_or(0.0) < 0.1, "training-like inputs do not drift: {calm}");
+    assert_ne!(calm["driftAlert"], true, "{calm}");
+
+    // 150 more like them, every patient of one sex: only that feature drifts.
+    let edges = numbers(sex, "bin_edges");
+    for call in 0..150 {
+        let mut row = training_like(&features, call);
+        row["sex"] = json!((edges[1] + edges[2]) / 2.0);
+        assert_eq!(assess_with(&app, &key, &patient, "diabetes-progression", row).await, 200);
+    }
+    let shifted = wait_for_calls_of(&app, &key, DIABETES, 250).await;
+    assert!(psi_of(&shifted, "sex") > 0.25, "one sex only drifts: {shifted}");
+    assert_eq!(shifted["driftAlert"], true, "{shifted}");
+    for feature in &features {
+        let name = feature["name"].as_str().unwrap();
+        if name != "sex" {
+            assert!(psi_of(&shifted, name) < 0.1, "{name} did not move: {shifted}");
+        }
+    }
     app.stop().await;
 }
