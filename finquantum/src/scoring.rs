@@ -103,6 +103,12 @@ pub struct DeclaredFields<'a> {
     pub monthly_income: Option<f64>,
 }
 
+/// Whether `reais` is a whole number of centavos, as written in JSON (`1234.56` is, `0.001` is not).
+fn whole_cents(reais: f64) -> bool {
+    let cents = reais * 100.0;
+    (cents - cents.round()).abs() <= 1e-6 * cents.abs().max(1.0)
+}
+
 impl Applicant {
     /// Checks every field; errors name it as `applicant.<field>`.
     pub fn parse(fields: &DeclaredFields<'_>) -> Result<Self, Error> {
@@ -126,6 +132,9 @@ impl Applicant {
         if !fields.credit_amount.is_finite() || fields.credit_amount < 0.0 || fields.credit_amount > 10_000_000.0 {
             return Err(Error::invalid("applicant.creditAmount", "must be above 0 and at most 10,000,000 reais"));
         }
+        if !whole_cents(fields.credit_amount) {
+            return Err(Error::invalid("applicant.creditAmount", "must be in reais with at most two decimal places"));
+        }
         if let Some(years) = fields.employment_years
             && (!years.is_finite() || !(0.0..=80.0).contains(&years))
         {
@@ -147,6 +156,11 @@ impl Applicant {
             && (!income.is_finite() || income <= 0.0)
         {
             return Err(Error::invalid("applicant.monthlyIncome", "must be above 0"));
+        }
+        if let Some(income) = fields.monthly_income
+            && !whole_cents(income)
+        {
+            return Err(Error::invalid("applicant.monthlyIncome", "must be in reais with at most two decimal places"));
         }
         let housing = fields.housing.trim();
         if !HOUSING.contains(&housing) {
@@ -634,7 +648,16 @@ mod tests {
         };
         assert!(Applicant::parse(&good).is_ok());
         assert!(Applicant::parse(&DeclaredFields { age: 30, employment_years: Some(16.0), ..good.clone() }).is_ok());
-        let cases: [(DeclaredFields<'_>, &str); 8] = [
+        for reais in [0.01, 0.1, 1234.56, 9_999_999.99, 10_000_000.0, 100.3] {
+            assert!(Applicant::parse(&DeclaredFields { credit_amount: reais, ..good.clone() }).is_ok(), "{reais}");
+            assert!(
+                Applicant::parse(&DeclaredFields { monthly_income: Some(reais), ..good.clone() }).is_ok(),
+                "{reais}"
+            );
+        }
+        let cases: [(DeclaredFields<'_>, &str); 10] = [
+            (DeclaredFields { credit_amount: 1000.005, ..good.clone() }, "applicant.creditAmount"),
+            (DeclaredFields { monthly_income: Some(0.001), ..good.clone() }, "applicant.monthlyIncome"),
             (DeclaredFields { age: 18, employment_years: Some(80.0), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { age: 30, employment_years: Some(16.5), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { duration_months: 0, ..good.clone() }, "applicant.durationMonths"),

@@ -88,7 +88,8 @@ pub fn applicant_for(features: &Value) -> Value {
         "creditHistory": history[(f("credit_history") as usize).min(4)],
         "housing": if f("housing_own") == 1.0 { "own" } else { "rent" },
         "purpose": if f("purpose_car") == 1.0 { "car_used" } else { "furniture" },
-        "monthlyIncome": instalment / share,
+        // In whole centavos, as a declared income is.
+        "monthlyIncome": (instalment / share * 100.0).round() / 100.0,
     });
     let years = [None, Some(0.5), Some(2.0), Some(5.0), Some(10.0)][(f("employment_years") as usize).min(4)];
     if let Some(years) = years {
