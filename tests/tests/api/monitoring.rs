@@ -72,17 +72,24 @@ async fn assess_with(app: &TestApp, key: &str, patient: &str, model: &str, featu
     app.post(&format!("/v1/health/patients/{patient}/assessments"), key, &body).await.status().as_u16()
 }
 
-#[tokio::test]
-async fn shifted_inputs_raise_psi_above_the_alert_and_training_like_inputs_do_not() {
+/// A platform that reports monitoring every 200 ms and lets a Starter tenant call quickly, with
+/// a clinic of that name: its id, a key that assesses and reads governance, and a patient.
+async fn monitored_clinic(name: &str) -> (TestApp, String, String, String) {
     let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
         config.audit.monitoring_interval_ms = 200;
         config.gateway.plans.starter.requests_per_second = 1000.0;
         config.gateway.plans.starter.burst = 1000;
     })
     .await;
-    let tenant = app.create_tenant("Clínica Monitorada").await;
+    let tenant = app.create_tenant(name).await;
     let key = app.create_key(&tenant, &["health:read", "health:write", "governance:read"]).await;
     let patient = app.create_patient(&key).await;
+    (app, tenant, key, patient)
+}
+
+#[tokio::test]
+async fn shifted_inputs_raise_psi_above_the_alert_and_training_like_inputs_do_not() {
+    let (app, tenant, key, patient) = monitored_clinic("Clínica Monitorada").await;
     let features = features();
 
     // Ten calls in every training decile of every feature: the training distribution.
@@ -165,15 +172,7 @@ fn psi_of(status: &Value, feature: &str) -> f64 {
 #[tokio::test]
 async fn drift_is_measured_against_the_training_shares_of_bins_whose_quantiles_repeat() {
     const DIABETES: &str = "/v1/governance/monitoring/models/diabetes-progression/versions/1";
-    let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
-        config.audit.monitoring_interval_ms = 200;
-        config.gateway.plans.starter.requests_per_second = 1000.0;
-        config.gateway.plans.starter.burst = 1000;
-    })
-    .await;
-    let tenant = app.create_tenant("Clínica Diabetes").await;
-    let key = app.create_key(&tenant, &["health:read", "health:write", "governance:read"]).await;
-    let patient = app.create_patient(&key).await;
+    let (app, _, key, patient) = monitored_clinic("Clínica Diabetes").await;
     let features = features_of("diabetes-progression");
     let sex = features.iter().find(|feature| feature["name"] == "sex").unwrap();
     assert_eq!(numbers(sex, "bin_edges").len(), 3, "sex's two values fall in two bins: {sex}");
