@@ -27,7 +27,7 @@ use crate::{
     assessment::{self, Assessment, AssessmentRequest, ModelInput},
     imaging,
     patient::{Cpf, Email, NewPatient, Patient, PatientChanges, PatientId, Phone},
-    store::{ImageRecord, PatientFilter, Store},
+    store::{Deleted, ImageRecord, PatientFilter, Store},
 };
 
 /// The scope that lets a caller read patients (GetPatient's, through the gateway).
@@ -275,19 +275,23 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
     ) -> Result<Response<proto::DeletePatientResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let id = PatientId::parse("id", &request.get_ref().id)?;
-        let assessments = self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await?;
-        let images = self.store.image_ids(&caller.tenant_id, &[id.to_string()]).await?;
-        let event = AuditEvent::new(
-            &caller,
-            crate::SERVICE_NAME,
-            EventKind::PersonalDataChange,
-            "health.DeletePatient",
-            &format!("patient:{id}"),
-            serde_json::json!({"deleted": {"patient": 1, "assessments": assessments.len(), "images": images.len()}}),
-        );
-        self.store.delete_patient(&caller.tenant_id, &id, &event).await?;
-        self.delete_reports(&caller.tenant_id, &assessments).await;
-        self.delete_image_objects(&caller.tenant_id, &images).await;
+        let event = |deleted: &Deleted| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::PersonalDataChange,
+                "health.DeletePatient",
+                &format!("patient:{id}"),
+                serde_json::json!({"deleted": {
+                    "patient": 1,
+                    "assessments": deleted.assessments.len(),
+                    "images": deleted.images.len(),
+                }}),
+            )
+        };
+        let deleted = self.store.delete_patient(&caller.tenant_id, &id, event).await?;
+        self.delete_reports(&caller.tenant_id, &deleted.assessments).await;
+        self.delete_image_objects(&caller.tenant_id, &deleted.images).await;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, patient = %id, "patient deleted");
         Ok(Response::new(proto::DeletePatientResponse {}))
@@ -372,6 +376,14 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 let model = self.models.get(&assessment.model)?;
                 let pdf = crate::report::render(&patient, &assessment, model.manifest());
                 self.put_sealed(&caller.tenant_id, &key, &pdf).await?;
+                // A change, deletion or erasure of the patient committed since the read deletes
+                // the reports it finds after committing, which may be before this one was kept:
+                // then this one goes, so that no report outlives what it shows.
+                let current = self.store.report_current(&caller.tenant_id, &patient, &id).await;
+                if !current.as_ref().is_ok_and(|current| *current) {
+                    self.delete_reports(&caller.tenant_id, std::slice::from_ref(&id)).await;
+                }
+                current?;
                 pdf
             }
         };

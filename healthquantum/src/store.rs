@@ -307,12 +307,15 @@ impl Store {
     }
 
     /// Deletes the patient `id` and their assessments, with the audit `event`.
+    /// Deletes the patient with their assessments and images, with the audit event `event` makes
+    /// of what was deleted; the ids of the assessments and of the images deleted, whose objects
+    /// are to be deleted once the deletion is committed.
     pub(crate) async fn delete_patient(
         &self,
         tenant_id: &str,
         id: &PatientId,
-        event: &AuditEvent,
-    ) -> Result<(), Error> {
+        event: impl FnOnce(&Deleted) -> AuditEvent,
+    ) -> Result<Deleted, Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
             .bind(tenant_id)
@@ -321,21 +324,33 @@ impl Store {
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound("patient".into()))?;
-        for sql in [
-            "DELETE FROM assessments WHERE tenant_id = $1 AND patient_id = $2",
-            "DELETE FROM images WHERE tenant_id = $1 AND patient_id = $2",
-            "DELETE FROM patients WHERE tenant_id = $1 AND id = $2",
+        let mut deleted = Deleted::default();
+        for (sql, ids) in [
+            ("DELETE FROM assessments WHERE tenant_id = $1 AND patient_id = $2 RETURNING id", &mut deleted.assessments),
+            ("DELETE FROM images WHERE tenant_id = $1 AND patient_id = $2 RETURNING id", &mut deleted.images),
         ] {
-            sqlx::query(sql)
+            // What the transaction deletes, not what was there before it: an assessment or an
+            // image stored meanwhile is deleted and its objects with it.
+            *ids = sqlx::query(sql)
                 .bind(tenant_id)
                 .bind(id.as_str())
-                .execute(&mut *transaction)
+                .fetch_all(&mut *transaction)
                 .await
+                .map_err(StoreError::from)?
+                .iter()
+                .map(|row| row.try_get::<String, _>("id"))
+                .collect::<Result<_, _>>()
                 .map_err(StoreError::from)?;
         }
-        audit::enqueue(&mut transaction, event).await?;
+        sqlx::query("DELETE FROM patients WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id.as_str())
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        audit::enqueue(&mut transaction, &event(&deleted)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(())
+        Ok(deleted)
     }
 
     /// Seals the personal fields of rows written before encryption and empties their clear
@@ -598,6 +613,27 @@ impl Store {
         Ok((patient, assessment))
     }
 
+    /// Whether the report of assessment `id`, made from `patient` as read, still shows what is
+    /// stored: the assessment is there, and the patient neither erased nor changed since.
+    pub(crate) async fn report_current(&self, tenant_id: &str, patient: &Patient, id: &str) -> Result<bool, Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let row = sqlx::query(
+            "SELECT p.updated_at FROM patients p JOIN assessments a ON a.tenant_id = p.tenant_id AND a.patient_id = p.id \
+             WHERE p.tenant_id = $1 AND p.id = $2 AND a.id = $3 AND p.erased_at IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(patient.id.as_str())
+        .bind(id)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        let Some(row) = row else { return Ok(false) };
+        let updated_at: Option<String> = row.try_get("updated_at").map_err(StoreError::from)?;
+        let updated_at = updated_at.as_deref().map(|at| time::parse_stored("patients.updated_at", at)).transpose()?;
+        Ok(updated_at == patient.updated_at)
+    }
+
     /// The ids of the assessments of `patient_ids` (their reports are objects to delete).
     pub(crate) async fn assessment_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
         self.ids_of_patients(
@@ -734,6 +770,13 @@ impl Store {
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(ids)
     }
+}
+
+/// What deleting a patient deleted with them.
+#[derive(Debug, Default)]
+pub(crate) struct Deleted {
+    pub assessments: Vec<String>,
+    pub images: Vec<String>,
 }
 
 /// Holds, until the transaction ends, the CPF whose blind index is `cpf_hash` in `tenant_id`: on
@@ -971,6 +1014,57 @@ mod tests {
         let changed = store.update_patient(TENANT, &second.id, to_first, |_| Vec::new()).await.unwrap();
         assert_eq!(changed.cpf, cpf(1));
         refused_as_registered(store.create_patient(TENANT, &patient("Maria Silva", cpf(1)), &event()).await);
+    }
+
+    fn assessment_of(patient: &Patient) -> Assessment {
+        Assessment {
+            id: uuid::Uuid::now_v7().to_string(),
+            patient_id: patient.id.clone(),
+            model: "breast-cancer".into(),
+            model_version: "1".into(),
+            features: std::collections::BTreeMap::from([("mean radius".to_owned(), 14.0)]),
+            output: 0.25,
+            regression: false,
+            risk_band: "moderate".into(),
+            top_features: vec![("mean radius".into(), 0.1)],
+            created_at: time::parse_stored("now", &time::stored(Utc::now())).unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_is_current_until_its_patient_changes_is_erased_or_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        let reads = |patient: &Patient| {
+            let (store, id) = (store.clone(), patient.id.clone());
+            async move { store.read_patient(TENANT, &id, |_| event()).await.unwrap() }
+        };
+        let mut assessments = Vec::new();
+        for n in 0..3 {
+            let patient = patient("Maria Silva", cpf(n));
+            store.create_patient(TENANT, &patient, &event()).await.unwrap();
+            let assessment = assessment_of(&patient);
+            store.insert_assessment(TENANT, &assessment, &event()).await.unwrap();
+            assessments.push((reads(&patient).await, assessment.id));
+        }
+        let [(changed, a), (erased, b), (deleted, c)] = <[_; 3]>::try_from(assessments).unwrap();
+        for (patient, id) in [(&changed, &a), (&erased, &b), (&deleted, &c)] {
+            assert!(store.report_current(TENANT, patient, id).await.unwrap());
+            assert!(!store.report_current("tenant-b", patient, id).await.unwrap(), "another tenant's");
+        }
+        assert!(!store.report_current(TENANT, &changed, &b).await.unwrap(), "another patient's assessment");
+
+        let phone = PatientChanges { phone: Some(Phone::parse("+55 11 91234-5678").unwrap()), ..Default::default() };
+        store.update_patient(TENANT, &changed.id, phone, |_| Vec::new()).await.unwrap();
+        assert!(!store.report_current(TENANT, &changed, &a).await.unwrap(), "made before the change");
+        assert!(store.report_current(TENANT, &reads(&changed).await, &a).await.unwrap(), "made after it");
+
+        store.erase_subject(TENANT, &cpf(1), |_| event()).await.unwrap();
+        assert!(!store.report_current(TENANT, &erased, &b).await.unwrap(), "erased");
+
+        let gone = store.delete_patient(TENANT, &deleted.id, |_| event()).await.unwrap();
+        assert_eq!((gone.assessments, gone.images), (vec![c.clone()], Vec::<String>::new()));
+        assert!(!store.report_current(TENANT, &deleted, &c).await.unwrap(), "deleted");
     }
 
     #[tokio::test]
