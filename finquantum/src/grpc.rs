@@ -399,12 +399,12 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let row = model
             .feature_vector(&features, "features")
             .map_err(|error| match error {
-                // A value outside what the model was trained on names the applicant's field it
-                // came from.
+                // A value outside what the model accepts (its manifest's range) names the
+                // applicant's field it came from.
                 InferenceError::InvalidFeature { field, reason } => {
                     let feature = field.strip_prefix("features.").unwrap_or(&field);
                     match scoring::applicant_field(feature) {
-                        Some(sent) => Error::invalid(sent, format!("{reason}, the range the model was trained on")),
+                        Some(sent) => Error::invalid(sent, format!("{reason}, the range the credit model accepts")),
                         None => Error::from(InferenceError::InvalidFeature { field, reason }),
                     }
                 }

@@ -104,9 +104,11 @@ pub struct DeclaredFields<'a> {
 }
 
 /// Whether `reais` is a whole number of centavos, as written in JSON (`1234.56` is, `0.001` is not).
+/// A decimal read into binary floating point and scaled is off a whole number by less than a
+/// millionth of a centavo up to the largest amounts taken; a fraction of a centavo is far more.
 fn whole_cents(reais: f64) -> bool {
     let cents = reais * 100.0;
-    (cents - cents.round()).abs() <= 1e-6 * cents.abs().max(1.0)
+    (cents - cents.round()).abs() < 1e-4
 }
 
 impl Applicant {
@@ -648,16 +650,20 @@ mod tests {
         };
         assert!(Applicant::parse(&good).is_ok());
         assert!(Applicant::parse(&DeclaredFields { age: 30, employment_years: Some(16.0), ..good.clone() }).is_ok());
-        for reais in [0.01, 0.1, 1234.56, 9_999_999.99, 10_000_000.0, 100.3] {
+        for reais in [0.01, 0.1, 1234.56, 5000.07, 73_695.99, 9_999_999.99, 10_000_000.0, 100.3] {
             assert!(Applicant::parse(&DeclaredFields { credit_amount: reais, ..good.clone() }).is_ok(), "{reais}");
             assert!(
                 Applicant::parse(&DeclaredFields { monthly_income: Some(reais), ..good.clone() }).is_ok(),
                 "{reais}"
             );
         }
-        let cases: [(DeclaredFields<'_>, &str); 10] = [
-            (DeclaredFields { credit_amount: 1000.005, ..good.clone() }, "applicant.creditAmount"),
-            (DeclaredFields { monthly_income: Some(0.001), ..good.clone() }, "applicant.monthlyIncome"),
+        for reais in [0.001, 1000.005, 5000.005, 15_000.999, 73_695.999, 9_999_999.991] {
+            let amount = Applicant::parse(&DeclaredFields { credit_amount: reais, ..good.clone() });
+            assert!(matches!(&amount, Err(Error::InvalidArgument { field, .. }) if field == "applicant.creditAmount"));
+            let income = Applicant::parse(&DeclaredFields { monthly_income: Some(reais), ..good.clone() });
+            assert!(matches!(&income, Err(Error::InvalidArgument { field, .. }) if field == "applicant.monthlyIncome"));
+        }
+        let cases: [(DeclaredFields<'_>, &str); 8] = [
             (DeclaredFields { age: 18, employment_years: Some(80.0), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { age: 30, employment_years: Some(16.5), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { duration_months: 0, ..good.clone() }, "applicant.durationMonths"),

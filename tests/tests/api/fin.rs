@@ -523,8 +523,8 @@ async fn scores_racing_an_erasure_keep_nothing_of_the_customer(backend: Backend)
     app.stop().await;
 }
 
-/// An amount the applicant may ask for but the model was not trained on is refused, naming the
-/// field the caller sent and the range, and nothing is stored.
+/// An amount the applicant may ask for but the model does not accept is refused, naming the
+/// field the caller sent and the range, and nothing is stored; so are more dependents than it takes.
 #[tokio::test]
 async fn an_amount_outside_the_models_range_names_the_applicants_field() {
     let (_bank, app, key, customer_cpf, _, mut applicant) =
@@ -536,7 +536,13 @@ async fn an_amount_outside_the_models_range_names_the_applicants_field() {
     assert_eq!(problem["field"], "applicant.creditAmount", "{problem}");
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.starts_with("applicant.creditAmount: 1000000.0 is outside"), "{problem}");
-    assert!(detail.ends_with("the range the model was trained on"), "{problem}");
+    assert!(detail.ends_with("the range the credit model accepts"), "{problem}");
+    applicant["creditAmount"] = json!(5_000.0);
+    applicant["dependents"] = json!(9);
+    let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": applicant})).await;
+    let problem = assert_problem(response, 400).await;
+    assert_eq!(problem["field"], "applicant.dependents", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("[0, 8]"), "{problem}");
     assert_eq!(app.count_fin_rows("credit_scores").await, 0);
     app.stop().await;
 }
