@@ -428,7 +428,7 @@ impl Store {
             event,
         )
         .await?;
-        if stored { Ok(()) } else { Err(Error::NotFound(format!("patient {}", assessment.patient_id))) }
+        if stored { Ok(()) } else { Err(Error::NotFound("patient".into())) }
     }
 }
 
@@ -860,9 +860,14 @@ fn assessment_json(row: &AnyRow) -> Result<serde_json::Value, StoreError> {
         "features": features,
         "output": row.try_get::<f64, _>("probability")?,
         "outputKind": if row.try_get::<i64, _>("regression")? == 1 { "value" } else { "probability" },
+        // As the API shows them: `{"feature", "contribution"}`, largest first.
         "topFeatures": row
             .try_get::<Option<String>, _>("top_features")?
-            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok()),
+            .and_then(|json| serde_json::from_str::<Vec<(String, f64)>>(&json).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(feature, contribution)| serde_json::json!({"feature": feature, "contribution": contribution}))
+            .collect::<Vec<_>>(),
         "riskBand": row.try_get::<String, _>("risk_band")?,
         "createTime": row.try_get::<String, _>("created_at")?,
     }))

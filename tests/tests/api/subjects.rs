@@ -96,6 +96,8 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!(patients[0]["name"], "Maria Silva");
     assert_eq!(patients[0]["cpf"], "52998224725");
     assert_eq!(patients[0]["assessments"][0]["id"], assessment["id"]);
+    // Contributions as the API shows them.
+    assert_eq!(patients[0]["assessments"][0]["topFeatures"], assessment["topFeatures"]);
     let fetched: Value = app
         .get(&format!("/v1/governance/subject-requests/{}", access["id"].as_str().unwrap()), &key)
         .await
