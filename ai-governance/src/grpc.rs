@@ -21,7 +21,7 @@ use crate::{
     merkle::Hash,
     monitoring::{self, FeatureBins, Latency, ModelStatus, MonitoringStore, Summary},
     reports::{self, Reporter},
-    subjects::{self, SubjectStore},
+    subjects::{self, Page, SubjectStore},
 };
 
 /// Most events one `RecordEvents` call may carry.
@@ -363,6 +363,23 @@ fn uuid_of<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
     }
 }
 
+/// A list's page from its `pageSize` (1 to 100, 20 when unset) and `pageToken` (the id of the
+/// last item of the page before).
+fn page_of(page_size: i32, page_token: &str) -> Result<Page<'_>, Error> {
+    let size = match page_size {
+        0 => 20,
+        1..=100 => page_size as usize,
+        _ => return Err(Error::invalid("pageSize", "must be between 1 and 100")),
+    };
+    let token = page_token.trim();
+    let after = if token.is_empty() {
+        None
+    } else {
+        Some(uuid_of("pageToken", token).map_err(|_| Error::invalid("pageToken", "is not a token this list gave"))?)
+    };
+    Ok(Page { after, size })
+}
+
 /// The longest text a person may write into a request or a review, in characters.
 const MAX_FREE_TEXT: usize = 4000;
 
@@ -519,9 +536,12 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         request: Request<proto::ListSubjectRequestsRequest>,
     ) -> Result<Response<proto::ListSubjectRequestsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let requests = self.store.list(&caller.tenant_id, request.get_ref().overdue).await?;
+        let proto::ListSubjectRequestsRequest { overdue, page_size, page_token } = request.get_ref();
+        let page = page_of(*page_size, page_token)?;
+        let (requests, next) = self.store.list(&caller.tenant_id, *overdue, page).await?;
         Ok(Response::new(proto::ListSubjectRequestsResponse {
             requests: requests.into_iter().map(|request| shown_to(&caller, request_message(request))).collect(),
+            next_page_token: next.unwrap_or_default(),
         }))
     }
 
@@ -564,9 +584,10 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if !["", "pending", "decided"].contains(&status.as_str()) {
             return Err(Error::invalid("status", "must be pending or decided").into());
         }
-        let reviews = self.store.reviews(&caller.tenant_id, &status).await?;
+        let page = page_of(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let (reviews, next) = self.store.reviews(&caller.tenant_id, &status, page).await?;
         let reviews = reviews.into_iter().map(|review| review_shown_to(&caller, review_message(review))).collect();
-        Ok(Response::new(proto::ListReviewsResponse { reviews }))
+        Ok(Response::new(proto::ListReviewsResponse { reviews, next_page_token: next.unwrap_or_default() }))
     }
 
     async fn decide_review(

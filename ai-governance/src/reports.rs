@@ -13,7 +13,7 @@ use crate::{
     inventory::Inventory,
     log::{Leaf, LogStore},
     monitoring::{MIN_DRIFT_SAMPLE, MonitoringStore, PSI_ALERT},
-    subjects::SubjectStore,
+    subjects::{Page, SubjectStore},
 };
 
 /// The frameworks a report can be written for.
@@ -200,8 +200,14 @@ impl Reporter {
             })
             .collect();
 
-        let requests: Vec<_> =
-            self.subjects.list(tenant_id, false).await?.into_iter().filter(|r| in_period(&r.created_at)).collect();
+        let requests: Vec<_> = self
+            .subjects
+            .list(tenant_id, false, Page::ALL)
+            .await?
+            .0
+            .into_iter()
+            .filter(|r| in_period(&r.created_at))
+            .collect();
         let mut requests_by_kind: BTreeMap<String, u64> = BTreeMap::new();
         for request in &requests {
             *requests_by_kind.entry(request.kind.clone()).or_default() += 1;
@@ -216,8 +222,14 @@ impl Reporter {
             .filter(|r| r.completed_at.as_deref().is_some_and(|done| done > r.deadline.as_str()))
             .count();
 
-        let reviews: Vec<_> =
-            self.subjects.reviews(tenant_id, "").await?.into_iter().filter(|r| in_period(&r.created_at)).collect();
+        let reviews: Vec<_> = self
+            .subjects
+            .reviews(tenant_id, "", Page::ALL)
+            .await?
+            .0
+            .into_iter()
+            .filter(|r| in_period(&r.created_at))
+            .collect();
         let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
         for review in &reviews {
             let key = if review.status == "pending" { "pending".to_owned() } else { review.outcome.clone() };

@@ -772,20 +772,33 @@ impl SubjectStore {
         Ok(Completion::Completed(request))
     }
 
-    /// The tenant's requests, newest first; only the overdue ones when `overdue`.
-    pub async fn list(&self, tenant_id: &str, overdue: bool) -> Result<Vec<StoredRequest>, Error> {
-        let rows = sqlx::query(
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution FROM subject_requests \
-             WHERE tenant_id = $1 ORDER BY created_at DESC",
-        )
-        .bind(tenant_id)
-        .fetch_all(self.database.pool())
-        .await
-        .map_err(StoreError::from)?;
+    /// A page of the tenant's requests, newest first, after the request `page.after` when set;
+    /// only the overdue ones when `overdue`. With the id to go on from when more follow.
+    pub async fn list(
+        &self,
+        tenant_id: &str,
+        overdue: bool,
+        page: Page<'_>,
+    ) -> Result<(Vec<StoredRequest>, Option<String>), Error> {
+        // Ids are UUIDv7: their order is the order the requests were received in.
+        let sql = if overdue {
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution \
+             FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) \
+             AND status <> 'completed' AND deadline < $4 ORDER BY id DESC LIMIT $3"
+        } else {
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution \
+             FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+        };
+        let mut query =
+            sqlx::query(sql).bind(tenant_id).bind(page.after.unwrap_or_default()).bind(page.limit_with_one_more());
+        if overdue {
+            query = query.bind(now());
+        }
+        let rows = query.fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
         let mut requests = rows.iter().map(request_from).collect::<Result<Vec<_>, _>>()?;
-        requests.retain(|request| !overdue || request.overdue());
+        let next = page.split(&mut requests, |request| request.id.clone());
         self.unseal_requests(tenant_id, &mut requests).await?;
-        Ok(requests)
+        Ok((requests, next))
     }
 
     /// The export bundle of an access or portability request, opened with the tenant's data key,
@@ -941,17 +954,54 @@ impl SubjectStore {
     }
 
     /// The tenant's reviews, oldest first; only those with `status` when it is not empty.
-    pub async fn reviews(&self, tenant_id: &str, status: &str) -> Result<Vec<Review>, Error> {
+    pub async fn reviews(
+        &self,
+        tenant_id: &str,
+        status: &str,
+        page: Page<'_>,
+    ) -> Result<(Vec<Review>, Option<String>), Error> {
         let rows = sqlx::query(
             "SELECT id, audit_index, event_id, action, reason, status, outcome, note, reviewer, created_at, \
-             decided_at FROM reviews WHERE tenant_id = $1 ORDER BY created_at",
+             decided_at FROM reviews WHERE tenant_id = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR id > $3) \
+             ORDER BY id LIMIT $4",
         )
         .bind(tenant_id)
+        .bind(status)
+        .bind(page.after.unwrap_or_default())
+        .bind(page.limit_with_one_more())
         .fetch_all(self.database.pool())
         .await
         .map_err(StoreError::from)?;
-        let reviews = rows.iter().map(review_from).collect::<Result<Vec<_>, _>>()?;
-        Ok(reviews.into_iter().filter(|review| status.is_empty() || review.status == status).collect())
+        let mut reviews = rows.iter().map(review_from).collect::<Result<Vec<_>, _>>()?;
+        let next = page.split(&mut reviews, |review| review.id.clone());
+        Ok((reviews, next))
+    }
+}
+
+/// Where a page of a list starts and how long it is.
+#[derive(Clone, Copy, Debug)]
+pub struct Page<'a> {
+    /// The id of the last item of the page before.
+    pub after: Option<&'a str>,
+    pub size: usize,
+}
+
+impl Page<'_> {
+    /// The whole list on one page.
+    pub const ALL: Page<'static> = Page { after: None, size: usize::MAX };
+
+    fn limit_with_one_more(self) -> i64 {
+        i64::try_from(self.size).unwrap_or(i64::MAX - 1) + 1
+    }
+
+    /// Cuts `items`, read with one more than the page holds, to the page; the id to go on
+    /// from when more follow.
+    fn split<T>(self, items: &mut Vec<T>, id: impl Fn(&T) -> String) -> Option<String> {
+        if items.len() <= self.size {
+            return None;
+        }
+        items.truncate(self.size);
+        items.last().map(id)
     }
 }
 

@@ -197,6 +197,13 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!((overdue[0]["id"].as_str(), &overdue[0]["overdue"]), (Some(id), &json!(true)));
     let all: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
     assert_eq!(all["requests"].as_array().unwrap().len(), 4);
+    assert_eq!(all["nextPageToken"].as_str().unwrap_or_default(), "", "{all}");
+    // In pages, newest first, as the whole list.
+    assert_eq!(pages(&app, &key, "/v1/governance/subject-requests", "requests", 3).await, all["requests"]);
+    for (query, field) in [("pageSize=101", "pageSize"), ("pageSize=-1", "pageSize"), ("pageToken=abc", "pageToken")] {
+        let refused = app.get(&format!("/v1/governance/subject-requests?{query}"), &key).await;
+        assert_eq!(assert_problem(refused, 400).await["field"], field, "{query}");
+    }
 
     // A person handles it and says how; then it is neither open nor overdue, and stays completed.
     let completion = format!("/v1/governance/subject-requests/{id}/completion");
@@ -294,6 +301,11 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let mut statuses: Vec<u16> = asks.iter().map(|response| response.status().as_u16()).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409, 409, 409]);
+    // The queue in pages of one, oldest first.
+    let queue = pages(&app, &key, "/v1/governance/reviews", "reviews", 1).await;
+    let reasons: Vec<&str> =
+        queue.as_array().unwrap().iter().map(|review| review["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["the patient contests the score", "contested again"]);
     // With reviews held, an erasure says it keeps them, and why.
     let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
     let governance = outcome_of(&erasure, "ai-governance");
@@ -312,6 +324,25 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let refused = app.post("/v1/governance/subject-requests", &other_key, &json!({"cpf": CPF, "kind": "access"})).await;
     assert_problem(refused, 403).await;
     app.stop().await;
+}
+
+/// Every item of the list at `path` (under `items`), read in pages of `size` by following
+/// `nextPageToken`.
+async fn pages(app: &TestApp, key: &str, path: &str, items: &str, size: usize) -> Value {
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page: Value =
+            app.get(&format!("{path}?pageSize={size}&pageToken={token}"), key).await.json().await.unwrap();
+        let listed = page[items].as_array().cloned().unwrap_or_default();
+        assert!(listed.len() <= size, "{page}");
+        all.extend(listed);
+        match page["nextPageToken"].as_str().filter(|token| !token.is_empty()) {
+            Some(next) => token = next.to_owned(),
+            None => return Value::Array(all),
+        }
+        assert!(all.len() < 1000, "the pages do not end");
+    }
 }
 
 #[tokio::test]
