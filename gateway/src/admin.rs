@@ -273,7 +273,7 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
         ));
     }
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
-    let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
+    let content_type = crate::transcode::content_type(&parts.headers)?;
     crate::transcode::json_content_type(content_type, &body)?;
     if let Some(path) = crate::transcode::repeated_name(&body, None) {
         return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));

@@ -72,6 +72,10 @@ pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
     if !principal.has_scope(ADMIN_SCOPE) {
         auth::require_scope(&principal, METRICS_SCOPE)?;
     }
+    // A tenant's scraper is refused with its tenant suspended, as its other keys are.
+    if principal.tenant_id.is_some() {
+        auth::require_tenant(&principal)?;
+    }
     Ok(crate::metrics::render().await)
 }
 
@@ -113,19 +117,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes).await?;
-    if parts.headers.get_all(header::CONTENT_TYPE).iter().nth(1).is_some() {
-        return Err(Problem::invalid_field("Content-Type", "Content-Type is given more than once"));
-    }
-    let content_type = match parts.headers.get(header::CONTENT_TYPE).map(HeaderValue::to_str) {
-        Some(Err(_)) => {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "the Content-Type header is not a media type",
-            ));
-        }
-        Some(Ok(value)) => Some(value),
-        None => None,
-    };
+    let content_type = transcode::content_type(&parts.headers)?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =
@@ -205,12 +197,29 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     response
 }
 
+/// The method as metrics, spans and the log name it: one of HTTP's own, or `_OTHER`, as
+/// OpenTelemetry's HTTP conventions say, so that a client inventing methods cannot add series.
+fn method_name(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::CONNECT,
+        Method::TRACE,
+    ];
+    KNOWN.iter().find(|known| *known == method).map_or("_OTHER", |known| known.as_str())
+}
+
 /// One JSON log line a request, and a span that continues the caller's W3C trace. Neither holds
 /// the request's path, which may carry whatever was typed into the URL (a CPF, a key pasted by
 /// mistake): both name the route's template, and the line names the trace, so that the two join.
 async fn access_log(state: &AppState, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = method_name(request.method());
     let matched = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_owned());
     let span = tracing::info_span!(
         "http.request",
@@ -225,19 +234,21 @@ async fn access_log(state: &AppState, request: Request, next: Next) -> Response 
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     // A transcoded route names its template; the gateway's own routes have theirs matched by axum.
     let route = facts.route.as_deref().or(matched.as_deref());
-    // Named as OpenTelemetry's HTTP conventions say: the method and the route, or the method alone.
+    // Named as OpenTelemetry's HTTP conventions say: the method and the route, or the method
+    // alone; `HTTP` for a method of no standard.
+    let named = if method == "_OTHER" { "HTTP" } else { method };
     match route {
         Some(route) => {
             span.record("http.route", route);
-            trace_context::rename(&span, format!("{method} {route}"));
+            trace_context::rename(&span, format!("{named} {route}"));
         }
-        None => trace_context::rename(&span, method.to_string()),
+        None => trace_context::rename(&span, named.to_owned()),
     }
     let route = route.unwrap_or("unmatched");
     let status = response.status().as_u16();
     let metrics = crate::metrics::metrics();
-    metrics.requests.with_label_values(&[route, method.as_str(), response.status().as_str()]).inc();
-    metrics.request_duration.with_label_values(&[route, method.as_str()]).observe(latency.as_secs_f64());
+    metrics.requests.with_label_values(&[route, method, response.status().as_str()]).inc();
+    metrics.request_duration.with_label_values(&[route, method]).observe(latency.as_secs_f64());
     tracing::info!(
         target: "access",
         request_id = request_id::current().unwrap_or_default(),

@@ -167,6 +167,22 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
         })
 }
 
+/// The request's one `Content-Type`, if it has one: given twice, even alike, it is refused, as
+/// readers that take the first and readers that take the last would read the body differently;
+/// one that is not text is no media type.
+pub(crate) fn content_type(headers: &http::HeaderMap) -> Result<Option<&str>, Problem> {
+    if headers.get_all(http::header::CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err(Problem::invalid_field("Content-Type", "Content-Type is given more than once"));
+    }
+    match headers.get(http::header::CONTENT_TYPE).map(http::HeaderValue::to_str) {
+        Some(Err(_)) => {
+            Err(Problem::new(http::StatusCode::UNSUPPORTED_MEDIA_TYPE, "the Content-Type header is not a media type"))
+        }
+        Some(Ok(value)) => Ok(Some(value)),
+        None => Ok(None),
+    }
+}
+
 /// The path of the first name an object of `body` holds twice (`name`, `applicant.age`), if any:
 /// within a message of `descriptor`, a field named twice, by its JSON name or its proto name alike;
 /// elsewhere (a map's keys, a body without a descriptor), the same name twice. A body that is not

@@ -415,6 +415,11 @@ impl TestApp {
         count_rows(&self.governance_database_url, table).await
     }
 
+    /// Rows in a table of the gateway's database, read directly.
+    pub async fn count_gateway_rows(&self, table: &str) -> i64 {
+        count_rows(&self.gateway_database_url, table).await
+    }
+
     /// Runs `sql` on ai-governance's database directly, as someone with database access would.
     pub async fn execute_on_governance(&self, sql: &str) -> u64 {
         sqlx::any::install_default_drivers();

@@ -393,6 +393,20 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
         .unwrap();
     let problem = assert_problem(twice, 400).await;
     assert_eq!(problem["field"], "Content-Type");
+    // So on the admin API, where nothing is created.
+    let tenants = app.count_gateway_rows("tenants").await;
+    let twice = app
+        .client
+        .post(app.url("/v1/admin/tenants"))
+        .bearer_auth(&app.admin_key)
+        .header("content-type", "application/json")
+        .header("content-type", "text/plain")
+        .body(r#"{"name": "Duas Vezes", "plan": "starter"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(assert_problem(twice, 400).await["field"], "Content-Type");
+    assert_eq!(app.count_gateway_rows("tenants").await, tenants);
     // Query strings that do not decode: a malformed escape, bytes that are not UTF-8.
     for query in ["namePrefix=%FF", "namePrefix=%ZZ", "namePrefix=ma%2"] {
         let problem = assert_problem(app.get(&format!("/v1/health/patients?{query}"), &key).await, 400).await;

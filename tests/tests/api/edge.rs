@@ -104,6 +104,11 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
     // A method a known path does not take is counted under that path's route.
     let options = app.client.request(reqwest::Method::OPTIONS, app.url("/v1/health/models")).bearer_auth(&key);
     assert_eq!(options.send().await.unwrap().status(), 405);
+    // Methods of no standard are counted as one, however many a client invents.
+    for invented in ["ZZTOP", "BREW"] {
+        let method = reqwest::Method::from_bytes(invented.as_bytes()).unwrap();
+        assert_eq!(app.client.request(method, app.url("/nope")).send().await.unwrap().status(), 404);
+    }
 
     assert_problem(app.client.get(app.url("/metrics")).send().await.unwrap(), 401).await;
     assert_problem(app.get("/metrics", &key).await, 403).await;
@@ -116,6 +121,7 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
             r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="200"} 1"#,
             r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="404"} 1"#,
             r#"aigronova_gateway_requests_total{method="OPTIONS",route="/v1/health/models",status="405"} 1"#,
+            r#"aigronova_gateway_requests_total{method="_OTHER",route="unmatched",status="404"} 2"#,
             r#"aigronova_gateway_upstream_calls_total{code="Ok",upstream="healthquantum"}"#,
             r#"aigronova_gateway_upstream_calls_total{code="NotFound",upstream="healthquantum"} 1"#,
             "aigronova_gateway_request_duration_seconds_bucket",
@@ -125,6 +131,12 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
         }
+        assert!(!text.contains("ZZTOP") && !text.contains("BREW"), "an invented method is no label:\n{text}");
     }
+    // A tenant's scraper is refused once its tenant is suspended.
+    app.suspend_tenant(&tenant).await;
+    let refused = assert_problem(app.get("/metrics", &scraper).await, 403).await;
+    assert_eq!(refused["detail"], "the tenant is suspended", "{refused}");
+    assert_eq!(app.get("/metrics", &app.admin_key).await.status(), 200);
     app.stop().await;
 }
