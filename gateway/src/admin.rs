@@ -109,7 +109,7 @@ pub(crate) async fn create_tenant(State(state): State<AppState>, request: Reques
 /// `POST /v1/admin/tenants/{tenant_id}/api-keys` `{"name", "scopes"}` → 201 with the key, shown once.
 pub(crate) async fn create_api_key(
     State(state): State<AppState>,
-    Path(tenant_id): Path<String>,
+    Path(tenant_id): Path<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     let input: CreateApiKey = admin_body(&state, request).await?;
@@ -153,7 +153,7 @@ pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request
 /// `GET /v1/admin/tenants/{tenant_id}`.
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
-    Path(tenant_id): Path<String>,
+    Path(tenant_id): Path<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
@@ -165,7 +165,7 @@ pub(crate) async fn get_tenant(
 /// Takes effect at once: the tenant's cached keys are evicted on every replica.
 pub(crate) async fn update_tenant(
     State(state): State<AppState>,
-    Path(tenant_id): Path<String>,
+    Path(tenant_id): Path<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     let input: UpdateTenant = admin_body(&state, request).await?;
@@ -208,7 +208,7 @@ pub(crate) async fn update_tenant(
 /// `GET /v1/admin/tenants/{tenant_id}/api-keys` → `{"apiKeys": [...]}`, without the secrets.
 pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
-    Path(tenant_id): Path<String>,
+    Path(tenant_id): Path<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
@@ -222,7 +222,7 @@ pub(crate) async fn list_api_keys(
 /// once on every replica.
 pub(crate) async fn revoke_api_key(
     State(state): State<AppState>,
-    Path((tenant_id, key_id)): Path<(String, String)>,
+    Path((tenant_id, key_id)): Path<(Id, Id)>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
@@ -241,6 +241,33 @@ pub(crate) async fn revoke_api_key(
 async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let principal = auth::authenticate(state, headers).await?;
     auth::require_scope(&principal, ADMIN_SCOPE)
+}
+
+/// A tenant's or a key's id from a path, as the API writes it: a UUID in any case reads as its
+/// lower-case form, as the services read theirs; anything else is kept as sent, and found by
+/// nothing.
+#[derive(Clone, Debug)]
+pub(crate) struct Id(String);
+
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let id = String::deserialize(deserializer)?;
+        Ok(Self(uuid::Uuid::parse_str(&id).map_or(id, |uuid| uuid.to_string())))
+    }
+}
+
+impl std::ops::Deref for Id {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 async fn existing_tenant(state: &AppState, tenant_id: &str) -> Result<crate::store::Tenant, Problem> {

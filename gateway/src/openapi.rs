@@ -977,7 +977,7 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 "tenantId": {"type": ["string", "null"]},
                 "scopes": {"type": "array", "items": {"type": "string"}},
                 "createTime": time,
-                "expireTime": time,
+                "expireTime": nullable_time,
             },
         },
         "gateway.ApiKey": {

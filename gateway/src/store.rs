@@ -122,7 +122,7 @@ pub struct IssuedKey {
     pub tenant_id: Option<String>,
     pub scopes: Vec<String>,
     pub create_time: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// `null` for a key that does not expire, as in the list.
     pub expire_time: Option<String>,
 }
 

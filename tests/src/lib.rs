@@ -354,7 +354,10 @@ impl TestApp {
             )
             .await;
         assert_eq!(response.status(), 201, "key creation");
-        response.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned()
+        let issued: Value = response.json().await.unwrap();
+        // Shaped as the list shows keys: a key that does not expire says so with `null`.
+        assert_eq!(issued.get("expireTime"), Some(&Value::Null), "{issued}");
+        issued["key"].as_str().unwrap().to_owned()
     }
 
     /// A tenant and a key that can read and write health data.

@@ -32,6 +32,9 @@ async fn tenants_are_listed_in_pages_and_read_one_by_one() {
     let tenant: Value =
         app.get(&format!("/v1/admin/tenants/{}", created[1]), &app.admin_key).await.json().await.unwrap();
     assert_eq!(tenant["name"], "B");
+    // A UUID reads the same in capitals, as the services' ids do.
+    let shouted = app.get(&format!("/v1/admin/tenants/{}", created[1].to_uppercase()), &app.admin_key).await;
+    assert_eq!(shouted.json::<Value>().await.unwrap()["id"].as_str(), Some(created[1].as_str()));
     assert_problem(app.get("/v1/admin/tenants/nope", &app.admin_key).await, 404).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=-1", &app.admin_key).await, 400).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=501", &app.admin_key).await, 400).await;
