@@ -481,6 +481,14 @@ fn check_size(width: u32, height: u32) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether a JPEG's scan is followed by its end-of-image marker (`FF D9`, which the scan's
+/// entropy-coded data cannot hold: a `FF` there is followed by `00` or a restart marker), bytes
+/// after it allowed, as some cameras write them.
+fn jpeg_ends(bytes: &[u8]) -> bool {
+    let scan = bytes.windows(2).rposition(|pair| pair == [0xFF, 0xDA]).unwrap_or(0);
+    bytes[scan..].windows(2).any(|pair| pair == [0xFF, 0xD9])
+}
+
 /// Recognises `bytes` and, for a raster image, decodes it (within size limits) for its
 /// dimensions and thumbnail. Anything else is refused, naming the `body` field.
 ///
@@ -500,6 +508,13 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     };
     also_another_kind(bytes)
         .map_err(|problem| Error::invalid("body", format!("starts as {media_type} but {problem}")))?;
+    if media_type == MediaType::Jpeg && !jpeg_ends(bytes) {
+        // A decoder fills what is missing with grey: a cut upload would be kept as an image.
+        return Err(Error::invalid(
+            "body",
+            format!("starts as {media_type} but is cut short: it has no end-of-image marker"),
+        ));
+    }
     let reader = |limits: Limits| {
         let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
         opened.limits(limits);
@@ -536,6 +551,24 @@ mod tests {
             .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
             .unwrap();
         bytes
+    }
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused_and_one_with_bytes_after_its_end_is_not() {
+        let whole = jpeg(64, 48);
+        assert!(examine(&whole).is_ok());
+        let mut trailed = whole.clone();
+        trailed.extend_from_slice(b"camera notes");
+        assert!(examine(&trailed).is_ok());
+        for cut in [whole.len() - 2, whole.len() / 2] {
+            match examine(&whole[..cut]) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "body");
+                    assert!(reason.contains("cut short"), "{reason}");
+                }
+                other => panic!("a JPEG of {cut} of its {} bytes: {other:?}", whole.len()),
+            }
+        }
     }
 
     #[test]
