@@ -481,12 +481,53 @@ fn check_size(width: u32, height: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether a JPEG's scan is followed by its end-of-image marker (`FF D9`, which the scan's
-/// entropy-coded data cannot hold: a `FF` there is followed by `00` or a restart marker), bytes
-/// after it allowed, as some cameras write them.
+/// Whether a JPEG reaches its end-of-image marker (`FF D9`), read as decoders read it: segment
+/// by segment from the start marker, each scan's entropy-coded data up to the next marker (a `FF`
+/// in it is followed by `00` or a restart marker). Bytes after the end, as some cameras append
+/// (a motion photo's video), are not read.
 fn jpeg_ends(bytes: &[u8]) -> bool {
-    let scan = bytes.windows(2).rposition(|pair| pair == [0xFF, 0xDA]).unwrap_or(0);
-    bytes[scan..].windows(2).any(|pair| pair == [0xFF, 0xD9])
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut at = 2;
+    loop {
+        // A marker, after any fill bytes.
+        if bytes.get(at) != Some(&0xFF) {
+            return false;
+        }
+        while bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&marker) = bytes.get(at + 1) else { return false };
+        at += 2;
+        match marker {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let Some(length) = bytes.get(at..at + 2).map(|length| usize::from(u16::from_be_bytes([length[0], length[1]])))
+        else {
+            return false;
+        };
+        if length < 2 {
+            return false;
+        }
+        at += length;
+        if marker == 0xDA {
+            // The scan's data, to the next marker.
+            loop {
+                let Some(offset) = bytes.get(at..).and_then(|rest| rest.iter().position(|byte| *byte == 0xFF)) else {
+                    return false;
+                };
+                at += offset;
+                match bytes.get(at + 1) {
+                    Some(0x00 | 0xD0..=0xD7) => at += 2,
+                    Some(_) => break,
+                    None => return false,
+                }
+            }
+        }
+    }
 }
 
 /// Recognises `bytes` and, for a raster image, decodes it (within size limits) for its
@@ -557,9 +598,12 @@ mod tests {
     fn a_jpeg_cut_short_is_refused_and_one_with_bytes_after_its_end_is_not() {
         let whole = jpeg(64, 48);
         assert!(examine(&whole).is_ok());
-        let mut trailed = whole.clone();
-        trailed.extend_from_slice(b"camera notes");
-        assert!(examine(&trailed).is_ok());
+        // Bytes after the end, even ones that look like markers (a motion photo's video).
+        for trailer in [b"camera notes".as_slice(), b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00\x00\xff"] {
+            let mut trailed = whole.clone();
+            trailed.extend_from_slice(trailer);
+            assert!(examine(&trailed).is_ok(), "{trailer:?}");
+        }
         for cut in [whole.len() - 2, whole.len() / 2] {
             match examine(&whole[..cut]) {
                 Err(Error::InvalidArgument { field, reason }) => {
