@@ -7,7 +7,7 @@
 //! [`PSI_ALERT`] the inputs have shifted enough that the model's scores should not be trusted
 //! without review (the usual reading: under 0.1 stable, 0.1 to 0.25 moderate, above 0.25 major).
 //! A handful of inputs says nothing about a distribution: the alert needs at least
-//! [`MIN_DRIFT_SAMPLE`] scored inputs in the window, ten per training decile.
+//! [`MIN_DRIFT_SAMPLE`] scored inputs in the window, ten per bin of a ten-bin feature.
 
 use std::{collections::BTreeMap, sync::OnceLock};
 
@@ -195,7 +195,7 @@ impl MonitoringStore {
         let since = (Utc::now() - window).to_rfc3339_opts(SecondsFormat::Micros, true);
         let rows = sqlx::query(
             "SELECT model, version, calls, errors, latency, features FROM inference_windows \
-             WHERE tenant_id = $1 AND model = $2 AND version = $3 AND window_end >= $4",
+             WHERE tenant_id = $1 AND model = $2 AND version = $3 AND window_end >= $4 ORDER BY window_end DESC",
         )
         .bind(tenant_id)
         .bind(model)
@@ -228,7 +228,7 @@ impl MonitoringStore {
     pub async fn statuses_between(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<ModelStatus>, Error> {
         let rows = sqlx::query(
             "SELECT model, version, calls, errors, latency, features FROM inference_windows \
-             WHERE tenant_id = $1 AND window_end >= $2 AND window_end < $3",
+             WHERE tenant_id = $1 AND window_end >= $2 AND window_end < $3 ORDER BY window_end DESC",
         )
         .bind(tenant_id)
         .bind(start)
@@ -240,7 +240,9 @@ impl MonitoringStore {
     }
 }
 
-/// Merges rows per model and version and computes their figures.
+/// Merges rows per model and version and computes their figures. Rows come newest first: a
+/// feature's drift is measured against the newest report's bins and shares, and counts an older
+/// report made against other ones (a manifest changed under the same version) are left out of it.
 fn summarise(rows: &[sqlx::any::AnyRow]) -> Result<BTreeMap<(String, String), ModelStatus>, StoreError> {
     struct Sums {
         calls: u64,
@@ -271,7 +273,9 @@ fn summarise(rows: &[sqlx::any::AnyRow]) -> Result<BTreeMap<(String, String), Mo
                 }
                 for feature in features {
                     match total.features.iter_mut().find(|known| known.name == feature.name) {
-                        Some(known) if known.counts.len() == feature.counts.len() => {
+                        Some(known)
+                            if known.counts.len() == feature.counts.len() && known.expected == feature.expected =>
+                        {
                             for (a, b) in known.counts.iter_mut().zip(feature.counts) {
                                 *a += b;
                             }
@@ -324,6 +328,43 @@ fn drift_gauge() -> &'static GaugeVec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A report of `calls` inputs of one feature, all in its first bin, counted against `expected`.
+    fn report(end: &str, calls: u64, expected: Vec<f64>) -> Summary {
+        let mut counts = vec![0; expected.len()];
+        counts[0] = calls;
+        Summary {
+            tenant_id: "tenant".into(),
+            service: "healthquantum".into(),
+            model: "diabetes-progression".into(),
+            version: "1".into(),
+            start: end.into(),
+            end: end.into(),
+            calls,
+            errors: 0,
+            latency: Latency::default(),
+            features: vec![FeatureBins { name: "sex".into(), counts, expected }],
+        }
+    }
+
+    #[tokio::test]
+    async fn drift_is_measured_against_the_newest_baseline_and_older_counts_of_another_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let store = MonitoringStore::new(Database::connect(&url, &crate::MIGRATOR).await.unwrap());
+        let now = Utc::now();
+        let at = |minutes_ago: i64| (now - Duration::minutes(minutes_ago)).to_rfc3339_opts(SecondsFormat::Micros, true);
+        // Before the manifest changed: one bin; after: two, with their training shares.
+        store.record(&[report(&at(30), 500, vec![1.0])]).await.unwrap();
+        store.record(&[report(&at(10), 100, vec![0.53, 0.47])]).await.unwrap();
+        store.record(&[report(&at(5), 100, vec![0.53, 0.47])]).await.unwrap();
+        let status = store.status("tenant", "diabetes-progression", "1", Duration::hours(1)).await.unwrap().unwrap();
+        assert_eq!(status.calls, 700, "every call counts");
+        assert_eq!(status.drift_sample, 200, "only the inputs counted against the newest bins");
+        let expected = psi(&[200, 0], &[0.53, 0.47]);
+        assert_eq!(status.drift.len(), 1);
+        assert!((status.drift[0].1 - expected).abs() < 1e-12, "{:?} against {expected}", status.drift);
+    }
 
     #[test]
     fn psi_is_zero_for_the_training_shares_and_large_for_a_shift() {

@@ -3,8 +3,9 @@
 //! feature) and reports the sums to ai-governance, which computes error rates, latency
 //! percentiles and drift. Raw inputs never leave the service.
 //!
-//! The manifests' `bin_edges` are the training data's deciles, so each bin holds a tenth of the
-//! training rows: that is the expected share a bin's count is compared with.
+//! The manifests' `bin_edges` are the training data's deciles where its values allow (fewer where
+//! quantiles repeat, two for a two-valued feature), and `bin_shares` each bin's share of the
+//! training rows: the expected share a bin's count is compared with.
 
 use std::{
     collections::HashMap,
