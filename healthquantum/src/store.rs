@@ -306,7 +306,6 @@ impl Store {
         Ok(patient)
     }
 
-    /// Deletes the patient `id` and their assessments, with the audit `event`.
     /// Deletes the patient with their assessments and images, with the audit event `event` makes
     /// of what was deleted; the ids of the assessments and of the images deleted, whose objects
     /// are to be deleted once the deletion is committed.

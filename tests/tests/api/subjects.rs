@@ -200,7 +200,13 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!(all["nextPageToken"].as_str().unwrap_or_default(), "", "{all}");
     // In pages, newest first, as the whole list.
     assert_eq!(pages(&app, &key, "/v1/governance/subject-requests", "requests", 3).await, all["requests"]);
-    for (query, field) in [("pageSize=101", "pageSize"), ("pageSize=-1", "pageSize"), ("pageToken=abc", "pageToken")] {
+    let shouted = format!("pageToken={}", all["requests"][0]["id"].as_str().unwrap().to_uppercase());
+    for (query, field) in [
+        ("pageSize=101", "pageSize"),
+        ("pageSize=-1", "pageSize"),
+        ("pageToken=abc", "pageToken"),
+        (&shouted, "pageToken"),
+    ] {
         let refused = app.get(&format!("/v1/governance/subject-requests?{query}"), &key).await;
         assert_eq!(assert_problem(refused, 400).await["field"], field, "{query}");
     }
