@@ -155,9 +155,9 @@ impl Applicant {
             ));
         }
         if let Some(income) = fields.monthly_income
-            && (!income.is_finite() || income <= 0.0)
+            && (!income.is_finite() || income <= 0.0 || income > 10_000_000.0)
         {
-            return Err(Error::invalid("applicant.monthlyIncome", "must be above 0"));
+            return Err(Error::invalid("applicant.monthlyIncome", "must be above 0 and at most 10,000,000 reais"));
         }
         if let Some(income) = fields.monthly_income
             && !whole_cents(income)
@@ -663,7 +663,7 @@ mod tests {
             let income = Applicant::parse(&DeclaredFields { monthly_income: Some(reais), ..good.clone() });
             assert!(matches!(&income, Err(Error::InvalidArgument { field, .. }) if field == "applicant.monthlyIncome"));
         }
-        let cases: [(DeclaredFields<'_>, &str); 8] = [
+        let cases: [(DeclaredFields<'_>, &str); 9] = [
             (DeclaredFields { age: 18, employment_years: Some(80.0), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { age: 30, employment_years: Some(16.5), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { duration_months: 0, ..good.clone() }, "applicant.durationMonths"),
@@ -672,6 +672,7 @@ mod tests {
             (DeclaredFields { credit_history: "great", ..good.clone() }, "applicant.creditHistory"),
             (DeclaredFields { housing: "boat", ..good.clone() }, "applicant.housing"),
             (DeclaredFields { monthly_income: Some(-1.0), ..good.clone() }, "applicant.monthlyIncome"),
+            (DeclaredFields { monthly_income: Some(1e20), ..good.clone() }, "applicant.monthlyIncome"),
         ];
         for (fields, expected) in cases {
             match Applicant::parse(&fields) {

@@ -218,7 +218,7 @@ const ZIP_TAIL: usize = 22 + 65_535 + 1024;
 /// Whether `bytes` end with what ZIP readers take for an archive: an end-of-central-directory
 /// record in their last [`ZIP_TAIL`] bytes that points to a central directory (`PK\x01\x02` where
 /// its size or its offset says), that a ZIP64 locator precedes (whatever its size says), or that
-/// is an empty archive's (no entries, no directory) ending the file with its comment. Readers look for that record
+/// is an empty archive's (no entries, no directory). Readers look for that record
 /// from the end, tolerate bytes before the archive and after the record, and extract what it
 /// points to even when its comment length runs past the end, so that length is not checked. The
 /// signature alone, which compressed pixel data holds by chance about once in 30,000 files, is
@@ -236,9 +236,9 @@ fn ends_with_zip(bytes: &[u8]) -> bool {
         // ZIP64 puts a locator right before the record, and readers follow it whatever the
         // record's own size and offset say.
         let zip64 = at.checked_sub(20).is_some_and(|locator| bytes[locator..].starts_with(b"PK\x06\x07"));
-        // Eighteen bytes of an empty archive's record that end the file exactly: not by chance.
-        let comment = usize::from(u16::from_le_bytes([record[20], record[21]]));
-        let empty = record[8..20].iter().all(|byte| *byte == 0) && at + RECORD + comment == bytes.len();
+        // An empty archive's record: no disk, no entry, no directory; sixteen zero bytes after the
+        // signature are not there by chance.
+        let empty = record[4..20].iter().all(|byte| *byte == 0);
         // The offset is followed whatever the size says (a size of 0 does not stop readers).
         zip64 || empty || directory_at(offset) || size > 0 && at.checked_sub(size).is_some_and(directory_at)
     })
@@ -788,13 +788,15 @@ mod tests {
         overlong.extend_from_slice(&[0, 0, 0, 0]);
         overlong.extend_from_slice(&500_u16.to_le_bytes());
         refused(&overlong, "ends with a ZIP archive");
-        // An empty archive's record, as the last bytes or with its comment after it.
-        for comment in [b"".as_slice(), b"hi"] {
+        // An empty archive's record, as the last bytes, with its comment after it, or with bytes
+        // after it that readers tolerate.
+        for (comment, after) in [(b"".as_slice(), b"".as_slice()), (b"hi", b""), (b"", b"\0\0\0\0")] {
             let mut empty = DICOM.to_vec();
             empty.extend_from_slice(b"PK\x05\x06");
             empty.extend_from_slice(&[0; 16]);
             empty.extend_from_slice(&u16::try_from(comment.len()).unwrap().to_le_bytes());
             empty.extend_from_slice(comment);
+            empty.extend_from_slice(after);
             refused(&empty, "ends with a ZIP archive");
         }
         // Either signature alone, as compressed pixel data may hold by chance, is no archive.
