@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use aigronova_platform::{
     audit::{AuditEvent, EventKind, OutboxWaker},
-    auth,
+    auth, crypto,
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
     objects::Objects,
@@ -370,12 +370,18 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let (patient, assessment) = self.store.report_data(&caller.tenant_id, &patient_id, &id, event).await?;
         self.outbox.wake();
         let key = report_key(&caller.tenant_id, &id);
-        let pdf = match self.get_sealed(&caller.tenant_id, &key).await? {
+        // Sealed for the patient as read: a report made before a change does not open for a
+        // reader after it, who makes it again (as one kept before reports were sealed).
+        let cipher = self.store.cipher(&caller.tenant_id).await?;
+        let version = time::stored(patient.updated_at.unwrap_or(patient.created_at));
+        let context = format!("{key}#{version}");
+        let kept = self.objects.get(&key).await?.filter(|stored| stored.starts_with(crypto::SEALED_OBJECT));
+        let pdf = match kept.and_then(|stored| cipher.open_bytes(&context, stored).ok()) {
             Some(pdf) => pdf,
             None => {
                 let model = self.models.get(&assessment.model)?;
                 let pdf = crate::report::render(&patient, &assessment, model.manifest());
-                self.put_sealed(&caller.tenant_id, &key, &pdf).await?;
+                self.objects.put(&key, cipher.seal_bytes(&context, &pdf)).await?;
                 // A change, deletion or erasure of the patient committed since the read deletes
                 // the reports it finds after committing, which may be before this one was kept:
                 // then this one goes, so that no report outlives what it shows.
