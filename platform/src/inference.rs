@@ -276,7 +276,7 @@ impl Model {
                 if value < feature.min || value > feature.max {
                     return Err(invalid(
                         &feature.name,
-                        format!("{value:?} is outside the accepted range [{}, {}]", feature.min, feature.max),
+                        format!("{value} is outside the accepted range [{}, {}]", feature.min, feature.max),
                     ));
                 }
                 Ok(value as f32)
