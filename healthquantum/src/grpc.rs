@@ -100,10 +100,16 @@ fn image_message(image: ImageRecord) -> proto::Image {
     }
 }
 
-/// The audit events of an update of `patient` that set the fields `changed`: the change, and the
-/// read of the personal fields the answer shows that the caller did not send, when it shows them
-/// (to a caller who `may_read` patients).
-fn update_events(caller: &auth::Caller, patient: &Patient, changed: &[&str], may_read: bool) -> Vec<AuditEvent> {
+/// The audit events of an update of `patient` that set the fields `changed`: the change, when one
+/// was `written`, and the read of the personal fields the answer shows that the caller did not
+/// send, when it shows them (to a caller who `may_read` patients).
+fn update_events(
+    caller: &auth::Caller,
+    patient: &Patient,
+    changed: &[&str],
+    may_read: bool,
+    written: bool,
+) -> Vec<AuditEvent> {
     let subject = format!("patient:{}", patient.id);
     let event = |kind: EventKind, fields: &[&str]| {
         AuditEvent::new(
@@ -115,7 +121,8 @@ fn update_events(caller: &auth::Caller, patient: &Patient, changed: &[&str], may
             serde_json::json!({"fields": fields}),
         )
     };
-    let mut events = vec![event(EventKind::PersonalDataChange, changed)];
+    // A change only when one was written: values sent as they were held change nothing.
+    let mut events = if written { vec![event(EventKind::PersonalDataChange, changed)] } else { Vec::new() };
     let disclosed: Vec<&str> = patient.held_fields().into_iter().filter(|field| !changed.contains(field)).collect();
     if may_read && !disclosed.is_empty() {
         events.push(event(EventKind::SensitiveRead, disclosed.as_slice()));
@@ -255,14 +262,16 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         }
         let changed = changes.fields();
         let may_read = caller.has_scope(READ_SCOPE);
-        let events = |patient: &Patient| update_events(&caller, patient, &changed, may_read);
-        let patient = self.store.update_patient(&caller.tenant_id, &id, changes, events).await?;
+        let events = |patient: &Patient, written: bool| update_events(&caller, patient, &changed, may_read, written);
+        let (patient, written) = self.store.update_patient(&caller.tenant_id, &id, changes, events).await?;
         self.outbox.wake();
         // Reports print the patient's header: they are made again on their next request. The
         // change is made: a failure here is logged, not answered.
-        match self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await {
-            Ok(assessments) => self.delete_reports(&caller.tenant_id, &assessments).await,
-            Err(error) => tracing::error!(%error, patient = %id, "kept reports not deleted after a change"),
+        if written {
+            match self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await {
+                Ok(assessments) => self.delete_reports(&caller.tenant_id, &assessments).await,
+                Err(error) => tracing::error!(%error, patient = %id, "kept reports not deleted after a change"),
+            }
         }
         // A caller who may not read patients sees only what it sent.
         let shown = if may_read { PERSONAL_FIELDS } else { changed.as_slice() };

@@ -260,8 +260,8 @@ impl Store {
         tenant_id: &str,
         id: &PatientId,
         changes: PatientChanges,
-        events: impl FnOnce(&Patient) -> Vec<AuditEvent>,
-    ) -> Result<Patient, Error> {
+        events: impl FnOnce(&Patient, bool) -> Vec<AuditEvent>,
+    ) -> Result<(Patient, bool), Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         if self.database.backend() == Backend::Postgres {
@@ -276,8 +276,18 @@ impl Store {
                 .map_err(StoreError::from)?;
         }
         let mut patient = fetch_patient(&mut transaction, &cipher, tenant_id, id).await?;
+        let before = patient.clone();
         let cpf_before = patient.cpf.clone();
         changes.apply(&mut patient);
+        if (Patient { updated_at: before.updated_at, ..patient.clone() }) == before {
+            // Every value sent is the one held: nothing is written, and no change is audited;
+            // the fields the answer shows are.
+            for event in events(&before, false) {
+                audit::enqueue(&mut transaction, &event).await?;
+            }
+            transaction.commit().await.map_err(StoreError::from)?;
+            return Ok((before, false));
+        }
         let cpf_hash = cipher.blind_index(patient.cpf.as_str());
         // Only a new CPF is checked: a patient that shares its CPF with another since before the
         // check existed can still be changed otherwise.
@@ -299,11 +309,11 @@ impl Store {
         if updated.rows_affected() != 1 {
             return Err(Error::NotFound("patient".into()));
         }
-        for event in events(&patient) {
+        for event in events(&patient, true) {
             audit::enqueue(&mut transaction, &event).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(patient)
+        Ok((patient, true))
     }
 
     /// Deletes the patient with their assessments and images, with the audit event `event` makes
@@ -1004,18 +1014,18 @@ mod tests {
         let second = patient("João Lima", cpf(2));
         store.create_patient(TENANT, &second, &event()).await.unwrap();
         let to_first = PatientChanges { cpf: Some(cpf(1)), ..PatientChanges::default() };
-        refused_as_registered(store.update_patient(TENANT, &second.id, to_first.clone(), |_| Vec::new()).await);
+        refused_as_registered(store.update_patient(TENANT, &second.id, to_first.clone(), |_, _| Vec::new()).await);
         let same = PatientChanges {
             cpf: Some(cpf(2)),
             name: Some(PatientName::parse("João").unwrap()),
             ..PatientChanges::default()
         };
-        store.update_patient(TENANT, &second.id, same, |_| Vec::new()).await.unwrap();
+        store.update_patient(TENANT, &second.id, same, |_, _| Vec::new()).await.unwrap();
 
         // Erased, the first patient holds its CPF no more.
         let erased = store.erase_subject(TENANT, &cpf(1), |_| event()).await.unwrap();
         assert_eq!(erased, [first.id.to_string()]);
-        let changed = store.update_patient(TENANT, &second.id, to_first, |_| Vec::new()).await.unwrap();
+        let (changed, _) = store.update_patient(TENANT, &second.id, to_first, |_, _| Vec::new()).await.unwrap();
         assert_eq!(changed.cpf, cpf(1));
         refused_as_registered(store.create_patient(TENANT, &patient("Maria Silva", cpf(1)), &event()).await);
     }
@@ -1059,7 +1069,7 @@ mod tests {
         assert!(!store.report_current(TENANT, &changed, &b).await.unwrap(), "another patient's assessment");
 
         let phone = PatientChanges { phone: Some(Phone::parse("+55 11 91234-5678").unwrap()), ..Default::default() };
-        store.update_patient(TENANT, &changed.id, phone, |_| Vec::new()).await.unwrap();
+        store.update_patient(TENANT, &changed.id, phone, |_, _| Vec::new()).await.unwrap();
         assert!(!store.report_current(TENANT, &changed, &a).await.unwrap(), "made before the change");
         assert!(store.report_current(TENANT, &reads(&changed).await, &a).await.unwrap(), "made after it");
 

@@ -210,6 +210,13 @@ async fn an_update_by_a_key_that_may_not_read_shows_only_what_it_sent(backend: B
     let kinds = updates(&app.audit_entries_once(&key, |entries| updates(entries).len() == 4).await);
     let reads = kinds.iter().filter(|kind| *kind == "sensitive_read").count();
     assert_eq!(reads, 1, "three changes and one read: {kinds:?}");
+
+    // The value held, sent again: nothing is written or audited as a change, the read is.
+    let again: Value = app.patch(&path, &key, &json!({"phone": "+55 11 3333-4444"})).await.json().await.unwrap();
+    assert_eq!((&again["updateTime"], &again["phone"]), (&shown["updateTime"], &shown["phone"]), "{again}");
+    let kinds = updates(&app.audit_entries_once(&key, |entries| updates(entries).len() >= 5).await);
+    let changes = kinds.iter().filter(|kind| *kind == "personal_data_change").count();
+    assert_eq!((kinds.len(), changes), (5, 3), "one more read, no change: {kinds:?}");
     app.stop().await;
 }
 
