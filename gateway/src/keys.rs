@@ -71,7 +71,10 @@ impl KeyCache {
             }
         };
         let principal = principal.filter(|principal| !principal.is_expired());
-        if let Some(principal) = &principal {
+        // A key is used when it is let in: a suspended tenant's is refused, and not counted used.
+        if let Some(principal) = &principal
+            && principal.tenant_status.as_deref().is_none_or(|status| status == "active")
+        {
             self.touch(&principal.key_id);
         }
         Ok(principal)

@@ -69,6 +69,31 @@ async fn a_suspended_tenant_gets_403_at_once_and_works_again_when_reactivated() 
 }
 
 #[tokio::test]
+async fn a_suspended_tenants_key_is_not_counted_used_when_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (tenant, key) = app.tenant_with_key().await;
+    app.suspend_tenant(&tenant).await;
+    assert_problem(app.get("/v1/health/patients", &key).await, 403).await;
+    let keys_path = format!("/v1/admin/tenants/{tenant}/api-keys");
+    let last_used = || async {
+        let keys: Value = app.get(&keys_path, &app.admin_key).await.json().await.unwrap();
+        keys["apiKeys"][0]["lastUsedTime"].clone()
+    };
+    // The use is recorded off the request's path: given time, it would show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(last_used().await, Value::Null, "refused, so not used");
+
+    app.patch(&format!("/v1/admin/tenants/{tenant}"), &app.admin_key, &json!({"status": "active"})).await;
+    assert_eq!(app.get("/v1/health/patients", &key).await.status(), 200);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !last_used().await.is_string() {
+        assert!(tokio::time::Instant::now() < deadline, "a use let in is recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn tenant_updates_refuse_bad_input() {
     let app = spawn_app(Backend::Sqlite).await;
     let tenant = app.create_tenant("Acme").await;
