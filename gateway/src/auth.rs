@@ -43,6 +43,10 @@ fn logged_id(principal: &Principal) -> String {
 }
 
 async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, Problem> {
+    // Two credentials are no credential: which one would be meant is not for the gateway to guess.
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(Problem::invalid_request("Authorization", "Authorization is given more than once"));
+    }
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())

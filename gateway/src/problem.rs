@@ -115,6 +115,14 @@ impl Problem {
         problem
     }
 
+    /// A 400 for a request whose credentials are malformed (RFC 6750 `invalid_request`), naming
+    /// the field at fault.
+    pub fn invalid_request(field: &str, detail: impl Into<String>) -> Self {
+        let mut problem = Self::invalid_field(field, detail);
+        problem.0.www_authenticate = Some(r#"Bearer error="invalid_request""#.to_owned());
+        problem
+    }
+
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, detail)
     }

@@ -393,6 +393,19 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
         .unwrap();
     let problem = assert_problem(twice, 400).await;
     assert_eq!(problem["field"], "Content-Type");
+    // Two Authorization fields: neither credential is taken, whichever they are.
+    for second in [key.as_str(), app.admin_key.as_str()] {
+        let twice = app
+            .client
+            .get(app.url("/v1/health/patients"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("authorization", format!("Bearer {second}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(twice.headers()["www-authenticate"], r#"Bearer error="invalid_request""#);
+        assert_eq!(assert_problem(twice, 400).await["field"], "Authorization");
+    }
     // So on the admin API, where nothing is created.
     let tenants = app.count_gateway_rows("tenants").await;
     let twice = app
