@@ -472,7 +472,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 EventKind::SensitiveRead,
                 "fin.GetCreditScore",
                 &subject,
-                serde_json::json!({"creditScore": id, "fields": ["features", "bank"]}),
+                serde_json::json!({"creditScore": id, "fields": held_fields(score)}),
             )
         };
         let score = self.store.score(&caller.tenant_id, &id, read).await?;
@@ -612,6 +612,16 @@ impl DataSubject for FinQuantumApi {
     }
 }
 
+/// The fields of a stored score that hold the customer's data, as a read of it shows them: none
+/// once an erasure emptied them.
+fn held_fields(score: &StoredScore) -> Vec<&'static str> {
+    let held = |value: &serde_json::Value| !(value.is_null() || value.as_object().is_some_and(|map| map.is_empty()));
+    [("features", &score.features), ("bank", &score.bank)]
+        .into_iter()
+        .filter(|(_, value)| held(value))
+        .map(|(name, _)| name)
+        .collect()
+}
 #[cfg(test)]
 mod tests {
     use super::*;

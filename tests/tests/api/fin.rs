@@ -476,15 +476,22 @@ async fn export_and_erasure(backend: Backend) {
     let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
     assert_eq!(bundle["services"]["finquantum"]["customers"], json!([]), "{bundle}");
     assert!(!bundle["services"]["finquantum"].to_string().contains(&customer_cpf), "{bundle}");
+    // The decision kept without its inputs: a read of it is audited as reading none of them.
+    let kept = app.get(&format!("/v1/fin/credit-scores/{}", scored["id"].as_str().unwrap()), &key).await;
+    assert_eq!(kept.status(), 200);
     // The lookup that found nobody is audited too, naming no one.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
-        let found = page["entries"].as_array().into_iter().flatten().any(|entry| {
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        let found = entries.iter().any(|entry| {
             entry["action"] == "fin.ExportSubject"
                 && entry["leaf"].as_str().is_some_and(|leaf| leaf.contains("customer:none"))
         });
-        if found {
+        let read = entries.iter().find(|entry| entry["action"] == "fin.GetCreditScore");
+        if found && let Some(read) = read {
+            let leaf: Value = serde_json::from_str(read["leaf"].as_str().unwrap()).unwrap();
+            assert_eq!(leaf["details"]["fields"], json!([]), "{leaf}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no audit entry for the empty lookup: {page}");
