@@ -340,16 +340,14 @@ impl Store {
         ] {
             // What the transaction deletes, not what was there before it: an assessment or an
             // image stored meanwhile is deleted and its objects with it.
-            *ids = sqlx::query(sql)
-                .bind(tenant_id)
-                .bind(id.as_str())
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?
-                .iter()
-                .map(|row| row.try_get::<String, _>("id"))
-                .collect::<Result<_, _>>()
-                .map_err(StoreError::from)?;
+            *ids = ids_of(
+                &sqlx::query(sql)
+                    .bind(tenant_id)
+                    .bind(id.as_str())
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(StoreError::from)?,
+            )?;
         }
         sqlx::query("DELETE FROM patients WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
@@ -564,9 +562,7 @@ impl Store {
                 .fetch_all(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
-            for row in rows {
-                ids.push(row.try_get::<String, _>("id").map_err(StoreError::from)?);
-            }
+            ids.extend(ids_of(&rows)?);
         }
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(ids)
@@ -752,16 +748,14 @@ impl Store {
         } else {
             "SELECT id FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL ORDER BY id"
         };
-        let ids: Vec<String> = sqlx::query(select)
-            .bind(tenant_id)
-            .bind(&cpf_hash)
-            .fetch_all(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?
-            .iter()
-            .map(|row| row.try_get::<String, _>("id"))
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::from)?;
+        let ids = ids_of(
+            &sqlx::query(select)
+                .bind(tenant_id)
+                .bind(&cpf_hash)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?,
+        )?;
         for id in &ids {
             sqlx::query(
                 "UPDATE patients SET name = '', cpf = '', birth_date = '', sealed = NULL, cpf_hash = NULL, \
@@ -856,6 +850,11 @@ fn image_from(row: &AnyRow) -> Result<ImageRecord, StoreError> {
         has_thumbnail: row.try_get::<i64, _>("has_thumbnail")? == 1,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// The `id` column of `rows`.
+fn ids_of(rows: &[AnyRow]) -> Result<Vec<String>, StoreError> {
+    rows.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<_, _>>().map_err(StoreError::from)
 }
 
 fn assessment_json(row: &AnyRow) -> Result<serde_json::Value, StoreError> {
