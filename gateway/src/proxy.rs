@@ -214,6 +214,32 @@ fn method_name(method: &Method) -> &'static str {
     KNOWN.iter().find(|known| *known == method).map_or("_OTHER", |known| known.as_str())
 }
 
+/// The longest request target the gateway reads: no route takes more than a few hundred bytes.
+const MAX_URI_BYTES: usize = 8 * 1024;
+
+/// The largest header section the gateway reads, counted as HTTP/2 counts a header list (each
+/// field's name and value and 32 bytes, RFC 9113 §6.5.2), so that both protocols have one limit.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// The problem for a request whose target or header section is over the gateway's limits: 414
+/// or 431 as a problem document, where the HTTP server's own, far larger limits answer without one.
+fn oversized(request: &Request) -> Option<Problem> {
+    let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some(Problem::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is {target} bytes; the gateway reads at most {MAX_URI_BYTES}"),
+        ));
+    }
+    let headers: usize = request.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 32).sum();
+    (headers > MAX_HEADER_BYTES).then(|| {
+        Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the header fields are {headers} bytes; the gateway reads at most {MAX_HEADER_BYTES}"),
+        )
+    })
+}
+
 /// One JSON log line a request, and a span that continues the caller's W3C trace. Neither holds
 /// the request's path, which may carry whatever was typed into the URL (a CPF, a key pasted by
 /// mistake): both name the route's template, and the line names the trace, so that the two join.
@@ -228,8 +254,10 @@ async fn access_log(state: &AppState, request: Request, next: Next) -> Response 
         http.route = tracing::field::Empty,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
-    let mut response =
-        resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await;
+    let mut response = match oversized(&request) {
+        Some(problem) => problem.into_response(),
+        None => resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await,
+    };
     let latency = started.elapsed();
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     // A transcoded route names its template; the gateway's own routes have theirs matched by axum.

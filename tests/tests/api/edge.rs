@@ -1,4 +1,5 @@
-//! The gateway's edge behaviour: CORS, caching and the Prometheus metrics.
+//! The gateway's edge behaviour: CORS, caching, the limits on a request's target and header fields,
+//! and the Prometheus metrics.
 
 use aigronova_e2e::{Backend, assert_problem, spawn_app, spawn_app_with};
 use serde_json::json;
@@ -138,5 +139,37 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
     let refused = assert_problem(app.get("/metrics", &scraper).await, 403).await;
     assert_eq!(refused["detail"], "the tenant is suspended", "{refused}");
     assert_eq!(app.get("/metrics", &app.admin_key).await.status(), 200);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Edge").await;
+    let key = app.create_key(&tenant, &["health:read"]).await;
+    let get = |query: String| {
+        app.client.get(app.url(&format!("/v1/health/patients?namePrefix={query}"))).bearer_auth(&key).send()
+    };
+
+    // Within the limits the request reaches its route.
+    let listed = get("a".repeat(7 * 1024)).await.unwrap();
+    assert_eq!(listed.status(), 200);
+
+    let long = get("a".repeat(9 * 1024)).await.unwrap();
+    assert!(long.headers().contains_key("x-request-id"));
+    let problem = assert_problem(long, 414).await;
+    assert!(problem["detail"].as_str().unwrap().contains("at most 8192"), "{problem}");
+
+    let padded = app
+        .client
+        .get(app.url("/v1/health/patients"))
+        .bearer_auth(&key)
+        .header("x-padding", "p".repeat(17 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert!(padded.headers().contains_key("x-request-id"));
+    let problem = assert_problem(padded, 431).await;
+    assert!(problem["detail"].as_str().unwrap().contains("at most 16384"), "{problem}");
     app.stop().await;
 }
