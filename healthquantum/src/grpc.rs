@@ -27,7 +27,7 @@ use crate::{
     assessment::{self, Assessment, AssessmentRequest, ModelInput},
     imaging,
     patient::{Cpf, Email, NewPatient, Patient, PatientChanges, PatientId, Phone},
-    store::{Deleted, ImageRecord, PatientFilter, Store},
+    store::{Deleted, Erased, ImageRecord, PatientFilter, Store},
 };
 
 /// The scope that lets a caller read patients (GetPatient's, through the gateway).
@@ -602,37 +602,28 @@ impl DataSubject for HealthQuantumApi {
         let caller = auth::service_caller(&request, SUBJECT_SCOPE)?;
         let common::EraseSubjectRequest { cpf, request_id } = request.into_inner();
         let cpf = Cpf::parse(&cpf)?;
-        let event = |ids: &[String]| {
+        let event = |erased: &Erased| {
             AuditEvent::new(
                 &caller,
                 crate::SERVICE_NAME,
                 EventKind::PersonalDataChange,
                 "health.EraseSubject",
-                &subject_of(ids),
-                serde_json::json!({"subjectRequest": request_id, "patients": ids.len()}),
+                &subject_of(&erased.patients),
+                serde_json::json!({
+                    "subjectRequest": request_id,
+                    "patients": erased.patients.len(),
+                    "images": erased.images.len(),
+                }),
             )
         };
         let erased = self.store.erase_subject(&caller.tenant_id, &cpf, event).await?;
         self.outbox.wake();
-        let reports = self.store.assessment_ids(&caller.tenant_id, &erased).await?;
-        self.delete_reports(&caller.tenant_id, &reports).await;
-        let images = self.store.image_ids(&caller.tenant_id, &erased).await?;
-        if !images.is_empty() {
-            let event = AuditEvent::new(
-                &caller,
-                crate::SERVICE_NAME,
-                EventKind::PersonalDataChange,
-                "health.EraseSubject",
-                &subject_of(&erased),
-                serde_json::json!({"subjectRequest": request_id, "images": images.len()}),
-            );
-            self.store.delete_images(&caller.tenant_id, &images, &event).await?;
-            self.delete_image_objects(&caller.tenant_id, &images).await;
-        }
+        self.delete_reports(&caller.tenant_id, &erased.assessments).await;
+        self.delete_image_objects(&caller.tenant_id, &erased.images).await;
         self.store.truncate_log().await;
-        tracing::info!(tenant = %caller.tenant_id, patients = erased.len(), "data subject erased");
+        tracing::info!(tenant = %caller.tenant_id, patients = erased.patients.len(), "data subject erased");
         // Assessments are what the law keeps: a patient without any leaves nothing retained.
-        let retained = if reports.is_empty() {
+        let retained = if erased.assessments.is_empty() {
             Vec::new()
         } else {
             vec![common::RetainedRecord {
@@ -644,7 +635,7 @@ impl DataSubject for HealthQuantumApi {
         };
         Ok(Response::new(common::EraseSubjectResponse {
             service: crate::SERVICE_NAME.to_owned(),
-            erased_records: i64::try_from(erased.len()).unwrap_or(i64::MAX),
+            erased_records: i64::try_from(erased.patients.len()).unwrap_or(i64::MAX),
             retained,
         }))
     }

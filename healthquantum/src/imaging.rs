@@ -137,11 +137,14 @@ fn unrecognised() -> Error {
 /// The bytes before `DICM` in a DICOM file, which PS3.10 leaves free.
 const PREAMBLE: usize = 128;
 
-/// Headers that a DICOM preamble must not start with: an executable's (Windows, ELF, Mach-O, a
-/// script, WebAssembly), an archive's or a compressed file's (ZIP, gzip, bzip2, xz, Zstandard, LZ4,
-/// 7z, RAR, CAB), a document's (PDF, PostScript, RTF) or markup's (HTML, SVG, XML), which would
-/// make the file both a DICOM image and something a program would open as another kind of file.
-const FOREIGN_PREAMBLES: [&[u8]; 22] = [
+/// Headers that a DICOM preamble must not start with: an executable's or a program's (Windows,
+/// ELF, Mach-O and Java classes, a script, WebAssembly, Android DEX, Lua bytecode, Flash, a
+/// Windows shortcut), an archive's or a compressed file's (ZIP, gzip, bzip2, xz, Zstandard, LZ4,
+/// 7z, RAR, CAB, ar and Debian packages, RPM, XAR), a document's (PDF, PostScript, RTF, OLE2
+/// compound files such as Office documents and installers, compiled HTML help) or markup's (HTML,
+/// SVG, XML), which would make the file both a DICOM image and something a program would open as
+/// another kind of file.
+const FOREIGN_PREAMBLES: [&[u8]; 33] = [
     b"MZ",
     b"\x7fELF",
     b"#!",
@@ -151,6 +154,12 @@ const FOREIGN_PREAMBLES: [&[u8]; 22] = [
     b"\xce\xfa\xed\xfe",
     b"\xcf\xfa\xed\xfe",
     b"\0asm",
+    b"dex\n",
+    b"\x1bLua",
+    b"FWS",
+    b"CWS",
+    b"ZWS",
+    b"L\0\0\0\x01\x14\x02\0",
     b"PK\x03\x04",
     b"\x1f\x8b",
     b"BZh",
@@ -160,9 +169,14 @@ const FOREIGN_PREAMBLES: [&[u8]; 22] = [
     b"7z\xbc\xaf\x27\x1c",
     b"Rar!\x1a\x07",
     b"MSCF",
+    b"!<arch>\n",
+    b"\xed\xab\xee\xdb",
+    b"xar!",
     b"%PDF",
     b"%!PS",
     b"{\\rtf",
+    b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+    b"ITSF",
     b"<",
 ];
 

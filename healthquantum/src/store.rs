@@ -540,12 +540,6 @@ impl Store {
         Ok(())
     }
 
-    /// The ids of the images of `patient_ids`.
-    pub(crate) async fn image_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
-        self.ids_of_patients(tenant_id, "SELECT id FROM images WHERE tenant_id = $1 AND patient_id = $2", patient_ids)
-            .await
-    }
-
     /// The ids `sql` (with the tenant as $1 and a patient as $2) selects for each of `patient_ids`.
     async fn ids_of_patients(
         &self,
@@ -727,14 +721,17 @@ impl Store {
     }
 
     /// Removes the personal fields of the patients of `tenant_id` with `cpf` (sealed values and
-    /// blind index) and marks them erased, with the audit event (`event(patient ids)`) in the
-    /// same transaction; returns their ids.
+    /// blind index), marks them erased and deletes their images' records, with the audit event
+    /// `event` makes of what was erased, all in one transaction: an erasure that fails after it
+    /// is retried from the same state, never from patients it can no longer find by their CPF.
+    /// Returns the patients erased, the assessments kept (whose reports are objects to delete)
+    /// and the images deleted (whose objects are to be deleted once the erasure is committed).
     pub(crate) async fn erase_subject(
         &self,
         tenant_id: &str,
         cpf: &Cpf,
-        event: impl FnOnce(&[String]) -> AuditEvent,
-    ) -> Result<Vec<String>, Error> {
+        event: impl FnOnce(&Erased) -> AuditEvent,
+    ) -> Result<Erased, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let cpf_hash = cipher.blind_index(cpf.as_str());
         let backend = self.database.backend();
@@ -769,10 +766,35 @@ impl Store {
             .await
             .map_err(StoreError::from)?;
         }
-        audit::enqueue(&mut transaction, &event(&ids)).await?;
+        let mut erased = Erased { patients: ids, ..Erased::default() };
+        for patient_id in &erased.patients {
+            for (sql, ids) in [
+                ("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2", &mut erased.assessments),
+                ("DELETE FROM images WHERE tenant_id = $1 AND patient_id = $2 RETURNING id", &mut erased.images),
+            ] {
+                ids.extend(ids_of(
+                    &sqlx::query(sql)
+                        .bind(tenant_id)
+                        .bind(patient_id)
+                        .fetch_all(&mut *transaction)
+                        .await
+                        .map_err(StoreError::from)?,
+                )?);
+            }
+        }
+        audit::enqueue(&mut transaction, &event(&erased)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(ids)
+        Ok(erased)
     }
+}
+
+/// What erasing a data subject did: the patients erased, their assessments (kept, no longer
+/// linked to a person) and their images (deleted).
+#[derive(Debug, Default)]
+pub(crate) struct Erased {
+    pub patients: Vec<String>,
+    pub assessments: Vec<String>,
+    pub images: Vec<String>,
 }
 
 /// What deleting a patient deleted with them.
@@ -1023,7 +1045,7 @@ mod tests {
 
         // Erased, the first patient holds its CPF no more.
         let erased = store.erase_subject(TENANT, &cpf(1), |_| event()).await.unwrap();
-        assert_eq!(erased, [first.id.to_string()]);
+        assert_eq!(erased.patients, [first.id.to_string()]);
         let (changed, _) = store.update_patient(TENANT, &second.id, to_first, |_, _| Vec::new()).await.unwrap();
         assert_eq!(changed.cpf, cpf(1));
         refused_as_registered(store.create_patient(TENANT, &patient("Maria Silva", cpf(1)), &event()).await);

@@ -412,7 +412,7 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store_on_postgres() {
     an_assessment_report_is_a_pdf_kept_in_the_object_store(Backend::Postgres).await;
 }
 
-fn png(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32) -> Vec<u8> {
     let mut bytes = Vec::new();
     image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]))
         .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
@@ -420,7 +420,13 @@ fn png(width: u32, height: u32) -> Vec<u8> {
     bytes
 }
 
-async fn upload(app: &TestApp, key: &str, patient: &str, content_type: &str, bytes: Vec<u8>) -> reqwest::Response {
+pub(crate) async fn upload(
+    app: &TestApp,
+    key: &str,
+    patient: &str,
+    content_type: &str,
+    bytes: Vec<u8>,
+) -> reqwest::Response {
     app.client
         .post(app.url(&format!("/v1/health/patients/{patient}/images")))
         .bearer_auth(key)

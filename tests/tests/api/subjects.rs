@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{Connection, Row};
 
+use crate::patients::{png, upload};
+
 const CPF: &str = "529.982.247-25";
 const SCOPES: &[&str] = &["health:read", "health:write", "governance:read", "governance:write", "governance:review"];
 
@@ -69,6 +71,12 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
     assert_eq!(response.status(), 200);
     let assessment: Value = response.json().await.unwrap();
+    let image = upload(&app, &key, &patient, "image/png", png(40, 30)).await;
+    assert_eq!(image.status(), 200);
+    let image: Value = image.json().await.unwrap();
+    let images = app.data_dir().join("healthquantum-objects/images");
+    let stored = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, |entries| entries.count());
+    assert_eq!(stored(&images.join(&tenant)), 2, "the image and its thumbnail");
 
     // Access: every service's data about the CPF, in one bundle.
     let access = open(&app, &key, json!({"cpf": CPF, "kind": "access"})).await;
@@ -117,6 +125,11 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert!(outcome["retained"][0]["reason"].as_str().unwrap().contains("13.787"));
     assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 404);
     assert_eq!(app.count_health_rows("patients WHERE name <> '' OR cpf <> '' OR birth_date <> ''").await, 0);
+    // Images are health data the law does not require to keep: their records and objects go.
+    assert_eq!(app.count_health_rows("images").await, 0);
+    assert_eq!(stored(&images.join(&tenant)), 0, "the image's objects are deleted");
+    let path = format!("/v1/health/patients/{patient}/images/{}", image["id"].as_str().unwrap());
+    assert_eq!(app.get(&path, &key).await.status(), 404);
     // The earlier access request's bundle went with the data it copied.
     let governance = outcome_of(&erasure, "ai-governance");
     assert_eq!((governance["status"].as_str(), records(governance)), (Some("erased"), 1), "{erasure}");
