@@ -301,7 +301,7 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
             format!("{} {} takes its fields in the body, not the query", parts.method, parts.uri.path()),
         ));
     }
-    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, state.max_body_bytes, state.body_timeout).await?;
     let content_type = crate::transcode::content_type(&parts.headers)?;
     crate::transcode::json_content_type(content_type, &body)?;
     if let Some(path) = crate::transcode::repeated_name(&body, None) {

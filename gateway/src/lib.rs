@@ -67,6 +67,12 @@ pub struct Config {
     /// Requests in flight at once; beyond, a request is refused at once with 503 and
     /// `Retry-After: 1` rather than queued. `/healthz`, `/readyz` and `/metrics` are exempt.
     pub max_concurrent_requests: usize,
+    /// Requests of one tenant in flight at once; beyond, its next request is refused with 429 and
+    /// `Retry-After: 1`, so that no tenant holds the whole of `max_concurrent_requests`.
+    pub max_concurrent_requests_per_tenant: usize,
+    /// Seconds a request body may take to arrive in full; beyond, 408. A client that stops
+    /// sending holds its slot no longer.
+    pub request_body_timeout_secs: u64,
     /// Circuit breaking per upstream.
     pub circuit_breaker: CircuitBreakerConfig,
     /// Retries of idempotent calls (`GET` routes) within a retry budget.
@@ -98,6 +104,8 @@ impl Default for Config {
             upstream_timeout_secs: 10,
             upstream_timeouts: BTreeMap::new(),
             max_concurrent_requests: 512,
+            max_concurrent_requests_per_tenant: 128,
+            request_body_timeout_secs: 10,
             circuit_breaker: CircuitBreakerConfig::default(),
             retry: RetryConfig::default(),
             upstreams: BTreeMap::new(),
@@ -121,6 +129,9 @@ impl Validate for Config {
         }
         if self.upstream_timeout_secs == 0 {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
+        }
+        if self.request_body_timeout_secs == 0 {
+            return Err(ConfigError("gateway.request_body_timeout_secs must be positive".into()));
         }
         self.plans.validate()?;
         self.cors.validate()?;
@@ -165,6 +176,7 @@ pub(crate) struct Shared {
     resilience: Arc<Resilience>,
     signer: TokenSigner,
     max_body_bytes: usize,
+    body_timeout: Duration,
     plans: Arc<plans::Plans>,
     keys: keys::KeyCache,
     invalidation: Arc<keys::Invalidation>,
@@ -221,6 +233,7 @@ impl Gateway {
             resilience: Arc::new(Resilience::new(config, Arc::new(resilience::TokioClock))),
             signer,
             max_body_bytes: config.max_body_bytes,
+            body_timeout: Duration::from_secs(config.request_body_timeout_secs),
             plans: Arc::new(config.plans.clone()),
             keys: keys.clone(),
             invalidation: Arc::new(invalidation.clone()),

@@ -116,7 +116,8 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let policy = CallPolicy::of(route, &parts.headers)?;
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
-    let body = read_body(body, &parts.headers, limits.max_body_bytes).await?;
+    let _slot = state.resilience.enter_tenant(tenant_id)?;
+    let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout).await?;
     let content_type = transcode::content_type(&parts.headers)?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
@@ -159,8 +160,13 @@ fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
 }
 
 /// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`
-/// bytes before or after decoding.
-pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+/// bytes before or after decoding, and with 408 when it has not arrived in full within `timeout`.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -168,7 +174,12 @@ pub(crate) async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> 
     if declared.is_some_and(|length| length > limit) {
         return Err(decompress::too_large(limit));
     }
-    decompress::read(body, headers, limit).await
+    tokio::time::timeout(timeout, decompress::read(body, headers, limit)).await.unwrap_or_else(|_| {
+        Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive in full within {} s", timeout.as_secs()),
+        ))
+    })
 }
 
 /// Paths whose answers caches may keep: the API's description, the same for every caller. Every

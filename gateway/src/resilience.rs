@@ -5,7 +5,7 @@
 //! The breaker and the budget read the time from a [`Clock`], so that unit tests move it by hand.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     future::Future,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
@@ -102,6 +102,9 @@ pub(crate) fn validate(config: &crate::Config) -> Result<(), ConfigError> {
     }
     if config.max_concurrent_requests == 0 {
         return Err(ConfigError("gateway.max_concurrent_requests must be positive".into()));
+    }
+    if config.max_concurrent_requests_per_tenant == 0 {
+        return Err(ConfigError("gateway.max_concurrent_requests_per_tenant must be positive".into()));
     }
     let breaker = &config.circuit_breaker;
     if breaker.failure_threshold == 0 || breaker.cool_down_ms == 0 {
@@ -389,11 +392,32 @@ struct Guarded {
     budget: RetryBudget,
 }
 
-/// The resilience policy of every upstream, and the gateway's concurrency limit.
+/// The resilience policy of every upstream, and the gateway's concurrency limits.
 pub(crate) struct Resilience {
     upstreams: BTreeMap<String, Guarded>,
     retry: RetryConfig,
     in_flight: Semaphore,
+    per_tenant: usize,
+    /// Requests in flight by tenant, for those with any.
+    tenants_in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// One request of a tenant in flight, counted until it is dropped.
+pub(crate) struct TenantSlot<'a> {
+    resilience: &'a Resilience,
+    tenant_id: &'a str,
+}
+
+impl Drop for TenantSlot<'_> {
+    fn drop(&mut self) {
+        let mut tenants = self.resilience.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = tenants.get_mut(self.tenant_id) {
+            *count -= 1;
+            if *count == 0 {
+                tenants.remove(self.tenant_id);
+            }
+        }
+    }
 }
 
 impl Resilience {
@@ -416,7 +440,34 @@ impl Resilience {
                 (owner.clone(), guarded)
             })
             .collect();
-        Self { upstreams, retry: config.retry.clone(), in_flight: Semaphore::new(config.max_concurrent_requests) }
+        Self {
+            upstreams,
+            retry: config.retry.clone(),
+            in_flight: Semaphore::new(config.max_concurrent_requests),
+            per_tenant: config.max_concurrent_requests_per_tenant,
+            tenants_in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts a request of `tenant_id` in flight until the slot is dropped; 429 with
+    /// `Retry-After: 1` when the tenant already has `max_concurrent_requests_per_tenant`.
+    pub(crate) fn enter_tenant<'a>(&'a self, tenant_id: &'a str) -> Result<TenantSlot<'a>, Problem> {
+        let mut tenants = self.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if tenants.get(tenant_id).is_some_and(|count| *count >= self.per_tenant) {
+            metrics().rate_limited.with_label_values(&["concurrency"]).inc();
+            return Err(Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("this tenant has {} requests in flight, the most it may; retry shortly", self.per_tenant),
+            )
+            .with_retry_after(1));
+        }
+        match tenants.get_mut(tenant_id) {
+            Some(count) => *count += 1,
+            None => {
+                tenants.insert(tenant_id.to_owned(), 1);
+            }
+        }
+        Ok(TenantSlot { resilience: self, tenant_id })
     }
 
     /// Calls `owner` through its breaker, within the deadline, retrying as `policy` allows.

@@ -558,3 +558,68 @@ async fn an_unreachable_upstream_is_a_503_that_names_it_and_not_the_transport_er
     }
     app.stop().await;
 }
+
+/// Opens a connection and sends a request of `key` whose body stops after its first byte.
+async fn stalled_request(app: &TestApp, key: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head = format!(
+        "POST /v1/health/patients HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_408_and_no_tenant_holds_more_than_its_share_of_slots() {
+    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
+    let app = spawn_gateway(&url, |config| {
+        config.gateway.max_concurrent_requests_per_tenant = 2;
+        config.gateway.request_body_timeout_secs = 3;
+    })
+    .await;
+    let (_, key) = app.tenant_with_key().await;
+    let (_, other) = app.tenant_with_key().await;
+    let stalled = [stalled_request(&app, &key).await, stalled_request(&app, &key).await];
+
+    // Once both are in flight, the tenant's next request is refused; another tenant's is not.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut answered = 0;
+    loop {
+        let response = app.get("/v1/health/patients/p-1", &key).await;
+        if response.status() == 429 {
+            let retry_after = response.headers().get("retry-after").cloned();
+            let problem = assert_problem(response, 429).await;
+            // The rate limit may refuse a poll too, on a slow machine: only the slots end the wait.
+            if problem["detail"].as_str().unwrap().contains("2 requests in flight") {
+                assert_eq!(retry_after.unwrap(), "1");
+                break;
+            }
+        } else {
+            assert_eq!(response.status(), 200);
+            answered += 1;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the stalled requests never held the tenant's slots");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = app.get("/v1/health/patients/p-1", &other).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    // The stalled bodies are given up on with 408, which frees the tenant's slots.
+    for mut stream in stalled {
+        use tokio::io::AsyncReadExt;
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("answered within the body timeout")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("did not arrive in full within 3 s"), "{answer}");
+    }
+    assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200, "the tenant's slots are back");
+    assert_eq!(stand_in.calls(), answered + 2, "only the reads answered reached the service");
+    app.stop().await;
+}
