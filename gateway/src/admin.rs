@@ -201,7 +201,7 @@ pub(crate) async fn update_tenant(
         .update_tenant(&tenant_id, plan, status)
         .await
         .map_err(store_failure)?
-        .ok_or_else(|| Problem::not_found(format!("tenant {tenant_id:?} not found")))?;
+        .ok_or_else(|| Problem::not_found(format!("tenant {:?} not found", &*tenant_id)))?;
     state.invalidation.tenant_changed(&tenant_id).await;
     tracing::info!(tenant_id = %tenant_id, plan = tenant.plan.as_str(), status = %tenant.status, "tenant updated");
     Ok(Json(tenant).into_response())
@@ -229,12 +229,11 @@ pub(crate) async fn revoke_api_key(
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenant_id}/api-keys/{key_id}")?;
-    let hash = state
-        .store
-        .revoke_key(&tenant_id, &key_id)
-        .await
-        .map_err(store_failure)?
-        .ok_or_else(|| Problem::not_found(format!("API key {key_id:?} of tenant {tenant_id:?} not found")))?;
+    existing_tenant(&state, &tenant_id).await?;
+    let hash =
+        state.store.revoke_key(&tenant_id, &key_id).await.map_err(store_failure)?.ok_or_else(|| {
+            Problem::not_found(format!("API key {:?} of tenant {:?} not found", &*key_id, &*tenant_id))
+        })?;
     state.invalidation.key_revoked(&hash).await;
     tracing::info!(tenant_id = %tenant_id, key_id = %key_id, "API key revoked");
     Ok(StatusCode::NO_CONTENT.into_response())

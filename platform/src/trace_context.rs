@@ -32,9 +32,35 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// The remote parent carried by `headers`, or an empty context.
+/// The remote parent carried by `headers`, or an empty context: also when `traceparent` is not
+/// exactly as W3C Trace Context writes it, or is given twice, in which case the trace restarts
+/// and `tracestate` is ignored as the recommendation says (the propagator alone would pad a
+/// short id or accept a sign).
 pub fn extract(headers: &http::HeaderMap) -> Context {
-    TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+    let mut values = headers.get_all("traceparent").iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) if value.to_str().is_ok_and(well_formed) => {
+            TraceContextPropagator::new().extract(&HeaderExtractor(headers))
+        }
+        _ => Context::new(),
+    }
+}
+
+/// Whether `traceparent` is `version-traceid-parentid-flags` in lowercase hex digits of 2, 32,
+/// 16 and 2; a version after `00` may add fields after a `-`, and `ff` is no version.
+fn well_formed(traceparent: &str) -> bool {
+    let bytes = traceparent.as_bytes();
+    let hex = |range: std::ops::Range<usize>| {
+        bytes.get(range).is_some_and(|digits| digits.iter().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f')))
+    };
+    let dashes = [2, 35, 52].iter().all(|at| bytes.get(*at) == Some(&b'-'));
+    let fields = dashes && hex(0..2) && hex(3..35) && hex(36..52) && hex(53..55);
+    let rest_allowed = match &bytes[..bytes.len().min(2)] {
+        b"00" => bytes.len() == 55,
+        b"ff" => false,
+        _ => bytes.len() == 55 || bytes.get(55) == Some(&b'-'),
+    };
+    fields && rest_allowed
 }
 
 /// Writes `context` as `traceparent`/`tracestate` into `metadata`.
@@ -73,4 +99,49 @@ pub fn rename(span: &tracing::Span, name: String) {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     span.context().span().update_name(name);
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+
+    use super::*;
+
+    fn remote_trace(traceparents: &[&str]) -> Option<String> {
+        let mut headers = http::HeaderMap::new();
+        for traceparent in traceparents {
+            headers.append("traceparent", traceparent.parse().unwrap());
+        }
+        headers.insert("tracestate", "vendor=1".parse().unwrap());
+        let context = extract(&headers);
+        let span = context.span();
+        let span_context = span.span_context();
+        span_context.is_valid().then(|| span_context.trace_id().to_string())
+    }
+
+    #[test]
+    fn a_well_formed_traceparent_is_adopted() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(remote_trace(&[&format!("00-{id}-00f067aa0ba902b7-01")]).as_deref(), Some(id));
+        // A later version may carry more fields.
+        assert_eq!(remote_trace(&[&format!("01-{id}-00f067aa0ba902b7-01-extra")]).as_deref(), Some(id));
+    }
+
+    #[test]
+    fn a_traceparent_not_exactly_as_w3c_writes_it_starts_a_new_trace() {
+        for traceparent in [
+            "00-1-2-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
+            "00-+bf92f3577b34da6a3ce929d0e0e4736-+0f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(remote_trace(&[traceparent]), None, "{traceparent}");
+        }
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(remote_trace(&[valid, valid]), None, "given twice");
+    }
 }

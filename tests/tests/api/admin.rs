@@ -134,7 +134,10 @@ async fn a_revoked_key_is_refused_at_once_and_listed_as_revoked() {
     assert_eq!(revoke.status(), 204);
     assert_problem(app.get(&path, &key).await, 401).await;
     let again = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/no-such-key"), &app.admin_key).await;
-    assert_problem(again, 404).await;
+    let problem = assert_problem(again, 404).await;
+    assert_eq!(problem["detail"], format!("API key \"no-such-key\" of tenant \"{tenant}\" not found"));
+    let nowhere = app.delete("/v1/admin/tenants/no-such-tenant/api-keys/no-such-key", &app.admin_key).await;
+    assert_eq!(assert_problem(nowhere, 404).await["detail"], "tenant \"no-such-tenant\" not found");
 
     let keys: Value =
         app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
