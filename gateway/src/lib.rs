@@ -34,13 +34,21 @@ use aigronova_platform::{
     storage::Database,
 };
 use axum::{
-    Router, middleware,
+    Router,
+    body::Body,
+    middleware,
     routing::{delete, get, post},
-    serve::ListenerExt as _,
+};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
 };
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tower::ServiceExt as _;
 
 pub use jwks::install_crypto_provider;
 pub use problem::Problem;
@@ -73,6 +81,9 @@ pub struct Config {
     /// Seconds a request body may take to arrive in full; beyond, 408. A client that stops
     /// sending holds its slot no longer.
     pub request_body_timeout_secs: u64,
+    /// Seconds an HTTP/1.1 request's header fields may take to arrive, counted from the end of
+    /// the previous request on the connection; beyond, the connection is closed.
+    pub request_header_timeout_secs: u64,
     /// Circuit breaking per upstream.
     pub circuit_breaker: CircuitBreakerConfig,
     /// Retries of idempotent calls (`GET` routes) within a retry budget.
@@ -106,6 +117,7 @@ impl Default for Config {
             max_concurrent_requests: 512,
             max_concurrent_requests_per_tenant: 128,
             request_body_timeout_secs: 10,
+            request_header_timeout_secs: 30,
             circuit_breaker: CircuitBreakerConfig::default(),
             retry: RetryConfig::default(),
             upstreams: BTreeMap::new(),
@@ -130,8 +142,10 @@ impl Validate for Config {
         if self.upstream_timeout_secs == 0 {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
         }
-        if self.request_body_timeout_secs == 0 {
-            return Err(ConfigError("gateway.request_body_timeout_secs must be positive".into()));
+        if self.request_body_timeout_secs == 0 || self.request_header_timeout_secs == 0 {
+            return Err(ConfigError(
+                "gateway.request_body_timeout_secs and request_header_timeout_secs must be positive".into(),
+            ));
         }
         self.plans.validate()?;
         self.cors.validate()?;
@@ -190,6 +204,7 @@ pub struct Gateway {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
+    header_timeout: Duration,
     generated_admin_key: Option<String>,
     invalidation: keys::Invalidation,
 }
@@ -247,7 +262,8 @@ impl Gateway {
         if let Some(cors) = config.cors.layer() {
             router = router.layer(cors);
         }
-        Ok(Self { listener, local_addr, router, generated_admin_key, invalidation })
+        let header_timeout = Duration::from_secs(config.request_header_timeout_secs);
+        Ok(Self { listener, local_addr, router, header_timeout, generated_admin_key, invalidation })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -263,13 +279,39 @@ impl Gateway {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr, "gateway listening");
         tokio::spawn(self.invalidation.listen(shutdown.clone()));
-        // Small HTTP/2 frames must not wait for the client's delayed ACK (Nagle).
-        let listener = self.listener.tap_io(|stream| {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // A client that stops sending its header fields loses its connection; the body has
+        // `request_body_timeout_secs` of its own.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(self.header_timeout);
+        let connections = GracefulShutdown::new();
+        let stopping = shutdown.wait();
+        tokio::pin!(stopping);
+        loop {
+            let stream = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors, most often: wait for some to be closed.
+                        tracing::warn!(%error, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut stopping => break,
+            };
+            // Small HTTP/2 frames must not wait for the client's delayed ACK (Nagle).
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
             }
-        });
-        axum::serve(listener, self.router).with_graceful_shutdown(shutdown.wait()).await?;
+            let service = TowerToHyperService::new(
+                self.router.clone().map_request(|request: axum::http::Request<Incoming>| request.map(Body::new)),
+            );
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+            tokio::spawn(connections.watch(connection));
+        }
+        drop(self.listener);
+        // The requests in flight are finished; idle connections close at once.
+        connections.shutdown().await;
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -173,3 +173,19 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
     assert!(problem["detail"].as_str().unwrap().contains("at most 16384"), "{problem}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_whose_header_fields_stop_arriving_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(Backend::Sqlite, |config| config.gateway.request_header_timeout_secs = 1).await;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nX-Slow: ").as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is still open after 10 s");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "{}", String::from_utf8_lossy(&rest));
+    // A client that sends its request in time is answered.
+    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    app.stop().await;
+}
