@@ -89,7 +89,8 @@ fn resume_after(token: &str, bound_to: &str) -> Result<String, Error> {
     if digest != bound_to {
         return Err(Error::invalid(
             "pageToken",
-            "was returned for another filter: send the namePrefix and cpf of the request that returned it",
+            "was returned for another filter, or was altered: send it unchanged, with the namePrefix and cpf of \
+             the request that returned it",
         ));
     }
     Ok(after.to_string())
