@@ -449,7 +449,15 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
+        // On PostgreSQL the patient is held until the image is stored: an erasure or a deletion
+        // running meanwhile waits for it and deletes it, or goes first and the image is refused
+        // (SQLite runs write transactions one at a time).
+        let select = if self.database.backend() == Backend::Postgres {
+            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL FOR SHARE"
+        } else {
+            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL"
+        };
+        sqlx::query(select)
             .bind(tenant_id)
             .bind(&image.patient_id)
             .fetch_optional(&mut *transaction)

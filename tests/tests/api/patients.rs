@@ -693,3 +693,50 @@ async fn an_upload_the_caller_stops_waiting_for_is_stored_whole() {
     assert_eq!(app.get(&format!("{path}/{id}/thumbnail"), &key).await.status(), 200);
     app.stop().await;
 }
+
+/// An image uploaded while its patient is being erased is refused and leaves nothing: on
+/// PostgreSQL the upload waits for the patient's row, which the erasure holds, and then finds the
+/// patient erased (the erasure's deletion of the images could not see the image it was storing).
+#[tokio::test]
+async fn an_image_stored_while_its_patient_is_erased_is_refused_on_postgres() {
+    let app = spawn_app(Backend::Postgres).await;
+    let tenant = app.create_tenant("Clínica Apagada").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    sqlx::any::install_default_drivers();
+    let mut eraser = sqlx::AnyConnection::connect(&app.health_database_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut eraser).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("SELECT 1 FROM patients WHERE id = '{patient}' FOR UPDATE")))
+        .fetch_one(&mut eraser)
+        .await
+        .unwrap();
+    let uploading = {
+        let (client, url, key) =
+            (app.client.clone(), app.url(&format!("/v1/health/patients/{patient}/images")), key.clone());
+        let picture = png(30, 20);
+        tokio::spawn(async move {
+            client.post(url).bearer_auth(key).header("content-type", "image/png").body(picture).send().await.unwrap()
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_locks WHERE NOT granted").fetch_one(&mut eraser).await.unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the upload never waited for the patient");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let erased = format!(
+        "UPDATE patients SET name = '', cpf = '', birth_date = '', sealed = NULL, cpf_hash = NULL, \
+         erased_at = '2026-01-01T00:00:00.000000Z' WHERE id = '{patient}'"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(erased)).execute(&mut eraser).await.unwrap();
+    sqlx::query("COMMIT").execute(&mut eraser).await.unwrap();
+    assert_problem(uploading.await.unwrap(), 404).await;
+    assert_eq!(app.count_health_rows("images").await, 0);
+    let objects = app.data_dir().join(format!("healthquantum-objects/images/{tenant}"));
+    assert_eq!(std::fs::read_dir(objects).map_or(0, |entries| entries.count()), 0, "the upload's objects are deleted");
+    app.stop().await;
+}
