@@ -2,13 +2,24 @@
 //! the size limit applied to the decoded bytes, so that a compressed bomb stops at the limit
 //! instead of being inflated in full.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{
     body::{Body, Bytes},
     http::{HeaderMap, StatusCode, header},
 };
+use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
+use tokio::time::{Instant, Sleep};
 
 use crate::{metrics::metrics, problem::Problem};
 
@@ -54,6 +65,54 @@ pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Resul
     };
     metrics().inflated_body_bytes.with_label_values(&[label]).inc_by(decoded.inflated);
     outcome
+}
+
+/// `body`, ending with an error once no part of it has arrived for `idle`, which then sets
+/// `stalled`: a client that stops sending holds its request no longer, while one sending a large
+/// body slowly but steadily is not cut off.
+pub(crate) fn with_idle_timeout(body: Body, idle: Duration, stalled: Arc<AtomicBool>) -> Body {
+    Body::new(IdleTimeout { inner: body, idle, sleep: Box::pin(tokio::time::sleep(idle)), stalled })
+}
+
+struct IdleTimeout {
+    inner: Body,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    stalled: Arc<AtomicBool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no part of the request body arrived in time")]
+struct Stalled;
+
+impl http_body::Body for IdleTimeout {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.sleep.as_mut().reset(Instant::now() + this.idle);
+                Poll::Ready(frame)
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.stalled.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(axum::Error::new(Stalled))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl Coding {

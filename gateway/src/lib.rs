@@ -78,8 +78,8 @@ pub struct Config {
     /// Requests of one tenant in flight at once; beyond, its next request is refused with 429 and
     /// `Retry-After: 1`, so that no tenant holds the whole of `max_concurrent_requests`.
     pub max_concurrent_requests_per_tenant: usize,
-    /// Seconds a request body may take to arrive in full; beyond, 408. A client that stops
-    /// sending holds its slot no longer.
+    /// Seconds a request body may go without any of it arriving; beyond, 408. A client that
+    /// stops sending holds its slot no longer.
     pub request_body_timeout_secs: u64,
     /// Seconds an HTTP/1.1 request's header fields may take to arrive, counted from the end of
     /// the previous request on the connection; beyond, the connection is closed.
@@ -200,6 +200,11 @@ pub(crate) struct Shared {
 }
 
 /// A gateway bound to its port, ready to serve.
+/// The largest HTTP/2 header list the gateway's HTTP server reads (HTTP/1.1's is the far larger
+/// buffer of its parser): above the gateway's own limits (`proxy::oversized`), so that a request
+/// over those is answered with a problem document.
+const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
 pub struct Gateway {
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -283,21 +288,43 @@ impl Gateway {
         // A client that stops sending its header fields loses its connection; the body has
         // `request_body_timeout_secs` of its own.
         builder.http1().timer(TokioTimer::new()).header_read_timeout(self.header_timeout);
+        // HTTP/2 header lists above the gateway's own limit on them (`proxy::oversized`), which
+        // answers with a problem document; a peer that stops answering pings loses its connection.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST_BYTES)
+            .keep_alive_interval(self.header_timeout)
+            .keep_alive_timeout(self.header_timeout);
         let connections = GracefulShutdown::new();
-        let stopping = shutdown.wait();
+        let stopping = shutdown.clone().wait();
         tokio::pin!(stopping);
         loop {
-            let stream = tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        // Out of file descriptors, most often: wait for some to be closed.
-                        tracing::warn!(%error, "cannot accept a connection");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+            let accepted = tokio::select! {
+                accepted = self.listener.accept() => accepted,
                 () = &mut stopping => break,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                // The peer gave up before the connection was accepted: nothing to wait for.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    continue;
+                }
+                Err(error) => {
+                    // Out of file descriptors, most often: wait for some to be closed.
+                    tracing::warn!(%error, "cannot accept connections; retrying in 1 s");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        () = &mut stopping => break,
+                    }
+                }
             };
             // Small HTTP/2 frames must not wait for the client's delayed ACK (Nagle).
             if let Err(error) = stream.set_nodelay(true) {
@@ -306,8 +333,20 @@ impl Gateway {
             let service = TowerToHyperService::new(
                 self.router.clone().map_request(|request: axum::http::Request<Incoming>| request.map(Body::new)),
             );
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-            tokio::spawn(connections.watch(connection));
+            let (watcher, builder, shutdown) = (connections.watcher(), builder.clone(), shutdown.clone());
+            let first_bytes = self.header_timeout;
+            tokio::spawn(async move {
+                // A connection that sends nothing is closed after the header timeout, or at
+                // shutdown; past its first bytes, the connection's own timers take over.
+                tokio::select! {
+                    readable = stream.readable() => if readable.is_err() { return },
+                    () = tokio::time::sleep(first_bytes) => return,
+                    () = shutdown.wait() => return,
+                }
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                // Its errors are the client's (a reset, a malformed request), answered already.
+                let _ = watcher.watch(connection).await;
+            });
         }
         drop(self.listener);
         // The requests in flight are finished; idle connections close at once.

@@ -7,7 +7,9 @@ use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+};
 
 /// Every metric the gateway records.
 pub(crate) struct Metrics {
@@ -30,6 +32,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_retries: IntCounterVec,
     /// Requests refused because `max_concurrent_requests` were in flight.
     pub(crate) load_shed: IntCounter,
+    /// Tenants' requests in flight past authentication and the rate limits, all tenants together.
+    pub(crate) tenant_requests_in_flight: IntGauge,
     /// Bytes produced by decoding compressed request bodies, by outcome (`accepted`, `too_large`,
     /// `refused`).
     pub(crate) inflated_body_bytes: IntCounterVec,
@@ -91,6 +95,11 @@ pub(crate) fn metrics() -> &'static Metrics {
                 "Requests refused because the gateway had too many in flight",
             )
             .expect("valid metric"),
+            tenant_requests_in_flight: IntGauge::new(
+                "aigronova_gateway_tenant_requests_in_flight",
+                "Tenants' requests in flight past authentication and the rate limits",
+            )
+            .expect("valid metric"),
             inflated_body_bytes: IntCounterVec::new(
                 Opts::new(
                     "aigronova_gateway_request_body_inflated_bytes_total",
@@ -111,6 +120,7 @@ pub(crate) fn metrics() -> &'static Metrics {
             Box::new(metrics.circuit_state.clone()),
             Box::new(metrics.upstream_retries.clone()),
             Box::new(metrics.load_shed.clone()),
+            Box::new(metrics.tenant_requests_in_flight.clone()),
             Box::new(metrics.inflated_body_bytes.clone()),
         ] {
             if let Err(error) = registry.register(collector) {

@@ -160,12 +160,12 @@ fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
 }
 
 /// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`
-/// bytes before or after decoding, and with 408 when it has not arrived in full within `timeout`.
+/// bytes before or after decoding, and with 408 when no part of it arrives for `idle`.
 pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
     limit: usize,
-    timeout: std::time::Duration,
+    idle: std::time::Duration,
 ) -> Result<Bytes, Problem> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -174,12 +174,16 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|length| length > limit) {
         return Err(decompress::too_large(limit));
     }
-    tokio::time::timeout(timeout, decompress::read(body, headers, limit)).await.unwrap_or_else(|_| {
-        Err(Problem::new(
+    let stalled = Arc::new(AtomicBool::new(false));
+    let body = decompress::with_idle_timeout(body, idle, stalled.clone());
+    let read = decompress::read(body, headers, limit).await;
+    if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Problem::new(
             StatusCode::REQUEST_TIMEOUT,
-            format!("the request body did not arrive in full within {} s", timeout.as_secs()),
-        ))
-    })
+            format!("no part of the request body arrived for {} s", idle.as_secs()),
+        ));
+    }
+    read
 }
 
 /// Paths whose answers caches may keep: the API's description, the same for every caller. Every

@@ -410,6 +410,7 @@ pub(crate) struct TenantSlot<'a> {
 
 impl Drop for TenantSlot<'_> {
     fn drop(&mut self) {
+        metrics().tenant_requests_in_flight.dec();
         let mut tenants = self.resilience.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = tenants.get_mut(self.tenant_id) {
             *count -= 1;
@@ -467,6 +468,7 @@ impl Resilience {
                 tenants.insert(tenant_id.to_owned(), 1);
             }
         }
+        metrics().tenant_requests_in_flight.inc();
         Ok(TenantSlot { resilience: self, tenant_id })
     }
 
