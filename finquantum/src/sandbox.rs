@@ -2,8 +2,9 @@
 //! it as the institution `sandbox`. It speaks the accounts API's shapes (accounts, balances,
 //! paged transactions) and makes up a customer's last four months from the consent's token, the
 //! same each time for the same consent: a checking account with a monthly salary, rent, card and
-//! PIX payments and fees, and a savings account. Synthetic data only; never configured in
-//! production.
+//! PIX payments and fees, and a savings account. The accounts and transactions of one consent
+//! have ids of their own, so that two consents of one customer are two sets of accounts, each with
+//! one history. Synthetic data only; never configured in production.
 
 use std::collections::HashMap;
 
@@ -45,6 +46,11 @@ impl Seed {
         (!token.is_empty()).then(|| Self(Sha256::digest(token.as_bytes()).into()))
     }
 
+    /// What tells this consent's accounts and transactions from another's: eight hex digits.
+    fn tag(&self) -> String {
+        self.0[..4].iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
     /// A value in `low..high` from byte `index`.
     fn pick(&self, index: usize, low: i64, high: i64) -> i64 {
         let byte = i64::from(self.0[index % 32]) * 256 + i64::from(self.0[(index + 7) % 32]);
@@ -67,16 +73,15 @@ fn meta(records: usize, pages: usize) -> Value {
 }
 
 async fn accounts(headers: HeaderMap) -> Response {
-    if Seed::of(&headers).is_none() {
-        return refused();
-    }
+    let Some(seed) = Seed::of(&headers) else { return refused() };
+    let tag = seed.tag();
     let account = |id: &str, kind: &str, number: &str| {
         json!({"accountId": id, "brandName": "Banco Sandbox", "companyCnpj": "00000000000191", "type": kind,
             "compeCode": "999", "branchCode": "0001", "number": number, "checkDigit": "0"})
     };
     let data = vec![
-        account("sandbox-checking", "CONTA_DEPOSITO_A_VISTA", "10001"),
-        account("sandbox-savings", "CONTA_POUPANCA", "20002"),
+        account(&format!("sandbox-checking-{tag}"), "CONTA_DEPOSITO_A_VISTA", "10001"),
+        account(&format!("sandbox-savings-{tag}"), "CONTA_POUPANCA", "20002"),
     ];
     Json(json!({"data": data, "links": {"self": BASE}, "meta": meta(2, 1)})).into_response()
 }
@@ -88,12 +93,13 @@ fn checking(seed: &Seed) -> (Vec<Value>, i64) {
     let rent = salary * seed.pick(1, 20, 45) / 100;
     let mut balance = seed.pick(2, -500_00, 2_000_00);
     let mut items = Vec::new();
+    let tag = seed.tag();
     let mut push = |day: NaiveDate, credit: bool, kind: &str, name: &str, cents: i64, balance: &mut i64| {
         if day > today {
             return;
         }
         *balance += if credit { cents } else { -cents };
-        let id = format!("sbx-{}-{}", day.format("%Y%m%d"), items.len());
+        let id = format!("sbx-{tag}-{}-{}", day.format("%Y%m%d"), items.len());
         items.push(json!({"transactionId": id, "completedAuthorisedPaymentType": "TRANSACAO_EFETIVADA",
             "creditDebitType": if credit { "CREDITO" } else { "DEBITO" }, "transactionName": name, "type": kind,
             "transactionAmount": money(cents), "transactionDateTime": format!("{day}T12:00:00Z")}));
@@ -127,17 +133,22 @@ fn savings(seed: &Seed) -> (Vec<Value>, i64) {
     let today = Utc::now().date_naive();
     let balance = seed.pick(9, 0, 5_000_00);
     let day = today - Duration::days(today.day0().into());
-    let item = json!({"transactionId": format!("sbx-yield-{}", day.format("%Y%m")),
+    let item = json!({"transactionId": format!("sbx-{}-yield-{}", seed.tag(), day.format("%Y%m")),
         "completedAuthorisedPaymentType": "TRANSACAO_EFETIVADA", "creditDebitType": "CREDITO",
         "transactionName": "RENDIMENTO POUPANCA", "type": "RENDIMENTO_APLIC_FINANCEIRA",
         "transactionAmount": money(balance / 200 + 1), "transactionDateTime": format!("{day}T03:00:00Z")});
     (vec![item], balance)
 }
 
+/// The transactions and balance of `account`, when it is one of this consent's.
 fn account_data(seed: &Seed, account: &str) -> Option<(Vec<Value>, i64)> {
-    match account {
-        "sandbox-checking" => Some(checking(seed)),
-        "sandbox-savings" => Some(savings(seed)),
+    let (kind, tag) = account.strip_prefix("sandbox-")?.rsplit_once('-')?;
+    if tag != seed.tag() {
+        return None;
+    }
+    match kind {
+        "checking" => Some(checking(seed)),
+        "savings" => Some(savings(seed)),
         _ => None,
     }
 }

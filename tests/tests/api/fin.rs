@@ -651,6 +651,15 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     assert!(text.contains("FOLHA_PAGAMENTO") && text.contains("****1111"), "{statement}");
     assert!(!text.contains("4111 1111 1111 1111"), "a card number in clear: {statement}");
     assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%4111 1111%'").await, 0);
+
+    // A second consent of the customer is a second set of accounts, each with one history, rather
+    // than another history of the same accounts.
+    let again = consent(&app, &key, &customer_cpf, "sandbox", ALL).await;
+    let second: Value = ingest(&app, &key, again["id"].as_str().unwrap()).await.json().await.unwrap();
+    assert_eq!(second["newTransactions"], second["transactions"], "{second}");
+    assert_eq!(app.count_fin_rows("accounts").await, 4);
+    let first: Value = ingest(&app, &key, granted["id"].as_str().unwrap()).await.json().await.unwrap();
+    assert_eq!((first["accounts"].as_i64(), first["newTransactions"].as_i64()), (Some(2), Some(0)), "{first}");
     app.stop().await;
 }
 
