@@ -2,8 +2,8 @@
 //! tracked against the 15-day deadline (Art. 19), and the review queue of automated decisions
 //! (Art. 20). The CPF of a request is used while the request is processed and never stored; the
 //! personal data a request keeps (an access or portability bundle, a correction's details and
-//! resolution) is sealed with the tenant's data key (`platform::crypto`), bound to its tenant,
-//! request and column.
+//! resolution), and a review's reason and note, which may name the person, are sealed with the
+//! tenant's data key (`platform::crypto`), bound to its tenant, row and column.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -299,7 +299,8 @@ fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// A column of `subject_requests` that holds the subject's personal data, sealed.
+/// A column that holds the subject's personal data, sealed: of `subject_requests`, or of
+/// `reviews` (a reason or a note may name the person the decision was about).
 #[derive(Clone, Copy, Debug)]
 enum Column {
     /// An access or portability bundle.
@@ -308,18 +309,24 @@ enum Column {
     Details,
     /// How a person handled a correction.
     Resolution,
+    /// Why a review of a decision was asked for.
+    ReviewReason,
+    /// What the reviewer noted with the outcome.
+    ReviewNote,
 }
 
 impl Column {
-    /// What a value of this column of request `id` of `tenant_id` is sealed for: moved to another
-    /// column, request or tenant, it does not open.
+    /// What a value of this column of row `id` of `tenant_id` is sealed for: moved to another
+    /// column, row or tenant, it does not open.
     fn context(self, tenant_id: &str, id: &str) -> String {
-        let column = match self {
-            Self::Export => "export",
-            Self::Details => "details",
-            Self::Resolution => "resolution",
+        let (table, column) = match self {
+            Self::Export => ("subject_requests", "export"),
+            Self::Details => ("subject_requests", "details"),
+            Self::Resolution => ("subject_requests", "resolution"),
+            Self::ReviewReason => ("reviews", "reason"),
+            Self::ReviewNote => ("reviews", "note"),
         };
-        format!("subject_requests.{column}:{tenant_id}:{id}")
+        format!("{table}.{column}:{tenant_id}:{id}")
     }
 }
 
@@ -346,7 +353,8 @@ fn unseal(cipher: &TenantCipher, context: &str, stored: String) -> Result<String
 #[derive(Debug)]
 pub struct SubjectStore {
     database: Database,
-    /// The tenants' data keys, which seal bundles, details and resolutions.
+    /// The tenants' data keys, which seal bundles, details, resolutions, and reviews' reasons
+    /// and notes.
     keys: Arc<TenantKeys>,
     services: SubjectServices,
     log: Arc<LogStore>,
@@ -379,7 +387,8 @@ impl SubjectStore {
         }
     }
 
-    /// Seals the bundles, details and resolutions that earlier versions stored in clear; returns
+    /// Seals the bundles, details, resolutions, and reviews' reasons and notes that earlier
+    /// versions stored in clear; returns
     /// how many values it sealed. Each value is replaced only while it is still the one read, so
     /// that an erasure or a completion made meanwhile (by another replica) wins; a value that
     /// cannot be sealed now is logged and left for the next start.
@@ -432,6 +441,46 @@ impl SubjectStore {
                 match written {
                     Ok(count) => sealed += usize::try_from(count).unwrap_or(0),
                     Err(error) => tracing::error!(%error, request = %id, "a value stored in clear is not sealed yet"),
+                }
+            }
+        }
+        let query = format!(
+            "SELECT tenant_id, id, reason, note FROM reviews WHERE {} OR {}",
+            in_clear("reason"),
+            in_clear("note")
+        );
+        let rows =
+            sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
+        for row in &rows {
+            let text = |column: &str| row.try_get::<Option<String>, _>(column).map_err(StoreError::from);
+            let (tenant_id, id) = (text("tenant_id")?.unwrap_or_default(), text("id")?.unwrap_or_default());
+            let cipher = match self.keys.cipher(&tenant_id).await {
+                Ok(cipher) => cipher,
+                Err(error) => {
+                    tracing::error!(%error, tenant = %tenant_id, "a tenant's data key is not available; values left in clear");
+                    continue;
+                }
+            };
+            for (column, name) in [(Column::ReviewReason, "reason"), (Column::ReviewNote, "note")] {
+                let Some(value) = text(name)?.filter(|value| !value.is_empty() && !is_sealed(value)) else {
+                    continue;
+                };
+                // A note written meanwhile by a decision is sealed already, and not the value read.
+                let statement =
+                    format!("UPDATE reviews SET {name} = $1 WHERE tenant_id = $2 AND id = $3 AND {name} = $4");
+                let written = self
+                    .database
+                    .execute_write(
+                        sqlx::query(sqlx::AssertSqlSafe(statement))
+                            .bind(seal(&cipher, &column.context(&tenant_id, &id), &value))
+                            .bind(tenant_id.clone())
+                            .bind(id.clone())
+                            .bind(value),
+                    )
+                    .await;
+                match written {
+                    Ok(count) => sealed += usize::try_from(count).unwrap_or(0),
+                    Err(error) => tracing::error!(%error, review = %id, "a value stored in clear is not sealed yet"),
                 }
             }
         }
@@ -863,6 +912,7 @@ impl SubjectStore {
             created_at: now(),
             decided_at: None,
         };
+        let cipher = self.keys.cipher(&caller.tenant_id).await?;
         sqlx::query(
             "INSERT INTO reviews (tenant_id, id, audit_index, event_id, action, reason, status, outcome, note, \
              reviewer, created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -872,7 +922,7 @@ impl SubjectStore {
         .bind(i64::try_from(audit_index).unwrap_or(i64::MAX))
         .bind(&review.event_id)
         .bind(&review.action)
-        .bind(&review.reason)
+        .bind(seal(&cipher, &Column::ReviewReason.context(&caller.tenant_id, &review.id), &review.reason))
         .bind(&review.status)
         .bind(&review.outcome)
         .bind(&review.note)
@@ -910,12 +960,13 @@ impl SubjectStore {
         if outcome == "amended" && note.is_empty() {
             return Err(Error::invalid("note", "say how the decision was amended"));
         }
+        let cipher = self.keys.cipher(&caller.tenant_id).await?;
         let decided = sqlx::query(
             "UPDATE reviews SET status = 'decided', outcome = $1, note = $2, reviewer = $3, decided_at = $4 \
              WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
         )
         .bind(outcome)
-        .bind(note)
+        .bind(seal(&cipher, &Column::ReviewNote.context(&caller.tenant_id, id), note))
         .bind(&caller.subject)
         .bind(now())
         .bind(&caller.tenant_id)
@@ -950,7 +1001,26 @@ impl SubjectStore {
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| Error::NotFound("review".into()))?;
-        Ok(review_from(&row)?)
+        let mut reviews = [review_from(&row)?];
+        self.unseal_reviews(tenant_id, &mut reviews).await?;
+        let [review] = reviews;
+        Ok(review)
+    }
+
+    /// Opens the reasons and notes of `reviews` of `tenant_id`; those stored in clear before
+    /// they were sealed come back as they are.
+    async fn unseal_reviews(&self, tenant_id: &str, reviews: &mut [Review]) -> Result<(), Error> {
+        if !reviews.iter().any(|review| is_sealed(&review.reason) || is_sealed(&review.note)) {
+            return Ok(());
+        }
+        let cipher = self.keys.cipher(tenant_id).await?;
+        for review in reviews {
+            let reason = std::mem::take(&mut review.reason);
+            review.reason = unseal(&cipher, &Column::ReviewReason.context(tenant_id, &review.id), reason)?;
+            let note = std::mem::take(&mut review.note);
+            review.note = unseal(&cipher, &Column::ReviewNote.context(tenant_id, &review.id), note)?;
+        }
+        Ok(())
     }
 
     /// The tenant's reviews, oldest first; only those with `status` when it is not empty.
@@ -974,6 +1044,7 @@ impl SubjectStore {
         .map_err(StoreError::from)?;
         let mut reviews = rows.iter().map(review_from).collect::<Result<Vec<_>, _>>()?;
         let next = page.split(&mut reviews, |review| review.id.clone());
+        self.unseal_reviews(tenant_id, &mut reviews).await?;
         Ok((reviews, next))
     }
 }

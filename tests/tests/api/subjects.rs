@@ -392,6 +392,23 @@ async fn sealed_at_rest(backend: Backend) {
     let resolution = "Maria Silva's birth date corrected in healthquantum";
     let completion = format!("/v1/governance/subject-requests/{correction}/completion");
     assert_eq!(app.post(&completion, &key, &json!({"resolution": resolution})).await.status(), 200);
+    // A review's reason and note may name the person too.
+    let patient = app.create_patient(&key).await;
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
+    )
+    .unwrap();
+    let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+    assert_eq!(app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await.status(), 200);
+    let index = decision_index(&app, &key).await;
+    let reason = "Maria Silva contests the score";
+    let review = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": reason})).await;
+    let review: Value = review.json().await.unwrap();
+    let decision = format!("/v1/governance/reviews/{}/decision", review["id"].as_str().unwrap());
+    let note = "Maria Silva's score reassessed by Dr. Lima";
+    let decided: Value =
+        app.post(&decision, &key, &json!({"outcome": "amended", "note": note})).await.json().await.unwrap();
+    assert_eq!((decided["reason"].as_str(), decided["note"].as_str()), (Some(reason), Some(note)), "{decided}");
 
     // The database holds none of it in clear.
     sqlx::any::install_default_drivers();
@@ -415,6 +432,12 @@ async fn sealed_at_rest(backend: Backend) {
         }
     }
     assert_eq!(sealed, 4, "two bundles, a correction's details and its resolution");
+    let reviews = sqlx::query("SELECT reason, note FROM reviews").fetch_all(&mut raw).await.unwrap();
+    assert_eq!(reviews.len(), 1);
+    for column in ["reason", "note"] {
+        let value: String = reviews[0].try_get(column).unwrap();
+        assert!(value.starts_with("v1:") && !value.contains("Maria"), "{column} stored in clear: {value}");
+    }
     raw.close().await.unwrap();
 
     // Through the API, they read as they were written.
@@ -426,6 +449,11 @@ async fn sealed_at_rest(backend: Backend) {
     let listed: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
     let shown = listed["requests"].as_array().unwrap().iter().find(|request| request["id"] == correction).unwrap();
     assert_eq!(shown["details"], details, "listed: {shown}");
+    let listed: Value = app.get("/v1/governance/reviews", &key).await.json().await.unwrap();
+    assert_eq!(
+        (listed["reviews"][0]["reason"].as_str(), listed["reviews"][0]["note"].as_str()),
+        (Some(reason), Some(note))
+    );
 
     // A sealed bundle copied onto another request is refused there, not served or emptied.
     let copied = app
@@ -457,18 +485,27 @@ async fn sealed_at_rest(backend: Backend) {
     assert_eq!(rewritten, 1);
     let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
     assert_eq!((fetched["details"].as_str(), fetched["resolution"].as_str()), (Some(clear_details), Some("fixed")));
+    let rewritten = app.execute_on_governance("UPDATE reviews SET reason = 'asked in clear', note = 'noted'").await;
+    assert_eq!(rewritten, 1);
+    let listed: Value = app.get("/v1/governance/reviews", &key).await.json().await.unwrap();
+    let shown = (listed["reviews"][0]["reason"].as_str(), listed["reviews"][0]["note"].as_str());
+    assert_eq!(shown, (Some("asked in clear"), Some("noted")));
 
     // After its next start, ai-governance seals what it finds in clear, and it reads the same.
     app.restart().await;
     let in_clear = "subject_requests WHERE export LIKE '{%' OR details LIKE 'v1: %' OR resolution = 'fixed'";
+    let reviews_in_clear = "reviews WHERE reason = 'asked in clear' OR note = 'noted'";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while app.count_governance_rows(in_clear).await > 0 {
+    while app.count_governance_rows(in_clear).await + app.count_governance_rows(reviews_in_clear).await > 0 {
         assert!(tokio::time::Instant::now() < deadline, "values in clear not sealed after a start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(export(&app, &key, portability).await, serde_json::from_str::<Value>(legacy).unwrap());
     let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
     assert_eq!((fetched["details"].as_str(), fetched["resolution"].as_str()), (Some(clear_details), Some("fixed")));
+    let listed: Value = app.get("/v1/governance/reviews", &key).await.json().await.unwrap();
+    let shown = (listed["reviews"][0]["reason"].as_str(), listed["reviews"][0]["note"].as_str());
+    assert_eq!(shown, (Some("asked in clear"), Some("noted")));
 
     // A bundle kept without a digest that does not open may be the subject's: the erasure clears
     // the others, keeps it, and says it is not done.
@@ -489,11 +526,11 @@ async fn sealed_at_rest(backend: Backend) {
 }
 
 #[tokio::test]
-async fn bundles_and_corrections_are_sealed_at_rest_and_those_stored_in_clear_before_still_read_on_sqlite() {
+async fn bundles_corrections_and_reviews_are_sealed_at_rest_and_those_stored_in_clear_before_still_read_on_sqlite() {
     sealed_at_rest(Backend::Sqlite).await;
 }
 
 #[tokio::test]
-async fn bundles_and_corrections_are_sealed_at_rest_and_those_stored_in_clear_before_still_read_on_postgres() {
+async fn bundles_corrections_and_reviews_are_sealed_at_rest_and_those_stored_in_clear_before_still_read_on_postgres() {
     sealed_at_rest(Backend::Postgres).await;
 }
