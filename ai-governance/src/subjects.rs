@@ -349,6 +349,20 @@ fn unseal(cipher: &TenantCipher, context: &str, stored: String) -> Result<String
     cipher.open(context, &stored).map_err(|error| StoreError::Corrupt(format!("{context}: {error}")))
 }
 
+/// Opens `fields` of row `id` of `tenant_id` in place, each read from the column it names.
+fn unseal_in_place(
+    cipher: &TenantCipher,
+    tenant_id: &str,
+    id: &str,
+    fields: [(Column, &mut String); 2],
+) -> Result<(), StoreError> {
+    for (column, value) in fields {
+        let stored = std::mem::take(value);
+        *value = unseal(cipher, &column.context(tenant_id, id), stored)?;
+    }
+    Ok(())
+}
+
 /// Requests and reviews over the governance database, with the log they are audited in.
 #[derive(Debug)]
 pub struct SubjectStore {
@@ -388,22 +402,31 @@ impl SubjectStore {
     }
 
     /// Seals the bundles, details, resolutions, and reviews' reasons and notes that earlier
-    /// versions stored in clear; returns
-    /// how many values it sealed. Each value is replaced only while it is still the one read, so
-    /// that an erasure or a completion made meanwhile (by another replica) wins; a value that
-    /// cannot be sealed now is logged and left for the next start.
+    /// versions stored in clear; returns how many values it sealed. Each value is replaced only
+    /// while it is still the one read, so that an erasure, a completion or a decision made
+    /// meanwhile (by another replica) wins; a value that cannot be sealed now is logged and left
+    /// for the next start.
     pub async fn seal_clear_values(&self) -> Result<usize, Error> {
+        let requests = [(Column::Export, "export"), (Column::Details, "details"), (Column::Resolution, "resolution")];
+        let sealed = self.seal_clear_in("subject_requests", "erased_by IS NULL", &requests).await?;
+        let reviews = [(Column::ReviewReason, "reason"), (Column::ReviewNote, "note")];
+        Ok(sealed + self.seal_clear_in("reviews", "1 = 1", &reviews).await?)
+    }
+
+    /// Seals the values of `columns` of `table` stored in clear, in the rows `condition` holds of;
+    /// how many it sealed.
+    async fn seal_clear_in(&self, table: &str, condition: &str, columns: &[(Column, &str)]) -> Result<usize, Error> {
         // Only values that may be in clear are read: a sealed one is `v1:` and at least 40
         // characters of base64, with no space.
         let in_clear = |column: &str| {
             format!("({column} <> '' AND ({column} NOT LIKE 'v1:%' OR {column} LIKE '% %' OR length({column}) < 43))")
         };
+        let names: Vec<&str> = columns.iter().map(|(_, name)| *name).collect();
+        let clear: Vec<String> = names.iter().map(|name| in_clear(name)).collect();
         let query = format!(
-            "SELECT tenant_id, id, export, details, resolution FROM subject_requests \
-             WHERE erased_by IS NULL AND ({} OR {} OR {})",
-            in_clear("export"),
-            in_clear("details"),
-            in_clear("resolution"),
+            "SELECT tenant_id, id, {} FROM {table} WHERE {condition} AND ({})",
+            names.join(", "),
+            clear.join(" OR ")
         );
         let rows =
             sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
@@ -418,15 +441,12 @@ impl SubjectStore {
                     continue;
                 }
             };
-            for (column, name) in
-                [(Column::Export, "export"), (Column::Details, "details"), (Column::Resolution, "resolution")]
-            {
+            for (column, name) in columns {
                 let Some(value) = text(name)?.filter(|value| !value.is_empty() && !is_sealed(value)) else {
                     continue;
                 };
                 let statement = format!(
-                    "UPDATE subject_requests SET {name} = $1 \
-                     WHERE tenant_id = $2 AND id = $3 AND erased_by IS NULL AND {name} = $4"
+                    "UPDATE {table} SET {name} = $1 WHERE tenant_id = $2 AND id = $3 AND {condition} AND {name} = $4"
                 );
                 let written = self
                     .database
@@ -440,47 +460,7 @@ impl SubjectStore {
                     .await;
                 match written {
                     Ok(count) => sealed += usize::try_from(count).unwrap_or(0),
-                    Err(error) => tracing::error!(%error, request = %id, "a value stored in clear is not sealed yet"),
-                }
-            }
-        }
-        let query = format!(
-            "SELECT tenant_id, id, reason, note FROM reviews WHERE {} OR {}",
-            in_clear("reason"),
-            in_clear("note")
-        );
-        let rows =
-            sqlx::query(sqlx::AssertSqlSafe(query)).fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
-        for row in &rows {
-            let text = |column: &str| row.try_get::<Option<String>, _>(column).map_err(StoreError::from);
-            let (tenant_id, id) = (text("tenant_id")?.unwrap_or_default(), text("id")?.unwrap_or_default());
-            let cipher = match self.keys.cipher(&tenant_id).await {
-                Ok(cipher) => cipher,
-                Err(error) => {
-                    tracing::error!(%error, tenant = %tenant_id, "a tenant's data key is not available; values left in clear");
-                    continue;
-                }
-            };
-            for (column, name) in [(Column::ReviewReason, "reason"), (Column::ReviewNote, "note")] {
-                let Some(value) = text(name)?.filter(|value| !value.is_empty() && !is_sealed(value)) else {
-                    continue;
-                };
-                // A note written meanwhile by a decision is sealed already, and not the value read.
-                let statement =
-                    format!("UPDATE reviews SET {name} = $1 WHERE tenant_id = $2 AND id = $3 AND {name} = $4");
-                let written = self
-                    .database
-                    .execute_write(
-                        sqlx::query(sqlx::AssertSqlSafe(statement))
-                            .bind(seal(&cipher, &column.context(&tenant_id, &id), &value))
-                            .bind(tenant_id.clone())
-                            .bind(id.clone())
-                            .bind(value),
-                    )
-                    .await;
-                match written {
-                    Ok(count) => sealed += usize::try_from(count).unwrap_or(0),
-                    Err(error) => tracing::error!(%error, review = %id, "a value stored in clear is not sealed yet"),
+                    Err(error) => tracing::error!(%error, table, %id, "a value stored in clear is not sealed yet"),
                 }
             }
         }
@@ -786,10 +766,8 @@ impl SubjectStore {
         }
         let cipher = self.keys.cipher(tenant_id).await?;
         for request in requests {
-            let details = std::mem::take(&mut request.details);
-            request.details = unseal(&cipher, &Column::Details.context(tenant_id, &request.id), details)?;
-            let resolution = std::mem::take(&mut request.resolution);
-            request.resolution = unseal(&cipher, &Column::Resolution.context(tenant_id, &request.id), resolution)?;
+            let fields = [(Column::Details, &mut request.details), (Column::Resolution, &mut request.resolution)];
+            unseal_in_place(&cipher, tenant_id, &request.id, fields)?;
         }
         Ok(())
     }
@@ -1015,10 +993,8 @@ impl SubjectStore {
         }
         let cipher = self.keys.cipher(tenant_id).await?;
         for review in reviews {
-            let reason = std::mem::take(&mut review.reason);
-            review.reason = unseal(&cipher, &Column::ReviewReason.context(tenant_id, &review.id), reason)?;
-            let note = std::mem::take(&mut review.note);
-            review.note = unseal(&cipher, &Column::ReviewNote.context(tenant_id, &review.id), note)?;
+            let fields = [(Column::ReviewReason, &mut review.reason), (Column::ReviewNote, &mut review.note)];
+            unseal_in_place(&cipher, tenant_id, &review.id, fields)?;
         }
         Ok(())
     }
