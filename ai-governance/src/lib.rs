@@ -219,8 +219,12 @@ impl AiGovernanceService {
             async move {
                 match subjects.seal_clear_values().await {
                     Ok(0) => {}
-                    Ok(sealed) => tracing::info!(values = sealed, "subject requests' values stored in clear sealed"),
-                    Err(error) => tracing::error!(%error, "cannot seal the subject requests' values stored in clear"),
+                    Ok(sealed) => {
+                        tracing::info!(values = sealed, "subject requests' and reviews' values stored in clear sealed")
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "cannot seal the subject requests' and reviews' values stored in clear")
+                    }
                 }
             }
         });

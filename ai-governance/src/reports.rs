@@ -224,15 +224,14 @@ impl Reporter {
 
         let reviews: Vec<_> = self
             .subjects
-            .reviews(tenant_id, "", Page::ALL)
+            .review_tallies(tenant_id)
             .await?
-            .0
             .into_iter()
-            .filter(|r| in_period(&r.created_at))
+            .filter(|(_, _, created_at)| in_period(created_at))
             .collect();
         let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-        for review in &reviews {
-            let key = if review.status == "pending" { "pending".to_owned() } else { review.outcome.clone() };
+        for (status, outcome, _) in &reviews {
+            let key = if status == "pending" { "pending".to_owned() } else { outcome.clone() };
             *outcomes.entry(key).or_default() += 1;
         }
 

@@ -999,6 +999,20 @@ impl SubjectStore {
         Ok(())
     }
 
+    /// The status, outcome and creation time of each review of `tenant_id`: what a report counts,
+    /// read without opening any reason or note.
+    pub async fn review_tallies(&self, tenant_id: &str) -> Result<Vec<(String, String, String)>, Error> {
+        let rows = sqlx::query("SELECT status, outcome, created_at FROM reviews WHERE tenant_id = $1 ORDER BY id")
+            .bind(tenant_id)
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(StoreError::from)?;
+        let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
+            Ok((row.try_get("status")?, row.try_get("outcome")?, row.try_get("created_at")?))
+        };
+        Ok(rows.iter().map(tally).collect::<Result<_, _>>()?)
+    }
+
     /// The tenant's reviews, oldest first; only those with `status` when it is not empty.
     pub async fn reviews(
         &self,

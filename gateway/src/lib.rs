@@ -81,8 +81,9 @@ pub struct Config {
     /// Seconds a request body may go without any of it arriving; beyond, 408. A client that
     /// stops sending holds its slot no longer.
     pub request_body_timeout_secs: u64,
-    /// Seconds an HTTP/1.1 request's header fields may take to arrive, counted from the end of
-    /// the previous request on the connection; beyond, the connection is closed.
+    /// Seconds a new connection may take to say which HTTP version it speaks, an HTTP/1.1
+    /// request's header fields to arrive (counted from the end of the previous request on the
+    /// connection), and an HTTP/2 client to answer a ping; beyond, the connection is closed.
     pub request_header_timeout_secs: u64,
     /// Circuit breaking per upstream.
     pub circuit_breaker: CircuitBreakerConfig,
@@ -142,10 +143,13 @@ impl Validate for Config {
         if self.upstream_timeout_secs == 0 {
             return Err(ConfigError("gateway.upstream_timeout_secs must be positive".into()));
         }
-        if self.request_body_timeout_secs == 0 || self.request_header_timeout_secs == 0 {
-            return Err(ConfigError(
-                "gateway.request_body_timeout_secs and request_header_timeout_secs must be positive".into(),
-            ));
+        for (name, secs) in [
+            ("request_body_timeout_secs", self.request_body_timeout_secs),
+            ("request_header_timeout_secs", self.request_header_timeout_secs),
+        ] {
+            if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+                return Err(ConfigError(format!("gateway.{name} must be between 1 and {MAX_TIMEOUT_SECS}")));
+            }
         }
         self.plans.validate()?;
         self.cors.validate()?;
@@ -199,12 +203,15 @@ pub(crate) struct Shared {
     api_docs: Arc<openapi::ApiDocs>,
 }
 
-/// A gateway bound to its port, ready to serve.
 /// The largest HTTP/2 header list the gateway's HTTP server reads (HTTP/1.1's is the far larger
 /// buffer of its parser): above the gateway's own limits (`proxy::oversized`), so that a request
 /// over those is answered with a problem document.
 const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
+/// The longest a request or connection timeout may be set to, in seconds.
+const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// A gateway bound to its port, ready to serve.
 pub struct Gateway {
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -339,7 +346,7 @@ impl Gateway {
                 // A connection that sends nothing is closed after the header timeout, or at
                 // shutdown; past its first bytes, the connection's own timers take over.
                 tokio::select! {
-                    readable = stream.readable() => if readable.is_err() { return },
+                    () = version_told(&stream) => {}
                     () = tokio::time::sleep(first_bytes) => return,
                     () = shutdown.wait() => return,
                 }
@@ -353,6 +360,23 @@ impl Gateway {
         connections.shutdown().await;
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Returns once `stream` has sent enough to tell its HTTP version: a byte that starts no HTTP/2
+/// preface, or the whole preface (or the peer closed it, or it failed). Until then neither
+/// HTTP/1.1's header timeout nor HTTP/2's pings watch the connection.
+async fn version_told(stream: &tokio::net::TcpStream) {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut peeked = [0; 24];
+    loop {
+        match stream.peek(&mut peeked).await {
+            Ok(read) if read > 0 && read < PREFACE.len() && peeked[..read] == PREFACE[..read] => {
+                // Part of the preface: a peek returns it again at once, so wait a little for more.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ => return,
+        }
     }
 }
 

@@ -159,8 +159,13 @@ fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
     }
 }
 
+/// The slowest a request body may arrive on average, once its first idle timeout has passed.
+const MIN_BODY_BYTES_PER_SEC: usize = 64 * 1024;
+
 /// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`
-/// bytes before or after decoding, and with 408 when no part of it arrives for `idle`.
+/// bytes before or after decoding, and with 408 when no part of it arrives for `idle` or when the
+/// whole of it (its `Content-Length`, or `limit`) takes longer than `idle` and the time it takes
+/// at [`MIN_BODY_BYTES_PER_SEC`]: a client sending a byte now and then holds no slot for long.
 pub(crate) async fn read_body(
     body: Body,
     headers: &HeaderMap,
@@ -176,14 +181,21 @@ pub(crate) async fn read_body(
     }
     let stalled = Arc::new(AtomicBool::new(false));
     let body = decompress::with_idle_timeout(body, idle, stalled.clone());
-    let read = decompress::read(body, headers, limit).await;
-    if stalled.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!("no part of the request body arrived for {} s", idle.as_secs()),
-        ));
-    }
-    read
+    let whole = idle + std::time::Duration::from_secs((declared.unwrap_or(limit) / MIN_BODY_BYTES_PER_SEC) as u64);
+    let read = tokio::time::timeout(whole, decompress::read(body, headers, limit)).await;
+    let detail = match read {
+        Ok(_) if stalled.load(std::sync::atomic::Ordering::Relaxed) => {
+            format!("no part of the request body arrived for {} s", idle.as_secs())
+        }
+        Ok(read) => return read,
+        Err(_) => format!(
+            "the request body did not arrive within {} s, at {} KiB/s at least after its first {} s",
+            whole.as_secs(),
+            MIN_BODY_BYTES_PER_SEC / 1024,
+            idle.as_secs()
+        ),
+    };
+    Err(Problem::new(StatusCode::REQUEST_TIMEOUT, detail))
 }
 
 /// Paths whose answers caches may keep: the API's description, the same for every caller. Every

@@ -327,7 +327,14 @@ impl Store {
         event: impl FnOnce(&Deleted) -> AuditEvent,
     ) -> Result<Deleted, Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
+        // On PostgreSQL the patient is held first: an image being stored meanwhile (which holds
+        // the patient too) is committed before the deletion reads the images, or refused after it.
+        let select = if self.database.backend() == Backend::Postgres {
+            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL FOR UPDATE"
+        } else {
+            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL"
+        };
+        sqlx::query(select)
             .bind(tenant_id)
             .bind(id.as_str())
             .fetch_optional(&mut *transaction)
@@ -450,8 +457,8 @@ impl Store {
     ) -> Result<(), Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         // On PostgreSQL the patient is held until the image is stored: an erasure or a deletion
-        // running meanwhile waits for it and deletes it, or goes first and the image is refused
-        // (SQLite runs write transactions one at a time).
+        // (each holding the patient before it reads the images) waits for it and deletes it, or
+        // goes first and the image is refused (SQLite runs write transactions one at a time).
         let select = if self.database.backend() == Backend::Postgres {
             "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL FOR SHARE"
         } else {

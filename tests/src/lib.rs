@@ -490,6 +490,26 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     problem
 }
 
+/// Waits until another session of the PostgreSQL database `connection` is on waits for a lock
+/// (a row `connection` holds, in the tests that use it); fails the test, saying `who` never
+/// waited, after 20 s.
+pub async fn until_a_session_waits_for_a_lock(connection: &mut sqlx::AnyConnection, who: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&mut *connection)
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{who} never waited for the row held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The text of a PDF, as `pdftotext -layout` extracts it; fails, saying what to install, when
 /// poppler-utils is missing.
 pub fn pdf_text(pdf: &[u8]) -> String {

@@ -179,17 +179,23 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
 }
 
 #[tokio::test]
-async fn a_connection_whose_header_fields_stop_arriving_is_closed() {
+async fn a_connection_that_stops_before_its_request_is_read_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app_with(Backend::Sqlite, |config| config.gateway.request_header_timeout_secs = 1).await;
     let address = app.address.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nX-Slow: ").as_bytes()).await.unwrap();
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
-    assert!(closed.is_ok(), "the connection is still open after 10 s");
-    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "{}", String::from_utf8_lossy(&rest));
-    // A client that sends its request in time is answered.
+    // Silent, part of an HTTP/2 preface, and part of an HTTP/1.1 request's header fields.
+    let header_fields = format!("GET /healthz HTTP/1.1\r\nHost: {address}\r\nX-Slow: ");
+    for opening in ["", "PRI * HTTP/2.0\r\n", header_fields.as_str()] {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.write_all(opening.as_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "{opening:?}: the connection is still open after 10 s");
+        assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "{opening:?}: {}", String::from_utf8_lossy(&rest));
+    }
+    // A client that sends its request in time is answered, over either version.
     assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    assert_eq!(http2.get(app.url("/healthz")).send().await.unwrap().status(), 200);
     app.stop().await;
 }

@@ -576,18 +576,7 @@ async fn a_score_whose_consent_is_revoked_before_it_is_stored_is_refused_on_post
         tokio::spawn(async move { client.post(url).bearer_auth(key).json(&body).send().await.unwrap() })
     };
     // The score's insert waits for the consent's row.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_locks WHERE NOT granted")
-            .fetch_one(&mut revoker)
-            .await
-            .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the score never waited for the consent");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    aigronova_e2e::until_a_session_waits_for_a_lock(&mut revoker, "the score").await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "UPDATE consents SET revoked_at = '2026-01-01T00:00:00.000000Z' WHERE id = '{consent_id}'"
     )))

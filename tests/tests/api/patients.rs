@@ -718,16 +718,7 @@ async fn an_image_stored_while_its_patient_is_erased_is_refused_on_postgres() {
             client.post(url).bearer_auth(key).header("content-type", "image/png").body(picture).send().await.unwrap()
         })
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiting: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM pg_locks WHERE NOT granted").fetch_one(&mut eraser).await.unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the upload never waited for the patient");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    aigronova_e2e::until_a_session_waits_for_a_lock(&mut eraser, "the upload").await;
     let erased = format!(
         "UPDATE patients SET name = '', cpf = '', birth_date = '', sealed = NULL, cpf_hash = NULL, \
          erased_at = '2026-01-01T00:00:00.000000Z' WHERE id = '{patient}'"

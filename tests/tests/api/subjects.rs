@@ -507,6 +507,20 @@ async fn sealed_at_rest(backend: Backend) {
     let shown = (listed["reviews"][0]["reason"].as_str(), listed["reviews"][0]["note"].as_str());
     assert_eq!(shown, (Some("asked in clear"), Some("noted")));
 
+    // A review's reason that does not open fails its reading, not the reports that count reviews.
+    let moved = app
+        .execute_on_governance(&format!(
+            "UPDATE reviews SET reason = (SELECT export FROM subject_requests WHERE id = '{access}')"
+        ))
+        .await;
+    assert_eq!(moved, 1);
+    assert_problem(app.get("/v1/governance/reviews", &key).await, 500).await;
+    let today = chrono::Utc::now().format("%Y-%m-%d");
+    let report = app.get(&format!("/v1/governance/reports/lgpd?from=2026-01-01&to={today}"), &key).await;
+    assert_eq!(report.status(), 200);
+    let report: Value = report.json().await.unwrap();
+    assert_eq!(report["reviews"]["total"], 1, "{report}");
+
     // A bundle kept without a digest that does not open may be the subject's: the erasure clears
     // the others, keeps it, and says it is not done.
     let broken = app
