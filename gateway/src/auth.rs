@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, header};
-use sha2::{Digest, Sha256};
 
 use crate::{
     AppState, jwt,
@@ -18,28 +17,10 @@ use crate::{
 /// request's access log line.
 pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, Problem> {
     let principal = principal_of(state, headers).await?;
-    request_id::authenticated_as(&logged_id(&principal));
+    // The access log names an API key by its public id (never its secret), a token by the
+    // pseudonym of its subject.
+    request_id::authenticated_as(&principal.key_id);
     Ok(principal)
-}
-
-/// How the access log names a principal: an API key by its public id (never its secret); a token
-/// by `jwt:` and a digest of its subject under a secret of this process, as a provider's subject
-/// may be personal data (an e-mail, a CPF) that a bare digest would give away to a search of the
-/// likely ones, while the digest still tells one user's requests apart in the process's log.
-fn logged_id(principal: &Principal) -> String {
-    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-    match principal.credential {
-        Credential::ApiKey => principal.key_id.clone(),
-        Credential::Token => {
-            let secret = SECRET.get_or_init(|| {
-                let mut secret = [0; 32];
-                getrandom::fill(&mut secret).expect("the system's random source works");
-                secret
-            });
-            let digest = Sha256::new().chain_update(secret).chain_update(principal.key_id.as_bytes()).finalize();
-            format!("jwt:{}", hex::encode(&digest[..8]))
-        }
-    }
 }
 
 async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Principal>, Problem> {

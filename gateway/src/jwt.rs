@@ -13,6 +13,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::{
     jwks::{Jwks, MissingKey},
@@ -201,12 +202,14 @@ pub(crate) struct JwtAuthenticator {
     scopes_claim: String,
     leeway_secs: u64,
     allowed: Vec<SigningAlgorithm>,
+    /// The key of the subjects' pseudonyms (see [`JwtAuthenticator::pseudonym`]).
+    pseudonym_key: String,
 }
 
 impl JwtAuthenticator {
     /// Prepares the verifier and fetches the JWKS once; a provider that is down only logs a
     /// warning, and the keys are fetched again when the first token arrives.
-    pub(crate) async fn start(config: &OidcConfig) -> anyhow::Result<Self> {
+    pub(crate) async fn start(config: &OidcConfig, pseudonym_key: String) -> anyhow::Result<Self> {
         let jwks = Jwks::new(
             &config.jwks_url,
             Duration::from_secs(config.jwks_refresh_secs),
@@ -221,7 +224,21 @@ impl JwtAuthenticator {
             scopes_claim: config.scopes_claim.clone(),
             leeway_secs: config.leeway_secs,
             allowed: config.allowed_algorithms.clone(),
+            pseudonym_key,
         })
+    }
+
+    /// How the platform names the person behind a token's `sub`: `jwt:` and 32 hex digits of a
+    /// keyed digest, the same on every replica and after every start, so that the audit log tells
+    /// one user's actions apart without holding what the provider calls them (which may be an
+    /// e-mail or a CPF, and which a digest without a key would give away to a search).
+    fn pseudonym(&self, subject: &str) -> String {
+        let digest = Sha256::new()
+            .chain_update(self.pseudonym_key.as_bytes())
+            .chain_update([0])
+            .chain_update(subject.as_bytes())
+            .finalize();
+        format!("jwt:{}", hex::encode(&digest[..16]))
     }
 
     /// The principal of a valid token whose tenant exists in the gateway's store; 401 otherwise.
@@ -234,7 +251,7 @@ impl JwtAuthenticator {
         })?;
         let tenant = tenant.ok_or(TokenError::UnknownTenant).map_err(refused)?;
         Ok(Principal {
-            key_id: format!("jwt:{}", claims.subject),
+            key_id: self.pseudonym(&claims.subject),
             credential: Credential::Token,
             tenant_id: Some(tenant.id),
             tenant_status: Some(tenant.status),

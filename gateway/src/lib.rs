@@ -250,7 +250,10 @@ impl Gateway {
         let api_docs = openapi::ApiDocs::new(&routes, &pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let jwt = match &config.oidc {
-            Some(oidc) => Some(Arc::new(jwt::JwtAuthenticator::start(oidc).await?)),
+            Some(oidc) => {
+                let pseudonym_key = store.secret("subject_pseudonym_key").await?;
+                Some(Arc::new(jwt::JwtAuthenticator::start(oidc, pseudonym_key).await?))
+            }
             None => None,
         };
         let state = AppState(Arc::new(Shared {

@@ -89,7 +89,7 @@ pub enum Credential {
 /// Who an API key or a token speaks for.
 #[derive(Clone, Debug)]
 pub struct Principal {
-    /// The key's id in the store (not its secret), or `jwt:<subject>` for a token.
+    /// The key's id in the store (not its secret), or `jwt:` and the pseudonym of a token's subject.
     pub key_id: String,
     pub credential: Credential,
     /// `None` for administrator keys.
@@ -280,6 +280,23 @@ impl Store {
             self.store_key(None, "admin (from AIGRONOVA_ADMIN_KEY)", &scopes, key.to_owned(), None).await?;
         }
         Ok(())
+    }
+
+    /// The secret named `name`, made at random by the first replica that asks for it and the
+    /// same for every replica and every start after.
+    pub async fn secret(&self, name: &str) -> Result<String, StoreError> {
+        let mut value = [0; 32];
+        getrandom::fill(&mut value).expect("the system's random source works");
+        sqlx::query("INSERT INTO gateway_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .bind(hex::encode(value))
+            .execute(self.db.pool())
+            .await?;
+        let row = sqlx::query("SELECT value FROM gateway_secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get("value")?)
     }
 
     pub async fn has_admin_key(&self) -> Result<bool, StoreError> {

@@ -310,3 +310,38 @@ async fn unknown_kids_do_not_make_the_gateway_fetch_more_often_than_the_minimum_
     app.create_patient(&key.sign(&claims)).await;
     app.stop().await;
 }
+
+/// A token's subject may be personal data (an e-mail): the audit log names the person behind it by
+/// a keyed pseudonym, the same after a restart, and never by the subject itself.
+#[tokio::test]
+async fn the_audit_log_names_a_tokens_subject_by_a_pseudonym_kept_across_restarts() {
+    let key = TestKey::ed25519("ed25519-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let mut app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica Pseudônimo").await;
+    let mut claims = provider.claims(&tenant, "health:read health:write governance:read");
+    claims.insert("sub".into(), json!("maria.silva@example.com"));
+    let token = key.sign(&claims);
+    let actors = |entries: &[Value]| -> Vec<String> {
+        entries
+            .iter()
+            .filter(|entry| entry["action"] == "health.CreatePatient")
+            .map(|entry| {
+                let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).expect("a JSON leaf");
+                leaf["actor"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect()
+    };
+    app.create_patient(&token).await;
+    let entries = app.audit_entries_once(&token, |entries| actors(entries).len() == 1).await;
+    let first = actors(&entries).remove(0);
+    assert!(first.starts_with("jwt:") && first.len() == 36, "{first:?}: {entries:?}");
+    assert!(!serde_json::to_string(&entries).unwrap().contains("maria"), "the subject in the log: {entries:?}");
+
+    app.restart().await;
+    let other = json!({"name": "Mário Souza", "cpf": "111.444.777-35", "birthDate": "1975-06-01"});
+    assert_eq!(app.post("/v1/health/patients", &token, &other).await.status(), 200);
+    let entries = app.audit_entries_once(&token, |entries| actors(entries).len() == 2).await;
+    assert_eq!(actors(&entries), [first.clone(), first], "one pseudonym before and after the restart");
+    app.stop().await;
+}
