@@ -71,6 +71,8 @@ pub(crate) enum FetchError {
 pub(crate) enum MissingKey {
     /// The JWKS was fetched and does not hold the key.
     NotPublished,
+    /// The JWKS names keys of other kinds only by this `kid`.
+    OtherKind,
     /// The JWKS cannot be fetched now, so the key may well be published; the next fetch may be
     /// attempted after `retry_after`.
     Unreachable { retry_after: Duration },
@@ -81,11 +83,20 @@ struct JwksDocument {
     keys: Vec<serde_json::Value>,
 }
 
-/// The keys of the last successful fetch.
+/// The keys of the last successful fetch, by `kid`: one of each kind at most, as RFC 7517 lets
+/// keys of different types share a `kid`.
 #[derive(Default)]
 struct Snapshot {
-    keys: HashMap<String, Arc<VerificationKey>>,
+    keys: HashMap<String, Vec<Arc<VerificationKey>>>,
     fetched_at: Option<Instant>,
+}
+
+impl Snapshot {
+    /// The key named `kid` of `kind`: `Err(true)` when `kid` names keys of other kinds only.
+    fn key(&self, kid: &str, kind: KeyKind) -> Result<Arc<VerificationKey>, bool> {
+        let named = self.keys.get(kid).ok_or(false)?;
+        named.iter().find(|key| key.kind == kind).map(Arc::clone).ok_or(true)
+    }
 }
 
 /// The cached JWKS of one provider.
@@ -109,7 +120,16 @@ impl Jwks {
     pub(crate) fn new(url: &str, lifetime: Duration, min_interval: Duration) -> anyhow::Result<Arc<Self>> {
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
+            // A redirect is followed only where the configured URL could have pointed.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.previous().len() > 3 {
+                    attempt.error("more than three redirects")
+                } else if crate::jwt::keys_may_come_from(attempt.url()) {
+                    attempt.follow()
+                } else {
+                    attempt.error("redirected to plain http:// off this machine")
+                }
+            }))
             .user_agent(concat!("aigronova-gateway/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Arc::new(Self {
@@ -125,22 +145,28 @@ impl Jwks {
         }))
     }
 
-    /// The key named `kid`. A cached key is returned at once (and refreshed in the background once
-    /// the cache is older than its lifetime); an unknown one costs one fetch, shared by every caller
-    /// waiting for it. Without the key, says whether the JWKS was fetched without it or could not
-    /// be fetched.
-    pub(crate) async fn key(self: &Arc<Self>, kid: &str) -> Result<Arc<VerificationKey>, MissingKey> {
+    /// The key named `kid` of `kind`. A cached key is returned at once (and refreshed in the
+    /// background once the cache is older than its lifetime); an unknown one costs one fetch,
+    /// shared by every caller waiting for it. Without the key, says whether the JWKS was fetched
+    /// without it, holds `kid` for keys of other kinds only, or could not be fetched.
+    pub(crate) async fn key(self: &Arc<Self>, kid: &str, kind: KeyKind) -> Result<Arc<VerificationKey>, MissingKey> {
         let attempts_seen = self.attempts.load(Ordering::SeqCst);
         let snapshot = self.snapshot();
-        if let Some(key) = snapshot.keys.get(kid) {
-            if snapshot.fetched_at.is_none_or(|at| at.elapsed() >= self.lifetime) {
-                self.refresh_in_background(attempts_seen);
+        match snapshot.key(kid, kind) {
+            Ok(key) => {
+                if snapshot.fetched_at.is_none_or(|at| at.elapsed() >= self.lifetime) {
+                    self.refresh_in_background(attempts_seen);
+                }
+                return Ok(key);
             }
-            return Ok(Arc::clone(key));
+            Err(true) => return Err(MissingKey::OtherKind),
+            Err(false) => {}
         }
         self.refresh_once(attempts_seen).await;
-        if let Some(key) = self.snapshot().keys.get(kid) {
-            return Ok(Arc::clone(key));
+        match self.snapshot().key(kid, kind) {
+            Ok(key) => return Ok(key),
+            Err(true) => return Err(MissingKey::OtherKind),
+            Err(false) => {}
         }
         match *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) {
             None => Err(MissingKey::NotPublished),
@@ -171,13 +197,13 @@ impl Jwks {
         *last_attempt = Some(Instant::now());
         match self.fetch().await {
             Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
+                tracing::info!(url = %self.url, keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
                 let snapshot = Arc::new(Snapshot { keys, fetched_at: Some(Instant::now()) });
                 *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
                 *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }
             Err(error) => {
-                let cached = self.snapshot().keys.len();
+                let cached = self.snapshot().keys.values().map(Vec::len).sum::<usize>();
                 tracing::warn!(url = %self.url, %error, cached, "JWKS fetch failed; keeping the cached keys");
                 *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
             }
@@ -197,7 +223,7 @@ impl Jwks {
         });
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, Arc<VerificationKey>>, FetchError> {
+    async fn fetch(&self) -> Result<HashMap<String, Vec<Arc<VerificationKey>>>, FetchError> {
         let mut response =
             self.client.get(&self.url).header(reqwest::header::ACCEPT, "application/json").send().await?;
         if !response.status().is_success() {
@@ -214,8 +240,14 @@ impl Jwks {
             body.extend_from_slice(&chunk);
         }
         let document: JwksDocument = serde_json::from_slice(&body)?;
-        let keys: HashMap<_, _> =
-            document.keys.into_iter().filter_map(usable_key).map(|(kid, key)| (kid, Arc::new(key))).collect();
+        let mut keys: HashMap<String, Vec<Arc<VerificationKey>>> = HashMap::new();
+        for (kid, key) in document.keys.into_iter().filter_map(usable_key) {
+            let named = keys.entry(kid).or_default();
+            // The first key of a kind under a `kid` is the one used.
+            if named.iter().all(|held| held.kind != key.kind) {
+                named.push(Arc::new(key));
+            }
+        }
         if keys.is_empty() {
             return Err(FetchError::NoUsableKey);
         }
@@ -290,7 +322,7 @@ mod tests {
         drop(listener);
         let jwks = Jwks::new(&url, Duration::from_secs(300), Duration::ZERO).unwrap();
         assert!(matches!(jwks.fetch().await, Err(FetchError::Request(_))));
-        assert!(matches!(jwks.key("any").await, Err(MissingKey::Unreachable { .. })));
+        assert!(matches!(jwks.key("any", KeyKind::Rsa).await, Err(MissingKey::Unreachable { .. })));
         assert_eq!(jwks.attempts.load(Ordering::SeqCst), 1);
     }
 

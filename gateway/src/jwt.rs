@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::{
-    jwks::{Jwks, MissingKey},
+    jwks::{Jwks, KeyKind, MissingKey},
     problem::Problem,
     store::{ADMIN_SCOPE, Credential, Principal, Store},
 };
@@ -118,17 +118,28 @@ impl Validate for OidcConfig {
     }
 }
 
-/// Keys travel in clear over `http://`, so only a provider on this machine may use it.
 fn check_jwks_url(url: &str) -> Result<(), ConfigError> {
     let invalid = |why: &str| ConfigError(format!("gateway.oidc.jwks_url {why}, got {url:?}"));
     let parsed = reqwest::Url::parse(url).map_err(|_| invalid("must be a URL"))?;
-    let host = parsed.host_str().ok_or_else(|| invalid("must name a host"))?;
-    let loopback = host == "localhost"
-        || host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    match parsed.scheme() {
-        "https" => Ok(()),
-        "http" if loopback => Ok(()),
-        _ => Err(invalid("must be https:// (http:// only on a loopback host)")),
+    parsed.host_str().ok_or_else(|| invalid("must name a host"))?;
+    if keys_may_come_from(&parsed) {
+        Ok(())
+    } else {
+        Err(invalid("must be https:// (http:// only on a loopback host)"))
+    }
+}
+
+/// Whether signing keys may be fetched from `url`, configured or redirected to: keys travel in
+/// clear over `http://`, so only a provider on this machine may use it.
+pub(crate) fn keys_may_come_from(url: &reqwest::Url) -> bool {
+    let loopback = url.host_str().is_some_and(|host| {
+        host == "localhost"
+            || host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    });
+    match url.scheme() {
+        "https" => true,
+        "http" => loopback,
+        _ => false,
     }
 }
 
@@ -274,13 +285,17 @@ impl JwtAuthenticator {
             .filter(|algorithm| SigningAlgorithm::of(*algorithm).is_some_and(|alg| self.allowed.contains(&alg)))
             .ok_or_else(|| TokenError::AlgorithmNotAccepted(self.allowed_names()))?;
         let kid = header.kid.filter(|kid| !kid.is_empty()).ok_or(TokenError::MissingKeyId)?;
-        let key = self.jwks.key(&kid).await.map_err(|missing| match missing {
+        let kind = match algorithm {
+            Algorithm::ES256 => KeyKind::P256,
+            Algorithm::EdDSA => KeyKind::Ed25519,
+            // RS256, the one other algorithm accepted above.
+            _ => KeyKind::Rsa,
+        };
+        let key = self.jwks.key(&kid, kind).await.map_err(|missing| match missing {
             MissingKey::NotPublished => TokenError::UnknownKey,
+            MissingKey::OtherKind => TokenError::KeyMismatch,
             MissingKey::Unreachable { retry_after } => TokenError::KeysUnreachable { retry_after },
         })?;
-        if key.kind.algorithm() != algorithm {
-            return Err(TokenError::KeyMismatch);
-        }
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding_key, &self.validation(algorithm))
             .map_err(|error| token_error(error.into_kind()))?
             .claims;
@@ -300,6 +315,11 @@ impl JwtAuthenticator {
     }
 
     fn claims(&self, mut claims: Map<String, Value>) -> Result<VerifiedClaims, TokenError> {
+        // The issuer checked above, as one string: RFC 7519 has no list of issuers, which the
+        // verifier would accept when any of them matches.
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(TokenError::MalformedClaim("iss".into()));
+        }
         let subject = match claims.remove("sub") {
             Some(Value::String(sub)) if !sub.is_empty() && sub.chars().count() <= MAX_SUBJECT_CHARS => sub,
             _ => return Err(TokenError::MalformedClaim("sub".into())),
@@ -383,6 +403,21 @@ fn refused(error: TokenError) -> Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_come_over_https_or_from_this_machine_only() {
+        for (url, allowed) in [
+            ("https://idp.example.com/jwks.json", true),
+            ("http://127.0.0.1:8080/jwks.json", true),
+            ("http://[::1]:8080/jwks.json", true),
+            ("http://localhost/jwks.json", true),
+            ("http://192.0.2.2:18572/jwks.json", false),
+            ("http://idp.example.com/jwks.json", false),
+            ("ftp://127.0.0.1/jwks.json", false),
+        ] {
+            assert_eq!(keys_may_come_from(&reqwest::Url::parse(url).unwrap()), allowed, "{url}");
+        }
+    }
 
     #[test]
     fn only_jws_compact_tokens_with_an_alg_look_like_jwts() {

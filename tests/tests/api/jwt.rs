@@ -148,6 +148,7 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
         ("unknown kid", rsa.sign_as("no-such-kid", &claims)),
         ("tampered payload", tampered),
         ("wrong issuer", rsa.sign(&with(json!({"iss": "https://evil.example.com"})))),
+        ("issuers as a list", rsa.sign(&with(json!({"iss": ["https://evil.example.com", provider.issuer]})))),
         ("wrong audience", rsa.sign(&with(json!({"aud": "another-api"})))),
         ("expired", rsa.sign(&with(json!({"exp": now - 120})))),
         ("not valid before the future", rsa.sign(&with(json!({"nbf": now + 120})))),
@@ -343,5 +344,20 @@ async fn the_audit_log_names_a_tokens_subject_by_a_pseudonym_kept_across_restart
     assert_eq!(app.post("/v1/health/patients", &token, &other).await.status(), 200);
     let entries = app.audit_entries_once(&token, |entries| actors(entries).len() == 2).await;
     assert_eq!(actors(&entries), [first.clone(), first], "one pseudonym before and after the restart");
+    app.stop().await;
+}
+
+/// Keys of different types may share a `kid` (RFC 7517 §4.5): each verifies the tokens of its own
+/// algorithm.
+#[tokio::test]
+async fn keys_of_two_types_under_one_kid_each_verify_their_own_tokens() {
+    let (p256, ed25519) = (TestKey::p256("shared"), TestKey::ed25519("shared"));
+    let provider = FakeOidcProvider::start(&[&p256, &ed25519]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica Chaves").await;
+    for key in [&p256, &ed25519] {
+        let response = app.get("/v1/health/patients", &key.sign(&provider.claims(&tenant, READ_WRITE))).await;
+        assert_eq!(response.status(), 200, "{:?}", key.algorithm);
+    }
     app.stop().await;
 }
