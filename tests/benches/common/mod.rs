@@ -4,17 +4,25 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-/// One side of a benchmark: every successful call's latency, the errors and the time taken.
+/// One side of a benchmark: every successful call's latency, the errors, the time taken and the
+/// CPU time the whole process used meanwhile.
 pub(crate) struct Run {
     pub(crate) label: &'static str,
     pub(crate) latencies: Vec<Duration>,
     pub(crate) elapsed: Duration,
     pub(crate) errors: usize,
+    pub(crate) cpu: Duration,
 }
 
 impl Run {
     pub(crate) fn rps(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The process's CPU time per successful call, in microseconds: what a call cost, whatever
+    /// the scheduling of the run, when everything it needs runs in this process.
+    pub(crate) fn cpu_micros_per_call(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
     }
 
     pub(crate) fn percentile(&self, p: f64) -> Duration {
@@ -44,6 +52,7 @@ where
     while warm.join_next().await.is_some() {}
 
     let started = Instant::now();
+    let cpu_before = process_cpu();
     let deadline = started + duration;
     let mut tasks = JoinSet::new();
     for _ in 0..concurrency {
@@ -62,14 +71,25 @@ where
             (latencies, errors)
         });
     }
-    let mut run = Run { label, latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0 };
+    let mut run = Run { label, latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0, cpu: Duration::ZERO };
     while let Some(result) = tasks.join_next().await {
         let (latencies, errors) = result.expect("bench task");
         run.latencies.extend(latencies);
         run.errors += errors;
     }
     run.elapsed = started.elapsed();
+    run.cpu = process_cpu().saturating_sub(cpu_before);
     run
+}
+
+/// The CPU time this process has used, user and system, from `/proc/self/stat` (in the kernel's
+/// clock ticks of 10 ms).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat (Linux)");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("a stat line").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
 }
 
 /// The runs as a Markdown table, `unit` per second.
