@@ -21,6 +21,7 @@ impl Run {
 
     /// The process's CPU time per successful call, in microseconds: what a call cost, whatever
     /// the scheduling of the run, when everything it needs runs in this process.
+    #[allow(dead_code, reason = "the gateway benchmark's; the others share this module without it")]
     pub(crate) fn cpu_micros_per_call(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
     }
