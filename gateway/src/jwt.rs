@@ -297,7 +297,11 @@ impl JwtAuthenticator {
             MissingKey::Unreachable { retry_after } => TokenError::KeysUnreachable { retry_after },
         })?;
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding_key, &self.validation(algorithm))
-            .map_err(|error| token_error(error.into_kind()))?
+            .map_err(|error| match token_error(error.into_kind()) {
+                // The verifier calls a claim of the wrong type (`"exp": "123"`) missing.
+                TokenError::MissingClaim(claim) if payload_names(token, &claim) => TokenError::MalformedClaim(claim),
+                error => error,
+            })?
             .claims;
         self.claims(claims)
     }
@@ -370,6 +374,16 @@ fn token_header(token: &str) -> Result<TokenHeader, TokenError> {
     let header = token.split('.').next().ok_or(TokenError::Malformed)?;
     let json = URL_SAFE_NO_PAD.decode(header).map_err(|_| TokenError::Malformed)?;
     serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
+}
+
+/// Whether the payload of `token` has a member named `claim`, whatever its value.
+fn payload_names(token: &str, claim: &str) -> bool {
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
+        .and_then(|json| serde_json::from_slice::<Map<String, Value>>(&json).ok())
+        .is_some_and(|payload| payload.contains_key(claim))
 }
 
 fn token_error(kind: ErrorKind) -> TokenError {

@@ -165,6 +165,15 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
         assert!(!detail.contains(&token), "{case}: the detail repeats the token");
         eprintln!("{case}: {detail}");
     }
+    // A claim of the wrong type is named malformed, not missing.
+    for (claims, detail) in [
+        (with(json!({"exp": "4102444800"})), r#"the token's "exp" claim is malformed"#),
+        (with(json!({"exp": null})), r#"the token lacks the "exp" claim"#),
+        (with(json!({"sub": 42})), r#"the token's "sub" claim is malformed"#),
+    ] {
+        let problem = assert_invalid_token(app.post("/v1/health/patients", &rsa.sign(&claims), &patient()).await).await;
+        assert_eq!(problem["detail"], detail);
+    }
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }
