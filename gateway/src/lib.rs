@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod connection;
 pub mod cors;
 mod decompress;
 mod json;
@@ -346,14 +347,17 @@ impl Gateway {
             let (watcher, builder, shutdown) = (connections.watcher(), builder.clone(), shutdown.clone());
             let first_bytes = self.header_timeout;
             tokio::spawn(async move {
-                // A connection that sends nothing is closed after the header timeout, or at
-                // shutdown; past its first bytes, the connection's own timers take over.
-                tokio::select! {
-                    () = version_told(&stream) => {}
+                // A connection that does not tell its HTTP version within the header timeout is
+                // closed, as at shutdown; past that, the connection's own timers take over.
+                let opened = tokio::select! {
+                    opened = connection::open(stream) => match opened {
+                        Ok(opened) => opened,
+                        Err(_) => return,
+                    },
                     () = tokio::time::sleep(first_bytes) => return,
                     () = shutdown.wait() => return,
-                }
-                let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                };
+                let connection = builder.serve_connection_with_upgrades(TokioIo::new(opened), service);
                 // Its errors are the client's (a reset, a malformed request), answered already.
                 let _ = watcher.watch(connection).await;
             });
@@ -363,23 +367,6 @@ impl Gateway {
         connections.shutdown().await;
         tracing::info!("gateway stopped");
         Ok(())
-    }
-}
-
-/// Returns once `stream` has sent enough to tell its HTTP version: a byte that starts no HTTP/2
-/// preface, or the whole preface (or the peer closed it, or it failed). Until then neither
-/// HTTP/1.1's header timeout nor HTTP/2's pings watch the connection.
-async fn version_told(stream: &tokio::net::TcpStream) {
-    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let mut peeked = [0; 24];
-    loop {
-        match stream.peek(&mut peeked).await {
-            Ok(read) if read > 0 && read < PREFACE.len() && peeked[..read] == PREFACE[..read] => {
-                // Part of the preface: a peek returns it again at once, so wait a little for more.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            _ => return,
-        }
     }
 }
 

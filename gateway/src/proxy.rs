@@ -206,11 +206,13 @@ const CACHEABLE_PATHS: [&str; 2] = ["/openapi.json", "/docs"];
 /// continues the caller's W3C trace, load shedding, metrics, one JSON access log line, and
 /// `X-Content-Type-Options: nosniff` and `Cache-Control: no-store` on the answer.
 pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    // Measured as the client sent it, before the request id the gateway may add.
+    let oversized = oversized(&request);
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
     let cacheable = CACHEABLE_PATHS.contains(&path.as_str());
     let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
-    let mut response = request_id::CURRENT.scope(info, access_log(&state, request, next)).await;
+    let mut response = request_id::CURRENT.scope(info, access_log(&state, request, next, oversized)).await;
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, id_value);
     // Answers are the media type they say: a browser does not guess another (an uploaded
@@ -270,7 +272,7 @@ fn oversized(request: &Request) -> Option<Problem> {
 /// One JSON log line a request, and a span that continues the caller's W3C trace. Neither holds
 /// the request's path, which may carry whatever was typed into the URL (a CPF, a key pasted by
 /// mistake): both name the route's template, and the line names the trace, so that the two join.
-async fn access_log(state: &AppState, request: Request, next: Next) -> Response {
+async fn access_log(state: &AppState, request: Request, next: Next, oversized: Option<Problem>) -> Response {
     let started = Instant::now();
     let method = method_name(request.method());
     let matched = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_owned());
@@ -281,7 +283,7 @@ async fn access_log(state: &AppState, request: Request, next: Next) -> Response 
         http.route = tracing::field::Empty,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
-    let mut response = match oversized(&request) {
+    let mut response = match oversized {
         Some(problem) => problem.into_response(),
         None => resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await,
     };
