@@ -79,6 +79,11 @@ pub struct Config {
     /// Requests of one tenant in flight at once; beyond, its next request is refused with 429 and
     /// `Retry-After: 1`, so that no tenant holds the whole of `max_concurrent_requests`.
     pub max_concurrent_requests_per_tenant: usize,
+    /// Bytes of request bodies the gateway holds in memory at once (each counted at its
+    /// `Content-Length`, or at its plan's limit when compressed or of unknown length, from before it
+    /// is read until its call ends); beyond, a request with a body is refused at once with 503
+    /// and `Retry-After: 1`.
+    pub max_buffered_body_bytes: usize,
     /// Seconds a request body may go without any of it arriving; beyond, 408. A client that
     /// stops sending holds its slot no longer.
     pub request_body_timeout_secs: u64,
@@ -118,6 +123,7 @@ impl Default for Config {
             upstream_timeouts: BTreeMap::new(),
             max_concurrent_requests: 512,
             max_concurrent_requests_per_tenant: 128,
+            max_buffered_body_bytes: 512 * 1024 * 1024,
             request_body_timeout_secs: 10,
             request_header_timeout_secs: 30,
             circuit_breaker: CircuitBreakerConfig::default(),

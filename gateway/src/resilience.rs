@@ -103,6 +103,9 @@ pub(crate) fn validate(config: &crate::Config) -> Result<(), ConfigError> {
     if config.max_concurrent_requests == 0 {
         return Err(ConfigError("gateway.max_concurrent_requests must be positive".into()));
     }
+    if config.max_buffered_body_bytes == 0 {
+        return Err(ConfigError("gateway.max_buffered_body_bytes must be positive".into()));
+    }
     if config.max_concurrent_requests_per_tenant == 0 {
         return Err(ConfigError("gateway.max_concurrent_requests_per_tenant must be positive".into()));
     }
@@ -400,6 +403,8 @@ pub(crate) struct Resilience {
     per_tenant: usize,
     /// Requests in flight by tenant, for those with any.
     tenants_in_flight: Mutex<HashMap<String, usize>>,
+    /// Request bodies held in memory, in KiB (see `max_buffered_body_bytes`).
+    body_kib: Semaphore,
 }
 
 /// One request of a tenant in flight, counted until it is dropped.
@@ -447,7 +452,25 @@ impl Resilience {
             in_flight: Semaphore::new(config.max_concurrent_requests),
             per_tenant: config.max_concurrent_requests_per_tenant,
             tenants_in_flight: Mutex::new(HashMap::new()),
+            body_kib: Semaphore::new(config.max_buffered_body_bytes.div_ceil(1024)),
         }
+    }
+
+    /// Reserves room in memory for a request body of at most `bytes` until the permit is dropped;
+    /// 503 with `Retry-After: 1` when the bodies held already leave too little.
+    pub(crate) fn hold_body(&self, bytes: usize) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Problem> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+        if kib == 0 {
+            return Ok(None);
+        }
+        self.body_kib.try_acquire_many(kib).map(Some).map_err(|_| {
+            metrics().load_shed.inc();
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway holds as many request bodies as it may; retry shortly",
+            )
+            .with_retry_after(1)
+        })
     }
 
     /// Counts a request of `tenant_id` in flight until the slot is dropped; 429 with

@@ -662,3 +662,49 @@ async fn a_body_that_stops_arriving_is_408_and_no_tenant_holds_more_than_its_sha
     assert_eq!(stand_in.calls(), 3, "the trickle reached no service");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn request_bodies_held_in_memory_are_bounded_and_a_request_past_the_bound_gets_503() {
+    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
+    let app = spawn_gateway(&url, |config| {
+        config.gateway.max_buffered_body_bytes = 64 * 1024;
+        config.gateway.request_body_timeout_secs = 3;
+    })
+    .await;
+    let (_, key) = app.tenant_with_key().await;
+    // A 40 KiB body that stops after its first byte holds 40 KiB until it is given up on.
+    let mut stalled = post_head(&app, &key, 40 * 1024).await;
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"{").await.unwrap();
+    let mut body = patient_json("Maria");
+    body.resize(40 * 1024, b' ');
+    let post = || {
+        app.client
+            .post(app.url("/v1/health/patients"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let refused = loop {
+        let response = post().await.unwrap();
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 200);
+        assert!(tokio::time::Instant::now() < deadline, "the stalled body never held its room");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
+    let problem = assert_problem(refused, 503).await;
+    assert!(problem["detail"].as_str().unwrap().contains("request bodies"), "{problem}");
+    // A request without a body needs no room.
+    assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200);
+
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
+    assert_eq!(post().await.unwrap().status(), 200, "the room is back once the stalled body is given up on");
+    assert!(stand_in.calls() >= 2);
+    app.stop().await;
+}
