@@ -30,7 +30,8 @@ pub(crate) struct Metrics {
     /// Retries of idempotent calls by upstream and outcome (`sent`, or `over_budget` when the
     /// retry budget refused one).
     pub(crate) upstream_retries: IntCounterVec,
-    /// Requests refused because `max_concurrent_requests` were in flight.
+    /// Requests refused because `max_concurrent_requests` were in flight, or because the request
+    /// bodies held left no room for theirs (`max_buffered_body_bytes`).
     pub(crate) load_shed: IntCounter,
     /// Tenants' requests in flight past authentication and the rate limits, all tenants together.
     pub(crate) tenant_requests_in_flight: IntGauge,
@@ -92,7 +93,7 @@ pub(crate) fn metrics() -> &'static Metrics {
             .expect("valid metric"),
             load_shed: IntCounter::new(
                 "aigronova_gateway_load_shed_total",
-                "Requests refused because the gateway had too many in flight",
+                "Requests refused because the gateway had too many in flight or held too many request bodies",
             )
             .expect("valid metric"),
             tenant_requests_in_flight: IntGauge::new(

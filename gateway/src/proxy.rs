@@ -116,8 +116,8 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let policy = CallPolicy::of(route, &parts.headers)?;
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
-    let _slot = state.resilience.enter_tenant(tenant_id)?;
-    let _held = state.resilience.hold_body(body_bound(&body, &parts.headers, limits.max_body_bytes))?;
+    let mut slot = state.resilience.enter_tenant(tenant_id)?;
+    slot.hold_body(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout).await?;
     let content_type = transcode::content_type(&parts.headers)?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
@@ -161,18 +161,17 @@ fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
 }
 
 /// The most bytes `body` can take in memory once read: none when it has ended already (a GET), its
-/// length when known and not compressed, `limit` otherwise (a larger body is refused at `limit`).
-fn body_bound(body: &Body, headers: &HeaderMap, limit: usize) -> usize {
+/// length when known and not compressed, `limit` otherwise (a larger body is refused at `limit`);
+/// 413 when its length is known to be over `limit`.
+fn body_bound(body: &Body, headers: &HeaderMap, limit: usize) -> Result<usize, Problem> {
     use http_body::Body as _;
     if body.is_end_stream() {
-        return 0;
+        return Ok(0);
     }
-    let hint = body.size_hint();
-    match hint.exact() {
-        Some(length) if !headers.contains_key(header::CONTENT_ENCODING) => {
-            usize::try_from(length).unwrap_or(usize::MAX).min(limit)
-        }
-        _ => limit,
+    match body.size_hint().exact().map(|length| usize::try_from(length).unwrap_or(usize::MAX)) {
+        Some(length) if length > limit => Err(decompress::too_large(limit)),
+        Some(length) if !headers.contains_key(header::CONTENT_ENCODING) => Ok(length),
+        _ => Ok(limit),
     }
 }
 

@@ -103,8 +103,17 @@ pub(crate) fn validate(config: &crate::Config) -> Result<(), ConfigError> {
     if config.max_concurrent_requests == 0 {
         return Err(ConfigError("gateway.max_concurrent_requests must be positive".into()));
     }
-    if config.max_buffered_body_bytes == 0 {
-        return Err(ConfigError("gateway.max_buffered_body_bytes must be positive".into()));
+    // A tenant may hold a quarter of the room, which must take the largest body a plan allows.
+    let largest = [&config.plans.starter, &config.plans.professional, &config.plans.enterprise]
+        .iter()
+        .map(|plan| plan.max_body_bytes)
+        .max()
+        .unwrap_or_default();
+    if config.max_buffered_body_bytes / 4 < largest {
+        return Err(ConfigError(format!(
+            "gateway.max_buffered_body_bytes must be at least four times the largest plan's max_body_bytes, {}",
+            4 * largest
+        )));
     }
     if config.max_concurrent_requests_per_tenant == 0 {
         return Err(ConfigError("gateway.max_concurrent_requests_per_tenant must be positive".into()));
@@ -401,25 +410,69 @@ pub(crate) struct Resilience {
     retry: RetryConfig,
     in_flight: Semaphore,
     per_tenant: usize,
-    /// Requests in flight by tenant, for those with any.
-    tenants_in_flight: Mutex<HashMap<String, usize>>,
+    /// Requests in flight and the KiB of request bodies held, by tenant, for those with any.
+    tenants_in_flight: Mutex<HashMap<String, TenantLoad>>,
     /// Request bodies held in memory, in KiB (see `max_buffered_body_bytes`).
     body_kib: Semaphore,
+    /// The KiB of bodies one tenant may hold: a quarter of `body_kib`'s.
+    body_kib_per_tenant: usize,
 }
 
-/// One request of a tenant in flight, counted until it is dropped.
+/// What one tenant has in flight.
+#[derive(Default)]
+struct TenantLoad {
+    requests: usize,
+    body_kib: usize,
+}
+
+/// One request of a tenant in flight, counted until it is dropped, with the room reserved for
+/// its body.
 pub(crate) struct TenantSlot<'a> {
     resilience: &'a Resilience,
     tenant_id: &'a str,
+    body: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl TenantSlot<'_> {
+    /// Reserves room in memory for the request's body of at most `bytes` until the slot is
+    /// dropped; 503 with `Retry-After: 1` when the bodies held already leave too little, the
+    /// tenant's or all tenants'.
+    pub(crate) fn hold_body(&mut self, bytes: usize) -> Result<(), Problem> {
+        let kib = bytes.div_ceil(1024);
+        if kib == 0 {
+            return Ok(());
+        }
+        let full = || {
+            metrics().load_shed.inc();
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gateway holds as many request bodies as it may; retry shortly",
+            )
+            .with_retry_after(1)
+        };
+        let resilience = self.resilience;
+        let mut tenants = resilience.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        let load = tenants.get_mut(self.tenant_id).ok_or_else(full)?;
+        if load.body_kib + kib > resilience.body_kib_per_tenant {
+            return Err(full());
+        }
+        let permit =
+            resilience.body_kib.try_acquire_many(u32::try_from(kib).map_err(|_| full())?).map_err(|_| full())?;
+        load.body_kib += kib;
+        self.body = Some(permit);
+        Ok(())
+    }
 }
 
 impl Drop for TenantSlot<'_> {
     fn drop(&mut self) {
         metrics().tenant_requests_in_flight.dec();
+        let held = self.body.take().map_or(0, |permit| permit.num_permits());
         let mut tenants = self.resilience.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = tenants.get_mut(self.tenant_id) {
-            *count -= 1;
-            if *count == 0 {
+        if let Some(load) = tenants.get_mut(self.tenant_id) {
+            load.requests -= 1;
+            load.body_kib -= held;
+            if load.requests == 0 {
                 tenants.remove(self.tenant_id);
             }
         }
@@ -453,31 +506,15 @@ impl Resilience {
             per_tenant: config.max_concurrent_requests_per_tenant,
             tenants_in_flight: Mutex::new(HashMap::new()),
             body_kib: Semaphore::new(config.max_buffered_body_bytes.div_ceil(1024)),
+            body_kib_per_tenant: config.max_buffered_body_bytes.div_ceil(1024) / 4,
         }
-    }
-
-    /// Reserves room in memory for a request body of at most `bytes` until the permit is dropped;
-    /// 503 with `Retry-After: 1` when the bodies held already leave too little.
-    pub(crate) fn hold_body(&self, bytes: usize) -> Result<Option<tokio::sync::SemaphorePermit<'_>>, Problem> {
-        let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
-        if kib == 0 {
-            return Ok(None);
-        }
-        self.body_kib.try_acquire_many(kib).map(Some).map_err(|_| {
-            metrics().load_shed.inc();
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the gateway holds as many request bodies as it may; retry shortly",
-            )
-            .with_retry_after(1)
-        })
     }
 
     /// Counts a request of `tenant_id` in flight until the slot is dropped; 429 with
     /// `Retry-After: 1` when the tenant already has `max_concurrent_requests_per_tenant`.
     pub(crate) fn enter_tenant<'a>(&'a self, tenant_id: &'a str) -> Result<TenantSlot<'a>, Problem> {
         let mut tenants = self.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        if tenants.get(tenant_id).is_some_and(|count| *count >= self.per_tenant) {
+        if tenants.get(tenant_id).is_some_and(|load| load.requests >= self.per_tenant) {
             metrics().rate_limited.with_label_values(&["concurrency"]).inc();
             return Err(Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -486,13 +523,13 @@ impl Resilience {
             .with_retry_after(1));
         }
         match tenants.get_mut(tenant_id) {
-            Some(count) => *count += 1,
+            Some(load) => load.requests += 1,
             None => {
-                tenants.insert(tenant_id.to_owned(), 1);
+                tenants.insert(tenant_id.to_owned(), TenantLoad { requests: 1, body_kib: 0 });
             }
         }
         metrics().tenant_requests_in_flight.inc();
-        Ok(TenantSlot { resilience: self, tenant_id })
+        Ok(TenantSlot { resilience: self, tenant_id, body: None })
     }
 
     /// Calls `owner` through its breaker, within the deadline, retrying as `policy` allows.
@@ -674,6 +711,19 @@ mod tests {
         for (value, expected) in cases {
             assert_eq!(parse_grpc_timeout(value), Some(expected), "{value}");
         }
+    }
+
+    #[test]
+    fn the_room_for_request_bodies_must_take_four_of_the_largest_body_a_plan_allows() {
+        use aigronova_platform::config::Validate;
+        let mut config = crate::Config::default();
+        config.upstreams.insert("healthquantum".into(), "http://127.0.0.1:1".into());
+        assert!(config.validate().is_ok());
+        config.max_buffered_body_bytes = 4 * config.plans.enterprise.max_body_bytes - 1;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("gateway.max_buffered_body_bytes must be at least four times"), "{error}");
+        config.plans.enterprise.max_body_bytes = config.plans.professional.max_body_bytes;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

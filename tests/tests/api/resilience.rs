@@ -664,47 +664,64 @@ async fn a_body_that_stops_arriving_is_408_and_no_tenant_holds_more_than_its_sha
 }
 
 #[tokio::test]
-async fn request_bodies_held_in_memory_are_bounded_and_a_request_past_the_bound_gets_503() {
+async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() {
     let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
     let app = spawn_gateway(&url, |config| {
-        config.gateway.max_buffered_body_bytes = 64 * 1024;
-        config.gateway.request_body_timeout_secs = 3;
+        let plans = &mut config.gateway.plans;
+        for plan in [&mut plans.starter, &mut plans.professional, &mut plans.enterprise] {
+            plan.max_body_bytes = 32 * 1024;
+        }
+        // 128 KiB in all, 32 KiB a tenant.
+        config.gateway.max_buffered_body_bytes = 128 * 1024;
+        config.gateway.request_body_timeout_secs = 5;
     })
     .await;
-    let (_, key) = app.tenant_with_key().await;
-    // A 40 KiB body that stops after its first byte holds 40 KiB until it is given up on.
-    let mut stalled = post_head(&app, &key, 40 * 1024).await;
-    tokio::io::AsyncWriteExt::write_all(&mut stalled, b"{").await.unwrap();
-    let mut body = patient_json("Maria");
-    body.resize(40 * 1024, b' ');
-    let post = || {
+    let mut tenants = Vec::new();
+    for _ in 0..5 {
+        tenants.push(app.tenant_with_key().await.1);
+    }
+    let post = |key: &str, size: usize| {
+        let mut body = patient_json("Maria");
+        body.resize(size, b' ');
         app.client
             .post(app.url("/v1/health/patients"))
-            .bearer_auth(&key)
+            .bearer_auth(key)
             .header("content-type", "application/json")
-            .body(body.clone())
+            .body(body)
             .send()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    let refused = loop {
-        let response = post().await.unwrap();
-        if response.status() == 503 {
-            break response;
-        }
-        assert_eq!(response.status(), 200);
-        assert!(tokio::time::Instant::now() < deadline, "the stalled body never held its room");
+    // Four tenants each hold 30 KiB with a body that stops after its first byte.
+    let in_flight = "aigronova_gateway_tenant_requests_in_flight";
+    let idle = metric(&app, in_flight).await;
+    let mut stalled = Vec::new();
+    for key in &tenants[..4] {
+        let mut stream = post_head(&app, key, 30 * 1024).await;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"{").await.unwrap();
+        stalled.push(stream);
+    }
+    // A request's room is reserved as it takes its tenant's slot.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while metric(&app, in_flight).await < idle + 4.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the stalled bodies never held their room");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    }
+    let refused = post(&tenants[4], 20 * 1024).await.unwrap();
     assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
     let problem = assert_problem(refused, 503).await;
     assert!(problem["detail"].as_str().unwrap().contains("request bodies"), "{problem}");
-    // A request without a body needs no room.
-    assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200);
+    // A tenant holding 30 KiB has no room for 20 more of its own; a body over the plan's limit is
+    // a 413 whatever room is left; a request without a body needs none.
+    assert_problem(post(&tenants[0], 20 * 1024).await.unwrap(), 503).await;
+    assert_problem(post(&tenants[4], 33 * 1024).await.unwrap(), 413).await;
+    assert_eq!(app.get("/v1/health/patients/p-1", &tenants[4]).await.status(), 200);
 
-    let mut answer = Vec::new();
-    tokio::io::AsyncReadExt::read_to_end(&mut stalled, &mut answer).await.unwrap();
-    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
-    assert_eq!(post().await.unwrap().status(), 200, "the room is back once the stalled body is given up on");
-    assert!(stand_in.calls() >= 2);
+    for mut stream in stalled {
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
+    }
+    assert_eq!(post(&tenants[4], 20 * 1024).await.unwrap().status(), 200, "the room is back");
+    assert_eq!(post(&tenants[0], 20 * 1024).await.unwrap().status(), 200, "the tenant's room is back");
+    assert_eq!(stand_in.calls(), 3);
     app.stop().await;
 }
