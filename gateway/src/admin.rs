@@ -144,9 +144,12 @@ pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request
             "pageToken is not a token this list gave; omit it for the first page",
         ));
     }
-    let tenants = state.store.list_tenants(after.as_deref(), page_size).await.map_err(store_failure)?;
+    // One more than the page holds tells whether another page follows: a full last page ends the list.
+    let mut tenants = state.store.list_tenants(after.as_deref(), page_size + 1).await.map_err(store_failure)?;
+    let more = tenants.len() as i64 > page_size;
+    tenants.truncate(page_size as usize);
     let next_page_token = match tenants.last() {
-        Some(last) if tenants.len() as i64 == page_size => last.id.clone(),
+        Some(last) if more => last.id.clone(),
         _ => String::new(),
     };
     Ok(Json(serde_json::json!({"tenants": tenants, "nextPageToken": next_page_token})).into_response())

@@ -296,23 +296,27 @@ impl Writer {
         out: &mut Vec<u8>,
         depth: usize,
     ) -> Option<()> {
-        let mut keys: Vec<String> = Vec::with_capacity(entries.len());
-        out.push(b'{');
-        for (index, (_, raw)) in entries.iter().enumerate() {
+        // Written in the order of their keys: a service's map has none of its own, and the same
+        // answer should read the same every time.
+        let mut pairs = Vec::with_capacity(entries.len());
+        for (_, raw) in entries {
             let Raw::Bytes(bytes) = raw else { return None };
             let wire = wire_fields(bytes)?;
             let last = |number: u32| occurrences(&wire, number).last().map(|(_, raw)| *raw);
-            let key = map_key(key_kind, last(1))?;
-            if keys.contains(&key) {
-                return None;
-            }
+            pairs.push((map_key(key_kind, last(1))?, last(2)));
+        }
+        pairs.sort_unstable_by(|(left, _), (right, _)| left.cmp(right));
+        if pairs.windows(2).any(|pair| pair[0].0 == pair[1].0) {
+            return None;
+        }
+        out.push(b'{');
+        for (index, (key, value)) in pairs.into_iter().enumerate() {
             if index > 0 {
                 out.push(b',');
             }
             string(out, &key);
             out.push(b':');
-            self.single(value_kind, last(2), out, depth)?;
-            keys.push(key);
+            self.single(value_kind, value, out, depth)?;
         }
         out.push(b'}');
         Some(())

@@ -175,3 +175,27 @@ fn escapes_are_found_wherever_they_are() {
     // Bytes just outside the escaped ones.
     assert!(!needs_escape(b" !#[]^~\x7f\x80\xff 12345678"));
 }
+
+#[test]
+fn a_map_is_written_in_the_order_of_its_keys_whatever_the_order_on_the_wire() {
+    let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let descriptor = pool.get_message_by_name("aigronova.health.v1.AssessRiskRequest").unwrap();
+    let entry = |name: &str, value: f64| {
+        // Field 3 (`features`), a map entry of key 1 and value 2.
+        let mut entry = Vec::new();
+        prost::encoding::string::encode(1, &name.to_owned(), &mut entry);
+        prost::encoding::double::encode(2, &value, &mut entry);
+        let mut field = Vec::new();
+        prost::encoding::bytes::encode(3, &entry, &mut field);
+        field
+    };
+    let forwards = [entry("age", 1.0), entry("bmi", 2.0), entry("sex", 3.0)].concat();
+    let backwards = [entry("sex", 3.0), entry("bmi", 2.0), entry("age", 1.0)].concat();
+    let (forwards, backwards) =
+        (from_wire(&descriptor, &forwards).unwrap(), from_wire(&descriptor, &backwards).unwrap());
+    assert_eq!(forwards, backwards);
+    let text = String::from_utf8(forwards).unwrap();
+    assert!(text.contains(r#""features":{"age":1.0,"bmi":2.0,"sex":3.0}"#), "{text}");
+    // A key given twice is for the general writer to settle.
+    assert!(from_wire(&descriptor, &[entry("age", 1.0), entry("age", 2.0)].concat()).is_none());
+}

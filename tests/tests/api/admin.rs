@@ -28,6 +28,9 @@ async fn tenants_are_listed_in_pages_and_read_one_by_one() {
         .collect();
     assert_eq!(ids, created.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(second["nextPageToken"], "");
+    // A full last page ends the list: no token to a page with nothing on it.
+    let whole: Value = app.get("/v1/admin/tenants?pageSize=3", &app.admin_key).await.json().await.unwrap();
+    assert_eq!((whole["tenants"].as_array().unwrap().len(), &whole["nextPageToken"]), (3, &json!("")));
 
     let tenant: Value =
         app.get(&format!("/v1/admin/tenants/{}", created[1]), &app.admin_key).await.json().await.unwrap();
