@@ -268,8 +268,9 @@ impl Reporter {
                 "overdue": overdue,
             },
             "reviews": {"total": reviews.len(), "byOutcome": outcomes},
+            // Sizes and indexes as the audit API writes them (64-bit integers as strings).
             "checkpoint": {
-                "treeSize": checkpoint.body.tree_size,
+                "treeSize": checkpoint.body.tree_size.to_string(),
                 "rootHash": hex::encode(checkpoint.body.root_hash),
                 "timestamp": checkpoint.body.timestamp,
                 "keyId": checkpoint.key_id,
@@ -277,8 +278,8 @@ impl Reporter {
             },
             "verification": {
                 "verified": verification.verified(),
-                "treeSize": verification.tree_size,
-                "firstBadIndex": verification.first_bad_index,
+                "treeSize": verification.tree_size.to_string(),
+                "firstBadIndex": verification.first_bad_index.map(|index| index.to_string()),
                 "detail": verification.reason,
             },
         }))

@@ -348,7 +348,7 @@ async fn entries_changed_with_their_hashes_are_found_in_their_batch(backend: Bac
     assert!(matches!(verdict, Verdict::Tampered { index: 3, .. }), "{verdict:?}");
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
     let report: Value = app.get("/v1/governance/reports/iso27001", &key).await.json().await.unwrap();
-    assert_eq!(report["verification"]["firstBadIndex"], 3, "{}", report["verification"]);
+    assert_eq!(report["verification"]["firstBadIndex"], "3", "{}", report["verification"]);
     app.stop().await;
 }
 
