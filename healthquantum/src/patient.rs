@@ -332,10 +332,12 @@ impl PatientChanges {
 }
 
 /// The lower-case, accent-free form of a name, for prefix searches: lower-cased, decomposed
-/// (NFD) and stripped of combining marks, so that a name matches whether it was sent composed or
-/// decomposed, and with or without its accents.
+/// (NFD), stripped of combining marks and with each run of white space made one space, so that a
+/// name matches whether it was sent composed or decomposed, with or without its accents, and
+/// however many spaces were typed between its words.
 pub fn searchable(name: &str) -> String {
-    name.trim().chars().flat_map(char::to_lowercase).nfd().filter(|c| !is_combining_mark(*c)).collect()
+    let folded: String = name.chars().flat_map(char::to_lowercase).nfd().filter(|c| !is_combining_mark(*c)).collect();
+    folded.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -395,6 +397,8 @@ mod tests {
             assert!(Phone::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(searchable(" João Çarvalho "), "joao carvalho");
+        assert_eq!(searchable("Ana  Maria\tde\u{a0}Souza"), "ana maria de souza");
+        assert!(searchable("Ana  Maria").starts_with(&searchable("ana m")));
     }
 
     #[test]
