@@ -73,6 +73,9 @@ pub(crate) enum MissingKey {
     NotPublished,
     /// The JWKS names keys of other kinds only by this `kid`.
     OtherKind,
+    /// The JWKS fetched last, less than the minimum interval ago, does not hold the key; the next
+    /// fetch may be attempted after `retry_after`.
+    NotFetchedYet { retry_after: Duration },
     /// The JWKS cannot be fetched now, so the key may well be published; the next fetch may be
     /// attempted after `retry_after`.
     Unreachable { retry_after: Duration },
@@ -162,15 +165,19 @@ impl Jwks {
             Err(true) => return Err(MissingKey::OtherKind),
             Err(false) => {}
         }
-        self.refresh_once(attempts_seen).await;
+        let skipped = self.refresh_once(attempts_seen).await;
         match self.snapshot().key(kid, kind) {
             Ok(key) => return Ok(key),
             Err(true) => return Err(MissingKey::OtherKind),
             Err(false) => {}
         }
-        match *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) {
-            None => Err(MissingKey::NotPublished),
-            Some(at) => Err(MissingKey::Unreachable { retry_after: self.min_interval.saturating_sub(at.elapsed()) }),
+        match (*self.failed_at.lock().unwrap_or_else(PoisonError::into_inner), skipped) {
+            (Some(at), _) => {
+                Err(MissingKey::Unreachable { retry_after: self.min_interval.saturating_sub(at.elapsed()) })
+            }
+            // Not fetched for this request: the key may have been published since the last fetch.
+            (None, Some(retry_after)) => Err(MissingKey::NotFetchedYet { retry_after }),
+            (None, None) => Err(MissingKey::NotPublished),
         }
     }
 
@@ -185,14 +192,16 @@ impl Jwks {
 
     /// One fetch for every caller that saw `attempts_seen`: whoever gets the lock first fetches, and
     /// the others find the attempt counter moved and use its result.
-    async fn refresh_once(&self, attempts_seen: u64) {
+    /// Returns how long until a fetch may be attempted when this caller's was skipped for the
+    /// minimum interval; `None` when the JWKS was fetched (or its fetch attempted) for it.
+    async fn refresh_once(&self, attempts_seen: u64) -> Option<Duration> {
         let mut last_attempt = self.refresh.lock().await;
         if self.attempts.load(Ordering::SeqCst) != attempts_seen {
-            return;
+            return None;
         }
-        if last_attempt.is_some_and(|at| at.elapsed() < self.min_interval) {
+        if let Some(at) = last_attempt.filter(|at| at.elapsed() < self.min_interval) {
             tracing::debug!("JWKS fetched recently; not fetching it again yet");
-            return;
+            return Some(self.min_interval.saturating_sub(at.elapsed()));
         }
         *last_attempt = Some(Instant::now());
         match self.fetch().await {
@@ -209,6 +218,7 @@ impl Jwks {
             }
         }
         self.attempts.fetch_add(1, Ordering::SeqCst);
+        None
     }
 
     /// Refreshes an expired cache without making the request that noticed it wait.

@@ -177,6 +177,10 @@ enum TokenError {
     /// Not the token's fault: its key may be published, but the JWKS cannot be fetched to see.
     #[error("the identity provider's signing keys cannot be fetched now, so the token cannot be checked; retry later")]
     KeysUnreachable { retry_after: Duration },
+    /// Not the token's fault either: its key may have been published since the JWKS was fetched,
+    /// moments ago; it is fetched again after `retry_after`.
+    #[error("the token's signing key is not among the identity provider's keys fetched moments ago; retry shortly")]
+    KeyNotFetchedYet { retry_after: Duration },
     #[error("the token's algorithm does not match its signing key")]
     KeyMismatch,
     #[error("the token's signature is not valid")]
@@ -295,6 +299,7 @@ impl JwtAuthenticator {
             MissingKey::NotPublished => TokenError::UnknownKey,
             MissingKey::OtherKind => TokenError::KeyMismatch,
             MissingKey::Unreachable { retry_after } => TokenError::KeysUnreachable { retry_after },
+            MissingKey::NotFetchedYet { retry_after } => TokenError::KeyNotFetchedYet { retry_after },
         })?;
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding_key, &self.validation(algorithm))
             .map_err(|error| match token_error(error.into_kind()) {
@@ -405,7 +410,7 @@ fn token_error(kind: ErrorKind) -> TokenError {
 }
 
 fn refused(error: TokenError) -> Problem {
-    if let TokenError::KeysUnreachable { retry_after } = &error {
+    if let TokenError::KeysUnreachable { retry_after } | TokenError::KeyNotFetchedYet { retry_after } = &error {
         // The fetch failure is logged where it happened (`jwks`).
         let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
         return Problem::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string()).with_retry_after(seconds.max(1));
