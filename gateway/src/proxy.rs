@@ -168,10 +168,18 @@ fn body_bound(body: &Body, headers: &HeaderMap, limit: usize) -> Result<usize, P
     if body.is_end_stream() {
         return Ok(0);
     }
-    match body.size_hint().exact().map(|length| usize::try_from(length).unwrap_or(usize::MAX)) {
-        Some(length) if length > limit => Err(decompress::too_large(limit)),
+    match declared_length(body, limit)? {
         Some(length) if !headers.contains_key(header::CONTENT_ENCODING) => Ok(length),
         _ => Ok(limit),
+    }
+}
+
+/// The length `body` declares (its `Content-Length`), if any; 413 when it is over `limit`.
+fn declared_length(body: &Body, limit: usize) -> Result<Option<usize>, Problem> {
+    use http_body::Body as _;
+    match body.size_hint().exact().map(|length| usize::try_from(length).unwrap_or(usize::MAX)) {
+        Some(length) if length > limit => Err(decompress::too_large(limit)),
+        declared => Ok(declared),
     }
 }
 
@@ -188,13 +196,7 @@ pub(crate) async fn read_body(
     limit: usize,
     idle: std::time::Duration,
 ) -> Result<Bytes, Problem> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(decompress::too_large(limit));
-    }
+    let declared = declared_length(&body, limit)?;
     let stalled = Arc::new(AtomicBool::new(false));
     let body = decompress::with_idle_timeout(body, idle, stalled.clone());
     let whole = idle + std::time::Duration::from_secs((declared.unwrap_or(limit) / MIN_BODY_BYTES_PER_SEC) as u64);

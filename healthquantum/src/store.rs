@@ -329,18 +329,7 @@ impl Store {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         // On PostgreSQL the patient is held first: an image being stored meanwhile (which holds
         // the patient too) is committed before the deletion reads the images, or refused after it.
-        let select = if self.database.backend() == Backend::Postgres {
-            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL FOR UPDATE"
-        } else {
-            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL"
-        };
-        sqlx::query(select)
-            .bind(tenant_id)
-            .bind(id.as_str())
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| Error::NotFound("patient".into()))?;
+        hold_live_patient(&mut transaction, self.database.backend(), tenant_id, id.as_str(), RowLock::Update).await?;
         let mut deleted = Deleted::default();
         for (sql, ids) in [
             ("DELETE FROM assessments WHERE tenant_id = $1 AND patient_id = $2 RETURNING id", &mut deleted.assessments),
@@ -459,18 +448,8 @@ impl Store {
         // On PostgreSQL the patient is held until the image is stored: an erasure or a deletion
         // (each holding the patient before it reads the images) waits for it and deletes it, or
         // goes first and the image is refused (SQLite runs write transactions one at a time).
-        let select = if self.database.backend() == Backend::Postgres {
-            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL FOR SHARE"
-        } else {
-            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL"
-        };
-        sqlx::query(select)
-            .bind(tenant_id)
-            .bind(&image.patient_id)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| Error::NotFound("patient".into()))?;
+        hold_live_patient(&mut transaction, self.database.backend(), tenant_id, &image.patient_id, RowLock::Share)
+            .await?;
         sqlx::query(
             "INSERT INTO images (tenant_id, id, patient_id, media_type, size_bytes, sha256, width, height, \
              has_thumbnail, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -823,6 +802,44 @@ pub(crate) struct Deleted {
 /// Holds, until the transaction ends, the CPF whose blind index is `cpf_hash` in `tenant_id`: on
 /// PostgreSQL an advisory lock on the two, which every transaction storing or erasing the CPF
 /// takes first; on SQLite, write transactions run one at a time already.
+/// How [`hold_live_patient`] holds the patient's row on PostgreSQL.
+#[derive(Clone, Copy)]
+enum RowLock {
+    /// Against changes and other holders: the transaction deletes what hangs off the patient.
+    Update,
+    /// Against changes only: the transaction adds to the patient.
+    Share,
+}
+
+/// Checks that patient `id` of `tenant_id` exists and is not erased (`NotFound` otherwise) and, on
+/// PostgreSQL, holds its row as `lock` says until the transaction ends; on SQLite, write
+/// transactions run one at a time already.
+async fn hold_live_patient(
+    connection: &mut sqlx::AnyConnection,
+    backend: Backend,
+    tenant_id: &str,
+    id: &str,
+    lock: RowLock,
+) -> Result<(), Error> {
+    let select = match (backend, lock) {
+        (Backend::Postgres, RowLock::Update) => {
+            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL FOR UPDATE"
+        }
+        (Backend::Postgres, RowLock::Share) => {
+            "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL FOR SHARE"
+        }
+        _ => "SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL",
+    };
+    sqlx::query(select)
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound("patient".into()))?;
+    Ok(())
+}
+
 async fn lock_cpf(
     connection: &mut sqlx::AnyConnection,
     backend: Backend,
