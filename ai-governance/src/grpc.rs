@@ -387,9 +387,13 @@ const MAX_FREE_TEXT: usize = 4000;
 
 /// Text a person wrote (a review's reason or note, what to correct), trimmed: at most
 /// [`MAX_FREE_TEXT`] characters, line breaks and tabs but no other control characters, and no
-/// bidirectional overrides that would show a reviewer something other than what is stored.
+/// bidirectional overrides that would show a reviewer something other than what is stored; text
+/// that shows nothing (white space and invisible characters) is empty.
 fn free_text<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
     let text = text.trim();
+    if aigronova_platform::text::is_blank(text) {
+        return Ok("");
+    }
     if text.chars().count() > MAX_FREE_TEXT {
         return Err(Error::invalid(field, format!("must be at most {MAX_FREE_TEXT} characters")));
     }

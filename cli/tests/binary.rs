@@ -142,12 +142,14 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
         .filter(|line| line.contains("\"target\":\"access\""))
         .map(|line| serde_json::from_str(line).expect("an access line is JSON"))
         .collect();
-    assert_eq!(access.len(), 9, "one access line per request:\n{logs}");
+    assert_eq!(access.len(), 10, "one access line per request:\n{logs}");
     for line in &access {
         assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
         // The route's template, never the path, which holds whatever was typed into the URL.
         assert!(
-            line["route"].as_str().is_some_and(|route| route.starts_with("/v1/") || route == "unmatched"),
+            line["route"]
+                .as_str()
+                .is_some_and(|route| route.starts_with("/v1/") || ["/metrics", "unmatched"].contains(&route)),
             "{line}"
         );
         assert!(line.get("path").is_none(), "{line}");
@@ -166,7 +168,7 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let routes: Vec<&str> = tenant_calls.iter().map(|line| line["route"].as_str().unwrap()).collect();
     assert_eq!(
         routes,
-        ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments", "/v1/health/patients/{id}"]
+        ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments", "/v1/health/patients/{id}", "/metrics"]
     );
     assert_eq!(tenant_calls[2]["trace_id"], CLIENT_TRACE_ID, "the trace the client's traceparent named");
     // Authenticated lines name the key by its id, administrator keys included; the others name none.
@@ -207,7 +209,7 @@ struct Exercised {
 }
 
 /// Creates a tenant, a key, a patient and an assessment, reads the patient within a client's trace,
-/// sends a key in the wrong header, a JWT nobody trusts, a CPF typed as a patient's id and the key
+/// scrapes the metrics with the tenant's key, sends a key in the wrong header, a JWT nobody trusts, a CPF typed as a patient's id and the key
 /// pasted as a path.
 async fn exercise(url: &str, admin: &str) -> Exercised {
     aigronova_gateway::install_crypto_provider();
@@ -226,7 +228,7 @@ async fn exercise(url: &str, admin: &str) -> Exercised {
     let key: Value = client
         .post(format!("{url}/v1/admin/tenants/{id}/api-keys"))
         .bearer_auth(admin)
-        .json(&json!({"name": "ci", "scopes": ["health:read", "health:write"]}))
+        .json(&json!({"name": "ci", "scopes": ["health:read", "health:write", "metrics:read"]}))
         .send()
         .await
         .unwrap()
@@ -265,6 +267,9 @@ async fn exercise(url: &str, admin: &str) -> Exercised {
         .await
         .unwrap();
     assert_eq!(read.status(), 200);
+    // A tenant's scraper is logged with its tenant.
+    let scraped = client.get(format!("{url}/metrics")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
     // Whatever is typed into a URL stays out of the logs: a CPF where an id goes, a key as a path.
     let typed = client.get(format!("{url}/v1/health/patients/529.982.247-25")).bearer_auth(&key).send().await.unwrap();
     assert_eq!(typed.status(), 400);

@@ -9,7 +9,7 @@ use axum::{
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use crate::{
@@ -287,6 +287,14 @@ fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
     let time = DateTime::parse_from_rfc3339(text)
         .map_err(|_| Problem::invalid_field("expireTime", "expireTime must be an RFC 3339 timestamp"))?
         .with_timezone(&Utc);
+    // Neither has a form in UTC that RFC 3339 readers take back: a year needs four digits, and a
+    // second 60 is a leap second only at the end of a day.
+    if time.year() > 9999 {
+        return Err(Problem::invalid_field("expireTime", "expireTime must be before the year 10000 in UTC"));
+    }
+    if time.nanosecond() >= 1_000_000_000 {
+        return Err(Problem::invalid_field("expireTime", "expireTime must not be a leap second (second 60)"));
+    }
     if time <= Utc::now() {
         return Err(Problem::invalid_field("expireTime", "expireTime must be in the future"));
     }
@@ -354,8 +362,8 @@ fn neither_query_nor_body(request: &Request, route: &str) -> Result<(), Problem>
 
 fn valid_name(name: &str) -> Result<&str, Problem> {
     let name = name.trim();
-    if name.is_empty() {
-        return Err(Problem::invalid_field("name", "name must not be empty"));
+    if aigronova_platform::text::is_blank(name) {
+        return Err(Problem::invalid_field("name", "name must not be empty nor only invisible characters"));
     }
     if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
         return Err(Problem::invalid_field(

@@ -28,12 +28,15 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
     if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
         return Err(Problem::invalid_request("Authorization", "Authorization is given more than once"));
     }
-    let key = headers
+    let credential = headers
         .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_credential)
-        .filter(|key| !key.is_empty())
+        .and_then(|value| bearer_credential(value.as_bytes()))
         .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
+    // A Bearer credential is visible ASCII (RFC 6750's b64token); any other is no key and no token.
+    let key = std::str::from_utf8(credential)
+        .ok()
+        .filter(|key| key.bytes().all(|byte| byte.is_ascii_graphic()))
+        .ok_or_else(|| Problem::invalid_token("the API key is not valid"))?;
     if let Some(authenticator) = &state.jwt
         && jwt::looks_like_jwt(key)
     {
@@ -46,10 +49,13 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
     principal.ok_or_else(|| Problem::invalid_token("the API key is not valid"))
 }
 
-/// The credential of a `Bearer` authorization; the scheme's name is case-insensitive (RFC 9110).
-fn bearer_credential(authorization: &str) -> Option<&str> {
-    let (scheme, credential) = authorization.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| credential.trim())
+/// The credential of a `Bearer` authorization, `None` when there is none; the scheme's name is
+/// case-insensitive (RFC 9110).
+fn bearer_credential(authorization: &[u8]) -> Option<&[u8]> {
+    let authorization = authorization.trim_ascii_start();
+    let space = authorization.iter().position(|&byte| byte == b' ')?;
+    let (scheme, credential) = (&authorization[..space], authorization[space..].trim_ascii());
+    (scheme.eq_ignore_ascii_case(b"bearer") && !credential.is_empty()).then_some(credential)
 }
 
 /// Refuses a principal that lacks `scope` with 403 and the RFC 6750 `insufficient_scope`

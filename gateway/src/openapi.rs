@@ -58,6 +58,8 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
         comments: Comments::new(pool),
         schemas: BTreeMap::new(),
         field_behavior: pool.get_extension_by_name("google.api.field_behavior"),
+        bounds: ["minimum", "maximum"]
+            .map(|bound| (bound, pool.get_extension_by_name(&format!("aigronova.common.v1.{bound}")))),
     };
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -100,6 +102,7 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
         "components": {
             "schemas": schemas,
             "responses": problem_responses(),
+            "headers": rate_limit_headers(),
             "securitySchemes": {
                 SECURITY_SCHEME: {
                     "type": "http",
@@ -183,6 +186,8 @@ struct Generator {
     schemas: BTreeMap<String, Value>,
     /// `google.api.field_behavior`, whose `REQUIRED` fields a request must give.
     field_behavior: Option<prost_reflect::ExtensionDescriptor>,
+    /// `aigronova.common.v1.minimum` and `maximum`: the bounds of an integer field.
+    bounds: [(&'static str, Option<prost_reflect::ExtensionDescriptor>); 2],
 }
 
 impl Generator {
@@ -269,7 +274,7 @@ impl Generator {
 
     fn responses(&mut self, route: &Route) -> Value {
         let output = route.method.output();
-        let success = if output.full_name() == "google.api.HttpBody" {
+        let mut success = if output.full_name() == "google.api.HttpBody" {
             json!({
                 "description": "The raw body, with the media type the service chose.",
                 "content": raw_content(&route.method),
@@ -281,6 +286,7 @@ impl Generator {
                 "content": {"application/json": {"schema": self.message_ref(&output)}},
             })
         };
+        success["headers"] = Value::Object(rate_limit_header_refs());
         let mut responses = Map::from_iter([("200".to_owned(), success)]);
         let problems: &[&str] = if route.body.is_empty() { ROUTE_PROBLEMS } else { ROUTE_PROBLEMS_WITH_BODY };
         responses.extend(problem_refs(problems));
@@ -342,7 +348,15 @@ impl Generator {
             let values = self.kind_schema(&entry.map_entry_value_field().kind());
             return json!({"type": "object", "additionalProperties": values});
         }
-        let schema = self.kind_schema(&field.kind());
+        let mut schema = self.kind_schema(&field.kind());
+        let options = field.options();
+        for (bound, extension) in &self.bounds {
+            if let Some(extension) = extension.as_ref().filter(|extension| options.has_extension(extension))
+                && let Some(value) = options.get_extension(extension).as_i64()
+            {
+                schema[*bound] = value.into();
+            }
+        }
         if field.is_list() { json!({"type": "array", "items": schema}) } else { schema }
     }
 
@@ -576,17 +590,32 @@ fn problem_responses() -> Map<String, Value> {
                 });
             }
             if *name == "TooManyRequests" {
-                response["headers"]["RateLimit-Policy"] = json!({
-                    "description": "The limits that apply (IETF draft), e.g. `\"tenant\";q=20;w=2`.",
-                    "schema": {"type": "string"},
-                });
-                response["headers"]["RateLimit"] = json!({
-                    "description": "What is left of each limit, e.g. `\"tenant\";r=0;t=1`.",
-                    "schema": {"type": "string"},
-                });
+                response["headers"].as_object_mut().expect("headers").extend(rate_limit_header_refs());
             }
             ((*name).to_owned(), response)
         })
+        .collect()
+}
+
+/// The rate limit's fields, which every answer of a limited call carries, in `components`.
+fn rate_limit_headers() -> Value {
+    json!({
+        "RateLimit-Policy": {
+            "description": "The limits that apply (IETF draft), e.g. `\"tenant\";q=20;w=2`.",
+            "schema": {"type": "string"},
+        },
+        "RateLimit": {
+            "description": "What is left of each limit, e.g. `\"tenant\";r=0;t=1`.",
+            "schema": {"type": "string"},
+        },
+    })
+}
+
+/// `name → $ref` for the rate limit's fields.
+fn rate_limit_header_refs() -> Map<String, Value> {
+    ["RateLimit-Policy", "RateLimit"]
+        .into_iter()
+        .map(|name| (name.to_owned(), json!({"$ref": format!("#/components/headers/{name}")})))
         .collect()
 }
 

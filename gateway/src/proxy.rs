@@ -67,14 +67,25 @@ pub(crate) struct RequestFacts {
 }
 
 /// `GET /metrics`: for keys with the `metrics:read` or `admin` scope.
-pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
-    let principal = auth::authenticate(&state, &headers).await?;
+pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let mut facts = RequestFacts::default();
+    let mut response = match scrape(&state, &headers, &mut facts).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    };
+    response.extensions_mut().insert(facts);
+    response
+}
+
+async fn scrape(state: &AppState, headers: &HeaderMap, facts: &mut RequestFacts) -> Result<Response, Problem> {
+    let principal = auth::authenticate(state, headers).await?;
+    // A tenant's scraper is refused with its tenant suspended, as its other keys are, and logged
+    // with its tenant; an administrator's has none.
+    if principal.tenant_id.is_some() {
+        facts.tenant_id = Some(auth::require_tenant(&principal)?.to_owned());
+    }
     if !principal.has_scope(ADMIN_SCOPE) {
         auth::require_scope(&principal, METRICS_SCOPE)?;
-    }
-    // A tenant's scraper is refused with its tenant suspended, as its other keys are.
-    if principal.tenant_id.is_some() {
-        auth::require_tenant(&principal)?;
     }
     Ok(crate::metrics::render().await)
 }

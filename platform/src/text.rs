@@ -6,9 +6,48 @@ pub fn is_bidi_control(c: char) -> bool {
     matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
+/// Whether `c` shows nothing where it stands: a zero-width space, joiner or non-joiner, a
+/// direction mark, a word joiner or invisible operator, a soft hyphen, a grapheme joiner, a
+/// variation selector, a Hangul filler, the byte order mark.
+pub fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{34f}'
+            | '\u{61c}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{206a}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+    )
+}
+
+/// Whether `text` shows nothing: empty, or only white space and invisible characters.
+pub fn is_blank(text: &str) -> bool {
+    text.chars().all(|c| c.is_whitespace() || is_invisible(c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_of_white_space_and_invisible_characters_is_blank() {
+        for blank in ["", " \t\n", "\u{200b}", " \u{200d}\u{2060}\u{feff} ", "\u{ad}\u{3164}"] {
+            assert!(is_blank(blank), "{blank:?}");
+        }
+        for shown in ["a", " \u{200b}x", "ã", "-", "\u{1F600}", "\u{200b}1"] {
+            assert!(!is_blank(shown), "{shown:?}");
+        }
+    }
 
     #[test]
     fn only_embeddings_overrides_and_isolates_are_bidi_controls() {

@@ -279,6 +279,32 @@ fn errors_are_problem_documents() {
     assert_eq!(members, ["detail", "field", "instance", "missingPermission", "requestId", "status", "title", "type"]);
     let retry = resolve(&document, "#/components/responses/TooManyRequests").unwrap();
     assert!(retry["headers"]["Retry-After"].is_object());
+    // The rate limit's fields come with every answer of a limited call, refused or not.
+    for headers in [&retry["headers"], &get["responses"]["200"]["headers"]] {
+        for name in ["RateLimit-Policy", "RateLimit"] {
+            let field = resolve(&document, headers[name]["$ref"].as_str().unwrap_or_else(|| panic!("no {name}")));
+            assert_eq!(field.unwrap()["schema"]["type"], "string");
+        }
+    }
+}
+
+#[test]
+fn integer_bounds_from_the_field_options_are_in_the_schemas() {
+    let (_, document) = document_of(&platform_pool());
+    let page_size = |path: &str| {
+        let parameters = operation(&document, path, "get")["parameters"].as_array().unwrap();
+        parameters.iter().find(|parameter| parameter["name"] == "pageSize").expect("pageSize")["schema"].clone()
+    };
+    for (path, minimum, maximum) in [
+        ("/v1/health/patients", 0, 100),
+        ("/v1/governance/reviews", 0, 100),
+        ("/v1/governance/subject-requests", 0, 100),
+        ("/v1/governance/audit/entries", 0, 1000),
+        ("/v1/governance/audit/checkpoints", 0, 1000),
+    ] {
+        let schema = page_size(path);
+        assert_eq!((&schema["minimum"], &schema["maximum"]), (&json!(minimum), &json!(maximum)), "{path}: {schema}");
+    }
 }
 
 #[test]

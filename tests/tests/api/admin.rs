@@ -115,6 +115,18 @@ async fn tenant_updates_refuse_bad_input() {
     let response = app.patch(&path, &app.admin_key, &json!({"plan": "enterprise"})).await;
     assert_eq!(response.json::<Value>().await.unwrap()["plan"], "enterprise");
     assert_problem(app.patch("/v1/admin/tenants/nope", &app.admin_key, &json!({"plan": "starter"})).await, 404).await;
+    // A name that shows nothing names nothing, for a tenant or a key.
+    for name in ["\u{200b}", " \u{200d}\u{feff} "] {
+        let problem = assert_problem(
+            app.post("/v1/admin/tenants", &app.admin_key, &json!({"name": name, "plan": "starter"})).await,
+            400,
+        )
+        .await;
+        assert_eq!(problem["field"], "name");
+        let key = json!({"name": name, "scopes": ["health:read"]});
+        let problem = assert_problem(app.post(&format!("{path}/api-keys"), &app.admin_key, &key).await, 400).await;
+        assert_eq!(problem["field"], "name");
+    }
     app.stop().await;
 }
 
@@ -168,11 +180,19 @@ async fn a_key_stops_working_when_it_expires() {
     tokio::time::sleep(Duration::from_millis(1600)).await;
     assert_problem(app.post("/v1/health/patients", &key, &body).await, 401).await;
 
-    let past = json!({"name": "old", "scopes": ["health:read"], "expireTime": "2020-01-01T00:00:00Z"});
-    let problem =
-        assert_problem(app.post(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key, &past).await, 400)
-            .await;
-    assert_eq!(problem["field"], "expireTime");
+    // In the past, past 9999 in UTC, and a leap second: none has a future RFC 3339 form in UTC.
+    for expiry in ["2020-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00", "2030-06-15T12:34:60Z"] {
+        let refused = json!({"name": "odd", "scopes": ["health:read"], "expireTime": expiry});
+        let problem = assert_problem(
+            app.post(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key, &refused).await,
+            400,
+        )
+        .await;
+        assert_eq!(problem["field"], "expireTime", "{expiry}");
+    }
+    let keys: Value =
+        app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
+    assert_eq!(keys["apiKeys"].as_array().map(Vec::len), Some(1), "only the first key was made: {keys}");
     app.stop().await;
 }
 

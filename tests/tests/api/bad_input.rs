@@ -49,6 +49,19 @@ async fn a_missing_or_wrong_key_is_401() {
     let response = app.post("/v1/health/patients", "agk_not_a_key", &body).await;
     assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="invalid_token""#);
     assert_problem(response, 401).await;
+    // A credential that is not visible ASCII is a bad one, not none.
+    for credential in [&b"Bearer \xff"[..], b"Bearer agk_\tx", "Bearer chave-inválida".as_bytes()] {
+        let response = app
+            .client
+            .post(app.url("/v1/health/patients"))
+            .header("authorization", reqwest::header::HeaderValue::from_bytes(credential).unwrap())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="invalid_token""#, "{credential:?}");
+        assert_problem(response, 401).await;
+    }
     let response = app
         .client
         .post(app.url("/v1/health/patients"))
