@@ -404,7 +404,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 InferenceError::InvalidFeature { field, reason } => {
                     let feature = field.strip_prefix("features.").unwrap_or(&field);
                     match scoring::applicant_field(feature) {
-                        Some(sent) => Error::invalid(sent, format!("{reason}, the range the credit model accepts")),
+                        Some(sent) => Error::invalid(sent, reason),
                         None => Error::from(InferenceError::InvalidFeature { field, reason }),
                     }
                 }

@@ -94,8 +94,8 @@ pub struct DeclaredFields<'a> {
     pub duration_months: i32,
     pub credit_amount: f64,
     pub age: i32,
-    pub existing_credits: i32,
-    pub dependents: i32,
+    pub existing_credits: Option<i32>,
+    pub dependents: Option<i32>,
     pub employment_years: Option<f64>,
     pub credit_history: &'a str,
     pub housing: &'a str,
@@ -126,8 +126,14 @@ impl Applicant {
         };
         let duration_months = range("durationMonths", fields.duration_months, 1, 120)?;
         let age = range("age", fields.age, 18, 120)?;
-        let existing_credits = range("existingCredits", fields.existing_credits, 0, 10)?;
-        let dependents = range("dependents", fields.dependents, 0, 10)?;
+        // Zero is a count these take, so they are sent or missing, not zero when absent.
+        let count = |field: &str, value: Option<i32>, max: i32| match value {
+            Some(value) if (0..=max).contains(&value) => Ok(value),
+            Some(_) => Err(Error::invalid(format!("applicant.{field}"), format!("must be between 0 and {max}"))),
+            None => Err(Error::invalid(format!("applicant.{field}"), format!("is required, between 0 and {max}"))),
+        };
+        let existing_credits = count("existingCredits", fields.existing_credits, 10)?;
+        let dependents = count("dependents", fields.dependents, 10)?;
         if fields.credit_amount == 0.0 {
             return Err(Error::invalid("applicant.creditAmount", "is required, above 0 and at most 10,000,000 reais"));
         }
@@ -138,11 +144,11 @@ impl Applicant {
             return Err(Error::invalid("applicant.creditAmount", "must be in reais with at most two decimal places"));
         }
         if let Some(years) = fields.employment_years
-            && (!years.is_finite() || !(0.0..=80.0).contains(&years))
+            && (!years.is_finite() || years < 0.0)
         {
             return Err(Error::invalid(
                 "applicant.employmentYears",
-                "must be between 0 and 80, or absent when unemployed",
+                "must be a number of years from 0, or absent when unemployed",
             ));
         }
         // Work in Brazil begins at 14 at the earliest, as an apprentice.
@@ -591,8 +597,8 @@ mod tests {
             duration_months: 12,
             credit_amount: 1200.0,
             age: 30,
-            existing_credits: 1,
-            dependents: 1,
+            existing_credits: Some(1),
+            dependents: Some(1),
             employment_years: Some(2.0),
             credit_history: "paid_duly",
             housing: "own",
@@ -646,10 +652,16 @@ mod tests {
             credit_history: "paid_duly",
             housing: "rent",
             purpose: "other",
+            existing_credits: Some(1),
+            dependents: Some(2),
             ..DeclaredFields::default()
         };
         assert!(Applicant::parse(&good).is_ok());
         assert!(Applicant::parse(&DeclaredFields { age: 30, employment_years: Some(16.0), ..good.clone() }).is_ok());
+        // Up to the age less 14, past 80 years for the oldest; no credits and no dependents are counts.
+        assert!(Applicant::parse(&DeclaredFields { age: 100, employment_years: Some(86.0), ..good.clone() }).is_ok());
+        let none = DeclaredFields { existing_credits: Some(0), dependents: Some(0), ..good.clone() };
+        assert!(Applicant::parse(&none).is_ok());
         for reais in [0.01, 0.1, 1234.56, 5000.07, 73_695.99, 9_999_999.99, 10_000_000.0, 100.3] {
             assert!(Applicant::parse(&DeclaredFields { credit_amount: reais, ..good.clone() }).is_ok(), "{reais}");
             assert!(
@@ -663,8 +675,11 @@ mod tests {
             let income = Applicant::parse(&DeclaredFields { monthly_income: Some(reais), ..good.clone() });
             assert!(matches!(&income, Err(Error::InvalidArgument { field, .. }) if field == "applicant.monthlyIncome"));
         }
-        let cases: [(DeclaredFields<'_>, &str); 9] = [
+        let cases: [(DeclaredFields<'_>, &str); 12] = [
             (DeclaredFields { age: 18, employment_years: Some(80.0), ..good.clone() }, "applicant.employmentYears"),
+            (DeclaredFields { age: 100, employment_years: Some(86.5), ..good.clone() }, "applicant.employmentYears"),
+            (DeclaredFields { employment_years: Some(-1.0), ..good.clone() }, "applicant.employmentYears"),
+            (DeclaredFields { dependents: Some(11), ..good.clone() }, "applicant.dependents"),
             (DeclaredFields { age: 30, employment_years: Some(16.5), ..good.clone() }, "applicant.employmentYears"),
             (DeclaredFields { duration_months: 0, ..good.clone() }, "applicant.durationMonths"),
             (DeclaredFields { age: 17, ..good.clone() }, "applicant.age"),
@@ -680,11 +695,13 @@ mod tests {
                 other => panic!("expected {expected} refused, got {other:?}"),
             }
         }
-        // Absent fields read as zero, and are told to be required.
+        // Absent fields read as zero (or none), and are told to be required.
         for fields in [
             DeclaredFields { age: 0, ..good.clone() },
             DeclaredFields { credit_amount: 0.0, ..good.clone() },
             DeclaredFields { duration_months: 0, ..good.clone() },
+            DeclaredFields { existing_credits: None, ..good.clone() },
+            DeclaredFields { dependents: None, ..good.clone() },
         ] {
             let error = Applicant::parse(&fields).unwrap_err().to_string();
             assert!(error.contains("is required"), "{error}");

@@ -273,10 +273,17 @@ impl Model {
                 if !value.is_finite() {
                     return Err(invalid(&feature.name, "must be a finite number".into()));
                 }
-                if value < feature.min || value > feature.max {
+                let model = &self.manifest.name;
+                if value < feature.min {
                     return Err(invalid(
                         &feature.name,
-                        format!("{value} is outside the accepted range [{}, {}]", feature.min, feature.max),
+                        format!("{value} is below {}, the least model {model} takes", feature.min),
+                    ));
+                }
+                if value > feature.max {
+                    return Err(invalid(
+                        &feature.name,
+                        format!("{value} is above {}, the most model {model} takes", feature.max),
                     ));
                 }
                 Ok(value as f32)

@@ -531,7 +531,7 @@ async fn scores_racing_an_erasure_keep_nothing_of_the_customer(backend: Backend)
 }
 
 /// An amount the applicant may ask for but the model does not accept is refused, naming the
-/// field the caller sent and the range, and nothing is stored; so are more dependents than it takes.
+/// field the caller sent and the bound, and nothing is stored; so are more dependents than it takes.
 #[tokio::test]
 async fn an_amount_outside_the_models_range_names_the_applicants_field() {
     let (_bank, app, key, customer_cpf, _, mut applicant) =
@@ -542,14 +542,22 @@ async fn an_amount_outside_the_models_range_names_the_applicants_field() {
     let problem = assert_problem(response, 400).await;
     assert_eq!(problem["field"], "applicant.creditAmount", "{problem}");
     let detail = problem["detail"].as_str().unwrap();
-    assert!(detail.starts_with("applicant.creditAmount: 1000000 is outside"), "{problem}");
-    assert!(detail.ends_with("the range the credit model accepts"), "{problem}");
+    assert_eq!(detail, "applicant.creditAmount: 1000000 is above 73696, the most model credit-risk takes", "{problem}");
     applicant["creditAmount"] = json!(5_000.0);
     applicant["dependents"] = json!(9);
     let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": applicant})).await;
     let problem = assert_problem(response, 400).await;
     assert_eq!(problem["field"], "applicant.dependents", "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("9 is outside the accepted range [0, 8]"), "{problem}");
+    assert_eq!(problem["detail"], "applicant.dependents: 9 is above 8, the most model credit-risk takes", "{problem}");
+    // A count left out is not a count of zero.
+    applicant["dependents"] = json!(1);
+    for field in ["existingCredits", "dependents"] {
+        let mut partial = applicant.clone();
+        partial.as_object_mut().unwrap().remove(field);
+        let body = json!({"cpf": customer_cpf, "applicant": partial});
+        let problem = assert_problem(app.post("/v1/fin/credit-scores", &key, &body).await, 400).await;
+        assert_eq!(problem["field"], format!("applicant.{field}"), "{problem}");
+    }
     assert_eq!(app.count_fin_rows("credit_scores").await, 0);
     app.stop().await;
 }

@@ -130,7 +130,16 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(schemas["aigronova.health.v1.CreatePatientRequest"]["required"], json!(["name", "cpf", "birthDate"]));
     assert_eq!(
         schemas["aigronova.fin.v1.Applicant"]["required"],
-        json!(["durationMonths", "creditAmount", "age", "creditHistory", "housing", "purpose"])
+        json!([
+            "durationMonths",
+            "creditAmount",
+            "age",
+            "existingCredits",
+            "dependents",
+            "creditHistory",
+            "housing",
+            "purpose"
+        ])
     );
     let review = &document["paths"]["/v1/governance/reviews"]["post"]["requestBody"]["content"]["application/json"];
     let review = match review["schema"]["$ref"].as_str() {
