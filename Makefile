@@ -29,7 +29,7 @@ run: onnxruntime ## Build and start the whole platform (aigronova up) on $(HTTP_
 build: ## Build every crate
 	cargo build --workspace
 
-test: onnxruntime ## Run every test (needs PostgreSQL on 127.0.0.1:5432)
+test: onnxruntime ## Run every test (needs PostgreSQL on 127.0.0.1:5432 and Redis on 127.0.0.1:6379)
 	@if cargo nextest --version >/dev/null 2>&1; then \
 		cargo nextest run --workspace --no-fail-fast; \
 	else \
@@ -69,7 +69,7 @@ fmt: ## Format the code
 models: ## Retrain the models and check the committed files are reproduced byte for byte
 	bash models/check_reproducible.sh
 
-onnxruntime: $(ORT_LIB) ## Fetch libonnxruntime.so from the pinned onnxruntime wheel
+onnxruntime: $(ORT_LIB) ## Fetch libonnxruntime.so from the onnxruntime wheel of version $(ORT_VERSION)
 
 $(ORT_LIB):
 	@echo "Fetching ONNX Runtime $(ORT_VERSION) from the onnxruntime wheel"
