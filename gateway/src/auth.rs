@@ -9,7 +9,7 @@ use crate::{
     AppState, jwt,
     problem::Problem,
     request_id,
-    store::{ADMIN_SCOPE, Credential, Principal},
+    store::{ADMIN_SCOPE, Credential, METRICS_SCOPE, Principal},
 };
 
 /// The principal of the request's API key, or of its JWT when OIDC is configured; 401 when the
@@ -38,7 +38,7 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
         .filter(|key| key.bytes().all(|byte| byte.is_ascii_graphic()))
         .ok_or_else(|| Problem::invalid_token("the API key is not valid"))?;
     if let Some(authenticator) = &state.jwt
-        && jwt::looks_like_jwt(key)
+        && jwt::meant_as_jwt(key)
     {
         return authenticator.principal(&state.store, key).await.map(Arc::new);
     }
@@ -68,6 +68,9 @@ pub(crate) fn require_scope(principal: &Principal, scope: &str) -> Result<(), Pr
         Credential::ApiKey => format!("this API key lacks the scope {scope:?}"),
         Credential::Token if scope == ADMIN_SCOPE => {
             format!("a token never grants the scope {scope:?}; call the admin API with an administrator API key")
+        }
+        Credential::Token if scope == METRICS_SCOPE => {
+            format!("a token never grants the scope {scope:?}; scrape with an API key of the operators' tenant")
         }
         Credential::Token => format!("this token lacks the scope {scope:?}"),
     };

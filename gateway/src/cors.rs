@@ -1,11 +1,16 @@
 //! Cross-origin requests from browsers, allowed per deployment.
 
-use std::time::Duration;
+use std::{
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use aigronova_platform::config::ConfigError;
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, Request, Response, header};
+use futures_util::future::Either;
 use serde::{Deserialize, Serialize};
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower::{Layer, Service};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 
 /// The methods the API's routes take: `HEAD` wherever `GET` is taken; no route takes `PUT`.
 const ALLOWED_METHODS: [Method; 5] = [Method::GET, Method::HEAD, Method::POST, Method::PATCH, Method::DELETE];
@@ -38,16 +43,31 @@ impl Default for CorsConfig {
     }
 }
 
+/// Whether `origin` is an origin as browsers send it (RFC 6454): `http` or `https`, `://`, a host
+/// in lower case and an optional port, nothing after; compared byte for byte, any other form would
+/// never match.
+fn is_serialized_origin(origin: &str) -> bool {
+    let Some(authority) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else {
+        return false;
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || !port.is_empty() => (host, Some(port)),
+        _ => (authority, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"-.[]:".contains(&byte));
+    let port_ok =
+        port.is_none_or(|port| !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
+}
+
 impl CorsConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         for origin in &self.allowed_origins {
-            let valid = origin == "*"
-                || ((origin.starts_with("https://") || origin.starts_with("http://"))
-                    && !origin.ends_with('/')
-                    && HeaderValue::from_str(origin).is_ok());
-            if !valid {
+            if origin != "*" && !is_serialized_origin(origin) {
                 return Err(ConfigError(format!(
-                    "gateway.cors.allowed_origins: {origin:?} must be \"*\" or a scheme://host[:port] origin"
+                    "gateway.cors.allowed_origins: {origin:?} must be \"*\" or an origin as browsers send it: \
+                     http:// or https://, the host in lower case and an optional port, no path"
                 )));
             }
         }
@@ -55,7 +75,7 @@ impl CorsConfig {
     }
 
     /// The layer, or `None` when CORS is off.
-    pub(crate) fn layer(&self) -> Option<CorsLayer> {
+    pub(crate) fn layer(&self) -> Option<PreflightsOnly> {
         if self.allowed_origins.is_empty() {
             return None;
         }
@@ -64,22 +84,65 @@ impl CorsConfig {
         } else {
             AllowOrigin::list(self.allowed_origins.iter().filter_map(|origin| HeaderValue::from_str(origin).ok()))
         };
-        Some(
-            CorsLayer::new()
-                .allow_origin(origins)
-                .allow_methods(ALLOWED_METHODS)
-                .allow_headers([
-                    header::AUTHORIZATION,
-                    header::CONTENT_TYPE,
-                    header::CONTENT_ENCODING,
-                    HeaderName::from_static("x-request-id"),
-                    HeaderName::from_static("traceparent"),
-                    HeaderName::from_static("tracestate"),
-                    HeaderName::from_static("grpc-timeout"),
-                ])
-                .expose_headers(EXPOSED_HEADERS)
-                .max_age(Duration::from_secs(self.max_age_secs)),
-        )
+        let cors = CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods(ALLOWED_METHODS)
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::CONTENT_ENCODING,
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
+                HeaderName::from_static("grpc-timeout"),
+            ])
+            .expose_headers(EXPOSED_HEADERS)
+            .max_age(Duration::from_secs(self.max_age_secs));
+        Some(PreflightsOnly(cors))
+    }
+}
+
+/// The CORS layer, but for an `OPTIONS` request that is no preflight (no
+/// `Access-Control-Request-Method`), which goes on to the routes like any other request and is
+/// answered as they answer it (405 with `Allow`); the CORS layer alone would answer every
+/// `OPTIONS` as a preflight.
+#[derive(Clone)]
+pub(crate) struct PreflightsOnly(CorsLayer);
+
+impl<S: Clone> Layer<S> for PreflightsOnly {
+    type Service = PreflightsOnlyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PreflightsOnlyService { cors: self.0.layer(inner.clone()), inner }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct PreflightsOnlyService<S> {
+    cors: Cors<S>,
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PreflightsOnlyService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Either<<Cors<S> as Service<Request<ReqBody>>>::Future, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.cors.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.inner.poll_ready(cx),
+            other => other,
+        }
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let preflight = request.method() != Method::OPTIONS
+            || request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight { Either::Left(self.cors.call(request)) } else { Either::Right(self.inner.call(request)) }
     }
 }
 
@@ -89,6 +152,37 @@ mod tests {
 
     use super::*;
     use crate::routes::RouteTable;
+
+    #[test]
+    fn origins_are_checked_as_browsers_serialize_them() {
+        for origin in [
+            "*",
+            "https://app.example.com",
+            "http://localhost:5173",
+            "https://app.example.com.br:8443",
+            "http://[::1]:3000",
+            "http://127.0.0.1",
+        ] {
+            let config = CorsConfig { allowed_origins: vec![origin.into()], ..CorsConfig::default() };
+            assert!(config.validate().is_ok(), "{origin}");
+        }
+        for origin in [
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://APP.example.com",
+            "app.example.com",
+            "null",
+            "ftp://app.example.com",
+            "https://",
+            "https://app.example.com:",
+            "https://app.example.com:99999x",
+            "https://app.example.com?x",
+            "https://user@app.example.com",
+        ] {
+            let config = CorsConfig { allowed_origins: vec![origin.into()], ..CorsConfig::default() };
+            assert!(config.validate().is_err(), "{origin}");
+        }
+    }
 
     #[test]
     fn the_allowed_methods_are_those_of_the_routes_and_head() {

@@ -210,6 +210,10 @@ impl RateLimiter {
         let refusals: Vec<String> = limited()
             .filter(|((_, gcra), backlog)| !gcra.fits(**backlog))
             .map(|((subject, _), _)| match subject.policy {
+                "key" if key_id.starts_with("jwt:") => format!(
+                    "this token's user sent more than the plan's {} requests per second for one key or user (burst {})",
+                    subject.requests_per_second, subject.burst
+                ),
                 "key" => format!(
                     "this API key sent more than the plan's {} requests per second for one key (burst {})",
                     subject.requests_per_second, subject.burst

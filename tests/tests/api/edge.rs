@@ -37,6 +37,16 @@ async fn cors_allows_the_configured_origin_only() {
         ["ratelimit", "ratelimit-policy", "retry-after", "www-authenticate", "x-request-id"],
         "{exposed}"
     );
+    // An OPTIONS that asks for no method is no preflight: the routes answer it, as without CORS.
+    for path in ["/v1/health/patients", "/healthz"] {
+        let options =
+            app.client.request(reqwest::Method::OPTIONS, app.url(path)).header("origin", "https://app.acme.com.br");
+        let response = options.send().await.unwrap();
+        assert!(response.headers().contains_key("x-request-id"), "{path}");
+        assert!(!response.headers().contains_key("access-control-allow-methods"), "{path}");
+        assert!(response.headers().contains_key("allow"), "{path}");
+        assert_problem(response, 405).await;
+    }
     app.stop().await;
 }
 

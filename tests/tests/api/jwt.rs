@@ -87,6 +87,11 @@ async fn a_token_without_the_scope_of_the_route_gets_403_naming_the_scope_the_to
     let problem = assert_insufficient_scope(response, "admin").await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("a token never grants") && detail.contains("administrator API key"), "{problem}");
+    // Nor the platform-wide metrics, which are for the operators' API keys.
+    let scraper = key.sign(&provider.claims(&tenant, "metrics:read"));
+    let problem = assert_insufficient_scope(app.get("/metrics", &scraper).await, "metrics:read").await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("a token never grants") && detail.contains("operators' tenant"), "{problem}");
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }
@@ -173,6 +178,14 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
     ] {
         let problem = assert_invalid_token(app.post("/v1/health/patients", &rsa.sign(&claims), &patient()).await).await;
         assert_eq!(problem["detail"], detail);
+    }
+    // A credential shaped as no JWT can be is told it is a malformed token, not an unknown API key.
+    let header = b64(&json!({"typ": "JWT", "kid": "rsa-1"}));
+    for malformed in
+        [format!("{header}.e30.c2ln"), "a.b.c.d.e".to_owned(), "ey.+/=.x".to_owned(), r#"{"payload":"e30"}"#.to_owned()]
+    {
+        let problem = assert_invalid_token(app.post("/v1/health/patients", &malformed, &patient()).await).await;
+        assert_eq!(problem["detail"], "the token is not a well-formed JWT", "{malformed}");
     }
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
