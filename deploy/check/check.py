@@ -58,7 +58,16 @@ CHECK_VALUES = {
     "backup": {
         "image": {"repository": "123456789012.dkr.ecr.sa-east-1.amazonaws.com/aigronova-backup", "tag": "0123abc"}
     },
-    "services": {"finquantum": {"institutions": {"banco-exemplo": "https://api.banco-exemplo.example"}}},
+    "aws": {"region": "sa-east-1"},
+    "services": {
+        # healthquantum's reports and images in S3, as Terraform's helm_values give them: with more than
+        # one replica, the chart refuses to render without it.
+        "healthquantum": {
+            "objectsUrl": "s3://aigronova-objects-123456789012/healthquantum",
+            "roleArn": "arn:aws:iam::123456789012:role/aigronova-production-healthquantum",
+        },
+        "finquantum": {"institutions": {"banco-exemplo": "https://api.banco-exemplo.example"}},
+    },
 }
 # The services the binary serves, with their gRPC ports and whether they hold a master key.
 SERVICES = {"healthquantum": (50061, True), "finquantum": (50063, True), "ai-governance": (50070, True)}
@@ -128,6 +137,7 @@ def check_chart(out: Path) -> dict[str, list[dict]]:
         record(f"helm template ({size}): {len(docs)} objects", True)
         check_rendered(size, docs, values)
     check_added_service()
+    check_local_objects()
     return rendered
 
 
@@ -241,6 +251,22 @@ def check_rendered(size: str, docs: list[dict], values: dict) -> None:
         section = service.upper()
         if service_config.get(f"AIGRONOVA__{section}__GRPC_ADDR") != f"0.0.0.0:{SERVICES[service][0]}":
             problems.append(f"{service}'s gRPC address: {service_config}")
+    health_config = config_maps["aigronova-healthquantum-config"]["data"]
+    objects_url = values["services"]["healthquantum"]["objectsUrl"]
+    if health_config.get("AIGRONOVA__HEALTHQUANTUM__OBJECTS_URL") != objects_url or (
+        health_config.get("AWS_REGION") != values["aws"]["region"]
+    ):
+        problems.append(f"healthquantum's objects are not in {objects_url} (with AWS_REGION): {health_config}")
+    health_volumes = deployments["aigronova-healthquantum"]["spec"]["template"]["spec"]["volumes"]
+    if any(v["name"] == "objects" for v in health_volumes):
+        problems.append("healthquantum keeps its objects in S3, yet gets a volume for them")
+    health_account = by_kind(docs, "ServiceAccount").get("aigronova-healthquantum", {})
+    if health_account.get("metadata", {}).get("annotations", {}).get("eks.amazonaws.com/role-arn") != (
+        values["services"]["healthquantum"]["roleArn"]
+    ):
+        problems.append(f"healthquantum's service account lacks its IRSA role: {health_account}")
+    if any("AWS_REGION" in (c.get("data") or {}) for n, c in config_maps.items() if n != "aigronova-healthquantum-config"):
+        problems.append("AWS_REGION goes to a component that does not call AWS")
     fin_config = config_maps["aigronova-finquantum-config"]["data"]
     institutions = {k: v for k, v in fin_config.items() if k.startswith("AIGRONOVA__FINQUANTUM__INSTITUTIONS__")}
     if institutions != {"AIGRONOVA__FINQUANTUM__INSTITUTIONS__BANCO-EXEMPLO": "https://api.banco-exemplo.example"}:
@@ -318,6 +344,48 @@ def check_added_service() -> None:
         problems.append(f"ai-governance does not send it data-subject requests: {governance}")
     record("a service added in values gets every object, a gateway upstream and the audit wiring", not problems,
            "\n".join(problems))
+
+
+def check_local_objects() -> None:
+    """Without an objectsUrl, healthquantum's images would live in each pod's own volume: the chart
+    renders that for a single replica only, and refuses it whenever more than one may run."""
+    import helm_python as helm
+
+    def render(override: dict) -> tuple[list[dict], str]:
+        values = merge(size_values("starter"), override)
+        try:
+            with helm.Chart.load(str(CHART)) as chart:
+                return documents(chart.render(values, name="aigronova", namespace="aigronova")), ""
+        except Exception as error:  # the SDK raises its own errors with Helm's message
+            return [], str(error)
+
+    problems = []
+    local = {"objectsUrl": ""}
+    for what, override in {
+        "the size's replicas": local,
+        "two replicas without autoscaling": {**local, "replicas": 2, "autoscaling": {"enabled": False}},
+        "autoscaling to two": {**local, "replicas": 1, "autoscaling": {"minReplicas": 1, "maxReplicas": 2}},
+    }.items():
+        docs, error = render({"services": {"healthquantum": override}})
+        if docs or "services.healthquantum.objectsUrl is empty" not in error:
+            problems.append(f"{what}, objects in the pods' volumes: rendered, or failed otherwise ({error or 'no error'})")
+    single = {**local, "replicas": 1, "autoscaling": {"enabled": False}}
+    docs, error = render({"services": {"healthquantum": single}})
+    if error:
+        problems.append(f"a single replica with its objects in its volume does not render: {error}")
+    else:
+        config = by_kind(docs, "ConfigMap").get("aigronova-healthquantum-config", {}).get("data", {})
+        pod = by_kind(docs, "Deployment").get("aigronova-healthquantum", {}).get("spec", {})
+        volumes = pod.get("template", {}).get("spec", {}).get("volumes", [])
+        if config.get("AIGRONOVA__HEALTHQUANTUM__OBJECTS_URL") != "file:///var/lib/aigronova/objects" or (
+            pod.get("replicas") != 1 or not any(v["name"] == "objects" for v in volumes) or "AWS_REGION" in config
+        ):
+            problems.append(f"a single replica does not keep its objects in its volume: {config}, {volumes}")
+    docs, error = render({"aws": {"region": ""}})
+    if docs or "aws.region is empty" not in error:
+        problems.append(f"objects in S3 without aws.region: rendered, or failed otherwise ({error or 'no error'})")
+    record("healthquantum's objects: S3 for several replicas, a pod's volume for one only, the region required",
+           not problems, "\n".join(problems))
 
 
 def check_kubernetes_schemas(rendered: dict[str, list[dict]], extra: list[dict]) -> None:

@@ -1,16 +1,26 @@
 # IAM roles for service accounts (IRSA): the cluster's add-ons, the backup job and one role per
-# platform component (none of which needs AWS permissions yet; the role is the place to grant
-# them), and the role GitHub Actions assumes to push images.
+# platform component, and the role GitHub Actions assumes to push images. Of the components, only
+# healthquantum needs AWS permissions today (its objects in S3, below); the others' roles are the
+# place to grant theirs.
 
 locals {
+  # The chart names its service accounts <fullname>-<component> (templates/serviceaccount.yaml), its
+  # fullname being the release name when that contains "aigronova", else <release>-aigronova, cut to
+  # 40 characters (deploy/helm/aigronova/templates/_helpers.tpl, "aigronova.fullname"). The roles
+  # trust exactly those names, so var.helm_release_name must be the release's name (releaseName in
+  # deploy/argocd/application.yaml), and the namespace the Application's destination.
+  chart_fullname = trimsuffix(substr(
+    strcontains(var.helm_release_name, "aigronova") ? var.helm_release_name : "${var.helm_release_name}-aigronova",
+  0, 40), "-")
+
   irsa = merge(
     {
       aws-load-balancer-controller = { namespace = "kube-system", service_account = "aws-load-balancer-controller" }
       cluster-autoscaler           = { namespace = "kube-system", service_account = "cluster-autoscaler" }
       external-secrets             = { namespace = "external-secrets", service_account = "external-secrets" }
-      backup                       = { namespace = local.namespace, service_account = "aigronova-backup" }
+      backup                       = { namespace = local.namespace, service_account = "${local.chart_fullname}-backup" }
     },
-    { for service in var.services : service => { namespace = local.namespace, service_account = "aigronova-${service}" } },
+    { for service in var.services : service => { namespace = local.namespace, service_account = "${local.chart_fullname}-${service}" } },
   )
 }
 
@@ -190,6 +200,41 @@ resource "aws_iam_role_policy" "backup_job" {
   name   = "write-database-dumps"
   role   = aws_iam_role.irsa["backup"].id
   policy = data.aws_iam_policy_document.backup_job.json
+}
+
+# healthquantum keeps its reports and medical images under healthquantum/ in the objects bucket
+# (the object_store crate's S3 client, with this role's web identity): it reads, writes and deletes
+# them by key and never lists them. s3:ListBucket is there because without it S3 answers 403, not
+# 404, for a key that does not exist, and healthquantum relies on the 404 (a missing report is
+# rendered again); it is granted on the whole bucket (key names carry tenant and record ids, never
+# personal data). The bucket's default SSE-KMS encryption uses the data key, through S3 only.
+data "aws_iam_policy_document" "healthquantum" {
+  statement {
+    sid       = "NotFoundIsNotFound"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.objects.arn]
+  }
+  statement {
+    sid       = "OwnObjects"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.objects.arn}/healthquantum/*"]
+  }
+  statement {
+    sid       = "EncryptObjects"
+    actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+    resources = [aws_kms_key.data.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "healthquantum" {
+  name   = "healthquantum-objects"
+  role   = aws_iam_role.irsa["healthquantum"].id
+  policy = data.aws_iam_policy_document.healthquantum.json
 }
 
 # GitHub Actions, on the main branch of the repository only, pushes images to the two repositories.

@@ -1,4 +1,4 @@
-# The platform's secret (filled once by hand, deploy/README.md step 5), AWS Backup with copies in
+# The platform's secret (filled once by hand, deploy/README.md step 7), AWS Backup with copies in
 # the second region, the API's certificate, and the alarms that do not live in Prometheus.
 
 # One JSON secret with the keys the chart reads (see deploy/helm/aigronova/values.yaml, `secrets`).

@@ -69,12 +69,25 @@ output "backup_kms_key_arn" {
   value       = aws_kms_key.data.arn
 }
 
+output "objects_bucket" {
+  description = "The platform's objects (healthquantum's reports and images): services.healthquantum.objectsUrl is s3://<this>/healthquantum."
+  value       = aws_s3_bucket.objects.bucket
+}
+
 output "helm_values" {
   description = "The chart values this infrastructure determines; merge them into the Argo CD Application."
   value = {
     planSize = var.plan_size
     image    = { repository = aws_ecr_repository.this["aigronova"].repository_url }
+    aws      = { region = var.region }
     gateway  = { roleArn = aws_iam_role.irsa["gateway"].arn }
+    services = {
+      # Its reports and medical images, in S3 with its IRSA role: one store for every replica.
+      healthquantum = {
+        objectsUrl = "s3://${aws_s3_bucket.objects.bucket}/healthquantum"
+        roleArn    = aws_iam_role.irsa["healthquantum"].arn
+      }
+    }
     ingress = {
       host             = var.api_domain
       certificateArn   = aws_acm_certificate.api.arn

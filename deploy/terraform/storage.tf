@@ -1,6 +1,7 @@
 # S3: the database dumps (versioned, Object Lock, lifecycle Standard -> Standard-IA -> Glacier ->
-# Deep Archive, replicated to the second region), the ALB's access logs, and the access logs of
-# those buckets. ECR: the two images, immutable tags, scanned on push.
+# Deep Archive, replicated to the second region), the platform's objects (healthquantum's reports
+# and medical images), the ALB's access logs, and the access logs of those buckets. ECR: the two
+# images, immutable tags, scanned on push.
 
 resource "aws_s3_bucket" "backups" {
   # checkov:skip=CKV2_AWS_62: nothing consumes events of new dumps; the backup job's own status is watched (alert AigroNovaBackupStale).
@@ -237,6 +238,93 @@ resource "aws_s3_bucket_replication_configuration" "backups" {
   depends_on = [aws_s3_bucket_versioning.backups, aws_s3_bucket_versioning.backups_replica]
 }
 
+# The platform's objects: healthquantum's assessment reports and its medical images with their
+# thumbnails, under the prefix healthquantum/ (the chart's services.healthquantum.objectsUrl). The
+# images and thumbnails exist only here (the database holds their metadata): every healthquantum
+# pod reads and writes this one bucket. Each object is sealed with its tenant's key before upload
+# and encrypted again at rest with the data key. Versioning keeps an overwritten or deleted object
+# for 30 days, then it goes for good (an erased patient's images too).
+resource "aws_s3_bucket" "objects" {
+  # checkov:skip=CKV_AWS_144: S3 keeps the objects across three zones and versioning covers deletes and overwrites; a copy in the second region is a known limit (deploy/README.md).
+  # checkov:skip=CKV2_AWS_62: nothing consumes events of new objects; healthquantum writes and reads them itself.
+  bucket = "${local.cluster_name}-objects-${local.account_id}"
+}
+
+resource "aws_s3_bucket_versioning" "objects" {
+  bucket = aws_s3_bucket.objects.id
+  versioning_configuration {
+    status = "Enabled"
+  }
+}
+
+resource "aws_s3_bucket_server_side_encryption_configuration" "objects" {
+  bucket = aws_s3_bucket.objects.id
+  rule {
+    apply_server_side_encryption_by_default {
+      sse_algorithm     = "aws:kms"
+      kms_master_key_id = aws_kms_key.data.arn
+    }
+    bucket_key_enabled = true
+  }
+}
+
+resource "aws_s3_bucket_public_access_block" "objects" {
+  bucket                  = aws_s3_bucket.objects.id
+  block_public_acls       = true
+  block_public_policy     = true
+  ignore_public_acls      = true
+  restrict_public_buckets = true
+}
+
+# Current objects stay in Standard: reports and images are read on demand, at any age.
+resource "aws_s3_bucket_lifecycle_configuration" "objects" {
+  bucket = aws_s3_bucket.objects.id
+  rule {
+    id     = "age-out-old-versions"
+    status = "Enabled"
+    filter {}
+    expiration {
+      expired_object_delete_marker = true
+    }
+    noncurrent_version_expiration {
+      noncurrent_days = 30
+    }
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+}
+
+resource "aws_s3_bucket_logging" "objects" {
+  bucket        = aws_s3_bucket.objects.id
+  target_bucket = aws_s3_bucket.access_logs.id
+  target_prefix = "objects/"
+}
+
+data "aws_iam_policy_document" "objects" {
+  statement {
+    sid       = "TlsOnly"
+    effect    = "Deny"
+    actions   = ["s3:*"]
+    resources = [aws_s3_bucket.objects.arn, "${aws_s3_bucket.objects.arn}/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "Bool"
+      variable = "aws:SecureTransport"
+      values   = ["false"]
+    }
+  }
+}
+
+resource "aws_s3_bucket_policy" "objects" {
+  bucket     = aws_s3_bucket.objects.id
+  policy     = data.aws_iam_policy_document.objects.json
+  depends_on = [aws_s3_bucket_public_access_block.objects]
+}
+
 # Access logs of the ALB and of the buckets above. The ALB writes only to SSE-S3 buckets.
 resource "aws_s3_bucket" "access_logs" {
   # checkov:skip=CKV_AWS_145: ALB access logs can be delivered only to buckets encrypted with SSE-S3, not SSE-KMS.
@@ -311,7 +399,7 @@ data "aws_iam_policy_document" "access_logs" {
   statement {
     sid       = "S3WritesServerAccessLogs"
     actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.access_logs.arn}/backups/*"]
+    resources = ["${aws_s3_bucket.access_logs.arn}/backups/*", "${aws_s3_bucket.access_logs.arn}/objects/*"]
     principals {
       type        = "Service"
       identifiers = ["logging.s3.amazonaws.com"]

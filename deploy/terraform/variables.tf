@@ -82,6 +82,16 @@ variable "services" {
   default     = ["gateway", "healthquantum", "finquantum", "ai-governance"]
 }
 
+variable "helm_release_name" {
+  description = "Name of the chart's Helm release (releaseName in deploy/argocd/application.yaml). The IRSA roles of the backup job and the components trust the service accounts the chart names after it (aigronova-<component> for the release aigronova), in the namespace aigronova."
+  type        = string
+  default     = "aigronova"
+  validation {
+    condition     = can(regex("^[a-z]([a-z0-9-]{0,51}[a-z0-9])?$", var.helm_release_name))
+    error_message = "helm_release_name: a Helm release name, lower case letters, digits and dashes, at most 53 characters."
+  }
+}
+
 variable "database_require_tls" {
   description = "Set rds.force_ssl. The aigronova binary's PostgreSQL driver is built without TLS today, so this stays false until it is (traffic stays in private subnets)."
   type        = bool
