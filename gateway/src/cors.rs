@@ -50,12 +50,29 @@ fn is_serialized_origin(origin: &str) -> bool {
     let Some(authority) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else {
         return false;
     };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || !port.is_empty() => (host, Some(port)),
-        _ => (authority, None),
+    // An IPv6 address is in brackets, with colons of its own.
+    let (host, port) = if authority.starts_with('[') {
+        let Some(end) = authority.find(']') else { return false };
+        let (host, rest) = authority.split_at(end + 1);
+        match rest.strip_prefix(':') {
+            Some(port) => (host, Some(port)),
+            None if rest.is_empty() => (host, None),
+            None => return false,
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
     };
-    let host_ok = !host.is_empty()
-        && host.bytes().all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || b"-.[]:".contains(&byte));
+    let host_ok = match host.strip_prefix('[').and_then(|host| host.strip_suffix(']')) {
+        Some(address) => {
+            address.parse::<std::net::Ipv6Addr>().is_ok() && !address.bytes().any(|b| b.is_ascii_uppercase())
+        }
+        None => {
+            !host.is_empty() && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+        }
+    };
     let port_ok =
         port.is_none_or(|port| !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()));
     host_ok && port_ok
@@ -178,6 +195,12 @@ mod tests {
             "https://app.example.com:99999x",
             "https://app.example.com?x",
             "https://user@app.example.com",
+            "http://[::1]x",
+            "http://[::1",
+            "http://a:1:2",
+            "http://a]b",
+            "http://[xyz]",
+            "http://[::ABCD]",
         ] {
             let config = CorsConfig { allowed_origins: vec![origin.into()], ..CorsConfig::default() };
             assert!(config.validate().is_err(), "{origin}");
