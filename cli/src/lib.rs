@@ -202,6 +202,9 @@ pub struct Platform {
     /// The gateway's configuration as started, the services' actual addresses included.
     pub gateway_config: aigronova_gateway::Config,
     tasks: JoinSet<anyhow::Result<()>>,
+    /// ai-governance in this process, with a shutdown of its own: it stops after the other
+    /// servers, whose relays and monitors send it their last events and reports as they stop.
+    governance: Option<(tokio::task::JoinHandle<anyhow::Result<()>>, Shutdown)>,
 }
 
 impl Platform {
@@ -248,9 +251,10 @@ impl Platform {
             }
             gateway_config.upstreams.insert(name.to_owned(), url);
         }
-        if let Some(governance) = governance {
-            tasks.spawn(governance.run_until_stopped(shutdown.clone()));
-        }
+        let governance = governance.map(|governance| {
+            let stop = Shutdown::new();
+            (tokio::spawn(governance.run_until_stopped(stop.clone())), stop)
+        });
         if let Some(url) = &audit.governance_url {
             gateway_config
                 .upstreams
@@ -263,15 +267,42 @@ impl Platform {
         tasks.spawn(health.run_until_stopped(shutdown.clone()));
         tasks.spawn(fin.run_until_stopped(shutdown.clone()));
         tasks.spawn(gateway.run_until_stopped(shutdown));
-        Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks })
+        Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks, governance })
     }
 
-    /// Waits until every server has stopped; the first failure stops the wait.
+    /// Waits until every server has stopped, ai-governance last; the first failure stops the wait.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        while let Some(result) = self.tasks.join_next().await {
-            result??;
+        let mut governance = self.governance.take();
+        let outcome = loop {
+            let governance_stopped = async {
+                match governance.as_mut() {
+                    Some((task, _)) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                joined = self.tasks.join_next() => match joined {
+                    None => break Ok(()),
+                    Some(result) => {
+                        if let Err(error) = result.map_err(anyhow::Error::from).and_then(|stopped| stopped) {
+                            break Err(error);
+                        }
+                    }
+                },
+                // Only a failure stops it before it is told to.
+                result = governance_stopped => {
+                    governance = None;
+                    if let Err(error) = result.map_err(anyhow::Error::from).and_then(|stopped| stopped) {
+                        break Err(error);
+                    }
+                }
+            }
+        };
+        if let Some((task, stop)) = governance {
+            stop.trigger();
+            task.await??;
         }
-        Ok(())
+        outcome
     }
 }
 

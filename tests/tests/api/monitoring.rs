@@ -203,3 +203,25 @@ async fn drift_is_measured_against_the_training_shares_of_bins_whose_quantiles_r
     }
     app.stop().await;
 }
+
+/// A graceful stop sends the summaries not yet reported: ai-governance, in the same process,
+/// stops after the services have sent their last.
+#[tokio::test]
+async fn summaries_not_yet_reported_reach_ai_governance_when_the_platform_stops() {
+    let mut app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
+        // Longer than the test: only the report made on stopping can carry the calls.
+        config.audit.monitoring_interval_ms = 600_000;
+    })
+    .await;
+    let tenant = app.create_tenant("Clínica Reiniciada").await;
+    let key = app.create_key(&tenant, &["health:read", "health:write", "governance:read"]).await;
+    let patient = app.create_patient(&key).await;
+    let features = features();
+    for _ in 0..3 {
+        assert_eq!(assess(&app, &key, &patient, row(&features, |_| 4)).await, 200);
+    }
+    app.restart().await;
+    let status = wait_for_calls(&app, &key, 3).await;
+    assert_eq!(count(&status, "errorCount"), 0, "{status}");
+    app.stop().await;
+}
