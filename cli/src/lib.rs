@@ -202,9 +202,13 @@ pub struct Platform {
     /// The gateway's configuration as started, the services' actual addresses included.
     pub gateway_config: aigronova_gateway::Config,
     tasks: JoinSet<anyhow::Result<()>>,
-    /// ai-governance in this process, with a shutdown of its own: it stops after the other
-    /// servers, whose relays and monitors send it their last events and reports as they stop.
-    governance: Option<(tokio::task::JoinHandle<anyhow::Result<()>>, Shutdown)>,
+    /// The stage of each task, by the order the servers stop in: the gateway first (on the
+    /// process's shutdown), draining its calls while the services still answer; then the
+    /// services, whose relays and monitors send ai-governance their last events and summaries;
+    /// then ai-governance.
+    stages: std::collections::HashMap<tokio::task::Id, usize>,
+    /// Each stage's shutdown, the first being the process's.
+    stops: [Shutdown; 3],
 }
 
 impl Platform {
@@ -251,10 +255,11 @@ impl Platform {
             }
             gateway_config.upstreams.insert(name.to_owned(), url);
         }
-        let governance = governance.map(|governance| {
-            let stop = Shutdown::new();
-            (tokio::spawn(governance.run_until_stopped(stop.clone())), stop)
-        });
+        let stops = [shutdown, Shutdown::new(), Shutdown::new()];
+        let mut stages = std::collections::HashMap::new();
+        if let Some(governance) = governance {
+            stages.insert(tasks.spawn(governance.run_until_stopped(stops[2].clone())).id(), 2);
+        }
         if let Some(url) = &audit.governance_url {
             gateway_config
                 .upstreams
@@ -264,45 +269,38 @@ impl Platform {
         let gateway = Gateway::build(&gateway_config, signer, admin_key).await?;
         let http_addr = gateway.local_addr();
         let generated_admin_key = gateway.generated_admin_key().map(str::to_owned);
-        tasks.spawn(health.run_until_stopped(shutdown.clone()));
-        tasks.spawn(fin.run_until_stopped(shutdown.clone()));
-        tasks.spawn(gateway.run_until_stopped(shutdown));
-        Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks, governance })
+        stages.insert(tasks.spawn(health.run_until_stopped(stops[1].clone())).id(), 1);
+        stages.insert(tasks.spawn(fin.run_until_stopped(stops[1].clone())).id(), 1);
+        stages.insert(tasks.spawn(gateway.run_until_stopped(stops[0].clone())).id(), 0);
+        Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks, stages, stops })
     }
 
-    /// Waits until every server has stopped, ai-governance last; the first failure stops the wait.
+    /// Waits until every server has stopped, stage after stage once the process's shutdown is
+    /// triggered; the first failure stops the wait.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut governance = self.governance.take();
-        let outcome = loop {
-            let governance_stopped = async {
-                match governance.as_mut() {
-                    Some((task, _)) => task.await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                joined = self.tasks.join_next() => match joined {
-                    None => break Ok(()),
-                    Some(result) => {
-                        if let Err(error) = result.map_err(anyhow::Error::from).and_then(|stopped| stopped) {
-                            break Err(error);
-                        }
-                    }
-                },
-                // Only a failure stops it before it is told to.
-                result = governance_stopped => {
-                    governance = None;
-                    if let Err(error) = result.map_err(anyhow::Error::from).and_then(|stopped| stopped) {
-                        break Err(error);
-                    }
+        let mut left = [0; 3];
+        for stage in self.stages.values() {
+            left[*stage] += 1;
+        }
+        let mut stopping = 0;
+        loop {
+            // A stage is told to stop once every server of the stages before it has stopped.
+            while stopping < left.len() && left[stopping] == 0 {
+                stopping += 1;
+                if let Some(stop) = self.stops.get(stopping) {
+                    stop.trigger();
                 }
             }
-        };
-        if let Some((task, stop)) = governance {
-            stop.trigger();
-            task.await??;
+            let Some(joined) = self.tasks.join_next_with_id().await else { return Ok(()) };
+            let (id, result) = match joined {
+                Ok((id, result)) => (id, result),
+                Err(error) => (error.id(), Err(error.into())),
+            };
+            result?;
+            if let Some(stage) = self.stages.get(&id) {
+                left[*stage] -= 1;
+            }
         }
-        outcome
     }
 }
 

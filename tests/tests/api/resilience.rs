@@ -725,3 +725,42 @@ async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() 
     assert_eq!(stand_in.calls(), 3);
     app.stop().await;
 }
+
+/// Under `aigronova up`, a call still in flight when the process is told to stop is answered: the
+/// gateway drains its calls before the services it calls stop.
+#[tokio::test]
+async fn a_call_in_flight_when_the_platform_stops_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = aigronova_e2e::spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"}).to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let mut connection = tokio::net::TcpStream::connect(app.address.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "POST /v1/health/patients HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    connection.write_all(head.as_bytes()).await.unwrap();
+    connection.write_all(first).await.unwrap();
+    // The rest of the body comes after the stop was asked for.
+    let call = async {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        connection.write_all(rest).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buffer = [0; 4096];
+        while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+            let read = connection.read(&mut buffer).await.unwrap();
+            assert!(read > 0, "the connection closed before an answer: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&buffer[..read]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.stop().await;
+    };
+    let (answer, ()) = tokio::join!(call, stop);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
