@@ -21,7 +21,7 @@ use std::{
 
 use aigronova_ai_governance::AiGovernanceService;
 use aigronova_finquantum::FinQuantumService;
-use aigronova_gateway::Gateway;
+use aigronova_gateway::{AdminKey, Gateway};
 use aigronova_healthquantum::HealthQuantumService;
 use aigronova_platform::{
     Shutdown,
@@ -38,6 +38,9 @@ const EXIT_CONFIG: u8 = 64;
 
 /// The environment variable holding the administrator key to install.
 pub const ADMIN_KEY_ENV: &str = "AIGRONOVA_ADMIN_KEY";
+
+/// The shortest administrator key `AIGRONOVA_ADMIN_KEY` may set.
+const MIN_ADMIN_KEY_CHARS: usize = 32;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -195,8 +198,6 @@ impl AppConfig {
 /// The platform running in this process.
 pub struct Platform {
     pub http_addr: SocketAddr,
-    /// The administrator key made on this first start, if one was.
-    pub generated_admin_key: Option<String>,
     /// The gRPC address of each service, by name.
     pub services: std::collections::BTreeMap<&'static str, SocketAddr>,
     /// The gateway's configuration as started, the services' actual addresses included.
@@ -216,7 +217,7 @@ impl Platform {
     ///
     /// ai-governance runs in this process unless `audit.governance_url` names one elsewhere; the
     /// services' relays and the gateway's `ai-governance` upstream point at it.
-    pub async fn start(config: &AppConfig, admin_key: Option<&str>, shutdown: Shutdown) -> anyhow::Result<Self> {
+    pub async fn start(config: &AppConfig, admin_key: AdminKey<'_>, shutdown: Shutdown) -> anyhow::Result<Self> {
         let signer = match &config.internal_auth.signing_key {
             Some(key) => TokenSigner::from_base64(key)?,
             None => TokenSigner::generate(),
@@ -268,11 +269,10 @@ impl Platform {
         }
         let gateway = Gateway::build(&gateway_config, signer, admin_key).await?;
         let http_addr = gateway.local_addr();
-        let generated_admin_key = gateway.generated_admin_key().map(str::to_owned);
         stages.insert(tasks.spawn(health.run_until_stopped(stops[1].clone())).id(), 1);
         stages.insert(tasks.spawn(fin.run_until_stopped(stops[1].clone())).id(), 1);
         stages.insert(tasks.spawn(gateway.run_until_stopped(stops[0].clone())).id(), 0);
-        Ok(Self { http_addr, generated_admin_key, services, gateway_config, tasks, stages, stops })
+        Ok(Self { http_addr, services, gateway_config, tasks, stages, stops })
     }
 
     /// Waits until every server has stopped, stage after stage once the process's shutdown is
@@ -385,10 +385,10 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.create(dir).map_err(|error| anyhow::Error::new(error).context(format!("cannot create {}", dir.display())))
 }
 
-/// How `up` hands over the administrator key it generated: shown to a person at a terminal;
-/// otherwise, since standard error may be going to a log file, written to `admin-key` in the data
-/// directory (readable by its owner only), whose path is shown instead. The key is already
-/// stored, and made only once: when that file cannot be written, it is shown after all.
+/// How `up` hands over the administrator key it generated, before the key is stored: shown to a
+/// person at a terminal; otherwise, since standard error may be going to a log file, written to
+/// `admin-key` in the data directory (readable by its owner only), whose path is shown instead.
+/// The key is made only once: when that file cannot be written, it is shown after all.
 fn admin_key_notice(key: &str, data_dir: &Path) -> String {
     let shown = format!("Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}\n");
     if std::io::stderr().is_terminal() {
@@ -425,19 +425,33 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
     let admin_key = std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.trim().is_empty());
+    if let Some(key) = &admin_key
+        && (key.len() < MIN_ADMIN_KEY_CHARS || !key.bytes().all(|byte| byte.is_ascii_graphic()))
+    {
+        return Err(ConfigError(format!(
+            "{ADMIN_KEY_ENV} must be at least {MIN_ADMIN_KEY_CHARS} visible ASCII characters, without spaces (e.g. \
+             agk_$(openssl rand -hex 32))"
+        ))
+        .into());
+    }
     match command {
         Command::Up { http_addr, data_dir } => {
             create_private_dir(&data_dir)?;
             let config = config.embedded(http_addr, &data_dir);
-            let platform = Platform::start(&config, admin_key.as_deref(), shutdown).await?;
             // On standard error, whose lines are for a person: standard output carries the JSON
-            // logs. One write, so that log lines cannot fall in between.
-            let mut banner =
-                format!("AigroNova is up at http://{}\nData directory: {}\n", platform.http_addr, data_dir.display());
-            if let Some(key) = &platform.generated_admin_key {
-                banner.push_str(&admin_key_notice(key, &data_dir));
-            }
-            eprint!("{banner}");
+            // logs. One write each, so that log lines cannot fall in between.
+            let admin_key = match &admin_key {
+                Some(key) => AdminKey::Given(key),
+                None => {
+                    let data_dir = data_dir.clone();
+                    AdminKey::FirstStart(Box::new(move |key| {
+                        eprint!("{}", admin_key_notice(key, &data_dir));
+                        true
+                    }))
+                }
+            };
+            let platform = Platform::start(&config, admin_key, shutdown).await?;
+            eprint!("AigroNova is up at http://{}\nData directory: {}\n", platform.http_addr, data_dir.display());
             platform.wait().await
         }
         Command::Serve { service: Service::Gateway } => {
@@ -446,21 +460,21 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
                     "internal_auth.signing_key is required to serve the gateway (see `aigronova keygen`)".into(),
                 )
             })?;
-            let gateway = Gateway::build(&config.gateway, TokenSigner::from_base64(key)?, admin_key.as_deref()).await?;
-            if let Some(key) = gateway.generated_admin_key() {
-                // A deployment's standard error goes to its log collector: the key is shown to a
+            let admin_key = match &admin_key {
+                Some(key) => AdminKey::Given(key),
+                // A deployment's standard error goes to its log collector: a key is made for a
                 // person at a terminal only.
-                if std::io::stderr().is_terminal() {
-                    eprintln!(
-                        "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}"
-                    );
-                } else {
-                    tracing::warn!(
-                        "an administrator key was generated and is not shown, as standard error is not a terminal; \
-                         set {ADMIN_KEY_ENV} and restart to choose one"
-                    );
-                }
-            }
+                None => AdminKey::FirstStart(Box::new(|key| {
+                    let terminal = std::io::stderr().is_terminal();
+                    if terminal {
+                        eprintln!(
+                            "Administrator key (shown once; keep it, or set {ADMIN_KEY_ENV} on the next start): {key}"
+                        );
+                    }
+                    terminal
+                })),
+            };
+            let gateway = Gateway::build(&config.gateway, TokenSigner::from_base64(key)?, admin_key).await?;
             gateway.run_until_stopped(shutdown).await
         }
         Command::Serve { service: Service::Healthquantum } => {

@@ -17,8 +17,8 @@ const PATIENT_NAME: &str = "Joana Exemplo de Souza";
 struct Running {
     child: Child,
     url: String,
-    /// Standard error's lines as they come: the banner for a person.
-    banner: mpsc::Receiver<String>,
+    /// Standard error's lines before the URL's: the administrator key's notice, on a first start.
+    head: String,
     stdout: std::thread::JoinHandle<String>,
     stderr: std::thread::JoinHandle<String>,
 }
@@ -61,6 +61,7 @@ fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
     let stdout = drain(child.stdout.take().unwrap(), None);
     let (lines, banner) = mpsc::channel();
     let stderr = drain(child.stderr.take().unwrap(), Some(lines));
+    let mut head = String::new();
     loop {
         let Ok(line) = banner.recv_timeout(Duration::from_secs(60)) else {
             let _ = child.kill();
@@ -68,8 +69,10 @@ fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
             panic!("aigronova up exited or hung before printing its URL: {status:?}");
         };
         if let Some(url) = line.trim().strip_prefix("AigroNova is up at ") {
-            return Running { child, url: url.to_owned(), banner, stdout, stderr };
+            return Running { child, url: url.to_owned(), head, stdout, stderr };
         }
+        head.push_str(&line);
+        head.push('\n');
     }
 }
 
@@ -94,16 +97,9 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
 
     let first = start(data_dir.as_path(), None);
     // Standard error is a pipe here, not a terminal: the banner names the file that holds the
-    // key, readable by its owner only, instead of showing it.
-    let mut head = String::new();
-    while admin_key_notice(&head).is_none() && head.lines().count() < 20 {
-        match first.banner.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => head.push_str(&format!("{line}\n")),
-            Err(_) => break,
-        }
-    }
+    // key, readable by its owner only, instead of showing it, before the key is stored.
     let key_file = data_dir.as_path().join("admin-key");
-    let notice = admin_key_notice(&head).expect("the first start hands over an administrator key");
+    let notice = admin_key_notice(&first.head).expect("the first start hands over an administrator key");
     assert!(notice.contains(&key_file.display().to_string()), "{notice}");
     let admin = std::fs::read_to_string(&key_file).expect("the key file").trim().to_owned();
     assert!(admin.starts_with("agk_"), "the key file holds a key");
@@ -354,4 +350,78 @@ fn a_service_served_alone_answers_metrics_on_its_own_port() {
     assert!(status.success(), "serve ai-governance exits cleanly on SIGINT: {status}");
     assert!(data.path().join("checkpoint.key").exists(), "the checkpoint key file is created");
     assert!(data.path().join("master.key").exists(), "the master key file is created");
+}
+
+/// `up` run to its end, as a start that fails ends: its exit code and standard error.
+fn up_once(data_dir: &std::path::Path, http_addr: &str, admin_key: Option<&str>) -> (Option<i32>, String) {
+    let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aigronova"));
+    command
+        .args(["up", "--http-addr", http_addr, "--data-dir"])
+        .arg(data_dir)
+        .env("ORT_DYLIB_PATH", ort)
+        .env("AIGRONOVA__INFERENCE__MODELS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
+        .env_remove("AIGRONOVA_ADMIN_KEY");
+    if let Some(key) = admin_key {
+        command.env("AIGRONOVA_ADMIN_KEY", key);
+    }
+    let output = command.output().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn a_first_start_that_cannot_listen_keeps_no_administrator_key_and_the_next_one_hands_one_over() {
+    aigronova_gateway::install_crypto_provider();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (code, stderr) = up_once(&data_dir, &busy.local_addr().unwrap().to_string(), None);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen for HTTP on {}", busy.local_addr().unwrap())), "{stderr}");
+    assert!(admin_key_notice(&stderr).is_none(), "no key is made before the port is held: {stderr}");
+    drop(busy);
+
+    let running = start(&data_dir, None);
+    assert!(admin_key_notice(&running.head).is_some(), "the next start hands one over: {}", running.head);
+    let admin = std::fs::read_to_string(data_dir.join("admin-key")).unwrap().trim().to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        client.get(format!("{}/v1/admin/tenants", running.url)).bearer_auth(&admin).send().await.unwrap().status()
+    });
+    assert_eq!(status, 200);
+    stop(running);
+}
+
+#[test]
+fn the_administrator_key_set_at_start_replaces_every_other() {
+    aigronova_gateway::install_crypto_provider();
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    let first = "agk_first_0123456789abcdef0123456789abcdef";
+    let second = "agk_second_0123456789abcdef0123456789abcdef";
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let status = |url: &str, key: &str| {
+        runtime.block_on(async {
+            let client = reqwest::Client::new();
+            client.get(format!("{url}/v1/admin/tenants")).bearer_auth(key).send().await.unwrap().status().as_u16()
+        })
+    };
+    let running = start(&data_dir, Some(first));
+    assert!(admin_key_notice(&running.head).is_none(), "a key was given: none is made");
+    assert_eq!(status(&running.url, first), 200);
+    stop(running);
+    let running = start(&data_dir, Some(second));
+    assert_eq!((status(&running.url, first), status(&running.url, second)), (401, 200));
+    stop(running);
+    // The key stays the administrator key when the next start names none.
+    let running = start(&data_dir, None);
+    assert_eq!((status(&running.url, first), status(&running.url, second)), (401, 200));
+    stop(running);
+
+    for short in ["a", "agk_too_short", "agk_with a space in it 0123456789abcdef"] {
+        let (code, stderr) = up_once(&data_dir, "127.0.0.1:0", Some(short));
+        assert_eq!(code, Some(64), "{short:?}: {stderr}");
+        assert!(stderr.contains("AIGRONOVA_ADMIN_KEY must be at least 32"), "{stderr}");
+    }
 }

@@ -34,6 +34,7 @@ use aigronova_platform::{
     config::{ConfigError, Validate},
     storage::Database,
 };
+use anyhow::Context as _;
 use axum::{
     Router,
     body::Body,
@@ -52,6 +53,17 @@ use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
 pub use jwks::install_crypto_provider;
+
+/// Where the gateway's administrator key comes from.
+pub enum AdminKey<'a> {
+    /// `AIGRONOVA_ADMIN_KEY`: this key is the administrator key, recorded if new, and every other
+    /// administrator key is revoked (the way to replace a lost or leaked one).
+    Given(&'a str),
+    /// None given: on a first start (no administrator key stored), a new key is made and handed
+    /// to this function, which keeps it where a person will find it (a file, a terminal) before
+    /// the key is stored, and says whether it could; a key it could not hand over is not stored.
+    FirstStart(Box<dyn FnOnce(&str) -> bool + Send + 'a>),
+}
 pub use problem::Problem;
 pub use resilience::{CircuitBreakerConfig, RetryConfig};
 
@@ -224,30 +236,38 @@ pub struct Gateway {
     local_addr: SocketAddr,
     router: Router,
     header_timeout: Duration,
-    generated_admin_key: Option<String>,
     invalidation: keys::Invalidation,
 }
 
 impl Gateway {
-    /// Opens the database, builds the routes from the descriptor set and binds the listener.
-    /// `admin_key` (from `AIGRONOVA_ADMIN_KEY`) is recorded as an administrator key; without it,
-    /// a first start generates one, available once through [`Gateway::generated_admin_key`].
-    pub async fn build(config: &Config, signer: TokenSigner, admin_key: Option<&str>) -> anyhow::Result<Self> {
+    /// Binds the listener, opens the database, builds the routes from the descriptor set and sees
+    /// to the administrator key (see [`AdminKey`]).
+    pub async fn build(config: &Config, signer: TokenSigner, admin_key: AdminKey<'_>) -> anyhow::Result<Self> {
         install_crypto_provider();
+        // First, so that a start that cannot listen changes nothing.
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
         let db = Database::connect(&config.database_url, &store::MIGRATOR).await?;
         let store = Store::new(db);
-        let generated_admin_key = match admin_key {
-            Some(key) => {
-                store.ensure_admin_key(key).await?;
-                None
+        let mut revoked_admin_keys = Vec::new();
+        match admin_key {
+            AdminKey::Given(key) => revoked_admin_keys = store.set_admin_key(key).await?,
+            AdminKey::FirstStart(deliver) if !store.has_admin_key().await? => {
+                let key = store::new_key();
+                // Handed over before it is stored: a start stopped in between leaves no
+                // administrator key that nobody holds.
+                if deliver(&key) {
+                    store.store_admin_key(&key).await?;
+                } else {
+                    tracing::warn!(
+                        "no administrator key is stored and none could be handed over; set AIGRONOVA_ADMIN_KEY and \
+                         restart to choose one"
+                    );
+                }
             }
-            None if !store.has_admin_key().await? => {
-                let issued =
-                    store.issue_key(None, "admin (first start)", &[store::ADMIN_SCOPE.to_owned()], None).await?;
-                Some(issued.key)
-            }
-            None => None,
-        };
+            AdminKey::FirstStart(_) => {}
+        }
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
         let keys = keys::KeyCache::new(store.clone(), Duration::from_secs(config.key_cache_secs));
@@ -278,23 +298,20 @@ impl Gateway {
             jwt,
             api_docs: Arc::new(api_docs),
         }));
-        let listener = TcpListener::bind(config.http_addr).await?;
+        for hash in &revoked_admin_keys {
+            invalidation.key_revoked(hash).await;
+        }
         let local_addr = listener.local_addr()?;
         let mut router = app(state);
         if let Some(cors) = config.cors.layer() {
             router = router.layer(cors);
         }
         let header_timeout = Duration::from_secs(config.request_header_timeout_secs);
-        Ok(Self { listener, local_addr, router, header_timeout, generated_admin_key, invalidation })
+        Ok(Self { listener, local_addr, router, header_timeout, invalidation })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// The administrator key made on this first start, if one was.
-    pub fn generated_admin_key(&self) -> Option<&str> {
-        self.generated_admin_key.as_deref()
     }
 
     /// Serves until `shutdown`, then finishes the requests in flight.

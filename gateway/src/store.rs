@@ -269,17 +269,37 @@ impl Store {
         scopes: &[String],
         expire_time: Option<DateTime<Utc>>,
     ) -> Result<IssuedKey, StoreError> {
-        let key = format!("agk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
-        self.store_key(tenant_id, name, scopes, key, expire_time).await
+        self.store_key(tenant_id, name, scopes, new_key(), expire_time).await
     }
 
-    /// Records `key` (chosen by the operator) as an administrator key, unless it is known already.
-    pub async fn ensure_admin_key(&self, key: &str) -> Result<(), StoreError> {
+    /// Records `key`, made by [`new_key`] on a first start, as the administrator key.
+    pub async fn store_admin_key(&self, key: &str) -> Result<(), StoreError> {
+        self.store_key(None, "admin (first start)", &[ADMIN_SCOPE.to_owned()], key.to_owned(), None).await?;
+        Ok(())
+    }
+
+    /// Makes `key` the administrator key: recorded if it is new, and every other administrator
+    /// key revoked. Returns the hashes of the keys revoked.
+    pub async fn set_admin_key(&self, key: &str) -> Result<Vec<String>, StoreError> {
         if self.principal(key).await?.is_none() {
             let scopes = [ADMIN_SCOPE.to_owned()];
             self.store_key(None, "admin (from AIGRONOVA_ADMIN_KEY)", &scopes, key.to_owned(), None).await?;
         }
-        Ok(())
+        let hash = hash_key(key);
+        let others = sqlx::query(
+            "SELECT key_hash FROM api_keys WHERE tenant_id IS NULL AND revoked_at IS NULL AND key_hash <> $1",
+        )
+        .bind(&hash)
+        .fetch_all(self.db.pool())
+        .await?;
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id IS NULL AND revoked_at IS NULL AND key_hash <> $2",
+        )
+        .bind(now())
+        .bind(&hash)
+        .execute(self.db.pool())
+        .await?;
+        others.iter().map(|row| Ok(row.try_get("key_hash")?)).collect()
     }
 
     /// The secret named `name`, made at random by the first replica that asks for it and the
@@ -388,6 +408,11 @@ fn tenant_from_row(row: &sqlx::any::AnyRow) -> Result<Tenant, StoreError> {
 }
 
 /// The stored form of a presented key.
+/// A new API key: `agk_` and 64 random hex digits.
+pub fn new_key() -> String {
+    format!("agk_{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
+}
+
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }

@@ -10,7 +10,7 @@ pub mod oidc;
 use std::{net::TcpStream, path::PathBuf, time::Duration};
 
 use aigronova_cli::{AppConfig, Platform};
-use aigronova_gateway::Gateway;
+use aigronova_gateway::{AdminKey, Gateway};
 use aigronova_platform::{Shutdown, auth::TokenSigner, config::InferenceConfig};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -137,7 +137,8 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
     let gateway_database_url = config.gateway.database_url.clone();
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let shutdown = Shutdown::new();
-    let platform = Platform::start(&config, Some(&admin_key), shutdown.clone()).await.expect("the platform starts");
+    let platform =
+        Platform::start(&config, AdminKey::Given(&admin_key), shutdown.clone()).await.expect("the platform starts");
     TestApp {
         address: format!("http://{}", platform.http_addr),
         config: Some(config),
@@ -168,7 +169,8 @@ pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppCo
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
     let signer = TokenSigner::generate();
     let signing_key = signer.to_base64();
-    let gateway = Gateway::build(&config.gateway, signer, Some(&admin_key)).await.expect("the gateway starts");
+    let gateway =
+        Gateway::build(&config.gateway, signer, AdminKey::Given(&admin_key)).await.expect("the gateway starts");
     let address = format!("http://{}", gateway.local_addr());
     let shutdown = Shutdown::new();
     let task = tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
@@ -285,8 +287,9 @@ impl TestApp {
     /// the first (as another replica of a deployment), and returns its address.
     pub async fn start_gateway_replica(&mut self) -> String {
         let signer = TokenSigner::from_base64(&self.signing_key).expect("the test's signing key");
-        let gateway =
-            Gateway::build(&self.gateway_config, signer, Some(&self.admin_key)).await.expect("the replica starts");
+        let gateway = Gateway::build(&self.gateway_config, signer, AdminKey::Given(&self.admin_key))
+            .await
+            .expect("the replica starts");
         let address = format!("http://{}", gateway.local_addr());
         self.replicas.push(tokio::spawn(gateway.run_until_stopped(self.shutdown.clone())));
         address
@@ -443,7 +446,7 @@ impl TestApp {
             platform.wait().await.expect("the platform stops cleanly");
         }
         self.shutdown = Shutdown::new();
-        let platform = Platform::start(&config, Some(&self.admin_key), self.shutdown.clone())
+        let platform = Platform::start(&config, AdminKey::Given(&self.admin_key), self.shutdown.clone())
             .await
             .expect("the platform restarts");
         self.address = format!("http://{}", platform.http_addr);
