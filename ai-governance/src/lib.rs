@@ -166,7 +166,8 @@ impl AiGovernanceService {
                 format!("cannot read or create the signing key file {}", config.signing_key_file.display())
             })?,
         };
-        let database = Database::connect(&config.database_url, &MIGRATOR)
+        // The relays delete what it acknowledges: an acknowledged batch must survive a power cut.
+        let database = Database::connect_durable(&config.database_url, &MIGRATOR)
             .await
             .context("cannot open the ai-governance database")?;
         let master = aigronova_platform::crypto::master_key(

@@ -178,7 +178,16 @@ impl DerefMut for DbTransaction {
     }
 }
 
-fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
+/// What a commit on the embedded SQLite survives before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// A crash of the process (`synchronous = NORMAL` in WAL mode).
+    Crash,
+    /// A power cut too (`synchronous = FULL`): the WAL is synced at every commit.
+    PowerLoss,
+}
+
+fn pool_options(backend: Backend, max_connections: u32, durability: Durability) -> AnyPoolOptions {
     let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5));
     if backend == Backend::Postgres {
         return options;
@@ -196,22 +205,40 @@ fn pool_options(backend: Backend, max_connections: u32) -> AnyPoolOptions {
     // `secure_delete` overwrites what a delete or an update frees with zeros, so that erased data
     // does not linger in free pages; the WAL's older copies of pages go when a service that
     // erased calls [`Database::truncate_log`].
-    options.after_connect(|connection, _| {
+    // A store that acknowledges what others then forget (ai-governance's log, whose acknowledged
+    // batches the relays delete from their outboxes) syncs every commit instead.
+    let settings = match durability {
+        Durability::Crash => {
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON"
+        }
+        Durability::PowerLoss => {
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON"
+        }
+    };
+    options.after_connect(move |connection, _| {
         Box::pin(async move {
-            sqlx::raw_sql(
-                "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
-                 PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON",
-            )
-            .execute(connection)
-            .await?;
+            sqlx::raw_sql(settings).execute(connection).await?;
             Ok(())
         })
     })
 }
 
 impl Database {
-    /// Connects (creating an SQLite file and its folder when missing) and runs `migrator`.
+    /// Connects (creating an SQLite file and its folder when missing) and runs `migrator`. An
+    /// embedded commit survives a crash of the process, not always a power cut.
     pub async fn connect(url: &str, migrator: &Migrator) -> Result<Self, StoreError> {
+        Self::open(url, migrator, Durability::Crash).await
+    }
+
+    /// As [`Database::connect`], but an embedded commit survives a power cut too, at the cost of
+    /// a sync of the file per commit: for a store that acknowledges what others then forget.
+    pub async fn connect_durable(url: &str, migrator: &Migrator) -> Result<Self, StoreError> {
+        Self::open(url, migrator, Durability::PowerLoss).await
+    }
+
+    async fn open(url: &str, migrator: &Migrator, durability: Durability) -> Result<Self, StoreError> {
         install_default_drivers();
         let backend: Backend = url.parse()?;
         let url = match backend {
@@ -222,14 +249,16 @@ impl Database {
             Backend::Sqlite => 4,
             Backend::Postgres => 10,
         };
-        let pool = pool_options(backend, max_connections).connect(&url).await?;
+        let pool = pool_options(backend, max_connections, durability).connect(&url).await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         migrator.run(&pool).await?;
         // An in-memory database exists once per pool: it has no writer of its own.
         let writer = match backend {
-            Backend::Sqlite if !url.contains(":memory:") => Some(pool_options(backend, 1).connect(&url).await?),
+            Backend::Sqlite if !url.contains(":memory:") => {
+                Some(pool_options(backend, 1, durability).connect(&url).await?)
+            }
             Backend::Sqlite | Backend::Postgres => None,
         };
         let writers = Arc::new(Semaphore::new(1));
@@ -523,6 +552,28 @@ mod tests {
         let database = Database::connect(&url, &Migrator::DEFAULT).await.unwrap();
         sqlx::raw_sql("CREATE TABLE t (x TEXT UNIQUE NOT NULL)").execute(database.pool()).await.unwrap();
         (database, url)
+    }
+
+    #[tokio::test]
+    async fn a_durable_database_syncs_every_commit_on_every_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let synchronous = |database: Database| async move {
+            // The pool's connections and the writer's.
+            let mut levels = Vec::new();
+            for _ in 0..3 {
+                levels
+                    .push(sqlx::query_scalar::<_, i32>("PRAGMA synchronous").fetch_one(database.pool()).await.unwrap());
+            }
+            let writer = database.writer.clone().expect("an embedded file has a writer");
+            levels.push(sqlx::query_scalar::<_, i32>("PRAGMA synchronous").fetch_one(&writer).await.unwrap());
+            levels
+        };
+        let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+        let durable = Database::connect_durable(&url("durable.db"), &Migrator::DEFAULT).await.unwrap();
+        let crash_safe = Database::connect(&url("crash-safe.db"), &Migrator::DEFAULT).await.unwrap();
+        // SQLite's levels: 1 is NORMAL, 2 is FULL.
+        assert_eq!(synchronous(durable).await, [2, 2, 2, 2]);
+        assert_eq!(synchronous(crash_safe).await, [1, 1, 1, 1]);
     }
 
     #[tokio::test]
