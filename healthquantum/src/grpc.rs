@@ -54,7 +54,13 @@ impl HealthQuantumApi {
         Self { store, models, outbox, monitor, objects }
     }
 
-    /// Deletes the objects of images whose records are gone; a failure is logged.
+    /// The store and the object store, for the sweep of objects no record wants.
+    pub(crate) fn store_and_objects(&self) -> (Store, Objects) {
+        (self.store.clone(), self.objects.clone())
+    }
+
+    /// Deletes the objects of images whose records are gone; a failure is logged (the sweep of
+    /// [`crate::sweep`] deletes them later).
     async fn delete_image_objects(&self, tenant_id: &str, image_ids: &[String]) {
         for id in image_ids {
             for key in [image_key(tenant_id, id), thumbnail_key(tenant_id, id)] {

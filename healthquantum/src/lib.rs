@@ -14,6 +14,7 @@ pub mod imaging;
 pub mod patient;
 mod report;
 mod store;
+mod sweep;
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -180,13 +181,16 @@ impl HealthQuantumService {
             self.api.clone(),
             Authenticate::with_service_key(self.verifier.clone(), service_verifier),
         );
+        let (store, objects) = self.api.store_and_objects();
         let service = InterceptedService::new(
             HealthQuantumServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
             Authenticate::new(self.verifier),
         );
         let routes = Routes::new(service).add_service(data_subject);
         let names = [health_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
+        let sweeper = tokio::spawn(sweep::run(store, objects, shutdown.clone()));
         let served = self.listener.serve(routes, &names, shutdown).await;
+        let _ = sweeper.await;
         if let Some(link) = link {
             link.join().await;
         }

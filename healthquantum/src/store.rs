@@ -607,6 +607,36 @@ impl Store {
         Ok((patient, assessment))
     }
 
+    /// Whether image `id` of `tenant_id` has its record.
+    pub(crate) async fn image_recorded(&self, tenant_id: &str, id: &str) -> Result<bool, Error> {
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        let row = sqlx::query("SELECT 1 FROM images WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(row.is_some())
+    }
+
+    /// Whether the report of assessment `id` of `tenant_id` may be kept: the assessment is there
+    /// and its patient is not erased.
+    pub(crate) async fn report_wanted(&self, tenant_id: &str, id: &str) -> Result<bool, Error> {
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        let row = sqlx::query(
+            "SELECT 1 FROM assessments a JOIN patients p ON p.tenant_id = a.tenant_id AND p.id = a.patient_id \
+             WHERE a.tenant_id = $1 AND a.id = $2 AND p.erased_at IS NULL",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(row.is_some())
+    }
+
     /// Whether the report of assessment `id`, made from `patient` as read, still shows what is
     /// stored: the assessment is there, and the patient neither erased nor changed since.
     pub(crate) async fn report_current(&self, tenant_id: &str, patient: &Patient, id: &str) -> Result<bool, Error> {

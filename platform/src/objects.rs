@@ -28,6 +28,13 @@ impl From<ObjectsError> for Status {
     }
 }
 
+/// One level of a store's keys, from [`Objects::list_level`].
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub prefixes: Vec<String>,
+    pub objects: Vec<(String, chrono::DateTime<chrono::Utc>)>,
+}
+
 /// A store of objects by key (`reports/<tenant>/<id>.pdf`).
 #[derive(Clone, Debug)]
 pub struct Objects {
@@ -84,6 +91,19 @@ impl Objects {
         }
     }
 
+    /// What lies one level under `prefix` (`images/<tenant>`): the objects, each with when it was
+    /// last written, and the prefixes below (`images` lists the tenants' prefixes).
+    pub async fn list_level(&self, prefix: &str) -> Result<Listing, ObjectsError> {
+        let listed = self.store.list_with_delimiter(Some(&Path::from(prefix))).await?;
+        let mut listing = Listing {
+            prefixes: listed.common_prefixes.iter().map(ToString::to_string).collect(),
+            objects: listed.objects.into_iter().map(|meta| (meta.location.to_string(), meta.last_modified)).collect(),
+        };
+        listing.prefixes.sort();
+        listing.objects.sort();
+        Ok(listing)
+    }
+
     /// Deletes the object at `key`; a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), ObjectsError> {
         match self.store.delete(&Path::from(key)).await {
@@ -105,6 +125,13 @@ mod tests {
         objects.put("reports/t1/a.pdf", b"%PDF-1.4".to_vec()).await.unwrap();
         assert_eq!(objects.get("reports/t1/a.pdf").await.unwrap().as_deref(), Some(&b"%PDF-1.4"[..]));
         assert!(dir.path().join("objects/reports/t1/a.pdf").is_file());
+        objects.put("reports/t2/b.pdf", b"%PDF-1.4".to_vec()).await.unwrap();
+        let tenants = objects.list_level("reports").await.unwrap();
+        assert_eq!(tenants.prefixes, ["reports/t1", "reports/t2"]);
+        let listed = objects.list_level("reports/t1").await.unwrap();
+        assert_eq!(listed.objects.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>(), ["reports/t1/a.pdf"]);
+        assert!(listed.objects[0].1 <= chrono::Utc::now());
+        assert!(objects.list_level("images").await.unwrap().prefixes.is_empty());
         objects.delete("reports/t1/a.pdf").await.unwrap();
         objects.delete("reports/t1/a.pdf").await.unwrap();
         assert_eq!(objects.get("reports/t1/a.pdf").await.unwrap(), None);

@@ -1,0 +1,151 @@
+//! Objects that no record wants any more: the bytes of an upload cut short between its objects
+//! and its record (a crash of the process, say), and objects whose deletion failed after their
+//! records were deleted, a patient's erased included. They are swept when the service starts and
+//! every [`EVERY`] after; an object younger than [`SETTLE`] is left alone, as an upload writes its
+//! objects before its record.
+
+use std::time::Duration;
+
+use aigronova_platform::{Shutdown, objects::Objects};
+use chrono::Utc;
+
+use crate::store::Store;
+
+/// How long an object may wait for its record.
+pub(crate) const SETTLE: Duration = Duration::from_secs(15 * 60);
+
+/// How often the objects are swept after the first time.
+const EVERY: Duration = Duration::from_secs(6 * 60 * 60);
+
+/// Sweeps now and every [`EVERY`] until `shutdown`.
+pub(crate) async fn run(store: Store, objects: Objects, shutdown: Shutdown) {
+    loop {
+        match sweep(&store, &objects, SETTLE).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(objects = deleted, "objects that no record wants were deleted"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "objects not swept; tried again later"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(EVERY) => {}
+            () = shutdown.clone().wait() => return,
+        }
+    }
+}
+
+/// Deletes the images (and thumbnails) older than `settle` whose record is gone, and the reports
+/// whose assessment is gone or whose patient was erased; returns how many objects it deleted.
+pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) -> anyhow::Result<usize> {
+    let written_before = Utc::now() - settle;
+    let mut deleted = 0;
+    for top in ["images", "reports"] {
+        for tenant_prefix in objects.list_level(top).await?.prefixes {
+            let Some(tenant_id) = tenant_prefix.rsplit('/').next().filter(|tenant| !tenant.is_empty()) else {
+                continue;
+            };
+            for (key, written) in objects.list_level(&tenant_prefix).await?.objects {
+                let name = key.rsplit('/').next().unwrap_or_default();
+                if written > written_before {
+                    continue;
+                }
+                let wanted = if top == "images" {
+                    store.image_recorded(tenant_id, name.strip_suffix(".thumbnail.png").unwrap_or(name)).await?
+                } else {
+                    match name.strip_suffix(".pdf") {
+                        Some(assessment_id) => store.report_wanted(tenant_id, assessment_id).await?,
+                        None => true,
+                    }
+                };
+                if !wanted {
+                    objects.delete(&key).await?;
+                    deleted += 1;
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use aigronova_platform::{
+        audit::{AuditEvent, EventKind},
+        auth::Caller,
+        crypto::TenantKeys,
+        storage::Database,
+    };
+
+    use super::*;
+    use crate::{
+        patient::{BirthDate, Cpf, NewPatient, Patient, PatientName},
+        store::ImageRecord,
+    };
+
+    const TENANT: &str = "tenant-a";
+
+    fn event() -> AuditEvent {
+        let caller = Caller { tenant_id: TENANT.into(), subject: "test".into(), scopes: Vec::new() };
+        AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::PersonalDataChange,
+            "test",
+            "patient:x",
+            serde_json::json!({}),
+        )
+    }
+
+    #[tokio::test]
+    async fn objects_that_no_record_wants_are_deleted_once_settled_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("healthquantum.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let master = aigronova_platform::crypto::master_key(None, &dir.path().join("master.key"), "test").unwrap();
+        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database, master)));
+        let objects = Objects::open(&format!("file://{}", dir.path().join("objects").display())).unwrap();
+
+        let patient = Patient::register(NewPatient {
+            name: PatientName::parse("Maria Silva").unwrap(),
+            cpf: Cpf::parse("52998224725").unwrap(),
+            birth_date: BirthDate::parse("1980-02-29").unwrap(),
+            email: None,
+            phone: None,
+        });
+        store.create_patient(TENANT, &patient, &event()).await.unwrap();
+        let image = ImageRecord {
+            id: "kept".into(),
+            patient_id: patient.id.to_string(),
+            media_type: "image/png".into(),
+            size_bytes: 8,
+            sha256: "00".repeat(32),
+            width: 1,
+            height: 1,
+            has_thumbnail: true,
+            created_at: aigronova_platform::time::stored(Utc::now()),
+        };
+        store.insert_image(TENANT, &image, &event()).await.unwrap();
+        let kept = [
+            "images/tenant-a/kept",
+            "images/tenant-a/kept.thumbnail.png",
+            "reports/tenant-a/notes.txt",
+            "other/tenant-a/orphan",
+        ];
+        let orphans =
+            ["images/tenant-a/orphan", "images/tenant-a/orphan.thumbnail.png", "reports/tenant-a/no-assessment.pdf"];
+        for key in kept.iter().chain(&orphans) {
+            objects.put(key, b"sealed".to_vec()).await.unwrap();
+        }
+
+        // Younger than the settling time, an orphan may be an upload whose record is on its way.
+        assert_eq!(sweep(&store, &objects, SETTLE).await.unwrap(), 0);
+        assert_eq!(sweep(&store, &objects, Duration::ZERO).await.unwrap(), orphans.len());
+        for key in orphans {
+            assert_eq!(objects.get(key).await.unwrap(), None, "{key}");
+        }
+        for key in kept {
+            assert!(objects.get(key).await.unwrap().is_some(), "{key}");
+        }
+        assert_eq!(sweep(&store, &objects, Duration::ZERO).await.unwrap(), 0);
+    }
+}
