@@ -182,6 +182,20 @@ impl Validate for Config {
         {
             return Err(ConfigError(format!("gateway.redis_url must be a redis:// URL, got {url:?}")));
         }
+        // An upstream named after no service would never be called, and the service it was meant
+        // for would answer 503: a misspelt name (`ai_governance`) is refused.
+        let owners = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)
+            .ok()
+            .and_then(|pool| RouteTable::from_descriptors(&pool).ok())
+            .map(|routes| routes.owners())
+            .unwrap_or_default();
+        if let Some(unknown) = self.upstreams.keys().find(|name| !owners.contains(*name)) {
+            return Err(ConfigError(format!(
+                "gateway.upstreams.{unknown} names no service; the services are {} (in the environment, \
+                 AIGRONOVA__GATEWAY__UPSTREAMS__<NAME> with the name as written here, dashes kept)",
+                owners.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
         for (owner, url) in &self.upstreams {
             if !url.starts_with("http://") {
                 return Err(ConfigError(format!(
@@ -270,6 +284,9 @@ impl Gateway {
         }
         let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)?;
         let routes = RouteTable::from_descriptors(&pool)?;
+        for missing in routes.owners().iter().filter(|owner| !config.upstreams.contains_key(*owner)) {
+            tracing::warn!(service = %missing, "no upstream is configured for this service: its routes answer 503");
+        }
         let keys = keys::KeyCache::new(store.clone(), Duration::from_secs(config.key_cache_secs));
         let limiter = ratelimit::RateLimiter::connect(config.redis_url.as_deref(), &config.rate_limit).await?;
         let invalidation =
@@ -409,4 +426,22 @@ fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn_with_state(edge_state, proxy::edge))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upstream_must_name_a_service_of_the_protos() {
+        let mut config = Config::default();
+        for name in ["healthquantum", "finquantum", "ai-governance"] {
+            config.upstreams.insert(name.into(), "http://127.0.0.1:50061".into());
+        }
+        assert!(config.validate().is_ok());
+        config.upstreams.insert("ai_governance".into(), "http://127.0.0.1:50070".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("gateway.upstreams.ai_governance names no service"), "{error}");
+        assert!(error.contains("ai-governance, finquantum, healthquantum"), "{error}");
+    }
 }

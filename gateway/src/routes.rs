@@ -126,6 +126,11 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Every service that serves some route, by the owner name its protos declare.
+    pub fn owners(&self) -> BTreeSet<String> {
+        self.routes.iter().map(|route| route.owner.clone()).collect()
+    }
+
     /// Every scope some route requires.
     pub fn scopes(&self) -> BTreeSet<String> {
         self.routes.iter().map(|route| route.scope.clone()).collect()
