@@ -68,9 +68,9 @@ enum Command {
     /// Prints the URL and, on the first start, the administrator key (unless AIGRONOVA_ADMIN_KEY
     /// gives one). Stop with Ctrl-C; in-flight calls are drained.
     Up {
-        /// Address of the HTTP API.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
+        /// Address of the HTTP API [default: gateway.http_addr of the configuration, 127.0.0.1:8080]
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
         /// Folder of the embedded databases; created when missing.
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
@@ -147,10 +147,11 @@ impl Validate for AppConfig {
 }
 
 impl AppConfig {
-    /// Embedded storage under `data_dir` and loopback ports chosen by the system, as `up` runs.
-    /// A database, object store or key file the configuration names (a file, `AIGRONOVA__…`) is
-    /// kept: `up` can run against PostgreSQL too.
-    pub fn embedded(mut self, http_addr: SocketAddr, data_dir: &Path) -> Self {
+    /// Embedded storage under `data_dir` and loopback ports chosen by the system, as `up` runs,
+    /// the HTTP API on `http_addr` when given (`gateway.http_addr` otherwise). A database, object
+    /// store or key file the configuration names (a file, `AIGRONOVA__…`) is kept: `up` can run
+    /// against PostgreSQL too.
+    pub fn embedded(mut self, http_addr: Option<SocketAddr>, data_dir: &Path) -> Self {
         let defaults = AppConfig::default();
         let sqlite = |name: &str| format!("sqlite://{}", data_dir.join(name).display());
         fn unless_set<T: PartialEq>(value: &mut T, default: &T, embedded: T) {
@@ -158,7 +159,9 @@ impl AppConfig {
                 *value = embedded;
             }
         }
-        self.gateway.http_addr = http_addr;
+        if let Some(http_addr) = http_addr {
+            self.gateway.http_addr = http_addr;
+        }
         unless_set(&mut self.gateway.database_url, &defaults.gateway.database_url, sqlite("gateway.db"));
         let health = &defaults.healthquantum;
         unless_set(&mut self.healthquantum.database_url, &health.database_url, sqlite("healthquantum.db"));
@@ -515,8 +518,9 @@ mod tests {
     #[test]
     fn up_keeps_its_storage_under_the_data_dir_unless_the_configuration_names_another() {
         let data_dir = Path::new("/srv/aigronova");
-        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let addr = Some(SocketAddr::from(([127, 0, 0, 1], 8081)));
         let embedded = AppConfig::default().embedded(addr, data_dir);
+        assert_eq!(embedded.gateway.http_addr, SocketAddr::from(([127, 0, 0, 1], 8081)));
         assert_eq!(embedded.gateway.database_url, "sqlite:///srv/aigronova/gateway.db");
         assert_eq!(embedded.healthquantum.master_key_file, data_dir.join("healthquantum-master.key"));
         assert_eq!(embedded.ai_governance.master_key_file, data_dir.join("ai-governance-master.key"));
@@ -524,6 +528,9 @@ mod tests {
         let mut configured = AppConfig::default();
         configured.gateway.database_url = "postgres://gw@db/gateway".into();
         configured.finquantum.database_url = "postgres://fin@db/fin".into();
+        configured.gateway.http_addr = SocketAddr::from(([0, 0, 0, 0], 9000));
+        let embedded = configured.clone().embedded(None, data_dir);
+        assert_eq!(embedded.gateway.http_addr, SocketAddr::from(([0, 0, 0, 0], 9000)), "the configuration's");
         let embedded = configured.embedded(addr, data_dir);
         assert_eq!(embedded.gateway.database_url, "postgres://gw@db/gateway");
         assert_eq!(embedded.finquantum.database_url, "postgres://fin@db/fin");

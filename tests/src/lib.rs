@@ -105,7 +105,7 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)) -> TestApp {
     aigronova_gateway::install_crypto_provider();
     let data_dir = tempfile::tempdir().expect("temporary folder");
-    let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
+    let mut config = AppConfig::default().embedded(Some("127.0.0.1:0".parse().unwrap()), data_dir.path());
     config.inference = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
     // Chosen here rather than by the platform, so that gateway replicas sign like the first.
     config.internal_auth.signing_key = Some(TokenSigner::generate().to_base64());
@@ -163,7 +163,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut AppConfig)
 /// test server) and `customize` applied to its configuration. There is no healthquantum database.
 pub async fn spawn_gateway(upstream_url: &str, customize: impl FnOnce(&mut AppConfig)) -> TestApp {
     let data_dir = tempfile::tempdir().expect("temporary folder");
-    let mut config = AppConfig::default().embedded("127.0.0.1:0".parse().unwrap(), data_dir.path());
+    let mut config = AppConfig::default().embedded(Some("127.0.0.1:0".parse().unwrap()), data_dir.path());
     config.gateway.upstreams.insert("healthquantum".into(), upstream_url.to_owned());
     customize(&mut config);
     let admin_key = format!("agk_test_admin_{}", uuid::Uuid::new_v4().simple());
