@@ -176,6 +176,7 @@ impl AiGovernanceService {
             "ai_governance.master_key",
         )?;
         let keys = Arc::new(TenantKeys::new(database.clone(), master));
+        keys.check_master_key("ai_governance.master_key").await?;
         let listener = GrpcListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;

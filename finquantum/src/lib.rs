@@ -187,7 +187,9 @@ impl FinQuantumService {
         )?;
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the finquantum models")?;
         let words = scoring::ReasonWords::new(models.get(scoring::MODEL)?.manifest());
-        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)), words);
+        let keys = Arc::new(TenantKeys::new(database.clone(), master));
+        keys.check_master_key("finquantum.master_key").await?;
+        let store = Store::new(database.clone(), keys, words);
         let cache = match &config.redis_url {
             Some(url) => ResponseCache::redis(url, "aigronova:finquantum:")
                 .await

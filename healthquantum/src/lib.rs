@@ -136,7 +136,9 @@ impl HealthQuantumService {
             &config.master_key_file,
             "healthquantum.master_key",
         )?;
-        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)));
+        let keys = Arc::new(TenantKeys::new(database.clone(), master));
+        keys.check_master_key("healthquantum.master_key").await?;
+        let store = Store::new(database.clone(), keys);
         let sealed = store.seal_clear_rows().await.context("cannot seal the patients stored in clear")?;
         if sealed > 0 {
             tracing::info!(patients = sealed, "patients stored in clear were sealed");

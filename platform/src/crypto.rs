@@ -288,6 +288,26 @@ impl TenantKeys {
         Ok(cipher)
     }
 
+    /// Refuses a master key that does not unwrap the data keys already stored, which is another's
+    /// (another deployment's, or another service's): every read of sealed data would fail. One
+    /// stored key is tried; none stored, any master key fits. `setting` names the key's setting.
+    pub async fn check_master_key(&self, setting: &str) -> anyhow::Result<()> {
+        let row = sqlx::query("SELECT wrapped_key FROM tenant_keys ORDER BY created_at, tenant_id LIMIT 1")
+            .fetch_optional(self.database.pool())
+            .await?;
+        let Some(row) = row else { return Ok(()) };
+        let wrapped: String = row.try_get("wrapped_key")?;
+        if STANDARD.decode(&wrapped).ok().is_some_and(|bytes| self.wrapper.unwrap(&bytes).is_ok()) {
+            return Ok(());
+        }
+        Err(crate::config::ConfigError(format!(
+            "{setting} does not unwrap the tenants' data keys stored in the database: it is not the master key \
+             this data was sealed with (another deployment's or another service's?); start with the key it was \
+             sealed with"
+        ))
+        .into())
+    }
+
     async fn stored(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
         let row = sqlx::query("SELECT wrapped_key FROM tenant_keys WHERE tenant_id = $1")
             .bind(tenant_id)
@@ -300,6 +320,28 @@ impl TenantKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_master_key_that_does_not_unwrap_the_stored_data_keys_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE tenant_keys (tenant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped_key TEXT NOT NULL, \
+             created_at TEXT NOT NULL)",
+        )
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let keys = |master: u8| TenantKeys::new(database.clone(), Arc::new(LocalMasterKey::from_bytes(&[master; 32])));
+        // Nothing stored yet: any key fits.
+        keys(2).check_master_key("x.master_key").await.unwrap();
+        keys(1).cipher("tenant-a").await.unwrap();
+        keys(1).check_master_key("x.master_key").await.unwrap();
+        let error = keys(2).check_master_key("x.master_key").await.unwrap_err();
+        assert!(error.downcast_ref::<crate::config::ConfigError>().is_some(), "{error}");
+        assert!(error.to_string().contains(": x.master_key does not unwrap"), "{error}");
+    }
 
     #[test]
     fn a_sealed_object_opens_only_at_its_own_key_and_one_stored_in_clear_still_reads() {
