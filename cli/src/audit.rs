@@ -291,6 +291,9 @@ pub async fn tenant_roots(args: &RootsArgs) -> anyhow::Result<Vec<(String, u64, 
         .await
         .context("cannot connect to the ai-governance database")?;
     if let Some(snapshot) = &args.snapshot {
+        if !args.database_url.starts_with("postgres") {
+            bail!("--snapshot names a PostgreSQL snapshot: it is for a postgres:// database URL only");
+        }
         if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             bail!("--snapshot must be a snapshot id as pg_export_snapshot() returns it");
         }

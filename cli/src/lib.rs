@@ -311,14 +311,22 @@ impl Platform {
 pub fn main(cli: Cli) -> ExitCode {
     if matches!(cli.command, Command::Keygen) {
         let signer = TokenSigner::generate();
-        println!("AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY={}", signer.to_base64());
-        println!("AIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY={}", signer.verifier().to_base64());
-        println!("AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY={}", TokenSigner::generate().to_base64());
         let checkpoints = aigronova_ai_governance::checkpoint::CheckpointSigner::generate();
-        println!("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}", checkpoints.to_base64());
-        println!("AIGRONOVA__HEALTHQUANTUM__MASTER_KEY={}", TokenSigner::generate().to_base64());
-        println!("AIGRONOVA__FINQUANTUM__MASTER_KEY={}", TokenSigner::generate().to_base64());
-        println!("AIGRONOVA__AI_GOVERNANCE__MASTER_KEY={}", TokenSigner::generate().to_base64());
+        let keys = format!(
+            "AIGRONOVA__INTERNAL_AUTH__SIGNING_KEY={}\nAIGRONOVA__INTERNAL_AUTH__VERIFYING_KEY={}\n\
+             AIGRONOVA__INTERNAL_AUTH__SERVICE_SIGNING_KEY={}\nAIGRONOVA__AI_GOVERNANCE__SIGNING_KEY={}\n\
+             AIGRONOVA__HEALTHQUANTUM__MASTER_KEY={}\nAIGRONOVA__FINQUANTUM__MASTER_KEY={}\n\
+             AIGRONOVA__AI_GOVERNANCE__MASTER_KEY={}\n",
+            signer.to_base64(),
+            signer.verifier().to_base64(),
+            TokenSigner::generate().to_base64(),
+            checkpoints.to_base64(),
+            TokenSigner::generate().to_base64(),
+            TokenSigner::generate().to_base64(),
+            TokenSigner::generate().to_base64(),
+        );
+        // A reader that stops early (`| head -1`) is no failure of the keys.
+        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), keys.as_bytes());
         return ExitCode::SUCCESS;
     }
     if let Command::Audit { command } = &cli.command {
@@ -352,11 +360,25 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "aigronova stopped on an error");
-            eprintln!("aigronova: {error:#}");
+            let message = message_of(&error);
+            tracing::error!(error = message, "aigronova stopped on an error");
+            eprintln!("aigronova: {message}");
             if error.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
+}
+
+/// `error` and its causes, each once: a cause whose text its wrapper already ends with (as
+/// sqlx's errors repeat the database's) is left out.
+fn message_of(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|last| last.ends_with(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
 }
 
 /// Starts `GET /metrics` on `telemetry.metrics_addr`, when set, for a domain service run alone.
@@ -514,6 +536,31 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_is_told_with_each_cause_once() {
+        /// As sqlx's database errors: the cause in the text, and as the source too.
+        #[derive(Debug)]
+        struct Repeating(std::io::Error);
+        impl std::fmt::Display for Repeating {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "error returned from database: {}", self.0)
+            }
+        }
+        impl std::error::Error for Repeating {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let cause = std::io::Error::other("database \"x\" does not exist");
+        let error = anyhow::Error::new(Repeating(cause)).context("cannot open the database");
+        assert_eq!(
+            message_of(&error),
+            "cannot open the database: error returned from database: database \"x\" does not exist"
+        );
+        let plain = anyhow::anyhow!("refused").context("cannot listen");
+        assert_eq!(message_of(&plain), "cannot listen: refused");
+    }
 
     #[test]
     fn up_keeps_its_storage_under_the_data_dir_unless_the_configuration_names_another() {

@@ -99,7 +99,7 @@ fn validate_rate(plan: &str, prefix: &str, requests_per_second: f64, burst: u32)
     let slowest = 1_000_000.0 / crate::ratelimit::MAX_INTERVAL_MICROS as f64;
     if !(requests_per_second.is_finite() && (slowest..=1_000_000.0).contains(&requests_per_second)) {
         return Err(ConfigError(format!(
-            "gateway.plans.{plan}.{prefix}requests_per_second must be between one an hour ({slowest:.6}) and 1000000"
+            "gateway.plans.{plan}.{prefix}requests_per_second must be between once an hour ({slowest:.6}) and 1000000"
         )));
     }
     if burst == 0 || u64::from(burst) > crate::ratelimit::MAX_BURST {

@@ -48,7 +48,7 @@ impl FromStr for Backend {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database URL must start with sqlite: or postgres:")]
+    #[error("database URL must start with sqlite:, postgres: or postgresql:")]
     UnsupportedUrl,
     #[error("cannot create the database folder: {0}")]
     Folder(#[from] std::io::Error),
@@ -187,6 +187,20 @@ enum Durability {
     PowerLoss,
 }
 
+/// The settings of each embedded connection.
+fn sqlite_settings(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Crash => {
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON"
+        }
+        Durability::PowerLoss => {
+            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+             PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON"
+        }
+    }
+}
+
 fn pool_options(backend: Backend, max_connections: u32, durability: Durability) -> AnyPoolOptions {
     let options = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5));
     if backend == Backend::Postgres {
@@ -207,16 +221,7 @@ fn pool_options(backend: Backend, max_connections: u32, durability: Durability) 
     // erased calls [`Database::truncate_log`].
     // A store that acknowledges what others then forget (ai-governance's log, whose acknowledged
     // batches the relays delete from their outboxes) syncs every commit instead.
-    let settings = match durability {
-        Durability::Crash => {
-            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
-             PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON"
-        }
-        Durability::PowerLoss => {
-            "PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
-             PRAGMA wal_autocheckpoint = 8000; PRAGMA secure_delete = ON"
-        }
-    };
+    let settings = sqlite_settings(durability);
     options.after_connect(move |connection, _| {
         Box::pin(async move {
             sqlx::raw_sql(settings).execute(connection).await?;
@@ -249,6 +254,15 @@ impl Database {
             Backend::Sqlite => 4,
             Backend::Postgres => 10,
         };
+        // One connection first, made directly: a refused connection, an unknown database or a file
+        // that cannot be written says so, where the pool would retry until its timeout and say only
+        // that it timed out.
+        let mut probe = AnyConnection::connect(&url).await?;
+        if backend == Backend::Sqlite {
+            sqlx::raw_sql(sqlite_settings(durability)).execute(&mut probe).await?;
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut probe).await?;
+        }
+        probe.close().await?;
         let pool = pool_options(backend, max_connections, durability).connect(&url).await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
