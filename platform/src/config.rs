@@ -19,9 +19,29 @@ pub const ENV_PREFIX: &str = "AIGRONOVA__";
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// Each error as `section.key: what is wrong (in the file or the environment)`, the key as it is
+/// written in a TOML file.
 impl From<figment::Error> for ConfigError {
     fn from(error: figment::Error) -> Self {
-        Self(error.to_string())
+        let messages: Vec<String> = error
+            .into_iter()
+            .map(|error| {
+                let key = error.path.iter().map(|part| part.to_lowercase()).collect::<Vec<_>>().join(".");
+                let origin = match &error.metadata {
+                    Some(metadata) => match &metadata.source {
+                        Some(source) => format!(" (in {source} {})", metadata.name),
+                        None => format!(" (in {})", metadata.name),
+                    },
+                    None => String::new(),
+                };
+                if key.is_empty() {
+                    format!("{}{origin}", error.kind)
+                } else {
+                    format!("{key}: {}{origin}", error.kind)
+                }
+            })
+            .collect();
+        Self(messages.join("; "))
     }
 }
 
@@ -115,5 +135,21 @@ impl Validate for TelemetryConfig {
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
             .map_err(|error| ConfigError(format!("telemetry.log_filter: {error}")))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_value_is_named_by_its_key_as_a_file_writes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("aigronova.toml");
+        std::fs::write(&file, "intra_threads = \"x\"\n").unwrap();
+        let error = load::<InferenceConfig>(Some(&file)).unwrap_err().to_string();
+        assert!(error.starts_with("invalid configuration: intra_threads: invalid type: found string \"x\""), "{error}");
+        assert!(error.contains("aigronova.toml"), "{error}");
+        assert!(!error.contains("default."), "{error}");
     }
 }
