@@ -270,6 +270,10 @@ pub struct Relay {
     waker: OutboxWaker,
 }
 
+/// How long, once the process is stopping, a call to ai-governance in flight may still take: a
+/// hung ai-governance does not hold the shutdown for the calls' whole timeout.
+pub(crate) const STOPPING_GRACE: Duration = Duration::from_secs(5);
+
 impl Relay {
     /// A relay for `service`'s outbox in `database`; `signer` mints the service's own token.
     pub fn new(database: Database, service: &'static str, config: RelayConfig, signer: TokenSigner) -> Self {
@@ -310,16 +314,17 @@ impl Relay {
             }
             let wait = match &client {
                 None => poll,
-                Some(client) => match self.ship_batch(client.clone()).await {
-                    Ok(shipped) if shipped == self.config.batch_size as usize => {
+                Some(client) => match self.ship_or_stop(client, &shutdown).await {
+                    None => break,
+                    Some(Ok(shipped)) if shipped == self.config.batch_size as usize => {
                         backoff = Duration::from_millis(100);
                         continue;
                     }
-                    Ok(_) => {
+                    Some(Ok(_)) => {
                         backoff = Duration::from_millis(100);
                         poll
                     }
-                    Err(error) => {
+                    Some(Err(error)) => {
                         metrics().failures.with_label_values(&[self.service]).inc();
                         tracing::warn!(
                             service = self.service,
@@ -344,6 +349,22 @@ impl Relay {
                 }
                 () = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// [`Self::ship_batch`], given [`STOPPING_GRACE`] more once `shutdown` is triggered; `None`
+    /// when that ran out: the events not acknowledged stay in the outbox for the next start (and
+    /// a batch acknowledged meanwhile is recorded once, by its events' ids).
+    async fn ship_or_stop(
+        &self,
+        client: &AuditLogClient<tonic::transport::Channel>,
+        shutdown: &Shutdown,
+    ) -> Option<Result<usize, RelayError>> {
+        let shipping = self.ship_batch(client.clone());
+        tokio::pin!(shipping);
+        tokio::select! {
+            shipped = &mut shipping => Some(shipped),
+            () = shutdown.clone().wait() => tokio::time::timeout(STOPPING_GRACE, shipping).await.ok(),
         }
     }
 
@@ -548,6 +569,52 @@ fn metrics() -> &'static RelayMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ai-governance that accepts connections and never answers holds a stopping relay for
+    /// [`STOPPING_GRACE`], not for its calls' 30 s timeout, and the event it could not ship stays
+    /// in the outbox.
+    #[tokio::test]
+    async fn a_relay_stops_within_its_grace_when_ai_governance_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE audit_outbox (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, event TEXT NOT NULL, \
+             created_at TEXT NOT NULL)",
+        )
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let caller = Caller { tenant_id: "t1".into(), subject: "key-1".into(), scopes: vec![] };
+        let event = AuditEvent::new(&caller, "healthquantum", EventKind::Decision, "a", "patient:1", "{}".into());
+        let mut connection = database.pool().acquire().await.unwrap();
+        enqueue(&mut connection, &event).await.unwrap();
+        drop(connection);
+        // Accepts, reads and never answers.
+        let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let governance_url = format!("http://{}", hung.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            loop {
+                let (mut socket, _) = hung.accept().await.unwrap();
+                let mut buffer = [0; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buffer).await;
+                sockets.push(socket);
+            }
+        });
+        let config = RelayConfig { governance_url: Some(governance_url), ..RelayConfig::default() };
+        let relay = Relay::new(database.clone(), "healthquantum", config, TokenSigner::generate());
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(relay.run(shutdown.clone()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        shutdown.trigger();
+        let stopped = tokio::time::timeout(STOPPING_GRACE + Duration::from_secs(10), running).await;
+        assert!(stopped.is_ok(), "the relay waited for the call's whole timeout");
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox").fetch_one(database.pool()).await.unwrap();
+        assert_eq!(pending, 1, "the event stays for the next start");
+        held.abort();
+    }
 
     #[test]
     fn relay_config_refuses_bad_values() {

@@ -157,6 +157,9 @@ impl InferenceMonitor {
                 let windows = taken.iter().map(|(key, window)| window_message(service, key, window, end)).collect();
                 let mut request = tonic::Request::new(proto::RecordInferenceStatsRequest { windows });
                 auth::attach_token(request.metadata_mut(), &signer.mint(&caller));
+                if stopping {
+                    request.set_timeout(crate::audit::STOPPING_GRACE);
+                }
                 if let Err(status) = client.clone().record_inference_stats(request).await {
                     tracing::warn!(service, error = %status, "cannot send inference summaries; kept for the next try");
                     self.put_back(taken);
