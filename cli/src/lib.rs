@@ -54,7 +54,8 @@ const MIN_ADMIN_KEY_CHARS: usize = 32;
         environment variables: the way each Kubernetes pod runs it."
 )]
 pub struct Cli {
-    /// TOML configuration file (defaults < file < AIGRONOVA__SECTION__KEY variables).
+    /// TOML configuration file of `up` and `serve` (defaults < file < AIGRONOVA__SECTION__KEY
+    /// variables); `keygen` and `audit` read none, and take their settings as options.
     #[arg(long, global = true, env = "AIGRONOVA_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
