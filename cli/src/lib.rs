@@ -452,11 +452,15 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
     shutdown.trigger_on_signals();
     let admin_key = std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.trim().is_empty());
     if let Some(key) = &admin_key
-        && (key.len() < MIN_ADMIN_KEY_CHARS || !key.bytes().all(|byte| byte.is_ascii_graphic()))
+        // A dot or a leading brace would make the gateway read the key as a JWT.
+        && (key.len() < MIN_ADMIN_KEY_CHARS
+            || !key.bytes().all(|byte| byte.is_ascii_graphic())
+            || key.contains('.')
+            || key.starts_with('{'))
     {
         return Err(ConfigError(format!(
-            "{ADMIN_KEY_ENV} must be at least {MIN_ADMIN_KEY_CHARS} visible ASCII characters, without spaces (e.g. \
-             agk_$(openssl rand -hex 32))"
+            "{ADMIN_KEY_ENV} must be at least {MIN_ADMIN_KEY_CHARS} visible ASCII characters, without spaces or dots \
+             and not starting with a brace, which mark a JWT (e.g. agk_$(openssl rand -hex 32))"
         ))
         .into());
     }

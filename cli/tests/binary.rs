@@ -417,9 +417,47 @@ fn the_administrator_key_set_at_start_replaces_every_other() {
     // The key stays the administrator key when the next start names none.
     let running = start(&data_dir, None);
     assert_eq!((status(&running.url, first), status(&running.url, second)), (401, 200));
+    // A tenant's key cannot become the administrator's.
+    let tenant_key = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let tenant: Value = client
+            .post(format!("{}/v1/admin/tenants", running.url))
+            .bearer_auth(second)
+            .json(&json!({"name": "Acme", "plan": "starter"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key: Value = client
+            .post(format!("{}/v1/admin/tenants/{}/api-keys", running.url, tenant["id"].as_str().unwrap()))
+            .bearer_auth(second)
+            .json(&json!({"name": "ci", "scopes": ["health:read"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        key["key"].as_str().unwrap().to_owned()
+    });
+    stop(running);
+    let (code, stderr) = up_once(&data_dir, "127.0.0.1:0", Some(&tenant_key));
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("AIGRONOVA_ADMIN_KEY is a tenant's API key"), "{stderr}");
+    // A key used before, and revoked since, can be the administrator key again.
+    let running = start(&data_dir, Some(first));
+    assert_eq!((status(&running.url, first), status(&running.url, second)), (200, 401));
     stop(running);
 
-    for short in ["a", "agk_too_short", "agk_with a space in it 0123456789abcdef"] {
+    for short in [
+        "a",
+        "agk_too_short",
+        "agk_with a space in it 0123456789abcdef",
+        "agk.with.dots.0123456789abcdef0123456789",
+        "{\"agk\":\"0123456789abcdef0123456789abcdef\"}",
+    ] {
         let (code, stderr) = up_once(&data_dir, "127.0.0.1:0", Some(short));
         assert_eq!(code, Some(64), "{short:?}: {stderr}");
         assert!(stderr.contains("AIGRONOVA_ADMIN_KEY must be at least 32"), "{stderr}");

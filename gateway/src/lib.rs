@@ -266,7 +266,13 @@ impl Gateway {
         let store = Store::new(db);
         let mut revoked_admin_keys = Vec::new();
         match admin_key {
-            AdminKey::Given(key) => revoked_admin_keys = store.set_admin_key(key).await?,
+            AdminKey::Given(key) => {
+                revoked_admin_keys = store.set_admin_key(key).await?.ok_or_else(|| {
+                    ConfigError(
+                        "AIGRONOVA_ADMIN_KEY is a tenant's API key: choose another key for the administrator".into(),
+                    )
+                })?;
+            }
             AdminKey::FirstStart(deliver) if !store.has_admin_key().await? => {
                 let key = store::new_key();
                 // Handed over before it is stored: a start stopped in between leaves no

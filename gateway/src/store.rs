@@ -278,28 +278,55 @@ impl Store {
         Ok(())
     }
 
-    /// Makes `key` the administrator key: recorded if it is new, and every other administrator
-    /// key revoked. Returns the hashes of the keys revoked.
-    pub async fn set_admin_key(&self, key: &str) -> Result<Vec<String>, StoreError> {
-        if self.principal(key).await?.is_none() {
-            let scopes = [ADMIN_SCOPE.to_owned()];
-            self.store_key(None, "admin (from AIGRONOVA_ADMIN_KEY)", &scopes, key.to_owned(), None).await?;
-        }
+    /// Makes `key` the administrator key: recorded if it is new (or in use again if it was one
+    /// before and was revoked), and every other administrator key revoked, in one transaction.
+    /// Returns the hashes of the keys revoked; `None` when `key` is a tenant's API key, which
+    /// cannot be made an administrator's.
+    pub async fn set_admin_key(&self, key: &str) -> Result<Option<Vec<String>>, StoreError> {
         let hash = hash_key(key);
+        let mut transaction = self.db.begin_write().await?;
+        let held = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = $1")
+            .bind(&hash)
+            .fetch_optional(&mut *transaction)
+            .await?;
+        match held {
+            Some(row) if row.try_get::<Option<String>, _>("tenant_id")?.is_some() => return Ok(None),
+            // Replicas starting together with a new key insert it once.
+            None => {
+                sqlx::query(
+                    "INSERT INTO api_keys (id, tenant_id, name, key_hash, scopes, created_at, expires_at) \
+                     VALUES ($1, NULL, $2, $3, $4, $5, NULL) ON CONFLICT (key_hash) DO NOTHING",
+                )
+                .bind(Uuid::now_v7().to_string())
+                .bind("admin (from AIGRONOVA_ADMIN_KEY)")
+                .bind(&hash)
+                .bind(ADMIN_SCOPE)
+                .bind(now())
+                .execute(&mut *transaction)
+                .await?;
+            }
+            Some(_) => {
+                sqlx::query("UPDATE api_keys SET revoked_at = NULL, expires_at = NULL WHERE key_hash = $1")
+                    .bind(&hash)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
         let others = sqlx::query(
             "SELECT key_hash FROM api_keys WHERE tenant_id IS NULL AND revoked_at IS NULL AND key_hash <> $1",
         )
         .bind(&hash)
-        .fetch_all(self.db.pool())
+        .fetch_all(&mut *transaction)
         .await?;
         sqlx::query(
             "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id IS NULL AND revoked_at IS NULL AND key_hash <> $2",
         )
         .bind(now())
         .bind(&hash)
-        .execute(self.db.pool())
+        .execute(&mut *transaction)
         .await?;
-        others.iter().map(|row| Ok(row.try_get("key_hash")?)).collect()
+        transaction.commit().await?;
+        Ok(Some(others.iter().map(|row| row.try_get("key_hash")).collect::<Result<_, _>>()?))
     }
 
     /// The secret named `name`, made at random by the first replica that asks for it and the
