@@ -204,10 +204,10 @@ resource "aws_iam_role_policy" "backup_job" {
 
 # healthquantum keeps its reports and medical images under healthquantum/ in the objects bucket
 # (the object_store crate's S3 client, with this role's web identity): it reads, writes and deletes
-# them by key and never lists them. s3:ListBucket is there because without it S3 answers 403, not
-# 404, for a key that does not exist, and healthquantum relies on the 404 (a missing report is
-# rendered again); it is granted on the whole bucket (key names carry tenant and record ids, never
-# personal data). The bucket's default SSE-KMS encryption uses the data key, through S3 only.
+# them by key, and lists them to sweep those no record wants. s3:ListBucket is needed for that, and
+# because without it S3 answers 403, not 404, for a key that does not exist, where healthquantum
+# relies on the 404 (a missing report is rendered again); it is granted on the whole bucket (key
+# names carry tenant and record ids, never personal data). The bucket's default SSE-KMS encryption uses the data key, through S3 only.
 data "aws_iam_policy_document" "healthquantum" {
   statement {
     sid       = "NotFoundIsNotFound"

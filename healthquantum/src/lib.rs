@@ -192,7 +192,7 @@ impl HealthQuantumService {
         let names = [health_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
         let sweeper = tokio::spawn(sweep::run(store, objects, shutdown.clone()));
         let served = self.listener.serve(routes, &names, shutdown).await;
-        let _ = sweeper.await;
+        sweeper.abort();
         if let Some(link) = link {
             link.join().await;
         }

@@ -121,6 +121,11 @@ impl Store {
         Ok(self.keys.cipher(tenant_id).await?)
     }
 
+    /// Whether `tenant_id` has a data key in this database, without making one.
+    pub(crate) async fn holds_data_key(&self, tenant_id: &str) -> Result<bool, Error> {
+        Ok(self.keys.holds(tenant_id).await?)
+    }
+
     /// Records `patient` with its audit event, in one transaction; `AlreadyExists` when another
     /// patient of the tenant has its CPF.
     pub(crate) async fn create_patient(

@@ -3,6 +3,13 @@
 //! records were deleted, a patient's erased included. They are swept when the service starts and
 //! every [`EVERY`] after; an object younger than [`SETTLE`] is left alone, as an upload writes its
 //! objects before its record.
+//!
+//! Only what this database provably made is deleted, so that a database that is not the store's
+//! (a new one, another deployment's, pointed at the same bucket) deletes nothing: a tenant without
+//! a data key here is passed over, and an image is deleted only when it opens with the tenant's key
+//! (a report, made again from the database when missing, only needs the tenant's key to be here).
+//! After the database is restored to an earlier time, the images uploaded since are unknown to it
+//! and are deleted; restore the object store to the same time, or from its versions.
 
 use std::time::Duration;
 
@@ -20,7 +27,12 @@ const EVERY: Duration = Duration::from_secs(6 * 60 * 60);
 /// Sweeps now and every [`EVERY`] until `shutdown`.
 pub(crate) async fn run(store: Store, objects: Objects, shutdown: Shutdown) {
     loop {
-        match sweep(&store, &objects, SETTLE).await {
+        // A sweep of a large store takes a while: a shutdown does not wait for it.
+        let swept = tokio::select! {
+            swept = sweep(&store, &objects, SETTLE) => swept,
+            () = shutdown.clone().wait() => return,
+        };
+        match swept {
             Ok(0) => {}
             Ok(deleted) => tracing::info!(objects = deleted, "objects that no record wants were deleted"),
             Err(error) => tracing::warn!(error = format!("{error:#}"), "objects not swept; tried again later"),
@@ -42,6 +54,9 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
             let Some(tenant_id) = tenant_prefix.rsplit('/').next().filter(|tenant| !tenant.is_empty()) else {
                 continue;
             };
+            if !store.holds_data_key(tenant_id).await? {
+                continue;
+            }
             for (key, written) in objects.list_level(&tenant_prefix).await?.objects {
                 let name = key.rsplit('/').next().unwrap_or_default();
                 if written > written_before {
@@ -55,10 +70,17 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
                         None => true,
                     }
                 };
-                if !wanted {
-                    objects.delete(&key).await?;
-                    deleted += 1;
+                if wanted {
+                    continue;
                 }
+                if top == "images" {
+                    let Some(stored) = objects.get(&key).await? else { continue };
+                    if !store.cipher(tenant_id).await?.sealed_here(&key, &stored) {
+                        continue;
+                    }
+                }
+                objects.delete(&key).await?;
+                deleted += 1;
             }
         }
     }
@@ -125,25 +147,37 @@ mod tests {
             created_at: aigronova_platform::time::stored(Utc::now()),
         };
         store.insert_image(TENANT, &image, &event()).await.unwrap();
+        let cipher = store.cipher(TENANT).await.unwrap();
+        let other_key = store.cipher("tenant-b").await.unwrap();
+        let sealed = |key: &str| cipher.seal_bytes(key, b"\x89PNG image");
+        // Kept: what records want; what this database cannot be shown to have made (an image in
+        // clear, one sealed with another key, a tenant without a data key here); other prefixes.
         let kept = [
-            "images/tenant-a/kept",
-            "images/tenant-a/kept.thumbnail.png",
-            "reports/tenant-a/notes.txt",
-            "other/tenant-a/orphan",
+            ("images/tenant-a/kept", sealed("images/tenant-a/kept")),
+            ("images/tenant-a/kept.thumbnail.png", sealed("images/tenant-a/kept.thumbnail.png")),
+            ("images/tenant-a/in-clear", b"\x89PNG image".to_vec()),
+            ("images/tenant-a/other-key", other_key.seal_bytes("images/tenant-a/other-key", b"\x89PNG image")),
+            ("images/tenant-z/orphan", sealed("images/tenant-z/orphan")),
+            ("reports/tenant-z/no-assessment.pdf", b"%PDF".to_vec()),
+            ("reports/tenant-a/notes.txt", b"notes".to_vec()),
+            ("other/tenant-a/orphan", b"x".to_vec()),
         ];
-        let orphans =
-            ["images/tenant-a/orphan", "images/tenant-a/orphan.thumbnail.png", "reports/tenant-a/no-assessment.pdf"];
-        for key in kept.iter().chain(&orphans) {
-            objects.put(key, b"sealed".to_vec()).await.unwrap();
+        let orphans = [
+            ("images/tenant-a/orphan", sealed("images/tenant-a/orphan")),
+            ("images/tenant-a/orphan.thumbnail.png", sealed("images/tenant-a/orphan.thumbnail.png")),
+            ("reports/tenant-a/no-assessment.pdf", b"%PDF".to_vec()),
+        ];
+        for (key, bytes) in kept.iter().chain(&orphans) {
+            objects.put(key, bytes.clone()).await.unwrap();
         }
 
         // Younger than the settling time, an orphan may be an upload whose record is on its way.
         assert_eq!(sweep(&store, &objects, SETTLE).await.unwrap(), 0);
         assert_eq!(sweep(&store, &objects, Duration::ZERO).await.unwrap(), orphans.len());
-        for key in orphans {
+        for (key, _) in orphans {
             assert_eq!(objects.get(key).await.unwrap(), None, "{key}");
         }
-        for key in kept {
+        for (key, _) in kept {
             assert!(objects.get(key).await.unwrap().is_some(), "{key}");
         }
         assert_eq!(sweep(&store, &objects, Duration::ZERO).await.unwrap(), 0);

@@ -181,6 +181,12 @@ impl TenantCipher {
         }
     }
 
+    /// Whether `stored` was sealed by [`Self::seal_bytes`] with this key for `context`: bytes in
+    /// clear, or sealed with another key, were not.
+    pub fn sealed_here(&self, context: &str, stored: &[u8]) -> bool {
+        stored.strip_prefix(SEALED_OBJECT).is_some_and(|sealed| open(&self.key, context.as_bytes(), sealed).is_ok())
+    }
+
     /// A keyed hash of `value` for equality lookups (hex HMAC-SHA256 under a key derived from
     /// the tenant's data key: the same value gives different indexes in different tenants).
     pub fn blind_index(&self, value: &str) -> String {
@@ -306,6 +312,11 @@ impl TenantKeys {
              sealed with"
         ))
         .into())
+    }
+
+    /// Whether `tenant_id` has a data key here, without making one.
+    pub async fn holds(&self, tenant_id: &str) -> Result<bool, StoreError> {
+        Ok(self.stored(tenant_id).await?.is_some())
     }
 
     async fn stored(&self, tenant_id: &str) -> Result<Option<String>, StoreError> {
