@@ -47,8 +47,12 @@ impl Default for CorsConfig {
 /// in lower case and an optional port, nothing after; compared byte for byte, any other form would
 /// never match.
 fn is_serialized_origin(origin: &str) -> bool {
-    let Some(authority) = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) else {
-        return false;
+    let (authority, default_port) = match origin.strip_prefix("https://") {
+        Some(authority) => (authority, "443"),
+        None => match origin.strip_prefix("http://") {
+            Some(authority) => (authority, "80"),
+            None => return false,
+        },
     };
     // An IPv6 address is in brackets, with colons of its own.
     let (host, port) = if authority.starts_with('[') {
@@ -65,16 +69,18 @@ fn is_serialized_origin(origin: &str) -> bool {
             None => (authority, None),
         }
     };
+    // Browsers write an IPv6 address in its shortest form (RFC 5952), and leave a scheme's default
+    // port out.
     let host_ok = match host.strip_prefix('[').and_then(|host| host.strip_suffix(']')) {
-        Some(address) => {
-            address.parse::<std::net::Ipv6Addr>().is_ok() && !address.bytes().any(|b| b.is_ascii_uppercase())
-        }
+        Some(address) => address.parse::<std::net::Ipv6Addr>().is_ok_and(|parsed| parsed.to_string() == address),
         None => {
-            !host.is_empty() && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+            !host.is_empty()
+                && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
         }
     };
-    let port_ok =
-        port.is_none_or(|port| !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()));
+    let port_ok = port.is_none_or(|port| {
+        !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port != default_port
+    });
     host_ok && port_ok
 }
 
@@ -178,7 +184,10 @@ mod tests {
             "http://localhost:5173",
             "https://app.example.com.br:8443",
             "http://[::1]:3000",
+            "http://[::1]",
             "http://127.0.0.1",
+            "http://my_app.local:3000",
+            "https://x:8443",
         ] {
             let config = CorsConfig { allowed_origins: vec![origin.into()], ..CorsConfig::default() };
             assert!(config.validate().is_ok(), "{origin}");
@@ -201,6 +210,9 @@ mod tests {
             "http://a]b",
             "http://[xyz]",
             "http://[::ABCD]",
+            "http://[0:0:0:0:0:0:0:1]",
+            "https://app.example.com:443",
+            "http://app.example.com:80",
         ] {
             let config = CorsConfig { allowed_origins: vec![origin.into()], ..CorsConfig::default() };
             assert!(config.validate().is_err(), "{origin}");
