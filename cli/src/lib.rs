@@ -326,9 +326,14 @@ pub fn main(cli: Cli) -> ExitCode {
             TokenSigner::generate().to_base64(),
             TokenSigner::generate().to_base64(),
         );
-        // A reader that stops early (`| head -1`) is no failure of the keys.
-        let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), keys.as_bytes());
-        return ExitCode::SUCCESS;
+        // A reader that stops early (`| head -1`) is no failure of the keys; any other is.
+        return match std::io::Write::write_all(&mut std::io::stdout().lock(), keys.as_bytes()) {
+            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("aigronova: cannot write the keys: {error}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
     }
     if let Command::Audit { command } = &cli.command {
         return match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -411,6 +416,19 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
     builder.create(dir).map_err(|error| anyhow::Error::new(error).context(format!("cannot create {}", dir.display())))
 }
 
+/// Deletes the `admin-key` file a first start wrote, if there is one.
+fn remove_admin_key_file(data_dir: &Path) -> anyhow::Result<()> {
+    let path = data_dir.join("admin-key");
+    match std::fs::remove_file(&path) {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "the administrator key file of a first start was deleted: AIGRONOVA_ADMIN_KEY replaces that key");
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(anyhow::Error::new(error).context(format!("cannot delete {}", path.display()))),
+    }
+}
+
 /// How `up` hands over the administrator key it generated, before the key is stored: shown to a
 /// person at a terminal; otherwise, since standard error may be going to a log file, written to
 /// `admin-key` in the data directory (readable by its owner only), whose path is shown instead.
@@ -450,7 +468,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
     let _telemetry = aigronova_platform::telemetry::init(&config.telemetry, service_name)?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    let admin_key = std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.trim().is_empty());
+    let admin_key = std::env::var(ADMIN_KEY_ENV).ok().filter(|key| !key.is_empty());
     if let Some(key) = &admin_key
         // A dot or a leading brace would make the gateway read the key as a JWT.
         && (key.len() < MIN_ADMIN_KEY_CHARS
@@ -471,7 +489,11 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             // On standard error, whose lines are for a person: standard output carries the JSON
             // logs. One write each, so that log lines cannot fall in between.
             let admin_key = match &admin_key {
-                Some(key) => AdminKey::Given(key),
+                Some(key) => {
+                    // A key handed over on a first start is replaced by this one, and revoked.
+                    remove_admin_key_file(&data_dir)?;
+                    AdminKey::Given(key)
+                }
                 None => {
                     let data_dir = data_dir.clone();
                     AdminKey::FirstStart(Box::new(move |key| {

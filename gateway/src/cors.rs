@@ -72,14 +72,18 @@ fn is_serialized_origin(origin: &str) -> bool {
     // Browsers write an IPv6 address in its shortest form (RFC 5952), and leave a scheme's default
     // port out.
     let host_ok = match host.strip_prefix('[').and_then(|host| host.strip_suffix(']')) {
-        Some(address) => address.parse::<std::net::Ipv6Addr>().is_ok_and(|parsed| parsed.to_string() == address),
+        // (an IPv4 address inside one is written in hex digits too)
+        Some(address) => {
+            !address.contains('.')
+                && address.parse::<std::net::Ipv6Addr>().is_ok_and(|parsed| parsed.to_string() == address)
+        }
         None => {
             !host.is_empty()
                 && host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
         }
     };
     let port_ok = port.is_none_or(|port| {
-        !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port != default_port
+        port.parse::<u16>().is_ok_and(|number| number != 0 && number.to_string() == port) && port != default_port
     });
     host_ok && port_ok
 }
@@ -125,7 +129,7 @@ impl CorsConfig {
     }
 }
 
-/// The CORS layer, but for an `OPTIONS` request that is no preflight (no
+/// The CORS layer, but for an `OPTIONS` request that is no preflight (no `Origin` or no
 /// `Access-Control-Request-Method`), which goes on to the routes like any other request and is
 /// answered as they answer it (405 with `Allow`); the CORS layer alone would answer every
 /// `OPTIONS` as a preflight.
@@ -163,8 +167,10 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // A preflight names its origin and the method it asks for (Fetch standard).
         let preflight = request.method() != Method::OPTIONS
-            || request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+            || (request.headers().contains_key(header::ORIGIN)
+                && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD));
         if preflight { Either::Left(self.cors.call(request)) } else { Either::Right(self.inner.call(request)) }
     }
 }
@@ -213,6 +219,10 @@ mod tests {
             "http://[0:0:0:0:0:0:0:1]",
             "https://app.example.com:443",
             "http://app.example.com:80",
+            "http://a.b:080",
+            "http://localhost:99999",
+            "http://localhost:0",
+            "http://[::ffff:1.2.3.4]",
         ] {
             let config = CorsConfig { allowed_origins: vec![origin.into()], ..CorsConfig::default() };
             assert!(config.validate().is_err(), "{origin}");

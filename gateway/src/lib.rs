@@ -262,7 +262,9 @@ impl Gateway {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen for HTTP on {}", config.http_addr))?;
-        let db = Database::connect(&config.database_url, &store::MIGRATOR).await?;
+        let db = Database::connect(&config.database_url, &store::MIGRATOR)
+            .await
+            .context("cannot open the gateway database")?;
         let store = Store::new(db);
         let mut revoked_admin_keys = Vec::new();
         match admin_key {

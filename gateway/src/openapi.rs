@@ -660,10 +660,12 @@ struct Parameter {
     description: &'static str,
     /// `string` or `integer`.
     kind: &'static str,
+    /// An integer's least and greatest values.
+    bounds: Option<(i64, i64)>,
 }
 
 const fn path_parameter(name: &'static str, description: &'static str) -> Parameter {
-    Parameter { name, location: "path", description, kind: "string" }
+    Parameter { name, location: "path", description, kind: "string", bounds: None }
 }
 
 struct Reply {
@@ -724,14 +726,16 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
             Parameter {
                 name: "pageSize",
                 location: "query",
-                description: "At most this many tenants (1 to 500; 50 when absent).",
+                description: "At most this many tenants (1 to 500; 50 when absent or 0).",
                 kind: "integer",
+                bounds: Some((0, 500)),
             },
             Parameter {
                 name: "pageToken",
                 location: "query",
                 description: "The `nextPageToken` of the previous page; absent for the first page.",
                 kind: "string",
+                bounds: None,
             },
         ],
         request: None,
@@ -873,12 +877,17 @@ impl Endpoint {
             .parameters
             .iter()
             .map(|parameter| {
+                let mut schema = json!({"type": parameter.kind});
+                if let Some((minimum, maximum)) = parameter.bounds {
+                    schema["minimum"] = minimum.into();
+                    schema["maximum"] = maximum.into();
+                }
                 json!({
                     "name": parameter.name,
                     "in": parameter.location,
                     "required": parameter.location == "path",
                     "description": parameter.description,
-                    "schema": {"type": parameter.kind},
+                    "schema": schema,
                 })
             })
             .collect();

@@ -331,14 +331,14 @@ impl PatientChanges {
     }
 }
 
-/// The lower-case, accent-free form of a name, for prefix searches: lower-cased, decomposed
-/// (NFD), stripped of combining marks, with the Latin letters that have no decomposition read as
+/// The lower-case, accent-free form of a name, for prefix searches: lower-cased, decomposed with
+/// its compatibility forms (NFKD: `ﬁ` is `fi`, a full-width `Ｆ` an `f`), stripped of combining marks, with the Latin letters that have no decomposition read as
 /// their base letters (`ł` as `l`, `ø` as `o`, `æ` as `ae`, `ß` as `ss`) and with each run of white space made one space, so that a name matches whether it was sent
 /// composed or decomposed, with or without its accents, and however many spaces were typed
 /// between its words.
 pub fn searchable(name: &str) -> String {
     let mut folded = String::with_capacity(name.len());
-    for c in name.chars().flat_map(char::to_lowercase).nfd().filter(|c| !is_combining_mark(*c)) {
+    for c in name.chars().flat_map(char::to_lowercase).nfkd().filter(|c| !is_combining_mark(*c)) {
         match base_letters(c) {
             Some(letters) => folded.push_str(letters),
             None => folded.push(c),
@@ -452,6 +452,7 @@ mod tests {
         assert_eq!(searchable("Strauß Æbeltoft Œuvre Þór Đorđe"), "strauss aebeltoft oeuvre thor dorde");
         assert!(searchable("Łukasz Nowak").starts_with(&searchable("Lukasz")));
         assert!(searchable("Łukasz Nowak").starts_with(&searchable("łuk")));
+        assert_eq!(searchable("ĳsbrand ﬁnn ＦＵＬＬ"), "ijsbrand finn full");
     }
 
     #[test]

@@ -8,7 +8,8 @@ pub fn is_bidi_control(c: char) -> bool {
 
 /// Whether `c` shows nothing where it stands: a zero-width space, joiner or non-joiner, a
 /// direction mark, a word joiner or invisible operator, a soft hyphen, a grapheme joiner, a
-/// variation selector, a Hangul filler, the byte order mark.
+/// variation selector, a Hangul filler, the byte order mark, an interlinear annotation mark, the
+/// blank Braille pattern, a musical formatting mark, a tag character.
 pub fn is_invisible(c: char) -> bool {
     matches!(
         c,
@@ -27,6 +28,10 @@ pub fn is_invisible(c: char) -> bool {
             | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}'
             | '\u{ffa0}'
+            | '\u{fff0}'..='\u{fffb}'
+            | '\u{2800}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
     )
 }
 
@@ -41,7 +46,15 @@ mod tests {
 
     #[test]
     fn text_of_white_space_and_invisible_characters_is_blank() {
-        for blank in ["", " \t\n", "\u{200b}", " \u{200d}\u{2060}\u{feff} ", "\u{ad}\u{3164}"] {
+        for blank in [
+            "",
+            " \t\n",
+            "\u{200b}",
+            " \u{200d}\u{2060}\u{feff} ",
+            "\u{ad}\u{3164}",
+            "\u{e0020}\u{e0001}",
+            "\u{1d173}\u{fff9}\u{2800}",
+        ] {
             assert!(is_blank(blank), "{blank:?}");
         }
         for shown in ["a", " \u{200b}x", "ã", "-", "\u{1F600}", "\u{200b}1"] {

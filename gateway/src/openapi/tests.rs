@@ -305,6 +305,9 @@ fn integer_bounds_from_the_field_options_are_in_the_schemas() {
         let schema = page_size(path);
         assert_eq!((&schema["minimum"], &schema["maximum"]), (&json!(minimum), &json!(maximum)), "{path}: {schema}");
     }
+    // The admin API's, described by the gateway itself.
+    let schema = page_size("/v1/admin/tenants");
+    assert_eq!((&schema["minimum"], &schema["maximum"]), (&json!(0), &json!(500)), "{schema}");
 }
 
 #[test]

@@ -47,6 +47,11 @@ async fn cors_allows_the_configured_origin_only() {
         assert!(response.headers().contains_key("allow"), "{path}");
         assert_problem(response, 405).await;
     }
+    // Nor is one that names no origin.
+    let no_origin = app.client.request(reqwest::Method::OPTIONS, app.url("/v1/health/patients"));
+    let response = no_origin.header("access-control-request-method", "POST").send().await.unwrap();
+    assert!(!response.headers().contains_key("access-control-allow-methods"));
+    assert_problem(response, 405).await;
     app.stop().await;
 }
 
