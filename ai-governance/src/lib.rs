@@ -170,13 +170,13 @@ impl AiGovernanceService {
         let database = Database::connect_durable(&config.database_url, &MIGRATOR)
             .await
             .context("cannot open the ai-governance database")?;
-        let master = aigronova_platform::crypto::master_key(
+        let keys = aigronova_platform::crypto::tenant_keys(
+            &database,
             config.master_key.as_deref(),
             &config.master_key_file,
             "ai_governance.master_key",
-        )?;
-        let keys = Arc::new(TenantKeys::new(database.clone(), master));
-        keys.check_master_key("ai_governance.master_key").await?;
+        )
+        .await?;
         let listener = GrpcListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;

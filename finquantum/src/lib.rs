@@ -22,7 +22,6 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    sync::Arc,
     time::Duration,
 };
 
@@ -31,7 +30,6 @@ use aigronova_platform::{
     audit::{AuditEvent, EventKind, GovernanceLink, OutboxWaker, Relay},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
-    crypto::TenantKeys,
     grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
@@ -180,15 +178,15 @@ impl FinQuantumService {
             "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
              (created here when the user may create roles; see deploy/README.md)",
         )?;
-        let master = aigronova_platform::crypto::master_key(
+        let keys = aigronova_platform::crypto::tenant_keys(
+            &database,
             config.master_key.as_deref(),
             &config.master_key_file,
             "finquantum.master_key",
-        )?;
+        )
+        .await?;
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the finquantum models")?;
         let words = scoring::ReasonWords::new(models.get(scoring::MODEL)?.manifest());
-        let keys = Arc::new(TenantKeys::new(database.clone(), master));
-        keys.check_master_key("finquantum.master_key").await?;
         let store = Store::new(database.clone(), keys, words);
         let cache = match &config.redis_url {
             Some(url) => ResponseCache::redis(url, "aigronova:finquantum:")

@@ -19,7 +19,6 @@ mod sweep;
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
-    sync::Arc,
 };
 
 use aigronova_platform::{
@@ -27,7 +26,6 @@ use aigronova_platform::{
     audit::{GovernanceLink, Relay},
     auth::{Authenticate, TokenSigner, TokenVerifier},
     config::{ConfigError, InferenceConfig, Validate},
-    crypto::TenantKeys,
     grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
@@ -131,13 +129,13 @@ impl HealthQuantumService {
                 "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
                  (created here when the user may create roles; see deploy/README.md)",
             )?;
-        let master = aigronova_platform::crypto::master_key(
+        let keys = aigronova_platform::crypto::tenant_keys(
+            &database,
             config.master_key.as_deref(),
             &config.master_key_file,
             "healthquantum.master_key",
-        )?;
-        let keys = Arc::new(TenantKeys::new(database.clone(), master));
-        keys.check_master_key("healthquantum.master_key").await?;
+        )
+        .await?;
         let store = Store::new(database.clone(), keys);
         let sealed = store.seal_clear_rows().await.context("cannot seal the patients stored in clear")?;
         if sealed > 0 {

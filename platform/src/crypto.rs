@@ -101,6 +101,35 @@ pub fn master_key(key: Option<&str>, file: &Path, setting: &str) -> anyhow::Resu
     })
 }
 
+/// The tenants' data keys of `database`, under the master key of [`master_key`], which must be the
+/// one the stored data keys were wrapped with (see [`TenantKeys::check_master_key`]); a key file
+/// made just now for a database that holds data keys is deleted again, as it cannot be theirs.
+pub async fn tenant_keys(
+    database: &Database,
+    key: Option<&str>,
+    file: &Path,
+    setting: &str,
+) -> anyhow::Result<Arc<TenantKeys>> {
+    let made_now = key.is_none() && !file.exists();
+    let keys = Arc::new(TenantKeys::new(database.clone(), master_key(key, file, setting)?));
+    let named = match key {
+        Some(_) => setting.to_owned(),
+        None if made_now => format!("the master key file {}, missing and made now,", file.display()),
+        None => format!("the master key file {}", file.display()),
+    };
+    if let Err(error) = keys.check_master_key(&named).await {
+        if made_now {
+            let _ = std::fs::remove_file(file);
+            return Err(error.context(format!(
+                "{} is deleted again: put back the key file this data was sealed with",
+                file.display()
+            )));
+        }
+        return Err(error);
+    }
+    Ok(keys)
+}
+
 impl KeyWrapper for LocalMasterKey {
     fn key_id(&self) -> &str {
         &self.id
@@ -352,6 +381,29 @@ mod tests {
         let error = keys(2).check_master_key("x.master_key").await.unwrap_err();
         assert!(error.downcast_ref::<crate::config::ConfigError>().is_some(), "{error}");
         assert!(error.to_string().contains(": x.master_key does not unwrap"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_key_file_made_for_a_database_that_holds_data_keys_is_refused_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+        let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE tenant_keys (tenant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped_key TEXT NOT NULL, \
+             created_at TEXT NOT NULL)",
+        )
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let (first, lost) = (dir.path().join("first.key"), dir.path().join("lost.key"));
+        let keys = tenant_keys(&database, None, &first, "x.master_key").await.unwrap();
+        keys.cipher("tenant-a").await.unwrap();
+        let error = tenant_keys(&database, None, &lost, "x.master_key").await.unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("missing and made now") && message.contains("is deleted again"), "{message}");
+        assert!(error.downcast_ref::<crate::config::ConfigError>().is_some(), "{message}");
+        assert!(!lost.exists(), "the key file made for nothing is gone");
+        tenant_keys(&database, None, &first, "x.master_key").await.unwrap();
     }
 
     #[test]
