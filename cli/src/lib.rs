@@ -489,11 +489,7 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
             // On standard error, whose lines are for a person: standard output carries the JSON
             // logs. One write each, so that log lines cannot fall in between.
             let admin_key = match &admin_key {
-                Some(key) => {
-                    // A key handed over on a first start is replaced by this one, and revoked.
-                    remove_admin_key_file(&data_dir)?;
-                    AdminKey::Given(key)
-                }
+                Some(key) => AdminKey::Given(key),
                 None => {
                     let data_dir = data_dir.clone();
                     AdminKey::FirstStart(Box::new(move |key| {
@@ -502,7 +498,12 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
                     }))
                 }
             };
+            let given = matches!(admin_key, AdminKey::Given(_));
             let platform = Platform::start(&config, admin_key, shutdown).await?;
+            if given {
+                // A first start's key file holds a key this one has replaced, and revoked.
+                remove_admin_key_file(&data_dir)?;
+            }
             eprint!("AigroNova is up at http://{}\nData directory: {}\n", platform.http_addr, data_dir.display());
             platform.wait().await
         }

@@ -1,7 +1,7 @@
 //! The gateway's own datastore: tenants and API keys. Keys are stored as SHA-256 hashes; a key
 //! is shown once, when it is created.
 
-use aigronova_platform::storage::{Database, StoreError};
+use aigronova_platform::storage::{Backend, Database, StoreError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -285,6 +285,13 @@ impl Store {
     pub async fn set_admin_key(&self, key: &str) -> Result<Option<Vec<String>>, StoreError> {
         let hash = hash_key(key);
         let mut transaction = self.db.begin_write().await?;
+        // Replicas starting together with different keys take turns, so that one key is left. (A
+        // write transaction on SQLite holds the database's write lock already.)
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('aigronova.gateway.admin_key'))::text")
+                .execute(&mut *transaction)
+                .await?;
+        }
         let held = sqlx::query("SELECT tenant_id FROM api_keys WHERE key_hash = $1")
             .bind(&hash)
             .fetch_optional(&mut *transaction)
@@ -313,17 +320,12 @@ impl Store {
             }
         }
         let others = sqlx::query(
-            "SELECT key_hash FROM api_keys WHERE tenant_id IS NULL AND revoked_at IS NULL AND key_hash <> $1",
-        )
-        .bind(&hash)
-        .fetch_all(&mut *transaction)
-        .await?;
-        sqlx::query(
-            "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id IS NULL AND revoked_at IS NULL AND key_hash <> $2",
+            "UPDATE api_keys SET revoked_at = $1 WHERE tenant_id IS NULL AND revoked_at IS NULL AND key_hash <> $2 \
+             RETURNING key_hash",
         )
         .bind(now())
         .bind(&hash)
-        .execute(&mut *transaction)
+        .fetch_all(&mut *transaction)
         .await?;
         transaction.commit().await?;
         Ok(Some(others.iter().map(|row| row.try_get("key_hash")).collect::<Result<_, _>>()?))

@@ -625,13 +625,13 @@ impl Store {
         Ok(row.is_some())
     }
 
-    /// Whether the report of assessment `id` of `tenant_id` may be kept: the assessment is there
-    /// and its patient is not erased.
-    pub(crate) async fn report_wanted(&self, tenant_id: &str, id: &str) -> Result<bool, Error> {
+    /// Whether the report of assessment `id` of `tenant_id` outlived its patient: the assessment
+    /// is here (so this database made the report) and its patient is erased or gone.
+    pub(crate) async fn report_outlived_patient(&self, tenant_id: &str, id: &str) -> Result<bool, Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let row = sqlx::query(
-            "SELECT 1 FROM assessments a JOIN patients p ON p.tenant_id = a.tenant_id AND p.id = a.patient_id \
-             WHERE a.tenant_id = $1 AND a.id = $2 AND p.erased_at IS NULL",
+            "SELECT 1 FROM assessments a LEFT JOIN patients p ON p.tenant_id = a.tenant_id AND p.id = a.patient_id \
+             WHERE a.tenant_id = $1 AND a.id = $2 AND (p.id IS NULL OR p.erased_at IS NOT NULL)",
         )
         .bind(tenant_id)
         .bind(id)

@@ -6,8 +6,9 @@
 //!
 //! Only what this database provably made is deleted, so that a database that is not the store's
 //! (a new one, another deployment's, pointed at the same bucket) deletes nothing: a tenant without
-//! a data key here is passed over, and an image is deleted only when it opens with the tenant's key
-//! (a report, made again from the database when missing, only needs the tenant's key to be here).
+//! a data key here is passed over, an image is deleted only when it opens with the tenant's key,
+//! and a report only when its assessment is here and its patient erased or gone (a report whose
+//! assessment went with its patient's deletion, after a failed delete of the object, stays).
 //! After the database is restored to an earlier time, the images uploaded since are unknown to it
 //! and are deleted; restore the object store to the same time, or from its versions.
 
@@ -45,7 +46,8 @@ pub(crate) async fn run(store: Store, objects: Objects, shutdown: Shutdown) {
 }
 
 /// Deletes the images (and thumbnails) older than `settle` whose record is gone, and the reports
-/// whose assessment is gone or whose patient was erased; returns how many objects it deleted.
+/// whose patient was erased or deleted while the assessment stays; returns how many objects it
+/// deleted.
 pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) -> anyhow::Result<usize> {
     let written_before = Utc::now() - settle;
     let mut deleted = 0;
@@ -66,7 +68,7 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
                     store.image_recorded(tenant_id, name.strip_suffix(".thumbnail.png").unwrap_or(name)).await?
                 } else {
                     match name.strip_suffix(".pdf") {
-                        Some(assessment_id) => store.report_wanted(tenant_id, assessment_id).await?,
+                        Some(assessment_id) => !store.report_outlived_patient(tenant_id, assessment_id).await?,
                         None => true,
                     }
                 };
@@ -124,7 +126,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("healthquantum.db").display());
         let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
         let master = aigronova_platform::crypto::master_key(None, &dir.path().join("master.key"), "test").unwrap();
-        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database, master)));
+        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)));
         let objects = Objects::open(&format!("file://{}", dir.path().join("objects").display())).unwrap();
 
         let patient = Patient::register(NewPatient {
@@ -159,14 +161,45 @@ mod tests {
             ("images/tenant-a/other-key", other_key.seal_bytes("images/tenant-a/other-key", b"\x89PNG image")),
             ("images/tenant-z/orphan", sealed("images/tenant-z/orphan")),
             ("reports/tenant-z/no-assessment.pdf", b"%PDF".to_vec()),
+            // No assessment here: nothing shows this database made it.
+            ("reports/tenant-a/no-assessment.pdf", b"%PDF".to_vec()),
+            ("reports/tenant-a/current.pdf", b"%PDF".to_vec()),
             ("reports/tenant-a/notes.txt", b"notes".to_vec()),
             ("other/tenant-a/orphan", b"x".to_vec()),
         ];
         let orphans = [
             ("images/tenant-a/orphan", sealed("images/tenant-a/orphan")),
             ("images/tenant-a/orphan.thumbnail.png", sealed("images/tenant-a/orphan.thumbnail.png")),
-            ("reports/tenant-a/no-assessment.pdf", b"%PDF".to_vec()),
+            ("reports/tenant-a/erased.pdf", b"%PDF".to_vec()),
         ];
+        // An assessment of a live patient, and one of a patient erased since.
+        let erased = Patient::register(NewPatient {
+            name: PatientName::parse("Joana Souza").unwrap(),
+            cpf: Cpf::parse("11144477735").unwrap(),
+            birth_date: BirthDate::parse("1975-01-31").unwrap(),
+            email: None,
+            phone: None,
+        });
+        store.create_patient(TENANT, &erased, &event()).await.unwrap();
+        for (id, patient) in [("current", &patient), ("erased", &erased)] {
+            sqlx::query(
+                "INSERT INTO assessments (tenant_id, id, patient_id, model, model_version, features, probability, \
+                 risk_band, created_at) VALUES ($1, $2, $3, 'breast-cancer', '1', '{}', 0.5, 'moderate', $4)",
+            )
+            .bind(TENANT)
+            .bind(id)
+            .bind(patient.id.to_string())
+            .bind(aigronova_platform::time::stored(Utc::now()))
+            .execute(database.pool())
+            .await
+            .unwrap();
+        }
+        sqlx::query("UPDATE patients SET erased_at = $1 WHERE id = $2")
+            .bind(aigronova_platform::time::stored(Utc::now()))
+            .bind(erased.id.to_string())
+            .execute(database.pool())
+            .await
+            .unwrap();
         for (key, bytes) in kept.iter().chain(&orphans) {
             objects.put(key, bytes.clone()).await.unwrap();
         }

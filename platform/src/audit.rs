@@ -316,7 +316,8 @@ impl Relay {
                 None => poll,
                 Some(client) => match self.ship_or_stop(client, &shutdown).await {
                     None => break,
-                    Some(Ok(shipped)) if shipped == self.config.batch_size as usize => {
+                    // A full batch: more may wait, unless the process is stopping.
+                    Some(Ok(shipped)) if shipped == self.config.batch_size as usize && !shutdown.is_triggered() => {
                         backoff = Duration::from_millis(100);
                         continue;
                     }

@@ -118,7 +118,8 @@ pub async fn tenant_keys(
         None => format!("the master key file {}", file.display()),
     };
     if let Err(error) = keys.check_master_key(&named).await {
-        if made_now {
+        // Only a key refused by the data keys stored (not a failed query) is not theirs.
+        if made_now && error.downcast_ref::<crate::config::ConfigError>().is_some() {
             let _ = std::fs::remove_file(file);
             return Err(error.context(format!(
                 "{} is deleted again: put back the key file this data was sealed with",
@@ -364,15 +365,7 @@ mod tests {
     #[tokio::test]
     async fn a_master_key_that_does_not_unwrap_the_stored_data_keys_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
-        let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
-        sqlx::raw_sql(
-            "CREATE TABLE tenant_keys (tenant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped_key TEXT NOT NULL, \
-             created_at TEXT NOT NULL)",
-        )
-        .execute(database.pool())
-        .await
-        .unwrap();
+        let database = keys_database(dir.path()).await;
         let keys = |master: u8| TenantKeys::new(database.clone(), Arc::new(LocalMasterKey::from_bytes(&[master; 32])));
         // Nothing stored yet: any key fits.
         keys(2).check_master_key("x.master_key").await.unwrap();
@@ -383,10 +376,9 @@ mod tests {
         assert!(error.to_string().contains(": x.master_key does not unwrap"), "{error}");
     }
 
-    #[tokio::test]
-    async fn a_key_file_made_for_a_database_that_holds_data_keys_is_refused_and_deleted() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("keys.db").display());
+    /// An embedded database in `dir` with the `tenant_keys` table the services' migrations make.
+    async fn keys_database(dir: &Path) -> Database {
+        let url = format!("sqlite://{}", dir.join("keys.db").display());
         let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
         sqlx::raw_sql(
             "CREATE TABLE tenant_keys (tenant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL, wrapped_key TEXT NOT NULL, \
@@ -395,6 +387,13 @@ mod tests {
         .execute(database.pool())
         .await
         .unwrap();
+        database
+    }
+
+    #[tokio::test]
+    async fn a_key_file_made_for_a_database_that_holds_data_keys_is_refused_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = keys_database(dir.path()).await;
         let (first, lost) = (dir.path().join("first.key"), dir.path().join("lost.key"));
         let keys = tenant_keys(&database, None, &first, "x.master_key").await.unwrap();
         keys.cipher("tenant-a").await.unwrap();

@@ -160,20 +160,9 @@ impl InferenceMonitor {
                 if stopping {
                     request.set_timeout(crate::audit::STOPPING_GRACE);
                 }
-                let mut client = client.clone();
-                let sending = client.record_inference_stats(request);
-                tokio::pin!(sending);
-                // A report in flight when the process is told to stop gets the grace, not the
-                // call's whole timeout.
-                let sent = tokio::select! {
-                    sent = &mut sending => sent,
-                    () = shutdown.clone().wait(), if !stopping => {
-                        tokio::time::timeout(crate::audit::STOPPING_GRACE, sending).await.unwrap_or_else(|_| {
-                            Err(tonic::Status::deadline_exceeded("the process is stopping"))
-                        })
-                    }
-                };
-                if let Err(status) = sent {
+                // A report in flight runs its course: cut short, it could be recorded and then
+                // sent again, and counted twice.
+                if let Err(status) = client.clone().record_inference_stats(request).await {
                     tracing::warn!(service, error = %status, "cannot send inference summaries; kept for the next try");
                     self.put_back(taken);
                 }
