@@ -1033,32 +1033,16 @@ fn patient_from(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use aigronova_platform::{audit::EventKind, auth::Caller};
-
     use super::*;
     use crate::patient::NewPatient;
 
     const TENANT: &str = "tenant-a";
 
-    /// A store on a fresh embedded database in `dir`.
     async fn store(dir: &std::path::Path) -> Store {
-        let url = format!("sqlite://{}", dir.join("healthquantum.db").display());
-        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
-        let master = aigronova_platform::crypto::master_key(None, &dir.join("master.key"), "test").unwrap();
-        Store::new(database.clone(), Arc::new(TenantKeys::new(database, master)))
+        testing::store(dir).await.0
     }
 
-    fn event() -> AuditEvent {
-        let caller = Caller { tenant_id: TENANT.into(), subject: "test".into(), scopes: Vec::new() };
-        AuditEvent::new(
-            &caller,
-            crate::SERVICE_NAME,
-            EventKind::PersonalDataChange,
-            "test",
-            "patient:x",
-            serde_json::json!({}),
-        )
-    }
+    use super::testing::event;
 
     /// The `n`th of a series of valid CPFs: the 9 digits of 100000000 + `n` and their check digits.
     fn cpf(n: u32) -> Cpf {
@@ -1191,5 +1175,34 @@ mod tests {
         let second = store.list_patients(TENANT, &filter, 20, Some(&token), |_| event()).await.unwrap();
         assert_eq!(second.patients, [maria]);
         assert_eq!(second.next_page_token, None, "the end");
+    }
+}
+
+/// What the tests of the store and of its neighbours start from.
+#[cfg(test)]
+pub(crate) mod testing {
+    use aigronova_platform::{audit::EventKind, auth::Caller};
+
+    use super::*;
+
+    /// A store on a fresh embedded database in `dir`, and the database.
+    pub(crate) async fn store(dir: &std::path::Path) -> (Store, Database) {
+        let url = format!("sqlite://{}", dir.join("healthquantum.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let master = aigronova_platform::crypto::master_key(None, &dir.join("master.key"), "test").unwrap();
+        (Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master))), database)
+    }
+
+    /// An audit event of the tenant `tenant-a`.
+    pub(crate) fn event() -> AuditEvent {
+        let caller = Caller { tenant_id: "tenant-a".into(), subject: "test".into(), scopes: Vec::new() };
+        AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::PersonalDataChange,
+            "test",
+            "patient:x",
+            serde_json::json!({}),
+        )
     }
 }

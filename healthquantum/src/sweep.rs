@@ -91,42 +91,21 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use aigronova_platform::{
-        audit::{AuditEvent, EventKind},
-        auth::Caller,
-        crypto::TenantKeys,
-        storage::Database,
-    };
-
     use super::*;
     use crate::{
         patient::{BirthDate, Cpf, NewPatient, Patient, PatientName},
-        store::ImageRecord,
+        store::{
+            ImageRecord,
+            testing::{self, event},
+        },
     };
 
     const TENANT: &str = "tenant-a";
 
-    fn event() -> AuditEvent {
-        let caller = Caller { tenant_id: TENANT.into(), subject: "test".into(), scopes: Vec::new() };
-        AuditEvent::new(
-            &caller,
-            crate::SERVICE_NAME,
-            EventKind::PersonalDataChange,
-            "test",
-            "patient:x",
-            serde_json::json!({}),
-        )
-    }
-
     #[tokio::test]
     async fn objects_that_no_record_wants_are_deleted_once_settled_and_the_others_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("healthquantum.db").display());
-        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
-        let master = aigronova_platform::crypto::master_key(None, &dir.path().join("master.key"), "test").unwrap();
-        let store = Store::new(database.clone(), Arc::new(TenantKeys::new(database.clone(), master)));
+        let (store, database) = testing::store(dir.path()).await;
         let objects = Objects::open(&format!("file://{}", dir.path().join("objects").display())).unwrap();
 
         let patient = Patient::register(NewPatient {
