@@ -255,7 +255,7 @@ impl LogStore {
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| {
-            Error::NotFound(format!("a checkpoint signed at tree size {tree_size} (one is signed per batch)"))
+            Error::NotFound(format!("a checkpoint of tree size {tree_size} (checkpoints are signed at the end of each batch, not at every size)"))
         })?;
         Ok(checkpoint_from(tenant_id, &row)?)
     }
