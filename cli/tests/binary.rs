@@ -295,6 +295,11 @@ fn audit_verify_explains_its_options_and_exits_2_when_it_cannot_verify() {
         assert!(text.contains(expected), "--help lacks {expected:?}:\n{text}");
     }
 
+    // Arguments it does not take are told apart from a log it cannot verify.
+    let misused =
+        Command::new(env!("CARGO_BIN_EXE_aigronova")).args(["audit", "verify", "--entry", "-1"]).output().unwrap();
+    assert_eq!(misused.status.code(), Some(64), "{misused:?}");
+
     let unreachable = Command::new(env!("CARGO_BIN_EXE_aigronova"))
         .args(["audit", "verify", "--url", "http://127.0.0.1:9", "--key", "agk_not_a_real_key"])
         .env_remove("AIGRONOVA_API_KEY")
