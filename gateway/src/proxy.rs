@@ -312,6 +312,13 @@ async fn access_log(state: &AppState, request: Request, next: Next, oversized: O
         http.route = tracing::field::Empty,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
+    // A request refused before routing is still counted under the route its path is one of.
+    let refused_route =
+        oversized.as_ref().and_then(|_| match state.routes.lookup(request.method(), request.uri().path()) {
+            Lookup::Found(matched) => Some(matched.route.template.clone()),
+            Lookup::MethodNotAllowed(_, template) => Some(template.to_owned()),
+            Lookup::NotFound => None,
+        });
     let mut response = match oversized {
         Some(problem) => problem.into_response(),
         None => resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await,
@@ -319,7 +326,7 @@ async fn access_log(state: &AppState, request: Request, next: Next, oversized: O
     let latency = started.elapsed();
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     // A transcoded route names its template; the gateway's own routes have theirs matched by axum.
-    let route = facts.route.as_deref().or(matched.as_deref());
+    let route = facts.route.as_deref().or(matched.as_deref()).or(refused_route.as_deref());
     // Named as OpenTelemetry's HTTP conventions say: the method and the route, or the method
     // alone; `HTTP` for a method of no standard.
     let named = if method == "_OTHER" { "HTTP" } else { method };

@@ -218,6 +218,14 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
         let problem = assert_problem(padded, 431).await;
         assert!(problem["detail"].as_str().unwrap().contains("at most 16384"), "{problem}");
     }
+    // Refused before routing, they are counted under the route their path is one of.
+    let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+    for (status, count) in [("414", 1), ("431", 3)] {
+        let line = format!(
+            r#"aigronova_gateway_requests_total{{method="GET",route="/v1/health/patients",status="{status}"}} {count}"#
+        );
+        assert!(metrics.lines().any(|candidate| candidate == line), "no {line} in\n{metrics}");
+    }
     app.stop().await;
 }
 
