@@ -204,33 +204,28 @@ struct Exercised {
     token_fragment: String,
 }
 
+/// A Starter tenant `Acme` made with the administrator key `admin`, and a key of it with `scopes`,
+/// as the admin API answers them.
+async fn tenant_with_key(url: &str, admin: &str, scopes: &[&str]) -> (Value, Value) {
+    let client = reqwest::Client::new();
+    let post = |path: String, body: Value| {
+        let request = client.post(format!("{url}{path}")).bearer_auth(admin).json(&body);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let tenant = post("/v1/admin/tenants".into(), json!({"name": "Acme", "plan": "starter"})).await;
+    let path = format!("/v1/admin/tenants/{}/api-keys", tenant["id"].as_str().unwrap());
+    let key = post(path, json!({"name": "ci", "scopes": scopes})).await;
+    (tenant, key)
+}
+
 /// Creates a tenant, a key, a patient and an assessment, reads the patient within a client's trace,
 /// scrapes the metrics with the tenant's key, sends a key in the wrong header, a JWT nobody trusts, a CPF typed as a patient's id and the key
 /// pasted as a path.
 async fn exercise(url: &str, admin: &str) -> Exercised {
     aigronova_gateway::install_crypto_provider();
     let client = reqwest::Client::new();
-    let tenant: Value = client
-        .post(format!("{url}/v1/admin/tenants"))
-        .bearer_auth(admin)
-        .json(&json!({"name": "Acme", "plan": "starter"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (tenant, key) = tenant_with_key(url, admin, &["health:read", "health:write", "metrics:read"]).await;
     let id = tenant["id"].as_str().unwrap();
-    let key: Value = client
-        .post(format!("{url}/v1/admin/tenants/{id}/api-keys"))
-        .bearer_auth(admin)
-        .json(&json!({"name": "ci", "scopes": ["health:read", "health:write", "metrics:read"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     let key_id = key["id"].as_str().unwrap().to_owned();
     let key = key["key"].as_str().unwrap().to_owned();
     let patient = client
@@ -423,30 +418,8 @@ fn the_administrator_key_set_at_start_replaces_every_other() {
     let running = start(&data_dir, None);
     assert_eq!((status(&running.url, first), status(&running.url, second)), (401, 200));
     // A tenant's key cannot become the administrator's.
-    let tenant_key = runtime.block_on(async {
-        let client = reqwest::Client::new();
-        let tenant: Value = client
-            .post(format!("{}/v1/admin/tenants", running.url))
-            .bearer_auth(second)
-            .json(&json!({"name": "Acme", "plan": "starter"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let key: Value = client
-            .post(format!("{}/v1/admin/tenants/{}/api-keys", running.url, tenant["id"].as_str().unwrap()))
-            .bearer_auth(second)
-            .json(&json!({"name": "ci", "scopes": ["health:read"]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        key["key"].as_str().unwrap().to_owned()
-    });
+    let (_, tenant_key) = runtime.block_on(tenant_with_key(&running.url, second, &["health:read"]));
+    let tenant_key = tenant_key["key"].as_str().unwrap().to_owned();
     stop(running);
     let (code, stderr) = up_once(&data_dir, "127.0.0.1:0", Some(&tenant_key));
     assert_eq!(code, Some(64), "{stderr}");
