@@ -412,6 +412,9 @@ impl Store {
     ) -> Result<(), Error> {
         let features = serde_json::to_string(&assessment.features)
             .map_err(|error| StoreError::Corrupt(format!("features do not serialize: {error}")))?;
+        // Clinical inputs are health data (LGPD Art. 11): sealed as the personal fields are.
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let features = cipher.seal(&features_context(tenant_id, assessment.id.as_str()), &features);
         let top_features = serde_json::to_string(&assessment.top_features).expect("contributions serialise");
         // Stored only for a patient of the tenant who is not erased, checked in the same statement.
         let stored = audit::write_recorded(
@@ -587,10 +590,12 @@ impl Store {
         .ok_or_else(|| Error::NotFound("assessment".into()))?;
         let corrupt =
             |what: &str, error: serde_json::Error| StoreError::Corrupt(format!("assessments.{what}: {error}"));
+        let assessment_id: String = row.try_get("id").map_err(StoreError::from)?;
         let features: String = row.try_get("features").map_err(StoreError::from)?;
+        let features = open_features(&cipher, tenant_id, &assessment_id, &features)?;
         let top: Option<String> = row.try_get("top_features").map_err(StoreError::from)?;
         let assessment = Assessment {
-            id: row.try_get("id").map_err(StoreError::from)?,
+            id: assessment_id,
             patient_id: patient_id.clone(),
             model: row.try_get("model").map_err(StoreError::from)?,
             model_version: row.try_get("model_version").map_err(StoreError::from)?,
@@ -707,7 +712,7 @@ impl Store {
             .await
             .map_err(StoreError::from)?
             .iter()
-            .map(assessment_json)
+            .map(|row| assessment_json(row, &cipher, tenant_id))
             .collect::<Result<Vec<_>, _>>()?;
             let images: Vec<serde_json::Value> = sqlx::query(
                 "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
@@ -947,12 +952,30 @@ fn ids_of(rows: &[AnyRow]) -> Result<Vec<String>, StoreError> {
     rows.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<_, _>>().map_err(StoreError::from)
 }
 
-fn assessment_json(row: &AnyRow) -> Result<serde_json::Value, StoreError> {
+/// What an assessment's inputs are sealed for: its tenant and row.
+fn features_context(tenant_id: &str, id: &str) -> String {
+    format!("assessments/{tenant_id}/{id}/features")
+}
+
+/// An assessment's inputs as JSON: opened with the tenant's key, or as they are when they were
+/// stored in clear, before inputs were sealed.
+fn open_features(cipher: &TenantCipher, tenant_id: &str, id: &str, stored: &str) -> Result<String, StoreError> {
+    if !aigronova_platform::crypto::is_sealed(stored) {
+        return Ok(stored.to_owned());
+    }
+    cipher
+        .open(&features_context(tenant_id, id), stored)
+        .map_err(|_| StoreError::Corrupt(format!("assessment {id}: its inputs do not open with the tenant's key")))
+}
+
+fn assessment_json(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<serde_json::Value, StoreError> {
+    let id: String = row.try_get("id")?;
     let features: String = row.try_get("features")?;
+    let features = open_features(cipher, tenant_id, &id, &features)?;
     let features: serde_json::Value = serde_json::from_str(&features)
         .map_err(|error| StoreError::Corrupt(format!("assessments.features: {error}")))?;
     Ok(serde_json::json!({
-        "id": row.try_get::<String, _>("id")?,
+        "id": id,
         "model": row.try_get::<String, _>("model")?,
         "modelVersion": row.try_get::<String, _>("model_version")?,
         "features": features,

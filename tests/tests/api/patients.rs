@@ -93,6 +93,14 @@ async fn patient_lifecycle(backend: Backend) {
     let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
     assert_eq!((fetched["name"].as_str(), fetched["cpf"].as_str()), (Some("Maria Silva Santos"), Some("52998224725")));
 
+    // An assessment's inputs are health data, sealed too.
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/breast-cancer-assessment.json"))
+            .unwrap();
+    let assessed =
+        app.post(&format!("{path}/assessments"), &key, &serde_json::from_str::<Value>(&example).unwrap()).await;
+    assert_eq!(assessed.status(), 200);
+
     // The database holds no clear text: the personal fields are sealed, the CPF only hashed.
     sqlx::any::install_default_drivers();
     let mut raw = sqlx::AnyConnection::connect(&app.health_database_url).await.unwrap();
@@ -113,6 +121,9 @@ async fn patient_lifecycle(backend: Backend) {
         assert!(columns[3].starts_with("v1:"), "sealed: {}", columns[3]);
         assert_eq!(columns[4].len(), 64, "a blind index");
     }
+    let inputs: Vec<String> = sqlx::query_scalar("SELECT features FROM assessments").fetch_all(&mut raw).await.unwrap();
+    assert_eq!(inputs.len(), 1);
+    assert!(inputs[0].starts_with("v1:") && !inputs[0].contains("mean radius"), "in clear: {}", inputs[0]);
     raw.close().await.unwrap();
 
     // Delete: the patient and their assessments go; a second delete finds nothing.
