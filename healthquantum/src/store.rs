@@ -619,30 +619,26 @@ impl Store {
 
     /// Whether image `id` of `tenant_id` has its record.
     pub(crate) async fn image_recorded(&self, tenant_id: &str, id: &str) -> Result<bool, Error> {
-        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let row = sqlx::query("SELECT 1 FROM images WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
-        transaction.commit().await.map_err(StoreError::from)?;
-        Ok(row.is_some())
+        self.any_row(tenant_id, "SELECT 1 FROM images WHERE tenant_id = $1 AND id = $2", id).await
     }
 
     /// Whether the report of assessment `id` of `tenant_id` outlived its patient: the assessment
     /// is here (so this database made the report) and its patient is erased or gone.
     pub(crate) async fn report_outlived_patient(&self, tenant_id: &str, id: &str) -> Result<bool, Error> {
+        let query = "SELECT 1 FROM assessments a LEFT JOIN patients p ON p.tenant_id = a.tenant_id AND p.id = \
+                     a.patient_id WHERE a.tenant_id = $1 AND a.id = $2 AND (p.id IS NULL OR p.erased_at IS NOT NULL)";
+        self.any_row(tenant_id, query, id).await
+    }
+
+    /// Whether `query`, bound to `tenant_id` and `id`, finds a row, in a read of the tenant.
+    async fn any_row(&self, tenant_id: &str, query: &'static str, id: &str) -> Result<bool, Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let row = sqlx::query(
-            "SELECT 1 FROM assessments a LEFT JOIN patients p ON p.tenant_id = a.tenant_id AND p.id = a.patient_id \
-             WHERE a.tenant_id = $1 AND a.id = $2 AND (p.id IS NULL OR p.erased_at IS NOT NULL)",
-        )
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
+        let row = sqlx::query(query)
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(row.is_some())
     }
