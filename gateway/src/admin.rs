@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use axum::{
     Json,
     body::HttpBody,
-    extract::{Path, Request, State},
+    extract::{Path, Request, State, rejection::PathRejection},
     http::{HeaderMap, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -109,10 +109,11 @@ pub(crate) async fn create_tenant(State(state): State<AppState>, request: Reques
 /// `POST /v1/admin/tenants/{tenant_id}/api-keys` `{"name", "scopes"}` → 201 with the key, shown once.
 pub(crate) async fn create_api_key(
     State(state): State<AppState>,
-    Path(tenant_id): Path<Id>,
+    tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     let input: CreateApiKey = admin_body(&state, request).await?;
+    let tenant_id = path(tenant_id)?;
     let name = valid_name(&input.name)?;
     let scopes = valid_scopes(&state, &input.scopes)?;
     let expire_time = input.expire_time.as_deref().map(valid_expiry).transpose()?;
@@ -158,11 +159,12 @@ pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request
 /// `GET /v1/admin/tenants/{tenant_id}`.
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
-    Path(tenant_id): Path<Id>,
+    tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenant_id}")?;
+    let tenant_id = path(tenant_id)?;
     Ok(Json(existing_tenant(&state, &tenant_id).await?).into_response())
 }
 
@@ -170,10 +172,11 @@ pub(crate) async fn get_tenant(
 /// Takes effect at once: the tenant's cached keys are evicted on every replica.
 pub(crate) async fn update_tenant(
     State(state): State<AppState>,
-    Path(tenant_id): Path<Id>,
+    tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     let input: UpdateTenant = admin_body(&state, request).await?;
+    let tenant_id = path(tenant_id)?;
     let plan = input
         .plan
         .as_deref()
@@ -213,11 +216,12 @@ pub(crate) async fn update_tenant(
 /// `GET /v1/admin/tenants/{tenant_id}/api-keys` → `{"apiKeys": [...]}`, without the secrets.
 pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
-    Path(tenant_id): Path<Id>,
+    tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenant_id}/api-keys")?;
+    let tenant_id = path(tenant_id)?;
     existing_tenant(&state, &tenant_id).await?;
     let keys = state.store.list_keys(&tenant_id).await.map_err(store_failure)?;
     Ok(Json(serde_json::json!({"apiKeys": keys})).into_response())
@@ -227,11 +231,12 @@ pub(crate) async fn list_api_keys(
 /// once on every replica.
 pub(crate) async fn revoke_api_key(
     State(state): State<AppState>,
-    Path((tenant_id, key_id)): Path<(Id, Id)>,
+    ids: PathOf<(Id, Id)>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenant_id}/api-keys/{key_id}")?;
+    let (tenant_id, key_id) = path(ids)?;
     existing_tenant(&state, &tenant_id).await?;
     let hash =
         state.store.revoke_key(&tenant_id, &key_id).await.map_err(store_failure)?.ok_or_else(|| {
@@ -252,6 +257,25 @@ async fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Prob
 /// nothing.
 #[derive(Clone, Debug)]
 pub(crate) struct Id(String);
+
+/// A path's parameters, or why they do not decode, answered only once the caller is known to be
+/// an administrator.
+type PathOf<T> = Result<Path<T>, PathRejection>;
+
+/// The path's parameters, or a 400 problem naming the one that does not decode.
+fn path<T>(path: PathOf<T>) -> Result<T, Problem> {
+    use axum::extract::path::ErrorKind;
+    match path {
+        Ok(Path(parameters)) => Ok(parameters),
+        Err(PathRejection::FailedToDeserializePathParams(error)) => match error.into_kind() {
+            ErrorKind::InvalidUtf8InPathParam { key } => {
+                Err(Problem::bad_request(format!("the path's {key} is not percent-encoded UTF-8 (RFC 3986)")))
+            }
+            _ => Err(Problem::bad_request("the path's parameters do not decode")),
+        },
+        Err(_) => Err(Problem::bad_request("the path's parameters do not decode")),
+    }
+}
 
 impl<'de> serde::Deserialize<'de> for Id {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

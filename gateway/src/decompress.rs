@@ -42,13 +42,33 @@ pub(crate) fn too_large(limit: usize) -> Problem {
     Problem::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {limit} bytes"))
 }
 
+/// The 400 problem for a body that could not be read (cut short, or malformed chunks).
+fn unreadable() -> Problem {
+    Problem::bad_request("the request body could not be read")
+}
+
 /// The body, decoded as its `Content-Encoding` says; 413 when it passes `limit` bytes before or
 /// after decoding, 415 for a coding other than gzip, deflate, br or identity, 400 when the bytes
-/// do not decode.
+/// do not decode or do not arrive whole.
 pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+    use http_body::Body as _;
+    // No body (a GET, or a length of 0): nothing to decode, whatever coding it names.
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
     let codings = codings(headers)?;
     if codings.is_empty() {
-        return axum::body::to_bytes(body, limit).await.map_err(|_| too_large(limit));
+        return axum::body::to_bytes(body, limit).await.map_err(|error| {
+            let error = error.into_inner();
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+            while let Some(error) = cause {
+                if error.is::<http_body_util::LengthLimitError>() {
+                    return too_large(limit);
+                }
+                cause = error.source();
+            }
+            unreadable()
+        });
     }
     let mut decoded = Decoded { bytes: Vec::new(), limit, inflated: 0, exceeded: false };
     let result = decode(body, &codings, &mut decoded, limit).await;
@@ -56,7 +76,7 @@ pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Resul
         _ if decoded.exceeded => ("too_large", Err(too_large(limit))),
         Err(Failure::TooLarge) => ("too_large", Err(too_large(limit))),
         Ok(()) => ("accepted", Ok(Bytes::from(decoded.bytes))),
-        Err(Failure::Unreadable) => ("refused", Err(Problem::bad_request("the request body could not be read"))),
+        Err(Failure::Unreadable) => ("refused", Err(unreadable())),
         Err(Failure::Undecodable) => {
             let names: Vec<&str> = codings.iter().map(|coding| coding.name()).collect();
             let detail = format!("the request body is not valid {} data", names.join(", "));
@@ -343,6 +363,28 @@ mod tests {
         assert_eq!(status_of(gzip(&noise), "gzip", limit).await.err(), Some(StatusCode::PAYLOAD_TOO_LARGE));
         assert!(status_of(gzip(&[b'a'; 1000]), "gzip", limit).await.is_ok(), "exactly the limit");
         assert_eq!(status_of(vec![b'a'; 1001], "identity", limit).await.err(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_400_not_413() {
+        for coding in ["identity", "gzip"] {
+            let chunks: Vec<Result<Bytes, io::Error>> =
+                vec![Ok(Bytes::from_static(b"{ ")), Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cut short"))];
+            let body = Body::from_stream(futures_util::stream::iter(chunks));
+            let status = read(body, &encoded_as(coding), 1 << 20).await.map_err(|problem| {
+                use axum::response::IntoResponse;
+                problem.into_response().status()
+            });
+            assert_eq!(status.err(), Some(StatusCode::BAD_REQUEST), "{coding}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_body_is_not_refused_for_its_coding() {
+        for coding in ["compress", "gzip", "zstd"] {
+            let read = read(Body::empty(), &encoded_as(coding), 1 << 20).await;
+            assert!(read.is_ok_and(|bytes| bytes.is_empty()), "{coding}");
+        }
     }
 
     #[tokio::test]

@@ -81,10 +81,12 @@ impl Problem {
     /// that failed with `message`: a missing or unknown field is named by the message, below `path`
     /// unless `path` already ends with it.
     pub fn invalid_body_field(path: &str, message: &str, detail: impl Into<String>) -> Self {
-        let named = ["missing field `", "unknown field `", "unrecognized field name '"].iter().find_map(|opening| {
-            let rest = message.strip_prefix(opening)?;
-            rest.find(['`', '\'']).map(|end| &rest[..end])
-        });
+        let named = ["missing field `", "unknown field `", "duplicate field `", "unrecognized field name '"]
+            .iter()
+            .find_map(|opening| {
+                let rest = message.strip_prefix(opening)?;
+                rest.find(['`', '\'']).map(|end| &rest[..end])
+            });
         match (path, named) {
             (".", None) => Self::bad_request(detail),
             (".", Some(name)) => Self::invalid_field(name, detail),
@@ -177,9 +179,31 @@ impl Problem {
     }
 }
 
+/// The longest `detail` a problem document carries, in bytes: a detail may quote what the client
+/// sent (a name, a value), which is not sent back in full.
+const MAX_DETAIL_BYTES: usize = 1024;
+
+/// The longest `field` a problem document carries, in bytes.
+const MAX_FIELD_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes at a character boundary, with `…` where it was cut.
+fn clipped(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut document = *self.0;
+        document.detail = clipped(std::mem::take(&mut document.detail), MAX_DETAIL_BYTES);
+        document.field = document.field.map(|field| clipped(field, MAX_FIELD_BYTES));
         if let Ok(request) = crate::request_id::CURRENT.try_with(Clone::clone) {
             document.request_id.get_or_insert(request.id);
             document.instance.get_or_insert(request.path);
@@ -270,6 +294,24 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
         let refused = Problem::from_status(&tonic::Status::resource_exhausted("no")).into_response();
         assert!(refused.headers().get(header::RETRY_AFTER).is_none(), "no advice is given when none was");
+    }
+
+    #[tokio::test]
+    async fn long_details_and_fields_are_cut_at_a_character_boundary() {
+        let name = "ç".repeat(50_000);
+        let response = Problem::invalid_field(&name, format!("unknown feature {name:?}")).into_response();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let document: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let detail = document["detail"].as_str().unwrap();
+        assert!(detail.len() <= super::MAX_DETAIL_BYTES && detail.starts_with("unknown feature \"ççç"), "{detail}");
+        assert!(detail.ends_with('…'), "{detail}");
+        let field = document["field"].as_str().unwrap();
+        assert!(field.len() <= super::MAX_FIELD_BYTES && field.ends_with("ç…"), "{field}");
+        let short = Problem::invalid_field("pageSize", "pageSize: not a number").into_response();
+        let body = axum::body::to_bytes(short.into_body(), usize::MAX).await.unwrap();
+        let document: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(document["detail"], "pageSize: not a number");
+        assert_eq!(document["field"], "pageSize");
     }
 
     #[test]

@@ -126,8 +126,10 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     auth::require_scope(&principal, &route.scope)?;
     let policy = CallPolicy::of(route, &parts.headers)?;
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
-    state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
+    // The tenant's slot first: a request refused for its tenant's requests in flight spends
+    // nothing of its rate.
     let mut slot = state.resilience.enter_tenant(tenant_id)?;
+    state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
     slot.hold_body(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout).await?;
     let content_type = transcode::content_type(&parts.headers)?;

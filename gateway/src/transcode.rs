@@ -335,17 +335,19 @@ fn apply_query(message: &mut DynamicMessage, query: &str, bound: &[&str]) -> Res
             .get_field_by_name(&name)
             .or_else(|| descriptor.get_field_by_json_name(&name))
             .ok_or_else(|| Problem::invalid_field(&name, format!("unknown query parameter {name:?}")))?;
+        // Named as the JSON names it, whichever name the query used.
+        let name = field.json_name();
         if bound.contains(&field.name()) {
-            return Err(Problem::invalid_field(&name, format!("{name} is given by the path, not the query")));
+            return Err(Problem::invalid_field(name, format!("{name} is given by the path, not the query")));
         }
         let parsed =
-            scalar(&field, &value).map_err(|reason| Problem::invalid_field(&name, format!("{name}: {reason}")))?;
+            scalar(&field, &value).map_err(|reason| Problem::invalid_field(name, format!("{name}: {reason}")))?;
         if field.is_list() {
             if let Value::List(items) = message.get_field_mut(&field) {
                 items.push(parsed);
             }
         } else if given.contains(&field.number()) {
-            return Err(Problem::invalid_field(&name, format!("query parameter {name} is given more than once")));
+            return Err(Problem::invalid_field(name, format!("query parameter {name} is given more than once")));
         } else {
             given.push(field.number());
             message.set_field(&field, parsed);

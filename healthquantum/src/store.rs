@@ -73,20 +73,30 @@ pub(crate) struct PatientFilter {
     pub(crate) cpf: Option<Cpf>,
 }
 
-/// A keyed digest of a patient list's filter, which its page tokens carry: a token goes on only
-/// with the filter it was made for, and says nothing of the name prefix or the CPF.
-fn filter_digest(cipher: &TenantCipher, prefix: Option<&str>, cpf_hash: Option<&str>) -> String {
-    let filter = format!("patients\u{0}{}\u{0}{}", prefix.unwrap_or_default(), cpf_hash.unwrap_or_default());
-    cipher.blind_index(&filter)[..16].to_owned()
+/// The filter of a patient list, as its page tokens are bound to it.
+fn filter_of(prefix: Option<&str>, cpf_hash: Option<&str>) -> String {
+    format!("patients\u{0}{}\u{0}{}", prefix.unwrap_or_default(), cpf_hash.unwrap_or_default())
 }
 
-/// The patient id a page token `<id>.<filter digest>` goes on after, when it was made for the
-/// filter whose digest is `bound_to`.
-fn resume_after(token: &str, bound_to: &str) -> Result<String, Error> {
+/// A keyed digest of a page token's position (the patient id it goes on after) and its list's
+/// `filter`: a token goes on only from where it was made and with the filter it was made for, and
+/// says nothing of the name prefix or the CPF.
+fn token_digest(cipher: &TenantCipher, filter: &str, after: &str) -> String {
+    cipher.blind_index(&format!("{filter}\u{0}{after}"))[..16].to_owned()
+}
+
+/// The page token that goes on after the patient id `after`.
+fn next_token(cipher: &TenantCipher, filter: &str, after: &str) -> String {
+    format!("{after}.{}", token_digest(cipher, filter, after))
+}
+
+/// The patient id a page token `<id>.<digest>` goes on after, when it was made for `filter` and
+/// that position.
+fn resume_after(cipher: &TenantCipher, token: &str, filter: &str) -> Result<String, Error> {
     let malformed = || Error::invalid("pageToken", "is not a token a patient list returned");
     let (after, digest) = token.trim().rsplit_once('.').ok_or_else(malformed)?;
     let after = PatientId::parse("pageToken", after).map_err(|_| malformed())?;
-    if digest != bound_to {
+    if digest != token_digest(cipher, filter, &after.to_string()) {
         return Err(Error::invalid(
             "pageToken",
             "was returned for another filter, or was altered: send it unchanged, with the namePrefix and cpf of \
@@ -198,9 +208,9 @@ impl Store {
         let cipher = self.keys.cipher(tenant_id).await?;
         let prefix = filter.name_prefix.as_deref().map(searchable);
         let cpf_hash = filter.cpf.as_ref().map(|cpf| cipher.blind_index(cpf.as_str()));
-        let bound_to = filter_digest(&cipher, prefix.as_deref(), cpf_hash.as_deref());
+        let filter = filter_of(prefix.as_deref(), cpf_hash.as_deref());
         let mut cursor = match page_token {
-            Some(token) => resume_after(token, &bound_to)?,
+            Some(token) => resume_after(&cipher, token, &filter)?,
             None => String::new(),
         };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
@@ -254,7 +264,7 @@ impl Store {
             audit::enqueue(&mut transaction, &event(&patients)).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        let next_page_token = next_after.map(|after| format!("{after}.{bound_to}"));
+        let next_page_token = next_after.map(|after| next_token(&cipher, &filter, &after));
         Ok(PatientPage { patients, next_page_token })
     }
 

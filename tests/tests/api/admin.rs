@@ -190,6 +190,12 @@ async fn a_key_stops_working_when_it_expires() {
         .await;
         assert_eq!(problem["field"], "expireTime", "{expiry}");
     }
+    // Both of its names in one body: the field is named as the JSON names it.
+    let twice = r#"{"name": "odd", "scopes": ["health:read"], "expire_time": null, "expireTime": null}"#;
+    let problem =
+        assert_problem(app.post_raw(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key, twice).await, 400)
+            .await;
+    assert_eq!(problem["field"], "expireTime", "{problem}");
     let keys: Value =
         app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
     assert_eq!(keys["apiKeys"].as_array().map(Vec::len), Some(1), "only the first key was made: {keys}");

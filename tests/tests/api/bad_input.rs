@@ -281,7 +281,7 @@ async fn the_query_cannot_rebind_a_path_field_or_repeat_a_single_one() {
     let (mine, other) = (app.create_patient(&key).await, app.create_patient(&key).await);
     for name in ["patientId", "patient_id"] {
         let response = app.get(&format!("/v1/health/patients/{mine}/images?{name}={other}"), &key).await;
-        assert_eq!(assert_problem(response, 400).await["field"], name);
+        assert_eq!(assert_problem(response, 400).await["field"], "patientId", "{name}");
     }
     let response = app.get("/v1/health/patients?pageSize=1&pageSize=50", &key).await;
     let problem = assert_problem(response, 400).await;
@@ -336,6 +336,25 @@ async fn the_admin_api_refuses_what_it_would_ignore() {
     assert_eq!(assert_problem(response, 400).await["field"], "name");
     let unchanged: Value = app.get(&format!("/v1/admin/tenants/{tenant}"), &admin).await.json().await.unwrap();
     assert_eq!((unchanged["plan"].as_str(), unchanged["status"].as_str()), (Some("starter"), Some("active")));
+    // A path parameter that is not percent-encoded UTF-8: 401 to a stranger, a problem to the
+    // administrator, whatever the route.
+    let stranger = app.client.get(app.url("/v1/admin/tenants/%FF")).send().await.unwrap();
+    assert_problem(stranger, 401).await;
+    for response in [
+        app.get("/v1/admin/tenants/%FF", &admin).await,
+        app.get("/v1/admin/tenants/%FF/api-keys", &admin).await,
+        app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/%C0%AF"), &admin).await,
+        app.client
+            .patch(app.url("/v1/admin/tenants/%FF"))
+            .bearer_auth(&admin)
+            .json(&json!({"plan": "enterprise"}))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        let problem = assert_problem(response, 400).await;
+        assert!(problem["detail"].as_str().unwrap().contains("not percent-encoded UTF-8"), "{problem}");
+    }
     // pageSize 0 is the default size, as on every other list.
     let listed = app.get("/v1/admin/tenants?pageSize=0", &admin).await;
     assert_eq!(listed.status(), 200);
@@ -444,6 +463,14 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
     assert_eq!(
         (problem["field"].as_str(), problem["detail"].as_str()),
         (Some("pageSize"), Some(r#"pageSize: "abc" is not a whole number from -2147483648 to 2147483647"#))
+    );
+    // A query parameter is named by its JSON name too, whichever name the query used.
+    let problem = assert_problem(app.get("/v1/health/patients?page_size=abc", &key).await, 400).await;
+    assert_eq!(problem["field"], "pageSize", "{problem}");
+    let problem = assert_problem(app.get("/v1/health/patients?namePrefix=ma&name_prefix=ma", &key).await, 400).await;
+    assert_eq!(
+        (problem["field"].as_str(), problem["detail"].as_str()),
+        (Some("namePrefix"), Some("query parameter namePrefix is given more than once"))
     );
     let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
     assert_eq!(

@@ -59,7 +59,13 @@ async fn patient_lifecycle(backend: Backend) {
         let problem = assert_problem(app.get(&format!("/v1/health/patients?{query}"), &key).await, 400).await;
         assert_eq!(problem["field"], "pageToken", "{query}: {problem}");
     }
-    let bare_id = token.split('.').next().unwrap();
+    // Nor from another position than its own: its digest covers the patient it goes on after.
+    let (after, digest) = token.split_once('.').unwrap();
+    let moved = format!("{}.{digest}", maria["id"].as_str().unwrap());
+    assert_ne!(after, maria["id"].as_str().unwrap());
+    let problem = assert_problem(app.get(&format!("/v1/health/patients?pageToken={moved}"), &key).await, 400).await;
+    assert_eq!(problem["field"], "pageToken", "{problem}");
+    let bare_id = after;
     let problem = assert_problem(app.get(&format!("/v1/health/patients?pageToken={bare_id}"), &key).await, 400).await;
     assert_eq!(problem["field"], "pageToken");
     let whole = list(&app, &key, "pageSize=3").await;
