@@ -355,17 +355,19 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
     }
 }
 
-/// `text`, an id this service gave: a UUID, or an error naming `field`.
-fn uuid_of<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
-    match uuid::Uuid::parse_str(text) {
-        Ok(_) => Ok(text),
+/// `text`, an id this service gave: a UUID in any of its spellings (upper case, braces, without
+/// hyphens), as this service writes it (lower case, hyphenated); or an error naming `field`.
+fn uuid_of(field: &str, text: &str) -> Result<String, Error> {
+    match uuid::Uuid::parse_str(text.trim()) {
+        Ok(uuid) => Ok(uuid.to_string()),
         Err(_) => Err(Error::invalid(field, "must be a UUID")),
     }
 }
 
 /// A list's page from its `pageSize` (1 to 100, 20 when unset) and `pageToken` (the id of the
-/// last item of the page before).
-fn page_of(page_size: i32, page_token: &str) -> Result<Page<'_>, Error> {
+/// last item of the page before, then `.` and the list's `filter` when it has one: a token goes on
+/// only with the filter it was returned for).
+fn page_of<'a>(page_size: i32, page_token: &'a str, filter: &str) -> Result<Page<'a>, Error> {
     let size = match page_size {
         0 => 20,
         1..=100 => page_size as usize,
@@ -374,12 +376,26 @@ fn page_of(page_size: i32, page_token: &str) -> Result<Page<'_>, Error> {
     let token = page_token.trim();
     // A token is an id as the list wrote it: another spelling of the UUID would compare otherwise.
     let given = |token: &str| uuid::Uuid::parse_str(token).is_ok_and(|uuid| uuid.to_string() == token);
-    let after = match token {
-        "" => None,
-        token if given(token) => Some(token),
+    let after = match token.split_once('.').unwrap_or((token, "")) {
+        ("", "") => None,
+        (id, bound) if given(id) && bound == filter => Some(id),
+        (id, _) if given(id) => {
+            return Err(Error::invalid(
+                "pageToken",
+                "was returned for another filter: send it with the filter of the request that returned it",
+            ));
+        }
         _ => return Err(Error::invalid("pageToken", "is not a token this list gave")),
     };
     Ok(Page { after, size })
+}
+
+/// The token of the page after the one that ended with `next`, for a list with `filter`.
+fn next_token(next: Option<String>, filter: &str) -> String {
+    match next {
+        Some(id) if !filter.is_empty() => format!("{id}.{filter}"),
+        next => next.unwrap_or_default(),
+    }
 }
 
 /// The longest text a person may write into a request or a review, in characters.
@@ -514,7 +530,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::SubjectRequest>, Status> {
         let caller = auth::caller(&request)?.clone();
         let id = uuid_of("id", &request.get_ref().id)?;
-        Ok(Response::new(shown_to(&caller, request_message(self.store.get(&caller.tenant_id, id).await?))))
+        Ok(Response::new(shown_to(&caller, request_message(self.store.get(&caller.tenant_id, &id).await?))))
     }
 
     async fn complete_subject_request(
@@ -527,7 +543,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if resolution.is_empty() {
             return Err(Error::invalid("resolution", "say how the request was handled").into());
         }
-        match self.store.complete(&caller, id, resolution).await? {
+        match self.store.complete(&caller, &id, resolution).await? {
             subjects::Completion::Completed(request) => Ok(Response::new(request_message(request))),
             // As a review already decided: the request's state allows no completion (409).
             subjects::Completion::NotOpen(status) => Err(Error::AlreadyExists(format!(
@@ -543,11 +559,12 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::ListSubjectRequestsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::ListSubjectRequestsRequest { overdue, page_size, page_token } = request.get_ref();
-        let page = page_of(*page_size, page_token)?;
+        let filter = if *overdue { "overdue" } else { "" };
+        let page = page_of(*page_size, page_token, filter)?;
         let (requests, next) = self.store.list(&caller.tenant_id, *overdue, page).await?;
         Ok(Response::new(proto::ListSubjectRequestsResponse {
             requests: requests.into_iter().map(|request| shown_to(&caller, request_message(request))).collect(),
-            next_page_token: next.unwrap_or_default(),
+            next_page_token: next_token(next, filter),
         }))
     }
 
@@ -557,7 +574,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<HttpBody>, Status> {
         let caller = auth::caller(&request)?.clone();
         let id = uuid_of("id", &request.get_ref().id)?;
-        let bundle = self.store.export(&caller, id).await?;
+        let bundle = self.store.export(&caller, &id).await?;
         Ok(Response::new(HttpBody {
             content_type: "application/json".into(),
             data: bundle.into_bytes(),
@@ -590,10 +607,10 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if !["", "pending", "decided"].contains(&status.as_str()) {
             return Err(Error::invalid("status", "must be pending or decided").into());
         }
-        let page = page_of(request.get_ref().page_size, &request.get_ref().page_token)?;
+        let page = page_of(request.get_ref().page_size, &request.get_ref().page_token, &status)?;
         let (reviews, next) = self.store.reviews(&caller.tenant_id, &status, page).await?;
         let reviews = reviews.into_iter().map(|review| review_shown_to(&caller, review_message(review))).collect();
-        Ok(Response::new(proto::ListReviewsResponse { reviews, next_page_token: next.unwrap_or_default() }))
+        Ok(Response::new(proto::ListReviewsResponse { reviews, next_page_token: next_token(next, &status) }))
     }
 
     async fn decide_review(
@@ -604,7 +621,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         let proto::DecideReviewRequest { id, outcome, note } = request.into_inner();
         let note = free_text("note", &note)?;
         let id = uuid_of("id", &id)?;
-        let review = self.store.decide(&caller, id, outcome.trim(), note).await?;
+        let review = self.store.decide(&caller, &id, outcome.trim(), note).await?;
         Ok(Response::new(review_message(review)))
     }
 }

@@ -245,18 +245,26 @@ impl LogStore {
 
     /// The checkpoint signed when the log of `tenant_id` reached `tree_size`.
     pub async fn checkpoint_at(&self, tenant_id: &str, tree_size: u64) -> Result<SignedCheckpoint, Error> {
+        let not_found = || {
+            Error::NotFound(format!(
+                "a checkpoint of tree size {tree_size} (checkpoints are signed at the end of each batch, not at every \
+                 size)"
+            ))
+        };
+        // No log grows past i64's range: a larger size has no checkpoint, as any size not signed.
+        let Ok(stored_size) = i64::try_from(tree_size) else {
+            return Err(not_found());
+        };
         let row = sqlx::query(
             "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
              WHERE tenant_id = $1 AND tree_size = $2",
         )
         .bind(tenant_id)
-        .bind(i64::try_from(tree_size).map_err(|_| Error::invalid("treeSize", "too large"))?)
+        .bind(stored_size)
         .fetch_optional(self.database.pool())
         .await
         .map_err(StoreError::from)?
-        .ok_or_else(|| {
-            Error::NotFound(format!("a checkpoint of tree size {tree_size} (checkpoints are signed at the end of each batch, not at every size)"))
-        })?;
+        .ok_or_else(not_found)?;
         Ok(checkpoint_from(tenant_id, &row)?)
     }
 

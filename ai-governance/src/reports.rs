@@ -212,14 +212,20 @@ impl Reporter {
         for request in &requests {
             *requests_by_kind.entry(request.kind.clone()).or_default() += 1;
         }
+        // As things stood at the period's end (or now, for a period not over): a request completed
+        // or a review decided after it counts as still open, so that a closed period's report
+        // does not change afterwards.
+        let as_of = end.clone().min(rfc3339(Utc::now()));
+        let done_by_end = |done: Option<&str>| done.filter(|done| *done < end.as_str()).map(str::to_owned);
         let on_time = requests
             .iter()
-            .filter(|r| r.completed_at.as_deref().is_some_and(|done| done <= r.deadline.as_str()))
+            .filter(|r| done_by_end(r.completed_at.as_deref()).is_some_and(|done| done <= r.deadline))
             .count();
-        let overdue = requests.iter().filter(|r| r.overdue()).count();
+        let overdue =
+            requests.iter().filter(|r| done_by_end(r.completed_at.as_deref()).is_none() && r.deadline < as_of).count();
         let late = requests
             .iter()
-            .filter(|r| r.completed_at.as_deref().is_some_and(|done| done > r.deadline.as_str()))
+            .filter(|r| done_by_end(r.completed_at.as_deref()).is_some_and(|done| done > r.deadline))
             .count();
 
         let reviews: Vec<_> = self
@@ -227,11 +233,14 @@ impl Reporter {
             .review_tallies(tenant_id)
             .await?
             .into_iter()
-            .filter(|(_, _, created_at)| in_period(created_at))
+            .filter(|tally| in_period(&tally.created_at))
             .collect();
         let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
-        for (status, outcome, _) in &reviews {
-            let key = if status == "pending" { "pending".to_owned() } else { outcome.clone() };
+        for tally in &reviews {
+            let key = match done_by_end(tally.decided_at.as_deref()) {
+                Some(_) if tally.status != "pending" => tally.outcome.clone(),
+                _ => "pending".to_owned(),
+            };
             *outcomes.entry(key).or_default() += 1;
         }
 

@@ -101,6 +101,15 @@ impl StoredRequest {
     }
 }
 
+/// What an evidence report counts of a review.
+#[derive(Clone, Debug)]
+pub struct ReviewTally {
+    pub status: String,
+    pub outcome: String,
+    pub created_at: String,
+    pub decided_at: Option<String>,
+}
+
 /// A review of an automated decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Review {
@@ -1001,14 +1010,20 @@ impl SubjectStore {
 
     /// The status, outcome and creation time of each review of `tenant_id`: what a report counts,
     /// read without opening any reason or note.
-    pub async fn review_tallies(&self, tenant_id: &str) -> Result<Vec<(String, String, String)>, Error> {
-        let rows = sqlx::query("SELECT status, outcome, created_at FROM reviews WHERE tenant_id = $1 ORDER BY id")
-            .bind(tenant_id)
-            .fetch_all(self.database.pool())
-            .await
-            .map_err(StoreError::from)?;
+    pub async fn review_tallies(&self, tenant_id: &str) -> Result<Vec<ReviewTally>, Error> {
+        let rows =
+            sqlx::query("SELECT status, outcome, created_at, decided_at FROM reviews WHERE tenant_id = $1 ORDER BY id")
+                .bind(tenant_id)
+                .fetch_all(self.database.pool())
+                .await
+                .map_err(StoreError::from)?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
-            Ok((row.try_get("status")?, row.try_get("outcome")?, row.try_get("created_at")?))
+            Ok(ReviewTally {
+                status: row.try_get("status")?,
+                outcome: row.try_get("outcome")?,
+                created_at: row.try_get("created_at")?,
+                decided_at: row.try_get("decided_at")?,
+            })
         };
         Ok(rows.iter().map(tally).collect::<Result<_, _>>()?)
     }

@@ -212,23 +212,45 @@ struct Client {
     key: String,
 }
 
+/// How long, in all, a verification waits for the gateway's `Retry-After` (a tenant's rate limit
+/// shared with its other clients, an upstream briefly unavailable) before it gives up.
+const MOST_WAITED: Duration = Duration::from_secs(300);
+
 impl Client {
+    /// `GET path` as JSON; a 429 or 503 is sent again once its `Retry-After` (1 s when absent,
+    /// 60 s at most) has passed, within [`MOST_WAITED`] in all.
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.key)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach {}", self.base))?;
-        let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let detail = body["detail"].as_str().or(body["title"].as_str()).unwrap_or("no detail");
-            bail!("GET {path} answered {status}: {detail}");
+        let mut waited = Duration::ZERO;
+        loop {
+            let response = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.key)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach {}", self.base))?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
+                .map_or(Duration::from_secs(1), |seconds| Duration::from_secs(seconds.clamp(1, 60)));
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let busy =
+                matches!(status, reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE);
+            if busy && waited + retry_after <= MOST_WAITED {
+                eprintln!("GET {path} answered {status}; trying again in {} s", retry_after.as_secs());
+                tokio::time::sleep(retry_after).await;
+                waited += retry_after;
+                continue;
+            }
+            if !status.is_success() {
+                let detail = body["detail"].as_str().or(body["title"].as_str()).unwrap_or("no detail");
+                bail!("GET {path} answered {status}: {detail}");
+            }
+            return Ok(body);
         }
-        Ok(body)
     }
 }
 

@@ -265,6 +265,24 @@ async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_on
     server.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn the_cli_waits_as_a_rate_limited_gateway_says() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Clínica Pequena", "professional").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    app.create_patient(&key).await;
+    wait_for_size(&app, &key, 1).await;
+    let public_key = public_key(&app, &key).await;
+    // The tenant's burst spent by its other clients: the verification waits as the 429s say.
+    let mut limited = false;
+    for _ in 0..80 {
+        limited |= app.get("/v1/governance/audit/public-key", &key).await.status() == 429;
+    }
+    assert!(limited, "the tenant's burst is spent");
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+    app.stop().await;
+}
+
 async fn tampering_is_found_at_its_index(backend: Backend) {
     let app = spawn_app(backend).await;
     let key = tenant_key(&app).await;
@@ -392,6 +410,11 @@ async fn a_consistency_proof_between_two_checkpoints_verifies_and_a_forged_one_f
     }
     let at_three: Value = app.get("/v1/governance/audit/checkpoint?treeSize=3", &key).await.json().await.unwrap();
     assert_eq!(at_three["rootHash"], first["rootHash"], "the checkpoint at size 3 is kept");
+    // A size no checkpoint was signed at, within i64 or past it, is not found.
+    for size in ["5", "9223372036854775808", "18446744073709551615"] {
+        let response = app.get(&format!("/v1/governance/audit/checkpoint?treeSize={size}"), &key).await;
+        aigronova_e2e::assert_problem(response, 404).await;
+    }
 
     let response = app.get("/v1/governance/audit/consistency?from=3&to=7", &key).await;
     assert_eq!(response.status(), 200);

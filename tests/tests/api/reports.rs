@@ -67,6 +67,18 @@ async fn reports_carry_the_evidence(backend: Backend) {
     let empty = report(&app, &key, "lgpd?from=2020-01-01&to=2020-12-31").await;
     assert_eq!(empty["audit"]["entries"], 0, "nothing happened in 2020");
 
+    // A request counts as things stood at the period's end: completed after it, it was open then.
+    let moved =
+        app.execute_on_governance("UPDATE subject_requests SET completed_at = '2099-06-01T00:00:00.000000Z'").await;
+    assert_eq!(moved, 1);
+    let before = report(&app, &key, "lgpd?from=2026-01-01").await;
+    assert_eq!(before["subjectRequests"]["total"], 1, "{}", before["subjectRequests"]);
+    for counted in ["completedOnTime", "completedLate", "overdue"] {
+        assert_eq!(before["subjectRequests"][counted], 0, "{counted}: {}", before["subjectRequests"]);
+    }
+    let after = report(&app, &key, "lgpd?from=2026-01-01&to=2099-12-31").await;
+    assert_eq!(after["subjectRequests"]["completedLate"], 1, "{}", after["subjectRequests"]);
+
     // The PDF renders and carries the root hash the checkpoint signs.
     let response = app.get("/v1/governance/reports/lgpd?format=pdf", &key).await;
     assert_eq!(response.status(), 200);

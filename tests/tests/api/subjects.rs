@@ -223,6 +223,17 @@ async fn access_erasure_and_reviews(backend: Backend) {
         let refused = app.get(&format!("/v1/governance/subject-requests?{query}"), &key).await;
         assert_eq!(assert_problem(refused, 400).await["field"], field, "{query}");
     }
+    // A token goes on only with the filter it was returned for.
+    let first: Value = app.get("/v1/governance/subject-requests?pageSize=1", &key).await.json().await.unwrap();
+    let token = first["nextPageToken"].as_str().unwrap();
+    let refused = app.get(&format!("/v1/governance/subject-requests?overdue=true&pageToken={token}"), &key).await;
+    assert_eq!(assert_problem(refused, 400).await["field"], "pageToken");
+    let refused = app.get(&format!("/v1/governance/subject-requests?pageToken={token}.overdue"), &key).await;
+    assert_eq!(assert_problem(refused, 400).await["field"], "pageToken");
+    // An id is found in any spelling of its UUID.
+    let shouted = app.get(&format!("/v1/governance/subject-requests/{}", id.to_uppercase()), &key).await;
+    assert_eq!(shouted.status(), 200);
+    assert_eq!(shouted.json::<Value>().await.unwrap()["id"], id);
 
     // A person handles it and says how; then it is neither open nor overdue, and stays completed.
     let completion = format!("/v1/governance/subject-requests/{id}/completion");
