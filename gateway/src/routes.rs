@@ -211,6 +211,10 @@ fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<Vec<(String, S
     for (segment, part) in segments.iter().zip(parts) {
         match segment {
             Segment::Literal(literal) if literal == part => {}
+            // `%6D` is `m` (RFC 3986 §6.2.2.2): a literal spelled with escapes is the same literal.
+            Segment::Literal(literal)
+                if part.contains('%')
+                    && percent_encoding::percent_decode_str(part).decode_utf8().is_ok_and(|part| part == *literal) => {}
             Segment::Literal(_) => return None,
             Segment::Field(_) if part.is_empty() => return None,
             Segment::Field(field) => {
@@ -280,6 +284,16 @@ mod tests {
         for path in ["/v1/health/nothing", "/v1/health/patients/", "/v1/health/patients//assessments", "/"] {
             assert!(matches!(table.lookup(&Method::GET, path), Lookup::NotFound), "{path}");
         }
+    }
+
+    #[test]
+    fn literals_spelled_with_escapes_match() {
+        let table = table();
+        let Lookup::Found(matched) = table.lookup(&Method::GET, "/v1/health/%6Dodels") else { panic!() };
+        assert_eq!(matched.route.template, "/v1/health/models");
+        let Lookup::Found(matched) = table.lookup(&Method::GET, "/v1/health/pat%69ents/p%2D1") else { panic!() };
+        assert_eq!(matched.variables, vec![("id".to_owned(), "p-1".to_owned())]);
+        assert!(matches!(table.lookup(&Method::GET, "/v1/health/%2Fmodels"), Lookup::NotFound));
     }
 
     #[test]
