@@ -116,6 +116,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
             }
             return Ok(response);
         }
+        Lookup::NotFound if percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8().is_err() => {
+            return Err(Problem::bad_request("the path is not percent-encoded UTF-8 (RFC 3986)"));
+        }
         Lookup::NotFound => return Err(Problem::not_found(format!("no route for {}", parts.uri.path()))),
     };
     let route = matched.route;

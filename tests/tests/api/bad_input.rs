@@ -458,6 +458,9 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
         assert_eq!(problem["field"], "namePrefix", "{query}: {problem}");
     }
     assert_problem(app.get("/v1/health/patients?%FF=1", &key).await, 400).await;
+    // A service's path that is not percent-encoded UTF-8 is refused as such, not as no route.
+    let problem = assert_problem(app.get("/v1/health/patients/%FF", &key).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("not percent-encoded UTF-8"), "{problem}");
     // A value that is not of its field's type is named, with what the field takes.
     let problem = assert_problem(app.get("/v1/health/patients?pageSize=abc", &key).await, 400).await;
     assert_eq!(
