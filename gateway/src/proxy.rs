@@ -241,12 +241,12 @@ const CACHEABLE_PATHS: [&str; 2] = ["/openapi.json", "/docs"];
 /// `X-Content-Type-Options: nosniff` and `Cache-Control: no-store` on the answer.
 pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     // Measured as the client sent it, before the request id the gateway may add.
-    let oversized = oversized(&request);
+    let refused = refused_early(&request);
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
     let cacheable = CACHEABLE_PATHS.contains(&path.as_str());
     let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
-    let mut response = request_id::CURRENT.scope(info, access_log(&state, request, next, oversized)).await;
+    let mut response = request_id::CURRENT.scope(info, access_log(&state, request, next, refused)).await;
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, id_value);
     // Answers are the media type they say: a browser does not guess another (an uploaded
@@ -284,9 +284,15 @@ const MAX_URI_BYTES: usize = 8 * 1024;
 /// field's name and value and 32 bytes, RFC 9113 §6.5.2), so that both protocols have one limit.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// The problem for a request whose target or header section is over the gateway's limits: 414
-/// or 431 as a problem document, where the HTTP server's own, far larger limits answer without one.
-fn oversized(request: &Request) -> Option<Problem> {
+/// The problem for a request whose target is no path (400), or whose target or header section is
+/// over the gateway's limits: 414 or 431 as a problem document, where the HTTP server's own, far
+/// larger limits answer without one.
+fn refused_early(request: &Request) -> Option<Problem> {
+    // Every route is a path: a request target in authority or asterisk form (`healthz`, `*`)
+    // names none (RFC 9112 §3.2).
+    if !request.uri().path().starts_with('/') {
+        return Some(Problem::bad_request("the request target must be a path starting with / (RFC 9112 §3.2)"));
+    }
     let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
     if target > MAX_URI_BYTES {
         return Some(Problem::new(
@@ -306,7 +312,7 @@ fn oversized(request: &Request) -> Option<Problem> {
 /// One JSON log line a request, and a span that continues the caller's W3C trace. Neither holds
 /// the request's path, which may carry whatever was typed into the URL (a CPF, a key pasted by
 /// mistake): both name the route's template, and the line names the trace, so that the two join.
-async fn access_log(state: &AppState, request: Request, next: Next, oversized: Option<Problem>) -> Response {
+async fn access_log(state: &AppState, request: Request, next: Next, refused: Option<Problem>) -> Response {
     let started = Instant::now();
     let method = method_name(request.method());
     let matched = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str().to_owned());
@@ -319,12 +325,12 @@ async fn access_log(state: &AppState, request: Request, next: Next, oversized: O
     trace_context::adopt_remote_parent(&span, request.headers());
     // A request refused before routing is still counted under the route its path is one of.
     let refused_route =
-        oversized.as_ref().and_then(|_| match state.routes.lookup(request.method(), request.uri().path()) {
+        refused.as_ref().and_then(|_| match state.routes.lookup(request.method(), request.uri().path()) {
             Lookup::Found(matched) => Some(matched.route.template.clone()),
             Lookup::MethodNotAllowed(_, template) => Some(template.to_owned()),
             Lookup::NotFound => None,
         });
-    let mut response = match oversized {
+    let mut response = match refused {
         Some(problem) => problem.into_response(),
         None => resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await,
     };

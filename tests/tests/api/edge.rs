@@ -203,6 +203,18 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
     let answer = at_most(16385 - fixed).await;
     assert!(answer.starts_with("HTTP/1.1 431") && answer.contains("are 16385 bytes"), "{answer}");
 
+    // A target that is no path (authority or asterisk form) names no route: 400, not 404.
+    for head in ["GET healthz HTTP/1.1", "OPTIONS * HTTP/1.1"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let request = format!("{head}\r\nhost: {address}\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("must be a path starting with /"), "{answer}");
+    }
+
     // The same over HTTP/1.1 and HTTP/2, whose header lists the HTTP server reads up to 64 KiB.
     let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     for (client, version) in [(&app.client, reqwest::Version::HTTP_11), (&http2, reqwest::Version::HTTP_2)] {
