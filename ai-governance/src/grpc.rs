@@ -358,7 +358,7 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
 /// `text`, an id this service gave: a UUID in any of its spellings (upper case, braces, without
 /// hyphens), as this service writes it (lower case, hyphenated); or an error naming `field`.
 fn uuid_of(field: &str, text: &str) -> Result<String, Error> {
-    match uuid::Uuid::parse_str(text.trim()) {
+    match uuid::Uuid::parse_str(text) {
         Ok(uuid) => Ok(uuid.to_string()),
         Err(_) => Err(Error::invalid(field, "must be a UUID")),
     }
@@ -382,7 +382,8 @@ fn page_of<'a>(page_size: i32, page_token: &'a str, filter: &str) -> Result<Page
         (id, _) if given(id) => {
             return Err(Error::invalid(
                 "pageToken",
-                "was returned for another filter: send it with the filter of the request that returned it",
+                "was returned for another filter, or before this list's tokens named their filter: send it with the \
+                 filter of the request that returned it, or start again from the first page",
             ));
         }
         _ => return Err(Error::invalid("pageToken", "is not a token this list gave")),

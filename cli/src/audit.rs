@@ -51,6 +51,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
         http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
         base: args.url.trim_end_matches('/').to_owned(),
         key: args.key.clone(),
+        waited: std::sync::Mutex::new(Duration::ZERO),
     };
     let public_key = match &args.public_key {
         Some(key) => key.clone(),
@@ -210,6 +211,8 @@ struct Client {
     http: reqwest::Client,
     base: String,
     key: String,
+    /// What this verification has waited for `Retry-After` so far, in all its requests.
+    waited: std::sync::Mutex<Duration>,
 }
 
 /// How long, in all, a verification waits for the gateway's `Retry-After` (a tenant's rate limit
@@ -217,11 +220,11 @@ struct Client {
 const MOST_WAITED: Duration = Duration::from_secs(300);
 
 impl Client {
-    /// `GET path` as JSON; a 429 or 503 is sent again once its `Retry-After` (1 s when absent,
-    /// 60 s at most) has passed, within [`MOST_WAITED`] in all.
+    /// `GET path` as JSON; a 429 (after its `Retry-After`, 1 s when absent) or a 503 with a
+    /// `Retry-After` is sent again once that has passed (60 s at most each time), while this
+    /// verification's waits stay within [`MOST_WAITED`] in all.
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut waited = Duration::ZERO;
         loop {
             let response = self
                 .http
@@ -235,14 +238,16 @@ impl Client {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
-                .map_or(Duration::from_secs(1), |seconds| Duration::from_secs(seconds.clamp(1, 60)));
+                .map(|seconds| Duration::from_secs(seconds.clamp(1, 60)));
             let body: Value = response.json().await.unwrap_or(Value::Null);
-            let busy =
-                matches!(status, reqwest::StatusCode::TOO_MANY_REQUESTS | reqwest::StatusCode::SERVICE_UNAVAILABLE);
-            if busy && waited + retry_after <= MOST_WAITED {
-                eprintln!("GET {path} answered {status}; trying again in {} s", retry_after.as_secs());
-                tokio::time::sleep(retry_after).await;
-                waited += retry_after;
+            let wait = match (status, retry_after) {
+                (reqwest::StatusCode::TOO_MANY_REQUESTS, wait) => Some(wait.unwrap_or(Duration::from_secs(1))),
+                (reqwest::StatusCode::SERVICE_UNAVAILABLE, Some(wait)) => Some(wait),
+                _ => None,
+            };
+            if let Some(wait) = wait.filter(|wait| self.may_wait(*wait)) {
+                eprintln!("GET {path} answered {status}; trying again in {} s", wait.as_secs());
+                tokio::time::sleep(wait).await;
                 continue;
             }
             if !status.is_success() {
@@ -251,6 +256,16 @@ impl Client {
             }
             return Ok(body);
         }
+    }
+
+    /// Whether the verification may wait `wait` more within [`MOST_WAITED`]; counts it if so.
+    fn may_wait(&self, wait: Duration) -> bool {
+        let mut waited = self.waited.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fits = *waited + wait <= MOST_WAITED;
+        if fits {
+            *waited += wait;
+        }
+        fits
     }
 }
 

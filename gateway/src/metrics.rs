@@ -33,7 +33,8 @@ pub(crate) struct Metrics {
     /// Requests refused because `max_concurrent_requests` were in flight, or because the request
     /// bodies held left no room for theirs (`max_buffered_body_bytes`).
     pub(crate) load_shed: IntCounter,
-    /// Tenants' requests in flight past authentication and the rate limits, all tenants together.
+    /// Tenants' requests in flight past authentication (the rate limits asked after), all tenants
+    /// together.
     pub(crate) tenant_requests_in_flight: IntGauge,
     /// Bytes produced by decoding compressed request bodies, by outcome (`accepted`, `too_large`,
     /// `refused`).
@@ -98,7 +99,7 @@ pub(crate) fn metrics() -> &'static Metrics {
             .expect("valid metric"),
             tenant_requests_in_flight: IntGauge::new(
                 "aigronova_gateway_tenant_requests_in_flight",
-                "Tenants' requests in flight past authentication and the rate limits",
+                "Tenants' requests in flight past authentication",
             )
             .expect("valid metric"),
             inflated_body_bytes: IntCounterVec::new(

@@ -206,7 +206,7 @@ impl IntoResponse for Problem {
         document.field = document.field.map(|field| clipped(field, MAX_FIELD_BYTES));
         if let Ok(request) = crate::request_id::CURRENT.try_with(Clone::clone) {
             document.request_id.get_or_insert(request.id);
-            document.instance.get_or_insert(request.path);
+            document.instance.get_or_insert_with(|| clipped(request.path, MAX_DETAIL_BYTES));
         }
         let status = StatusCode::from_u16(document.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = document.retry_after;

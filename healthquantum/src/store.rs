@@ -99,8 +99,9 @@ fn resume_after(cipher: &TenantCipher, token: &str, filter: &str) -> Result<Stri
     if digest != token_digest(cipher, filter, &after.to_string()) {
         return Err(Error::invalid(
             "pageToken",
-            "was returned for another filter, or was altered: send it unchanged, with the namePrefix and cpf of \
-             the request that returned it",
+            "was returned for another filter, was altered, or was made before this list's tokens named their \
+             position: send it unchanged, with the namePrefix and cpf of the request that returned it, or start \
+             again from the first page",
         ));
     }
     Ok(after.to_string())

@@ -279,8 +279,19 @@ async fn the_cli_waits_as_a_rate_limited_gateway_says() {
         limited |= app.get("/v1/governance/audit/public-key", &key).await.status() == 429;
     }
     assert!(limited, "the tenant's burst is spent");
+    let refused_before = rate_limited(&app).await;
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+    assert!(rate_limited(&app).await > refused_before, "the verification was refused on its way, and waited");
     app.stop().await;
+}
+
+/// The gateway's requests refused by its rate limits so far, every reason together.
+async fn rate_limited(app: &TestApp) -> f64 {
+    let text = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("aigronova_gateway_rate_limited_total{"))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 async fn tampering_is_found_at_its_index(backend: Backend) {

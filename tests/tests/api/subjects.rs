@@ -325,6 +325,18 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_problem(app.post(&path, &key, &json!({"outcome": "maybe"})).await, 400).await;
     let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
     assert_eq!(pending["reviews"].as_array().map_or(0, Vec::len), 0);
+    // An evidence report counts a review as it stood at the period's end: decided after it, pending.
+    let report: Value = app.get("/v1/governance/reports/lgpd?from=2026-01-01", &key).await.json().await.unwrap();
+    assert_eq!(report["reviews"]["byOutcome"], json!({"overturned": 1}), "{report}");
+    let later = app
+        .execute_on_governance("UPDATE reviews SET decided_at = '2099-06-01T00:00:00.000000Z' WHERE status = 'decided'")
+        .await;
+    assert_eq!(later, 1);
+    let report: Value = app.get("/v1/governance/reports/lgpd?from=2026-01-01", &key).await.json().await.unwrap();
+    assert_eq!(report["reviews"]["byOutcome"], json!({"pending": 1}), "{report}");
+    let report: Value =
+        app.get("/v1/governance/reports/lgpd?from=2026-01-01&to=2099-12-31", &key).await.json().await.unwrap();
+    assert_eq!(report["reviews"]["byOutcome"], json!({"overturned": 1}), "{report}");
     // Decided, the decision may be contested again, once, however many ask at the same moment.
     let body = json!({"auditIndex": index, "reason": "contested again"});
     let asks = futures_util::future::join_all((0..4).map(|_| app.post("/v1/governance/reviews", &key, &body))).await;
