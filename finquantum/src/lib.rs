@@ -348,8 +348,10 @@ pub async fn run(
     FinQuantumService::build(config, inference, verifier, governance).await?.run_until_stopped(shutdown).await
 }
 
-/// `text` with every run of 13 to 19 digits (spaces and dashes between them allowed) that passes
-/// the Luhn check, as a payment card number does, masked but for its last four digits.
+/// `text` with every payment card number in it masked but for its last four digits: 13 to 19
+/// digits, in one group or in groups with single spaces or dashes between them, that pass the
+/// Luhn check, also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`,
+/// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
 pub fn mask_card_numbers(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -360,30 +362,69 @@ pub fn mask_card_numbers(text: &str) -> String {
             index += 1;
             continue;
         }
-        // The longest run of digits with single separators between them.
+        // The run of digit groups with single separators between them, as (start, end) spans.
+        let mut groups = Vec::new();
         let mut end = index;
-        let mut digits = Vec::new();
-        while end < chars.len() {
-            if chars[end].is_ascii_digit() {
-                digits.push(chars[end]);
+        loop {
+            let start = end;
+            while end < chars.len() && chars[end].is_ascii_digit() {
                 end += 1;
-            } else if (chars[end] == ' ' || chars[end] == '-')
-                && end + 1 < chars.len()
-                && chars[end + 1].is_ascii_digit()
-                && end > index
-            {
-                end += 1;
-            } else {
+            }
+            groups.push((start, end));
+            let separated = end + 1 < chars.len() && matches!(chars[end], ' ' | '-') && chars[end + 1].is_ascii_digit();
+            if !separated {
                 break;
             }
+            end += 1;
         }
-        if (13..=19).contains(&digits.len()) && luhn(&digits) {
-            let last: String = digits[digits.len() - 4..].iter().collect();
-            out.push_str(&format!("****{last}"));
-        } else {
-            out.extend(&chars[index..end]);
-        }
+        out.push_str(&masked_run(&chars, &groups));
         index = end;
+    }
+    out
+}
+
+/// The run of digit `groups` of `chars` with every window of whole groups that holds a card
+/// number masked: overlapping windows as one, shown as `****` and the last four digits of the
+/// window that ends last.
+fn masked_run(chars: &[char], groups: &[(usize, usize)]) -> String {
+    let digits_of = |group: &(usize, usize)| &chars[group.0..group.1];
+    // For each group, the last four digits of a card window ending there; and which groups are in one.
+    let mut ends: Vec<Option<String>> = vec![None; groups.len()];
+    let mut masked = vec![false; groups.len()];
+    for first in 0..groups.len() {
+        let mut digits: Vec<char> = Vec::new();
+        for last in first..groups.len() {
+            digits.extend_from_slice(digits_of(&groups[last]));
+            if digits.len() > 19 {
+                break;
+            }
+            if digits.len() >= 13 && luhn(&digits) {
+                masked[first..=last].iter_mut().for_each(|group| *group = true);
+                ends[last] = Some(digits[digits.len() - 4..].iter().collect());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut group = 0;
+    while group < groups.len() {
+        if masked[group] {
+            let mut last = group;
+            while last + 1 < groups.len() && masked[last + 1] {
+                last += 1;
+            }
+            // A block of masked groups ends where one of its windows ends.
+            let shown = (group..=last).rev().find_map(|end| ends[end].clone()).unwrap_or_default();
+            out.push_str("****");
+            out.push_str(&shown);
+            group = last + 1;
+        } else {
+            out.extend(digits_of(&groups[group]));
+            group += 1;
+        }
+        if group < groups.len() {
+            // The separator before the next group.
+            out.push(chars[groups[group].0 - 1]);
+        }
     }
     out
 }
@@ -418,6 +459,15 @@ mod tests {
         // Not card numbers: short, or failing the Luhn check, or a date.
         assert_eq!(mask_card_numbers("PIX 12345 2026-11-29"), "PIX 12345 2026-11-29");
         assert_eq!(mask_card_numbers("BOLETO 4111111111111112"), "BOLETO 4111111111111112");
+        // Beside other numbers: an instalment, an expiry date, a reference before it.
+        assert_eq!(mask_card_numbers("CARTAO 5555555555554444 1/3"), "CARTAO ****4444 1/3");
+        assert_eq!(mask_card_numbers("COMPRA 5555 5555 5555 4444 12/27"), "COMPRA ****4444 12/27");
+        for text in ["PARC 02 4111 1111 1111 1111", "REF 77-4012888888881881 LOJA", "4111 1111 1111 1111 2 3"] {
+            let masked = mask_card_numbers(text);
+            assert!(!masked.contains("4111 1111 1111") && !masked.contains("401288888888"), "{text} -> {masked}");
+            assert!(masked.contains("****"), "{text} -> {masked}");
+        }
+        assert_eq!(mask_card_numbers("PIX 2026-11-29 12345 678"), "PIX 2026-11-29 12345 678");
     }
 
     #[test]

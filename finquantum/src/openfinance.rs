@@ -79,18 +79,21 @@ pub struct Amount {
 }
 
 impl Amount {
-    /// The amount in integer cents; `None` unless it is a decimal with at most two places.
+    /// The amount in integer cents; `None` unless it is a decimal with at most four places, as
+    /// Open Finance Brasil writes amounts (`1000.04`, `1000.0400`); a third and fourth place are
+    /// rounded to the nearest cent, half a cent up.
     pub fn cents(&self) -> Option<i64> {
         let text = self.amount.trim();
         let (units, fraction) = text.split_once('.').unwrap_or((text, ""));
-        if units.is_empty() || fraction.len() > 2 || !units.chars().all(|c| c.is_ascii_digit()) {
+        if units.is_empty() || fraction.len() > 4 || !units.chars().all(|c| c.is_ascii_digit()) {
             return None;
         }
         if !fraction.chars().all(|c| c.is_ascii_digit()) {
             return None;
         }
-        let fraction: i64 = format!("{fraction:0<2}").parse().ok()?;
-        units.parse::<i64>().ok()?.checked_mul(100)?.checked_add(fraction)
+        let ten_thousandths: i64 = format!("{fraction:0<4}").parse().ok()?;
+        let cents = (ten_thousandths + 50) / 100;
+        units.parse::<i64>().ok()?.checked_mul(100)?.checked_add(cents)
     }
 }
 
@@ -294,18 +297,22 @@ impl OpenFinanceClient {
         consent_id: &str,
     ) -> Result<Vec<T>, OpenFinanceError> {
         let mut items = Vec::new();
-        let mut next = Some(url.to_owned());
+        let first = reqwest::Url::parse(url).map_err(|error| OpenFinanceError::Unreachable(error.to_string()))?;
+        let mut next = Some(first.clone());
         let mut pages = 0;
         while let Some(url) = next {
             pages += 1;
             if pages > self.settings.max_pages {
                 return Err(OpenFinanceError::TooManyPages(self.settings.max_pages));
             }
-            let body = self.page(&url, consent_id).await?;
+            let body = self.page(url.as_str(), consent_id).await?;
             let page: Page<T> =
                 serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(error.to_string()))?;
             items.extend(page.data);
-            next = page.links.next.filter(|next| !next.is_empty());
+            next = match page.links.next.filter(|next| !next.is_empty()) {
+                Some(link) => Some(next_page(&first, &url, &link)?),
+                None => None,
+            };
         }
         Ok(items)
     }
@@ -365,9 +372,40 @@ fn urlencode(segment: &str) -> String {
         .collect()
 }
 
+/// The page a `next` link of the page at `current` names, relative links resolved; a link that
+/// leaves the institution's origin (scheme, host and port of the `first` page) is refused, so that
+/// the consent, sent as the bearer of every page, never goes elsewhere.
+fn next_page(first: &reqwest::Url, current: &reqwest::Url, link: &str) -> Result<reqwest::Url, OpenFinanceError> {
+    let next = current
+        .join(link)
+        .map_err(|error| OpenFinanceError::Malformed(format!("the next page's link {link:?}: {error}")))?;
+    if next.origin() != first.origin() {
+        return Err(OpenFinanceError::Malformed(format!(
+            "the next page's link leaves the institution ({} is not {})",
+            next.origin().ascii_serialization(),
+            first.origin().ascii_serialization()
+        )));
+    }
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_links_stay_with_the_institution() {
+        let first = reqwest::Url::parse("https://bank.example/open-banking/accounts/v2/accounts?page=1").unwrap();
+        let same = next_page(&first, &first, "https://bank.example/open-banking/accounts/v2/accounts?page=2");
+        assert_eq!(same.unwrap().as_str(), "https://bank.example/open-banking/accounts/v2/accounts?page=2");
+        let relative = next_page(&first, &first, "accounts?page=3").unwrap();
+        assert_eq!(relative.as_str(), "https://bank.example/open-banking/accounts/v2/accounts?page=3");
+        for elsewhere in
+            ["https://evil.example/steal", "http://bank.example/x", "https://bank.example:8443/x", "//169.254.169.254/"]
+        {
+            assert!(matches!(next_page(&first, &first, elsewhere), Err(OpenFinanceError::Malformed(_))), "{elsewhere}");
+        }
+    }
 
     #[test]
     fn amounts_become_integer_cents() {
@@ -375,7 +413,13 @@ mod tests {
         assert_eq!(amount("100.00").cents(), Some(10_000));
         assert_eq!(amount("0.5").cents(), Some(50));
         assert_eq!(amount("1234").cents(), Some(123_400));
-        for bad in ["", "-1.00", "1.234", "1,00", "abc", ".5"] {
+        // Up to four places, as Open Finance Brasil writes amounts, rounded to the cent.
+        assert_eq!(amount("1000.0400").cents(), Some(100_004));
+        assert_eq!(amount("1.234").cents(), Some(123));
+        assert_eq!(amount("1.005").cents(), Some(101));
+        assert_eq!(amount("1.0049").cents(), Some(100));
+        assert_eq!(amount("0.9999").cents(), Some(100));
+        for bad in ["", "-1.00", "1.23456", "1,00", "abc", ".5", "1.2a"] {
             assert_eq!(amount(bad).cents(), None, "{bad:?}");
         }
         assert_eq!(amount("-12.50").signed_cents(), Some(-1250));

@@ -393,11 +393,14 @@ impl Store {
         let mut inserted = 0;
         for (account_id, item) in &fetched.transactions {
             let amount = item.transaction_amount.cents().ok_or_else(|| {
-                Error::invalid("transactionAmount", format!("transaction {}: not an amount", item.transaction_id))
+                outside_shapes(consent, &format!("transaction {}'s amount is not an amount", item.transaction_id))
             })?;
             let booked_at = DateTime::parse_from_rfc3339(&item.transaction_date_time)
                 .map_err(|_| {
-                    Error::invalid("transactionDateTime", format!("transaction {}: not RFC 3339", item.transaction_id))
+                    outside_shapes(
+                        consent,
+                        &format!("transaction {}'s date and time is not RFC 3339", item.transaction_id),
+                    )
                 })?
                 .with_timezone(&Utc);
             let result = sqlx::query(
@@ -1231,4 +1234,13 @@ fn score_of(row: &AnyRow) -> Result<StoredScore, StoreError> {
             .map_err(|error| StoreError::Corrupt(format!("credit_scores.reasons: {error}")))?,
         created_at: required_time(row, "created_at")?,
     })
+}
+
+/// The error for data an institution sent that is not in the Open Finance shapes: the
+/// institution's fault, not the caller's, so no field of the request is named.
+fn outside_shapes(consent: &Consent, detail: &str) -> Error {
+    Error::Refused(Box::new(tonic::Status::internal(format!(
+        "institution {:?} answered outside the Open Finance shapes: {detail}",
+        consent.institution
+    ))))
 }
