@@ -714,6 +714,8 @@ impl Store {
                 "status": consent.status_at(now).as_str(),
                 "expiresAt": time::stored(consent.expires_at),
                 "createTime": time::stored(consent.created_at),
+                "revokeTime": consent.revoked_at.map(time::stored),
+                "lastIngestionTime": consent.last_ingested_at.map(time::stored),
             })).collect::<Vec<_>>(),
             "accounts": accounts.iter().map(|account| serde_json::json!({
                 "institution": account.institution,
@@ -734,10 +736,11 @@ impl Store {
                 "id": score.id,
                 "score": score.score,
                 "riskBand": score.risk_band,
+                "model": score.model,
                 "modelVersion": score.model_version,
                 "probabilityOfDefault": score.probability,
                 "features": score.features,
-                "bank": score.bank,
+                "bank": in_reais(&score.bank),
                 "reasons": self.words.reasons(&score.reasons, &serde_json::from_value(score.features.clone()).unwrap_or_default())
                     .into_iter()
                     .map(|reason| serde_json::json!({"code": reason.code, "description": reason.description}))
@@ -1243,4 +1246,20 @@ fn outside_shapes(consent: &Consent, detail: &str) -> Error {
         "institution {:?} answered outside the Open Finance shapes: {detail}",
         consent.institution
     ))))
+}
+
+/// A stored bank summary as the API shows it: each `…Cents` amount as a decimal string of reais
+/// named without the suffix (`averageBalanceCents: 90124` → `averageBalance: "901.24"`).
+fn in_reais(bank: &serde_json::Value) -> serde_json::Value {
+    match bank {
+        serde_json::Value::Object(fields) => fields
+            .iter()
+            .map(|(name, value)| match (name.strip_suffix("Cents"), value.as_i64()) {
+                (Some(name), Some(cents)) => (name.to_owned(), crate::scoring::reais(cents).into()),
+                _ => (name.clone(), value.clone()),
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        other => other.clone(),
+    }
 }

@@ -455,13 +455,19 @@ async fn export_and_erasure(backend: Backend) {
     assert_eq!(customer["cpf"], customer_cpf, "{bundle}");
     assert_eq!(customer["consents"][0]["id"], granted["id"]);
     assert_eq!(customer["accounts"][0]["transactions"].as_array().unwrap().len(), 6);
+    let consent = &customer["consents"][0];
+    assert!(consent["lastIngestionTime"].is_string() && consent["revokeTime"].is_null(), "{consent}");
     let scores = customer["creditScores"].as_array().unwrap();
-    assert!(scores[0]["bank"]["averageBalanceCents"].is_i64(), "the bundle holds what the decision read: {bundle}");
     assert!(scores[0]["probabilityOfDefault"].is_f64(), "{bundle}");
     assert_eq!(scores.len(), 1);
     let scored: Value = response.json().await.unwrap();
     assert_eq!(scores[0]["score"], scored["score"], "the score as the API gives it");
     assert_eq!(scores[0]["reasons"], scored["reasons"], "the reasons as the API gives them");
+    assert_eq!((&scores[0]["model"], &scores[0]["modelVersion"]), (&scored["model"], &scored["modelVersion"]));
+    // The bank summary the decision read, its amounts in reais as the API gives them.
+    for (name, value) in scored["bank"].as_object().expect("a bank summary") {
+        assert_eq!(&scores[0]["bank"][name], value, "bank.{name}: {bundle}");
+    }
 
     let erasure = open(&app, &key, json!({"cpf": customer_cpf, "kind": "erasure"})).await;
     let outcome = outcome_of(&erasure, "finquantum");
