@@ -75,7 +75,7 @@ impl CreditHistory {
     fn parse(text: &str) -> Result<Self, Error> {
         Self::NAMES.iter().find(|(name, _)| *name == text.trim()).map(|(_, history)| *history).ok_or_else(|| {
             let names: Vec<&str> = Self::NAMES.iter().map(|(name, _)| *name).collect();
-            Error::invalid("applicant.creditHistory", format!("must be one of {}", names.join(", ")))
+            Error::invalid("applicant.creditHistory", one_of(text, &names))
         })
     }
 
@@ -172,11 +172,11 @@ impl Applicant {
         }
         let housing = fields.housing.trim();
         if !HOUSING.contains(&housing) {
-            return Err(Error::invalid("applicant.housing", format!("must be one of {}", HOUSING.join(", "))));
+            return Err(Error::invalid("applicant.housing", one_of(housing, HOUSING)));
         }
         let purpose = fields.purpose.trim();
         if !PURPOSES.contains(&purpose) {
-            return Err(Error::invalid("applicant.purpose", format!("must be one of {}", PURPOSES.join(", "))));
+            return Err(Error::invalid("applicant.purpose", one_of(purpose, PURPOSES)));
         }
         Ok(Self {
             duration_months,
@@ -588,6 +588,15 @@ pub fn day_of(at: DateTime<Utc>) -> NaiveDate {
     at.date_naive()
 }
 
+/// Why `given` is not one of `names`: left out, or another word.
+fn one_of(given: &str, names: &[&str]) -> String {
+    if given.trim().is_empty() {
+        format!("is required: one of {}", names.join(", "))
+    } else {
+        format!("must be one of {}", names.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,12 +711,17 @@ mod tests {
             DeclaredFields { duration_months: 0, ..good.clone() },
             DeclaredFields { existing_credits: None, ..good.clone() },
             DeclaredFields { dependents: None, ..good.clone() },
+            DeclaredFields { housing: "", ..good.clone() },
+            DeclaredFields { purpose: " ", ..good.clone() },
+            DeclaredFields { credit_history: "", ..good.clone() },
         ] {
             let error = Applicant::parse(&fields).unwrap_err().to_string();
             assert!(error.contains("is required"), "{error}");
         }
         let error = Applicant::parse(&DeclaredFields { age: 17, ..good.clone() }).unwrap_err().to_string();
         assert!(!error.contains("is required") && error.contains("between 18 and 120"), "{error}");
+        let error = Applicant::parse(&DeclaredFields { housing: "castle", ..good.clone() }).unwrap_err();
+        assert!(error.to_string().contains("must be one of own, rent, free"), "{error}");
     }
 
     #[test]
