@@ -550,11 +550,14 @@ impl Resilience {
         guarded.budget.deposit();
         let metrics = metrics();
         let mut attempts = 0;
+        // The failure a retry follows: the answer when the deadline passes during the pause before
+        // it (the timer's granularity may carry a pause past it), as no attempt was then out.
+        let mut retrying: Option<Status> = None;
         loop {
             attempts += 1;
             let started = Instant::now();
             if started >= deadline {
-                return Err(Problem::from_status(&deadline_exceeded(owner)));
+                return Err(Problem::from_status(&retrying.unwrap_or_else(|| deadline_exceeded(owner))));
             }
             let admission = guarded.breaker.admit().map_err(|wait| circuit_open(owner, wait))?;
             let result = match tokio::time::timeout_at(deadline, attempt(deadline - started)).await {
@@ -578,7 +581,9 @@ impl Resilience {
                 return Err(Problem::from_status(&status));
             }
             let pause = self.backoff(attempts);
-            if Instant::now() + pause >= deadline {
+            // A timer wakes up to a millisecond late: a pause that could end past the deadline is
+            // not taken.
+            if Instant::now() + pause + TIMER_GRANULARITY >= deadline {
                 return Err(Problem::from_status(&status));
             }
             if !guarded.budget.try_withdraw() {
@@ -587,6 +592,7 @@ impl Resilience {
             }
             metrics.upstream_retries.with_label_values(&[owner, "sent"]).inc();
             tracing::debug!(upstream = owner, attempt = attempts + 1, "retrying an unavailable upstream");
+            retrying = Some(status);
             tokio::time::sleep(pause).await;
         }
     }
@@ -599,6 +605,9 @@ impl Resilience {
         cap / 2 + (cap / 2).mul_f64(random_fraction())
     }
 }
+
+/// How late tokio's timer may wake a sleep: it counts in whole milliseconds.
+const TIMER_GRANULARITY: Duration = Duration::from_millis(1);
 
 /// A uniform random number in [0, 1).
 fn random_fraction() -> f64 {
