@@ -220,9 +220,9 @@ struct Client {
 const MOST_WAITED: Duration = Duration::from_secs(300);
 
 impl Client {
-    /// `GET path` as JSON; a 429 (after its `Retry-After`, 1 s when absent) or a 503 with a
-    /// `Retry-After` is sent again once that has passed (60 s at most each time), while this
-    /// verification's waits stay within [`MOST_WAITED`] in all.
+    /// `GET path` as JSON; a 429 (after its `Retry-After` in seconds, 1 s when absent) or a 503
+    /// with a `Retry-After` is sent again once that has passed, while this verification's waits
+    /// stay within [`MOST_WAITED`] in all.
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         loop {
@@ -238,7 +238,7 @@ impl Client {
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|value| value.to_str().ok()?.trim().parse::<u64>().ok())
-                .map(|seconds| Duration::from_secs(seconds.clamp(1, 60)));
+                .map(|seconds| Duration::from_secs(seconds.max(1)));
             let body: Value = response.json().await.unwrap_or(Value::Null);
             let wait = match (status, retry_after) {
                 (reqwest::StatusCode::TOO_MANY_REQUESTS, wait) => Some(wait.unwrap_or(Duration::from_secs(1))),

@@ -79,13 +79,13 @@ pub struct Amount {
 }
 
 impl Amount {
-    /// The amount in integer cents; `None` unless it is a decimal with at most four places, as
-    /// Open Finance Brasil writes amounts (`1000.04`, `1000.0400`); a third and fourth place are
-    /// rounded to the nearest cent, half a cent up.
+    /// The amount in integer cents; `None` unless it is a decimal of at most 15 whole digits and
+    /// four places, as Open Finance Brasil writes amounts (`1000.04`, `1000.0400`); a third and
+    /// fourth place are rounded to the nearest cent, half a cent away from zero.
     pub fn cents(&self) -> Option<i64> {
         let text = self.amount.trim();
         let (units, fraction) = text.split_once('.').unwrap_or((text, ""));
-        if units.is_empty() || fraction.len() > 4 || !units.chars().all(|c| c.is_ascii_digit()) {
+        if units.is_empty() || units.len() > 15 || fraction.len() > 4 || !units.chars().all(|c| c.is_ascii_digit()) {
             return None;
         }
         if !fraction.chars().all(|c| c.is_ascii_digit()) {
@@ -419,7 +419,9 @@ mod tests {
         assert_eq!(amount("1.005").cents(), Some(101));
         assert_eq!(amount("1.0049").cents(), Some(100));
         assert_eq!(amount("0.9999").cents(), Some(100));
-        for bad in ["", "-1.00", "1.23456", "1,00", "abc", ".5", "1.2a"] {
+        assert_eq!(amount("-1.005").signed_cents(), Some(-101));
+        assert_eq!(amount("999999999999999.9999").cents(), Some(100_000_000_000_000_000));
+        for bad in ["", "-1.00", "1.23456", "1,00", "abc", ".5", "1.2a", "1000000000000000.00"] {
             assert_eq!(amount(bad).cents(), None, "{bad:?}");
         }
         assert_eq!(amount("-12.50").signed_cents(), Some(-1250));

@@ -590,10 +590,12 @@ impl Resilience {
                 metrics.upstream_retries.with_label_values(&[owner, "over_budget"]).inc();
                 return Err(Problem::from_status(&status));
             }
-            metrics.upstream_retries.with_label_values(&[owner, "sent"]).inc();
             tracing::debug!(upstream = owner, attempt = attempts + 1, "retrying an unavailable upstream");
             retrying = Some(status);
             tokio::time::sleep(pause).await;
+            if Instant::now() < deadline {
+                metrics.upstream_retries.with_label_values(&[owner, "sent"]).inc();
+            }
         }
     }
 
