@@ -166,6 +166,11 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
 
 /// Prints the verdict and returns the exit code: 0 verified, 1 tampered, 2 not verifiable.
 pub async fn run(args: &VerifyArgs) -> u8 {
+    // A key that is no key is a wrong argument (64), not a log that cannot be verified (2).
+    if let Some(Err(error)) = args.public_key.as_deref().map(CheckpointVerifier::from_base64) {
+        eprintln!("aigronova audit verify: --public-key: {error}");
+        return 64;
+    }
     match verify(args).await {
         Ok(Verdict::Verified { tree_size, root_hash, key_id }) => {
             match args.entry {

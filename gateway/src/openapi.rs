@@ -934,7 +934,7 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
         "Problem": {
             "type": "object",
             "description": "An RFC 9457 problem document.",
-            "required": ["type", "title", "status", "detail"],
+            "required": ["type", "title", "status", "detail", "instance", "requestId"],
             "properties": {
                 "type": {"type": "string", "format": "uri", "description": "Identifies the kind of problem."},
                 "title": {"type": "string", "description": "The HTTP status's reason phrase."},

@@ -124,6 +124,13 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let route = matched.route;
     facts.route = Some(route.template.clone());
     let principal = auth::authenticate(state, &parts.headers).await?;
+    if principal.tenant_id.is_none() {
+        // An administrator's key holds none of a tenant's scopes: refused as a key without the scope.
+        return Err(Problem::insufficient_scope(
+            &route.scope,
+            "administrator keys cannot call tenant APIs; use a key of the tenant",
+        ));
+    }
     let tenant_id = auth::require_tenant(&principal)?;
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;

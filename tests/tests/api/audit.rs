@@ -341,6 +341,8 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
     // A wrong public key is not a verdict on the log: the checkpoint cannot be trusted.
     let stranger = aigronova_ai_governance::checkpoint::CheckpointSigner::generate().public_key().to_base64();
     assert_eq!(audit::run(&verify_args(&app, &key, &stranger, None)).await, 2);
+    // A key that is no key is a wrong argument.
+    assert_eq!(audit::run(&verify_args(&app, &key, "not base64", None)).await, 64);
     app.stop().await;
 }
 

@@ -31,7 +31,10 @@ async fn the_admin_api_needs_the_admin_key() {
 async fn the_admin_key_cannot_call_tenant_apis() {
     let app = spawn_app(Backend::Sqlite).await;
     let response = app.get("/v1/health/patients/anything", &app.admin_key).await;
-    assert_problem(response, 403).await;
+    let challenge = response.headers().get("www-authenticate").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer error="insufficient_scope", scope="health:read""#));
+    let problem = assert_problem(response, 403).await;
+    assert!(problem["detail"].as_str().unwrap().contains("administrator keys cannot call tenant APIs"), "{problem}");
     app.stop().await;
 }
 
