@@ -255,7 +255,11 @@ impl Reporter {
             "framework": match framework { Framework::Iso27001 => "iso27001", Framework::Soc2 => "soc2", Framework::Lgpd => "lgpd" },
             "title": framework.title(),
             "tenantId": tenant_id,
-            "period": {"from": start, "to": end},
+            // As the proto3 JSON mapping writes times: the fraction only as far as it goes.
+            "period": {
+                "from": from.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                "to": to.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            },
             "generatedAt": rfc3339(Utc::now()),
             "controls": controls,
             "audit": {

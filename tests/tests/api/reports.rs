@@ -46,6 +46,7 @@ async fn reports_carry_the_evidence(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(lgpd["framework"], "lgpd");
+    assert_eq!(lgpd["period"]["from"], "2026-01-01T00:00:00Z", "{}", lgpd["period"]);
     assert_eq!(lgpd["audit"]["decisionsByModel"]["breast-cancer"], 2);
     assert_eq!(lgpd["audit"]["byKind"]["subject_request"], 1);
     assert_eq!(lgpd["subjectRequests"]["total"], 1);
