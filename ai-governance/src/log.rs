@@ -243,8 +243,15 @@ impl LogStore {
         Ok(log.latest.clone().expect("loaded above"))
     }
 
-    /// The checkpoint signed when the log of `tenant_id` reached `tree_size`.
+    /// The checkpoint signed when the log of `tenant_id` reached `tree_size`; for size 0, while the
+    /// log is empty, the one [`Self::latest_checkpoint`] gives (an empty log's, signed on demand).
     pub async fn checkpoint_at(&self, tenant_id: &str, tree_size: u64) -> Result<SignedCheckpoint, Error> {
+        if tree_size == 0 {
+            let latest = self.latest_checkpoint(tenant_id).await?;
+            if latest.body.tree_size == 0 {
+                return Ok(latest);
+            }
+        }
         let not_found = || {
             Error::NotFound(format!(
                 "a checkpoint of tree size {tree_size} (checkpoints are signed at the end of each batch, not at every \

@@ -266,6 +266,20 @@ async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_on
 }
 
 #[tokio::test]
+async fn an_empty_logs_checkpoint_is_served_at_size_zero_too() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Clínica Nova", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let latest = checkpoint(&app, &key).await;
+    assert_eq!(tree_size(&latest), 0, "{latest}");
+    let at_zero = app.get("/v1/governance/audit/checkpoint?treeSize=0", &key).await;
+    assert_eq!(at_zero.status(), 200);
+    let at_zero: Value = at_zero.json().await.unwrap();
+    assert_eq!(at_zero["rootHash"], latest["rootHash"], "{at_zero}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn the_cli_waits_as_a_rate_limited_gateway_says() {
     let app = spawn_app(Backend::Sqlite).await;
     let tenant = app.create_tenant_on("Clínica Pequena", "starter").await;
