@@ -641,6 +641,23 @@ impl Store {
         self.any_row(tenant_id, query, id).await
     }
 
+    /// When this database last recorded anything of `tenant_id` (a patient written, an assessment
+    /// or an image stored); `None` when it holds nothing of the tenant.
+    pub(crate) async fn newest_write(&self, tenant_id: &str) -> Result<Option<chrono::DateTime<Utc>>, Error> {
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        let newest: Option<String> = sqlx::query_scalar(
+            "SELECT MAX(at) FROM (SELECT MAX(COALESCE(updated_at, created_at)) AS at FROM patients WHERE tenant_id = $1 UNION ALL \
+             SELECT MAX(created_at) FROM assessments WHERE tenant_id = $1 UNION ALL \
+             SELECT MAX(created_at) FROM images WHERE tenant_id = $1) AS writes",
+        )
+        .bind(tenant_id)
+        .fetch_one(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(newest.and_then(|at| chrono::DateTime::parse_from_rfc3339(&at).ok()).map(|at| at.with_timezone(&Utc)))
+    }
+
     /// Whether `query`, bound to `tenant_id` and `id`, finds a row, in a read of the tenant.
     async fn any_row(&self, tenant_id: &str, query: &'static str, id: &str) -> Result<bool, Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;

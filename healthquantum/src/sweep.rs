@@ -9,8 +9,10 @@
 //! a data key here is passed over, an image is deleted only when it opens with the tenant's key,
 //! and a report only when its assessment is here and its patient erased or gone (a report whose
 //! assessment went with its patient's deletion, after a failed delete of the object, stays).
-//! After the database is restored to an earlier time, the images uploaded since are unknown to it
-//! and are deleted; restore the object store to the same time, or from its versions.
+//! An image is deleted only when written before the tenant's last write to this database (a
+//! patient, an assessment, another image): after the database is restored to an earlier time, the
+//! images uploaded since are unknown to it and newer than all it holds, and stay. An upload cut
+//! short is swept once the tenant writes again.
 
 use std::time::Duration;
 
@@ -59,9 +61,15 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
             if !store.holds_data_key(tenant_id).await? {
                 continue;
             }
+            // Images written after the tenant's last write here are not this database's to judge.
+            let images_before = match store.newest_write(tenant_id).await? {
+                Some(newest) => newest.min(written_before),
+                None if top == "images" => continue,
+                None => written_before,
+            };
             for (key, written) in objects.list_level(&tenant_prefix).await?.objects {
                 let name = key.rsplit('/').next().unwrap_or_default();
-                if written > written_before {
+                if written > written_before || (top == "images" && written >= images_before) {
                     continue;
                 }
                 let wanted = if top == "images" {
@@ -182,10 +190,20 @@ mod tests {
         for (key, bytes) in kept.iter().chain(&orphans) {
             objects.put(key, bytes.clone()).await.unwrap();
         }
+        // Until the tenant writes again, every image object is newer than all the database holds,
+        // as after a restore to an earlier time: none is judged.
+        assert_eq!(sweep(&store, &objects, Duration::ZERO).await.unwrap(), 1, "the erased patient's report alone");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sqlx::query("UPDATE patients SET updated_at = $1 WHERE id = $2")
+            .bind(aigronova_platform::time::stored(Utc::now()))
+            .bind(patient.id.to_string())
+            .execute(database.pool())
+            .await
+            .unwrap();
 
         // Younger than the settling time, an orphan may be an upload whose record is on its way.
         assert_eq!(sweep(&store, &objects, SETTLE).await.unwrap(), 0);
-        assert_eq!(sweep(&store, &objects, Duration::ZERO).await.unwrap(), orphans.len());
+        assert_eq!(sweep(&store, &objects, Duration::ZERO).await.unwrap(), orphans.len() - 1);
         for (key, _) in orphans {
             assert_eq!(objects.get(key).await.unwrap(), None, "{key}");
         }
