@@ -139,20 +139,29 @@ struct RedisBus {
     client: redis::Client,
     publisher: redis::aio::ConnectionManager,
     channel: String,
+    /// The longest a publication may take (`gateway.rate_limit.redis_timeout_ms`).
+    timeout: Duration,
 }
 
 impl Invalidation {
     /// `redis_url` set: evictions are published on `<prefix>key-invalidation` and heard by every
-    /// replica once [`Invalidation::listen`] runs.
-    pub(crate) fn new(keys: KeyCache, redis_url: Option<&str>, prefix: &str) -> anyhow::Result<Self> {
+    /// replica once [`Invalidation::listen`] runs; a publication waits `timeout` at most, one
+    /// attempt, so that an administrator's call is not held by a Redis that cannot be reached.
+    pub(crate) fn new(
+        keys: KeyCache,
+        redis_url: Option<&str>,
+        prefix: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let redis = redis_url
             .map(|url| -> anyhow::Result<RedisBus> {
                 let client = redis::Client::open(url)?;
                 let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(Duration::from_secs(1)));
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout));
                 let publisher = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-                Ok(RedisBus { client, publisher, channel: format!("{prefix}key-invalidation") })
+                Ok(RedisBus { client, publisher, channel: format!("{prefix}key-invalidation"), timeout })
             })
             .transpose()?;
         // Until the channel is subscribed, other replicas' evictions would be missed.
@@ -174,8 +183,13 @@ impl Invalidation {
     /// (`key_cache_secs`).
     async fn publish(&self, message: &str) {
         let Some(bus) = &self.redis else { return };
-        let published: redis::RedisResult<i64> =
-            redis::cmd("PUBLISH").arg(&bus.channel).arg(message).query_async(&mut bus.publisher.clone()).await;
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(&bus.channel).arg(message);
+        let mut publisher = bus.publisher.clone();
+        let publishing = command.query_async::<i64>(&mut publisher);
+        let published = tokio::time::timeout(bus.timeout, publishing)
+            .await
+            .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "publishing timed out"))));
         if let Err(error) = published {
             tracing::warn!(%error, "key invalidation not published; other replicas catch up when their cache expires");
         }

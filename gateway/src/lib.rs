@@ -297,8 +297,12 @@ impl Gateway {
         }
         let keys = keys::KeyCache::new(store.clone(), Duration::from_secs(config.key_cache_secs));
         let limiter = ratelimit::RateLimiter::connect(config.redis_url.as_deref(), &config.rate_limit).await?;
-        let invalidation =
-            keys::Invalidation::new(keys.clone(), config.redis_url.as_deref(), &config.rate_limit.redis_key_prefix)?;
+        let invalidation = keys::Invalidation::new(
+            keys.clone(),
+            config.redis_url.as_deref(),
+            &config.rate_limit.redis_key_prefix,
+            Duration::from_millis(config.rate_limit.redis_timeout_ms),
+        )?;
         let api_docs = openapi::ApiDocs::new(&routes, &pool)?;
         let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
         let jwt = match &config.oidc {
