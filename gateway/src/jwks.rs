@@ -62,8 +62,6 @@ pub(crate) enum FetchError {
     TooLarge,
     #[error("not a JWKS document: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("no usable signing key (RSA of 2048 bits or more, P-256 or Ed25519, each with a kid)")]
-    NoUsableKey,
 }
 
 /// Why [`Jwks::key`] has no key for a `kid`.
@@ -258,8 +256,14 @@ impl Jwks {
                 named.push(Arc::new(key));
             }
         }
+        // The provider's word on its keys, even when it withdraws them all: tokens are then refused
+        // (401), not verified with keys it no longer publishes.
         if keys.is_empty() {
-            return Err(FetchError::NoUsableKey);
+            tracing::warn!(
+                url = %self.url,
+                "the JWKS holds no usable signing key (RSA of 2048 bits or more, P-256 or Ed25519, each with a kid); \
+                 tokens are refused until it does"
+            );
         }
         Ok(keys)
     }

@@ -280,6 +280,22 @@ async fn known_keys_keep_working_while_the_jwks_endpoint_fails_and_unknown_ones_
 }
 
 #[tokio::test]
+async fn keys_the_provider_withdraws_stop_verifying_once_the_jwks_is_fetched_again() {
+    let key = TestKey::rsa("rsa-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+    let patient_path = format!("/v1/health/patients/{}", app.create_patient(&token).await);
+    // Every key withdrawn (an emergency rotation): the next fetch empties the cache.
+    provider.publish(&[]);
+    let unknown = key.sign_as("rsa-2", &provider.claims(&tenant, READ_WRITE));
+    assert_invalid_token(app.get(&patient_path, &unknown).await).await;
+    assert_invalid_token(app.get(&patient_path, &token).await).await;
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_token_whose_jwks_cannot_be_fetched_at_all_gets_503_with_retry_after() {
     let key = TestKey::rsa("rsa-1");
     let provider = FakeOidcProvider::start(&[&key]).await;
