@@ -32,11 +32,19 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
         .get(header::AUTHORIZATION)
         .and_then(|value| bearer_credential(value.as_bytes()))
         .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
-    // A Bearer credential is visible ASCII (RFC 6750's b64token); any other is no key and no token.
+    // A Bearer credential is visible ASCII (RFC 6750's b64token); any other is no key and no token,
+    // told as what it was meant to be.
     let key = std::str::from_utf8(credential)
         .ok()
         .filter(|key| key.bytes().all(|byte| byte.is_ascii_graphic()))
-        .ok_or_else(|| Problem::invalid_token("the API key is not valid"))?;
+        .ok_or_else(|| {
+            let meant = String::from_utf8_lossy(credential);
+            if state.jwt.is_some() && jwt::meant_as_jwt(&meant) {
+                Problem::invalid_token("the token is not a well-formed JWT")
+            } else {
+                Problem::invalid_token("the API key is not valid")
+            }
+        })?;
     if let Some(authenticator) = &state.jwt
         && jwt::meant_as_jwt(key)
     {

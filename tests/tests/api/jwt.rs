@@ -181,9 +181,15 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
     }
     // A credential shaped as no JWT can be is told it is a malformed token, not an unknown API key.
     let header = b64(&json!({"typ": "JWT", "kid": "rsa-1"}));
-    for malformed in
-        [format!("{header}.e30.c2ln"), "a.b.c.d.e".to_owned(), "ey.+/=.x".to_owned(), r#"{"payload":"e30"}"#.to_owned()]
-    {
+    for malformed in [
+        format!("{header}.e30.c2ln"),
+        "a.b.c.d.e".to_owned(),
+        "ey.+/=.x".to_owned(),
+        r#"{"payload":"e30"}"#.to_owned(),
+        // Not visible ASCII, as no credential is: still told as the token it was meant to be.
+        format!("{header}.e30.c2ln\u{e9}"),
+        format!("{header}.e30.c2ln, Bearer {header}.e30.c2ln"),
+    ] {
         let problem = assert_invalid_token(app.post("/v1/health/patients", &malformed, &patient()).await).await;
         assert_eq!(problem["detail"], "the token is not a well-formed JWT", "{malformed}");
     }
