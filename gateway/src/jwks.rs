@@ -10,7 +10,7 @@ use std::{
         Arc, Mutex, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -71,9 +71,9 @@ pub(crate) enum MissingKey {
     NotPublished,
     /// The JWKS names keys of other kinds only by this `kid`.
     OtherKind,
-    /// The JWKS fetched last, less than the minimum interval ago, does not hold the key; the next
-    /// fetch may be attempted after `retry_after`.
-    NotFetchedYet { retry_after: Duration },
+    /// The JWKS fetched last, less than the minimum interval ago (at `fetched_at`), does not hold
+    /// the key; the next fetch may be attempted after `retry_after`.
+    NotFetchedYet { retry_after: Duration, fetched_at: Option<SystemTime> },
     /// The JWKS cannot be fetched now, so the key may well be published; the next fetch may be
     /// attempted after `retry_after`.
     Unreachable { retry_after: Duration },
@@ -90,6 +90,8 @@ struct JwksDocument {
 struct Snapshot {
     keys: HashMap<String, Vec<Arc<VerificationKey>>>,
     fetched_at: Option<Instant>,
+    /// `fetched_at` on the wall clock, which tokens' `iat` is compared with.
+    fetched_when: Option<SystemTime>,
 }
 
 impl Snapshot {
@@ -174,7 +176,9 @@ impl Jwks {
                 Err(MissingKey::Unreachable { retry_after: self.min_interval.saturating_sub(at.elapsed()) })
             }
             // Not fetched for this request: the key may have been published since the last fetch.
-            (None, Some(retry_after)) => Err(MissingKey::NotFetchedYet { retry_after }),
+            (None, Some(retry_after)) => {
+                Err(MissingKey::NotFetchedYet { retry_after, fetched_at: self.snapshot().fetched_when })
+            }
             (None, None) => Err(MissingKey::NotPublished),
         }
     }
@@ -205,7 +209,11 @@ impl Jwks {
         match self.fetch().await {
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
-                let snapshot = Arc::new(Snapshot { keys, fetched_at: Some(Instant::now()) });
+                let snapshot = Arc::new(Snapshot {
+                    keys,
+                    fetched_at: Some(Instant::now()),
+                    fetched_when: Some(SystemTime::now()),
+                });
                 *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
                 *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
             }

@@ -287,7 +287,16 @@ impl JwtAuthenticator {
             MissingKey::NotPublished => TokenError::UnknownKey,
             MissingKey::OtherKind => TokenError::KeyMismatch,
             MissingKey::Unreachable { retry_after } => TokenError::KeysUnreachable { retry_after },
-            MissingKey::NotFetchedYet { retry_after } => TokenError::KeyNotFetchedYet { retry_after },
+            // Issued before the JWKS fetched last, which lacks its key: the provider had published
+            // the key it signs with by then, or never will (the `iat` read unverified, as it can only
+            // turn one refusal into another).
+            MissingKey::NotFetchedYet { fetched_at: Some(fetched), .. }
+                if unverified_iat(token)
+                    .is_some_and(|issued| issued.saturating_add(self.leeway_secs as i64) < unix_seconds(fetched)) =>
+            {
+                TokenError::UnknownKey
+            }
+            MissingKey::NotFetchedYet { retry_after, .. } => TokenError::KeyNotFetchedYet { retry_after },
         })?;
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding_key, &self.validation(algorithm))
             .map_err(|error| match token_error(error.into_kind()) {
@@ -371,6 +380,16 @@ fn token_header(token: &str) -> Result<TokenHeader, TokenError> {
 }
 
 /// Whether the payload of `token` has a member named `claim`, whatever its value.
+/// The token's `iat` (seconds since the epoch), read without verifying the token.
+fn unverified_iat(token: &str) -> Option<i64> {
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    serde_json::from_slice::<Map<String, Value>>(&payload).ok()?.get("iat")?.as_i64()
+}
+
+fn unix_seconds(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64)
+}
+
 fn payload_names(token: &str, claim: &str) -> bool {
     token
         .split('.')

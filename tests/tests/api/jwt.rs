@@ -246,6 +246,31 @@ async fn the_gateway_follows_a_key_rotation_with_one_fetch_for_concurrent_reques
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_kid_the_last_fetch_lacked_is_a_401_for_tokens_issued_before_it_and_a_503_for_newer_ones() {
+    let key = TestKey::rsa("rsa-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |oidc| oidc.jwks_min_refresh_interval_secs = 60).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let mut old_claims = provider.claims(&tenant, READ_WRITE);
+    old_claims["iat"] = json!(old_claims["iat"].as_i64().unwrap() - 120);
+    let retired = TestKey::rsa("rsa-0");
+    // Within the minimum interval no fetch is made; a token issued two minutes before the fetch
+    // (past the leeway) names a key the provider would have published by then: refused for good.
+    for _ in 0..3 {
+        assert_invalid_token(app.post("/v1/health/patients", &retired.sign(&old_claims), &patient()).await).await;
+    }
+    // One issued now may name a key published since: it is told to come back.
+    let fresh = retired.sign(&provider.claims(&tenant, READ_WRITE));
+    let response = app.post("/v1/health/patients", &fresh, &patient()).await;
+    assert!(response.headers().contains_key("retry-after"), "{:?}", response.headers());
+    let problem = assert_problem(response, 503).await;
+    assert!(problem["detail"].as_str().unwrap().contains("retry shortly"), "{problem}");
+    assert_eq!(provider.fetches(), 1, "no fetch within the minimum interval");
+    assert_eq!(app.count_health_rows("patients").await, 0);
+    app.stop().await;
+}
+
 /// Checks a 503 for a token whose key cannot be fetched: `Retry-After`, no `invalid_token`
 /// challenge (the token may be good), and a detail that says so.
 async fn assert_keys_unreachable(response: reqwest::Response) {
