@@ -113,7 +113,7 @@ pub(crate) struct Jwks {
     attempts: AtomicU64,
     /// Held during a fetch (single flight); holds the time of the last attempt.
     refresh: tokio::sync::Mutex<Option<Instant>>,
-    /// When the last fetch failed; `None` once one succeeds.
+    /// When the last failed fetch began; `None` once one succeeds.
     failed_at: Mutex<Option<Instant>>,
     background_refresh: AtomicBool,
 }
@@ -205,7 +205,8 @@ impl Jwks {
             tracing::debug!("JWKS fetched recently; not fetching it again yet");
             return Some(self.min_interval.saturating_sub(at.elapsed()));
         }
-        *last_attempt = Some(Instant::now());
+        let started = Instant::now();
+        *last_attempt = Some(started);
         match self.fetch().await {
             Ok(keys) => {
                 tracing::info!(url = %self.url, keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
@@ -220,7 +221,8 @@ impl Jwks {
             Err(error) => {
                 let cached = self.snapshot().keys.values().map(Vec::len).sum::<usize>();
                 tracing::warn!(url = %self.url, %error, cached, "JWKS fetch failed; keeping the cached keys");
-                *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+                // When the failed attempt began, from which the minimum interval to the next counts.
+                *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
             }
         }
         self.attempts.fetch_add(1, Ordering::SeqCst);
