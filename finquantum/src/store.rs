@@ -403,6 +403,7 @@ impl Store {
                     )
                 })?
                 .with_timezone(&Utc);
+            let name = crate::mask_card_numbers(&item.transaction_name);
             let result = sqlx::query(
                 "INSERT INTO transactions (tenant_id, customer_id, institution, account_id, transaction_id, credit, \
                  kind, name, amount_cents, currency, booked_at, fetched_at) \
@@ -416,7 +417,7 @@ impl Store {
             .bind(&item.transaction_id)
             .bind(i64::from(item.credit_debit_type == "CREDITO"))
             .bind(&item.kind)
-            .bind(crate::mask_card_numbers(&item.transaction_name))
+            .bind(&name)
             .bind(amount)
             .bind(&item.transaction_amount.currency)
             .bind(time::stored(booked_at))
@@ -425,6 +426,22 @@ impl Store {
             .await
             .map_err(StoreError::from)?;
             inserted += result.rows_affected();
+            if result.rows_affected() == 0 {
+                // Stored before: its name as masked now, should an earlier masking have missed a card.
+                sqlx::query(
+                    "UPDATE transactions SET name = $6 WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+                     AND account_id = $4 AND transaction_id = $5 AND name <> $6",
+                )
+                .bind(tenant_id)
+                .bind(&consent.customer_id)
+                .bind(&consent.institution)
+                .bind(account_id)
+                .bind(&item.transaction_id)
+                .bind(&name)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+            }
         }
         if !kept.is_empty() {
             let held = read_accounts_only(&mut transaction, tenant_id, &consent.customer_id).await?;

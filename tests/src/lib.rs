@@ -428,13 +428,12 @@ impl TestApp {
 
     /// Runs `sql` on ai-governance's database directly, as someone with database access would.
     pub async fn execute_on_governance(&self, sql: &str) -> u64 {
-        sqlx::any::install_default_drivers();
-        let mut connection = sqlx::AnyConnection::connect(&self.governance_database_url).await.expect("database opens");
-        sqlx::query(AssertSqlSafe(sql.to_owned()))
-            .execute(&mut connection)
-            .await
-            .expect("statement runs")
-            .rows_affected()
+        execute_on(&self.governance_database_url, sql).await
+    }
+
+    /// Runs `sql` on finquantum's database directly, as a row stored by an earlier release would be.
+    pub async fn execute_on_fin(&self, sql: &str) -> u64 {
+        execute_on(&self.fin_database_url, sql).await
     }
 
     /// Stops every server of the platform, as a restart of the processes would, and starts them
@@ -525,4 +524,11 @@ pub fn pdf_text(pdf: &[u8]) -> String {
         });
     assert!(output.status.success(), "pdftotext refused the PDF: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).expect("pdftotext writes UTF-8")
+}
+
+/// Runs `sql` on the database at `url` directly; the rows it affected.
+async fn execute_on(url: &str, sql: &str) -> u64 {
+    sqlx::any::install_default_drivers();
+    let mut connection = sqlx::AnyConnection::connect(url).await.expect("database opens");
+    sqlx::query(AssertSqlSafe(sql.to_owned())).execute(&mut connection).await.expect("statement runs").rows_affected()
 }

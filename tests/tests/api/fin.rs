@@ -654,6 +654,16 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     assert!(text.contains("FOLHA_PAGAMENTO") && text.contains("****1111"), "{statement}");
     assert!(!text.contains("4111 1111 1111 1111"), "a card number in clear: {statement}");
     assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%4111 1111%'").await, 0);
+    // A name an earlier masking missed is masked again when its transaction is fetched again.
+    let unmasked = app
+        .execute_on_fin(
+            "UPDATE transactions SET name = REPLACE(name, '****1111', '4111 1111 1111 1111') WHERE name LIKE '%****1111%'",
+        )
+        .await;
+    assert!(unmasked > 0);
+    let again: Value = ingest(&app, &key, granted["id"].as_str().unwrap()).await.json().await.unwrap();
+    assert_eq!(again["newTransactions"], 0, "{again}");
+    assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%4111 1111%'").await, 0);
 
     // A second consent of the customer is a second set of accounts, each with one history, rather
     // than another history of the same accounts.
