@@ -129,9 +129,17 @@ pub(crate) fn metrics() -> &'static Metrics {
                 tracing::warn!(%error, "gateway metric not registered");
             }
         }
+        // Every reason's series from the start, at 0, so that an alert on its increase sees the
+        // first refusal rather than a series appearing.
+        for reason in RATE_LIMIT_REASONS {
+            metrics.rate_limited.with_label_values(&[reason]);
+        }
         metrics
     })
 }
+
+/// The reasons `aigronova_gateway_rate_limited_total` counts refusals by.
+pub(crate) const RATE_LIMIT_REASONS: [&str; 4] = ["tenant", "key", "quota", "concurrency"];
 
 /// `GET /metrics` in the Prometheus text format.
 pub(crate) async fn render() -> Response {

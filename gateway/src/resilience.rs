@@ -358,7 +358,8 @@ fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let amount: u64 = digits.parse().ok()?;
+    // A positive integer, as gRPC's TimeoutValue is.
+    let amount: u64 = digits.parse().ok().filter(|amount| *amount > 0)?;
     Some(match unit {
         'H' => Duration::from_secs(amount * 3600),
         'M' => Duration::from_secs(amount * 60),
@@ -387,7 +388,8 @@ impl CallPolicy {
             Some(value) => {
                 let timeout = value.to_str().ok().and_then(parse_grpc_timeout).ok_or_else(|| {
                     Problem::bad_request(
-                        "the grpc-timeout header must be 1 to 8 digits and a unit (H, M, S, m, u or n), e.g. 250m",
+                        "the grpc-timeout header must be a positive number of 1 to 8 digits and a unit (H, M, S, m, u \
+                         or n), e.g. 250m",
                     )
                 })?;
                 Some(Instant::now() + timeout)
@@ -557,7 +559,11 @@ impl Resilience {
             attempts += 1;
             let started = Instant::now();
             if started >= deadline {
-                return Err(Problem::from_status(&retrying.unwrap_or_else(|| deadline_exceeded(owner))));
+                // Passed before any call left (a deadline of a few microseconds): no upstream is to blame.
+                let status = retrying.unwrap_or_else(|| {
+                    Status::deadline_exceeded(format!("the deadline passed before {owner} was called"))
+                });
+                return Err(Problem::from_status(&status));
             }
             let admission = guarded.breaker.admit().map_err(|wait| circuit_open(owner, wait))?;
             let result = match tokio::time::timeout_at(deadline, attempt(deadline - started)).await {
@@ -717,10 +723,14 @@ mod tests {
             ("250m", Duration::from_millis(250)),
             ("1500u", Duration::from_micros(1500)),
             ("99999999n", Duration::from_nanos(99_999_999)),
-            ("0m", Duration::ZERO),
+            ("00000001S", Duration::from_secs(1)),
         ];
         for (value, expected) in cases {
             assert_eq!(parse_grpc_timeout(value), Some(expected), "{value}");
+        }
+        // gRPC's timeout is a positive integer of at most 8 digits and a unit.
+        for value in ["0m", "00S", "123456789m", "5", "5s", "-1S", ""] {
+            assert_eq!(parse_grpc_timeout(value), None, "{value}");
         }
     }
 

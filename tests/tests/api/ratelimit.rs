@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use aigronova_cli::AppConfig;
-use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, redis_url, spawn_app_with, unique_redis_prefix};
+use aigronova_e2e::{
+    Backend, TestApp, assert_problem, models_dir, redis_url, spawn_app, spawn_app_with, unique_redis_prefix,
+};
 use aigronova_gateway::{plans::PlanLimits, ratelimit::RedisFailure};
 use serde_json::{Value, json};
 
@@ -49,6 +51,17 @@ async fn counter(app: &TestApp, series: &str) -> u64 {
         .lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
         .map_or(0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn every_refusal_reason_is_a_series_from_the_start() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+    for reason in ["tenant", "key", "quota", "concurrency"] {
+        let series = format!(r#"aigronova_gateway_rate_limited_total{{reason="{reason}"}} "#);
+        assert!(metrics.lines().any(|line| line.starts_with(&series)), "{reason}: {metrics}");
+    }
+    app.stop().await;
 }
 
 const RATE_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="tenant"}"#;
