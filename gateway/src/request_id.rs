@@ -33,15 +33,16 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b))
 }
 
-/// The request's id, the client's when acceptable, set on `request` for the services; returns it
-/// and its header value, which the response carries back.
+/// The request's id, the client's when it sent one acceptable id (two are none: which one is meant
+/// is not for the gateway to guess), set on `request` for the services; returns it and its header
+/// value, which the response carries back.
 pub(crate) fn adopt(request: &mut Request) -> (String, HeaderValue) {
-    let id = request
-        .headers()
-        .get(&HEADER)
-        .and_then(|value| value.to_str().ok())
-        .filter(|id| acceptable(id))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    let mut given = request.headers().get_all(&HEADER).iter();
+    let id = match (given.next(), given.next()) {
+        (Some(only), None) => only.to_str().ok().filter(|id| acceptable(id)).map(str::to_owned),
+        _ => None,
+    }
+    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let value = HeaderValue::from_str(&id).expect("request ids are printable ASCII");
     request.headers_mut().insert(HEADER, value.clone());
     (id, value)

@@ -98,6 +98,18 @@ async fn the_request_id_is_returned_and_reused_when_sane() {
     let response = app.client.get(app.url("/healthz")).header("x-request-id", "<script>").send().await.unwrap();
     let generated = response.headers()["x-request-id"].to_str().unwrap();
     assert!(uuid::Uuid::parse_str(generated).is_ok(), "{generated}");
+    // Two ids are none: one is generated, and neither given one comes back.
+    let response = app
+        .client
+        .get(app.url("/healthz"))
+        .header("x-request-id", "first-1")
+        .header("x-request-id", "second-2")
+        .send()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = response.headers().get_all("x-request-id").iter().map(|id| id.to_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(uuid::Uuid::parse_str(ids[0]).is_ok(), "{ids:?}");
     app.stop().await;
 }
 
