@@ -397,8 +397,8 @@ const CARD_LENGTHS: [usize; 7] = [16, 15, 19, 13, 14, 17, 18];
 fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> String {
     let value: Vec<char> = digits.iter().map(|&at| chars[at]).collect();
     let group_starts: Vec<bool> = digits.iter().map(|&at| at == start || !chars[at - 1].is_ascii_digit()).collect();
-    // For each digit, the window (its first and one past its last digit) that masks it.
-    let mut window: Vec<Option<(usize, usize)>> = vec![None; digits.len()];
+    // For each digit, the end (one past the last digit) of the window that masks it.
+    let mut window: Vec<Option<usize>> = vec![None; digits.len()];
     let mut first = 0;
     while first < digits.len() {
         let found = group_starts[first]
@@ -411,7 +411,7 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
             .flatten();
         match found {
             Some(last) => {
-                window[first..last].iter_mut().for_each(|masked| *masked = Some((first, last)));
+                window[first..last].iter_mut().for_each(|masked| *masked = Some(last));
                 first = last;
             }
             None => first += 1,
@@ -422,7 +422,7 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
     let mut at = start;
     while at < end {
         match (digits.get(digit), window.get(digit).copied().flatten()) {
-            (Some(&position), Some((_, last))) if position == at => {
+            (Some(&position), Some(last)) if position == at => {
                 // The window's digits, and the separators between them, as `****` and its last four.
                 out.push_str("****");
                 out.extend(&value[last - 4..last]);

@@ -85,12 +85,12 @@ pub(crate) fn require_scope(principal: &Principal, scope: &str) -> Result<(), Pr
     Err(Problem::insufficient_scope(scope, detail))
 }
 
-/// The tenant a tenant API needs; administrator keys and suspended tenants are refused.
-pub(crate) fn require_tenant(principal: &Principal) -> Result<&str, Problem> {
-    let tenant_id = principal
-        .tenant_id
-        .as_deref()
-        .ok_or_else(|| Problem::forbidden("administrator keys cannot call tenant APIs; use a key of the tenant"))?;
+/// The tenant a tenant API that needs `scope` is called for; suspended tenants are refused, and
+/// administrator keys, which hold none of a tenant's scopes, as keys without `scope`.
+pub(crate) fn require_tenant<'a>(principal: &'a Principal, scope: &str) -> Result<&'a str, Problem> {
+    let tenant_id = principal.tenant_id.as_deref().ok_or_else(|| {
+        Problem::insufficient_scope(scope, "administrator keys cannot call tenant APIs; use a key of the tenant")
+    })?;
     match principal.tenant_status.as_deref() {
         Some("active") => Ok(tenant_id),
         _ => Err(Problem::forbidden("the tenant is suspended")),

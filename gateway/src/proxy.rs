@@ -82,7 +82,7 @@ async fn scrape(state: &AppState, headers: &HeaderMap, facts: &mut RequestFacts)
     // A tenant's scraper is refused with its tenant suspended, as its other keys are, and logged
     // with its tenant; an administrator's has none.
     if principal.tenant_id.is_some() {
-        facts.tenant_id = Some(auth::require_tenant(&principal)?.to_owned());
+        facts.tenant_id = Some(auth::require_tenant(&principal, METRICS_SCOPE)?.to_owned());
     }
     if !principal.has_scope(ADMIN_SCOPE) {
         auth::require_scope(&principal, METRICS_SCOPE)?;
@@ -124,14 +124,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let route = matched.route;
     facts.route = Some(route.template.clone());
     let principal = auth::authenticate(state, &parts.headers).await?;
-    if principal.tenant_id.is_none() {
-        // An administrator's key holds none of a tenant's scopes: refused as a key without the scope.
-        return Err(Problem::insufficient_scope(
-            &route.scope,
-            "administrator keys cannot call tenant APIs; use a key of the tenant",
-        ));
-    }
-    let tenant_id = auth::require_tenant(&principal)?;
+    let tenant_id = auth::require_tenant(&principal, &route.scope)?;
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
     let policy = CallPolicy::of(route, &parts.headers)?;
