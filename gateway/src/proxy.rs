@@ -215,7 +215,10 @@ pub(crate) async fn read_body(
     let declared = declared_length(&body, limit)?;
     let stalled = Arc::new(AtomicBool::new(false));
     let body = decompress::with_idle_timeout(body, idle, stalled.clone());
-    let whole = idle + std::time::Duration::from_secs((declared.unwrap_or(limit) / MIN_BODY_BYTES_PER_SEC) as u64);
+    // Rounded up: a body of any length takes some time, so a stalled one always meets `idle`
+    // first and is told so.
+    let at_rate = declared.unwrap_or(limit).div_ceil(MIN_BODY_BYTES_PER_SEC);
+    let whole = idle + std::time::Duration::from_secs(at_rate as u64);
     let read = tokio::time::timeout(whole, decompress::read(body, headers, limit)).await;
     let detail = match read {
         Ok(_) if stalled.load(std::sync::atomic::Ordering::Relaxed) => {
