@@ -164,7 +164,7 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let routes: Vec<&str> = tenant_calls.iter().map(|line| line["route"].as_str().unwrap()).collect();
     assert_eq!(
         routes,
-        ["/v1/health/patients", "/v1/health/patients/{patient_id}/assessments", "/v1/health/patients/{id}", "/metrics"]
+        ["/v1/health/patients", "/v1/health/patients/{patientId}/assessments", "/v1/health/patients/{id}", "/metrics"]
     );
     assert_eq!(tenant_calls[2]["trace_id"], CLIENT_TRACE_ID, "the trace the client's traceparent named");
     // Authenticated lines name the key by its id, administrator keys included; the others name none.

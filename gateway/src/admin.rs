@@ -106,7 +106,7 @@ pub(crate) async fn create_tenant(State(state): State<AppState>, request: Reques
     Ok((StatusCode::CREATED, Json(tenant)).into_response())
 }
 
-/// `POST /v1/admin/tenants/{tenant_id}/api-keys` `{"name", "scopes"}` → 201 with the key, shown once.
+/// `POST /v1/admin/tenants/{tenantId}/api-keys` `{"name", "scopes"}` → 201 with the key, shown once.
 pub(crate) async fn create_api_key(
     State(state): State<AppState>,
     tenant_id: PathOf<Id>,
@@ -156,19 +156,19 @@ pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request
     Ok(Json(serde_json::json!({"tenants": tenants, "nextPageToken": next_page_token})).into_response())
 }
 
-/// `GET /v1/admin/tenants/{tenant_id}`.
+/// `GET /v1/admin/tenants/{tenantId}`.
 pub(crate) async fn get_tenant(
     State(state): State<AppState>,
     tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenant_id}")?;
+    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}")?;
     let tenant_id = path(tenant_id)?;
     Ok(Json(existing_tenant(&state, &tenant_id).await?).into_response())
 }
 
-/// `PATCH /v1/admin/tenants/{tenant_id}` `{"plan"?, "status"?: "active" | "suspended"}`.
+/// `PATCH /v1/admin/tenants/{tenantId}` `{"plan"?, "status"?: "active" | "suspended"}`.
 /// Takes effect at once: the tenant's cached keys are evicted on every replica.
 pub(crate) async fn update_tenant(
     State(state): State<AppState>,
@@ -213,21 +213,21 @@ pub(crate) async fn update_tenant(
     Ok(Json(tenant).into_response())
 }
 
-/// `GET /v1/admin/tenants/{tenant_id}/api-keys` → `{"apiKeys": [...]}`, without the secrets.
+/// `GET /v1/admin/tenants/{tenantId}/api-keys` → `{"apiKeys": [...]}`, without the secrets.
 pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
     tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenant_id}/api-keys")?;
+    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
     let tenant_id = path(tenant_id)?;
     existing_tenant(&state, &tenant_id).await?;
     let keys = state.store.list_keys(&tenant_id).await.map_err(store_failure)?;
     Ok(Json(serde_json::json!({"apiKeys": keys})).into_response())
 }
 
-/// `DELETE /v1/admin/tenants/{tenant_id}/api-keys/{key_id}` → 204. The key stops working at
+/// `DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}` → 204. The key stops working at
 /// once on every replica.
 pub(crate) async fn revoke_api_key(
     State(state): State<AppState>,
@@ -235,7 +235,7 @@ pub(crate) async fn revoke_api_key(
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenant_id}/api-keys/{key_id}")?;
+    neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
     let (tenant_id, key_id) = path(ids)?;
     existing_tenant(&state, &tenant_id).await?;
     let hash =

@@ -175,11 +175,6 @@ fn summary_of(comment: &str) -> String {
     }
 }
 
-/// The template variables of a path, e.g. `patient_id` in `/v1/health/patients/{patient_id}`.
-fn template_variables(template: &str) -> impl Iterator<Item = &str> {
-    template.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
-}
-
 struct Generator {
     comments: Comments,
     /// Component schemas by full proto name; `Null` while one is being built (recursion).
@@ -195,14 +190,15 @@ impl Generator {
         let method = &route.method;
         let service = method.parent_service();
         let input = method.input();
-        let bound: BTreeSet<&str> = template_variables(&route.template).collect();
+        let bound: BTreeSet<&str> = route.variables().collect();
         let mut parameters = Vec::new();
-        // In the template's order: clients and generated SDKs read them positionally.
-        for name in template_variables(&route.template) {
-            let field = input.get_field_by_name(name);
-            let schema = field.as_ref().map_or_else(|| json!({"type": "string"}), |field| self.field_schema(field));
-            let mut parameter = json!({"name": name, "in": "path", "required": true, "schema": schema});
-            if let Some(comment) = field.as_ref().and_then(|field| self.comments.field(field)) {
+        // In the template's order: clients and generated SDKs read them positionally. Every
+        // variable is a field of the request (the route table is built so).
+        for field in route.variables().filter_map(|name| input.get_field_by_name(name)) {
+            let mut parameter = json!({
+                "name": field.json_name(), "in": "path", "required": true, "schema": self.field_schema(&field),
+            });
+            if let Some(comment) = self.comments.field(&field) {
                 parameter["description"] = comment.into();
             }
             parameters.push(parameter);
@@ -685,7 +681,7 @@ const fn json_reply(status: &'static str, description: &'static str, schema: &'s
     Reply { status, description, body: Some(("application/json", Body::Schema(schema))) }
 }
 
-const TENANT_ID: Parameter = path_parameter("tenant_id", "The tenant's id.");
+const TENANT_ID: Parameter = path_parameter("tenantId", "The tenant's id.");
 const ADMIN_PROBLEMS: &[&str] = &["BadRequest", "Unauthorized", "Forbidden", "InternalError", "Problem"];
 const ADMIN_BODY_PROBLEMS: &[&str] =
     &["BadRequest", "Unauthorized", "Forbidden", "PayloadTooLarge", "UnsupportedMediaType", "InternalError", "Problem"];
@@ -744,7 +740,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
-        path: "/v1/admin/tenants/{tenant_id}",
+        path: "/v1/admin/tenants/{tenantId}",
         operation_id: "Admin_GetTenant",
         tag: "Admin",
         summary: "Reads a tenant.",
@@ -756,7 +752,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "patch",
-        path: "/v1/admin/tenants/{tenant_id}",
+        path: "/v1/admin/tenants/{tenantId}",
         operation_id: "Admin_UpdateTenant",
         tag: "Admin",
         summary: "Changes a tenant's plan or status; a suspended tenant's keys are refused at once.",
@@ -768,7 +764,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "post",
-        path: "/v1/admin/tenants/{tenant_id}/api-keys",
+        path: "/v1/admin/tenants/{tenantId}/api-keys",
         operation_id: "Admin_CreateApiKey",
         tag: "Admin",
         summary: "Issues an API key of a tenant; the key is shown once, in this answer.",
@@ -780,7 +776,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
-        path: "/v1/admin/tenants/{tenant_id}/api-keys",
+        path: "/v1/admin/tenants/{tenantId}/api-keys",
         operation_id: "Admin_ListApiKeys",
         tag: "Admin",
         summary: "Lists a tenant's API keys, without the keys themselves.",
@@ -792,12 +788,12 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "delete",
-        path: "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}",
+        path: "/v1/admin/tenants/{tenantId}/api-keys/{keyId}",
         operation_id: "Admin_RevokeApiKey",
         tag: "Admin",
         summary: "Revokes an API key; it is refused at once on every replica.",
         scopes: &[ADMIN_SCOPE],
-        parameters: &[TENANT_ID, path_parameter("key_id", "The key's id.")],
+        parameters: &[TENANT_ID, path_parameter("keyId", "The key's id.")],
         request: None,
         replies: &[Reply { status: "204", description: "Revoked.", body: None }],
         problems: ADMIN_TENANT_PROBLEMS,

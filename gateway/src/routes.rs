@@ -19,6 +19,9 @@ enum Segment {
 #[derive(Clone, Debug)]
 pub struct Route {
     pub http_method: Method,
+    /// The path template as clients see it: its variables named as the JSON names the fields
+    /// (`/v1/health/patients/{patientId}/images`), as problems, the OpenAPI document, metrics and
+    /// spans name them.
     pub template: String,
     segments: Vec<Segment>,
     /// `*` (the whole request), a field name, or empty (no body).
@@ -35,6 +38,14 @@ pub struct Route {
 }
 
 impl Route {
+    /// The request fields the path's variables bind, in the path's order.
+    pub fn variables(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::Field(field) => Some(field.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
     /// The gRPC path, e.g. `/aigronova.health.v1.HealthQuantum/GetPatient`.
     pub fn grpc_path(&self) -> &str {
         self.grpc_path.as_str()
@@ -103,6 +114,9 @@ impl RouteTable {
                     rule.get_field_by_name("body").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
                 let segments = parse_template(&template)
                     .ok_or_else(|| anyhow::anyhow!("{}: cannot parse path {template:?}", method.full_name()))?;
+                let template = public_template(&segments, &method.input()).map_err(|field| {
+                    anyhow::anyhow!("{}: {template:?} binds {field:?}, no field of its request", method.full_name())
+                })?;
                 let inference = options.get_extension(&inference).as_bool().unwrap_or(false);
                 routes.push(Route {
                     http_method,
@@ -203,6 +217,25 @@ fn parse_template(template: &str) -> Option<Vec<Segment>> {
         .collect()
 }
 
+/// The template with each variable named by its field's JSON name, or the variable that names no
+/// field of `input`.
+fn public_template(segments: &[Segment], input: &prost_reflect::MessageDescriptor) -> Result<String, String> {
+    let mut template = String::new();
+    for segment in segments {
+        template.push('/');
+        match segment {
+            Segment::Literal(literal) => template.push_str(literal),
+            Segment::Field(name) => {
+                let field = input.get_field_by_name(name).ok_or_else(|| name.clone())?;
+                template.push('{');
+                template.push_str(field.json_name());
+                template.push('}');
+            }
+        }
+    }
+    Ok(template)
+}
+
 fn match_segments(segments: &[Segment], parts: &[&str]) -> Option<Vec<(String, String)>> {
     if segments.len() != parts.len() {
         return None;
@@ -271,6 +304,8 @@ mod tests {
             (Method::GET, "/v1/health/patients/529.982.247-25", Some("/v1/health/patients/{id}")),
             (Method::HEAD, "/v1/health/patients/p-1", Some("/v1/health/patients/{id}")),
             (Method::PUT, "/v1/health/patients/p-1", Some("/v1/health/patients/{id}")),
+            // Variables are named as the JSON names their fields.
+            (Method::GET, "/v1/health/patients/p-1/images", Some("/v1/health/patients/{patientId}/images")),
             (Method::GET, "/agk_0123456789abcdef", None),
         ];
         for (method, path, template) in cases {

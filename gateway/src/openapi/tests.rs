@@ -77,6 +77,11 @@ fn resolve<'a>(document: &'a Value, reference: &str) -> Option<&'a Value> {
     document.pointer(reference.strip_prefix('#')?).filter(|target| !target.is_null())
 }
 
+/// The variables of a path template, e.g. `patientId` in `/v1/health/patients/{patientId}`.
+fn template_variables(template: &str) -> impl Iterator<Item = &str> {
+    template.split('/').filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+}
+
 #[test]
 fn every_annotated_rpc_is_an_operation_with_its_method_scope_and_path_parameters() {
     for pool in [platform_pool(), catalog_pool()] {
@@ -131,10 +136,10 @@ fn operation_ids_are_unique() {
 #[test]
 fn comments_become_summaries_and_descriptions() {
     let (_, document) = document_of(&catalog_pool());
-    let list = operation(&document, "/v1/shelves/{shelf_id}/things", "get");
+    let list = operation(&document, "/v1/shelves/{shelfId}/things", "get");
     assert_eq!(list["summary"], "Lists the things on a shelf.");
     assert_eq!(list["description"], "Lists the things on a shelf.\n\nFilters combine with AND.");
-    assert!(operation(&document, "/v1/things/{thing_id}", "delete").get("summary").is_none());
+    assert!(operation(&document, "/v1/things/{thingId}", "delete").get("summary").is_none());
     let thing = schema(&document, "aigronova.testing.v1.Thing");
     assert_eq!(thing["description"], "Something on a shelf.");
     assert_eq!(thing["properties"]["createTime"]["description"], "When it was made.");
@@ -152,8 +157,8 @@ fn comments_become_summaries_and_descriptions() {
 #[test]
 fn query_parameters_are_the_scalar_fields_the_path_does_not_bind() {
     let (_, document) = document_of(&catalog_pool());
-    let list = operation(&document, "/v1/shelves/{shelf_id}/things", "get");
-    assert_eq!(parameter_names(list, "path"), ["shelf_id"]);
+    let list = operation(&document, "/v1/shelves/{shelfId}/things", "get");
+    assert_eq!(parameter_names(list, "path"), ["shelfId"]);
     assert_eq!(
         parameter_names(list, "query"),
         ["pageSize", "minWeight", "maxWeight", "color", "tags", "inStock", "minPrice", "token"]
@@ -163,15 +168,15 @@ fn query_parameters_are_the_scalar_fields_the_path_does_not_bind() {
     assert_eq!(find("pageSize")["description"], "At most this many things.");
     assert_eq!(find("tags")["schema"], json!({"type": "array", "items": {"type": "string"}}));
     assert_eq!(find("color")["schema"], json!({"$ref": "#/components/schemas/aigronova.testing.v1.Color"}));
-    assert_eq!(find("shelf_id")["required"], true);
+    assert_eq!(find("shelfId")["required"], true);
     assert!(list.get("requestBody").is_none(), "a GET without body has no request body");
 }
 
 #[test]
 fn a_body_field_is_the_request_body_and_leaves_no_query_parameters() {
     let (_, document) = document_of(&catalog_pool());
-    let put = operation(&document, "/v1/shelves/{shelf_id}/things/{thing_id}", "put");
-    assert_eq!(parameter_names(put, "path"), ["shelf_id", "thing_id"]);
+    let put = operation(&document, "/v1/shelves/{shelfId}/things/{thingId}", "put");
+    assert_eq!(parameter_names(put, "path"), ["shelfId", "thingId"]);
     assert!(parameter_names(put, "query").is_empty());
     assert_eq!(
         put["requestBody"]["content"]["application/json"]["schema"],
@@ -182,14 +187,14 @@ fn a_body_field_is_the_request_body_and_leaves_no_query_parameters() {
         json!({"$ref": "#/components/responses/PayloadTooLarge"}),
         "a route with a body can be too large"
     );
-    let delete = operation(&document, "/v1/things/{thing_id}", "delete");
+    let delete = operation(&document, "/v1/things/{thingId}", "delete");
     assert!(delete["responses"].get("413").is_none());
 }
 
 #[test]
 fn a_whole_body_leaves_out_the_fields_the_path_binds() {
     let (_, document) = document_of(&platform_pool());
-    let assess = operation(&document, "/v1/health/patients/{patient_id}/assessments", "post");
+    let assess = operation(&document, "/v1/health/patients/{patientId}/assessments", "post");
     let body = &assess["requestBody"]["content"]["application/json"]["schema"];
     assert_eq!(body["title"], "aigronova.health.v1.AssessRiskRequest");
     let properties: Vec<&String> = body["properties"].as_object().unwrap().keys().collect();
@@ -260,7 +265,7 @@ fn recursive_messages_are_components_that_refer_to_each_other() {
 #[test]
 fn an_http_body_answer_is_the_raw_body() {
     let (_, document) = document_of(&catalog_pool());
-    let draw = operation(&document, "/v1/things/{thing_id}/picture", "get");
+    let draw = operation(&document, "/v1/things/{thingId}/picture", "get");
     assert_eq!(draw["responses"]["200"]["content"], json!({"*/*": {"schema": {}}}));
     assert!(document["components"]["schemas"].get("google.api.HttpBody").is_none());
 }
@@ -316,11 +321,11 @@ fn the_gateway_endpoints_are_described_with_their_scopes() {
     let cases = [
         ("/v1/admin/tenants", "post", json!([{"apiKey": ["admin"]}])),
         ("/v1/admin/tenants", "get", json!([{"apiKey": ["admin"]}])),
-        ("/v1/admin/tenants/{tenant_id}", "get", json!([{"apiKey": ["admin"]}])),
-        ("/v1/admin/tenants/{tenant_id}", "patch", json!([{"apiKey": ["admin"]}])),
-        ("/v1/admin/tenants/{tenant_id}/api-keys", "post", json!([{"apiKey": ["admin"]}])),
-        ("/v1/admin/tenants/{tenant_id}/api-keys", "get", json!([{"apiKey": ["admin"]}])),
-        ("/v1/admin/tenants/{tenant_id}/api-keys/{key_id}", "delete", json!([{"apiKey": ["admin"]}])),
+        ("/v1/admin/tenants/{tenantId}", "get", json!([{"apiKey": ["admin"]}])),
+        ("/v1/admin/tenants/{tenantId}", "patch", json!([{"apiKey": ["admin"]}])),
+        ("/v1/admin/tenants/{tenantId}/api-keys", "post", json!([{"apiKey": ["admin"]}])),
+        ("/v1/admin/tenants/{tenantId}/api-keys", "get", json!([{"apiKey": ["admin"]}])),
+        ("/v1/admin/tenants/{tenantId}/api-keys/{keyId}", "delete", json!([{"apiKey": ["admin"]}])),
         ("/metrics", "get", json!([{"apiKey": ["metrics:read"]}, {"apiKey": ["admin"]}])),
         ("/healthz", "get", json!([])),
         ("/readyz", "get", json!([])),

@@ -142,7 +142,7 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
             r#"aigronova_gateway_upstream_calls_total{code="NotFound",upstream="healthquantum"} 1"#,
             "aigronova_gateway_request_duration_seconds_bucket",
             r#"aigronova_gateway_requests_total{method="POST",route="/v1/admin/tenants",status="201"} 1"#,
-            r#"aigronova_gateway_requests_total{method="POST",route="/v1/admin/tenants/{tenant_id}/api-keys",status="201"} 2"#,
+            r#"aigronova_gateway_requests_total{method="POST",route="/v1/admin/tenants/{tenantId}/api-keys",status="201"} 2"#,
             r#"aigronova_inference_duration_seconds_count{model="breast-cancer",outcome="ok",version="1"} 1"#,
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");

@@ -13,11 +13,11 @@ const OPENAPI_SCHEMA: &str = include_str!("../../../gateway/tests/fixtures/opena
 const GATEWAY_ENDPOINTS: &[(&str, &str)] = &[
     ("post", "/v1/admin/tenants"),
     ("get", "/v1/admin/tenants"),
-    ("get", "/v1/admin/tenants/{tenant_id}"),
-    ("patch", "/v1/admin/tenants/{tenant_id}"),
-    ("post", "/v1/admin/tenants/{tenant_id}/api-keys"),
-    ("get", "/v1/admin/tenants/{tenant_id}/api-keys"),
-    ("delete", "/v1/admin/tenants/{tenant_id}/api-keys/{key_id}"),
+    ("get", "/v1/admin/tenants/{tenantId}"),
+    ("patch", "/v1/admin/tenants/{tenantId}"),
+    ("post", "/v1/admin/tenants/{tenantId}/api-keys"),
+    ("get", "/v1/admin/tenants/{tenantId}/api-keys"),
+    ("delete", "/v1/admin/tenants/{tenantId}/api-keys/{keyId}"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
@@ -114,12 +114,16 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
         types.sort();
         types
     };
-    assert_eq!(content("/v1/health/patients/{patient_id}/assessments/{id}/report"), ["application/pdf"]);
-    assert_eq!(content("/v1/fin/customers/{customer_id}/statements/{month}"), ["application/json", "application/pdf"]);
-    assert_eq!(content("/v1/health/patients/{patient_id}/images/{id}/thumbnail"), ["image/png"]);
+    assert_eq!(content("/v1/health/patients/{patientId}/assessments/{id}/report"), ["application/pdf"]);
+    assert_eq!(content("/v1/fin/customers/{customerId}/statements/{month}"), ["application/json", "application/pdf"]);
+    assert_eq!(content("/v1/health/patients/{patientId}/images/{id}/thumbnail"), ["image/png"]);
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["415"].is_object());
     // A raw request body names the media types the service reads.
-    let upload = &document["paths"]["/v1/health/patients/{patient_id}/images"]["post"]["requestBody"]["content"];
+    // Path parameters are named as the JSON names their fields, as problems name them.
+    let images = &document["paths"]["/v1/health/patients/{patientId}/images"]["post"];
+    assert_eq!(images["parameters"][0]["name"], "patientId");
+    assert_eq!(images["parameters"][0]["in"], "path");
+    let upload = &images["requestBody"]["content"];
     let mut read: Vec<&String> = upload.as_object().expect("content").keys().collect();
     read.sort();
     assert_eq!(read, ["application/dicom", "application/octet-stream", "image/jpeg", "image/png"]);
