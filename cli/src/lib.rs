@@ -349,6 +349,9 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         };
     }
+    // The databases, the object store and the keys hold personal data and secrets: every file and
+    // folder the platform makes is its owner's only, whatever the folder it is made in allows.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let config = match aigronova_platform::config::load::<AppConfig>(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {

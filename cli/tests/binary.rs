@@ -115,6 +115,17 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let Exercised { tenant_id, tenant_key, tenant_key_id, token_fragment } = runtime.block_on(exercise(&url, &admin));
     std::thread::sleep(Duration::from_millis(200));
     let (logs, stderr) = stop(first);
+    // Every file and folder it wrote (databases and their journals, the object store, keys) is
+    // its owner's only, not just the folder that holds them.
+    let mut written = vec![data_dir.clone()];
+    while let Some(path) = written.pop() {
+        use std::os::unix::fs::PermissionsExt;
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.permissions().mode() & 0o077, 0, "{} is its owner's only", path.display());
+        if metadata.is_dir() {
+            written.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+        }
+    }
 
     // Standard output is the logs, one JSON object a line; the key is on standard error only.
     for line in logs.lines() {
