@@ -60,6 +60,7 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
         field_behavior: pool.get_extension_by_name("google.api.field_behavior"),
         bounds: ["minimum", "maximum"]
             .map(|bound| (bound, pool.get_extension_by_name(&format!("aigronova.common.v1.{bound}")))),
+        allowed: pool.get_extension_by_name("aigronova.common.v1.allowed"),
     };
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut tags: BTreeMap<String, Option<String>> = BTreeMap::new();
@@ -90,6 +91,15 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
     }
     let mut schemas: Map<String, Value> = generator.schemas.into_iter().collect();
     schemas.extend(gateway_schemas(&known_scopes));
+    let mut responses = problem_responses();
+    // Every answer carries its request's id, the `requestId` of a problem.
+    let answers = paths.values_mut().flat_map(|item| item.values_mut()).flat_map(|operation| {
+        operation["responses"].as_object_mut().into_iter().flat_map(|responses| responses.values_mut())
+    });
+    for response in answers.chain(responses.values_mut()).filter(|response| response.get("$ref").is_none()) {
+        let headers = response.as_object_mut().expect("a response").entry("headers").or_insert_with(|| json!({}));
+        headers.as_object_mut().expect("headers").insert(REQUEST_ID.to_owned(), header_ref(REQUEST_ID));
+    }
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -101,7 +111,7 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "responses": problem_responses(),
+            "responses": responses,
             "headers": rate_limit_headers(),
             "securitySchemes": {
                 SECURITY_SCHEME: {
@@ -119,7 +129,9 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
 
 const API_DESCRIPTION: &str = "JSON over HTTP in front of the AigroNova services. Field names follow the proto3 JSON \
                                mapping (lowerCamelCase; snake_case is accepted in requests; 64-bit integers are \
-                               strings in answers, strings or numbers in requests). Every call but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs \
+                               strings in answers, strings or numbers in requests). A JSON body may also be labelled \
+                               any `…+json` type, or `application/x-www-form-urlencoded` (curl's default for `-d`); \
+                               `HEAD` works wherever `GET` does. Every call but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs \
                                `Authorization: Bearer <key>` with the scope the operation names. Errors are RFC 9457 \
                                problem documents (`application/problem+json`).";
 
@@ -183,6 +195,8 @@ struct Generator {
     field_behavior: Option<prost_reflect::ExtensionDescriptor>,
     /// `aigronova.common.v1.minimum` and `maximum`: the bounds of an integer field.
     bounds: [(&'static str, Option<prost_reflect::ExtensionDescriptor>); 2],
+    /// `aigronova.common.v1.allowed`: the only values a string field takes.
+    allowed: Option<prost_reflect::ExtensionDescriptor>,
 }
 
 impl Generator {
@@ -210,6 +224,9 @@ impl Generator {
                 }
                 let mut parameter =
                     json!({"name": field.json_name(), "in": "query", "schema": self.field_schema(&field)});
+                if self.is_required(&field) {
+                    parameter["required"] = true.into();
+                }
                 if let Some(comment) = self.comments.field(&field) {
                     parameter["description"] = comment.into();
                 }
@@ -265,7 +282,16 @@ impl Generator {
                 self.field_schema(&field)
             }
         };
-        Some(json!({"content": {"application/json": {"schema": schema}}}))
+        let mut body = json!({"content": {"application/json": {"schema": schema}}});
+        // A body without a field the service requires is refused: the body is required.
+        let required = match route.body.as_str() {
+            "*" => input.fields().any(|field| !bound.contains(field.name()) && self.is_required(&field)),
+            field => input.get_field_by_name(field).is_some_and(|field| self.is_required(&field)),
+        };
+        if required {
+            body["required"] = true.into();
+        }
+        Some(body)
     }
 
     fn responses(&mut self, route: &Route) -> Value {
@@ -352,6 +378,11 @@ impl Generator {
             {
                 schema[*bound] = value.into();
             }
+        }
+        if let Some(extension) = self.allowed.as_ref().filter(|extension| options.has_extension(extension))
+            && let Some(values) = options.get_extension(extension).as_list()
+        {
+            schema["enum"] = values.iter().filter_map(|value| value.as_str().map(Value::from)).collect();
         }
         if field.is_list() { json!({"type": "array", "items": schema}) } else { schema }
     }
@@ -593,7 +624,8 @@ fn problem_responses() -> Map<String, Value> {
         .collect()
 }
 
-/// The rate limit's fields, which every answer of a limited call carries, in `components`.
+/// The rate limit's fields, which every answer of a limited call carries, and the request id,
+/// which every answer carries, in `components`.
 fn rate_limit_headers() -> Value {
     json!({
         "RateLimit-Policy": {
@@ -604,15 +636,23 @@ fn rate_limit_headers() -> Value {
             "description": "What is left of each limit, e.g. `\"tenant\";r=0;t=1`.",
             "schema": {"type": "string"},
         },
+        REQUEST_ID: {
+            "description": "The request's id: the caller's `X-Request-Id` when sane (at most 128 letters, digits \
+                            and `-_.:/+=@`, given once), generated otherwise.",
+            "schema": {"type": "string"},
+        },
     })
 }
 
 /// `name → $ref` for the rate limit's fields.
 fn rate_limit_header_refs() -> Map<String, Value> {
-    ["RateLimit-Policy", "RateLimit"]
-        .into_iter()
-        .map(|name| (name.to_owned(), json!({"$ref": format!("#/components/headers/{name}")})))
-        .collect()
+    ["RateLimit-Policy", "RateLimit"].into_iter().map(|name| (name.to_owned(), header_ref(name))).collect()
+}
+
+const REQUEST_ID: &str = "X-Request-Id";
+
+fn header_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/headers/{name}")})
 }
 
 /// `status → $ref` for the named problem responses.

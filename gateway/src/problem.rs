@@ -99,8 +99,13 @@ impl Problem {
 
     pub fn invalid_field(field: impl Into<String>, detail: impl Into<String>) -> Self {
         let mut problem = Self::bad_request(detail);
-        problem.0.field = Some(field.into());
+        problem.set_field(field);
         problem
+    }
+
+    /// Names the request field, header or parameter the problem is about.
+    pub fn set_field(&mut self, field: impl Into<String>) {
+        self.0.field = Some(field.into());
     }
 
     /// A 401 for a request without credentials, with the `Bearer` challenge (RFC 6750).

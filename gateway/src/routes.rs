@@ -31,6 +31,9 @@ pub struct Route {
     pub owner: String,
     /// The method runs a model, so a call counts against the tenant's monthly inference quota.
     pub inference: bool,
+    /// For a raw (`google.api.HttpBody`) request body: the media types the method reads
+    /// (`aigronova.common.v1.request_media_types`), lower-case; any when empty.
+    pub request_media_types: Vec<String>,
     /// `/package.Service/Method`.
     grpc_path: PathAndQuery,
     /// Writes the answer as JSON.
@@ -93,6 +96,9 @@ impl RouteTable {
         let inference = pool
             .get_extension_by_name("aigronova.common.v1.inference")
             .ok_or_else(|| anyhow::anyhow!("descriptor set lacks aigronova.common.v1.inference"))?;
+        let request_media_types = pool
+            .get_extension_by_name("aigronova.common.v1.request_media_types")
+            .ok_or_else(|| anyhow::anyhow!("descriptor set lacks aigronova.common.v1.request_media_types"))?;
         let mut routes = Vec::new();
         for service in pool.services() {
             let service_options = service.options();
@@ -118,6 +124,14 @@ impl RouteTable {
                     anyhow::anyhow!("{}: {template:?} binds {field:?}, no field of its request", method.full_name())
                 })?;
                 let inference = options.get_extension(&inference).as_bool().unwrap_or(false);
+                let request_media_types = options
+                    .get_extension(&request_media_types)
+                    .as_list()
+                    .map(|types| types.iter().filter_map(|media_type| media_type.as_str()))
+                    .into_iter()
+                    .flatten()
+                    .map(str::to_ascii_lowercase)
+                    .collect();
                 routes.push(Route {
                     http_method,
                     template,
@@ -130,6 +144,7 @@ impl RouteTable {
                     scope,
                     owner,
                     inference,
+                    request_media_types,
                 });
             }
         }

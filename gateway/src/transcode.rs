@@ -60,7 +60,7 @@ pub(crate) fn request_message(
             let field = input.get_field_by_name(field_name).ok_or_else(Problem::internal)?;
             if let Kind::Message(kind) = field.kind() {
                 let value = if kind.full_name() == "google.api.HttpBody" {
-                    raw_body(&kind, body, content_type)?
+                    raw_body(&kind, body, content_type, &route.request_media_types)?
                 } else {
                     json_content_type(content_type, body)?;
                     parse_body(&kind, body)?
@@ -128,15 +128,27 @@ pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Resu
     }
 }
 
+/// The raw body with its `Content-Type`, which must be one of `accepted` (415 otherwise) unless
+/// `accepted` is empty.
 fn raw_body(
     descriptor: &MessageDescriptor,
     body: &[u8],
     content_type: Option<&str>,
+    accepted: &[String],
 ) -> Result<DynamicMessage, Problem> {
     let content_type = content_type
         .map(str::trim)
         .filter(|value| !value.is_empty())
         .ok_or_else(|| Problem::bad_request("send the body's media type in Content-Type"))?;
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    if !accepted.is_empty() && !accepted.contains(&essence) {
+        let mut problem = Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{essence} is not a media type this route reads; send {}", accepted.join(", ")),
+        );
+        problem.set_field("Content-Type");
+        return Err(problem);
+    }
     let mut message = DynamicMessage::new(descriptor.clone());
     message.set_field_by_name("content_type", Value::String(content_type.to_owned()));
     message.set_field_by_name("data", Value::Bytes(bytes::Bytes::copy_from_slice(body)));

@@ -129,6 +129,33 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(read, ["application/dicom", "application/octet-stream", "image/jpeg", "image/png"]);
     assert_eq!(upload["image/png"]["schema"]["contentMediaType"], "image/png");
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["409"].is_object());
+    // A body with a field the service requires is required; one without is not (PATCH).
+    assert_eq!(document["paths"]["/v1/health/patients"]["post"]["requestBody"]["required"], true);
+    assert!(document["paths"]["/v1/health/patients/{id}"]["patch"]["requestBody"].get("required").is_none());
+    // Required query parameters say so, with their bounds.
+    let consistency = &document["paths"]["/v1/governance/audit/consistency"]["get"]["parameters"];
+    for parameter in consistency.as_array().unwrap() {
+        assert_eq!(parameter["required"], true, "{parameter}");
+        assert_eq!(parameter["schema"]["minimum"], 1, "{parameter}");
+    }
+    // A fixed set of values is an enum, for a field, a list's items and a query parameter alike.
+    let decision = &document["paths"]["/v1/governance/reviews/{id}/decision"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["properties"]["outcome"];
+    assert_eq!(decision["enum"], json!(["upheld", "overturned", "amended"]));
+    let consent =
+        &document["components"]["schemas"]["aigronova.fin.v1.CreateConsentRequest"]["properties"]["permissions"];
+    assert!(consent["items"]["enum"].as_array().unwrap().contains(&json!("ACCOUNTS_OVERDRAFT_LIMITS_READ")));
+    let reviews = document["paths"]["/v1/governance/reviews"]["get"]["parameters"].as_array().unwrap().clone();
+    let status = reviews.iter().find(|parameter| parameter["name"] == "status").unwrap();
+    assert_eq!(status["schema"]["enum"], json!(["pending", "decided"]));
+    // Every answer, a problem too, names the request's id.
+    let request_id = json!({"$ref": "#/components/headers/X-Request-Id"});
+    assert_eq!(
+        document["paths"]["/v1/health/patients"]["post"]["responses"]["200"]["headers"]["X-Request-Id"],
+        request_id
+    );
+    assert_eq!(document["components"]["responses"]["NotFound"]["headers"]["X-Request-Id"], request_id);
+    assert_eq!(document["paths"]["/healthz"]["get"]["responses"]["200"]["headers"]["X-Request-Id"], request_id);
     // What the services require in a body is required in its schema too.
     let schemas = &document["components"]["schemas"];
     assert_eq!(schemas["aigronova.health.v1.CreatePatientRequest"]["required"], json!(["name", "cpf", "birthDate"]));
