@@ -144,7 +144,11 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(decision["enum"], json!(["upheld", "overturned", "amended"]));
     let consent =
         &document["components"]["schemas"]["aigronova.fin.v1.CreateConsentRequest"]["properties"]["permissions"];
-    assert!(consent["items"]["enum"].as_array().unwrap().contains(&json!("ACCOUNTS_OVERDRAFT_LIMITS_READ")));
+    assert_eq!(
+        consent["items"]["enum"],
+        json!(aigronova_finquantum::consent::KNOWN_PERMISSIONS),
+        "as finquantum takes"
+    );
     let reviews = document["paths"]["/v1/governance/reviews"]["get"]["parameters"].as_array().unwrap().clone();
     let status = reviews.iter().find(|parameter| parameter["name"] == "status").unwrap();
     assert_eq!(status["schema"]["enum"], json!(["pending", "decided"]));
