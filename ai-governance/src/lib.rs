@@ -118,6 +118,13 @@ impl Validate for Config {
         self.database_url.parse::<Backend>().map_err(|_| {
             ConfigError("ai_governance.database_url must start with sqlite:, postgres: or postgresql:".into())
         })?;
+        let default = Self::default();
+        for (key, file, default_file, setting) in [
+            (&self.signing_key, &self.signing_key_file, &default.signing_key_file, "ai_governance.signing_key"),
+            (&self.master_key, &self.master_key_file, &default.master_key_file, "ai_governance.master_key"),
+        ] {
+            aigronova_platform::config::key_or_file(key.as_deref(), file, default_file, setting)?;
+        }
         if let Some(key) = &self.signing_key {
             CheckpointSigner::from_base64(key)
                 .map_err(|_| ConfigError("ai_governance.signing_key is not a base64 32-byte Ed25519 seed".into()))?;

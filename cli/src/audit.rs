@@ -185,7 +185,7 @@ pub async fn run(args: &VerifyArgs) -> u8 {
             1
         }
         Err(error) => {
-            eprintln!("aigronova audit verify: {error:#}");
+            eprintln!("aigronova audit verify: {}", crate::message_of(&error));
             2
         }
     }
@@ -318,7 +318,7 @@ pub async fn roots(args: &RootsArgs) -> u8 {
             0
         }
         Err(error) => {
-            eprintln!("aigronova audit roots: {error:#}");
+            eprintln!("aigronova audit roots: {}", crate::message_of(&error));
             2
         }
     }

@@ -372,7 +372,13 @@ pub fn main(cli: Cli) -> ExitCode {
             let message = message_of(&error);
             tracing::error!(error = message, "aigronova stopped on an error");
             eprintln!("aigronova: {message}");
-            if error.downcast_ref::<ConfigError>().is_some() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
+            let inference = error.downcast_ref::<aigronova_platform::inference::InferenceError>();
+            if error.downcast_ref::<ConfigError>().is_some() || inference.is_some_and(|error| error.is_configuration())
+            {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

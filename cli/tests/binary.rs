@@ -365,6 +365,16 @@ fn a_service_served_alone_answers_metrics_on_its_own_port() {
 
 /// `up` run to its end, as a start that fails ends: its exit code and standard error.
 fn up_once(data_dir: &std::path::Path, http_addr: &str, admin_key: Option<&str>) -> (Option<i32>, String) {
+    up_once_with(data_dir, http_addr, admin_key, &[])
+}
+
+/// [`up_once`] with the settings `env` as well.
+fn up_once_with(
+    data_dir: &std::path::Path,
+    http_addr: &str,
+    admin_key: Option<&str>,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String) {
     let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`");
     let mut command = Command::new(env!("CARGO_BIN_EXE_aigronova"));
     command
@@ -376,6 +386,7 @@ fn up_once(data_dir: &std::path::Path, http_addr: &str, admin_key: Option<&str>)
     if let Some(key) = admin_key {
         command.env("AIGRONOVA_ADMIN_KEY", key);
     }
+    command.envs(env.iter().copied());
     let output = command.output().unwrap();
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
@@ -451,4 +462,44 @@ fn the_administrator_key_set_at_start_replaces_every_other() {
         assert_eq!(code, Some(64), "{short:?}: {stderr}");
         assert!(stderr.contains("AIGRONOVA_ADMIN_KEY must be at least 32"), "{stderr}");
     }
+}
+
+#[test]
+fn settings_that_cannot_work_stop_the_start_with_64_and_say_which() {
+    let data = tempfile::tempdir().unwrap();
+    let empty = data.path().join("no-models");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, stderr) = up_once_with(
+        data.path(),
+        "127.0.0.1:0",
+        None,
+        &[("AIGRONOVA__INFERENCE__MODELS_DIR", empty.to_str().unwrap())],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains(&format!("no version found under {}/", empty.display())), "{stderr}");
+    assert!(stderr.contains("set inference.models_dir"), "{stderr}");
+
+    let (code, stderr) =
+        up_once_with(data.path(), "127.0.0.1:0", None, &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("ONNX Runtime"), "{stderr}");
+
+    // A key given both ways: the file's would be set aside without a word.
+    let keys = Command::new(env!("CARGO_BIN_EXE_aigronova")).arg("keygen").output().unwrap();
+    let keys = String::from_utf8(keys.stdout).unwrap();
+    let signing_key =
+        keys.lines().find_map(|line| line.strip_prefix("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY=")).unwrap();
+    let file = data.path().join("checkpoint.key");
+    let (code, stderr) = up_once_with(
+        data.path(),
+        "127.0.0.1:0",
+        None,
+        &[
+            ("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY", signing_key),
+            ("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY_FILE", file.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("set ai_governance.signing_key or ai_governance.signing_key_file, not both"), "{stderr}");
+    assert!(!file.exists(), "nothing was made");
 }

@@ -35,7 +35,7 @@ use crate::{
         ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, Permissions, require_any,
         require_one,
     },
-    openfinance::{OpenFinanceClient, OpenFinanceError},
+    openfinance::{Grant, OpenFinanceClient, OpenFinanceError},
     scoring::{self, Applicant, BankSummary, DeclaredFields, ReasonWords},
     statement,
     store::{Fetched, Store, StoredScore},
@@ -70,8 +70,8 @@ impl FinQuantumApi {
         self.outbox.clone()
     }
 
-    /// Fetches what `consent` gives access to from its institution.
-    async fn fetch(&self, consent: &Consent) -> Result<Fetched, Status> {
+    /// Fetches what `consent` of `tenant_id` gives access to from its institution.
+    async fn fetch(&self, tenant_id: &str, consent: &Consent) -> Result<Fetched, Status> {
         let base = self.institutions.get(&consent.institution).ok_or_else(|| {
             Status::failed_precondition(format!(
                 "institution {:?} of consent {} is no longer configured",
@@ -79,16 +79,17 @@ impl FinQuantumApi {
             ))
         })?;
         let failed = |error: OpenFinanceError| institution_failure(&consent.institution, error);
-        let accounts = self.client.accounts(base, &consent.id).await.map_err(failed)?;
+        let cipher = self.store.cipher(tenant_id).await?;
+        let grant = Grant { consent_id: &consent.id, cipher: &cipher };
+        let accounts = self.client.accounts(base, grant).await.map_err(failed)?;
         let mut fetched = Fetched { accounts: Vec::new(), transactions: Vec::new() };
         for account in accounts {
             let balance = if consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
-                Some(self.client.balance(base, &consent.id, &account.account_id).await.map_err(failed)?)
+                Some(self.client.balance(base, grant, &account.account_id).await.map_err(failed)?)
             } else {
                 None
             };
-            let transactions =
-                self.client.transactions(base, &consent.id, &account.account_id).await.map_err(failed)?;
+            let transactions = self.client.transactions(base, grant, &account.account_id).await.map_err(failed)?;
             fetched.transactions.extend(transactions.into_iter().map(|t| (account.account_id.clone(), t)));
             fetched.accounts.push((account, balance));
         }
@@ -323,7 +324,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let id = parse_id("consentId", &request.get_ref().consent_id)?;
         let consent = self.store.consent(&caller.tenant_id, &id).await?;
         consent.allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], Utc::now())?;
-        let fetched = self.fetch(&consent).await?;
+        let fetched = self.fetch(&caller.tenant_id, &consent).await?;
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let accounts = count(fetched.accounts.len());
         let balances = count(fetched.accounts.iter().filter(|(_, balance)| balance.is_some()).count());

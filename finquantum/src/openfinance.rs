@@ -2,7 +2,8 @@
 //! accounts and their transactions, in the API's paged shapes (`data`, `links.next`, `meta`),
 //! with a timeout per request, retries with backoff on server errors and timeouts, and a response
 //! cache keyed by consent and resource (Redis when configured, in-process otherwise) so that a
-//! repeated ingestion within the TTL does not call the institution again.
+//! repeated ingestion within the TTL does not call the institution again. The cache keeps each
+//! page sealed with the consent's tenant's data key: accounts and transactions are personal data.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,8 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aigronova_platform::crypto::TenantCipher;
 use redis::{AsyncCommands, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
+
+/// The consent pages are fetched for, and its tenant's cipher, which seals what the response
+/// cache keeps of them.
+#[derive(Clone, Copy, Debug)]
+pub struct Grant<'a> {
+    pub consent_id: &'a str,
+    pub cipher: &'a TenantCipher,
+}
 
 /// How the client talks to institutions.
 #[derive(Clone, Debug)]
@@ -248,9 +258,9 @@ impl OpenFinanceClient {
     }
 
     /// Every account the consent gives access to at the institution at `base_url`.
-    pub async fn accounts(&self, base_url: &str, consent_id: &str) -> Result<Vec<Account>, OpenFinanceError> {
+    pub async fn accounts(&self, base_url: &str, grant: Grant<'_>) -> Result<Vec<Account>, OpenFinanceError> {
         let url = format!("{}/open-banking/accounts/v2/accounts", base_url.trim_end_matches('/'));
-        let accounts: Vec<Account> = self.all_pages(&url, consent_id).await?;
+        let accounts: Vec<Account> = self.all_pages(&url, grant).await?;
         let mut seen = HashSet::new();
         Ok(accounts.into_iter().filter(|account| seen.insert(account.account_id.clone())).collect())
     }
@@ -259,7 +269,7 @@ impl OpenFinanceClient {
     pub async fn transactions(
         &self,
         base_url: &str,
-        consent_id: &str,
+        grant: Grant<'_>,
         account_id: &str,
     ) -> Result<Vec<Transaction>, OpenFinanceError> {
         let url = format!(
@@ -267,7 +277,7 @@ impl OpenFinanceClient {
             base_url.trim_end_matches('/'),
             urlencode(account_id)
         );
-        let transactions: Vec<Transaction> = self.all_pages(&url, consent_id).await?;
+        let transactions: Vec<Transaction> = self.all_pages(&url, grant).await?;
         let mut seen = HashSet::new();
         Ok(transactions.into_iter().filter(|t| seen.insert(t.transaction_id.clone())).collect())
     }
@@ -276,7 +286,7 @@ impl OpenFinanceClient {
     pub async fn balance(
         &self,
         base_url: &str,
-        consent_id: &str,
+        grant: Grant<'_>,
         account_id: &str,
     ) -> Result<Balance, OpenFinanceError> {
         let url = format!(
@@ -284,7 +294,7 @@ impl OpenFinanceClient {
             base_url.trim_end_matches('/'),
             urlencode(account_id)
         );
-        let body = self.page(&url, consent_id).await?;
+        let body = self.page(&url, grant).await?;
         let single: Single<Balance> =
             serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(error.to_string()))?;
         Ok(single.data)
@@ -294,7 +304,7 @@ impl OpenFinanceClient {
     async fn all_pages<T: serde::de::DeserializeOwned>(
         &self,
         url: &str,
-        consent_id: &str,
+        grant: Grant<'_>,
     ) -> Result<Vec<T>, OpenFinanceError> {
         let mut items = Vec::new();
         let first = reqwest::Url::parse(url).map_err(|error| OpenFinanceError::Unreachable(error.to_string()))?;
@@ -305,7 +315,7 @@ impl OpenFinanceClient {
             if pages > self.settings.max_pages {
                 return Err(OpenFinanceError::TooManyPages(self.settings.max_pages));
             }
-            let body = self.page(url.as_str(), consent_id).await?;
+            let body = self.page(url.as_str(), grant).await?;
             let page: Page<T> =
                 serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(error.to_string()))?;
             items.extend(page.data);
@@ -317,14 +327,15 @@ impl OpenFinanceClient {
         Ok(items)
     }
 
-    /// One page's body, from the cache or the institution.
-    async fn page(&self, url: &str, consent_id: &str) -> Result<String, OpenFinanceError> {
-        let key = format!("openfinance:{consent_id}:{url}");
-        if let Some(body) = self.cache.get(&key).await {
+    /// One page's body, from the cache or the institution. The cache holds it sealed for its key;
+    /// an entry that does not open (in clear, or another tenant's) is not used.
+    async fn page(&self, url: &str, grant: Grant<'_>) -> Result<String, OpenFinanceError> {
+        let key = format!("openfinance:{}:{url}", grant.consent_id);
+        if let Some(body) = self.cache.get(&key).await.and_then(|sealed| grant.cipher.open(&key, &sealed).ok()) {
             return Ok(body);
         }
-        let body = self.fetch(url, consent_id).await?;
-        self.cache.put(&key, &body, self.settings.cache_ttl).await;
+        let body = self.fetch(url, grant.consent_id).await?;
+        self.cache.put(&key, &grant.cipher.seal(&key, &body), self.settings.cache_ttl).await;
         Ok(body)
     }
 

@@ -12,7 +12,7 @@ use aigronova_platform::{
     Error,
     audit::{self, AuditEvent},
     cpf::Cpf,
-    crypto::TenantKeys,
+    crypto::{TenantCipher, TenantKeys},
     storage::{Backend, Database, Param, StoreError},
     time,
 };
@@ -155,6 +155,11 @@ impl Store {
 
     pub(crate) fn reason_words(&self) -> &ReasonWords {
         &self.words
+    }
+
+    /// The cipher of `tenant_id`'s data key.
+    pub(crate) async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
+        Ok(self.keys.cipher(tenant_id).await?)
     }
 
     /// Stores `consent`, its customer found by CPF or registered, and its audit event together.

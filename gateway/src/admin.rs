@@ -423,6 +423,6 @@ fn valid_scopes(state: &AppState, scopes: &[String]) -> Result<Vec<String>, Prob
 }
 
 fn store_failure(error: aigronova_platform::storage::StoreError) -> Problem {
-    tracing::error!(%error, "gateway store failed");
+    tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "gateway store failed");
     Problem::internal()
 }

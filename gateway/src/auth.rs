@@ -51,7 +51,7 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
         return authenticator.principal(&state.store, key).await.map(Arc::new);
     }
     let principal = state.keys.principal(key).await.map_err(|error| {
-        tracing::error!(%error, "API key lookup failed");
+        tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "API key lookup failed");
         Problem::internal()
     })?;
     principal.ok_or_else(|| Problem::invalid_token("the API key is not valid"))

@@ -249,7 +249,7 @@ impl JwtAuthenticator {
     pub(crate) async fn principal(&self, store: &Store, token: &str) -> Result<Principal, Problem> {
         let claims = self.verify(token).await.map_err(refused)?;
         let tenant = store.tenant(&claims.tenant_id).await.map_err(|error| {
-            tracing::error!(%error, "tenant lookup failed");
+            tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "tenant lookup failed");
             Problem::internal()
         })?;
         let tenant = tenant.ok_or(TokenError::UnknownTenant).map_err(refused)?;

@@ -274,6 +274,12 @@ impl Gateway {
                         "AIGRONOVA_ADMIN_KEY is a tenant's API key: choose another key for the administrator".into(),
                     )
                 })?;
+                if !revoked_admin_keys.is_empty() {
+                    tracing::info!(
+                        revoked = revoked_admin_keys.len(),
+                        "AIGRONOVA_ADMIN_KEY is the administrator key: the administrator keys before it are revoked"
+                    );
+                }
             }
             AdminKey::FirstStart(deliver) if !store.has_admin_key().await? => {
                 let key = store::new_key();

@@ -164,7 +164,11 @@ impl Problem {
         // The services authenticate the gateway's internal token, never the client: their refusal
         // is the platform's fault, not a 401 for a credential the client can fix.
         if status.code() == tonic::Code::Unauthenticated {
-            tracing::error!(message = status.message(), "an upstream service refused the gateway's internal token");
+            tracing::error!(
+                request_id = crate::request_id::current().unwrap_or_default(),
+                reason = status.message(),
+                "an upstream service refused the gateway's internal token"
+            );
             return Self::new(
                 StatusCode::BAD_GATEWAY,
                 "the service refused the gateway's credentials; quote the request id when reporting it",

@@ -444,7 +444,7 @@ pub(crate) fn response(route: &Route, encoded: Bytes) -> Result<Response, Proble
         return Ok(json_response(json));
     }
     let message = DynamicMessage::decode(output.clone(), encoded).map_err(|error| {
-        tracing::error!(%error, message = %output.full_name(), "upstream response does not decode");
+        tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, response_type = %output.full_name(), "upstream response does not decode");
         Problem::internal()
     })?;
     if output.full_name() == "google.api.HttpBody" {
@@ -454,7 +454,7 @@ pub(crate) fn response(route: &Route, encoded: Bytes) -> Result<Response, Proble
     let mut json = Vec::new();
     let mut serializer = serde_json::Serializer::new(&mut json);
     message.serialize_with_options(&mut serializer, &options).map_err(|error| {
-        tracing::error!(%error, "response does not serialize");
+        tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "response does not serialize");
         Problem::internal()
     })?;
     Ok(json_response(json))

@@ -116,7 +116,7 @@ impl Connection {
     /// `Unavailable`, naming the upstream only: the cause (a refused connection, a host that does
     /// not resolve, an address) is for the operators, so it is logged here, where it is dropped.
     fn unavailable(&self, cause: &dyn std::fmt::Display) -> Status {
-        tracing::warn!(upstream = %self.owner, error = %cause, "upstream unavailable");
+        tracing::warn!(request_id = crate::request_id::current().unwrap_or_default(), upstream = %self.owner, error = %cause, "upstream unavailable");
         Status::unavailable(format!("{} is unavailable", self.owner))
     }
 
@@ -127,7 +127,7 @@ impl Connection {
         if error.is_io() || error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
             return self.unavailable(&error);
         }
-        tracing::warn!(upstream = %self.owner, %error, "upstream call broken off");
+        tracing::warn!(request_id = crate::request_id::current().unwrap_or_default(), upstream = %self.owner, %error, "upstream call broken off");
         let code = Status::from_error(Box::new(error)).code();
         Status::new(code, format!("{} broke off the call", self.owner))
     }

@@ -82,6 +82,13 @@ impl Default for Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        let default = Self::default();
+        aigronova_platform::config::key_or_file(
+            self.master_key.as_deref(),
+            &self.master_key_file,
+            &default.master_key_file,
+            "healthquantum.master_key",
+        )?;
         if let Some(key) = &self.master_key {
             aigronova_platform::crypto::decode_master_key(key, "healthquantum.master_key")?;
         }

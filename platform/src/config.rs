@@ -19,6 +19,16 @@ pub const ENV_PREFIX: &str = "AIGRONOVA__";
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
+/// Refuses a key given both in configuration (`setting`) and as a file other than the default:
+/// the key would win without a word, and what was signed or sealed with the file's would no
+/// longer verify or open.
+pub fn key_or_file(key: Option<&str>, file: &Path, default_file: &Path, setting: &str) -> Result<(), ConfigError> {
+    if key.is_some() && file != default_file {
+        return Err(ConfigError(format!("set {setting} or {setting}_file, not both")));
+    }
+    Ok(())
+}
+
 /// Each error as `section.key: what is wrong (in the file or the environment)`, the key as it is
 /// written in a TOML file.
 impl From<figment::Error> for ConfigError {
@@ -119,7 +129,12 @@ pub enum LogFormat {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { log_filter: "info".into(), log_format: LogFormat::Json, otlp_endpoint: None, metrics_addr: None }
+        Self {
+            log_filter: "info,sqlx::postgres::notice=warn".into(),
+            log_format: LogFormat::Json,
+            otlp_endpoint: None,
+            metrics_addr: None,
+        }
     }
 }
 

@@ -41,7 +41,10 @@ pub enum InferenceError {
     RuntimeMissing,
     #[error("cannot load ONNX Runtime from {path}: {reason}")]
     RuntimeLoad { path: PathBuf, reason: String },
-    #[error("model {name}: no version found under {dir}")]
+    #[error(
+        "model {name}: no version found under {dir}; set inference.models_dir (AIGRONOVA__INFERENCE__MODELS_DIR) to \
+         the repository's models folder"
+    )]
     NoVersion { name: String, dir: PathBuf },
     #[error("model {path}: {reason}")]
     BadManifest { path: PathBuf, reason: String },
@@ -53,6 +56,14 @@ pub enum InferenceError {
     InvalidFeature { field: String, reason: String },
     #[error("inference failed: {0}")]
     Runtime(String),
+}
+
+impl InferenceError {
+    /// Whether the error is the configuration's: no ONNX Runtime where it says, or no model where
+    /// it says (rather than a model file that is damaged).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::RuntimeMissing | Self::RuntimeLoad { .. } | Self::NoVersion { .. })
+    }
 }
 
 impl From<InferenceError> for Status {
@@ -583,7 +594,8 @@ fn open_session(environment: &Environment, model: &[u8], intra_threads: usize) -
 fn newest_version(model_dir: &Path) -> Result<PathBuf, InferenceError> {
     let no_version = || InferenceError::NoVersion {
         name: model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        dir: model_dir.to_path_buf(),
+        // Absolute, as a relative `models_dir` is read from the working directory.
+        dir: std::path::absolute(model_dir).unwrap_or_else(|_| model_dir.to_path_buf()),
     };
     let entries = std::fs::read_dir(model_dir).map_err(|_| no_version())?;
     entries

@@ -141,6 +141,19 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     let again: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
     assert_eq!((&again["transactions"], &again["newTransactions"]), (&json!(7), &json!(0)), "{again}");
     assert_eq!(bank.calls(), 10, "cache hits spare the institution");
+    // What the cache keeps of the institution's pages is sealed with the tenant's data key.
+    let redis = redis::Client::open(redis_url()).unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let pattern = format!("aigronova:finquantum:openfinance:{consent_id}:*");
+    let cached: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
+    assert!(!cached.is_empty(), "the pages are cached under {pattern}");
+    for key in cached {
+        let value: String = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
+        assert!(value.starts_with("v1:"), "{key} is sealed");
+        for clear in ["acc-checking", "FOLHA_PAGAMENTO", "1000.00", "transactionId"] {
+            assert!(!value.contains(clear), "{key} holds {clear} in clear");
+        }
+    }
     // Also after a restart: the cache is in Redis, not in the process.
     app.restart().await;
     let after_restart: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
