@@ -118,13 +118,6 @@ impl Validate for Config {
         self.database_url.parse::<Backend>().map_err(|_| {
             ConfigError("ai_governance.database_url must start with sqlite:, postgres: or postgresql:".into())
         })?;
-        let default = Self::default();
-        for (key, file, default_file, setting) in [
-            (&self.signing_key, &self.signing_key_file, &default.signing_key_file, "ai_governance.signing_key"),
-            (&self.master_key, &self.master_key_file, &default.master_key_file, "ai_governance.master_key"),
-        ] {
-            aigronova_platform::config::key_or_file(key.as_deref(), file, default_file, setting)?;
-        }
         if let Some(key) = &self.signing_key {
             CheckpointSigner::from_base64(key)
                 .map_err(|_| ConfigError("ai_governance.signing_key is not a base64 32-byte Ed25519 seed".into()))?;
@@ -168,7 +161,23 @@ impl AiGovernanceService {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let signer = match &config.signing_key {
-            Some(key) => CheckpointSigner::from_base64(key)?,
+            Some(key) => {
+                let signer = CheckpointSigner::from_base64(key)?;
+                // A key file left from before holds the key earlier checkpoints were signed with:
+                // another key set beside it would set it aside without a word.
+                if config.signing_key_file.exists() {
+                    let kept = CheckpointSigner::load_or_create(&config.signing_key_file)?;
+                    if kept.key_id() != signer.key_id() {
+                        return Err(ConfigError(format!(
+                            "ai_governance.signing_key is not the key in ai_governance.signing_key_file ({}), \
+                             which signed the checkpoints so far: set one of them",
+                            config.signing_key_file.display()
+                        ))
+                        .into());
+                    }
+                }
+                signer
+            }
             None => CheckpointSigner::load_or_create(&config.signing_key_file).with_context(|| {
                 format!("cannot read or create the signing key file {}", config.signing_key_file.display())
             })?,
@@ -217,7 +226,7 @@ impl AiGovernanceService {
     /// drains in-flight calls and closes the database.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let service_verifier = self.service_signer.as_ref().map(TokenSigner::verifier);
-        let authenticate = Authenticate::with_service_key(self.verifier, service_verifier);
+        let authenticate = Authenticate::with_service_key(self.verifier.clone(), service_verifier);
         let services = SubjectServices::new(&self.data_subject_services, self.service_signer)?;
         let inventory = Inventory::new(self.database.clone());
         let monitoring = MonitoringStore::new(self.database.clone());
@@ -259,7 +268,7 @@ impl AiGovernanceService {
             subject_requests_server::SERVICE_NAME,
             reports_server::SERVICE_NAME,
         ];
-        let served = self.listener.serve(routes, &names, shutdown).await;
+        let served = self.listener.serve(routes, &names, self.verifier, shutdown).await;
         self.database.close().await;
         served
     }

@@ -124,13 +124,6 @@ impl Default for Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
-        let default = Self::default();
-        aigronova_platform::config::key_or_file(
-            self.master_key.as_deref(),
-            &self.master_key_file,
-            &default.master_key_file,
-            "finquantum.master_key",
-        )?;
         if let Some(key) = &self.master_key {
             aigronova_platform::crypto::decode_master_key(key, "finquantum.master_key")?;
         }
@@ -274,11 +267,11 @@ impl FinQuantumService {
         );
         let service = InterceptedService::new(
             FinQuantumServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Authenticate::new(self.verifier),
+            Authenticate::new(self.verifier.clone()),
         );
         let routes = Routes::new(service).add_service(data_subject);
         let names = [fin_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
-        let served = self.listener.serve(routes, &names, shutdown).await;
+        let served = self.listener.serve(routes, &names, self.verifier, shutdown).await;
         let _ = purge.await;
         if let Some(link) = link {
             link.join().await;

@@ -36,8 +36,9 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let database = state.store.database().ping().await.is_ok();
     let mut upstreams = serde_json::Map::new();
+    let token = state.signer.mint_reusable(&aigronova_platform::auth::Caller::service("gateway", "readiness"));
     for owner in state.upstreams.owners() {
-        upstreams.insert(owner.clone(), state.upstreams.is_serving(owner).await.into());
+        upstreams.insert(owner.clone(), state.upstreams.is_serving(owner, &token).await.into());
     }
     // With Redis and `redis_failure = "closed"`, a replica that cannot reach Redis refuses every
     // tenant call: not ready, so that a load balancer sends them elsewhere.

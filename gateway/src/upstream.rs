@@ -306,11 +306,14 @@ impl Upstreams {
         connection.unary(path, message, metadata, timeout, sent).await
     }
 
-    /// Whether `owner` reports SERVING on `grpc.health.v1`.
-    pub(crate) async fn is_serving(&self, owner: &str) -> bool {
+    /// Whether `owner` reports SERVING on `grpc.health.v1` to a check that carries `token`, the
+    /// gateway's internal token: a service that does not take the gateway's key refuses it.
+    pub(crate) async fn is_serving(&self, owner: &str, token: &str) -> bool {
         // An empty HealthCheckRequest asks about the whole server; SERVING encodes as field 1 = 1.
         let check = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
-        match self.unary(owner, check, Bytes::new(), MetadataMap::new(), self.timeout, &AtomicBool::new(false)).await {
+        let mut metadata = MetadataMap::new();
+        aigronova_platform::auth::attach_token(&mut metadata, token);
+        match self.unary(owner, check, Bytes::new(), metadata, self.timeout, &AtomicBool::new(false)).await {
             Ok(response) => response.as_ref() == [0x08, 0x01],
             Err(_) => false,
         }

@@ -323,6 +323,28 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
+/// A tonic interceptor for `grpc.health.v1`: a check without a token is answered, as probes send
+/// none, and one whose internal token does not verify is refused, so that the gateway's
+/// readiness check, which sends its token, finds a gateway whose key the service does not take.
+#[derive(Clone, Debug)]
+pub struct RefuseForeignTokens(TokenVerifier);
+
+impl RefuseForeignTokens {
+    pub fn new(verifier: TokenVerifier) -> Self {
+        Self(verifier)
+    }
+}
+
+impl tonic::service::Interceptor for RefuseForeignTokens {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let token = request.metadata().get(TOKEN_METADATA_KEY).and_then(|value| value.to_str().ok());
+        if let Some(token) = token {
+            self.0.verify(token.strip_prefix("Bearer ").ok_or(TokenError::Malformed)?)?;
+        }
+        Ok(request)
+    }
+}
+
 /// The verified caller of a request signed by a domain service holding `scope`; any other
 /// caller is refused with `permission_denied`.
 pub fn service_caller<T>(request: &Request<T>, scope: &str) -> Result<Caller, Status> {

@@ -19,16 +19,6 @@ pub const ENV_PREFIX: &str = "AIGRONOVA__";
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(pub String);
 
-/// Refuses a key given both in configuration (`setting`) and as a file other than the default:
-/// the key would win without a word, and what was signed or sealed with the file's would no
-/// longer verify or open.
-pub fn key_or_file(key: Option<&str>, file: &Path, default_file: &Path, setting: &str) -> Result<(), ConfigError> {
-    if key.is_some() && file != default_file {
-        return Err(ConfigError(format!("set {setting} or {setting}_file, not both")));
-    }
-    Ok(())
-}
-
 /// Each error as `section.key: what is wrong (in the file or the environment)`, the key as it is
 /// written in a TOML file.
 impl From<figment::Error> for ConfigError {

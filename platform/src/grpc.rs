@@ -6,12 +6,16 @@ use std::{io, net::SocketAddr};
 
 use tokio::net::TcpListener;
 use tonic::{
+    codegen::InterceptedService,
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
 
-use crate::shutdown::Shutdown;
+use crate::{
+    auth::{RefuseForeignTokens, TokenVerifier},
+    shutdown::Shutdown,
+};
 
 /// The largest message a service behind the gateway takes or the gateway takes back: above the
 /// largest request body a plan allows by default (50 MiB for Enterprise), so that an image the
@@ -37,8 +41,16 @@ impl GrpcListener {
     }
 
     /// Serves `routes` plus health and reflection until `shutdown`. `services` are the full
-    /// names of the gRPC services in `routes`, reported SERVING while the server runs.
-    pub async fn serve(self, routes: Routes, services: &[&str], shutdown: Shutdown) -> anyhow::Result<()> {
+    /// names of the gRPC services in `routes`, reported SERVING while the server runs. A health
+    /// check that carries an internal token `verifier` refuses is refused (see
+    /// [`RefuseForeignTokens`]).
+    pub async fn serve(
+        self,
+        routes: Routes,
+        services: &[&str],
+        verifier: TokenVerifier,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in services.iter().copied().chain([""]) {
             health.set_service_status(service, ServingStatus::Serving).await;
@@ -46,6 +58,7 @@ impl GrpcListener {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(aigronova_proto::FILE_DESCRIPTOR_SET)
             .build_v1()?;
+        let health_service = InterceptedService::new(health_service, RefuseForeignTokens::new(verifier));
         let routes = routes.add_service(health_service).add_service(reflection);
 
         let names: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();

@@ -274,6 +274,11 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// The gRPC URL the gateway calls the service `owner` at.
+    pub fn upstream_url(&self, owner: &str) -> &str {
+        &self.gateway_config.upstreams[owner]
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> reqwest::Response {
         self.get_from(&self.address, path, key).await
     }

@@ -1,7 +1,7 @@
 //! The walking skeleton's path: tenant, key, patient, risk assessment, checked against the
 //! Python reference on held-out rows.
 
-use aigronova_e2e::{Backend, models_dir, spawn_app};
+use aigronova_e2e::{Backend, models_dir, spawn_app, spawn_gateway};
 use serde_json::{Value, json};
 
 fn reference_rows() -> Vec<Value> {
@@ -84,6 +84,15 @@ async fn probes_answer_without_a_key() {
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["upstreams"]["healthquantum"], true);
+
+    // A gateway whose internal key the service does not take would have every call refused: it
+    // is not ready, though the service is up.
+    let foreign = spawn_gateway(app.upstream_url("healthquantum"), |_| {}).await;
+    let ready = foreign.client.get(foreign.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["upstreams"]["healthquantum"], false, "{body}");
+    foreign.stop().await;
     app.stop().await;
 }
 
