@@ -252,7 +252,7 @@ impl Generator {
     }
 
     fn request_body(&mut self, route: &Route, input: &MessageDescriptor, bound: &BTreeSet<&str>) -> Option<Value> {
-        let schema = match route.body.as_str() {
+        let mut schema = match route.body.as_str() {
             "" => return None,
             "*" if bound.is_empty() => self.message_ref(input),
             "*" => {
@@ -282,6 +282,10 @@ impl Generator {
                 self.field_schema(&field)
             }
         };
+        // A PATCH that names no field to change is refused: it changes nothing.
+        if route.http_method == axum::http::Method::PATCH && route.body == "*" {
+            schema["minProperties"] = 1.into();
+        }
         let mut body = json!({"content": {"application/json": {"schema": schema}}});
         // A body without a field the service requires is refused: the body is required.
         let required = match route.body.as_str() {
