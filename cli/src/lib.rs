@@ -151,7 +151,7 @@ impl AppConfig {
     /// Embedded storage under `data_dir` and loopback ports chosen by the system, as `up` runs,
     /// the HTTP API on `http_addr` when given (`gateway.http_addr` otherwise). A database, object
     /// store or key file the configuration names (a file, `AIGRONOVA__…`) is kept: `up` can run
-    /// against PostgreSQL too. A key given in the configuration leaves its file where it is.
+    /// against PostgreSQL too.
     pub fn embedded(mut self, http_addr: Option<SocketAddr>, data_dir: &Path) -> Self {
         let defaults = AppConfig::default();
         let sqlite = |name: &str| format!("sqlite://{}", data_dir.join(name).display());
@@ -167,13 +167,11 @@ impl AppConfig {
         let health = &defaults.healthquantum;
         unless_set(&mut self.healthquantum.database_url, &health.database_url, sqlite("healthquantum.db"));
         self.healthquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        if self.healthquantum.master_key.is_none() {
-            unless_set(
-                &mut self.healthquantum.master_key_file,
-                &health.master_key_file,
-                data_dir.join("healthquantum-master.key"),
-            );
-        }
+        unless_set(
+            &mut self.healthquantum.master_key_file,
+            &health.master_key_file,
+            data_dir.join("healthquantum-master.key"),
+        );
         unless_set(
             &mut self.healthquantum.objects_url,
             &health.objects_url,
@@ -182,21 +180,20 @@ impl AppConfig {
         let fin = &defaults.finquantum;
         unless_set(&mut self.finquantum.database_url, &fin.database_url, sqlite("finquantum.db"));
         self.finquantum.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        if self.finquantum.master_key.is_none() {
-            let file = data_dir.join("finquantum-master.key");
-            unless_set(&mut self.finquantum.master_key_file, &fin.master_key_file, file);
-        }
+        unless_set(&mut self.finquantum.master_key_file, &fin.master_key_file, data_dir.join("finquantum-master.key"));
         self.finquantum.sandbox = true;
         let governance = &defaults.ai_governance;
         unless_set(&mut self.ai_governance.database_url, &governance.database_url, sqlite("ai-governance.db"));
-        if self.ai_governance.signing_key.is_none() {
-            let file = data_dir.join("ai-governance-checkpoint.key");
-            unless_set(&mut self.ai_governance.signing_key_file, &governance.signing_key_file, file);
-        }
-        if self.ai_governance.master_key.is_none() {
-            let file = data_dir.join("ai-governance-master.key");
-            unless_set(&mut self.ai_governance.master_key_file, &governance.master_key_file, file);
-        }
+        unless_set(
+            &mut self.ai_governance.signing_key_file,
+            &governance.signing_key_file,
+            data_dir.join("ai-governance-checkpoint.key"),
+        );
+        unless_set(
+            &mut self.ai_governance.master_key_file,
+            &governance.master_key_file,
+            data_dir.join("ai-governance-master.key"),
+        );
         self.ai_governance.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         self
     }

@@ -283,15 +283,17 @@ impl Generator {
             }
         };
         // A PATCH that names no field to change is refused: it changes nothing.
-        if route.http_method == axum::http::Method::PATCH && route.body == "*" {
+        let patch = route.http_method == axum::http::Method::PATCH && route.body == "*";
+        if patch {
             schema["minProperties"] = 1.into();
         }
         let mut body = json!({"content": {"application/json": {"schema": schema}}});
-        // A body without a field the service requires is refused: the body is required.
-        let required = match route.body.as_str() {
-            "*" => input.fields().any(|field| !bound.contains(field.name()) && self.is_required(&field)),
-            field => input.get_field_by_name(field).is_some_and(|field| self.is_required(&field)),
-        };
+        // A body without a field the service requires, or a PATCH's, is refused: it is required.
+        let required = patch
+            || match route.body.as_str() {
+                "*" => input.fields().any(|field| !bound.contains(field.name()) && self.is_required(&field)),
+                field => input.get_field_by_name(field).is_some_and(|field| self.is_required(&field)),
+            };
         if required {
             body["required"] = true.into();
         }

@@ -129,6 +129,8 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
     let policy = CallPolicy::of(route, &parts.headers)?;
+    let content_type = transcode::content_type(&parts.headers)?;
+    transcode::check_raw_media_type(route, content_type)?;
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     // The tenant's slot first: a request refused for its tenant's requests in flight spends
     // nothing of its rate.
@@ -136,7 +138,6 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
     slot.hold_body(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout).await?;
-    let content_type = transcode::content_type(&parts.headers)?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =
@@ -216,8 +217,8 @@ pub(crate) async fn read_body(
     let declared = declared_length(&body, limit)?;
     let stalled = Arc::new(AtomicBool::new(false));
     let body = decompress::with_idle_timeout(body, idle, stalled.clone());
-    // Rounded up: a body of any length takes some time, so a stalled one always meets `idle`
-    // first and is told so.
+    // Rounded up: a body of any length takes some time, so one that stalls from its start meets
+    // `idle` a second before the whole allowance, and is told so.
     let at_rate = declared.unwrap_or(limit).div_ceil(MIN_BODY_BYTES_PER_SEC);
     let whole = idle + std::time::Duration::from_secs(at_rate as u64);
     let read = tokio::time::timeout(whole, decompress::read(body, headers, limit)).await;

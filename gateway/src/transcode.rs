@@ -60,7 +60,7 @@ pub(crate) fn request_message(
             let field = input.get_field_by_name(field_name).ok_or_else(Problem::internal)?;
             if let Kind::Message(kind) = field.kind() {
                 let value = if kind.full_name() == "google.api.HttpBody" {
-                    raw_body(&kind, body, content_type, &route.request_media_types)?
+                    raw_body(&kind, body, content_type)?
                 } else {
                     json_content_type(content_type, body)?;
                     parse_body(&kind, body)?
@@ -128,19 +128,24 @@ pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Resu
     }
 }
 
-/// The raw body with its `Content-Type`, which must be one of `accepted` (415 otherwise) unless
-/// `accepted` is empty.
-fn raw_body(
-    descriptor: &MessageDescriptor,
-    body: &[u8],
-    content_type: Option<&str>,
-    accepted: &[String],
-) -> Result<DynamicMessage, Problem> {
+/// Whether `route` takes its body raw (a `google.api.HttpBody`) with `content_type`: it must name
+/// the body's media type, one of the route's `request_media_types` when it has any (415
+/// otherwise). Asked before the body is read: a large upload of a type the route does not read
+/// is refused without being read.
+pub(crate) fn check_raw_media_type(route: &Route, content_type: Option<&str>) -> Result<(), Problem> {
+    let raw =
+        route.method.input().get_field_by_name(&route.body).is_some_and(
+            |field| matches!(field.kind(), Kind::Message(kind) if kind.full_name() == "google.api.HttpBody"),
+        );
+    if !raw {
+        return Ok(());
+    }
     let content_type = content_type
         .map(str::trim)
         .filter(|value| !value.is_empty())
         .ok_or_else(|| Problem::bad_request("send the body's media type in Content-Type"))?;
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let accepted = &route.request_media_types;
     if !accepted.is_empty() && !accepted.contains(&essence) {
         let mut problem = Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -149,6 +154,19 @@ fn raw_body(
         problem.set_field("Content-Type");
         return Err(problem);
     }
+    Ok(())
+}
+
+/// The raw body with its `Content-Type` (see [`check_raw_media_type`]).
+fn raw_body(
+    descriptor: &MessageDescriptor,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<DynamicMessage, Problem> {
+    let content_type = content_type
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .ok_or_else(|| Problem::bad_request("send the body's media type in Content-Type"))?;
     let mut message = DynamicMessage::new(descriptor.clone());
     message.set_field_by_name("content_type", Value::String(content_type.to_owned()));
     message.set_field_by_name("data", Value::Bytes(bytes::Bytes::copy_from_slice(body)));

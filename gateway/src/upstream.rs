@@ -315,6 +315,15 @@ impl Upstreams {
         aigronova_platform::auth::attach_token(&mut metadata, token);
         match self.unary(owner, check, Bytes::new(), metadata, self.timeout, &AtomicBool::new(false)).await {
             Ok(response) => response.as_ref() == [0x08, 0x01],
+            Err(status) if status.code() == Code::Unauthenticated => {
+                tracing::warn!(
+                    upstream = owner,
+                    reason = status.message(),
+                    "the upstream refuses the gateway's internal token: its internal_auth.verifying_key is not the \
+                     pair of the gateway's internal_auth.signing_key; not ready"
+                );
+                false
+            }
             Err(_) => false,
         }
     }

@@ -324,8 +324,10 @@ impl tonic::service::Interceptor for Authenticate {
 }
 
 /// A tonic interceptor for `grpc.health.v1`: a check without a token is answered, as probes send
-/// none, and one whose internal token does not verify is refused, so that the gateway's
-/// readiness check, which sends its token, finds a gateway whose key the service does not take.
+/// none, and one whose internal token does not verify with the gateway's key is refused, so that
+/// the gateway's readiness check, which sends its token, finds a gateway whose key the service
+/// does not take. (A token of the services' key is refused here too: no service checks another's
+/// health.)
 #[derive(Clone, Debug)]
 pub struct RefuseForeignTokens(TokenVerifier);
 

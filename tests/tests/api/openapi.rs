@@ -129,10 +129,10 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(read, ["application/dicom", "application/octet-stream", "image/jpeg", "image/png"]);
     assert_eq!(upload["image/png"]["schema"]["contentMediaType"], "image/png");
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["409"].is_object());
-    // A body with a field the service requires is required; one without is not (PATCH).
+    // A body with a field the service requires is required, and a PATCH's, which names a field.
     assert_eq!(document["paths"]["/v1/health/patients"]["post"]["requestBody"]["required"], true);
     let patch = &document["paths"]["/v1/health/patients/{id}"]["patch"]["requestBody"];
-    assert!(patch.get("required").is_none());
+    assert_eq!(patch["required"], true);
     assert_eq!(patch["content"]["application/json"]["schema"]["minProperties"], 1, "a PATCH names a field to change");
     // Required query parameters say so, with their bounds.
     let consistency = &document["paths"]["/v1/governance/audit/consistency"]["get"]["parameters"];

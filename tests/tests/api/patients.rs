@@ -614,6 +614,24 @@ async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_ref
         let detail = problem["detail"].as_str().unwrap();
         assert!(detail.contains("is not a media type this route reads; send image/png"), "{detail}");
     }
+    // Told before the body is read: an upload of another type is refused at its head.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = app.address.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!(
+            "POST /v1/health/patients/{patient}/images HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer \
+             {key}\r\nContent-Type: text/plain\r\nContent-Length: 10000000\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0; 1024];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    }
     assert_eq!(walk(&objects).len(), stored, "nothing stored by a refused upload");
     let listed: Value = app.get(&format!("/v1/health/patients/{patient}/images"), &key).await.json().await.unwrap();
     assert_eq!(listed["images"].as_array().unwrap().len(), 4);
