@@ -246,6 +246,7 @@ impl AiGovernanceService {
                 }
             }
         });
+        tokio::spawn(refresh_drift_gauge(monitoring.clone(), shutdown.clone()));
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
             .add_service(ModelInventoryServer::with_interceptor(
@@ -271,6 +272,23 @@ impl AiGovernanceService {
         let served = self.listener.serve(routes, &names, self.verifier, shutdown).await;
         self.database.close().await;
         served
+    }
+}
+
+/// How often the drift gauge is brought up to the last hour when no report comes.
+const DRIFT_GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps the drift gauge to the last hour (see [`MonitoringStore::refresh_drift_gauge`]): at the
+/// start, then every [`DRIFT_GAUGE_REFRESH`], until `shutdown`.
+async fn refresh_drift_gauge(monitoring: MonitoringStore, shutdown: Shutdown) {
+    loop {
+        if let Err(error) = monitoring.refresh_drift_gauge().await {
+            tracing::warn!(%error, "the drift gauge is not refreshed");
+        }
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(DRIFT_GAUGE_REFRESH) => {}
+        }
     }
 }
 

@@ -9,7 +9,10 @@
 //! A handful of inputs says nothing about a distribution: the alert needs at least
 //! [`MIN_DRIFT_SAMPLE`] scored inputs in the window, ten per bin of a ten-bin feature.
 
-use std::{collections::BTreeMap, sync::OnceLock};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+};
 
 use aigronova_platform::{
     Error,
@@ -138,14 +141,50 @@ pub fn parse_window(window: &str) -> Result<(String, Duration), Error> {
     }
 }
 
+/// A series of the drift gauge: tenant, model, version.
+type Series = (String, String, String);
+
 #[derive(Clone, Debug)]
 pub struct MonitoringStore {
     database: Database,
+    /// The series the drift gauge shows, so that those of models no longer called are taken out.
+    shown: Arc<Mutex<BTreeSet<Series>>>,
 }
 
 impl MonitoringStore {
     pub fn new(database: Database) -> Self {
-        Self { database }
+        Self { database, shown: Arc::default() }
+    }
+
+    /// Sets the drift gauge of every model version called in the last hour, and takes out the
+    /// series of those that were not: the gauge tells of the last hour, not of the last report
+    /// (a model no longer called is no longer in alert), also after a restart.
+    pub async fn refresh_drift_gauge(&self) -> Result<(), Error> {
+        let since = (Utc::now() - Duration::hours(1)).to_rfc3339_opts(SecondsFormat::Micros, true);
+        let rows =
+            sqlx::query("SELECT DISTINCT tenant_id, model, version FROM inference_windows WHERE window_end >= $1")
+                .bind(since)
+                .fetch_all(self.database.pool())
+                .await
+                .map_err(StoreError::from)?;
+        let mut live = BTreeSet::new();
+        for row in rows {
+            let series: Series = (
+                row.try_get(0).map_err(StoreError::from)?,
+                row.try_get(1).map_err(StoreError::from)?,
+                row.try_get(2).map_err(StoreError::from)?,
+            );
+            if let Some(status) = self.status(&series.0, &series.1, &series.2, Duration::hours(1)).await? {
+                drift_gauge().with_label_values(&[&series.0, &series.1, &series.2]).set(status.alerting_psi());
+                live.insert(series);
+            }
+        }
+        let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
+        for (tenant, model, version) in shown.difference(&live) {
+            let _ = drift_gauge().remove_label_values(&[tenant, model, version]);
+        }
+        *shown = live;
+        Ok(())
     }
 
     /// Stores `summaries`, then refreshes the drift gauge of each model they are about.
@@ -178,6 +217,8 @@ impl MonitoringStore {
                 drift_gauge()
                     .with_label_values(&[&summary.tenant_id, &status.model, &status.version])
                     .set(status.alerting_psi());
+                let series = (summary.tenant_id.clone(), status.model, status.version);
+                self.shown.lock().unwrap_or_else(PoisonError::into_inner).insert(series);
             }
         }
         Ok(())
@@ -364,6 +405,46 @@ mod tests {
         let expected = psi(&[200, 0], &[0.53, 0.47]);
         assert_eq!(status.drift.len(), 1);
         assert!((status.drift[0].1 - expected).abs() < 1e-12, "{:?} against {expected}", status.drift);
+    }
+
+    /// The drift gauge's value for `tenant`, if it has a series.
+    fn gauge_of(tenant: &str) -> Option<f64> {
+        use prometheus::core::Collector;
+        let families = drift_gauge().collect();
+        let metrics = families.iter().flat_map(|family| family.get_metric());
+        metrics
+            .filter(|metric| metric.get_label().iter().any(|label| label.value() == tenant))
+            .map(|metric| metric.get_gauge().get_value())
+            .next()
+    }
+
+    #[tokio::test]
+    async fn the_drift_gauge_tells_of_the_last_hour_not_of_the_last_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let store = MonitoringStore::new(database.clone());
+        let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
+        let (quiet, busy) = (format!("quiet-{}", uuid::Uuid::new_v4()), format!("busy-{}", uuid::Uuid::new_v4()));
+        for tenant in [&quiet, &busy] {
+            // 200 inputs all in one bin of two: drift, and an alert.
+            store.record(&[Summary { tenant_id: tenant.clone(), ..report(&now, 200, vec![0.5, 0.5]) }]).await.unwrap();
+            assert!(gauge_of(tenant).unwrap() > 0.25, "{tenant} drifts");
+        }
+        // The quiet tenant's calls are now more than an hour old, and no report came since.
+        sqlx::query("UPDATE inference_windows SET window_end = $1 WHERE tenant_id = $2")
+            .bind((Utc::now() - Duration::hours(2)).to_rfc3339_opts(SecondsFormat::Micros, true))
+            .bind(&quiet)
+            .execute(database.pool())
+            .await
+            .unwrap();
+        store.refresh_drift_gauge().await.unwrap();
+        assert_eq!(gauge_of(&quiet), None, "a model not called in the last hour is not in alert");
+        assert!(gauge_of(&busy).unwrap() > 0.25);
+        // After a restart, the gauge shows the last hour before any report comes.
+        let _ = drift_gauge().remove_label_values(&[&busy, "diabetes-progression", "1"]);
+        MonitoringStore::new(database).refresh_drift_gauge().await.unwrap();
+        assert!(gauge_of(&busy).unwrap() > 0.25, "the busy tenant's series is back");
     }
 
     #[test]
