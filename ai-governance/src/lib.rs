@@ -161,23 +161,7 @@ impl AiGovernanceService {
     ) -> anyhow::Result<Self> {
         config.validate()?;
         let signer = match &config.signing_key {
-            Some(key) => {
-                let signer = CheckpointSigner::from_base64(key)?;
-                // A key file left from before holds the key earlier checkpoints were signed with:
-                // another key set beside it would set it aside without a word.
-                if config.signing_key_file.exists() {
-                    let kept = CheckpointSigner::load_or_create(&config.signing_key_file)?;
-                    if kept.key_id() != signer.key_id() {
-                        return Err(ConfigError(format!(
-                            "ai_governance.signing_key is not the key in ai_governance.signing_key_file ({}), \
-                             which signed the checkpoints so far: set one of them",
-                            config.signing_key_file.display()
-                        ))
-                        .into());
-                    }
-                }
-                signer
-            }
+            Some(key) => CheckpointSigner::from_base64(key)?,
             None => CheckpointSigner::load_or_create(&config.signing_key_file).with_context(|| {
                 format!("cannot read or create the signing key file {}", config.signing_key_file.display())
             })?,
@@ -197,6 +181,21 @@ impl AiGovernanceService {
             .await
             .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
         tracing::info!(key_id = %signer.key_id(), "audit checkpoints signed with this key");
+        // Another key than the one of the latest checkpoint: verifiers that pinned that key (`audit
+        // verify --public-key`) refuse what this one signs until they take the new one.
+        let latest: Option<String> =
+            sqlx::query_scalar("SELECT key_id FROM audit_checkpoints ORDER BY signed_at DESC LIMIT 1")
+                .fetch_optional(database.pool())
+                .await
+                .context("cannot read the latest checkpoint")?;
+        if let Some(latest) = latest.filter(|latest| *latest != signer.key_id()) {
+            tracing::warn!(
+                key_id = %signer.key_id(),
+                latest_key_id = %latest,
+                "the checkpoint key is not the one that signed the latest checkpoint: verifiers that pinned the \
+                 earlier key must take this one (GET /v1/governance/audit/public-key)"
+            );
+        }
         if service_signer.is_none() {
             tracing::warn!("no internal_auth.service_signing_key: calls from and to the services are refused");
         }

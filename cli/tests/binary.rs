@@ -483,24 +483,4 @@ fn settings_that_cannot_work_stop_the_start_with_64_and_say_which() {
         up_once_with(data.path(), "127.0.0.1:0", None, &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("ONNX Runtime"), "{stderr}");
-
-    // A checkpoint key set beside the key file of the data directory, which holds another: the
-    // file's, which signed the checkpoints so far, would be set aside without a word.
-    let signing_key = || {
-        let keys = Command::new(env!("CARGO_BIN_EXE_aigronova")).arg("keygen").output().unwrap();
-        let keys = String::from_utf8(keys.stdout).unwrap();
-        keys.lines().find_map(|line| line.strip_prefix("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY=")).unwrap().to_owned()
-    };
-    let (signing_key, kept) = (signing_key(), signing_key());
-    let file = data.path().join("ai-governance-checkpoint.key");
-    std::fs::write(&file, &kept).unwrap();
-    let (code, stderr) = up_once_with(
-        data.path(),
-        "127.0.0.1:0",
-        None,
-        &[("AIGRONOVA__AI_GOVERNANCE__SIGNING_KEY", signing_key.as_str())],
-    );
-    assert_eq!(code, Some(64), "{stderr}");
-    assert!(stderr.contains("ai_governance.signing_key is not the key in ai_governance.signing_key_file"), "{stderr}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), kept, "the key file is kept as it was");
 }

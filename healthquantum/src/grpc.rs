@@ -506,7 +506,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             &format!("patient:{patient_id}"),
             serde_json::json!({"imageId": image.id}),
         );
-        self.store.delete_images(&caller.tenant_id, std::slice::from_ref(&image.id), &event).await?;
+        self.store.delete_image(&caller.tenant_id, &image.id, &event).await?;
         self.delete_image_objects(&caller.tenant_id, std::slice::from_ref(&image.id)).await;
         self.outbox.wake();
         Ok(Response::new(proto::DeleteImageResponse {}))

@@ -538,16 +538,18 @@ impl Store {
         Ok(image)
     }
 
-    /// Deletes the image records of `ids`, with the audit `event`.
-    pub(crate) async fn delete_images(&self, tenant_id: &str, ids: &[String], event: &AuditEvent) -> Result<(), Error> {
+    /// Deletes the image record `id`, with the audit `event`; `NotFound`, and nothing recorded,
+    /// when it is gone already (a deletion of the same image, or of its patient, came first).
+    pub(crate) async fn delete_image(&self, tenant_id: &str, id: &str, event: &AuditEvent) -> Result<(), Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        for id in ids {
-            sqlx::query("DELETE FROM images WHERE tenant_id = $1 AND id = $2")
-                .bind(tenant_id)
-                .bind(id)
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
+        let deleted = sqlx::query("DELETE FROM images WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+        if deleted.rows_affected() == 0 {
+            return Err(Error::NotFound("image".into()));
         }
         audit::enqueue(&mut transaction, event).await?;
         transaction.commit().await.map_err(StoreError::from)?;

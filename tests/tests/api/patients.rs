@@ -529,8 +529,12 @@ async fn medical_images(backend: Backend) {
     let listed: Value = app.get(&format!("/v1/health/patients/{patient}/images"), &key).await.json().await.unwrap();
     assert_eq!(listed["images"].as_array().unwrap().len(), 2);
 
-    // Delete one; then the patient takes the other with them.
-    assert_eq!(app.delete(&path, &key).await.status(), 200);
+    // Delete one, four times at once: one deletion, and one audit event; then the patient takes the
+    // other with them.
+    let deletions = futures_util::future::join_all((0..4).map(|_| app.delete(&path, &key))).await;
+    let mut statuses: Vec<u16> = deletions.iter().map(|response| response.status().as_u16()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 404, 404, 404]);
     assert_problem(app.get(&path, &key).await, 404).await;
     assert_eq!(walk(&objects).len(), 1, "the image and its thumbnail are gone");
     assert_eq!(app.delete(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
@@ -543,6 +547,7 @@ async fn medical_images(backend: Backend) {
     let actions: Vec<&str> = entries.iter().filter_map(|entry| entry["action"].as_str()).collect();
     let count = |wanted: &str| actions.iter().filter(|action| **action == wanted).count();
     assert_eq!((count("health.GetImage"), count("health.GetImageThumbnail")), (1, 1), "{actions:?}");
+    assert_eq!(count("health.DeleteImage"), 1, "{actions:?}");
     app.stop().await;
 }
 
