@@ -72,9 +72,14 @@ impl CreditHistory {
         ("critical", Self::Critical),
     ];
 
+    /// The names an applicant's credit history is given by.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        Self::NAMES.iter().map(|(name, _)| *name)
+    }
+
     fn parse(text: &str) -> Result<Self, Error> {
         Self::NAMES.iter().find(|(name, _)| *name == text.trim()).map(|(_, history)| *history).ok_or_else(|| {
-            let names: Vec<&str> = Self::NAMES.iter().map(|(name, _)| *name).collect();
+            let names: Vec<&str> = Self::names().collect();
             Error::invalid("applicant.creditHistory", one_of(text, &names))
         })
     }
@@ -84,8 +89,10 @@ impl CreditHistory {
     }
 }
 
-const HOUSING: &[&str] = &["own", "rent", "free"];
-const PURPOSES: &[&str] =
+/// The housings an applicant declares.
+pub const HOUSING: &[&str] = &["own", "rent", "free"];
+/// The purposes a credit is asked for.
+pub const PURPOSES: &[&str] =
     &["car_new", "car_used", "furniture", "appliances", "education", "business", "repairs", "other"];
 
 /// The declared fields as the request carries them.

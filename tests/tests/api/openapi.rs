@@ -151,6 +151,11 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
         json!(aigronova_finquantum::consent::KNOWN_PERMISSIONS),
         "as finquantum takes"
     );
+    let applicant = &document["components"]["schemas"]["aigronova.fin.v1.Applicant"]["properties"];
+    let histories: Vec<&str> = aigronova_finquantum::scoring::CreditHistory::names().collect();
+    assert_eq!(applicant["creditHistory"]["enum"], json!(histories));
+    assert_eq!(applicant["housing"]["enum"], json!(aigronova_finquantum::scoring::HOUSING));
+    assert_eq!(applicant["purpose"]["enum"], json!(aigronova_finquantum::scoring::PURPOSES));
     let reviews = document["paths"]["/v1/governance/reviews"]["get"]["parameters"].as_array().unwrap().clone();
     let status = reviews.iter().find(|parameter| parameter["name"] == "status").unwrap();
     assert_eq!(status["schema"]["enum"], json!(["pending", "decided"]));
