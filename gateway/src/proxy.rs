@@ -120,7 +120,8 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         Lookup::NotFound if percent_encoding::percent_decode_str(parts.uri.path()).decode_utf8().is_err() => {
             return Err(Problem::bad_request("the path is not percent-encoded UTF-8 (RFC 3986)"));
         }
-        Lookup::NotFound => return Err(Problem::not_found(format!("no route for {}", parts.uri.path()))),
+        // The path is the problem's `instance` already: not repeated (it may hold whatever was typed).
+        Lookup::NotFound => return Err(Problem::not_found("no route has this path; GET /openapi.json lists them")),
     };
     let route = matched.route;
     facts.route = Some(route.template.clone());

@@ -21,7 +21,10 @@ async fn app_with_patient(backend: Backend) -> (TestApp, String, String) {
 async fn unknown_routes_are_404_and_wrong_methods_405() {
     let app = spawn_app(Backend::Sqlite).await;
     let (_, key) = app.tenant_with_key().await;
-    assert_problem(app.get("/v1/health/nothing-here", &key).await, 404).await;
+    let problem = assert_problem(app.get("/v1/health/nothing-here", &key).await, 404).await;
+    // The path is the problem's instance, and is not repeated in its detail.
+    assert_eq!(problem["instance"], "/v1/health/nothing-here");
+    assert!(!problem["detail"].as_str().unwrap().contains("nothing-here"), "{problem}");
     assert_problem(app.get("/v2/anything", &key).await, 404).await;
     assert_problem(app.get("//v1/health/patients", &key).await, 404).await;
     let response = app.client.delete(app.url("/v1/health/patients")).bearer_auth(&key).send().await.unwrap();
