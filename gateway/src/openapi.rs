@@ -861,7 +861,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         path: "/readyz",
         operation_id: "Gateway_Readiness",
         tag: "Gateway",
-        summary: "Readiness: the gateway's database and every upstream service answer.",
+        summary: "Readiness: the gateway's database answers, and its key is taken by the upstream services.",
         scopes: &[],
         parameters: &[],
         request: None,
@@ -1093,7 +1093,9 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 "database": {"type": "boolean", "description": "The gateway's database answers."},
                 "upstreams": {
                     "type": "object",
-                    "description": "Whether each upstream service reports SERVING, by owner.",
+                    "description": "Whether each upstream service reports SERVING, by owner. One that does not leaves \
+                                    the gateway ready (its routes answer 503); all of them refusing the gateway's \
+                                    internal token does not.",
                     "additionalProperties": {"type": "boolean"},
                 },
                 "rateLimits": {

@@ -25,6 +25,7 @@ use crate::{
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
     transcode,
+    upstream::Health,
 };
 
 /// Liveness: the process answers.
@@ -37,15 +38,20 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let database = state.store.database().ping().await.is_ok();
     let mut upstreams = serde_json::Map::new();
     let token = state.signer.mint_reusable(&aigronova_platform::auth::Caller::service("gateway", "readiness"));
+    let mut refused = 0;
     for owner in state.upstreams.owners() {
-        upstreams.insert(owner.clone(), state.upstreams.is_serving(owner, &token).await.into());
+        let health = state.upstreams.health(owner, &token).await;
+        refused += usize::from(health == Health::RefusesToken);
+        upstreams.insert(owner.clone(), (health == Health::Serving).into());
     }
     // With Redis and `redis_failure = "closed"`, a replica that cannot reach Redis refuses every
-    // tenant call: not ready, so that a load balancer sends them elsewhere.
+    // tenant call: not ready, so that a load balancer sends them elsewhere. An upstream that is
+    // down is every replica's problem, which the circuit breakers answer for its routes alone:
+    // reported, it leaves the gateway ready, so that the other services stay reachable. Every
+    // upstream refusing the gateway's token is this replica's key: not ready.
     let rate_limits = state.limiter.readiness().await;
-    let ready = database
-        && rate_limits != Some(false)
-        && upstreams.values().all(|serving| serving == &serde_json::Value::Bool(true));
+    let own_key_refused = !upstreams.is_empty() && refused == upstreams.len();
+    let ready = database && rate_limits != Some(false) && !own_key_refused;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut body = serde_json::json!({"ready": ready, "database": database, "upstreams": upstreams});
     if let Some(rate_limits) = rate_limits {

@@ -306,27 +306,37 @@ impl Upstreams {
         connection.unary(path, message, metadata, timeout, sent).await
     }
 
-    /// Whether `owner` reports SERVING on `grpc.health.v1` to a check that carries `token`, the
-    /// gateway's internal token: a service that does not take the gateway's key refuses it.
-    pub(crate) async fn is_serving(&self, owner: &str, token: &str) -> bool {
+    /// What `owner` answers on `grpc.health.v1` to a check that carries `token`, the gateway's
+    /// internal token: a service that does not take the gateway's key refuses it.
+    pub(crate) async fn health(&self, owner: &str, token: &str) -> Health {
         // An empty HealthCheckRequest asks about the whole server; SERVING encodes as field 1 = 1.
         let check = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
         let mut metadata = MetadataMap::new();
         aigronova_platform::auth::attach_token(&mut metadata, token);
         match self.unary(owner, check, Bytes::new(), metadata, self.timeout, &AtomicBool::new(false)).await {
-            Ok(response) => response.as_ref() == [0x08, 0x01],
+            Ok(response) if response.as_ref() == [0x08, 0x01] => Health::Serving,
             Err(status) if status.code() == Code::Unauthenticated => {
                 tracing::warn!(
                     upstream = owner,
                     reason = status.message(),
                     "the upstream refuses the gateway's internal token: its internal_auth.verifying_key is not the \
-                     pair of the gateway's internal_auth.signing_key; not ready"
+                     pair of the gateway's internal_auth.signing_key"
                 );
-                false
+                Health::RefusesToken
             }
-            Err(_) => false,
+            Ok(_) | Err(_) => Health::Unavailable,
         }
     }
+}
+
+/// What an upstream answers to the gateway's health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    Serving,
+    /// Down, unreachable, or NOT_SERVING.
+    Unavailable,
+    /// It answers, but refuses the gateway's internal token.
+    RefusesToken,
 }
 
 #[cfg(test)]

@@ -85,8 +85,17 @@ async fn probes_answer_without_a_key() {
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["upstreams"]["healthquantum"], true);
 
-    // A gateway whose internal key the service does not take would have every call refused: it
-    // is not ready, though the service is up.
+    // An upstream that is down is reported, and leaves the gateway ready: its routes answer 503,
+    // the other services' do not depend on it.
+    let alone = spawn_gateway("http://127.0.0.1:1", |_| {}).await;
+    let ready = alone.client.get(alone.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["upstreams"]["healthquantum"], false, "{body}");
+    alone.stop().await;
+
+    // A gateway whose internal key no service takes would have every call refused: it is not
+    // ready, though the services are up.
     let foreign = spawn_gateway(app.upstream_url("healthquantum"), |_| {}).await;
     let ready = foreign.client.get(foreign.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
