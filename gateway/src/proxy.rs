@@ -258,7 +258,17 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let path = request.uri().path().to_owned();
     let cacheable = CACHEABLE_PATHS.contains(&path.as_str());
     let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
-    let mut response = request_id::CURRENT.scope(info, access_log(&state, request, next, refused)).await;
+    // On a task of its own: a client that goes away does not cut a call short, so a write the
+    // service made is never left without its access log line and metrics.
+    let handled =
+        tokio::spawn(request_id::CURRENT.scope(info, async move { access_log(&state, request, next, refused).await }));
+    let mut response = match handled.await {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::error!(%error, "request handling failed");
+            Problem::internal().into_response()
+        }
+    };
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, id_value);
     // Answers are the media type they say: a browser does not guess another (an uploaded

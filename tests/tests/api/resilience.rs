@@ -543,6 +543,33 @@ async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_co
 }
 
 #[tokio::test]
+async fn a_call_whose_client_goes_away_is_finished_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let answered = r#"aigronova_gateway_requests_total{method="GET",route="/v1/health/patients/{id}",status="200"}"#;
+    let before = metric(&app, answered).await;
+    let address = app.address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let head =
+        format!("GET /v1/health/patients/p-1 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The client goes away while the service has the call.
+    stand_in.0.arrived.notified().await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stand_in.0.release.notify_one();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metric(&app, answered).await < before + 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the call the client left was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stand_in.calls(), 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_a_503_that_names_it_and_not_the_transport_error() {
     let nowhere = format!("http://127.0.0.1:{}", aigronova_e2e::port_to_start_later());
     let app = spawn_gateway(&nowhere, |_| {}).await;
