@@ -381,8 +381,12 @@ pub(crate) struct CallPolicy {
 }
 
 impl CallPolicy {
-    /// The policy of a call to `route`; a malformed `grpc-timeout` is a 400.
+    /// The policy of a call to `route`; a malformed `grpc-timeout`, or one given twice (the first
+    /// and the last would be different deadlines), is a 400.
     pub(crate) fn of(route: &Route, headers: &HeaderMap) -> Result<Self, Problem> {
+        if headers.get_all(GRPC_TIMEOUT).iter().nth(1).is_some() {
+            return Err(Problem::invalid_field(GRPC_TIMEOUT, "the grpc-timeout header is given more than once"));
+        }
         let client_deadline = match headers.get(GRPC_TIMEOUT) {
             None => None,
             Some(value) => {

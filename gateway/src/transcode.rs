@@ -74,8 +74,12 @@ pub(crate) fn request_message(
         let field = input.get_field_by_name(name).ok_or_else(Problem::internal)?;
         let value = scalar(&field, value)
             .map_err(|reason| Problem::invalid_field(field.json_name(), format!("{}: {reason}", field.json_name())))?;
-        // A body that names the field too must agree with the path, rather than be overruled.
-        if message.has_field(&field) && *message.get_field(&field) != value {
+        // A body that names the field too must agree with the path, rather than be overruled; an id
+        // agrees in any spelling of its UUID, as the services read ids.
+        if message.has_field(&field)
+            && *message.get_field(&field) != value
+            && !same_uuid(&message.get_field(&field), &value)
+        {
             let json_name = field.json_name();
             return Err(Problem::invalid_field(
                 json_name,
@@ -195,6 +199,12 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
                 Problem::invalid_body_field(&path_of_error(descriptor, body), &error, detail)
             }
         })
+}
+
+/// Whether `a` and `b` are strings that spell the same UUID (`A1…`, `a1…`, `{a1…}`, `urn:uuid:a1…`).
+fn same_uuid(a: &Value, b: &Value) -> bool {
+    let uuid = |value: &Value| value.as_str().and_then(|text| uuid::Uuid::try_parse(text.trim()).ok());
+    uuid(a).is_some_and(|a| uuid(b) == Some(a))
 }
 
 /// The request's one `Content-Type`, if it has one: given twice, even alike, it is refused, as

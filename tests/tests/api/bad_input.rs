@@ -306,6 +306,10 @@ async fn the_query_cannot_rebind_a_path_field_or_repeat_a_single_one() {
     assert_ne!(unchanged["name"], "Ana", "nothing changed");
     let response = app.patch(&format!("/v1/health/patients/{mine}"), &key, &json!({"id": mine, "name": "Ana"})).await;
     assert_eq!(response.status(), 200);
+    // The same id in another spelling of its UUID is the same value.
+    let upper = mine.to_ascii_uppercase();
+    let response = app.patch(&format!("/v1/health/patients/{upper}"), &key, &json!({"id": mine, "name": "Bia"})).await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
     app.stop().await;
 }
 

@@ -412,6 +412,11 @@ async fn malformed_grpc_timeouts_are_400_and_never_reach_the_upstream() {
         let problem = assert_problem(response, 400).await;
         assert!(problem["detail"].as_str().unwrap().contains("grpc-timeout"), "{value}: {problem}");
     }
+    // Two deadlines are none: which one would hold depends on who reads them.
+    let twice = app.client.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key);
+    let response = twice.header("grpc-timeout", "1S").header("grpc-timeout", "1n").send().await.unwrap();
+    let problem = assert_problem(response, 400).await;
+    assert_eq!(problem["field"], "grpc-timeout", "{problem}");
     assert_eq!(stand_in.calls(), 0);
     app.stop().await;
 }
