@@ -583,6 +583,19 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     // The header alone first: an image too large is refused, naming its size, before any pixel is decoded.
     let (width, height) = reader(limits.clone()).into_dimensions().map_err(undecodable)?;
     check_size(width, height)?;
+    // Every 8×8 block of a JPEG's first component takes a bit at least (its DC coefficient's
+    // Huffman code): fewer bits than blocks is a header that claims more pixels than the data
+    // holds, which a decoder would fill with grey.
+    let blocks = u64::from(width.div_ceil(8)) * u64::from(height.div_ceil(8));
+    if media_type == MediaType::Jpeg && (bytes.len() as u64).saturating_mul(8) < blocks {
+        return Err(Error::invalid(
+            "body",
+            format!(
+                "starts as {media_type} but holds too little data for its {width}×{height} pixels: it is cut short, \
+                 or its header is not its own"
+            ),
+        ));
+    }
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     let decoded = reader(limits).decode().map_err(undecodable)?;
@@ -626,6 +639,16 @@ mod tests {
                 }
                 other => panic!("a JPEG of {cut} of its {} bytes: {other:?}", whole.len()),
             }
+        }
+        // A header that claims 6000×6000 pixels over the data of 64×48.
+        let mut inflated = whole.clone();
+        let frame = inflated.windows(2).position(|marker| marker == [0xFF, 0xC0]).expect("a baseline frame header");
+        inflated[frame + 5..frame + 9].copy_from_slice(&[0x17, 0x70, 0x17, 0x70]);
+        match examine(&inflated) {
+            Err(Error::InvalidArgument { reason, .. }) => {
+                assert!(reason.contains("too little data for its 6000×6000 pixels"), "{reason}");
+            }
+            other => panic!("an inflated JPEG header: {other:?}"),
         }
     }
 
