@@ -315,6 +315,11 @@ fn refused_early(request: &Request) -> Option<Problem> {
     if !request.uri().path().starts_with('/') {
         return Some(Problem::bad_request("the request target must be a path starting with / (RFC 9112 §3.2)"));
     }
+    // An HTTP/1.1 request names its host in exactly one Host field (RFC 9112 §3.2).
+    if request.version() == axum::http::Version::HTTP_11 && request.headers().get_all(header::HOST).iter().count() != 1
+    {
+        return Some(Problem::bad_request("an HTTP/1.1 request names its host in one Host field (RFC 9112 §3.2)"));
+    }
     let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
     if target > MAX_URI_BYTES {
         return Some(Problem::new(

@@ -214,6 +214,17 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("must be a path starting with /"), "{answer}");
     }
+    // An HTTP/1.1 request without its Host field, or with two, is refused (RFC 9112 §3.2).
+    for hosts in ["", "host: a\r\nhost: b\r\n"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let request = format!("GET /healthz HTTP/1.1\r\n{hosts}connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("one Host field"), "{hosts:?}: {answer}");
+    }
 
     // The same over HTTP/1.1 and HTTP/2, whose header lists the HTTP server reads up to 64 KiB.
     let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
