@@ -954,7 +954,10 @@ async fn refuse_registered_cpf(
     .map_err(StoreError::from)?;
     match registered {
         // Without the other patient's id: the caller may not know it, and learns only that the CPF is taken.
-        Some(_) => Err(Error::AlreadyExists("a patient with this CPF is already registered".into())),
+        Some(_) => Err(Error::Refused(Box::new(aigronova_platform::error::already_exists(
+            "cpf",
+            "cpf: a patient with this CPF is already registered",
+        )))),
         None => Ok(()),
     }
 }
@@ -1117,7 +1120,10 @@ mod tests {
 
     fn refused_as_registered(result: Result<impl std::fmt::Debug, Error>) {
         match result {
-            Err(Error::AlreadyExists(message)) => assert_eq!(message, "a patient with this CPF is already registered"),
+            Err(Error::Refused(status)) => {
+                assert_eq!(status.code(), tonic::Code::AlreadyExists);
+                assert_eq!(status.message(), "cpf: a patient with this CPF is already registered");
+            }
             other => panic!("not refused as a CPF already registered: {other:?}"),
         }
     }

@@ -356,7 +356,8 @@ async fn a_cpf_registered_in_the_tenant_is_refused_and_nothing_is_stored(engine:
     let twin = CreatePatientRequest { name: "Maria Souza".into(), cpf: "12345678909".into(), ..maria() };
     let error = app.create_patient(TENANT_A, twin.clone()).await.unwrap_err();
     assert_eq!(error.code(), Code::AlreadyExists);
-    assert_eq!(error.message(), "a patient with this CPF is already registered");
+    assert_eq!(error.message(), "cpf: a patient with this CPF is already registered");
+    assert_eq!(error.metadata().get(aigronova_platform::error::FIELD_METADATA_KEY).unwrap(), "cpf");
     assert!(!error.message().contains(&registered.id), "the other patient is not named");
     assert_eq!(app.count("patients").await, 1);
     // Another tenant has a register of its own.
@@ -372,7 +373,10 @@ async fn a_cpf_registered_in_the_tenant_is_refused_and_nothing_is_stored(engine:
         ..UpdatePatientRequest::default()
     };
     let error = app.update_patient_as(TENANT_A, READ_WRITE, taking).await.unwrap_err();
-    assert_eq!((error.code(), error.message()), (Code::AlreadyExists, "a patient with this CPF is already registered"));
+    assert_eq!(
+        (error.code(), error.message()),
+        (Code::AlreadyExists, "cpf: a patient with this CPF is already registered")
+    );
     assert_eq!(app.count("audit_outbox").await, 3, "three registrations, no refusal");
     assert_eq!(app.get_patient(TENANT_A, &joao.id).await.unwrap(), joao, "unchanged");
     app.stop().await;

@@ -84,6 +84,16 @@ pub fn invalid_argument(field: &str, reason: &str) -> Status {
     status
 }
 
+/// `already_exists` (HTTP 409) because of the value of `field` (a CPF taken), named in the
+/// message and in [`FIELD_METADATA_KEY`].
+pub fn already_exists(field: &str, detail: &str) -> Status {
+    let mut status = Status::already_exists(detail.to_owned());
+    if let Ok(value) = field.parse() {
+        status.metadata_mut().insert(FIELD_METADATA_KEY, value);
+    }
+    status
+}
+
 /// An internal failure: logged with its cause, reported to the caller without it.
 pub fn internal(cause: &dyn std::fmt::Display) -> Status {
     tracing::error!(error = %cause, "internal error");

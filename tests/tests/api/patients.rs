@@ -260,6 +260,7 @@ async fn a_cpf_registered_in_the_tenant_is_a_409_and_nothing_is_stored(backend: 
     let problem = assert_problem(app.post("/v1/health/patients", &key, &again).await, 409).await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("a patient with this CPF is already registered"), "{problem}");
+    assert_eq!(problem["field"], "cpf", "{problem}");
     assert!(!detail.contains(registered["id"].as_str().unwrap()), "the other patient is not named: {problem}");
     assert_eq!(app.count_health_rows("patients").await, 1);
 
