@@ -179,11 +179,15 @@ impl MonitoringStore {
                 live.insert(series);
             }
         }
+        // The series not called in the hour are taken out, from the gauge and from `shown` alike, so
+        // that none is left behind (one a report set meanwhile is set again by the next refresh).
         let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
-        for (tenant, model, version) in shown.difference(&live) {
-            let _ = drift_gauge().remove_label_values(&[tenant, model, version]);
+        let stale: Vec<Series> = shown.difference(&live).cloned().collect();
+        for series in stale {
+            let _ = drift_gauge().remove_label_values(&[&series.0, &series.1, &series.2]);
+            shown.remove(&series);
         }
-        *shown = live;
+        shown.extend(live);
         Ok(())
     }
 

@@ -112,7 +112,7 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
         "components": {
             "schemas": schemas,
             "responses": responses,
-            "headers": rate_limit_headers(),
+            "headers": component_headers(),
             "securitySchemes": {
                 SECURITY_SCHEME: {
                     "type": "http",
@@ -632,7 +632,7 @@ fn problem_responses() -> Map<String, Value> {
 
 /// The rate limit's fields, which every answer of a limited call carries, and the request id,
 /// which every answer carries, in `components`.
-fn rate_limit_headers() -> Value {
+fn component_headers() -> Value {
     json!({
         "RateLimit-Policy": {
             "description": "The limits that apply (IETF draft), e.g. `\"tenant\";q=20;w=2`.",
