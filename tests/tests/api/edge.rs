@@ -203,26 +203,26 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
     let answer = at_most(16385 - fixed).await;
     assert!(answer.starts_with("HTTP/1.1 431") && answer.contains("are 16385 bytes"), "{answer}");
 
+    // The answer to `request`, written as it is on a connection of its own.
+    let answer_to = |request: String| {
+        let address = address.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            String::from_utf8_lossy(&answer).into_owned()
+        }
+    };
     // A target that is no path (authority or asterisk form) names no route: 400, not 404.
     for head in ["GET healthz HTTP/1.1", "OPTIONS * HTTP/1.1"] {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-        let request = format!("{head}\r\nhost: {address}\r\nconnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = answer_to(format!("{head}\r\nhost: {address}\r\nconnection: close\r\n\r\n")).await;
         assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("must be a path starting with /"), "{answer}");
     }
     // An HTTP/1.1 request without its Host field, or with two, is refused (RFC 9112 §3.2).
     for hosts in ["", "host: a\r\nhost: b\r\n"] {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-        let request = format!("GET /healthz HTTP/1.1\r\n{hosts}connection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = answer_to(format!("GET /healthz HTTP/1.1\r\n{hosts}connection: close\r\n\r\n")).await;
         assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("one Host field"), "{hosts:?}: {answer}");
     }
 
