@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, sync::Arc};
 
 use axum::http::{Method, uri::PathAndQuery};
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MethodDescriptor, Value};
 
 /// One segment of a path template.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +34,8 @@ pub struct Route {
     /// For a raw (`google.api.HttpBody`) request body: the media types the method reads
     /// (`aigronova.common.v1.request_media_types`), lower-case; any when empty.
     pub request_media_types: Vec<String>,
+    /// The body maps to a `google.api.HttpBody` field: it is taken raw, with its `Content-Type`.
+    pub raw_body: bool,
     /// `/package.Service/Method`.
     grpc_path: PathAndQuery,
     /// Writes the answer as JSON.
@@ -132,6 +134,9 @@ impl RouteTable {
                     .flatten()
                     .map(str::to_ascii_lowercase)
                     .collect();
+                let raw_body = method.input().get_field_by_name(&body).is_some_and(
+                    |field| matches!(field.kind(), Kind::Message(kind) if kind.full_name() == "google.api.HttpBody"),
+                );
                 routes.push(Route {
                     http_method,
                     template,
@@ -145,6 +150,7 @@ impl RouteTable {
                     owner,
                     inference,
                     request_media_types,
+                    raw_body,
                 });
             }
         }

@@ -137,11 +137,7 @@ pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Resu
 /// otherwise). Asked before the body is read: a large upload of a type the route does not read
 /// is refused without being read.
 pub(crate) fn check_raw_media_type(route: &Route, content_type: Option<&str>) -> Result<(), Problem> {
-    let raw =
-        route.method.input().get_field_by_name(&route.body).is_some_and(
-            |field| matches!(field.kind(), Kind::Message(kind) if kind.full_name() == "google.api.HttpBody"),
-        );
-    if !raw {
+    if !route.raw_body {
         return Ok(());
     }
     let content_type = content_type
