@@ -50,6 +50,7 @@ use hyper_util::{
 use prost_reflect::DescriptorPool;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
 pub use jwks::install_crypto_provider;
@@ -234,6 +235,9 @@ pub(crate) struct Shared {
     limiter: ratelimit::RateLimiter,
     jwt: Option<Arc<jwt::JwtAuthenticator>>,
     api_docs: Arc<openapi::ApiDocs>,
+    /// The requests being handled, each on a task of its own (see [`proxy::edge`]): shutdown
+    /// waits for them, those whose client has gone away included.
+    requests: TaskTracker,
 }
 
 /// The largest HTTP/2 header list the gateway's HTTP server reads (HTTP/1.1's is the far larger
@@ -251,6 +255,7 @@ pub struct Gateway {
     router: Router,
     header_timeout: Duration,
     invalidation: keys::Invalidation,
+    requests: TaskTracker,
 }
 
 impl Gateway {
@@ -318,6 +323,7 @@ impl Gateway {
             }
             None => None,
         };
+        let requests = TaskTracker::new();
         let state = AppState(Arc::new(Shared {
             store,
             routes: Arc::new(routes),
@@ -332,6 +338,7 @@ impl Gateway {
             limiter,
             jwt,
             api_docs: Arc::new(api_docs),
+            requests: requests.clone(),
         }));
         for hash in &revoked_admin_keys {
             invalidation.key_revoked(hash).await;
@@ -342,7 +349,7 @@ impl Gateway {
             router = router.layer(cors);
         }
         let header_timeout = Duration::from_secs(config.request_header_timeout_secs);
-        Ok(Self { listener, local_addr, router, header_timeout, invalidation })
+        Ok(Self { listener, local_addr, router, header_timeout, invalidation, requests })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -423,6 +430,9 @@ impl Gateway {
         drop(self.listener);
         // The requests in flight are finished; idle connections close at once.
         connections.shutdown().await;
+        // So are those whose client went away, which no connection waits for any more.
+        self.requests.close();
+        self.requests.wait().await;
         tracing::info!("gateway stopped");
         Ok(())
     }

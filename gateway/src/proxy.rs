@@ -260,8 +260,9 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
     // On a task of its own: a client that goes away does not cut a call short, so a write the
     // service made is never left without its access log line and metrics.
-    let handled =
-        tokio::spawn(request_id::CURRENT.scope(info, async move { access_log(&state, request, next, refused).await }));
+    let requests = state.requests.clone();
+    let handled = requests
+        .spawn(request_id::CURRENT.scope(info, async move { access_log(&state, request, next, refused).await }));
     let mut response = match handled.await {
         Ok(response) => response,
         Err(error) => {

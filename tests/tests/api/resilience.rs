@@ -575,6 +575,32 @@ async fn a_call_whose_client_goes_away_is_finished_and_counted() {
 }
 
 #[tokio::test]
+async fn shutdown_waits_for_a_call_whose_client_went_away() {
+    use tokio::io::AsyncWriteExt;
+    let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head =
+        format!("GET /v1/health/patients/p-1 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stand_in.0.arrived.notified().await;
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No connection is left, but the call is: the gateway stops once it is answered.
+    let stopped = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopped.is_finished(), "the gateway stopped with a call in flight");
+    stand_in.0.release.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the gateway stops once the call is answered")
+        .unwrap();
+    assert_eq!(stand_in.calls(), 1);
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_a_503_that_names_it_and_not_the_transport_error() {
     let nowhere = format!("http://127.0.0.1:{}", aigronova_e2e::port_to_start_later());
     let app = spawn_gateway(&nowhere, |_| {}).await;
