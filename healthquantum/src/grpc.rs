@@ -365,6 +365,59 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         Ok(Response::new(assessment.into()))
     }
 
+    async fn list_assessments(
+        &self,
+        request: Request<proto::ListAssessmentsRequest>,
+    ) -> Result<Response<proto::ListAssessmentsResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::ListAssessmentsRequest { patient_id, page_size, page_token } = request.into_inner();
+        let patient_id = PatientId::parse("patientId", &patient_id)?;
+        let page_size = match page_size {
+            0 => 20,
+            1..=100 => page_size as usize,
+            _ => return Err(aigronova_platform::Error::invalid("pageSize", "must be between 1 and 100").into()),
+        };
+        let event = |assessments: &[Assessment]| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                "health.ListAssessments",
+                &format!("patient:{patient_id}"),
+                serde_json::json!({
+                    "assessmentIds": assessments.iter().map(|assessment| assessment.id.as_str()).collect::<Vec<_>>(),
+                }),
+            )
+        };
+        let page_token = Some(page_token.as_str()).filter(|token| !token.trim().is_empty());
+        let page = self.store.list_assessments(&caller.tenant_id, &patient_id, page_size, page_token, event).await?;
+        self.outbox.wake();
+        Ok(Response::new(proto::ListAssessmentsResponse {
+            assessments: page.assessments.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_assessment(
+        &self,
+        request: Request<proto::GetAssessmentRequest>,
+    ) -> Result<Response<proto::Assessment>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
+        let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::SensitiveRead,
+            "health.GetAssessment",
+            &format!("patient:{patient_id}"),
+            serde_json::json!({"assessmentIds": [id]}),
+        );
+        let assessment = self.store.read_assessment(&caller.tenant_id, &patient_id, &id, event).await?;
+        self.outbox.wake();
+        Ok(Response::new(assessment.into()))
+    }
+
     async fn get_assessment_report(
         &self,
         request: Request<proto::GetAssessmentReportRequest>,

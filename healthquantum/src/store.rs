@@ -66,6 +66,13 @@ pub(crate) struct PatientPage {
     pub(crate) next_page_token: Option<String>,
 }
 
+/// A page of a patient's assessments and the token of the next one.
+#[derive(Debug)]
+pub(crate) struct AssessmentPage {
+    pub(crate) assessments: Vec<Assessment>,
+    pub(crate) next_page_token: Option<String>,
+}
+
 /// Which patients a list call wants.
 #[derive(Debug, Default)]
 pub(crate) struct PatientFilter {
@@ -88,6 +95,23 @@ fn token_digest(cipher: &TenantCipher, filter: &str, after: &str) -> String {
 /// The page token that goes on after the patient id `after`.
 fn next_token(cipher: &TenantCipher, filter: &str, after: &str) -> String {
     format!("{after}.{}", token_digest(cipher, filter, after))
+}
+
+/// The assessment id a page token of an assessment list goes on after (see [`resume_after`]).
+fn resume_after_assessment(cipher: &TenantCipher, token: &str, filter: &str) -> Result<String, Error> {
+    let refused = || {
+        Error::invalid(
+            "pageToken",
+            "is not a token this patient's assessment list returned: send it unchanged, or start again from the \
+             first page",
+        )
+    };
+    let (after, digest) = token.trim().rsplit_once('.').ok_or_else(refused)?;
+    let after = PatientId::parse("pageToken", after).map_err(|_| refused())?.to_string();
+    if digest != token_digest(cipher, filter, &after) {
+        return Err(refused());
+    }
+    Ok(after)
 }
 
 /// The patient id a page token `<id>.<digest>` goes on after, when it was made for `filter` and
@@ -601,33 +625,69 @@ impl Store {
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| Error::NotFound("assessment".into()))?;
-        let corrupt =
-            |what: &str, error: serde_json::Error| StoreError::Corrupt(format!("assessments.{what}: {error}"));
-        let assessment_id: String = row.try_get("id").map_err(StoreError::from)?;
-        let features: String = row.try_get("features").map_err(StoreError::from)?;
-        let features = open_features(&cipher, tenant_id, &assessment_id, &features)?;
-        let top: Option<String> = row.try_get("top_features").map_err(StoreError::from)?;
-        let assessment = Assessment {
-            id: assessment_id,
-            patient_id: patient_id.clone(),
-            model: row.try_get("model").map_err(StoreError::from)?,
-            model_version: row.try_get("model_version").map_err(StoreError::from)?,
-            features: serde_json::from_str(&features).map_err(|error| corrupt("features", error))?,
-            output: row.try_get("probability").map_err(StoreError::from)?,
-            regression: row.try_get::<i64, _>("regression").map_err(StoreError::from)? == 1,
-            risk_band: row.try_get("risk_band").map_err(StoreError::from)?,
-            top_features: top
-                .map(|json| serde_json::from_str(&json).map_err(|error| corrupt("top_features", error)))
-                .transpose()?
-                .unwrap_or_default(),
-            created_at: time::parse_stored(
-                "patients.created_at",
-                &row.try_get::<String, _>("created_at").map_err(StoreError::from)?,
-            )?,
-        };
+        let assessment = assessment_from(&row, &cipher, tenant_id, patient_id)?;
         audit::enqueue(&mut transaction, &event(&patient)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok((patient, assessment))
+    }
+
+    /// A page of the assessments of the patient `patient_id` of `tenant_id` (not erased), in id
+    /// order, with the audit event `event` makes of them in the same transaction when there are any.
+    pub(crate) async fn list_assessments(
+        &self,
+        tenant_id: &str,
+        patient_id: &PatientId,
+        page_size: usize,
+        page_token: Option<&str>,
+        event: impl FnOnce(&[Assessment]) -> AuditEvent,
+    ) -> Result<AssessmentPage, Error> {
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let filter = format!("assessments\u{0}{patient_id}");
+        let after = match page_token {
+            Some(token) => resume_after_assessment(&cipher, token, &filter)?,
+            None => String::new(),
+        };
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        fetch_patient(&mut transaction, &cipher, tenant_id, patient_id).await?;
+        // One past the page tells whether there is a next page, so that a full last page comes
+        // without a token.
+        let rows = sqlx::query(
+            "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, regression \
+             FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id > $3 ORDER BY id LIMIT $4",
+        )
+        .bind(tenant_id)
+        .bind(patient_id.as_str())
+        .bind(&after)
+        .bind(i64::try_from(page_size + 1).unwrap_or(i64::MAX))
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        let mut assessments = rows
+            .iter()
+            .map(|row| assessment_from(row, &cipher, tenant_id, patient_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let more = assessments.len() > page_size;
+        assessments.truncate(page_size);
+        if !assessments.is_empty() {
+            audit::enqueue(&mut transaction, &event(&assessments)).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        let next_page_token =
+            more.then(|| assessments.last().map(|last| next_token(&cipher, &filter, &last.id))).flatten();
+        Ok(AssessmentPage { assessments, next_page_token })
+    }
+
+    /// The assessment `id` of the patient `patient_id` of `tenant_id` (not erased), with the
+    /// audit event `event` in the same transaction.
+    pub(crate) async fn read_assessment(
+        &self,
+        tenant_id: &str,
+        patient_id: &PatientId,
+        id: &str,
+        event: AuditEvent,
+    ) -> Result<Assessment, Error> {
+        let (_, assessment) = self.report_data(tenant_id, patient_id, id, |_| event).await?;
+        Ok(assessment)
     }
 
     /// Whether image `id` of `tenant_id` has its record.
@@ -1038,6 +1098,35 @@ fn seal(cipher: &TenantCipher, tenant_id: &str, patient: &Patient) -> String {
 
 fn context(tenant_id: &str, id: &str) -> String {
     format!("patients/{tenant_id}/{id}")
+}
+
+/// An assessment of `patient_id` from its row, its inputs opened.
+fn assessment_from(
+    row: &AnyRow,
+    cipher: &TenantCipher,
+    tenant_id: &str,
+    patient_id: &PatientId,
+) -> Result<Assessment, StoreError> {
+    let corrupt = |what: &str, error: serde_json::Error| StoreError::Corrupt(format!("assessments.{what}: {error}"));
+    let id: String = row.try_get("id")?;
+    let features: String = row.try_get("features")?;
+    let features = open_features(cipher, tenant_id, &id, &features)?;
+    let top: Option<String> = row.try_get("top_features")?;
+    Ok(Assessment {
+        id,
+        patient_id: patient_id.clone(),
+        model: row.try_get("model")?,
+        model_version: row.try_get("model_version")?,
+        features: serde_json::from_str(&features).map_err(|error| corrupt("features", error))?,
+        output: row.try_get("probability")?,
+        regression: row.try_get::<i64, _>("regression")? == 1,
+        risk_band: row.try_get("risk_band")?,
+        top_features: top
+            .map(|json| serde_json::from_str(&json).map_err(|error| corrupt("top_features", error)))
+            .transpose()?
+            .unwrap_or_default(),
+        created_at: time::parse_stored("assessments.created_at", &row.try_get::<String, _>("created_at")?)?,
+    })
 }
 
 async fn fetch_patient(

@@ -411,6 +411,99 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     app.stop().await;
 }
 
+async fn a_patients_assessments_are_listed_and_read_back(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Clínica Histórico").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient =
+        create(&app, &key, json!({"name": "Ana Lima", "cpf": "529.982.247-25", "birthDate": "1975-06-01"})).await;
+    let patient = patient["id"].as_str().unwrap().to_owned();
+    let base = format!("/v1/health/patients/{patient}/assessments");
+    let empty: Value = app.get(&base, &key).await.json().await.unwrap();
+    assert_eq!(empty, json!({"assessments": [], "nextPageToken": ""}));
+
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(aigronova_e2e::models_dir().join("diabetes-progression/1/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let mut made = Vec::new();
+    for row in reference["rows"].as_array().unwrap().iter().take(3) {
+        let body = json!({"model": "diabetes-progression", "features": row["features"]});
+        let response = app.post(&base, &key, &body).await;
+        assert_eq!(response.status(), 200);
+        made.push(response.json::<Value>().await.unwrap());
+    }
+
+    // Read back as they were answered, oldest first, two to a page.
+    let first: Value = app.get(&format!("{base}?pageSize=2"), &key).await.json().await.unwrap();
+    assert_eq!(first["assessments"], json!(made[..2]));
+    let token = first["nextPageToken"].as_str().unwrap();
+    assert!(!token.is_empty());
+    let second: Value = app.get(&format!("{base}?pageSize=2&pageToken={token}"), &key).await.json().await.unwrap();
+    assert_eq!(second, json!({"assessments": [made[2]], "nextPageToken": ""}));
+    let whole: Value = app.get(&format!("{base}?pageSize=3"), &key).await.json().await.unwrap();
+    assert_eq!(whole["nextPageToken"], "", "a full last page has no token");
+    let id = made[1]["id"].as_str().unwrap();
+    let one: Value = app.get(&format!("{base}/{id}"), &key).await.json().await.unwrap();
+    assert_eq!(one, made[1]);
+
+    // Refused: bad sizes and tokens, an unknown or malformed id, another tenant, another patient.
+    for query in ["pageSize=101", "pageSize=-1", "pageToken=nope", "pageToken=0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b.00"]
+    {
+        let problem = assert_problem(app.get(&format!("{base}?{query}"), &key).await, 400).await;
+        assert!(problem["field"] == "pageSize" || problem["field"] == "pageToken", "{query}: {problem}");
+    }
+    assert_problem(app.get(&format!("{base}/0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b"), &key).await, 404).await;
+    assert_problem(app.get(&format!("{base}/nope"), &key).await, 400).await;
+    let other = app.create_tenant("Outra").await;
+    let other_key = app.create_key(&other, SCOPES).await;
+    assert_problem(app.get(&base, &other_key).await, 404).await;
+    assert_problem(app.get(&format!("{base}/{id}"), &other_key).await, 404).await;
+    let stranger =
+        create(&app, &key, json!({"name": "Bia Reis", "cpf": "111.444.777-35", "birthDate": "1990-01-01"})).await;
+    let stranger = stranger["id"].as_str().unwrap();
+    assert_problem(app.get(&format!("/v1/health/patients/{stranger}/assessments/{id}"), &key).await, 404).await;
+    let token_of_another = format!("/v1/health/patients/{stranger}/assessments?pageToken={token}");
+    assert_problem(app.get(&token_of_another, &key).await, 400).await;
+    let write_only = app.create_key(&tenant, &["health:write"]).await;
+    assert_problem(app.get(&base, &write_only).await, 403).await;
+
+    // Each read is audited, naming the assessments it showed.
+    let entries = app
+        .audit_entries_once(&key, |entries| {
+            let count = |action: &str| entries.iter().filter(|entry| entry["action"] == action).count();
+            count("health.ListAssessments") >= 3 && count("health.GetAssessment") >= 1
+        })
+        .await;
+    let read = entries.iter().find(|entry| entry["action"] == "health.GetAssessment").unwrap();
+    assert_eq!(read["kind"], "sensitive_read", "{read}");
+    let leaf: Value = serde_json::from_str(read["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf["subject"], format!("patient:{patient}"), "{leaf}");
+    assert_eq!(leaf["details"]["assessmentIds"], json!([id]), "{leaf}");
+    let listed = entries.iter().filter(|entry| entry["action"] == "health.ListAssessments");
+    let listed: Vec<Value> =
+        listed.map(|entry| serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap()).collect();
+    assert_eq!(listed.len(), 3, "an empty page shows nothing and is not audited: {listed:?}");
+
+    // An erased patient's assessments, kept for what the law requires, are no longer shown.
+    let governance = app.create_key(&tenant, &["governance:write", "governance:read"]).await;
+    let erasure = crate::subjects::open(&app, &governance, json!({"cpf": "52998224725", "kind": "erasure"})).await;
+    assert_eq!(erasure["status"], "completed", "{erasure}");
+    assert_problem(app.get(&base, &key).await, 404).await;
+    assert_problem(app.get(&format!("{base}/{id}"), &key).await, 404).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_patients_assessments_are_listed_and_read_back_on_sqlite() {
+    a_patients_assessments_are_listed_and_read_back(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_patients_assessments_are_listed_and_read_back_on_postgres() {
+    a_patients_assessments_are_listed_and_read_back(Backend::Postgres).await;
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {

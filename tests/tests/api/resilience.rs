@@ -148,6 +148,20 @@ impl HealthQuantum for StandIn {
         Err(Status::unimplemented("the stand-in has no models"))
     }
 
+    async fn list_assessments(
+        &self,
+        _request: Request<proto::ListAssessmentsRequest>,
+    ) -> Result<Response<proto::ListAssessmentsResponse>, Status> {
+        Err(Status::unimplemented("the stand-in has no assessments"))
+    }
+
+    async fn get_assessment(
+        &self,
+        _request: Request<proto::GetAssessmentRequest>,
+    ) -> Result<Response<proto::Assessment>, Status> {
+        Err(Status::unimplemented("the stand-in has no assessments"))
+    }
+
     async fn get_assessment_report(
         &self,
         _request: Request<proto::GetAssessmentReportRequest>,
