@@ -128,7 +128,8 @@ impl Validate for Config {
         for (name, url) in &self.data_subject_services {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError(format!(
-                    "ai_governance.data_subject_services.{name} must be an http(s):// URL, got {url:?}"
+                    "ai_governance.data_subject_services.{name} must be an http(s):// URL, got {:?}",
+                    aigronova_platform::config::redacted(url)
                 )));
             }
         }

@@ -296,7 +296,7 @@ impl OpenFinanceClient {
         );
         let body = self.page(&url, grant).await?;
         let single: Single<Balance> =
-            serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(error.to_string()))?;
+            serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(shape_error(&error)))?;
         Ok(single.data)
     }
 
@@ -317,7 +317,7 @@ impl OpenFinanceClient {
             }
             let body = self.page(url.as_str(), grant).await?;
             let page: Page<T> =
-                serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(error.to_string()))?;
+                serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(shape_error(&error)))?;
             items.extend(page.data);
             next = match page.links.next.filter(|next| !next.is_empty()) {
                 Some(link) => Some(next_page(&first, &url, &link)?),
@@ -383,13 +383,26 @@ fn urlencode(segment: &str) -> String {
         .collect()
 }
 
+/// Where and how an institution's answer fails its shape, without serde's quotation of the value
+/// (an account number, an amount), which the error goes on to the log with.
+fn shape_error(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match error.classify() {
+        Category::Syntax => "not JSON",
+        Category::Eof => "cut short",
+        Category::Data => "a field missing or of another type",
+        Category::Io => "unreadable",
+    };
+    format!("{what} at line {} column {}", error.line(), error.column())
+}
+
 /// The page a `next` link of the page at `current` names, relative links resolved; a link that
 /// leaves the institution's origin (scheme, host and port of the `first` page) is refused, so that
 /// the consent, sent as the bearer of every page, never goes elsewhere.
 fn next_page(first: &reqwest::Url, current: &reqwest::Url, link: &str) -> Result<reqwest::Url, OpenFinanceError> {
     let next = current
         .join(link)
-        .map_err(|error| OpenFinanceError::Malformed(format!("the next page's link {link:?}: {error}")))?;
+        .map_err(|error| OpenFinanceError::Malformed(format!("the next page's link is not a URL: {error}")))?;
     if next.origin() != first.origin() {
         return Err(OpenFinanceError::Malformed(format!(
             "the next page's link leaves the institution ({} is not {})",
@@ -403,6 +416,26 @@ fn next_page(first: &reqwest::Url, current: &reqwest::Url, link: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_outside_the_shapes_is_described_without_its_values() {
+        let answers = [
+            (
+                r#"{"data": [{"accountId": "a", "number": 987654321}], "links": {}}"#,
+                "a field missing or of another type",
+            ),
+            (r#"{"data": [{"accountId": "987654321"#, "cut short"),
+            (r#"{"data": 987654321 x"#, "a field missing or of another type"),
+            (r#"987654321 } "#, "a field missing or of another type"),
+            (r#"{"data": [], "links": {}} 987654321"#, "not JSON"),
+        ];
+        for (answer, expected) in answers {
+            let Err(error) = serde_json::from_str::<Page<Account>>(answer) else { panic!("{answer} is read") };
+            let described = OpenFinanceError::Malformed(shape_error(&error)).to_string();
+            assert!(!described.contains("987654321"), "{described}");
+            assert!(described.contains(&format!("{expected} at line 1 column")), "{answer}: {described}");
+        }
+    }
 
     #[test]
     fn next_links_stay_with_the_institution() {

@@ -7,7 +7,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use aigronova_platform::config::{ConfigError, Validate};
+use aigronova_platform::config::{ConfigError, Validate, redacted};
 use axum::http::StatusCode;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
@@ -119,7 +119,7 @@ impl Validate for OidcConfig {
 }
 
 fn check_jwks_url(url: &str) -> Result<(), ConfigError> {
-    let invalid = |why: &str| ConfigError(format!("gateway.oidc.jwks_url {why}, got {url:?}"));
+    let invalid = |why: &str| ConfigError(format!("gateway.oidc.jwks_url {why}, got {:?}", redacted(url)));
     let parsed = reqwest::Url::parse(url).map_err(|_| invalid("must be a URL"))?;
     parsed.host_str().ok_or_else(|| invalid("must name a host"))?;
     if keys_may_come_from(&parsed) {

@@ -31,7 +31,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 use aigronova_platform::{
     Shutdown,
     auth::TokenSigner,
-    config::{ConfigError, Validate},
+    config::{ConfigError, Validate, redacted},
     storage::Database,
 };
 use anyhow::Context as _;
@@ -181,7 +181,7 @@ impl Validate for Config {
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
-            return Err(ConfigError(format!("gateway.redis_url must be a redis:// URL, got {url:?}")));
+            return Err(ConfigError(format!("gateway.redis_url must be a redis:// URL, got {:?}", redacted(url))));
         }
         // An upstream named after no service would never be called, and the service it was meant
         // for would answer 503: a misspelt name (`ai_governance`) is refused.
@@ -200,7 +200,8 @@ impl Validate for Config {
         for (owner, url) in &self.upstreams {
             if !url.starts_with("http://") {
                 return Err(ConfigError(format!(
-                    "gateway.upstreams.{owner} must be an http:// URL (gRPC over plaintext HTTP/2), got {url:?}"
+                    "gateway.upstreams.{owner} must be an http:// URL (gRPC over plaintext HTTP/2), got {:?}",
+                    redacted(url)
                 )));
             }
         }
@@ -471,5 +472,16 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("gateway.upstreams.ai_governance names no service"), "{error}");
         assert!(error.contains("ai-governance, finquantum, healthquantum"), "{error}");
+    }
+
+    #[test]
+    fn a_url_refused_at_start_is_quoted_without_its_password() {
+        let mut config = Config { redis_url: Some("http://:zyx-secret@127.0.0.1:6379".into()), ..Config::default() };
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("got \"http://***@127.0.0.1:6379\"") && !error.contains("zyx-secret"), "{error}");
+        config.redis_url = None;
+        config.upstreams.insert("healthquantum".into(), "https://user:zyx-secret@127.0.0.1:50061".into());
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("***@127.0.0.1:50061") && !error.contains("zyx-secret"), "{error}");
     }
 }

@@ -644,7 +644,7 @@ fn component_headers() -> Value {
         },
         REQUEST_ID: {
             "description": "The request's id: the caller's `X-Request-Id` when sane (at most 128 letters, digits \
-                            and `-_.:/+=@`, given once), generated otherwise.",
+                            and `-_.:/+=`, not an API key or a JWT, given once), generated otherwise.",
             "schema": {"type": "string"},
         },
     })

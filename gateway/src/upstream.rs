@@ -23,7 +23,7 @@ use http::{
 use tokio::net::TcpStream;
 use tonic::{Code, Status, metadata::MetadataMap};
 
-use aigronova_platform::grpc::MAX_MESSAGE_BYTES;
+use aigronova_platform::{config::redacted, grpc::MAX_MESSAGE_BYTES};
 
 /// HTTP/2 flow-control windows, as hyper's clients default to.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -276,8 +276,9 @@ impl Upstreams {
             if uri.scheme() != Some(&Scheme::HTTP) {
                 anyhow::bail!("gateway.upstreams.{owner}: the gateway speaks gRPC over plaintext HTTP/2, use http://");
             }
-            let authority =
-                uri.authority().ok_or_else(|| anyhow::anyhow!("gateway.upstreams.{owner}: {url:?} names no host"))?;
+            let authority = uri
+                .authority()
+                .ok_or_else(|| anyhow::anyhow!("gateway.upstreams.{owner}: {:?} names no host", redacted(url)))?;
             connections.insert(owner.clone(), (0..count).map(|_| Connection::new(owner, authority.clone())).collect());
         }
         Ok(Self { connections: Arc::new(connections), next: Arc::default(), timeout })

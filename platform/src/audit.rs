@@ -224,7 +224,10 @@ impl Validate for RelayConfig {
         if let Some(url) = &self.governance_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(ConfigError(format!("audit.governance_url must be an http(s):// URL, got {url:?}")));
+            return Err(ConfigError(format!(
+                "audit.governance_url must be an http(s):// URL, got {:?}",
+                crate::config::redacted(url)
+            )));
         }
         if !(1..=1000).contains(&self.batch_size) {
             return Err(ConfigError("audit.batch_size must be between 1 and 1000".into()));

@@ -14,6 +14,17 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 /// `AIGRONOVA__GATEWAY__HTTP_ADDR=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "AIGRONOVA__";
 
+/// `url` as a configuration error may quote it: a user name and password in it (`redis://:secret@host`)
+/// become `***`, since the error is printed and logged.
+pub fn redacted(url: &str) -> String {
+    let start = url.find("://").map_or(0, |scheme| scheme + 3);
+    let authority_end = url[start..].find(['/', '?', '#']).map_or(url.len(), |end| start + end);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// A configuration that is wrong; the process refuses to start (exit code 64).
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -146,6 +157,21 @@ impl Validate for TelemetryConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_quoted_without_its_credentials() {
+        let cases = [
+            ("redis://:secret@127.0.0.1:6379", "redis://***@127.0.0.1:6379"),
+            ("http://user:secret@host/path@x", "http://***@host/path@x"),
+            ("ftp://u:p@ss@h?q=1", "ftp://***@h?q=1"),
+            ("user:secret@host", "***@host"),
+            ("http://127.0.0.1:50061", "http://127.0.0.1:50061"),
+            ("", ""),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redacted(url), expected);
+        }
+    }
 
     #[test]
     fn a_bad_value_is_named_by_its_key_as_a_file_writes_it() {
