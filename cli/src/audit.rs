@@ -68,7 +68,28 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
     let verifier = CheckpointVerifier::from_base64(&public_key).context("--public-key")?;
 
     if let Some(index) = args.entry {
-        let served = client.get(&format!("/v1/governance/audit/entries/{index}")).await?;
+        let served = match client.get(&format!("/v1/governance/audit/entries/{index}")).await {
+            Ok(served) => served,
+            // Not found, though inside the tree the key signed: deleted.
+            Err(error)
+                if error
+                    .downcast_ref::<Refused>()
+                    .is_some_and(|refused| refused.status == reqwest::StatusCode::NOT_FOUND) =>
+            {
+                let checkpoint = signed_checkpoint(&verifier, &client.get("/v1/governance/audit/checkpoint").await?)?;
+                if index < checkpoint.tree_size {
+                    return Ok(Verdict::Tampered {
+                        index,
+                        reason: format!(
+                            "entry {index} is missing, in the signed tree of size {}",
+                            checkpoint.tree_size
+                        ),
+                    });
+                }
+                return Err(error);
+            }
+            Err(error) => return Err(error),
+        };
         let checkpoint = signed_checkpoint(&verifier, &served["checkpoint"])?;
         let leaf = text(&served["entry"], "leaf")?;
         let proof = hashes(&served["inclusionProof"])?;
@@ -110,11 +131,11 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
         // A next page that does not move on ends the list (what is missing is then reported).
         start = number(&page, "nextStart").filter(|next| *next > from);
     }
-    if (leaves.len() as u64) < checkpoint.tree_size {
-        let index = leaves.len() as u64;
-        return Ok(Verdict::Tampered { index, reason: format!("entry {index} is missing") });
-    }
-    if merkle::root_of(&leaves) == checkpoint.root_hash {
+    // Fewer entries than were signed: one was deleted, and those after it perhaps renumbered, so
+    // the first that differs is searched for as for a change; past all of them, the first missing.
+    let held = leaves.len() as u64;
+    let short = held < checkpoint.tree_size;
+    if !short && merkle::root_of(&leaves) == checkpoint.root_hash {
         return Ok(verified(&checkpoint, &verifier));
     }
     // The root differs: find the first entry that does not match what was signed.
@@ -144,7 +165,13 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
         }
         after = number(&page, "nextAfter").filter(|next| *next > from);
     }
-    let (from, to) = merkle::first_unmatched(&leaves, signed).unwrap_or((0, checkpoint.tree_size));
+    let last_signed_held = signed.iter().map(|(size, _)| *size).filter(|size| *size <= held).max();
+    let (from, to) = match merkle::first_unmatched(&leaves, signed) {
+        Some(bracket) => bracket,
+        // Every signed tree the entries reach matches: the change is past the last of them.
+        None if short => (last_signed_held.unwrap_or(0), held),
+        None => (0, checkpoint.tree_size),
+    };
     for index in from..to {
         let served = client.get(&format!("/v1/governance/audit/entries/{index}")).await?;
         let proof = hashes(&served["inclusionProof"])?;
@@ -161,6 +188,9 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
             return Ok(Verdict::Tampered { index, reason });
         }
     }
+    if short {
+        return Ok(Verdict::Tampered { index: held, reason: format!("entry {held} is missing") });
+    }
     Ok(Verdict::Tampered { index: from, reason: aigronova_ai_governance::log::changed_between(from, to) })
 }
 
@@ -169,6 +199,14 @@ pub async fn run(args: &VerifyArgs) -> u8 {
     // A key that is no key is a wrong argument (64), not a log that cannot be verified (2).
     if let Some(Err(error)) = args.public_key.as_deref().map(CheckpointVerifier::from_base64) {
         eprintln!("aigronova audit verify: --public-key: {error}");
+        return 64;
+    }
+    let url = reqwest::Url::parse(&args.url);
+    if !url.is_ok_and(|url| ["http", "https"].contains(&url.scheme()) && url.host_str().is_some()) {
+        eprintln!(
+            "aigronova audit verify: --url: {:?} is not an http:// or https:// URL",
+            aigronova_platform::config::redacted(&args.url)
+        );
         return 64;
     }
     match verify(args).await {
@@ -210,6 +248,15 @@ fn signed_checkpoint(verifier: &CheckpointVerifier, served: &Value) -> anyhow::R
         bail!("the checkpoint's fields differ from its signed text");
     }
     Ok(body)
+}
+
+/// A request the gateway refused, with its status.
+#[derive(Debug, thiserror::Error)]
+#[error("GET {path} answered {status}: {detail}")]
+struct Refused {
+    path: String,
+    status: reqwest::StatusCode,
+    detail: String,
 }
 
 struct Client {
@@ -256,8 +303,8 @@ impl Client {
                 continue;
             }
             if !status.is_success() {
-                let detail = body["detail"].as_str().or(body["title"].as_str()).unwrap_or("no detail");
-                bail!("GET {path} answered {status}: {detail}");
+                let detail = body["detail"].as_str().or(body["title"].as_str()).unwrap_or("no detail").to_owned();
+                return Err(Refused { path: path.to_owned(), status, detail }.into());
             }
             return Ok(body);
         }

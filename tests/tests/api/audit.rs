@@ -351,12 +351,28 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
     app.execute_on_governance("DELETE FROM audit_entries WHERE idx = 1").await;
     let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
     assert!(matches!(verdict, Verdict::Tampered { index: 1, .. }), "{verdict:?}");
+    // And the entries after it renumbered to close the gap: still the first of them, not the end.
+    app.execute_on_governance("UPDATE audit_entries SET idx = idx + 1000 WHERE idx > 1").await;
+    app.execute_on_governance("UPDATE audit_entries SET idx = idx - 1001 WHERE idx > 1000").await;
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 1, .. }), "{verdict:?}");
+    // The last entry is now missing from a tree its checkpoint signed: tampered, not unverifiable.
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(5))).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 5, .. }), "{verdict:?}");
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, Some(5))).await, 1);
+    // One past the signed tree is no verdict on the log.
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, Some(6))).await, 2);
 
     // A wrong public key is not a verdict on the log: the checkpoint cannot be trusted.
     let stranger = aigronova_ai_governance::checkpoint::CheckpointSigner::generate().public_key().to_base64();
     assert_eq!(audit::run(&verify_args(&app, &key, &stranger, None)).await, 2);
     // A key that is no key is a wrong argument.
     assert_eq!(audit::run(&verify_args(&app, &key, "not base64", None)).await, 64);
+    // So is a gateway address that is no http(s) URL.
+    for url in [app.address.trim_start_matches("http://"), "ftp://127.0.0.1:1"] {
+        let args = VerifyArgs { url: url.to_owned(), ..verify_args(&app, &key, &public_key, None) };
+        assert_eq!(audit::run(&args).await, 64, "{url}");
+    }
     app.stop().await;
 }
 
