@@ -303,7 +303,7 @@ impl BankSummary {
             i32::try_from(total_by_day.iter().filter(|balance| **balance < 0).count()).unwrap_or(i32::MAX)
         };
         let average_balance_cents =
-            if checking.is_empty() { 0 } else { total_by_day.iter().sum::<i64>() / WINDOW_DAYS };
+            if checking.is_empty() { 0 } else { rounded_div(total_by_day.iter().sum(), WINDOW_DAYS) };
         let mut salaries = [0i64; 3];
         for (_, summary) in checking.iter().chain(savings.iter()) {
             for (total, salary) in salaries.iter_mut().zip(summary.salaries) {
@@ -315,7 +315,7 @@ impl BankSummary {
             average_balance_cents,
             overdraft_days,
             income_months: i32::try_from(salaries.iter().filter(|salary| **salary > 0).count()).unwrap_or(0),
-            average_monthly_income_cents: salaries.iter().sum::<i64>() / 3,
+            average_monthly_income_cents: rounded_div(salaries.iter().sum(), 3),
             has_savings_account: !savings.is_empty(),
             savings_balance_cents: savings.iter().filter_map(|(account, _)| account.balance_cents).sum(),
             window_days: WINDOW_DAYS as i32,
@@ -348,6 +348,12 @@ impl BankSummary {
             4.0
         }
     }
+}
+
+/// `sum / count` to the nearest whole cent, halves away from zero (an average of amounts in cents).
+fn rounded_div(sum: i64, count: i64) -> i64 {
+    let half = if sum < 0 { -(count / 2) } else { count / 2 };
+    sum.saturating_add(half) / count
 }
 
 /// The model's input, by feature name: the declared data and the bank summary combined.
@@ -607,6 +613,16 @@ fn one_of(given: &str, names: &[&str]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn averages_are_rounded_to_the_nearest_cent() {
+        let cases =
+            [(0, 90, 0), (44, 90, 0), (45, 90, 1), (-44, 90, 0), (-45, 90, -1), (1, 3, 0), (2, 3, 1), (-2, 3, -1)];
+        for (sum, count, expected) in cases {
+            assert_eq!(rounded_div(sum, count), expected, "{sum} / {count}");
+        }
+        assert_eq!(rounded_div(31_853_686, 90), 353_930, "R$ 3,539.2984… is R$ 3,539.30");
+    }
 
     fn applicant() -> Applicant {
         Applicant::parse(&DeclaredFields {
