@@ -432,13 +432,13 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
     Ok(match field.kind() {
         Kind::String => Value::String(text.to_owned()),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            Value::I32(text.parse().map_err(|_| whole(&i32::MIN, &i32::MAX))?)
+            Value::I32(integer(text).ok_or_else(|| whole(&i32::MIN, &i32::MAX))?)
         }
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            Value::I64(text.parse().map_err(|_| whole(&i64::MIN, &i64::MAX))?)
+            Value::I64(integer(text).ok_or_else(|| whole(&i64::MIN, &i64::MAX))?)
         }
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(text.parse().map_err(|_| whole(&0, &u32::MAX))?),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(text.parse().map_err(|_| whole(&0, &u64::MAX))?),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(integer(text).ok_or_else(|| whole(&0, &u32::MAX))?),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(integer(text).ok_or_else(|| whole(&0, &u64::MAX))?),
         Kind::Float => Value::F32(text.parse().map_err(|_| format!("{text:?} is not a number"))?),
         Kind::Double => Value::F64(text.parse().map_err(|_| format!("{text:?} is not a number"))?),
         Kind::Bool => Value::Bool(text.parse().map_err(|_| format!("{text:?} is not true or false"))?),
@@ -457,6 +457,12 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
         }
         Kind::Message(_) => return Err("cannot be set from the URL".into()),
     })
+}
+
+/// `text` as an integer in digits, with a `-` when negative, as the OpenAPI document's patterns
+/// say (Rust's parsers take a `+` too).
+fn integer<T: std::str::FromStr>(text: &str) -> Option<T> {
+    if text.starts_with('+') { None } else { text.parse().ok() }
 }
 
 /// The HTTP response for the encoded response message of `route`'s RPC.

@@ -416,7 +416,7 @@ async fn patient_declared_as(app: &TestApp, key: &str, media_type: reqwest::head
 async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refused() {
     let app = spawn_app(Backend::Sqlite).await;
     let tenant = app.create_tenant("Consultas").await;
-    let key = app.create_key(&tenant, &["health:read", "health:write"]).await;
+    let key = app.create_key(&tenant, &["health:read", "health:write", "governance:read"]).await;
     let not_text = reqwest::header::HeaderValue::from_bytes(b"application/json\xff\xfe").unwrap();
     assert_problem(patient_declared_as(&app, &key, not_text).await, 415).await;
     // Two Content-Type fields: neither is taken over the other.
@@ -474,6 +474,10 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
         (problem["field"].as_str(), problem["detail"].as_str()),
         (Some("pageSize"), Some(r#"pageSize: "abc" is not a whole number from -2147483648 to 2147483647"#))
     );
+    // Whole numbers are digits, as the OpenAPI document's patterns say: no `+`.
+    let problem = assert_problem(app.get("/v1/health/patients?pageSize=%2B3", &key).await, 400).await;
+    assert_eq!(problem["field"], "pageSize", "{problem}");
+    assert_problem(app.get("/v1/governance/audit/entries/+0", &key).await, 400).await;
     // A query parameter is named by its JSON name too, whichever name the query used.
     let problem = assert_problem(app.get("/v1/health/patients?page_size=abc", &key).await, 400).await;
     assert_eq!(problem["field"], "pageSize", "{problem}");
