@@ -192,7 +192,14 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
             Category::Data => {
                 let error = crate::problem::without_values(&error.to_string());
                 let detail = format!("the request body does not match {}: {error}", descriptor.name());
-                Problem::invalid_body_field(&path_of_error(descriptor, body), &error, detail)
+                let path = path_of_error(descriptor, body);
+                // The path of an unknown name is the object it is in, which may have a field of
+                // the same name (`applicant.applicant`).
+                match error.strip_prefix("unrecognized field name '").and_then(|rest| rest.split_once('\'')) {
+                    Some((name, _)) if path == "." => Problem::invalid_field(name, detail),
+                    Some((name, _)) => Problem::invalid_field(format!("{path}.{name}"), detail),
+                    None => Problem::invalid_body_field(&path, &error, detail),
+                }
             }
         })
 }

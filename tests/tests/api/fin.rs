@@ -396,6 +396,15 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     )
     .await;
     assert_eq!(problem["field"], "applicant.shoeSize", "{problem}");
+    // Unknown inside an object, though named as the object is.
+    let mut nested = applicant_for(&rows[0]["features"]);
+    nested["applicant"] = json!({});
+    let problem = assert_problem(
+        app.post("/v1/fin/credit-scores", &key, &json!({"cpf": cpf(200_000_000), "applicant": nested})).await,
+        400,
+    )
+    .await;
+    assert_eq!(problem["field"], "applicant.applicant", "{problem}");
     let scores = app.count_fin_rows("credit_scores").await;
     assert_eq!(scores, 2 * rows.len() as i64 + 1);
 
