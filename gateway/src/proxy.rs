@@ -1,7 +1,10 @@
 //! The transcoding handler every annotated route goes through, the probes, and the access log.
 
 use std::{
+    panic::AssertUnwindSafe,
+    pin::Pin,
     sync::{Arc, atomic::AtomicBool},
+    task::Poll,
     time::Instant,
 };
 
@@ -14,6 +17,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use tokio_util::task::TaskTracker;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
 
@@ -258,18 +262,15 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let path = request.uri().path().to_owned();
     let cacheable = CACHEABLE_PATHS.contains(&path.as_str());
     let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
-    // On a task of its own: a client that goes away does not cut a call short, so a write the
-    // service made is never left without its access log line and metrics.
+    // Handled in place, and finished on a task of its own if the client goes away first: a call is
+    // never cut short, so a write the service made is never left without its access log line and
+    // metrics.
     let requests = state.requests.clone();
-    let handled = requests
-        .spawn(request_id::CURRENT.scope(info, async move { access_log(&state, request, next, refused).await }));
-    let mut response = match handled.await {
-        Ok(response) => response,
-        Err(error) => {
-            tracing::error!(%error, "request handling failed");
-            Problem::internal().into_response()
-        }
-    };
+    let handled = Detaching::new(
+        request_id::CURRENT.scope(info, async move { access_log(&state, request, next, refused).await }),
+        requests,
+    );
+    let mut response = handled.await.unwrap_or_else(|| Problem::internal().into_response());
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, id_value);
     // Answers are the media type they say: a browser does not guess another (an uploaded
@@ -281,6 +282,57 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// A future polled in place by its caller, which, dropped before it is done (the connection it
+/// answers closed), is finished on a task of `tracker`'s; `None` when it panicked.
+struct Detaching<F: Future + Send + 'static>
+where
+    F::Output: Send + 'static,
+{
+    inner: Option<Pin<Box<F>>>,
+    tracker: TaskTracker,
+}
+
+impl<F: Future + Send + 'static> Detaching<F>
+where
+    F::Output: Send + 'static,
+{
+    fn new(inner: F, tracker: TaskTracker) -> Self {
+        Self { inner: Some(Box::pin(inner)), tracker }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for Detaching<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let Some(inner) = self.inner.as_mut() else { return Poll::Ready(None) };
+        let output = match std::panic::catch_unwind(AssertUnwindSafe(|| inner.as_mut().poll(context))) {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(output)) => Some(output),
+            Err(_) => {
+                tracing::error!(request_id = request_id::current().unwrap_or_default(), "request handling panicked");
+                None
+            }
+        };
+        self.inner = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Detaching<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        if let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current()) {
+            self.tracker.spawn_on(inner, &runtime);
+        }
+    }
 }
 
 /// The method as metrics, spans and the log name it: one of HTTP's own, or `_OTHER`, as
