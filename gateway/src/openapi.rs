@@ -513,7 +513,8 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
         "Forbidden",
         "403",
         "The API key or token lacks the scope (`WWW-Authenticate: Bearer error=\"insufficient_scope\"` names \
-         it), its tenant is suspended, or an administrator key called a tenant API.",
+         it), its tenant is suspended, an administrator key called a tenant API, or the data subject's consent \
+         does not grant what the call needs (`missingPermission` names it).",
         false,
     ),
     ("NotFound", "404", "No such resource.", false),
