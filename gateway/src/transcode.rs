@@ -198,7 +198,14 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
                 match error.strip_prefix("unrecognized field name '").and_then(|rest| rest.split_once('\'')) {
                     Some((name, _)) if path == "." => Problem::invalid_field(name, detail),
                     Some((name, _)) => Problem::invalid_field(format!("{path}.{name}"), detail),
-                    None => Problem::invalid_body_field(&path, &error, detail),
+                    None => match field_at(descriptor, &path).and_then(|field| whole_numbers(&field.kind())) {
+                        // A number its field cannot hold: said as for a query parameter, not in
+                        // the words of the conversion that failed.
+                        Some(range) if error.contains("out of range") || error.contains("expected integer") => {
+                            Problem::invalid_field(&path, format!("{path} is not a whole number from {range}"))
+                        }
+                        _ => Problem::invalid_body_field(&path, &error, detail),
+                    },
                 }
             }
         })
@@ -349,6 +356,21 @@ fn path_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> String {
     json_names(descriptor, &track.path().to_string())
 }
 
+/// The field at the JSON `path` (`applicant.age`, `items[0].unitPrice`) of a `descriptor` message.
+fn field_at(descriptor: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+    let mut message = descriptor.clone();
+    let mut field = None;
+    for segment in path.split('.') {
+        let name = segment.split('[').next().unwrap_or_default();
+        let found = message.get_field_by_json_name(name).or_else(|| message.get_field_by_name(name))?;
+        if let Kind::Message(inner) = found.kind() {
+            message = inner;
+        }
+        field = Some(found);
+    }
+    field
+}
+
 /// `path` (`birth_date`, `applicant.employment_years`, `items[0].unit_price`) with each field of
 /// `descriptor`'s message named by its JSON name, as the body may use either name; other
 /// segments, and list indexes, stay as they are.
@@ -433,19 +455,14 @@ fn decode_component(text: &str) -> Option<String> {
 
 /// A path or query value as the field's type.
 fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
-    let whole = |low: &dyn std::fmt::Display, high: &dyn std::fmt::Display| {
-        format!("{text:?} is not a whole number from {low} to {high}")
-    };
-    Ok(match field.kind() {
+    let kind = field.kind();
+    let whole = || format!("{text:?} is not a whole number from {}", whole_numbers(&kind).unwrap_or_default());
+    Ok(match kind {
         Kind::String => Value::String(text.to_owned()),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
-            Value::I32(integer(text).ok_or_else(|| whole(&i32::MIN, &i32::MAX))?)
-        }
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            Value::I64(integer(text).ok_or_else(|| whole(&i64::MIN, &i64::MAX))?)
-        }
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(integer(text).ok_or_else(|| whole(&0, &u32::MAX))?),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(integer(text).ok_or_else(|| whole(&0, &u64::MAX))?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(integer(text).ok_or_else(whole)?),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(integer(text).ok_or_else(whole)?),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(integer(text).ok_or_else(whole)?),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(integer(text).ok_or_else(whole)?),
         Kind::Float => Value::F32(text.parse().map_err(|_| format!("{text:?} is not a number"))?),
         Kind::Double => Value::F64(text.parse().map_err(|_| format!("{text:?} is not a number"))?),
         Kind::Bool => Value::Bool(text.parse().map_err(|_| format!("{text:?} is not true or false"))?),
@@ -463,6 +480,17 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
             Value::EnumNumber(value.number())
         }
         Kind::Message(_) => return Err("cannot be set from the URL".into()),
+    })
+}
+
+/// The whole numbers a field of `kind` holds (`0 to 4294967295`), if it holds whole numbers.
+fn whole_numbers(kind: &Kind) -> Option<String> {
+    Some(match kind {
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => format!("{} to {}", i32::MIN, i32::MAX),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => format!("{} to {}", i64::MIN, i64::MAX),
+        Kind::Uint32 | Kind::Fixed32 => format!("0 to {}", u32::MAX),
+        Kind::Uint64 | Kind::Fixed64 => format!("0 to {}", u64::MAX),
+        _ => return None,
     })
 }
 
@@ -524,6 +552,21 @@ mod tests {
     use prost_reflect::{DescriptorPool, MapKey};
 
     use super::*;
+
+    #[test]
+    fn a_number_its_field_cannot_hold_is_refused_naming_the_range() {
+        let descriptor = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)
+            .unwrap()
+            .get_message_by_name("aigronova.governance.v1.CreateReviewRequest")
+            .unwrap();
+        for body in
+            [&br#"{"auditIndex": -1, "reason": "x"}"#[..], br#"{"auditIndex": 1.5}"#, br#"{"auditIndex": 1e30}"#]
+        {
+            let problem = parse_body(&descriptor, body).unwrap_err();
+            assert_eq!(problem.field(), Some("auditIndex"), "{}", String::from_utf8_lossy(body));
+            assert_eq!(problem.detail(), "auditIndex is not a whole number from 0 to 18446744073709551615");
+        }
+    }
 
     fn assess_risk_request() -> MessageDescriptor {
         DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)
