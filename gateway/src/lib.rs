@@ -236,8 +236,8 @@ pub(crate) struct Shared {
     limiter: ratelimit::RateLimiter,
     jwt: Option<Arc<jwt::JwtAuthenticator>>,
     api_docs: Arc<openapi::ApiDocs>,
-    /// The requests being handled, each on a task of its own (see [`proxy::edge`]): shutdown
-    /// waits for them, those whose client has gone away included.
+    /// The requests being handled, in place or, once their client has gone away, on a task of
+    /// their own (see `proxy::Detaching`): shutdown waits for all of them.
     requests: TaskTracker,
 }
 

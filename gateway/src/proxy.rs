@@ -17,7 +17,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
 
@@ -265,10 +265,11 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     // Handled in place, and finished on a task of its own if the client goes away first: a call is
     // never cut short, so a write the service made is never left without its access log line and
     // metrics.
-    let requests = state.requests.clone();
+    let token = state.requests.token();
     let handled = Detaching::new(
         request_id::CURRENT.scope(info, async move { access_log(&state, request, next, refused).await }),
-        requests,
+        token,
+        id_value.clone(),
     );
     let mut response = handled.await.unwrap_or_else(|| Problem::internal().into_response());
     let headers = response.headers_mut();
@@ -284,22 +285,27 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     response
 }
 
-/// A future polled in place by its caller, which, dropped before it is done (the connection it
-/// answers closed), is finished on a task of `tracker`'s; `None` when it panicked.
+/// A request's handling, polled in place by its connection, which, dropped before it is done (the
+/// client went away), is finished on a task of the gateway's tracker; `None` when it
+/// panicked. It holds a token of the tracker from the start, so that shutdown waits for it whether
+/// it is handled in place or detached: an HTTP/2 request runs on a task of hyper's that may outlive
+/// its connection.
 struct Detaching<F: Future + Send + 'static>
 where
     F::Output: Send + 'static,
 {
     inner: Option<Pin<Box<F>>>,
-    tracker: TaskTracker,
+    /// `None` once detached: a detached handling is not detached again.
+    token: Option<TaskTrackerToken>,
+    request_id: HeaderValue,
 }
 
 impl<F: Future + Send + 'static> Detaching<F>
 where
     F::Output: Send + 'static,
 {
-    fn new(inner: F, tracker: TaskTracker) -> Self {
-        Self { inner: Some(Box::pin(inner)), tracker }
+    fn new(inner: F, token: TaskTrackerToken, request_id: HeaderValue) -> Self {
+        Self { inner: Some(Box::pin(inner)), token: Some(token), request_id }
     }
 }
 
@@ -315,7 +321,8 @@ where
             Ok(Poll::Pending) => return Poll::Pending,
             Ok(Poll::Ready(output)) => Some(output),
             Err(_) => {
-                tracing::error!(request_id = request_id::current().unwrap_or_default(), "request handling panicked");
+                let request_id = self.request_id.to_str().unwrap_or_default();
+                tracing::error!(request_id, "request handling panicked");
                 None
             }
         };
@@ -329,9 +336,14 @@ where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
-        if let (Some(inner), Ok(runtime)) = (self.inner.take(), tokio::runtime::Handle::try_current()) {
-            self.tracker.spawn_on(inner, &runtime);
+        let (Some(inner), Some(token)) = (self.inner.take(), self.token.take()) else { return };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let request_id = self.request_id.clone();
+            let detached = Detaching { inner: Some(inner), token: None, request_id };
+            token.task_tracker().spawn_on(detached, &runtime);
         }
+        // Released only now that the detached task holds the tracker.
+        drop(token);
     }
 }
 

@@ -615,6 +615,29 @@ async fn shutdown_waits_for_a_call_whose_client_went_away() {
 }
 
 #[tokio::test]
+async fn shutdown_waits_for_an_http2_call_whose_client_cancelled_it() {
+    let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let call = tokio::spawn(http2.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key).send());
+    stand_in.0.arrived.notified().await;
+    // The client cancels its stream (RST_STREAM) and goes away while the service has the call.
+    call.abort();
+    drop(http2);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopped.is_finished(), "the gateway stopped with a call in flight");
+    stand_in.0.release.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), stopped)
+        .await
+        .expect("the gateway stops once the call is answered")
+        .unwrap();
+    assert_eq!(stand_in.calls(), 1);
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_a_503_that_names_it_and_not_the_transport_error() {
     let nowhere = format!("http://127.0.0.1:{}", aigronova_e2e::port_to_start_later());
     let app = spawn_gateway(&nowhere, |_| {}).await;
