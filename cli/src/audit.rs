@@ -68,25 +68,26 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
     let verifier = CheckpointVerifier::from_base64(&public_key).context("--public-key")?;
 
     if let Some(index) = args.entry {
-        let served = match client.get(&format!("/v1/governance/audit/entries/{index}")).await {
+        let path = format!("/v1/governance/audit/entries/{index}");
+        let served = match client.get(&path).await {
             Ok(served) => served,
-            // Not found, though inside the tree the key signed: deleted.
-            Err(error)
-                if error
-                    .downcast_ref::<Refused>()
-                    .is_some_and(|refused| refused.status == reqwest::StatusCode::NOT_FOUND) =>
-            {
+            // Not found: deleted if it is inside a tree the key signed. Asked again after the
+            // checkpoint is read, so that an entry logged in between is not taken for a deleted one.
+            Err(error) if is_not_found(&error) => {
                 let checkpoint = signed_checkpoint(&verifier, &client.get("/v1/governance/audit/checkpoint").await?)?;
-                if index < checkpoint.tree_size {
-                    return Ok(Verdict::Tampered {
-                        index,
-                        reason: format!(
-                            "entry {index} is missing, in the signed tree of size {}",
-                            checkpoint.tree_size
-                        ),
-                    });
+                match client.get(&path).await {
+                    Ok(served) => served,
+                    Err(error) if is_not_found(&error) && index < checkpoint.tree_size => {
+                        return Ok(Verdict::Tampered {
+                            index,
+                            reason: format!(
+                                "entry {index} is missing, in the signed tree of size {}",
+                                checkpoint.tree_size
+                            ),
+                        });
+                    }
+                    Err(error) => return Err(error),
                 }
-                return Err(error);
             }
             Err(error) => return Err(error),
         };
@@ -248,6 +249,11 @@ fn signed_checkpoint(verifier: &CheckpointVerifier, served: &Value) -> anyhow::R
         bail!("the checkpoint's fields differ from its signed text");
     }
     Ok(body)
+}
+
+/// Whether `error` is the gateway's 404.
+fn is_not_found(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Refused>().is_some_and(|refused| refused.status == reqwest::StatusCode::NOT_FOUND)
 }
 
 /// A request the gateway refused, with its status.
