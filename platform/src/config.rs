@@ -17,9 +17,10 @@ pub const ENV_PREFIX: &str = "AIGRONOVA__";
 /// `url` as a configuration error may quote it: a user name and password in it (`redis://:secret@host`)
 /// become `***`, since the error is printed and logged.
 pub fn redacted(url: &str) -> String {
+    // Up to the last `@`, wherever it is: a password may hold `/`, `?` or `#`, and an error
+    // message that hides a little more loses nothing.
     let start = url.find("://").map_or(0, |scheme| scheme + 3);
-    let authority_end = url[start..].find(['/', '?', '#']).map_or(url.len(), |end| start + end);
-    match url[start..authority_end].rfind('@') {
+    match url[start..].rfind('@') {
         Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
         None => url.to_owned(),
     }
@@ -145,7 +146,8 @@ impl Validate for TelemetryConfig {
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
             return Err(ConfigError(format!(
-                "telemetry.otlp_endpoint must be an http:// or https:// URL, got {endpoint:?}"
+                "telemetry.otlp_endpoint must be an http:// or https:// URL, got {:?}",
+                redacted(endpoint)
             )));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
@@ -162,8 +164,10 @@ mod tests {
     fn a_url_is_quoted_without_its_credentials() {
         let cases = [
             ("redis://:secret@127.0.0.1:6379", "redis://***@127.0.0.1:6379"),
-            ("http://user:secret@host/path@x", "http://***@host/path@x"),
+            ("http://user:secret@host/path", "http://***@host/path"),
             ("ftp://u:p@ss@h?q=1", "ftp://***@h?q=1"),
+            ("redis://:p#ss@h", "redis://***@h"),
+            ("http://u:a/b@h", "http://***@h"),
             ("user:secret@host", "***@host"),
             ("http://127.0.0.1:50061", "http://127.0.0.1:50061"),
             ("", ""),

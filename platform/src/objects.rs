@@ -45,14 +45,14 @@ impl Objects {
     pub fn open(url: &str) -> Result<Self, ObjectsError> {
         let store: Arc<dyn ObjectStore> = if let Some(directory) = url.strip_prefix("file://") {
             if directory.is_empty() {
-                return Err(ObjectsError::UnsupportedUrl(url.to_owned()));
+                return Err(ObjectsError::UnsupportedUrl(crate::config::redacted(url)));
             }
             std::fs::create_dir_all(directory)?;
             Arc::new(LocalFileSystem::new_with_prefix(directory)?)
         } else if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
-                return Err(ObjectsError::UnsupportedUrl(url.to_owned()));
+                return Err(ObjectsError::UnsupportedUrl(crate::config::redacted(url)));
             }
             // HTTPS to S3 goes through rustls, with the process's crypto provider.
             if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -65,7 +65,7 @@ impl Objects {
                 Arc::new(PrefixStore::new(s3, prefix.trim_matches('/')))
             }
         } else {
-            return Err(ObjectsError::UnsupportedUrl(url.to_owned()));
+            return Err(ObjectsError::UnsupportedUrl(crate::config::redacted(url)));
         };
         Ok(Self { store })
     }
@@ -74,7 +74,7 @@ impl Objects {
     pub fn check_url(url: &str) -> Result<(), ObjectsError> {
         let valid = url.strip_prefix("file://").is_some_and(|dir| !dir.is_empty())
             || url.strip_prefix("s3://").is_some_and(|rest| !rest.split('/').next().unwrap_or_default().is_empty());
-        if valid { Ok(()) } else { Err(ObjectsError::UnsupportedUrl(url.to_owned())) }
+        if valid { Ok(()) } else { Err(ObjectsError::UnsupportedUrl(crate::config::redacted(url))) }
     }
 
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), ObjectsError> {
