@@ -214,11 +214,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
     ) -> Result<Response<proto::ListPatientsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::ListPatientsRequest { name_prefix, cpf, page_size, page_token } = request.into_inner();
-        let page_size = match page_size {
-            0 => 20,
-            1..=100 => page_size as usize,
-            _ => return Err(aigronova_platform::Error::invalid("pageSize", "must be between 1 and 100").into()),
-        };
+        let page_size = page_size_of(page_size)?;
         let filter = PatientFilter {
             name_prefix: Some(name_prefix.trim().to_owned()).filter(|prefix| !prefix.is_empty()),
             cpf: if cpf.trim().is_empty() { None } else { Some(Cpf::parse(&cpf)?) },
@@ -372,11 +368,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let proto::ListAssessmentsRequest { patient_id, page_size, page_token } = request.into_inner();
         let patient_id = PatientId::parse("patientId", &patient_id)?;
-        let page_size = match page_size {
-            0 => 20,
-            1..=100 => page_size as usize,
-            _ => return Err(aigronova_platform::Error::invalid("pageSize", "must be between 1 and 100").into()),
-        };
+        let page_size = page_size_of(page_size)?;
         let event = |assessments: &[Assessment]| {
             AuditEvent::new(
                 &caller,
@@ -411,7 +403,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             EventKind::SensitiveRead,
             "health.GetAssessment",
             &format!("patient:{patient_id}"),
-            serde_json::json!({"assessmentIds": [id]}),
+            serde_json::json!({"assessmentId": id}),
         );
         let assessment = self.store.read_assessment(&caller.tenant_id, &patient_id, &id, event).await?;
         self.outbox.wake();
@@ -602,6 +594,15 @@ impl From<Patient> for proto::Patient {
             phone: patient.phone.as_ref().map(Phone::as_str).unwrap_or_default().to_owned(),
             update_time: patient.updated_at.map(time::to_proto),
         }
+    }
+}
+
+/// A list's `pageSize`: 20 when not given, at most 100.
+fn page_size_of(page_size: i32) -> Result<usize, aigronova_platform::Error> {
+    match page_size {
+        0 => Ok(20),
+        1..=100 => Ok(page_size as usize),
+        _ => Err(aigronova_platform::Error::invalid("pageSize", "must be between 1 and 100")),
     }
 }
 

@@ -97,36 +97,19 @@ fn next_token(cipher: &TenantCipher, filter: &str, after: &str) -> String {
     format!("{after}.{}", token_digest(cipher, filter, after))
 }
 
-/// The assessment id a page token of an assessment list goes on after (see [`resume_after`]).
-fn resume_after_assessment(cipher: &TenantCipher, token: &str, filter: &str) -> Result<String, Error> {
-    let refused = || {
-        Error::invalid(
-            "pageToken",
-            "is not a token this patient's assessment list returned: send it unchanged, or start again from the \
-             first page",
-        )
-    };
-    let (after, digest) = token.trim().rsplit_once('.').ok_or_else(refused)?;
-    let after = PatientId::parse("pageToken", after).map_err(|_| refused())?.to_string();
-    if digest != token_digest(cipher, filter, &after) {
-        return Err(refused());
-    }
-    Ok(after)
-}
-
-/// The patient id a page token `<id>.<digest>` goes on after, when it was made for `filter` and
-/// that position.
-fn resume_after(cipher: &TenantCipher, token: &str, filter: &str) -> Result<String, Error> {
-    let malformed = || Error::invalid("pageToken", "is not a token a patient list returned");
-    let (after, digest) = token.trim().rsplit_once('.').ok_or_else(malformed)?;
-    let after = PatientId::parse("pageToken", after).map_err(|_| malformed())?;
+/// The id a page token `<id>.<digest>` goes on after, when it was made for `filter` and that
+/// position; otherwise `malformed` or `foreign` is what is wrong with it.
+fn resume_after(
+    cipher: &TenantCipher,
+    token: &str,
+    filter: &str,
+    malformed: &str,
+    foreign: &str,
+) -> Result<String, Error> {
+    let (after, digest) = token.trim().rsplit_once('.').ok_or_else(|| Error::invalid("pageToken", malformed))?;
+    let after = PatientId::parse("pageToken", after).map_err(|_| Error::invalid("pageToken", malformed))?;
     if digest != token_digest(cipher, filter, &after.to_string()) {
-        return Err(Error::invalid(
-            "pageToken",
-            "was returned for another filter, was altered, or was made before this list's tokens named their \
-             position: send it unchanged, with the namePrefix and cpf of the request that returned it, or start \
-             again from the first page",
-        ));
+        return Err(Error::invalid("pageToken", foreign));
     }
     Ok(after.to_string())
 }
@@ -235,7 +218,15 @@ impl Store {
         let cpf_hash = filter.cpf.as_ref().map(|cpf| cipher.blind_index(cpf.as_str()));
         let filter = filter_of(prefix.as_deref(), cpf_hash.as_deref());
         let mut cursor = match page_token {
-            Some(token) => resume_after(&cipher, token, &filter)?,
+            Some(token) => resume_after(
+                &cipher,
+                token,
+                &filter,
+                "is not a token a patient list returned",
+                "was returned for another filter, was altered, or was made before this list's tokens named their \
+                 position: send it unchanged, with the namePrefix and cpf of the request that returned it, or start \
+                 again from the first page",
+            )?,
             None => String::new(),
         };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
@@ -644,11 +635,17 @@ impl Store {
         let cipher = self.keys.cipher(tenant_id).await?;
         let filter = format!("assessments\u{0}{patient_id}");
         let after = match page_token {
-            Some(token) => resume_after_assessment(&cipher, token, &filter)?,
+            Some(token) => {
+                let refused = "is not a token this patient's assessment list returned: send it unchanged, or start \
+                               again from the first page";
+                resume_after(&cipher, token, &filter, refused, refused)?
+            }
             None => String::new(),
         };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        fetch_patient(&mut transaction, &cipher, tenant_id, patient_id).await?;
+        // Held while its assessments are read: an erasure waits, or went first and they are not shown.
+        let backend = self.database.backend();
+        hold_live_patient(&mut transaction, backend, tenant_id, patient_id.as_str(), RowLock::Share).await?;
         // One past the page tells whether there is a next page, so that a full last page comes
         // without a token.
         let rows = sqlx::query(
@@ -686,7 +683,24 @@ impl Store {
         id: &str,
         event: AuditEvent,
     ) -> Result<Assessment, Error> {
-        let (_, assessment) = self.report_data(tenant_id, patient_id, id, |_| event).await?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let backend = self.database.backend();
+        hold_live_patient(&mut transaction, backend, tenant_id, patient_id.as_str(), RowLock::Share).await?;
+        let row = sqlx::query(
+            "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, regression \
+             FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id = $3",
+        )
+        .bind(tenant_id)
+        .bind(patient_id.as_str())
+        .bind(id)
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound("assessment".into()))?;
+        let assessment = assessment_from(&row, &cipher, tenant_id, patient_id)?;
+        audit::enqueue(&mut transaction, &event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
         Ok(assessment)
     }
 

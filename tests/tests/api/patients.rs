@@ -479,7 +479,7 @@ async fn a_patients_assessments_are_listed_and_read_back(backend: Backend) {
     assert_eq!(read["kind"], "sensitive_read", "{read}");
     let leaf: Value = serde_json::from_str(read["leaf"].as_str().unwrap()).unwrap();
     assert_eq!(leaf["subject"], format!("patient:{patient}"), "{leaf}");
-    assert_eq!(leaf["details"]["assessmentIds"], json!([id]), "{leaf}");
+    assert_eq!(leaf["details"]["assessmentId"], id, "{leaf}");
     let listed = entries.iter().filter(|entry| entry["action"] == "health.ListAssessments");
     let listed: Vec<Value> =
         listed.map(|entry| serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap()).collect();
