@@ -387,11 +387,18 @@ fn urlencode(segment: &str) -> String {
 /// (an account number, an amount), which the error goes on to the log with.
 fn shape_error(error: &serde_json::Error) -> String {
     use serde_json::error::Category;
-    let what = match error.classify() {
-        Category::Syntax => "not JSON",
-        Category::Eof => "cut short",
-        Category::Data => "a field missing or of another type",
-        Category::Io => "unreadable",
+    let message = error.to_string();
+    // A field missing or unknown is named by the shape, not by the data: it is kept.
+    let named = ["missing field `", "unknown field `"].iter().find_map(|opening| {
+        let name = message.strip_prefix(opening)?.split('`').next()?;
+        Some(format!("{opening}{name}`"))
+    });
+    let what = match (error.classify(), named) {
+        (Category::Data, Some(named)) => named,
+        (Category::Syntax, _) => "not JSON".to_owned(),
+        (Category::Eof, _) => "cut short".to_owned(),
+        (Category::Data, None) => "a field of another type".to_owned(),
+        (Category::Io, _) => "unreadable".to_owned(),
     };
     format!("{what} at line {} column {}", error.line(), error.column())
 }
@@ -420,13 +427,11 @@ mod tests {
     #[test]
     fn an_answer_outside_the_shapes_is_described_without_its_values() {
         let answers = [
-            (
-                r#"{"data": [{"accountId": "a", "number": 987654321}], "links": {}}"#,
-                "a field missing or of another type",
-            ),
+            (r#"{"data": [{"accountId": "a", "number": 987654321}], "links": {}}"#, "a field of another type"),
             (r#"{"data": [{"accountId": "987654321"#, "cut short"),
-            (r#"{"data": 987654321 x"#, "a field missing or of another type"),
-            (r#"987654321 } "#, "a field missing or of another type"),
+            (r#"{"data": 987654321 x"#, "a field of another type"),
+            (r#"987654321 } "#, "a field of another type"),
+            (r#"{"links": {"next": "987654321"}}"#, "missing field `data`"),
             (r#"{"data": [], "links": {}} 987654321"#, "not JSON"),
         ];
         for (answer, expected) in answers {

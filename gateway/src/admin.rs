@@ -64,9 +64,8 @@ impl ListQuery {
         for (name, value) in crate::transcode::form_pairs(query)? {
             match name.as_str() {
                 "pageSize" | "page_size" => {
-                    let size = value
-                        .parse()
-                        .map_err(|_| Problem::invalid_field("pageSize", "pageSize must be a whole number"))?;
+                    let size = crate::transcode::integer(&value)
+                        .ok_or_else(|| Problem::invalid_field("pageSize", "pageSize must be a whole number"))?;
                     if parsed.page_size.replace(size).is_some() {
                         return Err(twice("pageSize"));
                     }

@@ -87,10 +87,13 @@ impl Problem {
                 let rest = message.strip_prefix(opening)?;
                 rest.find(['`', '\'']).map(|end| &rest[..end])
             });
+        // prost-reflect's unknown name is never in the path, which is the object it is in and may
+        // have a field of the same name (`applicant.applicant`); serde's is.
+        let below = message.starts_with("unrecognized field name '");
         match (path, named) {
             (".", None) => Self::bad_request(detail),
             (".", Some(name)) => Self::invalid_field(name, detail),
-            (path, Some(name)) if path != name && !path.ends_with(&format!(".{name}")) => {
+            (path, Some(name)) if below || (path != name && !path.ends_with(&format!(".{name}"))) => {
                 Self::invalid_field(format!("{path}.{name}"), detail)
             }
             (path, _) => Self::invalid_field(path, detail),

@@ -193,19 +193,13 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
                 let error = crate::problem::without_values(&error.to_string());
                 let detail = format!("the request body does not match {}: {error}", descriptor.name());
                 let path = path_of_error(descriptor, body);
-                // The path of an unknown name is the object it is in, which may have a field of
-                // the same name (`applicant.applicant`).
-                match error.strip_prefix("unrecognized field name '").and_then(|rest| rest.split_once('\'')) {
-                    Some((name, _)) if path == "." => Problem::invalid_field(name, detail),
-                    Some((name, _)) => Problem::invalid_field(format!("{path}.{name}"), detail),
-                    None => match field_at(descriptor, &path).and_then(|field| whole_numbers(&field.kind())) {
-                        // A number its field cannot hold: said as for a query parameter, not in
-                        // the words of the conversion that failed.
-                        Some(range) if error.contains("out of range") || error.contains("expected integer") => {
-                            Problem::invalid_field(&path, format!("{path} is not a whole number from {range}"))
-                        }
-                        _ => Problem::invalid_body_field(&path, &error, detail),
-                    },
+                match field_at(descriptor, &path).and_then(|field| whole_numbers(&field.kind())) {
+                    // A number its field cannot hold: said as for a query parameter, not in the
+                    // words of the conversion that failed.
+                    Some(range) if error.contains("out of range") || error.contains("expected integer") => {
+                        Problem::invalid_field(&path, format!("{path} is not a whole number from {range}"))
+                    }
+                    _ => Problem::invalid_body_field(&path, &error, detail),
                 }
             }
         })
@@ -475,7 +469,7 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
         Kind::Enum(kind) => {
             let value = kind
                 .get_value_by_name(text)
-                .or_else(|| text.parse().ok().and_then(|number| kind.get_value(number)))
+                .or_else(|| integer(text).and_then(|number| kind.get_value(number)))
                 .ok_or_else(|| format!("{text:?} is not one of {}", kind.name()))?;
             Value::EnumNumber(value.number())
         }
@@ -496,7 +490,7 @@ fn whole_numbers(kind: &Kind) -> Option<String> {
 
 /// `text` as an integer in digits, with a `-` when negative, as the OpenAPI document's patterns
 /// say (Rust's parsers take a `+` too).
-fn integer<T: std::str::FromStr>(text: &str) -> Option<T> {
+pub(crate) fn integer<T: std::str::FromStr>(text: &str) -> Option<T> {
     if text.starts_with('+') { None } else { text.parse().ok() }
 }
 
