@@ -142,6 +142,10 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let policy = CallPolicy::of(route, &parts.headers)?;
     let content_type = transcode::content_type(&parts.headers)?;
     transcode::check_raw_media_type(route, content_type)?;
+    // A JSON body of another media type is refused before it spends any of the tenant's rate.
+    if !route.body.is_empty() && !route.raw_body && declares_body(&body) {
+        transcode::json_media_type(content_type)?;
+    }
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     // The tenant's slot first: a request refused for its tenant's requests in flight spends
     // nothing of its rate.
@@ -187,6 +191,12 @@ fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
         Ok(_) => true,
         Err(problem) => sent && problem.status() == StatusCode::GATEWAY_TIMEOUT,
     }
+}
+
+/// Whether the request says it has a body: one not over at its head, with no `Content-Length: 0`.
+fn declares_body(body: &Body) -> bool {
+    use http_body::Body as _;
+    !body.is_end_stream() && body.size_hint().exact() != Some(0)
 }
 
 /// The most bytes `body` can take in memory once read: none when it has ended already (a GET), its

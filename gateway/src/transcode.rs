@@ -102,10 +102,16 @@ pub(crate) fn request_message(
 /// `application/x-www-form-urlencoded`, which `curl -d` sends by default, are read as JSON, which is
 /// UTF-8 (RFC 8259 §8.1) whether or not they say `charset=utf-8`.
 pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Result<(), Problem> {
-    let Some(content_type) = content_type else { return Ok(()) };
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
+    json_media_type(content_type)
+}
+
+/// Refuses a JSON body declared as another media type or charset (see [`json_content_type`]);
+/// asked of a route's body before the rate limits are, when the request says it has one.
+pub(crate) fn json_media_type(content_type: Option<&str>) -> Result<(), Problem> {
+    let Some(content_type) = content_type else { return Ok(()) };
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
     let json = essence == "application/json" || essence.ends_with("+json");

@@ -166,7 +166,10 @@ async fn malformed_or_mistyped_patients_are_refused_and_nothing_is_written() {
     // A body declared as something other than JSON.
     for media_type in ["application/xml", "image/png", "multipart/form-data; boundary=x"] {
         let media_type = reqwest::header::HeaderValue::from_static(media_type);
-        assert_problem(patient_declared_as(&app, &key, media_type).await, 415).await;
+        let response = patient_declared_as(&app, &key, media_type).await;
+        // Refused before the rate limits are asked: none of the tenant's rate is spent.
+        assert!(response.headers().get("ratelimit").is_none(), "{:?}", response.headers());
+        assert_problem(response, 415).await;
     }
     let unknown = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29", "shoeSize": 42});
     let problem = assert_problem(app.post("/v1/health/patients", &key, &unknown).await, 400).await;
