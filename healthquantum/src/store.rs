@@ -59,6 +59,13 @@ struct Sealed {
     phone: Option<String>,
 }
 
+/// The columns an assessment is read from (see [`assessment_from`]), as a literal for `concat!`.
+macro_rules! assessment_columns {
+    () => {
+        "id, model, model_version, features, probability, risk_band, created_at, top_features, regression"
+    };
+}
+
 /// A page of patients and the token of the next one.
 #[derive(Debug)]
 pub(crate) struct PatientPage {
@@ -605,18 +612,7 @@ impl Store {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let patient = fetch_patient(&mut transaction, &cipher, tenant_id, patient_id).await?;
-        let row = sqlx::query(
-            "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, regression \
-             FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id = $3",
-        )
-        .bind(tenant_id)
-        .bind(patient_id.as_str())
-        .bind(id)
-        .fetch_optional(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| Error::NotFound("assessment".into()))?;
-        let assessment = assessment_from(&row, &cipher, tenant_id, patient_id)?;
+        let assessment = fetch_assessment(&mut transaction, &cipher, tenant_id, patient_id, id).await?;
         audit::enqueue(&mut transaction, &event(&patient)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok((patient, assessment))
@@ -648,10 +644,11 @@ impl Store {
         hold_live_patient(&mut transaction, backend, tenant_id, patient_id.as_str(), RowLock::Share).await?;
         // One past the page tells whether there is a next page, so that a full last page comes
         // without a token.
-        let rows = sqlx::query(
-            "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, regression \
-             FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id > $3 ORDER BY id LIMIT $4",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            assessment_columns!(),
+            " FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id > $3 ORDER BY id LIMIT $4"
+        ))
         .bind(tenant_id)
         .bind(patient_id.as_str())
         .bind(&after)
@@ -687,18 +684,7 @@ impl Store {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let backend = self.database.backend();
         hold_live_patient(&mut transaction, backend, tenant_id, patient_id.as_str(), RowLock::Share).await?;
-        let row = sqlx::query(
-            "SELECT id, model, model_version, features, probability, risk_band, created_at, top_features, regression \
-             FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id = $3",
-        )
-        .bind(tenant_id)
-        .bind(patient_id.as_str())
-        .bind(id)
-        .fetch_optional(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| Error::NotFound("assessment".into()))?;
-        let assessment = assessment_from(&row, &cipher, tenant_id, patient_id)?;
+        let assessment = fetch_assessment(&mut transaction, &cipher, tenant_id, patient_id, id).await?;
         audit::enqueue(&mut transaction, &event).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(assessment)
@@ -1112,6 +1098,29 @@ fn seal(cipher: &TenantCipher, tenant_id: &str, patient: &Patient) -> String {
 
 fn context(tenant_id: &str, id: &str) -> String {
     format!("patients/{tenant_id}/{id}")
+}
+
+/// The assessment `id` of the patient `patient_id` of `tenant_id`.
+async fn fetch_assessment(
+    transaction: &mut sqlx::AnyConnection,
+    cipher: &TenantCipher,
+    tenant_id: &str,
+    patient_id: &PatientId,
+    id: &str,
+) -> Result<Assessment, Error> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        assessment_columns!(),
+        " FROM assessments WHERE tenant_id = $1 AND patient_id = $2 AND id = $3"
+    ))
+    .bind(tenant_id)
+    .bind(patient_id.as_str())
+    .bind(id)
+    .fetch_optional(&mut *transaction)
+    .await
+    .map_err(StoreError::from)?
+    .ok_or_else(|| Error::NotFound("assessment".into()))?;
+    Ok(assessment_from(&row, cipher, tenant_id, patient_id)?)
 }
 
 /// An assessment of `patient_id` from its row, its inputs opened.

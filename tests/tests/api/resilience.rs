@@ -588,21 +588,41 @@ async fn a_call_whose_client_goes_away_is_finished_and_counted() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn shutdown_waits_for_a_call_whose_client_went_away() {
+/// How a client leaves a call the service has.
+enum Leaving {
+    /// An HTTP/1.1 client closes its connection.
+    Closes,
+    /// An HTTP/2 client cancels its stream (RST_STREAM) and goes away.
+    Cancels,
+}
+
+/// A client leaves a call the service has; the gateway, stopped, waits for the call's answer.
+async fn shutdown_waits_for_a_call_whose_client_left(leaving: Leaving) {
     use tokio::io::AsyncWriteExt;
     let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
     let app = spawn_gateway(&url, |_| {}).await;
     let (_, key) = app.tenant_with_key().await;
-    let address = app.address.trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let head =
-        format!("GET /v1/health/patients/p-1 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stand_in.0.arrived.notified().await;
-    drop(stream);
+    match leaving {
+        Leaving::Closes => {
+            let address = app.address.trim_start_matches("http://").to_owned();
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            let head = format!(
+                "GET /v1/health/patients/p-1 HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stand_in.0.arrived.notified().await;
+            drop(stream);
+        }
+        Leaving::Cancels => {
+            let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+            let call = tokio::spawn(http2.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key).send());
+            stand_in.0.arrived.notified().await;
+            call.abort();
+            drop(http2);
+        }
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // No connection is left, but the call is: the gateway stops once it is answered.
+    // No client is left, but the call is: the gateway stops once it is answered.
     let stopped = tokio::spawn(app.stop());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!stopped.is_finished(), "the gateway stopped with a call in flight");
@@ -615,26 +635,13 @@ async fn shutdown_waits_for_a_call_whose_client_went_away() {
 }
 
 #[tokio::test]
-async fn shutdown_waits_for_an_http2_call_whose_client_cancelled_it() {
-    let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
-    let app = spawn_gateway(&url, |_| {}).await;
-    let (_, key) = app.tenant_with_key().await;
-    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
-    let call = tokio::spawn(http2.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key).send());
-    stand_in.0.arrived.notified().await;
-    // The client cancels its stream (RST_STREAM) and goes away while the service has the call.
-    call.abort();
-    drop(http2);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let stopped = tokio::spawn(app.stop());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!stopped.is_finished(), "the gateway stopped with a call in flight");
-    stand_in.0.release.notify_one();
-    tokio::time::timeout(Duration::from_secs(5), stopped)
-        .await
-        .expect("the gateway stops once the call is answered")
-        .unwrap();
-    assert_eq!(stand_in.calls(), 1);
+async fn shutdown_waits_for_a_call_whose_http1_client_closed_its_connection() {
+    shutdown_waits_for_a_call_whose_client_left(Leaving::Closes).await;
+}
+
+#[tokio::test]
+async fn shutdown_waits_for_a_call_whose_http2_client_cancelled_it() {
+    shutdown_waits_for_a_call_whose_client_left(Leaving::Cancels).await;
 }
 
 #[tokio::test]
