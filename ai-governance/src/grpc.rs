@@ -719,3 +719,27 @@ impl proto::reports_server::Reports for ReportsApi {
         Ok(Response::new(HttpBody { content_type: content_type.into(), data, extensions: Vec::new() }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaf_holds_the_numbers_of_its_event_to_the_last_bit() {
+        let event = proto::AuditEvent {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: "t".into(),
+            service: "healthquantum".into(),
+            kind: "decision".into(),
+            action: "health.AssessRisk".into(),
+            actor: "key".into(),
+            subject: "patient:p".into(),
+            details_json: r#"{"output":{"value":0.9959296584129333},"contribution":0.009413250372520499}"#.into(),
+            occur_time: Some(prost_types::Timestamp { seconds: 1_764_000_000, nanos: 0 }),
+        };
+        let text = leaf_of(0, event).unwrap().to_text();
+        assert!(text.contains(r#""value":0.9959296584129333"#), "{text}");
+        assert!(text.contains(r#""contribution":0.009413250372520499"#), "{text}");
+        assert_eq!(Leaf::parse(&text).unwrap().to_text(), text, "a verifier reads the leaf as written");
+    }
+}

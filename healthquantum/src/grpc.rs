@@ -109,12 +109,14 @@ fn image_message(image: ImageRecord) -> proto::Image {
 /// The audit events of an update of `patient` that set the fields `changed`: the change, when one
 /// was `written`, and the read of the personal fields the answer shows that the caller did not
 /// send, when it shows them (to a caller who `may_read` patients).
+/// The audit events of a change that sent `sent` and altered `changed` (a subset of it, empty
+/// when every value sent was the one held).
 fn update_events(
     caller: &auth::Caller,
     patient: &Patient,
+    sent: &[&str],
     changed: &[&str],
     may_read: bool,
-    written: bool,
 ) -> Vec<AuditEvent> {
     let subject = format!("patient:{}", patient.id);
     let event = |kind: EventKind, fields: &[&str]| {
@@ -127,9 +129,9 @@ fn update_events(
             serde_json::json!({"fields": fields}),
         )
     };
-    // A change only when one was written: values sent as they were held change nothing.
-    let mut events = if written { vec![event(EventKind::PersonalDataChange, changed)] } else { Vec::new() };
-    let disclosed: Vec<&str> = patient.held_fields().into_iter().filter(|field| !changed.contains(field)).collect();
+    // A change of the fields it altered only: values sent as they were held change nothing.
+    let mut events = if changed.is_empty() { Vec::new() } else { vec![event(EventKind::PersonalDataChange, changed)] };
+    let disclosed: Vec<&str> = patient.held_fields().into_iter().filter(|field| !sent.contains(field)).collect();
     if may_read && !disclosed.is_empty() {
         events.push(event(EventKind::SensitiveRead, disclosed.as_slice()));
     }
@@ -262,9 +264,10 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         if changes.is_empty() {
             return Err(aigronova_platform::Error::invalid("body", "names no field to change").into());
         }
-        let changed = changes.fields();
+        let sent = changes.fields();
         let may_read = caller.has_scope(READ_SCOPE);
-        let events = |patient: &Patient, written: bool| update_events(&caller, patient, &changed, may_read, written);
+        let events =
+            |patient: &Patient, changed: &[&'static str]| update_events(&caller, patient, &sent, changed, may_read);
         let (patient, written) = self.store.update_patient(&caller.tenant_id, &id, changes, events).await?;
         self.outbox.wake();
         // Reports print the patient's header: they are made again on their next request. The
@@ -276,7 +279,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             }
         }
         // A caller who may not read patients sees only what it sent.
-        let shown = if may_read { PERSONAL_FIELDS } else { changed.as_slice() };
+        let shown = if may_read { PERSONAL_FIELDS } else { sent.as_slice() };
         Ok(Response::new(showing_only(patient.into(), shown)))
     }
 

@@ -235,6 +235,20 @@ pub struct Patient {
 }
 
 impl Patient {
+    /// The JSON names of the personal fields whose values differ between `self` and `other`.
+    pub fn differing_fields(&self, other: &Self) -> Vec<&'static str> {
+        [
+            ("name", self.name != other.name),
+            ("cpf", self.cpf != other.cpf),
+            ("birthDate", self.birth_date != other.birth_date),
+            ("email", self.email != other.email),
+            ("phone", self.phone != other.phone),
+        ]
+        .into_iter()
+        .filter_map(|(name, differs)| differs.then_some(name))
+        .collect()
+    }
+
     /// The JSON names of the personal fields held, for audit events (never their values).
     pub fn held_fields(&self) -> Vec<&'static str> {
         let mut fields = vec!["name", "cpf", "birthDate"];

@@ -291,15 +291,16 @@ impl Store {
         Ok(PatientPage { patients, next_page_token })
     }
 
-    /// Applies `changes` to the patient `id`, with the audit events (`events(&patient)`) in the
-    /// same transaction; returns the patient as changed. `AlreadyExists` when the change gives the
-    /// patient the CPF of another.
+    /// Applies `changes` to the patient `id`, with the audit events `events(&patient, changed)` in
+    /// the same transaction, `changed` the fields whose values the change altered (none when every
+    /// value sent is the one held); returns the patient as changed and whether it was written.
+    /// `AlreadyExists` when the change gives the patient the CPF of another.
     pub(crate) async fn update_patient(
         &self,
         tenant_id: &str,
         id: &PatientId,
         changes: PatientChanges,
-        events: impl FnOnce(&Patient, bool) -> Vec<AuditEvent>,
+        events: impl FnOnce(&Patient, &[&'static str]) -> Vec<AuditEvent>,
     ) -> Result<(Patient, bool), Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
@@ -318,10 +319,11 @@ impl Store {
         let before = patient.clone();
         let cpf_before = patient.cpf.clone();
         changes.apply(&mut patient);
-        if (Patient { updated_at: before.updated_at, ..patient.clone() }) == before {
+        let changed = before.differing_fields(&patient);
+        if changed.is_empty() {
             // Every value sent is the one held: nothing is written, and no change is audited;
             // the fields the answer shows are.
-            for event in events(&before, false) {
+            for event in events(&before, &[]) {
                 audit::enqueue(&mut transaction, &event).await?;
             }
             transaction.commit().await.map_err(StoreError::from)?;
@@ -348,7 +350,7 @@ impl Store {
         if updated.rows_affected() != 1 {
             return Err(Error::NotFound("patient".into()));
         }
-        for event in events(&patient, true) {
+        for event in events(&patient, &changed) {
             audit::enqueue(&mut transaction, &event).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;

@@ -92,7 +92,10 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
     let text = created["entry"]["leaf"].as_str().unwrap();
     assert!(!text.contains("52998224725") && !text.contains("Maria"), "no personal data in the log: {text}");
 
-    let assessment = assess(&app, &key, &patient).await;
+    let body = json!({"model": "breast-cancer", "features": features()});
+    let answered = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
+    let answered = answered.text().await.unwrap();
+    let assessment: Value = serde_json::from_str(&answered).unwrap();
     wait_for_size(&app, &key, 2).await;
     let response = app.get("/v1/governance/audit/entries/1", &key).await;
     assert_eq!(response.status(), 200);
@@ -104,6 +107,12 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
     let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap();
     assert_eq!(leaf["details"]["assessmentId"], assessment["id"]);
     assert_eq!(leaf["details"]["model"], "breast-cancer");
+    // The output as it was answered, to the last bit.
+    let number = |json: &str| {
+        let at = json.find("\"value\":").expect("a value") + "\"value\":".len();
+        json[at..].split([',', '}']).next().unwrap().to_owned()
+    };
+    assert_eq!(number(entry["leaf"].as_str().unwrap()), number(&answered), "{answered}");
     assert_eq!(leaf["subject"], format!("patient:{patient}"));
     let text = entry["leaf"].as_str().unwrap();
     assert!(!text.contains("52998224725") && !text.contains("Maria"), "no personal data in the log: {text}");

@@ -234,6 +234,18 @@ async fn an_update_by_a_key_that_may_not_read_shows_only_what_it_sent(backend: B
     let kinds = updates(&app.audit_entries_once(&key, |entries| updates(entries).len() >= 5).await);
     let changes = kinds.iter().filter(|kind| *kind == "personal_data_change").count();
     assert_eq!((kinds.len(), changes), (5, 3), "one more read, no change: {kinds:?}");
+
+    // A held value sent beside a new one: the change names only the field it altered.
+    let response = app.patch(&path, &key, &json!({"birthDate": "1980-02-29", "phone": "+55 11 5555-6666"})).await;
+    assert_eq!(response.status(), 200);
+    let entries = app.audit_entries_once(&key, |entries| updates(entries).len() >= 7).await;
+    let change = entries
+        .iter()
+        .rev()
+        .find(|entry| entry["action"] == "health.UpdatePatient" && entry["kind"] == "personal_data_change")
+        .unwrap();
+    let leaf: Value = serde_json::from_str(change["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf["details"]["fields"], json!(["phone"]), "{leaf}");
     app.stop().await;
 }
 
@@ -413,7 +425,7 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
 
 async fn a_patients_assessments_are_listed_and_read_back(backend: Backend) {
     let app = spawn_app(backend).await;
-    let tenant = app.create_tenant("Clínica Histórico").await;
+    let tenant = app.create_tenant_on("Clínica Histórico", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let patient =
         create(&app, &key, json!({"name": "Ana Lima", "cpf": "529.982.247-25", "birthDate": "1975-06-01"})).await;
@@ -426,16 +438,22 @@ async fn a_patients_assessments_are_listed_and_read_back(backend: Backend) {
         &std::fs::read_to_string(aigronova_e2e::models_dir().join("diabetes-progression/1/reference.json")).unwrap(),
     )
     .unwrap();
-    let mut made = Vec::new();
-    for row in reference["rows"].as_array().unwrap().iter().take(3) {
-        let body = json!({"model": "diabetes-progression", "features": row["features"]});
+    let breast: Value = serde_json::from_str(
+        &std::fs::read_to_string(aigronova_e2e::models_dir().join("breast-cancer/1/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let mut answers = Vec::new();
+    let rows = reference["rows"].as_array().unwrap().iter().take(2).map(|row| ("diabetes-progression", row));
+    for (model, row) in rows.chain([("breast-cancer", &breast["rows"][0])]) {
+        let body = json!({"model": model, "features": row["features"]});
         let response = app.post(&base, &key, &body).await;
         assert_eq!(response.status(), 200);
-        made.push(response.json::<Value>().await.unwrap());
+        answers.push(response.text().await.unwrap());
     }
 
     // Read back as they were answered, oldest first, two to a page.
     let first: Value = app.get(&format!("{base}?pageSize=2"), &key).await.json().await.unwrap();
+    let made: Vec<Value> = answers.iter().map(|text| serde_json::from_str(text).unwrap()).collect();
     assert_eq!(first["assessments"], json!(made[..2]));
     let token = first["nextPageToken"].as_str().unwrap();
     assert!(!token.is_empty());
@@ -446,6 +464,10 @@ async fn a_patients_assessments_are_listed_and_read_back(backend: Backend) {
     let id = made[1]["id"].as_str().unwrap();
     let one: Value = app.get(&format!("{base}/{id}"), &key).await.json().await.unwrap();
     assert_eq!(one, made[1]);
+    // Read back as answered to the last bit: the classifier's probability and contributions too.
+    let breast_id = made[2]["id"].as_str().unwrap();
+    let read_back = app.get(&format!("{base}/{breast_id}"), &key).await.text().await.unwrap();
+    assert_eq!(read_back, answers[2]);
 
     // Refused: bad sizes and tokens, an unknown or malformed id, another tenant, another patient.
     for query in ["pageSize=101", "pageSize=-1", "pageToken=nope", "pageToken=0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b.00"]
