@@ -522,8 +522,19 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
     ) -> Result<Response<proto::ListImagesResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
-        self.store.patient_exists(&caller.tenant_id, &patient_id).await?;
-        let images = self.store.images(&caller.tenant_id, &patient_id).await?;
+        // What a patient's images are (their types, sizes and dates) is health data too.
+        let event = |images: &[ImageRecord]| {
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                "health.ListImages",
+                &format!("patient:{patient_id}"),
+                serde_json::json!({"imageIds": images.iter().map(|image| image.id.as_str()).collect::<Vec<_>>()}),
+            )
+        };
+        let images = self.store.images(&caller.tenant_id, &patient_id, event).await?;
+        self.outbox.wake();
         Ok(Response::new(proto::ListImagesResponse { images: images.into_iter().map(image_message).collect() }))
     }
 

@@ -515,9 +515,17 @@ impl Store {
         Ok(())
     }
 
-    /// The images of a patient of `tenant_id`, oldest first.
-    pub(crate) async fn images(&self, tenant_id: &str, patient_id: &PatientId) -> Result<Vec<ImageRecord>, Error> {
-        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+    /// The images of a patient of `tenant_id` (not erased), oldest first, with the audit event
+    /// `event` makes of them in the same transaction when there are any.
+    pub(crate) async fn images(
+        &self,
+        tenant_id: &str,
+        patient_id: &PatientId,
+        event: impl FnOnce(&[ImageRecord]) -> AuditEvent,
+    ) -> Result<Vec<ImageRecord>, Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let backend = self.database.backend();
+        hold_live_patient(&mut transaction, backend, tenant_id, patient_id.as_str(), RowLock::Share).await?;
         let rows = sqlx::query(
             "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
              FROM images WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
@@ -527,8 +535,12 @@ impl Store {
         .fetch_all(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        let images = rows.iter().map(image_from).collect::<Result<Vec<_>, _>>()?;
+        if !images.is_empty() {
+            audit::enqueue(&mut transaction, &event(&images)).await?;
+        }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(rows.iter().map(image_from).collect::<Result<_, _>>()?)
+        Ok(images)
     }
 
     /// One image of a patient of `tenant_id`; when `event` is given, a read that `shown` accepts

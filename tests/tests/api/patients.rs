@@ -664,6 +664,11 @@ async fn medical_images(backend: Backend) {
     let count = |wanted: &str| actions.iter().filter(|action| **action == wanted).count();
     assert_eq!((count("health.GetImage"), count("health.GetImageThumbnail")), (1, 1), "{actions:?}");
     assert_eq!(count("health.DeleteImage"), 1, "{actions:?}");
+    // So is the list, which showed the two images.
+    let listed = entries.iter().find(|entry| entry["action"] == "health.ListImages").unwrap();
+    let leaf: Value = serde_json::from_str(listed["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!((count("health.ListImages"), leaf["details"]["imageIds"].as_array().unwrap().len()), (1, 2), "{leaf}");
+    assert_eq!(listed["kind"], "sensitive_read");
     app.stop().await;
 }
 
