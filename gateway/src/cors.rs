@@ -167,12 +167,21 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // A preflight names its origin and the method it asks for (Fetch standard).
-        let preflight = request.method() != Method::OPTIONS
-            || (request.headers().contains_key(header::ORIGIN)
-                && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD));
-        if preflight { Either::Left(self.cors.call(request)) } else { Either::Right(self.inner.call(request)) }
+        // Every request but an `OPTIONS` that is no preflight passes the CORS layer.
+        if request.method() != Method::OPTIONS || is_preflight(&request) {
+            Either::Left(self.cors.call(request))
+        } else {
+            Either::Right(self.inner.call(request))
+        }
     }
+}
+
+/// Whether `request` is a CORS preflight: an `OPTIONS` that names its origin and the method it
+/// asks for (Fetch standard).
+pub(crate) fn is_preflight<Body>(request: &Request<Body>) -> bool {
+    request.method() == Method::OPTIONS
+        && request.headers().contains_key(header::ORIGIN)
+        && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 #[cfg(test)]

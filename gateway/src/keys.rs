@@ -185,8 +185,9 @@ impl Invalidation {
         let Some(bus) = &self.redis else { return };
         let mut command = redis::cmd("PUBLISH");
         command.arg(&bus.channel).arg(message);
-        let mut publisher = bus.publisher.clone();
-        let publishing = command.query_async::<i64>(&mut publisher);
+        let publishing = crate::ratelimit::on_a_live_connection(|| async {
+            command.query_async::<i64>(&mut bus.publisher.clone()).await
+        });
         let published = tokio::time::timeout(bus.timeout, publishing)
             .await
             .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "publishing timed out"))));

@@ -345,10 +345,7 @@ impl Gateway {
             invalidation.key_revoked(hash).await;
         }
         let local_addr = listener.local_addr()?;
-        let mut router = app(state);
-        if let Some(cors) = config.cors.layer() {
-            router = router.layer(cors);
-        }
+        let router = app(state, config.cors.layer());
         let header_timeout = Duration::from_secs(config.request_header_timeout_secs);
         Ok(Self { listener, local_addr, router, header_timeout, invalidation, requests })
     }
@@ -439,9 +436,11 @@ impl Gateway {
     }
 }
 
-fn app(state: AppState) -> Router {
+/// The routes, inside `cors` when CORS is configured, inside the edge (see [`proxy::edge`]): a
+/// preflight the CORS layer answers is logged and counted as any other request.
+fn app(state: AppState, cors: Option<cors::PreflightsOnly>) -> Router {
     let edge_state = state.clone();
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(proxy::healthz))
         .route("/readyz", get(proxy::readyz))
         .route("/metrics", get(proxy::metrics))
@@ -453,8 +452,12 @@ fn app(state: AppState) -> Router {
         .route("/v1/admin/tenants/{tenantId}/api-keys/{keyId}", delete(admin::revoke_api_key))
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
-        .with_state(state)
-        .layer(middleware::from_fn_with_state(edge_state, proxy::edge))
+        .with_state(state);
+    let routes = match cors {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes.layer(middleware::from_fn_with_state(edge_state, proxy::edge))
 }
 
 #[cfg(test)]

@@ -270,7 +270,8 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let refused = refused_early(&request);
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
-    let cacheable = CACHEABLE_PATHS.contains(&path.as_str());
+    // A CORS preflight's answer holds nothing, and browsers keep it for its `Access-Control-Max-Age`.
+    let cacheable = CACHEABLE_PATHS.contains(&path.as_str()) || crate::cors::is_preflight(&request);
     let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
     // Handled in place, and finished on a task of its own if the client goes away first: a call is
     // never cut short, so a write the service made is never left without its access log line and

@@ -30,6 +30,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use gcra::{MAX_BURST, MAX_INTERVAL_MICROS};
+pub(crate) use redis_store::on_a_live_connection;
 
 use self::{
     gcra::{Gcra, Outcome},

@@ -77,6 +77,21 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
+/// `attempt`, and once more when it failed on a connection Redis had dropped (a restart, a
+/// killed client): the connection manager replaces a connection only once a command has failed on
+/// it, which would otherwise be the first call after every outage. A refused connection or a
+/// timeout is not tried again: Redis is down, and the failure policy decides.
+pub(crate) async fn on_a_live_connection<T, Attempt: Future<Output = Result<T, RedisError>>>(
+    mut attempt: impl FnMut() -> Attempt,
+) -> Result<T, RedisError> {
+    match attempt().await {
+        Err(error) if error.is_connection_dropped() && !error.is_connection_refusal() && !error.is_timeout() => {
+            attempt().await
+        }
+        result => result,
+    }
+}
+
 impl RedisBackend {
     /// A connection manager that connects on first use and reconnects after failures, each
     /// attempt and each command bounded by `timeout`, without retrying within one request: a
@@ -97,7 +112,9 @@ impl RedisBackend {
     }
 
     pub(super) async fn ping(&self) -> Result<(), RedisError> {
-        redis::cmd("PING").query_async::<String>(&mut self.connection.clone()).await.map(drop)
+        on_a_live_connection(|| async { redis::cmd("PING").query_async::<String>(&mut self.connection.clone()).await })
+            .await
+            .map(drop)
     }
 
     /// The Redis key of a subject: the tenant as hash tag, then the subject within it.
@@ -114,7 +131,8 @@ impl RedisBackend {
         for (key, limit) in keys.iter().zip(limits) {
             invocation.key(key).arg(limit.interval()).arg(limit.burst());
         }
-        let reply: Vec<u64> = invocation.invoke_async(&mut self.connection.clone()).await?;
+        let reply: Vec<u64> =
+            on_a_live_connection(|| async { invocation.invoke_async(&mut self.connection.clone()).await }).await?;
         match reply.split_first() {
             Some((allowed, backlogs)) if backlogs.len() == keys.len() => {
                 Ok(Outcome { allowed: *allowed == 1, backlogs: backlogs.to_vec() })
@@ -130,13 +148,10 @@ impl RedisBackend {
         month_end: u64,
         quota: u64,
     ) -> Result<QuotaOutcome, RedisError> {
-        let (granted, used): (u8, u64) = self
-            .quota
-            .key(self.quota_key(tenant_id, month))
-            .arg(quota)
-            .arg(month_end + COUNTER_GRACE_SECS)
-            .invoke_async(&mut self.connection.clone())
-            .await?;
+        let mut invocation = self.quota.key(self.quota_key(tenant_id, month));
+        invocation.arg(quota).arg(month_end + COUNTER_GRACE_SECS);
+        let (granted, used): (u8, u64) =
+            on_a_live_connection(|| async { invocation.invoke_async(&mut self.connection.clone()).await }).await?;
         Ok(QuotaOutcome { granted: granted == 1, used })
     }
 

@@ -236,6 +236,20 @@ async fn two_limiters_on_one_redis_share_the_tenants_burst() {
 }
 
 #[tokio::test]
+async fn a_connection_redis_dropped_is_replaced_without_failing_the_call_after_it() {
+    let prefix = unique_prefix();
+    let limiter = on_redis(&prefix, RedisFailure::Closed).await;
+    let Backend::Redis(backend) = &limiter.inner.backend else { unreachable!("a Redis limiter") };
+    let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut backend.connection()).await.unwrap();
+    // Redis drops the limiter's connection, as a restart would.
+    let mut other = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id).query_async(&mut other).await.unwrap();
+    assert_eq!(killed, 1);
+    let limits = plan(0.01, 4, 0.0, 10);
+    limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.expect("admitted on a new connection");
+}
+
+#[tokio::test]
 async fn the_redis_limiter_applies_key_limits_too() {
     let limiter = on_redis(&unique_prefix(), RedisFailure::Closed).await;
     let limits = plan(0.01, 3, 0.5, 10);

@@ -2,6 +2,8 @@
 //! and the Prometheus metrics.
 
 use aigronova_e2e::{Backend, assert_problem, spawn_app, spawn_app_with};
+
+use crate::resilience::metric;
 use serde_json::json;
 
 #[tokio::test]
@@ -18,8 +20,15 @@ async fn cors_allows_the_configured_origin_only() {
             .header("access-control-request-headers", "authorization, content-type")
             .send()
     };
+    let counted = r#"aigronova_gateway_requests_total{method="OPTIONS",route="unmatched",status="200"}"#;
+    let before = metric(&app, counted).await;
     let allowed = preflight("https://app.acme.com.br").await.unwrap();
     assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.acme.com.br");
+    // Answered by the CORS layer, and passed through the edge as any request: an id, a metric,
+    // and none of the no-store that would keep browsers from keeping it.
+    assert!(allowed.headers().contains_key("x-request-id"), "{:?}", allowed.headers());
+    assert!(!allowed.headers().contains_key("cache-control"), "{:?}", allowed.headers());
+    assert_eq!(metric(&app, counted).await - before, 1.0);
     // The methods the routes take: HEAD wherever GET is, and no PUT, which none takes.
     let methods = allowed.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
     assert_eq!(names(&methods), ["DELETE", "GET", "HEAD", "PATCH", "POST"], "{methods}");

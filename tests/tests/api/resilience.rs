@@ -265,7 +265,7 @@ async fn post_encoded(app: &TestApp, path: &str, key: &str, coding: &str, body: 
 }
 
 /// A counter or gauge from `/metrics`; 0 when the series is absent.
-async fn metric(app: &TestApp, series: &str) -> f64 {
+pub(crate) async fn metric(app: &TestApp, series: &str) -> f64 {
     let text = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
