@@ -90,6 +90,13 @@ fn is_serialized_origin(origin: &str) -> bool {
 
 impl CorsConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        // `*` allows every origin: beside others, one of the two was not meant.
+        if self.allowed_origins.len() > 1 && self.allowed_origins.iter().any(|origin| origin == "*") {
+            return Err(ConfigError(
+                "gateway.cors.allowed_origins: \"*\" allows every origin and stands alone; list origins or give [\"*\"]"
+                    .into(),
+            ));
+        }
         for origin in &self.allowed_origins {
             if origin != "*" && !is_serialized_origin(origin) {
                 return Err(ConfigError(format!(
@@ -236,6 +243,8 @@ mod tests {
             let config = CorsConfig { allowed_origins: vec![origin.into()], ..CorsConfig::default() };
             assert!(config.validate().is_err(), "{origin}");
         }
+        let mixed = CorsConfig { allowed_origins: vec!["*".into(), "https://a.com".into()], ..CorsConfig::default() };
+        assert!(mixed.validate().unwrap_err().to_string().contains("stands alone"));
     }
 
     #[test]
