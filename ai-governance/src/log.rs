@@ -78,6 +78,9 @@ struct TenantLog {
     /// `None` until first use, and again after a failed append (the next use reloads it).
     tree: Option<Tree>,
     latest: Option<SignedCheckpoint>,
+    /// Whether `tree`, as read from the database, was found to match the last checkpoint this
+    /// key signed: an append goes on only from a tree that does (see `check_signed_root`).
+    checked: bool,
 }
 
 /// Every tenant's log over one database.
@@ -144,6 +147,11 @@ impl LogStore {
                 .try_get("size")?;
         if log.tree.as_ref().is_none_or(|tree| tree.len() as i64 != stored_size) {
             log.tree = Some(load_tree(&mut transaction, tenant_id).await?);
+            log.checked = false;
+        }
+        if !log.checked {
+            self.check_signed_root(&mut transaction, tenant_id, log.tree.as_ref().expect("loaded above")).await?;
+            log.checked = true;
         }
         let tree = log.tree.as_mut().expect("loaded above");
 
@@ -197,6 +205,42 @@ impl LogStore {
         Ok(outcome)
     }
 
+    /// Refuses to go on from a `tree` read from the database whose root at the size of the latest
+    /// checkpoint of this key is not the root that checkpoint signed: entries changed with their
+    /// hashes (or the checkpoint changed) would otherwise be signed over by the next checkpoint,
+    /// and look verified from then on.
+    async fn check_signed_root(
+        &self,
+        connection: &mut AnyConnection,
+        tenant_id: &str,
+        tree: &Tree,
+    ) -> Result<(), StoreError> {
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
+             WHERE tenant_id = $1 AND key_id = $2 ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(tenant_id)
+        .bind(self.signer.key_id())
+        .fetch_optional(&mut *connection)
+        .await?;
+        let Some(row) = row else { return Ok(()) };
+        let signed = checkpoint_from(tenant_id, &row)?;
+        let verified = self.signer.public_key().verify(&signed.body.signed_text(), &signed.signature).is_ok();
+        let matches = tree.root_at(signed.body.tree_size).is_ok_and(|root| root == signed.body.root_hash);
+        if verified && matches {
+            return Ok(());
+        }
+        tracing::error!(
+            tenant = %tenant_id,
+            size = signed.body.tree_size,
+            "the stored audit log no longer matches its last signed checkpoint; nothing more is appended to it"
+        );
+        Err(StoreError::Corrupt(format!(
+            "tenant {tenant_id}: the stored audit log does not match the checkpoint signed at size {}",
+            signed.body.tree_size
+        )))
+    }
+
     /// Loads the tenant's tree and latest checkpoint when they are not in memory.
     async fn ensure_loaded(&self, log: &mut TenantLog, tenant_id: &str) -> Result<(), StoreError> {
         if log.tree.is_some() && log.latest.is_some() {
@@ -232,6 +276,7 @@ impl LogStore {
         }
         log.tree = Some(tree);
         log.latest = Some(latest);
+        log.checked = false;
         Ok(())
     }
 

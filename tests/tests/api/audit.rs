@@ -420,6 +420,14 @@ async fn entries_changed_with_their_hashes_are_found_in_their_batch(backend: Bac
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
     let report: Value = app.get("/v1/governance/reports/iso27001", &key).await.json().await.unwrap();
     assert_eq!(report["verification"]["firstBadIndex"], "3", "{}", report["verification"]);
+
+    // No checkpoint is signed over the changed entries: a new decision is not appended, so the
+    // log does not come to look verified.
+    assess(&app, &key, &patient).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tree_size(&checkpoint(&app, &key).await), 6);
+    assert_eq!(app.count_governance_rows("audit_entries").await, 6);
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
     app.stop().await;
 }
 
