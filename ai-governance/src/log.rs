@@ -1,6 +1,7 @@
 //! The per-tenant verifiable log: entries in the database, the Merkle tree of each tenant in
-//! memory (rebuilt from the stored leaf hashes on first use), and a signed checkpoint written in
-//! the same transaction as every appended batch.
+//! memory (rebuilt from the stored leaf hashes on first use, and extended with what other replicas
+//! appended since), and a signed checkpoint written in the same transaction as every appended
+//! batch.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -9,10 +10,11 @@ use std::{
 
 use aigronova_platform::{
     Error,
-    storage::{Database, StoreError},
+    storage::{Backend, Database, StoreError},
 };
 use chrono::{SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 use tokio::sync::Mutex;
 
@@ -139,15 +141,35 @@ impl LogStore {
         leaves: Vec<Leaf>,
     ) -> Result<AppendOutcome, StoreError> {
         let mut transaction = self.database.begin_write().await?;
+        // One append at a time per tenant across replicas (SQLite writes one transaction at a
+        // time already): two would give their entries the same indexes.
+        if self.database.backend() == Backend::Postgres {
+            let digest = Sha256::digest(format!("audit_entries\0{tenant_id}").as_bytes());
+            let key = i64::from_be_bytes(digest[..8].try_into().expect("a SHA-256 digest has 8 bytes"));
+            sqlx::query("SELECT COUNT(*) FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
+                .bind(key)
+                .fetch_one(&mut *transaction)
+                .await?;
+        }
         let stored_size: i64 =
             sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS size FROM audit_entries WHERE tenant_id = $1")
                 .bind(tenant_id)
                 .fetch_one(&mut *transaction)
                 .await?
                 .try_get("size")?;
-        if log.tree.as_ref().is_none_or(|tree| tree.len() as i64 != stored_size) {
-            log.tree = Some(load_tree(&mut transaction, tenant_id).await?);
-            log.checked = false;
+        // Another replica may have appended since: the entries it stored are added.
+        match log.tree.as_mut() {
+            Some(tree) if tree.len() as i64 == stored_size => {}
+            Some(tree) if (tree.len() as i64) < stored_size => {
+                extend_tree(&mut transaction, tenant_id, tree).await?;
+                log.checked = false;
+            }
+            _ => {
+                let mut tree = Tree::new();
+                extend_tree(&mut transaction, tenant_id, &mut tree).await?;
+                log.tree = Some(tree);
+                log.checked = false;
+            }
         }
         if !log.checked {
             self.check_signed_root(&mut transaction, tenant_id, log.tree.as_ref().expect("loaded above")).await?;
@@ -241,13 +263,10 @@ impl LogStore {
         )))
     }
 
-    /// Loads the tenant's tree and latest checkpoint when they are not in memory.
+    /// Brings the tenant's tree and latest checkpoint up to the database's: loaded on first use,
+    /// extended when another replica has appended since.
     async fn ensure_loaded(&self, log: &mut TenantLog, tenant_id: &str) -> Result<(), StoreError> {
-        if log.tree.is_some() && log.latest.is_some() {
-            return Ok(());
-        }
         let mut connection = self.database.pool().acquire().await?;
-        let tree = load_tree(&mut connection, tenant_id).await?;
         let row = sqlx::query(
             "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
              WHERE tenant_id = $1 ORDER BY tree_size DESC LIMIT 1",
@@ -255,8 +274,16 @@ impl LogStore {
         .bind(tenant_id)
         .fetch_optional(&mut *connection)
         .await?;
-        let latest = match row {
-            Some(row) => checkpoint_from(tenant_id, &row)?,
+        let stored = row.map(|row| checkpoint_from(tenant_id, &row)).transpose()?;
+        let held = log.latest.as_ref().map(|latest| latest.body.tree_size);
+        let stored_size = stored.as_ref().map_or(0, |stored| stored.body.tree_size);
+        if log.tree.is_some() && held == Some(stored_size) {
+            return Ok(());
+        }
+        let mut tree = log.tree.take().unwrap_or_default();
+        extend_tree(&mut connection, tenant_id, &mut tree).await?;
+        let latest = match stored {
+            Some(stored) => stored,
             None => {
                 let body = CheckpointBody {
                     tenant_id: tenant_id.to_owned(),
@@ -522,12 +549,14 @@ pub fn changed_between(from: u64, to: u64) -> String {
     }
 }
 
-async fn load_tree(connection: &mut AnyConnection, tenant_id: &str) -> Result<Tree, StoreError> {
-    let rows = sqlx::query("SELECT idx, leaf_hash FROM audit_entries WHERE tenant_id = $1 ORDER BY idx")
+/// Adds to `tree` the leaf hashes stored after it (appended by another replica, or all of them
+/// for a new tree).
+async fn extend_tree(connection: &mut AnyConnection, tenant_id: &str, tree: &mut Tree) -> Result<(), StoreError> {
+    let rows = sqlx::query("SELECT idx, leaf_hash FROM audit_entries WHERE tenant_id = $1 AND idx >= $2 ORDER BY idx")
         .bind(tenant_id)
+        .bind(tree.len() as i64)
         .fetch_all(&mut *connection)
         .await?;
-    let mut tree = Tree::new();
     for row in rows {
         let index: i64 = row.try_get("idx")?;
         if index as u64 != tree.len() {
@@ -538,7 +567,7 @@ async fn load_tree(connection: &mut AnyConnection, tenant_id: &str) -> Result<Tr
             StoreError::Corrupt(format!("tenant {tenant_id}: audit entry {index} has a malformed leaf hash"))
         })?);
     }
-    Ok(tree)
+    Ok(())
 }
 
 async fn existing_event_ids(
@@ -649,6 +678,29 @@ mod tests {
         assert_eq!(log.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
         assert_eq!(log.latest_checkpoint("b").await.unwrap().body.tree_size, 1);
         assert_eq!(log.latest_checkpoint("c").await.unwrap().body.tree_size, 0);
+    }
+
+    #[tokio::test]
+    async fn replicas_over_one_database_see_each_others_entries_and_append_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = store(&dir).await;
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let second = LogStore::new(database, first.signer().clone());
+        first.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        assert_eq!(second.latest_checkpoint("a").await.unwrap().body.tree_size, 2);
+        first.append(vec![leaf("a", 3)]).await.unwrap();
+        // The second replica serves what the first appended since it last looked.
+        let latest = second.latest_checkpoint("a").await.unwrap();
+        assert_eq!(latest.body.tree_size, 3);
+        let (entry, checkpoint, proof) = second.entry_with_proof("a", 2).await.unwrap();
+        let hash = merkle::leaf_hash(entry.leaf.as_bytes());
+        merkle::verify_inclusion(&hash, 2, checkpoint.body.tree_size, &proof, &checkpoint.body.root_hash).unwrap();
+        // And appends after it; the first then serves that.
+        second.append(vec![leaf("a", 4)]).await.unwrap();
+        assert_eq!(first.latest_checkpoint("a").await.unwrap().body.tree_size, 4);
+        let (from_root, to_root, proof) = first.consistency("a", 2, 4).await.unwrap();
+        merkle::verify_consistency(2, 4, &from_root, &to_root, &proof).unwrap();
     }
 
     #[tokio::test]
