@@ -177,8 +177,11 @@ impl Store {
             Some(id) => id,
             None => {
                 let id = consent.customer_id.clone();
+                // A consent for the same new CPF made at the same moment may register the customer
+                // first: this one then waits for it, inserts nothing, and takes its customer.
                 sqlx::query(
-                    "INSERT INTO customers (tenant_id, id, cpf_hash, sealed_cpf, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO customers (tenant_id, id, cpf_hash, sealed_cpf, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant_id, cpf_hash) DO NOTHING",
                 )
                 .bind(tenant_id)
                 .bind(&id)
@@ -188,7 +191,9 @@ impl Store {
                 .execute(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
-                id
+                find_customer(&mut transaction, tenant_id, &cpf_hash)
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt("a customer registered is not found".into()))?
             }
         };
         sqlx::query(

@@ -594,6 +594,27 @@ async fn an_amount_outside_the_models_range_names_the_applicants_field() {
 /// refused, and nothing is stored or audited: on PostgreSQL, the revocation commits while the
 /// score's insert waits for the consent's row.
 #[tokio::test]
+async fn consents_made_at_once_for_a_new_cpf_register_one_customer_on_postgres() {
+    let bank = Institution::start().await;
+    let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
+    let app = start(Backend::Postgres, &bank, vec![("banco-a", profile)]).await;
+    let tenant = app.create_tenant_on("Financeira Simultânea", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let customer_cpf = cpf(515_151_515);
+    let body =
+        json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL, "expiresAt": days_from_now(30)});
+    let made = futures_util::future::join_all((0..12).map(|_| app.post("/v1/fin/consents", &key, &body))).await;
+    let mut customers = std::collections::BTreeSet::new();
+    for response in made {
+        assert_eq!(response.status(), 200);
+        customers.insert(response.json::<Value>().await.unwrap()["customerId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(customers.len(), 1, "{customers:?}");
+    assert_eq!(app.count_fin_rows("customers").await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn a_score_whose_consent_is_revoked_before_it_is_stored_is_refused_on_postgres() {
     use sqlx::Connection;
     let (_bank, app, key, customer_cpf, granted, applicant) =
