@@ -46,10 +46,17 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
         &self,
         request: Request<proto::RecordEventsRequest>,
     ) -> Result<Response<proto::RecordEventsResponse>, Status> {
-        auth::service_caller(&request, RECORD_SCOPE)?;
+        let caller = auth::service_caller(&request, RECORD_SCOPE)?;
         let events = request.into_inner().events;
         if events.len() > MAX_BATCH {
             return Err(Error::invalid("events", format!("at most {MAX_BATCH} events a call")).into());
+        }
+        // A service records its own events, under the name its token carries.
+        if let Some((n, event)) = events.iter().enumerate().find(|(_, event)| !is_caller(&caller, &event.service)) {
+            return Err(Status::permission_denied(format!(
+                "events[{n}].service: {:?} is not the calling service; a service records only its own events",
+                event.service
+            )));
         }
         let leaves =
             events.into_iter().enumerate().map(|(n, event)| leaf_of(n, event)).collect::<Result<Vec<_>, _>>()?;
@@ -138,6 +145,11 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
             proof: hex_all(&proof),
         }))
     }
+}
+
+/// Whether `service` is the domain service whose token `caller` holds (`service:<name>`).
+fn is_caller(caller: &Caller, service: &str) -> bool {
+    caller.subject.strip_prefix("service:") == Some(service)
 }
 
 /// Checks one incoming event and turns it into the leaf that will be hashed.
@@ -234,10 +246,15 @@ impl proto::model_inventory_server::ModelInventory for ModelInventoryApi {
         &self,
         request: Request<proto::RegisterModelsRequest>,
     ) -> Result<Response<proto::RegisterModelsResponse>, Status> {
-        auth::service_caller(&request, REGISTER_MODELS_SCOPE)?;
+        let caller = auth::service_caller(&request, REGISTER_MODELS_SCOPE)?;
         let proto::RegisterModelsRequest { service, models } = request.into_inner();
         if service.trim().is_empty() {
             return Err(Error::invalid("service", "must not be empty").into());
+        }
+        if !is_caller(&caller, &service) {
+            return Err(Status::permission_denied(format!(
+                "service: {service:?} is not the calling service; a service registers only its own models"
+            )));
         }
         for (n, card) in models.iter().enumerate() {
             if card.name.is_empty() || card.version.is_empty() || card.sha256.len() != 64 {
@@ -723,6 +740,17 @@ impl proto::reports_server::Reports for ReportsApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_service_is_the_one_its_token_names() {
+        let caller = Caller::service("healthquantum", RECORD_SCOPE);
+        assert!(is_caller(&caller, "healthquantum"));
+        for other in ["finquantum", "", "service:healthquantum", "healthquantum "] {
+            assert!(!is_caller(&caller, other), "{other:?}");
+        }
+        let person = Caller { tenant_id: "t".into(), subject: "healthquantum".into(), scopes: Vec::new() };
+        assert!(!is_caller(&person, "healthquantum"));
+    }
 
     #[test]
     fn a_leaf_holds_the_numbers_of_its_event_to_the_last_bit() {
