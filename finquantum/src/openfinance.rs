@@ -353,14 +353,18 @@ impl OpenFinanceClient {
                 .await;
             last = match sent {
                 Ok(response) if response.status().is_success() => {
-                    return response.text().await.map_err(|error| OpenFinanceError::Malformed(error.to_string()));
+                    return response
+                        .text()
+                        .await
+                        .map_err(|error| OpenFinanceError::Malformed(error.without_url().to_string()));
                 }
                 Ok(response) if response.status().is_server_error() || response.status().as_u16() == 429 => {
                     OpenFinanceError::Server { status: response.status().as_u16(), attempts }
                 }
                 Ok(response) => return Err(OpenFinanceError::Refused { status: response.status().as_u16() }),
                 Err(error) if error.is_timeout() => OpenFinanceError::Timeout { attempts },
-                Err(error) => OpenFinanceError::Unreachable(error.to_string()),
+                // Without the URL, which names the customer's account.
+                Err(error) => OpenFinanceError::Unreachable(error.without_url().to_string()),
             };
             if attempt < attempts {
                 tracing::debug!(error = %last, attempt, "Open Finance request retried");

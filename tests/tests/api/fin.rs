@@ -594,6 +594,25 @@ async fn an_amount_outside_the_models_range_names_the_applicants_field() {
 /// refused, and nothing is stored or audited: on PostgreSQL, the revocation commits while the
 /// score's insert waits for the consent's row.
 #[tokio::test]
+async fn an_institution_that_cannot_be_reached_is_a_503_that_names_no_address() {
+    let nowhere = format!("http://127.0.0.1:{}", aigronova_e2e::port_to_start_later());
+    let app = spawn_app_with(Backend::Sqlite, move |config| {
+        config.finquantum.institutions.insert("banco-z".into(), nowhere);
+        config.finquantum.request_timeout_ms = 500;
+    })
+    .await;
+    let tenant = app.create_tenant_on("Financeira Isolada", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let granted = consent(&app, &key, &cpf(616_161_616), "banco-z", ALL).await;
+    let problem = assert_problem(ingest(&app, &key, granted["id"].as_str().unwrap()).await, 503).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("banco-z"), "{problem}");
+    // The address of a request names the customer's account: neither the client nor the log sees it.
+    assert!(!detail.contains("127.0.0.1") && !detail.contains("open-banking"), "{problem}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn consents_made_at_once_for_a_new_cpf_register_one_customer_on_postgres() {
     let bank = Institution::start().await;
     let profile = Profile { accounts: vec![checking_account()], ..Profile::default() };
