@@ -238,7 +238,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 serde_json::json!({"fields": fields, "patients": patients.len()}),
             )
         };
-        let page_token = Some(page_token.as_str()).filter(|token| !token.trim().is_empty());
+        let page_token = page_token_of(&page_token);
         let page = self.store.list_patients(&caller.tenant_id, &filter, page_size, page_token, event).await?;
         self.outbox.wake();
         Ok(Response::new(proto::ListPatientsResponse {
@@ -384,7 +384,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 }),
             )
         };
-        let page_token = Some(page_token.as_str()).filter(|token| !token.trim().is_empty());
+        let page_token = page_token_of(&page_token);
         let page = self.store.list_assessments(&caller.tenant_id, &patient_id, page_size, page_token, event).await?;
         self.outbox.wake();
         Ok(Response::new(proto::ListAssessmentsResponse {
@@ -609,6 +609,11 @@ impl From<Patient> for proto::Patient {
             update_time: patient.updated_at.map(time::to_proto),
         }
     }
+}
+
+/// A list's `pageToken`: none when not given or blank.
+fn page_token_of(page_token: &str) -> Option<&str> {
+    Some(page_token).filter(|token| !token.trim().is_empty())
 }
 
 /// A list's `pageSize`: 20 when not given, at most 100.
