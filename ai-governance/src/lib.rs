@@ -61,6 +61,11 @@ pub const SERVICE_NAME: &str = "ai-governance";
 /// The schema of this service's database, embedded from `ai-governance/migrations`.
 pub static MIGRATOR: Migrator = sqlx::migrate!();
 
+/// The tables that hold a tenant's rows, under row-level security on PostgreSQL. The model
+/// inventory is the platform's, not a tenant's.
+const TENANT_TABLES: &[&str] =
+    &["audit_entries", "audit_checkpoints", "inference_windows", "subject_requests", "reviews", "tenant_keys"];
+
 /// The `ai_governance` configuration section.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -168,9 +173,13 @@ impl AiGovernanceService {
             })?,
         };
         // The relays delete what it acknowledges: an acknowledged batch must survive a power cut.
-        let database = Database::connect_durable(&config.database_url, &MIGRATOR)
+        let mut database = Database::connect_durable(&config.database_url, &MIGRATOR)
             .await
             .context("cannot open the ai-governance database")?;
+        database
+            .enable_row_level_security(TENANT_TABLES)
+            .await
+            .context(aigronova_platform::storage::ROW_LEVEL_SECURITY_REFUSED)?;
         let keys = aigronova_platform::crypto::tenant_keys(
             &database,
             config.master_key.as_deref(),

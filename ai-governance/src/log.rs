@@ -140,7 +140,7 @@ impl LogStore {
         tenant_id: &str,
         leaves: Vec<Leaf>,
     ) -> Result<AppendOutcome, StoreError> {
-        let mut transaction = self.database.begin_write().await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
         // One append at a time per tenant across replicas (SQLite writes one transaction at a
         // time already): two would give their entries the same indexes.
         if self.database.backend() == Backend::Postgres {
@@ -266,7 +266,8 @@ impl LogStore {
     /// Brings the tenant's tree and latest checkpoint up to the database's: loaded on first use,
     /// extended when another replica has appended since.
     async fn ensure_loaded(&self, log: &mut TenantLog, tenant_id: &str) -> Result<(), StoreError> {
-        let mut connection = self.database.pool().acquire().await?;
+        // One snapshot for the checkpoint and the entries under it.
+        let mut connection = self.database.begin_tenant_read(tenant_id).await?;
         let row = sqlx::query(
             "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
              WHERE tenant_id = $1 ORDER BY tree_size DESC LIMIT 1",
@@ -340,7 +341,7 @@ impl LogStore {
         )
         .bind(tenant_id)
         .bind(stored_size)
-        .fetch_optional(self.database.pool())
+        .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await
         .map_err(StoreError::from)?
         .ok_or_else(not_found)?;
@@ -368,7 +369,7 @@ impl LogStore {
         .bind(tenant_id)
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
-        .fetch_all(self.database.pool())
+        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await
         .map_err(StoreError::from)
     }
@@ -412,7 +413,7 @@ impl LogStore {
         .bind(tenant_id)
         .bind(i64::try_from(start).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
-        .fetch_all(self.database.pool())
+        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await?;
         rows.iter().map(entry_from).collect()
     }

@@ -246,7 +246,7 @@ impl MonitoringStore {
         .bind(model)
         .bind(version)
         .bind(since)
-        .fetch_all(self.database.pool())
+        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await
         .map_err(StoreError::from)?;
         Ok(summarise(&rows)?.into_values().next())
@@ -278,7 +278,7 @@ impl MonitoringStore {
         .bind(tenant_id)
         .bind(start)
         .bind(end)
-        .fetch_all(self.database.pool())
+        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await
         .map_err(StoreError::from)?;
         Ok(summarise(&rows)?.into_values().collect())

@@ -624,7 +624,7 @@ impl SubjectStore {
         mut outcomes: Vec<Outcome>,
         erase: bool,
     ) -> Result<StoredRequest, Error> {
-        let mut transaction = self.database.begin_write().await?;
+        let mut transaction = self.database.begin_tenant(&caller.tenant_id).await?;
         if erase {
             let secret = self.lock_secret().await?;
             let (erased, unreadable) =
@@ -757,7 +757,7 @@ impl SubjectStore {
         )
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(self.database.pool())
+        .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| Error::NotFound("subject request".into()))?;
@@ -787,7 +787,8 @@ impl SubjectStore {
         let cipher = self.keys.cipher(&caller.tenant_id).await?;
         let completed = self
             .database
-            .execute_write(
+            .execute_tenant_write(
+                &caller.tenant_id,
                 sqlx::query(
                     "UPDATE subject_requests SET status = 'completed', completed_at = $3, resolution = $4 \
                      WHERE tenant_id = $1 AND id = $2 AND status = 'open' AND erased_by IS NULL",
@@ -830,7 +831,8 @@ impl SubjectStore {
         if overdue {
             query = query.bind(now());
         }
-        let rows = query.fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
+        let rows =
+            query.fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?).await.map_err(StoreError::from)?;
         let mut requests = rows.iter().map(request_from).collect::<Result<Vec<_>, _>>()?;
         let next = page.split(&mut requests, |request| request.id.clone());
         self.unseal_requests(tenant_id, &mut requests).await?;
@@ -844,7 +846,7 @@ impl SubjectStore {
         let row = sqlx::query("SELECT export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
             .bind(&caller.tenant_id)
             .bind(id)
-            .fetch_optional(self.database.pool())
+            .fetch_optional(&mut *self.database.begin_tenant_read(&caller.tenant_id).await?)
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound("subject request".into()))?;
@@ -900,25 +902,23 @@ impl SubjectStore {
             decided_at: None,
         };
         let cipher = self.keys.cipher(&caller.tenant_id).await?;
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO reviews (tenant_id, id, audit_index, event_id, action, reason, status, outcome, note, \
              reviewer, created_at, decided_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
-        .bind(&caller.tenant_id)
-        .bind(&review.id)
+        .bind(caller.tenant_id.clone())
+        .bind(review.id.clone())
         .bind(i64::try_from(audit_index).unwrap_or(i64::MAX))
-        .bind(&review.event_id)
-        .bind(&review.action)
+        .bind(review.event_id.clone())
+        .bind(review.action.clone())
         .bind(seal(&cipher, &Column::ReviewReason.context(&caller.tenant_id, &review.id), &review.reason))
-        .bind(&review.status)
-        .bind(&review.outcome)
-        .bind(&review.note)
-        .bind(&review.reviewer)
-        .bind(&review.created_at)
-        .bind(&review.decided_at)
-        .execute(self.database.pool())
-        .await
-        .map_err(|error| match StoreError::from(error) {
+        .bind(review.status.clone())
+        .bind(review.outcome.clone())
+        .bind(review.note.clone())
+        .bind(review.reviewer.clone())
+        .bind(review.created_at.clone())
+        .bind(review.decided_at.clone());
+        self.database.execute_tenant_write(&caller.tenant_id, insert).await.map_err(|error| match error {
             // `reviews_one_pending`: the decision already has a review waiting.
             error if error.is_unique_violation() => {
                 Error::AlreadyExists(format!("the decision at entry {audit_index} already awaits review"))
@@ -948,20 +948,17 @@ impl SubjectStore {
             return Err(Error::invalid("note", "say how the decision was amended"));
         }
         let cipher = self.keys.cipher(&caller.tenant_id).await?;
-        let decided = sqlx::query(
+        let update = sqlx::query(
             "UPDATE reviews SET status = 'decided', outcome = $1, note = $2, reviewer = $3, decided_at = $4 \
              WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
         )
-        .bind(outcome)
+        .bind(outcome.to_owned())
         .bind(seal(&cipher, &Column::ReviewNote.context(&caller.tenant_id, id), note))
-        .bind(&caller.subject)
+        .bind(caller.subject.clone())
         .bind(now())
-        .bind(&caller.tenant_id)
-        .bind(id)
-        .execute(self.database.pool())
-        .await
-        .map_err(StoreError::from)?
-        .rows_affected();
+        .bind(caller.tenant_id.clone())
+        .bind(id.to_owned());
+        let decided = self.database.execute_tenant_write(&caller.tenant_id, update).await?;
         let review = self.review(&caller.tenant_id, id).await?;
         if decided == 0 {
             return Err(Error::AlreadyExists(format!("review {id} was already decided ({})", review.outcome)));
@@ -984,7 +981,7 @@ impl SubjectStore {
         )
         .bind(tenant_id)
         .bind(id)
-        .fetch_optional(self.database.pool())
+        .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await
         .map_err(StoreError::from)?
         .ok_or_else(|| Error::NotFound("review".into()))?;
@@ -1014,7 +1011,7 @@ impl SubjectStore {
         let rows =
             sqlx::query("SELECT status, outcome, created_at, decided_at FROM reviews WHERE tenant_id = $1 ORDER BY id")
                 .bind(tenant_id)
-                .fetch_all(self.database.pool())
+                .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
                 .await
                 .map_err(StoreError::from)?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
@@ -1044,7 +1041,7 @@ impl SubjectStore {
         .bind(status)
         .bind(page.after.unwrap_or_default())
         .bind(page.limit_with_one_more())
-        .fetch_all(self.database.pool())
+        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
         .await
         .map_err(StoreError::from)?;
         let mut reviews = rows.iter().map(review_from).collect::<Result<Vec<_>, _>>()?;

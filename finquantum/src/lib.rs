@@ -174,10 +174,10 @@ impl FinQuantumService {
         config.validate()?;
         let mut database =
             Database::connect(&config.database_url, &MIGRATOR).await.context("cannot open the finquantum database")?;
-        database.enable_row_level_security(TENANT_TABLES).await.context(
-            "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
-             (created here when the user may create roles; see deploy/README.md)",
-        )?;
+        database
+            .enable_row_level_security(TENANT_TABLES)
+            .await
+            .context(aigronova_platform::storage::ROW_LEVEL_SECURITY_REFUSED)?;
         let keys = aigronova_platform::crypto::tenant_keys(
             &database,
             config.master_key.as_deref(),

@@ -125,10 +125,7 @@ impl HealthQuantumService {
         database
             .enable_row_level_security(&["patients", "assessments", "images", "audit_outbox", "tenant_keys"])
             .await
-            .context(
-                "cannot set up row-level security: the database user must be a member of the role aigronova_tenant \
-                 (created here when the user may create roles; see deploy/README.md)",
-            )?;
+            .context(aigronova_platform::storage::ROW_LEVEL_SECURITY_REFUSED)?;
         let keys = aigronova_platform::crypto::tenant_keys(
             &database,
             config.master_key.as_deref(),

@@ -86,6 +86,10 @@ impl From<StoreError> for Status {
 /// The role tenant transactions take on PostgreSQL, under which row-level security applies.
 pub const TENANT_ROLE: &str = "aigronova_tenant";
 
+/// What a service says when it cannot put its tables under row-level security at start.
+pub const ROW_LEVEL_SECURITY_REFUSED: &str = "cannot set up row-level security: the database user must be a member of \
+     the role aigronova_tenant (created here when the user may create roles; see deploy/README.md)";
+
 /// How long a writer waits for SQLite's write lock, in this process or another.
 const WRITE_WAIT: Duration = Duration::from_secs(5);
 
@@ -341,10 +345,16 @@ impl Database {
         &self,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
     ) -> Result<u64, StoreError> {
-        let mut transaction = self.begin_write().await?;
-        let done = query.execute(&mut *transaction).await?.rows_affected();
-        transaction.commit().await?;
-        Ok(done)
+        execute_in(self.begin_write().await?, query).await
+    }
+
+    /// As [`Self::execute_write`], on behalf of `tenant_id` (see [`Self::begin_tenant`]).
+    pub async fn execute_tenant_write<'q>(
+        &self,
+        tenant_id: &str,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    ) -> Result<u64, StoreError> {
+        execute_in(self.begin_tenant(tenant_id).await?, query).await
     }
 
     /// SQLite only: commits `write` (see [`KeyedWrite`]) and returns whether it took effect. The
@@ -512,6 +522,16 @@ impl Database {
             grouped.stopped().await;
         }
     }
+}
+
+/// Runs `query` in `transaction` and commits it: the rows it changed.
+async fn execute_in(
+    mut transaction: DbTransaction,
+    query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+) -> Result<u64, StoreError> {
+    let done = query.execute(&mut *transaction).await?.rows_affected();
+    transaction.commit().await?;
+    Ok(done)
 }
 
 /// `sqlite:<path>` with the file created on first use.

@@ -571,3 +571,95 @@ async fn bundles_corrections_and_reviews_are_sealed_at_rest_and_those_stored_in_
 async fn bundles_corrections_and_reviews_are_sealed_at_rest_and_those_stored_in_clear_before_still_read_on_postgres() {
     sealed_at_rest(Backend::Postgres).await;
 }
+
+/// Row-level security is the second lock behind the query filters in each service's PostgreSQL
+/// database: every table with a `tenant_id` column is under a policy, and a transaction acting for
+/// one tenant, with a query that forgets its filter, reads and changes that tenant's rows only.
+#[tokio::test]
+async fn row_level_security_holds_every_tenant_table_of_every_service() {
+    let app = spawn_app(Backend::Postgres).await;
+    let mut tenants = Vec::new();
+    for name in ["Hospital Norte", "Hospital Sul"] {
+        let tenant = app.create_tenant_on(name, "enterprise").await;
+        let key = app.create_key(&tenant, SCOPES).await;
+        let patient = app.create_patient(&key).await;
+        let reference: Value = serde_json::from_str(
+            &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
+        )
+        .unwrap();
+        let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+        let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
+        assert_eq!(response.status(), 200);
+        open(&app, &key, json!({"cpf": CPF, "kind": "access"})).await;
+        let index = decision_index(&app, &key).await;
+        let review =
+            app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": "contested"})).await;
+        assert_eq!(review.status(), 200);
+        tenants.push(tenant);
+    }
+
+    for (service, url) in [
+        ("ai-governance", &app.governance_database_url),
+        ("healthquantum", &app.health_database_url),
+        ("finquantum", &app.fin_database_url),
+    ] {
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        let tables: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT c.relname::text, c.relrowsecurity AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped \
+             WHERE c.relkind = 'r' AND n.nspname = current_schema() ORDER BY 1",
+        )
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+        assert!(!tables.is_empty(), "{service} has tenant tables");
+        let unguarded: Vec<&str> =
+            tables.iter().filter(|(_, guarded)| !guarded).map(|(name, _)| name.as_str()).collect();
+        assert!(unguarded.is_empty(), "{service}'s tables without row-level security: {unguarded:?}");
+        let mut others_seen = 0;
+        for (table, _) in &tables {
+            let all: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+            for tenant in &tenants {
+                let own: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM {table} WHERE tenant_id = $1"
+                )))
+                .bind(tenant)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap();
+                others_seen += all - own;
+                let mut transaction = connection.begin().await.unwrap();
+                sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
+                    .bind(tenant)
+                    .execute(&mut *transaction)
+                    .await
+                    .unwrap();
+                sqlx::raw_sql("SET LOCAL ROLE aigronova_tenant").execute(&mut *transaction).await.unwrap();
+                // No tenant filter: the policy is all that stands between this query and the other tenant.
+                let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .unwrap();
+                assert_eq!(seen, own, "{service}.{table} as tenant {tenant}");
+                let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET tenant_id = tenant_id WHERE tenant_id <> $1"
+                )))
+                .bind(tenant)
+                .execute(&mut *transaction)
+                .await
+                .unwrap();
+                assert_eq!(changed.rows_affected(), 0, "{service}.{table}: no write reaches another tenant's rows");
+                transaction.rollback().await.unwrap();
+            }
+        }
+        if service != "finquantum" {
+            assert!(others_seen > 0, "{service} holds rows of both tenants, so that hiding them is shown");
+        }
+        connection.close().await.unwrap();
+    }
+    app.stop().await;
+}
