@@ -148,11 +148,24 @@ struct Single<T> {
     data: T,
 }
 
+/// Where a transaction stands at its institution (`completedAuthorisedPaymentType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Completion {
+    /// Done: it has moved the balance.
+    TransacaoEfetivada,
+    /// Scheduled for a later day.
+    LancamentoFuturo,
+    /// Still being processed, and may yet not happen.
+    TransacaoProcessando,
+}
+
 /// A transaction of an account.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Transaction {
     pub transaction_id: String,
+    pub completed_authorised_payment_type: Completion,
     /// `CREDITO` (money in) or `DEBITO` (money out).
     pub credit_debit_type: String,
     pub transaction_name: String,
@@ -265,7 +278,9 @@ impl OpenFinanceClient {
         Ok(accounts.into_iter().filter(|account| seen.insert(account.account_id.clone())).collect())
     }
 
-    /// Every transaction of `account_id`, each once even when a page repeats one.
+    /// Every transaction of `account_id` that has taken place, each once even when a page repeats
+    /// one. Future entries and those still processing are left for an ingestion after they take
+    /// place: they have not moved the balance that statements walk back from, and may not happen.
     pub async fn transactions(
         &self,
         base_url: &str,
@@ -279,7 +294,11 @@ impl OpenFinanceClient {
         );
         let transactions: Vec<Transaction> = self.all_pages(&url, grant).await?;
         let mut seen = HashSet::new();
-        Ok(transactions.into_iter().filter(|t| seen.insert(t.transaction_id.clone())).collect())
+        Ok(transactions
+            .into_iter()
+            .filter(|t| t.completed_authorised_payment_type == Completion::TransacaoEfetivada)
+            .filter(|t| seen.insert(t.transaction_id.clone()))
+            .collect())
     }
 
     /// The balances of `account_id`.

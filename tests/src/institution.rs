@@ -33,6 +33,8 @@ pub struct FakeTransaction {
     pub amount: String,
     /// RFC 3339.
     pub at: String,
+    /// `completedAuthorisedPaymentType`: `TRANSACAO_EFETIVADA` unless set otherwise.
+    pub completion: String,
 }
 
 impl FakeTransaction {
@@ -44,7 +46,13 @@ impl FakeTransaction {
             name: format!("{kind} {id}"),
             amount: amount.into(),
             at: at.into(),
+            completion: "TRANSACAO_EFETIVADA".into(),
         }
+    }
+
+    /// The same transaction in another state at its institution (`LANCAMENTO_FUTURO`…).
+    pub fn completion(self, completion: &str) -> Self {
+        Self { completion: completion.into(), ..self }
     }
 }
 
@@ -222,7 +230,7 @@ async fn transactions(
     let data: Vec<Value> = pages[number - 1]
         .iter()
         .map(|t| {
-            json!({"transactionId": t.id, "completedAuthorisedPaymentType": "TRANSACAO_EFETIVADA",
+            json!({"transactionId": t.id, "completedAuthorisedPaymentType": t.completion,
                 "creditDebitType": if t.credit { "CREDITO" } else { "DEBITO" }, "transactionName": t.name,
                 "type": t.kind, "transactionAmount": {"amount": t.amount, "currency": "BRL"},
                 "transactionDateTime": t.at})

@@ -67,13 +67,13 @@ fn savings_account() -> FakeAccount {
         id: "acc-savings".into(),
         kind: "CONTA_POUPANCA".into(),
         balance: "300.00".into(),
-        transactions: vec![FakeTransaction::new(
-            "sv-1",
-            true,
-            "RENDIMENTO_APLIC_FINANCEIRA",
-            "1.25",
-            "2026-10-01T03:00:00Z",
-        )],
+        transactions: vec![
+            FakeTransaction::new("sv-1", true, "RENDIMENTO_APLIC_FINANCEIRA", "1.25", "2026-10-01T03:00:00Z"),
+            // Neither has moved the balance yet: neither is stored or counted.
+            FakeTransaction::new("sv-2", true, "TED", "500.00", "2026-10-20T10:00:00Z").completion("LANCAMENTO_FUTURO"),
+            FakeTransaction::new("sv-3", false, "PIX", "40.00", "2026-10-21T10:00:00Z")
+                .completion("TRANSACAO_PROCESSANDO"),
+        ],
     }
 }
 
@@ -133,14 +133,14 @@ async fn consents_ingestion_and_statements(backend: Backend) {
         (&json!(2), &json!(2), &json!(7), &json!(7)),
         "{ingestion}"
     );
-    // Accounts 2 (one answered 500), balances 2, transactions 3 + 1 pages and 1 + 1 pages.
-    assert_eq!(bank.calls(), 10);
-    assert_eq!(app.count_fin_rows("transactions").await, 7, "each transaction once");
+    // Accounts 2 (one answered 500), balances 2, transactions 3 + 1 pages and 2 + 1 pages.
+    assert_eq!(bank.calls(), 11);
+    assert_eq!(app.count_fin_rows("transactions").await, 7, "each transaction that took place, once");
 
     // The same ingestion again is answered from Redis: no call to the institution, nothing new.
     let again: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
     assert_eq!((&again["transactions"], &again["newTransactions"]), (&json!(7), &json!(0)), "{again}");
-    assert_eq!(bank.calls(), 10, "cache hits spare the institution");
+    assert_eq!(bank.calls(), 11, "cache hits spare the institution");
     // What the cache keeps of the institution's pages is sealed with the tenant's data key.
     let redis = redis::Client::open(redis_url()).unwrap();
     let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
@@ -158,7 +158,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     app.restart().await;
     let after_restart: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
     assert_eq!(after_restart["newTransactions"], 0);
-    assert_eq!(bank.calls(), 10, "the Redis cache outlives the process");
+    assert_eq!(bank.calls(), 11, "the Redis cache outlives the process");
 
     // Statement of October: totals by category, balances walked back from today's balance.
     let response = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &key).await;
