@@ -10,7 +10,7 @@ use std::{
 
 use aigronova_platform::{
     Error,
-    audit::{AuditEvent, EventKind, OutboxWaker},
+    audit::{self, AuditEvent, EventKind, OutboxWaker},
     auth::{self, Caller},
     cpf::Cpf,
     error::internal,
@@ -433,6 +433,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             reasons: reasons.clone(),
             created_at: round_micros(Utc::now()),
         };
+        let cipher = self.store.cipher(&caller.tenant_id).await?;
         let recorded = event(
             &caller,
             EventKind::Decision,
@@ -442,7 +443,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 "creditScoreId": score.id,
                 "model": score.model,
                 "modelVersion": score.model_version,
-                "inputDigest": input_digest(&features),
+                "inputDigest": audit::input_digest(&cipher, &features),
                 "output": {"score": score.score, "probabilityOfDefault": probability, "riskBand": score.risk_band},
                 "reasons": reasons.iter().filter_map(|feature| scoring::code_of(feature)).collect::<Vec<_>>(),
                 "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
@@ -526,14 +527,6 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         auth::caller(&request)?;
         Ok(Response::new(proto::ListModelsResponse { models: self.models.cards() }))
     }
-}
-
-/// SHA-256 of the inputs as canonical JSON: identifies what was scored without putting the
-/// values in the audit log.
-fn input_digest(features: &BTreeMap<String, f64>) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(features).unwrap_or_default();
-    format!("sha256:{}", hex::encode(Sha256::digest(json)))
 }
 
 /// To the microsecond, what storage keeps.

@@ -100,14 +100,6 @@ pub fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Er
     })
 }
 
-/// SHA-256 of the inputs as canonical JSON (keys sorted): identifies what was scored without
-/// putting the values in the audit log.
-pub fn input_digest(features: &BTreeMap<String, f64>) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(features).expect("numbers serialise");
-    format!("sha256:{}", hex::encode(Sha256::digest(json)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use aigronova_platform::{
-    audit::{AuditEvent, EventKind, OutboxWaker},
+    audit::{self, AuditEvent, EventKind, OutboxWaker},
     auth, crypto,
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
@@ -328,6 +328,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let latency = started.elapsed();
         let assessment =
             assessed.inspect_err(|_| self.monitor.record(&caller.tenant_id, &model, Some(&row), latency, false))?;
+        let cipher = self.store.cipher(&caller.tenant_id).await?;
         let event = AuditEvent::new(
             &caller,
             crate::SERVICE_NAME,
@@ -338,7 +339,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 "assessmentId": assessment.id,
                 "model": assessment.model,
                 "modelVersion": assessment.model_version,
-                "inputDigest": assessment::input_digest(&assessment.features),
+                "inputDigest": audit::input_digest(&cipher, &assessment.features),
                 "output": {"value": assessment.output, "riskBand": assessment.risk_band},
                 "latencyMs": latency.as_secs_f64() * 1000.0,
             }),

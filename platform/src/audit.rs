@@ -18,6 +18,7 @@
 //! ```
 
 use std::{
+    collections::BTreeMap,
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -36,6 +37,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::{
     auth::{self, Caller, TokenSigner},
     config::{ConfigError, Validate},
+    crypto::TenantCipher,
     shutdown::Shutdown,
     storage::{Backend, Database, KeyedWrite, Param, StoreError, bind_params},
 };
@@ -65,6 +67,12 @@ impl EventKind {
             Self::PersonalDataChange => "personal_data_change",
         }
     }
+}
+
+/// What names a decision's inputs in its event without putting them there: the tenant's keyed
+/// digest ([`TenantCipher::keyed_digest`]) of the inputs as JSON, keys sorted.
+pub fn input_digest(cipher: &TenantCipher, features: &BTreeMap<String, f64>) -> String {
+    cipher.keyed_digest(&serde_json::to_vec(features).expect("numbers serialise"))
 }
 
 /// One audit event, as written to the outbox and shipped to ai-governance.

@@ -161,6 +161,7 @@ pub fn is_sealed(stored: &str) -> bool {
 pub struct TenantCipher {
     key: LessSafeKey,
     index: hmac::Key,
+    digest: hmac::Key,
 }
 
 impl fmt::Debug for TenantCipher {
@@ -173,9 +174,11 @@ impl TenantCipher {
     fn new(data_key: &[u8; 32]) -> Self {
         let derive = hmac::Key::new(hmac::HMAC_SHA256, data_key);
         let index_key = hmac::sign(&derive, b"aigronova.blind-index.v1");
+        let digest_key = hmac::sign(&derive, b"aigronova.input-digest.v1");
         Self {
             key: LessSafeKey::new(UnboundKey::new(&AES_256_GCM, data_key).expect("32 bytes is an AES-256 key")),
             index: hmac::Key::new(hmac::HMAC_SHA256, index_key.as_ref()),
+            digest: hmac::Key::new(hmac::HMAC_SHA256, digest_key.as_ref()),
         }
     }
 
@@ -221,6 +224,13 @@ impl TenantCipher {
     /// the tenant's data key: the same value gives different indexes in different tenants).
     pub fn blind_index(&self, value: &str) -> String {
         hex::encode(hmac::sign(&self.index, value.as_bytes()).as_ref())
+    }
+
+    /// What identifies `bytes` (a decision's inputs) in the audit log: `hmac-sha256:` and the hex
+    /// HMAC under another key derived from the tenant's data key. A reader of the log cannot try
+    /// likely inputs against it, as against a plain hash; the service can, to find a decision.
+    pub fn keyed_digest(&self, bytes: &[u8]) -> String {
+        format!("hmac-sha256:{}", hex::encode(hmac::sign(&self.digest, bytes).as_ref()))
     }
 }
 
@@ -433,6 +443,21 @@ mod tests {
         assert_eq!(one.blind_index("52998224725"), one.blind_index("52998224725"));
         assert_ne!(one.blind_index("52998224725"), two.blind_index("52998224725"));
         assert_eq!(one.blind_index("52998224725").len(), 64);
+    }
+
+    #[test]
+    fn a_keyed_digest_is_stable_per_tenant_and_is_not_the_plain_hash_nor_the_blind_index() {
+        use sha2::{Digest, Sha256};
+        let (one, two) = (TenantCipher::new(&[1; 32]), TenantCipher::new(&[2; 32]));
+        let inputs = br#"{"age":0.038,"bmi":0.061}"#;
+        let digest = one.keyed_digest(inputs);
+        assert_eq!(digest, one.keyed_digest(inputs));
+        assert_ne!(digest, two.keyed_digest(inputs), "another tenant's key");
+        assert_ne!(digest, one.keyed_digest(br#"{"age":0.038,"bmi":0.062}"#));
+        let hex = digest.strip_prefix("hmac-sha256:").unwrap();
+        assert_eq!(hex.len(), 64);
+        assert_ne!(hex, hex::encode(Sha256::digest(inputs)), "not what anyone can compute");
+        assert_ne!(hex, one.blind_index(std::str::from_utf8(inputs).unwrap()), "a key of its own");
     }
 
     #[test]
