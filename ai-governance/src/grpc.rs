@@ -385,11 +385,7 @@ fn uuid_of(field: &str, text: &str) -> Result<String, Error> {
 /// last item of the page before, then `.` and the list's `filter` when it has one: a token goes on
 /// only with the filter it was returned for).
 fn page_of<'a>(page_size: i32, page_token: &'a str, filter: &str) -> Result<Page<'a>, Error> {
-    let size = match page_size {
-        0 => 20,
-        1..=100 => page_size as usize,
-        _ => return Err(Error::invalid("pageSize", "must be between 1 and 100")),
-    };
+    let size = aigronova_platform::grpc::page_size(page_size)?;
     let token = page_token.trim();
     // A token is an id as the list wrote it: another spelling of the UUID would compare otherwise.
     let given = |token: &str| uuid::Uuid::parse_str(token).is_ok_and(|uuid| uuid.to_string() == token);

@@ -54,6 +54,16 @@ struct ListQuery {
     page_token: Option<String>,
 }
 
+/// A `pageSize` that is not a whole number of the range lists take.
+fn page_size_refused() -> Problem {
+    Problem::invalid_field(
+        "pageSize",
+        format!(
+            "pageSize must be a whole number from 1 to {MAX_PAGE_SIZE}, or 0 for the default ({DEFAULT_PAGE_SIZE})"
+        ),
+    )
+}
+
 impl ListQuery {
     /// Reads `pageSize` and `pageToken` (or their proto names); any other parameter, or one
     /// given twice, is a 400.
@@ -64,8 +74,7 @@ impl ListQuery {
         for (name, value) in crate::transcode::form_pairs(query)? {
             match name.as_str() {
                 "pageSize" | "page_size" => {
-                    let size = crate::transcode::integer(&value)
-                        .ok_or_else(|| Problem::invalid_field("pageSize", "pageSize must be a whole number"))?;
+                    let size = crate::transcode::integer(&value).ok_or_else(page_size_refused)?;
                     if parsed.page_size.replace(size).is_some() {
                         return Err(twice("pageSize"));
                     }
@@ -130,10 +139,7 @@ pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request
     // As on every list (AIP-158): 0 or none is the default size.
     let page_size = query.page_size.filter(|size| *size != 0).unwrap_or(DEFAULT_PAGE_SIZE);
     if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(Problem::invalid_field(
-            "pageSize",
-            format!("pageSize must be between 1 and {MAX_PAGE_SIZE}, or 0 for the default ({DEFAULT_PAGE_SIZE})"),
-        ));
+        return Err(page_size_refused());
     }
     let after = query.page_token.filter(|token| !token.is_empty());
     // A token is a tenant id as the list wrote it: another spelling of the UUID would compare otherwise.
@@ -388,11 +394,11 @@ fn valid_name(name: &str) -> Result<&str, Problem> {
     if aigronova_platform::text::is_blank(name) {
         return Err(Problem::invalid_field("name", "name must not be empty nor only invisible characters"));
     }
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        return Err(Problem::invalid_field(
-            "name",
-            format!("name must be at most {MAX_NAME_CHARS} printable characters"),
-        ));
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Problem::invalid_field("name", format!("name must be at most {MAX_NAME_CHARS} characters")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Problem::invalid_field("name", "name must not contain control characters (line breaks, tabs)"));
     }
     if name.chars().any(aigronova_platform::text::is_bidi_control) {
         return Err(Problem::invalid_field("name", "name must not contain bidirectional overrides"));

@@ -45,10 +45,11 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
                 Problem::invalid_token("the API key is not valid")
             }
         })?;
-    if let Some(authenticator) = &state.jwt
-        && jwt::meant_as_jwt(key)
-    {
-        return authenticator.principal(&state.store, key).await.map(Arc::new);
+    if jwt::meant_as_jwt(key) {
+        return match &state.jwt {
+            Some(authenticator) => authenticator.principal(&state.store, key).await.map(Arc::new),
+            None => Err(Problem::invalid_token("this deployment takes API keys only: no OIDC provider is configured")),
+        };
     }
     let principal = state.keys.principal(key).await.map_err(|error| {
         tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "API key lookup failed");

@@ -868,7 +868,13 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         request: None,
         replies: &[
             json_reply("200", "Ready.", "gateway.Readiness"),
-            json_reply("503", "Not ready: the database or an upstream does not answer.", "gateway.Readiness"),
+            json_reply(
+                "503",
+                "Not ready: the gateway's database does not answer, Redis does not while `redis_failure` is \
+                 `closed`, or every service refuses the gateway's token. A service that is not SERVING leaves the \
+                 gateway ready.",
+                "gateway.Readiness",
+            ),
         ],
         problems: &[],
     },

@@ -270,8 +270,8 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let refused = refused_early(&request);
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
-    // A CORS preflight's answer holds nothing, and browsers keep it for its `Access-Control-Max-Age`.
-    let cacheable = CACHEABLE_PATHS.contains(&path.as_str()) || crate::cors::is_preflight(&request);
+    let preflight = crate::cors::is_preflight(&request);
+    let cacheable_path = CACHEABLE_PATHS.contains(&path.as_str());
     let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
     // Handled in place, and finished on a task of its own if the client goes away first: a call is
     // never cut short, so a write the service made is never left without its access log line and
@@ -289,8 +289,11 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     // image, a report).
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     // Neither a browser nor a shared cache keeps personal data or a key shown once; an answer
-    // that says how it may be cached (a service's raw body) keeps its own word.
-    if !cacheable && !headers.contains_key(header::CACHE_CONTROL) {
+    // that says how it may be cached (a service's raw body) keeps its own word. The CORS layer's
+    // answer to a preflight holds nothing, and browsers keep it for its `Access-Control-Max-Age`;
+    // a refusal of one (no CORS here, no such route) is kept by nobody.
+    let answered_preflight = preflight && headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    if !cacheable_path && !answered_preflight && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response

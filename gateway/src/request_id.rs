@@ -29,13 +29,14 @@ tokio::task_local! {
 /// Whether a client's request id can be reused: at most 128 letters, digits and `-_.:/+=`, the
 /// characters of UUIDs, trace ids and the usual id formats, and nothing markup or a log reader
 /// could take for something else. The id goes to the access log, so one that is an e-mail address
-/// (`@`) or holds a credential (an API key, `agk_…`, or a JWT, `eyJ…`) is not reused.
+/// (`@`), holds a credential (an API key, `agk_…`, or a JWT, `eyJ…`) or a CPF is not reused.
 fn acceptable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
         && !id.contains("agk_")
         && !id.contains("eyJ")
+        && !aigronova_platform::cpf::holds_cpf(id)
 }
 
 /// The request's id, the client's when it sent one acceptable id (two are none: which one is meant

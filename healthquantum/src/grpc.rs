@@ -216,7 +216,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
     ) -> Result<Response<proto::ListPatientsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::ListPatientsRequest { name_prefix, cpf, page_size, page_token } = request.into_inner();
-        let page_size = page_size_of(page_size)?;
+        let page_size = aigronova_platform::grpc::page_size(page_size)?;
         let filter = PatientFilter {
             name_prefix: Some(name_prefix.trim().to_owned()).filter(|prefix| !prefix.is_empty()),
             cpf: if cpf.trim().is_empty() { None } else { Some(Cpf::parse(&cpf)?) },
@@ -372,7 +372,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let proto::ListAssessmentsRequest { patient_id, page_size, page_token } = request.into_inner();
         let patient_id = PatientId::parse("patientId", &patient_id)?;
-        let page_size = page_size_of(page_size)?;
+        let page_size = aigronova_platform::grpc::page_size(page_size)?;
         let event = |assessments: &[Assessment]| {
             AuditEvent::new(
                 &caller,
@@ -615,15 +615,6 @@ impl From<Patient> for proto::Patient {
 /// A list's `pageToken`: none when not given or blank.
 fn page_token_of(page_token: &str) -> Option<&str> {
     Some(page_token).filter(|token| !token.trim().is_empty())
-}
-
-/// A list's `pageSize`: 20 when not given, at most 100.
-fn page_size_of(page_size: i32) -> Result<usize, aigronova_platform::Error> {
-    match page_size {
-        0 => Ok(20),
-        1..=100 => Ok(page_size as usize),
-        _ => Err(aigronova_platform::Error::invalid("pageSize", "must be between 1 and 100")),
-    }
 }
 
 impl From<Assessment> for proto::Assessment {

@@ -544,6 +544,22 @@ fn jpeg_ends(bytes: &[u8]) -> bool {
     }
 }
 
+/// What a decoder said of an image, for its sender: without the decoder's own prefix (`Format
+/// error decoding Png: `) and with a PNG chunk named by its type rather than its debug form.
+fn decoder_message(error: &image::ImageError) -> String {
+    let message = error.to_string();
+    let mut message = match message.split_once(": ") {
+        Some((prefix, rest)) if prefix.starts_with("Format error decoding ") => rest.to_owned(),
+        _ => message,
+    };
+    while let Some(start) = message.find("ChunkType { type: ") {
+        let Some(end) = message[start..].find('}') else { break };
+        let kind = message[start + "ChunkType { type: ".len()..start + end].split(',').next().unwrap_or("").to_owned();
+        message.replace_range(start..=start + end, &kind);
+    }
+    message
+}
+
 /// Recognises `bytes` and, for a raster image, decodes it (within size limits) for its
 /// dimensions and thumbnail. Anything else is refused, naming the `body` field.
 ///
@@ -576,7 +592,10 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
         opened
     };
     let undecodable = |error: image::ImageError| {
-        Error::invalid("body", format!("starts as {} but does not decode as one: {error}", media_type.as_str()))
+        Error::invalid(
+            "body",
+            format!("starts as {} but does not decode as one: {}", media_type.as_str(), decoder_message(&error)),
+        )
     };
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODED_BYTES);
@@ -619,6 +638,21 @@ mod tests {
             .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
             .unwrap();
         bytes
+    }
+
+    #[test]
+    fn a_damaged_png_is_refused_in_words_for_its_sender() {
+        let mut damaged = png(40, 30);
+        // A bit of the header chunk's checksum.
+        damaged[29] ^= 0xff;
+        match examine(&damaged) {
+            Err(Error::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "body");
+                assert!(reason.starts_with("starts as image/png but does not decode as one: CRC error"), "{reason}");
+                assert!(reason.contains("IHDR chunk") && !reason.contains("ChunkType"), "{reason}");
+            }
+            other => panic!("a PNG with a bad checksum: {other:?}"),
+        }
     }
 
     #[test]

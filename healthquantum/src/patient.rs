@@ -41,8 +41,9 @@ impl fmt::Display for PatientId {
     }
 }
 
-/// A patient's full name: trimmed, 1 to 200 characters with at least one letter, no control
-/// characters or bidirectional overrides.
+/// A patient's full name: trimmed, 1 to 200 characters with at least one letter, no control,
+/// invisible (zero-width, byte order mark…) or bidirectional override characters, which would
+/// keep the name from being found by what it shows, or print as `?` in a report.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PatientName(String);
 
@@ -62,6 +63,12 @@ impl PatientName {
         }
         if name.chars().any(aigronova_platform::text::is_bidi_control) {
             return Err(Error::invalid("name", "must not contain bidirectional overrides"));
+        }
+        if let Some(invisible) = name.chars().find(|c| aigronova_platform::text::is_invisible(*c)) {
+            return Err(Error::invalid(
+                "name",
+                format!("must not contain invisible characters (U+{:04X})", u32::from(invisible)),
+            ));
         }
         if !name.chars().any(char::is_alphabetic) {
             return Err(Error::invalid("name", "must contain a letter"));
@@ -415,7 +422,9 @@ mod tests {
             ("Maria\u{7f}", "must not contain control characters"),
             ("\u{202e}\u{200b}", "must not contain bidirectional overrides"),
             ("Maria \u{2066}Silva", "must not contain bidirectional overrides"),
-            ("\u{200b}\u{200b}", "must contain a letter"),
+            ("\u{200b}\u{200b}", "must not contain invisible characters (U+200B)"),
+            ("Zero\u{200b}Width", "must not contain invisible characters (U+200B)"),
+            ("\u{feff}Maria", "must not contain invisible characters (U+FEFF)"),
             ("123 - 456", "must contain a letter"),
         ];
         for (input, expected) in cases {

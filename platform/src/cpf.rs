@@ -53,6 +53,22 @@ impl Cpf {
     }
 }
 
+/// Whether `text` holds a CPF: a run of exactly 11 digits, or the `123.456.789-09` layout between
+/// non-digits, whose check digits hold. Text that may reach a log is screened with it.
+pub fn holds_cpf(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let digit_at = |at: usize| bytes.get(at).is_some_and(u8::is_ascii_digit);
+    (0..bytes.len()).any(|start| {
+        (start == 0 || !digit_at(start - 1))
+            && [11, 14].into_iter().any(|length| {
+                start + length <= bytes.len()
+                    && !digit_at(start + length)
+                    && std::str::from_utf8(&bytes[start..start + length])
+                        .is_ok_and(|candidate| Cpf::parse(candidate).is_ok())
+            })
+    })
+}
+
 /// The CPF check digit of `digits` (the first 9, or the first 10 for the second check digit).
 fn check_digit(digits: &[u8]) -> u8 {
     let weight_of_first = digits.len() + 1;
@@ -115,6 +131,17 @@ mod tests {
         for (input, expected) in cases {
             let (field, reason) = field_and_reason(Cpf::parse(input).unwrap_err());
             assert_eq!((field.as_str(), reason.as_str()), ("cpf", expected), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn a_cpf_is_found_inside_other_text_in_either_layout() {
+        for text in ["52998224725", "req-529.982.247-25", "x52998224725y", "a/12345678909:b"] {
+            assert!(holds_cpf(text), "{text}");
+        }
+        // Longer digit runs, other layouts and failing check digits are not CPFs.
+        for text in ["529982247251", "152998224725", "529.982.247-251", "52998224726", "529-982-247.25", ""] {
+            assert!(!holds_cpf(text), "{text}");
         }
     }
 

@@ -22,6 +22,22 @@ use crate::{
 /// plan accepts is never refused by the gRPC layer.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The most items a page of a service's list holds, and how many when the caller asks for 0.
+pub const MAX_PAGE_SIZE: i32 = 100;
+pub const DEFAULT_PAGE_SIZE: usize = 20;
+
+/// A list's `pageSize`: [`DEFAULT_PAGE_SIZE`] for 0 (unset, AIP-158), at most [`MAX_PAGE_SIZE`].
+pub fn page_size(requested: i32) -> Result<usize, crate::Error> {
+    match requested {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        1..=MAX_PAGE_SIZE => Ok(requested as usize),
+        _ => Err(crate::Error::invalid(
+            "pageSize",
+            format!("must be a whole number from 1 to {MAX_PAGE_SIZE}, or 0 for the default ({DEFAULT_PAGE_SIZE})"),
+        )),
+    }
+}
+
 /// A bound gRPC listener; binding first lets `127.0.0.1:0` callers learn the port.
 #[derive(Debug)]
 pub struct GrpcListener {

@@ -288,13 +288,13 @@ impl Model {
                 if value < feature.min {
                     return Err(invalid(
                         &feature.name,
-                        format!("{value} is below {}, the least model {model} takes", feature.min),
+                        format!("{} is below {}, the least model {model} takes", shown(value), feature.min),
                     ));
                 }
                 if value > feature.max {
                     return Err(invalid(
                         &feature.name,
-                        format!("{value} is above {}, the most model {model} takes", feature.max),
+                        format!("{} is above {}, the most model {model} takes", shown(value), feature.max),
                     ));
                 }
                 Ok(value as f32)
@@ -652,4 +652,11 @@ pub fn latency_histogram() -> &'static HistogramVec {
         }
         histogram
     })
+}
+
+/// A number as a refusal quotes it: in scientific notation when very large or very small, so that
+/// `1e308` is not written out in 309 digits.
+fn shown(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude != 0.0 && !(1e-6..1e15).contains(&magnitude) { format!("{value:e}") } else { format!("{value}") }
 }

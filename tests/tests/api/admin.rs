@@ -127,6 +127,17 @@ async fn tenant_updates_refuse_bad_input() {
         let problem = assert_problem(app.post(&format!("{path}/api-keys"), &app.admin_key, &key).await, 400).await;
         assert_eq!(problem["field"], "name");
     }
+    // Each refusal says what is wrong with the name.
+    let long = "x".repeat(201);
+    for (name, says) in [("GW-a\nb", "control characters"), (long.as_str(), "at most 200 characters")] {
+        for (path, body) in [
+            ("/v1/admin/tenants".to_owned(), json!({"name": name, "plan": "starter"})),
+            (format!("{path}/api-keys"), json!({"name": name, "scopes": ["health:read"]})),
+        ] {
+            let problem = assert_problem(app.post(&path, &app.admin_key, &body).await, 400).await;
+            assert!(problem["detail"].as_str().unwrap().contains(says), "{name:?}: {problem}");
+        }
+    }
     app.stop().await;
 }
 

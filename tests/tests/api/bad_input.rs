@@ -51,7 +51,12 @@ async fn a_missing_or_wrong_key_is_401() {
     assert_problem(response, 401).await;
     let response = app.post("/v1/health/patients", "agk_not_a_key", &body).await;
     assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="invalid_token""#);
-    assert_problem(response, 401).await;
+    assert_eq!(assert_problem(response, 401).await["detail"], "the API key is not valid");
+    // Without an OIDC provider a JWT is told it is not taken, rather than that it is a bad key.
+    let response = app.post("/v1/health/patients", "eyJhbGciOiJub25lIn0.e30.", &body).await;
+    assert_eq!(response.headers()["www-authenticate"], r#"Bearer error="invalid_token""#);
+    let problem = assert_problem(response, 401).await;
+    assert!(problem["detail"].as_str().unwrap().contains("API keys only"), "{problem}");
     // A credential that is not visible ASCII is a bad one, not none.
     for credential in [&b"Bearer \xff"[..], b"Bearer agk_\tx", "Bearer chave-inválida".as_bytes()] {
         let response = app
@@ -213,6 +218,12 @@ async fn bad_feature_vectors_are_refused_naming_the_field_and_nothing_is_written
             assert_eq!(problem["field"], field, "{problem}");
         }
     }
+    // A huge number is quoted as it was written, not in all its digits.
+    let mut huge = features.clone();
+    huge.insert("mean radius".into(), json!(1e308));
+    let problem =
+        assert_problem(app.post(&path, &key, &json!({"model": "breast-cancer", "features": huge})).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("features.mean radius: 1e308 is above "), "{problem}");
     // A bare NaN is not JSON at all.
     let mut bare_nan = features.clone();
     bare_nan.insert("mean radius".into(), json!("__bare_nan__"));
@@ -489,11 +500,15 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
         (problem["field"].as_str(), problem["detail"].as_str()),
         (Some("namePrefix"), Some("query parameter namePrefix is given more than once"))
     );
-    let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
-    assert_eq!(
-        (problem["field"].as_str(), problem["detail"].as_str()),
-        (Some("pageSize"), Some("pageSize must be a whole number"))
-    );
+    for size in ["abc", "99999999999999999999", "501", "-1"] {
+        let path = format!("/v1/admin/tenants?pageSize={size}");
+        let problem = assert_problem(app.get(&path, &app.admin_key).await, 400).await;
+        assert_eq!(
+            (problem["field"].as_str(), problem["detail"].as_str()),
+            (Some("pageSize"), Some("pageSize must be a whole number from 1 to 500, or 0 for the default (50)")),
+            "{size}"
+        );
+    }
     let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=1&pageSize=2", &app.admin_key).await, 400).await;
     assert_eq!(problem["field"], "pageSize");
     let response = app.post_raw("/v1/admin/tenants", &app.admin_key, r#"{"name": "A"}"#).await;

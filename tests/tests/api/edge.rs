@@ -110,6 +110,20 @@ async fn without_configured_origins_no_cors_headers_are_sent() {
     let response =
         app.client.get(app.url("/healthz")).header("origin", "https://app.acme.com.br").send().await.unwrap();
     assert!(!response.headers().contains_key("access-control-allow-origin"));
+    // A preflight nobody answers is refused as any OPTIONS, and no cache keeps the refusal.
+    for (path, status) in [("/v1/health/patients", 405), ("/nowhere", 404)] {
+        let response = app
+            .client
+            .request(reqwest::Method::OPTIONS, app.url(path))
+            .header("origin", "https://app.acme.com.br")
+            .header("access-control-request-method", "POST")
+            .send()
+            .await
+            .unwrap();
+        assert!(!response.headers().contains_key("access-control-allow-origin"), "{path}");
+        assert_eq!(response.headers()["cache-control"], "no-store", "{path}");
+        assert_problem(response, status).await;
+    }
     app.stop().await;
 }
 

@@ -112,11 +112,12 @@ async fn the_request_id_is_returned_and_reused_when_sane() {
     assert_eq!(response.headers()["x-request-id"], "abc-123");
     let response = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert!(response.headers().contains_key("x-request-id"));
-    // Markup, an e-mail address and credentials are not ids (the access log writes ids): one is
-    // generated instead.
+    // Markup, an e-mail address, credentials and CPFs are not ids (the access log writes ids): one
+    // is generated instead.
     let key = format!("agk_{}", "0".repeat(64));
     let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYXJpYSJ9.c2ln";
-    for given in ["<script>", "maria@example.com", key.as_str(), &format!("req:{key}"), jwt] {
+    let cpfs = ["529.982.247-25", "52998224725", "req-52998224725"];
+    for given in ["<script>", "maria@example.com", key.as_str(), &format!("req:{key}"), jwt].into_iter().chain(cpfs) {
         let response = app.client.get(app.url("/healthz")).header("x-request-id", given).send().await.unwrap();
         let generated = response.headers()["x-request-id"].to_str().unwrap();
         assert!(uuid::Uuid::parse_str(generated).is_ok(), "{given}: {generated}");
