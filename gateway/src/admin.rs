@@ -346,8 +346,12 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
     if let Some(path) = crate::transcode::repeated_name(&body, None) {
         return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
     }
-    let json: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|error| Problem::bad_request(format!("the request body is not valid JSON: {error}")))?;
+    // No body is an empty object, as on the services' routes: its required fields are named.
+    let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::json!({})
+    } else {
+        serde_json::from_slice(&body).map_err(|error| crate::transcode::not_json(content_type, &error))?
+    };
     if !json.is_object() {
         return Err(Problem::bad_request("the request body must be a JSON object"));
     }

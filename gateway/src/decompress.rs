@@ -79,7 +79,13 @@ pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Resul
         Err(Failure::Unreadable) => ("refused", Err(unreadable())),
         Err(Failure::Undecodable) => {
             let names: Vec<&str> = codings.iter().map(|coding| coding.name()).collect();
-            let detail = format!("the request body is not valid {} data", names.join(", "));
+            let detail = match names.as_slice() {
+                [one] => format!("the request body is not valid {one} data"),
+                _ => format!(
+                    "the request body does not decode as its Content-Encoding says: {}, applied in that order",
+                    names.join(", ")
+                ),
+            };
             ("refused", Err(Problem::bad_request(detail)))
         }
     };
@@ -408,5 +414,14 @@ mod tests {
         for (coding, body, expected) in cases {
             assert_eq!(status_of(body, coding, 1 << 20).await.err(), Some(expected), "{coding}");
         }
+        // The refusal names the codings as the header gave them.
+        let told = |coding: &'static str, body: Vec<u8>| async move {
+            read(streamed(body), &encoded_as(coding), 1 << 20).await.unwrap_err().detail().to_owned()
+        };
+        assert_eq!(told("gzip", body.to_vec()).await, "the request body is not valid gzip data");
+        assert_eq!(
+            told("gzip, gzip", gzip(body)).await,
+            "the request body does not decode as its Content-Encoding says: gzip, gzip, applied in that order"
+        );
     }
 }

@@ -113,6 +113,7 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
             "schemas": schemas,
             "responses": responses,
             "headers": component_headers(),
+            "parameters": component_parameters(),
             "securitySchemes": {
                 SECURITY_SCHEME: {
                     "type": "http",
@@ -232,6 +233,11 @@ impl Generator {
                 }
                 parameters.push(parameter);
             }
+        }
+        parameters.push(parameter_ref("RequestId"));
+        parameters.push(parameter_ref("GrpcTimeout"));
+        if !route.body.is_empty() {
+            parameters.push(parameter_ref("ContentEncoding"));
         }
         let mut operation = json!({
             "operationId": format!("{}_{}", service.name(), method.name()),
@@ -358,7 +364,8 @@ impl Generator {
             }
             properties.insert(field.json_name().to_owned(), schema);
         }
-        let mut schema = json!({"type": "object", "properties": properties});
+        // The services refuse a field their message does not have, and answer none.
+        let mut schema = json!({"type": "object", "properties": properties, "additionalProperties": false});
         if !required.is_empty() {
             schema["required"] = Value::Array(required);
         }
@@ -645,10 +652,44 @@ fn component_headers() -> Value {
         },
         REQUEST_ID: {
             "description": "The request's id: the caller's `X-Request-Id` when sane (at most 128 letters, digits \
-                            and `-_.:/+=`, not an API key or a JWT, given once), generated otherwise.",
+                            and `-_.:/+=`, not an API key, a JWT or a CPF, given once), generated otherwise.",
             "schema": {"type": "string"},
         },
     })
+}
+
+/// The request header fields every operation, or every call to a service, may carry, in
+/// `components`.
+fn component_parameters() -> Value {
+    json!({
+        "RequestId": {
+            "name": REQUEST_ID,
+            "in": "header",
+            "description": "An id for the request, which the answer and the access log carry: reused when sane (at \
+                            most 128 letters, digits and `-_.:/+=`, not an API key, a JWT or a CPF, given once), \
+                            replaced by a generated one otherwise.",
+            "schema": {"type": "string", "maxLength": 128},
+        },
+        "GrpcTimeout": {
+            "name": "grpc-timeout",
+            "in": "header",
+            "description": "How long the caller waits, as gRPC writes it: 1 to 8 digits and a unit (`H`, `M`, `S`, \
+                            `m`, `u`, `n`), e.g. `250m`. The call is cut short with 504 when it runs out; a malformed \
+                            one, or two, is a 400.",
+            "schema": {"type": "string", "pattern": "^[0-9]{1,8}[HMSmun]$"},
+        },
+        "ContentEncoding": {
+            "name": "Content-Encoding",
+            "in": "header",
+            "description": "The body's codings, in the order applied: `gzip` (or `x-gzip`), `deflate`, `br`, at most \
+                            two. The body's limit holds after decoding; another coding is a 415.",
+            "schema": {"type": "string"},
+        },
+    })
+}
+
+fn parameter_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/parameters/{name}")})
 }
 
 /// `name → $ref` for the rate limit's fields.
@@ -939,6 +980,8 @@ impl Endpoint {
                     "schema": schema,
                 })
             })
+            .chain(std::iter::once(parameter_ref("RequestId")))
+            .chain(self.request.map(|_| parameter_ref("ContentEncoding")))
             .collect();
         let mut responses: Map<String, Value> = self
             .replies

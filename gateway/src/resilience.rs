@@ -391,7 +391,8 @@ impl CallPolicy {
             None => None,
             Some(value) => {
                 let timeout = value.to_str().ok().and_then(parse_grpc_timeout).ok_or_else(|| {
-                    Problem::bad_request(
+                    Problem::invalid_field(
+                        GRPC_TIMEOUT,
                         "the grpc-timeout header must be a positive number of 1 to 8 digits and a unit (H, M, S, m, u \
                          or n), e.g. 250m",
                     )

@@ -44,7 +44,7 @@ pub(crate) fn request_message(
                 ));
             }
             json_content_type(content_type, body)?;
-            parse_body(&input, body)?
+            parse_body(&input, body, content_type)?
         }
         "" => {
             if !body.is_empty() {
@@ -63,7 +63,7 @@ pub(crate) fn request_message(
                     raw_body(&kind, body, content_type)?
                 } else {
                     json_content_type(content_type, body)?;
-                    parse_body(&kind, body)?
+                    parse_body(&kind, body, content_type)?
                 };
                 message.set_field(&field, Value::Message(value));
             }
@@ -106,6 +106,21 @@ pub(crate) fn json_content_type(content_type: Option<&str>, body: &[u8]) -> Resu
         return Ok(());
     }
     json_media_type(content_type)
+}
+
+/// The refusal of a body that is not JSON. Bodies are read as JSON also when declared as form
+/// data (`curl -d` sends that type), which is then said, since `name=value` pairs are not read.
+pub(crate) fn not_json(content_type: Option<&str>, error: &serde_json::Error) -> Problem {
+    let form = content_type.is_some_and(|content_type| {
+        content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    });
+    let hint = if form { " (it is read as JSON also when sent as application/x-www-form-urlencoded)" } else { "" };
+    Problem::bad_request(format!("the request body is not valid JSON{hint}: {error}"))
 }
 
 /// Refuses a JSON body declared as another media type or charset (see [`json_content_type`]);
@@ -179,7 +194,11 @@ fn raw_body(
     Ok(message)
 }
 
-fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, Problem> {
+fn parse_body(
+    descriptor: &MessageDescriptor,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<DynamicMessage, Problem> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(DynamicMessage::new(descriptor.clone()));
     }
@@ -192,9 +211,7 @@ fn parse_body(descriptor: &MessageDescriptor, body: &[u8]) -> Result<DynamicMess
     DynamicMessage::deserialize_with_options(descriptor.clone(), &mut json, &DeserializeOptions::new())
         .and_then(|message| json.end().map(|()| message))
         .map_err(|error| match error.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                Problem::bad_request(format!("the request body is not valid JSON: {error}"))
-            }
+            Category::Syntax | Category::Eof | Category::Io => not_json(content_type, &error),
             Category::Data => {
                 let error = crate::problem::without_values(&error.to_string());
                 let detail = format!("the request body does not match {}: {error}", descriptor.name());
@@ -562,7 +579,7 @@ mod tests {
         for body in
             [&br#"{"auditIndex": -1, "reason": "x"}"#[..], br#"{"auditIndex": 1.5}"#, br#"{"auditIndex": 1e30}"#]
         {
-            let problem = parse_body(&descriptor, body).unwrap_err();
+            let problem = parse_body(&descriptor, body, None).unwrap_err();
             assert_eq!(problem.field(), Some("auditIndex"), "{}", String::from_utf8_lossy(body));
             assert_eq!(problem.detail(), "auditIndex is not a whole number from 0 to 18446744073709551615");
         }
@@ -622,7 +639,7 @@ mod tests {
     #[test]
     fn a_body_is_read_into_its_message_with_the_json_mapping() {
         let body = br#" {"patientId": "p1", "model": "breast-cancer", "features": {"mean radius": 17.99}} "#;
-        let message = parse_body(&assess_risk_request(), body).unwrap();
+        let message = parse_body(&assess_risk_request(), body, None).unwrap();
         assert_eq!(message.get_field_by_name("patient_id").unwrap().as_str(), Some("p1"));
         let features = message.get_field_by_name("features").unwrap().into_owned();
         let features = features.as_map().unwrap();
@@ -633,7 +650,7 @@ mod tests {
     fn bad_json_and_a_body_that_does_not_fit_the_message_are_told_apart() {
         let descriptor = assess_risk_request();
         for body in [&br#"{"model": "#[..], br#"{"model": "x"} trailing"#, br"not json"] {
-            let problem = detail(parse_body(&descriptor, body).unwrap_err());
+            let problem = detail(parse_body(&descriptor, body, None).unwrap_err());
             assert!(problem.starts_with("the request body is not valid JSON"), "{problem}");
         }
         let cases = [
@@ -643,7 +660,7 @@ mod tests {
             (br"[]", None),
         ];
         for (body, field) in cases {
-            let problem = parse_body(&descriptor, body).unwrap_err();
+            let problem = parse_body(&descriptor, body, None).unwrap_err();
             assert_eq!(problem.field(), field, "{}", String::from_utf8_lossy(body));
             let problem = detail(problem);
             assert!(problem.starts_with("the request body does not match AssessRiskRequest"), "{problem}");

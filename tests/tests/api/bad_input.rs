@@ -511,6 +511,28 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
     }
     let problem = assert_problem(app.get("/v1/admin/tenants?pageSize=1&pageSize=2", &app.admin_key).await, 400).await;
     assert_eq!(problem["field"], "pageSize");
+    // No body is an empty object on the admin routes as on the services': its first required field is named.
+    let response = app.post_raw("/v1/admin/tenants", &app.admin_key, "").await;
+    assert_eq!(assert_problem(response, 400).await["field"], "name");
+    // Form data (what `curl -d` declares) is read as JSON, and a refusal says so.
+    for path in ["/v1/admin/tenants", "/v1/health/patients"] {
+        let credential = if path.starts_with("/v1/admin") { &app.admin_key } else { &key };
+        let response = app
+            .client
+            .post(app.url(path))
+            .bearer_auth(credential)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("name=x&plan=starter")
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, 400).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("read as JSON also when sent as application/x-www-form-urlencoded"),
+            "{path}: {detail}"
+        );
+    }
     let response = app.post_raw("/v1/admin/tenants", &app.admin_key, r#"{"name": "A"}"#).await;
     let problem = assert_problem(response, 400).await;
     assert_eq!((problem["field"].as_str(), problem["detail"].as_str()), (Some("plan"), Some("plan is required")));

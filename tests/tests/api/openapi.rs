@@ -136,10 +136,29 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(patch["content"]["application/json"]["schema"]["minProperties"], 1, "a PATCH names a field to change");
     // Required query parameters say so, with their bounds.
     let consistency = &document["paths"]["/v1/governance/audit/consistency"]["get"]["parameters"];
-    for parameter in consistency.as_array().unwrap() {
+    let query: Vec<&Value> =
+        consistency.as_array().unwrap().iter().filter(|parameter| parameter["in"] == "query").collect();
+    assert_eq!(query.len(), 2, "{consistency}");
+    for parameter in query {
         assert_eq!(parameter["required"], true, "{parameter}");
         assert_eq!(parameter["schema"]["minimum"], 1, "{parameter}");
     }
+    // The header fields a call may carry: its id, its deadline, and its body's codings.
+    let headers = |path: &str, method: &str| -> Vec<String> {
+        document["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|parameter| parameter["$ref"].as_str())
+            .map(|reference| document.pointer(&reference[1..]).unwrap()["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(headers("/v1/health/patients", "post"), ["X-Request-Id", "grpc-timeout", "Content-Encoding"]);
+    assert_eq!(headers("/v1/health/patients", "get"), ["X-Request-Id", "grpc-timeout"]);
+    assert_eq!(headers("/v1/admin/tenants", "post"), ["X-Request-Id", "Content-Encoding"]);
+    // A field the services do not know is refused, and the schemas say so.
+    let create = &document["components"]["schemas"]["aigronova.health.v1.CreatePatientRequest"];
+    assert_eq!(create["additionalProperties"], false);
     // A fixed set of values is an enum, for a field, a list's items and a query parameter alike.
     let decision = &document["paths"]["/v1/governance/reviews/{id}/decision"]["post"]["requestBody"]["content"]["application/json"]
         ["schema"]["properties"]["outcome"];

@@ -425,6 +425,7 @@ async fn malformed_grpc_timeouts_are_400_and_never_reach_the_upstream() {
             .unwrap();
         let problem = assert_problem(response, 400).await;
         assert!(problem["detail"].as_str().unwrap().contains("grpc-timeout"), "{value}: {problem}");
+        assert_eq!(problem["field"], "grpc-timeout", "{value}: {problem}");
     }
     // Two deadlines are none: which one would hold depends on who reads them.
     let twice = app.client.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key);
