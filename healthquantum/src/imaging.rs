@@ -615,6 +615,15 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
             ),
         ));
     }
+    if media_type == MediaType::Jpeg {
+        crate::jpeg::check(bytes).map_err(|shortfall| {
+            let problem = match shortfall {
+                crate::jpeg::Shortfall::CutShort => "is cut short: its data ends before its last block".to_owned(),
+                crate::jpeg::Shortfall::Damaged(what) => format!("is damaged: {what}"),
+            };
+            Error::invalid("body", format!("starts as {media_type} but {problem}"))
+        })?;
+    }
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     let decoded = reader(limits).decode().map_err(undecodable)?;
@@ -683,6 +692,103 @@ mod tests {
                 assert!(reason.contains("too little data for its 6000×6000 pixels"), "{reason}");
             }
             other => panic!("an inflated JPEG header: {other:?}"),
+        }
+    }
+
+    /// A JPEG of `width`×`height` pixels of noise, which takes many bytes to encode, as a
+    /// photograph does.
+    fn noisy_jpeg(width: u32, height: u32, grey: bool) -> Vec<u8> {
+        let mut state = 0x2545_f491_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as u8
+        };
+        let colour = image::RgbImage::from_fn(width, height, |_, _| image::Rgb([next(), next(), next()]));
+        let picture = if grey {
+            image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(colour).to_luma8())
+        } else {
+            image::DynamicImage::ImageRgb8(colour)
+        };
+        let mut bytes = Vec::new();
+        picture.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Jpeg).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_jpeg_whose_data_ends_before_its_last_block_is_refused_even_with_its_end_marker() {
+        for grey in [false, true] {
+            let whole = noisy_jpeg(320, 240, grey);
+            let examined = examine(&whole).unwrap();
+            assert_eq!((examined.width, examined.height), (320, 240));
+            // Cut in the middle of its data, the end-of-image marker put back.
+            let mut cut = whole[..whole.len() * 6 / 10].to_vec();
+            cut.extend_from_slice(&[0xFF, 0xD9]);
+            // A header that claims three times the rows the data holds (more than a bit a block).
+            let mut tall = whole.clone();
+            let frame = tall.windows(2).position(|marker| marker == [0xFF, 0xC0]).expect("a baseline frame header");
+            tall[frame + 5..frame + 7].copy_from_slice(&720u16.to_be_bytes());
+            // A byte of the data changed into a marker.
+            let mut marked = whole.clone();
+            let middle = marked.len() / 2;
+            marked[middle..middle + 2].copy_from_slice(&[0xFF, 0xD9]);
+            for (what, bytes) in [("cut", cut), ("tall", tall), ("marked", marked)] {
+                match examine(&bytes) {
+                    Err(Error::InvalidArgument { field, reason }) => {
+                        assert_eq!(field, "body");
+                        assert!(reason.contains("cut short") || reason.contains("damaged"), "{what}: {reason}");
+                    }
+                    other => panic!("{what}, grey {grey}: {:?}", other.map(|examined| examined.height)),
+                }
+            }
+        }
+    }
+
+    /// Made by libjpeg's `cjpeg` from 64×48 pixels of noise: progressive (4:2:0, a restart marker
+    /// every 3 MCUs; grey) and sequential (4:2:2, restart markers).
+    const ENCODED_ELSEWHERE: [(&str, &[u8]); 3] = [
+        ("progressive-restarts", include_bytes!("../testdata/progressive-restarts.jpg")),
+        ("progressive-grey", include_bytes!("../testdata/progressive-grey.jpg")),
+        ("sequential-restarts", include_bytes!("../testdata/sequential-restarts.jpg")),
+    ];
+
+    #[test]
+    fn reading_a_damaged_jpeg_never_panics() {
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state as usize
+        };
+        for (_, whole) in ENCODED_ELSEWHERE {
+            for _ in 0..2000 {
+                let mut damaged = whole.to_vec();
+                for _ in 0..1 + next() % 4 {
+                    let at = next() % damaged.len();
+                    damaged[at] = next() as u8;
+                }
+                damaged.truncate(damaged.len() - next() % 64);
+                let _ = crate::jpeg::check(&damaged);
+            }
+        }
+    }
+
+    #[test]
+    fn progressive_and_restarted_jpegs_are_read_whole_and_their_first_scan_cut_short_is_refused() {
+        for (name, whole) in ENCODED_ELSEWHERE {
+            assert_eq!(crate::jpeg::check(whole), Ok(()), "{name}");
+            let examined = examine(whole).unwrap_or_else(|error| panic!("{name}: {error:?}"));
+            assert_eq!((examined.width, examined.height), (64, 48), "{name}");
+            // Cut halfway through the first scan's data, the end-of-image marker put back.
+            let scans: Vec<usize> =
+                whole.windows(2).enumerate().filter(|(_, m)| *m == [0xFF, 0xDA]).map(|(at, _)| at).collect();
+            let end = scans.get(1).copied().unwrap_or(whole.len() - 2);
+            let mut cut = whole[..(scans[0] + end) / 2].to_vec();
+            cut.extend_from_slice(&[0xFF, 0xD9]);
+            assert_eq!(crate::jpeg::check(&cut), Err(crate::jpeg::Shortfall::CutShort), "{name}");
+            assert!(examine(&cut).is_err(), "{name}");
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod assessment;
 mod grpc;
 pub mod imaging;
+mod jpeg;
 pub mod patient;
 mod report;
 mod store;

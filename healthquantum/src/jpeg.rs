@@ -1,0 +1,326 @@
+//! Whether a JPEG's data holds every block its header claims. Each scan's entropy-coded data is
+//! read through its Huffman tables block by block, without computing a pixel, so that an image
+//! cut short (even with its end-of-image marker put back) or whose header claims more rows than
+//! its data holds is found before a decoder fills what is missing with grey. Sequential and
+//! progressive Huffman JPEGs are read; a progressive image's refinement scans, whose length
+//! depends on the coefficients before them, are taken as they are, as are arithmetic-coded and
+//! lossless JPEGs, which the decoder refuses anyway.
+
+/// How a JPEG's data falls short.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Shortfall {
+    /// A scan's data ends before its last block.
+    CutShort,
+    /// A scan's data holds what its Huffman tables cannot code, or a segment is malformed.
+    Damaged(&'static str),
+}
+
+/// Checks the scans of `bytes`, a JPEG that starts with its start-of-image marker.
+pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
+    let damaged = Shortfall::Damaged;
+    let mut tables = [[None, None, None, None], [None, None, None, None]];
+    let mut frame: Option<Frame> = None;
+    let mut restart_interval = 0usize;
+    let mut at = 2;
+    loop {
+        match bytes.get(at) {
+            None => return Err(Shortfall::CutShort),
+            Some(0xFF) => {}
+            Some(_) => return Err(damaged("a segment does not start with a marker")),
+        }
+        while bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&marker) = bytes.get(at + 1) else { return Err(Shortfall::CutShort) };
+        at += 2;
+        match marker {
+            0xD9 => return Ok(()),
+            0x01 | 0xD0..=0xD7 => continue,
+            _ => {}
+        }
+        let length = bytes.get(at..at + 2).map(|length| usize::from(u16::from_be_bytes([length[0], length[1]])));
+        let Some(length) = length.filter(|length| *length >= 2) else { return Err(Shortfall::CutShort) };
+        let Some(segment) = bytes.get(at + 2..at + length) else { return Err(Shortfall::CutShort) };
+        at += length;
+        match marker {
+            0xC0..=0xC2 => frame = Some(Frame::parse(segment, marker == 0xC2).ok_or(damaged("its frame header"))?),
+            // Arithmetic-coded or lossless: not read here.
+            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return Ok(()),
+            0xC4 => read_tables(segment, &mut tables).ok_or(damaged("a Huffman table"))?,
+            0xDD => {
+                let interval = segment.get(..2).ok_or(damaged("its restart interval"))?;
+                restart_interval = usize::from(u16::from_be_bytes([interval[0], interval[1]]));
+            }
+            0xDA => {
+                let frame = frame.as_ref().ok_or(damaged("a scan before its frame header"))?;
+                let scan = Scan::parse(segment, frame, &tables).ok_or(damaged("a scan header"))?;
+                let mut reader = BitReader { bytes, at, byte: 0, bits: 0 };
+                scan.read(frame, &mut reader, restart_interval)?;
+                at = reader.after_data();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The frame header: the image's size and its components' sampling factors.
+struct Frame {
+    width: usize,
+    height: usize,
+    progressive: bool,
+    /// Identifier, horizontal and vertical sampling factors.
+    components: Vec<(u8, usize, usize)>,
+    max_h: usize,
+    max_v: usize,
+}
+
+impl Frame {
+    fn parse(segment: &[u8], progressive: bool) -> Option<Self> {
+        let height = usize::from(u16::from_be_bytes([*segment.get(1)?, *segment.get(2)?]));
+        let width = usize::from(u16::from_be_bytes([*segment.get(3)?, *segment.get(4)?]));
+        let count = usize::from(*segment.get(5)?);
+        let components: Vec<(u8, usize, usize)> = (0..count)
+            .map(|index| {
+                let component = segment.get(6 + 3 * index..9 + 3 * index)?;
+                let (h, v) = (usize::from(component[1] >> 4), usize::from(component[1] & 15));
+                (1..=4).contains(&h).then_some(())?;
+                (1..=4).contains(&v).then_some(())?;
+                Some((component[0], h, v))
+            })
+            .collect::<Option<_>>()?;
+        let max_h = components.iter().map(|(_, h, _)| *h).max()?;
+        let max_v = components.iter().map(|(_, _, v)| *v).max()?;
+        (width > 0 && height > 0).then_some(Self { width, height, progressive, components, max_h, max_v })
+    }
+}
+
+/// A canonical Huffman table, as JPEG codes it: for each code length, the largest code of that
+/// length and where its symbols start.
+#[derive(Clone)]
+struct Huffman {
+    max_code: [i32; 17],
+    offset: [i32; 17],
+    symbols: Vec<u8>,
+}
+
+impl Huffman {
+    fn new(counts: &[u8], symbols: &[u8]) -> Option<Self> {
+        let mut max_code = [-1; 17];
+        let mut offset = [0; 17];
+        let (mut code, mut next) = (0i32, 0i32);
+        for length in 1..=16 {
+            let count = i32::from(counts[length - 1]);
+            offset[length] = next - code;
+            code += count;
+            next += count;
+            max_code[length] = if count > 0 { code - 1 } else { -1 };
+            if code > 1 << length {
+                return None;
+            }
+            code <<= 1;
+        }
+        Some(Self { max_code, offset, symbols: symbols.to_vec() })
+    }
+
+    fn decode(&self, reader: &mut BitReader<'_>) -> Result<u8, Shortfall> {
+        let mut code = 0i32;
+        for length in 1..=16 {
+            code = (code << 1) | i32::from(reader.bit()?);
+            if code <= self.max_code[length] {
+                let index = usize::try_from(code + self.offset[length]).map_err(|_| Shortfall::Damaged("a code"))?;
+                return self.symbols.get(index).copied().ok_or(Shortfall::Damaged("a code"));
+            }
+        }
+        Err(Shortfall::Damaged("a code its Huffman table does not have"))
+    }
+}
+
+/// Reads a DHT segment's tables into `tables[class][id]`.
+fn read_tables(mut segment: &[u8], tables: &mut [[Option<Huffman>; 4]; 2]) -> Option<()> {
+    while let Some((&class_and_id, rest)) = segment.split_first() {
+        let (class, id) = (usize::from(class_and_id >> 4), usize::from(class_and_id & 15));
+        let counts = rest.get(..16)?;
+        let total = counts.iter().map(|count| usize::from(*count)).sum::<usize>();
+        let symbols = rest.get(16..16 + total)?;
+        *tables.get_mut(class)?.get_mut(id)? = Some(Huffman::new(counts, symbols)?);
+        segment = &rest[16 + total..];
+    }
+    Some(())
+}
+
+/// A scan header: the frame's components it holds with their tables, and the spectral selection
+/// and successive approximation of a progressive scan.
+struct Scan {
+    /// Index in the frame, DC table, AC table.
+    components: Vec<(usize, Option<Huffman>, Option<Huffman>)>,
+    start: u8,
+    end: u8,
+    refines: bool,
+}
+
+impl Scan {
+    fn parse(segment: &[u8], frame: &Frame, tables: &[[Option<Huffman>; 4]; 2]) -> Option<Self> {
+        let count = usize::from(*segment.first()?);
+        let components = (0..count)
+            .map(|index| {
+                let entry = segment.get(1 + 2 * index..3 + 2 * index)?;
+                let position = frame.components.iter().position(|(id, ..)| *id == entry[0])?;
+                let dc = tables[0].get(usize::from(entry[1] >> 4))?.clone();
+                let ac = tables[1].get(usize::from(entry[1] & 15))?.clone();
+                Some((position, dc, ac))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let rest = segment.get(1 + 2 * count..4 + 2 * count)?;
+        let scan = Self { components, start: rest[0], end: rest[1], refines: rest[2] >> 4 != 0 };
+        (!scan.components.is_empty() && scan.start <= scan.end && scan.end <= 63).then_some(scan)
+    }
+
+    /// Reads every block of the scan, or says why it cannot.
+    fn read(&self, frame: &Frame, reader: &mut BitReader<'_>, restart_interval: usize) -> Result<(), Shortfall> {
+        // Refinements read as many bits as the coefficients before them ask for.
+        if frame.progressive && self.refines {
+            return Ok(());
+        }
+        let mcu_columns = frame.width.div_ceil(8 * frame.max_h);
+        let mcu_rows = frame.height.div_ceil(8 * frame.max_v);
+        // One component alone is read block by block, over its own size; several, MCU by MCU.
+        let (units, blocks_per_unit): (usize, Vec<(usize, usize)>) = if let [(index, ..)] = self.components[..] {
+            let (_, h, v) = frame.components[index];
+            let columns = (frame.width * h).div_ceil(frame.max_h).div_ceil(8);
+            let rows = (frame.height * v).div_ceil(frame.max_v).div_ceil(8);
+            (columns * rows, vec![(0, 1)])
+        } else {
+            let per_component = self
+                .components
+                .iter()
+                .enumerate()
+                .map(|(position, (index, ..))| {
+                    let (_, h, v) = frame.components[*index];
+                    (position, h * v)
+                })
+                .collect();
+            (mcu_columns * mcu_rows, per_component)
+        };
+        let mut end_of_bands = 0u32;
+        for unit in 0..units {
+            if restart_interval > 0 && unit > 0 && unit % restart_interval == 0 {
+                reader.restart()?;
+                end_of_bands = 0;
+            }
+            for &(position, blocks) in &blocks_per_unit {
+                let (_, dc, ac) = &self.components[position];
+                for _ in 0..blocks {
+                    self.read_block(dc.as_ref(), ac.as_ref(), reader, &mut end_of_bands)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_block(
+        &self,
+        dc: Option<&Huffman>,
+        ac: Option<&Huffman>,
+        reader: &mut BitReader<'_>,
+        end_of_bands: &mut u32,
+    ) -> Result<(), Shortfall> {
+        let missing = Shortfall::Damaged("a scan names a Huffman table that is not defined");
+        if self.start == 0 {
+            let size = dc.ok_or(missing.clone())?.decode(reader)?;
+            reader.skip(u32::from(size))?;
+        }
+        let first = u32::from(self.start.max(1));
+        let last = u32::from(self.end);
+        if first > last {
+            return Ok(());
+        }
+        if *end_of_bands > 0 {
+            *end_of_bands -= 1;
+            return Ok(());
+        }
+        let ac = ac.ok_or(missing)?;
+        let mut k = first;
+        while k <= last {
+            let symbol = ac.decode(reader)?;
+            let (run, size) = (u32::from(symbol >> 4), u32::from(symbol & 15));
+            if size == 0 {
+                if run < 15 {
+                    // End of block, or (progressive) of this band in the next 2^run blocks and some.
+                    *end_of_bands = (1 << run) - 1 + if run > 0 { reader.take(run)? } else { 0 };
+                    return Ok(());
+                }
+                k += 16;
+            } else {
+                k += run;
+                reader.skip(size)?;
+                k += 1;
+            }
+        }
+        if k > last + 1 {
+            return Err(Shortfall::Damaged("a run of coefficients past the end of a block"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads a scan's entropy-coded data bit by bit: a `FF` in it is followed by `00` (a data byte)
+/// or a restart marker; any other marker ends it.
+struct BitReader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    byte: u8,
+    bits: u8,
+}
+
+impl BitReader<'_> {
+    fn bit(&mut self) -> Result<u8, Shortfall> {
+        if self.bits == 0 {
+            let byte = *self.bytes.get(self.at).ok_or(Shortfall::CutShort)?;
+            if byte == 0xFF {
+                match self.bytes.get(self.at + 1) {
+                    Some(0x00) => self.at += 1,
+                    // A marker: the data ends here.
+                    _ => return Err(Shortfall::CutShort),
+                }
+            }
+            self.at += 1;
+            self.byte = byte;
+            self.bits = 8;
+        }
+        self.bits -= 1;
+        Ok((self.byte >> self.bits) & 1)
+    }
+
+    fn take(&mut self, count: u32) -> Result<u32, Shortfall> {
+        (0..count).try_fold(0, |value, _| Ok((value << 1) | u32::from(self.bit()?)))
+    }
+
+    fn skip(&mut self, count: u32) -> Result<(), Shortfall> {
+        self.take(count).map(drop)
+    }
+
+    /// Goes past the restart marker that must follow: the rest of the byte is padding.
+    fn restart(&mut self) -> Result<(), Shortfall> {
+        self.bits = 0;
+        match self.bytes.get(self.at..self.at + 2) {
+            Some([0xFF, 0xD0..=0xD7]) => {
+                self.at += 2;
+                Ok(())
+            }
+            _ => Err(Shortfall::CutShort),
+        }
+    }
+
+    /// Where the bytes after the scan's data start: its next marker, past any restart markers
+    /// and padding left.
+    fn after_data(&self) -> usize {
+        let mut at = self.at;
+        while at + 1 < self.bytes.len() {
+            if self.bytes[at] == 0xFF && !matches!(self.bytes[at + 1], 0x00 | 0xD0..=0xD7 | 0xFF) {
+                return at;
+            }
+            at += 1;
+        }
+        self.bytes.len()
+    }
+}
