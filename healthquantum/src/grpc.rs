@@ -218,7 +218,8 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let proto::ListPatientsRequest { name_prefix, cpf, page_size, page_token } = request.into_inner();
         let page_size = aigronova_platform::grpc::page_size(page_size)?;
         let filter = PatientFilter {
-            name_prefix: Some(name_prefix.trim().to_owned()).filter(|prefix| !prefix.is_empty()),
+            // A space at the end is kept: it ends a word (`Ana ` finds Ana and Ana Paula, not Anabela).
+            name_prefix: Some(name_prefix.trim_start().to_owned()).filter(|prefix| !prefix.is_empty()),
             cpf: if cpf.trim().is_empty() { None } else { Some(Cpf::parse(&cpf)?) },
         };
         let event = |patients: &[Patient]| {

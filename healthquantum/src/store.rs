@@ -88,6 +88,22 @@ pub(crate) struct PatientFilter {
 }
 
 /// The filter of a patient list, as its page tokens are bound to it.
+/// A name prefix as names are searched ([`searchable`]); white space at its end is kept as one
+/// space, which ends a word.
+fn search_prefix(prefix: &str) -> String {
+    let mut folded = searchable(prefix);
+    if prefix.ends_with(char::is_whitespace) && !folded.is_empty() {
+        folded.push(' ');
+    }
+    folded
+}
+
+/// Whether the searchable `name` starts with `prefix`: one ending with a space matches a name
+/// whose word ends there, the last word too.
+fn starts_with_prefix(name: &str, prefix: &str) -> bool {
+    name.starts_with(prefix) || prefix.strip_suffix(' ').is_some_and(|word| name == word)
+}
+
 fn filter_of(prefix: Option<&str>, cpf_hash: Option<&str>) -> String {
     format!("patients\u{0}{}\u{0}{}", prefix.unwrap_or_default(), cpf_hash.unwrap_or_default())
 }
@@ -221,7 +237,7 @@ impl Store {
         event: impl FnOnce(&[Patient]) -> AuditEvent,
     ) -> Result<PatientPage, Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
-        let prefix = filter.name_prefix.as_deref().map(searchable);
+        let prefix = filter.name_prefix.as_deref().map(search_prefix);
         let cpf_hash = filter.cpf.as_ref().map(|cpf| cipher.blind_index(cpf.as_str()));
         let filter = filter_of(prefix.as_deref(), cpf_hash.as_deref());
         let mut cursor = match page_token {
@@ -264,7 +280,8 @@ impl Store {
                 examined += 1;
                 let patient = patient_from(row, &cipher, tenant_id)?;
                 cursor = patient.id.to_string();
-                if prefix.as_deref().is_none_or(|prefix| searchable(patient.name.as_str()).starts_with(prefix)) {
+                if prefix.as_deref().is_none_or(|prefix| starts_with_prefix(&searchable(patient.name.as_str()), prefix))
+                {
                     patients.push(patient);
                     if patients.len() == wanted {
                         break;
@@ -1333,6 +1350,17 @@ mod tests {
         let gone = store.delete_patient(TENANT, &deleted.id, |_| event()).await.unwrap();
         assert_eq!((gone.assessments, gone.images), (vec![c.clone()], Vec::<String>::new()));
         assert!(!store.report_current(TENANT, &deleted, &c).await.unwrap(), "deleted");
+    }
+
+    #[test]
+    fn a_prefix_ending_with_a_space_ends_a_word() {
+        let matches = |name: &str, prefix: &str| starts_with_prefix(&searchable(name), &search_prefix(prefix));
+        assert!(matches("Ana", "ana "));
+        assert!(matches("Ana  Paula", "ana "));
+        assert!(!matches("Anabela Nguyễn", "ana "));
+        assert!(matches("Anabela Nguyễn", "ana"));
+        assert!(matches("Ana Paula", "Ana  pa"));
+        assert!(matches("Ana Paula", "ana paula  "));
     }
 
     #[tokio::test]
