@@ -65,6 +65,27 @@ fn page_size_refused() -> Problem {
 }
 
 impl ListQuery {
+    /// The page size (as on every list, AIP-158: 0 or none is the default) and the id the page
+    /// goes on after. A token is an id as the list wrote it: another spelling of the UUID would
+    /// compare otherwise.
+    fn page(self) -> Result<(i64, Option<String>), Problem> {
+        let page_size = self.page_size.filter(|size| *size != 0).unwrap_or(DEFAULT_PAGE_SIZE);
+        if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
+            return Err(page_size_refused());
+        }
+        let after = self.page_token.filter(|token| !token.is_empty());
+        if after
+            .as_deref()
+            .is_some_and(|token| uuid::Uuid::parse_str(token).map_or(true, |uuid| uuid.to_string() != token))
+        {
+            return Err(Problem::invalid_field(
+                "pageToken",
+                "pageToken is not a token this list gave; omit it for the first page",
+            ));
+        }
+        Ok((page_size, after))
+    }
+
     /// Reads `pageSize` and `pageToken` (or their proto names); any other parameter, or one
     /// given twice, is a 400.
     fn parse(query: &str) -> Result<Self, Problem> {
@@ -135,30 +156,23 @@ pub(crate) async fn create_api_key(
 pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     no_body(&request, "GET /v1/admin/tenants")?;
-    let query = ListQuery::parse(request.uri().query().unwrap_or_default())?;
-    // As on every list (AIP-158): 0 or none is the default size.
-    let page_size = query.page_size.filter(|size| *size != 0).unwrap_or(DEFAULT_PAGE_SIZE);
-    if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
-        return Err(page_size_refused());
-    }
-    let after = query.page_token.filter(|token| !token.is_empty());
-    // A token is a tenant id as the list wrote it: another spelling of the UUID would compare otherwise.
-    if after.as_deref().is_some_and(|token| uuid::Uuid::parse_str(token).map_or(true, |uuid| uuid.to_string() != token))
-    {
-        return Err(Problem::invalid_field(
-            "pageToken",
-            "pageToken is not a token this list gave; omit it for the first page",
-        ));
-    }
+    let (page_size, after) = ListQuery::parse(request.uri().query().unwrap_or_default())?.page()?;
     // One more than the page holds tells whether another page follows: a full last page ends the list.
-    let mut tenants = state.store.list_tenants(after.as_deref(), page_size + 1).await.map_err(store_failure)?;
-    let more = tenants.len() as i64 > page_size;
-    tenants.truncate(page_size as usize);
-    let next_page_token = match tenants.last() {
-        Some(last) if more => last.id.clone(),
+    let tenants = state.store.list_tenants(after.as_deref(), page_size + 1).await.map_err(store_failure)?;
+    let (tenants, next_page_token) = page_of(tenants, page_size, |tenant| &tenant.id);
+    Ok(Json(serde_json::json!({"tenants": tenants, "nextPageToken": next_page_token})).into_response())
+}
+
+/// The first `page_size` of `items` (read one past the page) and the token of the page after
+/// them: the last one's id, or empty at the end of the list.
+fn page_of<T>(mut items: Vec<T>, page_size: i64, id: impl Fn(&T) -> &String) -> (Vec<T>, String) {
+    let more = items.len() as i64 > page_size;
+    items.truncate(page_size as usize);
+    let next_page_token = match items.last() {
+        Some(last) if more => id(last).clone(),
         _ => String::new(),
     };
-    Ok(Json(serde_json::json!({"tenants": tenants, "nextPageToken": next_page_token})).into_response())
+    (items, next_page_token)
 }
 
 /// `GET /v1/admin/tenants/{tenantId}`.
@@ -218,18 +232,21 @@ pub(crate) async fn update_tenant(
     Ok(Json(tenant).into_response())
 }
 
-/// `GET /v1/admin/tenants/{tenantId}/api-keys` → `{"apiKeys": [...]}`, without the secrets.
+/// `GET /v1/admin/tenants/{tenantId}/api-keys?pageSize=&pageToken=` → `{"apiKeys": [...],
+/// "nextPageToken"}`, without the secrets.
 pub(crate) async fn list_api_keys(
     State(state): State<AppState>,
     tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
+    no_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
+    let (page_size, after) = ListQuery::parse(request.uri().query().unwrap_or_default())?.page()?;
     let tenant_id = path(tenant_id)?;
     existing_tenant(&state, &tenant_id).await?;
-    let keys = state.store.list_keys(&tenant_id).await.map_err(store_failure)?;
-    Ok(Json(serde_json::json!({"apiKeys": keys})).into_response())
+    let keys = state.store.list_keys(&tenant_id, after.as_deref(), page_size + 1).await.map_err(store_failure)?;
+    let (keys, next_page_token) = page_of(keys, page_size, |key| &key.id);
+    Ok(Json(serde_json::json!({"apiKeys": keys, "nextPageToken": next_page_token})).into_response())
 }
 
 /// `DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}` → 204. The key stops working at

@@ -770,6 +770,20 @@ const fn json_reply(status: &'static str, description: &'static str, schema: &'s
 }
 
 const TENANT_ID: Parameter = path_parameter("tenantId", "The tenant's id.");
+const PAGE_SIZE: Parameter = Parameter {
+    name: "pageSize",
+    location: "query",
+    description: "At most this many items (1 to 500; 50 when absent or 0).",
+    kind: "integer",
+    bounds: Some((0, 500)),
+};
+const PAGE_TOKEN: Parameter = Parameter {
+    name: "pageToken",
+    location: "query",
+    description: "The `nextPageToken` of the previous page; absent for the first page.",
+    kind: "string",
+    bounds: None,
+};
 const ADMIN_PROBLEMS: &[&str] = &["BadRequest", "Unauthorized", "Forbidden", "InternalError", "Problem"];
 const ADMIN_BODY_PROBLEMS: &[&str] =
     &["BadRequest", "Unauthorized", "Forbidden", "PayloadTooLarge", "UnsupportedMediaType", "InternalError", "Problem"];
@@ -806,22 +820,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         tag: "Admin",
         summary: "Lists tenants, a page at a time.",
         scopes: &[ADMIN_SCOPE],
-        parameters: &[
-            Parameter {
-                name: "pageSize",
-                location: "query",
-                description: "At most this many tenants (1 to 500; 50 when absent or 0).",
-                kind: "integer",
-                bounds: Some((0, 500)),
-            },
-            Parameter {
-                name: "pageToken",
-                location: "query",
-                description: "The `nextPageToken` of the previous page; absent for the first page.",
-                kind: "string",
-                bounds: None,
-            },
-        ],
+        parameters: &[PAGE_SIZE, PAGE_TOKEN],
         request: None,
         replies: &[json_reply("200", "A page of tenants.", "gateway.TenantList")],
         problems: ADMIN_PROBLEMS,
@@ -867,9 +866,9 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         path: "/v1/admin/tenants/{tenantId}/api-keys",
         operation_id: "Admin_ListApiKeys",
         tag: "Admin",
-        summary: "Lists a tenant's API keys, without the keys themselves.",
+        summary: "Lists a tenant's API keys, without the keys themselves, a page at a time.",
         scopes: &[ADMIN_SCOPE],
-        parameters: &[TENANT_ID],
+        parameters: &[TENANT_ID, PAGE_SIZE, PAGE_TOKEN],
         request: None,
         replies: &[json_reply("200", "The tenant's keys.", "gateway.ApiKeyList")],
         problems: ADMIN_TENANT_PROBLEMS,
@@ -1127,8 +1126,14 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
         },
         "gateway.ApiKeyList": {
             "type": "object",
-            "required": ["apiKeys"],
-            "properties": {"apiKeys": {"type": "array", "items": schema_ref("gateway.ApiKey")}},
+            "required": ["apiKeys", "nextPageToken"],
+            "properties": {
+                "apiKeys": {"type": "array", "items": schema_ref("gateway.ApiKey")},
+                "nextPageToken": {
+                    "type": "string",
+                    "description": "The `pageToken` of the next page; empty on the last page.",
+                },
+            },
         },
         "gateway.Liveness": {
             "type": "object",

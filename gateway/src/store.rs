@@ -208,13 +208,21 @@ impl Store {
         self.tenant(id).await
     }
 
-    /// The keys of a tenant, without their secrets.
-    pub async fn list_keys(&self, tenant_id: &str) -> Result<Vec<KeyInfo>, StoreError> {
+    /// The keys of a tenant, without their secrets, in id order (ids are time-ordered), `limit`
+    /// at most, after `after` when given.
+    pub async fn list_keys(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<KeyInfo>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, tenant_id, name, scopes, created_at, expires_at, last_used_at, revoked_at \
-             FROM api_keys WHERE tenant_id = $1 ORDER BY id",
+             FROM api_keys WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(tenant_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()

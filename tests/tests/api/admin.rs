@@ -213,6 +213,37 @@ async fn a_key_stops_working_when_it_expires() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_tenants_keys_are_listed_a_page_at_a_time_oldest_first() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Paginada").await;
+    let path = format!("/v1/admin/tenants/{tenant}/api-keys");
+    let mut made = Vec::new();
+    for n in 0..5 {
+        let issued =
+            app.post(&path, &app.admin_key, &json!({"name": format!("k{n}"), "scopes": ["health:read"]})).await;
+        assert_eq!(issued.status(), 201);
+        made.push(issued.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page: Value =
+            app.get(&format!("{path}?pageSize=2&pageToken={token}"), &app.admin_key).await.json().await.unwrap();
+        let keys = page["apiKeys"].as_array().unwrap();
+        assert!(keys.len() <= 2, "{page}");
+        listed.extend(keys.iter().map(|key| key["id"].as_str().unwrap().to_owned()));
+        token = page["nextPageToken"].as_str().unwrap().to_owned();
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(listed, made, "each key once, in the order made");
+    let all: Value = app.get(&path, &app.admin_key).await.json().await.unwrap();
+    assert_eq!((all["apiKeys"].as_array().map(Vec::len), &all["nextPageToken"]), (Some(5), &json!("")));
+    app.stop().await;
+}
+
 /// Polls `check` every 20 ms for at most one second; true as soon as it holds.
 async fn within_one_second<F, Fut>(mut check: F) -> bool
 where
