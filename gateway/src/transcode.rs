@@ -216,7 +216,7 @@ fn parse_body(
                 let error = crate::problem::without_values(&error.to_string());
                 let detail = format!("the request body does not match {}: {error}", descriptor.name());
                 let path = path_of_error(descriptor, body);
-                match field_at(descriptor, &path).and_then(|field| whole_numbers(&field.kind())) {
+                match field_at(descriptor, &path).and_then(|field| whole_numbers_of(&field)) {
                     // A number its field cannot hold: said as for a query parameter, not in the
                     // words of the conversion that failed.
                     Some(range) if error.contains("out of range") || error.contains("expected integer") => {
@@ -473,7 +473,7 @@ fn decode_component(text: &str) -> Option<String> {
 /// A path or query value as the field's type.
 fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
     let kind = field.kind();
-    let whole = || format!("{text:?} is not a whole number from {}", whole_numbers(&kind).unwrap_or_default());
+    let whole = || format!("{text:?} is not a whole number from {}", whole_numbers_of(field).unwrap_or_default());
     Ok(match kind {
         Kind::String => Value::String(text.to_owned()),
         Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(integer(text).ok_or_else(whole)?),
@@ -497,6 +497,26 @@ fn scalar(field: &FieldDescriptor, text: &str) -> Result<Value, String> {
             Value::EnumNumber(value.number())
         }
         Kind::Message(_) => return Err("cannot be set from the URL".into()),
+    })
+}
+
+/// The whole numbers `field` takes: those its `aigronova.common.v1.minimum` and `maximum` allow,
+/// within those its kind holds.
+fn whole_numbers_of(field: &FieldDescriptor) -> Option<String> {
+    let range = whole_numbers(&field.kind())?;
+    let options = field.options();
+    let bound = |name: &str| {
+        let extension = field.parent_pool().get_extension_by_name(&format!("aigronova.common.v1.{name}"))?;
+        options.has_extension(&extension).then(|| options.get_extension(&extension).as_i64()).flatten()
+    };
+    let (lowest, highest) = range.split_once(" to ")?;
+    Some(match (bound("minimum"), bound("maximum")) {
+        (None, None) => range,
+        (minimum, maximum) => format!(
+            "{} to {}",
+            minimum.map_or(lowest.to_owned(), |minimum| minimum.to_string()),
+            maximum.map_or(highest.to_owned(), |maximum| maximum.to_string())
+        ),
     })
 }
 

@@ -485,11 +485,11 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
     // A service's path that is not percent-encoded UTF-8 is refused as such, not as no route.
     let problem = assert_problem(app.get("/v1/health/patients/%FF", &key).await, 400).await;
     assert!(problem["detail"].as_str().unwrap().contains("not percent-encoded UTF-8"), "{problem}");
-    // A value that is not of its field's type is named, with what the field takes.
+    // A value that is not of its field's type is named, with what the field takes (its bounds when it has them).
     let problem = assert_problem(app.get("/v1/health/patients?pageSize=abc", &key).await, 400).await;
     assert_eq!(
         (problem["field"].as_str(), problem["detail"].as_str()),
-        (Some("pageSize"), Some(r#"pageSize: "abc" is not a whole number from -2147483648 to 2147483647"#))
+        (Some("pageSize"), Some(r#"pageSize: "abc" is not a whole number from 0 to 100"#))
     );
     // Whole numbers are digits, as the OpenAPI document's patterns say: no `+`.
     let problem = assert_problem(app.get("/v1/health/patients?pageSize=%2B3", &key).await, 400).await;
