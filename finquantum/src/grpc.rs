@@ -35,10 +35,10 @@ use crate::{
         ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, Permissions, require_any,
         require_one,
     },
-    openfinance::{Grant, OpenFinanceClient, OpenFinanceError},
+    openfinance::{Grant, OpenFinanceClient, OpenFinanceError, ResponseCache},
     scoring::{self, Applicant, BankSummary, DeclaredFields, ReasonWords},
     statement,
-    store::{Fetched, Store, StoredScore},
+    store::{self, Fetched, Store, StoredScore},
 };
 
 /// The state every call shares.
@@ -68,6 +68,11 @@ impl FinQuantumApi {
 
     pub(crate) fn outbox(&self) -> OutboxWaker {
         self.outbox.clone()
+    }
+
+    /// Where the institutions' pages are cached.
+    pub(crate) fn cache(&self) -> ResponseCache {
+        self.client.cache().clone()
     }
 
     /// Fetches what `consent` of `tenant_id` gives access to from its institution.
@@ -311,6 +316,8 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             serde_json::json!({"dataDeletionDue": time::stored(purge_due)}),
         );
         let consent = self.store.revoke_consent(&caller.tenant_id, &id, now, purge_due, &recorded).await?;
+        // Nothing more is fetched under it: what was is not kept in the cache either.
+        self.client.cache().forget_consent(&id).await;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, consent = %id, "consent revoked");
         Ok(Response::new(consent_message(&consent)))
@@ -583,7 +590,11 @@ impl DataSubject for FinQuantumApi {
                 serde_json::json!({"subjectRequest": request_id, "erasedRecords": erased}),
             )
         };
-        let (erased, kept) = self.store.erase_subject(&caller.tenant_id, &cpf, recorded).await?;
+        let store::Erased { erased, kept, consents } =
+            self.store.erase_subject(&caller.tenant_id, &cpf, recorded).await?;
+        for consent in &consents {
+            self.client.cache().forget_consent(consent).await;
+        }
         self.store.truncate_log().await;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, erased, kept, "data subject erased");

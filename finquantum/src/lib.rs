@@ -257,7 +257,13 @@ impl FinQuantumService {
         if let Some(listener) = self.sandbox {
             tokio::spawn(sandbox::serve(listener, shutdown.clone()));
         }
-        let purge = tokio::spawn(purge_loop(self.store, self.api.outbox(), self.purge_interval, shutdown.clone()));
+        let purge = tokio::spawn(purge_loop(
+            self.store,
+            self.api.outbox(),
+            self.api.cache(),
+            self.purge_interval,
+            shutdown.clone(),
+        ));
         let link =
             GovernanceLink::start(SERVICE_NAME, &self.governance, self.relay, &self.models, self.monitor, &shutdown);
         let service_verifier = self.governance.signer.as_ref().map(TokenSigner::verifier);
@@ -282,9 +288,9 @@ impl FinQuantumService {
 }
 
 /// Deletes the data of revoked and expired consents every `interval` until `shutdown`.
-async fn purge_loop(store: Store, outbox: OutboxWaker, interval: Duration, shutdown: Shutdown) {
+async fn purge_loop(store: Store, outbox: OutboxWaker, cache: ResponseCache, interval: Duration, shutdown: Shutdown) {
     loop {
-        purge_once(&store, &outbox).await;
+        purge_once(&store, &outbox, &cache).await;
         tokio::select! {
             () = shutdown.clone().wait() => return,
             () = tokio::time::sleep(interval) => {}
@@ -292,7 +298,7 @@ async fn purge_loop(store: Store, outbox: OutboxWaker, interval: Duration, shutd
     }
 }
 
-async fn purge_once(store: &Store, outbox: &OutboxWaker) {
+async fn purge_once(store: &Store, outbox: &OutboxWaker, cache: &ResponseCache) {
     let event = |purged: &store::Purged| AuditEvent {
         event_id: uuid::Uuid::now_v7().to_string(),
         tenant_id: purged.tenant_id.clone(),
@@ -312,6 +318,7 @@ async fn purge_once(store: &Store, outbox: &OutboxWaker) {
         Ok(purged) if !purged.is_empty() => {
             outbox.wake();
             for done in &purged {
+                cache.forget_consent(&done.consent_id).await;
                 match done.kept_under.as_slice() {
                     [_, ..] => tracing::info!(
                         tenant = %done.tenant_id,

@@ -143,6 +143,11 @@ impl Balance {
     }
 }
 
+/// What the cache keys of the pages fetched under `consent_id` start with.
+fn page_key_prefix(consent_id: &str) -> String {
+    format!("openfinance:{consent_id}:")
+}
+
 #[derive(Deserialize)]
 struct Single<T> {
     data: T,
@@ -213,6 +218,48 @@ impl ResponseCache {
         Ok(Self::Redis { connection, prefix: prefix.to_owned() })
     }
 
+    /// Forgets every page cached under `consent_id`, so that nothing fetched under a consent
+    /// stays in the cache once its customer is erased or the consent revoked or purged. A cache
+    /// that cannot be reached is logged: its entries go when their time to live runs out.
+    pub async fn forget_consent(&self, consent_id: &str) {
+        let key_prefix = page_key_prefix(consent_id);
+        match self {
+            Self::InProcess(entries) => {
+                let mut entries = entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                entries.retain(|key, _| !key.starts_with(&key_prefix));
+            }
+            Self::Redis { connection, prefix } => {
+                // Consent ids are UUIDs: nothing in the pattern is a glob but its `*`.
+                let pattern = format!("{prefix}{key_prefix}*");
+                let mut connection = connection.clone();
+                let forgotten: redis::RedisResult<()> = async {
+                    let mut cursor = 0u64;
+                    loop {
+                        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(500)
+                            .query_async(&mut connection)
+                            .await?;
+                        if !keys.is_empty() {
+                            connection.del::<_, ()>(keys).await?;
+                        }
+                        if next == 0 {
+                            return Ok(());
+                        }
+                        cursor = next;
+                    }
+                }
+                .await;
+                if let Err(error) = forgotten {
+                    tracing::warn!(%error, "Open Finance pages of a consent not taken out of the cache; they expire with their TTL");
+                }
+            }
+        }
+    }
+
     async fn get(&self, key: &str) -> Option<String> {
         match self {
             Self::InProcess(entries) => {
@@ -258,6 +305,11 @@ pub struct OpenFinanceClient {
 }
 
 impl OpenFinanceClient {
+    /// Where fetched pages are kept.
+    pub fn cache(&self) -> &ResponseCache {
+        &self.cache
+    }
+
     pub fn new(settings: ClientSettings, cache: ResponseCache) -> Result<Self, OpenFinanceError> {
         // Institutions are reached over HTTPS through rustls, with the process's crypto provider.
         if rustls::crypto::CryptoProvider::get_default().is_none() {
@@ -349,7 +401,7 @@ impl OpenFinanceClient {
     /// One page's body, from the cache or the institution. The cache holds it sealed for its key;
     /// an entry that does not open (in clear, or another tenant's) is not used.
     async fn page(&self, url: &str, grant: Grant<'_>) -> Result<String, OpenFinanceError> {
-        let key = format!("openfinance:{}:{url}", grant.consent_id);
+        let key = format!("{}{url}", page_key_prefix(grant.consent_id));
         if let Some(body) = self.cache.get(&key).await.and_then(|sealed| grant.cipher.open(&key, &sealed).ok()) {
             return Ok(body);
         }

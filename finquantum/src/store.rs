@@ -785,15 +785,22 @@ impl Store {
         tenant_id: &str,
         cpf: &Cpf,
         event: impl FnOnce(&str, u64) -> AuditEvent,
-    ) -> Result<(u64, u64), Error> {
+    ) -> Result<Erased, Error> {
         let Some(customer_id) = self.customer_by_cpf(tenant_id, cpf).await? else {
             self.record(tenant_id, &event("none", 0)).await?;
-            return Ok((0, 0));
+            return Ok(Erased::default());
         };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         // The consents first, locked: an ingestion under one of them either has committed (and
         // its rows are deleted below) or waits, then finds its consent gone.
         lock_customer(&mut transaction, self.database.backend(), tenant_id, &customer_id).await?;
+        let consents: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM consents WHERE tenant_id = $1 AND customer_id = $2")
+                .bind(tenant_id)
+                .bind(&customer_id)
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
         sqlx::query("DELETE FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2")
             .bind(tenant_id)
             .bind(&customer_id)
@@ -826,8 +833,17 @@ impl Store {
         .rows_affected();
         audit::enqueue(&mut transaction, &event(&customer_id, erased)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok((erased, kept))
+        Ok(Erased { erased, kept, consents })
     }
+}
+
+/// What an erasure did: the rows deleted, the credit decisions kept without their inputs, and the
+/// consents deleted (whose cached pages go too).
+#[derive(Debug, Default)]
+pub(crate) struct Erased {
+    pub(crate) erased: u64,
+    pub(crate) kept: u64,
+    pub(crate) consents: Vec<String>,
 }
 
 /// What is held of a customer under some consents (see [`Store::data_under`]).

@@ -491,6 +491,12 @@ async fn export_and_erasure(backend: Backend) {
         assert_eq!(&scores[0]["bank"][name], value, "bank.{name}: {bundle}");
     }
 
+    let pattern = format!("aigronova:finquantum:openfinance:{}:*", granted["id"].as_str().unwrap());
+    let redis = redis::Client::open(redis_url()).unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let cached: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
+    assert!(!cached.is_empty(), "the ingestion's pages are cached under {pattern}");
+
     let erasure = open(&app, &key, json!({"cpf": customer_cpf, "kind": "erasure"})).await;
     let outcome = outcome_of(&erasure, "finquantum");
     assert_eq!(outcome["status"], "erased", "{erasure}");
@@ -499,6 +505,9 @@ async fn export_and_erasure(backend: Backend) {
     for table in ["customers", "consents", "accounts", "transactions"] {
         assert_eq!(app.count_fin_rows(table).await, 0, "{table} after erasure");
     }
+    // Nor is anything fetched under the customer's consent left in the institutions' page cache.
+    let cached: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
+    assert_eq!(cached, Vec::<String>::new(), "pages cached under {pattern} after erasure");
     assert_eq!(app.count_fin_rows("credit_scores WHERE features <> '{}' OR customer_id <> ''").await, 0);
     let again = open(&app, &key, json!({"cpf": customer_cpf, "kind": "access"})).await;
     let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
