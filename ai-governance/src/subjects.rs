@@ -225,12 +225,20 @@ fn outcome(service: &str, status: &str, records: i64, retained: Vec<(String, Str
     Outcome { service: service.to_owned(), status: status.to_owned(), records, retained, error }
 }
 
-/// SHA-256 of `prefix` and the CPF. Under a request id and the deployment's secret (see
-/// `SubjectStore::lock_secret`), what ties a request to its subject: a different digest on every
-/// request, which nobody without the secret can test CPFs against. Kept only beside what holds the
-/// subject's data anyway (a bundle with records, a correction's details), and deleted with it.
+/// SHA-256 of `prefix` and the CPF: the name of the locks on a subject (under the deployment's
+/// secret, see `SubjectStore::lock_secret`), and what tied an earlier version's requests to their
+/// subject (see [`request_digest`]).
 fn subject_digest(prefix: &str, cpf: &Cpf) -> String {
     hex::encode(Sha256::digest(format!("{prefix}:{}", cpf.as_str())))
+}
+
+/// What ties request `id` to its subject: a keyed digest of the id and the CPF under the tenant's
+/// data key, which the master key wraps outside the database, so that nobody holding the
+/// database alone can test CPFs against it, and a different one on every request. Kept only
+/// beside what holds the subject's data anyway (a bundle with records, a correction's details),
+/// and deleted with it.
+fn request_digest(cipher: &TenantCipher, id: &str, cpf: &Cpf) -> String {
+    cipher.blind_index(&format!("subject-request\u{0}{id}\u{0}{}", cpf.as_str()))
 }
 
 /// Deletes, as part of erasure request `erasure`, what the tenant's earlier requests about `cpf`
@@ -260,9 +268,12 @@ async fn erase_held(
         let digest: Option<String> = row.try_get("subject_digest").map_err(StoreError::from)?;
         let export: Option<String> = row.try_get("export").map_err(StoreError::from)?;
         let about_subject = match digest {
-            // Keyed by the secret, or, made before it was, by the request id alone.
+            // Keyed by the tenant's data key; made before it was, by the deployment's secret, or
+            // before that by the request id alone.
             Some(digest) => {
-                digest == subject_digest(&format!("{secret}:{id}"), cpf) || digest == subject_digest(&id, cpf)
+                digest == request_digest(cipher, &id, cpf)
+                    || digest == subject_digest(&format!("{secret}:{id}"), cpf)
+                    || digest == subject_digest(&id, cpf)
             }
             None => match export.map(|export| unseal(cipher, &Column::Export.context(tenant_id, &id), export)) {
                 Some(Ok(export)) => export.contains(&quoted),
@@ -579,8 +590,7 @@ impl SubjectStore {
             Kind::Correction => true,
             Kind::Erasure => false,
         };
-        let secret = self.lock_secret().await?;
-        let digest = holds_data.then(|| subject_digest(&format!("{secret}:{id}"), cpf));
+        let digest = holds_data.then(|| request_digest(&cipher, &id, cpf));
         let new = NewRequest { id: &id, kind, details, created, export: export.as_deref(), digest: digest.as_deref() };
         let first = self.store_request(caller, &cipher, cpf, &new, outcomes.clone(), kind == Kind::Erasure).await;
         let stored = match first {

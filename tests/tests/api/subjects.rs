@@ -7,6 +7,7 @@ use std::time::Duration;
 use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use sqlx::{Connection, Row};
 
 use crate::patients::{png, upload};
@@ -455,6 +456,21 @@ async fn sealed_at_rest(backend: Backend) {
         }
     }
     assert_eq!(sealed, 4, "two bundles, a correction's details and its resolution");
+    // The digests that tie requests to their subject cannot be tested against CPFs with what the
+    // database holds: not a hash of the request id and the CPF, with or without its secret.
+    let secret: String =
+        sqlx::query_scalar("SELECT secret FROM subject_lock_key").fetch_one(&mut raw).await.unwrap_or_default();
+    let digests = sqlx::query("SELECT id, subject_digest FROM subject_requests WHERE subject_digest IS NOT NULL")
+        .fetch_all(&mut raw)
+        .await
+        .unwrap();
+    assert!(!digests.is_empty(), "the bundles and the correction carry digests");
+    for row in &digests {
+        let (id, digest): (String, String) = (row.try_get("id").unwrap(), row.try_get("subject_digest").unwrap());
+        for guess in [format!("{secret}:{id}:52998224725"), format!("{id}:52998224725")] {
+            assert_ne!(digest, hex::encode(Sha256::digest(guess.as_bytes())), "request {id}");
+        }
+    }
     let reviews = sqlx::query("SELECT reason, note FROM reviews").fetch_all(&mut raw).await.unwrap();
     assert_eq!(reviews.len(), 1);
     for column in ["reason", "note"] {
