@@ -544,7 +544,11 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::SubjectRequest>, Status> {
         let caller = auth::caller(&request)?.clone();
         let id = uuid_of("id", &request.get_ref().id)?;
-        Ok(Response::new(shown_to(&caller, request_message(self.store.get(&caller.tenant_id, &id).await?))))
+        let shown = shown_to(&caller, request_message(self.store.get(&caller.tenant_id, &id).await?));
+        let read =
+            texts_shown(std::slice::from_ref(&shown), |request| (&request.id, [&request.details, &request.resolution]));
+        self.store.audit_shown(&caller, "governance.GetSubjectRequest", subjects::Shown::Requests, read).await?;
+        Ok(Response::new(shown))
     }
 
     async fn complete_subject_request(
@@ -576,10 +580,11 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         let filter = if *overdue { "overdue" } else { "" };
         let page = page_of(*page_size, page_token, filter)?;
         let (requests, next) = self.store.list(&caller.tenant_id, *overdue, page).await?;
-        Ok(Response::new(proto::ListSubjectRequestsResponse {
-            requests: requests.into_iter().map(|request| shown_to(&caller, request_message(request))).collect(),
-            next_page_token: next_token(next, filter),
-        }))
+        let requests: Vec<_> =
+            requests.into_iter().map(|request| shown_to(&caller, request_message(request))).collect();
+        let read = texts_shown(&requests, |request| (&request.id, [&request.details, &request.resolution]));
+        self.store.audit_shown(&caller, "governance.ListSubjectRequests", subjects::Shown::Requests, read).await?;
+        Ok(Response::new(proto::ListSubjectRequestsResponse { requests, next_page_token: next_token(next, filter) }))
     }
 
     async fn get_subject_export(
@@ -623,7 +628,10 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         }
         let page = page_of(request.get_ref().page_size, &request.get_ref().page_token, &status)?;
         let (reviews, next) = self.store.reviews(&caller.tenant_id, &status, page).await?;
-        let reviews = reviews.into_iter().map(|review| review_shown_to(&caller, review_message(review))).collect();
+        let reviews: Vec<_> =
+            reviews.into_iter().map(|review| review_shown_to(&caller, review_message(review))).collect();
+        let read = texts_shown(&reviews, |review| (&review.id, [&review.reason, &review.note]));
+        self.store.audit_shown(&caller, "governance.ListReviews", subjects::Shown::Reviews, read).await?;
         Ok(Response::new(proto::ListReviewsResponse { reviews, next_page_token: next_token(next, &status) }))
     }
 
@@ -638,6 +646,16 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         let review = self.store.decide(&caller, &id, outcome.trim(), note).await?;
         Ok(Response::new(review_message(review)))
     }
+}
+
+/// The ids of `items` whose free text (`texts_of` gives an item's id and texts) the answer shows.
+fn texts_shown<T>(items: &[T], texts_of: impl Fn(&T) -> (&String, [&String; 2])) -> Vec<String> {
+    items
+        .iter()
+        .map(&texts_of)
+        .filter(|(_, texts)| texts.iter().any(|text| !text.is_empty()))
+        .map(|(id, _)| id.clone())
+        .collect()
 }
 
 /// A correction's `details` and `resolution` may hold the subject's personal data: shown only to

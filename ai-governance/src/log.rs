@@ -325,26 +325,28 @@ impl LogStore {
                 return Ok(latest);
             }
         }
-        let not_found = || {
-            Error::NotFound(format!(
-                "a checkpoint of tree size {tree_size} (checkpoints are signed at the end of each batch, not at every \
-                 size)"
-            ))
-        };
         // No log grows past i64's range: a larger size has no checkpoint, as any size not signed.
-        let Ok(stored_size) = i64::try_from(tree_size) else {
-            return Err(not_found());
+        let row = match i64::try_from(tree_size) {
+            Ok(stored_size) => sqlx::query(
+                "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
+                 WHERE tenant_id = $1 AND tree_size = $2",
+            )
+            .bind(tenant_id)
+            .bind(stored_size)
+            .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
+            .await
+            .map_err(StoreError::from)?,
+            Err(_) => None,
         };
-        let row = sqlx::query(
-            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
-             WHERE tenant_id = $1 AND tree_size = $2",
-        )
-        .bind(tenant_id)
-        .bind(stored_size)
-        .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(not_found)?;
+        let Some(row) = row else {
+            let size = self.latest_checkpoint(tenant_id).await?.body.tree_size;
+            let why = if tree_size > size {
+                format!("the log holds {size} entries")
+            } else {
+                "checkpoints are signed at the end of each batch, not at every size".to_owned()
+            };
+            return Err(Error::NotFound(format!("a checkpoint of tree size {tree_size} ({why})")));
+        };
         Ok(checkpoint_from(tenant_id, &row)?)
     }
 

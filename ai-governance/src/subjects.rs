@@ -644,12 +644,14 @@ impl SubjectStore {
                 .fetch_one(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
+            // Reviews name a decision by its audit index, not its subject: whether this person's are
+            // among them is not known here.
             let retained = (reviews > 0).then(|| {
                 (
                     "reviews".to_owned(),
-                    "Reviews of automated decisions keep the reason and note people wrote, as the record of each \
-                 review (LGPD Art. 20); they name the decision by its audit index, and are shown only to \
-                 reviewers and to keys with governance:write"
+                    "Reviews of automated decisions, if any is of a decision about this person, keep the reason \
+                     and note people wrote, as the record of each review (LGPD Art. 20); they name the decision by \
+                     its audit index, and are shown only to reviewers and to keys with governance:write"
                         .to_owned(),
                 )
             });
@@ -760,6 +762,28 @@ impl SubjectStore {
         Ok(())
     }
 
+    /// Audits, as one read of `action`, what the caller was shown of what people wrote about
+    /// subjects (a correction's details and resolution, a review's reason and note): `shown` the
+    /// ids of the `Shown` items whose text it saw; nothing when none.
+    pub async fn audit_shown(
+        &self,
+        caller: &Caller,
+        action: &str,
+        what: Shown,
+        shown: Vec<String>,
+    ) -> Result<(), Error> {
+        let (noun, field) = match what {
+            Shown::Requests => ("subject-request", "subjectRequestIds"),
+            Shown::Reviews => ("review", "reviewIds"),
+        };
+        let subject = match shown.as_slice() {
+            [] => return Ok(()),
+            [one] => format!("{noun}:{one}"),
+            _ => format!("{noun}s"),
+        };
+        self.audit(caller, "sensitive_read", action, &subject, serde_json::json!({ field: shown })).await
+    }
+
     pub async fn get(&self, tenant_id: &str, id: &str) -> Result<StoredRequest, Error> {
         let row = sqlx::query(
             "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution FROM subject_requests \
@@ -853,7 +877,7 @@ impl SubjectStore {
     /// unless an erasure of its subject has deleted it since.
     /// A download is a read of the subject's personal data, audited in the tenant's log.
     pub async fn export(&self, caller: &Caller, id: &str) -> Result<String, Error> {
-        let row = sqlx::query("SELECT export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
+        let row = sqlx::query("SELECT kind, export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
             .bind(&caller.tenant_id)
             .bind(id)
             .fetch_optional(&mut *self.database.begin_tenant_read(&caller.tenant_id).await?)
@@ -873,11 +897,13 @@ impl SubjectStore {
             self.audit(caller, "sensitive_read", "governance.GetSubjectExport", &subject, details).await?;
             return Ok(export);
         }
+        let kind: String = row.try_get("kind").map_err(StoreError::from)?;
+        let exported = [Kind::Access, Kind::Portability].iter().any(|exported| exported.as_str() == kind);
         Err(Error::NotFound(match row.try_get::<Option<String>, _>("erased_by").map_err(StoreError::from)? {
-            Some(erasure) => {
+            Some(erasure) if exported => {
                 format!("export of this request (deleted with the subject's data by erasure request {erasure})")
             }
-            None => "export of this request (only access and portability requests have one)".into(),
+            _ => "export of this request (only access and portability requests have one)".into(),
         }))
     }
 
@@ -1059,6 +1085,13 @@ impl SubjectStore {
         self.unseal_reviews(tenant_id, &mut reviews).await?;
         Ok((reviews, next))
     }
+}
+
+/// What a read showed the free text of (see [`SubjectStore::audit_shown`]).
+#[derive(Clone, Copy, Debug)]
+pub enum Shown {
+    Requests,
+    Reviews,
 }
 
 /// Where a page of a list starts and how long it is.

@@ -679,3 +679,72 @@ async fn row_level_security_holds_every_tenant_table_of_every_service() {
     }
     app.stop().await;
 }
+
+/// The actions of the tenant's audit log entries, as the API lists them.
+async fn logged_actions(app: &TestApp, key: &str) -> Vec<Value> {
+    let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", key).await.json().await.unwrap();
+    page["entries"].as_array().cloned().unwrap_or_default()
+}
+
+/// What people wrote about a subject (a correction's details, a review's reason) is audited each
+/// time a reader is shown it; a correction, erased, still has no export, and a checkpoint past the
+/// log says how long the log is.
+#[tokio::test]
+async fn reads_of_what_people_wrote_are_audited_and_refusals_say_why() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Hospital Leituras", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let correction = open(&app, &key, json!({"cpf": CPF, "kind": "correction", "details": "Telefone errado"})).await;
+    let id = correction["id"].as_str().unwrap();
+    let read: Value = app.get(&format!("/v1/governance/subject-requests/{id}"), &key).await.json().await.unwrap();
+    assert_eq!(read["details"], "Telefone errado");
+    let listed: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
+    assert_eq!(listed["requests"][0]["details"], "Telefone errado", "{listed}");
+    // A reader without governance:write sees no details, and nothing is audited of its read.
+    let reader = app.create_key(&tenant, &["governance:read"]).await;
+    let before = logged_actions(&app, &key).await.len();
+    let hidden: Value = app.get(&format!("/v1/governance/subject-requests/{id}"), &reader).await.json().await.unwrap();
+    assert!(hidden["details"].as_str().is_none_or(str::is_empty), "{hidden}");
+    let entries = logged_actions(&app, &key).await;
+    assert_eq!(entries.len(), before, "a read that showed nothing written is not audited");
+    for (action, field) in
+        [("governance.GetSubjectRequest", "subjectRequestIds"), ("governance.ListSubjectRequests", "subjectRequestIds")]
+    {
+        let entry = entries.iter().find(|entry| entry["action"] == action).unwrap_or_else(|| panic!("{action}"));
+        let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap();
+        assert_eq!((leaf["kind"].as_str(), &leaf["details"][field]), (Some("sensitive_read"), &json!([id])), "{leaf}");
+    }
+
+    let patient = app.create_patient(&key).await;
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
+    )
+    .unwrap();
+    let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+    assert_eq!(app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await.status(), 200);
+    let index = decision_index(&app, &key).await;
+    let review = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": "contested"})).await;
+    let review: Value = review.json().await.unwrap();
+    let reviewer = app.create_key(&tenant, &["governance:read", "governance:review"]).await;
+    let queue: Value = app.get("/v1/governance/reviews", &reviewer).await.json().await.unwrap();
+    assert_eq!(queue["reviews"][0]["reason"], "contested", "{queue}");
+    let entries = logged_actions(&app, &key).await;
+    let entry = entries.iter().find(|entry| entry["action"] == "governance.ListReviews").expect("the queue's read");
+    let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf["details"]["reviewIds"], json!([review["id"]]), "{leaf}");
+
+    // Erased, the correction's details go; it never had an export, and is told so.
+    let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
+    assert_eq!(erasure["status"], "completed", "{erasure}");
+    let governance = outcome_of(&erasure, "ai-governance");
+    assert!(governance["retained"][0]["reason"].as_str().unwrap().contains("if any"), "{erasure}");
+    let problem =
+        assert_problem(app.get(&format!("/v1/governance/subject-requests/{id}/export"), &key).await, 404).await;
+    assert!(problem["detail"].as_str().unwrap().contains("only access and portability requests have one"), "{problem}");
+
+    let size = logged_actions(&app, &key).await.len();
+    let path = format!("/v1/governance/audit/checkpoint?treeSize={}", size + 1_000);
+    let problem = assert_problem(app.get(&path, &key).await, 404).await;
+    assert!(problem["detail"].as_str().unwrap().contains("the log holds"), "{problem}");
+    app.stop().await;
+}
