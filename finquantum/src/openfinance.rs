@@ -143,6 +143,14 @@ impl Balance {
     }
 }
 
+/// The days of transactions an ingestion asks an institution for, today's included: the longest
+/// period the Accounts API answers for.
+pub const BOOKING_WINDOW_DAYS: u64 = 365;
+
+/// Brasília time, in which institutions date bookings, is 3 hours behind UTC (no daylight saving
+/// time since 2019).
+const BRASILIA_BEHIND_UTC: chrono::Duration = chrono::Duration::hours(3);
+
 /// What the cache keys of the pages fetched under `consent_id` start with.
 fn page_key_prefix(consent_id: &str) -> String {
     format!("openfinance:{consent_id}:")
@@ -339,8 +347,12 @@ impl OpenFinanceClient {
         grant: Grant<'_>,
         account_id: &str,
     ) -> Result<Vec<Transaction>, OpenFinanceError> {
+        // Without dates an institution answers today's transactions only; a year, to today in
+        // Brasília, is the longest period one answers for.
+        let today = (chrono::Utc::now() - BRASILIA_BEHIND_UTC).date_naive();
+        let from = today - chrono::Days::new(BOOKING_WINDOW_DAYS - 1);
         let url = format!(
-            "{}/open-banking/accounts/v2/accounts/{}/transactions",
+            "{}/open-banking/accounts/v2/accounts/{}/transactions?fromBookingDate={from}&toBookingDate={today}",
             base_url.trim_end_matches('/'),
             urlencode(account_id)
         );

@@ -84,6 +84,8 @@ struct Shared {
     calls: AtomicUsize,
     failures: AtomicUsize,
     hangs: AtomicUsize,
+    /// The `fromBookingDate` and `toBookingDate` of each call for transactions.
+    windows: Mutex<Vec<(Option<String>, Option<String>)>>,
 }
 
 /// A running fake institution.
@@ -119,6 +121,11 @@ impl Institution {
     /// Calls answered so far (refusals and failures included).
     pub fn calls(&self) -> usize {
         self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// The booking dates (`fromBookingDate`, `toBookingDate`) each call for transactions asked for.
+    pub fn booking_windows(&self) -> Vec<(Option<String>, Option<String>)> {
+        self.shared.windows.lock().unwrap().clone()
     }
 
     /// Answers 500 to the next `n` calls.
@@ -214,6 +221,8 @@ async fn transactions(
     if let Some(refused) = gate(&shared, &headers).await {
         return refused;
     }
+    let window = (query.get("fromBookingDate").cloned(), query.get("toBookingDate").cloned());
+    shared.windows.lock().unwrap().push(window.clone());
     let Some(profile) = profile(&shared, &name) else { return StatusCode::NOT_FOUND.into_response() };
     let Some(account) = profile.accounts.iter().find(|a| a.id == account) else {
         return StatusCode::NOT_FOUND.into_response();
@@ -237,7 +246,13 @@ async fn transactions(
         })
         .collect();
     let path = format!("{}/{name}/open-banking/accounts/v2/accounts/{}/transactions", shared.base, account.id);
-    let next = (number < pages.len()).then(|| format!("{path}?page={}&page-size={}", number + 1, profile.page_size));
+    // The next page keeps the booking dates asked for, as the institutions' links do.
+    let dates = match window {
+        (Some(from), Some(to)) => format!("&fromBookingDate={from}&toBookingDate={to}"),
+        _ => String::new(),
+    };
+    let next =
+        (number < pages.len()).then(|| format!("{path}?page={}&page-size={}{dates}", number + 1, profile.page_size));
     let link = format!("{path}?page={number}&page-size={}", profile.page_size);
     Json(envelope(Value::Array(data), &link, next, account.transactions.len(), pages.len())).into_response()
 }

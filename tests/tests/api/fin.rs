@@ -135,6 +135,18 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     );
     // Accounts 2 (one answered 500), balances 2, transactions 3 + 1 pages and 2 + 1 pages.
     assert_eq!(bank.calls(), 11);
+    // Every page of transactions was asked for the year to today (in Brasília): without dates an
+    // institution answers today's only.
+    let windows = bank.booking_windows();
+    assert_eq!(windows.len(), 7, "4 + 3 pages of transactions");
+    let today = (chrono::Utc::now() - chrono::Duration::hours(3)).date_naive();
+    for (from, to) in windows {
+        let (from, to) = (from.expect("fromBookingDate"), to.expect("toBookingDate"));
+        let from = chrono::NaiveDate::parse_from_str(&from, "%Y-%m-%d").unwrap();
+        let to = chrono::NaiveDate::parse_from_str(&to, "%Y-%m-%d").unwrap();
+        assert!((to - today).num_days().abs() <= 1, "to {to}");
+        assert_eq!((to - from).num_days(), 364, "{from} to {to}");
+    }
     assert_eq!(app.count_fin_rows("transactions").await, 7, "each transaction that took place, once");
 
     // The same ingestion again is answered from Redis: no call to the institution, nothing new.
