@@ -211,6 +211,7 @@ impl From<StoredBank> for proto::BankSummary {
             savings_balance: scoring::reais(bank.savings_balance_cents),
             has_checking_account: bank.has_checking_account,
             window_days: bank.window_days,
+            has_savings_account: bank.has_savings_account,
         }
     }
 }

@@ -186,6 +186,9 @@ pub fn build(
     }
 }
 
+/// What an empty section of the PDF says.
+const NONE: &str = "Nenhuma / None";
+
 /// The statement as a PDF: one section per account with its totals, categories, balances and
 /// transactions.
 pub fn render_pdf(statement: &Statement) -> Vec<u8> {
@@ -208,6 +211,9 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
         pdf.field("Saídas / Debits", &account.total_debits);
         pdf.field("Resultado / Net", &account.net);
         pdf.subheading("Por categoria / By category");
+        if account.categories.is_empty() {
+            pdf.paragraph(NONE);
+        }
         for category in &account.categories {
             pdf.field(
                 &category.category,
@@ -221,16 +227,21 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
             );
         }
         pdf.subheading("Saldo diário / Daily balance");
-        if account.balances.is_empty() && !account.transactions.is_empty() {
+        if account.opening_balance.is_none() {
             pdf.paragraph(
-                "Saldo não disponível / Not known: no balance of this account that reaches back to this month is \
-                 held under a usable consent.",
+                "Saldo não disponível / Not known: no balance of this account held under a usable consent reaches \
+                 back to this month, or the month is before the oldest transaction held.",
             );
+        } else if account.balances.is_empty() {
+            pdf.paragraph(NONE);
         }
         for day in &account.balances {
             pdf.field(&day.date, &day.balance);
         }
         pdf.subheading("Transações / Transactions");
+        if account.transactions.is_empty() {
+            pdf.paragraph(NONE);
+        }
         for line in &account.transactions {
             let sign = if line.credit_debit_type == "CREDITO" { "+" } else { "-" };
             pdf.monospace(&format!("{} {sign}{:>12} {:<24} {}", line.date, line.amount, line.kind, line.name));

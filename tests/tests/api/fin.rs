@@ -203,6 +203,12 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for account in early["accounts"].as_array().unwrap() {
         assert!(account.get("openingBalance").is_none() && account.get("closingBalance").is_none(), "{early}");
     }
+    // The PDF says so, and that the month's sections are empty.
+    let early = app.get(&format!("/v1/fin/customers/{customer}/statements/2025-01?format=pdf"), &key).await;
+    let text = pdf_text(&early.bytes().await.unwrap());
+    for expected in ["Not known", "Nenhuma / None"] {
+        assert!(text.contains(expected), "the PDF of an early month lacks {expected:?}:\n{text}");
+    }
 
     let response = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10?format=pdf"), &key).await;
     assert_eq!(response.status(), 200);
@@ -211,7 +217,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for expected in ["Monthly statement 2026-10", "3000.00", "1015.00", "1200.00", "TARIFA_SERVICOS_AVULSOS"] {
         assert!(text.contains(expected), "the PDF lacks {expected:?}:\n{text}");
     }
-    // The three reads of the customer's transactions are audited.
+    // The four reads of the customer's transactions are audited.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
@@ -221,7 +227,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
             .flatten()
             .filter(|entry| entry["action"] == "fin.GetStatement")
             .collect();
-        if reads.len() == 3 {
+        if reads.len() == 4 {
             let subject = format!("customer:{customer}");
             assert!(
                 reads.iter().all(|read| read["kind"] == "sensitive_read"
