@@ -62,14 +62,15 @@ impl Permissions {
         }
         let mut set = BTreeSet::new();
         for permission in permissions {
-            let permission = permission.trim().to_ascii_uppercase();
             if !KNOWN_PERMISSIONS.contains(&permission.as_str()) {
-                return Err(Error::invalid(
-                    "permissions",
-                    format!("unknown permission {permission:?}; known: {}", KNOWN_PERMISSIONS.join(", ")),
-                ));
+                let spelled = permission.trim().to_ascii_uppercase();
+                let reason = match KNOWN_PERMISSIONS.contains(&spelled.as_str()) {
+                    true => format!("{permission:?} is written {spelled}, as Open Finance Brasil names it"),
+                    false => format!("unknown permission {permission:?}; known: {}", KNOWN_PERMISSIONS.join(", ")),
+                };
+                return Err(Error::invalid("permissions", reason));
             }
-            set.insert(permission);
+            set.insert(permission.clone());
         }
         Ok(Self(set))
     }
@@ -197,8 +198,18 @@ mod tests {
 
     #[test]
     fn permissions_are_known_and_kept_once() {
-        let parsed = Permissions::parse(&["accounts_read".into(), "ACCOUNTS_READ".into()]).unwrap();
+        let parsed = Permissions::parse(&["ACCOUNTS_READ".into(), "ACCOUNTS_READ".into()]).unwrap();
         assert_eq!(parsed.to_stored(), "ACCOUNTS_READ");
+        // Spelled as Open Finance names it, as the API document's enum says.
+        for other in ["accounts_read", " ACCOUNTS_READ"] {
+            match Permissions::parse(&[other.into()]) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "permissions");
+                    assert!(reason.contains("is written ACCOUNTS_READ"), "{reason}");
+                }
+                refused => panic!("{other:?}: {refused:?}"),
+            }
+        }
         assert!(Permissions::parse(&[]).is_err());
         assert!(Permissions::parse(&["PAYMENTS_WRITE".into()]).is_err());
         assert_eq!(Permissions::from_stored(&parsed.to_stored()), parsed);
