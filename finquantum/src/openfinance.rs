@@ -151,6 +151,11 @@ pub const BOOKING_WINDOW_DAYS: u64 = 365;
 /// time since 2019).
 const BRASILIA_BEHIND_UTC: chrono::Duration = chrono::Duration::hours(3);
 
+/// The key of the set that lists the cache keys of the pages fetched under `consent_id`.
+fn page_index_key(consent_id: &str) -> String {
+    format!("openfinance-pages:{consent_id}")
+}
+
 /// What the cache keys of the pages fetched under `consent_id` start with.
 fn page_key_prefix(consent_id: &str) -> String {
     format!("openfinance:{consent_id}:")
@@ -171,6 +176,9 @@ pub enum Completion {
     LancamentoFuturo,
     /// Still being processed, and may yet not happen.
     TransacaoProcessando,
+    /// A state a later version of the API names: not taken for done.
+    #[serde(other)]
+    Other,
 }
 
 /// A transaction of an account.
@@ -237,28 +245,17 @@ impl ResponseCache {
                 entries.retain(|key, _| !key.starts_with(&key_prefix));
             }
             Self::Redis { connection, prefix } => {
-                // Consent ids are UUIDs: nothing in the pattern is a glob but its `*`.
-                let pattern = format!("{prefix}{key_prefix}*");
+                // The consent's pages are listed in a set of their own: no scan of the keyspace.
+                let index = format!("{prefix}{}", page_index_key(consent_id));
                 let mut connection = connection.clone();
                 let forgotten: redis::RedisResult<()> = async {
-                    let mut cursor = 0u64;
-                    loop {
-                        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                            .arg(cursor)
-                            .arg("MATCH")
-                            .arg(&pattern)
-                            .arg("COUNT")
-                            .arg(500)
-                            .query_async(&mut connection)
-                            .await?;
-                        if !keys.is_empty() {
-                            connection.del::<_, ()>(keys).await?;
-                        }
-                        if next == 0 {
-                            return Ok(());
-                        }
-                        cursor = next;
+                    let keys: Vec<String> = connection.smembers(&index).await?;
+                    let mut pipe = redis::pipe();
+                    pipe.atomic().del(&index).ignore();
+                    if !keys.is_empty() {
+                        pipe.del(keys).ignore();
                     }
+                    pipe.query_async::<()>(&mut connection).await
                 }
                 .await;
                 if let Err(error) = forgotten {
@@ -284,7 +281,8 @@ impl ResponseCache {
         }
     }
 
-    async fn put(&self, key: &str, body: &str, ttl: Duration) {
+    /// Keeps `body` under `key` for `ttl`, listed among the pages of `consent_id`.
+    async fn put(&self, consent_id: &str, key: &str, body: &str, ttl: Duration) {
         match self {
             Self::InProcess(entries) => {
                 let mut entries = entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -294,8 +292,18 @@ impl ResponseCache {
             }
             Self::Redis { connection, prefix } => {
                 let seconds = ttl.as_secs().max(1);
-                let result: redis::RedisResult<()> =
-                    connection.clone().set_ex(format!("{prefix}{key}"), body, seconds).await;
+                let (key, index) = (format!("{prefix}{key}"), format!("{prefix}{}", page_index_key(consent_id)));
+                // The index lives as long as its newest page.
+                let result: redis::RedisResult<()> = redis::pipe()
+                    .atomic()
+                    .set_ex(&key, body, seconds)
+                    .ignore()
+                    .sadd(&index, &key)
+                    .ignore()
+                    .expire(&index, i64::try_from(seconds).unwrap_or(i64::MAX))
+                    .ignore()
+                    .query_async(&mut connection.clone())
+                    .await;
                 if let Err(error) = result {
                     tracing::warn!(%error, "Open Finance page not cached");
                 }
@@ -418,7 +426,7 @@ impl OpenFinanceClient {
             return Ok(body);
         }
         let body = self.fetch(url, grant.consent_id).await?;
-        self.cache.put(&key, &grant.cipher.seal(&key, &body), self.settings.cache_ttl).await;
+        self.cache.put(grant.consent_id, &key, &grant.cipher.seal(&key, &body), self.settings.cache_ttl).await;
         Ok(body)
     }
 

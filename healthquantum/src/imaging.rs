@@ -495,55 +495,6 @@ fn check_size(width: u32, height: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// Whether a JPEG reaches its end-of-image marker (`FF D9`), read as decoders read it: segment
-/// by segment from the start marker, each scan's entropy-coded data up to the next marker (a `FF`
-/// in it is followed by `00` or a restart marker). Bytes after the end, as some cameras append
-/// (a motion photo's video), are not read.
-fn jpeg_ends(bytes: &[u8]) -> bool {
-    if !bytes.starts_with(&[0xFF, 0xD8]) {
-        return false;
-    }
-    let mut at = 2;
-    loop {
-        // A marker, after any fill bytes.
-        if bytes.get(at) != Some(&0xFF) {
-            return false;
-        }
-        while bytes.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        let Some(&marker) = bytes.get(at + 1) else { return false };
-        at += 2;
-        match marker {
-            0xD9 => return true,
-            0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        let Some(length) = bytes.get(at..at + 2).map(|length| usize::from(u16::from_be_bytes([length[0], length[1]])))
-        else {
-            return false;
-        };
-        if length < 2 {
-            return false;
-        }
-        at += length;
-        if marker == 0xDA {
-            // The scan's data, to the next marker.
-            loop {
-                let Some(offset) = bytes.get(at..).and_then(|rest| rest.iter().position(|byte| *byte == 0xFF)) else {
-                    return false;
-                };
-                at += offset;
-                match bytes.get(at + 1) {
-                    Some(0x00 | 0xD0..=0xD7) => at += 2,
-                    Some(_) => break,
-                    None => return false,
-                }
-            }
-        }
-    }
-}
-
 /// What a decoder said of an image, for its sender: without the decoder's own prefix (`Format
 /// error decoding Png: `) and with a PNG chunk named by its type rather than its debug form.
 fn decoder_message(error: &image::ImageError) -> String {
@@ -579,12 +530,16 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     };
     also_another_kind(bytes)
         .map_err(|problem| Error::invalid("body", format!("starts as {media_type} but {problem}")))?;
-    if media_type == MediaType::Jpeg && !jpeg_ends(bytes) {
-        // A decoder fills what is missing with grey: a cut upload would be kept as an image.
-        return Err(Error::invalid(
-            "body",
-            format!("starts as {media_type} but is cut short: it has no end-of-image marker"),
-        ));
+    if media_type == MediaType::Jpeg {
+        crate::jpeg::check(bytes).map_err(|shortfall| {
+            // A decoder fills what is missing with grey: a cut upload would be kept as an image.
+            let problem = match shortfall {
+                crate::jpeg::Shortfall::NoEnd => "is cut short: it has no end-of-image marker".to_owned(),
+                crate::jpeg::Shortfall::CutShort => "is cut short: its data ends before its last block".to_owned(),
+                crate::jpeg::Shortfall::Damaged(what) => format!("is damaged: {what}"),
+            };
+            Error::invalid("body", format!("starts as {media_type} but {problem}"))
+        })?;
     }
     let reader = |limits: Limits| {
         let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
@@ -602,28 +557,6 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     // The header alone first: an image too large is refused, naming its size, before any pixel is decoded.
     let (width, height) = reader(limits.clone()).into_dimensions().map_err(undecodable)?;
     check_size(width, height)?;
-    // Every 8×8 block of a JPEG's first component takes a bit at least (its DC coefficient's
-    // Huffman code): fewer bits than blocks is a header that claims more pixels than the data
-    // holds, which a decoder would fill with grey.
-    let blocks = u64::from(width.div_ceil(8)) * u64::from(height.div_ceil(8));
-    if media_type == MediaType::Jpeg && (bytes.len() as u64).saturating_mul(8) < blocks {
-        return Err(Error::invalid(
-            "body",
-            format!(
-                "starts as {media_type} but holds too little data for its {width}×{height} pixels: it is cut short, \
-                 or its header is not its own"
-            ),
-        ));
-    }
-    if media_type == MediaType::Jpeg {
-        crate::jpeg::check(bytes).map_err(|shortfall| {
-            let problem = match shortfall {
-                crate::jpeg::Shortfall::CutShort => "is cut short: its data ends before its last block".to_owned(),
-                crate::jpeg::Shortfall::Damaged(what) => format!("is damaged: {what}"),
-            };
-            Error::invalid("body", format!("starts as {media_type} but {problem}"))
-        })?;
-    }
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     let decoded = reader(limits).decode().map_err(undecodable)?;
@@ -689,7 +622,7 @@ mod tests {
         inflated[frame + 5..frame + 9].copy_from_slice(&[0x17, 0x70, 0x17, 0x70]);
         match examine(&inflated) {
             Err(Error::InvalidArgument { reason, .. }) => {
-                assert!(reason.contains("too little data for its 6000×6000 pixels"), "{reason}");
+                assert!(reason.contains("is cut short: its data ends before its last block"), "{reason}");
             }
             other => panic!("an inflated JPEG header: {other:?}"),
         }
@@ -752,6 +685,19 @@ mod tests {
         ("progressive-grey", include_bytes!("../testdata/progressive-grey.jpg")),
         ("sequential-restarts", include_bytes!("../testdata/sequential-restarts.jpg")),
     ];
+
+    #[test]
+    fn a_jpegs_stray_bytes_between_segments_are_passed_over_and_a_second_frame_is_refused() {
+        for (name, whole) in ENCODED_ELSEWHERE {
+            let at = whole.windows(2).position(|marker| marker == [0xFF, 0xDB]).expect("a quantisation table");
+            let stray = [&whole[..at], b"\x00\x11\x22".as_slice(), &whole[at..]].concat();
+            assert_eq!(crate::jpeg::check(&stray), Ok(()), "{name}");
+            let frame = whole.windows(2).position(|marker| matches!(marker, [0xFF, 0xC0..=0xC2])).unwrap();
+            let length = usize::from(u16::from_be_bytes([whole[frame + 2], whole[frame + 3]]));
+            let twice = [&whole[..frame + 2 + length], &whole[frame..]].concat();
+            assert!(matches!(crate::jpeg::check(&twice), Err(crate::jpeg::Shortfall::Damaged(_))), "{name}");
+        }
+    }
 
     #[test]
     fn reading_a_damaged_jpeg_never_panics() {

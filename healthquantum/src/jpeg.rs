@@ -4,11 +4,19 @@
 //! its data holds is found before a decoder fills what is missing with grey. Sequential and
 //! progressive Huffman JPEGs are read; a progressive image's refinement scans, whose length
 //! depends on the coefficients before them, are taken as they are, as are arithmetic-coded and
-//! lossless JPEGs, which the decoder refuses anyway.
+//! lossless JPEGs, which the decoder refuses anyway, and scans that rely on tables the file does
+//! not define (motion-JPEG frames, which decoders give the standard tables). Stray bytes between
+//! segments, which decoders skip, are skipped too.
+
+/// The most scans a JPEG may have, as its decoder allows: each is read whole, so that an image of
+/// many scans that say little would otherwise keep the check busy.
+const MAX_SCANS: usize = 100;
 
 /// How a JPEG's data falls short.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Shortfall {
+    /// The file ends before its end-of-image marker.
+    NoEnd,
     /// A scan's data ends before its last block.
     CutShort,
     /// A scan's data holds what its Huffman tables cannot code, or a segment is malformed.
@@ -21,17 +29,18 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
     let mut tables = [[None, None, None, None], [None, None, None, None]];
     let mut frame: Option<Frame> = None;
     let mut restart_interval = 0usize;
+    let mut scans = 0;
     let mut at = 2;
     loop {
-        match bytes.get(at) {
-            None => return Err(Shortfall::CutShort),
-            Some(0xFF) => {}
-            Some(_) => return Err(damaged("a segment does not start with a marker")),
+        // The next marker, past any bytes before it.
+        match bytes.get(at..).and_then(|rest| rest.iter().position(|byte| *byte == 0xFF)) {
+            Some(offset) => at += offset,
+            None => return Err(Shortfall::NoEnd),
         }
         while bytes.get(at + 1) == Some(&0xFF) {
             at += 1;
         }
-        let Some(&marker) = bytes.get(at + 1) else { return Err(Shortfall::CutShort) };
+        let Some(&marker) = bytes.get(at + 1) else { return Err(Shortfall::NoEnd) };
         at += 2;
         match marker {
             0xD9 => return Ok(()),
@@ -39,10 +48,12 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
             _ => {}
         }
         let length = bytes.get(at..at + 2).map(|length| usize::from(u16::from_be_bytes([length[0], length[1]])));
-        let Some(length) = length.filter(|length| *length >= 2) else { return Err(Shortfall::CutShort) };
-        let Some(segment) = bytes.get(at + 2..at + length) else { return Err(Shortfall::CutShort) };
+        let Some(length) = length.filter(|length| *length >= 2) else { return Err(Shortfall::NoEnd) };
+        let Some(segment) = bytes.get(at + 2..at + length) else { return Err(Shortfall::NoEnd) };
         at += length;
         match marker {
+            // The frame whose size was checked is the only one.
+            0xC0..=0xC2 if frame.is_some() => return Err(damaged("a second frame header")),
             0xC0..=0xC2 => frame = Some(Frame::parse(segment, marker == 0xC2).ok_or(damaged("its frame header"))?),
             // Arithmetic-coded or lossless: not read here.
             0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return Ok(()),
@@ -52,6 +63,10 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
                 restart_interval = usize::from(u16::from_be_bytes([interval[0], interval[1]]));
             }
             0xDA => {
+                scans += 1;
+                if scans > MAX_SCANS {
+                    return Err(damaged("more than 100 scans"));
+                }
                 let frame = frame.as_ref().ok_or(damaged("a scan before its frame header"))?;
                 let scan = Scan::parse(segment, frame, &tables).ok_or(damaged("a scan header"))?;
                 let mut reader = BitReader { bytes, at, byte: 0, bits: 0 };
@@ -181,6 +196,12 @@ impl Scan {
         if frame.progressive && self.refines {
             return Ok(());
         }
+        // Tables the file does not define are the standard ones a decoder assumes: not read here.
+        let needs_dc = self.start == 0;
+        let needs_ac = self.end > 0;
+        if self.components.iter().any(|(_, dc, ac)| (needs_dc && dc.is_none()) || (needs_ac && ac.is_none())) {
+            return Ok(());
+        }
         let mcu_columns = frame.width.div_ceil(8 * frame.max_h);
         let mcu_rows = frame.height.div_ceil(8 * frame.max_v);
         // One component alone is read block by block, over its own size; several, MCU by MCU.
@@ -202,23 +223,34 @@ impl Scan {
             (mcu_columns * mcu_rows, per_component)
         };
         let mut end_of_bands = 0u32;
-        for unit in 0..units {
+        let mut unit = 0;
+        while unit < units {
             if restart_interval > 0 && unit > 0 && unit % restart_interval == 0 {
                 reader.restart()?;
                 end_of_bands = 0;
             }
+            // A run of blocks whose band has ended (a progressive AC scan): passed over at once.
+            if end_of_bands > 0 && blocks_per_unit == [(0, 1)] {
+                let to_restart = if restart_interval > 0 { restart_interval - unit % restart_interval } else { units };
+                let skipped = (end_of_bands as usize).min(to_restart).min(units - unit);
+                end_of_bands -= skipped as u32;
+                unit += skipped;
+                continue;
+            }
             for &(position, blocks) in &blocks_per_unit {
                 let (_, dc, ac) = &self.components[position];
                 for _ in 0..blocks {
-                    self.read_block(dc.as_ref(), ac.as_ref(), reader, &mut end_of_bands)?;
+                    self.read_block(frame.progressive, dc.as_ref(), ac.as_ref(), reader, &mut end_of_bands)?;
                 }
             }
+            unit += 1;
         }
         Ok(())
     }
 
     fn read_block(
         &self,
+        progressive: bool,
         dc: Option<&Huffman>,
         ac: Option<&Huffman>,
         reader: &mut BitReader<'_>,
@@ -246,7 +278,9 @@ impl Scan {
             if size == 0 {
                 if run < 15 {
                     // End of block, or (progressive) of this band in the next 2^run blocks and some.
-                    *end_of_bands = (1 << run) - 1 + if run > 0 { reader.take(run)? } else { 0 };
+                    if progressive {
+                        *end_of_bands = (1 << run) - 1 + if run > 0 { reader.take(run)? } else { 0 };
+                    }
                     return Ok(());
                 }
                 k += 16;
@@ -256,9 +290,7 @@ impl Scan {
                 k += 1;
             }
         }
-        if k > last + 1 {
-            return Err(Shortfall::Damaged("a run of coefficients past the end of a block"));
-        }
+        // A run past the end of the block ends it, as decoders take it.
         Ok(())
     }
 }
@@ -302,6 +334,10 @@ impl BitReader<'_> {
     /// Goes past the restart marker that must follow: the rest of the byte is padding.
     fn restart(&mut self) -> Result<(), Shortfall> {
         self.bits = 0;
+        // Fill bytes may come before a marker.
+        while self.bytes.get(self.at..self.at + 2) == Some(&[0xFF, 0xFF]) {
+            self.at += 1;
+        }
         match self.bytes.get(self.at..self.at + 2) {
             Some([0xFF, 0xD0..=0xD7]) => {
                 self.at += 2;

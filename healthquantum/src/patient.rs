@@ -41,9 +41,9 @@ impl fmt::Display for PatientId {
     }
 }
 
-/// A patient's full name: trimmed, 1 to 200 characters with at least one letter, no control,
-/// invisible (zero-width, byte order mark…) or bidirectional override characters, which would
-/// keep the name from being found by what it shows, or print as `?` in a report.
+/// A patient's full name: trimmed, 1 to 200 characters with at least one letter, no control or
+/// bidirectional override characters, and no invisible ones (zero-width space, byte order mark…)
+/// but the joiners some scripts write names with. Names are found, and printed, as they show.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PatientName(String);
 
@@ -51,6 +51,21 @@ impl PatientName {
     pub const MAX_CHARS: usize = 200;
 
     pub fn parse(value: &str) -> Result<Self, Error> {
+        let name = Self::stored(value)?;
+        let joiner = |c: char| matches!(c, '\u{200c}' | '\u{200d}');
+        let invisible = name.0.chars().find(|c| aigronova_platform::text::is_invisible(*c) && !joiner(*c));
+        if let Some(invisible) = invisible {
+            return Err(Error::invalid(
+                "name",
+                format!("must not contain invisible characters (U+{:04X})", u32::from(invisible)),
+            ));
+        }
+        Ok(name)
+    }
+
+    /// A name as stored: the rules of [`Self::parse`] but the one on invisible characters, which
+    /// names stored before it may hold.
+    pub fn stored(value: &str) -> Result<Self, Error> {
         let name = value.trim();
         if name.is_empty() {
             return Err(Error::invalid("name", "is required"));
@@ -63,12 +78,6 @@ impl PatientName {
         }
         if name.chars().any(aigronova_platform::text::is_bidi_control) {
             return Err(Error::invalid("name", "must not contain bidirectional overrides"));
-        }
-        if let Some(invisible) = name.chars().find(|c| aigronova_platform::text::is_invisible(*c)) {
-            return Err(Error::invalid(
-                "name",
-                format!("must not contain invisible characters (U+{:04X})", u32::from(invisible)),
-            ));
         }
         if !name.chars().any(char::is_alphabetic) {
             return Err(Error::invalid("name", "must contain a letter"));
@@ -360,7 +369,12 @@ impl PatientChanges {
 pub fn searchable(name: &str) -> String {
     let mut folded = String::with_capacity(name.len());
     // Lower-cased again after the decomposition, which gives capitals for some letters (`𝐌`).
-    let letters = name.chars().flat_map(char::to_lowercase).nfkd().filter(|c| !is_combining_mark(*c));
+    let letters = name
+        .chars()
+        .filter(|c| !aigronova_platform::text::is_invisible(*c))
+        .flat_map(char::to_lowercase)
+        .nfkd()
+        .filter(|c| !is_combining_mark(*c) && !aigronova_platform::text::is_invisible(*c));
     for c in letters.flat_map(char::to_lowercase) {
         match base_letters(c) {
             Some(letters) => folded.push_str(letters),
@@ -422,7 +436,7 @@ mod tests {
             ("Maria\u{7f}", "must not contain control characters"),
             ("\u{202e}\u{200b}", "must not contain bidirectional overrides"),
             ("Maria \u{2066}Silva", "must not contain bidirectional overrides"),
-            ("\u{200b}\u{200b}", "must not contain invisible characters (U+200B)"),
+            ("\u{200b}\u{200b}", "must contain a letter"),
             ("Zero\u{200b}Width", "must not contain invisible characters (U+200B)"),
             ("\u{feff}Maria", "must not contain invisible characters (U+FEFF)"),
             ("123 - 456", "must contain a letter"),
@@ -431,6 +445,12 @@ mod tests {
             let (field, reason) = field_and_reason(PatientName::parse(input).unwrap_err());
             assert_eq!((field.as_str(), reason.as_str()), ("name", expected), "input {input:?}");
         }
+        // The joiners some scripts write names with are letters' business, not hidden text.
+        assert!(PatientName::parse("Mohammad\u{200c}Reza").is_ok());
+        // A name stored before invisible characters were refused still reads, and is found by what it shows.
+        let stored = PatientName::stored("Zero\u{200b}Width").unwrap();
+        assert_eq!(searchable(stored.as_str()), "zerowidth");
+        assert_eq!(searchable("\u{feff}Ana  Paula"), "ana paula");
     }
 
     #[test]

@@ -430,7 +430,7 @@ impl Store {
             let corrupt = |column: &str, error: Error| StoreError::Corrupt(format!("patients.{column}: {error}"));
             let patient = Patient {
                 id: PatientId::parse("id", &text("id")?).map_err(|error| corrupt("id", error))?,
-                name: PatientName::parse(&text("name")?).map_err(|error| corrupt("name", error))?,
+                name: PatientName::stored(&text("name")?).map_err(|error| corrupt("name", error))?,
                 cpf: Cpf::parse(&text("cpf")?).map_err(|error| corrupt("cpf", error))?,
                 birth_date: BirthDate::parse(&text("birth_date")?).map_err(|error| corrupt("birth_date", error))?,
                 email: None,
@@ -1216,7 +1216,7 @@ fn patient_from(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<
     let updated_at: Option<String> = row.try_get("updated_at")?;
     Ok(Patient {
         id: PatientId::parse("id", &id).map_err(|error| corrupt("id", error))?,
-        name: PatientName::parse(&fields.name).map_err(|error| corrupt("name", error))?,
+        name: PatientName::stored(&fields.name).map_err(|error| corrupt("name", error))?,
         cpf: Cpf::parse(&fields.cpf).map_err(|error| corrupt("cpf", error))?,
         birth_date: BirthDate::parse(&fields.birth_date).map_err(|error| corrupt("birth_date", error))?,
         email: Email::parse(fields.email.as_deref().unwrap_or_default()).map_err(|error| corrupt("email", error))?,

@@ -345,13 +345,16 @@ fn wrap(text: &[u8], font: Font, size: f32, width: f32) -> Vec<Vec<u8>> {
 /// a base and its marks is the one letter cp1252 has; control characters become spaces; a letter
 /// outside cp1252 is written as its base letter with what marks cp1252 keeps (`İ` → `I`, `ş` →
 /// `s`, `ễ` → `ê`, `ı` → `i`), a ligature or compatibility form as its letters (`ﬁ` → `fi`); a mark
-/// left alone is dropped, and any other character becomes `?`.
+/// left alone is dropped, as is a character that shows nothing (a zero-width joiner), and any other
+/// character becomes `?`.
 fn encode(text: &str) -> Vec<u8> {
     use unicode_normalization::UnicodeNormalization;
     let mut bytes = Vec::with_capacity(text.len());
     for c in text.nfc() {
         if c.is_control() {
             bytes.push(b' ');
+        } else if crate::text::is_invisible(c) {
+            continue;
         } else if let Some(byte) = win_ansi(c) {
             bytes.push(byte);
         } else if let Some(written) = written_as(c) {

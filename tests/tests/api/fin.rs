@@ -514,6 +514,9 @@ async fn export_and_erasure(backend: Backend) {
     let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
     let cached: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
     assert!(!cached.is_empty(), "the ingestion's pages are cached under {pattern}");
+    let index = format!("aigronova:finquantum:openfinance-pages:{}", granted["id"].as_str().unwrap());
+    let listed: Vec<String> = redis::cmd("SMEMBERS").arg(&index).query_async(&mut redis).await.unwrap();
+    assert_eq!(listed.len(), cached.len(), "{index} lists the consent's pages");
 
     let erasure = open(&app, &key, json!({"cpf": customer_cpf, "kind": "erasure"})).await;
     let outcome = outcome_of(&erasure, "finquantum");
@@ -526,6 +529,8 @@ async fn export_and_erasure(backend: Backend) {
     // Nor is anything fetched under the customer's consent left in the institutions' page cache.
     let cached: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut redis).await.unwrap();
     assert_eq!(cached, Vec::<String>::new(), "pages cached under {pattern} after erasure");
+    let listed: i64 = redis::cmd("EXISTS").arg(&index).query_async(&mut redis).await.unwrap();
+    assert_eq!(listed, 0, "{index}, the list of the consent's pages, goes too");
     assert_eq!(app.count_fin_rows("credit_scores WHERE features <> '{}' OR customer_id <> ''").await, 0);
     let again = open(&app, &key, json!({"cpf": customer_cpf, "kind": "access"})).await;
     let bundle = export(&app, &key, again["id"].as_str().unwrap()).await;
