@@ -628,16 +628,21 @@ mod tests {
         }
     }
 
-    /// A JPEG of `width`×`height` pixels of noise, which takes many bytes to encode, as a
-    /// photograph does.
-    fn noisy_jpeg(width: u32, height: u32, grey: bool) -> Vec<u8> {
-        let mut state = 0x2545_f491_u32;
-        let mut next = move || {
+    /// Numbers that look random enough for test data, the same on every run (xorshift32).
+    fn xorshift(mut state: u32) -> impl FnMut() -> u32 {
+        move || {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            state as u8
-        };
+            state
+        }
+    }
+
+    /// A JPEG of `width`×`height` pixels of noise, which takes many bytes to encode, as a
+    /// photograph does.
+    fn noisy_jpeg(width: u32, height: u32, grey: bool) -> Vec<u8> {
+        let mut random = xorshift(0x2545_f491);
+        let mut next = move || random() as u8;
         let colour = image::RgbImage::from_fn(width, height, |_, _| image::Rgb([next(), next(), next()]));
         let picture = if grey {
             image::DynamicImage::ImageLuma8(image::DynamicImage::ImageRgb8(colour).to_luma8())
@@ -701,13 +706,8 @@ mod tests {
 
     #[test]
     fn reading_a_damaged_jpeg_never_panics() {
-        let mut state = 0x9e37_79b9_u32;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state as usize
-        };
+        let mut random = xorshift(0x9e37_79b9);
+        let mut next = move || random() as usize;
         for (_, whole) in ENCODED_ELSEWHERE {
             for _ in 0..2000 {
                 let mut damaged = whole.to_vec();

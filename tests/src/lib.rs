@@ -537,3 +537,20 @@ async fn execute_on(url: &str, sql: &str) -> u64 {
     let mut connection = sqlx::AnyConnection::connect(url).await.expect("database opens");
     sqlx::query(AssertSqlSafe(sql.to_owned())).execute(&mut connection).await.expect("statement runs").rows_affected()
 }
+
+/// A transaction on `connection` that acts for `tenant` as the services' tenant transactions do on
+/// PostgreSQL: under the role row-level security applies to, with the tenant set.
+pub async fn acting_for<'c>(
+    connection: &'c mut sqlx::PgConnection,
+    tenant: &str,
+) -> sqlx::Transaction<'c, sqlx::Postgres> {
+    use sqlx::Connection;
+    let mut transaction = connection.begin().await.expect("a transaction");
+    sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
+        .bind(tenant)
+        .execute(&mut *transaction)
+        .await
+        .expect("the tenant set");
+    sqlx::raw_sql("SET LOCAL ROLE aigronova_tenant").execute(&mut *transaction).await.expect("the tenant role taken");
+    transaction
+}

@@ -324,13 +324,7 @@ async fn row_level_security_hides_other_tenants_from_a_query_without_its_filter(
         sqlx::query("SELECT COUNT(*) AS n FROM patients").fetch_one(&mut connection).await.unwrap().get("n");
     assert_eq!(total, 3, "the service's own role sees every row");
     for (tenant, expected) in [(&first, 1i64), (&second, 2)] {
-        let mut transaction = connection.begin().await.unwrap();
-        sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
-            .bind(tenant)
-            .execute(&mut *transaction)
-            .await
-            .unwrap();
-        sqlx::raw_sql("SET LOCAL ROLE aigronova_tenant").execute(&mut *transaction).await.unwrap();
+        let mut transaction = aigronova_e2e::acting_for(&mut connection, tenant).await;
         // No tenant filter: the policy is the only thing between this query and the other tenant.
         let seen: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM patients").fetch_one(&mut *transaction).await.unwrap().get("n");

@@ -43,6 +43,15 @@ pub(crate) fn outcome_of<'a>(request: &'a Value, service: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no outcome of {service}: {request}"))
 }
 
+/// A `breast-cancer` assessment of the first reference row.
+fn breast_cancer_assessment() -> Value {
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
+    )
+    .unwrap();
+    json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]})
+}
+
 /// The index of the first `decision` entry in the tenant's log, once the relay has shipped it.
 async fn decision_index(app: &TestApp, key: &str) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -64,11 +73,7 @@ async fn access_erasure_and_reviews(backend: Backend) {
     let tenant = app.create_tenant_on("Hospital LGPD", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let patient = app.create_patient(&key).await;
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
-    )
-    .unwrap();
-    let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+    let body = breast_cancer_assessment();
     let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
     assert_eq!(response.status(), 200);
     let assessment: Value = response.json().await.unwrap();
@@ -418,11 +423,7 @@ async fn sealed_at_rest(backend: Backend) {
     assert_eq!(app.post(&completion, &key, &json!({"resolution": resolution})).await.status(), 200);
     // A review's reason and note may name the person too.
     let patient = app.create_patient(&key).await;
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
-    )
-    .unwrap();
-    let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+    let body = breast_cancer_assessment();
     assert_eq!(app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await.status(), 200);
     let index = decision_index(&app, &key).await;
     let reason = "Maria Silva contests the score";
@@ -599,11 +600,7 @@ async fn row_level_security_holds_every_tenant_table_of_every_service() {
         let tenant = app.create_tenant_on(name, "enterprise").await;
         let key = app.create_key(&tenant, SCOPES).await;
         let patient = app.create_patient(&key).await;
-        let reference: Value = serde_json::from_str(
-            &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
-        )
-        .unwrap();
-        let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+        let body = breast_cancer_assessment();
         let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
         assert_eq!(response.status(), 200);
         open(&app, &key, json!({"cpf": CPF, "kind": "access"})).await;
@@ -648,13 +645,7 @@ async fn row_level_security_holds_every_tenant_table_of_every_service() {
                 .await
                 .unwrap();
                 others_seen += all - own;
-                let mut transaction = connection.begin().await.unwrap();
-                sqlx::query("SELECT set_config('aigronova.tenant_id', $1, true)")
-                    .bind(tenant)
-                    .execute(&mut *transaction)
-                    .await
-                    .unwrap();
-                sqlx::raw_sql("SET LOCAL ROLE aigronova_tenant").execute(&mut *transaction).await.unwrap();
+                let mut transaction = aigronova_e2e::acting_for(&mut connection, tenant).await;
                 // No tenant filter: the policy is all that stands between this query and the other tenant.
                 let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
                     .fetch_one(&mut *transaction)
@@ -716,11 +707,7 @@ async fn reads_of_what_people_wrote_are_audited_and_refusals_say_why() {
     }
 
     let patient = app.create_patient(&key).await;
-    let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
-    )
-    .unwrap();
-    let body = json!({"model": "breast-cancer", "features": reference["rows"][0]["features"]});
+    let body = breast_cancer_assessment();
     assert_eq!(app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await.status(), 200);
     let index = decision_index(&app, &key).await;
     let review = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": "contested"})).await;
