@@ -430,7 +430,10 @@ impl LogStore {
             // The field at fault: `from` when it is missing (0), `to` when it is missing or past
             // the log, `from` otherwise (after `to`).
             let field = if from != 0 && (to == 0 || to > size) { "to" } else { "from" };
-            return Err(Error::invalid(field, format!("need 0 < from <= to <= {size} (the log's size)")));
+            let missing = if field == "to" { to == 0 } else { from == 0 };
+            let need = format!("need 0 < from <= to <= {size} (the log's size)");
+            let reason = if missing { format!("is required: {need}") } else { need };
+            return Err(Error::invalid(field, reason));
         }
         let tree = log.tree.as_ref().expect("loaded above");
         let corrupt = |error: merkle::ProofError| Error::from(StoreError::Corrupt(error.to_string()));

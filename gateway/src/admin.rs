@@ -196,6 +196,7 @@ pub(crate) async fn update_tenant(
 ) -> Result<Response, Problem> {
     let input: UpdateTenant = admin_body(&state, request).await?;
     let tenant_id = path(tenant_id)?;
+    tenant_id_shaped(&tenant_id)?;
     let plan = input
         .plan
         .as_deref()
@@ -321,12 +322,22 @@ impl std::fmt::Display for Id {
 }
 
 async fn existing_tenant(state: &AppState, tenant_id: &str) -> Result<crate::store::Tenant, Problem> {
+    tenant_id_shaped(tenant_id)?;
     state
         .store
         .tenant(tenant_id)
         .await
         .map_err(store_failure)?
         .ok_or_else(|| Problem::not_found(format!("tenant {tenant_id:?} not found")))
+}
+
+/// Refuses a tenant id that no tenant could have (ids are UUIDs, as the tenant list gives them),
+/// as the services refuse a malformed id: 400 naming the field, not 404.
+fn tenant_id_shaped(tenant_id: &str) -> Result<(), Problem> {
+    match uuid::Uuid::parse_str(tenant_id) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(Problem::invalid_field("tenantId", "tenantId must be a UUID, as the tenant list gives it")),
+    }
 }
 
 fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {

@@ -121,7 +121,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
             // Counted under the route it is a wrong method of.
             facts.route = Some(template.to_owned());
             let allow = allowed.iter().map(Method::as_str).collect::<Vec<_>>().join(",");
-            let mut response = method_not_allowed().await.into_response();
+            let detail =
+                format!("{} is not a method of {template}; it takes {}", parts.method, allow.replace(',', ", "));
+            let mut response = Problem::new(StatusCode::METHOD_NOT_ALLOWED, detail).into_response();
             if let Ok(allow) = HeaderValue::try_from(allow) {
                 response.headers_mut().insert(header::ALLOW, allow);
             }
@@ -131,7 +133,16 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
             return Err(Problem::bad_request("the path is not percent-encoded UTF-8 (RFC 3986)"));
         }
         // The path is the problem's `instance` already: not repeated (it may hold whatever was typed).
-        Lookup::NotFound => return Err(Problem::not_found("no route has this path; GET /openapi.json lists them")),
+        Lookup::NotFound => {
+            let trimmed = parts.uri.path().trim_end_matches('/');
+            let detail = match state.routes.lookup(&parts.method, trimmed) {
+                Lookup::Found(matched) if trimmed.len() < parts.uri.path().len() => {
+                    format!("no route has this path; without its trailing slash it is {}", matched.route.template)
+                }
+                _ => "no route has this path; GET /openapi.json lists them".to_owned(),
+            };
+            return Err(Problem::not_found(detail));
+        }
     };
     let route = matched.route;
     facts.route = Some(route.template.clone());

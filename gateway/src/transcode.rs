@@ -199,8 +199,13 @@ fn parse_body(
     body: &[u8],
     content_type: Option<&str>,
 ) -> Result<DynamicMessage, Problem> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(DynamicMessage::new(descriptor.clone()));
+    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        None => return Ok(DynamicMessage::new(descriptor.clone())),
+        // A list, a string or a number: JSON, but not the object a request is.
+        Some(b'[' | b'"' | b'-' | b'0'..=b'9') => {
+            return Err(Problem::bad_request("the request body must be a JSON object, {…}"));
+        }
+        Some(_) => {}
     }
     // JSON leaves a repeated name's meaning open (RFC 8259): refused rather than one value kept.
     if let Some(path) = repeated_name(body, Some(descriptor)) {
@@ -214,8 +219,12 @@ fn parse_body(
             Category::Syntax | Category::Eof | Category::Io => not_json(content_type, &error),
             Category::Data => {
                 let error = crate::problem::without_values(&error.to_string());
-                let detail = format!("the request body does not match {}: {error}", descriptor.name());
                 let path = path_of_error(descriptor, body);
+                let detail = format!(
+                    "the request body does not match {}: {error}{}",
+                    descriptor.name(),
+                    unknown_name_hint(descriptor, &path, &error)
+                );
                 match field_at(descriptor, &path).and_then(|field| whole_numbers_of(&field)) {
                     // A number its field cannot hold: said as for a query parameter, not in the
                     // words of the conversion that failed.
@@ -374,6 +383,30 @@ fn path_of_error(descriptor: &MessageDescriptor, body: &[u8]) -> String {
 }
 
 /// The field at the JSON `path` (`applicant.age`, `items[0].unitPrice`) of a `descriptor` message.
+/// For a name the object at `path` does not have (`error` is prost-reflect's "unrecognized field
+/// name"), the field it most likely meant (`birthdate` → `birthDate`), or the names it has.
+fn unknown_name_hint(descriptor: &MessageDescriptor, path: &str, error: &str) -> String {
+    let Some(unknown) = error.strip_prefix("unrecognized field name '").and_then(|rest| rest.split('\'').next()) else {
+        return String::new();
+    };
+    let message = match path {
+        "." => Some(descriptor.clone()),
+        path => field_at(descriptor, path).and_then(|field| match field.kind() {
+            Kind::Message(message) => Some(message),
+            _ => None,
+        }),
+    };
+    let Some(message) = message else { return String::new() };
+    let folded = |name: &str| name.replace('_', "").to_ascii_lowercase();
+    match message.fields().find(|field| folded(field.json_name()) == folded(unknown)) {
+        Some(meant) => format!("; did you mean {}?", meant.json_name()),
+        None => {
+            let names: Vec<String> = message.fields().map(|field| field.json_name().to_owned()).collect();
+            format!("; it takes {}", names.join(", "))
+        }
+    }
+}
+
 fn field_at(descriptor: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
     let mut message = descriptor.clone();
     let mut field = None;
@@ -677,13 +710,16 @@ mod tests {
             (&br#"{"unknown": 1}"#[..], Some("unknown")),
             (br#"{"features": {"mean radius": "high"}}"#, Some("features.mean radius")),
             (br#"{"model": "x", "patientId": 7}"#, Some("patientId")),
-            (br"[]", None),
         ];
         for (body, field) in cases {
             let problem = parse_body(&descriptor, body, None).unwrap_err();
             assert_eq!(problem.field(), field, "{}", String::from_utf8_lossy(body));
             let problem = detail(problem);
             assert!(problem.starts_with("the request body does not match AssessRiskRequest"), "{problem}");
+        }
+        for body in [&br"[]"[..], br#""text""#, br"12"] {
+            let problem = detail(parse_body(&descriptor, body, None).unwrap_err());
+            assert_eq!(problem, "the request body must be a JSON object, {…}");
         }
     }
 }

@@ -263,7 +263,11 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             phone.as_deref(),
         )?;
         if changes.is_empty() {
-            return Err(aigronova_platform::Error::invalid("body", "names no field to change").into());
+            return Err(aigronova_platform::Error::invalid(
+                "body",
+                "names no field to change: send one or more of name, cpf, birthDate, email, phone",
+            )
+            .into());
         }
         let sent = changes.fields();
         let may_read = caller.has_scope(READ_SCOPE);

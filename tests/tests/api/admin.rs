@@ -38,7 +38,10 @@ async fn tenants_are_listed_in_pages_and_read_one_by_one() {
     // A UUID reads the same in capitals, as the services' ids do.
     let shouted = app.get(&format!("/v1/admin/tenants/{}", created[1].to_uppercase()), &app.admin_key).await;
     assert_eq!(shouted.json::<Value>().await.unwrap()["id"].as_str(), Some(created[1].as_str()));
-    assert_problem(app.get("/v1/admin/tenants/nope", &app.admin_key).await, 404).await;
+    // An id no tenant could have is a bad request, naming the field; one no tenant has, not found.
+    let problem = assert_problem(app.get("/v1/admin/tenants/nope", &app.admin_key).await, 400).await;
+    assert_eq!(problem["field"], "tenantId");
+    assert_problem(app.get("/v1/admin/tenants/00000000-0000-7000-8000-000000000000", &app.admin_key).await, 404).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=-1", &app.admin_key).await, 400).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=501", &app.admin_key).await, 400).await;
     assert_problem(app.get("/v1/admin/tenants?pageSize=abc", &app.admin_key).await, 400).await;
@@ -114,7 +117,9 @@ async fn tenant_updates_refuse_bad_input() {
     }
     let response = app.patch(&path, &app.admin_key, &json!({"plan": "enterprise"})).await;
     assert_eq!(response.json::<Value>().await.unwrap()["plan"], "enterprise");
-    assert_problem(app.patch("/v1/admin/tenants/nope", &app.admin_key, &json!({"plan": "starter"})).await, 404).await;
+    assert_problem(app.patch("/v1/admin/tenants/nope", &app.admin_key, &json!({"plan": "starter"})).await, 400).await;
+    let missing = "/v1/admin/tenants/00000000-0000-7000-8000-000000000000";
+    assert_problem(app.patch(missing, &app.admin_key, &json!({"plan": "starter"})).await, 404).await;
     // A name that shows nothing names nothing, for a tenant or a key.
     for name in ["\u{200b}", " \u{200d}\u{feff} "] {
         let problem = assert_problem(
@@ -162,8 +167,9 @@ async fn a_revoked_key_is_refused_at_once_and_listed_as_revoked() {
     let again = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/no-such-key"), &app.admin_key).await;
     let problem = assert_problem(again, 404).await;
     assert_eq!(problem["detail"], format!("API key \"no-such-key\" of tenant \"{tenant}\" not found"));
-    let nowhere = app.delete("/v1/admin/tenants/no-such-tenant/api-keys/no-such-key", &app.admin_key).await;
-    assert_eq!(assert_problem(nowhere, 404).await["detail"], "tenant \"no-such-tenant\" not found");
+    let missing = "00000000-0000-7000-8000-000000000000";
+    let nowhere = app.delete(&format!("/v1/admin/tenants/{missing}/api-keys/no-such-key"), &app.admin_key).await;
+    assert_eq!(assert_problem(nowhere, 404).await["detail"], format!("tenant \"{missing}\" not found"));
 
     let keys: Value =
         app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();

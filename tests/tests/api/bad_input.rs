@@ -546,3 +546,31 @@ async fn queries_that_do_not_decode_and_media_types_that_are_not_text_are_refuse
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }
+
+/// The mistakes a first call makes are answered with what to do instead.
+#[tokio::test]
+async fn a_first_callers_mistakes_are_told_what_to_do() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    // A method the route does not take names the ones it does.
+    let response = app.post(&format!("/v1/health/patients/{patient}"), &key, &json!({"phone": "1"})).await;
+    let problem = assert_problem(response, 405).await;
+    assert_eq!(
+        problem["detail"],
+        "POST is not a method of /v1/health/patients/{id}; it takes HEAD, GET, PATCH, DELETE"
+    );
+    // A trailing slash is named as what stands between the path and its route.
+    let response = app.get("/v1/health/patients/", &key).await;
+    let problem = assert_problem(response, 404).await;
+    assert!(problem["detail"].as_str().unwrap().ends_with("without its trailing slash it is /v1/health/patients"));
+    // A body that is JSON but no object, and a field spelled otherwise than the API spells it.
+    let response = app.post_raw("/v1/health/patients", &key, "[]").await;
+    assert_eq!(assert_problem(response, 400).await["detail"], "the request body must be a JSON object, {…}");
+    let body = json!({"name": "Ana", "cpf": "111.444.777-35", "birthdate": "1980-01-01"});
+    let problem = assert_problem(app.post("/v1/health/patients", &key, &body).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().ends_with("did you mean birthDate?"), "{problem}");
+    let problem = assert_problem(app.post("/v1/health/patients", &key, &json!({"nome": "Ana"})).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("it takes name, cpf, birthDate"), "{problem}");
+    app.stop().await;
+}

@@ -69,9 +69,10 @@ async fn tenant_and_key_creation_refuse_bad_input() {
     for (body, status) in cases {
         assert_problem(app.post(&path, &admin, &body).await, status).await;
     }
-    let response = app
-        .post("/v1/admin/tenants/no-such-tenant/api-keys", &admin, &json!({"name": "ci", "scopes": ["health:read"]}))
-        .await;
+    let key = json!({"name": "ci", "scopes": ["health:read"]});
+    let response = app.post("/v1/admin/tenants/no-such-tenant/api-keys", &admin, &key).await;
+    assert_eq!(assert_problem(response, 400).await["field"], "tenantId");
+    let response = app.post("/v1/admin/tenants/00000000-0000-7000-8000-000000000000/api-keys", &admin, &key).await;
     assert_problem(response, 404).await;
     app.stop().await;
 }
