@@ -102,10 +102,11 @@ pub fn parse_bound(field: &str, text: &str, end_of_day: bool) -> Result<DateTime
                 .bytes()
                 .enumerate()
                 .all(|(at, byte)| if at == 4 || at == 7 { byte == b'-' } else { byte.is_ascii_digit() });
-        let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
-            .ok()
-            .filter(|_| shaped)
-            .ok_or_else(|| Error::invalid(field, "must be a date (2026-11-01) or an RFC 3339 time"))?;
+        let date = NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().filter(|_| shaped).ok_or_else(|| {
+            // A `+` in a query is a space to whoever reads it: an offset must be sent as `%2B`.
+            let hint = if text.contains(' ') { " (in a URL, write the offset's + as %2B)" } else { "" };
+            Error::invalid(field, format!("must be a date (2026-11-01) or an RFC 3339 time{hint}"))
+        })?;
         let midnight = date.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
         if end_of_day { midnight + Duration::days(1) } else { midnight }
     };
@@ -142,7 +143,7 @@ impl Reporter {
         to: DateTime<Utc>,
     ) -> Result<Value, Error> {
         if from >= to {
-            return Err(Error::invalid("from", "must be before to"));
+            return Err(Error::invalid("from", "must be before to (now, when to is left out)"));
         }
         let (start, end) = (rfc3339(from), rfc3339(to));
         let in_period = |at: &str| at >= start.as_str() && at < end.as_str();

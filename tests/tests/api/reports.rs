@@ -114,6 +114,10 @@ async fn reports_carry_the_evidence(backend: Backend) {
         let problem = assert_problem(app.get(&format!("/v1/governance/reports/{query}"), &key).await, 400).await;
         assert_eq!(problem["field"], field, "{query}: {problem}");
     }
+    // An offset's `+` typed into a URL arrives as a space: the refusal says how to send it.
+    let typed = "/v1/governance/reports/lgpd?from=2026-11-01T00:00:00+00:00";
+    let problem = assert_problem(app.get(typed, &key).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("%2B"), "{problem}");
     app.stop().await;
 }
 
