@@ -151,6 +151,11 @@ impl Coding {
     }
 }
 
+/// Refuses (415) a body in a coding the gateway does not decode, before it is read.
+pub(crate) fn check_codings(headers: &HeaderMap) -> Result<(), Problem> {
+    codings(headers).map(drop)
+}
+
 /// The codings of the `Content-Encoding` headers, in the order they were applied.
 fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Problem> {
     let unsupported = |what: &str| {

@@ -153,9 +153,13 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let policy = CallPolicy::of(route, &parts.headers)?;
     let content_type = transcode::content_type(&parts.headers)?;
     transcode::check_raw_media_type(route, content_type)?;
-    // A JSON body of another media type is refused before it spends any of the tenant's rate.
-    if !route.body.is_empty() && !route.raw_body && declares_body(&body) {
-        transcode::json_media_type(content_type)?;
+    // A JSON body of another media type, or a body in a coding not decoded here, is refused
+    // before it spends any of the tenant's rate.
+    if !route.body.is_empty() && declares_body(&body) {
+        if !route.raw_body {
+            transcode::json_media_type(content_type)?;
+        }
+        crate::decompress::check_codings(&parts.headers)?;
     }
     let limits = state.plans.limits(principal.tenant_plan.unwrap_or(Plan::Starter));
     // The tenant's slot first: a request refused for its tenant's requests in flight spends

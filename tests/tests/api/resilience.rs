@@ -341,6 +341,8 @@ async fn unknown_codings_are_415_and_bodies_that_do_not_decode_400() {
     ];
     for (coding, body, status) in cases {
         let response = post_encoded(&app, "/v1/health/patients", &key, coding, body.clone()).await;
+        // A coding not decoded here is refused before the rate limits are asked.
+        assert_eq!(response.headers().get("ratelimit").is_none(), status == 415, "{coding}: {:?}", response.headers());
         assert_problem(response, status).await;
         let response = post_encoded(&app, "/v1/admin/tenants", &app.admin_key, coding, body).await;
         assert_problem(response, status).await;
