@@ -311,7 +311,7 @@ impl Generator {
         let mut success = if output.full_name() == "google.api.HttpBody" {
             json!({
                 "description": "The raw body, with the media type the service chose.",
-                "content": raw_content(&route.method),
+                "content": self.raw_content(&route.method),
             })
         } else {
             let description = self.comments.message(&output).map_or_else(|| output.name().to_owned(), summary_of);
@@ -325,6 +325,32 @@ impl Generator {
         let problems: &[&str] = if route.body.is_empty() { ROUTE_PROBLEMS } else { ROUTE_PROBLEMS_WITH_BODY };
         responses.extend(problem_refs(problems));
         Value::Object(responses)
+    }
+
+    /// The media types a raw body answer may have, a JSON one described by the message its
+    /// method names (`aigronova.common.v1.response_json_message`) when it names one.
+    fn raw_content(&mut self, method: &prost_reflect::MethodDescriptor) -> Value {
+        let types = media_types(method, "aigronova.common.v1.response_media_types");
+        if types.is_empty() {
+            return json!({"*/*": {"schema": {}}});
+        }
+        let options = method.options();
+        let described = method
+            .parent_pool()
+            .get_extension_by_name("aigronova.common.v1.response_json_message")
+            .filter(|extension| options.has_extension(extension))
+            .and_then(|extension| options.get_extension(&extension).as_str().map(str::to_owned))
+            .and_then(|name| method.parent_pool().get_message_by_name(&name));
+        let mut content = Map::new();
+        for media_type in types {
+            let schema = match (media_type.as_str(), &described) {
+                ("application/json", Some(message)) => self.message_ref(message),
+                ("application/json", None) => json!({"type": "object"}),
+                _ => json!({"type": "string", "contentMediaType": media_type}),
+            };
+            content.insert(media_type, json!({"schema": schema}));
+        }
+        Value::Object(content)
     }
 
     /// Whether `field` is annotated `(google.api.field_behavior) = REQUIRED`.
@@ -546,24 +572,6 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
     ("GatewayTimeout", "504", "The service did not answer in time.", false),
     ("Problem", "default", "Any other error, as a problem document.", false),
 ];
-
-/// The media types a raw answer of `method` may have (its `response_media_types` option), each
-/// with a schema; any type when the option is absent.
-fn raw_content(method: &prost_reflect::MethodDescriptor) -> Value {
-    let types = media_types(method, "aigronova.common.v1.response_media_types");
-    if types.is_empty() {
-        return json!({"*/*": {"schema": {}}});
-    }
-    let content = types.into_iter().map(|media_type| {
-        let schema = if media_type == "application/json" {
-            json!({"type": "object"})
-        } else {
-            json!({"type": "string", "contentMediaType": media_type})
-        };
-        (media_type, json!({"schema": schema}))
-    });
-    Value::Object(content.collect())
-}
 
 /// The media types that `method`'s option `extension` lists; none when it is absent.
 fn media_types(method: &prost_reflect::MethodDescriptor, extension: &str) -> Vec<String> {

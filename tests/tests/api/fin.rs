@@ -177,6 +177,9 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
     let statement: Value = response.json().await.unwrap();
+    // As the OpenAPI document describes it.
+    let document: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    crate::openapi::assert_conforms(&document, "aigronova.fin.v1.Statement", &statement);
     let checking = statement["accounts"].as_array().unwrap().iter().find(|a| a["accountId"] == "acc-checking").unwrap();
     assert_eq!(checking["transactions"].as_array().unwrap().len(), 5, "{checking}");
     assert_eq!((&checking["totalCredits"], &checking["totalDebits"]), (&json!("3000.00"), &json!("1015.00")));

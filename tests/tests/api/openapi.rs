@@ -53,7 +53,7 @@ fn operations(document: &Value) -> Vec<(String, String, Value)> {
     found
 }
 
-fn assert_conforms(document: &Value, name: &str, instance: &Value) {
+pub(crate) fn assert_conforms(document: &Value, name: &str, instance: &Value) {
     let errors = conformance_errors(document, name, instance);
     assert!(errors.is_empty(), "{instance} does not match {name}: {errors:?}");
 }
@@ -116,6 +116,12 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     };
     assert_eq!(content("/v1/health/patients/{patientId}/assessments/{id}/report"), ["application/pdf"]);
     assert_eq!(content("/v1/fin/customers/{customerId}/statements/{month}"), ["application/json", "application/pdf"]);
+    // A raw JSON answer is described by the message its method names.
+    let statement = &document["paths"]["/v1/fin/customers/{customerId}/statements/{month}"]["get"]["responses"]["200"];
+    assert_eq!(
+        statement["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/aigronova.fin.v1.Statement"
+    );
     assert_eq!(content("/v1/health/patients/{patientId}/images/{id}/thumbnail"), ["image/png"]);
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["415"].is_object());
     // A raw request body names the media types the service reads.
