@@ -203,9 +203,20 @@ pub async fn run(args: &VerifyArgs) -> u8 {
         return 64;
     }
     let url = reqwest::Url::parse(&args.url);
-    if !url.is_ok_and(|url| ["http", "https"].contains(&url.scheme()) && url.host_str().is_some()) {
+    // The API's paths are added to the URL: a query or fragment would end up before them, and
+    // credentials in it would be sent (and printed) where the key is the credential.
+    let usable = url.is_ok_and(|url| {
+        ["http", "https"].contains(&url.scheme())
+            && url.host_str().is_some()
+            && url.username().is_empty()
+            && url.password().is_none()
+            && url.query().is_none()
+            && url.fragment().is_none()
+    });
+    if !usable {
         eprintln!(
-            "aigronova audit verify: --url: {:?} is not an http:// or https:// URL",
+            "aigronova audit verify: --url: {:?} is not the gateway's base URL: http:// or https://, a host, and \
+             no user, query or fragment",
             aigronova_platform::config::redacted(&args.url)
         );
         return 64;

@@ -315,6 +315,32 @@ fn audit_verify_explains_its_options_and_exits_2_when_it_cannot_verify() {
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
     assert!(stderr.contains("cannot reach http://127.0.0.1:9"), "{stderr}");
     assert!(!stderr.contains("agk_not_a_real_key"), "the key is not echoed: {stderr}");
+
+    // A base URL with credentials, a query or a fragment is no base URL: refused, and not echoed whole.
+    for url in ["http://user:s3cretpw@127.0.0.1:9", "http://127.0.0.1:9/?token=s3cretpw", "http://127.0.0.1:9#s3cretpw"]
+    {
+        let refused = Command::new(env!("CARGO_BIN_EXE_aigronova"))
+            .args(["audit", "verify", "--url", url, "--key", "agk_not_a_real_key"])
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(64), "{url}: {refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("is not the gateway's base URL"), "{url}: {stderr}");
+        if url.contains('@') {
+            assert!(!stderr.contains("s3cretpw"), "the password is not echoed: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn a_config_path_that_is_a_directory_stops_the_start_with_64() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_aigronova"))
+        .args(["--config", data.path().to_str().unwrap(), "up", "--http-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("is not a file"), "{output:?}");
 }
 
 #[test]

@@ -536,7 +536,11 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
             let problem = match shortfall {
                 crate::jpeg::Shortfall::NoEnd => "is cut short: it has no end-of-image marker".to_owned(),
                 crate::jpeg::Shortfall::CutShort => "is cut short: its data ends before its last block".to_owned(),
+                crate::jpeg::Shortfall::ScansMissing => "is cut short: some of its scans are missing".to_owned(),
                 crate::jpeg::Shortfall::Damaged(what) => format!("is damaged: {what}"),
+                crate::jpeg::Shortfall::Unsupported(kind) => {
+                    format!("is a {kind} JPEG, which is not read here: send a baseline or progressive JPEG")
+                }
             };
             Error::invalid("body", format!("starts as {media_type} but {problem}"))
         })?;
@@ -701,6 +705,38 @@ mod tests {
             let length = usize::from(u16::from_be_bytes([whole[frame + 2], whole[frame + 3]]));
             let twice = [&whole[..frame + 2 + length], &whole[frame..]].concat();
             assert!(matches!(crate::jpeg::check(&twice), Err(crate::jpeg::Shortfall::Damaged(_))), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_jpeg_cut_between_scans_or_with_data_past_its_last_block_is_refused() {
+        use crate::jpeg::{Shortfall, check};
+        for (name, whole) in ENCODED_ELSEWHERE {
+            let scans: Vec<usize> =
+                whole.windows(2).enumerate().filter(|(_, m)| *m == [0xFF, 0xDA]).map(|(at, _)| at).collect();
+            // Cut where a later scan starts, the end-of-image marker put back: scans are missing.
+            if let Some(&second) = scans.get(1) {
+                let cut = [&whole[..second], [0xFF, 0xD9].as_slice()].concat();
+                assert_eq!(check(&cut), Err(Shortfall::ScansMissing), "{name}");
+                assert!(examine(&cut).is_err(), "{name}");
+            }
+            // Bytes of data after the first scan's last block, where its data ends.
+            let header = scans[0] + 2 + usize::from(u16::from_be_bytes([whole[scans[0] + 2], whole[scans[0] + 3]]));
+            let end = (header..whole.len() - 1)
+                .find(|at| whole[*at] == 0xFF && !matches!(whole[at + 1], 0x00 | 0xD0..=0xD7))
+                .unwrap();
+            let padded = [&whole[..end], b"\x12\x34\x56".as_slice(), &whole[end..]].concat();
+            assert!(matches!(check(&padded), Err(Shortfall::Damaged(_))), "{name}");
+        }
+        // An arithmetic-coded frame is named as what it is.
+        let (_, sequential) = ENCODED_ELSEWHERE[2];
+        let frame = sequential.windows(2).position(|marker| marker == [0xFF, 0xC0]).unwrap();
+        let mut arithmetic = sequential.to_vec();
+        arithmetic[frame + 1] = 0xC9;
+        assert_eq!(check(&arithmetic), Err(Shortfall::Unsupported("arithmetic-coded")));
+        match examine(&arithmetic) {
+            Err(Error::InvalidArgument { reason, .. }) => assert!(reason.contains("arithmetic-coded JPEG"), "{reason}"),
+            other => panic!("{other:?}"),
         }
     }
 

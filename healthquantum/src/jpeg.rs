@@ -1,12 +1,14 @@
 //! Whether a JPEG's data holds every block its header claims. Each scan's entropy-coded data is
 //! read through its Huffman tables block by block, without computing a pixel, so that an image
-//! cut short (even with its end-of-image marker put back) or whose header claims more rows than
-//! its data holds is found before a decoder fills what is missing with grey. Sequential and
-//! progressive Huffman JPEGs are read; a progressive image's refinement scans, whose length
-//! depends on the coefficients before them, are taken as they are, as are arithmetic-coded and
-//! lossless JPEGs, which the decoder refuses anyway, and scans that rely on tables the file does
-//! not define (motion-JPEG frames, which decoders give the standard tables). Stray bytes between
-//! segments, which decoders skip, are skipped too.
+//! cut short (even with its end-of-image marker put back, within a scan or between two) or whose
+//! header claims more rows than its data holds is found before a decoder fills what is missing
+//! with grey: every scan must end with its last block, and every coefficient of every component
+//! must have had its scan by the end of the image. Sequential and progressive Huffman JPEGs are
+//! read; a progressive image's refinement scans, whose length depends on the coefficients before
+//! them, are taken as they are, as are scans that rely on tables the file does not define (the
+//! decoder says what it makes of those). Arithmetic-coded and lossless JPEGs, which the decoder
+//! does not read, are named as such. Stray bytes between segments, which decoders skip, are
+//! skipped too.
 
 /// The most scans a JPEG may have, as its decoder allows: each is read whole, so that an image of
 /// many scans that say little would otherwise keep the check busy.
@@ -19,6 +21,11 @@ pub(crate) enum Shortfall {
     NoEnd,
     /// A scan's data ends before its last block.
     CutShort,
+    /// The file ends (its end-of-image marker put back) before every coefficient of every
+    /// component has had its scan: what is missing would be filled with grey.
+    ScansMissing,
+    /// A kind of JPEG the platform does not read (arithmetic-coded, lossless).
+    Unsupported(&'static str),
     /// A scan's data holds what its Huffman tables cannot code, or a segment is malformed.
     Damaged(&'static str),
 }
@@ -30,6 +37,8 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
     let mut frame: Option<Frame> = None;
     let mut restart_interval = 0usize;
     let mut scans = 0;
+    // For each component of the frame, which coefficients a scan has coded (refinements aside).
+    let mut coded: Vec<[bool; 64]> = Vec::new();
     let mut at = 2;
     loop {
         // The next marker, past any bytes before it.
@@ -43,6 +52,9 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
         let Some(&marker) = bytes.get(at + 1) else { return Err(Shortfall::NoEnd) };
         at += 2;
         match marker {
+            0xD9 if coded.iter().any(|coefficients| coefficients.contains(&false)) => {
+                return Err(Shortfall::ScansMissing);
+            }
             0xD9 => return Ok(()),
             0x01 | 0xD0..=0xD7 => continue,
             _ => {}
@@ -54,9 +66,15 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
         match marker {
             // The frame whose size was checked is the only one.
             0xC0..=0xC2 if frame.is_some() => return Err(damaged("a second frame header")),
-            0xC0..=0xC2 => frame = Some(Frame::parse(segment, marker == 0xC2).ok_or(damaged("its frame header"))?),
-            // Arithmetic-coded or lossless: not read here.
-            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => return Ok(()),
+            0xC0..=0xC2 => {
+                let parsed = Frame::parse(segment, marker == 0xC2).ok_or(damaged("its frame header"))?;
+                coded = vec![[false; 64]; parsed.components.len()];
+                frame = Some(parsed);
+            }
+            0xC9..=0xCB | 0xCD..=0xCF => return Err(Shortfall::Unsupported("arithmetic-coded")),
+            0xC3 | 0xC7 => return Err(Shortfall::Unsupported("lossless")),
+            // Hierarchical: not read here, nor refused.
+            0xC5 | 0xC6 => return Ok(()),
             0xC4 => read_tables(segment, &mut tables).ok_or(damaged("a Huffman table"))?,
             0xDD => {
                 let interval = segment.get(..2).ok_or(damaged("its restart interval"))?;
@@ -69,8 +87,19 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
                 }
                 let frame = frame.as_ref().ok_or(damaged("a scan before its frame header"))?;
                 let scan = Scan::parse(segment, frame, &tables).ok_or(damaged("a scan header"))?;
+                if !scan.refines {
+                    for (index, ..) in &scan.components {
+                        let band = match frame.progressive {
+                            true => usize::from(scan.start)..=usize::from(scan.end),
+                            false => 0..=63,
+                        };
+                        coded[*index][band].fill(true);
+                    }
+                }
                 let mut reader = BitReader { bytes, at, byte: 0, bits: 0 };
-                scan.read(frame, &mut reader, restart_interval)?;
+                if scan.read(frame, &mut reader, restart_interval)? && reader.leftover() > 0 {
+                    return Err(damaged("data left over after a scan's last block"));
+                }
                 at = reader.after_data();
             }
             _ => {}
@@ -190,17 +219,18 @@ impl Scan {
         (!scan.components.is_empty() && scan.start <= scan.end && scan.end <= 63).then_some(scan)
     }
 
-    /// Reads every block of the scan, or says why it cannot.
-    fn read(&self, frame: &Frame, reader: &mut BitReader<'_>, restart_interval: usize) -> Result<(), Shortfall> {
+    /// Reads every block of the scan, or says why it cannot: whether it was read (a scan whose
+    /// length this check cannot tell is passed over).
+    fn read(&self, frame: &Frame, reader: &mut BitReader<'_>, restart_interval: usize) -> Result<bool, Shortfall> {
         // Refinements read as many bits as the coefficients before them ask for.
         if frame.progressive && self.refines {
-            return Ok(());
+            return Ok(false);
         }
-        // Tables the file does not define are the standard ones a decoder assumes: not read here.
+        // Tables the file does not define: the decoder says what it makes of them.
         let needs_dc = self.start == 0;
         let needs_ac = self.end > 0;
         if self.components.iter().any(|(_, dc, ac)| (needs_dc && dc.is_none()) || (needs_ac && ac.is_none())) {
-            return Ok(());
+            return Ok(false);
         }
         let mcu_columns = frame.width.div_ceil(8 * frame.max_h);
         let mcu_rows = frame.height.div_ceil(8 * frame.max_v);
@@ -245,7 +275,7 @@ impl Scan {
             }
             unit += 1;
         }
-        Ok(())
+        Ok(true)
     }
 
     fn read_block(
@@ -345,6 +375,28 @@ impl BitReader<'_> {
             }
             _ => Err(Shortfall::CutShort),
         }
+    }
+
+    /// How many bytes of data are left between what was read and the scan's end (fill bytes and
+    /// restart markers aside): none in a scan that ends with its last block.
+    fn leftover(&self) -> usize {
+        let end = self.after_data();
+        let (mut at, mut left) = (self.at, 0);
+        while at < end {
+            match (self.bytes[at], self.bytes.get(at + 1)) {
+                (0xFF, Some(0xD0..=0xD7)) => at += 2,
+                (0xFF, Some(0x00)) => {
+                    left += 1;
+                    at += 2;
+                }
+                (0xFF, _) => at += 1,
+                _ => {
+                    left += 1;
+                    at += 1;
+                }
+            }
+        }
+        left
     }
 
     /// Where the bytes after the scan's data start: its next marker, past any restart markers

@@ -52,6 +52,10 @@ impl PatientName {
 
     pub fn parse(value: &str) -> Result<Self, Error> {
         let name = Self::stored(value)?;
+        // Line and paragraph separators break a line as control characters do.
+        if name.0.chars().any(|c| matches!(c, '\u{2028}' | '\u{2029}')) {
+            return Err(Error::invalid("name", "must not contain control characters"));
+        }
         let joiner = |c: char| matches!(c, '\u{200c}' | '\u{200d}');
         let invisible = name.0.chars().find(|c| aigronova_platform::text::is_invisible(*c) && !joiner(*c));
         if let Some(invisible) = invisible {
@@ -434,6 +438,7 @@ mod tests {
             ("Maria\u{0}Silva", "must not contain control characters"),
             ("Maria\nSilva", "must not contain control characters"),
             ("Maria\u{7f}", "must not contain control characters"),
+            ("Zélia\u{2028}Lima", "must not contain control characters"),
             ("\u{202e}\u{200b}", "must not contain bidirectional overrides"),
             ("Maria \u{2066}Silva", "must not contain bidirectional overrides"),
             ("\u{200b}\u{200b}", "must contain a letter"),

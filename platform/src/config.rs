@@ -72,6 +72,13 @@ where
         if !file.exists() {
             return Err(ConfigError(format!("config file {} does not exist", file.display())));
         }
+        // A directory (a mounted ConfigMap, say) would read as no file at all: the defaults.
+        if !file.is_file() {
+            return Err(ConfigError(format!(
+                "config file {} is not a file: name the TOML file itself",
+                file.display()
+            )));
+        }
         figment = figment.merge(Toml::file(file));
     }
     let config: T = figment.merge(Env::prefixed(ENV_PREFIX).split("__")).extract()?;

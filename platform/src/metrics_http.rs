@@ -33,7 +33,9 @@ impl MetricsListener {
 
     /// Answers scrapes until `shutdown`.
     pub async fn serve(self, shutdown: Shutdown) {
-        tracing::info!(addr = ?self.listener.local_addr().ok(), "metrics listening");
+        if let Ok(addr) = self.listener.local_addr() {
+            tracing::info!(%addr, "metrics listening");
+        }
         loop {
             let accepted = tokio::select! {
                 () = shutdown.clone().wait() => return,

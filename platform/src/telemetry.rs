@@ -51,7 +51,10 @@ pub fn init(config: &TelemetryConfig, service_name: &str) -> anyhow::Result<Tele
             .with_current_span(false)
             .with_span_list(false)
             .boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only on a terminal: redirected to a file, the escape codes would be noise.
+        LogFormat::Pretty => {
+            tracing_subscriber::fmt::layer().with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).boxed()
+        }
     };
     let _already_installed = tracing_subscriber::registry()
         .with(filter)
