@@ -354,7 +354,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         // for its patient (unknown, another tenant's) is no use of the model.
         let (store, monitor, tenant_id) = (self.store.clone(), self.monitor.clone(), caller.tenant_id.clone());
         let stored = tokio::spawn(async move {
-            store.insert_assessment(&tenant_id, &assessment, &event).await?;
+            store.insert_assessment(&tenant_id, &cipher, &assessment, &event).await?;
             monitor.record(&tenant_id, &model, Some(&row), latency, true);
             Ok::<_, aigronova_platform::Error>(assessment)
         });

@@ -459,13 +459,14 @@ impl Store {
     pub(crate) async fn insert_assessment(
         &self,
         tenant_id: &str,
+        cipher: &TenantCipher,
         assessment: &Assessment,
         event: &AuditEvent,
     ) -> Result<(), Error> {
         let features = serde_json::to_string(&assessment.features)
             .map_err(|error| StoreError::Corrupt(format!("features do not serialize: {error}")))?;
-        // Clinical inputs are health data (LGPD Art. 11): sealed as the personal fields are.
-        let cipher = self.keys.cipher(tenant_id).await?;
+        // Clinical inputs are health data (LGPD Art. 11): sealed, with the tenant's data key the
+        // caller holds, as the personal fields are.
         let features = cipher.seal(&features_context(tenant_id, assessment.id.as_str()), &features);
         let top_features = serde_json::to_string(&assessment.top_features).expect("contributions serialise");
         // Stored only for a patient of the tenant who is not erased, checked in the same statement.
@@ -1329,7 +1330,8 @@ mod tests {
             let patient = patient("Maria Silva", cpf(n));
             store.create_patient(TENANT, &patient, &event()).await.unwrap();
             let assessment = assessment_of(&patient);
-            store.insert_assessment(TENANT, &assessment, &event()).await.unwrap();
+            let cipher = store.cipher(TENANT).await.unwrap();
+            store.insert_assessment(TENANT, &cipher, &assessment, &event()).await.unwrap();
             assessments.push((reads(&patient).await, assessment.id));
         }
         let [(changed, a), (erased, b), (deleted, c)] = <[_; 3]>::try_from(assessments).unwrap();
