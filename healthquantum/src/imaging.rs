@@ -218,6 +218,40 @@ fn also_another_kind(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Walks a PNG's chunks, from the one after its signature to IEND: each must be whole, its type
+/// four letters and its CRC right. The decoder checks the CRCs of the chunks it reads, but passes
+/// over an ancillary chunk whose CRC is wrong and stops at the image's last data, so that a file
+/// cut before its IEND chunk, or damaged after its pixels, would be kept as it came.
+fn check_png_chunks(bytes: &[u8]) -> Result<(), String> {
+    let mut at = 8;
+    loop {
+        let Some(header) = bytes.get(at..at + 8) else {
+            return Err("is cut short: it has no IEND chunk".to_owned());
+        };
+        let length = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+        let kind = &header[4..8];
+        if !kind.iter().all(u8::is_ascii_alphabetic) {
+            return Err("is damaged: a chunk's type is not four letters".to_owned());
+        }
+        let name = String::from_utf8_lossy(kind);
+        // PNG limits a chunk's length to 2^31 - 1 bytes.
+        let end = usize::try_from(length).ok().filter(|_| length < 1 << 31).map(|length| at + 8 + length);
+        // The CRC covers the chunk's type and data.
+        let Some((data, crc, next)) =
+            end.and_then(|end| Some((bytes.get(at + 4..end)?, bytes.get(end..end + 4)?, end + 4)))
+        else {
+            return Err(format!("is cut short: its {name} chunk is not whole"));
+        };
+        if crc32fast::hash(data).to_be_bytes() != crc {
+            return Err(format!("is damaged: its {name} chunk fails its CRC"));
+        }
+        if kind == b"IEND" {
+            return Ok(());
+        }
+        at = next;
+    }
+}
+
 /// Whether `%PDF` is in the first 1024 bytes of `bytes`, where PDF readers look for a document's
 /// header: a file with one opens as a document too. Four given bytes turn up in that span of
 /// compressed data about once in four million files.
@@ -530,6 +564,10 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     };
     also_another_kind(bytes)
         .map_err(|problem| Error::invalid("body", format!("starts as {media_type} but {problem}")))?;
+    if media_type == MediaType::Png {
+        check_png_chunks(bytes)
+            .map_err(|problem| Error::invalid("body", format!("starts as {media_type} but {problem}")))?;
+    }
     if media_type == MediaType::Jpeg {
         crate::jpeg::check(bytes).map_err(|shortfall| {
             // A decoder fills what is missing with grey: a cut upload would be kept as an image.
@@ -594,11 +632,58 @@ mod tests {
         match examine(&damaged) {
             Err(Error::InvalidArgument { field, reason }) => {
                 assert_eq!(field, "body");
-                assert!(reason.starts_with("starts as image/png but does not decode as one: CRC error"), "{reason}");
-                assert!(reason.contains("IHDR chunk") && !reason.contains("ChunkType"), "{reason}");
+                assert_eq!(reason, "starts as image/png but is damaged: its IHDR chunk fails its CRC");
             }
             other => panic!("a PNG with a bad checksum: {other:?}"),
         }
+    }
+
+    /// `bytes`, a PNG, with a `tEXt` chunk before its IEND.
+    fn with_text_chunk(bytes: &[u8], text: &[u8]) -> Vec<u8> {
+        let iend = bytes.len() - 12;
+        assert_eq!(&bytes[iend + 4..iend + 8], b"IEND");
+        let mut chunk = (text.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(b"tEXt");
+        chunk.extend_from_slice(text);
+        chunk.extend_from_slice(&crc32fast::hash(&chunk[4..]).to_be_bytes());
+        [&bytes[..iend], &chunk, &bytes[iend..]].concat()
+    }
+
+    #[test]
+    fn a_png_is_read_to_its_iend_chunk_with_every_crc_checked() {
+        let whole = png(40, 30);
+        let refusal = |bytes: &[u8]| match examine(bytes) {
+            Err(Error::InvalidArgument { field, reason }) if field == "body" => reason,
+            other => panic!("a damaged PNG accepted or refused otherwise: {other:?}"),
+        };
+        let texted = with_text_chunk(&whole, b"Comment\0made by a scanner");
+        assert!(examine(&texted).is_ok());
+        // An ancillary chunk, which the decoder passes over when its CRC is wrong.
+        let mut damaged = texted.clone();
+        let text_at = texted.windows(4).position(|window| window == b"tEXt").unwrap();
+        damaged[text_at + 6] ^= 0x20;
+        assert_eq!(refusal(&damaged), "starts as image/png but is damaged: its tEXt chunk fails its CRC");
+        // IEND, which the decoder never reads, damaged, missing or cut.
+        let mut damaged = whole.clone();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert_eq!(refusal(&damaged), "starts as image/png but is damaged: its IEND chunk fails its CRC");
+        assert_eq!(refusal(&whole[..whole.len() - 12]), "starts as image/png but is cut short: it has no IEND chunk");
+        assert_eq!(
+            refusal(&whole[..whole.len() - 2]),
+            "starts as image/png but is cut short: its IEND chunk is not whole"
+        );
+        let idat_at = whole.windows(4).position(|window| window == b"IDAT").unwrap();
+        assert_eq!(
+            refusal(&whole[..idat_at + 10]),
+            "starts as image/png but is cut short: its IDAT chunk is not whole"
+        );
+        let mut unnamed = whole.clone();
+        unnamed[idat_at] = b'1';
+        assert_eq!(refusal(&unnamed), "starts as image/png but is damaged: a chunk's type is not four letters");
+        // Bytes after IEND are not the image's, as bytes after a JPEG's end are not.
+        let mut trailed = whole.clone();
+        trailed.extend_from_slice(b"\0\0\0\0");
+        assert!(examine(&trailed).is_ok());
     }
 
     #[test]
@@ -855,18 +940,6 @@ mod tests {
         assert!(reason.contains("PDF header in its first 1024 bytes"), "{reason}");
     }
 
-    /// CRC-32 as PNG chunks carry it (ISO 3309, reflected, polynomial 0xEDB88320).
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0_u32;
-        for byte in bytes {
-            crc ^= u32::from(*byte);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-
     /// A one-pixel PNG whose header claims `width`×`height` pixels, with the header's CRC fixed.
     fn png_claiming(width: u32, height: u32) -> Vec<u8> {
         let mut bytes = png(1, 1);
@@ -874,7 +947,7 @@ mod tests {
         assert_eq!(&bytes[12..16], b"IHDR");
         bytes[16..20].copy_from_slice(&width.to_be_bytes());
         bytes[20..24].copy_from_slice(&height.to_be_bytes());
-        let crc = crc32(&bytes[12..29]);
+        let crc = crc32fast::hash(&bytes[12..29]);
         bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         bytes
     }

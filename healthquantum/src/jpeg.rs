@@ -96,7 +96,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
                         coded[*index][band].fill(true);
                     }
                 }
-                let mut reader = BitReader { bytes, at, byte: 0, bits: 0 };
+                let mut reader = BitReader::new(bytes, at);
                 if scan.read(frame, &mut reader, restart_interval)? && reader.leftover() > 0 {
                     return Err(damaged("data left over after a scan's last block"));
                 }
@@ -138,44 +138,71 @@ impl Frame {
     }
 }
 
+/// How many bits ahead a Huffman table looks its shorter codes up in one step.
+const LOOKAHEAD: u32 = 9;
+
 /// A canonical Huffman table, as JPEG codes it: for each code length, the largest code of that
-/// length and where its symbols start.
+/// length and where its symbols start; and the codes of up to [`LOOKAHEAD`] bits by the bits that
+/// start them.
 #[derive(Clone)]
 struct Huffman {
     max_code: [i32; 17],
     offset: [i32; 17],
     symbols: Vec<u8>,
+    /// For each value of the next [`LOOKAHEAD`] bits: the length of the code they start with
+    /// (0 for a longer one) and its symbol.
+    short: Vec<(u8, u8)>,
 }
 
 impl Huffman {
     fn new(counts: &[u8], symbols: &[u8]) -> Option<Self> {
         let mut max_code = [-1; 17];
         let mut offset = [0; 17];
+        let mut short = vec![(0, 0); 1 << LOOKAHEAD];
         let (mut code, mut next) = (0i32, 0i32);
         for length in 1..=16 {
             let count = i32::from(counts[length - 1]);
+            if code + count > 1 << length {
+                return None;
+            }
             offset[length] = next - code;
+            if length <= LOOKAHEAD as usize {
+                let spread = LOOKAHEAD as usize - length;
+                for index in 0..count {
+                    let first = usize::try_from(code + index).ok()? << spread;
+                    let symbol = *symbols.get(usize::try_from(next + index).ok()?)?;
+                    short[first..first + (1 << spread)].fill((length as u8, symbol));
+                }
+            }
             code += count;
             next += count;
             max_code[length] = if count > 0 { code - 1 } else { -1 };
-            if code > 1 << length {
-                return None;
-            }
             code <<= 1;
         }
-        Some(Self { max_code, offset, symbols: symbols.to_vec() })
+        Some(Self { max_code, offset, symbols: symbols.to_vec(), short })
     }
 
     fn decode(&self, reader: &mut BitReader<'_>) -> Result<u8, Shortfall> {
-        let mut code = 0i32;
-        for length in 1..=16 {
-            code = (code << 1) | i32::from(reader.bit()?);
+        reader.fill();
+        let (length, symbol) = self.short[reader.peek(LOOKAHEAD) as usize];
+        if length > 0 {
+            reader.consume(u32::from(length))?;
+            return Ok(symbol);
+        }
+        let ahead = reader.peek(16) as i32;
+        for length in LOOKAHEAD as usize + 1..=16 {
+            let code = ahead >> (16 - length);
             if code <= self.max_code[length] {
+                reader.consume(length as u32)?;
                 let index = usize::try_from(code + self.offset[length]).map_err(|_| Shortfall::Damaged("a code"))?;
                 return self.symbols.get(index).copied().ok_or(Shortfall::Damaged("a code"));
             }
         }
-        Err(Shortfall::Damaged("a code its Huffman table does not have"))
+        // Bits past the data's end read as zeros: a code they do not finish is a scan cut short.
+        match reader.count < 16 {
+            true => Err(Shortfall::CutShort),
+            false => Err(Shortfall::Damaged("a code its Huffman table does not have")),
+        }
     }
 }
 
@@ -325,45 +352,81 @@ impl Scan {
     }
 }
 
-/// Reads a scan's entropy-coded data bit by bit: a `FF` in it is followed by `00` (a data byte)
-/// or a restart marker; any other marker ends it.
+/// Reads a scan's entropy-coded data, up to 64 bits ahead: a `FF` in it is followed by `00` (a
+/// data byte) or a restart marker; any other marker ends it.
 struct BitReader<'a> {
     bytes: &'a [u8],
+    /// The first byte not yet taken into `ahead`.
     at: usize,
-    byte: u8,
-    bits: u8,
+    /// The bits taken and not yet read, from the most significant.
+    ahead: u64,
+    count: u32,
 }
 
-impl BitReader<'_> {
-    fn bit(&mut self) -> Result<u8, Shortfall> {
-        if self.bits == 0 {
-            let byte = *self.bytes.get(self.at).ok_or(Shortfall::CutShort)?;
+impl<'a> BitReader<'a> {
+    fn new(bytes: &'a [u8], at: usize) -> Self {
+        Self { bytes, at, ahead: 0, count: 0 }
+    }
+
+    /// Takes whole data bytes into `ahead`, up to the data's end.
+    fn fill(&mut self) {
+        while self.count <= 56 {
+            let Some(&byte) = self.bytes.get(self.at) else { return };
             if byte == 0xFF {
-                match self.bytes.get(self.at + 1) {
-                    Some(0x00) => self.at += 1,
-                    // A marker: the data ends here.
-                    _ => return Err(Shortfall::CutShort),
+                // A marker: the data ends here.
+                if self.bytes.get(self.at + 1) != Some(&0x00) {
+                    return;
                 }
+                self.at += 1;
             }
             self.at += 1;
-            self.byte = byte;
-            self.bits = 8;
+            self.ahead |= u64::from(byte) << (56 - self.count);
+            self.count += 8;
         }
-        self.bits -= 1;
-        Ok((self.byte >> self.bits) & 1)
     }
 
+    /// The next `count` bits (1 to 32), zeros past the data's end.
+    fn peek(&self, count: u32) -> u32 {
+        (self.ahead >> (64 - count)) as u32
+    }
+
+    fn consume(&mut self, count: u32) -> Result<(), Shortfall> {
+        if count > self.count {
+            return Err(Shortfall::CutShort);
+        }
+        self.ahead <<= count;
+        self.count -= count;
+        Ok(())
+    }
+
+    /// The next `count` bits (up to 16).
     fn take(&mut self, count: u32) -> Result<u32, Shortfall> {
-        (0..count).try_fold(0, |value, _| Ok((value << 1) | u32::from(self.bit()?)))
+        if count == 0 {
+            return Ok(0);
+        }
+        self.fill();
+        let value = self.peek(count);
+        self.consume(count)?;
+        Ok(value)
     }
 
-    fn skip(&mut self, count: u32) -> Result<(), Shortfall> {
-        self.take(count).map(drop)
+    fn skip(&mut self, mut count: u32) -> Result<(), Shortfall> {
+        while count > 0 {
+            let step = count.min(32);
+            self.fill();
+            self.consume(step)?;
+            count -= step;
+        }
+        Ok(())
     }
 
     /// Goes past the restart marker that must follow: the rest of the byte is padding.
     fn restart(&mut self) -> Result<(), Shortfall> {
-        self.bits = 0;
+        // What is left of the byte being read is padding; a whole byte left is data before the marker.
+        if self.count >= 8 {
+            return Err(Shortfall::CutShort);
+        }
+        (self.ahead, self.count) = (0, 0);
         // Fill bytes may come before a marker.
         while self.bytes.get(self.at..self.at + 2) == Some(&[0xFF, 0xFF]) {
             self.at += 1;
@@ -381,7 +444,7 @@ impl BitReader<'_> {
     /// restart markers aside): none in a scan that ends with its last block.
     fn leftover(&self) -> usize {
         let end = self.after_data();
-        let (mut at, mut left) = (self.at, 0);
+        let (mut at, mut left) = (self.at, self.count as usize / 8);
         while at < end {
             match (self.bytes[at], self.bytes.get(at + 1)) {
                 (0xFF, Some(0xD0..=0xD7)) => at += 2,
