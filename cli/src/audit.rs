@@ -371,9 +371,34 @@ pub struct RootsArgs {
     pub snapshot: Option<String>,
 }
 
+/// What is wrong with the arguments of `audit roots`, if anything: a database URL that is neither
+/// PostgreSQL's nor SQLite's, or a snapshot that is no snapshot id or not for PostgreSQL.
+fn roots_usage(args: &RootsArgs) -> Option<String> {
+    let url = &args.database_url;
+    let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if !postgres && !url.starts_with("sqlite:") {
+        let shown = aigronova_platform::config::redacted(url);
+        return Some(format!("--database-url: {shown:?} is no postgres:// or sqlite:// URL"));
+    }
+    match &args.snapshot {
+        Some(_) if !postgres => {
+            Some("--snapshot names a PostgreSQL snapshot: it is for a postgres:// database URL only".to_owned())
+        }
+        Some(snapshot) if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') => {
+            Some("--snapshot must be a snapshot id as pg_export_snapshot() returns it".to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Prints `tenant<TAB>size<TAB>root` per tenant, the RFC 6962 root recomputed from the stored
-/// leaf texts (no stored hash is trusted); returns the exit code (0, or 2 on an error).
+/// leaf texts (no stored hash is trusted); returns the exit code (0, 64 for a wrong argument, or
+/// 2 on an error).
 pub async fn roots(args: &RootsArgs) -> u8 {
+    if let Some(problem) = roots_usage(args) {
+        eprintln!("aigronova audit roots: {problem}");
+        return 64;
+    }
     match tenant_roots(args).await {
         Ok(lines) => {
             for (tenant, size, root) in lines {
@@ -392,17 +417,14 @@ pub async fn roots(args: &RootsArgs) -> u8 {
 pub async fn tenant_roots(args: &RootsArgs) -> anyhow::Result<Vec<(String, u64, String)>> {
     use sqlx::{Connection, Row};
 
+    if let Some(problem) = roots_usage(args) {
+        bail!(problem);
+    }
     sqlx::any::install_default_drivers();
     let mut connection = sqlx::AnyConnection::connect(&args.database_url)
         .await
         .context("cannot connect to the ai-governance database")?;
     if let Some(snapshot) = &args.snapshot {
-        if !args.database_url.starts_with("postgres") {
-            bail!("--snapshot names a PostgreSQL snapshot: it is for a postgres:// database URL only");
-        }
-        if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            bail!("--snapshot must be a snapshot id as pg_export_snapshot() returns it");
-        }
         sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut connection).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET TRANSACTION SNAPSHOT '{snapshot}'")))
             .execute(&mut connection)

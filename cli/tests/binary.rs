@@ -333,6 +333,34 @@ fn audit_verify_explains_its_options_and_exits_2_when_it_cannot_verify() {
 }
 
 #[test]
+fn audit_roots_tells_wrong_arguments_from_a_database_it_cannot_read() {
+    let roots = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_aigronova"))
+            .args(["audit", "roots"])
+            .args(args)
+            .env_remove("AIGRONOVA__AI_GOVERNANCE__DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    for (args, said) in [
+        (&["--database-url", "mysql://root:s3cretpw@localhost/db"][..], "is no postgres:// or sqlite:// URL"),
+        (
+            &["--database-url", "sqlite://governance.db", "--snapshot", "00000003-1"],
+            "for a postgres:// database URL only",
+        ),
+        (&["--database-url", "postgres://127.0.0.1:9/x", "--snapshot", "x'; DROP"], "must be a snapshot id"),
+    ] {
+        let output = roots(args);
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(said) && !stderr.contains("s3cretpw"), "{args:?}: {stderr}");
+    }
+    let unreachable = roots(&["--database-url", "postgres://postgres@127.0.0.1:9/governance"]);
+    assert_eq!(unreachable.status.code(), Some(2), "{unreachable:?}");
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect to the ai-governance database"));
+}
+
+#[test]
 fn a_config_path_that_is_a_directory_stops_the_start_with_64() {
     let data = tempfile::tempdir().unwrap();
     let output = Command::new(env!("CARGO_BIN_EXE_aigronova"))
