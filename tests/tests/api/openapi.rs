@@ -117,11 +117,13 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(content("/v1/health/patients/{patientId}/assessments/{id}/report"), ["application/pdf"]);
     assert_eq!(content("/v1/fin/customers/{customerId}/statements/{month}"), ["application/json", "application/pdf"]);
     // A raw JSON answer is described by the message its method names.
-    let statement = &document["paths"]["/v1/fin/customers/{customerId}/statements/{month}"]["get"]["responses"]["200"];
-    assert_eq!(
-        statement["content"]["application/json"]["schema"]["$ref"],
-        "#/components/schemas/aigronova.fin.v1.Statement"
-    );
+    for (path, message) in [
+        ("/v1/fin/customers/{customerId}/statements/{month}", "aigronova.fin.v1.Statement"),
+        ("/v1/governance/reports/{framework}", "aigronova.governance.v1.EvidenceReport"),
+    ] {
+        let answer = &document["paths"][path]["get"]["responses"]["200"];
+        assert_eq!(answer["content"]["application/json"]["schema"]["$ref"], format!("#/components/schemas/{message}"));
+    }
     assert_eq!(content("/v1/health/patients/{patientId}/images/{id}/thumbnail"), ["image/png"]);
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["415"].is_object());
     // A raw request body names the media types the service reads.

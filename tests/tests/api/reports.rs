@@ -8,11 +8,15 @@ use serde_json::{Value, json};
 
 const SCOPES: &[&str] = &["health:read", "health:write", "governance:read", "governance:write"];
 
+/// A report as JSON, checked against the schema the OpenAPI document gives it.
 async fn report(app: &TestApp, key: &str, query: &str) -> Value {
     let response = app.get(&format!("/v1/governance/reports/{query}"), key).await;
     assert_eq!(response.status(), 200, "report {query}");
     assert_eq!(response.headers()["content-type"], "application/json");
-    response.json().await.unwrap()
+    let report = response.json().await.unwrap();
+    let document: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    crate::openapi::assert_conforms(&document, "aigronova.governance.v1.EvidenceReport", &report);
+    report
 }
 
 async fn reports_carry_the_evidence(backend: Backend) {
@@ -53,6 +57,7 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert_eq!(lgpd["subjectRequests"]["completedOnTime"], 1);
     assert_eq!(lgpd["subjectRequests"]["overdue"], 0);
     assert_eq!(lgpd["verification"]["verified"], true, "{}", lgpd["verification"]);
+    assert!(lgpd["verification"].get("firstBadIndex").is_none(), "{}", lgpd["verification"]);
     assert!(lgpd["controls"].as_array().unwrap().iter().any(|control| control["id"] == "Art. 20"));
     assert!(lgpd["models"].as_array().unwrap().iter().any(|model| model["name"] == "breast-cancer"));
     let checkpoint: Value = app.get("/v1/governance/audit/checkpoint", &key).await.json().await.unwrap();
