@@ -120,6 +120,7 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     for (path, message) in [
         ("/v1/fin/customers/{customerId}/statements/{month}", "aigronova.fin.v1.Statement"),
         ("/v1/governance/reports/{framework}", "aigronova.governance.v1.EvidenceReport"),
+        ("/v1/governance/subject-requests/{id}/export", "aigronova.governance.v1.SubjectExport"),
     ] {
         let answer = &document["paths"][path]["get"]["responses"]["200"];
         assert_eq!(answer["content"]["application/json"]["schema"]["$ref"], format!("#/components/schemas/{message}"));

@@ -25,7 +25,11 @@ pub(crate) async fn export(app: &TestApp, key: &str, id: &str) -> Value {
     let response = app.get(&format!("/v1/governance/subject-requests/{id}/export"), key).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/json");
-    response.json().await.unwrap()
+    let bundle = response.json().await.unwrap();
+    // As the OpenAPI document describes it.
+    let document: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    crate::openapi::assert_conforms(&document, "aigronova.governance.v1.SubjectExport", &bundle);
+    bundle
 }
 
 pub(crate) fn records(outcome: &Value) -> i64 {
