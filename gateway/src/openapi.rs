@@ -262,7 +262,23 @@ impl Generator {
             "" => return None,
             "*" if bound.is_empty() => self.message_ref(input),
             "*" => {
-                let mut schema = self.message_schema(input, bound);
+                // A field the path gives may be sent in the body too, with the path's value.
+                let mut schema = self.message_schema(input, &BTreeSet::new());
+                let path_names: Vec<String> = bound
+                    .iter()
+                    .filter_map(|name| input.get_field_by_name(name))
+                    .map(|f| f.json_name().to_owned())
+                    .collect();
+                if let Some(required) = schema.get_mut("required").and_then(Value::as_array_mut) {
+                    required.retain(|name| !path_names.iter().any(|path_name| name == path_name.as_str()));
+                    if required.is_empty() {
+                        schema.as_object_mut().map(|schema| schema.remove("required"));
+                    }
+                }
+                for name in &path_names {
+                    schema["properties"][name]["description"] =
+                        "Given by the path; when sent in the body too, it must be the path's value.".into();
+                }
                 schema["title"] = input.full_name().into();
                 schema
             }
@@ -292,6 +308,28 @@ impl Generator {
         let patch = route.http_method == axum::http::Method::PATCH && route.body == "*";
         if patch {
             schema["minProperties"] = 1.into();
+            // The proto3 JSON mapping reads `null` as a field left out.
+            if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+                for property in properties.values_mut() {
+                    match property.get("type").cloned() {
+                        Some(Value::String(kind)) => property["type"] = json!([kind, "null"]),
+                        _ => {
+                            let description = property.as_object_mut().and_then(|p| p.remove("description"));
+                            let mut nullable = json!({"anyOf": [property.take(), {"type": "null"}]});
+                            if let Some(description) = description {
+                                nullable["description"] = description;
+                            }
+                            *property = nullable;
+                        }
+                    }
+                }
+            }
+            let note = "The fields to change, each left as it is when left out or `null`; a body that names none, \
+                        `{}` or only nulls, is refused.";
+            schema["description"] = match schema.get("description").and_then(Value::as_str) {
+                Some(comment) => format!("{comment}\n\n{note}").into(),
+                None => note.into(),
+            };
         }
         let mut body = json!({"content": {"application/json": {"schema": schema}}});
         // A body without a field the service requires, or a PATCH's, is refused: it is required.
@@ -681,10 +719,10 @@ fn component_parameters() -> Value {
         "GrpcTimeout": {
             "name": "grpc-timeout",
             "in": "header",
-            "description": "How long the caller waits, as gRPC writes it: 1 to 8 digits and a unit (`H`, `M`, `S`, \
-                            `m`, `u`, `n`), e.g. `250m`. The call is cut short with 504 when it runs out; a malformed \
-                            one, or two, is a 400.",
-            "schema": {"type": "string", "pattern": "^[0-9]{1,8}[HMSmun]$"},
+            "description": "How long the caller waits, as gRPC writes it: a positive number of 1 to 8 digits and a \
+                            unit (`H`, `M`, `S`, `m`, `u`, `n`), e.g. `250m`. The call is cut short with 504 when it \
+                            runs out; a malformed one, zero, or two, is a 400.",
+            "schema": {"type": "string", "pattern": "^(?=[0-9]{1,8}[HMSmun]$)0*[1-9][0-9]*[HMSmun]$"},
         },
         "ContentEncoding": {
             "name": "Content-Encoding",

@@ -192,19 +192,32 @@ fn a_body_field_is_the_request_body_and_leaves_no_query_parameters() {
 }
 
 #[test]
-fn a_whole_body_leaves_out_the_fields_the_path_binds() {
+fn a_whole_body_may_repeat_the_fields_the_path_binds_and_does_not_require_them() {
     let (_, document) = document_of(&platform_pool());
     let assess = operation(&document, "/v1/health/patients/{patientId}/assessments", "post");
     let body = &assess["requestBody"]["content"]["application/json"]["schema"];
     assert_eq!(body["title"], "aigronova.health.v1.AssessRiskRequest");
     let properties: Vec<&String> = body["properties"].as_object().unwrap().keys().collect();
-    assert_eq!(properties, ["features", "model"]);
+    assert_eq!(properties, ["features", "model", "patientId"]);
+    assert!(
+        body["properties"]["patientId"]["description"].as_str().unwrap().contains("must be the path's value"),
+        "{body}"
+    );
+    let required = body["required"].as_array().map(|names| names.iter().any(|name| name == "patientId"));
+    assert_ne!(required, Some(true), "the path gives it: {body}");
     assert_eq!(body["properties"]["features"]["additionalProperties"], json!({"type": "number", "format": "double"}));
     assert!(parameter_names(assess, "query").is_empty(), "a whole body takes no query parameters");
     assert_eq!(
         assess["responses"]["200"]["content"]["application/json"]["schema"],
         json!({"$ref": "#/components/schemas/aigronova.health.v1.Assessment"})
     );
+
+    // A change's fields may each be null, read as left out.
+    let update = operation(&document, "/v1/health/patients/{id}", "patch");
+    let body = &update["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(body["properties"]["email"]["type"], json!(["string", "null"]), "{body}");
+    assert_eq!(body["minProperties"], 1);
+    assert!(body["description"].as_str().unwrap().contains("`null`"), "{body}");
 
     let create = operation(&document, "/v1/health/patients", "post");
     assert_eq!(

@@ -165,6 +165,14 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     assert_eq!(headers("/v1/health/patients", "post"), ["X-Request-Id", "grpc-timeout", "Content-Encoding"]);
     assert_eq!(headers("/v1/health/patients", "get"), ["X-Request-Id", "grpc-timeout"]);
     assert_eq!(headers("/v1/admin/tenants", "post"), ["X-Request-Id", "Content-Encoding"]);
+    // A deadline's pattern takes what the gateway takes: a positive number of 1 to 8 digits and a unit.
+    let deadline = jsonschema::validator_for(&document["components"]["parameters"]["GrpcTimeout"]["schema"]).unwrap();
+    for (value, taken) in [("250m", true), ("00000001S", true), ("00000010S", true), ("0m", false), ("000u", false)] {
+        assert_eq!(deadline.is_valid(&json!(value)), taken, "{value}");
+    }
+    for (value, taken) in [("123456789S", false), ("5", false), ("1H", true)] {
+        assert_eq!(deadline.is_valid(&json!(value)), taken, "{value}");
+    }
     // A field the services do not know is refused, and the schemas say so.
     let create = &document["components"]["schemas"]["aigronova.health.v1.CreatePatientRequest"];
     assert_eq!(create["additionalProperties"], false);
