@@ -218,11 +218,20 @@ fn also_another_kind(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// What a PNG's chunks say of its image: its header's data and its compressed image data, in
+/// the IDAT chunks that hold it.
+struct PngChunks<'a> {
+    header: Option<&'a [u8]>,
+    data: Vec<&'a [u8]>,
+}
+
 /// Walks a PNG's chunks, from the one after its signature to IEND: each must be whole, its type
-/// four letters and its CRC right. The decoder checks the CRCs of the chunks it reads, but passes
-/// over an ancillary chunk whose CRC is wrong and stops at the image's last data, so that a file
-/// cut before its IEND chunk, or damaged after its pixels, would be kept as it came.
-fn check_png_chunks(bytes: &[u8]) -> Result<(), String> {
+/// four letters and its CRC right, and IEND empty. The decoder checks the CRCs of the chunks it
+/// reads, but passes over an ancillary chunk whose CRC is wrong and stops at the image's last
+/// data, so that a file cut before its IEND chunk, or damaged after its pixels, would be kept as
+/// it came.
+fn png_chunks(bytes: &[u8]) -> Result<PngChunks<'_>, String> {
+    let mut chunks = PngChunks { header: None, data: Vec::new() };
     let mut at = 8;
     loop {
         let Some(header) = bytes.get(at..at + 8) else {
@@ -237,19 +246,104 @@ fn check_png_chunks(bytes: &[u8]) -> Result<(), String> {
         // PNG limits a chunk's length to 2^31 - 1 bytes.
         let end = usize::try_from(length).ok().filter(|_| length < 1 << 31).map(|length| at + 8 + length);
         // The CRC covers the chunk's type and data.
-        let Some((data, crc, next)) =
+        let Some((covered, crc, next)) =
             end.and_then(|end| Some((bytes.get(at + 4..end)?, bytes.get(end..end + 4)?, end + 4)))
         else {
             return Err(format!("is cut short: its {name} chunk is not whole"));
         };
-        if crc32fast::hash(data).to_be_bytes() != crc {
+        if crc32fast::hash(covered).to_be_bytes() != crc {
             return Err(format!("is damaged: its {name} chunk fails its CRC"));
         }
-        if kind == b"IEND" {
-            return Ok(());
+        let data = &covered[4..];
+        match kind {
+            b"IEND" if !data.is_empty() => return Err("is damaged: its IEND chunk is not empty".to_owned()),
+            b"IEND" => return Ok(chunks),
+            b"IHDR" => chunks.header = chunks.header.or(Some(data)),
+            b"IDAT" => chunks.data.push(data),
+            _ => {}
         }
         at = next;
     }
+}
+
+/// Adam7's passes: first column and row, and the steps between them.
+const ADAM7: [(u64, u64, u64, u64); 7] =
+    [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)];
+
+/// How many bytes a PNG's image data decompresses to, by its header (each row with its filter
+/// byte, pass by pass when interlaced); `None` for a header the decoder refuses.
+fn png_data_size(header: &[u8]) -> Option<u64> {
+    let field = |at: usize| Some(u64::from(u32::from_be_bytes(header.get(at..at + 4)?.try_into().ok()?)));
+    let (width, height) = (field(0)?, field(4)?);
+    let depth = u64::from(*header.get(8)?);
+    let channels = match header.get(9)? {
+        0 | 3 => 1,
+        2 => 3,
+        4 => 2,
+        6 => 4,
+        _ => return None,
+    };
+    let row = |columns: u64| if columns == 0 { 0 } else { 1 + (columns * channels * depth).div_ceil(8) };
+    match header.get(12)? {
+        0 => Some(height * row(width)),
+        1 => Some(
+            ADAM7
+                .iter()
+                .map(|(x, y, dx, dy)| {
+                    height.saturating_sub(*y).div_ceil(*dy) * row(width.saturating_sub(*x).div_ceil(*dx))
+                })
+                .sum(),
+        ),
+        _ => None,
+    }
+}
+
+/// Decompresses a PNG's image data, keeping none of it, to check that it ends with its last row
+/// and its Adler-32 checksum holds: a PNG whose CRCs were made again over damaged data, or that
+/// holds rows its header does not count, would otherwise be kept, its damage shown as pixels.
+/// Call it once the image's size is known to be within bounds: the work is one pass over it.
+fn check_png_data(chunks: &PngChunks<'_>) -> Result<(), String> {
+    // The decoder says what is wrong with a header, or with an image that has no data.
+    let Some(expected) = chunks.header.and_then(png_data_size) else { return Ok(()) };
+    if chunks.data.is_empty() {
+        return Ok(());
+    }
+    let damaged = |_| "is damaged: its compressed image data is malformed or fails its Adler-32 check".to_owned();
+    let too_much = || "is damaged: its image data holds more rows than its header gives".to_owned();
+    let mut inflater = flate2::Decompress::new(true);
+    let mut scratch = vec![0; 64 * 1024];
+    let mut ended = false;
+    for data in &chunks.data {
+        let mut input = *data;
+        while !input.is_empty() {
+            if ended {
+                return Err("is damaged: data follows the end of its compressed image data".to_owned());
+            }
+            let before = inflater.total_in();
+            let status = inflater.decompress(input, &mut scratch, flate2::FlushDecompress::None).map_err(damaged)?;
+            input = &input[usize::try_from(inflater.total_in() - before).unwrap_or(input.len())..];
+            if inflater.total_out() > expected {
+                return Err(too_much());
+            }
+            ended = status == flate2::Status::StreamEnd;
+        }
+    }
+    // What the inflater holds back once it has every byte.
+    while !ended {
+        let before = inflater.total_out();
+        let status = inflater.decompress(&[], &mut scratch, flate2::FlushDecompress::Finish).map_err(damaged)?;
+        if inflater.total_out() > expected {
+            return Err(too_much());
+        }
+        ended = status == flate2::Status::StreamEnd;
+        if !ended && inflater.total_out() == before {
+            return Err("is cut short: its compressed image data ends before its end".to_owned());
+        }
+    }
+    if inflater.total_out() < expected {
+        return Err("is cut short: its image data ends before its last row".to_owned());
+    }
+    Ok(())
 }
 
 /// Whether `%PDF` is in the first 1024 bytes of `bytes`, where PDF readers look for a document's
@@ -564,10 +658,11 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     };
     also_another_kind(bytes)
         .map_err(|problem| Error::invalid("body", format!("starts as {media_type} but {problem}")))?;
-    if media_type == MediaType::Png {
-        check_png_chunks(bytes)
-            .map_err(|problem| Error::invalid("body", format!("starts as {media_type} but {problem}")))?;
-    }
+    let refused = |problem: String| Error::invalid("body", format!("starts as {media_type} but {problem}"));
+    let png = match media_type {
+        MediaType::Png => Some(png_chunks(bytes).map_err(refused)?),
+        _ => None,
+    };
     if media_type == MediaType::Jpeg {
         crate::jpeg::check(bytes).map_err(|shortfall| {
             // A decoder fills what is missing with grey: a cut upload would be kept as an image.
@@ -577,7 +672,7 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
                 crate::jpeg::Shortfall::ScansMissing => "is cut short: some of its scans are missing".to_owned(),
                 crate::jpeg::Shortfall::Damaged(what) => format!("is damaged: {what}"),
                 crate::jpeg::Shortfall::Unsupported(kind) => {
-                    format!("is a {kind} JPEG, which is not read here: send a baseline or progressive JPEG")
+                    format!("is {kind} JPEG, which is not read here: send a baseline or progressive JPEG")
                 }
             };
             Error::invalid("body", format!("starts as {media_type} but {problem}"))
@@ -599,6 +694,9 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     // The header alone first: an image too large is refused, naming its size, before any pixel is decoded.
     let (width, height) = reader(limits.clone()).into_dimensions().map_err(undecodable)?;
     check_size(width, height)?;
+    if let Some(chunks) = &png {
+        check_png_data(chunks).map_err(refused)?;
+    }
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     let decoded = reader(limits).decode().map_err(undecodable)?;
@@ -684,6 +782,87 @@ mod tests {
         let mut trailed = whole.clone();
         trailed.extend_from_slice(b"\0\0\0\0");
         assert!(examine(&trailed).is_ok());
+    }
+
+    /// A PNG of the given header fields whose IDAT holds `raw` compressed as it is, with a grey
+    /// palette when it needs one.
+    fn png_of((width, height, depth, colour, interlace): (u32, u32, u8, u8, u8), raw: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let chunk = |kind: &[u8], data: &[u8]| {
+            let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+            chunk.extend_from_slice(kind);
+            chunk.extend_from_slice(data);
+            chunk.extend_from_slice(&crc32fast::hash(&chunk[4..]).to_be_bytes());
+            chunk
+        };
+        let mut header = [width.to_be_bytes(), height.to_be_bytes()].concat();
+        header.extend_from_slice(&[depth, colour, 0, 0, interlace]);
+        let mut compressor = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        compressor.write_all(raw).unwrap();
+        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+        bytes.extend(chunk(b"IHDR", &header));
+        if colour == 3 {
+            bytes.extend(chunk(b"PLTE", &(0..1u16 << depth).flat_map(|n| [n as u8; 3]).collect::<Vec<_>>()));
+        }
+        bytes.extend(chunk(b"IDAT", &compressor.finish().unwrap()));
+        bytes.extend(chunk(b"IEND", b""));
+        bytes
+    }
+
+    #[test]
+    fn a_pngs_image_data_must_hold_its_rows_exactly_and_pass_its_adler32_check() {
+        let refusal = |bytes: &[u8]| match examine(bytes) {
+            Err(Error::InvalidArgument { field, reason }) if field == "body" => reason,
+            other => panic!("accepted or refused otherwise: {other:?}"),
+        };
+        // Bit depths, colour types, and interlaced images, whose passes each have their rows.
+        for (header, size) in [
+            ((5, 3, 1, 0, 0), 6),
+            ((5, 3, 16, 2, 0), 93),
+            ((7, 9, 8, 6, 1), 271),
+            ((1, 1, 8, 2, 1), 4),
+            ((3, 5, 4, 3, 1), 22),
+            ((13, 11, 2, 0, 1), 68),
+            ((10, 10, 16, 4, 0), 410),
+        ] {
+            let whole = png_of(header, &vec![0; size]);
+            let ihdr = png_chunks(&whole).unwrap().header.unwrap();
+            assert_eq!(png_data_size(ihdr), Some(size as u64), "{header:?}");
+            assert!(examine(&whole).is_ok(), "{header:?}: {:?}", examine(&whole).err());
+            assert_eq!(
+                refusal(&png_of(header, &vec![0; size + 1])),
+                "starts as image/png but is damaged: its image data holds more rows than its header gives",
+                "{header:?}"
+            );
+            assert!(refusal(&png_of(header, &vec![0; size - 1])).starts_with("starts as image/png but"), "{header:?}");
+        }
+        assert_eq!(
+            refusal(&png_of((5, 3, 1, 0, 0), &[0; 5])),
+            "starts as image/png but is cut short: its image data ends before its last row"
+        );
+
+        // Damage under CRCs made again: in the compressed data, or in its Adler-32 checksum.
+        let whole = png_of((64, 48, 8, 2, 0), &(0..48 * (1 + 64 * 3)).map(|n| (n * 7 % 251) as u8).collect::<Vec<_>>());
+        let idat = whole.windows(4).position(|window| window == b"IDAT").unwrap();
+        let length = u32::from_be_bytes(whole[idat - 4..idat].try_into().unwrap()) as usize;
+        for at in [idat + 4 + length / 2, idat + 4 + length - 1] {
+            let mut damaged = whole.clone();
+            damaged[at] ^= 0x55;
+            let crc = crc32fast::hash(&damaged[idat..idat + 4 + length]);
+            damaged[idat + 4 + length..idat + 8 + length].copy_from_slice(&crc.to_be_bytes());
+            assert_eq!(
+                refusal(&damaged),
+                "starts as image/png but is damaged: its compressed image data is malformed or fails its Adler-32 check",
+                "byte {at}"
+            );
+        }
+        // An IEND with data.
+        let mut ended = whole[..whole.len() - 12].to_vec();
+        let mut iend = 2u32.to_be_bytes().to_vec();
+        iend.extend_from_slice(b"IENDxx");
+        iend.extend_from_slice(&crc32fast::hash(&iend[4..]).to_be_bytes());
+        ended.extend(iend);
+        assert_eq!(refusal(&ended), "starts as image/png but is damaged: its IEND chunk is not empty");
     }
 
     #[test]
@@ -818,9 +997,11 @@ mod tests {
         let frame = sequential.windows(2).position(|marker| marker == [0xFF, 0xC0]).unwrap();
         let mut arithmetic = sequential.to_vec();
         arithmetic[frame + 1] = 0xC9;
-        assert_eq!(check(&arithmetic), Err(Shortfall::Unsupported("arithmetic-coded")));
+        assert_eq!(check(&arithmetic), Err(Shortfall::Unsupported("an arithmetic-coded")));
         match examine(&arithmetic) {
-            Err(Error::InvalidArgument { reason, .. }) => assert!(reason.contains("arithmetic-coded JPEG"), "{reason}"),
+            Err(Error::InvalidArgument { reason, .. }) => {
+                assert!(reason.contains("is an arithmetic-coded JPEG"), "{reason}")
+            }
             other => panic!("{other:?}"),
         }
     }

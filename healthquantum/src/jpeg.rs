@@ -24,7 +24,8 @@ pub(crate) enum Shortfall {
     /// The file ends (its end-of-image marker put back) before every coefficient of every
     /// component has had its scan: what is missing would be filled with grey.
     ScansMissing,
-    /// A kind of JPEG the platform does not read (arithmetic-coded, lossless).
+    /// A kind of JPEG the platform does not read, with its article (`an arithmetic-coded`,
+    /// `a lossless`).
     Unsupported(&'static str),
     /// A scan's data holds what its Huffman tables cannot code, or a segment is malformed.
     Damaged(&'static str),
@@ -71,8 +72,8 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
                 coded = vec![[false; 64]; parsed.components.len()];
                 frame = Some(parsed);
             }
-            0xC9..=0xCB | 0xCD..=0xCF => return Err(Shortfall::Unsupported("arithmetic-coded")),
-            0xC3 | 0xC7 => return Err(Shortfall::Unsupported("lossless")),
+            0xC9..=0xCB | 0xCD..=0xCF => return Err(Shortfall::Unsupported("an arithmetic-coded")),
+            0xC3 | 0xC7 => return Err(Shortfall::Unsupported("a lossless")),
             // Hierarchical: not read here, nor refused.
             0xC5 | 0xC6 => return Ok(()),
             0xC4 => read_tables(segment, &mut tables).ok_or(damaged("a Huffman table"))?,
