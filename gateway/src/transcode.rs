@@ -131,10 +131,9 @@ pub(crate) fn json_media_type(content_type: Option<&str>) -> Result<(), Problem>
     let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
     let json = essence == "application/json" || essence.ends_with("+json");
     if !(json || essence.is_empty() || essence == "application/x-www-form-urlencoded") {
-        return Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("this route reads a JSON body; send it with Content-Type: application/json, not {essence}"),
-        ));
+        return Err(unsupported_media_type(format!(
+            "this route reads a JSON body; send it with Content-Type: application/json, not {essence}"
+        )));
     }
     // Every charset given counts, so that a second one cannot hide behind a first. US-ASCII is
     // UTF-8 too, and `utf8` is a common spelling of it.
@@ -145,12 +144,23 @@ pub(crate) fn json_media_type(content_type: Option<&str>) -> Result<(), Problem>
         .map(|(_, value)| value.trim().trim_matches('"'))
         .find(|charset| !utf8(charset));
     match other {
-        Some(charset) => Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("this route reads JSON in UTF-8, not in the charset {charset:?}; send charset=utf-8 or none"),
-        )),
+        Some(charset) => Err(unsupported_media_type(format!(
+            "this route reads JSON in UTF-8, not in the charset {charset:?}; send charset=utf-8 or none"
+        ))),
         None => Ok(()),
     }
+}
+
+/// A 415 about the request's `Content-Type`.
+fn unsupported_media_type(detail: String) -> Problem {
+    let mut problem = Problem::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail);
+    problem.set_field("Content-Type");
+    problem
+}
+
+/// The 400 for a raw body sent without its media type.
+fn no_media_type() -> Problem {
+    Problem::invalid_field("Content-Type", "send the body's media type in Content-Type")
 }
 
 /// Whether `route` takes its body raw (a `google.api.HttpBody`) with `content_type`: it must name
@@ -161,19 +171,14 @@ pub(crate) fn check_raw_media_type(route: &Route, content_type: Option<&str>) ->
     if !route.raw_body {
         return Ok(());
     }
-    let content_type = content_type
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| Problem::bad_request("send the body's media type in Content-Type"))?;
+    let content_type = content_type.map(str::trim).filter(|value| !value.is_empty()).ok_or_else(no_media_type)?;
     let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let accepted = &route.request_media_types;
     if !accepted.is_empty() && !accepted.contains(&essence) {
-        let mut problem = Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("{essence} is not a media type this route reads; send {}", accepted.join(", ")),
-        );
-        problem.set_field("Content-Type");
-        return Err(problem);
+        return Err(unsupported_media_type(format!(
+            "{essence} is not a media type this route reads; send {}",
+            accepted.join(", ")
+        )));
     }
     Ok(())
 }
@@ -184,10 +189,7 @@ fn raw_body(
     body: &[u8],
     content_type: Option<&str>,
 ) -> Result<DynamicMessage, Problem> {
-    let content_type = content_type
-        .map(str::trim)
-        .filter(|value| !value.is_empty())
-        .ok_or_else(|| Problem::bad_request("send the body's media type in Content-Type"))?;
+    let content_type = content_type.map(str::trim).filter(|value| !value.is_empty()).ok_or_else(no_media_type)?;
     let mut message = DynamicMessage::new(descriptor.clone());
     message.set_field_by_name("content_type", Value::String(content_type.to_owned()));
     message.set_field_by_name("data", Value::Bytes(bytes::Bytes::copy_from_slice(body)));

@@ -399,7 +399,14 @@ async fn json_bodies_declared_in_a_charset_other_than_utf_8_are_415_naming_it() 
         let response = patient_declared_as(&app, &key, reqwest::header::HeaderValue::from_static(media_type)).await;
         let problem = assert_problem(response, 415).await;
         assert!(problem["detail"].as_str().unwrap().contains(charset), "{media_type}: {problem}");
+        assert_eq!(problem["field"], "Content-Type", "{problem}");
     }
+    let problem = assert_problem(
+        patient_declared_as(&app, &key, reqwest::header::HeaderValue::from_static("text/plain")).await,
+        415,
+    )
+    .await;
+    assert_eq!(problem["field"], "Content-Type", "{problem}");
     let tenant_declared_as = |media_type: &'static str| {
         app.client
             .post(app.url("/v1/admin/tenants"))
@@ -408,7 +415,8 @@ async fn json_bodies_declared_in_a_charset_other_than_utf_8_are_415_naming_it() 
             .body(r#"{"name": "Clínica", "plan": "starter"}"#)
             .send()
     };
-    assert_problem(tenant_declared_as("application/json; charset=latin1").await.unwrap(), 415).await;
+    let problem = assert_problem(tenant_declared_as("application/json; charset=latin1").await.unwrap(), 415).await;
+    assert_eq!(problem["field"], "Content-Type", "{problem}");
     assert_eq!(app.count_health_rows("patients").await, 0);
     // UTF-8, said in any case or quoted, is what JSON is anyway.
     let utf8 = reqwest::header::HeaderValue::from_static("application/json; charset=UTF-8");

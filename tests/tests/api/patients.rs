@@ -721,6 +721,7 @@ async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_ref
         ("image/png", with_zip(&picture), "body", "starts as image/png but it ends with a ZIP archive"),
         ("image/jpeg", with_zip(&photo), "body", "starts as image/jpeg but it ends with a ZIP archive"),
         ("application/octet-stream", with_zip(&picture), "body", "ends with a ZIP archive"),
+        ("", picture.clone(), "Content-Type", "send the body's media type in Content-Type"),
     ];
     for (content_type, bytes, field, detail) in refused {
         let problem = assert_problem(upload(&app, &key, &patient, content_type, bytes).await, 400).await;
