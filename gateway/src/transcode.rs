@@ -233,10 +233,49 @@ fn parse_body(
                     Some(range) if error.contains("out of range") || error.contains("expected integer") => {
                         Problem::invalid_field(&path, format!("{path} is not a whole number from {range}"))
                     }
-                    _ => Problem::invalid_body_field(&path, &error, detail),
+                    _ => match type_mismatch(&path, &error) {
+                        Some(said) if path == "." => Problem::invalid_field("body", said),
+                        Some(said) => Problem::invalid_field(&path, said),
+                        None => Problem::invalid_body_field(&path, &error, detail),
+                    },
                 }
             }
         })
+}
+
+/// A value of the wrong JSON type at `path`, in the words of the API rather than of the reader
+/// (`invalid type: null, expected a 64-bit floating point value at line 1 column 9`): `features.bmi
+/// must be a number, not null`.
+fn type_mismatch(path: &str, error: &str) -> Option<String> {
+    let subject = if path == "." { "the request body" } else { path };
+    // The JSON mapping takes a number written as a string too.
+    if error.starts_with("invalid float literal") {
+        return Some(format!("{subject} must be a number, not a string that spells none"));
+    }
+    let (found, expected) = error.strip_prefix("invalid type: ")?.split_once(", expected ")?;
+    let expected = expected.split(" at line ").next()?;
+    let expected = match expected {
+        "a map" => "a JSON object",
+        "a 64-bit floating point value" | "a 32-bit floating point value" => "a number",
+        "a 32-bit signed integer" => "a whole number",
+        "a 32-bit unsigned integer or decimal string"
+        | "a 64-bit signed integer or decimal string"
+        | "a 64-bit unsigned integer or decimal string" => "a whole number, or one written as a string",
+        "a boolean" => "true or false",
+        "a rfc3339 timestamp string" => "an RFC 3339 time as a string (2026-11-01T12:00:00Z)",
+        "a string or integer" => "one of its values, as a string",
+        other => other,
+    };
+    let found = match found {
+        "integer" | "floating point" => "a number",
+        "string" => "a string",
+        "boolean" => "a boolean",
+        "sequence" => "a list",
+        "map" => "an object",
+        "null" => "null",
+        _ => return None,
+    };
+    Some(format!("{subject} must be {expected}, not {found}"))
 }
 
 /// Whether `a` and `b` are strings that spell the same UUID (`A1…`, `a1…`, `{a1…}`, `urn:uuid:a1…`).
@@ -708,16 +747,27 @@ mod tests {
             let problem = detail(parse_body(&descriptor, body, None).unwrap_err());
             assert!(problem.starts_with("the request body is not valid JSON"), "{problem}");
         }
+        let problem = parse_body(&descriptor, br#"{"unknown": 1}"#, None).unwrap_err();
+        assert_eq!(problem.field(), Some("unknown"));
+        assert!(detail(problem).starts_with("the request body does not match AssessRiskRequest"));
+        // A value of the wrong type is told in the API's words, naming its field.
         let cases = [
-            (&br#"{"unknown": 1}"#[..], Some("unknown")),
-            (br#"{"features": {"mean radius": "high"}}"#, Some("features.mean radius")),
-            (br#"{"model": "x", "patientId": 7}"#, Some("patientId")),
+            (
+                &br#"{"features": {"mean radius": "high"}}"#[..],
+                "features.mean radius",
+                "must be a number, not a string that spells none",
+            ),
+            (br#"{"features": {"bmi": null}}"#, "features.bmi", "must be a number, not null"),
+            (br#"{"features": {"bmi": [0.1]}}"#, "features.bmi", "must be a number, not a list"),
+            (br#"{"model": "x", "patientId": 7}"#, "patientId", "must be a string, not a number"),
+            (br#"{"features": true}"#, "features", "must be a JSON object, not a boolean"),
+            (br"null", "body", "the request body must be a JSON object, not null"),
         ];
-        for (body, field) in cases {
+        for (body, field, said) in cases {
             let problem = parse_body(&descriptor, body, None).unwrap_err();
-            assert_eq!(problem.field(), field, "{}", String::from_utf8_lossy(body));
+            assert_eq!(problem.field(), Some(field), "{}", String::from_utf8_lossy(body));
             let problem = detail(problem);
-            assert!(problem.starts_with("the request body does not match AssessRiskRequest"), "{problem}");
+            assert!(problem.ends_with(said) && !problem.contains("line 1"), "{problem}");
         }
         for body in [&br"[]"[..], br#""text""#, br"12"] {
             let problem = detail(parse_body(&descriptor, body, None).unwrap_err());
