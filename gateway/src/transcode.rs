@@ -201,6 +201,10 @@ fn parse_body(
     body: &[u8],
     content_type: Option<&str>,
 ) -> Result<DynamicMessage, Problem> {
+    // RFC 8259 forbids a byte-order mark before a JSON text; the reader would only see a stray byte.
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Problem::bad_request("the request body starts with a byte-order mark: send the JSON without it"));
+    }
     match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
         None => return Ok(DynamicMessage::new(descriptor.clone())),
         // A list, a string or a number: JSON, but not the object a request is.
@@ -769,6 +773,8 @@ mod tests {
             let problem = detail(problem);
             assert!(problem.ends_with(said) && !problem.contains("line 1"), "{problem}");
         }
+        let marked = detail(parse_body(&descriptor, b"\xEF\xBB\xBF{\"model\": \"x\"}", None).unwrap_err());
+        assert_eq!(marked, "the request body starts with a byte-order mark: send the JSON without it");
         for body in [&br"[]"[..], br#""text""#, br"12"] {
             let problem = detail(parse_body(&descriptor, body, None).unwrap_err());
             assert_eq!(problem, "the request body must be a JSON object, {…}");
