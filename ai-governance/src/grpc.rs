@@ -9,6 +9,7 @@ use aigronova_platform::{
     audit::{RECORD_SCOPE, REGISTER_MODELS_SCOPE},
     auth::{self, Caller},
     cpf::Cpf,
+    grpc::Page,
     monitoring::RECORD_STATS_SCOPE,
 };
 use aigronova_proto::{aigronova::governance::v1 as proto, google::api::HttpBody};
@@ -21,7 +22,7 @@ use crate::{
     merkle::Hash,
     monitoring::{self, FeatureBins, Latency, ModelStatus, MonitoringStore, Summary},
     reports::{self, Reporter},
-    subjects::{self, Page, SubjectStore},
+    subjects::{self, SubjectStore},
 };
 
 /// Most events one `RecordEvents` call may carry.
@@ -381,37 +382,6 @@ fn uuid_of(field: &str, text: &str) -> Result<String, Error> {
     }
 }
 
-/// A list's page from its `pageSize` (1 to 100, 20 when unset) and `pageToken` (the id of the
-/// last item of the page before, then `.` and the list's `filter` when it has one: a token goes on
-/// only with the filter it was returned for).
-fn page_of<'a>(page_size: i32, page_token: &'a str, filter: &str) -> Result<Page<'a>, Error> {
-    let size = aigronova_platform::grpc::page_size(page_size)?;
-    let token = page_token.trim();
-    // A token is an id as the list wrote it: another spelling of the UUID would compare otherwise.
-    let given = |token: &str| uuid::Uuid::parse_str(token).is_ok_and(|uuid| uuid.to_string() == token);
-    let after = match token.split_once('.').unwrap_or((token, "")) {
-        ("", "") => None,
-        (id, bound) if given(id) && bound == filter => Some(id),
-        (id, _) if given(id) => {
-            return Err(Error::invalid(
-                "pageToken",
-                "was returned for another filter, or before this list's tokens named their filter: send it with the \
-                 filter of the request that returned it, or start again from the first page",
-            ));
-        }
-        _ => return Err(Error::invalid("pageToken", "is not a token this list gave")),
-    };
-    Ok(Page { after, size })
-}
-
-/// The token of the page after the one that ended with `next`, for a list with `filter`.
-fn next_token(next: Option<String>, filter: &str) -> String {
-    match next {
-        Some(id) if !filter.is_empty() => format!("{id}.{filter}"),
-        next => next.unwrap_or_default(),
-    }
-}
-
 /// The longest text a person may write into a request or a review, in characters.
 const MAX_FREE_TEXT: usize = 4000;
 
@@ -578,13 +548,16 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         let caller = auth::caller(&request)?.clone();
         let proto::ListSubjectRequestsRequest { overdue, page_size, page_token } = request.get_ref();
         let filter = if *overdue { "overdue" } else { "" };
-        let page = page_of(*page_size, page_token, filter)?;
+        let page = Page::of(*page_size, page_token, filter)?;
         let (requests, next) = self.store.list(&caller.tenant_id, *overdue, page).await?;
         let requests: Vec<_> =
             requests.into_iter().map(|request| shown_to(&caller, request_message(request))).collect();
         let read = texts_shown(&requests, |request| (&request.id, [&request.details, &request.resolution]));
         self.store.audit_shown(&caller, "governance.ListSubjectRequests", subjects::Shown::Requests, read).await?;
-        Ok(Response::new(proto::ListSubjectRequestsResponse { requests, next_page_token: next_token(next, filter) }))
+        Ok(Response::new(proto::ListSubjectRequestsResponse {
+            requests,
+            next_page_token: Page::next_token(next, filter),
+        }))
     }
 
     async fn get_subject_export(
@@ -626,13 +599,13 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if !["", "pending", "decided"].contains(&status.as_str()) {
             return Err(Error::invalid("status", "must be pending or decided").into());
         }
-        let page = page_of(request.get_ref().page_size, &request.get_ref().page_token, &status)?;
+        let page = Page::of(request.get_ref().page_size, &request.get_ref().page_token, &status)?;
         let (reviews, next) = self.store.reviews(&caller.tenant_id, &status, page).await?;
         let reviews: Vec<_> =
             reviews.into_iter().map(|review| review_shown_to(&caller, review_message(review))).collect();
         let read = texts_shown(&reviews, |review| (&review.id, [&review.reason, &review.note]));
         self.store.audit_shown(&caller, "governance.ListReviews", subjects::Shown::Reviews, read).await?;
-        Ok(Response::new(proto::ListReviewsResponse { reviews, next_page_token: next_token(next, &status) }))
+        Ok(Response::new(proto::ListReviewsResponse { reviews, next_page_token: Page::next_token(next, &status) }))
     }
 
     async fn decide_review(

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use aigronova_platform::{Error, pdf::PdfDocument};
+use aigronova_platform::{Error, grpc::Page, pdf::PdfDocument};
 use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
@@ -13,7 +13,7 @@ use crate::{
     inventory::Inventory,
     log::{Leaf, LogStore},
     monitoring::{MIN_DRIFT_SAMPLE, MonitoringStore, PSI_ALERT},
-    subjects::{Page, SubjectStore},
+    subjects::SubjectStore,
 };
 
 /// The frameworks a report can be written for.

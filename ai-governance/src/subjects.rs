@@ -12,6 +12,7 @@ use aigronova_platform::{
     auth::{self, Caller, TokenSigner},
     cpf::Cpf,
     crypto::{TenantCipher, TenantKeys, is_sealed},
+    grpc::Page,
     storage::{Database, StoreError},
     subject::{self, SUBJECT_SCOPE},
 };
@@ -1092,33 +1093,6 @@ impl SubjectStore {
 pub enum Shown {
     Requests,
     Reviews,
-}
-
-/// Where a page of a list starts and how long it is.
-#[derive(Clone, Copy, Debug)]
-pub struct Page<'a> {
-    /// The id of the last item of the page before.
-    pub after: Option<&'a str>,
-    pub size: usize,
-}
-
-impl Page<'_> {
-    /// The whole list on one page.
-    pub const ALL: Page<'static> = Page { after: None, size: usize::MAX };
-
-    fn limit_with_one_more(self) -> i64 {
-        i64::try_from(self.size).unwrap_or(i64::MAX - 1) + 1
-    }
-
-    /// Cuts `items`, read with one more than the page holds, to the page; the id to go on
-    /// from when more follow.
-    fn split<T>(self, items: &mut Vec<T>, id: impl Fn(&T) -> String) -> Option<String> {
-        if items.len() <= self.size {
-            return None;
-        }
-        items.truncate(self.size);
-        items.last().map(id)
-    }
 }
 
 fn request_from(row: &sqlx::any::AnyRow) -> Result<StoredRequest, StoreError> {

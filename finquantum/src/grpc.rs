@@ -14,6 +14,7 @@ use aigronova_platform::{
     auth::{self, Caller},
     cpf::Cpf,
     error::internal,
+    grpc::Page,
     inference::{InferenceError, Model, ModelRegistry},
     monitoring::InferenceMonitor,
     subject::{self, SUBJECT_SCOPE},
@@ -462,6 +463,52 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, score = %score.id, band = %score.risk_band, "credit scored");
         Ok(Response::new(score_message(score, self.store.reason_words())?))
+    }
+
+    async fn list_consents(
+        &self,
+        request: Request<proto::ListConsentsRequest>,
+    ) -> Result<Response<proto::ListConsentsResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let proto::ListConsentsRequest { customer_id, page_size, page_token } = request.get_ref();
+        let customer_id = parse_id("customerId", customer_id)?;
+        let page = Page::of(*page_size, page_token, "")?;
+        let (consents, next) = self.store.consents_page(&caller.tenant_id, &customer_id, page).await?;
+        Ok(Response::new(proto::ListConsentsResponse {
+            consents: consents.iter().map(consent_message).collect(),
+            next_page_token: Page::next_token(next, ""),
+        }))
+    }
+
+    async fn list_credit_scores(
+        &self,
+        request: Request<proto::ListCreditScoresRequest>,
+    ) -> Result<Response<proto::ListCreditScoresResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let proto::ListCreditScoresRequest { customer_id, page_size, page_token } = request.get_ref();
+        let customer_id = parse_id("customerId", customer_id)?;
+        let page = Page::of(*page_size, page_token, "")?;
+        // One read of the customer's data for the page, naming the decisions and what they showed.
+        let read = |scores: &[StoredScore]| {
+            let ids: Vec<&str> = scores.iter().map(|score| score.id.as_str()).collect();
+            let fields: std::collections::BTreeSet<&str> = scores.iter().flat_map(held_fields).collect();
+            event(
+                caller,
+                EventKind::SensitiveRead,
+                "fin.ListCreditScores",
+                &format!("customer:{customer_id}"),
+                serde_json::json!({"creditScores": ids, "fields": fields}),
+            )
+        };
+        let (scores, next) = self.store.scores_page(&caller.tenant_id, &customer_id, page, read).await?;
+        if !scores.is_empty() {
+            self.outbox.wake();
+        }
+        let words = self.store.reason_words();
+        Ok(Response::new(proto::ListCreditScoresResponse {
+            credit_scores: scores.into_iter().map(|score| score_message(score, words)).collect::<Result<_, _>>()?,
+            next_page_token: Page::next_token(next, ""),
+        }))
     }
 
     async fn get_credit_score(

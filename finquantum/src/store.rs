@@ -13,6 +13,7 @@ use aigronova_platform::{
     audit::{self, AuditEvent},
     cpf::Cpf,
     crypto::{TenantCipher, TenantKeys},
+    grpc::Page,
     storage::{Backend, Database, Param, StoreError},
     time,
 };
@@ -249,15 +250,67 @@ impl Store {
     /// `NotFound` unless `customer_id` is a customer of `tenant_id`.
     pub(crate) async fn customer_exists(&self, tenant_id: &str, customer_id: &str) -> Result<(), Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(customer_id)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| Error::NotFound(format!("customer {customer_id}")))?;
+        require_customer(&mut transaction, tenant_id, customer_id).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(())
+    }
+
+    /// A page of the customer's consents, newest first, and the id to go on from when more
+    /// follow; `NotFound` for a customer the tenant does not have.
+    pub(crate) async fn consents_page(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        page: Page<'_>,
+    ) -> Result<(Vec<Consent>, Option<String>), Error> {
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        require_customer(&mut transaction, tenant_id, customer_id).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 AND ($3 = '' OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(tenant_id)
+        .bind(customer_id)
+        .bind(page.after.unwrap_or_default())
+        .bind(page.limit_with_one_more())
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        let mut consents = rows.iter().map(consent_of).collect::<Result<Vec<_>, _>>()?;
+        let next = page.split(&mut consents, |consent| consent.id.clone());
+        Ok((consents, next))
+    }
+
+    /// A page of the customer's credit decisions, newest first, with the audit event of their
+    /// read when the page shows some; `NotFound` for a customer the tenant does not have.
+    pub(crate) async fn scores_page(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        page: Page<'_>,
+        event: impl FnOnce(&[StoredScore]) -> AuditEvent,
+    ) -> Result<(Vec<StoredScore>, Option<String>), Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        require_customer(&mut transaction, tenant_id, customer_id).await?;
+        let rows = sqlx::query(
+            "SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 AND ($3 = '' OR id < $3) \
+             ORDER BY id DESC LIMIT $4",
+        )
+        .bind(tenant_id)
+        .bind(customer_id)
+        .bind(page.after.unwrap_or_default())
+        .bind(page.limit_with_one_more())
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        let mut scores = rows.iter().map(score_of).collect::<Result<Vec<_>, _>>()?;
+        let next = page.split(&mut scores, |score| score.id.clone());
+        if !scores.is_empty() {
+            audit::enqueue(&mut transaction, &event(&scores)).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok((scores, next))
     }
 
     /// Marks the consent revoked, its data due for deletion at `purge_due`, with its event (an
@@ -1052,6 +1105,22 @@ async fn valid_heir(
 }
 
 /// Every consent of `customer_id`, oldest first.
+/// `NotFound` unless `customer_id` is a customer of `tenant_id`.
+async fn require_customer(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    customer_id: &str,
+) -> Result<(), Error> {
+    sqlx::query("SELECT 1 FROM customers WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(customer_id)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound(format!("customer {customer_id}")))?;
+    Ok(())
+}
+
 async fn consents_on(
     connection: &mut sqlx::AnyConnection,
     tenant_id: &str,

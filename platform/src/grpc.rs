@@ -38,6 +38,66 @@ pub fn page_size(requested: i32) -> Result<usize, crate::Error> {
     }
 }
 
+/// Where a page of a list starts and how long it is. Lists are ordered by their UUIDv7 ids,
+/// newest first; a page token is the id of the last item of the page before, then `.` and the
+/// list's filter when it has one, so that a token goes on only with the filter it was returned for.
+#[derive(Clone, Copy, Debug)]
+pub struct Page<'a> {
+    /// The id of the last item of the page before.
+    pub after: Option<&'a str>,
+    pub size: usize,
+}
+
+impl<'a> Page<'a> {
+    /// The whole list on one page.
+    pub const ALL: Page<'static> = Page { after: None, size: usize::MAX };
+
+    /// A list's page from its `pageSize` (see [`page_size`]) and `pageToken`, for a list with
+    /// `filter` (empty for none).
+    pub fn of(page_size: i32, page_token: &'a str, filter: &str) -> Result<Self, crate::Error> {
+        let size = self::page_size(page_size)?;
+        let token = page_token.trim();
+        // A token is an id as the list wrote it: another spelling of the UUID would compare otherwise.
+        let given = |token: &str| uuid::Uuid::parse_str(token).is_ok_and(|uuid| uuid.to_string() == token);
+        let after = match token.split_once('.').unwrap_or((token, "")) {
+            ("", "") => None,
+            (id, bound) if given(id) && bound == filter => Some(id),
+            (id, _) if given(id) => {
+                return Err(crate::Error::invalid(
+                    "pageToken",
+                    "was returned for another filter, or before this list's tokens named their filter: send it with \
+                     the filter of the request that returned it, or start again from the first page",
+                ));
+            }
+            _ => return Err(crate::Error::invalid("pageToken", "is not a token this list gave")),
+        };
+        Ok(Self { after, size })
+    }
+
+    /// The SQL `LIMIT` that reads the page and one more item, which tells whether more follow.
+    pub fn limit_with_one_more(self) -> i64 {
+        i64::try_from(self.size).unwrap_or(i64::MAX - 1) + 1
+    }
+
+    /// Cuts `items`, read with one more than the page holds, to the page; the id to go on from
+    /// when more follow.
+    pub fn split<T>(self, items: &mut Vec<T>, id: impl Fn(&T) -> String) -> Option<String> {
+        if items.len() <= self.size {
+            return None;
+        }
+        items.truncate(self.size);
+        items.last().map(id)
+    }
+
+    /// The token of the page after the one that ended with `next`, for a list with `filter`.
+    pub fn next_token(next: Option<String>, filter: &str) -> String {
+        match next {
+            Some(id) if !filter.is_empty() => format!("{id}.{filter}"),
+            next => next.unwrap_or_default(),
+        }
+    }
+}
+
 /// A bound gRPC listener; binding first lets `127.0.0.1:0` callers learn the port.
 #[derive(Debug)]
 pub struct GrpcListener {

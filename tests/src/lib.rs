@@ -324,7 +324,6 @@ impl TestApp {
             .expect("request sent")
     }
 
-    /// Creates a tenant on the Starter plan with the admin key and returns its id.
     /// The entries of the tenant's audit log (the first 1,000) once `done` holds of them, as the
     /// services' relays deliver their events a moment after the calls; fails the test after 20 s.
     pub async fn audit_entries_once(&self, key: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
@@ -341,6 +340,7 @@ impl TestApp {
         }
     }
 
+    /// Creates a tenant on the Starter plan with the admin key and returns its id.
     pub async fn create_tenant(&self, name: &str) -> String {
         self.create_tenant_on(name, "starter").await
     }

@@ -773,6 +773,104 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     app.stop().await;
 }
 
+/// The items of every page of the list at `path` (which sets its page size), in turn, until a
+/// page comes without a token.
+async fn pages(app: &TestApp, key: &str, path: &str, items: &str) -> Vec<Vec<Value>> {
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    loop {
+        let response = app.get(&format!("{path}&pageToken={token}"), key).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let page: Value = response.json().await.unwrap();
+        pages.push(page[items].as_array().cloned().unwrap_or_default());
+        match page["nextPageToken"].as_str() {
+            Some(next) if !next.is_empty() => token = next.to_owned(),
+            _ => return pages,
+        }
+        assert!(pages.len() < 10, "the list never ends: {page}");
+    }
+}
+
+/// A customer's consents and credit decisions are listed newest first, a page at a time, each as
+/// its own GET answers it; a page of decisions is audited as one read that names them.
+async fn a_customers_consents_and_scores_are_listed_a_page_at_a_time(backend: Backend) {
+    let (_bank, app, key, customer_cpf, granted, applicant) =
+        ingested_customer(backend, "Financeira Listas", 529_982_247).await;
+    let customer = granted["customerId"].as_str().unwrap().to_owned();
+    let second = consent(&app, &key, &customer_cpf, "banco-a", &["ACCOUNTS_READ"]).await;
+    let mut scored = Vec::new();
+    for _ in 0..3 {
+        let body = json!({"cpf": customer_cpf, "applicant": applicant});
+        let response = app.post("/v1/fin/credit-scores", &key, &body).await;
+        assert_eq!(response.status(), 200);
+        scored.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+
+    let consents = pages(&app, &key, &format!("/v1/fin/customers/{customer}/consents?pageSize=1"), "consents").await;
+    assert_eq!(consents.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
+    assert_eq!(consents[0][0], second, "newest first, as GetConsent answers it");
+    assert_eq!(consents[1][0]["id"], granted["id"]);
+
+    let path = format!("/v1/fin/customers/{customer}/credit-scores?pageSize=2");
+    let scores = pages(&app, &key, &path, "creditScores").await;
+    assert_eq!(scores.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+    let listed: Vec<&str> = scores.iter().flatten().map(|score| score["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, scored.iter().rev().map(String::as_str).collect::<Vec<_>>(), "newest first");
+    let one: Value = app.get(&format!("/v1/fin/credit-scores/{}", scored[2]), &key).await.json().await.unwrap();
+    assert_eq!(scores[0][0], one);
+    // One read per page, naming its decisions and what they showed.
+    let entries = app
+        .audit_entries_once(&key, |entries| {
+            entries.iter().filter(|e| e["action"] == "fin.ListCreditScores").count() == 2
+        })
+        .await;
+    let reads: Vec<Value> = entries
+        .iter()
+        .filter(|entry| entry["action"] == "fin.ListCreditScores")
+        .map(|entry| serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(reads[0]["kind"], "sensitive_read", "{}", reads[0]);
+    assert_eq!(reads[0]["subject"], format!("customer:{customer}"), "{}", reads[0]);
+    assert_eq!(reads[0]["details"]["creditScores"], json!([scored[2], scored[1]]), "{}", reads[0]);
+    assert_eq!(reads[0]["details"]["fields"], json!(["bank", "features"]), "{}", reads[0]);
+    assert_eq!(reads[1]["details"]["creditScores"], json!([scored[0]]), "{}", reads[1]);
+
+    // A customer without decisions has an empty list, and nothing is audited.
+    let other = consent(&app, &key, &cpf(111_444_777), "banco-a", ALL).await;
+    let path = format!("/v1/fin/customers/{}/credit-scores", other["customerId"].as_str().unwrap());
+    let empty: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!(empty, json!({"creditScores": [], "nextPageToken": ""}));
+
+    // Refused: a customer the tenant does not have, or another tenant's; malformed ids, tokens and sizes.
+    let stranger = app.create_tenant_on("Outra Financeira", "enterprise").await;
+    let stranger = app.create_key(&stranger, SCOPES).await;
+    for list in ["consents", "credit-scores"] {
+        let path = format!("/v1/fin/customers/{customer}/{list}");
+        assert_problem(app.get(&path, &stranger).await, 404).await;
+        let unknown = format!("/v1/fin/customers/{}/{list}", uuid::Uuid::now_v7());
+        assert_problem(app.get(&unknown, &key).await, 404).await;
+        for (query, field) in [("pageToken=nope", "pageToken"), ("pageSize=101", "pageSize")] {
+            let problem = assert_problem(app.get(&format!("{path}?{query}"), &key).await, 400).await;
+            assert_eq!(problem["field"], field, "{query}: {problem}");
+        }
+        let problem = assert_problem(app.get(&format!("/v1/fin/customers/nope/{list}"), &key).await, 400).await;
+        assert_eq!(problem["field"], "customerId", "{problem}");
+    }
+    let after = app.audit_entries_once(&key, |_| true).await;
+    assert_eq!(after.iter().filter(|entry| entry["action"] == "fin.ListCreditScores").count(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_customers_consents_and_scores_are_listed_a_page_at_a_time_on_sqlite() {
+    a_customers_consents_and_scores_are_listed_a_page_at_a_time(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_customers_consents_and_scores_are_listed_a_page_at_a_time_on_postgres() {
+    a_customers_consents_and_scores_are_listed_a_page_at_a_time(Backend::Postgres).await;
+}
+
 /// Revoking one of several consents that fetched the same accounts keeps each account under
 /// another valid one that fetched it, without its balance when that one grants none, and deletes
 /// an account no other valid consent fetched; an ingestion under a consent that grants no
