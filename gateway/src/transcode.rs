@@ -120,7 +120,14 @@ pub(crate) fn not_json(content_type: Option<&str>, error: &serde_json::Error) ->
             .eq_ignore_ascii_case("application/x-www-form-urlencoded")
     });
     let hint = if form { " (it is read as JSON also when sent as application/x-www-form-urlencoded)" } else { "" };
-    Problem::bad_request(format!("the request body is not valid JSON{hint}: {error}"))
+    // serde_json says a lone surrogate escape (`\ud800` alone) ends its hex escape too early.
+    let message = error.to_string();
+    let surrogate = if message.contains("surrogate") || message.contains("hex escape") {
+        "; a \\u escape of a UTF-16 surrogate (\\ud800 to \\udfff) must be one of a high and low pair"
+    } else {
+        ""
+    };
+    Problem::bad_request(format!("the request body is not valid JSON{hint}: {message}{surrogate}"))
 }
 
 /// Refuses a JSON body declared as another media type or charset (see [`json_content_type`]);
@@ -773,6 +780,8 @@ mod tests {
             let problem = detail(problem);
             assert!(problem.ends_with(said) && !problem.contains("line 1"), "{problem}");
         }
+        let lone = detail(parse_body(&descriptor, br#"{"model": "\ud800x"}"#, None).unwrap_err());
+        assert!(lone.ends_with(r"must be one of a high and low pair"), "{lone}");
         let marked = detail(parse_body(&descriptor, b"\xEF\xBB\xBF{\"model\": \"x\"}", None).unwrap_err());
         assert_eq!(marked, "the request body starts with a byte-order mark: send the JSON without it");
         for body in [&br"[]"[..], br#""text""#, br"12"] {
