@@ -120,10 +120,12 @@ pub(crate) fn not_json(content_type: Option<&str>, error: &serde_json::Error) ->
             .eq_ignore_ascii_case("application/x-www-form-urlencoded")
     });
     let hint = if form { " (it is read as JSON also when sent as application/x-www-form-urlencoded)" } else { "" };
-    // serde_json says a lone surrogate escape (`\ud800` alone) ends its hex escape too early.
+    // serde_json says a lone surrogate escape (`\ud800` alone) ends its hex escape too early, as it
+    // says of an escape with fewer than four digits.
     let message = error.to_string();
     let surrogate = if message.contains("surrogate") || message.contains("hex escape") {
-        "; a \\u escape of a UTF-16 surrogate (\\ud800 to \\udfff) must be one of a high and low pair"
+        "; a \\u escape takes four hex digits, and one of a UTF-16 surrogate (\\ud800 to \\udfff) must be one of \
+         a high and low pair"
     } else {
         ""
     };
