@@ -421,6 +421,11 @@ fn summary_of(n: usize, window: proto::InferenceWindow) -> Result<Summary, Error
     if window.latency_buckets.len() != window.latency_bounds_ms.len() + 1 {
         return Err(Error::invalid(field("latencyBuckets"), "needs one bucket per bound and one above them"));
     }
+    // Bounds and shares go into the percentiles and the PSI that reports publish: finite, in order.
+    let ascending = window.latency_bounds_ms.windows(2).all(|pair| pair[0] < pair[1]);
+    if !ascending || window.latency_bounds_ms.iter().any(|bound| !bound.is_finite() || *bound < 0.0) {
+        return Err(Error::invalid(field("latencyBoundsMs"), "must be finite, not negative and ascending"));
+    }
     if window.errors > window.count {
         return Err(Error::invalid(field("errors"), "cannot exceed count"));
     }
@@ -428,6 +433,12 @@ fn summary_of(n: usize, window: proto::InferenceWindow) -> Result<Summary, Error
     for feature in window.features {
         if feature.counts.len() != feature.expected_shares.len() || feature.counts.is_empty() {
             return Err(Error::invalid(field("features"), format!("{}: one expected share per bin", feature.name)));
+        }
+        if feature.expected_shares.iter().any(|share| !(0.0..=1.0).contains(share)) {
+            return Err(Error::invalid(
+                field("features"),
+                format!("{}: each expected share is from 0 to 1", feature.name),
+            ));
         }
         features.push(FeatureBins { name: feature.name, counts: feature.counts, expected: feature.expected_shares });
     }
@@ -727,6 +738,38 @@ impl proto::reports_server::Reports for ReportsApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_whose_bounds_or_shares_a_report_could_not_publish_is_refused() {
+        let window = |bounds: Vec<f64>, shares: Vec<f64>| proto::InferenceWindow {
+            tenant_id: "t".into(),
+            service: "healthquantum".into(),
+            model: "breast-cancer".into(),
+            version: "1".into(),
+            start_time: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+            end_time: Some(prost_types::Timestamp { seconds: 1_700_000_060, nanos: 0 }),
+            count: 2,
+            errors: 0,
+            latency_buckets: vec![0; bounds.len() + 1],
+            latency_bounds_ms: bounds,
+            features: vec![proto::FeatureBins {
+                name: "bmi".into(),
+                counts: vec![1; shares.len()],
+                expected_shares: shares,
+            }],
+        };
+        let field_of = |window| match summary_of(0, window) {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("accepted: {other:?}"),
+        };
+        assert!(summary_of(0, window(vec![1.0, 5.0], vec![0.5, 0.5])).is_ok());
+        for bounds in [vec![f64::NAN], vec![f64::INFINITY], vec![5.0, 1.0], vec![-1.0], vec![2.0, 2.0]] {
+            assert_eq!(field_of(window(bounds.clone(), vec![1.0])), "windows[0].latencyBoundsMs", "{bounds:?}");
+        }
+        for shares in [vec![f64::NAN, 0.5], vec![1e300, 0.0], vec![-0.1, 1.1]] {
+            assert_eq!(field_of(window(vec![1.0], shares.clone())), "windows[0].features", "{shares:?}");
+        }
+    }
 
     #[test]
     fn a_service_is_the_one_its_token_names() {

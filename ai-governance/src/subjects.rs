@@ -193,7 +193,7 @@ impl SubjectServices {
         for (name, answer) in answers {
             match answer {
                 Ok(response) => {
-                    let exported = response.data.map(subject::from_struct).unwrap_or_default();
+                    let exported = response.data.map_or_else(|| serde_json::json!({}), subject::from_struct);
                     outcomes.push(outcome(&name, "exported", count_records(&exported), Vec::new(), String::new()));
                     data.insert(name, exported);
                 }

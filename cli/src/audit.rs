@@ -374,11 +374,11 @@ pub struct RootsArgs {
 /// What is wrong with the arguments of `audit roots`, if anything: a database URL that is neither
 /// PostgreSQL's nor SQLite's, or a snapshot that is no snapshot id or not for PostgreSQL.
 fn roots_usage(args: &RootsArgs) -> Option<String> {
-    let url = &args.database_url;
+    let url = args.database_url.to_ascii_lowercase();
     let postgres = url.starts_with("postgres://") || url.starts_with("postgresql://");
     if !postgres && !url.starts_with("sqlite:") {
-        let shown = aigronova_platform::config::redacted(url);
-        return Some(format!("--database-url: {shown:?} is no postgres:// or sqlite:// URL"));
+        let shown = aigronova_platform::config::redacted(&args.database_url);
+        return Some(format!("--database-url: {shown:?} is no postgres://, postgresql:// or sqlite: URL"));
     }
     match &args.snapshot {
         Some(_) if !postgres => {

@@ -343,7 +343,10 @@ fn audit_roots_tells_wrong_arguments_from_a_database_it_cannot_read() {
             .unwrap()
     };
     for (args, said) in [
-        (&["--database-url", "mysql://root:s3cretpw@localhost/db"][..], "is no postgres:// or sqlite:// URL"),
+        (
+            &["--database-url", "mysql://root:s3cretpw@localhost/db"][..],
+            "is no postgres://, postgresql:// or sqlite: URL",
+        ),
         (
             &["--database-url", "sqlite://governance.db", "--snapshot", "00000003-1"],
             "for a postgres:// database URL only",

@@ -291,7 +291,7 @@ impl Store {
         page: Page<'_>,
         event: impl FnOnce(&[StoredScore]) -> AuditEvent,
     ) -> Result<(Vec<StoredScore>, Option<String>), Error> {
-        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_snapshot(tenant_id).await?;
         require_customer(&mut transaction, tenant_id, customer_id).await?;
         let rows = sqlx::query(
             "SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 AND ($3 = '' OR id < $3) \

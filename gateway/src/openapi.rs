@@ -312,7 +312,12 @@ impl Generator {
             if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
                 for property in properties.values_mut() {
                     match property.get("type").cloned() {
-                        Some(Value::String(kind)) => property["type"] = json!([kind, "null"]),
+                        Some(Value::String(kind)) => {
+                            property["type"] = json!([kind, "null"]);
+                            if let Some(values) = property.get_mut("enum").and_then(Value::as_array_mut) {
+                                values.push(Value::Null);
+                            }
+                        }
                         _ => {
                             let description = property.as_object_mut().and_then(|p| p.remove("description"));
                             let mut nullable = json!({"anyOf": [property.take(), {"type": "null"}]});
@@ -324,8 +329,8 @@ impl Generator {
                     }
                 }
             }
-            let note = "The fields to change, each left as it is when left out or `null`; a body that names none, \
-                        `{}` or only nulls, is refused.";
+            let note = "The fields to change, each left as it is when left out or `null`; a body that names none \
+                        (`{}`, only nulls, or only the fields the path gives) is refused.";
             schema["description"] = match schema.get("description").and_then(Value::as_str) {
                 Some(comment) => format!("{comment}\n\n{note}").into(),
                 None => note.into(),
@@ -722,7 +727,7 @@ fn component_parameters() -> Value {
             "description": "How long the caller waits, as gRPC writes it: a positive number of 1 to 8 digits and a \
                             unit (`H`, `M`, `S`, `m`, `u`, `n`), e.g. `250m`. The call is cut short with 504 when it \
                             runs out; a malformed one, zero, or two, is a 400.",
-            "schema": {"type": "string", "pattern": "^(?=[0-9]{1,8}[HMSmun]$)0*[1-9][0-9]*[HMSmun]$"},
+            "schema": {"type": "string", "minLength": 2, "maxLength": 9, "pattern": "^0*[1-9][0-9]*[HMSmun]$"},
         },
         "ContentEncoding": {
             "name": "Content-Encoding",

@@ -120,16 +120,17 @@ pub(crate) fn not_json(content_type: Option<&str>, error: &serde_json::Error) ->
             .eq_ignore_ascii_case("application/x-www-form-urlencoded")
     });
     let hint = if form { " (it is read as JSON also when sent as application/x-www-form-urlencoded)" } else { "" };
-    // serde_json says a lone surrogate escape (`\ud800` alone) ends its hex escape too early, as it
-    // says of an escape with fewer than four digits.
+    // serde_json says a lone surrogate (`\ud800` not followed by its low half) ends its hex escape
+    // too early.
     let message = error.to_string();
-    let surrogate = if message.contains("surrogate") || message.contains("hex escape") {
-        "; a \\u escape takes four hex digits, and one of a UTF-16 surrogate (\\ud800 to \\udfff) must be one of \
-         a high and low pair"
+    let escape = if message.contains("surrogate") || message.contains("hex escape") {
+        "; a \\u escape of a UTF-16 surrogate (\\ud800 to \\udfff) must be one of a high and low pair"
+    } else if message.contains("invalid escape") {
+        "; a backslash escapes only \\\" \\\\ / b f n r t, or u with four hex digits"
     } else {
         ""
     };
-    Problem::bad_request(format!("the request body is not valid JSON{hint}: {message}{surrogate}"))
+    Problem::bad_request(format!("the request body is not valid JSON{hint}: {message}{escape}"))
 }
 
 /// Refuses a JSON body declared as another media type or charset (see [`json_content_type`]);
@@ -784,6 +785,8 @@ mod tests {
         }
         let lone = detail(parse_body(&descriptor, br#"{"model": "\ud800x"}"#, None).unwrap_err());
         assert!(lone.ends_with(r"must be one of a high and low pair"), "{lone}");
+        let short = detail(parse_body(&descriptor, br#"{"model": "\u12x4"}"#, None).unwrap_err());
+        assert!(short.ends_with(r"or u with four hex digits"), "{short}");
         let marked = detail(parse_body(&descriptor, b"\xEF\xBB\xBF{\"model\": \"x\"}", None).unwrap_err());
         assert_eq!(marked, "the request body starts with a byte-order mark: send the JSON without it");
         for body in [&br"[]"[..], br#""text""#, br"12"] {
