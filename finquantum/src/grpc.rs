@@ -541,9 +541,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let proto::GetStatementRequest { customer_id, month, format } = request.into_inner();
         let customer_id = parse_id("customerId", &customer_id)?;
-        let bounds = scoring::month_bounds(month.trim())?;
-        if bounds.0 > Utc::now().date_naive() {
-            return Err(Error::invalid("month", format!("{} has not begun yet", month.trim())).into());
+        let bounds = scoring::month_bounds(&month)?;
+        // Bookings are dated in Brasília: its next month begins three hours after UTC's.
+        if bounds.0 > crate::openfinance::brasilia_date(Utc::now()) {
+            return Err(Error::invalid("month", format!("{month} has not begun yet (in Brasília time)")).into());
         }
         let pdf = match format.trim() {
             "" | "json" => false,
@@ -561,12 +562,12 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             EventKind::SensitiveRead,
             "fin.GetStatement",
             &format!("customer:{customer_id}"),
-            serde_json::json!({"month": month.trim(), "format": if pdf { "pdf" } else { "json" }}),
+            serde_json::json!({"month": month, "format": if pdf { "pdf" } else { "json" }}),
         );
         let held = self.store.data_under(&caller.tenant_id, &customer_id, &usable, first, Some(&read)).await?;
         self.outbox.wake();
         let statement =
-            statement::build(&customer_id, month.trim(), bounds, &held.accounts, &held.transactions, &held.held_since);
+            statement::build(&customer_id, &month, bounds, &held.accounts, &held.transactions, &held.held_since);
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))
         } else {

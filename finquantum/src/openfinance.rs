@@ -151,6 +151,11 @@ pub const BOOKING_WINDOW_DAYS: u64 = 365;
 /// time since 2019).
 const BRASILIA_BEHIND_UTC: chrono::Duration = chrono::Duration::hours(3);
 
+/// The date in Brasília at `at`, the calendar institutions date bookings by.
+pub(crate) fn brasilia_date(at: chrono::DateTime<chrono::Utc>) -> chrono::NaiveDate {
+    (at - BRASILIA_BEHIND_UTC).date_naive()
+}
+
 /// The key of the set that lists the cache keys of the pages fetched under `consent_id`.
 fn page_index_key(consent_id: &str) -> String {
     format!("openfinance-pages:{consent_id}")
@@ -357,7 +362,7 @@ impl OpenFinanceClient {
     ) -> Result<Vec<Transaction>, OpenFinanceError> {
         // Without dates an institution answers today's transactions only; a year, to today in
         // Brasília, is the longest period one answers for.
-        let today = (chrono::Utc::now() - BRASILIA_BEHIND_UTC).date_naive();
+        let today = brasilia_date(chrono::Utc::now());
         let from = today - chrono::Days::new(BOOKING_WINDOW_DAYS - 1);
         let url = format!(
             "{}/open-banking/accounts/v2/accounts/{}/transactions?fromBookingDate={from}&toBookingDate={today}",
@@ -518,6 +523,15 @@ fn next_page(first: &reqwest::Url, current: &reqwest::Url, link: &str) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_brasilia_date_turns_three_hours_after_utcs() {
+        let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&chrono::Utc);
+        let day = |text: &str| chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").unwrap();
+        assert_eq!(brasilia_date(at("2026-12-01T00:00:03Z")), day("2026-11-30"));
+        assert_eq!(brasilia_date(at("2026-12-01T02:59:59Z")), day("2026-11-30"));
+        assert_eq!(brasilia_date(at("2026-12-01T03:00:00Z")), day("2026-12-01"));
+    }
 
     #[test]
     fn an_answer_outside_the_shapes_is_described_without_its_values() {

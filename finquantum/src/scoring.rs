@@ -358,19 +358,27 @@ fn rounded_div(sum: i64, count: i64) -> i64 {
 
 /// The model's input, by feature name: the declared data and the bank summary combined.
 pub fn features(applicant: &Applicant, bank: &BankSummary) -> Result<HashMap<String, f64>, Error> {
-    let income = if bank.income_months > 0 && bank.average_monthly_income_cents > 0 {
-        bank.average_monthly_income_cents as f64 / 100.0
+    let income_cents = if bank.income_months > 0 && bank.average_monthly_income_cents > 0 {
+        i128::from(bank.average_monthly_income_cents)
     } else {
-        applicant.monthly_income.ok_or_else(|| {
+        let declared = applicant.monthly_income.ok_or_else(|| {
             Error::invalid("applicant.monthlyIncome", "is required when the bank data shows no salary")
-        })?
+        })?;
+        (declared * 100.0).round() as i128
     };
-    let share = applicant.credit_amount / f64::from(applicant.duration_months) / income;
-    let installment_rate = match share {
-        share if share < 0.10 => 1.0,
-        share if share < 0.20 => 2.0,
-        share if share < 0.30 => 3.0,
-        _ => 4.0,
+    // In whole cents, without a division: an instalment of exactly 20% of the income is not below
+    // 20%, which a quotient of floating-point reais can miss by its last bit.
+    let amount_cents = (applicant.credit_amount * 100.0).round() as i128;
+    let months = i128::from(applicant.duration_months);
+    let below = |tenths: i128| amount_cents * 10 < tenths * months * income_cents;
+    let installment_rate = if below(1) {
+        1.0
+    } else if below(2) {
+        2.0
+    } else if below(3) {
+        3.0
+    } else {
+        4.0
     };
     Ok(HashMap::from([
         ("duration_months".to_owned(), f64::from(applicant.duration_months)),
@@ -745,6 +753,19 @@ mod tests {
         assert!(!error.contains("is required") && error.contains("between 18 and 120"), "{error}");
         let error = Applicant::parse(&DeclaredFields { housing: "castle", ..good.clone() }).unwrap_err();
         assert!(error.to_string().contains("must be one of own, rent, free"), "{error}");
+    }
+
+    #[test]
+    fn an_instalment_at_a_bound_is_not_below_it_whatever_its_cents() {
+        let none = BankSummary::of(&[], &[]);
+        // 552.61 / 2763.05 is 0.19999999999999998 in floating point: exactly 20% all the same.
+        for (amount, months, rate) in [(552.61, 1, 3.0), (552.60, 1, 2.0), (8289.15, 10, 4.0), (2763.05, 10, 2.0)] {
+            let mut declared = applicant();
+            declared.credit_amount = amount;
+            declared.duration_months = months;
+            declared.monthly_income = Some(2763.05);
+            assert_eq!(features(&declared, &none).unwrap()["installment_rate"], rate, "{amount} over {months} months");
+        }
     }
 
     #[test]

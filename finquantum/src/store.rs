@@ -264,18 +264,7 @@ impl Store {
         page: Page<'_>,
     ) -> Result<(Vec<Consent>, Option<String>), Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        require_customer(&mut transaction, tenant_id, customer_id).await?;
-        let rows = sqlx::query(
-            "SELECT * FROM consents WHERE tenant_id = $1 AND customer_id = $2 AND ($3 = '' OR id < $3) \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(tenant_id)
-        .bind(customer_id)
-        .bind(page.after.unwrap_or_default())
-        .bind(page.limit_with_one_more())
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
+        let rows = customer_page(&mut transaction, "consents", tenant_id, customer_id, page).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         let mut consents = rows.iter().map(consent_of).collect::<Result<Vec<_>, _>>()?;
         let next = page.split(&mut consents, |consent| consent.id.clone());
@@ -292,18 +281,7 @@ impl Store {
         event: impl FnOnce(&[StoredScore]) -> AuditEvent,
     ) -> Result<(Vec<StoredScore>, Option<String>), Error> {
         let mut transaction = self.database.begin_tenant_snapshot(tenant_id).await?;
-        require_customer(&mut transaction, tenant_id, customer_id).await?;
-        let rows = sqlx::query(
-            "SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 AND ($3 = '' OR id < $3) \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(tenant_id)
-        .bind(customer_id)
-        .bind(page.after.unwrap_or_default())
-        .bind(page.limit_with_one_more())
-        .fetch_all(&mut *transaction)
-        .await
-        .map_err(StoreError::from)?;
+        let rows = customer_page(&mut transaction, "credit_scores", tenant_id, customer_id, page).await?;
         let mut scores = rows.iter().map(score_of).collect::<Result<Vec<_>, _>>()?;
         let next = page.split(&mut scores, |score| score.id.clone());
         if !scores.is_empty() {
@@ -1105,6 +1083,31 @@ async fn valid_heir(
 }
 
 /// Every consent of `customer_id`, oldest first.
+/// The rows of `table` (`consents` or `credit_scores`) of the customer on `page`, newest first,
+/// and one more when more follow; `NotFound` for a customer the tenant does not have.
+async fn customer_page(
+    connection: &mut sqlx::AnyConnection,
+    table: &'static str,
+    tenant_id: &str,
+    customer_id: &str,
+    page: Page<'_>,
+) -> Result<Vec<AnyRow>, Error> {
+    require_customer(connection, tenant_id, customer_id).await?;
+    let sql = format!(
+        "SELECT * FROM {table} WHERE tenant_id = $1 AND customer_id = $2 AND ($3 = '' OR id < $3) \
+         ORDER BY id DESC LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(customer_id)
+        .bind(page.after.unwrap_or_default())
+        .bind(page.limit_with_one_more())
+        .fetch_all(&mut *connection)
+        .await
+        .map_err(StoreError::from)?;
+    Ok(rows)
+}
+
 /// `NotFound` unless `customer_id` is a customer of `tenant_id`.
 async fn require_customer(
     connection: &mut sqlx::AnyConnection,

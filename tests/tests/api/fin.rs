@@ -245,6 +245,8 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for (path, field) in [
         (format!("/v1/fin/customers/{customer}/statements/2026-13"), "month"),
         (format!("/v1/fin/customers/{customer}/statements/2999-01"), "month"),
+        (format!("/v1/fin/customers/{customer}/statements/%202026-10"), "month"),
+        (format!("/v1/fin/customers/{customer}/statements/2026-10%09"), "month"),
         (format!("/v1/fin/customers/{customer}/statements/2026-10?format=xml"), "format"),
         ("/v1/fin/customers/nope/statements/2026-10".to_owned(), "customerId"),
     ] {
