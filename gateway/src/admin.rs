@@ -371,7 +371,7 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
     let body = read_body(body, &parts.headers, state.max_body_bytes, state.body_timeout).await?;
     let content_type = crate::transcode::content_type(&parts.headers)?;
     crate::transcode::json_content_type(content_type, &body)?;
-    if let Some(path) = crate::transcode::repeated_name(&body, None) {
+    if let Some(crate::transcode::Finding::Repeated(path)) = crate::transcode::repeated_name(&body, None) {
         return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
     }
     // No body is an empty object, as on the services' routes: its required fields are named.

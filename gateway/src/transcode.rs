@@ -224,8 +224,16 @@ fn parse_body(
         Some(_) => {}
     }
     // JSON leaves a repeated name's meaning open (RFC 8259): refused rather than one value kept.
-    if let Some(path) = repeated_name(body, Some(descriptor)) {
-        return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
+    match repeated_name(body, Some(descriptor)) {
+        Some(Finding::Repeated(path)) => {
+            return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
+        }
+        Some(Finding::OutOfRange(path)) => {
+            let range = field_at(descriptor, &path).and_then(|field| whole_numbers_of(&field));
+            let range = range.unwrap_or_else(|| "its type's range".to_owned());
+            return Err(Problem::invalid_field(&path, format!("{path} is not a whole number from {range}")));
+        }
+        None => {}
     }
     // Read straight from the bytes into the message, without a JSON tree in between.
     let mut json = serde_json::Deserializer::from_slice(body);
@@ -314,11 +322,22 @@ pub(crate) fn content_type(headers: &http::HeaderMap) -> Result<Option<&str>, Pr
     }
 }
 
+/// What a walk through a body finds before it is read into its message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Finding {
+    /// A name given twice in one object, by its path.
+    Repeated(String),
+    /// A 64-bit integer field's value past its type's range, by its path.
+    OutOfRange(String),
+}
+
 /// The path of the first name an object of `body` holds twice (`name`, `applicant.age`), if any:
 /// within a message of `descriptor`, a field named twice, by its JSON name or its proto name alike;
 /// elsewhere (a map's keys, a body without a descriptor), the same name twice. A body that is not
 /// JSON has none here; the message's own reading says what is wrong with it.
-pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>) -> Option<String> {
+/// Within a message, a 64-bit integer field's number past its type's range is found too, which
+/// the JSON reader would otherwise round to the largest value.
+pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>) -> Option<Finding> {
     use std::{borrow::Cow, collections::HashSet};
 
     use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -329,9 +348,11 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
     struct Walk<'a> {
         parent: &'a str,
         name: &'a str,
-        found: &'a mut Option<String>,
+        found: &'a mut Option<Finding>,
         /// The message this value is, when known.
         message: Option<MessageDescriptor>,
+        /// For a 64-bit integer field, the magnitude its values stay below.
+        bound: Option<f64>,
     }
 
     /// What two names of one object are compared by: a message's field, however named, or the
@@ -383,20 +404,29 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
                     None => Seen::Name(name.clone()),
                 };
                 if !seen.insert(key) {
-                    *self.found = Some(join(&path, shown));
+                    *self.found = Some(Finding::Repeated(join(&path, shown)));
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                map.next_value_seed(Walk { parent: &path, name: shown, found: &mut *self.found, message: inner })?;
+                // serde_json reads an integer past 64 bits as a float, which the JSON mapping would
+                // take, rounded to 2^64, as the largest integer: such a value is refused.
+                let bound = field.as_ref().filter(|field| !field.is_map()).and_then(|field| match field.kind() {
+                    Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Some(2f64.powi(63)),
+                    Kind::Uint64 | Kind::Fixed64 => Some(2f64.powi(64)),
+                    _ => None,
+                });
+                let walk = Walk { parent: &path, name: shown, found: &mut *self.found, message: inner, bound };
+                map.next_value_seed(walk)?;
             }
             Ok(())
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let Walk { parent, name, found, message } = self;
-            while seq.next_element_seed(Walk { parent, name, found: &mut *found, message: message.clone() })?.is_some()
-            {
-            }
+            let Walk { parent, name, found, message, bound } = self;
+            while seq
+                .next_element_seed(Walk { parent, name, found: &mut *found, message: message.clone(), bound })?
+                .is_some()
+            {}
             Ok(())
         }
 
@@ -409,7 +439,10 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
         fn visit_u64<E>(self, _: u64) -> Result<(), E> {
             Ok(())
         }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        fn visit_f64<E>(self, value: f64) -> Result<(), E> {
+            if self.bound.is_some_and(|bound| value.abs() >= bound) && self.found.is_none() {
+                *self.found = Some(Finding::OutOfRange(join(self.parent, self.name)));
+            }
             Ok(())
         }
         fn visit_str<E>(self, _: &str) -> Result<(), E> {
@@ -422,7 +455,9 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
 
     let mut found = None;
     let mut json = serde_json::Deserializer::from_slice(body);
-    Walk { parent: "", name: "", found: &mut found, message: descriptor.cloned() }.deserialize(&mut json).ok()?;
+    Walk { parent: "", name: "", found: &mut found, message: descriptor.cloned(), bound: None }
+        .deserialize(&mut json)
+        .ok()?;
     found
 }
 
@@ -690,6 +725,24 @@ mod tests {
             let problem = parse_body(&descriptor, body, None).unwrap_err();
             assert_eq!(problem.field(), Some("auditIndex"), "{}", String::from_utf8_lossy(body));
             assert_eq!(problem.detail(), "auditIndex is not a whole number from 0 to 18446744073709551615");
+        }
+    }
+
+    #[test]
+    fn a_64_bit_integer_past_its_range_is_refused_rather_than_rounded_to_the_largest() {
+        let review = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)
+            .unwrap()
+            .get_message_by_name("aigronova.governance.v1.CreateReviewRequest")
+            .unwrap();
+        for index in ["18446744073709551616", "1.8446744073709552e19", "18446744073709552000", "1e30"] {
+            let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
+            let problem = parse_body(&review, body.as_bytes(), None).unwrap_err();
+            assert_eq!(problem.field(), Some("auditIndex"), "{index}");
+            assert!(detail(problem).contains("is not a whole number from 0"), "{index}");
+        }
+        for index in ["18446744073709551615", "7", "\"18446744073709551615\""] {
+            let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
+            assert!(parse_body(&review, body.as_bytes(), None).is_ok(), "{index}");
         }
     }
 
