@@ -261,6 +261,9 @@ pub(crate) async fn revoke_api_key(
     neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
     let (tenant_id, key_id) = path(ids)?;
     existing_tenant(&state, &tenant_id).await?;
+    if uuid::Uuid::parse_str(&key_id).is_err() {
+        return Err(Problem::invalid_field("keyId", "keyId must be a UUID, as the key list gives it"));
+    }
     let hash =
         state.store.revoke_key(&tenant_id, &key_id).await.map_err(store_failure)?.ok_or_else(|| {
             Problem::not_found(format!("API key {:?} of tenant {:?} not found", &*key_id, &*tenant_id))

@@ -931,7 +931,10 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         tag: "Admin",
         summary: "Revokes an API key; it is refused at once on every replica.",
         scopes: &[ADMIN_SCOPE],
-        parameters: &[TENANT_ID, path_parameter("keyId", "The key's id.")],
+        parameters: &[
+            TENANT_ID,
+            path_parameter("keyId", "The key's id, a UUID as the key list gives it (400 otherwise)."),
+        ],
         request: None,
         replies: &[Reply { status: "204", description: "Revoked.", body: None }],
         problems: ADMIN_TENANT_PROBLEMS,

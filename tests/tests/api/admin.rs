@@ -164,10 +164,13 @@ async fn a_revoked_key_is_refused_at_once_and_listed_as_revoked() {
     let revoke = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/{key_id}"), &app.admin_key).await;
     assert_eq!(revoke.status(), 204);
     assert_problem(app.get(&path, &key).await, 401).await;
-    let again = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/no-such-key"), &app.admin_key).await;
-    let problem = assert_problem(again, 404).await;
-    assert_eq!(problem["detail"], format!("API key \"no-such-key\" of tenant \"{tenant}\" not found"));
     let missing = "00000000-0000-7000-8000-000000000000";
+    let again = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/{missing}"), &app.admin_key).await;
+    let problem = assert_problem(again, 404).await;
+    assert_eq!(problem["detail"], format!("API key \"{missing}\" of tenant \"{tenant}\" not found"));
+    // An id no key could have is told as malformed, as a tenant id is.
+    let malformed = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/no-such-key"), &app.admin_key).await;
+    assert_eq!(assert_problem(malformed, 400).await["field"], "keyId");
     let nowhere = app.delete(&format!("/v1/admin/tenants/{missing}/api-keys/no-such-key"), &app.admin_key).await;
     assert_eq!(assert_problem(nowhere, 404).await["detail"], format!("tenant \"{missing}\" not found"));
 
