@@ -34,12 +34,42 @@ struct Entry {
     fetched: Instant,
 }
 
+/// The cached lookups, and how many evictions there have been: a lookup that an eviction overtook
+/// (a key revoked while its row was being read) is answered but not kept, so that the answer read
+/// before the revocation does not outlive it in the cache.
+#[derive(Default)]
+struct Entries {
+    by_hash: HashMap<String, Entry>,
+    evictions: u64,
+}
+
+impl Entries {
+    /// Keeps a lookup begun when `evictions` was `seen`, unless an eviction came since; whether it
+    /// was kept.
+    fn remember(&mut self, hash: String, entry: Entry, seen: u64) -> bool {
+        if self.evictions != seen {
+            return false;
+        }
+        if self.by_hash.len() >= MAX_ENTRIES {
+            self.by_hash.clear();
+        }
+        self.by_hash.insert(hash, entry);
+        true
+    }
+
+    /// Forgets the entries `forget` picks.
+    fn evict(&mut self, forget: impl Fn(&str, &Entry) -> bool) {
+        self.evictions += 1;
+        self.by_hash.retain(|hash, entry| !forget(hash, entry));
+    }
+}
+
 /// Key lookups by key hash, with invalidation.
 #[derive(Clone)]
 pub(crate) struct KeyCache {
     store: Store,
     ttl: Duration,
-    entries: Arc<RwLock<HashMap<String, Entry>>>,
+    entries: Arc<RwLock<Entries>>,
     touched: Arc<Mutex<HashMap<String, Instant>>>,
     /// Set while evictions from other replicas may be missed: lookups skip the cache.
     bypass: Arc<AtomicBool>,
@@ -56,17 +86,15 @@ impl KeyCache {
         let cached = if self.bypass.load(Ordering::Relaxed) {
             None
         } else {
-            self.read().get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned()
+            self.read().by_hash.get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned()
         };
         let principal = match cached {
             Some(entry) => entry.principal,
             None => {
+                let seen = self.read().evictions;
                 let principal = self.store.principal_by_hash(&hash).await?.map(Arc::new);
-                let mut entries = self.write();
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
-                }
-                entries.insert(hash, Entry { principal: principal.clone(), fetched: Instant::now() });
+                let entry = Entry { principal: principal.clone(), fetched: Instant::now() };
+                self.write().remember(hash, entry, seen);
                 principal
             }
         };
@@ -82,18 +110,17 @@ impl KeyCache {
 
     /// Forgets everything.
     pub(crate) fn clear(&self) {
-        self.write().clear();
+        self.write().evict(|_, _| true);
     }
 
     /// Forgets one key (revoked).
     pub(crate) fn evict_key_hash(&self, hash: &str) {
-        self.write().remove(hash);
+        self.write().evict(|cached, _| cached == hash);
     }
 
     /// Forgets every key of a tenant (suspended, plan changed).
     pub(crate) fn evict_tenant(&self, tenant_id: &str) {
-        self.write()
-            .retain(|_, entry| entry.principal.as_ref().and_then(|p| p.tenant_id.as_deref()) != Some(tenant_id));
+        self.write().evict(|_, entry| entry.principal.as_ref().and_then(|p| p.tenant_id.as_deref()) == Some(tenant_id));
     }
 
     /// Records the key's use, at most once per [`TOUCH_INTERVAL`], off the request path.
@@ -117,11 +144,11 @@ impl KeyCache {
         });
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Entries> {
         self.entries.read().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Entries> {
         self.entries.write().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -259,5 +286,30 @@ impl Invalidation {
             }
         }
         Err(redis::RedisError::from((redis::ErrorKind::Io, "subscription ended")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry { principal: None, fetched: Instant::now() }
+    }
+
+    #[test]
+    fn a_lookup_overtaken_by_an_eviction_is_not_kept() {
+        let mut entries = Entries::default();
+        let seen = entries.evictions;
+        // The key is revoked while its row, read before, is on its way.
+        entries.evict(|hash, _| hash == "h1");
+        assert!(!entries.remember("h1".into(), entry(), seen));
+        assert!(entries.by_hash.is_empty());
+        // A lookup begun after the eviction is kept, until the next eviction of it.
+        let seen = entries.evictions;
+        assert!(entries.remember("h1".into(), entry(), seen));
+        assert!(entries.remember("h2".into(), entry(), seen));
+        entries.evict(|hash, _| hash == "h1");
+        assert_eq!(entries.by_hash.keys().collect::<Vec<_>>(), ["h2"]);
     }
 }
