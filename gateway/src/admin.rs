@@ -371,7 +371,7 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
             format!("{} {} takes its fields in the body, not the query", parts.method, parts.uri.path()),
         ));
     }
-    let body = read_body(body, &parts.headers, state.max_body_bytes, state.body_timeout).await?;
+    let body = read_body(body, &parts.headers, state.max_body_bytes, state.body_timeout, &mut ()).await?;
     let content_type = crate::transcode::content_type(&parts.headers)?;
     crate::transcode::json_content_type(content_type, &body)?;
     if let Some(crate::transcode::Finding::Repeated(path)) = crate::transcode::repeated_name(&body, None) {

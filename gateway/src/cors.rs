@@ -108,8 +108,12 @@ impl CorsConfig {
         Ok(())
     }
 
-    /// The layer, or `None` when CORS is off.
-    pub(crate) fn layer(&self) -> Option<PreflightsOnly> {
+    /// The CORS layer, or `None` when CORS is off. It is split in two (see [`CorsPart`]): the part
+    /// that answers preflights goes inside the edge, so that they are logged and counted as any
+    /// request; the part that adds the headers to other answers goes outside, so that answers the
+    /// edge gives itself (a shed request's 503, a 414) carry them too, and a page's script can read
+    /// them.
+    pub(crate) fn layer(&self) -> Option<CorsLayer> {
         if self.allowed_origins.is_empty() {
             return None;
         }
@@ -132,32 +136,48 @@ impl CorsConfig {
             ])
             .expose_headers(EXPOSED_HEADERS)
             .max_age(Duration::from_secs(self.max_age_secs));
-        Some(PreflightsOnly(cors))
+        Some(cors)
     }
 }
 
-/// The CORS layer, but for an `OPTIONS` request that is no preflight (no `Origin` or no
-/// `Access-Control-Request-Method`), which goes on to the routes like any other request and is
-/// answered as they answer it (405 with `Allow`); the CORS layer alone would answer every
-/// `OPTIONS` as a preflight.
+/// One part of the CORS layer: with `preflights`, the part that answers preflights and passes
+/// every other request on untouched; without, the part that adds the CORS headers to the answer
+/// of every request but an `OPTIONS` (a preflight is the other part's; an `OPTIONS` that is no
+/// preflight, without `Origin` or `Access-Control-Request-Method`, goes on to the routes like any
+/// other request and is answered as they answer it, 405 with `Allow`, where the CORS layer alone
+/// would answer it as a preflight).
 #[derive(Clone)]
-pub(crate) struct PreflightsOnly(CorsLayer);
+pub(crate) struct CorsPart {
+    cors: CorsLayer,
+    preflights: bool,
+}
 
-impl<S: Clone> Layer<S> for PreflightsOnly {
-    type Service = PreflightsOnlyService<S>;
+impl CorsPart {
+    pub(crate) fn preflights(cors: CorsLayer) -> Self {
+        Self { cors, preflights: true }
+    }
+
+    pub(crate) fn other_requests(cors: CorsLayer) -> Self {
+        Self { cors, preflights: false }
+    }
+}
+
+impl<S: Clone> Layer<S> for CorsPart {
+    type Service = CorsPartService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        PreflightsOnlyService { cors: self.0.layer(inner.clone()), inner }
+        CorsPartService { cors: self.cors.layer(inner.clone()), inner, preflights: self.preflights }
     }
 }
 
 #[derive(Clone)]
-pub(crate) struct PreflightsOnlyService<S> {
+pub(crate) struct CorsPartService<S> {
     cors: Cors<S>,
     inner: S,
+    preflights: bool,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for PreflightsOnlyService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CorsPartService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: Default,
@@ -174,12 +194,8 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // Every request but an `OPTIONS` that is no preflight passes the CORS layer.
-        if request.method() != Method::OPTIONS || is_preflight(&request) {
-            Either::Left(self.cors.call(request))
-        } else {
-            Either::Right(self.inner.call(request))
-        }
+        let mine = if self.preflights { is_preflight(&request) } else { request.method() != Method::OPTIONS };
+        if mine { Either::Left(self.cors.call(request)) } else { Either::Right(self.inner.call(request)) }
     }
 }
 

@@ -21,7 +21,7 @@ use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::time::{Instant, Sleep};
 
-use crate::{metrics::metrics, problem::Problem};
+use crate::{metrics::metrics, problem::Problem, resilience::BodyRoom};
 
 /// Decoded bytes a decoder hands on at a time: the most a refused body inflates past the limit.
 pub(crate) const DECODER_BUFFER_BYTES: usize = 32 * 1024;
@@ -47,10 +47,16 @@ fn unreadable() -> Problem {
     Problem::bad_request("the request body could not be read")
 }
 
-/// The body, decoded as its `Content-Encoding` says; 413 when it passes `limit` bytes before or
-/// after decoding, 415 for a coding other than gzip, deflate, br or identity, 400 when the bytes
-/// do not decode or do not arrive whole.
-pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Problem> {
+/// The body, decoded as its `Content-Encoding` says, its memory held in `room` as it grows; 413
+/// when it passes `limit` bytes before or after decoding, 415 for a coding other than gzip, deflate,
+/// br or identity, 400 when the bytes do not decode or do not arrive whole, `room`'s refusal (503)
+/// when it has no more.
+pub(crate) async fn read(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    room: &mut dyn BodyRoom,
+) -> Result<Bytes, Problem> {
     use http_body::Body as _;
     // No body (a GET, or a length of 0): nothing to decode, whatever coding it names.
     if body.is_end_stream() {
@@ -58,22 +64,13 @@ pub(crate) async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Resul
     }
     let codings = codings(headers)?;
     if codings.is_empty() {
-        return axum::body::to_bytes(body, limit).await.map_err(|error| {
-            let error = error.into_inner();
-            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
-            while let Some(error) = cause {
-                if error.is::<http_body_util::LengthLimitError>() {
-                    return too_large(limit);
-                }
-                cause = error.source();
-            }
-            unreadable()
-        });
+        return collect(body, limit, room).await;
     }
-    let mut decoded = Decoded { bytes: Vec::new(), limit, inflated: 0, exceeded: false };
+    let mut decoded = Decoded { bytes: Vec::new(), limit, inflated: 0, exceeded: false, room, no_room: None };
     let result = decode(body, &codings, &mut decoded, limit).await;
     let (label, outcome) = match result {
         _ if decoded.exceeded => ("too_large", Err(too_large(limit))),
+        _ if decoded.no_room.is_some() => ("no_room", Err(decoded.no_room.take().expect("checked"))),
         Err(Failure::TooLarge) => ("too_large", Err(too_large(limit))),
         Ok(()) => ("accepted", Ok(Bytes::from(decoded.bytes))),
         Err(Failure::Unreadable) => ("refused", Err(unreadable())),
@@ -163,6 +160,7 @@ fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Problem> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Encoding {what} is not supported; use gzip, deflate or br"),
         )
+        .with_accept_encoding("gzip, deflate, br")
     };
     let mut codings = Vec::new();
     for value in headers.get_all(header::CONTENT_ENCODING) {
@@ -189,9 +187,29 @@ enum Failure {
     Undecodable,
 }
 
+/// The frames of a body without a content coding, joined; 413 past `limit` bytes.
+async fn collect(mut body: Body, limit: usize, room: &mut dyn BodyRoom) -> Result<Bytes, Problem> {
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut received = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| unreadable())?.into_data() else { continue };
+        received += data.len();
+        if received > limit {
+            return Err(too_large(limit));
+        }
+        room.hold(received)?;
+        parts.push(data);
+    }
+    Ok(match parts.len() {
+        // One frame, as a small body mostly arrives: kept as it is, without a copy.
+        1 => parts.pop().expect("one part"),
+        _ => parts.concat().into(),
+    })
+}
+
 /// Streams `body` through the decoders into `decoded`. Each frame is decoded as it arrives and
 /// then dropped, so that memory holds the decoded body (at most `limit`) and the decoders' buffers.
-async fn decode(mut body: Body, codings: &[Coding], decoded: &mut Decoded, limit: usize) -> Result<(), Failure> {
+async fn decode(mut body: Body, codings: &[Coding], decoded: &mut Decoded<'_>, limit: usize) -> Result<(), Failure> {
     let mut chain: Box<dyn Stage + '_> = Box::new(decoded);
     for coding in codings {
         chain = match coding {
@@ -221,24 +239,32 @@ trait Stage: Write + Send {
     fn finish(&mut self) -> io::Result<()>;
 }
 
-/// The last step: keeps the decoded body and refuses any write that would take it past the limit.
-struct Decoded {
+/// The last step: keeps the decoded body and refuses any write that would take it past the limit
+/// or past the room it may hold.
+struct Decoded<'r> {
     bytes: Vec<u8>,
     limit: usize,
     /// Every byte the decoders produced, kept or refused.
     inflated: u64,
     exceeded: bool,
+    room: &'r mut dyn BodyRoom,
+    /// The room's refusal, once it had no more.
+    no_room: Option<Problem>,
 }
 
-impl Write for Decoded {
+impl Write for Decoded<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.exceeded {
-            return Err(io::Error::other("the decoded body is over the limit"));
+        if self.exceeded || self.no_room.is_some() {
+            return Err(io::Error::other("the decoded body is refused"));
         }
         self.inflated += buf.len() as u64;
         if self.bytes.len() + buf.len() > self.limit {
             self.exceeded = true;
             return Err(io::Error::other("the decoded body is over the limit"));
+        }
+        if let Err(problem) = self.room.hold(self.bytes.len() + buf.len()) {
+            self.no_room = Some(problem);
+            return Err(io::Error::other("no room is left for the decoded body"));
         }
         self.bytes.extend_from_slice(buf);
         Ok(buf.len())
@@ -249,7 +275,7 @@ impl Write for Decoded {
     }
 }
 
-impl Stage for &mut Decoded {
+impl Stage for &mut Decoded<'_> {
     fn finish(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -323,7 +349,7 @@ mod tests {
     }
 
     async fn status_of(body: Vec<u8>, coding: &str, limit: usize) -> Result<Bytes, StatusCode> {
-        read(streamed(body), &encoded_as(coding), limit).await.map_err(|problem| {
+        read(streamed(body), &encoded_as(coding), limit, &mut ()).await.map_err(|problem| {
             use axum::response::IntoResponse;
             problem.into_response().status()
         })
@@ -356,13 +382,50 @@ mod tests {
         let limit = 1024 * 1024;
         for (coding, bomb) in [("gzip", gzip(&zeros)), ("deflate", zlib(&zeros)), ("br", brotli(&zeros))] {
             assert!(bomb.len() < limit / 10, "{coding}: the bomb is small");
-            let mut decoded = Decoded { bytes: Vec::new(), limit, inflated: 0, exceeded: false };
+            let mut decoded =
+                Decoded { bytes: Vec::new(), limit, inflated: 0, exceeded: false, room: &mut (), no_room: None };
             let codings = codings(&encoded_as(coding)).unwrap();
             let result = decode(streamed(bomb), &codings, &mut decoded, limit).await;
             assert!(result.is_err() && decoded.exceeded, "{coding}");
             assert!(decoded.bytes.len() <= limit, "{coding}");
             let most = (limit + DECODER_BUFFER_BYTES) as u64;
             assert!(decoded.inflated <= most, "{coding}: inflated {} bytes", decoded.inflated);
+        }
+    }
+
+    /// Room for `most` bytes, noting the most it was asked for.
+    struct Capped {
+        most: usize,
+        asked: usize,
+    }
+
+    impl BodyRoom for Capped {
+        fn hold(&mut self, bytes: usize) -> Result<(), Problem> {
+            self.asked = self.asked.max(bytes);
+            if bytes > self.most {
+                return Err(Problem::new(StatusCode::SERVICE_UNAVAILABLE, "no room"));
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_asks_for_room_as_it_grows_and_stops_where_none_is_left() {
+        let original = br#"{"name": "Maria Silva", "cpf": "529.982.247-25"}"#.repeat(2000);
+        for (coding, body) in [("identity", original.clone()), ("gzip", gzip(&original)), ("br", brotli(&original))] {
+            let mut room = Capped { most: usize::MAX, asked: 0 };
+            let decoded = read(streamed(body.clone()), &encoded_as(coding), 1 << 20, &mut room).await;
+            assert_eq!(decoded.unwrap().as_ref(), original.as_slice(), "{coding}");
+            assert_eq!(room.asked, original.len(), "{coding}: room for the decoded body, no more");
+
+            let mut room = Capped { most: 10_000, asked: 0 };
+            let refused = read(streamed(body), &encoded_as(coding), 1 << 20, &mut room).await.unwrap_err();
+            assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE, "{coding}");
+            assert!(
+                room.asked <= 10_000 + DECODER_BUFFER_BYTES,
+                "{coding}: read on after the refusal to {}",
+                room.asked
+            );
         }
     }
 
@@ -382,7 +445,7 @@ mod tests {
             let chunks: Vec<Result<Bytes, io::Error>> =
                 vec![Ok(Bytes::from_static(b"{ ")), Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cut short"))];
             let body = Body::from_stream(futures_util::stream::iter(chunks));
-            let status = read(body, &encoded_as(coding), 1 << 20).await.map_err(|problem| {
+            let status = read(body, &encoded_as(coding), 1 << 20, &mut ()).await.map_err(|problem| {
                 use axum::response::IntoResponse;
                 problem.into_response().status()
             });
@@ -393,7 +456,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_without_a_body_is_not_refused_for_its_coding() {
         for coding in ["compress", "gzip", "zstd"] {
-            let read = read(Body::empty(), &encoded_as(coding), 1 << 20).await;
+            let read = read(Body::empty(), &encoded_as(coding), 1 << 20, &mut ()).await;
             assert!(read.is_ok_and(|bytes| bytes.is_empty()), "{coding}");
         }
     }
@@ -421,7 +484,7 @@ mod tests {
         }
         // The refusal names the codings as the header gave them.
         let told = |coding: &'static str, body: Vec<u8>| async move {
-            read(streamed(body), &encoded_as(coding), 1 << 20).await.unwrap_err().detail().to_owned()
+            read(streamed(body), &encoded_as(coding), 1 << 20, &mut ()).await.unwrap_err().detail().to_owned()
         };
         assert_eq!(told("gzip", body.to_vec()).await, "the request body is not valid gzip data");
         assert_eq!(

@@ -436,9 +436,11 @@ impl Gateway {
     }
 }
 
-/// The routes, inside `cors` when CORS is configured, inside the edge (see [`proxy::edge`]): a
-/// preflight the CORS layer answers is logged and counted as any other request.
-fn app(state: AppState, cors: Option<cors::PreflightsOnly>) -> Router {
+/// The routes inside the edge (see [`proxy::edge`]), and, when CORS is configured, the part of it
+/// that answers preflights between the two, so that a preflight is logged and counted as any other
+/// request, and the part that adds its headers to other answers outside the edge, so that the
+/// edge's own answers carry them too (see [`cors::CorsPart`]).
+fn app(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let edge_state = state.clone();
     let routes = Router::new()
         .route("/healthz", get(proxy::healthz))
@@ -453,11 +455,13 @@ fn app(state: AppState, cors: Option<cors::PreflightsOnly>) -> Router {
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state);
-    let routes = match cors {
-        Some(cors) => routes.layer(cors),
-        None => routes,
+    let Some(cors) = cors else {
+        return routes.layer(middleware::from_fn_with_state(edge_state, proxy::edge));
     };
-    routes.layer(middleware::from_fn_with_state(edge_state, proxy::edge))
+    routes
+        .layer(cors::CorsPart::preflights(cors.clone()))
+        .layer(middleware::from_fn_with_state(edge_state, proxy::edge))
+        .layer(cors::CorsPart::other_requests(cors))
 }
 
 #[cfg(test)]

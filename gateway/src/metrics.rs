@@ -37,7 +37,7 @@ pub(crate) struct Metrics {
     /// together.
     pub(crate) tenant_requests_in_flight: IntGauge,
     /// Bytes produced by decoding compressed request bodies, by outcome (`accepted`, `too_large`,
-    /// `refused`).
+    /// `refused` when they do not decode, `no_room` when the bodies held left no room for theirs).
     pub(crate) inflated_body_bytes: IntCounterVec,
 }
 

@@ -36,6 +36,10 @@ pub(crate) struct ProblemDocument {
     /// The `WWW-Authenticate` challenge of a 401, or of a 403 for a missing scope.
     #[serde(skip)]
     pub(crate) www_authenticate: Option<String>,
+    /// The content codings a request body may be in (`Accept-Encoding` on a 415 for one in
+    /// another, RFC 9110 §12.5.3).
+    #[serde(skip)]
+    pub(crate) accept_encoding: Option<&'static str>,
 }
 
 impl Problem {
@@ -70,6 +74,7 @@ impl Problem {
             missing_permission: None,
             retry_after: None,
             www_authenticate: None,
+            accept_encoding: None,
         }))
     }
 
@@ -159,6 +164,12 @@ impl Problem {
         self
     }
 
+    /// Tells the client which content codings a request body may be in (`Accept-Encoding`).
+    pub(crate) fn with_accept_encoding(mut self, codings: &'static str) -> Self {
+        self.0.accept_encoding = Some(codings);
+        self
+    }
+
     /// The problem for a gRPC status from an upstream service, through the one code table.
     pub fn from_status(status: &tonic::Status) -> Self {
         let http = StatusCode::from_u16(aigronova_platform::error::http_status_of(status.code()))
@@ -223,6 +234,7 @@ impl IntoResponse for Problem {
         let status = StatusCode::from_u16(document.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = document.retry_after;
         let www_authenticate = document.www_authenticate.take();
+        let accept_encoding = document.accept_encoding;
         let mut response = (status, Json(document)).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
@@ -232,6 +244,9 @@ impl IntoResponse for Problem {
         // Scopes are scope-tokens (RFC 6749 §3.3), printable ASCII without quotes or backslashes.
         if let Some(challenge) = www_authenticate.and_then(|challenge| HeaderValue::try_from(challenge).ok()) {
             headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(codings) = accept_encoding {
+            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static(codings));
         }
         response
     }

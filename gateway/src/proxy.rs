@@ -25,7 +25,7 @@ use crate::{
     AppState, auth, decompress,
     problem::Problem,
     request_id,
-    resilience::{self, CallPolicy},
+    resilience::{self, BodyRoom, CallPolicy},
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
     transcode,
@@ -166,8 +166,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     // nothing of its rate.
     let mut slot = state.resilience.enter_tenant(tenant_id)?;
     state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
-    slot.hold_body(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
-    let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout).await?;
+    let mut room = slot.body_room(limits.max_body_bytes);
+    room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
+    let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =
@@ -214,9 +215,10 @@ fn declares_body(body: &Body) -> bool {
     !body.is_end_stream() && body.size_hint().exact() != Some(0)
 }
 
-/// The most bytes `body` can take in memory once read: none when it has ended already (a GET), its
-/// length when known and not compressed, `limit` otherwise (a larger body is refused at `limit`);
-/// 413 when its length is known to be over `limit`.
+/// The bytes `body` will take in memory once read, when known before it is: its length when it
+/// declares one and is not compressed, none when it has ended already (a GET); none either for a
+/// body whose size is known only as it is read, whose room grows as it arrives. 413 when its
+/// length is known to be over `limit`.
 fn body_bound(body: &Body, headers: &HeaderMap, limit: usize) -> Result<usize, Problem> {
     use http_body::Body as _;
     if body.is_end_stream() {
@@ -224,7 +226,7 @@ fn body_bound(body: &Body, headers: &HeaderMap, limit: usize) -> Result<usize, P
     }
     match declared_length(body, limit)? {
         Some(length) if !headers.contains_key(header::CONTENT_ENCODING) => Ok(length),
-        _ => Ok(limit),
+        _ => Ok(0),
     }
 }
 
@@ -240,8 +242,9 @@ fn declared_length(body: &Body, limit: usize) -> Result<Option<usize>, Problem> 
 /// The slowest a request body may arrive on average, once its first idle timeout has passed.
 const MIN_BODY_BYTES_PER_SEC: usize = 64 * 1024;
 
-/// The request body, decoded as its `Content-Encoding` says, and refused with 413 past `limit`
-/// bytes before or after decoding, and with 408 when no part of it arrives for `idle` or when the
+/// The request body, decoded as its `Content-Encoding` says, its memory held in `room` as it grows,
+/// and refused with 413 past `limit` bytes before or after decoding, with 503 when `room` has no
+/// more, and with 408 when no part of it arrives for `idle` or when the
 /// whole of it (its `Content-Length`, or `limit`) takes longer than `idle` and the time it takes
 /// at [`MIN_BODY_BYTES_PER_SEC`]: a client sending a byte now and then holds no slot for long.
 pub(crate) async fn read_body(
@@ -249,6 +252,7 @@ pub(crate) async fn read_body(
     headers: &HeaderMap,
     limit: usize,
     idle: std::time::Duration,
+    room: &mut dyn BodyRoom,
 ) -> Result<Bytes, Problem> {
     let declared = declared_length(&body, limit)?;
     let stalled = Arc::new(AtomicBool::new(false));
@@ -257,7 +261,7 @@ pub(crate) async fn read_body(
     // `idle` a second before the whole allowance, and is told so.
     let at_rate = declared.unwrap_or(limit).div_ceil(MIN_BODY_BYTES_PER_SEC);
     let whole = idle + std::time::Duration::from_secs(at_rate as u64);
-    let read = tokio::time::timeout(whole, decompress::read(body, headers, limit)).await;
+    let read = tokio::time::timeout(whole, decompress::read(body, headers, limit, room)).await;
     let detail = match read {
         Ok(_) if stalled.load(std::sync::atomic::Ordering::Relaxed) => {
             format!("no part of the request body arrived for {} s", idle.as_secs())
@@ -444,13 +448,10 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
         http.route = tracing::field::Empty,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
-    // A request refused before routing is still counted under the route its path is one of.
-    let refused_route =
-        refused.as_ref().and_then(|_| match state.routes.lookup(request.method(), request.uri().path()) {
-            Lookup::Found(matched) => Some(matched.route.template.clone()),
-            Lookup::MethodNotAllowed(_, template) => Some(template.to_owned()),
-            Lookup::NotFound => None,
-        });
+    // A request refused before routing, or a preflight the CORS layer answers, is still counted
+    // under the route its path is one of.
+    let unrouted = refused.is_some() || crate::cors::is_preflight(&request);
+    let refused_route = unrouted.then(|| state.routes.template_of(request.method(), request.uri().path())).flatten();
     let mut response = match refused {
         Some(problem) => problem.into_response(),
         None => resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await,
@@ -458,7 +459,7 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
     let latency = started.elapsed();
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
     // A transcoded route names its template; the gateway's own routes have theirs matched by axum.
-    let route = facts.route.as_deref().or(matched.as_deref()).or(refused_route.as_deref());
+    let route = facts.route.as_deref().or(matched.as_deref()).or(refused_route);
     // Named as OpenTelemetry's HTTP conventions say: the method and the route, or the method
     // alone; `HTTP` for a method of no standard.
     let named = if method == "_OTHER" { "HTTP" } else { method };

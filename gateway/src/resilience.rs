@@ -440,34 +440,100 @@ pub(crate) struct TenantSlot<'a> {
     body: Option<tokio::sync::SemaphorePermit<'a>>,
 }
 
-impl TenantSlot<'_> {
-    /// Reserves room in memory for the request's body of at most `bytes` until the slot is
-    /// dropped; 503 with `Retry-After: 1` when the bodies held already leave too little, the
-    /// tenant's or all tenants'.
-    pub(crate) fn hold_body(&mut self, bytes: usize) -> Result<(), Problem> {
-        let kib = bytes.div_ceil(1024);
-        if kib == 0 {
-            return Ok(());
-        }
-        let full = || {
-            metrics().load_shed.inc();
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the gateway holds as many request bodies as it may; retry shortly",
-            )
-            .with_retry_after(1)
-        };
+impl<'a> TenantSlot<'a> {
+    /// The room of this request's body in memory, of at most `limit` bytes (its plan's), reserved
+    /// on this slot until the slot is dropped.
+    pub(crate) fn body_room<'s>(&'s mut self, limit: usize) -> SlotRoom<'s, 'a> {
+        SlotRoom { slot: self, most_kib: limit.div_ceil(1024) }
+    }
+
+    /// The KiB reserved for the body so far.
+    fn held_kib(&self) -> usize {
+        self.body.as_ref().map_or(0, |permit| permit.num_permits())
+    }
+
+    /// Takes `kib` more of the tenant's and of all tenants' room; false, taking nothing, when either
+    /// has too little left.
+    fn take_kib(&mut self, kib: usize) -> bool {
         let resilience = self.resilience;
         let mut tenants = resilience.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        let load = tenants.get_mut(self.tenant_id).ok_or_else(full)?;
+        let Some(load) = tenants.get_mut(self.tenant_id) else { return false };
         if load.body_kib + kib > resilience.body_kib_per_tenant {
-            return Err(full());
+            return false;
         }
-        let permit =
-            resilience.body_kib.try_acquire_many(u32::try_from(kib).map_err(|_| full())?).map_err(|_| full())?;
+        let Some(permit) = u32::try_from(kib).ok().and_then(|kib| resilience.body_kib.try_acquire_many(kib).ok())
+        else {
+            return false;
+        };
         load.body_kib += kib;
-        self.body = Some(permit);
+        match &mut self.body {
+            Some(held) => held.merge(permit),
+            None => self.body = Some(permit),
+        }
+        true
+    }
+}
+
+/// Memory a request body takes while it is read, asked for as it grows: a body whose length is
+/// not known in advance (compressed, or chunked) holds room for what has arrived, not for its
+/// plan's whole limit, so that slow senders do not hold room that others could use.
+pub(crate) trait BodyRoom: Send {
+    /// Room for `bytes` of body in all; a 503 problem when there is not enough left.
+    fn hold(&mut self, bytes: usize) -> Result<(), Problem>;
+}
+
+/// Bodies not counted against any room (the admin API's, small and for operators).
+impl BodyRoom for () {
+    fn hold(&mut self, _bytes: usize) -> Result<(), Problem> {
         Ok(())
+    }
+}
+
+/// The room of one request's body on its tenant's slot; see [`TenantSlot::body_room`].
+pub(crate) struct SlotRoom<'s, 'a> {
+    slot: &'s mut TenantSlot<'a>,
+    most_kib: usize,
+}
+
+/// The least a growing body's room grows by: a decoder hands on up to 32 KiB at a time.
+const BODY_ROOM_STEP_KIB: usize = 64;
+
+impl SlotRoom<'_, '_> {
+    /// Reserves room for a body of exactly `bytes` (its `Content-Length`), refused as [`BodyRoom::hold`]
+    /// refuses.
+    pub(crate) fn reserve(&mut self, bytes: usize) -> Result<(), Problem> {
+        let needed = bytes.div_ceil(1024);
+        let held = self.slot.held_kib();
+        if needed <= held || self.slot.take_kib(needed - held) {
+            return Ok(());
+        }
+        Err(bodies_full())
+    }
+}
+
+/// The 503 for a body the room left cannot take.
+fn bodies_full() -> Problem {
+    metrics().load_shed.inc();
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway holds as many request bodies as it may; retry shortly")
+        .with_retry_after(1)
+}
+
+impl BodyRoom for SlotRoom<'_, '_> {
+    /// Grows the room to `bytes` and, while there is enough left, to twice what it held (at least
+    /// [`BODY_ROOM_STEP_KIB`], at most the plan's limit), so that a body growing in small parts
+    /// takes the locks a few times only; 503 with `Retry-After: 1` when the bodies held already
+    /// leave too little, the tenant's or all tenants'.
+    fn hold(&mut self, bytes: usize) -> Result<(), Problem> {
+        let needed = bytes.div_ceil(1024);
+        let held = self.slot.held_kib();
+        if needed <= held {
+            return Ok(());
+        }
+        let ample = (2 * held).max(BODY_ROOM_STEP_KIB).min(self.most_kib).max(needed);
+        if self.slot.take_kib(ample - held) || (ample > needed && self.slot.take_kib(needed - held)) {
+            return Ok(());
+        }
+        Err(bodies_full())
     }
 }
 
@@ -662,11 +728,12 @@ fn circuit_open(owner: &str, wait: Duration) -> Problem {
 }
 
 /// Refuses a request with 503 and `Retry-After: 1` when `max_concurrent_requests` are in flight,
-/// rather than queueing it; the probes and `/metrics` are exempt. A refused request is counted and
+/// rather than queueing it; the probes, `/metrics` and CORS preflights are exempt. A refused request is counted and
 /// logged under the template of the route it was for (`routes` knows the transcoded ones, axum
 /// the gateway's own).
 pub(crate) async fn shed_load(resilience: &Resilience, routes: &RouteTable, request: Request, next: Next) -> Response {
-    if UNSHED_PATHS.contains(&request.uri().path()) {
+    // A preflight calls no service: the CORS layer answers it, or the routes refuse it.
+    if UNSHED_PATHS.contains(&request.uri().path()) || crate::cors::is_preflight(&request) {
         return next.run(request).await;
     }
     let Ok(_permit) = resilience.in_flight.try_acquire() else {

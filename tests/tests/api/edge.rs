@@ -20,7 +20,8 @@ async fn cors_allows_the_configured_origin_only() {
             .header("access-control-request-headers", "authorization, content-type")
             .send()
     };
-    let counted = r#"aigronova_gateway_requests_total{method="OPTIONS",route="unmatched",status="200"}"#;
+    // Counted under the route it asks about.
+    let counted = r#"aigronova_gateway_requests_total{method="OPTIONS",route="/v1/health/patients",status="200"}"#;
     let before = metric(&app, counted).await;
     let allowed = preflight("https://app.acme.com.br").await.unwrap();
     assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.acme.com.br");

@@ -343,6 +343,9 @@ async fn unknown_codings_are_415_and_bodies_that_do_not_decode_400() {
         let response = post_encoded(&app, "/v1/health/patients", &key, coding, body.clone()).await;
         // A coding not decoded here is refused before the rate limits are asked.
         assert_eq!(response.headers().get("ratelimit").is_none(), status == 415, "{coding}: {:?}", response.headers());
+        // A 415 names the codings that would do (RFC 9110 §12.5.3).
+        let accepted = response.headers().get("accept-encoding").map(|value| value.to_str().unwrap().to_owned());
+        assert_eq!(accepted.as_deref(), (status == 415).then_some("gzip, deflate, br"), "{coding}");
         assert_problem(response, status).await;
         let response = post_encoded(&app, "/v1/admin/tenants", &app.admin_key, coding, body).await;
         assert_problem(response, status).await;
@@ -536,7 +539,11 @@ async fn the_circuit_opens_after_consecutive_failures_fails_fast_and_closes_afte
 #[tokio::test]
 async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_counted_under_its_route() {
     let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
-    let app = spawn_gateway(&url, |config| config.gateway.max_concurrent_requests = 1).await;
+    let app = spawn_gateway(&url, |config| {
+        config.gateway.max_concurrent_requests = 1;
+        config.gateway.cors.allowed_origins = vec!["https://app.acme.com.br".into()];
+    })
+    .await;
     let (_, key) = app.tenant_with_key().await;
     let first = tokio::spawn({
         let request = app.client.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key);
@@ -555,6 +562,25 @@ async fn with_one_request_allowed_at_a_time_a_second_one_is_shed_with_503_and_co
     assert_eq!(metric(&app, shed_unmatched).await, before_unmatched);
     let response = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.status(), 200, "the probes are never shed");
+    // A page's script can read the refusal and when to retry.
+    let origin = "https://app.acme.com.br";
+    let response =
+        app.client.get(app.url("/v1/health/patients/p-1")).bearer_auth(&key).header("origin", origin).send().await;
+    let response = response.unwrap();
+    assert_eq!(response.headers()["access-control-allow-origin"], origin);
+    assert!(response.headers()["access-control-expose-headers"].to_str().unwrap().contains("retry-after"));
+    assert_problem(response, 503).await;
+    // A preflight, which calls no service, is answered whatever the load.
+    let preflight = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/v1/health/patients/p-1"))
+        .header("origin", origin)
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 200);
+    assert_eq!(preflight.headers()["access-control-allow-origin"], origin);
     assert_eq!(stand_in.calls(), 1);
 
     stand_in.behave(Behaviour::Answer);
@@ -832,6 +858,80 @@ async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() 
     }
     assert_eq!(post(&tenants[4], 20 * 1024).await.unwrap().status(), 200, "the room is back");
     assert_eq!(post(&tenants[0], 20 * 1024).await.unwrap().status(), 200, "the tenant's room is back");
+    assert_eq!(stand_in.calls(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_holds_room_for_what_has_arrived() {
+    use tokio::io::AsyncWriteExt;
+
+    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
+    let app = spawn_gateway(&url, |config| {
+        let plans = &mut config.gateway.plans;
+        for plan in [&mut plans.starter, &mut plans.professional, &mut plans.enterprise] {
+            plan.max_body_bytes = 256 * 1024;
+        }
+        // 1 MiB in all, 256 KiB a tenant: four bodies held at their plan's limit would fill it.
+        config.gateway.max_buffered_body_bytes = 1024 * 1024;
+        config.gateway.request_body_timeout_secs = 5;
+    })
+    .await;
+    let mut tenants = Vec::new();
+    for _ in 0..5 {
+        tenants.push(app.tenant_with_key().await.1);
+    }
+    let address = app.address.trim_start_matches("http://").to_owned();
+    // Four tenants each start a chunked body, one gzip-compressed, and stop after its first part.
+    let in_flight = "aigronova_gateway_tenant_requests_in_flight";
+    let idle = metric(&app, in_flight).await;
+    let mut stalled = Vec::new();
+    for (i, key) in tenants[..4].iter().enumerate() {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let (coding, part) = match i {
+            0 => ("Content-Encoding: gzip\r\n", encode("gzip", b"{\"name\": ")[..20].to_vec()),
+            _ => ("", b"{\"name\": ".to_vec()),
+        };
+        let head = format!(
+            "POST /v1/health/patients HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\n{coding}Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+            part.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&part).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+        stalled.push(stream);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while metric(&app, in_flight).await < idle + 4.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the stalled bodies never reached the gateway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let post = |key: &str, size: usize| {
+        let mut body = patient_json("Maria");
+        body.resize(size, b' ');
+        app.client
+            .post(app.url("/v1/health/patients"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Held at their plan's limit, the four would leave no room; held at what has arrived, they
+    // leave room for another tenant's 200 KiB.
+    assert_eq!(post(&tenants[4], 200 * 1024).await.unwrap().status(), 200);
+    // What a stalled body holds still counts against its own tenant's quarter.
+    let refused = post(&tenants[1], 200 * 1024).await.unwrap();
+    assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
+    assert_problem(refused, 503).await;
+    assert_eq!(post(&tenants[1], 150 * 1024).await.unwrap().status(), 200);
+
+    for mut stream in stalled {
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"));
+    }
+    assert_eq!(post(&tenants[1], 200 * 1024).await.unwrap().status(), 200, "the tenant's room is back");
     assert_eq!(stand_in.calls(), 3);
     app.stop().await;
 }
