@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod log;
 pub mod merkle;
 pub mod monitoring;
+pub mod own_events;
 pub mod reports;
 pub mod subjects;
 
@@ -63,8 +64,15 @@ pub static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// The tables that hold a tenant's rows, under row-level security on PostgreSQL. The model
 /// inventory is the platform's, not a tenant's.
-const TENANT_TABLES: &[&str] =
-    &["audit_entries", "audit_checkpoints", "inference_windows", "subject_requests", "reviews", "tenant_keys"];
+const TENANT_TABLES: &[&str] = &[
+    "audit_entries",
+    "audit_checkpoints",
+    "inference_windows",
+    "subject_requests",
+    "reviews",
+    "tenant_keys",
+    "own_audit_outbox",
+];
 
 /// The `ai_governance` configuration section.
 #[derive(Clone, Serialize, Deserialize)]
@@ -256,6 +264,7 @@ impl AiGovernanceService {
             }
         });
         tokio::spawn(refresh_drift_gauge(monitoring.clone(), shutdown.clone()));
+        tokio::spawn(own_events::keep_draining(self.log.clone(), self.database.clone(), shutdown.clone()));
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
             .add_service(ModelInventoryServer::with_interceptor(

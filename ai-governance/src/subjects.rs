@@ -23,7 +23,10 @@ use sha2::{Digest, Sha256};
 use sqlx::{AnyConnection, Row};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::log::{Leaf, LogStore};
+use crate::{
+    log::{Leaf, LogStore},
+    own_events,
+};
 
 /// Art. 19 II: a complete answer within 15 days of the request.
 pub const DEADLINE_DAYS: i64 = 15;
@@ -316,6 +319,21 @@ fn count_records(data: &serde_json::Value) -> i64 {
         .unwrap_or(0) as i64
 }
 
+/// An audit event of ai-governance's own, by `caller`, now.
+fn own_leaf(caller: &Caller, kind: &str, action: &str, subject: &str, details: serde_json::Value) -> Leaf {
+    Leaf {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: caller.tenant_id.clone(),
+        service: crate::SERVICE_NAME.to_owned(),
+        kind: kind.to_owned(),
+        action: action.to_owned(),
+        actor: caller.subject.clone(),
+        subject: subject.to_owned(),
+        details,
+        occurred_at: now(),
+    }
+}
+
 fn now() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -545,15 +563,6 @@ impl SubjectStore {
         drop(turn);
         self.release(&caller.tenant_id, cpf, lock);
         let request = processed?;
-        let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
-        self.audit(
-            caller,
-            "subject_request",
-            "governance.CreateSubjectRequest",
-            &format!("subject-request:{}", request.id),
-            serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
-        )
-        .await?;
         tracing::info!(tenant = %caller.tenant_id, request = %request.id, kind = kind.as_str(), status = %request.status, "data-subject request");
         Ok(request)
     }
@@ -623,9 +632,9 @@ impl SubjectStore {
         stored
     }
 
-    /// Stores request `new` with `outcomes`, its bundle and details sealed with `cipher`; with
-    /// `erase`, in the same transaction, deletes what the tenant's earlier requests hold of the
-    /// subject, as one more outcome.
+    /// Stores request `new` with `outcomes`, its bundle and details sealed with `cipher`, and its
+    /// audit event; with `erase`, in the same transaction, deletes what the tenant's earlier
+    /// requests hold of the subject, as one more outcome.
     async fn store_request(
         &self,
         caller: &Caller,
@@ -700,7 +709,17 @@ impl SubjectStore {
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
+        let leaf = own_leaf(
+            caller,
+            "subject_request",
+            "governance.CreateSubjectRequest",
+            &format!("subject-request:{}", request.id),
+            serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
+        );
+        own_events::enqueue(&mut transaction, &leaf).await?;
         transaction.commit().await.map_err(StoreError::from)?;
+        own_events::append_committed(&self.log, &self.database, leaf).await;
         Ok(request)
     }
 
@@ -740,6 +759,8 @@ impl SubjectStore {
         }
     }
 
+    /// Appends a read's audit event to the log before what was read is shown. A change's event goes
+    /// through the outbox instead (see [`own_events`]).
     async fn audit(
         &self,
         caller: &Caller,
@@ -748,18 +769,7 @@ impl SubjectStore {
         subject: &str,
         details: serde_json::Value,
     ) -> Result<(), Error> {
-        let leaf = Leaf {
-            event_id: uuid::Uuid::now_v7().to_string(),
-            tenant_id: caller.tenant_id.clone(),
-            service: crate::SERVICE_NAME.to_owned(),
-            kind: kind.to_owned(),
-            action: action.to_owned(),
-            actor: caller.subject.clone(),
-            subject: subject.to_owned(),
-            details,
-            occurred_at: now(),
-        };
-        self.log.append(vec![leaf]).await?;
+        self.log.append(vec![own_leaf(caller, kind, action, subject, details)]).await?;
         Ok(())
     }
 
@@ -820,28 +830,34 @@ impl SubjectStore {
     /// audits that.
     pub async fn complete(&self, caller: &Caller, id: &str, resolution: &str) -> Result<Completion, Error> {
         let cipher = self.keys.cipher(&caller.tenant_id).await?;
-        let completed = self
-            .database
-            .execute_tenant_write(
-                &caller.tenant_id,
-                sqlx::query(
-                    "UPDATE subject_requests SET status = 'completed', completed_at = $3, resolution = $4 \
-                     WHERE tenant_id = $1 AND id = $2 AND status = 'open' AND erased_by IS NULL",
-                )
-                .bind(caller.tenant_id.clone())
-                .bind(id.to_owned())
-                .bind(now())
-                .bind(seal(&cipher, &Column::Resolution.context(&caller.tenant_id, id), resolution)),
-            )
-            .await?;
-        let request = self.get(&caller.tenant_id, id).await?;
-        if completed == 0 {
-            return Ok(Completion::NotOpen(request.status));
-        }
-        let subject = format!("subject-request:{id}");
-        let details = serde_json::json!({"kind": request.kind, "status": request.status});
-        self.audit(caller, "subject_request", "governance.CompleteSubjectRequest", &subject, details).await?;
-        Ok(Completion::Completed(request))
+        let mut transaction = self.database.begin_tenant(&caller.tenant_id).await?;
+        let completed: Option<String> = sqlx::query_scalar(
+            "UPDATE subject_requests SET status = 'completed', completed_at = $3, resolution = $4 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'open' AND erased_by IS NULL RETURNING kind",
+        )
+        .bind(caller.tenant_id.clone())
+        .bind(id.to_owned())
+        .bind(now())
+        .bind(seal(&cipher, &Column::Resolution.context(&caller.tenant_id, id), resolution))
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        let leaf = match completed {
+            Some(kind) => {
+                let subject = format!("subject-request:{id}");
+                let details = serde_json::json!({"kind": kind, "status": "completed"});
+                let leaf = own_leaf(caller, "subject_request", "governance.CompleteSubjectRequest", &subject, details);
+                own_events::enqueue(&mut transaction, &leaf).await?;
+                transaction.commit().await.map_err(StoreError::from)?;
+                leaf
+            }
+            None => {
+                drop(transaction);
+                return Ok(Completion::NotOpen(self.get(&caller.tenant_id, id).await?.status));
+            }
+        };
+        own_events::append_committed(&self.log, &self.database, leaf).await;
+        Ok(Completion::Completed(self.get(&caller.tenant_id, id).await?))
     }
 
     /// A page of the tenant's requests, newest first, after the request `page.after` when set;
@@ -955,21 +971,24 @@ impl SubjectStore {
         .bind(review.reviewer.clone())
         .bind(review.created_at.clone())
         .bind(review.decided_at.clone());
-        self.database.execute_tenant_write(&caller.tenant_id, insert).await.map_err(|error| match error {
+        let mut transaction = self.database.begin_tenant(&caller.tenant_id).await?;
+        insert.execute(&mut *transaction).await.map_err(|error| match StoreError::from(error) {
             // `reviews_one_pending`: the decision already has a review waiting.
             error if error.is_unique_violation() => {
                 Error::AlreadyExists(format!("the decision at entry {audit_index} already awaits review"))
             }
             error => error.into(),
         })?;
-        self.audit(
+        let leaf = own_leaf(
             caller,
             "review_requested",
             "governance.CreateReview",
             &format!("review:{}", review.id),
             serde_json::json!({"auditIndex": audit_index, "eventId": review.event_id}),
-        )
-        .await?;
+        );
+        own_events::enqueue(&mut transaction, &leaf).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        own_events::append_committed(&self.log, &self.database, leaf).await;
         Ok(review)
     }
 
@@ -985,30 +1004,36 @@ impl SubjectStore {
             return Err(Error::invalid("note", "say how the decision was amended"));
         }
         let cipher = self.keys.cipher(&caller.tenant_id).await?;
-        let update = sqlx::query(
+        let mut transaction = self.database.begin_tenant(&caller.tenant_id).await?;
+        let decided: Option<i64> = sqlx::query_scalar(
             "UPDATE reviews SET status = 'decided', outcome = $1, note = $2, reviewer = $3, decided_at = $4 \
-             WHERE tenant_id = $5 AND id = $6 AND status = 'pending'",
+             WHERE tenant_id = $5 AND id = $6 AND status = 'pending' RETURNING audit_index",
         )
         .bind(outcome.to_owned())
         .bind(seal(&cipher, &Column::ReviewNote.context(&caller.tenant_id, id), note))
         .bind(caller.subject.clone())
         .bind(now())
         .bind(caller.tenant_id.clone())
-        .bind(id.to_owned());
-        let decided = self.database.execute_tenant_write(&caller.tenant_id, update).await?;
-        let review = self.review(&caller.tenant_id, id).await?;
-        if decided == 0 {
+        .bind(id.to_owned())
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        let Some(audit_index) = decided else {
+            drop(transaction);
+            let review = self.review(&caller.tenant_id, id).await?;
             return Err(Error::AlreadyExists(format!("review {id} was already decided ({})", review.outcome)));
-        }
-        self.audit(
+        };
+        let leaf = own_leaf(
             caller,
             "review_decided",
             "governance.DecideReview",
             &format!("review:{id}"),
-            serde_json::json!({"auditIndex": review.audit_index, "outcome": outcome}),
-        )
-        .await?;
-        Ok(review)
+            serde_json::json!({"auditIndex": audit_index, "outcome": outcome}),
+        );
+        own_events::enqueue(&mut transaction, &leaf).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        own_events::append_committed(&self.log, &self.database, leaf).await;
+        self.review(&caller.tenant_id, id).await
     }
 
     async fn review(&self, tenant_id: &str, id: &str) -> Result<Review, Error> {

@@ -1,0 +1,161 @@
+//! ai-governance's own audit events: a data-subject request made or completed, a review asked for
+//! or decided. Each is written to `own_audit_outbox` in the transaction of the change it records,
+//! so that it exists if and only if the change committed, and appended to the tenant's log once
+//! that transaction commits. One that a crash or a failed append leaves in the outbox is appended
+//! by [`drain`], at the start and every [`DRAIN_INTERVAL`] after; the log keeps an event once by
+//! its id, so one appended twice is stored once.
+
+use std::time::Duration;
+
+use aigronova_platform::{
+    Shutdown,
+    storage::{Database, StoreError},
+};
+use sqlx::{AnyConnection, Row};
+
+use crate::log::{Leaf, LogStore};
+
+/// How often the outbox is looked at for events left behind.
+pub const DRAIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Events appended per pass of [`drain`].
+const DRAIN_BATCH: i64 = 100;
+
+/// Writes `leaf` to the outbox on `connection`, inside the transaction of the change it records.
+pub(crate) async fn enqueue(connection: &mut AnyConnection, leaf: &Leaf) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO own_audit_outbox (event_id, tenant_id, leaf, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&leaf.event_id)
+        .bind(&leaf.tenant_id)
+        .bind(leaf.to_text())
+        .bind(&leaf.occurred_at)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Appends `leaf`, enqueued in a transaction that has committed, and takes it out of the outbox.
+/// The change it records has been made: a failure here is logged, and [`drain`] appends it later.
+pub(crate) async fn append_committed(log: &LogStore, database: &Database, leaf: Leaf) {
+    let event_id = leaf.event_id.clone();
+    let appended = match log.append(vec![leaf]).await {
+        Ok(_) => delete(database, std::slice::from_ref(&event_id)).await,
+        Err(error) => Err(error),
+    };
+    if let Err(error) = appended {
+        tracing::warn!(%error, event_id, "an audit event of ai-governance's stays in its outbox until the next pass");
+    }
+}
+
+/// Appends what the outbox holds, oldest first, and takes it out; how many events it appended.
+pub async fn drain(log: &LogStore, database: &Database) -> Result<usize, StoreError> {
+    let mut drained = 0;
+    loop {
+        let rows = sqlx::query("SELECT event_id, leaf FROM own_audit_outbox ORDER BY event_id LIMIT $1")
+            .bind(DRAIN_BATCH)
+            .fetch_all(database.pool())
+            .await?;
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut leaves = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get("event_id")?;
+            let text: String = row.try_get("leaf")?;
+            leaves.push(Leaf::parse(&text).ok_or_else(|| StoreError::Corrupt(format!("own_audit_outbox {id}")))?);
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok(drained);
+        }
+        log.append(leaves).await?;
+        delete(database, &ids).await?;
+        drained += ids.len();
+    }
+}
+
+/// Runs [`drain`] at the start and every [`DRAIN_INTERVAL`] until `shutdown`.
+pub async fn keep_draining(log: std::sync::Arc<LogStore>, database: Database, shutdown: Shutdown) {
+    loop {
+        match drain(&log, &database).await {
+            Ok(0) => {}
+            Ok(appended) => tracing::info!(appended, "ai-governance's audit events left in its outbox appended"),
+            Err(error) => tracing::warn!(%error, "ai-governance's audit events left in its outbox not appended yet"),
+        }
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(DRAIN_INTERVAL) => {}
+        }
+    }
+}
+
+async fn delete(database: &Database, ids: &[String]) -> Result<(), StoreError> {
+    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+    let delete = format!("DELETE FROM own_audit_outbox WHERE event_id IN ({})", placeholders.join(", "));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(delete));
+    for id in ids {
+        query = query.bind(id);
+    }
+    database.execute_write(query).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::CheckpointSigner;
+
+    fn leaf(tenant: &str, n: u32) -> Leaf {
+        Leaf {
+            event_id: format!("00000000-0000-7000-8000-{n:012}"),
+            tenant_id: tenant.into(),
+            service: crate::SERVICE_NAME.into(),
+            kind: "subject_request".into(),
+            action: "governance.CreateSubjectRequest".into(),
+            actor: "key-1".into(),
+            subject: format!("subject-request:{n}"),
+            details: serde_json::json!({"kind": "access", "status": "completed"}),
+            occurred_at: "2026-12-01T10:00:00.000000Z".into(),
+        }
+    }
+
+    async fn enqueued(database: &Database, leaf: &Leaf, commit: bool) {
+        let mut transaction = database.begin_tenant(&leaf.tenant_id).await.unwrap();
+        enqueue(&mut transaction, leaf).await.unwrap();
+        if commit {
+            transaction.commit().await.unwrap();
+        }
+    }
+
+    async fn pending(database: &Database) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM own_audit_outbox").fetch_one(database.pool()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_left_in_the_outbox_are_appended_once_and_those_rolled_back_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let log = LogStore::new(database.clone(), CheckpointSigner::generate());
+        // Committed, then the process stopped before appending them; one was appended before it
+        // could be taken out; another's change rolled back.
+        for n in 1..=3 {
+            enqueued(&database, &leaf("a", n), true).await;
+        }
+        enqueued(&database, &leaf("b", 4), true).await;
+        log.append(vec![leaf("a", 2)]).await.unwrap();
+        enqueued(&database, &leaf("a", 5), false).await;
+        assert_eq!(pending(&database).await, 4);
+
+        assert_eq!(drain(&log, &database).await.unwrap(), 4);
+        assert_eq!(pending(&database).await, 0);
+        let a = log.entries("a", 0, 10).await.unwrap();
+        let ids: Vec<&str> = a.iter().map(|entry| entry.event_id.as_str()).collect();
+        assert_eq!(ids, [2, 1, 3].map(|n| format!("00000000-0000-7000-8000-{n:012}")));
+        assert_eq!(log.entries("b", 0, 10).await.unwrap().len(), 1);
+        assert_eq!(drain(&log, &database).await.unwrap(), 0, "nothing is appended twice");
+
+        // Appended at once after a commit, nothing is left behind.
+        enqueued(&database, &leaf("a", 6), true).await;
+        append_committed(&log, &database, leaf("a", 6)).await;
+        assert_eq!(pending(&database).await, 0);
+        assert_eq!(log.entries("a", 0, 10).await.unwrap().len(), 4);
+    }
+}
