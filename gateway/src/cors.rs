@@ -15,10 +15,11 @@ use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 /// The methods the API's routes take: `HEAD` wherever `GET` is taken; no route takes `PUT`.
 const ALLOWED_METHODS: [Method; 5] = [Method::GET, Method::HEAD, Method::POST, Method::PATCH, Method::DELETE];
 
-/// The answer's fields a page's script may read: the request id to quote, the challenge of a 401
-/// or 403, how long to wait after a 429 or 503, and the rate limits' state.
-const EXPOSED_HEADERS: [HeaderName; 5] = [
+/// The answer's fields a page's script may read: the request id and the trace to quote, the
+/// challenge of a 401 or 403, how long to wait after a 429 or 503, and the rate limits' state.
+const EXPOSED_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("x-request-id"),
+    HeaderName::from_static("traceresponse"),
     header::WWW_AUTHENTICATE,
     header::RETRY_AFTER,
     HeaderName::from_static("ratelimit"),

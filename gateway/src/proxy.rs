@@ -13,7 +13,7 @@ use axum::{
     Json,
     body::{Body, Bytes},
     extract::{MatchedPath, Request, State},
-    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
 };
@@ -472,13 +472,14 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
     }
     let route = route.unwrap_or("unmatched");
     let status = response.status().as_u16();
+    let traceresponse = trace_context::traceresponse(&span);
     let metrics = crate::metrics::metrics();
     metrics.requests.with_label_values(&[route, method, response.status().as_str()]).inc();
     metrics.request_duration.with_label_values(&[route, method]).observe(latency.as_secs_f64());
     tracing::info!(
         target: "access",
         request_id = request_id::current().unwrap_or_default(),
-        trace_id = trace_context::trace_id(&span),
+        trace_id = traceresponse.as_deref().and_then(|header| header.get(3..35)),
         tenant_id = facts.tenant_id.as_deref(),
         key_id = request_id::key_id(),
         method = %method,
@@ -487,5 +488,11 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
         latency_ms = latency.as_secs_f64() * 1000.0,
         "request"
     );
+    if let Some(value) = traceresponse.and_then(|header| HeaderValue::try_from(header).ok()) {
+        response.headers_mut().insert(TRACERESPONSE, value);
+    }
     response
 }
+
+/// The header that tells a client which trace its request made (W3C Trace Context Level 2).
+const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");

@@ -92,6 +92,18 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     span_context.is_valid().then(|| span_context.trace_id().to_string())
 }
 
+/// `span`'s trace as W3C Trace Context Level 2 writes it in a `traceresponse` header,
+/// `00-<trace id>-<span id>-<flags>`, so that a client finds the trace its request made (its trace
+/// id, the 32 hex digits after `00-`, is [`trace_id`]'s); `None` as for [`trace_id`].
+pub fn traceresponse(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let span_ref = context.span();
+    let ids = span_ref.span_context();
+    ids.is_valid().then(|| format!("00-{}-{}-{:02x}", ids.trace_id(), ids.span_id(), ids.trace_flags().to_u8()))
+}
+
 /// Renames `span` as exported, once its name is known (an HTTP route matched while the span
 /// ran). tracing-opentelemetry 0.34 reads a recorded `otel.name` only until the span is started,
 /// which happens when it is first entered, so the name is set on the OpenTelemetry span itself.

@@ -44,7 +44,7 @@ async fn cors_allows_the_configured_origin_only() {
     let exposed = response.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
     assert_eq!(
         names(&exposed.to_ascii_lowercase()),
-        ["ratelimit", "ratelimit-policy", "retry-after", "www-authenticate", "x-request-id"],
+        ["ratelimit", "ratelimit-policy", "retry-after", "traceresponse", "www-authenticate", "x-request-id"],
         "{exposed}"
     );
     // An OPTIONS that asks for no method is no preflight: the routes answer it, as without CORS.

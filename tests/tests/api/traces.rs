@@ -80,6 +80,7 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    let traceresponse = response.headers()["traceresponse"].to_str().unwrap().to_owned();
     // The service's span ends once its answer is sent, which may be after the client has it.
     let rpc = "/aigronova.health.v1.HealthQuantum/GetPatient";
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -111,6 +112,8 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
     assert_eq!(client.parent_span_id, gateway.span_id, "the gateway's gRPC call is a child of its request span");
     assert_eq!(service.parent_span_id, client.span_id, "the service span is a child of the gateway's call");
     assert_eq!(gateway.trace_state, "vendor=value");
+    // The client is told the trace and the gateway's span (W3C Trace Context Level 2).
+    assert_eq!(traceresponse, format!("00-{trace_id}-{}-01", hex(&gateway.span_id)));
 
     // A request without `traceparent` starts a trace, and the service joins it.
     let started = find(&spans_all, "POST /v1/health/patients");
