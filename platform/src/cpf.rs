@@ -53,19 +53,39 @@ impl Cpf {
     }
 }
 
-/// Whether `text` holds a CPF: a run of exactly 11 digits, or the `123.456.789-09` layout between
-/// non-digits, whose check digits hold. Text that may reach a log is screened with it.
+/// Whether `text` holds a CPF: 11 digits whose check digits hold, in one run or in runs split by
+/// punctuation or spaces only (`52998224725`, `529.982.247-25`, `529-982-247/25`), not part of a
+/// longer such number. Text that may reach a log is screened with it.
 pub fn holds_cpf(text: &str) -> bool {
     let bytes = text.as_bytes();
-    let digit_at = |at: usize| bytes.get(at).is_some_and(u8::is_ascii_digit);
-    (0..bytes.len()).any(|start| {
-        (start == 0 || !digit_at(start - 1))
-            && [11, 14].into_iter().any(|length| {
-                start + length <= bytes.len()
-                    && !digit_at(start + length)
-                    && std::str::from_utf8(&bytes[start..start + length])
-                        .is_ok_and(|candidate| Cpf::parse(candidate).is_ok())
-            })
+    // The runs of digits, each with whether only punctuation or spaces part it from the one before.
+    let mut runs: Vec<(&str, bool)> = Vec::new();
+    let (mut at, mut previous_end) = (0, None);
+    while at < bytes.len() {
+        if !bytes[at].is_ascii_digit() {
+            at += 1;
+            continue;
+        }
+        let start = at;
+        while bytes.get(at).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+        }
+        let joined = previous_end.is_some_and(|end| bytes[end..start].iter().all(|b| !b.is_ascii_alphanumeric()));
+        runs.push((&text[start..at], joined));
+        previous_end = Some(at);
+    }
+    (0..runs.len()).any(|first| {
+        let mut digits = String::with_capacity(11);
+        for (n, (run, joined)) in runs[first..].iter().enumerate() {
+            if n > 0 && !joined {
+                break;
+            }
+            digits.push_str(run);
+            if digits.len() >= 11 {
+                break;
+            }
+        }
+        digits.len() == 11 && Cpf::parse(&digits).is_ok()
     })
 }
 
@@ -135,12 +155,35 @@ mod tests {
     }
 
     #[test]
-    fn a_cpf_is_found_inside_other_text_in_either_layout() {
-        for text in ["52998224725", "req-529.982.247-25", "x52998224725y", "a/12345678909:b"] {
+    fn a_cpf_is_found_inside_other_text_in_any_grouping() {
+        for text in [
+            "52998224725",
+            "req-529.982.247-25",
+            "x52998224725y",
+            "a/12345678909:b",
+            "529-982-247-25",
+            "529.982.247.25",
+            "529/982/247/25",
+            "529_982_247_25",
+            "529:982:247:25",
+            "5299822472-5",
+            "529982247.25",
+            "2024-529.982.247-25",
+            "529 982 247 25",
+        ] {
             assert!(holds_cpf(text), "{text}");
         }
-        // Longer digit runs, other layouts and failing check digits are not CPFs.
-        for text in ["529982247251", "152998224725", "529.982.247-251", "52998224726", "529-982-247.25", ""] {
+        // Longer numbers, digits parted by letters, and failing check digits are not CPFs.
+        for text in [
+            "529982247251",
+            "152998224725",
+            "529.982.247-251",
+            "52998224726",
+            "529-982-247.26",
+            "529a982b247c25",
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "",
+        ] {
             assert!(!holds_cpf(text), "{text}");
         }
     }
