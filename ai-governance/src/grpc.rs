@@ -558,8 +558,9 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::ListSubjectRequestsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::ListSubjectRequestsRequest { overdue, page_size, page_token } = request.get_ref();
-        let filter = if *overdue { "overdue" } else { "" };
-        let page = Page::of(*page_size, page_token, filter)?;
+        let filter = if *overdue { "subject-requests\u{0}overdue" } else { "subject-requests" };
+        let cipher = self.store.cipher(&caller.tenant_id).await?;
+        let page = Page::of(*page_size, page_token, filter, &cipher)?;
         let (requests, next) = self.store.list(&caller.tenant_id, *overdue, page).await?;
         let requests: Vec<_> =
             requests.into_iter().map(|request| shown_to(&caller, request_message(request))).collect();
@@ -567,7 +568,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         self.store.audit_shown(&caller, "governance.ListSubjectRequests", subjects::Shown::Requests, read).await?;
         Ok(Response::new(proto::ListSubjectRequestsResponse {
             requests,
-            next_page_token: Page::next_token(next, filter),
+            next_page_token: Page::next_token(next, filter, &cipher),
         }))
     }
 
@@ -610,13 +611,18 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if !["", "pending", "decided"].contains(&status.as_str()) {
             return Err(Error::invalid("status", "must be pending or decided").into());
         }
-        let page = Page::of(request.get_ref().page_size, &request.get_ref().page_token, &status)?;
+        let filter = format!("reviews\u{0}{status}");
+        let cipher = self.store.cipher(&caller.tenant_id).await?;
+        let page = Page::of(request.get_ref().page_size, &request.get_ref().page_token, &filter, &cipher)?;
         let (reviews, next) = self.store.reviews(&caller.tenant_id, &status, page).await?;
         let reviews: Vec<_> =
             reviews.into_iter().map(|review| review_shown_to(&caller, review_message(review))).collect();
         let read = texts_shown(&reviews, |review| (&review.id, [&review.reason, &review.note]));
         self.store.audit_shown(&caller, "governance.ListReviews", subjects::Shown::Reviews, read).await?;
-        Ok(Response::new(proto::ListReviewsResponse { reviews, next_page_token: Page::next_token(next, &status) }))
+        Ok(Response::new(proto::ListReviewsResponse {
+            reviews,
+            next_page_token: Page::next_token(next, &filter, &cipher),
+        }))
     }
 
     async fn decide_review(

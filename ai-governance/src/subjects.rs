@@ -795,6 +795,11 @@ impl SubjectStore {
         self.audit(caller, "sensitive_read", action, &subject, serde_json::json!({ field: shown })).await
     }
 
+    /// The tenant's data cipher (page tokens are made under it).
+    pub async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
+        Ok(self.keys.cipher(tenant_id).await?)
+    }
+
     pub async fn get(&self, tenant_id: &str, id: &str) -> Result<StoredRequest, Error> {
         let row = sqlx::query(
             "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution FROM subject_requests \

@@ -472,11 +472,13 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let caller = auth::caller(&request)?;
         let proto::ListConsentsRequest { customer_id, page_size, page_token } = request.get_ref();
         let customer_id = parse_id("customerId", customer_id)?;
-        let page = Page::of(*page_size, page_token, "")?;
+        let cipher = self.store.cipher(&caller.tenant_id).await?;
+        let filter = format!("consents\u{0}{customer_id}");
+        let page = Page::of(*page_size, page_token, &filter, &cipher)?;
         let (consents, next) = self.store.consents_page(&caller.tenant_id, &customer_id, page).await?;
         Ok(Response::new(proto::ListConsentsResponse {
             consents: consents.iter().map(consent_message).collect(),
-            next_page_token: Page::next_token(next, ""),
+            next_page_token: Page::next_token(next, &filter, &cipher),
         }))
     }
 
@@ -487,7 +489,9 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let caller = auth::caller(&request)?;
         let proto::ListCreditScoresRequest { customer_id, page_size, page_token } = request.get_ref();
         let customer_id = parse_id("customerId", customer_id)?;
-        let page = Page::of(*page_size, page_token, "")?;
+        let cipher = self.store.cipher(&caller.tenant_id).await?;
+        let filter = format!("credit-scores\u{0}{customer_id}");
+        let page = Page::of(*page_size, page_token, &filter, &cipher)?;
         // One read of the customer's data for the page, naming the decisions and what they showed.
         let read = |scores: &[StoredScore]| {
             let ids: Vec<&str> = scores.iter().map(|score| score.id.as_str()).collect();
@@ -507,7 +511,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let words = self.store.reason_words();
         Ok(Response::new(proto::ListCreditScoresResponse {
             credit_scores: scores.into_iter().map(|score| score_message(score, words)).collect::<Result<_, _>>()?,
-            next_page_token: Page::next_token(next, ""),
+            next_page_token: Page::next_token(next, &filter, &cipher),
         }))
     }
 

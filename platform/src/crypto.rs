@@ -171,7 +171,7 @@ impl fmt::Debug for TenantCipher {
 }
 
 impl TenantCipher {
-    fn new(data_key: &[u8; 32]) -> Self {
+    pub(crate) fn new(data_key: &[u8; 32]) -> Self {
         let derive = hmac::Key::new(hmac::HMAC_SHA256, data_key);
         let index_key = hmac::sign(&derive, b"aigronova.blind-index.v1");
         let digest_key = hmac::sign(&derive, b"aigronova.input-digest.v1");

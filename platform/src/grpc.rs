@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     auth::{RefuseForeignTokens, TokenVerifier},
+    crypto::TenantCipher,
     shutdown::Shutdown,
 };
 
@@ -39,8 +40,9 @@ pub fn page_size(requested: i32) -> Result<usize, crate::Error> {
 }
 
 /// Where a page of a list starts and how long it is. Lists are ordered by their UUIDv7 ids,
-/// newest first; a page token is the id of the last item of the page before, then `.` and the
-/// list's filter when it has one, so that a token goes on only with the filter it was returned for.
+/// newest first; a page token is the id of the last item of the page before, then `.` and a
+/// digest of that id and the list's filter under the tenant's data key, so that a token goes on
+/// only in the list and with the filter that returned it, and is not made up or altered.
 #[derive(Clone, Copy, Debug)]
 pub struct Page<'a> {
     /// The id of the last item of the page before.
@@ -48,30 +50,38 @@ pub struct Page<'a> {
     pub size: usize,
 }
 
+/// The digest a page token carries: of the list's `filter` and the id `after`, under `cipher`.
+fn token_digest(cipher: &TenantCipher, filter: &str, after: &str) -> String {
+    let mut digest = cipher.blind_index(&format!("page\u{0}{filter}\u{0}{after}"));
+    digest.truncate(16);
+    digest
+}
+
 impl<'a> Page<'a> {
     /// The whole list on one page.
     pub const ALL: Page<'static> = Page { after: None, size: usize::MAX };
 
-    /// A list's page from its `pageSize` (see [`page_size`]) and `pageToken`, for a list with
-    /// `filter` (empty for none).
-    pub fn of(page_size: i32, page_token: &'a str, filter: &str) -> Result<Self, crate::Error> {
+    /// A list's page from its `pageSize` (see [`page_size`]) and `pageToken`, for a list named by
+    /// `filter` (its kind and what it is filtered by) of the tenant of `cipher`.
+    pub fn of(page_size: i32, page_token: &'a str, filter: &str, cipher: &TenantCipher) -> Result<Self, crate::Error> {
         let size = self::page_size(page_size)?;
         let token = page_token.trim();
+        if token.is_empty() {
+            return Ok(Self { after: None, size });
+        }
         // A token is an id as the list wrote it: another spelling of the UUID would compare otherwise.
-        let given = |token: &str| uuid::Uuid::parse_str(token).is_ok_and(|uuid| uuid.to_string() == token);
-        let after = match token.split_once('.').unwrap_or((token, "")) {
-            ("", "") => None,
-            (id, bound) if given(id) && bound == filter => Some(id),
-            (id, _) if given(id) => {
-                return Err(crate::Error::invalid(
-                    "pageToken",
-                    "was returned for another filter, or before this list's tokens named their filter: send it with \
-                     the filter of the request that returned it, or start again from the first page",
-                ));
+        let given = |id: &str| uuid::Uuid::parse_str(id).is_ok_and(|uuid| uuid.to_string() == id);
+        match token.split_once('.') {
+            Some((id, digest)) if given(id) && digest == token_digest(cipher, filter, id) => {
+                Ok(Self { after: Some(id), size })
             }
-            _ => return Err(crate::Error::invalid("pageToken", "is not a token this list gave")),
-        };
-        Ok(Self { after, size })
+            Some((id, _)) if given(id) => Err(crate::Error::invalid(
+                "pageToken",
+                "is not a token this list returned with this filter: send it unchanged, with the filter of the \
+                 request that returned it, or start again from the first page",
+            )),
+            _ => Err(crate::Error::invalid("pageToken", "is not a token this list gave")),
+        }
     }
 
     /// The SQL `LIMIT` that reads the page and one more item, which tells whether more follow.
@@ -89,12 +99,10 @@ impl<'a> Page<'a> {
         items.last().map(id)
     }
 
-    /// The token of the page after the one that ended with `next`, for a list with `filter`.
-    pub fn next_token(next: Option<String>, filter: &str) -> String {
-        match next {
-            Some(id) if !filter.is_empty() => format!("{id}.{filter}"),
-            next => next.unwrap_or_default(),
-        }
+    /// The token of the page after the one that ended with `next`, for the list `filter` of the
+    /// tenant of `cipher`; empty at the end.
+    pub fn next_token(next: Option<String>, filter: &str, cipher: &TenantCipher) -> String {
+        next.map(|id| format!("{id}.{}", token_digest(cipher, filter, &id))).unwrap_or_default()
     }
 }
 
@@ -166,4 +174,34 @@ fn call_span(request: &http::Request<()>) -> tracing::Span {
     );
     crate::trace_context::adopt_remote_parent(&span, request.headers());
     span
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_goes_on_only_in_its_tenants_list_with_its_filter() {
+        let (cipher, other_tenant) = (TenantCipher::new(&[1; 32]), TenantCipher::new(&[2; 32]));
+        let last = "0194d2f0-0000-7000-8000-000000000001".to_owned();
+        let token = Page::next_token(Some(last.clone()), "reviews\0pending", &cipher);
+        let page = Page::of(5, &token, "reviews\0pending", &cipher).unwrap();
+        assert_eq!((page.after, page.size), (Some(last.as_str()), 5));
+        assert_eq!(Page::next_token(None, "reviews\0pending", &cipher), "", "the last page has none");
+        let refused = |token: &str, filter: &str, cipher: &TenantCipher| match Page::of(0, token, filter, cipher) {
+            Err(crate::Error::InvalidArgument { field, reason }) => format!("{field}: {reason}"),
+            other => panic!("{token} accepted: {other:?}"),
+        };
+        // Another filter, another tenant, an id made up with the digest of another.
+        let foreign = "pageToken: is not a token this list returned with this filter";
+        assert!(refused(&token, "reviews\0decided", &cipher).starts_with(foreign));
+        assert!(refused(&token, "reviews\0pending", &other_tenant).starts_with(foreign));
+        let forged = token.replacen("0001", "0002", 1);
+        assert!(refused(&forged, "reviews\0pending", &cipher).starts_with(foreign));
+        // Not a token at all, or the id in another spelling.
+        for malformed in ["x", "ffffffff-ffff-ffff-ffff-ffffffffffff", &token.to_uppercase()] {
+            assert_eq!(refused(malformed, "reviews\0pending", &cipher), "pageToken: is not a token this list gave");
+        }
+        assert!(Page::of(0, " ", "reviews\0pending", &cipher).unwrap().after.is_none());
+    }
 }

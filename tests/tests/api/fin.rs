@@ -842,6 +842,19 @@ async fn a_customers_consents_and_scores_are_listed_a_page_at_a_time(backend: Ba
     let path = format!("/v1/fin/customers/{}/credit-scores", other["customerId"].as_str().unwrap());
     let empty: Value = app.get(&path, &key).await.json().await.unwrap();
     assert_eq!(empty, json!({"creditScores": [], "nextPageToken": ""}));
+    // A token goes on only in the list that returned it: not in another customer's, not in the
+    // consents', and not once altered.
+    let first: Value =
+        app.get(&format!("/v1/fin/customers/{customer}/credit-scores?pageSize=1"), &key).await.json().await.unwrap();
+    let token = first["nextPageToken"].as_str().unwrap().to_owned();
+    let made_up = format!("{}.0123456789abcdef", scored[2]);
+    for url in [
+        format!("{path}?pageToken={token}"),
+        format!("/v1/fin/customers/{customer}/consents?pageToken={token}"),
+        format!("/v1/fin/customers/{customer}/credit-scores?pageToken={made_up}"),
+    ] {
+        assert_eq!(assert_problem(app.get(&url, &key).await, 400).await["field"], "pageToken", "{url}");
+    }
 
     // Refused: a customer the tenant does not have, or another tenant's; malformed ids, tokens and sizes.
     let stranger = app.create_tenant_on("Outra Financeira", "enterprise").await;
@@ -859,7 +872,8 @@ async fn a_customers_consents_and_scores_are_listed_a_page_at_a_time(backend: Ba
         assert_eq!(problem["field"], "customerId", "{problem}");
     }
     let after = app.audit_entries_once(&key, |_| true).await;
-    assert_eq!(after.iter().filter(|entry| entry["action"] == "fin.ListCreditScores").count(), 2);
+    // The two pages, and the first page read again for its token.
+    assert_eq!(after.iter().filter(|entry| entry["action"] == "fin.ListCreditScores").count(), 3);
     app.stop().await;
 }
 

@@ -240,6 +240,10 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!(assert_problem(refused, 400).await["field"], "pageToken");
     let refused = app.get(&format!("/v1/governance/subject-requests?pageToken={token}.overdue"), &key).await;
     assert_eq!(assert_problem(refused, 400).await["field"], "pageToken");
+    // Nor one made up from an id.
+    let made_up = format!("{}.0123456789abcdef", all["requests"][1]["id"].as_str().unwrap());
+    let refused = app.get(&format!("/v1/governance/subject-requests?pageToken={made_up}"), &key).await;
+    assert_eq!(assert_problem(refused, 400).await["field"], "pageToken");
     // An id is found in any spelling of its UUID.
     let shouted = app.get(&format!("/v1/governance/subject-requests/{}", id.to_uppercase()), &key).await;
     assert_eq!(shouted.status(), 200);
