@@ -527,7 +527,9 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         request: Request<proto::ListImagesRequest>,
     ) -> Result<Response<proto::ListImagesResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
+        let proto::ListImagesRequest { patient_id, page_size, page_token } = request.into_inner();
+        let patient_id = PatientId::parse("patientId", &patient_id)?;
+        let page_size = aigronova_platform::grpc::page_size(page_size)?;
         // What a patient's images are (their types, sizes and dates) is health data too.
         let event = |images: &[ImageRecord]| {
             AuditEvent::new(
@@ -539,9 +541,13 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 serde_json::json!({"imageIds": images.iter().map(|image| image.id.as_str()).collect::<Vec<_>>()}),
             )
         };
-        let images = self.store.images(&caller.tenant_id, &patient_id, event).await?;
+        let page =
+            self.store.images(&caller.tenant_id, &patient_id, page_size, page_token_of(&page_token), event).await?;
         self.outbox.wake();
-        Ok(Response::new(proto::ListImagesResponse { images: images.into_iter().map(image_message).collect() }))
+        Ok(Response::new(proto::ListImagesResponse {
+            images: page.images.into_iter().map(image_message).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
     }
 
     async fn get_image(&self, request: Request<proto::GetImageRequest>) -> Result<Response<HttpBody>, Status> {

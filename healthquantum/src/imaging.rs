@@ -183,10 +183,10 @@ const FOREIGN_PREAMBLES: [&[u8]; 33] = [
 /// Byte-order marks, UTF-8's and UTF-16's, which readers of text skip before its first character.
 const BYTE_ORDER_MARKS: [&[u8]; 3] = [b"\xef\xbb\xbf", b"\xfe\xff", b"\xff\xfe"];
 
-/// Whether the preamble of `bytes` makes them another kind of file too: one of
-/// [`FOREIGN_PREAMBLES`] at its start or after the NULs, ASCII whitespace and byte-order marks
-/// that readers skip, or `%PDF` anywhere in it, since PDF readers look for that in the first
-/// 1024 bytes.
+/// Whether the start of `bytes` (a DICOM preamble, or what follows an image's end) makes them
+/// another kind of file too: one of [`FOREIGN_PREAMBLES`] at its start or after the NULs, ASCII
+/// whitespace and byte-order marks that readers skip, or `%PDF` anywhere in its first
+/// [`PREAMBLE`] bytes, since PDF readers look for that in the first 1024 bytes.
 fn foreign_preamble(bytes: &[u8]) -> bool {
     let preamble = &bytes[..bytes.len().min(PREAMBLE)];
     let mut blank = 0;
@@ -223,6 +223,8 @@ fn also_another_kind(bytes: &[u8]) -> Result<(), &'static str> {
 struct PngChunks<'a> {
     header: Option<&'a [u8]>,
     data: Vec<&'a [u8]>,
+    /// Where the IEND chunk ends: what follows is not the image's.
+    end: usize,
 }
 
 /// Walks a PNG's chunks, from the one after its signature to IEND: each must be whole, its type
@@ -231,8 +233,10 @@ struct PngChunks<'a> {
 /// data, so that a file cut before its IEND chunk, or damaged after its pixels, would be kept as
 /// it came.
 fn png_chunks(bytes: &[u8]) -> Result<PngChunks<'_>, String> {
-    let mut chunks = PngChunks { header: None, data: Vec::new() };
+    let mut chunks = PngChunks { header: None, data: Vec::new(), end: 0 };
     let mut at = 8;
+    // Whether the chunk before was an IDAT: the image data is in consecutive IDAT chunks.
+    let mut in_data = false;
     loop {
         let Some(header) = bytes.get(at..at + 8) else {
             return Err("is cut short: it has no IEND chunk".to_owned());
@@ -257,11 +261,18 @@ fn png_chunks(bytes: &[u8]) -> Result<PngChunks<'_>, String> {
         let data = &covered[4..];
         match kind {
             b"IEND" if !data.is_empty() => return Err("is damaged: its IEND chunk is not empty".to_owned()),
-            b"IEND" => return Ok(chunks),
+            b"IEND" => {
+                chunks.end = next;
+                return Ok(chunks);
+            }
             b"IHDR" => chunks.header = chunks.header.or(Some(data)),
+            b"IDAT" if !in_data && !chunks.data.is_empty() => {
+                return Err("is damaged: its IDAT chunks are not consecutive".to_owned());
+            }
             b"IDAT" => chunks.data.push(data),
             _ => {}
         }
+        in_data = kind == b"IDAT";
         at = next;
     }
 }
@@ -663,8 +674,8 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
         MediaType::Png => Some(png_chunks(bytes).map_err(refused)?),
         _ => None,
     };
-    if media_type == MediaType::Jpeg {
-        crate::jpeg::check(bytes).map_err(|shortfall| {
+    let end = match media_type {
+        MediaType::Jpeg => crate::jpeg::check(bytes).map_err(|shortfall| {
             // A decoder fills what is missing with grey: a cut upload would be kept as an image.
             let problem = match shortfall {
                 crate::jpeg::Shortfall::NoEnd => "is cut short: it has no end-of-image marker".to_owned(),
@@ -676,7 +687,15 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
                 }
             };
             Error::invalid("body", format!("starts as {media_type} but {problem}"))
-        })?;
+        })?,
+        _ => png.as_ref().map(|chunks| chunks.end),
+    };
+    // Readers stop at the image's end: what follows must not be a program or a document that
+    // would travel as this image.
+    if end.is_some_and(|end| foreign_preamble(&bytes[end..])) {
+        return Err(refused(
+            "has another kind of file after its end (an executable, an archive, a document or markup)".to_owned(),
+        ));
     }
     let reader = |limits: Limits| {
         let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
@@ -782,6 +801,32 @@ mod tests {
         let mut trailed = whole.clone();
         trailed.extend_from_slice(b"\0\0\0\0");
         assert!(examine(&trailed).is_ok());
+        // Image data split by another chunk.
+        let text = with_text_chunk(&whole, b"Comment\0split");
+        let iend = text.len() - 12;
+        let empty_idat = [&0_u32.to_be_bytes()[..], b"IDAT", &crc32fast::hash(b"IDAT").to_be_bytes()].concat();
+        let split = [&text[..iend], &empty_idat, &text[iend..]].concat();
+        assert_eq!(refusal(&split), "starts as image/png but is damaged: its IDAT chunks are not consecutive");
+    }
+
+    #[test]
+    fn another_kind_of_file_after_an_images_end_is_refused() {
+        let another = "has another kind of file after its end (an executable, an archive, a document or markup)";
+        for (media_type, image) in [("image/png", png(40, 30)), ("image/jpeg", jpeg(40, 30))] {
+            for trailer in [&b"\x7fELF\x02\x01\x01\0payload"[..], b"\0\0MZ\x90\0", b"<html><script>", b"PK\x03\x04"] {
+                let polyglot = [&image[..], trailer].concat();
+                match examine(&polyglot) {
+                    Err(Error::InvalidArgument { field, reason }) => {
+                        assert_eq!((field.as_str(), reason), ("body", format!("starts as {media_type} but {another}")));
+                    }
+                    other => panic!("{media_type} with {trailer:?} after its end: {other:?}"),
+                }
+            }
+            // Padding, and another image after a JPEG's end (as cameras store a second picture),
+            // are kept.
+            assert!(examine(&[&image[..], b"\0\0\0\0"].concat()).is_ok(), "{media_type}");
+            assert!(examine(&[&image[..], &jpeg(8, 8)].concat()).is_ok(), "{media_type}");
+        }
     }
 
     /// A PNG of the given header fields whose IDAT holds `raw` compressed as it is, with a grey
@@ -964,7 +1009,7 @@ mod tests {
         for (name, whole) in ENCODED_ELSEWHERE {
             let at = whole.windows(2).position(|marker| marker == [0xFF, 0xDB]).expect("a quantisation table");
             let stray = [&whole[..at], b"\x00\x11\x22".as_slice(), &whole[at..]].concat();
-            assert_eq!(crate::jpeg::check(&stray), Ok(()), "{name}");
+            assert!(matches!(crate::jpeg::check(&stray), Ok(Some(end)) if end <= stray.len()), "{name}");
             let frame = whole.windows(2).position(|marker| matches!(marker, [0xFF, 0xC0..=0xC2])).unwrap();
             let length = usize::from(u16::from_be_bytes([whole[frame + 2], whole[frame + 3]]));
             let twice = [&whole[..frame + 2 + length], &whole[frame..]].concat();
@@ -998,6 +1043,14 @@ mod tests {
         let mut arithmetic = sequential.to_vec();
         arithmetic[frame + 1] = 0xC9;
         assert_eq!(check(&arithmetic), Err(Shortfall::Unsupported("an arithmetic-coded")));
+        // Samples of 12 bits, which the decoder does not read, said so; of another precision, damaged.
+        let baseline = jpeg(16, 16);
+        let frame = baseline.windows(2).position(|marker| marker == [0xFF, 0xC0]).unwrap();
+        let mut twelve = baseline.clone();
+        twelve[frame + 4] = 12;
+        assert_eq!(check(&twelve), Err(Shortfall::Unsupported("a 12-bit")));
+        twelve[frame + 4] = 7;
+        assert_eq!(check(&twelve), Err(Shortfall::Damaged("its sample precision is not 8 bits")));
         match examine(&arithmetic) {
             Err(Error::InvalidArgument { reason, .. }) => {
                 assert!(reason.contains("is an arithmetic-coded JPEG"), "{reason}")
@@ -1026,7 +1079,7 @@ mod tests {
     #[test]
     fn progressive_and_restarted_jpegs_are_read_whole_and_their_first_scan_cut_short_is_refused() {
         for (name, whole) in ENCODED_ELSEWHERE {
-            assert_eq!(crate::jpeg::check(whole), Ok(()), "{name}");
+            assert_eq!(crate::jpeg::check(whole), Ok(Some(whole.len())), "{name}");
             let examined = examine(whole).unwrap_or_else(|error| panic!("{name}: {error:?}"));
             assert_eq!((examined.width, examined.height), (64, 48), "{name}");
             // Cut halfway through the first scan's data, the end-of-image marker put back.

@@ -31,8 +31,9 @@ pub(crate) enum Shortfall {
     Damaged(&'static str),
 }
 
-/// Checks the scans of `bytes`, a JPEG that starts with its start-of-image marker.
-pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
+/// Checks the scans of `bytes`, a JPEG that starts with its start-of-image marker; where its
+/// end-of-image marker ends, when it is read to its end (a hierarchical JPEG is not).
+pub(crate) fn check(bytes: &[u8]) -> Result<Option<usize>, Shortfall> {
     let damaged = Shortfall::Damaged;
     let mut tables = [[None, None, None, None], [None, None, None, None]];
     let mut frame: Option<Frame> = None;
@@ -56,7 +57,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
             0xD9 if coded.iter().any(|coefficients| coefficients.contains(&false)) => {
                 return Err(Shortfall::ScansMissing);
             }
-            0xD9 => return Ok(()),
+            0xD9 => return Ok(Some(at)),
             0x01 | 0xD0..=0xD7 => continue,
             _ => {}
         }
@@ -66,28 +67,30 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
         at += length;
         match marker {
             // The frame whose size was checked is the only one.
-            0xC0..=0xC2 if frame.is_some() => return Err(damaged("a second frame header")),
+            0xC0..=0xC2 if frame.is_some() => return Err(damaged("it has a second frame header")),
+            0xC0..=0xC2 if segment.first() == Some(&12) => return Err(Shortfall::Unsupported("a 12-bit")),
+            0xC0..=0xC2 if segment.first() != Some(&8) => return Err(damaged("its sample precision is not 8 bits")),
             0xC0..=0xC2 => {
-                let parsed = Frame::parse(segment, marker == 0xC2).ok_or(damaged("its frame header"))?;
+                let parsed = Frame::parse(segment, marker == 0xC2).ok_or(damaged("its frame header is malformed"))?;
                 coded = vec![[false; 64]; parsed.components.len()];
                 frame = Some(parsed);
             }
             0xC9..=0xCB | 0xCD..=0xCF => return Err(Shortfall::Unsupported("an arithmetic-coded")),
             0xC3 | 0xC7 => return Err(Shortfall::Unsupported("a lossless")),
             // Hierarchical: not read here, nor refused.
-            0xC5 | 0xC6 => return Ok(()),
-            0xC4 => read_tables(segment, &mut tables).ok_or(damaged("a Huffman table"))?,
+            0xC5 | 0xC6 => return Ok(None),
+            0xC4 => read_tables(segment, &mut tables).ok_or(damaged("a Huffman table is malformed"))?,
             0xDD => {
-                let interval = segment.get(..2).ok_or(damaged("its restart interval"))?;
+                let interval = segment.get(..2).ok_or(damaged("its restart interval is malformed"))?;
                 restart_interval = usize::from(u16::from_be_bytes([interval[0], interval[1]]));
             }
             0xDA => {
                 scans += 1;
                 if scans > MAX_SCANS {
-                    return Err(damaged("more than 100 scans"));
+                    return Err(damaged("it has more than 100 scans"));
                 }
-                let frame = frame.as_ref().ok_or(damaged("a scan before its frame header"))?;
-                let scan = Scan::parse(segment, frame, &tables).ok_or(damaged("a scan header"))?;
+                let frame = frame.as_ref().ok_or(damaged("a scan comes before its frame header"))?;
+                let scan = Scan::parse(segment, frame, &tables).ok_or(damaged("a scan header is malformed"))?;
                 if !scan.refines {
                     for (index, ..) in &scan.components {
                         let band = match frame.progressive {
@@ -99,7 +102,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<(), Shortfall> {
                 }
                 let mut reader = BitReader::new(bytes, at);
                 if scan.read(frame, &mut reader, restart_interval)? && reader.leftover() > 0 {
-                    return Err(damaged("data left over after a scan's last block"));
+                    return Err(damaged("a scan has data left over after its last block"));
                 }
                 at = reader.after_data();
             }
@@ -138,6 +141,9 @@ impl Frame {
         (width > 0 && height > 0).then_some(Self { width, height, progressive, components, max_h, max_v })
     }
 }
+
+/// A code that no symbol of its Huffman table has.
+const UNKNOWN_CODE: Shortfall = Shortfall::Damaged("a scan holds a code its Huffman table does not have");
 
 /// How many bits ahead a Huffman table looks its shorter codes up in one step.
 const LOOKAHEAD: u32 = 9;
@@ -195,14 +201,14 @@ impl Huffman {
             let code = ahead >> (16 - length);
             if code <= self.max_code[length] {
                 reader.consume(length as u32)?;
-                let index = usize::try_from(code + self.offset[length]).map_err(|_| Shortfall::Damaged("a code"))?;
-                return self.symbols.get(index).copied().ok_or(Shortfall::Damaged("a code"));
+                let index = usize::try_from(code + self.offset[length]).map_err(|_| UNKNOWN_CODE)?;
+                return self.symbols.get(index).copied().ok_or(UNKNOWN_CODE);
             }
         }
         // Bits past the data's end read as zeros: a code they do not finish is a scan cut short.
         match reader.count < 16 {
             true => Err(Shortfall::CutShort),
-            false => Err(Shortfall::Damaged("a code its Huffman table does not have")),
+            false => Err(UNKNOWN_CODE),
         }
     }
 }

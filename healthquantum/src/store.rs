@@ -80,6 +80,12 @@ pub(crate) struct AssessmentPage {
     pub(crate) next_page_token: Option<String>,
 }
 
+/// A page of a patient's images, and the token of the next when more follow.
+pub(crate) struct ImagePage {
+    pub(crate) images: Vec<ImageRecord>,
+    pub(crate) next_page_token: Option<String>,
+}
+
 /// Which patients a list call wants.
 #[derive(Debug, Default)]
 pub(crate) struct PatientFilter {
@@ -533,32 +539,50 @@ impl Store {
         Ok(())
     }
 
-    /// The images of a patient of `tenant_id` (not erased), oldest first, with the audit event
-    /// `event` makes of them in the same transaction when there are any.
+    /// A page of the images of a patient of `tenant_id` (not erased), oldest first, with the audit
+    /// event `event` makes of them in the same transaction when there are any.
     pub(crate) async fn images(
         &self,
         tenant_id: &str,
         patient_id: &PatientId,
+        page_size: usize,
+        page_token: Option<&str>,
         event: impl FnOnce(&[ImageRecord]) -> AuditEvent,
-    ) -> Result<Vec<ImageRecord>, Error> {
+    ) -> Result<ImagePage, Error> {
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let filter = format!("images\u{0}{patient_id}");
+        let after = match page_token {
+            Some(token) => {
+                let refused = "is not a token this patient's image list returned: send it unchanged, or start again \
+                               from the first page";
+                resume_after(&cipher, token, &filter, refused, refused)?
+            }
+            None => String::new(),
+        };
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let backend = self.database.backend();
         hold_live_patient(&mut transaction, backend, tenant_id, patient_id.as_str(), RowLock::Share).await?;
+        // One past the page tells whether there is a next page.
         let rows = sqlx::query(
             "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
-             FROM images WHERE tenant_id = $1 AND patient_id = $2 ORDER BY id",
+             FROM images WHERE tenant_id = $1 AND patient_id = $2 AND id > $3 ORDER BY id LIMIT $4",
         )
         .bind(tenant_id)
         .bind(patient_id.as_str())
+        .bind(&after)
+        .bind(i64::try_from(page_size + 1).unwrap_or(i64::MAX))
         .fetch_all(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
-        let images = rows.iter().map(image_from).collect::<Result<Vec<_>, _>>()?;
+        let mut images = rows.iter().map(image_from).collect::<Result<Vec<_>, _>>()?;
+        let more = images.len() > page_size;
+        images.truncate(page_size);
         if !images.is_empty() {
             audit::enqueue(&mut transaction, &event(&images)).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(images)
+        let next_page_token = more.then(|| images.last().map(|last| next_token(&cipher, &filter, &last.id))).flatten();
+        Ok(ImagePage { images, next_page_token })
     }
 
     /// One image of a patient of `tenant_id`; when `event` is given, a read that `shown` accepts

@@ -566,7 +566,10 @@ pub(crate) async fn upload(
 
 async fn medical_images(backend: Backend) {
     let app = aigronova_e2e::spawn_app_with(backend, |config| {
-        config.gateway.plans.starter.max_body_bytes = 256 * 1024;
+        let starter = &mut config.gateway.plans.starter;
+        starter.max_body_bytes = 256 * 1024;
+        // Room for every call here within the rate limits.
+        starter.burst = 100;
     })
     .await;
     let tenant = app.create_tenant("Clínica Imagem").await;
@@ -638,6 +641,18 @@ async fn medical_images(backend: Backend) {
     }
     let listed: Value = app.get(&format!("/v1/health/patients/{patient}/images"), &key).await.json().await.unwrap();
     assert_eq!(listed["images"].as_array().unwrap().len(), 2);
+    assert_eq!(listed["nextPageToken"], "", "one page holds both");
+    // A page at a time, oldest first; a token goes on only with its patient's list.
+    let images = format!("/v1/health/patients/{patient}/images");
+    let first: Value = app.get(&format!("{images}?pageSize=1"), &key).await.json().await.unwrap();
+    assert_eq!(first["images"][0]["id"], listed["images"][0]["id"]);
+    let token = first["nextPageToken"].as_str().unwrap().to_owned();
+    let second: Value = app.get(&format!("{images}?pageSize=1&pageToken={token}"), &key).await.json().await.unwrap();
+    assert_eq!(second["images"][0]["id"], listed["images"][1]["id"]);
+    assert_eq!(second["nextPageToken"], "", "the last page has no token");
+    let elsewhere = app.create_patient(&key).await;
+    let refused = app.get(&format!("/v1/health/patients/{elsewhere}/images?pageToken={token}"), &key).await;
+    assert_eq!(assert_problem(refused, 400).await["field"], "pageToken");
 
     // Delete one, four times at once: one deletion, and one audit event; then the patient takes the
     // other with them.
@@ -661,7 +676,7 @@ async fn medical_images(backend: Backend) {
     // So is the list, which showed the two images.
     let listed = entries.iter().find(|entry| entry["action"] == "health.ListImages").unwrap();
     let leaf: Value = serde_json::from_str(listed["leaf"].as_str().unwrap()).unwrap();
-    assert_eq!((count("health.ListImages"), leaf["details"]["imageIds"].as_array().unwrap().len()), (1, 2), "{leaf}");
+    assert_eq!((count("health.ListImages"), leaf["details"]["imageIds"].as_array().unwrap().len()), (3, 2), "{leaf}");
     assert_eq!(listed["kind"], "sensitive_read");
     app.stop().await;
 }
