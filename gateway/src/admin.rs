@@ -6,7 +6,7 @@ use axum::{
     Json,
     body::HttpBody,
     extract::{Path, Request, State, rejection::PathRejection},
-    http::{HeaderMap, StatusCode, Uri, header},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -122,7 +122,7 @@ const MAX_PAGE_SIZE: i64 = 500;
 
 /// `POST /v1/admin/tenants` `{"name", "plan"}` → 201 with the tenant.
 pub(crate) async fn create_tenant(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
-    let input: CreateTenant = admin_body(&state, request).await?;
+    let input: CreateTenant = admin_body(&state, request, None).await?;
     let name = valid_name(&input.name)?;
     let plan = Plan::parse(&input.plan).ok_or_else(|| {
         Problem::invalid_field(
@@ -132,7 +132,8 @@ pub(crate) async fn create_tenant(State(state): State<AppState>, request: Reques
     })?;
     let tenant = state.store.create_tenant(name, plan).await.map_err(store_failure)?;
     tracing::info!(tenant_id = %tenant.id, plan = plan.as_str(), "tenant created");
-    Ok((StatusCode::CREATED, Json(tenant)).into_response())
+    let location = created_at(format!("/v1/admin/tenants/{}", tenant.id));
+    Ok((StatusCode::CREATED, location, Json(tenant)).into_response())
 }
 
 /// `POST /v1/admin/tenants/{tenantId}/api-keys` `{"name", "scopes"}` → 201 with the key, shown once.
@@ -141,7 +142,8 @@ pub(crate) async fn create_api_key(
     tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
-    let input: CreateApiKey = admin_body(&state, request).await?;
+    let path_tenant = tenant_id.as_ref().ok().map(|Path(Id(id))| id.as_str());
+    let input: CreateApiKey = admin_body(&state, request, path_tenant).await?;
     let tenant_id = path(tenant_id)?;
     let name = valid_name(&input.name)?;
     let scopes = valid_scopes(&state, &input.scopes)?;
@@ -149,7 +151,14 @@ pub(crate) async fn create_api_key(
     existing_tenant(&state, &tenant_id).await?;
     let issued = state.store.issue_key(Some(&tenant_id), name, &scopes, expire_time).await.map_err(store_failure)?;
     tracing::info!(tenant_id = %tenant_id, key_id = %issued.id, "API key issued");
-    Ok((StatusCode::CREATED, Json(issued)).into_response())
+    let location = created_at(format!("/v1/admin/tenants/{tenant_id}/api-keys/{}", issued.id));
+    Ok((StatusCode::CREATED, location, Json(issued)).into_response())
+}
+
+/// The `Location` of a resource just created (RFC 9110 §10.2.2): a 201 without one would name the
+/// collection it was posted to.
+fn created_at(path: String) -> Option<[(header::HeaderName, HeaderValue); 1]> {
+    HeaderValue::try_from(path).ok().map(|path| [(header::LOCATION, path)])
 }
 
 /// `GET /v1/admin/tenants?pageSize=&pageToken=` → `{"tenants": [...], "nextPageToken"}`.
@@ -194,7 +203,8 @@ pub(crate) async fn update_tenant(
     tenant_id: PathOf<Id>,
     request: Request,
 ) -> Result<Response, Problem> {
-    let input: UpdateTenant = admin_body(&state, request).await?;
+    let path_tenant = tenant_id.as_ref().ok().map(|Path(Id(id))| id.as_str());
+    let input: UpdateTenant = admin_body(&state, request, path_tenant).await?;
     let tenant_id = path(tenant_id)?;
     tenant_id_shaped(&tenant_id)?;
     let plan = input
@@ -361,8 +371,22 @@ fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
     Ok(time)
 }
 
-/// Authenticates an administrator and parses the JSON body.
-async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> Result<T, Problem> {
+/// The admin API's fields that take another name too (`serde(alias)`), and their JSON names.
+const ALIASES: [(&str, &str); 1] = [("expire_time", "expireTime")];
+
+/// Whether two ids are the same: equal, or the same UUID in two spellings (as the services read ids).
+fn same_id(a: &str, b: &str) -> bool {
+    a == b || matches!((uuid::Uuid::parse_str(a), uuid::Uuid::parse_str(b)), (Ok(a), Ok(b)) if a == b)
+}
+
+/// The body of an admin request of type `T`, once the caller is known to be an administrator,
+/// read as the services' routes read theirs; `path_tenant` is the tenant the path names, which
+/// the body may name too, with the same value.
+async fn admin_body<T: DeserializeOwned>(
+    state: &AppState,
+    request: Request,
+    path_tenant: Option<&str>,
+) -> Result<T, Problem> {
     let (parts, body) = request.into_parts();
     require_admin(state, &parts.headers).await?;
     if let Some(name) = first_query_parameter(&parts.uri)? {
@@ -374,17 +398,39 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
     let body = read_body(body, &parts.headers, state.max_body_bytes, state.body_timeout, &mut ()).await?;
     let content_type = crate::transcode::content_type(&parts.headers)?;
     crate::transcode::json_content_type(content_type, &body)?;
+    crate::transcode::refuse_byte_order_mark(&body)?;
     if let Some(crate::transcode::Finding::Repeated(path)) = crate::transcode::repeated_name(&body, None) {
         return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
     }
     // No body is an empty object, as on the services' routes: its required fields are named.
-    let json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut json: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
         serde_json::json!({})
     } else {
         serde_json::from_slice(&body).map_err(|error| crate::transcode::not_json(content_type, &error))?
     };
-    if !json.is_object() {
-        return Err(Problem::bad_request("the request body must be a JSON object"));
+    let fields = match &mut json {
+        serde_json::Value::Object(fields) => fields,
+        serde_json::Value::Array(_) => return Err(crate::transcode::not_an_object("a list")),
+        serde_json::Value::String(_) => return Err(crate::transcode::not_an_object("a string")),
+        serde_json::Value::Number(_) => return Err(crate::transcode::not_an_object("a number")),
+        serde_json::Value::Bool(_) => return Err(crate::transcode::not_an_object("a boolean")),
+        serde_json::Value::Null => return Err(crate::transcode::not_an_object("null")),
+    };
+    // A field under both its names is given twice, even as null.
+    for (alias, name) in ALIASES {
+        if fields.contains_key(alias) && fields.contains_key(name) {
+            return Err(Problem::invalid_field(name, format!("{name} is given more than once in the request body")));
+        }
+    }
+    // A field given as null is not given, as the services' routes read it (the JSON mapping of
+    // proto3): a required one is missing.
+    fields.retain(|_, value| !value.is_null());
+    // The path's tenant may be named in the body too, with the path's value.
+    if let Some(path_tenant) = path_tenant
+        && let Some(given) = fields.remove("tenantId")
+        && given.as_str().is_none_or(|given| !same_id(given, path_tenant))
+    {
+        return Err(Problem::invalid_field("tenantId", "tenantId is given by the path; the body names another"));
     }
     serde_path_to_error::deserialize(json).map_err(|error| {
         let message = crate::problem::without_values(&error.inner().to_string());
@@ -392,7 +438,11 @@ async fn admin_body<T: DeserializeOwned>(state: &AppState, request: Request) -> 
         if let Some(name) = missing {
             return Problem::invalid_field(name, format!("{name} is required"));
         }
-        Problem::invalid_body_field(&error.path().to_string(), &message, format!("invalid request body: {message}"))
+        let path = error.path().to_string();
+        if let Some(said) = crate::transcode::type_mismatch(&path, &message) {
+            return Problem::invalid_field(&path, said);
+        }
+        Problem::invalid_body_field(&path, &message, format!("invalid request body: {message}"))
     })
 }
 

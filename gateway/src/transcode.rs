@@ -211,15 +211,17 @@ fn parse_body(
     body: &[u8],
     content_type: Option<&str>,
 ) -> Result<DynamicMessage, Problem> {
-    // RFC 8259 forbids a byte-order mark before a JSON text; the reader would only see a stray byte.
-    if body.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Problem::bad_request("the request body starts with a byte-order mark: send the JSON without it"));
-    }
+    refuse_byte_order_mark(body)?;
     match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
         None => return Ok(DynamicMessage::new(descriptor.clone())),
         // A list, a string or a number: JSON, but not the object a request is.
-        Some(b'[' | b'"' | b'-' | b'0'..=b'9') => {
-            return Err(Problem::bad_request("the request body must be a JSON object, {…}"));
+        Some(first @ (b'[' | b'"' | b'-' | b'0'..=b'9')) => {
+            let found = match first {
+                b'[' => "a list",
+                b'"' => "a string",
+                _ => "a number",
+            };
+            return Err(not_an_object(found));
         }
         Some(_) => {}
     }
@@ -256,7 +258,8 @@ fn parse_body(
                         Problem::invalid_field(&path, format!("{path} is not a whole number from {range}"))
                     }
                     _ => match type_mismatch(&path, &error) {
-                        Some(said) if path == "." => Problem::invalid_field("body", said),
+                        // The body as a whole, which is no field of the JSON.
+                        Some(said) if path == "." => Problem::bad_request(said),
                         Some(said) => Problem::invalid_field(&path, said),
                         None => Problem::invalid_body_field(&path, &error, detail),
                     },
@@ -265,10 +268,25 @@ fn parse_body(
         })
 }
 
+/// Refuses a body that starts with a byte-order mark, which RFC 8259 forbids before a JSON text:
+/// the reader would only see a stray byte.
+pub(crate) fn refuse_byte_order_mark(body: &[u8]) -> Result<(), Problem> {
+    if body.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Problem::bad_request("the request body starts with a byte-order mark: send the JSON without it"));
+    }
+    Ok(())
+}
+
+/// The 400 for a JSON body that is `found` (`a list`, `null`) rather than the object a request is;
+/// it names no field, as the body is none.
+pub(crate) fn not_an_object(found: &str) -> Problem {
+    Problem::bad_request(format!("the request body must be a JSON object, not {found}"))
+}
+
 /// A value of the wrong JSON type at `path`, in the words of the API rather than of the reader
 /// (`invalid type: null, expected a 64-bit floating point value at line 1 column 9`): `features.bmi
 /// must be a number, not null`.
-fn type_mismatch(path: &str, error: &str) -> Option<String> {
+pub(crate) fn type_mismatch(path: &str, error: &str) -> Option<String> {
     let subject = if path == "." { "the request body" } else { path };
     // The JSON mapping takes a number written as a string too.
     if error.starts_with("invalid float literal") {
@@ -828,7 +846,6 @@ mod tests {
             (br#"{"features": {"bmi": [0.1]}}"#, "features.bmi", "must be a number, not a list"),
             (br#"{"model": "x", "patientId": 7}"#, "patientId", "must be a string, not a number"),
             (br#"{"features": true}"#, "features", "must be a JSON object, not a boolean"),
-            (br"null", "body", "the request body must be a JSON object, not null"),
         ];
         for (body, field, said) in cases {
             let problem = parse_body(&descriptor, body, None).unwrap_err();
@@ -836,15 +853,25 @@ mod tests {
             let problem = detail(problem);
             assert!(problem.ends_with(said) && !problem.contains("line 1"), "{problem}");
         }
+        // A body that is no object is told so, naming no field: it is none.
+        let found = [
+            (&br"null"[..], "null"),
+            (br"true", "a boolean"),
+            (br"[]", "a list"),
+            (br#""text""#, "a string"),
+            (br"12", "a number"),
+            (br"-1", "a number"),
+        ];
+        for (body, found) in found {
+            let problem = parse_body(&descriptor, body, None).unwrap_err();
+            assert_eq!(problem.field(), None, "{}", String::from_utf8_lossy(body));
+            assert_eq!(detail(problem), format!("the request body must be a JSON object, not {found}"));
+        }
         let lone = detail(parse_body(&descriptor, br#"{"model": "\ud800x"}"#, None).unwrap_err());
         assert!(lone.ends_with(r"must be one of a high and low pair"), "{lone}");
         let short = detail(parse_body(&descriptor, br#"{"model": "\u12x4"}"#, None).unwrap_err());
         assert!(short.ends_with(r"or u with four hex digits"), "{short}");
         let marked = detail(parse_body(&descriptor, b"\xEF\xBB\xBF{\"model\": \"x\"}", None).unwrap_err());
         assert_eq!(marked, "the request body starts with a byte-order mark: send the JSON without it");
-        for body in [&br"[]"[..], br#""text""#, br"12"] {
-            let problem = detail(parse_body(&descriptor, body, None).unwrap_err());
-            assert_eq!(problem, "the request body must be a JSON object, {…}");
-        }
     }
 }

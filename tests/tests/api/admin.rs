@@ -143,6 +143,36 @@ async fn tenant_updates_refuse_bad_input() {
             assert!(problem["detail"].as_str().unwrap().contains(says), "{name:?}: {problem}");
         }
     }
+    // Bodies are read as the services' routes read theirs: a wrong type in the API's words, null as
+    // absent, the path's tenant named again with its value, no byte-order mark, an object.
+    let keys = format!("{path}/api-keys");
+    let said = |body: &'static str, url: &str| {
+        let url = url.to_owned();
+        let app = &app;
+        async move {
+            let problem = assert_problem(app.post_raw(&url, &app.admin_key, body).await, 400).await;
+            (problem["field"].as_str().map(str::to_owned), problem["detail"].as_str().unwrap().to_owned())
+        }
+    };
+    let tenants = "/v1/admin/tenants";
+    let cases = [
+        (r#"{"name": 5, "plan": "starter"}"#, tenants, Some("name"), "name must be a string, not a number"),
+        (r#"{"name": "x", "plan": null}"#, tenants, Some("plan"), "plan is required"),
+        ("\u{feff}{}", tenants, None, "the request body starts with a byte-order mark: send the JSON without it"),
+        ("[1]", tenants, None, "the request body must be a JSON object, not a list"),
+        (r#"{"name": "x", "plan": "starter", "tenantId": "t"}"#, tenants, Some("tenantId"), "unknown field"),
+    ];
+    for (body, url, field, detail) in cases {
+        let (got_field, got_detail) = said(body, url).await;
+        assert_eq!(got_field.as_deref(), field, "{body}");
+        assert!(got_detail.contains(detail), "{body}: {got_detail}");
+    }
+    let other = "00000000-0000-7000-8000-000000000000";
+    let named = json!({"tenantId": other, "name": "k", "scopes": ["health:read"]});
+    let problem = assert_problem(app.post(&keys, &app.admin_key, &named).await, 400).await;
+    assert_eq!(problem["detail"], "tenantId is given by the path; the body names another");
+    let named = json!({"tenantId": tenant.to_uppercase(), "name": "k", "scopes": ["health:read"], "expireTime": null});
+    assert_eq!(app.post(&keys, &app.admin_key, &named).await.status(), 201, "the path's tenant, in capitals");
     app.stop().await;
 }
 

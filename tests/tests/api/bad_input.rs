@@ -573,8 +573,11 @@ async fn a_first_callers_mistakes_are_told_what_to_do() {
     let problem = assert_problem(response, 404).await;
     assert!(problem["detail"].as_str().unwrap().ends_with("without its trailing slash it is /v1/health/patients"));
     // A body that is JSON but no object, and a field spelled otherwise than the API spells it.
-    let response = app.post_raw("/v1/health/patients", &key, "[]").await;
-    assert_eq!(assert_problem(response, 400).await["detail"], "the request body must be a JSON object, {…}");
+    for (body, found) in [("[]", "a list"), ("true", "a boolean"), ("null", "null")] {
+        let problem = assert_problem(app.post_raw("/v1/health/patients", &key, body).await, 400).await;
+        assert_eq!(problem["detail"], format!("the request body must be a JSON object, not {found}"));
+        assert_eq!(problem.get("field"), None, "the body is no field: {problem}");
+    }
     let body = json!({"name": "Ana", "cpf": "111.444.777-35", "birthdate": "1980-01-01"});
     let problem = assert_problem(app.post("/v1/health/patients", &key, &body).await, 400).await;
     assert!(problem["detail"].as_str().unwrap().ends_with("did you mean birthDate?"), "{problem}");

@@ -83,10 +83,14 @@ async fn a_created_tenant_and_key_follow_the_contract() {
     let response =
         app.post("/v1/admin/tenants", &app.admin_key, &json!({"name": "Acme", "plan": "professional"})).await;
     assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
     let tenant: serde_json::Value = response.json().await.unwrap();
     assert_eq!(tenant["name"], "Acme");
     assert_eq!(tenant["plan"], "professional");
     let id = tenant["id"].as_str().unwrap();
+    // Where the new tenant is read (RFC 9110 §10.2.2).
+    assert_eq!(location, format!("/v1/admin/tenants/{id}"));
+    assert_eq!(app.get(&location, &app.admin_key).await.status(), 200);
     let response = app
         .post(
             &format!("/v1/admin/tenants/{id}/api-keys"),
@@ -95,8 +99,10 @@ async fn a_created_tenant_and_key_follow_the_contract() {
         )
         .await;
     assert_eq!(response.status(), 201);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
     let key: serde_json::Value = response.json().await.unwrap();
     assert!(key["id"].is_string());
+    assert_eq!(location, format!("/v1/admin/tenants/{id}/api-keys/{}", key["id"].as_str().unwrap()));
     assert!(key["key"].as_str().is_some_and(|k| k.starts_with("agk_")));
     assert_eq!(key["scopes"], json!(["health:read", "health:write"]));
     app.stop().await;
