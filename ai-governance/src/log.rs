@@ -650,10 +650,11 @@ pub fn decode_hash(text: &str) -> Option<Hash> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn leaf(tenant: &str, n: u32) -> Leaf {
+    /// The `n`th decision of `tenant`, as healthquantum records one.
+    pub(crate) fn leaf(tenant: &str, n: u32) -> Leaf {
         Leaf {
             event_id: format!("00000000-0000-7000-8000-{n:012}"),
             tenant_id: tenant.into(),

@@ -100,21 +100,7 @@ async fn delete(database: &Database, ids: &[String]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::CheckpointSigner;
-
-    fn leaf(tenant: &str, n: u32) -> Leaf {
-        Leaf {
-            event_id: format!("00000000-0000-7000-8000-{n:012}"),
-            tenant_id: tenant.into(),
-            service: crate::SERVICE_NAME.into(),
-            kind: "subject_request".into(),
-            action: "governance.CreateSubjectRequest".into(),
-            actor: "key-1".into(),
-            subject: format!("subject-request:{n}"),
-            details: serde_json::json!({"kind": "access", "status": "completed"}),
-            occurred_at: "2026-12-01T10:00:00.000000Z".into(),
-        }
-    }
+    use crate::{checkpoint::CheckpointSigner, log::tests::leaf};
 
     async fn enqueued(database: &Database, leaf: &Leaf, commit: bool) {
         let mut transaction = database.begin_tenant(&leaf.tenant_id).await.unwrap();

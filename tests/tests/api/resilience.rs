@@ -799,16 +799,15 @@ async fn a_body_that_stops_arriving_is_408_and_no_tenant_holds_more_than_its_sha
     app.stop().await;
 }
 
-#[tokio::test]
-async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() {
-    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
-    let app = spawn_gateway(&url, |config| {
+/// A gateway in front of `url` whose plans all take bodies of `max_body` bytes, holding at most
+/// `buffered` bytes of bodies at once (a quarter of that a tenant), and the keys of five tenants.
+async fn holding_bodies(url: &str, max_body: usize, buffered: usize) -> (TestApp, Vec<String>) {
+    let app = spawn_gateway(url, |config| {
         let plans = &mut config.gateway.plans;
         for plan in [&mut plans.starter, &mut plans.professional, &mut plans.enterprise] {
-            plan.max_body_bytes = 32 * 1024;
+            plan.max_body_bytes = max_body;
         }
-        // 128 KiB in all, 32 KiB a tenant.
-        config.gateway.max_buffered_body_bytes = 128 * 1024;
+        config.gateway.max_buffered_body_bytes = buffered;
         config.gateway.request_body_timeout_secs = 5;
     })
     .await;
@@ -816,16 +815,31 @@ async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() 
     for _ in 0..5 {
         tenants.push(app.tenant_with_key().await.1);
     }
-    let post = |key: &str, size: usize| {
-        let mut body = patient_json("Maria");
-        body.resize(size, b' ');
-        app.client
-            .post(app.url("/v1/health/patients"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    (app, tenants)
+}
+
+/// Creates a patient as `key` with a body padded to `size` bytes.
+fn post_padded(
+    app: &TestApp,
+    key: &str,
+    size: usize,
+) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+    let mut body = patient_json("Maria");
+    body.resize(size, b' ');
+    app.client
+        .post(app.url("/v1/health/patients"))
+        .bearer_auth(key)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+}
+
+#[tokio::test]
+async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() {
+    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
+    // 128 KiB in all, 32 KiB a tenant.
+    let (app, tenants) = holding_bodies(&url, 32 * 1024, 128 * 1024).await;
+    let post = |key: &str, size: usize| post_padded(&app, key, size);
     // Four tenants each hold 30 KiB with a body that stops after its first byte.
     let in_flight = "aigronova_gateway_tenant_requests_in_flight";
     let idle = metric(&app, in_flight).await;
@@ -867,20 +881,8 @@ async fn a_body_of_unknown_length_holds_room_for_what_has_arrived() {
     use tokio::io::AsyncWriteExt;
 
     let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
-    let app = spawn_gateway(&url, |config| {
-        let plans = &mut config.gateway.plans;
-        for plan in [&mut plans.starter, &mut plans.professional, &mut plans.enterprise] {
-            plan.max_body_bytes = 256 * 1024;
-        }
-        // 1 MiB in all, 256 KiB a tenant: four bodies held at their plan's limit would fill it.
-        config.gateway.max_buffered_body_bytes = 1024 * 1024;
-        config.gateway.request_body_timeout_secs = 5;
-    })
-    .await;
-    let mut tenants = Vec::new();
-    for _ in 0..5 {
-        tenants.push(app.tenant_with_key().await.1);
-    }
+    // 1 MiB in all, 256 KiB a tenant: four bodies held at their plan's limit would fill it.
+    let (app, tenants) = holding_bodies(&url, 256 * 1024, 1024 * 1024).await;
     let address = app.address.trim_start_matches("http://").to_owned();
     // Four tenants each start a chunked body, one gzip-compressed, and stop after its first part.
     let in_flight = "aigronova_gateway_tenant_requests_in_flight";
@@ -907,16 +909,7 @@ async fn a_body_of_unknown_length_holds_room_for_what_has_arrived() {
         assert!(tokio::time::Instant::now() < deadline, "the stalled bodies never reached the gateway");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let post = |key: &str, size: usize| {
-        let mut body = patient_json("Maria");
-        body.resize(size, b' ');
-        app.client
-            .post(app.url("/v1/health/patients"))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let post = |key: &str, size: usize| post_padded(&app, key, size);
     // Held at their plan's limit, the four would leave no room; held at what has arrived, they
     // leave room for another tenant's 200 KiB.
     assert_eq!(post(&tenants[4], 200 * 1024).await.unwrap().status(), 200);
