@@ -218,6 +218,29 @@ fn also_another_kind(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Pictures a JPEG may have after its own, as cameras store a second one (a depth map, a preview).
+const MAX_TRAILING_PICTURES: usize = 4;
+
+/// Checks what follows an image's end, which readers do not read, so that nothing travels as the
+/// image that is not one: padding (NULs, ASCII whitespace) only, and after a JPEG, whole JPEG
+/// pictures too (at most [`MAX_TRAILING_PICTURES`]).
+fn check_trailer(media_type: MediaType, trailer: &[u8]) -> Result<(), &'static str> {
+    let mut rest = trailer;
+    for _ in 0..=MAX_TRAILING_PICTURES {
+        let padding = rest.iter().take_while(|byte| **byte == 0 || byte.is_ascii_whitespace()).count();
+        rest = &rest[padding..];
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if media_type != MediaType::Jpeg || !rest.starts_with(&[0xFF, 0xD8]) {
+            return Err("has data after its end that is neither padding nor another picture: send the image alone");
+        }
+        let end = crate::jpeg::check(rest).map_err(|_| "has a picture after its end that is not a whole JPEG")?;
+        rest = &rest[end..];
+    }
+    Err("has more than 4 pictures after its own")
+}
+
 /// What a PNG's chunks say of its image: its header's data and its compressed image data, in
 /// the IDAT chunks that hold it.
 struct PngChunks<'a> {
@@ -688,15 +711,9 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
             };
             Error::invalid("body", format!("starts as {media_type} but {problem}"))
         })?,
-        _ => png.as_ref().map(|chunks| chunks.end),
+        _ => png.as_ref().map_or(bytes.len(), |chunks| chunks.end),
     };
-    // Readers stop at the image's end: what follows must not be a program or a document that
-    // would travel as this image.
-    if end.is_some_and(|end| foreign_preamble(&bytes[end..])) {
-        return Err(refused(
-            "has another kind of file after its end (an executable, an archive, a document or markup)".to_owned(),
-        ));
-    }
+    check_trailer(media_type, &bytes[end..]).map_err(|problem| refused(problem.to_owned()))?;
     let reader = |limits: Limits| {
         let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
         opened.limits(limits);
@@ -810,22 +827,37 @@ mod tests {
     }
 
     #[test]
-    fn another_kind_of_file_after_an_images_end_is_refused() {
-        let another = "has another kind of file after its end (an executable, an archive, a document or markup)";
+    fn only_padding_and_whole_pictures_may_follow_an_images_end() {
+        let refusal = |bytes: &[u8]| match examine(bytes) {
+            Err(Error::InvalidArgument { field, reason }) if field == "body" => reason,
+            other => panic!("accepted or refused otherwise: {other:?}"),
+        };
+        let other = "has data after its end that is neither padding nor another picture: send the image alone";
+        let second = jpeg(8, 8);
+        let disguised = [&b"\xFF\xD8"[..], b"\x7fELF\x02\x01\x01\0payload"].concat();
         for (media_type, image) in [("image/png", png(40, 30)), ("image/jpeg", jpeg(40, 30))] {
-            for trailer in [&b"\x7fELF\x02\x01\x01\0payload"[..], b"\0\0MZ\x90\0", b"<html><script>", b"PK\x03\x04"] {
+            for trailer in [&b"\x7fELF\x02\x01\x01\0payload"[..], b"\0\0MZ\x90\0", b"<html><script>", b"x"] {
                 let polyglot = [&image[..], trailer].concat();
-                match examine(&polyglot) {
-                    Err(Error::InvalidArgument { field, reason }) => {
-                        assert_eq!((field.as_str(), reason), ("body", format!("starts as {media_type} but {another}")));
-                    }
-                    other => panic!("{media_type} with {trailer:?} after its end: {other:?}"),
+                assert_eq!(refusal(&polyglot), format!("starts as {media_type} but {other}"), "{trailer:?}");
+            }
+            // Padding may follow either; a picture only a JPEG, as cameras store a second one,
+            // and only a whole one, with nothing but padding or pictures after it.
+            assert!(examine(&[&image[..], b"\0\0\0\0\n"].concat()).is_ok(), "{media_type}");
+            let with_picture = [&image[..], &second].concat();
+            let after_picture = [&image[..], &second, b"<html>"].concat();
+            let after_disguise = [&image[..], &disguised].concat();
+            if media_type == "image/jpeg" {
+                assert!(examine(&with_picture).is_ok());
+                assert!(examine(&[&image[..], b"\0\0", &second, &second].concat()).is_ok());
+                assert!(refusal(&after_picture).ends_with(other));
+                assert!(refusal(&after_disguise).ends_with("has a picture after its end that is not a whole JPEG"));
+                let many = [&image[..], &second.repeat(5)].concat();
+                assert!(refusal(&many).ends_with("has more than 4 pictures after its own"));
+            } else {
+                for trailed in [with_picture, after_disguise] {
+                    assert!(refusal(&trailed).ends_with(other));
                 }
             }
-            // Padding, and another image after a JPEG's end (as cameras store a second picture),
-            // are kept.
-            assert!(examine(&[&image[..], b"\0\0\0\0"].concat()).is_ok(), "{media_type}");
-            assert!(examine(&[&image[..], &jpeg(8, 8)].concat()).is_ok(), "{media_type}");
         }
     }
 
@@ -911,14 +943,14 @@ mod tests {
     }
 
     #[test]
-    fn a_jpeg_cut_short_is_refused_and_one_with_bytes_after_its_end_is_not() {
+    fn a_jpeg_cut_short_or_with_other_data_after_its_end_is_refused() {
         let whole = jpeg(64, 48);
         assert!(examine(&whole).is_ok());
         // Bytes after the end, even ones that look like markers (a motion photo's video).
         for trailer in [b"camera notes".as_slice(), b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00\x00\xff"] {
             let mut trailed = whole.clone();
             trailed.extend_from_slice(trailer);
-            assert!(examine(&trailed).is_ok(), "{trailer:?}");
+            assert!(examine(&trailed).is_err(), "{trailer:?}");
         }
         for cut in [whole.len() - 2, whole.len() / 2] {
             match examine(&whole[..cut]) {
@@ -1009,7 +1041,7 @@ mod tests {
         for (name, whole) in ENCODED_ELSEWHERE {
             let at = whole.windows(2).position(|marker| marker == [0xFF, 0xDB]).expect("a quantisation table");
             let stray = [&whole[..at], b"\x00\x11\x22".as_slice(), &whole[at..]].concat();
-            assert!(matches!(crate::jpeg::check(&stray), Ok(Some(end)) if end <= stray.len()), "{name}");
+            assert!(matches!(crate::jpeg::check(&stray), Ok(end) if end <= stray.len()), "{name}");
             let frame = whole.windows(2).position(|marker| matches!(marker, [0xFF, 0xC0..=0xC2])).unwrap();
             let length = usize::from(u16::from_be_bytes([whole[frame + 2], whole[frame + 3]]));
             let twice = [&whole[..frame + 2 + length], &whole[frame..]].concat();
@@ -1079,7 +1111,7 @@ mod tests {
     #[test]
     fn progressive_and_restarted_jpegs_are_read_whole_and_their_first_scan_cut_short_is_refused() {
         for (name, whole) in ENCODED_ELSEWHERE {
-            assert_eq!(crate::jpeg::check(whole), Ok(Some(whole.len())), "{name}");
+            assert_eq!(crate::jpeg::check(whole), Ok(whole.len()), "{name}");
             let examined = examine(whole).unwrap_or_else(|error| panic!("{name}: {error:?}"));
             assert_eq!((examined.width, examined.height), (64, 48), "{name}");
             // Cut halfway through the first scan's data, the end-of-image marker put back.

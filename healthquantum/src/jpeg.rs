@@ -32,8 +32,8 @@ pub(crate) enum Shortfall {
 }
 
 /// Checks the scans of `bytes`, a JPEG that starts with its start-of-image marker; where its
-/// end-of-image marker ends, when it is read to its end (a hierarchical JPEG is not).
-pub(crate) fn check(bytes: &[u8]) -> Result<Option<usize>, Shortfall> {
+/// end-of-image marker ends.
+pub(crate) fn check(bytes: &[u8]) -> Result<usize, Shortfall> {
     let damaged = Shortfall::Damaged;
     let mut tables = [[None, None, None, None], [None, None, None, None]];
     let mut frame: Option<Frame> = None;
@@ -57,7 +57,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<Option<usize>, Shortfall> {
             0xD9 if coded.iter().any(|coefficients| coefficients.contains(&false)) => {
                 return Err(Shortfall::ScansMissing);
             }
-            0xD9 => return Ok(Some(at)),
+            0xD9 => return Ok(at),
             0x01 | 0xD0..=0xD7 => continue,
             _ => {}
         }
@@ -77,8 +77,8 @@ pub(crate) fn check(bytes: &[u8]) -> Result<Option<usize>, Shortfall> {
             }
             0xC9..=0xCB | 0xCD..=0xCF => return Err(Shortfall::Unsupported("an arithmetic-coded")),
             0xC3 | 0xC7 => return Err(Shortfall::Unsupported("a lossless")),
-            // Hierarchical: not read here, nor refused.
-            0xC5 | 0xC6 => return Ok(None),
+            // Hierarchical, which the decoder does not read either.
+            0xC5 | 0xC6 => return Err(Shortfall::Unsupported("a hierarchical")),
             0xC4 => read_tables(segment, &mut tables).ok_or(damaged("a Huffman table is malformed"))?,
             0xDD => {
                 let interval = segment.get(..2).ok_or(damaged("its restart interval is malformed"))?;
