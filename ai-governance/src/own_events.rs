@@ -46,28 +46,62 @@ pub(crate) async fn append_committed(log: &LogStore, database: &Database, leaf: 
     }
 }
 
-/// Appends what the outbox holds, oldest first, and takes it out; how many events it appended.
+/// Appends what the outbox holds, tenant by tenant, oldest first, and takes it out; how many
+/// events it took out (appended, or found in the log already). A tenant whose log refuses the
+/// append keeps its events for the next pass, and a row that does not read stays, logged, without
+/// holding up the rows after it or other tenants'.
 pub async fn drain(log: &LogStore, database: &Database) -> Result<usize, StoreError> {
+    let tenants: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM own_audit_outbox").fetch_all(database.pool()).await?;
     let mut drained = 0;
+    for tenant_id in tenants {
+        match drain_tenant(log, database, &tenant_id).await {
+            Ok(taken) => drained += taken,
+            Err(error) => {
+                tracing::warn!(%error, tenant_id, "ai-governance's audit events of a tenant stay in its outbox")
+            }
+        }
+    }
+    Ok(drained)
+}
+
+/// [`drain`] for one tenant.
+async fn drain_tenant(log: &LogStore, database: &Database, tenant_id: &str) -> Result<usize, StoreError> {
+    let (mut drained, mut after) = (0, String::new());
     loop {
-        let rows = sqlx::query("SELECT event_id, leaf FROM own_audit_outbox ORDER BY event_id LIMIT $1")
-            .bind(DRAIN_BATCH)
-            .fetch_all(database.pool())
-            .await?;
+        let rows = sqlx::query(
+            "SELECT event_id, leaf FROM own_audit_outbox WHERE tenant_id = $1 AND event_id > $2 \
+             ORDER BY event_id LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(&after)
+        .bind(DRAIN_BATCH)
+        .fetch_all(database.pool())
+        .await?;
         let mut ids = Vec::with_capacity(rows.len());
         let mut leaves = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: String = row.try_get("event_id")?;
             let text: String = row.try_get("leaf")?;
-            leaves.push(Leaf::parse(&text).ok_or_else(|| StoreError::Corrupt(format!("own_audit_outbox {id}")))?);
-            ids.push(id);
+            match Leaf::parse(&text) {
+                Some(leaf) => {
+                    leaves.push(leaf);
+                    ids.push(id.clone());
+                }
+                None => {
+                    tracing::error!(event_id = %id, tenant_id, "an audit event in ai-governance's outbox does not read")
+                }
+            }
+            after = id;
         }
-        if ids.is_empty() {
+        if rows.is_empty() {
             return Ok(drained);
         }
-        log.append(leaves).await?;
-        delete(database, &ids).await?;
-        drained += ids.len();
+        if !leaves.is_empty() {
+            log.append(leaves).await?;
+            delete(database, &ids).await?;
+            drained += ids.len();
+        }
     }
 }
 
@@ -130,6 +164,7 @@ mod tests {
         enqueued(&database, &leaf("a", 5), false).await;
         assert_eq!(pending(&database).await, 4);
 
+        // Four taken out, one of them found in the log already.
         assert_eq!(drain(&log, &database).await.unwrap(), 4);
         assert_eq!(pending(&database).await, 0);
         let a = log.entries("a", 0, 10).await.unwrap();
