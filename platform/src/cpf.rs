@@ -53,40 +53,27 @@ impl Cpf {
     }
 }
 
-/// Whether `text` holds a CPF: 11 digits whose check digits hold, in one run or in runs split by
-/// punctuation or spaces only (`52998224725`, `529.982.247-25`, `529-982-247/25`), not part of a
-/// longer such number. Text that may reach a log is screened with it.
+/// Whether `text` holds a CPF: 11 digits in a row whose check digits hold, the digits in one run
+/// or in runs split by punctuation or spaces only (`52998224725`, `529.982.247-25`,
+/// `529-982-247/25`), alone or within a longer such number (`00052998224725`, a CPF padded to a
+/// CNPJ's 14 digits). Text that may reach a log is screened with it: a number that holds a CPF by
+/// chance is screened out too.
 pub fn holds_cpf(text: &str) -> bool {
     let bytes = text.as_bytes();
-    // The runs of digits, each with whether only punctuation or spaces part it from the one before.
-    let mut runs: Vec<(&str, bool)> = Vec::new();
-    let (mut at, mut previous_end) = (0, None);
-    while at < bytes.len() {
-        if !bytes[at].is_ascii_digit() {
-            at += 1;
-            continue;
+    // The digits of each number: runs of digits that only punctuation or spaces part.
+    let mut number = Vec::with_capacity(bytes.len());
+    // A letter ends a number; so does the end of the text.
+    for &byte in bytes.iter().chain(std::iter::once(&b'a')) {
+        if byte.is_ascii_digit() {
+            number.push(byte);
+        } else if byte.is_ascii_alphanumeric() {
+            if number.windows(11).any(|digits| std::str::from_utf8(digits).is_ok_and(|cpf| Cpf::parse(cpf).is_ok())) {
+                return true;
+            }
+            number.clear();
         }
-        let start = at;
-        while bytes.get(at).is_some_and(u8::is_ascii_digit) {
-            at += 1;
-        }
-        let joined = previous_end.is_some_and(|end| bytes[end..start].iter().all(|b| !b.is_ascii_alphanumeric()));
-        runs.push((&text[start..at], joined));
-        previous_end = Some(at);
     }
-    (0..runs.len()).any(|first| {
-        let mut digits = String::with_capacity(11);
-        for (n, (run, joined)) in runs[first..].iter().enumerate() {
-            if n > 0 && !joined {
-                break;
-            }
-            digits.push_str(run);
-            if digits.len() >= 11 {
-                break;
-            }
-        }
-        digits.len() == 11 && Cpf::parse(&digits).is_ok()
-    })
+    false
 }
 
 /// The CPF check digit of `digits` (the first 9, or the first 10 for the second check digit).
@@ -173,17 +160,12 @@ mod tests {
         ] {
             assert!(holds_cpf(text), "{text}");
         }
-        // Longer numbers, digits parted by letters, and failing check digits are not CPFs.
-        for text in [
-            "529982247251",
-            "152998224725",
-            "529.982.247-251",
-            "52998224726",
-            "529-982-247.26",
-            "529a982b247c25",
-            "4bf92f3577b34da6a3ce929d0e0e4736",
-            "",
-        ] {
+        // Within longer numbers too: padded to 14 digits, or with digits either side.
+        for text in ["00052998224725", "1529.982.247-25", "5299822472501", "id-00052998224725"] {
+            assert!(holds_cpf(text), "{text}");
+        }
+        // Digits parted by letters, and failing check digits, are not CPFs.
+        for text in ["52998224726", "529-982-247.26", "529a982b247c25", "4bf92f3577b34da6a3ce929d0e0e4736", ""] {
             assert!(!holds_cpf(text), "{text}");
         }
     }

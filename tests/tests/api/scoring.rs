@@ -116,7 +116,15 @@ async fn the_request_id_is_returned_and_reused_when_sane() {
     // is generated instead.
     let key = format!("agk_{}", "0".repeat(64));
     let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJtYXJpYSJ9.c2ln";
-    let cpfs = ["529.982.247-25", "52998224725", "req-52998224725", "529-982-247/25", "529_982_247_25", "529982247.25"];
+    let cpfs = [
+        "529.982.247-25",
+        "52998224725",
+        "req-52998224725",
+        "529-982-247/25",
+        "529_982_247_25",
+        "529982247.25",
+        "00052998224725",
+    ];
     for given in ["<script>", "maria@example.com", key.as_str(), &format!("req:{key}"), jwt].into_iter().chain(cpfs) {
         let response = app.client.get(app.url("/healthz")).header("x-request-id", given).send().await.unwrap();
         let generated = response.headers()["x-request-id"].to_str().unwrap();
