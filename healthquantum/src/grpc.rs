@@ -623,9 +623,9 @@ impl From<Patient> for proto::Patient {
     }
 }
 
-/// A list's `pageToken`: none when not given or blank.
+/// A list's `pageToken`: none when not given (a blank one is no token, and is refused).
 fn page_token_of(page_token: &str) -> Option<&str> {
-    Some(page_token).filter(|token| !token.trim().is_empty())
+    Some(page_token).filter(|token| !token.is_empty())
 }
 
 impl From<Assessment> for proto::Assessment {

@@ -114,20 +114,13 @@ fn filter_of(prefix: Option<&str>, cpf_hash: Option<&str>) -> String {
     format!("patients\u{0}{}\u{0}{}", prefix.unwrap_or_default(), cpf_hash.unwrap_or_default())
 }
 
-/// A keyed digest of a page token's position (the patient id it goes on after) and its list's
-/// `filter`: a token goes on only from where it was made and with the filter it was made for, and
-/// says nothing of the name prefix or the CPF.
-fn token_digest(cipher: &TenantCipher, filter: &str, after: &str) -> String {
-    cipher.blind_index(&format!("{filter}\u{0}{after}"))[..16].to_owned()
-}
-
-/// The page token that goes on after the patient id `after`.
+/// The page token that goes on after the id `after` of the list `filter`.
 fn next_token(cipher: &TenantCipher, filter: &str, after: &str) -> String {
-    format!("{after}.{}", token_digest(cipher, filter, after))
+    aigronova_platform::grpc::page_token(cipher, filter, after)
 }
 
-/// The id a page token `<id>.<digest>` goes on after, when it was made for `filter` and that
-/// position; otherwise `malformed` or `foreign` is what is wrong with it.
+/// The id a page token goes on after, when it was made for `filter` and that position; otherwise
+/// `malformed` or `foreign` is what is wrong with it.
 fn resume_after(
     cipher: &TenantCipher,
     token: &str,
@@ -135,12 +128,12 @@ fn resume_after(
     malformed: &str,
     foreign: &str,
 ) -> Result<String, Error> {
-    let (after, digest) = token.trim().rsplit_once('.').ok_or_else(|| Error::invalid("pageToken", malformed))?;
-    let after = PatientId::parse("pageToken", after).map_err(|_| Error::invalid("pageToken", malformed))?;
-    if digest != token_digest(cipher, filter, &after.to_string()) {
-        return Err(Error::invalid("pageToken", foreign));
+    use aigronova_platform::grpc::{TokenRefusal, page_token_position};
+    match page_token_position(cipher, token, filter) {
+        Ok(after) => Ok(after.to_owned()),
+        Err(TokenRefusal::Malformed) => Err(Error::invalid("pageToken", malformed)),
+        Err(TokenRefusal::Foreign) => Err(Error::invalid("pageToken", foreign)),
     }
-    Ok(after.to_string())
 }
 
 /// The queries of this service over one [`Database`].

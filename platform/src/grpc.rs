@@ -50,6 +50,38 @@ pub struct Page<'a> {
     pub size: usize,
 }
 
+/// Why a page token is not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRefusal {
+    /// Not a token at all: not an id as the lists write them, a `.` and a digest.
+    Malformed,
+    /// A token of another list, filter or tenant, or one altered.
+    Foreign,
+}
+
+/// The token of the page that goes on after the item `after` of the list `filter` (its kind and
+/// what it is filtered by) of the tenant of `cipher`: `after`, `.` and a digest of both under the
+/// tenant's data key.
+pub fn page_token(cipher: &TenantCipher, filter: &str, after: &str) -> String {
+    format!("{after}.{}", token_digest(cipher, filter, after))
+}
+
+/// The id a page token made by [`page_token`] for `filter` goes on after.
+pub fn page_token_position<'t>(cipher: &TenantCipher, token: &'t str, filter: &str) -> Result<&'t str, TokenRefusal> {
+    // An id as the list wrote it: another spelling of the UUID would compare otherwise.
+    let given = |id: &str| uuid::Uuid::parse_str(id).is_ok_and(|uuid| uuid.to_string() == id);
+    match token.split_once('.') {
+        Some((id, digest)) if given(id) => {
+            let expected = token_digest(cipher, filter, id);
+            // Compared in time that does not depend on where they differ.
+            let differ = digest.len() != expected.len()
+                || digest.bytes().zip(expected.bytes()).fold(0, |differ, (a, b)| differ | (a ^ b)) != 0;
+            if differ { Err(TokenRefusal::Foreign) } else { Ok(id) }
+        }
+        _ => Err(TokenRefusal::Malformed),
+    }
+}
+
 /// The digest a page token carries: of the list's `filter` and the id `after`, under `cipher`.
 fn token_digest(cipher: &TenantCipher, filter: &str, after: &str) -> String {
     let mut digest = cipher.blind_index(&format!("page\u{0}{filter}\u{0}{after}"));
@@ -61,26 +93,21 @@ impl<'a> Page<'a> {
     /// The whole list on one page.
     pub const ALL: Page<'static> = Page { after: None, size: usize::MAX };
 
-    /// A list's page from its `pageSize` (see [`page_size`]) and `pageToken`, for a list named by
-    /// `filter` (its kind and what it is filtered by) of the tenant of `cipher`.
+    /// A list's page from its `pageSize` (see [`page_size`]) and `pageToken` (empty for the
+    /// first page), for the list `filter` of the tenant of `cipher` (see [`page_token`]).
     pub fn of(page_size: i32, page_token: &'a str, filter: &str, cipher: &TenantCipher) -> Result<Self, crate::Error> {
         let size = self::page_size(page_size)?;
-        let token = page_token.trim();
-        if token.is_empty() {
+        if page_token.is_empty() {
             return Ok(Self { after: None, size });
         }
-        // A token is an id as the list wrote it: another spelling of the UUID would compare otherwise.
-        let given = |id: &str| uuid::Uuid::parse_str(id).is_ok_and(|uuid| uuid.to_string() == id);
-        match token.split_once('.') {
-            Some((id, digest)) if given(id) && digest == token_digest(cipher, filter, id) => {
-                Ok(Self { after: Some(id), size })
-            }
-            Some((id, _)) if given(id) => Err(crate::Error::invalid(
+        match page_token_position(cipher, page_token, filter) {
+            Ok(id) => Ok(Self { after: Some(id), size }),
+            Err(TokenRefusal::Foreign) => Err(crate::Error::invalid(
                 "pageToken",
                 "is not a token this list returned with this filter: send it unchanged, with the filter of the \
                  request that returned it, or start again from the first page",
             )),
-            _ => Err(crate::Error::invalid("pageToken", "is not a token this list gave")),
+            Err(TokenRefusal::Malformed) => Err(crate::Error::invalid("pageToken", "is not a token this list gave")),
         }
     }
 
@@ -102,7 +129,7 @@ impl<'a> Page<'a> {
     /// The token of the page after the one that ended with `next`, for the list `filter` of the
     /// tenant of `cipher`; empty at the end.
     pub fn next_token(next: Option<String>, filter: &str, cipher: &TenantCipher) -> String {
-        next.map(|id| format!("{id}.{}", token_digest(cipher, filter, &id))).unwrap_or_default()
+        next.map(|id| page_token(cipher, filter, &id)).unwrap_or_default()
     }
 }
 
@@ -202,6 +229,9 @@ mod tests {
         for malformed in ["x", "ffffffff-ffff-ffff-ffff-ffffffffffff", &token.to_uppercase()] {
             assert_eq!(refused(malformed, "reviews\0pending", &cipher), "pageToken: is not a token this list gave");
         }
-        assert!(Page::of(0, " ", "reviews\0pending", &cipher).unwrap().after.is_none());
+        // Blanks around a token alter it too.
+        assert!(refused(&format!(" {token}"), "reviews\0pending", &cipher).starts_with("pageToken: is not a token"));
+        assert!(refused(" ", "reviews\0pending", &cipher).starts_with("pageToken: is not a token"));
+        assert!(Page::of(0, "", "reviews\0pending", &cipher).unwrap().after.is_none());
     }
 }
