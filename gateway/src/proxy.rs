@@ -169,6 +169,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let mut room = slot.body_room(limits.max_body_bytes);
     room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
+    room.trim_to(body.len());
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =

@@ -499,6 +499,22 @@ pub(crate) struct SlotRoom<'s, 'a> {
 const BODY_ROOM_STEP_KIB: usize = 64;
 
 impl SlotRoom<'_, '_> {
+    /// Gives back what the room holds past `bytes`, once the body is read and is that long: its
+    /// growth reserved ahead of it is not kept while its call is out.
+    pub(crate) fn trim_to(&mut self, bytes: usize) {
+        let needed = bytes.div_ceil(1024);
+        let slot = &mut *self.slot;
+        let Some(excess) = slot.body.as_mut().and_then(|held| held.split(held.num_permits().saturating_sub(needed)))
+        else {
+            return;
+        };
+        let mut tenants = slot.resilience.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(load) = tenants.get_mut(slot.tenant_id) {
+            load.body_kib -= excess.num_permits();
+        }
+        // `excess` goes back to all tenants' room as it is dropped.
+    }
+
     /// Reserves room for a body of exactly `bytes` (its `Content-Length`), refused as [`BodyRoom::hold`]
     /// refuses.
     pub(crate) fn reserve(&mut self, bytes: usize) -> Result<(), Problem> {

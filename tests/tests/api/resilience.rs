@@ -929,6 +929,44 @@ async fn a_body_of_unknown_length_holds_room_for_what_has_arrived() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn a_grown_bodys_room_is_trimmed_to_its_size_while_its_call_is_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (stand_in, url) = StandIn::start(Behaviour::AnswerWhenReleased).await;
+    // 256 KiB a tenant.
+    let (app, tenants) = holding_bodies(&url, 256 * 1024, 1024 * 1024).await;
+    // 130 KiB sent chunked: its room grows ahead of it as it arrives, to the plan's 256 KiB.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut body = patient_json("Maria");
+    body.resize(130 * 1024, b' ');
+    let head = format!(
+        "POST /v1/health/patients HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n",
+        tenants[0],
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    stream.write_all(b"\r\n0\r\n\r\n").await.unwrap();
+    stand_in.0.arrived.notified().await;
+    // Read whole, it holds its 130 KiB only: 120 KiB more of the same tenant fit while its call is out.
+    let second = tokio::spawn(post_padded(&app, &tenants[0], 120 * 1024));
+    tokio::select! {
+        () = stand_in.0.arrived.notified() => {}
+        refused = second => panic!("the second body did not reach the service: {:?}", refused.unwrap().map(|r| r.status())),
+    }
+    stand_in.behave(Behaviour::Answer);
+    stand_in.0.release.notify_one();
+    stand_in.0.release.notify_one();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(stand_in.calls(), 2);
+    app.stop().await;
+}
+
 /// Under `aigronova up`, a call still in flight when the process is told to stop is answered: the
 /// gateway drains its calls before the services it calls stop.
 #[tokio::test]
