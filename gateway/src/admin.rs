@@ -108,7 +108,7 @@ impl ListQuery {
                 _ => {
                     return Err(Problem::invalid_field(
                         &name,
-                        format!("unknown query parameter {name:?}: GET /v1/admin/tenants takes pageSize and pageToken"),
+                        format!("unknown query parameter {name:?}: this list takes pageSize and pageToken"),
                     ));
                 }
             }
@@ -260,6 +260,34 @@ pub(crate) async fn list_api_keys(
     Ok(Json(serde_json::json!({"apiKeys": keys, "nextPageToken": next_page_token})).into_response())
 }
 
+/// `GET /v1/admin/tenants/{tenantId}/api-keys/{keyId}` → the key as the list shows it, never its
+/// secret.
+pub(crate) async fn get_api_key(
+    State(state): State<AppState>,
+    ids: PathOf<(Id, Id)>,
+    request: Request,
+) -> Result<Response, Problem> {
+    require_admin(&state, request.headers()).await?;
+    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
+    let (tenant_id, key_id) = path(ids)?;
+    existing_tenant(&state, &tenant_id).await?;
+    key_id_shaped(&key_id)?;
+    let key = state.store.key(&tenant_id, &key_id).await.map_err(store_failure)?;
+    Ok(Json(key.ok_or_else(|| key_not_found(&tenant_id, &key_id))?).into_response())
+}
+
+/// Refuses a key id no key could have, as a tenant id is refused.
+fn key_id_shaped(key_id: &str) -> Result<(), Problem> {
+    if uuid::Uuid::parse_str(key_id).is_err() {
+        return Err(Problem::invalid_field("keyId", "keyId must be a UUID, as the key list gives it"));
+    }
+    Ok(())
+}
+
+fn key_not_found(tenant_id: &str, key_id: &str) -> Problem {
+    Problem::not_found(format!("API key {key_id:?} of tenant {tenant_id:?} not found"))
+}
+
 /// `DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}` → 204. The key stops working at
 /// once on every replica.
 pub(crate) async fn revoke_api_key(
@@ -271,13 +299,13 @@ pub(crate) async fn revoke_api_key(
     neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
     let (tenant_id, key_id) = path(ids)?;
     existing_tenant(&state, &tenant_id).await?;
-    if uuid::Uuid::parse_str(&key_id).is_err() {
-        return Err(Problem::invalid_field("keyId", "keyId must be a UUID, as the key list gives it"));
-    }
-    let hash =
-        state.store.revoke_key(&tenant_id, &key_id).await.map_err(store_failure)?.ok_or_else(|| {
-            Problem::not_found(format!("API key {:?} of tenant {:?} not found", &*key_id, &*tenant_id))
-        })?;
+    key_id_shaped(&key_id)?;
+    let hash = state
+        .store
+        .revoke_key(&tenant_id, &key_id)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| key_not_found(&tenant_id, &key_id))?;
     state.invalidation.key_revoked(&hash).await;
     tracing::info!(tenant_id = %tenant_id, key_id = %key_id, "API key revoked");
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -371,8 +399,10 @@ fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
     Ok(time)
 }
 
-/// The admin API's fields that take another name too (`serde(alias)`), and their JSON names.
-const ALIASES: [(&str, &str); 1] = [("expire_time", "expireTime")];
+/// The admin API's fields that take another name too, their proto-style names (`serde(alias)` on
+/// the bodies' types, and the path's tenant), and their JSON names: every alias of the bodies'
+/// types is listed here, so that a field given under both is refused.
+const ALIASES: [(&str, &str); 2] = [("expire_time", "expireTime"), ("tenant_id", "tenantId")];
 
 /// Whether two ids are the same: equal, or the same UUID in two spellings (as the services read ids).
 fn same_id(a: &str, b: &str) -> bool {
@@ -408,13 +438,9 @@ async fn admin_body<T: DeserializeOwned>(
     } else {
         serde_json::from_slice(&body).map_err(|error| crate::transcode::not_json(content_type, &error))?
     };
-    let fields = match &mut json {
-        serde_json::Value::Object(fields) => fields,
-        serde_json::Value::Array(_) => return Err(crate::transcode::not_an_object("a list")),
-        serde_json::Value::String(_) => return Err(crate::transcode::not_an_object("a string")),
-        serde_json::Value::Number(_) => return Err(crate::transcode::not_an_object("a number")),
-        serde_json::Value::Bool(_) => return Err(crate::transcode::not_an_object("a boolean")),
-        serde_json::Value::Null => return Err(crate::transcode::not_an_object("null")),
+    let kind = crate::transcode::kind_of(&json);
+    let serde_json::Value::Object(fields) = &mut json else {
+        return Err(crate::transcode::not_an_object(kind));
     };
     // A field under both its names is given twice, even as null.
     for (alias, name) in ALIASES {
@@ -426,11 +452,20 @@ async fn admin_body<T: DeserializeOwned>(
     // proto3): a required one is missing.
     fields.retain(|_, value| !value.is_null());
     // The path's tenant may be named in the body too, with the path's value.
-    if let Some(path_tenant) = path_tenant
-        && let Some(given) = fields.remove("tenantId")
-        && given.as_str().is_none_or(|given| !same_id(given, path_tenant))
-    {
-        return Err(Problem::invalid_field("tenantId", "tenantId is given by the path; the body names another"));
+    if let Some(path_tenant) = path_tenant {
+        match fields.remove("tenantId").or_else(|| fields.remove("tenant_id")) {
+            Some(serde_json::Value::String(given)) if !same_id(&given, path_tenant) => {
+                return Err(Problem::invalid_field(
+                    "tenantId",
+                    "tenantId is given by the path; the body names another",
+                ));
+            }
+            Some(given) if !given.is_string() => {
+                let kind = crate::transcode::kind_of(&given);
+                return Err(Problem::invalid_field("tenantId", format!("tenantId must be a string, not {kind}")));
+            }
+            _ => {}
+        }
     }
     serde_path_to_error::deserialize(json).map_err(|error| {
         let message = crate::problem::without_values(&error.inner().to_string());

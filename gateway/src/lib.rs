@@ -39,7 +39,7 @@ use axum::{
     Router,
     body::Body,
     middleware,
-    routing::{delete, get, post},
+    routing::{get, post},
 };
 use hyper::body::Incoming;
 use hyper_util::{
@@ -451,7 +451,7 @@ fn app(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Router {
         .route("/v1/admin/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/v1/admin/tenants/{tenantId}", get(admin::get_tenant).patch(admin::update_tenant))
         .route("/v1/admin/tenants/{tenantId}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))
-        .route("/v1/admin/tenants/{tenantId}/api-keys/{keyId}", delete(admin::revoke_api_key))
+        .route("/v1/admin/tenants/{tenantId}/api-keys/{keyId}", get(admin::get_api_key).delete(admin::revoke_api_key))
         .fallback(proxy::transcode)
         .method_not_allowed_fallback(proxy::method_not_allowed)
         .with_state(state);

@@ -821,6 +821,7 @@ const fn json_reply(status: &'static str, description: &'static str, schema: &'s
 }
 
 const TENANT_ID: Parameter = path_parameter("tenantId", "The tenant's id.");
+const KEY_ID: Parameter = path_parameter("keyId", "The key's id, a UUID as the key list gives it (400 otherwise).");
 const PAGE_SIZE: Parameter = Parameter {
     name: "pageSize",
     location: "query",
@@ -925,16 +926,25 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         problems: ADMIN_TENANT_PROBLEMS,
     },
     Endpoint {
+        method: "get",
+        path: "/v1/admin/tenants/{tenantId}/api-keys/{keyId}",
+        operation_id: "Admin_GetApiKey",
+        tag: "Admin",
+        summary: "Reads one API key of a tenant, without the key itself, as the list shows it.",
+        scopes: &[ADMIN_SCOPE],
+        parameters: &[TENANT_ID, KEY_ID],
+        request: None,
+        replies: &[json_reply("200", "The key.", "gateway.ApiKey")],
+        problems: ADMIN_TENANT_PROBLEMS,
+    },
+    Endpoint {
         method: "delete",
         path: "/v1/admin/tenants/{tenantId}/api-keys/{keyId}",
         operation_id: "Admin_RevokeApiKey",
         tag: "Admin",
         summary: "Revokes an API key; it is refused at once on every replica.",
         scopes: &[ADMIN_SCOPE],
-        parameters: &[
-            TENANT_ID,
-            path_parameter("keyId", "The key's id, a UUID as the key list gives it (400 otherwise)."),
-        ],
+        parameters: &[TENANT_ID, KEY_ID],
         request: None,
         replies: &[Reply { status: "204", description: "Revoked.", body: None }],
         problems: ADMIN_TENANT_PROBLEMS,

@@ -126,6 +126,21 @@ pub struct IssuedKey {
     pub expire_time: Option<String>,
 }
 
+/// A key's row as the admin API shows it, without its secret.
+fn key_info(row: &sqlx::any::AnyRow) -> Result<KeyInfo, StoreError> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(KeyInfo {
+        id: row.try_get("id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        name: row.try_get("name")?,
+        scopes: scopes.split_whitespace().map(str::to_owned).collect(),
+        create_time: row.try_get("created_at")?,
+        expire_time: row.try_get("expires_at")?,
+        last_used_time: row.try_get("last_used_at")?,
+        revoke_time: row.try_get("revoked_at")?,
+    })
+}
+
 /// A key as listed: everything but the secret.
 #[derive(Clone, Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -225,21 +240,20 @@ impl Store {
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let scopes: String = row.try_get("scopes")?;
-                Ok(KeyInfo {
-                    id: row.try_get("id")?,
-                    tenant_id: row.try_get("tenant_id")?,
-                    name: row.try_get("name")?,
-                    scopes: scopes.split_whitespace().map(str::to_owned).collect(),
-                    create_time: row.try_get("created_at")?,
-                    expire_time: row.try_get("expires_at")?,
-                    last_used_time: row.try_get("last_used_at")?,
-                    revoke_time: row.try_get("revoked_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(key_info).collect()
+    }
+
+    /// The key `key_id` of `tenant_id`, without its secret.
+    pub async fn key(&self, tenant_id: &str, key_id: &str) -> Result<Option<KeyInfo>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, name, scopes, created_at, expires_at, last_used_at, revoked_at \
+             FROM api_keys WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(key_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(key_info).transpose()
     }
 
     /// Revokes a key of `tenant_id`; returns its hash (for cache invalidation), or `None` when

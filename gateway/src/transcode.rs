@@ -283,6 +283,18 @@ pub(crate) fn not_an_object(found: &str) -> Problem {
     Problem::bad_request(format!("the request body must be a JSON object, not {found}"))
 }
 
+/// What kind of JSON value `value` is, as the API's refusals name it (`a list`, `null`).
+pub(crate) fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// A value of the wrong JSON type at `path`, in the words of the API rather than of the reader
 /// (`invalid type: null, expected a 64-bit floating point value at line 1 column 9`): `features.bmi
 /// must be a number, not null`.

@@ -338,6 +338,7 @@ fn the_gateway_endpoints_are_described_with_their_scopes() {
         ("/v1/admin/tenants/{tenantId}", "patch", json!([{"apiKey": ["admin"]}])),
         ("/v1/admin/tenants/{tenantId}/api-keys", "post", json!([{"apiKey": ["admin"]}])),
         ("/v1/admin/tenants/{tenantId}/api-keys", "get", json!([{"apiKey": ["admin"]}])),
+        ("/v1/admin/tenants/{tenantId}/api-keys/{keyId}", "get", json!([{"apiKey": ["admin"]}])),
         ("/v1/admin/tenants/{tenantId}/api-keys/{keyId}", "delete", json!([{"apiKey": ["admin"]}])),
         ("/metrics", "get", json!([{"apiKey": ["metrics:read"]}, {"apiKey": ["admin"]}])),
         ("/healthz", "get", json!([])),

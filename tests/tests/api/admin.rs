@@ -173,6 +173,11 @@ async fn tenant_updates_refuse_bad_input() {
     assert_eq!(problem["detail"], "tenantId is given by the path; the body names another");
     let named = json!({"tenantId": tenant.to_uppercase(), "name": "k", "scopes": ["health:read"], "expireTime": null});
     assert_eq!(app.post(&keys, &app.admin_key, &named).await.status(), 201, "the path's tenant, in capitals");
+    let named = json!({"tenant_id": tenant, "name": "k2", "scopes": ["health:read"]});
+    assert_eq!(app.post(&keys, &app.admin_key, &named).await.status(), 201, "under its proto name");
+    let named = json!({"tenantId": 5, "name": "k3", "scopes": ["health:read"]});
+    let problem = assert_problem(app.post(&keys, &app.admin_key, &named).await, 400).await;
+    assert_eq!(problem["detail"], "tenantId must be a string, not a number");
     app.stop().await;
 }
 

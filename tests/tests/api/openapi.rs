@@ -17,6 +17,7 @@ const GATEWAY_ENDPOINTS: &[(&str, &str)] = &[
     ("patch", "/v1/admin/tenants/{tenantId}"),
     ("post", "/v1/admin/tenants/{tenantId}/api-keys"),
     ("get", "/v1/admin/tenants/{tenantId}/api-keys"),
+    ("get", "/v1/admin/tenants/{tenantId}/api-keys/{keyId}"),
     ("delete", "/v1/admin/tenants/{tenantId}/api-keys/{keyId}"),
     ("get", "/healthz"),
     ("get", "/readyz"),

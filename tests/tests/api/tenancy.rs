@@ -103,6 +103,15 @@ async fn a_created_tenant_and_key_follow_the_contract() {
     let key: serde_json::Value = response.json().await.unwrap();
     assert!(key["id"].is_string());
     assert_eq!(location, format!("/v1/admin/tenants/{id}/api-keys/{}", key["id"].as_str().unwrap()));
+    // Read there as the list shows it, without the secret.
+    let read: serde_json::Value = app.get(&location, &app.admin_key).await.json().await.unwrap();
+    assert_eq!((&read["id"], &read["scopes"], read.get("key")), (&key["id"], &key["scopes"], None), "{read}");
+    let missing = format!("/v1/admin/tenants/{id}/api-keys/00000000-0000-7000-8000-000000000000");
+    assert_problem(app.get(&missing, &app.admin_key).await, 404).await;
+    assert_eq!(
+        assert_problem(app.get(&format!("/v1/admin/tenants/{id}/api-keys/nope"), &app.admin_key).await, 400).await["field"],
+        "keyId"
+    );
     assert!(key["key"].as_str().is_some_and(|k| k.starts_with("agk_")));
     assert_eq!(key["scopes"], json!(["health:read", "health:write"]));
     app.stop().await;
