@@ -64,26 +64,43 @@ fn page_size_refused() -> Problem {
     )
 }
 
+/// The digest a page token of the admin list `list` carries after the id `after`: 16 hex digits of
+/// a keyed SHA-256 under the gateway's `key`, so that a token goes on only in the list that gave
+/// it and is not made up.
+fn token_digest(key: &str, list: &str, after: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(key.as_bytes())
+        .chain_update([0])
+        .chain_update(list.as_bytes())
+        .chain_update([0])
+        .chain_update(after.as_bytes())
+        .finalize();
+    hex::encode(&digest[..8])
+}
+
 impl ListQuery {
     /// The page size (as on every list, AIP-158: 0 or none is the default) and the id the page
-    /// goes on after. A token is an id as the list wrote it: another spelling of the UUID would
-    /// compare otherwise.
-    fn page(self) -> Result<(i64, Option<String>), Problem> {
+    /// goes on after, from a token of `list` made under `key` (see [`page_of`]). A token is an id as
+    /// the list wrote it, `.` and its digest: another spelling would compare otherwise.
+    fn page(self, key: &str, list: &str) -> Result<(i64, Option<String>), Problem> {
         let page_size = self.page_size.filter(|size| *size != 0).unwrap_or(DEFAULT_PAGE_SIZE);
         if !(1..=MAX_PAGE_SIZE).contains(&page_size) {
             return Err(page_size_refused());
         }
-        let after = self.page_token.filter(|token| !token.is_empty());
-        if after
-            .as_deref()
-            .is_some_and(|token| uuid::Uuid::parse_str(token).map_or(true, |uuid| uuid.to_string() != token))
-        {
-            return Err(Problem::invalid_field(
+        let Some(token) = self.page_token.filter(|token| !token.is_empty()) else {
+            return Ok((page_size, None));
+        };
+        let given = |id: &str| uuid::Uuid::parse_str(id).is_ok_and(|uuid| uuid.to_string() == id);
+        match token.split_once('.') {
+            Some((id, digest)) if given(id) && digest == token_digest(key, list, id) => {
+                Ok((page_size, Some(id.to_owned())))
+            }
+            _ => Err(Problem::invalid_field(
                 "pageToken",
-                "pageToken is not a token this list gave; omit it for the first page",
-            ));
+                "pageToken is not a token this list gave; send it unchanged, or omit it for the first page",
+            )),
         }
-        Ok((page_size, after))
     }
 
     /// Reads `pageSize` and `pageToken` (or their proto names); any other parameter, or one
@@ -165,20 +182,28 @@ fn created_at(path: String) -> Option<[(header::HeaderName, HeaderValue); 1]> {
 pub(crate) async fn list_tenants(State(state): State<AppState>, request: Request) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     no_body(&request, "GET /v1/admin/tenants")?;
-    let (page_size, after) = ListQuery::parse(request.uri().query().unwrap_or_default())?.page()?;
+    let query = ListQuery::parse(request.uri().query().unwrap_or_default())?;
+    let (page_size, after) = query.page(&state.page_token_key, "tenants")?;
     // One more than the page holds tells whether another page follows: a full last page ends the list.
     let tenants = state.store.list_tenants(after.as_deref(), page_size + 1).await.map_err(store_failure)?;
-    let (tenants, next_page_token) = page_of(tenants, page_size, |tenant| &tenant.id);
+    let (tenants, next_page_token) = page_of(tenants, page_size, |tenant| &tenant.id, &state.page_token_key, "tenants");
     Ok(Json(serde_json::json!({"tenants": tenants, "nextPageToken": next_page_token})).into_response())
 }
 
 /// The first `page_size` of `items` (read one past the page) and the token of the page after
-/// them: the last one's id, or empty at the end of the list.
-fn page_of<T>(mut items: Vec<T>, page_size: i64, id: impl Fn(&T) -> &String) -> (Vec<T>, String) {
+/// them in the admin list `list`: the last one's id and its digest under `key`, or empty at the
+/// end of the list.
+fn page_of<T>(
+    mut items: Vec<T>,
+    page_size: i64,
+    id: impl Fn(&T) -> &String,
+    key: &str,
+    list: &str,
+) -> (Vec<T>, String) {
     let more = items.len() as i64 > page_size;
     items.truncate(page_size as usize);
     let next_page_token = match items.last() {
-        Some(last) if more => id(last).clone(),
+        Some(last) if more => format!("{}.{}", id(last), token_digest(key, list, id(last))),
         _ => String::new(),
     };
     (items, next_page_token)
@@ -252,11 +277,13 @@ pub(crate) async fn list_api_keys(
 ) -> Result<Response, Problem> {
     require_admin(&state, request.headers()).await?;
     no_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys")?;
-    let (page_size, after) = ListQuery::parse(request.uri().query().unwrap_or_default())?.page()?;
+    let query = ListQuery::parse(request.uri().query().unwrap_or_default())?;
     let tenant_id = path(tenant_id)?;
+    let list = format!("api-keys\u{0}{}", &*tenant_id);
+    let (page_size, after) = query.page(&state.page_token_key, &list)?;
     existing_tenant(&state, &tenant_id).await?;
     let keys = state.store.list_keys(&tenant_id, after.as_deref(), page_size + 1).await.map_err(store_failure)?;
-    let (keys, next_page_token) = page_of(keys, page_size, |key| &key.id);
+    let (keys, next_page_token) = page_of(keys, page_size, |key| &key.id, &state.page_token_key, &list);
     Ok(Json(serde_json::json!({"apiKeys": keys, "nextPageToken": next_page_token})).into_response())
 }
 

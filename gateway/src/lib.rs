@@ -239,6 +239,8 @@ pub(crate) struct Shared {
     /// The requests being handled, in place or, once their client has gone away, on a task of
     /// their own (see `proxy::Detaching`): shutdown waits for all of them.
     requests: TaskTracker,
+    /// The secret the admin API's page tokens are made under, the same on every replica.
+    page_token_key: String,
 }
 
 /// The largest HTTP/2 header list the gateway's HTTP server reads (HTTP/1.1's is the far larger
@@ -325,6 +327,7 @@ impl Gateway {
             None => None,
         };
         let requests = TaskTracker::new();
+        let page_token_key = store.secret("admin_page_token_key").await?;
         let state = AppState(Arc::new(Shared {
             store,
             routes: Arc::new(routes),
@@ -340,6 +343,7 @@ impl Gateway {
             jwt,
             api_docs: Arc::new(api_docs),
             requests: requests.clone(),
+            page_token_key,
         }));
         for hash in &revoked_admin_keys {
             invalidation.key_revoked(hash).await;

@@ -283,6 +283,19 @@ async fn a_tenants_keys_are_listed_a_page_at_a_time_oldest_first() {
         }
     }
     assert_eq!(listed, made, "each key once, in the order made");
+    // A token goes on only in the list that gave it: not another tenant's keys, not the tenants,
+    // not one made up from an id.
+    let first: Value = app.get(&format!("{path}?pageSize=2"), &app.admin_key).await.json().await.unwrap();
+    let token = first["nextPageToken"].as_str().unwrap().to_owned();
+    let other = app.create_tenant("Outra").await;
+    for url in [
+        format!("/v1/admin/tenants/{other}/api-keys?pageToken={token}"),
+        format!("/v1/admin/tenants?pageToken={token}"),
+        format!("{path}?pageToken={}", made[1]),
+        format!("{path}?pageToken={}.0123456789abcdef", made[1]),
+    ] {
+        assert_eq!(assert_problem(app.get(&url, &app.admin_key).await, 400).await["field"], "pageToken", "{url}");
+    }
     let all: Value = app.get(&path, &app.admin_key).await.json().await.unwrap();
     assert_eq!((all["apiKeys"].as_array().map(Vec::len), &all["nextPageToken"]), (Some(5), &json!("")));
     app.stop().await;
