@@ -235,7 +235,8 @@ fn check_trailer(media_type: MediaType, trailer: &[u8]) -> Result<(), &'static s
         if media_type != MediaType::Jpeg || !rest.starts_with(&[0xFF, 0xD8]) {
             return Err("has data after its end that is neither padding nor another picture: send the image alone");
         }
-        let end = crate::jpeg::check(rest).map_err(|_| "has a picture after its end that is not a whole JPEG")?;
+        let end =
+            crate::jpeg::check_strict(rest).map_err(|_| "has a picture after its end that is not a whole JPEG")?;
         rest = &rest[end..];
     }
     Err("has more than 4 pictures after its own")
@@ -835,6 +836,9 @@ mod tests {
         let other = "has data after its end that is neither padding nor another picture: send the image alone";
         let second = jpeg(8, 8);
         let disguised = [&b"\xFF\xD8"[..], b"\x7fELF\x02\x01\x01\0payload"].concat();
+        // Markers that end a picture, around a payload: no frame, or bytes between segments.
+        let framed = b"\xFF\xD8\xFF\xFE\x00\x0apayload\xFF\xD9".to_vec();
+        let strayed = [&second[..2], b"\x7fELF<script>", &second[2..]].concat();
         for (media_type, image) in [("image/png", png(40, 30)), ("image/jpeg", jpeg(40, 30))] {
             for trailer in [&b"\x7fELF\x02\x01\x01\0payload"[..], b"\0\0MZ\x90\0", b"<html><script>", b"x"] {
                 let polyglot = [&image[..], trailer].concat();
@@ -850,7 +854,10 @@ mod tests {
                 assert!(examine(&with_picture).is_ok());
                 assert!(examine(&[&image[..], b"\0\0", &second, &second].concat()).is_ok());
                 assert!(refusal(&after_picture).ends_with(other));
-                assert!(refusal(&after_disguise).ends_with("has a picture after its end that is not a whole JPEG"));
+                for disguise in [&disguised, &framed, &strayed] {
+                    let trailed = [&image[..], disguise].concat();
+                    assert!(refusal(&trailed).ends_with("has a picture after its end that is not a whole JPEG"));
+                }
                 let many = [&image[..], &second.repeat(5)].concat();
                 assert!(refusal(&many).ends_with("has more than 4 pictures after its own"));
             } else {

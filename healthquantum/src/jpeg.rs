@@ -32,8 +32,18 @@ pub(crate) enum Shortfall {
 }
 
 /// Checks the scans of `bytes`, a JPEG that starts with its start-of-image marker; where its
-/// end-of-image marker ends.
+/// end-of-image marker ends. Bytes between segments, which decoders pass over, are passed over.
 pub(crate) fn check(bytes: &[u8]) -> Result<usize, Shortfall> {
+    check_segments(bytes, true)
+}
+
+/// As [`check`], for a picture after another's end, which nothing reads but a tool that looks for
+/// it: bytes between its segments are refused, as nothing but its segments may travel in it.
+pub(crate) fn check_strict(bytes: &[u8]) -> Result<usize, Shortfall> {
+    check_segments(bytes, false)
+}
+
+fn check_segments(bytes: &[u8], stray_bytes: bool) -> Result<usize, Shortfall> {
     let damaged = Shortfall::Damaged;
     let mut tables = [[None, None, None, None], [None, None, None, None]];
     let mut frame: Option<Frame> = None;
@@ -45,6 +55,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<usize, Shortfall> {
     loop {
         // The next marker, past any bytes before it.
         match bytes.get(at..).and_then(|rest| rest.iter().position(|byte| *byte == 0xFF)) {
+            Some(offset) if offset > 0 && !stray_bytes => return Err(damaged("it has bytes between its segments")),
             Some(offset) => at += offset,
             None => return Err(Shortfall::NoEnd),
         }
@@ -54,6 +65,7 @@ pub(crate) fn check(bytes: &[u8]) -> Result<usize, Shortfall> {
         let Some(&marker) = bytes.get(at + 1) else { return Err(Shortfall::NoEnd) };
         at += 2;
         match marker {
+            0xD9 if frame.is_none() => return Err(damaged("it ends before its frame header")),
             0xD9 if coded.iter().any(|coefficients| coefficients.contains(&false)) => {
                 return Err(Shortfall::ScansMissing);
             }
