@@ -83,14 +83,17 @@ async fn drain_tenant(log: &LogStore, database: &Database, tenant_id: &str) -> R
         for row in &rows {
             let id: String = row.try_get("event_id")?;
             let text: String = row.try_get("leaf")?;
-            match Leaf::parse(&text) {
+            // An event goes only to the log of the tenant its row is filed under.
+            match Leaf::parse(&text).filter(|leaf| leaf.tenant_id == tenant_id && leaf.event_id == id) {
                 Some(leaf) => {
                     leaves.push(leaf);
                     ids.push(id.clone());
                 }
-                None => {
-                    tracing::error!(event_id = %id, tenant_id, "an audit event in ai-governance's outbox does not read")
-                }
+                None => tracing::error!(
+                    event_id = %id,
+                    tenant_id,
+                    "an audit event in ai-governance's outbox does not read as its row's; it stays there"
+                ),
             }
             after = id;
         }
@@ -173,10 +176,32 @@ mod tests {
         assert_eq!(log.entries("b", 0, 10).await.unwrap().len(), 1);
         assert_eq!(drain(&log, &database).await.unwrap(), 0, "nothing is appended twice");
 
+        // A row that does not read, or reads as another tenant's, stays, and holds up nothing.
+        for (id, tenant, text) in [
+            ("00000000-0000-7000-8000-000000000007", "a", "{not json".to_owned()),
+            ("00000000-0000-7000-8000-000000000008", "a", leaf("b", 8).to_text()),
+        ] {
+            sqlx::query("INSERT INTO own_audit_outbox (event_id, tenant_id, leaf, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(tenant)
+                .bind(text)
+                .bind("2026-12-01T10:00:00.000000Z")
+                .execute(database.pool())
+                .await
+                .unwrap();
+        }
+        enqueued(&database, &leaf("a", 9), true).await;
+        enqueued(&database, &leaf("b", 10), true).await;
+        assert_eq!(drain(&log, &database).await.unwrap(), 2);
+        assert_eq!(pending(&database).await, 2, "the two that do not read stay");
+        assert_eq!(log.entries("b", 0, 10).await.unwrap().len(), 2, "b's own only");
+        assert_eq!(log.entries("a", 0, 10).await.unwrap().len(), 4);
+        sqlx::query("DELETE FROM own_audit_outbox").execute(database.pool()).await.unwrap();
+
         // Appended at once after a commit, nothing is left behind.
         enqueued(&database, &leaf("a", 6), true).await;
         append_committed(&log, &database, leaf("a", 6)).await;
         assert_eq!(pending(&database).await, 0);
-        assert_eq!(log.entries("a", 0, 10).await.unwrap().len(), 4);
+        assert_eq!(log.entries("a", 0, 10).await.unwrap().len(), 5);
     }
 }
