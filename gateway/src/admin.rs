@@ -93,7 +93,13 @@ impl ListQuery {
         };
         let given = |id: &str| uuid::Uuid::parse_str(id).is_ok_and(|uuid| uuid.to_string() == id);
         match token.split_once('.') {
-            Some((id, digest)) if given(id) && digest == token_digest(key, list, id) => {
+            Some((id, digest))
+                if given(id)
+                    && aigronova_platform::crypto::equal_in_constant_time(
+                        digest.as_bytes(),
+                        token_digest(key, list, id).as_bytes(),
+                    ) =>
+            {
                 Ok((page_size, Some(id.to_owned())))
             }
             _ => Err(Problem::invalid_field(
@@ -426,9 +432,9 @@ fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
     Ok(time)
 }
 
-/// The admin API's fields that take another name too, their proto-style names (`serde(alias)` on
-/// the bodies' types, and the path's tenant), and their JSON names: every alias of the bodies'
-/// types is listed here, so that a field given under both is refused.
+/// The admin API's fields that take another name too, their proto-style names, and their JSON
+/// names: every `serde(alias)` of the bodies' types, and the path's tenant (read by `admin_body`
+/// itself), so that a field given under both names is refused.
 const ALIASES: [(&str, &str); 2] = [("expire_time", "expireTime"), ("tenant_id", "tenantId")];
 
 /// Whether two ids are the same: equal, or the same UUID in two spellings (as the services read ids).

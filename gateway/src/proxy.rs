@@ -169,7 +169,6 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let mut room = slot.body_room(limits.max_body_bytes);
     room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
-    room.trim_to(body.len());
     let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =
@@ -185,6 +184,10 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     // The quota is reserved last, so that a request refused for its body spends none of it.
     let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
     let request_message = transcode::encode(&message);
+    // While the call is out only the message sent is held, and its room is trimmed to it (its
+    // growth reserved ahead of a body of unknown length is given back).
+    drop((body, message));
+    room.trim_to(request_message.len());
     let sent = AtomicBool::new(false);
     let result = state
         .resilience

@@ -170,6 +170,12 @@ impl fmt::Debug for TenantCipher {
     }
 }
 
+/// Whether `a` and `b` are equal, compared in time that does not depend on where they differ (a
+/// digest a caller sent against the one it should be).
+pub fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |differ, (a, b)| differ | (a ^ b)) == 0
+}
+
 impl TenantCipher {
     pub(crate) fn new(data_key: &[u8; 32]) -> Self {
         let derive = hmac::Key::new(hmac::HMAC_SHA256, data_key);
