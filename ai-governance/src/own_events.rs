@@ -33,16 +33,17 @@ pub(crate) async fn enqueue(connection: &mut AnyConnection, leaf: &Leaf) -> Resu
     Ok(())
 }
 
-/// Appends `leaf`, enqueued in a transaction that has committed, and takes it out of the outbox.
-/// The change it records has been made: a failure here is logged, and [`drain`] appends it later.
-pub(crate) async fn append_committed(log: &LogStore, database: &Database, leaf: Leaf) {
-    let event_id = leaf.event_id.clone();
-    let appended = match log.append(vec![leaf]).await {
-        Ok(_) => delete(database, std::slice::from_ref(&event_id)).await,
+/// Appends `leaves`, enqueued in a transaction that has committed, and takes them out of the
+/// outbox. The change they record has been made: a failure here is logged, and [`drain`] appends
+/// them later.
+pub(crate) async fn append_committed(log: &LogStore, database: &Database, leaves: Vec<Leaf>) {
+    let event_ids: Vec<String> = leaves.iter().map(|leaf| leaf.event_id.clone()).collect();
+    let appended = match log.append(leaves).await {
+        Ok(_) => delete(database, &event_ids).await,
         Err(error) => Err(error),
     };
     if let Err(error) = appended {
-        tracing::warn!(%error, event_id, "an audit event of ai-governance's stays in its outbox until the next pass");
+        tracing::warn!(%error, events = event_ids.len(), "audit events of ai-governance's stay in its outbox until the next pass");
     }
 }
 
@@ -200,7 +201,7 @@ mod tests {
 
         // Appended at once after a commit, nothing is left behind.
         enqueued(&database, &leaf("a", 6), true).await;
-        append_committed(&log, &database, leaf("a", 6)).await;
+        append_committed(&log, &database, vec![leaf("a", 6)]).await;
         assert_eq!(pending(&database).await, 0);
         assert_eq!(log.entries("a", 0, 10).await.unwrap().len(), 5);
     }

@@ -248,7 +248,7 @@ fn request_digest(cipher: &TenantCipher, id: &str, cpf: &Cpf) -> String {
 /// Deletes, as part of erasure request `erasure`, what the tenant's earlier requests about `cpf`
 /// hold of the subject: bundles (found by digest, or, kept before digests were, by the CPF they
 /// contain, opened with `cipher` when sealed) and corrections' details and resolutions; an open
-/// correction is closed, as there is nothing left to correct. Returns how many requests it cleared.
+/// correction is closed, as there is nothing left to correct. Returns what it cleared.
 async fn erase_held(
     connection: &mut AnyConnection,
     cipher: &TenantCipher,
@@ -256,9 +256,9 @@ async fn erase_held(
     cpf: &Cpf,
     erasure: &str,
     secret: &str,
-) -> Result<(i64, i64), Error> {
+) -> Result<Cleared, Error> {
     let rows = sqlx::query(
-        "SELECT id, subject_digest, export FROM subject_requests \
+        "SELECT id, kind, status, subject_digest, export FROM subject_requests \
          WHERE tenant_id = $1 AND (export IS NOT NULL OR subject_digest IS NOT NULL)",
     )
     .bind(tenant_id)
@@ -266,9 +266,11 @@ async fn erase_held(
     .await
     .map_err(StoreError::from)?;
     let quoted = format!("\"{}\"", cpf.as_str());
-    let (mut erased, mut unreadable) = (0, 0);
+    let mut cleared = Cleared::default();
     for row in rows {
         let id: String = row.try_get("id").map_err(StoreError::from)?;
+        let kind: String = row.try_get("kind").map_err(StoreError::from)?;
+        let status: String = row.try_get("status").map_err(StoreError::from)?;
         let digest: Option<String> = row.try_get("subject_digest").map_err(StoreError::from)?;
         let export: Option<String> = row.try_get("export").map_err(StoreError::from)?;
         let about_subject = match digest {
@@ -284,7 +286,7 @@ async fn erase_held(
                 // One bundle that does not open stops no erasure: it is left, and counted.
                 Some(Err(error)) => {
                     tracing::error!(%error, request = %id, "a bundle without a digest does not open; not erased");
-                    unreadable += 1;
+                    cleared.unreadable += 1;
                     false
                 }
                 None => false,
@@ -293,7 +295,7 @@ async fn erase_held(
         if !about_subject {
             continue;
         }
-        erased += sqlx::query(
+        let changed = sqlx::query(
             "UPDATE subject_requests SET export = NULL, subject_digest = NULL, erased_by = $3, \
              details = '', resolution = NULL, \
              completed_at = CASE WHEN status = 'open' THEN $4 ELSE completed_at END, \
@@ -308,8 +310,23 @@ async fn erase_held(
         .await
         .map_err(StoreError::from)?
         .rows_affected();
+        cleared.erased += i64::try_from(changed).unwrap_or(i64::MAX);
+        if changed > 0 && status == "open" {
+            cleared.closed.push((id, kind));
+        }
     }
-    Ok((i64::try_from(erased).unwrap_or(i64::MAX), unreadable))
+    Ok(cleared)
+}
+
+/// What an erasure cleared of the tenant's earlier requests about its subject.
+#[derive(Default)]
+struct Cleared {
+    /// Requests cleared.
+    erased: i64,
+    /// Bundles without a digest that did not open, and were kept.
+    unreadable: i64,
+    /// Open requests (corrections) closed, with their kinds.
+    closed: Vec<(String, String)>,
 }
 
 /// The records of an export: the total length of its top-level lists.
@@ -645,10 +662,23 @@ impl SubjectStore {
         erase: bool,
     ) -> Result<StoredRequest, Error> {
         let mut transaction = self.database.begin_tenant(&caller.tenant_id).await?;
+        let mut leaves = Vec::new();
         if erase {
             let secret = self.lock_secret().await?;
-            let (erased, unreadable) =
+            let Cleared { erased, unreadable, closed } =
                 erase_held(&mut transaction, cipher, &caller.tenant_id, cpf, new.id, secret).await?;
+            // An open request the erasure closes is completed as by hand, and audited so.
+            for (id, kind) in closed {
+                let details = serde_json::json!({"kind": kind, "status": "completed", "erasureRequestId": new.id});
+                let subject = format!("subject-request:{id}");
+                leaves.push(own_leaf(
+                    caller,
+                    "subject_request",
+                    "governance.CompleteSubjectRequest",
+                    &subject,
+                    details,
+                ));
+            }
             let reviews: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE tenant_id = $1")
                 .bind(&caller.tenant_id)
                 .fetch_one(&mut *transaction)
@@ -710,16 +740,21 @@ impl SubjectStore {
         .await
         .map_err(StoreError::from)?;
         let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
-        let leaf = own_leaf(
-            caller,
-            "subject_request",
-            "governance.CreateSubjectRequest",
-            &format!("subject-request:{}", request.id),
-            serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
+        leaves.insert(
+            0,
+            own_leaf(
+                caller,
+                "subject_request",
+                "governance.CreateSubjectRequest",
+                &format!("subject-request:{}", request.id),
+                serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
+            ),
         );
-        own_events::enqueue(&mut transaction, &leaf).await?;
+        for leaf in &leaves {
+            own_events::enqueue(&mut transaction, leaf).await?;
+        }
         transaction.commit().await.map_err(StoreError::from)?;
-        own_events::append_committed(&self.log, &self.database, leaf).await;
+        own_events::append_committed(&self.log, &self.database, leaves).await;
         Ok(request)
     }
 
@@ -861,7 +896,7 @@ impl SubjectStore {
                 return Ok(Completion::NotOpen(self.get(&caller.tenant_id, id).await?.status));
             }
         };
-        own_events::append_committed(&self.log, &self.database, leaf).await;
+        own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
         Ok(Completion::Completed(self.get(&caller.tenant_id, id).await?))
     }
 
@@ -993,7 +1028,7 @@ impl SubjectStore {
         );
         own_events::enqueue(&mut transaction, &leaf).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        own_events::append_committed(&self.log, &self.database, leaf).await;
+        own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
         Ok(review)
     }
 
@@ -1037,7 +1072,7 @@ impl SubjectStore {
         );
         own_events::enqueue(&mut transaction, &leaf).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        own_events::append_committed(&self.log, &self.database, leaf).await;
+        own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
         self.review(&caller.tenant_id, id).await
     }
 

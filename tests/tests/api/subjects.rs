@@ -281,6 +281,16 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!(app.count_governance_rows(&cleared).await, 2);
     let completion = format!("/v1/governance/subject-requests/{pending}/completion");
     assert_problem(app.post(&completion, &key, &json!({"resolution": "address of Maria is …"})).await, 409).await;
+    // Closed by the erasure, it is audited as completed, naming the erasure.
+    let closing = |entry: &Value| {
+        let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap_or("{}")).unwrap_or_default();
+        (leaf["action"] == "governance.CompleteSubjectRequest"
+            && leaf["subject"] == format!("subject-request:{pending}"))
+        .then_some(leaf)
+    };
+    let entries = app.audit_entries_once(&key, |entries| entries.iter().any(|entry| closing(entry).is_some())).await;
+    let closed = entries.iter().find_map(closing).unwrap();
+    assert_eq!(closed["details"]["erasureRequestId"], erasure["id"], "{closed}");
 
     // Art. 20: a review of the automated decision, by its audit entry.
     let index = decision_index(&app, &key).await;
