@@ -284,7 +284,8 @@ impl proto::model_inventory_server::ModelInventory for ModelInventoryApi {
     ) -> Result<Response<proto::InventoryModel>, Status> {
         auth::caller(&request)?;
         let proto::GetModelRequest { name, version } = request.into_inner();
-        Ok(Response::new(inventory_message(self.inventory.get(&name, &version).await?)))
+        let (name, version) = (model_part("name", &name)?, model_part("version", &version)?);
+        Ok(Response::new(inventory_message(self.inventory.get(name, version).await?)))
     }
 }
 
@@ -347,6 +348,8 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
     ) -> Result<Response<proto::ModelMonitoring>, Status> {
         let tenant = auth::caller(&request)?.tenant_id.clone();
         let proto::GetModelMonitoringRequest { name: model, version, window } = request.into_inner();
+        model_part("name", &model)?;
+        model_part("version", &version)?;
         let (name, window) = monitoring::parse_window(&window)?;
         let status = match self.store.status(&tenant, &model, &version, window).await? {
             Some(status) => status,
@@ -389,6 +392,23 @@ const MAX_FREE_TEXT: usize = 4000;
 /// [`MAX_FREE_TEXT`] characters, line breaks and tabs but no other control characters, and no
 /// bidirectional overrides that would show a reviewer something other than what is stored; text
 /// that shows nothing (white space and invisible characters) is empty.
+/// A model's name or version from a path, as the services register them: text without control
+/// characters, which no registered model has (and PostgreSQL would refuse a NUL in).
+fn model_part<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
+    if text.is_empty() || text.chars().count() > MAX_MODEL_PART || text.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must be a model's {field} as the inventory lists it: 1 to {MAX_MODEL_PART} characters, none a control character"
+            ),
+        ));
+    }
+    Ok(text)
+}
+
+/// The longest model name or version taken.
+const MAX_MODEL_PART: usize = 200;
+
 fn free_text<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
     let text = text.trim();
     if aigronova_platform::text::is_blank(text) {

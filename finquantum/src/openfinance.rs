@@ -370,10 +370,14 @@ impl OpenFinanceClient {
             urlencode(account_id)
         );
         let transactions: Vec<Transaction> = self.all_pages(&url, grant).await?;
+        let now = chrono::Utc::now();
         let mut seen = HashSet::new();
         Ok(transactions
             .into_iter()
             .filter(|t| t.completed_authorised_payment_type == Completion::TransacaoEfetivada)
+            // One booked after now, whatever it says of itself, has not taken place yet (one whose
+            // time does not read is refused as the ingestion stores it).
+            .filter(|t| chrono::DateTime::parse_from_rfc3339(&t.transaction_date_time).map_or(true, |at| at <= now))
             .filter(|t| seen.insert(t.transaction_id.clone()))
             .collect())
     }

@@ -88,14 +88,16 @@ async fn accounts(headers: HeaderMap) -> Response {
 
 /// The checking account's transactions, oldest first, and its balance now.
 fn checking(seed: &Seed) -> (Vec<Value>, i64) {
-    let today = Utc::now().date_naive();
+    // Days as the institution, in Brasília, counts them; nothing booked after now.
+    let now = Utc::now();
+    let today = crate::openfinance::brasilia_date(now);
     let salary = seed.pick(0, 2_500_00, 9_000_00);
     let rent = salary * seed.pick(1, 20, 45) / 100;
     let mut balance = seed.pick(2, -500_00, 2_000_00);
     let mut items = Vec::new();
     let tag = seed.tag();
     let mut push = |day: NaiveDate, credit: bool, kind: &str, name: &str, cents: i64, balance: &mut i64| {
-        if day > today {
+        if day > today || day.and_hms_opt(12, 0, 0).is_none_or(|at| at.and_utc() > now) {
             return;
         }
         *balance += if credit { cents } else { -cents };
@@ -130,7 +132,8 @@ fn checking(seed: &Seed) -> (Vec<Value>, i64) {
 }
 
 fn savings(seed: &Seed) -> (Vec<Value>, i64) {
-    let today = Utc::now().date_naive();
+    // The yield of the month begun in Brasília, booked at its first midnight there.
+    let today = crate::openfinance::brasilia_date(Utc::now());
     let balance = seed.pick(9, 0, 5_000_00);
     let day = today - Duration::days(today.day0().into());
     let item = json!({"transactionId": format!("sbx-{}-yield-{}", seed.tag(), day.format("%Y%m")),

@@ -9,6 +9,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::{
+    openfinance::brasilia_date,
     scoring::reais,
     store::{StoredAccount, StoredTransaction},
 };
@@ -99,7 +100,7 @@ pub fn build(
         let in_month: Vec<&&StoredTransaction> = own
             .iter()
             .filter(|t| {
-                let day = t.booked_at.date_naive();
+                let day = brasilia_date(t.booked_at);
                 day >= first && day < next
             })
             .collect();
@@ -107,12 +108,12 @@ pub fn build(
         // when the history held reaches back into the month, or the balance was fetched before
         // the month ended (nothing held moved between).
         let history = held_since.get(&(account.institution.clone(), account.account_id.clone()));
-        let known = history.is_some_and(|since| since.date_naive() < next)
-            || account.balance_at.is_some_and(|at| at.date_naive() < next);
+        let known = history.is_some_and(|since| brasilia_date(*since) < next)
+            || account.balance_at.is_some_and(|at| brasilia_date(at) < next);
         let closing = account.balance_cents.filter(|_| known).map(|balance| {
             let after: i64 = own
                 .iter()
-                .filter(|t| t.booked_at.date_naive() >= next && Some(t.booked_at) <= account.balance_at)
+                .filter(|t| brasilia_date(t.booked_at) >= next && Some(t.booked_at) <= account.balance_at)
                 .map(|t| t.signed_cents())
                 .sum();
             balance - after
@@ -125,7 +126,7 @@ pub fn build(
         let mut lines = Vec::new();
         for transaction in &in_month {
             running += transaction.signed_cents();
-            let date = transaction.booked_at.date_naive().to_string();
+            let date = brasilia_date(transaction.booked_at).to_string();
             // Without the opening balance, a running sum would pass for balances it is not.
             match balances.last_mut() {
                 _ if opening.is_none() => {}

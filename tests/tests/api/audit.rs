@@ -14,7 +14,7 @@ use aigronova_cli::{
     AppConfig,
     audit::{self, RootsArgs, Verdict, VerifyArgs},
 };
-use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app, spawn_app_with};
+use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app, spawn_app_with};
 use aigronova_platform::{Shutdown, auth::TokenSigner};
 use serde_json::{Value, json};
 
@@ -537,5 +537,14 @@ async fn the_inventory_lists_the_models_the_services_registered() {
     let one = app.get("/v1/governance/models/breast-cancer/versions/1", &key).await;
     assert_eq!(one.status(), 200);
     assert_eq!(app.get("/v1/governance/models/breast-cancer/versions/9", &key).await.status(), 404);
+    // A name or version no model could have is a 400 naming it, on the inventory and monitoring alike.
+    for (path, field) in [
+        ("/v1/governance/models/%00/versions/1", "name"),
+        ("/v1/governance/models/breast-cancer/versions/a%00", "version"),
+        ("/v1/governance/monitoring/models/%00/versions/1", "name"),
+        ("/v1/governance/monitoring/models/breast-cancer/versions/%01", "version"),
+    ] {
+        assert_eq!(assert_problem(app.get(path, &key).await, 400).await["field"], field, "{path}");
+    }
     app.stop().await;
 }
