@@ -242,6 +242,15 @@ fn parse_body(
     DynamicMessage::deserialize_with_options(descriptor.clone(), &mut json, &DeserializeOptions::new())
         .and_then(|message| json.end().map(|()| message))
         .map_err(|error| match error.classify() {
+            // A number JSON can write but no 64-bit float holds (1e400): told at its field.
+            Category::Syntax if error.to_string().starts_with("number out of range") => {
+                let path = path_of_error(descriptor, body);
+                let detail = format!("{path} is not a number a field can hold: its magnitude is past about 1.8e308");
+                match path.as_str() {
+                    "." => Problem::bad_request(detail),
+                    _ => Problem::invalid_field(&path, detail),
+                }
+            }
             Category::Syntax | Category::Eof | Category::Io => not_json(content_type, &error),
             Category::Data => {
                 let error = crate::problem::without_values(&error.to_string());
@@ -879,6 +888,10 @@ mod tests {
             assert_eq!(problem.field(), None, "{}", String::from_utf8_lossy(body));
             assert_eq!(detail(problem), format!("the request body must be a JSON object, not {found}"));
         }
+        // A number past every float's range is told at its field.
+        let huge = parse_body(&descriptor, br#"{"features": {"bmi": 1e400}}"#, None).unwrap_err();
+        assert_eq!(huge.field(), Some("features.bmi"));
+        assert!(detail(huge).starts_with("features.bmi is not a number a field can hold"));
         let lone = detail(parse_body(&descriptor, br#"{"model": "\ud800x"}"#, None).unwrap_err());
         assert!(lone.ends_with(r"must be one of a high and low pair"), "{lone}");
         let short = detail(parse_body(&descriptor, br#"{"model": "\u12x4"}"#, None).unwrap_err());
