@@ -117,6 +117,8 @@ pub async fn keep_draining(log: std::sync::Arc<LogStore>, database: Database, sh
             Ok(appended) => tracing::info!(appended, "ai-governance's audit events left in its outbox appended"),
             Err(error) => tracing::warn!(%error, "ai-governance's audit events left in its outbox not appended yet"),
         }
+        // What stays (a tenant whose log refuses, a row that does not read) shows, and can be alerted on.
+        aigronova_platform::audit::report_outbox_lag(&database, "own_audit_outbox", crate::SERVICE_NAME).await;
         tokio::select! {
             () = shutdown.clone().wait() => return,
             () = tokio::time::sleep(DRAIN_INTERVAL) => {}

@@ -408,9 +408,10 @@ impl Gateway {
             if let Err(error) = stream.set_nodelay(true) {
                 tracing::warn!(%error, "cannot set TCP_NODELAY on an accepted connection");
             }
-            let service = TowerToHyperService::new(
-                self.router.clone().map_request(|request: axum::http::Request<Incoming>| request.map(Body::new)),
-            );
+            let service =
+                TowerToHyperService::new(self.router.clone().map_request(|request: axum::http::Request<Incoming>| {
+                    proxy::unescape_unreserved(request.map(Body::new))
+                }));
             let (watcher, builder, shutdown) = (connections.watcher(), builder.clone(), shutdown.clone());
             let first_bytes = self.header_timeout;
             tokio::spawn(async move {

@@ -281,6 +281,53 @@ pub(crate) async fn read_body(
     Err(Problem::new(StatusCode::REQUEST_TIMEOUT, detail))
 }
 
+/// `request` with the percent-escapes of unreserved characters in its path decoded before it is
+/// routed (RFC 3986 §6.2.2.2: `/%6Fpenapi.json` is `/openapi.json`), so that every route, the
+/// gateway's own as the services', is found under either spelling. Other escapes (`%2F`) stay.
+pub(crate) fn unescape_unreserved(mut request: Request) -> Request {
+    let uri = request.uri();
+    if !uri.path().contains('%') {
+        return request;
+    }
+    let Some(path) = decode_unreserved(uri.path()) else { return request };
+    let target = match uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = axum::http::uri::PathAndQuery::try_from(target).ok();
+    if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    request
+}
+
+/// `path` with `%XX` decoded where `XX` is an unreserved character (a letter, a digit, `-._~`);
+/// `None` when it has none.
+fn decode_unreserved(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let hex = |byte: u8| char::from(byte).to_digit(16);
+    let mut decoded = String::with_capacity(path.len());
+    let (mut at, mut changed) = (0, false);
+    while at < bytes.len() {
+        if bytes[at] == b'%'
+            && let (Some(high), Some(low)) =
+                (bytes.get(at + 1).and_then(|b| hex(*b)), bytes.get(at + 2).and_then(|b| hex(*b)))
+        {
+            let byte = (high * 16 + low) as u8;
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                decoded.push(char::from(byte));
+                at += 3;
+                changed = true;
+                continue;
+            }
+        }
+        decoded.push(char::from(bytes[at]));
+        at += 1;
+    }
+    changed.then_some(decoded)
+}
+
 /// Paths whose answers caches may keep: the API's description, the same for every caller. Every
 /// other answer is one caller's at one moment (a patient, a key shown once, a problem).
 const CACHEABLE_PATHS: [&str; 2] = ["/openapi.json", "/docs"];

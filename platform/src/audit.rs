@@ -423,19 +423,25 @@ impl Relay {
 
     /// Publishes the number of pending events and the age of the oldest.
     async fn report_lag(&self) {
-        let row = sqlx::query("SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM audit_outbox")
-            .fetch_one(self.database.pool())
-            .await;
-        let Ok(row) = row else { return };
-        let pending: i64 = row.try_get("pending").unwrap_or(0);
-        let oldest: Option<String> = row.try_get("oldest").ok().flatten();
-        let age = oldest
-            .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
-            .map(|at| (Utc::now() - at.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0)
-            .unwrap_or(0.0);
-        metrics().pending.with_label_values(&[self.service]).set(pending as f64);
-        metrics().oldest_age.with_label_values(&[self.service]).set(age);
+        report_outbox_lag(&self.database, "audit_outbox", self.service).await;
     }
+}
+
+/// Publishes how many events wait in `service`'s outbox `table` (`audit_outbox`, or
+/// ai-governance's `own_audit_outbox`, each with `created_at`) and the age of the oldest, as
+/// `aigronova_outbox_pending_events` and `aigronova_outbox_oldest_pending_age_seconds`.
+pub async fn report_outbox_lag(database: &Database, table: &'static str, service: &str) {
+    let query = format!("SELECT COUNT(*) AS pending, MIN(created_at) AS oldest FROM {table}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(query)).fetch_one(database.pool()).await;
+    let Ok(row) = row else { return };
+    let pending: i64 = row.try_get("pending").unwrap_or(0);
+    let oldest: Option<String> = row.try_get("oldest").ok().flatten();
+    let age = oldest
+        .and_then(|at| DateTime::parse_from_rfc3339(&at).ok())
+        .map(|at| (Utc::now() - at.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0)
+        .unwrap_or(0.0);
+    metrics().pending.with_label_values(&[service]).set(pending as f64);
+    metrics().oldest_age.with_label_values(&[service]).set(age);
 }
 
 /// How a domain service reaches ai-governance: the relay's settings and the key that signs the

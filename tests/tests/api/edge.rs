@@ -106,6 +106,24 @@ async fn api_answers_tell_caches_not_to_store_them_and_the_api_description_does_
 }
 
 #[tokio::test]
+async fn a_path_spelled_with_escapes_of_unreserved_characters_is_its_route() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (_, key) = app.tenant_with_key().await;
+    let raw = |path: &str, credential: &str| {
+        let request = app.client.get(format!("{}{path}", app.address)).bearer_auth(credential);
+        async move { request.send().await.unwrap().status() }
+    };
+    // The gateway's own routes as the services': RFC 3986 §6.2.2.2.
+    assert_eq!(raw("/%6Fpenapi.json", &key).await, 200);
+    assert_eq!(raw("/v1/admin/%74enants", &app.admin_key).await, 200);
+    assert_eq!(raw("/v1/health/%6D%6Fdels", &key).await, 200);
+    assert_eq!(raw("/healthz%7E", &key).await, 404, "a decoded ~ is still a character of the path");
+    // A reserved character's escape is not decoded: `%2F` is no separator.
+    assert_eq!(raw("/v1/admin%2Ftenants", &app.admin_key).await, 404);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn without_configured_origins_no_cors_headers_are_sent() {
     let app = spawn_app(Backend::Sqlite).await;
     let response =
