@@ -66,8 +66,8 @@ pub struct Assessment {
     /// True when `output` is a regressor's value.
     pub regression: bool,
     pub risk_band: String,
-    /// The features that moved the output most, largest first (see
-    /// `Model::contributions`: an occlusion approximation, not SHAP).
+    /// The features that moved the output most, largest first, at most [`TOP_FEATURES`] and none
+    /// that moved it not at all (see `Model::contributions`: an occlusion approximation, not SHAP).
     pub top_features: Vec<(String, f64)>,
     /// When the assessment was made, to the microsecond (what storage keeps).
     pub created_at: DateTime<Utc>,
@@ -91,8 +91,10 @@ pub fn assess(patient_id: PatientId, input: ModelInput) -> Result<Assessment, Er
         output,
         regression: model.is_regression(),
         risk_band: model.risk_band(output).to_owned(),
+        // A feature whose occlusion changes nothing moved nothing, and is not named.
         top_features: contributions
             .into_iter()
+            .filter(|contribution| contribution.contribution != 0.0)
             .take(TOP_FEATURES)
             .map(|contribution| (contribution.feature, contribution.contribution))
             .collect(),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aigronova_platform::Error;
-use image::{ImageFormat, ImageReader, Limits};
+use image::{ImageDecoder, ImageFormat, ImageReader, Limits};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The longest side of a thumbnail, in pixels.
@@ -232,8 +232,13 @@ fn check_trailer(media_type: MediaType, trailer: &[u8]) -> Result<(), &'static s
         if rest.is_empty() {
             return Ok(());
         }
-        if media_type != MediaType::Jpeg || !rest.starts_with(&[0xFF, 0xD8]) {
-            return Err("has data after its end that is neither padding nor another picture: send the image alone");
+        if media_type != MediaType::Jpeg {
+            return Err("has data after its IEND chunk that is not padding: send the image alone");
+        }
+        if !rest.starts_with(&[0xFF, 0xD8]) {
+            return Err(
+                "has data after its end that is neither padding nor another JPEG picture: send the image alone",
+            );
         }
         let end =
             crate::jpeg::check_strict(rest).map_err(|_| "has a picture after its end that is not a whole JPEG")?;
@@ -736,11 +741,15 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     }
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    let decoded = reader(limits).decode().map_err(undecodable)?;
+    let mut decoder = reader(limits).into_decoder().map_err(undecodable)?;
+    // A camera's photo is shown turned as its EXIF orientation says, and so is its thumbnail.
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let decoded = image::DynamicImage::from_decoder(decoder).map_err(undecodable)?;
     let mut thumbnail = Vec::new();
     // A thumbnail is never larger than its image.
     let small = decoded.width() <= THUMBNAIL_SIDE && decoded.height() <= THUMBNAIL_SIDE;
-    let thumbnailed = if small { decoded.clone() } else { decoded.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE) };
+    let mut thumbnailed = if small { decoded.clone() } else { decoded.thumbnail(THUMBNAIL_SIDE, THUMBNAIL_SIDE) };
+    thumbnailed.apply_orientation(orientation);
     thumbnailed
         .write_to(&mut Cursor::new(&mut thumbnail), ImageFormat::Png)
         .map_err(|error| Error::invalid("body", format!("cannot make a thumbnail: {error}")))?;
@@ -833,7 +842,10 @@ mod tests {
             Err(Error::InvalidArgument { field, reason }) if field == "body" => reason,
             other => panic!("accepted or refused otherwise: {other:?}"),
         };
-        let other = "has data after its end that is neither padding nor another picture: send the image alone";
+        let other = |media_type: &str| match media_type {
+            "image/png" => "has data after its IEND chunk that is not padding: send the image alone",
+            _ => "has data after its end that is neither padding nor another JPEG picture: send the image alone",
+        };
         let second = jpeg(8, 8);
         let disguised = [&b"\xFF\xD8"[..], b"\x7fELF\x02\x01\x01\0payload"].concat();
         // Markers that end a picture, around a payload: no frame, or bytes between segments.
@@ -842,7 +854,11 @@ mod tests {
         for (media_type, image) in [("image/png", png(40, 30)), ("image/jpeg", jpeg(40, 30))] {
             for trailer in [&b"\x7fELF\x02\x01\x01\0payload"[..], b"\0\0MZ\x90\0", b"<html><script>", b"x"] {
                 let polyglot = [&image[..], trailer].concat();
-                assert_eq!(refusal(&polyglot), format!("starts as {media_type} but {other}"), "{trailer:?}");
+                assert_eq!(
+                    refusal(&polyglot),
+                    format!("starts as {media_type} but {}", other(media_type)),
+                    "{trailer:?}"
+                );
             }
             // Padding may follow either; a picture only a JPEG, as cameras store a second one,
             // and only a whole one, with nothing but padding or pictures after it.
@@ -853,7 +869,7 @@ mod tests {
             if media_type == "image/jpeg" {
                 assert!(examine(&with_picture).is_ok());
                 assert!(examine(&[&image[..], b"\0\0", &second, &second].concat()).is_ok());
-                assert!(refusal(&after_picture).ends_with(other));
+                assert!(refusal(&after_picture).ends_with(other(media_type)));
                 for disguise in [&disguised, &framed, &strayed] {
                     let trailed = [&image[..], disguise].concat();
                     assert!(refusal(&trailed).ends_with("has a picture after its end that is not a whole JPEG"));
@@ -862,7 +878,7 @@ mod tests {
                 assert!(refusal(&many).ends_with("has more than 4 pictures after its own"));
             } else {
                 for trailed in [with_picture, after_disguise] {
-                    assert!(refusal(&trailed).ends_with(other));
+                    assert!(refusal(&trailed).ends_with(other(media_type)));
                 }
             }
         }
@@ -1129,6 +1145,22 @@ mod tests {
             cut.extend_from_slice(&[0xFF, 0xD9]);
             assert_eq!(crate::jpeg::check(&cut), Err(crate::jpeg::Shortfall::CutShort), "{name}");
             assert!(examine(&cut).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_photos_thumbnail_is_turned_as_its_exif_orientation_says() {
+        // APP1 with an EXIF IFD of one entry: Orientation (0x0112), SHORT, 6 (turn 90° clockwise).
+        let tiff = [&b"II*\0\x08\0\0\0\x01\0"[..], b"\x12\x01\x03\0\x01\0\0\0\x06\0\0\0", b"\0\0\0\0"].concat();
+        let exif = [&b"Exif\0\0"[..], &tiff].concat();
+        let segment = [&[0xFF, 0xE1][..], &u16::try_from(exif.len() + 2).unwrap().to_be_bytes(), &exif].concat();
+        let photo = jpeg(300, 200);
+        let turned = [&photo[..2], &segment, &photo[2..]].concat();
+        for (bytes, side) in [(&photo, (256, 171)), (&turned, (171, 256))] {
+            let examined = examine(bytes).unwrap();
+            assert_eq!((examined.width, examined.height), (300, 200), "the file's own pixels");
+            let thumbnail = image::load_from_memory(&examined.thumbnail.unwrap()).unwrap();
+            assert_eq!((thumbnail.width(), thumbnail.height()), side);
         }
     }
 

@@ -37,7 +37,7 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Mani
 
     pdf.heading("Dados de entrada / Inputs");
     for (feature, value) in &assessment.features {
-        pdf.field(feature, &format!("{value}"));
+        pdf.field(feature, &input_value(*value));
     }
 
     pdf.heading("Modelo / Model card");
@@ -68,4 +68,24 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Mani
          the responsible health professional.",
     );
     pdf.to_bytes()
+}
+
+/// An input as sent, in a form a page holds: in scientific notation when very small or very large
+/// (`1e-320` rather than 320 decimal places).
+fn input_value(value: f64) -> String {
+    if value != 0.0 && !(1e-4..1e15).contains(&value.abs()) { format!("{value:e}") } else { format!("{value}") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_print_in_a_form_a_page_holds() {
+        assert_eq!(input_value(0.0380759064), "0.0380759064");
+        assert_eq!(input_value(-0.5), "-0.5");
+        assert_eq!(input_value(0.0), "0");
+        assert_eq!(input_value(1e-320), "1e-320");
+        assert_eq!(input_value(2.5e20), "2.5e20");
+    }
 }

@@ -47,7 +47,28 @@ async fn scores_match_the_python_reference(backend: Backend) {
         assert_eq!(assessment["value"], assessment["probability"]);
         assert_eq!(assessment["topFeatures"].as_array().map(Vec::len), Some(5), "{assessment}");
     }
-    assert_eq!(app.count_health_rows("assessments").await, 3);
+    // Every feature at its training mean: none moved the output, and none is named; one moved off
+    // it is the only one.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(models_dir().join("breast-cancer/1/manifest.json")).unwrap())
+            .unwrap();
+    let mut means: serde_json::Map<String, Value> = manifest["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|feature| (feature["name"].as_str().unwrap().to_owned(), feature["training_mean"].clone()))
+        .collect();
+    let path = format!("/v1/health/patients/{patient}/assessments");
+    let average: Value =
+        app.post(&path, &key, &json!({"model": "breast-cancer", "features": means})).await.json().await.unwrap();
+    assert_eq!(average["topFeatures"], json!([]), "{average}");
+    means.insert("worst area".into(), json!(2500.0));
+    let moved: Value =
+        app.post(&path, &key, &json!({"model": "breast-cancer", "features": means})).await.json().await.unwrap();
+    let named: Vec<&str> =
+        moved["topFeatures"].as_array().unwrap().iter().map(|f| f["feature"].as_str().unwrap()).collect();
+    assert_eq!(named, ["worst area"], "{moved}");
+    assert_eq!(app.count_health_rows("assessments").await, 5);
     app.stop().await;
 }
 
