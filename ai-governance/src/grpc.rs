@@ -388,10 +388,6 @@ fn uuid_of(field: &str, text: &str) -> Result<String, Error> {
 /// The longest text a person may write into a request or a review, in characters.
 const MAX_FREE_TEXT: usize = 4000;
 
-/// Text a person wrote (a review's reason or note, what to correct), trimmed: at most
-/// [`MAX_FREE_TEXT`] characters, line breaks and tabs but no other control characters, and no
-/// bidirectional overrides that would show a reviewer something other than what is stored; text
-/// that shows nothing (white space and invisible characters) is empty.
 /// A model's name or version from a path, as the services register them: text without control
 /// characters, which no registered model has (and PostgreSQL would refuse a NUL in).
 fn model_part<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
@@ -409,6 +405,10 @@ fn model_part<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
 /// The longest model name or version taken.
 const MAX_MODEL_PART: usize = 200;
 
+/// Text a person wrote (a review's reason or note, what to correct), trimmed: at most
+/// [`MAX_FREE_TEXT`] characters, line breaks and tabs but no other control characters, and no
+/// bidirectional overrides that would show a reviewer something other than what is stored; text
+/// that shows nothing (white space and invisible characters) is empty.
 fn free_text<'a>(field: &str, text: &'a str) -> Result<&'a str, Error> {
     let text = text.trim();
     if aigronova_platform::text::is_blank(text) {

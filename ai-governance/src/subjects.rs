@@ -258,7 +258,7 @@ async fn erase_held(
     secret: &str,
 ) -> Result<Cleared, Error> {
     let rows = sqlx::query(
-        "SELECT id, kind, status, subject_digest, export FROM subject_requests \
+        "SELECT id, subject_digest, export FROM subject_requests \
          WHERE tenant_id = $1 AND (export IS NOT NULL OR subject_digest IS NOT NULL)",
     )
     .bind(tenant_id)
@@ -269,8 +269,6 @@ async fn erase_held(
     let mut cleared = Cleared::default();
     for row in rows {
         let id: String = row.try_get("id").map_err(StoreError::from)?;
-        let kind: String = row.try_get("kind").map_err(StoreError::from)?;
-        let status: String = row.try_get("status").map_err(StoreError::from)?;
         let digest: Option<String> = row.try_get("subject_digest").map_err(StoreError::from)?;
         let export: Option<String> = row.try_get("export").map_err(StoreError::from)?;
         let about_subject = match digest {
@@ -295,23 +293,31 @@ async fn erase_held(
         if !about_subject {
             continue;
         }
+        // An open one is closed here only if nobody completed it meanwhile: its row, locked by
+        // this update, says so.
+        let closed: Option<String> = sqlx::query_scalar(
+            "UPDATE subject_requests SET status = 'completed', completed_at = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'open' RETURNING kind",
+        )
+        .bind(tenant_id)
+        .bind(&id)
+        .bind(now())
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(StoreError::from)?;
         let changed = sqlx::query(
             "UPDATE subject_requests SET export = NULL, subject_digest = NULL, erased_by = $3, \
-             details = '', resolution = NULL, \
-             completed_at = CASE WHEN status = 'open' THEN $4 ELSE completed_at END, \
-             status = CASE WHEN status = 'open' THEN 'completed' ELSE status END \
-             WHERE tenant_id = $1 AND id = $2",
+             details = '', resolution = NULL WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
         .bind(&id)
         .bind(erasure)
-        .bind(now())
         .execute(&mut *connection)
         .await
         .map_err(StoreError::from)?
         .rows_affected();
         cleared.erased += i64::try_from(changed).unwrap_or(i64::MAX);
-        if changed > 0 && status == "open" {
+        if let Some(kind) = closed {
             cleared.closed.push((id, kind));
         }
     }
@@ -662,23 +668,12 @@ impl SubjectStore {
         erase: bool,
     ) -> Result<StoredRequest, Error> {
         let mut transaction = self.database.begin_tenant(&caller.tenant_id).await?;
-        let mut leaves = Vec::new();
+        let mut closed = Vec::new();
         if erase {
             let secret = self.lock_secret().await?;
-            let Cleared { erased, unreadable, closed } =
+            let Cleared { erased, unreadable, closed: cleared } =
                 erase_held(&mut transaction, cipher, &caller.tenant_id, cpf, new.id, secret).await?;
-            // An open request the erasure closes is completed as by hand, and audited so.
-            for (id, kind) in closed {
-                let details = serde_json::json!({"kind": kind, "status": "completed", "erasureRequestId": new.id});
-                let subject = format!("subject-request:{id}");
-                leaves.push(own_leaf(
-                    caller,
-                    "subject_request",
-                    "governance.CompleteSubjectRequest",
-                    &subject,
-                    details,
-                ));
-            }
+            closed = cleared;
             let reviews: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE tenant_id = $1")
                 .bind(&caller.tenant_id)
                 .fetch_one(&mut *transaction)
@@ -740,16 +735,20 @@ impl SubjectStore {
         .await
         .map_err(StoreError::from)?;
         let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
-        leaves.insert(
-            0,
-            own_leaf(
-                caller,
-                "subject_request",
-                "governance.CreateSubjectRequest",
-                &format!("subject-request:{}", request.id),
-                serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
-            ),
-        );
+        let mut leaves = vec![own_leaf(
+            caller,
+            "subject_request",
+            "governance.CreateSubjectRequest",
+            &format!("subject-request:{}", request.id),
+            serde_json::json!({"kind": request.kind, "status": request.status, "services": services}),
+        )];
+        // An open request the erasure closed is completed as by hand, and audited so, after the
+        // erasure's own event.
+        for (id, kind) in closed {
+            let details = serde_json::json!({"kind": kind, "status": "completed", "erasureRequestId": new.id});
+            let subject = format!("subject-request:{id}");
+            leaves.push(own_leaf(caller, "subject_request", "governance.CompleteSubjectRequest", &subject, details));
+        }
         for leaf in &leaves {
             own_events::enqueue(&mut transaction, leaf).await?;
         }

@@ -286,7 +286,8 @@ pub(crate) async fn read_body(
 /// gateway's own as the services', is found under either spelling. Other escapes (`%2F`) stay.
 pub(crate) fn unescape_unreserved(mut request: Request) -> Request {
     let uri = request.uri();
-    if !uri.path().contains('%') {
+    // A target over the limit is left as sent, to be refused at its own length.
+    if !uri.path().contains('%') || uri.path_and_query().is_some_and(|target| target.as_str().len() > MAX_URI_BYTES) {
         return request;
     }
     let Some(path) = decode_unreserved(uri.path()) else { return request };
@@ -303,29 +304,31 @@ pub(crate) fn unescape_unreserved(mut request: Request) -> Request {
 }
 
 /// `path` with `%XX` decoded where `XX` is an unreserved character (a letter, a digit, `-._~`);
-/// `None` when it has none.
+/// `None` when it has none, or when a `%` is not followed by two hex digits (the path is then
+/// left as sent, rather than decoded into escapes it did not hold).
 fn decode_unreserved(path: &str) -> Option<String> {
     let bytes = path.as_bytes();
-    let hex = |byte: u8| char::from(byte).to_digit(16);
-    let mut decoded = String::with_capacity(path.len());
+    let hex = |byte: Option<&u8>| byte.and_then(|byte| char::from(*byte).to_digit(16));
+    let mut decoded = Vec::with_capacity(bytes.len());
     let (mut at, mut changed) = (0, false);
     while at < bytes.len() {
-        if bytes[at] == b'%'
-            && let (Some(high), Some(low)) =
-                (bytes.get(at + 1).and_then(|b| hex(*b)), bytes.get(at + 2).and_then(|b| hex(*b)))
-        {
-            let byte = (high * 16 + low) as u8;
-            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-                decoded.push(char::from(byte));
-                at += 3;
-                changed = true;
-                continue;
-            }
+        if bytes[at] != b'%' {
+            decoded.push(bytes[at]);
+            at += 1;
+            continue;
         }
-        decoded.push(char::from(bytes[at]));
-        at += 1;
+        let (high, low) = (hex(bytes.get(at + 1))?, hex(bytes.get(at + 2))?);
+        let byte = u8::try_from(high * 16 + low).ok()?;
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            decoded.push(byte);
+            changed = true;
+        } else {
+            decoded.extend_from_slice(&bytes[at..at + 3]);
+        }
+        at += 3;
     }
-    changed.then_some(decoded)
+    // Bytes other than the escapes are copied as they came: the path stays the UTF-8 it was.
+    changed.then(|| String::from_utf8(decoded).ok()).flatten()
 }
 
 /// Paths whose answers caches may keep: the API's description, the same for every caller. Every
@@ -547,3 +550,23 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
 
 /// The header that tells a client which trace its request made (W3C Trace Context Level 2).
 const TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_of_unreserved_characters_are_decoded_and_no_others() {
+        assert_eq!(decode_unreserved("/%6Fpenapi.json").as_deref(), Some("/openapi.json"));
+        assert_eq!(decode_unreserved("/v1/%61dmin/%7e%2Dx").as_deref(), Some("/v1/admin/~-x"));
+        // Reserved characters and the escape character itself stay escaped.
+        assert_eq!(decode_unreserved("/a%2Fb%25%41").as_deref(), Some("/a%2Fb%25A"));
+        // Nothing to decode, or a stray `%`: the path is left as sent, not decoded into new escapes.
+        assert_eq!(decode_unreserved("/plain"), None);
+        assert_eq!(decode_unreserved("/a%2F"), None);
+        assert_eq!(decode_unreserved("/%%34%31"), None);
+        assert_eq!(decode_unreserved("/%4"), None);
+        // Other bytes are kept as they came: UTF-8 stays UTF-8.
+        assert_eq!(decode_unreserved("/é%41").as_deref(), Some("/éA"));
+    }
+}

@@ -216,6 +216,10 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
     assert!(long.headers().contains_key("x-request-id"));
     let problem = assert_problem(long, 414).await;
     assert!(problem["detail"].as_str().unwrap().contains("at most 8192"), "{problem}");
+    // Measured as sent: a path of escapes that would decode to fewer bytes is over the limit too.
+    let escaped = format!("{}/v1/health/{}", app.address, "%41".repeat(3 * 1024));
+    let problem = assert_problem(app.client.get(escaped).bearer_auth(&key).send().await.unwrap(), 414).await;
+    assert!(problem["detail"].as_str().unwrap().contains("is 9227 bytes"), "{problem}");
 
     // The limit counts the fields as the client sent them: 16384 bytes pass, one more does not,
     // whatever request id the gateway adds.
