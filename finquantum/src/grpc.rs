@@ -222,7 +222,8 @@ fn parse_id(field: &str, value: &str) -> Result<String, Error> {
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "is required"));
     }
-    Uuid::parse_str(value.trim()).map(|id| id.to_string()).map_err(|_| Error::invalid(field, "must be a UUID"))
+    // Any spelling of the UUID, but nothing around it.
+    Uuid::parse_str(value).map(|id| id.to_string()).map_err(|_| Error::invalid(field, "must be a UUID"))
 }
 
 /// Scores `row` with `model`: the probability of default and each feature's contribution to it,

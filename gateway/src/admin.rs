@@ -535,7 +535,7 @@ fn no_body(request: &Request, route: &str) -> Result<(), Problem> {
 }
 
 /// Refuses a request with query parameters or a body: `route` takes neither.
-fn neither_query_nor_body(request: &Request, route: &str) -> Result<(), Problem> {
+pub(crate) fn neither_query_nor_body(request: &Request, route: &str) -> Result<(), Problem> {
     if let Some(name) = first_query_parameter(request.uri())? {
         return Err(Problem::invalid_field(&name, format!("unknown query parameter {name:?}: {route} takes none")));
     }

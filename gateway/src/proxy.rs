@@ -64,6 +64,17 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Refuses a query parameter or a body on one of the gateway's own `GET` routes (the probes,
+/// `/metrics`, the API's description), which take neither, as the other routes refuse what they
+/// do not take.
+pub(crate) async fn takes_nothing(request: Request, next: Next) -> Response {
+    let route = format!("{} {}", request.method(), request.uri().path());
+    match crate::admin::neither_query_nor_body(&request, &route) {
+        Ok(()) => next.run(request).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
 pub(crate) async fn method_not_allowed() -> Problem {
     Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this path does not accept this HTTP method")
 }

@@ -317,6 +317,7 @@ pub(crate) fn type_mismatch(path: &str, error: &str) -> Option<String> {
     let expected = expected.split(" at line ").next()?;
     let expected = match expected {
         "a map" => "a JSON object",
+        "a sequence" => "a list",
         "a 64-bit floating point value" | "a 32-bit floating point value" => "a number",
         "a 32-bit signed integer" => "a whole number",
         "a 32-bit unsigned integer or decimal string"

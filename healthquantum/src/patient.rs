@@ -26,7 +26,8 @@ impl PatientId {
         if value.trim().is_empty() {
             return Err(Error::invalid(field, "is required"));
         }
-        let id = Uuid::parse_str(value.trim()).map_err(|_| Error::invalid(field, "must be a UUID"))?;
+        // Any spelling of the UUID, but nothing around it.
+        let id = Uuid::parse_str(value).map_err(|_| Error::invalid(field, "must be a UUID"))?;
         Ok(Self(id.hyphenated().to_string()))
     }
 
@@ -549,7 +550,12 @@ mod tests {
 
     #[test]
     fn invalid_patient_ids_name_the_field_they_came_from() {
-        let cases = [("id", "", "is required"), ("patientId", " ", "is required"), ("id", "42", "must be a UUID")];
+        let cases = [
+            ("id", "", "is required"),
+            ("patientId", " ", "is required"),
+            ("id", "42", "must be a UUID"),
+            ("id", " 0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b", "must be a UUID"),
+        ];
         for (field, input, expected) in cases {
             let (named, reason) = field_and_reason(PatientId::parse(field, input).unwrap_err());
             assert_eq!((named.as_str(), reason.as_str()), (field, expected), "input {input:?}");

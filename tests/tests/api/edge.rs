@@ -120,6 +120,15 @@ async fn a_path_spelled_with_escapes_of_unreserved_characters_is_its_route() {
     assert_eq!(raw("/healthz%7E", &key).await, 404, "a decoded ~ is still a character of the path");
     // A reserved character's escape is not decoded: `%2F` is no separator.
     assert_eq!(raw("/v1/admin%2Ftenants", &app.admin_key).await, 404);
+    // The gateway's own routes take no query parameter and no body, as the others refuse what they
+    // do not take; an id with anything around it is no id.
+    for path in ["/healthz?x=1", "/openapi.json?x=1", "/metrics?x=1", "/readyz?verbose=1", "/docs?x=1"] {
+        assert_eq!(raw(path, &app.admin_key).await, 400, "{path}");
+    }
+    let with_body = app.client.get(app.url("/healthz")).body("{}").send().await.unwrap();
+    assert_problem(with_body, 400).await;
+    let padded = raw("/v1/health/patients/%200190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b", &key).await;
+    assert_eq!(padded, 400);
     app.stop().await;
 }
 
