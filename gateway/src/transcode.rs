@@ -235,6 +235,12 @@ fn parse_body(
             let range = range.unwrap_or_else(|| "its type's range".to_owned());
             return Err(Problem::invalid_field(&path, format!("{path} is not a whole number from {range}")));
         }
+        Some(Finding::FineTime(path)) => {
+            return Err(Problem::invalid_field(
+                &path,
+                format!("{path} has more than 9 digits after the second's point: a time is kept to the nanosecond"),
+            ));
+        }
         None => {}
     }
     // Read straight from the bytes into the message, without a JSON tree in between.
@@ -369,6 +375,9 @@ pub(crate) enum Finding {
     Repeated(String),
     /// A 64-bit integer field's value past its type's range, by its path.
     OutOfRange(String),
+    /// A time (`google.protobuf.Timestamp`) written finer than the nanosecond, which the reader
+    /// would cut rather than refuse, by its path.
+    FineTime(String),
 }
 
 /// The path of the first name an object of `body` holds twice (`name`, `applicant.age`), if any:
@@ -393,6 +402,8 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
         message: Option<MessageDescriptor>,
         /// For a 64-bit integer field, the magnitude its values stay below.
         bound: Option<f64>,
+        /// Whether the value is a time (`google.protobuf.Timestamp`).
+        time: bool,
     }
 
     /// What two names of one object are compared by: a message's field, however named, or the
@@ -455,16 +466,17 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
                     Kind::Uint64 | Kind::Fixed64 => Some(2f64.powi(64)),
                     _ => None,
                 });
-                let walk = Walk { parent: &path, name: shown, found: &mut *self.found, message: inner, bound };
+                let time = inner.as_ref().is_some_and(|inner| inner.full_name() == "google.protobuf.Timestamp");
+                let walk = Walk { parent: &path, name: shown, found: &mut *self.found, message: inner, bound, time };
                 map.next_value_seed(walk)?;
             }
             Ok(())
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let Walk { parent, name, found, message, bound } = self;
+            let Walk { parent, name, found, message, bound, time } = self;
             while seq
-                .next_element_seed(Walk { parent, name, found: &mut *found, message: message.clone(), bound })?
+                .next_element_seed(Walk { parent, name, found: &mut *found, message: message.clone(), bound, time })?
                 .is_some()
             {}
             Ok(())
@@ -485,7 +497,12 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
             }
             Ok(())
         }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        fn visit_str<E>(self, value: &str) -> Result<(), E> {
+            // The digits after the second's point, before the zone.
+            let fraction = value.split_once('.').map(|(_, rest)| rest.bytes().take_while(u8::is_ascii_digit).count());
+            if self.time && fraction.is_some_and(|digits| digits > 9) && self.found.is_none() {
+                *self.found = Some(Finding::FineTime(join(self.parent, self.name)));
+            }
             Ok(())
         }
         fn visit_unit<E>(self) -> Result<(), E> {
@@ -495,7 +512,7 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
 
     let mut found = None;
     let mut json = serde_json::Deserializer::from_slice(body);
-    Walk { parent: "", name: "", found: &mut found, message: descriptor.cloned(), bound: None }
+    Walk { parent: "", name: "", found: &mut found, message: descriptor.cloned(), bound: None, time: false }
         .deserialize(&mut json)
         .ok()?;
     found
@@ -806,6 +823,28 @@ mod tests {
         assert_eq!(json_names(&events, "events[0].shoe_size"), "events[0].shoe_size", "unknown names stay");
         assert_eq!(json_names(&assess_risk_request(), "patient_id"), "patientId");
         assert_eq!(json_names(&assess_risk_request(), "features.mean radius"), "features.mean radius");
+    }
+
+    #[test]
+    fn a_time_finer_than_the_nanosecond_is_refused_at_its_field() {
+        let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let consent = pool.get_message_by_name("aigronova.fin.v1.CreateConsentRequest").unwrap();
+        let body = |at: &str| format!(r#"{{"cpf": "529.982.247-25", "institution": "a", "expiresAt": "{at}"}}"#);
+        for fine in ["2027-06-30T00:00:00.123456789Z", "2027-06-30T00:00:00Z", "2027-06-30T00:00:00.5-03:00"] {
+            assert!(parse_body(&consent, body(fine).as_bytes(), None).is_ok(), "{fine}");
+        }
+        let refused = parse_body(&consent, body("2027-06-30T00:00:00.1234567891Z").as_bytes(), None).unwrap_err();
+        assert_eq!(refused.field(), Some("expiresAt"));
+        assert!(detail(refused).contains("more than 9 digits"));
+        // A string that is no time is not taken for one: the cpf's dots are no second's point.
+        assert!(
+            parse_body(
+                &consent,
+                body("2027-06-30T00:00:00Z").replace("529.982.247-25", "529.9822472512345").as_bytes(),
+                None
+            )
+            .is_ok()
+        );
     }
 
     #[test]
