@@ -217,7 +217,8 @@ impl From<StoredBank> for proto::BankSummary {
     }
 }
 
-/// An id the service issued (UUID); `NotFound` otherwise, as for an unknown one.
+/// An id the service issued: a UUID in any of its spellings, with nothing around it; an invalid
+/// argument naming `field` otherwise.
 fn parse_id(field: &str, value: &str) -> Result<String, Error> {
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "is required"));
@@ -689,5 +690,10 @@ mod tests {
     fn ids_are_uuids() {
         assert!(parse_id("id", "nope").is_err());
         assert!(parse_id("id", "").is_err());
+        let id = "0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b";
+        assert_eq!(parse_id("id", &id.to_uppercase()).unwrap(), id, "any spelling");
+        for padded in [format!(" {id}"), format!("{id}\n")] {
+            assert!(parse_id("id", &padded).is_err(), "{padded:?}");
+        }
     }
 }

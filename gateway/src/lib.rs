@@ -450,9 +450,10 @@ fn app(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let routes = Router::new()
         .route("/healthz", get(proxy::healthz).layer(middleware::from_fn(proxy::takes_nothing)))
         .route("/readyz", get(proxy::readyz).layer(middleware::from_fn(proxy::takes_nothing)))
-        .route("/metrics", get(proxy::metrics).layer(middleware::from_fn(proxy::takes_nothing)))
-        .route("/openapi.json", get(openapi::openapi_json).layer(middleware::from_fn(proxy::takes_nothing)))
-        .route("/docs", get(openapi::docs_page).layer(middleware::from_fn(proxy::takes_nothing)))
+        .route("/metrics", get(proxy::metrics))
+        // The API's description, the same for everyone, whatever a shared link's query says.
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/docs", get(openapi::docs_page))
         .route("/v1/admin/tenants", post(admin::create_tenant).get(admin::list_tenants))
         .route("/v1/admin/tenants/{tenantId}", get(admin::get_tenant).patch(admin::update_tenant))
         .route("/v1/admin/tenants/{tenantId}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))

@@ -959,7 +959,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         request: None,
         replies: &[json_reply("200", "Alive.", "gateway.Liveness")],
-        problems: &[],
+        problems: &["BadRequest"],
     },
     Endpoint {
         method: "get",
@@ -980,7 +980,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
                 "gateway.Readiness",
             ),
         ],
-        problems: &[],
+        problems: &["BadRequest"],
     },
     Endpoint {
         method: "get",
@@ -996,7 +996,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
             description: "The Prometheus text exposition format.",
             body: Some(("text/plain", Body::Text)),
         }],
-        problems: &["Unauthorized", "Forbidden", "Problem"],
+        problems: &["BadRequest", "Unauthorized", "Forbidden", "Problem"],
     },
     Endpoint {
         method: "get",

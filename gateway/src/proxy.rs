@@ -64,9 +64,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Refuses a query parameter or a body on one of the gateway's own `GET` routes (the probes,
-/// `/metrics`, the API's description), which take neither, as the other routes refuse what they
-/// do not take.
+/// Refuses a query parameter or a body on a probe (`/healthz`, `/readyz`), which takes neither,
+/// as the other routes refuse what they do not take.
 pub(crate) async fn takes_nothing(request: Request, next: Next) -> Response {
     let route = format!("{} {}", request.method(), request.uri().path());
     match crate::admin::neither_query_nor_body(&request, &route) {
@@ -88,10 +87,12 @@ pub(crate) struct RequestFacts {
     pub(crate) rate_limit: HeaderMap,
 }
 
-/// `GET /metrics`: for keys with the `metrics:read` or `admin` scope.
-pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /metrics`: for keys with the `metrics:read` or `admin` scope; no query parameter and no
+/// body, asked once the caller is known.
+pub(crate) async fn metrics(State(state): State<AppState>, request: Request) -> Response {
     let mut facts = RequestFacts::default();
-    let mut response = match scrape(&state, &headers, &mut facts).await {
+    let refused = crate::admin::neither_query_nor_body(&request, "GET /metrics").err();
+    let mut response = match scrape(&state, request.headers(), refused, &mut facts).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
     };
@@ -99,7 +100,12 @@ pub(crate) async fn metrics(State(state): State<AppState>, headers: HeaderMap) -
     response
 }
 
-async fn scrape(state: &AppState, headers: &HeaderMap, facts: &mut RequestFacts) -> Result<Response, Problem> {
+async fn scrape(
+    state: &AppState,
+    headers: &HeaderMap,
+    refused: Option<Problem>,
+    facts: &mut RequestFacts,
+) -> Result<Response, Problem> {
     let principal = auth::authenticate(state, headers).await?;
     // A tenant's scraper is refused with its tenant suspended, as its other keys are, and logged
     // with its tenant; an administrator's has none.
@@ -108,6 +114,9 @@ async fn scrape(state: &AppState, headers: &HeaderMap, facts: &mut RequestFacts)
     }
     if !principal.has_scope(ADMIN_SCOPE) {
         auth::require_scope(&principal, METRICS_SCOPE)?;
+    }
+    if let Some(problem) = refused {
+        return Err(problem);
     }
     Ok(crate::metrics::render().await)
 }

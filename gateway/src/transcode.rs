@@ -348,7 +348,8 @@ pub(crate) fn type_mismatch(path: &str, error: &str) -> Option<String> {
 
 /// Whether `a` and `b` are strings that spell the same UUID (`A1…`, `a1…`, `{a1…}`, `urn:uuid:a1…`).
 fn same_uuid(a: &Value, b: &Value) -> bool {
-    let uuid = |value: &Value| value.as_str().and_then(|text| uuid::Uuid::try_parse(text.trim()).ok());
+    // Nothing around an id: one with blanks beside it is another value, and refused.
+    let uuid = |value: &Value| value.as_str().and_then(|text| uuid::Uuid::try_parse(text).ok());
     uuid(a).is_some_and(|a| uuid(b) == Some(a))
 }
 
@@ -823,6 +824,20 @@ mod tests {
         assert_eq!(json_names(&events, "events[0].shoe_size"), "events[0].shoe_size", "unknown names stay");
         assert_eq!(json_names(&assess_risk_request(), "patient_id"), "patientId");
         assert_eq!(json_names(&assess_risk_request(), "features.mean radius"), "features.mean radius");
+    }
+
+    #[test]
+    fn serde_s_names_of_types_are_told_in_the_api_s_words() {
+        let said = |error: &str| type_mismatch("scopes", error);
+        assert_eq!(
+            said("invalid type: string, expected a sequence").as_deref(),
+            Some("scopes must be a list, not a string")
+        );
+        assert_eq!(
+            said("invalid type: integer, expected a map").as_deref(),
+            Some("scopes must be a JSON object, not a number")
+        );
+        assert_eq!(said("missing field `x`"), None);
     }
 
     #[test]
