@@ -427,12 +427,12 @@ impl LogStore {
         self.ensure_loaded(&mut log, tenant_id).await?;
         let size = log.latest.as_ref().expect("loaded above").body.tree_size;
         if from == 0 || from > to || to > size {
-            // The field at fault: `from` when it is missing (0), `to` when it is missing or past
-            // the log, `from` otherwise (after `to`).
+            // The field at fault: `from` when it is 0 (or not given, which reads the same), `to`
+            // when it is 0 or past the log, `from` otherwise (after `to`).
             let field = if from != 0 && (to == 0 || to > size) { "to" } else { "from" };
-            let missing = if field == "to" { to == 0 } else { from == 0 };
+            let zero = if field == "to" { to == 0 } else { from == 0 };
             let need = format!("need 0 < from <= to <= {size} (the log's size)");
-            let reason = if missing { format!("is required: {need}") } else { need };
+            let reason = if zero { format!("is required, and at least 1: {need}") } else { need };
             return Err(Error::invalid(field, reason));
         }
         let tree = log.tree.as_ref().expect("loaded above");

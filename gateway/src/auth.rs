@@ -55,7 +55,14 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
         tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "API key lookup failed");
         Problem::internal()
     })?;
-    principal.ok_or_else(|| Problem::invalid_token("the API key is not valid"))
+    match principal {
+        Some(principal) if principal.is_expired() => Err(Problem::invalid_token(format!(
+            "the API key expired at {}; ask an administrator for a new one",
+            principal.expire_time.as_deref().unwrap_or_default()
+        ))),
+        Some(principal) => Ok(principal),
+        None => Err(Problem::invalid_token("the API key is not valid")),
+    }
 }
 
 /// The credential of a `Bearer` authorization, `None` when there is none; the scheme's name is

@@ -80,7 +80,8 @@ impl KeyCache {
         Self { store, ttl, entries: Arc::default(), touched: Arc::default(), bypass: Arc::default() }
     }
 
-    /// The principal of a presented key, from the cache or the database.
+    /// The principal of a presented key, from the cache or the database; an expired key's too,
+    /// which its caller refuses as expired.
     pub(crate) async fn principal(&self, key: &str) -> Result<Option<Arc<Principal>>, StoreError> {
         let hash = hash_key(key);
         let cached = if self.bypass.load(Ordering::Relaxed) {
@@ -98,9 +99,10 @@ impl KeyCache {
                 principal
             }
         };
-        let principal = principal.filter(|principal| !principal.is_expired());
-        // A key is used when it is let in: a suspended tenant's is refused, and not counted used.
+        // A key is used when it is let in: an expired one, or a suspended tenant's, is refused, and
+        // not counted used.
         if let Some(principal) = &principal
+            && !principal.is_expired()
             && principal.tenant_status.as_deref().is_none_or(|status| status == "active")
         {
             self.touch(&principal.key_id);

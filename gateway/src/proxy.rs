@@ -385,7 +385,7 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     // that says how it may be cached (a service's raw body) keeps its own word. The CORS layer's
     // answer to a preflight holds nothing, and browsers keep it for its `Access-Control-Max-Age`;
     // a refusal of one (no CORS here, no such route) is kept by nobody.
-    let answered_preflight = preflight && headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    let answered_preflight = preflight && headers.contains_key(header::ACCESS_CONTROL_ALLOW_METHODS);
     if !cacheable_path && !answered_preflight && !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

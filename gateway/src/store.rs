@@ -410,18 +410,14 @@ impl Store {
         Ok(issued)
     }
 
-    /// The principal of a presented key, if the key is known, not revoked and not expired.
-    pub async fn principal(&self, key: &str) -> Result<Option<Principal>, StoreError> {
-        self.principal_by_hash(&hash_key(key)).await
-    }
-
+    /// The principal of the key whose hash is `hash`, if the key is known and not revoked; an
+    /// expired one too, for its caller to be told it has expired ([`Principal::is_expired`]).
     pub async fn principal_by_hash(&self, hash: &str) -> Result<Option<Principal>, StoreError> {
         let row = sqlx::query(
             "SELECT k.id, k.tenant_id, k.scopes, k.expires_at, t.status, t.plan FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id \
-             WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > $2)",
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash)
-        .bind(now())
         .fetch_optional(self.db.pool())
         .await?;
         row.map(|row| {

@@ -233,7 +233,11 @@ async fn a_key_stops_working_when_it_expires() {
     let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"});
     assert_eq!(app.post("/v1/health/patients", &key, &body).await.status(), 200);
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert_problem(app.post("/v1/health/patients", &key, &body).await, 401).await;
+    // Told it has expired, not that it is unknown: the caller holds the key, and needs a new one.
+    let expired = assert_problem(app.post("/v1/health/patients", &key, &body).await, 401).await;
+    assert!(expired["detail"].as_str().unwrap().starts_with("the API key expired at "), "{expired}");
+    let unknown = assert_problem(app.post("/v1/health/patients", &format!("{key}x"), &body).await, 401).await;
+    assert_eq!(unknown["detail"], "the API key is not valid");
 
     // In the past, past 9999 in UTC, and a leap second: none has a future RFC 3339 form in UTC.
     for expiry in ["2020-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00", "2030-06-15T12:34:60Z"] {
