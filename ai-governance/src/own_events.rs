@@ -37,9 +37,11 @@ pub(crate) async fn enqueue(connection: &mut AnyConnection, leaf: &Leaf) -> Resu
 /// outbox. The change they record has been made: a failure here is logged, and [`drain`] appends
 /// them later.
 pub(crate) async fn append_committed(log: &LogStore, database: &Database, leaves: Vec<Leaf>) {
+    let Some(tenant_id) = leaves.first().map(|leaf| leaf.tenant_id.clone()) else { return };
+    debug_assert!(leaves.iter().all(|leaf| leaf.tenant_id == tenant_id), "one change is one tenant's");
     let event_ids: Vec<String> = leaves.iter().map(|leaf| leaf.event_id.clone()).collect();
     let appended = match log.append(leaves).await {
-        Ok(_) => delete(database, &event_ids).await,
+        Ok(_) => delete(database, &tenant_id, &event_ids).await,
         Err(error) => Err(error),
     };
     if let Err(error) = appended {
@@ -103,7 +105,7 @@ async fn drain_tenant(log: &LogStore, database: &Database, tenant_id: &str) -> R
         }
         if !leaves.is_empty() {
             log.append(leaves).await?;
-            delete(database, &ids).await?;
+            delete(database, tenant_id, &ids).await?;
             drained += ids.len();
         }
     }
@@ -126,14 +128,16 @@ pub async fn keep_draining(log: std::sync::Arc<LogStore>, database: Database, sh
     }
 }
 
-async fn delete(database: &Database, ids: &[String]) -> Result<(), StoreError> {
-    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
-    let delete = format!("DELETE FROM own_audit_outbox WHERE event_id IN ({})", placeholders.join(", "));
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(delete));
+/// Takes the events `ids` of `tenant_id` out of the outbox, in a transaction of that tenant.
+async fn delete(database: &Database, tenant_id: &str, ids: &[String]) -> Result<(), StoreError> {
+    let placeholders: Vec<String> = (2..=ids.len() + 1).map(|n| format!("${n}")).collect();
+    let delete =
+        format!("DELETE FROM own_audit_outbox WHERE tenant_id = $1 AND event_id IN ({})", placeholders.join(", "));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(delete)).bind(tenant_id.to_owned());
     for id in ids {
         query = query.bind(id);
     }
-    database.execute_write(query).await?;
+    database.execute_tenant_write(tenant_id, query).await?;
     Ok(())
 }
 

@@ -87,15 +87,16 @@ pub struct Config {
     /// replace `upstream_timeout_secs` for those upstreams.
     pub upstream_timeouts: BTreeMap<String, f64>,
     /// Requests in flight at once; beyond, a request is refused at once with 503 and
-    /// `Retry-After: 1` rather than queued. `/healthz`, `/readyz` and `/metrics` are exempt.
+    /// `Retry-After: 1` rather than queued. `/healthz`, `/readyz`, `/metrics` and CORS preflights
+    /// are exempt.
     pub max_concurrent_requests: usize,
     /// Requests of one tenant in flight at once; beyond, its next request is refused with 429 and
     /// `Retry-After: 1`, so that no tenant holds the whole of `max_concurrent_requests`.
     pub max_concurrent_requests_per_tenant: usize,
     /// Bytes of request bodies the gateway holds in memory at once (each counted at its
-    /// `Content-Length`, or at its plan's limit when compressed or of unknown length, from before it
-    /// is read until its call ends); beyond, a request with a body is refused at once with 503
-    /// and `Retry-After: 1`.
+    /// `Content-Length`, or, compressed or of unknown length, at what it has decoded to as it grows,
+    /// then, once read, at the size of the message sent while its call is out); beyond, a request
+    /// with a body is refused with 503 and `Retry-After: 1`.
     pub max_buffered_body_bytes: usize,
     /// Seconds a request body may go without any of it arriving; beyond, 408. A client that
     /// stops sending holds its slot no longer.

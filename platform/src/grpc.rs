@@ -39,8 +39,8 @@ pub fn page_size(requested: i32) -> Result<usize, crate::Error> {
     }
 }
 
-/// Where a page of a list starts and how long it is. Lists are ordered by their UUIDv7 ids,
-/// newest first; a page token is the id of the last item of the page before, then `.` and a
+/// Where a page of a list starts and how long it is. Lists are ordered by their UUIDv7 ids (newest
+/// or oldest first, as each list says); a page token is the id of the last item of the page before, then `.` and a
 /// digest of that id and the list's filter under the tenant's data key, so that a token goes on
 /// only in the list and with the filter that returned it, and is not made up or altered.
 #[derive(Clone, Copy, Debug)]
