@@ -560,6 +560,13 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         self.store.customer_exists(&caller.tenant_id, &customer_id).await?;
         let consents =
             self.usable_consents(&caller.tenant_id, &customer_id, &[ACCOUNTS_TRANSACTIONS_READ], "a statement").await?;
+        // Nothing fetched yet is no empty month: told what to do, as a score is.
+        if consents.iter().all(|consent| consent.last_ingested_at.is_none()) {
+            return Err(Status::failed_precondition(
+                "no data has been ingested under the customer's valid consents that grant ACCOUNTS_TRANSACTIONS_READ: \
+                 POST /v1/fin/consents/{consentId}/ingestions first",
+            ));
+        }
         let usable: Vec<&Consent> = consents.iter().collect();
         // A month's statement reads its month and what came after (to walk back from the balance).
         let first = bounds.0.and_hms_opt(0, 0, 0).map(|at| at.and_utc());

@@ -124,6 +124,10 @@ async fn consents_ingestion_and_statements(backend: Backend) {
         .count_fin_rows(&format!("customers WHERE sealed_cpf LIKE '%{customer_cpf}%' OR cpf_hash = '{customer_cpf}'"))
         .await;
     assert_eq!(sealed, 0, "the CPF is not stored in clear");
+    // Before any ingestion a statement is no empty month: the caller is told what to do first.
+    let early = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &key).await;
+    let problem = assert_problem(early, 400).await;
+    assert!(problem["detail"].as_str().unwrap().ends_with("ingestions first"), "{problem}");
 
     // Ingestion: a 500 first (retried), three pages of transactions, then the first page again.
     bank.fail_next(1);
