@@ -536,10 +536,18 @@ fn no_body(request: &Request, route: &str) -> Result<(), Problem> {
 
 /// Refuses a request with query parameters or a body: `route` takes neither.
 pub(crate) fn neither_query_nor_body(request: &Request, route: &str) -> Result<(), Problem> {
-    if let Some(name) = first_query_parameter(request.uri())? {
-        return Err(Problem::invalid_field(&name, format!("unknown query parameter {name:?}: {route} takes none")));
-    }
+    no_query(request, route)?;
     no_body(request, route)
+}
+
+/// Refuses a query parameter: `route` takes none.
+pub(crate) fn no_query(request: &Request, route: &str) -> Result<(), Problem> {
+    match first_query_parameter(request.uri())? {
+        Some(name) => {
+            Err(Problem::invalid_field(&name, format!("unknown query parameter {name:?}: {route} takes none")))
+        }
+        None => Ok(()),
+    }
 }
 
 fn valid_name(name: &str) -> Result<&str, Problem> {

@@ -64,11 +64,12 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Refuses a query parameter or a body on a probe (`/healthz`, `/readyz`), which takes neither,
-/// as the other routes refuse what they do not take.
+/// Refuses a query parameter on a probe (`/healthz`, `/readyz`), which takes none, as the other
+/// routes refuse what they do not take. A body is not looked at: a health checker that sends an
+/// empty one (an HTTP/2 stream left open, an empty chunked body) is answered as any.
 pub(crate) async fn takes_nothing(request: Request, next: Next) -> Response {
     let route = format!("{} {}", request.method(), request.uri().path());
-    match crate::admin::neither_query_nor_body(&request, &route) {
+    match crate::admin::no_query(&request, &route) {
         Ok(()) => next.run(request).await,
         Err(problem) => problem.into_response(),
     }
@@ -87,11 +88,11 @@ pub(crate) struct RequestFacts {
     pub(crate) rate_limit: HeaderMap,
 }
 
-/// `GET /metrics`: for keys with the `metrics:read` or `admin` scope; no query parameter and no
-/// body, asked once the caller is known.
+/// `GET /metrics`: for keys with the `metrics:read` or `admin` scope; no query parameter, asked
+/// once the caller is known.
 pub(crate) async fn metrics(State(state): State<AppState>, request: Request) -> Response {
     let mut facts = RequestFacts::default();
-    let refused = crate::admin::neither_query_nor_body(&request, "GET /metrics").err();
+    let refused = crate::admin::no_query(&request, "GET /metrics").err();
     let mut response = match scrape(&state, request.headers(), refused, &mut facts).await {
         Ok(response) => response,
         Err(problem) => problem.into_response(),
