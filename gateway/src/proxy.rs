@@ -75,8 +75,14 @@ pub(crate) async fn takes_nothing(request: Request, next: Next) -> Response {
     }
 }
 
-pub(crate) async fn method_not_allowed() -> Problem {
-    Problem::new(StatusCode::METHOD_NOT_ALLOWED, "this path does not accept this HTTP method")
+/// The 405 of one of the gateway's own routes (its `Allow` header, which axum sets, lists the
+/// methods the route takes), in the words of the services' routes' 405.
+pub(crate) async fn method_not_allowed(method: Method, route: Option<MatchedPath>) -> Problem {
+    let detail = match route {
+        Some(route) => format!("{method} is not a method of {}; the Allow header lists those it takes", route.as_str()),
+        None => format!("{method} is not a method of this path; the Allow header lists those it takes"),
+    };
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, detail)
 }
 
 /// What the access log and the metrics learn about a request once it is routed.

@@ -122,6 +122,11 @@ async fn a_path_spelled_with_escapes_of_unreserved_characters_is_its_route() {
     assert_eq!(raw("/healthz%7E", &key).await, 404, "a decoded ~ is still a character of the path");
     // A reserved character's escape is not decoded: `%2F` is no separator.
     assert_eq!(raw("/v1/admin%2Ftenants", &app.admin_key).await, 404);
+    // Another method on one of the gateway's own routes is told as on the services' routes.
+    let put = app.client.put(app.url("/openapi.json")).send().await.unwrap();
+    assert!(put.headers()["allow"].to_str().unwrap().contains("GET"), "{:?}", put.headers());
+    let problem = assert_problem(put, 405).await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("PUT is not a method of /openapi.json"), "{problem}");
     // The probes and the metrics take no query parameter, as the others refuse what they do not
     // take; an id with anything around it is no id.
     for path in ["/healthz?x=1", "/metrics?x=1", "/readyz?verbose=1"] {
