@@ -323,7 +323,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         // Nothing more is fetched under it: what was is not kept in the cache either.
         self.client.cache().forget_consent(&id).await;
         self.outbox.wake();
-        tracing::info!(tenant = %caller.tenant_id, consent = %id, "consent revoked");
+        // Revoked by this call, not before it (a repeated revocation answers as the first did).
+        if consent.revoked_at == Some(now) {
+            tracing::info!(tenant = %caller.tenant_id, consent = %id, "consent revoked");
+        }
         Ok(Response::new(consent_message(&consent)))
     }
 
