@@ -120,10 +120,11 @@ impl FinQuantumApi {
 
 /// The status for an institution that failed: its refusal is a failed precondition (the consent
 /// is not honoured there), a timeout or an error after the retries is unavailable (try later), an
-/// answer outside the Open Finance shapes is internal.
+/// answer outside the Open Finance shapes is internal (a 502 at the gateway). Each is marked as
+/// the institution's failure, not finquantum's.
 fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
     tracing::warn!(%institution, %error, "Open Finance ingestion failed");
-    match error {
+    let status = match error {
         OpenFinanceError::Refused { .. } => {
             Status::failed_precondition(format!("institution {institution:?} refused the consent: {error}"))
         }
@@ -133,7 +134,8 @@ fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
         OpenFinanceError::Malformed(_) | OpenFinanceError::TooManyPages(_) => {
             Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {error}"))
         }
-    }
+    };
+    aigronova_platform::error::third_party_failure(status, "open-finance-institution")
 }
 
 fn consent_message(consent: &Consent) -> proto::Consent {

@@ -394,9 +394,7 @@ impl OpenFinanceClient {
             base_url.trim_end_matches('/'),
             urlencode(account_id)
         );
-        let body = self.page(&url, grant).await?;
-        let single: Single<Balance> =
-            serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(shape_error(&error)))?;
+        let single: Single<Balance> = self.page(&url, grant).await?;
         Ok(single.data)
     }
 
@@ -415,9 +413,7 @@ impl OpenFinanceClient {
             if pages > self.settings.max_pages {
                 return Err(OpenFinanceError::TooManyPages(self.settings.max_pages));
             }
-            let body = self.page(url.as_str(), grant).await?;
-            let page: Page<T> =
-                serde_json::from_str(&body).map_err(|error| OpenFinanceError::Malformed(shape_error(&error)))?;
+            let page: Page<T> = self.page(url.as_str(), grant).await?;
             items.extend(page.data);
             next = match page.links.next.filter(|next| !next.is_empty()) {
                 Some(link) => Some(next_page(&first, &url, &link)?),
@@ -427,16 +423,22 @@ impl OpenFinanceClient {
         Ok(items)
     }
 
-    /// One page's body, from the cache or the institution. The cache holds it sealed for its key;
-    /// an entry that does not open (in clear, or another tenant's) is not used.
-    async fn page(&self, url: &str, grant: Grant<'_>) -> Result<String, OpenFinanceError> {
+    /// One page, from the cache or the institution, read as a `T`. The cache holds the body sealed
+    /// for its key, and only a body that reads: an answer outside the Open Finance shapes is not
+    /// kept, so that the next ingestion asks the institution again. An entry that does not open
+    /// (in clear, or another tenant's) or no longer reads is not used.
+    async fn page<T: serde::de::DeserializeOwned>(&self, url: &str, grant: Grant<'_>) -> Result<T, OpenFinanceError> {
+        let read =
+            |body: &str| serde_json::from_str(body).map_err(|error| OpenFinanceError::Malformed(shape_error(&error)));
         let key = format!("{}{url}", page_key_prefix(grant.consent_id));
-        if let Some(body) = self.cache.get(&key).await.and_then(|sealed| grant.cipher.open(&key, &sealed).ok()) {
-            return Ok(body);
+        let cached = self.cache.get(&key).await.and_then(|sealed| grant.cipher.open(&key, &sealed).ok());
+        if let Some(page) = cached.as_deref().and_then(|body| read(body).ok()) {
+            return Ok(page);
         }
         let body = self.fetch(url, grant.consent_id).await?;
+        let page = read(&body)?;
         self.cache.put(grant.consent_id, &key, &grant.cipher.seal(&key, &body), self.settings.cache_ttl).await;
-        Ok(body)
+        Ok(page)
     }
 
     async fn fetch(&self, url: &str, consent_id: &str) -> Result<String, OpenFinanceError> {

@@ -333,14 +333,17 @@ pub(crate) async fn revoke_api_key(
     let (tenant_id, key_id) = path(ids)?;
     existing_tenant(&state, &tenant_id).await?;
     key_id_shaped(&key_id)?;
-    let hash = state
+    let (hash, now_revoked) = state
         .store
         .revoke_key(&tenant_id, &key_id)
         .await
         .map_err(store_failure)?
         .ok_or_else(|| key_not_found(&tenant_id, &key_id))?;
+    // Spread again even when revoked before: a replica that missed the first message forgets it now.
     state.invalidation.key_revoked(&hash).await;
-    tracing::info!(tenant_id = %tenant_id, key_id = %key_id, "API key revoked");
+    if now_revoked {
+        tracing::info!(tenant_id = %tenant_id, key_id = %key_id, "API key revoked");
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -188,6 +188,13 @@ impl Problem {
                 "the service refused the gateway's credentials; quote the request id when reporting it",
             );
         }
+        // A third party's answer outside its protocol: the service stands as a gateway to it.
+        let http = match status.code() {
+            tonic::Code::Internal if aigronova_platform::error::is_third_party_failure(status) => {
+                StatusCode::BAD_GATEWAY
+            }
+            _ => http,
+        };
         let mut problem = Self::new(http, status.message());
         problem.0.field = metadata(aigronova_platform::error::FIELD_METADATA_KEY);
         problem.0.missing_permission = metadata(aigronova_platform::error::PERMISSION_METADATA_KEY);

@@ -665,12 +665,16 @@ impl Resilience {
             let code = result.as_ref().err().map_or(Code::Ok, Status::code);
             metrics.upstream_calls.with_label_values(&[owner, code_name(code)]).inc();
             metrics.upstream_duration.with_label_values(&[owner]).observe(started.elapsed().as_secs_f64());
-            admission.record(Outcome::of(code, client_chose_deadline));
+            // A service reporting a third party's failure (an institution down) answered: its
+            // circuit stays closed, and the service has already retried the third party itself.
+            let third_party = result.as_ref().err().is_some_and(aigronova_platform::error::is_third_party_failure);
+            admission.record(if third_party { Outcome::Healthy } else { Outcome::of(code, client_chose_deadline) });
             let status = match result {
                 Ok(response) => return Ok(response),
                 Err(status) => status,
             };
-            if !(policy.idempotent && code == Code::Unavailable && attempts < self.retry.max_attempts) {
+            let retryable = policy.idempotent && code == Code::Unavailable && !third_party;
+            if !(retryable && attempts < self.retry.max_attempts) {
                 return Err(Problem::from_status(&status));
             }
             let pause = self.backoff(attempts);

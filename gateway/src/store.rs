@@ -256,21 +256,21 @@ impl Store {
         row.as_ref().map(key_info).transpose()
     }
 
-    /// Revokes a key of `tenant_id`; returns its hash (for cache invalidation), or `None` when
-    /// there is no such key.
-    pub async fn revoke_key(&self, tenant_id: &str, key_id: &str) -> Result<Option<String>, StoreError> {
+    /// Revokes a key of `tenant_id`; returns its hash (for cache invalidation) and whether this
+    /// call revoked it (`false`: it was revoked before), or `None` when there is no such key.
+    pub async fn revoke_key(&self, tenant_id: &str, key_id: &str) -> Result<Option<(String, bool)>, StoreError> {
         let row = sqlx::query("SELECT key_hash FROM api_keys WHERE id = $1 AND tenant_id = $2")
             .bind(key_id)
             .bind(tenant_id)
             .fetch_optional(self.db.pool())
             .await?;
         let Some(row) = row else { return Ok(None) };
-        sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+        let revoked = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now())
             .bind(key_id)
             .execute(self.db.pool())
             .await?;
-        Ok(Some(row.try_get("key_hash")?))
+        Ok(Some((row.try_get("key_hash")?, revoked.rows_affected() == 1)))
     }
 
     /// Records that a key was used now.

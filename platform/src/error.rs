@@ -75,6 +75,24 @@ pub fn retry_later(seconds: u64, detail: &str) -> Status {
     status
 }
 
+/// The metadata key naming a third party (an Open Finance institution) whose failure a status
+/// reports: the service itself answered, so the gateway neither counts the call against the
+/// service's circuit nor retries it, and answers an `internal` status as 502 Bad Gateway.
+pub const THIRD_PARTY_METADATA_KEY: &str = "aigronova-third-party";
+
+/// `status`, marked as the failure of the third party `party` (see [`THIRD_PARTY_METADATA_KEY`]).
+pub fn third_party_failure(mut status: Status, party: &str) -> Status {
+    if let Ok(value) = party.parse() {
+        status.metadata_mut().insert(THIRD_PARTY_METADATA_KEY, value);
+    }
+    status
+}
+
+/// Whether `status` reports a third party's failure rather than its service's.
+pub fn is_third_party_failure(status: &Status) -> bool {
+    status.metadata().contains_key(THIRD_PARTY_METADATA_KEY)
+}
+
 /// `invalid_argument` naming `field`, in the message and in [`FIELD_METADATA_KEY`].
 pub fn invalid_argument(field: &str, reason: &str) -> Status {
     let mut status = Status::invalid_argument(format!("{field}: {reason}"));

@@ -84,6 +84,7 @@ struct Shared {
     calls: AtomicUsize,
     failures: AtomicUsize,
     hangs: AtomicUsize,
+    malformed: AtomicUsize,
     /// The `fromBookingDate` and `toBookingDate` of each call for transactions.
     windows: Mutex<Vec<(Option<String>, Option<String>)>>,
 }
@@ -133,6 +134,11 @@ impl Institution {
         self.shared.failures.store(n, Ordering::SeqCst);
     }
 
+    /// Answers 200 with a body outside the Open Finance shapes to the next `n` calls.
+    pub fn malform_next(&self, n: usize) {
+        self.shared.malformed.store(n, Ordering::SeqCst);
+    }
+
     /// Hangs for [`HANG`] on the next `n` calls.
     pub fn hang_next(&self, n: usize) {
         self.shared.hangs.store(n, Ordering::SeqCst);
@@ -153,6 +159,9 @@ async fn gate(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
         return Some(
             (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"errors": [{"code": "INTERNAL"}]}))).into_response(),
         );
+    }
+    if shared.malformed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        return Some(Json(json!({"data": "maintenance", "links": {}})).into_response());
     }
     None
 }

@@ -343,9 +343,16 @@ async fn a_revoked_key_and_a_suspended_tenant_are_refused_by_every_replica_withi
     let keys: Value =
         app.get(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key).await.json().await.unwrap();
     let key_id = keys["apiKeys"][0]["id"].as_str().unwrap().to_owned();
-    let revoked = app.delete(&format!("/v1/admin/tenants/{tenant}/api-keys/{key_id}"), &app.admin_key).await;
+    let key_path = format!("/v1/admin/tenants/{tenant}/api-keys/{key_id}");
+    let revoked = app.delete(&key_path, &app.admin_key).await;
     assert_eq!(revoked.status(), 204);
     assert_eq!(app.get(&path, &key).await.status(), 401);
+    // Revoking again answers as the first time did and keeps the first revocation's time.
+    let first: Value = app.get(&key_path, &app.admin_key).await.json().await.unwrap();
+    assert!(first["revokeTime"].is_string(), "{first}");
+    assert_eq!(app.delete(&key_path, &app.admin_key).await.status(), 204);
+    let second: Value = app.get(&key_path, &app.admin_key).await.json().await.unwrap();
+    assert_eq!(second["revokeTime"], first["revokeTime"]);
     assert!(
         within_one_second(|| async { app.get_from(&replica, &path, &key).await.status() == 401 }).await,
         "the replica still accepts the revoked key after one second"

@@ -655,6 +655,42 @@ async fn an_institution_that_cannot_be_reached_is_a_503_that_names_no_address() 
     app.stop().await;
 }
 
+/// An institution's failures are its own: an answer outside the Open Finance shapes is a 502, and
+/// however many ingestions fail, finquantum's circuit at the gateway stays closed.
+#[tokio::test]
+async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circuit_closed() {
+    let bank = Institution::start().await;
+    let url = bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
+    let app = spawn_app_with(Backend::Sqlite, move |config| {
+        config.finquantum.institutions.insert("banco-a".into(), url);
+        config.finquantum.request_timeout_ms = 300;
+        config.gateway.circuit_breaker.failure_threshold = 2;
+    })
+    .await;
+    let tenant = app.create_tenant_on("Financeira Exposta", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let granted = consent(&app, &key, &cpf(727_272_727), "banco-a", ALL).await;
+    let consent_id = granted["id"].as_str().unwrap();
+
+    bank.malform_next(1);
+    let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("banco-a") && detail.contains("outside the Open Finance shapes"), "{problem}");
+
+    // More failures in a row than the circuit's threshold, each after finquantum's own retries.
+    bank.hang_next(100);
+    for _ in 0..3 {
+        let response = ingest(&app, &key, consent_id).await;
+        let status = response.status();
+        assert_eq!(status, 503, "{}", response.text().await.unwrap());
+    }
+    let state = r#"aigronova_gateway_circuit_state{upstream="finquantum"}"#;
+    assert_eq!(crate::resilience::metric(&app, state).await, 0.0, "closed");
+    let read = app.get(&format!("/v1/fin/consents/{consent_id}"), &key).await;
+    assert_eq!(read.status(), 200, "finquantum answers its own calls while the institution fails");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn consents_made_at_once_for_a_new_cpf_register_one_customer_on_postgres() {
     let bank = Institution::start().await;
