@@ -784,16 +784,21 @@ impl HealthQuantumApi {
             true => Err(aigronova_platform::Error::NotFound("thumbnail (only PNG and JPEG images have one)".into())),
             false => Ok(()),
         };
-        let image = self.store.image(&caller.tenant_id, &patient_id, &id, Some(&event), shown).await?;
-        self.outbox.wake();
+        let image = self.store.image(&caller.tenant_id, &patient_id, &id, None, shown).await?;
         let (key, content_type) = if thumbnail {
             (thumbnail_key(&caller.tenant_id, &image.id), "image/png".to_owned())
         } else {
             (image_key(&caller.tenant_id, &image.id), image.media_type)
         };
-        let data = self.get_sealed(&caller.tenant_id, &key).await?.ok_or_else(|| {
-            aigronova_platform::error::internal(&format!("image {} has no object at {key}", image.id))
-        })?;
+        let Some(data) = self.get_sealed(&caller.tenant_id, &key).await? else {
+            // A deletion came between the record's read and the object's: the image is gone.
+            self.store.image(&caller.tenant_id, &patient_id, &id, None, |_| Ok(())).await?;
+            return Err(aigronova_platform::error::internal(&format!("image {} has no object at {key}", image.id)));
+        };
+        // Audited once the bytes are in hand and only while the image is still on record, before
+        // they are sent: a read that shows nothing writes no event.
+        self.store.image(&caller.tenant_id, &patient_id, &id, Some(&event), |_| Ok(())).await?;
+        self.outbox.wake();
         Ok(Response::new(HttpBody { content_type, data, extensions: Vec::new() }))
     }
 }

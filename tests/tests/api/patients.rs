@@ -816,6 +816,61 @@ async fn an_image_as_large_as_the_plan_allows_goes_up_and_comes_back() {
     app.stop().await;
 }
 
+/// Reads of an image racing its deletion each show the image or answer 404, never a 500, and only
+/// the reads that showed it are audited.
+#[tokio::test]
+async fn reads_racing_an_images_deletion_show_it_or_404_and_audit_only_what_they_showed() {
+    let app = aigronova_e2e::spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Hospital Concorrido", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    // Noise does not compress: a PNG of about 2 MB takes a while to read back, a wide window.
+    let mut state = 0x9e37_79b9_u32;
+    let noise = image::RgbImage::from_fn(800, 800, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [r, g, b, _] = state.to_le_bytes();
+        image::Rgb([r, g, b])
+    });
+    let mut picture = Vec::new();
+    noise.write_to(&mut std::io::Cursor::new(&mut picture), image::ImageFormat::Png).unwrap();
+    let mut shown = 0;
+    for round in 0..6 {
+        let response = upload(&app, &key, &patient, "image/png", picture.clone()).await;
+        assert_eq!(response.status(), 200);
+        let image: Value = response.json().await.unwrap();
+        let path = format!("/v1/health/patients/{patient}/images/{}", image["id"].as_str().unwrap());
+        let reads = futures_util::future::join_all((0..32).map(|_| async {
+            let response = app.get(&path, &key).await;
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (status, text)
+        }));
+        let deletion = async {
+            tokio::time::sleep(Duration::from_millis(3 * round)).await;
+            app.delete(&path, &key).await.status()
+        };
+        let (reads, deleted) = tokio::join!(reads, deletion);
+        assert_eq!(deleted, 200);
+        for (status, text) in &reads {
+            assert!(matches!(status, 200 | 404), "{status} {text}");
+        }
+        shown += reads.iter().filter(|(status, _)| *status == 200).count();
+    }
+    let count = |entries: &[Value], action: &str| entries.iter().filter(|entry| entry["action"] == action).count();
+    app.audit_entries_once(&key, |entries| {
+        count(entries, "health.DeleteImage") == 6 && count(entries, "health.GetImage") >= shown
+    })
+    .await;
+    // Time for any event still on its way to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let entries = app.audit_entries_once(&key, |_| true).await;
+    let audited = entries.iter().filter(|entry| entry["action"] == "health.GetImage").count();
+    assert_eq!(audited, shown, "one event for each read that showed the image");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn medical_images_on_sqlite() {
     medical_images(Backend::Sqlite).await;
