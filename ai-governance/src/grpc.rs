@@ -563,7 +563,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
             return Err(Error::invalid("resolution", "say how the request was handled").into());
         }
         match self.store.complete(&caller, &id, resolution).await? {
-            subjects::Completion::Completed(request) => Ok(Response::new(request_message(request))),
+            subjects::Completion::Completed(request) => Ok(Response::new(request_message(*request))),
             // As a review already decided: the request's state allows no completion (409).
             subjects::Completion::NotOpen(status) => Err(Error::AlreadyExists(format!(
                 "subject request {id} is {status}: only an open correction request can be completed"
@@ -708,6 +708,7 @@ fn request_message(request: subjects::StoredRequest) -> proto::SubjectRequest {
             })
             .collect(),
         resolution: request.resolution,
+        erased_by: request.erased_by.unwrap_or_default(),
         id: request.id,
         kind: request.kind,
         status: request.status,

@@ -89,12 +89,14 @@ pub struct StoredRequest {
     pub outcomes: Vec<Outcome>,
     /// How a person handled a correction; empty until then, and after an erasure.
     pub resolution: String,
+    /// The erasure request that deleted what this request held of its subject, when one did.
+    pub erased_by: Option<String>,
 }
 
 /// What completing a request did.
 #[derive(Debug)]
 pub enum Completion {
-    Completed(StoredRequest),
+    Completed(Box<StoredRequest>),
     /// The request is not an open correction: its status.
     NotOpen(String),
 }
@@ -713,6 +715,7 @@ impl SubjectStore {
             completed_at: (status == "completed").then(now),
             outcomes,
             resolution: String::new(),
+            erased_by: None,
         };
         let tenant_id = caller.tenant_id.as_str();
         let export = new.export.map(|export| seal(cipher, &Column::Export.context(tenant_id, new.id), export));
@@ -836,7 +839,7 @@ impl SubjectStore {
 
     pub async fn get(&self, tenant_id: &str, id: &str) -> Result<StoredRequest, Error> {
         let row = sqlx::query(
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution FROM subject_requests \
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution, erased_by FROM subject_requests \
              WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
@@ -896,7 +899,7 @@ impl SubjectStore {
             }
         };
         own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
-        Ok(Completion::Completed(self.get(&caller.tenant_id, id).await?))
+        Ok(Completion::Completed(Box::new(self.get(&caller.tenant_id, id).await?)))
     }
 
     /// A page of the tenant's requests, newest first, after the request `page.after` when set;
@@ -909,11 +912,11 @@ impl SubjectStore {
     ) -> Result<(Vec<StoredRequest>, Option<String>), Error> {
         // Ids are UUIDv7: their order is the order the requests were received in.
         let sql = if overdue {
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution \
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution, erased_by \
              FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) \
              AND status <> 'completed' AND deadline < $4 ORDER BY id DESC LIMIT $3"
         } else {
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution \
+            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution, erased_by \
              FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
         };
         let mut query =
@@ -1172,6 +1175,7 @@ fn request_from(row: &sqlx::any::AnyRow) -> Result<StoredRequest, StoreError> {
         outcomes: serde_json::from_str(&outcomes)
             .map_err(|error| StoreError::Corrupt(format!("subject_requests.outcomes: {error}")))?,
         resolution: row.try_get::<Option<String>, _>("resolution")?.unwrap_or_default(),
+        erased_by: row.try_get("erased_by")?,
     })
 }
 

@@ -279,6 +279,19 @@ async fn access_erasure_and_reviews(backend: Backend) {
          AND erased_by IS NOT NULL AND status = 'completed'"
     );
     assert_eq!(app.count_governance_rows(&cleared).await, 2);
+    // Each says which erasure cleared and closed it.
+    for cleared in [id, pending] {
+        let read: Value =
+            app.get(&format!("/v1/governance/subject-requests/{cleared}"), &key).await.json().await.unwrap();
+        assert_eq!((&read["status"], &read["erasedBy"]), (&json!("completed"), &erasure["id"]), "{read}");
+    }
+    let untouched: Value = app
+        .get(&format!("/v1/governance/subject-requests/{}", erasure["id"].as_str().unwrap()), &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(untouched["erasedBy"], "", "{untouched}");
     let completion = format!("/v1/governance/subject-requests/{pending}/completion");
     assert_problem(app.post(&completion, &key, &json!({"resolution": "address of Maria is …"})).await, 409).await;
     // Closed by the erasure, it is audited as completed, naming the erasure.
