@@ -149,7 +149,7 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
         .filter(|line| line.contains("\"target\":\"access\""))
         .map(|line| serde_json::from_str(line).expect("an access line is JSON"))
         .collect();
-    assert_eq!(access.len(), 10, "one access line per request:\n{logs}");
+    assert_eq!(access.len(), 12, "one access line per request:\n{logs}");
     for line in &access {
         assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
         // The route's template, never the path, which holds whatever was typed into the URL.
@@ -170,8 +170,11 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     };
     assert_eq!(routes_of(404), ["unmatched"], "the key pasted as a path");
     assert_eq!(routes_of(400), ["/v1/health/patients/{id}"], "the CPF typed as a patient's id");
-    let tenant_calls: Vec<&Value> = access.iter().filter(|line| line["status"] == 200).collect();
+    let admin_route = |line: &Value| line["route"].as_str().is_some_and(|route| route.starts_with("/v1/admin/"));
+    let tenant_calls: Vec<&Value> = access.iter().filter(|line| line["status"] == 200 && !admin_route(line)).collect();
     assert!(tenant_calls.iter().all(|line| line["tenant_id"] == tenant_id.as_str()), "{tenant_calls:?}");
+    let suspended: Vec<&Value> = access.iter().filter(|line| line["status"] == 403).collect();
+    assert!(suspended.len() == 1 && suspended[0]["tenant_id"] == tenant_id.as_str(), "{suspended:?}");
     let routes: Vec<&str> = tenant_calls.iter().map(|line| line["route"].as_str().unwrap()).collect();
     assert_eq!(
         routes,
@@ -187,7 +190,7 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
                 assert!(!key_id.is_empty() && key_id != admin, "{line}");
                 assert!(line.get("tenant_id").is_none(), "an administrator key has no tenant: {line}");
             }
-            200 | 400 => assert_eq!(line["key_id"], tenant_key_id.as_str(), "{line}"),
+            200 | 400 | 403 => assert_eq!(line["key_id"], tenant_key_id.as_str(), "{line}"),
             _ => assert!(line.get("key_id").is_none(), "not authenticated: {line}"),
         }
     }
@@ -231,7 +234,7 @@ async fn tenant_with_key(url: &str, admin: &str, scopes: &[&str]) -> (Value, Val
 
 /// Creates a tenant, a key, a patient and an assessment, reads the patient within a client's trace,
 /// scrapes the metrics with the tenant's key, sends a key in the wrong header, a JWT nobody trusts, a CPF typed as a patient's id and the key
-/// pasted as a path.
+/// pasted as a path, then suspends the tenant and calls once more.
 async fn exercise(url: &str, admin: &str) -> Exercised {
     aigronova_gateway::install_crypto_provider();
     let client = reqwest::Client::new();
@@ -288,6 +291,17 @@ async fn exercise(url: &str, admin: &str) -> Exercised {
     let refused =
         client.get(format!("{url}/v1/health/patients/{patient_id}")).bearer_auth(CLIENT_JWT).send().await.unwrap();
     assert_eq!(refused.status(), 401);
+    // A suspended tenant's call is refused and logged with its tenant.
+    let suspended = client
+        .patch(format!("{url}/v1/admin/tenants/{id}"))
+        .bearer_auth(admin)
+        .json(&json!({"status": "suspended"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(suspended.status(), 200);
+    let refused = client.get(format!("{url}/v1/health/patients/{patient_id}")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
     Exercised { tenant_id: id.to_owned(), tenant_key: key, tenant_key_id: key_id, token_fragment: "v1.ey".to_owned() }
 }
 

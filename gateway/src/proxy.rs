@@ -117,7 +117,8 @@ async fn scrape(
     // A tenant's scraper is refused with its tenant suspended, as its other keys are, and logged
     // with its tenant; an administrator's has none.
     if principal.tenant_id.is_some() {
-        facts.tenant_id = Some(auth::require_tenant(&principal, METRICS_SCOPE)?.to_owned());
+        facts.tenant_id.clone_from(&principal.tenant_id);
+        auth::require_tenant(&principal, METRICS_SCOPE)?;
     }
     if !principal.has_scope(ADMIN_SCOPE) {
         auth::require_scope(&principal, METRICS_SCOPE)?;
@@ -174,8 +175,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let route = matched.route;
     facts.route = Some(route.template.clone());
     let principal = auth::authenticate(state, &parts.headers).await?;
+    // Logged with its tenant, suspended or not.
+    facts.tenant_id.clone_from(&principal.tenant_id);
     let tenant_id = auth::require_tenant(&principal, &route.scope)?;
-    facts.tenant_id = Some(tenant_id.to_owned());
     auth::require_scope(&principal, &route.scope)?;
     let policy = CallPolicy::of(route, &parts.headers)?;
     let content_type = transcode::content_type(&parts.headers)?;
