@@ -369,7 +369,7 @@ fn path<T>(path: PathOf<T>) -> Result<T, Problem> {
         Ok(Path(parameters)) => Ok(parameters),
         Err(PathRejection::FailedToDeserializePathParams(error)) => match error.into_kind() {
             ErrorKind::InvalidUtf8InPathParam { key } => {
-                Err(Problem::bad_request(format!("the path's {key} is not percent-encoded UTF-8 (RFC 3986)")))
+                Err(Problem::invalid_field(&key, format!("the path's {key} is not percent-encoded UTF-8 (RFC 3986)")))
             }
             _ => Err(Problem::bad_request("the path's parameters do not decode")),
         },
@@ -418,6 +418,14 @@ fn tenant_id_shaped(tenant_id: &str) -> Result<(), Problem> {
 }
 
 fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
+    // As on the services' routes: a time finer than the nanosecond is refused, never cut.
+    let fraction = text.split_once('.').map(|(_, rest)| rest.bytes().take_while(u8::is_ascii_digit).count());
+    if fraction.is_some_and(|digits| digits > 9) {
+        return Err(Problem::invalid_field(
+            "expireTime",
+            "expireTime has more than 9 digits after the second's point: a time is kept to the nanosecond",
+        ));
+    }
     let time = DateTime::parse_from_rfc3339(text)
         .map_err(|_| Problem::invalid_field("expireTime", "expireTime must be an RFC 3339 timestamp"))?
         .with_timezone(&Utc);

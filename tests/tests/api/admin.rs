@@ -239,8 +239,11 @@ async fn a_key_stops_working_when_it_expires() {
     let unknown = assert_problem(app.post("/v1/health/patients", &format!("{key}x"), &body).await, 401).await;
     assert_eq!(unknown["detail"], "the API key is not valid");
 
-    // In the past, past 9999 in UTC, and a leap second: none has a future RFC 3339 form in UTC.
-    for expiry in ["2020-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00", "2030-06-15T12:34:60Z"] {
+    // In the past, past 9999 in UTC, and a leap second: none has a future RFC 3339 form in UTC; and
+    // finer than the nanosecond, which would be cut.
+    for expiry in
+        ["2020-01-01T00:00:00Z", "9999-12-31T23:59:59-05:00", "2030-06-15T12:34:60Z", "2030-01-01T00:00:00.1234567891Z"]
+    {
         let refused = json!({"name": "odd", "scopes": ["health:read"], "expireTime": expiry});
         let problem = assert_problem(
             app.post(&format!("/v1/admin/tenants/{tenant}/api-keys"), &app.admin_key, &refused).await,
