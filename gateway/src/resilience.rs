@@ -454,24 +454,33 @@ impl<'a> TenantSlot<'a> {
 
     /// Takes `kib` more of the tenant's and of all tenants' room; false, taking nothing, when either
     /// has too little left.
-    fn take_kib(&mut self, kib: usize) -> bool {
+    fn take_kib(&mut self, kib: usize) -> Result<(), Shortage> {
         let resilience = self.resilience;
         let mut tenants = resilience.tenants_in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(load) = tenants.get_mut(self.tenant_id) else { return false };
+        let Some(load) = tenants.get_mut(self.tenant_id) else { return Err(Shortage::Gateway) };
         if load.body_kib + kib > resilience.body_kib_per_tenant {
-            return false;
+            return Err(Shortage::Tenant);
         }
         let Some(permit) = u32::try_from(kib).ok().and_then(|kib| resilience.body_kib.try_acquire_many(kib).ok())
         else {
-            return false;
+            return Err(Shortage::Gateway);
         };
         load.body_kib += kib;
         match &mut self.body {
             Some(held) => held.merge(permit),
             None => self.body = Some(permit),
         }
-        true
+        Ok(())
     }
+}
+
+/// Whose room for request bodies is used up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shortage {
+    /// The tenant's share (a quarter of the gateway's).
+    Tenant,
+    /// The gateway's, all tenants together.
+    Gateway,
 }
 
 /// Memory a request body takes while it is read, asked for as it grows: a body whose length is
@@ -520,18 +529,24 @@ impl SlotRoom<'_, '_> {
     pub(crate) fn reserve(&mut self, bytes: usize) -> Result<(), Problem> {
         let needed = bytes.div_ceil(1024);
         let held = self.slot.held_kib();
-        if needed <= held || self.slot.take_kib(needed - held) {
+        if needed <= held {
             return Ok(());
         }
-        Err(bodies_full())
+        self.slot.take_kib(needed - held).map_err(bodies_full)
     }
 }
 
-/// The 503 for a body the room left cannot take.
-fn bodies_full() -> Problem {
+/// The 503 for a body the room left cannot take, saying whose room is used up.
+fn bodies_full(shortage: Shortage) -> Problem {
     metrics().load_shed.inc();
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE, "the gateway holds as many request bodies as it may; retry shortly")
-        .with_retry_after(1)
+    let detail = match shortage {
+        Shortage::Tenant => {
+            "the tenant's requests in flight hold as much request body as one tenant may (a quarter of the \
+             gateway's room); retry shortly"
+        }
+        Shortage::Gateway => "the gateway holds as many request bodies as it may; retry shortly",
+    };
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail).with_retry_after(1)
 }
 
 impl BodyRoom for SlotRoom<'_, '_> {
@@ -546,10 +561,11 @@ impl BodyRoom for SlotRoom<'_, '_> {
             return Ok(());
         }
         let ample = (2 * held).max(BODY_ROOM_STEP_KIB).min(self.most_kib).max(needed);
-        if self.slot.take_kib(ample - held) || (ample > needed && self.slot.take_kib(needed - held)) {
-            return Ok(());
+        match self.slot.take_kib(ample - held) {
+            Err(_) if ample > needed => self.slot.take_kib(needed - held),
+            taken => taken,
         }
-        Err(bodies_full())
+        .map_err(bodies_full)
     }
 }
 

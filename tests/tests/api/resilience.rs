@@ -858,10 +858,11 @@ async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() 
     let refused = post(&tenants[4], 20 * 1024).await.unwrap();
     assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
     let problem = assert_problem(refused, 503).await;
-    assert!(problem["detail"].as_str().unwrap().contains("request bodies"), "{problem}");
-    // A tenant holding 30 KiB has no room for 20 more of its own; a body over the plan's limit is
-    // a 413 whatever room is left; a request without a body needs none.
-    assert_problem(post(&tenants[0], 20 * 1024).await.unwrap(), 503).await;
+    assert_eq!(problem["detail"], "the gateway holds as many request bodies as it may; retry shortly");
+    // A tenant holding 30 KiB has no room for 20 more of its own, and is told it is its share; a
+    // body over the plan's limit is a 413 whatever room is left; a request without a body needs none.
+    let problem = assert_problem(post(&tenants[0], 20 * 1024).await.unwrap(), 503).await;
+    assert!(problem["detail"].as_str().unwrap().starts_with("the tenant's requests in flight hold"), "{problem}");
     assert_problem(post(&tenants[4], 33 * 1024).await.unwrap(), 413).await;
     assert_eq!(app.get("/v1/health/patients/p-1", &tenants[4]).await.status(), 200);
 
