@@ -185,7 +185,10 @@ where
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Either<<Cors<S> as Service<Request<ReqBody>>>::Future, S::Future>;
+    type Future = Either<
+        futures_util::future::Map<<Cors<S> as Service<Request<ReqBody>>>::Future, Trimmed<ResBody, S::Error>>,
+        S::Future,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.cors.poll_ready(cx) {
@@ -196,8 +199,26 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let mine = if self.preflights { is_preflight(&request) } else { request.method() != Method::OPTIONS };
-        if mine { Either::Left(self.cors.call(request)) } else { Either::Right(self.inner.call(request)) }
+        if mine {
+            Either::Left(futures_util::FutureExt::map(self.cors.call(request), without_exposed_headers_unless_allowed))
+        } else {
+            Either::Right(self.inner.call(request))
+        }
     }
+}
+
+type Trimmed<B, E> = fn(Result<Response<B>, E>) -> Result<Response<B>, E>;
+
+/// The answer without `Access-Control-Expose-Headers` when no origin was allowed (a request
+/// without `Origin`, or from an origin not listed): the CORS layer adds it to every answer, but it
+/// means something only beside `Access-Control-Allow-Origin`. `Vary` stays, for caches.
+fn without_exposed_headers_unless_allowed<B, E>(answer: Result<Response<B>, E>) -> Result<Response<B>, E> {
+    answer.map(|mut response| {
+        if !response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+            response.headers_mut().remove(header::ACCESS_CONTROL_EXPOSE_HEADERS);
+        }
+        response
+    })
 }
 
 /// Whether `request` is a CORS preflight: an `OPTIONS` that names its origin and the method it

@@ -49,6 +49,17 @@ async fn cors_allows_the_configured_origin_only() {
         ["ratelimit", "ratelimit-policy", "retry-after", "traceresponse", "www-authenticate", "x-request-id"],
         "{exposed}"
     );
+    // An answer to no origin, or to one not allowed, exposes nothing, but tells caches it depends on it.
+    for origin in [None, Some("https://evil.example")] {
+        let mut request = app.client.get(app.url("/healthz"));
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        let response = request.send().await.unwrap();
+        assert!(!response.headers().contains_key("access-control-allow-origin"), "{origin:?}");
+        assert!(!response.headers().contains_key("access-control-expose-headers"), "{origin:?}");
+        assert!(response.headers()["vary"].to_str().unwrap().contains("origin"), "{origin:?}");
+    }
     // An OPTIONS that asks for no method is no preflight: the routes answer it, as without CORS.
     for path in ["/v1/health/patients", "/healthz"] {
         let options =
