@@ -701,6 +701,10 @@ fn component_headers() -> Value {
             "description": "What is left of each limit, e.g. `\"tenant\";r=0;t=1`.",
             "schema": {"type": "string"},
         },
+        "Location": {
+            "description": "The path of the resource just created, where a `GET` reads it.",
+            "schema": {"type": "string"},
+        },
         REQUEST_ID: {
             "description": "The request's id: the caller's `X-Request-Id` when sane (at most 128 letters, digits \
                             and `-_.:/+=`, not an API key, a JWT or a CPF, given once), generated otherwise.",
@@ -1057,6 +1061,9 @@ impl Endpoint {
                         Body::Text => json!({"type": "string"}),
                     };
                     response["content"] = json!({*media_type: {"schema": schema}});
+                }
+                if reply.status == "201" {
+                    response["headers"] = json!({"Location": header_ref("Location")});
                 }
                 (reply.status.to_owned(), response)
             })

@@ -284,8 +284,20 @@ async fn the_platforms_answers_match_the_documented_schemas() {
     let document = fetch_document(&app).await;
     let admin = app.admin_key.clone();
 
+    // Every 201 says where the resource it made is read, as its answers do.
+    let mut creations = 0;
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if let Some(created) = operation["responses"].get("201") {
+                assert!(created["headers"].get("Location").is_some(), "{method} {path}: {created}");
+                creations += 1;
+            }
+        }
+    }
+    assert_eq!(creations, 2, "a tenant and an API key");
     let response = app.post("/v1/admin/tenants", &admin, &json!({"name": "Acme", "plan": "starter"})).await;
     assert_eq!(response.status(), 201);
+    assert!(response.headers().contains_key("location"));
     let tenant: Value = response.json().await.expect("JSON");
     assert_conforms(&document, "gateway.Tenant", &tenant);
     let tenant_id = tenant["id"].as_str().expect("an id");
