@@ -611,14 +611,28 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         request: Request<proto::CreateReviewRequest>,
     ) -> Result<Response<proto::Review>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let proto::CreateReviewRequest { audit_index, reason } = request.into_inner();
-        let audit_index =
-            audit_index.ok_or_else(|| Error::invalid("auditIndex", "is required: the audit entry of the decision"))?;
+        let proto::CreateReviewRequest { audit_index, reason, decision_id } = request.into_inner();
+        let decision = match (audit_index, decision_id.as_str()) {
+            (Some(_), id) if !id.is_empty() => {
+                return Err(
+                    Error::invalid("decisionId", "name the decision by auditIndex or by decisionId, not both").into()
+                );
+            }
+            (Some(index), _) => subjects::Decision::AtIndex(index),
+            (None, "") => {
+                return Err(Error::invalid(
+                    "auditIndex",
+                    "is required, or decisionId: the decision's audit entry, or its id as its service answered it",
+                )
+                .into());
+            }
+            (None, _) => subjects::Decision::Id(uuid_of("decisionId", &decision_id)?),
+        };
         let reason = free_text("reason", &reason)?;
         if reason.is_empty() {
             return Err(Error::invalid("reason", "say why the decision should be reviewed").into());
         }
-        let review = self.store.request_review(&caller, audit_index, reason).await?;
+        let review = self.store.request_review(&caller, decision, reason).await?;
         Ok(Response::new(review_message(review)))
     }
 

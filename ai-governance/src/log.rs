@@ -406,6 +406,17 @@ impl LogStore {
         Ok((entry, latest, proof))
     }
 
+    /// The index of the entry of the event `event_id`, if the log holds it.
+    pub async fn index_of_event(&self, tenant_id: &str, event_id: &str) -> Result<Option<u64>, StoreError> {
+        let index: Option<i64> =
+            sqlx::query_scalar("SELECT idx FROM audit_entries WHERE tenant_id = $1 AND event_id = $2")
+                .bind(tenant_id)
+                .bind(event_id)
+                .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
+                .await?;
+        Ok(index.map(|index| u64::try_from(index).unwrap_or_default()))
+    }
+
     /// Up to `limit` entries from `start`, in index order.
     pub async fn entries(&self, tenant_id: &str, start: u64, limit: u32) -> Result<Vec<StoredEntry>, StoreError> {
         let rows = sqlx::query(

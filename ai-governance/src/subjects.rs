@@ -93,6 +93,15 @@ pub struct StoredRequest {
     pub erased_by: Option<String>,
 }
 
+/// A decision to review, as the caller names it.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    /// By its index in the tenant's audit log.
+    AtIndex(u64),
+    /// By its audit event's id, the decision's own id (a credit score's, an assessment's).
+    Id(String),
+}
+
 /// What completing a request did.
 #[derive(Debug)]
 pub enum Completion {
@@ -966,8 +975,20 @@ impl SubjectStore {
         }))
     }
 
-    /// Queues the decision at `audit_index` of the caller's log for a human review.
-    pub async fn request_review(&self, caller: &Caller, audit_index: u64, reason: &str) -> Result<Review, Error> {
+    /// Queues `decision`, in the caller's log, for a human review.
+    pub async fn request_review(&self, caller: &Caller, decision: Decision, reason: &str) -> Result<Review, Error> {
+        let (audit_index, field) = match decision {
+            Decision::AtIndex(index) => (index, "auditIndex"),
+            Decision::Id(id) => match self.log.index_of_event(&caller.tenant_id, &id).await? {
+                Some(index) => (index, "decisionId"),
+                None => {
+                    return Err(Error::Refused(Box::new(tonic::Status::not_found(format!(
+                        "decision {id} is not in the audit log: a decision reaches it within seconds of being \
+                         made, so retry shortly if it was just made"
+                    )))));
+                }
+            },
+        };
         let entry = self
             .log
             .entries(&caller.tenant_id, audit_index, 1)
@@ -978,10 +999,7 @@ impl SubjectStore {
             .ok_or_else(|| Error::NotFound(format!("audit entry {audit_index}")))?;
         let leaf = Leaf::parse(&entry.leaf).ok_or_else(|| StoreError::Corrupt(format!("audit entry {audit_index}")))?;
         if leaf.kind != "decision" {
-            return Err(Error::invalid(
-                "auditIndex",
-                format!("entry {audit_index} is a {}, not a decision", leaf.kind),
-            ));
+            return Err(Error::invalid(field, format!("entry {audit_index} is a {}, not a decision", leaf.kind)));
         }
         let review = Review {
             id: uuid::Uuid::now_v7().to_string(),

@@ -464,7 +464,8 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 "reasons": reasons.iter().filter_map(|feature| scoring::code_of(feature)).collect::<Vec<_>>(),
                 "latencyMs": started.elapsed().as_secs_f64() * 1000.0,
             }),
-        );
+        )
+        .with_event_id(&score.id);
         let made_under: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
         self.store.insert_score(&caller.tenant_id, &score, &made_under, &recorded).await?;
         self.outbox.wake();

@@ -348,7 +348,8 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 "output": {"value": assessment.output, "riskBand": assessment.risk_band},
                 "latencyMs": latency.as_secs_f64() * 1000.0,
             }),
-        );
+        )
+        .with_event_id(&assessment.id);
         // Stored, and then counted, on a task of its own: a caller that stops waiting does not
         // leave an assessment stored and not counted, nor one half done. An assessment refused
         // for its patient (unknown, another tenant's) is no use of the model.

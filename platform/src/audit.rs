@@ -117,6 +117,14 @@ impl AuditEvent {
         }
     }
 
+    /// The event with the id `id` in place of a new one: a decision's event carries the
+    /// decision's own id, by which a review of it is asked for.
+    #[must_use]
+    pub fn with_event_id(mut self, id: &str) -> Self {
+        id.clone_into(&mut self.event_id);
+        self
+    }
+
     fn to_proto(&self) -> proto::AuditEvent {
         let occur_time = DateTime::parse_from_rfc3339(&self.occurred_at).ok().map(|at| prost_types::Timestamp {
             seconds: at.timestamp(),

@@ -72,6 +72,51 @@ async fn decision_index(app: &TestApp, key: &str) -> u64 {
     }
 }
 
+/// A decision's review is asked for by the decision's own id, as its service answered it, once the
+/// decision has reached the audit log; the id must be a decision's.
+#[tokio::test]
+async fn a_review_is_asked_for_by_the_decisions_own_id() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Hospital Contestado", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    let response =
+        app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &breast_cancer_assessment()).await;
+    assert_eq!(response.status(), 200);
+    let decision: Value = response.json().await.unwrap();
+    let by_id = json!({"decisionId": decision["id"], "reason": "the patient contests the score"});
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let review = loop {
+        let response = app.post("/v1/governance/reviews", &key, &by_id).await;
+        if response.status() != 404 || tokio::time::Instant::now() > deadline {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(review.status(), 200);
+    let review: Value = review.json().await.unwrap();
+    assert_eq!((&review["eventId"], &review["action"]), (&decision["id"], &json!("health.AssessRisk")), "{review}");
+    let index = review["auditIndex"].clone();
+    for (body, status) in [
+        // Asked for again, by either name: it already awaits review.
+        (by_id.clone(), 409),
+        (json!({"auditIndex": index, "reason": "x"}), 409),
+        (json!({"decisionId": decision["id"], "auditIndex": index, "reason": "x"}), 400),
+        (json!({"decisionId": "score-1", "reason": "x"}), 400),
+        (json!({"decisionId": "00000000-0000-7000-8000-000000000000", "reason": "x"}), 404),
+        // The patient's registration is in the log, but not under the patient's id.
+        (json!({"decisionId": patient, "reason": "x"}), 404),
+    ] {
+        let problem = assert_problem(app.post("/v1/governance/reviews", &key, &body).await, status).await;
+        if status == 400 {
+            assert_eq!(problem["field"], "decisionId", "{body}");
+        }
+    }
+    let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
+    assert_eq!(pending["reviews"].as_array().unwrap().len(), 1, "the refused reviews stored nothing: {pending}");
+    app.stop().await;
+}
+
 async fn access_erasure_and_reviews(backend: Backend) {
     let app = spawn_app(backend).await;
     let tenant = app.create_tenant_on("Hospital LGPD", "enterprise").await;
@@ -325,6 +370,9 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!(assert_problem(missing, 400).await["field"], "auditIndex");
     let again = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": "once more"})).await;
     assert_problem(again, 409).await;
+    // Or by the decision's own id, as its service answered it, once the decision is in the log.
+    let by_id = json!({"decisionId": assessment["id"], "reason": "once more"});
+    assert_problem(app.post("/v1/governance/reviews", &key, &by_id).await, 409).await;
     for reason in ["x".repeat(4001), "hidden\u{0}text".to_owned(), "abc\u{202e}fed".to_owned()] {
         let refused = app.post("/v1/governance/reviews", &key, &json!({"auditIndex": index, "reason": reason})).await;
         assert_eq!(assert_problem(refused, 400).await["field"], "reason");
