@@ -125,8 +125,11 @@ impl Applicant {
             if (min..=max).contains(&value) {
                 Ok(value)
             } else if value == 0 {
-                // Zero is also what an absent field reads as.
-                Err(Error::invalid(format!("applicant.{field}"), format!("is required, between {min} and {max}")))
+                // Zero is also what an absent field reads as: neither is taken.
+                Err(Error::invalid(
+                    format!("applicant.{field}"),
+                    format!("is required, a whole number from {min} to {max} (0 reads as not given)"),
+                ))
             } else {
                 Err(Error::invalid(format!("applicant.{field}"), format!("must be between {min} and {max}")))
             }

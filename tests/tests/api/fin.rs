@@ -629,6 +629,17 @@ async fn an_amount_outside_the_models_range_names_the_applicants_field() {
         let problem = assert_problem(app.post("/v1/fin/credit-scores", &key, &body).await, 400).await;
         assert_eq!(problem["field"], format!("applicant.{field}"), "{problem}");
     }
+    // A duration that is no whole number, or 0, is told with the months the service takes.
+    for (duration, said) in [
+        (json!(12.5), "applicant.durationMonths is not a whole number from 1 to 120"),
+        (json!(0), "applicant.durationMonths: is required, a whole number from 1 to 120 (0 reads as not given)"),
+    ] {
+        let mut odd = applicant.clone();
+        odd["durationMonths"] = duration;
+        let body = json!({"cpf": customer_cpf, "applicant": odd});
+        let problem = assert_problem(app.post("/v1/fin/credit-scores", &key, &body).await, 400).await;
+        assert_eq!((&problem["field"], &problem["detail"]), (&json!("applicant.durationMonths"), &json!(said)));
+    }
     assert_eq!(app.count_fin_rows("credit_scores").await, 0);
     app.stop().await;
 }
