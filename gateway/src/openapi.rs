@@ -856,6 +856,25 @@ const ADMIN_TENANT_BODY_PROBLEMS: &[&str] = &[
     "Problem",
 ];
 
+/// The methods the gateway's own route `path` (its template) takes, as its `Allow` header lists
+/// them: `HEAD` beside `GET`.
+pub(crate) fn own_route_methods(path: &str) -> Vec<&'static str> {
+    let mut methods: Vec<&'static str> = GATEWAY_ENDPOINTS
+        .iter()
+        .filter(|endpoint| endpoint.path == path)
+        .flat_map(|endpoint| match endpoint.method {
+            "get" => &["GET", "HEAD"][..],
+            "post" => &["POST"][..],
+            "patch" => &["PATCH"][..],
+            "delete" => &["DELETE"][..],
+            other => unreachable!("no gateway route takes {other}"),
+        })
+        .copied()
+        .collect();
+    methods.sort_unstable();
+    methods
+}
+
 const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: "post",

@@ -78,7 +78,11 @@ pub(crate) async fn takes_nothing(request: Request, next: Next) -> Response {
 /// The 405 of one of the gateway's own routes (its `Allow` header, which axum sets, lists the
 /// methods the route takes), in the words of the services' routes' 405.
 pub(crate) async fn method_not_allowed(method: Method, route: Option<MatchedPath>) -> Problem {
+    let methods = route.as_ref().map(|route| crate::openapi::own_route_methods(route.as_str())).unwrap_or_default();
     let detail = match route {
+        Some(route) if !methods.is_empty() => {
+            format!("{method} is not a method of {}; it takes {}", route.as_str(), methods.join(", "))
+        }
         Some(route) => format!("{method} is not a method of {}; the Allow header lists those it takes", route.as_str()),
         None => format!("{method} is not a method of this path; the Allow header lists those it takes"),
     };

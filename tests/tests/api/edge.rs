@@ -137,7 +137,14 @@ async fn a_path_spelled_with_escapes_of_unreserved_characters_is_its_route() {
     let put = app.client.put(app.url("/openapi.json")).send().await.unwrap();
     assert!(put.headers()["allow"].to_str().unwrap().contains("GET"), "{:?}", put.headers());
     let problem = assert_problem(put, 405).await;
-    assert!(problem["detail"].as_str().unwrap().starts_with("PUT is not a method of /openapi.json"), "{problem}");
+    assert_eq!(problem["detail"], "PUT is not a method of /openapi.json; it takes GET, HEAD", "{problem}");
+    let put = app.client.put(app.url("/v1/admin/tenants/t-1")).bearer_auth(&app.admin_key).send().await.unwrap();
+    let mut allowed: Vec<String> =
+        put.headers()["allow"].to_str().unwrap().split(',').map(|method| method.trim().to_owned()).collect();
+    allowed.sort();
+    let problem = assert_problem(put, 405).await;
+    let said = format!("PUT is not a method of /v1/admin/tenants/{{tenantId}}; it takes {}", allowed.join(", "));
+    assert_eq!(problem["detail"], said.as_str(), "the methods the Allow header lists");
     // The probes and the metrics take no query parameter, as the others refuse what they do not
     // take; an id with anything around it is no id.
     for path in ["/healthz?x=1", "/metrics?x=1", "/readyz?verbose=1"] {
