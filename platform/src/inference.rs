@@ -632,6 +632,10 @@ fn environment(config: &InferenceConfig) -> Result<&'static Environment, Inferen
     let environment = ort::init_from(&path)
         .map_err(|error| load_error(error.to_string()))?
         .with_name("aigronova")
+        // Microsoft's builds of ONNX Runtime, the one the Makefile fetches among them, queue usage
+        // telemetry for Microsoft by default: nothing about the models or their use leaves the
+        // deployment.
+        .with_telemetry(false)
         .build()
         .map_err(|error| load_error(error.to_string()))?;
     Ok(ENVIRONMENT.get_or_init(|| environment))
