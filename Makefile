@@ -11,6 +11,9 @@ ORT_VERSION := 1.31.1
 ORT_DIR := $(CURDIR)/.cache/onnxruntime
 ORT_LIB := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
 export ORT_DYLIB_PATH ?= $(ORT_LIB)
+# Microsoft's ONNX Runtime builds queue usage telemetry unless this is set before they load: the
+# tests and benchmarks load the runtime in their own processes (the binary sets it for itself).
+export ORT_DISABLE_TELEMETRY ?= 1
 
 DEPLOY_VENV := $(CURDIR)/.cache/deploy-venv
 PROMTOOL := $(CURDIR)/.cache/promtool/promtool

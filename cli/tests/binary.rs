@@ -39,15 +39,22 @@ fn drain(stream: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>
     })
 }
 
-/// Starts `aigronova up` on a free port and waits for its URL line.
+/// Starts `aigronova up` on a free port and waits for its URL line; its home folder is `home` beside
+/// `data_dir`, so that what it writes outside its data folder can be seen.
 // The child is handed to the caller, and `stop` waits for it.
 #[allow(clippy::zombie_processes)]
 fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
     let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`");
+    let home = data_dir.with_file_name("home");
+    std::fs::create_dir_all(&home).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_aigronova"));
     command
         .args(["up", "--http-addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .env("HOME", &home)
+        .env_remove("XDG_CACHE_HOME")
+        // The binary turns ONNX Runtime's telemetry off itself.
+        .env_remove("ORT_DISABLE_TELEMETRY")
         .env("ORT_DYLIB_PATH", ort)
         .env("AIGRONOVA__INFERENCE__MODELS_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
         .env("AIGRONOVA__TELEMETRY__LOG_FILTER", "debug,h2=info,hyper=info,tower=info,sqlx=info")
@@ -115,6 +122,11 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let Exercised { tenant_id, tenant_key, tenant_key_id, token_fragment } = runtime.block_on(exercise(&url, &admin));
     std::thread::sleep(Duration::from_millis(200));
     let (logs, stderr) = stop(first);
+    // Nothing is written outside the data folder: no ONNX Runtime usage telemetry queued in the
+    // home folder's cache, say.
+    let home: Vec<_> =
+        std::fs::read_dir(data.path().join("home")).unwrap().map(|entry| entry.unwrap().path()).collect();
+    assert!(home.is_empty(), "written to the home folder: {home:?}");
     // Every file and folder it wrote (databases and their journals, the object store, keys) is
     // its owner's only, not just the folder that holds them.
     let mut written = vec![data_dir.clone()];

@@ -633,8 +633,9 @@ fn environment(config: &InferenceConfig) -> Result<&'static Environment, Inferen
         .map_err(|error| load_error(error.to_string()))?
         .with_name("aigronova")
         // Microsoft's builds of ONNX Runtime, the one the Makefile fetches among them, queue usage
-        // telemetry for Microsoft by default: nothing about the models or their use leaves the
-        // deployment.
+        // telemetry for Microsoft by default. `ORT_DISABLE_TELEMETRY=1`, which the `aigronova`
+        // binary sets for itself, turns all of it off before the runtime loads; this switch stops
+        // the events of sessions and runs where the variable was left out.
         .with_telemetry(false)
         .build()
         .map_err(|error| load_error(error.to_string()))?;
