@@ -128,14 +128,15 @@ fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
         OpenFinanceError::Refused { .. } => {
             Status::failed_precondition(format!("institution {institution:?} refused the consent: {error}"))
         }
-        OpenFinanceError::Timeout { .. } | OpenFinanceError::Server { .. } | OpenFinanceError::Unreachable(_) => {
-            Status::unavailable(format!("institution {institution:?}: {error}"))
-        }
+        OpenFinanceError::Timeout { .. }
+        | OpenFinanceError::OutOfTime
+        | OpenFinanceError::Server { .. }
+        | OpenFinanceError::Unreachable(_) => Status::unavailable(format!("institution {institution:?}: {error}")),
         OpenFinanceError::Malformed(_) | OpenFinanceError::TooManyPages(_) => {
             Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {error}"))
         }
     };
-    aigronova_platform::error::third_party_failure(status, "open-finance-institution")
+    aigronova_platform::error::third_party_failure(status, crate::INSTITUTION_PARTY)
 }
 
 fn consent_message(consent: &Consent) -> proto::Consent {
@@ -337,10 +338,20 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         request: Request<proto::IngestConsentDataRequest>,
     ) -> Result<Response<proto::Ingestion>, Status> {
         let caller = auth::caller(&request)?.clone();
+        // The institution is given what the caller's deadline leaves, less a tenth (at least 100 ms)
+        // to answer in: past it, the institution's failure is told, rather than the caller's
+        // deadline passing on a call that looks like finquantum's own failure.
+        let budget = aigronova_platform::grpc::time_left(request.metadata())
+            .map(|left| left.saturating_sub((left / 10).max(Duration::from_millis(100))));
         let id = parse_id("consentId", &request.get_ref().consent_id)?;
         let consent = self.store.consent(&caller.tenant_id, &id).await?;
         consent.allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], Utc::now())?;
-        let fetched = self.fetch(&caller.tenant_id, &consent).await?;
+        let fetched = match budget {
+            Some(budget) => tokio::time::timeout(budget, self.fetch(&caller.tenant_id, &consent))
+                .await
+                .unwrap_or_else(|_| Err(institution_failure(&consent.institution, OpenFinanceError::OutOfTime)))?,
+            None => self.fetch(&caller.tenant_id, &consent).await?,
+        };
         let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
         let accounts = count(fetched.accounts.len());
         let balances = count(fetched.accounts.iter().filter(|(_, balance)| balance.is_some()).count());
@@ -354,7 +365,18 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 serde_json::json!({"accounts": accounts, "transactions": transactions, "newTransactions": new}),
             )
         };
-        let new = self.store.store_ingestion(&caller.tenant_id, &consent, &fetched, Utc::now(), recorded).await?;
+        let stored = self.store.store_ingestion(&caller.tenant_id, &consent, &fetched, Utc::now(), recorded).await;
+        let new = match stored.map_err(Status::from) {
+            Ok(new) => new,
+            Err(status) => {
+                // What the institution sent does not read: its pages are not kept for the next ingestion.
+                if aigronova_platform::error::is_third_party_failure(&status) {
+                    tracing::warn!(institution = %consent.institution, error = %status.message(), "Open Finance ingestion failed");
+                    self.client.cache().forget_consent(&consent.id).await;
+                }
+                return Err(status);
+            }
+        };
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, consent = %consent.id, accounts, transactions, new, "consent data ingested");
         Ok(Response::new(proto::Ingestion {

@@ -53,6 +53,9 @@ use crate::{
 /// The name of this service in configuration, logs and `aigronova serve`.
 pub const SERVICE_NAME: &str = "finquantum";
 
+/// The third party whose failures finquantum reports as such (`platform::error::third_party_failure`).
+const INSTITUTION_PARTY: &str = "open-finance-institution";
+
 /// The models this service serves.
 pub const MODELS: &[&str] = &[scoring::MODEL];
 

@@ -54,6 +54,8 @@ impl Default for ClientSettings {
 pub enum OpenFinanceError {
     #[error("the institution did not answer in time after {attempts} attempts")]
     Timeout { attempts: u32 },
+    #[error("the institution had not answered everything asked of it by the call's deadline")]
+    OutOfTime,
     #[error("the institution answered {status} after {attempts} attempts")]
     Server { status: u16, attempts: u32 },
     #[error("the institution refused the request ({status}): the consent may be missing, expired or revoked")]

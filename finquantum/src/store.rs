@@ -1357,10 +1357,11 @@ fn score_of(row: &AnyRow) -> Result<StoredScore, StoreError> {
 /// The error for data an institution sent that is not in the Open Finance shapes: the
 /// institution's fault, not the caller's, so no field of the request is named.
 fn outside_shapes(consent: &Consent, detail: &str) -> Error {
-    Error::Refused(Box::new(tonic::Status::internal(format!(
+    let status = tonic::Status::internal(format!(
         "institution {:?} answered outside the Open Finance shapes: {detail}",
         consent.institution
-    ))))
+    ));
+    Error::Refused(Box::new(aigronova_platform::error::third_party_failure(status, crate::INSTITUTION_PARTY)))
 }
 
 /// A stored bank summary as the API shows it: each `…Cents` amount as a decimal string of reais

@@ -23,6 +23,28 @@ use crate::{
 /// plan accepts is never refused by the gRPC layer.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// The time the caller gives a call, from its `grpc-timeout` metadata (the gateway sends the time
+/// its request has left): `None` without one, or with one that is not `1` to `8` digits and a unit.
+pub fn time_left(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    use std::time::Duration;
+
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// The most items a page of a service's list holds, and how many when the caller asks for 0.
 pub const MAX_PAGE_SIZE: i32 = 100;
 pub const DEFAULT_PAGE_SIZE: usize = 20;
@@ -206,6 +228,23 @@ fn call_span(request: &http::Request<()>) -> tracing::Span {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_callers_time_is_read_from_grpc_timeout() {
+        let with = |value: &str| {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            time_left(&metadata)
+        };
+        assert_eq!(with("250m"), Some(std::time::Duration::from_millis(250)));
+        assert_eq!(with("5S"), Some(std::time::Duration::from_secs(5)));
+        assert_eq!(with("2M"), Some(std::time::Duration::from_secs(120)));
+        assert_eq!(with("99999999n"), Some(std::time::Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "250", "123456789S", "-5S", "5s", "5 S"] {
+            assert_eq!(with(bad), None, "{bad:?}");
+        }
+        assert_eq!(time_left(&tonic::metadata::MetadataMap::new()), None);
+    }
 
     #[test]
     fn a_page_token_goes_on_only_in_its_tenants_list_with_its_filter() {

@@ -666,15 +666,18 @@ async fn an_institution_that_cannot_be_reached_is_a_503_that_names_no_address() 
     app.stop().await;
 }
 
-/// An institution's failures are its own: an answer outside the Open Finance shapes is a 502, and
-/// however many ingestions fail, finquantum's circuit at the gateway stays closed.
+/// An institution's failures are its own: an answer outside the Open Finance shapes is a 502 and is
+/// not kept for the next ingestion, and however many ingestions fail, even past the gateway's
+/// deadline for finquantum, finquantum's circuit at the gateway stays closed.
 #[tokio::test]
 async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circuit_closed() {
     let bank = Institution::start().await;
     let url = bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
     let app = spawn_app_with(Backend::Sqlite, move |config| {
         config.finquantum.institutions.insert("banco-a".into(), url);
-        config.finquantum.request_timeout_ms = 300;
+        // Three tries of 1 s each take longer than the gateway waits for finquantum.
+        config.finquantum.request_timeout_ms = 1_000;
+        config.gateway.upstream_timeouts.insert("finquantum".into(), 1.5);
         config.gateway.circuit_breaker.failure_threshold = 2;
     })
     .await;
@@ -688,12 +691,24 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("banco-a") && detail.contains("outside the Open Finance shapes"), "{problem}");
 
-    // More failures in a row than the circuit's threshold, each after finquantum's own retries.
+    // A page that reads but holds an amount that is none: a 502 too, and once the institution
+    // sends it right, the next ingestion asks for it again rather than reading it from the cache.
+    let mut account = checking_account();
+    account.transactions[1].amount = "12,50".into();
+    bank.serve("banco-a", Profile { accounts: vec![account], ..Profile::default() });
+    let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
+    assert!(problem["detail"].as_str().unwrap().contains("tx-2's amount is not an amount"), "{problem}");
+    bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
+    assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
+    let second = consent(&app, &key, &cpf(737_373_737), "banco-a", ALL).await;
+    let consent_id = second["id"].as_str().unwrap();
+
+    // More failures in a row than the circuit's threshold, each cut short within the gateway's
+    // deadline and told as the institution's.
     bank.hang_next(100);
     for _ in 0..3 {
-        let response = ingest(&app, &key, consent_id).await;
-        let status = response.status();
-        assert_eq!(status, 503, "{}", response.text().await.unwrap());
+        let problem = assert_problem(ingest(&app, &key, consent_id).await, 503).await;
+        assert!(problem["detail"].as_str().unwrap().contains("banco-a"), "{problem}");
     }
     let state = r#"aigronova_gateway_circuit_state{upstream="finquantum"}"#;
     assert_eq!(crate::resilience::metric(&app, state).await, 0.0, "closed");
