@@ -588,7 +588,11 @@ impl Store {
         event: Option<&AuditEvent>,
         shown: impl FnOnce(&ImageRecord) -> Result<(), Error>,
     ) -> Result<ImageRecord, Error> {
-        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        // A read that audits nothing writes nothing, and takes no write turn.
+        let mut transaction = match event {
+            Some(_) => self.database.begin_tenant(tenant_id).await?,
+            None => self.database.begin_tenant_read(tenant_id).await?,
+        };
         let row = sqlx::query(
             "SELECT id, patient_id, media_type, size_bytes, sha256, width, height, has_thumbnail, created_at \
              FROM images WHERE tenant_id = $1 AND patient_id = $2 AND id = $3",

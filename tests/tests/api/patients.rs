@@ -547,6 +547,21 @@ pub(crate) fn png(width: u32, height: u32) -> Vec<u8> {
     bytes
 }
 
+/// A PNG of random pixels from `seed`, which does not compress: about 3 bytes a pixel.
+fn noise_png(width: u32, height: u32, seed: u32) -> Vec<u8> {
+    let mut state = seed;
+    let noise = image::RgbImage::from_fn(width, height, |_, _| {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let [r, g, b, _] = state.to_le_bytes();
+        image::Rgb([r, g, b])
+    });
+    let mut bytes = Vec::new();
+    noise.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+    bytes
+}
+
 pub(crate) async fn upload(
     app: &TestApp,
     key: &str,
@@ -792,17 +807,8 @@ async fn an_image_as_large_as_the_plan_allows_goes_up_and_comes_back() {
     let tenant = app.create_tenant_on("Hospital", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let patient = app.create_patient(&key).await;
-    // Noise does not compress: 1,400 × 1,400 pixels make a PNG of about 6 MB.
-    let mut state = 0x2545_f491_u32;
-    let noise = image::RgbImage::from_fn(1_400, 1_400, |_, _| {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        let [r, g, b, _] = state.to_le_bytes();
-        image::Rgb([r, g, b])
-    });
-    let mut picture = Vec::new();
-    noise.write_to(&mut std::io::Cursor::new(&mut picture), image::ImageFormat::Png).unwrap();
+    // 1,400 × 1,400 pixels of noise make a PNG of about 6 MB.
+    let picture = noise_png(1_400, 1_400, 0x2545_f491);
     assert!(picture.len() > 5 * 1024 * 1024, "{} bytes", picture.len());
 
     let response = upload(&app, &key, &patient, "image/png", picture.clone()).await;
@@ -824,28 +830,25 @@ async fn reads_racing_an_images_deletion_show_it_or_404_and_audit_only_what_they
     let tenant = app.create_tenant_on("Hospital Concorrido", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let patient = app.create_patient(&key).await;
-    // Noise does not compress: a PNG of about 2 MB takes a while to read back, a wide window.
-    let mut state = 0x9e37_79b9_u32;
-    let noise = image::RgbImage::from_fn(800, 800, |_, _| {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        let [r, g, b, _] = state.to_le_bytes();
-        image::Rgb([r, g, b])
-    });
-    let mut picture = Vec::new();
-    noise.write_to(&mut std::io::Cursor::new(&mut picture), image::ImageFormat::Png).unwrap();
-    let mut shown = 0;
+    // A PNG of about 2 MB takes a while to read back: a wide window.
+    let picture = noise_png(800, 800, 0x9e37_79b9);
+    let (mut shown, mut thumbnails_shown) = (0, 0);
     for round in 0..6 {
         let response = upload(&app, &key, &patient, "image/png", picture.clone()).await;
         assert_eq!(response.status(), 200);
         let image: Value = response.json().await.unwrap();
         let path = format!("/v1/health/patients/{patient}/images/{}", image["id"].as_str().unwrap());
-        let reads = futures_util::future::join_all((0..32).map(|_| async {
-            let response = app.get(&path, &key).await;
-            let status = response.status().as_u16();
-            let text = response.text().await.unwrap();
-            (status, text)
+        let thumbnail = format!("{path}/thumbnail");
+        // The image and its thumbnail, in turn.
+        let (app, key) = (&app, &key);
+        let reads = futures_util::future::join_all((0..32).map(|i| {
+            let path = if i % 2 == 0 { &path } else { &thumbnail };
+            async move {
+                let response = app.get(path, key).await;
+                let status = response.status().as_u16();
+                let text = response.text().await.unwrap_or_default();
+                (i % 2 == 1, status, text)
+            }
         }));
         let deletion = async {
             tokio::time::sleep(Duration::from_millis(3 * round)).await;
@@ -853,21 +856,24 @@ async fn reads_racing_an_images_deletion_show_it_or_404_and_audit_only_what_they
         };
         let (reads, deleted) = tokio::join!(reads, deletion);
         assert_eq!(deleted, 200);
-        for (status, text) in &reads {
+        for (_, status, text) in &reads {
             assert!(matches!(status, 200 | 404), "{status} {text}");
         }
-        shown += reads.iter().filter(|(status, _)| *status == 200).count();
+        shown += reads.iter().filter(|(thumbnail, status, _)| !thumbnail && *status == 200).count();
+        thumbnails_shown += reads.iter().filter(|(thumbnail, status, _)| *thumbnail && *status == 200).count();
     }
     let count = |entries: &[Value], action: &str| entries.iter().filter(|entry| entry["action"] == action).count();
     app.audit_entries_once(&key, |entries| {
-        count(entries, "health.DeleteImage") == 6 && count(entries, "health.GetImage") >= shown
+        count(entries, "health.DeleteImage") == 6
+            && count(entries, "health.GetImage") >= shown
+            && count(entries, "health.GetImageThumbnail") >= thumbnails_shown
     })
     .await;
     // Time for any event still on its way to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let entries = app.audit_entries_once(&key, |_| true).await;
-    let audited = entries.iter().filter(|entry| entry["action"] == "health.GetImage").count();
-    assert_eq!(audited, shown, "one event for each read that showed the image");
+    assert_eq!(count(&entries, "health.GetImage"), shown, "one event for each read that showed the image");
+    assert_eq!(count(&entries, "health.GetImageThumbnail"), thumbnails_shown, "and for each thumbnail shown");
     app.stop().await;
 }
 
