@@ -847,10 +847,11 @@ impl SubjectStore {
     }
 
     pub async fn get(&self, tenant_id: &str, id: &str) -> Result<StoredRequest, Error> {
-        let row = sqlx::query(
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution, erased_by FROM subject_requests \
-             WHERE tenant_id = $1 AND id = $2",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            request_columns!(),
+            " FROM subject_requests WHERE tenant_id = $1 AND id = $2"
+        ))
         .bind(tenant_id)
         .bind(id)
         .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
@@ -921,12 +922,18 @@ impl SubjectStore {
     ) -> Result<(Vec<StoredRequest>, Option<String>), Error> {
         // Ids are UUIDv7: their order is the order the requests were received in.
         let sql = if overdue {
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution, erased_by \
-             FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) \
-             AND status <> 'completed' AND deadline < $4 ORDER BY id DESC LIMIT $3"
+            concat!(
+                "SELECT ",
+                request_columns!(),
+                " FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) \
+                 AND status <> 'completed' AND deadline < $4 ORDER BY id DESC LIMIT $3"
+            )
         } else {
-            "SELECT id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution, erased_by \
-             FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+            concat!(
+                "SELECT ",
+                request_columns!(),
+                " FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
+            )
         };
         let mut query =
             sqlx::query(sql).bind(tenant_id).bind(page.after.unwrap_or_default()).bind(page.limit_with_one_more());
@@ -1179,6 +1186,14 @@ pub enum Shown {
     Requests,
     Reviews,
 }
+
+/// The columns of `subject_requests` that [`request_from`] reads.
+macro_rules! request_columns {
+    () => {
+        "id, kind, status, details, deadline, created_at, completed_at, outcomes, resolution, erased_by"
+    };
+}
+use request_columns;
 
 fn request_from(row: &sqlx::any::AnyRow) -> Result<StoredRequest, StoreError> {
     let outcomes: String = row.try_get("outcomes")?;

@@ -423,7 +423,7 @@ fn valid_expiry(text: &str) -> Result<DateTime<Utc>, Problem> {
     if fraction.is_some_and(|digits| digits > 9) {
         return Err(Problem::invalid_field(
             "expireTime",
-            "expireTime has more than 9 digits after the second's point: a time is kept to the nanosecond",
+            "expireTime has more than 9 digits after the second's point: a time is written to the nanosecond at most",
         ));
     }
     let time = DateTime::parse_from_rfc3339(text)

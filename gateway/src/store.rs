@@ -265,11 +265,13 @@ impl Store {
             .fetch_optional(self.db.pool())
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let revoked = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-            .bind(now())
-            .bind(key_id)
-            .execute(self.db.pool())
-            .await?;
+        let revoked =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL")
+                .bind(now())
+                .bind(key_id)
+                .bind(tenant_id)
+                .execute(self.db.pool())
+                .await?;
         Ok(Some((row.try_get("key_hash")?, revoked.rows_affected() == 1)))
     }
 

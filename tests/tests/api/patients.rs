@@ -852,7 +852,7 @@ async fn reads_racing_an_images_deletion_show_it_or_404_and_audit_only_what_they
         }));
         let deletion = async {
             tokio::time::sleep(Duration::from_millis(3 * round)).await;
-            app.delete(&path, &key).await.status()
+            app.delete(&path, key).await.status()
         };
         let (reads, deleted) = tokio::join!(reads, deletion);
         assert_eq!(deleted, 200);
