@@ -340,6 +340,21 @@ impl TestApp {
         }
     }
 
+    /// Asks for a review of the decision `decision_id` with `reason`, as soon as the decision has
+    /// reached the audit log (404 until then); the answer to the first call that is not a 404, or
+    /// the last 404 after 20 s.
+    pub async fn review_decision(&self, key: &str, decision_id: &Value, reason: &str) -> reqwest::Response {
+        let body = serde_json::json!({"decisionId": decision_id, "reason": reason});
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = self.post("/v1/governance/reviews", key, &body).await;
+            if response.status() != 404 || tokio::time::Instant::now() > deadline {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a tenant on the Starter plan with the admin key and returns its id.
     pub async fn create_tenant(&self, name: &str) -> String {
         self.create_tenant_on(name, "starter").await

@@ -400,6 +400,12 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
         .unwrap();
     let codes: Vec<&str> = first["reasons"].as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["INSTALMENT_SHARE", "LOAN_DURATION", "CREDIT_HISTORY", "APPLICANT_AGE"], "{first}");
+    // The customer contests it (LGPD Art. 20) by the id it was answered with.
+    let contester = app.create_key(&tenant, &["governance:write"]).await;
+    let review = app.review_decision(&contester, &first["id"], "o cliente contesta a decisão").await;
+    assert_eq!(review.status(), 200);
+    let review: Value = review.json().await.unwrap();
+    assert_eq!((&review["eventId"], &review["action"]), (&first["id"], &json!("fin.ScoreCredit")), "{review}");
 
     // A consent without balances may not feed a score.
     let narrow_cpf = cpf(300_000_000);

@@ -85,14 +85,7 @@ async fn a_review_is_asked_for_by_the_decisions_own_id() {
     assert_eq!(response.status(), 200);
     let decision: Value = response.json().await.unwrap();
     let by_id = json!({"decisionId": decision["id"], "reason": "the patient contests the score"});
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let review = loop {
-        let response = app.post("/v1/governance/reviews", &key, &by_id).await;
-        if response.status() != 404 || tokio::time::Instant::now() > deadline {
-            break response;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let review = app.review_decision(&key, &decision["id"], "the patient contests the score").await;
     assert_eq!(review.status(), 200);
     let review: Value = review.json().await.unwrap();
     assert_eq!((&review["eventId"], &review["action"]), (&decision["id"], &json!("health.AssessRisk")), "{review}");
