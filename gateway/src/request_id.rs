@@ -29,14 +29,21 @@ tokio::task_local! {
 /// Whether a client's request id can be reused: at most 128 letters, digits and `-_.:/+=`, the
 /// characters of UUIDs, trace ids and the usual id formats, and nothing markup or a log reader
 /// could take for something else. The id goes to the access log, so one that is an e-mail address
-/// (`@`), holds a credential (an API key, `agk_…`, or a JWT, `eyJ…`) or a CPF is not reused.
+/// (`@`), holds a credential (an API key, `agk_…` in any case, or its secret alone, a run of more
+/// hexadecimal digits than a trace id's 32; or a JWT, `eyJ…`) or a CPF is not reused.
 fn acceptable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
-        && !id.contains("agk_")
+        && !id.to_ascii_lowercase().contains("agk_")
+        && longest_hex_run(id) <= 32
         && !id.contains("eyJ")
         && !aigronova_platform::cpf::holds_cpf(id)
+}
+
+/// The most hexadecimal digits `id` holds in a row.
+fn longest_hex_run(id: &str) -> usize {
+    id.split(|c: char| !c.is_ascii_hexdigit()).map(str::len).max().unwrap_or(0)
 }
 
 /// The request's id, the client's when it sent one acceptable id (two are none: which one is meant

@@ -146,10 +146,19 @@ async fn the_request_id_is_returned_and_reused_when_sane() {
         "529982247.25",
         "00052998224725",
     ];
-    for given in ["<script>", "maria@example.com", key.as_str(), &format!("req:{key}"), jwt].into_iter().chain(cpfs) {
+    // A key in any case, or its secret alone: more hexadecimal digits in a row than a trace id has.
+    let secret = "ee765ba3".repeat(8);
+    let (shouted, bare) = (format!("AGK_{secret}"), format!("req-{secret}"));
+    let keys = [key.as_str(), &format!("req:{key}"), &shouted, &bare];
+    for given in ["<script>", "maria@example.com", jwt].into_iter().chain(keys).chain(cpfs) {
         let response = app.client.get(app.url("/healthz")).header("x-request-id", given).send().await.unwrap();
         let generated = response.headers()["x-request-id"].to_str().unwrap();
         assert!(uuid::Uuid::parse_str(generated).is_ok(), "{given}: {generated}");
+    }
+    // A trace id, 32 hexadecimal digits, and a UUID are ids.
+    for given in ["4bf92f3577b34da6a3ce929d0e0e4736", "0f8fad5b-d9cb-469f-a165-70867728950e"] {
+        let response = app.client.get(app.url("/healthz")).header("x-request-id", given).send().await.unwrap();
+        assert_eq!(response.headers()["x-request-id"], given);
     }
     // Two ids are none: one is generated, and neither given one comes back.
     let response = app
