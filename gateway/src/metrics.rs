@@ -142,10 +142,23 @@ pub(crate) fn metrics() -> &'static Metrics {
 pub(crate) const RATE_LIMIT_REASONS: [&str; 4] = ["tenant", "key", "quota", "concurrency"];
 
 /// `GET /metrics` in the Prometheus text format.
-pub(crate) async fn render() -> Response {
+/// The Prometheus text of every metric; for a tenant's scraper (`tenant`), without the series
+/// labelled with another tenant (the drift gauge names each tenant's models), which are the
+/// operators' only.
+pub(crate) async fn render(tenant: Option<&str>) -> Response {
     metrics();
+    let mut families = prometheus::gather();
+    if let Some(tenant) = tenant {
+        let own = |metric: &prometheus::proto::Metric| {
+            metric.get_label().iter().all(|label| label.get_name() != "tenant" || label.get_value() == tenant)
+        };
+        for family in &mut families {
+            family.mut_metric().retain(own);
+        }
+        families.retain(|family| !family.get_metric().is_empty());
+    }
     let mut body = Vec::new();
-    if let Err(error) = TextEncoder::new().encode(&prometheus::gather(), &mut body) {
+    if let Err(error) = TextEncoder::new().encode(&families, &mut body) {
         tracing::error!(%error, "metrics do not encode");
     }
     let mut response = body.into_response();

@@ -130,7 +130,7 @@ async fn scrape(
     if let Some(problem) = refused {
         return Err(problem);
     }
-    Ok(crate::metrics::render().await)
+    Ok(crate::metrics::render(principal.tenant_id.as_deref()).await)
 }
 
 /// Every route from the descriptor set: authenticate, check the scope, transcode, call, answer.

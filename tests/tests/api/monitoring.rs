@@ -143,6 +143,11 @@ async fn shifted_inputs_raise_psi_above_the_alert_and_training_like_inputs_do_no
     assert_eq!(empty.status(), 200, "a model called by others has zero calls here");
     let empty: Value = empty.json().await.unwrap();
     assert_eq!((empty["model"].as_str(), count(&empty, "inferenceCount")), (Some("breast-cancer"), 0), "{empty}");
+    // Its scraper sees the platform's series but none labelled with the first tenant.
+    let scraper = app.create_key(&other, &["metrics:read"]).await;
+    let scraped = app.get("/metrics", &scraper).await.text().await.unwrap();
+    assert!(scraped.contains("aigronova_gateway_requests_total"), "{scraped}");
+    assert!(!scraped.contains(&format!("tenant=\"{tenant}\"")), "another tenant's series: {scraped}");
     app.stop().await;
 }
 
