@@ -150,7 +150,7 @@ pub(crate) async fn render(tenant: Option<&str>) -> Response {
     let mut families = prometheus::gather();
     if let Some(tenant) = tenant {
         let own = |metric: &prometheus::proto::Metric| {
-            metric.get_label().iter().all(|label| label.get_name() != "tenant" || label.get_value() == tenant)
+            metric.get_label().iter().all(|label| label.name() != "tenant" || label.value() == tenant)
         };
         for family in &mut families {
             family.mut_metric().retain(own);
