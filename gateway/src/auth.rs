@@ -31,7 +31,10 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
     let credential = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| bearer_credential(value.as_bytes()))
-        .ok_or_else(|| Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"))?;
+        .ok_or_else(|| match state.jwt {
+            Some(_) => Problem::unauthorized("send an API key or a token as `Authorization: Bearer <key or token>`"),
+            None => Problem::unauthorized("send an API key as `Authorization: Bearer <key>`"),
+        })?;
     // A Bearer credential is visible ASCII (RFC 6750's b64token); any other is no key and no token,
     // told as what it was meant to be.
     let key = std::str::from_utf8(credential)

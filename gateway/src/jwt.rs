@@ -111,6 +111,14 @@ impl Validate for OidcConfig {
         if self.jwks_refresh_secs == 0 {
             return Err(ConfigError("gateway.oidc.jwks_refresh_secs must be positive".into()));
         }
+        // Without a pause between fetches, every token naming an unknown key would fetch the JWKS.
+        if self.jwks_min_refresh_interval_secs == 0 {
+            return Err(ConfigError(
+                "gateway.oidc.jwks_min_refresh_interval_secs must be at least 1, or any caller could make the \
+                 gateway fetch the JWKS at will"
+                    .into(),
+            ));
+        }
         if self.allowed_algorithms.is_empty() {
             return Err(ConfigError("gateway.oidc.allowed_algorithms must name at least one algorithm".into()));
         }
@@ -155,6 +163,10 @@ pub(crate) fn meant_as_jwt(credential: &str) -> bool {
 enum TokenError {
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the token names critical header parameters (`crit`), which this gateway does not take")]
+    CriticalHeader,
+    #[error("the token was issued in the future (`iat`)")]
+    IssuedInFuture,
     #[error("the token's algorithm is not accepted; use one of {0}")]
     AlgorithmNotAccepted(String),
     #[error("the token has no `kid` header naming its signing key")]
@@ -270,6 +282,10 @@ impl JwtAuthenticator {
             return Err(TokenError::Malformed);
         }
         let header = token_header(token)?;
+        // RFC 7515 §4.1.11: a token whose critical extensions the recipient does not take is refused.
+        if header.crit.is_some() {
+            return Err(TokenError::CriticalHeader);
+        }
         let algorithm = header
             .alg
             .parse::<Algorithm>()
@@ -326,12 +342,26 @@ impl JwtAuthenticator {
         if !claims.get("iss").is_some_and(Value::is_string) {
             return Err(TokenError::MalformedClaim("iss".into()));
         }
+        // An issue time, when given, is a number of seconds not past now (with the leeway).
+        match claims.get("iat") {
+            None => {}
+            Some(Value::Number(issued)) => {
+                let now = unix_seconds(std::time::SystemTime::now()) as f64;
+                if issued.as_f64().is_none_or(|issued| issued > now + self.leeway_secs as f64) {
+                    return Err(TokenError::IssuedInFuture);
+                }
+            }
+            Some(_) => return Err(TokenError::MalformedClaim("iat".into())),
+        }
         let subject = match claims.remove("sub") {
             Some(Value::String(sub)) if !sub.is_empty() && sub.chars().count() <= MAX_SUBJECT_CHARS => sub,
             _ => return Err(TokenError::MalformedClaim("sub".into())),
         };
         let tenant_id = match claims.remove(&self.tenant_claim) {
-            Some(Value::String(tenant)) if !tenant.is_empty() => tenant,
+            // A tenant's id is a UUID, read in any of its spellings, as the admin API reads it.
+            Some(Value::String(tenant)) if !tenant.is_empty() => {
+                uuid::Uuid::parse_str(&tenant).map_or(tenant, |uuid| uuid.to_string())
+            }
             Some(_) => return Err(TokenError::MalformedClaim(self.tenant_claim.clone())),
             None => return Err(TokenError::MissingClaim(self.tenant_claim.clone())),
         };
@@ -370,6 +400,7 @@ impl JwtAuthenticator {
 struct TokenHeader {
     alg: String,
     kid: Option<String>,
+    crit: Option<Value>,
 }
 
 /// The JOSE header, read before the signature is checked only to pick the key.
@@ -466,13 +497,14 @@ mod tests {
         };
         assert!(valid.validate().is_ok());
         type Change = fn(&mut OidcConfig);
-        let cases: [(&str, Change); 8] = [
+        let cases: [(&str, Change); 9] = [
             ("no issuer", |c| c.issuer.clear()),
             ("no audience", |c| c.audience.clear()),
             ("plain http to another host", |c| c.jwks_url = "http://login.example.com/jwks".into()),
             ("not a URL", |c| c.jwks_url = "login.example.com/jwks".into()),
             ("no tenant claim", |c| c.tenant_claim = " ".into()),
             ("a leeway of an hour", |c| c.leeway_secs = 3600),
+            ("no pause between JWKS fetches", |c| c.jwks_min_refresh_interval_secs = 0),
             ("a cache that never lives", |c| c.jwks_refresh_secs = 0),
             ("no algorithm", |c| c.allowed_algorithms.clear()),
         ];

@@ -88,8 +88,14 @@ impl TestKey {
 
     /// A token signed with this key but naming `kid`.
     pub fn sign_as(&self, kid: &str, claims: &Map<String, Value>) -> String {
+        self.sign_with_header(claims, |header| header.kid = Some(kid.to_owned()))
+    }
+
+    /// A token with `claims` signed with this key, its header (naming this key) changed by `change`.
+    pub fn sign_with_header(&self, claims: &Map<String, Value>, change: impl FnOnce(&mut Header)) -> String {
         let mut header = Header::new(self.algorithm);
-        header.kid = Some(kid.to_owned());
+        header.kid = Some(self.kid.clone());
+        change(&mut header);
         jsonwebtoken::encode(&header, claims, &self.key).expect("token signed")
     }
 }

@@ -46,14 +46,17 @@ async fn tokens_signed_with_rs256_es256_and_eddsa_keys_reach_the_health_api() {
             let response = app.get(&format!("/v1/health/patients/{id}"), &token).await;
             assert_eq!(response.status(), 200, "{:?} on {backend:?}", key.algorithm);
         }
-        // Scopes as an array, and a token that expired within the leeway, are accepted too.
+        // Scopes as an array, a token that expired within the leeway, issued (by a clock a little
+        // ahead) within it, and naming its tenant in another spelling of its UUID, are accepted too.
         let mut claims = provider.claims(&tenant, "");
         claims.insert("scope".into(), json!(["health:read", "health:write"]));
         claims.insert("exp".into(), json!(unix_now() - 10));
+        claims.insert("iat".into(), json!(unix_now() + 10));
+        claims.insert("tenant_id".into(), json!(tenant.to_uppercase()));
         // A CPF of its own: the tenant's first patient has the one `patient()` gives.
         let other = json!({"name": "Mário Souza", "cpf": "111.444.777-35", "birthDate": "1975-06-01"});
         let response = app.post("/v1/health/patients", &keys[0].sign(&claims), &other).await;
-        assert_eq!(response.status(), 200, "array scopes, expired 10 s ago, on {backend:?}");
+        assert_eq!(response.status(), 200, "array scopes, expired 10 s ago, issued in 10 s, on {backend:?}");
         // API keys keep working beside JWTs.
         let api_key = app.create_key(&tenant, &["health:read", "health:write"]).await;
         app.create_patient(&api_key).await;
@@ -162,6 +165,11 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
         ("no tenant claim", rsa.sign(&with(json!({"tenant_id": null})))),
         ("unknown tenant", rsa.sign(&with(json!({"tenant_id": "no-such-tenant"})))),
         ("scopes neither a string nor an array", rsa.sign(&with(json!({"scope": 7})))),
+        ("issued in the future", rsa.sign(&with(json!({"iat": now + 3600})))),
+        (
+            "a critical header extension",
+            rsa.sign_with_header(&claims, |header| header.crit = Some(vec!["urn:x".into()])),
+        ),
     ];
     for (case, token) in cases {
         let response = app.post("/v1/health/patients", &token, &patient()).await;
@@ -175,6 +183,8 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
         (with(json!({"exp": "4102444800"})), r#"the token's "exp" claim is malformed"#),
         (with(json!({"exp": null})), r#"the token lacks the "exp" claim"#),
         (with(json!({"sub": 42})), r#"the token's "sub" claim is malformed"#),
+        (with(json!({"iat": "1700000000"})), r#"the token's "iat" claim is malformed"#),
+        (with(json!({"iat": now + 3600})), "the token was issued in the future (`iat`)"),
     ] {
         let problem = assert_invalid_token(app.post("/v1/health/patients", &rsa.sign(&claims), &patient()).await).await;
         assert_eq!(problem["detail"], detail);
@@ -193,6 +203,9 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
         let problem = assert_invalid_token(app.post("/v1/health/patients", &malformed, &patient()).await).await;
         assert_eq!(problem["detail"], "the token is not a well-formed JWT", "{malformed}");
     }
+    // Without a credential, both kinds it takes are named.
+    let missing = assert_problem(app.client.get(app.url("/v1/health/models")).send().await.unwrap(), 401).await;
+    assert_eq!(missing["detail"], "send an API key or a token as `Authorization: Bearer <key or token>`");
     assert_eq!(app.count_health_rows("patients").await, 0);
     app.stop().await;
 }
@@ -206,6 +219,9 @@ async fn a_jwt_is_an_unknown_api_key_when_no_oidc_provider_is_configured() {
     let token = key.sign(&provider.claims(&tenant, READ_WRITE));
     assert_problem(app.post("/v1/health/patients", &token, &patient()).await, 401).await;
     assert_eq!(provider.fetches(), 0);
+    // Without a credential, the one kind it takes is named.
+    let missing = assert_problem(app.client.get(app.url("/v1/health/models")).send().await.unwrap(), 401).await;
+    assert_eq!(missing["detail"], "send an API key as `Authorization: Bearer <key>`");
     app.stop().await;
 }
 
