@@ -354,9 +354,9 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
         let status = match self.store.status(&tenant, &model, &version, window).await? {
             Some(status) => status,
             None => {
-                // A model nobody registered nor ever called does not exist; one registered late
-                // (its service still starting) or called only long ago has zero calls.
-                if !self.store.ever_called(&model, &version).await? {
+                // A model nobody registered nor the tenant ever called does not exist; one
+                // registered late (its service still starting) or called only long ago has zero calls.
+                if !self.store.ever_called(&tenant, &model, &version).await? {
                     self.inventory.get(&model, &version).await?;
                 }
                 ModelStatus {

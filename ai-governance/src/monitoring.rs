@@ -252,14 +252,17 @@ impl MonitoringStore {
         Ok(summarise(&rows)?.into_values().next())
     }
 
-    /// Whether any service ever reported calls of `model` `version`, for any tenant.
-    pub async fn ever_called(&self, model: &str, version: &str) -> Result<bool, Error> {
-        let row = sqlx::query("SELECT 1 FROM inference_windows WHERE model = $1 AND version = $2 LIMIT 1")
-            .bind(model)
-            .bind(version)
-            .fetch_optional(self.database.pool())
-            .await
-            .map_err(StoreError::from)?;
+    /// Whether any service ever reported calls of `model` `version` by `tenant_id` (another
+    /// tenant's calls say nothing to this one).
+    pub async fn ever_called(&self, tenant_id: &str, model: &str, version: &str) -> Result<bool, Error> {
+        let row =
+            sqlx::query("SELECT 1 FROM inference_windows WHERE tenant_id = $1 AND model = $2 AND version = $3 LIMIT 1")
+                .bind(tenant_id)
+                .bind(model)
+                .bind(version)
+                .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
+                .await
+                .map_err(StoreError::from)?;
         Ok(row.is_some())
     }
 
@@ -409,6 +412,18 @@ mod tests {
         let expected = psi(&[200, 0], &[0.53, 0.47]);
         assert_eq!(status.drift.len(), 1);
         assert!((status.drift[0].1 - expected).abs() < 1e-12, "{:?} against {expected}", status.drift);
+    }
+
+    #[tokio::test]
+    async fn a_model_version_is_called_for_the_tenant_that_called_it_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let store = MonitoringStore::new(Database::connect(&url, &crate::MIGRATOR).await.unwrap());
+        let long_ago = (Utc::now() - Duration::days(90)).to_rfc3339_opts(SecondsFormat::Micros, true);
+        store.record(&[report(&long_ago, 3, vec![1.0])]).await.unwrap();
+        assert!(store.ever_called("tenant", "diabetes-progression", "1").await.unwrap());
+        assert!(!store.ever_called("another", "diabetes-progression", "1").await.unwrap());
+        assert!(!store.ever_called("tenant", "diabetes-progression", "2").await.unwrap());
     }
 
     /// The drift gauge's value for `tenant`, if it has a series.
