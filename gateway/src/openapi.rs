@@ -875,6 +875,20 @@ pub(crate) fn own_route_methods(path: &str) -> Vec<&'static str> {
     methods
 }
 
+/// The template of the gateway's own route `path` is (`/v1/admin/tenants/{tenantId}` for
+/// `/v1/admin/tenants/t-1`), if it is one: a `{…}` segment stands for any one non-empty segment.
+pub(crate) fn own_route_template(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    GATEWAY_ENDPOINTS.iter().map(|endpoint| endpoint.path).find(|template| {
+        let pattern: Vec<&str> = template.split('/').collect();
+        pattern.len() == segments.len()
+            && pattern
+                .iter()
+                .zip(&segments)
+                .all(|(expected, given)| if expected.starts_with('{') { !given.is_empty() } else { expected == given })
+    })
+}
+
 const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     Endpoint {
         method: "post",

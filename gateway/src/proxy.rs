@@ -167,11 +167,16 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         // The path is the problem's `instance` already: not repeated (it may hold whatever was typed).
         Lookup::NotFound => {
             let trimmed = parts.uri.path().trim_end_matches('/');
+            let slashed = trimmed.len() < parts.uri.path().len();
             let detail = match state.routes.lookup(&parts.method, trimmed) {
-                Lookup::Found(matched) if trimmed.len() < parts.uri.path().len() => {
+                Lookup::Found(matched) if slashed => {
                     format!("no route has this path; without its trailing slash it is {}", matched.route.template)
                 }
-                _ => "no route has this path; GET /openapi.json lists them".to_owned(),
+                // The gateway's own routes, the admin API's among them, are told alike.
+                _ => match crate::openapi::own_route_template(trimmed).filter(|_| slashed) {
+                    Some(template) => format!("no route has this path; without its trailing slash it is {template}"),
+                    None => "no route has this path; GET /openapi.json lists them".to_owned(),
+                },
             };
             return Err(Problem::not_found(detail));
         }

@@ -572,6 +572,16 @@ async fn a_first_callers_mistakes_are_told_what_to_do() {
     let response = app.get("/v1/health/patients/", &key).await;
     let problem = assert_problem(response, 404).await;
     assert!(problem["detail"].as_str().unwrap().ends_with("without its trailing slash it is /v1/health/patients"));
+    // The gateway's own routes alike.
+    for (path, template) in [
+        ("/v1/admin/tenants/", "/v1/admin/tenants"),
+        ("/v1/admin/tenants/t-1/api-keys/", "/v1/admin/tenants/{tenantId}/api-keys"),
+        ("/healthz/", "/healthz"),
+    ] {
+        let problem = assert_problem(app.get(path, &app.admin_key).await, 404).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.ends_with(&format!("without its trailing slash it is {template}")), "{path}: {detail}");
+    }
     // A body that is JSON but no object, and a field spelled otherwise than the API spells it.
     for (body, found) in [("[]", "a list"), ("true", "a boolean"), ("null", "null")] {
         let problem = assert_problem(app.post_raw("/v1/health/patients", &key, body).await, 400).await;
