@@ -8,7 +8,8 @@
 #   AIGRONOVA_BACKUP_PASSPHRASE       the passphrase itself
 #   AIGRONOVA__<SERVICE>__DATABASE_URL  each service's PostgreSQL URL, exactly as the services read
 #                                     it; every such variable with a postgres:// URL is included
-#   AIGRONOVA_BACKUP_SERVICES         optional: only these services (space-separated, lower case)
+#   AIGRONOVA_BACKUP_SERVICES         optional: only these services (space-separated, lower case;
+#                                     ai-governance or ai_governance alike)
 #   AIGRONOVA_BACKUP_S3_SSE_KMS_KEY   optional: KMS key for server-side encryption of uploads
 #   AIGRONOVA_BIN                     the `aigronova` binary (default: aigronova on the PATH), which
 #                                     backup.sh and verify.sh run as `aigronova audit roots` on a
@@ -162,17 +163,22 @@ check_manifest_format() { # $1 manifest file
 
 # --- databases --------------------------------------------------------------------------------
 
+# Whether the service $1 (as its variable names it, ai_governance) is one AIGRONOVA_BACKUP_SERVICES
+# asks for, where a dash stands for an underscore (ai-governance); every one when it is unset.
+wanted_service() { # $1 service
+    local wanted=" ${AIGRONOVA_BACKUP_SERVICES:-} "
+    [[ -z "${AIGRONOVA_BACKUP_SERVICES:-}" || "${wanted//-/_}" == *" $1 "* ]]
+}
+
 # Prints "<service> <url>" for every AIGRONOVA__<SERVICE>__DATABASE_URL holding a PostgreSQL URL.
 service_databases() {
-    local name service url wanted=" ${AIGRONOVA_BACKUP_SERVICES:-} "
+    local name service url
     while IFS='=' read -r name _; do
         [[ "$name" =~ ^AIGRONOVA__([A-Z0-9_]+)__DATABASE_URL$ ]] || continue
         service="${BASH_REMATCH[1],,}"
         url="${!name}"
         [[ "$url" == postgres://* || "$url" == postgresql://* ]] || continue
-        if [[ -n "${AIGRONOVA_BACKUP_SERVICES:-}" && "$wanted" != *" $service "* ]]; then
-            continue
-        fi
+        wanted_service "$service" || continue
         printf '%s %s\n' "$service" "$url"
     done < <(env | LC_ALL=C sort)
 }

@@ -104,14 +104,12 @@ main() {
     target_get "$BACKUP_ID" manifest.tsv "$WORKDIR/manifest.tsv"
     check_manifest_format "$WORKDIR/manifest.tsv"
 
-    local kind service file sum _size services=() started="$SECONDS" wanted=" ${AIGRONOVA_BACKUP_SERVICES:-} "
+    local kind service file sum _size services=() started="$SECONDS"
     log "restoring backup $BACKUP_ID"
     # Every dump is fetched, checked and decrypted before the first database is touched.
     while IFS=$'\t' read -r kind service file sum _size; do
         [[ "$kind" == dump ]] || continue
-        if [[ -n "${AIGRONOVA_BACKUP_SERVICES:-}" && "$wanted" != *" $service "* ]]; then
-            continue
-        fi
+        wanted_service "$service" || continue
         fetch_dump "$service" "$file" "$sum"
         services+=("$service")
     done <"$WORKDIR/manifest.tsv"

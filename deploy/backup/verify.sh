@@ -98,11 +98,9 @@ main() {
     target_get "$BACKUP_ID" manifest.tsv "$WORKDIR/manifest.tsv"
     check_manifest_format "$WORKDIR/manifest.tsv"
 
-    local service failed=0 checked=0 wanted=" ${AIGRONOVA_BACKUP_SERVICES:-} "
+    local service failed=0 checked=0
     while IFS= read -r service; do
-        if [[ -n "${AIGRONOVA_BACKUP_SERVICES:-}" && "$wanted" != *" $service "* ]]; then
-            continue
-        fi
+        wanted_service "$service" || continue
         checked=$((checked + 1))
         verify_row_counts "$service" || failed=1
         verify_audit_roots "$service" || failed=1

@@ -499,7 +499,8 @@ def check_terraform_references(directory: Path) -> None:
 def exported_metrics() -> set[str]:
     names = set()
     for source in REPO.glob("*/src/**/*.rs"):
-        names |= set(re.findall(r"Opts::new\(\s*\"(aigronova_[a-z0-9_]+)\"", source.read_text()))
+        # Opts::new / HistogramOpts::new, and the plain IntCounter::new / IntGauge::new.
+        names |= set(re.findall(r"(?:Opts|Counter|Gauge)::new\(\s*\"(aigronova_[a-z0-9_]+)\"", source.read_text()))
     return names
 
 

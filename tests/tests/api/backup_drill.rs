@@ -97,7 +97,7 @@ impl Drill {
             .args(args)
             .env("AIGRONOVA_BACKUP_TARGET", format!("file://{}", self.backups_dir().display()))
             .env("AIGRONOVA_BACKUP_PASSPHRASE_FILE", passphrase_file)
-            .env("AIGRONOVA_BACKUP_SERVICES", "gateway healthquantum ai_governance")
+            .env("AIGRONOVA_BACKUP_SERVICES", "gateway healthquantum ai-governance")
             .env("AIGRONOVA_BIN", &self.aigronova_bin)
             .env_remove("AIGRONOVA_BACKUP_PASSPHRASE");
         for (service, url) in &self.databases {
