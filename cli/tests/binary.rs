@@ -41,9 +41,14 @@ fn drain(stream: impl Read + Send + 'static, lines: Option<mpsc::Sender<String>>
 
 /// Starts `aigronova up` on a free port and waits for its URL line; its home folder is `home` beside
 /// `data_dir`, so that what it writes outside its data folder can be seen.
+fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
+    start_with(data_dir, admin_key, &[])
+}
+
+/// [`start`] with the variables `env` set too.
 // The child is handed to the caller, and `stop` waits for it.
 #[allow(clippy::zombie_processes)]
-fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
+fn start_with(data_dir: &std::path::Path, admin_key: Option<&str>, env: &[(&str, &str)]) -> Running {
     let ort = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH is not set: run the tests with `make test`");
     let home = data_dir.with_file_name("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -64,6 +69,7 @@ fn start(data_dir: &std::path::Path, admin_key: Option<&str>) -> Running {
     if let Some(key) = admin_key {
         command.env("AIGRONOVA_ADMIN_KEY", key);
     }
+    command.envs(env.iter().copied());
     let mut child = command.spawn().expect("the binary starts");
     let stdout = drain(child.stdout.take().unwrap(), None);
     let (lines, banner) = mpsc::channel();
@@ -89,6 +95,74 @@ fn stop(mut running: Running) -> (String, String) {
     let status = running.child.wait().unwrap();
     assert!(status.success(), "aigronova up exits cleanly on SIGINT: {status}");
     (running.stdout.join().unwrap(), running.stderr.join().unwrap())
+}
+
+/// Opens, as a new tenant's key, a request whose body, announced at 900 kB, never comes past its
+/// first bytes: a slow upload.
+fn slow_upload(url: &str, data_dir: &std::path::Path) -> std::net::TcpStream {
+    use std::io::Write;
+    let admin = std::fs::read_to_string(data_dir.join("admin-key")).expect("the key file").trim().to_owned();
+    aigronova_gateway::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (_, key) = runtime.block_on(tenant_with_key(url, &admin, &["health:write"]));
+    let key = key["key"].as_str().unwrap();
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST /v1/health/patients HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: 900000\r\n\r\n{{\"name\": "
+    )
+    .unwrap();
+    stream
+}
+
+/// Sends `signal` to the running process.
+fn signal(running: &Running, signal: &str) {
+    Command::new("kill").args([signal, &running.child.id().to_string()]).status().unwrap();
+}
+
+/// Waits up to `limit` for the process to exit; its status, or `None` if it is still running
+/// (then killed).
+fn exit_within(running: &mut Running, limit: Duration) -> Option<std::process::ExitStatus> {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = running.child.kill();
+    let _ = running.child.wait();
+    None
+}
+
+#[test]
+fn a_stop_waits_for_a_slow_upload_no_longer_than_its_grace_and_a_second_signal_stops_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().join("data");
+    // The request body's own timeout (a minute) is longer than the grace.
+    let env =
+        [("AIGRONOVA__GATEWAY__SHUTDOWN_GRACE_SECS", "2"), ("AIGRONOVA__GATEWAY__REQUEST_BODY_TIMEOUT_SECS", "60")];
+    let mut running = start_with(&data_dir, None, &env);
+    let _upload = slow_upload(&running.url, &data_dir);
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = std::time::Instant::now();
+    signal(&running, "-TERM");
+    let status = exit_within(&mut running, Duration::from_secs(15)).expect("the stop waited past its grace");
+    assert!(status.success(), "{status}");
+    assert!(asked.elapsed() >= Duration::from_secs(2), "the upload was given its grace: {:?}", asked.elapsed());
+
+    // Without a grace that short, a second Ctrl-C ends the wait.
+    let mut running = start_with(&data_dir, None, &[("AIGRONOVA__GATEWAY__REQUEST_BODY_TIMEOUT_SECS", "60")]);
+    let _upload = slow_upload(&running.url, &data_dir);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&running, "-INT");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(running.child.try_wait().unwrap().is_none(), "the first signal drains");
+    signal(&running, "-INT");
+    let status = exit_within(&mut running, Duration::from_secs(5)).expect("the second signal stops at once");
+    assert_eq!(status.code(), Some(130), "{status}");
 }
 
 /// The line of `up`'s banner that hands over a generated administrator key.

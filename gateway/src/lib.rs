@@ -105,6 +105,9 @@ pub struct Config {
     /// request's header fields to arrive (counted from the end of the previous request on the
     /// connection), and an HTTP/2 client to answer a ping; beyond, the connection is closed.
     pub request_header_timeout_secs: u64,
+    /// Seconds the gateway, once told to stop, waits for the requests in flight (a slow upload
+    /// among them) before it closes their connections and stops.
+    pub shutdown_grace_secs: u64,
     /// Circuit breaking per upstream.
     pub circuit_breaker: CircuitBreakerConfig,
     /// Retries of idempotent calls (`GET` routes) within a retry budget.
@@ -140,6 +143,7 @@ impl Default for Config {
             max_buffered_body_bytes: 512 * 1024 * 1024,
             request_body_timeout_secs: 10,
             request_header_timeout_secs: 30,
+            shutdown_grace_secs: 25,
             circuit_breaker: CircuitBreakerConfig::default(),
             retry: RetryConfig::default(),
             upstreams: BTreeMap::new(),
@@ -167,6 +171,7 @@ impl Validate for Config {
         for (name, secs) in [
             ("request_body_timeout_secs", self.request_body_timeout_secs),
             ("request_header_timeout_secs", self.request_header_timeout_secs),
+            ("shutdown_grace_secs", self.shutdown_grace_secs),
         ] {
             if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
                 return Err(ConfigError(format!("gateway.{name} must be between 1 and {MAX_TIMEOUT_SECS}")));
@@ -258,6 +263,7 @@ pub struct Gateway {
     local_addr: SocketAddr,
     router: Router,
     header_timeout: Duration,
+    shutdown_grace: Duration,
     invalidation: keys::Invalidation,
     requests: TaskTracker,
 }
@@ -352,7 +358,8 @@ impl Gateway {
         let local_addr = listener.local_addr()?;
         let router = app(state, config.cors.layer());
         let header_timeout = Duration::from_secs(config.request_header_timeout_secs);
-        Ok(Self { listener, local_addr, router, header_timeout, invalidation, requests })
+        let shutdown_grace = Duration::from_secs(config.shutdown_grace_secs);
+        Ok(Self { listener, local_addr, router, header_timeout, shutdown_grace, invalidation, requests })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -432,11 +439,22 @@ impl Gateway {
             });
         }
         drop(self.listener);
-        // The requests in flight are finished; idle connections close at once.
-        connections.shutdown().await;
-        // So are those whose client went away, which no connection waits for any more.
+        // The requests in flight are finished, and those whose client went away, which no
+        // connection waits for any more; idle connections close at once. A request still out after
+        // the grace (a slow upload) has its connection closed: the stop is not held hostage.
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
         self.requests.close();
-        self.requests.wait().await;
+        let drained = tokio::time::timeout_at(deadline, async {
+            connections.shutdown().await;
+            self.requests.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_secs = self.shutdown_grace.as_secs(),
+                "requests still in flight after the shutdown grace; their connections are closed"
+            );
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }

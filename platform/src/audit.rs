@@ -303,7 +303,8 @@ impl Relay {
         self.waker.clone()
     }
 
-    /// Ships events until `shutdown`. Without a governance URL it only reports the lag.
+    /// Ships events until `shutdown`, then what the outbox still holds (see [`GovernanceLink::join`]).
+    /// Without a governance URL it only reports the lag.
     pub async fn run(self, shutdown: Shutdown) {
         let client = match &self.config.governance_url {
             Some(url) => match Endpoint::from_shared(url.clone()) {
@@ -334,7 +335,8 @@ impl Relay {
             let wait = match &client {
                 None => poll,
                 Some(client) => match self.ship_or_stop(client, &shutdown).await {
-                    None => break,
+                    // ai-governance did not answer within the grace: nothing more is tried.
+                    None => return,
                     // A full batch: more may wait, unless the process is stopping.
                     Some(Ok(shipped)) if shipped == self.config.batch_size as usize && !shutdown.is_triggered() => {
                         backoff = Duration::from_millis(100);
@@ -368,6 +370,16 @@ impl Relay {
                     }
                 }
                 () = tokio::time::sleep(wait) => {}
+            }
+        }
+        // Stopping, once the service has answered its last calls: their events go out too, for
+        // [`STOPPING_GRACE`] at most; what is left then waits in the outbox for the next start.
+        if let Some(client) = &client {
+            let deadline = tokio::time::Instant::now() + STOPPING_GRACE;
+            while let Ok(Ok(shipped)) = tokio::time::timeout_at(deadline, self.ship_batch(client.clone())).await {
+                if shipped < self.config.batch_size as usize {
+                    break;
+                }
             }
         }
     }
@@ -465,6 +477,7 @@ pub struct Governance {
 #[derive(Debug)]
 pub struct GovernanceLink {
     relay: tokio::task::JoinHandle<()>,
+    relay_stop: Shutdown,
     monitor: tokio::task::JoinHandle<()>,
 }
 
@@ -487,11 +500,15 @@ impl GovernanceLink {
         let config = &governance.relay;
         tokio::spawn(register_models(config.clone(), signer.clone(), service, models.cards(), shutdown.clone()));
         let monitor = tokio::spawn(monitor.run(config.clone(), signer, service, shutdown.clone()));
-        Some(Self { relay: tokio::spawn(relay.run(shutdown.clone())), monitor })
+        // The relay stops only when told by `join`, once the service has answered its last calls.
+        let relay_stop = Shutdown::new();
+        Some(Self { relay: tokio::spawn(relay.run(relay_stop.clone())), relay_stop, monitor })
     }
 
-    /// Waits for the relay and the reports to stop after the shutdown.
+    /// Once the service has stopped serving: stops the relay, which first ships the events the
+    /// last calls wrote, and waits for it and the reports.
     pub async fn join(self) {
+        self.relay_stop.trigger();
         let _ = self.relay.await;
         let _ = self.monitor.await;
     }

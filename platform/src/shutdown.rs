@@ -24,31 +24,43 @@ impl Shutdown {
         self.0.cancelled_owned().await;
     }
 
-    /// Triggers on SIGINT or SIGTERM.
+    /// Triggers on SIGINT or SIGTERM; a second one, while the process drains, ends it at once
+    /// (exit code 130), as a person pressing Ctrl-C again means.
     pub fn trigger_on_signals(&self) {
         let token = self.0.clone();
         tokio::spawn(async move {
-            let ctrl_c = tokio::signal::ctrl_c();
             #[cfg(unix)]
-            let terminate = async {
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(mut signal) => {
-                        signal.recv().await;
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "cannot listen for SIGTERM");
-                        std::future::pending::<()>().await;
-                    }
+            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => Some(signal),
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    None
                 }
             };
-            #[cfg(not(unix))]
-            let terminate = std::future::pending::<()>();
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = terminate => {}
+            for signals in 1.. {
+                #[cfg(unix)]
+                let terminated = async {
+                    match terminate.as_mut() {
+                        Some(signal) => {
+                            signal.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let terminated = std::future::pending::<()>();
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    () = terminated => {}
+                }
+                if signals > 1 {
+                    // What is not committed is not answered either: nothing said done is lost.
+                    tracing::warn!("second stop signal: stopping now, without waiting for the requests in flight");
+                    std::process::exit(130);
+                }
+                tracing::info!("shutdown requested, draining (a second signal stops at once)");
+                token.cancel();
             }
-            tracing::info!("shutdown requested, draining");
-            token.cancel();
         });
     }
 }

@@ -475,6 +475,18 @@ impl TestApp {
 
     /// Stops the platform and drops its PostgreSQL databases.
     pub async fn stop(mut self) {
+        self.halt().await;
+        drop(std::mem::take(&mut self.postgres_databases));
+    }
+
+    /// Stops the platform as [`Self::stop`] does, then counts the rows of `table` in
+    /// healthquantum's database, which is kept until then.
+    pub async fn stop_then_count_health_rows(mut self, table: &str) -> i64 {
+        self.halt().await;
+        count_rows(&self.health_database_url, table).await
+    }
+
+    async fn halt(&mut self) {
         self.shutdown.trigger();
         match self.running.take() {
             Some(Running::Platform(platform)) => platform.wait().await.expect("the platform stops cleanly"),
@@ -484,7 +496,6 @@ impl TestApp {
         for replica in self.replicas.drain(..) {
             replica.await.expect("the replica task").expect("the replica stops cleanly");
         }
-        drop(std::mem::take(&mut self.postgres_databases));
     }
 }
 
