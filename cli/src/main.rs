@@ -27,13 +27,22 @@ fn main() -> ExitCode {
 /// runtime's own switch, applied once it has loaded, comes too late for. Without the variable the
 /// binary starts itself again with it, before anything else runs, so that nothing about a
 /// deployment is kept or sent; a variable set, to any value, is the operator's choice and stands.
+#[cfg(unix)]
 fn without_runtime_telemetry() {
     use std::os::unix::process::CommandExt;
 
     if std::env::var_os("ORT_DISABLE_TELEMETRY").is_some() {
         return;
     }
-    let Ok(binary) = std::env::current_exe() else { return };
+    let binary = match std::env::current_exe() {
+        Ok(binary) => binary,
+        Err(error) => {
+            eprintln!(
+                "aigronova: cannot find its own binary to start again with ONNX Runtime's telemetry off ({error}); going on"
+            );
+            return;
+        }
+    };
     let mut arguments = std::env::args_os();
     let mut command = std::process::Command::new(binary);
     if let Some(name) = arguments.next() {

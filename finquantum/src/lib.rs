@@ -280,7 +280,12 @@ impl FinQuantumService {
         );
         let routes = Routes::new(service).add_service(data_subject);
         let names = [fin_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
+        let stopping = shutdown.clone();
         let served = self.listener.serve(routes, &names, self.verifier, shutdown).await;
+        // A server that failed rather than stopped leaves no stop for the purge to see.
+        if !stopping.is_triggered() {
+            purge.abort();
+        }
         let _ = purge.await;
         if let Some(link) = link {
             link.join().await;

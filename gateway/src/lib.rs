@@ -383,6 +383,8 @@ impl Gateway {
             .keep_alive_interval(self.header_timeout)
             .keep_alive_timeout(self.header_timeout);
         let connections = GracefulShutdown::new();
+        // Cancelled when the shutdown grace runs out: the connections still open are closed.
+        let closing = tokio_util::sync::CancellationToken::new();
         let stopping = shutdown.clone().wait();
         tokio::pin!(stopping);
         loop {
@@ -421,6 +423,7 @@ impl Gateway {
                     proxy::unescape_unreserved(request.map(Body::new))
                 }));
             let (watcher, builder, shutdown) = (connections.watcher(), builder.clone(), shutdown.clone());
+            let closing = closing.clone();
             let first_bytes = self.header_timeout;
             tokio::spawn(async move {
                 // A connection that does not tell its HTTP version within the header timeout is
@@ -435,7 +438,11 @@ impl Gateway {
                 };
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(opened), service);
                 // Its errors are the client's (a reset, a malformed request), answered already.
-                let _ = watcher.watch(connection).await;
+                // Past the shutdown grace, the connection is dropped, which closes it.
+                tokio::select! {
+                    _ = watcher.watch(connection) => {}
+                    () = closing.cancelled() => {}
+                }
             });
         }
         drop(self.listener);
@@ -454,6 +461,7 @@ impl Gateway {
                 grace_secs = self.shutdown_grace.as_secs(),
                 "requests still in flight after the shutdown grace; their connections are closed"
             );
+            closing.cancel();
         }
         tracing::info!("gateway stopped");
         Ok(())

@@ -327,6 +327,8 @@ impl Relay {
         let mut backoff = Duration::from_millis(100);
         // The lag is reported at most once a second: it is two queries.
         let mut lag_reported: Option<std::time::Instant> = None;
+        // Once stopping, when the grace ends: set when the stop is first seen.
+        let mut stopping_by: Option<tokio::time::Instant> = None;
         loop {
             if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 self.report_lag().await;
@@ -334,7 +336,7 @@ impl Relay {
             }
             let wait = match &client {
                 None => poll,
-                Some(client) => match self.ship_or_stop(client, &shutdown).await {
+                Some(client) => match self.ship_or_stop(client, &shutdown, &mut stopping_by).await {
                     // ai-governance did not answer within the grace: nothing more is tried.
                     None => return,
                     // A full batch: more may wait, unless the process is stopping.
@@ -375,7 +377,7 @@ impl Relay {
         // Stopping, once the service has answered its last calls: their events go out too, for
         // [`STOPPING_GRACE`] at most; what is left then waits in the outbox for the next start.
         if let Some(client) = &client {
-            let deadline = tokio::time::Instant::now() + STOPPING_GRACE;
+            let deadline = *stopping_by.get_or_insert_with(|| tokio::time::Instant::now() + STOPPING_GRACE);
             while let Ok(Ok(shipped)) = tokio::time::timeout_at(deadline, self.ship_batch(client.clone())).await {
                 if shipped < self.config.batch_size as usize {
                     break;
@@ -384,19 +386,24 @@ impl Relay {
         }
     }
 
-    /// [`Self::ship_batch`], given [`STOPPING_GRACE`] more once `shutdown` is triggered; `None`
-    /// when that ran out: the events not acknowledged stay in the outbox for the next start (and
-    /// a batch acknowledged meanwhile is recorded once, by its events' ids).
+    /// [`Self::ship_batch`], given until [`STOPPING_GRACE`] after the stop was first seen
+    /// (`stopping_by`, set here when the stop comes during the call) once `shutdown` is triggered;
+    /// `None` when that ran out: the events not acknowledged stay in the outbox for the next start
+    /// (and a batch acknowledged meanwhile is recorded once, by its events' ids).
     async fn ship_or_stop(
         &self,
         client: &AuditLogClient<tonic::transport::Channel>,
         shutdown: &Shutdown,
+        stopping_by: &mut Option<tokio::time::Instant>,
     ) -> Option<Result<usize, RelayError>> {
         let shipping = self.ship_batch(client.clone());
         tokio::pin!(shipping);
         tokio::select! {
             shipped = &mut shipping => Some(shipped),
-            () = shutdown.clone().wait() => tokio::time::timeout(STOPPING_GRACE, shipping).await.ok(),
+            () = shutdown.clone().wait() => {
+                let deadline = *stopping_by.get_or_insert_with(|| tokio::time::Instant::now() + STOPPING_GRACE);
+                tokio::time::timeout_at(deadline, shipping).await.ok()
+            }
         }
     }
 
@@ -477,8 +484,16 @@ pub struct Governance {
 #[derive(Debug)]
 pub struct GovernanceLink {
     relay: tokio::task::JoinHandle<()>,
-    relay_stop: Shutdown,
+    /// Stops the relay and the reports: triggered by `join`, once the service has answered its
+    /// last calls, or when the link is dropped.
+    stop: Shutdown,
     monitor: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for GovernanceLink {
+    fn drop(&mut self) {
+        self.stop.trigger();
+    }
 }
 
 impl GovernanceLink {
@@ -499,18 +514,19 @@ impl GovernanceLink {
         };
         let config = &governance.relay;
         tokio::spawn(register_models(config.clone(), signer.clone(), service, models.cards(), shutdown.clone()));
-        let monitor = tokio::spawn(monitor.run(config.clone(), signer, service, shutdown.clone()));
-        // The relay stops only when told by `join`, once the service has answered its last calls.
-        let relay_stop = Shutdown::new();
-        Some(Self { relay: tokio::spawn(relay.run(relay_stop.clone())), relay_stop, monitor })
+        // The relay and the reports stop only when told by `join`, once the service has answered
+        // its last calls, so that what those calls wrote and counted goes out too.
+        let stop = Shutdown::new();
+        let monitor = tokio::spawn(monitor.run(config.clone(), signer, service, stop.clone()));
+        Some(Self { relay: tokio::spawn(relay.run(stop.clone())), stop, monitor })
     }
 
     /// Once the service has stopped serving: stops the relay, which first ships the events the
-    /// last calls wrote, and waits for it and the reports.
-    pub async fn join(self) {
-        self.relay_stop.trigger();
-        let _ = self.relay.await;
-        let _ = self.monitor.await;
+    /// last calls wrote, and the reports, which send their last summary, and waits for both.
+    pub async fn join(mut self) {
+        self.stop.trigger();
+        let _ = (&mut self.relay).await;
+        let _ = (&mut self.monitor).await;
     }
 }
 

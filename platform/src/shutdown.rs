@@ -25,38 +25,40 @@ impl Shutdown {
     }
 
     /// Triggers on SIGINT or SIGTERM; a second one, while the process drains, ends it at once
-    /// (exit code 130), as a person pressing Ctrl-C again means.
+    /// (exit code 128 + the signal's number: 130 for SIGINT, 143 for SIGTERM), as a person
+    /// pressing Ctrl-C again means.
+    #[cfg(unix)]
     pub fn trigger_on_signals(&self) {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+
         let token = self.0.clone();
         tokio::spawn(async move {
-            #[cfg(unix)]
-            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
                 Ok(signal) => Some(signal),
                 Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    tracing::error!(%error, "cannot listen for {name}");
                     None
                 }
             };
-            for signals in 1.. {
-                #[cfg(unix)]
-                let terminated = async {
-                    match terminate.as_mut() {
-                        Some(signal) => {
-                            signal.recv().await;
-                        }
-                        None => std::future::pending::<()>().await,
+            async fn received(signal: &mut Option<Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
                     }
-                };
-                #[cfg(not(unix))]
-                let terminated = std::future::pending::<()>();
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    () = terminated => {}
+                    None => std::future::pending::<()>().await,
                 }
+            }
+            let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+            let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+            for signals in 1.. {
+                let number = tokio::select! {
+                    () = received(&mut interrupt) => 2,
+                    () = received(&mut terminate) => 15,
+                };
                 if signals > 1 {
                     // What is not committed is not answered either: nothing said done is lost.
                     tracing::warn!("second stop signal: stopping now, without waiting for the requests in flight");
-                    std::process::exit(130);
+                    std::process::exit(128 + number);
                 }
                 tracing::info!("shutdown requested, draining (a second signal stops at once)");
                 token.cancel();

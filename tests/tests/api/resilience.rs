@@ -704,6 +704,37 @@ async fn post_head(app: &TestApp, key: &str, length: usize) -> tokio::net::TcpSt
     stream
 }
 
+/// A stop waits for a request in flight for the shutdown grace, then closes its connection, rather
+/// than be held by a client that stopped sending its body.
+#[tokio::test]
+async fn a_stop_closes_the_connections_still_busy_after_its_grace() {
+    use tokio::io::AsyncReadExt;
+
+    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
+    let app = spawn_gateway(&url, |config| {
+        config.gateway.shutdown_grace_secs = 1;
+        config.gateway.request_body_timeout_secs = 60;
+    })
+    .await;
+    let (_, key) = app.tenant_with_key().await;
+    let mut stream = stalled_request(&app, &key).await;
+    let in_flight = "aigronova_gateway_tenant_requests_in_flight";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while metric(&app, in_flight).await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the stalled request never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let asked = std::time::Instant::now();
+    app.stop().await;
+    let waited = asked.elapsed();
+    assert!(waited >= Duration::from_secs(1) && waited < Duration::from_secs(5), "the stop took {waited:?}");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection is still open after the stop");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(stand_in.calls(), 0);
+}
+
 /// Opens a connection and sends a request of `key` whose body stops after its first byte.
 async fn stalled_request(app: &TestApp, key: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
