@@ -704,6 +704,18 @@ async fn post_head(app: &TestApp, key: &str, length: usize) -> tokio::net::TcpSt
     stream
 }
 
+const IN_FLIGHT: &str = "aigronova_gateway_tenant_requests_in_flight";
+
+/// Waits until the gateway counts at least `at_least` requests in flight of all tenants (the gauge
+/// is the process's), failing with `what` after a few seconds.
+async fn wait_for_in_flight(app: &TestApp, at_least: f64, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while metric(app, IN_FLIGHT).await < at_least {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A stop waits for a request in flight for the shutdown grace, then closes its connection, rather
 /// than be held by a client that stopped sending its body.
 #[tokio::test]
@@ -717,13 +729,9 @@ async fn a_stop_closes_the_connections_still_busy_after_its_grace() {
     })
     .await;
     let (_, key) = app.tenant_with_key().await;
+    let idle = metric(&app, IN_FLIGHT).await;
     let mut stream = stalled_request(&app, &key).await;
-    let in_flight = "aigronova_gateway_tenant_requests_in_flight";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while metric(&app, in_flight).await < 1.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the stalled request never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_in_flight(&app, idle + 1.0, "the stalled request never started").await;
     let asked = std::time::Instant::now();
     app.stop().await;
     let waited = asked.elapsed();
@@ -780,16 +788,11 @@ async fn a_body_that_stops_arriving_is_408_and_no_tenant_holds_more_than_its_sha
     let (_, key) = app.tenant_with_key().await;
     let (_, other) = app.tenant_with_key().await;
     // The gauge is the process's: other gateways of this process (under `cargo test`) count too.
-    let idle = metric(&app, "aigronova_gateway_tenant_requests_in_flight").await;
+    let idle = metric(&app, IN_FLIGHT).await;
     let stalled = [stalled_request(&app, &key).await, stalled_request(&app, &key).await];
 
     // Once both are in flight, the tenant's next request is refused; another tenant's is not.
-    let in_flight = "aigronova_gateway_tenant_requests_in_flight";
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while metric(&app, in_flight).await < idle + 2.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the stalled requests never held the tenant's slots");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_in_flight(&app, idle + 2.0, "the stalled requests never held the tenant's slots").await;
     // Refused before the rate limits are asked: it spends none of the tenant's rate.
     for _ in 0..3 {
         let refused = app.get("/v1/health/patients/p-1", &key).await;
@@ -872,8 +875,7 @@ async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() 
     let (app, tenants) = holding_bodies(&url, 32 * 1024, 128 * 1024).await;
     let post = |key: &str, size: usize| post_padded(&app, key, size);
     // Four tenants each hold 30 KiB with a body that stops after its first byte.
-    let in_flight = "aigronova_gateway_tenant_requests_in_flight";
-    let idle = metric(&app, in_flight).await;
+    let idle = metric(&app, IN_FLIGHT).await;
     let mut stalled = Vec::new();
     for key in &tenants[..4] {
         let mut stream = post_head(&app, key, 30 * 1024).await;
@@ -881,11 +883,7 @@ async fn request_bodies_held_in_memory_are_bounded_for_each_tenant_and_in_all() 
         stalled.push(stream);
     }
     // A request's room is reserved as it takes its tenant's slot.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while metric(&app, in_flight).await < idle + 4.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the stalled bodies never held their room");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_in_flight(&app, idle + 4.0, "the stalled bodies never held their room").await;
     let refused = post(&tenants[4], 20 * 1024).await.unwrap();
     assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
     let problem = assert_problem(refused, 503).await;
@@ -917,8 +915,7 @@ async fn a_body_of_unknown_length_holds_room_for_what_has_arrived() {
     let (app, tenants) = holding_bodies(&url, 256 * 1024, 1024 * 1024).await;
     let address = app.address.trim_start_matches("http://").to_owned();
     // Four tenants each start a chunked body, one gzip-compressed, and stop after its first part.
-    let in_flight = "aigronova_gateway_tenant_requests_in_flight";
-    let idle = metric(&app, in_flight).await;
+    let idle = metric(&app, IN_FLIGHT).await;
     let mut stalled = Vec::new();
     for (i, key) in tenants[..4].iter().enumerate() {
         let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
@@ -936,11 +933,7 @@ async fn a_body_of_unknown_length_holds_room_for_what_has_arrived() {
         stream.write_all(b"\r\n").await.unwrap();
         stalled.push(stream);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while metric(&app, in_flight).await < idle + 4.0 {
-        assert!(tokio::time::Instant::now() < deadline, "the stalled bodies never reached the gateway");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_in_flight(&app, idle + 4.0, "the stalled bodies never reached the gateway").await;
     let post = |key: &str, size: usize| post_padded(&app, key, size);
     // Held at their plan's limit, the four would leave no room; held at what has arrived, they
     // leave room for another tenant's 200 KiB.
