@@ -129,8 +129,9 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
 }
 
 const API_DESCRIPTION: &str = "JSON over HTTP in front of the AigroNova services. Field names follow the proto3 JSON \
-                               mapping (lowerCamelCase; snake_case is accepted in requests; 64-bit integers are \
-                               strings in answers, strings or numbers in requests). A JSON body may also be labelled \
+                               mapping (lowerCamelCase; the proto names, snake_case, are accepted in request bodies \
+                               and query parameters too; numbers may be sent as strings, and 64-bit integers are \
+                               strings in answers). A JSON body may also be labelled \
                                any `…+json` type, or `application/x-www-form-urlencoded` (curl's default for `-d`); \
                                `HEAD` works wherever `GET` does. Every call but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs \
                                `Authorization: Bearer <key>` with the scope the operation names. Errors are RFC 9457 \
@@ -676,7 +677,9 @@ fn problem_responses() -> Map<String, Value> {
                 response["headers"] = json!({
                     "WWW-Authenticate": {
                         "description": "The RFC 6750 challenge: `Bearer`, `Bearer error=\"invalid_token\"`, or \
-                                        `Bearer error=\"insufficient_scope\", scope=\"…\"` for a missing scope.",
+                                        `Bearer error=\"insufficient_scope\", scope=\"…\"` for a missing scope; \
+                                        absent from a 403 the credential is not at fault for (a suspended tenant, \
+                                        a consent that does not grant the call).",
                         "schema": {"type": "string"},
                     },
                 });
@@ -996,7 +999,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         request: None,
         replies: &[json_reply("200", "Alive.", "gateway.Liveness")],
-        problems: &["BadRequest"],
+        problems: &["BadRequest", "Problem"],
     },
     Endpoint {
         method: "get",
@@ -1017,7 +1020,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
                 "gateway.Readiness",
             ),
         ],
-        problems: &["BadRequest"],
+        problems: &["BadRequest", "Problem"],
     },
     Endpoint {
         method: "get",
@@ -1045,7 +1048,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         request: None,
         replies: &[json_reply("200", "The document.", "gateway.OpenApiDocument")],
-        problems: &[],
+        problems: &["Problem"],
     },
     Endpoint {
         method: "get",
@@ -1057,7 +1060,7 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
         parameters: &[],
         request: None,
         replies: &[Reply { status: "200", description: "The page.", body: Some(("text/html", Body::Text)) }],
-        problems: &[],
+        problems: &["Problem"],
     },
 ];
 
