@@ -115,7 +115,8 @@ pub struct DeclaredFields<'a> {
 /// millionth of a centavo up to the largest amounts taken; a fraction of a centavo is far more.
 fn whole_cents(reais: f64) -> bool {
     let cents = reais * 100.0;
-    (cents - cents.round()).abs() < 1e-4
+    // A positive amount of no whole centavo (1e-7) is within the tolerance of 0, and is no amount.
+    (cents - cents.round()).abs() < 1e-4 && (reais == 0.0 || cents.round() != 0.0)
 }
 
 impl Applicant {
@@ -712,7 +713,7 @@ mod tests {
                 "{reais}"
             );
         }
-        for reais in [0.001, 1000.005, 5000.005, 15_000.999, 73_695.999, 9_999_999.991] {
+        for reais in [0.001, 1e-7, 1e-320, 1000.005, 5000.005, 15_000.999, 73_695.999, 9_999_999.991] {
             let amount = Applicant::parse(&DeclaredFields { credit_amount: reais, ..good.clone() });
             assert!(matches!(&amount, Err(Error::InvalidArgument { field, .. }) if field == "applicant.creditAmount"));
             let income = Applicant::parse(&DeclaredFields { monthly_income: Some(reais), ..good.clone() });

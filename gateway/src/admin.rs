@@ -493,8 +493,18 @@ async fn admin_body<T: DeserializeOwned>(
         }
     }
     // A field given as null is not given, as the services' routes read it (the JSON mapping of
-    // proto3): a required one is missing.
+    // proto3): a required one is missing. A name the body does not take is refused all the same.
+    let nulls: Vec<String> = fields.iter().filter(|(_, value)| value.is_null()).map(|(name, _)| name.clone()).collect();
     fields.retain(|_, value| !value.is_null());
+    let path_names = ["tenantId", "tenant_id"];
+    for name in nulls.iter().filter(|name| path_tenant.is_none() || !path_names.contains(&name.as_str())) {
+        let alone = serde_json::Value::Object(std::iter::once((name.clone(), serde_json::Value::Null)).collect());
+        if let Err(error) = serde_path_to_error::deserialize::<_, T>(alone)
+            && error.inner().to_string().starts_with("unknown field")
+        {
+            return Err(body_refused(&error));
+        }
+    }
     // The path's tenant may be named in the body too, with the path's value.
     if let Some(path_tenant) = path_tenant {
         match fields.remove("tenantId").or_else(|| fields.remove("tenant_id")) {
@@ -511,18 +521,22 @@ async fn admin_body<T: DeserializeOwned>(
             _ => {}
         }
     }
-    serde_path_to_error::deserialize(json).map_err(|error| {
-        let message = crate::problem::without_values(&error.inner().to_string());
-        let missing = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`'));
-        if let Some(name) = missing {
-            return Problem::invalid_field(name, format!("{name} is required"));
-        }
-        let path = error.path().to_string();
-        if let Some(said) = crate::transcode::type_mismatch(&path, &message) {
-            return Problem::invalid_field(&path, said);
-        }
-        Problem::invalid_body_field(&path, &message, format!("invalid request body: {message}"))
-    })
+    serde_path_to_error::deserialize(json).map_err(|error| body_refused(&error))
+}
+
+/// The 400 for an admin body that does not read as its type: the field missing, of another type,
+/// or unknown, named.
+fn body_refused(error: &serde_path_to_error::Error<serde_json::Error>) -> Problem {
+    let message = crate::problem::without_values(&error.inner().to_string());
+    let missing = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`'));
+    if let Some(name) = missing {
+        return Problem::invalid_field(name, format!("{name} is required"));
+    }
+    let path = error.path().to_string();
+    if let Some(said) = crate::transcode::type_mismatch(&path, &message) {
+        return Problem::invalid_field(&path, said);
+    }
+    Problem::invalid_body_field(&path, &message, format!("invalid request body: {message}"))
 }
 
 /// The name of the first parameter in `uri`'s query, if it has one.

@@ -161,6 +161,9 @@ async fn tenant_updates_refuse_bad_input() {
         ("\u{feff}{}", tenants, None, "the request body starts with a byte-order mark: send the JSON without it"),
         ("[1]", tenants, None, "the request body must be a JSON object, not a list"),
         (r#"{"name": "x", "plan": "starter", "tenantId": "t"}"#, tenants, Some("tenantId"), "unknown field"),
+        // A name it does not take is refused even as null, which reads as absent for those it takes.
+        (r#"{"name": "x", "plan": "starter", "bogus": null}"#, tenants, Some("bogus"), "unknown field"),
+        (r#"{"name": "k", "scopes": ["health:read"], "bogus": null}"#, keys.as_str(), Some("bogus"), "unknown field"),
     ];
     for (body, url, field, detail) in cases {
         let (got_field, got_detail) = said(body, url).await;

@@ -79,8 +79,11 @@ async fn patient_lifecycle(backend: Backend) {
     assert_eq!(by_prefix, ["Maria Silva", "Mário Souza"], "case and accents ignored");
     assert_eq!(names(&list(&app, &key, "cpf=111.444.777-35").await), ["Mário Souza"]);
     assert_eq!(names(&list(&app, &key, "namePrefix=zz").await).len(), 0);
-    let problem = assert_problem(app.get("/v1/health/patients?cpf=123", &key).await, 400).await;
-    assert_eq!(problem["field"], "cpf");
+    // A CPF that is none, blanks among them, is refused rather than dropped as a filter.
+    for cpf in ["123", "%20", "%09"] {
+        let problem = assert_problem(app.get(&format!("/v1/health/patients?cpf={cpf}"), &key).await, 400).await;
+        assert_eq!(problem["field"], "cpf", "{cpf}");
+    }
     assert_problem(app.get("/v1/health/patients?pageSize=1000", &key).await, 400).await;
 
     // Update: only the fields sent; a bad value changes nothing.
