@@ -148,8 +148,9 @@ pub(crate) fn json_media_type(content_type: Option<&str>) -> Result<(), Problem>
     // Every charset given counts, so that a second one cannot hide behind a first. US-ASCII is
     // UTF-8 too, and `utf8` is a common spelling of it.
     let utf8 = |charset: &str| ["utf-8", "utf8", "us-ascii"].iter().any(|name| charset.eq_ignore_ascii_case(name));
+    // A `charset` without a value (`; charset`) names none: it is refused as an empty one is.
     let other = parts
-        .filter_map(|parameter| parameter.split_once('='))
+        .map(|parameter| parameter.split_once('=').unwrap_or((parameter, "")))
         .filter(|(name, _)| name.trim().eq_ignore_ascii_case("charset"))
         .map(|(_, value)| value.trim().trim_matches('"'))
         .find(|charset| !utf8(charset));

@@ -395,6 +395,8 @@ async fn json_bodies_declared_in_a_charset_other_than_utf_8_are_415_naming_it() 
         ("application/json; charset=iso-8859-1", "iso-8859-1"),
         ("application/json; Charset=\"Windows-1252\"", "Windows-1252"),
         ("application/json; charset=utf-16", "utf-16"),
+        // No value at all names no charset, as an empty one does not.
+        ("application/json; charset", "\"\""),
     ] {
         let response = patient_declared_as(&app, &key, reqwest::header::HeaderValue::from_static(media_type)).await;
         let problem = assert_problem(response, 415).await;
