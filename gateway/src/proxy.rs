@@ -166,17 +166,20 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         }
         // The path is the problem's `instance` already: not repeated (it may hold whatever was typed).
         Lookup::NotFound => {
-            let trimmed = parts.uri.path().trim_end_matches('/');
-            let slashed = trimmed.len() < parts.uri.path().len();
-            let detail = match state.routes.lookup(&parts.method, trimmed) {
-                Lookup::Found(matched) if slashed => {
-                    format!("no route has this path; without its trailing slash it is {}", matched.route.template)
-                }
-                // The gateway's own routes, the admin API's among them, are told alike.
-                _ => match crate::openapi::own_route_template(trimmed).filter(|_| slashed) {
-                    Some(template) => format!("no route has this path; without its trailing slash it is {template}"),
-                    None => "no route has this path; GET /openapi.json lists them".to_owned(),
-                },
+            // One trailing slash from a route that takes the method, services' and the gateway's own alike.
+            let trimmed = parts.uri.path().strip_suffix('/').filter(|trimmed| !trimmed.is_empty());
+            let route = trimmed.and_then(|trimmed| match state.routes.lookup(&parts.method, trimmed) {
+                Lookup::Found(matched) => Some(matched.route.template.to_string()),
+                _ => crate::openapi::own_route_template(trimmed)
+                    .filter(|template| {
+                        let method = if parts.method == Method::HEAD { "GET" } else { parts.method.as_str() };
+                        crate::openapi::own_route_methods(template).contains(&method)
+                    })
+                    .map(str::to_owned),
+            });
+            let detail = match route {
+                Some(template) => format!("no route has this path; without its trailing slash it is {template}"),
+                None => "no route has this path; GET /openapi.json lists them".to_owned(),
             };
             return Err(Problem::not_found(detail));
         }

@@ -221,7 +221,17 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             // A space at the end is kept: it ends a word (`Ana ` finds Ana and Ana Paula, not Anabela).
             name_prefix: Some(name_prefix.trim_start().to_owned()).filter(|prefix| !prefix.is_empty()),
             // Not given is no filter; blanks are a CPF that is none, not a filter dropped.
-            cpf: if cpf.is_empty() { None } else { Some(Cpf::parse(&cpf)?) },
+            cpf: match cpf.as_str() {
+                "" => None,
+                blank if blank.trim().is_empty() => {
+                    return Err(aigronova_platform::Error::invalid(
+                        "cpf",
+                        "is blank: send the 11 digits of a CPF, or leave cpf out",
+                    )
+                    .into());
+                }
+                cpf => Some(Cpf::parse(cpf)?),
+            },
         };
         let event = |patients: &[Patient]| {
             // The fields shown of any patient of the page, in the order a patient's are named.

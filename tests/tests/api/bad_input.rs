@@ -584,6 +584,13 @@ async fn a_first_callers_mistakes_are_told_what_to_do() {
         let detail = problem["detail"].as_str().unwrap();
         assert!(detail.ends_with(&format!("without its trailing slash it is {template}")), "{path}: {detail}");
     }
+    // Not for a method the route does not take, nor for more than one slash too many.
+    let put = app.client.put(app.url("/v1/admin/tenants/")).bearer_auth(&app.admin_key).send().await.unwrap();
+    let doubled = app.get("/v1/admin/tenants//", &app.admin_key).await;
+    for response in [put, doubled, app.get("/v1/health/patients//", &key).await] {
+        let problem = assert_problem(response, 404).await;
+        assert_eq!(problem["detail"], "no route has this path; GET /openapi.json lists them");
+    }
     // A body that is JSON but no object, and a field spelled otherwise than the API spells it.
     for (body, found) in [("[]", "a list"), ("true", "a boolean"), ("null", "null")] {
         let problem = assert_problem(app.post_raw("/v1/health/patients", &key, body).await, 400).await;

@@ -84,6 +84,8 @@ async fn patient_lifecycle(backend: Backend) {
         let problem = assert_problem(app.get(&format!("/v1/health/patients?cpf={cpf}"), &key).await, 400).await;
         assert_eq!(problem["field"], "cpf", "{cpf}");
     }
+    let blank = assert_problem(app.get("/v1/health/patients?cpf=%20", &key).await, 400).await;
+    assert_eq!(blank["detail"], "cpf: is blank: send the 11 digits of a CPF, or leave cpf out");
     assert_problem(app.get("/v1/health/patients?pageSize=1000", &key).await, 400).await;
 
     // Update: only the fields sent; a bad value changes nothing.
