@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use aigronova_platform::config::ConfigError;
+use aigronova_platform::{config::ConfigError, grpc::parse_grpc_timeout};
 use axum::{
     extract::Request,
     http::{HeaderMap, Method, StatusCode},
@@ -349,26 +349,6 @@ impl RetryBudget {
         }
         slot
     }
-}
-
-/// Parses a gRPC timeout: 1 to 8 digits and a unit, `H`, `M`, `S`, `m` (ms), `u` (µs) or `n` (ns).
-fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    let unit = value.chars().last()?;
-    let digits = &value[..value.len() - unit.len_utf8()];
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    // A positive integer, as gRPC's TimeoutValue is.
-    let amount: u64 = digits.parse().ok().filter(|amount| *amount > 0)?;
-    Some(match unit {
-        'H' => Duration::from_secs(amount * 3600),
-        'M' => Duration::from_secs(amount * 60),
-        'S' => Duration::from_secs(amount),
-        'm' => Duration::from_millis(amount),
-        'u' => Duration::from_micros(amount),
-        'n' => Duration::from_nanos(amount),
-        _ => return None,
-    })
 }
 
 /// How a call to a route may be made.

@@ -24,23 +24,30 @@ use crate::{
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The time the caller gives a call, from its `grpc-timeout` metadata (the gateway sends the time
-/// its request has left): `None` without one, or with one that is not `1` to `8` digits and a unit.
+/// its request has left): `None` without one, or with one [`parse_grpc_timeout`] does not read.
 pub fn time_left(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    parse_grpc_timeout(metadata.get("grpc-timeout")?.to_str().ok()?)
+}
+
+/// Parses a gRPC timeout: a positive number of 1 to 8 digits and a unit, `H`, `M`, `S`, `m` (ms),
+/// `u` (µs) or `n` (ns).
+pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
     use std::time::Duration;
 
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let unit = value.chars().last()?;
+    let digits = &value[..value.len() - unit.len_utf8()];
     if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let amount: u64 = digits.parse().ok()?;
+    // A positive integer, as gRPC's TimeoutValue is.
+    let amount: u64 = digits.parse().ok().filter(|amount| *amount > 0)?;
     Some(match unit {
-        "H" => Duration::from_secs(amount * 3600),
-        "M" => Duration::from_secs(amount * 60),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
+        'H' => Duration::from_secs(amount * 3600),
+        'M' => Duration::from_secs(amount * 60),
+        'S' => Duration::from_secs(amount),
+        'm' => Duration::from_millis(amount),
+        'u' => Duration::from_micros(amount),
+        'n' => Duration::from_nanos(amount),
         _ => return None,
     })
 }
@@ -240,7 +247,7 @@ mod tests {
         assert_eq!(with("5S"), Some(std::time::Duration::from_secs(5)));
         assert_eq!(with("2M"), Some(std::time::Duration::from_secs(120)));
         assert_eq!(with("99999999n"), Some(std::time::Duration::from_nanos(99_999_999)));
-        for bad in ["", "m", "250", "123456789S", "-5S", "5s", "5 S"] {
+        for bad in ["", "m", "250", "123456789S", "-5S", "5s", "5 S", "0m"] {
             assert_eq!(with(bad), None, "{bad:?}");
         }
         assert_eq!(time_left(&tonic::metadata::MetadataMap::new()), None);
