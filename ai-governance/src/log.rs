@@ -472,10 +472,10 @@ impl Verification {
 }
 
 impl LogStore {
-    /// Checks the whole log of `tenant_id` as a verifier would: the latest checkpoint's signature,
-    /// then every stored entry's text hashed again into the tree, against the signed root.
-    pub async fn verify(&self, tenant_id: &str) -> Result<Verification, Error> {
-        let checkpoint = self.latest_checkpoint(tenant_id).await?;
+    /// Checks the log of `tenant_id` as a verifier would, up to `checkpoint` (one of its signed
+    /// checkpoints, the latest one a report shows, say): the checkpoint's signature, then every
+    /// stored entry it covers hashed again into the tree, against its signed root.
+    pub async fn verify(&self, tenant_id: &str, checkpoint: &SignedCheckpoint) -> Result<Verification, Error> {
         let size = checkpoint.body.tree_size;
         if self.signer.public_key().verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
             let reason = "the latest checkpoint's signature does not verify".to_owned();
@@ -696,6 +696,22 @@ pub(crate) mod tests {
         assert_eq!(log.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
         assert_eq!(log.latest_checkpoint("b").await.unwrap().body.tree_size, 1);
         assert_eq!(log.latest_checkpoint("c").await.unwrap().body.tree_size, 0);
+    }
+
+    /// A verification is of the checkpoint it is given, whatever was appended since: a report's
+    /// verdict is about the root it shows.
+    #[tokio::test]
+    async fn a_verification_checks_the_checkpoint_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        let shown = log.latest_checkpoint("a").await.unwrap();
+        log.append(vec![leaf("a", 3), leaf("a", 4), leaf("a", 5)]).await.unwrap();
+        let verification = log.verify("a", &shown).await.unwrap();
+        assert_eq!((verification.tree_size, verification.verified()), (2, true), "{}", verification.reason);
+        let latest = log.latest_checkpoint("a").await.unwrap();
+        let verification = log.verify("a", &latest).await.unwrap();
+        assert_eq!((verification.tree_size, verification.verified()), (5, true), "{}", verification.reason);
     }
 
     #[tokio::test]
