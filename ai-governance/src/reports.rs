@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use aigronova_platform::{Error, grpc::Page, pdf::PdfDocument};
-use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Timelike, Utc};
 use serde_json::{Value, json};
 
 use crate::{
@@ -94,6 +94,15 @@ impl Format {
 /// midnight so that a date `to` includes that day).
 pub fn parse_bound(field: &str, text: &str, end_of_day: bool) -> Result<DateTime<Utc>, Error> {
     let at = if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        // As everywhere else: finer than the nanosecond is refused, never cut, and a leap second
+        // names no instant the log holds.
+        let fraction = text.split_once('.').map(|(_, rest)| rest.bytes().take_while(u8::is_ascii_digit).count());
+        if fraction.is_some_and(|digits| digits > 9) {
+            return Err(Error::invalid(field, "has more than 9 digits after the second's point"));
+        }
+        if at.nanosecond() >= 1_000_000_000 {
+            return Err(Error::invalid(field, "is a leap second (second 60), which no time of the log is"));
+        }
         at.with_timezone(&Utc)
     } else {
         // Exactly `YYYY-MM-DD`: chrono's `%Y` would also take a sign or fewer digits.
@@ -427,6 +436,10 @@ mod tests {
         assert_eq!(at("9999-12-31", false), "9999-12-31T00:00:00+00:00");
         assert!(parse_bound("to", "2026-13-01", true).is_err());
         assert!(parse_bound("to", "yesterday", true).is_err());
+        // Finer than the nanosecond, and a leap second: refused rather than cut or echoed.
+        assert!(parse_bound("from", "2026-12-01T04:00:00.1234567891Z", false).is_err());
+        assert!(parse_bound("from", "2026-12-01T04:00:00.123456789Z", false).is_ok());
+        assert!(parse_bound("to", "2026-12-31T23:59:60Z", false).is_err());
         for loose in ["26-11-01", "-2026-11-01", "+2026-11-01", "2026-1-1", "2026-11-1", " 2026-11-01"] {
             assert!(parse_bound("from", loose, false).is_err(), "{loose}");
         }
