@@ -497,9 +497,9 @@ impl Drop for GovernanceLink {
 }
 
 impl GovernanceLink {
-    /// Starts, until `shutdown`, the relay of `service`'s outbox, the registration of `models`
-    /// and the reports of `monitor`, all signed by `governance`'s signer. Without a signer nothing
-    /// starts and audit events wait in the outbox.
+    /// Starts the relay of `service`'s outbox and the reports of `monitor`, which run until
+    /// [`Self::join`], and the registration of `models`, which runs until `shutdown`, all signed by
+    /// `governance`'s signer. Without a signer nothing starts and audit events wait in the outbox.
     pub fn start(
         service: &'static str,
         governance: &Governance,
