@@ -19,8 +19,19 @@ struct Running {
     url: String,
     /// Standard error's lines before the URL's: the administrator key's notice, on a first start.
     head: String,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
+    /// Taken by `stop`.
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+/// A test that fails before it stops its platform leaves no process behind.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Reads `stream` to its end on a thread of its own, so that the process never blocks on a full
@@ -82,7 +93,7 @@ fn start_with(data_dir: &std::path::Path, admin_key: Option<&str>, env: &[(&str,
             panic!("aigronova up exited or hung before printing its URL: {status:?}");
         };
         if let Some(url) = line.trim().strip_prefix("AigroNova is up at ") {
-            return Running { child, url: url.to_owned(), head, stdout, stderr };
+            return Running { child, url: url.to_owned(), head, stdout: Some(stdout), stderr: Some(stderr) };
         }
         head.push_str(&line);
         head.push('\n');
@@ -94,7 +105,8 @@ fn stop(mut running: Running) -> (String, String) {
     Command::new("kill").args(["-INT", &running.child.id().to_string()]).status().unwrap();
     let status = running.child.wait().unwrap();
     assert!(status.success(), "aigronova up exits cleanly on SIGINT: {status}");
-    (running.stdout.join().unwrap(), running.stderr.join().unwrap())
+    let output = |handle: Option<std::thread::JoinHandle<String>>| handle.expect("not stopped before").join().unwrap();
+    (output(running.stdout.take()), output(running.stderr.take()))
 }
 
 /// Opens, as a new tenant's key, a request whose body, announced at 900 kB, never comes past its
@@ -123,7 +135,7 @@ fn signal(running: &Running, signal: &str) {
 }
 
 /// Waits up to `limit` for the process to exit; its status, or `None` if it is still running
-/// (then killed).
+/// (killed when `running` is dropped).
 fn exit_within(running: &mut Running, limit: Duration) -> Option<std::process::ExitStatus> {
     let started = std::time::Instant::now();
     while started.elapsed() < limit {
@@ -132,8 +144,6 @@ fn exit_within(running: &mut Running, limit: Duration) -> Option<std::process::E
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = running.child.kill();
-    let _ = running.child.wait();
     None
 }
 
