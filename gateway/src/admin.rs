@@ -300,13 +300,26 @@ pub(crate) async fn get_api_key(
     ids: PathOf<(Id, Id)>,
     request: Request,
 ) -> Result<Response, Problem> {
-    require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "GET /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
-    let (tenant_id, key_id) = path(ids)?;
-    existing_tenant(&state, &tenant_id).await?;
-    key_id_shaped(&key_id)?;
+    let (tenant_id, key_id) =
+        key_of_path(&state, ids, request, "GET /v1/admin/tenants/{tenantId}/api-keys/{keyId}").await?;
     let key = state.store.key(&tenant_id, &key_id).await.map_err(store_failure)?;
     Ok(Json(key.ok_or_else(|| key_not_found(&tenant_id, &key_id))?).into_response())
+}
+
+/// The tenant and key a request on one key (`route`) names, once its caller is known to be an
+/// administrator, it has neither query nor body, the tenant exists and the key id is shaped as one.
+async fn key_of_path(
+    state: &AppState,
+    ids: PathOf<(Id, Id)>,
+    request: Request,
+    route: &str,
+) -> Result<(Id, Id), Problem> {
+    require_admin(state, request.headers()).await?;
+    neither_query_nor_body(&request, route)?;
+    let (tenant_id, key_id) = path(ids)?;
+    existing_tenant(state, &tenant_id).await?;
+    key_id_shaped(&key_id)?;
+    Ok((tenant_id, key_id))
 }
 
 /// Refuses a key id no key could have, as a tenant id is refused.
@@ -328,11 +341,8 @@ pub(crate) async fn revoke_api_key(
     ids: PathOf<(Id, Id)>,
     request: Request,
 ) -> Result<Response, Problem> {
-    require_admin(&state, request.headers()).await?;
-    neither_query_nor_body(&request, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}")?;
-    let (tenant_id, key_id) = path(ids)?;
-    existing_tenant(&state, &tenant_id).await?;
-    key_id_shaped(&key_id)?;
+    let (tenant_id, key_id) =
+        key_of_path(&state, ids, request, "DELETE /v1/admin/tenants/{tenantId}/api-keys/{keyId}").await?;
     let (hash, now_revoked) = state
         .store
         .revoke_key(&tenant_id, &key_id)

@@ -35,7 +35,7 @@ fn acceptable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
-        && !id.to_ascii_lowercase().contains("agk_")
+        && !id.as_bytes().windows(4).any(|four| four.eq_ignore_ascii_case(b"agk_"))
         && longest_hex_run(id) <= 32
         && !id.contains("eyJ")
         && !aigronova_platform::cpf::holds_cpf(id)
