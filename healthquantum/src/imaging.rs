@@ -218,6 +218,11 @@ fn also_another_kind(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// How many of the first bytes of `bytes` are padding: NULs and ASCII whitespace.
+fn padding_len(bytes: &[u8]) -> usize {
+    bytes.iter().take_while(|byte| **byte == 0 || byte.is_ascii_whitespace()).count()
+}
+
 /// Pictures a JPEG may have after its own, as cameras store a second one (a depth map, a preview).
 const MAX_TRAILING_PICTURES: usize = 4;
 
@@ -227,8 +232,7 @@ const MAX_TRAILING_PICTURES: usize = 4;
 fn check_trailer(media_type: MediaType, trailer: &[u8]) -> Result<(), &'static str> {
     let mut rest = trailer;
     for _ in 0..=MAX_TRAILING_PICTURES {
-        let padding = rest.iter().take_while(|byte| **byte == 0 || byte.is_ascii_whitespace()).count();
-        rest = &rest[padding..];
+        rest = &rest[padding_len(rest)..];
         if rest.is_empty() {
             return Ok(());
         }
@@ -610,31 +614,47 @@ fn skip_item(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize) -> O
     }
 }
 
-/// The width and height of a DICOM image: its Columns and Rows, read from the top level of its
-/// data set, whose elements come in the order of their tags. `None` when the data set does not
-/// give both, is malformed, or is not read here (see [`Encoding::of`]). Every read is bounded by
-/// the bytes, and sequences are skipped within [`MAX_NESTING`] levels.
-fn dicom_dimensions(bytes: &[u8], meta: DicomMeta<'_>) -> Option<(u32, u32)> {
-    let encoding = Encoding::of(meta.transfer_syntax)?;
-    let (mut rows, mut columns) = (None, None);
+/// Reads the data set of a DICOM file to its end (PS3.5 7): element after element, in the order of
+/// their tags, each whole, sequences within [`MAX_NESTING`] levels, until the file ends or only
+/// padding is left, so that nothing travels as the file that is not one (a file cut short, another
+/// appended). Returns the image's width and height, its Columns and Rows from the top level of the
+/// data set, 0 when it does not give them (as one unsigned 16-bit value each). A data set in a
+/// transfer syntax not read here (see [`Encoding::of`]) is refused, as it could not be checked.
+fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String> {
+    let encoding = Encoding::of(meta.transfer_syntax).ok_or_else(|| {
+        format!(
+            "its transfer syntax, {}, is not read here (a deflated or big endian data set, or a private syntax): \
+             send it in explicit or implicit VR little endian",
+            String::from_utf8_lossy(meta.transfer_syntax)
+        )
+    })?;
+    let (mut rows, mut columns) = (0, 0);
+    let mut previous = None;
     let mut at = meta.data_set_at;
-    while rows.is_none() || columns.is_none() {
-        let element = Element::read(bytes, at, encoding)?;
-        if element.tag > COLUMNS {
-            break;
+    while at + padding_len(&bytes[at..]) < bytes.len() {
+        let refused =
+            |what: String| format!("{what}: the file is cut short or damaged, or other data follows its data set");
+        let element = Element::read(bytes, at, encoding)
+            .ok_or_else(|| refused(format!("has bytes at byte {at} that are not a whole data element")))?;
+        let (group, number) = element.tag;
+        if previous.is_some_and(|previous| previous >= element.tag) || group == ITEM.0 {
+            return Err(refused(format!("has an element out of order at byte {at}, ({group:04X},{number:04X})")));
         }
-        if element.tag == ROWS || element.tag == COLUMNS {
+        previous = Some(element.tag);
+        let end = element.end(bytes, MAX_NESTING).filter(|end| *end <= bytes.len()).ok_or_else(|| {
+            refused(format!(
+                "has an element at byte {at}, ({group:04X},{number:04X}), that runs past the end of the file \
+                 or holds a sequence that does not end as it should"
+            ))
+        })?;
+        if (element.tag == ROWS || element.tag == COLUMNS) && element.length == Some(2) {
             // US: one unsigned 16-bit value.
-            let value = match element.length {
-                Some(2) => bytes.get(element.value_at..element.value_at + 2)?,
-                _ => return None,
-            };
-            let value = u32::from(u16::from_le_bytes([value[0], value[1]]));
-            if element.tag == ROWS { rows = Some(value) } else { columns = Some(value) }
+            let value = u32::from(u16::from_le_bytes([bytes[element.value_at], bytes[element.value_at + 1]]));
+            if element.tag == ROWS { rows = value } else { columns = value }
         }
-        at = element.end(bytes, MAX_NESTING)?;
+        at = end;
     }
-    Some((columns?, rows?))
+    Ok((columns, rows))
 }
 
 /// What an upload turned out to be.
@@ -691,8 +711,8 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
         MediaType::Dicom => {
             let meta = check_dicom(bytes)
                 .map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
-            // Rows and Columns are informative: a data set they cannot be read from is kept all the same.
-            let (width, height) = dicom_dimensions(bytes, meta).unwrap_or((0, 0));
+            let (width, height) = read_data_set(bytes, meta)
+                .map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
             return Ok(Examined { media_type, width, height, thumbnail: None });
         }
     };
@@ -1538,6 +1558,13 @@ mod tests {
         parts.concat()
     }
 
+    /// An element in explicit VR little endian, of a VR whose length takes 4 bytes after 2 reserved ones.
+    fn long_explicit((group, element): Tag, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let length = u32::try_from(value.len()).unwrap().to_le_bytes();
+        let parts: [&[u8]; 6] = [&group.to_le_bytes(), &element.to_le_bytes(), vr, &[0, 0], &length, value];
+        parts.concat()
+    }
+
     /// An element in implicit VR little endian.
     fn implicit((group, element): Tag, value: &[u8]) -> Vec<u8> {
         let length = u32::try_from(value.len()).unwrap().to_le_bytes();
@@ -1610,23 +1637,78 @@ mod tests {
         .concat();
         assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (768, 1024));
 
-        // Not read: a deflated or big endian data set, a private transfer syntax, a data set
-        // without Rows, or in another encoding than its transfer syntax says. The file is kept.
-        for syntax in ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2", "1.3.6.1.4.1.5962.300.1"] {
-            assert_eq!(dimensions(&dicom_file(syntax, &explicit_data_set(480, 640))), (0, 0), "{syntax}");
-        }
+        // A data set that does not give them, or only in another form than one 16-bit value.
         let no_rows = [explicit((0x0008, 0x0060), b"CS", b"MR"), explicit(COLUMNS, b"US", &640_u16.to_le_bytes())];
-        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &no_rows.concat())), (0, 0));
-        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (0, 0));
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &no_rows.concat())), (640, 0));
+        let long_rows =
+            [explicit(ROWS, b"UL", &480_u32.to_le_bytes()), explicit(COLUMNS, b"US", &640_u16.to_le_bytes())];
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &long_rows.concat())), (640, 0));
+        // Padding after the data set, as after a PNG's or a JPEG's end.
+        let padded = [dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640)), vec![0; 7]].concat();
+        assert_eq!(dimensions(&padded), (640, 480));
+    }
+
+    /// Why `bytes`, a DICOM file, is refused.
+    fn dicom_refusal(bytes: &[u8]) -> String {
+        match examine(bytes) {
+            Err(Error::InvalidArgument { field, reason }) if field == "body" => reason,
+            other => panic!("a damaged DICOM file accepted or refused otherwise: {other:?}"),
+        }
     }
 
     #[test]
-    fn a_malformed_dicom_data_set_gives_no_dimensions_and_never_panics() {
+    fn a_dicom_data_set_not_read_to_its_end_is_refused() {
+        // Not read, so not checked: a deflated or big endian data set, a private transfer syntax.
+        for syntax in ["1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2", "1.3.6.1.4.1.5962.300.1"] {
+            assert_eq!(
+                dicom_refusal(&dicom_file(syntax, &explicit_data_set(480, 640))),
+                format!(
+                    "starts as DICOM but its transfer syntax, {syntax}, is not read here (a deflated or big endian \
+                     data set, or a private syntax): send it in explicit or implicit VR little endian"
+                ),
+            );
+        }
         let whole = dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640));
-        // Cut short anywhere, or with any byte changed: examined, accepted or not, without a panic.
+        let pixels = long_explicit((0x7FE0, 0x0010), b"OW", &[0; 40]);
+        let pixels_at = whole.len();
+        let imaged = [&whole[..], &pixels].concat();
+        assert_eq!(dimensions(&imaged), (640, 480));
+        let damaged = "the file is cut short or damaged, or other data follows its data set";
+        // Cut inside its pixel data, or inside an element's header.
+        assert_eq!(
+            dicom_refusal(&imaged[..imaged.len() - 30]),
+            format!(
+                "starts as DICOM but has an element at byte {pixels_at}, (7FE0,0010), that runs past the end of the \
+                 file or holds a sequence that does not end as it should: {damaged}"
+            ),
+        );
+        assert_eq!(
+            dicom_refusal(&imaged[..pixels_at + 5]),
+            format!("starts as DICOM but has bytes at byte {pixels_at} that are not a whole data element: {damaged}"),
+        );
+        // Another file after the data set: an executable, a PNG, or bytes that read as an element
+        // whose tag comes before the last one's.
+        let end = imaged.len();
+        let earlier_tag = explicit((0x0008, 0x0060), b"CS", b"MR");
+        for appended in [&b"\x7fELF\x02\x01\x01\0payload"[..], &png(4, 4)[..], &earlier_tag[..]] {
+            let refusal = dicom_refusal(&[&imaged[..], appended].concat());
+            assert!(refusal.starts_with("starts as DICOM but has "), "{refusal}");
+            assert!(refusal.contains(&format!("at byte {end}")) && refusal.ends_with(damaged), "{refusal}");
+        }
+        // In another encoding than its transfer syntax says.
+        let implicit_data_set = [implicit((0x0008, 0x0060), b"CT"), implicit(ROWS, &3_u16.to_le_bytes())].concat();
+        let refusal = dicom_refusal(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set));
+        assert!(refusal.ends_with(damaged), "{refusal}");
+    }
+
+    #[test]
+    fn a_malformed_dicom_data_set_is_refused_and_never_panics() {
+        let whole = dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640));
+        // Cut short anywhere: examined, accepted (cut between two elements) or not, without a panic.
         for end in 0..whole.len() {
             let _ = examine(&whole[..end]);
         }
+        // Any byte changed: examined, accepted or not, without a panic.
         for at in PREAMBLE + 4..whole.len() {
             for byte in [0x00, 0x7F, 0xFF] {
                 let mut changed = whole.clone();
@@ -1636,7 +1718,7 @@ mod tests {
         }
         // Lengths past the end, and sequences nested deeper than any data set needs.
         let overlong = [implicit((0x0008, 0x0060), b"MR"), framing((0x0008, 0x1140), 0xFFFF_FFF0)].concat();
-        assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &overlong)), (0, 0));
+        assert!(dicom_refusal(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &overlong)).contains("(0008,1140)"));
         let mut deep = Vec::new();
         for _ in 0..10_000 {
             deep.extend(undefined_explicit((0x0008, 0x1140), b"SQ"));
@@ -1644,6 +1726,6 @@ mod tests {
         }
         deep.extend(explicit(ROWS, b"US", &480_u16.to_le_bytes()));
         deep.extend(explicit(COLUMNS, b"US", &640_u16.to_le_bytes()));
-        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &deep)), (0, 0));
+        assert!(dicom_refusal(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &deep)).contains("(0008,1140)"));
     }
 }

@@ -649,6 +649,10 @@ async fn medical_images(backend: Backend) {
     polyglot[..4].copy_from_slice(b"MZ\x90\x00");
     let problem = assert_problem(upload(&app, &key, &patient, "application/dicom", polyglot).await, 400).await;
     assert_eq!(problem["field"], "body");
+    // An executable after a DICOM file's data set.
+    let trailed = [&include_bytes!("../../fixtures/minimal.dcm")[..], b"\x7fELF\x02\x01\x01\x00payload"].concat();
+    let problem = assert_problem(upload(&app, &key, &patient, "application/dicom", trailed).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("other data follows its data set"), "{problem}");
     let other = app.create_tenant("Outra").await;
     let other_key = app.create_key(&other, SCOPES).await;
     assert_problem(upload(&app, &other_key, &patient, "image/png", picture.clone()).await, 404).await;
