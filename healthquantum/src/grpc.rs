@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     assessment::{self, Assessment, AssessmentRequest, ModelInput},
     imaging,
-    patient::{Cpf, Email, NewPatient, Patient, PatientChanges, PatientId, Phone},
+    patient::{Cpf, Email, NewPatient, Patient, PatientChanges, PatientId, PatientName, Phone},
     store::{Deleted, Erased, ImageRecord, PatientFilter, Store},
 };
 
@@ -219,7 +219,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let page_size = aigronova_platform::grpc::page_size(page_size)?;
         let filter = PatientFilter {
             // A space at the end is kept: it ends a word (`Ana ` finds Ana and Ana Paula, not Anabela).
-            name_prefix: Some(name_prefix.trim_start().to_owned()).filter(|prefix| !prefix.is_empty()),
+            name_prefix: Some(name_prefix_filter(&name_prefix)?.to_owned()).filter(|prefix| !prefix.is_empty()),
             // Not given is no filter; blanks are a CPF that is none, not a filter dropped.
             cpf: match cpf.as_str() {
                 "" => None,
@@ -658,6 +658,24 @@ impl From<Assessment> for proto::Assessment {
             create_time: Some(time::to_proto(assessment.created_at)),
         }
     }
+}
+
+/// The name prefix of a patient list, without the spaces before it; refused when no name could
+/// start with it (longer than a name, or with characters a name may not hold), rather than
+/// answered with an empty list.
+fn name_prefix_filter(prefix: &str) -> Result<&str, aigronova_platform::Error> {
+    let prefix = prefix.trim_start();
+    let refused = |reason: String| aigronova_platform::Error::invalid("namePrefix", reason);
+    if prefix.chars().count() > PatientName::MAX_CHARS {
+        return Err(refused(format!("must be at most {} characters, as a name is", PatientName::MAX_CHARS)));
+    }
+    if prefix.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(refused("must not contain control characters, which no name holds".to_owned()));
+    }
+    if prefix.chars().any(aigronova_platform::text::is_bidi_control) {
+        return Err(refused("must not contain bidirectional overrides, which no name holds".to_owned()));
+    }
+    Ok(prefix)
 }
 
 /// The common `DataSubject` service: export and erasure for a CPF, called by ai-governance with

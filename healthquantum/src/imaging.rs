@@ -20,9 +20,11 @@ const MAX_SIDE: u32 = 12_000;
 /// claim many more (a 12000×12000 PNG of zeros takes 420 KB), so the header decides before any
 /// pixel is decoded.
 const MAX_PIXELS: u64 = 40_000_000;
-/// What a decoder may allocate: the largest image accepted at 8 bytes a pixel (16-bit RGBA), the
-/// widest pixels PNG and JPEG decode to.
-const MAX_DECODED_BYTES: u64 = MAX_PIXELS * 8;
+/// The most bytes a raster image is decoded to, and what a decoder may allocate: the largest image
+/// accepted at 4 bytes a pixel (8-bit RGBA). A PNG of wider pixels (16-bit channels, which decode
+/// to up to 8 bytes a pixel) is accepted with fewer pixels, so that a small upload cannot claim
+/// twice the memory of any other.
+const MAX_DECODED_BYTES: u64 = MAX_PIXELS * 4;
 
 /// How many uploads are examined at once, at most: one per CPU up to four, which keeps the CPUs
 /// busy while bounding the memory decodes take (at most [`MAX_DECODED_BYTES`] each) however many
@@ -340,6 +342,22 @@ fn png_data_size(header: &[u8]) -> Option<u64> {
         ),
         _ => None,
     }
+}
+
+/// How many bytes the pixels of a PNG whose IHDR data is `header` decode to: a pixel of a palette
+/// image decodes to 8-bit RGBA at most, a channel of 16 bits to 2 bytes, of 8 bits or fewer to 1.
+fn png_decoded_size(header: &[u8]) -> Option<u64> {
+    let field = |at: usize| Some(u64::from(u32::from_be_bytes(header.get(at..at + 4)?.try_into().ok()?)));
+    let channel = if *header.get(8)? == 16 { 2 } else { 1 };
+    let pixel = match header.get(9)? {
+        0 => channel,
+        2 => 3 * channel,
+        3 => 4,
+        4 => 2 * channel,
+        6 => 4 * channel,
+        _ => return None,
+    };
+    Some(field(0)? * field(4)? * pixel)
 }
 
 /// Decompresses a PNG's image data, keeping none of it, to check that it ends with its last row
@@ -757,6 +775,19 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     let (width, height) = reader(limits.clone()).into_dimensions().map_err(undecodable)?;
     check_size(width, height)?;
     if let Some(chunks) = &png {
+        let decoded = chunks.header.and_then(png_decoded_size).unwrap_or(0);
+        if decoded > MAX_DECODED_BYTES {
+            return Err(Error::invalid(
+                "body",
+                format!(
+                    "is an image of {width}×{height} pixels of {} bytes each, {} MB decoded: at most {} MB are \
+                     accepted (send 8-bit channels, or fewer pixels)",
+                    decoded / (u64::from(width) * u64::from(height)),
+                    decoded.div_ceil(1_000_000),
+                    MAX_DECODED_BYTES / 1_000_000
+                ),
+            ));
+        }
         check_png_data(chunks).map_err(refused)?;
     }
     limits.max_image_width = Some(MAX_SIDE);
@@ -1267,11 +1298,20 @@ mod tests {
 
     /// A one-pixel PNG whose header claims `width`×`height` pixels, with the header's CRC fixed.
     fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        png_claiming_pixels(width, height, 8, 2)
+    }
+
+    /// A one-pixel PNG whose header claims `width`×`height` pixels of bit depth `depth` and colour
+    /// type `colour`, with the header's CRC fixed.
+    fn png_claiming_pixels(width: u32, height: u32, depth: u8, colour: u8) -> Vec<u8> {
         let mut bytes = png(1, 1);
-        // After the signature, IHDR: its length, type, width, height, 5 more bytes, then its CRC.
+        // After the signature, IHDR: its length, type, width, height, depth, colour type, 3 more
+        // bytes, then its CRC.
         assert_eq!(&bytes[12..16], b"IHDR");
         bytes[16..20].copy_from_slice(&width.to_be_bytes());
         bytes[20..24].copy_from_slice(&height.to_be_bytes());
+        bytes[24] = depth;
+        bytes[25] = colour;
         let crc = crc32fast::hash(&bytes[12..29]);
         bytes[29..33].copy_from_slice(&crc.to_be_bytes());
         bytes
@@ -1291,6 +1331,18 @@ mod tests {
         assert!(check_size(MAX_SIDE, 3_333).is_ok());
         assert!(check_size(8_000, 5_000).is_ok());
         assert!(check_size(MAX_SIDE, 3_334).is_err());
+        // Within the pixels, but of 16-bit channels that decode to more than 8-bit RGBA would.
+        assert_eq!(
+            match examine(&png_claiming_pixels(6_300, 6_300, 16, 6)) {
+                Err(Error::InvalidArgument { reason, .. }) => reason,
+                other => panic!("accepted or refused otherwise: {other:?}"),
+            },
+            "is an image of 6300×6300 pixels of 8 bytes each, 318 MB decoded: at most 160 MB are accepted (send \
+             8-bit channels, or fewer pixels)"
+        );
+        assert_eq!(png_decoded_size(&png_claiming_pixels(6_300, 6_300, 16, 0)[16..29]), Some(79_380_000));
+        assert_eq!(png_decoded_size(&png_claiming_pixels(6_300, 6_300, 8, 6)[16..29]), Some(158_760_000));
+        assert_eq!(png_decoded_size(&png_claiming_pixels(6_300, 6_300, 1, 3)[16..29]), Some(158_760_000));
     }
 
     /// A DICOM file: an empty preamble, `DICM`, the file meta information and a one-pixel data set.

@@ -87,6 +87,14 @@ async fn patient_lifecycle(backend: Backend) {
     let blank = assert_problem(app.get("/v1/health/patients?cpf=%20", &key).await, 400).await;
     assert_eq!(blank["detail"], "cpf: is blank: send the 11 digits of a CPF, or leave cpf out");
     assert_problem(app.get("/v1/health/patients?pageSize=1000", &key).await, 400).await;
+    // A prefix no name can start with is refused rather than answered with an empty list.
+    let long = "a".repeat(201);
+    for prefix in ["a%00b", "%E2%80%AEa", long.as_str()] {
+        let problem =
+            assert_problem(app.get(&format!("/v1/health/patients?namePrefix={prefix}"), &key).await, 400).await;
+        assert_eq!(problem["field"], "namePrefix", "{prefix}");
+    }
+    assert_eq!(names(&list(&app, &key, &format!("namePrefix={}", "a".repeat(200))).await).len(), 0);
 
     // Update: only the fields sent; a bad value changes nothing.
     let id = maria["id"].as_str().unwrap();
