@@ -1262,7 +1262,8 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 },
                 "rateLimits": {
                     "type": "boolean",
-                    "description": "With Redis configured: whether it answers (a replica whose limits fail closed is not ready without it).",
+                    "description": "With Redis configured: whether it answers. Without it a replica whose limits fail closed is not \
+                                    ready; one whose limits fail open stays ready, its calls unlimited.",
                 },
             },
         },

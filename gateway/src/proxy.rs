@@ -55,7 +55,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     // upstream refusing the gateway's token is this replica's key: not ready.
     let rate_limits = state.limiter.readiness().await;
     let own_key_refused = !upstreams.is_empty() && refused == upstreams.len();
-    let ready = database && rate_limits != Some(false) && !own_key_refused;
+    let limits_refuse = rate_limits == Some(false) && state.limiter.fails_closed();
+    let ready = database && !limits_refuse && !own_key_refused;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let mut body = serde_json::json!({"ready": ready, "database": database, "upstreams": upstreams});
     if let Some(rate_limits) = rate_limits {

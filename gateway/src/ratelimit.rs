@@ -144,15 +144,17 @@ impl RateLimiter {
         Ok(Self::new(Backend::Redis(backend), config, SystemClock))
     }
 
-    /// For `/readyz`: `None` without Redis; with Redis, whether this replica can serve tenant
-    /// calls: Redis answers, or a failure lets calls through (`redis_failure = "open"`).
+    /// For `/readyz`: `None` without Redis; with Redis, whether it answers (whether this replica
+    /// can serve tenant calls without it is [`Self::fails_closed`]'s).
     pub(crate) async fn readiness(&self) -> Option<bool> {
         let Backend::Redis(backend) = &self.inner.backend else { return None };
-        if self.inner.on_failure == RedisFailure::Open {
-            return Some(true);
-        }
         // Well within a readiness probe's timeout, whatever `redis_timeout_ms` says.
         Some(matches!(tokio::time::timeout(READINESS_PING, backend.ping()).await, Ok(Ok(()))))
+    }
+
+    /// Whether tenant calls are refused while Redis does not answer (`redis_failure = "closed"`).
+    pub(crate) fn fails_closed(&self) -> bool {
+        self.inner.on_failure == RedisFailure::Closed
     }
 
     fn new(backend: Backend, config: &RateLimitConfig, clock: impl Clock + 'static) -> Self {
@@ -237,13 +239,19 @@ impl RateLimiter {
         subjects: &[Subject],
         limits: &[Gcra],
     ) -> Result<Outcome, redis::RedisError> {
+        // A subject's state is kept under its limits too: a tenant whose plan changes (an upgrade
+        // after a 429, say) starts afresh under the new plan rather than with a backlog the old
+        // one's slower rate ran up, which the new burst would count against it.
+        let ids = subjects.iter().zip(limits).map(|(subject, limit)| {
+            format!("{}:{}x{}", subject.id, limit.interval(), limit.burst())
+        });
         match &self.inner.backend {
             Backend::Local(local) => {
-                let keys: Vec<String> = subjects.iter().map(|subject| format!("{tenant_id}:{}", subject.id)).collect();
+                let keys: Vec<String> = ids.map(|id| format!("{tenant_id}:{id}")).collect();
                 Ok(local.acquire(&keys, limits, self.inner.clock.now_micros()))
             }
             Backend::Redis(redis) => {
-                let keys: Vec<String> = subjects.iter().map(|subject| redis.rate_key(tenant_id, &subject.id)).collect();
+                let keys: Vec<String> = ids.map(|id| redis.rate_key(tenant_id, &id)).collect();
                 redis.acquire(&keys, limits).await
             }
         }

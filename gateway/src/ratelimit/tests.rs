@@ -66,6 +66,24 @@ async fn the_burst_passes_the_next_request_is_refused_and_one_passes_after_the_e
     assert!(limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_err(), "and only one");
 }
 
+/// A tenant that spent its burst and moves to a larger plan.
+async fn an_upgrade_lifts_the_limit_at_once(limiter: &RateLimiter, tenant: &str) {
+    let (starter, enterprise) = (plan(1.0, 3, 0.0, 10), plan(400.0, 400, 0.0, 10));
+    for _ in 0..3 {
+        limiter.admit(tenant, "k1", &starter, &mut HeaderMap::new()).await.unwrap();
+    }
+    assert!(limiter.admit(tenant, "k1", &starter, &mut HeaderMap::new()).await.is_err(), "the burst is spent");
+    let mut headers = HeaderMap::new();
+    limiter.admit(tenant, "k1", &enterprise, &mut headers).await.expect("the new plan's burst, at once");
+    assert_eq!(header(&headers, &RATELIMIT), [r#""tenant";r=399;t=1"#], "t rounded up");
+}
+
+#[tokio::test]
+async fn a_plan_change_starts_the_tenant_afresh_under_the_new_limits() {
+    an_upgrade_lifts_the_limit_at_once(&in_process(JAN_31_23_59).0, "t1").await;
+    an_upgrade_lifts_the_limit_at_once(&on_redis(&unique_prefix(), RedisFailure::Closed).await, "t1").await;
+}
+
 #[tokio::test]
 async fn tenants_are_limited_apart_and_keys_of_one_tenant_together() {
     let (limiter, _) = in_process(JAN_31_23_59);
