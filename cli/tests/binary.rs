@@ -245,7 +245,7 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
         .filter(|line| line.contains("\"target\":\"access\""))
         .map(|line| serde_json::from_str(line).expect("an access line is JSON"))
         .collect();
-    assert_eq!(access.len(), 12, "one access line per request:\n{logs}");
+    assert_eq!(access.len(), 13, "one access line per request:\n{logs}");
     for line in &access {
         assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
         // The route's template, never the path, which holds whatever was typed into the URL.
@@ -269,8 +269,8 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     let admin_route = |line: &Value| line["route"].as_str().is_some_and(|route| route.starts_with("/v1/admin/"));
     let tenant_calls: Vec<&Value> = access.iter().filter(|line| line["status"] == 200 && !admin_route(line)).collect();
     assert!(tenant_calls.iter().all(|line| line["tenant_id"] == tenant_id.as_str()), "{tenant_calls:?}");
-    let suspended: Vec<&Value> = access.iter().filter(|line| line["status"] == 403).collect();
-    assert!(suspended.len() == 1 && suspended[0]["tenant_id"] == tenant_id.as_str(), "{suspended:?}");
+    let refused: Vec<&Value> = access.iter().filter(|line| line["status"] == 403).collect();
+    assert!(refused.len() == 2 && refused.iter().all(|line| line["tenant_id"] == tenant_id.as_str()), "{refused:?}");
     let routes: Vec<&str> = tenant_calls.iter().map(|line| line["route"].as_str().unwrap()).collect();
     assert_eq!(
         routes,
@@ -281,6 +281,7 @@ fn up_hands_over_the_admin_key_once_and_logs_no_secrets_or_personal_data() {
     for line in &access {
         let route = line["route"].as_str().unwrap();
         match line["status"].as_u64().unwrap() {
+            403 if route.starts_with("/v1/admin/") => assert_eq!(line["key_id"], tenant_key_id.as_str(), "{line}"),
             _ if route.starts_with("/v1/admin/") => {
                 let key_id = line["key_id"].as_str().unwrap_or_default();
                 assert!(!key_id.is_empty() && key_id != admin, "{line}");
@@ -387,6 +388,9 @@ async fn exercise(url: &str, admin: &str) -> Exercised {
     let refused =
         client.get(format!("{url}/v1/health/patients/{patient_id}")).bearer_auth(CLIENT_JWT).send().await.unwrap();
     assert_eq!(refused.status(), 401);
+    // A tenant's key on the admin API is refused, and logged with its tenant.
+    let probing = client.get(format!("{url}/v1/admin/tenants")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(probing.status(), 403);
     // A suspended tenant's call is refused and logged with its tenant.
     let suspended = client
         .patch(format!("{url}/v1/admin/tenants/{id}"))

@@ -19,7 +19,7 @@ pub(crate) async fn authenticate(state: &AppState, headers: &HeaderMap) -> Resul
     let principal = principal_of(state, headers).await?;
     // The access log names an API key by its public id (never its secret), a token by the
     // pseudonym of its subject.
-    request_id::authenticated_as(&principal.key_id);
+    request_id::authenticated_as(&principal);
     Ok(principal)
 }
 

@@ -167,8 +167,11 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         }
         // The path is the problem's `instance` already: not repeated (it may hold whatever was typed).
         Lookup::NotFound => {
-            // One trailing slash from a route that takes the method, services' and the gateway's own alike.
-            let trimmed = parts.uri.path().strip_suffix('/').filter(|trimmed| !trimmed.is_empty());
+            // One trailing slash from a route that takes the method, services' and the gateway's own
+            // alike; not after a `.` or `..` segment, which names no resource.
+            let trimmed = parts.uri.path().strip_suffix('/').filter(|trimmed| {
+                !trimmed.is_empty() && !trimmed.split('/').any(|segment| segment == "." || segment == "..")
+            });
             let route = trimmed.and_then(|trimmed| match state.routes.lookup(&parts.method, trimmed) {
                 Lookup::Found(matched) => Some(matched.route.template.to_string()),
                 _ => crate::openapi::own_route_template(trimmed)
@@ -387,7 +390,7 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let path = request.uri().path().to_owned();
     let preflight = crate::cors::is_preflight(&request);
     let cacheable_path = CACHEABLE_PATHS.contains(&path.as_str());
-    let info = request_id::RequestInfo { id, path, key_id: Arc::default() };
+    let info = request_id::RequestInfo { id, path, principal: Arc::default() };
     // Handled in place, and finished on a task of its own if the client goes away first: a call is
     // never cut short, so a write the service made is never left without its access log line and
     // metrics.
@@ -572,12 +575,14 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
     let metrics = crate::metrics::metrics();
     metrics.requests.with_label_values(&[route, method, response.status().as_str()]).inc();
     metrics.request_duration.with_label_values(&[route, method]).observe(latency.as_secs_f64());
+    // The credential's tenant, its request refused or not (a tenant's key on the admin API, say).
+    let principal = request_id::principal();
     tracing::info!(
         target: "access",
         request_id = request_id::current().unwrap_or_default(),
         trace_id = traceresponse.as_deref().and_then(|header| header.get(3..35)),
-        tenant_id = facts.tenant_id.as_deref(),
-        key_id = request_id::key_id(),
+        tenant_id = facts.tenant_id.as_deref().or(principal.as_deref().and_then(|who| who.tenant_id.as_deref())),
+        key_id = principal.as_deref().map(|who| who.key_id.as_str()),
         method = %method,
         route,
         status,

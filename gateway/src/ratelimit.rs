@@ -242,9 +242,10 @@ impl RateLimiter {
         // A subject's state is kept under its limits too: a tenant whose plan changes (an upgrade
         // after a 429, say) starts afresh under the new plan rather than with a backlog the old
         // one's slower rate ran up, which the new burst would count against it.
-        let ids = subjects.iter().zip(limits).map(|(subject, limit)| {
-            format!("{}:{}x{}", subject.id, limit.interval(), limit.burst())
-        });
+        let ids = subjects
+            .iter()
+            .zip(limits)
+            .map(|(subject, limit)| format!("{}:{}x{}", subject.id, limit.interval(), limit.burst()));
         match &self.inner.backend {
             Backend::Local(local) => {
                 let keys: Vec<String> = ids.map(|id| format!("{tenant_id}:{id}")).collect();

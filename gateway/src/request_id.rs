@@ -9,6 +9,8 @@ use axum::{
     http::{HeaderName, HeaderValue},
 };
 
+use crate::store::Principal;
+
 pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The request being served: its id and path for the code that builds problem documents, and
@@ -17,9 +19,8 @@ pub(crate) const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 pub(crate) struct RequestInfo {
     pub id: String,
     pub path: String,
-    /// Who authenticated the request, once someone did: an API key's public id (never its secret),
-    /// or `jwt:` and a digest of a token's subject.
-    pub key_id: Arc<OnceLock<String>>,
+    /// Who authenticated the request, once someone did.
+    pub principal: Arc<OnceLock<Arc<Principal>>>,
 }
 
 tokio::task_local! {
@@ -30,7 +31,8 @@ tokio::task_local! {
 /// characters of UUIDs, trace ids and the usual id formats, and nothing markup or a log reader
 /// could take for something else. The id goes to the access log, so one that is an e-mail address
 /// (`@`), holds a credential (an API key, `agk_…` in any case, or its secret alone, a run of more
-/// hexadecimal digits than a trace id's 32; or a JWT, `eyJ…`) or a CPF is not reused.
+/// hexadecimal digits than a trace id's 32; or a JWT, `eyJ…`), a CPF or a phone number is not
+/// reused.
 fn acceptable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
@@ -39,6 +41,32 @@ fn acceptable(id: &str) -> bool {
         && longest_hex_run(id) <= 32
         && !id.contains("eyJ")
         && !aigronova_platform::cpf::holds_cpf(id)
+        && !holds_phone(id)
+}
+
+/// Whether `id` holds a phone number: a Brazilian mobile number (area code, 9 and 8 digits, with the
+/// country code 55 before them or not) or a number written after a `+`, as international numbers
+/// are (E.164: 10 to 15 digits), its digits in one run or in runs that punctuation parts
+/// (`+55-11-91234-5678`). A letter ends a number.
+fn holds_phone(id: &str) -> bool {
+    let (mut digits, mut international, mut previous) = (Vec::new(), false, b'a');
+    for &byte in id.as_bytes().iter().chain(std::iter::once(&b'a')) {
+        if byte.is_ascii_digit() {
+            if digits.is_empty() {
+                international = previous == b'+';
+            }
+            digits.push(byte);
+        } else if byte.is_ascii_alphanumeric() {
+            let national = digits.strip_prefix(b"55").filter(|_| digits.len() == 13).unwrap_or(&digits);
+            let mobile = national.len() == 11 && national[0] != b'0' && national[1] != b'0' && national[2] == b'9';
+            if mobile || international && (10..=15).contains(&digits.len()) {
+                return true;
+            }
+            digits.clear();
+        }
+        previous = byte;
+    }
+    false
 }
 
 /// The most hexadecimal digits `id` holds in a row.
@@ -66,12 +94,12 @@ pub(crate) fn current() -> Option<String> {
     CURRENT.try_with(|info| info.id.clone()).ok()
 }
 
-/// Notes that the request being served authenticated with the credential `key_id`.
-pub(crate) fn authenticated_as(key_id: &str) {
-    let _ = CURRENT.try_with(|info| info.key_id.set(key_id.to_owned()));
+/// Notes that the request being served authenticated as `principal`.
+pub(crate) fn authenticated_as(principal: &Arc<Principal>) {
+    let _ = CURRENT.try_with(|info| info.principal.set(Arc::clone(principal)));
 }
 
-/// The id of the credential the request being served authenticated with, if it did.
-pub(crate) fn key_id() -> Option<String> {
-    CURRENT.try_with(|info| info.key_id.get().cloned()).ok().flatten()
+/// Who the request being served authenticated as, if it did.
+pub(crate) fn principal() -> Option<Arc<Principal>> {
+    CURRENT.try_with(|info| info.principal.get().cloned()).ok().flatten()
 }

@@ -591,6 +591,21 @@ async fn a_first_callers_mistakes_are_told_what_to_do() {
         let problem = assert_problem(response, 404).await;
         assert_eq!(problem["detail"], "no route has this path; GET /openapi.json lists them");
     }
+    // Nor after a `.` or `..` segment, which names no resource (sent as typed: clients remove them).
+    for path in ["/v1/health/patients/./", "/v1/health/patients/../"] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = app.address.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+        assert!(answer.contains("no route has this path; GET /openapi.json lists them"), "{path}: {answer}");
+    }
     // A body that is JSON but no object, and a field spelled otherwise than the API spells it.
     for (body, found) in [("[]", "a list"), ("true", "a boolean"), ("null", "null")] {
         let problem = assert_problem(app.post_raw("/v1/health/patients", &key, body).await, 400).await;

@@ -150,13 +150,17 @@ async fn the_request_id_is_returned_and_reused_when_sane() {
     let secret = "ee765ba3".repeat(8);
     let (shouted, bare) = (format!("AGK_{secret}"), format!("req-{secret}"));
     let keys = [key.as_str(), &format!("req:{key}"), &shouted, &bare];
-    for given in ["<script>", "maria@example.com", jwt].into_iter().chain(keys).chain(cpfs) {
+    // Phone numbers: a Brazilian mobile one, with or without its country code, or any after a `+`.
+    let phones = ["tel+5511912345678", "11912345678", "req-55-11-91234-5678", "+551132345678", "+14155552671"];
+    for given in ["<script>", "maria@example.com", jwt].into_iter().chain(keys).chain(cpfs).chain(phones) {
         let response = app.client.get(app.url("/healthz")).header("x-request-id", given).send().await.unwrap();
         let generated = response.headers()["x-request-id"].to_str().unwrap();
         assert!(uuid::Uuid::parse_str(generated).is_ok(), "{given}: {generated}");
     }
-    // A trace id, 32 hexadecimal digits, and a UUID are ids.
-    for given in ["4bf92f3577b34da6a3ce929d0e0e4736", "0f8fad5b-d9cb-469f-a165-70867728950e"] {
+    // A trace id, 32 hexadecimal digits, a UUID and times in seconds or milliseconds are ids.
+    for given in
+        ["4bf92f3577b34da6a3ce929d0e0e4736", "0f8fad5b-d9cb-469f-a165-70867728950e", "req-1764576000", "1764576000123"]
+    {
         let response = app.client.get(app.url("/healthz")).header("x-request-id", given).send().await.unwrap();
         assert_eq!(response.headers()["x-request-id"], given);
     }
