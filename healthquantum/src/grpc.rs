@@ -312,11 +312,10 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 EventKind::PersonalDataChange,
                 "health.DeletePatient",
                 &format!("patient:{id}"),
-                serde_json::json!({"deleted": {
-                    "patient": 1,
-                    "assessments": deleted.assessments.len(),
-                    "images": deleted.images.len(),
-                }}),
+                serde_json::json!({
+                    "deleted": {"patient": 1, "images": deleted.images.len()},
+                    "kept": {"assessments": deleted.assessments.len()},
+                }),
             )
         };
         let deleted = self.store.delete_patient(&caller.tenant_id, &id, event).await?;
@@ -324,7 +323,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         self.delete_image_objects(&caller.tenant_id, &deleted.images).await;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, patient = %id, "patient deleted");
-        Ok(Response::new(proto::DeletePatientResponse {}))
+        Ok(Response::new(proto::DeletePatientResponse { retained: retained_assessments(&deleted.assessments) }))
     }
 
     async fn assess_risk(
@@ -660,6 +659,20 @@ impl From<Assessment> for proto::Assessment {
     }
 }
 
+/// What a deletion or an erasure that kept `assessments` says it kept: assessments are what the
+/// law keeps, so a patient without any leaves nothing retained.
+fn retained_assessments(assessments: &[String]) -> Vec<common::RetainedRecord> {
+    if assessments.is_empty() {
+        return Vec::new();
+    }
+    vec![common::RetainedRecord {
+        kind: "assessments".into(),
+        reason: "clinical records are kept for 20 years (Lei 13.787/2018, art. 6; LGPD Art. 16 I), no longer linked \
+                 to a name, CPF or birth date"
+            .into(),
+    }]
+}
+
 /// The name prefix of a patient list, without the spaces before it; refused when no name could
 /// start with it (longer than a name, or with characters a name may not hold), rather than
 /// answered with an empty list.
@@ -734,21 +747,10 @@ impl DataSubject for HealthQuantumApi {
         self.delete_image_objects(&caller.tenant_id, &erased.images).await;
         self.store.truncate_log().await;
         tracing::info!(tenant = %caller.tenant_id, patients = erased.patients.len(), "data subject erased");
-        // Assessments are what the law keeps: a patient without any leaves nothing retained.
-        let retained = if erased.assessments.is_empty() {
-            Vec::new()
-        } else {
-            vec![common::RetainedRecord {
-                kind: "assessments".into(),
-                reason: "clinical records are kept for 20 years (Lei 13.787/2018, art. 6; LGPD Art. 16 I), \
-                         no longer linked to a name, CPF or birth date"
-                    .into(),
-            }]
-        };
         Ok(Response::new(common::EraseSubjectResponse {
             service: crate::SERVICE_NAME.to_owned(),
             erased_records: i64::try_from(erased.patients.len()).unwrap_or(i64::MAX),
-            retained,
+            retained: retained_assessments(&erased.assessments),
         }))
     }
 }

@@ -373,9 +373,10 @@ impl Store {
         Ok((patient, true))
     }
 
-    /// Deletes the patient with their assessments and images, with the audit event `event` makes
-    /// of what was deleted; the ids of the assessments and of the images deleted, whose objects
-    /// are to be deleted once the deletion is committed.
+    /// Deletes the patient with their images, and erases them if they have assessments, which are
+    /// kept, with the audit event `event` makes of what was deleted; the ids of the assessments
+    /// (whose reports are objects to delete) and of the images deleted, whose objects are to be
+    /// deleted once the deletion is committed.
     pub(crate) async fn delete_patient(
         &self,
         tenant_id: &str,
@@ -388,11 +389,11 @@ impl Store {
         hold_live_patient(&mut transaction, self.database.backend(), tenant_id, id.as_str(), RowLock::Update).await?;
         let mut deleted = Deleted::default();
         for (sql, ids) in [
-            ("DELETE FROM assessments WHERE tenant_id = $1 AND patient_id = $2 RETURNING id", &mut deleted.assessments),
+            ("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2", &mut deleted.assessments),
             ("DELETE FROM images WHERE tenant_id = $1 AND patient_id = $2 RETURNING id", &mut deleted.images),
         ] {
-            // What the transaction deletes, not what was there before it: an assessment or an
-            // image stored meanwhile is deleted and its objects with it.
+            // What the transaction reads and deletes, not what was there before it: an image
+            // stored meanwhile is deleted and its objects with it.
             *ids = ids_of(
                 &sqlx::query(sql)
                     .bind(tenant_id)
@@ -402,12 +403,21 @@ impl Store {
                     .map_err(StoreError::from)?,
             )?;
         }
-        sqlx::query("DELETE FROM patients WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(id.as_str())
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        // Assessments are clinical records the law keeps: a patient with any is erased as a data
+        // subject is (personal fields gone, the row kept for its assessments), one without any is
+        // deleted.
+        let kept = !deleted.assessments.is_empty();
+        let query = if kept {
+            sqlx::query(
+                "UPDATE patients SET name = '', cpf = '', birth_date = '', sealed = NULL, cpf_hash = NULL, \
+                 erased_at = $3 WHERE tenant_id = $1 AND id = $2",
+            )
+        } else {
+            sqlx::query("DELETE FROM patients WHERE tenant_id = $1 AND id = $2")
+        };
+        let query = query.bind(tenant_id).bind(id.as_str());
+        let query = if kept { query.bind(time::stored(Utc::now())) } else { query };
+        query.execute(&mut *transaction).await.map_err(StoreError::from)?;
         audit::enqueue(&mut transaction, &event(&deleted)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(deleted)
@@ -971,7 +981,7 @@ pub(crate) struct Erased {
     pub images: Vec<String>,
 }
 
-/// What deleting a patient deleted with them.
+/// What deleting a patient deleted with them, and the assessments kept.
 #[derive(Debug, Default)]
 pub(crate) struct Deleted {
     pub assessments: Vec<String>,

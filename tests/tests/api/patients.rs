@@ -145,9 +145,11 @@ async fn patient_lifecycle(backend: Backend) {
     assert!(inputs[0].starts_with("v1:") && !inputs[0].contains("mean radius"), "in clear: {}", inputs[0]);
     raw.close().await.unwrap();
 
-    // Delete: the patient and their assessments go; a second delete finds nothing.
+    // Delete: a patient without assessments goes whole, keeping nothing; a second delete finds nothing.
     let mario_path = format!("/v1/health/patients/{}", mario["id"].as_str().unwrap());
-    assert_eq!(app.delete(&mario_path, &key).await.status(), 200);
+    let deleted = app.delete(&mario_path, &key).await;
+    assert_eq!(deleted.status(), 200);
+    assert_eq!(deleted.json::<Value>().await.unwrap(), json!({"retained": []}));
     assert_problem(app.get(&mario_path, &key).await, 404).await;
     assert_problem(app.delete(&mario_path, &key).await, 404).await;
     assert_eq!(names(&list(&app, &key, "").await).len(), 2);
@@ -424,9 +426,30 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     let remade = aigronova_e2e::pdf_text(&app.get(&path, &key).await.bytes().await.unwrap());
     assert!(remade.contains("Maria Souza"), "{remade}");
 
-    // Deleting the patient deletes the report.
-    assert_eq!(app.delete(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
+    // Deleting the patient deletes the report, which names them, and keeps the assessment, a
+    // clinical record, no longer linked to a person.
+    let deleted = app.delete(&format!("/v1/health/patients/{patient}"), &key).await;
+    assert_eq!(deleted.status(), 200);
+    let deleted: Value = deleted.json().await.unwrap();
+    assert_eq!(deleted["retained"][0]["kind"], "assessments", "{deleted}");
+    assert!(deleted["retained"][0]["reason"].as_str().unwrap().contains("Lei 13.787/2018"), "{deleted}");
     assert!(!stored.exists(), "the report went with the patient");
+    assert_problem(app.get(&format!("/v1/health/patients/{patient}"), &key).await, 404).await;
+    assert_problem(app.get(&path, &key).await, 404).await;
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&app.health_database_url).await.unwrap();
+    let kept: Vec<String> = sqlx::query_scalar("SELECT patient_id FROM assessments").fetch_all(&mut raw).await.unwrap();
+    assert_eq!(kept, [patient.as_str()]);
+    let row = sqlx::query("SELECT name, cpf, birth_date, sealed, cpf_hash FROM patients WHERE id = $1")
+        .bind(&patient)
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
+    for column in ["name", "cpf", "birth_date", "sealed", "cpf_hash"] {
+        let value: Option<String> = row.try_get(column).unwrap();
+        assert!(value.unwrap_or_default().is_empty(), "{column} is kept");
+    }
+    raw.close().await.unwrap();
     app.stop().await;
 }
 
