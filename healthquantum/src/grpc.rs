@@ -214,49 +214,14 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         &self,
         request: Request<proto::ListPatientsRequest>,
     ) -> Result<Response<proto::ListPatientsResponse>, Status> {
-        let caller = auth::caller(&request)?.clone();
-        let proto::ListPatientsRequest { name_prefix, cpf, page_size, page_token } = request.into_inner();
-        let page_size = aigronova_platform::grpc::page_size(page_size)?;
-        let filter = PatientFilter {
-            // A space at the end is kept: it ends a word (`Ana ` finds Ana and Ana Paula, not Anabela).
-            name_prefix: Some(name_prefix_filter(&name_prefix)?.to_owned()).filter(|prefix| !prefix.is_empty()),
-            // Not given is no filter; blanks are a CPF that is none, not a filter dropped.
-            cpf: match cpf.as_str() {
-                "" => None,
-                blank if blank.trim().is_empty() => {
-                    return Err(aigronova_platform::Error::invalid(
-                        "cpf",
-                        "is blank: send the 11 digits of a CPF, or leave cpf out",
-                    )
-                    .into());
-                }
-                cpf => Some(Cpf::parse(cpf)?),
-            },
-        };
-        let event = |patients: &[Patient]| {
-            // The fields shown of any patient of the page, in the order a patient's are named.
-            let held: Vec<Vec<&str>> = patients.iter().map(Patient::held_fields).collect();
-            let fields: Vec<&str> = PERSONAL_FIELDS
-                .iter()
-                .copied()
-                .filter(|field| held.iter().any(|fields| fields.contains(field)))
-                .collect();
-            AuditEvent::new(
-                &caller,
-                crate::SERVICE_NAME,
-                EventKind::SensitiveRead,
-                "health.ListPatients",
-                &patients.iter().map(|patient| format!("patient:{}", patient.id)).collect::<Vec<_>>().join(","),
-                serde_json::json!({"fields": fields, "patients": patients.len()}),
-            )
-        };
-        let page_token = page_token_of(&page_token);
-        let page = self.store.list_patients(&caller.tenant_id, &filter, page_size, page_token, event).await?;
-        self.outbox.wake();
-        Ok(Response::new(proto::ListPatientsResponse {
-            patients: page.patients.into_iter().map(Into::into).collect(),
-            next_page_token: page.next_page_token.unwrap_or_default(),
-        }))
+        self.patients_page(request, "health.ListPatients").await
+    }
+
+    async fn search_patients(
+        &self,
+        request: Request<proto::ListPatientsRequest>,
+    ) -> Result<Response<proto::ListPatientsResponse>, Status> {
+        self.patients_page(request, "health.SearchPatients").await
     }
 
     async fn update_patient(
@@ -756,6 +721,58 @@ impl DataSubject for HealthQuantumApi {
 }
 
 impl HealthQuantumApi {
+    /// A page of the tenant's patients, audited as `action`: ListPatients with its filter in the
+    /// query, SearchPatients with it in the body.
+    async fn patients_page(
+        &self,
+        request: Request<proto::ListPatientsRequest>,
+        action: &'static str,
+    ) -> Result<Response<proto::ListPatientsResponse>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let proto::ListPatientsRequest { name_prefix, cpf, page_size, page_token } = request.into_inner();
+        let page_size = aigronova_platform::grpc::page_size(page_size)?;
+        let filter = PatientFilter {
+            // A space at the end is kept: it ends a word (`Ana ` finds Ana and Ana Paula, not Anabela).
+            name_prefix: Some(name_prefix_filter(&name_prefix)?.to_owned()).filter(|prefix| !prefix.is_empty()),
+            // Not given is no filter; blanks are a CPF that is none, not a filter dropped.
+            cpf: match cpf.as_str() {
+                "" => None,
+                blank if blank.trim().is_empty() => {
+                    return Err(aigronova_platform::Error::invalid(
+                        "cpf",
+                        "is blank: send the 11 digits of a CPF, or leave cpf out",
+                    )
+                    .into());
+                }
+                cpf => Some(Cpf::parse(cpf)?),
+            },
+        };
+        let event = |patients: &[Patient]| {
+            // The fields shown of any patient of the page, in the order a patient's are named.
+            let held: Vec<Vec<&str>> = patients.iter().map(Patient::held_fields).collect();
+            let fields: Vec<&str> = PERSONAL_FIELDS
+                .iter()
+                .copied()
+                .filter(|field| held.iter().any(|fields| fields.contains(field)))
+                .collect();
+            AuditEvent::new(
+                &caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                action,
+                &patients.iter().map(|patient| format!("patient:{}", patient.id)).collect::<Vec<_>>().join(","),
+                serde_json::json!({"fields": fields, "patients": patients.len()}),
+            )
+        };
+        let page_token = page_token_of(&page_token);
+        let page = self.store.list_patients(&caller.tenant_id, &filter, page_size, page_token, event).await?;
+        self.outbox.wake();
+        Ok(Response::new(proto::ListPatientsResponse {
+            patients: page.patients.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
     /// Stores `bytes` at `key` sealed with the tenant's data key: health data (Art. 11), and
     /// reports print the patient's name and birth date.
     /// Stores an image's sealed bytes and thumbnail, then its record with `event`: the bytes first,

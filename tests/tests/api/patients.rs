@@ -78,6 +78,17 @@ async fn patient_lifecycle(backend: Backend) {
     by_prefix.sort();
     assert_eq!(by_prefix, ["Maria Silva", "Mário Souza"], "case and accents ignored");
     assert_eq!(names(&list(&app, &key, "cpf=111.444.777-35").await), ["Mário Souza"]);
+    // The same with the filter in the body, out of the URL.
+    let searched = app.post("/v1/health/patients/search", &key, &json!({"cpf": "111.444.777-35"})).await;
+    assert_eq!(searched.status(), 200);
+    assert_eq!(names(&searched.json().await.unwrap()), ["Mário Souza"]);
+    let searched = app.post("/v1/health/patients/search", &key, &json!({"namePrefix": "mar", "pageSize": 1})).await;
+    let page: Value = searched.json().await.unwrap();
+    assert_eq!(names(&page).len(), 1, "{page}");
+    let token = page["nextPageToken"].as_str().unwrap();
+    assert_eq!(names(&list(&app, &key, &format!("namePrefix=mar&pageSize=1&pageToken={token}")).await).len(), 1);
+    let problem = assert_problem(app.post("/v1/health/patients/search", &key, &json!({"cpf": "123"})).await, 400).await;
+    assert_eq!(problem["field"], "cpf");
     assert_eq!(names(&list(&app, &key, "namePrefix=zz").await).len(), 0);
     // A CPF that is none, blanks among them, is refused rather than dropped as a filter.
     for cpf in ["123", "%20", "%09"] {
@@ -165,6 +176,7 @@ async fn patient_lifecycle(backend: Backend) {
     let wanted = [
         "health.CreatePatient",
         "health.ListPatients",
+        "health.SearchPatients",
         "health.UpdatePatient",
         "health.DeletePatient",
         "health.GetPatient",

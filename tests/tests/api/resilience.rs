@@ -211,6 +211,13 @@ impl HealthQuantum for StandIn {
         Err(Status::unimplemented("the stand-in does not list"))
     }
 
+    async fn search_patients(
+        &self,
+        _request: Request<proto::ListPatientsRequest>,
+    ) -> Result<Response<proto::ListPatientsResponse>, Status> {
+        Err(Status::unimplemented("the stand-in does not list"))
+    }
+
     async fn update_patient(
         &self,
         request: Request<proto::UpdatePatientRequest>,
