@@ -169,9 +169,15 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         Lookup::NotFound => {
             // One trailing slash from a route that takes the method, services' and the gateway's own
             // alike; not after a `.` or `..` segment, which names no resource.
-            let trimmed = parts.uri.path().strip_suffix('/').filter(|trimmed| {
-                !trimmed.is_empty() && !trimmed.split('/').any(|segment| segment == "." || segment == "..")
-            });
+            let dot = |segment: &str| {
+                let segment = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+                segment == "." || segment == ".."
+            };
+            let trimmed = parts
+                .uri
+                .path()
+                .strip_suffix('/')
+                .filter(|trimmed| !trimmed.is_empty() && !trimmed.split('/').any(dot));
             let route = trimmed.and_then(|trimmed| match state.routes.lookup(&parts.method, trimmed) {
                 Lookup::Found(matched) => Some(matched.route.template.to_string()),
                 _ => crate::openapi::own_route_template(trimmed)

@@ -46,27 +46,55 @@ fn acceptable(id: &str) -> bool {
 
 /// Whether `id` holds a phone number: a Brazilian mobile number (area code, 9 and 8 digits, with the
 /// country code 55 before them or not) or a number written after a `+`, as international numbers
-/// are (E.164: 10 to 15 digits), its digits in one run or in runs that punctuation parts
-/// (`+55-11-91234-5678`). A letter ends a number.
+/// are (E.164: 10 to 15 digits), in one run of digits or in groups that punctuation parts as phone
+/// numbers are written (`+55-11-91234-5678`: each group after the first of 2 to 5 digits). A letter
+/// ends a number, and digits bounded by the letters of a hexadecimal id (`a` to `f`: a UUID, a trace
+/// id) are the id's, not a number.
 fn holds_phone(id: &str) -> bool {
-    let (mut digits, mut international, mut previous) = (Vec::new(), false, b'a');
-    for &byte in id.as_bytes().iter().chain(std::iter::once(&b'a')) {
-        if byte.is_ascii_digit() {
-            if digits.is_empty() {
-                international = previous == b'+';
+    let bytes = id.as_bytes();
+    let hex_letter = |at: Option<usize>| at.and_then(|at| bytes.get(at)).is_some_and(u8::is_ascii_hexdigit);
+    let mut start = 0_usize;
+    for end in 0..=bytes.len() {
+        if bytes.get(end).is_some_and(|byte| !byte.is_ascii_alphabetic()) {
+            continue;
+        }
+        if !hex_letter(start.checked_sub(1)) && !hex_letter(Some(end)) && phone_in(&bytes[start..end]) {
+            return true;
+        }
+        start = end + 1;
+    }
+    false
+}
+
+/// Whether `number`, digits and punctuation, holds a phone number as [`holds_phone`] says, from the
+/// start of any of its groups of digits.
+fn phone_in(number: &[u8]) -> bool {
+    // Each group of digits, and whether a `+` comes right before it.
+    let mut groups = Vec::new();
+    let mut at = 0;
+    while at < number.len() {
+        let digits = number[at..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+        if digits > 0 {
+            groups.push((&number[at..at + digits], at > 0 && number[at - 1] == b'+'));
+        }
+        at += digits.max(1);
+    }
+    (0..groups.len()).any(|first| {
+        let international = groups[first].1;
+        let mut digits = Vec::new();
+        for (index, (group, _)) in groups[first..].iter().enumerate() {
+            if index > 0 && !(2..=5).contains(&group.len()) || index == 1 && groups[first].0.len() > 5 {
+                return false;
             }
-            digits.push(byte);
-        } else if byte.is_ascii_alphanumeric() {
+            digits.extend_from_slice(group);
             let national = digits.strip_prefix(b"55").filter(|_| digits.len() == 13).unwrap_or(&digits);
             let mobile = national.len() == 11 && national[0] != b'0' && national[1] != b'0' && national[2] == b'9';
             if mobile || international && (10..=15).contains(&digits.len()) {
                 return true;
             }
-            digits.clear();
         }
-        previous = byte;
-    }
-    false
+        false
+    })
 }
 
 /// The most hexadecimal digits `id` holds in a row.
@@ -102,4 +130,39 @@ pub(crate) fn authenticated_as(principal: &Arc<Principal>) {
 /// Who the request being served authenticated as, if it did.
 pub(crate) fn principal() -> Option<Arc<Principal>> {
     CURRENT.try_with(|info| info.principal.get().cloned()).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_found_in_ids_and_hexadecimal_ids_are_not_taken_for_them() {
+        for phone in [
+            "tel+5511912345678",
+            "11912345678",
+            "req-55-11-91234-5678",
+            "+551132345678",
+            "+14155552671",
+            "+1-415-555-2671",
+            "20260101-11912345678",
+            "order-7-11912345678",
+            "1:+5511912345678",
+        ] {
+            assert!(holds_phone(phone), "{phone}");
+        }
+        for id in [
+            "ab449005-8655-4de9-bbe3-1b517389f98f",
+            "660fbb5b3983af97922468000cec8ce6",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "01ARZ3NDEKTSV4RRFFQ69G5FAV",
+            "req-1790000000-1",
+            "1790000000.5",
+            "req-1764576000",
+            "1764576000123",
+            "12345678-1234-1234-1234-123456789012",
+        ] {
+            assert!(!holds_phone(id), "{id}");
+        }
+    }
 }

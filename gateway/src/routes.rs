@@ -173,12 +173,24 @@ impl RouteTable {
 
     pub fn lookup(&self, method: &Method, path: &str) -> Lookup<'_> {
         let parts: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-        let (mut allowed, mut template) = (Vec::new(), "");
+        // Of the templates the path matches, those with the fewest variables: a literal segment
+        // (`/patients/search`) names the path more closely than a variable (`/patients/{id}`).
+        let (mut found, mut allowed, mut template, mut fewest) = (None, Vec::new(), "", usize::MAX);
         for route in &self.routes {
             let Some(variables) = match_segments(&route.segments, &parts) else { continue };
+            if variables.len() > fewest {
+                continue;
+            }
+            if variables.len() < fewest {
+                (found, fewest, template) = (None, variables.len(), "");
+                allowed.clear();
+            }
             // HEAD is GET without the body (RFC 9110): the server leaves the body out.
             if route.http_method == *method || (*method == Method::HEAD && route.http_method == Method::GET) {
-                return Lookup::Found(Matched { route, variables });
+                if found.is_none() {
+                    found = Some(Matched { route, variables });
+                }
+                continue;
             }
             if route.http_method == Method::GET {
                 allowed.push(Method::HEAD);
@@ -188,7 +200,11 @@ impl RouteTable {
                 template = &route.template;
             }
         }
-        if allowed.is_empty() { Lookup::NotFound } else { Lookup::MethodNotAllowed(allowed, template) }
+        match found {
+            Some(matched) => Lookup::Found(matched),
+            None if allowed.is_empty() => Lookup::NotFound,
+            None => Lookup::MethodNotAllowed(allowed, template),
+        }
     }
 
     /// The template of the route for `method` and `path`, or, when the path is a route's for other

@@ -277,8 +277,10 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
                 EventKind::PersonalDataChange,
                 "health.DeletePatient",
                 &format!("patient:{id}"),
+                // A patient with assessments is erased, the assessments kept.
                 serde_json::json!({
-                    "deleted": {"patient": 1, "images": deleted.images.len()},
+                    "patient": if deleted.assessments.is_empty() { "deleted" } else { "erased" },
+                    "deleted": {"images": deleted.images.len()},
                     "kept": {"assessments": deleted.assessments.len()},
                 }),
             )
@@ -644,13 +646,15 @@ fn retained_assessments(assessments: &[String]) -> Vec<common::RetainedRecord> {
 fn name_prefix_filter(prefix: &str) -> Result<&str, aigronova_platform::Error> {
     let prefix = prefix.trim_start();
     let refused = |reason: String| aigronova_platform::Error::invalid("namePrefix", reason);
-    if prefix.chars().count() > PatientName::MAX_CHARS {
+    // Spaces at its end end a word (a tab too): not counted, nor taken for control characters.
+    let words = prefix.trim_end();
+    if words.chars().count() > PatientName::MAX_CHARS {
         return Err(refused(format!("must be at most {} characters, as a name is", PatientName::MAX_CHARS)));
     }
-    if prefix.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+    if words.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
         return Err(refused("must not contain control characters, which no name holds".to_owned()));
     }
-    if prefix.chars().any(aigronova_platform::text::is_bidi_control) {
+    if words.chars().any(aigronova_platform::text::is_bidi_control) {
         return Err(refused("must not contain bidirectional overrides, which no name holds".to_owned()));
     }
     Ok(prefix)

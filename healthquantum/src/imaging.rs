@@ -220,9 +220,9 @@ fn also_another_kind(bytes: &[u8]) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// How many of the first bytes of `bytes` are padding: NULs and ASCII whitespace.
-fn padding_len(bytes: &[u8]) -> usize {
-    bytes.iter().take_while(|byte| **byte == 0 || byte.is_ascii_whitespace()).count()
+/// Whether `byte` is padding: a NUL or ASCII whitespace.
+fn is_padding(byte: u8) -> bool {
+    byte == 0 || byte.is_ascii_whitespace()
 }
 
 /// Pictures a JPEG may have after its own, as cameras store a second one (a depth map, a preview).
@@ -234,7 +234,7 @@ const MAX_TRAILING_PICTURES: usize = 4;
 fn check_trailer(media_type: MediaType, trailer: &[u8]) -> Result<(), &'static str> {
     let mut rest = trailer;
     for _ in 0..=MAX_TRAILING_PICTURES {
-        rest = &rest[padding_len(rest)..];
+        rest = &rest[rest.iter().take_while(|byte| is_padding(**byte)).count()..];
         if rest.is_empty() {
             return Ok(());
         }
@@ -257,6 +257,8 @@ fn check_trailer(media_type: MediaType, trailer: &[u8]) -> Result<(), &'static s
 /// the IDAT chunks that hold it.
 struct PngChunks<'a> {
     header: Option<&'a [u8]>,
+    /// Whether it has a `tRNS` chunk, which decodes to an alpha channel.
+    transparency: bool,
     data: Vec<&'a [u8]>,
     /// Where the IEND chunk ends: what follows is not the image's.
     end: usize,
@@ -268,7 +270,7 @@ struct PngChunks<'a> {
 /// data, so that a file cut before its IEND chunk, or damaged after its pixels, would be kept as
 /// it came.
 fn png_chunks(bytes: &[u8]) -> Result<PngChunks<'_>, String> {
-    let mut chunks = PngChunks { header: None, data: Vec::new(), end: 0 };
+    let mut chunks = PngChunks { header: None, transparency: false, data: Vec::new(), end: 0 };
     let mut at = 8;
     // Whether the chunk before was an IDAT: the image data is in consecutive IDAT chunks.
     let mut in_data = false;
@@ -305,6 +307,7 @@ fn png_chunks(bytes: &[u8]) -> Result<PngChunks<'_>, String> {
                 return Err("is damaged: its IDAT chunks are not consecutive".to_owned());
             }
             b"IDAT" => chunks.data.push(data),
+            b"tRNS" => chunks.transparency = true,
             _ => {}
         }
         in_data = kind == b"IDAT";
@@ -345,13 +348,15 @@ fn png_data_size(header: &[u8]) -> Option<u64> {
 }
 
 /// How many bytes the pixels of a PNG whose IHDR data is `header` decode to: a pixel of a palette
-/// image decodes to 8-bit RGBA at most, a channel of 16 bits to 2 bytes, of 8 bits or fewer to 1.
-fn png_decoded_size(header: &[u8]) -> Option<u64> {
+/// image decodes to 8-bit RGBA at most, a channel of 16 bits to 2 bytes, of 8 bits or fewer to 1,
+/// and grey or RGB with `transparency` (a `tRNS` chunk) gains an alpha channel.
+fn png_decoded_size(header: &[u8], transparency: bool) -> Option<u64> {
     let field = |at: usize| Some(u64::from(u32::from_be_bytes(header.get(at..at + 4)?.try_into().ok()?)));
     let channel = if *header.get(8)? == 16 { 2 } else { 1 };
+    let alpha = u64::from(transparency);
     let pixel = match header.get(9)? {
-        0 => channel,
-        2 => 3 * channel,
+        0 => (1 + alpha) * channel,
+        2 => (3 + alpha) * channel,
         3 => 4,
         4 => 2 * channel,
         6 => 4 * channel,
@@ -632,12 +637,13 @@ fn skip_item(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize) -> O
     }
 }
 
-/// Reads the data set of a DICOM file to its end (PS3.5 7): element after element, in the order of
-/// their tags, each whole, sequences within [`MAX_NESTING`] levels, until the file ends or only
-/// padding is left, so that nothing travels as the file that is not one (a file cut short, another
-/// appended). Returns the image's width and height, its Columns and Rows from the top level of the
-/// data set, 0 when it does not give them (as one unsigned 16-bit value each). A data set in a
-/// transfer syntax not read here (see [`Encoding::of`]) is refused, as it could not be checked.
+/// Reads the data set of a DICOM file to its end (PS3.5 7): element after element, each whole,
+/// sequences within [`MAX_NESTING`] levels, until the file ends or only padding is left, so that a
+/// file cut short, or another appended to it, is refused. Returns the image's width and height, its
+/// Columns and Rows from the top level of the data set, 0 when it does not give them (as one
+/// unsigned 16-bit value each). A data set in a transfer syntax not read here (see
+/// [`Encoding::of`]) is refused, as it could not be checked; one written in the other little
+/// endian encoding than its meta information says, as some writers do, is read in that one.
 fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String> {
     let encoding = Encoding::of(meta.transfer_syntax).ok_or_else(|| {
         format!(
@@ -646,17 +652,44 @@ fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String
             String::from_utf8_lossy(meta.transfer_syntax)
         )
     })?;
+    let other = match encoding {
+        Encoding::ExplicitVr => Encoding::ImplicitVr,
+        Encoding::ImplicitVr => Encoding::ExplicitVr,
+    };
+    walk_data_set(bytes, meta.data_set_at, encoding).or_else(|(failed_at, problem)| {
+        // Not one element read in the encoding it names: perhaps all of them in the other.
+        if failed_at == meta.data_set_at {
+            walk_data_set(bytes, failed_at, other).map_err(|_| problem)
+        } else {
+            Err(problem)
+        }
+    })
+}
+
+/// [`read_data_set`] in `encoding` from `at`; where and why it failed.
+fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<(u32, u32), (usize, String)> {
+    // Padding at the end of the file is not the data set's: where the data set must end.
+    let end_of_data = bytes.len() - bytes.iter().rev().take_while(|byte| is_padding(**byte)).count();
     let (mut rows, mut columns) = (0, 0);
     let mut previous = None;
-    let mut at = meta.data_set_at;
-    while at + padding_len(&bytes[at..]) < bytes.len() {
-        let refused =
-            |what: String| format!("{what}: the file is cut short or damaged, or other data follows its data set");
+    while at < end_of_data {
+        let refused = |what: String| {
+            (at, format!("{what}: the file is cut short or damaged, or other data follows its data set"))
+        };
         let element = Element::read(bytes, at, encoding)
             .ok_or_else(|| refused(format!("has bytes at byte {at} that are not a whole data element")))?;
         let (group, number) = element.tag;
-        if previous.is_some_and(|previous| previous >= element.tag) || group == ITEM.0 {
-            return Err(refused(format!("has an element out of order at byte {at}, ({group:04X},{number:04X})")));
+        // A delimiter left at the top level by a writer, with nothing in it, is passed over.
+        if group == ITEM.0 && element.length == Some(0) && element.tag != ITEM {
+            at = element.value_at;
+            continue;
+        }
+        // Elements come in the order of their tags; without value representations to check, one
+        // out of order is the sign of bytes that are no element (explicit VR elements are told by
+        // their VR, and some writers leave private elements out of order).
+        let out_of_order = encoding == Encoding::ImplicitVr && previous.is_some_and(|previous| previous >= element.tag);
+        if out_of_order || group == ITEM.0 {
+            return Err(refused(format!("has an element out of place at byte {at}, ({group:04X},{number:04X})")));
         }
         previous = Some(element.tag);
         let end = element.end(bytes, MAX_NESTING).filter(|end| *end <= bytes.len()).ok_or_else(|| {
@@ -679,7 +712,7 @@ fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String
 #[derive(Debug)]
 pub struct Examined {
     pub media_type: MediaType,
-    /// In pixels; for a DICOM file its Columns and Rows, or 0 when they could not be read.
+    /// In pixels; for a DICOM file its Columns and Rows, or 0 when its data set does not give them.
     pub width: u32,
     pub height: u32,
     /// A PNG thumbnail, for raster images.
@@ -775,7 +808,7 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
     let (width, height) = reader(limits.clone()).into_dimensions().map_err(undecodable)?;
     check_size(width, height)?;
     if let Some(chunks) = &png {
-        let decoded = chunks.header.and_then(png_decoded_size).unwrap_or(0);
+        let decoded = chunks.header.and_then(|header| png_decoded_size(header, chunks.transparency)).unwrap_or(0);
         if decoded > MAX_DECODED_BYTES {
             return Err(Error::invalid(
                 "body",
@@ -1340,9 +1373,15 @@ mod tests {
             "is an image of 6300×6300 pixels of 8 bytes each, 318 MB decoded: at most 160 MB are accepted (send \
              8-bit channels, or fewer pixels)"
         );
-        assert_eq!(png_decoded_size(&png_claiming_pixels(6_300, 6_300, 16, 0)[16..29]), Some(79_380_000));
-        assert_eq!(png_decoded_size(&png_claiming_pixels(6_300, 6_300, 8, 6)[16..29]), Some(158_760_000));
-        assert_eq!(png_decoded_size(&png_claiming_pixels(6_300, 6_300, 1, 3)[16..29]), Some(158_760_000));
+        let size = |depth, colour, transparency| {
+            png_decoded_size(&png_claiming_pixels(6_300, 6_300, depth, colour)[16..29], transparency)
+        };
+        assert_eq!(size(16, 0, false), Some(79_380_000));
+        assert_eq!(size(16, 0, true), Some(158_760_000), "grey and alpha");
+        assert_eq!(size(8, 6, false), Some(158_760_000));
+        assert_eq!(size(1, 3, false), Some(158_760_000));
+        assert_eq!(size(16, 2, false), Some(238_140_000));
+        assert_eq!(size(16, 2, true), Some(317_520_000), "RGBA");
     }
 
     /// A DICOM file: an empty preamble, `DICM`, the file meta information and a one-pixel data set.
@@ -1738,19 +1777,36 @@ mod tests {
             dicom_refusal(&imaged[..pixels_at + 5]),
             format!("starts as DICOM but has bytes at byte {pixels_at} that are not a whole data element: {damaged}"),
         );
-        // Another file after the data set: an executable, a PNG, or bytes that read as an element
-        // whose tag comes before the last one's.
+        // Another file after the data set: an executable or a PNG.
         let end = imaged.len();
-        let earlier_tag = explicit((0x0008, 0x0060), b"CS", b"MR");
-        for appended in [&b"\x7fELF\x02\x01\x01\0payload"[..], &png(4, 4)[..], &earlier_tag[..]] {
+        for appended in [&b"\x7fELF\x02\x01\x01\0payload"[..], &png(4, 4)[..]] {
             let refusal = dicom_refusal(&[&imaged[..], appended].concat());
             assert!(refusal.starts_with("starts as DICOM but has "), "{refusal}");
             assert!(refusal.contains(&format!("at byte {end}")) && refusal.ends_with(damaged), "{refusal}");
         }
-        // In another encoding than its transfer syntax says.
+        // In implicit VR, where any 8 bytes read as an element's header, bytes that read as an
+        // element whose tag comes before the last one's.
         let implicit_data_set = [implicit((0x0008, 0x0060), b"CT"), implicit(ROWS, &3_u16.to_le_bytes())].concat();
-        let refusal = dicom_refusal(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set));
-        assert!(refusal.ends_with(damaged), "{refusal}");
+        let implicit_file = dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set);
+        let end = implicit_file.len();
+        let refusal = dicom_refusal(&[&implicit_file[..], &implicit((0x0008, 0x0016), b"1.2\0")].concat());
+        assert_eq!(
+            refusal,
+            format!("starts as DICOM but has an element out of place at byte {end}, (0008,0016): {damaged}")
+        );
+        // In explicit VR, private elements left out of order by their writer, and a sequence's
+        // delimiter left at the top level, are read.
+        let unordered = [
+            explicit((0x0009, 0x0010), b"LO", b"VENDOR"),
+            explicit((0x0008, 0x0060), b"CS", b"MR"),
+            framing(SEQUENCE_END, 0),
+            explicit(ROWS, b"US", &3_u16.to_le_bytes()),
+        ];
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &unordered.concat())), (0, 3));
+        // Written in the other encoding than its transfer syntax says, as some writers do.
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (0, 3));
+        let explicit_data_set = explicit_data_set(480, 640);
+        assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set)), (640, 480));
     }
 
     #[test]

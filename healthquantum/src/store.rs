@@ -479,13 +479,20 @@ impl Store {
         let features = cipher.seal(&features_context(tenant_id, assessment.id.as_str()), &features);
         let top_features = serde_json::to_string(&assessment.top_features).expect("contributions serialise");
         // Stored only for a patient of the tenant who is not erased, checked in the same statement.
+        // On PostgreSQL the patient's row is held as it is checked: a deletion or an erasure that
+        // holds it already is waited for, and the row read again once it commits, so that no
+        // assessment is stored for a patient it erased (SQLite runs write transactions one at a
+        // time).
+        let lock = if self.database.backend() == Backend::Postgres { " FOR SHARE" } else { "" };
         let stored = audit::write_recorded(
             &self.database,
             tenant_id,
-            "INSERT INTO assessments \
-             (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at, \
-             top_features, regression) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
-             WHERE EXISTS (SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $3 AND erased_at IS NULL)",
+            &format!(
+                "INSERT INTO assessments \
+                 (tenant_id, id, patient_id, model, model_version, features, probability, risk_band, created_at, \
+                 top_features, regression) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 \
+                 WHERE EXISTS (SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $3 AND erased_at IS NULL{lock})"
+            ),
             vec![
                 tenant_id.into(),
                 assessment.id.as_str().into(),

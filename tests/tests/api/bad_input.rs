@@ -570,6 +570,9 @@ async fn a_first_callers_mistakes_are_told_what_to_do() {
         problem["detail"],
         "POST is not a method of /v1/health/patients/{id}; it takes HEAD, GET, PATCH, DELETE"
     );
+    // A literal segment is the path's route over a variable one: /patients/search is no patient's id.
+    let problem = assert_problem(app.get("/v1/health/patients/search", &key).await, 405).await;
+    assert_eq!(problem["detail"], "GET is not a method of /v1/health/patients/search; it takes POST");
     // A trailing slash is named as what stands between the path and its route.
     let response = app.get("/v1/health/patients/", &key).await;
     let problem = assert_problem(response, 404).await;
@@ -592,7 +595,9 @@ async fn a_first_callers_mistakes_are_told_what_to_do() {
         assert_eq!(problem["detail"], "no route has this path; GET /openapi.json lists them");
     }
     // Nor after a `.` or `..` segment, which names no resource (sent as typed: clients remove them).
-    for path in ["/v1/health/patients/./", "/v1/health/patients/../"] {
+    for path in
+        ["/v1/health/patients/./", "/v1/health/patients/../", "/v1/health/patients/%2e/", "/v1/health/patients/.%2E/"]
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let address = app.address.trim_start_matches("http://");
         let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
