@@ -61,8 +61,12 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
         }
         let leaves =
             events.into_iter().enumerate().map(|(n, event)| leaf_of(n, event)).collect::<Result<Vec<_>, _>>()?;
-        let outcome = self.log.append(leaves).await?;
-        Ok(Response::new(proto::RecordEventsResponse { appended: outcome.appended, duplicates: outcome.duplicates }))
+        let outcome = self.log.append_each(leaves).await?;
+        Ok(Response::new(proto::RecordEventsResponse {
+            appended: outcome.appended,
+            duplicates: outcome.duplicates,
+            held_event_ids: outcome.held,
+        }))
     }
 
     async fn get_checkpoint(

@@ -69,10 +69,14 @@ pub struct SignedCheckpoint {
 }
 
 /// The result of one `append`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AppendOutcome {
     pub appended: u32,
     pub duplicates: u32,
+    /// The events of tenants whose stored log no longer matches what was signed over it, which
+    /// [`LogStore::append_each`] holds back (see `check_signed_root`), and why the first was.
+    pub held: Vec<String>,
+    pub held_because: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -108,8 +112,21 @@ impl LogStore {
     }
 
     /// Appends `leaves` (any tenants), each once by event id; returns once they are committed
-    /// with a signed checkpoint covering them.
+    /// with a signed checkpoint covering them, or fails with the first tenant whose log refuses
+    /// them (see [`Self::append_each`]).
     pub async fn append(&self, leaves: Vec<Leaf>) -> Result<AppendOutcome, StoreError> {
+        let outcome = self.append_each(leaves).await?;
+        match outcome.held_because {
+            Some(reason) => Err(StoreError::Corrupt(reason)),
+            None => Ok(outcome),
+        }
+    }
+
+    /// [`Self::append`], each tenant's events on their own: the events of a tenant whose stored
+    /// log no longer matches what was signed over it are held back (their ids in the outcome, the
+    /// reason logged), and the other tenants' appended all the same, so that one damaged log does
+    /// not stop the others. Any other failure fails the call, the tenants before it appended.
+    pub async fn append_each(&self, leaves: Vec<Leaf>) -> Result<AppendOutcome, StoreError> {
         let mut by_tenant: BTreeMap<String, Vec<Leaf>> = BTreeMap::new();
         for leaf in leaves {
             by_tenant.entry(leaf.tenant_id.clone()).or_default().push(leaf);
@@ -118,6 +135,7 @@ impl LogStore {
         for (tenant_id, leaves) in by_tenant {
             let log = self.tenant(&tenant_id);
             let mut log = log.lock().await;
+            let ids: Vec<String> = leaves.iter().map(|leaf| leaf.event_id.clone()).collect();
             let result = self.append_to(&mut log, &tenant_id, leaves).await;
             match result {
                 Ok(tenant_outcome) => {
@@ -127,7 +145,15 @@ impl LogStore {
                 Err(error) => {
                     log.tree = None;
                     log.latest = None;
-                    return Err(error);
+                    let StoreError::Corrupt(reason) = error else { return Err(error) };
+                    tracing::error!(
+                        tenant = %tenant_id,
+                        events = ids.len(),
+                        %reason,
+                        "audit events held back: this tenant's stored log no longer matches what was signed over it"
+                    );
+                    outcome.held.extend(ids);
+                    outcome.held_because.get_or_insert(reason);
                 }
             }
         }
@@ -172,6 +198,7 @@ impl LogStore {
             }
         }
         if !log.checked {
+            check_texts(&mut transaction, tenant_id).await?;
             self.check_signed_root(&mut transaction, tenant_id, log.tree.as_ref().expect("loaded above")).await?;
             log.checked = true;
         }
@@ -566,6 +593,39 @@ pub fn changed_between(from: u64, to: u64) -> String {
     }
 }
 
+/// Refuses to go on from a log one of whose stored entries' text does not hash to its stored leaf
+/// hash: an entry whose text was changed alone (one changed with its hash is found by
+/// `check_signed_root`).
+async fn check_texts(connection: &mut AnyConnection, tenant_id: &str) -> Result<(), StoreError> {
+    // A page at a time, so that a long log is not held in memory whole.
+    const PAGE: i64 = 10_000;
+    let mut from = 0;
+    loop {
+        let rows = sqlx::query(
+            "SELECT idx, leaf, leaf_hash FROM audit_entries WHERE tenant_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3",
+        )
+        .bind(tenant_id)
+        .bind(from)
+        .bind(PAGE)
+        .fetch_all(&mut *connection)
+        .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for row in rows {
+            let (index, leaf, hash): (i64, String, String) =
+                (row.try_get("idx")?, row.try_get("leaf")?, row.try_get("leaf_hash")?);
+            if decode_hash(&hash) != Some(merkle::leaf_hash(leaf.as_bytes())) {
+                tracing::error!(tenant = %tenant_id, index, "an audit entry's text no longer hashes to its stored leaf hash");
+                return Err(StoreError::Corrupt(format!(
+                    "tenant {tenant_id}: audit entry {index}'s text does not hash to its stored leaf hash"
+                )));
+            }
+            from = index + 1;
+        }
+    }
+}
+
 /// Adds to `tree` the leaf hashes stored after it (appended by another replica, or all of them
 /// for a new tree).
 async fn extend_tree(connection: &mut AnyConnection, tenant_id: &str, tree: &mut Tree) -> Result<(), StoreError> {
@@ -690,9 +750,9 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = store(&dir).await;
         let first = log.append(vec![leaf("a", 1), leaf("a", 2), leaf("b", 1)]).await.unwrap();
-        assert_eq!(first, AppendOutcome { appended: 3, duplicates: 0 });
+        assert_eq!(first, AppendOutcome { appended: 3, duplicates: 0, ..AppendOutcome::default() });
         let again = log.append(vec![leaf("a", 2), leaf("a", 3), leaf("a", 3)]).await.unwrap();
-        assert_eq!(again, AppendOutcome { appended: 1, duplicates: 2 });
+        assert_eq!(again, AppendOutcome { appended: 1, duplicates: 2, ..AppendOutcome::default() });
         assert_eq!(log.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
         assert_eq!(log.latest_checkpoint("b").await.unwrap().body.tree_size, 1);
         assert_eq!(log.latest_checkpoint("c").await.unwrap().body.tree_size, 0);

@@ -18,7 +18,7 @@
 //! ```
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -287,7 +287,13 @@ pub struct Relay {
     config: RelayConfig,
     signer: TokenSigner,
     waker: OutboxWaker,
+    /// Events ai-governance held back (their tenant's log is damaged) and since when: left out of
+    /// the batches for [`HELD_FOR`], so that they do not hold up the events after them.
+    held: std::sync::Mutex<(HashSet<String>, Option<std::time::Instant>)>,
 }
+
+/// How long events ai-governance held back are left out of the batches before they are sent again.
+const HELD_FOR: Duration = Duration::from_secs(60);
 
 /// How long, once the process is stopping, a call to ai-governance in flight may still take: a
 /// hung ai-governance does not hold the shutdown for the calls' whole timeout.
@@ -296,7 +302,7 @@ pub(crate) const STOPPING_GRACE: Duration = Duration::from_secs(5);
 impl Relay {
     /// A relay for `service`'s outbox in `database`; `signer` mints the service's own token.
     pub fn new(database: Database, service: &'static str, config: RelayConfig, signer: TokenSigner) -> Self {
-        Self { database, service, config, signer, waker: OutboxWaker::default() }
+        Self { database, service, config, signer, waker: OutboxWaker::default(), held: Default::default() }
     }
 
     pub fn waker(&self) -> OutboxWaker {
@@ -407,30 +413,63 @@ impl Relay {
         }
     }
 
-    /// Sends the oldest pending events and deletes them once acknowledged; how many it shipped.
+    /// The ids of the events ai-governance held back within the last [`HELD_FOR`].
+    fn held(&self) -> HashSet<String> {
+        let mut held = self.held.lock().expect("the held events are not poisoned");
+        if held.1.is_some_and(|since| since.elapsed() >= HELD_FOR) {
+            *held = Default::default();
+        }
+        held.0.clone()
+    }
+
+    /// Sends the oldest pending events, but for those held back, and deletes the ones
+    /// acknowledged; how many it shipped.
     async fn ship_batch(&self, mut client: AuditLogClient<Channel>) -> Result<usize, RelayError> {
+        let held = self.held();
         let rows = sqlx::query("SELECT event_id, event FROM audit_outbox ORDER BY event_id LIMIT $1")
-            .bind(i64::from(self.config.batch_size))
+            .bind(i64::from(self.config.batch_size) + held.len() as i64)
             .fetch_all(self.database.pool())
             .await
             .map_err(StoreError::from)?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
         let mut ids = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
+            if ids.len() == self.config.batch_size as usize {
+                break;
+            }
             let id: String = row.try_get("event_id").map_err(StoreError::from)?;
+            if held.contains(&id) {
+                continue;
+            }
             let json: String = row.try_get("event").map_err(StoreError::from)?;
             let event: AuditEvent = serde_json::from_str(&json)
                 .map_err(|error| StoreError::Corrupt(format!("audit_outbox {id}: {error}")))?;
             events.push(event.to_proto());
             ids.push(id);
         }
+        if ids.is_empty() {
+            return Ok(0);
+        }
         let service_caller = Caller::service(self.service, RECORD_SCOPE);
         let mut request = tonic::Request::new(proto::RecordEventsRequest { events });
         auth::attach_token(request.metadata_mut(), &self.signer.mint_reusable(&service_caller));
         let response = client.record_events(request).await.map_err(RelayError::Rejected)?.into_inner();
+        if !response.held_event_ids.is_empty() {
+            tracing::error!(
+                service = self.service,
+                events = response.held_event_ids.len(),
+                retry_in_s = HELD_FOR.as_secs(),
+                "ai-governance held back audit events: their tenant's log is damaged; they stay in the outbox"
+            );
+            let held: HashSet<String> = response.held_event_ids.into_iter().collect();
+            ids.retain(|id| !held.contains(id));
+            let mut kept = self.held.lock().expect("the held events are not poisoned");
+            kept.0.extend(held);
+            kept.1.get_or_insert_with(std::time::Instant::now);
+        }
+        if ids.is_empty() {
+            return Ok(0);
+        }
         let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         let delete = format!("DELETE FROM audit_outbox WHERE event_id IN ({})", placeholders.join(", "));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(delete));

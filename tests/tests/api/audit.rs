@@ -443,7 +443,44 @@ async fn entries_changed_with_their_hashes_are_found_in_their_batch(backend: Bac
     assert_eq!(tree_size(&checkpoint(&app, &key).await), 6);
     assert_eq!(app.count_governance_rows("audit_entries").await, 6);
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
+    // Another tenant's events, shipped in the same batches as the held ones, are appended all the
+    // same: one damaged log does not stop the others.
+    let other = tenant_key(&app).await;
+    let other_patient = app.create_patient(&other).await;
+    assess(&app, &other, &other_patient).await;
+    wait_for_size(&app, &other, 2).await;
+    assert_eq!(tree_size(&checkpoint(&app, &key).await), 6, "the damaged log still takes nothing");
     app.stop().await;
+}
+
+/// An entry whose text alone was changed (its stored hash left as it was): found when the log is
+/// read back, and nothing more is appended to it.
+async fn an_entry_whose_text_alone_changed_stops_its_log(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    assess(&app, &key, &patient).await;
+    wait_for_size(&app, &key, 2).await;
+    let edited = app
+        .execute_on_governance("UPDATE audit_entries SET leaf = REPLACE(leaf, 'AssessRisk', 'Nothing') WHERE idx = 1")
+        .await;
+    assert_eq!(edited, 1);
+    app.restart().await;
+    assess(&app, &key, &patient).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(tree_size(&checkpoint(&app, &key).await), 2);
+    assert_eq!(app.count_governance_rows("audit_entries").await, 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_entry_whose_text_alone_changed_stops_its_log_on_sqlite() {
+    an_entry_whose_text_alone_changed_stops_its_log(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn an_entry_whose_text_alone_changed_stops_its_log_on_postgres() {
+    an_entry_whose_text_alone_changed_stops_its_log(Backend::Postgres).await;
 }
 
 #[tokio::test]
