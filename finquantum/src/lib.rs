@@ -364,15 +364,16 @@ pub async fn run(
 }
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
-/// digits passing the Luhn check, in one group or in groups split by spaces, dashes, dots or
-/// slashes (up to three between two groups), also when other numbers stand next to them
-/// (`PARC 02 4111 1111 1111 1111`, `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
+/// digits (ASCII or full-width) passing the Luhn check, in one group or in groups split by spaces,
+/// dashes, dots, slashes or underscores (up to three between two groups), also when other numbers
+/// stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
+/// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
 pub fn mask_card_numbers(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
     let mut index = 0;
     while index < chars.len() {
-        if !chars[index].is_ascii_digit() {
+        if !is_digit(chars[index]) {
             out.push(chars[index]);
             index += 1;
             continue;
@@ -381,12 +382,12 @@ pub fn mask_card_numbers(text: &str) -> String {
         let mut end = index;
         let mut digits = Vec::new();
         loop {
-            while end < chars.len() && chars[end].is_ascii_digit() {
+            while end < chars.len() && is_digit(chars[end]) {
                 digits.push(end);
                 end += 1;
             }
             let gap = chars[end..].iter().take_while(|c| is_card_separator(**c)).count();
-            if gap == 0 || gap > 3 || !chars.get(end + gap).is_some_and(char::is_ascii_digit) {
+            if gap == 0 || gap > 3 || !chars.get(end + gap).is_some_and(|c| is_digit(*c)) {
                 break;
             }
             end += gap;
@@ -397,39 +398,57 @@ pub fn mask_card_numbers(text: &str) -> String {
     out
 }
 
-/// What may stand between the groups of a card number's digits.
-fn is_card_separator(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '-' | '.' | '/')
+/// A decimal digit as a card number may be written: ASCII, or full-width (`４`).
+fn digit_value(c: char) -> Option<u32> {
+    match c {
+        '0'..='9' => c.to_digit(10),
+        '\u{ff10}'..='\u{ff19}' => Some(u32::from(c) - 0xff10),
+        _ => None,
+    }
 }
 
-/// Card lengths in the order they are tried at one place: the common 16 first, then Amex's 15,
-/// then the rarer ones.
+fn is_digit(c: char) -> bool {
+    digit_value(c).is_some()
+}
+
+/// What may stand between the groups of a card number's digits.
+fn is_card_separator(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '-' | '.' | '/' | '_')
+}
+
+/// Card lengths in the order they are tried: the common 16 first, then Amex's 15, then the
+/// rarer ones.
 const CARD_LENGTHS: [usize; 7] = [16, 15, 19, 13, 14, 17, 18];
 
-/// The run `chars[start..end]`, whose digits are at `digits`, with each card number in it
-/// masked: windows that begin where a group of digits begins, tried from the left (a window
-/// anywhere inside a long number would mask references and codes that are no card).
+/// The run `chars[start..end]`, whose digits are at `digits`, with each card number in it masked.
+/// Windows begin where a group of digits begins (a window anywhere inside a long number would
+/// mask references and codes that are no card), and are chosen whole groups first (a card is
+/// written as its own groups: `PARC 02/10 5555555555554444` holds the card after the instalment,
+/// not a window from `02` that passes the Luhn check by chance), each length in the order of
+/// [`CARD_LENGTHS`] across the run, then from a group's start to anywhere.
 fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> String {
     let value: Vec<char> = digits.iter().map(|&at| chars[at]).collect();
-    let group_starts: Vec<bool> = digits.iter().map(|&at| at == start || !chars[at - 1].is_ascii_digit()).collect();
+    let group_starts: Vec<bool> = digits.iter().map(|&at| at == start || !is_digit(chars[at - 1])).collect();
+    let group_ends: Vec<bool> =
+        digits.iter().enumerate().map(|(n, &at)| digits.get(n + 1).is_none_or(|&next| next != at + 1)).collect();
     // For each digit, the end (one past the last digit) of the window that masks it.
     let mut window: Vec<Option<usize>> = vec![None; digits.len()];
-    let mut first = 0;
-    while first < digits.len() {
-        let found = group_starts[first]
-            .then(|| {
-                CARD_LENGTHS
-                    .iter()
-                    .map(|length| first + length)
-                    .find(|&last| last <= digits.len() && luhn(&value[first..last]))
-            })
-            .flatten();
-        match found {
-            Some(last) => {
-                window[first..last].iter_mut().for_each(|masked| *masked = Some(last));
-                first = last;
+    for whole_groups in [true, false] {
+        for length in CARD_LENGTHS {
+            let mut first = 0;
+            while first + length <= digits.len() {
+                let last = first + length;
+                let fits = group_starts[first]
+                    && (!whole_groups || group_ends[last - 1])
+                    && window[first..last].iter().all(Option::is_none)
+                    && luhn(&value[first..last]);
+                if fits {
+                    window[first..last].iter_mut().for_each(|masked| *masked = Some(last));
+                    first = last;
+                } else {
+                    first += 1;
+                }
             }
-            None => first += 1,
         }
     }
     let mut out = String::new();
@@ -464,7 +483,7 @@ fn luhn(digits: &[char]) -> bool {
         .rev()
         .enumerate()
         .map(|(position, digit)| {
-            let value = digit.to_digit(10).unwrap_or(0);
+            let value = digit_value(*digit).unwrap_or(0);
             if position % 2 == 1 {
                 let doubled = value * 2;
                 if doubled > 9 { doubled - 9 } else { doubled }
@@ -499,6 +518,15 @@ mod tests {
         assert_eq!(mask_card_numbers("4111\t1111\u{a0}1111/1111"), "****1111");
         assert_eq!(mask_card_numbers("cartões 4012888888881881 e 5555555555554444"), "cartões ****1881 e ****4444");
         assert_eq!(mask_card_numbers("PIX 2026-11-29 12345 678"), "PIX 2026-11-29 12345 678");
+        // Other numbers before the card, whose digits with the card's first ones pass the Luhn
+        // check by chance: the card is masked whole, as its own groups.
+        assert_eq!(mask_card_numbers("PARC 02/10 5555555555554444"), "PARC 02/10 ****4444");
+        assert_eq!(mask_card_numbers("NSU 12 5555 5555 5555 4444"), "NSU 12 ****4444");
+        assert_eq!(mask_card_numbers("PEDIDO 10 4111111111111111"), "PEDIDO 10 ****1111");
+        assert_eq!(mask_card_numbers("PARC 1/3 4111111111111111"), "PARC 1/3 ****1111");
+        // Full-width digits, and underscores between groups.
+        assert_eq!(mask_card_numbers("CARTAO ４１１１１１１１１１１１１１１１"), "CARTAO ****１１１１");
+        assert_eq!(mask_card_numbers("4111_1111_1111_1111"), "****1111");
     }
 
     #[test]
