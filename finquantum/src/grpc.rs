@@ -95,7 +95,16 @@ impl FinQuantumApi {
             } else {
                 None
             };
-            let transactions = self.client.transactions(base, grant, &account.account_id).await.map_err(failed)?;
+            let transactions = match self.client.transactions(base, grant, &account.account_id).await {
+                Ok(transactions) => transactions,
+                // Pages that read, but say two things of one transaction: not kept for the next
+                // ingestion, which asks the institution again.
+                Err(error @ OpenFinanceError::Malformed(_)) => {
+                    self.client.cache().forget_consent(&consent.id).await;
+                    return Err(failed(error));
+                }
+                Err(error) => return Err(failed(error)),
+            };
             fetched.transactions.extend(transactions.into_iter().map(|t| (account.account_id.clone(), t)));
             fetched.accounts.push((account, balance));
         }

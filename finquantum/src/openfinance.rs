@@ -338,8 +338,11 @@ impl OpenFinanceClient {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
+        // No redirect is followed: the consent is the bearer of every request, which goes to its
+        // institution only (as a page's `next` link is followed within its origin only).
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| OpenFinanceError::Unreachable(error.to_string()))?;
         Ok(Self { http, settings, cache })
@@ -373,15 +376,32 @@ impl OpenFinanceClient {
         );
         let transactions: Vec<Transaction> = self.all_pages(&url, grant).await?;
         let now = chrono::Utc::now();
-        let mut seen = HashSet::new();
-        Ok(transactions
+        let mut seen: HashMap<String, Transaction> = HashMap::new();
+        let mut kept = Vec::new();
+        for transaction in transactions
             .into_iter()
             .filter(|t| t.completed_authorised_payment_type == Completion::TransacaoEfetivada)
             // One booked after now, whatever it says of itself, has not taken place yet (one whose
             // time does not read is refused as the ingestion stores it).
             .filter(|t| chrono::DateTime::parse_from_rfc3339(&t.transaction_date_time).map_or(true, |at| at <= now))
-            .filter(|t| seen.insert(t.transaction_id.clone()))
-            .collect())
+        {
+            // Sent again (pages that overlap): kept once; sent again as another transaction, the
+            // answer says two things of one id, and neither is taken.
+            match seen.get(&transaction.transaction_id) {
+                Some(before) if *before == transaction => {}
+                Some(_) => {
+                    return Err(OpenFinanceError::Malformed(format!(
+                        "transaction {} is sent twice, as two different transactions",
+                        transaction.transaction_id
+                    )));
+                }
+                None => {
+                    seen.insert(transaction.transaction_id.clone(), transaction.clone());
+                    kept.push(transaction);
+                }
+            }
+        }
+        Ok(kept)
     }
 
     /// The balances of `account_id`.
@@ -465,7 +485,17 @@ impl OpenFinanceClient {
                 Ok(response) if response.status().is_server_error() || response.status().as_u16() == 429 => {
                     OpenFinanceError::Server { status: response.status().as_u16(), attempts }
                 }
-                Ok(response) => return Err(OpenFinanceError::Refused { status: response.status().as_u16() }),
+                // A refusal of the consent (401, 403); any other status (a redirect, a 404 for an
+                // account it listed) is an answer outside the API's.
+                Ok(response) if matches!(response.status().as_u16(), 401 | 403) => {
+                    return Err(OpenFinanceError::Refused { status: response.status().as_u16() });
+                }
+                Ok(response) => {
+                    return Err(OpenFinanceError::Malformed(format!(
+                        "it answered HTTP {}, which the Accounts API does not",
+                        response.status().as_u16()
+                    )));
+                }
                 Err(error) if error.is_timeout() => OpenFinanceError::Timeout { attempts },
                 // Without the URL, which names the customer's account.
                 Err(error) => OpenFinanceError::Unreachable(error.without_url().to_string()),

@@ -338,6 +338,7 @@ impl Store {
         now: DateTime<Utc>,
         event: impl FnOnce(u64) -> AuditEvent,
     ) -> Result<u64, Error> {
+        check_shapes(fetched).map_err(|detail| outside_shapes(consent, &detail))?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         // The consent, locked and read again in this transaction: one revoked or erased while its
         // data was being fetched takes nothing more.
@@ -1352,6 +1353,62 @@ fn score_of(row: &AnyRow) -> Result<StoredScore, StoreError> {
             .map_err(|error| StoreError::Corrupt(format!("credit_scores.reasons: {error}")))?,
         created_at: required_time(row, "created_at")?,
     })
+}
+
+/// Checks what an institution sent before any of it is stored: every text without control
+/// characters (which PostgreSQL's text refuses, NUL among them, and which break a statement's
+/// lines), ids present, balances and amounts that read in reais (BRL: the statements and the
+/// model know no other currency), transactions credit or debit and dated in RFC 3339 (one id
+/// standing for two different transactions is refused as the pages are read). What is wrong, in
+/// words.
+fn check_shapes(fetched: &Fetched) -> Result<(), String> {
+    let text = |what: &str, value: &str| match value.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!("{what} holds a control character (U+{:04X})", u32::from(c))),
+        None => Ok(()),
+    };
+    let reais = |what: &str, amount: &openfinance::Amount, cents: Option<i64>| match (cents, amount.currency.as_str()) {
+        (None, _) => Err(format!("{what} is not an amount")),
+        (Some(_), "BRL") => Ok(()),
+        (Some(_), other) => Err(format!("{what} is in {other:?}, not BRL")),
+    };
+    for (account, balance) in &fetched.accounts {
+        let id = &account.account_id;
+        if id.is_empty() {
+            return Err("an account has no accountId".to_owned());
+        }
+        text("an accountId", id)?;
+        for (field, value) in [
+            ("brandName", &account.brand_name),
+            ("type", &account.kind),
+            ("number", &account.number),
+            ("checkDigit", &account.check_digit),
+        ] {
+            text(&format!("account {id}'s {field}"), value)?;
+        }
+        if let Some(balance) = balance {
+            reais(&format!("account {id}'s available amount"), &balance.available_amount, balance.cents())?;
+            if balance.update_date_time.is_some() && balance.at().is_none() {
+                return Err(format!("account {id}'s balance update time is not RFC 3339"));
+            }
+        }
+    }
+    for (account_id, item) in &fetched.transactions {
+        let id = &item.transaction_id;
+        if id.is_empty() {
+            return Err(format!("a transaction of account {account_id} has no transactionId"));
+        }
+        text("a transactionId", id)?;
+        text(&format!("transaction {id}'s name"), &item.transaction_name)?;
+        text(&format!("transaction {id}'s type"), &item.kind)?;
+        if !matches!(item.credit_debit_type.as_str(), "CREDITO" | "DEBITO") {
+            return Err(format!("transaction {id}'s creditDebitType is neither CREDITO nor DEBITO"));
+        }
+        reais(&format!("transaction {id}'s amount"), &item.transaction_amount, item.transaction_amount.cents())?;
+        if DateTime::parse_from_rfc3339(&item.transaction_date_time).is_err() {
+            return Err(format!("transaction {id}'s date and time is not RFC 3339"));
+        }
+    }
+    Ok(())
 }
 
 /// The error for data an institution sent that is not in the Open Finance shapes: the

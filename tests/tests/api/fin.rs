@@ -704,6 +704,18 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
     bank.serve("banco-a", Profile { accounts: vec![account], ..Profile::default() });
     let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
     assert!(problem["detail"].as_str().unwrap().contains("tx-2's amount is not an amount"), "{problem}");
+    // A name with a control character (a NUL, which a database's text refuses), and one id for two
+    // different transactions: each a 502 naming it, and nothing stored.
+    let mut nul = checking_account();
+    nul.transactions[0].name = "MERCADO\u{0}X".into();
+    let mut twice = checking_account();
+    twice.transactions[1].id = twice.transactions[0].id.clone();
+    for (account, wanted) in [(nul, "name holds a control character (U+0000)"), (twice, "is sent twice")] {
+        bank.serve("banco-a", Profile { accounts: vec![account], ..Profile::default() });
+        let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
+        assert!(problem["detail"].as_str().unwrap().contains(wanted), "{problem}");
+    }
+    assert_eq!(app.get(&format!("/v1/fin/consents/{consent_id}"), &key).await.status(), 200);
     bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
     assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
     let second = consent(&app, &key, &cpf(737_373_737), "banco-a", ALL).await;
