@@ -279,6 +279,14 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         if expires_at <= now {
             return Err(Error::invalid("expiresAt", "must be in the future").into());
         }
+        // Open Finance Brasil's data-sharing consents last 12 months at most.
+        if expires_at > now + chrono::Months::new(12) {
+            return Err(Error::invalid(
+                "expiresAt",
+                "must be within 12 months, as Open Finance Brasil limits consents",
+            )
+            .into());
+        }
         let mut consent = Consent {
             id: Uuid::now_v7().to_string(),
             customer_id: Uuid::now_v7().to_string(),

@@ -110,6 +110,10 @@ async fn consents_ingestion_and_statements(backend: Backend) {
             "expiresAt",
         ),
         (json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL}), "expiresAt"),
+        (
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL, "expiresAt": days_from_now(400)}),
+            "expiresAt",
+        ),
     ];
     for (body, field) in cases {
         let problem = assert_problem(app.post("/v1/fin/consents", &key, &body).await, 400).await;
