@@ -86,7 +86,12 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
         request: Request<proto::GetPublicKeyRequest>,
     ) -> Result<Response<proto::PublicKey>, Status> {
         auth::caller(&request)?;
-        let key = self.log.signer().public_key();
+        let key = match request.get_ref().key_id.trim() {
+            "" => self.log.signer().public_key(),
+            key_id => self.log.verifier(key_id).await?.ok_or_else(|| {
+                Status::not_found(format!("no checkpoint key {key_id:?} is recorded by this deployment"))
+            })?,
+        };
         Ok(Response::new(proto::PublicKey {
             key_id: key.key_id(),
             algorithm: "Ed25519".into(),

@@ -218,6 +218,7 @@ impl AiGovernanceService {
             tracing::warn!("no internal_auth.service_signing_key: calls from and to the services are refused");
         }
         let log = Arc::new(LogStore::new(database.clone(), signer));
+        log.record_signing_key().await.context("cannot record the checkpoint key")?;
         let data_subject_services = config.data_subject_services.clone();
         Ok(Self { listener, database, log, keys, verifier, service_signer, data_subject_services })
     }

@@ -19,7 +19,7 @@ use sqlx::{AnyConnection, Row};
 use tokio::sync::Mutex;
 
 use crate::{
-    checkpoint::{CheckpointBody, CheckpointSigner},
+    checkpoint::{CheckpointBody, CheckpointSigner, CheckpointVerifier},
     merkle::{self, Hash, Tree},
 };
 
@@ -104,6 +104,36 @@ impl LogStore {
 
     pub fn signer(&self) -> &CheckpointSigner {
         &self.signer
+    }
+
+    /// Records the public key this store signs with, so that its checkpoints are verified against
+    /// it once the key is changed.
+    pub async fn record_signing_key(&self) -> Result<(), StoreError> {
+        let key = self.signer.public_key();
+        sqlx::query(
+            "INSERT INTO audit_signing_keys (key_id, public_key, first_used_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(key.key_id())
+        .bind(key.to_base64())
+        .bind(Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true))
+        .execute(self.database.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The public key whose id is `key_id`: this store's, or one recorded before it, if any.
+    pub async fn verifier(&self, key_id: &str) -> Result<Option<CheckpointVerifier>, StoreError> {
+        if key_id == self.signer.key_id() {
+            return Ok(Some(self.signer.public_key()));
+        }
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT public_key FROM audit_signing_keys WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_optional(self.database.pool())
+                .await?;
+        let verifier = recorded.as_deref().map(CheckpointVerifier::from_base64).transpose();
+        verifier.map_err(|error| StoreError::Corrupt(format!("audit_signing_keys {key_id}: {error}")))
     }
 
     fn tenant(&self, tenant_id: &str) -> Arc<Mutex<TenantLog>> {
@@ -490,11 +520,13 @@ pub struct Verification {
     /// The first entry whose stored text does not match the signed tree, if any.
     pub first_bad_index: Option<u64>,
     pub reason: String,
+    /// Whether the checkpoint's signature verifies against the key that signed it.
+    pub signed: bool,
 }
 
 impl Verification {
     pub fn verified(&self) -> bool {
-        self.first_bad_index.is_none()
+        self.signed && self.first_bad_index.is_none()
     }
 }
 
@@ -504,9 +536,21 @@ impl LogStore {
     /// stored entry it covers hashed again into the tree, against its signed root.
     pub async fn verify(&self, tenant_id: &str, checkpoint: &SignedCheckpoint) -> Result<Verification, Error> {
         let size = checkpoint.body.tree_size;
-        if self.signer.public_key().verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
-            let reason = "the latest checkpoint's signature does not verify".to_owned();
-            return Ok(Verification { tree_size: size, first_bad_index: Some(0), reason });
+        // Checked against the key that signed it, this store's or an earlier one; a checkpoint
+        // that cannot be checked, or whose signature fails, says nothing of any entry.
+        let unverified =
+            |reason: String| Verification { tree_size: size, first_bad_index: None, reason, signed: false };
+        let Some(key) = self.verifier(&checkpoint.key_id).await? else {
+            return Ok(unverified(format!(
+                "the latest checkpoint is signed by key {}, which this deployment has not recorded",
+                checkpoint.key_id
+            )));
+        };
+        if key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
+            return Ok(unverified(format!(
+                "the latest checkpoint's signature does not verify against its key {}",
+                checkpoint.key_id
+            )));
         }
         let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         let mut first_bad = None;
@@ -519,7 +563,7 @@ impl LogStore {
                 let expected = leaves.len() as u64;
                 if entry.index != expected {
                     let reason = format!("entry {expected} is missing");
-                    return Ok(Verification { tree_size: size, first_bad_index: Some(expected), reason });
+                    return Ok(Verification { tree_size: size, first_bad_index: Some(expected), reason, signed: true });
                 }
                 let hash = merkle::leaf_hash(entry.leaf.as_bytes());
                 if first_bad.is_none() && hex::encode(hash) != entry.leaf_hash {
@@ -534,6 +578,7 @@ impl LogStore {
                 tree_size: size,
                 first_bad_index: Some(index),
                 reason: format!("entry {index} is missing"),
+                signed: true,
             });
         }
         // Hashing the whole tree takes a while for a large log: on a thread that may block.
@@ -548,6 +593,7 @@ impl LogStore {
                 tree_size: size,
                 first_bad_index: None,
                 reason: "the log matches the signed root".into(),
+                signed: true,
             });
         }
         if let Some(index) = first_bad {
@@ -555,6 +601,7 @@ impl LogStore {
                 tree_size: size,
                 first_bad_index: Some(index),
                 reason: format!("entry {index} does not match the signed tree"),
+                signed: true,
             });
         }
         // Entries and their hashes changed together: the checkpoints signed along the way tell
@@ -575,7 +622,12 @@ impl LogStore {
         .await
         .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?
         .unwrap_or((0, size));
-        Ok(Verification { tree_size: size, first_bad_index: Some(from), reason: changed_between(from, to) })
+        Ok(Verification {
+            tree_size: size,
+            first_bad_index: Some(from),
+            reason: changed_between(from, to),
+            signed: true,
+        })
     }
 }
 
@@ -743,6 +795,41 @@ pub(crate) mod tests {
         let url = format!("sqlite://{}", dir.path().join("governance.db").display());
         let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
         LogStore::new(database, CheckpointSigner::generate())
+    }
+
+    #[tokio::test]
+    async fn checkpoints_signed_before_the_key_changed_verify_against_the_key_that_signed_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let before = LogStore::new(database.clone(), CheckpointSigner::generate());
+        before.record_signing_key().await.unwrap();
+        before.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        // The key is changed; tenant `a` has made nothing since.
+        let after = LogStore::new(database.clone(), CheckpointSigner::generate());
+        after.record_signing_key().await.unwrap();
+        let latest = after.latest_checkpoint("a").await.unwrap();
+        assert_eq!(latest.key_id, before.signer().key_id());
+        let verification = after.verify("a", &latest).await.unwrap();
+        assert!(verification.verified(), "{verification:?}");
+        assert_eq!(
+            after.verifier(&latest.key_id).await.unwrap().unwrap().to_base64(),
+            before.signer().public_key().to_base64()
+        );
+        // A key not recorded (before keys were) says nothing of any entry, and is no verification.
+        sqlx::query("DELETE FROM audit_signing_keys WHERE key_id = $1")
+            .bind(&latest.key_id)
+            .execute(database.pool())
+            .await
+            .unwrap();
+        let verification = after.verify("a", &latest).await.unwrap();
+        assert!(!verification.verified() && verification.first_bad_index.is_none(), "{verification:?}");
+        assert!(verification.reason.contains("has not recorded"), "{verification:?}");
+        // Appends go on under the new key.
+        after.append(vec![leaf("a", 3)]).await.unwrap();
+        let latest = after.latest_checkpoint("a").await.unwrap();
+        assert_eq!((latest.body.tree_size, latest.key_id.clone()), (3, after.signer().key_id()));
+        assert!(after.verify("a", &latest).await.unwrap().verified());
     }
 
     #[tokio::test]

@@ -330,8 +330,10 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
     let verification = &report["verification"];
     let verdict = if verification["verified"] == true {
         "verified: every entry hashes into the signed root".to_owned()
-    } else {
+    } else if verification.get("firstBadIndex").is_some() {
         format!("FAILED at entry {}", text(&verification["firstBadIndex"]))
+    } else {
+        "FAILED: the checkpoint's signature does not verify".to_owned()
     };
     pdf.field("Full verification", &verdict);
     pdf.field("Detail", &text(&verification["detail"]));
