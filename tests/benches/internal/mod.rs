@@ -70,7 +70,7 @@ pub(crate) async fn get_public_key(app: &TestApp, tokens: Tokens) -> impl Fn() -
     let client = AuditLogClient::new(connect(app, aigronova_ai_governance::SERVICE_NAME).await);
     move || {
         let mut client = client.clone();
-        let request = tokens.sign(GetPublicKeyRequest {});
+        let request = tokens.sign(GetPublicKeyRequest::default());
         Box::pin(async move { client.get_public_key(request).await.is_ok() })
     }
 }
