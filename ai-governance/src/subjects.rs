@@ -616,12 +616,19 @@ impl SubjectStore {
         let (export, outcomes) = match kind {
             Kind::Access | Kind::Portability => {
                 let (data, outcomes) = self.services.export(&caller.tenant_id, cpf, &id).await;
+                // A bundle some services could not answer for says so, rather than look whole.
+                let missing: Vec<&str> = outcomes
+                    .iter()
+                    .filter(|outcome| outcome.status == "failed")
+                    .map(|outcome| outcome.service.as_str())
+                    .collect();
                 let bundle = serde_json::json!({
                     "requestId": id,
                     "kind": kind.as_str(),
                     "generatedAt": now(),
                     "format": "application/json; one object per service, as each service holds the data",
                     "services": data,
+                    "missingServices": missing,
                 });
                 (Some(bundle.to_string()), outcomes)
             }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app};
+use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app, spawn_app_with};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -805,5 +805,22 @@ async fn reads_of_what_people_wrote_are_audited_and_refusals_say_why() {
     let path = format!("/v1/governance/audit/checkpoint?treeSize={}", size + 1_000);
     let problem = assert_problem(app.get(&path, &key).await, 404).await;
     assert!(problem["detail"].as_str().unwrap().contains("the log holds"), "{problem}");
+    app.stop().await;
+}
+
+/// A bundle that some service could not answer for says which, rather than look whole.
+#[tokio::test]
+async fn a_bundle_some_service_could_not_answer_for_names_it() {
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.ai_governance.data_subject_services.insert("ghost".into(), "http://127.0.0.1:9".into());
+    })
+    .await;
+    let tenant = app.create_tenant("Clínica Parcial").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let access = open(&app, &key, json!({"cpf": CPF, "kind": "access"})).await;
+    assert_eq!(access["status"], "failed", "{access}");
+    let bundle = export(&app, &key, access["id"].as_str().unwrap()).await;
+    assert_eq!(bundle["missingServices"], json!(["ghost"]), "{bundle}");
+    assert!(bundle["services"].get("ghost").is_none() && bundle["services"].get("healthquantum").is_some(), "{bundle}");
     app.stop().await;
 }
