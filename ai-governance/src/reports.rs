@@ -237,6 +237,8 @@ impl Reporter {
             .iter()
             .filter(|r| done_by_end(r.completed_at.as_deref()).is_some_and(|done| done > r.deadline))
             .count();
+        let open = requests.len() - on_time - late - overdue;
+        let failed = requests.iter().filter(|r| r.status == "failed").count();
 
         let reviews: Vec<_> = self
             .subjects
@@ -299,6 +301,8 @@ impl Reporter {
                 "completedOnTime": on_time,
                 "completedLate": late,
                 "overdue": overdue,
+                "open": open,
+                "failed": failed,
             },
             "reviews": {"total": reviews.len(), "byOutcome": outcomes},
             // Sizes and indexes as the audit API writes them (64-bit integers as strings).
@@ -397,6 +401,8 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
     pdf.field("Completed within 15 days", &text(&requests["completedOnTime"]));
     pdf.field("Completed late", &text(&requests["completedLate"]));
     pdf.field("Overdue", &text(&requests["overdue"]));
+    pdf.field("Open, within 15 days", &text(&requests["open"]));
+    pdf.field("Failed (a service did not answer)", &text(&requests["failed"]));
     for (kind, count) in requests["byKind"].as_object().into_iter().flatten() {
         pdf.field(&format!("  {kind}"), &text(count));
     }

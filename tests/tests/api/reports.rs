@@ -79,9 +79,10 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert_eq!(moved, 1);
     let before = report(&app, &key, "lgpd?from=2026-01-01").await;
     assert_eq!(before["subjectRequests"]["total"], 1, "{}", before["subjectRequests"]);
-    for counted in ["completedOnTime", "completedLate", "overdue"] {
+    for counted in ["completedOnTime", "completedLate", "overdue", "failed"] {
         assert_eq!(before["subjectRequests"][counted], 0, "{counted}: {}", before["subjectRequests"]);
     }
+    assert_eq!(before["subjectRequests"]["open"], 1, "open then, within its deadline: {}", before["subjectRequests"]);
     let after = report(&app, &key, "lgpd?from=2026-01-01&to=2099-12-31").await;
     assert_eq!(after["subjectRequests"]["completedLate"], 1, "{}", after["subjectRequests"]);
 
