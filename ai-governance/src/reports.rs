@@ -182,13 +182,18 @@ impl Reporter {
             .await?
             .into_iter()
             .map(|entry| {
-                json!({
+                let mut model = json!({
                     "name": entry.card.name,
                     "version": entry.card.version,
                     "service": entry.service,
                     "sha256": entry.card.sha256,
                     "sha256Mismatch": entry.sha256_mismatch(),
-                })
+                });
+                // Left out when it is the registered one, as the proto3 JSON mapping leaves out an empty field.
+                if entry.sha256_mismatch() {
+                    model["observedSha256"] = json!(entry.observed_sha256);
+                }
+                model
             })
             .collect();
         let monitoring: Vec<Value> = self
@@ -373,6 +378,9 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
             &format!("served by {}{flag}", text(&model["service"])),
         );
         pdf.monospace(&format!("sha256 {}", text(&model["sha256"])));
+        if model["sha256Mismatch"] == true {
+            pdf.monospace(&format!("observed {}", text(&model["observedSha256"])));
+        }
     }
     for status in report["monitoring"].as_array().into_iter().flatten() {
         let sample = status["driftSample"].as_u64().unwrap_or(0);

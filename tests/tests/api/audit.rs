@@ -598,5 +598,21 @@ async fn the_inventory_lists_the_models_the_services_registered() {
     ] {
         assert_eq!(assert_problem(app.get(path, &key).await, 400).await["field"], field, "{path}");
     }
+    // A model file changed without a new version: the evidence report flags it with what was seen.
+    let observed = "f".repeat(64);
+    let changed = app
+        .execute_on_governance(&format!(
+            "UPDATE models SET observed_sha256 = '{observed}' WHERE name = 'breast-cancer' AND version = '1'"
+        ))
+        .await;
+    assert_eq!(changed, 1);
+    let report: Value = app.get("/v1/governance/reports/iso27001", &key).await.json().await.unwrap();
+    let flagged = report["models"].as_array().unwrap().iter().find(|model| model["name"] == "breast-cancer").unwrap();
+    assert_eq!(
+        (&flagged["sha256Mismatch"], flagged["observedSha256"].as_str()),
+        (&json!(true), Some(observed.as_str()))
+    );
+    let pdf = app.get("/v1/governance/reports/iso27001?format=pdf", &key).await.bytes().await.unwrap();
+    assert!(aigronova_e2e::pdf_text(&pdf).contains(&format!("observed {observed}")));
     app.stop().await;
 }
