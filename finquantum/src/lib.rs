@@ -365,8 +365,8 @@ pub async fn run(
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
 /// digits (ASCII or full-width) passing the Luhn check, in one group or in groups split by spaces,
-/// dashes, dots, slashes or underscores (up to three between two groups), also when other numbers
-/// stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
+/// dashes, dots, commas, slashes, asterisks, underscores or invisible characters (up to five
+/// between two groups), also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
 /// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
 pub fn mask_card_numbers(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
@@ -378,7 +378,7 @@ pub fn mask_card_numbers(text: &str) -> String {
             index += 1;
             continue;
         }
-        // The run: digits, with at most three separators between two of them.
+        // The run: digits, with at most five separators between two of them.
         let mut end = index;
         let mut digits = Vec::new();
         loop {
@@ -387,7 +387,7 @@ pub fn mask_card_numbers(text: &str) -> String {
                 end += 1;
             }
             let gap = chars[end..].iter().take_while(|c| is_card_separator(**c)).count();
-            if gap == 0 || gap > 3 || !chars.get(end + gap).is_some_and(|c| is_digit(*c)) {
+            if gap == 0 || gap > 5 || !chars.get(end + gap).is_some_and(|c| is_digit(*c)) {
                 break;
             }
             end += gap;
@@ -411,44 +411,94 @@ fn is_digit(c: char) -> bool {
     digit_value(c).is_some()
 }
 
-/// What may stand between the groups of a card number's digits.
+/// What may stand between the groups of a card number's digits: spaces, punctuation that parts
+/// numbers, dashes of any length and invisible characters.
 fn is_card_separator(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '-' | '.' | '/' | '_')
+    c.is_whitespace()
+        || matches!(c, '-' | '.' | '/' | '_' | ',' | '*' | '\u{2010}'..='\u{2015}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
 }
 
 /// Card lengths in the order they are tried: the common 16 first, then Amex's 15, then the
 /// rarer ones.
 const CARD_LENGTHS: [usize; 7] = [16, 15, 19, 13, 14, 17, 18];
 
+/// Whether groups of digits of these sizes are a card number as cards print it: one group, four
+/// groups of four (and three more for 19 digits), Amex's 4-6-5 or Diners' 4-6-4.
+fn printed_layout(sizes: &[usize]) -> bool {
+    match sizes {
+        [single] => (13..=19).contains(single),
+        [4, 4, 4, 4] | [4, 4, 4, 4, 3] | [4, 6, 5] | [4, 6, 4] => true,
+        _ => false,
+    }
+}
+
 /// The run `chars[start..end]`, whose digits are at `digits`, with each card number in it masked.
 /// Windows begin where a group of digits begins (a window anywhere inside a long number would
-/// mask references and codes that are no card), and are chosen whole groups first (a card is
-/// written as its own groups: `PARC 02/10 5555555555554444` holds the card after the instalment,
-/// not a window from `02` that passes the Luhn check by chance), each length in the order of
-/// [`CARD_LENGTHS`] across the run, then from a group's start to anywhere.
+/// mask references and codes that are no card), and are taken in three passes, each length in the
+/// order of [`CARD_LENGTHS`] across the run: whole groups laid out as cards print them (so that
+/// `PARC 02/10 5555 5555 5555 4444` masks the card, not a window from `02` that passes the Luhn
+/// check by chance), then whole groups in any layout, then from the start of a group of at most 19
+/// digits into the middle of another. Not taken: a window right after a `+` (a phone number), one
+/// with a digit of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`), and any in a run of 44, 47 or 48
+/// digits (a boleto's bar code or digitable line).
 fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> String {
     let value: Vec<char> = digits.iter().map(|&at| chars[at]).collect();
     let group_starts: Vec<bool> = digits.iter().map(|&at| at == start || !is_digit(chars[at - 1])).collect();
     let group_ends: Vec<bool> =
         digits.iter().enumerate().map(|(n, &at)| digits.get(n + 1).is_none_or(|&next| next != at + 1)).collect();
+    // Each digit's group, and each group's size.
+    let mut group_of = Vec::with_capacity(digits.len());
+    let mut sizes: Vec<usize> = Vec::new();
+    for &starts in &group_starts {
+        if starts {
+            sizes.push(0);
+        }
+        *sizes.last_mut().expect("a run starts with a group") += 1;
+        group_of.push(sizes.len() - 1);
+    }
     // For each digit, the end (one past the last digit) of the window that masks it.
     let mut window: Vec<Option<usize>> = vec![None; digits.len()];
-    for whole_groups in [true, false] {
+    if matches!(digits.len(), 44 | 47 | 48) {
+        return chars[start..end].iter().collect();
+    }
+    // The digits of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`) are in no window.
+    let mut cnpj = vec![false; digits.len()];
+    for group in 0..sizes.len().saturating_sub(4) {
+        if sizes[group..group + 5] == [2, 3, 3, 4, 2] {
+            let first = group_of.iter().position(|&of| of == group).expect("every group has digits");
+            cnpj[first..first + 14].iter_mut().for_each(|taken| *taken = true);
+        }
+    }
+    for pass in 0..3 {
+        // Every window of the pass that fits; windows that overlap are masked together, as which
+        // of them is the card cannot be told (`3030 5105 1051 0510 5100` holds two).
+        let mut found: Vec<(usize, usize)> = Vec::new();
         for length in CARD_LENGTHS {
-            let mut first = 0;
-            while first + length <= digits.len() {
+            for first in (0..digits.len().saturating_sub(length - 1)).filter(|&first| group_starts[first]) {
                 let last = first + length;
-                let fits = group_starts[first]
-                    && (!whole_groups || group_ends[last - 1])
-                    && window[first..last].iter().all(Option::is_none)
-                    && luhn(&value[first..last]);
-                if fits {
-                    window[first..last].iter_mut().for_each(|masked| *masked = Some(last));
-                    first = last;
-                } else {
-                    first += 1;
+                let layout = &sizes[group_of[first]..=group_of[last - 1]];
+                let shaped = match pass {
+                    0 => group_ends[last - 1] && printed_layout(layout),
+                    1 => group_ends[last - 1],
+                    _ => !group_ends[last - 1] && sizes[group_of[first]] <= 19,
+                };
+                let after_plus = digits[first] > 0 && chars[digits[first] - 1] == '+';
+                let free = !cnpj[first..last].contains(&true) && window[first..last].iter().all(Option::is_none);
+                if shaped && !after_plus && free && luhn(&value[first..last]) {
+                    found.push((first, last));
                 }
             }
+        }
+        found.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::new();
+        for (first, last) in found {
+            match merged.last_mut() {
+                Some((_, end)) if first < *end => *end = (*end).max(last),
+                _ => merged.push((first, last)),
+            }
+        }
+        for (first, last) in merged {
+            window[first..last].iter_mut().for_each(|masked| *masked = Some(last));
         }
     }
     let mut out = String::new();
@@ -527,6 +577,31 @@ mod tests {
         // Full-width digits, and underscores between groups.
         assert_eq!(mask_card_numbers("CARTAO ４１１１１１１１１１１１１１１１"), "CARTAO ****１１１１");
         assert_eq!(mask_card_numbers("4111_1111_1111_1111"), "****1111");
+        for spelled in [
+            "4111–1111–1111–1111",
+            "4111,1111,1111,1111",
+            "4111*1111*1111*1111",
+            "4111\u{200b}1111\u{200b}1111\u{200b}1111",
+            "4111 - - 1111 - - 1111 - - 1111",
+        ] {
+            assert_eq!(mask_card_numbers(spelled), "****1111", "{spelled}");
+        }
+        // Beside a CNPJ, a date, a reference of four digits, a phone number: the card is masked
+        // whole; a CNPJ, a phone number after `+` and a boleto's digitable line are no cards.
+        assert_eq!(
+            mask_card_numbers("CNPJ 60.701.190/0001-04 4000 0566 5566 5556"),
+            "CNPJ 60.701.190/0001-04 ****5556"
+        );
+        assert_eq!(mask_card_numbers("29/11/2026 4242 4242 4242 4242"), "29/11/2026 ****4242");
+        assert_eq!(mask_card_numbers("NSU 57208787 6011-1283-1343-2927"), "NSU 57208787 ****2927");
+        // Two windows laid out as cards print them, overlapping: both masked, as which is the card
+        // cannot be told.
+        assert_eq!(mask_card_numbers("TEL 11 3003-3030 5105 1051 0510 5100"), "TEL 11 3003-****5100");
+        assert_eq!(mask_card_numbers("CEP 01310-100 5200 8282 8282 8210"), "CEP 01310-100 ****8210");
+        assert_eq!(mask_card_numbers("CNPJ 60.746.948/0001-12 NF 12345"), "CNPJ 60.746.948/0001-12 NF 12345");
+        assert_eq!(mask_card_numbers("PIX ENVIADO +55 11 96506-2467"), "PIX ENVIADO +55 11 96506-2467");
+        let boleto = "BOLETO 23793.38128 60082.677139 66006.333308 1 89140000010000";
+        assert_eq!(mask_card_numbers(boleto), boleto);
     }
 
     #[test]

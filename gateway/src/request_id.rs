@@ -45,51 +45,53 @@ fn acceptable(id: &str) -> bool {
 }
 
 /// Whether `id` holds a phone number: a Brazilian mobile number (area code, 9 and 8 digits, with the
-/// country code 55 before them or not) or a number written after a `+`, as international numbers
-/// are (E.164: 10 to 15 digits), in one run of digits or in groups that punctuation parts as phone
-/// numbers are written (`+55-11-91234-5678`: each group after the first of 2 to 5 digits). A letter
-/// ends a number, and digits bounded by the letters of a hexadecimal id (`a` to `f`: a UUID, a trace
-/// id) are the id's, not a number.
+/// country code 55 or the trunk prefix 0 before them, or not) or a number written after a `+`, as
+/// international numbers are (E.164: 10 to 15 digits), in one run of digits or in groups that
+/// punctuation parts as phone numbers are written (`+55-11-91234-5678`: each group after the first
+/// of 2 to 5 digits). Digits within a word of a hexadecimal id (hexadecimal digits, a letter `a` to
+/// `f` among them: a UUID's part, a trace id) are the id's, not a number.
 fn holds_phone(id: &str) -> bool {
     let bytes = id.as_bytes();
-    let hex_letter = |at: Option<usize>| at.and_then(|at| bytes.get(at)).is_some_and(u8::is_ascii_hexdigit);
-    let mut start = 0_usize;
-    for end in 0..=bytes.len() {
-        if bytes.get(end).is_some_and(|byte| !byte.is_ascii_alphabetic()) {
-            continue;
-        }
-        if !hex_letter(start.checked_sub(1)) && !hex_letter(Some(end)) && phone_in(&bytes[start..end]) {
-            return true;
-        }
-        start = end + 1;
-    }
-    false
-}
-
-/// Whether `number`, digits and punctuation, holds a phone number as [`holds_phone`] says, from the
-/// start of any of its groups of digits.
-fn phone_in(number: &[u8]) -> bool {
-    // Each group of digits, and whether a `+` comes right before it.
+    // Each run of digits: where it starts and ends.
     let mut groups = Vec::new();
     let mut at = 0;
-    while at < number.len() {
-        let digits = number[at..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+    while at < bytes.len() {
+        let digits = bytes[at..].iter().take_while(|byte| byte.is_ascii_digit()).count();
         if digits > 0 {
-            groups.push((&number[at..at + digits], at > 0 && number[at - 1] == b'+'));
+            groups.push((at, at + digits));
         }
         at += digits.max(1);
     }
+    let hex_word = |at: usize| {
+        let start = bytes[..at].iter().rposition(|byte| !byte.is_ascii_alphanumeric()).map_or(0, |before| before + 1);
+        let end =
+            bytes[at..].iter().position(|byte| !byte.is_ascii_alphanumeric()).map_or(bytes.len(), |after| at + after);
+        let word = &bytes[start..end];
+        word.iter().all(u8::is_ascii_hexdigit) && word.iter().any(u8::is_ascii_alphabetic)
+    };
     (0..groups.len()).any(|first| {
-        let international = groups[first].1;
+        let start = groups[first].0;
+        let international = start > 0 && bytes[start - 1] == b'+';
         let mut digits = Vec::new();
-        for (index, (group, _)) in groups[first..].iter().enumerate() {
-            if index > 0 && !(2..=5).contains(&group.len()) || index == 1 && groups[first].0.len() > 5 {
-                return false;
+        for (index, &(from, to)) in groups[first..].iter().enumerate() {
+            if index > 0 {
+                // Groups of one number: parted by punctuation only, each of a phone number's size.
+                let between = &bytes[groups[first + index - 1].1..from];
+                let first_long = groups[first].1 - start > 5;
+                if between.iter().any(u8::is_ascii_alphabetic) || !(2..=5).contains(&(to - from)) || first_long {
+                    return false;
+                }
             }
-            digits.extend_from_slice(group);
-            let national = digits.strip_prefix(b"55").filter(|_| digits.len() == 13).unwrap_or(&digits);
+            digits.extend_from_slice(&bytes[from..to]);
+            let national = match digits.len() {
+                13 => digits.strip_prefix(b"55"),
+                12 => digits.strip_prefix(b"0"),
+                _ => None,
+            }
+            .unwrap_or(&digits);
             let mobile = national.len() == 11 && national[0] != b'0' && national[1] != b'0' && national[2] == b'9';
-            if mobile || international && (10..=15).contains(&digits.len()) {
+            let phone = mobile || international && (10..=15).contains(&digits.len());
+            if phone && !hex_word(start) && !hex_word(to - 1) {
                 return true;
             }
         }
@@ -148,6 +150,14 @@ mod tests {
             "20260101-11912345678",
             "order-7-11912345678",
             "1:+5511912345678",
+            "phone-11912345678",
+            "cliente11912345678",
+            "fone_11912345678",
+            "11912345678-a",
+            "wa.me/5511912345678",
+            "a+5511912345678",
+            "+5511912345678-e",
+            "011912345678",
         ] {
             assert!(holds_phone(phone), "{phone}");
         }

@@ -557,7 +557,7 @@ const SEQUENCE_END: Tag = (0xFFFE, 0xE0DD);
 /// The length of a sequence or an item that runs until its end tag.
 const UNDEFINED_LENGTH: u32 = 0xFFFF_FFFF;
 /// How deep sequences may nest before a data set is given up on: real ones nest a few levels.
-const MAX_NESTING: usize = 16;
+const MAX_NESTING: usize = 64;
 
 /// The header of one data element.
 #[derive(Clone, Copy, Debug)]
@@ -643,7 +643,8 @@ fn skip_item(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize) -> O
 /// Columns and Rows from the top level of the data set, 0 when it does not give them (as one
 /// unsigned 16-bit value each). A data set in a transfer syntax not read here (see
 /// [`Encoding::of`]) is refused, as it could not be checked; one written in the other little
-/// endian encoding than its meta information says, as some writers do, is read in that one.
+/// endian encoding than its meta information says, as some writers do, is read in the one its
+/// first element is written in (a value representation after the tag or not).
 fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String> {
     let encoding = Encoding::of(meta.transfer_syntax).ok_or_else(|| {
         format!(
@@ -652,30 +653,31 @@ fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String
             String::from_utf8_lossy(meta.transfer_syntax)
         )
     })?;
-    let other = match encoding {
-        Encoding::ExplicitVr => Encoding::ImplicitVr,
-        Encoding::ImplicitVr => Encoding::ExplicitVr,
+    let at = meta.data_set_at;
+    let written = match bytes.get(at + 4..at + 6) {
+        Some(vr) if VRS.iter().any(|known| known[..] == *vr) => Encoding::ExplicitVr,
+        Some(_) => Encoding::ImplicitVr,
+        None => encoding,
     };
-    walk_data_set(bytes, meta.data_set_at, encoding).or_else(|(failed_at, problem)| {
-        // Not one element read in the encoding it names: perhaps all of them in the other.
-        if failed_at == meta.data_set_at {
-            walk_data_set(bytes, failed_at, other).map_err(|_| problem)
-        } else {
-            Err(problem)
-        }
-    })
+    walk_data_set(bytes, at, written)
 }
 
-/// [`read_data_set`] in `encoding` from `at`; where and why it failed.
-fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<(u32, u32), (usize, String)> {
+/// Every value representation (PS3.5 6.2): what follows an explicit VR element's tag.
+const VRS: [&[u8; 2]; 34] = [
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OL",
+    b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US",
+    b"UT", b"UV",
+];
+
+/// [`read_data_set`] in `encoding` from `at`.
+fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<(u32, u32), String> {
     // Padding at the end of the file is not the data set's: where the data set must end.
     let end_of_data = bytes.len() - bytes.iter().rev().take_while(|byte| is_padding(**byte)).count();
     let (mut rows, mut columns) = (0, 0);
     let mut previous = None;
     while at < end_of_data {
-        let refused = |what: String| {
-            (at, format!("{what}: the file is cut short or damaged, or other data follows its data set"))
-        };
+        let refused =
+            |what: String| format!("{what}: the file is cut short or damaged, or other data follows its data set");
         let element = Element::read(bytes, at, encoding)
             .ok_or_else(|| refused(format!("has bytes at byte {at} that are not a whole data element")))?;
         let (group, number) = element.tag;
@@ -684,18 +686,19 @@ fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<(u32
             at = element.value_at;
             continue;
         }
-        // Elements come in the order of their tags; without value representations to check, one
-        // out of order is the sign of bytes that are no element (explicit VR elements are told by
-        // their VR, and some writers leave private elements out of order).
-        let out_of_order = encoding == Encoding::ImplicitVr && previous.is_some_and(|previous| previous >= element.tag);
-        if out_of_order || group == ITEM.0 {
+        // Elements come in the order of their tags, the file meta information's group before the
+        // data set: a group before the last one's, or the meta information's again, is the sign of
+        // bytes that are no element of it (another data set appended), while some writers leave a
+        // group's own elements out of order.
+        let out_of_order = previous.is_some_and(|previous| previous > group);
+        if out_of_order || group == ITEM.0 || group == 0x0002 {
             return Err(refused(format!("has an element out of place at byte {at}, ({group:04X},{number:04X})")));
         }
-        previous = Some(element.tag);
+        previous = Some(group);
         let end = element.end(bytes, MAX_NESTING).filter(|end| *end <= bytes.len()).ok_or_else(|| {
             refused(format!(
                 "has an element at byte {at}, ({group:04X},{number:04X}), that runs past the end of the file \
-                 or holds a sequence that does not end as it should"
+                 or holds a sequence that does not end as it should, or nests deeper than {MAX_NESTING} levels"
             ))
         })?;
         if (element.tag == ROWS || element.tag == COLUMNS) && element.length == Some(2) {
@@ -1770,7 +1773,7 @@ mod tests {
             dicom_refusal(&imaged[..imaged.len() - 30]),
             format!(
                 "starts as DICOM but has an element at byte {pixels_at}, (7FE0,0010), that runs past the end of the \
-                 file or holds a sequence that does not end as it should: {damaged}"
+                 file or holds a sequence that does not end as it should, or nests deeper than 64 levels: {damaged}"
             ),
         );
         assert_eq!(
@@ -1797,12 +1800,22 @@ mod tests {
         // In explicit VR, private elements left out of order by their writer, and a sequence's
         // delimiter left at the top level, are read.
         let unordered = [
-            explicit((0x0009, 0x0010), b"LO", b"VENDOR"),
             explicit((0x0008, 0x0060), b"CS", b"MR"),
-            framing(SEQUENCE_END, 0),
             explicit(ROWS, b"US", &3_u16.to_le_bytes()),
+            explicit((0x0029, 0x1010), b"LO", b"VALUE"),
+            explicit((0x0029, 0x0010), b"LO", b"VENDOR"),
+            framing(SEQUENCE_END, 0),
         ];
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &unordered.concat())), (0, 3));
+        let implicit_unordered = [implicit((0x0029, 0x1010), b"VALUE\0"), implicit((0x0029, 0x0010), b"VENDOR")];
+        assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &implicit_unordered.concat())), (0, 0));
+        // An earlier group after a later one, or the meta information's group again: another data set
+        // appended, whichever the encoding.
+        let whole = dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640));
+        let appended = [&whole[..], &whole[PREAMBLE + 4..]].concat();
+        assert!(dicom_refusal(&appended).contains("out of place"), "{}", dicom_refusal(&appended));
+        let earlier = [&whole[..], &explicit((0x0010, 0x0010), b"PN", b"Other^Person")].concat();
+        assert!(dicom_refusal(&earlier).contains("out of place at byte"), "{}", dicom_refusal(&earlier));
         // Written in the other encoding than its transfer syntax says, as some writers do.
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (0, 3));
         let explicit_data_set = explicit_data_set(480, 640);
