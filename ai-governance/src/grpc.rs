@@ -86,10 +86,14 @@ impl proto::audit_log_server::AuditLog for AuditLogApi {
         request: Request<proto::GetPublicKeyRequest>,
     ) -> Result<Response<proto::PublicKey>, Status> {
         auth::caller(&request)?;
-        let key = match request.get_ref().key_id.trim() {
-            "" => self.log.signer().public_key(),
-            key_id => self.log.verifier(key_id).await?.ok_or_else(|| {
-                Status::not_found(format!("no checkpoint key {key_id:?} is recorded by this deployment"))
+        let key = match request.get_ref().key_id.to_ascii_lowercase() {
+            key_id if key_id.is_empty() => self.log.signer().public_key(),
+            // A key id is 16 hexadecimal digits.
+            key_id if key_id.len() != 16 || !key_id.bytes().all(|byte| byte.is_ascii_hexdigit()) => {
+                return Err(Error::invalid("keyId", "is not a key id: 16 hexadecimal digits").into());
+            }
+            key_id => self.log.verifier(&key_id).await?.ok_or_else(|| {
+                Status::not_found(format!("no checkpoint key {key_id} is recorded by this deployment"))
             })?,
         };
         Ok(Response::new(proto::PublicKey {

@@ -1362,7 +1362,11 @@ fn score_of(row: &AnyRow) -> Result<StoredScore, StoreError> {
 /// standing for two different transactions is refused as the pages are read). What is wrong, in
 /// words.
 fn check_shapes(fetched: &Fetched) -> Result<(), String> {
-    let text = |what: &str, value: &str| match value.chars().find(|c| c.is_control()) {
+    // Bidirectional overrides too, which would show a statement's text in another order than it is.
+    let text = |what: &str, value: &str| match value
+        .chars()
+        .find(|c| c.is_control() || aigronova_platform::text::is_bidi_control(*c))
+    {
         Some(c) => Err(format!("{what} holds a control character (U+{:04X})", u32::from(c))),
         None => Ok(()),
     };
@@ -1387,6 +1391,14 @@ fn check_shapes(fetched: &Fetched) -> Result<(), String> {
         }
         if let Some(balance) = balance {
             reais(&format!("account {id}'s available amount"), &balance.available_amount, balance.cents())?;
+            for (what, amount) in [
+                ("blocked amount", &balance.blocked_amount),
+                ("automatically invested amount", &balance.automatically_invested_amount),
+            ] {
+                if let Some(amount) = amount {
+                    reais(&format!("account {id}'s {what}"), amount, amount.signed_cents())?;
+                }
+            }
             if balance.update_date_time.is_some() && balance.at().is_none() {
                 return Err(format!("account {id}'s balance update time is not RFC 3339"));
             }

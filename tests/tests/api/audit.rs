@@ -344,6 +344,17 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
     wait_for_size(&app, &key, 6).await;
     let public_key = public_key(&app, &key).await;
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+    // A key by the id its checkpoints carry, in either case; an id that is none is a 400.
+    let served: Value = app.get("/v1/governance/audit/public-key", &key).await.json().await.unwrap();
+    let key_id = served["keyId"].as_str().unwrap().to_ascii_uppercase();
+    let by_id: Value =
+        app.get(&format!("/v1/governance/audit/public-key?keyId={key_id}"), &key).await.json().await.unwrap();
+    assert_eq!(by_id, served);
+    for bad in ["xyz", "%20d4348a3c3c71cc91"] {
+        let problem = assert_problem(app.get(&format!("/v1/governance/audit/public-key?keyId={bad}"), &key).await, 400);
+        assert_eq!(problem.await["field"], "keyId", "{bad}");
+    }
+    assert_problem(app.get("/v1/governance/audit/public-key?keyId=0000000000000000", &key).await, 404).await;
 
     // Someone with database access edits entry 3 and removes entry 5.
     let edited = app
