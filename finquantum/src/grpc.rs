@@ -141,7 +141,10 @@ fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
         | OpenFinanceError::OutOfTime
         | OpenFinanceError::Server { .. }
         | OpenFinanceError::Unreachable(_) => Status::unavailable(format!("institution {institution:?}: {error}")),
-        OpenFinanceError::Malformed(_) | OpenFinanceError::TooManyPages(_) => {
+        OpenFinanceError::Malformed(detail) => {
+            Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {detail}"))
+        }
+        OpenFinanceError::TooManyPages(_) => {
             Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {error}"))
         }
     };

@@ -203,6 +203,28 @@ pub struct Transaction {
     pub transaction_date_time: String,
 }
 
+impl Transaction {
+    /// Whether `other` is this transaction sent again, however written: the same amount in cents
+    /// (`10.00`, `10.000`), the same instant (`Z`, `+00:00`), the same words.
+    fn same_as(&self, other: &Self) -> bool {
+        let instant = |t: &Self| chrono::DateTime::parse_from_rfc3339(&t.transaction_date_time).ok();
+        let when = match (instant(self), instant(other)) {
+            (Some(this), Some(that)) => this == that,
+            _ => self.transaction_date_time == other.transaction_date_time,
+        };
+        let amount = match (self.transaction_amount.cents(), other.transaction_amount.cents()) {
+            (Some(this), Some(that)) => this == that,
+            _ => self.transaction_amount.amount == other.transaction_amount.amount,
+        };
+        when && amount
+            && self.transaction_amount.currency == other.transaction_amount.currency
+            && self.credit_debit_type == other.credit_debit_type
+            && self.completed_authorised_payment_type == other.completed_authorised_payment_type
+            && self.transaction_name == other.transaction_name
+            && self.kind == other.kind
+    }
+}
+
 #[derive(Deserialize)]
 struct Page<T> {
     data: Vec<T>,
@@ -388,7 +410,7 @@ impl OpenFinanceClient {
             // Sent again (pages that overlap): kept once; sent again as another transaction, the
             // answer says two things of one id, and neither is taken.
             match seen.get(&transaction.transaction_id) {
-                Some(before) if *before == transaction => {}
+                Some(before) if before.same_as(&transaction) => {}
                 Some(_) => {
                     return Err(OpenFinanceError::Malformed(format!(
                         "transaction {} is sent twice, as two different transactions",
@@ -601,6 +623,24 @@ mod tests {
         {
             assert!(matches!(next_page(&first, &first, elsewhere), Err(OpenFinanceError::Malformed(_))), "{elsewhere}");
         }
+    }
+
+    #[test]
+    fn a_transaction_sent_again_in_another_writing_is_the_same() {
+        let transaction = |amount: &str, at: &str| Transaction {
+            transaction_id: "tx-1".into(),
+            completed_authorised_payment_type: Completion::TransacaoEfetivada,
+            credit_debit_type: "DEBITO".into(),
+            transaction_name: "MERCADO".into(),
+            kind: "PIX".into(),
+            transaction_amount: Amount { amount: amount.into(), currency: "BRL".into() },
+            transaction_date_time: at.into(),
+        };
+        let first = transaction("10.00", "2026-11-29T12:00:00Z");
+        assert!(first.same_as(&transaction("10.000", "2026-11-29T12:00:00+00:00")));
+        assert!(first.same_as(&transaction("10.0000", "2026-11-29T09:00:00-03:00")));
+        assert!(!first.same_as(&transaction("10.01", "2026-11-29T12:00:00Z")));
+        assert!(!first.same_as(&transaction("10.00", "2026-11-29T12:00:01Z")));
     }
 
     #[test]

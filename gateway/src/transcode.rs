@@ -242,6 +242,14 @@ fn parse_body(
                 format!("{path} has more than 9 digits after the second's point: a time is kept to the nanosecond"),
             ));
         }
+        Some(Finding::LeapSecond(path)) => {
+            return Err(Problem::invalid_field(
+                &path,
+                format!(
+                    "{path} has a 60th second (a leap second), which times here do not take: write :59 or the next minute"
+                ),
+            ));
+        }
         None => {}
     }
     // Read straight from the bytes into the message, without a JSON tree in between.
@@ -380,6 +388,9 @@ pub(crate) enum Finding {
     /// A time (`google.protobuf.Timestamp`) written finer than the nanosecond, which the reader
     /// would cut rather than refuse, by its path.
     FineTime(String),
+    /// A time with a 60th second (a leap second), which the reader would move to the second
+    /// before rather than refuse, by its path.
+    LeapSecond(String),
 }
 
 /// The path of the first name an object of `body` holds twice (`name`, `applicant.age`), if any:
@@ -504,6 +515,10 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
             let fraction = value.split_once('.').map(|(_, rest)| rest.bytes().take_while(u8::is_ascii_digit).count());
             if self.time && fraction.is_some_and(|digits| digits > 9) && self.found.is_none() {
                 *self.found = Some(Finding::FineTime(join(self.parent, self.name)));
+            }
+            // `YYYY-MM-DDTHH:MM:60`.
+            if self.time && value.get(13..14) == Some(":") && value.get(16..19) == Some(":60") && self.found.is_none() {
+                *self.found = Some(Finding::LeapSecond(join(self.parent, self.name)));
             }
             Ok(())
         }
@@ -852,6 +867,12 @@ mod tests {
         let refused = parse_body(&consent, body("2027-06-30T00:00:00.1234567891Z").as_bytes(), None).unwrap_err();
         assert_eq!(refused.field(), Some("expiresAt"));
         assert!(detail(refused).contains("more than 9 digits"));
+        // A leap second, which the reader would move to the second before.
+        for leap in ["2027-06-30T23:59:60Z", "2027-06-30T23:59:60.5-03:00"] {
+            let refused = parse_body(&consent, body(leap).as_bytes(), None).unwrap_err();
+            assert_eq!(refused.field(), Some("expiresAt"), "{leap}");
+            assert!(detail(refused).contains("60th second"), "{leap}");
+        }
         // A string that is no time is not taken for one: the cpf's dots are no second's point.
         assert!(
             parse_body(
