@@ -106,8 +106,9 @@ impl LogStore {
         &self.signer
     }
 
-    /// Records the public key this store signs with, so that its checkpoints are verified against
-    /// it once the key is changed.
+    /// Records the public key this store signs with, so that a verifier can find the key of a
+    /// checkpoint signed before the key was changed (`public-key?keyId=`), as the database holds
+    /// it: a verifier compares it with the keys it trusts.
     pub async fn record_signing_key(&self) -> Result<(), StoreError> {
         let key = self.signer.public_key();
         sqlx::query(
@@ -536,21 +537,24 @@ impl LogStore {
     /// stored entry it covers hashed again into the tree, against its signed root.
     pub async fn verify(&self, tenant_id: &str, checkpoint: &SignedCheckpoint) -> Result<Verification, Error> {
         let size = checkpoint.body.tree_size;
-        // Checked against the key that signed it, this store's or an earlier one; a checkpoint
-        // that cannot be checked, or whose signature fails, says nothing of any entry.
+        // Checked against this store's key, from its configuration: a key read from the database
+        // would be whatever someone able to rewrite the log stored there. A checkpoint an earlier key
+        // signed (the tenant has logged nothing since the key was changed), or whose signature
+        // fails, says nothing of any entry.
         let unverified =
             |reason: String| Verification { tree_size: size, first_bad_index: None, reason, signed: false };
-        let Some(key) = self.verifier(&checkpoint.key_id).await? else {
+        if checkpoint.key_id != self.signer.key_id() {
             return Ok(unverified(format!(
-                "the latest checkpoint is signed by key {}, which this deployment has not recorded",
-                checkpoint.key_id
+                "the latest checkpoint is signed by key {}, not this deployment's key {}: verify it with that key \
+                 (aigronova audit verify --public-key), or once the tenant logs again",
+                checkpoint.key_id,
+                self.signer.key_id()
             )));
-        };
-        if key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
-            return Ok(unverified(format!(
-                "the latest checkpoint's signature does not verify against its key {}",
-                checkpoint.key_id
-            )));
+        }
+        if self.signer.public_key().verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
+            return Ok(unverified(
+                "the latest checkpoint's signature does not verify against this deployment's key".into(),
+            ));
         }
         let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         let mut first_bad = None;
@@ -798,7 +802,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn checkpoints_signed_before_the_key_changed_verify_against_the_key_that_signed_them() {
+    async fn a_checkpoint_an_earlier_key_signed_is_unverified_and_its_key_found_by_id() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("governance.db").display());
         let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
@@ -810,22 +814,16 @@ pub(crate) mod tests {
         after.record_signing_key().await.unwrap();
         let latest = after.latest_checkpoint("a").await.unwrap();
         assert_eq!(latest.key_id, before.signer().key_id());
+        // Not verified with a key the database holds, which whoever rewrites the log could store,
+        // and no entry blamed.
         let verification = after.verify("a", &latest).await.unwrap();
-        assert!(verification.verified(), "{verification:?}");
+        assert!(!verification.verified() && verification.first_bad_index.is_none(), "{verification:?}");
+        assert!(verification.reason.contains("not this deployment's key"), "{verification:?}");
         assert_eq!(
             after.verifier(&latest.key_id).await.unwrap().unwrap().to_base64(),
             before.signer().public_key().to_base64()
         );
-        // A key not recorded (before keys were) says nothing of any entry, and is no verification.
-        sqlx::query("DELETE FROM audit_signing_keys WHERE key_id = $1")
-            .bind(&latest.key_id)
-            .execute(database.pool())
-            .await
-            .unwrap();
-        let verification = after.verify("a", &latest).await.unwrap();
-        assert!(!verification.verified() && verification.first_bad_index.is_none(), "{verification:?}");
-        assert!(verification.reason.contains("has not recorded"), "{verification:?}");
-        // Appends go on under the new key.
+        // Appends go on under the new key, whose checkpoints verify.
         after.append(vec![leaf("a", 3)]).await.unwrap();
         let latest = after.latest_checkpoint("a").await.unwrap();
         assert_eq!((latest.body.tree_size, latest.key_id.clone()), (3, after.signer().key_id()));

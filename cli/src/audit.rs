@@ -56,15 +56,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
     let public_key = match &args.public_key {
         Some(key) => key.clone(),
         None => {
-            // The key that signed the latest checkpoint: for a tenant with nothing logged since the
-            // key was changed, an earlier one than the gateway's current key.
-            let latest = client.get("/v1/governance/audit/checkpoint").await?;
-            let served = match text(&latest, "keyId") {
-                Ok(key_id) if !key_id.is_empty() => {
-                    client.get(&format!("/v1/governance/audit/public-key?keyId={key_id}")).await?
-                }
-                _ => client.get("/v1/governance/audit/public-key").await?,
-            };
+            let served = client.get("/v1/governance/audit/public-key").await?;
             let key = text(&served, "publicKey")?;
             eprintln!(
                 "note: using the public key the gateway serves (key id {}); pass --public-key to pin it",

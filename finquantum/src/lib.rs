@@ -415,6 +415,8 @@ fn is_digit(c: char) -> bool {
 /// numbers, dashes of any length and invisible characters.
 fn is_card_separator(c: char) -> bool {
     c.is_whitespace()
+        || aigronova_platform::text::is_invisible(c)
+        || matches!(c, '\u{2212}' | '\u{fe63}' | '\u{ff0c}'..='\u{ff0f}' | '\u{00ad}')
         || matches!(c, '-' | '.' | '/' | '_' | ',' | '*' | '\u{2010}'..='\u{2015}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
 }
 
@@ -438,9 +440,9 @@ fn printed_layout(sizes: &[usize]) -> bool {
 /// order of [`CARD_LENGTHS`] across the run: whole groups laid out as cards print them (so that
 /// `PARC 02/10 5555 5555 5555 4444` masks the card, not a window from `02` that passes the Luhn
 /// check by chance), then whole groups in any layout, then from the start of a group of at most 19
-/// digits into the middle of another. Not taken: a window right after a `+` (a phone number), one
-/// with a digit of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`), and any in a run of 44, 47 or 48
-/// digits (a boleto's bar code or digitable line).
+/// digits into the middle of another. Not taken: a window of up to 15 digits right after a `+` (a
+/// phone number), one with a digit of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`) or of a
+/// boleto's bar code or digitable line, and one into a number glued to letters (a PIX id).
 fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> String {
     let value: Vec<char> = digits.iter().map(|&at| chars[at]).collect();
     let group_starts: Vec<bool> = digits.iter().map(|&at| at == start || !is_digit(chars[at - 1])).collect();
@@ -456,17 +458,28 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
         *sizes.last_mut().expect("a run starts with a group") += 1;
         group_of.push(sizes.len() - 1);
     }
+    // Whether the group of the digit at `first` touches a letter at either end.
+    let glued = |first: usize| {
+        let group = group_of[first];
+        let from = digits[group_of.iter().position(|&of| of == group).expect("every group has digits")];
+        let to = digits[group_of.iter().rposition(|&of| of == group).expect("every group has digits")];
+        (from > 0 && chars[from - 1].is_alphabetic()) || chars.get(to + 1).is_some_and(|c| c.is_alphabetic())
+    };
     // For each digit, the end (one past the last digit) of the window that masks it.
     let mut window: Vec<Option<usize>> = vec![None; digits.len()];
-    if matches!(digits.len(), 44 | 47 | 48) {
-        return chars[start..end].iter().collect();
-    }
-    // The digits of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`) are in no window.
-    let mut cnpj = vec![false; digits.len()];
-    for group in 0..sizes.len().saturating_sub(4) {
-        if sizes[group..group + 5] == [2, 3, 3, 4, 2] {
-            let first = group_of.iter().position(|&of| of == group).expect("every group has digits");
-            cnpj[first..first + 14].iter_mut().for_each(|taken| *taken = true);
+    // The digits of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`), and of a boleto's bar code or
+    // digitable line (44, 47 or 48 digits in one group, or laid out as banks print the line), are in
+    // no window.
+    let mut kept = vec![false; digits.len()];
+    const KEPT_LAYOUTS: [&[usize]; 6] =
+        [&[2, 3, 3, 4, 2], &[44], &[47], &[48], &[5, 5, 5, 6, 5, 6, 1, 14], &[11, 1, 11, 1, 11, 1, 11, 1]];
+    for group in 0..sizes.len() {
+        for layout in KEPT_LAYOUTS {
+            if sizes.get(group..group + layout.len()) == Some(layout) {
+                let first = group_of.iter().position(|&of| of == group).expect("every group has digits");
+                let length: usize = layout.iter().sum();
+                kept[first..first + length].iter_mut().for_each(|taken| *taken = true);
+            }
         }
     }
     for pass in 0..3 {
@@ -480,10 +493,12 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
                 let shaped = match pass {
                     0 => group_ends[last - 1] && printed_layout(layout),
                     1 => group_ends[last - 1],
-                    _ => !group_ends[last - 1] && sizes[group_of[first]] <= 19,
+                    // Not in a number glued to letters (a PIX end-to-end id, `E0041…lx9`).
+                    _ => !group_ends[last - 1] && !glued(first),
                 };
-                let after_plus = digits[first] > 0 && chars[digits[first] - 1] == '+';
-                let free = !cnpj[first..last].contains(&true) && window[first..last].iter().all(Option::is_none);
+                // A phone number has 15 digits at most (E.164).
+                let after_plus = length <= 15 && digits[first] > 0 && chars[digits[first] - 1] == '+';
+                let free = !kept[first..last].contains(&true) && window[first..last].iter().all(Option::is_none);
                 if shaped && !after_plus && free && luhn(&value[first..last]) {
                     found.push((first, last));
                 }
@@ -602,6 +617,18 @@ mod tests {
         assert_eq!(mask_card_numbers("PIX ENVIADO +55 11 96506-2467"), "PIX ENVIADO +55 11 96506-2467");
         let boleto = "BOLETO 23793.38128 60082.677139 66006.333308 1 89140000010000";
         assert_eq!(mask_card_numbers(boleto), boleto);
+        // Cards that add up to a boleto's count of digits, after a `+`, glued to a date, or parted by
+        // a soft hyphen or full-width dashes, are masked all the same.
+        // (Three cards in a row: windows across two of them may pass the check too, and all are
+        // masked together.)
+        assert_eq!(mask_card_numbers("4111 1111 1111 1111 5555 5555 5555 4444 4012 8888 8888 1881"), "****1881");
+        assert_eq!(mask_card_numbers("COMPRA+4111111111111111"), "COMPRA+****1111");
+        assert_eq!(mask_card_numbers("41111111111111112027"), "****11112027");
+        assert_eq!(mask_card_numbers("4111\u{ad}1111\u{ad}1111\u{ad}1111"), "****1111");
+        assert_eq!(mask_card_numbers("４１１１－１１１１－１１１１－１１１１"), "****１１１１");
+        // A PIX end-to-end id is no card.
+        let pix = "PIX RECEBIDO E00416968202604241226lx9xf26gk7z";
+        assert_eq!(mask_card_numbers(pix), pix);
     }
 
     #[test]

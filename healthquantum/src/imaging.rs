@@ -654,12 +654,20 @@ fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String
         )
     })?;
     let at = meta.data_set_at;
-    let written = match bytes.get(at + 4..at + 6) {
+    // The first element past any empty delimiters a writer left (which carry no VR either way).
+    let mut first = at;
+    while bytes.get(first..first + 2) == Some(&[0xFE, 0xFF]) && bytes.get(first + 4..first + 8) == Some(&[0; 4]) {
+        first += 8;
+    }
+    let written = match bytes.get(first + 4..first + 6) {
         Some(vr) if VRS.iter().any(|known| known[..] == *vr) => Encoding::ExplicitVr,
         Some(_) => Encoding::ImplicitVr,
         None => encoding,
     };
-    walk_data_set(bytes, at, written)
+    walk_data_set(bytes, at, written).or_else(|problem| {
+        // Not readable in the encoding it looks written in: in the one its meta information names.
+        if written == encoding { Err(problem) } else { walk_data_set(bytes, at, encoding).map_err(|_| problem) }
+    })
 }
 
 /// Every value representation (PS3.5 6.2): what follows an explicit VR element's tag.
@@ -687,10 +695,11 @@ fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<(u32
             continue;
         }
         // Elements come in the order of their tags, the file meta information's group before the
-        // data set: a group before the last one's, or the meta information's again, is the sign of
-        // bytes that are no element of it (another data set appended), while some writers leave a
-        // group's own elements out of order.
-        let out_of_order = previous.is_some_and(|previous| previous > group);
+        // data set: the meta information's group again is the sign of another data set appended;
+        // in implicit VR, with no value representation to check, so is a group before the last
+        // one's (some writers leave a group's elements out of order, or put a group late, which
+        // explicit VR elements, told by their VR, are read with).
+        let out_of_order = encoding == Encoding::ImplicitVr && previous.is_some_and(|previous| previous > group);
         if out_of_order || group == ITEM.0 || group == 0x0002 {
             return Err(refused(format!("has an element out of place at byte {at}, ({group:04X},{number:04X})")));
         }
@@ -1814,8 +1823,17 @@ mod tests {
         let whole = dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640));
         let appended = [&whole[..], &whole[PREAMBLE + 4..]].concat();
         assert!(dicom_refusal(&appended).contains("out of place"), "{}", dicom_refusal(&appended));
-        let earlier = [&whole[..], &explicit((0x0010, 0x0010), b"PN", b"Other^Person")].concat();
+        let earlier = [&implicit_file[..], &implicit((0x0010, 0x0010), b"Other^Person")].concat();
         assert!(dicom_refusal(&earlier).contains("out of place at byte"), "{}", dicom_refusal(&earlier));
+        // In explicit VR a group put late by its writer is read, and an empty delimiter before the
+        // first element does not hide the encoding.
+        let late = [&whole[..], &explicit((0x0010, 0x0010), b"PN", b"Late^Group")].concat();
+        assert_eq!(dimensions(&late), (640, 480));
+        let delimited = dicom_file(
+            EXPLICIT_VR_LITTLE_ENDIAN,
+            &[framing(SEQUENCE_END, 0), explicit(ROWS, b"US", &3_u16.to_le_bytes())].concat(),
+        );
+        assert_eq!(dimensions(&delimited), (0, 3));
         // Written in the other encoding than its transfer syntax says, as some writers do.
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (0, 3));
         let explicit_data_set = explicit_data_set(480, 640);
