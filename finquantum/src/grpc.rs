@@ -132,20 +132,23 @@ impl FinQuantumApi {
 /// answer outside the Open Finance shapes is internal (a 502 at the gateway). Each is marked as
 /// the institution's failure, not finquantum's.
 fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
-    tracing::warn!(%institution, %error, "Open Finance ingestion failed");
+    // What the institution sent may be quoted (an id, a value): card numbers in it are masked, in
+    // the log and in the answer alike.
+    let said = crate::mask_card_numbers(&match &error {
+        OpenFinanceError::Malformed(detail) => detail.clone(),
+        other => other.to_string(),
+    });
+    tracing::warn!(%institution, error = %said, "Open Finance ingestion failed");
     let status = match error {
         OpenFinanceError::Refused { .. } => {
-            Status::failed_precondition(format!("institution {institution:?} refused the consent: {error}"))
+            Status::failed_precondition(format!("institution {institution:?} refused the consent: {said}"))
         }
         OpenFinanceError::Timeout { .. }
         | OpenFinanceError::OutOfTime
         | OpenFinanceError::Server { .. }
-        | OpenFinanceError::Unreachable(_) => Status::unavailable(format!("institution {institution:?}: {error}")),
-        OpenFinanceError::Malformed(detail) => {
-            Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {detail}"))
-        }
-        OpenFinanceError::TooManyPages(_) => {
-            Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {error}"))
+        | OpenFinanceError::Unreachable(_) => Status::unavailable(format!("institution {institution:?}: {said}")),
+        OpenFinanceError::Malformed(_) | OpenFinanceError::TooManyPages(_) => {
+            Status::internal(format!("institution {institution:?} answered outside the Open Finance shapes: {said}"))
         }
     };
     aigronova_platform::error::third_party_failure(status, crate::INSTITUTION_PARTY)

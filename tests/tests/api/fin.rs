@@ -714,10 +714,20 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
     nul.transactions[0].name = "MERCADO\u{0}X".into();
     let mut twice = checking_account();
     twice.transactions[1].id = twice.transactions[0].id.clone();
-    for (account, wanted) in [(nul, "name holds a control character (U+0000)"), (twice, "is sent twice")] {
+    // An id that is a card number, quoted in the answer only masked.
+    let mut carded = checking_account();
+    carded.transactions[1].id = "4111111111111111".into();
+    carded.transactions[2].id = "4111111111111111".into();
+    let cases = [
+        (nul, "name holds a control character (U+0000)"),
+        (twice, "is sent twice"),
+        (carded, "transaction ****1111 is sent twice"),
+    ];
+    for (account, wanted) in cases {
         bank.serve("banco-a", Profile { accounts: vec![account], ..Profile::default() });
         let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
-        assert!(problem["detail"].as_str().unwrap().contains(wanted), "{problem}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(wanted) && !detail.contains("4111111111111111"), "{problem}");
     }
     assert_eq!(app.get(&format!("/v1/fin/consents/{consent_id}"), &key).await.status(), 200);
     bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
