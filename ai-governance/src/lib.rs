@@ -47,7 +47,7 @@ use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
 use crate::{
-    checkpoint::CheckpointSigner,
+    checkpoint::{CheckpointSigner, CheckpointVerifier},
     grpc::{AuditLogApi, ModelInventoryApi, MonitoringApi, ReportsApi, SubjectRequestsApi},
     inventory::Inventory,
     log::LogStore,
@@ -87,6 +87,10 @@ pub struct Config {
     pub signing_key: Option<String>,
     /// File holding the signing key; created with a new key (mode 0600) when missing.
     pub signing_key_file: PathBuf,
+    /// The public keys (base64 Ed25519) of earlier signing keys, trusted to verify the checkpoints
+    /// they signed before the key was changed: a tenant that has logged nothing since still has one
+    /// as its latest.
+    pub earlier_verifying_keys: Vec<String>,
     /// The master key that wraps the tenants' data keys, which seal the data-subject requests'
     /// bundles and corrections, base64 32 bytes (a secret; in production from a Secret, or
     /// replaced by a KMS). When unset, `master_key_file` is used.
@@ -105,6 +109,7 @@ impl std::fmt::Debug for Config {
             .field("database_url", &self.database_url)
             .field("signing_key", &self.signing_key.as_ref().map(|_| "[redacted]"))
             .field("signing_key_file", &self.signing_key_file)
+            .field("earlier_verifying_keys", &self.earlier_verifying_keys)
             .field("master_key", &self.master_key.as_ref().map(|_| "[redacted]"))
             .field("master_key_file", &self.master_key_file)
             .field("data_subject_services", &self.data_subject_services)
@@ -119,6 +124,7 @@ impl Default for Config {
             database_url: "sqlite://data/ai-governance.db".into(),
             signing_key: None,
             signing_key_file: PathBuf::from("data/ai-governance-checkpoint.key"),
+            earlier_verifying_keys: Vec::new(),
             master_key: None,
             master_key_file: PathBuf::from("data/ai-governance-master.key"),
             data_subject_services: BTreeMap::new(),
@@ -134,6 +140,13 @@ impl Validate for Config {
         if let Some(key) = &self.signing_key {
             CheckpointSigner::from_base64(key)
                 .map_err(|_| ConfigError("ai_governance.signing_key is not a base64 32-byte Ed25519 seed".into()))?;
+        }
+        for (n, key) in self.earlier_verifying_keys.iter().enumerate() {
+            CheckpointVerifier::from_base64(key).map_err(|_| {
+                ConfigError(format!(
+                    "ai_governance.earlier_verifying_keys[{n}] is not a base64 32-byte Ed25519 public key"
+                ))
+            })?;
         }
         if let Some(key) = &self.master_key {
             aigronova_platform::crypto::decode_master_key(key, "ai_governance.master_key")?;
@@ -217,7 +230,8 @@ impl AiGovernanceService {
         if service_signer.is_none() {
             tracing::warn!("no internal_auth.service_signing_key: calls from and to the services are refused");
         }
-        let log = Arc::new(LogStore::new(database.clone(), signer));
+        let earlier = config.earlier_verifying_keys.iter().filter_map(|key| CheckpointVerifier::from_base64(key).ok());
+        let log = Arc::new(LogStore::new(database.clone(), signer).trusting(earlier.collect()));
         log.record_signing_key().await.context("cannot record the checkpoint key")?;
         let data_subject_services = config.data_subject_services.clone();
         Ok(Self { listener, database, log, keys, verifier, service_signer, data_subject_services })

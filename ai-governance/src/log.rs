@@ -94,12 +94,19 @@ struct TenantLog {
 pub struct LogStore {
     database: Database,
     signer: CheckpointSigner,
+    /// Earlier signing keys, from configuration, trusted for the checkpoints they signed.
+    earlier: Vec<CheckpointVerifier>,
     tenants: StdMutex<HashMap<String, Arc<Mutex<TenantLog>>>>,
 }
 
 impl LogStore {
     pub fn new(database: Database, signer: CheckpointSigner) -> Self {
-        Self { database, signer, tenants: StdMutex::new(HashMap::new()) }
+        Self { database, signer, earlier: Vec::new(), tenants: StdMutex::new(HashMap::new()) }
+    }
+
+    /// Trusts `earlier` signing keys, from configuration, for the checkpoints they signed.
+    pub fn trusting(self, earlier: Vec<CheckpointVerifier>) -> Self {
+        Self { earlier, ..self }
     }
 
     pub fn signer(&self) -> &CheckpointSigner {
@@ -537,24 +544,27 @@ impl LogStore {
     /// stored entry it covers hashed again into the tree, against its signed root.
     pub async fn verify(&self, tenant_id: &str, checkpoint: &SignedCheckpoint) -> Result<Verification, Error> {
         let size = checkpoint.body.tree_size;
-        // Checked against this store's key, from its configuration: a key read from the database
-        // would be whatever someone able to rewrite the log stored there. A checkpoint an earlier key
-        // signed (the tenant has logged nothing since the key was changed), or whose signature
-        // fails, says nothing of any entry.
+        // Checked against a key from configuration, this store's or an earlier one it trusts: a key
+        // read from the database would be whatever someone able to rewrite the log stored there. A
+        // checkpoint no such key signed, or whose signature fails, says nothing of any entry.
         let unverified =
             |reason: String| Verification { tree_size: size, first_bad_index: None, reason, signed: false };
-        if checkpoint.key_id != self.signer.key_id() {
+        let current = self.signer.public_key();
+        let key = std::iter::once(&current).chain(&self.earlier).find(|key| key.key_id() == checkpoint.key_id);
+        let Some(key) = key else {
             return Ok(unverified(format!(
-                "the latest checkpoint is signed by key {}, not this deployment's key {}: verify it with that key \
-                 (aigronova audit verify --public-key), or once the tenant logs again",
+                "the latest checkpoint is signed by key {}, neither this deployment's key {} nor one of its \
+                 ai_governance.earlier_verifying_keys: verify it with that key (aigronova audit verify \
+                 --public-key), or once the tenant logs again",
                 checkpoint.key_id,
                 self.signer.key_id()
             )));
-        }
-        if self.signer.public_key().verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
-            return Ok(unverified(
-                "the latest checkpoint's signature does not verify against this deployment's key".into(),
-            ));
+        };
+        if key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
+            return Ok(unverified(format!(
+                "the latest checkpoint's signature does not verify against its key {}",
+                checkpoint.key_id
+            )));
         }
         let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         let mut first_bad = None;
@@ -818,7 +828,11 @@ pub(crate) mod tests {
         // and no entry blamed.
         let verification = after.verify("a", &latest).await.unwrap();
         assert!(!verification.verified() && verification.first_bad_index.is_none(), "{verification:?}");
-        assert!(verification.reason.contains("not this deployment's key"), "{verification:?}");
+        assert!(verification.reason.contains("neither this deployment's key"), "{verification:?}");
+        // With the earlier key trusted from configuration, it verifies.
+        let trusting =
+            LogStore::new(database.clone(), after.signer().clone()).trusting(vec![before.signer().public_key()]);
+        assert!(trusting.verify("a", &latest).await.unwrap().verified());
         assert_eq!(
             after.verifier(&latest.key_id).await.unwrap().unwrap().to_base64(),
             before.signer().public_key().to_base64()
