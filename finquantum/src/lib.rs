@@ -448,11 +448,12 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
     let group_starts: Vec<bool> = digits.iter().map(|&at| at == start || !is_digit(chars[at - 1])).collect();
     let group_ends: Vec<bool> =
         digits.iter().enumerate().map(|(n, &at)| digits.get(n + 1).is_none_or(|&next| next != at + 1)).collect();
-    // Each digit's group, and each group's size.
+    // Each digit's group, and each group's first digit and size.
     let mut group_of = Vec::with_capacity(digits.len());
-    let mut sizes: Vec<usize> = Vec::new();
-    for &starts in &group_starts {
+    let (mut firsts, mut sizes): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+    for (digit, &starts) in group_starts.iter().enumerate() {
         if starts {
+            firsts.push(digit);
             sizes.push(0);
         }
         *sizes.last_mut().expect("a run starts with a group") += 1;
@@ -461,8 +462,7 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
     // Whether the group of the digit at `first` touches a letter at either end.
     let glued = |first: usize| {
         let group = group_of[first];
-        let from = digits[group_of.iter().position(|&of| of == group).expect("every group has digits")];
-        let to = digits[group_of.iter().rposition(|&of| of == group).expect("every group has digits")];
+        let (from, to) = (digits[firsts[group]], digits[firsts[group] + sizes[group] - 1]);
         (from > 0 && chars[from - 1].is_alphabetic()) || chars.get(to + 1).is_some_and(|c| c.is_alphabetic())
     };
     // For each digit, the end (one past the last digit) of the window that masks it.
@@ -473,10 +473,9 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
     let mut kept = vec![false; digits.len()];
     const KEPT_LAYOUTS: [&[usize]; 6] =
         [&[2, 3, 3, 4, 2], &[44], &[47], &[48], &[5, 5, 5, 6, 5, 6, 1, 14], &[11, 1, 11, 1, 11, 1, 11, 1]];
-    for group in 0..sizes.len() {
+    for (group, &first) in firsts.iter().enumerate() {
         for layout in KEPT_LAYOUTS {
             if sizes.get(group..group + layout.len()) == Some(layout) {
-                let first = group_of.iter().position(|&of| of == group).expect("every group has digits");
                 let length: usize = layout.iter().sum();
                 kept[first..first + length].iter_mut().for_each(|taken| *taken = true);
             }
