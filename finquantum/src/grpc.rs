@@ -88,14 +88,16 @@ impl FinQuantumApi {
         let cipher = self.store.cipher(tenant_id).await?;
         let grant = Grant { consent_id: &consent.id, cipher: &cipher };
         let accounts = self.client.accounts(base, grant).await.map_err(failed)?;
-        let mut fetched = Fetched { accounts: Vec::new(), transactions: Vec::new() };
+        // A year, to today in Brasília, is the longest period an institution answers for.
+        let window = crate::openfinance::booking_window(Utc::now());
+        let mut fetched = Fetched { accounts: Vec::new(), transactions: Vec::new(), booked_from: window.0 };
         for account in accounts {
             let balance = if consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
                 Some(self.client.balance(base, grant, &account.account_id).await.map_err(failed)?)
             } else {
                 None
             };
-            let transactions = match self.client.transactions(base, grant, &account.account_id).await {
+            let transactions = match self.client.transactions(base, grant, &account.account_id, window).await {
                 Ok(transactions) => transactions,
                 // Pages that read, but say two things of one transaction: not kept for the next
                 // ingestion, which asks the institution again.
@@ -630,6 +632,24 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         );
         let held = self.store.data_under(&caller.tenant_id, &customer_id, &usable, first, Some(&read)).await?;
         self.outbox.wake();
+        // A month no account's fetched days reach is no month of zeros: told what was fetched.
+        let (first_day, next_month) = bounds;
+        let reached =
+            |account: &crate::store::StoredAccount| account.booked.0 < next_month && account.booked.1 >= first_day;
+        if !held.accounts.is_empty() && !held.accounts.iter().any(reached) {
+            let from = held.accounts.iter().map(|account| account.booked.0).min().unwrap_or(first_day);
+            let through = held.accounts.iter().map(|account| account.booked.1).max().unwrap_or(first_day);
+            let hint = if first_day > through {
+                "ingest again (POST /v1/fin/consents/{consentId}/ingestions) to fetch what is newer"
+            } else {
+                "an institution answers for the 12 months up to the day of an ingestion"
+            };
+            return Err(Error::invalid(
+                "month",
+                format!("no transactions were fetched for {month}: the customer's accounts were fetched for {from} to {through}; {hint}"),
+            )
+            .into());
+        }
         let statement =
             statement::build(&customer_id, &month, bounds, &held.accounts, &held.transactions, &held.held_since);
         let (content_type, data) = if pdf {

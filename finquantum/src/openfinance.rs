@@ -149,6 +149,12 @@ impl Balance {
 /// period the Accounts API answers for.
 pub const BOOKING_WINDOW_DAYS: u64 = 365;
 
+/// The booking days an ingestion at `now` asks for, first and last (today in Brasília).
+pub fn booking_window(now: chrono::DateTime<chrono::Utc>) -> (chrono::NaiveDate, chrono::NaiveDate) {
+    let today = brasilia_date(now);
+    (today - chrono::Days::new(BOOKING_WINDOW_DAYS - 1), today)
+}
+
 /// Brasília time, in which institutions date bookings, is 3 hours behind UTC (no daylight saving
 /// time since 2019).
 const BRASILIA_BEHIND_UTC: chrono::Duration = chrono::Duration::hours(3);
@@ -378,19 +384,17 @@ impl OpenFinanceClient {
         Ok(accounts.into_iter().filter(|account| seen.insert(account.account_id.clone())).collect())
     }
 
-    /// Every transaction of `account_id` that has taken place, each once even when a page repeats
-    /// one. Future entries and those still processing are left for an ingestion after they take
+    /// Every transaction of `account_id` booked on the days of `window` (see [`booking_window`])
+    /// that has taken place, each once even when a page repeats one. Future entries and those still processing are left for an ingestion after they take
     /// place: they have not moved the balance that statements walk back from, and may not happen.
     pub async fn transactions(
         &self,
         base_url: &str,
         grant: Grant<'_>,
         account_id: &str,
+        (from, today): (chrono::NaiveDate, chrono::NaiveDate),
     ) -> Result<Vec<Transaction>, OpenFinanceError> {
-        // Without dates an institution answers today's transactions only; a year, to today in
-        // Brasília, is the longest period one answers for.
-        let today = brasilia_date(chrono::Utc::now());
-        let from = today - chrono::Days::new(BOOKING_WINDOW_DAYS - 1);
+        // Without dates an institution answers today's transactions only.
         let url = format!(
             "{}/open-banking/accounts/v2/accounts/{}/transactions?fromBookingDate={from}&toBookingDate={today}",
             base_url.trim_end_matches('/'),
@@ -498,7 +502,9 @@ impl OpenFinanceClient {
                 .send()
                 .await;
             last = match sent {
-                Ok(response) if response.status().is_success() => {
+                // A GET of the Accounts API answers 200 with a body; 204 or another 2xx is no
+                // answer the API gives, and is told as such rather than as an empty body to parse.
+                Ok(response) if response.status() == reqwest::StatusCode::OK => {
                     return response
                         .text()
                         .await

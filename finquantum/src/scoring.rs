@@ -664,6 +664,7 @@ mod tests {
             balance_at: Some(at),
             summary: None,
             fetched_by: vec!["c".into()],
+            booked: (crate::openfinance::booking_window(at).0, crate::openfinance::brasilia_date(at)),
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Statement {
     pub accounts: Vec<AccountStatement>,
     pub total_credits: String,
     pub total_debits: String,
+    /// Whether every account's transactions were fetched for every day of the month.
+    pub complete: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -35,6 +37,13 @@ pub struct AccountStatement {
     pub kind: String,
     pub brand_name: String,
     pub number: String,
+    /// The booking days the account's transactions were fetched for (`yyyy-mm-dd`, Brasília):
+    /// from the first day its earliest ingestion asked for to the day of its last ingestion.
+    pub fetched_from: String,
+    pub fetched_through: String,
+    /// Whether those days hold the whole month (its last day over before the last ingestion):
+    /// when not, what moved on the other days is not in the totals.
+    pub complete: bool,
     /// The balance at the start and end of the month; absent when no balance was fetched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opening_balance: Option<String>,
@@ -82,8 +91,8 @@ pub struct StatementLine {
 /// The statement of `month` (`[first, next)`) for `accounts`, from `transactions` (any months).
 ///
 /// `held_since` is when each account's oldest transaction held was booked, by institution and
-/// account id: a month that ends before it (and before the balance was fetched) has no known
-/// balances, since what moved then was never fetched.
+/// account id: a month that ends before it and before the first day fetched (and before the
+/// balance was fetched) has no known balances, since what moved then was never fetched.
 pub fn build(
     customer_id: &str,
     month: &str,
@@ -108,7 +117,9 @@ pub fn build(
         // when the history held reaches back into the month, or the balance was fetched before
         // the month ended (nothing held moved between).
         let history = held_since.get(&(account.institution.clone(), account.account_id.clone()));
-        let known = history.is_some_and(|since| brasilia_date(*since) < next)
+        let (fetched_from, fetched_through) = account.booked;
+        let known = fetched_from <= next
+            || history.is_some_and(|since| brasilia_date(*since) < next)
             || account.balance_at.is_some_and(|at| brasilia_date(at) < next);
         let closing = account.balance_cents.filter(|_| known).map(|balance| {
             let after: i64 = own
@@ -159,6 +170,9 @@ pub fn build(
             kind: account.kind.clone(),
             brand_name: account.brand_name.clone(),
             number: account.number.clone(),
+            fetched_from: fetched_from.to_string(),
+            fetched_through: fetched_through.to_string(),
+            complete: fetched_from <= first && fetched_through >= next,
             opening_balance: opening.map(reais),
             closing_balance: closing.map(reais),
             total_credits: reais(account_credits),
@@ -181,6 +195,7 @@ pub fn build(
         customer_id: customer_id.to_owned(),
         month: month.to_owned(),
         currency: "BRL",
+        complete: statements.iter().all(|account| account.complete),
         accounts: statements,
         total_credits: reais(credits),
         total_debits: reais(debits),
@@ -204,6 +219,16 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
     for account in &statement.accounts {
         pdf.heading(&format!("{} {} ({})", account.brand_name, account.number, account.kind));
         pdf.field("Instituição / Institution", &account.institution);
+        pdf.field(
+            "Dados buscados / Data fetched",
+            &format!("{} a/to {}", account.fetched_from, account.fetched_through),
+        );
+        if !account.complete {
+            pdf.paragraph(
+                "Mês incompleto / Incomplete month: transações de dias fora desse período não foram buscadas. \
+                 Transactions of days outside that period were not fetched.",
+            );
+        }
         if let (Some(opening), Some(closing)) = (&account.opening_balance, &account.closing_balance) {
             pdf.field("Saldo inicial / Opening balance", opening);
             pdf.field("Saldo final / Closing balance", closing);
@@ -256,6 +281,10 @@ mod tests {
     use super::*;
     use crate::scoring::month_bounds;
 
+    fn date(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
     }
@@ -286,6 +315,7 @@ mod tests {
             balance_at: Some(at("2026-11-20T00:00:00Z")),
             summary: None,
             fetched_by: vec!["c".into()],
+            booked: (date("2026-09-15"), date("2026-11-20")),
         };
         let transactions = [
             transaction("a", true, "FOLHA_PAGAMENTO", 3_000_00, "2026-10-05T10:00:00Z"),
@@ -306,6 +336,8 @@ mod tests {
             &held,
         );
         let account = &statement.accounts[0];
+        assert!(statement.complete && account.complete);
+        assert_eq!((account.fetched_from.as_str(), account.fetched_through.as_str()), ("2026-09-15", "2026-11-20"));
         assert_eq!(account.transactions.len(), 4);
         assert_eq!((account.total_credits.as_str(), account.total_debits.as_str()), ("3000.00", "1000.00"));
         assert_eq!(account.net, "2000.00");
@@ -325,10 +357,43 @@ mod tests {
         assert_eq!((pix.debits.as_str(), pix.count), ("200.00", 2));
         assert_eq!(statement.total_credits, "3000.00");
 
-        // August ended before the oldest transaction held (September's): its balances are unknown.
-        let august = build("cust", "2026-08", month_bounds("2026-08").unwrap(), &[stored], &transactions, &held);
+        // August ended before the first day fetched and the oldest transaction held (September's):
+        // its balances are unknown, and it is not complete.
+        let august = build(
+            "cust",
+            "2026-08",
+            month_bounds("2026-08").unwrap(),
+            std::slice::from_ref(&stored),
+            &transactions,
+            &held,
+        );
         let account = &august.accounts[0];
         assert_eq!((account.opening_balance.as_deref(), account.closing_balance.as_deref()), (None, None));
         assert!(account.transactions.is_empty());
+        assert!(!august.complete && !account.complete);
+        // Once the history fetched reaches back to September's first day, August's closing balance
+        // is known (what moved since is all held); September itself, fetched from its first day
+        // and over before the last fetch, is complete; November, fetched to its 20th, is not.
+        let reaching = StoredAccount { booked: (date("2026-09-01"), date("2026-11-20")), ..stored };
+        let august = build(
+            "cust",
+            "2026-08",
+            month_bounds("2026-08").unwrap(),
+            std::slice::from_ref(&reaching),
+            &transactions,
+            &held,
+        );
+        assert_eq!(august.accounts[0].closing_balance.as_deref(), Some("-850.00"), "{august:?}");
+        let september = build(
+            "cust",
+            "2026-09",
+            month_bounds("2026-09").unwrap(),
+            std::slice::from_ref(&reaching),
+            &transactions,
+            &held,
+        );
+        assert!(september.complete);
+        let november = build("cust", "2026-11", month_bounds("2026-11").unwrap(), &[reaching], &transactions, &held);
+        assert!(!november.complete);
     }
 }

@@ -17,12 +17,12 @@ use aigronova_platform::{
     storage::{Backend, Database, Param, StoreError},
     time,
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{Row, any::AnyRow};
 
 use crate::{
     consent::{ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, ConsentStatus, Permissions},
-    openfinance,
+    openfinance::{self, brasilia_date},
     scoring::{AccountSummary, ReasonWords, WINDOW_DAYS},
 };
 
@@ -41,6 +41,9 @@ pub struct StoredAccount {
     pub summary: Option<AccountSummary>,
     /// Every consent that fetched the account (`consent_id` among them).
     pub fetched_by: Vec<String>,
+    /// The booking days its transactions were fetched for, first and last (Brasília dates): from
+    /// the first day its earliest ingestion asked for to the day of its last.
+    pub booked: (NaiveDate, NaiveDate),
 }
 
 /// The accounts a use of the data under the `usable` consents may see: those one of them fetched,
@@ -102,6 +105,8 @@ impl StoredTransaction {
 pub struct Fetched {
     pub accounts: Vec<(openfinance::Account, Option<openfinance::Balance>)>,
     pub transactions: Vec<(String, openfinance::Transaction)>,
+    /// The first booking day the transactions were asked for (the last is the day of the fetch).
+    pub booked_from: NaiveDate,
 }
 
 /// A stored credit decision.
@@ -354,6 +359,7 @@ impl Store {
             .allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now)
             .map_err(|status| Error::Refused(Box::new(status)))?;
         let fetched_at = time::stored(now);
+        let booked_from = fetched.booked_from.to_string();
         let mut stored = Vec::with_capacity(fetched.accounts.len());
         let kept = match consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
             true => BTreeSet::new(),
@@ -376,7 +382,8 @@ impl Store {
                 // Held under another consent that grants its balance: it stays there, balance
                 // and all; only its description is refreshed.
                 sqlx::query(
-                    "UPDATE accounts SET kind = $5, brand_name = $6, number = $7, fetched_at = $8 \
+                    "UPDATE accounts SET kind = $5, brand_name = $6, number = $7, fetched_at = $8, \
+                     booked_from = CASE WHEN booked_from < $9 THEN booked_from ELSE $9 END \
                      WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
                 )
                 .bind(tenant_id)
@@ -387,6 +394,7 @@ impl Store {
                 .bind(&account.brand_name)
                 .bind(format!("{}-{}", account.number, account.check_digit))
                 .bind(&fetched_at)
+                .bind(&booked_from)
                 .execute(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
@@ -399,11 +407,13 @@ impl Store {
             let number = format!("{}-{}", account.number, account.check_digit);
             sqlx::query(
                 "INSERT INTO accounts (tenant_id, customer_id, institution, account_id, consent_id, kind, brand_name, \
-                 number, balance_cents, balance_at, fetched_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 number, balance_cents, balance_at, fetched_at, booked_from) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (tenant_id, customer_id, institution, account_id) DO UPDATE SET \
                  consent_id = excluded.consent_id, kind = excluded.kind, brand_name = excluded.brand_name, \
                  number = excluded.number, balance_cents = excluded.balance_cents, balance_at = excluded.balance_at, \
-                 fetched_at = excluded.fetched_at",
+                 fetched_at = excluded.fetched_at, booked_from = CASE WHEN accounts.booked_from < \
+                 excluded.booked_from THEN accounts.booked_from ELSE excluded.booked_from END",
             )
             .bind(tenant_id)
             .bind(&consent.customer_id)
@@ -416,6 +426,7 @@ impl Store {
             .bind(balance_cents)
             .bind(balance_at.map(time::stored))
             .bind(&fetched_at)
+            .bind(&booked_from)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
@@ -430,6 +441,7 @@ impl Store {
                 balance_cents,
                 balance_at,
                 summary: None,
+                booked: (fetched.booked_from, brasilia_date(now)),
             });
         }
         let mut inserted = 0;
@@ -1169,8 +1181,8 @@ async fn read_accounts_only(
     customer_id: &str,
 ) -> Result<Vec<StoredAccount>, StoreError> {
     let rows = sqlx::query(
-        "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at, summary \
-         FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
+        "SELECT institution, account_id, consent_id, kind, brand_name, number, balance_cents, balance_at, summary, \
+         fetched_at, booked_from FROM accounts WHERE tenant_id = $1 AND customer_id = $2 ORDER BY institution, account_id",
     )
     .bind(tenant_id)
     .bind(customer_id)
@@ -1303,6 +1315,14 @@ fn consent_of(row: &AnyRow) -> Result<Consent, StoreError> {
 }
 
 fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
+    let fetched_at = time::parse_stored("accounts.fetched_at", &row.try_get::<String, _>("fetched_at")?)?;
+    // Accounts fetched before the first booking day was kept count from their last fetch's.
+    let booked_from = match row.try_get::<Option<String>, _>("booked_from")? {
+        Some(text) => {
+            text.parse().map_err(|error| StoreError::Corrupt(format!("accounts.booked_from {text:?}: {error}")))?
+        }
+        None => openfinance::booking_window(fetched_at).0,
+    };
     Ok(StoredAccount {
         institution: row.try_get("institution")?,
         account_id: row.try_get("account_id")?,
@@ -1318,6 +1338,7 @@ fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
             .transpose()
             .map_err(|error| StoreError::Corrupt(format!("accounts.summary: {error}")))?,
         fetched_by: Vec::new(),
+        booked: (booked_from, brasilia_date(fetched_at)),
     })
 }
 

@@ -85,6 +85,8 @@ struct Shared {
     failures: AtomicUsize,
     hangs: AtomicUsize,
     malformed: AtomicUsize,
+    /// A status to answer, with no body, and how many calls get it.
+    status: Mutex<(u16, usize)>,
     /// The `fromBookingDate` and `toBookingDate` of each call for transactions.
     windows: Mutex<Vec<(Option<String>, Option<String>)>>,
 }
@@ -139,6 +141,12 @@ impl Institution {
         self.shared.malformed.store(n, Ordering::SeqCst);
     }
 
+    /// Answers `status` with an empty body (and, for a redirect, a `Location` back to itself) to
+    /// the next `n` calls.
+    pub fn answer_next(&self, status: u16, n: usize) {
+        *self.shared.status.lock().unwrap() = (status, n);
+    }
+
     /// Hangs for [`HANG`] on the next `n` calls.
     pub fn hang_next(&self, n: usize) {
         self.shared.hangs.store(n, Ordering::SeqCst);
@@ -159,6 +167,17 @@ async fn gate(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
         return Some(
             (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"errors": [{"code": "INTERNAL"}]}))).into_response(),
         );
+    }
+    let answered = {
+        let mut status = shared.status.lock().unwrap();
+        let (code, left) = *status;
+        (left > 0).then(|| {
+            status.1 = left - 1;
+            StatusCode::from_u16(code).expect("a status code")
+        })
+    };
+    if let Some(status) = answered {
+        return Some((status, [("location", format!("{}/elsewhere", shared.base))]).into_response());
     }
     if shared.malformed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         return Some(Json(json!({"data": "maintenance", "links": {}})).into_response());

@@ -210,17 +210,30 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     let pix = checking["categories"].as_array().unwrap().iter().find(|c| c["category"] == "PIX").unwrap();
     assert_eq!((&pix["debits"], &pix["count"]), (&json!("200.00"), &json!(2)));
     assert_eq!(statement["totalCredits"], "3001.25", "both accounts");
-    // A month before the oldest transaction held: what moved then was never fetched, so no balance.
-    let early: Value =
-        app.get(&format!("/v1/fin/customers/{customer}/statements/2025-01"), &key).await.json().await.unwrap();
-    for account in early["accounts"].as_array().unwrap() {
-        assert!(account.get("openingBalance").is_none() && account.get("closingBalance").is_none(), "{early}");
+    // Each account says which booking days were fetched: the year to the day of the ingestion.
+    let today = (chrono::Utc::now() - chrono::Duration::hours(3)).date_naive();
+    let from = today - chrono::Days::new(364);
+    for account in statement["accounts"].as_array().unwrap() {
+        let fetched = (account["fetchedFrom"].as_str(), account["fetchedThrough"].as_str());
+        assert_eq!(fetched, (Some(from.to_string().as_str()), Some(today.to_string().as_str())), "{account}");
+        assert_eq!(account["complete"], true, "{account}");
     }
-    // The PDF says so, and that the month's sections are empty.
-    let early = app.get(&format!("/v1/fin/customers/{customer}/statements/2025-01?format=pdf"), &key).await;
-    let text = pdf_text(&early.bytes().await.unwrap());
-    for expected in ["Not known", "Nenhuma / None"] {
-        assert!(text.contains(expected), "the PDF of an early month lacks {expected:?}:\n{text}");
+    assert_eq!(statement["complete"], true);
+    // A month before the first day fetched is no month of zeros: refused, saying what was fetched.
+    let early = (from - chrono::Days::new(31)).format("%Y-%m").to_string();
+    let problem =
+        assert_problem(app.get(&format!("/v1/fin/customers/{customer}/statements/{early}"), &key).await, 400).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("fetched for {from} to {today}")), "{problem}");
+    // The month under way is fetched only to today: incomplete, and its PDF says so.
+    let current = today.format("%Y-%m").to_string();
+    let now: Value =
+        app.get(&format!("/v1/fin/customers/{customer}/statements/{current}"), &key).await.json().await.unwrap();
+    assert_eq!(now["complete"], false, "{now}");
+    let response = app.get(&format!("/v1/fin/customers/{customer}/statements/{current}?format=pdf"), &key).await;
+    let text = pdf_text(&response.bytes().await.unwrap());
+    for expected in ["Incomplete month", &format!("{from} a/to {today}")] {
+        assert!(text.contains(expected), "the PDF of the month under way lacks {expected:?}:\n{text}");
     }
 
     let response = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10?format=pdf"), &key).await;
@@ -230,7 +243,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for expected in ["Monthly statement 2026-10", "3000.00", "1015.00", "1200.00", "TARIFA_SERVICOS_AVULSOS"] {
         assert!(text.contains(expected), "the PDF lacks {expected:?}:\n{text}");
     }
-    // The four reads of the customer's transactions are audited.
+    // The five reads of the customer's transactions are audited (the refused month's too: its accounts were read).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
@@ -240,7 +253,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
             .flatten()
             .filter(|entry| entry["action"] == "fin.GetStatement")
             .collect();
-        if reads.len() == 4 {
+        if reads.len() == 5 {
             let subject = format!("customer:{customer}");
             assert!(
                 reads.iter().all(|read| read["kind"] == "sensitive_read"
@@ -700,6 +713,21 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
     let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("banco-a") && detail.contains("outside the Open Finance shapes"), "{problem}");
+
+    // A status the Accounts API does not answer (no content, a redirect, a 404 for the consent's
+    // accounts): each a 502 naming it, the redirect not followed; a 401 is the consent refused.
+    for (status, told, wanted) in [
+        (204, 502, "it answered HTTP 204"),
+        (302, 502, "it answered HTTP 302"),
+        (404, 502, "it answered HTTP 404"),
+        (401, 400, "refused the consent"),
+    ] {
+        bank.answer_next(status, 1);
+        let calls = bank.calls();
+        let problem = assert_problem(ingest(&app, &key, consent_id).await, told).await;
+        assert_eq!(bank.calls(), calls + 1, "asked once, no redirect followed: {problem}");
+        assert!(problem["detail"].as_str().unwrap().contains(wanted), "{problem}");
+    }
 
     // A page that reads but holds an amount that is none: a 502 too, and once the institution
     // sends it right, the next ingestion asks for it again rather than reading it from the cache.
