@@ -605,7 +605,8 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         if bounds.0 > crate::openfinance::brasilia_date(Utc::now()) {
             return Err(Error::invalid("month", format!("{month} has not begun yet (in Brasília time)")).into());
         }
-        let pdf = match format.trim() {
+        // Exactly as documented: a value with spaces around it is no format.
+        let pdf = match format.as_str() {
             "" | "json" => false,
             "pdf" => true,
             other => return Err(Error::invalid("format", format!("must be json or pdf, not {other:?}")).into()),
@@ -632,11 +633,14 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         );
         let held = self.store.data_under(&caller.tenant_id, &customer_id, &usable, first, Some(&read)).await?;
         self.outbox.wake();
-        // A month no account's fetched days reach is no month of zeros: told what was fetched.
+        // A month no account's fetched days reach, and no transaction held falls in (one an
+        // institution dated before the days asked for), is no month of zeros: told what was fetched.
         let (first_day, next_month) = bounds;
         let reached =
             |account: &crate::store::StoredAccount| account.booked.0 < next_month && account.booked.1 >= first_day;
-        if !held.accounts.is_empty() && !held.accounts.iter().any(reached) {
+        let held_in_month =
+            held.transactions.iter().any(|t| crate::openfinance::brasilia_date(t.booked_at) < next_month);
+        if !held.accounts.is_empty() && !held.accounts.iter().any(reached) && !held_in_month {
             let from = held.accounts.iter().map(|account| account.booked.0).min().unwrap_or(first_day);
             let through = held.accounts.iter().map(|account| account.booked.1).max().unwrap_or(first_day);
             let hint = if first_day > through {
@@ -650,8 +654,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             )
             .into());
         }
-        let statement =
-            statement::build(&customer_id, &month, bounds, &held.accounts, &held.transactions, &held.held_since);
+        let statement = statement::build(&customer_id, &month, bounds, &held.accounts, &held.transactions);
         let (content_type, data) = if pdf {
             ("application/pdf", statement::render_pdf(&statement))
         } else {

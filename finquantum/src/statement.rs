@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use aigronova_platform::pdf::PdfDocument;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use serde::Serialize;
 
 use crate::{
@@ -24,7 +24,8 @@ pub struct Statement {
     pub accounts: Vec<AccountStatement>,
     pub total_credits: String,
     pub total_debits: String,
-    /// Whether every account's transactions were fetched for every day of the month.
+    /// Whether every account's transactions were fetched for every day of the month (false with
+    /// no account).
     pub complete: bool,
 }
 
@@ -44,7 +45,8 @@ pub struct AccountStatement {
     /// Whether those days hold the whole month (its last day over before the last ingestion):
     /// when not, what moved on the other days is not in the totals.
     pub complete: bool,
-    /// The balance at the start and end of the month; absent when no balance was fetched.
+    /// The balance at the start and end of the month; absent when not known (no balance fetched;
+    /// for the start, also a month whose first days were not fetched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opening_balance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,8 +56,9 @@ pub struct AccountStatement {
     /// Credits minus debits.
     pub net: String,
     pub categories: Vec<CategoryTotal>,
-    /// End-of-day balance of each day with movements; empty when the opening balance is not
-    /// known (no balance fetched, or a month before the oldest transaction held).
+    /// End-of-day balance of each day with movements, from the day before the first day fetched;
+    /// empty when the closing balance is not known (no balance fetched, or a month before the
+    /// first day fetched).
     pub balances: Vec<DailyBalance>,
     pub transactions: Vec<StatementLine>,
 }
@@ -90,16 +93,12 @@ pub struct StatementLine {
 
 /// The statement of `month` (`[first, next)`) for `accounts`, from `transactions` (any months).
 ///
-/// `held_since` is when each account's oldest transaction held was booked, by institution and
-/// account id: a month that ends before it and before the first day fetched (and before the
-/// balance was fetched) has no known balances, since what moved then was never fetched.
 pub fn build(
     customer_id: &str,
     month: &str,
     (first, next): (NaiveDate, NaiveDate),
     accounts: &[StoredAccount],
     transactions: &[StoredTransaction],
-    held_since: &BTreeMap<(String, String), DateTime<Utc>>,
 ) -> Statement {
     let mut statements = Vec::new();
     let (mut credits, mut debits) = (0i64, 0i64);
@@ -114,13 +113,10 @@ pub fn build(
             })
             .collect();
         // The balance at the end of the month: the fetched balance minus what moved after, known
-        // when the history held reaches back into the month, or the balance was fetched before
-        // the month ended (nothing held moved between).
-        let history = held_since.get(&(account.institution.clone(), account.account_id.clone()));
+        // when every day from the month's end to the balance was fetched, or the balance was
+        // fetched before the month ended (nothing held moved between).
         let (fetched_from, fetched_through) = account.booked;
-        let known = fetched_from <= next
-            || history.is_some_and(|since| brasilia_date(*since) < next)
-            || account.balance_at.is_some_and(|at| brasilia_date(at) < next);
+        let known = fetched_from <= next || account.balance_at.is_some_and(|at| brasilia_date(at) < next);
         let closing = account.balance_cents.filter(|_| known).map(|balance| {
             let after: i64 = own
                 .iter()
@@ -130,17 +126,23 @@ pub fn build(
             balance - after
         });
         let net: i64 = in_month.iter().map(|t| t.signed_cents()).sum();
-        let opening = closing.map(|closing| closing - net);
-        let mut running = opening.unwrap_or(0);
+        // Walked back over the month's movements held; the balance before its first day only
+        // when every day of it was fetched (a movement of a day not fetched would be missing).
+        let walked_back = closing.map(|closing| closing - net);
+        let opening = walked_back.filter(|_| fetched_from <= first);
+        // The end of a day is known from the closing balance when every later day was fetched.
+        let day_known = |day: NaiveDate| walked_back.is_some() && day >= fetched_from - chrono::Days::new(1);
+        let mut running = walked_back.unwrap_or(0);
         let mut balances: Vec<DailyBalance> = Vec::new();
         let mut categories: BTreeMap<&str, (i64, i64, usize)> = BTreeMap::new();
         let mut lines = Vec::new();
         for transaction in &in_month {
             running += transaction.signed_cents();
-            let date = brasilia_date(transaction.booked_at).to_string();
-            // Without the opening balance, a running sum would pass for balances it is not.
+            let day = brasilia_date(transaction.booked_at);
+            let date = day.to_string();
+            // Without a known balance, a running sum would pass for balances it is not.
             match balances.last_mut() {
-                _ if opening.is_none() => {}
+                _ if !day_known(day) => {}
                 Some(last) if last.date == date => last.balance = reais(running),
                 _ => balances.push(DailyBalance { date: date.clone(), balance: reais(running) }),
             }
@@ -195,7 +197,7 @@ pub fn build(
         customer_id: customer_id.to_owned(),
         month: month.to_owned(),
         currency: "BRL",
-        complete: statements.iter().all(|account| account.complete),
+        complete: !statements.is_empty() && statements.iter().all(|account| account.complete),
         accounts: statements,
         total_credits: reais(credits),
         total_debits: reais(debits),
@@ -229,8 +231,10 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
                  Transactions of days outside that period were not fetched.",
             );
         }
-        if let (Some(opening), Some(closing)) = (&account.opening_balance, &account.closing_balance) {
+        if let Some(opening) = &account.opening_balance {
             pdf.field("Saldo inicial / Opening balance", opening);
+        }
+        if let Some(closing) = &account.closing_balance {
             pdf.field("Saldo final / Closing balance", closing);
         }
         pdf.field("Entradas / Credits", &account.total_credits);
@@ -253,10 +257,10 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
             );
         }
         pdf.subheading("Saldo diário / Daily balance");
-        if account.opening_balance.is_none() {
+        if account.closing_balance.is_none() {
             pdf.paragraph(
                 "Saldo não disponível / Not known: no balance of this account held under a usable consent reaches \
-                 back to this month, or the month is before the oldest transaction held.",
+                 back to this month, or the month is before the first day fetched.",
             );
         } else if account.balances.is_empty() {
             pdf.paragraph(NONE);
@@ -279,6 +283,8 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
+
     use crate::scoring::month_bounds;
 
     fn date(text: &str) -> NaiveDate {
@@ -326,15 +332,8 @@ mod tests {
             transaction("e", true, "PIX", 50_00, "2026-09-30T12:00:00Z"),
             transaction("f", false, "PIX", 200_00, "2026-11-02T12:00:00Z"),
         ];
-        let held = BTreeMap::from([(("bank".to_owned(), "acc".to_owned()), transactions[4].booked_at)]);
-        let statement = build(
-            "cust",
-            "2026-10",
-            month_bounds("2026-10").unwrap(),
-            std::slice::from_ref(&stored),
-            &transactions,
-            &held,
-        );
+        let statement =
+            build("cust", "2026-10", month_bounds("2026-10").unwrap(), std::slice::from_ref(&stored), &transactions);
         let account = &statement.accounts[0];
         assert!(statement.complete && account.complete);
         assert_eq!((account.fetched_from.as_str(), account.fetched_through.as_str()), ("2026-09-15", "2026-11-20"));
@@ -348,7 +347,7 @@ mod tests {
         // No balance fetched: the month's movements, and no daily balances made up from zero.
         let unbalanced = StoredAccount { balance_cents: None, balance_at: None, ..stored.clone() };
         let months = month_bounds("2026-10").unwrap();
-        let statement = build("cust", "2026-10", months, std::slice::from_ref(&unbalanced), &transactions, &held);
+        let statement = build("cust", "2026-10", months, std::slice::from_ref(&unbalanced), &transactions);
         let account = &statement.accounts[0];
         assert_eq!((account.transactions.len(), account.net.as_str()), (4, "2000.00"));
         assert_eq!((account.opening_balance.as_deref(), account.closing_balance.as_deref()), (None, None));
@@ -357,16 +356,24 @@ mod tests {
         assert_eq!((pix.debits.as_str(), pix.count), ("200.00", 2));
         assert_eq!(statement.total_credits, "3000.00");
 
-        // August ended before the first day fetched and the oldest transaction held (September's):
-        // its balances are unknown, and it is not complete.
-        let august = build(
-            "cust",
-            "2026-08",
-            month_bounds("2026-08").unwrap(),
-            std::slice::from_ref(&stored),
-            &transactions,
-            &held,
-        );
+        // September, fetched from its 15th: its closing balance and the balances of the days from
+        // the 14th are known, not its opening balance. A transaction the institution dated before
+        // the days fetched is shown, with no balance for its day.
+        let stray = transaction("g", false, "PIX", 10_00, "2026-09-10T12:00:00Z");
+        let with_stray = [&transactions[..], std::slice::from_ref(&stray)].concat();
+        let september =
+            build("cust", "2026-09", month_bounds("2026-09").unwrap(), std::slice::from_ref(&stored), &with_stray);
+        let account = &september.accounts[0];
+        assert!(!september.complete);
+        assert_eq!((account.opening_balance.as_deref(), account.closing_balance.as_deref()), (None, Some("-800.00")));
+        let days: Vec<(&str, &str)> = account.balances.iter().map(|d| (d.date.as_str(), d.balance.as_str())).collect();
+        assert_eq!(days, [("2026-09-30", "-800.00")]);
+        assert_eq!((account.transactions.len(), account.net.as_str()), (2, "40.00"));
+
+        // August ended before the first day fetched: its balances are unknown, and it is not
+        // complete.
+        let august =
+            build("cust", "2026-08", month_bounds("2026-08").unwrap(), std::slice::from_ref(&stored), &transactions);
         let account = &august.accounts[0];
         assert_eq!((account.opening_balance.as_deref(), account.closing_balance.as_deref()), (None, None));
         assert!(account.transactions.is_empty());
@@ -375,25 +382,15 @@ mod tests {
         // is known (what moved since is all held); September itself, fetched from its first day
         // and over before the last fetch, is complete; November, fetched to its 20th, is not.
         let reaching = StoredAccount { booked: (date("2026-09-01"), date("2026-11-20")), ..stored };
-        let august = build(
-            "cust",
-            "2026-08",
-            month_bounds("2026-08").unwrap(),
-            std::slice::from_ref(&reaching),
-            &transactions,
-            &held,
-        );
+        let august =
+            build("cust", "2026-08", month_bounds("2026-08").unwrap(), std::slice::from_ref(&reaching), &transactions);
         assert_eq!(august.accounts[0].closing_balance.as_deref(), Some("-850.00"), "{august:?}");
-        let september = build(
-            "cust",
-            "2026-09",
-            month_bounds("2026-09").unwrap(),
-            std::slice::from_ref(&reaching),
-            &transactions,
-            &held,
-        );
+        let september =
+            build("cust", "2026-09", month_bounds("2026-09").unwrap(), std::slice::from_ref(&reaching), &transactions);
         assert!(september.complete);
-        let november = build("cust", "2026-11", month_bounds("2026-11").unwrap(), &[reaching], &transactions, &held);
+        let november = build("cust", "2026-11", month_bounds("2026-11").unwrap(), &[reaching], &transactions);
         assert!(!november.complete);
+        // No account: nothing was fetched for any day of the month.
+        assert!(!build("cust", "2026-10", month_bounds("2026-10").unwrap(), &[], &transactions).complete);
     }
 }

@@ -3,10 +3,7 @@
 //! PostgreSQL row-level security holds each transaction to its tenant as well. A customer's CPF
 //! is sealed with the tenant's data key and found through its blind index.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::{collections::BTreeSet, sync::Arc};
 
 use aigronova_platform::{
     Error,
@@ -552,7 +549,6 @@ impl Store {
             None => self.database.begin_tenant_read(tenant_id).await?,
         };
         let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, |_| since).await?;
-        let held_since = held_since(&mut transaction, tenant_id, customer_id).await?;
         if let Some(event) = read {
             audit::enqueue(&mut transaction, event).await?;
         }
@@ -560,7 +556,7 @@ impl Store {
         let accounts = visible_accounts(accounts, usable);
         let transactions =
             transactions.into_iter().filter(|item| accounts.iter().any(|account| item.belongs_to(account))).collect();
-        Ok(HeldData { accounts, transactions, held_since })
+        Ok(HeldData { accounts, transactions })
     }
 
     /// Records an audit event on its own, for an operation that wrote nothing else.
@@ -895,8 +891,6 @@ pub(crate) struct Erased {
 pub(crate) struct HeldData {
     pub(crate) accounts: Vec<StoredAccount>,
     pub(crate) transactions: Vec<StoredTransaction>,
-    /// When each account's oldest transaction held was booked, by institution and account id.
-    pub(crate) held_since: BTreeMap<(String, String), DateTime<Utc>>,
 }
 
 /// What a credit score reads of a customer (see [`Store::customer_data`]).
@@ -1148,30 +1142,6 @@ async fn consents_on(
         .fetch_all(&mut *connection)
         .await?;
     rows.iter().map(consent_of).collect()
-}
-
-/// When each of the customer's accounts' oldest transaction held was booked, by institution and
-/// account id.
-async fn held_since(
-    connection: &mut sqlx::AnyConnection,
-    tenant_id: &str,
-    customer_id: &str,
-) -> Result<BTreeMap<(String, String), DateTime<Utc>>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT institution, account_id, MIN(booked_at) AS oldest FROM transactions \
-         WHERE tenant_id = $1 AND customer_id = $2 GROUP BY institution, account_id",
-    )
-    .bind(tenant_id)
-    .bind(customer_id)
-    .fetch_all(&mut *connection)
-    .await?;
-    let mut held = BTreeMap::new();
-    for row in rows {
-        let key = (row.try_get::<String, _>("institution")?, row.try_get::<String, _>("account_id")?);
-        let oldest: String = row.try_get("oldest")?;
-        held.insert(key, time::parse_stored("transactions.booked_at", &oldest)?);
-    }
-    Ok(held)
 }
 
 /// The customer's accounts.

@@ -225,6 +225,19 @@ async fn consents_ingestion_and_statements(backend: Backend) {
         assert_problem(app.get(&format!("/v1/fin/customers/{customer}/statements/{early}"), &key).await, 400).await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("fetched for {from} to {today}")), "{problem}");
+    // The month the first day fetched falls in is whole only when that is its first day; otherwise
+    // its opening balance is not known.
+    let first_month: Value = app
+        .get(&format!("/v1/fin/customers/{customer}/statements/{}", from.format("%Y-%m")), &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let whole = chrono::Datelike::day(&from) == 1;
+    assert_eq!(first_month["complete"], whole, "{first_month}");
+    for account in first_month["accounts"].as_array().unwrap() {
+        assert_eq!(account.get("openingBalance").is_some(), whole && account.get("closingBalance").is_some());
+    }
     // The month under way is fetched only to today: incomplete, and its PDF says so.
     let current = today.format("%Y-%m").to_string();
     let now: Value =
@@ -243,7 +256,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for expected in ["Monthly statement 2026-10", "3000.00", "1015.00", "1200.00", "TARIFA_SERVICOS_AVULSOS"] {
         assert!(text.contains(expected), "the PDF lacks {expected:?}:\n{text}");
     }
-    // The five reads of the customer's transactions are audited (the refused month's too: its accounts were read).
+    // The six reads of the customer's transactions are audited (the refused month's too: its accounts were read).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
@@ -253,7 +266,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
             .flatten()
             .filter(|entry| entry["action"] == "fin.GetStatement")
             .collect();
-        if reads.len() == 5 {
+        if reads.len() == 6 {
             let subject = format!("customer:{customer}");
             assert!(
                 reads.iter().all(|read| read["kind"] == "sensitive_read"
@@ -271,6 +284,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
         (format!("/v1/fin/customers/{customer}/statements/%202026-10"), "month"),
         (format!("/v1/fin/customers/{customer}/statements/2026-10%09"), "month"),
         (format!("/v1/fin/customers/{customer}/statements/2026-10?format=xml"), "format"),
+        (format!("/v1/fin/customers/{customer}/statements/2026-10?format=pdf%20"), "format"),
         ("/v1/fin/customers/nope/statements/2026-10".to_owned(), "customerId"),
     ] {
         let problem = assert_problem(app.get(&path, &key).await, 400).await;
