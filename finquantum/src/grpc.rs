@@ -107,7 +107,11 @@ impl FinQuantumApi {
                 }
                 Err(error) => return Err(failed(error)),
             };
-            fetched.transactions.extend(transactions.into_iter().map(|t| (account.account_id.clone(), t)));
+            // No card number in clear, even as an id.
+            fetched.transactions.extend(transactions.into_iter().map(|mut t| {
+                t.transaction_id = crate::stored_transaction_id(&cipher, &t.transaction_id);
+                (account.account_id.clone(), t)
+            }));
             fetched.accounts.push((account, balance));
         }
         Ok(fetched)

@@ -363,6 +363,19 @@ pub async fn run(
     FinQuantumService::build(config, inference, verifier, governance).await?.run_until_stopped(shutdown).await
 }
 
+/// The id a transaction is stored and shown under: the institution's, unless it holds a payment
+/// card number, which is then masked as in a name (see [`mask_card_numbers`]) and followed by `~`
+/// and the first 16 hex digits of the tenant's keyed hash of the id, so that the same transaction
+/// fetched again is still stored once and two such ids stay apart.
+pub fn stored_transaction_id(cipher: &aigronova_platform::crypto::TenantCipher, id: &str) -> String {
+    let masked = mask_card_numbers(id);
+    if masked == id {
+        return masked;
+    }
+    let digest = cipher.blind_index(&format!("transaction-id\u{0}{id}"));
+    format!("{masked}~{}", &digest[..16])
+}
+
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
 /// digits (ASCII or full-width) passing the Luhn check, in one group or in groups split by spaces,
 /// dashes, dots, commas, slashes, asterisks, underscores or invisible characters (up to five

@@ -772,6 +772,18 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
         assert!(detail.contains(wanted) && !detail.contains("4111111111111111"), "{problem}");
     }
     assert_eq!(app.get(&format!("/v1/fin/consents/{consent_id}"), &key).await.status(), 200);
+    // An id that is a card number, once: stored masked (with a keyed digest of it, the same at the
+    // next ingestion, which stores nothing new), never in clear.
+    let mut carded = checking_account();
+    carded.transactions[1].id = "4111111111111111".into();
+    bank.serve("banco-a", Profile { accounts: vec![carded], ..Profile::default() });
+    for new in [6, 0] {
+        let ingested: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
+        assert_eq!(ingested["newTransactions"], new, "{ingested}");
+    }
+    assert_eq!(app.count_fin_rows("transactions WHERE transaction_id LIKE '****1111~%'").await, 1);
+    assert_eq!(app.count_fin_rows("transactions WHERE transaction_id LIKE '%4111111111111111%'").await, 0);
+    app.execute_on_fin("DELETE FROM transactions").await;
     bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
     assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
     let second = consent(&app, &key, &cpf(737_373_737), "banco-a", ALL).await;
