@@ -90,7 +90,8 @@ impl FinQuantumApi {
         let accounts = self.client.accounts(base, grant).await.map_err(failed)?;
         // A year, to today in Brasília, is the longest period an institution answers for.
         let window = crate::openfinance::booking_window(Utc::now());
-        let mut fetched = Fetched { accounts: Vec::new(), transactions: Vec::new(), booked_from: window.0 };
+        let mut fetched =
+            Fetched { accounts: Vec::new(), transactions: Vec::new(), booked_from: window.0, renamed: Vec::new() };
         for account in accounts {
             let balance = if consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
                 Some(self.client.balance(base, grant, &account.account_id).await.map_err(failed)?)
@@ -108,10 +109,14 @@ impl FinQuantumApi {
                 Err(error) => return Err(failed(error)),
             };
             // No card number in clear, even as an id.
-            fetched.transactions.extend(transactions.into_iter().map(|mut t| {
-                t.transaction_id = crate::stored_transaction_id(&cipher, &t.transaction_id);
-                (account.account_id.clone(), t)
-            }));
+            for mut transaction in transactions {
+                let stored = crate::stored_transaction_id(&cipher, &transaction.transaction_id);
+                if stored != transaction.transaction_id {
+                    let clear = std::mem::replace(&mut transaction.transaction_id, stored.clone());
+                    fetched.renamed.push((account.account_id.clone(), clear, stored));
+                }
+                fetched.transactions.push((account.account_id.clone(), transaction));
+            }
             fetched.accounts.push((account, balance));
         }
         Ok(fetched)

@@ -104,6 +104,8 @@ pub struct Fetched {
     pub transactions: Vec<(String, openfinance::Transaction)>,
     /// The first booking day the transactions were asked for (the last is the day of the fetch).
     pub booked_from: NaiveDate,
+    /// Transaction ids that held a card number, by account: as sent, and as stored.
+    pub renamed: Vec<(String, String, String)>,
 }
 
 /// A stored credit decision.
@@ -440,6 +442,23 @@ impl Store {
                 summary: None,
                 booked: (fetched.booked_from, brasilia_date(now)),
             });
+        }
+        // A transaction stored before under an id in clear that holds a card number takes the id
+        // it is stored under now.
+        for (account_id, clear, stored) in &fetched.renamed {
+            sqlx::query(
+                "UPDATE transactions SET transaction_id = $6 WHERE tenant_id = $1 AND customer_id = $2 \
+                 AND institution = $3 AND account_id = $4 AND transaction_id = $5",
+            )
+            .bind(tenant_id)
+            .bind(&consent.customer_id)
+            .bind(&consent.institution)
+            .bind(account_id)
+            .bind(clear)
+            .bind(stored)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
         }
         let mut inserted = 0;
         for (account_id, item) in &fetched.transactions {
