@@ -377,7 +377,7 @@ pub fn stored_transaction_id(cipher: &aigronova_platform::crypto::TenantCipher, 
 }
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
-/// digits (ASCII or full-width) passing the Luhn check, in one group or in groups split by spaces,
+/// digits (ASCII, full-width, or any script's decimal digits) passing the Luhn check, in one group or in groups split by spaces,
 /// dashes, dots, commas, slashes, asterisks, underscores or invisible characters (up to five
 /// between two groups), also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
 /// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
@@ -411,13 +411,27 @@ pub fn mask_card_numbers(text: &str) -> String {
     out
 }
 
-/// A decimal digit as a card number may be written: ASCII, or full-width (`４`).
+/// The zero of each run of ten decimal digits in Unicode (general category `Nd`, Unicode 14):
+/// ASCII's, full-width (`４`), Arabic-Indic (`٤`), Devanagari (`४`), mathematical (`𝟒`)…, each
+/// run holding 0 to 9 in order.
+const DIGIT_ZEROS: [u32; 66] = [
+    0x30, 0x660, 0x6f0, 0x7c0, 0x966, 0x9e6, 0xa66, 0xae6, 0xb66, 0xbe6, 0xc66, 0xce6, 0xd66, 0xde6, 0xe50, 0xed0,
+    0xf20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90, 0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620,
+    0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0, 0xff10, 0x104a0, 0x10d30, 0x11066, 0x110f0, 0x11136, 0x111d0,
+    0x112f0, 0x11450, 0x114d0, 0x11650, 0x116c0, 0x11730, 0x118e0, 0x11950, 0x11c50, 0x11d50, 0x11da0, 0x16a60,
+    0x16ac0, 0x16b50, 0x1d7ce, 0x1d7d8, 0x1d7e2, 0x1d7ec, 0x1d7f6, 0x1e140, 0x1e2f0, 0x1e950, 0x1fbf0,
+];
+
+/// A decimal digit as a card number may be written: in any script's digits, or full-width or
+/// mathematical ones, which a card number hidden from a check for ASCII digits could use.
 fn digit_value(c: char) -> Option<u32> {
-    match c {
-        '0'..='9' => c.to_digit(10),
-        '\u{ff10}'..='\u{ff19}' => Some(u32::from(c) - 0xff10),
-        _ => None,
+    let code = u32::from(c);
+    if c.is_ascii_digit() {
+        return Some(code - 0x30);
     }
+    let run = DIGIT_ZEROS.partition_point(|&zero| zero <= code).checked_sub(1)?;
+    let value = code - DIGIT_ZEROS[run];
+    (value < 10).then_some(value)
 }
 
 fn is_digit(c: char) -> bool {
@@ -581,6 +595,11 @@ mod tests {
         assert_eq!(mask_card_numbers("COMPRA CARTAO 4111 1111 1111 1111 LOJA"), "COMPRA CARTAO ****1111 LOJA");
         assert_eq!(mask_card_numbers("cartão 5500-0000-0000-0004"), "cartão ****0004");
         assert_eq!(mask_card_numbers("4012888888881881"), "****1881");
+        // In other scripts' digits, and mathematical ones.
+        assert_eq!(mask_card_numbers("CARTAO ٤١١١١١١١١١١١١١١١"), "CARTAO ****١١١١");
+        assert_eq!(mask_card_numbers("४१११ ११११ ११११ ११११ x"), "****११११ x");
+        assert_eq!(mask_card_numbers("𝟒𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏𝟏"), "****𝟏𝟏𝟏𝟏");
+        assert_eq!(mask_card_numbers("٤١١١١١١١١١١١١١١٢"), "٤١١١١١١١١١١١١١١٢", "not passing the Luhn check");
         // Not card numbers: short, or failing the Luhn check, or a date.
         assert_eq!(mask_card_numbers("PIX 12345 2026-11-29"), "PIX 12345 2026-11-29");
         assert_eq!(mask_card_numbers("BOLETO 4111111111111112"), "BOLETO 4111111111111112");
