@@ -87,6 +87,10 @@ struct TenantLog {
     /// Whether `tree`, as read from the database, was found to match the last checkpoint this
     /// key signed: an append goes on only from a tree that does (see `check_signed_root`).
     checked: bool,
+    /// Why the stored entries cannot be read into a tree (one missing, fewer than the latest
+    /// checkpoint covers), when they cannot: the checkpoint is still served, and a verification
+    /// says where the log fails, but no proof is made from it.
+    damaged: Option<String>,
 }
 
 /// Every tenant's log over one database.
@@ -347,7 +351,7 @@ impl LogStore {
             return Ok(());
         }
         let mut tree = log.tree.take().unwrap_or_default();
-        extend_tree(&mut connection, tenant_id, &mut tree).await?;
+        let extended = extend_tree(&mut connection, tenant_id, &mut tree).await;
         let latest = match stored {
             Some(stored) => stored,
             None => {
@@ -360,17 +364,40 @@ impl LogStore {
                 SignedCheckpoint { signature: self.signer.sign(&body), key_id: self.signer.key_id(), body }
             }
         };
-        if latest.body.tree_size > tree.len() {
-            return Err(StoreError::Corrupt(format!(
-                "tenant {tenant_id}: the latest checkpoint covers {} entries but {} are stored",
+        let damage = match extended {
+            Err(StoreError::Corrupt(reason)) => Some(reason),
+            Err(error) => return Err(error),
+            Ok(()) if latest.body.tree_size > tree.len() => Some(format!(
+                "the latest checkpoint covers {} entries but {} are stored",
                 latest.body.tree_size,
                 tree.len()
-            )));
+            )),
+            Ok(()) => None,
+        };
+        if damage.is_some() && damage != log.damaged {
+            tracing::error!(
+                tenant = %tenant_id,
+                reason = damage.as_deref().unwrap_or_default(),
+                "the stored audit log cannot be read into its tree; its proofs are refused until it is restored"
+            );
         }
-        log.tree = Some(tree);
+        log.tree = damage.is_none().then_some(tree);
         log.latest = Some(latest);
+        log.damaged = damage;
         log.checked = false;
         Ok(())
+    }
+
+    /// The tree of a loaded `log`, or the refusal of a proof from a damaged one.
+    fn tree_of(log: &TenantLog) -> Result<&Tree, Error> {
+        match (&log.tree, &log.damaged) {
+            (Some(tree), None) => Ok(tree),
+            (_, damage) => Err(Error::Refused(Box::new(tonic::Status::data_loss(format!(
+                "this tenant's stored audit log is damaged ({}): no proof is made from it until it is restored \
+                 from a backup; the evidence report and `aigronova audit verify` say where it fails",
+                damage.as_deref().unwrap_or("not loaded")
+            ))))),
+        }
     }
 
     /// The latest signed checkpoint of `tenant_id` (size 0, signed now, for an empty log).
@@ -454,12 +481,22 @@ impl LogStore {
         if index >= latest.body.tree_size {
             return Err(Error::NotFound(format!("entry {index} (the log holds {})", latest.body.tree_size)));
         }
-        let proof = log
-            .tree
-            .as_ref()
-            .expect("loaded above")
-            .inclusion_proof(index, latest.body.tree_size)
-            .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+        let proof = match Self::tree_of(&log) {
+            Ok(tree) => tree
+                .inclusion_proof(index, latest.body.tree_size)
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?,
+            // An entry of a damaged log that is not stored is not found, as a verifier is to hear.
+            Err(refused) => {
+                let stored = self.entries(tenant_id, index, 1).await?;
+                if stored.first().is_none_or(|entry| entry.index != index) {
+                    return Err(Error::NotFound(format!(
+                        "entry {index}, which the latest checkpoint covers (size {}): the stored log is damaged",
+                        latest.body.tree_size
+                    )));
+                }
+                return Err(refused);
+            }
+        };
         drop(log);
         let entry = self
             .entries(tenant_id, index, 1)
@@ -511,7 +548,7 @@ impl LogStore {
             let reason = if zero { format!("is required, and at least 1: {need}") } else { need };
             return Err(Error::invalid(field, reason));
         }
-        let tree = log.tree.as_ref().expect("loaded above");
+        let tree = Self::tree_of(&log)?;
         let corrupt = |error: merkle::ProofError| Error::from(StoreError::Corrupt(error.to_string()));
         Ok((
             tree.root_at(from).map_err(corrupt)?,
@@ -586,15 +623,10 @@ impl LogStore {
                 leaves.push(hash);
             }
         }
-        if (leaves.len() as u64) < size {
-            let index = leaves.len() as u64;
-            return Ok(Verification {
-                tree_size: size,
-                first_bad_index: Some(index),
-                reason: format!("entry {index} is missing"),
-                signed: true,
-            });
-        }
+        // Fewer entries than were signed, with none missing between them: the last ones deleted,
+        // or one before them with those after it renumbered; which is searched for as for a change.
+        let held = leaves.len() as u64;
+        let short = held < size;
         // Hashing the whole tree takes a while for a large log: on a thread that may block.
         let (leaves, root) = tokio::task::spawn_blocking(move || {
             let root = merkle::root_of(&leaves);
@@ -602,7 +634,7 @@ impl LogStore {
         })
         .await
         .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
-        if root == checkpoint.body.root_hash {
+        if !short && root == checkpoint.body.root_hash {
             return Ok(Verification {
                 tree_size: size,
                 first_bad_index: None,
@@ -626,7 +658,7 @@ impl LogStore {
         let signed: Vec<SignedCheckpoint> =
             rows.iter().filter_map(|row| checkpoint_from(tenant_id, row).ok()).collect();
         // Signatures checked and roots computed on a thread that may block, as above.
-        let (from, to) = tokio::task::spawn_blocking(move || {
+        let bracket = tokio::task::spawn_blocking(move || {
             let signed = signed
                 .iter()
                 .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
@@ -634,8 +666,16 @@ impl LogStore {
             merkle::first_unmatched(&leaves, signed)
         })
         .await
-        .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?
-        .unwrap_or((0, size));
+        .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
+        let (from, to) = match (bracket, short) {
+            (Some(bracket), _) => bracket,
+            // Every signed tree the entries reach matches: the first one not held is what is missing.
+            (None, true) => {
+                let reason = format!("entry {held} is missing");
+                return Ok(Verification { tree_size: size, first_bad_index: Some(held), reason, signed: true });
+            }
+            (None, false) => (0, size),
+        };
         Ok(Verification {
             tree_size: size,
             first_bad_index: Some(from),

@@ -30,8 +30,29 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub public_key: Option<String>,
     /// Verify only this entry's inclusion proof instead of the whole log.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "checkpoint")]
     pub entry: Option<u64>,
+    /// A checkpoint seen before, as `SIZE:ROOT` (its `treeSize` and hex `rootHash`): the log
+    /// verified must still begin with the tree it signed. A log cut back or rewritten together
+    /// with the checkpoints signed over it, which verifies on its own, fails this.
+    #[arg(long, value_name = "SIZE:ROOT", value_parser = parse_pinned)]
+    pub checkpoint: Option<Pinned>,
+}
+
+/// A checkpoint a verifier kept: its tree size and root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pinned {
+    pub tree_size: u64,
+    pub root_hash: Hash,
+}
+
+/// Reads `--checkpoint`'s `SIZE:ROOT`.
+pub fn parse_pinned(text: &str) -> Result<Pinned, String> {
+    let wrong = || format!("{text:?} is not SIZE:ROOT, a tree size and a 64-digit hex root hash");
+    let (size, root) = text.split_once(':').ok_or_else(wrong)?;
+    let tree_size = size.parse().map_err(|_| wrong())?;
+    let root_hash = decode_hash(root).ok_or_else(wrong)?;
+    Ok(Pinned { tree_size, root_hash })
 }
 
 /// The outcome of a verification that could be carried out.
@@ -137,7 +158,10 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
     let held = leaves.len() as u64;
     let short = held < checkpoint.tree_size;
     if !short && merkle::root_of(&leaves) == checkpoint.root_hash {
-        return Ok(verified(&checkpoint, &verifier));
+        return Ok(match &args.checkpoint {
+            Some(pinned) => pinned_verdict(pinned, &leaves).unwrap_or_else(|| verified(&checkpoint, &verifier)),
+            None => verified(&checkpoint, &verifier),
+        });
     }
     // The root differs: find the first entry that does not match what was signed.
     for (index, leaf) in leaves.iter().enumerate() {
@@ -167,14 +191,26 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
         after = number(&page, "nextAfter").filter(|next| *next > from);
     }
     let last_signed_held = signed.iter().map(|(size, _)| *size).filter(|size| *size <= held).max();
-    let (from, to) = match merkle::first_unmatched(&leaves, signed) {
+    let unmatched = merkle::first_unmatched(&leaves, signed);
+    let (from, to) = match unmatched {
         Some(bracket) => bracket,
         // Every signed tree the entries reach matches: the change is past the last of them.
         None if short => (last_signed_held.unwrap_or(0), held),
         None => (0, checkpoint.tree_size),
     };
     for index in from..to {
-        let served = client.get(&format!("/v1/governance/audit/entries/{index}")).await?;
+        // A server whose stored log is damaged (an entry missing) makes no proof: what the
+        // checkpoints say is then what can be said, the bracket of a change, or that the entries
+        // after the last signed tree they reach are fewer than signed.
+        let Ok(served) = client.get(&format!("/v1/governance/audit/entries/{index}")).await else {
+            return Ok(match (unmatched, short) {
+                (None, true) => Verdict::Tampered {
+                    index: held,
+                    reason: format!("entry {held} is missing (the server makes no proof from its damaged log)"),
+                },
+                _ => Verdict::Tampered { index: from, reason: aigronova_ai_governance::log::changed_between(from, to) },
+            });
+        };
         let proof = hashes(&served["inclusionProof"])?;
         let leaf = &leaves[index as usize];
         if merkle::verify_inclusion(leaf, index, checkpoint.tree_size, &proof, &checkpoint.root_hash).is_err() {
@@ -239,6 +275,30 @@ pub async fn run(args: &VerifyArgs) -> u8 {
             2
         }
     }
+}
+
+/// Whether the verified `leaves` still begin with the tree of the checkpoint `pinned` (`None`), or
+/// where they stop doing so.
+fn pinned_verdict(pinned: &Pinned, leaves: &[Hash]) -> Option<Verdict> {
+    let held = leaves.len() as u64;
+    if pinned.tree_size > held {
+        return Some(Verdict::Tampered {
+            index: held,
+            reason: format!(
+                "the log holds {held} entries, fewer than the {} of the checkpoint given with --checkpoint: entries \
+                 were deleted together with the checkpoints signed over them",
+                pinned.tree_size
+            ),
+        });
+    }
+    let (from, to) = merkle::first_unmatched(leaves, [(pinned.tree_size, pinned.root_hash)])?;
+    Some(Verdict::Tampered {
+        index: from,
+        reason: format!(
+            "the first {to} entries no longer hash to the root of the checkpoint given with --checkpoint: the log \
+             was rewritten together with the checkpoints signed over it"
+        ),
+    })
 }
 
 fn verified(checkpoint: &CheckpointBody, verifier: &CheckpointVerifier) -> Verdict {

@@ -71,7 +71,13 @@ async fn public_key(app: &TestApp, key: &str) -> String {
 }
 
 fn verify_args(app: &TestApp, key: &str, public_key: &str, entry: Option<u64>) -> VerifyArgs {
-    VerifyArgs { url: app.address.clone(), key: key.to_owned(), public_key: Some(public_key.to_owned()), entry }
+    VerifyArgs {
+        url: app.address.clone(),
+        key: key.to_owned(),
+        public_key: Some(public_key.to_owned()),
+        entry,
+        checkpoint: None,
+    }
 }
 
 fn root_of(checkpoint: &Value) -> Hash {
@@ -334,7 +340,7 @@ async fn the_cli_waits_as_a_rate_limited_gateway_says() {
 }
 
 async fn tampering_is_found_at_its_index(backend: Backend) {
-    let app = spawn_app(backend).await;
+    let mut app = spawn_app(backend).await;
     let key = tenant_key(&app).await;
     let patient = app.create_patient(&key).await;
     // The registration, then five assessments: six entries.
@@ -391,6 +397,24 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
     app.execute_on_governance("UPDATE audit_entries SET idx = idx - 1001 WHERE idx > 1000").await;
     let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
     assert!(matches!(verdict, Verdict::Tampered { index: 1, .. }), "{verdict:?}");
+    // Read afresh after a restart, the damaged log still serves its checkpoint and the report, which
+    // say where it fails; a proof from it is refused, saying why, and an entry it lacks is not found.
+    app.restart().await;
+    assert_eq!(app.get("/v1/governance/audit/checkpoint", &key).await.status(), 200);
+    let report: Value = app.get("/v1/governance/reports/iso27001", &key).await.json().await.unwrap();
+    // Without the tree it signed, the change is placed within its batch: at or before entry 1.
+    let verification = &report["verification"];
+    assert_eq!(verification["verified"], false, "{verification}");
+    let first_bad: u64 = verification["firstBadIndex"].as_str().unwrap().parse().unwrap();
+    assert!(first_bad <= 1 && verification["detail"].as_str().unwrap().contains("does not match"), "{verification}");
+    for path in ["/v1/governance/audit/entries/0", "/v1/governance/audit/consistency?from=1&to=6"] {
+        let problem = assert_problem(app.get(path, &key).await, 500).await;
+        assert!(problem["detail"].as_str().unwrap().contains("audit log is damaged"), "{path}: {problem}");
+    }
+    assert_problem(app.get("/v1/governance/audit/entries/5", &key).await, 404).await;
+    let verdict = audit::verify(&verify_args(&app, &key, &public_key, None)).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 0 | 1, .. }), "{verdict:?}");
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
     // The last entry is now missing from a tree its checkpoint signed: tampered, not unverifiable.
     let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(5))).await.unwrap();
     assert!(matches!(verdict, Verdict::Tampered { index: 5, .. }), "{verdict:?}");
@@ -408,6 +432,38 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
         let args = VerifyArgs { url: url.to_owned(), ..verify_args(&app, &key, &public_key, None) };
         assert_eq!(audit::run(&args).await, 64, "{url}");
     }
+    app.stop().await;
+}
+
+/// A log cut back together with the checkpoints signed over what was cut verifies on its own; a
+/// verifier that kept a checkpoint it saw before finds it, as it finds a log rewritten below it.
+#[tokio::test]
+async fn a_log_cut_back_with_its_checkpoints_fails_against_a_kept_checkpoint() {
+    let mut app = spawn_app(Backend::Sqlite).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    wait_for_size(&app, &key, 1).await;
+    for size in 2..=4 {
+        assess(&app, &key, &patient).await;
+        wait_for_size(&app, &key, size).await;
+    }
+    let kept = checkpoint(&app, &key).await;
+    let pinned = format!("{}:{}", tree_size(&kept), kept["rootHash"].as_str().unwrap());
+    let public_key = public_key(&app, &key).await;
+    let args = |app: &TestApp, checkpoint: &str| VerifyArgs {
+        checkpoint: Some(audit::parse_pinned(checkpoint).unwrap()),
+        ..verify_args(app, &key, &public_key, None)
+    };
+    assert_eq!(audit::run(&args(&app, &pinned)).await, 0, "the log still holds the kept checkpoint's tree");
+    let earlier = format!("2:{}", hex::encode(merkle::root_of(&[])));
+    assert_eq!(audit::run(&args(&app, &earlier)).await, 1, "a root the log's first 2 entries do not hash to");
+
+    app.execute_on_governance("DELETE FROM audit_entries WHERE idx >= 2").await;
+    app.execute_on_governance("DELETE FROM audit_checkpoints WHERE tree_size > 2").await;
+    app.restart().await;
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0, "on its own the cut log verifies");
+    let verdict = audit::verify(&args(&app, &pinned)).await.unwrap();
+    assert!(matches!(verdict, Verdict::Tampered { index: 2, .. }), "{verdict:?}");
     app.stop().await;
 }
 
