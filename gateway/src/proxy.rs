@@ -39,21 +39,31 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: the gateway's database and every upstream answer.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
-    let database = state.store.database().ping().await.is_ok();
-    let mut upstreams = serde_json::Map::new();
+    // Every check at once, each within its own deadline, well within a readiness probe's: one
+    // part that hangs (a database, an upstream that accepts connections and answers nothing) is
+    // reported as down rather than holding the answer.
     let token = state.signer.mint_reusable(&aigronova_platform::auth::Caller::service("gateway", "readiness"));
+    let database = async {
+        matches!(
+            tokio::time::timeout(crate::upstream::HEALTH_CHECK_TIMEOUT, state.store.database().ping()).await,
+            Ok(Ok(_))
+        )
+    };
+    let checks = futures_util::future::join_all(
+        state.upstreams.owners().map(|owner| async { (owner.clone(), state.upstreams.health(owner, &token).await) }),
+    );
+    let (database, checks, rate_limits) = tokio::join!(database, checks, state.limiter.readiness());
+    let mut upstreams = serde_json::Map::new();
     let mut refused = 0;
-    for owner in state.upstreams.owners() {
-        let health = state.upstreams.health(owner, &token).await;
+    for (owner, health) in checks {
         refused += usize::from(health == Health::RefusesToken);
-        upstreams.insert(owner.clone(), (health == Health::Serving).into());
+        upstreams.insert(owner, (health == Health::Serving).into());
     }
     // With Redis and `redis_failure = "closed"`, a replica that cannot reach Redis refuses every
     // tenant call: not ready, so that a load balancer sends them elsewhere. An upstream that is
     // down is every replica's problem, which the circuit breakers answer for its routes alone:
     // reported, it leaves the gateway ready, so that the other services stay reachable. Every
     // upstream refusing the gateway's token is this replica's key: not ready.
-    let rate_limits = state.limiter.readiness().await;
     let own_key_refused = !upstreams.is_empty() && refused == upstreams.len();
     let limits_refuse = rate_limits == Some(false) && state.limiter.fails_closed();
     let ready = database && !limits_refuse && !own_key_refused;

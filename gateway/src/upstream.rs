@@ -308,13 +308,25 @@ impl Upstreams {
     }
 
     /// What `owner` answers on `grpc.health.v1` to a check that carries `token`, the gateway's
-    /// internal token: a service that does not take the gateway's key refuses it.
+    /// internal token: a service that does not take the gateway's key refuses it; one that does
+    /// not answer within [`HEALTH_CHECK_TIMEOUT`] (or the upstream timeout, if shorter) is down.
     pub(crate) async fn health(&self, owner: &str, token: &str) -> Health {
         // An empty HealthCheckRequest asks about the whole server; SERVING encodes as field 1 = 1.
         let check = PathAndQuery::from_static("/grpc.health.v1.Health/Check");
         let mut metadata = MetadataMap::new();
         aigronova_platform::auth::attach_token(&mut metadata, token);
-        match self.unary(owner, check, Bytes::new(), metadata, self.timeout, &AtomicBool::new(false)).await {
+        let deadline = HEALTH_CHECK_TIMEOUT.min(self.timeout);
+        let sent = AtomicBool::new(false);
+        let call = self.unary(owner, check, Bytes::new(), metadata, deadline, &sent);
+        let Ok(answer) = tokio::time::timeout(deadline, call).await else {
+            tracing::warn!(
+                upstream = owner,
+                deadline_ms = deadline.as_millis(),
+                "the upstream's health check went unanswered"
+            );
+            return Health::Unavailable;
+        };
+        match answer {
             Ok(response) if response.as_ref() == [0x08, 0x01] => Health::Serving,
             Err(status) if status.code() == Code::Unauthenticated => {
                 tracing::warn!(
@@ -329,6 +341,10 @@ impl Upstreams {
         }
     }
 }
+
+/// How long `/readyz` waits for each upstream's health check (and the database's ping): well
+/// within a readiness probe's timeout (3 s in the Helm chart), all of them at once.
+pub(crate) const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What an upstream answers to the gateway's health check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -115,6 +115,25 @@ async fn probes_answer_without_a_key() {
     assert_eq!(body["upstreams"]["healthquantum"], false, "{body}");
     alone.stop().await;
 
+    // One that takes connections and answers nothing is down too, said within the check's
+    // deadline (a second) rather than holding the probe for as long as it stays silent.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            connections.push(connection);
+        }
+    });
+    let stalled = spawn_gateway(&silent_url, |_| {}).await;
+    let probe = stalled.client.get(stalled.url("/readyz")).timeout(std::time::Duration::from_secs(5));
+    let ready = probe.send().await.expect("/readyz answers while an upstream stays silent");
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["upstreams"]["healthquantum"], false, "{body}");
+    stalled.stop().await;
+    held.abort();
+
     // A gateway whose internal key no service takes would have every call refused: it is not
     // ready, though the services are up.
     let foreign = spawn_gateway(app.upstream_url("healthquantum"), |_| {}).await;
