@@ -493,6 +493,23 @@ async fn run(command: Command, config: AppConfig) -> anyhow::Result<()> {
     }
     match command {
         Command::Up { http_addr, data_dir } => {
+            // `up` runs these services itself and points the gateway at them: a setting naming
+            // others would be ignored, so it is refused (ai-governance's is taken, as elsewhere).
+            let elsewhere: Vec<&String> = config
+                .gateway
+                .upstreams
+                .keys()
+                .filter(|name| {
+                    [aigronova_healthquantum::SERVICE_NAME, aigronova_finquantum::SERVICE_NAME].contains(&name.as_str())
+                })
+                .collect();
+            if let Some(name) = elsewhere.first() {
+                return Err(ConfigError(format!(
+                    "gateway.upstreams.{name} is set, but `aigronova up` runs {name} itself and points the gateway at \
+                     it: leave it unset, or run `aigronova serve gateway` to use services elsewhere"
+                ))
+                .into());
+            }
             create_private_dir(&data_dir)?;
             let config = config.embedded(http_addr, &data_dir);
             // On standard error, whose lines are for a person: standard output carries the JSON

@@ -489,6 +489,19 @@ fn a_config_path_that_is_a_directory_stops_the_start_with_64() {
 }
 
 #[test]
+fn an_upstream_set_for_a_service_up_runs_itself_stops_the_start_with_64() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_aigronova"))
+        .args(["up", "--http-addr", "127.0.0.1:0", "--data-dir", data.path().to_str().unwrap()])
+        .env("AIGRONOVA__GATEWAY__UPSTREAMS__FINQUANTUM", "http://127.0.0.1:6392")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("gateway.upstreams.finquantum is set") && stderr.contains("serve gateway"), "{stderr}");
+}
+
+#[test]
 fn a_service_served_alone_answers_metrics_on_its_own_port() {
     let data = tempfile::tempdir().unwrap();
     let keys = Command::new(env!("CARGO_BIN_EXE_aigronova")).arg("keygen").output().unwrap();
