@@ -293,6 +293,8 @@ impl LogStore {
         .await?;
         transaction.commit().await?;
         log.latest = Some(checkpoint);
+        // The tree just signed over was read whole and matched its signed root.
+        log.damaged = None;
         Ok(outcome)
     }
 
@@ -605,13 +607,18 @@ impl LogStore {
         }
         let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         let mut first_bad = None;
-        while (leaves.len() as u64) < size {
+        'pages: while (leaves.len() as u64) < size {
             let page = self.entries(tenant_id, leaves.len() as u64, 10_000).await?;
             if page.is_empty() {
                 break;
             }
-            for entry in page.into_iter().take_while(|entry| entry.index < size) {
+            for entry in page {
                 let expected = leaves.len() as u64;
+                if expected >= size {
+                    break 'pages;
+                }
+                // Every page either adds the entry expected next or ends here: an entry stored
+                // past the signed size while one below it is gone is a missing entry too.
                 if entry.index != expected {
                     let reason = format!("entry {expected} is missing");
                     return Ok(Verification { tree_size: size, first_bad_index: Some(expected), reason, signed: true });

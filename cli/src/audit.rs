@@ -51,6 +51,9 @@ pub fn parse_pinned(text: &str) -> Result<Pinned, String> {
     let wrong = || format!("{text:?} is not SIZE:ROOT, a tree size and a 64-digit hex root hash");
     let (size, root) = text.split_once(':').ok_or_else(wrong)?;
     let tree_size = size.parse().map_err(|_| wrong())?;
+    if tree_size == 0 {
+        return Err(format!("{text:?} pins an empty log, which every log extends: pin a size of 1 or more"));
+    }
     let root_hash = decode_hash(root).ok_or_else(wrong)?;
     Ok(Pinned { tree_size, root_hash })
 }

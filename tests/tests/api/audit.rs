@@ -464,6 +464,36 @@ async fn a_log_cut_back_with_its_checkpoints_fails_against_a_kept_checkpoint() {
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0, "on its own the cut log verifies");
     let verdict = audit::verify(&args(&app, &pinned)).await.unwrap();
     assert!(matches!(verdict, Verdict::Tampered { index: 2, .. }), "{verdict:?}");
+    // An empty log is extended by every log: pinning it would check nothing.
+    let empty = format!("0:{}", hex::encode(merkle::root_of(&[])));
+    assert!(audit::parse_pinned(&empty).unwrap_err().contains("pin a size of 1 or more"));
+    app.stop().await;
+}
+
+/// An entry deleted below the latest checkpoint while later entries are still stored past it
+/// (their checkpoints deleted too): the report and the verifier name the missing entry.
+#[tokio::test]
+async fn an_entry_missing_below_entries_stored_past_the_checkpoint_is_named() {
+    let mut app = spawn_app(Backend::Sqlite).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    wait_for_size(&app, &key, 1).await;
+    for size in 2..=5 {
+        assess(&app, &key, &patient).await;
+        wait_for_size(&app, &key, size).await;
+    }
+    let public_key = public_key(&app, &key).await;
+    app.execute_on_governance("DELETE FROM audit_checkpoints WHERE tree_size > 3").await;
+    assert_eq!(app.execute_on_governance("DELETE FROM audit_entries WHERE idx = 2").await, 1);
+    app.restart().await;
+
+    let report = tokio::time::timeout(Duration::from_secs(30), app.get("/v1/governance/reports/iso27001", &key))
+        .await
+        .expect("the report answers");
+    let report: Value = report.json().await.unwrap();
+    assert_eq!(report["verification"]["firstBadIndex"], "2", "{}", report["verification"]);
+    assert!(report["verification"]["detail"].as_str().unwrap().contains("entry 2 is missing"), "{report}");
+    assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 1);
     app.stop().await;
 }
 
