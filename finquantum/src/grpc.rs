@@ -89,9 +89,9 @@ impl FinQuantumApi {
         let grant = Grant { consent_id: &consent.id, cipher: &cipher };
         let accounts = self.client.accounts(base, grant).await.map_err(failed)?;
         // A year, to today in Brasília, is the longest period an institution answers for.
-        let window = crate::openfinance::booking_window(Utc::now());
-        let mut fetched =
-            Fetched { accounts: Vec::new(), transactions: Vec::new(), booked_from: window.0, renamed: Vec::new() };
+        let fetched_at = Utc::now();
+        let window = crate::openfinance::booking_window(fetched_at);
+        let mut fetched = Fetched { accounts: Vec::new(), transactions: Vec::new(), fetched_at };
         for account in accounts {
             let balance = if consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
                 Some(self.client.balance(base, grant, &account.account_id).await.map_err(failed)?)
@@ -110,11 +110,7 @@ impl FinQuantumApi {
             };
             // No card number in clear, even as an id.
             for mut transaction in transactions {
-                let stored = crate::stored_transaction_id(&cipher, &transaction.transaction_id);
-                if stored != transaction.transaction_id {
-                    let clear = std::mem::replace(&mut transaction.transaction_id, stored.clone());
-                    fetched.renamed.push((account.account_id.clone(), clear, stored));
-                }
+                transaction.transaction_id = crate::stored_transaction_id(&cipher, &transaction.transaction_id);
                 fetched.transactions.push((account.account_id.clone(), transaction));
             }
             fetched.accounts.push((account, balance));
@@ -647,8 +643,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let (first_day, next_month) = bounds;
         let reached =
             |account: &crate::store::StoredAccount| account.booked.0 < next_month && account.booked.1 >= first_day;
-        let held_in_month =
-            held.transactions.iter().any(|t| crate::openfinance::brasilia_date(t.booked_at) < next_month);
+        let held_in_month = held
+            .transactions
+            .iter()
+            .any(|t| (first_day..next_month).contains(&crate::openfinance::brasilia_date(t.booked_at)));
         if !held.accounts.is_empty() && !held.accounts.iter().any(reached) && !held_in_month {
             let from = held.accounts.iter().map(|account| account.booked.0).min().unwrap_or(first_day);
             let through = held.accounts.iter().map(|account| account.booked.1).max().unwrap_or(first_day);

@@ -376,6 +376,17 @@ pub fn stored_transaction_id(cipher: &aigronova_platform::crypto::TenantCipher, 
     format!("{masked}~{}", &digest[..16])
 }
 
+/// Whether `id` is in the form [`stored_transaction_id`] gives an id that held a card number:
+/// masked, `~`, 16 lowercase hex digits (which may read as a card number by chance).
+pub fn is_stored_card_id(id: &str) -> bool {
+    id.rsplit_once('~').is_some_and(|(masked, digest)| {
+        digest.len() == 16
+            && digest.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+            && masked.contains('*')
+            && mask_card_numbers(masked) == masked
+    })
+}
+
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
 /// digits (ASCII, full-width, or any script's decimal digits) passing the Luhn check, in one group or in groups split by spaces,
 /// dashes, dots, commas, slashes, asterisks, underscores or invisible characters (up to five
@@ -589,6 +600,23 @@ fn luhn(digits: &[char]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_stored_masked_is_told_from_one_in_clear() {
+        // The digest may read as digits only.
+        for stored in ["****1111~3f9a0c1d2e4b5a6c", "PARC ****4444~1234567890123452"] {
+            assert!(is_stored_card_id(stored), "{stored}");
+        }
+        for clear in [
+            "4111111111111111",
+            "4111111111111111~3f9a0c1d2e4b5a6c",
+            "PIX~3f9a0c1d2e4b5a6c",
+            "****1111~3F9A0C1D2E4B5A6C",
+            "****1111~3f9a0c1d2e4b5a6",
+        ] {
+            assert!(!is_stored_card_id(clear), "{clear}");
+        }
+    }
 
     #[test]
     fn card_numbers_never_stay_in_clear() {

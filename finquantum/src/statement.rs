@@ -39,7 +39,8 @@ pub struct AccountStatement {
     pub brand_name: String,
     pub number: String,
     /// The booking days the account's transactions were fetched for (`yyyy-mm-dd`, Brasília):
-    /// from the first day its earliest ingestion asked for to the day of its last ingestion.
+    /// from the first day its earliest ingestion asked for (of those the later ones meet with no
+    /// day between them) to the day of its last ingestion.
     pub fetched_from: String,
     pub fetched_through: String,
     /// Whether those days hold the whole month (its last day over before the last ingestion):
@@ -57,8 +58,8 @@ pub struct AccountStatement {
     pub net: String,
     pub categories: Vec<CategoryTotal>,
     /// End-of-day balance of each day with movements, from the day before the first day fetched;
-    /// empty when the closing balance is not known (no balance fetched, or a month before the
-    /// first day fetched).
+    /// empty when the closing balance is not known (no balance fetched, or a month that ended
+    /// more than a day before the first day fetched).
     pub balances: Vec<DailyBalance>,
     pub transactions: Vec<StatementLine>,
 }
@@ -117,13 +118,17 @@ pub fn build(
         // fetched before the month ended (nothing held moved between).
         let (fetched_from, fetched_through) = account.booked;
         let known = fetched_from <= next || account.balance_at.is_some_and(|at| brasilia_date(at) < next);
+        // A balance taken within the month moves on with what the month held after it.
         let closing = account.balance_cents.filter(|_| known).map(|balance| {
-            let after: i64 = own
-                .iter()
-                .filter(|t| brasilia_date(t.booked_at) >= next && Some(t.booked_at) <= account.balance_at)
-                .map(|t| t.signed_cents())
-                .sum();
-            balance - after
+            let moved = |t: &&&StoredTransaction| {
+                let at = account.balance_at;
+                match brasilia_date(t.booked_at) >= next {
+                    true if Some(t.booked_at) <= at => -t.signed_cents(),
+                    false if Some(t.booked_at) > at => t.signed_cents(),
+                    _ => 0,
+                }
+            };
+            balance + own.iter().map(|t| moved(&t)).sum::<i64>()
         });
         let net: i64 = in_month.iter().map(|t| t.signed_cents()).sum();
         // Walked back over the month's movements held; the balance before its first day only
@@ -260,7 +265,7 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
         if account.closing_balance.is_none() {
             pdf.paragraph(
                 "Saldo não disponível / Not known: no balance of this account held under a usable consent reaches \
-                 back to this month, or the month is before the first day fetched.",
+                 back to this month, or the month ended more than a day before the first day fetched.",
             );
         } else if account.balances.is_empty() {
             pdf.paragraph(NONE);
@@ -388,8 +393,14 @@ mod tests {
         let september =
             build("cust", "2026-09", month_bounds("2026-09").unwrap(), std::slice::from_ref(&reaching), &transactions);
         assert!(september.complete);
-        let november = build("cust", "2026-11", month_bounds("2026-11").unwrap(), &[reaching], &transactions);
+        let november =
+            build("cust", "2026-11", month_bounds("2026-11").unwrap(), std::slice::from_ref(&reaching), &transactions);
         assert!(!november.complete);
+        // A balance taken within the month moves on with what the month held after it.
+        let later = transaction("h", false, "PIX", 30_00, "2026-11-25T12:00:00Z");
+        let with_later = [&transactions[..], std::slice::from_ref(&later)].concat();
+        let november = build("cust", "2026-11", month_bounds("2026-11").unwrap(), &[reaching], &with_later);
+        assert_eq!(november.accounts[0].closing_balance.as_deref(), Some("970.00"), "{november:?}");
         // No account: nothing was fetched for any day of the month.
         assert!(!build("cust", "2026-10", month_bounds("2026-10").unwrap(), &[], &transactions).complete);
     }

@@ -97,15 +97,14 @@ impl StoredTransaction {
     }
 }
 
-/// What one ingestion fetched, ready to store.
-#[derive(Debug)]
+/// What one ingestion fetched, ready to store (no `Debug`: transaction names and ids as the
+/// institution sent them, before any card number in them is masked, are not for logs).
 pub struct Fetched {
     pub accounts: Vec<(openfinance::Account, Option<openfinance::Balance>)>,
     pub transactions: Vec<(String, openfinance::Transaction)>,
-    /// The first booking day the transactions were asked for (the last is the day of the fetch).
-    pub booked_from: NaiveDate,
-    /// Transaction ids that held a card number, by account: as sent, and as stored.
-    pub renamed: Vec<(String, String, String)>,
+    /// When the fetch began: the transactions were asked for over
+    /// [`openfinance::booking_window`] of it.
+    pub fetched_at: DateTime<Utc>,
 }
 
 /// A stored credit decision.
@@ -357,8 +356,8 @@ impl Store {
         consent_of(&current)?
             .allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now)
             .map_err(|status| Error::Refused(Box::new(status)))?;
-        let fetched_at = time::stored(now);
-        let booked_from = fetched.booked_from.to_string();
+        let fetched_at = time::stored(fetched.fetched_at);
+        let window = openfinance::booking_window(fetched.fetched_at);
         let mut stored = Vec::with_capacity(fetched.accounts.len());
         let kept = match consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
             true => BTreeSet::new(),
@@ -377,12 +376,20 @@ impl Store {
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
+            let booked_from = booked_from_after(
+                &mut transaction,
+                tenant_id,
+                &consent.customer_id,
+                &consent.institution,
+                &account.account_id,
+                window,
+            )
+            .await?;
             if kept.contains(&account.account_id) {
                 // Held under another consent that grants its balance: it stays there, balance
                 // and all; only its description is refreshed.
                 sqlx::query(
-                    "UPDATE accounts SET kind = $5, brand_name = $6, number = $7, fetched_at = $8, \
-                     booked_from = CASE WHEN booked_from < $9 THEN booked_from ELSE $9 END \
+                    "UPDATE accounts SET kind = $5, brand_name = $6, number = $7, fetched_at = $8, booked_from = $9 \
                      WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
                 )
                 .bind(tenant_id)
@@ -393,7 +400,7 @@ impl Store {
                 .bind(&account.brand_name)
                 .bind(format!("{}-{}", account.number, account.check_digit))
                 .bind(&fetched_at)
-                .bind(&booked_from)
+                .bind(booked_from.to_string())
                 .execute(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
@@ -411,8 +418,7 @@ impl Store {
                  ON CONFLICT (tenant_id, customer_id, institution, account_id) DO UPDATE SET \
                  consent_id = excluded.consent_id, kind = excluded.kind, brand_name = excluded.brand_name, \
                  number = excluded.number, balance_cents = excluded.balance_cents, balance_at = excluded.balance_at, \
-                 fetched_at = excluded.fetched_at, booked_from = CASE WHEN accounts.booked_from < \
-                 excluded.booked_from THEN accounts.booked_from ELSE excluded.booked_from END",
+                 fetched_at = excluded.fetched_at, booked_from = excluded.booked_from",
             )
             .bind(tenant_id)
             .bind(&consent.customer_id)
@@ -425,7 +431,7 @@ impl Store {
             .bind(balance_cents)
             .bind(balance_at.map(time::stored))
             .bind(&fetched_at)
-            .bind(&booked_from)
+            .bind(booked_from.to_string())
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
@@ -440,25 +446,14 @@ impl Store {
                 balance_cents,
                 balance_at,
                 summary: None,
-                booked: (fetched.booked_from, brasilia_date(now)),
+                booked: (booked_from, window.1),
             });
         }
-        // A transaction stored before under an id in clear that holds a card number takes the id
-        // it is stored under now.
-        for (account_id, clear, stored) in &fetched.renamed {
-            sqlx::query(
-                "UPDATE transactions SET transaction_id = $6 WHERE tenant_id = $1 AND customer_id = $2 \
-                 AND institution = $3 AND account_id = $4 AND transaction_id = $5",
-            )
-            .bind(tenant_id)
-            .bind(&consent.customer_id)
-            .bind(&consent.institution)
-            .bind(account_id)
-            .bind(clear)
-            .bind(stored)
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        // Transactions stored under an id in clear that holds a card number (by an earlier
+        // version, fetched in an earlier window too) take the id they are stored under now.
+        let cipher = self.keys.cipher(tenant_id).await?;
+        for (account, _) in &fetched.accounts {
+            rename_card_ids(&mut transaction, &cipher, tenant_id, consent, &account.account_id).await?;
         }
         let mut inserted = 0;
         for (account_id, item) in &fetched.transactions {
@@ -1301,6 +1296,88 @@ fn consent_of(row: &AnyRow) -> Result<Consent, StoreError> {
         revoked_at: stored_time(row, "revoked_at")?,
         last_ingested_at: stored_time(row, "last_ingested_at")?,
     })
+}
+
+/// The first booking day from which every transaction of the account is held once a fetch over
+/// `window` is stored: the first held before when the window meets or overlaps the days held
+/// (none missing between them), the window's own otherwise.
+async fn booked_from_after(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    customer_id: &str,
+    institution: &str,
+    account_id: &str,
+    window: (NaiveDate, NaiveDate),
+) -> Result<NaiveDate, StoreError> {
+    let row = sqlx::query(
+        "SELECT * FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
+    )
+    .bind(tenant_id)
+    .bind(customer_id)
+    .bind(institution)
+    .bind(account_id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let Some(row) = row else { return Ok(window.0) };
+    let (held_from, held_through) = account_of(&row)?.booked;
+    Ok(match held_through.succ_opt().is_some_and(|next| window.0 <= next) {
+        true => held_from.min(window.0),
+        false => window.0,
+    })
+}
+
+/// Renames the account's transactions stored under an id in clear that holds a card number to
+/// [`crate::stored_transaction_id`]; one whose new id is stored already (fetched since) is dropped.
+async fn rename_card_ids(
+    connection: &mut sqlx::AnyConnection,
+    cipher: &TenantCipher,
+    tenant_id: &str,
+    consent: &Consent,
+    account_id: &str,
+) -> Result<(), StoreError> {
+    let rows = sqlx::query(
+        "SELECT transaction_id FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+         AND account_id = $4",
+    )
+    .bind(tenant_id)
+    .bind(&consent.customer_id)
+    .bind(&consent.institution)
+    .bind(account_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    for row in rows {
+        let clear: String = row.try_get("transaction_id")?;
+        let stored = crate::stored_transaction_id(cipher, &clear);
+        if stored == clear || crate::is_stored_card_id(&clear) {
+            continue;
+        }
+        sqlx::query(
+            "UPDATE transactions SET transaction_id = $6 WHERE tenant_id = $1 AND customer_id = $2 \
+             AND institution = $3 AND account_id = $4 AND transaction_id = $5 AND NOT EXISTS (SELECT 1 FROM \
+             transactions AS held WHERE held.tenant_id = $1 AND held.customer_id = $2 AND held.institution = $3 \
+             AND held.account_id = $4 AND held.transaction_id = $6)",
+        )
+        .bind(tenant_id)
+        .bind(&consent.customer_id)
+        .bind(&consent.institution)
+        .bind(account_id)
+        .bind(&clear)
+        .bind(&stored)
+        .execute(&mut *connection)
+        .await?;
+        sqlx::query(
+            "DELETE FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+             AND account_id = $4 AND transaction_id = $5",
+        )
+        .bind(tenant_id)
+        .bind(&consent.customer_id)
+        .bind(&consent.institution)
+        .bind(account_id)
+        .bind(&clear)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
 }
 
 fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {

@@ -703,6 +703,53 @@ async fn an_institution_that_cannot_be_reached_is_a_503_that_names_no_address() 
     app.stop().await;
 }
 
+/// The days an account's transactions are held from reach back over the ingestions whose windows
+/// meet with no day between them; a window after a gap starts them again, and an account stored
+/// before the first day was kept counts from its last fetch's window.
+#[tokio::test]
+async fn the_days_fetched_reach_back_only_over_windows_that_meet() {
+    let bank = Institution::start().await;
+    let app = start(
+        Backend::Sqlite,
+        &bank,
+        vec![("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() })],
+    )
+    .await;
+    let tenant = app.create_tenant_on("Financeira Contínua", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let granted = consent(&app, &key, &cpf(747_474_747), "banco-a", ALL).await;
+    let (consent_id, customer) = (granted["id"].as_str().unwrap(), granted["customerId"].as_str().unwrap());
+    assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
+    let now = chrono::Utc::now();
+    let today = (now - chrono::Duration::hours(3)).date_naive();
+    let window_from = today - chrono::Days::new(364);
+    let fetched_from = || async {
+        let month = today.format("%Y-%m");
+        let statement: Value =
+            app.get(&format!("/v1/fin/customers/{customer}/statements/{month}"), &key).await.json().await.unwrap();
+        statement["accounts"][0]["fetchedFrom"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(fetched_from().await, window_from.to_string());
+    let stored = |days: i64| aigronova_platform::time::stored(now - chrono::Duration::days(days));
+    // (first day held, last fetch, first day held after the next ingestion)
+    let cases = [
+        // Fetched 20 days ago over a window that began 30 days before today's: kept.
+        (Some(window_from - chrono::Days::new(30)), stored(20), window_from - chrono::Days::new(30)),
+        // Last fetched 400 days ago: the days between were never fetched.
+        (Some(window_from - chrono::Days::new(400)), stored(400), window_from),
+        // Stored before the first day was kept: its last fetch's window, 20 days earlier than today's.
+        (None, stored(20), window_from - chrono::Days::new(20)),
+    ];
+    for (held_from, fetched_at, expected) in cases {
+        let held_from = held_from.map_or("NULL".to_owned(), |day| format!("'{day}'"));
+        let sql = format!("UPDATE accounts SET booked_from = {held_from}, fetched_at = '{fetched_at}'");
+        assert_eq!(app.execute_on_fin(&sql).await, 1);
+        assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
+        assert_eq!(fetched_from().await, expected.to_string(), "{sql}");
+    }
+    app.stop().await;
+}
+
 /// An institution's failures are its own: an answer outside the Open Finance shapes is a 502 and is
 /// not kept for the next ingestion, and however many ingestions fail, even past the gateway's
 /// deadline for finquantum, finquantum's circuit at the gateway stays closed.
@@ -792,6 +839,25 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
     assert_eq!(ingested["newTransactions"], 0, "{ingested}");
     assert_eq!(app.count_fin_rows("transactions WHERE transaction_id LIKE '****1111~%'").await, 1);
     assert_eq!(app.count_fin_rows("transactions").await, 6);
+    // So does one stored in clear beside its masked copy (the copy kept), and one the institution
+    // no longer sends.
+    app.execute_on_fin(
+        "INSERT INTO transactions (tenant_id, customer_id, institution, account_id, transaction_id, credit, kind, \
+         name, amount_cents, currency, booked_at, fetched_at) SELECT tenant_id, customer_id, institution, account_id, \
+         '4111111111111111', credit, kind, name, amount_cents, currency, booked_at, fetched_at FROM transactions \
+         WHERE transaction_id LIKE '****1111~%'",
+    )
+    .await;
+    app.execute_on_fin("UPDATE transactions SET transaction_id = '5555555555554444' WHERE transaction_id = 'tx-1'")
+        .await;
+    let ingested: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
+    assert_eq!(ingested["newTransactions"], 1, "tx-1 fetched again: {ingested}");
+    for (pattern, count) in [("****1111~%", 1), ("****4444~%", 1), ("%4111111111111111%", 0), ("%5555555555554444%", 0)]
+    {
+        let rows = app.count_fin_rows(&format!("transactions WHERE transaction_id LIKE '{pattern}'")).await;
+        assert_eq!(rows, count, "{pattern}");
+    }
+    assert_eq!(app.count_fin_rows("transactions").await, 7);
     app.execute_on_fin("DELETE FROM transactions").await;
     bank.serve("banco-a", Profile { accounts: vec![checking_account()], ..Profile::default() });
     assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
