@@ -262,7 +262,7 @@ pub(crate) async fn update_tenant(
     if plan.is_none() && status.is_none() {
         return Err(Problem::bad_request("give plan, status or both"));
     }
-    existing_tenant(&state, &tenant_id).await?;
+    let before = existing_tenant(&state, &tenant_id).await?;
     let tenant = state
         .store
         .update_tenant(&tenant_id, plan, status)
@@ -270,6 +270,9 @@ pub(crate) async fn update_tenant(
         .map_err(store_failure)?
         .ok_or_else(|| Problem::not_found(format!("tenant {:?} not found", &*tenant_id)))?;
     state.invalidation.tenant_changed(&tenant_id).await;
+    if tenant.plan != before.plan {
+        state.limiter.forget_tenant(&tenant_id).await;
+    }
     tracing::info!(tenant_id = %tenant_id, plan = tenant.plan.as_str(), status = %tenant.status, "tenant updated");
     Ok(Json(tenant).into_response())
 }

@@ -258,6 +258,21 @@ impl RateLimiter {
         }
     }
 
+    /// Starts every rate limit of `tenant_id` afresh, as after a plan change: the state kept
+    /// under the limits of a plan the tenant had before would otherwise come back with it. A
+    /// Redis that cannot be reached leaves them as they were, with a warning.
+    pub(crate) async fn forget_tenant(&self, tenant_id: &str) {
+        match &self.inner.backend {
+            Backend::Local(local) => local.forget_tenant(tenant_id),
+            Backend::Redis(redis) => {
+                if let Err(error) = redis.forget_tenant(tenant_id).await {
+                    crate::metrics::metrics().rate_limit_backend_errors.inc();
+                    tracing::warn!(tenant_id = %tenant_id, %error, "the tenant's rate limits could not be started afresh");
+                }
+            }
+        }
+    }
+
     /// Counts one inference call of the tenant this month, when `inference`; refuses it with 429
     /// when the quota is used up. Settle the reservation with the call's outcome: a call that
     /// fails gives its unit back, and so does a request refused before reaching the service,

@@ -58,6 +58,12 @@ impl LocalBackend {
         outcome
     }
 
+    /// Drops every rate state of `tenant_id`.
+    pub(super) fn forget_tenant(&self, tenant_id: &str) {
+        let prefix = format!("{tenant_id}:");
+        self.state().tats.retain(|key, _| !key.starts_with(&prefix));
+    }
+
     pub(super) fn reserve_inference(&self, tenant_id: &str, month: &str, quota: u64) -> QuotaOutcome {
         let mut state = self.state();
         let entry = state.inference.entry(tenant_id.to_owned()).or_insert_with(|| (month.to_owned(), 0));

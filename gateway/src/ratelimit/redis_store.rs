@@ -141,6 +141,38 @@ impl RedisBackend {
         }
     }
 
+    /// Deletes every rate state of `tenant_id` (its keys found by `SCAN`, a page at a time).
+    pub(super) async fn forget_tenant(&self, tenant_id: &str) -> Result<(), RedisError> {
+        let escaped: String = self
+            .rate_key(tenant_id, "")
+            .chars()
+            .flat_map(|c| {
+                let special = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                special.then_some('\\').into_iter().chain([c])
+            })
+            .collect();
+        let pattern = format!("{escaped}*");
+        let mut connection = self.connection.clone();
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut connection)
+                .await?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK").arg(&keys).query_async::<i64>(&mut connection).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
     pub(super) async fn reserve_inference(
         &self,
         tenant_id: &str,

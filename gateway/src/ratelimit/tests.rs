@@ -76,6 +76,15 @@ async fn an_upgrade_lifts_the_limit_at_once(limiter: &RateLimiter, tenant: &str)
     let mut headers = HeaderMap::new();
     limiter.admit(tenant, "k1", &enterprise, &mut headers).await.expect("the new plan's burst, at once");
     assert_eq!(header(&headers, &RATELIMIT), [r#""tenant";r=399;t=1"#], "t rounded up");
+    // Back to the first plan, started afresh: its burst whole again, another tenant's state kept.
+    limiter.admit("other", "k9", &starter, &mut HeaderMap::new()).await.unwrap();
+    limiter.forget_tenant(tenant).await;
+    let mut headers = HeaderMap::new();
+    limiter.admit(tenant, "k1", &starter, &mut headers).await.expect("the first plan's burst again");
+    assert_eq!(header(&headers, &RATELIMIT), [r#""tenant";r=2;t=1"#]);
+    let mut headers = HeaderMap::new();
+    limiter.admit("other", "k9", &starter, &mut headers).await.unwrap();
+    assert_eq!(header(&headers, &RATELIMIT), [r#""tenant";r=1;t=1"#], "another tenant's state is its own");
 }
 
 #[tokio::test]

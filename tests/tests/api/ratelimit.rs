@@ -70,7 +70,7 @@ const QUOTA_REFUSALS: &str = r#"aigronova_gateway_rate_limited_total{reason="quo
 
 async fn rate_limited_gateway_refuses_past_the_burst(limiter: Limiter) {
     let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 5, 100)).await;
-    let (_, key) = app.tenant_with_key().await;
+    let (tenant, key) = app.tenant_with_key().await;
     let refusals = counter(&app, RATE_REFUSALS).await;
     for remaining in (0..5).rev() {
         let response = app.get(NOBODY, &key).await;
@@ -86,6 +86,15 @@ async fn rate_limited_gateway_refuses_past_the_burst(limiter: Limiter) {
     let problem = assert_problem(response, 429).await;
     assert!(problem["detail"].as_str().unwrap().contains("requests per second"), "{problem}");
     assert_eq!(counter(&app, RATE_REFUSALS).await, refusals + 1, "{limiter:?}: the refusal is counted");
+    // A plan change, even one back to this plan, starts the tenant afresh.
+    for plan in ["professional", "starter"] {
+        let path = format!("/v1/admin/tenants/{tenant}");
+        let changed = app.patch(&path, &app.admin_key, &serde_json::json!({"plan": plan})).await;
+        assert_eq!(changed.status(), 200, "{plan}");
+    }
+    let response = app.get(NOBODY, &key).await;
+    assert_eq!(response.status(), 404, "{limiter:?}: the burst whole again");
+    assert!(header(&response, "ratelimit").starts_with(r#""tenant";r=4;t="#), "{limiter:?}");
     app.stop().await;
 }
 
