@@ -491,10 +491,11 @@ impl LogStore {
             Err(refused) => {
                 let stored = self.entries(tenant_id, index, 1).await?;
                 if stored.first().is_none_or(|entry| entry.index != index) {
-                    return Err(Error::NotFound(format!(
-                        "entry {index}, which the latest checkpoint covers (size {}): the stored log is damaged",
+                    return Err(Error::Refused(Box::new(tonic::Status::not_found(format!(
+                        "entry {index} not found, though the latest checkpoint covers it (size {}): the stored log \
+                         is damaged",
                         latest.body.tree_size
-                    )));
+                    )))));
                 }
                 return Err(refused);
             }

@@ -113,6 +113,20 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
                     Err(error) => return Err(error),
                 }
             }
+            // A server whose stored log is damaged makes no proof: the whole log, verified
+            // entry by entry against what was signed, says where it fails.
+            Err(error) if is_damaged(&error) => {
+                return match verify_log(&client, &verifier, None).await? {
+                    Verdict::Tampered { index: bad, reason } => Ok(Verdict::Tampered {
+                        index: bad,
+                        reason: format!(
+                            "the server makes no proof of entry {index} from its damaged log, which fails at entry \
+                             {bad}: {reason}"
+                        ),
+                    }),
+                    Verdict::Verified { .. } => Err(error),
+                };
+            }
             Err(error) => return Err(error),
         };
         let checkpoint = signed_checkpoint(&verifier, &served["checkpoint"])?;
@@ -132,7 +146,17 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
         );
     }
 
-    let checkpoint = signed_checkpoint(&verifier, &client.get("/v1/governance/audit/checkpoint").await?)?;
+    verify_log(&client, &verifier, args.checkpoint.as_ref()).await
+}
+
+/// Verifies the whole log against its latest checkpoint, and that it still begins with the tree
+/// of `pinned` when given.
+async fn verify_log(
+    client: &Client,
+    verifier: &CheckpointVerifier,
+    pinned: Option<&Pinned>,
+) -> anyhow::Result<Verdict> {
+    let checkpoint = signed_checkpoint(verifier, &client.get("/v1/governance/audit/checkpoint").await?)?;
     let mut leaves: Vec<Hash> = Vec::new();
     let mut served_hashes: Vec<String> = Vec::new();
     let mut start = Some(0u64);
@@ -161,9 +185,9 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
     let held = leaves.len() as u64;
     let short = held < checkpoint.tree_size;
     if !short && merkle::root_of(&leaves) == checkpoint.root_hash {
-        return Ok(match &args.checkpoint {
-            Some(pinned) => pinned_verdict(pinned, &leaves).unwrap_or_else(|| verified(&checkpoint, &verifier)),
-            None => verified(&checkpoint, &verifier),
+        return Ok(match pinned {
+            Some(pinned) => pinned_verdict(pinned, &leaves).unwrap_or_else(|| verified(&checkpoint, verifier)),
+            None => verified(&checkpoint, verifier),
         });
     }
     // The root differs: find the first entry that does not match what was signed.
@@ -185,7 +209,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
     while let Some(from) = after.filter(|from| *from < checkpoint.tree_size) {
         let page = client.get(&format!("/v1/governance/audit/checkpoints?after={from}&pageSize=1000")).await?;
         for served in page["checkpoints"].as_array().into_iter().flatten() {
-            let Ok(body) = signed_checkpoint(&verifier, served) else { continue };
+            let Ok(body) = signed_checkpoint(verifier, served) else { continue };
             let rising = signed.last().is_none_or(|(size, _)| *size < body.tree_size);
             if body.tenant_id == checkpoint.tenant_id && rising && body.tree_size <= checkpoint.tree_size {
                 signed.push((body.tree_size, body.root_hash));
@@ -323,6 +347,14 @@ fn signed_checkpoint(verifier: &CheckpointVerifier, served: &Value) -> anyhow::R
         bail!("the checkpoint's fields differ from its signed text");
     }
     Ok(body)
+}
+
+/// Whether `error` is the gateway's 500 for a proof the server refuses to make from its damaged
+/// log.
+fn is_damaged(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Refused>().is_some_and(|refused| {
+        refused.status == reqwest::StatusCode::INTERNAL_SERVER_ERROR && refused.detail.contains("is damaged")
+    })
 }
 
 /// Whether `error` is the gateway's 404.

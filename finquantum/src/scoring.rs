@@ -145,6 +145,14 @@ impl Applicant {
         };
         let existing_credits = count("existingCredits", fields.existing_credits, 10)?;
         let dependents = count("dependents", fields.dependents, 10)?;
+        let amounts = [
+            ("creditAmount", Some(fields.credit_amount)),
+            ("employmentYears", fields.employment_years),
+            ("monthlyIncome", fields.monthly_income),
+        ];
+        if let Some((field, _)) = amounts.iter().find(|(_, value)| value.is_some_and(|value| !value.is_finite())) {
+            return Err(Error::invalid(format!("applicant.{field}"), "must be a finite number, not NaN or infinity"));
+        }
         if fields.credit_amount == 0.0 {
             return Err(Error::invalid("applicant.creditAmount", "is required, above 0 and at most 10,000,000 reais"));
         }
@@ -753,6 +761,15 @@ mod tests {
         ] {
             let error = Applicant::parse(&fields).unwrap_err().to_string();
             assert!(error.contains("is required"), "{error}");
+        }
+        // A value that is no finite number is told so, not given the range it is outside of.
+        for fields in [
+            DeclaredFields { credit_amount: f64::NAN, ..good.clone() },
+            DeclaredFields { monthly_income: Some(f64::INFINITY), ..good.clone() },
+            DeclaredFields { employment_years: Some(f64::NEG_INFINITY), ..good.clone() },
+        ] {
+            let error = Applicant::parse(&fields).unwrap_err().to_string();
+            assert!(error.contains("must be a finite number, not NaN or infinity"), "{error}");
         }
         let error = Applicant::parse(&DeclaredFields { age: 17, ..good.clone() }).unwrap_err().to_string();
         assert!(!error.contains("is required") && error.contains("between 18 and 120"), "{error}");

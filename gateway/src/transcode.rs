@@ -278,7 +278,12 @@ fn parse_body(
                 match field_at(descriptor, &path).and_then(|field| whole_numbers_of(&field)) {
                     // A number its field cannot hold: said as for a query parameter, not in the
                     // words of the conversion that failed.
-                    Some(range) if error.contains("out of range") || error.contains("expected integer") => {
+                    Some(range)
+                        if error.contains("out of range")
+                            || error.contains("expected integer")
+                            || error.contains("invalid digit")
+                            || error.contains("cannot parse integer") =>
+                    {
                         Problem::invalid_field(&path, format!("{path} is not a whole number from {range}"))
                     }
                     _ => match type_mismatch(&path, &error) {
@@ -326,7 +331,7 @@ pub(crate) fn type_mismatch(path: &str, error: &str) -> Option<String> {
     let subject = if path == "." { "the request body" } else { path };
     // The JSON mapping takes a number written as a string too.
     if error.starts_with("invalid float literal") {
-        return Some(format!("{subject} must be a number, not a string that spells none"));
+        return Some(format!("{subject} must be a number or a string holding one, and this string holds none"));
     }
     let (found, expected) = error.strip_prefix("invalid type: ")?.split_once(", expected ")?;
     let expected = expected.split(" at line ").next()?;
@@ -793,9 +798,14 @@ mod tests {
             .unwrap()
             .get_message_by_name("aigronova.governance.v1.CreateReviewRequest")
             .unwrap();
-        for body in
-            [&br#"{"auditIndex": -1, "reason": "x"}"#[..], br#"{"auditIndex": 1.5}"#, br#"{"auditIndex": 1e30}"#]
-        {
+        for body in [
+            &br#"{"auditIndex": -1, "reason": "x"}"#[..],
+            br#"{"auditIndex": 1.5}"#,
+            br#"{"auditIndex": 1e30}"#,
+            br#"{"auditIndex": "abc"}"#,
+            br#"{"auditIndex": "12x"}"#,
+            br#"{"auditIndex": ""}"#,
+        ] {
             let problem = parse_body(&descriptor, body, None).unwrap_err();
             assert_eq!(problem.field(), Some("auditIndex"), "{}", String::from_utf8_lossy(body));
             assert_eq!(problem.detail(), "auditIndex is not a whole number from 0 to 18446744073709551615");
@@ -938,7 +948,7 @@ mod tests {
             (
                 &br#"{"features": {"mean radius": "high"}}"#[..],
                 "features.mean radius",
-                "must be a number, not a string that spells none",
+                "must be a number or a string holding one, and this string holds none",
             ),
             (br#"{"features": {"bmi": null}}"#, "features.bmi", "must be a number, not null"),
             (br#"{"features": {"bmi": [0.1]}}"#, "features.bmi", "must be a number, not a list"),

@@ -497,6 +497,37 @@ async fn an_entry_missing_below_entries_stored_past_the_checkpoint_is_named() {
     app.stop().await;
 }
 
+/// An entry deleted with those after it renumbered to close the gap: asked for one entry, the
+/// server makes no proof from its damaged log, and the verifier walks the whole log to the first
+/// entry that differs; the last one signed, now missing, is not found.
+#[tokio::test]
+async fn an_entry_asked_for_in_a_log_renumbered_after_a_deletion_fails_where_the_log_does() {
+    let mut app = spawn_app(Backend::Sqlite).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    wait_for_size(&app, &key, 1).await;
+    for size in 2..=5 {
+        assess(&app, &key, &patient).await;
+        wait_for_size(&app, &key, size).await;
+    }
+    let public_key = public_key(&app, &key).await;
+    assert_eq!(app.execute_on_governance("DELETE FROM audit_entries WHERE idx = 2").await, 1);
+    for from in [3, 4] {
+        let sql = format!("UPDATE audit_entries SET idx = {} WHERE idx = {from}", from - 1);
+        assert_eq!(app.execute_on_governance(&sql).await, 1);
+    }
+    app.restart().await;
+    for entry in [1, 2, 3] {
+        let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(entry))).await.unwrap();
+        assert!(matches!(verdict, Verdict::Tampered { index: 2, .. }), "entry {entry}: {verdict:?}");
+        assert_eq!(audit::run(&verify_args(&app, &key, &public_key, Some(entry))).await, 1);
+    }
+    let problem = assert_problem(app.get("/v1/governance/audit/entries/4", &key).await, 404).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.starts_with("entry 4 not found, though the latest checkpoint covers it (size 5)"), "{problem}");
+    app.stop().await;
+}
+
 /// Entries rewritten with their hashes, after which the service rebuilds its tree from them: the
 /// checkpoints signed along the way still place the first change in its batch.
 async fn entries_changed_with_their_hashes_are_found_in_their_batch(backend: Backend) {

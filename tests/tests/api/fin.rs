@@ -651,6 +651,15 @@ async fn an_amount_outside_the_models_range_names_the_applicants_field() {
     assert_eq!(problem["field"], "applicant.creditAmount", "{problem}");
     let detail = problem["detail"].as_str().unwrap();
     assert_eq!(detail, "applicant.creditAmount: 1000000 is above 73696, the most model credit-risk takes", "{problem}");
+    // A number the JSON mapping reads from a string, but no finite one: told so.
+    for (field, value) in [("creditAmount", "NaN"), ("monthlyIncome", "Infinity")] {
+        let mut sent = applicant.clone();
+        sent[field] = json!(value);
+        let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": sent})).await;
+        let problem = assert_problem(response, 400).await;
+        assert_eq!(problem["field"], format!("applicant.{field}"), "{problem}");
+        assert!(problem["detail"].as_str().unwrap().ends_with("must be a finite number, not NaN or infinity"));
+    }
     applicant["creditAmount"] = json!(5_000.0);
     applicant["dependents"] = json!(9);
     let response = app.post("/v1/fin/credit-scores", &key, &json!({"cpf": customer_cpf, "applicant": applicant})).await;
