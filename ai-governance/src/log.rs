@@ -308,6 +308,25 @@ impl LogStore {
         tenant_id: &str,
         tree: &Tree,
     ) -> Result<(), StoreError> {
+        // Fewer entries than any checkpoint covers, whichever key signed it (an earlier one, before
+        // this key signed anything for the tenant): the last ones were deleted.
+        let signed_size: i64 =
+            sqlx::query("SELECT COALESCE(MAX(tree_size), 0) AS size FROM audit_checkpoints WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_one(&mut *connection)
+                .await?
+                .try_get("size")?;
+        if signed_size as u64 > tree.len() {
+            tracing::error!(
+                tenant = %tenant_id,
+                size = signed_size,
+                "the stored audit log holds fewer entries than its latest checkpoint covers; nothing more is appended to it"
+            );
+            return Err(StoreError::Corrupt(format!(
+                "tenant {tenant_id}: the latest checkpoint covers {signed_size} entries but {} are stored",
+                tree.len()
+            )));
+        }
         let row = sqlx::query(
             "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
              WHERE tenant_id = $1 AND key_id = $2 ORDER BY tree_size DESC LIMIT 1",
@@ -890,6 +909,24 @@ pub(crate) mod tests {
         let latest = after.latest_checkpoint("a").await.unwrap();
         assert_eq!((latest.body.tree_size, latest.key_id.clone()), (3, after.signer().key_id()));
         assert!(after.verify("a", &latest).await.unwrap().verified());
+    }
+
+    /// A log cut back below a checkpoint an earlier key signed, before the current key signed
+    /// anything for the tenant: nothing is appended over the cut, and the log stays damaged.
+    #[tokio::test]
+    async fn a_log_cut_below_an_earlier_keys_checkpoint_takes_nothing_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let before = LogStore::new(database.clone(), CheckpointSigner::generate());
+        before.append(vec![leaf("a", 1), leaf("a", 2), leaf("a", 3)]).await.unwrap();
+        sqlx::query("DELETE FROM audit_entries WHERE idx = 2").execute(database.pool()).await.unwrap();
+        let after = LogStore::new(database.clone(), CheckpointSigner::generate());
+        let outcome = after.append_each(vec![leaf("a", 4)]).await.unwrap();
+        assert_eq!(outcome.appended, 0, "{outcome:?}");
+        assert!(outcome.held_because.is_some_and(|reason| reason.contains("covers 3 entries but 2 are stored")));
+        assert_eq!(after.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
+        assert!(after.entry_with_proof("a", 0).await.is_err(), "still damaged: no proof");
     }
 
     #[tokio::test]

@@ -376,15 +376,17 @@ pub fn stored_transaction_id(cipher: &aigronova_platform::crypto::TenantCipher, 
     format!("{masked}~{}", &digest[..16])
 }
 
-/// Whether `id` is in the form [`stored_transaction_id`] gives an id that held a card number:
-/// masked, `~`, 16 lowercase hex digits (which may read as a card number by chance).
-pub fn is_stored_card_id(id: &str) -> bool {
-    id.rsplit_once('~').is_some_and(|(masked, digest)| {
-        digest.len() == 16
-            && digest.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
-            && masked.contains('*')
-            && mask_card_numbers(masked) == masked
-    })
+/// For an id in the form [`stored_transaction_id`] gives an id that held a card number (masked,
+/// `~`, 16 lowercase hex digits, which may read as a card number by chance), the id it is to be
+/// stored under now: itself, or, when its masked part still shows a card number an earlier
+/// masking missed, that part masked again with the digest kept (what the same id fetched now is
+/// stored under). `None` for an id in any other form.
+pub fn stored_card_id_now(id: &str) -> Option<String> {
+    let (masked, digest) = id.rsplit_once('~')?;
+    let stored_form = digest.len() == 16
+        && digest.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+        && masked.contains('*');
+    stored_form.then(|| format!("{}~{digest}", mask_card_numbers(masked)))
 }
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
@@ -605,8 +607,14 @@ mod tests {
     fn an_id_stored_masked_is_told_from_one_in_clear() {
         // The digest may read as digits only.
         for stored in ["****1111~3f9a0c1d2e4b5a6c", "PARC ****4444~1234567890123452"] {
-            assert!(is_stored_card_id(stored), "{stored}");
+            assert_eq!(stored_card_id_now(stored).as_deref(), Some(stored));
         }
+        // Masked by an earlier masking that missed a card in other digits: masked again, the
+        // digest kept.
+        assert_eq!(
+            stored_card_id_now("****1111 CARTAO ٤١١١١١١١١١١١١١١١~3f9a0c1d2e4b5a6c").as_deref(),
+            Some("****1111 CARTAO ****١١١١~3f9a0c1d2e4b5a6c")
+        );
         for clear in [
             "4111111111111111",
             "4111111111111111~3f9a0c1d2e4b5a6c",
@@ -614,7 +622,7 @@ mod tests {
             "****1111~3F9A0C1D2E4B5A6C",
             "****1111~3f9a0c1d2e4b5a6",
         ] {
-            assert!(!is_stored_card_id(clear), "{clear}");
+            assert_eq!(stored_card_id_now(clear), None, "{clear}");
         }
     }
 

@@ -357,7 +357,6 @@ impl Store {
             .allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now)
             .map_err(|status| Error::Refused(Box::new(status)))?;
         let fetched_at = time::stored(fetched.fetched_at);
-        let window = openfinance::booking_window(fetched.fetched_at);
         let mut stored = Vec::with_capacity(fetched.accounts.len());
         let kept = match consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
             true => BTreeSet::new(),
@@ -376,13 +375,13 @@ impl Store {
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
-            let booked_from = booked_from_after(
+            let (booked_from, account_fetched_at) = held_after(
                 &mut transaction,
                 tenant_id,
                 &consent.customer_id,
                 &consent.institution,
                 &account.account_id,
-                window,
+                fetched.fetched_at,
             )
             .await?;
             if kept.contains(&account.account_id) {
@@ -399,7 +398,7 @@ impl Store {
                 .bind(&account.kind)
                 .bind(&account.brand_name)
                 .bind(format!("{}-{}", account.number, account.check_digit))
-                .bind(&fetched_at)
+                .bind(time::stored(account_fetched_at))
                 .bind(booked_from.to_string())
                 .execute(&mut *transaction)
                 .await
@@ -430,7 +429,7 @@ impl Store {
             .bind(&number)
             .bind(balance_cents)
             .bind(balance_at.map(time::stored))
-            .bind(&fetched_at)
+            .bind(time::stored(account_fetched_at))
             .bind(booked_from.to_string())
             .execute(&mut *transaction)
             .await
@@ -446,7 +445,7 @@ impl Store {
                 balance_cents,
                 balance_at,
                 summary: None,
-                booked: (booked_from, window.1),
+                booked: (booked_from, brasilia_date(account_fetched_at)),
             });
         }
         // Transactions stored under an id in clear that holds a card number (by an earlier
@@ -518,13 +517,18 @@ impl Store {
         for account in &stored {
             summarize_account(&mut transaction, tenant_id, &consent.customer_id, account).await?;
         }
-        sqlx::query("UPDATE consents SET last_ingested_at = $3 WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(&consent.id)
-            .bind(&fetched_at)
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+        // The later of two ingestions that ran at once, whichever stores last (times stored
+        // in one fixed-width form compare as text).
+        sqlx::query(
+            "UPDATE consents SET last_ingested_at = CASE WHEN last_ingested_at > $3 THEN last_ingested_at ELSE $3 END \
+             WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(tenant_id)
+        .bind(&consent.id)
+        .bind(&fetched_at)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
         audit::enqueue(&mut transaction, &event(inserted)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(inserted)
@@ -1298,17 +1302,20 @@ fn consent_of(row: &AnyRow) -> Result<Consent, StoreError> {
     })
 }
 
-/// The first booking day from which every transaction of the account is held once a fetch over
-/// `window` is stored: the first held before when the window meets or overlaps the days held
-/// (none missing between them), the window's own otherwise.
-async fn booked_from_after(
+/// The first booking day from which every transaction of the account is held once a fetch begun
+/// at `fetched_at` is stored, and the time of the account's latest fetch: the first day held
+/// before when the fetch's window meets or overlaps the days held (none missing between them),
+/// the window's own otherwise; the later of the two fetches (an ingestion that began earlier may
+/// store after another).
+async fn held_after(
     connection: &mut sqlx::AnyConnection,
     tenant_id: &str,
     customer_id: &str,
     institution: &str,
     account_id: &str,
-    window: (NaiveDate, NaiveDate),
-) -> Result<NaiveDate, StoreError> {
+    fetched_at: DateTime<Utc>,
+) -> Result<(NaiveDate, DateTime<Utc>), StoreError> {
+    let window = openfinance::booking_window(fetched_at);
     let row = sqlx::query(
         "SELECT * FROM accounts WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4",
     )
@@ -1318,16 +1325,20 @@ async fn booked_from_after(
     .bind(account_id)
     .fetch_optional(&mut *connection)
     .await?;
-    let Some(row) = row else { return Ok(window.0) };
+    let Some(row) = row else { return Ok((window.0, fetched_at)) };
     let (held_from, held_through) = account_of(&row)?.booked;
-    Ok(match held_through.succ_opt().is_some_and(|next| window.0 <= next) {
+    let held_at = time::parse_stored("accounts.fetched_at", &row.try_get::<String, _>("fetched_at")?)?;
+    let from = match held_through.succ_opt().is_some_and(|next| window.0 <= next) {
         true => held_from.min(window.0),
         false => window.0,
-    })
+    };
+    Ok((from, held_at.max(fetched_at)))
 }
 
 /// Renames the account's transactions stored under an id in clear that holds a card number to
-/// [`crate::stored_transaction_id`]; one whose new id is stored already (fetched since) is dropped.
+/// [`crate::stored_transaction_id`], and those whose masked id still shows one an earlier masking
+/// missed to [`crate::stored_card_id_now`]; one whose new id is stored already (fetched since) is
+/// dropped.
 async fn rename_card_ids(
     connection: &mut sqlx::AnyConnection,
     cipher: &TenantCipher,
@@ -1347,8 +1358,8 @@ async fn rename_card_ids(
     .await?;
     for row in rows {
         let clear: String = row.try_get("transaction_id")?;
-        let stored = crate::stored_transaction_id(cipher, &clear);
-        if stored == clear || crate::is_stored_card_id(&clear) {
+        let stored = crate::stored_card_id_now(&clear).unwrap_or_else(|| crate::stored_transaction_id(cipher, &clear));
+        if stored == clear {
             continue;
         }
         sqlx::query(

@@ -282,7 +282,9 @@ fn parse_body(
                         if error.contains("out of range")
                             || error.contains("expected integer")
                             || error.contains("invalid digit")
-                            || error.contains("cannot parse integer") =>
+                            || error.contains("cannot parse integer")
+                            || error.contains("too large to fit")
+                            || error.contains("too small to fit") =>
                     {
                         Problem::invalid_field(&path, format!("{path} is not a whole number from {range}"))
                     }
@@ -805,6 +807,8 @@ mod tests {
             br#"{"auditIndex": "abc"}"#,
             br#"{"auditIndex": "12x"}"#,
             br#"{"auditIndex": ""}"#,
+            br#"{"auditIndex": "18446744073709551616"}"#,
+            br#"{"auditIndex": "-1"}"#,
         ] {
             let problem = parse_body(&descriptor, body, None).unwrap_err();
             assert_eq!(problem.field(), Some("auditIndex"), "{}", String::from_utf8_lossy(body));

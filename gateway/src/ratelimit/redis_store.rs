@@ -92,6 +92,9 @@ pub(crate) async fn on_a_live_connection<T, Attempt: Future<Output = Result<T, R
     }
 }
 
+/// How long a sweep of one tenant's rate limits may take in all.
+const FORGET_WITHIN: Duration = Duration::from_secs(10);
+
 impl RedisBackend {
     /// A connection manager that connects on first use and reconnects after failures, each
     /// attempt and each command bounded by `timeout`, without retrying within one request: a
@@ -152,24 +155,36 @@ impl RedisBackend {
             })
             .collect();
         let pattern = format!("{escaped}*");
-        let mut connection = self.connection.clone();
-        let mut cursor = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut connection)
-                .await?;
-            if !keys.is_empty() {
-                redis::cmd("UNLINK").arg(&keys).query_async::<i64>(&mut connection).await?;
+        // From the first page again on a connection that had dropped (Redis restarted, say).
+        let sweep = || async {
+            let mut connection = self.connection.clone();
+            let mut cursor = 0u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut connection)
+                    .await?;
+                if !keys.is_empty() {
+                    redis::cmd("UNLINK").arg(&keys).query_async::<i64>(&mut connection).await?;
+                }
+                if next == 0 {
+                    return Ok(());
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+        };
+        // A Redis shared with much else is walked whole: within a bound, not for as long as it takes.
+        match tokio::time::timeout(FORGET_WITHIN, on_a_live_connection(sweep)).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from((
+                redis::ErrorKind::Io,
+                "the sweep of the tenant's rate limits took too long",
+                format!("more than {} s", FORGET_WITHIN.as_secs()),
+            ))),
         }
     }
 

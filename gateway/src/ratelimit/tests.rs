@@ -237,6 +237,26 @@ fn unique_prefix() -> String {
     format!("test:{}:", uuid::Uuid::new_v4().simple())
 }
 
+/// A prefix with glob characters in it is taken as written when a tenant's limits are swept: not
+/// as a pattern that reaches another prefix's keys.
+#[tokio::test]
+async fn a_sweep_under_a_prefix_with_glob_characters_leaves_other_prefixes_alone() {
+    let base = unique_prefix();
+    // Unescaped, `a*[?]` would match `abc?` too.
+    let (globbed, other) = (format!("{base}a*[?]"), format!("{base}abc?"));
+    let (first, second) =
+        (on_redis(&globbed, RedisFailure::Closed).await, on_redis(&other, RedisFailure::Closed).await);
+    let limits = plan(0.01, 2, 0.0, 10);
+    for limiter in [&first, &second] {
+        for _ in 0..2 {
+            limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.unwrap();
+        }
+    }
+    first.forget_tenant("t1").await;
+    assert!(first.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_ok(), "started afresh");
+    assert!(second.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_err(), "the other prefix's state kept");
+}
+
 #[tokio::test]
 async fn two_limiters_on_one_redis_share_the_tenants_burst() {
     let prefix = unique_prefix();

@@ -744,8 +744,10 @@ async fn the_days_fetched_reach_back_only_over_windows_that_meet() {
     let cases = [
         // Fetched 20 days ago over a window that began 30 days before today's: kept.
         (Some(window_from - chrono::Days::new(30)), stored(20), window_from - chrono::Days::new(30)),
-        // Last fetched 400 days ago: the days between were never fetched.
-        (Some(window_from - chrono::Days::new(400)), stored(400), window_from),
+        // Last fetched 365 days ago: its last day is the day before today's window begins.
+        (Some(window_from - chrono::Days::new(400)), stored(365), window_from - chrono::Days::new(400)),
+        // Last fetched 366 days ago: one day between was never fetched.
+        (Some(window_from - chrono::Days::new(400)), stored(366), window_from),
         // Stored before the first day was kept: its last fetch's window, 20 days earlier than today's.
         (None, stored(20), window_from - chrono::Days::new(20)),
     ];
