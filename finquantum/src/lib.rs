@@ -91,6 +91,8 @@ pub struct Config {
     pub institutions: BTreeMap<String, String>,
     /// Redis for the institutions' response cache, shared by replicas; in-process when unset.
     pub redis_url: Option<String>,
+    /// Prefix of the cache's Redis keys, so that deployments sharing one Redis keep theirs apart.
+    pub redis_key_prefix: String,
     /// Seconds a fetched page is reused, default 300.
     pub cache_ttl_secs: u64,
     /// Deadline of one request to an institution, in milliseconds, default 10000.
@@ -115,6 +117,7 @@ impl Default for Config {
             master_key_file: PathBuf::from("data/finquantum-master.key"),
             institutions: BTreeMap::new(),
             redis_url: None,
+            redis_key_prefix: "aigronova:finquantum:".into(),
             cache_ttl_secs: 300,
             request_timeout_ms: 10_000,
             request_attempts: 3,
@@ -137,6 +140,12 @@ impl Validate for Config {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError(format!("finquantum.institutions.{name} must be an http(s) URL")));
             }
+        }
+        let prefix = &self.redis_key_prefix;
+        if prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_whitespace) {
+            return Err(ConfigError(format!(
+                "finquantum.redis_key_prefix must be 1 to 64 characters without spaces, got {prefix:?}"
+            )));
         }
         if self.request_attempts == 0 || self.request_timeout_ms == 0 || self.purge_interval_secs == 0 {
             return Err(ConfigError(
@@ -192,7 +201,7 @@ impl FinQuantumService {
         let words = scoring::ReasonWords::new(models.get(scoring::MODEL)?.manifest());
         let store = Store::new(database.clone(), keys, words);
         let cache = match &config.redis_url {
-            Some(url) => ResponseCache::redis(url, "aigronova:finquantum:")
+            Some(url) => ResponseCache::redis(url, &config.redis_key_prefix)
                 .await
                 .with_context(|| "cannot connect to finquantum.redis_url for the response cache".to_owned())?,
             None => ResponseCache::in_process(),
@@ -708,6 +717,10 @@ mod tests {
         assert!(bad.validate().is_err());
         let bad = Config { master_key: Some("short".into()), ..Config::default() };
         assert!(bad.validate().is_err());
+        for prefix in ["", "two words:", &"x".repeat(65)] {
+            let bad = Config { redis_key_prefix: prefix.to_owned(), ..Config::default() };
+            assert!(bad.validate().unwrap_err().0.contains("finquantum.redis_key_prefix"), "{prefix:?}");
+        }
     }
 
     /// A database made before `consent_accounts` (migrations 0001 and 0002) gets it filled with
