@@ -49,6 +49,20 @@ fn tree_size(checkpoint: &Value) -> u64 {
 }
 
 /// Polls the checkpoint until the log holds `size` entries; fails after 30 s.
+/// A platform whose tenant's log holds `size` entries (a patient, then its assessments), each
+/// appended, and checkpointed, on its own; the tenant's key, and the patient.
+async fn app_with_log_of(backend: Backend, size: u64) -> (TestApp, String, String) {
+    let app = spawn_app(backend).await;
+    let key = tenant_key(&app).await;
+    let patient = app.create_patient(&key).await;
+    wait_for_size(&app, &key, 1).await;
+    for size in 2..=size {
+        assess(&app, &key, &patient).await;
+        wait_for_size(&app, &key, size).await;
+    }
+    (app, key, patient)
+}
+
 async fn wait_for_size(app: &TestApp, key: &str, size: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -439,14 +453,7 @@ async fn tampering_is_found_at_its_index(backend: Backend) {
 /// verifier that kept a checkpoint it saw before finds it, as it finds a log rewritten below it.
 #[tokio::test]
 async fn a_log_cut_back_with_its_checkpoints_fails_against_a_kept_checkpoint() {
-    let mut app = spawn_app(Backend::Sqlite).await;
-    let key = tenant_key(&app).await;
-    let patient = app.create_patient(&key).await;
-    wait_for_size(&app, &key, 1).await;
-    for size in 2..=4 {
-        assess(&app, &key, &patient).await;
-        wait_for_size(&app, &key, size).await;
-    }
+    let (mut app, key, _) = app_with_log_of(Backend::Sqlite, 4).await;
     let kept = checkpoint(&app, &key).await;
     let pinned = format!("{}:{}", tree_size(&kept), kept["rootHash"].as_str().unwrap());
     let public_key = public_key(&app, &key).await;
@@ -474,14 +481,7 @@ async fn a_log_cut_back_with_its_checkpoints_fails_against_a_kept_checkpoint() {
 /// (their checkpoints deleted too): the report and the verifier name the missing entry.
 #[tokio::test]
 async fn an_entry_missing_below_entries_stored_past_the_checkpoint_is_named() {
-    let mut app = spawn_app(Backend::Sqlite).await;
-    let key = tenant_key(&app).await;
-    let patient = app.create_patient(&key).await;
-    wait_for_size(&app, &key, 1).await;
-    for size in 2..=5 {
-        assess(&app, &key, &patient).await;
-        wait_for_size(&app, &key, size).await;
-    }
+    let (mut app, key, _) = app_with_log_of(Backend::Sqlite, 5).await;
     let public_key = public_key(&app, &key).await;
     app.execute_on_governance("DELETE FROM audit_checkpoints WHERE tree_size > 3").await;
     assert_eq!(app.execute_on_governance("DELETE FROM audit_entries WHERE idx = 2").await, 1);
@@ -502,14 +502,7 @@ async fn an_entry_missing_below_entries_stored_past_the_checkpoint_is_named() {
 /// entry that differs; the last one signed, now missing, is not found.
 #[tokio::test]
 async fn an_entry_asked_for_in_a_log_renumbered_after_a_deletion_fails_where_the_log_does() {
-    let mut app = spawn_app(Backend::Sqlite).await;
-    let key = tenant_key(&app).await;
-    let patient = app.create_patient(&key).await;
-    wait_for_size(&app, &key, 1).await;
-    for size in 2..=5 {
-        assess(&app, &key, &patient).await;
-        wait_for_size(&app, &key, size).await;
-    }
+    let (mut app, key, _) = app_with_log_of(Backend::Sqlite, 5).await;
     let public_key = public_key(&app, &key).await;
     assert_eq!(app.execute_on_governance("DELETE FROM audit_entries WHERE idx = 2").await, 1);
     for from in [3, 4] {
@@ -531,15 +524,7 @@ async fn an_entry_asked_for_in_a_log_renumbered_after_a_deletion_fails_where_the
 /// Entries rewritten with their hashes, after which the service rebuilds its tree from them: the
 /// checkpoints signed along the way still place the first change in its batch.
 async fn entries_changed_with_their_hashes_are_found_in_their_batch(backend: Backend) {
-    let mut app = spawn_app(backend).await;
-    let key = tenant_key(&app).await;
-    let patient = app.create_patient(&key).await;
-    wait_for_size(&app, &key, 1).await;
-    // One batch, and one checkpoint, an entry.
-    for size in 2..=6 {
-        assess(&app, &key, &patient).await;
-        wait_for_size(&app, &key, size).await;
-    }
+    let (mut app, key, patient) = app_with_log_of(backend, 6).await;
     let public_key = public_key(&app, &key).await;
     let entry: Value = app.get("/v1/governance/audit/entries/3", &key).await.json().await.unwrap();
     let leaf = entry["entry"]["leaf"].as_str().unwrap().replace("AssessRisk", "Nothing");
