@@ -58,8 +58,8 @@ pub fn document(routes: &RouteTable, pool: &DescriptorPool) -> Value {
         comments: Comments::new(pool),
         schemas: BTreeMap::new(),
         field_behavior: pool.get_extension_by_name("google.api.field_behavior"),
-        bounds: ["minimum", "maximum"]
-            .map(|bound| (bound, pool.get_extension_by_name(&format!("aigronova.common.v1.{bound}")))),
+        bounds: [("minimum", "minimum"), ("maximum", "maximum"), ("maxLength", "max_length")]
+            .map(|(key, option)| (key, pool.get_extension_by_name(&format!("aigronova.common.v1.{option}")))),
         allowed: pool.get_extension_by_name("aigronova.common.v1.allowed"),
     };
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
@@ -195,8 +195,9 @@ struct Generator {
     schemas: BTreeMap<String, Value>,
     /// `google.api.field_behavior`, whose `REQUIRED` fields a request must give.
     field_behavior: Option<prost_reflect::ExtensionDescriptor>,
-    /// `aigronova.common.v1.minimum` and `maximum`: the bounds of an integer field.
-    bounds: [(&'static str, Option<prost_reflect::ExtensionDescriptor>); 2],
+    /// `aigronova.common.v1.minimum` and `maximum`, the bounds of an integer field, and
+    /// `max_length`, a string field's, by the schema keyword each becomes.
+    bounds: [(&'static str, Option<prost_reflect::ExtensionDescriptor>); 3],
     /// `aigronova.common.v1.allowed`: the only values a string field takes.
     allowed: Option<prost_reflect::ExtensionDescriptor>,
 }

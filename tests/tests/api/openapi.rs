@@ -196,6 +196,19 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     let reviews = document["paths"]["/v1/governance/reviews"]["get"]["parameters"].as_array().unwrap().clone();
     let status = reviews.iter().find(|parameter| parameter["name"] == "status").unwrap();
     assert_eq!(status["schema"]["enum"], json!(["pending", "decided"]));
+    // The longest name a patient has, and so the longest prefix of one, as healthquantum takes them.
+    let longest = aigronova_healthquantum::patient::PatientName::MAX_CHARS;
+    assert_eq!(create["properties"]["name"]["maxLength"], longest);
+    let update = &document["paths"]["/v1/health/patients/{id}"]["patch"]["requestBody"]["content"]["application/json"]
+        ["schema"];
+    let update = match update["$ref"].as_str() {
+        Some(reference) => &document["components"]["schemas"][reference.trim_start_matches("#/components/schemas/")],
+        None => update,
+    };
+    assert_eq!(update["properties"]["name"]["maxLength"], longest, "{update}");
+    let listing = document["paths"]["/v1/health/patients"]["get"]["parameters"].as_array().unwrap().clone();
+    let prefix = listing.iter().find(|parameter| parameter["name"] == "namePrefix").unwrap();
+    assert_eq!(prefix["schema"]["maxLength"], longest);
     // Every answer, a problem too, names the request's id.
     let request_id = json!({"$ref": "#/components/headers/X-Request-Id"});
     assert_eq!(
