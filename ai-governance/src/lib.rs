@@ -279,6 +279,7 @@ impl AiGovernanceService {
             }
         });
         tokio::spawn(refresh_drift_gauge(monitoring.clone(), shutdown.clone()));
+        tokio::spawn(fail_interrupted_requests(subjects.clone(), shutdown.clone()));
         tokio::spawn(own_events::keep_draining(self.log.clone(), self.database.clone(), shutdown.clone()));
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
@@ -313,6 +314,23 @@ const DRIFT_GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(
 
 /// Keeps the drift gauge to the last hour (see [`MonitoringStore::refresh_drift_gauge`]): at the
 /// start, then every [`DRIFT_GAUGE_REFRESH`], until `shutdown`.
+/// How long a subject request may stay `running` (its services asked) before it is taken for one
+/// a stop of the process cut short: far longer than the services' deadlines.
+pub const RUNNING_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Marks failed, at start and every minute, the subject requests a stop left `running`.
+async fn fail_interrupted_requests(subjects: Arc<SubjectStore>, shutdown: Shutdown) {
+    loop {
+        if let Err(error) = subjects.fail_interrupted(RUNNING_FOR_AT_MOST).await {
+            tracing::warn!(%error, "subject requests cut short by a stop are not marked failed yet");
+        }
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
+}
+
 async fn refresh_drift_gauge(monitoring: MonitoringStore, shutdown: Shutdown) {
     loop {
         if let Err(error) = monitoring.refresh_drift_gauge().await {

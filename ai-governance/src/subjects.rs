@@ -613,6 +613,9 @@ impl SubjectStore {
         let cipher = self.keys.cipher(&caller.tenant_id).await?;
         let id = uuid::Uuid::now_v7().to_string();
         let created = Utc::now();
+        // Recorded before any service is asked, so that a request cut short by a stop of this
+        // process, after some services erased, is still on record (see `fail_interrupted`).
+        self.record_running(&caller.tenant_id, &cipher, &id, kind, details, created).await?;
         let (export, outcomes) = match kind {
             Kind::Access | Kind::Portability => {
                 let (data, outcomes) = self.services.export(&caller.tenant_id, cpf, &id).await;
@@ -652,11 +655,11 @@ impl SubjectStore {
                 outcomes.push(outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note));
                 match self.store_request(caller, &cipher, cpf, &new, outcomes, false).await {
                     // The first attempt committed after all, though it reported a failure.
-                    Err(Error::Store(again)) if again.is_unique_violation() => {
+                    Ok(None) => {
                         tracing::warn!(%error, request = %id, "an erasure's record committed though its commit failed");
                         self.get(&caller.tenant_id, &id).await
                     }
-                    Ok(request) => {
+                    Ok(Some(request)) => {
                         tracing::error!(%error, request = %id, "an erasure's clean-up of earlier requests failed; stored as failed");
                         Ok(request)
                     }
@@ -664,7 +667,10 @@ impl SubjectStore {
                     Err(again) => Err(again),
                 }
             }
-            stored => stored,
+            Ok(Some(request)) => Ok(request),
+            // Finished already: `fail_interrupted` took it for one cut short.
+            Ok(None) => self.get(&caller.tenant_id, &id).await,
+            Err(error) => Err(error),
         };
         if kind == Kind::Erasure {
             // The bundles and details just deleted must not stay on disk in the log's older pages.
@@ -673,9 +679,98 @@ impl SubjectStore {
         stored
     }
 
-    /// Stores request `new` with `outcomes`, its bundle and details sealed with `cipher`, and its
-    /// audit event; with `erase`, in the same transaction, deletes what the tenant's earlier
-    /// requests hold of the subject, as one more outcome.
+    /// Records request `id` as `running`, its details sealed with `cipher`, before the services
+    /// are asked.
+    async fn record_running(
+        &self,
+        tenant_id: &str,
+        cipher: &TenantCipher,
+        id: &str,
+        kind: Kind,
+        details: &str,
+        created: chrono::DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        sqlx::query(
+            "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, outcomes) \
+             VALUES ($1, $2, $3, 'running', $4, $5, $6, '[]')",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(kind.as_str())
+        .bind(seal(cipher, &Column::Details.context(tenant_id, id), details))
+        .bind((created + chrono::Duration::days(DEADLINE_DAYS)).to_rfc3339_opts(SecondsFormat::Micros, true))
+        .bind(created.to_rfc3339_opts(SecondsFormat::Micros, true))
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// Marks `failed` the requests left `running` for longer than `running_for`, which a stop of
+    /// the process that asked the services cut short (some of them may have erased): each keeps
+    /// its deadline, is shown overdue once past it, and is audited as the service's own decision.
+    /// Returns how many it marked.
+    pub async fn fail_interrupted(&self, running_for: std::time::Duration) -> Result<u64, Error> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(running_for).unwrap_or(chrono::Duration::MAX);
+        // Across tenants: each is then marked in its own tenant's transaction.
+        let rows = sqlx::query(
+            "SELECT tenant_id, id, kind FROM subject_requests WHERE status = 'running' AND created_at < $1 \
+             ORDER BY created_at",
+        )
+        .bind(cutoff.to_rfc3339_opts(SecondsFormat::Micros, true))
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let note = "cut short: ai-governance stopped while it asked the services, some of which may have answered; \
+                    ask again";
+        let outcomes = serde_json::to_string(&[outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note.to_owned())])
+            .expect("outcomes serialise");
+        let mut marked = 0;
+        for row in rows {
+            let tenant_id: String = row.try_get("tenant_id").map_err(StoreError::from)?;
+            let id: String = row.try_get("id").map_err(StoreError::from)?;
+            let kind: String = row.try_get("kind").map_err(StoreError::from)?;
+            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
+            let updated = sqlx::query(
+                "UPDATE subject_requests SET status = 'failed', outcomes = $3 \
+                 WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
+            )
+            .bind(&tenant_id)
+            .bind(&id)
+            .bind(&outcomes)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+            if updated.rows_affected() == 0 {
+                continue;
+            }
+            let system =
+                Caller { tenant_id: tenant_id.clone(), subject: crate::SERVICE_NAME.to_owned(), scopes: Vec::new() };
+            let details = serde_json::json!({
+                "kind": kind, "status": "failed", "services": [[crate::SERVICE_NAME, "failed"]], "interrupted": true,
+            });
+            let leaf = own_leaf(
+                &system,
+                "subject_request",
+                "governance.CreateSubjectRequest",
+                &format!("subject-request:{id}"),
+                details,
+            );
+            own_events::enqueue(&mut transaction, &leaf).await?;
+            transaction.commit().await.map_err(StoreError::from)?;
+            own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
+            tracing::warn!(tenant = %tenant_id, request = %id, "a subject request cut short by a stop is marked failed");
+            marked += 1;
+        }
+        Ok(marked)
+    }
+
+    /// Stores request `new`, recorded `running`, with `outcomes`, its bundle sealed with `cipher`,
+    /// and its audit event; with `erase`, in the same transaction, deletes what the tenant's
+    /// earlier requests hold of the subject, as one more outcome. `None` when the request is no
+    /// longer `running` (stored already).
     async fn store_request(
         &self,
         caller: &Caller,
@@ -684,7 +779,7 @@ impl SubjectStore {
         new: &NewRequest<'_>,
         mut outcomes: Vec<Outcome>,
         erase: bool,
-    ) -> Result<StoredRequest, Error> {
+    ) -> Result<Option<StoredRequest>, Error> {
         let mut transaction = self.database.begin_tenant(&caller.tenant_id).await?;
         let mut closed = Vec::new();
         if erase {
@@ -735,17 +830,13 @@ impl SubjectStore {
         };
         let tenant_id = caller.tenant_id.as_str();
         let export = new.export.map(|export| seal(cipher, &Column::Export.context(tenant_id, new.id), export));
-        sqlx::query(
-            "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, completed_at, \
-             outcomes, export, subject_digest) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        let updated = sqlx::query(
+            "UPDATE subject_requests SET status = $3, completed_at = $4, outcomes = $5, export = $6, \
+             subject_digest = $7 WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
         )
         .bind(tenant_id)
         .bind(&request.id)
-        .bind(&request.kind)
         .bind(&request.status)
-        .bind(seal(cipher, &Column::Details.context(tenant_id, new.id), new.details))
-        .bind(&request.deadline)
-        .bind(&request.created_at)
         .bind(&request.completed_at)
         .bind(serde_json::to_string(&request.outcomes).expect("outcomes serialise"))
         .bind(export)
@@ -753,6 +844,9 @@ impl SubjectStore {
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
+        if updated.rows_affected() == 0 {
+            return Ok(None);
+        }
         let services: Vec<_> = request.outcomes.iter().map(|o| serde_json::json!([o.service, o.status])).collect();
         let mut leaves = vec![own_leaf(
             caller,
@@ -773,7 +867,7 @@ impl SubjectStore {
         }
         transaction.commit().await.map_err(StoreError::from)?;
         own_events::append_committed(&self.log, &self.database, leaves).await;
-        Ok(request)
+        Ok(Some(request))
     }
 
     /// The deployment's secret that the cross-replica locks and the subject digests are made

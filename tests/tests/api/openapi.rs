@@ -199,8 +199,8 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     // The longest name a patient has, and so the longest prefix of one, as healthquantum takes them.
     let longest = aigronova_healthquantum::patient::PatientName::MAX_CHARS;
     assert_eq!(create["properties"]["name"]["maxLength"], longest);
-    let update = &document["paths"]["/v1/health/patients/{id}"]["patch"]["requestBody"]["content"]["application/json"]
-        ["schema"];
+    let update =
+        &document["paths"]["/v1/health/patients/{id}"]["patch"]["requestBody"]["content"]["application/json"]["schema"];
     let update = match update["$ref"].as_str() {
         Some(reference) => &document["components"]["schemas"][reference.trim_start_matches("#/components/schemas/")],
         None => update,

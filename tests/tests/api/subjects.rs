@@ -824,3 +824,56 @@ async fn a_bundle_some_service_could_not_answer_for_names_it() {
     assert!(bundle["services"].get("ghost").is_none() && bundle["services"].get("healthquantum").is_some(), "{bundle}");
     app.stop().await;
 }
+
+/// A request a stop of ai-governance cut short while it asked the services (recorded `running`,
+/// as it is from before the first service is asked) is marked failed at the next start, keeps its
+/// deadline, and is audited; one asked for now runs to its end as before.
+#[tokio::test]
+async fn a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start() {
+    let mut app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Clínica Interrompida").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
+    assert_eq!(erasure["status"], "completed", "{erasure}");
+    let id = erasure["id"].as_str().unwrap();
+    let long_ago = aigronova_platform::time::stored(chrono::Utc::now() - chrono::Duration::minutes(20));
+    let sql = format!(
+        "UPDATE subject_requests SET status = 'running', outcomes = '[]', completed_at = NULL, \
+         created_at = '{long_ago}' WHERE id = '{id}'"
+    );
+    assert_eq!(app.execute_on_governance(&sql).await, 1);
+    app.restart().await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let request = loop {
+        let request: Value =
+            app.get(&format!("/v1/governance/subject-requests/{id}"), &key).await.json().await.unwrap();
+        if request["status"] != "running" {
+            break request;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still running: {request}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(request["status"], "failed", "{request}");
+    assert_eq!(request["deadline"], erasure["deadline"], "{request}");
+    let outcome = &request["outcomes"][0];
+    assert_eq!(outcome["service"], "ai-governance", "{request}");
+    assert!(outcome["error"].as_str().unwrap().contains("cut short"), "{request}");
+    let subject = format!("subject-request:{id}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let entries = logged_actions(&app, &key).await;
+        let interrupted = entries.iter().any(|entry| {
+            entry["action"] == "governance.CreateSubjectRequest"
+                && entry["leaf"].as_str().is_some_and(|leaf| leaf.contains(&subject) && leaf.contains("interrupted"))
+        });
+        if interrupted {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no audit entry for the interrupted request");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let again = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
+    assert_eq!(again["status"], "completed", "{again}");
+    app.stop().await;
+}
