@@ -25,7 +25,7 @@ use crate::store::Store;
 pub(crate) const SETTLE: Duration = Duration::from_secs(15 * 60);
 
 /// How often the objects are swept after the first time.
-const EVERY: Duration = Duration::from_secs(6 * 60 * 60);
+const EVERY: Duration = Duration::from_secs(30 * 60);
 
 /// Sweeps now and every [`EVERY`] until `shutdown`.
 pub(crate) async fn run(store: Store, objects: Objects, shutdown: Shutdown) {
