@@ -312,10 +312,9 @@ impl AiGovernanceService {
 /// How often the drift gauge is brought up to the last hour when no report comes.
 const DRIFT_GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Keeps the drift gauge to the last hour (see [`MonitoringStore::refresh_drift_gauge`]): at the
-/// start, then every [`DRIFT_GAUGE_REFRESH`], until `shutdown`.
 /// How long a subject request may stay `running` (its services asked) before it is taken for one
-/// a stop of the process cut short: far longer than the services' deadlines.
+/// a stop of the process cut short: twice the longest its services are waited for
+/// ([`subjects::FAN_OUT_WITHIN`]).
 pub const RUNNING_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Marks failed, at start and every minute, the subject requests a stop left `running`.
@@ -331,6 +330,8 @@ async fn fail_interrupted_requests(subjects: Arc<SubjectStore>, shutdown: Shutdo
     }
 }
 
+/// Keeps the drift gauge to the last hour (see [`MonitoringStore::refresh_drift_gauge`]): at the
+/// start, then every [`DRIFT_GAUGE_REFRESH`], until `shutdown`.
 async fn refresh_drift_gauge(monitoring: MonitoringStore, shutdown: Shutdown) {
     loop {
         if let Err(error) = monitoring.refresh_drift_gauge().await {

@@ -30,6 +30,10 @@ use crate::{
 
 /// Art. 19 II: a complete answer within 15 days of the request.
 pub const DEADLINE_DAYS: i64 = 15;
+
+/// The longest the services are waited for, all together, on one request: past it, the request is
+/// stored failed and is to be made again.
+pub const FAN_OUT_WITHIN: Duration = Duration::from_secs(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the data subject asks for (Art. 18).
@@ -452,6 +456,7 @@ pub struct SubjectStore {
 }
 
 /// A request about to be stored.
+#[derive(Clone, Copy)]
 struct NewRequest<'a> {
     id: &'a str,
     kind: Kind,
@@ -615,29 +620,17 @@ impl SubjectStore {
         let created = Utc::now();
         // Recorded before any service is asked, so that a request cut short by a stop of this
         // process, after some services erased, is still on record (see `fail_interrupted`).
-        self.record_running(&caller.tenant_id, &cipher, &id, kind, details, created).await?;
-        let (export, outcomes) = match kind {
-            Kind::Access | Kind::Portability => {
-                let (data, outcomes) = self.services.export(&caller.tenant_id, cpf, &id).await;
-                // A bundle some services could not answer for says so, rather than look whole.
-                let missing: Vec<&str> = outcomes
-                    .iter()
-                    .filter(|outcome| outcome.status == "failed")
-                    .map(|outcome| outcome.service.as_str())
-                    .collect();
-                let bundle = serde_json::json!({
-                    "requestId": id,
-                    "kind": kind.as_str(),
-                    "generatedAt": now(),
-                    "format": "application/json; one object per service, as each service holds the data",
-                    "services": data,
-                    "missingServices": missing,
-                });
-                (Some(bundle.to_string()), outcomes)
-            }
-            Kind::Erasure => (None, self.services.erase(&caller.tenant_id, cpf, &id).await),
-            Kind::Correction => (None, Vec::new()),
-        };
+        // A correction holds the subject's data from now on: its digest goes with it, so that an
+        // erasure finds it whatever becomes of it.
+        let held_digest = (kind == Kind::Correction).then(|| request_digest(&cipher, &id, cpf));
+        let running = NewRequest { id: &id, kind, details, created, export: None, digest: held_digest.as_deref() };
+        self.record_running(&caller.tenant_id, &cipher, &running).await?;
+        let asked = tokio::time::timeout(FAN_OUT_WITHIN, self.ask_services(&caller.tenant_id, cpf, kind, &id)).await;
+        let (export, outcomes) = asked.unwrap_or_else(|_| {
+            let note =
+                format!("the services did not all answer within {} minutes; ask again", FAN_OUT_WITHIN.as_secs() / 60);
+            (None, vec![outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note)])
+        });
         // Only a request that holds the subject's data keeps the digest that finds it again.
         let holds_data = match kind {
             Kind::Access | Kind::Portability => outcomes.iter().any(|outcome| outcome.records > 0),
@@ -679,21 +672,42 @@ impl SubjectStore {
         stored
     }
 
-    /// Records request `id` as `running`, its details sealed with `cipher`, before the services
-    /// are asked.
-    async fn record_running(
-        &self,
-        tenant_id: &str,
-        cipher: &TenantCipher,
-        id: &str,
-        kind: Kind,
-        details: &str,
-        created: chrono::DateTime<Utc>,
-    ) -> Result<(), Error> {
+    /// Asks the services for the subject's data (access, portability) or its erasure: the bundle
+    /// when there is one, and each service's outcome.
+    async fn ask_services(&self, tenant_id: &str, cpf: &Cpf, kind: Kind, id: &str) -> (Option<String>, Vec<Outcome>) {
+        match kind {
+            Kind::Access | Kind::Portability => {
+                let (data, outcomes) = self.services.export(tenant_id, cpf, id).await;
+                // A bundle some services could not answer for says so, rather than look whole.
+                let missing: Vec<&str> = outcomes
+                    .iter()
+                    .filter(|outcome| outcome.status == "failed")
+                    .map(|outcome| outcome.service.as_str())
+                    .collect();
+                let bundle = serde_json::json!({
+                    "requestId": id,
+                    "kind": kind.as_str(),
+                    "generatedAt": now(),
+                    "format": "application/json; one object per service, as each service holds the data",
+                    "services": data,
+                    "missingServices": missing,
+                });
+                (Some(bundle.to_string()), outcomes)
+            }
+            Kind::Erasure => (None, self.services.erase(tenant_id, cpf, id).await),
+            Kind::Correction => (None, Vec::new()),
+        }
+    }
+
+    /// Records request `new` as `running`, its details sealed with `cipher` (and, for one that holds
+    /// the subject's data from the start, the digest that finds it), before the services are
+    /// asked.
+    async fn record_running(&self, tenant_id: &str, cipher: &TenantCipher, new: &NewRequest<'_>) -> Result<(), Error> {
+        let NewRequest { id, kind, details, created, digest, .. } = *new;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         sqlx::query(
-            "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, outcomes) \
-             VALUES ($1, $2, $3, 'running', $4, $5, $6, '[]')",
+            "INSERT INTO subject_requests (tenant_id, id, kind, status, details, deadline, created_at, outcomes, \
+             subject_digest) VALUES ($1, $2, $3, 'running', $4, $5, $6, '[]', $7)",
         )
         .bind(tenant_id)
         .bind(id)
@@ -701,6 +715,7 @@ impl SubjectStore {
         .bind(seal(cipher, &Column::Details.context(tenant_id, id), details))
         .bind((created + chrono::Duration::days(DEADLINE_DAYS)).to_rfc3339_opts(SecondsFormat::Micros, true))
         .bind(created.to_rfc3339_opts(SecondsFormat::Micros, true))
+        .bind(digest)
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
@@ -732,19 +747,36 @@ impl SubjectStore {
             let tenant_id: String = row.try_get("tenant_id").map_err(StoreError::from)?;
             let id: String = row.try_get("id").map_err(StoreError::from)?;
             let kind: String = row.try_get("kind").map_err(StoreError::from)?;
+            // One that cannot be marked now waits for the next sweep; the others go on.
+            match self.fail_one_interrupted(&tenant_id, &id, &kind, &outcomes).await {
+                Ok(true) => marked += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(tenant = %tenant_id, request = %id, %error, "a subject request cut short is not marked failed yet")
+                }
+            }
+        }
+        Ok(marked)
+    }
+
+    /// Marks request `id` of `tenant_id` `failed` with `outcomes` if it is still `running`, with
+    /// its audit event; whether it did.
+    async fn fail_one_interrupted(&self, tenant_id: &str, id: &str, kind: &str, outcomes: &str) -> Result<bool, Error> {
+        {
+            let tenant_id = tenant_id.to_owned();
             let mut transaction = self.database.begin_tenant(&tenant_id).await?;
             let updated = sqlx::query(
                 "UPDATE subject_requests SET status = 'failed', outcomes = $3 \
                  WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
             )
             .bind(&tenant_id)
-            .bind(&id)
-            .bind(&outcomes)
+            .bind(id)
+            .bind(outcomes)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
             if updated.rows_affected() == 0 {
-                continue;
+                return Ok(false);
             }
             let system =
                 Caller { tenant_id: tenant_id.clone(), subject: crate::SERVICE_NAME.to_owned(), scopes: Vec::new() };
@@ -762,9 +794,8 @@ impl SubjectStore {
             transaction.commit().await.map_err(StoreError::from)?;
             own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
             tracing::warn!(tenant = %tenant_id, request = %id, "a subject request cut short by a stop is marked failed");
-            marked += 1;
+            Ok(true)
         }
-        Ok(marked)
     }
 
     /// Stores request `new`, recorded `running`, with `outcomes`, its bundle sealed with `cipher`,
@@ -1053,13 +1084,15 @@ impl SubjectStore {
     /// unless an erasure of its subject has deleted it since.
     /// A download is a read of the subject's personal data, audited in the tenant's log.
     pub async fn export(&self, caller: &Caller, id: &str) -> Result<String, Error> {
-        let row = sqlx::query("SELECT kind, export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2")
-            .bind(&caller.tenant_id)
-            .bind(id)
-            .fetch_optional(&mut *self.database.begin_tenant_read(&caller.tenant_id).await?)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| Error::NotFound("subject request".into()))?;
+        let row = sqlx::query(
+            "SELECT kind, status, export, erased_by FROM subject_requests WHERE tenant_id = $1 AND id = $2",
+        )
+        .bind(&caller.tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *self.database.begin_tenant_read(&caller.tenant_id).await?)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound("subject request".into()))?;
         if let Some(export) = row.try_get::<Option<String>, _>("export").map_err(StoreError::from)? {
             // The tenant's data key is asked for only when the bundle is sealed: a read makes no key.
             let export = if is_sealed(&export) {
@@ -1075,9 +1108,18 @@ impl SubjectStore {
         }
         let kind: String = row.try_get("kind").map_err(StoreError::from)?;
         let exported = [Kind::Access, Kind::Portability].iter().any(|exported| exported.as_str() == kind);
+        let status: String = row.try_get("status").map_err(StoreError::from)?;
         Err(Error::NotFound(match row.try_get::<Option<String>, _>("erased_by").map_err(StoreError::from)? {
             Some(erasure) if exported => {
                 format!("export of this request (deleted with the subject's data by erasure request {erasure})")
+            }
+            None if exported && status == "running" => {
+                "export of this request (not made yet: its services are still being asked)".into()
+            }
+            None if exported => {
+                "export of this request (none was made: the request failed before its bundle was stored; make the \
+                 request again)"
+                    .into()
             }
             _ => "export of this request (only access and portability requests have one)".into(),
         }))

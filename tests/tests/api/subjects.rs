@@ -828,20 +828,23 @@ async fn a_bundle_some_service_could_not_answer_for_names_it() {
 /// A request a stop of ai-governance cut short while it asked the services (recorded `running`,
 /// as it is from before the first service is asked) is marked failed at the next start, keeps its
 /// deadline, and is audited; one asked for now runs to its end as before.
-#[tokio::test]
-async fn a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start() {
-    let mut app = spawn_app(Backend::Sqlite).await;
+async fn a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start(backend: Backend) {
+    let mut app = spawn_app(backend).await;
     let tenant = app.create_tenant("Clínica Interrompida").await;
     let key = app.create_key(&tenant, SCOPES).await;
+    let access = open(&app, &key, json!({"cpf": "111.444.777-35", "kind": "access"})).await;
     let erasure = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
     assert_eq!(erasure["status"], "completed", "{erasure}");
     let id = erasure["id"].as_str().unwrap();
+    // As a stop while the services were asked leaves them: recorded, not yet stored.
     let long_ago = aigronova_platform::time::stored(chrono::Utc::now() - chrono::Duration::minutes(20));
-    let sql = format!(
-        "UPDATE subject_requests SET status = 'running', outcomes = '[]', completed_at = NULL, \
-         created_at = '{long_ago}' WHERE id = '{id}'"
-    );
-    assert_eq!(app.execute_on_governance(&sql).await, 1);
+    for cut in [id, access["id"].as_str().unwrap()] {
+        let sql = format!(
+            "UPDATE subject_requests SET status = 'running', outcomes = '[]', completed_at = NULL, export = NULL, \
+             subject_digest = NULL, created_at = '{long_ago}' WHERE id = '{cut}'"
+        );
+        assert_eq!(app.execute_on_governance(&sql).await, 1);
+    }
     app.restart().await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -875,5 +878,25 @@ async fn a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start() {
     }
     let again = open(&app, &key, json!({"cpf": CPF, "kind": "erasure"})).await;
     assert_eq!(again["status"], "completed", "{again}");
+    // An access request cut short has no bundle, and its export says why.
+    let path = format!("/v1/governance/subject-requests/{}/export", access["id"].as_str().unwrap());
+    let problem = assert_problem(app.get(&path, &key).await, 404).await;
+    let shown: Value = app
+        .get(&format!("/v1/governance/subject-requests/{}", access["id"].as_str().unwrap()), &key)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("none was made"), "{problem} {shown}");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start_on_sqlite() {
+    a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start_on_postgres() {
+    a_request_cut_short_by_a_stop_is_marked_failed_at_the_next_start(Backend::Postgres).await;
 }
