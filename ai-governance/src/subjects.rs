@@ -665,6 +665,16 @@ impl SubjectStore {
             Ok(None) => self.get(&caller.tenant_id, &id).await,
             Err(error) => Err(error),
         };
+        if let Err(error) = &stored {
+            // Not left `running` for the sweep to call cut short by a stop: failed now, saying so.
+            let note = "its outcome could not be stored (ai-governance's database refused it); ask again";
+            let outcomes =
+                serde_json::to_string(&[outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note.to_owned())])
+                    .expect("outcomes serialise");
+            if let Err(again) = self.fail_one_interrupted(&caller.tenant_id, &id, kind.as_str(), &outcomes).await {
+                tracing::warn!(%error, %again, request = %id, "a subject request whose outcome was not stored stays running");
+            }
+        }
         if kind == Kind::Erasure {
             // The bundles and details just deleted must not stay on disk in the log's older pages.
             self.database.truncate_log().await;
@@ -1116,7 +1126,7 @@ impl SubjectStore {
             None if exported && status == "running" => {
                 "export of this request (not made yet: its services are still being asked)".into()
             }
-            None if exported => {
+            None if exported && status == "failed" => {
                 "export of this request (none was made: the request failed before its bundle was stored; make the \
                  request again)"
                     .into()

@@ -142,7 +142,7 @@ impl Validate for Config {
             }
         }
         let prefix = &self.redis_key_prefix;
-        if prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_whitespace) {
+        if prefix.is_empty() || prefix.chars().count() > 64 || prefix.contains(char::is_whitespace) {
             return Err(ConfigError(format!(
                 "finquantum.redis_key_prefix must be 1 to 64 characters without spaces, got {prefix:?}"
             )));

@@ -48,7 +48,6 @@ fn tree_size(checkpoint: &Value) -> u64 {
     checkpoint["treeSize"].as_str().and_then(|size| size.parse().ok()).or(checkpoint["treeSize"].as_u64()).unwrap_or(0)
 }
 
-/// Polls the checkpoint until the log holds `size` entries; fails after 30 s.
 /// A platform whose tenant's log holds `size` entries (a patient, then its assessments), each
 /// appended, and checkpointed, on its own; the tenant's key, and the patient.
 async fn app_with_log_of(backend: Backend, size: u64) -> (TestApp, String, String) {
@@ -63,6 +62,7 @@ async fn app_with_log_of(backend: Backend, size: u64) -> (TestApp, String, Strin
     (app, key, patient)
 }
 
+/// Polls the checkpoint until the log holds `size` entries; fails after 30 s.
 async fn wait_for_size(app: &TestApp, key: &str, size: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
