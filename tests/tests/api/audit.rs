@@ -62,6 +62,21 @@ async fn app_with_log_of(backend: Backend, size: u64) -> (TestApp, String, Strin
     (app, key, patient)
 }
 
+/// Polls healthquantum's outbox until the events ai-governance acknowledged have left it (the
+/// relay deletes them once the acknowledgement reaches it, just after the log shows them); fails
+/// after 10 s.
+async fn wait_for_empty_outbox(app: &TestApp) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let held = app.count_health_rows("audit_outbox").await;
+        if held == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{held} acknowledged events are still in the outbox");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls the checkpoint until the log holds `size` entries; fails after 30 s.
 async fn wait_for_size(app: &TestApp, key: &str, size: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -160,7 +175,7 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
     let third: Value = app.get("/v1/governance/audit/entries/2", &key).await.json().await.unwrap();
     assert_eq!(third["entry"]["kind"], "sensitive_read");
     assert_eq!(app.count_governance_rows("audit_entries").await, 3);
-    assert_eq!(app.count_health_rows("audit_outbox").await, 0, "acknowledged events leave the outbox");
+    wait_for_empty_outbox(&app).await;
 
     // Another tenant sees its own, empty, log; a key without the scope is refused.
     let other = app.create_tenant("Outra Clínica").await;
@@ -300,7 +315,7 @@ async fn events_made_while_governance_is_down_and_across_a_restart_all_arrive_on
     }
     assert_eq!(logged, ids, "every assessment arrived exactly once");
     assert_eq!(app.count_governance_rows("audit_entries").await, 201);
-    assert_eq!(app.count_health_rows("audit_outbox").await, 0);
+    wait_for_empty_outbox(&app).await;
     let public_key = public_key(&app, &key).await;
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
 
