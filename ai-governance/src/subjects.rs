@@ -668,10 +668,7 @@ impl SubjectStore {
         if let Err(error) = &stored {
             // Not left `running` for the sweep to call cut short by a stop: failed now, saying so.
             let note = "its outcome could not be stored (ai-governance's database refused it); ask again";
-            let outcomes =
-                serde_json::to_string(&[outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note.to_owned())])
-                    .expect("outcomes serialise");
-            if let Err(again) = self.fail_one_interrupted(&caller.tenant_id, &id, kind.as_str(), &outcomes).await {
+            if let Err(again) = self.fail_running(&caller.tenant_id, &id, kind.as_str(), note).await {
                 tracing::warn!(%error, %again, request = %id, "a subject request whose outcome was not stored stays running");
             }
         }
@@ -750,15 +747,13 @@ impl SubjectStore {
         .map_err(StoreError::from)?;
         let note = "cut short: ai-governance stopped while it asked the services, some of which may have answered; \
                     ask again";
-        let outcomes = serde_json::to_string(&[outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note.to_owned())])
-            .expect("outcomes serialise");
         let mut marked = 0;
         for row in rows {
             let tenant_id: String = row.try_get("tenant_id").map_err(StoreError::from)?;
             let id: String = row.try_get("id").map_err(StoreError::from)?;
             let kind: String = row.try_get("kind").map_err(StoreError::from)?;
             // One that cannot be marked now waits for the next sweep; the others go on.
-            match self.fail_one_interrupted(&tenant_id, &id, &kind, &outcomes).await {
+            match self.fail_running(&tenant_id, &id, &kind, note).await {
                 Ok(true) => marked += 1,
                 Ok(false) => {}
                 Err(error) => {
@@ -769,43 +764,37 @@ impl SubjectStore {
         Ok(marked)
     }
 
-    /// Marks request `id` of `tenant_id` `failed` with `outcomes` if it is still `running`, with
-    /// its audit event; whether it did.
-    async fn fail_one_interrupted(&self, tenant_id: &str, id: &str, kind: &str, outcomes: &str) -> Result<bool, Error> {
-        {
-            let tenant_id = tenant_id.to_owned();
-            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            let updated = sqlx::query(
-                "UPDATE subject_requests SET status = 'failed', outcomes = $3 \
-                 WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
-            )
-            .bind(&tenant_id)
-            .bind(id)
-            .bind(outcomes)
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
-            if updated.rows_affected() == 0 {
-                return Ok(false);
-            }
-            let system =
-                Caller { tenant_id: tenant_id.clone(), subject: crate::SERVICE_NAME.to_owned(), scopes: Vec::new() };
-            let details = serde_json::json!({
-                "kind": kind, "status": "failed", "services": [[crate::SERVICE_NAME, "failed"]], "interrupted": true,
-            });
-            let leaf = own_leaf(
-                &system,
-                "subject_request",
-                "governance.CreateSubjectRequest",
-                &format!("subject-request:{id}"),
-                details,
-            );
-            own_events::enqueue(&mut transaction, &leaf).await?;
-            transaction.commit().await.map_err(StoreError::from)?;
-            own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
-            tracing::warn!(tenant = %tenant_id, request = %id, "a subject request cut short by a stop is marked failed");
-            Ok(true)
+    /// Marks request `id` of `tenant_id` `failed`, with one outcome of this service saying `note`,
+    /// if it is still `running`, with its audit event; whether it did.
+    async fn fail_running(&self, tenant_id: &str, id: &str, kind: &str, note: &str) -> Result<bool, Error> {
+        let outcomes = serde_json::to_string(&[outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note.to_owned())])
+            .expect("outcomes serialise");
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let updated = sqlx::query(
+            "UPDATE subject_requests SET status = 'failed', outcomes = $3 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
+        )
+        .bind(tenant_id)
+        .bind(id)
+        .bind(outcomes)
+        .execute(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
         }
+        let system =
+            Caller { tenant_id: tenant_id.to_owned(), subject: crate::SERVICE_NAME.to_owned(), scopes: Vec::new() };
+        let details = serde_json::json!({
+            "kind": kind, "status": "failed", "services": [[crate::SERVICE_NAME, "failed"]], "interrupted": true,
+        });
+        let subject = format!("subject-request:{id}");
+        let leaf = own_leaf(&system, "subject_request", "governance.CreateSubjectRequest", &subject, details);
+        own_events::enqueue(&mut transaction, &leaf).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        own_events::append_committed(&self.log, &self.database, vec![leaf]).await;
+        tracing::warn!(tenant = %tenant_id, request = %id, %note, "a subject request is marked failed");
+        Ok(true)
     }
 
     /// Stores request `new`, recorded `running`, with `outcomes`, its bundle sealed with `cipher`,
