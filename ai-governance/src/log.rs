@@ -685,21 +685,23 @@ impl LogStore {
         let signed: Vec<SignedCheckpoint> =
             rows.iter().filter_map(|row| checkpoint_from(tenant_id, row).ok()).collect();
         // Signatures checked and roots computed on a thread that may block, as above.
-        let bracket = tokio::task::spawn_blocking(move || {
-            let signed = signed
+        let (bracket, reached) = tokio::task::spawn_blocking(move || {
+            let signed: Vec<(u64, merkle::Hash)> = signed
                 .iter()
                 .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
-                .map(|checkpoint| (checkpoint.body.tree_size, checkpoint.body.root_hash));
-            merkle::first_unmatched(&leaves, signed)
+                .map(|checkpoint| (checkpoint.body.tree_size, checkpoint.body.root_hash))
+                .collect();
+            // The largest signed tree the entries held reach, which they match when none is unmatched.
+            let reached = signed.iter().map(|(size, _)| *size).filter(|size| *size <= leaves.len() as u64).max();
+            (merkle::first_unmatched(&leaves, signed), reached.unwrap_or(0))
         })
         .await
         .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
         let (from, to) = match (bracket, short) {
             (Some(bracket), _) => bracket,
-            // Every signed tree the entries reach matches: the first one not held is what is missing.
             (None, true) => {
-                let reason = format!("entry {held} is missing");
-                return Ok(Verification { tree_size: size, first_bad_index: Some(held), reason, signed: true });
+                let (index, reason) = fewer_than_signed(reached, held, size);
+                return Ok(Verification { tree_size: size, first_bad_index: Some(index), reason, signed: true });
             }
             (None, false) => (0, size),
         };
@@ -710,6 +712,21 @@ impl LogStore {
             signed: true,
         })
     }
+}
+
+/// Where the first bad entry of a log holding `held` entries of the `size` signed is, when every
+/// signed tree it reaches matches, the largest of them of size `reached`: at `held`, missing, when
+/// the log reaches that far; otherwise from `reached` to `held`, where an entry was deleted (those
+/// after it renumbered to close the gap) or changed. The index and the reason.
+pub fn fewer_than_signed(reached: u64, held: u64, size: u64) -> (u64, String) {
+    if reached >= held {
+        return (held, format!("entry {held} is missing"));
+    }
+    let reason = format!(
+        "the log holds {held} of the {size} entries signed: an entry from index {reached} to {held} is missing or \
+         does not match the checkpoint signed at size {size}"
+    );
+    (reached, reason)
 }
 
 /// Where the first changed entry of a log is, when only the checkpoints can tell: after the
@@ -927,6 +944,51 @@ pub(crate) mod tests {
         assert!(outcome.held_because.is_some_and(|reason| reason.contains("covers 3 entries but 2 are stored")));
         assert_eq!(after.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
         assert!(after.entry_with_proof("a", 0).await.is_err(), "still damaged: no proof");
+    }
+
+    /// An entry deleted and those after it renumbered to close the gap: with a checkpoint signed
+    /// along the way the change is placed after it; with only one, over the whole log, no entry
+    /// is said to be the missing one when any of them may be.
+    #[tokio::test]
+    async fn a_deleted_entry_with_the_rest_renumbered_is_placed_by_the_checkpoints_it_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        log.append((3..=6).map(|n| leaf("a", n)).collect()).await.unwrap();
+        log.append((1..=6).map(|n| leaf("b", n)).collect()).await.unwrap();
+        for tenant in ["a", "b"] {
+            let pool = log.database.pool();
+            sqlx::query("DELETE FROM audit_entries WHERE tenant_id = $1 AND idx = 3")
+                .bind(tenant)
+                .execute(pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE audit_entries SET idx = idx + 1000 WHERE tenant_id = $1 AND idx > 3")
+                .bind(tenant)
+                .execute(pool)
+                .await
+                .unwrap();
+            sqlx::query("UPDATE audit_entries SET idx = idx - 1001 WHERE tenant_id = $1 AND idx > 1000")
+                .bind(tenant)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        let fresh = LogStore::new(log.database.clone(), log.signer().clone());
+        let verification = fresh.verify("a", &fresh.latest_checkpoint("a").await.unwrap()).await.unwrap();
+        assert_eq!(verification.first_bad_index, Some(2), "{verification:?}");
+        assert!(verification.reason.contains("from index 2 to 5 is missing or does not match"), "{verification:?}");
+        let verification = fresh.verify("b", &fresh.latest_checkpoint("b").await.unwrap()).await.unwrap();
+        assert_eq!(verification.first_bad_index, Some(0), "{verification:?}");
+        assert!(verification.reason.contains("holds 5 of the 6 entries signed"), "{verification:?}");
+        // The last entry deleted is the one missing.
+        log.append(vec![leaf("c", 1)]).await.unwrap();
+        log.append(vec![leaf("c", 2)]).await.unwrap();
+        let pool = log.database.pool();
+        sqlx::query("DELETE FROM audit_entries WHERE tenant_id = 'c' AND idx = 1").execute(pool).await.unwrap();
+        let fresh = LogStore::new(log.database.clone(), log.signer().clone());
+        let verification = fresh.verify("c", &fresh.latest_checkpoint("c").await.unwrap()).await.unwrap();
+        assert_eq!((verification.first_bad_index, verification.reason.as_str()), (Some(1), "entry 1 is missing"));
     }
 
     #[tokio::test]

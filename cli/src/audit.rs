@@ -231,10 +231,15 @@ async fn verify_log(
         // after the last signed tree they reach are fewer than signed.
         let Ok(served) = client.get(&format!("/v1/governance/audit/entries/{index}")).await else {
             return Ok(match (unmatched, short) {
-                (None, true) => Verdict::Tampered {
-                    index: held,
-                    reason: format!("entry {held} is missing (the server makes no proof from its damaged log)"),
-                },
+                (None, true) => {
+                    let reached = last_signed_held.unwrap_or(0);
+                    let (index, reason) =
+                        aigronova_ai_governance::log::fewer_than_signed(reached, held, checkpoint.tree_size);
+                    Verdict::Tampered {
+                        index,
+                        reason: format!("{reason} (the server makes no proof from its damaged log)"),
+                    }
+                }
                 _ => Verdict::Tampered { index: from, reason: aigronova_ai_governance::log::changed_between(from, to) },
             });
         };

@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use aigronova_platform::config::redacted;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
     Algorithm, DecodingKey,
@@ -54,14 +55,21 @@ pub(crate) struct VerificationKey {
 /// Why a fetch of the JWKS failed; the cached keys stay in use.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FetchError {
+    /// Without its URL, which the log names redacted.
     #[error("request failed: {0}")]
-    Request(#[from] reqwest::Error),
+    Request(reqwest::Error),
     #[error("the provider answered HTTP {0}")]
     Status(u16),
     #[error("the document is larger than {MAX_JWKS_BYTES} bytes")]
     TooLarge,
     #[error("not a JWKS document: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<reqwest::Error> for FetchError {
+    fn from(error: reqwest::Error) -> Self {
+        Self::Request(error.without_url())
+    }
 }
 
 /// Why [`Jwks::key`] has no key for a `kid`.
@@ -209,7 +217,7 @@ impl Jwks {
         *last_attempt = Some(started);
         match self.fetch().await {
             Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
+                tracing::info!(url = %redacted(&self.url), keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
                 let snapshot = Arc::new(Snapshot {
                     keys,
                     fetched_at: Some(Instant::now()),
@@ -220,7 +228,7 @@ impl Jwks {
             }
             Err(error) => {
                 let cached = self.snapshot().keys.values().map(Vec::len).sum::<usize>();
-                tracing::warn!(url = %self.url, %error, cached, "JWKS fetch failed; keeping the cached keys");
+                tracing::warn!(url = %redacted(&self.url), %error, cached, "JWKS fetch failed; keeping the cached keys");
                 // When the failed attempt began, from which the minimum interval to the next counts.
                 *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
             }
@@ -270,7 +278,7 @@ impl Jwks {
         // (401), not verified with keys it no longer publishes.
         if keys.is_empty() {
             tracing::warn!(
-                url = %self.url,
+                url = %redacted(&self.url),
                 "the JWKS holds no usable signing key (RSA of 2048 bits or more, P-256 or Ed25519, each with a kid); \
                  tokens are refused until it does"
             );

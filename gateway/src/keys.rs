@@ -18,8 +18,12 @@ use futures_util::StreamExt;
 
 use crate::store::{Principal, Store, hash_key};
 
-/// Most entries kept; past it the cache starts afresh rather than grow without bound.
+/// Most keys kept, of those that exist; past it the expired ones go, and if none has, the cache
+/// starts afresh rather than grow without bound.
 const MAX_ENTRIES: usize = 10_000;
+/// Most keys kept of those that do not exist, apart from the others: a flood of made-up keys
+/// churns these alone and never pushes the tenants' real keys out of the cache.
+const MAX_UNKNOWN_ENTRIES: usize = 1_000;
 /// How long, at least, the invalidation channel may stay silent before it is subscribed afresh
 /// (the cache's lifetime when longer: a fresh subscription drops the cache).
 const RESUBSCRIBE_WHEN_QUIET: Duration = Duration::from_secs(30);
@@ -39,28 +43,55 @@ struct Entry {
 /// before the revocation does not outlive it in the cache.
 #[derive(Default)]
 struct Entries {
+    /// Keys that exist.
     by_hash: HashMap<String, Entry>,
+    /// Keys that do not, each with when it was looked up.
+    unknown: HashMap<String, Instant>,
     evictions: u64,
 }
 
 impl Entries {
     /// Keeps a lookup begun when `evictions` was `seen`, unless an eviction came since; whether it
-    /// was kept.
-    fn remember(&mut self, hash: String, entry: Entry, seen: u64) -> bool {
+    /// was kept. Entries older than `ttl` make room first.
+    fn remember(&mut self, hash: String, entry: Entry, seen: u64, ttl: Duration) -> bool {
         if self.evictions != seen {
             return false;
+        }
+        if entry.principal.is_none() {
+            if self.unknown.len() >= MAX_UNKNOWN_ENTRIES {
+                self.unknown.retain(|_, fetched| fetched.elapsed() < ttl);
+            }
+            if self.unknown.len() >= MAX_UNKNOWN_ENTRIES {
+                self.unknown.clear();
+            }
+            self.unknown.insert(hash, entry.fetched);
+            return true;
+        }
+        if self.by_hash.len() >= MAX_ENTRIES {
+            self.by_hash.retain(|_, entry| entry.fetched.elapsed() < ttl);
         }
         if self.by_hash.len() >= MAX_ENTRIES {
             self.by_hash.clear();
         }
+        self.unknown.remove(&hash);
         self.by_hash.insert(hash, entry);
         true
     }
 
-    /// Forgets the entries `forget` picks.
+    /// The lookup of `hash` younger than `ttl`, if one is kept.
+    fn get(&self, hash: &str, ttl: Duration) -> Option<Entry> {
+        if let Some(entry) = self.by_hash.get(hash) {
+            return (entry.fetched.elapsed() < ttl).then(|| entry.clone());
+        }
+        let fetched = *self.unknown.get(hash)?;
+        (fetched.elapsed() < ttl).then_some(Entry { principal: None, fetched })
+    }
+
+    /// Forgets the entries `forget` picks, and every unknown key (one may have been created since).
     fn evict(&mut self, forget: impl Fn(&str, &Entry) -> bool) {
         self.evictions += 1;
         self.by_hash.retain(|hash, entry| !forget(hash, entry));
+        self.unknown.clear();
     }
 }
 
@@ -84,18 +115,14 @@ impl KeyCache {
     /// which its caller refuses as expired.
     pub(crate) async fn principal(&self, key: &str) -> Result<Option<Arc<Principal>>, StoreError> {
         let hash = hash_key(key);
-        let cached = if self.bypass.load(Ordering::Relaxed) {
-            None
-        } else {
-            self.read().by_hash.get(&hash).filter(|entry| entry.fetched.elapsed() < self.ttl).cloned()
-        };
+        let cached = if self.bypass.load(Ordering::Relaxed) { None } else { self.read().get(&hash, self.ttl) };
         let principal = match cached {
             Some(entry) => entry.principal,
             None => {
                 let seen = self.read().evictions;
                 let principal = self.store.principal_by_hash(&hash).await?.map(Arc::new);
                 let entry = Entry { principal: principal.clone(), fetched: Instant::now() };
-                self.write().remember(hash, entry, seen);
+                self.write().remember(hash, entry, seen, self.ttl);
                 principal
             }
         };
@@ -295,7 +322,22 @@ impl Invalidation {
 mod tests {
     use super::*;
 
+    const TTL: Duration = Duration::from_secs(30);
+
     fn entry() -> Entry {
+        let principal = Principal {
+            key_id: "k1".into(),
+            credential: crate::store::Credential::ApiKey,
+            tenant_id: Some("t1".into()),
+            tenant_status: Some("active".into()),
+            tenant_plan: None,
+            scopes: Vec::new(),
+            expire_time: None,
+        };
+        Entry { principal: Some(Arc::new(principal)), fetched: Instant::now() }
+    }
+
+    fn unknown() -> Entry {
         Entry { principal: None, fetched: Instant::now() }
     }
 
@@ -305,13 +347,38 @@ mod tests {
         let seen = entries.evictions;
         // The key is revoked while its row, read before, is on its way.
         entries.evict(|hash, _| hash == "h1");
-        assert!(!entries.remember("h1".into(), entry(), seen));
+        assert!(!entries.remember("h1".into(), entry(), seen, TTL));
         assert!(entries.by_hash.is_empty());
         // A lookup begun after the eviction is kept, until the next eviction of it.
         let seen = entries.evictions;
-        assert!(entries.remember("h1".into(), entry(), seen));
-        assert!(entries.remember("h2".into(), entry(), seen));
+        assert!(entries.remember("h1".into(), entry(), seen, TTL));
+        assert!(entries.remember("h2".into(), entry(), seen, TTL));
         entries.evict(|hash, _| hash == "h1");
         assert_eq!(entries.by_hash.keys().collect::<Vec<_>>(), ["h2"]);
+    }
+
+    #[test]
+    fn a_flood_of_unknown_keys_never_pushes_known_keys_out() {
+        let mut entries = Entries::default();
+        let seen = entries.evictions;
+        assert!(entries.remember("known".into(), entry(), seen, TTL));
+        for n in 0..(MAX_ENTRIES + 5 * MAX_UNKNOWN_ENTRIES) {
+            assert!(entries.remember(format!("made-up-{n}"), unknown(), seen, TTL));
+        }
+        assert!(entries.get("known", TTL).is_some_and(|entry| entry.principal.is_some()));
+        assert!(entries.unknown.len() <= MAX_UNKNOWN_ENTRIES);
+        let last = format!("made-up-{}", MAX_ENTRIES + 5 * MAX_UNKNOWN_ENTRIES - 1);
+        assert!(entries.get(&last, TTL).is_some_and(|entry| entry.principal.is_none()), "the latest unknown kept");
+        // Known keys past the most kept: the expired ones make room, the others stay.
+        let mut entries = Entries::default();
+        let old = Entry { fetched: Instant::now() - 2 * TTL, ..entry() };
+        for n in 0..MAX_ENTRIES - 1 {
+            entries.remember(format!("old-{n}"), old.clone(), seen, TTL);
+        }
+        entries.remember("fresh".into(), entry(), seen, TTL);
+        entries.remember("new".into(), entry(), seen, TTL);
+        assert_eq!(entries.by_hash.len(), 2);
+        assert!(entries.get("fresh", TTL).is_some() && entries.get("new", TTL).is_some());
+        assert!(entries.get("old-0", TTL).is_none());
     }
 }

@@ -247,6 +247,8 @@ pub(crate) struct Shared {
     requests: TaskTracker,
     /// The secret the admin API's page tokens are made under, the same on every replica.
     page_token_key: String,
+    /// The last readiness found and when (see `proxy::readyz`).
+    readiness: tokio::sync::Mutex<Option<proxy::Readiness>>,
 }
 
 /// The largest HTTP/2 header list the gateway's HTTP server reads (HTTP/1.1's is the far larger
@@ -351,6 +353,7 @@ impl Gateway {
             api_docs: Arc::new(api_docs),
             requests: requests.clone(),
             page_token_key,
+            readiness: tokio::sync::Mutex::new(None),
         }));
         for hash in &revoked_admin_keys {
             invalidation.key_revoked(hash).await;

@@ -33,6 +33,10 @@ pub(crate) struct ProblemDocument {
     pub(crate) missing_permission: Option<String>,
     #[serde(skip)]
     pub(crate) retry_after: Option<u64>,
+    /// Whether the call left for the service before it failed in a way that leaves unknown
+    /// whether the service ran it.
+    #[serde(skip)]
+    pub(crate) may_have_taken_effect: bool,
     /// The `WWW-Authenticate` challenge of a 401, or of a 403 for a missing scope.
     #[serde(skip)]
     pub(crate) www_authenticate: Option<String>,
@@ -55,6 +59,12 @@ impl Problem {
         self.0.field.as_deref()
     }
 
+    /// Whether the service may have run the call this problem answers (see
+    /// [`ProblemDocument::may_have_taken_effect`]).
+    pub(crate) fn may_have_taken_effect(&self) -> bool {
+        self.0.may_have_taken_effect
+    }
+
     /// The HTTP status it is answered with.
     pub(crate) fn status(&self) -> StatusCode {
         StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
@@ -73,6 +83,7 @@ impl Problem {
             field: None,
             missing_permission: None,
             retry_after: None,
+            may_have_taken_effect: false,
             www_authenticate: None,
             accept_encoding: None,
         }))
@@ -195,6 +206,22 @@ impl Problem {
             }
             _ => http,
         };
+        // The connection broke once the call was on it: the service may have run it, so the
+        // client is told to look rather than to retry.
+        if status.code() == tonic::Code::Unavailable
+            && status.metadata().get(crate::upstream::BROKEN_AFTER_SENDING).is_some()
+        {
+            let mut problem = Self::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "{}: the connection broke after the call was sent, so it may have taken effect; look before \
+                     sending a change again",
+                    status.message()
+                ),
+            );
+            problem.0.may_have_taken_effect = true;
+            return problem;
+        }
         let mut problem = Self::new(http, status.message());
         problem.0.field = metadata(aigronova_platform::error::FIELD_METADATA_KEY);
         problem.0.missing_permission = metadata(aigronova_platform::error::PERMISSION_METADATA_KEY);

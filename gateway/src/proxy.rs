@@ -5,7 +5,7 @@ use std::{
     pin::Pin,
     sync::{Arc, atomic::AtomicBool},
     task::Poll,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use aigronova_platform::{auth::Caller, trace_context};
@@ -37,8 +37,30 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-/// Readiness: the gateway's database and every upstream answer.
+/// How long a readiness found answers `/readyz`: probes from every load balancer and a flood of
+/// unauthenticated calls alike reach the database, Redis and the upstreams at most once a second.
+const READINESS_KEPT: Duration = Duration::from_secs(1);
+
+/// A readiness found, and when.
+pub(crate) struct Readiness {
+    found: Instant,
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+/// Readiness: the gateway's database and every upstream answer. Found once for every probe that
+/// arrives while it is being found, and kept for [`READINESS_KEPT`].
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let mut kept = state.readiness.lock().await;
+    let fresh = kept.as_ref().filter(|readiness| readiness.found.elapsed() < READINESS_KEPT);
+    let readiness = match fresh {
+        Some(readiness) => readiness,
+        None => kept.insert(readiness(&state).await),
+    };
+    (readiness.status, Json(readiness.body.clone())).into_response()
+}
+
+async fn readiness(state: &AppState) -> Readiness {
     // Every check at once, each within its own deadline, well within a readiness probe's: one
     // part that hangs (a database, an upstream that accepts connections and answers nothing) is
     // reported as down rather than holding the answer.
@@ -72,7 +94,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     if let Some(rate_limits) = rate_limits {
         body["rateLimits"] = rate_limits.into();
     }
-    (status, Json(body)).into_response()
+    Readiness { found: Instant::now(), status, body }
 }
 
 /// Refuses a query parameter on a probe (`/healthz`, `/readyz`), which takes none, as the other
@@ -264,13 +286,13 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
 }
 
 /// Whether a model call keeps its unit of quota: when the service answered OK, and when its
-/// deadline passed while the call was out, as the service may have run the model and stored the
-/// result without the gateway hearing back. A call the service refused or failed, or that never
-/// left (its circuit open, its deadline gone first), gives its unit back.
+/// deadline passed or its connection broke while the call was out, as the service may have run
+/// the model and stored the result without the gateway hearing back. A call the service refused
+/// or failed, or that never left (its circuit open, its deadline gone first), gives its unit back.
 fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
     match result {
         Ok(_) => true,
-        Err(problem) => sent && problem.status() == StatusCode::GATEWAY_TIMEOUT,
+        Err(problem) => sent && (problem.status() == StatusCode::GATEWAY_TIMEOUT || problem.may_have_taken_effect()),
     }
 }
 

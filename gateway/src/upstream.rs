@@ -21,9 +21,16 @@ use http::{
     uri::{Authority, PathAndQuery, Scheme},
 };
 use tokio::net::TcpStream;
-use tonic::{Code, Status, metadata::MetadataMap};
+use tonic::{
+    Code, Status,
+    metadata::{MetadataMap, MetadataValue},
+};
 
 use aigronova_platform::{config::redacted, grpc::MAX_MESSAGE_BYTES};
+
+/// The metadata key marking an `Unavailable` whose connection broke after the request was handed
+/// to it: the service may have run the call, so it is not one to send again blindly.
+pub(crate) const BROKEN_AFTER_SENDING: &str = "aigronova-broken-after-sending";
 
 /// HTTP/2 flow-control windows, as hyper's clients default to.
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -122,8 +129,16 @@ impl Connection {
 
     /// An HTTP/2 error on a call, logged with its cause: a closed or refused connection is
     /// `Unavailable` (retried where the method allows it), a reset stream keeps the code its reason
-    /// maps to; either way the client learns which upstream failed, not how.
-    fn stream_error(&self, error: h2::Error) -> Status {
+    /// maps to; either way the client learns which upstream failed, not how. A connection that
+    /// broke once the request was handed to it (`sent`) is marked with [`BROKEN_AFTER_SENDING`]:
+    /// the service may have run the call. One the service closed with GOAWAY, or a stream it
+    /// refused, it did not run.
+    fn stream_error(&self, error: h2::Error, sent: bool) -> Status {
+        if error.is_io() && sent {
+            let mut status = self.unavailable(&error);
+            status.metadata_mut().insert(BROKEN_AFTER_SENDING, MetadataValue::from_static("1"));
+            return status;
+        }
         if error.is_io() || error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM) {
             return self.unavailable(&error);
         }
@@ -163,14 +178,15 @@ impl Connection {
         let mut timeout = grpc_timeout(timeout);
         timeout.set_sensitive(true);
         headers.insert("grpc-timeout", timeout);
-        let (response, mut stream) = sender.send_request(request, false).map_err(|error| self.stream_error(error))?;
+        let (response, mut stream) =
+            sender.send_request(request, false).map_err(|error| self.stream_error(error, false))?;
         sent.store(true, Ordering::Relaxed);
         let mut framed = BytesMut::with_capacity(5 + message.len());
         framed.put_u8(0);
         framed.put_u32(u32::try_from(message.len()).map_err(|_| Status::internal("request message too large"))?);
         framed.put_slice(&message);
-        stream.send_data(framed.freeze(), true).map_err(|error| self.stream_error(error))?;
-        let response = response.await.map_err(|error| self.stream_error(error))?;
+        stream.send_data(framed.freeze(), true).map_err(|error| self.stream_error(error, true))?;
+        let response = response.await.map_err(|error| self.stream_error(error, true))?;
         let (parts, mut body) = response.into_parts();
         if parts.status != http::StatusCode::OK {
             return Err(Status::new(http_code(parts.status), format!("{} answered HTTP {}", self.owner, parts.status)));
@@ -181,7 +197,7 @@ impl Connection {
         }
         let mut received = BytesMut::new();
         while let Some(chunk) = body.data().await {
-            let chunk = chunk.map_err(|error| self.stream_error(error))?;
+            let chunk = chunk.map_err(|error| self.stream_error(error, true))?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if received.len() + chunk.len() > MAX_MESSAGE_BYTES + 5 {
                 return Err(Status::resource_exhausted(format!(
@@ -191,7 +207,7 @@ impl Connection {
             }
             received.extend_from_slice(&chunk);
         }
-        let trailers = body.trailers().await.map_err(|error| self.stream_error(error))?.unwrap_or_default();
+        let trailers = body.trailers().await.map_err(|error| self.stream_error(error, true))?.unwrap_or_default();
         if let Some(status) = failed(&trailers) {
             return Err(status);
         }

@@ -19,6 +19,10 @@ use aigronova_proto::aigronova::health::v1::{
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
+use tonic_health::pb::{
+    HealthCheckRequest, HealthCheckResponse, health_check_response,
+    health_server::{Health, HealthServer},
+};
 
 const MIB: usize = 1024 * 1024;
 
@@ -41,6 +45,8 @@ struct Script {
     timeouts: Mutex<Vec<Option<String>>>,
     arrived: Notify,
     release: Notify,
+    /// Health checks answered.
+    health_checks: AtomicUsize,
 }
 
 /// A stand-in for healthquantum whose answers the test scripts.
@@ -56,6 +62,7 @@ impl StandIn {
             timeouts: Mutex::new(Vec::new()),
             arrived: Notify::new(),
             release: Notify::new(),
+            health_checks: AtomicUsize::new(0),
         }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -71,6 +78,7 @@ impl StandIn {
     ) -> impl Future<Output = ()> + Send + 'static {
         let server = tonic::transport::Server::builder()
             .add_service(HealthQuantumServer::new(self.clone()))
+            .add_service(HealthServer::new(self.clone()))
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop);
         async move { server.await.expect("the stand-in serves") }
     }
@@ -115,6 +123,21 @@ impl StandIn {
             birth_date: "1980-02-29".into(),
             ..proto::Patient::default()
         }))
+    }
+}
+
+/// Answers SERVING, counting the checks.
+#[tonic::async_trait]
+impl Health for StandIn {
+    async fn check(&self, _: Request<HealthCheckRequest>) -> Result<Response<HealthCheckResponse>, Status> {
+        self.0.health_checks.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(HealthCheckResponse { status: health_check_response::ServingStatus::Serving.into() }))
+    }
+
+    type WatchStream = tokio_stream::Empty<Result<HealthCheckResponse, Status>>;
+
+    async fn watch(&self, _: Request<HealthCheckRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("not watched"))
     }
 }
 
@@ -681,6 +704,23 @@ async fn shutdown_waits_for_a_call_whose_http2_client_cancelled_it() {
 }
 
 #[tokio::test]
+async fn readiness_is_found_once_for_the_probes_that_come_together_and_kept_for_a_second() {
+    let (stand_in, url) = StandIn::start(Behaviour::Answer).await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let probe = || async { app.client.get(app.url("/readyz")).send().await.unwrap().json::<Value>().await.unwrap() };
+    let answers = futures_util::future::join_all((0..20).map(|_| probe())).await;
+    for answer in &answers {
+        assert_eq!(answer["upstreams"]["healthquantum"], true, "{answer}");
+    }
+    assert_eq!(stand_in.0.health_checks.load(Ordering::SeqCst), 1, "one check for twenty probes");
+    // Once the readiness found is over a second old, the next probe checks again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(probe().await["ready"], true);
+    assert_eq!(stand_in.0.health_checks.load(Ordering::SeqCst), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_a_503_that_names_it_and_not_the_transport_error() {
     let nowhere = format!("http://127.0.0.1:{}", aigronova_e2e::port_to_start_later());
     let app = spawn_gateway(&nowhere, |_| {}).await;
@@ -694,6 +734,60 @@ async fn an_unreachable_upstream_is_a_503_that_names_it_and_not_the_transport_er
         // The cause (a refused connection, the address) is in the gateway's log only.
         assert_eq!(problem["detail"], "healthquantum is unavailable", "{problem}");
     }
+    app.stop().await;
+}
+
+/// An upstream that takes each connection and what is sent on it, then closes it unanswered, as
+/// a service killed in the middle of a call does. Returns its URL.
+async fn upstream_that_drops_its_calls() -> String {
+    use tokio::io::AsyncReadExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Everything the gateway sends (the preface, its settings, the call), until it pauses.
+                let mut buffer = vec![0; 64 * 1024];
+                while let Ok(Ok(read)) =
+                    tokio::time::timeout(Duration::from_millis(200), socket.read(&mut buffer)).await
+                {
+                    if read == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_call_whose_connection_breaks_once_sent_is_a_502_that_may_have_taken_effect_and_keeps_its_unit() {
+    let url = upstream_that_drops_its_calls().await;
+    let app = spawn_gateway(&url, |_| {}).await;
+    let (_, key) = app.tenant_with_key().await;
+    let features = json!({"model": "breast-cancer", "features": {"mean radius": 14.0}});
+    let mut left = Vec::new();
+    for _ in 0..2 {
+        let response =
+            app.client.post(app.url("/v1/health/patients/p-1/assessments")).bearer_auth(&key).json(&features);
+        let response = response.send().await.unwrap();
+        // Not an invitation to send it again: the service may have run it.
+        assert!(response.headers().get("retry-after").is_none(), "{:?}", response.headers());
+        let limits: Vec<String> =
+            response.headers().get_all("ratelimit").iter().map(|value| value.to_str().unwrap().to_owned()).collect();
+        let limits = limits.join(", ");
+        let remaining = limits.split(r#""inference";r="#).nth(1).and_then(|rest| rest.split(';').next());
+        left.push(remaining.expect(&limits).parse::<u64>().unwrap());
+        let problem = assert_problem(response, 502).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("healthquantum is unavailable: ") && detail.contains("may have taken effect"),
+            "{problem}"
+        );
+    }
+    assert_eq!(left[0], left[1] + 1, "each call kept its unit of quota");
     app.stop().await;
 }
 
