@@ -786,6 +786,39 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
         MediaType::Png => Some(png_chunks(bytes).map_err(refused)?),
         _ => None,
     };
+    let reader = |limits: Limits| {
+        let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
+        opened.limits(limits);
+        opened
+    };
+    let undecodable = |error: image::ImageError| {
+        Error::invalid(
+            "body",
+            format!("starts as {} but does not decode as one: {}", media_type.as_str(), decoder_message(&error)),
+        )
+    };
+    // A JPEG's frame header first: one too large is refused, naming its size, before any block of
+    // its data is read.
+    let claimed = match media_type {
+        MediaType::Jpeg => crate::jpeg::claimed(bytes),
+        _ => None,
+    };
+    if let Some(crate::jpeg::Claimed { width, height, coefficient_bytes }) = claimed {
+        check_size(width, height)?;
+        // A progressive JPEG's decoder keeps every coefficient besides the pixels it makes.
+        let needed = coefficient_bytes.map(|coefficients| coefficients + u64::from(width) * u64::from(height) * 4);
+        if let Some(needed) = needed.filter(|needed| *needed > MAX_DECODED_BYTES) {
+            return Err(Error::invalid(
+                "body",
+                format!(
+                    "is a progressive JPEG of {width}×{height} pixels, which takes {} MB to decode: at most {} MB are \
+                     accepted (send it as a baseline JPEG, or with fewer pixels)",
+                    needed.div_ceil(1_000_000),
+                    MAX_DECODED_BYTES / 1_000_000
+                ),
+            ));
+        }
+    }
     let end = match media_type {
         MediaType::Jpeg => crate::jpeg::check(bytes).map_err(|shortfall| {
             // A decoder fills what is missing with grey: a cut upload would be kept as an image.
@@ -803,17 +836,6 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
         _ => png.as_ref().map_or(bytes.len(), |chunks| chunks.end),
     };
     check_trailer(media_type, &bytes[end..]).map_err(|problem| refused(problem.to_owned()))?;
-    let reader = |limits: Limits| {
-        let mut opened = ImageReader::with_format(Cursor::new(bytes), format);
-        opened.limits(limits);
-        opened
-    };
-    let undecodable = |error: image::ImageError| {
-        Error::invalid(
-            "body",
-            format!("starts as {} but does not decode as one: {}", media_type.as_str(), decoder_message(&error)),
-        )
-    };
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODED_BYTES);
     // The header alone first: an image too large is refused, naming its size, before any pixel is decoded.
@@ -1242,6 +1264,35 @@ mod tests {
             assert_eq!(crate::jpeg::check(&cut), Err(crate::jpeg::Shortfall::CutShort), "{name}");
             assert!(examine(&cut).is_err(), "{name}");
         }
+    }
+
+    /// A progressive JPEG's header claiming `width`×`height` pixels, its data that of 64×48.
+    fn progressive_claiming(name: &str, width: u16, height: u16) -> Vec<u8> {
+        let (_, whole) = ENCODED_ELSEWHERE.iter().find(|(encoded, _)| *encoded == name).unwrap();
+        let mut claiming = whole.to_vec();
+        let frame = claiming.windows(2).position(|marker| marker == [0xFF, 0xC2]).expect("a progressive frame");
+        claiming[frame + 5..frame + 7].copy_from_slice(&height.to_be_bytes());
+        claiming[frame + 7..frame + 9].copy_from_slice(&width.to_be_bytes());
+        claiming
+    }
+
+    #[test]
+    fn a_progressive_jpeg_whose_coefficients_would_take_too_much_memory_is_refused_before_its_data_is_read() {
+        // Grey, 6000×6000: 72 MB of coefficients besides 144 MB of pixels.
+        let error = examine(&progressive_claiming("progressive-grey", 6000, 6000)).err().unwrap();
+        let message = format!("{error:?}");
+        assert!(message.contains("is a progressive JPEG of 6000×6000 pixels, which takes 216 MB"), "{message}");
+        // In colour (4:2:0), 4000×4000: 48 MB of coefficients and 64 MB of pixels pass the memory
+        // check, and the data, which holds 64×48 pixels, is then found cut short.
+        let (coefficients, pixels) = (4000u64 / 16 * 4000 / 16 * 6 * 128, 4000u64 * 4000 * 4);
+        assert!(coefficients + pixels <= MAX_DECODED_BYTES);
+        let claiming = progressive_claiming("progressive-restarts", 4000, 4000);
+        assert_eq!(crate::jpeg::claimed(&claiming).unwrap().coefficient_bytes, Some(coefficients));
+        let message = format!("{:?}", examine(&claiming).err().unwrap());
+        assert!(message.contains("cut short") && !message.contains("MB"), "{message}");
+        let sequential = ENCODED_ELSEWHERE.iter().find(|(name, _)| *name == "sequential-restarts").unwrap().1;
+        let claimed = crate::jpeg::claimed(sequential).unwrap();
+        assert_eq!((claimed.width, claimed.height, claimed.coefficient_bytes), (64, 48, None));
     }
 
     #[test]

@@ -123,6 +123,56 @@ fn check_segments(bytes: &[u8], stray_bytes: bool) -> Result<usize, Shortfall> {
     }
 }
 
+/// What a JPEG's frame header claims, read before any of its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Claimed {
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    /// For a progressive JPEG, the bytes a decoder keeps for its coefficients while it reads its
+    /// scans (two a coefficient, 64 a block, every block of every component), which a small file
+    /// of empty bands can claim in the hundreds of megabytes; `None` for a sequential JPEG, whose
+    /// blocks are decoded as they come.
+    pub(crate) coefficient_bytes: Option<u64>,
+}
+
+/// What the frame header of `bytes`, a JPEG that starts with its start-of-image marker, claims;
+/// `None` when no Huffman frame header comes before its first scan (what is wrong with it is then
+/// for [`check`] to say).
+pub(crate) fn claimed(bytes: &[u8]) -> Option<Claimed> {
+    let mut at = 2;
+    loop {
+        at += bytes.get(at..)?.iter().position(|byte| *byte == 0xFF)?;
+        while bytes.get(at + 1) == Some(&0xFF) {
+            at += 1;
+        }
+        let marker = *bytes.get(at + 1)?;
+        at += 2;
+        if matches!(marker, 0x01 | 0xD0..=0xD8) {
+            continue;
+        }
+        let length = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
+        let segment = bytes.get(at + 2..at + length.max(2))?;
+        at += length.max(2);
+        match marker {
+            0xC0..=0xC2 => {
+                let progressive = marker == 0xC2;
+                let frame = Frame::parse(segment, progressive)?;
+                let mcus_across = frame.width.div_ceil(8 * frame.max_h) as u64;
+                let mcus_down = frame.height.div_ceil(8 * frame.max_v) as u64;
+                let blocks: u64 =
+                    frame.components.iter().map(|(_, h, v)| mcus_across * *h as u64 * mcus_down * *v as u64).sum();
+                return Some(Claimed {
+                    width: u32::try_from(frame.width).ok()?,
+                    height: u32::try_from(frame.height).ok()?,
+                    coefficient_bytes: progressive.then_some(blocks * 64 * 2),
+                });
+            }
+            0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF | 0xDA | 0xD9 => return None,
+            _ => {}
+        }
+    }
+}
+
 /// The frame header: the image's size and its components' sampling factors.
 struct Frame {
     width: usize,
