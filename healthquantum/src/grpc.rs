@@ -404,18 +404,15 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let patient_id = PatientId::parse("patientId", &request.get_ref().patient_id)?;
         let id = PatientId::parse("id", &request.get_ref().id)?.to_string();
-        let event = |patient: &Patient| {
-            AuditEvent::new(
-                &caller,
-                crate::SERVICE_NAME,
-                EventKind::SensitiveRead,
-                "health.GetAssessmentReport",
-                &format!("patient:{}", patient.id),
-                serde_json::json!({"assessmentId": id, "fields": ["name", "cpf", "birthDate"]}),
-            )
-        };
-        let (patient, assessment) = self.store.report_data(&caller.tenant_id, &patient_id, &id, event).await?;
-        self.outbox.wake();
+        let event = AuditEvent::new(
+            &caller,
+            crate::SERVICE_NAME,
+            EventKind::SensitiveRead,
+            "health.GetAssessmentReport",
+            &format!("patient:{patient_id}"),
+            serde_json::json!({"assessmentId": id, "fields": ["name", "cpf", "birthDate"]}),
+        );
+        let (patient, assessment) = self.store.report_data(&caller.tenant_id, &patient_id, &id).await?;
         let key = report_key(&caller.tenant_id, &id);
         // Sealed for the patient as read: a report made before a change does not open for a
         // reader after it, who makes it again (as one kept before reports were sealed).
@@ -423,23 +420,35 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let version = time::stored(patient.updated_at.unwrap_or(patient.created_at));
         let context = format!("{key}#{version}");
         let kept = self.objects.get(&key).await?.filter(|stored| stored.starts_with(crypto::SEALED_OBJECT));
-        let pdf = match kept.and_then(|stored| cipher.open_bytes(&context, stored).ok()) {
-            Some(pdf) => pdf,
+        let (pdf, made) = match kept.and_then(|stored| cipher.open_bytes(&context, stored).ok()) {
+            Some(pdf) => (pdf, false),
             None => {
-                let model = self.models.get(&assessment.model)?;
-                let pdf = crate::report::render(&patient, &assessment, model.manifest());
+                // The model card of the version that scored it, when this deployment still has it.
+                let model = self.models.get(&assessment.model).ok();
+                let manifest = model
+                    .as_deref()
+                    .map(|model| model.manifest())
+                    .filter(|manifest| manifest.version == assessment.model_version);
+                let pdf = crate::report::render(&patient, &assessment, manifest);
                 self.objects.put(&key, cipher.seal_bytes(&context, &pdf)).await?;
-                // A change, deletion or erasure of the patient committed since the read deletes
-                // the reports it finds after committing, which may be before this one was kept:
-                // then this one goes, so that no report outlives what it shows.
-                let current = self.store.report_current(&caller.tenant_id, &patient, &id).await;
-                if !current.as_ref().is_ok_and(|current| *current) {
-                    self.delete_reports(&caller.tenant_id, std::slice::from_ref(&id)).await;
-                }
-                current?;
-                pdf
+                (pdf, true)
             }
         };
+        // Audited once the report is in hand, and only while it shows what is stored: a change,
+        // deletion or erasure of the patient committed since the read deletes the reports it finds
+        // after committing, which may be before this one was kept: then this one goes too, so that
+        // no report outlives what it shows, and the caller asks again.
+        let current = self.store.report_current(&caller.tenant_id, &patient, &id, Some(&event)).await;
+        if !current.as_ref().is_ok_and(|current| *current) && made {
+            self.delete_reports(&caller.tenant_id, std::slice::from_ref(&id)).await;
+        }
+        if !current? {
+            return Err(aigronova_platform::Error::Refused(Box::new(Status::aborted(
+                "the patient or the assessment changed while the report was being made: ask for it again",
+            )))
+            .into());
+        }
+        self.outbox.wake();
         Ok(Response::new(HttpBody { content_type: "application/pdf".into(), data: pdf, extensions: Vec::new() }))
     }
 

@@ -139,6 +139,10 @@ impl HealthQuantumService {
         if sealed > 0 {
             tracing::info!(patients = sealed, "patients stored in clear were sealed");
         }
+        let sealed = store.seal_clear_inputs().await.context("cannot seal the assessment inputs stored in clear")?;
+        if sealed > 0 {
+            tracing::info!(assessments = sealed, "assessment inputs stored in clear were sealed");
+        }
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the healthquantum models")?;
         let listener = GrpcListener::bind(config.grpc_addr)
             .await

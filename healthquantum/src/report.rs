@@ -6,8 +6,9 @@ use aigronova_platform::{inference::Manifest, pdf::PdfDocument};
 
 use crate::{assessment::Assessment, patient::Patient};
 
-/// The report of `assessment` for `patient`, scored by the model `manifest` describes.
-pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Manifest) -> Vec<u8> {
+/// The report of `assessment` for `patient`, scored by the model `manifest` describes; without a
+/// manifest (the version that scored it is no longer served here) the report says where its card is.
+pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: Option<&Manifest>) -> Vec<u8> {
     let mut pdf = PdfDocument::new("Relatório de avaliação de risco / Risk assessment report");
     pdf.heading("Paciente / Patient");
     pdf.field("Nome / Name", patient.name.as_str());
@@ -22,7 +23,8 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Mani
     let output = if assessment.regression {
         format!("predicted value {:.4}", assessment.output)
     } else {
-        format!("probability of {} {:.4}", manifest.positive_class, assessment.output)
+        let class = manifest.map_or("the positive class", |manifest| manifest.positive_class.as_str());
+        format!("probability of {class} {:.4}", assessment.output)
     };
     pdf.field("Saída / Output", &output);
     pdf.field("Faixa de risco / Risk band", &assessment.risk_band);
@@ -41,6 +43,28 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Mani
     }
 
     pdf.heading("Modelo / Model card");
+    match manifest {
+        Some(manifest) => model_card(&mut pdf, manifest),
+        None => pdf.paragraph(&format!(
+            "O cartão do modelo {model} v{version} não está nesta implantação / The model card of {model} \
+             v{version}, which made this assessment, is not served by this deployment: see \
+             models/{model}/{version}/manifest.json in the release that made it.",
+            model = assessment.model,
+            version = assessment.model_version
+        )),
+    }
+
+    pdf.heading("Aviso / Disclaimer");
+    pdf.paragraph(
+        "Este resultado apoia o julgamento clínico e não o substitui: a decisão cabe ao profissional de saúde \
+         responsável. This result supports clinical judgement and does not replace it: the decision rests with \
+         the responsible health professional.",
+    );
+    pdf.to_bytes()
+}
+
+/// The summary of a model card: what the model is, its data, metrics, use and limits, its file's digest.
+fn model_card(pdf: &mut PdfDocument, manifest: &Manifest) {
     pdf.paragraph(&manifest.description);
     pdf.field("Dados de treino / Training data", &manifest.training_data.source);
     pdf.field("Licença / Licence", &manifest.training_data.licence);
@@ -60,14 +84,6 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: &Mani
     pdf.field("Uso pretendido / Intended use", &manifest.intended_use);
     pdf.field("Limitações / Limitations", &manifest.limitations);
     pdf.monospace(&format!("sha256 {}", manifest.sha256));
-
-    pdf.heading("Aviso / Disclaimer");
-    pdf.paragraph(
-        "Este resultado apoia o julgamento clínico e não o substitui: a decisão cabe ao profissional de saúde \
-         responsável. This result supports clinical judgement and does not replace it: the decision rests with \
-         the responsible health professional.",
-    );
-    pdf.to_bytes()
 }
 
 /// An input as sent, in a form a page holds: in scientific notation when very small or very large

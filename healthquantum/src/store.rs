@@ -465,6 +465,34 @@ impl Store {
         Ok(rows.len())
     }
 
+    /// Seals the inputs of assessments stored in clear (before inputs were sealed); how many. Run
+    /// at start, after which inputs in clear are refused as corrupt, so that none planted in the
+    /// table is served as an assessment's.
+    pub(crate) async fn seal_clear_inputs(&self) -> Result<usize, Error> {
+        let rows = sqlx::query("SELECT tenant_id, id, features FROM assessments WHERE features NOT LIKE 'v1:%'")
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(StoreError::from)?;
+        for row in &rows {
+            let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
+            let (tenant_id, id, features) = (text("tenant_id")?, text("id")?, text("features")?);
+            serde_json::from_str::<serde_json::Value>(&features)
+                .map_err(|error| StoreError::Corrupt(format!("assessment {id}: its inputs are not JSON: {error}")))?;
+            let cipher = self.keys.cipher(&tenant_id).await?;
+            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
+            sqlx::query("UPDATE assessments SET features = $1 WHERE tenant_id = $2 AND id = $3 AND features = $4")
+                .bind(cipher.seal(&features_context(&tenant_id, &id), &features))
+                .bind(&tenant_id)
+                .bind(&id)
+                .bind(&features)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+            transaction.commit().await.map_err(StoreError::from)?;
+        }
+        Ok(rows.len())
+    }
+
     pub(crate) async fn insert_assessment(
         &self,
         tenant_id: &str,
@@ -670,20 +698,18 @@ impl Store {
         Ok(ids)
     }
 
-    /// The patient and their assessment `id`, for a report shown to a caller, with its audit
-    /// event (`event(&patient)`) in the same transaction. `NotFound` unless both are the tenant's.
+    /// The patient and their assessment `id`, for a report. `NotFound` unless both are the
+    /// tenant's. The read is audited once the report is in hand ([`Store::report_current`]).
     pub(crate) async fn report_data(
         &self,
         tenant_id: &str,
         patient_id: &PatientId,
         id: &str,
-        event: impl FnOnce(&Patient) -> AuditEvent,
     ) -> Result<(Patient, Assessment), Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let patient = fetch_patient(&mut transaction, &cipher, tenant_id, patient_id).await?;
         let assessment = fetch_assessment(&mut transaction, &cipher, tenant_id, patient_id, id).await?;
-        audit::enqueue(&mut transaction, &event(&patient)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok((patient, assessment))
     }
@@ -804,9 +830,24 @@ impl Store {
     }
 
     /// Whether the report of assessment `id`, made from `patient` as read, still shows what is
-    /// stored: the assessment is there, and the patient neither erased nor changed since.
-    pub(crate) async fn report_current(&self, tenant_id: &str, patient: &Patient, id: &str) -> Result<bool, Error> {
+    /// stored: the assessment is there, and the patient neither erased nor changed since. When it
+    /// does, `event` (the read of the report) is written in the same transaction, which holds the
+    /// patient's row so that no change or erasure comes between the check and the event.
+    pub(crate) async fn report_current(
+        &self,
+        tenant_id: &str,
+        patient: &Patient,
+        id: &str,
+        event: Option<&AuditEvent>,
+    ) -> Result<bool, Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let backend = self.database.backend();
+        let held = hold_live_patient(&mut transaction, backend, tenant_id, patient.id.as_str(), RowLock::Share).await;
+        match held {
+            Ok(_) => {}
+            Err(Error::NotFound(_)) => return Ok(false),
+            Err(error) => return Err(error),
+        }
         let row = sqlx::query(
             "SELECT p.updated_at FROM patients p JOIN assessments a ON a.tenant_id = p.tenant_id AND a.patient_id = p.id \
              WHERE p.tenant_id = $1 AND p.id = $2 AND a.id = $3 AND p.erased_at IS NULL",
@@ -817,11 +858,17 @@ impl Store {
         .fetch_optional(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
-        transaction.commit().await.map_err(StoreError::from)?;
         let Some(row) = row else { return Ok(false) };
         let updated_at: Option<String> = row.try_get("updated_at").map_err(StoreError::from)?;
         let updated_at = updated_at.as_deref().map(|at| time::parse_stored("patients.updated_at", at)).transpose()?;
-        Ok(updated_at == patient.updated_at)
+        if updated_at != patient.updated_at {
+            return Ok(false);
+        }
+        if let Some(event) = event {
+            audit::enqueue(&mut transaction, event).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(true)
     }
 
     /// The ids of the assessments of `patient_ids` (their reports are objects to delete).
@@ -1116,11 +1163,12 @@ fn features_context(tenant_id: &str, id: &str) -> String {
     format!("assessments/{tenant_id}/{id}/features")
 }
 
-/// An assessment's inputs as JSON: opened with the tenant's key, or as they are when they were
-/// stored in clear, before inputs were sealed.
+/// An assessment's inputs as JSON, opened with the tenant's key. Inputs stored in clear before
+/// they were sealed are sealed at start ([`Store::seal_clear_inputs`]): any found in clear since
+/// were put there by other hands.
 fn open_features(cipher: &TenantCipher, tenant_id: &str, id: &str, stored: &str) -> Result<String, StoreError> {
     if !aigronova_platform::crypto::is_sealed(stored) {
-        return Ok(stored.to_owned());
+        return Err(StoreError::Corrupt(format!("assessment {id}: its inputs are stored in clear, not sealed")));
     }
     cipher
         .open(&features_context(tenant_id, id), stored)
@@ -1374,22 +1422,22 @@ mod tests {
         }
         let [(changed, a), (erased, b), (deleted, c)] = <[_; 3]>::try_from(assessments).unwrap();
         for (patient, id) in [(&changed, &a), (&erased, &b), (&deleted, &c)] {
-            assert!(store.report_current(TENANT, patient, id).await.unwrap());
-            assert!(!store.report_current("tenant-b", patient, id).await.unwrap(), "another tenant's");
+            assert!(store.report_current(TENANT, patient, id, None).await.unwrap());
+            assert!(!store.report_current("tenant-b", patient, id, None).await.unwrap(), "another tenant's");
         }
-        assert!(!store.report_current(TENANT, &changed, &b).await.unwrap(), "another patient's assessment");
+        assert!(!store.report_current(TENANT, &changed, &b, None).await.unwrap(), "another patient's assessment");
 
         let phone = PatientChanges { phone: Some(Phone::parse("+55 11 91234-5678").unwrap()), ..Default::default() };
         store.update_patient(TENANT, &changed.id, phone, |_, _| Vec::new()).await.unwrap();
-        assert!(!store.report_current(TENANT, &changed, &a).await.unwrap(), "made before the change");
-        assert!(store.report_current(TENANT, &reads(&changed).await, &a).await.unwrap(), "made after it");
+        assert!(!store.report_current(TENANT, &changed, &a, None).await.unwrap(), "made before the change");
+        assert!(store.report_current(TENANT, &reads(&changed).await, &a, None).await.unwrap(), "made after it");
 
         store.erase_subject(TENANT, &cpf(1), |_| event()).await.unwrap();
-        assert!(!store.report_current(TENANT, &erased, &b).await.unwrap(), "erased");
+        assert!(!store.report_current(TENANT, &erased, &b, None).await.unwrap(), "erased");
 
         let gone = store.delete_patient(TENANT, &deleted.id, |_| event()).await.unwrap();
         assert_eq!((gone.assessments, gone.images), (vec![c.clone()], Vec::<String>::new()));
-        assert!(!store.report_current(TENANT, &deleted, &c).await.unwrap(), "deleted");
+        assert!(!store.report_current(TENANT, &deleted, &c, None).await.unwrap(), "deleted");
     }
 
     #[test]

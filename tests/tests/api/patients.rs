@@ -438,6 +438,19 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     let remade = aigronova_e2e::pdf_text(&app.get(&path, &key).await.bytes().await.unwrap());
     assert!(remade.contains("Maria Souza"), "{remade}");
 
+    // Made by a version this deployment no longer serves: its report does not show the card of
+    // the version served now, but says where that version's card is.
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&app.health_database_url).await.unwrap();
+    sqlx::query("UPDATE assessments SET model_version = '0' WHERE id = $1").bind(id).execute(&mut raw).await.unwrap();
+    std::fs::remove_file(&stored).unwrap();
+    let older = aigronova_e2e::pdf_text(&app.get(&path, &key).await.bytes().await.unwrap());
+    for expected in ["diabetes-progression v0", "models/diabetes-progression/0/manifest.json", "does not replace it"] {
+        assert!(older.contains(expected), "the report lacks {expected:?}:\n{older}");
+    }
+    assert!(!older.contains("load_diabetes") && !older.contains("heldout_r2"), "{older}");
+    sqlx::query("UPDATE assessments SET model_version = '1' WHERE id = $1").bind(id).execute(&mut raw).await.unwrap();
+
     // Deleting the patient deletes the report, which names them, and keeps the assessment, a
     // clinical record, no longer linked to a person.
     let deleted = app.delete(&format!("/v1/health/patients/{patient}"), &key).await;
@@ -448,8 +461,6 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     assert!(!stored.exists(), "the report went with the patient");
     assert_problem(app.get(&format!("/v1/health/patients/{patient}"), &key).await, 404).await;
     assert_problem(app.get(&path, &key).await, 404).await;
-    sqlx::any::install_default_drivers();
-    let mut raw = sqlx::AnyConnection::connect(&app.health_database_url).await.unwrap();
     let kept: Vec<String> = sqlx::query_scalar("SELECT patient_id FROM assessments").fetch_all(&mut raw).await.unwrap();
     assert_eq!(kept, [patient.as_str()]);
     let row = sqlx::query("SELECT name, cpf, birth_date, sealed, cpf_hash FROM patients WHERE id = $1")
@@ -575,6 +586,64 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
     }
     files
+}
+
+/// A patient and an assessment's inputs as a release before sealing stored them: sealed at the
+/// next start, and read as before; inputs put in clear after that are refused, not served.
+async fn rows_stored_in_clear_are_sealed_at_start(backend: Backend) {
+    let mut app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Clínica Antiga").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let patient = app.create_patient(&key).await;
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/breast-cancer-assessment.json"))
+            .unwrap();
+    let example: Value = serde_json::from_str(&example).unwrap();
+    let path = format!("/v1/health/patients/{patient}");
+    let assessed: Value = app.post(&format!("{path}/assessments"), &key, &example).await.json().await.unwrap();
+    let assessment = format!("{path}/assessments/{}", assessed["id"].as_str().unwrap());
+    let shown: Value = app.get(&path, &key).await.json().await.unwrap();
+    let inputs = serde_json::to_string(&assessed["features"]).unwrap();
+
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&app.health_database_url).await.unwrap();
+    let clear = format!(
+        "UPDATE patients SET name = '{}', cpf = '{}', birth_date = '{}', sealed = NULL, cpf_hash = NULL",
+        shown["name"].as_str().unwrap(),
+        shown["cpf"].as_str().unwrap(),
+        shown["birthDate"].as_str().unwrap()
+    );
+    sqlx::query(sqlx::AssertSqlSafe(clear)).execute(&mut raw).await.unwrap();
+    sqlx::query("UPDATE assessments SET features = $1").bind(&inputs).execute(&mut raw).await.unwrap();
+    app.restart().await;
+
+    let row = sqlx::query("SELECT name, sealed FROM patients").fetch_one(&mut raw).await.unwrap();
+    assert_eq!(row.try_get::<String, _>("name").unwrap(), "");
+    assert!(row.try_get::<String, _>("sealed").unwrap().starts_with("v1:"));
+    let stored: String = sqlx::query_scalar("SELECT features FROM assessments").fetch_one(&mut raw).await.unwrap();
+    assert!(stored.starts_with("v1:") && !stored.contains("mean radius"), "in clear: {stored}");
+    let read: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!(read["name"], shown["name"]);
+    assert_eq!(read["cpf"], shown["cpf"]);
+    let read: Value = app.get(&assessment, &key).await.json().await.unwrap();
+    assert_eq!(read["features"], assessed["features"]);
+
+    // Planted in clear once sealing is done: an error, never served as the assessment's inputs.
+    let planted = inputs.replace("mean radius", "mean  radius");
+    sqlx::query("UPDATE assessments SET features = $1").bind(&planted).execute(&mut raw).await.unwrap();
+    assert_problem(app.get(&assessment, &key).await, 500).await;
+    raw.close().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn rows_stored_in_clear_are_sealed_at_start_on_sqlite() {
+    rows_stored_in_clear_are_sealed_at_start(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn rows_stored_in_clear_are_sealed_at_start_on_postgres() {
+    rows_stored_in_clear_are_sealed_at_start(Backend::Postgres).await;
 }
 
 #[tokio::test]
