@@ -471,6 +471,12 @@ impl Gateway {
     }
 }
 
+/// A handler that panics (see [`app`]).
+#[cfg(test)]
+async fn panics() -> &'static str {
+    panic!("a handler that panics")
+}
+
 /// The routes inside the edge (see [`proxy::edge`]), and, when CORS is configured, the part of it
 /// that answers preflights between the two, so that a preflight is logged and counted as any other
 /// request, and the part that adds its headers to other answers outside the edge, so that the
@@ -489,8 +495,11 @@ fn app(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Router {
         .route("/v1/admin/tenants/{tenantId}/api-keys", post(admin::create_api_key).get(admin::list_api_keys))
         .route("/v1/admin/tenants/{tenantId}/api-keys/{keyId}", get(admin::get_api_key).delete(admin::revoke_api_key))
         .fallback(proxy::transcode)
-        .method_not_allowed_fallback(proxy::method_not_allowed)
-        .with_state(state);
+        .method_not_allowed_fallback(proxy::method_not_allowed);
+    // A handler that panics, for the test of what the edge makes of one; in no build but the tests'.
+    #[cfg(test)]
+    let routes = routes.route("/test/panics", get(panics));
+    let routes = routes.with_state(state);
     let Some(cors) = cors else {
         return routes.layer(middleware::from_fn_with_state(edge_state, proxy::edge));
     };
@@ -515,6 +524,35 @@ mod tests {
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("gateway.upstreams.ai_governance names no service"), "{error}");
         assert!(error.contains("ai-governance, finquantum, healthquantum"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_handling_that_panics_is_a_500_that_names_its_request_and_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: format!("sqlite://{}", dir.path().join("gateway.db").display()),
+            ..Config::default()
+        };
+        let admin_key = "agk_test_admin_0123456789abcdef0123456789abcdef";
+        let gateway = Gateway::build(&config, TokenSigner::generate(), AdminKey::Given(admin_key)).await.unwrap();
+        let url = format!("http://{}/test/panics", gateway.local_addr());
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(gateway.run_until_stopped(shutdown.clone()));
+        let counted = || metrics::metrics().requests.with_label_values(&["/test/panics", "GET", "500"]).get();
+        let before = counted();
+        let response = reqwest::Client::new().get(&url).header("x-request-id", "panic-1").send().await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        assert_eq!(response.headers()["x-request-id"], "panic-1");
+        let problem: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(
+            (problem["requestId"].as_str(), problem["instance"].as_str()),
+            (Some("panic-1"), Some("/test/panics"))
+        );
+        assert_eq!(counted(), before + 1);
+        shutdown.trigger();
+        running.await.unwrap().unwrap();
     }
 
     #[test]

@@ -17,6 +17,7 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures_util::FutureExt;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
@@ -429,6 +430,7 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let preflight = crate::cors::is_preflight(&request);
     let cacheable_path = CACHEABLE_PATHS.contains(&path.as_str());
     let info = request_id::RequestInfo { id, path, principal: Arc::default() };
+    let panicked = info.clone();
     // Handled in place, and finished on a task of its own if the client goes away first: a call is
     // never cut short, so a write the service made is never left without its access log line and
     // metrics.
@@ -438,7 +440,9 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
         token,
         id_value.clone(),
     );
-    let mut response = handled.await.unwrap_or_else(|| Problem::internal().into_response());
+    let mut response = handled
+        .await
+        .unwrap_or_else(|| request_id::CURRENT.sync_scope(panicked, || Problem::internal().into_response()));
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, id_value);
     // Answers are the media type they say: a browser does not guess another (an uploaded
@@ -591,7 +595,15 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
     let refused_route = unrouted.then(|| state.routes.template_of(request.method(), request.uri().path())).flatten();
     let mut response = match refused {
         Some(problem) => problem.into_response(),
-        None => resilience::shed_load(&state.resilience, &state.routes, request, next).instrument(span.clone()).await,
+        None => {
+            // A handling that panics is answered 500 here, within the request's scope, so that it
+            // too is logged, counted, and its problem names the request.
+            let handling = resilience::shed_load(&state.resilience, &state.routes, request, next);
+            AssertUnwindSafe(handling.instrument(span.clone())).catch_unwind().await.unwrap_or_else(|_| {
+                tracing::error!(request_id = request_id::current().unwrap_or_default(), "request handling panicked");
+                Problem::internal().into_response()
+            })
+        }
     };
     let latency = started.elapsed();
     let facts = response.extensions_mut().remove::<RequestFacts>().unwrap_or_default();
