@@ -27,7 +27,7 @@ use crate::{
     assessment::{self, Assessment, AssessmentRequest, ModelInput},
     imaging,
     patient::{Cpf, Email, NewPatient, Patient, PatientChanges, PatientId, PatientName, Phone},
-    store::{Deleted, Erased, ImageRecord, PatientFilter, Store},
+    store::{Deleted, Erased, ImageRecord, PatientFilter, Store, image_key, report_key, thumbnail_key},
 };
 
 /// The scope that lets a caller read patients (GetPatient's, through the gateway).
@@ -59,35 +59,28 @@ impl HealthQuantumApi {
         (self.store.clone(), self.objects.clone())
     }
 
-    /// Deletes the objects of images whose records are gone; a failure is logged (the sweep of
-    /// [`crate::sweep`] deletes them later).
+    /// Deletes the objects of images whose records are gone; a failure is logged, and the
+    /// deletion recorded with the records' (see [`Store::delete_patient`]) is tried again by the
+    /// sweep of [`crate::sweep`].
     async fn delete_image_objects(&self, tenant_id: &str, image_ids: &[String]) {
-        for id in image_ids {
-            for key in [image_key(tenant_id, id), thumbnail_key(tenant_id, id)] {
-                if let Err(error) = self.objects.delete(&key).await {
-                    tracing::error!(%error, image = %id, "image object not deleted");
-                }
-            }
-        }
+        let keys: Vec<String> =
+            image_ids.iter().flat_map(|id| [image_key(tenant_id, id), thumbnail_key(tenant_id, id)]).collect();
+        self.delete_objects(tenant_id, &keys).await;
     }
 
-    /// Deletes the reports of the assessments of `patient_ids`; a failure is logged, the reports
-    /// being copies of what the database holds.
+    /// Deletes the reports of the assessments `assessment_ids`; a failure is logged, and tried
+    /// again as for images.
     async fn delete_reports(&self, tenant_id: &str, assessment_ids: &[String]) {
-        for id in assessment_ids {
-            if let Err(error) = self.objects.delete(&report_key(tenant_id, id)).await {
-                tracing::error!(%error, assessment = %id, "report not deleted");
-            }
+        let keys: Vec<String> = assessment_ids.iter().map(|id| report_key(tenant_id, id)).collect();
+        self.delete_objects(tenant_id, &keys).await;
+    }
+
+    async fn delete_objects(&self, tenant_id: &str, keys: &[String]) {
+        let deleted = crate::sweep::delete_objects(&self.store, &self.objects, tenant_id, keys).await;
+        if deleted < keys.len() {
+            tracing::error!(failed = keys.len() - deleted, "objects not deleted; the sweep deletes them later");
         }
     }
-}
-
-fn image_key(tenant_id: &str, image_id: &str) -> String {
-    format!("images/{tenant_id}/{image_id}")
-}
-
-fn thumbnail_key(tenant_id: &str, image_id: &str) -> String {
-    format!("images/{tenant_id}/{image_id}.thumbnail.png")
 }
 
 fn image_message(image: ImageRecord) -> proto::Image {
@@ -160,10 +153,6 @@ fn showing_only(mut patient: proto::Patient, shown: &[&str]) -> proto::Patient {
         patient.phone.clear();
     }
     patient
-}
-
-fn report_key(tenant_id: &str, assessment_id: &str) -> String {
-    format!("reports/{tenant_id}/{assessment_id}.pdf")
 }
 
 #[tonic::async_trait]

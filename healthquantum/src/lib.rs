@@ -124,7 +124,14 @@ impl HealthQuantumService {
             .await
             .context("cannot open the healthquantum database")?;
         database
-            .enable_row_level_security(&["patients", "assessments", "images", "audit_outbox", "tenant_keys"])
+            .enable_row_level_security(&[
+                "patients",
+                "assessments",
+                "images",
+                "audit_outbox",
+                "tenant_keys",
+                "object_deletions",
+            ])
             .await
             .context(aigronova_platform::storage::ROW_LEVEL_SECURITY_REFUSED)?;
         let keys = aigronova_platform::crypto::tenant_keys(

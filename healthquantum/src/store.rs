@@ -418,6 +418,7 @@ impl Store {
         let query = query.bind(tenant_id).bind(id.as_str());
         let query = if kept { query.bind(time::stored(Utc::now())) } else { query };
         query.execute(&mut *transaction).await.map_err(StoreError::from)?;
+        record_deletions(&mut transaction, tenant_id, &deleted.images, &deleted.assessments).await?;
         audit::enqueue(&mut transaction, &event(&deleted)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(deleted)
@@ -671,7 +672,40 @@ impl Store {
         if deleted.rows_affected() == 0 {
             return Err(Error::NotFound("image".into()));
         }
+        record_deletions(&mut transaction, tenant_id, &[id.to_owned()], &[]).await?;
         audit::enqueue(&mut transaction, event).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// The objects of `tenant_id` a deletion or an erasure left to delete, oldest first.
+    pub(crate) async fn pending_deletions(&self, tenant_id: &str) -> Result<Vec<String>, Error> {
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        let keys = sqlx::query_scalar(
+            "SELECT object_key FROM object_deletions WHERE tenant_id = $1 ORDER BY recorded_at, object_key",
+        )
+        .bind(tenant_id)
+        .fetch_all(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(keys)
+    }
+
+    /// Forgets the deletions of `keys`, whose objects are gone.
+    pub(crate) async fn deletions_done(&self, tenant_id: &str, keys: &[String]) -> Result<(), Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        for key in keys {
+            sqlx::query("DELETE FROM object_deletions WHERE tenant_id = $1 AND object_key = $2")
+                .bind(tenant_id)
+                .bind(key)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+        }
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(())
     }
@@ -1020,10 +1054,55 @@ impl Store {
                 )?);
             }
         }
+        record_deletions(&mut transaction, tenant_id, &erased.images, &erased.assessments).await?;
         audit::enqueue(&mut transaction, &event(&erased)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(erased)
     }
+}
+
+/// Where the bytes of image `image_id` are kept.
+pub(crate) fn image_key(tenant_id: &str, image_id: &str) -> String {
+    format!("images/{tenant_id}/{image_id}")
+}
+
+/// Where the thumbnail of image `image_id` is kept.
+pub(crate) fn thumbnail_key(tenant_id: &str, image_id: &str) -> String {
+    format!("images/{tenant_id}/{image_id}.thumbnail.png")
+}
+
+/// Where the report of assessment `assessment_id` is kept.
+pub(crate) fn report_key(tenant_id: &str, assessment_id: &str) -> String {
+    format!("reports/{tenant_id}/{assessment_id}.pdf")
+}
+
+/// Records, in the transaction that removes their records, that the objects of `images` (and
+/// their thumbnails) and the reports of `assessments` are to be deleted: a row per object, until
+/// [`Store::deletions_done`].
+async fn record_deletions(
+    connection: &mut sqlx::AnyConnection,
+    tenant_id: &str,
+    images: &[String],
+    assessments: &[String],
+) -> Result<(), Error> {
+    let keys = images
+        .iter()
+        .flat_map(|id| [image_key(tenant_id, id), thumbnail_key(tenant_id, id)])
+        .chain(assessments.iter().map(|id| report_key(tenant_id, id)));
+    let now = time::stored(Utc::now());
+    for key in keys {
+        sqlx::query(
+            "INSERT INTO object_deletions (tenant_id, object_key, recorded_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, object_key) DO NOTHING",
+        )
+        .bind(tenant_id)
+        .bind(&key)
+        .bind(&now)
+        .execute(&mut *connection)
+        .await
+        .map_err(StoreError::from)?;
+    }
+    Ok(())
 }
 
 /// What erasing a data subject did: the patients erased, their assessments (kept, no longer

@@ -1,8 +1,10 @@
-//! Objects that no record wants any more: the bytes of an upload cut short between its objects
-//! and its record (a crash of the process, say), and objects whose deletion failed after their
-//! records were deleted, a patient's erased included. They are swept when the service starts and
-//! every [`EVERY`] after; an object younger than [`SETTLE`] is left alone, as an upload writes its
-//! objects before its record.
+//! Objects that no record wants any more: those a deletion or an erasure recorded, in the
+//! transaction that removed their records, and could not delete then (the object store failing),
+//! which are deleted at the next sweep whatever the rest of this says; the bytes of an upload cut
+//! short between its objects and its record (a crash of the process, say); and objects whose
+//! deletion failed after their records were deleted before such deletions were recorded. They are
+//! swept when the service starts and every [`EVERY`] after; an object younger than [`SETTLE`] is
+//! left alone, as an upload writes its objects before its record.
 //!
 //! Only what this database provably made is deleted, so that a database that is not the store's
 //! (a new one, another deployment's, pointed at the same bucket) deletes nothing: a tenant without
@@ -47,12 +49,29 @@ pub(crate) async fn run(store: Store, objects: Objects, shutdown: Shutdown) {
     }
 }
 
-/// Deletes the images (and thumbnails) older than `settle` whose record is gone, and the reports
-/// whose patient was erased or deleted while the assessment stays; returns how many objects it
-/// deleted.
+/// Deletes the objects `keys` of `tenant_id` and forgets their recorded deletions; how many it
+/// deleted. A failure is logged, and its deletion stays recorded for the next sweep.
+pub(crate) async fn delete_objects(store: &Store, objects: &Objects, tenant_id: &str, keys: &[String]) -> usize {
+    let mut deleted = Vec::with_capacity(keys.len());
+    for key in keys {
+        match objects.delete(key).await {
+            Ok(()) => deleted.push(key.clone()),
+            Err(error) => tracing::warn!(%error, "object not deleted"),
+        }
+    }
+    if let Err(error) = store.deletions_done(tenant_id, &deleted).await {
+        tracing::warn!(%error, "deleted objects not marked as deleted; they are deleted again later");
+    }
+    deleted.len()
+}
+
+/// Deletes the objects a deletion or an erasure recorded and could not delete then; the images
+/// (and thumbnails) older than `settle` whose record is gone; and the reports whose patient was
+/// erased or deleted while the assessment stays. Returns how many objects it deleted.
 pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) -> anyhow::Result<usize> {
     let written_before = Utc::now() - settle;
     let mut deleted = 0;
+    let mut pending_done = std::collections::HashSet::new();
     for top in ["images", "reports"] {
         for tenant_prefix in objects.list_level(top).await?.prefixes {
             let Some(tenant_id) = tenant_prefix.rsplit('/').next().filter(|tenant| !tenant.is_empty()) else {
@@ -60,6 +79,11 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
             };
             if !store.holds_data_key(tenant_id).await? {
                 continue;
+            }
+            if pending_done.insert(tenant_id.to_owned()) {
+                let pending = store.pending_deletions(tenant_id).await?;
+                // A failure is logged and tried again at the next sweep.
+                deleted += delete_objects(store, objects, tenant_id, &pending).await;
             }
             // Images written after the tenant's last write here are not this database's to judge.
             let images_before = match store.newest_write(tenant_id).await? {
@@ -109,6 +133,57 @@ mod tests {
     };
 
     const TENANT: &str = "tenant-a";
+
+    /// A tenant deletes its only patient, who had an image, while the object store fails: the
+    /// deletion recorded with the records' is done by a later sweep, although the tenant has no
+    /// row left by which to judge its objects.
+    #[tokio::test]
+    async fn deletions_the_object_store_failed_are_done_by_a_later_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _database) = testing::store(dir.path()).await;
+        let root = dir.path().join("objects");
+        let objects = Objects::open(&format!("file://{}", root.display())).unwrap();
+        let patient = Patient::register(NewPatient {
+            name: PatientName::parse("Maria Silva").unwrap(),
+            cpf: Cpf::parse("52998224725").unwrap(),
+            birth_date: BirthDate::parse("1980-02-29").unwrap(),
+            email: None,
+            phone: None,
+        });
+        store.create_patient(TENANT, &patient, &event()).await.unwrap();
+        let image = ImageRecord {
+            id: "gone".into(),
+            patient_id: patient.id.to_string(),
+            media_type: "image/png".into(),
+            size_bytes: 8,
+            sha256: "00".repeat(32),
+            width: 1,
+            height: 1,
+            has_thumbnail: true,
+            created_at: aigronova_platform::time::stored(Utc::now()),
+        };
+        store.insert_image(TENANT, &image, &event()).await.unwrap();
+        let (image_key, thumbnail_key) = ("images/tenant-a/gone", "images/tenant-a/gone.thumbnail.png");
+        objects.put(thumbnail_key, b"thumbnail".to_vec()).await.unwrap();
+        // A directory where the image's object is: its deletion fails, as a store that is down does.
+        std::fs::create_dir_all(root.join(image_key)).unwrap();
+        std::fs::write(root.join(image_key).join("in-the-way"), b"x").unwrap();
+
+        let deleted = store.delete_patient(TENANT, &patient.id, |_| event()).await.unwrap();
+        assert_eq!(deleted.images, ["gone"]);
+        let mut pending = store.pending_deletions(TENANT).await.unwrap();
+        pending.sort();
+        assert_eq!(pending, [image_key, thumbnail_key]);
+        assert_eq!(delete_objects(&store, &objects, TENANT, &pending).await, 1, "the thumbnail");
+        assert_eq!(store.pending_deletions(TENANT).await.unwrap(), [image_key]);
+        assert_eq!(sweep(&store, &objects, SETTLE).await.unwrap(), 0, "still failing");
+
+        std::fs::remove_dir_all(root.join(image_key)).unwrap();
+        objects.put(image_key, b"\x89PNG image".to_vec()).await.unwrap();
+        assert_eq!(sweep(&store, &objects, SETTLE).await.unwrap(), 1, "younger than the settling time, yet recorded");
+        assert!(objects.get(image_key).await.unwrap().is_none());
+        assert!(store.pending_deletions(TENANT).await.unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn objects_that_no_record_wants_are_deleted_once_settled_and_the_others_kept() {
