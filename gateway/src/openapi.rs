@@ -614,6 +614,14 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
          fetched to check a token; retry after `Retry-After` seconds.",
         true,
     ),
+    (
+        "BadGateway",
+        "502",
+        "The connection to the service broke after the call was sent (it may have taken effect: look before \
+         sending a change again), a third party the service relies on (an Open Finance institution) answered \
+         outside its protocol, or the service refused the gateway's credentials.",
+        false,
+    ),
     ("GatewayTimeout", "504", "The service did not answer in time.", false),
     ("Problem", "default", "Any other error, as a problem document.", false),
 ];
@@ -643,6 +651,7 @@ const ROUTE_PROBLEMS: &[&str] = &[
     "TooManyRequests",
     "InternalError",
     "Unavailable",
+    "BadGateway",
     "GatewayTimeout",
     "Problem",
 ];
@@ -657,6 +666,7 @@ const ROUTE_PROBLEMS_WITH_BODY: &[&str] = &[
     "TooManyRequests",
     "InternalError",
     "Unavailable",
+    "BadGateway",
     "GatewayTimeout",
     "Problem",
 ];

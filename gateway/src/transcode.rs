@@ -270,11 +270,17 @@ fn parse_body(
             Category::Data => {
                 let error = crate::problem::without_values(&error.to_string());
                 let path = path_of_error(descriptor, body);
-                let detail = format!(
-                    "the request body does not match {}: {error}{}",
-                    descriptor.name(),
-                    unknown_name_hint(descriptor, &path, &error)
-                );
+                // An object within the body that does not fit its own message is named with it.
+                let within =
+                    (path != ".").then(|| field_at(descriptor, &path)).flatten().and_then(|field| match field.kind() {
+                        Kind::Message(inner) if !field.is_map() && !field.is_list() => Some(inner),
+                        _ => None,
+                    });
+                let what = match &within {
+                    Some(inner) => format!("{path} does not match {}", inner.name()),
+                    None => format!("the request body does not match {}", descriptor.name()),
+                };
+                let detail = format!("{what}: {error}{}", unknown_name_hint(descriptor, &path, &error));
                 match field_at(descriptor, &path).and_then(|field| whole_numbers_of(&field)) {
                     // A number its field cannot hold: said as for a query parameter, not in the
                     // words of the conversion that failed.
@@ -947,6 +953,15 @@ mod tests {
         let problem = parse_body(&descriptor, br#"{"unknown": 1}"#, None).unwrap_err();
         assert_eq!(problem.field(), Some("unknown"));
         assert!(detail(problem).starts_with("the request body does not match AssessRiskRequest"));
+        // Within an object of its own message, that message is named, with the names it takes.
+        let pool = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let score = pool.get_message_by_name("aigronova.fin.v1.ScoreCreditRequest").unwrap();
+        let problem =
+            parse_body(&score, br#"{"cpf": "52998224725", "applicant": {"shoeSize": 42}}"#, None).unwrap_err();
+        assert_eq!(problem.field(), Some("applicant.shoeSize"));
+        let said = detail(problem);
+        assert!(said.starts_with("applicant does not match Applicant: unrecognized field name 'shoeSize'"), "{said}");
+        assert!(said.contains("it takes durationMonths") && !said.contains("ScoreCreditRequest"), "{said}");
         // A value of the wrong type is told in the API's words, naming its field.
         let cases = [
             (

@@ -287,7 +287,7 @@ fn an_http_body_answer_is_the_raw_body() {
 fn errors_are_problem_documents() {
     let (_, document) = document_of(&platform_pool());
     let get = operation(&document, "/v1/health/patients/{id}", "get");
-    for status in ["400", "401", "403", "404", "429", "500", "503", "504", "default"] {
+    for status in ["400", "401", "403", "404", "429", "500", "502", "503", "504", "default"] {
         let reference = get["responses"][status]["$ref"].as_str().unwrap_or_else(|| panic!("no {status}"));
         let response = resolve(&document, reference).unwrap();
         assert_eq!(response["content"]["application/problem+json"]["schema"]["$ref"], "#/components/schemas/Problem");
