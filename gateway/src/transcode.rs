@@ -338,7 +338,7 @@ pub(crate) fn kind_of(value: &serde_json::Value) -> &'static str {
 pub(crate) fn type_mismatch(path: &str, error: &str) -> Option<String> {
     let subject = if path == "." { "the request body" } else { path };
     // The JSON mapping takes a number written as a string too.
-    if error.starts_with("invalid float literal") {
+    if error.starts_with("invalid float literal") || error.starts_with("cannot parse float from empty string") {
         return Some(format!("{subject} must be a number or a string holding one, and this string holds none"));
     }
     let (found, expected) = error.strip_prefix("invalid type: ")?.split_once(", expected ")?;
@@ -967,6 +967,11 @@ mod tests {
             (
                 &br#"{"features": {"mean radius": "high"}}"#[..],
                 "features.mean radius",
+                "must be a number or a string holding one, and this string holds none",
+            ),
+            (
+                br#"{"features": {"bmi": ""}}"#,
+                "features.bmi",
                 "must be a number or a string holding one, and this string holds none",
             ),
             (br#"{"features": {"bmi": null}}"#, "features.bmi", "must be a number, not null"),

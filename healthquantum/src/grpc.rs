@@ -655,6 +655,14 @@ fn name_prefix_filter(prefix: &str) -> Result<&str, aigronova_platform::Error> {
     if words.chars().any(aigronova_platform::text::is_bidi_control) {
         return Err(refused("must not contain bidirectional overrides, which no name holds".to_owned()));
     }
+    // Names are searched without their accents and invisible characters: a prefix of nothing else
+    // (a lone accent, a zero-width space) would select every patient rather than the ones meant.
+    if !words.is_empty() && crate::patient::searchable(words).is_empty() {
+        return Err(refused(
+            "holds only accents or invisible characters, which names are searched without: send a letter or digit"
+                .to_owned(),
+        ));
+    }
     Ok(prefix)
 }
 

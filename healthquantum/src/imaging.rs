@@ -797,13 +797,21 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
             format!("starts as {} but does not decode as one: {}", media_type.as_str(), decoder_message(&error)),
         )
     };
-    // A JPEG's frame header first: one too large is refused, naming its size, before any block of
-    // its data is read.
+    // The size a JPEG's frame header or a PNG's IHDR chunk claims first: an image too large is
+    // refused, naming its size, before any block of its data is read or a decoder sized for it.
     let claimed = match media_type {
-        MediaType::Jpeg => crate::jpeg::claimed(bytes),
-        _ => None,
+        MediaType::Jpeg => {
+            crate::jpeg::claimed(bytes).map(|claimed| (claimed.width, claimed.height, claimed.coefficient_bytes))
+        }
+        MediaType::Png => png.as_ref().and_then(|chunks| chunks.header).and_then(|header| {
+            let side = |at: usize| {
+                header.get(at..at + 4).map(|bytes| u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+            };
+            Some((side(0)?, side(4)?, None))
+        }),
+        MediaType::Dicom => None,
     };
-    if let Some(crate::jpeg::Claimed { width, height, coefficient_bytes }) = claimed {
+    if let Some((width, height, coefficient_bytes)) = claimed {
         check_size(width, height)?;
         // A progressive JPEG's decoder keeps every coefficient besides the pixels it makes.
         let needed = coefficient_bytes.map(|coefficients| coefficients + u64::from(width) * u64::from(height) * 4);
@@ -1025,6 +1033,15 @@ mod tests {
         bytes.extend(chunk(b"IDAT", &compressor.finish().unwrap()));
         bytes.extend(chunk(b"IEND", b""));
         bytes
+    }
+
+    #[test]
+    fn a_png_header_claiming_an_extreme_size_is_refused_naming_it() {
+        for (width, height) in [(2_147_483_647, 1), (2_147_483_647, 2_147_483_647), (20_000, 20_000)] {
+            let error = examine(&png_of((width, height, 8, 2, 0), &[0; 16])).err().unwrap();
+            let message = format!("{error:?}");
+            assert!(message.contains(&format!("is an image of {width}×{height} pixels: at most")), "{message}");
+        }
     }
 
     #[test]
