@@ -73,14 +73,22 @@ fn holds_phone(id: &str) -> bool {
         let start = groups[first].0;
         let international = start > 0 && bytes[start - 1] == b'+';
         let mut digits = Vec::new();
+        // Groups of one number are parted by punctuation only, and written as phone numbers are:
+        // each after the first of 2 to 5 digits, the first of at most 5 (`55-11-91234-5678`); or
+        // none of more than 8 digits, the last of 4 (`1191234-5678`, `11.9.1234.5678`).
+        let (mut spaced, mut subscriber_last) = (true, true);
         for (index, &(from, to)) in groups[first..].iter().enumerate() {
             if index > 0 {
-                // Groups of one number: parted by punctuation only, each of a phone number's size.
                 let between = &bytes[groups[first + index - 1].1..from];
-                let first_long = groups[first].1 - start > 5;
-                if between.iter().any(u8::is_ascii_alphabetic) || !(2..=5).contains(&(to - from)) || first_long {
+                if between.iter().any(u8::is_ascii_alphabetic) || digits.len() > 15 {
                     return false;
                 }
+                spaced &= (2..=5).contains(&(to - from)) && groups[first].1 - start <= 5;
+                subscriber_last &= to - from <= 8 && groups[first].1 - start <= 8;
+            }
+            let grouped = index == 0 || spaced || subscriber_last && to - from == 4;
+            if !spaced && !subscriber_last {
+                return false;
             }
             digits.extend_from_slice(&bytes[from..to]);
             let national = match digits.len() {
@@ -91,7 +99,7 @@ fn holds_phone(id: &str) -> bool {
             .unwrap_or(&digits);
             let mobile = national.len() == 11 && national[0] != b'0' && national[1] != b'0' && national[2] == b'9';
             let phone = mobile || international && (10..=15).contains(&digits.len());
-            if phone && !hex_word(start) && !hex_word(to - 1) {
+            if phone && grouped && !hex_word(start) && !hex_word(to - 1) {
                 return true;
             }
         }
@@ -158,6 +166,10 @@ mod tests {
             "a+5511912345678",
             "+5511912345678-e",
             "011912345678",
+            "1191234-5678",
+            "01191234-5678",
+            "11.9.1234.5678",
+            "(11)91234-5678",
         ] {
             assert!(holds_phone(phone), "{phone}");
         }
@@ -171,6 +183,9 @@ mod tests {
             "req-1764576000",
             "1764576000123",
             "12345678-1234-1234-1234-123456789012",
+            "req-1790000000-1234",
+            "2026-11-30-1234",
+            "1790000000.5678",
         ] {
             assert!(!holds_phone(id), "{id}");
         }

@@ -81,10 +81,16 @@ pub(crate) fn request_message(
             && !same_uuid(&message.get_field(&field), &value)
         {
             let json_name = field.json_name();
-            return Err(Problem::invalid_field(
-                json_name,
-                format!("{json_name} is given by the path; the body names another"),
-            ));
+            // The same id with a blank or a line break beside it is told as such.
+            let sent = message.get_field(&field);
+            let blanks = sent.as_str().is_some_and(|text| text.trim() != text)
+                && same_uuid(&Value::String(sent.as_str().unwrap_or_default().trim().to_owned()), &value);
+            let detail = if blanks {
+                format!("{json_name} has a blank or a line break beside it: send the id alone")
+            } else {
+                format!("{json_name} is given by the path; the body names another")
+            };
+            return Err(Problem::invalid_field(json_name, detail));
         }
         message.set_field(&field, value);
     }
@@ -139,7 +145,14 @@ pub(crate) fn json_media_type(content_type: Option<&str>) -> Result<(), Problem>
     let Some(content_type) = content_type else { return Ok(()) };
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-    let json = essence == "application/json" || essence.ends_with("+json");
+    // A type and a subtype of token characters (RFC 9110 §8.3.1), the `+json` suffix after a name.
+    let token = |part: &str| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let json = essence == "application/json"
+        || essence.split_once('/').is_some_and(|(kind, subtype)| {
+            token(kind) && token(subtype) && subtype.strip_suffix("+json").is_some_and(|name| !name.is_empty())
+        });
     if !(json || essence.is_empty() || essence == "application/x-www-form-urlencoded") {
         return Err(unsupported_media_type(format!(
             "this route reads a JSON body; send it with Content-Type: application/json, not {essence}"
@@ -925,6 +938,10 @@ mod tests {
             ("application/json; charset=utf-16", "utf-16"),
             ("application/x-www-form-urlencoded; charset=latin1", "latin1"),
             ("application/json; charset=utf-8; charset=latin1", "latin1"),
+            // No media type: a suffix without a name, a type without a subtype.
+            ("application/+json", "application/+json"),
+            ("+json", "+json"),
+            ("application/ x+json", "application/ x+json"),
         ] {
             let problem = json_content_type(Some(refused), body).unwrap_err();
             assert_eq!(problem.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{refused}");

@@ -122,6 +122,17 @@ async fn patient_lifecycle(backend: Backend) {
     let problem = assert_problem(app.patch(&path, &key, &json!({"cpf": "123.456.789-00"})).await, 400).await;
     assert_eq!(problem["field"], "cpf");
     assert_problem(app.patch(&path, &key, &json!({})).await, 400).await;
+    // The id in the body, if given, is the path's, alone.
+    let other = "0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b";
+    for (body_id, said) in [
+        (format!(" {id}"), "id has a blank or a line break beside it: send the id alone"),
+        (format!("{id}\n"), "id has a blank or a line break beside it: send the id alone"),
+        (other.to_owned(), "id is given by the path; the body names another"),
+    ] {
+        let problem =
+            assert_problem(app.patch(&path, &key, &json!({"id": body_id, "email": "a@b.co"})).await, 400).await;
+        assert_eq!((problem["field"].as_str(), problem["detail"].as_str()), (Some("id"), Some(said)), "{body_id:?}");
+    }
     let fetched: Value = app.get(&path, &key).await.json().await.unwrap();
     assert_eq!((fetched["name"].as_str(), fetched["cpf"].as_str()), (Some("Maria Silva Santos"), Some("52998224725")));
 
