@@ -570,6 +570,9 @@ struct Element {
     /// How what a value of undefined length holds is encoded: an explicit VR element of VR `UN`
     /// holds implicit VR elements (PS3.5 6.2.2).
     inner: Encoding,
+    /// Whether it is a sequence as its VR says (`SQ`, explicit VR): its items hold data elements,
+    /// which are read too, whatever their lengths. (Encapsulated pixel data's items hold fragments.)
+    sequence: bool,
 }
 
 impl Element {
@@ -581,8 +584,8 @@ impl Element {
             let four = bytes.get(at..at.checked_add(4)?)?;
             Some(u32::from_le_bytes([four[0], four[1], four[2], four[3]]))
         };
-        let (length, value_at, inner) = if tag.0 == ITEM.0 || encoding == Encoding::ImplicitVr {
-            (u32_at(at + 4)?, at + 8, encoding)
+        let (length, value_at, inner, sequence) = if tag.0 == ITEM.0 || encoding == Encoding::ImplicitVr {
+            (u32_at(at + 4)?, at + 8, encoding, false)
         } else {
             let vr = &header[4..6];
             if !vr.iter().all(u8::is_ascii_uppercase) {
@@ -590,40 +593,86 @@ impl Element {
             }
             let inner = if vr == b"UN" { Encoding::ImplicitVr } else { encoding };
             if LONG_VRS.iter().any(|long| long[..] == *vr) {
-                (u32_at(at + 8)?, at + 12, inner)
+                (u32_at(at + 8)?, at + 12, inner, vr == b"SQ")
             } else {
-                (u32::from(u16::from_le_bytes([header[6], header[7]])), at + 8, inner)
+                (u32::from(u16::from_le_bytes([header[6], header[7]])), at + 8, inner, false)
             }
         };
         let length = (length != UNDEFINED_LENGTH).then(|| usize::try_from(length)).transpose().ok()?;
-        Some(Self { tag, value_at, length, inner })
+        Some(Self { tag, value_at, length, inner, sequence })
     }
 
     /// Where the next element starts, past this one's value (and, for a value of undefined
-    /// length, past the sequence it holds), within `depth` more levels of nesting.
+    /// length, past the sequence it holds; for a sequence, once its items are read), within
+    /// `depth` more levels of nesting.
     fn end(&self, bytes: &[u8], depth: usize) -> Option<usize> {
         match self.length {
-            Some(length) => self.value_at.checked_add(length),
-            None => skip_sequence(bytes, self.value_at, self.inner, depth),
+            Some(length) => {
+                let end = self.value_at.checked_add(length)?;
+                if self.sequence {
+                    check_items(bytes, self.value_at, end, self.inner, depth)?;
+                }
+                Some(end)
+            }
+            None => skip_sequence(bytes, self.value_at, self.inner, depth, self.sequence),
         }
     }
 }
 
 /// Where the sequence of items starting at `at` ends, past its end tag; `None` when it is
-/// malformed, cut short or nested deeper than `depth` levels.
-fn skip_sequence(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize) -> Option<usize> {
+/// malformed, cut short or nested deeper than `depth` levels. The elements of its items of
+/// defined length are read too when it is a `sequence` as its VR says.
+fn skip_sequence(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize, sequence: bool) -> Option<usize> {
     let depth = depth.checked_sub(1)?;
     loop {
         let element = Element::read(bytes, at, Encoding::ImplicitVr)?;
         at = match element.tag {
             SEQUENCE_END => return Some(element.value_at),
             ITEM => match element.length {
-                Some(length) => element.value_at.checked_add(length)?,
+                Some(length) => {
+                    let end = element.value_at.checked_add(length)?;
+                    if sequence {
+                        check_elements(bytes, element.value_at, end, encoding, depth)?;
+                    }
+                    end
+                }
                 None => skip_item(bytes, element.value_at, encoding, depth)?,
             },
             _ => return None,
         };
     }
+}
+
+/// Reads the items of a sequence of defined length, from `at` to `end` exactly: each an item, of
+/// defined length holding whole data elements, or of undefined length ending with its end tag.
+fn check_items(bytes: &[u8], mut at: usize, end: usize, encoding: Encoding, depth: usize) -> Option<()> {
+    let depth = depth.checked_sub(1)?;
+    bytes.get(..end)?;
+    while at < end {
+        let element = Element::read(bytes, at, Encoding::ImplicitVr)?;
+        if element.tag != ITEM {
+            return None;
+        }
+        at = match element.length {
+            Some(length) => {
+                let item_end = element.value_at.checked_add(length)?;
+                check_elements(bytes, element.value_at, item_end, encoding, depth)?;
+                item_end
+            }
+            None => skip_item(bytes, element.value_at, encoding, depth)?,
+        };
+    }
+    (at == end).then_some(())
+}
+
+/// Reads the data elements of an item of defined length, from `at` to `end` exactly.
+fn check_elements(bytes: &[u8], mut at: usize, end: usize, encoding: Encoding, depth: usize) -> Option<()> {
+    bytes.get(..end)?;
+    while at < end {
+        let element = Element::read(bytes, at, encoding)?;
+        at = element.end(bytes, depth)?;
+    }
+    (at == end).then_some(())
 }
 
 /// Where the item of undefined length whose elements start at `at` ends, past its end tag.
@@ -1820,6 +1869,50 @@ mod tests {
     }
 
     /// Why `bytes`, a DICOM file, is refused.
+    /// A sequence of defined length (explicit VR) of one item of defined length holding `inner`.
+    fn defined_sequence(tag: Tag, inner: &[u8]) -> Vec<u8> {
+        let item = [framing(ITEM, u32::try_from(inner.len()).unwrap()), inner.to_vec()].concat();
+        long_explicit(tag, b"SQ", &item)
+    }
+
+    #[test]
+    fn the_items_of_a_sequence_of_defined_length_are_read_as_any() {
+        let image = [explicit(ROWS, b"US", &480_u16.to_le_bytes()), explicit(COLUMNS, b"US", &640_u16.to_le_bytes())];
+        let file = |inner: &[u8]| {
+            let data_set = [defined_sequence((0x0008, 0x1140), inner), image.concat()].concat();
+            dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &data_set)
+        };
+        // Read whole: elements, a sequence nested in it, an item of undefined length within.
+        let nested = defined_sequence((0x0008, 0x1155), &explicit((0x0008, 0x1150), b"UI", b"1.2\0"));
+        let open_item = [
+            long_explicit((0x0040, 0x0260), b"SQ", &[]),
+            undefined_explicit((0x0040, 0x0275), b"SQ"),
+            framing(ITEM, UNDEFINED_LENGTH),
+            explicit((0x0040, 0x0007), b"LO", b"scan"),
+            framing(ITEM_END, 0),
+            framing(SEQUENCE_END, 0),
+        ]
+        .concat();
+        let whole = [explicit((0x0008, 0x0060), b"CS", b"MR"), nested, open_item].concat();
+        assert_eq!(dimensions(&file(&whole)), (640, 480));
+        // Bytes that are no element within an item, an element past its item's end, nesting past the limit.
+        let garbage = [explicit((0x0008, 0x0060), b"CS", b"MR"), b"\xDE\xAD\xBE\xEF".repeat(10)].concat();
+        assert!(dicom_refusal(&file(&garbage)).contains("(0008,1140)"));
+        let mut past = explicit((0x0008, 0x0060), b"CS", b"MR");
+        past[6] = 40;
+        assert!(dicom_refusal(&file(&past)).contains("(0008,1140)"));
+        let mut deep = explicit((0x0008, 0x0060), b"CS", b"MR");
+        for _ in 0..MAX_NESTING {
+            deep = defined_sequence((0x0008, 0x1140), &deep);
+        }
+        assert!(dicom_refusal(&file(&deep)).contains("nests deeper than 64 levels"));
+        let mut shallow = explicit((0x0008, 0x0060), b"CS", b"MR");
+        for _ in 0..MAX_NESTING - 2 {
+            shallow = defined_sequence((0x0008, 0x1140), &shallow);
+        }
+        assert_eq!(dimensions(&file(&shallow)), (640, 480));
+    }
+
     fn dicom_refusal(bytes: &[u8]) -> String {
         match examine(bytes) {
             Err(Error::InvalidArgument { field, reason }) if field == "body" => reason,
