@@ -131,7 +131,10 @@ impl ListQuery {
                 _ => {
                     return Err(Problem::invalid_field(
                         &name,
-                        format!("unknown query parameter {name:?}: this list takes pageSize and pageToken"),
+                        format!(
+                            "unknown query parameter {}: this list takes pageSize and pageToken",
+                            crate::problem::quoted(&name)
+                        ),
                     ));
                 }
             }
@@ -150,7 +153,7 @@ pub(crate) async fn create_tenant(State(state): State<AppState>, request: Reques
     let plan = Plan::parse(&input.plan).ok_or_else(|| {
         Problem::invalid_field(
             "plan",
-            format!("unknown plan {:?}; use starter, professional or enterprise", input.plan),
+            format!("unknown plan {}; use starter, professional or enterprise", crate::problem::quoted(&input.plan)),
         )
     })?;
     let tenant = state.store.create_tenant(name, plan).await.map_err(store_failure)?;
@@ -245,7 +248,7 @@ pub(crate) async fn update_tenant(
             Plan::parse(plan).ok_or_else(|| {
                 Problem::invalid_field(
                     "plan",
-                    format!("unknown plan {plan:?}; use starter, professional or enterprise"),
+                    format!("unknown plan {}; use starter, professional or enterprise", crate::problem::quoted(plan)),
                 )
             })
         })
@@ -255,7 +258,10 @@ pub(crate) async fn update_tenant(
         .as_deref()
         .map(|status| {
             TenantStatus::parse(status).ok_or_else(|| {
-                Problem::invalid_field("status", format!("unknown status {status:?}; use active or suspended"))
+                Problem::invalid_field(
+                    "status",
+                    format!("unknown status {}; use active or suspended", crate::problem::quoted(status)),
+                )
             })
         })
         .transpose()?;
@@ -540,7 +546,7 @@ async fn admin_body<T: DeserializeOwned>(
 /// The 400 for an admin body that does not read as its type: the field missing, of another type,
 /// or unknown, named.
 fn body_refused(error: &serde_path_to_error::Error<serde_json::Error>) -> Problem {
-    let message = crate::problem::without_values(&error.inner().to_string());
+    let message = crate::problem::with_short_quotes(&crate::problem::without_values(&error.inner().to_string()));
     let missing = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`'));
     if let Some(name) = missing {
         return Problem::invalid_field(name, format!("{name} is required"));
@@ -581,9 +587,10 @@ pub(crate) fn neither_query_nor_body(request: &Request, route: &str) -> Result<(
 /// Refuses a query parameter: `route` takes none.
 pub(crate) fn no_query(request: &Request, route: &str) -> Result<(), Problem> {
     match first_query_parameter(request.uri())? {
-        Some(name) => {
-            Err(Problem::invalid_field(&name, format!("unknown query parameter {name:?}: {route} takes none")))
-        }
+        Some(name) => Err(Problem::invalid_field(
+            &name,
+            format!("unknown query parameter {}: {route} takes none", crate::problem::quoted(&name)),
+        )),
         None => Ok(()),
     }
 }
@@ -618,7 +625,7 @@ fn valid_scopes(state: &AppState, scopes: &[String]) -> Result<Vec<String>, Prob
             let list: Vec<&str> = known.iter().map(String::as_str).collect();
             return Err(Problem::invalid_field(
                 "scopes",
-                format!("unknown scope {scope:?}; known scopes: {}", list.join(", ")),
+                format!("unknown scope {}; known scopes: {}", crate::problem::quoted(scope), list.join(", ")),
             ));
         }
         unique.insert(scope.clone());

@@ -243,6 +243,28 @@ const MAX_DETAIL_BYTES: usize = 1024;
 /// The longest `field` a problem document carries, in bytes.
 const MAX_FIELD_BYTES: usize = 256;
 
+/// The longest value a client sent that a detail quotes, in bytes: past it the value is cut, so
+/// that what the detail says after it (the values accepted) is not cut with it.
+const MAX_QUOTED_BYTES: usize = 64;
+
+/// `value` as a detail quotes it: in double quotes, escaped, cut past [`MAX_QUOTED_BYTES`].
+pub(crate) fn quoted(value: &str) -> String {
+    format!("{:?}", clipped(value.to_owned(), MAX_QUOTED_BYTES))
+}
+
+/// `message` (serde's) with each name it quotes in backquotes cut past [`MAX_QUOTED_BYTES`], so
+/// that the names expected, after it, are not cut with a long one the client sent.
+pub(crate) fn with_short_quotes(message: &str) -> String {
+    let mut parts = message.split('`');
+    let mut shown = parts.next().unwrap_or_default().to_owned();
+    for (index, part) in parts.enumerate() {
+        shown.push('`');
+        // The first part after a backquote, and every other one after it, is within quotes.
+        if index % 2 == 0 { shown.push_str(&clipped(part.to_owned(), MAX_QUOTED_BYTES)) } else { shown.push_str(part) }
+    }
+    shown
+}
+
 /// `text` cut to at most `max` bytes at a character boundary, with `…` where it was cut.
 fn clipped(mut text: String, max: usize) -> String {
     if text.len() > max {
@@ -337,7 +359,18 @@ mod tests {
         response::IntoResponse,
     };
 
-    use super::{Problem, without_values};
+    use super::{Problem, quoted, with_short_quotes, without_values};
+
+    #[test]
+    fn long_values_a_detail_quotes_are_cut_and_what_follows_them_kept() {
+        let long = "p".repeat(3000);
+        let said = format!("unknown plan {}; use starter, professional or enterprise", quoted(&long));
+        assert!(said.len() < 200 && said.ends_with("; use starter, professional or enterprise"), "{said}");
+        let message = format!("unknown field `{long}`, expected `name` or `plan`");
+        let shown = with_short_quotes(&message);
+        assert!(shown.len() < 200 && shown.ends_with("…`, expected `name` or `plan`"), "{shown}");
+        assert_eq!(with_short_quotes("missing field `name`"), "missing field `name`");
+    }
 
     #[test]
     fn a_missing_scope_is_a_403_whose_challenge_names_the_scope() {
