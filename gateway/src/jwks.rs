@@ -66,6 +66,13 @@ pub(crate) enum FetchError {
     Json(#[from] serde_json::Error),
 }
 
+/// The JWKS URL as the log shows it: without a user and password, nor a query or fragment, where
+/// a provider may take an access token.
+fn shown(url: &str) -> String {
+    let redacted = redacted(url);
+    redacted.split(['?', '#']).next().unwrap_or_default().to_owned()
+}
+
 impl From<reqwest::Error> for FetchError {
     fn from(error: reqwest::Error) -> Self {
         Self::Request(error.without_url())
@@ -217,7 +224,7 @@ impl Jwks {
         *last_attempt = Some(started);
         match self.fetch().await {
             Ok(keys) => {
-                tracing::info!(url = %redacted(&self.url), keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
+                tracing::info!(url = %shown(&self.url), keys = keys.values().map(Vec::len).sum::<usize>(), "JWKS fetched");
                 let snapshot = Arc::new(Snapshot {
                     keys,
                     fetched_at: Some(Instant::now()),
@@ -228,7 +235,7 @@ impl Jwks {
             }
             Err(error) => {
                 let cached = self.snapshot().keys.values().map(Vec::len).sum::<usize>();
-                tracing::warn!(url = %redacted(&self.url), %error, cached, "JWKS fetch failed; keeping the cached keys");
+                tracing::warn!(url = %shown(&self.url), %error, cached, "JWKS fetch failed; keeping the cached keys");
                 // When the failed attempt began, from which the minimum interval to the next counts.
                 *self.failed_at.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
             }
@@ -278,7 +285,7 @@ impl Jwks {
         // (401), not verified with keys it no longer publishes.
         if keys.is_empty() {
             tracing::warn!(
-                url = %redacted(&self.url),
+                url = %shown(&self.url),
                 "the JWKS holds no usable signing key (RSA of 2048 bits or more, P-256 or Ed25519, each with a kid); \
                  tokens are refused until it does"
             );

@@ -64,6 +64,8 @@ impl Entries {
             if self.unknown.len() >= MAX_UNKNOWN_ENTRIES {
                 self.unknown.clear();
             }
+            // A key cached as known and gone since is unknown now.
+            self.by_hash.remove(&hash);
             self.unknown.insert(hash, entry.fetched);
             return true;
         }
@@ -369,6 +371,9 @@ mod tests {
         assert!(entries.unknown.len() <= MAX_UNKNOWN_ENTRIES);
         let last = format!("made-up-{}", MAX_ENTRIES + 5 * MAX_UNKNOWN_ENTRIES - 1);
         assert!(entries.get(&last, TTL).is_some_and(|entry| entry.principal.is_none()), "the latest unknown kept");
+        // A known key found gone since is unknown from then on.
+        assert!(entries.remember("known".into(), unknown(), seen, TTL));
+        assert!(entries.get("known", TTL).is_some_and(|entry| entry.principal.is_none()));
         // Known keys past the most kept: the expired ones make room, the others stay.
         let mut entries = Entries::default();
         let old = Entry { fetched: Instant::now() - 2 * TTL, ..entry() };

@@ -74,9 +74,10 @@ fn holds_phone(id: &str) -> bool {
         let international = start > 0 && bytes[start - 1] == b'+';
         let mut digits = Vec::new();
         // Groups of one number are parted by punctuation only, and written as phone numbers are:
-        // each after the first of 2 to 5 digits, the first of at most 5 (`55-11-91234-5678`); or
-        // none of more than 8 digits, the last of 4 (`1191234-5678`, `11.9.1234.5678`).
-        let (mut spaced, mut subscriber_last) = (true, true);
+        // after a `+`, in any groups; each after the first of 2 to 5 digits, the first of at most 5
+        // (`55-11-91234-5678`); or none of more than 9 digits, the last the subscriber's 4
+        // (`1191234-5678`, `11.9.1234.5678`) or a mobile's 9 (`11-912345678`).
+        let (mut spaced, mut loose) = (true, true);
         for (index, &(from, to)) in groups[first..].iter().enumerate() {
             if index > 0 {
                 let between = &bytes[groups[first + index - 1].1..from];
@@ -84,10 +85,11 @@ fn holds_phone(id: &str) -> bool {
                     return false;
                 }
                 spaced &= (2..=5).contains(&(to - from)) && groups[first].1 - start <= 5;
-                subscriber_last &= to - from <= 8 && groups[first].1 - start <= 8;
+                loose &= to - from <= 9 && groups[first].1 - start <= 9;
             }
-            let grouped = index == 0 || spaced || subscriber_last && to - from == 4;
-            if !spaced && !subscriber_last {
+            let subscriber = to - from == 4 || to - from == 9 && bytes[from] == b'9';
+            let grouped = index == 0 || international || spaced || loose && subscriber;
+            if !spaced && !loose && !international {
                 return false;
             }
             digits.extend_from_slice(&bytes[from..to]);
@@ -170,6 +172,9 @@ mod tests {
             "01191234-5678",
             "11.9.1234.5678",
             "(11)91234-5678",
+            "11-912345678",
+            "+55-11-912345678",
+            "+1-4155550100",
         ] {
             assert!(holds_phone(phone), "{phone}");
         }

@@ -130,11 +130,12 @@ impl Connection {
     /// An HTTP/2 error on a call, logged with its cause: a closed or refused connection is
     /// `Unavailable` (retried where the method allows it), a reset stream keeps the code its reason
     /// maps to; either way the client learns which upstream failed, not how. A connection that
-    /// broke once the request was handed to it (`sent`) is marked with [`BROKEN_AFTER_SENDING`]:
-    /// the service may have run the call. One the service closed with GOAWAY, or a stream it
-    /// refused, it did not run.
+    /// broke once the request was handed to it (`sent`), or that the gateway's side closed with
+    /// GOAWAY (the service broke the protocol: every stream on it is reset), is marked with
+    /// [`BROKEN_AFTER_SENDING`]: the service may have run the call. A stream the service refused,
+    /// or that its GOAWAY left out (past the last stream it says it processed), it did not run.
     fn stream_error(&self, error: h2::Error, sent: bool) -> Status {
-        if error.is_io() && sent {
+        if sent && (error.is_io() || error.is_go_away() && !error.is_remote()) {
             let mut status = self.unavailable(&error);
             status.metadata_mut().insert(BROKEN_AFTER_SENDING, MetadataValue::from_static("1"));
             return status;

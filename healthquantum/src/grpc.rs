@@ -30,6 +30,9 @@ use crate::{
     store::{Deleted, Erased, ImageRecord, PatientFilter, Store, image_key, report_key, thumbnail_key},
 };
 
+/// The layout of the reports made now, part of what a kept report is sealed for.
+const REPORT_LAYOUT: &str = "r2";
+
 /// The scope that lets a caller read patients (GetPatient's, through the gateway).
 const READ_SCOPE: &str = "health:read";
 
@@ -407,7 +410,9 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         // reader after it, who makes it again (as one kept before reports were sealed).
         let cipher = self.store.cipher(&caller.tenant_id).await?;
         let version = time::stored(patient.updated_at.unwrap_or(patient.created_at));
-        let context = format!("{key}#{version}");
+        // The layout's tag too: a report kept by an earlier layout (one that printed the card of
+        // the version served rather than of the one that scored it) does not open, and is made again.
+        let context = format!("{key}#{version}#{REPORT_LAYOUT}");
         let kept = self.objects.get(&key).await?.filter(|stored| stored.starts_with(crypto::SEALED_OBJECT));
         let (pdf, made) = match kept.and_then(|stored| cipher.open_bytes(&context, stored).ok()) {
             Some(pdf) => (pdf, false),

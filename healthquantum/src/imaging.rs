@@ -1901,16 +1901,16 @@ mod tests {
         let mut past = explicit((0x0008, 0x0060), b"CS", b"MR");
         past[6] = 40;
         assert!(dicom_refusal(&file(&past)).contains("(0008,1140)"));
-        let mut deep = explicit((0x0008, 0x0060), b"CS", b"MR");
-        for _ in 0..MAX_NESTING {
-            deep = defined_sequence((0x0008, 0x1140), &deep);
-        }
-        assert!(dicom_refusal(&file(&deep)).contains("nests deeper than 64 levels"));
-        let mut shallow = explicit((0x0008, 0x0060), b"CS", b"MR");
-        for _ in 0..MAX_NESTING - 2 {
-            shallow = defined_sequence((0x0008, 0x1140), &shallow);
-        }
-        assert_eq!(dimensions(&file(&shallow)), (640, 480));
+        // With the sequence `file` puts them in: 64 levels read, 65 refused.
+        let nested = |levels: usize| {
+            let mut nested = explicit((0x0008, 0x0060), b"CS", b"MR");
+            for _ in 1..levels {
+                nested = defined_sequence((0x0008, 0x1140), &nested);
+            }
+            file(&nested)
+        };
+        assert_eq!(dimensions(&nested(MAX_NESTING)), (640, 480));
+        assert!(dicom_refusal(&nested(MAX_NESTING + 1)).contains("nests deeper than 64 levels"));
     }
 
     fn dicom_refusal(bytes: &[u8]) -> String {

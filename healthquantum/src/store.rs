@@ -474,24 +474,34 @@ impl Store {
             .fetch_all(self.database.pool())
             .await
             .map_err(StoreError::from)?;
+        let mut sealed = 0;
         for row in &rows {
             let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
             let (tenant_id, id, features) = (text("tenant_id")?, text("id")?, text("features")?);
-            serde_json::from_str::<serde_json::Value>(&features)
-                .map_err(|error| StoreError::Corrupt(format!("assessment {id}: its inputs are not JSON: {error}")))?;
+            // One that is no JSON is left as it is: refused as corrupt when read, it stops nothing else.
+            if serde_json::from_str::<serde_json::Value>(&features).is_err() {
+                tracing::warn!(
+                    tenant_id,
+                    assessment = id,
+                    "assessment inputs in clear that are not JSON left unsealed"
+                );
+                continue;
+            }
             let cipher = self.keys.cipher(&tenant_id).await?;
             let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            sqlx::query("UPDATE assessments SET features = $1 WHERE tenant_id = $2 AND id = $3 AND features = $4")
-                .bind(cipher.seal(&features_context(&tenant_id, &id), &features))
-                .bind(&tenant_id)
-                .bind(&id)
-                .bind(&features)
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
+            let updated =
+                sqlx::query("UPDATE assessments SET features = $1 WHERE tenant_id = $2 AND id = $3 AND features = $4")
+                    .bind(cipher.seal(&features_context(&tenant_id, &id), &features))
+                    .bind(&tenant_id)
+                    .bind(&id)
+                    .bind(&features)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::from)?;
             transaction.commit().await.map_err(StoreError::from)?;
+            sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
         }
-        Ok(rows.len())
+        Ok(sealed)
     }
 
     pub(crate) async fn insert_assessment(
@@ -678,6 +688,16 @@ impl Store {
         Ok(())
     }
 
+    /// The tenants with objects a deletion or an erasure left to delete (work across tenants, as
+    /// the service's own role).
+    pub(crate) async fn tenants_with_pending_deletions(&self) -> Result<Vec<String>, Error> {
+        let tenants = sqlx::query_scalar("SELECT DISTINCT tenant_id FROM object_deletions ORDER BY tenant_id")
+            .fetch_all(self.database.pool())
+            .await
+            .map_err(StoreError::from)?;
+        Ok(tenants)
+    }
+
     /// The objects of `tenant_id` a deletion or an erasure left to delete, oldest first.
     pub(crate) async fn pending_deletions(&self, tenant_id: &str) -> Result<Vec<String>, Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
@@ -741,7 +761,7 @@ impl Store {
         id: &str,
     ) -> Result<(Patient, Assessment), Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
-        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
         let patient = fetch_patient(&mut transaction, &cipher, tenant_id, patient_id).await?;
         let assessment = fetch_assessment(&mut transaction, &cipher, tenant_id, patient_id, id).await?;
         transaction.commit().await.map_err(StoreError::from)?;

@@ -71,7 +71,13 @@ pub(crate) async fn delete_objects(store: &Store, objects: &Objects, tenant_id: 
 pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) -> anyhow::Result<usize> {
     let written_before = Utc::now() - settle;
     let mut deleted = 0;
-    let mut pending_done = std::collections::HashSet::new();
+    // A tenant's failure is logged and tried again at the next sweep; the other tenants go on.
+    for tenant_id in store.tenants_with_pending_deletions().await? {
+        match store.pending_deletions(&tenant_id).await {
+            Ok(pending) => deleted += delete_objects(store, objects, &tenant_id, &pending).await,
+            Err(error) => tracing::warn!(%error, tenant_id, "recorded deletions not read; tried again later"),
+        }
+    }
     for top in ["images", "reports"] {
         for tenant_prefix in objects.list_level(top).await?.prefixes {
             let Some(tenant_id) = tenant_prefix.rsplit('/').next().filter(|tenant| !tenant.is_empty()) else {
@@ -79,11 +85,6 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
             };
             if !store.holds_data_key(tenant_id).await? {
                 continue;
-            }
-            if pending_done.insert(tenant_id.to_owned()) {
-                let pending = store.pending_deletions(tenant_id).await?;
-                // A failure is logged and tried again at the next sweep.
-                deleted += delete_objects(store, objects, tenant_id, &pending).await;
             }
             // Images written after the tenant's last write here are not this database's to judge.
             let images_before = match store.newest_write(tenant_id).await? {
