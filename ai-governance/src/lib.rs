@@ -280,6 +280,7 @@ impl AiGovernanceService {
         });
         tokio::spawn(refresh_drift_gauge(monitoring.clone(), shutdown.clone()));
         tokio::spawn(fail_interrupted_requests(subjects.clone(), shutdown.clone()));
+        tokio::spawn(recheck_logs(self.log.clone(), shutdown.clone()));
         tokio::spawn(own_events::keep_draining(self.log.clone(), self.database.clone(), shutdown.clone()));
         let reporter = Reporter::new(self.log.clone(), inventory.clone(), monitoring.clone(), subjects.clone());
         let routes = Routes::new(AuditLogServer::with_interceptor(AuditLogApi::new(self.log), authenticate.clone()))
@@ -316,6 +317,23 @@ const DRIFT_GAUGE_REFRESH: std::time::Duration = std::time::Duration::from_secs(
 /// a stop of the process cut short: twice the longest its services are waited for
 /// ([`subjects::FAN_OUT_WITHIN`]).
 pub const RUNNING_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How often the logs a process has loaded are read afresh from the database (see
+/// [`LogStore::recheck`]).
+const LOG_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Rechecks the loaded logs every [`LOG_RECHECK_EVERY`] until `shutdown`.
+async fn recheck_logs(log: Arc<LogStore>, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.clone().wait() => return,
+            () = tokio::time::sleep(LOG_RECHECK_EVERY) => {}
+        }
+        if let Err(error) = log.recheck().await {
+            tracing::warn!(%error, "the audit logs were not rechecked; tried again later");
+        }
+    }
+}
 
 /// Marks failed, at start and every minute, the subject requests a stop left `running`.
 async fn fail_interrupted_requests(subjects: Arc<SubjectStore>, shutdown: Shutdown) {

@@ -353,6 +353,51 @@ impl LogStore {
         )))
     }
 
+    /// Reads the log of every tenant this process has loaded afresh from the database, as a start
+    /// does, so that rows changed or deleted under a running process are found without a restart:
+    /// a log missing entries is damaged (no proof is made from it), one whose entries no longer hash
+    /// to their stored hashes or to the root signed last holds back its events; each is logged at
+    /// error level. Returns how many logs were found so.
+    pub async fn recheck(&self) -> Result<usize, StoreError> {
+        let tenants: Vec<(String, Arc<Mutex<TenantLog>>)> = {
+            let tenants = self.tenants.lock().expect("the tenant map is not poisoned");
+            tenants.iter().map(|(tenant_id, log)| (tenant_id.clone(), log.clone())).collect()
+        };
+        let mut found = 0;
+        for (tenant_id, log) in tenants {
+            let mut log = log.lock().await;
+            log.tree = None;
+            log.latest = None;
+            log.checked = false;
+            self.ensure_loaded(&mut log, &tenant_id).await?;
+            let Some(tree) = log.tree.as_ref() else {
+                // Damaged: said by the load.
+                found += 1;
+                continue;
+            };
+            let mut transaction = self.database.begin_tenant_read(&tenant_id).await?;
+            let checked = match check_texts(&mut transaction, &tenant_id).await {
+                Ok(()) => self.check_signed_root(&mut transaction, &tenant_id, tree).await,
+                Err(error) => Err(error),
+            };
+            transaction.commit().await?;
+            match checked {
+                Ok(()) => log.checked = true,
+                Err(StoreError::Corrupt(reason)) => {
+                    found += 1;
+                    tracing::error!(
+                        tenant = %tenant_id,
+                        %reason,
+                        "the stored audit log no longer matches what was signed over it; its events are held back \
+                         until it is restored"
+                    );
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(found)
+    }
+
     /// Brings the tenant's tree and latest checkpoint up to the database's: loaded on first use,
     /// extended when another replica has appended since.
     async fn ensure_loaded(&self, log: &mut TenantLog, tenant_id: &str) -> Result<(), StoreError> {
@@ -989,6 +1034,39 @@ pub(crate) mod tests {
         let fresh = LogStore::new(log.database.clone(), log.signer().clone());
         let verification = fresh.verify("c", &fresh.latest_checkpoint("c").await.unwrap()).await.unwrap();
         assert_eq!((verification.first_bad_index, verification.reason.as_str()), (Some(1), "entry 1 is missing"));
+    }
+
+    /// Rows changed or deleted under a running process: found by the next recheck, without a
+    /// restart; until then the process appends from the tree it holds.
+    #[tokio::test]
+    async fn a_recheck_finds_rows_changed_or_deleted_under_a_running_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        log.append(vec![leaf("a", 1), leaf("a", 2), leaf("b", 1), leaf("b", 2)]).await.unwrap();
+        assert_eq!(log.recheck().await.unwrap(), 0);
+        assert!(log.append(vec![leaf("a", 3), leaf("b", 3)]).await.is_ok(), "sound logs go on");
+        let pool = log.database.pool();
+        sqlx::query(
+            "UPDATE audit_entries SET leaf = REPLACE(leaf, 'AssessRisk', 'Nothing') WHERE tenant_id = 'a' AND idx = 1",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::query("DELETE FROM audit_entries WHERE tenant_id = 'b' AND idx = 1").execute(pool).await.unwrap();
+        assert!(log.entry_with_proof("b", 2).await.is_ok(), "the tree held in memory, before the recheck");
+        assert_eq!(log.recheck().await.unwrap(), 2);
+        let outcome = log.append_each(vec![leaf("a", 4), leaf("b", 4)]).await.unwrap();
+        assert_eq!((outcome.appended, outcome.held.len()), (0, 2), "{outcome:?}");
+        assert!(log.entry_with_proof("b", 2).await.is_err(), "no proof from a log missing an entry");
+        // Put back, the logs go on.
+        sqlx::query(
+            "UPDATE audit_entries SET leaf = REPLACE(leaf, 'Nothing', 'AssessRisk') WHERE tenant_id = 'a' AND idx = 1",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        assert_eq!(log.recheck().await.unwrap(), 1, "b still misses its entry");
+        assert_eq!(log.append_each(vec![leaf("a", 4)]).await.unwrap().appended, 1);
     }
 
     #[tokio::test]
