@@ -151,6 +151,10 @@ impl Reporter {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Value, Error> {
+        // A period that has not begun holds nothing yet, and its requests no state to report.
+        if from > Utc::now() {
+            return Err(Error::invalid("from", "is in the future: a report covers a period that has begun"));
+        }
         if from >= to {
             return Err(Error::invalid("from", "must be before to (now, when to is left out)"));
         }
@@ -284,8 +288,8 @@ impl Reporter {
             "tenantId": tenant_id,
             // As the proto3 JSON mapping writes times: the fraction only as far as it goes.
             "period": {
-                "from": from.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                "to": to.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                "from": period_bound(from),
+                "to": period_bound(to),
             },
             "generatedAt": rfc3339(Utc::now()),
             "controls": controls,
@@ -433,6 +437,13 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
     pdf.to_bytes()
 }
 
+/// A bound of a report's period: whole seconds as they are (`2026-11-01T00:00:00Z`), a time within a
+/// second to the microsecond, as every other time the platform writes.
+fn period_bound(at: DateTime<Utc>) -> String {
+    use chrono::Timelike;
+    if at.nanosecond() == 0 { at.to_rfc3339_opts(SecondsFormat::Secs, true) } else { rfc3339(at) }
+}
+
 fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
@@ -440,6 +451,14 @@ fn rfc3339(at: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_periods_bounds_are_written_to_the_microsecond_at_most() {
+        let midnight = "2026-11-01T00:00:00Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(period_bound(midnight), "2026-11-01T00:00:00Z");
+        let now = "2026-12-02T03:10:19.028549935Z".parse::<DateTime<Utc>>().unwrap();
+        assert_eq!(period_bound(now), "2026-12-02T03:10:19.028549Z");
+    }
 
     #[test]
     fn a_period_is_dates_or_times_and_ends_within_year_9999() {

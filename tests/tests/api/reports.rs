@@ -116,6 +116,9 @@ async fn reports_carry_the_evidence(backend: Backend) {
         ("lgpd?format=xml", "format"),
         ("lgpd?from=yesterday", "from"),
         ("lgpd?from=2026-12-01&to=2026-11-01", "from"),
+        // A period that has not begun, with its end or without.
+        ("lgpd?from=2999-01-01&to=2999-02-01", "from"),
+        ("lgpd?from=2999-01-01", "from"),
     ] {
         let problem = assert_problem(app.get(&format!("/v1/governance/reports/{query}"), &key).await, 400).await;
         assert_eq!(problem["field"], field, "{query}: {problem}");
