@@ -135,15 +135,8 @@ mod tests {
 
     const TENANT: &str = "tenant-a";
 
-    /// A tenant deletes its only patient, who had an image, while the object store fails: the
-    /// deletion recorded with the records' is done by a later sweep, although the tenant has no
-    /// row left by which to judge its objects.
-    #[tokio::test]
-    async fn deletions_the_object_store_failed_are_done_by_a_later_sweep() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _database) = testing::store(dir.path()).await;
-        let root = dir.path().join("objects");
-        let objects = Objects::open(&format!("file://{}", root.display())).unwrap();
+    /// A patient of [`TENANT`] with the image record `image_id` (with a thumbnail).
+    async fn patient_with_image(store: &Store, image_id: &str) -> Patient {
         let patient = Patient::register(NewPatient {
             name: PatientName::parse("Maria Silva").unwrap(),
             cpf: Cpf::parse("52998224725").unwrap(),
@@ -153,7 +146,7 @@ mod tests {
         });
         store.create_patient(TENANT, &patient, &event()).await.unwrap();
         let image = ImageRecord {
-            id: "gone".into(),
+            id: image_id.into(),
             patient_id: patient.id.to_string(),
             media_type: "image/png".into(),
             size_bytes: 8,
@@ -164,6 +157,19 @@ mod tests {
             created_at: aigronova_platform::time::stored(Utc::now()),
         };
         store.insert_image(TENANT, &image, &event()).await.unwrap();
+        patient
+    }
+
+    /// A tenant deletes its only patient, who had an image, while the object store fails: the
+    /// deletion recorded with the records' is done by a later sweep, although the tenant has no
+    /// row left by which to judge its objects.
+    #[tokio::test]
+    async fn deletions_the_object_store_failed_are_done_by_a_later_sweep() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _database) = testing::store(dir.path()).await;
+        let root = dir.path().join("objects");
+        let objects = Objects::open(&format!("file://{}", root.display())).unwrap();
+        let patient = patient_with_image(&store, "gone").await;
         let (image_key, thumbnail_key) = ("images/tenant-a/gone", "images/tenant-a/gone.thumbnail.png");
         objects.put(thumbnail_key, b"thumbnail".to_vec()).await.unwrap();
         // A directory where the image's object is: its deletion fails, as a store that is down does.
@@ -192,26 +198,7 @@ mod tests {
         let (store, database) = testing::store(dir.path()).await;
         let objects = Objects::open(&format!("file://{}", dir.path().join("objects").display())).unwrap();
 
-        let patient = Patient::register(NewPatient {
-            name: PatientName::parse("Maria Silva").unwrap(),
-            cpf: Cpf::parse("52998224725").unwrap(),
-            birth_date: BirthDate::parse("1980-02-29").unwrap(),
-            email: None,
-            phone: None,
-        });
-        store.create_patient(TENANT, &patient, &event()).await.unwrap();
-        let image = ImageRecord {
-            id: "kept".into(),
-            patient_id: patient.id.to_string(),
-            media_type: "image/png".into(),
-            size_bytes: 8,
-            sha256: "00".repeat(32),
-            width: 1,
-            height: 1,
-            has_thumbnail: true,
-            created_at: aigronova_platform::time::stored(Utc::now()),
-        };
-        store.insert_image(TENANT, &image, &event()).await.unwrap();
+        let patient = patient_with_image(&store, "kept").await;
         let cipher = store.cipher(TENANT).await.unwrap();
         let other_key = store.cipher("tenant-b").await.unwrap();
         let sealed = |key: &str| cipher.seal_bytes(key, b"\x89PNG image");
