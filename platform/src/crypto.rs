@@ -24,15 +24,7 @@ use sqlx::Row;
 use crate::storage::{Database, StoreError};
 
 const SEALED_PREFIX: &str = "v1:";
-/// What data keys were wrapped for before each was bound to its tenant; still unwrapped, and
-/// wrapped again for its tenant on first use.
-const UNBOUND_WRAP_CONTEXT: &[u8] = b"aigronova.data-key.v1";
-
-/// What a data key is wrapped for: its tenant, so that one copied to another tenant's row does not
-/// unwrap there (a KMS's encryption context).
-fn wrap_context(tenant_id: &str) -> Vec<u8> {
-    [b"aigronova.data-key.v2\0".as_slice(), tenant_id.as_bytes()].concat()
-}
+const WRAP_CONTEXT: &[u8] = b"aigronova.data-key.v1";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CryptoError {
@@ -48,18 +40,8 @@ pub enum CryptoError {
 pub trait KeyWrapper: Send + Sync + fmt::Debug {
     /// Names the master key, stored beside each wrapped data key.
     fn key_id(&self) -> &str;
-    /// Wraps `data_key` bound to `tenant_id`.
-    fn wrap(&self, data_key: &[u8; 32], tenant_id: &str) -> Vec<u8>;
-    /// Unwraps a data key wrapped for `tenant_id`, or wrapped before keys were bound to their
-    /// tenant (`unbound`).
-    fn unwrap(&self, wrapped: &[u8], tenant_id: &str) -> Result<Unwrapped, CryptoError>;
-}
-
-/// A data key unwrapped, and whether it was wrapped before keys were bound to their tenant.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Unwrapped {
-    pub key: [u8; 32],
-    pub unbound: bool,
+    fn wrap(&self, data_key: &[u8; 32]) -> Vec<u8>;
+    fn unwrap(&self, wrapped: &[u8]) -> Result<[u8; 32], CryptoError>;
 }
 
 /// A master key kept in a local file (embedded mode).
@@ -154,16 +136,12 @@ impl KeyWrapper for LocalMasterKey {
         &self.id
     }
 
-    fn wrap(&self, data_key: &[u8; 32], tenant_id: &str) -> Vec<u8> {
-        seal(&self.key, &wrap_context(tenant_id), data_key)
+    fn wrap(&self, data_key: &[u8; 32]) -> Vec<u8> {
+        seal(&self.key, WRAP_CONTEXT, data_key)
     }
 
-    fn unwrap(&self, wrapped: &[u8], tenant_id: &str) -> Result<Unwrapped, CryptoError> {
-        let key = |context: &[u8]| open(&self.key, context, wrapped).ok().and_then(|bytes| bytes.try_into().ok());
-        match key(&wrap_context(tenant_id)) {
-            Some(key) => Ok(Unwrapped { key, unbound: false }),
-            None => key(UNBOUND_WRAP_CONTEXT).map(|key| Unwrapped { key, unbound: true }).ok_or(CryptoError::Unwrap),
-        }
+    fn unwrap(&self, wrapped: &[u8]) -> Result<[u8; 32], CryptoError> {
+        open(&self.key, WRAP_CONTEXT, wrapped).ok().and_then(|bytes| bytes.try_into().ok()).ok_or(CryptoError::Unwrap)
     }
 }
 
@@ -329,7 +307,7 @@ impl TenantKeys {
         let wrapped = match self.stored(tenant_id).await? {
             Some(wrapped) => wrapped,
             None => {
-                let wrapped = STANDARD.encode(self.wrapper.wrap(&random::<32>(), tenant_id));
+                let wrapped = STANDARD.encode(self.wrapper.wrap(&random::<32>()));
                 let inserted = sqlx::query(
                     "INSERT INTO tenant_keys (tenant_id, key_id, wrapped_key, created_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (tenant_id) DO NOTHING",
@@ -349,14 +327,12 @@ impl TenantKeys {
                 }
             }
         };
-        let unwrapped =
-            STANDARD.decode(&wrapped).ok().and_then(|bytes| self.wrapper.unwrap(&bytes, tenant_id).ok()).ok_or_else(
-                || StoreError::Corrupt(format!("tenant {tenant_id}: the data key does not unwrap (for this tenant)")),
-            )?;
-        if unwrapped.unbound {
-            self.bind(tenant_id, &wrapped, &unwrapped.key).await;
-        }
-        let cipher = Arc::new(TenantCipher::new(&unwrapped.key));
+        let data_key = STANDARD
+            .decode(&wrapped)
+            .ok()
+            .and_then(|bytes| self.wrapper.unwrap(&bytes).ok())
+            .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant_id}: the data key does not unwrap")))?;
+        let cipher = Arc::new(TenantCipher::new(&data_key));
         self.ciphers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -368,12 +344,12 @@ impl TenantKeys {
     /// (another deployment's, or another service's): every read of sealed data would fail. One
     /// stored key is tried; none stored, any master key fits. `setting` names the key's setting.
     pub async fn check_master_key(&self, setting: &str) -> anyhow::Result<()> {
-        let row = sqlx::query("SELECT tenant_id, wrapped_key FROM tenant_keys ORDER BY created_at, tenant_id LIMIT 1")
+        let row = sqlx::query("SELECT wrapped_key FROM tenant_keys ORDER BY created_at, tenant_id LIMIT 1")
             .fetch_optional(self.database.pool())
             .await?;
         let Some(row) = row else { return Ok(()) };
-        let (tenant_id, wrapped): (String, String) = (row.try_get("tenant_id")?, row.try_get("wrapped_key")?);
-        if STANDARD.decode(&wrapped).ok().is_some_and(|bytes| self.wrapper.unwrap(&bytes, &tenant_id).is_ok()) {
+        let wrapped: String = row.try_get("wrapped_key")?;
+        if STANDARD.decode(&wrapped).ok().is_some_and(|bytes| self.wrapper.unwrap(&bytes).is_ok()) {
             return Ok(());
         }
         Err(crate::config::ConfigError(format!(
@@ -382,21 +358,6 @@ impl TenantKeys {
              sealed with"
         ))
         .into())
-    }
-
-    /// Wraps again, bound to its tenant, a data key wrapped before keys were; a failure is logged,
-    /// and it is tried again on the next start.
-    async fn bind(&self, tenant_id: &str, wrapped: &str, data_key: &[u8; 32]) {
-        let bound = STANDARD.encode(self.wrapper.wrap(data_key, tenant_id));
-        let updated = sqlx::query("UPDATE tenant_keys SET wrapped_key = $1 WHERE tenant_id = $2 AND wrapped_key = $3")
-            .bind(&bound)
-            .bind(tenant_id)
-            .bind(wrapped)
-            .execute(self.database.pool())
-            .await;
-        if let Err(error) = updated {
-            tracing::warn!(%error, tenant_id, "data key not bound to its tenant; tried again on the next start");
-        }
     }
 
     /// Whether `tenant_id` has a data key here, without making one.
@@ -429,38 +390,6 @@ mod tests {
         let error = keys(2).check_master_key("x.master_key").await.unwrap_err();
         assert!(error.downcast_ref::<crate::config::ConfigError>().is_some(), "{error}");
         assert!(error.to_string().contains(": x.master_key does not unwrap"), "{error}");
-    }
-
-    /// A data key wrapped before keys were bound to their tenant still opens, and is bound at its
-    /// first use; copied to another tenant's row once bound, it does not open there.
-    #[tokio::test]
-    async fn a_data_key_wrapped_before_keys_were_bound_is_bound_at_first_use() {
-        let dir = tempfile::tempdir().unwrap();
-        let database = keys_database(dir.path()).await;
-        let master = LocalMasterKey::from_bytes(&[1; 32]);
-        let unbound = STANDARD.encode(seal(&master.key, UNBOUND_WRAP_CONTEXT, &[5; 32]));
-        for tenant in ["tenant-a", "tenant-b"] {
-            sqlx::query("INSERT INTO tenant_keys VALUES ($1, 'local:x', $2, '2026-01-01T00:00:00Z')")
-                .bind(tenant)
-                .bind(&unbound)
-                .execute(database.pool())
-                .await
-                .unwrap();
-        }
-        let keys = TenantKeys::new(database.clone(), Arc::new(LocalMasterKey::from_bytes(&[1; 32])));
-        let sealed = TenantCipher::new(&[5; 32]).seal("patients/x", "Maria");
-        assert_eq!(keys.cipher("tenant-a").await.unwrap().open("patients/x", &sealed).unwrap(), "Maria");
-        let stored = keys.stored("tenant-a").await.unwrap().unwrap();
-        assert_ne!(stored, unbound, "bound at its first use");
-        // Tenant b's row given tenant a's bound key: it does not open.
-        sqlx::query("UPDATE tenant_keys SET wrapped_key = $1 WHERE tenant_id = 'tenant-b'")
-            .bind(&stored)
-            .execute(database.pool())
-            .await
-            .unwrap();
-        let fresh = TenantKeys::new(database.clone(), Arc::new(LocalMasterKey::from_bytes(&[1; 32])));
-        assert!(fresh.cipher("tenant-b").await.is_err());
-        assert!(fresh.cipher("tenant-a").await.is_ok());
     }
 
     /// An embedded database in `dir` with the `tenant_keys` table the services' migrations make.
@@ -542,12 +471,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/master.key");
         let first = LocalMasterKey::load_or_create(&path).unwrap();
-        let wrapped = first.wrap(&[7; 32], "tenant-a");
+        let wrapped = first.wrap(&[7; 32]);
         let second = LocalMasterKey::load_or_create(&path).unwrap();
-        assert_eq!(second.unwrap(&wrapped, "tenant-a").unwrap(), Unwrapped { key: [7; 32], unbound: false });
+        assert_eq!(second.unwrap(&wrapped).unwrap(), [7; 32]);
         assert_eq!(first.key_id(), second.key_id());
-        assert_eq!(LocalMasterKey::from_bytes(&[9; 32]).unwrap(&wrapped, "tenant-a"), Err(CryptoError::Unwrap));
-        // Bound to its tenant: another's row does not unwrap it.
-        assert_eq!(second.unwrap(&wrapped, "tenant-b"), Err(CryptoError::Unwrap));
+        assert_eq!(LocalMasterKey::from_bytes(&[9; 32]).unwrap(&wrapped), Err(CryptoError::Unwrap));
     }
 }
