@@ -329,9 +329,7 @@ async fn recheck_logs(log: Arc<LogStore>, shutdown: Shutdown) {
             () = shutdown.clone().wait() => return,
             () = tokio::time::sleep(LOG_RECHECK_EVERY) => {}
         }
-        if let Err(error) = log.recheck().await {
-            tracing::warn!(%error, "the audit logs were not rechecked; tried again later");
-        }
+        log.recheck().await;
     }
 }
 

@@ -41,7 +41,8 @@ fn acceptable(id: &str) -> bool {
         && longest_hex_run(id) <= 32
         && !id.contains("eyJ")
         && !aigronova_platform::cpf::holds_cpf(id)
-        && !holds_phone(id)
+        // A UUID's digits are its own, whatever runs of them it happens to hold.
+        && (uuid::Uuid::try_parse(id).is_ok_and(|_| id.len() == 36) || !holds_phone(id))
 }
 
 /// Whether `id` holds a phone number: a Brazilian mobile number (area code, 9 and 8 digits, with the
@@ -147,6 +148,14 @@ pub(crate) fn principal() -> Option<Arc<Principal>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uuid_is_reused_whatever_runs_of_digits_its_groups_hold() {
+        // Its first groups read as a mobile number with its trunk prefix, written in groups.
+        let uuid = "01191234-5678-426a-8abc-0123456789ab";
+        assert!(holds_phone(uuid) && acceptable(uuid));
+        assert!(!acceptable("01191234-5678"), "the number alone is not reused");
+    }
 
     #[test]
     fn phone_numbers_are_found_in_ids_and_hexadecimal_ids_are_not_taken_for_them() {

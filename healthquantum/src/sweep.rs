@@ -56,7 +56,7 @@ pub(crate) async fn delete_objects(store: &Store, objects: &Objects, tenant_id: 
     for key in keys {
         match objects.delete(key).await {
             Ok(()) => deleted.push(key.clone()),
-            Err(error) => tracing::warn!(%error, "object not deleted"),
+            Err(error) => tracing::warn!(%error, tenant_id, key, "object not deleted"),
         }
     }
     if let Err(error) = store.deletions_done(tenant_id, &deleted).await {
@@ -72,11 +72,16 @@ pub(crate) async fn sweep(store: &Store, objects: &Objects, settle: Duration) ->
     let written_before = Utc::now() - settle;
     let mut deleted = 0;
     // A tenant's failure is logged and tried again at the next sweep; the other tenants go on.
-    for tenant_id in store.tenants_with_pending_deletions().await? {
-        match store.pending_deletions(&tenant_id).await {
-            Ok(pending) => deleted += delete_objects(store, objects, &tenant_id, &pending).await,
-            Err(error) => tracing::warn!(%error, tenant_id, "recorded deletions not read; tried again later"),
+    match store.tenants_with_pending_deletions().await {
+        Ok(tenants) => {
+            for tenant_id in tenants {
+                match store.pending_deletions(&tenant_id).await {
+                    Ok(pending) => deleted += delete_objects(store, objects, &tenant_id, &pending).await,
+                    Err(error) => tracing::warn!(%error, tenant_id, "recorded deletions not read; tried again later"),
+                }
+            }
         }
+        Err(error) => tracing::warn!(%error, "recorded deletions not read; tried again later"),
     }
     for top in ["images", "reports"] {
         for tenant_prefix in objects.list_level(top).await?.prefixes {
