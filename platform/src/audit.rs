@@ -335,6 +335,9 @@ impl Relay {
         let mut lag_reported: Option<std::time::Instant> = None;
         // Once stopping, when the grace ends: set when the stop is first seen.
         let mut stopping_by: Option<tokio::time::Instant> = None;
+        // Whether the last attempt failed: its backoff then runs out before the next, whatever
+        // writes come meanwhile (their events wait in the outbox).
+        let mut backing_off = false;
         loop {
             if lag_reported.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                 self.report_lag().await;
@@ -364,13 +367,15 @@ impl Relay {
                         );
                         let wait = backoff;
                         backoff = (backoff * 2).min(max_backoff);
+                        backing_off = true;
                         wait
                     }
                 },
             };
+            let woken_by_writes = !std::mem::take(&mut backing_off);
             tokio::select! {
                 () = shutdown.clone().wait() => break,
-                () = self.waker.0.notified() => {
+                () = self.waker.0.notified(), if woken_by_writes => {
                     // Let the events of the writes in flight join this batch.
                     tokio::select! {
                         () = shutdown.clone().wait() => break,
@@ -712,6 +717,45 @@ mod tests {
             sqlx::query_scalar("SELECT COUNT(*) FROM audit_outbox").fetch_one(database.pool()).await.unwrap();
         assert_eq!(pending, 1, "the event stays for the next start");
         held.abort();
+    }
+
+    /// While ai-governance cannot be reached, the relay waits out its backoff whatever writes come
+    /// meanwhile, rather than try again at each of them.
+    #[tokio::test]
+    async fn a_failing_relay_keeps_its_backoff_however_often_writes_wake_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+        let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE audit_outbox (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, event TEXT NOT NULL, \
+             created_at TEXT NOT NULL)",
+        )
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let caller = Caller { tenant_id: "t1".into(), subject: "key-1".into(), scopes: vec![] };
+        let event = AuditEvent::new(&caller, "backoff-test", EventKind::Decision, "a", "patient:1", "{}".into());
+        let mut connection = database.pool().acquire().await.unwrap();
+        enqueue(&mut connection, &event).await.unwrap();
+        drop(connection);
+        // A port nothing listens on: every attempt is refused at once.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let governance_url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let config = RelayConfig { governance_url: Some(governance_url), ..RelayConfig::default() };
+        let relay = Relay::new(database.clone(), "backoff-test", config, TokenSigner::generate());
+        let waker = relay.waker();
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(relay.run(shutdown.clone()));
+        // Sixty writes over 1.2 s: backoffs of 0.1, 0.2, 0.4 and 0.8 s leave room for five attempts.
+        for _ in 0..60 {
+            waker.wake();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let attempts = metrics().failures.with_label_values(&["backoff-test"]).get();
+        assert!((2..=6).contains(&attempts), "{attempts} attempts");
+        shutdown.trigger();
+        let _ = tokio::time::timeout(STOPPING_GRACE + Duration::from_secs(10), running).await;
     }
 
     #[test]
