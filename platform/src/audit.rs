@@ -673,13 +673,9 @@ fn metrics() -> &'static RelayMetrics {
 mod tests {
     use super::*;
 
-    /// An ai-governance that accepts connections and never answers holds a stopping relay for
-    /// [`STOPPING_GRACE`], not for its calls' 30 s timeout, and the event it could not ship stays
-    /// in the outbox.
-    #[tokio::test]
-    async fn a_relay_stops_within_its_grace_when_ai_governance_hangs() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
+    /// An embedded database in `dir` whose outbox holds one event of `service`.
+    async fn outbox_with_one_event(dir: &std::path::Path, service: &'static str) -> Database {
+        let url = format!("sqlite://{}", dir.join("outbox.db").display());
         let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
         sqlx::raw_sql(
             "CREATE TABLE audit_outbox (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, event TEXT NOT NULL, \
@@ -689,10 +685,19 @@ mod tests {
         .await
         .unwrap();
         let caller = Caller { tenant_id: "t1".into(), subject: "key-1".into(), scopes: vec![] };
-        let event = AuditEvent::new(&caller, "healthquantum", EventKind::Decision, "a", "patient:1", "{}".into());
+        let event = AuditEvent::new(&caller, service, EventKind::Decision, "a", "patient:1", "{}".into());
         let mut connection = database.pool().acquire().await.unwrap();
         enqueue(&mut connection, &event).await.unwrap();
-        drop(connection);
+        database
+    }
+
+    /// An ai-governance that accepts connections and never answers holds a stopping relay for
+    /// [`STOPPING_GRACE`], not for its calls' 30 s timeout, and the event it could not ship stays
+    /// in the outbox.
+    #[tokio::test]
+    async fn a_relay_stops_within_its_grace_when_ai_governance_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = outbox_with_one_event(dir.path(), "healthquantum").await;
         // Accepts, reads and never answers.
         let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let governance_url = format!("http://{}", hung.local_addr().unwrap());
@@ -724,20 +729,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_relay_keeps_its_backoff_however_often_writes_wake_it() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
-        let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
-        sqlx::raw_sql(
-            "CREATE TABLE audit_outbox (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, event TEXT NOT NULL, \
-             created_at TEXT NOT NULL)",
-        )
-        .execute(database.pool())
-        .await
-        .unwrap();
-        let caller = Caller { tenant_id: "t1".into(), subject: "key-1".into(), scopes: vec![] };
-        let event = AuditEvent::new(&caller, "backoff-test", EventKind::Decision, "a", "patient:1", "{}".into());
-        let mut connection = database.pool().acquire().await.unwrap();
-        enqueue(&mut connection, &event).await.unwrap();
-        drop(connection);
+        let database = outbox_with_one_event(dir.path(), "backoff-test").await;
         // A port nothing listens on: every attempt is refused at once.
         let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let governance_url = format!("http://{}", closed.local_addr().unwrap());
