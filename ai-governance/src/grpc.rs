@@ -309,7 +309,8 @@ fn inventory_message(entry: InventoryEntry) -> proto::InventoryModel {
         first_registered_time: timestamp(&entry.first_registered_at),
         last_registered_time: timestamp(&entry.last_registered_at),
         sha256_mismatch: mismatch,
-        observed_sha256: if mismatch { entry.observed_sha256 } else { String::new() },
+        observed_sha256: entry.differing_sha256.unwrap_or_default(),
+        mismatch_time: entry.mismatch_at.as_deref().and_then(timestamp),
         card: Some(entry.card),
     }
 }
@@ -333,8 +334,15 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
         &self,
         request: Request<proto::RecordInferenceStatsRequest>,
     ) -> Result<Response<proto::RecordInferenceStatsResponse>, Status> {
-        auth::service_caller(&request, RECORD_STATS_SCOPE)?;
+        let caller = auth::service_caller(&request, RECORD_STATS_SCOPE)?;
         let windows = request.into_inner().windows;
+        // A service records the windows of its own models, under the name its token carries.
+        if let Some((n, window)) = windows.iter().enumerate().find(|(_, window)| !is_caller(&caller, &window.service)) {
+            return Err(Status::permission_denied(format!(
+                "windows[{n}].service: {:?} is not the calling service; a service records only its own models' windows",
+                window.service
+            )));
+        }
         let summaries =
             windows.into_iter().enumerate().map(|(n, window)| summary_of(n, window)).collect::<Result<Vec<_>, _>>()?;
         self.store.record(&summaries).await?;
@@ -537,6 +545,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         request: Request<proto::CreateSubjectRequestRequest>,
     ) -> Result<Response<proto::SubjectRequest>, Status> {
         let caller = auth::caller(&request)?.clone();
+        let deadline = subjects::fan_out_deadline(aigronova_platform::grpc::time_left(request.metadata()));
         let proto::CreateSubjectRequestRequest { cpf, kind, details } = request.into_inner();
         let kind = subjects::Kind::parse(kind.trim())?;
         let cpf = Cpf::parse(&cpf)?;
@@ -548,7 +557,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if kind != subjects::Kind::Correction && !details.is_empty() {
             return Err(Error::invalid("details", "only a correction request takes details").into());
         }
-        let stored = self.store.open(&caller, &cpf, kind, details).await?;
+        let stored = self.store.open(&caller, &cpf, kind, details, deadline).await?;
         Ok(Response::new(request_message(stored)))
     }
 
@@ -778,8 +787,12 @@ impl proto::reports_server::Reports for ReportsApi {
         let framework = reports::Framework::parse(&framework)?;
         let format = reports::Format::parse(&format)?;
         let to = if to.is_empty() { chrono::Utc::now() } else { reports::parse_bound("to", &to, true)? };
-        let from =
-            if from.is_empty() { to - chrono::Duration::days(30) } else { reports::parse_bound("from", &from, false)? };
+        // Left out, `from` is 30 days before `to`, and no later than now: a period that has begun.
+        let from = if from.is_empty() {
+            (to - chrono::Duration::days(30)).min(chrono::Utc::now())
+        } else {
+            reports::parse_bound("from", &from, false)?
+        };
         let report = self.reporter.report(&tenant, framework, from, to).await?;
         let (content_type, data) = match format {
             reports::Format::Json => ("application/json", report.to_string().into_bytes()),
@@ -823,6 +836,50 @@ mod tests {
         for shares in [vec![f64::NAN, 0.5], vec![1e300, 0.0], vec![-0.1, 1.1]] {
             assert_eq!(field_of(window(vec![1.0], shares.clone())), "windows[0].features", "{shares:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_service_records_the_windows_of_its_own_models_only() {
+        use aigronova_platform::{auth::FromService, storage::Database};
+        use proto::monitoring_server::Monitoring;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let api = MonitoringApi::new(MonitoringStore::new(database.clone()), Inventory::new(database));
+        let now = chrono::Utc::now().timestamp();
+        let window = |service: &str| proto::InferenceWindow {
+            tenant_id: "t".into(),
+            service: service.into(),
+            model: "breast-cancer".into(),
+            version: "1".into(),
+            start_time: Some(prost_types::Timestamp { seconds: now - 60, nanos: 0 }),
+            end_time: Some(prost_types::Timestamp { seconds: now, nanos: 0 }),
+            count: 3,
+            errors: 0,
+            latency_buckets: vec![3],
+            latency_bounds_ms: Vec::new(),
+            features: Vec::new(),
+        };
+        let from = |service: &str, windows| {
+            let mut request = Request::new(proto::RecordInferenceStatsRequest { windows });
+            request.extensions_mut().insert(Caller::service(service, RECORD_STATS_SCOPE));
+            request.extensions_mut().insert(FromService);
+            request
+        };
+        let refused = api
+            .record_inference_stats(from("finquantum", vec![window("finquantum"), window("healthquantum")]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().starts_with("windows[1].service"), "{refused:?}");
+        let held = api.store.statuses("t", chrono::Duration::hours(1)).await.unwrap();
+        assert!(held.is_empty(), "a refused call records none of its windows: {held:?}");
+
+        api.record_inference_stats(from("healthquantum", vec![window("healthquantum")])).await.unwrap();
+        let held = api.store.statuses("t", chrono::Duration::hours(1)).await.unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].calls, 3);
     }
 
     #[test]

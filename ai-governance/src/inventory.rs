@@ -1,6 +1,7 @@
 //! The model inventory: the cards of every model the services registered at start-up. A name
 //! and version keeps the sha256 it was first registered with; a later registration with another
-//! sha256 (the file changed without a new version) flags the model.
+//! sha256 (the file changed without a new version) flags the model, and the flag stays when the
+//! first file comes back: the other one was served meanwhile.
 
 use aigronova_platform::{
     Error,
@@ -17,15 +18,20 @@ pub struct InventoryEntry {
     pub service: String,
     /// The card as first registered.
     pub card: ModelCard,
+    /// The sha256 registered last.
     pub observed_sha256: String,
+    /// The last sha256 registered that is not the card's, once there was one.
+    pub differing_sha256: Option<String>,
+    /// When a sha256 that is not the card's was first registered.
+    pub mismatch_at: Option<String>,
     pub first_registered_at: String,
     pub last_registered_at: String,
 }
 
 impl InventoryEntry {
-    /// True when the model's file changed without a new version.
+    /// True when the model's file changed without a new version, whether or not it changed back.
     pub fn sha256_mismatch(&self) -> bool {
-        self.observed_sha256 != self.card.sha256
+        self.mismatch_at.is_some()
     }
 }
 
@@ -80,8 +86,12 @@ impl Inventory {
                         );
                         flagged.push(format!("{}/{}", card.name, card.version));
                     }
+                    // A differing sha256 is kept with the time the first one came; the first
+                    // sha256 again leaves both as they were.
                     sqlx::query(
-                        "UPDATE models SET observed_sha256 = $1, last_registered_at = $2, service = $3 \
+                        "UPDATE models SET observed_sha256 = $1, last_registered_at = $2, service = $3, \
+                         differing_sha256 = CASE WHEN $1 <> sha256 THEN $1 ELSE differing_sha256 END, \
+                         mismatch_at = CASE WHEN $1 <> sha256 THEN COALESCE(mismatch_at, $2) ELSE mismatch_at END \
                          WHERE name = $4 AND version = $5",
                     )
                     .bind(&card.sha256)
@@ -101,7 +111,8 @@ impl Inventory {
 
     pub async fn list(&self) -> Result<Vec<InventoryEntry>, Error> {
         let rows = sqlx::query(
-            "SELECT service, card, observed_sha256, first_registered_at, last_registered_at FROM models \
+            "SELECT service, card, observed_sha256, differing_sha256, mismatch_at, first_registered_at, \
+             last_registered_at FROM models \
              ORDER BY name, version",
         )
         .fetch_all(self.database.pool())
@@ -112,7 +123,8 @@ impl Inventory {
 
     pub async fn get(&self, name: &str, version: &str) -> Result<InventoryEntry, Error> {
         let row = sqlx::query(
-            "SELECT service, card, observed_sha256, first_registered_at, last_registered_at FROM models \
+            "SELECT service, card, observed_sha256, differing_sha256, mismatch_at, first_registered_at, \
+             last_registered_at FROM models \
              WHERE name = $1 AND version = $2",
         )
         .bind(name)
@@ -135,6 +147,8 @@ fn entry_from(row: &sqlx::any::AnyRow) -> Result<InventoryEntry, StoreError> {
         service: row.try_get("service")?,
         card,
         observed_sha256: row.try_get("observed_sha256")?,
+        differing_sha256: row.try_get("differing_sha256")?,
+        mismatch_at: row.try_get("mismatch_at")?,
         first_registered_at: row.try_get("first_registered_at")?,
         last_registered_at: row.try_get("last_registered_at")?,
     })
@@ -168,6 +182,22 @@ mod tests {
         assert!(entry.sha256_mismatch());
         assert_eq!(entry.card.sha256, "a".repeat(64), "the card keeps the sha256 first registered");
         assert_eq!(entry.observed_sha256, "b".repeat(64));
+        assert_eq!(entry.differing_sha256.as_deref(), Some("b".repeat(64).as_str()));
+        let first_seen = entry.mismatch_at.clone().expect("when the other file came");
         assert_eq!(inventory.list().await.unwrap().len(), 1);
+
+        // The first file back: nothing newly flagged, and the flag stays, with when and what.
+        assert!(inventory.register("healthquantum", &[card('a')]).await.unwrap().is_empty());
+        let entry = inventory.get("breast-cancer", "1").await.unwrap();
+        assert!(entry.sha256_mismatch(), "the other file was served: {entry:?}");
+        assert_eq!(entry.observed_sha256, "a".repeat(64));
+        assert_eq!(entry.differing_sha256.as_deref(), Some("b".repeat(64).as_str()));
+        assert_eq!(entry.mismatch_at.as_deref(), Some(first_seen.as_str()));
+
+        // A third file: the last differing one is shown, the first time kept.
+        assert_eq!(inventory.register("healthquantum", &[card('c')]).await.unwrap(), ["breast-cancer/1"]);
+        let entry = inventory.get("breast-cancer", "1").await.unwrap();
+        assert_eq!(entry.differing_sha256.as_deref(), Some("c".repeat(64).as_str()));
+        assert_eq!(entry.mismatch_at.as_deref(), Some(first_seen.as_str()));
     }
 }

@@ -259,6 +259,12 @@ impl AiGovernanceService {
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let service_verifier = self.service_signer.as_ref().map(TokenSigner::verifier);
         let authenticate = Authenticate::with_service_key(self.verifier.clone(), service_verifier);
+        if self.data_subject_services.is_empty() {
+            tracing::warn!(
+                "no ai_governance.data_subject_services: data-subject requests reach no other service, and \
+                 access bundles and erasures cover only what ai-governance holds"
+            );
+        }
         let services = SubjectServices::new(&self.data_subject_services, self.service_signer)?;
         let inventory = Inventory::new(self.database.clone());
         let monitoring = MonitoringStore::new(self.database.clone());

@@ -193,9 +193,10 @@ impl Reporter {
                     "sha256": entry.card.sha256,
                     "sha256Mismatch": entry.sha256_mismatch(),
                 });
-                // Left out when it is the registered one, as the proto3 JSON mapping leaves out an empty field.
-                if entry.sha256_mismatch() {
-                    model["observedSha256"] = json!(entry.observed_sha256);
+                // Left out when there is none, as the proto3 JSON mapping leaves out an empty field.
+                if let (Some(differing), Some(at)) = (&entry.differing_sha256, &entry.mismatch_at) {
+                    model["observedSha256"] = json!(differing);
+                    model["mismatchTime"] = json!(at);
                 }
                 model
             })
@@ -384,6 +385,7 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
         pdf.monospace(&format!("sha256 {}", text(&model["sha256"])));
         if model["sha256Mismatch"] == true {
             pdf.monospace(&format!("observed {}", text(&model["observedSha256"])));
+            pdf.monospace(&format!("first seen {}", text(&model["mismatchTime"])));
         }
     }
     for status in report["monitoring"].as_array().into_iter().flatten() {

@@ -31,10 +31,28 @@ use crate::{
 /// Art. 19 II: a complete answer within 15 days of the request.
 pub const DEADLINE_DAYS: i64 = 15;
 
-/// The longest the services are waited for, all together, on one request: past it, the request is
-/// stored failed and is to be made again.
+/// The longest the services are waited for on one request, whatever time its caller gives: past
+/// it, a service that has not answered is failed in the request's outcomes, to be asked again.
 pub const FAN_OUT_WITHIN: Duration = Duration::from_secs(300);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What is kept of the caller's time to store the request and answer: a tenth of it, and at
+/// least this.
+const TIME_TO_ANSWER: Duration = Duration::from_secs(1);
+
+/// A service's outcome when it has not answered by the request's deadline.
+const DID_NOT_ANSWER_IN_TIME: &str = "did not answer within the time the request had; ask again";
+
+/// When the services must have answered a request whose caller gives it `time_left` (its
+/// `grpc-timeout`; the gateway sends what its own deadline leaves): before the caller stops
+/// waiting, with a tenth of the time (at least [`TIME_TO_ANSWER`]) kept to store the outcomes, so
+/// that a slow service makes a `failed` request the caller sees, not a timeout that leaves it
+/// guessing and asking again; [`FAN_OUT_WITHIN`] at most.
+pub fn fan_out_deadline(time_left: Option<Duration>) -> tokio::time::Instant {
+    let within = time_left
+        .map_or(FAN_OUT_WITHIN, |left| left.saturating_sub((left / 10).max(TIME_TO_ANSWER)).min(FAN_OUT_WITHIN));
+    tokio::time::Instant::now() + within
+}
 
 /// What the data subject asks for (Art. 18).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,37 +193,58 @@ impl SubjectServices {
         Ok(request)
     }
 
-    /// `call` on every service with a fresh `message`, each answer by service name.
+    /// `call` on every service at once with a fresh `message`, each answer by service name; a
+    /// service that has not answered by `deadline` is failed, saying so.
     async fn ask<M, R, F, Fut>(
         &self,
         tenant_id: &str,
         message: impl Fn() -> M,
         call: F,
+        deadline: tokio::time::Instant,
     ) -> Vec<(String, Result<R, String>)>
     where
         F: Fn(DataSubjectClient<Channel>, tonic::Request<M>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
-        let mut answers = Vec::with_capacity(self.clients.len());
-        for (name, client) in &self.clients {
-            let answer = match self.request(tenant_id, message()) {
-                Ok(request) => call(client.clone(), request)
-                    .await
-                    .map(tonic::Response::into_inner)
-                    .map_err(|status| status.message().to_owned()),
-                Err(error) => Err(error),
-            };
-            answers.push((name.clone(), answer));
-        }
-        answers
+        let calls = self.clients.iter().map(|(name, client)| {
+            let request = self.request(tenant_id, message());
+            let call = request.map(|mut request| {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                request.set_timeout(left.min(CALL_TIMEOUT));
+                call(client.clone(), request)
+            });
+            async move {
+                let answer = match call {
+                    // The call's own timeout (its `grpc-timeout`, the time left) or this one,
+                    // whichever comes first, is told the same way.
+                    Ok(call) => match tokio::time::timeout_at(deadline, call).await {
+                        Ok(Ok(response)) => Ok(response.into_inner()),
+                        Ok(Err(_)) | Err(_) if tokio::time::Instant::now() >= deadline => {
+                            Err(DID_NOT_ANSWER_IN_TIME.to_owned())
+                        }
+                        Ok(Err(status)) => Err(status.message().to_owned()),
+                        Err(_elapsed) => Err(DID_NOT_ANSWER_IN_TIME.to_owned()),
+                    },
+                    Err(error) => Err(error),
+                };
+                (name.clone(), answer)
+            }
+        });
+        futures_util::future::join_all(calls).await
     }
 
     /// Every service's export for `cpf`, and each one's outcome.
-    async fn export(&self, tenant_id: &str, cpf: &Cpf, id: &str) -> (serde_json::Value, Vec<Outcome>) {
+    async fn export(
+        &self,
+        tenant_id: &str,
+        cpf: &Cpf,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> (serde_json::Value, Vec<Outcome>) {
         let message = || common::ExportSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
-        let answers = self
-            .ask(tenant_id, message, |mut client, request| async move { client.export_subject(request).await })
-            .await;
+        let call =
+            |mut client: DataSubjectClient<Channel>, request| async move { client.export_subject(request).await };
+        let answers = self.ask(tenant_id, message, call, deadline).await;
         let mut data = serde_json::Map::new();
         let mut outcomes = Vec::new();
         for (name, answer) in answers {
@@ -222,11 +261,10 @@ impl SubjectServices {
     }
 
     /// Every service's erasure of `cpf`, as outcomes.
-    async fn erase(&self, tenant_id: &str, cpf: &Cpf, id: &str) -> Vec<Outcome> {
+    async fn erase(&self, tenant_id: &str, cpf: &Cpf, id: &str, deadline: tokio::time::Instant) -> Vec<Outcome> {
         let message = || common::EraseSubjectRequest { cpf: cpf.as_str().to_owned(), request_id: id.to_owned() };
-        let answers = self
-            .ask(tenant_id, message, |mut client, request| async move { client.erase_subject(request).await })
-            .await;
+        let call = |mut client: DataSubjectClient<Channel>, request| async move { client.erase_subject(request).await };
+        let answers = self.ask(tenant_id, message, call, deadline).await;
         answers
             .into_iter()
             .map(|(name, answer)| match answer {
@@ -272,9 +310,30 @@ async fn erase_held(
     erasure: &str,
     secret: &str,
 ) -> Result<Cleared, Error> {
-    let rows = sqlx::query(
-        "SELECT id, subject_digest, export FROM subject_requests \
-         WHERE tenant_id = $1 AND (export IS NOT NULL OR subject_digest IS NOT NULL)",
+    let mut about_subject = Vec::new();
+    let digests = sqlx::query(
+        "SELECT id, subject_digest FROM subject_requests WHERE tenant_id = $1 AND subject_digest IS NOT NULL",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(StoreError::from)?;
+    for row in digests {
+        let id: String = row.try_get("id").map_err(StoreError::from)?;
+        let digest: String = row.try_get("subject_digest").map_err(StoreError::from)?;
+        // Keyed by the tenant's data key; made before it was, by the deployment's secret, or
+        // before that by the request id alone.
+        if digest == request_digest(cipher, &id, cpf)
+            || digest == subject_digest(&format!("{secret}:{id}"), cpf)
+            || digest == subject_digest(&id, cpf)
+        {
+            about_subject.push(id);
+        }
+    }
+    // Bundles without a digest (made before digests were kept, or that found nothing): opened
+    // one at a time, so that an erasure holds one bundle in memory however many there are.
+    let undigested: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM subject_requests WHERE tenant_id = $1 AND subject_digest IS NULL AND export IS NOT NULL",
     )
     .bind(tenant_id)
     .fetch_all(&mut *connection)
@@ -282,32 +341,26 @@ async fn erase_held(
     .map_err(StoreError::from)?;
     let quoted = format!("\"{}\"", cpf.as_str());
     let mut cleared = Cleared::default();
-    for row in rows {
-        let id: String = row.try_get("id").map_err(StoreError::from)?;
-        let digest: Option<String> = row.try_get("subject_digest").map_err(StoreError::from)?;
-        let export: Option<String> = row.try_get("export").map_err(StoreError::from)?;
-        let about_subject = match digest {
-            // Keyed by the tenant's data key; made before it was, by the deployment's secret, or
-            // before that by the request id alone.
-            Some(digest) => {
-                digest == request_digest(cipher, &id, cpf)
-                    || digest == subject_digest(&format!("{secret}:{id}"), cpf)
-                    || digest == subject_digest(&id, cpf)
+    for id in undigested {
+        let export: Option<String> =
+            sqlx::query_scalar("SELECT export FROM subject_requests WHERE tenant_id = $1 AND id = $2")
+                .bind(tenant_id)
+                .bind(&id)
+                .fetch_optional(&mut *connection)
+                .await
+                .map_err(StoreError::from)?
+                .flatten();
+        match export.map(|export| unseal(cipher, &Column::Export.context(tenant_id, &id), export)) {
+            Some(Ok(export)) if export.contains(&quoted) => about_subject.push(id),
+            Some(Ok(_)) | None => {}
+            // One bundle that does not open stops no erasure: it is left, and counted.
+            Some(Err(error)) => {
+                tracing::error!(%error, request = %id, "a bundle without a digest does not open; not erased");
+                cleared.unreadable += 1;
             }
-            None => match export.map(|export| unseal(cipher, &Column::Export.context(tenant_id, &id), export)) {
-                Some(Ok(export)) => export.contains(&quoted),
-                // One bundle that does not open stops no erasure: it is left, and counted.
-                Some(Err(error)) => {
-                    tracing::error!(%error, request = %id, "a bundle without a digest does not open; not erased");
-                    cleared.unreadable += 1;
-                    false
-                }
-                None => false,
-            },
-        };
-        if !about_subject {
-            continue;
         }
+    }
+    for id in about_subject {
         // An open one is closed here only if nobody completed it meanwhile: its row, locked by
         // this update, says so.
         let closed: Option<String> = sqlx::query_scalar(
@@ -556,10 +609,11 @@ impl SubjectStore {
         cpf: &Cpf,
         kind: Kind,
         details: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<StoredRequest, Error> {
         let (store, caller, cpf, details) = (Arc::clone(self), caller.clone(), cpf.clone(), details.to_owned());
         let task = async move {
-            let processed = store.process(&caller, &cpf, kind, &details).await;
+            let processed = store.process(&caller, &cpf, kind, &details, deadline).await;
             // Logged here too: the caller may have stopped waiting.
             if let Err(error) = &processed {
                 tracing::error!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request failed");
@@ -577,7 +631,14 @@ impl SubjectStore {
         }
     }
 
-    async fn process(&self, caller: &Caller, cpf: &Cpf, kind: Kind, details: &str) -> Result<StoredRequest, Error> {
+    async fn process(
+        &self,
+        caller: &Caller,
+        cpf: &Cpf,
+        kind: Kind,
+        details: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<StoredRequest, Error> {
         // One request about a subject at a time, in this replica and then in every replica on
         // the database: an access request still collecting data while an erasure of the same
         // CPF runs would store its bundle after the erasure deleted the others.
@@ -593,7 +654,7 @@ impl SubjectStore {
         };
         let processed = match locked {
             Ok(across) => {
-                let processed = self.fan_out_and_store(caller, cpf, kind, details).await;
+                let processed = self.fan_out_and_store(caller, cpf, kind, details, deadline).await;
                 across.release().await;
                 processed
             }
@@ -612,6 +673,7 @@ impl SubjectStore {
         cpf: &Cpf,
         kind: Kind,
         details: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<StoredRequest, Error> {
         // Before any service is asked: a tenant's data key that does not unwrap stops the request
         // here. Made now if the tenant has none, outside the transaction that stores the request.
@@ -625,12 +687,7 @@ impl SubjectStore {
         let held_digest = (kind == Kind::Correction).then(|| request_digest(&cipher, &id, cpf));
         let running = NewRequest { id: &id, kind, details, created, export: None, digest: held_digest.as_deref() };
         self.record_running(&caller.tenant_id, &cipher, &running).await?;
-        let asked = tokio::time::timeout(FAN_OUT_WITHIN, self.ask_services(&caller.tenant_id, cpf, kind, &id)).await;
-        let (export, outcomes) = asked.unwrap_or_else(|_| {
-            let note =
-                format!("the services did not all answer within {} minutes; ask again", FAN_OUT_WITHIN.as_secs() / 60);
-            (None, vec![outcome(crate::SERVICE_NAME, "failed", 0, Vec::new(), note)])
-        });
+        let (export, outcomes) = self.ask_services(&caller.tenant_id, cpf, kind, &id, deadline).await;
         // Only a request that holds the subject's data keeps the digest that finds it again.
         let holds_data = match kind {
             Kind::Access | Kind::Portability => outcomes.iter().any(|outcome| outcome.records > 0),
@@ -681,10 +738,17 @@ impl SubjectStore {
 
     /// Asks the services for the subject's data (access, portability) or its erasure: the bundle
     /// when there is one, and each service's outcome.
-    async fn ask_services(&self, tenant_id: &str, cpf: &Cpf, kind: Kind, id: &str) -> (Option<String>, Vec<Outcome>) {
+    async fn ask_services(
+        &self,
+        tenant_id: &str,
+        cpf: &Cpf,
+        kind: Kind,
+        id: &str,
+        deadline: tokio::time::Instant,
+    ) -> (Option<String>, Vec<Outcome>) {
         match kind {
             Kind::Access | Kind::Portability => {
-                let (data, outcomes) = self.services.export(tenant_id, cpf, id).await;
+                let (data, outcomes) = self.services.export(tenant_id, cpf, id, deadline).await;
                 // A bundle some services could not answer for says so, rather than look whole.
                 let missing: Vec<&str> = outcomes
                     .iter()
@@ -701,7 +765,7 @@ impl SubjectStore {
                 });
                 (Some(bundle.to_string()), outcomes)
             }
-            Kind::Erasure => (None, self.services.erase(tenant_id, cpf, id).await),
+            Kind::Erasure => (None, self.services.erase(tenant_id, cpf, id, deadline).await),
             Kind::Correction => (None, Vec::new()),
         }
     }

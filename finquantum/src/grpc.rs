@@ -399,11 +399,12 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let new = match stored.map_err(Status::from) {
             Ok(new) => new,
             Err(status) => {
-                // What the institution sent does not read: its pages are not kept for the next ingestion.
+                // Not kept for the next ingestion: pages that do not read, and pages of a consent
+                // revoked or erased while they were fetched (whose purge ran before they were cached).
                 if aigronova_platform::error::is_third_party_failure(&status) {
                     tracing::warn!(institution = %consent.institution, error = %status.message(), "Open Finance ingestion failed");
-                    self.client.cache().forget_consent(&consent.id).await;
                 }
+                self.client.cache().forget_consent(&consent.id).await;
                 return Err(status);
             }
         };
@@ -519,7 +520,13 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         )
         .with_event_id(&score.id);
         let made_under: Vec<String> = consents.iter().map(|consent| consent.id.clone()).collect();
-        self.store.insert_score(&caller.tenant_id, &score, &made_under, &recorded).await?;
+        self.store.insert_score(&caller.tenant_id, &score, &made_under, &recorded).await.map_err(
+            |error| match error {
+                // Every consent it was made under was revoked meanwhile: the first permission they gave.
+                Error::PermissionDenied(detail) => aigronova_platform::error::missing_permission(needed[0], &detail),
+                error => Status::from(error),
+            },
+        )?;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, score = %score.id, band = %score.risk_band, "credit scored");
         Ok(Response::new(score_message(score, self.store.reason_words())?))
@@ -627,8 +634,12 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             ));
         }
         let usable: Vec<&Consent> = consents.iter().collect();
-        // A month's statement reads its month and what came after (to walk back from the balance).
+        // A month's statement reads its month and what came after (to walk back from the balance),
+        // and what came after a balance taken before the month began (to walk forward from it).
         let first = bounds.0.and_hms_opt(0, 0, 0).map(|at| at.and_utc());
+        let since = |accounts: &[crate::store::StoredAccount]| {
+            first.map(|first| accounts.iter().filter_map(|account| account.balance_at).fold(first, std::cmp::min))
+        };
         let read = event(
             &caller,
             EventKind::SensitiveRead,
@@ -636,7 +647,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             &format!("customer:{customer_id}"),
             serde_json::json!({"month": month, "format": if pdf { "pdf" } else { "json" }}),
         );
-        let held = self.store.data_under(&caller.tenant_id, &customer_id, &usable, first, Some(&read)).await?;
+        let held = self.store.data_under(&caller.tenant_id, &customer_id, &usable, since, Some(&read)).await?;
         self.outbox.wake();
         // A month no account's fetched days reach, and no transaction held falls in (one an
         // institution dated before the days asked for), is no month of zeros: told what was fetched.

@@ -50,6 +50,13 @@ impl Default for ClientSettings {
     }
 }
 
+/// The transactions asked for a page: the most the Open Finance Brasil APIs allow.
+const TRANSACTIONS_PAGE_SIZE: u32 = 1000;
+
+/// The largest page body read: a page of the most transactions the APIs allow is well under it,
+/// and a body past it is refused as it arrives rather than held whole.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OpenFinanceError {
     #[error("the institution did not answer in time after {attempts} attempts")]
@@ -394,9 +401,11 @@ impl OpenFinanceClient {
         account_id: &str,
         (from, today): (chrono::NaiveDate, chrono::NaiveDate),
     ) -> Result<Vec<Transaction>, OpenFinanceError> {
-        // Without dates an institution answers today's transactions only.
+        // Without dates an institution answers today's transactions only; without a page size, 25
+        // a page.
         let url = format!(
-            "{}/open-banking/accounts/v2/accounts/{}/transactions?fromBookingDate={from}&toBookingDate={today}",
+            "{}/open-banking/accounts/v2/accounts/{}/transactions?fromBookingDate={from}&toBookingDate={today}\
+             &page-size={TRANSACTIONS_PAGE_SIZE}",
             base_url.trim_end_matches('/'),
             urlencode(account_id)
         );
@@ -504,12 +513,22 @@ impl OpenFinanceClient {
             last = match sent {
                 // A GET of the Accounts API answers 200 with a body; 204 or another 2xx is no
                 // answer the API gives, and is told as such rather than as an empty body to parse.
-                Ok(response) if response.status() == reqwest::StatusCode::OK => {
-                    return response
-                        .text()
-                        .await
-                        .map_err(|error| OpenFinanceError::Malformed(error.without_url().to_string()));
-                }
+                // A body cut short by the deadline or the connection is retried as the request
+                // would have been.
+                Ok(response) if response.status() == reqwest::StatusCode::OK => match read_body(response).await {
+                    Ok(body) => return Ok(body),
+                    Err(BodyError::Failed(error)) if error.is_timeout() => OpenFinanceError::Timeout { attempts },
+                    Err(BodyError::Failed(error)) => OpenFinanceError::Unreachable(error.without_url().to_string()),
+                    Err(BodyError::TooLarge) => {
+                        return Err(OpenFinanceError::Malformed(format!(
+                            "a page of more than {} MiB, larger than the Accounts API's pages are",
+                            MAX_PAGE_BYTES / (1024 * 1024)
+                        )));
+                    }
+                    Err(BodyError::NotUtf8) => {
+                        return Err(OpenFinanceError::Malformed("a page that is not UTF-8 text".into()));
+                    }
+                },
                 Ok(response) if response.status().is_server_error() || response.status().as_u16() == 429 => {
                     OpenFinanceError::Server { status: response.status().as_u16(), attempts }
                 }
@@ -536,6 +555,28 @@ impl OpenFinanceClient {
         }
         Err(last)
     }
+}
+
+/// Why a page's body was not read.
+enum BodyError {
+    Failed(reqwest::Error),
+    TooLarge,
+    NotUtf8,
+}
+
+/// The body of `response`, read as it arrives up to [`MAX_PAGE_BYTES`].
+async fn read_body(mut response: reqwest::Response) -> Result<String, BodyError> {
+    if response.content_length().is_some_and(|length| length > MAX_PAGE_BYTES as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Failed)? {
+        if body.len() + chunk.len() > MAX_PAGE_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| BodyError::NotUtf8)
 }
 
 /// Percent-encodes a path segment.

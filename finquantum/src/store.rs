@@ -551,14 +551,14 @@ impl Store {
         Ok(Some(CustomerData { customer_id, consents, accounts }))
     }
 
-    /// The accounts held under `consent_ids` and their transactions booked at or after `since`
-    /// (all of them without it), read in one transaction.
+    /// The accounts held under `usable` and their transactions booked at or after the time `since`
+    /// names from the accounts (all of them when it names none), read in one transaction.
     pub(crate) async fn data_under(
         &self,
         tenant_id: &str,
         customer_id: &str,
         usable: &[&Consent],
-        since: Option<DateTime<Utc>>,
+        since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
         read: Option<&AuditEvent>,
     ) -> Result<HeldData, Error> {
         // A read shown to a caller commits with its audit event.
@@ -566,7 +566,7 @@ impl Store {
             Some(_) => self.database.begin_tenant_snapshot(tenant_id).await?,
             None => self.database.begin_tenant_read(tenant_id).await?,
         };
-        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, |_| since).await?;
+        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, since).await?;
         if let Some(event) = read {
             audit::enqueue(&mut transaction, event).await?;
         }
@@ -777,7 +777,7 @@ impl Store {
         let consents = self.consents_of(tenant_id, &customer_id).await?;
         let all: Vec<&Consent> = consents.iter().collect();
         let HeldData { accounts, transactions, .. } =
-            self.data_under(tenant_id, &customer_id, &all, None, None).await?;
+            self.data_under(tenant_id, &customer_id, &all, |_| None, None).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let scores = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND customer_id = $2 ORDER BY id")
             .bind(tenant_id)

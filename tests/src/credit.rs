@@ -51,6 +51,7 @@ pub fn profile_for(features: &Value, transactions: usize) -> Profile {
             id: "checking".into(),
             kind: "CONTA_DEPOSITO_A_VISTA".into(),
             balance: balance.into(),
+            balance_at: None,
             transactions: history,
         });
     }
@@ -66,6 +67,7 @@ pub fn profile_for(features: &Value, transactions: usize) -> Profile {
             id: "savings".into(),
             kind: "CONTA_POUPANCA".into(),
             balance: balance.into(),
+            balance_at: None,
             transactions: Vec::new(),
         });
     }

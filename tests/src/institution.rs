@@ -1,7 +1,8 @@
 //! A local Open Finance Brasil institution for tests: the accounts API's accounts, balances and
 //! transactions in their paged shapes (`data`, `links`, `meta`), several customers' data side
 //! by side under path prefixes (one per configured institution), and knobs for trouble: answer
-//! 500 or hang on the next calls, serve a page twice. It counts the calls it answers.
+//! 500 or hang on the next calls, stall within a body, send a body too large, serve a page
+//! twice. It counts the calls it answers.
 
 use std::{
     collections::HashMap,
@@ -64,6 +65,8 @@ pub struct FakeAccount {
     pub kind: String,
     /// The available balance, decimal reais (may be negative).
     pub balance: String,
+    /// When the balance was taken (RFC 3339); now when `None`.
+    pub balance_at: Option<String>,
     pub transactions: Vec<FakeTransaction>,
 }
 
@@ -71,7 +74,7 @@ pub struct FakeAccount {
 #[derive(Clone, Debug, Default)]
 pub struct Profile {
     pub accounts: Vec<FakeAccount>,
-    /// Transactions per page (default 2).
+    /// Transactions per page at most, whatever `page-size` is asked for (default 2).
     pub page_size: usize,
     /// After the last page of transactions, serve the first page again as one more page.
     pub duplicate_page: bool,
@@ -85,6 +88,9 @@ struct Shared {
     failures: AtomicUsize,
     hangs: AtomicUsize,
     malformed: AtomicUsize,
+    stalled_bodies: AtomicUsize,
+    oversized: AtomicUsize,
+    oversize_bytes: AtomicUsize,
     /// A status to answer, with no body, and how many calls get it.
     status: Mutex<(u16, usize)>,
     /// The `fromBookingDate` and `toBookingDate` of each call for transactions.
@@ -151,6 +157,19 @@ impl Institution {
     pub fn hang_next(&self, n: usize) {
         self.shared.hangs.store(n, Ordering::SeqCst);
     }
+
+    /// Answers the next `n` calls 200 with the start of a body, then stalls for [`HANG`] before
+    /// the rest.
+    pub fn stall_body_next(&self, n: usize) {
+        self.shared.stalled_bodies.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers the next `n` calls 200 with `bytes` of JSON whitespace, then an empty page, sent
+    /// in chunks without a length.
+    pub fn oversize_next(&self, n: usize, bytes: usize) {
+        self.shared.oversized.store(n, Ordering::SeqCst);
+        self.shared.oversize_bytes.store(bytes, Ordering::SeqCst);
+    }
 }
 
 /// Counts the call, checks the FAPI headers, and plays the trouble asked for.
@@ -181,6 +200,29 @@ async fn gate(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
     }
     if shared.malformed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
         return Some(Json(json!({"data": "maintenance", "links": {}})).into_response());
+    }
+    let ok = |body: axum::body::Body| {
+        Some(Response::builder().header("content-type", "application/json").body(body).expect("a response"))
+    };
+    if shared.stalled_bodies.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        let start =
+            futures_util::stream::iter([Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"data\": ["))]);
+        let rest = futures_util::stream::once(async {
+            tokio::time::sleep(HANG).await;
+            Ok(axum::body::Bytes::from_static(b"], \"links\": {}, \"meta\": {}}"))
+        });
+        return ok(axum::body::Body::from_stream(futures_util::StreamExt::chain(start, rest)));
+    }
+    if shared.oversized.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+        const CHUNK: usize = 64 * 1024;
+        let chunks = shared.oversize_bytes.load(Ordering::SeqCst).div_ceil(CHUNK);
+        let spaces = futures_util::stream::iter(
+            (0..chunks).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b' '; CHUNK]))),
+        );
+        let page = json!({"data": [], "links": {}, "meta": {"totalRecords": 0, "totalPages": 1,
+            "requestDateTime": "2026-11-29T10:00:00Z"}});
+        let end = futures_util::stream::iter([Ok(axum::body::Bytes::from(page.to_string()))]);
+        return ok(axum::body::Body::from_stream(futures_util::StreamExt::chain(spaces, end)));
     }
     None
 }
@@ -232,7 +274,9 @@ async fn balances(
             "availableAmount": {"amount": account.balance, "currency": "BRL"},
             "blockedAmount": {"amount": "0.00", "currency": "BRL"},
             "automaticallyInvestedAmount": {"amount": "0.00", "currency": "BRL"},
-            "updateDateTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "updateDateTime": account
+                .balance_at
+                .unwrap_or_else(|| chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         },
         "links": {"self": link},
         "meta": {"requestDateTime": "2026-11-29T10:00:00Z"},
@@ -255,8 +299,10 @@ async fn transactions(
     let Some(account) = profile.accounts.iter().find(|a| a.id == account) else {
         return StatusCode::NOT_FOUND.into_response();
     };
+    // The `page-size` asked for, up to the profile's, which stands for the institution's largest.
+    let page_size = query.get("page-size").and_then(|size| size.parse().ok()).unwrap_or(25).clamp(1, profile.page_size);
     let mut pages: Vec<Vec<&FakeTransaction>> =
-        account.transactions.chunks(profile.page_size).map(|chunk| chunk.iter().collect()).collect();
+        account.transactions.chunks(page_size).map(|chunk| chunk.iter().collect()).collect();
     if pages.is_empty() {
         pages.push(Vec::new());
     }
@@ -279,8 +325,7 @@ async fn transactions(
         (Some(from), Some(to)) => format!("&fromBookingDate={from}&toBookingDate={to}"),
         _ => String::new(),
     };
-    let next =
-        (number < pages.len()).then(|| format!("{path}?page={}&page-size={}{dates}", number + 1, profile.page_size));
-    let link = format!("{path}?page={number}&page-size={}", profile.page_size);
+    let next = (number < pages.len()).then(|| format!("{path}?page={}&page-size={page_size}{dates}", number + 1));
+    let link = format!("{path}?page={number}&page-size={page_size}");
     Json(envelope(Value::Array(data), &link, next, account.transactions.len(), pages.len())).into_response()
 }

@@ -730,17 +730,20 @@ async fn the_inventory_lists_the_models_the_services_registered() {
     let observed = "f".repeat(64);
     let changed = app
         .execute_on_governance(&format!(
-            "UPDATE models SET observed_sha256 = '{observed}' WHERE name = 'breast-cancer' AND version = '1'"
+            "UPDATE models SET observed_sha256 = '{observed}', differing_sha256 = '{observed}', \
+             mismatch_at = '2026-11-30T12:00:00.000000Z' WHERE name = 'breast-cancer' AND version = '1'"
         ))
         .await;
     assert_eq!(changed, 1);
     let report: Value = app.get("/v1/governance/reports/iso27001", &key).await.json().await.unwrap();
     let flagged = report["models"].as_array().unwrap().iter().find(|model| model["name"] == "breast-cancer").unwrap();
     assert_eq!(
-        (&flagged["sha256Mismatch"], flagged["observedSha256"].as_str()),
-        (&json!(true), Some(observed.as_str()))
+        (&flagged["sha256Mismatch"], flagged["observedSha256"].as_str(), flagged["mismatchTime"].as_str()),
+        (&json!(true), Some(observed.as_str()), Some("2026-11-30T12:00:00.000000Z"))
     );
     let pdf = app.get("/v1/governance/reports/iso27001?format=pdf", &key).await.bytes().await.unwrap();
-    assert!(aigronova_e2e::pdf_text(&pdf).contains(&format!("observed {observed}")));
+    let text = aigronova_e2e::pdf_text(&pdf);
+    assert!(text.contains(&format!("observed {observed}")), "{text}");
+    assert!(text.contains("first seen 2026-11-30T12:00:00.000000Z"), "{text}");
     app.stop().await;
 }

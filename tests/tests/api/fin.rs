@@ -51,6 +51,7 @@ fn checking_account() -> FakeAccount {
         id: "acc-checking".into(),
         kind: "CONTA_DEPOSITO_A_VISTA".into(),
         balance: "1000.00".into(),
+        balance_at: None,
         transactions: vec![
             t("tx-1", true, "FOLHA_PAGAMENTO", "3000.00", "2026-10-05T10:00:00Z"),
             t("tx-2", false, "PIX", "120.50", "2026-10-05T18:00:00Z"),
@@ -67,6 +68,7 @@ fn savings_account() -> FakeAccount {
         id: "acc-savings".into(),
         kind: "CONTA_POUPANCA".into(),
         balance: "300.00".into(),
+        balance_at: None,
         transactions: vec![
             FakeTransaction::new("sv-1", true, "RENDIMENTO_APLIC_FINANCEIRA", "1.25", "2026-10-01T03:00:00Z"),
             // None has moved the balance yet: none is stored or counted, not even one said to be
@@ -309,6 +311,11 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     bank.hang_next(1);
     let response = ingest(&app, &key, second["id"].as_str().unwrap()).await;
     assert_eq!(response.status(), 200, "a timeout, then success");
+    // So is a body that stalls past the timeout once its answer has begun.
+    let stalled = consent(&app, &key, &cpf(444_555_666), "banco-b", ALL).await;
+    bank.stall_body_next(1);
+    let response = ingest(&app, &key, stalled["id"].as_str().unwrap()).await;
+    assert_eq!(response.status(), 200, "a body cut short, then success");
     let third = consent(&app, &key, &cpf(111_222_333), "banco-b", ALL).await;
     bank.hang_next(3);
     let response = ingest(&app, &key, third["id"].as_str().unwrap()).await;
@@ -761,6 +768,48 @@ async fn the_days_fetched_reach_back_only_over_windows_that_meet() {
     app.stop().await;
 }
 
+/// A balance taken before the month began moves on with what was booked between it and the month:
+/// the month's balances are walked forward from it, and meet the month before's.
+#[tokio::test]
+async fn a_balance_taken_before_the_month_is_walked_forward_to_it() {
+    use chrono::Datelike;
+
+    let today = (chrono::Utc::now() - chrono::Duration::hours(3)).date_naive();
+    let month_start = today.with_day(1).unwrap() - chrono::Months::new(1);
+    let noon = |day: chrono::NaiveDate| format!("{day}T15:00:00Z");
+    let account = FakeAccount {
+        id: "acc-stale".into(),
+        kind: "CONTA_DEPOSITO_A_VISTA".into(),
+        balance: "1000.00".into(),
+        balance_at: Some(noon(month_start - chrono::Days::new(10))),
+        transactions: vec![
+            FakeTransaction::new("before", false, "PIX", "100.00", &noon(month_start - chrono::Days::new(5))),
+            FakeTransaction::new("within", true, "TED", "50.00", &noon(month_start + chrono::Days::new(4))),
+        ],
+    };
+    let bank = Institution::start().await;
+    let profile = Profile { accounts: vec![account], ..Profile::default() };
+    let app = start(Backend::Sqlite, &bank, vec![("banco-a", profile)]).await;
+    let tenant = app.create_tenant_on("Financeira Saldo Antigo", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let granted = consent(&app, &key, &cpf(727_272_727), "banco-a", ALL).await;
+    let (consent_id, customer) = (granted["id"].as_str().unwrap(), granted["customerId"].as_str().unwrap());
+    assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
+    let statement = |month: chrono::NaiveDate| {
+        let path = format!("/v1/fin/customers/{customer}/statements/{}", month.format("%Y-%m"));
+        let (app, key) = (&app, &key);
+        async move {
+            let statement: Value = app.get(&path, key).await.json().await.unwrap();
+            statement["accounts"][0].clone()
+        }
+    };
+    let month = statement(month_start).await;
+    assert_eq!((&month["openingBalance"], &month["closingBalance"]), (&json!("900.00"), &json!("950.00")), "{month}");
+    let before = statement(month_start - chrono::Months::new(1)).await;
+    assert_eq!(before["closingBalance"], "900.00", "{before}");
+    app.stop().await;
+}
+
 /// An institution's failures are its own: an answer outside the Open Finance shapes is a 502 and is
 /// not kept for the next ingestion, and however many ingestions fail, even past the gateway's
 /// deadline for finquantum, finquantum's circuit at the gateway stays closed.
@@ -780,6 +829,12 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
     let key = app.create_key(&tenant, SCOPES).await;
     let granted = consent(&app, &key, &cpf(727_272_727), "banco-a", ALL).await;
     let consent_id = granted["id"].as_str().unwrap();
+
+    // A page larger than any the Accounts API sends (here JSON whitespace before an empty page,
+    // which would read) is refused as it arrives, not read whole.
+    bank.oversize_next(1, aigronova_finquantum::openfinance::MAX_PAGE_BYTES + 1);
+    let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
+    assert!(problem["detail"].as_str().unwrap().contains("larger than the Accounts API's pages"), "{problem}");
 
     bank.malform_next(1);
     let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
@@ -939,6 +994,7 @@ async fn a_score_whose_consent_is_revoked_before_it_is_stored_is_refused_on_post
     sqlx::query("COMMIT").execute(&mut revoker).await.unwrap();
     let problem = assert_problem(scoring.await.unwrap(), 403).await;
     assert!(problem["detail"].as_str().unwrap().contains("revoked while the score was made"), "{problem}");
+    assert_eq!(problem["missingPermission"], "ACCOUNTS_READ", "{problem}");
     assert_eq!(app.count_fin_rows("credit_scores").await, 0);
     app.stop().await;
 }

@@ -123,6 +123,11 @@ async fn reports_carry_the_evidence(backend: Backend) {
         let problem = assert_problem(app.get(&format!("/v1/governance/reports/{query}"), &key).await, 400).await;
         assert_eq!(problem["field"], field, "{query}: {problem}");
     }
+    // A `to` more than 30 days ahead, alone: the period begins no later than now.
+    let ahead = report(&app, &key, "lgpd?to=2999-01-01").await;
+    assert_eq!(ahead["period"]["to"], "2999-01-02T00:00:00Z", "{}", ahead["period"]);
+    let from = ahead["period"]["from"].as_str().unwrap();
+    assert!(from <= chrono::Utc::now().to_rfc3339().as_str(), "{}", ahead["period"]);
     // An offset's `+` typed into a URL arrives as a space: the refusal says how to send it.
     let typed = "/v1/governance/reports/lgpd?from=2026-11-01T00:00:00+00:00";
     let problem = assert_problem(app.get(typed, &key).await, 400).await;

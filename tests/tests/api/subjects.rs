@@ -825,6 +825,40 @@ async fn a_bundle_some_service_could_not_answer_for_names_it() {
     app.stop().await;
 }
 
+/// A service that takes a connection and never answers does not hold a request past the time its
+/// caller gives: the others are asked at the same time, and the request is answered, `failed`
+/// for that service, before the gateway's deadline for ai-governance passes.
+#[tokio::test]
+async fn a_service_that_never_answers_fails_its_part_of_a_request_within_the_callers_time() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            connections.push(connection);
+        }
+    });
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        config.ai_governance.data_subject_services.insert("silent".into(), format!("http://{address}"));
+        config.gateway.upstream_timeouts.insert("ai-governance".into(), 4.0);
+    })
+    .await;
+    let tenant = app.create_tenant("Clínica Paciente").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    for kind in ["access", "erasure"] {
+        // A 200, not the gateway's 504.
+        let request = open(&app, &key, json!({"cpf": CPF, "kind": kind})).await;
+        assert_eq!(request["status"], "failed", "{request}");
+        let silent = outcome_of(&request, "silent");
+        assert_eq!(silent["status"], "failed", "{request}");
+        assert!(silent["error"].as_str().unwrap().contains("did not answer within the time"), "{request}");
+        let health = outcome_of(&request, "healthquantum");
+        assert_ne!(health["status"], "failed", "the others answered meanwhile: {request}");
+    }
+    held.abort();
+    app.stop().await;
+}
+
 /// A request a stop of ai-governance cut short while it asked the services (recorded `running`,
 /// as it is from before the first service is asked) is marked failed at the next start, keeps its
 /// deadline, and is audited; one asked for now runs to its end as before.
