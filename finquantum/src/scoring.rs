@@ -261,16 +261,18 @@ impl AccountSummary {
         let daily_balances = (0..WINDOW_DAYS)
             .map(|day| {
                 let day_end = at - Duration::days(day);
-                balance - own.iter().filter(|t| t.booked_at > day_end).map(|t| t.signed_cents()).sum::<i64>()
+                clamped_sum(
+                    std::iter::once(balance)
+                        .chain(own.iter().filter(|t| t.booked_at > day_end).map(|t| -t.signed_cents())),
+                )
             })
             .collect();
         let salaries = [0, 1, 2].map(|period| {
             let to = at - Duration::days(30 * period);
             let from = to - Duration::days(30);
-            own.iter()
-                .filter(|t| t.is_salary() && t.booked_at > from && t.booked_at <= to)
-                .map(|t| t.amount_cents)
-                .sum()
+            clamped_sum(
+                own.iter().filter(|t| t.is_salary() && t.booked_at > from && t.booked_at <= to).map(|t| t.amount_cents),
+            )
         });
         Some(Self { daily_balances, salaries })
     }
@@ -306,7 +308,7 @@ impl BankSummary {
             let last = summary.daily_balances.len().saturating_sub(1);
             for (day, total) in total_by_day.iter_mut().enumerate() {
                 let index = usize::try_from((day as i64 - offset).max(0)).unwrap_or(0).min(last);
-                *total += summary.daily_balances.get(index).copied().unwrap_or(0);
+                *total = total.saturating_add(summary.daily_balances.get(index).copied().unwrap_or(0));
             }
         }
         let overdraft_days = if checking.is_empty() {
@@ -315,11 +317,11 @@ impl BankSummary {
             i32::try_from(total_by_day.iter().filter(|balance| **balance < 0).count()).unwrap_or(i32::MAX)
         };
         let average_balance_cents =
-            if checking.is_empty() { 0 } else { rounded_div(total_by_day.iter().sum(), WINDOW_DAYS) };
+            if checking.is_empty() { 0 } else { rounded_div(clamped_sum(total_by_day.iter().copied()), WINDOW_DAYS) };
         let mut salaries = [0i64; 3];
         for (_, summary) in checking.iter().chain(savings.iter()) {
             for (total, salary) in salaries.iter_mut().zip(summary.salaries) {
-                *total += salary;
+                *total = total.saturating_add(salary);
             }
         }
         Self {
@@ -327,9 +329,9 @@ impl BankSummary {
             average_balance_cents,
             overdraft_days,
             income_months: i32::try_from(salaries.iter().filter(|salary| **salary > 0).count()).unwrap_or(0),
-            average_monthly_income_cents: rounded_div(salaries.iter().sum(), 3),
+            average_monthly_income_cents: rounded_div(clamped_sum(salaries.iter().copied()), 3),
             has_savings_account: !savings.is_empty(),
-            savings_balance_cents: savings.iter().filter_map(|(account, _)| account.balance_cents).sum(),
+            savings_balance_cents: clamped_sum(savings.iter().filter_map(|(account, _)| account.balance_cents)),
             window_days: WINDOW_DAYS as i32,
         }
     }
@@ -584,10 +586,18 @@ pub fn reasons(contributions: &[(String, f64)]) -> Vec<String> {
         .collect()
 }
 
-/// Money in cents as reais with two decimals: `-1250` → `"-12.50"`.
-pub fn reais(cents: i64) -> String {
+/// Money in cents as reais with two decimals: `-1250` → `"-12.50"`; sums of many amounts are
+/// 128-bit, so that no total an institution's amounts add up to wraps.
+pub fn reais(cents: impl Into<i128>) -> String {
+    let cents: i128 = cents.into();
     let sign = if cents < 0 { "-" } else { "" };
     format!("{sign}{}.{:02}", cents.unsigned_abs() / 100, cents.unsigned_abs() % 100)
+}
+
+/// The sum of `cents`, held to the range of `i64` rather than wrapping.
+pub fn clamped_sum(cents: impl Iterator<Item = i64>) -> i64 {
+    let total: i128 = cents.map(i128::from).sum();
+    i64::try_from(total).unwrap_or(if total < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// The first day of `month` (`yyyy-mm`) and of the month after.
@@ -788,6 +798,15 @@ mod tests {
             declared.monthly_income = Some(2763.05);
             assert_eq!(features(&declared, &none).unwrap()["installment_rate"], rate, "{amount} over {months} months");
         }
+    }
+
+    #[test]
+    fn sums_of_amounts_past_the_range_of_cents_are_held_to_it() {
+        assert_eq!(clamped_sum([1_250, -250, 7].into_iter()), 1_007);
+        assert_eq!(clamped_sum([i64::MAX, 1, 1].into_iter()), i64::MAX);
+        assert_eq!(clamped_sum([i64::MIN, -1].into_iter()), i64::MIN);
+        assert_eq!(clamped_sum([i64::MAX, 1, -2].into_iter()), i64::MAX - 1, "only the total is held");
+        assert_eq!(reais(i128::from(i64::MAX) * 3), "276701161105643274.21");
     }
 
     #[test]

@@ -102,7 +102,9 @@ pub fn build(
     transactions: &[StoredTransaction],
 ) -> Statement {
     let mut statements = Vec::new();
-    let (mut credits, mut debits) = (0i64, 0i64);
+    // Totals are 128-bit: however many amounts of up to 15 whole digits an institution sends,
+    // none wraps.
+    let (mut credits, mut debits) = (0i128, 0i128);
     for account in accounts {
         let mut own: Vec<&StoredTransaction> = transactions.iter().filter(|t| t.belongs_to(account)).collect();
         own.sort_by(|a, b| a.booked_at.cmp(&b.booked_at).then_with(|| a.transaction_id.cmp(&b.transaction_id)));
@@ -120,6 +122,7 @@ pub fn build(
         let known = fetched_from <= next || account.balance_at.is_some_and(|at| brasilia_date(at) < next);
         // A balance taken within the month moves on with what the month held after it.
         let closing = account.balance_cents.filter(|_| known).map(|balance| {
+            let balance = i128::from(balance);
             let moved = |t: &&&StoredTransaction| {
                 let at = account.balance_at;
                 match brasilia_date(t.booked_at) >= next {
@@ -128,9 +131,9 @@ pub fn build(
                     _ => 0,
                 }
             };
-            balance + own.iter().map(|t| moved(&t)).sum::<i64>()
+            balance + own.iter().map(|t| i128::from(moved(&t))).sum::<i128>()
         });
-        let net: i64 = in_month.iter().map(|t| t.signed_cents()).sum();
+        let net: i128 = in_month.iter().map(|t| i128::from(t.signed_cents())).sum();
         // Walked back over the month's movements held; the balance before its first day only
         // when every day of it was fetched (a movement of a day not fetched would be missing).
         let walked_back = closing.map(|closing| closing - net);
@@ -139,10 +142,10 @@ pub fn build(
         let day_known = |day: NaiveDate| walked_back.is_some() && day >= fetched_from - chrono::Days::new(1);
         let mut running = walked_back.unwrap_or(0);
         let mut balances: Vec<DailyBalance> = Vec::new();
-        let mut categories: BTreeMap<&str, (i64, i64, usize)> = BTreeMap::new();
+        let mut categories: BTreeMap<&str, (i128, i128, usize)> = BTreeMap::new();
         let mut lines = Vec::new();
         for transaction in &in_month {
-            running += transaction.signed_cents();
+            running += i128::from(transaction.signed_cents());
             let day = brasilia_date(transaction.booked_at);
             let date = day.to_string();
             // Without a known balance, a running sum would pass for balances it is not.
@@ -153,9 +156,9 @@ pub fn build(
             }
             let entry = categories.entry(transaction.kind.as_str()).or_default();
             if transaction.credit {
-                entry.0 += transaction.amount_cents;
+                entry.0 += i128::from(transaction.amount_cents);
             } else {
-                entry.1 += transaction.amount_cents;
+                entry.1 += i128::from(transaction.amount_cents);
             }
             entry.2 += 1;
             lines.push(StatementLine {
@@ -167,8 +170,8 @@ pub fn build(
                 amount: reais(transaction.amount_cents),
             });
         }
-        let account_credits: i64 = categories.values().map(|(c, _, _)| c).sum();
-        let account_debits: i64 = categories.values().map(|(_, d, _)| d).sum();
+        let account_credits: i128 = categories.values().map(|(c, _, _)| c).sum();
+        let account_debits: i128 = categories.values().map(|(_, d, _)| d).sum();
         credits += account_credits;
         debits += account_debits;
         statements.push(AccountStatement {
@@ -311,6 +314,32 @@ mod tests {
             amount_cents: cents,
             booked_at: at(when),
         }
+    }
+
+    #[test]
+    fn totals_of_the_largest_amounts_the_api_writes_do_not_wrap() {
+        // 999,999,999,999,999.99 reais, the largest amount of 15 whole digits, 200 times over.
+        let largest = 99_999_999_999_999_999;
+        let transactions: Vec<StoredTransaction> =
+            (0..200).map(|n| transaction(&format!("t{n}"), true, "TED", largest, "2026-10-05T10:00:00Z")).collect();
+        let stored = StoredAccount {
+            institution: "bank".into(),
+            account_id: "acc".into(),
+            consent_id: "c".into(),
+            kind: "CONTA_DEPOSITO_A_VISTA".into(),
+            brand_name: "Banco".into(),
+            number: "123".into(),
+            balance_cents: Some(largest),
+            balance_at: Some(at("2026-11-20T00:00:00Z")),
+            summary: None,
+            fetched_by: vec!["c".into()],
+            booked: (date("2026-09-15"), date("2026-11-20")),
+        };
+        let months = month_bounds("2026-10").unwrap();
+        let statement = build("cust", "2026-10", months, std::slice::from_ref(&stored), &transactions);
+        let total = "199999999999999998.00";
+        assert_eq!((statement.total_credits.as_str(), statement.accounts[0].net.as_str()), (total, total));
+        assert_eq!(statement.accounts[0].opening_balance.as_deref(), Some("-198999999999999998.01"));
     }
 
     #[test]
