@@ -153,6 +153,15 @@ pub(crate) fn json_media_type(content_type: Option<&str>) -> Result<(), Problem>
         || essence.split_once('/').is_some_and(|(kind, subtype)| {
             token(kind) && token(subtype) && subtype.strip_suffix("+json").is_some_and(|name| !name.is_empty())
         });
+    // A patch format says how its body changes the resource (RFC 7396's `null` removes a member,
+    // RFC 6902's body is a list of operations); the routes read their body as the message, with
+    // proto3's JSON mapping, where `null` leaves a field as it is: told, rather than read otherwise.
+    if ["application/merge-patch+json", "application/json-patch+json"].contains(&essence.as_str()) {
+        return Err(unsupported_media_type(format!(
+            "this route reads its body as the message, not as {essence}: send Content-Type: application/json, \
+             with the fields to change (where a field takes it, an empty string clears it; null leaves it as it is)"
+        )));
+    }
     if !(json || essence.is_empty() || essence == "application/x-www-form-urlencoded") {
         return Err(unsupported_media_type(format!(
             "this route reads a JSON body; send it with Content-Type: application/json, not {essence}"
@@ -925,7 +934,7 @@ mod tests {
             "application/json; charset=utf-8",
             "application/json;charset=UTF-8",
             "application/json; charset=\"utf-8\"",
-            "application/merge-patch+json; Charset=Utf-8",
+            "application/problem+json; Charset=Utf-8",
             "application/json; charset=utf8",
             "application/json; charset=US-ASCII",
             "application/x-www-form-urlencoded",
@@ -942,6 +951,9 @@ mod tests {
             ("application/+json", "application/+json"),
             ("+json", "+json"),
             ("application/ x+json", "application/ x+json"),
+            // Patch formats, whose `null` and operations the message's reading would not honour.
+            ("application/merge-patch+json", "application/merge-patch+json"),
+            ("Application/JSON-Patch+JSON; charset=utf-8", "application/json-patch+json"),
         ] {
             let problem = json_content_type(Some(refused), body).unwrap_err();
             assert_eq!(problem.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{refused}");

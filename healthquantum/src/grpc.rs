@@ -241,15 +241,12 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let may_read = caller.has_scope(READ_SCOPE);
         let events =
             |patient: &Patient, changed: &[&'static str]| update_events(&caller, patient, &sent, changed, may_read);
-        let (patient, written) = self.store.update_patient(&caller.tenant_id, &id, changes, events).await?;
+        let (patient, reports) = self.store.update_patient(&caller.tenant_id, &id, changes, events).await?;
         self.outbox.wake();
         // Reports print the patient's header: they are made again on their next request. The
-        // change is made: a failure here is logged, not answered.
-        if written {
-            match self.store.assessment_ids(&caller.tenant_id, &[id.to_string()]).await {
-                Ok(assessments) => self.delete_reports(&caller.tenant_id, &assessments).await,
-                Err(error) => tracing::error!(%error, patient = %id, "kept reports not deleted after a change"),
-            }
+        // change is made: a failure here is logged, not answered, and the sweep tries again.
+        if let Some(reports) = reports {
+            self.delete_reports(&caller.tenant_id, &reports).await;
         }
         // A caller who may not read patients sees only what it sent.
         let shown = if may_read { PERSONAL_FIELDS } else { sent.as_slice() };
@@ -281,6 +278,8 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         self.delete_reports(&caller.tenant_id, &deleted.assessments).await;
         self.delete_image_objects(&caller.tenant_id, &deleted.images).await;
         self.outbox.wake();
+        // As after an erasure: the deleted rows' older copies do not stay in the embedded log.
+        self.store.truncate_log().await;
         tracing::info!(tenant = %caller.tenant_id, patient = %id, "patient deleted");
         Ok(Response::new(proto::DeletePatientResponse { retained: retained_assessments(&deleted.assessments) }))
     }

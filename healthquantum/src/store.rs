@@ -317,7 +317,7 @@ impl Store {
         id: &PatientId,
         changes: PatientChanges,
         events: impl FnOnce(&Patient, &[&'static str]) -> Vec<AuditEvent>,
-    ) -> Result<(Patient, bool), Error> {
+    ) -> Result<(Patient, Option<Vec<String>>), Error> {
         let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         if self.database.backend() == Backend::Postgres {
@@ -343,7 +343,7 @@ impl Store {
                 audit::enqueue(&mut transaction, &event).await?;
             }
             transaction.commit().await.map_err(StoreError::from)?;
-            return Ok((before, false));
+            return Ok((before, None));
         }
         let cpf_hash = cipher.blind_index(patient.cpf.as_str());
         // Only a new CPF is checked: a patient that shares its CPF with another since before the
@@ -366,11 +366,22 @@ impl Store {
         if updated.rows_affected() != 1 {
             return Err(Error::NotFound("patient".into()));
         }
+        // Reports print the patient's header: theirs are to be made again, and their objects
+        // deleted, recorded here so that the sweep deletes any the object store refuses now.
+        let reports = ids_of(
+            &sqlx::query("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2")
+                .bind(tenant_id)
+                .bind(id.as_str())
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?,
+        )?;
+        record_deletions(&mut transaction, tenant_id, &[], &reports).await?;
         for event in events(&patient, &changed) {
             audit::enqueue(&mut transaction, &event).await?;
         }
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok((patient, true))
+        Ok((patient, Some(reports)))
     }
 
     /// Deletes the patient with their images, and erases them if they have assessments, which are
@@ -730,28 +741,6 @@ impl Store {
         Ok(())
     }
 
-    /// The ids `sql` (with the tenant as $1 and a patient as $2) selects for each of `patient_ids`.
-    async fn ids_of_patients(
-        &self,
-        tenant_id: &str,
-        sql: &'static str,
-        patient_ids: &[String],
-    ) -> Result<Vec<String>, Error> {
-        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let mut ids = Vec::new();
-        for patient_id in patient_ids {
-            let rows = sqlx::query(sql)
-                .bind(tenant_id)
-                .bind(patient_id)
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
-            ids.extend(ids_of(&rows)?);
-        }
-        transaction.commit().await.map_err(StoreError::from)?;
-        Ok(ids)
-    }
-
     /// The patient and their assessment `id`, for a report. `NotFound` unless both are the
     /// tenant's. The read is audited once the report is in hand ([`Store::report_current`]).
     pub(crate) async fn report_data(
@@ -923,16 +912,6 @@ impl Store {
         }
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(true)
-    }
-
-    /// The ids of the assessments of `patient_ids` (their reports are objects to delete).
-    pub(crate) async fn assessment_ids(&self, tenant_id: &str, patient_ids: &[String]) -> Result<Vec<String>, Error> {
-        self.ids_of_patients(
-            tenant_id,
-            "SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2",
-            patient_ids,
-        )
-        .await
     }
 
     /// Everything held about the patients of `tenant_id` with `cpf`, as JSON, and its audit
@@ -1527,7 +1506,12 @@ mod tests {
         assert!(!store.report_current(TENANT, &changed, &b, None).await.unwrap(), "another patient's assessment");
 
         let phone = PatientChanges { phone: Some(Phone::parse("+55 11 91234-5678").unwrap()), ..Default::default() };
-        store.update_patient(TENANT, &changed.id, phone, |_, _| Vec::new()).await.unwrap();
+        let (_, reports) = store.update_patient(TENANT, &changed.id, phone.clone(), |_, _| Vec::new()).await.unwrap();
+        assert_eq!(reports, Some(vec![a.clone()]), "the reports to make again");
+        // Recorded with the change: the sweep deletes the old report if the object store refuses now.
+        assert_eq!(store.pending_deletions(TENANT).await.unwrap(), [report_key(TENANT, &a)]);
+        let (_, unchanged) = store.update_patient(TENANT, &changed.id, phone, |_, _| Vec::new()).await.unwrap();
+        assert_eq!(unchanged, None, "the same phone again changes nothing");
         assert!(!store.report_current(TENANT, &changed, &a, None).await.unwrap(), "made before the change");
         assert!(store.report_current(TENANT, &reads(&changed).await, &a, None).await.unwrap(), "made after it");
 

@@ -420,6 +420,25 @@ async fn json_bodies_declared_in_a_charset_other_than_utf_8_are_415_naming_it() 
     let problem = assert_problem(tenant_declared_as("application/json; charset=latin1").await.unwrap(), 415).await;
     assert_eq!(problem["field"], "Content-Type", "{problem}");
     assert_eq!(app.count_health_rows("patients").await, 0);
+    // A merge patch's null would remove the email, which the message's reading would leave as it
+    // is: refused, changing nothing, and saying how to clear a field.
+    let patient = app.create_patient(&key).await;
+    let path = format!("/v1/health/patients/{patient}");
+    let before: Value = app.get(&path, &key).await.json().await.unwrap();
+    let merge_patch = app
+        .client
+        .patch(app.url(&path))
+        .bearer_auth(&key)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"phone": "+55 11 91234-5678", "email": null}"#)
+        .send()
+        .await
+        .unwrap();
+    let problem = assert_problem(merge_patch, 415).await;
+    assert!(problem["detail"].as_str().unwrap().contains("an empty string clears it"), "{problem}");
+    let after: Value = app.get(&path, &key).await.json().await.unwrap();
+    assert_eq!(before, after, "nothing changed");
+    assert_eq!(app.delete(&path, &key).await.status(), 200);
     // UTF-8, said in any case or quoted, is what JSON is anyway.
     let utf8 = reqwest::header::HeaderValue::from_static("application/json; charset=UTF-8");
     assert_eq!(patient_declared_as(&app, &key, utf8).await.status(), 200);

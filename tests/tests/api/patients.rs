@@ -466,6 +466,11 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
 
     // Deleting the patient deletes the report, which names them, and keeps the assessment, a
     // clinical record, no longer linked to a person.
+    let cpf_hash: String = sqlx::query_scalar("SELECT cpf_hash FROM patients WHERE id = $1")
+        .bind(&patient)
+        .fetch_one(&mut raw)
+        .await
+        .unwrap();
     let deleted = app.delete(&format!("/v1/health/patients/{patient}"), &key).await;
     assert_eq!(deleted.status(), 200);
     let deleted: Value = deleted.json().await.unwrap();
@@ -486,6 +491,16 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
         assert!(value.unwrap_or_default().is_empty(), "{column} is kept");
     }
     raw.close().await.unwrap();
+    // Nor is the CPF's hash, which would tie the kept assessments to it, left in the embedded
+    // database's free pages or its write-ahead log.
+    if let Some(path) = app.health_database_url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap();
+        for file in [path.to_owned(), format!("{path}-wal")] {
+            let bytes = std::fs::read(&file).unwrap_or_default();
+            let found = bytes.windows(cpf_hash.len()).any(|window| window == cpf_hash.as_bytes());
+            assert!(!found, "{file} still holds the deleted patient's CPF hash");
+        }
+    }
     app.stop().await;
 }
 
