@@ -78,12 +78,37 @@ impl HealthQuantumApi {
         self.delete_objects(tenant_id, &keys).await;
     }
 
+    /// Audits that a refusal of `action` (the CPF is another live patient's) told the caller
+    /// that the person with `cpf` is a patient. Logged when it cannot be recorded: the refusal
+    /// stands either way.
+    async fn record_cpf_disclosure(&self, caller: &auth::Caller, action: &str, cpf: &Cpf, except: &PatientId) {
+        let event = |other: &str| {
+            AuditEvent::new(
+                caller,
+                crate::SERVICE_NAME,
+                EventKind::SensitiveRead,
+                action,
+                &format!("patient:{other}"),
+                serde_json::json!({"refused": "cpf already registered", "fields": ["cpf"]}),
+            )
+        };
+        match self.store.record_cpf_disclosure(&caller.tenant_id, cpf, except, event).await {
+            Ok(()) => self.outbox.wake(),
+            Err(error) => tracing::error!(%error, "a refusal that disclosed a registered CPF is not audited"),
+        }
+    }
+
     async fn delete_objects(&self, tenant_id: &str, keys: &[String]) {
         let deleted = crate::sweep::delete_objects(&self.store, &self.objects, tenant_id, keys).await;
         if deleted < keys.len() {
             tracing::error!(failed = keys.len() - deleted, "objects not deleted; the sweep deletes them later");
         }
     }
+}
+
+/// Whether `result` is the refusal of a CPF another live patient of the tenant has.
+fn cpf_taken<T>(result: &Result<T, aigronova_platform::Error>) -> bool {
+    matches!(result, Err(aigronova_platform::Error::Refused(status)) if status.code() == tonic::Code::AlreadyExists)
 }
 
 fn image_message(image: ImageRecord) -> proto::Image {
@@ -175,7 +200,11 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
             &format!("patient:{}", patient.id),
             serde_json::json!({"fields": patient.held_fields()}),
         );
-        self.store.create_patient(&caller.tenant_id, &patient, &event).await?;
+        let created = self.store.create_patient(&caller.tenant_id, &patient, &event).await;
+        if cpf_taken(&created) {
+            self.record_cpf_disclosure(&caller, "health.CreatePatient", &patient.cpf, &patient.id).await;
+        }
+        created?;
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, patient = %patient.id, "patient registered");
         Ok(Response::new(patient.into()))
@@ -241,7 +270,12 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         let may_read = caller.has_scope(READ_SCOPE);
         let events =
             |patient: &Patient, changed: &[&'static str]| update_events(&caller, patient, &sent, changed, may_read);
-        let (patient, reports) = self.store.update_patient(&caller.tenant_id, &id, changes, events).await?;
+        let new_cpf = changes.cpf.clone();
+        let updated = self.store.update_patient(&caller.tenant_id, &id, changes, events).await;
+        if let Some(cpf) = new_cpf.filter(|_| cpf_taken(&updated)) {
+            self.record_cpf_disclosure(&caller, "health.UpdatePatient", &cpf, &id).await;
+        }
+        let (patient, reports) = updated?;
         self.outbox.wake();
         // Reports print the patient's header: they are made again on their next request. The
         // change is made: a failure here is logged, not answered, and the sweep tries again.

@@ -195,6 +195,35 @@ impl Store {
         Ok(())
     }
 
+    /// Records `event(the other patient's id)` when a live patient of `tenant_id` other than
+    /// `except` has `cpf`: a refusal that said so told the caller that this person is a patient,
+    /// which is a read of what the tenant holds of them.
+    pub(crate) async fn record_cpf_disclosure(
+        &self,
+        tenant_id: &str,
+        cpf: &Cpf,
+        except: &PatientId,
+        event: impl FnOnce(&str) -> AuditEvent,
+    ) -> Result<(), Error> {
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let other: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM patients WHERE tenant_id = $1 AND cpf_hash = $2 AND erased_at IS NULL AND id <> $3 \
+             ORDER BY id LIMIT 1",
+        )
+        .bind(tenant_id)
+        .bind(cipher.blind_index(cpf.as_str()))
+        .bind(except.as_str())
+        .fetch_optional(&mut *transaction)
+        .await
+        .map_err(StoreError::from)?;
+        if let Some(other) = other {
+            audit::enqueue(&mut transaction, &event(&other)).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(())
+    }
+
     /// The patient `id` of `tenant_id`, shown to a caller: the read and its audit event
     /// (`event(&patient)`) commit together. `NotFound` when it is unknown or another tenant's.
     pub(crate) async fn read_patient(

@@ -377,7 +377,13 @@ async fn a_cpf_registered_in_the_tenant_is_refused_and_nothing_is_stored(engine:
         (error.code(), error.message()),
         (Code::AlreadyExists, "cpf: a patient with this CPF is already registered")
     );
-    assert_eq!(app.count("audit_outbox").await, 3, "three registrations, no refusal");
+    assert_eq!(app.count("audit_outbox").await, 5, "three registrations, and the two refusals' reads");
+    // Each refusal told that the person with that CPF is a patient: a read of the registered one.
+    for action in ["health.CreatePatient", "health.UpdatePatient"] {
+        let reads = app.audit_events("sensitive_read", action, &registered.id).await;
+        assert_eq!(reads.len(), 1, "{action}: {reads:?}");
+        assert_eq!(reads[0]["details"], json!({"refused": "cpf already registered", "fields": ["cpf"]}));
+    }
     assert_eq!(app.get_patient(TENANT_A, &joao.id).await.unwrap(), joao, "unchanged");
     app.stop().await;
 }
