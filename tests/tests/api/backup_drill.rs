@@ -258,9 +258,10 @@ async fn a_backup_restores_every_row_after_the_databases_are_dropped() {
     // A read of personal data: an entry in the other tenant's audit log.
     let response = app.get(&format!("/v1/health/patients/{}", patients[2]), &other_key).await;
     assert_eq!(response.status(), 200, "the other tenant reads its patient");
-    // Three registrations, two assessments and the read.
-    wait_for_audit_log(&app, 6).await;
-    phases.end("populate (2 tenants, 3 patients, 2 assessments, 6 audit entries)");
+    // Three registrations, two assessments and the read; and the read of the first patient that
+    // the refusal of the second one's first CPF, the first one's, told.
+    wait_for_audit_log(&app, 7).await;
+    phases.end("populate (2 tenants, 3 patients, 2 assessments, 7 audit entries)");
 
     let backup_id = drill.run_ok("backup.sh", &[]).trim().to_owned();
     phases.end("backup");
@@ -274,13 +275,13 @@ async fn a_backup_restores_every_row_after_the_databases_are_dropped() {
     );
     assert_eq!(count_of("healthquantum", "public.patients"), Some(3), "manifest: {counts:?}");
     assert_eq!(count_of("healthquantum", "public.assessments"), Some(2), "manifest: {counts:?}");
-    assert_eq!(count_of("ai_governance", "public.audit_entries"), Some(6), "manifest: {counts:?}");
+    assert_eq!(count_of("ai_governance", "public.audit_entries"), Some(7), "manifest: {counts:?}");
     // One Merkle root per tenant, recomputed from the leaves in the dump's snapshot: the roots that
     // ai-governance signed.
     let roots = drill.manifest_audit_roots(&backup_id);
     let audited: Vec<(String, u64)> =
         roots.iter().map(|((service, tenant), (size, _))| (format!("{service}/{tenant}"), *size)).collect();
-    let mut expected = vec![(format!("ai_governance/{tenant}"), 4), (format!("ai_governance/{other_tenant}"), 2)];
+    let mut expected = vec![(format!("ai_governance/{tenant}"), 5), (format!("ai_governance/{other_tenant}"), 2)];
     expected.sort();
     assert_eq!(audited, expected, "the manifest's audit lines:\n{}", drill.manifest(&backup_id));
     for ((_, audited_tenant), (size, root)) in &roots {
@@ -324,7 +325,7 @@ async fn a_backup_restores_every_row_after_the_databases_are_dropped() {
     let stderr = drill.run_failing("verify.sh", &["latest"]);
     assert!(
         stderr.contains(&format!(
-            "ai_governance: tenant {tenant}: audit log: size 4, root {} in the backup; size 4, root ",
+            "ai_governance: tenant {tenant}: audit log: size 5, root {} in the backup; size 5, root ",
             roots[&("ai_governance".to_owned(), tenant.clone())].1
         )),
         "verify.sh names the tenant whose log changed: {stderr}"
