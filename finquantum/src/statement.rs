@@ -316,25 +316,31 @@ mod tests {
         }
     }
 
-    #[test]
-    fn totals_of_the_largest_amounts_the_api_writes_do_not_wrap() {
-        // 999,999,999,999,999.99 reais, the largest amount of 15 whole digits, 200 times over.
-        let largest = 99_999_999_999_999_999;
-        let transactions: Vec<StoredTransaction> =
-            (0..200).map(|n| transaction(&format!("t{n}"), true, "TED", largest, "2026-10-05T10:00:00Z")).collect();
-        let stored = StoredAccount {
+    /// An account whose days from 2026-09-15 to 2026-11-20 were fetched, with `balance_cents` at
+    /// the last of them.
+    fn account(balance_cents: i64) -> StoredAccount {
+        StoredAccount {
             institution: "bank".into(),
             account_id: "acc".into(),
             consent_id: "c".into(),
             kind: "CONTA_DEPOSITO_A_VISTA".into(),
             brand_name: "Banco".into(),
             number: "123".into(),
-            balance_cents: Some(largest),
+            balance_cents: Some(balance_cents),
             balance_at: Some(at("2026-11-20T00:00:00Z")),
             summary: None,
             fetched_by: vec!["c".into()],
             booked: (date("2026-09-15"), date("2026-11-20")),
-        };
+        }
+    }
+
+    #[test]
+    fn totals_of_the_largest_amounts_the_api_writes_do_not_wrap() {
+        // 999,999,999,999,999.99 reais, the largest amount of 15 whole digits, 200 times over.
+        let largest = 99_999_999_999_999_999;
+        let transactions: Vec<StoredTransaction> =
+            (0..200).map(|n| transaction(&format!("t{n}"), true, "TED", largest, "2026-10-05T10:00:00Z")).collect();
+        let stored = account(largest);
         let months = month_bounds("2026-10").unwrap();
         let statement = build("cust", "2026-10", months, std::slice::from_ref(&stored), &transactions);
         let total = "199999999999999998.00";
@@ -344,19 +350,7 @@ mod tests {
 
     #[test]
     fn totals_and_balances_add_up_to_the_transactions() {
-        let stored = StoredAccount {
-            institution: "bank".into(),
-            account_id: "acc".into(),
-            consent_id: "c".into(),
-            kind: "CONTA_DEPOSITO_A_VISTA".into(),
-            brand_name: "Banco".into(),
-            number: "123".into(),
-            balance_cents: Some(1_000_00),
-            balance_at: Some(at("2026-11-20T00:00:00Z")),
-            summary: None,
-            fetched_by: vec!["c".into()],
-            booked: (date("2026-09-15"), date("2026-11-20")),
-        };
+        let stored = account(1_000_00);
         let transactions = [
             transaction("a", true, "FOLHA_PAGAMENTO", 3_000_00, "2026-10-05T10:00:00Z"),
             transaction("b", false, "PIX", 120_50, "2026-10-05T18:00:00Z"),

@@ -397,14 +397,7 @@ impl Store {
         }
         // Reports print the patient's header: theirs are to be made again, and their objects
         // deleted, recorded here so that the sweep deletes any the object store refuses now.
-        let reports = ids_of(
-            &sqlx::query("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2")
-                .bind(tenant_id)
-                .bind(id.as_str())
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?,
-        )?;
+        let reports = ids_for_patient(&mut transaction, ASSESSMENTS_OF_PATIENT, tenant_id, id.as_str()).await?;
         record_deletions(&mut transaction, tenant_id, &[], &reports).await?;
         for event in events(&patient, &changed) {
             audit::enqueue(&mut transaction, &event).await?;
@@ -429,19 +422,12 @@ impl Store {
         hold_live_patient(&mut transaction, self.database.backend(), tenant_id, id.as_str(), RowLock::Update).await?;
         let mut deleted = Deleted::default();
         for (sql, ids) in [
-            ("SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2", &mut deleted.assessments),
+            (ASSESSMENTS_OF_PATIENT, &mut deleted.assessments),
             ("DELETE FROM images WHERE tenant_id = $1 AND patient_id = $2 RETURNING id", &mut deleted.images),
         ] {
             // What the transaction reads and deletes, not what was there before it: an image
             // stored meanwhile is deleted and its objects with it.
-            *ids = ids_of(
-                &sqlx::query(sql)
-                    .bind(tenant_id)
-                    .bind(id.as_str())
-                    .fetch_all(&mut *transaction)
-                    .await
-                    .map_err(StoreError::from)?,
-            )?;
+            *ids = ids_for_patient(&mut transaction, sql, tenant_id, id.as_str()).await?;
         }
         // Assessments are clinical records the law keeps: a patient with any is erased as a data
         // subject is (personal fields gone, the row kept for its assessments), one without any is
@@ -1261,6 +1247,19 @@ fn image_from(row: &AnyRow) -> Result<ImageRecord, StoreError> {
 }
 
 /// The `id` column of `rows`.
+/// The ids of a patient's assessments (whose reports are objects), for [`ids_for_patient`].
+const ASSESSMENTS_OF_PATIENT: &str = "SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2";
+
+/// The ids `sql` answers with the tenant as $1 and the patient as $2.
+async fn ids_for_patient(
+    connection: &mut sqlx::AnyConnection,
+    sql: &'static str,
+    tenant_id: &str,
+    patient_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    ids_of(&sqlx::query(sql).bind(tenant_id).bind(patient_id).fetch_all(connection).await?)
+}
+
 fn ids_of(rows: &[AnyRow]) -> Result<Vec<String>, StoreError> {
     rows.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<_, _>>().map_err(StoreError::from)
 }
