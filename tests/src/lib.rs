@@ -408,6 +408,23 @@ impl TestApp {
         }
     }
 
+    /// The entries of the audit log of `key`'s tenant that `keep` keeps, once there are `count` of
+    /// them (events reach the log through the services' outboxes); fails after 20 s saying how
+    /// many there were.
+    pub async fn audited(&self, key: &str, count: usize, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let page: Value = self.get("/v1/governance/audit/entries?pageSize=1000", key).await.json().await.unwrap();
+            let kept: Vec<Value> =
+                page["entries"].as_array().into_iter().flatten().filter(|entry| keep(entry)).cloned().collect();
+            if kept.len() == count {
+                return kept;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} of {count} entries in the log: {kept:?}", kept.len());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Suspends a tenant through the admin API.
     pub async fn suspend_tenant(&self, tenant_id: &str) {
         let response = self

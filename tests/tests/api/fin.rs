@@ -259,27 +259,13 @@ async fn consents_ingestion_and_statements(backend: Backend) {
         assert!(text.contains(expected), "the PDF lacks {expected:?}:\n{text}");
     }
     // The six reads of the customer's transactions are audited (the refused month's too: its accounts were read).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let page: Value = app.get("/v1/governance/audit/entries?pageSize=1000", &key).await.json().await.unwrap();
-        let reads: Vec<&Value> = page["entries"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|entry| entry["action"] == "fin.GetStatement")
-            .collect();
-        if reads.len() == 6 {
-            let subject = format!("customer:{customer}");
-            assert!(
-                reads.iter().all(|read| read["kind"] == "sensitive_read"
-                    && read["leaf"].as_str().is_some_and(|leaf| leaf.contains(&subject))),
-                "{reads:?}"
-            );
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{} statement reads in the log: {page}", reads.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let reads = app.audited(&key, 6, |entry| entry["action"] == "fin.GetStatement").await;
+    let subject = format!("customer:{customer}");
+    assert!(
+        reads.iter().all(|read| read["kind"] == "sensitive_read"
+            && read["leaf"].as_str().is_some_and(|leaf| leaf.contains(&subject))),
+        "{reads:?}"
+    );
     for (path, field) in [
         (format!("/v1/fin/customers/{customer}/statements/2026-13"), "month"),
         (format!("/v1/fin/customers/{customer}/statements/2999-01"), "month"),
