@@ -82,11 +82,20 @@ pub(crate) struct Outcome {
 
 /// Applies one request to every limit at once: it is allowed only if it fits all of them, and
 /// only then are their TATs moved. Returns the outcome and, when allowed, the new TATs.
+/// A TAT further ahead than a whole burst, which only a clock that stepped back leaves, counts
+/// as a whole burst spent, and is brought back to it (in the TATs returned, refused or not), so
+/// that the step does not lock the subject out for its length.
 pub(crate) fn admit(limits: &[Gcra], tats: &[Option<u64>], now: u64) -> (Outcome, Option<Vec<u64>>) {
-    let mut backlogs: Vec<u64> = tats.iter().map(|tat| tat.map_or(0, |tat| tat.saturating_sub(now))).collect();
+    let mut backlogs: Vec<u64> = tats
+        .iter()
+        .zip(limits)
+        .map(|(tat, limit)| tat.map_or(0, |tat| tat.saturating_sub(now)).min(limit.tolerance()))
+        .collect();
     let allowed = limits.iter().zip(&backlogs).all(|(limit, backlog)| limit.fits(*backlog));
     if !allowed {
-        return (Outcome { allowed, backlogs }, None);
+        let stepped_back = tats.iter().zip(&backlogs).any(|(tat, backlog)| tat.is_some_and(|tat| tat > now + backlog));
+        let tats = stepped_back.then(|| backlogs.iter().map(|backlog| now + backlog).collect());
+        return (Outcome { allowed, backlogs }, tats);
     }
     for (backlog, limit) in backlogs.iter_mut().zip(limits) {
         *backlog += limit.interval;
@@ -145,6 +154,23 @@ mod tests {
         assert!(outcome.allowed);
         assert_eq!(tats, Some(vec![NOW + 1_000_000]));
         assert_eq!(gcra.remaining(outcome.backlogs[0]), 2);
+    }
+
+    #[test]
+    fn a_clock_that_steps_back_leaves_a_whole_burst_spent_and_no_longer_wait() {
+        let gcra = Gcra::new(10.0, 5);
+        let mut tat = None;
+        for _ in 0..5 {
+            tat = admit(&[gcra], &[tat], NOW).1.unwrap()[0].into();
+        }
+        // The clock steps back a minute: refused, the wait one interval, the TAT brought back.
+        let earlier = NOW - 60_000_000;
+        let (outcome, tats) = admit(&[gcra], &[tat], earlier);
+        assert!(!outcome.allowed);
+        assert_eq!(gcra.wait(outcome.backlogs[0]), 100_000, "{outcome:?}");
+        assert_eq!(tats, Some(vec![earlier + 500_000]));
+        let (outcome, _) = admit(&[gcra], &[tats.unwrap()[0].into()], earlier + 100_000);
+        assert!(outcome.allowed, "one interval later, as after any spent burst");
     }
 
     #[test]

@@ -30,6 +30,11 @@ for i, key in ipairs(KEYS) do
   local tolerance = interval * tonumber(ARGV[2 * i])
   local tat = tonumber(redis.call('GET', key) or now)
   local backlog = math.max(tat - now, 0)
+  if backlog > tolerance then
+    -- Only a clock that stepped back leaves a TAT past a whole burst: brought back to one.
+    backlog = tolerance
+    redis.call('SET', key, string.format('%.0f', now + backlog), 'PX', math.ceil(backlog / 1000))
+  end
   backlogs[i] = backlog
   if backlog + interval > tolerance then allowed = 0 end
 end

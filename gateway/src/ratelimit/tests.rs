@@ -66,6 +66,46 @@ async fn the_burst_passes_the_next_request_is_refused_and_one_passes_after_the_e
     assert!(limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_err(), "and only one");
 }
 
+#[tokio::test]
+async fn a_clock_that_steps_back_locks_no_one_out_for_the_step() {
+    let (limiter, clock) = in_process(JAN_31_23_59);
+    let limits = plan(2.0, 3, 0.0, 10);
+    for _ in 0..3 {
+        limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.expect("within the burst");
+    }
+    clock.fetch_sub(60 * MICROS, Ordering::SeqCst);
+    let problem = limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.expect_err("the burst is spent");
+    let (status, retry_after, _) = refusal(problem).await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("1")), "half a second, not the minute the clock went back");
+    clock.fetch_add(500_000, Ordering::SeqCst);
+    assert!(limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_ok(), "one emission interval later");
+}
+
+#[tokio::test]
+async fn on_redis_a_tat_a_clock_step_left_ahead_is_brought_back_to_a_whole_burst() {
+    let prefix = unique_prefix();
+    let limiter = on_redis(&prefix, RedisFailure::Closed).await;
+    let limits = plan(2.0, 3, 0.0, 10);
+    for _ in 0..3 {
+        limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.expect("within the burst");
+    }
+    // As if the clock that wrote the TATs ran a minute ahead of Redis's now.
+    let mut redis = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut redis).await.expect("the rate keys");
+    assert!(!keys.is_empty());
+    for key in &keys {
+        let tat: u64 = redis::cmd("GET").arg(key).query_async(&mut redis).await.unwrap();
+        let ahead = (tat + 60 * MICROS).to_string();
+        let () = redis::cmd("SET").arg(key).arg(ahead).arg("PX").arg(120_000).query_async(&mut redis).await.unwrap();
+    }
+    let problem = limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.expect_err("the burst is spent");
+    let (status, retry_after, _) = refusal(problem).await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("1")), "not the minute ahead");
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query_async(&mut redis).await.unwrap();
+    assert!((0..=1_500).contains(&ttl), "kept for a whole burst at most: {ttl} ms");
+}
+
 /// A tenant that spent its burst and moves to a larger plan.
 async fn an_upgrade_lifts_the_limit_at_once(limiter: &RateLimiter, tenant: &str) {
     let (starter, enterprise) = (plan(1.0, 3, 0.0, 10), plan(400.0, 400, 0.0, 10));
