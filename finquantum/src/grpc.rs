@@ -749,7 +749,7 @@ impl DataSubject for FinQuantumApi {
         for consent in &consents {
             self.client.cache().forget_consent(consent).await;
         }
-        self.store.truncate_log().await;
+        self.store.truncate_log_soon();
         self.outbox.wake();
         tracing::info!(tenant = %caller.tenant_id, erased, kept, "data subject erased");
         let retained = if kept == 0 {

@@ -146,9 +146,9 @@ pub(crate) struct Store {
 
 impl Store {
     /// Empties the embedded database's write-ahead log after an erasure (see
-    /// [`Database::truncate_log`]).
-    pub(crate) async fn truncate_log(&self) {
-        self.database.truncate_log().await;
+    /// [`Database::truncate_log_soon`]).
+    pub(crate) fn truncate_log_soon(&self) {
+        self.database.truncate_log_soon();
     }
 }
 

@@ -329,13 +329,23 @@ impl RetryBudget {
     pub(crate) fn try_withdraw(&self) -> bool {
         let now = self.second_index();
         let mut seconds = self.seconds.lock().unwrap_or_else(PoisonError::into_inner);
-        let recent = seconds.iter().filter(|second| now - second.index < BUDGET_WINDOW_SECS as u64);
-        let (requests, retries) = recent.fold((0, 0), |(q, r), second| (q + second.requests, r + second.retries));
-        if (retries + 1) as f64 > self.ratio * requests as f64 + self.reserve {
+        if !self.has_room(&seconds, now) {
             return false;
         }
         Self::current(&mut seconds, now).retries += 1;
         true
+    }
+
+    /// Whether the budget would allow one retry now, taking nothing.
+    pub(crate) fn allows_one(&self) -> bool {
+        let now = self.second_index();
+        self.has_room(&self.seconds.lock().unwrap_or_else(PoisonError::into_inner), now)
+    }
+
+    fn has_room(&self, seconds: &[Second; BUDGET_WINDOW_SECS], now: u64) -> bool {
+        let recent = seconds.iter().filter(|second| now - second.index < BUDGET_WINDOW_SECS as u64);
+        let (requests, retries) = recent.fold((0, 0), |(q, r), second| (q + second.requests, r + second.retries));
+        (retries + 1) as f64 <= self.ratio * requests as f64 + self.reserve
     }
 
     fn second_index(&self) -> u64 {
@@ -648,7 +658,16 @@ impl Resilience {
                 });
                 return Err(Problem::from_status(&status));
             }
+            // A retry goes out only if the circuit, which other calls may have opened meanwhile,
+            // admits it, and only then is it taken from the budget and counted as sent.
             let admission = guarded.breaker.admit().map_err(|wait| circuit_open(owner, wait))?;
+            if let Some(status) = retrying.take() {
+                if !guarded.budget.try_withdraw() {
+                    metrics.upstream_retries.with_label_values(&[owner, "over_budget"]).inc();
+                    return Err(Problem::from_status(&status));
+                }
+                metrics.upstream_retries.with_label_values(&[owner, "sent"]).inc();
+            }
             let result = match tokio::time::timeout_at(deadline, attempt(deadline - started)).await {
                 // tonic reports its own timeout, and a server's, as `Cancelled`; the gateway
                 // cancels nothing else.
@@ -679,16 +698,14 @@ impl Resilience {
             if Instant::now() + pause + TIMER_GRANULARITY >= deadline {
                 return Err(Problem::from_status(&status));
             }
-            if !guarded.budget.try_withdraw() {
+            // Not worth the pause when the budget has no retry left now.
+            if !guarded.budget.allows_one() {
                 metrics.upstream_retries.with_label_values(&[owner, "over_budget"]).inc();
                 return Err(Problem::from_status(&status));
             }
             tracing::debug!(upstream = owner, attempt = attempts + 1, "retrying an unavailable upstream");
             retrying = Some(status);
             tokio::time::sleep(pause).await;
-            if Instant::now() < deadline {
-                metrics.upstream_retries.with_label_values(&[owner, "sent"]).inc();
-            }
         }
     }
 

@@ -313,7 +313,7 @@ impl proto::health_quantum_server::HealthQuantum for HealthQuantumApi {
         self.delete_image_objects(&caller.tenant_id, &deleted.images).await;
         self.outbox.wake();
         // As after an erasure: the deleted rows' older copies do not stay in the embedded log.
-        self.store.truncate_log().await;
+        self.store.truncate_log_soon();
         tracing::info!(tenant = %caller.tenant_id, patient = %id, "patient deleted");
         Ok(Response::new(proto::DeletePatientResponse { retained: retained_assessments(&deleted.assessments) }))
     }
@@ -680,8 +680,12 @@ fn retained_assessments(assessments: &[String]) -> Vec<common::RetainedRecord> {
 /// start with it (longer than a name, or with characters a name may not hold), rather than
 /// answered with an empty list.
 fn name_prefix_filter(prefix: &str) -> Result<&str, aigronova_platform::Error> {
-    let prefix = prefix.trim_start();
     let refused = |reason: String| aigronova_platform::Error::invalid("namePrefix", reason);
+    // Sent but blank selects nothing a name starts with, as a blank `cpf` is no CPF.
+    if !prefix.is_empty() && prefix.trim().is_empty() {
+        return Err(refused("is blank: send the start of a name, or leave namePrefix out".to_owned()));
+    }
+    let prefix = prefix.trim_start();
     // Spaces at its end end a word (a tab too): not counted, nor taken for control characters.
     let words = prefix.trim_end();
     if words.chars().count() > PatientName::MAX_CHARS {
@@ -758,7 +762,7 @@ impl DataSubject for HealthQuantumApi {
         self.outbox.wake();
         self.delete_reports(&caller.tenant_id, &erased.assessments).await;
         self.delete_image_objects(&caller.tenant_id, &erased.images).await;
-        self.store.truncate_log().await;
+        self.store.truncate_log_soon();
         tracing::info!(tenant = %caller.tenant_id, patients = erased.patients.len(), "data subject erased");
         Ok(Response::new(common::EraseSubjectResponse {
             service: crate::SERVICE_NAME.to_owned(),

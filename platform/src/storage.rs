@@ -318,6 +318,15 @@ impl Database {
         }
     }
 
+    /// [`Database::truncate_log`] on a task of its own, so that the caller answers without
+    /// waiting for a write turn and the checkpoint: what it erased is committed already.
+    pub fn truncate_log_soon(&self) {
+        if self.backend() == Backend::Sqlite {
+            let database = self.clone();
+            tokio::spawn(async move { database.truncate_log().await });
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }

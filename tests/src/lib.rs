@@ -560,6 +560,31 @@ pub async fn until_a_session_waits_for_a_lock(connection: &mut sqlx::AnyConnecti
     }
 }
 
+/// Waits until none of `needles` is in the embedded database at `database_url` or in its
+/// write-ahead log, which an erasure empties once it has answered (nothing to wait for on
+/// PostgreSQL); fails after 10 s naming the file and what it still holds.
+pub async fn until_gone_from_disk(database_url: &str, needles: &[&[u8]]) {
+    let Some(path) = database_url.strip_prefix("sqlite://") else { return };
+    let path = path.split('?').next().unwrap_or(path);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    for file in [path.to_owned(), format!("{path}-wal")] {
+        for needle in needles {
+            loop {
+                let bytes = std::fs::read(&file).unwrap_or_default();
+                if !bytes.windows(needle.len()).any(|window| window == *needle) {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{file} still holds {:?}",
+                    String::from_utf8_lossy(needle)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The text of a PDF, as `pdftotext -layout` extracts it; fails, saying what to install, when
 /// poppler-utils is missing.
 pub fn pdf_text(pdf: &[u8]) -> String {
