@@ -1063,6 +1063,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_retry_the_circuit_refuses_spends_no_budget() {
+        let resilience = resilience(|config| {
+            config.retry.min_retries_per_second = 0;
+            config.retry.budget_ratio = 1.0;
+            config.circuit_breaker.failure_threshold = 1;
+        });
+        // The first attempt's failure opens the circuit: the retry after it does not go out.
+        let (result, calls) = call_with(&resilience, policy(true), &[Code::Unavailable, Code::Ok]).await;
+        assert_eq!(status_of(&result), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(calls, 1, "the circuit refused the retry");
+        let budget = &resilience.upstreams["svc"].budget;
+        assert_eq!(withdrawals(budget), 1, "the one retry the call's request allows is still there");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn retries_never_sleep_past_the_deadline() {
         let resilience = resilience(|config| config.retry.max_attempts = 10);
         let deadline = Instant::now() + Duration::from_millis(30);
