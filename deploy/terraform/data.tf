@@ -134,6 +134,19 @@ resource "random_password" "redis" {
   special = false
 }
 
+# The gateway's monthly inference counters share this Redis with finquantum's page cache: when
+# memory runs short, the keys closest to expiring go first (the cache's pages, minutes; the rate
+# limits' state, seconds), and the month's counters, which expire a week after their month, last.
+resource "aws_elasticache_parameter_group" "this" {
+  name   = "${local.cluster_name}-redis"
+  family = "redis7"
+
+  parameter {
+    name  = "maxmemory-policy"
+    value = "volatile-ttl"
+  }
+}
+
 resource "aws_elasticache_replication_group" "this" {
   replication_group_id = local.cluster_name
   description          = "AigroNova: rate limits and key revocation shared by the gateway replicas"
@@ -142,6 +155,7 @@ resource "aws_elasticache_replication_group" "this" {
   node_type            = local.size.cache_node_type
   num_cache_clusters   = 1 + local.size.cache_replicas
   port                 = 6379
+  parameter_group_name = aws_elasticache_parameter_group.this.name
 
   automatic_failover_enabled = true
   multi_az_enabled           = true
