@@ -50,7 +50,7 @@ async fn principal_of(state: &AppState, headers: &HeaderMap) -> Result<Arc<Princ
         })?;
     if jwt::meant_as_jwt(key) {
         return match &state.jwt {
-            Some(authenticator) => authenticator.principal(&state.store, key).await.map(Arc::new),
+            Some(authenticator) => authenticator.principal(&state.keys, key).await.map(Arc::new),
             None => Err(Problem::invalid_token("this deployment takes API keys only: no OIDC provider is configured")),
         };
     }

@@ -17,8 +17,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     jwks::{Jwks, KeyKind, MissingKey},
+    keys::KeyCache,
     problem::Problem,
-    store::{ADMIN_SCOPE, Credential, METRICS_SCOPE, Principal, Store},
+    store::{ADMIN_SCOPE, Credential, METRICS_SCOPE, Principal},
 };
 
 /// Longest bearer token worth decoding.
@@ -258,9 +259,11 @@ impl JwtAuthenticator {
     /// The principal of a valid token whose tenant exists in the gateway's store; 401 otherwise.
     /// The `admin` and `metrics:read` scopes are never granted by a token: administration and the
     /// platform-wide metrics stay with API keys.
-    pub(crate) async fn principal(&self, store: &Store, token: &str) -> Result<Principal, Problem> {
+    pub(crate) async fn principal(&self, keys: &KeyCache, token: &str) -> Result<Principal, Problem> {
         let claims = self.verify(token).await.map_err(refused)?;
-        let tenant = store.tenant(&claims.tenant_id).await.map_err(|error| {
+        // Read as API keys' tenants are: from the cache, which a suspension or a plan change
+        // evicts on every replica at once.
+        let tenant = keys.tenant(&claims.tenant_id).await.map_err(|error| {
             tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "tenant lookup failed");
             Problem::internal()
         })?;
@@ -268,8 +271,8 @@ impl JwtAuthenticator {
         Ok(Principal {
             key_id: self.pseudonym(&claims.subject),
             credential: Credential::Token,
-            tenant_id: Some(tenant.id),
-            tenant_status: Some(tenant.status),
+            tenant_id: Some(tenant.id.clone()),
+            tenant_status: Some(tenant.status.clone()),
             tenant_plan: Some(tenant.plan),
             scopes: claims.scopes,
             // `exp` was checked just now, and a JWT principal is never cached.

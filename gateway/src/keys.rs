@@ -1,5 +1,5 @@
-//! A cache of API key lookups, so that most requests do not touch the database. Revoking a key or
-//! suspending a tenant evicts its entries at once; with Redis configured, every replica hears of
+//! A cache of API key lookups, and of the tenants that tokens name, so that most requests do not
+//! touch the database. Revoking a key or suspending a tenant evicts its entries at once; with Redis configured, every replica hears of
 //! it through a pub/sub channel. Entries also expire after a short time, as a backstop. While a
 //! replica is not subscribed to that channel (Redis down), it would not hear of other replicas'
 //! revocations, so it does not use its cache: every lookup goes to the shared database.
@@ -16,7 +16,7 @@ use std::{
 use aigronova_platform::storage::StoreError;
 use futures_util::StreamExt;
 
-use crate::store::{Principal, Store, hash_key};
+use crate::store::{Principal, Store, Tenant, hash_key};
 
 /// Most keys kept, of those that exist; past it the expired ones go, and if none has, the cache
 /// starts afresh rather than grow without bound.
@@ -47,6 +47,9 @@ struct Entries {
     by_hash: HashMap<String, Entry>,
     /// Keys that do not, each with when it was looked up.
     unknown: HashMap<String, Instant>,
+    /// Tenants by id, as tokens name them, each with when it was read. A tenant that does not
+    /// exist is not kept: it may be the next one created.
+    tenants: HashMap<String, (Arc<Tenant>, Instant)>,
     evictions: u64,
 }
 
@@ -95,6 +98,20 @@ impl Entries {
         self.by_hash.retain(|hash, entry| !forget(hash, entry));
         self.unknown.clear();
     }
+
+    /// Keeps the tenant `id` read when `evictions` was `seen`, unless an eviction came since.
+    fn remember_tenant(&mut self, id: &str, tenant: Arc<Tenant>, seen: u64, ttl: Duration) {
+        if self.evictions != seen {
+            return;
+        }
+        if self.tenants.len() >= MAX_ENTRIES {
+            self.tenants.retain(|_, (_, fetched)| fetched.elapsed() < ttl);
+        }
+        if self.tenants.len() >= MAX_ENTRIES {
+            self.tenants.clear();
+        }
+        self.tenants.insert(id.to_owned(), (tenant, Instant::now()));
+    }
 }
 
 /// Key lookups by key hash, with invalidation.
@@ -139,9 +156,27 @@ impl KeyCache {
         Ok(principal)
     }
 
+    /// The tenant `id`, from the cache or the database, for a token that names it.
+    pub(crate) async fn tenant(&self, id: &str) -> Result<Option<Arc<Tenant>>, StoreError> {
+        if !self.bypass.load(Ordering::Relaxed)
+            && let Some((tenant, fetched)) = self.read().tenants.get(id)
+            && fetched.elapsed() < self.ttl
+        {
+            return Ok(Some(tenant.clone()));
+        }
+        let seen = self.read().evictions;
+        let tenant = self.store.tenant(id).await?.map(Arc::new);
+        if let Some(tenant) = &tenant {
+            self.write().remember_tenant(id, tenant.clone(), seen, self.ttl);
+        }
+        Ok(tenant)
+    }
+
     /// Forgets everything.
     pub(crate) fn clear(&self) {
-        self.write().evict(|_, _| true);
+        let mut entries = self.write();
+        entries.evict(|_, _| true);
+        entries.tenants.clear();
     }
 
     /// Forgets one key (revoked).
@@ -149,9 +184,11 @@ impl KeyCache {
         self.write().evict(|cached, _| cached == hash);
     }
 
-    /// Forgets every key of a tenant (suspended, plan changed).
+    /// Forgets every key of a tenant, and the tenant (created, suspended, plan changed).
     pub(crate) fn evict_tenant(&self, tenant_id: &str) {
-        self.write().evict(|_, entry| entry.principal.as_ref().and_then(|p| p.tenant_id.as_deref()) == Some(tenant_id));
+        let mut entries = self.write();
+        entries.evict(|_, entry| entry.principal.as_ref().and_then(|p| p.tenant_id.as_deref()) == Some(tenant_id));
+        entries.tenants.remove(tenant_id);
     }
 
     /// Records the key's use, at most once per [`TOUCH_INTERVAL`], off the request path.

@@ -112,6 +112,29 @@ async fn a_token_of_a_suspended_tenant_gets_403() {
     app.stop().await;
 }
 
+/// A token's tenant is read as an API key's is, from the gateway's cache: a change made in the
+/// database behind the gateway's back shows only once the admin API says so (or the entry ages).
+#[tokio::test]
+async fn a_tokens_tenant_is_cached_and_evicted_by_the_admin_api() {
+    use sqlx::Connection;
+
+    let key = TestKey::rsa("rsa-1");
+    let provider = FakeOidcProvider::start(&[&key]).await;
+    let app = app_trusting(&provider, Backend::Sqlite, |_| {}).await;
+    let tenant = app.create_tenant("Clínica").await;
+    let token = key.sign(&provider.claims(&tenant, READ_WRITE));
+    app.create_patient(&token).await;
+    sqlx::any::install_default_drivers();
+    let mut raw = sqlx::AnyConnection::connect(&app.gateway_database_url).await.unwrap();
+    let sql = format!("UPDATE tenants SET status = 'suspended' WHERE id = '{tenant}'");
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut raw).await.unwrap();
+    raw.close().await.unwrap();
+    assert_eq!(app.get("/v1/health/patients", &token).await.status(), 200, "read from the cache");
+    app.suspend_tenant(&tenant).await;
+    assert_problem(app.get("/v1/health/patients", &token).await, 403).await;
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
     let rsa = TestKey::rsa("rsa-1");
