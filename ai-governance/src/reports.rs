@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use aigronova_platform::{Error, grpc::Page, pdf::PdfDocument};
+use aigronova_platform::{Error, pdf::PdfDocument};
 use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Timelike, Utc};
 use serde_json::{Value, json};
 
@@ -220,14 +220,7 @@ impl Reporter {
             })
             .collect();
 
-        let requests: Vec<_> = self
-            .subjects
-            .list(tenant_id, false, Page::ALL)
-            .await?
-            .0
-            .into_iter()
-            .filter(|r| in_period(&r.created_at))
-            .collect();
+        let requests = self.subjects.request_tallies(tenant_id, &start, &end).await?;
         let mut requests_by_kind: BTreeMap<String, u64> = BTreeMap::new();
         for request in &requests {
             *requests_by_kind.entry(request.kind.clone()).or_default() += 1;

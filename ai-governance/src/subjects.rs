@@ -138,6 +138,16 @@ impl StoredRequest {
     }
 }
 
+/// What an evidence report counts of a data-subject request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestTally {
+    pub kind: String,
+    pub status: String,
+    pub deadline: String,
+    pub created_at: String,
+    pub completed_at: Option<String>,
+}
+
 /// What an evidence report counts of a review.
 #[derive(Clone, Debug)]
 pub struct ReviewTally {
@@ -1338,6 +1348,31 @@ impl SubjectStore {
             unseal_in_place(&cipher, tenant_id, &review.id, fields)?;
         }
         Ok(())
+    }
+
+    /// The kind, status and times of each request of `tenant_id` made in `[start, end)` (RFC 3339
+    /// as stored): what a report counts, read without opening any details or bundle.
+    pub async fn request_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<RequestTally>, Error> {
+        let rows = sqlx::query(
+            "SELECT kind, status, deadline, created_at, completed_at FROM subject_requests \
+             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id",
+        )
+        .bind(tenant_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
+        .await
+        .map_err(StoreError::from)?;
+        let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
+            Ok(RequestTally {
+                kind: row.try_get("kind")?,
+                status: row.try_get("status")?,
+                deadline: row.try_get("deadline")?,
+                created_at: row.try_get("created_at")?,
+                completed_at: row.try_get("completed_at")?,
+            })
+        };
+        Ok(rows.iter().map(tally).collect::<Result<_, _>>()?)
     }
 
     /// The status, outcome and creation time of each review of `tenant_id`: what a report counts,
