@@ -18,7 +18,7 @@
 //! ```
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, OnceLock},
     time::Duration,
 };
@@ -287,8 +287,9 @@ pub struct Relay {
     config: RelayConfig,
     signer: TokenSigner,
     waker: OutboxWaker,
-    /// Events ai-governance held back (their tenant's log is damaged) and since when: left out of
-    /// the batches for [`HELD_FOR`], so that they do not hold up the events after them.
+    /// Tenants whose events ai-governance held back (their log is damaged), and since when: their
+    /// events are left out of the batches for [`HELD_FOR`], so that they do not hold up other
+    /// tenants' events after them, however many there are.
     held: std::sync::Mutex<(HashSet<String>, Option<std::time::Instant>)>,
 }
 
@@ -418,7 +419,7 @@ impl Relay {
         }
     }
 
-    /// The ids of the events ai-governance held back within the last [`HELD_FOR`].
+    /// The tenants whose events ai-governance held back within the last [`HELD_FOR`].
     fn held(&self) -> HashSet<String> {
         let mut held = self.held.lock().expect("the held events are not poisoned");
         if held.1.is_some_and(|since| since.elapsed() >= HELD_FOR) {
@@ -427,28 +428,40 @@ impl Relay {
         held.0.clone()
     }
 
-    /// Sends the oldest pending events, but for those held back, and deletes the ones
-    /// acknowledged; how many it shipped.
-    async fn ship_batch(&self, mut client: AuditLogClient<Channel>) -> Result<usize, RelayError> {
-        let held = self.held();
-        let rows = sqlx::query("SELECT event_id, event FROM audit_outbox ORDER BY event_id LIMIT $1")
-            .bind(i64::from(self.config.batch_size) + held.len() as i64)
-            .fetch_all(self.database.pool())
-            .await
-            .map_err(StoreError::from)?;
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut events = Vec::with_capacity(rows.len());
+    /// The oldest pending events, `batch_size` at most, but for those of `held` tenants.
+    async fn pending(&self, held: &HashSet<String>) -> Result<Vec<(String, AuditEvent)>, StoreError> {
+        let not_held = if held.is_empty() {
+            String::new()
+        } else {
+            let placeholders: Vec<String> = (2..held.len() + 2).map(|n| format!("${n}")).collect();
+            format!("WHERE tenant_id NOT IN ({}) ", placeholders.join(", "))
+        };
+        let sql = format!("SELECT event_id, event FROM audit_outbox {not_held}ORDER BY event_id LIMIT $1");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(i64::from(self.config.batch_size));
+        for tenant in held {
+            query = query.bind(tenant.as_str());
+        }
+        let rows = query.fetch_all(self.database.pool()).await?;
+        let mut pending = Vec::with_capacity(rows.len());
         for row in &rows {
-            if ids.len() == self.config.batch_size as usize {
-                break;
-            }
-            let id: String = row.try_get("event_id").map_err(StoreError::from)?;
-            if held.contains(&id) {
-                continue;
-            }
-            let json: String = row.try_get("event").map_err(StoreError::from)?;
+            let id: String = row.try_get("event_id")?;
+            let json: String = row.try_get("event")?;
             let event: AuditEvent = serde_json::from_str(&json)
                 .map_err(|error| StoreError::Corrupt(format!("audit_outbox {id}: {error}")))?;
+            pending.push((id, event));
+        }
+        Ok(pending)
+    }
+
+    /// Sends the oldest pending events, but for those of tenants held back, and deletes the ones
+    /// acknowledged; how many it shipped.
+    async fn ship_batch(&self, mut client: AuditLogClient<Channel>) -> Result<usize, RelayError> {
+        let pending = self.pending(&self.held()).await?;
+        let tenants: HashMap<String, String> =
+            pending.iter().map(|(id, event)| (id.clone(), event.tenant_id.clone())).collect();
+        let mut ids = Vec::with_capacity(pending.len());
+        let mut events = Vec::with_capacity(pending.len());
+        for (id, event) in pending {
             events.push(event.to_proto());
             ids.push(id);
         }
@@ -469,7 +482,7 @@ impl Relay {
             let held: HashSet<String> = response.held_event_ids.into_iter().collect();
             ids.retain(|id| !held.contains(id));
             let mut kept = self.held.lock().expect("the held events are not poisoned");
-            kept.0.extend(held);
+            kept.0.extend(held.iter().filter_map(|id| tenants.get(id).cloned()));
             kept.1.get_or_insert_with(std::time::Instant::now);
         }
         if ids.is_empty() {
@@ -748,6 +761,33 @@ mod tests {
         assert!((2..=6).contains(&attempts), "{attempts} attempts");
         shutdown.trigger();
         let _ = tokio::time::timeout(STOPPING_GRACE + Duration::from_secs(10), running).await;
+    }
+
+    /// A tenant whose events ai-governance holds back is left out of the batches whatever the
+    /// number of its events: another tenant's event after them all goes in the next batch.
+    #[tokio::test]
+    async fn the_events_of_a_held_tenant_do_not_hold_up_another_tenants() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = outbox_with_one_event(dir.path(), "held-test").await;
+        let mut connection = database.pool().acquire().await.unwrap();
+        for _ in 0..500 {
+            let caller = Caller { tenant_id: "t1".into(), subject: "key-1".into(), scopes: vec![] };
+            let event = AuditEvent::new(&caller, "held-test", EventKind::Decision, "a", "patient:1", "{}".into());
+            enqueue(&mut connection, &event).await.unwrap();
+        }
+        let caller = Caller { tenant_id: "t2".into(), subject: "key-2".into(), scopes: vec![] };
+        let other = AuditEvent::new(&caller, "held-test", EventKind::Decision, "a", "patient:2", "{}".into());
+        enqueue(&mut connection, &other).await.unwrap();
+        drop(connection);
+        let config = RelayConfig { batch_size: 200, ..RelayConfig::default() };
+        let relay = Relay::new(database, "held-test", config, TokenSigner::generate());
+        let first = relay.pending(&HashSet::new()).await.unwrap();
+        assert_eq!(first.len(), 200);
+        assert!(first.iter().all(|(_, event)| event.tenant_id == "t1"), "the oldest first");
+        let held = HashSet::from(["t1".to_owned()]);
+        let next = relay.pending(&held).await.unwrap();
+        let ids: Vec<&str> = next.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, [other.event_id.as_str()], "t1's 501 events left out");
     }
 
     #[test]
