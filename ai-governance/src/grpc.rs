@@ -545,7 +545,8 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         request: Request<proto::CreateSubjectRequestRequest>,
     ) -> Result<Response<proto::SubjectRequest>, Status> {
         let caller = auth::caller(&request)?.clone();
-        let deadline = subjects::fan_out_deadline(aigronova_platform::grpc::time_left(request.metadata()));
+        let caller_deadline =
+            aigronova_platform::grpc::time_left(request.metadata()).map(|left| tokio::time::Instant::now() + left);
         let proto::CreateSubjectRequestRequest { cpf, kind, details } = request.into_inner();
         let kind = subjects::Kind::parse(kind.trim())?;
         let cpf = Cpf::parse(&cpf)?;
@@ -557,7 +558,7 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         if kind != subjects::Kind::Correction && !details.is_empty() {
             return Err(Error::invalid("details", "only a correction request takes details").into());
         }
-        let stored = self.store.open(&caller, &cpf, kind, details, deadline).await?;
+        let stored = self.store.open(&caller, &cpf, kind, details, caller_deadline).await?;
         Ok(Response::new(request_message(stored)))
     }
 

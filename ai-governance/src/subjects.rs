@@ -34,7 +34,6 @@ pub const DEADLINE_DAYS: i64 = 15;
 /// The longest the services are waited for on one request, whatever time its caller gives: past
 /// it, a service that has not answered is failed in the request's outcomes, to be asked again.
 pub const FAN_OUT_WITHIN: Duration = Duration::from_secs(300);
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What is kept of the caller's time to store the request and answer: a tenth of it, and at
 /// least this.
@@ -43,15 +42,27 @@ const TIME_TO_ANSWER: Duration = Duration::from_secs(2);
 /// A service's outcome when it has not answered by the request's deadline.
 const DID_NOT_ANSWER_IN_TIME: &str = "did not answer within the time the request had; ask again";
 
-/// When the services must have answered a request whose caller gives it `time_left` (its
-/// `grpc-timeout`; the gateway sends what its own deadline leaves): before the caller stops
-/// waiting, with a tenth of the time (at least [`TIME_TO_ANSWER`]) kept to store the outcomes, so
-/// that a slow service makes a `failed` request the caller sees, not a timeout that leaves it
-/// guessing and asking again; [`FAN_OUT_WITHIN`] at most.
-pub fn fan_out_deadline(time_left: Option<Duration>) -> tokio::time::Instant {
-    let within = time_left
-        .map_or(FAN_OUT_WITHIN, |left| left.saturating_sub((left / 10).max(TIME_TO_ANSWER)).min(FAN_OUT_WITHIN));
-    tokio::time::Instant::now() + within
+/// When the services must have answered a request whose caller stops waiting at `caller_deadline`
+/// (from its `grpc-timeout`; the gateway sends what its own deadline leaves), asked once the
+/// subject's locks are held: before the caller stops waiting, with a tenth of the time left (at
+/// least [`TIME_TO_ANSWER`]) kept to store the outcomes, so that a slow service makes a `failed`
+/// request the caller sees, not a timeout that leaves it guessing and asking again;
+/// [`FAN_OUT_WITHIN`] at most. `Aborted` when that leaves no time to ask them, before anything
+/// is recorded.
+fn fan_out_deadline(caller_deadline: Option<tokio::time::Instant>) -> Result<tokio::time::Instant, Error> {
+    let now = tokio::time::Instant::now();
+    let Some(caller_deadline) = caller_deadline else { return Ok(now + FAN_OUT_WITHIN) };
+    let left = caller_deadline.saturating_duration_since(now);
+    let within = left.saturating_sub((left / 10).max(TIME_TO_ANSWER)).min(FAN_OUT_WITHIN);
+    if within.is_zero() {
+        return Err(Error::Refused(Box::new(tonic::Status::aborted(format!(
+            "the request's time ran out before the services could be asked (spent waiting for another request \
+             about the same subject, or a grpc-timeout under the {} s kept to store and answer); nothing was \
+             recorded: ask again",
+            TIME_TO_ANSWER.as_secs()
+        )))));
+    }
+    Ok(now + within)
 }
 
 /// What the data subject asks for (Art. 18).
@@ -189,7 +200,7 @@ impl SubjectServices {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|error| anyhow::anyhow!("ai_governance.data_subject_services.{name}: {error}"))?
                 .connect_timeout(Duration::from_secs(5))
-                .timeout(CALL_TIMEOUT);
+                .timeout(FAN_OUT_WITHIN);
             clients.insert(name.clone(), DataSubjectClient::new(endpoint.connect_lazy()));
         }
         Ok(Self { clients, signer })
@@ -218,10 +229,14 @@ impl SubjectServices {
     {
         let calls = self.clients.iter().map(|(name, client)| {
             let request = self.request(tenant_id, message());
-            let call = request.map(|mut request| {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                request.set_timeout(left.min(CALL_TIMEOUT));
-                call(client.clone(), request)
+            // Not sent with no time left: a `grpc-timeout` of zero would read as none.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let call = request.and_then(|mut request| {
+                if left.is_zero() {
+                    return Err(DID_NOT_ANSWER_IN_TIME.to_owned());
+                }
+                request.set_timeout(left);
+                Ok(call(client.clone(), request))
             });
             async move {
                 let answer = match call {
@@ -619,11 +634,11 @@ impl SubjectStore {
         cpf: &Cpf,
         kind: Kind,
         details: &str,
-        deadline: tokio::time::Instant,
+        caller_deadline: Option<tokio::time::Instant>,
     ) -> Result<StoredRequest, Error> {
         let (store, caller, cpf, details) = (Arc::clone(self), caller.clone(), cpf.clone(), details.to_owned());
         let task = async move {
-            let processed = store.process(&caller, &cpf, kind, &details, deadline).await;
+            let processed = store.process(&caller, &cpf, kind, &details, caller_deadline).await;
             // Logged here too: the caller may have stopped waiting.
             if let Err(error) = &processed {
                 tracing::error!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request failed");
@@ -647,7 +662,7 @@ impl SubjectStore {
         cpf: &Cpf,
         kind: Kind,
         details: &str,
-        deadline: tokio::time::Instant,
+        caller_deadline: Option<tokio::time::Instant>,
     ) -> Result<StoredRequest, Error> {
         // One request about a subject at a time, in this replica and then in every replica on
         // the database: an access request still collecting data while an erasure of the same
@@ -664,7 +679,11 @@ impl SubjectStore {
         };
         let processed = match locked {
             Ok(across) => {
-                let processed = self.fan_out_and_store(caller, cpf, kind, details, deadline).await;
+                // The time the caller gives counts from here: waiting for the locks spent some.
+                let processed = match fan_out_deadline(caller_deadline) {
+                    Ok(deadline) => self.fan_out_and_store(caller, cpf, kind, details, deadline).await,
+                    Err(error) => Err(error),
+                };
                 across.release().await;
                 processed
             }

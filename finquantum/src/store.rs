@@ -566,7 +566,10 @@ impl Store {
             Some(_) => self.database.begin_tenant_snapshot(tenant_id).await?,
             None => self.database.begin_tenant_read(tenant_id).await?,
         };
-        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, since).await?;
+        // `since` sees the accounts the caller may use: an unusable one's older balance reads
+        // nothing further back.
+        let visible = |accounts: &[StoredAccount]| since(&visible_accounts(accounts.to_vec(), usable));
+        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, visible).await?;
         if let Some(event) = read {
             audit::enqueue(&mut transaction, event).await?;
         }

@@ -338,7 +338,8 @@ impl Store {
 
     /// Applies `changes` to the patient `id`, with the audit events `events(&patient, changed)` in
     /// the same transaction, `changed` the fields whose values the change altered (none when every
-    /// value sent is the one held); returns the patient as changed and whether it was written.
+    /// value sent is the one held); returns the patient as changed and, when it was written, the
+    /// ids of its assessments, whose reports are to be made again (their deletion recorded here).
     /// `AlreadyExists` when the change gives the patient the CPF of another.
     pub(crate) async fn update_patient(
         &self,
@@ -1246,7 +1247,6 @@ fn image_from(row: &AnyRow) -> Result<ImageRecord, StoreError> {
     })
 }
 
-/// The `id` column of `rows`.
 /// The ids of a patient's assessments (whose reports are objects), for [`ids_for_patient`].
 const ASSESSMENTS_OF_PATIENT: &str = "SELECT id FROM assessments WHERE tenant_id = $1 AND patient_id = $2";
 
@@ -1260,6 +1260,7 @@ async fn ids_for_patient(
     ids_of(&sqlx::query(sql).bind(tenant_id).bind(patient_id).fetch_all(connection).await?)
 }
 
+/// The `id` column of `rows`.
 fn ids_of(rows: &[AnyRow]) -> Result<Vec<String>, StoreError> {
     rows.iter().map(|row| row.try_get::<String, _>("id")).collect::<Result<_, _>>().map_err(StoreError::from)
 }

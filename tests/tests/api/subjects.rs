@@ -846,6 +846,22 @@ async fn a_service_that_never_answers_fails_its_part_of_a_request_within_the_cal
         let health = outcome_of(&request, "healthquantum");
         assert_ne!(health["status"], "failed", "the others answered meanwhile: {request}");
     }
+    // Two requests about one subject at once: the second waits for the first's locks, which hold
+    // for the first's whole wait for the silent service, and is left no time to ask the services:
+    // refused before anything is recorded, rather than stored failed for services it never asked.
+    let before = app.count_governance_rows("subject_requests").await;
+    let body = json!({"cpf": CPF, "kind": "access"});
+    let (first, second) = tokio::join!(
+        app.post("/v1/governance/subject-requests", &key, &body),
+        app.post("/v1/governance/subject-requests", &key, &body)
+    );
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    let refused = if first.status() == 409 { first } else { second };
+    let problem = assert_problem(refused, 409).await;
+    assert!(problem["detail"].as_str().unwrap().contains("nothing was recorded"), "{problem}");
+    assert_eq!(app.count_governance_rows("subject_requests").await, before + 1);
     held.abort();
     app.stop().await;
 }
