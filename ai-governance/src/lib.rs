@@ -152,12 +152,10 @@ impl Validate for Config {
             aigronova_platform::crypto::decode_master_key(key, "ai_governance.master_key")?;
         }
         for (name, url) in &self.data_subject_services {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(ConfigError(format!(
-                    "ai_governance.data_subject_services.{name} must be an http(s):// URL, got {:?}",
-                    aigronova_platform::config::redacted(url)
-                )));
-            }
+            aigronova_platform::config::plaintext_grpc_url(
+                &format!("ai_governance.data_subject_services.{name}"),
+                url,
+            )?;
         }
         Ok(())
     }

@@ -237,13 +237,8 @@ impl Default for RelayConfig {
 
 impl Validate for RelayConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(url) = &self.governance_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(ConfigError(format!(
-                "audit.governance_url must be an http(s):// URL, got {:?}",
-                crate::config::redacted(url)
-            )));
+        if let Some(url) = &self.governance_url {
+            crate::config::plaintext_grpc_url("audit.governance_url", url)?;
         }
         if !(1..=1000).contains(&self.batch_size) {
             return Err(ConfigError("audit.batch_size must be between 1 and 1000".into()));

@@ -15,14 +15,34 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 pub const ENV_PREFIX: &str = "AIGRONOVA__";
 
 /// `url` as a configuration error may quote it: a user name and password in it (`redis://:secret@host`)
-/// become `***`, since the error is printed and logged.
+/// become `***`, and a query (`?password=…`, `?sslpassword=…`) is left out, since the error is
+/// printed and logged.
 pub fn redacted(url: &str) -> String {
     // Up to the last `@`, wherever it is: a password may hold `/`, `?` or `#`, and an error
     // message that hides a little more loses nothing.
     let start = url.find("://").map_or(0, |scheme| scheme + 3);
-    match url[start..].rfind('@') {
+    let shown = match url[start..].rfind('@') {
         Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
         None => url.to_owned(),
+    };
+    match shown.split_once(['?', '#']) {
+        Some((before, _)) => format!("{before}?***"),
+        None => shown,
+    }
+}
+
+/// Checks that `url`, the value of the setting `field`, is a plaintext `http://` URL with a host,
+/// as the services' gRPC clients speak (inside the cluster; a service mesh adds TLS): an
+/// `https://` one would be spoken to in plaintext all the same, so it is refused.
+pub fn plaintext_grpc_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    let host = url.strip_prefix("http://").map(|rest| rest.split(['/', '?', '#']).next().unwrap_or(""));
+    match host {
+        Some(host) if !host.is_empty() => Ok(()),
+        _ => Err(ConfigError(format!(
+            "{field} must be a plaintext http:// URL with a host (gRPC inside the cluster is spoken without TLS; \
+             a service mesh adds it), got {:?}",
+            redacted(url)
+        ))),
     }
 }
 
@@ -172,7 +192,9 @@ mod tests {
         let cases = [
             ("redis://:secret@127.0.0.1:6379", "redis://***@127.0.0.1:6379"),
             ("http://user:secret@host/path", "http://***@host/path"),
-            ("ftp://u:p@ss@h?q=1", "ftp://***@h?q=1"),
+            ("ftp://u:p@ss@h?q=1", "ftp://***@h?***"),
+            ("postgresql://h/db?password=secret&sslmode=require", "postgresql://h/db?***"),
+            ("postgres://h/db#secret", "postgres://h/db?***"),
             ("redis://:p#ss@h", "redis://***@h"),
             ("http://u:a/b@h", "http://***@h"),
             ("user:secret@host", "***@host"),
@@ -181,6 +203,17 @@ mod tests {
         ];
         for (url, expected) in cases {
             assert_eq!(redacted(url), expected);
+        }
+    }
+
+    #[test]
+    fn a_grpc_url_of_the_services_is_plaintext_http_with_a_host() {
+        for good in ["http://ai-governance:50070", "http://127.0.0.1:50061/", "http://h"] {
+            assert!(plaintext_grpc_url("audit.governance_url", good).is_ok(), "{good}");
+        }
+        for bad in ["https://ai-governance:50070", "ai-governance:50070", "http://", "http:///x", "grpc://h:1"] {
+            let error = plaintext_grpc_url("audit.governance_url", bad).unwrap_err().to_string();
+            assert!(error.contains("audit.governance_url must be a plaintext http:// URL"), "{bad}: {error}");
         }
     }
 

@@ -250,7 +250,17 @@ pub fn create_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    std::io::Write::write_all(&mut options.open(path)?, contents.as_bytes())
+    let mut file = options.open(path)?;
+    std::io::Write::write_all(&mut file, contents.as_bytes())?;
+    // On disk before anything is sealed under it: a key lost to a power cut after data keys
+    // wrapped by it were committed would leave them unreadable for good.
+    file.sync_all()?;
+    #[cfg(unix)]
+    if let Some(folder) = path.parent() {
+        let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+        std::fs::File::open(folder)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn random<const N: usize>() -> [u8; N] {
