@@ -39,6 +39,9 @@ pub const FAN_OUT_WITHIN: Duration = Duration::from_secs(300);
 /// least this.
 const TIME_TO_ANSWER: Duration = Duration::from_secs(2);
 
+/// The least time the services are asked within; a request left less is refused unrecorded.
+const TIME_TO_ASK: Duration = Duration::from_secs(1);
+
 /// A service's outcome when it has not answered by the request's deadline.
 const DID_NOT_ANSWER_IN_TIME: &str = "did not answer within the time the request had; ask again";
 
@@ -47,18 +50,20 @@ const DID_NOT_ANSWER_IN_TIME: &str = "did not answer within the time the request
 /// subject's locks are held: before the caller stops waiting, with a tenth of the time left (at
 /// least [`TIME_TO_ANSWER`]) kept to store the outcomes, so that a slow service makes a `failed`
 /// request the caller sees, not a timeout that leaves it guessing and asking again;
-/// [`FAN_OUT_WITHIN`] at most. `Aborted` when that leaves no time to ask them, before anything
-/// is recorded.
+/// [`FAN_OUT_WITHIN`] at most. `Aborted` when that leaves less than [`TIME_TO_ASK`] to ask them,
+/// before anything is recorded.
 fn fan_out_deadline(caller_deadline: Option<tokio::time::Instant>) -> Result<tokio::time::Instant, Error> {
     let now = tokio::time::Instant::now();
     let Some(caller_deadline) = caller_deadline else { return Ok(now + FAN_OUT_WITHIN) };
     let left = caller_deadline.saturating_duration_since(now);
     let within = left.saturating_sub((left / 10).max(TIME_TO_ANSWER)).min(FAN_OUT_WITHIN);
-    if within.is_zero() {
+    // Less than this is no time to ask a service in: refused as none.
+    if within < TIME_TO_ASK {
         return Err(Error::Refused(Box::new(tonic::Status::aborted(format!(
-            "the request's time ran out before the services could be asked (spent waiting for another request \
-             about the same subject, or a grpc-timeout under the {} s kept to store and answer); nothing was \
-             recorded: ask again",
+            "the request's time ran out before the services could be asked: less than {} s was left to ask \
+             them, with {} s kept to store and answer (spent waiting for another request about the same \
+             subject, or a short grpc-timeout); nothing was recorded: ask again",
+            TIME_TO_ASK.as_secs(),
             TIME_TO_ANSWER.as_secs()
         )))));
     }
@@ -680,7 +685,12 @@ impl SubjectStore {
         let processed = match locked {
             Ok(across) => {
                 // The time the caller gives counts from here: waiting for the locks spent some.
-                let processed = match fan_out_deadline(caller_deadline) {
+                // A correction asks no service: only stored, it needs no time of its own.
+                let deadline = match kind {
+                    Kind::Correction => Ok(tokio::time::Instant::now() + FAN_OUT_WITHIN),
+                    _ => fan_out_deadline(caller_deadline),
+                };
+                let processed = match deadline {
                     Ok(deadline) => self.fan_out_and_store(caller, cpf, kind, details, deadline).await,
                     Err(error) => Err(error),
                 };

@@ -184,7 +184,7 @@ impl KeyCache {
         self.write().evict(|cached, _| cached == hash);
     }
 
-    /// Forgets every key of a tenant, and the tenant (created, suspended, plan changed).
+    /// Forgets every key of a tenant, and the tenant (suspended, plan changed).
     pub(crate) fn evict_tenant(&self, tenant_id: &str) {
         let mut entries = self.write();
         entries.evict(|_, entry| entry.principal.as_ref().and_then(|p| p.tenant_id.as_deref()) == Some(tenant_id));

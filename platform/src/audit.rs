@@ -288,7 +288,8 @@ pub struct Relay {
     held: std::sync::Mutex<(HashSet<String>, Option<std::time::Instant>)>,
 }
 
-/// How long events ai-governance held back are left out of the batches before they are sent again.
+/// How long the events of a tenant whose events ai-governance held back are left out of the
+/// batches before they are sent again.
 const HELD_FOR: Duration = Duration::from_secs(60);
 
 /// How long, once the process is stopping, a call to ai-governance in flight may still take: a

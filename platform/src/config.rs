@@ -19,15 +19,21 @@ pub const ENV_PREFIX: &str = "AIGRONOVA__";
 /// printed and logged.
 pub fn redacted(url: &str) -> String {
     // Up to the last `@`, wherever it is: a password may hold `/`, `?` or `#`, and an error
-    // message that hides a little more loses nothing.
+    // message that hides a little more loses nothing. An `@` after the first `?` or `#` may be
+    // the query's own (`?user=app@corp&password=…`): then all after the scheme is hidden.
     let start = url.find("://").map_or(0, |scheme| scheme + 3);
-    let shown = match url[start..].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
-        None => url.to_owned(),
-    };
-    match shown.split_once(['?', '#']) {
-        Some((before, _)) => format!("{before}?***"),
-        None => shown,
+    let query = url[start..].find(['?', '#']).map(|at| start + at);
+    match (url[start..].rfind('@').map(|at| start + at), query) {
+        (Some(at), Some(query)) if at > query => format!("{}***", &url[..start]),
+        (Some(at), _) => {
+            let rest = &url[at..];
+            match rest.find(['?', '#']) {
+                Some(cut) => format!("{}***{}?***", &url[..start], &rest[..cut]),
+                None => format!("{}***{rest}", &url[..start]),
+            }
+        }
+        (None, Some(query)) => format!("{}?***", &url[..query]),
+        (None, None) => url.to_owned(),
     }
 }
 
@@ -195,7 +201,9 @@ mod tests {
             ("ftp://u:p@ss@h?q=1", "ftp://***@h?***"),
             ("postgresql://h/db?password=secret&sslmode=require", "postgresql://h/db?***"),
             ("postgres://h/db#secret", "postgres://h/db?***"),
-            ("redis://:p#ss@h", "redis://***@h"),
+            ("postgresql://db/app?user=app@corp&password=hunter2", "postgresql://***"),
+            // A `#` before the `@` may be a password's or a fragment's: all is hidden.
+            ("redis://:p#ss@h", "redis://***"),
             ("http://u:a/b@h", "http://***@h"),
             ("user:secret@host", "***@host"),
             ("http://127.0.0.1:50061", "http://127.0.0.1:50061"),
