@@ -243,13 +243,7 @@ impl Reporter {
         let open = requests.len() - on_time - late - overdue;
         let failed = requests.iter().filter(|r| r.status == "failed").count();
 
-        let reviews: Vec<_> = self
-            .subjects
-            .review_tallies(tenant_id)
-            .await?
-            .into_iter()
-            .filter(|tally| in_period(&tally.created_at))
-            .collect();
+        let reviews = self.subjects.review_tallies(tenant_id, &start, &end).await?;
         let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
         for tally in &reviews {
             let key = match done_by_end(tally.decided_at.as_deref()) {

@@ -1404,15 +1404,19 @@ impl SubjectStore {
         Ok(rows.iter().map(tally).collect::<Result<_, _>>()?)
     }
 
-    /// The status, outcome and creation time of each review of `tenant_id`: what a report counts,
-    /// read without opening any reason or note.
-    pub async fn review_tallies(&self, tenant_id: &str) -> Result<Vec<ReviewTally>, Error> {
-        let rows =
-            sqlx::query("SELECT status, outcome, created_at, decided_at FROM reviews WHERE tenant_id = $1 ORDER BY id")
-                .bind(tenant_id)
-                .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
-                .await
-                .map_err(StoreError::from)?;
+    /// The status, outcome and times of each review of `tenant_id` asked for in `[start, end)`
+    /// (RFC 3339 as stored): what a report counts, read without opening any reason or note.
+    pub async fn review_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<ReviewTally>, Error> {
+        let rows = sqlx::query(
+            "SELECT status, outcome, created_at, decided_at FROM reviews \
+             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id",
+        )
+        .bind(tenant_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
+        .await
+        .map_err(StoreError::from)?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
             Ok(ReviewTally {
                 status: row.try_get("status")?,
