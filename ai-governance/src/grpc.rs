@@ -2,7 +2,7 @@
 //! values and back. Reads serve the caller's tenant only; the internal RPCs need a scope that
 //! only service tokens carry.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use aigronova_platform::{
     Error,
@@ -345,9 +345,20 @@ impl proto::monitoring_server::Monitoring for MonitoringApi {
         }
         let summaries =
             windows.into_iter().enumerate().map(|(n, window)| summary_of(n, window)).collect::<Result<Vec<_>, _>>()?;
-        self.store.record(&summaries).await?;
+        let mut ids = HashMap::with_capacity(summaries.len());
+        for (n, summary) in summaries.iter().enumerate() {
+            if let Some(first) = ids.insert(summary.id, n) {
+                return Err(Error::invalid(
+                    format!("windows[{n}].windowId"),
+                    format!("{} is also the id of windows[{first}]; each window has its own", summary.id),
+                )
+                .into());
+            }
+        }
+        let recorded = self.store.record(&summaries).await?;
         Ok(Response::new(proto::RecordInferenceStatsResponse {
-            recorded: u32::try_from(summaries.len()).unwrap_or(u32::MAX),
+            recorded: u32::try_from(recorded).unwrap_or(u32::MAX),
+            duplicates: u32::try_from(summaries.len() - recorded).unwrap_or(u32::MAX),
         }))
     }
 
@@ -488,7 +499,14 @@ fn summary_of(n: usize, window: proto::InferenceWindow) -> Result<Summary, Error
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
             .ok_or_else(|| Error::invalid(field(name), "must be a valid timestamp"))
     };
+    let id = match window.window_id.as_str() {
+        "" => uuid::Uuid::now_v7(),
+        id => {
+            uuid::Uuid::try_parse(id).map_err(|_| Error::invalid(field("windowId"), format!("{id:?} is not a UUID")))?
+        }
+    };
     Ok(Summary {
+        id,
         start: time(window.start_time, "startTime")?,
         end: time(window.end_time, "endTime")?,
         tenant_id: window.tenant_id,
@@ -825,6 +843,7 @@ mod tests {
                 counts: vec![1; shares.len()],
                 expected_shares: shares,
             }],
+            window_id: String::new(),
         };
         let field_of = |window| match summary_of(0, window) {
             Err(Error::InvalidArgument { field, .. }) => field,
@@ -861,6 +880,7 @@ mod tests {
             latency_buckets: vec![3],
             latency_bounds_ms: Vec::new(),
             features: Vec::new(),
+            window_id: String::new(),
         };
         let from = |service: &str, windows| {
             let mut request = Request::new(proto::RecordInferenceStatsRequest { windows });
@@ -881,6 +901,61 @@ mod tests {
         let held = api.store.statuses("t", chrono::Duration::hours(1)).await.unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].calls, 3);
+    }
+
+    /// A report sent again because its answer was lost records each of its windows once.
+    #[tokio::test]
+    async fn a_window_sent_again_under_its_id_is_recorded_once() {
+        use aigronova_platform::{auth::FromService, storage::Database};
+        use proto::monitoring_server::Monitoring;
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let api = MonitoringApi::new(MonitoringStore::new(database.clone()), Inventory::new(database));
+        let now = chrono::Utc::now().timestamp();
+        let window = |window_id: &str| proto::InferenceWindow {
+            tenant_id: "t".into(),
+            service: "healthquantum".into(),
+            model: "breast-cancer".into(),
+            version: "1".into(),
+            start_time: Some(prost_types::Timestamp { seconds: now - 60, nanos: 0 }),
+            end_time: Some(prost_types::Timestamp { seconds: now, nanos: 0 }),
+            count: 5,
+            errors: 0,
+            latency_buckets: vec![5],
+            latency_bounds_ms: Vec::new(),
+            features: Vec::new(),
+            window_id: window_id.into(),
+        };
+        let send = |windows| {
+            let mut request = Request::new(proto::RecordInferenceStatsRequest { windows });
+            request.extensions_mut().insert(Caller::service("healthquantum", RECORD_STATS_SCOPE));
+            request.extensions_mut().insert(FromService);
+            api.record_inference_stats(request)
+        };
+        let calls = || async { api.store.statuses("t", chrono::Duration::hours(1)).await.unwrap()[0].calls };
+        let (first, second) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+
+        let answer = send(vec![window(&first)]).await.unwrap().into_inner();
+        assert_eq!((answer.recorded, answer.duplicates), (1, 0));
+        let answer = send(vec![window(&first), window(&second)]).await.unwrap().into_inner();
+        assert_eq!((answer.recorded, answer.duplicates), (1, 1));
+        assert_eq!(calls().await, 10, "the window sent twice counts once");
+
+        for (windows, field) in [
+            (vec![window("window-1")], "windows[0].windowId"),
+            (vec![window(""), window(&first), window(&first)], "windows[2].windowId"),
+        ] {
+            let refused = send(windows).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+            assert!(refused.message().contains(field), "{refused:?}");
+        }
+        assert_eq!(calls().await, 10, "a refused report records nothing");
+        // Without an id, each sending is a new window.
+        send(vec![window("")]).await.unwrap();
+        send(vec![window("")]).await.unwrap();
+        assert_eq!(calls().await, 20);
     }
 
     #[test]

@@ -32,6 +32,8 @@ const SHARE_FLOOR: f64 = 0.0001;
 /// A reported summary, as stored.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Summary {
+    /// The window's id, drawn by the service (see `InferenceWindow.window_id`) or here.
+    pub id: uuid::Uuid,
     pub tenant_id: String,
     pub service: String,
     pub model: String,
@@ -191,15 +193,20 @@ impl MonitoringStore {
         Ok(())
     }
 
-    /// Stores `summaries`, then refreshes the drift gauge of each model they are about.
-    pub async fn record(&self, summaries: &[Summary]) -> Result<(), Error> {
+    /// Stores `summaries` but those whose id the service already recorded (a report sent again
+    /// because its answer was lost), then refreshes the drift gauge of each model they are about;
+    /// how many were new.
+    pub async fn record(&self, summaries: &[Summary]) -> Result<usize, Error> {
         let mut transaction = self.database.begin_write().await?;
+        let mut recorded = 0;
         for summary in summaries {
-            sqlx::query(
+            let inserted = sqlx::query(
                 "INSERT INTO inference_windows (id, tenant_id, service, model, version, window_start, window_end, \
-                 calls, errors, latency, features) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 calls, errors, latency, features) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (id) DO NOTHING",
             )
-            .bind(uuid::Uuid::now_v7().to_string())
+            // Under its service's name: a window id one service sends never stands for another's.
+            .bind(format!("{}/{}", summary.service, summary.id))
             .bind(&summary.tenant_id)
             .bind(&summary.service)
             .bind(&summary.model)
@@ -213,6 +220,7 @@ impl MonitoringStore {
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
+            recorded += usize::try_from(inserted.rows_affected()).unwrap_or(usize::MAX);
         }
         transaction.commit().await.map_err(StoreError::from)?;
         for summary in summaries {
@@ -225,7 +233,7 @@ impl MonitoringStore {
                 self.shown.lock().unwrap_or_else(PoisonError::into_inner).insert(series);
             }
         }
-        Ok(())
+        Ok(recorded)
     }
 
     /// The figures of one model version for `tenant_id` over the last `window`; `None` when it
@@ -382,6 +390,7 @@ mod tests {
         let mut counts = vec![0; expected.len()];
         counts[0] = calls;
         Summary {
+            id: uuid::Uuid::now_v7(),
             tenant_id: "tenant".into(),
             service: "healthquantum".into(),
             model: "diabetes-progression".into(),

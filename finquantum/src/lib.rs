@@ -70,6 +70,7 @@ const TENANT_TABLES: &[&str] = &[
     "transactions",
     "credit_scores",
     "audit_outbox",
+    "audit_outbox_refused",
     "tenant_keys",
 ];
 

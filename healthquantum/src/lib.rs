@@ -129,6 +129,7 @@ impl HealthQuantumService {
                 "assessments",
                 "images",
                 "audit_outbox",
+                "audit_outbox_refused",
                 "tenant_keys",
                 "object_deletions",
             ])

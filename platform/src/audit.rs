@@ -442,28 +442,82 @@ impl Relay {
         for row in &rows {
             let id: String = row.try_get("event_id")?;
             let json: String = row.try_get("event")?;
-            let event: AuditEvent = serde_json::from_str(&json)
-                .map_err(|error| StoreError::Corrupt(format!("audit_outbox {id}: {error}")))?;
-            pending.push((id, event));
+            match serde_json::from_str(&json) {
+                Ok(event) => pending.push((id, event)),
+                Err(error) => self.set_aside(&id, &format!("the outbox row is not an audit event: {error}")).await?,
+            }
         }
         Ok(pending)
     }
 
+    /// Moves the outbox row `event_id`, which ai-governance will never take, to
+    /// `audit_outbox_refused` with `reason`, so that it does not hold up the events after it.
+    async fn set_aside(&self, event_id: &str, reason: &str) -> Result<(), StoreError> {
+        let mut transaction = self.database.begin_write().await?;
+        sqlx::query("DELETE FROM audit_outbox_refused WHERE event_id = $1")
+            .bind(event_id)
+            .execute(&mut *transaction)
+            .await?;
+        sqlx::query(
+            "INSERT INTO audit_outbox_refused (event_id, tenant_id, event, created_at, refused_at, reason) \
+             SELECT event_id, tenant_id, event, created_at, $1, $2 FROM audit_outbox WHERE event_id = $3",
+        )
+        .bind(Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true))
+        .bind(reason)
+        .bind(event_id)
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query("DELETE FROM audit_outbox WHERE event_id = $1").bind(event_id).execute(&mut *transaction).await?;
+        transaction.commit().await?;
+        tracing::error!(
+            service = self.service,
+            event_id,
+            reason,
+            "an audit event ai-governance will never take is set aside in audit_outbox_refused"
+        );
+        Ok(())
+    }
+
     /// Sends the oldest pending events, but for those of tenants held back, and deletes the ones
-    /// acknowledged; how many it shipped.
-    async fn ship_batch(&self, mut client: AuditLogClient<Channel>) -> Result<usize, RelayError> {
+    /// acknowledged; how many left the outbox. When ai-governance finds the batch invalid, its
+    /// events are sent one by one and those it refuses are set aside ([`Self::set_aside`]).
+    async fn ship_batch(&self, client: AuditLogClient<Channel>) -> Result<usize, RelayError> {
         let pending = self.pending(&self.held()).await?;
-        let tenants: HashMap<String, String> =
-            pending.iter().map(|(id, event)| (id.clone(), event.tenant_id.clone())).collect();
-        let mut ids = Vec::with_capacity(pending.len());
-        let mut events = Vec::with_capacity(pending.len());
-        for (id, event) in pending {
-            events.push(event.to_proto());
-            ids.push(id);
-        }
-        if ids.is_empty() {
+        if pending.is_empty() {
             return Ok(0);
         }
+        // What ai-governance refuses as invalid it will refuse however often it comes.
+        let for_good = |status: &tonic::Status| status.code() == tonic::Code::InvalidArgument;
+        match self.ship(client.clone(), &pending).await {
+            Err(RelayError::Rejected(status)) if for_good(&status) => {
+                tracing::warn!(service = self.service, %status, "sending the batch's audit events one by one");
+                let mut gone = 0;
+                for one in pending.chunks(1) {
+                    match self.ship(client.clone(), one).await {
+                        Ok(shipped) => gone += shipped,
+                        Err(RelayError::Rejected(status)) if for_good(&status) => {
+                            self.set_aside(&one[0].0, status.message()).await?;
+                            gone += 1;
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+                Ok(gone)
+            }
+            shipped => shipped,
+        }
+    }
+
+    /// Sends `pending` and deletes the events acknowledged; how many.
+    async fn ship(
+        &self,
+        mut client: AuditLogClient<Channel>,
+        pending: &[(String, AuditEvent)],
+    ) -> Result<usize, RelayError> {
+        let tenants: HashMap<&str, &str> =
+            pending.iter().map(|(id, event)| (id.as_str(), event.tenant_id.as_str())).collect();
+        let events = pending.iter().map(|(_, event)| event.to_proto()).collect();
+        let mut ids: Vec<&str> = pending.iter().map(|(id, _)| id.as_str()).collect();
         let service_caller = Caller::service(self.service, RECORD_SCOPE);
         let mut request = tonic::Request::new(proto::RecordEventsRequest { events });
         auth::attach_token(request.metadata_mut(), &self.signer.mint_reusable(&service_caller));
@@ -476,9 +530,9 @@ impl Relay {
                 "ai-governance held back audit events: their tenant's log is damaged; they stay in the outbox"
             );
             let held: HashSet<String> = response.held_event_ids.into_iter().collect();
-            ids.retain(|id| !held.contains(id));
+            ids.retain(|id| !held.contains(*id));
             let mut kept = self.held.lock().expect("the held events are not poisoned");
-            kept.0.extend(held.iter().filter_map(|id| tenants.get(id).cloned()));
+            kept.0.extend(held.iter().filter_map(|id| tenants.get(id.as_str()).map(|tenant| (*tenant).to_owned())));
             kept.1.get_or_insert_with(std::time::Instant::now);
         }
         if ids.is_empty() {
@@ -488,7 +542,7 @@ impl Relay {
         let delete = format!("DELETE FROM audit_outbox WHERE event_id IN ({})", placeholders.join(", "));
         let mut query = sqlx::query(sqlx::AssertSqlSafe(delete));
         for id in &ids {
-            query = query.bind(id);
+            query = query.bind(*id);
         }
         self.database.execute_write(query).await?;
         metrics().shipped.with_label_values(&[self.service]).inc_by(ids.len() as u64);
@@ -504,6 +558,10 @@ impl Relay {
     /// Publishes the number of pending events and the age of the oldest.
     async fn report_lag(&self) {
         report_outbox_lag(&self.database, "audit_outbox", self.service).await;
+        let refused = sqlx::query("SELECT COUNT(*) FROM audit_outbox_refused").fetch_one(self.database.pool()).await;
+        if let Ok(row) = refused {
+            metrics().refused.with_label_values(&[self.service]).set(row.try_get::<i64, _>(0).unwrap_or(0) as f64);
+        }
     }
 }
 
@@ -634,6 +692,7 @@ struct RelayMetrics {
     oldest_age: GaugeVec,
     shipped: IntCounterVec,
     failures: IntCounterVec,
+    refused: GaugeVec,
 }
 
 fn metrics() -> &'static RelayMetrics {
@@ -663,12 +722,21 @@ fn metrics() -> &'static RelayMetrics {
                 &["service"],
             )
             .expect("valid metric"),
+            refused: GaugeVec::new(
+                Opts::new(
+                    "aigronova_outbox_refused_events",
+                    "Audit events ai-governance refused as invalid, set aside in audit_outbox_refused",
+                ),
+                &["service"],
+            )
+            .expect("valid metric"),
         };
         for collector in [
             Box::new(metrics.pending.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(metrics.oldest_age.clone()),
             Box::new(metrics.shipped.clone()),
             Box::new(metrics.failures.clone()),
+            Box::new(metrics.refused.clone()),
         ] {
             if let Err(error) = prometheus::register(collector) {
                 tracing::warn!(%error, "outbox metric not registered");
@@ -688,7 +756,9 @@ mod tests {
         let database = Database::connect(&url, &sqlx::migrate::Migrator::DEFAULT).await.unwrap();
         sqlx::raw_sql(
             "CREATE TABLE audit_outbox (event_id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, event TEXT NOT NULL, \
-             created_at TEXT NOT NULL)",
+             created_at TEXT NOT NULL); CREATE TABLE audit_outbox_refused (event_id TEXT PRIMARY KEY, \
+             tenant_id TEXT NOT NULL, event TEXT NOT NULL, created_at TEXT NOT NULL, refused_at TEXT NOT NULL, \
+             reason TEXT NOT NULL)",
         )
         .execute(database.pool())
         .await

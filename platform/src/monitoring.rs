@@ -57,20 +57,6 @@ impl Window {
             .collect();
         Self { start: Utc::now(), count: 0, errors: 0, latency: vec![0; LATENCY_BOUNDS_MS.len() + 1], features }
     }
-
-    fn merge(&mut self, other: Window) {
-        self.start = self.start.min(other.start);
-        self.count += other.count;
-        self.errors += other.errors;
-        for (mine, theirs) in self.latency.iter_mut().zip(other.latency) {
-            *mine += theirs;
-        }
-        for ((_, mine, _), (_, theirs, _)) in self.features.iter_mut().zip(other.features) {
-            for (a, b) in mine.iter_mut().zip(theirs) {
-                *a += b;
-            }
-        }
-    }
 }
 
 /// The bin of `value` among `edges` (the first and last edges bound the training range; values
@@ -119,20 +105,11 @@ impl InferenceMonitor {
         std::mem::take(&mut *self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
-    fn put_back(&self, taken: HashMap<Key, Window>) {
-        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (key, window) in taken {
-            match windows.get_mut(&key) {
-                Some(current) => current.merge(window),
-                None => {
-                    windows.insert(key, window);
-                }
-            }
-        }
-    }
-
     /// Reports the sums to ai-governance every `config.monitoring_interval_ms` until
-    /// `shutdown`, then once more; sums that could not be sent are kept for the next report.
+    /// `shutdown`, then once more. A report whose answer does not come is sent again as it was,
+    /// its windows' ids included, before the sums taken since (which wait meanwhile): ai-governance
+    /// records a window once by its id, so a report recorded although its answer was lost counts
+    /// once. A report ai-governance refuses for good is dropped, with an error logged.
     pub async fn run(self, config: RelayConfig, signer: TokenSigner, service: &'static str, shutdown: Shutdown) {
         let Some(url) = config.governance_url.clone() else { return };
         let client = match Endpoint::from_shared(url) {
@@ -146,25 +123,46 @@ impl InferenceMonitor {
         };
         let caller = Caller::service(service, RECORD_STATS_SCOPE);
         let interval = Duration::from_millis(config.monitoring_interval_ms);
+        let mut unsent: Option<Vec<proto::InferenceWindow>> = None;
         loop {
             let stopping = tokio::select! {
                 () = shutdown.clone().wait() => true,
                 () = tokio::time::sleep(interval) => false,
             };
-            let taken = self.take();
-            if !taken.is_empty() {
-                let end = Utc::now();
-                let windows = taken.iter().map(|(key, window)| window_message(service, key, window, end)).collect();
-                let mut request = tonic::Request::new(proto::RecordInferenceStatsRequest { windows });
+            let stopping_by = tokio::time::Instant::now() + crate::audit::STOPPING_GRACE;
+            for again in [true, false] {
+                let windows = if again {
+                    match unsent.take() {
+                        Some(windows) => windows,
+                        None => continue,
+                    }
+                } else {
+                    let taken = self.take();
+                    if taken.is_empty() {
+                        break;
+                    }
+                    let end = Utc::now();
+                    taken.iter().map(|(key, window)| window_message(service, key, window, end)).collect()
+                };
+                let mut request = tonic::Request::new(proto::RecordInferenceStatsRequest { windows: windows.clone() });
                 auth::attach_token(request.metadata_mut(), &signer.mint(&caller));
                 if stopping {
-                    request.set_timeout(crate::audit::STOPPING_GRACE);
+                    request.set_timeout(stopping_by.saturating_duration_since(tokio::time::Instant::now()));
                 }
-                // A report in flight runs its course: cut short, it could be recorded and then
-                // sent again, and counted twice.
-                if let Err(status) = client.clone().record_inference_stats(request).await {
-                    tracing::warn!(service, error = %status, "cannot send inference summaries; kept for the next try");
-                    self.put_back(taken);
+                // A report in flight runs its course, so that its answer tells whether to send it again.
+                match client.clone().record_inference_stats(request).await {
+                    Ok(_) => {}
+                    Err(status) if refused_for_good(status.code()) => tracing::error!(
+                        service,
+                        error = %status,
+                        windows = windows.len(),
+                        "ai-governance refused inference summaries; they are dropped"
+                    ),
+                    Err(status) => {
+                        tracing::warn!(service, error = %status, "cannot send inference summaries; sent again next time");
+                        unsent = Some(windows);
+                        break;
+                    }
                 }
             }
             if stopping {
@@ -172,6 +170,12 @@ impl InferenceMonitor {
             }
         }
     }
+}
+
+/// Whether ai-governance's answer `code` says a report would be refused however often it came.
+fn refused_for_good(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(code, Code::InvalidArgument | Code::PermissionDenied | Code::OutOfRange | Code::Unimplemented)
 }
 
 fn window_message(service: &str, key: &Key, window: &Window, end: DateTime<Utc>) -> proto::InferenceWindow {
@@ -195,6 +199,7 @@ fn window_message(service: &str, key: &Key, window: &Window, end: DateTime<Utc>)
                 expected_shares: shares.clone(),
             })
             .collect(),
+        window_id: uuid::Uuid::now_v7().to_string(),
     }
 }
 

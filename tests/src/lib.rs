@@ -288,6 +288,13 @@ impl TestApp {
         self.client.get(format!("{address}{path}")).bearer_auth(key).send().await.expect("request sent")
     }
 
+    /// The key the services sign their calls to ai-governance with.
+    pub fn service_signer(&self) -> TokenSigner {
+        let config = self.config.as_ref().expect("the whole platform runs");
+        let key = config.internal_auth.service_signing_key.as_deref().expect("a service signing key");
+        TokenSigner::from_base64(key).expect("the test's service signing key")
+    }
+
     /// Starts one more gateway on a free port, on the same database, services and settings as
     /// the first (as another replica of a deployment), and returns its address.
     pub async fn start_gateway_replica(&mut self) -> String {
@@ -466,6 +473,11 @@ impl TestApp {
     /// Runs `sql` on ai-governance's database directly, as someone with database access would.
     pub async fn execute_on_governance(&self, sql: &str) -> u64 {
         execute_on(&self.governance_database_url, sql).await
+    }
+
+    /// Runs `sql` on healthquantum's database directly, as someone with database access would.
+    pub async fn execute_on_health(&self, sql: &str) -> u64 {
+        execute_on(&self.health_database_url, sql).await
     }
 
     /// Runs `sql` on finquantum's database directly, as a row stored by an earlier release would be.

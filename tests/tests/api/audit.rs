@@ -1,6 +1,7 @@
 //! The verifiable audit log end to end: healthquantum's decisions and sensitive reads reach
 //! ai-governance through the outbox, once, even across an outage; the CLI verifier checks them
-//! against the signed checkpoint and finds a row edited in the database at its index.
+//! against the signed checkpoint and finds a row edited in the database at its index. Events
+//! ai-governance will never take are set aside and do not hold up the rest.
 
 use std::time::Duration;
 
@@ -746,4 +747,71 @@ async fn the_inventory_lists_the_models_the_services_registered() {
     assert!(text.contains(&format!("observed {observed}")), "{text}");
     assert!(text.contains("first seen 2026-11-30T12:00:00.000000Z"), "{text}");
     app.stop().await;
+}
+
+/// An outbox event ai-governance finds invalid and a row that is not an event at all, ahead of a
+/// good event: both are set aside with their reasons, the good one reaches the log, and the count
+/// set aside is a metric.
+async fn events_ai_governance_will_never_take_are_set_aside(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant_on("Hospital do Evento Recusado", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    let event = |id: &str, details: Value| {
+        json!({
+            "event_id": id, "tenant_id": tenant, "service": "healthquantum", "kind": "decision",
+            "action": "health.AssessRisk", "actor": "key-1", "subject": "patient:1", "details": details,
+            "occurred_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        })
+        .to_string()
+    };
+    let rows = [
+        (&ids[0], event(&ids[0], json!(["not", "an", "object"]))),
+        (&ids[1], "{\"event_id\": 7}".to_owned()),
+        (&ids[2], event(&ids[2], json!({"model": "breast-cancer"}))),
+    ];
+    let values: Vec<String> = rows
+        .iter()
+        .map(|(id, event)| format!("('{id}', '{tenant}', '{event}', '2026-01-01T00:00:00.000000Z')"))
+        .collect();
+    let sql = format!("INSERT INTO audit_outbox (event_id, tenant_id, event, created_at) VALUES {}", values.join(", "));
+    assert_eq!(app.execute_on_health(&sql).await, 3);
+
+    let logged = app.audited(&key, 1, |_| true).await;
+    let leaf: Value = serde_json::from_str(logged[0]["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!((&leaf["event_id"], &leaf["details"]["model"]), (&json!(ids[2]), &json!("breast-cancer")), "{leaf}");
+    wait_for_empty_outbox(&app).await;
+    assert_eq!(app.count_health_rows("audit_outbox_refused").await, 2);
+    sqlx::any::install_default_drivers();
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&app.health_database_url).await.unwrap();
+    let refused = sqlx::query("SELECT event_id, reason FROM audit_outbox_refused ORDER BY event_id")
+        .fetch_all(&mut connection)
+        .await
+        .unwrap();
+    let reasons: Vec<(String, String)> =
+        refused.iter().map(|row| (sqlx::Row::get::<String, _>(row, 0), sqlx::Row::get::<String, _>(row, 1))).collect();
+    assert_eq!((reasons[0].0.as_str(), reasons[1].0.as_str()), (ids[0].as_str(), ids[1].as_str()));
+    assert!(reasons[0].1.contains("detailsJson"), "{reasons:?}");
+    assert!(reasons[1].1.contains("not an audit event"), "{reasons:?}");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+        if metrics.lines().any(|line| line == r#"aigronova_outbox_refused_events{service="healthquantum"} 2"#) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no refused events in the metrics");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn events_ai_governance_will_never_take_are_set_aside_on_sqlite() {
+    events_ai_governance_will_never_take_are_set_aside(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn events_ai_governance_will_never_take_are_set_aside_on_postgres() {
+    events_ai_governance_will_never_take_are_set_aside(Backend::Postgres).await;
 }

@@ -2,13 +2,26 @@
 //! reports volumes, errors, latency and drift; inputs drawn like the training data keep PSI low,
 //! shifted inputs raise it above 0.25 and set the alert, in the API and as a metric. Drift is
 //! measured against each bin's training share from the manifest, so that features whose quantiles
-//! repeat (a two-valued `sex`, `s4`) neither alert on training-like inputs nor miss a shift.
+//! repeat (a two-valued `sex`, `s4`) neither alert on training-like inputs nor miss a shift. A
+//! report whose answer is lost is sent again under the same window ids and counted once.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use aigronova_cli::AppConfig;
-use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app_with};
+use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app, spawn_app_with};
+use aigronova_platform::{
+    Shutdown, audit::RelayConfig, config::InferenceConfig, inference::ModelRegistry, monitoring::InferenceMonitor,
+};
+use aigronova_proto::aigronova::governance::v1::{
+    self as proto,
+    monitoring_client::MonitoringClient,
+    monitoring_server::{Monitoring, MonitoringServer},
+};
 use serde_json::{Map, Value, json};
+use tonic::{Request, Response, Status, transport::Channel};
 
 const MONITORING: &str = "/v1/governance/monitoring/models/breast-cancer/versions/1";
 
@@ -229,4 +242,102 @@ async fn summaries_not_yet_reported_reach_ai_governance_when_the_platform_stops(
     let status = wait_for_calls(&app, &key, 3).await;
     assert_eq!(count(&status, "errorCount"), 0, "{status}");
     app.stop().await;
+}
+
+/// A link to ai-governance that passes reports on and loses the answer to the first: the report
+/// is recorded, and the service cannot tell. It keeps the window ids of every report it passed.
+#[derive(Clone)]
+struct LossyLink {
+    governance: MonitoringClient<Channel>,
+    reports: Arc<Mutex<Vec<Vec<String>>>>,
+}
+
+#[tonic::async_trait]
+impl Monitoring for LossyLink {
+    async fn record_inference_stats(
+        &self,
+        request: Request<proto::RecordInferenceStatsRequest>,
+    ) -> Result<Response<proto::RecordInferenceStatsResponse>, Status> {
+        let ids = request.get_ref().windows.iter().map(|window| window.window_id.clone()).collect();
+        let answer = self.governance.clone().record_inference_stats(request).await?;
+        let mut reports = self.reports.lock().unwrap();
+        reports.push(ids);
+        if reports.len() == 1 {
+            return Err(Status::unavailable("the connection dropped before the answer"));
+        }
+        Ok(answer)
+    }
+
+    async fn list_model_monitoring(
+        &self,
+        _: Request<proto::ListModelMonitoringRequest>,
+    ) -> Result<Response<proto::ListModelMonitoringResponse>, Status> {
+        Err(Status::unimplemented("reports only"))
+    }
+
+    async fn get_model_monitoring(
+        &self,
+        _: Request<proto::GetModelMonitoringRequest>,
+    ) -> Result<Response<proto::ModelMonitoring>, Status> {
+        Err(Status::unimplemented("reports only"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_whose_answer_was_lost_is_sent_again_under_its_ids_and_counted_once() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Clínica da Conexão Instável").await;
+    let key = app.create_key(&tenant, &["governance:read"]).await;
+    let governance = Channel::from_shared(format!("http://{}", app.grpc_addr("ai-governance"))).unwrap();
+    let link = LossyLink { governance: MonitoringClient::new(governance.connect_lazy()), reports: Arc::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let link_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MonitoringServer::new(link.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let config = InferenceConfig { models_dir: models_dir(), ..InferenceConfig::default() };
+    let model = ModelRegistry::load(&config, &["breast-cancer"]).unwrap().get("breast-cancer").unwrap();
+    let monitor = InferenceMonitor::default();
+    let call = || monitor.record(&tenant, &model, None, Duration::from_millis(3), true);
+    for _ in 0..7 {
+        call();
+    }
+    let relay = RelayConfig { governance_url: Some(link_url), monitoring_interval_ms: 100, ..RelayConfig::default() };
+    let shutdown = Shutdown::new();
+    let reporting = tokio::spawn(monitor.clone().run(relay, app.service_signer(), "healthquantum", shutdown.clone()));
+
+    let reports = |count: usize| {
+        let reports = link.reports.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let seen = reports.lock().unwrap().clone();
+                if seen.len() >= count {
+                    return seen;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{count} reports did not come: {seen:?}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let seen = reports(2).await;
+    assert_eq!(seen[0].len(), 1, "one window: {seen:?}");
+    assert!(uuid::Uuid::try_parse(&seen[0][0]).is_ok(), "{seen:?}");
+    assert_eq!(seen[1], seen[0], "the report is sent again under the same window ids");
+    wait_for_calls(&app, &key, 7).await;
+
+    // Calls made since go out in a new window, and the first is not counted again.
+    for _ in 0..3 {
+        call();
+    }
+    let seen = reports(3).await;
+    assert_ne!(seen[2], seen[0], "{seen:?}");
+    wait_for_calls(&app, &key, 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_calls(&app, &key, 10).await;
+    shutdown.trigger();
+    reporting.await.unwrap();
 }
