@@ -124,7 +124,25 @@ impl AuditEvent {
         id.clone_into(&mut self.event_id);
         self
     }
+}
 
+/// An outbox row as the relay ships it: the kind is taken as written, so that a relay of an
+/// earlier release ships the events of a later one (during a rolling upgrade) rather than
+/// setting aside a kind it does not know.
+#[derive(Debug, Deserialize)]
+struct OutboxEvent {
+    event_id: String,
+    tenant_id: String,
+    service: String,
+    kind: String,
+    action: String,
+    actor: String,
+    subject: String,
+    details: serde_json::Value,
+    occurred_at: String,
+}
+
+impl OutboxEvent {
     fn to_proto(&self) -> proto::AuditEvent {
         let occur_time = DateTime::parse_from_rfc3339(&self.occurred_at).ok().map(|at| prost_types::Timestamp {
             seconds: at.timestamp(),
@@ -134,7 +152,7 @@ impl AuditEvent {
             event_id: self.event_id.clone(),
             tenant_id: self.tenant_id.clone(),
             service: self.service.clone(),
-            kind: self.kind.as_str().to_owned(),
+            kind: self.kind.clone(),
             action: self.action.clone(),
             actor: self.actor.clone(),
             subject: self.subject.clone(),
@@ -424,8 +442,9 @@ impl Relay {
         held.0.clone()
     }
 
-    /// The oldest pending events, `batch_size` at most, but for those of `held` tenants.
-    async fn pending(&self, held: &HashSet<String>) -> Result<Vec<(String, AuditEvent)>, StoreError> {
+    /// The oldest pending events, `batch_size` at most, but for those of `held` tenants; rows that
+    /// are not audit events are set aside ([`Self::set_aside`]).
+    async fn pending(&self, held: &HashSet<String>) -> Result<Vec<(String, OutboxEvent)>, StoreError> {
         let not_held = if held.is_empty() {
             String::new()
         } else {
@@ -444,30 +463,48 @@ impl Relay {
             let json: String = row.try_get("event")?;
             match serde_json::from_str(&json) {
                 Ok(event) => pending.push((id, event)),
-                Err(error) => self.set_aside(&id, &format!("the outbox row is not an audit event: {error}")).await?,
+                // Where, not what: serde's message would quote the row's values.
+                Err(error) => {
+                    let reason = format!(
+                        "the outbox row is not an audit event ({:?} error at line {}, column {})",
+                        error.classify(),
+                        error.line(),
+                        error.column()
+                    );
+                    self.set_aside(&id, &reason).await?;
+                }
             }
         }
         Ok(pending)
     }
 
     /// Moves the outbox row `event_id`, which ai-governance will never take, to
-    /// `audit_outbox_refused` with `reason`, so that it does not hold up the events after it.
+    /// `audit_outbox_refused` with `reason`, so that it does not hold up the events after it. A row
+    /// another relay took meanwhile (shipped or set aside) is left as it is.
     async fn set_aside(&self, event_id: &str, reason: &str) -> Result<(), StoreError> {
         let mut transaction = self.database.begin_write().await?;
-        sqlx::query("DELETE FROM audit_outbox_refused WHERE event_id = $1")
+        let taken = sqlx::query("DELETE FROM audit_outbox WHERE event_id = $1 RETURNING tenant_id, event, created_at")
             .bind(event_id)
-            .execute(&mut *transaction)
+            .fetch_optional(&mut *transaction)
             .await?;
+        let Some(row) = taken else {
+            transaction.rollback().await?;
+            return Ok(());
+        };
         sqlx::query(
             "INSERT INTO audit_outbox_refused (event_id, tenant_id, event, created_at, refused_at, reason) \
-             SELECT event_id, tenant_id, event, created_at, $1, $2 FROM audit_outbox WHERE event_id = $3",
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO UPDATE SET tenant_id = excluded.tenant_id, \
+             event = excluded.event, created_at = excluded.created_at, refused_at = excluded.refused_at, \
+             reason = excluded.reason",
         )
+        .bind(event_id)
+        .bind(row.try_get::<String, _>("tenant_id")?)
+        .bind(row.try_get::<String, _>("event")?)
+        .bind(row.try_get::<String, _>("created_at")?)
         .bind(Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true))
         .bind(reason)
-        .bind(event_id)
         .execute(&mut *transaction)
         .await?;
-        sqlx::query("DELETE FROM audit_outbox WHERE event_id = $1").bind(event_id).execute(&mut *transaction).await?;
         transaction.commit().await?;
         tracing::error!(
             service = self.service,
@@ -479,40 +516,41 @@ impl Relay {
     }
 
     /// Sends the oldest pending events, but for those of tenants held back, and deletes the ones
-    /// acknowledged; how many left the outbox. When ai-governance finds the batch invalid, its
-    /// events are sent one by one and those it refuses are set aside ([`Self::set_aside`]).
+    /// acknowledged; how many left the outbox. A part of the batch ai-governance finds invalid is
+    /// sent again in halves, and an event it refuses alone is set aside ([`Self::set_aside`]).
     async fn ship_batch(&self, client: AuditLogClient<Channel>) -> Result<usize, RelayError> {
         let pending = self.pending(&self.held()).await?;
-        if pending.is_empty() {
-            return Ok(0);
-        }
-        // What ai-governance refuses as invalid it will refuse however often it comes.
-        let for_good = |status: &tonic::Status| status.code() == tonic::Code::InvalidArgument;
-        match self.ship(client.clone(), &pending).await {
-            Err(RelayError::Rejected(status)) if for_good(&status) => {
-                tracing::warn!(service = self.service, %status, "sending the batch's audit events one by one");
-                let mut gone = 0;
-                for one in pending.chunks(1) {
-                    match self.ship(client.clone(), one).await {
-                        Ok(shipped) => gone += shipped,
-                        Err(RelayError::Rejected(status)) if for_good(&status) => {
-                            self.set_aside(&one[0].0, status.message()).await?;
-                            gone += 1;
-                        }
-                        Err(error) => return Err(error),
+        let mut gone = 0;
+        // The parts still to send, the next on top.
+        let mut parts = vec![&pending[..]];
+        while let Some(part) = parts.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            match self.ship(client.clone(), part).await {
+                Ok(shipped) => gone += shipped,
+                // What ai-governance refuses as invalid it will refuse however often it comes.
+                Err(RelayError::Rejected(status)) if status.code() == tonic::Code::InvalidArgument => {
+                    if let [(event_id, _)] = part {
+                        self.set_aside(event_id, status.message()).await?;
+                        gone += 1;
+                    } else {
+                        tracing::warn!(service = self.service, %status, events = part.len(), "sending the events again in halves");
+                        let (first, second) = part.split_at(part.len() / 2);
+                        parts.extend([second, first]);
                     }
                 }
-                Ok(gone)
+                Err(error) => return Err(error),
             }
-            shipped => shipped,
         }
+        Ok(gone)
     }
 
     /// Sends `pending` and deletes the events acknowledged; how many.
     async fn ship(
         &self,
         mut client: AuditLogClient<Channel>,
-        pending: &[(String, AuditEvent)],
+        pending: &[(String, OutboxEvent)],
     ) -> Result<usize, RelayError> {
         let tenants: HashMap<&str, &str> =
             pending.iter().map(|(id, event)| (id.as_str(), event.tenant_id.as_str())).collect();
@@ -856,6 +894,66 @@ mod tests {
         assert_eq!(ids, [other.event_id.as_str()], "t1's 501 events left out");
     }
 
+    /// Two relays on one database setting the same event aside: the second finds it gone from the
+    /// outbox and leaves the first's row as it is.
+    #[tokio::test]
+    async fn an_event_set_aside_twice_is_kept_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = outbox_with_one_event(dir.path(), "aside-test").await;
+        let relay = Relay::new(database.clone(), "aside-test", RelayConfig::default(), TokenSigner::generate());
+        let (event_id, event) = relay.pending(&HashSet::new()).await.unwrap().pop().unwrap();
+        relay.set_aside(&event_id, "first reason").await.unwrap();
+        relay.set_aside(&event_id, "second reason").await.unwrap();
+        let count = |table: &'static str| {
+            let pool = database.pool().clone();
+            async move {
+                let sql = format!("SELECT COUNT(*) FROM {table}");
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).fetch_one(&pool).await.unwrap()
+            }
+        };
+        assert_eq!((count("audit_outbox").await, count("audit_outbox_refused").await), (0, 1));
+        let (reason, kept): (String, String) =
+            sqlx::query_as("SELECT reason, event FROM audit_outbox_refused WHERE event_id = $1")
+                .bind(&event_id)
+                .fetch_one(database.pool())
+                .await
+                .unwrap();
+        assert_eq!(reason, "first reason");
+        let kept: serde_json::Value = serde_json::from_str(&kept).unwrap();
+        assert_eq!(
+            (kept["event_id"].as_str(), kept["kind"].as_str()),
+            (Some(event_id.as_str()), Some(event.kind.as_str()))
+        );
+    }
+
+    /// A row whose kind this release does not know is shipped as written, not set aside: it may
+    /// come from a later release running beside this one.
+    #[tokio::test]
+    async fn a_row_of_an_unknown_kind_is_shipped_and_one_that_is_no_event_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = outbox_with_one_event(dir.path(), "kind-test").await;
+        sqlx::query("UPDATE audit_outbox SET event = REPLACE(event, '\"decision\"', '\"a_later_kind\"')")
+            .execute(database.pool())
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO audit_outbox (event_id, tenant_id, event, created_at) VALUES ('zz', 't1', '[1, 2]', '')",
+        )
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let relay = Relay::new(database.clone(), "kind-test", RelayConfig::default(), TokenSigner::generate());
+        let pending = relay.pending(&HashSet::new()).await.unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].1.to_proto().kind, "a_later_kind");
+        let reason: String = sqlx::query_scalar("SELECT reason FROM audit_outbox_refused WHERE event_id = 'zz'")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+        assert!(reason.starts_with("the outbox row is not an audit event"), "{reason}");
+        assert!(!reason.contains("[1"), "the row's content is not quoted: {reason}");
+    }
+
     #[test]
     fn relay_config_refuses_bad_values() {
         assert!(RelayConfig::default().validate().is_ok());
@@ -872,6 +970,6 @@ mod tests {
         assert_eq!(first.tenant_id, "t1");
         assert_eq!(first.actor, "key-1");
         assert!(first.event_id < second.event_id);
-        assert_eq!(first.to_proto().kind, "decision");
+        assert_eq!(serde_json::to_value(&first).unwrap()["kind"], "decision");
     }
 }

@@ -147,7 +147,11 @@ impl InferenceMonitor {
                 let mut request = tonic::Request::new(proto::RecordInferenceStatsRequest { windows: windows.clone() });
                 auth::attach_token(request.metadata_mut(), &signer.mint(&caller));
                 if stopping {
-                    request.set_timeout(stopping_by.saturating_duration_since(tokio::time::Instant::now()));
+                    let left = stopping_by.saturating_duration_since(tokio::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    request.set_timeout(left);
                 }
                 // A report in flight runs its course, so that its answer tells whether to send it again.
                 match client.clone().record_inference_stats(request).await {
@@ -161,7 +165,10 @@ impl InferenceMonitor {
                     Err(status) => {
                         tracing::warn!(service, error = %status, "cannot send inference summaries; sent again next time");
                         unsent = Some(windows);
-                        break;
+                        // Stopping, the sums taken since are tried all the same: there is no next time.
+                        if !stopping {
+                            break;
+                        }
                     }
                 }
             }
@@ -175,7 +182,7 @@ impl InferenceMonitor {
 /// Whether ai-governance's answer `code` says a report would be refused however often it came.
 fn refused_for_good(code: tonic::Code) -> bool {
     use tonic::Code;
-    matches!(code, Code::InvalidArgument | Code::PermissionDenied | Code::OutOfRange | Code::Unimplemented)
+    matches!(code, Code::InvalidArgument | Code::PermissionDenied)
 }
 
 fn window_message(service: &str, key: &Key, window: &Window, end: DateTime<Utc>) -> proto::InferenceWindow {

@@ -340,4 +340,5 @@ async fn a_report_whose_answer_was_lost_is_sent_again_under_its_ids_and_counted_
     wait_for_calls(&app, &key, 10).await;
     shutdown.trigger();
     reporting.await.unwrap();
+    app.stop().await;
 }
