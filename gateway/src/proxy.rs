@@ -428,6 +428,7 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
     let preflight = crate::cors::is_preflight(&request);
+    let http1 = request.version() < axum::http::Version::HTTP_2;
     let cacheable_path = CACHEABLE_PATHS.contains(&path.as_str());
     let info = request_id::RequestInfo { id, path, principal: Arc::default() };
     let panicked = info.clone();
@@ -443,11 +444,17 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     let mut response = handled
         .await
         .unwrap_or_else(|| request_id::CURRENT.sync_scope(panicked, || Problem::internal().into_response()));
+    let status = response.status();
     let headers = response.headers_mut();
     headers.insert(request_id::HEADER, id_value);
     // Answers are the media type they say: a browser does not guess another (an uploaded
     // image, a report).
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // A body given up on (too slow, too large) is not read to its end: the connection closes
+    // after the answer, and the answer says so (RFC 9110 section 15.5.9).
+    if http1 && matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE) {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     // Neither a browser nor a shared cache keeps personal data or a key shown once; an answer
     // that says how it may be cached (a service's raw body) keeps its own word. The CORS layer's
     // answer to a preflight holds nothing, and browsers keep it for its `Access-Control-Max-Age`;

@@ -191,9 +191,14 @@ fn unsupported_media_type(detail: String) -> Problem {
     problem
 }
 
-/// The 400 for a raw body sent without its media type.
-fn no_media_type() -> Problem {
-    Problem::invalid_field("Content-Type", "send the body's media type in Content-Type")
+/// The 415 for a raw body sent without its media type: no media type is none the route reads.
+fn no_media_type(accepted: &[String]) -> Problem {
+    let detail = if accepted.is_empty() {
+        "send the body's media type in Content-Type".to_owned()
+    } else {
+        format!("send the body's media type in Content-Type: {}", accepted.join(", "))
+    };
+    unsupported_media_type(detail)
 }
 
 /// Whether `route` takes its body raw (a `google.api.HttpBody`) with `content_type`: it must name
@@ -204,9 +209,10 @@ pub(crate) fn check_raw_media_type(route: &Route, content_type: Option<&str>) ->
     if !route.raw_body {
         return Ok(());
     }
-    let content_type = content_type.map(str::trim).filter(|value| !value.is_empty()).ok_or_else(no_media_type)?;
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     let accepted = &route.request_media_types;
+    let content_type =
+        content_type.map(str::trim).filter(|value| !value.is_empty()).ok_or_else(|| no_media_type(accepted))?;
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if !accepted.is_empty() && !accepted.contains(&essence) {
         return Err(unsupported_media_type(format!(
             "{essence} is not a media type this route reads; send {}",
@@ -222,7 +228,8 @@ fn raw_body(
     body: &[u8],
     content_type: Option<&str>,
 ) -> Result<DynamicMessage, Problem> {
-    let content_type = content_type.map(str::trim).filter(|value| !value.is_empty()).ok_or_else(no_media_type)?;
+    let content_type =
+        content_type.map(str::trim).filter(|value| !value.is_empty()).ok_or_else(|| no_media_type(&[]))?;
     let mut message = DynamicMessage::new(descriptor.clone());
     message.set_field_by_name("content_type", Value::String(content_type.to_owned()));
     message.set_field_by_name("data", Value::Bytes(bytes::Bytes::copy_from_slice(body)));

@@ -685,14 +685,15 @@ fn name_prefix_filter(prefix: &str) -> Result<&str, aigronova_platform::Error> {
     if !prefix.is_empty() && prefix.trim().is_empty() {
         return Err(refused("is blank: send the start of a name, or leave namePrefix out".to_owned()));
     }
+    // Wherever it is, a tab or a line break is no part of a name, at the ends as much as within.
+    if prefix.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
+        return Err(refused("must not contain control characters, which no name holds".to_owned()));
+    }
     let prefix = prefix.trim_start();
-    // Spaces at its end end a word (a tab too): not counted, nor taken for control characters.
+    // Spaces at its end end a word: not counted.
     let words = prefix.trim_end();
     if words.chars().count() > PatientName::MAX_CHARS {
         return Err(refused(format!("must be at most {} characters, as a name is", PatientName::MAX_CHARS)));
-    }
-    if words.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')) {
-        return Err(refused("must not contain control characters, which no name holds".to_owned()));
     }
     if words.chars().any(aigronova_platform::text::is_bidi_control) {
         return Err(refused("must not contain bidirectional overrides, which no name holds".to_owned()));

@@ -38,8 +38,8 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: Optio
     );
 
     pdf.heading("Dados de entrada / Inputs");
-    for (feature, value) in &assessment.features {
-        pdf.field(feature, &input_value(*value));
+    for (feature, value) in inputs_in_model_order(assessment, manifest) {
+        pdf.field(feature, &input_value(value));
     }
 
     pdf.heading("Modelo / Model card");
@@ -61,6 +61,19 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: Optio
          the responsible health professional.",
     );
     pdf.to_bytes()
+}
+
+/// The inputs of `assessment` in the model's order, as its card and scikit-learn list the features;
+/// by name without the card, and after the card's those it does not name.
+fn inputs_in_model_order<'a>(assessment: &'a Assessment, manifest: Option<&Manifest>) -> Vec<(&'a str, f64)> {
+    let mut inputs: Vec<(&str, f64)> =
+        assessment.features.iter().map(|(name, value)| (name.as_str(), *value)).collect();
+    if let Some(manifest) = manifest {
+        let place =
+            |name: &str| manifest.features.iter().position(|feature| feature.name == name).unwrap_or(usize::MAX);
+        inputs.sort_by_key(|(name, _)| place(name));
+    }
+    inputs
 }
 
 /// The summary of a model card: what the model is, its data, metrics, use and limits, its file's digest.

@@ -104,7 +104,18 @@ async fn patient_lifecycle(backend: Backend) {
     let long = "a".repeat(201);
     // So is one of only what names are searched without (an accent, a zero-width space), which
     // would otherwise select every patient.
-    for prefix in ["a%00b", "%E2%80%AEa", long.as_str(), "%E2%80%8B", "%CC%81", "%EF%BB%BF%C2%AD"] {
+    // A tab or a line break, at an end as much as within.
+    for prefix in [
+        "a%00b",
+        "ana%0A",
+        "%09ana",
+        "ana%C2%85",
+        "%E2%80%AEa",
+        long.as_str(),
+        "%E2%80%8B",
+        "%CC%81",
+        "%EF%BB%BF%C2%AD",
+    ] {
         let problem =
             assert_problem(app.get(&format!("/v1/health/patients?namePrefix={prefix}"), &key).await, 400).await;
         assert_eq!(problem["field"], "namePrefix", "{prefix}");
@@ -434,6 +445,11 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     }
     assert!(!text.contains("52998224725"), "the CPF is masked");
     assert!(!text.contains("111.0000"), "counts are whole numbers: {text}");
+    // The inputs in scikit-learn's order, as the model card lists them.
+    let inputs = &text[text.find("Dados de entrada").unwrap()..text.find("Modelo / Model card").unwrap()];
+    let places: Vec<usize> =
+        ["age", "sex", "bmi", "bp", "s1", "s6"].iter().map(|name| inputs.find(&format!("{name}:")).unwrap()).collect();
+    assert!(places.is_sorted(), "{inputs}");
     let stored = app.data_dir().join(format!("healthquantum-objects/reports/{tenant}/{id}.pdf"));
     // Kept sealed with the tenant's data key: the name and birth date it prints are not on disk.
     let kept = std::fs::read(&stored).expect("the report is kept");
@@ -907,19 +923,24 @@ async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_ref
         ("image/png", with_zip(&picture), "body", "starts as image/png but it ends with a ZIP archive"),
         ("image/jpeg", with_zip(&photo), "body", "starts as image/jpeg but it ends with a ZIP archive"),
         ("application/octet-stream", with_zip(&picture), "body", "ends with a ZIP archive"),
-        ("", picture.clone(), "Content-Type", "send the body's media type in Content-Type"),
     ];
     for (content_type, bytes, field, detail) in refused {
         let problem = assert_problem(upload(&app, &key, &patient, content_type, bytes).await, 400).await;
         assert_eq!(problem["field"], field, "{content_type}: {problem}");
         assert!(problem["detail"].as_str().unwrap().contains(detail), "{content_type}: {problem}");
     }
-    // A type the route does not read is 415, as on JSON routes, and names the types it reads.
-    for content_type in ["text/plain", "application/json", "multipart/form-data; boundary=x", "image/*"] {
+    // A type the route does not read is 415, as on JSON routes, and names the types it reads; so
+    // is no type at all.
+    for content_type in ["text/plain", "application/json", "multipart/form-data; boundary=x", "image/*", ""] {
         let problem = assert_problem(upload(&app, &key, &patient, content_type, picture.clone()).await, 415).await;
         assert_eq!(problem["field"], "Content-Type", "{content_type}: {problem}");
         let detail = problem["detail"].as_str().unwrap();
-        assert!(detail.contains("is not a media type this route reads; send image/png"), "{detail}");
+        let named = if content_type.is_empty() {
+            "send the body's media type in Content-Type: image/png"
+        } else {
+            "is not a media type this route reads; send image/png"
+        };
+        assert!(detail.contains(named), "{detail}");
     }
     // Told before the body is read: an upload of another type is refused at its head.
     {

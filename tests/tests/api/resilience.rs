@@ -321,6 +321,7 @@ async fn a_10_mb_compressed_bomb_under_a_1_mb_limit_is_refused_with_413_after_in
             let key = if path.starts_with("/v1/admin") { app.admin_key.clone() } else { key.clone() };
             let before = metric(&app, INFLATED_TOO_LARGE).await;
             let response = post_encoded(&app, &path, &key, coding, bomb.clone()).await;
+            assert_eq!(response.headers()["connection"], "close", "{coding} {path}: the body was given up on");
             let problem = assert_problem(response, 413).await;
             assert!(problem["detail"].as_str().unwrap().contains("1048576"), "{problem}");
             let decoded = metric(&app, INFLATED_TOO_LARGE).await - before;
@@ -915,6 +916,7 @@ async fn a_body_that_stops_arriving_is_408_and_no_tenant_holds_more_than_its_sha
             .unwrap();
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{answer}");
         assert!(answer.contains("no part of the request body arrived for 3 s"), "{answer}");
     }
     assert_eq!(app.get("/v1/health/patients/p-1", &key).await.status(), 200, "the tenant's slots are back");
