@@ -858,38 +858,49 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_service_records_the_windows_of_its_own_models_only() {
-        use aigronova_platform::{auth::FromService, storage::Database};
-        use proto::monitoring_server::Monitoring;
+    /// A monitoring API on an embedded database in `dir`.
+    async fn monitoring_api(dir: &std::path::Path) -> MonitoringApi {
+        let url = format!("sqlite://{}", dir.join("governance.db").display());
+        let database = aigronova_platform::storage::Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        MonitoringApi::new(MonitoringStore::new(database.clone()), Inventory::new(database))
+    }
 
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
-        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
-        let api = MonitoringApi::new(MonitoringStore::new(database.clone()), Inventory::new(database));
+    /// A window of `count` calls to tenant `t`'s breast-cancer model in the last minute.
+    fn window_of(service: &str, count: u64, window_id: &str) -> proto::InferenceWindow {
         let now = chrono::Utc::now().timestamp();
-        let window = |service: &str| proto::InferenceWindow {
+        proto::InferenceWindow {
             tenant_id: "t".into(),
             service: service.into(),
             model: "breast-cancer".into(),
             version: "1".into(),
             start_time: Some(prost_types::Timestamp { seconds: now - 60, nanos: 0 }),
             end_time: Some(prost_types::Timestamp { seconds: now, nanos: 0 }),
-            count: 3,
+            count,
             errors: 0,
-            latency_buckets: vec![3],
+            latency_buckets: vec![count],
             latency_bounds_ms: Vec::new(),
             features: Vec::new(),
-            window_id: String::new(),
-        };
-        let from = |service: &str, windows| {
-            let mut request = Request::new(proto::RecordInferenceStatsRequest { windows });
-            request.extensions_mut().insert(Caller::service(service, RECORD_STATS_SCOPE));
-            request.extensions_mut().insert(FromService);
-            request
-        };
+            window_id: window_id.into(),
+        }
+    }
+
+    /// A report of `windows` by `service`, as its verified token makes it.
+    fn report_by(service: &str, windows: Vec<proto::InferenceWindow>) -> Request<proto::RecordInferenceStatsRequest> {
+        let mut request = Request::new(proto::RecordInferenceStatsRequest { windows });
+        request.extensions_mut().insert(Caller::service(service, RECORD_STATS_SCOPE));
+        request.extensions_mut().insert(aigronova_platform::auth::FromService);
+        request
+    }
+
+    #[tokio::test]
+    async fn a_service_records_the_windows_of_its_own_models_only() {
+        use proto::monitoring_server::Monitoring;
+
+        let dir = tempfile::tempdir().unwrap();
+        let api = monitoring_api(dir.path()).await;
+        let window = |service: &str| window_of(service, 3, "");
         let refused = api
-            .record_inference_stats(from("finquantum", vec![window("finquantum"), window("healthquantum")]))
+            .record_inference_stats(report_by("finquantum", vec![window("finquantum"), window("healthquantum")]))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
@@ -897,7 +908,7 @@ mod tests {
         let held = api.store.statuses("t", chrono::Duration::hours(1)).await.unwrap();
         assert!(held.is_empty(), "a refused call records none of its windows: {held:?}");
 
-        api.record_inference_stats(from("healthquantum", vec![window("healthquantum")])).await.unwrap();
+        api.record_inference_stats(report_by("healthquantum", vec![window("healthquantum")])).await.unwrap();
         let held = api.store.statuses("t", chrono::Duration::hours(1)).await.unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].calls, 3);
@@ -906,34 +917,12 @@ mod tests {
     /// A report sent again because its answer was lost records each of its windows once.
     #[tokio::test]
     async fn a_window_sent_again_under_its_id_is_recorded_once() {
-        use aigronova_platform::{auth::FromService, storage::Database};
         use proto::monitoring_server::Monitoring;
 
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
-        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
-        let api = MonitoringApi::new(MonitoringStore::new(database.clone()), Inventory::new(database));
-        let now = chrono::Utc::now().timestamp();
-        let window = |window_id: &str| proto::InferenceWindow {
-            tenant_id: "t".into(),
-            service: "healthquantum".into(),
-            model: "breast-cancer".into(),
-            version: "1".into(),
-            start_time: Some(prost_types::Timestamp { seconds: now - 60, nanos: 0 }),
-            end_time: Some(prost_types::Timestamp { seconds: now, nanos: 0 }),
-            count: 5,
-            errors: 0,
-            latency_buckets: vec![5],
-            latency_bounds_ms: Vec::new(),
-            features: Vec::new(),
-            window_id: window_id.into(),
-        };
-        let send = |windows| {
-            let mut request = Request::new(proto::RecordInferenceStatsRequest { windows });
-            request.extensions_mut().insert(Caller::service("healthquantum", RECORD_STATS_SCOPE));
-            request.extensions_mut().insert(FromService);
-            api.record_inference_stats(request)
-        };
+        let api = monitoring_api(dir.path()).await;
+        let window = |window_id: &str| window_of("healthquantum", 5, window_id);
+        let send = |windows| api.record_inference_stats(report_by("healthquantum", windows));
         let calls = || async { api.store.statuses("t", chrono::Duration::hours(1)).await.unwrap()[0].calls };
         let (first, second) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
 
