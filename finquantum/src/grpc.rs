@@ -13,6 +13,7 @@ use aigronova_platform::{
     audit::{self, AuditEvent, EventKind, OutboxWaker},
     auth::{self, Caller},
     cpf::Cpf,
+    crypto::TenantCipher,
     error::internal,
     grpc::Page,
     inference::{InferenceError, Model, ModelRegistry},
@@ -65,6 +66,26 @@ impl FinQuantumApi {
         retention: std::time::Duration,
     ) -> Self {
         Self { store, models, outbox, monitor, client, institutions: Arc::new(institutions), retention }
+    }
+
+    /// The page of a customer's list `page_token` asks for; a token that is not the list's is a
+    /// 400 only once the customer is found: a customer the tenant does not have is a 404 first.
+    async fn page_of<'a>(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        page_size: i32,
+        page_token: &'a str,
+        filter: &str,
+        cipher: &TenantCipher,
+    ) -> Result<Page<'a>, Error> {
+        match Page::of(page_size, page_token, filter, cipher) {
+            Ok(page) => Ok(page),
+            Err(refused) => {
+                self.store.customer_exists(tenant_id, customer_id).await?;
+                Err(refused)
+            }
+        }
     }
 
     pub(crate) fn outbox(&self) -> OutboxWaker {
@@ -426,25 +447,29 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let caller = auth::caller(&request)?.clone();
         let proto::ScoreCreditRequest { cpf, applicant } = request.into_inner();
         let cpf = Cpf::parse(&cpf)?;
-        let applicant = applicant.ok_or_else(|| Error::invalid("applicant", "is required"))?;
-        let applicant = Applicant::parse(&DeclaredFields {
-            duration_months: applicant.duration_months,
-            credit_amount: applicant.credit_amount,
-            age: applicant.age,
-            existing_credits: applicant.existing_credits,
-            dependents: applicant.dependents,
-            employment_years: applicant.employment_years,
-            credit_history: &applicant.credit_history,
-            housing: &applicant.housing,
-            purpose: &applicant.purpose,
-            monthly_income: applicant.monthly_income,
-        })
-        .inspect_err(|_| {
-            // Declared data the model cannot take is a refused input, as a feature out of range is.
-            if let Ok(model) = self.models.get(scoring::MODEL) {
-                self.monitor.record(&caller.tenant_id, &model, None, Duration::ZERO, false);
-            }
-        })?;
+        let applicant = applicant
+            .ok_or_else(|| Error::invalid("applicant", "is required"))
+            .and_then(|applicant| {
+                Applicant::parse(&DeclaredFields {
+                    duration_months: applicant.duration_months,
+                    credit_amount: applicant.credit_amount,
+                    age: applicant.age,
+                    existing_credits: applicant.existing_credits,
+                    dependents: applicant.dependents,
+                    employment_years: applicant.employment_years,
+                    credit_history: &applicant.credit_history,
+                    housing: &applicant.housing,
+                    purpose: &applicant.purpose,
+                    monthly_income: applicant.monthly_income,
+                })
+            })
+            .inspect_err(|_| {
+                // Declared data the model cannot take (none at all included) is a refused input, as a
+                // feature out of range is.
+                if let Ok(model) = self.models.get(scoring::MODEL) {
+                    self.monitor.record(&caller.tenant_id, &model, None, Duration::ZERO, false);
+                }
+            })?;
         let needed = [ACCOUNTS_READ, ACCOUNTS_BALANCES_READ, ACCOUNTS_TRANSACTIONS_READ];
         let now = Utc::now();
         // A CPF never consented is refused as one whose consents are all gone: the same permission named.
@@ -541,7 +566,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let customer_id = parse_id("customerId", customer_id)?;
         let cipher = self.store.cipher(&caller.tenant_id).await?;
         let filter = format!("consents\u{0}{customer_id}");
-        let page = Page::of(*page_size, page_token, &filter, &cipher)?;
+        let page = self.page_of(&caller.tenant_id, &customer_id, *page_size, page_token, &filter, &cipher).await?;
         let (consents, next) = self.store.consents_page(&caller.tenant_id, &customer_id, page).await?;
         Ok(Response::new(proto::ListConsentsResponse {
             consents: consents.iter().map(consent_message).collect(),
@@ -558,7 +583,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let customer_id = parse_id("customerId", customer_id)?;
         let cipher = self.store.cipher(&caller.tenant_id).await?;
         let filter = format!("credit-scores\u{0}{customer_id}");
-        let page = Page::of(*page_size, page_token, &filter, &cipher)?;
+        let page = self.page_of(&caller.tenant_id, &customer_id, *page_size, page_token, &filter, &cipher).await?;
         // One read of the customer's data for the page, naming the decisions and what they showed.
         let read = |scores: &[StoredScore]| {
             let ids: Vec<&str> = scores.iter().map(|score| score.id.as_str()).collect();

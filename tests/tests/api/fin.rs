@@ -1144,6 +1144,10 @@ async fn a_customers_consents_and_scores_are_listed_a_page_at_a_time(backend: Ba
     for list in ["consents", "credit-scores"] {
         let path = format!("/v1/fin/customers/{customer}/{list}");
         assert_problem(app.get(&path, &stranger).await, 404).await;
+        // Whatever the token: the customer is looked for first.
+        for query in [format!("pageToken={token}"), "pageToken=nope".to_owned(), "pageSize=101".to_owned()] {
+            assert_problem(app.get(&format!("{path}?{query}"), &stranger).await, 404).await;
+        }
         let unknown = format!("/v1/fin/customers/{}/{list}", uuid::Uuid::now_v7());
         assert_problem(app.get(&unknown, &key).await, 404).await;
         for (query, field) in [("pageToken=nope", "pageToken"), ("pageSize=101", "pageSize")] {

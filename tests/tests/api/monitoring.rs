@@ -342,3 +342,27 @@ async fn a_report_whose_answer_was_lost_is_sent_again_under_its_ids_and_counted_
     reporting.await.unwrap();
     app.stop().await;
 }
+
+/// A credit score refused for its declared data, none at all included, is a call of the model
+/// that produced no score.
+#[tokio::test]
+async fn credit_applicants_refused_for_their_declared_data_count_as_errors() {
+    let app = spawn_app_with(Backend::Sqlite, |config: &mut AppConfig| {
+        config.audit.monitoring_interval_ms = 200;
+    })
+    .await;
+    let tenant = app.create_tenant("Financeira Monitorada").await;
+    let key = app.create_key(&tenant, &["fin:write", "governance:read"]).await;
+    let path = models_dir().join("credit-risk/1/reference.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("reference.json")).unwrap();
+    let mut minor = aigronova_e2e::credit::applicant_for(&reference["rows"][0]["features"]);
+    minor["age"] = json!(17);
+    let cpf = aigronova_e2e::credit::cpf(111_444_777);
+    for body in [json!({"cpf": cpf}), json!({"cpf": cpf, "applicant": minor})] {
+        let response = app.post("/v1/fin/credit-scores", &key, &body).await;
+        assert_eq!(response.status(), 400, "{body}");
+    }
+    let status = wait_for_calls_of(&app, &key, "/v1/governance/monitoring/models/credit-risk/versions/1", 2).await;
+    assert_eq!(count(&status, "errorCount"), 2, "{status}");
+    app.stop().await;
+}
