@@ -201,6 +201,10 @@ impl FinQuantumService {
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the finquantum models")?;
         let words = scoring::ReasonWords::new(models.get(scoring::MODEL)?.manifest());
         let store = Store::new(database.clone(), keys, words);
+        let sealed = store.seal_clear_names().await.context("cannot seal the transaction names stored in clear")?;
+        if sealed > 0 {
+            tracing::info!(transactions = sealed, "transaction names stored in clear were sealed");
+        }
         let cache = match &config.redis_url {
             Some(url) => ResponseCache::redis(url, &config.redis_key_prefix)
                 .await

@@ -161,6 +161,45 @@ impl Store {
         &self.words
     }
 
+    /// Seals the transaction names an earlier version stored in clear (a bank's words, which may
+    /// name people and hold their CPFs); how many it sealed.
+    pub(crate) async fn seal_clear_names(&self) -> Result<usize, Error> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, customer_id, institution, account_id, transaction_id, name FROM transactions \
+             WHERE name NOT LIKE 'v1:%'",
+        )
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let mut sealed = 0;
+        for row in &rows {
+            let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
+            let (tenant_id, customer_id, institution) =
+                (text("tenant_id")?, text("customer_id")?, text("institution")?);
+            let (account_id, transaction_id, name) = (text("account_id")?, text("transaction_id")?, text("name")?);
+            let cipher = self.keys.cipher(&tenant_id).await?;
+            let context = name_context(&tenant_id, &customer_id, &institution, &account_id);
+            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
+            let updated = sqlx::query(
+                "UPDATE transactions SET name = $1 WHERE tenant_id = $2 AND customer_id = $3 AND institution = $4 \
+                 AND account_id = $5 AND transaction_id = $6 AND name = $7",
+            )
+            .bind(cipher.seal(&context, &name))
+            .bind(&tenant_id)
+            .bind(&customer_id)
+            .bind(&institution)
+            .bind(&account_id)
+            .bind(&transaction_id)
+            .bind(&name)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+            transaction.commit().await.map_err(StoreError::from)?;
+            sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
+        }
+        Ok(sealed)
+    }
+
     /// The cipher of `tenant_id`'s data key.
     pub(crate) async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
         Ok(self.keys.cipher(tenant_id).await?)
@@ -481,7 +520,7 @@ impl Store {
             .bind(&item.transaction_id)
             .bind(i64::from(item.credit_debit_type == "CREDITO"))
             .bind(&item.kind)
-            .bind(&name)
+            .bind(cipher.seal(&name_context(tenant_id, &consent.customer_id, &consent.institution, account_id), &name))
             .bind(amount)
             .bind(&item.transaction_amount.currency)
             .bind(time::stored(booked_at))
@@ -492,19 +531,35 @@ impl Store {
             inserted += result.rows_affected();
             if result.rows_affected() == 0 {
                 // Stored before: its name as masked now, should an earlier masking have missed a card.
-                sqlx::query(
-                    "UPDATE transactions SET name = $6 WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
-                     AND account_id = $4 AND transaction_id = $5 AND name <> $6",
+                let context = name_context(tenant_id, &consent.customer_id, &consent.institution, account_id);
+                let stored: Option<String> = sqlx::query_scalar(
+                    "SELECT name FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+                     AND account_id = $4 AND transaction_id = $5",
                 )
                 .bind(tenant_id)
                 .bind(&consent.customer_id)
                 .bind(&consent.institution)
                 .bind(account_id)
                 .bind(&item.transaction_id)
-                .bind(&name)
-                .execute(&mut *transaction)
+                .fetch_optional(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
+                let current = stored.as_deref().map(|stored| open_name(&cipher, &context, stored)).transpose()?;
+                if current.is_some_and(|current| current != name) {
+                    sqlx::query(
+                        "UPDATE transactions SET name = $6 WHERE tenant_id = $1 AND customer_id = $2 \
+                         AND institution = $3 AND account_id = $4 AND transaction_id = $5",
+                    )
+                    .bind(tenant_id)
+                    .bind(&consent.customer_id)
+                    .bind(&consent.institution)
+                    .bind(account_id)
+                    .bind(&item.transaction_id)
+                    .bind(cipher.seal(&context, &name))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::from)?;
+                }
             }
         }
         if !kept.is_empty() {
@@ -515,7 +570,7 @@ impl Store {
                 }));
         }
         for account in &stored {
-            summarize_account(&mut transaction, tenant_id, &consent.customer_id, account).await?;
+            summarize_account(&mut transaction, &cipher, tenant_id, &consent.customer_id, account).await?;
         }
         // The later of two ingestions that ran at once, whichever stores last (times stored
         // in one fixed-width form compare as text).
@@ -561,6 +616,7 @@ impl Store {
         since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
         read: Option<&AuditEvent>,
     ) -> Result<HeldData, Error> {
+        let cipher = self.keys.cipher(tenant_id).await?;
         // A read shown to a caller commits with its audit event.
         let mut transaction = match read {
             Some(_) => self.database.begin_tenant_snapshot(tenant_id).await?,
@@ -569,7 +625,8 @@ impl Store {
         // `since` sees the accounts the caller may use: an unusable one's older balance reads
         // nothing further back.
         let visible = |accounts: &[StoredAccount]| since(&visible_accounts(accounts.to_vec(), usable));
-        let (accounts, transactions) = read_accounts(&mut transaction, tenant_id, customer_id, visible).await?;
+        let (accounts, transactions) =
+            read_accounts(&mut transaction, &cipher, tenant_id, customer_id, visible).await?;
         if let Some(event) = read {
             audit::enqueue(&mut transaction, event).await?;
         }
@@ -1207,13 +1264,14 @@ async fn read_accounts_only(
 /// transactions of the window before it.
 async fn summarize_account(
     connection: &mut sqlx::AnyConnection,
+    cipher: &TenantCipher,
     tenant_id: &str,
     customer_id: &str,
     account: &StoredAccount,
 ) -> Result<(), StoreError> {
     // Without a balance there is nothing to summarise, and no summary of an earlier one is kept.
     let summary = match account.balance_at {
-        Some(at) => summary_of(connection, tenant_id, customer_id, account, at).await?,
+        Some(at) => summary_of(connection, cipher, tenant_id, customer_id, account, at).await?,
         None => None,
     };
     sqlx::query(
@@ -1233,6 +1291,7 @@ async fn summarize_account(
 /// The summary of `account` over the window before its balance at `at`, as stored JSON.
 async fn summary_of(
     connection: &mut sqlx::AnyConnection,
+    cipher: &TenantCipher,
     tenant_id: &str,
     customer_id: &str,
     account: &StoredAccount,
@@ -1251,7 +1310,8 @@ async fn summary_of(
     .bind(time::stored(at - chrono::Duration::days(WINDOW_DAYS)))
     .fetch_all(&mut *connection)
     .await?;
-    let transactions = rows.iter().map(transaction_of).collect::<Result<Vec<_>, _>>()?;
+    let transactions =
+        rows.iter().map(|row| transaction_of(row, cipher, tenant_id, customer_id)).collect::<Result<Vec<_>, _>>()?;
     AccountSummary::of(account, &transactions)
         .map(|summary| serde_json::to_string(&summary).map_err(|error| StoreError::Corrupt(error.to_string())))
         .transpose()
@@ -1261,6 +1321,7 @@ async fn summary_of(
 /// of them when it is `None`). Stored times sort as text, so the bound is a text comparison.
 async fn read_accounts(
     connection: &mut sqlx::AnyConnection,
+    cipher: &TenantCipher,
     tenant_id: &str,
     customer_id: &str,
     since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
@@ -1280,7 +1341,8 @@ async fn read_accounts(
     .bind(since)
     .fetch_all(&mut *connection)
     .await?;
-    let transactions = rows.iter().map(transaction_of).collect::<Result<Vec<_>, _>>()?;
+    let transactions =
+        rows.iter().map(|row| transaction_of(row, cipher, tenant_id, customer_id)).collect::<Result<Vec<_>, _>>()?;
     Ok((accounts, transactions))
 }
 
@@ -1422,14 +1484,39 @@ fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
     })
 }
 
-fn transaction_of(row: &AnyRow) -> Result<StoredTransaction, StoreError> {
+/// What a transaction's name is sealed for: its tenant, customer and account. (Not its id, which
+/// an id holding a card number changes for, see `rename_card_ids`.)
+fn name_context(tenant_id: &str, customer_id: &str, institution: &str, account_id: &str) -> String {
+    format!("transactions/{tenant_id}/{customer_id}/{institution}/{account_id}/name")
+}
+
+/// A transaction's name opened with the tenant's key. Names stored in clear before they were
+/// sealed are sealed at start ([`Store::seal_clear_names`]): any found in clear since were put
+/// there by other hands.
+fn open_name(cipher: &TenantCipher, context: &str, stored: &str) -> Result<String, StoreError> {
+    if !aigronova_platform::crypto::is_sealed(stored) {
+        return Err(StoreError::Corrupt("a transaction's name is stored in clear, not sealed".into()));
+    }
+    cipher.open(context, stored).map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))
+}
+
+fn transaction_of(
+    row: &AnyRow,
+    cipher: &TenantCipher,
+    tenant_id: &str,
+    customer_id: &str,
+) -> Result<StoredTransaction, StoreError> {
+    let institution: String = row.try_get("institution")?;
+    let account_id: String = row.try_get("account_id")?;
+    let context = name_context(tenant_id, customer_id, &institution, &account_id);
+    let name = open_name(cipher, &context, &row.try_get::<String, _>("name")?)?;
     Ok(StoredTransaction {
-        institution: row.try_get("institution")?,
-        account_id: row.try_get("account_id")?,
+        institution,
+        account_id,
         transaction_id: row.try_get("transaction_id")?,
         credit: row.try_get::<i64, _>("credit")? != 0,
         kind: row.try_get("kind")?,
-        name: row.try_get("name")?,
+        name,
         amount_cents: row.try_get("amount_cents")?,
         booked_at: required_time(row, "booked_at")?,
     })

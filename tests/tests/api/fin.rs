@@ -1009,7 +1009,7 @@ async fn export_and_erasure_on_postgres() {
 /// scored and stated, with the card numbers in its transaction names masked before storage.
 #[tokio::test]
 async fn the_sandbox_institution_serves_a_first_trial() {
-    let app = spawn_app_with(Backend::Sqlite, |_| {}).await;
+    let mut app = spawn_app_with(Backend::Sqlite, |_| {}).await;
     let tenant = app.create_tenant_on("Financeira Sandbox", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let customer_cpf = cpf(529_982_247);
@@ -1034,17 +1034,26 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     let text = statement.to_string();
     assert!(text.contains("FOLHA_PAGAMENTO") && text.contains("****1111"), "{statement}");
     assert!(!text.contains("4111 1111 1111 1111"), "a card number in clear: {statement}");
-    assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%4111 1111%'").await, 0);
-    // A name an earlier masking missed is masked again when its transaction is fetched again.
+    // The names are sealed with the tenant's key, as a bank's words may name people and hold CPFs.
+    assert_eq!(app.count_fin_rows("transactions WHERE name NOT LIKE 'v1:%'").await, 0);
+    assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%FOLHA%'").await, 0);
+    // A name an earlier version stored in clear, with a card number its masking missed: sealed at
+    // the next start, and masked again when its transaction is fetched again.
     let unmasked = app
-        .execute_on_fin(
-            "UPDATE transactions SET name = REPLACE(name, '****1111', '4111 1111 1111 1111') WHERE name LIKE '%****1111%'",
-        )
+        .execute_on_fin(&format!(
+            "UPDATE transactions SET name = 'COMPRA UNICA 4111 1111 1111 1111' WHERE transaction_id = (SELECT \
+             transaction_id FROM transactions WHERE booked_at LIKE '{month}%' ORDER BY transaction_id LIMIT 1)"
+        ))
         .await;
-    assert!(unmasked > 0);
+    assert_eq!(unmasked, 1);
+    app.restart().await;
+    assert_eq!(app.count_fin_rows("transactions WHERE name NOT LIKE 'v1:%'").await, 0, "sealed at start");
+    let stale = app.get(&path, &key).await.text().await.unwrap();
+    assert!(stale.contains("COMPRA UNICA 4111 1111 1111 1111"), "{stale}");
     let again: Value = ingest(&app, &key, granted["id"].as_str().unwrap()).await.json().await.unwrap();
     assert_eq!(again["newTransactions"], 0, "{again}");
-    assert_eq!(app.count_fin_rows("transactions WHERE name LIKE '%4111 1111%'").await, 0);
+    let statement = app.get(&path, &key).await.text().await.unwrap();
+    assert!(!statement.contains("COMPRA UNICA") && !statement.contains("4111 1111"), "{statement}");
 
     // A second consent of the customer is a second set of accounts, each with one history, rather
     // than another history of the same accounts.
