@@ -205,6 +205,11 @@ impl FinQuantumService {
         if sealed > 0 {
             tracing::info!(transactions = sealed, "transaction names stored in clear were sealed");
         }
+        let sealed =
+            store.seal_clear_inputs().await.context("cannot seal the credit decisions' inputs stored in clear")?;
+        if sealed > 0 {
+            tracing::info!(credit_scores = sealed, "credit decisions' inputs stored in clear were sealed");
+        }
         let cache = match &config.redis_url {
             Some(url) => ResponseCache::redis(url, &config.redis_key_prefix)
                 .await

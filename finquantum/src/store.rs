@@ -200,6 +200,49 @@ impl Store {
         Ok(sealed)
     }
 
+    /// Seals the inputs of credit decisions (declared data, bank figures) an earlier version stored
+    /// in clear; how many decisions it sealed.
+    pub(crate) async fn seal_clear_inputs(&self) -> Result<usize, Error> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, id, features, bank FROM credit_scores WHERE (features NOT LIKE 'v1:%' AND features <> $1) \
+             OR (bank NOT LIKE 'v1:%' AND bank <> $1)",
+        )
+        .bind(ERASED_INPUTS)
+        .fetch_all(self.database.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let mut sealed = 0;
+        for row in &rows {
+            let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
+            let (tenant_id, id, features, bank) = (text("tenant_id")?, text("id")?, text("features")?, text("bank")?);
+            let cipher = self.keys.cipher(&tenant_id).await?;
+            let seal = |column: &str, stored: &str| {
+                if stored == ERASED_INPUTS || aigronova_platform::crypto::is_sealed(stored) {
+                    stored.to_owned()
+                } else {
+                    cipher.seal(&score_context(&tenant_id, &id, column), stored)
+                }
+            };
+            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
+            let updated = sqlx::query(
+                "UPDATE credit_scores SET features = $1, bank = $2 WHERE tenant_id = $3 AND id = $4 \
+                 AND features = $5 AND bank = $6",
+            )
+            .bind(seal("features", &features))
+            .bind(seal("bank", &bank))
+            .bind(&tenant_id)
+            .bind(&id)
+            .bind(&features)
+            .bind(&bank)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?;
+            transaction.commit().await.map_err(StoreError::from)?;
+            sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
+        }
+        Ok(sealed)
+    }
+
     /// The cipher of `tenant_id`'s data key.
     pub(crate) async fn cipher(&self, tenant_id: &str) -> Result<Arc<TenantCipher>, Error> {
         Ok(self.keys.cipher(tenant_id).await?)
@@ -322,9 +365,10 @@ impl Store {
         page: Page<'_>,
         event: impl FnOnce(&[StoredScore]) -> AuditEvent,
     ) -> Result<(Vec<StoredScore>, Option<String>), Error> {
+        let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant_snapshot(tenant_id).await?;
         let rows = customer_page(&mut transaction, "credit_scores", tenant_id, customer_id, page).await?;
-        let mut scores = rows.iter().map(score_of).collect::<Result<Vec<_>, _>>()?;
+        let mut scores = rows.iter().map(|row| score_of(row, &cipher, tenant_id)).collect::<Result<Vec<_>, _>>()?;
         let next = page.split(&mut scores, |score| score.id.clone());
         if !scores.is_empty() {
             audit::enqueue(&mut transaction, &event(&scores)).await?;
@@ -667,14 +711,20 @@ impl Store {
         let lock = if self.database.backend() == Backend::Postgres { " FOR SHARE" } else { "" };
         let consent_params = (0..consents.len()).map(|at| format!("${}", 13 + at)).collect::<Vec<_>>().join(", ");
         let consent_params = if consents.is_empty() { "NULL".to_owned() } else { consent_params };
+        // The declared data and the bank's figures a decision was made from are the customer's:
+        // sealed, as a transaction's name is.
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let sealed = |column: &str, value: &serde_json::Value| {
+            cipher.seal(&score_context(tenant_id, &score.id, column), &value.to_string())
+        };
         let mut params: Vec<Param> = vec![
             tenant_id.into(),
             score.id.as_str().into(),
             score.customer_id.as_str().into(),
             score.model.as_str().into(),
             score.model_version.as_str().into(),
-            score.features.to_string().into(),
-            score.bank.to_string().into(),
+            sealed("features", &score.features).into(),
+            sealed("bank", &score.bank).into(),
             score.probability.into(),
             score.score.into(),
             score.risk_band.as_str().into(),
@@ -719,6 +769,7 @@ impl Store {
         id: &str,
         event: impl FnOnce(&StoredScore) -> AuditEvent,
     ) -> Result<StoredScore, Error> {
+        let cipher = self.keys.cipher(tenant_id).await?;
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let row = sqlx::query("SELECT * FROM credit_scores WHERE tenant_id = $1 AND id = $2")
             .bind(tenant_id)
@@ -727,7 +778,7 @@ impl Store {
             .await
             .map_err(StoreError::from)?
             .ok_or_else(|| Error::NotFound(format!("credit score {id}")))?;
-        let score = score_of(&row)?;
+        let score = score_of(&row, &cipher, tenant_id)?;
         audit::enqueue(&mut transaction, &event(&score)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(score)
@@ -845,7 +896,8 @@ impl Store {
             .fetch_all(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
-        let scores = scores.iter().map(score_of).collect::<Result<Vec<_>, _>>()?;
+        let cipher = self.keys.cipher(tenant_id).await?;
+        let scores = scores.iter().map(|row| score_of(row, &cipher, tenant_id)).collect::<Result<Vec<_>, _>>()?;
         audit::enqueue(&mut transaction, &event(std::slice::from_ref(&customer_id))).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         let now = Utc::now();
@@ -941,10 +993,11 @@ impl Store {
                 .rows_affected();
         }
         let kept = sqlx::query(
-            "UPDATE credit_scores SET features = '{}', bank = '{}', customer_id = '' WHERE tenant_id = $1 AND customer_id = $2",
+            "UPDATE credit_scores SET features = $3, bank = $3, customer_id = '' WHERE tenant_id = $1 AND customer_id = $2",
         )
         .bind(tenant_id)
         .bind(&customer_id)
+        .bind(ERASED_INPUTS)
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?
@@ -1522,24 +1575,50 @@ fn transaction_of(
     })
 }
 
-fn score_of(row: &AnyRow) -> Result<StoredScore, StoreError> {
+/// What a credit decision's `column` (`features`, `bank`) is sealed for: its tenant and row.
+fn score_context(tenant_id: &str, id: &str, column: &str) -> String {
+    format!("credit_scores/{tenant_id}/{id}/{column}")
+}
+
+/// What an erasure leaves of a decision's inputs, in clear: nothing.
+const ERASED_INPUTS: &str = "{}";
+
+fn score_of(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<StoredScore, StoreError> {
+    let id: String = row.try_get("id")?;
     let json = |column: &str| -> Result<serde_json::Value, StoreError> {
         serde_json::from_str(&row.try_get::<String, _>(column)?)
             .map_err(|error| StoreError::Corrupt(format!("credit_scores.{column}: {error}")))
     };
+    // Sealed when stored; what was stored in clear before is sealed at start
+    // ([`Store::seal_clear_inputs`]), and an erasure leaves them empty.
+    let opened = |column: &str| -> Result<serde_json::Value, StoreError> {
+        let stored: String = row.try_get(column)?;
+        if stored == ERASED_INPUTS {
+            return Ok(serde_json::json!({}));
+        }
+        if !aigronova_platform::crypto::is_sealed(&stored) {
+            return Err(StoreError::Corrupt(format!(
+                "credit score {id}: its {column} are stored in clear, not sealed"
+            )));
+        }
+        let text = cipher
+            .open(&score_context(tenant_id, &id, column), &stored)
+            .map_err(|_| StoreError::Corrupt(format!("credit score {id}: its {column} do not open")))?;
+        serde_json::from_str(&text).map_err(|error| StoreError::Corrupt(format!("credit_scores.{column}: {error}")))
+    };
     Ok(StoredScore {
-        id: row.try_get("id")?,
         customer_id: row.try_get("customer_id")?,
         model: row.try_get("model")?,
         model_version: row.try_get("model_version")?,
-        features: json("features")?,
-        bank: json("bank")?,
+        features: opened("features")?,
+        bank: opened("bank")?,
         probability: row.try_get("probability")?,
         score: row.try_get("score")?,
         risk_band: row.try_get("risk_band")?,
         reasons: serde_json::from_value(json("reasons")?)
             .map_err(|error| StoreError::Corrupt(format!("credit_scores.reasons: {error}")))?,
         created_at: required_time(row, "created_at")?,
+        id,
     })
 }
 

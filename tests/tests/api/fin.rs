@@ -349,7 +349,8 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     let bank = Institution::start().await;
     let institutions: Vec<(String, Profile)> =
         rows.iter().enumerate().map(|(i, row)| (format!("banco-{i}"), profile_for(&row["features"], 0))).collect();
-    let app = start(backend, &bank, institutions.iter().map(|(name, p)| (name.as_str(), p.clone())).collect()).await;
+    let mut app =
+        start(backend, &bank, institutions.iter().map(|(name, p)| (name.as_str(), p.clone())).collect()).await;
     let tenant = app.create_tenant_on("Crédito Teste", "enterprise").await;
     let key = app.create_key(&tenant, &["fin:read", "fin:write", "governance:read"]).await;
 
@@ -466,6 +467,9 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     assert_eq!(problem["field"], "applicant.applicant", "{problem}");
     let scores = app.count_fin_rows("credit_scores").await;
     assert_eq!(scores, 2 * rows.len() as i64 + 1);
+    // The inputs a decision was made from are the customer's: stored sealed.
+    let clear = app.count_fin_rows("credit_scores WHERE features NOT LIKE 'v1:%' OR bank NOT LIKE 'v1:%'").await;
+    assert_eq!(clear, 0);
 
     // Every decision, and every read of a stored one, reaches the tenant's audit log in ai-governance.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -487,6 +491,16 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Inputs an earlier version stored in clear are sealed at the next start, and read as they were.
+    let id = first["id"].as_str().unwrap();
+    let sql = format!("UPDATE credit_scores SET features = '{{\"age\": 30.0}}', bank = '{{}}' WHERE id = '{id}'");
+    assert_eq!(app.execute_on_fin(&sql).await, 1);
+    app.restart().await;
+    let clear = app.count_fin_rows("credit_scores WHERE features NOT LIKE 'v1:%' OR bank NOT LIKE 'v1:%'").await;
+    assert_eq!(clear, 1, "the empty bank figures, as an erasure leaves them, stay as they are");
+    let stored: Value = app.get(&format!("/v1/fin/credit-scores/{id}"), &key).await.json().await.unwrap();
+    assert_eq!(stored["features"], json!({"age": 30.0}), "{stored}");
     app.stop().await;
 }
 
