@@ -619,7 +619,11 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
     ) -> Result<Response<proto::ListSubjectRequestsResponse>, Status> {
         let caller = auth::caller(&request)?.clone();
         let proto::ListSubjectRequestsRequest { overdue, page_size, page_token } = request.get_ref();
-        let filter = if *overdue { "subject-requests\u{0}overdue" } else { "subject-requests" };
+        let filter = match overdue {
+            None => "subject-requests",
+            Some(true) => "subject-requests\u{0}overdue",
+            Some(false) => "subject-requests\u{0}not-overdue",
+        };
         let cipher = self.store.cipher(&caller.tenant_id).await?;
         let page = Page::of(*page_size, page_token, filter, &cipher)?;
         let (requests, next) = self.store.list(&caller.tenant_id, *overdue, page).await?;

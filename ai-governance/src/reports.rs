@@ -100,6 +100,11 @@ pub fn parse_bound(field: &str, text: &str, end_of_day: bool) -> Result<DateTime
         if fraction.is_some_and(|digits| digits > 9) {
             return Err(Error::invalid(field, "has more than 9 digits after the second's point"));
         }
+        // The log's times are to the microsecond: a bound finer than that names no time between
+        // two of them, and is refused rather than cut.
+        if at.nanosecond() % 1_000 != 0 {
+            return Err(Error::invalid(field, "is finer than the microsecond, which the log's times are kept to"));
+        }
         if at.nanosecond() >= 1_000_000_000 {
             return Err(Error::invalid(field, "is a leap second (second 60), which no time of the log is"));
         }
@@ -304,11 +309,13 @@ impl Reporter {
             "reviews": {"total": reviews.len(), "byOutcome": outcomes},
             // Sizes and indexes as the audit API writes them (64-bit integers as strings).
             "checkpoint": {
+                "tenantId": checkpoint.body.tenant_id,
                 "treeSize": checkpoint.body.tree_size.to_string(),
                 "rootHash": hex::encode(checkpoint.body.root_hash),
                 "timestamp": checkpoint.body.timestamp,
                 "keyId": checkpoint.key_id,
                 "signature": checkpoint.signature,
+                "signedText": checkpoint.body.signed_text(),
             },
             "verification": verified,
         }))
@@ -460,9 +467,11 @@ mod tests {
         assert_eq!(at("9999-12-31", false), "9999-12-31T00:00:00+00:00");
         assert!(parse_bound("to", "2026-13-01", true).is_err());
         assert!(parse_bound("to", "yesterday", true).is_err());
-        // Finer than the nanosecond, and a leap second: refused rather than cut or echoed.
+        // Finer than the log's microseconds, and a leap second: refused rather than cut or echoed.
         assert!(parse_bound("from", "2026-12-01T04:00:00.1234567891Z", false).is_err());
-        assert!(parse_bound("from", "2026-12-01T04:00:00.123456789Z", false).is_ok());
+        assert!(parse_bound("from", "2026-12-01T04:00:00.123456789Z", false).is_err());
+        assert!(parse_bound("from", "2026-12-01T04:00:00.123456000Z", false).is_ok());
+        assert!(parse_bound("from", "2026-12-01T04:00:00.123456Z", false).is_ok());
         assert!(parse_bound("to", "2026-12-31T23:59:60Z", false).is_err());
         for loose in ["26-11-01", "-2026-11-01", "+2026-11-01", "2026-1-1", "2026-11-1", " 2026-11-01"] {
             assert!(parse_bound("from", loose, false).is_err(), "{loose}");

@@ -1147,31 +1147,37 @@ impl SubjectStore {
     }
 
     /// A page of the tenant's requests, newest first, after the request `page.after` when set;
-    /// only the overdue ones when `overdue`. With the id to go on from when more follow.
+    /// only the overdue ones when `overdue` is `Some(true)`, only the others when `Some(false)`.
+    /// With the id to go on from when more follow.
     pub async fn list(
         &self,
         tenant_id: &str,
-        overdue: bool,
+        overdue: Option<bool>,
         page: Page<'_>,
     ) -> Result<(Vec<StoredRequest>, Option<String>), Error> {
         // Ids are UUIDv7: their order is the order the requests were received in.
-        let sql = if overdue {
-            concat!(
+        let sql = match overdue {
+            Some(true) => concat!(
                 "SELECT ",
                 request_columns!(),
                 " FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) \
                  AND status <> 'completed' AND deadline < $4 ORDER BY id DESC LIMIT $3"
-            )
-        } else {
-            concat!(
+            ),
+            Some(false) => concat!(
+                "SELECT ",
+                request_columns!(),
+                " FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) \
+                 AND (status = 'completed' OR deadline >= $4) ORDER BY id DESC LIMIT $3"
+            ),
+            None => concat!(
                 "SELECT ",
                 request_columns!(),
                 " FROM subject_requests WHERE tenant_id = $1 AND ($2 = '' OR id < $2) ORDER BY id DESC LIMIT $3"
-            )
+            ),
         };
         let mut query =
             sqlx::query(sql).bind(tenant_id).bind(page.after.unwrap_or_default()).bind(page.limit_with_one_more());
-        if overdue {
+        if overdue.is_some() {
             query = query.bind(now());
         }
         let rows =

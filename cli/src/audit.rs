@@ -37,6 +37,11 @@ pub struct VerifyArgs {
     /// with the checkpoints signed over it, which verifies on its own, fails this.
     #[arg(long, value_name = "SIZE:ROOT", value_parser = parse_pinned)]
     pub checkpoint: Option<Pinned>,
+    /// The tenant id whose log this must be (the key's tenant): the signed checkpoint names its
+    /// tenant, and one naming another fails the verification (exit 2). Without it, the tenant the
+    /// checkpoint names is printed, to compare with the key's.
+    #[arg(long)]
+    pub tenant: Option<String>,
 }
 
 /// A checkpoint a verifier kept: its tree size and root.
@@ -61,8 +66,8 @@ pub fn parse_pinned(text: &str) -> Result<Pinned, String> {
 /// The outcome of a verification that could be carried out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// The log (or the entry) matches the signed checkpoint.
-    Verified { tree_size: u64, root_hash: String, key_id: String },
+    /// The log (or the entry) matches the signed checkpoint, of the tenant it names.
+    Verified { tenant_id: String, tree_size: u64, root_hash: String, key_id: String },
     /// The first index whose entry does not match what was signed.
     Tampered { index: u64, reason: String },
 }
@@ -98,7 +103,8 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
             // Not found: deleted if it is inside a tree the key signed. Asked again after the
             // checkpoint is read, so that an entry logged in between is not taken for a deleted one.
             Err(error) if is_not_found(&error) => {
-                let checkpoint = signed_checkpoint(&verifier, &client.get("/v1/governance/audit/checkpoint").await?)?;
+                let served = client.get("/v1/governance/audit/checkpoint").await?;
+                let checkpoint = signed_checkpoint(&verifier, &served, args.tenant.as_deref())?;
                 match client.get(&path).await {
                     Ok(served) => served,
                     Err(error) if is_not_found(&error) && index < checkpoint.tree_size => {
@@ -116,7 +122,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
             // A server whose stored log is damaged makes no proof: the whole log, verified
             // entry by entry against what was signed, says where it fails.
             Err(error) if is_damaged(&error) => {
-                return match verify_log(&client, &verifier, None).await? {
+                return match verify_log(&client, &verifier, None, args.tenant.as_deref()).await? {
                     Verdict::Tampered { index: bad, reason } => Ok(Verdict::Tampered {
                         index: bad,
                         reason: format!(
@@ -129,7 +135,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
             }
             Err(error) => return Err(error),
         };
-        let checkpoint = signed_checkpoint(&verifier, &served["checkpoint"])?;
+        let checkpoint = signed_checkpoint(&verifier, &served["checkpoint"], args.tenant.as_deref())?;
         let leaf = text(&served["entry"], "leaf")?;
         let proof = hashes(&served["inclusionProof"])?;
         return Ok(
@@ -146,7 +152,7 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
         );
     }
 
-    verify_log(&client, &verifier, args.checkpoint.as_ref()).await
+    verify_log(&client, &verifier, args.checkpoint.as_ref(), args.tenant.as_deref()).await
 }
 
 /// Verifies the whole log against its latest checkpoint, and that it still begins with the tree
@@ -155,8 +161,9 @@ async fn verify_log(
     client: &Client,
     verifier: &CheckpointVerifier,
     pinned: Option<&Pinned>,
+    tenant: Option<&str>,
 ) -> anyhow::Result<Verdict> {
-    let checkpoint = signed_checkpoint(verifier, &client.get("/v1/governance/audit/checkpoint").await?)?;
+    let checkpoint = signed_checkpoint(verifier, &client.get("/v1/governance/audit/checkpoint").await?, tenant)?;
     let mut leaves: Vec<Hash> = Vec::new();
     let mut served_hashes: Vec<String> = Vec::new();
     let mut start = Some(0u64);
@@ -209,7 +216,7 @@ async fn verify_log(
     while let Some(from) = after.filter(|from| *from < checkpoint.tree_size) {
         let page = client.get(&format!("/v1/governance/audit/checkpoints?after={from}&pageSize=1000")).await?;
         for served in page["checkpoints"].as_array().into_iter().flatten() {
-            let Ok(body) = signed_checkpoint(verifier, served) else { continue };
+            let Ok(body) = signed_checkpoint(verifier, served, None) else { continue };
             let rising = signed.last().is_none_or(|(size, _)| *size < body.tree_size);
             if body.tenant_id == checkpoint.tenant_id && rising && body.tree_size <= checkpoint.tree_size {
                 signed.push((body.tree_size, body.root_hash));
@@ -290,10 +297,12 @@ pub async fn run(args: &VerifyArgs) -> u8 {
         return 64;
     }
     match verify(args).await {
-        Ok(Verdict::Verified { tree_size, root_hash, key_id }) => {
+        Ok(Verdict::Verified { tenant_id, tree_size, root_hash, key_id }) => {
             match args.entry {
-                Some(index) => println!("verified: entry {index} is in the signed tree of size {tree_size}"),
-                None => println!("verified: {tree_size} entries, root {root_hash}"),
+                Some(index) => {
+                    println!("verified: entry {index} is in the signed tree of size {tree_size} of tenant {tenant_id}")
+                }
+                None => println!("verified: {tree_size} entries of tenant {tenant_id}, root {root_hash}"),
             }
             println!("checkpoint signed by key {key_id}");
             0
@@ -335,14 +344,20 @@ fn pinned_verdict(pinned: &Pinned, leaves: &[Hash]) -> Option<Verdict> {
 
 fn verified(checkpoint: &CheckpointBody, verifier: &CheckpointVerifier) -> Verdict {
     Verdict::Verified {
+        tenant_id: checkpoint.tenant_id.clone(),
         tree_size: checkpoint.tree_size,
         root_hash: hex::encode(checkpoint.root_hash),
         key_id: verifier.key_id(),
     }
 }
 
-/// Checks a served checkpoint's signature and that its fields say what the signed text says.
-fn signed_checkpoint(verifier: &CheckpointVerifier, served: &Value) -> anyhow::Result<CheckpointBody> {
+/// Checks a served checkpoint's signature, that its fields say what the signed text says, and
+/// that it is `tenant`'s when one is given.
+fn signed_checkpoint(
+    verifier: &CheckpointVerifier,
+    served: &Value,
+    tenant: Option<&str>,
+) -> anyhow::Result<CheckpointBody> {
     let body = verifier
         .verify(&text(served, "signedText")?, &text(served, "signature")?)
         .context("the checkpoint does not verify")?;
@@ -350,6 +365,9 @@ fn signed_checkpoint(verifier: &CheckpointVerifier, served: &Value) -> anyhow::R
         || text(served, "rootHash")? != hex::encode(body.root_hash)
     {
         bail!("the checkpoint's fields differ from its signed text");
+    }
+    if let Some(tenant) = tenant.filter(|tenant| *tenant != body.tenant_id) {
+        bail!("the gateway served the log of tenant {}, not of tenant {tenant} (--tenant)", body.tenant_id);
     }
     Ok(body)
 }

@@ -107,6 +107,7 @@ fn verify_args(app: &TestApp, key: &str, public_key: &str, entry: Option<u64>) -
         public_key: Some(public_key.to_owned()),
         entry,
         checkpoint: None,
+        tenant: None,
     }
 }
 
@@ -162,6 +163,17 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
     let verdict = audit::verify(&verify_args(&app, &key, &public_key, Some(1))).await.unwrap();
     assert!(matches!(verdict, Verdict::Verified { tree_size: 2, .. }), "{verdict:?}");
     assert_eq!(audit::run(&verify_args(&app, &key, &public_key, None)).await, 0);
+    // The log verified is the tenant's the checkpoint names: pinned with --tenant, another's fails.
+    let tenant = leaf["tenant_id"].as_str().unwrap().to_owned();
+    for entry in [None, Some(1)] {
+        let mine = VerifyArgs { tenant: Some(tenant.clone()), ..verify_args(&app, &key, &public_key, entry) };
+        let verdict = audit::verify(&mine).await.unwrap();
+        assert!(matches!(&verdict, Verdict::Verified { tenant_id, .. } if *tenant_id == tenant), "{verdict:?}");
+        let other = VerifyArgs { tenant: Some("another-tenant".into()), ..mine };
+        let refused = audit::verify(&other).await.unwrap_err().to_string();
+        assert!(refused.contains(&format!("served the log of tenant {tenant}, not of tenant another-tenant")));
+        assert_eq!(audit::run(&other).await, 2);
+    }
 
     // The roots a backup records are the signed ones.
     let roots = audit::tenant_roots(&RootsArgs { database_url: app.governance_database_url.clone(), snapshot: None })

@@ -360,6 +360,7 @@ async fn a_backup_restores_every_row_after_the_databases_are_dropped() {
         public_key: Some(checkpoint_key.public_key().to_base64()),
         entry: None,
         checkpoint: None,
+        tenant: None,
     };
     assert_eq!(audit::run(&verify).await, 0, "aigronova audit verify passes the restored log");
     let response = restored.get(&format!("/v1/health/patients/{}", patients[0]), &key).await;

@@ -62,8 +62,12 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert!(lgpd["models"].as_array().unwrap().iter().any(|model| model["name"] == "breast-cancer"));
     let checkpoint: Value = app.get("/v1/governance/audit/checkpoint", &key).await.json().await.unwrap();
     assert_eq!(lgpd["checkpoint"]["rootHash"], checkpoint["rootHash"]);
-    // A size as the audit API writes it: a string.
+    // A size as the audit API writes it: a string. The checkpoint whole, the text its signature is
+    // over included.
     assert_eq!(lgpd["checkpoint"]["treeSize"], checkpoint["treeSize"]);
+    for field in ["tenantId", "signedText", "signature", "keyId"] {
+        assert_eq!(lgpd["checkpoint"][field], checkpoint[field], "{field}");
+    }
     assert!(lgpd["verification"]["treeSize"].is_string(), "{lgpd}");
 
     let iso = report(&app, &key, "iso27001").await;
@@ -119,6 +123,9 @@ async fn reports_carry_the_evidence(backend: Backend) {
         // A period that has not begun, with its end or without.
         ("lgpd?from=2999-01-01&to=2999-02-01", "from"),
         ("lgpd?from=2999-01-01", "from"),
+        // Finer than the log's microseconds: refused, not cut.
+        ("lgpd?from=2026-11-01T00:00:00.123456789Z", "from"),
+        ("lgpd?from=2026-01-01&to=2026-11-01T00:00:00.0000001Z", "to"),
     ] {
         let problem = assert_problem(app.get(&format!("/v1/governance/reports/{query}"), &key).await, 400).await;
         assert_eq!(problem["field"], field, "{query}: {problem}");

@@ -249,6 +249,11 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!((overdue[0]["id"].as_str(), &overdue[0]["overdue"]), (Some(id), &json!(true)));
     let all: Value = app.get("/v1/governance/subject-requests", &key).await.json().await.unwrap();
     assert_eq!(all["requests"].as_array().unwrap().len(), 4);
+    // `overdue=false` lists the others.
+    let others: Value = app.get("/v1/governance/subject-requests?overdue=false", &key).await.json().await.unwrap();
+    let others = others["requests"].as_array().unwrap();
+    assert_eq!(others.len(), 3, "{others:?}");
+    assert!(others.iter().all(|request| request["overdue"] == json!(false) && request["id"] != json!(id)));
     assert_eq!(all["nextPageToken"].as_str().unwrap_or_default(), "", "{all}");
     // In pages, newest first, as the whole list.
     assert_eq!(pages(&app, &key, "/v1/governance/subject-requests", "requests", 3).await, all["requests"]);
