@@ -201,15 +201,6 @@ impl FinQuantumService {
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the finquantum models")?;
         let words = scoring::ReasonWords::new(models.get(scoring::MODEL)?.manifest());
         let store = Store::new(database.clone(), keys, words);
-        let sealed = store.seal_clear_names().await.context("cannot seal the transaction names stored in clear")?;
-        if sealed > 0 {
-            tracing::info!(transactions = sealed, "transaction names stored in clear were sealed");
-        }
-        let sealed =
-            store.seal_clear_inputs().await.context("cannot seal the credit decisions' inputs stored in clear")?;
-        if sealed > 0 {
-            tracing::info!(credit_scores = sealed, "credit decisions' inputs stored in clear were sealed");
-        }
         let cache = match &config.redis_url {
             Some(url) => ResponseCache::redis(url, &config.redis_key_prefix)
                 .await
@@ -315,12 +306,38 @@ impl FinQuantumService {
 }
 
 /// Deletes the data of revoked and expired consents every `interval` until `shutdown`.
+/// Each pass also seals what is still stored in clear ([`seal_clear`]).
 async fn purge_loop(store: Store, outbox: OutboxWaker, cache: ResponseCache, interval: Duration, shutdown: Shutdown) {
     loop {
+        seal_clear(&store, &shutdown).await;
         purge_once(&store, &outbox, &cache).await;
         tokio::select! {
             () = shutdown.clone().wait() => return,
             () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Seals, a batch at a time, the transaction names and credit decisions' inputs stored in clear
+/// by an earlier version (or by one of its replicas still running during a rolling upgrade); a
+/// failure is logged and tried again at the next pass.
+async fn seal_clear(store: &Store, shutdown: &Shutdown) {
+    for names in [true, false] {
+        let what = if names { "transaction names" } else { "credit decisions' inputs" };
+        let mut total = 0;
+        while !shutdown.is_triggered() {
+            let sealed = if names { store.seal_clear_names().await } else { store.seal_clear_inputs().await };
+            match sealed {
+                Ok(0) => break,
+                Ok(sealed) => total += sealed,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot seal the {what} stored in clear; tried again at the next purge");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            tracing::info!(rows = total, "{what} stored in clear were sealed");
         }
     }
 }

@@ -161,84 +161,92 @@ impl Store {
         &self.words
     }
 
-    /// Seals the transaction names an earlier version stored in clear (a bank's words, which may
-    /// name people and hold their CPFs); how many it sealed.
+    /// Seals up to [`SEAL_BATCH`] transaction names stored in clear (by an earlier version, or by
+    /// a replica of one still running during a rolling upgrade: a bank's words may name people and
+    /// hold their CPFs); how many it sealed. Called until it seals none.
     pub(crate) async fn seal_clear_names(&self) -> Result<usize, Error> {
         let rows = sqlx::query(
             "SELECT tenant_id, customer_id, institution, account_id, transaction_id, name FROM transactions \
-             WHERE name NOT LIKE 'v1:%'",
+             WHERE name NOT LIKE 'v1:%' ORDER BY tenant_id LIMIT $1",
         )
+        .bind(SEAL_BATCH)
         .fetch_all(self.database.pool())
         .await
         .map_err(StoreError::from)?;
         let mut sealed = 0;
-        for row in &rows {
-            let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
-            let (tenant_id, customer_id, institution) =
-                (text("tenant_id")?, text("customer_id")?, text("institution")?);
-            let (account_id, transaction_id, name) = (text("account_id")?, text("transaction_id")?, text("name")?);
+        for rows in rows.chunk_by(|a, b| a.try_get::<String, _>(0).ok() == b.try_get::<String, _>(0).ok()) {
+            let tenant_id: String = rows[0].try_get("tenant_id").map_err(StoreError::from)?;
             let cipher = self.keys.cipher(&tenant_id).await?;
-            let context = name_context(&tenant_id, &customer_id, &institution, &account_id);
             let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            let updated = sqlx::query(
-                "UPDATE transactions SET name = $1 WHERE tenant_id = $2 AND customer_id = $3 AND institution = $4 \
-                 AND account_id = $5 AND transaction_id = $6 AND name = $7",
-            )
-            .bind(cipher.seal(&context, &name))
-            .bind(&tenant_id)
-            .bind(&customer_id)
-            .bind(&institution)
-            .bind(&account_id)
-            .bind(&transaction_id)
-            .bind(&name)
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+            for row in rows {
+                let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
+                let (customer_id, institution) = (text("customer_id")?, text("institution")?);
+                let (account_id, transaction_id, name) = (text("account_id")?, text("transaction_id")?, text("name")?);
+                let context = name_context(&tenant_id, &customer_id, &institution, &account_id);
+                let updated = sqlx::query(
+                    "UPDATE transactions SET name = $1 WHERE tenant_id = $2 AND customer_id = $3 AND institution = $4 \
+                     AND account_id = $5 AND transaction_id = $6 AND name = $7",
+                )
+                .bind(cipher.seal(&context, &name))
+                .bind(&tenant_id)
+                .bind(&customer_id)
+                .bind(&institution)
+                .bind(&account_id)
+                .bind(&transaction_id)
+                .bind(&name)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+                sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
+            }
             transaction.commit().await.map_err(StoreError::from)?;
-            sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
         }
         Ok(sealed)
     }
 
-    /// Seals the inputs of credit decisions (declared data, bank figures) an earlier version stored
-    /// in clear; how many decisions it sealed.
+    /// Seals the inputs (declared data, bank figures) of up to [`SEAL_BATCH`] credit decisions
+    /// stored in clear, as [`Self::seal_clear_names`] does names; how many decisions it sealed.
     pub(crate) async fn seal_clear_inputs(&self) -> Result<usize, Error> {
         let rows = sqlx::query(
             "SELECT tenant_id, id, features, bank FROM credit_scores WHERE (features NOT LIKE 'v1:%' AND features <> $1) \
-             OR (bank NOT LIKE 'v1:%' AND bank <> $1)",
+             OR (bank NOT LIKE 'v1:%' AND bank <> $1) ORDER BY tenant_id LIMIT $2",
         )
         .bind(ERASED_INPUTS)
+        .bind(SEAL_BATCH)
         .fetch_all(self.database.pool())
         .await
         .map_err(StoreError::from)?;
         let mut sealed = 0;
-        for row in &rows {
-            let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
-            let (tenant_id, id, features, bank) = (text("tenant_id")?, text("id")?, text("features")?, text("bank")?);
+        for rows in rows.chunk_by(|a, b| a.try_get::<String, _>(0).ok() == b.try_get::<String, _>(0).ok()) {
+            let tenant_id: String = rows[0].try_get("tenant_id").map_err(StoreError::from)?;
             let cipher = self.keys.cipher(&tenant_id).await?;
-            let seal = |column: &str, stored: &str| {
-                if stored == ERASED_INPUTS || aigronova_platform::crypto::is_sealed(stored) {
-                    stored.to_owned()
-                } else {
-                    cipher.seal(&score_context(&tenant_id, &id, column), stored)
-                }
-            };
             let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            let updated = sqlx::query(
-                "UPDATE credit_scores SET features = $1, bank = $2 WHERE tenant_id = $3 AND id = $4 \
-                 AND features = $5 AND bank = $6",
-            )
-            .bind(seal("features", &features))
-            .bind(seal("bank", &bank))
-            .bind(&tenant_id)
-            .bind(&id)
-            .bind(&features)
-            .bind(&bank)
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?;
+            for row in rows {
+                let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
+                let (id, features, bank) = (text("id")?, text("features")?, text("bank")?);
+                let seal = |column: &str, stored: &str| {
+                    if stored == ERASED_INPUTS || aigronova_platform::crypto::is_sealed(stored) {
+                        stored.to_owned()
+                    } else {
+                        cipher.seal(&score_context(&tenant_id, &id, column), stored)
+                    }
+                };
+                let updated = sqlx::query(
+                    "UPDATE credit_scores SET features = $1, bank = $2 WHERE tenant_id = $3 AND id = $4 \
+                     AND features = $5 AND bank = $6",
+                )
+                .bind(seal("features", &features))
+                .bind(seal("bank", &bank))
+                .bind(&tenant_id)
+                .bind(&id)
+                .bind(&features)
+                .bind(&bank)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+                sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
+            }
             transaction.commit().await.map_err(StoreError::from)?;
-            sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
         }
         Ok(sealed)
     }
@@ -588,8 +596,9 @@ impl Store {
                 .fetch_optional(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
+                let clear = stored.as_deref().is_some_and(|stored| !aigronova_platform::crypto::is_sealed(stored));
                 let current = stored.as_deref().map(|stored| open_name(&cipher, &context, stored)).transpose()?;
-                if current.is_some_and(|current| current != name) {
+                if clear || current.is_some_and(|current| current != name) {
                     sqlx::query(
                         "UPDATE transactions SET name = $6 WHERE tenant_id = $1 AND customer_id = $2 \
                          AND institution = $3 AND account_id = $4 AND transaction_id = $5",
@@ -1543,12 +1552,12 @@ fn name_context(tenant_id: &str, customer_id: &str, institution: &str, account_i
     format!("transactions/{tenant_id}/{customer_id}/{institution}/{account_id}/name")
 }
 
-/// A transaction's name opened with the tenant's key. Names stored in clear before they were
-/// sealed are sealed at start ([`Store::seal_clear_names`]): any found in clear since were put
-/// there by other hands.
+/// A transaction's name opened with the tenant's key; one still in clear (stored by an earlier
+/// version, which may still run beside this one during a rolling upgrade) as it is, until the
+/// purge's pass seals it ([`Store::seal_clear_names`]).
 fn open_name(cipher: &TenantCipher, context: &str, stored: &str) -> Result<String, StoreError> {
     if !aigronova_platform::crypto::is_sealed(stored) {
-        return Err(StoreError::Corrupt("a transaction's name is stored in clear, not sealed".into()));
+        return Ok(stored.to_owned());
     }
     cipher.open(context, stored).map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))
 }
@@ -1583,23 +1592,21 @@ fn score_context(tenant_id: &str, id: &str, column: &str) -> String {
 /// What an erasure leaves of a decision's inputs, in clear: nothing.
 const ERASED_INPUTS: &str = "{}";
 
+/// Rows a pass of [`Store::seal_clear_names`] or [`Store::seal_clear_inputs`] seals at most.
+const SEAL_BATCH: i64 = 500;
+
 fn score_of(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<StoredScore, StoreError> {
     let id: String = row.try_get("id")?;
     let json = |column: &str| -> Result<serde_json::Value, StoreError> {
         serde_json::from_str(&row.try_get::<String, _>(column)?)
             .map_err(|error| StoreError::Corrupt(format!("credit_scores.{column}: {error}")))
     };
-    // Sealed when stored; what was stored in clear before is sealed at start
-    // ([`Store::seal_clear_inputs`]), and an erasure leaves them empty.
+    // Sealed when stored; what an earlier version stored in clear is read as it is until the
+    // purge's pass seals it ([`Store::seal_clear_inputs`]), and an erasure leaves them empty.
     let opened = |column: &str| -> Result<serde_json::Value, StoreError> {
         let stored: String = row.try_get(column)?;
-        if stored == ERASED_INPUTS {
-            return Ok(serde_json::json!({}));
-        }
-        if !aigronova_platform::crypto::is_sealed(&stored) {
-            return Err(StoreError::Corrupt(format!(
-                "credit score {id}: its {column} are stored in clear, not sealed"
-            )));
+        if stored == ERASED_INPUTS || !aigronova_platform::crypto::is_sealed(&stored) {
+            return json(column);
         }
         let text = cipher
             .open(&score_context(tenant_id, &id, column), &stored)

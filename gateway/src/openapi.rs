@@ -601,8 +601,8 @@ const PROBLEMS: &[(&str, &str, &str, bool)] = &[
     (
         "UnsupportedMediaType",
         "415",
-        "The body is declared as a media type this route does not read or in a charset other than UTF-8, or \
-         sent with a Content-Encoding other than gzip, deflate or br.",
+        "The body is declared as a media type this route does not read (or, on a route that takes a raw body, \
+         as none) or in a charset other than UTF-8, or sent with a Content-Encoding other than gzip, deflate or br.",
         false,
     ),
     ("TooManyRequests", "429", "A rate limit or quota is exhausted; retry after `Retry-After` seconds.", true),
