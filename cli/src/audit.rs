@@ -40,8 +40,15 @@ pub struct VerifyArgs {
     /// The tenant id whose log this must be (the key's tenant): the signed checkpoint names its
     /// tenant, and one naming another fails the verification (exit 2). Without it, the tenant the
     /// checkpoint names is printed, to compare with the key's.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_tenant)]
     pub tenant: Option<String>,
+}
+
+/// Reads `--tenant`: a tenant id, a UUID in any spelling, as the API takes it.
+pub fn parse_tenant(text: &str) -> Result<String, String> {
+    uuid::Uuid::try_parse(text.trim())
+        .map(|id| id.hyphenated().to_string())
+        .map_err(|_| format!("{text:?} is not a tenant id (a UUID)"))
 }
 
 /// A checkpoint a verifier kept: its tree size and root.
@@ -366,7 +373,7 @@ fn signed_checkpoint(
     {
         bail!("the checkpoint's fields differ from its signed text");
     }
-    if let Some(tenant) = tenant.filter(|tenant| *tenant != body.tenant_id) {
+    if let Some(tenant) = tenant.filter(|tenant| parse_tenant(&body.tenant_id).ok().as_deref() != Some(*tenant)) {
         bail!("the gateway served the log of tenant {}, not of tenant {tenant} (--tenant)", body.tenant_id);
     }
     Ok(body)

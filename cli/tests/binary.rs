@@ -410,7 +410,8 @@ fn audit_verify_explains_its_options_and_exits_2_when_it_cannot_verify() {
     let help = Command::new(env!("CARGO_BIN_EXE_aigronova")).args(["audit", "verify", "--help"]).output().unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for expected in ["--url", "--key", "--public-key", "--entry", "Exits 0 when the log verifies, 1 with the first bad"]
+    for expected in
+        ["--url", "--key", "--public-key", "--entry", "--tenant", "Exits 0 when the log verifies, 1 with the first bad"]
     {
         assert!(text.contains(expected), "--help lacks {expected:?}:\n{text}");
     }
@@ -419,6 +420,12 @@ fn audit_verify_explains_its_options_and_exits_2_when_it_cannot_verify() {
     let misused =
         Command::new(env!("CARGO_BIN_EXE_aigronova")).args(["audit", "verify", "--entry", "-1"]).output().unwrap();
     assert_eq!(misused.status.code(), Some(64), "{misused:?}");
+    let misused = Command::new(env!("CARGO_BIN_EXE_aigronova"))
+        .args(["audit", "verify", "--url", "http://127.0.0.1:9", "--key", "agk_x", "--tenant", "bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(misused.status.code(), Some(64), "{misused:?}");
+    assert!(String::from_utf8_lossy(&misused.stderr).contains("is not a tenant id"), "{misused:?}");
 
     let unreachable = Command::new(env!("CARGO_BIN_EXE_aigronova"))
         .args(["audit", "verify", "--url", "http://127.0.0.1:9", "--key", "agk_not_a_real_key"])

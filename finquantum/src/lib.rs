@@ -567,7 +567,12 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
                 let layout = &sizes[group_of[first]..=group_of[last - 1]];
                 let shaped = match pass {
                     0 => group_ends[last - 1] && printed_layout(layout),
-                    1 => group_ends[last - 1],
+                    // Not groups joined into one number from one glued to letters (an id such as
+                    // `e958f282-20261110-34`); a whole group of a card's length is taken all the same.
+                    1 => {
+                        group_ends[last - 1]
+                            && (group_of[first] == group_of[last - 1] || !(glued(first) || glued(last - 1)))
+                    }
                     // Not in a number glued to letters (a PIX end-to-end id, `E0041…lx9`).
                     _ => !group_ends[last - 1] && !glued(first),
                 };
@@ -729,9 +734,12 @@ mod tests {
         assert_eq!(mask_card_numbers("41111111111111112027"), "****11112027");
         assert_eq!(mask_card_numbers("4111\u{ad}1111\u{ad}1111\u{ad}1111"), "****1111");
         assert_eq!(mask_card_numbers("４１１１－１１１１－１１１１－１１１１"), "****１１１１");
-        // A PIX end-to-end id is no card.
+        // A PIX end-to-end id is no card, nor groups joined to one glued to letters; a whole card
+        // glued to letters is masked.
         let pix = "PIX RECEBIDO E00416968202604241226lx9xf26gk7z";
         assert_eq!(mask_card_numbers(pix), pix);
+        assert_eq!(mask_card_numbers("sbx-e958f282-20261110-34"), "sbx-e958f282-20261110-34");
+        assert_eq!(mask_card_numbers("VISA4111111111111111"), "VISA****1111");
     }
 
     #[test]

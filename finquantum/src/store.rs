@@ -11,7 +11,7 @@ use aigronova_platform::{
     cpf::Cpf,
     crypto::{TenantCipher, TenantKeys},
     grpc::Page,
-    storage::{Backend, Database, Param, StoreError},
+    storage::{Backend, Database, Param, StoreError, bind_params},
     time,
 };
 use chrono::{DateTime, NaiveDate, Utc};
@@ -165,90 +165,89 @@ impl Store {
     /// a replica of one still running during a rolling upgrade: a bank's words may name people and
     /// hold their CPFs); how many it sealed. Called until it seals none.
     pub(crate) async fn seal_clear_names(&self) -> Result<usize, Error> {
-        let rows = sqlx::query(
+        let select = sqlx::query(
             "SELECT tenant_id, customer_id, institution, account_id, transaction_id, name FROM transactions \
              WHERE name NOT LIKE 'v1:%' ORDER BY tenant_id LIMIT $1",
         )
-        .bind(SEAL_BATCH)
-        .fetch_all(self.database.pool())
+        .bind(SEAL_BATCH);
+        let update = "UPDATE transactions SET name = $1 WHERE tenant_id = $2 AND customer_id = $3 \
+                      AND institution = $4 AND account_id = $5 AND transaction_id = $6 AND name = $7";
+        self.seal_batch(select, update, |row, cipher, tenant_id| {
+            let text = |column: &str| row.try_get::<String, _>(column);
+            let (customer_id, institution) = (text("customer_id")?, text("institution")?);
+            let (account_id, transaction_id, name) = (text("account_id")?, text("transaction_id")?, text("name")?);
+            let context = name_context(tenant_id, &customer_id, &institution, &account_id);
+            Ok(vec![
+                cipher.seal(&context, &name).into(),
+                tenant_id.into(),
+                customer_id.into(),
+                institution.into(),
+                account_id.into(),
+                transaction_id.into(),
+                name.into(),
+            ])
+        })
         .await
-        .map_err(StoreError::from)?;
-        let mut sealed = 0;
-        for rows in rows.chunk_by(|a, b| a.try_get::<String, _>(0).ok() == b.try_get::<String, _>(0).ok()) {
-            let tenant_id: String = rows[0].try_get("tenant_id").map_err(StoreError::from)?;
-            let cipher = self.keys.cipher(&tenant_id).await?;
-            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            for row in rows {
-                let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
-                let (customer_id, institution) = (text("customer_id")?, text("institution")?);
-                let (account_id, transaction_id, name) = (text("account_id")?, text("transaction_id")?, text("name")?);
-                let context = name_context(&tenant_id, &customer_id, &institution, &account_id);
-                let updated = sqlx::query(
-                    "UPDATE transactions SET name = $1 WHERE tenant_id = $2 AND customer_id = $3 AND institution = $4 \
-                     AND account_id = $5 AND transaction_id = $6 AND name = $7",
-                )
-                .bind(cipher.seal(&context, &name))
-                .bind(&tenant_id)
-                .bind(&customer_id)
-                .bind(&institution)
-                .bind(&account_id)
-                .bind(&transaction_id)
-                .bind(&name)
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
-                sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
-            }
-            transaction.commit().await.map_err(StoreError::from)?;
-        }
-        Ok(sealed)
     }
 
     /// Seals the inputs (declared data, bank figures) of up to [`SEAL_BATCH`] credit decisions
     /// stored in clear, as [`Self::seal_clear_names`] does names; how many decisions it sealed.
     pub(crate) async fn seal_clear_inputs(&self) -> Result<usize, Error> {
-        let rows = sqlx::query(
+        let select = sqlx::query(
             "SELECT tenant_id, id, features, bank FROM credit_scores WHERE (features NOT LIKE 'v1:%' AND features <> $1) \
              OR (bank NOT LIKE 'v1:%' AND bank <> $1) ORDER BY tenant_id LIMIT $2",
         )
         .bind(ERASED_INPUTS)
-        .bind(SEAL_BATCH)
-        .fetch_all(self.database.pool())
+        .bind(SEAL_BATCH);
+        let update = "UPDATE credit_scores SET features = $1, bank = $2 WHERE tenant_id = $3 AND id = $4 \
+                      AND features = $5 AND bank = $6";
+        self.seal_batch(select, update, |row, cipher, tenant_id| {
+            let text = |column: &str| row.try_get::<String, _>(column);
+            let (id, features, bank) = (text("id")?, text("features")?, text("bank")?);
+            let seal = |column: &str, stored: &str| {
+                if stored == ERASED_INPUTS || aigronova_platform::crypto::is_sealed(stored) {
+                    stored.to_owned()
+                } else {
+                    cipher.seal(&score_context(tenant_id, &id, column), stored)
+                }
+            };
+            Ok(vec![
+                seal("features", &features).into(),
+                seal("bank", &bank).into(),
+                tenant_id.into(),
+                id.as_str().into(),
+                features.into(),
+                bank.into(),
+            ])
+        })
         .await
-        .map_err(StoreError::from)?;
-        let mut sealed = 0;
+    }
+
+    /// Runs `update` with the parameters `sealed` makes of each row `select` finds (ordered by
+    /// tenant, whose id is its first column), one transaction per tenant; how many rows it changed.
+    async fn seal_batch(
+        &self,
+        select: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+        update: &'static str,
+        sealed: impl Fn(&AnyRow, &TenantCipher, &str) -> Result<Vec<Param>, sqlx::Error>,
+    ) -> Result<usize, Error> {
+        let rows = select.fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
+        let mut changed = 0;
         for rows in rows.chunk_by(|a, b| a.try_get::<String, _>(0).ok() == b.try_get::<String, _>(0).ok()) {
-            let tenant_id: String = rows[0].try_get("tenant_id").map_err(StoreError::from)?;
+            let tenant_id: String = rows[0].try_get(0).map_err(StoreError::from)?;
             let cipher = self.keys.cipher(&tenant_id).await?;
             let mut transaction = self.database.begin_tenant(&tenant_id).await?;
             for row in rows {
-                let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::from);
-                let (id, features, bank) = (text("id")?, text("features")?, text("bank")?);
-                let seal = |column: &str, stored: &str| {
-                    if stored == ERASED_INPUTS || aigronova_platform::crypto::is_sealed(stored) {
-                        stored.to_owned()
-                    } else {
-                        cipher.seal(&score_context(&tenant_id, &id, column), stored)
-                    }
-                };
-                let updated = sqlx::query(
-                    "UPDATE credit_scores SET features = $1, bank = $2 WHERE tenant_id = $3 AND id = $4 \
-                     AND features = $5 AND bank = $6",
-                )
-                .bind(seal("features", &features))
-                .bind(seal("bank", &bank))
-                .bind(&tenant_id)
-                .bind(&id)
-                .bind(&features)
-                .bind(&bank)
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::from)?;
-                sealed += usize::try_from(updated.rows_affected()).unwrap_or(0);
+                let params = sealed(row, &cipher, &tenant_id).map_err(StoreError::from)?;
+                let updated = bind_params(sqlx::query(update), params)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::from)?;
+                changed += usize::try_from(updated.rows_affected()).unwrap_or(0);
             }
             transaction.commit().await.map_err(StoreError::from)?;
         }
-        Ok(sealed)
+        Ok(changed)
     }
 
     /// The cipher of `tenant_id`'s data key.

@@ -169,11 +169,15 @@ async fn an_assessment_is_logged_once_with_a_proof_the_cli_verifies(backend: Bac
         let mine = VerifyArgs { tenant: Some(tenant.clone()), ..verify_args(&app, &key, &public_key, entry) };
         let verdict = audit::verify(&mine).await.unwrap();
         assert!(matches!(&verdict, Verdict::Verified { tenant_id, .. } if *tenant_id == tenant), "{verdict:?}");
-        let other = VerifyArgs { tenant: Some("another-tenant".into()), ..mine };
+        let another = "0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b".to_owned();
+        let other = VerifyArgs { tenant: Some(another.clone()), ..mine };
         let refused = audit::verify(&other).await.unwrap_err().to_string();
-        assert!(refused.contains(&format!("served the log of tenant {tenant}, not of tenant another-tenant")));
+        assert!(refused.contains(&format!("served the log of tenant {tenant}, not of tenant {another}")), "{refused}");
         assert_eq!(audit::run(&other).await, 2);
     }
+    // The id in any spelling of its UUID; what is none is refused as an argument.
+    assert_eq!(audit::parse_tenant(&tenant.to_uppercase()), Ok(tenant.clone()));
+    assert!(audit::parse_tenant("another-tenant").is_err());
 
     // The roots a backup records are the signed ones.
     let roots = audit::tenant_roots(&RootsArgs { database_url: app.governance_database_url.clone(), snapshot: None })
