@@ -309,8 +309,8 @@ impl FinQuantumService {
 /// Each pass also seals what is still stored in clear ([`seal_clear`]).
 async fn purge_loop(store: Store, outbox: OutboxWaker, cache: ResponseCache, interval: Duration, shutdown: Shutdown) {
     loop {
-        seal_clear(&store, &shutdown).await;
         purge_once(&store, &outbox, &cache).await;
+        seal_clear(&store, &shutdown).await;
         tokio::select! {
             () = shutdown.clone().wait() => return,
             () = tokio::time::sleep(interval) => {}
@@ -318,18 +318,31 @@ async fn purge_loop(store: Store, outbox: OutboxWaker, cache: ResponseCache, int
     }
 }
 
+/// Batches of sealing a purge pass runs at most: 10,000 rows of each table, whatever is left
+/// waiting for the next pass.
+const SEAL_BATCHES_A_PASS: usize = 20;
+
 /// Seals, a batch at a time, the transaction names and credit decisions' inputs stored in clear
 /// by an earlier version (or by one of its replicas still running during a rolling upgrade); a
 /// failure is logged and tried again at the next pass.
 async fn seal_clear(store: &Store, shutdown: &Shutdown) {
     for names in [true, false] {
         let what = if names { "transaction names" } else { "credit decisions' inputs" };
-        let mut total = 0;
-        while !shutdown.is_triggered() {
-            let sealed = if names { store.seal_clear_names().await } else { store.seal_clear_inputs().await };
-            match sealed {
-                Ok(0) => break,
-                Ok(sealed) => total += sealed,
+        let (mut total, mut skip) = (0, std::collections::BTreeSet::new());
+        for _ in 0..SEAL_BATCHES_A_PASS {
+            if shutdown.is_triggered() {
+                break;
+            }
+            let sealing =
+                if names { store.seal_clear_names(&mut skip).await } else { store.seal_clear_inputs(&mut skip).await };
+            match sealing {
+                Ok(sealing) => {
+                    total += sealing.sealed;
+                    // A batch that was not full found all there was.
+                    if sealing.selected < store::SEAL_BATCH as usize {
+                        break;
+                    }
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot seal the {what} stored in clear; tried again at the next purge");
                     break;
@@ -541,6 +554,17 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
         let (from, to) = (digits[firsts[group]], digits[firsts[group] + sizes[group] - 1]);
         (from > 0 && chars[from - 1].is_alphabetic()) || chars.get(to + 1).is_some_and(|c| c.is_alphabetic())
     };
+    // Whether that group is part of an id: glued to letters that are glued in turn to other
+    // digits (`e958f282`, `26gk7z`), not to a word alone (`CARTAO4111`, `AMEX3782`).
+    let in_id = |first: usize| {
+        let group = group_of[first];
+        let (from, to) = (digits[firsts[group]], digits[firsts[group] + sizes[group] - 1]);
+        let mut before = chars[..from].iter().rev().take_while(|c| c.is_alphanumeric());
+        let mut after = chars[to + 1..].iter().take_while(|c| c.is_alphanumeric());
+        let id_before = from > 0 && chars[from - 1].is_alphabetic() && before.any(|c| is_digit(*c));
+        let id_after = chars.get(to + 1).is_some_and(|c| c.is_alphabetic()) && after.any(|c| is_digit(*c));
+        id_before || id_after
+    };
     // For each digit, the end (one past the last digit) of the window that masks it.
     let mut window: Vec<Option<usize>> = vec![None; digits.len()];
     // The digits of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`), and of a boleto's bar code or
@@ -567,12 +591,9 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
                 let layout = &sizes[group_of[first]..=group_of[last - 1]];
                 let shaped = match pass {
                     0 => group_ends[last - 1] && printed_layout(layout),
-                    // Not groups joined into one number from one glued to letters (an id such as
-                    // `e958f282-20261110-34`); a whole group of a card's length is taken all the same.
-                    1 => {
-                        group_ends[last - 1]
-                            && (group_of[first] == group_of[last - 1] || !(glued(first) || glued(last - 1)))
-                    }
+                    // Not groups joined into one number from one that is part of an id
+                    // (`sbx-e958f282-20261110-34`); a card glued to a word is taken all the same.
+                    1 => group_ends[last - 1] && !(in_id(first) || in_id(last - 1)),
                     // Not in a number glued to letters (a PIX end-to-end id, `E0041…lx9`).
                     _ => !group_ends[last - 1] && !glued(first),
                 };
@@ -739,7 +760,16 @@ mod tests {
         let pix = "PIX RECEBIDO E00416968202604241226lx9xf26gk7z";
         assert_eq!(mask_card_numbers(pix), pix);
         assert_eq!(mask_card_numbers("sbx-e958f282-20261110-34"), "sbx-e958f282-20261110-34");
-        assert_eq!(mask_card_numbers("VISA4111111111111111"), "VISA****1111");
+        for (glued, masked) in [
+            ("VISA4111111111111111", "VISA****1111"),
+            ("AMEX3782 8224 6310 005", "AMEX****0005"),
+            ("CARTAO 3782 8224 6310 005X", "CARTAO ****0005X"),
+            ("VISA4222 2222 2222 2", "VISA****2222"),
+            ("CC411111 1111111111", "CC****1111"),
+            ("CARTAO41111111 11111111", "CARTAO****1111"),
+        ] {
+            assert_eq!(mask_card_numbers(glued), masked, "{glued}");
+        }
     }
 
     #[test]

@@ -163,22 +163,25 @@ impl Store {
 
     /// Seals up to [`SEAL_BATCH`] transaction names stored in clear (by an earlier version, or by
     /// a replica of one still running during a rolling upgrade: a bank's words may name people and
-    /// hold their CPFs); how many it sealed. Called until it seals none.
-    pub(crate) async fn seal_clear_names(&self) -> Result<usize, Error> {
-        let select = sqlx::query(
+    /// hold their CPFs), their card numbers masked as now, but for those of the tenants in `skip`,
+    /// to which a tenant whose rows cannot be sealed is added.
+    pub(crate) async fn seal_clear_names(&self, skip: &mut BTreeSet<String>) -> Result<Sealing, Error> {
+        let sql = format!(
             "SELECT tenant_id, customer_id, institution, account_id, transaction_id, name FROM transactions \
-             WHERE name NOT LIKE 'v1:%' ORDER BY tenant_id LIMIT $1",
-        )
-        .bind(SEAL_BATCH);
+             WHERE substr(name, 1, 3) <> 'v1:'{} \
+             ORDER BY tenant_id, customer_id, institution, account_id, transaction_id LIMIT $1",
+            not_in(skip, 2)
+        );
+        let select = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(SEAL_BATCH), skip);
         let update = "UPDATE transactions SET name = $1 WHERE tenant_id = $2 AND customer_id = $3 \
                       AND institution = $4 AND account_id = $5 AND transaction_id = $6 AND name = $7";
-        self.seal_batch(select, update, |row, cipher, tenant_id| {
+        self.seal_batch(select, update, skip, |row, cipher, tenant_id| {
             let text = |column: &str| row.try_get::<String, _>(column);
             let (customer_id, institution) = (text("customer_id")?, text("institution")?);
             let (account_id, transaction_id, name) = (text("account_id")?, text("transaction_id")?, text("name")?);
             let context = name_context(tenant_id, &customer_id, &institution, &account_id);
             Ok(vec![
-                cipher.seal(&context, &name).into(),
+                cipher.seal(&context, &crate::mask_card_numbers(&name)).into(),
                 tenant_id.into(),
                 customer_id.into(),
                 institution.into(),
@@ -191,17 +194,18 @@ impl Store {
     }
 
     /// Seals the inputs (declared data, bank figures) of up to [`SEAL_BATCH`] credit decisions
-    /// stored in clear, as [`Self::seal_clear_names`] does names; how many decisions it sealed.
-    pub(crate) async fn seal_clear_inputs(&self) -> Result<usize, Error> {
-        let select = sqlx::query(
-            "SELECT tenant_id, id, features, bank FROM credit_scores WHERE (features NOT LIKE 'v1:%' AND features <> $1) \
-             OR (bank NOT LIKE 'v1:%' AND bank <> $1) ORDER BY tenant_id LIMIT $2",
-        )
-        .bind(ERASED_INPUTS)
-        .bind(SEAL_BATCH);
+    /// stored in clear, as [`Self::seal_clear_names`] does names.
+    pub(crate) async fn seal_clear_inputs(&self, skip: &mut BTreeSet<String>) -> Result<Sealing, Error> {
+        let sql = format!(
+            "SELECT tenant_id, id, features, bank FROM credit_scores \
+             WHERE ((substr(features, 1, 3) <> 'v1:' AND features <> $1) OR (substr(bank, 1, 3) <> 'v1:' AND bank <> $1)){} \
+             ORDER BY tenant_id, id LIMIT $2",
+            not_in(skip, 3)
+        );
+        let select = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ERASED_INPUTS).bind(SEAL_BATCH), skip);
         let update = "UPDATE credit_scores SET features = $1, bank = $2 WHERE tenant_id = $3 AND id = $4 \
                       AND features = $5 AND bank = $6";
-        self.seal_batch(select, update, |row, cipher, tenant_id| {
+        self.seal_batch(select, update, skip, |row, cipher, tenant_id| {
             let text = |column: &str| row.try_get::<String, _>(column);
             let (id, features, bank) = (text("id")?, text("features")?, text("bank")?);
             let seal = |column: &str, stored: &str| {
@@ -224,30 +228,45 @@ impl Store {
     }
 
     /// Runs `update` with the parameters `sealed` makes of each row `select` finds (ordered by
-    /// tenant, whose id is its first column), one transaction per tenant; how many rows it changed.
+    /// tenant, whose id is its first column), [`SEAL_TRANSACTION`] rows a transaction. A tenant
+    /// whose rows fail (its data key, a write) is logged and added to `skip`, and the others go on.
     async fn seal_batch(
         &self,
         select: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
         update: &'static str,
+        skip: &mut BTreeSet<String>,
         sealed: impl Fn(&AnyRow, &TenantCipher, &str) -> Result<Vec<Param>, sqlx::Error>,
-    ) -> Result<usize, Error> {
+    ) -> Result<Sealing, Error> {
         let rows = select.fetch_all(self.database.pool()).await.map_err(StoreError::from)?;
-        let mut changed = 0;
+        let mut sealing = Sealing { selected: rows.len(), sealed: 0 };
         for rows in rows.chunk_by(|a, b| a.try_get::<String, _>(0).ok() == b.try_get::<String, _>(0).ok()) {
             let tenant_id: String = rows[0].try_get(0).map_err(StoreError::from)?;
-            let cipher = self.keys.cipher(&tenant_id).await?;
-            let mut transaction = self.database.begin_tenant(&tenant_id).await?;
-            for row in rows {
-                let params = sealed(row, &cipher, &tenant_id).map_err(StoreError::from)?;
-                let updated = bind_params(sqlx::query(update), params)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(StoreError::from)?;
-                changed += usize::try_from(updated.rows_affected()).unwrap_or(0);
+            let tenant = async {
+                let cipher = self.keys.cipher(&tenant_id).await?;
+                let mut changed = 0;
+                for rows in rows.chunks(SEAL_TRANSACTION) {
+                    let mut transaction = self.database.begin_tenant(&tenant_id).await?;
+                    for row in rows {
+                        let params = sealed(row, &cipher, &tenant_id).map_err(StoreError::from)?;
+                        let updated = bind_params(sqlx::query(update), params)
+                            .execute(&mut *transaction)
+                            .await
+                            .map_err(StoreError::from)?;
+                        changed += usize::try_from(updated.rows_affected()).unwrap_or(0);
+                    }
+                    transaction.commit().await.map_err(StoreError::from)?;
+                }
+                Ok::<_, Error>(changed)
+            };
+            match tenant.await {
+                Ok(changed) => sealing.sealed += changed,
+                Err(error) => {
+                    tracing::error!(tenant_id, %error, "cannot seal a tenant's rows stored in clear; left for the next pass");
+                    skip.insert(tenant_id);
+                }
             }
-            transaction.commit().await.map_err(StoreError::from)?;
         }
-        Ok(changed)
+        Ok(sealing)
     }
 
     /// The cipher of `tenant_id`'s data key.
@@ -1556,7 +1575,8 @@ fn name_context(tenant_id: &str, customer_id: &str, institution: &str, account_i
 /// purge's pass seals it ([`Store::seal_clear_names`]).
 fn open_name(cipher: &TenantCipher, context: &str, stored: &str) -> Result<String, StoreError> {
     if !aigronova_platform::crypto::is_sealed(stored) {
-        return Ok(stored.to_owned());
+        // Its card numbers masked as now, whatever the version that stored it missed.
+        return Ok(crate::mask_card_numbers(stored));
     }
     cipher.open(context, stored).map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))
 }
@@ -1591,8 +1611,38 @@ fn score_context(tenant_id: &str, id: &str, column: &str) -> String {
 /// What an erasure leaves of a decision's inputs, in clear: nothing.
 const ERASED_INPUTS: &str = "{}";
 
-/// Rows a pass of [`Store::seal_clear_names`] or [`Store::seal_clear_inputs`] seals at most.
-const SEAL_BATCH: i64 = 500;
+/// Rows a batch of [`Store::seal_clear_names`] or [`Store::seal_clear_inputs`] seals at most.
+pub(crate) const SEAL_BATCH: i64 = 500;
+
+/// Rows sealed in one transaction, so that a sealing holds few rows locked at a time.
+const SEAL_TRANSACTION: usize = 50;
+
+/// What a batch of sealing found in clear, and how many of those rows it sealed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Sealing {
+    pub(crate) selected: usize,
+    pub(crate) sealed: usize,
+}
+
+/// ` AND tenant_id NOT IN ($first, …)` for the tenants of `skip`, or nothing.
+fn not_in(skip: &BTreeSet<String>, first: usize) -> String {
+    if skip.is_empty() {
+        return String::new();
+    }
+    let placeholders: Vec<String> = (first..first + skip.len()).map(|n| format!("${n}")).collect();
+    format!(" AND tenant_id NOT IN ({})", placeholders.join(", "))
+}
+
+/// `query` with the tenants of `skip` bound, in order, to its next parameters.
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    skip: &BTreeSet<String>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for tenant in skip {
+        query = query.bind(tenant.clone());
+    }
+    query
+}
 
 fn score_of(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<StoredScore, StoreError> {
     let id: String = row.try_get("id")?;
