@@ -554,17 +554,6 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
         let (from, to) = (digits[firsts[group]], digits[firsts[group] + sizes[group] - 1]);
         (from > 0 && chars[from - 1].is_alphabetic()) || chars.get(to + 1).is_some_and(|c| c.is_alphabetic())
     };
-    // Whether that group is part of an id: glued to letters that are glued in turn to other
-    // digits (`e958f282`, `26gk7z`), not to a word alone (`CARTAO4111`, `AMEX3782`).
-    let in_id = |first: usize| {
-        let group = group_of[first];
-        let (from, to) = (digits[firsts[group]], digits[firsts[group] + sizes[group] - 1]);
-        let mut before = chars[..from].iter().rev().take_while(|c| c.is_alphanumeric());
-        let mut after = chars[to + 1..].iter().take_while(|c| c.is_alphanumeric());
-        let id_before = from > 0 && chars[from - 1].is_alphabetic() && before.any(|c| is_digit(*c));
-        let id_after = chars.get(to + 1).is_some_and(|c| c.is_alphabetic()) && after.any(|c| is_digit(*c));
-        id_before || id_after
-    };
     // For each digit, the end (one past the last digit) of the window that masks it.
     let mut window: Vec<Option<usize>> = vec![None; digits.len()];
     // The digits of a CNPJ written as one (`NN.NNN.NNN/NNNN-NN`), and of a boleto's bar code or
@@ -591,9 +580,10 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
                 let layout = &sizes[group_of[first]..=group_of[last - 1]];
                 let shaped = match pass {
                     0 => group_ends[last - 1] && printed_layout(layout),
-                    // Not groups joined into one number from one that is part of an id
-                    // (`sbx-e958f282-20261110-34`); a card glued to a word is taken all the same.
-                    1 => group_ends[last - 1] && !(in_id(first) || in_id(last - 1)),
+                    // Whole groups, whatever touches them: a card glued to a word (`VISA4111…`)
+                    // is masked, and so is a card-shaped run in an id (`e958f282-20261110-34`),
+                    // as a card left in clear would be worse.
+                    1 => group_ends[last - 1],
                     // Not in a number glued to letters (a PIX end-to-end id, `E0041…lx9`).
                     _ => !group_ends[last - 1] && !glued(first),
                 };
@@ -759,8 +749,11 @@ mod tests {
         // glued to letters is masked.
         let pix = "PIX RECEBIDO E00416968202604241226lx9xf26gk7z";
         assert_eq!(mask_card_numbers(pix), pix);
-        assert_eq!(mask_card_numbers("sbx-e958f282-20261110-34"), "sbx-e958f282-20261110-34");
         for (glued, masked) in [
+            ("sbx-e958f282-20261110-34", "sbx-e958f****1034"),
+            ("X1Y3782 8224 6310 005", "X1Y****0005"),
+            ("COMPRA 4111 111111111111PARC01", "COMPRA ****1111PARC01"),
+            ("4111\u{3164}111111111111", "****1111"),
             ("VISA4111111111111111", "VISA****1111"),
             ("AMEX3782 8224 6310 005", "AMEX****0005"),
             ("CARTAO 3782 8224 6310 005X", "CARTAO ****0005X"),

@@ -1578,7 +1578,10 @@ fn open_name(cipher: &TenantCipher, context: &str, stored: &str) -> Result<Strin
         // Its card numbers masked as now, whatever the version that stored it missed.
         return Ok(crate::mask_card_numbers(stored));
     }
-    cipher.open(context, stored).map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))
+    let name =
+        cipher.open(context, stored).map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))?;
+    // Masked as now too: one sealed with a card an earlier masking missed is not shown whole.
+    Ok(crate::mask_card_numbers(&name))
 }
 
 fn transaction_of(
