@@ -1388,16 +1388,9 @@ impl SubjectStore {
     /// The kind, status and times of each request of `tenant_id` made in `[start, end)` (RFC 3339
     /// as stored): what a report counts, read without opening any details or bundle.
     pub async fn request_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<RequestTally>, Error> {
-        let rows = sqlx::query(
-            "SELECT kind, status, deadline, created_at, completed_at FROM subject_requests \
-             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id",
-        )
-        .bind(tenant_id)
-        .bind(start)
-        .bind(end)
-        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
-        .await
-        .map_err(StoreError::from)?;
+        let select = "SELECT kind, status, deadline, created_at, completed_at FROM subject_requests \
+                      WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id";
+        let rows = self.rows_of_period(select, tenant_id, start, end).await?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
             Ok(RequestTally {
                 kind: row.try_get("kind")?,
@@ -1413,16 +1406,9 @@ impl SubjectStore {
     /// The status, outcome and times of each review of `tenant_id` asked for in `[start, end)`
     /// (RFC 3339 as stored): what a report counts, read without opening any reason or note.
     pub async fn review_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<ReviewTally>, Error> {
-        let rows = sqlx::query(
-            "SELECT status, outcome, created_at, decided_at FROM reviews \
-             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id",
-        )
-        .bind(tenant_id)
-        .bind(start)
-        .bind(end)
-        .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
-        .await
-        .map_err(StoreError::from)?;
+        let select = "SELECT status, outcome, created_at, decided_at FROM reviews \
+                      WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id";
+        let rows = self.rows_of_period(select, tenant_id, start, end).await?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
             Ok(ReviewTally {
                 status: row.try_get("status")?,
@@ -1432,6 +1418,24 @@ impl SubjectStore {
             })
         };
         Ok(rows.iter().map(tally).collect::<Result<_, _>>()?)
+    }
+
+    /// The rows `select` reads for `tenant_id` (`$1`) over the period `[start, end)` (`$2`, `$3`).
+    async fn rows_of_period(
+        &self,
+        select: &'static str,
+        tenant_id: &str,
+        start: &str,
+        end: &str,
+    ) -> Result<Vec<sqlx::any::AnyRow>, Error> {
+        let rows = sqlx::query(select)
+            .bind(tenant_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?)
+            .await
+            .map_err(StoreError::from)?;
+        Ok(rows)
     }
 
     /// The tenant's reviews, oldest first; only those with `status` when it is not empty.
