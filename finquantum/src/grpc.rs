@@ -273,12 +273,14 @@ fn parse_id(field: &str, value: &str) -> Result<String, Error> {
     Uuid::parse_str(value).map(|id| id.to_string()).map_err(|_| Error::invalid(field, "must be a UUID"))
 }
 
-/// Scores `row` with `model`: the probability of default and each feature's contribution to it,
-/// on the calling task (one row of a tree model and its contributions; see `assessment::assess` in
-/// healthquantum).
+/// Scores `row` with `model`: the probability of default and how far each feature's value stands
+/// from its most favourable one, on the calling task (the trees walked again for each feature's
+/// alternatives; see `assessment::assess` in healthquantum).
 fn predict(model: &Model, row: &[f32]) -> Result<(f64, Vec<(String, f64)>), Error> {
-    let (probability, contributions) = model.predict_explained(row)?;
-    Ok((probability, contributions.into_iter().map(|c| (c.feature, c.contribution)).collect()))
+    let alternatives = scoring::alternatives(model.manifest(), row);
+    let slices: Vec<&[f32]> = alternatives.iter().map(Vec::as_slice).collect();
+    let (probability, outputs) = model.predict_substituted(row, &slices)?;
+    Ok((probability, scoring::shortfalls(model.manifest(), probability, &alternatives, &outputs)))
 }
 
 fn event(caller: &Caller, kind: EventKind, action: &str, subject: &str, details: serde_json::Value) -> AuditEvent {
@@ -511,8 +513,8 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let started = Instant::now();
         let predicted = predict(&model, &row);
         self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());
-        let (probability, contributions) = predicted?;
-        let reasons = scoring::reasons(&contributions);
+        let (probability, shortfalls) = predicted?;
+        let reasons = scoring::reasons(&shortfalls);
         let features = scoring::sorted(&features);
         let score = StoredScore {
             id: Uuid::now_v7().to_string(),

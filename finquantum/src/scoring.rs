@@ -573,8 +573,69 @@ impl ReasonWords {
     }
 }
 
-/// The features behind a decision's reasons, largest effect first, from the model's contributions
-/// to the probability of default: only features that raised it (pushed the score down).
+/// The codes of the features the data set codes.
+const CODES: [(&str, &[f32]); 9] = [
+    ("installment_rate", &[1.0, 2.0, 3.0, 4.0]),
+    ("existing_credits", &[1.0, 2.0, 3.0, 4.0]),
+    ("dependents", &[1.0, 2.0]),
+    ("checking_status", &[0.0, 1.0, 2.0, 3.0]),
+    ("savings_status", &[0.0, 1.0, 2.0, 3.0, 4.0]),
+    ("employment_years", &[0.0, 1.0, 2.0, 3.0, 4.0]),
+    ("credit_history", &[0.0, 1.0, 2.0, 3.0, 4.0]),
+    ("housing_own", &[0.0, 1.0]),
+    ("purpose_car", &[0.0, 1.0]),
+];
+
+/// The features whose code 0 is having no such account.
+const ACCOUNTS: [&str; 2] = ["checking_status", "savings_status"];
+
+/// The values each feature of `row` is tried at to find its most favourable one, in the model's
+/// order: a coded feature's codes, any other feature's training quantiles (the manifest's
+/// `bin_edges`). A customer who holds a checking or savings account is compared with other
+/// holders (codes from 1): the data's applicants without one repaid best, which says nothing of
+/// the balance a customer keeps.
+pub fn alternatives(manifest: &Manifest, row: &[f32]) -> Vec<Vec<f32>> {
+    manifest
+        .features
+        .iter()
+        .zip(row)
+        .map(|(feature, value)| match CODES.iter().find(|(name, _)| *name == feature.name) {
+            Some((name, codes)) if ACCOUNTS.contains(name) && *value > 0.0 => {
+                codes.iter().copied().filter(|code| *code > 0.0).collect()
+            }
+            Some((_, codes)) => codes.to_vec(),
+            None => feature.bin_edges.iter().map(|edge| *edge as f32).collect(),
+        })
+        .collect()
+}
+
+/// How far each feature's value stands from its most favourable one: the probability of default
+/// minus the lowest one with that feature alone at any of its `alternatives` (whose outputs are
+/// `outputs`, flattened in order); zero where the value is the most favourable. The method of
+/// points below the best: unlike a comparison with the training mean, it names a value that sits
+/// at the mean (an overdrawn account, whose code is the data's mean).
+pub fn shortfalls(
+    manifest: &Manifest,
+    probability: f64,
+    alternatives: &[Vec<f32>],
+    outputs: &[f64],
+) -> Vec<(String, f64)> {
+    let mut rest = outputs;
+    manifest
+        .features
+        .iter()
+        .zip(alternatives)
+        .map(|(feature, values)| {
+            let (own, after) = rest.split_at(values.len().min(rest.len()));
+            rest = after;
+            (feature.name.clone(), probability - own.iter().copied().fold(probability, f64::min))
+        })
+        .collect()
+}
+
+/// The features behind a decision's reasons, largest effect first, from how far each stands from
+/// its most favourable value ([`shortfalls`]): only features that raised the probability of
+/// default (pushed the score down).
 pub fn reasons(contributions: &[(String, f64)]) -> Vec<String> {
     let mut raising: Vec<&(String, f64)> = contributions.iter().filter(|(_, effect)| *effect > 0.0).collect();
     raising.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -895,14 +956,62 @@ mod tests {
         assert_eq!(reais(5), "0.05");
     }
 
-    #[test]
-    fn a_reason_uses_its_adverse_words_only_where_they_hold() {
-        let manifest: Manifest = serde_json::from_str(
+    fn manifest() -> Manifest {
+        serde_json::from_str(
             &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/credit-risk/1/manifest.json"))
                 .unwrap(),
         )
-        .unwrap();
-        let words = ReasonWords::new(&manifest);
+        .unwrap()
+    }
+
+    #[test]
+    fn each_feature_is_tried_at_its_codes_or_quantiles() {
+        let manifest = manifest();
+        let position = |name: &str| manifest.features.iter().position(|feature| feature.name == name).unwrap();
+        let mut row = vec![1.0_f32; manifest.features.len()];
+        row[position("checking_status")] = 0.0;
+        row[position("savings_status")] = 2.0;
+        let tried = alternatives(&manifest, &row);
+        assert_eq!(tried.len(), manifest.features.len());
+        // Without a checking account: every code; a savings holder: other holders' codes only.
+        assert_eq!(tried[position("checking_status")], [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(tried[position("savings_status")], [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(tried[position("housing_own")], [0.0, 1.0]);
+        let amount = position("credit_amount");
+        let edges: Vec<f32> = manifest.features[amount].bin_edges.iter().map(|edge| *edge as f32).collect();
+        assert_eq!(tried[amount], edges);
+        row[position("checking_status")] = 1.0;
+        assert_eq!(alternatives(&manifest, &row)[position("checking_status")], [1.0, 2.0, 3.0]);
+        for (feature, _) in CODES {
+            assert!(manifest.features.iter().any(|known| known.name == feature), "{feature}");
+        }
+    }
+
+    #[test]
+    fn a_shortfall_is_the_distance_to_the_most_favourable_value() {
+        let manifest = manifest();
+        let alternatives: Vec<Vec<f32>> =
+            manifest.features.iter().enumerate().map(|(index, _)| vec![0.0; index % 3]).collect();
+        // Feature 1's one alternative lowers the probability by 0.1; feature 2's two raise it,
+        // then lower it by 0.25; the others, with none or at no lower value, fall short by nothing.
+        let mut outputs = Vec::new();
+        for (index, values) in alternatives.iter().enumerate() {
+            outputs.extend(match index {
+                1 => vec![0.4],
+                2 => vec![0.9, 0.25],
+                _ => vec![0.7; values.len()],
+            });
+        }
+        let shortfalls = shortfalls(&manifest, 0.5, &alternatives, &outputs);
+        assert_eq!(shortfalls.len(), manifest.features.len());
+        assert_eq!(shortfalls[0], (manifest.features[0].name.clone(), 0.0));
+        assert!((shortfalls[1].1 - 0.1).abs() < 1e-12 && (shortfalls[2].1 - 0.25).abs() < 1e-12, "{shortfalls:?}");
+        assert!(shortfalls[3..].iter().all(|(_, shortfall)| *shortfall == 0.0), "{shortfalls:?}");
+    }
+
+    #[test]
+    fn a_reason_uses_its_adverse_words_only_where_they_hold() {
+        let words = ReasonWords::new(&manifest());
         let description = |feature: &str, value: Option<f64>| words.reason(feature, value).unwrap().description;
         assert_eq!(description("housing_own", Some(0.0)), "You do not own your home.");
         assert_eq!(description("housing_own", Some(1.0)), "Your housing.");

@@ -8,7 +8,8 @@
 //! Contributions are occlusions: the output minus the output with one feature at its training
 //! mean. For a tree ensemble that agrees with ONNX Runtime on probe rows at load time (see
 //! [`trees`]) they come from walking its trees; for any other model, from scoring a copy of the
-//! row per feature in one batch.
+//! row per feature in one batch. [`Model::predict_substituted`] generalises them: each feature at
+//! each of a list of values (what a service finds a feature's most favourable value with).
 
 mod trees;
 
@@ -333,7 +334,7 @@ impl Model {
     pub fn contributions(&self, row: &[f32], prediction: f64) -> Result<Vec<Contribution>, InferenceError> {
         match &self.ensemble {
             Some(ensemble) => {
-                let (output, occluded) = ensemble.occlusion(row, &self.means);
+                let (output, occluded) = ensemble.substitutions(row, &self.mean_slices());
                 Ok(self.contributions_from(output, &occluded))
             }
             None => self.scored_contributions(row, prediction),
@@ -362,7 +363,7 @@ impl Model {
             Some(ensemble) => self.run(&[row.to_vec()]).and_then(|outputs| {
                 let prediction =
                     outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into()))?;
-                let (output, occluded) = ensemble.occlusion(row, &self.means);
+                let (output, occluded) = ensemble.substitutions(row, &self.mean_slices());
                 Ok((prediction, self.contributions_from(output, &occluded)))
             }),
             None => {
@@ -382,18 +383,55 @@ impl Model {
         result
     }
 
+    /// The output for `row` and, for each feature in turn (in model order), the outputs with that
+    /// feature alone at each of its `alternatives`, flattened in that order: what a model's most
+    /// favourable value of a feature is found with. Walks the trees when they reproduce the model,
+    /// else scores the row and its copies in one ONNX Runtime batch.
+    pub fn predict_substituted(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<(f64, Vec<f64>), InferenceError> {
+        if alternatives.len() != self.manifest.features.len() || row.len() != alternatives.len() {
+            return Err(InferenceError::Runtime(format!(
+                "{} alternatives and {} values for a model of {} features",
+                alternatives.len(),
+                row.len(),
+                self.manifest.features.len()
+            )));
+        }
+        let started = Instant::now();
+        let result = match &self.ensemble {
+            Some(ensemble) => Ok(ensemble.substitutions(row, alternatives)),
+            None => self.scored_substitutions(row, alternatives),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        latency_histogram()
+            .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// [`Self::predict_substituted`] as ONNX Runtime scores it: the row and every copy in one batch.
+    /// What a model without a readable tree ensemble uses, and what the trees must agree with.
+    pub fn scored_substitutions(
+        &self,
+        row: &[f32],
+        alternatives: &[&[f32]],
+    ) -> Result<(f64, Vec<f64>), InferenceError> {
+        let mut rows = vec![row.to_vec()];
+        rows.extend(substituted_rows(row, alternatives));
+        let outputs = self.run(&rows)?;
+        match outputs.split_first() {
+            Some((prediction, substituted)) => Ok((*prediction, substituted.to_vec())),
+            None => Err(InferenceError::Runtime("empty output".into())),
+        }
+    }
+
+    /// Each feature's training mean as its one alternative (occlusion).
+    fn mean_slices(&self) -> Vec<&[f32]> {
+        self.means.iter().map(std::slice::from_ref).collect()
+    }
+
     /// `row` with each feature in turn at its training mean.
     fn occluded_rows(&self, row: &[f32]) -> Vec<Vec<f32>> {
-        self.manifest
-            .features
-            .iter()
-            .enumerate()
-            .map(|(index, _)| {
-                let mut occluded = row.to_vec();
-                occluded[index] = self.means[index];
-                occluded
-            })
-            .collect()
+        substituted_rows(row, &self.mean_slices())
     }
 
     /// The contributions, largest first, from the outputs of [`Self::occluded_rows`].
@@ -581,6 +619,19 @@ impl Model {
                 .then(|| format!("{walked} against {scored} for {probe:?}"))
         }))
     }
+}
+
+/// Copies of `row`, one per feature and alternative value, in feature order.
+fn substituted_rows(row: &[f32], alternatives: &[&[f32]]) -> Vec<Vec<f32>> {
+    let mut rows = Vec::with_capacity(alternatives.iter().map(|values| values.len()).sum());
+    for (index, values) in alternatives.iter().enumerate() {
+        for value in *values {
+            let mut copy = row.to_vec();
+            copy[index] = *value;
+            rows.push(copy);
+        }
+    }
+    rows
 }
 
 fn open_session(environment: &Environment, model: &[u8], intra_threads: usize) -> Result<Session, ort::Error> {

@@ -83,8 +83,28 @@ fn every_committed_model_loads_and_reproduces_its_python_reference() {
                     contribution.contribution
                 );
             }
+            // Each feature at each of its bin edges: the walked trees and the scored batch agree.
+            let edges: Vec<Vec<f32>> = model
+                .manifest()
+                .features
+                .iter()
+                .map(|feature| feature.bin_edges.iter().map(|edge| *edge as f32).collect())
+                .collect();
+            let alternatives: Vec<&[f32]> = edges.iter().map(Vec::as_slice).collect();
+            let (walked_output, walked) = model.predict_substituted(&vector, &alternatives).unwrap();
+            let (scored_output, scored) = model.scored_substitutions(&vector, &alternatives).unwrap();
+            assert!((walked_output - scored_output).abs() <= 1e-5 * output.abs().max(1.0), "{name}");
+            assert_eq!(walked.len(), edges.iter().map(Vec::len).sum::<usize>(), "{name}");
+            assert_eq!(walked.len(), scored.len(), "{name}");
+            for (walked, scored) in walked.iter().zip(&scored) {
+                assert!((walked - scored).abs() <= 1e-5 * scored.abs().max(1.0), "{name}: {walked} against {scored}");
+            }
+            assert!(walked.iter().any(|value| (value - output).abs() > 1e-3), "{name}: some edge moves the output");
             assert_eq!(model.is_regression(), row.get("value").is_some(), "{name}");
         }
+        let model = registry.get(name).unwrap();
+        let error = model.predict_substituted(&[0.0], &[&[1.0]]).unwrap_err();
+        assert!(error.to_string().contains("features"), "{name}: {error}");
     }
 }
 

@@ -1,11 +1,12 @@
 //! FinQuantum credit scores side by side in one run, the same credit-risk row each time:
 //! - the raw ONNX Runtime call in process (the floor),
-//! - in process, the output with its contributions as the service computes them (the trees
-//!   walked) beside the same scored as one batch of occluded rows,
+//! - in process, the output with each feature at each of its alternative values, as the service
+//!   finds the most favourable ones for its reasons (the trees walked), beside the same scored as
+//!   one batch of altered rows,
 //! - the platform through the gateway (HTTP/JSON, API key, rate limit, transcoding, internal
 //!   token, validation of the declared fields, the consent check, the customer's ingested
-//!   accounts and transactions read back and summarised, inference with the reason-code
-//!   contributions, the score and its audit event committed to SQLite),
+//!   accounts and transactions read back and summarised, inference with each feature at its
+//!   alternatives for the reason codes, the score and its audit event committed to SQLite),
 //! - a Python FastAPI + onnxruntime service scoring the same model.onnx (what a team would
 //!   otherwise deploy; uvicorn with one worker per core), which only scores.
 //!
@@ -35,7 +36,7 @@ use serde_json::{Value, json};
 
 use crate::{
     common::{drive, env_number, print, unlimited_enterprise},
-    reference::{PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
+    reference::{Explanation, PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -47,7 +48,14 @@ async fn main() {
     let features = row["features"].clone();
     let expected = row["onnx_probability"].as_f64().unwrap();
     let raw = drive_raw("credit-risk", &features, concurrency, seconds).await;
-    let (walked, scored) = drive_explanations("credit-risk", &features, concurrency, seconds).await;
+    let (walked, scored) = drive_explanations(
+        "credit-risk",
+        &features,
+        Explanation::Alternatives(aigronova_finquantum::scoring::alternatives),
+        concurrency,
+        seconds,
+    )
+    .await;
 
     // The platform, through the gateway, for a customer whose data is ingested under a consent.
     let bank = Institution::start().await;

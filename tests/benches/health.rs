@@ -27,7 +27,7 @@ use serde_json::json;
 use crate::{
     common::{drive, env_number, print, unlimited_enterprise},
     internal::{GET_PUBLIC_KEY_PATH, Internal, drive_gateway, get_public_key},
-    reference::{PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
+    reference::{Explanation, PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -37,7 +37,8 @@ async fn main() {
     let row = first_reference_row("breast-cancer");
     let features = row["features"].clone();
     let raw = drive_raw("breast-cancer", &features, concurrency, seconds).await;
-    let (walked, scored) = drive_explanations("breast-cancer", &features, concurrency, seconds).await;
+    let (walked, scored) =
+        drive_explanations("breast-cancer", &features, Explanation::Contributions, concurrency, seconds).await;
 
     // The platform, through the gateway.
     let internal = Internal::new();

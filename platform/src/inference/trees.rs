@@ -248,11 +248,20 @@ impl Ensemble {
         self.transform.apply(margin)
     }
 
-    /// The output for `row` and, for each feature, the output with that feature at `means`'.
-    pub(super) fn occlusion(&self, row: &[f32], means: &[f32]) -> (f64, Vec<f64>) {
+    /// The output for `row` and, for each feature in turn, the outputs with that feature alone at
+    /// each of its `alternatives`, flattened in feature order. Only the trees whose path for `row`
+    /// tests a feature are walked again for its alternatives.
+    pub(super) fn substitutions(&self, row: &[f32], alternatives: &[&[f32]]) -> (f64, Vec<f64>) {
         debug_assert_eq!(row.len(), self.features);
+        debug_assert_eq!(alternatives.len(), self.features);
+        let mut offsets = Vec::with_capacity(alternatives.len());
+        let mut total = 0;
+        for values in alternatives {
+            offsets.push(total);
+            total += values.len();
+        }
         let mut margin = self.base;
-        let mut shifts = vec![0.0; self.features];
+        let mut shifts = vec![0.0; total];
         let (mut path, mut unused) = (Vec::new(), Vec::new());
         for tree in &self.trees {
             path.clear();
@@ -260,10 +269,12 @@ impl Ensemble {
             margin += weight;
             path.sort_unstable();
             path.dedup();
-            for &occluded in &path {
-                unused.clear();
-                let value = |index: usize| if index == occluded { means[index] } else { row[index] };
-                shifts[occluded] += tree.walk(value, &mut unused) - weight;
+            for &substituted in &path {
+                for (slot, &alternative) in alternatives[substituted].iter().enumerate() {
+                    unused.clear();
+                    let value = |index: usize| if index == substituted { alternative } else { row[index] };
+                    shifts[offsets[substituted] + slot] += tree.walk(value, &mut unused) - weight;
+                }
             }
         }
         let outputs = shifts.iter().map(|shift| self.transform.apply(margin + shift)).collect();
@@ -401,20 +412,26 @@ mod tests {
     }
 
     #[test]
-    fn occlusion_moves_only_the_trees_that_test_the_feature() {
+    fn substitutions_move_only_the_trees_that_test_the_feature() {
         let ensemble = stumps();
         let row = [1.0, -1.0, 7.0];
         assert_eq!(ensemble.predict(&row), 10.0 + 3.0 - 1.0);
-        let (output, occluded) = ensemble.occlusion(&row, &[0.0, 1.0, 0.0]);
+        let alternatives: [&[f32]; 3] = [&[0.0, 2.0], &[1.0], &[0.0, 1.0, 2.0]];
+        let (output, outputs) = ensemble.substitutions(&row, &alternatives);
         assert_eq!(output, 12.0);
-        // Feature 0 at 0.0 takes the first stump's other leaf, feature 1 at 1.0 the second's;
-        // feature 2 is read by no tree.
-        assert_eq!(occluded, vec![10.0, 15.0, 12.0]);
-        for (feature, mean) in [0.0_f32, 1.0, 0.0].into_iter().enumerate() {
-            let mut copy = row;
-            copy[feature] = mean;
-            assert_eq!(ensemble.predict(&copy), occluded[feature], "feature {feature}");
+        // Feature 0 at 0.0 takes the first stump's other leaf, at 2.0 the same one; feature 1 at
+        // 1.0 takes the second's other leaf; feature 2 is read by no tree.
+        assert_eq!(outputs, vec![10.0, 12.0, 15.0, 12.0, 12.0, 12.0]);
+        let mut expected = Vec::new();
+        for (feature, values) in alternatives.iter().enumerate() {
+            for value in *values {
+                let mut copy = row;
+                copy[feature] = *value;
+                expected.push(ensemble.predict(&copy));
+            }
         }
+        assert_eq!(outputs, expected);
+        assert_eq!(ensemble.substitutions(&row, &[&[], &[], &[]]), (12.0, Vec::new()));
     }
 
     #[test]

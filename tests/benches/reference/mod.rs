@@ -10,7 +10,10 @@ use std::{
 };
 
 use aigronova_e2e::models_dir;
-use aigronova_platform::{config::InferenceConfig, inference::ModelRegistry};
+use aigronova_platform::{
+    config::InferenceConfig,
+    inference::{Manifest, Model, ModelRegistry},
+};
 use serde_json::Value;
 
 use crate::common::{Run, drive, print};
@@ -95,13 +98,24 @@ pub(crate) async fn drive_raw(model: &str, features: &Value, concurrency: usize,
     .await
 }
 
-/// The two ways of explaining `model`'s output for `features`, in process: the row scored by
-/// ONNX Runtime with contributions from walking the trees (what the services do), and the row
-/// with its occluded copies scored in one ONNX Runtime batch (what a model without readable
-/// trees does).
+/// How a service explains a model's output.
+#[derive(Clone, Copy)]
+#[allow(dead_code, reason = "each model benchmark constructs the one its service uses")]
+pub(crate) enum Explanation {
+    /// Occlusion contributions (HealthQuantum's assessments).
+    Contributions,
+    /// Each feature at each of the values this gives for the row (FinQuantum's reasons, which
+    /// look for each feature's most favourable value).
+    Alternatives(fn(&Manifest, &[f32]) -> Vec<Vec<f32>>),
+}
+
+/// The two ways of explaining `model`'s output for `features` as `explanation` says, in process:
+/// by walking the trees (what the services do), and by scoring the row with its altered copies in
+/// one ONNX Runtime batch (what a model without readable trees does).
 pub(crate) async fn drive_explanations(
     model: &str,
     features: &Value,
+    explanation: Explanation,
     concurrency: usize,
     seconds: Duration,
 ) -> (Run, Run) {
@@ -112,17 +126,41 @@ pub(crate) async fn drive_explanations(
     assert!(model.walks_trees(), "{} is read as a tree ensemble", model.name());
     let named: HashMap<String, f64> = serde_json::from_value(features.clone()).unwrap();
     let row = Arc::new(model.feature_vector(&named, "features").unwrap());
-    let walked = drive("output and contributions, trees walked", concurrency, seconds, {
+    // Each call makes its alternatives, as a service's does.
+    let explain = move |model: &Model, row: &[f32], walked: bool| match explanation {
+        Explanation::Contributions if walked => model.predict_explained(row).is_ok(),
+        Explanation::Contributions => {
+            model.predict(row).and_then(|output| model.scored_contributions(row, output)).is_ok()
+        }
+        Explanation::Alternatives(of) => {
+            let alternatives = of(model.manifest(), row);
+            let slices: Vec<&[f32]> = alternatives.iter().map(Vec::as_slice).collect();
+            if walked {
+                model.predict_substituted(row, &slices).is_ok()
+            } else {
+                model.scored_substitutions(row, &slices).is_ok()
+            }
+        }
+    };
+    let (walked_label, scored_label) = match explanation {
+        Explanation::Contributions => {
+            ("output and contributions, trees walked", "output and contributions, one batch scored")
+        }
+        Explanation::Alternatives(_) => {
+            ("output and alternatives, trees walked", "output and alternatives, one batch scored")
+        }
+    };
+    let walked = drive(walked_label, concurrency, seconds, {
         let (model, row) = (model.clone(), row.clone());
         move || {
             let (model, row) = (model.clone(), row.clone());
-            async move { model.predict_explained(&row).is_ok() }
+            async move { explain(&model, &row, true) }
         }
     })
     .await;
-    let scored = drive("output and contributions, one batch scored", concurrency, seconds, move || {
+    let scored = drive(scored_label, concurrency, seconds, move || {
         let (model, row) = (model.clone(), row.clone());
-        async move { model.predict(&row).and_then(|output| model.scored_contributions(&row, output)).is_ok() }
+        async move { explain(&model, &row, false) }
     })
     .await;
     (walked, scored)

@@ -21,7 +21,7 @@ async fn report(app: &TestApp, key: &str, query: &str) -> Value {
 
 async fn reports_carry_the_evidence(backend: Backend) {
     let app = spawn_app(backend).await;
-    let tenant = app.create_tenant("Clínica Auditada").await;
+    let tenant = app.create_tenant_on("Clínica Auditada", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     let patient = app.create_patient(&key).await;
     let reference: Value = serde_json::from_str(
