@@ -322,20 +322,48 @@ async fn purge_loop(store: Store, outbox: OutboxWaker, cache: ResponseCache, int
 /// waiting for the next pass.
 const SEAL_BATCHES_A_PASS: usize = 20;
 
-/// Seals, a batch at a time, the transaction names and credit decisions' inputs stored in clear
-/// by an earlier version (or by one of its replicas still running during a rolling upgrade); a
-/// failure is logged and tried again at the next pass.
+/// What the purge's pass seals when it finds it stored in clear.
+#[derive(Clone, Copy)]
+enum Clear {
+    Names,
+    Numbers,
+    Inputs,
+}
+
+impl Clear {
+    fn what(self) -> &'static str {
+        match self {
+            Clear::Names => "transaction names",
+            Clear::Numbers => "account numbers",
+            Clear::Inputs => "credit decisions' inputs",
+        }
+    }
+
+    async fn seal(
+        self,
+        store: &Store,
+        skip: &mut std::collections::BTreeSet<String>,
+    ) -> Result<store::Sealing, aigronova_platform::Error> {
+        match self {
+            Clear::Names => store.seal_clear_names(skip).await,
+            Clear::Numbers => store.seal_clear_numbers(skip).await,
+            Clear::Inputs => store.seal_clear_inputs(skip).await,
+        }
+    }
+}
+
+/// Seals, a batch at a time, the transaction names, account numbers and credit decisions' inputs
+/// stored in clear by an earlier version (or by one of its replicas still running during a rolling
+/// upgrade); a failure is logged and tried again at the next pass.
 async fn seal_clear(store: &Store, shutdown: &Shutdown) {
-    for names in [true, false] {
-        let what = if names { "transaction names" } else { "credit decisions' inputs" };
+    for clear in [Clear::Names, Clear::Numbers, Clear::Inputs] {
+        let what = clear.what();
         let (mut total, mut skip) = (0, std::collections::BTreeSet::new());
         for _ in 0..SEAL_BATCHES_A_PASS {
             if shutdown.is_triggered() {
                 break;
             }
-            let sealing =
-                if names { store.seal_clear_names(&mut skip).await } else { store.seal_clear_inputs(&mut skip).await };
-            match sealing {
+            match clear.seal(store, &mut skip).await {
                 Ok(sealing) => {
                     total += sealing.sealed;
                     // A batch that was not full found all there was.

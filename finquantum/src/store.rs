@@ -193,6 +193,35 @@ impl Store {
         .await
     }
 
+    /// Seals up to [`SEAL_BATCH`] account numbers stored in clear (by an earlier version, or by a
+    /// replica of one during a rolling upgrade), as [`Self::seal_clear_names`] does names.
+    pub(crate) async fn seal_clear_numbers(&self, skip: &mut BTreeSet<String>) -> Result<Sealing, Error> {
+        let sql = format!(
+            "SELECT tenant_id, customer_id, institution, account_id, number FROM accounts \
+             WHERE substr(number, 1, 3) <> 'v1:'{} \
+             ORDER BY tenant_id, customer_id, institution, account_id LIMIT $1",
+            not_in(skip, 2)
+        );
+        let select = bind_all(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(SEAL_BATCH), skip);
+        let update = "UPDATE accounts SET number = $1 WHERE tenant_id = $2 AND customer_id = $3 \
+                      AND institution = $4 AND account_id = $5 AND number = $6";
+        self.seal_batch(select, update, skip, |row, cipher, tenant_id| {
+            let text = |column: &str| row.try_get::<String, _>(column);
+            let (customer_id, institution) = (text("customer_id")?, text("institution")?);
+            let (account_id, number) = (text("account_id")?, text("number")?);
+            let context = number_context(tenant_id, &customer_id, &institution, &account_id);
+            Ok(vec![
+                cipher.seal(&context, &number).into(),
+                tenant_id.into(),
+                customer_id.into(),
+                institution.into(),
+                account_id.into(),
+                number.into(),
+            ])
+        })
+        .await
+    }
+
     /// Seals the inputs (declared data, bank figures) of up to [`SEAL_BATCH`] credit decisions
     /// stored in clear, as [`Self::seal_clear_names`] does names.
     pub(crate) async fn seal_clear_inputs(&self, skip: &mut BTreeSet<String>) -> Result<Sealing, Error> {
@@ -465,6 +494,7 @@ impl Store {
         consent_of(&current)?
             .allows(&[ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ], now)
             .map_err(|status| Error::Refused(Box::new(status)))?;
+        let cipher = self.keys.cipher(tenant_id).await?;
         let fetched_at = time::stored(fetched.fetched_at);
         let mut stored = Vec::with_capacity(fetched.accounts.len());
         let kept = match consent.permissions.grants(ACCOUNTS_BALANCES_READ) {
@@ -484,6 +514,11 @@ impl Store {
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
+            let number = format!("{}-{}", account.number, account.check_digit);
+            let sealed_number = cipher.seal(
+                &number_context(tenant_id, &consent.customer_id, &consent.institution, &account.account_id),
+                &number,
+            );
             let (booked_from, account_fetched_at) = held_after(
                 &mut transaction,
                 tenant_id,
@@ -506,7 +541,7 @@ impl Store {
                 .bind(&account.account_id)
                 .bind(&account.kind)
                 .bind(&account.brand_name)
-                .bind(format!("{}-{}", account.number, account.check_digit))
+                .bind(&sealed_number)
                 .bind(time::stored(account_fetched_at))
                 .bind(booked_from.to_string())
                 .execute(&mut *transaction)
@@ -518,7 +553,6 @@ impl Store {
                 Some(balance) => (balance.cents(), Some(balance.at().unwrap_or(now))),
                 None => (None, None),
             };
-            let number = format!("{}-{}", account.number, account.check_digit);
             sqlx::query(
                 "INSERT INTO accounts (tenant_id, customer_id, institution, account_id, consent_id, kind, brand_name, \
                  number, balance_cents, balance_at, fetched_at, booked_from) \
@@ -535,7 +569,7 @@ impl Store {
             .bind(&consent.id)
             .bind(&account.kind)
             .bind(&account.brand_name)
-            .bind(&number)
+            .bind(&sealed_number)
             .bind(balance_cents)
             .bind(balance_at.map(time::stored))
             .bind(time::stored(account_fetched_at))
@@ -559,7 +593,6 @@ impl Store {
         }
         // Transactions stored under an id in clear that holds a card number (by an earlier
         // version, fetched in an earlier window too) take the id they are stored under now.
-        let cipher = self.keys.cipher(tenant_id).await?;
         for (account, _) in &fetched.accounts {
             rename_card_ids(&mut transaction, &cipher, tenant_id, consent, &account.account_id).await?;
         }
@@ -634,7 +667,7 @@ impl Store {
             }
         }
         if !kept.is_empty() {
-            let held = read_accounts_only(&mut transaction, tenant_id, &consent.customer_id).await?;
+            let held = read_accounts_only(&mut transaction, &cipher, tenant_id, &consent.customer_id).await?;
             stored
                 .extend(held.into_iter().filter(|account| {
                     account.institution == consent.institution && kept.contains(&account.account_id)
@@ -672,7 +705,7 @@ impl Store {
             return Ok(None);
         };
         let consents = consents_on(&mut transaction, tenant_id, &customer_id).await?;
-        let accounts = read_accounts_only(&mut transaction, tenant_id, &customer_id).await?;
+        let accounts = read_accounts_only(&mut transaction, &cipher, tenant_id, &customer_id).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(Some(CustomerData { customer_id, consents, accounts }))
     }
@@ -1302,9 +1335,10 @@ async fn consents_on(
     rows.iter().map(consent_of).collect()
 }
 
-/// The customer's accounts.
+/// The customer's accounts, their numbers opened.
 async fn read_accounts_only(
     connection: &mut sqlx::AnyConnection,
+    cipher: &TenantCipher,
     tenant_id: &str,
     customer_id: &str,
 ) -> Result<Vec<StoredAccount>, StoreError> {
@@ -1317,6 +1351,10 @@ async fn read_accounts_only(
     .fetch_all(&mut *connection)
     .await?;
     let mut accounts = rows.iter().map(account_of).collect::<Result<Vec<_>, _>>()?;
+    for account in &mut accounts {
+        let context = number_context(tenant_id, customer_id, &account.institution, &account.account_id);
+        account.number = open_number(cipher, &context, &account.number)?;
+    }
     let fetches = sqlx::query(
         "SELECT institution, account_id, consent_id FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2",
     )
@@ -1406,7 +1444,7 @@ async fn read_accounts(
     customer_id: &str,
     since: impl FnOnce(&[StoredAccount]) -> Option<DateTime<Utc>>,
 ) -> Result<(Vec<StoredAccount>, Vec<StoredTransaction>), StoreError> {
-    let accounts = read_accounts_only(connection, tenant_id, customer_id).await?;
+    let accounts = read_accounts_only(connection, cipher, tenant_id, customer_id).await?;
     if accounts.is_empty() {
         return Ok((accounts, Vec::new()));
     }
@@ -1564,6 +1602,20 @@ fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
     })
 }
 
+/// What an account's number (and check digit) is sealed for: its tenant, customer and account.
+fn number_context(tenant_id: &str, customer_id: &str, institution: &str, account_id: &str) -> String {
+    format!("accounts/{tenant_id}/{customer_id}/{institution}/{account_id}/number")
+}
+
+/// An account's number opened with the tenant's key; one still in clear (stored by an earlier
+/// version) as it is, until the purge's pass seals it ([`Store::seal_clear_numbers`]).
+fn open_number(cipher: &TenantCipher, context: &str, stored: &str) -> Result<String, StoreError> {
+    if !aigronova_platform::crypto::is_sealed(stored) {
+        return Ok(stored.to_owned());
+    }
+    cipher.open(context, stored).map_err(|_| StoreError::Corrupt("an account's number does not open".into()))
+}
+
 /// What a transaction's name is sealed for: its tenant, customer and account. (Not its id, which
 /// an id holding a card number changes for, see `rename_card_ids`.)
 fn name_context(tenant_id: &str, customer_id: &str, institution: &str, account_id: &str) -> String {
@@ -1614,7 +1666,8 @@ fn score_context(tenant_id: &str, id: &str, column: &str) -> String {
 /// What an erasure leaves of a decision's inputs, in clear: nothing.
 const ERASED_INPUTS: &str = "{}";
 
-/// Rows a batch of [`Store::seal_clear_names`] or [`Store::seal_clear_inputs`] seals at most.
+/// Rows a batch of [`Store::seal_clear_names`], [`Store::seal_clear_numbers`] or
+/// [`Store::seal_clear_inputs`] seals at most.
 pub(crate) const SEAL_BATCH: i64 = 500;
 
 /// Rows sealed in one transaction, so that a sealing holds few rows locked at a time.

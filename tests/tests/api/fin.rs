@@ -160,6 +160,7 @@ async fn consents_ingestion_and_statements(backend: Backend) {
         assert_eq!((to - from).num_days(), 364, "{from} to {to}");
     }
     assert_eq!(app.count_fin_rows("transactions").await, 7, "each transaction that took place, once");
+    assert_eq!(app.count_fin_rows("accounts WHERE number NOT LIKE 'v1:%'").await, 0, "account numbers sealed");
 
     // The same ingestion again is answered from Redis: no call to the institution, nothing new.
     let again: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
@@ -1071,6 +1072,25 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     until_none(&app, "transactions WHERE substr(name, 1, 3) <> 'v1:'").await;
     let sealed = app.get(&path, &key).await.text().await.unwrap();
     assert!(sealed.contains("COMPRA UNICA ****1111") && !sealed.contains("4111 1111"), "{sealed}");
+    // Account numbers are sealed too, each bound to its account; one an earlier version stored in
+    // clear is read as it is meanwhile, then sealed by the purge's next pass.
+    assert_eq!(app.count_fin_rows("accounts WHERE number NOT LIKE 'v1:%'").await, 0);
+    for account in statement["accounts"].as_array().unwrap() {
+        let number = account["number"].as_str().unwrap();
+        assert!(number.contains('-') && !number.starts_with("v1:"), "{account}");
+        assert_eq!(app.count_fin_rows(&format!("accounts WHERE number LIKE '%{number}%'")).await, 0);
+    }
+    let cleared = app
+        .execute_on_fin(
+            "UPDATE accounts SET number = '98765-4' WHERE account_id = (SELECT account_id FROM accounts \
+             ORDER BY account_id LIMIT 1)",
+        )
+        .await;
+    assert_eq!(cleared, 1);
+    assert!(app.get(&path, &key).await.text().await.unwrap().contains("\"98765-4\""));
+    until_none(&app, "accounts WHERE substr(number, 1, 3) <> 'v1:'").await;
+    assert!(app.get(&path, &key).await.text().await.unwrap().contains("\"98765-4\""));
+    assert_eq!(app.count_fin_rows("accounts WHERE number LIKE '%98765%'").await, 0);
     // Fetched again, it takes the name the institution gives.
     let again: Value = ingest(&app, &key, granted["id"].as_str().unwrap()).await.json().await.unwrap();
     assert_eq!(again["newTransactions"], 0, "{again}");
