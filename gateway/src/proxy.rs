@@ -263,7 +263,13 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         metadata.insert("x-request-id", id);
     }
     let path = route.grpc_path();
-    let span = tracing::info_span!("grpc.client", otel.name = %path, otel.kind = "client", rpc.system = "grpc");
+    let span = tracing::info_span!(
+        "grpc.client",
+        otel.name = %path,
+        otel.kind = "client",
+        rpc.system = "grpc",
+        otel.status_code = tracing::field::Empty,
+    );
     trace_context::inject_span(&span, &mut metadata);
     // The quota is reserved last, so that a request refused for its body spends none of it.
     let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
@@ -279,8 +285,12 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
             let target = route.grpc_target().clone();
             state.upstreams.unary(&route.owner, target, request_message.clone(), metadata.clone(), timeout, &sent)
         })
-        .instrument(span)
+        .instrument(span.clone())
         .await;
+    // A call that did not end OK is an error for its client, whatever the gateway answers.
+    if result.is_err() {
+        span.record("otel.status_code", "error");
+    }
     quota.settle(may_have_run(sent.into_inner(), &result), &mut facts.rate_limit).await;
     let encoded = result?;
     transcode::response(route, encoded)
@@ -594,6 +604,8 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
         otel.kind = "server",
         http.request.method = %method,
         http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     trace_context::adopt_remote_parent(&span, request.headers());
     // A request refused before routing, or a preflight the CORS layer answers, is still counted
@@ -628,6 +640,12 @@ async fn access_log(state: &AppState, request: Request, next: Next, refused: Opt
     }
     let route = route.unwrap_or("unmatched");
     let status = response.status().as_u16();
+    // As OpenTelemetry's HTTP conventions say for a server: the status sent, and an error for a
+    // 5xx only (a 4xx is the client's).
+    span.record("http.response.status_code", i64::from(status));
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "error");
+    }
     let traceresponse = trace_context::traceresponse(&span);
     let metrics = crate::metrics::metrics();
     metrics.requests.with_label_values(&[route, method, response.status().as_str()]).inc();

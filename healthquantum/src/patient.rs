@@ -368,7 +368,7 @@ impl PatientChanges {
 
 /// The lower-case, accent-free form of a name, for prefix searches: lower-cased, decomposed with
 /// its compatibility forms (NFKD: `ﬁ` is `fi`, a full-width `Ｆ` an `f`), stripped of combining marks, with the Latin letters that have no decomposition read as
-/// their base letters (`ł` as `l`, `ø` as `o`, `æ` as `ae`, `ß` as `ss`) and with each run of white space made one space, so that a name matches whether it was sent
+/// their base letters (`ł` as `l`, `ø` as `o`, `æ` as `ae`, `ß` as `ss`; Catalan's middle dot dropped) and with each run of white space made one space, so that a name matches whether it was sent
 /// composed or decomposed, with or without its accents, and however many spaces were typed
 /// between its words.
 pub fn searchable(name: &str) -> String {
@@ -401,6 +401,9 @@ fn base_letters(c: char) -> Option<&'static str> {
         'œ' => "oe",
         'ß' => "ss",
         'þ' => "th",
+        // Catalan's middle dot, which `ŀ` decomposes to `l` and: `Ŀlorenç` and `Col·lell` are found
+        // as `llorenc` and `collell`.
+        '·' => "",
         _ => return None,
     })
 }
@@ -504,6 +507,8 @@ mod tests {
         assert!(searchable("Łukasz Nowak").starts_with(&searchable("Lukasz")));
         assert!(searchable("Łukasz Nowak").starts_with(&searchable("łuk")));
         assert_eq!(searchable("ĳsbrand ﬁnn ＦＵＬＬ 𝐌𝐚𝐫𝐢𝐚"), "ijsbrand finn full maria");
+        assert_eq!(searchable("Ŀlorenç Col·lell"), "llorenc collell");
+        assert!(searchable("Ŀlorenç").starts_with(&searchable("l·l")));
     }
 
     #[test]

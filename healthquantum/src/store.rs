@@ -685,8 +685,18 @@ impl Store {
         .bind(id)
         .fetch_optional(&mut *transaction)
         .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| Error::NotFound("image".into()))?;
+        .map_err(StoreError::from)?;
+        let Some(row) = row else {
+            // Another tenant's patient, or one gone, is not found as a patient, as on every other
+            // route under it.
+            let patient = sqlx::query("SELECT 1 FROM patients WHERE tenant_id = $1 AND id = $2 AND erased_at IS NULL")
+                .bind(tenant_id)
+                .bind(patient_id.as_str())
+                .fetch_optional(&mut *transaction)
+                .await
+                .map_err(StoreError::from)?;
+            return Err(Error::NotFound(if patient.is_some() { "image" } else { "patient" }.into()));
+        };
         let image = image_from(&row)?;
         shown(&image)?;
         if let Some(event) = event {

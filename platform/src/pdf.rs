@@ -114,10 +114,18 @@ pub struct PdfDocument {
 }
 
 impl PdfDocument {
-    /// Starts a document whose first page opens with `title`, also recorded as its `/Title`.
+    /// Starts a document whose first page opens with `title`, also recorded as its `/Title`. A
+    /// title in two languages (`Relatório … / … report`) too long for one line is printed one
+    /// language a line rather than wrapped wherever its width runs out.
     pub fn new(title: &str) -> Self {
         let mut doc = Self { title: title.to_owned(), pages: vec![Vec::new()], y: TOP };
-        doc.wrapped(Font::Bold, TITLE_SIZE, title);
+        let parts: Vec<&str> = match Font::Bold.width(&encode(title), TITLE_SIZE) > TEXT_WIDTH {
+            true => title.split(" / ").collect(),
+            false => vec![title],
+        };
+        for part in parts {
+            doc.wrapped(Font::Bold, TITLE_SIZE, part);
+        }
         doc.y -= 8.0;
         doc
     }
@@ -515,6 +523,17 @@ mod tests {
         assert_eq!(mono, long.as_bytes());
         assert!(runs.iter().all(|run| run.font.width(&run.text, run.size) <= TEXT_WIDTH));
         assert_eq!(MONO_CHARS, 91);
+    }
+
+    #[test]
+    fn a_long_title_in_two_languages_is_one_language_a_line() {
+        let title = "Relatório de avaliação de risco / Risk assessment report";
+        let doc = PdfDocument::new(title);
+        let lines: Vec<&[u8]> = doc.pages[0].iter().map(|run| run.text.as_slice()).collect();
+        assert_eq!(lines, [encode("Relatório de avaliação de risco").as_slice(), b"Risk assessment report"]);
+        assert_eq!(doc.title, title);
+        let short = PdfDocument::new("Extrato / Statement");
+        assert_eq!(short.pages[0].len(), 1, "one that fits stays on its line");
     }
 
     #[test]

@@ -818,8 +818,15 @@ async fn medical_images(backend: Backend) {
     assert!(problem["detail"].as_str().unwrap().contains("other data follows its data set"), "{problem}");
     let other = app.create_tenant("Outra").await;
     let other_key = app.create_key(&other, SCOPES).await;
-    assert_problem(upload(&app, &other_key, &patient, "image/png", picture.clone()).await, 404).await;
-    assert_problem(app.get(&path, &other_key).await, 404).await;
+    let problem = assert_problem(upload(&app, &other_key, &patient, "image/png", picture.clone()).await, 404).await;
+    assert_eq!(problem["detail"], "patient not found");
+    // The image of another tenant's patient: the patient is not found, as on every route under it.
+    for path in [path.clone(), format!("{path}/thumbnail")] {
+        let problem = assert_problem(app.get(&path, &other_key).await, 404).await;
+        assert_eq!(problem["detail"], "patient not found", "{path}");
+    }
+    let unknown = format!("/v1/health/patients/{patient}/images/{}", uuid::Uuid::now_v7());
+    assert_eq!(assert_problem(app.get(&unknown, &key).await, 404).await["detail"], "image not found");
     assert_eq!(walk(&objects).len(), stored, "nothing stored by a refused upload");
     for file in walk(&objects) {
         let kept = std::fs::read(&file).unwrap();

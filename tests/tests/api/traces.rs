@@ -1,6 +1,6 @@
 //! One trace spans the client, the gateway and the service: exported over OTLP to an in-process
 //! collector, the spans share the client's trace id and chain parent to child, and the gateway's
-//! span names the route, not the path.
+//! span names the route, not the path, with the status it answered (a 5xx an error).
 
 use std::sync::{Arc, Mutex};
 
@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::{
         trace_service_server::{TraceService, TraceServiceServer},
     },
     common::v1::any_value,
-    trace::v1::{Span, span::SpanKind},
+    trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -97,6 +97,8 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
     // Named by the route's template, never by the path, which holds what was typed into the URL.
     let gateway = find(&in_trace, "GET /v1/health/patients/{id}");
     assert_eq!(attribute(gateway, "http.route"), Some("/v1/health/patients/{id}"));
+    assert_eq!(number(gateway, "http.response.status_code"), Some(200));
+    assert_eq!(gateway.status.as_ref().map_or(0, |status| status.code), 0, "a success leaves the status unset");
     assert_eq!(attribute(gateway, "url.path"), None);
     assert!(!format!("{:?}", gateway.attributes).contains(&patient), "the path is in {:?}", gateway.attributes);
     let of_kind = |kind: SpanKind| {
@@ -124,6 +126,49 @@ async fn the_gateway_span_and_the_service_span_share_the_clients_trace() {
         .expect("the service span of CreatePatient");
     assert_eq!(created.trace_id, started.trace_id);
     app.stop().await;
+
+    // A 5xx is an error of the gateway's span and of its call's; a 4xx is the caller's, its span
+    // no error.
+    let gone = app_with_an_upstream_that_is_gone().await;
+    let (_, key) = gone.tenant_with_key().await;
+    assert_eq!(gone.get("/v1/health/patients/p-1", &key).await.status(), 503);
+    assert_eq!(gone.get("/v1/health/patients", "agk_nope").await.status(), 401);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spans = loop {
+        telemetry.flush().unwrap();
+        let spans = collector.spans.lock().unwrap().clone();
+        let unavailable = spans.iter().any(|span| number(span, "http.response.status_code") == Some(503));
+        if unavailable || tokio::time::Instant::now() > deadline {
+            break spans;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let failed = spans.iter().find(|span| number(span, "http.response.status_code") == Some(503)).expect("a 503 span");
+    assert_eq!(failed.name, "GET /v1/health/patients/{id}");
+    assert_eq!(failed.status.as_ref().map(|status| status.code), Some(StatusCode::Error as i32), "a 5xx is an error");
+    let call = spans
+        .iter()
+        .find(|span| span.parent_span_id == failed.span_id && span.kind == SpanKind::Client as i32)
+        .expect("the failed call's span");
+    assert_eq!(call.status.as_ref().map(|status| status.code), Some(StatusCode::Error as i32));
+    let refused = spans.iter().find(|span| number(span, "http.response.status_code") == Some(401)).expect("a 401 span");
+    assert_eq!(refused.status.as_ref().map_or(0, |status| status.code), 0, "a 4xx is no server error");
+    gone.stop().await;
+}
+
+/// A gateway whose healthquantum upstream listens nowhere.
+async fn app_with_an_upstream_that_is_gone() -> aigronova_e2e::TestApp {
+    let nowhere = format!("http://127.0.0.1:{}", aigronova_e2e::port_to_start_later());
+    aigronova_e2e::spawn_gateway(&nowhere, |_| {}).await
+}
+
+/// A span's integer attribute.
+fn number(span: &Span, key: &str) -> Option<i64> {
+    let value = span.attributes.iter().find(|attribute| attribute.key == key)?.value.as_ref()?.value.as_ref()?;
+    match value {
+        any_value::Value::IntValue(number) => Some(*number),
+        _ => None,
+    }
 }
 
 /// A span's string attribute.
