@@ -129,11 +129,20 @@ impl FinQuantumApi {
                 }
                 Err(error) => return Err(failed(error)),
             };
-            // No card number in clear, even as an id.
+            // No card number in clear, even as an id or in words that should be codes (an
+            // account's or a transaction's type, a brand).
+            let account_id = crate::stored_account_id(&cipher, &account.account_id);
             for mut transaction in transactions {
                 transaction.transaction_id = crate::stored_transaction_id(&cipher, &transaction.transaction_id);
-                fetched.transactions.push((account.account_id.clone(), transaction));
+                transaction.kind = crate::mask_card_numbers(&transaction.kind);
+                fetched.transactions.push((account_id.clone(), transaction));
             }
+            let account = crate::openfinance::Account {
+                brand_name: crate::mask_card_numbers(&account.brand_name),
+                kind: crate::mask_card_numbers(&account.kind),
+                account_id,
+                ..account
+            };
             fetched.accounts.push((account, balance));
         }
         Ok(fetched)

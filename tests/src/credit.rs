@@ -50,6 +50,7 @@ pub fn profile_for(features: &Value, transactions: usize) -> Profile {
         accounts.push(FakeAccount {
             id: "checking".into(),
             kind: "CONTA_DEPOSITO_A_VISTA".into(),
+            brand_name: "Banco Teste".into(),
             balance: balance.into(),
             balance_at: None,
             transactions: history,
@@ -66,6 +67,7 @@ pub fn profile_for(features: &Value, transactions: usize) -> Profile {
         accounts.push(FakeAccount {
             id: "savings".into(),
             kind: "CONTA_POUPANCA".into(),
+            brand_name: "Banco Teste".into(),
             balance: balance.into(),
             balance_at: None,
             transactions: Vec::new(),

@@ -63,6 +63,8 @@ pub struct FakeAccount {
     pub id: String,
     /// `CONTA_DEPOSITO_A_VISTA`, `CONTA_POUPANCA`…
     pub kind: String,
+    /// The institution's brand the account is under.
+    pub brand_name: String,
     /// The available balance, decimal reais (may be negative).
     pub balance: String,
     /// When the balance was taken (RFC 3339); now when `None`.
@@ -248,7 +250,7 @@ async fn accounts(State(shared): State<Arc<Shared>>, Path(name): Path<String>, h
         .accounts
         .iter()
         .map(|account| {
-            json!({"accountId": account.id, "brandName": "Banco Teste", "companyCnpj": "50685362000135",
+            json!({"accountId": account.id, "brandName": account.brand_name, "companyCnpj": "50685362000135",
                 "type": account.kind, "compeCode": "001", "branchCode": "6272", "number": "94088392", "checkDigit": "4"})
         })
         .collect();

@@ -50,6 +50,7 @@ fn checking_account() -> FakeAccount {
     FakeAccount {
         id: "acc-checking".into(),
         kind: "CONTA_DEPOSITO_A_VISTA".into(),
+        brand_name: "Banco Teste".into(),
         balance: "1000.00".into(),
         balance_at: None,
         transactions: vec![
@@ -67,6 +68,7 @@ fn savings_account() -> FakeAccount {
     FakeAccount {
         id: "acc-savings".into(),
         kind: "CONTA_POUPANCA".into(),
+        brand_name: "Banco Teste".into(),
         balance: "300.00".into(),
         balance_at: None,
         transactions: vec![
@@ -786,6 +788,7 @@ async fn a_balance_taken_before_the_month_is_walked_forward_to_it() {
     let account = FakeAccount {
         id: "acc-stale".into(),
         kind: "CONTA_DEPOSITO_A_VISTA".into(),
+        brand_name: "Banco Teste".into(),
         balance: "1000.00".into(),
         balance_at: Some(noon(month_start - chrono::Days::new(10))),
         transactions: vec![
@@ -1382,6 +1385,48 @@ async fn an_expired_consent_is_no_longer_used_and_its_data_is_deleted() {
         assert!(tokio::time::Instant::now() < deadline, "the expired consent's data was not purged");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    app.stop().await;
+}
+
+/// No card number in clear from an institution's ids or from its words that should be codes: an
+/// account id holding one is stored and shown masked with a keyed digest, as a transaction id is,
+/// and a brand or a transaction's type holding one is masked.
+#[tokio::test]
+async fn card_numbers_in_account_ids_brands_and_types_are_masked() {
+    let bank = Institution::start().await;
+    let mut account = checking_account();
+    account.id = "acc-4111111111111111".into();
+    account.brand_name = "BANCO 5555 5555 5555 4444".into();
+    account.transactions[1].kind = "CARTAO 4012888888881881".into();
+    let profile = Profile { accounts: vec![account], ..Profile::default() };
+    let app = start(Backend::Sqlite, &bank, vec![("banco-a", profile)]).await;
+    let tenant = app.create_tenant_on("Cartões", "enterprise").await;
+    let key = app.create_key(&tenant, &["fin:read", "fin:write"]).await;
+    let granted = consent(&app, &key, &cpf(515_151_515), "banco-a", ALL).await;
+    let (consent_id, customer) = (granted["id"].as_str().unwrap(), granted["customerId"].as_str().unwrap());
+    // Fetched again, the account is the same account, under the same masked id.
+    for new in [6, 0] {
+        let ingested: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
+        assert_eq!(ingested["newTransactions"], new, "{ingested}");
+    }
+    assert_eq!(app.count_fin_rows("accounts").await, 1);
+    let statement = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &key).await;
+    assert_eq!(statement.status(), 200);
+    let statement = statement.text().await.unwrap();
+    for shown in ["acc-****1111~", "BANCO ****4444", "CARTAO ****1881"] {
+        assert!(statement.contains(shown), "{shown} in {statement}");
+    }
+    for card in ["4111111111111111", "5555 5555 5555 4444", "4012888888881881"] {
+        assert!(!statement.contains(card), "{card} in {statement}");
+    }
+    for (table, column) in
+        [("accounts", "account_id"), ("consent_accounts", "account_id"), ("transactions", "account_id")]
+    {
+        assert_eq!(app.count_fin_rows(&format!("{table} WHERE {column} LIKE '%4111111111111111%'")).await, 0);
+        assert_eq!(app.count_fin_rows(&format!("{table} WHERE {column} LIKE 'acc-****1111~%'")).await.min(1), 1);
+    }
+    assert_eq!(app.count_fin_rows("accounts WHERE brand_name LIKE '%5555 5555%'").await, 0);
+    assert_eq!(app.count_fin_rows("transactions WHERE kind LIKE '%4012888888881881%'").await, 0);
     app.stop().await;
 }
 
