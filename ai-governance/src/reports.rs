@@ -247,6 +247,7 @@ impl Reporter {
             .count();
         let open = requests.len() - on_time - late - overdue;
         let failed = requests.iter().filter(|r| r.status == "failed").count();
+        let requests_before = requests.iter().filter(|r| r.created_at < start).count();
 
         let reviews = self.subjects.review_tallies(tenant_id, &start, &end).await?;
         let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
@@ -305,8 +306,13 @@ impl Reporter {
                 "overdue": overdue,
                 "open": open,
                 "failed": failed,
+                "openedBefore": requests_before,
             },
-            "reviews": {"total": reviews.len(), "byOutcome": outcomes},
+            "reviews": {
+                "total": reviews.len(),
+                "byOutcome": outcomes,
+                "openedBefore": reviews.iter().filter(|tally| tally.created_at < start).count(),
+            },
             // Sizes and indexes as the audit API writes them (64-bit integers as strings).
             "checkpoint": {
                 "tenantId": checkpoint.body.tenant_id,
@@ -411,12 +417,14 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
     pdf.field("Overdue", &text(&requests["overdue"]));
     pdf.field("Open, within 15 days", &text(&requests["open"]));
     pdf.field("Failed (a service did not answer)", &text(&requests["failed"]));
+    pdf.field("Made before the period, open when it began", &text(&requests["openedBefore"]));
     for (kind, count) in requests["byKind"].as_object().into_iter().flatten() {
         pdf.field(&format!("  {kind}"), &text(count));
     }
 
     pdf.heading("Reviews of automated decisions (LGPD Art. 20)");
     pdf.field("Reviews", &text(&report["reviews"]["total"]));
+    pdf.field("Asked for before the period, pending when it began", &text(&report["reviews"]["openedBefore"]));
     for (outcome, count) in report["reviews"]["byOutcome"].as_object().into_iter().flatten() {
         pdf.field(&format!("  {outcome}"), &text(count));
     }

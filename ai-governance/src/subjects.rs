@@ -1385,11 +1385,13 @@ impl SubjectStore {
         Ok(())
     }
 
-    /// The kind, status and times of each request of `tenant_id` made in `[start, end)` (RFC 3339
-    /// as stored): what a report counts, read without opening any details or bundle.
+    /// The kind, status and times of each request of `tenant_id` of the period `[start, end)`
+    /// (RFC 3339 as stored): made in it, or made before it and not completed when it began. What a
+    /// report counts, read without opening any details or bundle.
     pub async fn request_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<RequestTally>, Error> {
         let select = "SELECT kind, status, deadline, created_at, completed_at FROM subject_requests \
-                      WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id";
+                      WHERE tenant_id = $1 AND created_at < $3 AND (completed_at IS NULL OR completed_at >= $2) \
+                      ORDER BY id";
         let rows = self.rows_of_period(select, tenant_id, start, end).await?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
             Ok(RequestTally {
@@ -1403,11 +1405,13 @@ impl SubjectStore {
         Ok(rows.iter().map(tally).collect::<Result<_, _>>()?)
     }
 
-    /// The status, outcome and times of each review of `tenant_id` asked for in `[start, end)`
-    /// (RFC 3339 as stored): what a report counts, read without opening any reason or note.
+    /// The status, outcome and times of each review of `tenant_id` of the period `[start, end)`
+    /// (RFC 3339 as stored): asked for in it, or before it and not decided when it began. What a
+    /// report counts, read without opening any reason or note.
     pub async fn review_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<ReviewTally>, Error> {
         let select = "SELECT status, outcome, created_at, decided_at FROM reviews \
-                      WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 ORDER BY id";
+                      WHERE tenant_id = $1 AND created_at < $3 AND (decided_at IS NULL OR decided_at >= $2) \
+                      ORDER BY id";
         let rows = self.rows_of_period(select, tenant_id, start, end).await?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
             Ok(ReviewTally {

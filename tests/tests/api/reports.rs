@@ -28,10 +28,12 @@ async fn reports_carry_the_evidence(backend: Backend) {
         &std::fs::read_to_string(models_dir().join("breast-cancer/1/reference.json")).expect("reference.json"),
     )
     .unwrap();
+    let mut assessments = Vec::new();
     for row in reference["rows"].as_array().unwrap().iter().take(2) {
         let body = json!({"model": "breast-cancer", "features": row["features"]});
         let response = app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await;
         assert_eq!(response.status(), 200);
+        assessments.push(response.json::<Value>().await.unwrap()["id"].clone());
     }
     assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200);
     let request =
@@ -89,6 +91,26 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert_eq!(before["subjectRequests"]["open"], 1, "open then, within its deadline: {}", before["subjectRequests"]);
     let after = report(&app, &key, "lgpd?from=2026-01-01&to=2099-12-31").await;
     assert_eq!(after["subjectRequests"]["completedLate"], 1, "{}", after["subjectRequests"]);
+    // A request made before the period and still open when it began is of the period (overdue
+    // all through it here); one completed before the period began is not.
+    let backdated = app
+        .execute_on_governance(
+            "UPDATE subject_requests SET created_at = '2026-03-01T00:00:00.000000Z', \
+             deadline = '2026-03-16T00:00:00.000000Z'",
+        )
+        .await;
+    assert_eq!(backdated, 1);
+    let carried = report(&app, &key, "lgpd?from=2026-04-01&to=2026-05-01").await;
+    let requests = &carried["subjectRequests"];
+    assert_eq!(
+        (&requests["total"], &requests["openedBefore"], &requests["overdue"]),
+        (&json!(1), &json!(1), &json!(1))
+    );
+    assert_eq!(requests["byKind"]["access"], 1, "{requests}");
+    assert_eq!(report(&app, &key, "lgpd?from=2026-02-01&to=2026-05-01").await["subjectRequests"]["openedBefore"], 0);
+    app.execute_on_governance("UPDATE subject_requests SET completed_at = '2026-03-10T00:00:00.000000Z'").await;
+    let done = report(&app, &key, "lgpd?from=2026-04-01&to=2026-05-01").await;
+    assert_eq!(done["subjectRequests"]["total"], 0, "{}", done["subjectRequests"]);
 
     // The PDF renders and carries the root hash the checkpoint signs.
     let response = app.get("/v1/governance/reports/lgpd?format=pdf", &key).await;
@@ -104,6 +126,18 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert!(text.contains("Automated decisions by model"), "{text}");
     let counted = |line: &str| line.split_whitespace().collect::<Vec<_>>() == ["breast-cancer:", "2"];
     assert!(text.lines().any(counted), "the two breast-cancer decisions, as the JSON counts them:\n{text}");
+
+    // A review pending when the period began is of the period; one decided before it began is not.
+    assert_eq!(app.review_decision(&key, &assessments[0], "o paciente contesta").await.status(), 200);
+    app.execute_on_governance("UPDATE reviews SET created_at = '2026-03-01T00:00:00.000000Z'").await;
+    let pending = report(&app, &key, "lgpd?from=2026-04-01&to=2026-05-01").await;
+    assert_eq!(pending["reviews"], json!({"total": 1, "openedBefore": 1, "byOutcome": {"pending": 1}}));
+    app.execute_on_governance(
+        "UPDATE reviews SET status = 'decided', outcome = 'upheld', decided_at = '2026-03-10T00:00:00.000000Z'",
+    )
+    .await;
+    let decided = report(&app, &key, "lgpd?from=2026-04-01&to=2026-05-01").await;
+    assert_eq!(decided["reviews"]["total"], 0, "{}", decided["reviews"]);
 
     // A row edited in the database shows in the next report.
     app.execute_on_governance("UPDATE audit_entries SET leaf = REPLACE(leaf, 'decision', 'edited') WHERE idx = 1")
