@@ -326,8 +326,14 @@ pub const RUNNING_FOR_AT_MOST: std::time::Duration = std::time::Duration::from_s
 /// [`LogStore::recheck`]).
 const LOG_RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Rechecks the loaded logs every [`LOG_RECHECK_EVERY`] until `shutdown`.
+/// Checks every stored log once at start ([`LogStore::check_stored`]), then rechecks the loaded
+/// logs every [`LOG_RECHECK_EVERY`] until `shutdown`.
 async fn recheck_logs(log: Arc<LogStore>, shutdown: Shutdown) {
+    match log.check_stored().await {
+        Ok(0) => {}
+        Ok(found) => tracing::error!(logs = found, "stored audit logs were changed since they were signed"),
+        Err(error) => tracing::warn!(%error, "the stored audit logs were not checked at start"),
+    }
     loop {
         tokio::select! {
             () = shutdown.clone().wait() => return,

@@ -367,36 +367,69 @@ impl LogStore {
         };
         let mut found = 0;
         for (tenant_id, log) in tenants {
-            let mut log = log.lock().await;
-            // Read whole again and checked as before an append, under the same lock as appends
-            // (other replicas' included), with nothing to append.
-            log.tree = None;
-            log.checked = false;
-            match self.append_to(&mut log, &tenant_id, Vec::new()).await {
-                Ok(_) => log.recheck_failed = None,
-                Err(StoreError::Corrupt(reason)) => {
-                    found += 1;
-                    log.tree = None;
-                    log.latest = None;
-                    if log.recheck_failed.as_deref() != Some(reason.as_str()) {
-                        tracing::error!(
-                            tenant = %tenant_id,
-                            %reason,
-                            "the stored audit log no longer matches what was signed over it; its events are held \
-                             back until it is restored"
-                        );
-                    }
-                    log.recheck_failed = Some(reason);
-                }
-                // Another tenant's log is checked all the same; this one at the next round.
-                Err(error) => {
-                    log.tree = None;
-                    log.latest = None;
-                    tracing::warn!(tenant = %tenant_id, %error, "the audit log was not rechecked; tried again later");
-                }
+            if self.recheck_one(&tenant_id, &mut *log.lock().await).await {
+                found += 1;
             }
         }
         found
+    }
+
+    /// Checks, as [`Self::recheck`] does, the stored log of every tenant this process has not
+    /// loaded (each read whole, checked, then let go: it is loaded on its next use), so that a log
+    /// changed while no process ran is told at start, not at its tenant's next event. Returns how
+    /// many logs were found changed.
+    pub async fn check_stored(&self) -> Result<usize, StoreError> {
+        let stored: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM audit_checkpoints ORDER BY tenant_id")
+                .fetch_all(self.database.pool())
+                .await?;
+        let mut found = 0;
+        for tenant_id in stored {
+            // One loaded since is checked by its own use and by the rechecks.
+            if self.tenants.lock().expect("the tenant map is not poisoned").contains_key(&tenant_id) {
+                continue;
+            }
+            if self.recheck_one(&tenant_id, &mut TenantLog::default()).await {
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads `log` of `tenant_id` whole again and checks it as before an append; true when it no
+    /// longer matches what was signed over it (logged at error level, once for the same reason).
+    async fn recheck_one(&self, tenant_id: &str, log: &mut TenantLog) -> bool {
+        // Read whole again and checked as before an append, under the same lock as appends
+        // (other replicas' included), with nothing to append.
+        log.tree = None;
+        log.checked = false;
+        match self.append_to(log, tenant_id, Vec::new()).await {
+            Ok(_) => {
+                log.recheck_failed = None;
+                false
+            }
+            Err(StoreError::Corrupt(reason)) => {
+                log.tree = None;
+                log.latest = None;
+                if log.recheck_failed.as_deref() != Some(reason.as_str()) {
+                    tracing::error!(
+                        tenant = %tenant_id,
+                        %reason,
+                        "the stored audit log no longer matches what was signed over it; its events are held \
+                         back until it is restored"
+                    );
+                }
+                log.recheck_failed = Some(reason);
+                true
+            }
+            // Another tenant's log is checked all the same; this one at the next round.
+            Err(error) => {
+                log.tree = None;
+                log.latest = None;
+                tracing::warn!(tenant = %tenant_id, %error, "the audit log was not rechecked; tried again later");
+                false
+            }
+        }
     }
 
     /// Brings the tenant's tree and latest checkpoint up to the database's: loaded on first use,
@@ -731,7 +764,7 @@ impl LogStore {
         let signed: Vec<SignedCheckpoint> =
             rows.iter().filter_map(|row| checkpoint_from(tenant_id, row).ok()).collect();
         // Signatures checked and roots computed on a thread that may block, as above.
-        let (bracket, reached) = tokio::task::spawn_blocking(move || {
+        let (bracket, reached, leaves) = tokio::task::spawn_blocking(move || {
             let signed: Vec<(u64, merkle::Hash)> = signed
                 .iter()
                 .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
@@ -739,7 +772,7 @@ impl LogStore {
                 .collect();
             // The largest signed tree the entries held reach, which they match when none is unmatched.
             let reached = signed.iter().map(|(size, _)| *size).filter(|size| *size <= leaves.len() as u64).max();
-            (merkle::first_unmatched(&leaves, signed), reached.unwrap_or(0))
+            (merkle::first_unmatched(&leaves, signed), reached.unwrap_or(0), leaves)
         })
         .await
         .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
@@ -751,11 +784,47 @@ impl LogStore {
             }
             (None, false) => (0, size),
         };
+        if let Some(index) = self.first_changed_since_appended(tenant_id, &leaves, from..to, checkpoint).await {
+            return Ok(Verification {
+                tree_size: size,
+                first_bad_index: Some(index),
+                reason: format!(
+                    "entry {index} is not the entry appended there (the checkpoints place the first change between \
+                     index {from} and {})",
+                    to - 1
+                ),
+                signed: true,
+            });
+        }
         Ok(Verification {
             tree_size: size,
             first_bad_index: Some(from),
             reason: changed_between(from, to),
             signed: true,
+        })
+    }
+
+    /// The first entry in `range` whose stored hash (`leaves`) is not the one the tree held in
+    /// memory since it was appended, when that tree is the signed one (its root at the
+    /// checkpoint's size is the signed root): the exact entry where the checkpoints only place a
+    /// change between two of them. `None` when the tree in memory was loaded from the rows as they
+    /// are now (after a restart), or is not the signed one.
+    async fn first_changed_since_appended(
+        &self,
+        tenant_id: &str,
+        leaves: &[Hash],
+        range: std::ops::Range<u64>,
+        checkpoint: &SignedCheckpoint,
+    ) -> Option<u64> {
+        let log = self.tenant(tenant_id);
+        let log = log.lock().await;
+        let tree = log.tree.as_ref()?;
+        if tree.root_at(checkpoint.body.tree_size).ok()? != checkpoint.body.root_hash {
+            return None;
+        }
+        range.into_iter().find(|&index| {
+            let stored = usize::try_from(index).ok().and_then(|index| leaves.get(index));
+            tree.leaf(index).as_ref() != stored
         })
     }
 }
@@ -990,6 +1059,57 @@ pub(crate) mod tests {
         assert!(outcome.held_because.is_some_and(|reason| reason.contains("covers 3 entries but 2 are stored")));
         assert_eq!(after.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
         assert!(after.entry_with_proof("a", 0).await.is_err(), "still damaged: no proof");
+    }
+
+    /// Two entries of one batch swapped, their hashes with them: the tree held since they were
+    /// appended names the first of them; after a restart, which loads the tree from the rows as they
+    /// are, the checkpoints place the change in its batch.
+    #[tokio::test]
+    async fn entries_swapped_with_their_hashes_are_named_while_the_appended_tree_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        log.append((3..=6).map(|n| leaf("a", n)).collect()).await.unwrap();
+        log.append(vec![leaf("a", 7)]).await.unwrap();
+        for (from, to) in [(3, 1003), (5, 3), (1003, 5)] {
+            sqlx::query("UPDATE audit_entries SET idx = $2 WHERE tenant_id = 'a' AND idx = $1")
+                .bind(from)
+                .bind(to)
+                .execute(log.database.pool())
+                .await
+                .unwrap();
+        }
+        let verification = log.verify("a", &log.latest_checkpoint("a").await.unwrap()).await.unwrap();
+        assert_eq!(verification.first_bad_index, Some(3), "{verification:?}");
+        assert!(verification.reason.contains("between index 2 and 5"), "{verification:?}");
+        let restarted = LogStore::new(log.database.clone(), log.signer().clone());
+        let verification = restarted.verify("a", &restarted.latest_checkpoint("a").await.unwrap()).await.unwrap();
+        assert_eq!(verification.first_bad_index, Some(2), "{verification:?}");
+    }
+
+    /// A start checks every stored log, not only those of tenants that log again: the changed one
+    /// is found, and none is kept loaded.
+    #[tokio::test]
+    async fn a_start_finds_a_log_changed_while_no_process_ran() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        log.append((1..=4).map(|n| leaf("a", n)).chain((1..=4).map(|n| leaf("b", n))).collect()).await.unwrap();
+        let restarted = LogStore::new(log.database.clone(), log.signer().clone());
+        assert_eq!(restarted.check_stored().await.unwrap(), 0);
+        for (from, to) in [(1, 1001), (2, 1), (1001, 2)] {
+            sqlx::query("UPDATE audit_entries SET idx = $2 WHERE tenant_id = 'b' AND idx = $1")
+                .bind(from)
+                .bind(to)
+                .execute(log.database.pool())
+                .await
+                .unwrap();
+        }
+        let restarted = LogStore::new(log.database.clone(), log.signer().clone());
+        assert_eq!(restarted.check_stored().await.unwrap(), 1);
+        assert!(restarted.tenants.lock().unwrap().is_empty(), "nothing kept loaded");
+        let outcome = restarted.append_each(vec![leaf("b", 5)]).await.unwrap();
+        assert_eq!(outcome.appended, 0, "{outcome:?}");
+        assert_eq!(restarted.append_each(vec![leaf("a", 5)]).await.unwrap().appended, 1);
     }
 
     /// An entry deleted and those after it renumbered to close the gap: with a checkpoint signed
