@@ -154,7 +154,14 @@ pub async fn verify(args: &VerifyArgs) -> anyhow::Result<Verdict> {
                 &checkpoint.root_hash,
             ) {
                 Ok(()) => verified(&checkpoint, &verifier),
-                Err(error) => Verdict::Tampered { index, reason: format!("inclusion proof fails: {error}") },
+                // The proof is made from the stored log: a change anywhere it passes through fails it too.
+                Err(error) => Verdict::Tampered {
+                    index,
+                    reason: format!(
+                        "inclusion proof fails ({error}): this entry, or another entry the proof's hashes cover, \
+                         is not as signed; verify the whole log to find the first one changed"
+                    ),
+                },
             },
         );
     }

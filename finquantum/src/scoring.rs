@@ -510,7 +510,7 @@ const WORDS: [(&str, &str, &str, Adverse, &str); 12] = [
         Adverse::BelowCode(3.0),
         "Your checking account balance.",
     ),
-    ("savings_status", "SAVINGS", "You hold little or nothing in savings.", Adverse::BelowCode(2.0), "Your savings."),
+    ("savings_status", "SAVINGS", "You hold little or nothing in savings.", Adverse::BelowCode(3.0), "Your savings."),
     (
         "employment_years",
         "EMPLOYMENT_TIME",
@@ -589,11 +589,16 @@ const CODES: [(&str, &[f32]); 9] = [
 /// The features whose code 0 is having no such account.
 const ACCOUNTS: [&str; 2] = ["checking_status", "savings_status"];
 
+/// The highest credit history code without delays or credits at other institutions.
+const CLEAN_HISTORY: f32 = 2.0;
+
 /// The values each feature of `row` is tried at to find its most favourable one, in the model's
 /// order: a coded feature's codes, any other feature's training quantiles (the manifest's
 /// `bin_edges`). A customer who holds a checking or savings account is compared with other
 /// holders (codes from 1): the data's applicants without one repaid best, which says nothing of
-/// the balance a customer keeps.
+/// the balance a customer keeps. A credit history is compared with the histories without delays
+/// or credits elsewhere (codes to [`CLEAN_HISTORY`]): the data's applicants with a critical account
+/// repaid more often, a trait of the data that no history's reason should rest on.
 pub fn alternatives(manifest: &Manifest, row: &[f32]) -> Vec<Vec<f32>> {
     manifest
         .features
@@ -602,6 +607,9 @@ pub fn alternatives(manifest: &Manifest, row: &[f32]) -> Vec<Vec<f32>> {
         .map(|(feature, value)| match CODES.iter().find(|(name, _)| *name == feature.name) {
             Some((name, codes)) if ACCOUNTS.contains(name) && *value > 0.0 => {
                 codes.iter().copied().filter(|code| *code > 0.0).collect()
+            }
+            Some((name, codes)) if *name == "credit_history" => {
+                codes.iter().copied().filter(|code| *code <= CLEAN_HISTORY).collect()
             }
             Some((_, codes)) => codes.to_vec(),
             None => feature.bin_edges.iter().map(|edge| *edge as f32).collect(),
@@ -977,6 +985,7 @@ mod tests {
         assert_eq!(tried[position("checking_status")], [0.0, 1.0, 2.0, 3.0]);
         assert_eq!(tried[position("savings_status")], [1.0, 2.0, 3.0, 4.0]);
         assert_eq!(tried[position("housing_own")], [0.0, 1.0]);
+        assert_eq!(tried[position("credit_history")], [0.0, 1.0, 2.0], "clean histories only");
         let amount = position("credit_amount");
         let edges: Vec<f32> = manifest.features[amount].bin_edges.iter().map(|edge| *edge as f32).collect();
         assert_eq!(tried[amount], edges);
@@ -1028,6 +1037,9 @@ mod tests {
             "Your credit history shows delays or credits at other institutions."
         );
         assert_eq!(description("credit_history", Some(0.0)), "Your credit history.");
+        // Below R$ 500 of savings is little; from R$ 500 a reason says only what it is about.
+        assert_eq!(description("savings_status", Some(2.0)), "You hold little or nothing in savings.");
+        assert_eq!(description("savings_status", Some(3.0)), "Your savings.");
         // An erased decision keeps no values: neutral words, but the same codes.
         assert_eq!(description("savings_status", None), "Your savings.");
         assert_eq!(words.reason("age", None).unwrap().code, "APPLICANT_AGE");
