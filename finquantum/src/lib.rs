@@ -512,31 +512,8 @@ pub fn mask_card_numbers(text: &str) -> String {
     out
 }
 
-/// The zero of each run of ten decimal digits in Unicode (general category `Nd`, Unicode 14):
-/// ASCII's, full-width (`４`), Arabic-Indic (`٤`), Devanagari (`४`), mathematical (`𝟒`)…, each
-/// run holding 0 to 9 in order.
-const DIGIT_ZEROS: [u32; 66] = [
-    0x30, 0x660, 0x6f0, 0x7c0, 0x966, 0x9e6, 0xa66, 0xae6, 0xb66, 0xbe6, 0xc66, 0xce6, 0xd66, 0xde6, 0xe50, 0xed0,
-    0xf20, 0x1040, 0x1090, 0x17e0, 0x1810, 0x1946, 0x19d0, 0x1a80, 0x1a90, 0x1b50, 0x1bb0, 0x1c40, 0x1c50, 0xa620,
-    0xa8d0, 0xa900, 0xa9d0, 0xa9f0, 0xaa50, 0xabf0, 0xff10, 0x104a0, 0x10d30, 0x11066, 0x110f0, 0x11136, 0x111d0,
-    0x112f0, 0x11450, 0x114d0, 0x11650, 0x116c0, 0x11730, 0x118e0, 0x11950, 0x11c50, 0x11d50, 0x11da0, 0x16a60,
-    0x16ac0, 0x16b50, 0x1d7ce, 0x1d7d8, 0x1d7e2, 0x1d7ec, 0x1d7f6, 0x1e140, 0x1e2f0, 0x1e950, 0x1fbf0,
-];
-
-/// A decimal digit as a card number may be written: in any script's digits, or full-width or
-/// mathematical ones, which a card number hidden from a check for ASCII digits could use.
-fn digit_value(c: char) -> Option<u32> {
-    let code = u32::from(c);
-    if c.is_ascii_digit() {
-        return Some(code - 0x30);
-    }
-    let run = DIGIT_ZEROS.partition_point(|&zero| zero <= code).checked_sub(1)?;
-    let value = code - DIGIT_ZEROS[run];
-    (value < 10).then_some(value)
-}
-
 fn is_digit(c: char) -> bool {
-    digit_value(c).is_some()
+    aigronova_platform::text::decimal_digit(c).is_some()
 }
 
 /// What may stand between the groups of a card number's digits: spaces, punctuation that parts
@@ -679,7 +656,7 @@ fn luhn(digits: &[char]) -> bool {
         .rev()
         .enumerate()
         .map(|(position, digit)| {
-            let value = digit_value(*digit).unwrap_or(0);
+            let value = aigronova_platform::text::decimal_digit(*digit).unwrap_or(0);
             if position % 2 == 1 {
                 let doubled = value * 2;
                 if doubled > 9 { doubled - 9 } else { doubled }

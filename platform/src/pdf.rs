@@ -353,8 +353,9 @@ fn wrap(text: &[u8], font: Font, size: f32, width: f32) -> Vec<Vec<u8>> {
 /// a base and its marks is the one letter cp1252 has; control characters become spaces; a letter
 /// outside cp1252 is written as its base letter with what marks cp1252 keeps (`İ` → `I`, `ş` →
 /// `s`, `ễ` → `ê`, `ı` → `i`), a ligature or compatibility form as its letters (`ﬁ` → `fi`); a mark
-/// left alone is dropped, as is a character that shows nothing (a zero-width joiner), and any other
-/// character becomes `?`.
+/// left alone is dropped, as is a character that shows nothing (a zero-width joiner), a decimal
+/// digit of another script is written as its ASCII digit (`١` → `1`), and any other character
+/// becomes `?`.
 fn encode(text: &str) -> Vec<u8> {
     use unicode_normalization::UnicodeNormalization;
     let mut bytes = Vec::with_capacity(text.len());
@@ -367,6 +368,9 @@ fn encode(text: &str) -> Vec<u8> {
             bytes.push(byte);
         } else if let Some(written) = written_as(c) {
             bytes.extend(written);
+        } else if let Some(digit) = crate::text::decimal_digit(c) {
+            // Another script's digit as its value: a masked card's last four stay legible.
+            bytes.push(b'0' + digit as u8);
         } else {
             bytes.push(b'?');
         }
@@ -538,6 +542,7 @@ mod tests {
 
     #[test]
     fn encodes_to_win_ansi() {
+        assert_eq!(encode("****١١١١ ४२"), b"****1111 42");
         assert_eq!(encode("çãéíóúâêôà"), b"\xE7\xE3\xE9\xED\xF3\xFA\xE2\xEA\xF4\xE0");
         assert_eq!(encode("€ – “x” ™"), b"\x80 \x96 \x93x\x94 \x99");
         assert_eq!(encode("a\tb\u{7}c→日"), b"a b c??");
