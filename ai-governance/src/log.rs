@@ -816,7 +816,8 @@ impl LogStore {
         range: std::ops::Range<u64>,
         checkpoint: &SignedCheckpoint,
     ) -> Option<u64> {
-        let log = self.tenant(tenant_id);
+        // Looked up, not added: a log only verified is not one this process holds.
+        let log = self.tenants.lock().expect("the tenant map is not poisoned").get(tenant_id).cloned()?;
         let log = log.lock().await;
         let tree = log.tree.as_ref()?;
         if tree.root_at(checkpoint.body.tree_size).ok()? != checkpoint.body.root_hash {

@@ -1386,12 +1386,13 @@ impl SubjectStore {
     }
 
     /// The kind, status and times of each request of `tenant_id` of the period `[start, end)`
-    /// (RFC 3339 as stored): made in it, or made before it and not completed when it began. What a
-    /// report counts, read without opening any details or bundle.
+    /// (RFC 3339 as stored): made in it, or made before it and not completed when it began (nor
+    /// failed: a failed request is over, made again if it is still wanted, and counts in the period
+    /// it was made in). What a report counts, read without opening any details or bundle.
     pub async fn request_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<RequestTally>, Error> {
         let select = "SELECT kind, status, deadline, created_at, completed_at FROM subject_requests \
-                      WHERE tenant_id = $1 AND created_at < $3 AND (completed_at IS NULL OR completed_at >= $2) \
-                      ORDER BY id";
+                      WHERE tenant_id = $1 AND created_at < $3 AND (created_at >= $2 OR (status <> 'failed' \
+                      AND (completed_at IS NULL OR completed_at >= $2))) ORDER BY id";
         let rows = self.rows_of_period(select, tenant_id, start, end).await?;
         let tally = |row: &sqlx::any::AnyRow| -> Result<_, StoreError> {
             Ok(RequestTally {

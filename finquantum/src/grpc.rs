@@ -130,17 +130,16 @@ impl FinQuantumApi {
                 Err(error) => return Err(failed(error)),
             };
             // No card number in clear, even as an id or in words that should be codes (an
-            // account's or a transaction's type, a brand).
-            let account_id = crate::stored_account_id(&cipher, &account.account_id);
+            // account's or a transaction's type, a brand). An account id holding one is refused
+            // (see `store::check_shapes`): it keys the account's rows and seals its data.
             for mut transaction in transactions {
                 transaction.transaction_id = crate::stored_transaction_id(&cipher, &transaction.transaction_id);
                 transaction.kind = crate::mask_card_numbers(&transaction.kind);
-                fetched.transactions.push((account_id.clone(), transaction));
+                fetched.transactions.push((account.account_id.clone(), transaction));
             }
             let account = crate::openfinance::Account {
                 brand_name: crate::mask_card_numbers(&account.brand_name),
                 kind: crate::mask_card_numbers(&account.kind),
-                account_id,
                 ..account
             };
             fetched.accounts.push((account, balance));
@@ -288,8 +287,9 @@ fn parse_id(field: &str, value: &str) -> Result<String, Error> {
 fn predict(model: &Model, row: &[f32]) -> Result<(f64, Vec<(String, f64)>), Error> {
     let alternatives = scoring::alternatives(model.manifest(), row);
     let slices: Vec<&[f32]> = alternatives.iter().map(Vec::as_slice).collect();
-    let (probability, outputs) = model.predict_substituted(row, &slices)?;
-    Ok((probability, scoring::shortfalls(model.manifest(), probability, &alternatives, &outputs)))
+    let substituted = model.predict_substituted(row, &slices)?;
+    let shortfalls = scoring::shortfalls(model.manifest(), substituted.output, &alternatives, &substituted.outputs);
+    Ok((substituted.prediction, shortfalls))
 }
 
 fn event(caller: &Caller, kind: EventKind, action: &str, subject: &str, details: serde_json::Value) -> AuditEvent {

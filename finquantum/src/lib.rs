@@ -445,21 +445,11 @@ pub async fn run(
 /// and the first 16 hex digits of the tenant's keyed hash of the id, so that the same transaction
 /// fetched again is still stored once and two such ids stay apart.
 pub fn stored_transaction_id(cipher: &aigronova_platform::crypto::TenantCipher, id: &str) -> String {
-    stored_id(cipher, "transaction-id", id)
-}
-
-/// The id an account is stored and shown under, as [`stored_transaction_id`] gives a
-/// transaction's (its own keyed hash). The institution is asked with the id it gave.
-pub fn stored_account_id(cipher: &aigronova_platform::crypto::TenantCipher, id: &str) -> String {
-    stored_id(cipher, "account-id", id)
-}
-
-fn stored_id(cipher: &aigronova_platform::crypto::TenantCipher, kind: &str, id: &str) -> String {
     let masked = mask_card_numbers(id);
     if masked == id {
         return masked;
     }
-    let digest = cipher.blind_index(&format!("{kind}\u{0}{id}"));
+    let digest = cipher.blind_index(&format!("transaction-id\u{0}{id}"));
     format!("{masked}~{}", &digest[..16])
 }
 
@@ -478,8 +468,8 @@ pub fn stored_card_id_now(id: &str) -> Option<String> {
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
 /// digits (ASCII, full-width, or any script's decimal digits) passing the Luhn check, in one group or in groups split by spaces,
-/// dashes, dots, commas, colons, semicolons, slashes, asterisks, underscores, `+`, `#`, `|`,
-/// brackets or invisible characters (up to five
+/// dashes, dots, commas, semicolons, slashes, asterisks, underscores, `+`, `#`, `|`, brackets or
+/// invisible characters (up to five
 /// between two groups), also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
 /// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
 pub fn mask_card_numbers(text: &str) -> String {
@@ -523,7 +513,7 @@ fn is_card_separator(c: char) -> bool {
         || aigronova_platform::text::is_invisible(c)
         || matches!(c, '\u{2212}' | '\u{fe63}' | '\u{ff0c}'..='\u{ff0f}' | '\u{00ad}')
         || matches!(c, '-' | '.' | '/' | '_' | ',' | '*' | '\u{2010}'..='\u{2015}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
-        || matches!(c, ':' | ';' | '+' | '#' | '|' | '(' | ')' | '[' | ']')
+        || matches!(c, ';' | '+' | '#' | '|' | '(' | ')' | '[' | ']')
 }
 
 /// Card lengths in the order they are tried: the common 16 first, then Amex's 15, then the
@@ -735,15 +725,17 @@ mod tests {
             "4111\u{200b}1111\u{200b}1111\u{200b}1111",
             "4111 - - 1111 - - 1111 - - 1111",
             "4111+1111+1111+1111",
-            "4111:1111:1111:1111",
             "4111#1111#1111#1111",
         ] {
             assert_eq!(mask_card_numbers(spelled), "****1111", "{spelled}");
         }
         assert_eq!(mask_card_numbers("(4111)(1111)(1111)(1111)"), "(****1111)");
         assert_eq!(mask_card_numbers("[4111|1111;1111 1111]"), "[****1111]");
-        // A phone number after `+`, in brackets or not, is no card.
-        assert_eq!(mask_card_numbers("+55 (11) 4111-1111"), "+55 (11) 4111-1111");
+        // A phone number after `+`, its area code in brackets or not, is no card, though its 13
+        // digits pass the Luhn check; nor is a time, whose colons part no card's groups.
+        assert_eq!(mask_card_numbers("+55 (11) 98765-4325"), "+55 (11) 98765-4325");
+        assert_eq!(mask_card_numbers("+55 11 98765 4325"), "+55 11 98765 4325");
+        assert_eq!(mask_card_numbers("PIX 2026-11-29 12:30:45"), "PIX 2026-11-29 12:30:45");
         // Beside a CNPJ, a date, a reference of four digits, a phone number: the card is masked
         // whole; a CNPJ, a phone number after `+` and a boleto's digitable line are no cards.
         assert_eq!(

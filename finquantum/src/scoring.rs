@@ -459,8 +459,8 @@ pub struct Reason {
     pub description: &'static str,
 }
 
-/// Where a feature's value makes its adverse words true: above or below the training mean (the
-/// value the contributions replace a feature with), or below or from a code of an ordinal feature.
+/// Where a feature's value makes its adverse words true: above or below the training mean, or
+/// below or from a code of an ordinal feature.
 #[derive(Clone, Copy)]
 enum Adverse {
     AboveMean,
@@ -535,7 +535,7 @@ pub fn code_of(feature: &str) -> Option<&'static str> {
 }
 
 /// The words of a reason, true for the customer's value: a decision's reasons are the features
-/// that raised its probability of default, from whichever side of the training mean; the adverse
+/// whose values stand furthest from their most favourable ones, on whichever side; the adverse
 /// words are used only where they hold.
 #[derive(Clone, Debug)]
 pub struct ReasonWords {

@@ -633,11 +633,12 @@ impl Store {
             .map_err(StoreError::from)?;
             inserted += result.rows_affected();
             if result.rows_affected() == 0 {
-                // Stored before: its name as masked now, should an earlier masking have missed a card.
+                // Stored before: its name and type as masked now, should an earlier masking (or
+                // version) have missed a card.
                 let context = name_context(tenant_id, &consent.customer_id, &consent.institution, account_id);
-                let stored: Option<String> = sqlx::query_scalar(
-                    "SELECT name FROM transactions WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
-                     AND account_id = $4 AND transaction_id = $5",
+                let row = sqlx::query(
+                    "SELECT name, kind FROM transactions WHERE tenant_id = $1 AND customer_id = $2 \
+                     AND institution = $3 AND account_id = $4 AND transaction_id = $5",
                 )
                 .bind(tenant_id)
                 .bind(&consent.customer_id)
@@ -647,11 +648,16 @@ impl Store {
                 .fetch_optional(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
-                let clear = stored.as_deref().is_some_and(|stored| !aigronova_platform::crypto::is_sealed(stored));
-                let current = stored.as_deref().map(|stored| open_name(&cipher, &context, stored)).transpose()?;
-                if clear || current.is_some_and(|current| current != name) {
+                let stored: Option<(String, String)> = row
+                    .map(|row| Ok::<_, sqlx::Error>((row.try_get("name")?, row.try_get("kind")?)))
+                    .transpose()
+                    .map_err(StoreError::from)?;
+                let clear = stored.as_ref().is_some_and(|(stored, _)| !aigronova_platform::crypto::is_sealed(stored));
+                let current = stored.as_ref().map(|(stored, _)| open_name(&cipher, &context, stored)).transpose()?;
+                let kind_unmasked = stored.as_ref().is_some_and(|(_, kind)| *kind != item.kind);
+                if clear || kind_unmasked || current.is_some_and(|current| current != name) {
                     sqlx::query(
-                        "UPDATE transactions SET name = $6 WHERE tenant_id = $1 AND customer_id = $2 \
+                        "UPDATE transactions SET name = $6, kind = $7 WHERE tenant_id = $1 AND customer_id = $2 \
                          AND institution = $3 AND account_id = $4 AND transaction_id = $5",
                     )
                     .bind(tenant_id)
@@ -660,6 +666,7 @@ impl Store {
                     .bind(account_id)
                     .bind(&item.transaction_id)
                     .bind(cipher.seal(&context, &name))
+                    .bind(&item.kind)
                     .execute(&mut *transaction)
                     .await
                     .map_err(StoreError::from)?;
@@ -1761,6 +1768,12 @@ fn check_shapes(fetched: &Fetched) -> Result<(), String> {
             return Err("an account has no accountId".to_owned());
         }
         text("an accountId", id)?;
+        // The id keys the account's rows and binds its sealed data: one holding a card number is
+        // not stored, masked or in clear.
+        let masked = crate::mask_card_numbers(id);
+        if masked != *id {
+            return Err(format!("account {masked}'s accountId holds a card number"));
+        }
         for (field, value) in [
             ("brandName", &account.brand_name),
             ("type", &account.kind),

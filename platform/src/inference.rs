@@ -203,6 +203,18 @@ pub struct Contribution {
     pub contribution: f64,
 }
 
+/// What [`Model::predict_substituted`] gives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Substituted {
+    /// The model's output for the row, as ONNX Runtime gives it.
+    pub prediction: f64,
+    /// The row's output computed as `outputs` are (the trees walked, or the same batch), which
+    /// they compare with.
+    pub output: f64,
+    /// For each feature in turn, the output with it at each of its alternatives.
+    pub outputs: Vec<f64>,
+}
+
 /// A loaded model with its sessions, one per core.
 pub struct Model {
     manifest: Manifest,
@@ -383,11 +395,12 @@ impl Model {
         result
     }
 
-    /// The output for `row` and, for each feature in turn (in model order), the outputs with that
-    /// feature alone at each of its `alternatives`, flattened in that order: what a model's most
-    /// favourable value of a feature is found with. Walks the trees when they reproduce the model,
-    /// else scores the row and its copies in one ONNX Runtime batch.
-    pub fn predict_substituted(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<(f64, Vec<f64>), InferenceError> {
+    /// The output for `row` as ONNX Runtime gives it and, for each feature in turn (in model
+    /// order), the outputs with that feature alone at each of its `alternatives`, flattened in that
+    /// order, beside the row's own output computed the same way: what a model's most favourable
+    /// value of a feature is found with. Walks the trees when they reproduce the model, else scores
+    /// the row and its copies in one ONNX Runtime batch.
+    pub fn predict_substituted(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<Substituted, InferenceError> {
         if alternatives.len() != self.manifest.features.len() || row.len() != alternatives.len() {
             return Err(InferenceError::Runtime(format!(
                 "{} alternatives and {} values for a model of {} features",
@@ -398,7 +411,15 @@ impl Model {
         }
         let started = Instant::now();
         let result = match &self.ensemble {
-            Some(ensemble) => Ok(ensemble.substitutions(row, alternatives)),
+            // The prediction is ONNX Runtime's, as for any call; the alternatives are compared with
+            // the walk's own output for the row, so that no difference of rounding between the two
+            // reads as a feature's effect.
+            Some(ensemble) => self.run(&[row.to_vec()]).and_then(|outputs| {
+                let prediction =
+                    outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into()))?;
+                let (output, outputs) = ensemble.substitutions(row, alternatives);
+                Ok(Substituted { prediction, output, outputs })
+            }),
             None => self.scored_substitutions(row, alternatives),
         };
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -410,16 +431,14 @@ impl Model {
 
     /// [`Self::predict_substituted`] as ONNX Runtime scores it: the row and every copy in one batch.
     /// What a model without a readable tree ensemble uses, and what the trees must agree with.
-    pub fn scored_substitutions(
-        &self,
-        row: &[f32],
-        alternatives: &[&[f32]],
-    ) -> Result<(f64, Vec<f64>), InferenceError> {
+    pub fn scored_substitutions(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<Substituted, InferenceError> {
         let mut rows = vec![row.to_vec()];
         rows.extend(substituted_rows(row, alternatives));
         let outputs = self.run(&rows)?;
         match outputs.split_first() {
-            Some((prediction, substituted)) => Ok((*prediction, substituted.to_vec())),
+            Some((prediction, substituted)) => {
+                Ok(Substituted { prediction: *prediction, output: *prediction, outputs: substituted.to_vec() })
+            }
             None => Err(InferenceError::Runtime("empty output".into())),
         }
     }

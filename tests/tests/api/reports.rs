@@ -111,6 +111,12 @@ async fn reports_carry_the_evidence(backend: Backend) {
     app.execute_on_governance("UPDATE subject_requests SET completed_at = '2026-03-10T00:00:00.000000Z'").await;
     let done = report(&app, &key, "lgpd?from=2026-04-01&to=2026-05-01").await;
     assert_eq!(done["subjectRequests"]["total"], 0, "{}", done["subjectRequests"]);
+    // A failed request is over (made again if it is still wanted): it counts in its own period only.
+    app.execute_on_governance("UPDATE subject_requests SET status = 'failed', completed_at = NULL").await;
+    let later = report(&app, &key, "lgpd?from=2026-04-01&to=2026-05-01").await;
+    assert_eq!(later["subjectRequests"]["total"], 0, "{}", later["subjectRequests"]);
+    let made = report(&app, &key, "lgpd?from=2026-03-01&to=2026-04-01").await;
+    assert_eq!((&made["subjectRequests"]["total"], &made["subjectRequests"]["failed"]), (&json!(1), &json!(1)));
 
     // The PDF renders and carries the root hash the checkpoint signs.
     let response = app.get("/v1/governance/reports/lgpd?format=pdf", &key).await;
