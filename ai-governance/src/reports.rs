@@ -417,14 +417,14 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
     pdf.field("Overdue", &text(&requests["overdue"]));
     pdf.field("Open, within 15 days", &text(&requests["open"]));
     pdf.field("Failed (a service did not answer)", &text(&requests["failed"]));
-    pdf.field("Made before the period, open when it began", &text(&requests["openedBefore"]));
+    pdf.field("Open from before the period", &text(&requests["openedBefore"]));
     for (kind, count) in requests["byKind"].as_object().into_iter().flatten() {
         pdf.field(&format!("  {kind}"), &text(count));
     }
 
     pdf.heading("Reviews of automated decisions (LGPD Art. 20)");
     pdf.field("Reviews", &text(&report["reviews"]["total"]));
-    pdf.field("Asked for before the period, pending when it began", &text(&report["reviews"]["openedBefore"]));
+    pdf.field("Pending from before the period", &text(&report["reviews"]["openedBefore"]));
     for (outcome, count) in report["reviews"]["byOutcome"].as_object().into_iter().flatten() {
         pdf.field(&format!("  {outcome}"), &text(count));
     }

@@ -159,7 +159,8 @@ pub(crate) fn json_media_type(content_type: Option<&str>) -> Result<(), Problem>
     if ["application/merge-patch+json", "application/json-patch+json"].contains(&essence.as_str()) {
         return Err(unsupported_media_type(format!(
             "this route reads its body as the message, not as {essence}: send Content-Type: application/json, \
-             with the fields to change (where a field takes it, an empty string clears it; null leaves it as it is)"
+             with the message's fields (in a change, null leaves a field as it is, and an empty string clears \
+             one that takes it)"
         )));
     }
     if !(json || essence.is_empty() || essence == "application/x-www-form-urlencoded") {
