@@ -235,18 +235,18 @@ impl Reporter {
         // does not change afterwards.
         let as_of = end.clone().min(rfc3339(Utc::now()));
         let done_by_end = |done: Option<&str>| done.filter(|done| *done < end.as_str()).map(str::to_owned);
-        let on_time = requests
-            .iter()
-            .filter(|r| done_by_end(r.completed_at.as_deref()).is_some_and(|done| done <= r.deadline))
-            .count();
-        let overdue =
-            requests.iter().filter(|r| done_by_end(r.completed_at.as_deref()).is_none() && r.deadline < as_of).count();
-        let late = requests
-            .iter()
-            .filter(|r| done_by_end(r.completed_at.as_deref()).is_some_and(|done| done > r.deadline))
-            .count();
-        let open = requests.len() - on_time - late - overdue;
-        let failed = requests.iter().filter(|r| r.status == "failed").count();
+        // Each request counted once: a failed one is over, neither overdue nor open.
+        let (mut on_time, mut late, mut overdue, mut open, mut failed) = (0, 0, 0, 0, 0);
+        for request in &requests {
+            let counted = match done_by_end(request.completed_at.as_deref()) {
+                _ if request.status == "failed" => &mut failed,
+                Some(done) if done <= request.deadline => &mut on_time,
+                Some(_) => &mut late,
+                None if request.deadline < as_of => &mut overdue,
+                None => &mut open,
+            };
+            *counted += 1;
+        }
         let requests_before = requests.iter().filter(|r| r.created_at < start).count();
 
         let reviews = self.subjects.review_tallies(tenant_id, &start, &end).await?;

@@ -130,8 +130,7 @@ impl FinQuantumApi {
                 Err(error) => return Err(failed(error)),
             };
             // No card number in clear, even as an id or in words that should be codes (an
-            // account's or a transaction's type, a brand). An account id holding one is refused
-            // (see `store::check_shapes`): it keys the account's rows and seals its data.
+            // account's or a transaction's type, a brand).
             for mut transaction in transactions {
                 transaction.transaction_id = crate::stored_transaction_id(&cipher, &transaction.transaction_id);
                 transaction.kind = crate::mask_card_numbers(&transaction.kind);
