@@ -1399,6 +1399,8 @@ async fn card_numbers_in_brands_and_types_are_masked() {
     let mut account = checking_account();
     account.brand_name = "BANCO 5555 5555 5555 4444".into();
     account.transactions[1].kind = "CARTAO 4012888888881881".into();
+    // An id whose masked form a second masking would change, were masking not stable.
+    account.transactions[2].id = "429088694222281091379938083803".into();
     let profile = Profile { accounts: vec![account], ..Profile::default() };
     let app = start(Backend::Sqlite, &bank, vec![("banco-a", profile)]).await;
     let tenant = app.create_tenant_on("Cartões", "enterprise").await;
@@ -1425,6 +1427,8 @@ async fn card_numbers_in_brands_and_types_are_masked() {
     assert_eq!(unmasked, 1);
     let again: Value = ingest(&app, &key, consent_id).await.json().await.unwrap();
     assert_eq!(again["newTransactions"], 0, "{again}");
+    assert_eq!(app.count_fin_rows("transactions").await, 6, "each stored once");
+    assert_eq!(app.count_fin_rows("transactions WHERE transaction_id LIKE '****81091379938083803~%'").await, 1);
     assert_eq!(app.count_fin_rows("transactions WHERE kind LIKE '%4012888888881881%'").await, 0);
     assert_eq!(app.count_fin_rows("transactions WHERE kind = 'CARTAO ****1881'").await, 1);
 
