@@ -235,11 +235,12 @@ impl Reporter {
         // does not change afterwards.
         let as_of = end.clone().min(rfc3339(Utc::now()));
         let done_by_end = |done: Option<&str>| done.filter(|done| *done < end.as_str()).map(str::to_owned);
-        // Each request counted once: a failed one is over, neither overdue nor open.
-        let (mut on_time, mut late, mut overdue, mut open, mut failed) = (0, 0, 0, 0, 0);
+        // Each request counted once among these four; those some service failed to answer for are
+        // counted among them too (a failed request past its deadline is overdue: its subject had no
+        // answer in time), and apart.
+        let (mut on_time, mut late, mut overdue, mut open) = (0, 0, 0, 0);
         for request in &requests {
             let counted = match done_by_end(request.completed_at.as_deref()) {
-                _ if request.status == "failed" => &mut failed,
                 Some(done) if done <= request.deadline => &mut on_time,
                 Some(_) => &mut late,
                 None if request.deadline < as_of => &mut overdue,
@@ -247,6 +248,7 @@ impl Reporter {
             };
             *counted += 1;
         }
+        let failed = requests.iter().filter(|r| r.status == "failed").count();
         let requests_before = requests.iter().filter(|r| r.created_at < start).count();
 
         let reviews = self.subjects.review_tallies(tenant_id, &start, &end).await?;

@@ -129,6 +129,9 @@ pub struct StoredRequest {
     pub resolution: String,
     /// The erasure request that deleted what this request held of its subject, when one did.
     pub erased_by: Option<String>,
+    /// When it was read: the time [`Self::overdue`] is told at (a list's, the time its filter
+    /// compared deadlines with).
+    pub read_at: String,
 }
 
 /// A decision to review, as the caller names it.
@@ -150,7 +153,7 @@ pub enum Completion {
 
 impl StoredRequest {
     pub fn overdue(&self) -> bool {
-        self.status != "completed" && self.deadline < now()
+        self.status != "completed" && self.deadline < self.read_at
     }
 }
 
@@ -960,6 +963,7 @@ impl SubjectStore {
             outcomes,
             resolution: String::new(),
             erased_by: None,
+            read_at: now(),
         };
         let tenant_id = caller.tenant_id.as_str();
         let export = new.export.map(|export| seal(cipher, &Column::Export.context(tenant_id, new.id), export));
@@ -1177,12 +1181,17 @@ impl SubjectStore {
         };
         let mut query =
             sqlx::query(sql).bind(tenant_id).bind(page.after.unwrap_or_default()).bind(page.limit_with_one_more());
+        // One time for the filter and for each request's `overdue`, so that the two agree.
+        let read_at = now();
         if overdue.is_some() {
-            query = query.bind(now());
+            query = query.bind(read_at.clone());
         }
         let rows =
             query.fetch_all(&mut *self.database.begin_tenant_read(tenant_id).await?).await.map_err(StoreError::from)?;
-        let mut requests = rows.iter().map(request_from).collect::<Result<Vec<_>, _>>()?;
+        let mut requests = rows
+            .iter()
+            .map(|row| request_from(row).map(|request| StoredRequest { read_at: read_at.clone(), ..request }))
+            .collect::<Result<Vec<_>, _>>()?;
         let next = page.split(&mut requests, |request| request.id.clone());
         self.unseal_requests(tenant_id, &mut requests).await?;
         Ok((requests, next))
@@ -1498,6 +1507,7 @@ fn request_from(row: &sqlx::any::AnyRow) -> Result<StoredRequest, StoreError> {
             .map_err(|error| StoreError::Corrupt(format!("subject_requests.outcomes: {error}")))?,
         resolution: row.try_get::<Option<String>, _>("resolution")?.unwrap_or_default(),
         erased_by: row.try_get("erased_by")?,
+        read_at: now(),
     })
 }
 

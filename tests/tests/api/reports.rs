@@ -117,8 +117,8 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert_eq!(later["subjectRequests"]["total"], 0, "{}", later["subjectRequests"]);
     let made = report(&app, &key, "lgpd?from=2026-03-01&to=2026-04-01").await;
     assert_eq!((&made["subjectRequests"]["total"], &made["subjectRequests"]["failed"]), (&json!(1), &json!(1)));
-    // Over: neither overdue nor open, though its deadline passed uncompleted.
-    assert_eq!((&made["subjectRequests"]["overdue"], &made["subjectRequests"]["open"]), (&json!(0), &json!(0)));
+    // Its subject had no answer in time: overdue in its period, as the list shows it.
+    assert_eq!((&made["subjectRequests"]["overdue"], &made["subjectRequests"]["open"]), (&json!(1), &json!(0)));
 
     // The PDF renders and carries the root hash the checkpoint signs.
     let response = app.get("/v1/governance/reports/lgpd?format=pdf", &key).await;
