@@ -129,7 +129,7 @@ impl FinQuantumApi {
                 }
                 Err(error) => return Err(failed(error)),
             };
-            // No card number in clear, even as an id or in words that should be codes (an
+            // No card number in clear in a transaction's id or in words that should be codes (an
             // account's or a transaction's type, a brand).
             for mut transaction in transactions {
                 transaction.transaction_id = crate::stored_transaction_id(&cipher, &transaction.transaction_id);

@@ -463,7 +463,7 @@ pub fn stored_card_id_now(id: &str) -> Option<String> {
     let stored_form = digest.len() == 16
         && digest.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
         && masked.contains('*');
-    stored_form.then(|| format!("{}~{digest}", mask_card_numbers(masked)))
+    stored_form.then(|| format!("{}~{digest}", mask_card_numbers_again(masked)))
 }
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
@@ -472,12 +472,31 @@ pub fn stored_card_id_now(id: &str) -> Option<String> {
 /// between two groups), also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
 /// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
 pub fn mask_card_numbers(text: &str) -> String {
+    mask(text, false)
+}
+
+/// [`mask_card_numbers`] for text a masking gave (a stored id, a sealed name): what it left
+/// (`****1111`) kept as it is, so that masking it again changes nothing (an id stored masked is
+/// found under the same id at the next ingestion). Text as an institution sent it is masked with
+/// [`mask_card_numbers`]: asterisks before a card's digits there are no masking's.
+pub fn mask_card_numbers_again(text: &str) -> String {
+    mask(text, true)
+}
+
+fn mask(text: &str, again: bool) -> String {
     let chars: Vec<char> = text.chars().collect();
+    let masked_at = |at: usize| if again { masked_at(&chars, at) } else { None };
     let mut out = String::with_capacity(text.len());
     let mut index = 0;
     while index < chars.len() {
-        // What a masking left (`****1111`) is kept as it is, so that masking again changes nothing.
-        if let Some(end) = masked_at(&chars, index) {
+        if again && chars[index] == '*' {
+            // A run of asterisks looked at once: what a masking left, kept, or the run as it is;
+            // right after a digit, its first one parts that digit from what a masking left.
+            let end = match masked_at(index) {
+                Some(end) => end,
+                None if index > 0 && is_digit(chars[index - 1]) => index + 1,
+                None => index + chars[index..].iter().take_while(|c| **c == '*').count(),
+            };
             out.extend(&chars[index..end]);
             index = end;
             continue;
@@ -500,7 +519,7 @@ pub fn mask_card_numbers(text: &str) -> String {
             if gap == 0 || gap > 5 || !chars.get(end + gap).is_some_and(|c| is_digit(*c)) {
                 break;
             }
-            if (end + 1..end + gap).any(|at| masked_at(&chars, at).is_some()) {
+            if (end + 1..end + gap).any(|at| masked_at(at).is_some()) {
                 break;
             }
             end += gap;
@@ -613,13 +632,12 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
                     // Not in a number glued to letters (a PIX end-to-end id, `E0041…lx9`).
                     _ => !group_ends[last - 1] && !glued(first),
                 };
-                // A phone number has 15 digits at most (E.164), and its `+` starts a word.
-                let after_plus = length <= 15
+                // A phone number after a `+` that no letter or digit touches: up to 13 digits (a
+                // Brazilian mobile's, with the country code; an Amex's 15 are a card's).
+                let after_plus = length <= 13
                     && digits[first] > 0
                     && chars[digits[first] - 1] == '+'
-                    && (digits[first] == 1
-                        || chars[digits[first] - 2].is_whitespace()
-                        || chars[digits[first] - 2] == '(');
+                    && (digits[first] == 1 || !chars[digits[first] - 2].is_alphanumeric());
                 let free = !kept[first..last].contains(&true) && window[first..last].iter().all(Option::is_none);
                 if shaped && !after_plus && free && luhn(&value[first..last]) {
                     found.push((first, last));
@@ -756,6 +774,8 @@ mod tests {
         assert_eq!(mask_card_numbers("+55 11 98765 4325"), "+55 11 98765 4325");
         assert_eq!(mask_card_numbers("TEL (+55 11 98765 4325)"), "TEL (+55 11 98765 4325)");
         assert_eq!(mask_card_numbers("COMPRA+378282246310005"), "COMPRA+****0005");
+        assert_eq!(mask_card_numbers("TEL:+5511987654325"), "TEL:+5511987654325");
+        assert_eq!(mask_card_numbers("PAG +378282246310005"), "PAG +****0005");
         // Beside a CNPJ, a date, a reference of four digits, a phone number: the card is masked
         // whole; a CNPJ, a phone number after `+` and a boleto's digitable line are no cards.
         assert_eq!(
@@ -872,9 +892,9 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Masking what a masking gave changes nothing: a transaction id stored masked is found again
-    /// under the same id, and a name is not rewritten at each ingestion. Checked on text made of
-    /// the pieces bank words hold (ids, CPFs, phone numbers, dates, cards, references).
+    /// Masking again what a masking gave changes nothing: a transaction id stored masked is found
+    /// again under the same id at the next ingestion. Checked on text made of the pieces bank words
+    /// hold (ids, CPFs, phone numbers, dates, cards, references).
     #[test]
     fn masking_again_changes_nothing() {
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -896,14 +916,21 @@ mod tests {
                 }
             }
             let once = mask_card_numbers(&text);
-            assert_eq!(mask_card_numbers(&once), once, "{text}");
+            assert_eq!(mask(&once, true), once, "{text}");
         }
         for text in ["429088694222281091379938083803", "PIX 713.059.835-21 5995 6950 3790 5976"] {
             let once = mask_card_numbers(text);
             assert_ne!(once, text);
-            assert_eq!(mask_card_numbers(&once), once, "{text}");
+            assert_eq!(mask(&once, true), once, "{text}");
+            let id = format!("{once}~0123456789abcdef");
+            assert_eq!(stored_card_id_now(&id).as_deref(), Some(id.as_str()), "{text}");
         }
         // Asterisks right after a digit part a card's groups: no masking left them.
-        assert_eq!(mask_card_numbers("4111****1111****1111****1111"), "****1111");
+        assert_eq!(mask("4111****1111****1111****1111", true), "****1111");
+        // A long run of asterisks is looked at once.
+        let stars = "*".repeat(200_000);
+        assert_eq!(mask(&stars, true), stars);
+        // Text as an institution sent it: asterisks before a card hide nothing.
+        assert_eq!(mask_card_numbers("CARTAO ****4111111111111111"), "CARTAO ********1111");
     }
 }

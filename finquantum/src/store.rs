@@ -1647,8 +1647,9 @@ fn open_name(cipher: &TenantCipher, context: &str, stored: &str) -> Result<Strin
     }
     let name =
         cipher.open(context, stored).map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))?;
-    // Masked as now too: one sealed with a card an earlier masking missed is not shown whole.
-    Ok(crate::mask_card_numbers(&name))
+    // Masked as now too, what the masking that sealed it left kept as it is: one sealed with a
+    // card an earlier masking missed is not shown whole.
+    Ok(crate::mask_card_numbers_again(&name))
 }
 
 fn transaction_of(

@@ -729,6 +729,14 @@ async fn row_level_security_holds_every_tenant_table_of_every_service() {
                 .await
                 .unwrap();
                 assert!(own <= seen && seen <= own_after, "{service}.{table} as tenant {tenant}: {seen} of {own}");
+                let others: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM {table} WHERE tenant_id IS DISTINCT FROM $1"
+                )))
+                .bind(tenant)
+                .fetch_one(&mut *transaction)
+                .await
+                .unwrap();
+                assert_eq!(others, 0, "{service}.{table} as tenant {tenant}: another tenant's rows");
                 let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE {table} SET tenant_id = tenant_id WHERE tenant_id <> $1"
                 )))
