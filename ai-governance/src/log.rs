@@ -1086,6 +1086,19 @@ pub(crate) mod tests {
         assert!(after.entry_with_proof("a", 0).await.is_err(), "still damaged: no proof");
     }
 
+    /// Swaps the entries of `tenant_id` at `first` and `second` in the database, hashes and all.
+    async fn swap_entries(log: &LogStore, tenant_id: &str, first: i64, second: i64) {
+        for (from, to) in [(first, first + 1000), (second, first), (first + 1000, second)] {
+            sqlx::query("UPDATE audit_entries SET idx = $3 WHERE tenant_id = $1 AND idx = $2")
+                .bind(tenant_id)
+                .bind(from)
+                .bind(to)
+                .execute(log.database.pool())
+                .await
+                .unwrap();
+        }
+    }
+
     /// Two entries of one batch swapped, their hashes with them: the tree held since they were
     /// appended names the first of them; after a restart, which loads the tree from the rows as they
     /// are, the checkpoints place the change in its batch.
@@ -1096,14 +1109,7 @@ pub(crate) mod tests {
         log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
         log.append((3..=6).map(|n| leaf("a", n)).collect()).await.unwrap();
         log.append(vec![leaf("a", 7)]).await.unwrap();
-        for (from, to) in [(3, 1003), (5, 3), (1003, 5)] {
-            sqlx::query("UPDATE audit_entries SET idx = $2 WHERE tenant_id = 'a' AND idx = $1")
-                .bind(from)
-                .bind(to)
-                .execute(log.database.pool())
-                .await
-                .unwrap();
-        }
+        swap_entries(&log, "a", 3, 5).await;
         let verification = log.verify("a", &log.latest_checkpoint("a").await.unwrap()).await.unwrap();
         assert_eq!(verification.first_bad_index, Some(3), "{verification:?}");
         assert!(verification.reason.contains("between index 2 and 5"), "{verification:?}");
@@ -1121,14 +1127,7 @@ pub(crate) mod tests {
         log.append((1..=4).map(|n| leaf("a", n)).chain((1..=4).map(|n| leaf("b", n))).collect()).await.unwrap();
         let restarted = LogStore::new(log.database.clone(), log.signer().clone());
         assert_eq!(restarted.check_stored().await.unwrap(), 0);
-        for (from, to) in [(1, 1001), (2, 1), (1001, 2)] {
-            sqlx::query("UPDATE audit_entries SET idx = $2 WHERE tenant_id = 'b' AND idx = $1")
-                .bind(from)
-                .bind(to)
-                .execute(log.database.pool())
-                .await
-                .unwrap();
-        }
+        swap_entries(&log, "b", 1, 2).await;
         let restarted = LogStore::new(log.database.clone(), log.signer().clone());
         assert_eq!(restarted.check_stored().await.unwrap(), 1);
         assert!(restarted.tenants.lock().unwrap().is_empty(), "nothing kept loaded");

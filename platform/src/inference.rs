@@ -323,15 +323,24 @@ impl Model {
     /// The model's output for one row: the probability of the positive class for a classifier,
     /// the predicted value for a regressor.
     pub fn predict(&self, row: &[f32]) -> Result<f64, InferenceError> {
+        self.timed(|| self.first_output(row))
+    }
+
+    /// `call`, timed into the latency histogram under its outcome.
+    fn timed<T>(&self, call: impl FnOnce() -> Result<T, InferenceError>) -> Result<T, InferenceError> {
         let started = Instant::now();
-        let result = self
-            .run(&[row.to_vec()])
-            .and_then(|outputs| outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into())));
+        let result = call();
         let outcome = if result.is_ok() { "ok" } else { "error" };
         latency_histogram()
             .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// ONNX Runtime's output for `row` alone.
+    fn first_output(&self, row: &[f32]) -> Result<f64, InferenceError> {
+        self.run(&[row.to_vec()])
+            .and_then(|outputs| outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into())))
     }
 
     /// The probability of the positive class for one row (a classifier's [`Self::predict`]).
@@ -370,29 +379,10 @@ impl Model {
     /// and its occluded copies are scored in one batch (each row's output does not depend on the
     /// others in the batch).
     pub fn predict_explained(&self, row: &[f32]) -> Result<(f64, Vec<Contribution>), InferenceError> {
-        let started = Instant::now();
-        let result = match &self.ensemble {
-            Some(ensemble) => self.run(&[row.to_vec()]).and_then(|outputs| {
-                let prediction =
-                    outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into()))?;
-                let (output, occluded) = ensemble.substitutions(row, &self.mean_slices());
-                Ok((prediction, self.contributions_from(output, &occluded)))
-            }),
-            None => {
-                let mut rows = Vec::with_capacity(self.manifest.features.len() + 1);
-                rows.push(row.to_vec());
-                rows.extend(self.occluded_rows(row));
-                self.run(&rows).and_then(|outputs| match outputs.split_first() {
-                    Some((prediction, occluded)) => Ok((*prediction, self.contributions_from(*prediction, occluded))),
-                    None => Err(InferenceError::Runtime("empty output".into())),
-                })
-            }
-        };
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        latency_histogram()
-            .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
-            .observe(started.elapsed().as_secs_f64());
-        result
+        self.timed(|| {
+            let occluded = self.substituted(row, &self.mean_slices())?;
+            Ok((occluded.prediction, self.contributions_from(occluded.output, &occluded.outputs)))
+        })
     }
 
     /// The output for `row` as ONNX Runtime gives it and, for each feature in turn (in model
@@ -409,24 +399,22 @@ impl Model {
                 self.manifest.features.len()
             )));
         }
-        let started = Instant::now();
-        let result = match &self.ensemble {
+        self.timed(|| self.substituted(row, alternatives))
+    }
+
+    /// [`Self::predict_substituted`], untimed.
+    fn substituted(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<Substituted, InferenceError> {
+        match &self.ensemble {
             // The prediction is ONNX Runtime's, as for any call; the alternatives are compared with
             // the walk's own output for the row, so that no difference of rounding between the two
             // reads as a feature's effect.
-            Some(ensemble) => self.run(&[row.to_vec()]).and_then(|outputs| {
-                let prediction =
-                    outputs.first().copied().ok_or_else(|| InferenceError::Runtime("empty output".into()))?;
+            Some(ensemble) => {
+                let prediction = self.first_output(row)?;
                 let (output, outputs) = ensemble.substitutions(row, alternatives);
                 Ok(Substituted { prediction, output, outputs })
-            }),
+            }
             None => self.scored_substitutions(row, alternatives),
-        };
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        latency_histogram()
-            .with_label_values(&[&self.manifest.name, &self.manifest.version, outcome])
-            .observe(started.elapsed().as_secs_f64());
-        result
+        }
     }
 
     /// [`Self::predict_substituted`] as ONNX Runtime scores it: the row and every copy in one batch.

@@ -705,37 +705,17 @@ async fn row_level_security_holds_every_tenant_table_of_every_service() {
                 .await
                 .unwrap();
             for tenant in &tenants {
-                let own: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM {table} WHERE tenant_id = $1"
-                )))
-                .bind(tenant)
-                .fetch_one(&mut connection)
-                .await
-                .unwrap();
+                let own = rows_where(&mut connection, table, "tenant_id = $1", tenant).await;
                 others_seen += all - own;
                 let mut transaction = aigronova_e2e::acting_for(&mut connection, tenant).await;
                 // No tenant filter: the policy is all that stands between this query and the other tenant.
-                let seen: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                    .fetch_one(&mut *transaction)
-                    .await
-                    .unwrap();
+                let seen = rows_where(&mut transaction, table, "$1 <> ''", tenant).await;
                 // The services may still be writing the tenant's rows (its audit events arriving):
-                // what it sees lies between its own rows before and after, never beyond.
-                let own_after: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM {table} WHERE tenant_id = $1"
-                )))
-                .bind(tenant)
-                .fetch_one(&mut *transaction)
-                .await
-                .unwrap();
+                // what it sees lies between its own rows before and after, never beyond; and none of
+                // another tenant's.
+                let own_after = rows_where(&mut transaction, table, "tenant_id = $1", tenant).await;
                 assert!(own <= seen && seen <= own_after, "{service}.{table} as tenant {tenant}: {seen} of {own}");
-                let others: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM {table} WHERE tenant_id IS DISTINCT FROM $1"
-                )))
-                .bind(tenant)
-                .fetch_one(&mut *transaction)
-                .await
-                .unwrap();
+                let others = rows_where(&mut transaction, table, "tenant_id IS DISTINCT FROM $1", tenant).await;
                 assert_eq!(others, 0, "{service}.{table} as tenant {tenant}: another tenant's rows");
                 let changed = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "UPDATE {table} SET tenant_id = tenant_id WHERE tenant_id <> $1"
@@ -754,6 +734,15 @@ async fn row_level_security_holds_every_tenant_table_of_every_service() {
         connection.close().await.unwrap();
     }
     app.stop().await;
+}
+
+/// How many rows of `table` meet `condition`, which reads `tenant` as `$1`.
+async fn rows_where(connection: &mut sqlx::PgConnection, table: &str, condition: &str, tenant: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table} WHERE {condition}")))
+        .bind(tenant)
+        .fetch_one(connection)
+        .await
+        .unwrap()
 }
 
 /// The actions of the tenant's audit log entries, as the API lists them.
