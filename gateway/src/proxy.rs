@@ -293,7 +293,28 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     }
     quota.settle(may_have_run(sent.into_inner(), &result), &mut facts.rate_limit).await;
     let encoded = result?;
-    transcode::response(route, encoded)
+    let mut response = transcode::response(route, encoded)?;
+    if let Some(disposition) = document_disposition(parts.uri.path(), response.headers()) {
+        response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    Ok(response)
+}
+
+/// A PDF is shown in place, with a name to save it under made of its path's last two segments
+/// (`…/assessments/{id}/report` → `{id}-report.pdf`, `…/statements/2026-10` →
+/// `statements-2026-10.pdf`), each kept to letters, digits, dots, dashes and underscores.
+fn document_disposition(path: &str, headers: &HeaderMap) -> Option<HeaderValue> {
+    let pdf = headers.get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/pdf"));
+    if !pdf {
+        return None;
+    }
+    let segments: Vec<&str> = path.split('/').filter(|segment| !segment.is_empty()).collect();
+    let name: String = segments[segments.len().saturating_sub(2)..]
+        .join("-")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .collect();
+    HeaderValue::from_str(&format!("inline; filename=\"{name}.pdf\"")).ok()
 }
 
 /// Whether a model call keeps its unit of quota: when the service answered OK, and when its

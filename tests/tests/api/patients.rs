@@ -426,6 +426,8 @@ async fn an_assessment_report_is_a_pdf_kept_in_the_object_store(backend: Backend
     let response = app.get(&path, &key).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/pdf");
+    // Shown in place, named for saving.
+    assert_eq!(response.headers()["content-disposition"], format!("inline; filename=\"{id}-report.pdf\"").as_str());
     let pdf = response.bytes().await.unwrap();
     let text = aigronova_e2e::pdf_text(&pdf);
     for expected in [

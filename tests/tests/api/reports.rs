@@ -124,6 +124,7 @@ async fn reports_carry_the_evidence(backend: Backend) {
     let response = app.get("/v1/governance/reports/lgpd?format=pdf", &key).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/pdf");
+    assert_eq!(response.headers()["content-disposition"], "inline; filename=\"reports-lgpd.pdf\"");
     let pdf = response.bytes().await.unwrap();
     assert!(pdf.starts_with(b"%PDF-"));
     let text = pdf_text(&pdf);
