@@ -365,7 +365,11 @@ impl Generator {
                 "content": {"application/json": {"schema": self.message_ref(&output)}},
             })
         };
-        success["headers"] = Value::Object(rate_limit_header_refs());
+        let mut headers = rate_limit_header_refs();
+        if success["content"].get("application/pdf").is_some() {
+            headers.insert("Content-Disposition".to_owned(), header_ref("Content-Disposition"));
+        }
+        success["headers"] = Value::Object(headers);
         let mut responses = Map::from_iter([("200".to_owned(), success)]);
         let problems: &[&str] = if route.body.is_empty() { ROUTE_PROBLEMS } else { ROUTE_PROBLEMS_WITH_BODY };
         responses.extend(problem_refs(problems));
@@ -717,6 +721,11 @@ fn component_headers() -> Value {
         },
         "Location": {
             "description": "The path of the resource just created, where a `GET` reads it.",
+            "schema": {"type": "string"},
+        },
+        "Content-Disposition": {
+            "description": "For a PDF: `inline`, with a file name made of the path's last two segments, e.g. \
+                            `inline; filename=\"statements-2026-10.pdf\"`.",
             "schema": {"type": "string"},
         },
         REQUEST_ID: {

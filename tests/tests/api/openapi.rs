@@ -117,6 +117,13 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     };
     assert_eq!(content("/v1/health/patients/{patientId}/assessments/{id}/report"), ["application/pdf"]);
     assert_eq!(content("/v1/fin/customers/{customerId}/statements/{month}"), ["application/json", "application/pdf"]);
+    // A PDF answer says how it is named; a JSON-only one does not.
+    let disposition =
+        |path: &str| document["paths"][path]["get"]["responses"]["200"]["headers"].get("Content-Disposition").is_some();
+    assert!(disposition("/v1/health/patients/{patientId}/assessments/{id}/report"));
+    assert!(disposition("/v1/governance/reports/{framework}"));
+    assert!(!disposition("/v1/health/patients/{id}"));
+    assert!(document["components"]["headers"]["Content-Disposition"]["description"].is_string());
     // A raw JSON answer is described by the message its method names.
     for (path, message) in [
         ("/v1/fin/customers/{customerId}/statements/{month}", "aigronova.fin.v1.Statement"),
