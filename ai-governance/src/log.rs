@@ -394,12 +394,7 @@ impl LogStore {
                 Ok(()) => {}
                 Err(StoreError::Corrupt(reason)) => {
                     found += 1;
-                    tracing::error!(
-                        tenant = %tenant_id,
-                        %reason,
-                        "the stored audit log no longer matches what was signed over it; its events are held \
-                         back until it is restored"
-                    );
+                    tell_changed(&tenant_id, &reason);
                 }
                 Err(error) => tracing::warn!(tenant = %tenant_id, %error, "the audit log was not checked at start"),
             }
@@ -436,12 +431,7 @@ impl LogStore {
                 log.tree = None;
                 log.latest = None;
                 if log.recheck_failed.as_deref() != Some(reason.as_str()) {
-                    tracing::error!(
-                        tenant = %tenant_id,
-                        %reason,
-                        "the stored audit log no longer matches what was signed over it; its events are held \
-                         back until it is restored"
-                    );
+                    tell_changed(tenant_id, &reason);
                 }
                 log.recheck_failed = Some(reason);
                 true
@@ -852,6 +842,17 @@ impl LogStore {
             tree.leaf(index).as_ref() != stored
         })
     }
+}
+
+/// Logs, at error level, that the stored log of `tenant_id` no longer matches what was signed
+/// over it, and why.
+fn tell_changed(tenant_id: &str, reason: &str) {
+    tracing::error!(
+        tenant = %tenant_id,
+        %reason,
+        "the stored audit log no longer matches what was signed over it; its events are held back until it is \
+         restored"
+    );
 }
 
 /// Where the first bad entry of a log holding `held` entries of the `size` signed is, when every

@@ -238,7 +238,7 @@ impl Reporter {
         // Each request counted once among these four; those some service failed to answer for are
         // counted among them too (a failed request past its deadline is overdue: its subject had no
         // answer in time), and apart.
-        let (mut on_time, mut late, mut overdue, mut open) = (0, 0, 0, 0);
+        let (mut on_time, mut late, mut overdue, mut open, mut failed) = (0, 0, 0, 0, 0);
         for request in &requests {
             let counted = match done_by_end(request.completed_at.as_deref()) {
                 Some(done) if done <= request.deadline => &mut on_time,
@@ -247,8 +247,8 @@ impl Reporter {
                 None => &mut open,
             };
             *counted += 1;
+            failed += usize::from(request.status == "failed");
         }
-        let failed = requests.iter().filter(|r| r.status == "failed").count();
         let requests_before = requests.iter().filter(|r| r.created_at < start).count();
 
         let reviews = self.subjects.review_tallies(tenant_id, &start, &end).await?;

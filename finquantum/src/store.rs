@@ -657,10 +657,9 @@ impl Store {
                 // an earlier masking missed is sealed again, masked.
                 let current = stored
                     .as_ref()
-                    .filter(|(stored, _)| aigronova_platform::crypto::is_sealed(stored))
-                    .map(|(stored, _)| cipher.open(&context, stored))
-                    .transpose()
-                    .map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))?;
+                    .map(|(stored, _)| opened(&cipher, &context, stored, "a transaction's name"))
+                    .transpose()?
+                    .flatten();
                 let kind_unmasked = stored.as_ref().is_some_and(|(_, kind)| *kind != item.kind);
                 if clear || kind_unmasked || current.is_some_and(|current| current != name) {
                     sqlx::query(
@@ -1625,10 +1624,16 @@ fn number_context(tenant_id: &str, customer_id: &str, institution: &str, account
 /// An account's number opened with the tenant's key; one still in clear (stored by an earlier
 /// version) as it is, until the purge's pass seals it ([`Store::seal_clear_numbers`]).
 fn open_number(cipher: &TenantCipher, context: &str, stored: &str) -> Result<String, StoreError> {
+    Ok(opened(cipher, context, stored, "an account's number")?.unwrap_or_else(|| stored.to_owned()))
+}
+
+/// `stored` opened with the tenant's key for `context`; `None` for a value still in clear (an
+/// earlier version's). `what` names the value in the error when it does not open.
+fn opened(cipher: &TenantCipher, context: &str, stored: &str, what: &str) -> Result<Option<String>, StoreError> {
     if !aigronova_platform::crypto::is_sealed(stored) {
-        return Ok(stored.to_owned());
+        return Ok(None);
     }
-    cipher.open(context, stored).map_err(|_| StoreError::Corrupt("an account's number does not open".into()))
+    cipher.open(context, stored).map(Some).map_err(|_| StoreError::Corrupt(format!("{what} does not open")))
 }
 
 /// What a transaction's name is sealed for: its tenant, customer and account. (Not its id, which
@@ -1641,15 +1646,13 @@ fn name_context(tenant_id: &str, customer_id: &str, institution: &str, account_i
 /// version, which may still run beside this one during a rolling upgrade) as it is, until the
 /// purge's pass seals it ([`Store::seal_clear_names`]).
 fn open_name(cipher: &TenantCipher, context: &str, stored: &str) -> Result<String, StoreError> {
-    if !aigronova_platform::crypto::is_sealed(stored) {
+    Ok(match opened(cipher, context, stored, "a transaction's name")? {
+        // Masked as now too, what the masking that sealed it left kept as it is: one sealed with a
+        // card an earlier masking missed is not shown whole.
+        Some(name) => crate::mask_card_numbers_again(&name),
         // Its card numbers masked as now, whatever the version that stored it missed.
-        return Ok(crate::mask_card_numbers(stored));
-    }
-    let name =
-        cipher.open(context, stored).map_err(|_| StoreError::Corrupt("a transaction's name does not open".into()))?;
-    // Masked as now too, what the masking that sealed it left kept as it is: one sealed with a
-    // card an earlier masking missed is not shown whole.
-    Ok(crate::mask_card_numbers_again(&name))
+        None => crate::mask_card_numbers(stored),
+    })
 }
 
 fn transaction_of(
