@@ -426,7 +426,7 @@ pub(crate) fn content_type(headers: &http::HeaderMap) -> Result<Option<&str>, Pr
 pub(crate) enum Finding {
     /// A name given twice in one object, by its path.
     Repeated(String),
-    /// A 64-bit integer field's value past its type's range, by its path.
+    /// An integer field's value with a fraction, or past a 64-bit type's range, by its path.
     OutOfRange(String),
     /// A time (`google.protobuf.Timestamp`) written finer than the nanosecond, which the reader
     /// would cut rather than refuse, by its path.
@@ -440,8 +440,8 @@ pub(crate) enum Finding {
 /// within a message of `descriptor`, a field named twice, by its JSON name or its proto name alike;
 /// elsewhere (a map's keys, a body without a descriptor), the same name twice. A body that is not
 /// JSON has none here; the message's own reading says what is wrong with it.
-/// Within a message, a 64-bit integer field's number past its type's range is found too, which
-/// the JSON reader would otherwise round to the largest value.
+/// Within a message, an integer field's number that is not whole or is past a 64-bit type's range
+/// is found too, which the JSON reader would otherwise round to a whole number or the largest one.
 pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>) -> Option<Finding> {
     use std::{borrow::Cow, collections::HashSet};
 
@@ -456,8 +456,6 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
         found: &'a mut Option<Finding>,
         /// The message this value is, when known.
         message: Option<MessageDescriptor>,
-        /// For a 64-bit integer field, the magnitude its values stay below.
-        bound: Option<f64>,
         /// Whether the value is a time (`google.protobuf.Timestamp`).
         time: bool,
     }
@@ -515,24 +513,28 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
                     map.next_value::<IgnoredAny>()?;
                     continue;
                 }
-                // serde_json reads an integer past 64 bits as a float, which the JSON mapping would
-                // take, rounded to 2^64, as the largest integer: such a value is refused.
-                let bound = field.as_ref().filter(|field| !field.is_map()).and_then(|field| match field.kind() {
-                    Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Some(2f64.powi(63)),
-                    Kind::Uint64 | Kind::Fixed64 => Some(2f64.powi(64)),
-                    _ => None,
-                });
+                // An integer field's numbers are read from their digits: serde_json reads one with a
+                // point or an exponent, or past 64 bits, as a float, which would round `1.0000000000000001`
+                // to 1 and `18446744073709551616` to the largest integer, where the JSON mapping takes
+                // only whole numbers in the type's range.
+                if let Some(bound) = field.as_ref().filter(|field| !field.is_map()).and_then(integer_bound) {
+                    let value: &'de serde_json::value::RawValue = map.next_value()?;
+                    if self.found.is_none() && !whole_numbers_within(value.get(), bound) {
+                        *self.found = Some(Finding::OutOfRange(join(&path, shown)));
+                    }
+                    continue;
+                }
                 let time = inner.as_ref().is_some_and(|inner| inner.full_name() == "google.protobuf.Timestamp");
-                let walk = Walk { parent: &path, name: shown, found: &mut *self.found, message: inner, bound, time };
+                let walk = Walk { parent: &path, name: shown, found: &mut *self.found, message: inner, time };
                 map.next_value_seed(walk)?;
             }
             Ok(())
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            let Walk { parent, name, found, message, bound, time } = self;
+            let Walk { parent, name, found, message, time } = self;
             while seq
-                .next_element_seed(Walk { parent, name, found: &mut *found, message: message.clone(), bound, time })?
+                .next_element_seed(Walk { parent, name, found: &mut *found, message: message.clone(), time })?
                 .is_some()
             {}
             Ok(())
@@ -547,10 +549,7 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
         fn visit_u64<E>(self, _: u64) -> Result<(), E> {
             Ok(())
         }
-        fn visit_f64<E>(self, value: f64) -> Result<(), E> {
-            if self.bound.is_some_and(|bound| value.abs() >= bound) && self.found.is_none() {
-                *self.found = Some(Finding::OutOfRange(join(self.parent, self.name)));
-            }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
             Ok(())
         }
         fn visit_str<E>(self, value: &str) -> Result<(), E> {
@@ -572,7 +571,7 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
 
     let mut found = None;
     let mut json = serde_json::Deserializer::from_slice(body);
-    Walk { parent: "", name: "", found: &mut found, message: descriptor.cloned(), bound: None, time: false }
+    Walk { parent: "", name: "", found: &mut found, message: descriptor.cloned(), time: false }
         .deserialize(&mut json)
         .ok()?;
     found
@@ -645,6 +644,54 @@ fn json_names(descriptor: &MessageDescriptor, path: &str) -> String {
         field.map_or_else(|| segment.to_owned(), |field| format!("{}{index}", field.json_name()))
     });
     segments.collect::<Vec<_>>().join(".")
+}
+
+/// For an integer field, the magnitude its values stay below: 2^63 for a signed 64-bit field,
+/// 2^64 for an unsigned one, and none for a 32-bit one, whose every value a float holds exactly.
+fn integer_bound(field: &FieldDescriptor) -> Option<Option<f64>> {
+    match field.kind() {
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Some(Some(2f64.powi(63))),
+        Kind::Uint64 | Kind::Fixed64 => Some(Some(2f64.powi(64))),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => Some(None),
+        _ => None,
+    }
+}
+
+/// Whether each number `json` holds (the value itself, or the items of a list) is whole, read from
+/// its digits, and below `bound` in magnitude. Anything else (a string, `null`, an object) is left
+/// to the message's reading, which says what is wrong with it.
+fn whole_numbers_within(json: &str, bound: Option<f64>) -> bool {
+    match json.as_bytes().first() {
+        // A number within 64 bits is read exactly, and its range checked by the message's reading.
+        Some(b'-' | b'0'..=b'9') if json.parse::<i64>().is_ok() || json.parse::<u64>().is_ok() => true,
+        Some(b'-' | b'0'..=b'9') => {
+            bound.is_none_or(|bound| json.parse::<f64>().is_ok_and(|value| value.abs() < bound)) && whole_number(json)
+        }
+        Some(b'[') => serde_json::from_str::<Vec<&serde_json::value::RawValue>>(json)
+            .is_ok_and(|items| items.iter().all(|item| whole_numbers_within(item.get(), bound))),
+        _ => true,
+    }
+}
+
+/// Whether the JSON number `number` is a whole number, from its digits: `1.0`, `1e3` and `150e-2`
+/// are not alike (the last is 1.5), and `1.0000000000000001` is not whole though a float rounds it to 1.
+fn whole_number(number: &str) -> bool {
+    let unsigned = number.strip_prefix('-').unwrap_or(number);
+    let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
+        // An exponent past i64 moves the point further than any digit reaches.
+        Some((mantissa, exponent)) => {
+            let far = if exponent.starts_with('-') { i64::MIN / 2 } else { i64::MAX / 2 };
+            (mantissa, exponent.parse::<i64>().unwrap_or(far))
+        }
+        None => (unsigned, 0),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    // How many digits there are without the zeros that end them, and where the point falls.
+    let fraction = fraction.trim_end_matches('0');
+    let significant =
+        if fraction.is_empty() { whole.trim_end_matches('0').len() } else { whole.len() + fraction.len() };
+    let point = (whole.len() as i64).saturating_add(exponent);
+    significant == 0 || significant as i64 <= point
 }
 
 /// Sets the fields the query names. A field the path binds (`bound`, by proto name) cannot be
@@ -864,7 +911,14 @@ mod tests {
             assert_eq!(problem.field(), Some("auditIndex"), "{index}");
             assert!(detail(problem).contains("is not a whole number from 0"), "{index}");
         }
-        for index in ["18446744073709551615", "7", "\"18446744073709551615\""] {
+        // A number with a fraction, however small, is not whole, though a float would round it to one.
+        for index in ["1.0000000000000001", "9007199254740993.5", "150e-2", "-0.5", "1e-400", "[1, 2.5]"] {
+            let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
+            let problem = parse_body(&review, body.as_bytes(), None).unwrap_err();
+            assert_eq!(problem.field(), Some("auditIndex"), "{index}");
+            assert!(detail(problem).contains("is not a whole number from 0"), "{index}");
+        }
+        for index in ["18446744073709551615", "7", "\"18446744073709551615\"", "7.0", "7e0", "0.7e1", "700e-2", "0.0"] {
             let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
             assert!(parse_body(&review, body.as_bytes(), None).is_ok(), "{index}");
         }
