@@ -246,6 +246,9 @@ fn check_trailer(media_type: MediaType, trailer: &[u8]) -> Result<(), &'static s
                 "has data after its end that is neither padding nor another JPEG picture: send the image alone",
             );
         }
+        if crate::jpeg::claimed(rest).is_some_and(|claimed| check_size(claimed.width, claimed.height).is_err()) {
+            return Err("has a picture after its end larger than the images accepted here");
+        }
         let end =
             crate::jpeg::check_strict(rest).map_err(|_| "has a picture after its end that is not a whole JPEG")?;
         rest = &rest[end..];
@@ -308,10 +311,60 @@ fn png_chunks(bytes: &[u8]) -> Result<PngChunks<'_>, String> {
             }
             b"IDAT" => chunks.data.push(data),
             b"tRNS" => chunks.transparency = true,
+            b"iCCP" | b"zTXt" | b"iTXt" if !unpacks_within(kind, data, MAX_UNPACKED_CHUNK) => {
+                return Err(format!(
+                    "its {name} chunk unpacks to more than {} MB: send the image without it",
+                    MAX_UNPACKED_CHUNK / 1_000_000
+                ));
+            }
             _ => {}
         }
         in_data = kind == b"IDAT";
         at = next;
+    }
+}
+
+/// The most a PNG's compressed colour profile (`iCCP`) or text (`zTXt`, `iTXt`) may unpack to: its
+/// decoder unpacks a colour profile whenever it reads the image's header, besides the pixels.
+const MAX_UNPACKED_CHUNK: u64 = 8_000_000;
+
+/// The compressed part of a PNG chunk of type `kind` (`iCCP`, `zTXt` or `iTXt`) whose data is
+/// `data`: what follows a name and its NUL and the compression method, and for `iTXt` its flags,
+/// language and translated keyword; `None` for an `iTXt` chunk whose text is not compressed, or a
+/// chunk too short to have one.
+fn compressed_part<'a>(kind: &[u8], data: &'a [u8]) -> Option<&'a [u8]> {
+    let after_nul = |bytes: &[u8]| bytes.iter().position(|byte| *byte == 0).map(|at| at + 1);
+    let at = after_nul(data)?;
+    if kind != b"iTXt" {
+        return data.get(at + 1..);
+    }
+    if *data.get(at)? == 0 {
+        return None;
+    }
+    let language = at + 2;
+    let translated = language + after_nul(data.get(language..)?)?;
+    data.get(translated + after_nul(data.get(translated..)?)?..)
+}
+
+/// Whether the compressed part of a PNG chunk of type `kind` whose data is `data` unpacks to at
+/// most `limit` bytes. Data that does not unpack is left to the decoder, which says what it makes
+/// of it.
+fn unpacks_within(kind: &[u8], data: &[u8], limit: u64) -> bool {
+    let Some(compressed) = compressed_part(kind, data) else { return true };
+    let mut inflater = flate2::Decompress::new(true);
+    let mut scratch = vec![0; 64 * 1024];
+    loop {
+        let read = usize::try_from(inflater.total_in()).unwrap_or(compressed.len()).min(compressed.len());
+        let before = (inflater.total_in(), inflater.total_out());
+        let Ok(status) = inflater.decompress(&compressed[read..], &mut scratch, flate2::FlushDecompress::None) else {
+            return true;
+        };
+        if inflater.total_out() > limit {
+            return false;
+        }
+        if status == flate2::Status::StreamEnd || (inflater.total_in(), inflater.total_out()) == before {
+            return true;
+        }
     }
 }
 
@@ -959,11 +1012,16 @@ mod tests {
 
     /// `bytes`, a PNG, with a `tEXt` chunk before its IEND.
     fn with_text_chunk(bytes: &[u8], text: &[u8]) -> Vec<u8> {
+        with_chunk(bytes, b"tEXt", text)
+    }
+
+    /// `bytes`, a PNG, with a chunk of type `kind` before its IEND.
+    fn with_chunk(bytes: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
         let iend = bytes.len() - 12;
         assert_eq!(&bytes[iend + 4..iend + 8], b"IEND");
-        let mut chunk = (text.len() as u32).to_be_bytes().to_vec();
-        chunk.extend_from_slice(b"tEXt");
-        chunk.extend_from_slice(text);
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend_from_slice(kind);
+        chunk.extend_from_slice(data);
         chunk.extend_from_slice(&crc32fast::hash(&chunk[4..]).to_be_bytes());
         [&bytes[..iend], &chunk, &bytes[iend..]].concat()
     }
@@ -1359,6 +1417,98 @@ mod tests {
         let sequential = ENCODED_ELSEWHERE.iter().find(|(name, _)| *name == "sequential-restarts").unwrap().1;
         let claimed = crate::jpeg::claimed(sequential).unwrap();
         assert_eq!((claimed.width, claimed.height, claimed.coefficient_bytes), (64, 48, None));
+    }
+
+    /// `whole`, a JPEG, with its `nth` scan header made of `header` (count, components, band).
+    fn with_scan_header(whole: &[u8], nth: usize, header: impl Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+        let at = whole.windows(2).enumerate().filter(|(_, m)| *m == [0xFF, 0xDA]).nth(nth).unwrap().0;
+        let end = at + 2 + usize::from(u16::from_be_bytes([whole[at + 2], whole[at + 3]]));
+        let made = header(&whole[at + 4..end]);
+        let length = u16::try_from(made.len() + 2).unwrap().to_be_bytes();
+        [&whole[..at + 2], &length, &made, &whole[end..]].concat()
+    }
+
+    #[test]
+    fn a_jpeg_scan_that_names_a_component_twice_or_breaks_the_standards_limits_is_refused_unread() {
+        use crate::jpeg::{Shortfall, check};
+        let malformed = Err(Shortfall::Damaged("a scan header is malformed"));
+        let (_, grey) = ENCODED_ELSEWHERE[1];
+        // The one component named twice: every block would be read twice over.
+        let twice = with_scan_header(grey, 0, |header| [&[2], &header[1..3], &header[1..3], &header[3..]].concat());
+        assert_eq!(check(&twice), malformed);
+        // A progressive scan of AC coefficients holding two components.
+        let (_, colour) = ENCODED_ELSEWHERE[0];
+        let scans = colour.windows(2).filter(|m| *m == [0xFF, 0xDA]).count();
+        let ac = (0..scans)
+            .find(|nth| {
+                let at = colour.windows(2).enumerate().filter(|(_, m)| *m == [0xFF, 0xDA]).nth(*nth).unwrap().0;
+                colour[at + 4] == 1 && colour[at + 7] > 0
+            })
+            .expect("a progressive AC scan");
+        let frame = colour.windows(2).position(|marker| marker == [0xFF, 0xC2]).unwrap();
+        let (luma, chroma) = (colour[frame + 10], colour[frame + 13]);
+        let two = with_scan_header(colour, ac, |header| {
+            [&[2, luma], &header[2..3], &[chroma], &header[2..3], &header[3..]].concat()
+        });
+        assert_eq!(check(&two), malformed);
+        // A frame that names one component twice.
+        let mut same = colour.to_vec();
+        same[frame + 13] = luma;
+        assert_eq!(check(&same), Err(Shortfall::Damaged("its frame header is malformed")));
+        assert!(examine(&twice).is_err() && examine(&two).is_err() && examine(&same).is_err());
+    }
+
+    #[test]
+    fn a_second_start_of_image_marker_is_refused_and_hides_no_frame_from_the_size_check() {
+        // A small baseline frame in a segment after a second start-of-image marker, before the
+        // real frame: one reading would take the small frame's size, another the real one's.
+        let (_, grey) = ENCODED_ELSEWHERE[1];
+        let small = jpeg(16, 16);
+        let frame = small.windows(2).position(|marker| marker == [0xFF, 0xC0]).unwrap();
+        let length = usize::from(u16::from_be_bytes([small[frame + 2], small[frame + 3]]));
+        let hidden = [&grey[..2], &[0xFF, 0xD8], &small[frame..frame + 2 + length], &grey[2..]].concat();
+        assert_eq!(crate::jpeg::claimed(&hidden), None);
+        assert_eq!(
+            crate::jpeg::check(&hidden),
+            Err(crate::jpeg::Shortfall::Damaged("it has a second start-of-image marker"))
+        );
+        let message = format!("{:?}", examine(&hidden).err().unwrap());
+        assert!(message.contains("second start-of-image marker"), "{message}");
+    }
+
+    #[test]
+    fn a_picture_after_a_jpegs_end_larger_than_an_image_accepted_is_refused() {
+        let trailing = progressive_claiming("progressive-grey", 65_535, 65_535);
+        let message = format!("{:?}", examine(&[jpeg(16, 16), trailing].concat()).err().unwrap());
+        assert!(message.contains("has a picture after its end larger than the images accepted here"), "{message}");
+    }
+
+    /// `bytes` compressed with zlib.
+    fn zlib(bytes: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut encoder, bytes).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn a_png_colour_profile_or_text_that_unpacks_past_its_limit_is_refused() {
+        let image = png(40, 30);
+        let large = zlib(&vec![0; MAX_UNPACKED_CHUNK as usize + 1]);
+        let small = zlib(&[7; 3_000]);
+        let profile = |compressed: &[u8]| [b"profile\0\0".as_slice(), compressed].concat();
+        let text = |compressed: &[u8]| [b"Comment\0\0".as_slice(), compressed].concat();
+        let international = |compressed: &[u8]| [b"Comment\0\x01\0pt\0Comentario\0".as_slice(), compressed].concat();
+        for (kind, data) in [(b"iCCP", profile(&large)), (b"zTXt", text(&large)), (b"iTXt", international(&large))] {
+            let message = format!("{:?}", examine(&with_chunk(&image, kind, &data)).err().unwrap());
+            let name = String::from_utf8_lossy(kind);
+            assert!(message.contains(&format!("its {name} chunk unpacks to more than 8 MB")), "{message}");
+        }
+        for (kind, data) in [(b"iCCP", profile(&small)), (b"zTXt", text(&small)), (b"iTXt", international(&small))] {
+            assert!(unpacks_within(kind, &data, MAX_UNPACKED_CHUNK));
+        }
+        // Text written out is not unpacked.
+        assert!(unpacks_within(b"iTXt", b"Comment\0\0\0pt\0Comentario\0plain", 0));
+        assert!(examine(&with_chunk(&image, b"zTXt", &text(&small))).is_ok());
     }
 
     #[test]

@@ -14,6 +14,10 @@
 /// many scans that say little would otherwise keep the check busy.
 const MAX_SCANS: usize = 100;
 
+/// The most components a frame or a scan may have: four, as the standard allows a scan and
+/// decoders a frame.
+const MAX_COMPONENTS: usize = 4;
+
 /// How a JPEG's data falls short.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Shortfall {
@@ -43,6 +47,36 @@ pub(crate) fn check_strict(bytes: &[u8]) -> Result<usize, Shortfall> {
     check_segments(bytes, false)
 }
 
+/// The next marker of `bytes` from `at` (past any bytes before it, which `stray_bytes` allows)
+/// and its segment's data, empty for a marker that stands alone; `at` moves past both. The one
+/// walk through a JPEG's segments, so that the frame whose size is checked before its data is read
+/// is the frame whose data is read: a second start-of-image marker, which decoders read one way or
+/// another, is refused.
+fn next_segment<'a>(bytes: &'a [u8], at: &mut usize, stray_bytes: bool) -> Result<(u8, &'a [u8]), Shortfall> {
+    match bytes.get(*at..).and_then(|rest| rest.iter().position(|byte| *byte == 0xFF)) {
+        Some(offset) if offset > 0 && !stray_bytes => {
+            return Err(Shortfall::Damaged("it has bytes between its segments"));
+        }
+        Some(offset) => *at += offset,
+        None => return Err(Shortfall::NoEnd),
+    }
+    while bytes.get(*at + 1) == Some(&0xFF) {
+        *at += 1;
+    }
+    let Some(&marker) = bytes.get(*at + 1) else { return Err(Shortfall::NoEnd) };
+    *at += 2;
+    match marker {
+        0xD8 => return Err(Shortfall::Damaged("it has a second start-of-image marker")),
+        0x01 | 0xD0..=0xD7 | 0xD9 => return Ok((marker, &[])),
+        _ => {}
+    }
+    let length = bytes.get(*at..*at + 2).map(|length| usize::from(u16::from_be_bytes([length[0], length[1]])));
+    let Some(length) = length.filter(|length| *length >= 2) else { return Err(Shortfall::NoEnd) };
+    let Some(segment) = bytes.get(*at + 2..*at + length) else { return Err(Shortfall::NoEnd) };
+    *at += length;
+    Ok((marker, segment))
+}
+
 fn check_segments(bytes: &[u8], stray_bytes: bool) -> Result<usize, Shortfall> {
     let damaged = Shortfall::Damaged;
     let mut tables = [[None, None, None, None], [None, None, None, None]];
@@ -53,31 +87,13 @@ fn check_segments(bytes: &[u8], stray_bytes: bool) -> Result<usize, Shortfall> {
     let mut coded: Vec<[bool; 64]> = Vec::new();
     let mut at = 2;
     loop {
-        // The next marker, past any bytes before it.
-        match bytes.get(at..).and_then(|rest| rest.iter().position(|byte| *byte == 0xFF)) {
-            Some(offset) if offset > 0 && !stray_bytes => return Err(damaged("it has bytes between its segments")),
-            Some(offset) => at += offset,
-            None => return Err(Shortfall::NoEnd),
-        }
-        while bytes.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        let Some(&marker) = bytes.get(at + 1) else { return Err(Shortfall::NoEnd) };
-        at += 2;
+        let (marker, segment) = next_segment(bytes, &mut at, stray_bytes)?;
         match marker {
             0xD9 if frame.is_none() => return Err(damaged("it ends before its frame header")),
             0xD9 if coded.iter().any(|coefficients| coefficients.contains(&false)) => {
                 return Err(Shortfall::ScansMissing);
             }
             0xD9 => return Ok(at),
-            0x01 | 0xD0..=0xD7 => continue,
-            _ => {}
-        }
-        let length = bytes.get(at..at + 2).map(|length| usize::from(u16::from_be_bytes([length[0], length[1]])));
-        let Some(length) = length.filter(|length| *length >= 2) else { return Err(Shortfall::NoEnd) };
-        let Some(segment) = bytes.get(at + 2..at + length) else { return Err(Shortfall::NoEnd) };
-        at += length;
-        match marker {
             // The frame whose size was checked is the only one.
             0xC0..=0xC2 if frame.is_some() => return Err(damaged("it has a second frame header")),
             0xC0..=0xC2 if segment.first() == Some(&12) => return Err(Shortfall::Unsupported("a 12-bit")),
@@ -141,18 +157,7 @@ pub(crate) struct Claimed {
 pub(crate) fn claimed(bytes: &[u8]) -> Option<Claimed> {
     let mut at = 2;
     loop {
-        at += bytes.get(at..)?.iter().position(|byte| *byte == 0xFF)?;
-        while bytes.get(at + 1) == Some(&0xFF) {
-            at += 1;
-        }
-        let marker = *bytes.get(at + 1)?;
-        at += 2;
-        if matches!(marker, 0x01 | 0xD0..=0xD8) {
-            continue;
-        }
-        let length = usize::from(u16::from_be_bytes([*bytes.get(at)?, *bytes.get(at + 1)?]));
-        let segment = bytes.get(at + 2..at + length.max(2))?;
-        at += length.max(2);
+        let (marker, segment) = next_segment(bytes, &mut at, true).ok()?;
         match marker {
             0xC0..=0xC2 => {
                 let progressive = marker == 0xC2;
@@ -188,7 +193,11 @@ impl Frame {
     fn parse(segment: &[u8], progressive: bool) -> Option<Self> {
         let height = usize::from(u16::from_be_bytes([*segment.get(1)?, *segment.get(2)?]));
         let width = usize::from(u16::from_be_bytes([*segment.get(3)?, *segment.get(4)?]));
+        // At most four components, each named once, as decoders read them.
         let count = usize::from(*segment.get(5)?);
+        if !(1..=MAX_COMPONENTS).contains(&count) {
+            return None;
+        }
         let components: Vec<(u8, usize, usize)> = (0..count)
             .map(|index| {
                 let component = segment.get(6 + 3 * index..9 + 3 * index)?;
@@ -198,6 +207,13 @@ impl Frame {
                 Some((component[0], h, v))
             })
             .collect::<Option<_>>()?;
+        if components
+            .iter()
+            .enumerate()
+            .any(|(index, (id, ..))| components[..index].iter().any(|(other, ..)| other == id))
+        {
+            return None;
+        }
         let max_h = components.iter().map(|(_, h, _)| *h).max()?;
         let max_v = components.iter().map(|(_, _, v)| *v).max()?;
         (width > 0 && height > 0).then_some(Self { width, height, progressive, components, max_h, max_v })
@@ -312,7 +328,18 @@ impl Scan {
             .collect::<Option<Vec<_>>>()?;
         let rest = segment.get(1 + 2 * count..4 + 2 * count)?;
         let scan = Self { components, start: rest[0], end: rest[1], refines: rest[2] >> 4 != 0 };
-        (!scan.components.is_empty() && scan.start <= scan.end && scan.end <= 63).then_some(scan)
+        // As the standard has it (B.2.3, G.1.1.1.1): up to four components, each once; at most
+        // ten blocks to an MCU of several; and a progressive scan of AC coefficients holds one
+        // component. A scan that named one component many times would have its every block read
+        // as many times over.
+        let positions: Vec<usize> = scan.components.iter().map(|(position, ..)| *position).collect();
+        let repeated = positions.iter().enumerate().any(|(index, position)| positions[..index].contains(position));
+        let blocks: usize = positions.iter().map(|position| frame.components[*position]).map(|(_, h, v)| h * v).sum();
+        let well_formed = (1..=MAX_COMPONENTS).contains(&count)
+            && !repeated
+            && (count == 1 || blocks <= 10)
+            && !(frame.progressive && scan.start > 0 && count > 1);
+        (well_formed && scan.start <= scan.end && scan.end <= 63).then_some(scan)
     }
 
     /// Reads every block of the scan, or says why it cannot: whether it was read (a scan whose
