@@ -594,9 +594,11 @@ const CLEAN_HISTORY: f32 = 2.0;
 
 /// The values each feature of `row` is tried at to find its most favourable one, in the model's
 /// order: a coded feature's codes, any other feature's training quantiles (the manifest's
-/// `bin_edges`). A customer who holds a checking or savings account is compared with other
-/// holders (codes from 1): the data's applicants without one repaid best, which says nothing of
-/// the balance a customer keeps. A credit history is compared with the histories without delays
+/// `bin_edges`). A customer who holds a checking or savings account is compared with holders of
+/// a balance at least as good (codes from their own): the data's applicants without one repaid
+/// best, which says nothing of the balance a customer keeps, and the model, whose relations are not
+/// monotone, scores some higher balances below lower ones, which no balance's reason should rest on
+/// either. A credit history is compared with the histories without delays
 /// or credits elsewhere (codes to [`CLEAN_HISTORY`]): the data's applicants with a critical account
 /// repaid more often, a trait of the data that no history's reason should rest on.
 pub fn alternatives(manifest: &Manifest, row: &[f32]) -> Vec<Vec<f32>> {
@@ -606,7 +608,7 @@ pub fn alternatives(manifest: &Manifest, row: &[f32]) -> Vec<Vec<f32>> {
         .zip(row)
         .map(|(feature, value)| match CODES.iter().find(|(name, _)| *name == feature.name) {
             Some((name, codes)) if ACCOUNTS.contains(name) && *value > 0.0 => {
-                codes.iter().copied().filter(|code| *code > 0.0).collect()
+                codes.iter().copied().filter(|code| code >= value).collect()
             }
             Some((name, codes)) if *name == "credit_history" => {
                 codes.iter().copied().filter(|code| *code <= CLEAN_HISTORY).collect()
@@ -981,9 +983,9 @@ mod tests {
         row[position("savings_status")] = 2.0;
         let tried = alternatives(&manifest, &row);
         assert_eq!(tried.len(), manifest.features.len());
-        // Without a checking account: every code; a savings holder: other holders' codes only.
+        // Without a checking account: every code; a savings holder: holders of as much or more only.
         assert_eq!(tried[position("checking_status")], [0.0, 1.0, 2.0, 3.0]);
-        assert_eq!(tried[position("savings_status")], [1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(tried[position("savings_status")], [2.0, 3.0, 4.0]);
         assert_eq!(tried[position("housing_own")], [0.0, 1.0]);
         assert_eq!(tried[position("credit_history")], [0.0, 1.0, 2.0], "clean histories only");
         let amount = position("credit_amount");
@@ -991,6 +993,12 @@ mod tests {
         assert_eq!(tried[amount], edges);
         row[position("checking_status")] = 1.0;
         assert_eq!(alternatives(&manifest, &row)[position("checking_status")], [1.0, 2.0, 3.0]);
+        // The best balance is compared with nothing else: the model scores it below some lower
+        // balances, and no reason should tell a customer that keeping more lowered their score.
+        row[position("checking_status")] = 3.0;
+        row[position("savings_status")] = 4.0;
+        assert_eq!(alternatives(&manifest, &row)[position("checking_status")], [3.0]);
+        assert_eq!(alternatives(&manifest, &row)[position("savings_status")], [4.0]);
         for (feature, _) in CODES {
             assert!(manifest.features.iter().any(|known| known.name == feature), "{feature}");
         }
