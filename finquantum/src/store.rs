@@ -211,7 +211,7 @@ impl Store {
             let (account_id, number) = (text("account_id")?, text("number")?);
             let context = number_context(tenant_id, &customer_id, &institution, &account_id);
             Ok(vec![
-                cipher.seal(&context, &number).into(),
+                cipher.seal(&context, &crate::mask_card_numbers(&number)).into(),
                 tenant_id.into(),
                 customer_id.into(),
                 institution.into(),
@@ -514,7 +514,8 @@ impl Store {
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
-            let number = format!("{}-{}", account.number, account.check_digit);
+            // A prepaid payment account's number may be its card's.
+            let number = crate::mask_card_numbers(&format!("{}-{}", account.number, account.check_digit));
             let sealed_number = cipher.seal(
                 &number_context(tenant_id, &consent.customer_id, &consent.institution, &account.account_id),
                 &number,
@@ -1366,7 +1367,8 @@ async fn read_accounts_only(
     let mut accounts = rows.iter().map(account_of).collect::<Result<Vec<_>, _>>()?;
     for account in &mut accounts {
         let context = number_context(tenant_id, customer_id, &account.institution, &account.account_id);
-        account.number = open_number(cipher, &context, &account.number)?;
+        // Masked again for a number an earlier version stored with a card number in it.
+        account.number = crate::mask_card_numbers_again(&open_number(cipher, &context, &account.number)?);
     }
     let fetches = sqlx::query(
         "SELECT institution, account_id, consent_id FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2",

@@ -65,6 +65,8 @@ pub struct FakeAccount {
     pub kind: String,
     /// The institution's brand the account is under.
     pub brand_name: String,
+    /// The account's number (its check digit is 4).
+    pub number: String,
     /// The available balance, decimal reais (may be negative).
     pub balance: String,
     /// When the balance was taken (RFC 3339); now when `None`.
@@ -251,7 +253,7 @@ async fn accounts(State(shared): State<Arc<Shared>>, Path(name): Path<String>, h
         .iter()
         .map(|account| {
             json!({"accountId": account.id, "brandName": account.brand_name, "companyCnpj": "50685362000135",
-                "type": account.kind, "compeCode": "001", "branchCode": "6272", "number": "94088392", "checkDigit": "4"})
+                "type": account.kind, "compeCode": "001", "branchCode": "6272", "number": account.number, "checkDigit": "4"})
         })
         .collect();
     let link = format!("{}/{name}/open-banking/accounts/v2/accounts", shared.base);

@@ -51,6 +51,7 @@ fn checking_account() -> FakeAccount {
         id: "acc-checking".into(),
         kind: "CONTA_DEPOSITO_A_VISTA".into(),
         brand_name: "Banco Teste".into(),
+        number: "94088392".into(),
         balance: "1000.00".into(),
         balance_at: None,
         transactions: vec![
@@ -69,6 +70,7 @@ fn savings_account() -> FakeAccount {
         id: "acc-savings".into(),
         kind: "CONTA_POUPANCA".into(),
         brand_name: "Banco Teste".into(),
+        number: "94088392".into(),
         balance: "300.00".into(),
         balance_at: None,
         transactions: vec![
@@ -793,6 +795,7 @@ async fn a_balance_taken_before_the_month_is_walked_forward_to_it() {
         id: "acc-stale".into(),
         kind: "CONTA_DEPOSITO_A_VISTA".into(),
         brand_name: "Banco Teste".into(),
+        number: "94088392".into(),
         balance: "1000.00".into(),
         balance_at: Some(noon(month_start - chrono::Days::new(10))),
         transactions: vec![
@@ -1392,13 +1395,15 @@ async fn an_expired_consent_is_no_longer_used_and_its_data_is_deleted() {
     app.stop().await;
 }
 
-/// No card number in clear from an institution's words that should be codes: a brand or a
-/// transaction's type holding one is masked.
+/// No card number in clear from an institution's words that should be codes, nor in an account's
+/// number (a prepaid payment account's may be its card's): a brand, a transaction's type or an
+/// account number holding one is masked.
 #[tokio::test]
-async fn card_numbers_in_brands_and_types_are_masked() {
+async fn card_numbers_in_brands_types_and_account_numbers_are_masked() {
     let bank = Institution::start().await;
     let mut account = checking_account();
     account.brand_name = "BANCO 5555 5555 5555 4444".into();
+    account.number = "4111111111111111".into();
     account.transactions[1].kind = "CARTAO 4012888888881881".into();
     // An id whose masked form a second masking would change, were masking not stable.
     account.transactions[2].id = "429088694222281091379938083803".into();
@@ -1413,10 +1418,10 @@ async fn card_numbers_in_brands_and_types_are_masked() {
     let statement = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &key).await;
     assert_eq!(statement.status(), 200);
     let statement = statement.text().await.unwrap();
-    for shown in ["BANCO ****4444", "CARTAO ****1881"] {
+    for shown in ["BANCO ****4444", "CARTAO ****1881", "****1111-4"] {
         assert!(statement.contains(shown), "{shown} in {statement}");
     }
-    for card in ["5555 5555 5555 4444", "4012888888881881"] {
+    for card in ["5555 5555 5555 4444", "4012888888881881", "4111111111111111"] {
         assert!(!statement.contains(card), "{card} in {statement}");
     }
     assert_eq!(app.count_fin_rows("accounts WHERE brand_name LIKE '%5555 5555%'").await, 0);
