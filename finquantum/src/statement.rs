@@ -46,8 +46,9 @@ pub struct AccountStatement {
     /// Whether those days hold the whole month (its last day over before the last ingestion):
     /// when not, what moved on the other days is not in the totals.
     pub complete: bool,
-    /// The balance at the start and end of the month; absent when not known (no balance fetched;
-    /// for the start, also a month whose first days were not fetched).
+    /// The balance at the start and end of the month (for the month under way at the last
+    /// ingestion, `fetched_through` in it, the balance on that day); absent when not known (no
+    /// balance fetched; for the start, also a month whose first days were not fetched).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opening_balance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -242,8 +243,13 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
         if let Some(opening) = &account.opening_balance {
             pdf.field("Saldo inicial / Opening balance", opening);
         }
-        if let Some(closing) = &account.closing_balance {
-            pdf.field("Saldo final / Closing balance", closing);
+        // For the month under way at the last ingestion, the balance of that day, not the month's end.
+        match &account.closing_balance {
+            Some(closing) if account.fetched_through.starts_with(&statement.month) => {
+                pdf.field(&format!("Saldo em / Balance on {}", account.fetched_through), closing);
+            }
+            Some(closing) => pdf.field("Saldo final / Closing balance", closing),
+            None => {}
         }
         pdf.field("Entradas / Credits", &account.total_credits);
         pdf.field("Saídas / Debits", &account.total_debits);

@@ -255,6 +255,9 @@ async fn consents_ingestion_and_statements(backend: Backend) {
     for expected in ["Incomplete month", &format!("{from} a/to {today}")] {
         assert!(text.contains(expected), "the PDF of the month under way lacks {expected:?}:\n{text}");
     }
+    // Its last balance is the balance on the last day fetched, not one at a month's end yet to come.
+    assert!(now["accounts"][0].get("closingBalance").is_some(), "{now}");
+    assert!(text.contains(&format!("Balance on {today}")) && !text.contains("Closing balance"), "{text}");
 
     let response = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10?format=pdf"), &key).await;
     assert_eq!(response.status(), 200);
