@@ -885,15 +885,16 @@ pub fn changed_between(from: u64, to: u64) -> String {
 }
 
 /// Refuses to go on from a log one of whose stored entries' text does not hash to its stored leaf
-/// hash: an entry whose text was changed alone (one changed with its hash is found by
-/// `check_signed_root`).
+/// hash, or whose event id is not the one its text holds: an entry whose text or id was changed
+/// alone (one changed with its hash is found by `check_signed_root`).
 async fn check_texts(connection: &mut AnyConnection, tenant_id: &str) -> Result<(), StoreError> {
     // A page at a time, so that a long log is not held in memory whole.
     const PAGE: i64 = 10_000;
     let mut from = 0;
     loop {
         let rows = sqlx::query(
-            "SELECT idx, leaf, leaf_hash FROM audit_entries WHERE tenant_id = $1 AND idx >= $2 ORDER BY idx LIMIT $3",
+            "SELECT idx, event_id, leaf, leaf_hash FROM audit_entries WHERE tenant_id = $1 AND idx >= $2 \
+             ORDER BY idx LIMIT $3",
         )
         .bind(tenant_id)
         .bind(from)
@@ -912,9 +913,28 @@ async fn check_texts(connection: &mut AnyConnection, tenant_id: &str) -> Result<
                     "tenant {tenant_id}: audit entry {index}'s text does not hash to its stored leaf hash"
                 )));
             }
+            // The event id a review finds the entry by, and a retried event is known by, is the
+            // one its signed text holds.
+            let event_id: String = row.try_get("event_id")?;
+            if leaf_event_id(&leaf).as_deref() != Some(event_id.as_str()) {
+                tracing::error!(tenant = %tenant_id, index, "an audit entry's event id is not the one its text holds");
+                return Err(StoreError::Corrupt(format!(
+                    "tenant {tenant_id}: audit entry {index}'s event id is not the one its text holds"
+                )));
+            }
             from = index + 1;
         }
     }
+}
+
+/// The event id an entry's text (`leaf`) holds, if it reads as one.
+fn leaf_event_id(leaf: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Identified<'a> {
+        #[serde(borrow)]
+        event_id: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Identified<'_>>(leaf).ok().map(|identified| identified.event_id.into_owned())
 }
 
 /// Adds to `tree` the leaf hashes stored after it (appended by another replica, or all of them
@@ -1213,6 +1233,24 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(log.recheck().await, 1, "b still misses its entry");
         assert_eq!(log.append_each(vec![leaf("a", 4)]).await.unwrap().appended, 1);
+    }
+
+    /// An entry's event id changed beside its text (the id a review finds it by, and a retried
+    /// event is known by) is found as a change of its text is.
+    #[tokio::test]
+    async fn an_event_id_changed_beside_its_entrys_text_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        assert_eq!(log.recheck().await, 0);
+        let forged = "UPDATE audit_entries SET event_id = '00000000-0000-7000-8000-000000000009' \
+                      WHERE tenant_id = 'a' AND idx = 1";
+        sqlx::query(forged).execute(log.database.pool()).await.unwrap();
+        assert_eq!(log.recheck().await, 1);
+        let outcome = log.append_each(vec![leaf("a", 3)]).await.unwrap();
+        assert_eq!((outcome.appended, outcome.held.len()), (0, 1), "{outcome:?}");
+        let fresh = LogStore::new(log.database.clone(), log.signer().clone());
+        assert!(fresh.append(vec![leaf("a", 3)]).await.is_err(), "nor after a restart");
     }
 
     #[tokio::test]
