@@ -15,7 +15,8 @@
 #        models/train_diabetes.py      -> models/diabetes-progression/1/
 #        models/train_credit_risk.py   -> models/credit-risk/1/
 #      (model.onnx, manifest.json, reference.json in each); the scripts
-#      import their shared helpers from models/common.py;
+#      import their shared helpers from models/common.py; then
+#        models/credit_risk_withheld.py -> models/credit-risk/1/reference-withheld.json;
 #   3. `git diff --exit-code -- models/breast-cancer models/diabetes-progression models/credit-risk`:
 #      exit 0 if the regenerated files are byte-for-byte the committed ones,
 #      else explain and exit 1.
@@ -34,7 +35,8 @@ PYTHON="${PYTHON:-python3}"
 VENV="models/.venv"
 REQS="models/requirements.txt"
 # Training script and the folder it writes, one pair per model.
-SCRIPTS=("models/train_breast_cancer.py" "models/train_diabetes.py" "models/train_credit_risk.py")
+SCRIPTS=("models/train_breast_cancer.py" "models/train_diabetes.py" "models/train_credit_risk.py"
+    "models/credit_risk_withheld.py")
 OUTS=("models/breast-cancer" "models/diabetes-progression" "models/credit-risk")
 STAMP="${VENV}/.requirements.sha256"
 

@@ -205,9 +205,10 @@ fn consent_message(consent: &Consent) -> proto::Consent {
 
 fn score_message(score: StoredScore, words: &ReasonWords) -> Result<proto::CreditScore, Status> {
     let features: std::collections::HashMap<String, f64> = serde_json::from_value(score.features).unwrap_or_default();
+    let withheld = scoring::withheld_in(&score.bank);
     let bank: Option<proto::BankSummary> = serde_json::from_value::<StoredBank>(score.bank).ok().map(Into::into);
     let reasons = words
-        .reasons(&score.reasons, &features)
+        .reasons(&score.reasons, &features, &withheld)
         .into_iter()
         .map(|reason| proto::Reason { code: reason.code.to_owned(), description: reason.description.to_owned() })
         .collect();
@@ -280,11 +281,48 @@ fn parse_id(field: &str, value: &str) -> Result<String, Error> {
     Uuid::parse_str(value).map(|id| id.to_string()).map_err(|_| Error::invalid(field, "must be a UUID"))
 }
 
+/// Puts each feature of `withheld` (see [`scoring::withheld`]) in `row` at the code least
+/// favourable to the applicant, all of them together: the combination of their codes with the
+/// highest probability of default, the others' values as they are.
+fn least_favourable(model: &Model, row: &mut [f32], withheld: &[&str]) -> Result<(), Error> {
+    let features = &model.manifest().features;
+    let positions: Vec<usize> =
+        withheld.iter().filter_map(|name| features.iter().position(|feature| feature.name == *name)).collect();
+    let Some((&last, rest)) = positions.split_last() else { return Ok(()) };
+    let codes = |position: usize| scoring::codes_of(&features[position].name);
+    // Every combination of the other features' codes; the last feature's codes tried in one call.
+    let combinations = rest.iter().fold(vec![Vec::new()], |combinations: Vec<Vec<f32>>, position| {
+        let extended = combinations
+            .iter()
+            .flat_map(|combination| codes(*position).iter().map(|code| [combination.as_slice(), &[*code]].concat()));
+        extended.collect()
+    });
+    let mut highest: Option<(f64, Vec<f32>)> = None;
+    for combination in combinations {
+        for (position, code) in rest.iter().zip(&combination) {
+            row[*position] = *code;
+        }
+        let mut alternatives: Vec<&[f32]> = vec![&[]; row.len()];
+        alternatives[last] = codes(last);
+        let outputs = model.predict_substituted(row, &alternatives)?.outputs;
+        for (code, output) in codes(last).iter().zip(outputs) {
+            if highest.as_ref().is_none_or(|(probability, _)| output > *probability) {
+                highest = Some((output, [combination.as_slice(), &[*code]].concat()));
+            }
+        }
+    }
+    for (position, code) in positions.iter().zip(highest.map(|(_, codes)| codes).unwrap_or_default()) {
+        row[*position] = code;
+    }
+    Ok(())
+}
+
 /// Scores `row` with `model`: the probability of default and how far each feature's value stands
 /// from its most favourable one, on the calling task (the trees walked again for each feature's
-/// alternatives; see `assessment::assess` in healthquantum).
-fn predict(model: &Model, row: &[f32]) -> Result<(f64, Vec<(String, f64)>), Error> {
-    let alternatives = scoring::alternatives(model.manifest(), row);
+/// alternatives; see `assessment::assess` in healthquantum). `withheld` are the features of the
+/// accounts the shared data does not hold.
+fn predict(model: &Model, row: &[f32], withheld: &[&str]) -> Result<(f64, Vec<(String, f64)>), Error> {
+    let alternatives = scoring::alternatives(model.manifest(), row, withheld);
     let slices: Vec<&[f32]> = alternatives.iter().map(Vec::as_slice).collect();
     let substituted = model.predict_substituted(row, &slices)?;
     let shortfalls = scoring::shortfalls(model.manifest(), substituted.output, &alternatives, &substituted.outputs);
@@ -498,7 +536,8 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         }
         let accounts = crate::store::visible_accounts(data.accounts, &consents);
         let bank = BankSummary::of_stored(&accounts);
-        let features = scoring::features(&applicant, &bank)?;
+        let withheld = scoring::withheld(&bank);
+        let mut features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
         let started = Instant::now();
         let row = model
@@ -519,9 +558,16 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
             })?;
         let started = Instant::now();
-        let predicted = predict(&model, &row);
+        let mut row = row;
+        let predicted = least_favourable(&model, &mut row, &withheld).and_then(|()| predict(&model, &row, &withheld));
         self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());
         let (probability, shortfalls) = predicted?;
+        // The decision stores the codes it scored.
+        for (feature, value) in model.manifest().features.iter().zip(&row) {
+            if withheld.contains(&feature.name.as_str()) {
+                features.insert(feature.name.clone(), f64::from(*value));
+            }
+        }
         let reasons = scoring::reasons(&shortfalls);
         let features = scoring::sorted(&features);
         let score = StoredScore {

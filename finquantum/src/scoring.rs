@@ -2,11 +2,12 @@
 //! their ingested bank data shows, a score from 0 to 1000, and reasons a customer can read.
 //!
 //! Features taken from the bank data (see [`BankSummary`]):
-//! - `checking_status`: 0 without a checking account; 1 when the checking balance averaged
+//! - `checking_status`: 0 without a checking account (scored at its least favourable code: see
+//!   [`withheld`]); 1 when the checking balance averaged
 //!   below zero over the window or was negative on more than [`OVERDRAFT_DAYS_LIMIT`] days;
 //!   3 when it averaged at least R$ 200 or a salary came in each of the last three months
 //!   (income regularity); 2 otherwise.
-//! - `savings_status`: 0 without a savings account; then by the savings balance: 1 below
+//! - `savings_status`: 0 without a savings account (as the checking status); then by the savings balance: 1 below
 //!   R$ 100, 2 below R$ 500, 3 below R$ 1,000, 4 from R$ 1,000.
 //! - `installment_rate`: the instalment (amount ÷ months) as a share of the monthly income, the
 //!   salary seen in the transactions when there is one, the declared income otherwise: 1 below
@@ -549,8 +550,9 @@ impl ReasonWords {
     }
 
     /// The reason for `feature`, which raised the risk, at `value` (unknown for an erased
-    /// decision: neutral words then, unless the adverse ones always hold).
-    pub fn reason(&self, feature: &str, value: Option<f64>) -> Option<Reason> {
+    /// decision: neutral words then, unless the adverse ones always hold); for a feature of an
+    /// account the shared data does not hold (`withheld`), that it does not.
+    pub fn reason(&self, feature: &str, value: Option<f64>, withheld: bool) -> Option<Reason> {
         let &(_, code, adverse, side, neutral) = WORDS.iter().find(|words| words.0 == feature)?;
         let holds = match (side, value, self.means.get(feature)) {
             (Adverse::Always, ..) => true,
@@ -560,6 +562,8 @@ impl ReasonWords {
             _ => false,
         };
         let description = match feature {
+            "checking_status" if withheld => "No checking account is among the data you shared.",
+            "savings_status" if withheld => "No savings account is among the data you shared.",
             "checking_status" if value == Some(0.0) => "You have no checking account.",
             _ if holds => adverse,
             _ => neutral,
@@ -567,9 +571,15 @@ impl ReasonWords {
         Some(Reason { code, description })
     }
 
-    /// The reasons of a decision: the `features` it stored, with the values it scored.
-    pub fn reasons(&self, features: &[String], values: &HashMap<String, f64>) -> Vec<Reason> {
-        features.iter().filter_map(|feature| self.reason(feature, values.get(feature).copied())).collect()
+    /// The reasons of a decision: the `features` it stored, with the values it scored and the
+    /// features of the accounts its shared data did not hold (`withheld`).
+    pub fn reasons(&self, features: &[String], values: &HashMap<String, f64>, withheld: &[&str]) -> Vec<Reason> {
+        features
+            .iter()
+            .filter_map(|feature| {
+                self.reason(feature, values.get(feature).copied(), withheld.contains(&feature.as_str()))
+            })
+            .collect()
     }
 }
 
@@ -589,6 +599,39 @@ const CODES: [(&str, &[f32]); 9] = [
 /// The features whose code 0 is having no such account.
 const ACCOUNTS: [&str; 2] = ["checking_status", "savings_status"];
 
+/// The codes of `feature`, a coded feature; none for another.
+pub fn codes_of(feature: &str) -> &'static [f32] {
+    CODES.iter().find(|(name, _)| *name == feature).map_or(&[], |(_, codes)| codes)
+}
+
+/// The features of the accounts the customer's shared data does not hold: the checking status
+/// without a checking account among them, the savings status without a savings account. The
+/// data's applicants without such an account repaid best, but what a customer does not share is
+/// not evidence that they have none: such a feature is scored at the code least favourable to
+/// the applicant (see `least_favourable` in the service), so that leaving an account out of the
+/// consents never raises a score.
+pub fn withheld(bank: &BankSummary) -> Vec<&'static str> {
+    withheld_of(bank.has_checking_account, bank.has_savings_account)
+}
+
+/// [`withheld`] for a decision's stored bank summary (`hasCheckingAccount`, `hasSavingsAccount`);
+/// none for one without it (an erased decision's).
+pub fn withheld_in(bank: &serde_json::Value) -> Vec<&'static str> {
+    let held = |field: &str| bank.get(field).and_then(serde_json::Value::as_bool);
+    match (held("hasCheckingAccount"), held("hasSavingsAccount")) {
+        (Some(checking), Some(savings)) => withheld_of(checking, savings),
+        _ => Vec::new(),
+    }
+}
+
+fn withheld_of(has_checking_account: bool, has_savings_account: bool) -> Vec<&'static str> {
+    [("checking_status", has_checking_account), ("savings_status", has_savings_account)]
+        .into_iter()
+        .filter(|(_, held)| !held)
+        .map(|(feature, _)| feature)
+        .collect()
+}
+
 /// The highest credit history code without delays or credits at other institutions.
 const CLEAN_HISTORY: f32 = 2.0;
 
@@ -601,12 +644,15 @@ const CLEAN_HISTORY: f32 = 2.0;
 /// either. A credit history is compared with the histories without delays
 /// or credits elsewhere (codes to [`CLEAN_HISTORY`]): the data's applicants with a critical account
 /// repaid more often, a trait of the data that no history's reason should rest on.
-pub fn alternatives(manifest: &Manifest, row: &[f32]) -> Vec<Vec<f32>> {
+pub fn alternatives(manifest: &Manifest, row: &[f32], withheld: &[&str]) -> Vec<Vec<f32>> {
     manifest
         .features
         .iter()
         .zip(row)
         .map(|(feature, value)| match CODES.iter().find(|(name, _)| *name == feature.name) {
+            // An account the shared data does not hold, scored at its least favourable code, is
+            // compared with every code: sharing it is what would move the score.
+            Some((name, codes)) if withheld.contains(name) => codes.to_vec(),
             Some((name, codes)) if ACCOUNTS.contains(name) && *value > 0.0 => {
                 codes.iter().copied().filter(|code| code >= value).collect()
             }
@@ -981,7 +1027,7 @@ mod tests {
         let mut row = vec![1.0_f32; manifest.features.len()];
         row[position("checking_status")] = 0.0;
         row[position("savings_status")] = 2.0;
-        let tried = alternatives(&manifest, &row);
+        let tried = alternatives(&manifest, &row, &[]);
         assert_eq!(tried.len(), manifest.features.len());
         // Without a checking account: every code; a savings holder: holders of as much or more only.
         assert_eq!(tried[position("checking_status")], [0.0, 1.0, 2.0, 3.0]);
@@ -992,13 +1038,17 @@ mod tests {
         let edges: Vec<f32> = manifest.features[amount].bin_edges.iter().map(|edge| *edge as f32).collect();
         assert_eq!(tried[amount], edges);
         row[position("checking_status")] = 1.0;
-        assert_eq!(alternatives(&manifest, &row)[position("checking_status")], [1.0, 2.0, 3.0]);
+        assert_eq!(alternatives(&manifest, &row, &[])[position("checking_status")], [1.0, 2.0, 3.0]);
         // The best balance is compared with nothing else: the model scores it below some lower
         // balances, and no reason should tell a customer that keeping more lowered their score.
         row[position("checking_status")] = 3.0;
         row[position("savings_status")] = 4.0;
-        assert_eq!(alternatives(&manifest, &row)[position("checking_status")], [3.0]);
-        assert_eq!(alternatives(&manifest, &row)[position("savings_status")], [4.0]);
+        assert_eq!(alternatives(&manifest, &row, &[])[position("checking_status")], [3.0]);
+        assert_eq!(alternatives(&manifest, &row, &[])[position("savings_status")], [4.0]);
+        // An account the shared data does not hold, scored at its least favourable code: every code.
+        let withheld = alternatives(&manifest, &row, &["checking_status", "savings_status"]);
+        assert_eq!(withheld[position("checking_status")], [0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(withheld[position("savings_status")], [0.0, 1.0, 2.0, 3.0, 4.0]);
         for (feature, _) in CODES {
             assert!(manifest.features.iter().any(|known| known.name == feature), "{feature}");
         }
@@ -1029,7 +1079,7 @@ mod tests {
     #[test]
     fn a_reason_uses_its_adverse_words_only_where_they_hold() {
         let words = ReasonWords::new(&manifest());
-        let description = |feature: &str, value: Option<f64>| words.reason(feature, value).unwrap().description;
+        let description = |feature: &str, value: Option<f64>| words.reason(feature, value, false).unwrap().description;
         assert_eq!(description("housing_own", Some(0.0)), "You do not own your home.");
         assert_eq!(description("housing_own", Some(1.0)), "Your housing.");
         assert_eq!(description("credit_amount", Some(50_000.0)), "The amount asked for is high.");
@@ -1050,8 +1100,15 @@ mod tests {
         assert_eq!(description("savings_status", Some(3.0)), "Your savings.");
         // An erased decision keeps no values: neutral words, but the same codes.
         assert_eq!(description("savings_status", None), "Your savings.");
-        assert_eq!(words.reason("age", None).unwrap().code, "APPLICANT_AGE");
-        assert!(words.reason("unknown", Some(1.0)).is_none());
+        // An account the shared data does not hold, whatever code it was scored at.
+        let withheld = |feature: &str| words.reason(feature, Some(1.0), true).unwrap().description;
+        assert_eq!(withheld("checking_status"), "No checking account is among the data you shared.");
+        assert_eq!(withheld("savings_status"), "No savings account is among the data you shared.");
+        let stored = serde_json::json!({"hasCheckingAccount": false, "hasSavingsAccount": true});
+        assert_eq!(withheld_in(&stored), ["checking_status"]);
+        assert!(withheld_in(&serde_json::json!({})).is_empty(), "an erased decision's");
+        assert_eq!(words.reason("age", None, false).unwrap().code, "APPLICANT_AGE");
+        assert!(words.reason("unknown", Some(1.0), false).is_none());
         for feature in FEATURES {
             assert!(code_of(feature).is_some(), "{feature} has no reason");
         }

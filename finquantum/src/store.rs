@@ -1012,7 +1012,11 @@ impl Store {
                 "probabilityOfDefault": score.probability,
                 "features": score.features,
                 "bank": in_reais(&score.bank),
-                "reasons": self.words.reasons(&score.reasons, &serde_json::from_value(score.features.clone()).unwrap_or_default())
+                "reasons": self.words.reasons(
+                    &score.reasons,
+                    &serde_json::from_value(score.features.clone()).unwrap_or_default(),
+                    &crate::scoring::withheld_in(&score.bank),
+                )
                     .into_iter()
                     .map(|reason| serde_json::json!({"code": reason.code, "description": reason.description}))
                     .collect::<Vec<_>>(),

@@ -51,7 +51,7 @@ async fn main() {
     let (walked, scored) = drive_explanations(
         "credit-risk",
         &features,
-        Explanation::Alternatives(aigronova_finquantum::scoring::alternatives),
+        Explanation::Alternatives(|manifest, row| aigronova_finquantum::scoring::alternatives(manifest, row, &[])),
         concurrency,
         seconds,
     )

@@ -3,7 +3,7 @@
 //! pagination, failures, timeouts and repeated pages, statements that add up, credit scores that
 //! match the Python reference with stable reasons, and LGPD export and erasure.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use aigronova_e2e::{
     Backend, TestApp, assert_problem,
@@ -355,6 +355,15 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     )
     .unwrap();
     let rows = reference["rows"].as_array().unwrap();
+    // A row without a checking or a savings account: scored with that feature at its least
+    // favourable code, as `models/credit_risk_withheld.py` scores it with onnxruntime.
+    let withheld: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("credit-risk/1/reference-withheld.json"))
+            .expect("reference-withheld.json"),
+    )
+    .unwrap();
+    let withheld: HashMap<usize, &Value> =
+        withheld["rows"].as_array().unwrap().iter().map(|row| (row["row"].as_u64().unwrap() as usize, row)).collect();
     let bank = Institution::start().await;
     let institutions: Vec<(String, Profile)> =
         rows.iter().enumerate().map(|(i, row)| (format!("banco-{i}"), profile_for(&row["features"], 0))).collect();
@@ -381,12 +390,27 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
         let response = app.post("/v1/fin/credit-scores", &key, &body).await;
         assert_eq!(response.status(), 200, "row {i}");
         let score: Value = response.json().await.unwrap();
+        let scored = withheld.get(&i).copied().unwrap_or(row);
         for name in row["features"].as_object().unwrap().keys() {
-            assert_eq!(score["features"][name], row["features"][name], "row {i} feature {name}: {score}");
+            assert_eq!(score["features"][name], scored["features"][name], "row {i} feature {name}: {score}");
         }
         let probability = score["probabilityOfDefault"].as_f64().unwrap();
-        let expected = row["onnx_probability"].as_f64().unwrap();
+        let expected = scored["onnx_probability"].as_f64().unwrap();
         assert!((probability - expected).abs() < 1e-5, "row {i}: {probability} vs the reference {expected}");
+        // An account left out of the shared data never lowers the probability of default.
+        assert!(probability >= row["onnx_probability"].as_f64().unwrap() - 1e-5, "row {i}: {score}");
+        if let Some(scored) = withheld.get(&i) {
+            for (feature, held) in [("checking_status", "hasCheckingAccount"), ("savings_status", "hasSavingsAccount")]
+            {
+                let missing = scored["withheld"].as_array().unwrap().iter().any(|name| name == feature);
+                assert_eq!(score["bank"][held], !missing, "{score}");
+            }
+            let shared = "No checking account is among the data you shared.";
+            assert!(
+                score["reasons"].as_array().unwrap().iter().any(|reason| reason["description"] == shared),
+                "a checking account left out is a reason to share it: {score}"
+            );
+        }
         assert_eq!(score["score"], ((1.0 - probability) * 1000.0).round() as i64);
         let band = if probability < 0.2 {
             "low"
