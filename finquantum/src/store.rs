@@ -197,7 +197,7 @@ impl Store {
     /// replica of one during a rolling upgrade), as [`Self::seal_clear_names`] does names.
     pub(crate) async fn seal_clear_numbers(&self, skip: &mut BTreeSet<String>) -> Result<Sealing, Error> {
         let sql = format!(
-            "SELECT tenant_id, customer_id, institution, account_id, number FROM accounts \
+            "SELECT tenant_id, customer_id, institution, account_id, kind, number FROM accounts \
              WHERE substr(number, 1, 3) <> 'v1:'{} \
              ORDER BY tenant_id, customer_id, institution, account_id LIMIT $1",
             not_in(skip, 2)
@@ -210,8 +210,9 @@ impl Store {
             let (customer_id, institution) = (text("customer_id")?, text("institution")?);
             let (account_id, number) = (text("account_id")?, text("number")?);
             let context = number_context(tenant_id, &customer_id, &institution, &account_id);
+            let shown = shown_number(&text("kind")?, &number, crate::mask_card_numbers);
             Ok(vec![
-                cipher.seal(&context, &crate::mask_card_numbers(&number)).into(),
+                cipher.seal(&context, &shown).into(),
                 tenant_id.into(),
                 customer_id.into(),
                 institution.into(),
@@ -514,8 +515,11 @@ impl Store {
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::from)?;
-            // A prepaid payment account's number may be its card's.
-            let number = crate::mask_card_numbers(&format!("{}-{}", account.number, account.check_digit));
+            let number = shown_number(
+                &account.kind,
+                &format!("{}-{}", account.number, account.check_digit),
+                crate::mask_card_numbers,
+            );
             let sealed_number = cipher.seal(
                 &number_context(tenant_id, &consent.customer_id, &consent.institution, &account.account_id),
                 &number,
@@ -1372,7 +1376,8 @@ async fn read_accounts_only(
     for account in &mut accounts {
         let context = number_context(tenant_id, customer_id, &account.institution, &account.account_id);
         // Masked again for a number an earlier version stored with a card number in it.
-        account.number = crate::mask_card_numbers_again(&open_number(cipher, &context, &account.number)?);
+        let number = open_number(cipher, &context, &account.number)?;
+        account.number = shown_number(&account.kind, &number, crate::mask_card_numbers_again);
     }
     let fetches = sqlx::query(
         "SELECT institution, account_id, consent_id FROM consent_accounts WHERE tenant_id = $1 AND customer_id = $2",
@@ -1622,6 +1627,23 @@ fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
     })
 }
 
+/// The account type whose number may be its card's: a prepaid payment account.
+const PREPAID: &str = "CONTA_PAGAMENTO_PRE_PAGA";
+
+/// An account's `number` (`number-checkDigit`) as it is stored and shown: for a prepaid payment
+/// account, whose number may be its card's, the number (not its check digit) with any card number
+/// in it masked by `mask`; any other account's as the institution gave it, since a bank account
+/// number of 13 to 19 digits passes the Luhn check one time in ten.
+fn shown_number(kind: &str, number: &str, mask: fn(&str) -> String) -> String {
+    if kind != PREPAID {
+        return number.to_owned();
+    }
+    match number.rsplit_once('-') {
+        Some((digits, check_digit)) => format!("{}-{check_digit}", mask(digits)),
+        None => mask(number),
+    }
+}
+
 /// What an account's number (and check digit) is sealed for: its tenant, customer and account.
 fn number_context(tenant_id: &str, customer_id: &str, institution: &str, account_id: &str) -> String {
     format!("accounts/{tenant_id}/{customer_id}/{institution}/{account_id}/number")
@@ -1852,5 +1874,22 @@ fn in_reais(bank: &serde_json::Value) -> serde_json::Value {
             .collect::<serde_json::Map<_, _>>()
             .into(),
         other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_prepaid_accounts_number_is_masked_and_never_with_its_check_digit() {
+        let mask = crate::mask_card_numbers;
+        assert_eq!(shown_number(PREPAID, "4111111111111111-4", mask), "****1111-4");
+        assert_eq!(shown_number(PREPAID, "000812345678-5", mask), "000812345678-5");
+        // A bank account's number is kept as given, though with its check digit it passes the Luhn check.
+        assert_eq!(shown_number("CONTA_DEPOSITO_A_VISTA", "000812345678-5", mask), "000812345678-5");
+        assert_eq!(shown_number("CONTA_POUPANCA", "4111111111111111-4", mask), "4111111111111111-4");
+        // What a masking left is kept when masked again.
+        assert_eq!(shown_number(PREPAID, "****1111-4", crate::mask_card_numbers_again), "****1111-4");
     }
 }

@@ -1430,6 +1430,7 @@ async fn card_numbers_in_brands_types_and_account_numbers_are_masked() {
     let bank = Institution::start().await;
     let mut account = checking_account();
     account.brand_name = "BANCO 5555 5555 5555 4444".into();
+    account.kind = "CONTA_PAGAMENTO_PRE_PAGA".into();
     account.number = "4111111111111111".into();
     account.transactions[1].kind = "CARTAO 4012888888881881".into();
     // An id whose masked form a second masking would change, were masking not stable.
