@@ -266,6 +266,15 @@ fn parse_body(
             let range = range.unwrap_or_else(|| "its type's range".to_owned());
             return Err(Problem::invalid_field(&path, format!("{path} is not a whole number from {range}")));
         }
+        Some(Finding::Inexact(path)) => {
+            return Err(Problem::invalid_field(
+                &path,
+                format!(
+                    "{path} is written with a point or an exponent, which at this size is not read exactly: write \
+                     it as digits alone"
+                ),
+            ));
+        }
         Some(Finding::FineTime(path)) => {
             return Err(Problem::invalid_field(
                 &path,
@@ -426,8 +435,11 @@ pub(crate) fn content_type(headers: &http::HeaderMap) -> Result<Option<&str>, Pr
 pub(crate) enum Finding {
     /// A name given twice in one object, by its path.
     Repeated(String),
-    /// An integer field's value with a fraction, or past a 64-bit type's range, by its path.
+    /// An integer field's value with a fraction, or past its type's range, by its path.
     OutOfRange(String),
+    /// An integer field's whole value written with a point or an exponent, from 2^53, which the
+    /// JSON reader would round, by its path.
+    Inexact(String),
     /// A time (`google.protobuf.Timestamp`) written finer than the nanosecond, which the reader
     /// would cut rather than refuse, by its path.
     FineTime(String),
@@ -517,10 +529,15 @@ pub(crate) fn repeated_name(body: &[u8], descriptor: Option<&MessageDescriptor>)
                 // point or an exponent, or past 64 bits, as a float, which would round `1.0000000000000001`
                 // to 1 and `18446744073709551616` to the largest integer, where the JSON mapping takes
                 // only whole numbers in the type's range.
-                if let Some(bound) = field.as_ref().filter(|field| !field.is_map()).and_then(integer_bound) {
+                let integer = field.as_ref().filter(|field| !field.is_map());
+                if let Some((bound, list)) = integer.and_then(|field| Some((integer_bound(field)?, field.is_list()))) {
                     let value: &'de serde_json::value::RawValue = map.next_value()?;
-                    if self.found.is_none() && !whole_numbers_within(value.get(), bound) {
-                        *self.found = Some(Finding::OutOfRange(join(&path, shown)));
+                    if self.found.is_none() {
+                        *self.found = match integer_reading(value.get(), bound, list) {
+                            Reading::Exact => None,
+                            Reading::NotWhole => Some(Finding::OutOfRange(join(&path, shown))),
+                            Reading::Inexact => Some(Finding::Inexact(join(&path, shown))),
+                        };
                     }
                     continue;
                 }
@@ -646,30 +663,55 @@ fn json_names(descriptor: &MessageDescriptor, path: &str) -> String {
     segments.collect::<Vec<_>>().join(".")
 }
 
-/// For an integer field, the magnitude its values stay below: 2^63 for a signed 64-bit field,
-/// 2^64 for an unsigned one, and none for a 32-bit one, whose every value a float holds exactly.
-fn integer_bound(field: &FieldDescriptor) -> Option<Option<f64>> {
+/// For an integer field, the magnitude its values stay below: 2^31 or 2^32 for a 32-bit field,
+/// 2^63 or 2^64 for a 64-bit one.
+fn integer_bound(field: &FieldDescriptor) -> Option<f64> {
     match field.kind() {
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Some(Some(2f64.powi(63))),
-        Kind::Uint64 | Kind::Fixed64 => Some(Some(2f64.powi(64))),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => Some(None),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Some(2f64.powi(31)),
+        Kind::Uint32 | Kind::Fixed32 => Some(2f64.powi(32)),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Some(2f64.powi(63)),
+        Kind::Uint64 | Kind::Fixed64 => Some(2f64.powi(64)),
         _ => None,
     }
 }
 
-/// Whether each number `json` holds (the value itself, or the items of a list) is whole, read from
-/// its digits, and below `bound` in magnitude. Anything else (a string, `null`, an object) is left
-/// to the message's reading, which says what is wrong with it.
-fn whole_numbers_within(json: &str, bound: Option<f64>) -> bool {
+/// How an integer field's JSON value reads.
+#[derive(Debug, PartialEq, Eq)]
+enum Reading {
+    /// As written: digits alone within 64 bits (whose range the message's reading checks), a
+    /// whole number with a point or an exponent that a float holds exactly, or no number at all
+    /// (a string, `null`, an object: the message's reading says what is wrong with it).
+    Exact,
+    /// A number with a fraction, or past the field's type (`bound` in magnitude).
+    NotWhole,
+    /// A whole number written with a point or an exponent from 2^53, where a float, which the
+    /// JSON reader makes of it, no longer holds every whole number.
+    Inexact,
+}
+
+/// How `json`, an integer field's value (a number, or for a repeated field, `list`, a list of them),
+/// reads; for a list, its first item that does not read exactly.
+fn integer_reading(json: &str, bound: f64, list: bool) -> Reading {
     match json.as_bytes().first() {
-        // A number within 64 bits is read exactly, and its range checked by the message's reading.
-        Some(b'-' | b'0'..=b'9') if json.parse::<i64>().is_ok() || json.parse::<u64>().is_ok() => true,
+        Some(b'-' | b'0'..=b'9') if json.parse::<i64>().is_ok() || json.parse::<u64>().is_ok() => Reading::Exact,
         Some(b'-' | b'0'..=b'9') => {
-            bound.is_none_or(|bound| json.parse::<f64>().is_ok_and(|value| value.abs() < bound)) && whole_number(json)
+            let magnitude = json.parse::<f64>().map_or(f64::INFINITY, f64::abs);
+            if magnitude >= bound || !whole_number(json) {
+                Reading::NotWhole
+            } else if magnitude >= 2f64.powi(53) {
+                Reading::Inexact
+            } else {
+                Reading::Exact
+            }
         }
-        Some(b'[') => serde_json::from_str::<Vec<&serde_json::value::RawValue>>(json)
-            .is_ok_and(|items| items.iter().all(|item| whole_numbers_within(item.get(), bound))),
-        _ => true,
+        Some(b'[') if list => serde_json::from_str::<Vec<&serde_json::value::RawValue>>(json)
+            .ok()
+            .and_then(|items| {
+                let readings = items.iter().map(|item| integer_reading(item.get(), bound, false));
+                readings.into_iter().find(|reading| *reading != Reading::Exact)
+            })
+            .unwrap_or(Reading::Exact),
+        _ => Reading::Exact,
     }
 }
 
@@ -912,11 +954,18 @@ mod tests {
             assert!(detail(problem).contains("is not a whole number from 0"), "{index}");
         }
         // A number with a fraction, however small, is not whole, though a float would round it to one.
-        for index in ["1.0000000000000001", "9007199254740993.5", "150e-2", "-0.5", "1e-400", "[1, 2.5]"] {
+        for index in ["1.0000000000000001", "9007199254740993.5", "150e-2", "-0.5", "1e-400"] {
             let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
             let problem = parse_body(&review, body.as_bytes(), None).unwrap_err();
             assert_eq!(problem.field(), Some("auditIndex"), "{index}");
             assert!(detail(problem).contains("is not a whole number from 0"), "{index}");
+        }
+        // A whole number with a point or an exponent from 2^53, which a float would round.
+        for index in ["9007199254740993.0", "9223372036854775807.0", "1.2345678901234567e17"] {
+            let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
+            let problem = parse_body(&review, body.as_bytes(), None).unwrap_err();
+            assert_eq!(problem.field(), Some("auditIndex"), "{index}");
+            assert!(detail(problem).contains("is written with a point or an exponent"), "{index}");
         }
         for index in ["18446744073709551615", "7", "\"18446744073709551615\"", "7.0", "7e0", "0.7e1", "700e-2", "0.0"] {
             let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
