@@ -46,9 +46,10 @@ pub struct AccountStatement {
     /// Whether those days hold the whole month (its last day over before the last ingestion):
     /// when not, what moved on the other days is not in the totals.
     pub complete: bool,
-    /// The balance at the start and end of the month (for the month under way at the last
-    /// ingestion, `fetched_through` in it, the balance on that day); absent when not known (no
-    /// balance fetched; for the start, also a month whose first days were not fetched).
+    /// The balance at the start and end of the month (for a month not over at the last ingestion,
+    /// `fetched_through` before its end, the balance on that day); absent when not known (no
+    /// balance fetched; for the start, also a month whose first days were not fetched, or that
+    /// began after the last ingestion).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub opening_balance: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,7 +139,9 @@ pub fn build(
         // Walked back over the month's movements held; the balance before its first day only
         // when every day of it was fetched (a movement of a day not fetched would be missing).
         let walked_back = closing.map(|closing| closing - net);
-        let opening = walked_back.filter(|_| fetched_from <= first);
+        // From a balance taken before the month began, movements between it and the month's first
+        // day were not fetched: its opening is not known.
+        let opening = walked_back.filter(|_| fetched_from <= first && fetched_through >= first);
         // The end of a day is known from the closing balance when every later day was fetched.
         let day_known = |day: NaiveDate| walked_back.is_some() && day >= fetched_from - chrono::Days::new(1);
         let mut running = walked_back.unwrap_or(0);
@@ -243,9 +246,10 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
         if let Some(opening) = &account.opening_balance {
             pdf.field("Saldo inicial / Opening balance", opening);
         }
-        // For the month under way at the last ingestion, the balance of that day, not the month's end.
+        // For a month not over at the last ingestion, the balance of that day, not the month's end.
+        let unfinished = account.fetched_through.get(..7).is_some_and(|month| month <= statement.month.as_str());
         match &account.closing_balance {
-            Some(closing) if account.fetched_through.starts_with(&statement.month) => {
+            Some(closing) if unfinished => {
                 pdf.field(&format!("Saldo em / Balance on {}", account.fetched_through), closing);
             }
             Some(closing) => pdf.field("Saldo final / Closing balance", closing),
@@ -428,8 +432,16 @@ mod tests {
         // A balance taken within the month moves on with what the month held after it.
         let later = transaction("h", false, "PIX", 30_00, "2026-11-25T12:00:00Z");
         let with_later = [&transactions[..], std::slice::from_ref(&later)].concat();
-        let november = build("cust", "2026-11", month_bounds("2026-11").unwrap(), &[reaching], &with_later);
+        let november =
+            build("cust", "2026-11", month_bounds("2026-11").unwrap(), std::slice::from_ref(&reaching), &with_later);
         assert_eq!(november.accounts[0].closing_balance.as_deref(), Some("970.00"), "{november:?}");
+        // December began after the last fetch (November's 20th): its opening balance is not known,
+        // and its last balance is November 20th's, which the PDF names so.
+        let december = build("cust", "2026-12", month_bounds("2026-12").unwrap(), &[reaching], &with_later);
+        let account = &december.accounts[0];
+        assert_eq!((account.opening_balance.as_deref(), account.closing_balance.as_deref()), (None, Some("970.00")));
+        let pdf = String::from_utf8_lossy(&render_pdf(&december)).into_owned();
+        assert!(pdf.contains("Balance on 2026-11-20") && !pdf.contains("Closing balance"), "{pdf}");
         // No account: nothing was fetched for any day of the month.
         assert!(!build("cust", "2026-10", month_bounds("2026-10").unwrap(), &[], &transactions).complete);
     }
