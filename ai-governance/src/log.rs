@@ -344,15 +344,20 @@ impl LogStore {
         if verified && matches {
             return Ok(());
         }
-        tracing::error!(
-            tenant = %tenant_id,
-            size = signed.body.tree_size,
-            "the stored audit log no longer matches its last signed checkpoint; nothing more is appended to it"
-        );
-        Err(StoreError::Corrupt(format!(
-            "tenant {tenant_id}: the stored audit log does not match the checkpoint signed at size {}",
-            signed.body.tree_size
-        )))
+        let size = signed.body.tree_size;
+        // A signature that fails is the checkpoint's damage, which the entries may not share.
+        let (logged, told) = match verified {
+            false => (
+                "the last checkpoint's signature does not verify with this key; nothing more is appended to the log",
+                format!("tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify"),
+            ),
+            true => (
+                "the stored audit log no longer matches its last signed checkpoint; nothing more is appended to it",
+                format!("tenant {tenant_id}: the stored audit log does not match the checkpoint signed at size {size}"),
+            ),
+        };
+        tracing::error!(tenant = %tenant_id, size, "{logged}");
+        Err(StoreError::Corrupt(told))
     }
 
     /// Reads the log of every tenant this process has loaded afresh from the database, as a start
@@ -1251,6 +1256,26 @@ pub(crate) mod tests {
         assert_eq!((outcome.appended, outcome.held.len()), (0, 1), "{outcome:?}");
         let fresh = LogStore::new(log.database.clone(), log.signer().clone());
         assert!(fresh.append(vec![leaf("a", 3)]).await.is_err(), "nor after a restart");
+    }
+
+    /// A checkpoint whose signature no longer verifies stops the log, and is named as the damage,
+    /// not the entries, which still make its root.
+    #[tokio::test]
+    async fn a_checkpoint_whose_signature_fails_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = store(&dir).await;
+        log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        let signature = log.latest_checkpoint("a").await.unwrap().signature;
+        let forged =
+            if signature.starts_with('A') { signature.replacen('A', "B", 1) } else { format!("A{}", &signature[1..]) };
+        sqlx::query("UPDATE audit_checkpoints SET signature = $1 WHERE tenant_id = 'a'")
+            .bind(&forged)
+            .execute(log.database.pool())
+            .await
+            .unwrap();
+        let fresh = LogStore::new(log.database.clone(), log.signer().clone());
+        let refused = format!("{:?}", fresh.append(vec![leaf("a", 3)]).await.unwrap_err());
+        assert!(refused.contains("the signature of the checkpoint at size 2 does not verify"), "{refused}");
     }
 
     #[tokio::test]

@@ -77,6 +77,8 @@ pub(crate) async fn read(
         Err(Failure::Undecodable) => {
             let names: Vec<&str> = codings.iter().map(|coding| coding.name()).collect();
             let detail = match names.as_slice() {
+                // RFC 9110's deflate is a zlib stream; raw DEFLATE data, which some clients send, is not.
+                ["deflate"] => "the request body is not valid deflate data (a zlib stream, RFC 1950)".to_owned(),
                 [one] => format!("the request body is not valid {one} data"),
                 _ => format!(
                     "the request body does not decode as its Content-Encoding says: {}, applied in that order",
@@ -487,6 +489,10 @@ mod tests {
             read(streamed(body), &encoded_as(coding), 1 << 20, &mut ()).await.unwrap_err().detail().to_owned()
         };
         assert_eq!(told("gzip", body.to_vec()).await, "the request body is not valid gzip data");
+        assert_eq!(
+            told("deflate", body.to_vec()).await,
+            "the request body is not valid deflate data (a zlib stream, RFC 1950)"
+        );
         assert_eq!(
             told("gzip, gzip", gzip(body)).await,
             "the request body does not decode as its Content-Encoding says: gzip, gzip, applied in that order"
