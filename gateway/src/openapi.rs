@@ -1165,6 +1165,11 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                     "type": "string",
                     "description": "The consent permission the use needs and no valid consent grants, e.g. `ACCOUNTS_TRANSACTIONS_READ`.",
                 },
+                "violatedPolicies": {
+                    "type": "array",
+                    "items": {"type": "string", "enum": ["tenant", "key", "inference"]},
+                    "description": "For a 429 of a rate limit or the monthly inference quota, the policies of `RateLimit-Policy` that refused the call.",
+                },
             },
         },
         "gateway.CreateTenantRequest": {

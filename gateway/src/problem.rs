@@ -31,6 +31,10 @@ pub(crate) struct ProblemDocument {
     /// The permission the caller's consent lacks (a `permission_denied` from a service).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) missing_permission: Option<String>,
+    /// For a 429 of a rate limit or the quota, the policies of `RateLimit-Policy` that refused the
+    /// call, as the rate-limit fields' draft names them in its quota-exceeded problem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) violated_policies: Option<Vec<&'static str>>,
     #[serde(skip)]
     pub(crate) retry_after: Option<u64>,
     /// Whether the call left for the service before it failed in a way that leaves unknown
@@ -82,6 +86,7 @@ impl Problem {
             request_id: None,
             field: None,
             missing_permission: None,
+            violated_policies: None,
             retry_after: None,
             may_have_taken_effect: false,
             www_authenticate: None,
@@ -172,6 +177,12 @@ impl Problem {
     /// Tells the client how many seconds to wait (`Retry-After`).
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.0.retry_after = Some(seconds);
+        self
+    }
+
+    /// Names the rate-limit policies that refused the call (`tenant`, `key`, `inference`).
+    pub(crate) fn with_violated_policies(mut self, policies: Vec<&'static str>) -> Self {
+        self.0.violated_policies = Some(policies);
         self
     }
 

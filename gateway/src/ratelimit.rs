@@ -210,6 +210,10 @@ impl RateLimiter {
             |policy: &str| limited().any(|((subject, gcra), backlog)| subject.policy == policy && !gcra.fits(*backlog));
         let reason = if refused_by("tenant") || !refused_by("key") { "tenant" } else { "key" };
         crate::metrics::metrics().rate_limited.with_label_values(&[reason]).inc();
+        let violated: Vec<&'static str> = limited()
+            .filter(|((_, gcra), backlog)| !gcra.fits(**backlog))
+            .map(|((subject, _), _)| subject.policy)
+            .collect();
         let refusals: Vec<String> = limited()
             .filter(|((_, gcra), backlog)| !gcra.fits(**backlog))
             .map(|((subject, _), _)| match subject.policy {
@@ -229,7 +233,9 @@ impl RateLimiter {
             .collect();
         let detail = format!("{}; retry later", refusals.join(", and "));
         let wait = limited().map(|((_, gcra), backlog)| gcra.wait(*backlog)).max().unwrap_or(0);
-        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).with_retry_after(wait.div_ceil(MICROS).max(1)))
+        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail)
+            .with_retry_after(wait.div_ceil(MICROS).max(1))
+            .with_violated_policies(violated))
     }
 
     /// One GCRA step over every subject of the tenant, in the backend.
@@ -316,7 +322,9 @@ impl RateLimiter {
             "the monthly inference quota of this tenant ({quota} calls) is used up; it renews on {}",
             month.end_rfc3339()
         );
-        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).with_retry_after(until_end.max(1)))
+        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail)
+            .with_retry_after(until_end.max(1))
+            .with_violated_policies(vec!["inference"]))
     }
 
     async fn refund_inference(&self, tenant_id: &str, month: &str) {

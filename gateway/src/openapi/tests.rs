@@ -294,7 +294,20 @@ fn errors_are_problem_documents() {
     }
     let problem = schema(&document, "Problem");
     let members: Vec<&String> = problem["properties"].as_object().unwrap().keys().collect();
-    assert_eq!(members, ["detail", "field", "instance", "missingPermission", "requestId", "status", "title", "type"]);
+    assert_eq!(
+        members,
+        [
+            "detail",
+            "field",
+            "instance",
+            "missingPermission",
+            "requestId",
+            "status",
+            "title",
+            "type",
+            "violatedPolicies"
+        ]
+    );
     let retry = resolve(&document, "#/components/responses/TooManyRequests").unwrap();
     assert!(retry["headers"]["Retry-After"].is_object());
     // The rate limit's fields come with every answer of a limited call, refused or not.

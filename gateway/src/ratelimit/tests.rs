@@ -58,6 +58,7 @@ async fn the_burst_passes_the_next_request_is_refused_and_one_passes_after_the_e
     assert_eq!(status, 429);
     assert_eq!(retry_after.as_deref(), Some("1"), "half a second, rounded up");
     assert!(document["detail"].as_str().unwrap().contains("the tenant"), "{document}");
+    assert_eq!(document["violatedPolicies"], serde_json::json!(["tenant"]), "{document}");
 
     clock.fetch_add(499_999, Ordering::SeqCst);
     assert!(limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.is_err(), "a microsecond early");
@@ -160,6 +161,7 @@ async fn a_plan_with_key_limits_refuses_one_key_at_its_own_rate_and_the_tenant_a
     assert_eq!((status, retry_after.as_deref()), (429, Some("2")), "one key interval of 2 s");
     let detail = document["detail"].as_str().unwrap();
     assert!(detail.starts_with("this API key sent more than the plan's 0.5 requests per second for one key (burst 2)"));
+    assert_eq!(document["violatedPolicies"], serde_json::json!(["key"]), "{document}");
     assert_eq!(header(&headers, &RATELIMIT), [r#""tenant";r=2;t=1, "key";r=0;t=2"#], "the tenant has room left");
 
     for _ in 0..2 {
@@ -170,8 +172,10 @@ async fn a_plan_with_key_limits_refuses_one_key_at_its_own_rate_and_the_tenant_a
     assert!(detail.starts_with("the tenant sent more than the plan's 1 requests per second (burst 4)"), "{detail}");
     assert!(!detail.contains("API key"), "k3 has spent nothing: {detail}");
     let refused = limiter.admit("t1", "k1", &limits, &mut HeaderMap::new()).await.unwrap_err();
-    let detail = refusal(refused).await.2["detail"].as_str().unwrap().to_owned();
+    let document = refusal(refused).await.2;
+    let detail = document["detail"].as_str().unwrap().to_owned();
     assert!(detail.starts_with("the tenant sent") && detail.contains(", and this API key sent"), "{detail}");
+    assert_eq!(document["violatedPolicies"], serde_json::json!(["tenant", "key"]), "{document}");
 
     clock.fetch_add(MICROS, Ordering::SeqCst);
     assert!(limiter.admit("t1", "k3", &limits, &mut HeaderMap::new()).await.is_ok(), "a tenant interval later");
@@ -193,6 +197,7 @@ async fn the_inference_quota_runs_out_until_the_month_ends() {
     assert_eq!((status, retry_after.as_deref()), (429, Some("60")), "until 2025-02-01T00:00:00Z");
     let detail = document["detail"].as_str().unwrap();
     assert!(detail.contains("monthly inference quota") && detail.contains("2025-02-01T00:00:00Z"), "{detail}");
+    assert_eq!(document["violatedPolicies"], serde_json::json!(["inference"]), "{document}");
     let other = limiter.reserve_inference(true, "t2", &limits, &mut HeaderMap::new()).await;
     assert!(other.is_ok(), "another tenant has its own quota");
     other.unwrap().settle(true, &mut HeaderMap::new()).await;
