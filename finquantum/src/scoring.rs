@@ -608,8 +608,8 @@ pub fn codes_of(feature: &str) -> &'static [f32] {
 /// without a checking account among them, the savings status without a savings account. The
 /// data's applicants without such an account repaid best, but what a customer does not share is
 /// not evidence that they have none: such a feature is scored at the code least favourable to
-/// the applicant (see `least_favourable` in the service), so that leaving an account out of the
-/// consents never raises a score.
+/// the applicant (see `least_favourable` in the service), so that an account left out of the
+/// consents is never scored as the best there is.
 pub fn withheld(bank: &BankSummary) -> Vec<&'static str> {
     withheld_of(bank.has_checking_account, bank.has_savings_account)
 }

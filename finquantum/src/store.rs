@@ -1631,16 +1631,13 @@ fn account_of(row: &AnyRow) -> Result<StoredAccount, StoreError> {
 const PREPAID: &str = "CONTA_PAGAMENTO_PRE_PAGA";
 
 /// An account's `number` (`number-checkDigit`) as it is stored and shown: for a prepaid payment
-/// account, whose number may be its card's, the number (not its check digit) with any card number
-/// in it masked by `mask`; any other account's as the institution gave it, since a bank account
-/// number of 13 to 19 digits passes the Luhn check one time in ten.
+/// account, whose number may be its card's (its last digit given as the check digit, or not),
+/// with any card number in it masked by `mask`; any other account's as the institution gave it,
+/// since a bank account number of 13 to 19 digits passes the Luhn check one time in ten.
 fn shown_number(kind: &str, number: &str, mask: fn(&str) -> String) -> String {
-    if kind != PREPAID {
-        return number.to_owned();
-    }
-    match number.rsplit_once('-') {
-        Some((digits, check_digit)) => format!("{}-{check_digit}", mask(digits)),
-        None => mask(number),
+    match kind {
+        PREPAID => mask(number),
+        _ => number.to_owned(),
     }
 }
 
@@ -1882,10 +1879,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_prepaid_accounts_number_is_masked_and_never_with_its_check_digit() {
+    fn only_a_prepaid_accounts_number_is_masked_with_its_check_digit() {
         let mask = crate::mask_card_numbers;
         assert_eq!(shown_number(PREPAID, "4111111111111111-4", mask), "****1111-4");
-        assert_eq!(shown_number(PREPAID, "000812345678-5", mask), "000812345678-5");
+        // A card number whose last digit the institution gives as the check digit.
+        assert!(!shown_number(PREPAID, "411111111111111-1", mask).contains("411111111111111"));
+        assert_eq!(shown_number(PREPAID, "00081234567-0", mask), "00081234567-0");
         // A bank account's number is kept as given, though with its check digit it passes the Luhn check.
         assert_eq!(shown_number("CONTA_DEPOSITO_A_VISTA", "000812345678-5", mask), "000812345678-5");
         assert_eq!(shown_number("CONTA_POUPANCA", "4111111111111111-4", mask), "4111111111111111-4");
