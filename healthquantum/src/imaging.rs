@@ -1448,6 +1448,31 @@ mod tests {
         assert!(examine(&twice).is_err() && examine(&two).is_err() && examine(&same).is_err());
     }
 
+    /// Made by jpeg-js 0.4.4 (the encoder in Jimp) from 8×16 pixels of noise: its data ends on a
+    /// byte's edge, and the encoder writes a whole byte of 1-bits (`FF 00`) after it all the same.
+    const WHOLE_PADDING_BYTE: &[u8] = include_bytes!("../testdata/whole-padding-byte.jpg");
+
+    #[test]
+    fn a_whole_byte_of_padding_after_a_scans_last_block_is_passed_over_and_more_is_refused() {
+        assert_eq!(&WHOLE_PADDING_BYTE[WHOLE_PADDING_BYTE.len() - 4..], [0xFF, 0x00, 0xFF, 0xD9]);
+        assert_eq!(crate::jpeg::check(WHOLE_PADDING_BYTE), Ok(WHOLE_PADDING_BYTE.len()));
+        let examined = examine(WHOLE_PADDING_BYTE).unwrap();
+        assert_eq!((examined.width, examined.height), (8, 16));
+        // Without the padding byte, as libjpeg's encoder would have left it: the same image.
+        let end = WHOLE_PADDING_BYTE.len() - 4;
+        let trimmed = [&WHOLE_PADDING_BYTE[..end], &[0xFF, 0xD9]].concat();
+        assert_eq!(crate::jpeg::check(&trimmed), Ok(trimmed.len()));
+        // A byte of 1-bits more, or a byte that is not all 1-bits, is data past the last block.
+        let two = [&WHOLE_PADDING_BYTE[..end], &[0xFF, 0x00, 0xFF, 0x00, 0xFF, 0xD9]].concat();
+        let other = [&WHOLE_PADDING_BYTE[..end], &[0xFE, 0xFF, 0xD9]].concat();
+        for bytes in [two, other] {
+            assert_eq!(
+                crate::jpeg::check(&bytes),
+                Err(crate::jpeg::Shortfall::Damaged("a scan has data left over after its last block"))
+            );
+        }
+    }
+
     #[test]
     fn a_second_start_of_image_marker_is_refused_and_hides_no_frame_from_the_size_check() {
         // A small baseline frame in a segment after a second start-of-image marker, before the

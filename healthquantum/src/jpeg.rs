@@ -129,7 +129,7 @@ fn check_segments(bytes: &[u8], stray_bytes: bool) -> Result<usize, Shortfall> {
                     }
                 }
                 let mut reader = BitReader::new(bytes, at);
-                if scan.read(frame, &mut reader, restart_interval)? && reader.leftover() > 0 {
+                if scan.read(frame, &mut reader, restart_interval)? && !reader.only_padding_left() {
                     return Err(damaged("a scan has data left over after its last block"));
                 }
                 at = reader.after_data();
@@ -556,6 +556,19 @@ impl<'a> BitReader<'a> {
             }
         }
         left
+    }
+
+    /// Whether what is left of the scan's data after its last block is padding: the rest of the
+    /// byte being read, and at most one whole byte of 1-bits, which some encoders (jpeg-js, the
+    /// one in Jimp) write when the data ends on a byte's edge and decoders pass over.
+    fn only_padding_left(&self) -> bool {
+        match self.leftover() {
+            0 => true,
+            // The byte already taken in, after the rest of the one being read (under 16 bits).
+            1 if self.count >= 8 => self.peek(self.count) == (1 << self.count) - 1,
+            1 => self.bytes.get(self.at..self.at + 2) == Some(&[0xFF, 0x00]),
+            _ => false,
+        }
     }
 
     /// Where the bytes after the scan's data start: its next marker, past any restart markers
