@@ -1330,6 +1330,12 @@ mod tests {
         let mut arithmetic = sequential.to_vec();
         arithmetic[frame + 1] = 0xC9;
         assert_eq!(check(&arithmetic), Err(Shortfall::Unsupported("an arithmetic-coded")));
+        // So is a JPEG-LS frame (SOF55), and a lossless one.
+        for marker in [0xF7, 0xC3] {
+            let mut lossless = sequential.to_vec();
+            lossless[frame + 1] = marker;
+            assert_eq!(check(&lossless), Err(Shortfall::Unsupported("a lossless")), "{marker:X}");
+        }
         // Samples of 12 bits, which the decoder does not read, said so; of another precision, damaged.
         let baseline = jpeg(16, 16);
         let frame = baseline.windows(2).position(|marker| marker == [0xFF, 0xC0]).unwrap();

@@ -104,7 +104,8 @@ fn check_segments(bytes: &[u8], stray_bytes: bool) -> Result<usize, Shortfall> {
                 frame = Some(parsed);
             }
             0xC9..=0xCB | 0xCD..=0xCF => return Err(Shortfall::Unsupported("an arithmetic-coded")),
-            0xC3 | 0xC7 => return Err(Shortfall::Unsupported("a lossless")),
+            // JPEG-LS (ITU-T T.87) is lossless too.
+            0xC3 | 0xC7 | 0xF7 => return Err(Shortfall::Unsupported("a lossless")),
             // Hierarchical, which the decoder does not read either.
             0xC5 | 0xC6 => return Err(Shortfall::Unsupported("a hierarchical")),
             0xC4 => read_tables(segment, &mut tables).ok_or(damaged("a Huffman table is malformed"))?,
