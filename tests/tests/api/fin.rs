@@ -1128,6 +1128,29 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     until_none(&app, "accounts WHERE substr(number, 1, 3) <> 'v1:'").await;
     assert!(app.get(&path, &key).await.text().await.unwrap().contains("\"98765-4\""));
     assert_eq!(app.count_fin_rows("accounts WHERE number LIKE '%98765%'").await, 0);
+    // A prepaid payment account's number an earlier version stored in clear, its card's: shown
+    // masked meanwhile, and sealed masked.
+    let prepaid = app
+        .execute_on_fin(
+            "UPDATE accounts SET kind = 'CONTA_PAGAMENTO_PRE_PAGA', number = '4111111111111111-4' WHERE account_id = \
+             (SELECT account_id FROM accounts ORDER BY account_id LIMIT 1)",
+        )
+        .await;
+    assert_eq!(prepaid, 1);
+    for moment in ["in clear", "sealed"] {
+        if moment == "sealed" {
+            until_none(&app, "accounts WHERE substr(number, 1, 3) <> 'v1:'").await;
+        }
+        let shown = app.get(&path, &key).await.text().await.unwrap();
+        assert!(shown.contains("\"****1111-4\"") && !shown.contains("4111111111111111"), "{moment}: {shown}");
+    }
+    // Masked before it was sealed: shown so whatever the account's type says now.
+    let retyped = app
+        .execute_on_fin("UPDATE accounts SET kind = 'CONTA_DEPOSITO_A_VISTA' WHERE kind = 'CONTA_PAGAMENTO_PRE_PAGA'")
+        .await;
+    assert_eq!(retyped, 1);
+    let shown = app.get(&path, &key).await.text().await.unwrap();
+    assert!(shown.contains("\"****1111-4\"") && !shown.contains("4111111111111111"), "{shown}");
     // Fetched again, it takes the name the institution gives.
     let again: Value = ingest(&app, &key, granted["id"].as_str().unwrap()).await.json().await.unwrap();
     assert_eq!(again["newTransactions"], 0, "{again}");
