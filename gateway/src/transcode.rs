@@ -663,14 +663,14 @@ fn json_names(descriptor: &MessageDescriptor, path: &str) -> String {
     segments.collect::<Vec<_>>().join(".")
 }
 
-/// For an integer field, the magnitude its values stay below: 2^31 or 2^32 for a 32-bit field,
-/// 2^63 or 2^64 for a 64-bit one.
-fn integer_bound(field: &FieldDescriptor) -> Option<f64> {
+/// For an integer field, the magnitude its values stay below (2^31 or 2^32 for a 32-bit field, 2^63
+/// or 2^64 for a 64-bit one) and whether it is signed (its negative values reach the magnitude).
+fn integer_bound(field: &FieldDescriptor) -> Option<(u128, bool)> {
     match field.kind() {
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Some(2f64.powi(31)),
-        Kind::Uint32 | Kind::Fixed32 => Some(2f64.powi(32)),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Some(2f64.powi(63)),
-        Kind::Uint64 | Kind::Fixed64 => Some(2f64.powi(64)),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Some((1 << 31, true)),
+        Kind::Uint32 | Kind::Fixed32 => Some((1 << 32, false)),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Some((1 << 63, true)),
+        Kind::Uint64 | Kind::Fixed64 => Some((1 << 64, false)),
         _ => None,
     }
 }
@@ -682,28 +682,28 @@ enum Reading {
     /// whole number with a point or an exponent that a float holds exactly, or no number at all
     /// (a string, `null`, an object: the message's reading says what is wrong with it).
     Exact,
-    /// A number with a fraction, or past the field's type (`bound` in magnitude).
+    /// A number with a fraction, or past the field's type.
     NotWhole,
-    /// A whole number written with a point or an exponent from 2^53, where a float, which the
-    /// JSON reader makes of it, no longer holds every whole number.
+    /// A whole number within the type written with a point or an exponent from 2^53, where a
+    /// float, which the JSON reader makes of it, no longer holds every whole number.
     Inexact,
 }
 
 /// How `json`, an integer field's value (a number, or for a repeated field, `list`, a list of them),
-/// reads; for a list, its first item that does not read exactly.
-fn integer_reading(json: &str, bound: f64, list: bool) -> Reading {
+/// reads against the field's `bound` ([`integer_bound`]); for a list, its first item that does not
+/// read exactly.
+fn integer_reading(json: &str, bound: (u128, bool), list: bool) -> Reading {
+    let (limit, signed) = bound;
     match json.as_bytes().first() {
         Some(b'-' | b'0'..=b'9') if json.parse::<i64>().is_ok() || json.parse::<u64>().is_ok() => Reading::Exact,
-        Some(b'-' | b'0'..=b'9') => {
-            let magnitude = json.parse::<f64>().map_or(f64::INFINITY, f64::abs);
-            if magnitude >= bound || !whole_number(json) {
+        Some(b'-' | b'0'..=b'9') => match whole_magnitude(json) {
+            None => Reading::NotWhole,
+            Some(magnitude) if magnitude > limit || (magnitude == limit && !(signed && json.starts_with('-'))) => {
                 Reading::NotWhole
-            } else if magnitude >= 2f64.powi(53) {
-                Reading::Inexact
-            } else {
-                Reading::Exact
             }
-        }
+            Some(magnitude) if magnitude >= 1 << 53 => Reading::Inexact,
+            Some(_) => Reading::Exact,
+        },
         Some(b'[') if list => serde_json::from_str::<Vec<&serde_json::value::RawValue>>(json)
             .ok()
             .and_then(|items| {
@@ -715,9 +715,10 @@ fn integer_reading(json: &str, bound: f64, list: bool) -> Reading {
     }
 }
 
-/// Whether the JSON number `number` is a whole number, from its digits: `1.0`, `1e3` and `150e-2`
-/// are not alike (the last is 1.5), and `1.0000000000000001` is not whole though a float rounds it to 1.
-fn whole_number(number: &str) -> bool {
+/// The magnitude of the JSON number `number`, read from its digits, if it is whole (`u128::MAX`
+/// past it): `1.0`, `1e3` and `0.7e1` are, `150e-2` (1.5) is not, and neither is
+/// `1.0000000000000001`, though a float rounds it to 1.
+fn whole_magnitude(number: &str) -> Option<u128> {
     let unsigned = number.strip_prefix('-').unwrap_or(number);
     let (mantissa, exponent) = match unsigned.split_once(['e', 'E']) {
         // An exponent past i64 moves the point further than any digit reaches.
@@ -728,12 +729,24 @@ fn whole_number(number: &str) -> bool {
         None => (unsigned, 0),
     };
     let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    // How many digits there are without the zeros that end them, and where the point falls.
+    // The digits without the zeros that end them, and where the point falls among them.
     let fraction = fraction.trim_end_matches('0');
-    let significant =
-        if fraction.is_empty() { whole.trim_end_matches('0').len() } else { whole.len() + fraction.len() };
+    let digits = if fraction.is_empty() { whole.trim_end_matches('0') } else { whole };
+    let significant = digits.len() + fraction.len();
     let point = (whole.len() as i64).saturating_add(exponent);
-    significant == 0 || significant as i64 <= point
+    if significant == 0 {
+        return Some(0);
+    }
+    if significant as i64 > point {
+        return None;
+    }
+    let value = digits
+        .bytes()
+        .chain(fraction.bytes())
+        .try_fold(0u128, |value, digit| value.checked_mul(10)?.checked_add(u128::from(digit - b'0')));
+    // Zeros to the point.
+    let zeros = u32::try_from(point - significant as i64).ok();
+    Some(value.zip(zeros).and_then(|(value, zeros)| value.checked_mul(10u128.checked_pow(zeros)?)).unwrap_or(u128::MAX))
 }
 
 /// Sets the fields the query names. A field the path binds (`bound`, by proto name) cannot be
@@ -942,6 +955,32 @@ mod tests {
     }
 
     #[test]
+    fn a_json_numbers_magnitude_is_read_from_its_digits_when_it_is_whole() {
+        for (number, magnitude) in [
+            ("0", Some(0)),
+            ("-0.0", Some(0)),
+            ("0e99999999999999999999", Some(0)),
+            ("7.0", Some(7)),
+            ("7e0", Some(7)),
+            ("0.7e1", Some(7)),
+            ("700e-2", Some(7)),
+            ("1.50e2", Some(150)),
+            ("1E+3", Some(1000)),
+            ("-9223372036854775808.0", Some(1 << 63)),
+            ("18446744073709551614e0", Some(18_446_744_073_709_551_614)),
+            ("9007199254740993.0", Some(9_007_199_254_740_993)),
+            ("1e99", Some(u128::MAX)),
+            ("1e99999999999999999999", Some(u128::MAX)),
+            ("150e-2", None),
+            ("1.0000000000000001", None),
+            ("1e-400", None),
+            ("-0.5", None),
+        ] {
+            assert_eq!(whole_magnitude(number), magnitude, "{number}");
+        }
+    }
+
+    #[test]
     fn a_64_bit_integer_past_its_range_is_refused_rather_than_rounded_to_the_largest() {
         let review = DescriptorPool::decode(aigronova_proto::FILE_DESCRIPTOR_SET)
             .unwrap()
@@ -961,7 +1000,8 @@ mod tests {
             assert!(detail(problem).contains("is not a whole number from 0"), "{index}");
         }
         // A whole number with a point or an exponent from 2^53, which a float would round.
-        for index in ["9007199254740993.0", "9223372036854775807.0", "1.2345678901234567e17"] {
+        for index in ["9007199254740993.0", "9223372036854775807.0", "1.2345678901234567e17", "18446744073709551614e0"]
+        {
             let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
             let problem = parse_body(&review, body.as_bytes(), None).unwrap_err();
             assert_eq!(problem.field(), Some("auditIndex"), "{index}");
