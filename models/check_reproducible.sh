@@ -34,7 +34,7 @@ cd "${REPO_ROOT}"
 PYTHON="${PYTHON:-python3}"
 VENV="models/.venv"
 REQS="models/requirements.txt"
-# Training script and the folder it writes, one pair per model.
+# The scripts, in order, and the folders they write.
 SCRIPTS=("models/train_breast_cancer.py" "models/train_diabetes.py" "models/train_credit_risk.py"
     "models/credit_risk_withheld.py")
 OUTS=("models/breast-cancer" "models/diabetes-progression" "models/credit-risk")

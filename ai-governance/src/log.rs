@@ -345,13 +345,21 @@ impl LogStore {
             return Ok(());
         }
         let size = signed.body.tree_size;
-        // A signature that fails is the checkpoint's damage, which the entries may not share.
-        let (logged, told) = match verified {
-            false => (
+        // A signature that fails is the checkpoint's damage, which the entries may share or not.
+        let (logged, told) = match (verified, matches) {
+            (false, true) => (
                 "the last checkpoint's signature does not verify with this key; nothing more is appended to the log",
                 format!("tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify"),
             ),
-            true => (
+            (false, false) => (
+                "the last checkpoint's signature does not verify, nor does the stored log match its root; nothing \
+                 more is appended to it",
+                format!(
+                    "tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify, and the stored \
+                     audit log does not match its root"
+                ),
+            ),
+            (true, _) => (
                 "the stored audit log no longer matches its last signed checkpoint; nothing more is appended to it",
                 format!("tenant {tenant_id}: the stored audit log does not match the checkpoint signed at size {size}"),
             ),

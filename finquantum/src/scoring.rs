@@ -564,7 +564,6 @@ impl ReasonWords {
         let description = match feature {
             "checking_status" if withheld => "No checking account is among the data you shared.",
             "savings_status" if withheld => "No savings account is among the data you shared.",
-            "checking_status" if value == Some(0.0) => "You have no checking account.",
             _ if holds => adverse,
             _ => neutral,
         };
@@ -1084,7 +1083,6 @@ mod tests {
         assert_eq!(description("housing_own", Some(1.0)), "Your housing.");
         assert_eq!(description("credit_amount", Some(50_000.0)), "The amount asked for is high.");
         assert_eq!(description("credit_amount", Some(100.0)), "The amount asked for.");
-        assert_eq!(description("checking_status", Some(0.0)), "You have no checking account.");
         assert_eq!(
             description("checking_status", Some(1.0)),
             "Your checking account balance has been low or negative."

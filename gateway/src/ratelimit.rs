@@ -205,18 +205,15 @@ impl RateLimiter {
         if outcome.allowed {
             return Ok(());
         }
+        let refused: Vec<&Subject> =
+            limited().filter(|((_, gcra), backlog)| !gcra.fits(**backlog)).map(|((subject, _), _)| subject).collect();
+        let violated: Vec<&'static str> = refused.iter().map(|subject| subject.policy).collect();
         // Counted by the limit that refused: the tenant's when it did, the key's otherwise.
-        let refused_by =
-            |policy: &str| limited().any(|((subject, gcra), backlog)| subject.policy == policy && !gcra.fits(*backlog));
-        let reason = if refused_by("tenant") || !refused_by("key") { "tenant" } else { "key" };
+        let reason = if violated.contains(&"tenant") || !violated.contains(&"key") { "tenant" } else { "key" };
         crate::metrics::metrics().rate_limited.with_label_values(&[reason]).inc();
-        let violated: Vec<&'static str> = limited()
-            .filter(|((_, gcra), backlog)| !gcra.fits(**backlog))
-            .map(|((subject, _), _)| subject.policy)
-            .collect();
-        let refusals: Vec<String> = limited()
-            .filter(|((_, gcra), backlog)| !gcra.fits(**backlog))
-            .map(|((subject, _), _)| match subject.policy {
+        let refusals: Vec<String> = refused
+            .iter()
+            .map(|subject| match subject.policy {
                 "key" if key_id.starts_with("jwt:") => format!(
                     "this token's user sent more than the plan's {} requests per second for one key or user (burst {})",
                     subject.requests_per_second, subject.burst

@@ -397,7 +397,7 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
         let probability = score["probabilityOfDefault"].as_f64().unwrap();
         let expected = scored["onnx_probability"].as_f64().unwrap();
         assert!((probability - expected).abs() < 1e-5, "row {i}: {probability} vs the reference {expected}");
-        // An account left out of the shared data never lowers the probability of default.
+        // An account left out of the shared data is not scored as none at all, the data's best.
         assert!(probability >= row["onnx_probability"].as_f64().unwrap() - 1e-5, "row {i}: {score}");
         if let Some(scored) = withheld.get(&i) {
             for (feature, held) in [("checking_status", "hasCheckingAccount"), ("savings_status", "hasSavingsAccount")]
@@ -1129,7 +1129,7 @@ async fn the_sandbox_institution_serves_a_first_trial() {
     assert!(app.get(&path, &key).await.text().await.unwrap().contains("\"98765-4\""));
     assert_eq!(app.count_fin_rows("accounts WHERE number LIKE '%98765%'").await, 0);
     // A prepaid payment account's number an earlier version stored in clear, its card's: shown
-    // masked meanwhile, and sealed masked.
+    // masked whether the purge's pass has sealed it yet or not, and sealed masked.
     let prepaid = app
         .execute_on_fin(
             "UPDATE accounts SET kind = 'CONTA_PAGAMENTO_PRE_PAGA', number = '4111111111111111-4' WHERE account_id = \
