@@ -65,6 +65,12 @@ async fn wait_for_calls_of(app: &TestApp, key: &str, path: &str, calls: u64) -> 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let response = app.get(path, key).await;
+        // A model its service has not registered yet (it does so at start, in the background) is
+        // not found for a moment.
+        if response.status() == 404 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
         assert_eq!(response.status(), 200);
         let status: Value = response.json().await.unwrap();
         if count(&status, "inferenceCount") >= calls {
