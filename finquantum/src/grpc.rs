@@ -304,7 +304,7 @@ fn least_favourable(model: &Model, row: &mut [f32], withheld: &[&str]) -> Result
         }
         let mut alternatives: Vec<&[f32]> = vec![&[]; row.len()];
         alternatives[last] = codes(last);
-        let outputs = model.predict_substituted(row, &alternatives)?.outputs;
+        let outputs = model.substitution_outputs(row, &alternatives)?;
         for (code, output) in codes(last).iter().zip(outputs) {
             if highest.as_ref().is_none_or(|(probability, _)| output > *probability) {
                 highest = Some((output, [combination.as_slice(), &[*code]].concat()));

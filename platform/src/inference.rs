@@ -391,6 +391,23 @@ impl Model {
     /// value of a feature is found with. Walks the trees when they reproduce the model, else scores
     /// the row and its copies in one ONNX Runtime batch.
     pub fn predict_substituted(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<Substituted, InferenceError> {
+        self.check_alternatives(row, alternatives)?;
+        self.timed(|| self.substituted(row, alternatives))
+    }
+
+    /// The outputs of [`Self::predict_substituted`] alone, untimed and without the row's own
+    /// prediction: a search among altered rows (the least favourable of a feature's values, say),
+    /// which is no call of the model's of its own.
+    pub fn substitution_outputs(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<Vec<f64>, InferenceError> {
+        self.check_alternatives(row, alternatives)?;
+        match &self.ensemble {
+            Some(ensemble) => Ok(ensemble.substitutions(row, alternatives).1),
+            None => Ok(self.scored_substitutions(row, alternatives)?.outputs),
+        }
+    }
+
+    /// Refuses `alternatives` that are not one list a feature, or a `row` of another length.
+    fn check_alternatives(&self, row: &[f32], alternatives: &[&[f32]]) -> Result<(), InferenceError> {
         if alternatives.len() != self.manifest.features.len() || row.len() != alternatives.len() {
             return Err(InferenceError::Runtime(format!(
                 "{} alternatives and {} values for a model of {} features",
@@ -399,7 +416,7 @@ impl Model {
                 self.manifest.features.len()
             )));
         }
-        self.timed(|| self.substituted(row, alternatives))
+        Ok(())
     }
 
     /// [`Self::predict_substituted`], untimed.

@@ -93,6 +93,8 @@ fn every_committed_model_loads_and_reproduces_its_python_reference() {
             let alternatives: Vec<&[f32]> = edges.iter().map(Vec::as_slice).collect();
             let walked = model.predict_substituted(&vector, &alternatives).unwrap();
             let scored = model.scored_substitutions(&vector, &alternatives).unwrap();
+            // The outputs alone are the same, without the row's prediction.
+            assert_eq!(model.substitution_outputs(&vector, &alternatives).unwrap(), walked.outputs, "{name}");
             // The prediction is ONNX Runtime's either way; the walk's own output agrees with it.
             assert_eq!((walked.prediction, scored.prediction, scored.output), (output, output, output), "{name}");
             assert!((walked.output - output).abs() <= 1e-5 * output.abs().max(1.0), "{name}");
@@ -107,6 +109,8 @@ fn every_committed_model_loads_and_reproduces_its_python_reference() {
         }
         let model = registry.get(name).unwrap();
         let error = model.predict_substituted(&[0.0], &[&[1.0]]).unwrap_err();
+        assert!(error.to_string().contains("features"), "{name}: {error}");
+        let error = model.substitution_outputs(&[0.0], &[&[1.0]]).unwrap_err();
         assert!(error.to_string().contains("features"), "{name}: {error}");
     }
 }
