@@ -1009,11 +1009,22 @@ mod tests {
     fn with_chunk(bytes: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
         let iend = bytes.len() - 12;
         assert_eq!(&bytes[iend + 4..iend + 8], b"IEND");
+        with_chunk_at(bytes, iend, kind, data)
+    }
+
+    /// `bytes`, a PNG, with a chunk of type `kind` right after its IHDR chunk.
+    fn with_early_chunk(bytes: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        assert_eq!(&bytes[12..16], b"IHDR");
+        with_chunk_at(bytes, 8 + 8 + 13 + 4, kind, data)
+    }
+
+    /// `bytes`, a PNG, with a chunk of type `kind` holding `data`, its CRC made, at `at`.
+    fn with_chunk_at(bytes: &[u8], at: usize, kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
         let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
         chunk.extend_from_slice(kind);
         chunk.extend_from_slice(data);
         chunk.extend_from_slice(&crc32fast::hash(&chunk[4..]).to_be_bytes());
-        [&bytes[..iend], &chunk, &bytes[iend..]].concat()
+        [&bytes[..at], &chunk, &bytes[at..]].concat()
     }
 
     #[test]
@@ -1509,17 +1520,6 @@ mod tests {
         let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
         std::io::Write::write_all(&mut encoder, bytes).unwrap();
         encoder.finish().unwrap()
-    }
-
-    /// `bytes`, a PNG, with a chunk of type `kind` right after its IHDR chunk.
-    fn with_early_chunk(bytes: &[u8], kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
-        let after_header = 8 + 8 + 13 + 4;
-        assert_eq!(&bytes[12..16], b"IHDR");
-        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
-        chunk.extend_from_slice(kind);
-        chunk.extend_from_slice(data);
-        chunk.extend_from_slice(&crc32fast::hash(&chunk[4..]).to_be_bytes());
-        [&bytes[..after_header], &chunk, &bytes[after_header..]].concat()
     }
 
     #[test]
