@@ -568,7 +568,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 features.insert(feature.name.clone(), f64::from(*value));
             }
         }
-        let reasons = scoring::reasons(&shortfalls);
+        let reasons = scoring::reasons(&shortfalls, &withheld);
         let features = scoring::sorted(&features);
         let score = StoredScore {
             id: Uuid::now_v7().to_string(),

@@ -690,15 +690,24 @@ pub fn shortfalls(
 
 /// The features behind a decision's reasons, largest effect first, from how far each stands from
 /// its most favourable value ([`shortfalls`]): only features that raised the probability of
-/// default (pushed the score down).
-pub fn reasons(contributions: &[(String, f64)]) -> Vec<String> {
-    let mut raising: Vec<&(String, f64)> = contributions.iter().filter(|(_, effect)| *effect > 0.0).collect();
+/// default (pushed the score down). An account the shared data lacks (`withheld`) that raised it
+/// is always among them, in its place by effect: sharing it is something the customer can do.
+pub fn reasons(contributions: &[(String, f64)], withheld: &[&str]) -> Vec<String> {
+    let mut raising: Vec<&(String, f64)> =
+        contributions.iter().filter(|(feature, effect)| *effect > 0.0 && code_of(feature).is_some()).collect();
     raising.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let is_withheld = |feature: &str| withheld.contains(&feature);
+    let mut room = MAX_REASONS.saturating_sub(raising.iter().filter(|(feature, _)| is_withheld(feature)).count());
     raising
         .into_iter()
-        .filter(|(feature, _)| code_of(feature).is_some())
+        .filter(|(feature, _)| {
+            let named = is_withheld(feature) || room > 0;
+            if !is_withheld(feature) && room > 0 {
+                room -= 1;
+            }
+            named
+        })
         .map(|(feature, _)| feature.clone())
-        .take(MAX_REASONS)
         .collect()
 }
 
@@ -1004,8 +1013,23 @@ mod tests {
             ("credit_amount".to_owned(), 0.01),
             ("housing_own".to_owned(), 0.001),
         ];
-        let features = reasons(&contributions);
+        let features = reasons(&contributions, &[]);
         assert_eq!(features, ["checking_status", "duration_months", "savings_status", "credit_amount"]);
+        // An account the shared data lacks that raised the probability is named whatever its rank.
+        let lacking: Vec<(String, f64)> = [
+            ("employment_years", 0.30),
+            ("checking_status", 0.20),
+            ("duration_months", 0.07),
+            ("credit_amount", 0.05),
+            ("savings_status", 0.002),
+        ]
+        .into_iter()
+        .map(|(feature, effect)| (feature.to_owned(), effect))
+        .collect();
+        assert_eq!(reasons(&lacking, &[]), ["employment_years", "checking_status", "duration_months", "credit_amount"]);
+        let named = ["employment_years", "checking_status", "duration_months", "savings_status"];
+        assert_eq!(reasons(&lacking, &["savings_status"]), named);
+        assert_eq!(reasons(&lacking, &["checking_status", "savings_status"]), named);
         assert_eq!(score_of(0.2), 800);
         assert_eq!(reais(-1250), "-12.50");
         assert_eq!(reais(5), "0.05");
