@@ -694,11 +694,18 @@ enum Reading {
 /// read exactly.
 fn integer_reading(json: &str, bound: (u128, bool), list: bool) -> Reading {
     let (limit, signed) = bound;
+    let negative = json.starts_with('-');
     match json.as_bytes().first() {
         Some(b'-' | b'0'..=b'9') if json.parse::<i64>().is_ok() || json.parse::<u64>().is_ok() => Reading::Exact,
         Some(b'-' | b'0'..=b'9') => match whole_magnitude(json) {
             None => Reading::NotWhole,
-            Some(magnitude) if magnitude > limit || (magnitude == limit && !(signed && json.starts_with('-'))) => {
+            // Past the type: beyond its magnitude (a signed type's reaches it below zero), or below
+            // zero for an unsigned one.
+            Some(magnitude)
+                if magnitude > limit
+                    || (magnitude == limit && !(signed && negative))
+                    || (negative && !signed && magnitude > 0) =>
+            {
                 Reading::NotWhole
             }
             Some(magnitude) if magnitude >= 1 << 53 => Reading::Inexact,
@@ -986,7 +993,15 @@ mod tests {
             .unwrap()
             .get_message_by_name("aigronova.governance.v1.CreateReviewRequest")
             .unwrap();
-        for index in ["18446744073709551616", "1.8446744073709552e19", "18446744073709552000", "1e30"] {
+        for index in [
+            "18446744073709551616",
+            "1.8446744073709552e19",
+            "18446744073709552000",
+            "1e30",
+            "-1e19",
+            "-9007199254740993.0",
+            "-9223372036854775809",
+        ] {
             let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
             let problem = parse_body(&review, body.as_bytes(), None).unwrap_err();
             assert_eq!(problem.field(), Some("auditIndex"), "{index}");
