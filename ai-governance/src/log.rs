@@ -352,11 +352,11 @@ impl LogStore {
                 format!("tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify"),
             ),
             (false, false) => (
-                "the last checkpoint's signature does not verify, nor does the stored log match its root; nothing \
-                 more is appended to it",
+                "the last checkpoint's signature does not verify, nor does the stored log match the root it names \
+                 (the checkpoint or the entries were altered); nothing more is appended to the log",
                 format!(
                     "tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify, and the stored \
-                     audit log does not match its root"
+                     audit log does not match the root it names: the checkpoint or the entries were altered"
                 ),
             ),
             (true, _) => (
@@ -1284,6 +1284,17 @@ pub(crate) mod tests {
         let fresh = LogStore::new(log.database.clone(), log.signer().clone());
         let refused = format!("{:?}", fresh.append(vec![leaf("a", 3)]).await.unwrap_err());
         assert!(refused.contains("the signature of the checkpoint at size 2 does not verify"), "{refused}");
+        assert!(!refused.contains("root"), "the entries still make its root: {refused}");
+        // A root changed in the checkpoint breaks both: either may have been altered.
+        let root = "00".repeat(32);
+        sqlx::query("UPDATE audit_checkpoints SET root_hash = $1 WHERE tenant_id = 'a'")
+            .bind(&root)
+            .execute(log.database.pool())
+            .await
+            .unwrap();
+        let fresh = LogStore::new(log.database.clone(), log.signer().clone());
+        let refused = format!("{:?}", fresh.append(vec![leaf("a", 3)]).await.unwrap_err());
+        assert!(refused.contains("does not match the root it names: the checkpoint or the entries"), "{refused}");
     }
 
     #[tokio::test]
