@@ -1273,27 +1273,21 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = store(&dir).await;
         log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        // The checkpoint's `column` set to `value`, then what a process started afresh answers an append.
+        let refusal_with = async |column: &str, value: String| {
+            let altered = format!("UPDATE audit_checkpoints SET {column} = $1 WHERE tenant_id = 'a'");
+            sqlx::query(sqlx::AssertSqlSafe(altered)).bind(value).execute(log.database.pool()).await.unwrap();
+            let fresh = LogStore::new(log.database.clone(), log.signer().clone());
+            format!("{:?}", fresh.append(vec![leaf("a", 3)]).await.unwrap_err())
+        };
         let signature = log.latest_checkpoint("a").await.unwrap().signature;
         let forged =
             if signature.starts_with('A') { signature.replacen('A', "B", 1) } else { format!("A{}", &signature[1..]) };
-        sqlx::query("UPDATE audit_checkpoints SET signature = $1 WHERE tenant_id = 'a'")
-            .bind(&forged)
-            .execute(log.database.pool())
-            .await
-            .unwrap();
-        let fresh = LogStore::new(log.database.clone(), log.signer().clone());
-        let refused = format!("{:?}", fresh.append(vec![leaf("a", 3)]).await.unwrap_err());
+        let refused = refusal_with("signature", forged).await;
         assert!(refused.contains("the signature of the checkpoint at size 2 does not verify"), "{refused}");
         assert!(!refused.contains("root"), "the entries still make its root: {refused}");
         // A root changed in the checkpoint breaks both: either may have been altered.
-        let root = "00".repeat(32);
-        sqlx::query("UPDATE audit_checkpoints SET root_hash = $1 WHERE tenant_id = 'a'")
-            .bind(&root)
-            .execute(log.database.pool())
-            .await
-            .unwrap();
-        let fresh = LogStore::new(log.database.clone(), log.signer().clone());
-        let refused = format!("{:?}", fresh.append(vec![leaf("a", 3)]).await.unwrap_err());
+        let refused = refusal_with("root_hash", "00".repeat(32)).await;
         assert!(refused.contains("does not match the root it names: the checkpoint or the entries"), "{refused}");
     }
 
