@@ -540,7 +540,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let mut features = scoring::features(&applicant, &bank)?;
         let model = self.models.get(scoring::MODEL)?;
         let started = Instant::now();
-        let row = model
+        let mut row = model
             .feature_vector(&features, "features")
             .map_err(|error| match error {
                 // A value outside what the model accepts (its manifest's range) names the
@@ -558,7 +558,6 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
             })?;
         let started = Instant::now();
-        let mut row = row;
         let predicted = least_favourable(&model, &mut row, &withheld).and_then(|()| predict(&model, &row, &withheld));
         self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());
         let (probability, shortfalls) = predicted?;

@@ -18,6 +18,11 @@ const MAX_SCANS: usize = 100;
 /// decoders a frame.
 const MAX_COMPONENTS: usize = 4;
 
+/// Whether a component is named more than once in `components` (a frame's or a scan's).
+fn named_twice<T: PartialEq>(components: &[T]) -> bool {
+    components.iter().enumerate().any(|(index, component)| components[..index].contains(component))
+}
+
 /// How a JPEG's data falls short.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Shortfall {
@@ -208,11 +213,7 @@ impl Frame {
                 Some((component[0], h, v))
             })
             .collect::<Option<_>>()?;
-        if components
-            .iter()
-            .enumerate()
-            .any(|(index, (id, ..))| components[..index].iter().any(|(other, ..)| other == id))
-        {
+        if named_twice(&components.iter().map(|(id, ..)| *id).collect::<Vec<_>>()) {
             return None;
         }
         let max_h = components.iter().map(|(_, h, _)| *h).max()?;
@@ -334,10 +335,9 @@ impl Scan {
         // component. A scan that named one component many times would have its every block read
         // as many times over.
         let positions: Vec<usize> = scan.components.iter().map(|(position, ..)| *position).collect();
-        let repeated = positions.iter().enumerate().any(|(index, position)| positions[..index].contains(position));
         let blocks: usize = positions.iter().map(|position| frame.components[*position]).map(|(_, h, v)| h * v).sum();
         let well_formed = (1..=MAX_COMPONENTS).contains(&count)
-            && !repeated
+            && !named_twice(&positions)
             && (count == 1 || blocks <= 10)
             && !(frame.progressive && scan.start > 0 && count > 1);
         (well_formed && scan.start <= scan.end && scan.end <= 63).then_some(scan)
