@@ -733,6 +733,8 @@ impl LogStore {
         }
         let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         let mut first_bad = None;
+        // The first entry whose event id (what a review finds it by) is not the one its text holds.
+        let mut id_changed = None;
         'pages: while (leaves.len() as u64) < size {
             let page = self.entries(tenant_id, leaves.len() as u64, 10_000).await?;
             if page.is_empty() {
@@ -753,6 +755,9 @@ impl LogStore {
                 if first_bad.is_none() && hex::encode(hash) != entry.leaf_hash {
                     first_bad = Some(expected);
                 }
+                if id_changed.is_none() && leaf_event_id(&entry.leaf).as_deref() != Some(entry.event_id.as_str()) {
+                    id_changed = Some(expected);
+                }
                 leaves.push(hash);
             }
         }
@@ -768,12 +773,11 @@ impl LogStore {
         .await
         .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
         if !short && root == checkpoint.body.root_hash {
-            return Ok(Verification {
-                tree_size: size,
-                first_bad_index: None,
-                reason: "the log matches the signed root".into(),
-                signed: true,
-            });
+            let (first_bad_index, reason) = match id_changed {
+                Some(index) => (Some(index), format!("entry {index}'s event id is not the one its signed text holds")),
+                None => (None, "the log matches the signed root".to_owned()),
+            };
+            return Ok(Verification { tree_size: size, first_bad_index, reason, signed: true });
         }
         if let Some(index) = first_bad {
             return Ok(Verification {
@@ -1256,6 +1260,7 @@ pub(crate) mod tests {
         let log = store(&dir).await;
         log.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
         assert_eq!(log.recheck().await, 0);
+        let checkpoint = log.latest_checkpoint("a").await.unwrap();
         let forged = "UPDATE audit_entries SET event_id = '00000000-0000-7000-8000-000000000009' \
                       WHERE tenant_id = 'a' AND idx = 1";
         sqlx::query(forged).execute(log.database.pool()).await.unwrap();
@@ -1264,6 +1269,14 @@ pub(crate) mod tests {
         assert_eq!((outcome.appended, outcome.held.len()), (0, 1), "{outcome:?}");
         let fresh = LogStore::new(log.database.clone(), log.signer().clone());
         assert!(fresh.append(vec![leaf("a", 3)]).await.is_err(), "nor after a restart");
+        // Verifying the log names the entry, though its text still makes the signed root.
+        let verification = log.verify("a", &checkpoint).await.unwrap();
+        assert_eq!(
+            (verification.first_bad_index, verification.reason.as_str()),
+            (Some(1), "entry 1's event id is not the one its signed text holds"),
+            "{verification:?}"
+        );
+        assert!(!verification.verified());
     }
 
     /// A checkpoint whose signature no longer verifies stops the log, and is named as the damage,

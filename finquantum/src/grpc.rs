@@ -558,8 +558,14 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
                 self.monitor.record(&caller.tenant_id, &model, None, started.elapsed(), false);
             })?;
         let started = Instant::now();
+        // Monitoring sees the row as the shared data gave it, an account missing at the code of
+        // none, as training saw applicants without one: counted at the code it is scored at, the
+        // least favourable, every missing account would move that feature's population away
+        // from training's and keep its drift in alert.
+        let shared = (!withheld.is_empty()).then(|| row.clone());
         let predicted = least_favourable(&model, &mut row, &withheld).and_then(|()| predict(&model, &row, &withheld));
-        self.monitor.record(&caller.tenant_id, &model, Some(&row), started.elapsed(), predicted.is_ok());
+        let monitored = shared.as_deref().unwrap_or(&row);
+        self.monitor.record(&caller.tenant_id, &model, Some(monitored), started.elapsed(), predicted.is_ok());
         let (probability, shortfalls) = predicted?;
         // The decision stores the codes it scored.
         for (feature, value) in model.manifest().features.iter().zip(&row) {

@@ -684,8 +684,8 @@ enum Reading {
     Exact,
     /// A number with a fraction, or past the field's type.
     NotWhole,
-    /// A whole number within the type written with a point or an exponent from 2^53, where a
-    /// float, which the JSON reader makes of it, no longer holds every whole number.
+    /// A whole number within the type written with a point or an exponent, from 2^53 and not held
+    /// exactly by a float, which the JSON reader makes of it (`9007199254740993.0`; `1e18` is held).
     Inexact,
 }
 
@@ -708,7 +708,8 @@ fn integer_reading(json: &str, bound: (u128, bool), list: bool) -> Reading {
             {
                 Reading::NotWhole
             }
-            Some(magnitude) if magnitude >= 1 << 53 => Reading::Inexact,
+            // A float holds every whole number below 2^53, and from it only some (1e18 is one).
+            Some(magnitude) if magnitude >= 1 << 53 && magnitude as f64 as u128 != magnitude => Reading::Inexact,
             Some(_) => Reading::Exact,
         },
         Some(b'[') if list => serde_json::from_str::<Vec<&serde_json::value::RawValue>>(json)
@@ -1022,9 +1023,25 @@ mod tests {
             assert_eq!(problem.field(), Some("auditIndex"), "{index}");
             assert!(detail(problem).contains("is written with a point or an exponent"), "{index}");
         }
-        for index in ["18446744073709551615", "7", "\"18446744073709551615\"", "7.0", "7e0", "0.7e1", "700e-2", "0.0"] {
+        // Whole numbers a float holds exactly, from 2^53 too, read as written however they are written.
+        for (index, value) in [
+            ("18446744073709551615", u64::MAX),
+            ("7", 7),
+            ("\"18446744073709551615\"", u64::MAX),
+            ("7.0", 7),
+            ("7e0", 7),
+            ("0.7e1", 7),
+            ("700e-2", 7),
+            ("0.0", 0),
+            ("9007199254740992.0", 1 << 53),
+            ("1e18", 1_000_000_000_000_000_000),
+            ("1.8446744073709549568e19", 18_446_744_073_709_549_568),
+            ("9.223372036854775808e18", 1 << 63),
+        ] {
             let body = format!(r#"{{"auditIndex": {index}, "reason": "x"}}"#);
-            assert!(parse_body(&review, body.as_bytes(), None).is_ok(), "{index}");
+            let message =
+                parse_body(&review, body.as_bytes(), None).unwrap_or_else(|problem| panic!("{index}: {problem:?}"));
+            assert_eq!(message.get_field_by_name("audit_index").unwrap().as_u64(), Some(value), "{index}");
         }
     }
 

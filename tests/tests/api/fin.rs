@@ -29,8 +29,55 @@ async fn start(backend: Backend, bank: &Institution, institutions: Vec<(&str, Pr
         config.finquantum.redis_url = Some(redis);
         config.finquantum.request_timeout_ms = 500;
         config.finquantum.purge_interval_secs = 1;
+        config.audit.monitoring_interval_ms = 200;
     })
     .await
+}
+
+/// Monitoring counts each stored score's checking account as the shared data gave it: a missing
+/// one at code 0 (none, as training saw applicants without one), not at the code it was scored at,
+/// which would keep the feature's drift in alert. Every reference row was scored twice and the
+/// first once more.
+async fn drift_counts_accounts_as_shared(app: &TestApp, key: &str, rows: &[Value], withheld: &HashMap<usize, &Value>) {
+    let mut counts = [0u64; 3];
+    for (i, row) in rows.iter().enumerate() {
+        let code = row["features"]["checking_status"].as_f64().unwrap();
+        let bin = [1.0, 2.0].iter().filter(|edge| **edge <= code).count();
+        counts[bin] += if i == 0 { 3 } else { 2 };
+    }
+    assert!(counts[0] > 0 && withheld.values().any(|row| row["features"]["checking_status"] != 0.0), "{counts:?}");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join("credit-risk/1/manifest.json")).expect("manifest.json"),
+    )
+    .unwrap();
+    let checking = manifest["features"].as_array().unwrap().iter().find(|f| f["name"] == "checking_status").unwrap();
+    assert_eq!(checking["bin_edges"], json!([0.0, 1.0, 2.0, 3.0]), "{checking}");
+    let total = counts.iter().sum::<u64>() as f64;
+    let expected: f64 = counts
+        .iter()
+        .zip(checking["bin_shares"].as_array().unwrap())
+        .map(|(count, share)| {
+            let (actual, share) = ((*count as f64 / total).max(1e-4), share.as_f64().unwrap().max(1e-4));
+            (actual - share) * (actual / share).ln()
+        })
+        .sum();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status: Value =
+            app.get("/v1/governance/monitoring/models/credit-risk/versions/1", key).await.json().await.unwrap();
+        let count = |field: &str| match &status[field] {
+            Value::String(number) => number.parse::<u64>().unwrap_or(0),
+            other => other.as_u64().unwrap_or(0),
+        };
+        if count("inferenceCount").saturating_sub(count("errorCount")) >= total as u64 {
+            break status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "monitoring did not see {total} scores: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let drift = status["drift"].as_array().unwrap().iter().find(|entry| entry["feature"] == "checking_status");
+    let psi = drift.unwrap_or_else(|| panic!("no drift for checking_status: {status}"))["psi"].as_f64().unwrap();
+    assert!((psi - expected).abs() < 1e-9, "checking_status PSI {psi}, expected {expected}: {status}");
 }
 
 async fn consent(app: &TestApp, key: &str, cpf: &str, institution: &str, permissions: &[&str]) -> Value {
@@ -507,6 +554,7 @@ async fn scores_match_the_reference_with_stable_reasons(backend: Backend) {
     assert_eq!(problem["field"], "applicant.applicant", "{problem}");
     let scores = app.count_fin_rows("credit_scores").await;
     assert_eq!(scores, 2 * rows.len() as i64 + 1);
+    drift_counts_accounts_as_shared(&app, &key, rows, &withheld).await;
     // The inputs a decision was made from are the customer's: stored sealed.
     let clear = app.count_fin_rows("credit_scores WHERE features NOT LIKE 'v1:%' OR bank NOT LIKE 'v1:%'").await;
     assert_eq!(clear, 0);
