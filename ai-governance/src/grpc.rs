@@ -810,9 +810,10 @@ impl proto::reports_server::Reports for ReportsApi {
         let framework = reports::Framework::parse(&framework)?;
         let format = reports::Format::parse(&format)?;
         let to = if to.is_empty() { chrono::Utc::now() } else { reports::parse_bound("to", &to, true)? };
-        // Left out, `from` is 30 days before `to`, and no later than now: a period that has begun.
+        // Left out, `from` is 30 days before `to`, not before year 0, and no later than now: a
+        // period that has begun.
         let from = if from.is_empty() {
-            (to - chrono::Duration::days(30)).min(chrono::Utc::now())
+            (to - chrono::Duration::days(30)).max(reports::earliest_bound()).min(chrono::Utc::now())
         } else {
             reports::parse_bound("from", &from, false)?
         };

@@ -686,6 +686,17 @@ impl LogStore {
     }
 }
 
+/// The stored entries of a log read in order and hashed again.
+struct Walk {
+    leaves: Vec<Hash>,
+    /// The first entry whose stored hash is not its text's.
+    first_bad: Option<u64>,
+    /// The first entry whose stored event id is not the one its text holds.
+    id_changed: Option<u64>,
+    /// The first index with no entry, when entries after it are stored.
+    missing: Option<u64>,
+}
+
 /// The result of checking a whole log against its latest checkpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {
@@ -711,55 +722,31 @@ impl LogStore {
         let size = checkpoint.body.tree_size;
         // Checked against a key from configuration, this store's or an earlier one it trusts: a key
         // read from the database would be whatever someone able to rewrite the log stored there. A
-        // checkpoint no such key signed, or whose signature fails, says nothing of any entry.
-        let unverified =
-            |reason: String| Verification { tree_size: size, first_bad_index: None, reason, signed: false };
+        // checkpoint no such key signed, or whose signature fails, vouches for no entry: what the
+        // entries show of themselves is said all the same.
         let current = self.signer.public_key();
         let key = std::iter::once(&current).chain(&self.earlier).find(|key| key.key_id() == checkpoint.key_id);
-        let Some(key) = key else {
-            return Ok(unverified(format!(
+        let unsigned = match key {
+            None => Some(format!(
                 "the latest checkpoint is signed by key {}, neither this deployment's key {} nor one of its \
                  ai_governance.earlier_verifying_keys: verify it with that key (aigronova audit verify \
                  --public-key), or once the tenant logs again",
                 checkpoint.key_id,
                 self.signer.key_id()
-            )));
+            )),
+            Some(key) if key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() => {
+                Some(format!("the latest checkpoint's signature does not verify against its key {}", checkpoint.key_id))
+            }
+            Some(_) => None,
         };
-        if key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() {
-            return Ok(unverified(format!(
-                "the latest checkpoint's signature does not verify against its key {}",
-                checkpoint.key_id
-            )));
+        let walk = self.walk(tenant_id, size).await?;
+        if let Some(reason) = unsigned {
+            return self.unsigned(checkpoint, walk, reason).await;
         }
-        let mut leaves = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-        let mut first_bad = None;
-        // The first entry whose event id (what a review finds it by) is not the one its text holds.
-        let mut id_changed = None;
-        'pages: while (leaves.len() as u64) < size {
-            let page = self.entries(tenant_id, leaves.len() as u64, 10_000).await?;
-            if page.is_empty() {
-                break;
-            }
-            for entry in page {
-                let expected = leaves.len() as u64;
-                if expected >= size {
-                    break 'pages;
-                }
-                // Every page either adds the entry expected next or ends here: an entry stored
-                // past the signed size while one below it is gone is a missing entry too.
-                if entry.index != expected {
-                    let reason = format!("entry {expected} is missing");
-                    return Ok(Verification { tree_size: size, first_bad_index: Some(expected), reason, signed: true });
-                }
-                let hash = merkle::leaf_hash(entry.leaf.as_bytes());
-                if first_bad.is_none() && hex::encode(hash) != entry.leaf_hash {
-                    first_bad = Some(expected);
-                }
-                if id_changed.is_none() && leaf_event_id(&entry.leaf).as_deref() != Some(entry.event_id.as_str()) {
-                    id_changed = Some(expected);
-                }
-                leaves.push(hash);
-            }
+        let Walk { leaves, first_bad, id_changed, missing } = walk;
+        if let Some(expected) = missing {
+            let reason = format!("entry {expected} is missing");
+            return Ok(Verification { tree_size: size, first_bad_index: Some(expected), reason, signed: true });
         }
         // Fewer entries than were signed, with none missing between them: the last ones deleted,
         // or one before them with those after it renumbered; which is searched for as for a change.
@@ -833,6 +820,80 @@ impl LogStore {
             reason: changed_between(from, to),
             signed: true,
         })
+    }
+
+    /// The stored entries of `tenant_id` below `size`, hashed again, with the first whose stored
+    /// hash or event id is not its text's, or the first missing (when the walk stops there).
+    async fn walk(&self, tenant_id: &str, size: u64) -> Result<Walk, Error> {
+        let mut walk = Walk {
+            leaves: Vec::with_capacity(usize::try_from(size).unwrap_or(0)),
+            first_bad: None,
+            id_changed: None,
+            missing: None,
+        };
+        'pages: while (walk.leaves.len() as u64) < size {
+            let page = self.entries(tenant_id, walk.leaves.len() as u64, 10_000).await?;
+            if page.is_empty() {
+                break;
+            }
+            for entry in page {
+                let expected = walk.leaves.len() as u64;
+                if expected >= size {
+                    break 'pages;
+                }
+                // Every page either adds the entry expected next or ends here: an entry stored
+                // past the signed size while one below it is gone is a missing entry too.
+                if entry.index != expected {
+                    walk.missing = Some(expected);
+                    break 'pages;
+                }
+                let hash = merkle::leaf_hash(entry.leaf.as_bytes());
+                if walk.first_bad.is_none() && hex::encode(hash) != entry.leaf_hash {
+                    walk.first_bad = Some(expected);
+                }
+                if walk.id_changed.is_none() && leaf_event_id(&entry.leaf).as_deref() != Some(entry.event_id.as_str()) {
+                    walk.id_changed = Some(expected);
+                }
+                walk.leaves.push(hash);
+            }
+        }
+        Ok(walk)
+    }
+
+    /// The verification under a checkpoint whose signature cannot be checked (`reason`): the
+    /// checkpoint vouches for nothing, but what the entries show of themselves is said (an entry
+    /// missing, one whose text is not its stored hash or event id) and whether they make the root
+    /// the checkpoint holds.
+    async fn unsigned(&self, checkpoint: &SignedCheckpoint, walk: Walk, reason: String) -> Result<Verification, Error> {
+        let size = checkpoint.body.tree_size;
+        let unverified = |first_bad_index: Option<u64>, entries: String| Verification {
+            tree_size: size,
+            first_bad_index,
+            reason: format!("{reason}; {entries}"),
+            signed: false,
+        };
+        if let Some(index) = walk.missing {
+            return Ok(unverified(Some(index), format!("entry {index}, which it covers, is missing")));
+        }
+        if let Some(index) = walk.first_bad {
+            return Ok(unverified(
+                Some(index),
+                format!("entry {index}'s text is not what its stored hash was made of"),
+            ));
+        }
+        let held = walk.leaves.len() as u64;
+        if held < size {
+            return Ok(unverified(Some(held), format!("the log holds {held} of the {size} entries it covers")));
+        }
+        if let Some(index) = walk.id_changed {
+            return Ok(unverified(Some(index), format!("entry {index}'s event id is not the one its text holds")));
+        }
+        let leaves = walk.leaves;
+        let root = tokio::task::spawn_blocking(move || merkle::root_of(&leaves))
+            .await
+            .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
+        let made = if root == checkpoint.body.root_hash { "make" } else { "do not make" };
+        Ok(unverified(None, format!("the entries stored {made} the root it holds")))
     }
 
     /// The first entry in `range` whose stored hash (`leaves`) is not the one the tree held in
@@ -1085,12 +1146,14 @@ pub(crate) mod tests {
         let after = LogStore::new(database.clone(), CheckpointSigner::generate());
         after.record_signing_key().await.unwrap();
         let latest = after.latest_checkpoint("a").await.unwrap();
+        let earlier = latest.clone();
         assert_eq!(latest.key_id, before.signer().key_id());
         // Not verified with a key the database holds, which whoever rewrites the log could store,
         // and no entry blamed.
         let verification = after.verify("a", &latest).await.unwrap();
         assert!(!verification.verified() && verification.first_bad_index.is_none(), "{verification:?}");
         assert!(verification.reason.contains("neither this deployment's key"), "{verification:?}");
+        assert!(verification.reason.ends_with("; the entries stored make the root it holds"), "{verification:?}");
         // With the earlier key trusted from configuration, it verifies.
         let trusting =
             LogStore::new(database.clone(), after.signer().clone()).trusting(vec![before.signer().public_key()]);
@@ -1104,6 +1167,47 @@ pub(crate) mod tests {
         let latest = after.latest_checkpoint("a").await.unwrap();
         assert_eq!((latest.body.tree_size, latest.key_id.clone()), (3, after.signer().key_id()));
         assert!(after.verify("a", &latest).await.unwrap().verified());
+
+        // What the entries show of themselves is said all the same: they make the root it holds,
+        // or one was changed, its text or with its hash, or one is gone.
+        let pool = database.pool();
+        let change = |sql: &'static str| async move { sqlx::query(sql).execute(pool).await.unwrap() };
+        change(
+            "UPDATE audit_entries SET leaf = REPLACE(leaf, 'AssessRisk', 'Nothing') WHERE tenant_id = 'a' AND idx = 1",
+        )
+        .await;
+        let verification = after.verify("a", &earlier).await.unwrap();
+        assert_eq!(verification.first_bad_index, Some(1), "{verification:?}");
+        assert!(
+            verification.reason.ends_with("; entry 1's text is not what its stored hash was made of"),
+            "{verification:?}"
+        );
+        let rehashed = merkle::leaf_hash(
+            sqlx::query_scalar::<_, String>("SELECT leaf FROM audit_entries WHERE tenant_id = 'a' AND idx = 1")
+                .fetch_one(pool)
+                .await
+                .unwrap()
+                .as_bytes(),
+        );
+        sqlx::query("UPDATE audit_entries SET leaf_hash = $1 WHERE tenant_id = 'a' AND idx = 1")
+            .bind(hex::encode(rehashed))
+            .execute(pool)
+            .await
+            .unwrap();
+        let verification = after.verify("a", &earlier).await.unwrap();
+        assert!(!verification.verified() && verification.first_bad_index.is_none(), "{verification:?}");
+        assert!(
+            verification.reason.ends_with("; the entries stored do not make the root it holds"),
+            "{verification:?}"
+        );
+        change(
+            "UPDATE audit_entries SET leaf = REPLACE(leaf, 'Nothing', 'AssessRisk') WHERE tenant_id = 'a' AND idx = 1",
+        )
+        .await;
+        change("DELETE FROM audit_entries WHERE tenant_id = 'a' AND idx = 1").await;
+        let verification = after.verify("a", &earlier).await.unwrap();
+        assert_eq!(verification.first_bad_index, Some(1), "{verification:?}");
+        assert!(verification.reason.ends_with("; entry 1, which it covers, is missing"), "{verification:?}");
     }
 
     /// A log cut back below a checkpoint an earlier key signed, before the current key signed

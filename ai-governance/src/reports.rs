@@ -127,7 +127,13 @@ pub fn parse_bound(field: &str, text: &str, end_of_day: bool) -> Result<DateTime
     // Past 9999 a time has a five-digit year, which no stored time reaches and which sorts before
     // every one of them as text: bounds stop at the last microsecond of 9999.
     let last = NaiveDate::from_ymd_opt(9999, 12, 31).and_then(|day| day.and_hms_micro_opt(23, 59, 59, 999_999));
-    Ok(at.min(last.expect("a valid time").and_utc()))
+    Ok(at.clamp(earliest_bound(), last.expect("a valid time").and_utc()))
+}
+
+/// The earliest bound of a period, the start of year 0: before it a time has a signed year
+/// (`-0001-12-31T21:00:00Z`), which RFC 3339 does not write.
+pub fn earliest_bound() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(0, 1, 1).expect("year 0 is a date").and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
 }
 
 #[derive(Debug)]
@@ -475,6 +481,13 @@ mod tests {
         assert_eq!(at("9999-12-31", true), "9999-12-31T23:59:59.999999+00:00");
         assert_eq!(at("9999-12-31T23:00:00-03:00", true), "9999-12-31T23:59:59.999999+00:00");
         assert_eq!(at("9999-12-31", false), "9999-12-31T00:00:00+00:00");
+        // Nor before year 0, whose times have a signed year.
+        assert_eq!(at("0000-01-01T00:00:00+03:00", false), "0000-01-01T00:00:00+00:00");
+        assert_eq!(at("0000-01-01", false), "0000-01-01T00:00:00+00:00");
+        assert_eq!(
+            period_bound(parse_bound("from", "0000-01-01T01:00:00+05:00", false).unwrap()),
+            "0000-01-01T00:00:00Z"
+        );
         assert!(parse_bound("to", "2026-13-01", true).is_err());
         assert!(parse_bound("to", "yesterday", true).is_err());
         // Finer than the log's microseconds, and a leap second: refused rather than cut or echoed.

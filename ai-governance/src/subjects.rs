@@ -647,9 +647,16 @@ impl SubjectStore {
         let (store, caller, cpf, details) = (Arc::clone(self), caller.clone(), cpf.clone(), details.to_owned());
         let task = async move {
             let processed = store.process(&caller, &cpf, kind, &details, caller_deadline).await;
-            // Logged here too: the caller may have stopped waiting.
-            if let Err(error) = &processed {
-                tracing::error!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request failed");
+            // Logged here too: the caller may have stopped waiting. A refusal of the request as
+            // asked (too little time, a bad field) is the caller's to mend, not the service's fault.
+            match &processed {
+                Err(error @ (Error::Refused(_) | Error::InvalidArgument { .. } | Error::NotFound(_))) => {
+                    tracing::info!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request refused");
+                }
+                Err(error) => {
+                    tracing::error!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request failed");
+                }
+                Ok(_) => {}
             }
             processed
         };

@@ -96,7 +96,8 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// Seconds a fetched page is reused, default 300.
     pub cache_ttl_secs: u64,
-    /// Deadline of one request to an institution, in milliseconds, default 10000.
+    /// Deadline of one request to an institution, in milliseconds, default 4000: a second attempt
+    /// fits within the gateway's default 10 s for the call.
     pub request_timeout_ms: u64,
     /// Attempts of one request to an institution, the first included, default 3.
     pub request_attempts: u32,
@@ -120,7 +121,7 @@ impl Default for Config {
             redis_url: None,
             redis_key_prefix: "aigronova:finquantum:".into(),
             cache_ttl_secs: 300,
-            request_timeout_ms: 10_000,
+            request_timeout_ms: 4_000,
             request_attempts: 3,
             purge_interval_secs: 60,
             revoked_data_retention_secs: 0,

@@ -28,6 +28,16 @@ use crate::store::{StoredAccount, StoredTransaction};
 pub const MODEL: &str = "credit-risk";
 /// Days of bank data a score looks at, ending at the latest ingestion.
 pub const WINDOW_DAYS: i64 = 90;
+
+/// Days a salary may come before its 30-day period of the window and still be that period's, when
+/// the period has none of its own: a payday moved forward by a weekend or a holiday, or drifting
+/// against 30-day periods over months of 31 days (a salary paid on the 3rd lands 31 days after the
+/// last one, at times).
+pub const PAYDAY_SLACK_DAYS: i64 = 5;
+
+/// Days of transactions before an account's balance that its summary reads: the window and the
+/// slack of its oldest period's salary.
+pub const SUMMARY_DAYS: i64 = WINDOW_DAYS + PAYDAY_SLACK_DAYS;
 /// Negative days in the window beyond which the checking account counts as overdrawn.
 pub const OVERDRAFT_DAYS_LIMIT: i32 = 15;
 /// Reasons a score gives at most.
@@ -230,7 +240,7 @@ pub struct BankSummary {
     /// Average end-of-day checking balance, in cents.
     pub average_balance_cents: i64,
     pub overdraft_days: i32,
-    /// Of the window's three 30-day months, those with a salary credit.
+    /// Of the window's three 30-day months, those with a salary credit (see [`AccountSummary::salaries`]).
     pub income_months: i32,
     /// Salary credits of the window ÷ 3, in cents.
     pub average_monthly_income_cents: i64,
@@ -247,7 +257,8 @@ pub struct AccountSummary {
     /// End-of-day balances walking back from the balance: `[0]` at the balance's time, `[d]` `d`
     /// days before, in cents.
     pub daily_balances: Vec<i64>,
-    /// Salary credits of the three 30-day periods before the balance, newest first, in cents.
+    /// Salary credits of the three 30-day periods before the balance, newest first, in cents (a
+    /// salary up to [`PAYDAY_SLACK_DAYS`] before a period that has none is that period's).
     pub salaries: [i64; 3],
 }
 
@@ -268,15 +279,45 @@ impl AccountSummary {
                 )
             })
             .collect();
-        let salaries = [0, 1, 2].map(|period| {
-            let to = at - Duration::days(30 * period);
-            let from = to - Duration::days(30);
-            clamped_sum(
-                own.iter().filter(|t| t.is_salary() && t.booked_at > from && t.booked_at <= to).map(|t| t.amount_cents),
-            )
+        let salaries = transactions.iter().filter(|t| {
+            t.belongs_to(account)
+                && t.is_salary()
+                && t.booked_at <= at
+                && t.booked_at > at - Duration::days(SUMMARY_DAYS)
         });
-        Some(Self { daily_balances, salaries })
+        Some(Self { daily_balances, salaries: salary_periods(at, salaries.map(|t| (t.booked_at, t.amount_cents))) })
     }
+}
+
+/// The salary credits of the three 30-day periods before `at`, newest first. Each period, newest
+/// first, takes the newest salary not taken yet from its own days, or, with none there, from the
+/// [`PAYDAY_SLACK_DAYS`] before them, so that a payday that moved counts for its month and no salary
+/// counts for two; salaries no period took count for the period they fall in, those of the slack
+/// before the window for none.
+fn salary_periods(at: DateTime<Utc>, salaries: impl Iterator<Item = (DateTime<Utc>, i64)>) -> [i64; 3] {
+    let mut salaries: Vec<(DateTime<Utc>, i64, bool)> = salaries.map(|(when, cents)| (when, cents, false)).collect();
+    salaries.sort_by_key(|(when, _, _)| std::cmp::Reverse(*when));
+    let mut periods = [0i64; 3];
+    for (period, total) in periods.iter_mut().enumerate() {
+        let end = at - Duration::days(30 * period as i64);
+        let start = end - Duration::days(30);
+        let early = start - Duration::days(PAYDAY_SLACK_DAYS);
+        let untaken_within = |salaries: &[(DateTime<Utc>, i64, bool)], from: DateTime<Utc>, to: DateTime<Utc>| {
+            salaries.iter().position(|(when, _, taken)| !taken && *when > from && *when <= to)
+        };
+        let found = untaken_within(&salaries, start, end).or_else(|| untaken_within(&salaries, early, start));
+        if let Some(index) = found {
+            salaries[index].2 = true;
+            *total = total.saturating_add(salaries[index].1);
+        }
+    }
+    for (when, cents, _) in salaries.iter().filter(|(_, _, taken)| !taken) {
+        let period = (at - *when).num_seconds().div_euclid(30 * 86_400);
+        if let Some(total) = usize::try_from(period).ok().and_then(|period| periods.get_mut(period)) {
+            *total = total.saturating_add(*cents);
+        }
+    }
+    periods
 }
 
 impl BankSummary {
@@ -978,6 +1019,36 @@ mod tests {
         assert_eq!((f["checking_status"], f["savings_status"]), (3.0, 3.0));
         // 100 a month against the 3000 salary seen, not the 1000 declared: under 10%.
         assert_eq!(f["installment_rate"], 1.0);
+    }
+
+    #[test]
+    fn a_salary_counts_for_its_month_when_its_payday_moved() {
+        let day = |text: &str| format!("{text}T12:00:00Z").parse::<DateTime<Utc>>().unwrap();
+        let periods = |at: &str, paid: &[&str]| salary_periods(day(at), paid.iter().map(|when| (day(when), 1000_00)));
+        // Paid on the 3rd, the balance on the 2nd at noon: March's salary is 30 days back, at the
+        // edge of the first 30-day period, February's in the second, January's in the third.
+        assert_eq!(periods("2026-04-02", &["2026-03-03", "2026-02-03", "2026-01-03"]), [1000_00; 3]);
+        // Paid on the last day of the month, or a day early for a weekend.
+        assert_eq!(periods("2026-05-15", &["2026-04-30", "2026-03-31", "2026-02-27"]), [1000_00; 3]);
+        // Every 30 days, as the periods are.
+        assert_eq!(periods("2026-04-02", &["2026-03-28", "2026-02-26", "2026-01-27"]), [1000_00; 3]);
+        // An advance mid-month and the rest at its end: every salary counts, each month has one.
+        assert_eq!(
+            periods(
+                "2026-04-02",
+                &["2026-03-30", "2026-03-15", "2026-02-27", "2026-02-13", "2026-01-30", "2026-01-15"]
+            ),
+            [2000_00; 3]
+        );
+        // A month without a salary stays without one: no salary counts for two months.
+        assert_eq!(periods("2026-04-02", &["2026-03-20", "2026-01-20"]), [1000_00, 0, 1000_00]);
+        assert_eq!(periods("2026-04-02", &["2026-03-31", "2026-03-01"]), [1000_00, 1000_00, 0]);
+        // Before the window, only within the slack and only for a period that has none.
+        assert_eq!(periods("2026-04-02", &["2026-03-20", "2026-02-20", "2025-12-31"]), [1000_00, 1000_00, 1000_00]);
+        assert_eq!(periods("2026-04-02", &["2026-03-20", "2026-02-20", "2026-01-20", "2025-12-31"]), [1000_00; 3]);
+        assert_eq!(periods("2026-04-02", &["2026-03-20", "2026-02-20", "2025-12-25"]), [1000_00, 1000_00, 0]);
+        // Nothing after the balance.
+        assert_eq!(periods("2026-04-02", &["2026-04-03"]), [0; 3]);
     }
 
     #[test]

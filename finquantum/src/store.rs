@@ -20,7 +20,7 @@ use sqlx::{Row, any::AnyRow};
 use crate::{
     consent::{ACCOUNTS_BALANCES_READ, ACCOUNTS_READ, ACCOUNTS_TRANSACTIONS_READ, Consent, ConsentStatus, Permissions},
     openfinance::{self, brasilia_date},
-    scoring::{AccountSummary, ReasonWords, WINDOW_DAYS},
+    scoring::{AccountSummary, ReasonWords, SUMMARY_DAYS},
 };
 
 /// An account as stored.
@@ -638,12 +638,14 @@ impl Store {
             .map_err(StoreError::from)?;
             inserted += result.rows_affected();
             if result.rows_affected() == 0 {
-                // Stored before: its name and type as masked now, should an earlier masking (or
-                // version) have missed a card.
+                // Stored before: as the institution has it now (a transaction it corrected, its
+                // amount, side or date), its name and type as masked now, should an earlier masking
+                // (or version) have missed a card.
                 let context = name_context(tenant_id, &consent.customer_id, &consent.institution, account_id);
                 let row = sqlx::query(
-                    "SELECT name, kind FROM transactions WHERE tenant_id = $1 AND customer_id = $2 \
-                     AND institution = $3 AND account_id = $4 AND transaction_id = $5",
+                    "SELECT name, kind, credit, amount_cents, currency, booked_at FROM transactions \
+                     WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 AND account_id = $4 \
+                     AND transaction_id = $5",
                 )
                 .bind(tenant_id)
                 .bind(&consent.customer_id)
@@ -653,23 +655,41 @@ impl Store {
                 .fetch_optional(&mut *transaction)
                 .await
                 .map_err(StoreError::from)?;
-                let stored: Option<(String, String)> = row
-                    .map(|row| Ok::<_, sqlx::Error>((row.try_get("name")?, row.try_get("kind")?)))
+                let facts = (
+                    i64::from(item.credit_debit_type == "CREDITO"),
+                    amount,
+                    item.transaction_amount.currency.clone(),
+                    time::stored(booked_at),
+                );
+                let stored: Option<(String, String, BookedFacts)> = row
+                    .map(|row| {
+                        let facts = (
+                            row.try_get("credit")?,
+                            row.try_get("amount_cents")?,
+                            row.try_get("currency")?,
+                            row.try_get("booked_at")?,
+                        );
+                        Ok::<_, sqlx::Error>((row.try_get("name")?, row.try_get("kind")?, facts))
+                    })
                     .transpose()
                     .map_err(StoreError::from)?;
-                let clear = stored.as_ref().is_some_and(|(stored, _)| !aigronova_platform::crypto::is_sealed(stored));
+                let clear =
+                    stored.as_ref().is_some_and(|(stored, _, _)| !aigronova_platform::crypto::is_sealed(stored));
                 // Compared as it was sealed, not as it is shown (masked again): one sealed with a card
                 // an earlier masking missed is sealed again, masked.
                 let current = stored
                     .as_ref()
-                    .map(|(stored, _)| opened(&cipher, &context, stored, "a transaction's name"))
+                    .map(|(stored, _, _)| opened(&cipher, &context, stored, "a transaction's name"))
                     .transpose()?
                     .flatten();
-                let kind_unmasked = stored.as_ref().is_some_and(|(_, kind)| *kind != item.kind);
-                if clear || kind_unmasked || current.is_some_and(|current| current != name) {
+                let kind_changed = stored.as_ref().is_some_and(|(_, kind, _)| *kind != item.kind);
+                let corrected = stored.as_ref().is_some_and(|(_, _, stored)| *stored != facts);
+                if clear || kind_changed || corrected || current.is_some_and(|current| current != name) {
+                    let (credit, amount_cents, currency, booked) = facts;
                     sqlx::query(
-                        "UPDATE transactions SET name = $6, kind = $7 WHERE tenant_id = $1 AND customer_id = $2 \
-                         AND institution = $3 AND account_id = $4 AND transaction_id = $5",
+                        "UPDATE transactions SET name = $6, kind = $7, credit = $8, amount_cents = $9, currency = $10, \
+                         booked_at = $11 WHERE tenant_id = $1 AND customer_id = $2 AND institution = $3 \
+                         AND account_id = $4 AND transaction_id = $5",
                     )
                     .bind(tenant_id)
                     .bind(&consent.customer_id)
@@ -678,6 +698,10 @@ impl Store {
                     .bind(&item.transaction_id)
                     .bind(cipher.seal(&context, &name))
                     .bind(&item.kind)
+                    .bind(credit)
+                    .bind(amount_cents)
+                    .bind(currency)
+                    .bind(booked)
                     .execute(&mut *transaction)
                     .await
                     .map_err(StoreError::from)?;
@@ -1430,7 +1454,12 @@ async fn summarize_account(
     Ok(())
 }
 
-/// The summary of `account` over the window before its balance at `at`, as stored JSON.
+/// A stored transaction's side (1 for a credit), amount in cents, currency and booking time, as
+/// stored: what an institution's correction of it may change.
+type BookedFacts = (i64, i64, String, String);
+
+/// The summary of `account` over the window before its balance at `at` (and the slack of its
+/// oldest salary), as stored JSON.
 async fn summary_of(
     connection: &mut sqlx::AnyConnection,
     cipher: &TenantCipher,
@@ -1449,7 +1478,7 @@ async fn summary_of(
     .bind(customer_id)
     .bind(&account.institution)
     .bind(&account.account_id)
-    .bind(time::stored(at - chrono::Duration::days(WINDOW_DAYS)))
+    .bind(time::stored(at - chrono::Duration::days(SUMMARY_DAYS)))
     .fetch_all(&mut *connection)
     .await?;
     let transactions =

@@ -16,14 +16,17 @@ use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
 const ALLOWED_METHODS: [Method; 5] = [Method::GET, Method::HEAD, Method::POST, Method::PATCH, Method::DELETE];
 
 /// The answer's fields a page's script may read: the request id and the trace to quote, the
-/// challenge of a 401 or 403, how long to wait after a 429 or 503, and the rate limits' state.
-const EXPOSED_HEADERS: [HeaderName; 6] = [
+/// challenge of a 401 or 403, how long to wait after a 429 or 503, the rate limits' state, where a
+/// created resource is, and the name a PDF is saved under.
+const EXPOSED_HEADERS: [HeaderName; 8] = [
     HeaderName::from_static("x-request-id"),
     HeaderName::from_static("traceresponse"),
     header::WWW_AUTHENTICATE,
     header::RETRY_AFTER,
     HeaderName::from_static("ratelimit"),
     HeaderName::from_static("ratelimit-policy"),
+    header::LOCATION,
+    header::CONTENT_DISPOSITION,
 ];
 
 /// `[gateway.cors]`. With no origins, the gateway sends no CORS headers and browsers keep other

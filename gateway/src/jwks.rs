@@ -17,7 +17,7 @@ use aigronova_platform::config::redacted;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
     Algorithm, DecodingKey,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse},
 };
 
 /// How long one fetch of the JWKS may take.
@@ -302,6 +302,11 @@ fn usable_key(value: serde_json::Value) -> Option<(String, VerificationKey)> {
     if jwk.common.public_key_use.as_ref().is_some_and(|usage| *usage != PublicKeyUse::Signature) {
         return None;
     }
+    // Operations listed (RFC 7517 §4.3) must include verifying signatures.
+    if jwk.common.key_operations.as_ref().is_some_and(|operations| !operations.contains(&KeyOperations::Verify)) {
+        tracing::debug!(kid, "JWKS key skipped: its `key_ops` do not include `verify`");
+        return None;
+    }
     let kind = match &jwk.algorithm {
         AlgorithmParameters::RSA(rsa) if modulus_bits(&rsa.n)? >= MIN_RSA_MODULUS_BITS => KeyKind::Rsa,
         AlgorithmParameters::EllipticCurve(ec)
@@ -386,6 +391,18 @@ mod tests {
                 "encryption key",
                 serde_json::json!({"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": point, "use": "enc"}),
             ),
+            (
+                "key for encryption operations",
+                serde_json::json!({"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": point, "key_ops": ["encrypt"]}),
+            ),
+            (
+                "key for signing only",
+                serde_json::json!({"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": point, "key_ops": ["sign"]}),
+            ),
+            (
+                "key for no operation",
+                serde_json::json!({"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": point, "key_ops": []}),
+            ),
             ("no kid", serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": point})),
             ("short Ed25519 key", serde_json::json!({"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": "AAAA"})),
             (
@@ -403,5 +420,8 @@ mod tests {
         let ed25519 = serde_json::json!({"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": point, "alg": "EdDSA"});
         let (kid, key) = usable_key(ed25519).expect("an Ed25519 signing key is usable");
         assert_eq!((kid.as_str(), key.kind), ("a", KeyKind::Ed25519));
+        let verifying =
+            serde_json::json!({"kty": "OKP", "kid": "b", "crv": "Ed25519", "x": point, "key_ops": ["verify"]});
+        assert!(usable_key(verifying).is_some(), "a key whose operations include verify is usable");
     }
 }

@@ -197,6 +197,10 @@ enum TokenError {
     MissingClaim(String),
     #[error("the token's {0:?} claim is malformed")]
     MalformedClaim(String),
+    /// RFC 7519 §4: claim names are unique; a parser that read only one of two would let the other
+    /// say something else to whoever reads the token next.
+    #[error("the token names the {0:?} claim more than once")]
+    RepeatedClaim(String),
     #[error("the token's tenant is not known to this gateway")]
     UnknownTenant,
 }
@@ -324,6 +328,9 @@ impl JwtAuthenticator {
                 error => error,
             })?
             .claims;
+        if let Some(claim) = token.split('.').nth(1).and_then(repeated_claim) {
+            return Err(TokenError::RepeatedClaim(claim));
+        }
         self.claims(claims)
     }
 
@@ -420,6 +427,43 @@ fn unverified_iat(token: &str) -> Option<i64> {
     serde_json::from_slice::<Map<String, Value>>(&payload).ok()?.get("iat")?.as_i64()
 }
 
+/// The first claim name the token's payload (`payload`, base64url) names twice, escapes read:
+/// `"tenant_id"` and `"tenant\u005fid"` are one name.
+fn repeated_claim(payload: &str) -> Option<String> {
+    struct FirstRepeated(Option<String>);
+
+    impl<'de> Deserialize<'de> for FirstRepeated {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_map(FirstRepeatedVisitor)
+        }
+    }
+
+    struct FirstRepeatedVisitor;
+
+    impl<'de> serde::de::Visitor<'de> for FirstRepeatedVisitor {
+        type Value = FirstRepeated;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<FirstRepeated, A::Error> {
+            let mut names = std::collections::HashSet::new();
+            let mut repeated = None;
+            while let Some(name) = members.next_key::<String>()? {
+                members.next_value::<serde::de::IgnoredAny>()?;
+                if repeated.is_none() && !names.insert(name.clone()) {
+                    repeated = Some(name);
+                }
+            }
+            Ok(FirstRepeated(repeated))
+        }
+    }
+
+    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<FirstRepeated>(&json).ok()?.0
+}
+
 fn unix_seconds(at: std::time::SystemTime) -> i64 {
     at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64)
 }
@@ -477,6 +521,21 @@ mod tests {
             ("ftp://127.0.0.1/jwks.json", false),
         ] {
             assert_eq!(keys_may_come_from(&reqwest::Url::parse(url).unwrap()), allowed, "{url}");
+        }
+    }
+
+    #[test]
+    fn a_claim_named_twice_is_found_however_it_is_spelled() {
+        let encoded = |json: &str| URL_SAFE_NO_PAD.encode(json);
+        for (payload, repeated) in [
+            (r#"{"sub":"a","tenant_id":"t1","tenant_id":"t2"}"#, Some("tenant_id")),
+            (r#"{"tenant_id":"t1","tenant\u005fid":"t2"}"#, Some("tenant_id")),
+            (r#"{"scope":"a","aud":"x","scope":{"nested":1},"aud":"y"}"#, Some("scope")),
+            (r#"{"sub":"a","tenant_id":"t1","extra":{"k":1,"k":2}}"#, None),
+            (r#"{"sub":"a","tenant_id":"t1"}"#, None),
+            ("not json", None),
+        ] {
+            assert_eq!(repeated_claim(&encoded(payload)).as_deref(), repeated, "{payload}");
         }
     }
 

@@ -300,21 +300,28 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     Ok(response)
 }
 
-/// A PDF is shown in place, with a name to save it under made of its path's last two segments
-/// (`…/assessments/{id}/report` → `{id}-report.pdf`, `…/statements/2026-10` →
-/// `statements-2026-10.pdf`), each kept to letters, digits, dots, dashes and underscores.
+/// A PDF or an image is shown in place, with a name to save it under made of its path's last two
+/// segments and its type's extension (`…/assessments/{id}/report` → `{id}-report.pdf`,
+/// `…/statements/2026-10` → `statements-2026-10.pdf`, `…/images/{id}` → `images-{id}.jpg`,
+/// `…/images/{id}/thumbnail` → `{id}-thumbnail.png`), each kept to letters, digits, dots, dashes
+/// and underscores.
 fn document_disposition(path: &str, headers: &HeaderMap) -> Option<HeaderValue> {
-    let pdf = headers.get(header::CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/pdf"));
-    if !pdf {
-        return None;
-    }
+    let content_type = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let extension = match essence.as_str() {
+        "application/pdf" => "pdf",
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        "application/dicom" => "dcm",
+        _ => return None,
+    };
     let segments: Vec<&str> = path.split('/').filter(|segment| !segment.is_empty()).collect();
     let name: String = segments[segments.len().saturating_sub(2)..]
         .join("-")
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
         .collect();
-    HeaderValue::from_str(&format!("inline; filename=\"{name}.pdf\"")).ok()
+    HeaderValue::from_str(&format!("inline; filename=\"{name}.{extension}\"")).ok()
 }
 
 /// Whether a model call keeps its unit of quota: when the service answered OK, and when its
@@ -481,9 +488,11 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     // Answers are the media type they say: a browser does not guess another (an uploaded
     // image, a report).
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    // A body given up on (too slow, too large) is not read to its end: the connection closes
+    // A body given up on (too slow, too large, in a coding not read) is not read to its end: the connection closes
     // after the answer, and the answer says so (RFC 9110 section 15.5.9).
-    if http1 && matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE) {
+    if http1
+        && matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::NOT_IMPLEMENTED)
+    {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Neither a browser nor a shared cache keeps personal data or a key shown once; an answer
@@ -597,6 +606,30 @@ fn refused_early(request: &Request) -> Option<Problem> {
     {
         return Some(Problem::bad_request("an HTTP/1.1 request names its host in one Host field (RFC 9112 §3.2)"));
     }
+    if request.headers().get(header::HOST).is_some_and(|host| !is_host_field(host)) {
+        return Some(Problem::bad_request(
+            "the Host field must be a host and an optional port, `api.example.com:443`, or empty (RFC 9112 §3.2)",
+        ));
+    }
+    // Chunked is the one transfer coding read (RFC 9112 §6.1): a compressed body says so in
+    // Content-Encoding, which the gateway inflates within the body limit.
+    let unknown_coding = request
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("chunked"));
+    if let Some(coding) = unknown_coding {
+        let coding: String = coding.chars().take(40).collect();
+        return Some(Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            format!(
+                "the transfer coding {coding:?} is not implemented: send the body as it is or chunked, and a \
+                 compressed one with Content-Encoding (gzip, deflate or br)"
+            ),
+        ));
+    }
     let target = request.uri().path_and_query().map_or(0, |target| target.as_str().len());
     if target > MAX_URI_BYTES {
         return Some(Problem::new(
@@ -611,6 +644,21 @@ fn refused_early(request: &Request) -> Option<Problem> {
             format!("the header fields are {headers} bytes; the gateway reads at most {MAX_HEADER_BYTES}"),
         )
     })
+}
+
+/// Whether a Host field's value is a host with an optional port, without user information, or
+/// empty (RFC 9112 §3.2: what a client sends when the target has no authority).
+fn is_host_field(value: &HeaderValue) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    let Some(authority) = value.to_str().ok().and_then(|value| value.parse::<axum::http::uri::Authority>().ok()) else {
+        return false;
+    };
+    let Some(port) = authority.as_str().strip_prefix(authority.host()) else { return false };
+    !authority.host().is_empty()
+        && (port.is_empty()
+            || port.strip_prefix(':').is_some_and(|port| port.is_empty() || port.parse::<u16>().is_ok()))
 }
 
 /// One JSON log line a request, and a span that continues the caller's W3C trace. Neither holds
@@ -711,5 +759,15 @@ mod tests {
         assert_eq!(decode_unreserved("/%4"), None);
         // Other bytes are kept as they came: UTF-8 stays UTF-8.
         assert_eq!(decode_unreserved("/é%41").as_deref(), Some("/éA"));
+    }
+
+    #[test]
+    fn a_host_field_is_a_host_and_an_optional_port() {
+        for host in ["api.example.com", "127.0.0.1:8080", "[::1]:8080", "[::1]", "localhost:", ""] {
+            assert!(is_host_field(&HeaderValue::from_static(host)), "{host:?}");
+        }
+        for host in ["a b", "user@api.example.com", "api.example.com:http", "api.example.com:99999", ":8080", "a/b"] {
+            assert!(!is_host_field(&HeaderValue::from_static(host)), "{host:?}");
+        }
     }
 }

@@ -111,7 +111,8 @@ pub fn declared_type(content_type: &str) -> Result<Option<MediaType>, Error> {
                     content decide";
     match essence.as_str() {
         "image/png" => Ok(Some(MediaType::Png)),
-        "image/jpeg" => Ok(Some(MediaType::Jpeg)),
+        // `image/jpg` is no registered type, but many clients send it for a JPEG.
+        "image/jpeg" | "image/jpg" => Ok(Some(MediaType::Jpeg)),
         "application/dicom" => Ok(Some(MediaType::Dicom)),
         UNSPECIFIED => Ok(None),
         "" => Err(Error::invalid("Content-Type", format!("is required: {accepted}"))),
@@ -123,7 +124,7 @@ pub fn declared_type(content_type: &str) -> Result<Option<MediaType>, Error> {
 /// one. Refuses bytes of no known type (naming the `body`) and a declared type the bytes are not
 /// (naming the `Content-Type`).
 pub fn recognise(bytes: &[u8], declared: Option<MediaType>) -> Result<MediaType, Error> {
-    let media_type = MediaType::detect(bytes).ok_or_else(unrecognised)?;
+    let media_type = MediaType::detect(bytes).ok_or_else(|| unrecognised(bytes))?;
     match declared {
         Some(declared) if declared != media_type => {
             Err(Error::invalid("Content-Type", format!("the body is {}, not {declared}", media_type.described())))
@@ -132,7 +133,20 @@ pub fn recognise(bytes: &[u8], declared: Option<MediaType>) -> Result<MediaType,
     }
 }
 
-fn unrecognised() -> Error {
+/// The refusal of bytes of no known type; one that reads as a DICOM data set without the file
+/// header (its magic `DICM` first, or an explicit VR element of group 0002 or 0008) is told so.
+fn unrecognised(bytes: &[u8]) -> Error {
+    let headerless_dicom = bytes.starts_with(b"DICM")
+        || (bytes.len() >= 8
+            && matches!(bytes[..2], [0x02, 0x00] | [0x08, 0x00])
+            && bytes[4..6].iter().all(u8::is_ascii_uppercase));
+    if headerless_dicom {
+        return Error::invalid(
+            "body",
+            "reads as a DICOM data set without the file header a DICOM file begins with (a 128-byte preamble, \
+             then DICM and the file meta information, PS3.10): save it as a DICOM file",
+        );
+    }
     Error::invalid("body", "is not a PNG, JPEG or DICOM image (judged by its content)")
 }
 
@@ -859,7 +873,7 @@ fn decoder_message(error: &image::ImageError) -> String {
 ///
 /// Call it on a blocking thread, holding a permit of [`EXAMINATIONS`].
 pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
-    let media_type = MediaType::detect(bytes).ok_or_else(unrecognised)?;
+    let media_type = MediaType::detect(bytes).ok_or_else(|| unrecognised(bytes))?;
     let format = match media_type {
         MediaType::Png => ImageFormat::Png,
         MediaType::Jpeg => ImageFormat::Jpeg,
@@ -997,6 +1011,26 @@ mod tests {
                 assert_eq!(reason, "starts as image/png but is damaged: its IHDR chunk fails its CRC");
             }
             other => panic!("a PNG with a bad checksum: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dicom_data_set_without_its_file_header_is_told_so() {
+        let dicom = include_bytes!("../../tests/fixtures/minimal.dcm");
+        assert!(matches!(recognise(dicom, None), Ok(MediaType::Dicom)));
+        // Without the preamble, and without the preamble and DICM: the file meta information first.
+        for headerless in [&dicom[PREAMBLE..], &dicom[PREAMBLE + 4..]] {
+            match recognise(headerless, None) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "body");
+                    assert!(reason.contains("without the file header"), "{reason}");
+                }
+                other => panic!("a headerless data set: {other:?}"),
+            }
+        }
+        match recognise(b"GIF89a\x01\x00\x01\x00", None) {
+            Err(Error::InvalidArgument { reason, .. }) => assert!(reason.starts_with("is not a PNG, JPEG or DICOM")),
+            other => panic!("a GIF: {other:?}"),
         }
     }
 

@@ -57,6 +57,10 @@ impl PatientName {
         if name.0.chars().any(|c| matches!(c, '\u{2028}' | '\u{2029}')) {
             return Err(Error::invalid("name", "must not contain control characters"));
         }
+        // A mark with no letter before it to sit on shows on nothing, or on what comes before the name.
+        if name.0.chars().next().is_some_and(is_combining_mark) {
+            return Err(Error::invalid("name", "must not start with a combining mark"));
+        }
         let joiner = |c: char| matches!(c, '\u{200c}' | '\u{200d}');
         let invisible = name.0.chars().find(|c| aigronova_platform::text::is_invisible(*c) && !joiner(*c));
         if let Some(invisible) = invisible {
@@ -150,13 +154,28 @@ impl fmt::Display for BirthDate {
 }
 
 /// An e-mail address: trimmed, at most 254 characters, one `@` with text on both sides and a dot
-/// in the domain, no spaces or control characters.
+/// in the domain, no spaces, control, bidirectional or invisible characters.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
     /// `None` for an empty value (no e-mail).
     pub fn parse(value: &str) -> Result<Option<Self>, Error> {
+        let hidden = value
+            .chars()
+            .find(|c| aigronova_platform::text::is_bidi_control(*c) || aigronova_platform::text::is_invisible(*c));
+        if let Some(hidden) = hidden {
+            return Err(Error::invalid(
+                "email",
+                format!("must not contain invisible or bidirectional characters (U+{:04X})", u32::from(hidden)),
+            ));
+        }
+        Self::stored(value)
+    }
+
+    /// An address as stored: the rules of [`Self::parse`] but the one on invisible and
+    /// bidirectional characters, which addresses stored before it may hold.
+    pub fn stored(value: &str) -> Result<Option<Self>, Error> {
         let email = value.trim();
         if email.is_empty() {
             return Ok(None);
@@ -366,7 +385,8 @@ impl PatientChanges {
     }
 }
 
-/// The lower-case, accent-free form of a name, for prefix searches: lower-cased, decomposed with
+/// The lower-case, accent-free form of a name, for prefix searches: its apostrophes and hyphens
+/// each written one way (`’` and `ʼ` as `'`, `‑` and `–` as `-`), lower-cased, decomposed with
 /// its compatibility forms (NFKD: `ﬁ` is `fi`, a full-width `Ｆ` an `f`), stripped of combining marks, with the Latin letters that have no decomposition read as
 /// their base letters (`ł` as `l`, `ø` as `o`, `æ` as `ae`, `ß` as `ss`; Catalan's middle dot dropped) and with each run of white space made one space, so that a name matches whether it was sent
 /// composed or decomposed, with or without its accents, and however many spaces were typed
@@ -377,6 +397,13 @@ pub fn searchable(name: &str) -> String {
     let letters = name
         .chars()
         .filter(|c| !aigronova_platform::text::is_invisible(*c))
+        // An apostrophe or a hyphen is found however it was typed (`D’Ávila` by `d'av`), read
+        // before the decomposition turns an acute accent typed for one into a space and a mark.
+        .map(|c| match c {
+            c if is_apostrophe(c) => '\'',
+            '\u{2010}' | '\u{2011}' | '\u{2012}' | '\u{2013}' | '\u{2212}' => '-',
+            c => c,
+        })
         .flat_map(char::to_lowercase)
         .nfkd()
         .filter(|c| !is_combining_mark(*c) && !aigronova_platform::text::is_invisible(*c));
@@ -387,6 +414,12 @@ pub fn searchable(name: &str) -> String {
         }
     }
     folded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Whether `c` is written for an apostrophe: the typographic ones, the modifier letter, the acute
+/// and grave accents typed in its place, the full-width one.
+fn is_apostrophe(c: char) -> bool {
+    matches!(c, '\u{2018}' | '\u{2019}' | '\u{201b}' | '\u{2032}' | '\u{02bc}' | '\u{00b4}' | '`' | '\u{ff07}')
 }
 
 /// The base letters a lower-case Latin letter without a decomposition is read as.
@@ -469,6 +502,16 @@ mod tests {
         for bad in ["maria", "maria@", "@exemplo.com", "maria@exemplo", "ma ria@exemplo.com", "a@b@c.com"] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
+        for hidden in ["maria\u{202e}@exemplo.com", "ma\u{200b}ria@exemplo.com", "maria@exemplo.com\u{feff}"] {
+            match Email::parse(hidden) {
+                Err(Error::InvalidArgument { field, reason }) => {
+                    assert_eq!(field, "email");
+                    assert!(reason.contains("invisible or bidirectional"), "{reason}");
+                }
+                other => panic!("{hidden:?} was taken: {other:?}"),
+            }
+            assert!(Email::stored(hidden).is_ok(), "{hidden:?} as stored");
+        }
         assert_eq!(Phone::parse("+55 (11) 91234-5678").unwrap().unwrap().as_str(), "+55 (11) 91234-5678");
         for bad in ["1234", "+55 11 9abc-5678", "1234567890123456"] {
             assert!(Phone::parse(bad).is_err(), "{bad:?}");
@@ -494,6 +537,15 @@ mod tests {
             assert_eq!((searchable(composed).as_str(), searchable(decomposed).as_str()), (key, key), "{composed}");
         }
         assert_eq!(searchable("E\u{301}rica Souza"), "erica souza");
+        for typed in ["D’Ávila", "D'Avila", "D\u{2bc}avila", "D´Ávila", "D`avila"] {
+            assert_eq!(searchable(typed), "d'avila", "{typed}");
+        }
+        assert_eq!(searchable("Ana\u{2011}Maria Souza\u{2013}Lima"), "ana-maria souza-lima");
+        assert!(matches!(
+            PatientName::parse("\u{301}Erica"),
+            Err(Error::InvalidArgument { field, reason }) if field == "name" && reason.contains("combining mark")
+        ));
+        assert!(PatientName::parse("E\u{301}rica").is_ok());
         assert!(searchable("E\u{301}rica").starts_with(&searchable("eri")));
         assert!(searchable("Érica").starts_with(&searchable("E\u{301}ri")));
         // `İ` lower-cases to `i` and a combining dot above.

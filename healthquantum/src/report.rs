@@ -20,11 +20,12 @@ pub(crate) fn render(patient: &Patient, assessment: &Assessment, manifest: Optio
     pdf.field("Avaliação / Assessment", &assessment.id);
     pdf.field("Data / Date", &assessment.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     pdf.field("Modelo / Model", &format!("{} v{}", assessment.model, assessment.model_version));
+    let figure = output_figure(assessment.output, manifest);
     let output = if assessment.regression {
-        format!("predicted value {:.4}", assessment.output)
+        format!("predicted value {figure}")
     } else {
         let class = manifest.map_or("the positive class", |manifest| manifest.positive_class.as_str());
-        format!("probability of {class} {:.4}", assessment.output)
+        format!("probability of {class} {figure}")
     };
     pdf.field("Saída / Output", &output);
     pdf.field("Faixa de risco / Risk band", &assessment.risk_band);
@@ -99,6 +100,18 @@ fn model_card(pdf: &mut PdfDocument, manifest: &Manifest) {
     pdf.monospace(&format!("sha256 {}", manifest.sha256));
 }
 
+/// The model's output to four decimals, or to as many more as keep the printed figure in the band
+/// the output is in: 99.99998 in a band below 100 prints as 99.99998, not as 100.0000, the bound of
+/// the next band. Without the card, whose bands are not known here, every digit the value holds.
+fn output_figure(output: f64, manifest: Option<&Manifest>) -> String {
+    let Some(manifest) = manifest else { return format!("{output}") };
+    let band = manifest.risk_band(output);
+    (4..=17)
+        .map(|decimals| format!("{output:.decimals$}"))
+        .find(|figure| figure.parse().is_ok_and(|printed| manifest.risk_band(printed) == band))
+        .unwrap_or_else(|| format!("{output}"))
+}
+
 /// An input as sent, in a form a page holds: in scientific notation when very small or very large
 /// (`1e-320` rather than 320 decimal places).
 fn input_value(value: f64) -> String {
@@ -108,6 +121,31 @@ fn input_value(value: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn manifest(json: &str) -> Manifest {
+        serde_json::from_str(json).expect("a model's manifest")
+    }
+
+    #[test]
+    fn an_output_prints_in_the_band_it_is_in() {
+        let diabetes = manifest(include_str!("../../models/diabetes-progression/1/manifest.json"));
+        let breast = manifest(include_str!("../../models/breast-cancer/1/manifest.json"));
+        let cases = [
+            (&diabetes, 99.99998, "99.99998", "low"),
+            (&diabetes, 100.0, "100.0000", "moderate"),
+            (&diabetes, 151.123456, "151.1235", "moderate"),
+            (&diabetes, 199.999999999, "199.999999999", "moderate"),
+            (&breast, 0.49998897, "0.49999", "moderate"),
+            (&breast, 0.5, "0.5000", "high"),
+            (&breast, 0.19999, "0.19999", "low"),
+            (&breast, 0.031, "0.0310", "low"),
+        ];
+        for (manifest, output, figure, band) in cases {
+            assert_eq!(manifest.risk_band(output), band, "{output}");
+            assert_eq!(output_figure(output, Some(manifest)), figure, "{output}");
+        }
+        assert_eq!(output_figure(0.49998897, None), "0.49998897");
+    }
 
     #[test]
     fn inputs_print_in_a_form_a_page_holds() {

@@ -105,6 +105,17 @@ pub struct Manifest {
     pub limitations: String,
 }
 
+impl Manifest {
+    /// The band `output` falls in: the first whose upper bound it is below, else the last.
+    pub fn risk_band(&self, output: f64) -> &str {
+        self.risk_bands
+            .iter()
+            .find(|band| output < band.upper)
+            .or(self.risk_bands.last())
+            .map_or("unknown", |band| band.name.as_str())
+    }
+}
+
 /// Where the training data came from, and under which licence.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TrainingData {
@@ -510,12 +521,7 @@ impl Model {
 
     /// The manifest's band for `probability`.
     pub fn risk_band(&self, probability: f64) -> &str {
-        self.manifest
-            .risk_bands
-            .iter()
-            .find(|band| probability < band.upper)
-            .or(self.manifest.risk_bands.last())
-            .map_or("unknown", |band| band.name.as_str())
+        self.manifest.risk_band(probability)
     }
 }
 

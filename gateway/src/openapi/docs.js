@@ -121,6 +121,11 @@
     if (resolved.minLength !== undefined) notes.push("at least " + count(resolved.minLength, "character"));
     if (resolved.maxLength !== undefined) notes.push("at most " + count(resolved.maxLength, "character"));
     if (resolved.minItems !== undefined) notes.push("at least " + count(resolved.minItems, "item"));
+    if (resolved.maxItems !== undefined) notes.push("at most " + count(resolved.maxItems, "item"));
+    if (resolved.minimum !== undefined) notes.push("from " + resolved.minimum);
+    if (resolved.exclusiveMinimum !== undefined) notes.push("above " + resolved.exclusiveMinimum);
+    if (resolved.maximum !== undefined) notes.push("up to " + resolved.maximum);
+    if (resolved.exclusiveMaximum !== undefined) notes.push("below " + resolved.exclusiveMaximum);
     if (resolved.deprecated) notes.push("deprecated");
     return notes.join("; ");
   }
@@ -277,7 +282,13 @@
       link.href = "#" + id;
       toc.append(link);
     }
-    const wanted = decodeURIComponent(location.hash.slice(1));
+    // A fragment typed or pasted by hand may hold a `%` that starts no escape: read it as written.
+    let wanted = location.hash.slice(1);
+    try {
+      wanted = decodeURIComponent(wanted);
+    } catch (malformed) {
+      // kept as written
+    }
     const target = wanted && document.getElementById(wanted);
     if (target && target.tagName === "DETAILS") {
       target.open = true;

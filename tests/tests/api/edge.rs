@@ -42,11 +42,20 @@ async fn cors_allows_the_configured_origin_only() {
         app.client.get(app.url("/healthz")).header("origin", "https://app.acme.com.br").send().await.unwrap();
     assert_eq!(response.headers()["access-control-allow-origin"], "https://app.acme.com.br");
     // What a page's script needs to read of an answer: the id to quote, the challenge of a 401 or
-    // 403, how long to wait, and the rate limits.
+    // 403, how long to wait, the rate limits, a created resource's place and a PDF's name.
     let exposed = response.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
     assert_eq!(
         names(&exposed.to_ascii_lowercase()),
-        ["ratelimit", "ratelimit-policy", "retry-after", "traceresponse", "www-authenticate", "x-request-id"],
+        [
+            "content-disposition",
+            "location",
+            "ratelimit",
+            "ratelimit-policy",
+            "retry-after",
+            "traceresponse",
+            "www-authenticate",
+            "x-request-id"
+        ],
         "{exposed}"
     );
     // An answer to no origin, or to one not allowed, exposes nothing, but tells caches it depends on it.
@@ -241,7 +250,7 @@ async fn metrics_count_requests_per_route_and_upstream_for_authorised_scrapers()
 async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document() {
     let app = spawn_app(Backend::Sqlite).await;
     let tenant = app.create_tenant("Edge").await;
-    let key = app.create_key(&tenant, &["health:read"]).await;
+    let key = app.create_key(&tenant, &["health:read", "health:write"]).await;
     let get = |query: String| {
         app.client.get(app.url(&format!("/v1/health/patients?namePrefix={query}"))).bearer_auth(&key).send()
     };
@@ -310,6 +319,38 @@ async fn an_overlong_target_or_header_section_is_refused_with_a_problem_document
         let answer = answer_to(format!("GET /healthz HTTP/1.1\r\n{hosts}connection: close\r\n\r\n")).await;
         assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("one Host field"), "{hosts:?}: {answer}");
     }
+    // A Host field that holds no host and port is refused, an empty one taken (RFC 9112 §3.2).
+    for host in ["a b", "user@localhost", "localhost:http"] {
+        let answer = answer_to(format!("GET /healthz HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("a host and an optional port"),
+            "{host}: {answer}"
+        );
+    }
+    let answer = answer_to("GET /healthz HTTP/1.1\r\nhost: \r\nconnection: close\r\n\r\n".to_owned()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A transfer coding other than chunked is not read: 501, and nothing reaches the service.
+    let body = json!({"name": "Maria", "cpf": "52998224725", "birthDate": "1980-02-29"}).to_string();
+    let answer = answer_to(format!(
+        "POST /v1/health/patients HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ntransfer-encoding: gzip, chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    ))
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 501") && answer.contains(r#"the transfer coding \"gzip\" is not implemented"#),
+        "{answer}"
+    );
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    // The same body chunked alone is taken.
+    let answer = answer_to(format!(
+        "POST /v1/health/patients HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    ))
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(app.count_health_rows("patients").await, 1);
 
     // The same over HTTP/1.1 and HTTP/2, whose header lists the HTTP server reads up to 64 KiB.
     let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();

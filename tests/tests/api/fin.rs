@@ -901,6 +901,72 @@ async fn a_balance_taken_before_the_month_is_walked_forward_to_it() {
     app.stop().await;
 }
 
+/// A transaction the institution corrects, its amount, side or date under the same id, is stored as
+/// the institution has it now, not as it was first fetched.
+#[tokio::test]
+async fn a_transaction_the_institution_corrects_is_stored_as_corrected() {
+    use chrono::Datelike;
+
+    let today = (chrono::Utc::now() - chrono::Duration::hours(3)).date_naive();
+    let last_month = today.with_day(1).unwrap() - chrono::Months::new(1);
+    let noon = |day: chrono::NaiveDate| format!("{day}T15:00:00Z");
+    let profile = |credit: bool, amount: &str, day: u64| Profile {
+        accounts: vec![FakeAccount {
+            id: "acc-corrected".into(),
+            kind: "CONTA_DEPOSITO_A_VISTA".into(),
+            brand_name: "Banco Teste".into(),
+            number: "94088392".into(),
+            balance: "1000.00".into(),
+            balance_at: Some(noon(today)),
+            transactions: vec![FakeTransaction::new(
+                "tx-corrected",
+                credit,
+                "PIX",
+                amount,
+                &noon(last_month + chrono::Days::new(day)),
+            )],
+        }],
+        ..Profile::default()
+    };
+    let bank = Institution::start().await;
+    let url = bank.serve("banco-a", profile(false, "100.00", 4));
+    // Pages fetched are reused for a second: the next ingestion after it reads the correction.
+    let app = spawn_app_with(Backend::Sqlite, move |config| {
+        config.finquantum.institutions = [("banco-a".to_owned(), url)].into_iter().collect();
+        config.finquantum.cache_ttl_secs = 1;
+    })
+    .await;
+    let tenant = app.create_tenant_on("Financeira Estorno", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    let granted = consent(&app, &key, &cpf(737_373_737), "banco-a", ALL).await;
+    let (consent_id, customer) = (granted["id"].as_str().unwrap(), granted["customerId"].as_str().unwrap());
+    let path = format!("/v1/fin/customers/{customer}/statements/{}", last_month.format("%Y-%m"));
+    let transactions = || async {
+        let statement: Value = app.get(&path, &key).await.json().await.unwrap();
+        let account = &statement["accounts"][0];
+        let transactions = account["transactions"].as_array().unwrap().clone();
+        (transactions, account["totalCredits"].clone(), account["totalDebits"].clone())
+    };
+
+    assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
+    let (first, _, debits) = transactions().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!((&first[0]["amount"], &debits), (&json!("100.00"), &json!("100.00")), "{first:?}");
+    assert_eq!(first[0]["date"], (last_month + chrono::Days::new(4)).to_string());
+
+    // The same id, now a credit of another amount two days later.
+    bank.serve("banco-a", profile(true, "80.00", 6));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(ingest(&app, &key, consent_id).await.status(), 200);
+    let (corrected, credits, debits) = transactions().await;
+    assert_eq!(corrected.len(), 1, "{corrected:?}");
+    assert_eq!(corrected[0]["amount"], "80.00", "{corrected:?}");
+    assert_eq!(corrected[0]["creditDebitType"], "CREDITO", "{corrected:?}");
+    assert_eq!(corrected[0]["date"], (last_month + chrono::Days::new(6)).to_string());
+    assert_eq!((credits, debits), (json!("80.00"), json!("0.00")));
+    app.stop().await;
+}
+
 /// An institution's failures are its own: an answer outside the Open Finance shapes is a 502 and is
 /// not kept for the next ingestion, and however many ingestions fail, even past the gateway's
 /// deadline for finquantum, finquantum's circuit at the gateway stays closed.

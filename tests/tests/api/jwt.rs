@@ -200,6 +200,19 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
         let problem = assert_invalid_token(app.post("/v1/health/patients", &rsa.sign(&claims), &patient()).await).await;
         assert_eq!(problem["detail"], detail);
     }
+    // A claim named twice, however escaped, is refused: the gateway does not pick one of the two.
+    let other = app.create_tenant("Outra clínica").await;
+    let payload = Value::Object(claims.clone()).to_string();
+    for repeated in [format!(r#""tenant_id":"{other}""#), format!(r#""tenant\u005fid":"{other}""#)] {
+        let token = rsa.sign_payload(&format!("{},{repeated}}}", payload.strip_suffix('}').unwrap()));
+        let problem = assert_invalid_token(app.post("/v1/health/patients", &token, &patient()).await).await;
+        assert_eq!(problem["detail"], r#"the token names the "tenant_id" claim more than once"#, "{repeated}");
+    }
+    assert_eq!(
+        app.post("/v1/health/patients", &rsa.sign_payload(&payload), &patient()).await.status(),
+        200,
+        "the same payload without the repeated claim is taken"
+    );
     // A credential shaped as no JWT can be is told it is a malformed token, not an unknown API key.
     let header = b64(&json!({"typ": "JWT", "kid": "rsa-1"}));
     for malformed in [
@@ -217,7 +230,7 @@ async fn forged_expired_and_misdirected_tokens_get_401_invalid_token() {
     // Without a credential, both kinds it takes are named.
     let missing = assert_problem(app.client.get(app.url("/v1/health/models")).send().await.unwrap(), 401).await;
     assert_eq!(missing["detail"], "send an API key or a token as `Authorization: Bearer <key or token>`");
-    assert_eq!(app.count_health_rows("patients").await, 0);
+    assert_eq!(app.count_health_rows("patients").await, 1, "only the token without a repeated claim stored one");
     app.stop().await;
 }
 

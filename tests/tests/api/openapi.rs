@@ -143,7 +143,7 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
     let upload = &images["requestBody"]["content"];
     let mut read: Vec<&String> = upload.as_object().expect("content").keys().collect();
     read.sort();
-    assert_eq!(read, ["application/dicom", "application/octet-stream", "image/jpeg", "image/png"]);
+    assert_eq!(read, ["application/dicom", "application/octet-stream", "image/jpeg", "image/jpg", "image/png"]);
     assert_eq!(upload["image/png"]["schema"]["contentMediaType"], "image/png");
     assert!(document["paths"]["/v1/health/patients"]["post"]["responses"]["409"].is_object());
     // A body with a field the service requires is required, and a PATCH's, which names a field.

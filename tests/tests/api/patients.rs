@@ -779,8 +779,11 @@ async fn medical_images(backend: Backend) {
     let response = app.get(&path, &key).await;
     assert_eq!(response.headers()["content-type"], "image/png");
     assert_eq!(response.headers()["x-content-type-options"], "nosniff", "a browser takes it for what it says");
+    assert_eq!(response.headers()["content-disposition"], format!("inline; filename=\"images-{id}.png\"").as_str());
     assert_eq!(response.bytes().await.unwrap().to_vec(), picture);
-    let thumbnail = app.get(&format!("{path}/thumbnail"), &key).await.bytes().await.unwrap();
+    let thumbnail = app.get(&format!("{path}/thumbnail"), &key).await;
+    assert_eq!(thumbnail.headers()["content-disposition"], format!("inline; filename=\"{id}-thumbnail.png\"").as_str());
+    let thumbnail = thumbnail.bytes().await.unwrap();
     let thumbnail = image::load_from_memory(&thumbnail).expect("the thumbnail is a PNG");
     assert_eq!((thumbnail.width(), thumbnail.height()), (256, 128));
 
@@ -915,6 +918,7 @@ async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_ref
         ("image/png", picture.clone(), "image/png"),
         ("IMAGE/JPEG", photo.clone(), "image/jpeg"),
         ("application/octet-stream", photo.clone(), "image/jpeg"),
+        ("image/jpg", photo.clone(), "image/jpeg"),
         ("application/dicom", dicom.clone(), "application/dicom"),
     ];
     for (content_type, bytes, media_type) in kept {
@@ -971,7 +975,7 @@ async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_ref
     }
     assert_eq!(walk(&objects).len(), stored, "nothing stored by a refused upload");
     let listed: Value = app.get(&format!("/v1/health/patients/{patient}/images"), &key).await.json().await.unwrap();
-    assert_eq!(listed["images"].as_array().unwrap().len(), 4);
+    assert_eq!(listed["images"].as_array().unwrap().len(), 5);
     app.stop().await;
 }
 
