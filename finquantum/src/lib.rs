@@ -467,6 +467,18 @@ pub fn stored_card_id_now(id: &str) -> Option<String> {
     stored_form.then(|| format!("{}~{digest}", mask_card_numbers_again(masked)))
 }
 
+/// A transaction's name as it is stored and shown: its payment card numbers masked
+/// ([`mask_card_numbers`]) and the CPFs of the people it names (a Pix payee's) masked as Pix shows
+/// them, `***.456.789-**` ([`aigronova_platform::cpf::mask_cpfs`]).
+pub fn mask_name(text: &str) -> String {
+    aigronova_platform::cpf::mask_cpfs(&mask_card_numbers(text))
+}
+
+/// [`mask_name`] for a name a masking gave (a sealed one): what it left kept as it is.
+pub fn mask_name_again(text: &str) -> String {
+    aigronova_platform::cpf::mask_cpfs(&mask_card_numbers_again(text))
+}
+
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
 /// digits (ASCII, full-width, or any script's decimal digits) passing the Luhn check, in one group or in groups split by spaces,
 /// dashes, dots, commas, slashes, asterisks, underscores or invisible characters (up to five

@@ -163,7 +163,7 @@ impl Store {
 
     /// Seals up to [`SEAL_BATCH`] transaction names stored in clear (by an earlier version, or by
     /// a replica of one still running during a rolling upgrade: a bank's words may name people and
-    /// hold their CPFs), their card numbers masked as now, but for those of the tenants in `skip`,
+    /// hold their CPFs), their card numbers and CPFs masked as now, but for those of the tenants in `skip`,
     /// to which a tenant whose rows cannot be sealed is added.
     pub(crate) async fn seal_clear_names(&self, skip: &mut BTreeSet<String>) -> Result<Sealing, Error> {
         let sql = format!(
@@ -181,7 +181,7 @@ impl Store {
             let (account_id, transaction_id, name) = (text("account_id")?, text("transaction_id")?, text("name")?);
             let context = name_context(tenant_id, &customer_id, &institution, &account_id);
             Ok(vec![
-                cipher.seal(&context, &crate::mask_card_numbers(&name)).into(),
+                cipher.seal(&context, &crate::mask_name(&name)).into(),
                 tenant_id.into(),
                 customer_id.into(),
                 institution.into(),
@@ -614,7 +614,7 @@ impl Store {
                     )
                 })?
                 .with_timezone(&Utc);
-            let name = crate::mask_card_numbers(&item.transaction_name);
+            let name = crate::mask_name(&item.transaction_name);
             let result = sqlx::query(
                 "INSERT INTO transactions (tenant_id, customer_id, institution, account_id, transaction_id, credit, \
                  kind, name, amount_cents, currency, booked_at, fetched_at) \
@@ -1702,10 +1702,10 @@ fn name_context(tenant_id: &str, customer_id: &str, institution: &str, account_i
 fn open_name(cipher: &TenantCipher, context: &str, stored: &str) -> Result<String, StoreError> {
     Ok(match opened(cipher, context, stored, "a transaction's name")? {
         // Masked as now too, what the masking that sealed it left kept as it is: one sealed with a
-        // card an earlier masking missed is not shown whole.
-        Some(name) => crate::mask_card_numbers_again(&name),
-        // Its card numbers masked as now, whatever the version that stored it missed.
-        None => crate::mask_card_numbers(stored),
+        // card or a CPF an earlier masking missed is not shown whole.
+        Some(name) => crate::mask_name_again(&name),
+        // Its card numbers and CPFs masked as now, whatever the version that stored it missed.
+        None => crate::mask_name(stored),
     })
 }
 

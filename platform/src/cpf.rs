@@ -76,6 +76,38 @@ pub fn holds_cpf(text: &str) -> bool {
     false
 }
 
+/// `text` with every CPF in it masked as Pix shows a payee's, its middle six digits kept
+/// (`***.456.789-**`): a number written `123.456.789-09` or as its 11 digits alone whose check
+/// digits hold, not part of a longer number (a CNPJ, a boleto's line) nor glued to letters (an id).
+pub fn mask_cpfs(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut masked = String::with_capacity(text.len());
+    let (mut copied, mut at) = (0, 0);
+    while at < bytes.len() {
+        if !bytes[at].is_ascii_digit() {
+            at += 1;
+            continue;
+        }
+        // One number: digits, and dots, dashes or slashes between two digits.
+        let start = at;
+        while at < bytes.len()
+            && (bytes[at].is_ascii_digit()
+                || (matches!(bytes[at], b'.' | b'-' | b'/') && bytes.get(at + 1).is_some_and(u8::is_ascii_digit)))
+        {
+            at += 1;
+        }
+        let glued = text[..start].chars().next_back().is_some_and(char::is_alphanumeric)
+            || text[at..].chars().next().is_some_and(char::is_alphanumeric);
+        if let Some(cpf) = Cpf::parse(&text[start..at]).ok().filter(|_| !glued) {
+            masked.push_str(&text[copied..start]);
+            masked.push_str(&format!("***.{}.{}-**", &cpf.0[3..6], &cpf.0[6..9]));
+            copied = at;
+        }
+    }
+    masked.push_str(&text[copied..]);
+    masked
+}
+
 /// The CPF check digit of `digits` (the first 9, or the first 10 for the second check digit).
 fn check_digit(digits: &[u8]) -> u8 {
     let weight_of_first = digits.len() + 1;
@@ -110,6 +142,29 @@ mod tests {
         assert_eq!(Cpf::parse("123.456.789-09").unwrap().as_str(), "12345678909");
         assert_eq!(Cpf::parse("12345678909").unwrap().as_str(), "12345678909");
         assert_eq!(Cpf::parse(" 529.982.247-25 ").unwrap().as_str(), "52998224725");
+    }
+
+    #[test]
+    fn cpfs_in_text_are_masked_as_pix_shows_them() {
+        assert_eq!(mask_cpfs("PIX ENVIADO MARIA 529.982.247-25"), "PIX ENVIADO MARIA ***.982.247-**");
+        assert_eq!(mask_cpfs("PIX 52998224725 JOAO"), "PIX ***.982.247-** JOAO");
+        assert_eq!(mask_cpfs("52998224725/12345678909"), "52998224725/12345678909", "one longer number");
+        assert_eq!(mask_cpfs("de 529.982.247-25, 123.456.789-09."), "de ***.982.247-**, ***.456.789-**.");
+        // Not a CPF: check digits that fail, a CNPJ, a boleto's groups, an id's digits, a phone.
+        for kept in [
+            "PIX 529.982.247-26",
+            "TED 12.345.678/0001-95",
+            "BOLETO 23793.38128 60082.677139",
+            "E52998224725X",
+            "PIX e52998224725",
+            "TEL (11) 91234-5678",
+            "00052998224725",
+            "111.111.111-11",
+        ] {
+            assert_eq!(mask_cpfs(kept), kept);
+        }
+        assert_eq!(mask_cpfs("Cpf: 529.982.247-25 é"), "Cpf: ***.982.247-** é");
+        assert_eq!(mask_cpfs(&mask_cpfs("PIX 52998224725")), "PIX ***.982.247-**", "masking twice is masking once");
     }
 
     #[test]

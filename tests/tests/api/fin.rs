@@ -1570,6 +1570,8 @@ async fn card_numbers_in_brands_types_and_account_numbers_are_masked() {
     account.kind = "CONTA_PAGAMENTO_PRE_PAGA".into();
     account.number = "4111111111111111".into();
     account.transactions[1].kind = "CARTAO 4012888888881881".into();
+    // A payee's CPF, shown as Pix shows it.
+    account.transactions[3].name = "PIX ENVIADO MARIA 529.982.247-25".into();
     // An id whose masked form a second masking would change, were masking not stable.
     account.transactions[2].id = "429088694222281091379938083803".into();
     let profile = Profile { accounts: vec![account], ..Profile::default() };
@@ -1583,10 +1585,10 @@ async fn card_numbers_in_brands_types_and_account_numbers_are_masked() {
     let statement = app.get(&format!("/v1/fin/customers/{customer}/statements/2026-10"), &key).await;
     assert_eq!(statement.status(), 200);
     let statement = statement.text().await.unwrap();
-    for shown in ["BANCO ****4444", "CARTAO ****1881", "****1111-4"] {
+    for shown in ["BANCO ****4444", "CARTAO ****1881", "****1111-4", "PIX ENVIADO MARIA ***.982.247-**"] {
         assert!(statement.contains(shown), "{shown} in {statement}");
     }
-    for card in ["5555 5555 5555 4444", "4012888888881881", "4111111111111111"] {
+    for card in ["5555 5555 5555 4444", "4012888888881881", "4111111111111111", "529.982.247-25"] {
         assert!(!statement.contains(card), "{card} in {statement}");
     }
     assert_eq!(app.count_fin_rows("accounts WHERE brand_name LIKE '%5555 5555%'").await, 0);
