@@ -813,6 +813,14 @@ impl proto::reports_server::Reports for ReportsApi {
         // Left out, `from` is 30 days before `to`, not before year 0, and no later than now: a
         // period that has begun.
         let from = if from.is_empty() {
+            // With no period before it to default to, the `to` given is what is wrong.
+            if to <= reports::earliest_bound() {
+                return Err(Error::invalid(
+                    "to",
+                    "must be after 0000-01-01T00:00:00Z, where a period begins at the earliest",
+                )
+                .into());
+            }
             (to - chrono::Duration::days(30)).max(reports::earliest_bound()).min(chrono::Utc::now())
         } else {
             reports::parse_bound("from", &from, false)?

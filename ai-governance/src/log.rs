@@ -667,6 +667,12 @@ impl LogStore {
         let mut log = log.lock().await;
         self.ensure_loaded(&mut log, tenant_id).await?;
         let size = log.latest.as_ref().expect("loaded above").body.tree_size;
+        if size == 0 {
+            return Err(Error::invalid(
+                "to",
+                "the log is empty: no tree to prove the consistency of until the tenant's first event is logged",
+            ));
+        }
         if from == 0 || from > to || to > size {
             // The field at fault: `from` when it is 0 (or not given, which reads the same), `to`
             // when it is 0 or past the log, `from` otherwise (after `to`).

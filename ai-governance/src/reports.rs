@@ -273,6 +273,7 @@ impl Reporter {
         // Left out when every entry verifies, as the proto3 JSON mapping leaves out an unset field.
         let mut verified = json!({
             "verified": verification.verified(),
+            "signatureVerified": verification.signed,
             "treeSize": verification.tree_size.to_string(),
             "detail": verification.reason,
         });
@@ -350,12 +351,16 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
 
     pdf.heading("Audit log integrity");
     let verification = &report["verification"];
-    let verdict = if verification["verified"] == true {
-        "verified: every entry hashes into the signed root".to_owned()
-    } else if verification.get("firstBadIndex").is_some() {
-        format!("FAILED at entry {}", text(&verification["firstBadIndex"]))
-    } else {
-        "FAILED: the checkpoint's signature does not verify".to_owned()
+    // A checkpoint whose signature is not verified here (signed by a key this deployment does not
+    // trust, or failing) vouches for nothing: the entries' own evidence is told apart from it.
+    let verdict = match (verification["verified"] == true, verification["signatureVerified"] == true) {
+        (true, _) => "verified: every entry hashes into the signed root".to_owned(),
+        (false, true) => format!("FAILED at entry {}", text(&verification["firstBadIndex"])),
+        (false, false) if verification.get("firstBadIndex").is_some() => format!(
+            "NOT VERIFIED: the checkpoint's signature is not verified here, and entry {} shows a change of its own",
+            text(&verification["firstBadIndex"])
+        ),
+        (false, false) => "NOT VERIFIED: the checkpoint's signature is not verified here (see the detail)".to_owned(),
     };
     pdf.field("Full verification", &verdict);
     pdf.field("Detail", &text(&verification["detail"]));

@@ -372,6 +372,15 @@ fn signed_checkpoint(
     served: &Value,
     tenant: Option<&str>,
 ) -> anyhow::Result<CheckpointBody> {
+    // A checkpoint that names another key than the one it is checked with is told so, as a
+    // signing key changed since rather than a forgery: it still does not verify with this key.
+    if let Some(named) = text(served, "keyId").ok().filter(|named| *named != verifier.key_id()) {
+        bail!(
+            "the checkpoint does not verify: it names signing key {named}, not key {} of the public key used; pass that \
+             key's public key with --public-key (the signing key may have changed since the tenant last logged)",
+            verifier.key_id()
+        );
+    }
     let body = verifier
         .verify(&text(served, "signedText")?, &text(served, "signature")?)
         .context("the checkpoint does not verify")?;

@@ -361,6 +361,10 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         if expires_at <= now {
             return Err(Error::invalid("expiresAt", "must be in the future").into());
         }
+        // Kept to the microsecond: a finer time is refused, not cut to another one.
+        if chrono::Timelike::nanosecond(&expires_at) % 1_000 != 0 {
+            return Err(Error::invalid("expiresAt", "is finer than the microsecond, which consents are kept to").into());
+        }
         // Open Finance Brasil's data-sharing consents last 12 months at most.
         if expires_at > now + chrono::Months::new(12) {
             return Err(Error::invalid(
@@ -374,7 +378,7 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
             customer_id: Uuid::now_v7().to_string(),
             institution,
             permissions,
-            expires_at: round_micros(expires_at),
+            expires_at,
             created_at: round_micros(now),
             revoked_at: None,
             last_ingested_at: None,

@@ -121,13 +121,12 @@ pub struct DeclaredFields<'a> {
     pub monthly_income: Option<f64>,
 }
 
-/// Whether `reais` is a whole number of centavos, as written in JSON (`1234.56` is, `0.001` is not).
-/// A decimal read into binary floating point and scaled is off a whole number by less than a
-/// millionth of a centavo up to the largest amounts taken; a fraction of a centavo is far more.
+/// Whether `reais` is a whole number of centavos, as written in JSON (`1234.56` is, `0.001` and
+/// `5000.0000001` are not): the shortest decimal that reads back as the same number, which is what
+/// was written whenever a double can tell it from its neighbours, has at most two decimal places.
 fn whole_cents(reais: f64) -> bool {
-    let cents = reais * 100.0;
-    // A positive amount of no whole centavo (1e-7) is within the tolerance of 0, and is no amount.
-    (cents - cents.round()).abs() < 1e-4 && (reais == 0.0 || cents.round() != 0.0)
+    let written = format!("{reais}");
+    written.split_once('.').is_none_or(|(_, fraction)| fraction.len() <= 2)
 }
 
 impl Applicant {
@@ -898,7 +897,19 @@ mod tests {
                 "{reais}"
             );
         }
-        for reais in [0.001, 1e-7, 1e-320, 1000.005, 5000.005, 15_000.999, 73_695.999, 9_999_999.991] {
+        for reais in [
+            0.001,
+            1e-7,
+            1e-320,
+            1000.005,
+            5000.005,
+            15_000.999,
+            73_695.999,
+            9_999_999.991,
+            5000.0000001,
+            5000.00000001,
+            0.0100000001,
+        ] {
             let amount = Applicant::parse(&DeclaredFields { credit_amount: reais, ..good.clone() });
             assert!(matches!(&amount, Err(Error::InvalidArgument { field, .. }) if field == "applicant.creditAmount"));
             let income = Applicant::parse(&DeclaredFields { monthly_income: Some(reais), ..good.clone() });

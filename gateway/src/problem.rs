@@ -234,7 +234,8 @@ impl Problem {
             return problem;
         }
         let mut problem = Self::new(http, status.message());
-        problem.0.field = metadata(aigronova_platform::error::FIELD_METADATA_KEY);
+        problem.0.field = metadata(aigronova_platform::error::FIELD_METADATA_KEY)
+            .map(|field| aigronova_platform::error::field_of_metadata(&field));
         problem.0.missing_permission = metadata(aigronova_platform::error::PERMISSION_METADATA_KEY);
         if status.code() == tonic::Code::Unavailable {
             problem.0.retry_after = Some(1);

@@ -315,7 +315,16 @@ fn document_disposition(path: &str, headers: &HeaderMap) -> Option<HeaderValue> 
         "application/dicom" => "dcm",
         _ => return None,
     };
-    let segments: Vec<&str> = path.split('/').filter(|segment| !segment.is_empty()).collect();
+    // An id in any spelling the services take (`{…}`, `urn:uuid:…`, capitals, escaped) is named
+    // as the services write it.
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|segment| !segment.is_empty())
+        .map(|segment| {
+            let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+            uuid::Uuid::parse_str(&decoded).map_or_else(|_| segment.to_owned(), |id| id.hyphenated().to_string())
+        })
+        .collect();
     let name: String = segments[segments.len().saturating_sub(2)..]
         .join("-")
         .chars()
@@ -647,7 +656,8 @@ fn refused_early(request: &Request) -> Option<Problem> {
 }
 
 /// Whether a Host field's value is a host with an optional port, without user information, or
-/// empty (RFC 9112 §3.2: what a client sends when the target has no authority).
+/// empty (RFC 9112 §3.2: what a client sends when the target has no authority). A host in
+/// brackets is an IPv6 address; a port is up to five digits, at most 65535.
 fn is_host_field(value: &HeaderValue) -> bool {
     if value.is_empty() {
         return true;
@@ -655,10 +665,17 @@ fn is_host_field(value: &HeaderValue) -> bool {
     let Some(authority) = value.to_str().ok().and_then(|value| value.parse::<axum::http::uri::Authority>().ok()) else {
         return false;
     };
-    let Some(port) = authority.as_str().strip_prefix(authority.host()) else { return false };
-    !authority.host().is_empty()
-        && (port.is_empty()
-            || port.strip_prefix(':').is_some_and(|port| port.is_empty() || port.parse::<u16>().is_ok()))
+    let host = authority.host();
+    let Some(port) = authority.as_str().strip_prefix(host) else { return false };
+    let host_valid = match host.strip_prefix('[') {
+        Some(literal) => literal.strip_suffix(']').is_some_and(|address| address.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => !host.is_empty() && !host.contains([']', ':']),
+    };
+    let port_valid = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|port| {
+            port.is_empty() || (port.bytes().all(|byte| byte.is_ascii_digit()) && port.parse::<u16>().is_ok())
+        });
+    host_valid && port_valid
 }
 
 /// One JSON log line a request, and a span that continues the caller's W3C trace. Neither holds
@@ -762,11 +779,47 @@ mod tests {
     }
 
     #[test]
+    fn a_document_is_named_by_its_path_with_ids_as_the_services_write_them() {
+        let id = "0190a3b4-c5d6-7e8f-9a0b-1c2d3e4f5a6b";
+        let named = |path: &str, content_type: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            document_disposition(path, &headers).map(|value| value.to_str().unwrap().to_owned())
+        };
+        let report = format!("inline; filename=\"{id}-report.pdf\"");
+        for spelling in [id.to_owned(), id.to_uppercase(), format!("%7B{id}%7D"), format!("urn:uuid:{id}")] {
+            let path = format!("/v1/health/patients/{id}/assessments/{spelling}/report");
+            assert_eq!(named(&path, "application/pdf").as_deref(), Some(report.as_str()), "{spelling}");
+        }
+        assert_eq!(
+            named(&format!("/v1/health/patients/{id}/images/{id}"), "image/jpeg").as_deref(),
+            Some(format!("inline; filename=\"images-{id}.jpg\"").as_str())
+        );
+        assert_eq!(
+            named("/v1/fin/customers/c/statements/2026-10", "application/pdf; charset=binary").as_deref(),
+            Some("inline; filename=\"statements-2026-10.pdf\"")
+        );
+        assert_eq!(named("/v1/health/models", "application/json"), None);
+    }
+
+    #[test]
     fn a_host_field_is_a_host_and_an_optional_port() {
         for host in ["api.example.com", "127.0.0.1:8080", "[::1]:8080", "[::1]", "localhost:", ""] {
             assert!(is_host_field(&HeaderValue::from_static(host)), "{host:?}");
         }
-        for host in ["a b", "user@api.example.com", "api.example.com:http", "api.example.com:99999", ":8080", "a/b"] {
+        for host in [
+            "a b",
+            "user@api.example.com",
+            "api.example.com:http",
+            "api.example.com:99999",
+            ":8080",
+            "a/b",
+            "[zz]",
+            "[]",
+            "[::1",
+            "a:+1",
+            "a:-1",
+        ] {
             assert!(!is_host_field(&HeaderValue::from_static(host)), "{host:?}");
         }
     }

@@ -45,8 +45,9 @@ fn acceptable(id: &str) -> bool {
         && (uuid::Uuid::try_parse(id).is_ok_and(|_| id.len() == 36) || !holds_phone(id))
 }
 
-/// Whether `id` holds a phone number: a Brazilian mobile number (area code, 9 and 8 digits, with the
-/// country code 55 or the trunk prefix 0 before them, or not) or a number written after a `+`, as
+/// Whether `id` holds a phone number: a Brazilian mobile number (area code, 9 and 8 digits) or
+/// landline (area code and 8 digits, the first 2 to 5), with the country code 55 or the trunk
+/// prefix 0 before them, or not, or a number written after a `+`, as
 /// international numbers are (E.164: 10 to 15 digits), in one run of digits or in groups that
 /// punctuation parts as phone numbers are written (`+55-11-91234-5678`: each group after the first
 /// of 2 to 5 digits). Digits within a word of a hexadecimal id (hexadecimal digits, a letter `a` to
@@ -94,14 +95,18 @@ fn holds_phone(id: &str) -> bool {
                 return false;
             }
             digits.extend_from_slice(&bytes[from..to]);
-            let national = match digits.len() {
-                13 => digits.strip_prefix(b"55"),
-                12 => digits.strip_prefix(b"0"),
-                _ => None,
-            }
-            .unwrap_or(&digits);
-            let mobile = national.len() == 11 && national[0] != b'0' && national[1] != b'0' && national[2] == b'9';
-            let phone = mobile || international && (10..=15).contains(&digits.len());
+            // The number as dialled within Brazil: the digits as they are, or after the country
+            // code 55 or the trunk prefix 0.
+            let nationals = [Some(&digits[..]), digits.strip_prefix(b"55"), digits.strip_prefix(b"0")];
+            let brazilian = nationals.into_iter().flatten().any(|national| {
+                let area = national.len() >= 3 && national[0] != b'0' && national[1] != b'0';
+                // A mobile's 9 and 8 digits, or a landline's 8 digits from 2 to 5.
+                let mobile = national.len() == 11 && national.get(2) == Some(&b'9');
+                let landline =
+                    national.len() == 10 && national.get(2).is_some_and(|digit| (b'2'..=b'5').contains(digit));
+                area && (mobile || landline)
+            });
+            let phone = brazilian || international && (10..=15).contains(&digits.len());
             if phone && grouped && !hex_word(start) && !hex_word(to - 1) {
                 return true;
             }
@@ -184,6 +189,13 @@ mod tests {
             "11-912345678",
             "+55-11-912345678",
             "+1-4155550100",
+            // Landlines: an area code and 8 digits, the first 2 to 5.
+            "1133334444",
+            "11-3333-4444",
+            "551133334444",
+            "01133334444",
+            "(21)2555-1234",
+            "fixo-4732221100",
         ] {
             assert!(holds_phone(phone), "{phone}");
         }
@@ -200,6 +212,8 @@ mod tests {
             "req-1790000000-1234",
             "2026-11-30-1234",
             "1790000000.5678",
+            "order-2026120312",
+            "1799999999",
         ] {
             assert!(!holds_phone(id), "{id}");
         }

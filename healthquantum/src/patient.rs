@@ -170,7 +170,25 @@ impl Email {
                 format!("must not contain invisible or bidirectional characters (U+{:04X})", u32::from(hidden)),
             ));
         }
-        Self::stored(value)
+        let Some(email) = Self::stored(value)? else { return Ok(None) };
+        let (local, domain) = email.0.split_once('@').expect("a stored address has one @");
+        // The local part as unquoted addresses write it (RFC 5322 dot-atom: no brackets, quotes,
+        // commas, no empty part between dots), at most 64 bytes; the domain's labels of letters,
+        // digits and inner hyphens, none empty.
+        let local_valid = local.len() <= 64
+            && local.split('.').all(|part| !part.is_empty())
+            && !local.chars().any(|c| "()<>[]\\,;:\"".contains(c));
+        let domain_valid = domain.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+        if !local_valid || !domain_valid {
+            return Err(Error::invalid("email", "must be an address like nome@exemplo.com.br"));
+        }
+        Ok(Some(email))
     }
 
     /// An address as stored: the rules of [`Self::parse`] but the one on invisible and
@@ -211,16 +229,37 @@ impl fmt::Debug for Email {
 pub struct Phone(String);
 
 impl Phone {
-    /// `None` for an empty value (no phone).
+    pub const MAX_CHARS: usize = 32;
+
+    /// `None` for an empty value (no phone). 8 to 15 digits laid out as a phone number: an
+    /// optional `+` first, groups of digits parted by a space, a dash or a dot (`-` and `.` may
+    /// have a space on each side), one group at most in parentheses (an area code).
     pub fn parse(value: &str) -> Result<Option<Self>, Error> {
+        let Some(phone) = Self::stored(value)? else { return Ok(None) };
+        if !laid_out_as_phone(&phone.0) {
+            return Err(Error::invalid(
+                "phone",
+                "must be laid out as a phone number: an optional + first, groups of digits parted by a space, a \
+                 dash or a dot, an area code in parentheses at most, like +55 (11) 91234-5678",
+            ));
+        }
+        Ok(Some(phone))
+    }
+
+    /// A phone as stored: the rules of [`Self::parse`] but the one on its layout, which phones
+    /// stored before it may not follow.
+    pub fn stored(value: &str) -> Result<Option<Self>, Error> {
         let phone = value.trim();
         if phone.is_empty() {
             return Ok(None);
         }
         let digits = phone.chars().filter(char::is_ascii_digit).count();
         let allowed = phone.chars().all(|c| c.is_ascii_digit() || " +-.()".contains(c));
-        if !allowed || !(8..=15).contains(&digits) || phone.len() > 32 {
+        if !allowed || !(8..=15).contains(&digits) {
             return Err(Error::invalid("phone", "must be a phone number of 8 to 15 digits, like +55 11 91234-5678"));
+        }
+        if phone.len() > Self::MAX_CHARS {
+            return Err(Error::invalid("phone", format!("must be at most {} characters", Self::MAX_CHARS)));
         }
         Ok(Some(Self(phone.to_owned())))
     }
@@ -228,6 +267,58 @@ impl Phone {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether `phone` (digits, spaces, `+-.()` only) is laid out as [`Phone::parse`] takes it.
+fn laid_out_as_phone(phone: &str) -> bool {
+    const PARTINGS: [&str; 5] = [" ", "-", ".", " - ", " . "];
+    let body = phone.strip_prefix('+').unwrap_or(phone);
+    // The separators since the last digit or parenthesis, spaces in a row read as one.
+    let mut run = String::new();
+    let (mut parentheses, mut previous) = (0u8, None::<char>);
+    for c in body.chars() {
+        match c {
+            '0'..='9' => {
+                let parted = match previous {
+                    None | Some('(') => run.is_empty(),
+                    Some(_) => run.is_empty() || PARTINGS.contains(&run.as_str()),
+                };
+                if !parted {
+                    return false;
+                }
+                run.clear();
+            }
+            '(' => {
+                let placed = match previous {
+                    None => run.is_empty(),
+                    Some(previous) => previous.is_ascii_digit() && (run.is_empty() || run == " "),
+                };
+                if parentheses != 0 || !placed {
+                    return false;
+                }
+                parentheses = 1;
+                run.clear();
+            }
+            ')' => {
+                if parentheses != 1 || !run.is_empty() || !previous.is_some_and(|c| c.is_ascii_digit()) {
+                    return false;
+                }
+                parentheses = 2;
+            }
+            ' ' | '-' | '.' => {
+                if previous.is_none() {
+                    return false;
+                }
+                if !(c == ' ' && run.ends_with(' ')) {
+                    run.push(c);
+                }
+                continue;
+            }
+            _ => return false,
+        }
+        previous = Some(c);
+    }
+    parentheses != 1 && run.is_empty() && previous.is_some_and(|c| c.is_ascii_digit())
 }
 
 impl fmt::Debug for Phone {
@@ -499,9 +590,28 @@ mod tests {
     fn contact_fields_are_optional_and_checked() {
         assert_eq!(Email::parse("  ").unwrap(), None);
         assert_eq!(Email::parse("maria@exemplo.com.br").unwrap().unwrap().as_str(), "maria@exemplo.com.br");
-        for bad in ["maria", "maria@", "@exemplo.com", "maria@exemplo", "ma ria@exemplo.com", "a@b@c.com"] {
+        for bad in [
+            "maria",
+            "maria@",
+            "@exemplo.com",
+            "maria@exemplo",
+            "ma ria@exemplo.com",
+            "a@b@c.com",
+            "a@b..com",
+            "a@-.com",
+            "a@exemplo-.com",
+            "<script>alert(1)</script>@x.com",
+            "maria..silva@exemplo.com",
+            ".maria@exemplo.com",
+            "maria@exemplo_x.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?}");
         }
+        for good in ["maria.silva+clinica@exemplo.com.br", "joão@exemplo.com.br", "a@xn--exmplo-bva.com", "o'neil@a.io"]
+        {
+            assert!(Email::parse(good).is_ok(), "{good:?}");
+        }
+        assert!(Email::stored("a@b..com").is_ok(), "as stored before the stricter rules");
         for hidden in ["maria\u{202e}@exemplo.com", "ma\u{200b}ria@exemplo.com", "maria@exemplo.com\u{feff}"] {
             match Email::parse(hidden) {
                 Err(Error::InvalidArgument { field, reason }) => {
@@ -515,6 +625,40 @@ mod tests {
         assert_eq!(Phone::parse("+55 (11) 91234-5678").unwrap().unwrap().as_str(), "+55 (11) 91234-5678");
         for bad in ["1234", "+55 11 9abc-5678", "1234567890123456"] {
             assert!(Phone::parse(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "(11) 91234-5678",
+            "11912345678",
+            "+55-11-91234-5678",
+            "+55.11.91234.5678",
+            "+55 (11)91234-5678",
+            "+55 - 11 - 91234 - 5678",
+            "+55  11 91234-5678",
+            "+(55) 11 91234 5678",
+        ] {
+            assert!(Phone::parse(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "++55 11 91234-5678",
+            "55)11(9123-45678",
+            "()()()()12345678",
+            "--------12345678",
+            "11 91234-5678-",
+            "(11 91234-5678",
+            "(11) (9) 1234-5678",
+            "11--91234-5678",
+            "+55 ( 11) 91234-5678",
+            "+55 11 9+1234-5678",
+        ] {
+            match Phone::parse(bad) {
+                Err(Error::InvalidArgument { reason, .. }) => assert!(reason.contains("laid out"), "{bad:?}: {reason}"),
+                other => panic!("{bad:?} was taken: {other:?}"),
+            }
+            assert!(Phone::stored(bad).is_ok(), "{bad:?} as stored before the layout rule");
+        }
+        match Phone::parse("+55 - (11) - 9 - 1234 - 5678 - 00") {
+            Err(Error::InvalidArgument { reason, .. }) => assert_eq!(reason, "must be at most 32 characters"),
+            other => panic!("a phone of 33 characters was taken: {other:?}"),
         }
         assert_eq!(searchable(" João Çarvalho "), "joao carvalho");
         assert_eq!(searchable("Ana  Maria\tde\u{a0}Souza"), "ana maria de souza");

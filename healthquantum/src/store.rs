@@ -1424,7 +1424,7 @@ fn patient_from(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Result<
         cpf: Cpf::parse(&fields.cpf).map_err(|error| corrupt("cpf", error))?,
         birth_date: BirthDate::parse(&fields.birth_date).map_err(|error| corrupt("birth_date", error))?,
         email: Email::stored(fields.email.as_deref().unwrap_or_default()).map_err(|error| corrupt("email", error))?,
-        phone: Phone::parse(fields.phone.as_deref().unwrap_or_default()).map_err(|error| corrupt("phone", error))?,
+        phone: Phone::stored(fields.phone.as_deref().unwrap_or_default()).map_err(|error| corrupt("phone", error))?,
         created_at: time::parse_stored("patients.created_at", &row.try_get::<String, _>("created_at")?)?,
         updated_at: updated_at.as_deref().map(|at| time::parse_stored("patients.updated_at", at)).transpose()?,
     })

@@ -96,9 +96,7 @@ pub fn is_third_party_failure(status: &Status) -> bool {
 /// `invalid_argument` naming `field`, in the message and in [`FIELD_METADATA_KEY`].
 pub fn invalid_argument(field: &str, reason: &str) -> Status {
     let mut status = Status::invalid_argument(format!("{field}: {reason}"));
-    if let Ok(value) = field.parse() {
-        status.metadata_mut().insert(FIELD_METADATA_KEY, value);
-    }
+    name_field(&mut status, field);
     status
 }
 
@@ -106,10 +104,50 @@ pub fn invalid_argument(field: &str, reason: &str) -> Status {
 /// message and in [`FIELD_METADATA_KEY`].
 pub fn already_exists(field: &str, detail: &str) -> Status {
     let mut status = Status::already_exists(detail.to_owned());
-    if let Ok(value) = field.parse() {
+    name_field(&mut status, field);
+    status
+}
+
+/// Names `field` in [`FIELD_METADATA_KEY`], its bytes outside printable ASCII and its `%` escaped
+/// as in a URI (`features.press%C3%A3o`), since ASCII metadata holds nothing else; read back with
+/// [`field_of_metadata`].
+fn name_field(status: &mut Status, field: &str) {
+    let mut escaped = String::with_capacity(field.len());
+    for byte in field.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            escaped.push(char::from(byte));
+        } else {
+            escaped.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if let Ok(value) = escaped.parse() {
         status.metadata_mut().insert(FIELD_METADATA_KEY, value);
     }
-    status
+}
+
+/// The field a [`FIELD_METADATA_KEY`] value names, its escapes read.
+pub fn field_of_metadata(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut field = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let escaped = (bytes[at] == b'%')
+            .then(|| bytes.get(at + 1..at + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                field.push(byte);
+                at += 3;
+            }
+            None => {
+                field.push(bytes[at]);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&field).into_owned()
 }
 
 /// An internal failure: logged with its cause, reported to the caller without it.
@@ -151,6 +189,17 @@ mod tests {
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "features.mean radius: must be finite");
         assert_eq!(status.metadata().get(FIELD_METADATA_KEY).unwrap(), "features.mean radius");
+    }
+
+    #[test]
+    fn a_field_named_with_any_characters_reaches_the_metadata_and_back() {
+        for field in ["features.pressão", "features.100%", "nome.完整", "a\tb", "features.mean radius"] {
+            let status = invalid_argument(field, "is not a feature");
+            let value = status.metadata().get(FIELD_METADATA_KEY).expect("named").to_str().unwrap().to_owned();
+            assert!(value.is_ascii(), "{value}");
+            assert_eq!(field_of_metadata(&value), field);
+        }
+        assert_eq!(already_exists("cpf.ção", "taken").metadata().get(FIELD_METADATA_KEY).unwrap(), "cpf.%C3%A7%C3%A3o");
     }
 
     #[test]

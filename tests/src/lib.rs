@@ -485,6 +485,12 @@ impl TestApp {
         execute_on(&self.fin_database_url, sql).await
     }
 
+    /// [`Self::restart`] with the configuration changed by `change` (a new signing key, say).
+    pub async fn restart_with(&mut self, change: impl FnOnce(&mut AppConfig)) {
+        change(self.config.as_mut().expect("a platform, not a lone gateway"));
+        self.restart().await;
+    }
+
     /// Stops every server of the platform, as a restart of the processes would, and starts them
     /// again on the same databases (ports change; `address` follows).
     pub async fn restart(&mut self) {

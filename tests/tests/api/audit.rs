@@ -352,6 +352,10 @@ async fn an_empty_logs_checkpoint_is_served_at_size_zero_too() {
     assert_eq!(at_zero.status(), 200);
     let at_zero: Value = at_zero.json().await.unwrap();
     assert_eq!(at_zero["rootHash"], latest["rootHash"], "{at_zero}");
+    // No consistency to prove yet, and the answer says so rather than ask for what none can send.
+    let problem = assert_problem(app.get("/v1/governance/audit/consistency?from=1&to=1", &key).await, 400).await;
+    assert_eq!(problem["field"], "to", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("the log is empty"), "{problem}");
     app.stop().await;
 }
 

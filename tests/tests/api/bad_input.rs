@@ -193,6 +193,8 @@ async fn bad_feature_vectors_are_refused_naming_the_field_and_nothing_is_written
     missing.remove("mean radius");
     let mut extra = features.clone();
     extra.insert("shoe size".into(), json!(42));
+    let mut accented = features.clone();
+    accented.insert("pressão 100%".into(), json!(1));
     let mut nan = features.clone();
     nan.insert("mean texture".into(), json!("NaN"));
     let mut infinite = features.clone();
@@ -205,6 +207,7 @@ async fn bad_feature_vectors_are_refused_naming_the_field_and_nothing_is_written
     let cases = [
         (json!({"model": "breast-cancer", "features": missing}), Some("features.mean radius")),
         (json!({"model": "breast-cancer", "features": extra}), Some("features.shoe size")),
+        (json!({"model": "breast-cancer", "features": accented}), Some("features.pressão 100%")),
         (json!({"model": "breast-cancer", "features": nan}), Some("features.mean texture")),
         (json!({"model": "breast-cancer", "features": infinite}), Some("features.worst area")),
         (json!({"model": "breast-cancer", "features": out_of_range}), Some("features.mean radius")),

@@ -167,6 +167,12 @@ async fn consents_ingestion_and_statements(backend: Backend) {
             json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL, "expiresAt": days_from_now(400)}),
             "expiresAt",
         ),
+        // Finer than the microsecond it is kept to: refused, not cut.
+        (
+            json!({"cpf": customer_cpf, "institution": "banco-a", "permissions": ALL,
+                   "expiresAt": days_from_now(30).replace('Z', ".123456789Z")}),
+            "expiresAt",
+        ),
     ];
     for (body, field) in cases {
         let problem = assert_problem(app.post("/v1/fin/consents", &key, &body).await, 400).await;

@@ -19,6 +19,52 @@ async fn report(app: &TestApp, key: &str, query: &str) -> Value {
     report
 }
 
+/// After the signing key changes, a tenant that has logged nothing since still has a checkpoint of
+/// the earlier key as its latest: the report says its signature is not verified here, and what the
+/// entries show of themselves, without calling the checkpoint forged.
+#[tokio::test]
+async fn a_checkpoint_of_a_key_no_longer_trusted_is_not_verified_but_not_called_forged() {
+    let mut app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Clínica Chave Antiga", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    app.create_patient(&key).await;
+    let before = report(&app, &key, "iso27001").await;
+    assert_eq!(
+        (&before["verification"]["verified"], &before["verification"]["signatureVerified"]),
+        (&json!(true), &json!(true))
+    );
+
+    let signer = aigronova_ai_governance::checkpoint::CheckpointSigner::generate();
+    app.restart_with(|config| config.ai_governance.signing_key = Some(signer.to_base64())).await;
+    let after = report(&app, &key, "iso27001").await;
+    let verification = &after["verification"];
+    assert_eq!((&verification["verified"], &verification["signatureVerified"]), (&json!(false), &json!(false)));
+    assert!(verification.get("firstBadIndex").is_none(), "{verification}");
+    let detail = verification["detail"].as_str().unwrap();
+    assert!(detail.contains("neither this deployment's key"), "{detail}");
+    assert!(detail.ends_with("the entries stored make the root it holds"), "{detail}");
+    let text = pdf_text(&app.get("/v1/governance/reports/iso27001?format=pdf", &key).await.bytes().await.unwrap());
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("NOT VERIFIED: the checkpoint's signature is not verified here (see the detail)"), "{text}");
+    assert!(!text.contains("does not verify"), "{text}");
+    // The CLI, checking with the key the gateway serves now, names the key the checkpoint names.
+    let args = aigronova_cli::audit::VerifyArgs {
+        url: app.address.clone(),
+        key: key.clone(),
+        public_key: None,
+        entry: None,
+        checkpoint: None,
+        tenant: None,
+    };
+    let refused = format!("{:#}", aigronova_cli::audit::verify(&args).await.unwrap_err());
+    let named = after["checkpoint"]["keyId"].as_str().unwrap();
+    assert!(
+        refused.contains(&format!("it names signing key {named}")) && refused.contains("--public-key"),
+        "{refused}"
+    );
+    app.stop().await;
+}
+
 async fn reports_carry_the_evidence(backend: Backend) {
     let app = spawn_app(backend).await;
     let tenant = app.create_tenant_on("Clínica Auditada", "enterprise").await;
@@ -153,6 +199,7 @@ async fn reports_carry_the_evidence(backend: Backend) {
         .await;
     let tampered = report(&app, &key, "iso27001").await;
     assert_eq!(tampered["verification"]["verified"], false);
+    assert_eq!(tampered["verification"]["signatureVerified"], true, "the checkpoint is sound, the log is not");
     assert_eq!(tampered["verification"]["firstBadIndex"], "1", "{}", tampered["verification"]);
     let text = pdf_text(&app.get("/v1/governance/reports/iso27001?format=pdf", &key).await.bytes().await.unwrap());
     assert!(text.contains("FAILED at entry 1"), "{text}");
@@ -169,6 +216,8 @@ async fn reports_carry_the_evidence(backend: Backend) {
         // Finer than the log's microseconds: refused, not cut.
         ("lgpd?from=2026-11-01T00:00:00.123456789Z", "from"),
         ("lgpd?from=2026-01-01&to=2026-11-01T00:00:00.0000001Z", "to"),
+        // A `to` at the earliest bound leaves no period before it for the default `from`.
+        ("lgpd?to=0000-01-01T00:00:00%2B01:00", "to"),
     ] {
         let problem = assert_problem(app.get(&format!("/v1/governance/reports/{query}"), &key).await, 400).await;
         assert_eq!(problem["field"], field, "{query}: {problem}");
