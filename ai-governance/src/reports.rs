@@ -253,7 +253,9 @@ impl Reporter {
                 None => &mut open,
             };
             *counted += 1;
-            failed += usize::from(request.status == "failed");
+            // Failed by the period's end (one failed before the time was kept, whenever).
+            let failed_by_end = request.failed_at.as_deref().is_none_or(|at| at < end.as_str());
+            failed += usize::from(request.status == "failed" && failed_by_end);
         }
         let requests_before = requests.iter().filter(|r| r.created_at < start).count();
 

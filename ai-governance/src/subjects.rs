@@ -165,6 +165,8 @@ pub struct RequestTally {
     pub deadline: String,
     pub created_at: String,
     pub completed_at: Option<String>,
+    /// When it was found failed; `None` for a failed request of before this was kept.
+    pub failed_at: Option<String>,
 }
 
 /// What an evidence report counts of a review.
@@ -884,12 +886,13 @@ impl SubjectStore {
             .expect("outcomes serialise");
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
         let updated = sqlx::query(
-            "UPDATE subject_requests SET status = 'failed', outcomes = $3 \
+            "UPDATE subject_requests SET status = 'failed', outcomes = $3, failed_at = $4 \
              WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
         )
         .bind(tenant_id)
         .bind(id)
         .bind(outcomes)
+        .bind(now())
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
@@ -976,7 +979,7 @@ impl SubjectStore {
         let export = new.export.map(|export| seal(cipher, &Column::Export.context(tenant_id, new.id), export));
         let updated = sqlx::query(
             "UPDATE subject_requests SET status = $3, completed_at = $4, outcomes = $5, export = $6, \
-             subject_digest = $7 WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
+             subject_digest = $7, failed_at = $8 WHERE tenant_id = $1 AND id = $2 AND status = 'running'",
         )
         .bind(tenant_id)
         .bind(&request.id)
@@ -985,6 +988,7 @@ impl SubjectStore {
         .bind(serde_json::to_string(&request.outcomes).expect("outcomes serialise"))
         .bind(export)
         .bind(new.digest)
+        .bind((status == "failed").then(now))
         .execute(&mut *transaction)
         .await
         .map_err(StoreError::from)?;
@@ -1406,7 +1410,7 @@ impl SubjectStore {
     /// failed: a failed request is over, made again if it is still wanted, and counts in the period
     /// it was made in). What a report counts, read without opening any details or bundle.
     pub async fn request_tallies(&self, tenant_id: &str, start: &str, end: &str) -> Result<Vec<RequestTally>, Error> {
-        let select = "SELECT kind, status, deadline, created_at, completed_at FROM subject_requests \
+        let select = "SELECT kind, status, deadline, created_at, completed_at, failed_at FROM subject_requests \
                       WHERE tenant_id = $1 AND created_at < $3 AND (created_at >= $2 OR (status <> 'failed' \
                       AND (completed_at IS NULL OR completed_at >= $2))) ORDER BY id";
         let rows = self.rows_of_period(select, tenant_id, start, end).await?;
@@ -1417,6 +1421,7 @@ impl SubjectStore {
                 deadline: row.try_get("deadline")?,
                 created_at: row.try_get("created_at")?,
                 completed_at: row.try_get("completed_at")?,
+                failed_at: row.try_get("failed_at")?,
             })
         };
         Ok(rows.iter().map(tally).collect::<Result<_, _>>()?)

@@ -165,6 +165,13 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert_eq!((&made["subjectRequests"]["total"], &made["subjectRequests"]["failed"]), (&json!(1), &json!(1)));
     // Its subject had no answer in time: overdue in its period, as the list shows it.
     assert_eq!((&made["subjectRequests"]["overdue"], &made["subjectRequests"]["open"]), (&json!(1), &json!(0)));
+    // Failed after the period ended, it was not failed then; failed within it, it was.
+    app.execute_on_governance("UPDATE subject_requests SET failed_at = '2026-04-02T00:00:00.000000Z'").await;
+    let not_yet = report(&app, &key, "lgpd?from=2026-03-01&to=2026-04-01").await;
+    assert_eq!((&not_yet["subjectRequests"]["total"], &not_yet["subjectRequests"]["failed"]), (&json!(1), &json!(0)));
+    app.execute_on_governance("UPDATE subject_requests SET failed_at = '2026-03-20T00:00:00.000000Z'").await;
+    let within = report(&app, &key, "lgpd?from=2026-03-01&to=2026-04-01").await;
+    assert_eq!(within["subjectRequests"]["failed"], 1, "{}", within["subjectRequests"]);
 
     // The PDF renders and carries the root hash the checkpoint signs.
     let response = app.get("/v1/governance/reports/lgpd?format=pdf", &key).await;

@@ -821,6 +821,11 @@ async fn a_bundle_some_service_could_not_answer_for_names_it() {
     let key = app.create_key(&tenant, SCOPES).await;
     let access = open(&app, &key, json!({"cpf": CPF, "kind": "access"})).await;
     assert_eq!(access["status"], "failed", "{access}");
+    // When it failed is kept, for reports of periods that ended before then.
+    assert_eq!(
+        app.count_governance_rows("subject_requests WHERE status = 'failed' AND failed_at IS NOT NULL").await,
+        1
+    );
     let bundle = export(&app, &key, access["id"].as_str().unwrap()).await;
     assert_eq!(bundle["missingServices"], json!(["ghost"]), "{bundle}");
     assert!(bundle["services"].get("ghost").is_none() && bundle["services"].get("healthquantum").is_some(), "{bundle}");
