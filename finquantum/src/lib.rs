@@ -481,7 +481,7 @@ pub fn mask_name_again(text: &str) -> String {
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
 /// digits (ASCII, full-width, or any script's decimal digits) passing the Luhn check, in one group or in groups split by spaces,
-/// dashes, dots, commas, slashes, asterisks, underscores or invisible characters (up to five
+/// dashes, dots, commas, slashes, colons, vertical bars, asterisks, underscores or invisible characters (up to five
 /// between two groups), also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
 /// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
 pub fn mask_card_numbers(text: &str) -> String {
@@ -564,7 +564,7 @@ fn is_card_separator(c: char) -> bool {
     c.is_whitespace()
         || aigronova_platform::text::is_invisible(c)
         || matches!(c, '\u{2212}' | '\u{fe63}' | '\u{ff0c}'..='\u{ff0f}' | '\u{00ad}')
-        || matches!(c, '-' | '.' | '/' | '_' | ',' | '*' | '\u{2010}'..='\u{2015}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
+        || matches!(c, '-' | '.' | '/' | '_' | ',' | '*' | ':' | '|' | '\u{2010}'..='\u{2015}' | '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}')
 }
 
 /// Card lengths in the order they are tried: the common 16 first, then Amex's 15, then the
@@ -744,6 +744,10 @@ mod tests {
     fn card_numbers_never_stay_in_clear() {
         assert_eq!(mask_card_numbers("COMPRA CARTAO 4111 1111 1111 1111 LOJA"), "COMPRA CARTAO ****1111 LOJA");
         assert_eq!(mask_card_numbers("cartão 5500-0000-0000-0004"), "cartão ****0004");
+        assert_eq!(mask_card_numbers("CARTAO 4111:1111:1111:1111"), "CARTAO ****1111");
+        assert_eq!(mask_card_numbers("CARTAO 4111|1111|1111|1111 LOJA"), "CARTAO ****1111 LOJA");
+        assert_eq!(mask_card_numbers("PIX 10:30:45 REF 4111"), "PIX 10:30:45 REF 4111");
+        assert_eq!(mask_card_numbers("TED 2026-11-29 12:30 DOC 12345"), "TED 2026-11-29 12:30 DOC 12345");
         assert_eq!(mask_card_numbers("4012888888881881"), "****1881");
         // In other scripts' digits, and mathematical ones.
         assert_eq!(mask_card_numbers("CARTAO ٤١١١١١١١١١١١١١١١"), "CARTAO ****١١١١");
