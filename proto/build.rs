@@ -22,6 +22,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("descriptor.bin"), compiler.encode_file_descriptor_set())?;
     let fds = compiler.file_descriptor_set();
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
+    // The inputs an answer shows, by feature name, in the same order on every call.
+    tonic_prost_build::configure()
+        .btree_map(".aigronova.health.v1.Assessment.features")
+        .btree_map(".aigronova.fin.v1.CreditScore.features")
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -712,6 +712,9 @@ pub struct Verification {
     pub reason: String,
     /// Whether the checkpoint's signature verifies against the key that signed it.
     pub signed: bool,
+    /// Whether the signature fails against the trusted key the checkpoint names: the checkpoint
+    /// was altered, or forged, rather than signed by a key this deployment does not know.
+    pub signature_failed: bool,
 }
 
 impl Verification {
@@ -732,6 +735,8 @@ impl LogStore {
         // entries show of themselves is said all the same.
         let current = self.signer.public_key();
         let key = std::iter::once(&current).chain(&self.earlier).find(|key| key.key_id() == checkpoint.key_id);
+        let signature_failed =
+            key.is_some_and(|key| key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err());
         let unsigned = match key {
             None => Some(format!(
                 "the latest checkpoint is signed by key {}, neither this deployment's key {} nor one of its \
@@ -740,19 +745,28 @@ impl LogStore {
                 checkpoint.key_id,
                 self.signer.key_id()
             )),
-            Some(key) if key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_err() => {
-                Some(format!("the latest checkpoint's signature does not verify against its key {}", checkpoint.key_id))
-            }
+            Some(_) if signature_failed => Some(format!(
+                "the latest checkpoint's signature does not verify against its key {}, which this deployment trusts: \
+                 the checkpoint was altered or forged",
+                checkpoint.key_id
+            )),
             Some(_) => None,
         };
         let walk = self.walk(tenant_id, size).await?;
         if let Some(reason) = unsigned {
-            return self.unsigned(checkpoint, walk, reason).await;
+            let verification = self.unsigned(checkpoint, walk, reason).await?;
+            return Ok(Verification { signature_failed, ..verification });
         }
         let Walk { leaves, first_bad, id_changed, missing } = walk;
         if let Some(expected) = missing {
             let reason = format!("entry {expected} is missing");
-            return Ok(Verification { tree_size: size, first_bad_index: Some(expected), reason, signed: true });
+            return Ok(Verification {
+                tree_size: size,
+                first_bad_index: Some(expected),
+                reason,
+                signed: true,
+                signature_failed: false,
+            });
         }
         // Fewer entries than were signed, with none missing between them: the last ones deleted,
         // or one before them with those after it renumbered; which is searched for as for a change.
@@ -770,7 +784,13 @@ impl LogStore {
                 Some(index) => (Some(index), format!("entry {index}'s event id is not the one its signed text holds")),
                 None => (None, "the log matches the signed root".to_owned()),
             };
-            return Ok(Verification { tree_size: size, first_bad_index, reason, signed: true });
+            return Ok(Verification {
+                tree_size: size,
+                first_bad_index,
+                reason,
+                signed: true,
+                signature_failed: false,
+            });
         }
         if let Some(index) = first_bad {
             return Ok(Verification {
@@ -778,6 +798,7 @@ impl LogStore {
                 first_bad_index: Some(index),
                 reason: format!("entry {index} does not match the signed tree"),
                 signed: true,
+                signature_failed: false,
             });
         }
         // Entries and their hashes changed together: the checkpoints signed along the way tell
@@ -804,7 +825,13 @@ impl LogStore {
             (Some(bracket), _) => bracket,
             (None, true) => {
                 let (index, reason) = fewer_than_signed(reached, held, size);
-                return Ok(Verification { tree_size: size, first_bad_index: Some(index), reason, signed: true });
+                return Ok(Verification {
+                    tree_size: size,
+                    first_bad_index: Some(index),
+                    reason,
+                    signed: true,
+                    signature_failed: false,
+                });
             }
             (None, false) => (0, size),
         };
@@ -818,6 +845,7 @@ impl LogStore {
                     to - 1
                 ),
                 signed: true,
+                signature_failed: false,
             });
         }
         Ok(Verification {
@@ -825,6 +853,7 @@ impl LogStore {
             first_bad_index: Some(from),
             reason: changed_between(from, to),
             signed: true,
+            signature_failed: false,
         })
     }
 
@@ -877,6 +906,7 @@ impl LogStore {
             first_bad_index,
             reason: format!("{reason}; {entries}"),
             signed: false,
+            signature_failed: false,
         };
         if let Some(index) = walk.missing {
             return Ok(unverified(Some(index), format!("entry {index}, which it covers, is missing")));

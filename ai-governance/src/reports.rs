@@ -276,6 +276,7 @@ impl Reporter {
         let mut verified = json!({
             "verified": verification.verified(),
             "signatureVerified": verification.signed,
+            "signatureFailed": verification.signature_failed,
             "treeSize": verification.tree_size.to_string(),
             "detail": verification.reason,
         });
@@ -348,18 +349,28 @@ pub fn render_pdf(report: &Value) -> Vec<u8> {
     };
     let mut pdf = PdfDocument::new(report["title"].as_str().unwrap_or("Evidence report"));
     pdf.field("Tenant", &text(&report["tenantId"]));
-    pdf.field("Period", &format!("{} to {}", text(&report["period"]["from"]), text(&report["period"]["to"])));
+    // The end is the first instant after the period, which a reader could take for its last day.
+    pdf.field(
+        "Period",
+        &format!("from {} up to {} (excluded)", text(&report["period"]["from"]), text(&report["period"]["to"])),
+    );
     pdf.field("Generated", &text(&report["generatedAt"]));
 
     pdf.heading("Audit log integrity");
     let verification = &report["verification"];
-    // A checkpoint whose signature is not verified here (signed by a key this deployment does not
-    // trust, or failing) vouches for nothing: the entries' own evidence is told apart from it.
+    // A checkpoint whose signature is not verified here vouches for nothing: the entries' own
+    // evidence is told apart from it. One that fails against the trusted key it names was altered
+    // or forged; one signed by a key this deployment does not know may be sound elsewhere.
     let verdict = match (verification["verified"] == true, verification["signatureVerified"] == true) {
         (true, _) => "verified: every entry hashes into the signed root".to_owned(),
+        (false, false) if verification["signatureFailed"] == true => {
+            "FAILED: the checkpoint's signature does not verify against the trusted key it names (see the detail)"
+                .to_owned()
+        }
         (false, true) => format!("FAILED at entry {}", text(&verification["firstBadIndex"])),
         (false, false) if verification.get("firstBadIndex").is_some() => format!(
-            "NOT VERIFIED: the checkpoint's signature is not verified here, and entry {} shows a change of its own",
+            "NOT VERIFIED: the checkpoint's signature is not verified here, and the entries show a change of their own at \
+             index {} (see the detail)",
             text(&verification["firstBadIndex"])
         ),
         (false, false) => "NOT VERIFIED: the checkpoint's signature is not verified here (see the detail)".to_owned(),

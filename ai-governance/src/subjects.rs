@@ -651,8 +651,18 @@ impl SubjectStore {
             let processed = store.process(&caller, &cpf, kind, &details, caller_deadline).await;
             // Logged here too: the caller may have stopped waiting. A refusal of the request as
             // asked (too little time, a bad field) is the caller's to mend, not the service's fault.
+            let callers = |status: &tonic::Status| {
+                use tonic::Code;
+                matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::NotFound | Code::Aborted | Code::FailedPrecondition
+                )
+            };
             match &processed {
-                Err(error @ (Error::Refused(_) | Error::InvalidArgument { .. } | Error::NotFound(_))) => {
+                Err(error @ (Error::InvalidArgument { .. } | Error::NotFound(_))) => {
+                    tracing::info!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request refused");
+                }
+                Err(error @ Error::Refused(status)) if callers(status) => {
                     tracing::info!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request refused");
                 }
                 Err(error) => {

@@ -204,7 +204,7 @@ fn consent_message(consent: &Consent) -> proto::Consent {
 }
 
 fn score_message(score: StoredScore, words: &ReasonWords) -> Result<proto::CreditScore, Status> {
-    let features: std::collections::HashMap<String, f64> = serde_json::from_value(score.features).unwrap_or_default();
+    let features: std::collections::BTreeMap<String, f64> = serde_json::from_value(score.features).unwrap_or_default();
     let withheld = scoring::withheld_in(&score.bank);
     let bank: Option<proto::BankSummary> = serde_json::from_value::<StoredBank>(score.bank).ok().map(Into::into);
     let reasons = words

@@ -481,8 +481,8 @@ pub fn mask_name_again(text: &str) -> String {
 
 /// `text` with every payment card number in it masked but for its last four digits: 13 to 19
 /// digits (ASCII, full-width, or any script's decimal digits) passing the Luhn check, in one group or in groups split by spaces,
-/// dashes, dots, commas, slashes, colons, vertical bars, asterisks, underscores or invisible characters (up to five
-/// between two groups), also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
+/// dashes, dots, commas, slashes, asterisks, underscores or invisible characters (up to five between two groups),
+/// or by colons or vertical bars when the groups are laid out as cards print them (not a time's), also when other numbers stand next to them (`PARC 02 4111 1111 1111 1111`, `PARC 02/10 5555555555554444`,
 /// `5555555555554444 1/3`, `5555 5555 5555 4444 12/27`).
 pub fn mask_card_numbers(text: &str) -> String {
     mask(text, false)
@@ -595,6 +595,13 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
     let group_starts: Vec<bool> = digits.iter().map(|&at| at == start || !is_digit(chars[at - 1])).collect();
     let group_ends: Vec<bool> =
         digits.iter().enumerate().map(|(n, &at)| digits.get(n + 1).is_none_or(|&next| next != at + 1)).collect();
+    // Whether the separators before each digit hold a colon or a vertical bar, which part a
+    // time's or a table's numbers (`2026-11-29 10:30:44`) and a card's groups only as printed.
+    let after_colon: Vec<bool> = digits
+        .iter()
+        .enumerate()
+        .map(|(n, &at)| n > 0 && chars[digits[n - 1] + 1..at].iter().any(|c| matches!(c, ':' | '|')))
+        .collect();
     // Each digit's group, and each group's first digit and size.
     let mut group_of = Vec::with_capacity(digits.len());
     let (mut firsts, mut sizes): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
@@ -638,6 +645,7 @@ fn masked_run(chars: &[char], start: usize, end: usize, digits: &[usize]) -> Str
                 let layout = &sizes[group_of[first]..=group_of[last - 1]];
                 let shaped = match pass {
                     0 => group_ends[last - 1] && printed_layout(layout),
+                    _ if after_colon[first + 1..last].contains(&true) => false,
                     // Whole groups, whatever touches them: a card glued to a word (`VISA4111…`)
                     // is masked, and so is a card-shaped run in an id (`e958f282-20261110-34`),
                     // as a card left in clear would be worse.
@@ -748,6 +756,11 @@ mod tests {
         assert_eq!(mask_card_numbers("CARTAO 4111|1111|1111|1111 LOJA"), "CARTAO ****1111 LOJA");
         assert_eq!(mask_card_numbers("PIX 10:30:45 REF 4111"), "PIX 10:30:45 REF 4111");
         assert_eq!(mask_card_numbers("TED 2026-11-29 12:30 DOC 12345"), "TED 2026-11-29 12:30 DOC 12345");
+        // Times to the second, whose 14 digits with the date's pass the Luhn check.
+        assert!(luhn(&"20261129103044".chars().collect::<Vec<_>>()));
+        assert_eq!(mask_card_numbers("TED 2026-11-29 10:30:44"), "TED 2026-11-29 10:30:44");
+        assert_eq!(mask_card_numbers("PIX 29/11/2026 10:30:44|REF"), "PIX 29/11/2026 10:30:44|REF");
+        assert_eq!(mask_card_numbers("10:30:44 4111111111111111"), "10:30:44 ****1111");
         assert_eq!(mask_card_numbers("4012888888881881"), "****1881");
         // In other scripts' digits, and mathematical ones.
         assert_eq!(mask_card_numbers("CARTAO ٤١١١١١١١١١١١١١١١"), "CARTAO ****١١١١");

@@ -612,7 +612,12 @@ impl ReasonWords {
 
     /// The reasons of a decision: the `features` it stored, with the values it scored and the
     /// features of the accounts its shared data did not hold (`withheld`).
-    pub fn reasons(&self, features: &[String], values: &HashMap<String, f64>, withheld: &[&str]) -> Vec<Reason> {
+    pub fn reasons(
+        &self,
+        features: &[String],
+        values: &std::collections::BTreeMap<String, f64>,
+        withheld: &[&str],
+    ) -> Vec<Reason> {
         features
             .iter()
             .filter_map(|feature| {

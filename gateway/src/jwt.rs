@@ -420,11 +420,15 @@ fn token_header(token: &str) -> Result<TokenHeader, TokenError> {
     serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
 }
 
-/// Whether the payload of `token` has a member named `claim`, whatever its value.
+/// The token's payload, read without verifying the token: only to word a refusal.
+fn unverified_payload(token: &str) -> Option<Map<String, Value>> {
+    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
+    serde_json::from_slice(&payload).ok()
+}
+
 /// The token's `iat` (seconds since the epoch), read without verifying the token.
 fn unverified_iat(token: &str) -> Option<i64> {
-    let payload = URL_SAFE_NO_PAD.decode(token.split('.').nth(1)?).ok()?;
-    serde_json::from_slice::<Map<String, Value>>(&payload).ok()?.get("iat")?.as_i64()
+    unverified_payload(token)?.get("iat")?.as_i64()
 }
 
 /// The first claim name the token's payload (`payload`, base64url) names twice, escapes read:
@@ -468,13 +472,9 @@ fn unix_seconds(at: std::time::SystemTime) -> i64 {
     at.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_secs() as i64)
 }
 
+/// Whether the payload of `token` has a member named `claim`, whatever its value.
 fn payload_names(token: &str, claim: &str) -> bool {
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
-        .and_then(|json| serde_json::from_slice::<Map<String, Value>>(&json).ok())
-        .is_some_and(|payload| payload.contains_key(claim))
+    unverified_payload(token).is_some_and(|payload| payload.contains_key(claim))
 }
 
 fn token_error(kind: ErrorKind) -> TokenError {

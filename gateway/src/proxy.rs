@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::{
     AppState, auth, decompress,
     problem::Problem,
-    request_id,
+    ratelimit, request_id,
     resilience::{self, BodyRoom, CallPolicy},
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
@@ -249,11 +249,38 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     // The tenant's slot first: a request refused for its tenant's requests in flight spends
     // nothing of its rate.
     let mut slot = state.resilience.enter_tenant(tenant_id)?;
-    state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
-    let mut room = slot.body_room(limits.max_body_bytes);
-    room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
-    let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
-    let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
+    // The quota before the rate, its fields written after the rate's: a request the quota refuses
+    // spends nothing of the rate, and one refused once its unit is reserved (by the rate, or for
+    // its body) gives the unit back.
+    let mut quota_fields = HeaderMap::new();
+    let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut quota_fields).await;
+    let quota = match quota {
+        Ok(quota) => quota,
+        Err(problem) => {
+            ratelimit::append_fields(&mut facts.rate_limit, quota_fields);
+            return Err(problem);
+        }
+    };
+    let prepared = async {
+        state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
+        let mut room = slot.body_room(limits.max_body_bytes);
+        room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
+        let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
+        let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
+        Ok::<_, Problem>((room, body, message))
+    }
+    .await;
+    let (mut room, body, message) = match prepared {
+        Ok(prepared) => {
+            ratelimit::append_fields(&mut facts.rate_limit, quota_fields);
+            prepared
+        }
+        Err(problem) => {
+            quota.settle(false, &mut quota_fields).await;
+            ratelimit::append_fields(&mut facts.rate_limit, quota_fields);
+            return Err(problem);
+        }
+    };
 
     let caller =
         Caller { tenant_id: tenant_id.to_owned(), subject: principal.key_id.clone(), scopes: principal.scopes.clone() };
@@ -271,8 +298,6 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         otel.status_code = tracing::field::Empty,
     );
     trace_context::inject_span(&span, &mut metadata);
-    // The quota is reserved last, so that a request refused for its body spends none of it.
-    let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
     let request_message = transcode::encode(&message);
     // While the call is out only the message sent is held, and its room is trimmed to it (its
     // growth reserved ahead of a body of unknown length is given back).
@@ -472,6 +497,8 @@ const CACHEABLE_PATHS: [&str; 2] = ["/openapi.json", "/docs"];
 pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     // Measured as the client sent it, before the request id the gateway may add.
     let refused = refused_early(&request);
+    // A body in a transfer coding not read is left unread.
+    let unread_coding = refused.as_ref().is_some_and(|problem| problem.status() == StatusCode::NOT_IMPLEMENTED);
     let (id, id_value) = request_id::adopt(&mut request);
     let path = request.uri().path().to_owned();
     let preflight = crate::cors::is_preflight(&request);
@@ -499,9 +526,7 @@ pub(crate) async fn edge(State(state): State<AppState>, mut request: Request, ne
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     // A body given up on (too slow, too large, in a coding not read) is not read to its end: the connection closes
     // after the answer, and the answer says so (RFC 9110 section 15.5.9).
-    if http1
-        && matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::NOT_IMPLEMENTED)
-    {
+    if http1 && (matches!(status, StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE) || unread_coding) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     // Neither a browser nor a shared cache keeps personal data or a key shown once; an answer

@@ -384,6 +384,15 @@ fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<It
     }
 }
 
+/// Appends the `RateLimit-Policy` and `RateLimit` items of `more` to those of `headers`.
+pub(crate) fn append_fields(headers: &mut HeaderMap, more: HeaderMap) {
+    for name in [POLICY, RATELIMIT] {
+        if let Some(items) = more.get(&name).and_then(|value| value.to_str().ok()) {
+            append(headers, name, [items.to_owned()]);
+        }
+    }
+}
+
 /// One inference call counted against the tenant's monthly quota, until settled.
 #[must_use = "settle the reservation with the outcome of the call"]
 pub(crate) struct Reservation {

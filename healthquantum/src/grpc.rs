@@ -658,6 +658,7 @@ impl From<Assessment> for proto::Assessment {
                 .collect(),
             risk_band: assessment.risk_band,
             create_time: Some(time::to_proto(assessment.created_at)),
+            features: assessment.features.into_iter().collect(),
         }
     }
 }

@@ -127,19 +127,27 @@ pub fn recognise(bytes: &[u8], declared: Option<MediaType>) -> Result<MediaType,
     let media_type = MediaType::detect(bytes).ok_or_else(|| unrecognised(bytes))?;
     match declared {
         Some(declared) if declared != media_type => {
-            Err(Error::invalid("Content-Type", format!("the body is {}, not {declared}", media_type.described())))
+            // Named by kind, not by the type's name, which the client may have written otherwise (`image/jpg`).
+            Err(Error::invalid(
+                "Content-Type",
+                format!("the body is {}, not {} as it says", media_type.described(), declared.described()),
+            ))
         }
         _ => Ok(media_type),
     }
 }
 
 /// The refusal of bytes of no known type; one that reads as a DICOM data set without the file
-/// header (its magic `DICM` first, or an explicit VR element of group 0002 or 0008) is told so.
+/// header (its magic `DICM` first, or a first element of group 0002 or 0008, in explicit VR or
+/// in implicit VR with an even length that fits) is told so.
 fn unrecognised(bytes: &[u8]) -> Error {
-    let headerless_dicom = bytes.starts_with(b"DICM")
-        || (bytes.len() >= 8
-            && matches!(bytes[..2], [0x02, 0x00] | [0x08, 0x00])
-            && bytes[4..6].iter().all(u8::is_ascii_uppercase));
+    let first_group = bytes.len() >= 8 && matches!(bytes[..2], [0x02, 0x00] | [0x08, 0x00]);
+    let explicit = first_group && bytes[4..6].iter().all(u8::is_ascii_uppercase);
+    let implicit = first_group && bytes[3] == 0 && {
+        let length = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+        length.is_multiple_of(2) && length <= 1024 && length <= bytes.len() - 8
+    };
+    let headerless_dicom = bytes.starts_with(b"DICM") || explicit || implicit;
     if headerless_dicom {
         return Error::invalid(
             "body",
@@ -1037,8 +1045,11 @@ mod tests {
     fn a_dicom_data_set_without_its_file_header_is_told_so() {
         let dicom = include_bytes!("../../tests/fixtures/minimal.dcm");
         assert!(matches!(recognise(dicom, None), Ok(MediaType::Dicom)));
-        // Without the preamble, and without the preamble and DICM: the file meta information first.
-        for headerless in [&dicom[PREAMBLE..], &dicom[PREAMBLE + 4..]] {
+        // Without the preamble, and without the preamble and DICM: the file meta information first;
+        // and a data set in implicit VR, its first element (0008,0016) with its 4-byte length.
+        let mut implicit = vec![0x08, 0x00, 0x16, 0x00, 0x1a, 0x00, 0x00, 0x00];
+        implicit.extend_from_slice(b"1.2.840.10008.5.1.4.1.1.7\0");
+        for headerless in [&dicom[PREAMBLE..], &dicom[PREAMBLE + 4..], implicit.as_slice()] {
             match recognise(headerless, None) {
                 Err(Error::InvalidArgument { field, reason }) => {
                     assert_eq!(field, "body");
@@ -1948,9 +1959,9 @@ mod tests {
             other => panic!("{declared} accepted or refused otherwise: {other:?}"),
         };
         let mismatches = [
-            (picture.as_slice(), MediaType::Jpeg, "the body is a PNG image, not image/jpeg"),
-            (picture.as_slice(), MediaType::Dicom, "the body is a PNG image, not application/dicom"),
-            (DICOM, MediaType::Png, "the body is a DICOM file, not image/png"),
+            (picture.as_slice(), MediaType::Jpeg, "the body is a PNG image, not a JPEG image as it says"),
+            (picture.as_slice(), MediaType::Dicom, "the body is a PNG image, not a DICOM file as it says"),
+            (DICOM, MediaType::Png, "the body is a DICOM file, not a PNG image as it says"),
         ];
         for (bytes, declared, expected) in mismatches {
             assert_eq!(refusal(bytes, declared), ("Content-Type".to_owned(), expected.to_owned()));

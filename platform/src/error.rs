@@ -108,18 +108,14 @@ pub fn already_exists(field: &str, detail: &str) -> Status {
     status
 }
 
+/// Bytes escaped in a [`FIELD_METADATA_KEY`] value: those outside printable ASCII, and `%`.
+const FIELD_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
 /// Names `field` in [`FIELD_METADATA_KEY`], its bytes outside printable ASCII and its `%` escaped
 /// as in a URI (`features.press%C3%A3o`), since ASCII metadata holds nothing else; read back with
 /// [`field_of_metadata`].
 fn name_field(status: &mut Status, field: &str) {
-    let mut escaped = String::with_capacity(field.len());
-    for byte in field.bytes() {
-        if (0x20..0x7f).contains(&byte) && byte != b'%' {
-            escaped.push(char::from(byte));
-        } else {
-            escaped.push_str(&format!("%{byte:02X}"));
-        }
-    }
+    let escaped = percent_encoding::utf8_percent_encode(field, FIELD_ESCAPED).to_string();
     if let Ok(value) = escaped.parse() {
         status.metadata_mut().insert(FIELD_METADATA_KEY, value);
     }
@@ -127,27 +123,7 @@ fn name_field(status: &mut Status, field: &str) {
 
 /// The field a [`FIELD_METADATA_KEY`] value names, its escapes read.
 pub fn field_of_metadata(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut field = Vec::with_capacity(bytes.len());
-    let mut at = 0;
-    while at < bytes.len() {
-        let escaped = (bytes[at] == b'%')
-            .then(|| bytes.get(at + 1..at + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(byte) => {
-                field.push(byte);
-                at += 3;
-            }
-            None => {
-                field.push(bytes[at]);
-                at += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&field).into_owned()
+    percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned()
 }
 
 /// An internal failure: logged with its cause, reported to the caller without it.

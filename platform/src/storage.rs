@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{
     Any, AnyConnection, AnyPool, Connection, Row, Transaction,
     any::{AnyPoolOptions, install_default_drivers},
-    migrate::Migrator,
+    migrate::{MigrateError, Migrator},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tonic::Status;
@@ -58,6 +58,9 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The database holds migrations that are not this component's (see [`foreign_migrations`]).
+    #[error("{0}")]
+    ForeignMigrations(String),
 }
 
 impl StoreError {
@@ -78,6 +81,7 @@ impl From<StoreError> for Status {
             | StoreError::Folder(_)
             | StoreError::Database(_)
             | StoreError::Migration(_)
+            | StoreError::ForeignMigrations(_)
             | StoreError::Corrupt(_) => crate::error::internal(&error),
         }
     }
@@ -234,6 +238,37 @@ fn pool_options(backend: Backend, max_connections: u32, durability: Durability) 
     })
 }
 
+/// Why a database's applied migrations are not `migrator`'s, in words an operator can act on: the
+/// database of another component (its first migration is another), or one a newer version of
+/// this component migrated (a migration this version does not have).
+async fn foreign_migrations(pool: &AnyPool, migrator: &Migrator, error: &MigrateError) -> String {
+    let applied: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(pool)
+            .await
+            .unwrap_or_default();
+    let ours = |version: i64| migrator.iter().find(|migration| migration.version == version);
+    let first_applied = applied.first();
+    let another = first_applied.is_some_and(|(version, description)| {
+        ours(*version).is_none_or(|migration| migration.description.as_ref() != description.as_str())
+    });
+    if another {
+        let (version, description) = first_applied.expect("checked above");
+        return format!(
+            "the database holds another component's tables (its migration {version} is {description:?}, not this \
+             one's): give each service and the gateway a database of its own ({error})"
+        );
+    }
+    match applied.iter().find(|(version, _)| ours(*version).is_none()) {
+        Some((version, description)) => format!(
+            "the database was migrated by a newer version of this component (its migration {version}, \
+             {description:?}, is not one this version has): run that version, or restore a backup taken before \
+             the upgrade ({error})"
+        ),
+        None => format!("the database's applied migrations differ from this version's ({error})"),
+    }
+}
+
 impl Database {
     /// Connects (creating an SQLite file and its folder when missing) and runs `migrator`. An
     /// embedded commit survives a crash of the process, not always a power cut.
@@ -271,7 +306,12 @@ impl Database {
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        migrator.run(&pool).await?;
+        match migrator.run(&pool).await {
+            Err(error @ (MigrateError::VersionMissing(_) | MigrateError::VersionMismatch(_))) => {
+                return Err(StoreError::ForeignMigrations(foreign_migrations(&pool, migrator, &error).await));
+            }
+            result => result?,
+        }
         // An in-memory database exists once per pool: it has no writer of its own.
         let writer = match backend {
             Backend::Sqlite if !url.contains(":memory:") => {

@@ -930,9 +930,10 @@ async fn uploads_of_another_type_than_declared_or_ending_with_an_archive_are_ref
 
     let stored = walk(&objects).len();
     let refused = [
-        ("image/jpeg", picture.clone(), "Content-Type", "the body is a PNG image, not image/jpeg"),
-        ("application/dicom", picture.clone(), "Content-Type", "the body is a PNG image, not application/dicom"),
-        ("image/png", dicom, "Content-Type", "the body is a DICOM file, not image/png"),
+        ("image/jpeg", picture.clone(), "Content-Type", "the body is a PNG image, not a JPEG image as it says"),
+        ("image/jpg", picture.clone(), "Content-Type", "the body is a PNG image, not a JPEG image as it says"),
+        ("application/dicom", picture.clone(), "Content-Type", "the body is a PNG image, not a DICOM file as it says"),
+        ("image/png", dicom, "Content-Type", "the body is a DICOM file, not a PNG image as it says"),
         ("image/png", with_zip(&picture), "body", "starts as image/png but it ends with a ZIP archive"),
         ("image/jpeg", with_zip(&photo), "body", "starts as image/jpeg but it ends with a ZIP archive"),
         ("application/octet-stream", with_zip(&picture), "body", "ends with a ZIP archive"),

@@ -228,6 +228,56 @@ async fn inference_quota_runs_out(limiter: Limiter) {
     app.stop().await;
 }
 
+/// Calls the quota refuses spend nothing of the tenant's rate (a batch retrying past its quota
+/// leaves the rate to the tenant's other calls), and a call the rate refuses gives its quota unit
+/// back.
+async fn quota_and_rate_spend_nothing_of_each_other(limiter: Limiter) {
+    let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 5, 2)).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let path = format!("/v1/health/patients/{patient}/assessments");
+    assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
+    assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
+    for _ in 0..6 {
+        let problem = assert_problem(app.post(&path, &key, &assessment_body()).await, 429).await;
+        assert_eq!(problem["violatedPolicies"], json!(["inference"]), "{limiter:?}: {problem}");
+    }
+    // Three of the burst of five spent: two more pass, then the rate refuses.
+    for _ in 0..2 {
+        assert_eq!(app.get(&format!("/v1/health/patients/{patient}"), &key).await.status(), 200, "{limiter:?}");
+    }
+    let problem = assert_problem(app.get(&format!("/v1/health/patients/{patient}"), &key).await, 429).await;
+    assert_eq!(problem["violatedPolicies"], json!(["tenant"]), "{limiter:?}: {problem}");
+    app.stop().await;
+
+    // A quota of 3 and a burst of 3: the third call is refused by the rate and keeps its unit.
+    let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 3, 3)).await;
+    let (_, key) = app.tenant_with_key().await;
+    let patient = app.create_patient(&key).await;
+    let path = format!("/v1/health/patients/{patient}/assessments");
+    assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
+    assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
+    let refused = app.post(&path, &key, &assessment_body()).await;
+    let fields = header(&refused, "ratelimit");
+    assert!(
+        fields.starts_with(r#""tenant";r=0;t="#) && fields.contains(r#""inference";r=1;t="#),
+        "{limiter:?}: {fields}"
+    );
+    let problem = assert_problem(refused, 429).await;
+    assert_eq!(problem["violatedPolicies"], json!(["tenant"]), "{limiter:?}: {problem}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn quota_and_rate_spend_nothing_of_each_other_in_process() {
+    quota_and_rate_spend_nothing_of_each_other(Limiter::InProcess).await;
+}
+
+#[tokio::test]
+async fn quota_and_rate_spend_nothing_of_each_other_in_redis() {
+    quota_and_rate_spend_nothing_of_each_other(Limiter::Redis).await;
+}
+
 #[tokio::test]
 async fn a_tenant_with_a_quota_of_3_gets_429_on_the_4th_assessment_in_process() {
     inference_quota_runs_out(Limiter::InProcess).await;

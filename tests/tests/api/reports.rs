@@ -39,6 +39,7 @@ async fn a_checkpoint_of_a_key_no_longer_trusted_is_not_verified_but_not_called_
     let after = report(&app, &key, "iso27001").await;
     let verification = &after["verification"];
     assert_eq!((&verification["verified"], &verification["signatureVerified"]), (&json!(false), &json!(false)));
+    assert_eq!(verification["signatureFailed"], false, "a key not known here is no forgery: {verification}");
     assert!(verification.get("firstBadIndex").is_none(), "{verification}");
     let detail = verification["detail"].as_str().unwrap();
     assert!(detail.contains("neither this deployment's key"), "{detail}");
@@ -62,6 +63,35 @@ async fn a_checkpoint_of_a_key_no_longer_trusted_is_not_verified_but_not_called_
         refused.contains(&format!("it names signing key {named}")) && refused.contains("--public-key"),
         "{refused}"
     );
+    app.stop().await;
+}
+
+/// A checkpoint whose signature fails against the trusted key it names was altered or forged: the
+/// report says FAILED, not merely not verified, whatever the entries show of themselves.
+#[tokio::test]
+async fn a_checkpoint_whose_signature_fails_under_its_trusted_key_fails_the_report() {
+    let mut app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant_on("Clínica Forjada", "enterprise").await;
+    let key = app.create_key(&tenant, SCOPES).await;
+    app.create_patient(&key).await;
+    assert_eq!(report(&app, &key, "iso27001").await["verification"]["verified"], true);
+
+    let forged = format!("{}==", "A".repeat(86));
+    app.execute_on_governance(&format!("UPDATE audit_checkpoints SET signature = '{forged}'")).await;
+    app.restart_with(|_| {}).await;
+    let after = report(&app, &key, "iso27001").await;
+    let verification = &after["verification"];
+    assert_eq!(
+        (&verification["verified"], &verification["signatureVerified"], &verification["signatureFailed"]),
+        (&json!(false), &json!(false), &json!(true)),
+        "{verification}"
+    );
+    let detail = verification["detail"].as_str().unwrap();
+    assert!(detail.contains("which this deployment trusts: the checkpoint was altered or forged"), "{detail}");
+    let text = pdf_text(&app.get("/v1/governance/reports/iso27001?format=pdf", &key).await.bytes().await.unwrap());
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(text.contains("FAILED: the checkpoint's signature does not verify against the trusted key"), "{text}");
+    assert!(!text.contains("NOT VERIFIED"), "{text}");
     app.stop().await;
 }
 
@@ -182,6 +212,7 @@ async fn reports_carry_the_evidence(backend: Backend) {
     assert!(pdf.starts_with(b"%PDF-"));
     let text = pdf_text(&pdf);
     assert!(text.contains("LGPD evidence report"), "{text}");
+    assert!(text.contains(" (excluded)"), "the period's end is named as excluded:\n{text}");
     assert!(text.contains(checkpoint["rootHash"].as_str().unwrap()), "the root hash is in the PDF:\n{text}");
     assert!(text.contains("verified"), "{text}");
     assert!(text.contains("Art. 20"), "{text}");

@@ -252,6 +252,12 @@ async fn diabetes_progression_matches_the_python_reference(backend: Backend) {
         let again: Value =
             app.post(&format!("/v1/health/patients/{patient}/assessments"), &key, &body).await.json().await.unwrap();
         assert_eq!(again["topFeatures"], assessment["topFeatures"]);
+        // The inputs scored are stored, and read back with the assessment.
+        let id = assessment["id"].as_str().unwrap();
+        let read: Value =
+            app.get(&format!("/v1/health/patients/{patient}/assessments/{id}"), &key).await.json().await.unwrap();
+        assert_eq!(read["features"], body["features"], "{read}");
+        assert_eq!(assessment["features"], body["features"], "{assessment}");
     }
     app.stop().await;
 }

@@ -82,3 +82,31 @@ async fn a_process_lock_holds_off_every_other_handle_on_the_database_until_relea
         .unwrap();
     again.release().await;
 }
+
+/// One database given to two components (the gateway's and ai-governance's URLs the same): the
+/// second to start is refused with words that say so, on either backend, and changes nothing.
+async fn a_database_of_another_component_is_refused_by_name(url: &str) {
+    let governance = &aigronova_ai_governance::MIGRATOR;
+    let gateway = &aigronova_gateway::store::MIGRATOR;
+    Database::connect(url, governance).await.expect("ai-governance migrates an empty database");
+    let refused = Database::connect(url, gateway).await.expect_err("the gateway refuses ai-governance's database");
+    let message = refused.to_string();
+    assert!(message.contains("the database holds another component's tables"), "{message}");
+    assert!(message.contains("a database of its own"), "{message}");
+    // Nothing of the gateway's was applied, and ai-governance still opens it.
+    Database::connect(url, governance).await.expect("ai-governance opens its database again");
+}
+
+#[tokio::test]
+async fn a_database_of_another_component_is_refused_by_name_on_postgres() {
+    let mut databases = PostgresDatabases::default();
+    let url = databases.create(&format!("e2e_{}_foreign", uuid::Uuid::new_v4().simple())).await;
+    a_database_of_another_component_is_refused_by_name(&url).await;
+}
+
+#[tokio::test]
+async fn a_database_of_another_component_is_refused_by_name_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+    a_database_of_another_component_is_refused_by_name(&url).await;
+}

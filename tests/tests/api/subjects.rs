@@ -154,6 +154,16 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!(patients[0]["assessments"][0]["id"], assessment["id"]);
     // Contributions as the API shows them.
     assert_eq!(patients[0]["assessments"][0]["topFeatures"], assessment["topFeatures"]);
+    // Named and written as the API names and writes them.
+    for field in ["value", "probability", "riskBand", "modelVersion"] {
+        assert_eq!(patients[0]["assessments"][0][field], assessment[field], "{field}");
+    }
+    // The inputs, by number (`1123` and `1123.0` are one number in JSON).
+    let numbers = |features: &Value| -> Vec<(String, f64)> {
+        features.as_object().unwrap().iter().map(|(name, value)| (name.clone(), value.as_f64().unwrap())).collect()
+    };
+    assert_eq!(numbers(&patients[0]["assessments"][0]["features"]), numbers(&assessment["features"]));
+    assert_eq!(numbers(&assessment["features"]).len(), 30, "{assessment}");
     let fetched: Value = app
         .get(&format!("/v1/governance/subject-requests/{}", access["id"].as_str().unwrap()), &key)
         .await
