@@ -406,7 +406,17 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
     ) -> Result<Response<proto::Consent>, Status> {
         let caller = auth::caller(&request)?;
         let id = parse_id("id", &request.get_ref().id)?;
-        let consent = self.store.consent(&caller.tenant_id, &id).await?;
+        let read = |consent: &Consent| {
+            event(
+                caller,
+                EventKind::SensitiveRead,
+                "fin.GetConsent",
+                &format!("customer:{}", consent.customer_id),
+                serde_json::json!({"consent": id}),
+            )
+        };
+        let consent = self.store.read_consent(&caller.tenant_id, &id, read).await?;
+        self.outbox.wake();
         Ok(Response::new(consent_message(&consent)))
     }
 
@@ -632,7 +642,19 @@ impl proto::fin_quantum_server::FinQuantum for FinQuantumApi {
         let cipher = self.store.cipher(&caller.tenant_id).await?;
         let filter = format!("consents\u{0}{customer_id}");
         let page = self.page_of(&caller.tenant_id, &customer_id, *page_size, page_token, &filter, &cipher).await?;
-        let (consents, next) = self.store.consents_page(&caller.tenant_id, &customer_id, page).await?;
+        let read = |consents: &[Consent]| {
+            event(
+                caller,
+                EventKind::SensitiveRead,
+                "fin.ListConsents",
+                &format!("customer:{customer_id}"),
+                serde_json::json!({"consents": consents.iter().map(|consent| consent.id.as_str()).collect::<Vec<_>>()}),
+            )
+        };
+        let (consents, next) = self.store.consents_page(&caller.tenant_id, &customer_id, page, read).await?;
+        if !consents.is_empty() {
+            self.outbox.wake();
+        }
         Ok(Response::new(proto::ListConsentsResponse {
             consents: consents.iter().map(consent_message).collect(),
             next_page_token: Page::next_token(next, &filter, &cipher),

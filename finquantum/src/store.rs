@@ -371,6 +371,28 @@ impl Store {
         Ok(consent_of(&row)?)
     }
 
+    /// The consent `id` as a caller reads it, with the audit event of the read in the same
+    /// transaction: a consent tells whom the tenant knows at which institution.
+    pub(crate) async fn read_consent(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        event: impl FnOnce(&Consent) -> AuditEvent,
+    ) -> Result<Consent, Error> {
+        let mut transaction = self.database.begin_tenant(tenant_id).await?;
+        let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *transaction)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound(format!("consent {id}")))?;
+        let consent = consent_of(&row)?;
+        audit::enqueue(&mut transaction, &event(&consent)).await?;
+        transaction.commit().await.map_err(StoreError::from)?;
+        Ok(consent)
+    }
+
     /// Every consent of `customer_id`.
     pub(crate) async fn consents_of(&self, tenant_id: &str, customer_id: &str) -> Result<Vec<Consent>, Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
@@ -403,12 +425,16 @@ impl Store {
         tenant_id: &str,
         customer_id: &str,
         page: Page<'_>,
+        event: impl FnOnce(&[Consent]) -> AuditEvent,
     ) -> Result<(Vec<Consent>, Option<String>), Error> {
-        let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
+        let mut transaction = self.database.begin_tenant_snapshot(tenant_id).await?;
         let rows = customer_page(&mut transaction, "consents", tenant_id, customer_id, page).await?;
-        transaction.commit().await.map_err(StoreError::from)?;
         let mut consents = rows.iter().map(consent_of).collect::<Result<Vec<_>, _>>()?;
         let next = page.split(&mut consents, |consent| consent.id.clone());
+        if !consents.is_empty() {
+            audit::enqueue(&mut transaction, &event(&consents)).await?;
+        }
+        transaction.commit().await.map_err(StoreError::from)?;
         Ok((consents, next))
     }
 

@@ -300,11 +300,27 @@ impl Model {
         if let Some(name) = unknown.first() {
             return Err(invalid(name, format!("is not a feature of model {}", self.manifest.name)));
         }
+        // Every missing feature named at once, so that a caller mends them in one go.
+        let missing: Vec<&str> = self
+            .manifest
+            .features
+            .iter()
+            .map(|feature| feature.name.as_str())
+            .filter(|name| !features.contains_key(*name))
+            .collect();
+        if let Some((first, others)) = missing.split_first() {
+            let reason = match others {
+                [] => "is required".to_owned(),
+                [other] => format!("is required, and so is {other}"),
+                _ => format!("is required, and so are the {} others missing: {}", others.len(), others.join(", ")),
+            };
+            return Err(invalid(first, reason));
+        }
         self.manifest
             .features
             .iter()
             .map(|feature| {
-                let value = *features.get(&feature.name).ok_or_else(|| invalid(&feature.name, "is required".into()))?;
+                let value = features[&feature.name];
                 if !value.is_finite() {
                     return Err(invalid(&feature.name, "must be a finite number".into()));
                 }

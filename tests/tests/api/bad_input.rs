@@ -221,6 +221,20 @@ async fn bad_feature_vectors_are_refused_naming_the_field_and_nothing_is_written
             assert_eq!(problem["field"], field, "{problem}");
         }
     }
+    // Every missing feature is named at once, the first in `field`.
+    let problem = assert_problem(
+        app.post(&path, &key, &json!({"model": "diabetes-progression", "features": {"age": 0.01, "sex": 0.05}})).await,
+        400,
+    )
+    .await;
+    assert_eq!(problem["field"], "features.bmi", "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("is required, and so are the 7 others missing: bp, s1, s2, s3, s4, s5, s6"),
+        "{problem}"
+    );
     // A huge number is quoted as it was written, not in all its digits.
     let mut huge = features.clone();
     huge.insert("mean radius".into(), json!(1e308));

@@ -1325,6 +1325,29 @@ async fn a_customers_consents_and_scores_are_listed_a_page_at_a_time(backend: Ba
     assert_eq!(consents.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1]);
     assert_eq!(consents[0][0], second, "newest first, as GetConsent answers it");
     assert_eq!(consents[1][0]["id"], granted["id"]);
+    // Consents are read as the customer's data: one read per page naming its consents, and one per GET.
+    let one = granted["id"].as_str().unwrap();
+    assert_eq!(app.get(&format!("/v1/fin/consents/{one}"), &key).await.status(), 200);
+    let entries = app
+        .audit_entries_once(&key, |entries| {
+            entries.iter().filter(|e| e["action"] == "fin.ListConsents").count() == 2
+                && entries.iter().any(|e| e["action"] == "fin.GetConsent")
+        })
+        .await;
+    let leaves: Vec<Value> = entries
+        .iter()
+        .filter(|entry| entry["action"] == "fin.ListConsents" || entry["action"] == "fin.GetConsent")
+        .map(|entry| serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap())
+        .collect();
+    for leaf in &leaves {
+        assert_eq!(
+            (&leaf["kind"], &leaf["subject"]),
+            (&json!("sensitive_read"), &json!(format!("customer:{customer}")))
+        );
+    }
+    assert_eq!(leaves[0]["details"]["consents"], json!([second["id"]]), "{}", leaves[0]);
+    assert_eq!(leaves[1]["details"]["consents"], json!([granted["id"]]), "{}", leaves[1]);
+    assert_eq!(leaves[2]["details"]["consent"], granted["id"], "{}", leaves[2]);
 
     let path = format!("/v1/fin/customers/{customer}/credit-scores?pageSize=2");
     let scores = pages(&app, &key, &path, "creditScores").await;
