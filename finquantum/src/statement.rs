@@ -75,6 +75,21 @@ pub struct CategoryTotal {
     pub count: usize,
 }
 
+/// A category's line in the PDF: its credits and debits, a side with none left out, and how many
+/// transactions, in both languages (`+2885.68 (1 lançamento / 1 transaction)`).
+fn category_line(category: &CategoryTotal) -> String {
+    let none = |amount: &str| amount.trim_start_matches(['0', '.']).is_empty();
+    let mut sides = Vec::new();
+    if !none(&category.credits) {
+        sides.push(format!("+{}", category.credits));
+    }
+    if !none(&category.debits) || sides.is_empty() {
+        sides.push(format!("-{}", category.debits));
+    }
+    let (pt, en) = if category.count == 1 { ("lançamento", "transaction") } else { ("lançamentos", "transactions") };
+    format!("{} ({} {pt} / {} {en})", sides.join(" "), category.count, category.count)
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DailyBalance {
     pub date: String,
@@ -263,16 +278,7 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
             pdf.paragraph(NONE);
         }
         for category in &account.categories {
-            pdf.field(
-                &category.category,
-                &format!(
-                    "+{} -{} ({} {})",
-                    category.credits,
-                    category.debits,
-                    category.count,
-                    if category.count == 1 { "transaction" } else { "transactions" }
-                ),
-            );
+            pdf.field(&category.category, &category_line(category));
         }
         pdf.subheading("Saldo diário / Daily balance");
         if account.closing_balance.is_none() {
@@ -301,6 +307,22 @@ pub fn render_pdf(statement: &Statement) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_categorys_line_leaves_out_a_side_with_nothing() {
+        let line = |credits: &str, debits: &str, count| {
+            category_line(&CategoryTotal {
+                category: "C".into(),
+                credits: credits.into(),
+                debits: debits.into(),
+                count,
+            })
+        };
+        assert_eq!(line("2885.68", "0.00", 1), "+2885.68 (1 lançamento / 1 transaction)");
+        assert_eq!(line("0.00", "120.50", 2), "-120.50 (2 lançamentos / 2 transactions)");
+        assert_eq!(line("10.00", "3.05", 3), "+10.00 -3.05 (3 lançamentos / 3 transactions)");
+        assert_eq!(line("100.00", "0.00", 1), "+100.00 (1 lançamento / 1 transaction)");
+    }
     use chrono::{DateTime, Utc};
 
     use crate::scoring::month_bounds;

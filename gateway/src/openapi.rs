@@ -253,6 +253,17 @@ impl Generator {
             operation["summary"] = summary_of(comment).into();
             operation["description"] = comment.into();
         }
+        if route.inference {
+            // A model call counts against the tenant's monthly inference quota: said in words and
+            // in a flag a client generator can read.
+            let counted = "Counts one call against the tenant's monthly inference quota (`\"inference\"` in \
+                           `RateLimit-Policy`), given back when the service refuses or fails the call; a 429 whose \
+                           `violatedPolicies` names `inference` lasts until the month ends (UTC).";
+            let description = operation.get("description").and_then(Value::as_str).unwrap_or_default();
+            operation["description"] =
+                if description.is_empty() { counted.to_owned() } else { format!("{description}\n\n{counted}") }.into();
+            operation["x-aigronova-inference-quota"] = true.into();
+        }
         if let Some(body) = self.request_body(route, &input, &bound) {
             operation["requestBody"] = body;
         }

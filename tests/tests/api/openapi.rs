@@ -104,7 +104,14 @@ async fn the_openapi_document_is_valid_openapi_3_1_and_lists_every_route_with_it
         let operation = &document["paths"][&route.template][&method];
         assert!(operation.is_object(), "{method} {} is not in the document", route.template);
         assert_eq!(operation["security"], json!([{"apiKey": [route.scope]}]), "{method} {}", route.template);
+        // Model calls say they count against the monthly inference quota; no other does.
+        let counted = operation["x-aigronova-inference-quota"] == true;
+        assert_eq!(counted, route.inference, "{method} {}", route.template);
+        let said = operation["description"].as_str().is_some_and(|text| text.contains("monthly inference quota"));
+        assert_eq!(said, route.inference, "{method} {}", route.template);
     }
+    let scored = &document["paths"]["/v1/fin/credit-scores"]["post"];
+    assert_eq!(scored["x-aigronova-inference-quota"], true, "{scored}");
     for (method, path) in GATEWAY_ENDPOINTS {
         assert!(document["paths"][path][method].is_object(), "{method} {path} is not in the document");
     }
