@@ -651,18 +651,19 @@ impl SubjectStore {
             let processed = store.process(&caller, &cpf, kind, &details, caller_deadline).await;
             // Logged here too: the caller may have stopped waiting. A refusal of the request as
             // asked (too little time, a bad field) is the caller's to mend, not the service's fault.
-            let callers = |status: &tonic::Status| {
-                use tonic::Code;
-                matches!(
+            let callers_mistake = |error: &Error| match error {
+                Error::InvalidArgument { .. } | Error::NotFound(_) => true,
+                Error::Refused(status) => matches!(
                     status.code(),
-                    Code::InvalidArgument | Code::NotFound | Code::Aborted | Code::FailedPrecondition
-                )
+                    tonic::Code::InvalidArgument
+                        | tonic::Code::NotFound
+                        | tonic::Code::Aborted
+                        | tonic::Code::FailedPrecondition
+                ),
+                _ => false,
             };
             match &processed {
-                Err(error @ (Error::InvalidArgument { .. } | Error::NotFound(_))) => {
-                    tracing::info!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request refused");
-                }
-                Err(error @ Error::Refused(status)) if callers(status) => {
+                Err(error) if callers_mistake(error) => {
                     tracing::info!(%error, tenant = %caller.tenant_id, kind = kind.as_str(), "data-subject request refused");
                 }
                 Err(error) => {

@@ -321,7 +321,7 @@ mod tests {
         assert_eq!(line("2885.68", "0.00", 1), "+2885.68 (1 lançamento / 1 transaction)");
         assert_eq!(line("0.00", "120.50", 2), "-120.50 (2 lançamentos / 2 transactions)");
         assert_eq!(line("10.00", "3.05", 3), "+10.00 -3.05 (3 lançamentos / 3 transactions)");
-        assert_eq!(line("100.00", "0.00", 1), "+100.00 (1 lançamento / 1 transaction)");
+        assert_eq!(line("0.00", "0.00", 2), "-0.00 (2 lançamentos / 2 transactions)", "transactions of nothing");
     }
     use chrono::{DateTime, Utc};
 

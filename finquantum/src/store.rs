@@ -360,15 +360,9 @@ impl Store {
     /// The consent `id` of `tenant_id`; `NotFound` when unknown or another tenant's.
     pub(crate) async fn consent(&self, tenant_id: &str, id: &str) -> Result<Consent, Error> {
         let mut transaction = self.database.begin_tenant_read(tenant_id).await?;
-        let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| Error::NotFound(format!("consent {id}")))?;
+        let consent = consent_on(&mut transaction, tenant_id, id).await?;
         transaction.commit().await.map_err(StoreError::from)?;
-        Ok(consent_of(&row)?)
+        Ok(consent)
     }
 
     /// The consent `id` as a caller reads it, with the audit event of the read in the same
@@ -380,14 +374,7 @@ impl Store {
         event: impl FnOnce(&Consent) -> AuditEvent,
     ) -> Result<Consent, Error> {
         let mut transaction = self.database.begin_tenant(tenant_id).await?;
-        let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
-            .bind(tenant_id)
-            .bind(id)
-            .fetch_optional(&mut *transaction)
-            .await
-            .map_err(StoreError::from)?
-            .ok_or_else(|| Error::NotFound(format!("consent {id}")))?;
-        let consent = consent_of(&row)?;
+        let consent = consent_on(&mut transaction, tenant_id, id).await?;
         audit::enqueue(&mut transaction, &event(&consent)).await?;
         transaction.commit().await.map_err(StoreError::from)?;
         Ok(consent)
@@ -1392,6 +1379,18 @@ async fn require_customer(
         .map_err(StoreError::from)?
         .ok_or_else(|| Error::NotFound(format!("customer {customer_id}")))?;
     Ok(())
+}
+
+/// The consent `id` of the tenant; `NotFound` when it has none.
+async fn consent_on(connection: &mut sqlx::AnyConnection, tenant_id: &str, id: &str) -> Result<Consent, Error> {
+    let row = sqlx::query("SELECT * FROM consents WHERE tenant_id = $1 AND id = $2")
+        .bind(tenant_id)
+        .bind(id)
+        .fetch_optional(&mut *connection)
+        .await
+        .map_err(StoreError::from)?
+        .ok_or_else(|| Error::NotFound(format!("consent {id}")))?;
+    Ok(consent_of(&row)?)
 }
 
 async fn consents_on(

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::{
     AppState, auth, decompress,
     problem::Problem,
-    ratelimit, request_id,
+    request_id,
     resilience::{self, BodyRoom, CallPolicy},
     routes::Lookup,
     store::{ADMIN_SCOPE, METRICS_SCOPE, Plan},
@@ -249,38 +249,14 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     // The tenant's slot first: a request refused for its tenant's requests in flight spends
     // nothing of its rate.
     let mut slot = state.resilience.enter_tenant(tenant_id)?;
-    // The quota before the rate, its fields written after the rate's: a request the quota refuses
-    // spends nothing of the rate, and one refused once its unit is reserved (by the rate, or for
-    // its body) gives the unit back.
-    let mut quota_fields = HeaderMap::new();
-    let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut quota_fields).await;
-    let quota = match quota {
-        Ok(quota) => quota,
-        Err(problem) => {
-            ratelimit::append_fields(&mut facts.rate_limit, quota_fields);
-            return Err(problem);
-        }
-    };
-    let prepared = async {
-        state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
-        let mut room = slot.body_room(limits.max_body_bytes);
-        room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
-        let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
-        let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
-        Ok::<_, Problem>((room, body, message))
-    }
-    .await;
-    let (mut room, body, message) = match prepared {
-        Ok(prepared) => {
-            ratelimit::append_fields(&mut facts.rate_limit, quota_fields);
-            prepared
-        }
-        Err(problem) => {
-            quota.settle(false, &mut quota_fields).await;
-            ratelimit::append_fields(&mut facts.rate_limit, quota_fields);
-            return Err(problem);
-        }
-    };
+    // A model call whose tenant has used up its monthly quota is refused before it spends any of
+    // the rate (a client retrying past its quota leaves the rate to the tenant's other calls).
+    state.limiter.refuse_used_up_quota(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
+    state.limiter.admit(tenant_id, &principal.key_id, limits, &mut facts.rate_limit).await?;
+    let mut room = slot.body_room(limits.max_body_bytes);
+    room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
+    let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
+    let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
 
     let caller =
         Caller { tenant_id: tenant_id.to_owned(), subject: principal.key_id.clone(), scopes: principal.scopes.clone() };
@@ -298,6 +274,8 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         otel.status_code = tracing::field::Empty,
     );
     trace_context::inject_span(&span, &mut metadata);
+    // The quota is reserved last, so that a request refused for its body spends none of it.
+    let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
     let request_message = transcode::encode(&message);
     // While the call is out only the message sent is held, and its room is trimmed to it (its
     // growth reserved ahead of a body of unknown length is given back).

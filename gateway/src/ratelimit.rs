@@ -276,6 +276,51 @@ impl RateLimiter {
         }
     }
 
+    /// Refuses an inference call (`inference`) with 429 when the tenant's quota of the month is
+    /// used up already, as [`Self::reserve_inference`] would, without reserving anything: asked
+    /// before the rate is spent, so that a call the quota refuses spends nothing of it. (Calls that
+    /// pass while the last units go are refused by the reservation, once past the rate.) A backend
+    /// that cannot be asked leaves the answer to the reservation.
+    pub(crate) async fn refuse_used_up_quota(
+        &self,
+        inference: bool,
+        tenant_id: &str,
+        limits: &PlanLimits,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Problem> {
+        if !inference {
+            return Ok(());
+        }
+        let month = Month::at(self.inner.clock.now_micros());
+        let quota = limits.monthly_inference_quota;
+        let used = match &self.inner.backend {
+            Backend::Local(local) => local.inference_used(tenant_id, &month.label),
+            Backend::Redis(redis) => match redis.inference_used(tenant_id, &month.label).await {
+                Ok(used) => used,
+                Err(_) => return Ok(()),
+            },
+        };
+        if used < quota {
+            return Ok(());
+        }
+        Err(self.quota_refusal(&month, quota, used, headers))
+    }
+
+    /// The 429 of a used-up quota, its `RateLimit` fields written into `headers`.
+    fn quota_refusal(&self, month: &Month, quota: u64, used: u64, headers: &mut HeaderMap) -> Problem {
+        let until_end = month.end.saturating_sub(self.inner.clock.now_micros() / MICROS);
+        append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
+        append(headers, RATELIMIT, [format!("\"inference\";r={};t={until_end}", quota.saturating_sub(used))]);
+        crate::metrics::metrics().rate_limited.with_label_values(&["quota"]).inc();
+        let detail = format!(
+            "the monthly inference quota of this tenant ({quota} calls) is used up; it renews on {}",
+            month.end_rfc3339()
+        );
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, detail)
+            .with_retry_after(until_end.max(1))
+            .with_violated_policies(vec!["inference"])
+    }
+
     /// Counts one inference call of the tenant this month, when `inference`; refuses it with 429
     /// when the quota is used up. Settle the reservation with the call's outcome: a call that
     /// fails gives its unit back, and so does a request refused before reaching the service,
@@ -299,29 +344,22 @@ impl RateLimiter {
                 Err(error) => return self.backend_failed(&error).map(|()| Reservation { held: None }),
             },
         };
-        let until_end = month.end.saturating_sub(self.inner.clock.now_micros() / MICROS);
-        append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
-        append(headers, RATELIMIT, [format!("\"inference\";r={};t={until_end}", quota.saturating_sub(outcome.used))]);
-        if outcome.granted {
-            let remaining = quota.saturating_sub(outcome.used);
-            return Ok(Reservation {
-                held: Some(Held {
-                    limiter: self.clone(),
-                    tenant_id: tenant_id.to_owned(),
-                    month: month.label,
-                    remaining,
-                    until_end,
-                }),
-            });
+        if !outcome.granted {
+            return Err(self.quota_refusal(&month, quota, outcome.used, headers));
         }
-        crate::metrics::metrics().rate_limited.with_label_values(&["quota"]).inc();
-        let detail = format!(
-            "the monthly inference quota of this tenant ({quota} calls) is used up; it renews on {}",
-            month.end_rfc3339()
-        );
-        Err(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail)
-            .with_retry_after(until_end.max(1))
-            .with_violated_policies(vec!["inference"]))
+        let until_end = month.end.saturating_sub(self.inner.clock.now_micros() / MICROS);
+        let remaining = quota.saturating_sub(outcome.used);
+        append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
+        append(headers, RATELIMIT, [format!("\"inference\";r={remaining};t={until_end}")]);
+        Ok(Reservation {
+            held: Some(Held {
+                limiter: self.clone(),
+                tenant_id: tenant_id.to_owned(),
+                month: month.label,
+                remaining,
+                until_end,
+            }),
+        })
     }
 
     async fn refund_inference(&self, tenant_id: &str, month: &str) {
@@ -381,15 +419,6 @@ fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<It
     // Policy names and integers only: always a valid header value.
     if let Ok(value) = HeaderValue::try_from(value) {
         headers.insert(name, value);
-    }
-}
-
-/// Appends the `RateLimit-Policy` and `RateLimit` items of `more` to those of `headers`.
-pub(crate) fn append_fields(headers: &mut HeaderMap, more: HeaderMap) {
-    for name in [POLICY, RATELIMIT] {
-        if let Some(items) = more.get(&name).and_then(|value| value.to_str().ok()) {
-            append(headers, name, [items.to_owned()]);
-        }
     }
 }
 

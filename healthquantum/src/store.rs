@@ -991,8 +991,7 @@ impl Store {
                     serde_json::json!({
                         "id": image.id,
                         "mediaType": image.media_type,
-                        // As the API writes it (a 64-bit integer, as a string).
-                        "sizeBytes": image.size_bytes.to_string(),
+                        "sizeBytes": image.size_bytes,
                         "sha256": image.sha256,
                         "createTime": image.created_at,
                     })
@@ -1299,15 +1298,17 @@ fn assessment_json(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Resu
     let features = open_features(cipher, tenant_id, &id, &features)?;
     let features: serde_json::Value = serde_json::from_str(&features)
         .map_err(|error| StoreError::Corrupt(format!("assessments.features: {error}")))?;
-    // Named as the API names them: `value`, and `probability` too for a classifier's.
+    // Named as the API names them: `value`, and `probability` for a classifier's (`null` for a
+    // regressor's, as the bundle writes a field with no value).
     let output = row.try_get::<f64, _>("probability")?;
     let probability = (row.try_get::<i64, _>("regression")? != 1).then_some(output);
-    let mut assessment = serde_json::json!({
+    Ok(serde_json::json!({
         "id": id,
         "model": row.try_get::<String, _>("model")?,
         "modelVersion": row.try_get::<String, _>("model_version")?,
         "features": features,
         "value": output,
+        "probability": probability,
         // As the API shows them: `{"feature", "contribution"}`, largest first.
         "topFeatures": row
             .try_get::<Option<String>, _>("top_features")?
@@ -1318,11 +1319,7 @@ fn assessment_json(row: &AnyRow, cipher: &TenantCipher, tenant_id: &str) -> Resu
             .collect::<Vec<_>>(),
         "riskBand": row.try_get::<String, _>("risk_band")?,
         "createTime": row.try_get::<String, _>("created_at")?,
-    });
-    if let Some(probability) = probability {
-        assessment["probability"] = probability.into();
-    }
-    Ok(assessment)
+    }))
 }
 
 /// What the sealed column of `patient` holds, bound to its tenant and row.

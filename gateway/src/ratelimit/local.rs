@@ -77,6 +77,11 @@ impl LocalBackend {
         QuotaOutcome { granted, used: entry.1 }
     }
 
+    /// The tenant's inference calls counted in `month`.
+    pub(super) fn inference_used(&self, tenant_id: &str, month: &str) -> u64 {
+        self.state().inference.get(tenant_id).filter(|(counted, _)| counted == month).map_or(0, |(_, used)| *used)
+    }
+
     pub(super) fn refund_inference(&self, tenant_id: &str, month: &str) {
         let mut state = self.state();
         if let Some((counted_month, used)) = state.inference.get_mut(tenant_id)

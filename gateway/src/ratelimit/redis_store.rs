@@ -207,6 +207,16 @@ impl RedisBackend {
         Ok(QuotaOutcome { granted: granted == 1, used })
     }
 
+    /// The tenant's inference calls counted in `month`.
+    pub(super) async fn inference_used(&self, tenant_id: &str, month: &str) -> Result<u64, RedisError> {
+        let key = self.quota_key(tenant_id, month);
+        let used: Option<u64> = on_a_live_connection(|| async {
+            redis::cmd("GET").arg(&key).query_async(&mut self.connection.clone()).await
+        })
+        .await?;
+        Ok(used.unwrap_or(0))
+    }
+
     pub(super) async fn refund_inference(&self, tenant_id: &str, month: &str) -> Result<(), RedisError> {
         let _: i64 =
             self.refund.key(self.quota_key(tenant_id, month)).invoke_async(&mut self.connection.clone()).await?;

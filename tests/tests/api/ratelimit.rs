@@ -229,8 +229,8 @@ async fn inference_quota_runs_out(limiter: Limiter) {
 }
 
 /// Calls the quota refuses spend nothing of the tenant's rate (a batch retrying past its quota
-/// leaves the rate to the tenant's other calls), and a call the rate refuses gives its quota unit
-/// back.
+/// leaves the rate to the tenant's other calls), and a call the rate refuses spends nothing of the
+/// quota.
 async fn quota_and_rate_spend_nothing_of_each_other(limiter: Limiter) {
     let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 5, 2)).await;
     let (_, key) = app.tenant_with_key().await;
@@ -239,7 +239,10 @@ async fn quota_and_rate_spend_nothing_of_each_other(limiter: Limiter) {
     assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
     assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
     for _ in 0..6 {
-        let problem = assert_problem(app.post(&path, &key, &assessment_body()).await, 429).await;
+        let refused = app.post(&path, &key, &assessment_body()).await;
+        // The rate was not asked: only the quota's fields.
+        assert!(header(&refused, "ratelimit").starts_with(r#""inference";r=0;t="#), "{limiter:?}");
+        let problem = assert_problem(refused, 429).await;
         assert_eq!(problem["violatedPolicies"], json!(["inference"]), "{limiter:?}: {problem}");
     }
     // Three of the burst of five spent: two more pass, then the rate refuses.
@@ -250,21 +253,25 @@ async fn quota_and_rate_spend_nothing_of_each_other(limiter: Limiter) {
     assert_eq!(problem["violatedPolicies"], json!(["tenant"]), "{limiter:?}: {problem}");
     app.stop().await;
 
-    // A quota of 3 and a burst of 3: the third call is refused by the rate and keeps its unit.
-    let app = spawn_app_with(Backend::Sqlite, |config| small_starter_plan(config, limiter, 3, 3)).await;
-    let (_, key) = app.tenant_with_key().await;
+    // Keys limited to a burst of 2 each, a quota of 3: the key's refusal spends no unit, which
+    // the tenant's other key finds.
+    let app = spawn_app_with(Backend::Sqlite, |config| {
+        small_starter_plan(config, limiter, 4, 3);
+        config.gateway.plans.starter.key_share = 0.5;
+    })
+    .await;
+    let (tenant, key) = app.tenant_with_key().await;
+    let other = app.create_key(&tenant, &["health:read", "health:write"]).await;
     let patient = app.create_patient(&key).await;
     let path = format!("/v1/health/patients/{patient}/assessments");
     assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
-    assert_eq!(app.post(&path, &key, &assessment_body()).await.status(), 200, "{limiter:?}");
     let refused = app.post(&path, &key, &assessment_body()).await;
-    let fields = header(&refused, "ratelimit");
-    assert!(
-        fields.starts_with(r#""tenant";r=0;t="#) && fields.contains(r#""inference";r=1;t="#),
-        "{limiter:?}: {fields}"
-    );
+    assert!(!header(&refused, "ratelimit").contains("inference"), "{limiter:?}: the quota was not asked");
     let problem = assert_problem(refused, 429).await;
-    assert_eq!(problem["violatedPolicies"], json!(["tenant"]), "{limiter:?}: {problem}");
+    assert_eq!(problem["violatedPolicies"], json!(["key"]), "{limiter:?}: {problem}");
+    let passed = app.post(&path, &other, &assessment_body()).await;
+    assert_eq!(passed.status(), 200, "{limiter:?}");
+    assert!(header(&passed, "ratelimit").contains(r#""inference";r=1;t="#), "{limiter:?}: two units spent, not three");
     app.stop().await;
 }
 
