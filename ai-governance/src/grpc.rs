@@ -704,6 +704,15 @@ impl proto::subject_requests_server::SubjectRequests for SubjectRequestsApi {
         }))
     }
 
+    async fn get_review(&self, request: Request<proto::GetReviewRequest>) -> Result<Response<proto::Review>, Status> {
+        let caller = auth::caller(&request)?.clone();
+        let id = uuid_of("id", &request.get_ref().id)?;
+        let review = review_shown_to(&caller, review_message(self.store.review(&caller.tenant_id, &id).await?));
+        let read = texts_shown(std::slice::from_ref(&review), |review| (&review.id, [&review.reason, &review.note]));
+        self.store.audit_shown(&caller, "governance.GetReview", subjects::Shown::Reviews, read).await?;
+        Ok(Response::new(review))
+    }
+
     async fn decide_review(
         &self,
         request: Request<proto::DecideReviewRequest>,

@@ -1385,17 +1385,15 @@ impl SubjectStore {
         self.review(&caller.tenant_id, id).await
     }
 
-    async fn review(&self, tenant_id: &str, id: &str) -> Result<Review, Error> {
-        let row = sqlx::query(
-            "SELECT id, audit_index, event_id, action, reason, status, outcome, note, reviewer, created_at, \
-             decided_at FROM reviews WHERE tenant_id = $1 AND id = $2",
-        )
-        .bind(tenant_id)
-        .bind(id)
-        .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| Error::NotFound("review".into()))?;
+    /// The tenant's review `id`; `NotFound` when it has none.
+    pub async fn review(&self, tenant_id: &str, id: &str) -> Result<Review, Error> {
+        let row = sqlx::query(concat!("SELECT ", review_columns!(), " FROM reviews WHERE tenant_id = $1 AND id = $2"))
+            .bind(tenant_id)
+            .bind(id)
+            .fetch_optional(&mut *self.database.begin_tenant_read(tenant_id).await?)
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| Error::NotFound(format!("review {id}")))?;
         let mut reviews = [review_from(&row)?];
         self.unseal_reviews(tenant_id, &mut reviews).await?;
         let [review] = reviews;
@@ -1482,11 +1480,12 @@ impl SubjectStore {
         status: &str,
         page: Page<'_>,
     ) -> Result<(Vec<Review>, Option<String>), Error> {
-        let rows = sqlx::query(
-            "SELECT id, audit_index, event_id, action, reason, status, outcome, note, reviewer, created_at, \
-             decided_at FROM reviews WHERE tenant_id = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR id > $3) \
-             ORDER BY id LIMIT $4",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            review_columns!(),
+            " FROM reviews WHERE tenant_id = $1 AND ($2 = '' OR status = $2) AND ($3 = '' OR id > $3) \
+             ORDER BY id LIMIT $4"
+        ))
         .bind(tenant_id)
         .bind(status)
         .bind(page.after.unwrap_or_default())
@@ -1507,6 +1506,14 @@ pub enum Shown {
     Requests,
     Reviews,
 }
+
+/// The columns of `reviews` that [`review_from`] reads.
+macro_rules! review_columns {
+    () => {
+        "id, audit_index, event_id, action, reason, status, outcome, note, reviewer, created_at, decided_at"
+    };
+}
+use review_columns;
 
 /// The columns of `subject_requests` that [`request_from`] reads.
 macro_rules! request_columns {

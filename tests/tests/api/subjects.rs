@@ -407,6 +407,18 @@ async fn access_erasure_and_reviews(backend: Backend) {
     assert_eq!((decided["status"].as_str(), decided["outcome"].as_str()), (Some("decided"), Some("overturned")));
     assert_problem(app.post(&path, &key, &json!({"outcome": "upheld"})).await, 409).await;
     assert_problem(app.post(&path, &key, &json!({"outcome": "maybe"})).await, 400).await;
+    // One review read by its id, as the decision answered it; its texts only to whom the queue shows them,
+    // and their read audited.
+    let one = format!("/v1/governance/reviews/{}", review["id"].as_str().unwrap());
+    let fetched: Value = app.get(&one, &key).await.json().await.unwrap();
+    assert_eq!(fetched, decided);
+    let fetched: Value = app.get(&one, &reader).await.json().await.unwrap();
+    assert_eq!((&fetched["status"], &fetched["outcome"]), (&json!("decided"), &json!("overturned")), "{fetched}");
+    assert!(fetched["note"].as_str().is_none_or(str::is_empty) && fetched["reason"].as_str().is_none_or(str::is_empty));
+    let read = app.audited(&key, 1, |entry| entry["action"] == "governance.GetReview").await;
+    assert_eq!(read.len(), 1, "only the read that showed the texts: {read:?}");
+    assert_problem(app.get("/v1/governance/reviews/0190a5d1-0000-7000-8000-000000000000", &key).await, 404).await;
+    assert_eq!(assert_problem(app.get("/v1/governance/reviews/nope", &key).await, 400).await["field"], "id");
     let pending: Value = app.get("/v1/governance/reviews?status=pending", &key).await.json().await.unwrap();
     assert_eq!(pending["reviews"].as_array().map_or(0, Vec::len), 0);
     // An evidence report counts a review as it stood at the period's end: decided after it, pending.
