@@ -240,6 +240,11 @@ impl AiGovernanceService {
         self.listener.local_addr()
     }
 
+    /// The service's routes, for the gateway when it runs in this process.
+    pub fn local_endpoint(&self) -> aigronova_platform::grpc::LocalEndpoint {
+        self.listener.local_endpoint()
+    }
+
     /// Adds a service that data-subject requests fan out to (`aigronova up` learns the ports
     /// after the services are bound).
     pub fn add_data_subject_service(&mut self, name: &str, url: &str) {

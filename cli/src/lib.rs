@@ -250,19 +250,26 @@ impl Platform {
         let fin = FinQuantumService::build(&config.finquantum, &config.inference, signer.verifier(), link).await?;
         services.insert(aigronova_finquantum::SERVICE_NAME, fin.local_addr());
         let mut gateway_config = config.gateway.clone();
-        for (name, address) in [
-            (aigronova_healthquantum::SERVICE_NAME, health.local_addr()),
-            (aigronova_finquantum::SERVICE_NAME, fin.local_addr()),
+        // The gateway calls the services of this process through their routes; their gRPC ports
+        // serve every other client.
+        let mut in_process = std::collections::BTreeMap::new();
+        for (name, address, endpoint) in [
+            (aigronova_healthquantum::SERVICE_NAME, health.local_addr(), health.local_endpoint()),
+            (aigronova_finquantum::SERVICE_NAME, fin.local_addr(), fin.local_endpoint()),
         ] {
             let url = format!("http://{address}");
             if let Some(governance) = governance.as_mut() {
                 governance.add_data_subject_service(name, &url);
             }
             gateway_config.upstreams.insert(name.to_owned(), url);
+            in_process.insert(name.to_owned(), endpoint);
         }
         let stops = [shutdown, Shutdown::new(), Shutdown::new()];
         let mut stages = std::collections::HashMap::new();
         if let Some(governance) = governance {
+            if !config.gateway.upstreams.contains_key(aigronova_ai_governance::SERVICE_NAME) {
+                in_process.insert(aigronova_ai_governance::SERVICE_NAME.to_owned(), governance.local_endpoint());
+            }
             stages.insert(tasks.spawn(governance.run_until_stopped(stops[2].clone())).id(), 2);
         }
         if let Some(url) = &audit.governance_url {
@@ -271,7 +278,7 @@ impl Platform {
                 .entry(aigronova_ai_governance::SERVICE_NAME.to_owned())
                 .or_insert_with(|| url.clone());
         }
-        let gateway = Gateway::build(&gateway_config, signer, admin_key).await?;
+        let gateway = Gateway::build_in_process(&gateway_config, signer, admin_key, &in_process).await?;
         let http_addr = gateway.local_addr();
         stages.insert(tasks.spawn(health.run_until_stopped(stops[1].clone())).id(), 1);
         stages.insert(tasks.spawn(fin.run_until_stopped(stops[1].clone())).id(), 1);

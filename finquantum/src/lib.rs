@@ -264,6 +264,11 @@ impl FinQuantumService {
         self.listener.local_addr()
     }
 
+    /// The service's routes, for the gateway when it runs in this process.
+    pub fn local_endpoint(&self) -> aigronova_platform::grpc::LocalEndpoint {
+        self.listener.local_endpoint()
+    }
+
     /// Serves FinQuantum, DataSubject, health and reflection until `shutdown`, then drains
     /// in-flight calls and closes the database. Meanwhile the relay ships audit events, the
     /// model is registered in ai-governance's inventory, and the purge runs.

@@ -274,6 +274,17 @@ impl Gateway {
     /// Binds the listener, opens the database, builds the routes from the descriptor set and sees
     /// to the administrator key (see [`AdminKey`]).
     pub async fn build(config: &Config, signer: TokenSigner, admin_key: AdminKey<'_>) -> anyhow::Result<Self> {
+        Self::build_in_process(config, signer, admin_key, &BTreeMap::new()).await
+    }
+
+    /// As [`Gateway::build`], the upstreams in `services` being services of this process: they are
+    /// called through their routes, not over a connection to their `upstreams` URL.
+    pub async fn build_in_process(
+        config: &Config,
+        signer: TokenSigner,
+        admin_key: AdminKey<'_>,
+        services: &BTreeMap<String, aigronova_platform::grpc::LocalEndpoint>,
+    ) -> anyhow::Result<Self> {
         install_crypto_provider();
         // First, so that a start that cannot listen changes nothing.
         let listener = TcpListener::bind(config.http_addr)
@@ -327,7 +338,7 @@ impl Gateway {
             Duration::from_millis(config.rate_limit.redis_timeout_ms),
         )?;
         let api_docs = openapi::ApiDocs::new(&routes, &pool)?;
-        let upstreams = Upstreams::new(&config.upstreams, Duration::from_secs(config.upstream_timeout_secs))?;
+        let upstreams = Upstreams::new(&config.upstreams, services, Duration::from_secs(config.upstream_timeout_secs))?;
         let jwt = match &config.oidc {
             Some(oidc) => {
                 let pseudonym_key = store.secret("subject_pseudonym_key").await?;

@@ -2,7 +2,9 @@
 //! owns the route and gets the encoded response back, without generated stubs. It speaks gRPC
 //! over HTTP/2 with `h2` directly: a unary call queues its HEADERS and DATA frames together, so
 //! that they usually leave in one write, and the calling task drives its own stream instead of
-//! handing the request to a buffer task and a dispatch task in turn.
+//! handing the request to a buffer task and a dispatch task in turn. A service running in the
+//! gateway's process (`aigronova up`) is called through its routes instead, with the same
+//! request and the same reading of the answer, but no HTTP/2 and no socket in between.
 
 use std::{
     collections::BTreeMap,
@@ -18,15 +20,20 @@ use h2::client::SendRequest;
 use http::{
     HeaderMap, HeaderValue, Method, Request, Uri,
     header::{CONTENT_TYPE, TE, USER_AGENT},
+    response,
     uri::{Authority, PathAndQuery, Scheme},
 };
+use http_body_util::{BodyExt, Full, Limited};
 use tokio::net::TcpStream;
 use tonic::{
     Code, Status,
     metadata::{MetadataMap, MetadataValue},
 };
 
-use aigronova_platform::{config::redacted, grpc::MAX_MESSAGE_BYTES};
+use aigronova_platform::{
+    config::redacted,
+    grpc::{LocalEndpoint, MAX_MESSAGE_BYTES},
+};
 
 /// The metadata key marking an `Unavailable` whose connection broke after the request was handed
 /// to it: the service may have run the call, so it is not one to send again blindly.
@@ -165,58 +172,124 @@ impl Connection {
             .path_and_query(path)
             .build()
             .map_err(|error| Status::internal(format!("bad upstream path: {error}")))?;
-        let mut request = Request::builder().method(Method::POST).uri(uri).body(()).expect("a valid request");
-        let headers = request.headers_mut();
-        *headers = metadata.into_headers();
-        for name in PER_CALL_FIELDS {
-            if let Some(value) = headers.get_mut(name) {
-                value.set_sensitive(true);
-            }
-        }
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert(TE, HeaderValue::from_static("trailers"));
-        headers.insert(USER_AGENT, HeaderValue::from_static(concat!("aigronova-gateway/", env!("CARGO_PKG_VERSION"))));
-        let mut timeout = grpc_timeout(timeout);
-        timeout.set_sensitive(true);
-        headers.insert("grpc-timeout", timeout);
+        let request = grpc_request(uri, metadata, timeout, ());
+        let framed = frame(&message)?;
         let (response, mut stream) =
             sender.send_request(request, false).map_err(|error| self.stream_error(error, false))?;
         sent.store(true, Ordering::Relaxed);
-        let mut framed = BytesMut::with_capacity(5 + message.len());
-        framed.put_u8(0);
-        framed.put_u32(u32::try_from(message.len()).map_err(|_| Status::internal("request message too large"))?);
-        framed.put_slice(&message);
-        stream.send_data(framed.freeze(), true).map_err(|error| self.stream_error(error, true))?;
+        stream.send_data(framed, true).map_err(|error| self.stream_error(error, true))?;
         let response = response.await.map_err(|error| self.stream_error(error, true))?;
         let (parts, mut body) = response.into_parts();
-        if parts.status != http::StatusCode::OK {
-            return Err(Status::new(http_code(parts.status), format!("{} answered HTTP {}", self.owner, parts.status)));
-        }
-        // A trailers-only answer carries its status in the headers.
-        if let Some(status) = failed(&parts.headers) {
-            return Err(status);
-        }
+        head(&self.owner, &parts)?;
         let mut received = BytesMut::new();
         while let Some(chunk) = body.data().await {
             let chunk = chunk.map_err(|error| self.stream_error(error, true))?;
             let _ = body.flow_control().release_capacity(chunk.len());
             if received.len() + chunk.len() > MAX_MESSAGE_BYTES + 5 {
-                return Err(Status::resource_exhausted(format!(
-                    "{} answered more than {MAX_MESSAGE_BYTES} bytes",
-                    self.owner
-                )));
+                return Err(too_large(&self.owner));
             }
             received.extend_from_slice(&chunk);
         }
         let trailers = body.trailers().await.map_err(|error| self.stream_error(error, true))?.unwrap_or_default();
-        if let Some(status) = failed(&trailers) {
-            return Err(status);
-        }
-        if trailers.get("grpc-status").is_none() && parts.headers.get("grpc-status").is_none() {
-            return Err(Status::internal(format!("{} answered without a grpc-status", self.owner)));
-        }
-        message_of(received.freeze())
+        answer(&self.owner, &parts.headers, received.freeze(), &trailers)
     }
+}
+
+/// A service in the gateway's process, called through its routes.
+#[derive(Debug)]
+struct Local {
+    owner: String,
+    endpoint: LocalEndpoint,
+}
+
+impl Local {
+    /// One unary call, the request and the answer as over HTTP/2; `sent` is set once the service
+    /// has the request.
+    async fn unary(
+        &self,
+        path: PathAndQuery,
+        message: Bytes,
+        metadata: MetadataMap,
+        timeout: Duration,
+        sent: &AtomicBool,
+    ) -> Result<Bytes, Status> {
+        let request = grpc_request(Uri::from(path), metadata, timeout, Full::new(frame(&message)?));
+        let Some(call) = self.endpoint.call(request) else {
+            tracing::warn!(
+                request_id = crate::request_id::current().unwrap_or_default(),
+                upstream = %self.owner,
+                "upstream unavailable: the service in this process is not serving"
+            );
+            return Err(Status::unavailable(format!("{} is unavailable", self.owner)));
+        };
+        sent.store(true, Ordering::Relaxed);
+        let (parts, body) = call.await.into_parts();
+        head(&self.owner, &parts)?;
+        let collected = Limited::new(body, MAX_MESSAGE_BYTES + 5).collect().await.map_err(|error| {
+            match error.downcast::<Status>() {
+                Ok(status) => *status,
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => too_large(&self.owner),
+                Err(error) => Status::internal(format!("{} answered a broken body: {error}", self.owner)),
+            }
+        })?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        answer(&self.owner, &parts.headers, collected.to_bytes(), &trailers)
+    }
+}
+
+/// A gRPC request for `uri` carrying `metadata` and `body`, telling the service it has `timeout`.
+fn grpc_request<B>(uri: Uri, metadata: MetadataMap, timeout: Duration, body: B) -> Request<B> {
+    let mut request = Request::new(body);
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    *headers = metadata.into_headers();
+    for name in PER_CALL_FIELDS {
+        if let Some(value) = headers.get_mut(name) {
+            value.set_sensitive(true);
+        }
+    }
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(TE, HeaderValue::from_static("trailers"));
+    headers.insert(USER_AGENT, HeaderValue::from_static(concat!("aigronova-gateway/", env!("CARGO_PKG_VERSION"))));
+    let mut timeout = grpc_timeout(timeout);
+    timeout.set_sensitive(true);
+    headers.insert("grpc-timeout", timeout);
+    request
+}
+
+/// `message` as a gRPC body: one uncompressed, length-prefixed message.
+fn frame(message: &[u8]) -> Result<Bytes, Status> {
+    let length = u32::try_from(message.len()).map_err(|_| Status::internal("request message too large"))?;
+    let mut framed = BytesMut::with_capacity(5 + message.len());
+    framed.put_u8(0);
+    framed.put_u32(length);
+    framed.put_slice(message);
+    Ok(framed.freeze())
+}
+
+/// The failure an answer's head already tells: an HTTP status other than 200, or a
+/// trailers-only answer whose status is not OK.
+fn head(owner: &str, parts: &response::Parts) -> Result<(), Status> {
+    if parts.status != http::StatusCode::OK {
+        return Err(Status::new(http_code(parts.status), format!("{owner} answered HTTP {}", parts.status)));
+    }
+    failed(&parts.headers).map_or(Ok(()), Err)
+}
+
+/// The message of an answer whose body and trailers have been read.
+fn answer(owner: &str, headers: &HeaderMap, body: Bytes, trailers: &HeaderMap) -> Result<Bytes, Status> {
+    if let Some(status) = failed(trailers) {
+        return Err(status);
+    }
+    if trailers.get("grpc-status").is_none() && headers.get("grpc-status").is_none() {
+        return Err(Status::internal(format!("{owner} answered without a grpc-status")));
+    }
+    message_of(body)
+}
+
+fn too_large(owner: &str) -> Status {
+    Status::resource_exhausted(format!("{owner} answered more than {MAX_MESSAGE_BYTES} bytes"))
 }
 
 /// Header fields whose values are new on every call (with `grpc-timeout`, the time left). They
@@ -272,20 +345,34 @@ fn grpc_timeout(timeout: Duration) -> HeaderValue {
     HeaderValue::try_from(value).expect("digits and a unit")
 }
 
-/// Lazily connected HTTP/2 connections to each upstream service: one per core, taken in turn,
-/// so that requests in flight on different cores do not all wait on one connection's state.
+/// How the gateway reaches one upstream service.
+#[derive(Debug)]
+enum Upstream {
+    /// Lazily connected HTTP/2 connections, one per core, taken in turn, so that requests in
+    /// flight on different cores do not all wait on one connection's state.
+    Remote(Vec<Connection>),
+    /// The service runs in this process.
+    Local(Local),
+}
+
+/// Each upstream service, by owner name.
 #[derive(Clone, Debug)]
 pub(crate) struct Upstreams {
     /// Shared: the state every request clones holds this map.
-    connections: Arc<BTreeMap<String, Vec<Connection>>>,
+    connections: Arc<BTreeMap<String, Upstream>>,
     next: Arc<AtomicUsize>,
     /// Deadline of a health check.
     timeout: Duration,
 }
 
 impl Upstreams {
-    /// `addresses` maps an owner name (`healthquantum`) to its URL (`http://127.0.0.1:50061`).
-    pub(crate) fn new(addresses: &BTreeMap<String, String>, timeout: Duration) -> anyhow::Result<Self> {
+    /// `addresses` maps an owner name (`healthquantum`) to its URL (`http://127.0.0.1:50061`);
+    /// an owner in `in_process` is called through its routes instead.
+    pub(crate) fn new(
+        addresses: &BTreeMap<String, String>,
+        in_process: &BTreeMap<String, LocalEndpoint>,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let count = std::thread::available_parallelism().map_or(1, usize::from);
         let mut connections = BTreeMap::new();
         for (owner, url) in addresses {
@@ -296,7 +383,12 @@ impl Upstreams {
             let authority = uri
                 .authority()
                 .ok_or_else(|| anyhow::anyhow!("gateway.upstreams.{owner}: {:?} names no host", redacted(url)))?;
-            connections.insert(owner.clone(), (0..count).map(|_| Connection::new(owner, authority.clone())).collect());
+            let remote = (0..count).map(|_| Connection::new(owner, authority.clone())).collect();
+            connections.insert(owner.clone(), Upstream::Remote(remote));
+        }
+        for (owner, endpoint) in in_process {
+            let local = Local { owner: owner.clone(), endpoint: endpoint.clone() };
+            connections.insert(owner.clone(), Upstream::Local(local));
         }
         Ok(Self { connections: Arc::new(connections), next: Arc::default(), timeout })
     }
@@ -316,12 +408,14 @@ impl Upstreams {
         timeout: Duration,
         sent: &AtomicBool,
     ) -> Result<Bytes, Status> {
-        let connections = self
-            .connections
-            .get(owner)
-            .ok_or_else(|| Status::unavailable(format!("no upstream configured for {owner}")))?;
-        let connection = &connections[self.next.fetch_add(1, Ordering::Relaxed) % connections.len()];
-        connection.unary(path, message, metadata, timeout, sent).await
+        match self.connections.get(owner) {
+            Some(Upstream::Remote(connections)) => {
+                let connection = &connections[self.next.fetch_add(1, Ordering::Relaxed) % connections.len()];
+                connection.unary(path, message, metadata, timeout, sent).await
+            }
+            Some(Upstream::Local(local)) => local.unary(path, message, metadata, timeout, sent).await,
+            None => Err(Status::unavailable(format!("no upstream configured for {owner}"))),
+        }
     }
 
     /// What `owner` answers on `grpc.health.v1` to a check that carries `token`, the gateway's
@@ -431,15 +525,21 @@ mod tests {
 
     #[test]
     fn an_upstream_must_be_plaintext_http_with_a_host() {
-        let upstreams =
-            |url: &str| Upstreams::new(&[("healthquantum".to_owned(), url.to_owned())].into(), Duration::from_secs(1));
+        let upstreams = |url: &str| {
+            Upstreams::new(
+                &[("healthquantum".to_owned(), url.to_owned())].into(),
+                &BTreeMap::new(),
+                Duration::from_secs(1),
+            )
+        };
         assert!(upstreams("http://127.0.0.1:50061").is_ok());
         let https = upstreams("https://127.0.0.1:50061").unwrap_err().to_string();
         assert!(https.contains("use http://"), "{https}");
         let hostless = upstreams("/healthquantum").unwrap_err().to_string();
         assert!(hostless.contains("use http://"), "{hostless}");
         let portless = upstreams("http://healthquantum").unwrap();
-        assert_eq!(portless.connections["healthquantum"][0].address, "healthquantum:80");
+        let Upstream::Remote(connections) = &portless.connections["healthquantum"] else { panic!("a remote upstream") };
+        assert_eq!(connections[0].address, "healthquantum:80");
     }
 
     #[tokio::test]
@@ -448,6 +548,7 @@ mod tests {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let upstreams = Upstreams::new(
             &[("healthquantum".to_owned(), format!("http://127.0.0.1:{port}"))].into(),
+            &BTreeMap::new(),
             Duration::from_secs(1),
         )
         .unwrap();
@@ -465,5 +566,51 @@ mod tests {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert_eq!(status.message(), "healthquantum is unavailable", "the cause is logged, not told");
+    }
+
+    #[tokio::test]
+    async fn a_service_in_the_process_is_called_through_its_routes_while_it_serves() {
+        use aigronova_platform::{
+            auth::{Caller, TokenSigner},
+            grpc::GrpcListener,
+            shutdown::Shutdown,
+        };
+
+        let listener = GrpcListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        // The URL leads nowhere: only a call through the routes can be answered.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let upstreams = Upstreams::new(
+            &[("healthquantum".to_owned(), format!("http://127.0.0.1:{port}"))].into(),
+            &[("healthquantum".to_owned(), listener.local_endpoint())].into(),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let signer = TokenSigner::generate();
+        let token = signer.mint(&Caller { tenant_id: "t".into(), subject: "gateway".into(), scopes: Vec::new() });
+        assert_eq!(upstreams.health("healthquantum", &token).await, Health::Unavailable, "not serving yet");
+
+        let shutdown = Shutdown::new();
+        let server =
+            tokio::spawn(listener.serve(tonic::service::Routes::default(), &[], signer.verifier(), shutdown.clone()));
+        let mut health = Health::Unavailable;
+        for _ in 0..100 {
+            health = upstreams.health("healthquantum", &token).await;
+            if health == Health::Serving {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(health, Health::Serving);
+        let foreign =
+            TokenSigner::generate().mint(&Caller { tenant_id: "t".into(), subject: "x".into(), scopes: Vec::new() });
+        assert_eq!(
+            upstreams.health("healthquantum", &foreign).await,
+            Health::RefusesToken,
+            "the service's interceptors run"
+        );
+
+        shutdown.trigger();
+        server.await.unwrap().unwrap();
+        assert_eq!(upstreams.health("healthquantum", &token).await, Health::Unavailable, "stopped");
     }
 }

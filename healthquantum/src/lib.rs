@@ -173,6 +173,11 @@ impl HealthQuantumService {
         self.listener.local_addr()
     }
 
+    /// The service's routes, for the gateway when it runs in this process.
+    pub fn local_endpoint(&self) -> aigronova_platform::grpc::LocalEndpoint {
+        self.listener.local_endpoint()
+    }
+
     /// The service's database, for tests that inspect what was stored.
     #[doc(hidden)]
     pub fn database(&self) -> &Database {

@@ -1,8 +1,14 @@
 //! gRPC server scaffolding shared by every service: `grpc.health.v1`, reflection from the
 //! descriptor set, a span per call whose parent is the caller's W3C trace context, and a
-//! graceful shutdown that reports NOT_SERVING and then drains in-flight calls.
+//! graceful shutdown that reports NOT_SERVING and then drains in-flight calls. A service run in
+//! the same process as the gateway (`aigronova up`) can also be called without a socket, through
+//! its [`LocalEndpoint`].
 
-use std::{io, net::SocketAddr};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, PoisonError, RwLock},
+};
 
 use tokio::net::TcpListener;
 use tonic::{
@@ -11,6 +17,8 @@ use tonic::{
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
+use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::{
     auth::{RefuseForeignTokens, TokenVerifier},
@@ -162,22 +170,64 @@ impl<'a> Page<'a> {
     }
 }
 
+/// A service's routes as its server answers them (health and reflection included), for a caller
+/// in the same process: a call is handed to them directly, with no HTTP/2 framing and no socket
+/// in between, in a `grpc.request` span as the server gives its calls. They are there while the
+/// server serves; before it starts and once its shutdown begins there are none.
+#[derive(Clone, Debug, Default)]
+pub struct LocalEndpoint(Arc<RwLock<Option<Routes>>>);
+
+impl LocalEndpoint {
+    fn set(&self, routes: Option<Routes>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = routes;
+    }
+
+    /// Calls the service with `request`, a gRPC request as a client sends it; `None` when the
+    /// service is not serving.
+    pub fn call<B>(
+        &self,
+        request: http::Request<B>,
+    ) -> Option<impl Future<Output = http::Response<tonic::body::Body>> + Send + use<B>>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        let routes = self.0.read().unwrap_or_else(PoisonError::into_inner).clone()?;
+        let span = call_span(request.uri().path(), request.headers());
+        Some(
+            async move {
+                match routes.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
 /// A bound gRPC listener; binding first lets `127.0.0.1:0` callers learn the port.
 #[derive(Debug)]
 pub struct GrpcListener {
     listener: TcpListener,
     local_addr: SocketAddr,
+    local: LocalEndpoint,
 }
 
 impl GrpcListener {
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        Ok(Self { listener, local_addr })
+        Ok(Self { listener, local_addr, local: LocalEndpoint::default() })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The routes this listener will serve, for callers in the same process.
+    pub fn local_endpoint(&self) -> LocalEndpoint {
+        self.local.clone()
     }
 
     /// Serves `routes` plus health and reflection until `shutdown`. `services` are the full
@@ -200,41 +250,79 @@ impl GrpcListener {
             .build_v1()?;
         let health_service = InterceptedService::new(health_service, RefuseForeignTokens::new(verifier));
         let routes = routes.add_service(health_service).add_service(reflection);
+        self.local.set(Some(routes.clone()));
 
         let names: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
+        let local = self.local.clone();
         let drain = async move {
             shutdown.wait().await;
+            local.set(None);
             for service in names.iter().map(String::as_str).chain([""]) {
                 health.set_service_status(service, ServingStatus::NotServing).await;
             }
         };
         tracing::info!(addr = %self.local_addr, services = %services.join(","), "gRPC server listening");
         Server::builder()
-            .trace_fn(call_span)
+            .trace_fn(|request| call_span(request.uri().path(), request.headers()))
             .add_routes(routes)
             // Small gRPC frames must not wait for the peer's delayed ACK (Nagle).
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), drain)
             .await?;
+        self.local.set(None);
         tracing::info!(addr = %self.local_addr, "gRPC server stopped");
         Ok(())
     }
 }
 
 /// One span per call, child of the caller's span when the call carries `traceparent`.
-fn call_span(request: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "grpc.request",
-        otel.name = %request.uri().path(),
-        otel.kind = "server",
-        rpc.system = "grpc",
-    );
-    crate::trace_context::adopt_remote_parent(&span, request.headers());
+fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let span = tracing::info_span!("grpc.request", otel.name = %path, otel.kind = "server", rpc.system = "grpc");
+    crate::trace_context::adopt_remote_parent(&span, headers);
     span
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_local_endpoint_answers_while_its_server_serves() {
+        use http_body_util::BodyExt;
+
+        let check = || {
+            let mut request = http::Request::new(http_body_util::Full::new(bytes::Bytes::from_static(&[0; 5])));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = http::Uri::from_static("/grpc.health.v1.Health/Check");
+            let headers = request.headers_mut();
+            headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+            request
+        };
+        let listener = GrpcListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let local = listener.local_endpoint();
+        assert!(local.call(check()).is_none(), "no routes before the server starts");
+
+        let shutdown = Shutdown::new();
+        let verifier = crate::auth::TokenSigner::generate().verifier();
+        let server = tokio::spawn(listener.serve(Routes::default(), &[], verifier, shutdown.clone()));
+        let call = loop {
+            match local.call(check()) {
+                Some(call) => break call,
+                None => tokio::task::yield_now().await,
+            }
+        };
+        let response = call.await;
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        assert_eq!(trailers.get("grpc-status").map(http::HeaderValue::as_bytes), Some(&b"0"[..]), "{trailers:?}");
+        // SERVING: field 1 = 1, in one uncompressed, length-prefixed message.
+        assert_eq!(collected.to_bytes().as_ref(), [0, 0, 0, 0, 2, 0x08, 0x01]);
+
+        shutdown.trigger();
+        server.await.unwrap().unwrap();
+        assert!(local.call(check()).is_none(), "no routes once the server has stopped");
+    }
 
     #[test]
     fn a_callers_time_is_read_from_grpc_timeout() {
