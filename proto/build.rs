@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "aigronova/health/v1/health.proto",
     "aigronova/fin/v1/fin.proto",
     "aigronova/governance/v1/governance.proto",
+    "inference/open_inference.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -33,11 +33,15 @@ use aigronova_platform::{
     grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
+    open_inference::{OpenInference, Scopes},
     storage::{Backend, Database},
 };
-use aigronova_proto::aigronova::{
-    common::v1::data_subject_server::{self, DataSubjectServer},
-    fin::v1::fin_quantum_server::{self, FinQuantumServer},
+use aigronova_proto::{
+    aigronova::{
+        common::v1::data_subject_server::{self, DataSubjectServer},
+        fin::v1::fin_quantum_server::{self, FinQuantumServer},
+    },
+    inference::grpc_inference_service_server::{self, GrpcInferenceServiceServer},
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -172,9 +176,13 @@ pub struct FinQuantumService {
     governance: Governance,
     models: ModelRegistry,
     monitor: InferenceMonitor,
+    open_inference: OpenInference,
     purge_interval: Duration,
     sandbox: Option<tokio::net::TcpListener>,
 }
+
+/// The scopes of the Open Inference Protocol's calls: those of reading and of scoring.
+const OPEN_INFERENCE_SCOPES: Scopes = Scopes { read: "fin:read", infer: "fin:write" };
 
 impl FinQuantumService {
     /// Connects the database (running the migrations), loads [`MODELS`], connects the response
@@ -201,7 +209,7 @@ impl FinQuantumService {
         .await?;
         let models = ModelRegistry::load(inference, MODELS).context("cannot load the finquantum models")?;
         let words = scoring::ReasonWords::new(models.get(scoring::MODEL)?.manifest());
-        let store = Store::new(database.clone(), keys, words);
+        let store = Store::new(database.clone(), keys.clone(), words);
         let cache = match &config.redis_url {
             Some(url) => ResponseCache::redis(url, &config.redis_key_prefix)
                 .await
@@ -244,7 +252,18 @@ impl FinQuantumService {
             institutions,
             Duration::from_secs(config.revoked_data_retention_secs),
         );
+        let open_inference = OpenInference::new(
+            SERVICE_NAME,
+            env!("CARGO_PKG_VERSION"),
+            models.clone(),
+            database.clone(),
+            keys,
+            monitor.clone(),
+            relay.waker(),
+            OPEN_INFERENCE_SCOPES,
+        );
         Ok(Self {
+            open_inference,
             listener,
             database,
             store,
@@ -294,8 +313,16 @@ impl FinQuantumService {
             FinQuantumServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
             Authenticate::new(self.verifier.clone()),
         );
-        let routes = Routes::new(service).add_service(data_subject);
-        let names = [fin_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
+        let open_inference = InterceptedService::new(
+            GrpcInferenceServiceServer::new(self.open_inference).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            Authenticate::new(self.verifier.clone()),
+        );
+        let routes = Routes::new(service).add_service(data_subject).add_service(open_inference);
+        let names = [
+            fin_quantum_server::SERVICE_NAME,
+            data_subject_server::SERVICE_NAME,
+            grpc_inference_service_server::SERVICE_NAME,
+        ];
         let stopping = shutdown.clone();
         let served = self.listener.serve(routes, &names, self.verifier, shutdown).await;
         // A server that failed rather than stopped leaves no stop for the purge to see.

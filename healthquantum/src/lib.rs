@@ -30,11 +30,15 @@ use aigronova_platform::{
     grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
+    open_inference::{OpenInference, Scopes},
     storage::{Backend, Database},
 };
-use aigronova_proto::aigronova::{
-    common::v1::data_subject_server::{self, DataSubjectServer},
-    health::v1::health_quantum_server::{self, HealthQuantumServer},
+use aigronova_proto::{
+    aigronova::{
+        common::v1::data_subject_server::{self, DataSubjectServer},
+        health::v1::health_quantum_server::{self, HealthQuantumServer},
+    },
+    inference::grpc_inference_service_server::{self, GrpcInferenceServiceServer},
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -108,7 +112,11 @@ pub struct HealthQuantumService {
     governance: Governance,
     models: ModelRegistry,
     monitor: InferenceMonitor,
+    open_inference: OpenInference,
 }
+
+/// The scopes of the Open Inference Protocol's calls: those of reading and of assessing.
+const OPEN_INFERENCE_SCOPES: Scopes = Scopes { read: "health:read", infer: "health:write" };
 
 impl HealthQuantumService {
     /// Connects the database (running the migrations), loads [`MODELS`] and binds
@@ -142,7 +150,7 @@ impl HealthQuantumService {
             "healthquantum.master_key",
         )
         .await?;
-        let store = Store::new(database.clone(), keys);
+        let store = Store::new(database.clone(), keys.clone());
         let sealed = store.seal_clear_rows().await.context("cannot seal the patients stored in clear")?;
         if sealed > 0 {
             tracing::info!(patients = sealed, "patients stored in clear were sealed");
@@ -165,7 +173,17 @@ impl HealthQuantumService {
         let objects = aigronova_platform::objects::Objects::open(&config.objects_url)
             .with_context(|| format!("cannot open the object store {}", config.objects_url))?;
         let api = HealthQuantumApi::new(store, models.clone(), relay.waker(), monitor.clone(), objects);
-        Ok(Self { listener, database, api, verifier, relay, governance, models, monitor })
+        let open_inference = OpenInference::new(
+            SERVICE_NAME,
+            env!("CARGO_PKG_VERSION"),
+            models.clone(),
+            database.clone(),
+            keys,
+            monitor.clone(),
+            relay.waker(),
+            OPEN_INFERENCE_SCOPES,
+        );
+        Ok(Self { listener, database, api, verifier, relay, governance, models, monitor, open_inference })
     }
 
     /// The address the listener is bound to.
@@ -201,8 +219,16 @@ impl HealthQuantumService {
             HealthQuantumServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
             Authenticate::new(self.verifier.clone()),
         );
-        let routes = Routes::new(service).add_service(data_subject);
-        let names = [health_quantum_server::SERVICE_NAME, data_subject_server::SERVICE_NAME];
+        let open_inference = InterceptedService::new(
+            GrpcInferenceServiceServer::new(self.open_inference).max_decoding_message_size(MAX_MESSAGE_BYTES),
+            Authenticate::new(self.verifier.clone()),
+        );
+        let routes = Routes::new(service).add_service(data_subject).add_service(open_inference);
+        let names = [
+            health_quantum_server::SERVICE_NAME,
+            data_subject_server::SERVICE_NAME,
+            grpc_inference_service_server::SERVICE_NAME,
+        ];
         let sweeper = tokio::spawn(sweep::run(store, objects, shutdown.clone()));
         let served = self.listener.serve(routes, &names, self.verifier, shutdown).await;
         sweeper.abort();

@@ -320,26 +320,30 @@ impl Model {
             .features
             .iter()
             .map(|feature| {
-                let value = features[&feature.name];
-                if !value.is_finite() {
-                    return Err(invalid(&feature.name, "must be a finite number".into()));
-                }
-                let model = &self.manifest.name;
-                if value < feature.min {
-                    return Err(invalid(
-                        &feature.name,
-                        format!("{} is below {}, the least model {model} takes", shown(value), feature.min),
-                    ));
-                }
-                if value > feature.max {
-                    return Err(invalid(
-                        &feature.name,
-                        format!("{} is above {}, the most model {model} takes", shown(value), feature.max),
-                    ));
-                }
-                Ok(value as f32)
+                self.check_value(feature, features[&feature.name]).map_err(|reason| invalid(&feature.name, reason))
             })
             .collect()
+    }
+
+    /// `value` as the model takes it for `feature`, or why it does not: not a finite number, or
+    /// outside the range the model takes.
+    pub fn check_value(&self, feature: &Feature, value: f64) -> Result<f32, String> {
+        if !value.is_finite() {
+            return Err("must be a finite number".into());
+        }
+        let model = &self.manifest.name;
+        if value < feature.min {
+            return Err(format!("{} is below {}, the least model {model} takes", shown(value), feature.min));
+        }
+        if value > feature.max {
+            return Err(format!("{} is above {}, the most model {model} takes", shown(value), feature.max));
+        }
+        Ok(value as f32)
+    }
+
+    /// [`Self::predict`] for each of `rows`, in one run of the model.
+    pub fn predict_rows(&self, rows: &[Vec<f32>]) -> Result<Vec<f64>, InferenceError> {
+        self.timed(|| self.run(rows))
     }
 
     /// True for a regressor (the output is a value, not a probability).

@@ -15,6 +15,7 @@ pub mod inference;
 pub mod metrics_http;
 pub mod monitoring;
 pub mod objects;
+pub mod open_inference;
 pub mod pdf;
 pub mod shutdown;
 pub mod storage;

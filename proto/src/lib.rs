@@ -37,3 +37,8 @@ pub mod aigronova {
         }
     }
 }
+
+/// The Open Inference Protocol (version 2) every service speaks for its models.
+pub mod inference {
+    tonic::include_proto!("inference");
+}

@@ -288,6 +288,11 @@ impl TestApp {
         self.client.get(format!("{address}{path}")).bearer_auth(key).send().await.expect("request sent")
     }
 
+    /// The key the gateway signs its callers' internal tokens with, for calls that bypass it.
+    pub fn gateway_signer(&self) -> TokenSigner {
+        TokenSigner::from_base64(&self.signing_key).expect("the test's signing key")
+    }
+
     /// The key the services sign their calls to ai-governance with.
     pub fn service_signer(&self) -> TokenSigner {
         let config = self.config.as_ref().expect("the whole platform runs");
@@ -298,7 +303,7 @@ impl TestApp {
     /// Starts one more gateway on a free port, on the same database, services and settings as
     /// the first (as another replica of a deployment), and returns its address.
     pub async fn start_gateway_replica(&mut self) -> String {
-        let signer = TokenSigner::from_base64(&self.signing_key).expect("the test's signing key");
+        let signer = self.gateway_signer();
         let gateway = Gateway::build(&self.gateway_config, signer, AdminKey::Given(&self.admin_key))
             .await
             .expect("the replica starts");

@@ -8,6 +8,7 @@ mod edge;
 mod fin;
 mod jwt;
 mod monitoring;
+mod open_inference;
 mod openapi;
 mod patients;
 mod ratelimit;

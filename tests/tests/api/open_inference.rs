@@ -1,0 +1,339 @@
+//! The Open Inference Protocol (v2) that every service speaks for its models: metadata, readiness
+//! and inference over gRPC with the gateway's internal token, each inference audited as a
+//! decision, bad requests refused with their precise code and nothing recorded.
+
+use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app};
+use aigronova_platform::auth::{Caller, attach_token};
+use aigronova_proto::inference::{
+    self as proto, InferTensorContents,
+    grpc_inference_service_client::GrpcInferenceServiceClient,
+    model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
+};
+use serde_json::Value;
+use tonic::{Code, Request, transport::Channel};
+
+/// A client of `service`'s protocol carrying an internal token for `tenant` with `scopes`.
+struct Client {
+    inner: GrpcInferenceServiceClient<Channel>,
+    token: String,
+}
+
+impl Client {
+    fn new(app: &TestApp, service: &str, tenant: &str, scopes: &[&str]) -> Self {
+        let channel = Channel::from_shared(format!("http://{}", app.grpc_addr(service))).unwrap().connect_lazy();
+        let caller = Caller {
+            tenant_id: tenant.to_owned(),
+            subject: "client-1".to_owned(),
+            scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        };
+        Self { inner: GrpcInferenceServiceClient::new(channel), token: app.gateway_signer().mint(&caller) }
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        attach_token(request.metadata_mut(), &self.token);
+        request
+    }
+
+    async fn infer(&self, request: proto::ModelInferRequest) -> Result<proto::ModelInferResponse, tonic::Status> {
+        self.inner.clone().model_infer(self.request(request)).await.map(tonic::Response::into_inner)
+    }
+}
+
+/// The held-out rows of `model`'s Python reference: each row's features in the model card's
+/// order, and the output the reference computed.
+fn reference(model: &str) -> (Vec<Vec<f32>>, Vec<f64>) {
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(models_dir().join(format!("{model}/1/manifest.json"))).unwrap())
+            .unwrap();
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(models_dir().join(format!("{model}/1/reference.json"))).unwrap())
+            .unwrap();
+    let names: Vec<&str> =
+        manifest["features"].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    let rows = reference["rows"].as_array().unwrap();
+    let inputs = rows
+        .iter()
+        .map(|row| names.iter().map(|name| row["features"][*name].as_f64().unwrap() as f32).collect())
+        .collect();
+    let outputs =
+        rows.iter().map(|row| row.get("probability").or(row.get("value")).unwrap().as_f64().unwrap()).collect();
+    (inputs, outputs)
+}
+
+fn infer_request(model: &str, rows: &[Vec<f32>]) -> proto::ModelInferRequest {
+    let width = rows[0].len() as i64;
+    proto::ModelInferRequest {
+        model_name: model.to_owned(),
+        id: format!("{model}-batch"),
+        inputs: vec![InferInputTensor {
+            name: "input".to_owned(),
+            datatype: "FP32".to_owned(),
+            shape: vec![rows.len() as i64, width],
+            contents: Some(InferTensorContents {
+                fp32_contents: rows.iter().flatten().copied().collect(),
+                ..InferTensorContents::default()
+            }),
+            ..InferInputTensor::default()
+        }],
+        ..proto::ModelInferRequest::default()
+    }
+}
+
+async fn every_service_serves_its_models_over_the_protocol(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Clínica Interoperável").await;
+    let key = app.create_key(&tenant, &["governance:read"]).await;
+    for (service, scopes, models) in [
+        ("healthquantum", ["health:read", "health:write"], &["breast-cancer", "diabetes-progression"][..]),
+        ("finquantum", ["fin:read", "fin:write"], &["credit-risk"][..]),
+    ] {
+        let client = Client::new(&app, service, &tenant, &scopes);
+        let live = client.inner.clone().server_live(client.request(proto::ServerLiveRequest {})).await.unwrap();
+        assert!(live.into_inner().live, "{service}");
+        let ready = client.inner.clone().server_ready(client.request(proto::ServerReadyRequest {})).await.unwrap();
+        assert!(ready.into_inner().ready, "{service}");
+        let server = client.inner.clone().server_metadata(client.request(proto::ServerMetadataRequest {})).await;
+        assert_eq!(server.unwrap().into_inner().name, service);
+
+        for model in models {
+            let (rows, expected) = reference(model);
+            let width = rows[0].len() as i64;
+            let metadata = client
+                .inner
+                .clone()
+                .model_metadata(
+                    client.request(proto::ModelMetadataRequest { name: (*model).to_owned(), version: String::new() }),
+                )
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!((metadata.name.as_str(), metadata.versions.as_slice()), (*model, &["1".to_owned()][..]));
+            assert_eq!(metadata.platform, "onnxruntime_onnx");
+            assert_eq!(metadata.inputs.len(), 1);
+            assert_eq!(
+                (metadata.inputs[0].datatype.as_str(), metadata.inputs[0].shape.as_slice()),
+                ("FP32", &[-1, width][..])
+            );
+            let output = if *model == "diabetes-progression" { "value" } else { "probability" };
+            let outputs: Vec<&str> = metadata.outputs.iter().map(|tensor| tensor.name.as_str()).collect();
+            assert_eq!(outputs, [output, "risk_band"]);
+            let ready = client
+                .inner
+                .clone()
+                .model_ready(
+                    client.request(proto::ModelReadyRequest { name: (*model).to_owned(), version: "1".into() }),
+                )
+                .await
+                .unwrap();
+            assert!(ready.into_inner().ready);
+            let ready = client
+                .inner
+                .clone()
+                .model_ready(
+                    client.request(proto::ModelReadyRequest { name: (*model).to_owned(), version: "7".into() }),
+                )
+                .await
+                .unwrap();
+            assert!(!ready.into_inner().ready, "no version 7");
+
+            // Every held-out row in one call, as the Python reference scored them.
+            let answer = client.infer(infer_request(model, &rows)).await.unwrap();
+            assert_eq!((answer.model_name.as_str(), answer.model_version.as_str()), (*model, "1"));
+            assert_eq!(answer.id, format!("{model}-batch"));
+            assert_eq!(answer.outputs.len(), 2);
+            let scores = &answer.outputs[0];
+            assert_eq!((scores.name.as_str(), scores.datatype.as_str()), (output, "FP64"));
+            assert_eq!(scores.shape, [rows.len() as i64]);
+            let values = &scores.contents.as_ref().unwrap().fp64_contents;
+            assert_eq!(values.len(), expected.len());
+            for (value, expected) in values.iter().zip(&expected) {
+                assert!((value - expected).abs() < 1e-5, "{model}: {value} against the reference {expected}");
+            }
+            let bands = &answer.outputs[1].contents.as_ref().unwrap().bytes_contents;
+            assert_eq!(bands.len(), rows.len());
+            assert!(bands.iter().all(|band| !band.is_empty()), "{model}: {bands:?}");
+
+            // The same first row as raw little-endian bytes, asking for the scores only.
+            let mut raw = infer_request(model, &rows[..1]);
+            raw.inputs[0].contents = None;
+            raw.inputs[0].shape = vec![width];
+            raw.raw_input_contents = vec![rows[0].iter().flat_map(|value| value.to_le_bytes()).collect()];
+            raw.outputs = vec![InferRequestedOutputTensor { name: output.to_owned(), ..Default::default() }];
+            let answer = client.infer(raw).await.unwrap();
+            assert_eq!(answer.outputs.len(), 1);
+            assert_eq!(answer.outputs[0].contents.as_ref().unwrap().fp64_contents, [values[0]]);
+        }
+    }
+
+    // Each inference is a decision in the tenant's audit log, its inputs only as a keyed digest.
+    let entries = app.audited(&key, 6, |entry| entry["action"] == "inference.ModelInfer").await;
+    for entry in &entries {
+        assert_eq!(entry["kind"], "decision");
+        let leaf: Value = serde_json::from_str(entry["leaf"].as_str().unwrap()).unwrap();
+        let details = &leaf["details"];
+        assert!(details["inputDigest"].as_str().is_some_and(|digest| digest.len() >= 32), "{details}");
+        assert!(details["rows"].as_u64().is_some_and(|rows| rows >= 1), "{details}");
+        assert_eq!(details["modelVersion"], "1");
+        assert!(details["output"]["riskBand"].is_array(), "{details}");
+        let mut keys: Vec<&str> = details.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["inputDigest", "latencyMs", "model", "modelVersion", "output", "requestId", "rows"]);
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_its_models_over_the_protocol_on_sqlite() {
+    every_service_serves_its_models_over_the_protocol(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_serves_its_models_over_the_protocol_on_postgres() {
+    every_service_serves_its_models_over_the_protocol(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inferences_are_refused_precisely_and_record_nothing() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let tenant = app.create_tenant("Clínica Descuidada").await;
+    let key = app.create_key(&tenant, &["governance:read"]).await;
+    let client = Client::new(&app, "healthquantum", &tenant, &["health:read", "health:write"]);
+    let (rows, _) = reference("breast-cancer");
+    let good = || infer_request("breast-cancer", &rows[..2]);
+
+    let refusals: Vec<(&str, proto::ModelInferRequest, Code, &str)> = vec![
+        (
+            "unknown model",
+            proto::ModelInferRequest { model_name: "heart".into(), ..good() },
+            Code::NotFound,
+            "unknown model \"heart\"",
+        ),
+        (
+            "unknown version",
+            proto::ModelInferRequest { model_version: "2".into(), ..good() },
+            Code::NotFound,
+            "no version \"2\"",
+        ),
+        (
+            "no input",
+            proto::ModelInferRequest { inputs: Vec::new(), ..good() },
+            Code::InvalidArgument,
+            "takes one input tensor",
+        ),
+        (
+            "input misnamed",
+            {
+                let mut r = good();
+                r.inputs[0].name = "x".into();
+                r
+            },
+            Code::InvalidArgument,
+            "inputs[0].name",
+        ),
+        (
+            "wrong width",
+            {
+                let mut r = good();
+                r.inputs[0].shape = vec![2, 29];
+                r
+            },
+            Code::InvalidArgument,
+            "inputs[0].shape",
+        ),
+        (
+            "too many rows",
+            {
+                let mut r = good();
+                r.inputs[0].shape = vec![1025, 30];
+                r
+            },
+            Code::InvalidArgument,
+            "1 to 1024 rows",
+        ),
+        (
+            "values short",
+            {
+                let mut r = good();
+                r.inputs[0].shape = vec![3, 30];
+                r
+            },
+            Code::InvalidArgument,
+            "holds 60 values",
+        ),
+        (
+            "integers",
+            {
+                let mut r = good();
+                r.inputs[0].datatype = "INT64".into();
+                r
+            },
+            Code::InvalidArgument,
+            "\"INT64\" is not taken",
+        ),
+        (
+            "out of range",
+            {
+                let mut r = good();
+                r.inputs[0].contents.as_mut().unwrap().fp32_contents[31] = -5.0;
+                r
+            },
+            Code::InvalidArgument,
+            "inputs[0][1]: mean texture: -5 is below",
+        ),
+        (
+            "not a number",
+            {
+                let mut r = good();
+                r.inputs[0].contents.as_mut().unwrap().fp32_contents[0] = f32::NAN;
+                r
+            },
+            Code::InvalidArgument,
+            "must be a finite number",
+        ),
+        (
+            "raw and contents",
+            {
+                let mut r = good();
+                r.raw_input_contents = vec![vec![0; 240]];
+                r
+            },
+            Code::InvalidArgument,
+            "sent together",
+        ),
+        (
+            "unknown output",
+            {
+                let mut r = good();
+                r.outputs = vec![InferRequestedOutputTensor { name: "label".into(), ..Default::default() }];
+                r
+            },
+            Code::InvalidArgument,
+            "no output \"label\"",
+        ),
+    ];
+    for (case, request, code, message) in refusals {
+        let status = client.infer(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{case}: {status:?}");
+        assert!(status.message().contains(message), "{case}: {:?} does not say {message:?}", status.message());
+    }
+    let reader = Client::new(&app, "healthquantum", &tenant, &["health:read"]);
+    let status = reader.infer(good()).await.unwrap_err();
+    assert_eq!((status.code(), status.message()), (Code::PermissionDenied, "this call needs the scope health:write"));
+    let stranger = Client::new(&app, "healthquantum", &tenant, &["fin:read"]);
+    let metadata = proto::ModelMetadataRequest { name: "breast-cancer".into(), version: String::new() };
+    let status = stranger.inner.clone().model_metadata(stranger.request(metadata)).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let mut unsigned = Request::new(good());
+    unsigned.metadata_mut().remove("authorization");
+    let status = client.inner.clone().model_infer(unsigned).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Only the one good call that follows is in the log: the refused ones recorded nothing.
+    client.infer(good()).await.unwrap();
+    let entries = app.audited(&key, 1, |entry| entry["action"] == "inference.ModelInfer").await;
+    let leaf: Value = serde_json::from_str(entries[0]["leaf"].as_str().unwrap()).unwrap();
+    assert_eq!(leaf["details"]["rows"], 2);
+    assert_eq!(app.count_health_rows("audit_outbox_refused").await, 0);
+    app.stop().await;
+}
