@@ -33,7 +33,7 @@ use aigronova_platform::{
     grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
-    open_inference::{OpenInference, Scopes},
+    open_inference::OpenInference,
     storage::{Backend, Database},
 };
 use aigronova_proto::{
@@ -181,9 +181,6 @@ pub struct FinQuantumService {
     sandbox: Option<tokio::net::TcpListener>,
 }
 
-/// The scopes of the Open Inference Protocol's calls: those of reading and of scoring.
-const OPEN_INFERENCE_SCOPES: Scopes = Scopes { read: "fin:read", infer: "fin:write" };
-
 impl FinQuantumService {
     /// Connects the database (running the migrations), loads [`MODELS`], connects the response
     /// cache and binds `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
@@ -260,7 +257,6 @@ impl FinQuantumService {
             keys,
             monitor.clone(),
             relay.waker(),
-            OPEN_INFERENCE_SCOPES,
         );
         Ok(Self {
             open_inference,

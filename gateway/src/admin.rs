@@ -545,7 +545,7 @@ async fn admin_body<T: DeserializeOwned>(
 
 /// The 400 for an admin body that does not read as its type: the field missing, of another type,
 /// or unknown, named.
-fn body_refused(error: &serde_path_to_error::Error<serde_json::Error>) -> Problem {
+pub(crate) fn body_refused(error: &serde_path_to_error::Error<serde_json::Error>) -> Problem {
     let message = crate::problem::with_short_quotes(&crate::problem::without_values(&error.inner().to_string()));
     let missing = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`'));
     if let Some(name) = missing {

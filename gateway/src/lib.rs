@@ -14,6 +14,7 @@ mod jwks;
 pub mod jwt;
 mod keys;
 mod metrics;
+mod open_inference;
 pub mod openapi;
 pub mod plans;
 mod problem;
@@ -232,6 +233,8 @@ pub(crate) struct Shared {
     store: Store,
     routes: Arc<RouteTable>,
     upstreams: Upstreams,
+    /// The service of each model the Open Inference Protocol's routes were asked about.
+    model_owners: open_inference::ModelOwners,
     resilience: Arc<Resilience>,
     signer: TokenSigner,
     max_body_bytes: usize,
@@ -352,6 +355,7 @@ impl Gateway {
             store,
             routes: Arc::new(routes),
             upstreams,
+            model_owners: open_inference::ModelOwners::default(),
             resilience: Arc::new(Resilience::new(config, Arc::new(resilience::TokioClock))),
             signer,
             max_body_bytes: config.max_body_bytes,

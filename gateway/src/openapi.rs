@@ -265,6 +265,21 @@ impl Generator {
                 if description.is_empty() { counted.to_owned() } else { format!("{description}\n\n{counted}") }.into();
             operation["x-aigronova-inference-quota"] = true.into();
         }
+        if route.by_model.is_some() {
+            // The Open Inference Protocol's REST form: its own JSON, not the messages' mapping.
+            let (request, answer) = match method.name() {
+                "ModelInfer" => (Some("InferenceRequest"), "InferenceResponse"),
+                "ModelMetadata" => (None, "ModelMetadata"),
+                _ => (None, "ModelReadiness"),
+            };
+            if let Some(request) = request {
+                operation["requestBody"] =
+                    json!({"required": true, "content": {"application/json": {"schema": schema_ref(request)}}});
+            }
+            operation["responses"]["200"]["content"] = json!({"application/json": {"schema": schema_ref(answer)}});
+            operation["responses"]["200"]["description"] = answer.into();
+            return operation;
+        }
         if let Some(body) = self.request_body(route, &input, &bound) {
             operation["requestBody"] = body;
         }
@@ -365,7 +380,9 @@ impl Generator {
 
     fn responses(&mut self, route: &Route) -> Value {
         let output = route.method.output();
-        let mut success = if output.full_name() == "google.api.HttpBody" {
+        let mut success = if route.by_model.is_some() {
+            json!({"description": output.name()})
+        } else if output.full_name() == "google.api.HttpBody" {
             json!({
                 "description": "The raw body, with the media type the service chose.",
                 "content": self.raw_content(&route.method),
@@ -1160,7 +1177,90 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
     let plan = json!({"type": "string", "enum": ["starter", "professional", "enterprise"]});
     let time = json!({"type": "string", "format": "date-time"});
     let nullable_time = json!({"type": ["string", "null"], "format": "date-time"});
+    let tensor = |description: &str| {
+        json!({
+            "type": "object",
+            "description": description,
+            "required": ["name", "shape", "datatype", "data"],
+            "properties": {
+                "name": {"type": "string"},
+                "shape": {"type": "array", "items": {"type": "integer"}},
+                "datatype": {
+                    "type": "string",
+                    "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP32", "FP64", "BYTES"],
+                },
+                "parameters": {"$ref": "#/components/schemas/InferenceParameters"},
+                "data": {
+                    "type": "array",
+                    "description": "The elements in row-major order, flat or nested as the shape.",
+                    "items": {},
+                },
+            },
+        })
+    };
+    let tensor_metadata = json!({
+        "type": "object",
+        "required": ["name", "datatype", "shape"],
+        "properties": {
+            "name": {"type": "string"},
+            "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer"}, "description": "-1 for a dimension of any size."},
+        },
+    });
     let schemas = json!({
+        "InferenceParameters": {
+            "type": "object",
+            "additionalProperties": {"type": ["boolean", "integer", "string"]},
+        },
+        "InferenceRequest": {
+            "type": "object",
+            "description": "An inference request of the Open Inference Protocol (v2) in its JSON form.",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string", "description": "Returned in the answer."},
+                "parameters": {"$ref": "#/components/schemas/InferenceParameters"},
+                "inputs": {"type": "array", "items": tensor("An input tensor.")},
+                "outputs": {
+                    "type": "array",
+                    "description": "The outputs to answer; every one when left out.",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string"},
+                            "parameters": {"$ref": "#/components/schemas/InferenceParameters"},
+                        },
+                    },
+                },
+            },
+        },
+        "InferenceResponse": {
+            "type": "object",
+            "description": "An inference's answer in the Open Inference Protocol's JSON form.",
+            "required": ["model_name", "model_version", "outputs"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "id": {"type": "string"},
+                "outputs": {"type": "array", "items": tensor("An output tensor.")},
+            },
+        },
+        "ModelMetadata": {
+            "type": "object",
+            "required": ["name", "versions", "platform", "inputs", "outputs"],
+            "properties": {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": tensor_metadata},
+                "outputs": {"type": "array", "items": tensor_metadata},
+            },
+        },
+        "ModelReadiness": {
+            "type": "object",
+            "required": ["name", "ready"],
+            "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+        },
         "Problem": {
             "type": "object",
             "description": "An RFC 9457 problem document.",

@@ -1,6 +1,7 @@
 //! The transcoding handler every annotated route goes through, the probes, and the access log.
 
 use std::{
+    borrow::Cow,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, atomic::AtomicBool},
@@ -23,7 +24,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tracing::Instrument;
 
 use crate::{
-    AppState, auth, decompress,
+    AppState, auth, decompress, open_inference,
     problem::Problem,
     request_id,
     resilience::{self, BodyRoom, CallPolicy},
@@ -256,7 +257,10 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let mut room = slot.body_room(limits.max_body_bytes);
     room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
-    let message = transcode::request_message(&matched, parts.uri.query(), &body, content_type)?;
+    let request_message = match route.by_model {
+        Some(_) => open_inference::request(&matched, parts.uri.query(), &body)?,
+        None => transcode::encode(&transcode::request_message(&matched, parts.uri.query(), &body, content_type)?),
+    };
 
     let caller =
         Caller { tenant_id: tenant_id.to_owned(), subject: principal.key_id.clone(), scopes: principal.scopes.clone() };
@@ -274,19 +278,26 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         otel.status_code = tracing::field::Empty,
     );
     trace_context::inject_span(&span, &mut metadata);
+    // A route every service with models serves goes to the service of the model its path names.
+    let owner = match route.by_model {
+        Some(_) => {
+            let model = open_inference::model_of(&matched);
+            Cow::Owned(state.model_owners.owner(&state.upstreams, model, &metadata).await?)
+        }
+        None => Cow::Borrowed(route.owner.as_str()),
+    };
     // The quota is reserved last, so that a request refused for its body spends none of it.
     let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
-    let request_message = transcode::encode(&message);
     // While the call is out only the message sent is held, and its room is trimmed to it (its
     // growth reserved ahead of a body of unknown length is given back).
-    drop((body, message));
+    drop(body);
     room.trim_to(request_message.len());
     let sent = AtomicBool::new(false);
     let result = state
         .resilience
-        .call(&route.owner, policy, |timeout| {
+        .call(&owner, policy, |timeout| {
             let target = route.grpc_target().clone();
-            state.upstreams.unary(&route.owner, target, request_message.clone(), metadata.clone(), timeout, &sent)
+            state.upstreams.unary(&owner, target, request_message.clone(), metadata.clone(), timeout, &sent)
         })
         .instrument(span.clone())
         .await;
@@ -296,7 +307,10 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     }
     quota.settle(may_have_run(sent.into_inner(), &result), &mut facts.rate_limit).await;
     let encoded = result?;
-    let mut response = transcode::response(route, encoded)?;
+    let mut response = match route.by_model {
+        Some(_) => open_inference::response(&matched, encoded)?,
+        None => transcode::response(route, encoded)?,
+    };
     if let Some(disposition) = document_disposition(parts.uri.path(), response.headers()) {
         response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
     }

@@ -8,6 +8,10 @@ use std::{collections::BTreeSet, sync::Arc};
 use axum::http::{Method, uri::PathAndQuery};
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MethodDescriptor, Value};
 
+/// The owner of a gRPC service that every service with models serves (the Open Inference
+/// Protocol): a call goes to the service of the model its path names.
+pub const ANY_OWNER: &str = "*";
+
 /// One segment of a path template.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -29,6 +33,9 @@ pub struct Route {
     pub method: MethodDescriptor,
     pub scope: String,
     pub owner: String,
+    /// For a route of every service with models ([`ANY_OWNER`]): the path variable naming the
+    /// model, whose service is the upstream.
+    pub by_model: Option<String>,
     /// The method runs a model, so a call counts against the tenant's monthly inference quota.
     pub inference: bool,
     /// For a raw (`google.api.HttpBody`) request body: the media types the method reads
@@ -111,22 +118,13 @@ impl RouteTable {
                     continue;
                 }
                 let Value::Message(rule) = options.get_extension(&http).into_owned() else { continue };
-                let (http_method, template) = http_rule(&rule)
-                    .ok_or_else(|| anyhow::anyhow!("{}: google.api.http has no pattern", method.full_name()))?;
                 let scope = string_option(&options, &scope)
                     .ok_or_else(|| anyhow::anyhow!("{}: required_scope is missing", method.full_name()))?;
                 let owner = owner_name
                     .clone()
                     .ok_or_else(|| anyhow::anyhow!("{}: the service has no owner option", service.full_name()))?;
-                let body =
-                    rule.get_field_by_name("body").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-                let segments = parse_template(&template)
-                    .ok_or_else(|| anyhow::anyhow!("{}: cannot parse path {template:?}", method.full_name()))?;
-                let template = public_template(&segments, &method.input()).map_err(|field| {
-                    anyhow::anyhow!("{}: {template:?} binds {field:?}, no field of its request", method.full_name())
-                })?;
                 let inference = options.get_extension(&inference).as_bool().unwrap_or(false);
-                let request_media_types = options
+                let request_media_types: Vec<String> = options
                     .get_extension(&request_media_types)
                     .as_list()
                     .map(|types| types.iter().filter_map(|media_type| media_type.as_str()))
@@ -134,24 +132,52 @@ impl RouteTable {
                     .flatten()
                     .map(str::to_ascii_lowercase)
                     .collect();
-                let raw_body = method.input().get_field_by_name(&body).is_some_and(
-                    |field| matches!(field.kind(), Kind::Message(kind) if kind.full_name() == "google.api.HttpBody"),
-                );
-                routes.push(Route {
-                    http_method,
-                    template,
-                    segments,
-                    body,
-                    grpc_path: PathAndQuery::from_maybe_shared(format!("/{}/{}", service.full_name(), method.name()))
-                        .map_err(|error| anyhow::anyhow!("{}: not a gRPC path: {error}", method.full_name()))?,
-                    json: Arc::new(crate::json::Writer::new(&method.output())),
-                    method: method.clone(),
-                    scope,
-                    owner,
-                    inference,
-                    request_media_types,
-                    raw_body,
-                });
+                let grpc_path = PathAndQuery::from_maybe_shared(format!("/{}/{}", service.full_name(), method.name()))
+                    .map_err(|error| anyhow::anyhow!("{}: not a gRPC path: {error}", method.full_name()))?;
+                let json = Arc::new(crate::json::Writer::new(&method.output()));
+                let additional = rule.get_field_by_name("additional_bindings");
+                let additional = additional.as_ref().and_then(|bindings| bindings.as_list()).unwrap_or_default();
+                let bindings = std::iter::once(&rule).chain(additional.iter().filter_map(Value::as_message));
+                for rule in bindings {
+                    let (http_method, template) = http_rule(rule)
+                        .ok_or_else(|| anyhow::anyhow!("{}: google.api.http has no pattern", method.full_name()))?;
+                    let body =
+                        rule.get_field_by_name("body").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                    let segments = parse_template(&template)
+                        .ok_or_else(|| anyhow::anyhow!("{}: cannot parse path {template:?}", method.full_name()))?;
+                    let template = public_template(&segments, &method.input()).map_err(|field| {
+                        anyhow::anyhow!("{}: {template:?} binds {field:?}, no field of its request", method.full_name())
+                    })?;
+                    let by_model = if owner == ANY_OWNER {
+                        let variable = segments.iter().find_map(|segment| match segment {
+                            Segment::Field(field) if field == "model_name" || field == "name" => Some(field.clone()),
+                            _ => None,
+                        });
+                        Some(variable.ok_or_else(|| {
+                            anyhow::anyhow!("{}: {template:?} names no model for its owner \"*\"", method.full_name())
+                        })?)
+                    } else {
+                        None
+                    };
+                    let raw_body = method.input().get_field_by_name(&body).is_some_and(
+                        |field| matches!(field.kind(), Kind::Message(kind) if kind.full_name() == "google.api.HttpBody"),
+                    );
+                    routes.push(Route {
+                        http_method,
+                        template,
+                        segments,
+                        body,
+                        grpc_path: grpc_path.clone(),
+                        json: json.clone(),
+                        method: method.clone(),
+                        scope: scope.clone(),
+                        owner: owner.clone(),
+                        by_model,
+                        inference,
+                        request_media_types: request_media_types.clone(),
+                        raw_body,
+                    });
+                }
             }
         }
         Ok(Self { routes })
@@ -163,7 +189,7 @@ impl RouteTable {
 
     /// Every service that serves some route, by the owner name its protos declare.
     pub fn owners(&self) -> BTreeSet<String> {
-        self.routes.iter().map(|route| route.owner.clone()).collect()
+        self.routes.iter().filter(|route| route.owner != ANY_OWNER).map(|route| route.owner.clone()).collect()
     }
 
     /// Every scope some route requires.

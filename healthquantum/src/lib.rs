@@ -30,7 +30,7 @@ use aigronova_platform::{
     grpc::{GrpcListener, MAX_MESSAGE_BYTES},
     inference::ModelRegistry,
     monitoring::InferenceMonitor,
-    open_inference::{OpenInference, Scopes},
+    open_inference::OpenInference,
     storage::{Backend, Database},
 };
 use aigronova_proto::{
@@ -115,9 +115,6 @@ pub struct HealthQuantumService {
     open_inference: OpenInference,
 }
 
-/// The scopes of the Open Inference Protocol's calls: those of reading and of assessing.
-const OPEN_INFERENCE_SCOPES: Scopes = Scopes { read: "health:read", infer: "health:write" };
-
 impl HealthQuantumService {
     /// Connects the database (running the migrations), loads [`MODELS`] and binds
     /// `config.grpc_addr`; port 0 picks a free port, see [`Self::local_addr`].
@@ -181,7 +178,6 @@ impl HealthQuantumService {
             keys,
             monitor.clone(),
             relay.waker(),
-            OPEN_INFERENCE_SCOPES,
         );
         Ok(Self { listener, database, api, verifier, relay, governance, models, monitor, open_inference })
     }

@@ -37,13 +37,11 @@ pub const PLATFORM: &str = "onnxruntime_onnx";
 /// The name of the output tensor of the risk bands.
 pub const RISK_BAND: &str = "risk_band";
 
-/// The scopes the protocol's calls need: `read` for a model's metadata and readiness, `infer`
-/// to run one (the scope of the service's own calls that score).
-#[derive(Clone, Copy, Debug)]
-pub struct Scopes {
-    pub read: &'static str,
-    pub infer: &'static str,
-}
+/// The scope of a model's metadata.
+pub const READ_SCOPE: &str = "models:read";
+
+/// The scope of running a model.
+pub const INFER_SCOPE: &str = "models:infer";
 
 /// `inference.GRPCInferenceService` over one service's models.
 #[derive(Clone, Debug)]
@@ -55,13 +53,11 @@ pub struct OpenInference {
     keys: Arc<TenantKeys>,
     monitor: InferenceMonitor,
     outbox: OutboxWaker,
-    scopes: Scopes,
 }
 
 impl OpenInference {
     /// The protocol for the models of `service` (at `version`), its audit events written to the
     /// outbox of `database` (digests under the tenants' `keys`) and `outbox` woken for them.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         service: &'static str,
         version: &'static str,
@@ -70,9 +66,8 @@ impl OpenInference {
         keys: Arc<TenantKeys>,
         monitor: InferenceMonitor,
         outbox: OutboxWaker,
-        scopes: Scopes,
     ) -> Self {
-        Self { service, version, models, database, keys, monitor, outbox, scopes }
+        Self { service, version, models, database, keys, monitor, outbox }
     }
 
     /// The model `name` at `version` (any version when empty), or `NOT_FOUND` naming what is served.
@@ -126,7 +121,7 @@ impl OpenInference {
             serde_json::json!({
                 "model": model.name(),
                 "modelVersion": model.version(),
-                "requestId": request.id,
+                "inferenceId": request.id,
                 "rows": rows.rows.len(),
                 "inputDigest": cipher.keyed_digest(&rows.bytes()),
                 "output": {output_name: &outputs, "riskBand": &bands},
@@ -381,7 +376,8 @@ impl GrpcInferenceService for OpenInference {
         &self,
         request: Request<proto::ModelReadyRequest>,
     ) -> Result<Response<proto::ModelReadyResponse>, Status> {
-        caller_with(&request, self.scopes.read)?;
+        // Any caller may ask: the gateway asks it to find the service of a model.
+        auth::caller(&request)?;
         let request = request.into_inner();
         let ready = self.model(&request.name, &request.version).is_ok();
         Ok(Response::new(proto::ModelReadyResponse { ready }))
@@ -403,7 +399,7 @@ impl GrpcInferenceService for OpenInference {
         &self,
         request: Request<proto::ModelMetadataRequest>,
     ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
-        caller_with(&request, self.scopes.read)?;
+        caller_with(&request, READ_SCOPE)?;
         let request = request.into_inner();
         let model = self.model(&request.name, &request.version)?;
         let manifest = model.manifest();
@@ -422,7 +418,7 @@ impl GrpcInferenceService for OpenInference {
         &self,
         request: Request<proto::ModelInferRequest>,
     ) -> Result<Response<proto::ModelInferResponse>, Status> {
-        let caller = caller_with(&request, self.scopes.infer)?;
+        let caller = caller_with(&request, INFER_SCOPE)?;
         self.infer(caller, request.into_inner()).await.map(Response::new)
     }
 }

@@ -1,15 +1,16 @@
 //! The Open Inference Protocol (v2) that every service speaks for its models: metadata, readiness
-//! and inference over gRPC with the gateway's internal token, each inference audited as a
-//! decision, bad requests refused with their precise code and nothing recorded.
+//! and inference over gRPC with the gateway's internal token, and in its REST form through the
+//! gateway; each inference audited as a decision, bad requests refused with their precise code
+//! and nothing recorded.
 
-use aigronova_e2e::{Backend, TestApp, models_dir, spawn_app};
+use aigronova_e2e::{Backend, TestApp, assert_problem, models_dir, spawn_app};
 use aigronova_platform::auth::{Caller, attach_token};
 use aigronova_proto::inference::{
     self as proto, InferTensorContents,
     grpc_inference_service_client::GrpcInferenceServiceClient,
     model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use tonic::{Code, Request, transport::Channel};
 
 /// A client of `service`'s protocol carrying an internal token for `tenant` with `scopes`.
@@ -85,8 +86,8 @@ async fn every_service_serves_its_models_over_the_protocol(backend: Backend) {
     let tenant = app.create_tenant("Clínica Interoperável").await;
     let key = app.create_key(&tenant, &["governance:read"]).await;
     for (service, scopes, models) in [
-        ("healthquantum", ["health:read", "health:write"], &["breast-cancer", "diabetes-progression"][..]),
-        ("finquantum", ["fin:read", "fin:write"], &["credit-risk"][..]),
+        ("healthquantum", ["models:read", "models:infer"], &["breast-cancer", "diabetes-progression"][..]),
+        ("finquantum", ["models:read", "models:infer"], &["credit-risk"][..]),
     ] {
         let client = Client::new(&app, service, &tenant, &scopes);
         let live = client.inner.clone().server_live(client.request(proto::ServerLiveRequest {})).await.unwrap();
@@ -178,7 +179,7 @@ async fn every_service_serves_its_models_over_the_protocol(backend: Backend) {
         assert!(details["output"]["riskBand"].is_array(), "{details}");
         let mut keys: Vec<&str> = details.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["inputDigest", "latencyMs", "model", "modelVersion", "output", "requestId", "rows"]);
+        assert_eq!(keys, ["inferenceId", "inputDigest", "latencyMs", "model", "modelVersion", "output", "rows"]);
     }
     app.stop().await;
 }
@@ -198,7 +199,7 @@ async fn bad_inferences_are_refused_precisely_and_record_nothing() {
     let app = spawn_app(Backend::Sqlite).await;
     let tenant = app.create_tenant("Clínica Descuidada").await;
     let key = app.create_key(&tenant, &["governance:read"]).await;
-    let client = Client::new(&app, "healthquantum", &tenant, &["health:read", "health:write"]);
+    let client = Client::new(&app, "healthquantum", &tenant, &["models:read", "models:infer"]);
     let (rows, _) = reference("breast-cancer");
     let good = || infer_request("breast-cancer", &rows[..2]);
 
@@ -317,9 +318,9 @@ async fn bad_inferences_are_refused_precisely_and_record_nothing() {
         assert_eq!(status.code(), code, "{case}: {status:?}");
         assert!(status.message().contains(message), "{case}: {:?} does not say {message:?}", status.message());
     }
-    let reader = Client::new(&app, "healthquantum", &tenant, &["health:read"]);
+    let reader = Client::new(&app, "healthquantum", &tenant, &["models:read", "health:write"]);
     let status = reader.infer(good()).await.unwrap_err();
-    assert_eq!((status.code(), status.message()), (Code::PermissionDenied, "this call needs the scope health:write"));
+    assert_eq!((status.code(), status.message()), (Code::PermissionDenied, "this call needs the scope models:infer"));
     let stranger = Client::new(&app, "healthquantum", &tenant, &["fin:read"]);
     let metadata = proto::ModelMetadataRequest { name: "breast-cancer".into(), version: String::new() };
     let status = stranger.inner.clone().model_metadata(stranger.request(metadata)).await.unwrap_err();
@@ -336,4 +337,105 @@ async fn bad_inferences_are_refused_precisely_and_record_nothing() {
     assert_eq!(leaf["details"]["rows"], 2);
     assert_eq!(app.count_health_rows("audit_outbox_refused").await, 0);
     app.stop().await;
+}
+
+async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let tenant = app.create_tenant("Clínica REST").await;
+    let key = app.create_key(&tenant, &["models:read", "models:infer", "governance:read"]).await;
+
+    let metadata: Value = app.get("/v2/models/breast-cancer", &key).await.json().await.unwrap();
+    assert_eq!(
+        metadata,
+        json!({
+            "name": "breast-cancer", "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 30]}],
+            "outputs": [
+                {"name": "probability", "datatype": "FP64", "shape": [-1]},
+                {"name": "risk_band", "datatype": "BYTES", "shape": [-1]},
+            ],
+        })
+    );
+    let metadata: Value = app.get("/v2/models/credit-risk/versions/1", &key).await.json().await.unwrap();
+    assert_eq!(metadata["inputs"][0]["shape"], json!([-1, 12]), "finquantum's model, found by its name");
+    let ready: Value = app.get("/v2/models/diabetes-progression/ready", &key).await.json().await.unwrap();
+    assert_eq!(ready, json!({"name": "diabetes-progression", "ready": true}));
+    let ready: Value = app.get("/v2/models/diabetes-progression/versions/7/ready", &key).await.json().await.unwrap();
+    assert_eq!(ready, json!({"name": "diabetes-progression", "ready": false}));
+
+    // The held-out rows nested as their shape, scored as the Python reference scored them.
+    let (rows, expected) = reference("breast-cancer");
+    let body = json!({"id": "lote-7", "inputs": [{"name": "input", "shape": [rows.len(), 30], "datatype": "FP32", "data": rows}]});
+    let response = app.post("/v2/models/breast-cancer/infer", &key, &body).await;
+    assert_eq!(response.status(), 200);
+    let policy = response.headers()["ratelimit-policy"].to_str().unwrap().to_owned();
+    assert!(policy.contains("\"inference\""), "an inference counts against the quota: {policy}");
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&answer["model_name"], &answer["model_version"], &answer["id"]),
+        (&json!("breast-cancer"), &json!("1"), &json!("lote-7"))
+    );
+    let outputs = answer["outputs"].as_array().unwrap();
+    assert_eq!(
+        (&outputs[0]["name"], &outputs[0]["datatype"], &outputs[0]["shape"]),
+        (&json!("probability"), &json!("FP64"), &json!([3]))
+    );
+    for (value, expected) in outputs[0]["data"].as_array().unwrap().iter().zip(&expected) {
+        let value = value.as_f64().unwrap();
+        assert!((value - expected).abs() < 1e-5, "{value} against the reference {expected}");
+    }
+    assert_eq!(outputs[1]["name"], "risk_band");
+    assert!(outputs[1]["data"].as_array().unwrap().iter().all(Value::is_string), "{answer}");
+
+    // One row, flat, of the regressor, through its version's path, asking for its value only.
+    let (rows, expected) = reference("diabetes-progression");
+    let body = json!({
+        "inputs": [{"name": "input", "shape": [10], "datatype": "FP64", "data": rows[0]}],
+        "outputs": [{"name": "value"}],
+    });
+    let answer: Value =
+        app.post("/v2/models/diabetes-progression/versions/1/infer", &key, &body).await.json().await.unwrap();
+    assert_eq!(answer["outputs"].as_array().unwrap().len(), 1, "{answer}");
+    let value = answer["outputs"][0]["data"][0].as_f64().unwrap();
+    assert!((value - expected[0]).abs() < 1e-3, "{value} against the reference {}", expected[0]);
+    assert!(answer.get("id").is_none(), "no id was given: {answer}");
+
+    // Refusals, each a problem document naming what is wrong.
+    let one_row =
+        |data: Value| json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]});
+    let mut row: Vec<Value> = reference("breast-cancer").0[0].iter().map(|value| json!(value)).collect();
+    let problem = assert_problem(app.post("/v2/models/heart/infer", &key, &one_row(json!(row))).await, 404).await;
+    assert!(problem["detail"].as_str().unwrap().contains("no service serves model \"heart\""), "{problem}");
+    row[1] = json!(-5);
+    let problem =
+        assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &one_row(json!(row))).await, 400).await;
+    assert_eq!(problem["field"], "inputs[0][0]", "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("mean texture: -5 is below 0"), "{problem}");
+    row[1] = json!("ten");
+    let problem =
+        assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &one_row(json!(row))).await, 400).await;
+    assert_eq!(problem["field"], "inputs[0].data[1]", "{problem}");
+    let problem =
+        assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &json!({"inputz": []})).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("inputz"), "{problem}");
+    let reader = app.create_key(&tenant, &["models:read"]).await;
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": reference("breast-cancer").0[0]}]});
+    assert_problem(app.post("/v2/models/breast-cancer/infer", &reader, &body).await, 403).await;
+    let stranger = app.create_key(&tenant, &["health:read", "health:write"]).await;
+    assert_problem(app.get("/v2/models/breast-cancer", &stranger).await, 403).await;
+
+    // The two inferences that ran are the tenant's decisions, and nothing else was recorded.
+    let entries = app.audited(&key, 2, |entry| entry["action"] == "inference.ModelInfer").await;
+    assert!(entries.iter().all(|entry| entry["service"] == "healthquantum"), "{entries:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_the_protocols_rest_form_on_sqlite() {
+    the_gateway_serves_the_protocols_rest_form(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_the_protocols_rest_form_on_postgres() {
+    the_gateway_serves_the_protocols_rest_form(Backend::Postgres).await;
 }

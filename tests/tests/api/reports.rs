@@ -28,6 +28,8 @@ async fn a_checkpoint_of_a_key_no_longer_trusted_is_not_verified_but_not_called_
     let tenant = app.create_tenant_on("Clínica Chave Antiga", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     app.create_patient(&key).await;
+    // The patient's event in the log, and so its checkpoint signed, before the key changes.
+    app.audited(&key, 1, |entry| entry["action"] == "health.CreatePatient").await;
     let before = report(&app, &key, "iso27001").await;
     assert_eq!(
         (&before["verification"]["verified"], &before["verification"]["signatureVerified"]),
@@ -74,6 +76,8 @@ async fn a_checkpoint_whose_signature_fails_under_its_trusted_key_fails_the_repo
     let tenant = app.create_tenant_on("Clínica Forjada", "enterprise").await;
     let key = app.create_key(&tenant, SCOPES).await;
     app.create_patient(&key).await;
+    // The patient's event in the log, and so its checkpoint signed, before the checkpoint is forged.
+    app.audited(&key, 1, |entry| entry["action"] == "health.CreatePatient").await;
     assert_eq!(report(&app, &key, "iso27001").await["verification"]["verified"], true);
 
     let forged = format!("{}==", "A".repeat(86));

@@ -1,0 +1,422 @@
+//! The Open Inference Protocol's REST form (version 2) over the services' `GRPCInferenceService`:
+//! `POST /v2/models/{name}[/versions/{version}]/infer`, `GET /v2/models/{name}[/versions/{version}]`
+//! and `…/ready`, in the protocol's JSON (a tensor's elements in `data`, flat or nested as its
+//! shape, shapes as numbers) rather than the proto3 JSON mapping of its messages. Every service
+//! with models serves the protocol; a call goes to the one that serves the model its path names,
+//! found by asking each upstream's `ModelReady` once and remembered for [`KNOWN_FOR`].
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, PoisonError, atomic::AtomicBool},
+    time::{Duration, Instant},
+};
+
+use aigronova_proto::inference::{
+    self as proto, InferParameter, InferTensorContents,
+    infer_parameter::ParameterChoice,
+    model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
+};
+use axum::{
+    http::{HeaderValue, StatusCode, header, uri::PathAndQuery},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use prost::Message;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tonic::{Code, metadata::MetadataMap};
+
+use crate::{problem::Problem, routes::Matched, upstream::Upstreams};
+
+/// How long the gateway remembers which service serves a model.
+const KNOWN_FOR: Duration = Duration::from_secs(60);
+
+/// How long each upstream has to say whether it serves a model.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The service of each model asked about, and when that was learnt.
+#[derive(Debug, Default)]
+pub(crate) struct ModelOwners {
+    known: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+impl ModelOwners {
+    /// The upstream that serves `model`: remembered, or found by asking every upstream with the
+    /// caller's `metadata`. 404 when none serves it; 503 when none does but some did not answer.
+    pub(crate) async fn owner(
+        &self,
+        upstreams: &Upstreams,
+        model: &str,
+        metadata: &MetadataMap,
+    ) -> Result<String, Problem> {
+        if let Some((owner, learnt)) = self.known.lock().unwrap_or_else(PoisonError::into_inner).get(model)
+            && learnt.elapsed() < KNOWN_FOR
+        {
+            return Ok(owner.clone());
+        }
+        let question =
+            Bytes::from(proto::ModelReadyRequest { name: model.to_owned(), version: String::new() }.encode_to_vec());
+        let path = PathAndQuery::from_static("/inference.GRPCInferenceService/ModelReady");
+        let answers = futures_util::future::join_all(upstreams.owners().map(|owner| {
+            let (path, question, metadata) = (path.clone(), question.clone(), metadata.clone());
+            async move {
+                let sent = AtomicBool::new(false);
+                let call = upstreams.unary(owner, path, question, metadata, ASK_TIMEOUT, &sent);
+                let answer = match tokio::time::timeout(ASK_TIMEOUT, call).await {
+                    Ok(Ok(answer)) => proto::ModelReadyResponse::decode(answer).map(|ready| ready.ready).ok(),
+                    Ok(Err(status)) if status.code() == Code::Unimplemented => Some(false),
+                    Ok(Err(_)) | Err(_) => None,
+                };
+                (owner.clone(), answer)
+            }
+        }))
+        .await;
+        if let Some((owner, _)) = answers.iter().find(|(_, ready)| *ready == Some(true)) {
+            let learnt = (owner.clone(), Instant::now());
+            self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned(), learnt);
+            return Ok(owner.clone());
+        }
+        if answers.iter().any(|(_, ready)| ready.is_none()) {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no service that answered serves model {model:?}, and some did not answer: try again later"),
+            )
+            .with_retry_after(1));
+        }
+        Err(Problem::not_found(format!("no service serves model {model:?}")))
+    }
+}
+
+/// The variable `name` bound in `matched`'s path, empty when it binds none.
+fn variable<'a>(matched: &'a Matched<'_>, name: &str) -> &'a str {
+    matched.variables.iter().find(|(field, _)| field == name).map_or("", |(_, value)| value.as_str())
+}
+
+/// The model the route's path names.
+pub(crate) fn model_of<'a>(matched: &'a Matched<'_>) -> &'a str {
+    matched.route.by_model.as_deref().map_or("", |field| variable(matched, field))
+}
+
+/// The encoded request of an Open Inference route: from the path (and, for an inference, the
+/// JSON body). A query parameter is refused, as these routes take none.
+pub(crate) fn request(matched: &Matched<'_>, query: Option<&str>, body: &[u8]) -> Result<Bytes, Problem> {
+    if let Some((name, _)) =
+        query.map(crate::transcode::form_pairs).transpose()?.and_then(|pairs| pairs.into_iter().next())
+    {
+        return Err(Problem::invalid_field(name.clone(), format!("{name} is not a parameter of this route")));
+    }
+    let encoded = match matched.route.method.name() {
+        "ModelInfer" => infer_request(matched, body)?.encode_to_vec(),
+        "ModelMetadata" => proto::ModelMetadataRequest {
+            name: variable(matched, "name").to_owned(),
+            version: variable(matched, "version").to_owned(),
+        }
+        .encode_to_vec(),
+        _ => proto::ModelReadyRequest {
+            name: variable(matched, "name").to_owned(),
+            version: variable(matched, "version").to_owned(),
+        }
+        .encode_to_vec(),
+    };
+    Ok(encoded.into())
+}
+
+/// The body of an inference request, as the protocol's REST form writes it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InferBody {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, Parameter>,
+    inputs: Vec<InputBody>,
+    #[serde(default)]
+    outputs: Vec<OutputBody>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputBody {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, Parameter>,
+    data: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputBody {
+    name: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, Parameter>,
+}
+
+/// A parameter's value: a boolean, an integer or a string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Parameter {
+    Bool(bool),
+    Int(i64),
+    Text(String),
+}
+
+fn parameters(parameters: BTreeMap<String, Parameter>) -> HashMap<String, InferParameter> {
+    parameters
+        .into_iter()
+        .map(|(name, value)| {
+            let choice = match value {
+                Parameter::Bool(value) => ParameterChoice::BoolParam(value),
+                Parameter::Int(value) => ParameterChoice::Int64Param(value),
+                Parameter::Text(value) => ParameterChoice::StringParam(value),
+            };
+            (name, InferParameter { parameter_choice: Some(choice) })
+        })
+        .collect()
+}
+
+fn infer_request(matched: &Matched<'_>, body: &[u8]) -> Result<proto::ModelInferRequest, Problem> {
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let body: InferBody =
+        serde_path_to_error::deserialize(&mut json).map_err(|error| crate::admin::body_refused(&error))?;
+    let inputs = body
+        .inputs
+        .into_iter()
+        .enumerate()
+        .map(|(n, input)| {
+            let mut elements = Vec::new();
+            flatten(&input.data, &mut elements);
+            let contents = contents(&input.datatype, &elements, &format!("inputs[{n}]"))?;
+            Ok(InferInputTensor {
+                name: input.name,
+                datatype: input.datatype,
+                shape: input.shape,
+                parameters: parameters(input.parameters),
+                contents: Some(contents),
+            })
+        })
+        .collect::<Result<Vec<_>, Problem>>()?;
+    Ok(proto::ModelInferRequest {
+        model_name: variable(matched, "model_name").to_owned(),
+        model_version: variable(matched, "model_version").to_owned(),
+        id: body.id,
+        parameters: parameters(body.parameters),
+        inputs,
+        outputs: body
+            .outputs
+            .into_iter()
+            .map(|output| InferRequestedOutputTensor { name: output.name, parameters: parameters(output.parameters) })
+            .collect(),
+        raw_input_contents: Vec::new(),
+    })
+}
+
+/// The elements of `data`, nested arrays read in row-major order.
+fn flatten<'a>(data: &'a Value, into: &mut Vec<&'a Value>) {
+    match data {
+        Value::Array(items) => items.iter().for_each(|item| flatten(item, into)),
+        other => into.push(other),
+    }
+}
+
+/// `elements` in the contents field of `datatype`; a 400 naming `field`'s element that its type
+/// cannot hold.
+fn contents(datatype: &str, elements: &[&Value], field: &str) -> Result<InferTensorContents, Problem> {
+    let mut contents = InferTensorContents::default();
+    let bad = |n: usize, what: &str| {
+        Problem::invalid_field(
+            format!("{field}.data[{n}]"),
+            format!("{field}.data[{n}] must be {what}, as {datatype} says"),
+        )
+    };
+    let integer = |n: usize, value: &Value, least: i128, most: i128| -> Result<i128, Problem> {
+        let number = value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from));
+        number
+            .filter(|number| (least..=most).contains(number))
+            .ok_or_else(|| bad(n, &format!("an integer from {least} to {most}")))
+    };
+    for (n, value) in elements.iter().enumerate() {
+        match datatype {
+            "FP32" | "FP64" => {
+                let number = value.as_f64().ok_or_else(|| bad(n, "a number"))?;
+                if datatype == "FP32" {
+                    contents.fp32_contents.push(number as f32);
+                } else {
+                    contents.fp64_contents.push(number);
+                }
+            }
+            "BOOL" => contents.bool_contents.push(value.as_bool().ok_or_else(|| bad(n, "true or false"))?),
+            "INT8" => contents.int_contents.push(integer(n, value, -128, 127)? as i32),
+            "INT16" => contents.int_contents.push(integer(n, value, -32_768, 32_767)? as i32),
+            "INT32" => contents.int_contents.push(integer(n, value, i32::MIN.into(), i32::MAX.into())? as i32),
+            "INT64" => contents.int64_contents.push(integer(n, value, i64::MIN.into(), i64::MAX.into())? as i64),
+            "UINT8" => contents.uint_contents.push(integer(n, value, 0, 255)? as u32),
+            "UINT16" => contents.uint_contents.push(integer(n, value, 0, 65_535)? as u32),
+            "UINT32" => contents.uint_contents.push(integer(n, value, 0, u32::MAX.into())? as u32),
+            "UINT64" => contents.uint64_contents.push(integer(n, value, 0, u64::MAX.into())? as u64),
+            "BYTES" => {
+                contents.bytes_contents.push(value.as_str().ok_or_else(|| bad(n, "a string"))?.as_bytes().to_vec())
+            }
+            other => {
+                return Err(Problem::invalid_field(
+                    format!("{field}.datatype"),
+                    format!(
+                        "{field}.datatype {other:?} is not one the JSON form carries: BOOL, INT8…INT64, UINT8…UINT64, \
+                         FP32, FP64 or BYTES"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(contents)
+}
+
+/// The answer of an Open Inference route, in the protocol's JSON.
+pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes) -> Result<Response, Problem> {
+    let undecodable = |error: prost::DecodeError| {
+        tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "upstream response does not decode");
+        Problem::internal()
+    };
+    let body = match matched.route.method.name() {
+        "ModelInfer" => {
+            let answer = proto::ModelInferResponse::decode(encoded).map_err(undecodable)?;
+            let raw = answer.raw_output_contents;
+            let outputs: Vec<Value> = answer
+                .outputs
+                .into_iter()
+                .enumerate()
+                .map(|(n, output)| {
+                    let data = match (output.contents, raw.get(n)) {
+                        (Some(contents), _) if contents != InferTensorContents::default() => data_of(&contents),
+                        (_, Some(bytes)) => raw_data(&output.datatype, bytes),
+                        _ => Vec::new(),
+                    };
+                    json!({"name": output.name, "datatype": output.datatype, "shape": output.shape, "data": data})
+                })
+                .collect();
+            let mut body =
+                json!({"model_name": answer.model_name, "model_version": answer.model_version, "outputs": outputs});
+            if !answer.id.is_empty() {
+                body["id"] = Value::String(answer.id);
+            }
+            body
+        }
+        "ModelMetadata" => {
+            let answer = proto::ModelMetadataResponse::decode(encoded).map_err(undecodable)?;
+            let tensors = |tensors: Vec<proto::model_metadata_response::TensorMetadata>| -> Vec<Value> {
+                tensors
+                    .into_iter()
+                    .map(|tensor| json!({"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}))
+                    .collect()
+            };
+            json!({
+                "name": answer.name,
+                "versions": answer.versions,
+                "platform": answer.platform,
+                "inputs": tensors(answer.inputs),
+                "outputs": tensors(answer.outputs),
+            })
+        }
+        _ => {
+            let answer = proto::ModelReadyResponse::decode(encoded).map_err(undecodable)?;
+            json!({"name": variable(matched, "name"), "ready": answer.ready})
+        }
+    };
+    let mut response = (StatusCode::OK, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// The elements a tensor's contents hold, in the one field its type fills.
+fn data_of(contents: &InferTensorContents) -> Vec<Value> {
+    let InferTensorContents {
+        bool_contents,
+        int_contents,
+        int64_contents,
+        uint_contents,
+        uint64_contents,
+        fp32_contents,
+        fp64_contents,
+        bytes_contents,
+    } = contents;
+    bool_contents
+        .iter()
+        .map(|value| json!(value))
+        .chain(int_contents.iter().map(|value| json!(value)))
+        .chain(int64_contents.iter().map(|value| json!(value)))
+        .chain(uint_contents.iter().map(|value| json!(value)))
+        .chain(uint64_contents.iter().map(|value| json!(value)))
+        .chain(fp32_contents.iter().map(|value| json!(f64::from(*value))))
+        .chain(fp64_contents.iter().map(|value| json!(value)))
+        .chain(bytes_contents.iter().map(|value| json!(String::from_utf8_lossy(value))))
+        .collect()
+}
+
+/// The elements of a raw output of `datatype`: little-endian numbers, or strings each after its
+/// 4-byte little-endian length.
+fn raw_data(datatype: &str, bytes: &[u8]) -> Vec<Value> {
+    fn each<const N: usize>(bytes: &[u8], read: impl Fn([u8; N]) -> Value) -> Vec<Value> {
+        bytes.chunks_exact(N).map(|chunk| read(chunk.try_into().expect("N bytes"))).collect()
+    }
+    match datatype {
+        "BOOL" => bytes.iter().map(|byte| json!(*byte != 0)).collect(),
+        "INT8" => bytes.iter().map(|byte| json!(*byte as i8)).collect(),
+        "UINT8" => bytes.iter().map(|byte| json!(byte)).collect(),
+        "INT16" => each(bytes, |b| json!(i16::from_le_bytes(b))),
+        "UINT16" => each(bytes, |b| json!(u16::from_le_bytes(b))),
+        "INT32" => each(bytes, |b| json!(i32::from_le_bytes(b))),
+        "UINT32" => each(bytes, |b| json!(u32::from_le_bytes(b))),
+        "INT64" => each(bytes, |b| json!(i64::from_le_bytes(b))),
+        "UINT64" => each(bytes, |b| json!(u64::from_le_bytes(b))),
+        "FP32" => each(bytes, |b| json!(f64::from(f32::from_le_bytes(b)))),
+        "FP64" => each(bytes, |b| json!(f64::from_le_bytes(b))),
+        "BYTES" => {
+            let (mut strings, mut at) = (Vec::new(), 0);
+            while let Some(length) = bytes.get(at..at + 4) {
+                let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
+                let Some(string) = bytes.get(at + 4..at + 4 + length) else { break };
+                strings.push(json!(String::from_utf8_lossy(string)));
+                at += 4 + length;
+            }
+            strings
+        }
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_data_is_read_in_row_major_order_and_typed_as_its_datatype_says() {
+        let data = json!([[1, 2.5], [3, 4]]);
+        let mut elements = Vec::new();
+        flatten(&data, &mut elements);
+        let contents = contents("FP64", &elements, "inputs[0]").unwrap();
+        assert_eq!(contents.fp64_contents, [1.0, 2.5, 3.0, 4.0]);
+        let refused = contents_of("INT8", &json!([1, 300]));
+        assert_eq!(refused.field(), Some("inputs[0].data[1]"));
+        assert!(refused.detail().contains("an integer from -128 to 127, as INT8 says"), "{}", refused.detail());
+        let refused = contents_of("FP32", &json!([1, "2"]));
+        assert!(refused.detail().contains("must be a number"), "{}", refused.detail());
+        let refused = contents_of("FP16", &json!([1]));
+        assert_eq!(refused.field(), Some("inputs[0].datatype"));
+    }
+
+    fn contents_of(datatype: &str, data: &Value) -> Problem {
+        let mut elements = Vec::new();
+        flatten(data, &mut elements);
+        contents(datatype, &elements, "inputs[0]").unwrap_err()
+    }
+
+    #[test]
+    fn raw_outputs_read_as_their_datatype() {
+        assert_eq!(raw_data("FP32", &1.5f32.to_le_bytes()), [json!(1.5)]);
+        assert_eq!(raw_data("INT16", &[0xff, 0xff, 2, 0]), [json!(-1), json!(2)]);
+        let mut strings = 3u32.to_le_bytes().to_vec();
+        strings.extend_from_slice(b"low");
+        assert_eq!(raw_data("BYTES", &strings), [json!("low")]);
+    }
+}
