@@ -501,6 +501,9 @@ fn app(state: AppState, cors: Option<tower_http::cors::CorsLayer>) -> Router {
     let routes = Router::new()
         .route("/healthz", get(proxy::healthz).layer(middleware::from_fn(proxy::takes_nothing)))
         .route("/readyz", get(proxy::readyz).layer(middleware::from_fn(proxy::takes_nothing)))
+        .route("/v2", get(proxy::inference_server).layer(middleware::from_fn(proxy::takes_nothing)))
+        .route("/v2/health/live", get(proxy::inference_live).layer(middleware::from_fn(proxy::takes_nothing)))
+        .route("/v2/health/ready", get(proxy::inference_ready).layer(middleware::from_fn(proxy::takes_nothing)))
         .route("/metrics", get(proxy::metrics))
         // The API's description, the same for everyone, whatever a shared link's query says.
         .route("/openapi.json", get(openapi::openapi_json))

@@ -133,7 +133,7 @@ const API_DESCRIPTION: &str = "JSON over HTTP in front of the AigroNova services
                                and query parameters too; numbers may be sent as strings, and 64-bit integers are \
                                strings in answers). A JSON body may also be labelled \
                                any `…+json` type, or `application/x-www-form-urlencoded` (curl's default for `-d`); \
-                               `HEAD` works wherever `GET` does. Every call but `/healthz`, `/readyz`, `/openapi.json` and `/docs` needs \
+                               `HEAD` works wherever `GET` does. Every call but `/healthz`, `/readyz`, `/v2`, `/v2/health/…`, `/openapi.json` and `/docs` needs \
                                `Authorization: Bearer <key>` with the scope the operation names. Errors are RFC 9457 \
                                problem documents (`application/problem+json`).";
 
@@ -1052,6 +1052,45 @@ const GATEWAY_ENDPOINTS: &[Endpoint] = &[
     },
     Endpoint {
         method: "get",
+        path: "/v2",
+        operation_id: "OpenInference_ServerMetadata",
+        tag: "GRPCInferenceService",
+        summary: "The Open Inference Protocol's server metadata: the platform's name and version.",
+        scopes: &[],
+        parameters: &[],
+        request: None,
+        replies: &[json_reply("200", "The server.", "gateway.InferenceServer")],
+        problems: &["BadRequest", "Problem"],
+    },
+    Endpoint {
+        method: "get",
+        path: "/v2/health/live",
+        operation_id: "OpenInference_ServerLive",
+        tag: "GRPCInferenceService",
+        summary: "The Open Inference Protocol's liveness: the process answers.",
+        scopes: &[],
+        parameters: &[],
+        request: None,
+        replies: &[json_reply("200", "Alive.", "gateway.InferenceLiveness")],
+        problems: &["BadRequest", "Problem"],
+    },
+    Endpoint {
+        method: "get",
+        path: "/v2/health/ready",
+        operation_id: "OpenInference_ServerReady",
+        tag: "GRPCInferenceService",
+        summary: "The Open Inference Protocol's readiness: ready as `/readyz` says.",
+        scopes: &[],
+        parameters: &[],
+        request: None,
+        replies: &[
+            json_reply("200", "Ready.", "gateway.InferenceReadiness"),
+            json_reply("503", "Not ready, as `/readyz` says.", "gateway.InferenceReadiness"),
+        ],
+        problems: &["BadRequest", "Problem"],
+    },
+    Endpoint {
+        method: "get",
         path: "/readyz",
         operation_id: "Gateway_Readiness",
         tag: "Gateway",
@@ -1383,6 +1422,25 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
             "type": "object",
             "required": ["status"],
             "properties": {"status": {"const": "ok"}},
+        },
+        "gateway.InferenceServer": {
+            "type": "object",
+            "required": ["name", "version", "extensions"],
+            "properties": {
+                "name": {"const": "aigronova"},
+                "version": {"type": "string"},
+                "extensions": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "gateway.InferenceLiveness": {
+            "type": "object",
+            "required": ["live"],
+            "properties": {"live": {"type": "boolean"}},
+        },
+        "gateway.InferenceReadiness": {
+            "type": "object",
+            "required": ["ready"],
+            "properties": {"ready": {"type": "boolean"}},
         },
         "gateway.Readiness": {
             "type": "object",

@@ -39,6 +39,23 @@ pub(crate) async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// The Open Inference Protocol's liveness, `GET /v2/health/live`: the process answers.
+pub(crate) async fn inference_live() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"live": true}))
+}
+
+/// The Open Inference Protocol's readiness, `GET /v2/health/ready`: `/readyz`'s, in its words.
+pub(crate) async fn inference_ready(State(state): State<AppState>) -> Response {
+    let response = readyz(State(state)).await;
+    let ready = response.status() == StatusCode::OK;
+    (response.status(), Json(serde_json::json!({"ready": ready}))).into_response()
+}
+
+/// The Open Inference Protocol's server metadata, `GET /v2`.
+pub(crate) async fn inference_server() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"name": "aigronova", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
+}
+
 /// How long a readiness found answers `/readyz`: probes from every load balancer and a flood of
 /// unauthenticated calls alike reach the database, Redis and the upstreams at most once a second.
 const READINESS_KEPT: Duration = Duration::from_secs(1);

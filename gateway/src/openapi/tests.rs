@@ -356,6 +356,11 @@ fn the_gateway_endpoints_are_described_with_their_scopes() {
         ("/metrics", "get", json!([{"apiKey": ["metrics:read"]}, {"apiKey": ["admin"]}])),
         ("/healthz", "get", json!([])),
         ("/readyz", "get", json!([])),
+        ("/v2", "get", json!([])),
+        ("/v2/health/live", "get", json!([])),
+        ("/v2/health/ready", "get", json!([])),
+        ("/v2/models/{name}", "get", json!([{"apiKey": ["models:read"]}])),
+        ("/v2/models/{modelName}/infer", "post", json!([{"apiKey": ["models:infer"]}])),
         ("/openapi.json", "get", json!([])),
         ("/docs", "get", json!([])),
     ];

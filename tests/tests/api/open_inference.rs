@@ -344,6 +344,16 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     let tenant = app.create_tenant("Clínica REST").await;
     let key = app.create_key(&tenant, &["models:read", "models:infer", "governance:read"]).await;
 
+    // The server's own endpoints, which take no key, as the gateway's probes.
+    let anonymous = |path: &str| app.client.get(app.url(path)).send();
+    let server: Value = anonymous("/v2").await.unwrap().json().await.unwrap();
+    assert_eq!((&server["name"], &server["extensions"]), (&json!("aigronova"), &json!([])), "{server}");
+    let live: Value = anonymous("/v2/health/live").await.unwrap().json().await.unwrap();
+    assert_eq!(live, json!({"live": true}));
+    let ready = anonymous("/v2/health/ready").await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.json::<Value>().await.unwrap(), json!({"ready": true}));
+
     let metadata: Value = app.get("/v2/models/breast-cancer", &key).await.json().await.unwrap();
     assert_eq!(
         metadata,
