@@ -17,7 +17,7 @@ use aigronova_proto::inference::{
     model_infer_request::{InferInputTensor, InferRequestedOutputTensor},
 };
 use axum::{
-    http::{HeaderValue, StatusCode, header, uri::PathAndQuery},
+    http::{HeaderMap, HeaderValue, StatusCode, header, uri::PathAndQuery},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -98,14 +98,26 @@ pub(crate) fn model_of<'a>(matched: &'a Matched<'_>) -> &'a str {
 }
 
 /// The encoded request of an Open Inference route: from the path (and, for an inference, the
-/// JSON body). A query parameter is refused, as these routes take none.
-pub(crate) fn request(matched: &Matched<'_>, query: Option<&str>, body: &[u8]) -> Result<Bytes, Problem> {
+/// JSON body). A query parameter is refused, as these routes take none, and so is a body on a GET.
+pub(crate) fn request(
+    matched: &Matched<'_>,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Bytes, Problem> {
+    let route = matched.route;
     if let Some((name, _)) =
         query.map(crate::transcode::form_pairs).transpose()?.and_then(|pairs| pairs.into_iter().next())
     {
         return Err(Problem::invalid_field(name.clone(), format!("{name} is not a parameter of this route")));
     }
-    let encoded = match matched.route.method.name() {
+    if route.body.is_empty() && !body.is_empty() {
+        return Err(Problem::bad_request(format!("{} {} takes no request body", route.http_method, route.template)));
+    }
+    if headers.contains_key(BINARY_HEADER) {
+        return Err(Problem::bad_request(BINARY_REFUSED));
+    }
+    let encoded = match route.method.name() {
         "ModelInfer" => infer_request(matched, body)?.encode_to_vec(),
         "ModelMetadata" => proto::ModelMetadataRequest {
             name: variable(matched, "name").to_owned(),
@@ -121,17 +133,29 @@ pub(crate) fn request(matched: &Matched<'_>, query: Option<&str>, body: &[u8]) -
     Ok(encoded.into())
 }
 
-/// The body of an inference request, as the protocol's REST form writes it.
+/// The header of the protocol's binary data extension (a JSON header, then the tensors' raw bytes).
+const BINARY_HEADER: &str = "inference-header-content-length";
+
+const BINARY_REFUSED: &str = "binary tensor data (the binary data extension, `binary_data_size`) is not taken: \
+                              send each tensor's elements in its `data` (a Triton client's binary_data=False)";
+
+/// The body of an inference request, as the protocol's REST form writes it; null is the same as
+/// a member left out.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InferBody {
+    /// The path's model, which a client may repeat here.
     #[serde(default)]
-    id: String,
+    model_name: Option<String>,
     #[serde(default)]
-    parameters: BTreeMap<String, Parameter>,
+    model_version: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<BTreeMap<String, Parameter>>,
     inputs: Vec<InputBody>,
     #[serde(default)]
-    outputs: Vec<OutputBody>,
+    outputs: Option<Vec<OutputBody>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,7 +165,7 @@ struct InputBody {
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
-    parameters: BTreeMap<String, Parameter>,
+    parameters: Option<BTreeMap<String, Parameter>>,
     data: Value,
 }
 
@@ -150,25 +174,30 @@ struct InputBody {
 struct OutputBody {
     name: String,
     #[serde(default)]
-    parameters: BTreeMap<String, Parameter>,
+    parameters: Option<BTreeMap<String, Parameter>>,
 }
 
-/// A parameter's value: a boolean, an integer or a string.
+/// A parameter's value: a boolean, a whole number, another number or a string.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Parameter {
     Bool(bool),
     Int(i64),
+    Unsigned(u64),
+    Double(f64),
     Text(String),
 }
 
-fn parameters(parameters: BTreeMap<String, Parameter>) -> HashMap<String, InferParameter> {
+fn parameters(parameters: Option<BTreeMap<String, Parameter>>) -> HashMap<String, InferParameter> {
     parameters
+        .unwrap_or_default()
         .into_iter()
         .map(|(name, value)| {
             let choice = match value {
                 Parameter::Bool(value) => ParameterChoice::BoolParam(value),
                 Parameter::Int(value) => ParameterChoice::Int64Param(value),
+                Parameter::Unsigned(value) => ParameterChoice::Uint64Param(value),
+                Parameter::Double(value) => ParameterChoice::DoubleParam(value),
                 Parameter::Text(value) => ParameterChoice::StringParam(value),
             };
             (name, InferParameter { parameter_choice: Some(choice) })
@@ -176,18 +205,65 @@ fn parameters(parameters: BTreeMap<String, Parameter>) -> HashMap<String, InferP
         .collect()
 }
 
+/// `body`, a JSON object, with objects where the protocol has objects (not arrays in their
+/// place) and no name given twice.
+fn infer_body(body: &[u8]) -> Result<InferBody, Problem> {
+    if let Some(crate::transcode::Finding::Repeated(path)) = crate::transcode::repeated_name(body, None) {
+        return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|error| {
+        let message = crate::problem::with_short_quotes(&crate::problem::without_values(&error.to_string()));
+        Problem::bad_request(format!("the request body is not JSON: {message}"))
+    })?;
+    if !value.is_object() {
+        return Err(Problem::bad_request("the request body must be a JSON object"));
+    }
+    for list in ["inputs", "outputs"] {
+        for (n, item) in value[list].as_array().into_iter().flatten().enumerate() {
+            if !item.is_object() {
+                let path = format!("{list}[{n}]");
+                return Err(Problem::invalid_field(&path, format!("{path} must be a JSON object")));
+            }
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|error| crate::admin::body_refused(&error))
+}
+
+/// The path's value of `field`, or the body's when the path has none; a body that names another
+/// than the path is refused.
+fn same_as_path(matched: &Matched<'_>, field: &str, given: Option<String>) -> Result<String, Problem> {
+    let path = variable(matched, field);
+    match given {
+        Some(given) if !path.is_empty() && !given.is_empty() && given != path => Err(Problem::invalid_field(
+            field,
+            format!("{field} is {given:?} in the body but {path:?} in the path: leave it out, or give the path's"),
+        )),
+        Some(given) if path.is_empty() => Ok(given),
+        _ => Ok(path.to_owned()),
+    }
+}
+
 fn infer_request(matched: &Matched<'_>, body: &[u8]) -> Result<proto::ModelInferRequest, Problem> {
-    let mut json = serde_json::Deserializer::from_slice(body);
-    let body: InferBody =
-        serde_path_to_error::deserialize(&mut json).map_err(|error| crate::admin::body_refused(&error))?;
+    let body = infer_body(body)?;
+    let id = body.id.unwrap_or_default();
+    if !id.is_empty() && !crate::request_id::acceptable(&id) {
+        return Err(Problem::invalid_field(
+            "id",
+            "id must be at most 128 letters, digits and - _ . : / + =, with no personal data or credentials in it: \
+             it is kept in the audit log",
+        ));
+    }
     let inputs = body
         .inputs
         .into_iter()
         .enumerate()
         .map(|(n, input)| {
-            let mut elements = Vec::new();
-            flatten(&input.data, &mut elements);
-            let contents = contents(&input.datatype, &elements, &format!("inputs[{n}]"))?;
+            let field = format!("inputs[{n}]");
+            if input.parameters.as_ref().is_some_and(|parameters| parameters.contains_key("binary_data_size")) {
+                return Err(Problem::bad_request(BINARY_REFUSED));
+            }
+            let elements = elements(&input.data, &input.shape, &field)?;
+            let contents = contents(&input.datatype, &elements, &field)?;
             Ok(InferInputTensor {
                 name: input.name,
                 datatype: input.datatype,
@@ -198,13 +274,14 @@ fn infer_request(matched: &Matched<'_>, body: &[u8]) -> Result<proto::ModelInfer
         })
         .collect::<Result<Vec<_>, Problem>>()?;
     Ok(proto::ModelInferRequest {
-        model_name: variable(matched, "model_name").to_owned(),
-        model_version: variable(matched, "model_version").to_owned(),
-        id: body.id,
+        model_name: same_as_path(matched, "model_name", body.model_name)?,
+        model_version: same_as_path(matched, "model_version", body.model_version)?,
+        id,
         parameters: parameters(body.parameters),
         inputs,
         outputs: body
             .outputs
+            .unwrap_or_default()
             .into_iter()
             .map(|output| InferRequestedOutputTensor { name: output.name, parameters: parameters(output.parameters) })
             .collect(),
@@ -212,12 +289,38 @@ fn infer_request(matched: &Matched<'_>, body: &[u8]) -> Result<proto::ModelInfer
     })
 }
 
-/// The elements of `data`, nested arrays read in row-major order.
-fn flatten<'a>(data: &'a Value, into: &mut Vec<&'a Value>) {
-    match data {
-        Value::Array(items) => items.iter().for_each(|item| flatten(item, into)),
-        other => into.push(other),
+/// The elements of `data`: flat, or nested exactly as `shape` (each level an array of its
+/// dimension's length, elements at the last), in row-major order.
+fn elements<'a>(data: &'a Value, shape: &[i64], field: &str) -> Result<Vec<&'a Value>, Problem> {
+    fn nested<'a>(data: &'a Value, shape: &[i64], into: &mut Vec<&'a Value>) -> bool {
+        match (data, shape) {
+            (Value::Array(items), [length, rest @ ..]) if usize::try_from(*length).is_ok_and(|n| n == items.len()) => {
+                items.iter().all(|item| nested(item, rest, into))
+            }
+            (Value::Array(_), _) | (_, [_, ..]) => false,
+            (element, []) => {
+                into.push(element);
+                true
+            }
+        }
     }
+    let Value::Array(items) = data else {
+        return Err(Problem::invalid_field(format!("{field}.data"), format!("{field}.data must be an array")));
+    };
+    if !items.iter().any(Value::is_array) {
+        return Ok(items.iter().collect());
+    }
+    let mut elements = Vec::new();
+    if nested(data, shape, &mut elements) {
+        return Ok(elements);
+    }
+    Err(Problem::invalid_field(
+        format!("{field}.data"),
+        format!(
+            "{field}.data must be flat, or nested exactly as its shape {shape:?}: at each level an array of that \
+             dimension's length"
+        ),
+    ))
 }
 
 /// `elements` in the contents field of `datatype`; a 400 naming `field`'s element that its type
@@ -241,6 +344,9 @@ fn contents(datatype: &str, elements: &[&Value], field: &str) -> Result<InferTen
             "FP32" | "FP64" => {
                 let number = value.as_f64().ok_or_else(|| bad(n, "a number"))?;
                 if datatype == "FP32" {
+                    if number.abs() > f64::from(f32::MAX) {
+                        return Err(bad(n, "a number within FP32's range"));
+                    }
                     contents.fp32_contents.push(number as f32);
                 } else {
                     contents.fp64_contents.push(number);
@@ -319,8 +425,13 @@ pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes) -> Result<Response
             })
         }
         _ => {
+            // Not ready is a 4xx in the protocol's REST form, which its clients read as false.
             let answer = proto::ModelReadyResponse::decode(encoded).map_err(undecodable)?;
-            json!({"name": variable(matched, "name"), "ready": answer.ready})
+            let (name, version) = (variable(matched, "name"), variable(matched, "version"));
+            if !answer.ready {
+                return Err(Problem::not_found(format!("model {name:?} is not ready at version {version:?}")));
+            }
+            json!({"name": name, "ready": true})
         }
     };
     let mut response = (StatusCode::OK, body.to_string()).into_response();
@@ -392,10 +503,14 @@ mod tests {
     #[test]
     fn nested_data_is_read_in_row_major_order_and_typed_as_its_datatype_says() {
         let data = json!([[1, 2.5], [3, 4]]);
-        let mut elements = Vec::new();
-        flatten(&data, &mut elements);
-        let contents = contents("FP64", &elements, "inputs[0]").unwrap();
+        let read = elements(&data, &[2, 2], "inputs[0]").unwrap();
+        let contents = contents("FP64", &read, "inputs[0]").unwrap();
         assert_eq!(contents.fp64_contents, [1.0, 2.5, 3.0, 4.0]);
+        assert_eq!(elements(&json!([1, 2, 3, 4]), &[2, 2], "inputs[0]").unwrap().len(), 4, "flat");
+        for misnested in [json!([[1, 2, 3], [4]]), json!([1, [2, 3], 4]), json!([[[1, 2], [3, 4]]]), json!([[1, 2]])] {
+            let refused = elements(&misnested, &[2, 2], "inputs[0]").unwrap_err();
+            assert_eq!(refused.field(), Some("inputs[0].data"), "{misnested}");
+        }
         let refused = contents_of("INT8", &json!([1, 300]));
         assert_eq!(refused.field(), Some("inputs[0].data[1]"));
         assert!(refused.detail().contains("an integer from -128 to 127, as INT8 says"), "{}", refused.detail());
@@ -406,9 +521,8 @@ mod tests {
     }
 
     fn contents_of(datatype: &str, data: &Value) -> Problem {
-        let mut elements = Vec::new();
-        flatten(data, &mut elements);
-        contents(datatype, &elements, "inputs[0]").unwrap_err()
+        let read = elements(data, &[-1], "inputs[0]").unwrap();
+        contents(datatype, &read, "inputs[0]").unwrap_err()
     }
 
     #[test]

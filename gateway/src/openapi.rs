@@ -220,7 +220,8 @@ impl Generator {
             }
             parameters.push(parameter);
         }
-        if route.body != "*" {
+        // The Open Inference Protocol's routes take no query parameter.
+        if route.body != "*" && route.by_model.is_none() {
             for field in input.fields() {
                 if bound.contains(field.name()) || field.name() == route.body || !settable_from_query(&field) {
                     continue;
@@ -242,7 +243,11 @@ impl Generator {
             parameters.push(parameter_ref("ContentEncoding"));
         }
         let mut operation = json!({
-            "operationId": format!("{}_{}", service.name(), method.name()),
+            // An additional binding's operation is numbered after the first's.
+            "operationId": match route.binding {
+                0 => format!("{}_{}", service.name(), method.name()),
+                binding => format!("{}_{}_{}", service.name(), method.name(), binding + 1),
+            },
             "tags": [service.name()],
             "parameters": parameters,
             "responses": self.responses(route),

@@ -275,7 +275,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
     let request_message = match route.by_model {
-        Some(_) => open_inference::request(&matched, parts.uri.query(), &body)?,
+        Some(_) => open_inference::request(&matched, &parts.headers, parts.uri.query(), &body)?,
         None => transcode::encode(&transcode::request_message(&matched, parts.uri.query(), &body, content_type)?),
     };
 

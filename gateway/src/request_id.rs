@@ -33,7 +33,7 @@ tokio::task_local! {
 /// (`@`), holds a credential (an API key, `agk_…` in any case, or its secret alone, a run of more
 /// hexadecimal digits than a trace id's 32; or a JWT, `eyJ…`), a CPF or a phone number is not
 /// reused.
-fn acceptable(id: &str) -> bool {
+pub(crate) fn acceptable(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))

@@ -36,6 +36,9 @@ pub struct Route {
     /// For a route of every service with models ([`ANY_OWNER`]): the path variable naming the
     /// model, whose service is the upstream.
     pub by_model: Option<String>,
+    /// Which of the method's bindings this route is: 0 for its `google.api.http` pattern, 1 and
+    /// on for its `additional_bindings`.
+    pub binding: usize,
     /// The method runs a model, so a call counts against the tenant's monthly inference quota.
     pub inference: bool,
     /// For a raw (`google.api.HttpBody`) request body: the media types the method reads
@@ -138,7 +141,7 @@ impl RouteTable {
                 let additional = rule.get_field_by_name("additional_bindings");
                 let additional = additional.as_ref().and_then(|bindings| bindings.as_list()).unwrap_or_default();
                 let bindings = std::iter::once(&rule).chain(additional.iter().filter_map(Value::as_message));
-                for rule in bindings {
+                for (binding, rule) in bindings.enumerate() {
                     let (http_method, template) = http_rule(rule)
                         .ok_or_else(|| anyhow::anyhow!("{}: google.api.http has no pattern", method.full_name()))?;
                     let body =
@@ -173,6 +176,7 @@ impl RouteTable {
                         scope: scope.clone(),
                         owner: owner.clone(),
                         by_model,
+                        binding,
                         inference,
                         request_media_types: request_media_types.clone(),
                         raw_body,

@@ -195,6 +195,7 @@ struct Input {
 
 impl Input {
     fn read(model: &Model, request: &proto::ModelInferRequest) -> Result<Self, Status> {
+        check_id(&request.id)?;
         let manifest = model.manifest();
         let expected = &manifest.input.name;
         let [input] = request.inputs.as_slice() else {
@@ -257,6 +258,19 @@ impl Input {
     fn bytes(&self) -> Vec<u8> {
         self.rows.iter().flatten().flat_map(|value| value.to_le_bytes()).collect()
     }
+}
+
+/// Refuses an inference's `id` that could not go into the audit log as it is: over 128
+/// characters, other than letters, digits and `-_.:/+=`, or holding a CPF.
+fn check_id(id: &str) -> Result<(), Status> {
+    let fits = id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b));
+    if fits && !crate::cpf::holds_cpf(id) {
+        return Ok(());
+    }
+    Err(invalid_argument(
+        "id",
+        "must be at most 128 letters, digits and - _ . : / + =, with no personal data in it: it is kept in the audit log",
+    ))
 }
 
 /// How many rows `input`'s shape holds: `[rows, width]`, or `[width]` for one.

@@ -293,6 +293,12 @@ async fn bad_inferences_are_refused_precisely_and_record_nothing() {
             "must be a finite number",
         ),
         (
+            "a CPF as id",
+            proto::ModelInferRequest { id: "529.982.247-25".into(), ..good() },
+            Code::InvalidArgument,
+            "id: must be at most 128",
+        ),
+        (
             "raw and contents",
             {
                 let mut r = good();
@@ -370,8 +376,9 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     assert_eq!(metadata["inputs"][0]["shape"], json!([-1, 12]), "finquantum's model, found by its name");
     let ready: Value = app.get("/v2/models/diabetes-progression/ready", &key).await.json().await.unwrap();
     assert_eq!(ready, json!({"name": "diabetes-progression", "ready": true}));
-    let ready: Value = app.get("/v2/models/diabetes-progression/versions/7/ready", &key).await.json().await.unwrap();
-    assert_eq!(ready, json!({"name": "diabetes-progression", "ready": false}));
+    // Not ready is a 4xx, which the protocol's clients read as false.
+    let problem = assert_problem(app.get("/v2/models/diabetes-progression/versions/7/ready", &key).await, 404).await;
+    assert!(problem["detail"].as_str().unwrap().contains("not ready at version \"7\""), "{problem}");
 
     // The held-out rows nested as their shape, scored as the Python reference scored them.
     let (rows, expected) = reference("breast-cancer");
@@ -428,14 +435,37 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     let problem =
         assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &json!({"inputz": []})).await, 400).await;
     assert!(problem["detail"].as_str().unwrap().contains("inputz"), "{problem}");
+    let (two_rows, _) = reference("diabetes-progression");
+    let shifted = json!([two_rows[0].iter().chain([&0.01]).collect::<Vec<_>>(), two_rows[1][..9].to_vec()]);
+    let body = json!({"inputs": [{"name": "input", "shape": [2, 10], "datatype": "FP32", "data": shifted}]});
+    let problem = assert_problem(app.post("/v2/models/diabetes-progression/infer", &key, &body).await, 400).await;
+    assert_eq!(problem["field"], "inputs[0].data", "rows nested otherwise than the shape are not read: {problem}");
+    let one = |extra: Value| {
+        let mut body = json!({"inputs": [{"name": "input", "shape": [10], "datatype": "FP32", "data": two_rows[0]}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let path = "/v2/models/diabetes-progression/infer";
+    let answered = app.post(path, &key, &one(json!({"model_name": "diabetes-progression"}))).await;
+    assert_eq!(answered.status(), 200, "the path's model may be repeated in the body");
+    let problem = assert_problem(app.post(path, &key, &one(json!({"model_name": "breast-cancer"}))).await, 400).await;
+    assert_eq!(problem["field"], "model_name", "{problem}");
+    let problem = assert_problem(app.post(path, &key, &one(json!({"id": "529.982.247-25"}))).await, 400).await;
+    assert_eq!(problem["field"], "id", "no CPF in the audit log: {problem}");
+    assert_problem(app.post(path, &key, &json!(["x", {}, [], []])).await, 400).await;
+    let binary = app.client.post(app.url(path)).bearer_auth(&key).header("Inference-Header-Content-Length", "80");
+    let problem = assert_problem(binary.json(&one(json!({}))).send().await.unwrap(), 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("binary tensor data"), "{problem}");
+    let with_body = app.client.get(app.url("/v2/models/breast-cancer/ready")).bearer_auth(&key).body("{}");
+    assert_problem(with_body.send().await.unwrap(), 400).await;
     let reader = app.create_key(&tenant, &["models:read"]).await;
     let body = json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": reference("breast-cancer").0[0]}]});
     assert_problem(app.post("/v2/models/breast-cancer/infer", &reader, &body).await, 403).await;
     let stranger = app.create_key(&tenant, &["health:read", "health:write"]).await;
     assert_problem(app.get("/v2/models/breast-cancer", &stranger).await, 403).await;
 
-    // The two inferences that ran are the tenant's decisions, and nothing else was recorded.
-    let entries = app.audited(&key, 2, |entry| entry["action"] == "inference.ModelInfer").await;
+    // The three inferences that ran are the tenant's decisions, and nothing else was recorded.
+    let entries = app.audited(&key, 3, |entry| entry["action"] == "inference.ModelInfer").await;
     assert!(entries.iter().all(|entry| entry["service"] == "healthquantum"), "{entries:?}");
     app.stop().await;
 }
