@@ -1317,6 +1317,11 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
                 "instance": {"type": "string", "description": "The request path."},
                 "requestId": {"type": "string", "description": "The request's `X-Request-Id`; quote it in reports."},
                 "field": {"type": "string", "description": "The request field the problem is about."},
+                "error": {
+                    "type": "string",
+                    "description": "On the Open Inference Protocol's routes (`/v2/models/…`), `detail` again, where \
+                                    the protocol's clients read an error.",
+                },
                 "missingPermission": {
                     "type": "string",
                     "description": "The consent permission the use needs and no valid consent grants, e.g. `ACCOUNTS_TRANSACTIONS_READ`.",

@@ -35,6 +35,10 @@ pub(crate) struct ProblemDocument {
     /// call, as the rate-limit fields' draft names them in its quota-exceeded problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) violated_policies: Option<Vec<&'static str>>,
+    /// On the Open Inference Protocol's routes, `detail` again, where the protocol's clients read
+    /// an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<String>,
     #[serde(skip)]
     pub(crate) retry_after: Option<u64>,
     /// Whether the call left for the service before it failed in a way that leaves unknown
@@ -87,6 +91,7 @@ impl Problem {
             field: None,
             missing_permission: None,
             violated_policies: None,
+            error: None,
             retry_after: None,
             may_have_taken_effect: false,
             www_authenticate: None,
@@ -181,6 +186,12 @@ impl Problem {
     }
 
     /// Names the rate-limit policies that refused the call (`tenant`, `key`, `inference`).
+    /// The problem with the Open Inference Protocol's `error` member, which its clients show.
+    pub(crate) fn with_error_member(mut self) -> Self {
+        self.0.error = Some(String::new());
+        self
+    }
+
     pub(crate) fn with_violated_policies(mut self, policies: Vec<&'static str>) -> Self {
         self.0.violated_policies = Some(policies);
         self
@@ -294,6 +305,9 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut document = *self.0;
         document.detail = clipped(std::mem::take(&mut document.detail), MAX_DETAIL_BYTES);
+        if document.error.is_some() {
+            document.error = Some(document.detail.clone());
+        }
         document.field = document.field.map(|field| clipped(field, MAX_FIELD_BYTES));
         if let Ok(request) = crate::request_id::CURRENT.try_with(Clone::clone) {
             document.request_id.get_or_insert(request.id);

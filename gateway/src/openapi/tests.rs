@@ -302,6 +302,7 @@ fn errors_are_problem_documents() {
         members,
         [
             "detail",
+            "error",
             "field",
             "instance",
             "missingPermission",

@@ -423,6 +423,7 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     let mut row: Vec<Value> = reference("breast-cancer").0[0].iter().map(|value| json!(value)).collect();
     let problem = assert_problem(app.post("/v2/models/heart/infer", &key, &one_row(json!(row))).await, 404).await;
     assert!(problem["detail"].as_str().unwrap().contains("no service serves model \"heart\""), "{problem}");
+    assert_eq!(problem["error"], problem["detail"], "the protocol's clients read `error`");
     row[1] = json!(-5);
     let problem =
         assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &one_row(json!(row))).await, 400).await;
