@@ -33,12 +33,9 @@ use aigronova_platform::{
     open_inference::OpenInference,
     storage::{Backend, Database},
 };
-use aigronova_proto::{
-    aigronova::{
-        common::v1::data_subject_server::{self, DataSubjectServer},
-        health::v1::health_quantum_server::{self, HealthQuantumServer},
-    },
-    inference::grpc_inference_service_server::{self, GrpcInferenceServiceServer},
+use aigronova_proto::aigronova::{
+    common::v1::data_subject_server::{self, DataSubjectServer},
+    health::v1::health_quantum_server::{self, HealthQuantumServer},
 };
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
@@ -215,15 +212,12 @@ impl HealthQuantumService {
             HealthQuantumServer::new(self.api).max_decoding_message_size(MAX_MESSAGE_BYTES),
             Authenticate::new(self.verifier.clone()),
         );
-        let open_inference = InterceptedService::new(
-            GrpcInferenceServiceServer::new(self.open_inference).max_decoding_message_size(MAX_MESSAGE_BYTES),
-            Authenticate::new(self.verifier.clone()),
-        );
+        let open_inference = self.open_inference.into_service(self.verifier.clone());
         let routes = Routes::new(service).add_service(data_subject).add_service(open_inference);
         let names = [
             health_quantum_server::SERVICE_NAME,
             data_subject_server::SERVICE_NAME,
-            grpc_inference_service_server::SERVICE_NAME,
+            aigronova_platform::open_inference::SERVICE_NAME,
         ];
         let sweeper = tokio::spawn(sweep::run(store, objects, shutdown.clone()));
         let served = self.listener.serve(routes, &names, self.verifier, shutdown).await;

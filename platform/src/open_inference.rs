@@ -11,16 +11,19 @@
 
 use std::{sync::Arc, time::Instant};
 
+pub use aigronova_proto::inference::grpc_inference_service_server::SERVICE_NAME;
 use aigronova_proto::inference::{
-    self as proto, InferTensorContents, grpc_inference_service_server::GrpcInferenceService,
-    model_infer_request::InferInputTensor, model_infer_response::InferOutputTensor,
+    self as proto, InferTensorContents,
+    grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer},
+    model_infer_request::InferInputTensor,
+    model_infer_response::InferOutputTensor,
     model_metadata_response::TensorMetadata,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 use crate::{
     audit::{AuditEvent, EventKind, OutboxWaker, enqueue},
-    auth::{self, Caller},
+    auth::{self, Authenticate, Caller, TokenVerifier},
     crypto::TenantKeys,
     error::invalid_argument,
     inference::{Model, ModelRegistry},
@@ -68,6 +71,17 @@ impl OpenInference {
         outbox: OutboxWaker,
     ) -> Self {
         Self { service, version, models, database, keys, monitor, outbox }
+    }
+
+    /// The gRPC service, its calls authenticated by `verifier` (the gateway's internal tokens).
+    pub fn into_service(
+        self,
+        verifier: TokenVerifier,
+    ) -> InterceptedService<GrpcInferenceServiceServer<Self>, Authenticate> {
+        InterceptedService::new(
+            GrpcInferenceServiceServer::new(self).max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
+            Authenticate::new(verifier),
+        )
     }
 
     /// The model `name` at `version` (any version when empty), or `NOT_FOUND` naming what is served.
