@@ -57,26 +57,36 @@ impl ModelOwners {
         let question =
             Bytes::from(proto::ModelReadyRequest { name: model.to_owned(), version: String::new() }.encode_to_vec());
         let path = PathAndQuery::from_static("/inference.GRPCInferenceService/ModelReady");
-        let answers = futures_util::future::join_all(upstreams.owners().map(|owner| {
-            let (path, question, metadata) = (path.clone(), question.clone(), metadata.clone());
-            async move {
-                let sent = AtomicBool::new(false);
-                let call = upstreams.unary(owner, path, question, metadata, ASK_TIMEOUT, &sent);
-                let answer = match tokio::time::timeout(ASK_TIMEOUT, call).await {
-                    Ok(Ok(answer)) => proto::ModelReadyResponse::decode(answer).map(|ready| ready.ready).ok(),
-                    Ok(Err(status)) if status.code() == Code::Unimplemented => Some(false),
-                    Ok(Err(_)) | Err(_) => None,
-                };
-                (owner.clone(), answer)
+        let mut asking: futures_util::stream::FuturesUnordered<_> = upstreams
+            .owners()
+            .map(|owner| {
+                let (path, question, metadata) = (path.clone(), question.clone(), metadata.clone());
+                async move {
+                    let sent = AtomicBool::new(false);
+                    let call = upstreams.unary(owner, path, question, metadata, ASK_TIMEOUT, &sent);
+                    let answer = match tokio::time::timeout(ASK_TIMEOUT, call).await {
+                        Ok(Ok(answer)) => proto::ModelReadyResponse::decode(answer).map(|ready| ready.ready).ok(),
+                        Ok(Err(status)) if status.code() == Code::Unimplemented => Some(false),
+                        Ok(Err(_)) | Err(_) => None,
+                    };
+                    (owner, answer)
+                }
+            })
+            .collect();
+        // The first service that serves the model is its service: the others are not waited for.
+        let mut unanswered = false;
+        while let Some((owner, answer)) = futures_util::StreamExt::next(&mut asking).await {
+            match answer {
+                Some(true) => {
+                    let learnt = (owner.clone(), Instant::now());
+                    self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned(), learnt);
+                    return Ok(owner.clone());
+                }
+                Some(false) => {}
+                None => unanswered = true,
             }
-        }))
-        .await;
-        if let Some((owner, _)) = answers.iter().find(|(_, ready)| *ready == Some(true)) {
-            let learnt = (owner.clone(), Instant::now());
-            self.known.lock().unwrap_or_else(PoisonError::into_inner).insert(model.to_owned(), learnt);
-            return Ok(owner.clone());
         }
-        if answers.iter().any(|(_, ready)| ready.is_none()) {
+        if unanswered {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no service that answered serves model {model:?}, and some did not answer: try again later"),
@@ -132,6 +142,14 @@ pub(crate) fn request(
     };
     Ok(encoded.into())
 }
+
+/// The largest inference body read, whatever the plan allows: 1024 rows of a few hundred
+/// features.
+const MAX_INFER_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The most elements (values, parameters) an inference body may hold, counted by its commas
+/// before it is read: what it takes in memory once read stays a small multiple of its size.
+const MAX_INFER_ELEMENTS: usize = 256 * 1024;
 
 /// The header of the protocol's binary data extension (a JSON header, then the tensors' raw bytes).
 const BINARY_HEADER: &str = "inference-header-content-length";
@@ -208,6 +226,14 @@ fn parameters(parameters: Option<BTreeMap<String, Parameter>>) -> HashMap<String
 /// `body`, a JSON object, with objects where the protocol has objects (not arrays in their
 /// place) and no name given twice.
 fn infer_body(body: &[u8]) -> Result<InferBody, Problem> {
+    if body.len() > MAX_INFER_BODY_BYTES {
+        return Err(crate::decompress::too_large(MAX_INFER_BODY_BYTES));
+    }
+    if body.iter().filter(|byte| **byte == b',').count() >= MAX_INFER_ELEMENTS {
+        return Err(Problem::bad_request(format!(
+            "the request body holds more than {MAX_INFER_ELEMENTS} values: send the rows in several calls"
+        )));
+    }
     if let Some(crate::transcode::Finding::Repeated(path)) = crate::transcode::repeated_name(body, None) {
         return Err(Problem::invalid_field(&path, format!("{path} is given more than once in the request body")));
     }
@@ -246,7 +272,7 @@ fn same_as_path(matched: &Matched<'_>, field: &str, given: Option<String>) -> Re
 fn infer_request(matched: &Matched<'_>, body: &[u8]) -> Result<proto::ModelInferRequest, Problem> {
     let body = infer_body(body)?;
     let id = body.id.unwrap_or_default();
-    if !id.is_empty() && !crate::request_id::acceptable(&id) {
+    if !id.is_empty() && !aigronova_platform::text::is_reusable_id(&id) {
         return Err(Problem::invalid_field(
             "id",
             "id must be at most 128 letters, digits and - _ . : / + =, with no personal data or credentials in it: \

@@ -1254,14 +1254,25 @@ fn gateway_schemas(scopes: &BTreeSet<String>) -> Map<String, Value> {
     let schemas = json!({
         "InferenceParameters": {
             "type": "object",
-            "additionalProperties": {"type": ["boolean", "integer", "string"]},
+            "additionalProperties": {"type": ["boolean", "number", "string"]},
         },
         "InferenceRequest": {
             "type": "object",
             "description": "An inference request of the Open Inference Protocol (v2) in its JSON form.",
             "required": ["inputs"],
             "properties": {
-                "id": {"type": "string", "description": "Returned in the answer."},
+                "model_name": {"type": "string", "description": "The path's model, if sent; another is refused."},
+                "model_version": {
+                    "type": "string",
+                    "description": "The path's version, if sent; another is refused.",
+                },
+                "id": {
+                    "type": "string",
+                    "maxLength": 128,
+                    "pattern": "^[A-Za-z0-9._:/+=-]*$",
+                    "description": "Returned in the answer and kept in the audit log: no personal data or \
+                                    credential in it.",
+                },
                 "parameters": {"$ref": "#/components/schemas/InferenceParameters"},
                 "inputs": {"type": "array", "items": tensor("An input tensor.")},
                 "outputs": {

@@ -186,12 +186,6 @@ impl Problem {
     }
 
     /// Names the rate-limit policies that refused the call (`tenant`, `key`, `inference`).
-    /// The problem with the Open Inference Protocol's `error` member, which its clients show.
-    pub(crate) fn with_error_member(mut self) -> Self {
-        self.0.error = Some(String::new());
-        self
-    }
-
     pub(crate) fn with_violated_policies(mut self, policies: Vec<&'static str>) -> Self {
         self.0.violated_policies = Some(policies);
         self
@@ -305,11 +299,12 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let mut document = *self.0;
         document.detail = clipped(std::mem::take(&mut document.detail), MAX_DETAIL_BYTES);
-        if document.error.is_some() {
-            document.error = Some(document.detail.clone());
-        }
         document.field = document.field.map(|field| clipped(field, MAX_FIELD_BYTES));
         if let Ok(request) = crate::request_id::CURRENT.try_with(Clone::clone) {
+            // The Open Inference Protocol's clients read an error's `error` member.
+            if request.path.starts_with("/v2/") {
+                document.error = Some(document.detail.clone());
+            }
             document.request_id.get_or_insert(request.id);
             document.instance.get_or_insert_with(|| clipped(request.path, MAX_DETAIL_BYTES));
         }

@@ -190,10 +190,6 @@ pub(crate) async fn transcode(State(state): State<AppState>, request: Request) -
     let mut facts = RequestFacts::default();
     let mut response = match call_route(&state, request, &mut facts).await {
         Ok(response) => response,
-        // The Open Inference Protocol's clients read an error's `error` member.
-        Err(problem) if facts.route.as_deref().is_some_and(|route| route.starts_with("/v2/")) => {
-            problem.with_error_member().into_response()
-        }
         Err(problem) => problem.into_response(),
     };
     response.headers_mut().extend(std::mem::take(&mut facts.rate_limit));

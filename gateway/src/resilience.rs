@@ -40,7 +40,7 @@ const PROBE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Paths served whatever the load: the probes, so that an orchestrator does not restart a gateway
 /// for being busy, and `/metrics`, so that an overload can be watched.
-const UNSHED_PATHS: [&str; 5] = ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"];
+const UNSHED_PATHS: [&str; 6] = ["/healthz", "/readyz", "/v2", "/v2/health/live", "/v2/health/ready", "/metrics"];
 
 /// Circuit breaking per upstream (`[gateway.circuit_breaker]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

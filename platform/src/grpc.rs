@@ -11,6 +11,7 @@ use std::{
 };
 
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 use tonic::{
     codegen::InterceptedService,
     service::Routes,
@@ -173,13 +174,17 @@ impl<'a> Page<'a> {
 /// A service's routes as its server answers them (health and reflection included), for a caller
 /// in the same process: a call is handed to them directly, with no HTTP/2 framing and no socket
 /// in between, in a `grpc.request` span as the server gives its calls. They are there while the
-/// server serves; before it starts and once its shutdown begins there are none.
+/// server serves; before it starts and once its shutdown begins there are none, and the server
+/// does not stop before the calls made through them have ended, as it drains its own.
 #[derive(Clone, Debug, Default)]
-pub struct LocalEndpoint(Arc<RwLock<Option<Routes>>>);
+pub struct LocalEndpoint {
+    routes: Arc<RwLock<Option<Routes>>>,
+    calls: TaskTracker,
+}
 
 impl LocalEndpoint {
     fn set(&self, routes: Option<Routes>) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = routes;
+        *self.routes.write().unwrap_or_else(PoisonError::into_inner) = routes;
     }
 
     /// Calls the service with `request`, a gRPC request as a client sends it; `None` when the
@@ -192,10 +197,12 @@ impl LocalEndpoint {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<tonic::codegen::StdError>,
     {
-        let routes = self.0.read().unwrap_or_else(PoisonError::into_inner).clone()?;
+        let routes = self.routes.read().unwrap_or_else(PoisonError::into_inner).clone()?;
         let span = call_span(request.uri().path(), request.headers());
+        let call = self.calls.token();
         Some(
             async move {
+                let _call = call;
                 match routes.oneshot(request).await {
                     Ok(response) => response,
                     Err(never) => match never {},
@@ -203,6 +210,15 @@ impl LocalEndpoint {
             }
             .instrument(span),
         )
+    }
+}
+
+/// Withdraws a server's routes from its [`LocalEndpoint`] when the server stops, however it stops.
+struct Withdraw(LocalEndpoint);
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        self.0.set(None);
     }
 }
 
@@ -251,6 +267,7 @@ impl GrpcListener {
         let health_service = InterceptedService::new(health_service, RefuseForeignTokens::new(verifier));
         let routes = routes.add_service(health_service).add_service(reflection);
         self.local.set(Some(routes.clone()));
+        let withdraw = Withdraw(self.local.clone());
 
         let names: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
         let local = self.local.clone();
@@ -262,13 +279,17 @@ impl GrpcListener {
             }
         };
         tracing::info!(addr = %self.local_addr, services = %services.join(","), "gRPC server listening");
-        Server::builder()
+        let served = Server::builder()
             .trace_fn(|request| call_span(request.uri().path(), request.headers()))
             .add_routes(routes)
             // Small gRPC frames must not wait for the peer's delayed ACK (Nagle).
             .serve_with_incoming_shutdown(TcpIncoming::from(self.listener).with_nodelay(Some(true)), drain)
-            .await?;
-        self.local.set(None);
+            .await;
+        drop(withdraw);
+        // The calls made in the process drain as the server's own did.
+        self.local.calls.close();
+        self.local.calls.wait().await;
+        served?;
         tracing::info!(addr = %self.local_addr, "gRPC server stopped");
         Ok(())
     }

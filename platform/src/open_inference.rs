@@ -150,8 +150,10 @@ impl OpenInference {
             let mut transaction = database.begin_tenant(&tenant_id).await?;
             enqueue(&mut transaction, &event).await?;
             transaction.commit().await?;
+            // Each row is one inference, with its share of the call's time.
+            let share = latency / u32::try_from(rows.rows.len()).unwrap_or(u32::MAX).max(1);
             for row in &rows.rows {
-                monitor.record(&tenant_id, &counted, Some(row), latency, true);
+                monitor.record(&tenant_id, &counted, Some(row), share, true);
             }
             Ok::<_, crate::storage::StoreError>(())
         })
@@ -243,6 +245,7 @@ impl Input {
         let width = manifest.features.len();
         let rows = shape_rows(input, width)?;
         let values = values(input, &request.raw_input_contents)?;
+        let single = input.datatype == "FP32";
         if values.len() != rows * width {
             return Err(invalid_argument(
                 "inputs[0]",
@@ -258,7 +261,14 @@ impl Input {
                     .iter()
                     .zip(values)
                     .map(|(feature, value)| {
-                        model.check_value(feature, *value).map_err(|reason| {
+                        // An FP32 value is the f32 nearest the number meant: a bound it rounds to
+                        // is the bound.
+                        let value = match single {
+                            true if *value as f32 == feature.min as f32 => feature.min,
+                            true if *value as f32 == feature.max as f32 => feature.max,
+                            _ => *value,
+                        };
+                        model.check_value(feature, value).map_err(|reason| {
                             invalid_argument(&format!("inputs[0][{row}]"), &format!("{}: {reason}", feature.name))
                         })
                     })
@@ -274,16 +284,16 @@ impl Input {
     }
 }
 
-/// Refuses an inference's `id` that could not go into the audit log as it is: over 128
-/// characters, other than letters, digits and `-_.:/+=`, or holding a CPF.
+/// Refuses an inference's `id` that could not go into the audit log as it is: one a request id
+/// could not be ([`crate::text::is_reusable_id`]).
 fn check_id(id: &str) -> Result<(), Status> {
-    let fits = id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b));
-    if fits && !crate::cpf::holds_cpf(id) {
+    if id.is_empty() || crate::text::is_reusable_id(id) {
         return Ok(());
     }
     Err(invalid_argument(
         "id",
-        "must be at most 128 letters, digits and - _ . : / + =, with no personal data in it: it is kept in the audit log",
+        "must be at most 128 letters, digits and - _ . : / + =, with no personal data or credentials in it: it is \
+         kept in the audit log",
     ))
 }
 

@@ -299,6 +299,12 @@ async fn bad_inferences_are_refused_precisely_and_record_nothing() {
             "id: must be at most 128",
         ),
         (
+            "a phone number as id",
+            proto::ModelInferRequest { id: "fone-11912345678".into(), ..good() },
+            Code::InvalidArgument,
+            "id: must be at most 128",
+        ),
+        (
             "raw and contents",
             {
                 let mut r = good();
@@ -336,8 +342,18 @@ async fn bad_inferences_are_refused_precisely_and_record_nothing() {
     let status = client.inner.clone().model_infer(unsigned).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
 
-    // Only the one good call that follows is in the log: the refused ones recorded nothing.
-    client.infer(good()).await.unwrap();
+    // A bound of the model card sent as FP32, which rounds it, is the bound.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(models_dir().join("breast-cancer/1/manifest.json")).unwrap())
+            .unwrap();
+    let mut at_bounds = good();
+    let values = &mut at_bounds.inputs[0].contents.as_mut().unwrap().fp32_contents;
+    values[0] = manifest["features"][0]["max"].as_f64().unwrap() as f32;
+    values[30] = manifest["features"][0]["min"].as_f64().unwrap() as f32;
+    assert!(f64::from(values[0]) != manifest["features"][0]["max"].as_f64().unwrap(), "the bound rounds in f32");
+
+    // Only the good call that follows is in the log: the refused ones recorded nothing.
+    client.infer(at_bounds).await.unwrap();
     let entries = app.audited(&key, 1, |entry| entry["action"] == "inference.ModelInfer").await;
     let leaf: Value = serde_json::from_str(entries[0]["leaf"].as_str().unwrap()).unwrap();
     assert_eq!(leaf["details"]["rows"], 2);
@@ -459,6 +475,12 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     assert!(problem["detail"].as_str().unwrap().contains("binary tensor data"), "{problem}");
     let with_body = app.client.get(app.url("/v2/models/breast-cancer/ready")).bearer_auth(&key).body("{}");
     assert_problem(with_body.send().await.unwrap(), 400).await;
+    let zeros = vec![0; 300_000];
+    let body = json!({"inputs": [{"name": "input", "shape": [10000, 30], "datatype": "FP32", "data": zeros}]});
+    let problem = assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &body).await, 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("more than 262144 values"), "{problem}");
+    let problem = assert_problem(app.get("/v2/models/breast-cancer/infer", &key).await, 405).await;
+    assert_eq!(problem["error"], problem["detail"], "every problem of these routes has the member: {problem}");
     let reader = app.create_key(&tenant, &["models:read"]).await;
     let body = json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": reference("breast-cancer").0[0]}]});
     assert_problem(app.post("/v2/models/breast-cancer/infer", &reader, &body).await, 403).await;
