@@ -171,6 +171,23 @@ pub async fn enqueue(connection: &mut AnyConnection, event: &AuditEvent) -> Resu
 
 const OUTBOX_INSERT: &str = "INSERT INTO audit_outbox (event_id, tenant_id, event, created_at) VALUES ($1, $2, $3, $4)";
 
+/// Commits `event` to the outbox alone, in a transaction of its tenant; on SQLite in a group with
+/// the other writes submitted meanwhile ([`Database::write_keyed`]).
+pub async fn record(database: &Database, event: &AuditEvent) -> Result<(), StoreError> {
+    if database.backend() == Backend::Sqlite {
+        let statements = format!("{OUTBOX_INSERT} RETURNING event_id");
+        let write = KeyedWrite { statements, params: outbox_row(event)?.into(), key: event.event_id.clone() };
+        return match database.write_keyed(write).await? {
+            true => Ok(()),
+            false => Err(StoreError::Corrupt(format!("the audit event {} was not written", event.event_id))),
+        };
+    }
+    let mut transaction = database.begin_tenant(&event.tenant_id).await?;
+    enqueue(&mut transaction, event).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
 /// Runs `action`, one statement that writes (its parameters `$1`… bound to `params`), and records
 /// `event` in the outbox in the same transaction of `tenant_id`, if the statement changed a row.
 /// Returns whether it did; when it did not, nothing is written.

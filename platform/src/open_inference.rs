@@ -22,7 +22,7 @@ use aigronova_proto::inference::{
 use tonic::{Request, Response, Status, service::interceptor::InterceptedService};
 
 use crate::{
-    audit::{AuditEvent, EventKind, OutboxWaker, enqueue},
+    audit::{AuditEvent, EventKind, OutboxWaker},
     auth::{self, Authenticate, Caller, TokenVerifier},
     crypto::TenantKeys,
     error::invalid_argument,
@@ -147,9 +147,7 @@ impl OpenInference {
         let (database, monitor, tenant_id) = (self.database.clone(), self.monitor.clone(), caller.tenant_id.clone());
         let counted = Arc::clone(&model);
         let recorded = tokio::spawn(async move {
-            let mut transaction = database.begin_tenant(&tenant_id).await?;
-            enqueue(&mut transaction, &event).await?;
-            transaction.commit().await?;
+            crate::audit::record(&database, &event).await?;
             // Each row is one inference, with its share of the call's time.
             let share = latency / u32::try_from(rows.rows.len()).unwrap_or(u32::MAX).max(1);
             for row in &rows.rows {

@@ -5,6 +5,8 @@
 //! - the platform through the gateway (HTTP/JSON, API key, rate limit, transcoding, internal
 //!   token, validation, inference, top features, the assessment and its audit event committed
 //!   to SQLite),
+//! - the same row through the gateway's Open Inference Protocol route (the model run and its
+//!   decision's audit event committed, no assessment stored),
 //! - a Python FastAPI + onnxruntime service scoring the same model.onnx (what a team would
 //!   otherwise deploy; uvicorn with one worker per core), which only scores,
 //!
@@ -67,6 +69,33 @@ async fn main() {
     })
     .await;
 
+    // The same row through the Open Inference Protocol: the model run and its decision audited,
+    // nothing else stored, as the Python service stores nothing.
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(aigronova_e2e::models_dir().join("breast-cancer/1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let data: Vec<&serde_json::Value> = manifest["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|feature| &features[feature["name"].as_str().unwrap()])
+        .collect();
+    let infer = json!({"inputs": [{"name": "input", "shape": [1, data.len()], "datatype": "FP32", "data": data}]});
+    let infer_key = Arc::new(app.create_key(&tenant, &["models:infer"]).await);
+    let client = app.client.clone();
+    let url = app.url("/v2/models/breast-cancer/infer");
+    let body_v2 = infer.to_string();
+    let open_inference = drive("Open Inference Protocol through the gateway", concurrency, seconds, move || {
+        let request = client
+            .post(&url)
+            .bearer_auth(infer_key.as_str())
+            .header("content-type", "application/json")
+            .body(body_v2.clone());
+        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
+    })
+    .await;
+
     // The gateway's own cost, on the same platform.
     let direct = get_public_key(&app, internal.tokens(&tenant, &scopes)).await;
     let direct = drive("GetPublicKey, direct gRPC", concurrency, seconds, direct).await;
@@ -79,6 +108,12 @@ async fn main() {
     let fastapi = drive_python(&service, body, concurrency, seconds).await;
 
     report("assessments", &raw, &platform, &fastapi, concurrency);
+    println!();
+    print("inferences", &[&open_inference, &fastapi]);
+    println!(
+        "one row through the Open Inference Protocol (audited, no assessment stored): {:.1}x the Python service",
+        open_inference.rps() / fastapi.rps()
+    );
     println!();
     print("explanations", &[&walked, &scored]);
     println!();
