@@ -124,7 +124,7 @@ impl OpenInference {
             self.monitor.record(&caller.tenant_id, &model, None, latency, false);
         })?;
         let bands: Vec<String> = outputs.iter().map(|output| model.risk_band(*output).to_owned()).collect();
-        let output_name = if model.is_regression() { "value" } else { "probability" };
+        let output_name = output_name(&model);
         let cipher = self.keys.cipher(&caller.tenant_id).await?;
         let event = AuditEvent::new(
             &caller,
@@ -192,6 +192,12 @@ impl OpenInference {
     }
 }
 
+/// The name of a model's score tensor: a classifier's `probability` of its positive class, a
+/// regressor's `value`.
+fn output_name(model: &Model) -> &'static str {
+    if model.is_regression() { "value" } else { "probability" }
+}
+
 /// The caller of `request`, refused unless it holds `scope`.
 fn caller_with<T>(request: &Request<T>, scope: &str) -> Result<Caller, Status> {
     let caller = auth::caller(request)?;
@@ -229,7 +235,7 @@ impl Input {
             ));
         }
         for wanted in &request.outputs {
-            let known = if model.is_regression() { "value" } else { "probability" };
+            let known = output_name(model);
             if wanted.name != known && wanted.name != RISK_BAND {
                 return Err(invalid_argument(
                     "outputs",
@@ -440,7 +446,7 @@ impl GrpcInferenceService for OpenInference {
         let model = self.model(&request.name, &request.version)?;
         let manifest = model.manifest();
         let width = i64::try_from(manifest.features.len()).unwrap_or(i64::MAX);
-        let output = if model.is_regression() { "value" } else { "probability" };
+        let output = output_name(&model);
         Ok(Response::new(proto::ModelMetadataResponse {
             name: model.name().to_owned(),
             versions: vec![model.version().to_owned()],
