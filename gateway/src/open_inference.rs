@@ -107,14 +107,15 @@ pub(crate) fn model_of<'a>(matched: &'a Matched<'_>) -> &'a str {
     matched.route.by_model.as_deref().map_or("", |field| variable(matched, field))
 }
 
-/// The encoded request of an Open Inference route: from the path (and, for an inference, the
-/// JSON body). A query parameter is refused, as these routes take none, and so is a body on a GET.
+/// The encoded request of an Open Inference route, from the path (and, for an inference, the
+/// JSON body), and the rows it scores (one unit each of the monthly inference quota). A query
+/// parameter is refused, as these routes take none, and so is a body on a GET.
 pub(crate) fn request(
     matched: &Matched<'_>,
     headers: &HeaderMap,
     query: Option<&str>,
     body: &[u8],
-) -> Result<Bytes, Problem> {
+) -> Result<(Bytes, u64), Problem> {
     let route = matched.route;
     if let Some((name, _)) =
         query.map(crate::transcode::form_pairs).transpose()?.and_then(|pairs| pairs.into_iter().next())
@@ -127,20 +128,38 @@ pub(crate) fn request(
     if headers.contains_key(BINARY_HEADER) {
         return Err(Problem::bad_request(BINARY_REFUSED));
     }
-    let encoded = match route.method.name() {
-        "ModelInfer" => infer_request(matched, body)?.encode_to_vec(),
-        "ModelMetadata" => proto::ModelMetadataRequest {
-            name: variable(matched, "name").to_owned(),
-            version: variable(matched, "version").to_owned(),
+    let (encoded, rows) = match route.method.name() {
+        "ModelInfer" => {
+            let request = infer_request(matched, body)?;
+            let rows = rows(&request);
+            (request.encode_to_vec(), rows)
         }
-        .encode_to_vec(),
-        _ => proto::ModelReadyRequest {
-            name: variable(matched, "name").to_owned(),
-            version: variable(matched, "version").to_owned(),
-        }
-        .encode_to_vec(),
+        "ModelMetadata" => (
+            proto::ModelMetadataRequest {
+                name: variable(matched, "name").to_owned(),
+                version: variable(matched, "version").to_owned(),
+            }
+            .encode_to_vec(),
+            0,
+        ),
+        _ => (
+            proto::ModelReadyRequest {
+                name: variable(matched, "name").to_owned(),
+                version: variable(matched, "version").to_owned(),
+            }
+            .encode_to_vec(),
+            0,
+        ),
     };
-    Ok(encoded.into())
+    Ok((encoded.into(), rows))
+}
+
+/// The rows an inference scores: its first input's first dimension (`[rows, features]`), one for
+/// a single row (`[features]`). A shape the service refuses counts as at most the rows it takes.
+fn rows(request: &proto::ModelInferRequest) -> u64 {
+    let shape = request.inputs.first().map_or(&[][..], |input| input.shape.as_slice());
+    let rows = if shape.len() > 1 { shape[0] } else { 1 };
+    u64::try_from(rows).unwrap_or(1).clamp(1, aigronova_platform::open_inference::MAX_ROWS as u64)
 }
 
 /// The largest inference body read, whatever the plan allows: 1024 rows of a few hundred

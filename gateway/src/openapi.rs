@@ -261,10 +261,10 @@ impl Generator {
         if route.inference {
             // A model call counts against the tenant's monthly inference quota: said in words and
             // in a flag a client generator can read.
-            let counted = "Counts one call against the tenant's monthly inference quota (`\"inference\"` in \
-                           `RateLimit-Policy`), not taken when the gateway refuses the call and given back when the \
-                           service refuses or fails it; a 429 whose `violatedPolicies` names `inference` lasts until \
-                           the month ends (UTC).";
+            let counted = "Counts one unit a row it scores against the tenant's monthly inference quota \
+                           (`\"inference\"` in `RateLimit-Policy`), not taken when the gateway refuses the call and \
+                           given back when the service refuses or fails it; a 429 whose `violatedPolicies` names \
+                           `inference` lasts until the month ends (UTC), unless its detail says fewer rows fit.";
             let description = operation.get("description").and_then(Value::as_str).unwrap_or_default();
             operation["description"] =
                 if description.is_empty() { counted.to_owned() } else { format!("{description}\n\n{counted}") }.into();

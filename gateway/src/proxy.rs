@@ -274,9 +274,9 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let mut room = slot.body_room(limits.max_body_bytes);
     room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
-    let request_message = match route.by_model {
+    let (request_message, rows) = match route.by_model {
         Some(_) => open_inference::request(&matched, &parts.headers, parts.uri.query(), &body)?,
-        None => transcode::encode(&transcode::request_message(&matched, parts.uri.query(), &body, content_type)?),
+        None => (transcode::encode(&transcode::request_message(&matched, parts.uri.query(), &body, content_type)?), 1),
     };
 
     let caller =
@@ -303,8 +303,10 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
         }
         None => Cow::Borrowed(route.owner.as_str()),
     };
-    // The quota is reserved last, so that a request refused for its body spends none of it.
-    let quota = state.limiter.reserve_inference(route.inference, tenant_id, limits, &mut facts.rate_limit).await?;
+    // The quota is reserved last, so that a request refused for its body spends none of it: a unit
+    // a row the model call scores.
+    let units = if route.inference { rows } else { 0 };
+    let quota = state.limiter.reserve_inference(units, tenant_id, limits, &mut facts.rate_limit).await?;
     // While the call is out only the message sent is held, and its room is trimmed to it (its
     // growth reserved ahead of a body of unknown length is given back).
     drop(body);
@@ -367,10 +369,10 @@ fn document_disposition(path: &str, headers: &HeaderMap) -> Option<HeaderValue> 
     HeaderValue::from_str(&format!("inline; filename=\"{name}.{extension}\"")).ok()
 }
 
-/// Whether a model call keeps its unit of quota: when the service answered OK, and when its
+/// Whether a model call keeps its units of quota: when the service answered OK, and when its
 /// deadline passed or its connection broke while the call was out, as the service may have run
 /// the model and stored the result without the gateway hearing back. A call the service refused
-/// or failed, or that never left (its circuit open, its deadline gone first), gives its unit back.
+/// or failed, or that never left (its circuit open, its deadline gone first), gives its units back.
 fn may_have_run<T>(sent: bool, result: &Result<T, Problem>) -> bool {
     match result {
         Ok(_) => true,

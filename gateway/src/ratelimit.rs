@@ -303,49 +303,61 @@ impl RateLimiter {
         if used < quota {
             return Ok(());
         }
-        Err(self.quota_refusal(&month, quota, used, headers))
+        Err(self.quota_refusal(&month, quota, used, 1, headers))
     }
 
-    /// The 429 of a used-up quota, its `RateLimit` fields written into `headers`.
-    fn quota_refusal(&self, month: &Month, quota: u64, used: u64, headers: &mut HeaderMap) -> Problem {
+    /// The 429 of a quota without `units` left, its `RateLimit` fields written into `headers`.
+    fn quota_refusal(&self, month: &Month, quota: u64, used: u64, units: u64, headers: &mut HeaderMap) -> Problem {
         let until_end = month.end.saturating_sub(self.inner.clock.now_micros() / MICROS);
         append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
         append(headers, RATELIMIT, [format!("\"inference\";r={};t={until_end}", quota.saturating_sub(used))]);
         crate::metrics::metrics().rate_limited.with_label_values(&["quota"]).inc();
-        let detail = format!(
-            "the monthly inference quota of this tenant ({quota} calls) is used up; it renews on {}",
-            month.end_rfc3339()
-        );
+        let remaining = quota.saturating_sub(used);
+        let detail = if remaining == 0 {
+            format!(
+                "the monthly inference quota of this tenant ({quota} units, one a row scored) is used up; it renews on {}",
+                month.end_rfc3339()
+            )
+        } else {
+            format!(
+                "this call scores {units} rows, one unit each of the monthly inference quota of this tenant ({quota} \
+                 units), and {remaining} are left: send at most {remaining} rows, or wait until it renews on {}",
+                month.end_rfc3339()
+            )
+        };
         Problem::new(StatusCode::TOO_MANY_REQUESTS, detail)
             .with_retry_after(until_end.max(1))
             .with_violated_policies(vec!["inference"])
     }
 
-    /// Counts one inference call of the tenant this month, when `inference`; refuses it with 429
-    /// when the quota is used up. Settle the reservation with the call's outcome: a call that
-    /// fails gives its unit back, and so does a request refused before reaching the service,
-    /// because the reservation is taken right before the upstream call.
+    /// Counts an inference call's `units` (one a row it scores; 0 for a call that is not a model
+    /// call) against the tenant's quota of this month, all or none: 429 when they do not all fit.
+    /// Settle the reservation with the call's outcome: a call that fails gives its units back, and
+    /// so does a request refused before reaching the service, because the reservation is taken
+    /// right before the upstream call.
     pub(crate) async fn reserve_inference(
         &self,
-        inference: bool,
+        units: u64,
         tenant_id: &str,
         limits: &PlanLimits,
         headers: &mut HeaderMap,
     ) -> Result<Reservation, Problem> {
-        if !inference {
+        if units == 0 {
             return Ok(Reservation { held: None });
         }
         let month = Month::at(self.inner.clock.now_micros());
         let quota = limits.monthly_inference_quota;
         let outcome = match &self.inner.backend {
-            Backend::Local(local) => local.reserve_inference(tenant_id, &month.label, quota),
-            Backend::Redis(redis) => match redis.reserve_inference(tenant_id, &month.label, month.end, quota).await {
-                Ok(outcome) => outcome,
-                Err(error) => return self.backend_failed(&error).map(|()| Reservation { held: None }),
-            },
+            Backend::Local(local) => local.reserve_inference(tenant_id, &month.label, quota, units),
+            Backend::Redis(redis) => {
+                match redis.reserve_inference(tenant_id, &month.label, month.end, quota, units).await {
+                    Ok(outcome) => outcome,
+                    Err(error) => return self.backend_failed(&error).map(|()| Reservation { held: None }),
+                }
+            }
         };
         if !outcome.granted {
-            return Err(self.quota_refusal(&month, quota, outcome.used, headers));
+            return Err(self.quota_refusal(&month, quota, outcome.used, units, headers));
         }
         let until_end = month.end.saturating_sub(self.inner.clock.now_micros() / MICROS);
         let remaining = quota.saturating_sub(outcome.used);
@@ -356,18 +368,19 @@ impl RateLimiter {
                 limiter: self.clone(),
                 tenant_id: tenant_id.to_owned(),
                 month: month.label,
+                units,
                 remaining,
                 until_end,
             }),
         })
     }
 
-    async fn refund_inference(&self, tenant_id: &str, month: &str) {
+    async fn refund_inference(&self, tenant_id: &str, month: &str, units: u64) {
         match &self.inner.backend {
-            Backend::Local(local) => local.refund_inference(tenant_id, month),
+            Backend::Local(local) => local.refund_inference(tenant_id, month, units),
             Backend::Redis(redis) => {
-                if let Err(error) = redis.refund_inference(tenant_id, month).await {
-                    // The call failed anyway; the unit stays spent, whatever the failure policy.
+                if let Err(error) = redis.refund_inference(tenant_id, month, units).await {
+                    // The call failed anyway; the units stay spent, whatever the failure policy.
                     let _ = self.backend_failed(&error);
                 }
             }
@@ -422,31 +435,32 @@ fn append(headers: &mut HeaderMap, name: HeaderName, items: impl IntoIterator<It
     }
 }
 
-/// One inference call counted against the tenant's monthly quota, until settled.
+/// An inference call's units counted against the tenant's monthly quota, until settled.
 #[must_use = "settle the reservation with the outcome of the call"]
 pub(crate) struct Reservation {
     held: Option<Held>,
 }
 
-/// A unit of a tenant's monthly quota, held until the call it was reserved for ends.
+/// Units of a tenant's monthly quota, held until the call they were reserved for ends.
 struct Held {
     limiter: RateLimiter,
     tenant_id: String,
     month: String,
-    /// The units left once this one was taken, and the seconds until the month ends.
+    units: u64,
+    /// The units left once these were taken, and the seconds until the month ends.
     remaining: u64,
     until_end: u64,
 }
 
 impl Reservation {
-    /// Keeps the unit when the model may have run (`keep`), gives it back otherwise, and then
+    /// Keeps the units when the model may have run (`keep`), gives them back otherwise, and then
     /// says so in the answer's `RateLimit` field (`headers`). A reservation dropped without
-    /// settling (the client went away during the call) keeps its unit: the service may have run
+    /// settling (the client went away during the call) keeps its units: the service may have run
     /// the model.
     pub(crate) async fn settle(self, keep: bool, headers: &mut HeaderMap) {
         let Some(held) = self.held.filter(|_| !keep) else { return };
-        held.limiter.refund_inference(&held.tenant_id, &held.month).await;
-        let refunded = format!("\"inference\";r={};t={}", held.remaining + 1, held.until_end);
+        held.limiter.refund_inference(&held.tenant_id, &held.month, held.units).await;
+        let refunded = format!("\"inference\";r={};t={}", held.remaining + held.units, held.until_end);
         let Some(items) = headers.get(RATELIMIT).and_then(|value| value.to_str().ok()) else { return };
         let items: Vec<&str> = items
             .split(", ")

@@ -24,11 +24,11 @@ struct State {
     inference: HashMap<String, (String, u64)>,
 }
 
-/// The result of asking for one inference call of a month's quota.
+/// The result of asking for an inference call's units of a month's quota.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct QuotaOutcome {
     pub(super) granted: bool,
-    /// Calls counted this month, this one included when granted.
+    /// Units counted this month, this call's included when granted.
     pub(super) used: u64,
 }
 
@@ -64,30 +64,31 @@ impl LocalBackend {
         self.state().tats.retain(|key, _| !key.starts_with(&prefix));
     }
 
-    pub(super) fn reserve_inference(&self, tenant_id: &str, month: &str, quota: u64) -> QuotaOutcome {
+    /// `units` of the month's `quota` for one call, all or none.
+    pub(super) fn reserve_inference(&self, tenant_id: &str, month: &str, quota: u64, units: u64) -> QuotaOutcome {
         let mut state = self.state();
         let entry = state.inference.entry(tenant_id.to_owned()).or_insert_with(|| (month.to_owned(), 0));
         if entry.0 != month {
             *entry = (month.to_owned(), 0);
         }
-        let granted = entry.1 < quota;
+        let granted = entry.1.saturating_add(units) <= quota;
         if granted {
-            entry.1 += 1;
+            entry.1 += units;
         }
         QuotaOutcome { granted, used: entry.1 }
     }
 
-    /// The tenant's inference calls counted in `month`.
+    /// The tenant's inference units counted in `month`.
     pub(super) fn inference_used(&self, tenant_id: &str, month: &str) -> u64 {
         self.state().inference.get(tenant_id).filter(|(counted, _)| counted == month).map_or(0, |(_, used)| *used)
     }
 
-    pub(super) fn refund_inference(&self, tenant_id: &str, month: &str) {
+    pub(super) fn refund_inference(&self, tenant_id: &str, month: &str, units: u64) {
         let mut state = self.state();
         if let Some((counted_month, used)) = state.inference.get_mut(tenant_id)
             && counted_month == month
         {
-            *used = used.saturating_sub(1);
+            *used = used.saturating_sub(units);
         }
     }
 
@@ -119,21 +120,32 @@ mod tests {
     #[test]
     fn the_monthly_counter_stops_at_the_quota_and_starts_again_next_month() {
         let backend = LocalBackend::new();
-        let granted: Vec<bool> = (0..4).map(|_| backend.reserve_inference("tenant", "2025-01", 3).granted).collect();
+        let granted: Vec<bool> = (0..4).map(|_| backend.reserve_inference("tenant", "2025-01", 3, 1).granted).collect();
         assert_eq!(granted, [true, true, true, false]);
-        assert_eq!(backend.reserve_inference("other", "2025-01", 3), QuotaOutcome { granted: true, used: 1 });
-        assert_eq!(backend.reserve_inference("tenant", "2025-02", 3), QuotaOutcome { granted: true, used: 1 });
+        assert_eq!(backend.reserve_inference("other", "2025-01", 3, 1), QuotaOutcome { granted: true, used: 1 });
+        assert_eq!(backend.reserve_inference("tenant", "2025-02", 3, 1), QuotaOutcome { granted: true, used: 1 });
     }
 
     #[test]
-    fn a_refund_gives_back_one_call_of_the_same_month_only() {
+    fn a_call_takes_all_its_units_or_none() {
+        let backend = LocalBackend::new();
+        assert_eq!(backend.reserve_inference("tenant", "2025-01", 10, 7), QuotaOutcome { granted: true, used: 7 });
+        assert_eq!(backend.reserve_inference("tenant", "2025-01", 10, 4), QuotaOutcome { granted: false, used: 7 });
+        assert_eq!(backend.reserve_inference("tenant", "2025-01", 10, 3), QuotaOutcome { granted: true, used: 10 });
+        assert_eq!(backend.reserve_inference("other", "2025-01", 10, 11), QuotaOutcome { granted: false, used: 0 });
+    }
+
+    #[test]
+    fn a_refund_gives_back_its_units_of_the_same_month_only() {
         let backend = LocalBackend::new();
         for _ in 0..2 {
-            assert!(backend.reserve_inference("tenant", "2025-01", 2).granted);
+            assert!(backend.reserve_inference("tenant", "2025-01", 4, 2).granted);
         }
-        backend.refund_inference("tenant", "2024-12");
-        assert!(!backend.reserve_inference("tenant", "2025-01", 2).granted);
-        backend.refund_inference("tenant", "2025-01");
-        assert_eq!(backend.reserve_inference("tenant", "2025-01", 2), QuotaOutcome { granted: true, used: 2 });
+        backend.refund_inference("tenant", "2024-12", 2);
+        assert!(!backend.reserve_inference("tenant", "2025-01", 4, 1).granted);
+        backend.refund_inference("tenant", "2025-01", 2);
+        assert_eq!(backend.reserve_inference("tenant", "2025-01", 4, 2), QuotaOutcome { granted: true, used: 4 });
+        backend.refund_inference("tenant", "2025-01", 9);
+        assert_eq!(backend.inference_used("tenant", "2025-01"), 0, "never below zero");
     }
 }

@@ -48,21 +48,23 @@ table.insert(backlogs, 1, allowed)
 return backlogs
 ";
 
-/// One inference call of the month, unless the quota is used up. KEYS[1]: the month's counter.
-/// ARGV: the quota, and when the counter expires (UNIX seconds). Returns `{granted, used}`.
+/// Units of the month's inference quota for one call (one a row scored), all or none: none when
+/// they do not all fit. KEYS[1]: the month's counter. ARGV: the quota, when the counter expires
+/// (UNIX seconds), and the units. Returns `{granted, used}`.
 const QUOTA_SCRIPT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used >= tonumber(ARGV[1]) then return {0, used} end
-used = redis.call('INCR', KEYS[1])
+if used + tonumber(ARGV[3]) > tonumber(ARGV[1]) then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], ARGV[3])
 redis.call('EXPIREAT', KEYS[1], ARGV[2])
 return {1, used}
 ";
 
-/// Gives one call back, never going below zero. KEYS[1]: the month's counter.
+/// Gives a call's units back (ARGV[1]), never going below zero. KEYS[1]: the month's counter.
 const REFUND_SCRIPT: &str = r"
 local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-if used > 0 then return redis.call('DECR', KEYS[1]) end
-return 0
+local units = math.min(used, tonumber(ARGV[1]))
+if units > 0 then return redis.call('DECRBY', KEYS[1], units) end
+return used
 ";
 
 /// How long a month's counter outlives the month, so that a refund that crosses midnight finds it.
@@ -199,15 +201,16 @@ impl RedisBackend {
         month: &str,
         month_end: u64,
         quota: u64,
+        units: u64,
     ) -> Result<QuotaOutcome, RedisError> {
         let mut invocation = self.quota.key(self.quota_key(tenant_id, month));
-        invocation.arg(quota).arg(month_end + COUNTER_GRACE_SECS);
+        invocation.arg(quota).arg(month_end + COUNTER_GRACE_SECS).arg(units);
         let (granted, used): (u8, u64) =
             on_a_live_connection(|| async { invocation.invoke_async(&mut self.connection.clone()).await }).await?;
         Ok(QuotaOutcome { granted: granted == 1, used })
     }
 
-    /// The tenant's inference calls counted in `month`.
+    /// The tenant's inference units counted in `month`.
     pub(super) async fn inference_used(&self, tenant_id: &str, month: &str) -> Result<u64, RedisError> {
         let key = self.quota_key(tenant_id, month);
         let used: Option<u64> = on_a_live_connection(|| async {
@@ -217,9 +220,13 @@ impl RedisBackend {
         Ok(used.unwrap_or(0))
     }
 
-    pub(super) async fn refund_inference(&self, tenant_id: &str, month: &str) -> Result<(), RedisError> {
-        let _: i64 =
-            self.refund.key(self.quota_key(tenant_id, month)).invoke_async(&mut self.connection.clone()).await?;
+    pub(super) async fn refund_inference(&self, tenant_id: &str, month: &str, units: u64) -> Result<(), RedisError> {
+        let _: i64 = self
+            .refund
+            .key(self.quota_key(tenant_id, month))
+            .arg(units)
+            .invoke_async(&mut self.connection.clone())
+            .await?;
         Ok(())
     }
 

@@ -187,23 +187,23 @@ async fn the_inference_quota_runs_out_until_the_month_ends() {
     let limits = plan(100.0, 100, 0.0, 2);
     for left in [1, 0] {
         let mut headers = HeaderMap::new();
-        let reservation = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.unwrap();
+        let reservation = limiter.reserve_inference(1, "t1", &limits, &mut headers).await.unwrap();
         reservation.settle(true, &mut HeaderMap::new()).await;
         assert_eq!(header(&headers, &POLICY), [format!(r#""inference";q=2;w={}"#, 31 * 24 * 3600)]);
         assert_eq!(header(&headers, &RATELIMIT), [format!(r#""inference";r={left};t=60"#)]);
     }
-    let problem = limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.err().unwrap();
+    let problem = limiter.reserve_inference(1, "t1", &limits, &mut HeaderMap::new()).await.err().unwrap();
     let (status, retry_after, document) = refusal(problem).await;
     assert_eq!((status, retry_after.as_deref()), (429, Some("60")), "until 2025-02-01T00:00:00Z");
     let detail = document["detail"].as_str().unwrap();
     assert!(detail.contains("monthly inference quota") && detail.contains("2025-02-01T00:00:00Z"), "{detail}");
     assert_eq!(document["violatedPolicies"], serde_json::json!(["inference"]), "{document}");
-    let other = limiter.reserve_inference(true, "t2", &limits, &mut HeaderMap::new()).await;
+    let other = limiter.reserve_inference(1, "t2", &limits, &mut HeaderMap::new()).await;
     assert!(other.is_ok(), "another tenant has its own quota");
     other.unwrap().settle(true, &mut HeaderMap::new()).await;
 
     clock.fetch_add(60 * MICROS, Ordering::SeqCst);
-    let reservation = limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await;
+    let reservation = limiter.reserve_inference(1, "t1", &limits, &mut HeaderMap::new()).await;
     assert!(reservation.is_ok(), "February has a fresh quota");
     reservation.unwrap().settle(true, &mut HeaderMap::new()).await;
 }
@@ -219,14 +219,52 @@ async fn a_failed_inference_call_gives_its_unit_back_and_other_calls_spend_none(
     assert_eq!(fields.len(), 1);
     assert!(fields[0].to_str().unwrap().starts_with(r#""inference";r=1;"#), "the unit given back shows: {fields:?}");
     call(&limiter, true, &limits, true).await;
-    assert!(limiter.reserve_inference(true, "t1", &limits, &mut HeaderMap::new()).await.is_err());
+    assert!(limiter.reserve_inference(1, "t1", &limits, &mut HeaderMap::new()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_batch_takes_a_unit_a_row_all_or_none_in_process() {
+    a_batch_takes_a_unit_a_row_all_or_none(&in_process(JAN_31_23_59).0).await;
+}
+
+#[tokio::test]
+async fn a_batch_takes_a_unit_a_row_all_or_none_on_redis() {
+    a_batch_takes_a_unit_a_row_all_or_none(&on_redis(&unique_prefix(), RedisFailure::Closed).await).await;
+}
+
+async fn a_batch_takes_a_unit_a_row_all_or_none(limiter: &RateLimiter) {
+    let limits = plan(100.0, 100, 0.0, 10);
+    let mut headers = HeaderMap::new();
+    let batch = limiter.reserve_inference(7, "t1", &limits, &mut headers).await.unwrap();
+    assert!(header(&headers, &RATELIMIT)[0].starts_with(r#""inference";r=3;"#), "{headers:?}");
+    batch.settle(true, &mut headers).await;
+
+    let mut headers = HeaderMap::new();
+    let problem = limiter.reserve_inference(4, "t1", &limits, &mut headers).await.err().unwrap();
+    assert!(header(&headers, &RATELIMIT)[0].starts_with(r#""inference";r=3;"#), "nothing taken: {headers:?}");
+    let (status, _, document) = refusal(problem).await;
+    assert_eq!(status, 429);
+    let detail = document["detail"].as_str().unwrap();
+    assert!(detail.contains("scores 4 rows") && detail.contains("send at most 3 rows"), "{detail}");
+
+    // A failed batch gives back all its units, and says so.
+    let mut headers = HeaderMap::new();
+    let failed = limiter.reserve_inference(3, "t1", &limits, &mut headers).await.unwrap();
+    failed.settle(false, &mut headers).await;
+    assert!(header(&headers, &RATELIMIT)[0].starts_with(r#""inference";r=3;"#), "{headers:?}");
+    let last = limiter.reserve_inference(3, "t1", &limits, &mut HeaderMap::new()).await;
+    assert!(last.is_ok(), "the three units given back are there to take");
+    last.unwrap().settle(true, &mut HeaderMap::new()).await;
+    let problem = limiter.reserve_inference(1, "t1", &limits, &mut HeaderMap::new()).await.err().unwrap();
+    let detail = refusal(problem).await.2["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("is used up"), "{detail}");
 }
 
 /// One call through the quota: reserves its unit (`inference` or not) for tenant `t1` and settles
 /// it with `succeeded`; returns the fields written.
 async fn call(limiter: &RateLimiter, inference: bool, limits: &PlanLimits, succeeded: bool) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let reservation = limiter.reserve_inference(inference, "t1", limits, &mut headers).await.unwrap();
+    let reservation = limiter.reserve_inference(u64::from(inference), "t1", limits, &mut headers).await.unwrap();
     reservation.settle(succeeded, &mut headers).await;
     headers
 }
@@ -383,7 +421,7 @@ async fn the_redis_quota_counts_refunds_and_expires_with_the_month() {
         call(&limiter, true, &limits, true).await;
     }
     let mut headers = HeaderMap::new();
-    let problem = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.err().unwrap();
+    let problem = limiter.reserve_inference(1, "t1", &limits, &mut headers).await.err().unwrap();
     assert!(header(&headers, &RATELIMIT)[0].starts_with(r#""inference";r=0;t="#));
     let (status, retry_after, _) = refusal(problem).await;
     let month = Month::at(SystemClock.now_micros());
@@ -409,7 +447,7 @@ async fn an_unreachable_redis_lets_calls_through_when_failing_open() {
     limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut headers).await.expect("open");
     limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut headers).await.expect("open, past the burst too");
     limiter
-        .reserve_inference(true, "t1", &plan(1.0, 1, 0.0, 0), &mut headers)
+        .reserve_inference(1, "t1", &plan(1.0, 1, 0.0, 0), &mut headers)
         .await
         .expect("open")
         .settle(true, &mut HeaderMap::new())
@@ -425,7 +463,7 @@ async fn an_unreachable_redis_refuses_calls_with_503_when_failing_closed() {
     let problem = limiter.admit("t1", "k1", &plan(1.0, 1, 0.0, 1), &mut HeaderMap::new()).await.unwrap_err();
     let (status, retry_after, _) = refusal(problem).await;
     assert_eq!((status, retry_after.as_deref()), (503, Some("1")));
-    let quota = limiter.reserve_inference(true, "t1", &plan(1.0, 1, 0.0, 1), &mut HeaderMap::new()).await;
+    let quota = limiter.reserve_inference(1, "t1", &plan(1.0, 1, 0.0, 1), &mut HeaderMap::new()).await;
     assert_eq!(refusal(quota.err().unwrap()).await.0, 503);
 }
 
@@ -445,7 +483,7 @@ async fn every_limit_is_one_item_of_one_field_line_and_a_refund_rewrites_its_own
     let limits = plan(10.0, 20, 0.5, 5);
     let mut headers = HeaderMap::new();
     limiter.admit("t1", "k1", &limits, &mut headers).await.unwrap();
-    let reservation = limiter.reserve_inference(true, "t1", &limits, &mut headers).await.unwrap();
+    let reservation = limiter.reserve_inference(1, "t1", &limits, &mut headers).await.unwrap();
     let policy = header(&headers, &POLICY);
     assert_eq!(policy.len(), 1, "{policy:?}");
     let items: Vec<&str> = policy[0].split(", ").map(|item| item.split(';').next().unwrap()).collect();
