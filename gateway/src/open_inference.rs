@@ -3,7 +3,9 @@
 //! and `…/ready`, in the protocol's JSON (a tensor's elements in `data`, flat or nested as its
 //! shape, shapes as numbers) rather than the proto3 JSON mapping of its messages. Every service
 //! with models serves the protocol; a call goes to the one that serves the model its path names,
-//! found by asking each upstream's `ModelReady` once and remembered for [`KNOWN_FOR`].
+//! found by asking each upstream's `ModelReady` once (through its circuit breaker, within the
+//! caller's deadline) and remembered for [`KNOWN_FOR`]; a model no service serves is remembered as
+//! such for [`UNKNOWN_FOR`].
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -24,51 +26,99 @@ use bytes::Bytes;
 use prost::Message;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tonic::{Code, metadata::MetadataMap};
+use tonic::{Code, Status, metadata::MetadataMap};
 
-use crate::{problem::Problem, routes::Matched, upstream::Upstreams};
+use crate::{
+    problem::Problem,
+    resilience::{CallPolicy, Resilience},
+    routes::Matched,
+    upstream::Upstreams,
+};
 
 /// How long the gateway remembers which service serves a model.
 const KNOWN_FOR: Duration = Duration::from_secs(60);
 
-/// How long each upstream has to say whether it serves a model.
+/// How long the gateway remembers that no service serves a model (every one said so).
+const UNKNOWN_FOR: Duration = Duration::from_secs(5);
+
+/// The most models remembered as served by none, so that calls naming ever new models do not
+/// grow the memory.
+const MAX_UNKNOWN: usize = 1024;
+
+/// How long each upstream has to say whether it serves a model, at most.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The service of each model asked about, and when that was learnt.
+/// The service of each model asked about, and when that was learnt; the models no service serves.
 #[derive(Debug, Default)]
 pub(crate) struct ModelOwners {
     known: Mutex<HashMap<String, (String, Instant)>>,
+    unknown: Mutex<HashMap<String, Instant>>,
 }
 
 impl ModelOwners {
     /// The upstream that serves `model`: remembered, or found by asking every upstream with the
-    /// caller's `metadata`. 404 when none serves it; 503 when none does but some did not answer.
+    /// caller's `metadata`, each through its circuit breaker and before the caller's deadline
+    /// (`client_deadline`, and [`ASK_TIMEOUT`] at most). 404 when none serves it (and then without
+    /// asking again for [`UNKNOWN_FOR`]); 503 when none does but some did not answer.
     pub(crate) async fn owner(
         &self,
         upstreams: &Upstreams,
+        resilience: &Resilience,
         model: &str,
         metadata: &MetadataMap,
+        client_deadline: Option<tokio::time::Instant>,
     ) -> Result<String, Problem> {
         if let Some((owner, learnt)) = self.known.lock().unwrap_or_else(PoisonError::into_inner).get(model)
             && learnt.elapsed() < KNOWN_FOR
         {
             return Ok(owner.clone());
         }
+        if self
+            .unknown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(model)
+            .is_some_and(|learnt| learnt.elapsed() < UNKNOWN_FOR)
+        {
+            return Err(not_served(model));
+        }
         let question =
             Bytes::from(proto::ModelReadyRequest { name: model.to_owned(), version: String::new() }.encode_to_vec());
         let path = PathAndQuery::from_static("/inference.GRPCInferenceService/ModelReady");
+        let asked_until = tokio::time::Instant::now() + ASK_TIMEOUT;
+        let policy = CallPolicy {
+            idempotent: true,
+            client_deadline: Some(client_deadline.map_or(asked_until, |client| client.min(asked_until))),
+        };
         let mut asking: futures_util::stream::FuturesUnordered<_> = upstreams
             .owners()
             .map(|owner| {
                 let (path, question, metadata) = (path.clone(), question.clone(), metadata.clone());
                 async move {
                     let sent = AtomicBool::new(false);
-                    let call = upstreams.unary(owner, path, question, metadata, ASK_TIMEOUT, &sent);
-                    let answer = match tokio::time::timeout(ASK_TIMEOUT, call).await {
-                        Ok(Ok(answer)) => proto::ModelReadyResponse::decode(answer).map(|ready| ready.ready).ok(),
-                        Ok(Err(status)) if status.code() == Code::Unimplemented => Some(false),
-                        Ok(Err(_)) | Err(_) => None,
-                    };
+                    let answer = resilience
+                        .call(owner, policy, |timeout| {
+                            let call = upstreams.unary(
+                                owner,
+                                path.clone(),
+                                question.clone(),
+                                metadata.clone(),
+                                timeout,
+                                &sent,
+                            );
+                            async move {
+                                match call.await {
+                                    Ok(answer) => proto::ModelReadyResponse::decode(answer)
+                                        .map(|ready| ready.ready)
+                                        .map_err(|_| Status::internal("ModelReady answered what is not its response")),
+                                    // A service without models does not serve the protocol.
+                                    Err(status) if status.code() == Code::Unimplemented => Ok(false),
+                                    Err(status) => Err(status),
+                                }
+                            }
+                        })
+                        .await
+                        .ok();
                     (owner, answer)
                 }
             })
@@ -93,8 +143,20 @@ impl ModelOwners {
             )
             .with_retry_after(1));
         }
-        Err(Problem::not_found(format!("no service serves model {model:?}")))
+        let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        if unknown.len() >= MAX_UNKNOWN {
+            unknown.retain(|_, learnt| learnt.elapsed() < UNKNOWN_FOR);
+            if unknown.len() >= MAX_UNKNOWN {
+                unknown.clear();
+            }
+        }
+        unknown.insert(model.to_owned(), Instant::now());
+        Err(not_served(model))
     }
+}
+
+fn not_served(model: &str) -> Problem {
+    Problem::not_found(format!("no service serves model {model:?}"))
 }
 
 /// The variable `name` bound in `matched`'s path, empty when it binds none.

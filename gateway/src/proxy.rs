@@ -299,7 +299,10 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let owner = match route.by_model {
         Some(_) => {
             let model = open_inference::model_of(&matched);
-            Cow::Owned(state.model_owners.owner(&state.upstreams, model, &metadata).await?)
+            let owners = &state.model_owners;
+            Cow::Owned(
+                owners.owner(&state.upstreams, &state.resilience, model, &metadata, policy.client_deadline).await?,
+            )
         }
         None => Cow::Borrowed(route.owner.as_str()),
     };

@@ -445,9 +445,24 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     let one_row =
         |data: Value| json!({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": data}]});
     let mut row: Vec<Value> = reference("breast-cancer").0[0].iter().map(|value| json!(value)).collect();
+    let upstream_calls = || async {
+        let metrics = app.get("/metrics", &app.admin_key).await.text().await.unwrap();
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("aigronova_gateway_upstream_calls_total{"))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    let before = upstream_calls().await;
     let problem = assert_problem(app.post("/v2/models/heart/infer", &key, &one_row(json!(row))).await, 404).await;
     assert!(problem["detail"].as_str().unwrap().contains("no service serves model \"heart\""), "{problem}");
     assert_eq!(problem["error"], problem["detail"], "the protocol's clients read `error`");
+    // Every service was asked, through its breaker; a model none serves is not asked about again
+    // at once.
+    let asked = upstream_calls().await;
+    assert!(asked >= before + 2, "each service asked: {before} calls, then {asked}");
+    assert_problem(app.post("/v2/models/heart/infer", &key, &one_row(json!(row))).await, 404).await;
+    assert_eq!(upstream_calls().await, asked, "the services are not asked again");
     row[1] = json!(-5);
     let problem =
         assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &one_row(json!(row))).await, 400).await;
