@@ -751,15 +751,28 @@ fn skip_item(bytes: &[u8], mut at: usize, encoding: Encoding, depth: usize) -> O
     }
 }
 
+/// What the top level of a DICOM data set says of its image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct DataSetImage {
+    /// Its Columns and Rows, 0 when the data set does not give them (as one unsigned 16-bit value each).
+    columns: u32,
+    rows: u32,
+    /// Whether it holds pixel data: a Pixel Data, Float Pixel Data or Double Float Pixel Data
+    /// element that is not empty.
+    pixels: bool,
+}
+
+/// The tags of the elements that hold an image's pixels (PS3.6 7FE0,0008 to 0010).
+const PIXEL_DATA: [Tag; 3] = [(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)];
+
 /// Reads the data set of a DICOM file to its end (PS3.5 7): element after element, each whole,
 /// sequences within [`MAX_NESTING`] levels, until the file ends or only padding is left, so that a
-/// file cut short, or another appended to it, is refused. Returns the image's width and height, its
-/// Columns and Rows from the top level of the data set, 0 when it does not give them (as one
-/// unsigned 16-bit value each). A data set in a transfer syntax not read here (see
+/// file cut short, or another appended to it, is refused. Returns what its top level says of the
+/// image (see [`DataSetImage`]). A data set in a transfer syntax not read here (see
 /// [`Encoding::of`]) is refused, as it could not be checked; one written in the other little
 /// endian encoding than its meta information says, as some writers do, is read in the one its
 /// first element is written in (a value representation after the tag or not).
-fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<(u32, u32), String> {
+fn read_data_set(bytes: &[u8], meta: DicomMeta<'_>) -> Result<DataSetImage, String> {
     let encoding = Encoding::of(meta.transfer_syntax).ok_or_else(|| {
         format!(
             "its transfer syntax, {}, is not read here (a deflated or big endian data set, or a private syntax): \
@@ -792,10 +805,10 @@ const VRS: [&[u8; 2]; 34] = [
 ];
 
 /// [`read_data_set`] in `encoding` from `at`.
-fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<(u32, u32), String> {
+fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<DataSetImage, String> {
     // Padding at the end of the file is not the data set's: where the data set must end.
     let end_of_data = bytes.len() - bytes.iter().rev().take_while(|byte| is_padding(**byte)).count();
-    let (mut rows, mut columns) = (0, 0);
+    let mut image = DataSetImage::default();
     let mut previous = None;
     while at < end_of_data {
         let refused =
@@ -827,12 +840,19 @@ fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<(u32
         if (element.tag == ROWS || element.tag == COLUMNS) && element.length == Some(2) {
             // US: one unsigned 16-bit value.
             let value = u32::from(u16::from_le_bytes([bytes[element.value_at], bytes[element.value_at + 1]]));
-            if element.tag == ROWS { rows = value } else { columns = value }
+            if element.tag == ROWS { image.rows = value } else { image.columns = value }
+        }
+        // Of undefined length (encapsulated, compressed frames) or of some bytes.
+        if PIXEL_DATA.contains(&element.tag) && element.length != Some(0) {
+            image.pixels = true;
         }
         at = end;
     }
-    Ok((columns, rows))
+    Ok(image)
 }
+
+const NO_PIXELS: &str = "is a DICOM file without an image: it holds no pixel data (no (7FE0,0010) element with a \
+                         value), as a structured report or an encapsulated document does not";
 
 /// What an upload turned out to be.
 #[derive(Debug)]
@@ -888,9 +908,12 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
         MediaType::Dicom => {
             let meta = check_dicom(bytes)
                 .map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
-            let (width, height) = read_data_set(bytes, meta)
+            let image = read_data_set(bytes, meta)
                 .map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
-            return Ok(Examined { media_type, width, height, thumbnail: None });
+            if !image.pixels {
+                return Err(Error::invalid("body", NO_PIXELS));
+            }
+            return Ok(Examined { media_type, width: image.columns, height: image.rows, thumbnail: None });
         }
     };
     also_another_kind(bytes)
@@ -2053,7 +2076,7 @@ mod tests {
     /// private element of VR `UN` holding implicit VR elements.
     fn explicit_data_set(rows: u16, columns: u16) -> Vec<u8> {
         let defined_item = explicit((0x0008, 0x1155), b"UI", b"1.2\0");
-        let parts: [Vec<u8>; 16] = [
+        let parts: [Vec<u8>; 17] = [
             explicit((0x0008, 0x0060), b"CS", b"MR"),
             undefined_explicit((0x0008, 0x1140), b"SQ"),
             framing(ITEM, UNDEFINED_LENGTH),
@@ -2070,8 +2093,19 @@ mod tests {
             explicit(ROWS, b"US", &rows.to_le_bytes()),
             explicit(COLUMNS, b"US", &columns.to_le_bytes()),
             explicit((0x0028, 0x0100), b"US", &16_u16.to_le_bytes()),
+            explicit_pixels(),
         ];
         parts.concat()
+    }
+
+    /// A Pixel Data element of one 16-bit pixel, in explicit VR.
+    fn explicit_pixels() -> Vec<u8> {
+        long_explicit((0x7FE0, 0x0010), b"OW", &[0; 2])
+    }
+
+    /// A Pixel Data element of one 16-bit pixel, in implicit VR.
+    fn implicit_pixels() -> Vec<u8> {
+        implicit((0x7FE0, 0x0010), &[0; 2])
     }
 
     fn dimensions(bytes: &[u8]) -> (u32, u32) {
@@ -2096,15 +2130,23 @@ mod tests {
             framing(SEQUENCE_END, 0),
             implicit(ROWS, &1024_u16.to_le_bytes()),
             implicit(COLUMNS, &768_u16.to_le_bytes()),
+            implicit_pixels(),
         ]
         .concat();
         assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (768, 1024));
 
         // A data set that does not give them, or only in another form than one 16-bit value.
-        let no_rows = [explicit((0x0008, 0x0060), b"CS", b"MR"), explicit(COLUMNS, b"US", &640_u16.to_le_bytes())];
+        let no_rows = [
+            explicit((0x0008, 0x0060), b"CS", b"MR"),
+            explicit(COLUMNS, b"US", &640_u16.to_le_bytes()),
+            explicit_pixels(),
+        ];
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &no_rows.concat())), (640, 0));
-        let long_rows =
-            [explicit(ROWS, b"UL", &480_u32.to_le_bytes()), explicit(COLUMNS, b"US", &640_u16.to_le_bytes())];
+        let long_rows = [
+            explicit(ROWS, b"UL", &480_u32.to_le_bytes()),
+            explicit(COLUMNS, b"US", &640_u16.to_le_bytes()),
+            explicit_pixels(),
+        ];
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &long_rows.concat())), (640, 0));
         // Padding after the data set, as after a PNG's or a JPEG's end.
         let padded = [dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set(480, 640)), vec![0; 7]].concat();
@@ -2120,7 +2162,11 @@ mod tests {
 
     #[test]
     fn the_items_of_a_sequence_of_defined_length_are_read_as_any() {
-        let image = [explicit(ROWS, b"US", &480_u16.to_le_bytes()), explicit(COLUMNS, b"US", &640_u16.to_le_bytes())];
+        let image = [
+            explicit(ROWS, b"US", &480_u16.to_le_bytes()),
+            explicit(COLUMNS, b"US", &640_u16.to_le_bytes()),
+            explicit_pixels(),
+        ];
         let file = |inner: &[u8]| {
             let data_set = [defined_sequence((0x0008, 0x1140), inner), image.concat()].concat();
             dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &data_set)
@@ -2202,7 +2248,8 @@ mod tests {
         }
         // In implicit VR, where any 8 bytes read as an element's header, bytes that read as an
         // element whose tag comes before the last one's.
-        let implicit_data_set = [implicit((0x0008, 0x0060), b"CT"), implicit(ROWS, &3_u16.to_le_bytes())].concat();
+        let implicit_data_set =
+            [implicit((0x0008, 0x0060), b"CT"), implicit(ROWS, &3_u16.to_le_bytes()), implicit_pixels()].concat();
         let implicit_file = dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set);
         let end = implicit_file.len();
         let refusal = dicom_refusal(&[&implicit_file[..], &implicit((0x0008, 0x0016), b"1.2\0")].concat());
@@ -2217,10 +2264,12 @@ mod tests {
             explicit(ROWS, b"US", &3_u16.to_le_bytes()),
             explicit((0x0029, 0x1010), b"LO", b"VALUE"),
             explicit((0x0029, 0x0010), b"LO", b"VENDOR"),
+            explicit_pixels(),
             framing(SEQUENCE_END, 0),
         ];
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &unordered.concat())), (0, 3));
-        let implicit_unordered = [implicit((0x0029, 0x1010), b"VALUE\0"), implicit((0x0029, 0x0010), b"VENDOR")];
+        let implicit_unordered =
+            [implicit((0x0029, 0x1010), b"VALUE\0"), implicit((0x0029, 0x0010), b"VENDOR"), implicit_pixels()];
         assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &implicit_unordered.concat())), (0, 0));
         // An earlier group after a later one, or the meta information's group again: another data set
         // appended, whichever the encoding.
@@ -2235,13 +2284,35 @@ mod tests {
         assert_eq!(dimensions(&late), (640, 480));
         let delimited = dicom_file(
             EXPLICIT_VR_LITTLE_ENDIAN,
-            &[framing(SEQUENCE_END, 0), explicit(ROWS, b"US", &3_u16.to_le_bytes())].concat(),
+            &[framing(SEQUENCE_END, 0), explicit(ROWS, b"US", &3_u16.to_le_bytes()), explicit_pixels()].concat(),
         );
         assert_eq!(dimensions(&delimited), (0, 3));
         // Written in the other encoding than its transfer syntax says, as some writers do.
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (0, 3));
         let explicit_data_set = explicit_data_set(480, 640);
         assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set)), (640, 480));
+    }
+
+    #[test]
+    fn a_dicom_file_without_pixel_data_is_refused() {
+        let report = [explicit((0x0008, 0x0060), b"CS", b"SR"), explicit((0x0040, 0xA040), b"CS", b"TEXT")].concat();
+        let empty_pixels = [&report[..], &long_explicit((0x7FE0, 0x0010), b"OW", &[])].concat();
+        for data_set in [&report, &empty_pixels] {
+            assert_eq!(dicom_refusal(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, data_set)), NO_PIXELS, "{data_set:?}");
+        }
+        // Float pixel data, and encapsulated pixel data of undefined length, are an image's.
+        let float = [&report[..], &long_explicit((0x7FE0, 0x0008), b"OF", &[0; 4])].concat();
+        assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &float)), (0, 0));
+        let encapsulated = [
+            report.clone(),
+            undefined_explicit((0x7FE0, 0x0010), b"OB"),
+            framing(ITEM, 0),
+            framing(ITEM, 2),
+            vec![0xFF, 0xD9],
+            framing(SEQUENCE_END, 0),
+        ]
+        .concat();
+        assert_eq!(dimensions(&dicom_file("1.2.840.10008.1.2.4.50", &encapsulated)), (0, 0));
     }
 
     #[test]
