@@ -42,6 +42,9 @@ pub const ADMIN_KEY_ENV: &str = "AIGRONOVA_ADMIN_KEY";
 /// The shortest administrator key `AIGRONOVA_ADMIN_KEY` may set.
 const MIN_ADMIN_KEY_CHARS: usize = 32;
 
+/// How long the services of the process have to serve once started.
+const SERVING_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "aigronova",
@@ -283,6 +286,22 @@ impl Platform {
         stages.insert(tasks.spawn(health.run_until_stopped(stops[1].clone())).id(), 1);
         stages.insert(tasks.spawn(fin.run_until_stopped(stops[1].clone())).id(), 1);
         stages.insert(tasks.spawn(gateway.run_until_stopped(stops[0].clone())).id(), 0);
+        // Started once the services the gateway calls in this process serve there: a call right
+        // after the start finds them (over gRPC their bound ports hold the first calls until then).
+        let serving = async {
+            for endpoint in in_process.values() {
+                endpoint.serving().await;
+            }
+        };
+        tokio::select! {
+            started = tokio::time::timeout(SERVING_WITHIN, serving) => {
+                started.map_err(|_| anyhow::anyhow!("the services did not serve within {} s", SERVING_WITHIN.as_secs()))?;
+            }
+            Some(stopped) = tasks.join_next() => {
+                stopped??;
+                anyhow::bail!("a server stopped as the platform started");
+            }
+        }
         Ok(Self { http_addr, services, gateway_config, tasks, stages, stops })
     }
 

@@ -180,11 +180,26 @@ impl<'a> Page<'a> {
 pub struct LocalEndpoint {
     routes: Arc<RwLock<Option<Routes>>>,
     calls: TaskTracker,
+    /// Told each time the routes are published or withdrawn.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl LocalEndpoint {
     fn set(&self, routes: Option<Routes>) {
         *self.routes.write().unwrap_or_else(PoisonError::into_inner) = routes;
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the server serves its routes here (at once when it does).
+    pub async fn serving(&self) {
+        loop {
+            // Created before the routes are looked at: a publication in between is not missed.
+            let changed = self.changed.notified();
+            if self.routes.read().unwrap_or_else(PoisonError::into_inner).is_some() {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Calls the service with `request`, a gRPC request as a client sends it; `None` when the
@@ -323,15 +338,18 @@ mod tests {
         let local = listener.local_endpoint();
         assert!(local.call(check()).is_none(), "no routes before the server starts");
 
+        let serving = tokio::spawn({
+            let local = local.clone();
+            async move { local.serving().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!serving.is_finished(), "not serving before the server starts");
+
         let shutdown = Shutdown::new();
         let verifier = crate::auth::TokenSigner::generate().verifier();
         let server = tokio::spawn(listener.serve(Routes::default(), &[], verifier, shutdown.clone()));
-        let call = loop {
-            match local.call(check()) {
-                Some(call) => break call,
-                None => tokio::task::yield_now().await,
-            }
-        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), serving).await.unwrap().unwrap();
+        let call = local.call(check()).expect("the routes, once serving() has returned");
         let response = call.await;
         assert_eq!(response.status(), http::StatusCode::OK);
         let collected = response.into_body().collect().await.unwrap();

@@ -415,8 +415,10 @@ impl TestApp {
                 cpf = credit::cpf(900_000_000 + OTHER_CPFS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
                 continue;
             }
-            assert_eq!(response.status(), 200, "patient creation");
-            return response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+            let status = response.status();
+            let answer = response.text().await.unwrap();
+            assert_eq!(status, 200, "patient creation: {answer}");
+            return serde_json::from_str::<Value>(&answer).unwrap()["id"].as_str().unwrap().to_owned();
         }
     }
 
