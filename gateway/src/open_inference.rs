@@ -169,15 +169,40 @@ pub(crate) fn model_of<'a>(matched: &'a Matched<'_>) -> &'a str {
     matched.route.by_model.as_deref().map_or("", |field| variable(matched, field))
 }
 
+/// An Open Inference request ready to send.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub(crate) encoded: Bytes,
+    /// The rows it scores: one unit each of the monthly inference quota.
+    pub(crate) rows: u64,
+    /// The outputs to answer as bytes after the JSON (the binary data extension).
+    pub(crate) binary: BinaryOutputs,
+}
+
+/// Which outputs of an inference are answered in binary: every one (the request's
+/// `binary_data_output`) or those named (an output's `binary_data`).
+#[derive(Debug, Default)]
+pub(crate) struct BinaryOutputs {
+    all: bool,
+    named: Vec<String>,
+}
+
+impl BinaryOutputs {
+    fn wants(&self, output: &str) -> bool {
+        self.all || self.named.iter().any(|name| name == output)
+    }
+}
+
 /// The encoded request of an Open Inference route, from the path (and, for an inference, the
-/// JSON body), and the rows it scores (one unit each of the monthly inference quota). A query
-/// parameter is refused, as these routes take none, and so is a body on a GET.
+/// body: JSON, and the tensors' bytes after it when `Inference-Header-Content-Length` says where
+/// the JSON ends). A query parameter is refused, as these routes take none, and so is a body on a
+/// GET.
 pub(crate) fn request(
     matched: &Matched<'_>,
     headers: &HeaderMap,
     query: Option<&str>,
     body: &[u8],
-) -> Result<(Bytes, u64), Problem> {
+) -> Result<Prepared, Problem> {
     let route = matched.route;
     if let Some((name, _)) =
         query.map(crate::transcode::form_pairs).transpose()?.and_then(|pairs| pairs.into_iter().next())
@@ -187,14 +212,12 @@ pub(crate) fn request(
     if route.body.is_empty() && !body.is_empty() {
         return Err(Problem::bad_request(format!("{} {} takes no request body", route.http_method, route.template)));
     }
-    if headers.contains_key(BINARY_HEADER) {
-        return Err(Problem::bad_request(BINARY_REFUSED));
-    }
-    let (encoded, rows) = match route.method.name() {
+    let (encoded, rows, binary) = match route.method.name() {
         "ModelInfer" => {
-            let request = infer_request(matched, body)?;
+            let (json, tensors) = split_binary(headers, body)?;
+            let (request, binary) = infer_request(matched, json, tensors)?;
             let rows = rows(&request);
-            (request.encode_to_vec(), rows)
+            (request.encode_to_vec(), rows, binary)
         }
         "ModelMetadata" => (
             proto::ModelMetadataRequest {
@@ -203,6 +226,7 @@ pub(crate) fn request(
             }
             .encode_to_vec(),
             0,
+            BinaryOutputs::default(),
         ),
         _ => (
             proto::ModelReadyRequest {
@@ -211,9 +235,36 @@ pub(crate) fn request(
             }
             .encode_to_vec(),
             0,
+            BinaryOutputs::default(),
         ),
     };
-    Ok((encoded.into(), rows))
+    Ok(Prepared { encoded: encoded.into(), rows, binary })
+}
+
+/// The JSON that begins an inference body and the tensors' bytes after it: all JSON unless
+/// `Inference-Header-Content-Length` gives the JSON's length.
+fn split_binary<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(&'b [u8], &'b [u8]), Problem> {
+    let mut given = headers.get_all(BINARY_HEADER).iter();
+    let Some(value) = given.next() else { return Ok((body, &[])) };
+    let field = "Inference-Header-Content-Length";
+    if given.next().is_some() {
+        return Err(Problem::invalid_field(field, format!("{field} is given more than once")));
+    }
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .filter(|length| *length <= body.len())
+        .ok_or_else(|| {
+            Problem::invalid_field(
+                field,
+                format!(
+                    "{field} must be the length in bytes of the JSON that begins the body, at most the body's {}",
+                    body.len()
+                ),
+            )
+        })?;
+    Ok(body.split_at(length))
 }
 
 /// The rows an inference scores: its first input's first dimension (`[rows, features]`), one for
@@ -232,11 +283,9 @@ const MAX_INFER_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// before it is read: what it takes in memory once read stays a small multiple of its size.
 const MAX_INFER_ELEMENTS: usize = 256 * 1024;
 
-/// The header of the protocol's binary data extension (a JSON header, then the tensors' raw bytes).
-const BINARY_HEADER: &str = "inference-header-content-length";
-
-const BINARY_REFUSED: &str = "binary tensor data (the binary data extension, `binary_data_size`) is not taken: \
-                              send each tensor's elements in its `data` (a Triton client's binary_data=False)";
+/// The header of the protocol's binary data extension: the length of the JSON that begins the
+/// body, the tensors' bytes following it.
+pub(crate) const BINARY_HEADER: &str = "inference-header-content-length";
 
 /// The body of an inference request, as the protocol's REST form writes it; null is the same as
 /// a member left out.
@@ -265,7 +314,9 @@ struct InputBody {
     datatype: String,
     #[serde(default)]
     parameters: Option<BTreeMap<String, Parameter>>,
-    data: Value,
+    /// Absent when the tensor's bytes follow the JSON (`binary_data_size`).
+    #[serde(default)]
+    data: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,7 +401,11 @@ fn same_as_path(matched: &Matched<'_>, field: &str, given: Option<String>) -> Re
     }
 }
 
-fn infer_request(matched: &Matched<'_>, body: &[u8]) -> Result<proto::ModelInferRequest, Problem> {
+fn infer_request(
+    matched: &Matched<'_>,
+    body: &[u8],
+    mut tensors: &[u8],
+) -> Result<(proto::ModelInferRequest, BinaryOutputs), Problem> {
     let body = infer_body(body)?;
     let id = body.id.unwrap_or_default();
     if !id.is_empty() && !aigronova_platform::text::is_reusable_id(&id) {
@@ -360,40 +415,133 @@ fn infer_request(matched: &Matched<'_>, body: &[u8]) -> Result<proto::ModelInfer
              it is kept in the audit log",
         ));
     }
-    let inputs = body
-        .inputs
-        .into_iter()
-        .enumerate()
-        .map(|(n, input)| {
-            let field = format!("inputs[{n}]");
-            if input.parameters.as_ref().is_some_and(|parameters| parameters.contains_key("binary_data_size")) {
-                return Err(Problem::bad_request(BINARY_REFUSED));
+    let mut inputs = Vec::with_capacity(body.inputs.len());
+    for (n, mut input) in body.inputs.into_iter().enumerate() {
+        let field = format!("inputs[{n}]");
+        let size = input.parameters.as_mut().and_then(|parameters| parameters.remove("binary_data_size"));
+        let contents = match (size, &input.data) {
+            (Some(_), Some(_)) => {
+                return Err(Problem::invalid_field(
+                    format!("{field}.data"),
+                    format!("{field} gives both data and binary_data_size: send its elements in one of them"),
+                ));
             }
-            let elements = elements(&input.data, &input.shape, &field)?;
-            let contents = contents(&input.datatype, &elements, &field)?;
-            Ok(InferInputTensor {
-                name: input.name,
-                datatype: input.datatype,
-                shape: input.shape,
-                parameters: parameters(input.parameters),
-                contents: Some(contents),
-            })
-        })
-        .collect::<Result<Vec<_>, Problem>>()?;
-    Ok(proto::ModelInferRequest {
+            (Some(size), None) => {
+                let size = match size {
+                    Parameter::Int(size) => usize::try_from(size).ok(),
+                    Parameter::Unsigned(size) => usize::try_from(size).ok(),
+                    _ => None,
+                }
+                .filter(|size| *size <= tensors.len())
+                .ok_or_else(|| {
+                    let name = format!("{field}.parameters.binary_data_size");
+                    Problem::invalid_field(
+                        &name,
+                        format!(
+                            "{name} must be a whole number of bytes, at most the {} left after the JSON",
+                            tensors.len()
+                        ),
+                    )
+                })?;
+                let (bytes, rest) = tensors.split_at(size);
+                tensors = rest;
+                binary_contents(&input.datatype, bytes, &field)?
+            }
+            (None, Some(data)) => contents(&input.datatype, &elements(data, &input.shape, &field)?, &field)?,
+            (None, None) => {
+                return Err(Problem::invalid_field(
+                    format!("{field}.data"),
+                    format!("{field}.data is missing: give the tensor's elements, or its bytes after the JSON"),
+                ));
+            }
+        };
+        inputs.push(InferInputTensor {
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
+            parameters: parameters(input.parameters),
+            contents: Some(contents),
+        });
+    }
+    if !tensors.is_empty() {
+        return Err(Problem::bad_request(format!(
+            "the body holds {} bytes after its JSON that no input's binary_data_size accounts for",
+            tensors.len()
+        )));
+    }
+    let mut request_parameters = body.parameters.unwrap_or_default();
+    let mut binary =
+        BinaryOutputs { all: flag(&mut request_parameters, "binary_data_output", "parameters")?, named: Vec::new() };
+    let mut outputs = Vec::new();
+    for (n, output) in body.outputs.unwrap_or_default().into_iter().enumerate() {
+        let mut output_parameters = output.parameters.unwrap_or_default();
+        if flag(&mut output_parameters, "binary_data", &format!("outputs[{n}].parameters"))? {
+            binary.named.push(output.name.clone());
+        }
+        outputs.push(InferRequestedOutputTensor { name: output.name, parameters: parameters(Some(output_parameters)) });
+    }
+    let request = proto::ModelInferRequest {
         model_name: same_as_path(matched, "model_name", body.model_name)?,
         model_version: same_as_path(matched, "model_version", body.model_version)?,
         id,
-        parameters: parameters(body.parameters),
+        parameters: parameters(Some(request_parameters)),
         inputs,
-        outputs: body
-            .outputs
-            .unwrap_or_default()
-            .into_iter()
-            .map(|output| InferRequestedOutputTensor { name: output.name, parameters: parameters(output.parameters) })
-            .collect(),
+        outputs,
         raw_input_contents: Vec::new(),
-    })
+    };
+    Ok((request, binary))
+}
+
+/// Takes the boolean parameter `name` out of `parameters` (at `at`): false when absent.
+fn flag(parameters: &mut BTreeMap<String, Parameter>, name: &str, at: &str) -> Result<bool, Problem> {
+    match parameters.remove(name) {
+        None => Ok(false),
+        Some(Parameter::Bool(value)) => Ok(value),
+        Some(_) => {
+            let field = format!("{at}.{name}");
+            Err(Problem::invalid_field(&field, format!("{field} must be true or false")))
+        }
+    }
+}
+
+/// The bytes of a tensor sent after the JSON, in the contents field of `datatype`: little endian,
+/// row major, each element in its type's size (a `BYTES` element its 4-byte length, then itself).
+fn binary_contents(datatype: &str, bytes: &[u8], field: &str) -> Result<InferTensorContents, Problem> {
+    let size = match datatype {
+        "BOOL" | "INT8" | "UINT8" => 1,
+        "INT16" | "UINT16" => 2,
+        "INT32" | "UINT32" | "FP32" => 4,
+        "INT64" | "UINT64" | "FP64" => 8,
+        _ => 0,
+    };
+    let whole = match size {
+        0 if datatype == "BYTES" => {
+            let mut at = 0;
+            while let Some(length) = bytes.get(at..at + 4) {
+                at += 4 + u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
+            }
+            at == bytes.len()
+        }
+        0 => return Err(unknown_datatype(field, datatype)),
+        size => bytes.len().is_multiple_of(size),
+    };
+    if !whole {
+        let name = format!("{field}.parameters.binary_data_size");
+        return Err(Problem::invalid_field(
+            &name,
+            format!(
+                "{field}'s {} bytes are not whole {datatype} elements (little endian, {})",
+                bytes.len(),
+                if size == 0 {
+                    "each a 4-byte length, then that many bytes".to_owned()
+                } else {
+                    format!("{size} bytes each")
+                }
+            ),
+        ));
+    }
+    let values = raw_data(datatype, bytes);
+    contents(datatype, &values.iter().collect::<Vec<_>>(), field)
 }
 
 /// The elements of `data`: flat, or nested exactly as `shape` (each level an array of its
@@ -471,26 +619,30 @@ fn contents(datatype: &str, elements: &[&Value], field: &str) -> Result<InferTen
             "BYTES" => {
                 contents.bytes_contents.push(value.as_str().ok_or_else(|| bad(n, "a string"))?.as_bytes().to_vec())
             }
-            other => {
-                return Err(Problem::invalid_field(
-                    format!("{field}.datatype"),
-                    format!(
-                        "{field}.datatype {other:?} is not one the JSON form carries: BOOL, INT8…INT64, UINT8…UINT64, \
-                         FP32, FP64 or BYTES"
-                    ),
-                ));
-            }
+            other => return Err(unknown_datatype(field, other)),
         }
     }
     Ok(contents)
 }
 
-/// The answer of an Open Inference route, in the protocol's JSON.
-pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes) -> Result<Response, Problem> {
+fn unknown_datatype(field: &str, datatype: &str) -> Problem {
+    Problem::invalid_field(
+        format!("{field}.datatype"),
+        format!(
+            "{field}.datatype {datatype:?} is not one the REST form carries: BOOL, INT8…INT64, UINT8…UINT64, FP32, \
+             FP64 or BYTES"
+        ),
+    )
+}
+
+/// The answer of an Open Inference route, in the protocol's JSON; the outputs `binary` names as
+/// bytes after it (the binary data extension), its length in `Inference-Header-Content-Length`.
+pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes, binary: &BinaryOutputs) -> Result<Response, Problem> {
     let undecodable = |error: prost::DecodeError| {
         tracing::error!(request_id = crate::request_id::current().unwrap_or_default(), %error, "upstream response does not decode");
         Problem::internal()
     };
+    let mut tensors = Vec::new();
     let body = match matched.route.method.name() {
         "ModelInfer" => {
             let answer = proto::ModelInferResponse::decode(encoded).map_err(undecodable)?;
@@ -500,12 +652,24 @@ pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes) -> Result<Response
                 .into_iter()
                 .enumerate()
                 .map(|(n, output)| {
-                    let data = match (output.contents, raw.get(n)) {
-                        (Some(contents), _) if contents != InferTensorContents::default() => data_of(&contents),
-                        (_, Some(bytes)) => raw_data(&output.datatype, bytes),
-                        _ => Vec::new(),
-                    };
-                    json!({"name": output.name, "datatype": output.datatype, "shape": output.shape, "data": data})
+                    let contents = output.contents.filter(|contents| *contents != InferTensorContents::default());
+                    let mut tensor = json!({"name": output.name, "datatype": output.datatype, "shape": output.shape});
+                    if binary.wants(&output.name) {
+                        let bytes = match (&contents, raw.get(n)) {
+                            (Some(contents), _) => binary_of(&output.datatype, contents),
+                            (None, Some(bytes)) => bytes.clone(),
+                            (None, None) => Vec::new(),
+                        };
+                        tensor["parameters"] = json!({"binary_data_size": bytes.len()});
+                        tensors.extend_from_slice(&bytes);
+                    } else {
+                        tensor["data"] = Value::Array(match (&contents, raw.get(n)) {
+                            (Some(contents), _) => data_of(contents),
+                            (None, Some(bytes)) => raw_data(&output.datatype, bytes),
+                            (None, None) => Vec::new(),
+                        });
+                    }
+                    tensor
                 })
                 .collect();
             let mut body =
@@ -541,9 +705,49 @@ pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes) -> Result<Response
             json!({"name": name, "ready": true})
         }
     };
-    let mut response = (StatusCode::OK, body.to_string()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let json = body.to_string();
+    if tensors.is_empty() && !binary.all && binary.named.is_empty() {
+        let mut response = (StatusCode::OK, json).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return Ok(response);
+    }
+    let length = HeaderValue::from(json.len());
+    let mut response = (StatusCode::OK, [json.into_bytes(), tensors].concat()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(BINARY_HEADER, length);
     Ok(response)
+}
+
+/// A tensor's contents as the binary data extension writes them: little endian, row major, each
+/// element in its type's size (a `BYTES` element its 4-byte length, then itself).
+fn binary_of(datatype: &str, contents: &InferTensorContents) -> Vec<u8> {
+    let InferTensorContents {
+        bool_contents,
+        int_contents,
+        int64_contents,
+        uint_contents,
+        uint64_contents,
+        fp32_contents,
+        fp64_contents,
+        bytes_contents,
+    } = contents;
+    match datatype {
+        "BOOL" => bool_contents.iter().map(|value| u8::from(*value)).collect(),
+        "INT8" => int_contents.iter().flat_map(|value| (*value as i8).to_le_bytes()).collect(),
+        "INT16" => int_contents.iter().flat_map(|value| (*value as i16).to_le_bytes()).collect(),
+        "INT32" => int_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "INT64" => int64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "UINT8" => uint_contents.iter().map(|value| *value as u8).collect(),
+        "UINT16" => uint_contents.iter().flat_map(|value| (*value as u16).to_le_bytes()).collect(),
+        "UINT32" => uint_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "UINT64" => uint64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "FP32" => fp32_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "FP64" => fp64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "BYTES" => {
+            bytes_contents.iter().flat_map(|value| [&(value.len() as u32).to_le_bytes()[..], value].concat()).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The elements a tensor's contents hold, in the one field its type fills.

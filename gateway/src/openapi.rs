@@ -277,11 +277,24 @@ impl Generator {
                 "ModelMetadata" => (None, "ModelMetadata"),
                 _ => (None, "ModelReadiness"),
             };
+            // The binary data extension: the JSON, then the tensors' bytes, its length in
+            // `Inference-Header-Content-Length`.
+            let binary = json!({"schema": {
+                "type": "string",
+                "contentMediaType": "application/octet-stream",
+                "description": "The binary data extension: the JSON (its length in bytes in the \
+                                `Inference-Header-Content-Length` header), then the bytes of each tensor whose \
+                                `binary_data_size` parameter gives their length, little endian and row major.",
+            }});
+            let mut answered = json!({"application/json": {"schema": schema_ref(answer)}});
             if let Some(request) = request {
-                operation["requestBody"] =
-                    json!({"required": true, "content": {"application/json": {"schema": schema_ref(request)}}});
+                operation["requestBody"] = json!({"required": true, "content": {
+                    "application/json": {"schema": schema_ref(request)},
+                    "application/octet-stream": binary.clone(),
+                }});
+                answered["application/octet-stream"] = binary;
             }
-            operation["responses"]["200"]["content"] = json!({"application/json": {"schema": schema_ref(answer)}});
+            operation["responses"]["200"]["content"] = answered;
             operation["responses"]["200"]["description"] = answer.into();
             return operation;
         }

@@ -53,7 +53,9 @@ pub(crate) async fn inference_ready(State(state): State<AppState>) -> Response {
 
 /// The Open Inference Protocol's server metadata, `GET /v2`.
 pub(crate) async fn inference_server() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"name": "aigronova", "version": env!("CARGO_PKG_VERSION"), "extensions": []}))
+    Json(
+        serde_json::json!({"name": "aigronova", "version": env!("CARGO_PKG_VERSION"), "extensions": ["binary_tensor_data"]}),
+    )
 }
 
 /// How long a readiness found answers `/readyz`: probes from every load balancer and a flood of
@@ -258,7 +260,11 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     // A JSON body of another media type, or a body in a coding not decoded here, is refused
     // before it spends any of the tenant's rate.
     if !route.body.is_empty() && declares_body(&body) {
-        if !route.raw_body {
+        // An inference whose tensors' bytes follow its JSON (the binary data extension) may say so.
+        let binary = route.by_model.is_some()
+            && parts.headers.contains_key(open_inference::BINARY_HEADER)
+            && content_type.is_some_and(is_octet_stream);
+        if !route.raw_body && !binary {
             transcode::json_media_type(content_type)?;
         }
         crate::decompress::check_codings(&parts.headers)?;
@@ -274,9 +280,16 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     let mut room = slot.body_room(limits.max_body_bytes);
     room.reserve(body_bound(&body, &parts.headers, limits.max_body_bytes)?)?;
     let body = read_body(body, &parts.headers, limits.max_body_bytes, state.body_timeout, &mut room).await?;
-    let (request_message, rows) = match route.by_model {
-        Some(_) => open_inference::request(&matched, &parts.headers, parts.uri.query(), &body)?,
-        None => (transcode::encode(&transcode::request_message(&matched, parts.uri.query(), &body, content_type)?), 1),
+    let (request_message, rows, binary) = match route.by_model {
+        Some(_) => {
+            let prepared = open_inference::request(&matched, &parts.headers, parts.uri.query(), &body)?;
+            (prepared.encoded, prepared.rows, prepared.binary)
+        }
+        None => (
+            transcode::encode(&transcode::request_message(&matched, parts.uri.query(), &body, content_type)?),
+            1,
+            open_inference::BinaryOutputs::default(),
+        ),
     };
 
     let caller =
@@ -330,7 +343,7 @@ async fn call_route(state: &AppState, request: Request, facts: &mut RequestFacts
     quota.settle(may_have_run(sent.into_inner(), &result), &mut facts.rate_limit).await;
     let encoded = result?;
     let mut response = match route.by_model {
-        Some(_) => open_inference::response(&matched, encoded)?,
+        Some(_) => open_inference::response(&matched, encoded, &binary)?,
         None => transcode::response(route, encoded)?,
     };
     if let Some(disposition) = document_disposition(parts.uri.path(), response.headers()) {
@@ -370,6 +383,14 @@ fn document_disposition(path: &str, headers: &HeaderMap) -> Option<HeaderValue> 
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
         .collect();
     HeaderValue::from_str(&format!("inline; filename=\"{name}.{extension}\"")).ok()
+}
+
+/// Whether `content_type` is `application/octet-stream`, whatever its parameters.
+fn is_octet_stream(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/octet-stream"))
 }
 
 /// Whether a model call keeps its units of quota: when the service answered OK, and when its

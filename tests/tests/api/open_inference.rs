@@ -363,13 +363,18 @@ async fn bad_inferences_are_refused_precisely_and_record_nothing() {
 
 async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     let app = spawn_app(backend).await;
-    let tenant = app.create_tenant("Clínica REST").await;
+    // On Enterprise, whose burst takes every call below at once.
+    let tenant = app.create_tenant_on("Clínica REST", "enterprise").await;
     let key = app.create_key(&tenant, &["models:read", "models:infer", "governance:read"]).await;
 
     // The server's own endpoints, which take no key, as the gateway's probes.
     let anonymous = |path: &str| app.client.get(app.url(path)).send();
     let server: Value = anonymous("/v2").await.unwrap().json().await.unwrap();
-    assert_eq!((&server["name"], &server["extensions"]), (&json!("aigronova"), &json!([])), "{server}");
+    assert_eq!(
+        (&server["name"], &server["extensions"]),
+        (&json!("aigronova"), &json!(["binary_tensor_data"])),
+        "{server}"
+    );
     let live: Value = anonymous("/v2/health/live").await.unwrap().json().await.unwrap();
     assert_eq!(live, json!({"live": true}));
     let ready = anonymous("/v2/health/ready").await.unwrap();
@@ -427,6 +432,81 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     }
     assert_eq!(outputs[1]["name"], "risk_band");
     assert!(outputs[1]["data"].as_array().unwrap().iter().all(Value::is_string), "{answer}");
+
+    // The binary data extension, as Triton's clients send by default: the rows as FP32 bytes after
+    // the JSON, and every output answered as bytes after the answer's JSON.
+    let bands = outputs[1]["data"].clone();
+    let tensor: Vec<u8> = rows.iter().flatten().flat_map(|value| value.to_le_bytes()).collect();
+    let binary_body = |header: &Value, tensor: &[u8]| {
+        let header = header.to_string();
+        let request = app
+            .client
+            .post(app.url("/v2/models/breast-cancer/infer"))
+            .bearer_auth(&key)
+            .header("content-type", "application/octet-stream")
+            .header("inference-header-content-length", header.len());
+        request.body([header.as_bytes(), tensor].concat()).send()
+    };
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 30], "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len()}}],
+        "parameters": {"binary_data_output": true},
+    });
+    let response = binary_body(&header, &tensor).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/octet-stream");
+    let json_length: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = response.bytes().await.unwrap();
+    let answer: Value = serde_json::from_slice(&body[..json_length]).unwrap();
+    let outputs = answer["outputs"].as_array().unwrap();
+    assert_eq!(outputs[0]["parameters"]["binary_data_size"], rows.len() * 8, "{answer}");
+    assert!(outputs[0].get("data").is_none() && outputs[1].get("data").is_none(), "{answer}");
+    let (probabilities, mut rest) = body[json_length..].split_at(rows.len() * 8);
+    for (bytes, expected) in probabilities.chunks(8).zip(&expected) {
+        let value = f64::from_le_bytes(bytes.try_into().unwrap());
+        assert!((value - expected).abs() < 1e-5, "{value} against the reference {expected}");
+    }
+    assert_eq!(outputs[1]["parameters"]["binary_data_size"], rest.len(), "{answer}");
+    let mut binary_bands = Vec::new();
+    while let Some((length, after)) = rest.split_first_chunk::<4>() {
+        let (band, after) = after.split_at(u32::from_le_bytes(*length) as usize);
+        binary_bands.push(json!(std::str::from_utf8(band).unwrap()));
+        rest = after;
+    }
+    assert_eq!(Value::Array(binary_bands), bands, "the bands as the JSON answer gave them");
+    // Only the outputs asked for in binary are; the others stay JSON.
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 30], "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len()}}],
+        "outputs": [{"name": "probability", "parameters": {"binary_data": true}}, {"name": "risk_band"}],
+    });
+    let response = binary_body(&header, &tensor).await.unwrap();
+    let json_length: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
+    let body = response.bytes().await.unwrap();
+    let answer: Value = serde_json::from_slice(&body[..json_length]).unwrap();
+    assert_eq!((body.len() - json_length, &answer["outputs"][1]["data"]), (rows.len() * 8, &bands), "{answer}");
+    // Bytes that do not match what the JSON says they are.
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 30], "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len() + 4}}],
+    });
+    let problem = assert_problem(binary_body(&header, &tensor).await.unwrap(), 400).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("binary_data_size must be a whole number of bytes"),
+        "{problem}"
+    );
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 30], "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len() - 2}}],
+    });
+    let problem = assert_problem(binary_body(&header, &tensor).await.unwrap(), 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("are not whole FP32 elements"), "{problem}");
+    let header = json!({
+        "inputs": [{"name": "input", "shape": [rows.len(), 30], "datatype": "FP32",
+                    "parameters": {"binary_data_size": tensor.len() - 4}}],
+    });
+    let problem = assert_problem(binary_body(&header, &tensor).await.unwrap(), 400).await;
+    assert!(problem["detail"].as_str().unwrap().contains("4 bytes after its JSON"), "{problem}");
 
     // One row, flat, of the regressor, through its version's path, asking for its value only.
     let (rows, expected) = reference("diabetes-progression");
@@ -493,9 +573,10 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     let problem = assert_problem(app.post(path, &key, &one(json!({"id": "529.982.247-25"}))).await, 400).await;
     assert_eq!(problem["field"], "id", "no CPF in the audit log: {problem}");
     assert_problem(app.post(path, &key, &json!(["x", {}, [], []])).await, 400).await;
-    let binary = app.client.post(app.url(path)).bearer_auth(&key).header("Inference-Header-Content-Length", "80");
+    // The JSON's length past the body's end.
+    let binary = app.client.post(app.url(path)).bearer_auth(&key).header("Inference-Header-Content-Length", "100000");
     let problem = assert_problem(binary.json(&one(json!({}))).send().await.unwrap(), 400).await;
-    assert!(problem["detail"].as_str().unwrap().contains("binary tensor data"), "{problem}");
+    assert_eq!(problem["field"], "Inference-Header-Content-Length", "{problem}");
     let with_body = app.client.get(app.url("/v2/models/breast-cancer/ready")).bearer_auth(&key).body("{}");
     assert_problem(with_body.send().await.unwrap(), 400).await;
     let zeros = vec![0; 300_000];
@@ -510,8 +591,9 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     let stranger = app.create_key(&tenant, &["health:read", "health:write"]).await;
     assert_problem(app.get("/v2/models/breast-cancer", &stranger).await, 403).await;
 
-    // The three inferences that ran are the tenant's decisions, and nothing else was recorded.
-    let entries = app.audited(&key, 3, |entry| entry["action"] == "inference.ModelInfer").await;
+    // The five inferences that ran (two of them in binary) are the tenant's decisions, and nothing
+    // else was recorded.
+    let entries = app.audited(&key, 5, |entry| entry["action"] == "inference.ModelInfer").await;
     assert!(entries.iter().all(|entry| entry["service"] == "healthquantum"), "{entries:?}");
     app.stop().await;
 }
