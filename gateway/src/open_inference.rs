@@ -214,6 +214,9 @@ pub(crate) fn request(
     }
     let (encoded, rows, binary) = match route.method.name() {
         "ModelInfer" => {
+            if body.len() > MAX_INFER_BODY_BYTES {
+                return Err(crate::decompress::too_large(MAX_INFER_BODY_BYTES));
+            }
             let (json, tensors) = split_binary(headers, body)?;
             let (request, binary) = infer_request(matched, json, tensors)?;
             let rows = rows(&request);
@@ -541,6 +544,12 @@ fn binary_contents(datatype: &str, bytes: &[u8], field: &str) -> Result<InferTen
         ));
     }
     let values = raw_data(datatype, bytes);
+    // As many values as a JSON body may hold, whatever their size.
+    if values.len() > MAX_INFER_ELEMENTS {
+        return Err(Problem::bad_request(format!(
+            "{field} holds more than {MAX_INFER_ELEMENTS} values: send the rows in several calls"
+        )));
+    }
     contents(datatype, &values.iter().collect::<Vec<_>>(), field)
 }
 
