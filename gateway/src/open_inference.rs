@@ -179,17 +179,21 @@ pub(crate) struct Prepared {
     pub(crate) binary: BinaryOutputs,
 }
 
-/// Which outputs of an inference are answered in binary: every one (the request's
-/// `binary_data_output`) or those named (an output's `binary_data`).
+/// Which outputs of an inference are answered in binary: those whose `binary_data` says so, and
+/// the others as the request's `binary_data_output` says.
 #[derive(Debug, Default)]
 pub(crate) struct BinaryOutputs {
     all: bool,
-    named: Vec<String>,
+    named: Vec<(String, bool)>,
 }
 
 impl BinaryOutputs {
     fn wants(&self, output: &str) -> bool {
-        self.all || self.named.iter().any(|name| name == output)
+        self.named.iter().find(|(name, _)| name == output).map_or(self.all, |(_, binary)| *binary)
+    }
+
+    fn any(&self) -> bool {
+        self.all || self.named.iter().any(|(_, binary)| *binary)
     }
 }
 
@@ -219,7 +223,7 @@ pub(crate) fn request(
             }
             let (json, tensors) = split_binary(headers, body)?;
             let (request, binary) = infer_request(matched, json, tensors)?;
-            let rows = rows(&request);
+            let rows = rows(&request)?;
             (request.encode_to_vec(), rows, binary)
         }
         "ModelMetadata" => (
@@ -271,11 +275,21 @@ fn split_binary<'b>(headers: &HeaderMap, body: &'b [u8]) -> Result<(&'b [u8], &'
 }
 
 /// The rows an inference scores: its first input's first dimension (`[rows, features]`), one for
-/// a single row (`[features]`). A shape the service refuses counts as at most the rows it takes.
-fn rows(request: &proto::ModelInferRequest) -> u64 {
+/// a single row (`[features]`); more than a call takes is refused here, before the quota is asked.
+fn rows(request: &proto::ModelInferRequest) -> Result<u64, Problem> {
     let shape = request.inputs.first().map_or(&[][..], |input| input.shape.as_slice());
     let rows = if shape.len() > 1 { shape[0] } else { 1 };
-    u64::try_from(rows).unwrap_or(1).clamp(1, aigronova_platform::open_inference::MAX_ROWS as u64)
+    let most = aigronova_platform::open_inference::MAX_ROWS as u64;
+    match u64::try_from(rows) {
+        Ok(rows) if rows > most => Err(Problem::invalid_field(
+            "inputs[0].shape",
+            format!(
+                "inputs[0].shape {shape:?} has {rows} rows, and a call takes at most {most}: send them in several calls"
+            ),
+        )),
+        // A shape the service refuses (no rows, a negative dimension) counts as one row.
+        rows => Ok(rows.unwrap_or(1).max(1)),
+    }
 }
 
 /// The largest inference body read, whatever the plan allows: 1024 rows of a few hundred
@@ -419,6 +433,7 @@ fn infer_request(
         ));
     }
     let mut inputs = Vec::with_capacity(body.inputs.len());
+    let mut budget = MAX_INFER_ELEMENTS;
     for (n, mut input) in body.inputs.into_iter().enumerate() {
         let field = format!("inputs[{n}]");
         let size = input.parameters.as_mut().and_then(|parameters| parameters.remove("binary_data_size"));
@@ -448,7 +463,7 @@ fn infer_request(
                 })?;
                 let (bytes, rest) = tensors.split_at(size);
                 tensors = rest;
-                binary_contents(&input.datatype, bytes, &field)?
+                binary_contents(&input.datatype, bytes, &field, &mut budget)?
             }
             (None, Some(data)) => contents(&input.datatype, &elements(data, &input.shape, &field)?, &field)?,
             (None, None) => {
@@ -473,13 +488,13 @@ fn infer_request(
         )));
     }
     let mut request_parameters = body.parameters.unwrap_or_default();
-    let mut binary =
-        BinaryOutputs { all: flag(&mut request_parameters, "binary_data_output", "parameters")?, named: Vec::new() };
+    let all = flag(&mut request_parameters, "binary_data_output", "parameters")?.unwrap_or(false);
+    let mut binary = BinaryOutputs { all, named: Vec::new() };
     let mut outputs = Vec::new();
     for (n, output) in body.outputs.unwrap_or_default().into_iter().enumerate() {
         let mut output_parameters = output.parameters.unwrap_or_default();
-        if flag(&mut output_parameters, "binary_data", &format!("outputs[{n}].parameters"))? {
-            binary.named.push(output.name.clone());
+        if let Some(wanted) = flag(&mut output_parameters, "binary_data", &format!("outputs[{n}].parameters"))? {
+            binary.named.push((output.name.clone(), wanted));
         }
         outputs.push(InferRequestedOutputTensor { name: output.name, parameters: parameters(Some(output_parameters)) });
     }
@@ -495,11 +510,11 @@ fn infer_request(
     Ok((request, binary))
 }
 
-/// Takes the boolean parameter `name` out of `parameters` (at `at`): false when absent.
-fn flag(parameters: &mut BTreeMap<String, Parameter>, name: &str, at: &str) -> Result<bool, Problem> {
+/// Takes the boolean parameter `name` out of `parameters` (at `at`), if given.
+fn flag(parameters: &mut BTreeMap<String, Parameter>, name: &str, at: &str) -> Result<Option<bool>, Problem> {
     match parameters.remove(name) {
-        None => Ok(false),
-        Some(Parameter::Bool(value)) => Ok(value),
+        None => Ok(None),
+        Some(Parameter::Bool(value)) => Ok(Some(value)),
         Some(_) => {
             let field = format!("{at}.{name}");
             Err(Problem::invalid_field(&field, format!("{field} must be true or false")))
@@ -509,48 +524,81 @@ fn flag(parameters: &mut BTreeMap<String, Parameter>, name: &str, at: &str) -> R
 
 /// The bytes of a tensor sent after the JSON, in the contents field of `datatype`: little endian,
 /// row major, each element in its type's size (a `BYTES` element its 4-byte length, then itself).
-fn binary_contents(datatype: &str, bytes: &[u8], field: &str) -> Result<InferTensorContents, Problem> {
+/// Its elements are taken from `budget`, the values the request may still hold.
+fn binary_contents(
+    datatype: &str,
+    bytes: &[u8],
+    field: &str,
+    budget: &mut usize,
+) -> Result<InferTensorContents, Problem> {
     let size = match datatype {
+        "BYTES" => 0,
         "BOOL" | "INT8" | "UINT8" => 1,
         "INT16" | "UINT16" => 2,
         "INT32" | "UINT32" | "FP32" => 4,
         "INT64" | "UINT64" | "FP64" => 8,
-        _ => 0,
+        other => return Err(unknown_datatype(field, other)),
     };
-    let whole = match size {
-        0 if datatype == "BYTES" => {
-            let mut at = 0;
-            while let Some(length) = bytes.get(at..at + 4) {
-                at += 4 + u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
-            }
-            at == bytes.len()
+    let not_whole = || {
+        let what = if size == 0 {
+            "each a 4-byte length, then that many bytes".to_owned()
+        } else {
+            format!("{size} bytes each")
+        };
+        Problem::invalid_field(
+            format!("{field}.parameters.binary_data_size"),
+            format!("{field}'s {} bytes are not whole {datatype} elements (little endian, {what})", bytes.len()),
+        )
+    };
+    let mut take = |count: usize| {
+        *budget = budget.checked_sub(count).ok_or_else(|| {
+            Problem::bad_request(format!(
+                "the request holds more than {MAX_INFER_ELEMENTS} values: send the rows in several calls"
+            ))
+        })?;
+        Ok::<_, Problem>(())
+    };
+    let mut contents = InferTensorContents::default();
+    if size == 0 {
+        let mut rest = bytes;
+        while let Some((length, after)) = rest.split_first_chunk::<4>() {
+            let length = usize::try_from(u32::from_le_bytes(*length)).map_err(|_| not_whole())?;
+            let (element, after) = after.split_at_checked(length).ok_or_else(not_whole)?;
+            take(1)?;
+            contents.bytes_contents.push(element.to_vec());
+            rest = after;
         }
-        0 => return Err(unknown_datatype(field, datatype)),
-        size => bytes.len().is_multiple_of(size),
-    };
-    if !whole {
-        let name = format!("{field}.parameters.binary_data_size");
-        return Err(Problem::invalid_field(
-            &name,
-            format!(
-                "{field}'s {} bytes are not whole {datatype} elements (little endian, {})",
-                bytes.len(),
-                if size == 0 {
-                    "each a 4-byte length, then that many bytes".to_owned()
-                } else {
-                    format!("{size} bytes each")
-                }
-            ),
-        ));
+        return if rest.is_empty() { Ok(contents) } else { Err(not_whole()) };
     }
-    let values = raw_data(datatype, bytes);
-    // As many values as a JSON body may hold, whatever their size.
-    if values.len() > MAX_INFER_ELEMENTS {
-        return Err(Problem::bad_request(format!(
-            "{field} holds more than {MAX_INFER_ELEMENTS} values: send the rows in several calls"
-        )));
+    if !bytes.len().is_multiple_of(size) {
+        return Err(not_whole());
     }
-    contents(datatype, &values.iter().collect::<Vec<_>>(), field)
+    take(bytes.len() / size)?;
+    fn each<const N: usize, T>(bytes: &[u8], read: impl Fn([u8; N]) -> T) -> Vec<T> {
+        bytes.chunks_exact(N).map(|chunk| read(chunk.try_into().expect("N bytes"))).collect()
+    }
+    match datatype {
+        "BOOL" => {
+            if bytes.iter().any(|byte| *byte > 1) {
+                return Err(Problem::invalid_field(
+                    format!("{field}.parameters.binary_data_size"),
+                    format!("{field}'s BOOL elements must each be one byte, 0 or 1"),
+                ));
+            }
+            contents.bool_contents = bytes.iter().map(|byte| *byte == 1).collect();
+        }
+        "INT8" => contents.int_contents = bytes.iter().map(|byte| i32::from(*byte as i8)).collect(),
+        "UINT8" => contents.uint_contents = bytes.iter().map(|byte| u32::from(*byte)).collect(),
+        "INT16" => contents.int_contents = each(bytes, |b| i32::from(i16::from_le_bytes(b))),
+        "UINT16" => contents.uint_contents = each(bytes, |b| u32::from(u16::from_le_bytes(b))),
+        "INT32" => contents.int_contents = each(bytes, i32::from_le_bytes),
+        "UINT32" => contents.uint_contents = each(bytes, u32::from_le_bytes),
+        "INT64" => contents.int64_contents = each(bytes, i64::from_le_bytes),
+        "UINT64" => contents.uint64_contents = each(bytes, u64::from_le_bytes),
+        "FP32" => contents.fp32_contents = each(bytes, f32::from_le_bytes),
+        _ => contents.fp64_contents = each(bytes, f64::from_le_bytes),
+    }
+    Ok(contents)
 }
 
 /// The elements of `data`: flat, or nested exactly as `shape` (each level an array of its
@@ -715,7 +763,7 @@ pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes, binary: &BinaryOut
         }
     };
     let json = body.to_string();
-    if tensors.is_empty() && !binary.all && binary.named.is_empty() {
+    if tensors.is_empty() && !binary.any() {
         let mut response = (StatusCode::OK, json).into_response();
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return Ok(response);
@@ -803,10 +851,10 @@ fn raw_data(datatype: &str, bytes: &[u8]) -> Vec<Value> {
         "FP32" => each(bytes, |b| json!(f64::from(f32::from_le_bytes(b)))),
         "FP64" => each(bytes, |b| json!(f64::from_le_bytes(b))),
         "BYTES" => {
-            let (mut strings, mut at) = (Vec::new(), 0);
-            while let Some(length) = bytes.get(at..at + 4) {
+            let (mut strings, mut at) = (Vec::new(), 0_usize);
+            while let Some(length) = bytes.get(at..at.saturating_add(4)) {
                 let length = u32::from_le_bytes(length.try_into().expect("4 bytes")) as usize;
-                let Some(string) = bytes.get(at + 4..at + 4 + length) else { break };
+                let Some(string) = bytes.get(at + 4..(at + 4).saturating_add(length)) else { break };
                 strings.push(json!(String::from_utf8_lossy(string)));
                 at += 4 + length;
             }
@@ -819,6 +867,95 @@ fn raw_data(datatype: &str, bytes: &[u8]) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn detail(problem: Problem) -> String {
+        format!("{problem:?}")
+    }
+
+    #[test]
+    fn binary_tensors_are_read_in_their_types_size_and_written_back_the_same_way() {
+        let mut budget = MAX_INFER_ELEMENTS;
+        let bytes: Vec<u8> = [1.5_f32, -2.0].iter().flat_map(|value| value.to_le_bytes()).collect();
+        let read = binary_contents("FP32", &bytes, "inputs[0]", &mut budget).unwrap();
+        assert_eq!((read.fp32_contents.as_slice(), budget), (&[1.5, -2.0][..], MAX_INFER_ELEMENTS - 2));
+        assert_eq!(binary_of("FP32", &read), bytes);
+        for (datatype, bytes) in [
+            ("INT8", vec![0xFF, 0x01]),
+            ("UINT16", vec![0x01, 0x02, 0xFF, 0xFF]),
+            ("INT64", (-5_i64).to_le_bytes().to_vec()),
+            ("BOOL", vec![1, 0, 1]),
+            (
+                "BYTES",
+                [&3_u32.to_le_bytes()[..], b"low", &0_u32.to_le_bytes(), &[0xFF, 0, 0, 0]].concat()[..11].to_vec(),
+            ),
+        ] {
+            let read = binary_contents(datatype, &bytes, "inputs[0]", &mut budget).unwrap();
+            assert_eq!(binary_of(datatype, &read), bytes, "{datatype}");
+        }
+        assert_eq!(binary_contents("INT8", &[0xFF], "x", &mut budget).unwrap().int_contents, [-1]);
+        assert_eq!(
+            binary_contents("BYTES", &[2, 0, 0, 0, 0xC3, 0x28], "x", &mut budget).unwrap().bytes_contents,
+            [vec![0xC3, 0x28]],
+            "bytes that are not UTF-8 stay as they are"
+        );
+    }
+
+    #[test]
+    fn binary_tensors_that_are_not_whole_elements_or_too_many_are_refused() {
+        let mut budget = MAX_INFER_ELEMENTS;
+        for (datatype, bytes) in [
+            ("FP32", vec![0; 6]),
+            ("FP64", vec![0; 4]),
+            ("BYTES", vec![5, 0, 0, 0, b'a']),
+            ("BYTES", vec![0xFF, 0xFF, 0xFF, 0xFF]),
+            ("BYTES", vec![1, 0, 0, 0, b'a', 0]),
+        ] {
+            let refused = detail(binary_contents(datatype, &bytes, "inputs[0]", &mut budget).unwrap_err());
+            assert!(refused.contains("are not whole") && refused.contains(datatype), "{datatype}: {refused}");
+        }
+        assert!(detail(binary_contents("BOOL", &[2], "inputs[0]", &mut budget).unwrap_err()).contains("0 or 1"));
+        assert!(detail(binary_contents("FP16", &[0; 2], "inputs[0]", &mut budget).unwrap_err()).contains("FP16"));
+        let mut budget = 3;
+        let refused = detail(binary_contents("UINT8", &[0; 4], "inputs[0]", &mut budget).unwrap_err());
+        assert!(refused.contains("more than 262144 values"), "{refused}");
+    }
+
+    #[test]
+    fn the_json_ends_where_its_header_says() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(split_binary(&headers, b"{}rest").unwrap(), (&b"{}rest"[..], &b""[..]), "all JSON without it");
+        headers.insert(BINARY_HEADER, HeaderValue::from_static("2"));
+        assert_eq!(split_binary(&headers, b"{}rest").unwrap(), (&b"{}"[..], &b"rest"[..]));
+        for bad in ["7", "-1", "two", ""] {
+            headers.insert(BINARY_HEADER, HeaderValue::from_static(bad));
+            assert!(detail(split_binary(&headers, b"{}rest").unwrap_err()).contains("Inference-Header-Content-Length"));
+        }
+        headers.insert(BINARY_HEADER, HeaderValue::from_static("2"));
+        headers.append(BINARY_HEADER, HeaderValue::from_static("2"));
+        assert!(detail(split_binary(&headers, b"{}rest").unwrap_err()).contains("more than once"));
+    }
+
+    #[test]
+    fn a_call_counts_its_rows_and_more_than_a_call_takes_is_refused() {
+        let of = |shape: Vec<i64>| {
+            let input = InferInputTensor { shape, ..InferInputTensor::default() };
+            rows(&proto::ModelInferRequest { inputs: vec![input], ..proto::ModelInferRequest::default() })
+        };
+        assert_eq!(of(vec![3, 30]).unwrap(), 3);
+        assert_eq!(of(vec![30]).unwrap(), 1, "one row without its dimension");
+        assert_eq!(of(vec![-1, 30]).unwrap(), 1, "a shape the service refuses counts one");
+        assert_eq!(of(vec![1024, 30]).unwrap(), 1024);
+        assert!(detail(of(vec![1025, 30]).unwrap_err()).contains("at most 1024"));
+    }
+
+    #[test]
+    fn an_outputs_own_binary_data_wins_over_the_requests() {
+        let binary = BinaryOutputs { all: true, named: vec![("risk_band".into(), false)] };
+        assert!(binary.wants("probability") && !binary.wants("risk_band") && binary.any());
+        let binary = BinaryOutputs { all: false, named: vec![("risk_band".into(), true)] };
+        assert!(!binary.wants("probability") && binary.wants("risk_band"));
+        assert!(!BinaryOutputs { all: false, named: vec![("value".into(), false)] }.any());
+    }
 
     #[test]
     fn nested_data_is_read_in_row_major_order_and_typed_as_its_datatype_says() {

@@ -325,9 +325,9 @@ impl RateLimiter {
                 month.end_rfc3339()
             )
         };
-        Problem::new(StatusCode::TOO_MANY_REQUESTS, detail)
-            .with_retry_after(until_end.max(1))
-            .with_violated_policies(vec!["inference"])
+        let problem = Problem::new(StatusCode::TOO_MANY_REQUESTS, detail).with_violated_policies(vec!["inference"]);
+        // A smaller batch fits now: only a quota used up is waited out until the month ends.
+        if remaining == 0 { problem.with_retry_after(until_end.max(1)) } else { problem }
     }
 
     /// Counts an inference call's `units` (one a row it scores; 0 for a call that is not a model
