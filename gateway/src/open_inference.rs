@@ -85,11 +85,9 @@ impl ModelOwners {
         let question =
             Bytes::from(proto::ModelReadyRequest { name: model.to_owned(), version: String::new() }.encode_to_vec());
         let path = PathAndQuery::from_static("/inference.GRPCInferenceService/ModelReady");
-        let asked_until = tokio::time::Instant::now() + ASK_TIMEOUT;
-        let policy = CallPolicy {
-            idempotent: true,
-            client_deadline: Some(client_deadline.map_or(asked_until, |client| client.min(asked_until))),
-        };
+        // A service that does not answer within ASK_TIMEOUT counts against its breaker, as a call
+        // past its timeout does; the caller's own deadline, when sooner, does not.
+        let policy = CallPolicy { idempotent: true, client_deadline, own_timeout: Some(ASK_TIMEOUT) };
         let mut asking: futures_util::stream::FuturesUnordered<_> = upstreams
             .owners()
             .map(|owner| {

@@ -368,6 +368,9 @@ pub(crate) struct CallPolicy {
     pub(crate) idempotent: bool,
     /// When the client stops waiting, from its `grpc-timeout` header.
     pub(crate) client_deadline: Option<Instant>,
+    /// The gateway's own limit for this call when shorter than the upstream's timeout: a call
+    /// that outlasts it counts against the upstream, as one past the upstream's timeout does.
+    pub(crate) own_timeout: Option<Duration>,
 }
 
 impl CallPolicy {
@@ -390,7 +393,7 @@ impl CallPolicy {
                 Some(Instant::now() + timeout)
             }
         };
-        Ok(Self { idempotent: route.http_method == Method::GET, client_deadline })
+        Ok(Self { idempotent: route.http_method == Method::GET, client_deadline, own_timeout: None })
     }
 }
 
@@ -637,7 +640,7 @@ impl Resilience {
         let Some(guarded) = self.upstreams.get(owner) else {
             return Err(Problem::from_status(&Status::unavailable(format!("no upstream configured for {owner}"))));
         };
-        let own_deadline = Instant::now() + guarded.timeout;
+        let own_deadline = Instant::now() + policy.own_timeout.map_or(guarded.timeout, |own| own.min(guarded.timeout));
         let (deadline, client_chose_deadline) = match policy.client_deadline {
             Some(client) if client < own_deadline => (client, true),
             _ => (own_deadline, false),
@@ -1011,7 +1014,7 @@ mod tests {
     }
 
     fn policy(idempotent: bool) -> CallPolicy {
-        CallPolicy { idempotent, client_deadline: None }
+        CallPolicy { idempotent, client_deadline: None, own_timeout: None }
     }
 
     /// Calls `svc` with an upstream that answers with `codes` in turn, and counts the calls.
@@ -1081,7 +1084,7 @@ mod tests {
     async fn retries_never_sleep_past_the_deadline() {
         let resilience = resilience(|config| config.retry.max_attempts = 10);
         let deadline = Instant::now() + Duration::from_millis(30);
-        let policy = CallPolicy { idempotent: true, client_deadline: Some(deadline) };
+        let policy = CallPolicy { idempotent: true, client_deadline: Some(deadline), own_timeout: None };
         let (result, calls) = call_with(&resilience, policy, &[Code::Unavailable]).await;
         assert_eq!(status_of(&result), Some(StatusCode::SERVICE_UNAVAILABLE));
         assert!(Instant::now() < deadline, "gave up before the deadline rather than sleep past it");
@@ -1096,7 +1099,8 @@ mod tests {
         });
         let hang = |_| std::future::pending::<Result<(), Status>>();
         let client_deadline = Some(Instant::now() + Duration::from_millis(10));
-        let result = resilience.call("svc", CallPolicy { idempotent: true, client_deadline }, hang).await;
+        let result =
+            resilience.call("svc", CallPolicy { idempotent: true, client_deadline, own_timeout: None }, hang).await;
         assert_eq!(status_of(&result), Some(StatusCode::GATEWAY_TIMEOUT));
         let breaker = &resilience.upstreams["svc"].breaker;
         assert!(breaker.admit().is_ok(), "the client's short deadline did not open the circuit");
@@ -1105,6 +1109,18 @@ mod tests {
         assert!(breaker.admit().is_err(), "the upstream's own timeout did");
         let result = call_with(&resilience, policy(true), &[Code::Ok]).await.0;
         assert_eq!(status_of(&result), Some(StatusCode::SERVICE_UNAVAILABLE), "fails fast while open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_own_timeout_of_the_gateway_trips_the_breaker_as_the_upstreams_does() {
+        let resilience = resilience(|config| config.circuit_breaker.failure_threshold = 1);
+        let hang = |_| std::future::pending::<Result<(), Status>>();
+        let started = Instant::now();
+        let own = CallPolicy { idempotent: true, client_deadline: None, own_timeout: Some(Duration::from_millis(20)) };
+        let result = resilience.call("svc", own, hang).await;
+        assert_eq!(status_of(&result), Some(StatusCode::GATEWAY_TIMEOUT));
+        assert!(started.elapsed() < Duration::from_secs(1), "its own 20 ms, not the upstream's 10 s");
+        assert!(resilience.upstreams["svc"].breaker.admit().is_err(), "counted against the upstream");
     }
 
     #[test]
