@@ -760,7 +760,12 @@ struct DataSetImage {
     /// Whether it holds pixel data: a Pixel Data, Float Pixel Data or Double Float Pixel Data
     /// element that is not empty.
     pixels: bool,
+    /// Whether it wraps a document (an Encapsulated Document element: a PDF, a CDA).
+    document: bool,
 }
+
+/// The element that wraps a document in a DICOM file (PS3.6 0042,0011).
+const ENCAPSULATED_DOCUMENT: Tag = (0x0042, 0x0011);
 
 /// The tags of the elements that hold an image's pixels (PS3.6 7FE0,0008 to 0010).
 const PIXEL_DATA: [Tag; 3] = [(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)];
@@ -846,13 +851,14 @@ fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<Data
         if PIXEL_DATA.contains(&element.tag) && element.length != Some(0) {
             image.pixels = true;
         }
+        image.document |= element.tag == ENCAPSULATED_DOCUMENT;
         at = end;
     }
     Ok(image)
 }
 
 const NO_PIXELS: &str = "is a DICOM file without an image: it holds no pixel data (no (7FE0,0010) element with a \
-                         value), as a structured report or an encapsulated document does not";
+                         value), as a structured report does not, or it wraps a document ((0042,0011))";
 
 /// What an upload turned out to be.
 #[derive(Debug)]
@@ -910,7 +916,7 @@ pub fn examine(bytes: &[u8]) -> Result<Examined, Error> {
                 .map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
             let image = read_data_set(bytes, meta)
                 .map_err(|problem| Error::invalid("body", format!("starts as DICOM but {problem}")))?;
-            if !image.pixels {
+            if !image.pixels || image.document {
                 return Err(Error::invalid("body", NO_PIXELS));
             }
             return Ok(Examined { media_type, width: image.columns, height: image.rows, thumbnail: None });
@@ -2297,7 +2303,10 @@ mod tests {
     fn a_dicom_file_without_pixel_data_is_refused() {
         let report = [explicit((0x0008, 0x0060), b"CS", b"SR"), explicit((0x0040, 0xA040), b"CS", b"TEXT")].concat();
         let empty_pixels = [&report[..], &long_explicit((0x7FE0, 0x0010), b"OW", &[])].concat();
-        for data_set in [&report, &empty_pixels] {
+        // A document wrapped in DICOM, pixel data beside it or not.
+        let document =
+            [&report[..], &long_explicit(ENCAPSULATED_DOCUMENT, b"OB", b"CDA-DOC\0"), &explicit_pixels()].concat();
+        for data_set in [&report, &empty_pixels, &document] {
             assert_eq!(dicom_refusal(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, data_set)), NO_PIXELS, "{data_set:?}");
         }
         // Float pixel data, and encapsulated pixel data of undefined length, are an image's.
