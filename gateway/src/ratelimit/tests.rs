@@ -436,6 +436,11 @@ async fn the_redis_quota_counts_refunds_and_expires_with_the_month() {
     let expires_at: u64 = redis::cmd("EXPIRETIME").arg(&key).query_async(&mut connection).await.unwrap();
     assert_eq!(used, 2, "the refused and the refunded calls are not counted");
     assert!(expires_at > month.end, "the counter outlives its month");
+
+    // A refund of more units than are counted (the counter lost meanwhile) stops at zero.
+    redis.refund_inference("t1", &month.label, 5).await.unwrap();
+    let used: u64 = redis::cmd("GET").arg(&key).query_async(&mut connection).await.unwrap();
+    assert_eq!(used, 0, "never below zero");
 }
 
 #[tokio::test]
