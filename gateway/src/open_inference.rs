@@ -776,31 +776,24 @@ pub(crate) fn response(matched: &Matched<'_>, encoded: Bytes, binary: &BinaryOut
 /// A tensor's contents as the binary data extension writes them: little endian, row major, each
 /// element in its type's size (a `BYTES` element its 4-byte length, then itself).
 fn binary_of(datatype: &str, contents: &InferTensorContents) -> Vec<u8> {
-    let InferTensorContents {
-        bool_contents,
-        int_contents,
-        int64_contents,
-        uint_contents,
-        uint64_contents,
-        fp32_contents,
-        fp64_contents,
-        bytes_contents,
-    } = contents;
+    let c = contents;
     match datatype {
-        "BOOL" => bool_contents.iter().map(|value| u8::from(*value)).collect(),
-        "INT8" => int_contents.iter().flat_map(|value| (*value as i8).to_le_bytes()).collect(),
-        "INT16" => int_contents.iter().flat_map(|value| (*value as i16).to_le_bytes()).collect(),
-        "INT32" => int_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
-        "INT64" => int64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
-        "UINT8" => uint_contents.iter().map(|value| *value as u8).collect(),
-        "UINT16" => uint_contents.iter().flat_map(|value| (*value as u16).to_le_bytes()).collect(),
-        "UINT32" => uint_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
-        "UINT64" => uint64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
-        "FP32" => fp32_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
-        "FP64" => fp64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
-        "BYTES" => {
-            bytes_contents.iter().flat_map(|value| [&(value.len() as u32).to_le_bytes()[..], value].concat()).collect()
-        }
+        "BOOL" => c.bool_contents.iter().map(|value| u8::from(*value)).collect(),
+        "INT8" => c.int_contents.iter().flat_map(|value| (*value as i8).to_le_bytes()).collect(),
+        "INT16" => c.int_contents.iter().flat_map(|value| (*value as i16).to_le_bytes()).collect(),
+        "INT32" => c.int_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "INT64" => c.int64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "UINT8" => c.uint_contents.iter().map(|value| *value as u8).collect(),
+        "UINT16" => c.uint_contents.iter().flat_map(|value| (*value as u16).to_le_bytes()).collect(),
+        "UINT32" => c.uint_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "UINT64" => c.uint64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "FP32" => c.fp32_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "FP64" => c.fp64_contents.iter().flat_map(|value| value.to_le_bytes()).collect(),
+        "BYTES" => c
+            .bytes_contents
+            .iter()
+            .flat_map(|value| [&(value.len() as u32).to_le_bytes()[..], value].concat())
+            .collect(),
         _ => Vec::new(),
     }
 }
