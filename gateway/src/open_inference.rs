@@ -134,6 +134,13 @@ impl ModelOwners {
                 None => unanswered = true,
             }
         }
+        // The caller's deadline passed while the services were asked: a 504, as for any call.
+        if unanswered && client_deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
+            return Err(Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("the deadline passed before the service of model {model:?} was found"),
+            ));
+        }
         if unanswered {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -543,6 +543,10 @@ async fn the_gateway_serves_the_protocols_rest_form(backend: Backend) {
     assert!(asked >= before + 2, "each service asked: {before} calls, then {asked}");
     assert_problem(app.post("/v2/models/heart/infer", &key, &one_row(json!(row))).await, 404).await;
     assert_eq!(upstream_calls().await, asked, "the services are not asked again");
+    // A deadline that passes while the services are asked is a 504, as for any call.
+    let hurried = app.client.post(app.url("/v2/models/lungs/infer")).bearer_auth(&key).header("grpc-timeout", "1n");
+    let problem = assert_problem(hurried.json(&one_row(json!(row))).send().await.unwrap(), 504).await;
+    assert!(problem["detail"].as_str().unwrap().contains("deadline passed"), "{problem}");
     row[1] = json!(-5);
     let problem =
         assert_problem(app.post("/v2/models/breast-cancer/infer", &key, &one_row(json!(row))).await, 400).await;
