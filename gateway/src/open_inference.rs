@@ -380,9 +380,6 @@ fn parameters(parameters: Option<BTreeMap<String, Parameter>>) -> HashMap<String
 /// `body`, a JSON object, with objects where the protocol has objects (not arrays in their
 /// place) and no name given twice.
 fn infer_body(body: &[u8]) -> Result<InferBody, Problem> {
-    if body.len() > MAX_INFER_BODY_BYTES {
-        return Err(crate::decompress::too_large(MAX_INFER_BODY_BYTES));
-    }
     if body.iter().filter(|byte| **byte == b',').count() >= MAX_INFER_ELEMENTS {
         return Err(Problem::bad_request(format!(
             "the request body holds more than {MAX_INFER_ELEMENTS} values: send the rows in several calls"

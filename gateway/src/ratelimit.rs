@@ -309,10 +309,10 @@ impl RateLimiter {
     /// The 429 of a quota without `units` left, its `RateLimit` fields written into `headers`.
     fn quota_refusal(&self, month: &Month, quota: u64, used: u64, units: u64, headers: &mut HeaderMap) -> Problem {
         let until_end = month.end.saturating_sub(self.inner.clock.now_micros() / MICROS);
-        append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
-        append(headers, RATELIMIT, [format!("\"inference\";r={};t={until_end}", quota.saturating_sub(used))]);
-        crate::metrics::metrics().rate_limited.with_label_values(&["quota"]).inc();
         let remaining = quota.saturating_sub(used);
+        append(headers, POLICY, [format!("\"inference\";q={quota};w={}", month.length_secs())]);
+        append(headers, RATELIMIT, [format!("\"inference\";r={remaining};t={until_end}")]);
+        crate::metrics::metrics().rate_limited.with_label_values(&["quota"]).inc();
         let detail = if remaining == 0 {
             format!(
                 "the monthly inference quota of this tenant ({quota} units, one a row scored) is used up; it renews on {}",
