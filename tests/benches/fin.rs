@@ -16,10 +16,14 @@
 //! (a credit and a debit of the same amount at the same instant), so that scoring walks a
 //! realistic history without moving the row's features.
 //!
+//! The platform and the Python service are driven in turns (each for a fifth of its time, five
+//! times over), so that a drift of the machine's speed during the run falls on both alike.
+//!
 //! `make bench` runs it in release mode after installing the Python service's pinned packages
 //! into `.cache/bench-venv` (`BENCH_PYTHON` names its interpreter). Settings: `BENCH_SECONDS`
 //! (default 5) per side, `BENCH_CONCURRENCY` (default 8) requests in flight,
-//! `BENCH_TRANSACTIONS` (default 180) checking transactions of the customer.
+//! `BENCH_TRANSACTIONS` (default 180) checking transactions of the customer, `BENCH_TURNS`
+//! (default 5) turns each side's time is split into.
 
 mod common;
 mod reference;
@@ -35,8 +39,10 @@ use aigronova_e2e::{
 use serde_json::{Value, json};
 
 use crate::{
-    common::{drive, env_number, print, unlimited_enterprise},
-    reference::{Explanation, PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
+    common::{Run, Side, drive_in_turns, env_number, print, unlimited_enterprise},
+    reference::{
+        Explanation, PYTHON, PythonService, drive_explanations, drive_raw, first_reference_row, python_call, report,
+    },
 };
 
 #[tokio::main(flavor = "multi_thread")]
@@ -44,6 +50,7 @@ async fn main() {
     let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
     let concurrency = env_number("BENCH_CONCURRENCY", 8) as usize;
     let transactions = env_number("BENCH_TRANSACTIONS", 180) as usize;
+    let turns = env_number("BENCH_TURNS", 5) as u32;
     let row = first_reference_row("credit-risk");
     let features = row["features"].clone();
     let expected = row["onnx_probability"].as_f64().unwrap();
@@ -94,19 +101,21 @@ async fn main() {
     let client = app.client.clone();
     let url = app.url("/v1/fin/credit-scores");
     let body = body.to_string();
-    let platform = drive("platform through the gateway", concurrency, seconds, move || {
+    let score = move || {
         let request = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body.clone());
         async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
-    })
-    .await;
-    app.stop().await;
+    };
 
-    // The Python service.
+    // The Python service, started beside the platform and driven in turns with it.
     let body = json!({"model": "credit-risk", "features": features}).to_string();
     let (service, answer) = PythonService::start("credit-risk", &body).await;
     let probability = answer["probability"].as_f64().unwrap_or(f64::NAN);
     assert!((probability - expected).abs() < 1e-5, "the Python service scores another model or row: {answer}");
-    let fastapi = drive_python(&service, body, concurrency, seconds).await;
+    let sides = [Side::new("platform through the gateway", score), Side::new(PYTHON, python_call(&service, body))];
+    let [platform, fastapi] =
+        <[Run; 2]>::try_from(drive_in_turns(&sides, concurrency, seconds, turns).await).ok().expect("two sides");
+    drop(service);
+    app.stop().await;
 
     report("scores", &raw, &platform, &fastapi, concurrency);
     println!();

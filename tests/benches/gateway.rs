@@ -14,8 +14,11 @@
 //! runs in its own pod on Kubernetes. Prints a Markdown
 //! table per RPC, then the trivial RPC again one request at a time, and whether issue 3's goal
 //! (under 0.3 ms added at p50, above 70% of the direct throughput) holds at each concurrency.
+//! The sides of an RPC are driven in turns (each for a fifth of its time, five times over), so
+//! that a drift of the machine's speed during the run falls on all of them alike.
 //! `make bench` runs it in release mode. Settings: `BENCH_SECONDS` (default 5) per side,
-//! `BENCH_CONCURRENCY` (default 8) requests in flight.
+//! `BENCH_CONCURRENCY` (default 8) requests in flight, `BENCH_TURNS` (default 5) turns each side's
+//! time is split into.
 
 mod common;
 mod internal;
@@ -26,20 +29,24 @@ use aigronova_e2e::{Backend, TestApp, spawn_app_with};
 use aigronova_proto::aigronova::health::v1::{ListModelsRequest, health_quantum_client::HealthQuantumClient};
 
 use crate::{
-    common::{drive, env_number, print, unlimited_enterprise},
-    internal::{GET_PUBLIC_KEY_PATH, Internal, connect, drive_gateway, get_public_key},
+    common::{Side, drive_in_turns, env_number, print, unlimited_enterprise},
+    internal::{GET_PUBLIC_KEY_PATH, Internal, connect, gateway_get, get_public_key},
 };
 
 #[derive(Clone, Copy)]
 struct Settings {
     seconds: u64,
     concurrency: usize,
+    turns: u32,
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let settings =
-        Settings { seconds: env_number("BENCH_SECONDS", 5), concurrency: env_number("BENCH_CONCURRENCY", 8) as usize };
+    let settings = Settings {
+        seconds: env_number("BENCH_SECONDS", 5),
+        concurrency: env_number("BENCH_CONCURRENCY", 8) as usize,
+        turns: env_number("BENCH_TURNS", 5) as u32,
+    };
     let internal = Internal::new();
     let mut app = spawn_app_with(Backend::Sqlite, |config| {
         internal.configure(config);
@@ -85,8 +92,8 @@ async fn main() {
     }
 }
 
-/// Drives `path` through the gateway (and through the one at `over_grpc`), then the same RPC
-/// directly with `direct`, and prints them all; returns what the gateway with the HTTP/1.1 client
+/// Drives `path` through the gateway (and through the one at `over_grpc`) and the same RPC
+/// directly with `direct`, in turns, and prints them all; returns what the gateway with the HTTP/1.1 client
 /// adds at p50 (ms) and keeps of the direct throughput (%), first in process, then over gRPC.
 async fn compare<F, Fut>(
     app: &TestApp,
@@ -98,8 +105,8 @@ async fn compare<F, Fut>(
     direct: F,
 ) -> [(f64, f64); 2]
 where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = bool> + Send,
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send + 'static,
 {
     let url = app.url(path);
     let answer = app.get(path, key).await;
@@ -107,14 +114,19 @@ where
     let answer_bytes = answer.bytes().await.expect("the answer").len();
     let duration = Duration::from_secs(settings.seconds);
 
-    let (concurrency, client) = (settings.concurrency, app.client.clone());
-    let http1 = drive_gateway("gateway, HTTP/1.1 client", client.clone(), &url, key, concurrency, duration).await;
+    let client = app.client.clone();
     let http2 = reqwest::Client::builder().http2_prior_knowledge().build().expect("an HTTP/2 client");
-    let http2 = drive_gateway("gateway, HTTP/2 client", http2, &url, key, concurrency, duration).await;
     let remote_url = format!("{over_grpc}{path}");
-    let label = "gateway to services over gRPC, HTTP/1.1 client";
-    let remote = drive_gateway(label, client, &remote_url, key, concurrency, duration).await;
-    let direct = drive("direct gRPC", settings.concurrency, duration, direct).await;
+    let sides = [
+        Side::new("direct gRPC", direct),
+        Side::new("gateway, HTTP/1.1 client", gateway_get(client.clone(), &url, key)),
+        Side::new("gateway, HTTP/2 client", gateway_get(http2, &url, key)),
+        Side::new("gateway to services over gRPC, HTTP/1.1 client", gateway_get(client, &remote_url, key)),
+    ];
+    let [direct, http1, http2, remote] =
+        <[common::Run; 4]>::try_from(drive_in_turns(&sides, settings.concurrency, duration, settings.turns).await)
+            .ok()
+            .expect("four sides");
 
     println!("{rpc} (`GET {path}`, {answer_bytes} bytes of JSON):");
     println!();

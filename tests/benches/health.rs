@@ -13,9 +13,14 @@
 //! and, on the same platform, the gateway's own cost: the trivial `GetPublicKey` through the
 //! gateway and directly over gRPC, whose p50 difference the goal adds to the raw call's p50.
 //!
+//! The platform's sides, the Python service's and the gateway's cost are driven in turns (each
+//! for a fifth of its time, five times over), so that a drift of the machine's speed during the
+//! run falls on all of them alike.
+//!
 //! `make bench` runs it in release mode after installing the Python service's pinned packages
 //! into `.cache/bench-venv` (`BENCH_PYTHON` names its interpreter). Settings: `BENCH_SECONDS`
-//! (default 5) per side, `BENCH_CONCURRENCY` (default 8) requests in flight.
+//! (default 5) per side, `BENCH_CONCURRENCY` (default 8) requests in flight, `BENCH_TURNS`
+//! (default 5) turns each side's time is split into.
 
 mod common;
 mod internal;
@@ -23,19 +28,32 @@ mod reference;
 
 use std::{sync::Arc, time::Duration};
 
-use aigronova_e2e::{Backend, spawn_app_with};
+use aigronova_e2e::{Backend, TestApp, spawn_app_with};
 use serde_json::json;
 
 use crate::{
-    common::{drive, env_number, print, unlimited_enterprise},
-    internal::{GET_PUBLIC_KEY_PATH, Internal, drive_gateway, get_public_key},
-    reference::{Explanation, PythonService, drive_explanations, drive_python, drive_raw, first_reference_row, report},
+    common::{Run, Side, drive_in_turns, env_number, print, unlimited_enterprise},
+    internal::{Call, GET_PUBLIC_KEY_PATH, Internal, gateway_get, get_public_key},
+    reference::{
+        Explanation, PYTHON, PythonService, drive_explanations, drive_raw, first_reference_row, python_call, report,
+    },
 };
+
+/// A POST of `body` as JSON to `path` through the gateway with API key `key`.
+fn post_json(app: &TestApp, path: &str, key: &Arc<String>, body: String) -> impl Fn() -> Call + Send + Sync + 'static {
+    let (client, url, key) = (app.client.clone(), app.url(path), key.clone());
+    move || {
+        let request =
+            client.post(&url).bearer_auth(key.as_str()).header("content-type", "application/json").body(body.clone());
+        Box::pin(async move { request.send().await.is_ok_and(|response| response.status().is_success()) })
+    }
+}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let seconds = Duration::from_secs(env_number("BENCH_SECONDS", 5));
     let concurrency = env_number("BENCH_CONCURRENCY", 8) as usize;
+    let turns = env_number("BENCH_TURNS", 5) as u32;
     let row = first_reference_row("breast-cancer");
     let features = row["features"].clone();
     let raw = drive_raw("breast-cancer", &features, concurrency, seconds).await;
@@ -53,21 +71,8 @@ async fn main() {
     let scopes = ["health:read", "health:write", "governance:read"];
     let key = Arc::new(app.create_key(&tenant, &scopes).await);
     let patient = app.create_patient(&key).await;
-    let client = app.client.clone();
-    let url = app.url(&format!("/v1/health/patients/{patient}/assessments"));
     let body = json!({"model": "breast-cancer", "features": features}).to_string();
-    let platform = drive("platform through the gateway", concurrency, seconds, {
-        let (body, key) = (body.clone(), key.clone());
-        move || {
-            let request = client
-                .post(&url)
-                .bearer_auth(key.as_str())
-                .header("content-type", "application/json")
-                .body(body.clone());
-            async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
-        }
-    })
-    .await;
+    let assess = post_json(&app, &format!("/v1/health/patients/{patient}/assessments"), &key, body.clone());
 
     // The same row through the Open Inference Protocol: the model run and its decision audited,
     // nothing else stored, as the Python service stores nothing.
@@ -83,31 +88,33 @@ async fn main() {
         .collect();
     let infer = json!({"inputs": [{"name": "input", "shape": [1, data.len()], "datatype": "FP32", "data": data}]});
     let infer_key = Arc::new(app.create_key(&tenant, &["models:infer"]).await);
-    let client = app.client.clone();
-    let url = app.url("/v2/models/breast-cancer/infer");
-    let body_v2 = infer.to_string();
-    let open_inference = drive("Open Inference Protocol through the gateway", concurrency, seconds, move || {
-        let request = client
-            .post(&url)
-            .bearer_auth(infer_key.as_str())
-            .header("content-type", "application/json")
-            .body(body_v2.clone());
-        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
-    })
-    .await;
+    let open_inference = post_json(&app, "/v2/models/breast-cancer/infer", &infer_key, infer.to_string());
 
     // The gateway's own cost, on the same platform.
     let direct = get_public_key(&app, internal.tokens(&tenant, &scopes)).await;
-    let direct = drive("GetPublicKey, direct gRPC", concurrency, seconds, direct).await;
-    let url = app.url(GET_PUBLIC_KEY_PATH);
-    let gateway = drive_gateway("GetPublicKey, gateway", app.client.clone(), &url, &key, concurrency, seconds).await;
+    let gateway = gateway_get(app.client.clone(), &app.url(GET_PUBLIC_KEY_PATH), &key);
+
+    // The Python service, started beside the platform and driven in turns with it.
+    let (service, _) = PythonService::start("breast-cancer", &body).await;
+    let sides = [
+        Side::new("platform through the gateway", assess),
+        Side::new("Open Inference Protocol through the gateway", open_inference),
+        Side::new(PYTHON, python_call(&service, body)),
+        Side::new("GetPublicKey, direct gRPC", direct),
+        Side::new("GetPublicKey, gateway", gateway),
+    ];
+    let [platform, open_inference, fastapi, direct, gateway] =
+        <[Run; 5]>::try_from(drive_in_turns(&sides, concurrency, seconds, turns).await).ok().expect("five sides");
+    drop(service);
     app.stop().await;
 
-    // The Python service.
-    let (service, _) = PythonService::start("breast-cancer", &body).await;
-    let fastapi = drive_python(&service, body, concurrency, seconds).await;
-
     report("assessments", &raw, &platform, &fastapi, concurrency);
+    println!(
+        "CPU of the process (load generator, gateway, services, SQLite) per call: {:.1} µs an assessment, {:.1} µs an \
+         inference through the Open Inference Protocol",
+        platform.cpu_micros_per_call(),
+        open_inference.cpu_micros_per_call()
+    );
     println!();
     print("inferences", &[&open_inference, &fastapi]);
     println!(

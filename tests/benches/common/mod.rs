@@ -1,6 +1,11 @@
 //! What the benchmarks share: a closed-loop load generator and its figures.
 
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::task::JoinSet;
 
@@ -15,13 +20,25 @@ pub(crate) struct Run {
 }
 
 impl Run {
+    fn empty(label: &'static str) -> Self {
+        Self { label, latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0, cpu: Duration::ZERO }
+    }
+
+    /// Counts `other`'s calls, time and CPU into this run's.
+    fn add(&mut self, other: Run) {
+        self.latencies.extend(other.latencies);
+        self.elapsed += other.elapsed;
+        self.errors += other.errors;
+        self.cpu += other.cpu;
+    }
+
     pub(crate) fn rps(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 
     /// The process's CPU time per successful call, in microseconds: what a call cost, whatever
     /// the scheduling of the run, when everything it needs runs in this process.
-    #[allow(dead_code, reason = "the gateway benchmark's; the others share this module without it")]
+    #[allow(dead_code, reason = "the gateway's and health benchmarks'; the others share this module without it")]
     pub(crate) fn cpu_micros_per_call(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.latencies.len().max(1) as f64
     }
@@ -34,13 +51,65 @@ impl Run {
     }
 }
 
+/// How long a side runs before it is measured.
+const WARM_UP: Duration = Duration::from_millis(500);
+
 /// Runs `call` from `concurrency` tasks for `duration`, after a short warm-up.
+#[allow(dead_code, reason = "the model benchmarks' floors; the gateway's drives all its sides in turns")]
 pub(crate) async fn drive<F, Fut>(label: &'static str, concurrency: usize, duration: Duration, call: F) -> Run
 where
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = bool> + Send,
+    Fut: Future<Output = bool> + Send,
 {
-    let warm_up = Instant::now() + Duration::from_millis(500);
+    drive_after(label, concurrency, WARM_UP, duration, call).await
+}
+
+/// One side of [`drive_in_turns`]: what its calls are counted as, and a call.
+pub(crate) struct Side {
+    label: &'static str,
+    call: Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>,
+}
+
+impl Side {
+    pub(crate) fn new<F, Fut>(label: &'static str, call: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
+        Self { label, call: Arc::new(move || Box::pin(call())) }
+    }
+}
+
+/// Drives each of `sides` in turn, `turns` times, for `duration / turns` a turn (all of them
+/// after a warm-up, the first turn's longer), and adds up each side's turns. A machine whose
+/// speed drifts during the run (a shared virtual machine's does) slows every side alike, so
+/// that their ratios hold where runs one after the other would each catch another speed.
+pub(crate) async fn drive_in_turns(sides: &[Side], concurrency: usize, duration: Duration, turns: u32) -> Vec<Run> {
+    let mut runs: Vec<Run> = sides.iter().map(|side| Run::empty(side.label)).collect();
+    let turn = duration / turns.max(1);
+    for at in 0..turns.max(1) {
+        let warm_up = if at == 0 { WARM_UP } else { WARM_UP / 5 };
+        for (side, run) in sides.iter().zip(&mut runs) {
+            let call = side.call.clone();
+            let this = drive_after(side.label, concurrency, warm_up, turn, move || call()).await;
+            run.add(this);
+        }
+    }
+    runs
+}
+
+async fn drive_after<F, Fut>(
+    label: &'static str,
+    concurrency: usize,
+    warm_up: Duration,
+    duration: Duration,
+    call: F,
+) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let warm_up = Instant::now() + warm_up;
     let mut warm = JoinSet::new();
     for _ in 0..concurrency {
         let call = call.clone();
@@ -72,7 +141,7 @@ where
             (latencies, errors)
         });
     }
-    let mut run = Run { label, latencies: Vec::new(), elapsed: Duration::ZERO, errors: 0, cpu: Duration::ZERO };
+    let mut run = Run::empty(label);
     while let Some(result) = tasks.join_next().await {
         let (latencies, errors) = result.expect("bench task");
         run.latencies.extend(latencies);

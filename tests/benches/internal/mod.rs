@@ -1,14 +1,12 @@
 //! Calls to the platform's services straight over gRPC, past the gateway, with an internal token
 //! as the gateway would mint: the reference for what the gateway adds.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use aigronova_e2e::TestApp;
 use aigronova_platform::auth::{Caller, TokenSigner, attach_token};
 use aigronova_proto::aigronova::governance::v1::{GetPublicKeyRequest, audit_log_client::AuditLogClient};
 use tonic::transport::Channel;
-
-use crate::common::{Run, drive};
 
 /// The internal signing key the platform of a benchmark runs with, so that the benchmark can mint
 /// tokens its services accept.
@@ -66,7 +64,7 @@ pub(crate) async fn connect(app: &TestApp, service: &str) -> Channel {
 pub(crate) type Call = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// `AuditLog.GetPublicKey` straight to ai-governance: the trivial RPC of the gateway's cost.
-pub(crate) async fn get_public_key(app: &TestApp, tokens: Tokens) -> impl Fn() -> Call + Clone + Send + 'static {
+pub(crate) async fn get_public_key(app: &TestApp, tokens: Tokens) -> impl Fn() -> Call + Clone + Send + Sync + 'static {
     let client = AuditLogClient::new(connect(app, aigronova_ai_governance::SERVICE_NAME).await);
     move || {
         let mut client = client.clone();
@@ -78,24 +76,20 @@ pub(crate) async fn get_public_key(app: &TestApp, tokens: Tokens) -> impl Fn() -
 /// The public path of `AuditLog.GetPublicKey`.
 pub(crate) const GET_PUBLIC_KEY_PATH: &str = "/v1/governance/audit/public-key";
 
-/// `GET url` through the gateway with `client` and `key`, from `concurrency` tasks.
-pub(crate) async fn drive_gateway(
-    label: &'static str,
+/// A GET of `url` through the gateway with API key `key`, its answer read whole.
+pub(crate) fn gateway_get(
     client: reqwest::Client,
     url: &str,
     key: &Arc<String>,
-    concurrency: usize,
-    duration: Duration,
-) -> Run {
+) -> impl Fn() -> Call + Clone + Send + Sync + 'static {
     let (url, key) = (Arc::new(url.to_owned()), key.clone());
-    drive(label, concurrency, duration, move || {
-        let (client, url, key) = (client.clone(), url.clone(), key.clone());
-        async move {
-            match client.get(url.as_str()).bearer_auth(key.as_str()).send().await {
+    move || {
+        let request = client.get(url.as_str()).bearer_auth(key.as_str());
+        Box::pin(async move {
+            match request.send().await {
                 Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
                 Err(_) => false,
             }
-        }
-    })
-    .await
+        })
+    }
 }

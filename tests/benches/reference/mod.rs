@@ -3,7 +3,9 @@
 
 use std::{
     collections::HashMap,
+    future::Future,
     path::PathBuf,
+    pin::Pin,
     process::{Command, Stdio},
     sync::Arc,
     time::Duration,
@@ -168,14 +170,20 @@ pub(crate) async fn drive_explanations(
 
 /// The Python service's side of the comparison: `service` answering `body` as fast as
 /// `concurrency` callers ask, for `seconds`.
-pub(crate) async fn drive_python(service: &PythonService, body: String, concurrency: usize, seconds: Duration) -> Run {
+/// What the Python service's calls are counted as.
+pub(crate) const PYTHON: &str = "Python FastAPI + onnxruntime";
+
+/// A call of the Python service with `body`.
+pub(crate) fn python_call(
+    service: &PythonService,
+    body: String,
+) -> impl Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static {
     let client = reqwest::Client::new();
     let url = service.url.clone();
-    drive("Python FastAPI + onnxruntime", concurrency, seconds, move || {
+    move || {
         let request = client.post(&url).header("content-type", "application/json").body(body.clone());
-        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
-    })
-    .await
+        Box::pin(async move { request.send().await.is_ok_and(|response| response.status().is_success()) })
+    }
 }
 
 /// The three runs as a table, then the platform against the Python service and the raw call;
