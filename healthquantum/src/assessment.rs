@@ -26,7 +26,8 @@ impl AssessmentRequest {
         if model.trim().is_empty() {
             return Err(Error::invalid("model", "is required"));
         }
-        Ok(Self { patient_id, model: model.trim().to_owned(), features })
+        // Taken as written, as feature names are: a name with blanks around it names no model.
+        Ok(Self { patient_id, model: model.to_owned(), features })
     }
 }
 

@@ -138,11 +138,28 @@ pub fn recognise(bytes: &[u8], declared: Option<MediaType>) -> Result<MediaType,
 }
 
 /// The refusal of bytes of no known type; one that reads as a DICOM data set without the file
-/// header (its magic `DICM` first, or a first element of group 0002 or 0008, in explicit VR or
-/// in implicit VR with an even length that fits) is told so.
+/// header (its magic `DICM` first; a first element in explicit VR of any even group up to the
+/// pixel data's, its value representation one of DICOM's and its length undefined or within the
+/// bytes; or a first element of group 0002 or 0008 in implicit VR, with an even length that
+/// fits) is told so.
 fn unrecognised(bytes: &[u8]) -> Error {
     let first_group = bytes.len() >= 8 && matches!(bytes[..2], [0x02, 0x00] | [0x08, 0x00]);
-    let explicit = first_group && bytes[4..6].iter().all(u8::is_ascii_uppercase);
+    let explicit = bytes.len() >= 8 && {
+        let group = u16::from_le_bytes([bytes[0], bytes[1]]);
+        let vr = &bytes[4..6];
+        let fits = if LONG_VRS.iter().any(|long| long[..] == *vr) {
+            bytes.len() >= 12 && bytes[6..8] == [0, 0] && {
+                let length = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+                length == UNDEFINED_LENGTH || usize::try_from(length).is_ok_and(|length| length <= bytes.len() - 12)
+            }
+        } else {
+            usize::from(u16::from_le_bytes([bytes[6], bytes[7]])) <= bytes.len() - 8
+        };
+        (0x0002..=0x7FE0).contains(&group)
+            && group.is_multiple_of(2)
+            && VRS.iter().any(|known| known[..] == *vr)
+            && fits
+    };
     let implicit = first_group && bytes[3] == 0 && {
         let length = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
         length.is_multiple_of(2) && length <= 1024 && length <= bytes.len() - 8
@@ -1078,7 +1095,11 @@ mod tests {
         // and a data set in implicit VR, its first element (0008,0016) with its 4-byte length.
         let mut implicit = vec![0x08, 0x00, 0x16, 0x00, 0x1a, 0x00, 0x00, 0x00];
         implicit.extend_from_slice(b"1.2.840.10008.5.1.4.1.1.7\0");
-        for headerless in [&dicom[PREAMBLE..], &dicom[PREAMBLE + 4..], implicit.as_slice()] {
+        // In explicit VR, starting at a later group: Samples per Pixel (0028,0002), US, 1; and
+        // Rows (0028,0010) after a long VR's header, Pixel Data (7FE0,0010) as OW.
+        let samples = [0x28, 0x00, 0x02, 0x00, b'U', b'S', 0x02, 0x00, 0x01, 0x00];
+        let pixels = [0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0x00, 0x00, 0x02, 0x00, 0x00, 0x00, 0xFF, 0x00];
+        for headerless in [&dicom[PREAMBLE..], &dicom[PREAMBLE + 4..], implicit.as_slice(), &samples, &pixels] {
             match recognise(headerless, None) {
                 Err(Error::InvalidArgument { field, reason }) => {
                     assert_eq!(field, "body");
@@ -1087,9 +1108,18 @@ mod tests {
                 other => panic!("a headerless data set: {other:?}"),
             }
         }
-        match recognise(b"GIF89a\x01\x00\x01\x00", None) {
-            Err(Error::InvalidArgument { reason, .. }) => assert!(reason.starts_with("is not a PNG, JPEG or DICOM")),
-            other => panic!("a GIF: {other:?}"),
+        // Not a data set: a GIF; an element of an odd (private) group; a value representation
+        // DICOM does not have; a length past the end of the bytes.
+        let odd_group = [0x29, 0x00, 0x02, 0x00, b'U', b'S', 0x02, 0x00, 0x01, 0x00];
+        let no_such_vr = [0x28, 0x00, 0x02, 0x00, b'Q', b'Q', 0x02, 0x00, 0x01, 0x00];
+        let too_long = [0x28, 0x00, 0x02, 0x00, b'U', b'S', 0x40, 0x00, 0x01, 0x00];
+        for other in [&b"GIF89a\x01\x00\x01\x00"[..], &odd_group, &no_such_vr, &too_long] {
+            match recognise(other, None) {
+                Err(Error::InvalidArgument { reason, .. }) => {
+                    assert!(reason.starts_with("is not a PNG, JPEG or DICOM"), "{other:?}: {reason}");
+                }
+                other => panic!("not a data set: {other:?}"),
+            }
         }
     }
 

@@ -212,6 +212,7 @@ async fn bad_feature_vectors_are_refused_naming_the_field_and_nothing_is_written
         (json!({"model": "breast-cancer", "features": infinite}), Some("features.worst area")),
         (json!({"model": "breast-cancer", "features": out_of_range}), Some("features.mean radius")),
         (json!({"model": "no-such-model", "features": features}), Some("model")),
+        (json!({"model": " breast-cancer\t", "features": features}), Some("model")),
         (json!({"features": features}), Some("model")),
         (json!({"model": "breast-cancer", "features": wrong_type}), None),
     ];
