@@ -39,7 +39,7 @@ use aigronova_e2e::{
 use serde_json::{Value, json};
 
 use crate::{
-    common::{Run, Side, drive_in_turns, env_number, print, unlimited_enterprise},
+    common::{Run, Side, drive_in_turns, env_number, print, repeat, unlimited_enterprise},
     reference::{
         Explanation, PYTHON, PythonService, drive_explanations, drive_raw, first_reference_row, python_call, report,
     },
@@ -98,13 +98,10 @@ async fn main() {
         same_row && (probability - expected).abs() < 1e-5,
         "the platform scores another row than the reference's: {score}"
     );
-    let client = app.client.clone();
+    let authorization = format!("Bearer {key}");
+    let headers = [("authorization", authorization.as_str()), ("content-type", "application/json")];
     let url = app.url("/v1/fin/credit-scores");
-    let body = body.to_string();
-    let score = move || {
-        let request = client.post(&url).bearer_auth(&key).header("content-type", "application/json").body(body.clone());
-        async move { request.send().await.is_ok_and(|response| response.status().is_success()) }
-    };
+    let score = repeat(app.client.clone(), reqwest::Method::POST, &url, &headers, Some(body.to_string()));
 
     // The Python service, started beside the platform and driven in turns with it.
     let body = json!({"model": "credit-risk", "features": features}).to_string();

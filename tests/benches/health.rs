@@ -32,7 +32,7 @@ use aigronova_e2e::{Backend, TestApp, spawn_app_with};
 use serde_json::json;
 
 use crate::{
-    common::{Run, Side, drive_in_turns, env_number, print, unlimited_enterprise},
+    common::{Run, Side, drive_in_turns, env_number, print, repeat, unlimited_enterprise},
     internal::{Call, GET_PUBLIC_KEY_PATH, Internal, gateway_get, get_public_key},
     reference::{
         Explanation, PYTHON, PythonService, drive_explanations, drive_raw, first_reference_row, python_call, report,
@@ -40,13 +40,15 @@ use crate::{
 };
 
 /// A POST of `body` as JSON to `path` through the gateway with API key `key`.
-fn post_json(app: &TestApp, path: &str, key: &Arc<String>, body: String) -> impl Fn() -> Call + Send + Sync + 'static {
-    let (client, url, key) = (app.client.clone(), app.url(path), key.clone());
-    move || {
-        let request =
-            client.post(&url).bearer_auth(key.as_str()).header("content-type", "application/json").body(body.clone());
-        Box::pin(async move { request.send().await.is_ok_and(|response| response.status().is_success()) })
-    }
+fn post_json(
+    app: &TestApp,
+    path: &str,
+    key: &Arc<String>,
+    body: String,
+) -> impl Fn() -> Call + Send + Sync + 'static + use<> {
+    let authorization = format!("Bearer {key}");
+    let headers = [("authorization", authorization.as_str()), ("content-type", "application/json")];
+    repeat(app.client.clone(), reqwest::Method::POST, &app.url(path), &headers, Some(body))
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -64,6 +64,40 @@ where
     drive_after(label, concurrency, WARM_UP, duration, call).await
 }
 
+/// A call of the load generator's: one HTTP request sent again and again, its URL parsed and its
+/// headers and body made once, and its answer read whole, as a client does that keeps its
+/// connection for the next call. (What the load generator spends, the side it drives does not
+/// get of the two cores.)
+pub(crate) fn repeat(
+    client: reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> impl Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static + use<> {
+    let url = reqwest::Url::parse(url).expect("a benchmark's URL");
+    let headers: reqwest::header::HeaderMap = headers
+        .iter()
+        .map(|(name, value)| {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("a header name");
+            (name, reqwest::header::HeaderValue::from_str(value).expect("a header value"))
+        })
+        .collect();
+    let body = body.map(bytes::Bytes::from);
+    move || {
+        let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());
+        if let Some(body) = &body {
+            request = request.body(body.clone());
+        }
+        Box::pin(async move {
+            match request.send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        })
+    }
+}
+
 /// One side of [`drive_in_turns`]: what its calls are counted as, and a call.
 pub(crate) struct Side {
     label: &'static str,

@@ -8,6 +8,8 @@ use aigronova_platform::auth::{Caller, TokenSigner, attach_token};
 use aigronova_proto::aigronova::governance::v1::{GetPublicKeyRequest, audit_log_client::AuditLogClient};
 use tonic::transport::Channel;
 
+use crate::common::repeat;
+
 /// The internal signing key the platform of a benchmark runs with, so that the benchmark can mint
 /// tokens its services accept.
 pub(crate) struct Internal {
@@ -81,15 +83,7 @@ pub(crate) fn gateway_get(
     client: reqwest::Client,
     url: &str,
     key: &Arc<String>,
-) -> impl Fn() -> Call + Clone + Send + Sync + 'static {
-    let (url, key) = (Arc::new(url.to_owned()), key.clone());
-    move || {
-        let request = client.get(url.as_str()).bearer_auth(key.as_str());
-        Box::pin(async move {
-            match request.send().await {
-                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
-                Err(_) => false,
-            }
-        })
-    }
+) -> impl Fn() -> Call + Clone + Send + Sync + 'static + use<> {
+    let authorization = format!("Bearer {key}");
+    repeat(client, reqwest::Method::GET, url, &[("authorization", &authorization)], None)
 }

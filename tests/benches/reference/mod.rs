@@ -18,7 +18,7 @@ use aigronova_platform::{
 };
 use serde_json::Value;
 
-use crate::common::{Run, drive, print};
+use crate::common::{Run, drive, print, repeat};
 
 /// The Python service (`benches/python/service.py`) scoring `model`, one uvicorn worker per
 /// core. Stopped when dropped: SIGTERM first, so that uvicorn stops its workers, then SIGKILL.
@@ -177,13 +177,9 @@ pub(crate) const PYTHON: &str = "Python FastAPI + onnxruntime";
 pub(crate) fn python_call(
     service: &PythonService,
     body: String,
-) -> impl Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static {
-    let client = reqwest::Client::new();
-    let url = service.url.clone();
-    move || {
-        let request = client.post(&url).header("content-type", "application/json").body(body.clone());
-        Box::pin(async move { request.send().await.is_ok_and(|response| response.status().is_success()) })
-    }
+) -> impl Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static + use<> {
+    let json = [("content-type", "application/json")];
+    repeat(reqwest::Client::new(), reqwest::Method::POST, &service.url, &json, Some(body))
 }
 
 /// The three runs as a table, then the platform against the Python service and the raw call;
