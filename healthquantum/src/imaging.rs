@@ -632,6 +632,10 @@ type Tag = (u16, u16);
 /// Rows and Columns of the image (PS3.3 C.7.6.3).
 const ROWS: Tag = (0x0028, 0x0010);
 const COLUMNS: Tag = (0x0028, 0x0011);
+/// Samples per Pixel, Bits Allocated (PS3.3 C.7.6.3) and Number of Frames (C.7.6.6).
+const SAMPLES_PER_PIXEL: Tag = (0x0028, 0x0002);
+const BITS_ALLOCATED: Tag = (0x0028, 0x0100);
+const NUMBER_OF_FRAMES: Tag = (0x0028, 0x0008);
 /// The tags that frame the items of a sequence, written without a value representation (PS3.5 7.5).
 const ITEM: Tag = (0xFFFE, 0xE000);
 const ITEM_END: Tag = (0xFFFE, 0xE00D);
@@ -779,6 +783,52 @@ struct DataSetImage {
     pixels: bool,
     /// Whether it wraps a document (an Encapsulated Document element: a PDF, a CDA).
     document: bool,
+    /// Its Samples per Pixel, Bits Allocated and Number of Frames, when given.
+    samples: Option<u32>,
+    bits: Option<u32>,
+    frames: Option<u32>,
+    /// The length of its Pixel Data (7FE0,0010) when defined: native pixels, not compressed
+    /// frames (whose element runs until its end tag).
+    native_pixels: Option<usize>,
+}
+
+impl DataSetImage {
+    /// The bytes its native pixel data must hold, from its Rows, Columns, Samples per Pixel (1
+    /// when not given), Bits Allocated and Number of Frames (1 when not given); `None` when it does
+    /// not give its rows, columns and bits.
+    fn pixel_bytes(&self) -> Option<u64> {
+        let bits = u64::from(self.bits.filter(|bits| *bits > 0)?);
+        if self.rows == 0 || self.columns == 0 {
+            return None;
+        }
+        let values = u64::from(self.rows)
+            * u64::from(self.columns)
+            * u64::from(self.samples.unwrap_or(1))
+            * u64::from(self.frames.unwrap_or(1));
+        // One-bit pixels are packed eight to a byte; wider ones take whole bytes each (PS3.5 8.1.1).
+        Some(if bits == 1 { values.div_ceil(8) } else { values * bits.div_ceil(8) })
+    }
+
+    /// Refuses native pixel data shorter than its rows, columns, samples, bits and frames call for:
+    /// the file is cut or damaged.
+    fn check_pixel_length(&self) -> Result<(), String> {
+        let (Some(held), Some(needed)) = (self.native_pixels, self.pixel_bytes()) else { return Ok(()) };
+        if held as u64 >= needed {
+            return Ok(());
+        }
+        let frames = match self.frames.unwrap_or(1) {
+            1 => String::new(),
+            frames => format!(" in {frames} frames"),
+        };
+        Err(format!(
+            "holds {held} bytes of pixel data, where its {} rows of {} columns of {} sample(s) of {} bits{frames} take \
+             {needed}: the file is cut short or damaged",
+            self.rows,
+            self.columns,
+            self.samples.unwrap_or(1),
+            self.bits.unwrap_or_default(),
+        ))
+    }
 }
 
 /// The element that wraps a document in a DICOM file (PS3.6 0042,0011).
@@ -859,10 +909,25 @@ fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<Data
                  or holds a sequence that does not end as it should, or nests deeper than {MAX_NESTING} levels"
             ))
         })?;
-        if (element.tag == ROWS || element.tag == COLUMNS) && element.length == Some(2) {
+        if [ROWS, COLUMNS, SAMPLES_PER_PIXEL, BITS_ALLOCATED].contains(&element.tag) && element.length == Some(2) {
             // US: one unsigned 16-bit value.
             let value = u32::from(u16::from_le_bytes([bytes[element.value_at], bytes[element.value_at + 1]]));
-            if element.tag == ROWS { image.rows = value } else { image.columns = value }
+            match element.tag {
+                ROWS => image.rows = value,
+                COLUMNS => image.columns = value,
+                SAMPLES_PER_PIXEL => image.samples = Some(value),
+                _ => image.bits = Some(value),
+            }
+        }
+        if element.tag == NUMBER_OF_FRAMES
+            && let Some(length) = element.length
+        {
+            // IS: a decimal number as text, padded with a space.
+            let text = String::from_utf8_lossy(&bytes[element.value_at..element.value_at + length]);
+            image.frames = text.trim_matches([' ', '\0']).parse().ok();
+        }
+        if element.tag == PIXEL_DATA[0] {
+            image.native_pixels = element.length;
         }
         // Of undefined length (encapsulated, compressed frames) or of some bytes.
         if PIXEL_DATA.contains(&element.tag) && element.length != Some(0) {
@@ -871,6 +936,7 @@ fn walk_data_set(bytes: &[u8], mut at: usize, encoding: Encoding) -> Result<Data
         image.document |= element.tag == ENCAPSULATED_DOCUMENT;
         at = end;
     }
+    image.check_pixel_length()?;
     Ok(image)
 }
 
@@ -2128,7 +2194,8 @@ mod tests {
             framing(SEQUENCE_END, 0),
             explicit(ROWS, b"US", &rows.to_le_bytes()),
             explicit(COLUMNS, b"US", &columns.to_le_bytes()),
-            explicit((0x0028, 0x0100), b"US", &16_u16.to_le_bytes()),
+            // Bits Stored, not Bits Allocated: its one pixel is not measured against its size.
+            explicit((0x0028, 0x0101), b"US", &16_u16.to_le_bytes()),
             explicit_pixels(),
         ];
         parts.concat()
@@ -2327,6 +2394,64 @@ mod tests {
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &implicit_data_set)), (0, 3));
         let explicit_data_set = explicit_data_set(480, 640);
         assert_eq!(dimensions(&dicom_file(IMPLICIT_VR_LITTLE_ENDIAN, &explicit_data_set)), (640, 480));
+    }
+
+    #[test]
+    fn native_pixel_data_shorter_than_its_size_calls_for_is_refused() {
+        // Rows, Columns, Samples per Pixel, Bits Allocated, Number of Frames (IS), then the pixels.
+        let image = |rows: u16, columns: u16, samples: Option<u16>, bits: u16, frames: Option<&[u8]>, pixels: usize| {
+            let mut parts =
+                vec![explicit(ROWS, b"US", &rows.to_le_bytes()), explicit(COLUMNS, b"US", &columns.to_le_bytes())];
+            if let Some(frames) = frames {
+                parts.insert(0, explicit(NUMBER_OF_FRAMES, b"IS", frames));
+            }
+            if let Some(samples) = samples {
+                parts.insert(0, explicit(SAMPLES_PER_PIXEL, b"US", &samples.to_le_bytes()));
+            }
+            parts.push(explicit(BITS_ALLOCATED, b"US", &bits.to_le_bytes()));
+            parts.push(long_explicit((0x7FE0, 0x0010), b"OW", &vec![0; pixels]));
+            dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &parts.concat())
+        };
+        // 4 rows of 5 columns of 16 bits: 40 bytes; RGB of 8 bits: 60; one bit a pixel, packed: 3;
+        // two frames (`2 `, padded to an even length): 80.
+        for (file, needed) in [
+            (image(4, 5, None, 16, None, 40), 40),
+            (image(4, 5, Some(3), 8, None, 60), 60),
+            (image(4, 5, None, 1, None, 4), 3),
+            (image(4, 5, Some(1), 16, Some(b"2 "), 80), 80),
+        ] {
+            assert_eq!(dimensions(&file), (5, 4), "{needed}");
+        }
+        let refusals = [
+            (
+                image(4, 5, None, 16, None, 38),
+                "holds 38 bytes of pixel data, where its 4 rows of 5 columns of 1 sample(s) of 16 bits take 40",
+            ),
+            (
+                image(4, 5, Some(3), 8, None, 20),
+                "holds 20 bytes of pixel data, where its 4 rows of 5 columns of 3 sample(s) of 8 bits take 60",
+            ),
+            (
+                image(4, 5, None, 16, Some(b"2 "), 40),
+                "holds 40 bytes of pixel data, where its 4 rows of 5 columns of 1 sample(s) of 16 bits in 2 frames take 80",
+            ),
+        ];
+        for (file, said) in refusals {
+            assert_eq!(dicom_refusal(&file), format!("starts as DICOM but {said}: the file is cut short or damaged"),);
+        }
+        // Compressed frames (pixel data of undefined length) are not measured.
+        let encapsulated = [
+            explicit(ROWS, b"US", &4_u16.to_le_bytes()),
+            explicit(COLUMNS, b"US", &5_u16.to_le_bytes()),
+            explicit(BITS_ALLOCATED, b"US", &8_u16.to_le_bytes()),
+            undefined_explicit((0x7FE0, 0x0010), b"OB"),
+            framing(ITEM, 0),
+            framing(ITEM, 2),
+            vec![0xFF, 0xD9],
+            framing(SEQUENCE_END, 0),
+        ]
+        .concat();
+        assert_eq!(dimensions(&dicom_file("1.2.840.10008.1.2.4.50", &encapsulated)), (5, 4));
     }
 
     #[test]
