@@ -2437,21 +2437,16 @@ mod tests {
             ),
         ];
         for (file, said) in refusals {
-            assert_eq!(dicom_refusal(&file), format!("starts as DICOM but {said}: the file is cut short or damaged"),);
+            assert_eq!(dicom_refusal(&file), format!("starts as DICOM but {said}: the file is cut short or damaged"));
         }
         // Compressed frames (pixel data of undefined length) are not measured.
-        let encapsulated = [
+        let sized = [
             explicit(ROWS, b"US", &4_u16.to_le_bytes()),
             explicit(COLUMNS, b"US", &5_u16.to_le_bytes()),
             explicit(BITS_ALLOCATED, b"US", &8_u16.to_le_bytes()),
-            undefined_explicit((0x7FE0, 0x0010), b"OB"),
-            framing(ITEM, 0),
-            framing(ITEM, 2),
-            vec![0xFF, 0xD9],
-            framing(SEQUENCE_END, 0),
         ]
         .concat();
-        assert_eq!(dimensions(&dicom_file("1.2.840.10008.1.2.4.50", &encapsulated)), (5, 4));
+        assert_eq!(dimensions(&dicom_file("1.2.840.10008.1.2.4.50", &encapsulated_after(&sized))), (5, 4));
     }
 
     #[test]
@@ -2467,16 +2462,20 @@ mod tests {
         // Float pixel data, and encapsulated pixel data of undefined length, are an image's.
         let float = [&report[..], &long_explicit((0x7FE0, 0x0008), b"OF", &[0; 4])].concat();
         assert_eq!(dimensions(&dicom_file(EXPLICIT_VR_LITTLE_ENDIAN, &float)), (0, 0));
-        let encapsulated = [
-            report.clone(),
+        assert_eq!(dimensions(&dicom_file("1.2.840.10008.1.2.4.50", &encapsulated_after(&report))), (0, 0));
+    }
+
+    /// `elements`, then encapsulated pixel data of undefined length: an empty offset table and one
+    /// compressed fragment.
+    fn encapsulated_after(elements: &[u8]) -> Vec<u8> {
+        let pixels = [
             undefined_explicit((0x7FE0, 0x0010), b"OB"),
             framing(ITEM, 0),
             framing(ITEM, 2),
             vec![0xFF, 0xD9],
             framing(SEQUENCE_END, 0),
-        ]
-        .concat();
-        assert_eq!(dimensions(&dicom_file("1.2.840.10008.1.2.4.50", &encapsulated)), (0, 0));
+        ];
+        [elements, &pixels.concat()].concat()
     }
 
     #[test]
