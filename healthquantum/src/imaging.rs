@@ -801,12 +801,13 @@ impl DataSetImage {
         if self.rows == 0 || self.columns == 0 {
             return None;
         }
+        // Saturating: a file can claim more than 64 bits count, and holds none of it.
         let values = u64::from(self.rows)
-            * u64::from(self.columns)
-            * u64::from(self.samples.unwrap_or(1))
-            * u64::from(self.frames.unwrap_or(1));
+            .saturating_mul(u64::from(self.columns))
+            .saturating_mul(u64::from(self.samples.unwrap_or(1)))
+            .saturating_mul(u64::from(self.frames.unwrap_or(1)));
         // One-bit pixels are packed eight to a byte; wider ones take whole bytes each (PS3.5 8.1.1).
-        Some(if bits == 1 { values.div_ceil(8) } else { values * bits.div_ceil(8) })
+        Some(if bits == 1 { values.div_ceil(8) } else { values.saturating_mul(bits.div_ceil(8)) })
     }
 
     /// Refuses native pixel data shorter than its rows, columns, samples, bits and frames call for:
@@ -2439,6 +2440,10 @@ mod tests {
         for (file, said) in refusals {
             assert_eq!(dicom_refusal(&file), format!("starts as DICOM but {said}: the file is cut short or damaged"));
         }
+        // A size past what 64 bits count is refused as well, without overflowing.
+        let claimed = image(u16::MAX, u16::MAX, Some(u16::MAX), 32, Some(b"4000000000"), 40);
+        let refusal = dicom_refusal(&claimed);
+        assert!(refusal.contains(&format!("in 4000000000 frames take {}", u64::MAX)), "{refusal}");
         // Compressed frames (pixel data of undefined length) are not measured.
         let sized = [
             explicit(ROWS, b"US", &4_u16.to_le_bytes()),
