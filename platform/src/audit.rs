@@ -894,13 +894,27 @@ mod tests {
         let waker = relay.waker();
         let shutdown = Shutdown::new();
         let running = tokio::spawn(relay.run(shutdown.clone()));
-        // Sixty writes over 1.2 s: backoffs of 0.1, 0.2, 0.4 and 0.8 s leave room for five attempts.
-        for _ in 0..60 {
-            waker.wake();
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let attempts = || metrics().failures.with_label_values(&["backoff-test"]).get();
+        // A write every 20 ms until the relay has tried again after its first backoff (however slow
+        // the machine), then for at least 1.2 s and twice as long as that took.
+        let started = std::time::Instant::now();
+        let waker = &waker;
+        let wake_for = |until: Duration| async move {
+            while started.elapsed() < until {
+                waker.wake();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        while attempts() < 2 {
+            assert!(started.elapsed() < Duration::from_secs(10), "the relay did not try again within 10 s");
+            wake_for(started.elapsed() + Duration::from_millis(20)).await;
         }
-        let attempts = metrics().failures.with_label_values(&["backoff-test"]).get();
-        assert!((2..=6).contains(&attempts), "{attempts} attempts");
+        wake_for((started.elapsed() * 2).max(Duration::from_millis(1200))).await;
+        // Backoffs of 0.1, 0.2, 0.4, 0.8 s… leave room for 1 + log2(t / 0.1 s + 1) attempts in t,
+        // where an attempt at each write would make one every 20 ms.
+        let elapsed = started.elapsed().as_secs_f64();
+        let most = 3 + (elapsed / 0.1 + 1.0).log2().floor() as u64;
+        assert!(attempts() <= most, "{} attempts in {elapsed:.2} s, at most {most} with the backoff", attempts());
         shutdown.trigger();
         let _ = tokio::time::timeout(STOPPING_GRACE + Duration::from_secs(10), running).await;
     }
