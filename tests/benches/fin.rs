@@ -8,7 +8,7 @@
 //!   accounts and transactions read back and summarised, inference with each feature at its
 //!   alternatives for the reason codes, the score and its audit event committed to SQLite),
 //! - a Python FastAPI + onnxruntime service scoring the same model.onnx (what a team would
-//!   otherwise deploy; uvicorn with one worker per core), which only scores.
+//!   otherwise deploy; one uvicorn process per core, called in turn), which only scores.
 //!
 //! The platform's customer has a consent and data ingested from a local Open Finance
 //! institution: a checking account and a savings account whose balances give the row's

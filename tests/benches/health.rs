@@ -8,7 +8,7 @@
 //! - the same row through the gateway's Open Inference Protocol route (the model run and its
 //!   decision's audit event committed, no assessment stored),
 //! - a Python FastAPI + onnxruntime service scoring the same model.onnx (what a team would
-//!   otherwise deploy; uvicorn with one worker per core), which only scores,
+//!   otherwise deploy; one uvicorn process per core, called in turn), which only scores,
 //!
 //! and, on the same platform, the gateway's own cost: the trivial `GetPublicKey` through the
 //! gateway and directly over gRPC, whose p50 difference the goal adds to the raw call's p50.

@@ -7,7 +7,10 @@ use std::{
     path::PathBuf,
     pin::Pin,
     process::{Command, Stdio},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,60 +23,79 @@ use serde_json::Value;
 
 use crate::common::{Run, drive, print, repeat};
 
-/// The Python service (`benches/python/service.py`) scoring `model`, one uvicorn worker per
-/// core. Stopped when dropped: SIGTERM first, so that uvicorn stops its workers, then SIGKILL.
+/// The Python service (`benches/python/service.py`) scoring `model`: one uvicorn process per core,
+/// each on a port of its own, which [`python_call`] calls in turn, as a balancer in front of
+/// replicas would. (The workers of one uvicorn process each keep the connections they accepted,
+/// which the kernel shares out as they come: 8 and 1, 8 and 1, 7 and 2 in three runs of this
+/// benchmark's 8 connections and its start check, so that one core did most of the work.) Stopped
+/// when dropped: SIGTERM first, then SIGKILL.
 pub(crate) struct PythonService {
-    child: std::process::Child,
-    pub(crate) url: String,
+    processes: Vec<std::process::Child>,
+    pub(crate) urls: Vec<String>,
 }
 
 impl PythonService {
-    /// Starts the service and waits until it answers `body` (returning the answer).
+    /// Starts the service and waits until each process answers `body` (returning the first answer).
     pub(crate) async fn start(model: &str, body: &str) -> (Self, Value) {
         let python = std::env::var("BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python"));
-        let workers = std::thread::available_parallelism().map_or(2, usize::from);
-        let child = Command::new(&python)
-            .arg("service.py")
-            .env("BENCH_MODELS_DIR", models_dir())
-            .env("BENCH_MODEL", model)
-            .arg(port.to_string())
-            .arg(workers.to_string())
-            .current_dir(&script)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot start the Python service with {python} ({error}); run `make bench`")
-            });
-        let service = Self { child, url: format!("http://127.0.0.1:{port}/score") };
-        let client = reqwest::Client::new();
-        for _ in 0..100 {
-            let sent =
-                client.post(&service.url).header("content-type", "application/json").body(body.to_owned()).send().await;
-            if let Ok(response) = sent
-                && let Ok(answer) = response.json::<Value>().await
-            {
-                return (service, answer);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let mut service = Self { processes: Vec::new(), urls: Vec::new() };
+        for _ in 0..cores {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = Command::new(&python)
+                .arg("service.py")
+                .env("BENCH_MODELS_DIR", models_dir())
+                .env("BENCH_MODEL", model)
+                .arg(port.to_string())
+                .arg("1")
+                .current_dir(&script)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|error| {
+                    panic!("cannot start the Python service with {python} ({error}); run `make bench`")
+                });
+            service.processes.push(child);
+            service.urls.push(format!("http://127.0.0.1:{port}/score"));
         }
-        panic!("the Python service did not answer on {} (are fastapi, uvicorn and onnxruntime installed?)", service.url)
+        let client = reqwest::Client::new();
+        let mut answers = Vec::new();
+        for url in &service.urls {
+            answers.push(answer_when_up(&client, url, body).await);
+        }
+        (service, answers.swap_remove(0))
     }
+}
+
+/// The answer of the Python service at `url` to `body`, once it answers (within 20 s).
+async fn answer_when_up(client: &reqwest::Client, url: &str, body: &str) -> Value {
+    for _ in 0..100 {
+        let sent = client.post(url).header("content-type", "application/json").body(body.to_owned()).send().await;
+        if let Ok(response) = sent
+            && let Ok(answer) = response.json::<Value>().await
+        {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the Python service did not answer on {url} (are fastapi, uvicorn and onnxruntime installed?)")
 }
 
 impl Drop for PythonService {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        for child in &self.processes {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for child in &mut self.processes {
+            while std::time::Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
     }
 }
 
@@ -173,13 +195,22 @@ pub(crate) async fn drive_explanations(
 /// What the Python service's calls are counted as.
 pub(crate) const PYTHON: &str = "Python FastAPI + onnxruntime";
 
-/// A call of the Python service with `body`.
+/// A call of the Python service with `body`, to each of its processes in turn.
 pub(crate) fn python_call(
     service: &PythonService,
     body: String,
 ) -> impl Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static + use<> {
     let json = [("content-type", "application/json")];
-    repeat(reqwest::Client::new(), reqwest::Method::POST, &service.url, &json, Some(body))
+    let client = reqwest::Client::new();
+    let calls: Arc<Vec<_>> = Arc::new(
+        service
+            .urls
+            .iter()
+            .map(|url| repeat(client.clone(), reqwest::Method::POST, url, &json, Some(body.clone())))
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    move || calls[next.fetch_add(1, Ordering::Relaxed) % calls.len()]()
 }
 
 /// The three runs as a table, then the platform against the Python service and the raw call;
