@@ -98,10 +98,8 @@ async fn main() {
         same_row && (probability - expected).abs() < 1e-5,
         "the platform scores another row than the reference's: {score}"
     );
-    let authorization = format!("Bearer {key}");
-    let headers = [("authorization", authorization.as_str()), ("content-type", "application/json")];
     let url = app.url("/v1/fin/credit-scores");
-    let score = repeat(app.client.clone(), reqwest::Method::POST, &url, &headers, Some(body.to_string()));
+    let score = repeat(app.client.clone(), &url, Some(&key), Some(body.to_string()));
 
     // The Python service, started beside the platform and driven in turns with it.
     let body = json!({"model": "credit-risk", "features": features}).to_string();

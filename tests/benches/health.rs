@@ -46,9 +46,7 @@ fn post_json(
     key: &Arc<String>,
     body: String,
 ) -> impl Fn() -> Call + Send + Sync + 'static + use<> {
-    let authorization = format!("Bearer {key}");
-    let headers = [("authorization", authorization.as_str()), ("content-type", "application/json")];
-    repeat(app.client.clone(), reqwest::Method::POST, &app.url(path), &headers, Some(body))
+    repeat(app.client.clone(), &app.url(path), Some(key.as_str()), Some(body))
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -64,26 +64,27 @@ where
     drive_after(label, concurrency, WARM_UP, duration, call).await
 }
 
-/// A call of the load generator's: one HTTP request sent again and again, its URL parsed and its
-/// headers and body made once, and its answer read whole, as a client does that keeps its
-/// connection for the next call. (What the load generator spends, the side it drives does not
-/// get of the two cores.)
+/// A call of the load generator's: one HTTP request sent again and again (a GET, or a POST of
+/// `json`), with API key `key` when given, its URL parsed and its headers and body made once, and
+/// its answer read whole, as a client does that keeps its connection for the next call. (What the
+/// load generator spends, the side it drives does not get of the two cores.)
 pub(crate) fn repeat(
     client: reqwest::Client,
-    method: reqwest::Method,
     url: &str,
-    headers: &[(&str, &str)],
-    body: Option<String>,
+    key: Option<&str>,
+    json: Option<String>,
 ) -> impl Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static + use<> {
+    use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
     let url = reqwest::Url::parse(url).expect("a benchmark's URL");
-    let headers: reqwest::header::HeaderMap = headers
-        .iter()
-        .map(|(name, value)| {
-            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("a header name");
-            (name, reqwest::header::HeaderValue::from_str(value).expect("a header value"))
-        })
-        .collect();
-    let body = body.map(bytes::Bytes::from);
+    let mut headers = HeaderMap::new();
+    if let Some(key) = key {
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).expect("an API key"));
+    }
+    if json.is_some() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    let method = if json.is_some() { reqwest::Method::POST } else { reqwest::Method::GET };
+    let body = json.map(bytes::Bytes::from);
     move || {
         let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());
         if let Some(body) = &body {
@@ -120,8 +121,9 @@ impl Side {
 /// that their ratios hold where runs one after the other would each catch another speed.
 pub(crate) async fn drive_in_turns(sides: &[Side], concurrency: usize, duration: Duration, turns: u32) -> Vec<Run> {
     let mut runs: Vec<Run> = sides.iter().map(|side| Run::empty(side.label)).collect();
-    let turn = duration / turns.max(1);
-    for at in 0..turns.max(1) {
+    let turns = turns.max(1);
+    let turn = duration / turns;
+    for at in 0..turns {
         let warm_up = if at == 0 { WARM_UP } else { WARM_UP / 5 };
         for (side, run) in sides.iter().zip(&mut runs) {
             let call = side.call.clone();

@@ -84,6 +84,5 @@ pub(crate) fn gateway_get(
     url: &str,
     key: &Arc<String>,
 ) -> impl Fn() -> Call + Clone + Send + Sync + 'static + use<> {
-    let authorization = format!("Bearer {key}");
-    repeat(client, reqwest::Method::GET, url, &[("authorization", &authorization)], None)
+    repeat(client, url, Some(key.as_str()), None)
 }

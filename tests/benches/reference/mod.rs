@@ -200,15 +200,9 @@ pub(crate) fn python_call(
     service: &PythonService,
     body: String,
 ) -> impl Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Clone + Send + Sync + 'static + use<> {
-    let json = [("content-type", "application/json")];
     let client = reqwest::Client::new();
-    let calls: Arc<Vec<_>> = Arc::new(
-        service
-            .urls
-            .iter()
-            .map(|url| repeat(client.clone(), reqwest::Method::POST, url, &json, Some(body.clone())))
-            .collect(),
-    );
+    let calls: Arc<Vec<_>> =
+        Arc::new(service.urls.iter().map(|url| repeat(client.clone(), url, None, Some(body.clone()))).collect());
     let next = Arc::new(AtomicUsize::new(0));
     move || calls[next.fetch_add(1, Ordering::Relaxed) % calls.len()]()
 }
