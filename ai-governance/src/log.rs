@@ -679,7 +679,8 @@ impl LogStore {
             let field = if from != 0 && (to == 0 || to > size) { "to" } else { "from" };
             let zero = if field == "to" { to == 0 } else { from == 0 };
             let need = format!("need 0 < from <= to <= {size} (the log's size)");
-            let reason = if zero { format!("is required, and at least 1: {need}") } else { need };
+            let reason =
+                if zero { format!("must be given, and at least 1 (0 reads as not given): {need}") } else { need };
             return Err(Error::invalid(field, reason));
         }
         let tree = Self::tree_of(&log)?;

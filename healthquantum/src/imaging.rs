@@ -69,7 +69,7 @@ impl MediaType {
             Some(Self::Png)
         } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
             Some(Self::Jpeg)
-        } else if bytes.len() > 132 && &bytes[128..132] == b"DICM" {
+        } else if bytes.get(128..132) == Some(b"DICM") {
             Some(Self::Dicom)
         } else {
             None
@@ -561,7 +561,8 @@ fn check_dicom(bytes: &[u8]) -> Result<DicomMeta<'_>, &'static str> {
     let (mut at, mut transfer_syntax) = (PREAMBLE + 4, None);
     loop {
         let Some(header) = bytes.get(at..at + 8) else {
-            if at < bytes.len() {
+            // Part of an element, or nothing at all after `DICM`.
+            if at < bytes.len() || at == PREAMBLE + 4 {
                 return Err(truncated);
             }
             break;
@@ -1958,6 +1959,9 @@ mod tests {
         junk.extend_from_slice(&[0xCC; 200]);
         refused(&junk, "names no transfer syntax");
         refused(&DICOM[..150], "cut short");
+        // The preamble and `DICM` alone are DICOM whose meta information is missing.
+        assert_eq!(MediaType::detect(&DICOM[..132]), Some(MediaType::Dicom));
+        refused(&DICOM[..132], "cut short");
         let mut implicit = DICOM.to_vec();
         implicit[136..138].copy_from_slice(&[0x04, 0x00]);
         refused(&implicit, "explicit VR");
