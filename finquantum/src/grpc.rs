@@ -167,9 +167,9 @@ impl FinQuantumApi {
 /// answer outside the Open Finance shapes is internal (a 502 at the gateway). Each is marked as
 /// the institution's failure, not finquantum's.
 fn institution_failure(institution: &str, error: OpenFinanceError) -> Status {
-    // What the institution sent may be quoted (an id, a value): card numbers in it are masked, in
-    // the log and in the answer alike.
-    let said = crate::mask_card_numbers(&match &error {
+    // What the institution sent may be quoted (an id, a value): card numbers and CPFs in it are
+    // masked as in a name, in the log and in the answer alike.
+    let said = crate::mask_name(&match &error {
         OpenFinanceError::Malformed(detail) => detail.clone(),
         other => other.to_string(),
     });

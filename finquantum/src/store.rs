@@ -1903,11 +1903,11 @@ fn check_shapes(fetched: &Fetched) -> Result<(), String> {
 /// The error for data an institution sent that is not in the Open Finance shapes: the
 /// institution's fault, not the caller's, so no field of the request is named.
 fn outside_shapes(consent: &Consent, detail: &str) -> Error {
-    // The detail may quote what the institution sent: card numbers in it are masked.
+    // The detail may quote what the institution sent: card numbers and CPFs in it are masked.
     let status = tonic::Status::internal(format!(
         "institution {:?} answered outside the Open Finance shapes: {}",
         consent.institution,
-        crate::mask_card_numbers(detail)
+        crate::mask_name(detail)
     ));
     Error::Refused(Box::new(aigronova_platform::error::third_party_failure(status, crate::INSTITUTION_PARTY)))
 }

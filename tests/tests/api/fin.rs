@@ -1036,16 +1036,24 @@ async fn an_institution_that_fails_is_a_bad_gateway_and_leaves_finquantums_circu
     let mut carded = checking_account();
     carded.transactions[1].id = "4111111111111111".into();
     carded.transactions[2].id = "4111111111111111".into();
+    // An id that holds a person's CPF, quoted with it masked as in a name.
+    let mut named = checking_account();
+    named.transactions[1].id = "MARIA-SILVA-52998224725".into();
+    named.transactions[2].id = "MARIA-SILVA-52998224725".into();
     let cases = [
         (nul, "name holds a control character (U+0000)"),
         (twice, "is sent twice"),
         (carded, "transaction ****1111 is sent twice"),
+        (named, "transaction MARIA-SILVA-***.982.247-** is sent twice"),
     ];
     for (account, wanted) in cases {
         bank.serve("banco-a", Profile { accounts: vec![account], ..Profile::default() });
         let problem = assert_problem(ingest(&app, &key, consent_id).await, 502).await;
         let detail = problem["detail"].as_str().unwrap();
-        assert!(detail.contains(wanted) && !detail.contains("4111111111111111"), "{problem}");
+        assert!(
+            detail.contains(wanted) && !detail.contains("4111111111111111") && !detail.contains("52998224725"),
+            "{problem}"
+        );
     }
     assert_eq!(app.get(&format!("/v1/fin/consents/{consent_id}"), &key).await.status(), 200);
     // An id that is a card number, once: stored masked (with a keyed digest of it, the same at the
