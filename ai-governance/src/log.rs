@@ -301,9 +301,12 @@ impl LogStore {
     }
 
     /// Refuses to go on from a `tree` read from the database whose root at the size of the latest
-    /// checkpoint of this key is not the root that checkpoint signed: entries changed with their
-    /// hashes (or the checkpoint changed) would otherwise be signed over by the next checkpoint,
-    /// and look verified from then on.
+    /// checkpoint of any key, this one or an earlier one, is not the root that checkpoint signed:
+    /// entries changed with their hashes (or a checkpoint changed) would otherwise be signed over
+    /// by the next checkpoint, and look verified from then on, a change of key included. A
+    /// checkpoint of a key this deployment trusts (its own, or one of its earlier verifying keys)
+    /// must also verify; one of a key it does not hold (a key file deleted and made anew) vouches
+    /// for nothing, but the entries must still make the root it names.
     async fn check_signed_root(
         &self,
         connection: &mut AnyConnection,
@@ -329,43 +332,54 @@ impl LogStore {
                 tree.len()
             )));
         }
-        let row = sqlx::query(
-            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
-             WHERE tenant_id = $1 AND key_id = $2 ORDER BY tree_size DESC LIMIT 1",
-        )
-        .bind(tenant_id)
-        .bind(self.signer.key_id())
-        .fetch_optional(&mut *connection)
-        .await?;
-        let Some(row) = row else { return Ok(()) };
-        let signed = checkpoint_from(tenant_id, &row)?;
-        let verified = self.signer.public_key().verify(&signed.body.signed_text(), &signed.signature).is_ok();
-        let matches = tree.root_at(signed.body.tree_size).is_ok_and(|root| root == signed.body.root_hash);
-        if verified && matches {
-            return Ok(());
-        }
-        let size = signed.body.tree_size;
-        // A signature that fails is the checkpoint's damage, which the entries may share or not.
-        let (logged, told) = match (verified, matches) {
-            (false, true) => (
-                "the last checkpoint's signature does not verify with this key; nothing more is appended to the log",
-                format!("tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify"),
-            ),
-            (false, false) => (
-                "the last checkpoint's signature does not verify, nor does the stored log match the root it names \
-                 (the checkpoint or the entries were altered); nothing more is appended to the log",
-                format!(
-                    "tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify, and the stored \
-                     audit log does not match the root it names: the checkpoint or the entries were altered"
+        let current = self.signer.public_key();
+        for signed in latest_of_each_key(connection, tenant_id).await? {
+            let trusted = std::iter::once(&current).chain(&self.earlier).find(|key| key.key_id() == signed.key_id);
+            // `None` for a key this deployment does not hold.
+            let verified = trusted.map(|key| key.verify(&signed.body.signed_text(), &signed.signature).is_ok());
+            let matches = tree.root_at(signed.body.tree_size).is_ok_and(|root| root == signed.body.root_hash);
+            if verified != Some(false) && matches {
+                continue;
+            }
+            let (size, key_id) = (signed.body.tree_size, signed.key_id.as_str());
+            // A signature that fails is the checkpoint's damage, which the entries may share or not.
+            let (logged, told) = match (verified, matches) {
+                (Some(false), true) => (
+                    "a checkpoint's signature does not verify with its key; nothing more is appended to the log",
+                    format!(
+                        "tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify with its \
+                         key {key_id}"
+                    ),
                 ),
-            ),
-            (true, _) => (
-                "the stored audit log no longer matches its last signed checkpoint; nothing more is appended to it",
-                format!("tenant {tenant_id}: the stored audit log does not match the checkpoint signed at size {size}"),
-            ),
-        };
-        tracing::error!(tenant = %tenant_id, size, "{logged}");
-        Err(StoreError::Corrupt(told))
+                (Some(false), false) => (
+                    "a checkpoint's signature does not verify, nor does the stored log match the root it names \
+                     (the checkpoint or the entries were altered); nothing more is appended to the log",
+                    format!(
+                        "tenant {tenant_id}: the signature of the checkpoint at size {size} does not verify with its \
+                         key {key_id}, and the stored audit log does not match the root it names: the checkpoint or \
+                         the entries were altered"
+                    ),
+                ),
+                (Some(true), _) => (
+                    "the stored audit log no longer matches a checkpoint signed over it; nothing more is appended to it",
+                    format!(
+                        "tenant {tenant_id}: the stored audit log does not match the checkpoint key {key_id} signed at \
+                         size {size}"
+                    ),
+                ),
+                (None, _) => (
+                    "the stored audit log no longer matches a checkpoint signed over it by a key this deployment \
+                     does not hold; nothing more is appended to it",
+                    format!(
+                        "tenant {tenant_id}: the stored audit log does not match the checkpoint key {key_id} signed at \
+                         size {size} (a key this deployment does not hold: the entries or the checkpoint were altered)"
+                    ),
+                ),
+            };
+            tracing::error!(tenant = %tenant_id, size, key = %key_id, "{logged}");
+            return Err(StoreError::Corrupt(told));
+        }
+        Ok(())
     }
 
     /// Reads the log of every tenant this process has loaded afresh from the database, as a start
@@ -780,7 +794,27 @@ impl LogStore {
         })
         .await
         .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
-        if !short && root == checkpoint.body.root_hash {
+        // The latest checkpoint each other key this deployment trusts signed must match too: a log
+        // changed and then signed over by another key matches only the latest checkpoint.
+        let mut others = Vec::new();
+        for other in self.latest_of_each_key(tenant_id).await? {
+            let trusted = std::iter::once(self.signer.public_key()).chain(self.earlier.iter().cloned()).find(|key| {
+                key.key_id() == other.key_id && key.verify(&other.body.signed_text(), &other.signature).is_ok()
+            });
+            if trusted.is_some() && other.body.tree_size < size {
+                others.push(other);
+            }
+        }
+        let (leaves, others_match) = tokio::task::spawn_blocking(move || {
+            let matches = others.iter().all(|other| {
+                let covered = usize::try_from(other.body.tree_size).ok().and_then(|size| leaves.get(..size));
+                covered.is_some_and(|covered| merkle::root_of(covered) == other.body.root_hash)
+            });
+            (leaves, matches)
+        })
+        .await
+        .map_err(|error| Error::Refused(Box::new(aigronova_platform::error::internal(&error))))?;
+        if !short && root == checkpoint.body.root_hash && others_match {
             let (first_bad_index, reason) = match id_changed {
                 Some(index) => (Some(index), format!("entry {index}'s event id is not the one its signed text holds")),
                 None => (None, "the log matches the signed root".to_owned()),
@@ -802,18 +836,24 @@ impl LogStore {
                 signature_failed: false,
             });
         }
-        // Entries and their hashes changed together: the checkpoints signed along the way tell
-        // which batch the first change is in.
+        // Entries and their hashes changed together: the checkpoints signed along the way, by this
+        // deployment's key or an earlier one it trusts, tell which batch the first change is in.
         // Rows that do not parse or whose signature fails are no evidence either way.
         let rows = self.checkpoint_rows(tenant_id, 0, u32::MAX).await?;
-        let public_key = self.signer.public_key();
+        let trusted: Vec<CheckpointVerifier> =
+            std::iter::once(self.signer.public_key()).chain(self.earlier.iter().cloned()).collect();
         let signed: Vec<SignedCheckpoint> =
             rows.iter().filter_map(|row| checkpoint_from(tenant_id, row).ok()).collect();
         // Signatures checked and roots computed on a thread that may block, as above.
         let (bracket, reached, leaves) = tokio::task::spawn_blocking(move || {
             let signed: Vec<(u64, merkle::Hash)> = signed
                 .iter()
-                .filter(|checkpoint| public_key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok())
+                .filter(|checkpoint| {
+                    trusted.iter().any(|key| {
+                        key.key_id() == checkpoint.key_id
+                            && key.verify(&checkpoint.body.signed_text(), &checkpoint.signature).is_ok()
+                    })
+                })
                 .map(|checkpoint| (checkpoint.body.tree_size, checkpoint.body.root_hash))
                 .collect();
             // The largest signed tree the entries held reach, which they match when none is unmatched.
@@ -856,6 +896,12 @@ impl LogStore {
             signed: true,
             signature_failed: false,
         })
+    }
+
+    /// The latest checkpoint of each key that signed any for `tenant_id`, the latest first.
+    async fn latest_of_each_key(&self, tenant_id: &str) -> Result<Vec<SignedCheckpoint>, StoreError> {
+        let mut connection = self.database.pool().acquire().await?;
+        latest_of_each_key(&mut connection, tenant_id).await
     }
 
     /// The stored entries of `tenant_id` below `size`, hashed again, with the first whose stored
@@ -957,6 +1003,32 @@ impl LogStore {
             tree.leaf(index).as_ref() != stored
         })
     }
+}
+
+/// The latest checkpoint of each key that signed any for `tenant_id`, the latest first.
+async fn latest_of_each_key(
+    connection: &mut AnyConnection,
+    tenant_id: &str,
+) -> Result<Vec<SignedCheckpoint>, StoreError> {
+    let sizes: Vec<i64> = sqlx::query_scalar(
+        "SELECT MAX(tree_size) AS size FROM audit_checkpoints WHERE tenant_id = $1 GROUP BY key_id ORDER BY size DESC",
+    )
+    .bind(tenant_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut latest = Vec::with_capacity(sizes.len());
+    for size in sizes {
+        let row = sqlx::query(
+            "SELECT tree_size, root_hash, signed_at, signature, key_id FROM audit_checkpoints \
+             WHERE tenant_id = $1 AND tree_size = $2",
+        )
+        .bind(tenant_id)
+        .bind(size)
+        .fetch_one(&mut *connection)
+        .await?;
+        latest.push(checkpoint_from(tenant_id, &row)?);
+    }
+    Ok(latest)
 }
 
 /// Logs, at error level, that the stored log of `tenant_id` no longer matches what was signed
@@ -1263,6 +1335,126 @@ pub(crate) mod tests {
         assert!(outcome.held_because.is_some_and(|reason| reason.contains("covers 3 entries but 2 are stored")));
         assert_eq!(after.latest_checkpoint("a").await.unwrap().body.tree_size, 3);
         assert!(after.entry_with_proof("a", 0).await.is_err(), "still damaged: no proof");
+    }
+
+    /// Entry `index` of `tenant_id` rewritten, its stored hash with it, as someone able to write
+    /// the database would.
+    async fn rewrite_entry(database: &Database, tenant_id: &str, index: i64) {
+        let pool = database.pool();
+        let leaf: String = sqlx::query_scalar("SELECT leaf FROM audit_entries WHERE tenant_id = $1 AND idx = $2")
+            .bind(tenant_id)
+            .bind(index)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let leaf = leaf.replace("AssessRisk", "Nothing");
+        sqlx::query("UPDATE audit_entries SET leaf = $3, leaf_hash = $4 WHERE tenant_id = $1 AND idx = $2")
+            .bind(tenant_id)
+            .bind(index)
+            .bind(&leaf)
+            .bind(hex::encode(merkle::leaf_hash(leaf.as_bytes())))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+
+    /// A log changed with its hashes and then run under another signing key (one made anew, the
+    /// key file deleted, or a new one with the old trusted): nothing is signed over the change,
+    /// and a checkpoint the new key signed over it anyway does not make the log verify.
+    #[tokio::test]
+    async fn a_changed_log_is_not_signed_over_by_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("governance.db").display());
+        let database = Database::connect(&url, &crate::MIGRATOR).await.unwrap();
+        let before = LogStore::new(database.clone(), CheckpointSigner::generate());
+        before.append(vec![leaf("a", 1), leaf("a", 2)]).await.unwrap();
+        before.append(vec![leaf("a", 3)]).await.unwrap();
+        rewrite_entry(&database, "a", 1).await;
+
+        let anew = LogStore::new(database.clone(), CheckpointSigner::generate());
+        let outcome = anew.append_each(vec![leaf("a", 4)]).await.unwrap();
+        assert_eq!(outcome.appended, 0, "{outcome:?}");
+        let reason = outcome.held_because.unwrap();
+        assert!(reason.contains("a key this deployment does not hold"), "{reason}");
+        let trusting =
+            LogStore::new(database.clone(), anew.signer().clone()).trusting(vec![before.signer().public_key()]);
+        let outcome = trusting.append_each(vec![leaf("a", 4)]).await.unwrap();
+        assert_eq!(outcome.appended, 0, "{outcome:?}");
+        let reason = outcome.held_because.unwrap();
+        assert!(
+            reason
+                .contains(&format!("does not match the checkpoint key {} signed at size 3", before.signer().key_id())),
+            "{reason}"
+        );
+        assert_eq!(trusting.latest_checkpoint("a").await.unwrap().body.tree_size, 3, "nothing signed");
+
+        // A checkpoint of the new key over the changed log and one more entry, as a process that
+        // did not look back would have signed: it matches the log, the earlier key's do not.
+        let added = leaf("a", 4).to_text();
+        sqlx::query(
+            "INSERT INTO audit_entries (tenant_id, idx, event_id, leaf, leaf_hash) VALUES ('a', 3, $1, $2, $3)",
+        )
+        .bind(leaf("a", 4).event_id)
+        .bind(&added)
+        .bind(hex::encode(merkle::leaf_hash(added.as_bytes())))
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let mut tree = Tree::new();
+        let mut connection = database.pool().acquire().await.unwrap();
+        extend_tree(&mut connection, "a", &mut tree).await.unwrap();
+        let body = CheckpointBody {
+            tenant_id: "a".into(),
+            tree_size: 4,
+            root_hash: tree.root(),
+            timestamp: "2026-11-29T11:00:00.000000Z".into(),
+        };
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tenant_id, tree_size, root_hash, signed_at, signature, key_id) \
+             VALUES ('a', 4, $1, $2, $3, $4)",
+        )
+        .bind(hex::encode(body.root_hash))
+        .bind(&body.timestamp)
+        .bind(anew.signer().sign(&body))
+        .bind(anew.signer().key_id())
+        .execute(database.pool())
+        .await
+        .unwrap();
+        let fresh = LogStore::new(database.clone(), anew.signer().clone()).trusting(vec![before.signer().public_key()]);
+        let latest = fresh.latest_checkpoint("a").await.unwrap();
+        assert_eq!(latest.key_id, anew.signer().key_id());
+        let verification = fresh.verify("a", &latest).await.unwrap();
+        assert!(!verification.verified(), "{verification:?}");
+        assert_eq!(verification.first_bad_index, Some(0), "{verification:?}");
+        assert!(verification.reason.contains("does not match the checkpoint signed at size 2"), "{verification:?}");
+        assert_eq!(fresh.append_each(vec![leaf("a", 5)]).await.unwrap().appended, 0, "nor appended to");
+        // Put back, it verifies and goes on.
+        let put_back =
+            LogStore::new(database.clone(), anew.signer().clone()).trusting(vec![before.signer().public_key()]);
+        let text = sqlx::query_scalar::<_, String>("SELECT leaf FROM audit_entries WHERE tenant_id = 'a' AND idx = 1")
+            .fetch_one(database.pool())
+            .await
+            .unwrap()
+            .replace("Nothing", "AssessRisk");
+        sqlx::query("UPDATE audit_entries SET leaf = $1, leaf_hash = $2 WHERE tenant_id = 'a' AND idx = 1")
+            .bind(&text)
+            .bind(hex::encode(merkle::leaf_hash(text.as_bytes())))
+            .execute(database.pool())
+            .await
+            .unwrap();
+        let mut tree = Tree::new();
+        extend_tree(&mut connection, "a", &mut tree).await.unwrap();
+        let body = CheckpointBody { root_hash: tree.root(), ..body };
+        sqlx::query(
+            "UPDATE audit_checkpoints SET root_hash = $1, signature = $2 WHERE tenant_id = 'a' AND tree_size = 4",
+        )
+        .bind(hex::encode(body.root_hash))
+        .bind(anew.signer().sign(&body))
+        .execute(database.pool())
+        .await
+        .unwrap();
+        assert!(put_back.verify("a", &put_back.latest_checkpoint("a").await.unwrap()).await.unwrap().verified());
+        assert_eq!(put_back.append_each(vec![leaf("a", 5)]).await.unwrap().appended, 1);
     }
 
     /// Swaps the entries of `tenant_id` at `first` and `second` in the database, hashes and all.

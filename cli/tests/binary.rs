@@ -484,6 +484,41 @@ fn audit_roots_tells_wrong_arguments_from_a_database_it_cannot_read() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot connect to the ai-governance database"));
 }
 
+/// A tenant whose log has an entry gone stops neither the other tenants' lines nor the command
+/// (a backup of a damaged log is still taken): its line is the root of the entries it holds, and
+/// the gap is said on standard error.
+#[test]
+fn audit_roots_records_every_tenant_when_one_log_has_an_entry_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("governance.db").display());
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut connection = sqlx::AnyConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE audit_entries (tenant_id TEXT NOT NULL, idx BIGINT NOT NULL, event_id TEXT NOT NULL, \
+             leaf TEXT NOT NULL, leaf_hash TEXT NOT NULL, PRIMARY KEY (tenant_id, idx));
+             INSERT INTO audit_entries VALUES ('a', 0, 'e0', 'a0', ''), ('a', 1, 'e1', 'a1', ''), ('a', 2, 'e2', 'a2', ''),
+                 ('b', 0, 'e0', 'b0', ''), ('b', 2, 'e2', 'b2', '');",
+        )
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    });
+    let output = Command::new(env!("CARGO_BIN_EXE_aigronova"))
+        .args(["audit", "roots", "--database-url", &url])
+        .env_remove("AIGRONOVA__AI_GOVERNANCE__DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<Vec<&str>> = stdout.lines().map(|line| line.split('\t').collect()).collect();
+    assert_eq!(lines.iter().map(|line| (line[0], line[1])).collect::<Vec<_>>(), [("a", "3"), ("b", "2")], "{stdout}");
+    assert!(lines.iter().all(|line| line[2].len() == 64) && lines[0][2] != lines[1][2], "{stdout}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tenant b: audit entry 1 is missing") && !stderr.contains("tenant a"), "{stderr}");
+}
+
 #[test]
 fn a_config_path_that_is_a_directory_stops_the_start_with_64() {
     let data = tempfile::tempdir().unwrap();
